@@ -1,0 +1,133 @@
+"""The schema, as numbered, named migrations recorded in the database.
+
+Each migration is applied in one `BEGIN IMMEDIATE` transaction that first
+re-reads what is applied, so two processes opening a fresh file at the same
+moment take turns: the second finds the work done and applies nothing twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "initial schema",
+        (
+            """CREATE TABLE orgs (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                created_us INTEGER NOT NULL
+            )""",
+            """CREATE TABLE contacts (
+                id INTEGER PRIMARY KEY,
+                org_id INTEGER NOT NULL REFERENCES orgs(id),
+                external_id TEXT NOT NULL,
+                created_us INTEGER NOT NULL,
+                last_active_us INTEGER NOT NULL,
+                UNIQUE (org_id, external_id)
+            )""",
+            "CREATE INDEX contacts_recent ON contacts(org_id, last_active_us)",
+            """CREATE TABLE channels (
+                id TEXT PRIMARY KEY,
+                contact_pk INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                kind TEXT NOT NULL CHECK (kind IN ('custom', 'provider')),
+                UNIQUE (contact_pk, name)
+            )""",
+            """CREATE TABLE chats (
+                id TEXT PRIMARY KEY,
+                org_id INTEGER NOT NULL REFERENCES orgs(id),
+                contact_pk INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+                agent_id TEXT,
+                status TEXT NOT NULL CHECK (status IN ('RUNNING', 'COMPLETED', 'FAILED', 'CANCELED')),
+                created_us INTEGER NOT NULL,
+                updated_us INTEGER NOT NULL
+            )""",
+            "CREATE INDEX chats_contact ON chats(contact_pk, created_us)",
+            """CREATE TABLE chat_channels (
+                chat_id TEXT NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
+                channel_id TEXT NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+                attached_us INTEGER NOT NULL,
+                PRIMARY KEY (chat_id, channel_id)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX chat_channels_channel ON chat_channels(channel_id)",
+            """CREATE TABLE messages (
+                seq INTEGER PRIMARY KEY,
+                id TEXT NOT NULL UNIQUE,
+                org_id INTEGER NOT NULL REFERENCES orgs(id),
+                contact_pk INTEGER NOT NULL REFERENCES contacts(id),
+                agent_id TEXT,
+                chat_id TEXT REFERENCES chats(id),
+                channel TEXT NOT NULL,
+                role TEXT NOT NULL,
+                content TEXT NOT NULL,
+                parts TEXT,
+                metadata TEXT,
+                provider_message_id TEXT,
+                created_us INTEGER NOT NULL
+            )""",
+            "CREATE INDEX messages_contact ON messages(contact_pk, created_us)",
+            "CREATE INDEX messages_agent ON messages(contact_pk, agent_id, created_us) WHERE agent_id IS NOT NULL",
+            "CREATE INDEX messages_chat ON messages(chat_id, created_us) WHERE chat_id IS NOT NULL",
+            """CREATE UNIQUE INDEX messages_provider ON messages(org_id, channel, provider_message_id)
+                WHERE provider_message_id IS NOT NULL""",
+            """CREATE TABLE api_keys (
+                id INTEGER PRIMARY KEY,
+                prefix TEXT NOT NULL UNIQUE,
+                name TEXT,
+                org_id INTEGER NOT NULL REFERENCES orgs(id),
+                hash TEXT NOT NULL,
+                created_us INTEGER NOT NULL,
+                last_used_us INTEGER,
+                revoked_us INTEGER
+            )""",
+            "CREATE UNIQUE INDEX api_keys_live_name ON api_keys(name) WHERE name IS NOT NULL AND revoked_us IS NULL",
+        ),
+    ),
+)
+
+
+def applied_versions(conn: sqlite3.Connection) -> set[int]:
+    return {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+
+
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply every migration not yet recorded; return the versions this call applied.
+
+    `conn` must be in autocommit mode (`isolation_level=None`) with a busy timeout set.
+    """
+    conn.execute(
+        """CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            applied_us INTEGER NOT NULL
+        )"""
+    )
+    applied: list[int] = []
+    for migration in MIGRATIONS:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if migration.version not in applied_versions(conn):
+                for statement in migration.statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_us) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time_ns() // 1000),
+                )
+                applied.append(migration.version)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return applied

@@ -1,0 +1,154 @@
+"""One pydantic model per shape of the contract, shared by the store, the tools and the resources."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
+
+Role = Literal["user", "assistant", "system", "tool", "event", "note"]
+ROLES: tuple[Role, ...] = ("user", "assistant", "system", "tool", "event", "note")
+
+ChatStatus = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELED"]
+CHAT_STATUSES: tuple[ChatStatus, ...] = ("RUNNING", "COMPLETED", "FAILED", "CANCELED")
+
+ChannelKind = Literal["custom", "provider"]
+
+PROVIDER_CHANNELS = frozenset(
+    {"whatsapp", "sms", "mms", "rcs", "email", "messenger", "instagram", "telegram"}
+)
+
+
+def channel_kind(name: str) -> ChannelKind:
+    """A channel is a provider channel when a provider's webhook carries it, custom otherwise."""
+    return "provider" if name in PROVIDER_CHANNELS else "custom"
+
+
+def format_timestamp(value: datetime) -> str:
+    """RFC 3339 in UTC with microseconds, always the same width: `2026-11-21T07:40:44.000123Z`."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+Timestamp = Annotated[
+    AwareDatetime,
+    PlainSerializer(format_timestamp, return_type=str, when_used="json"),
+    Field(description="RFC 3339, UTC, microseconds"),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Part(_Model):
+    """One piece of a message's text; timestamps are seconds from the start of the call or recording."""
+
+    type: Literal["text"] = "text"
+    text: str
+    start_timestamp: float | None = None
+    end_timestamp: float | None = None
+
+
+class Message(_Model):
+    """A stored message."""
+
+    id: str
+    contact_id: str
+    agent_id: str | None
+    chat_id: str | None
+    channel: str
+    role: Role
+    content: str
+    parts: list[Part]
+    metadata: dict[str, Any]
+    created_at: Timestamp
+
+
+class AppendedMessage(Message):
+    """The stored message, and whether it was already there (same channel and provider_message_id)."""
+
+    deduplicated: bool
+
+
+class NewMessage(_Model):
+    """What a caller asks the store to keep; the store checks every field before it writes."""
+
+    contact_id: str
+    channel: str
+    role: str
+    content: str | None = None
+    parts: list[Part] | None = None
+    agent_id: str | None = None
+    chat_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    created_at: datetime | None = None
+    id: str | None = None
+
+
+class ChannelRef(_Model):
+    """A channel attached to a chat; `id` is what post_as_contact's `channel_id` names."""
+
+    id: str
+    name: str
+    kind: ChannelKind
+
+
+class Chat(_Model):
+    """One conversation thread of one contact."""
+
+    id: str
+    contact_id: str
+    agent_id: str | None
+    status: ChatStatus
+    channels: list[ChannelRef]
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class ChatList(_Model):
+    chats: list[Chat]
+
+
+class Context(_Model):
+    """The last messages of a contact, oldest first, and the same as an LLM-ready transcript."""
+
+    contact_id: str
+    agent_id: str | None
+    messages: list[Message]
+    formatted: str
+    truncated: bool
+
+
+class MessagePage(_Model):
+    """A page of messages, newest first; pass `next_cursor` back for the next page (null on the last)."""
+
+    messages: list[Message]
+    next_cursor: str | None
+
+
+class DeletedMessage(_Model):
+    id: str
+    deleted: Literal[True] = True
+
+
+class ForgetResult(_Model):
+    contact_id: str
+    deleted_messages: int
+    deleted_chats: int
+
+
+class ApiKeyInfo(_Model):
+    """What is kept of an API key: never the key itself, only its hash and visible prefix."""
+
+    prefix: str
+    name: str | None
+    org: str
+    created_at: Timestamp
+    last_used_at: Timestamp | None
+    revoked_at: Timestamp | None
+
+
+class NewApiKey(_Model):
+    key: str
+    info: ApiKeyInfo

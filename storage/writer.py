@@ -1,0 +1,164 @@
+"""The single writer: one thread, one connection, group commit.
+
+Callers hand the writer a function of a `sqlite3.Connection`. The thread
+takes every job waiting in its queue (a lone caller never waits for a batch
+to fill), runs them in one `BEGIN IMMEDIATE` transaction, each inside its own
+savepoint, and commits once: one fsync serves the whole batch. A job that
+fails rolls back its own savepoint only; the others still commit. A job that
+raises `Undo` rolls back its savepoint and still returns a value (used for
+"already stored" answers that must leave no trace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+logger = logging.getLogger("chatdock.storage")
+
+MAX_BATCH = 512
+BUSY_RETRIES = 20
+
+
+class Undo(Exception):
+    """Raised by a job to roll back its own writes and still return `value`."""
+
+    def __init__(self, value: object) -> None:
+        super().__init__("undo")
+        self.value = value
+
+
+@dataclass
+class _Job(Generic[T]):
+    fn: Callable[[sqlite3.Connection], T]
+    future: asyncio.Future[T]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+def is_busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "database is locked" in str(exc) or "database is busy" in str(exc)
+    )
+
+
+class Writer:
+    """Owns the only writing connection of this process; see the module docstring."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="chatdock-writer", daemon=True)
+        self.batches = 0
+        self.jobs = 0
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if not self._thread.is_alive():
+            raise RuntimeError("the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(fn, future, loop))
+        return await future
+
+    def _main(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:  # reported to start(), which raises it in the caller
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            stopping = False
+            while not stopping:
+                first = self._queue.get()
+                if first is None:
+                    break
+                batch: list[_Job[Any]] = [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        stopping = True
+                        break
+                    batch.append(job)
+                outcomes = self._execute(conn, batch)
+                self.batches += 1
+                self.jobs += len(batch)
+                for job, (ok, value) in zip(batch, outcomes, strict=True):
+                    try:
+                        job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+                    except RuntimeError:  # the caller's loop is gone; nobody is waiting
+                        pass
+        finally:
+            conn.close()
+
+    def _execute(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[tuple[bool, Any]]:
+        delay = 0.005
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                return self._transaction(conn, batch)
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if is_busy(exc) and attempt < BUSY_RETRIES:
+                    logger.debug("write lock busy, retrying batch of %d (attempt %d)", len(batch), attempt + 1)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                logger.error("write batch of %d failed: %s", len(batch), exc)
+                return [(False, exc)] * len(batch)
+        raise AssertionError("unreachable")
+
+    def _transaction(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for job in batch:
+            conn.execute("SAVEPOINT job")
+            try:
+                value = job.fn(conn)
+            except Undo as undo:
+                conn.execute("ROLLBACK TO job")
+                outcomes.append((True, undo.value))
+            except Exception as exc:
+                if is_busy(exc):
+                    raise
+                conn.execute("ROLLBACK TO job")
+                outcomes.append((False, exc))
+            else:
+                outcomes.append((True, value))
+            conn.execute("RELEASE job")
+        conn.execute("COMMIT")
+        return outcomes

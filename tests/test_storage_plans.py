@@ -1,0 +1,110 @@
+"""The hot queries are index look-ups: a lost index fails here, not at a million messages in production."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from storage import NewMessage, SQLiteStore
+from storage.migrations import MIGRATIONS
+
+
+def plan(path: str, sql: str, params: list[object]) -> str:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+    return "\n".join(row[-1] for row in rows)
+
+
+def assert_index_only(text: str, index: str) -> None:
+    assert f"USING INDEX {index}" in text or f"USING COVERING INDEX {index}" in text, text
+    assert "SCAN m" not in text and "SCAN messages" not in text, text
+    assert "TEMP B-TREE" not in text, text
+
+
+@pytest.fixture
+async def filled(tmp_path: Path) -> str:
+    path = str(tmp_path / "plans.db")
+    async with SQLiteStore.open(path) as store:
+        chat = await store.open_chat("o", "c0", "voice")
+        batch = [
+            NewMessage(
+                contact_id=f"c{i % 20}", channel="sms", role="user", content=f"m{i}",
+                agent_id="a" if i % 3 else None, chat_id=chat.id if i % 20 == 0 else None,
+            )
+            for i in range(400)
+        ]
+        await store.import_messages("o", batch)
+    with sqlite3.connect(path) as conn:
+        conn.execute("ANALYZE")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("filters", "index"),
+    [
+        ({}, "messages_contact"),
+        ({"roles": ["user", "note"]}, "messages_contact"),
+        ({"channels": ["sms"]}, "messages_contact"),
+        ({"agent_id": "a"}, "messages_agent"),
+        ({"chat_id": "00000000-0000-7000-8000-000000000000"}, "messages_chat"),
+    ],
+)
+async def test_context_query_walks_an_index_backwards(filled: str, filters: dict[str, object], index: str) -> None:
+    async with SQLiteStore.open(filled) as store:
+        sql, params = store.context_sql(**filters)  # type: ignore[arg-type]
+    assert_index_only(plan(filled, sql, ["o", "c0", *params, 50]), index)
+
+
+@pytest.mark.parametrize("after", [False, True])
+async def test_list_page_is_a_keyset_index_range(filled: str, after: bool) -> None:
+    async with SQLiteStore.open(filled) as store:
+        sql, params = store.page_sql(after=after)
+    extra = [10**15, 10**9] if after else []
+    text = plan(filled, sql, ["o", "c0", *params, *extra, 51])
+    assert_index_only(text, "messages_contact")
+    if after:
+        assert "created_us<?" in text.replace(" ", "") or "(created_us,rowid)<(?,?)" in text.replace(" ", ""), text
+
+
+async def test_delete_and_dedup_are_unique_index_look_ups(filled: str) -> None:
+    by_id = plan(filled, "SELECT seq FROM messages WHERE id = ? AND org_id = 1", ["x"])
+    assert "USING INDEX sqlite_autoindex_messages_1 (id=?)" in by_id, by_id
+    by_provider = plan(
+        filled,
+        "SELECT seq FROM messages WHERE org_id = ? AND channel = ? AND provider_message_id = ?"
+        " AND provider_message_id IS NOT NULL",
+        [1, "sms", "p"],
+    )
+    assert "messages_provider" in by_provider, by_provider
+
+
+def _open_fresh(path: str, ready: object) -> None:
+    import asyncio
+
+    async def main() -> None:
+        ready.wait()  # type: ignore[attr-defined]
+        async with SQLiteStore.open(path) as store:
+            await store.append_message("o", NewMessage(contact_id="c", channel="sms", role="user", content="hi"))
+
+    asyncio.run(main())
+
+
+def test_two_processes_opening_a_fresh_file_both_get_the_full_schema(tmp_path: Path) -> None:
+    path = str(tmp_path / "race.db")
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    workers = [context.Process(target=_open_fresh, args=(path, ready)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    ready.set()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    with sqlite3.connect(path) as conn:
+        versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
+        assert versions == [m.version for m in MIGRATIONS]
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 2
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
