@@ -427,7 +427,8 @@ class SQLiteStore:
                 NewMessage(contact_id=contact_id, channel=chosen.name, role="user", parts=checked_parts, chat_id=chat_id),
                 now,
             )
-            return _insert(conn, org, prepared)
+            _insert(conn, org, prepared)
+            return prepared.message
 
         return await self._writer.run(job)
 

@@ -1,0 +1,148 @@
+"""The `chatdock` command: the only place that reads flags and environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from storage import ChatdockError, SQLiteStore
+
+from .app import Settings, build_server
+
+logger = logging.getLogger("chatdock")
+
+
+def default_db() -> str:
+    """A file under the user's data directory (XDG_DATA_HOME, or ~/.local/share)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "chatdock" / "chatdock.db")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("CHATDOCK_DB") or default_db(),
+        help="SQLite database file, created with its folder on first use; ':memory:' for a throwaway run "
+        "(env CHATDOCK_DB; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("CHATDOCK_LOG_LEVEL", "WARNING"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much to log to stderr (env CHATDOCK_LOG_LEVEL; default: %(default)s)",
+    )
+
+
+def _org(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--org",
+        default=os.environ.get("CHATDOCK_ORG", "default"),
+        help="the organization (tenant) to act for (env CHATDOCK_ORG; default: %(default)s)",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="chatdock",
+        description="Cross-channel conversation memory for agents, served over the Model Context Protocol.",
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve MCP over stdio (default) or streamable HTTP (--http)")
+    _common(serve)
+    _org(serve)
+    serve.add_argument("--read-only", action="store_true", help="serve only the read-only tools, the resources and the prompt")
+    serve.add_argument(
+        "--durability",
+        choices=["normal", "full"],
+        default=os.environ.get("CHATDOCK_DURABILITY", "normal"),
+        help="normal: a process crash loses nothing acknowledged, a power loss may lose the last moments; "
+        "full: nothing acknowledged is lost even on power loss, each commit waits for the disk (default: %(default)s)",
+    )
+    serve.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp (API key required) instead of stdio")
+    serve.add_argument("--host", default="127.0.0.1", help="with --http: address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8765, help="with --http: port to listen on (default: %(default)s)")
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="with --http on a non-loopback --host: a Host header to accept (repeatable); keeps DNS-rebinding "
+        "protection on",
+    )
+
+    keys = commands.add_parser("keys", help="create, list and revoke API keys for the HTTP transport")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = key_commands.add_parser("create", help="create a key for an organization; it is printed once")
+    _common(create)
+    _org(create)
+    create.add_argument("--name", help="a name to tell the key apart (unique among live keys)")
+    listing = key_commands.add_parser("list", help="list keys: prefix, name, org, created, last used, revoked")
+    _common(listing)
+    revoke = key_commands.add_parser("revoke", help="revoke a key by its prefix or name")
+    _common(revoke)
+    revoke.add_argument("key", metavar="PREFIX_OR_NAME")
+    return top
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(db=args.db, org=args.org, read_only=args.read_only, durability=args.durability)
+
+
+async def _keys(args: argparse.Namespace) -> int:
+    async with SQLiteStore.open(args.db) as store:
+        if args.keys_command == "create":
+            created = await store.create_api_key(args.org, args.name)
+            print(created.key)
+            print(
+                f"created key {created.info.prefix} for organization {created.info.org!r}; "
+                "store it now, it is not shown again",
+                file=sys.stderr,
+            )
+        elif args.keys_command == "list":
+            print(f"{'PREFIX':<14}{'NAME':<20}{'ORG':<20}{'CREATED':<22}{'LAST USED':<22}REVOKED")
+            for info in await store.list_api_keys():
+                print(
+                    f"{info.prefix:<14}{info.name or '-':<20}{info.org:<20}"
+                    f"{info.created_at:%Y-%m-%d %H:%M:%S}   "
+                    f"{f'{info.last_used_at:%Y-%m-%d %H:%M:%S}' if info.last_used_at else '-':<22}"
+                    f"{f'{info.revoked_at:%Y-%m-%d %H:%M:%S}' if info.revoked_at else '-'}"
+                )
+        else:
+            revoked = await store.revoke_api_key(args.key)
+            print(f"revoked {revoked.prefix}" + (f" ({revoked.name})" if revoked.name else ""))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "serve":
+            settings = _settings(args)
+            if args.http:
+                from .http import serve_http
+
+                serve_http(settings, args.host, args.port, args.allowed_host)
+            else:
+                build_server(settings).run("stdio")
+            return 0
+        if args.command == "keys":
+            return asyncio.run(_keys(args))
+    except ChatdockError as exc:
+        print(f"chatdock: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""The MCP surface, through the SDK's in-memory client of both protocol eras."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import pytest
+from mcp.client import Client
+from mcp.client.subscriptions import ResourceUpdated
+from mcp.shared.exceptions import MCPError
+
+from server.app import Settings, build_server
+from storage import SQLiteStore
+
+MODES = ["auto", "legacy"]
+UNKNOWN = "0192f0c4-7d3e-7b1a-9c4e-2f1d3a5b6c7d"
+TOOLS = {
+    "append_message", "post_as_contact", "get_context", "list_messages", "delete_message",
+    "open_chat", "update_chat", "list_chats", "forget_contact",
+}
+READ_ONLY = {"get_context", "list_messages", "list_chats"}
+
+
+async def call(client: Client, name: str, **arguments: Any) -> dict[str, Any]:
+    result = await client.call_tool(name, arguments)
+    assert not result.is_error, result.content
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def error(client: Client, name: str, **arguments: Any) -> str:
+    result = await client.call_tool(name, arguments)
+    assert result.is_error, result.structured_content
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert "Traceback" not in text
+    return text
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_tools_declare_schemas_titles_and_hints(mode: str) -> None:
+    async with Client(build_server(Settings()), mode=mode) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    assert set(tools) == TOOLS
+    for name, tool in tools.items():
+        assert tool.title and tool.description and tool.output_schema
+        assert tool.input_schema["type"] == "object"
+        assert len(tool.description) < 200, f"{name}: keep tool descriptions to a sentence or two"
+        hints = tool.annotations
+        assert hints is not None and hints.open_world_hint is False
+        assert hints.read_only_hint is (name in READ_ONLY)
+    assert tools["delete_message"].annotations.destructive_hint is True  # type: ignore[union-attr]
+    assert tools["forget_contact"].annotations.destructive_hint is True  # type: ignore[union-attr]
+    assert tools["update_chat"].annotations.idempotent_hint is True  # type: ignore[union-attr]
+    assert tools["append_message"].annotations.destructive_hint is False  # type: ignore[union-attr]
+    limit = tools["get_context"].input_schema["properties"]["limit"]
+    assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 200, 50)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_read_only_serves_only_reading_tools(mode: str) -> None:
+    async with Client(build_server(Settings(read_only=True)), mode=mode) as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert names == READ_ONLY
+        result = await client.call_tool("append_message", {"contact_id": "a", "channel": "sms", "role": "user", "content": "x"})
+        assert result.is_error
+        templates = (await client.list_resource_templates()).resource_templates
+        assert {t.uri_template for t in templates} == {
+            "chatdock://contacts/{contact_id}/transcript", "chatdock://contacts/{contact_id}/context"
+        }
+        assert [p.name for p in (await client.list_prompts()).prompts] == ["continue_conversation"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_conversation_end_to_end(mode: str) -> None:
+    async with Client(build_server(Settings()), mode=mode) as client:
+        first = await call(client, "append_message", contact_id="+31612345678", channel="whatsapp", role="user",
+                           content="When does my order arrive?", metadata={"provider_message_id": "wamid.1"})
+        assert first["deduplicated"] is False and first["created_at"].endswith("Z")
+        again = await call(client, "append_message", contact_id="+31612345678", channel="whatsapp", role="user",
+                           content="When does my order arrive?", metadata={"provider_message_id": "wamid.1"})
+        assert again["deduplicated"] is True and again["id"] == first["id"]
+        await call(client, "append_message", contact_id="+31612345678", channel="whatsapp", role="assistant",
+                   content="Your order ships tomorrow.", agent_id="support-bot")
+        context = await call(client, "get_context", contact_id="+31612345678")
+        assert context["formatted"] == "USER: When does my order arrive?\nASSISTANT: Your order ships tomorrow."
+        assert [m["role"] for m in context["messages"]] == ["user", "assistant"]
+        assert context["truncated"] is False and context["agent_id"] is None
+        only_bot = await call(client, "get_context", contact_id="+31612345678", agent_id="support-bot")
+        assert [m["content"] for m in only_bot["messages"]] == ["Your order ships tomorrow."]
+        fitted = await call(client, "get_context", contact_id="+31612345678", max_chars=40)
+        assert fitted["formatted"] == "ASSISTANT: Your order ships tomorrow." and fitted["truncated"] is True
+
+        page = await call(client, "list_messages", contact_id="+31612345678", limit=1)
+        assert page["messages"][0]["role"] == "assistant" and page["next_cursor"]
+        last = await call(client, "list_messages", contact_id="+31612345678", limit=1, cursor=page["next_cursor"])
+        assert last["messages"][0]["id"] == first["id"] and last["next_cursor"] is None
+
+        chat = await call(client, "open_chat", contact_id="+31612345678", channel="voice", agent_id="voice-bot")
+        assert chat["status"] == "RUNNING" and chat["channels"][0]["kind"] == "custom"
+        posted = await call(client, "post_as_contact", contact_id="+31612345678", chat_id=chat["id"], message=[
+            {"type": "text", "text": "Hi, it's me", "start_timestamp": 0.0, "end_timestamp": 1.2},
+            {"type": "text", "text": "again", "start_timestamp": 1.3, "end_timestamp": 1.9},
+        ])
+        assert posted["content"] == "Hi, it's me again" and posted["role"] == "user" and posted["channel"] == "voice"
+        done = await call(client, "update_chat", chat_id=chat["id"], status="COMPLETED")
+        assert done["status"] == "COMPLETED"
+        chats = await call(client, "list_chats", contact_id="+31612345678")
+        assert [c["id"] for c in chats["chats"]] == [chat["id"]]
+
+        deleted = await call(client, "delete_message", message_id=posted["id"])
+        assert deleted == {"id": posted["id"], "deleted": True}
+        forgotten = await call(client, "forget_contact", contact_id="+31612345678")
+        assert forgotten == {"contact_id": "+31612345678", "deleted_messages": 2, "deleted_chats": 1}
+        assert (await call(client, "get_context", contact_id="+31612345678"))["messages"] == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_every_error_says_what_to_fix_and_the_server_keeps_serving(mode: str) -> None:
+    async with Client(build_server(Settings()), mode=mode) as client:
+        base = {"contact_id": "c1", "channel": "sms", "role": "user", "content": "hi"}
+        cases: list[tuple[str, dict[str, Any], str]] = [
+            ("get_context", {"contact_id": "c1", "limit": 500}, "limit must be between 1 and 200, got 500"),
+            ("get_context", {"contact_id": "c1", "limit": 0}, "limit must be between 1 and 200, got 0"),
+            ("list_messages", {"contact_id": "c1", "limit": 201}, "limit must be between 1 and 200, got 201"),
+            ("list_messages", {"contact_id": "c1", "cursor": "bogus"}, "cursor is not valid"),
+            ("list_chats", {"contact_id": "c1", "limit": 1000}, "limit must be between 1 and 200, got 1000"),
+            ("append_message", {**base, "role": "boss"}, "role must be one of user, assistant"),
+            ("append_message", {**base, "channel": "SMS"}, "channel must be a lower-case name"),
+            ("append_message", {**base, "content": ""}, "content must not be empty"),
+            ("append_message", {**base, "content": "x" * 40_000}, "content must be at most 32768 characters"),
+            ("append_message", {**base, "contact_id": "x" * 300}, "contact_id must be 1 to 256 characters, got 300"),
+            ("append_message", {**base, "chat_id": UNKNOWN}, f"chat {UNKNOWN} not found for contact c1"),
+            ("append_message", {**base, "chat_id": "abc"}, "chat_id must be a UUID"),
+            ("append_message", {**base, "metadata": {"x": "y" * 20_000}}, "metadata must be at most 16384 bytes"),
+            ("append_message", {**base, "created_at": "2026-01-01T10:00:00"}, "created_at must carry a timezone"),
+            ("delete_message", {"message_id": UNKNOWN}, f"message {UNKNOWN} not found"),
+            ("delete_message", {"message_id": "1; DROP TABLE messages"}, "message_id must be a UUID"),
+            ("update_chat", {"chat_id": UNKNOWN, "status": "COMPLETED"}, f"chat {UNKNOWN} not found"),
+            ("update_chat", {"chat_id": UNKNOWN, "status": "DONE"}, "status must be one of RUNNING, COMPLETED"),
+            ("open_chat", {"contact_id": "c1", "channel": "Bad Channel"}, "channel must be a lower-case name"),
+            ("post_as_contact", {"contact_id": "c1", "chat_id": UNKNOWN, "message": [{"type": "text", "text": "x"}]},
+             f"chat {UNKNOWN} not found for contact c1"),
+            ("post_as_contact", {"contact_id": "c1", "chat_id": UNKNOWN, "message": []}, "1 to 100 parts, got 0"),
+        ]
+        for name, arguments, expected in cases:
+            text = await error(client, name, **arguments)
+            assert expected in text, (name, arguments, text)
+        for name, arguments in [
+            ("get_context", {}),
+            ("get_context", {"contact_id": "c1", "limit": "lots"}),
+            ("append_message", {"contact_id": "c1"}),
+            ("append_message", {**base, "metadata": "not an object"}),
+        ]:
+            text = await error(client, name, **arguments)
+            assert name in text
+        assert (await call(client, "list_messages", contact_id="c1"))["messages"] == []
+        assert (await call(client, "append_message", **base))["content"] == "hi"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_post_as_contact_channel_errors(mode: str) -> None:
+    async with Client(build_server(Settings()), mode=mode) as client:
+        chat = await call(client, "open_chat", contact_id="c1", channel="whatsapp")
+        part = [{"type": "text", "text": "hello"}]
+        assert "supports only custom channels" in await error(
+            client, "post_as_contact", contact_id="c1", chat_id=chat["id"], message=part
+        )
+        await call(client, "append_message", contact_id="c1", channel="voice", role="user", content="a", chat_id=chat["id"])
+        await call(client, "append_message", contact_id="c1", channel="widget", role="user", content="b", chat_id=chat["id"])
+        text = await error(client, "post_as_contact", contact_id="c1", chat_id=chat["id"], message=part)
+        assert "several custom channels" in text and "(voice)" in text and "(widget)" in text
+        channels = (await call(client, "list_chats", contact_id="c1"))["chats"][0]["channels"]
+        widget = next(c for c in channels if c["name"] == "widget")
+        posted = await call(client, "post_as_contact", contact_id="c1", chat_id=chat["id"], message=part,
+                            channel_id=widget["id"])
+        assert posted["channel"] == "widget"
+        whatsapp = next(c for c in channels if c["name"] == "whatsapp")
+        assert "is not a custom channel" in await error(
+            client, "post_as_contact", contact_id="c1", chat_id=chat["id"], message=part, channel_id=whatsapp["id"]
+        )
+
+
+ODD_IDS = ["+31612345678", "a@b.com", "a/b", "%2F", "+31 6 1234", "émile ü", "🦊", "x" * 256]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_resources_round_trip_percent_encoded_contact_ids(mode: str) -> None:
+    from server.app import CONTEXT_URI, TRANSCRIPT_URI, contact_uri
+
+    async with Client(build_server(Settings()), mode=mode) as client:
+        for contact in ODD_IDS:
+            await call(client, "append_message", contact_id=contact, channel="sms", role="user", content=f"I am {contact}")
+            transcript = await client.read_resource(contact_uri(TRANSCRIPT_URI, contact))
+            assert transcript.contents[0].text == f"USER: I am {contact}"  # type: ignore[union-attr]
+            assert transcript.contents[0].mime_type == "text/plain"
+            context = await client.read_resource(contact_uri(CONTEXT_URI, contact))
+            assert context.contents[0].mime_type == "application/json"
+            body = json.loads(context.contents[0].text)  # type: ignore[union-attr]
+            assert body["contact_id"] == contact and body["formatted"] == f"USER: I am {contact}"
+        assert contact_uri(TRANSCRIPT_URI, "+31612345678") == "chatdock://contacts/%2B31612345678/transcript"
+        assert contact_uri(TRANSCRIPT_URI, "a@b.com") == "chatdock://contacts/a%40b.com/transcript"
+        listed = [r.uri for r in (await client.list_resources()).resources]
+        assert contact_uri(TRANSCRIPT_URI, "x" * 256) == listed[0]
+        assert set(listed) == {contact_uri(TRANSCRIPT_URI, c) for c in ODD_IDS}
+        with pytest.raises(MCPError, match="Unknown resource|control characters"):
+            await client.read_resource("chatdock://contacts/a%00b/transcript")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_prompt_hands_over_the_transcript(mode: str) -> None:
+    async with Client(build_server(Settings()), mode=mode) as client:
+        await call(client, "append_message", contact_id="c1", channel="sms", role="user", content="Where is my parcel?")
+        prompt = await client.get_prompt("continue_conversation", {"contact_id": "c1"})
+        text = prompt.messages[0].content.text  # type: ignore[union-attr]
+        assert "USER: Where is my parcel?" in text and "c1" in text
+
+
+async def test_a_listener_is_told_of_every_write_of_another_client(tmp_path: Any) -> None:
+    async with SQLiteStore.open(str(tmp_path / "events.db")) as store:
+        server = build_server(Settings(), store=store)
+        transcript = "chatdock://contacts/%2B31612345678/transcript"
+        context = "chatdock://contacts/%2B31612345678/context"
+        other = "chatdock://contacts/someone-else/transcript"
+        async with Client(server) as listener, Client(server) as writer:
+            async with listener.listen(resource_subscriptions=[transcript, context, other]) as subscription:
+                received: list[str] = []
+
+                async def collect() -> None:
+                    async for event in subscription:
+                        assert isinstance(event, ResourceUpdated)
+                        received.append(event.uri)
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(collect)
+                    stored = await call(writer, "append_message", contact_id="+31612345678", channel="sms",
+                                        role="user", content="hi")
+                    chat = await call(writer, "open_chat", contact_id="+31612345678", channel="voice")
+                    await call(writer, "post_as_contact", contact_id="+31612345678", chat_id=chat["id"],
+                               message=[{"type": "text", "text": "hello"}])
+                    await call(writer, "delete_message", message_id=stored["id"])
+                    await call(writer, "forget_contact", contact_id="+31612345678")
+                    with anyio.fail_after(5):
+                        while received.count(transcript) < 4:
+                            await anyio.sleep(0.01)
+                    text = (await listener.read_resource(transcript)).contents[0].text  # type: ignore[union-attr]
+                    assert text == ""
+                    group.cancel_scope.cancel()
+        assert received.count(transcript) == 4 and received.count(context) == 4
+        assert other not in received
