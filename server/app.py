@@ -22,7 +22,6 @@ from storage import (
     Chat,
     ChatdockError,
     ChatList,
-    Context as ContextModel,
     DeletedMessage,
     Durability,
     ForgetResult,
@@ -32,6 +31,9 @@ from storage import (
     Part,
     SQLiteStore,
     Store,
+)
+from storage import (
+    Context as ContextModel,
 )
 
 from .org import OrgMiddleware, OrgScopedBus, current_org
@@ -175,14 +177,21 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
         roles: Annotated[list[str] | None, Field(description="Only these roles (user, assistant, ...).")] = None,
         channels: Annotated[list[str] | None, Field(description="Only these channels (sms, voice, ...).")] = None,
         max_chars: Annotated[
-            int | None, Field(description="Drop the oldest messages until `formatted` fits.", json_schema_extra={"minimum": 1})
+            int | None,
+            Field(description="Drop the oldest messages until `formatted` fits.", json_schema_extra={"minimum": 1}),
         ] = None,
     ) -> ContextModel:
         """The contact's last messages, oldest to newest, plus `formatted`, a transcript ready for a prompt."""
         return await _tool(
             the_store().get_context(
-                _org(), contact_id, agent_id=agent_id, chat_id=chat_id, limit=limit,
-                roles=roles, channels=channels, max_chars=max_chars,
+                _org(),
+                contact_id,
+                agent_id=agent_id,
+                chat_id=chat_id,
+                limit=limit,
+                roles=roles,
+                channels=channels,
+                max_chars=max_chars,
             )
         )
 
@@ -233,8 +242,14 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
                 the_store().append_message(
                     _org(),
                     NewMessage(
-                        contact_id=contact_id, channel=channel, role=role, content=content, agent_id=agent_id,
-                        chat_id=chat_id, metadata=metadata, created_at=created_at,
+                        contact_id=contact_id,
+                        channel=channel,
+                        role=role,
+                        content=content,
+                        agent_id=agent_id,
+                        chat_id=chat_id,
+                        metadata=metadata,
+                        created_at=created_at,
                     ),
                 )
             )

@@ -56,7 +56,9 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve MCP over stdio (default) or streamable HTTP (--http)")
     _common(serve)
     _org(serve)
-    serve.add_argument("--read-only", action="store_true", help="serve only the read-only tools, the resources and the prompt")
+    serve.add_argument(
+        "--read-only", action="store_true", help="serve only the read-only tools, the resources and the prompt"
+    )
     serve.add_argument(
         "--durability",
         choices=["normal", "full"],
@@ -64,7 +66,9 @@ def parser() -> argparse.ArgumentParser:
         help="normal: a process crash loses nothing acknowledged, a power loss may lose the last moments; "
         "full: nothing acknowledged is lost even on power loss, each commit waits for the disk (default: %(default)s)",
     )
-    serve.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp (API key required) instead of stdio")
+    serve.add_argument(
+        "--http", action="store_true", help="serve streamable HTTP at /mcp (API key required) instead of stdio"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="with --http: address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8765, help="with --http: port to listen on (default: %(default)s)")
     serve.add_argument(

@@ -101,7 +101,7 @@ def build_http_app(settings: Settings, host: str = "127.0.0.1", allowed_hosts: l
     security = transport_security(host, allowed_hosts or [])
     server = build_server(settings)
 
-    @server.custom_route("/healthz", methods=["GET"])
+    @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def healthz(_: Request) -> Response:
         store = server.state.store
         try:

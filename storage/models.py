@@ -15,9 +15,7 @@ CHAT_STATUSES: tuple[ChatStatus, ...] = ("RUNNING", "COMPLETED", "FAILED", "CANC
 
 ChannelKind = Literal["custom", "provider"]
 
-PROVIDER_CHANNELS = frozenset(
-    {"whatsapp", "sms", "mms", "rcs", "email", "messenger", "instagram", "telegram"}
-)
+PROVIDER_CHANNELS = frozenset({"whatsapp", "sms", "mms", "rcs", "email", "messenger", "instagram", "telegram"})
 
 
 def channel_kind(name: str) -> ChannelKind:

@@ -36,8 +36,8 @@ from .migrations import migrate
 from .models import (
     ApiKeyInfo,
     AppendedMessage,
-    Chat,
     ChannelRef,
+    Chat,
     Context,
     ForgetResult,
     Message,
@@ -61,9 +61,7 @@ KEY_TOUCH_INTERVAL_US = 60_000_000
 _ORG = "(SELECT id FROM orgs WHERE name = ?)"
 _CONTACT = f"(SELECT id FROM contacts WHERE org_id = {_ORG} AND external_id = ?)"
 
-_MESSAGE_COLUMNS = (
-    "m.id, m.agent_id, m.chat_id, m.channel, m.role, m.content, m.parts, m.metadata, m.created_us, m.seq"
-)
+_MESSAGE_COLUMNS = "m.id, m.agent_id, m.chat_id, m.channel, m.role, m.content, m.parts, m.metadata, m.created_us, m.seq"
 
 _CHAT_SELECT = """
 SELECT ch.id, co.external_id, ch.agent_id, ch.status, ch.created_us, ch.updated_us,
@@ -150,9 +148,7 @@ def _existing_contact_pk(conn: sqlite3.Connection, org: str, contact_id: str) ->
 
 
 def _contact_pk(conn: sqlite3.Connection, org_pk: int, contact_id: str, now_us: int) -> int:
-    row = conn.execute(
-        "SELECT id FROM contacts WHERE org_id = ? AND external_id = ?", (org_pk, contact_id)
-    ).fetchone()
+    row = conn.execute("SELECT id FROM contacts WHERE org_id = ? AND external_id = ?", (org_pk, contact_id)).fetchone()
     if row is not None:
         return int(row[0])
     cursor = conn.execute(
@@ -187,10 +183,14 @@ def _chat_by_id(conn: sqlite3.Connection, chat_id: str) -> Chat:
     return _chat(row)
 
 
+def _chat_not_found(chat_id: str, contact_id: str) -> NotFound:
+    return NotFound(f"chat {chat_id} not found for contact {contact_id}; list the contact's chats with list_chats")
+
+
 def _chat_of_contact(conn: sqlite3.Connection, org_pk: int, chat_id: str, contact_pk: int, contact_id: str) -> None:
     row = conn.execute("SELECT contact_pk FROM chats WHERE id = ? AND org_id = ?", (chat_id, org_pk)).fetchone()
     if row is None or row[0] != contact_pk:
-        raise NotFound(f"chat {chat_id} not found for contact {contact_id}; open one with open_chat or list them with list_chats")
+        raise _chat_not_found(chat_id, contact_id)
 
 
 def _find_message(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> Message | None:
@@ -205,8 +205,20 @@ def _find_message(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -
 class _Prepared:
     """A message checked in full before the writer sees it."""
 
-    __slots__ = ("id", "contact_id", "agent_id", "chat_id", "channel", "role", "content", "parts_json",
-                 "metadata_json", "provider_message_id", "created_us", "message")
+    __slots__ = (
+        "agent_id",
+        "channel",
+        "chat_id",
+        "contact_id",
+        "content",
+        "created_us",
+        "id",
+        "message",
+        "metadata_json",
+        "parts_json",
+        "provider_message_id",
+        "role",
+    )
 
     def __init__(self, new: NewMessage, now: datetime) -> None:
         self.contact_id = check.contact_id(new.contact_id)
@@ -245,7 +257,7 @@ class _Prepared:
 
 
 def _insert(conn: sqlite3.Connection, org: str, p: _Prepared) -> AppendedMessage:
-    """Store one checked message; an already stored one (same id, or same channel and provider id) comes back instead."""
+    """Store one checked message; an already stored one (same id, or channel and provider id) comes back instead."""
     now_us = _now_us()
     org_pk = _org_pk(conn, org)
     contact_pk = _contact_pk(conn, org_pk, p.contact_id, now_us)
@@ -257,14 +269,27 @@ def _insert(conn: sqlite3.Connection, org: str, p: _Prepared) -> AppendedMessage
     cursor = conn.execute(
         "INSERT INTO messages (id, org_id, contact_pk, agent_id, chat_id, channel, role, content, parts, metadata,"
         " provider_message_id, created_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        (p.id, org_pk, contact_pk, p.agent_id, p.chat_id, p.channel, p.role, p.content, p.parts_json,
-         p.metadata_json, p.provider_message_id, p.created_us),
+        (
+            p.id,
+            org_pk,
+            contact_pk,
+            p.agent_id,
+            p.chat_id,
+            p.channel,
+            p.role,
+            p.content,
+            p.parts_json,
+            p.metadata_json,
+            p.provider_message_id,
+            p.created_us,
+        ),
     )
     if cursor.rowcount == 0:
         existing = None
         if p.provider_message_id is not None:
             existing = _find_message(
-                conn, "m.org_id = ? AND m.channel = ? AND m.provider_message_id = ?",
+                conn,
+                "m.org_id = ? AND m.channel = ? AND m.provider_message_id = ?",
                 (org_pk, p.channel, p.provider_message_id),
             )
         if existing is None:
@@ -272,9 +297,7 @@ def _insert(conn: sqlite3.Connection, org: str, p: _Prepared) -> AppendedMessage
         if existing is None:
             raise Conflict(f"message id {p.id} is already used in another organization; leave id out to get a new one")
         raise Undo(AppendedMessage(**existing.model_dump(), deduplicated=True))
-    conn.execute(
-        "UPDATE contacts SET last_active_us = max(last_active_us, ?) WHERE id = ?", (p.created_us, contact_pk)
-    )
+    conn.execute("UPDATE contacts SET last_active_us = max(last_active_us, ?) WHERE id = ?", (p.created_us, contact_pk))
     return AppendedMessage(**p.message.model_dump(), deduplicated=False)
 
 
@@ -400,9 +423,7 @@ class SQLiteStore:
                 "SELECT contact_pk FROM chats WHERE id = ? AND org_id = " + _ORG, (chat_id, org)
             ).fetchone()
             if contact_pk is None or row is None or row[0] != contact_pk:
-                raise NotFound(
-                    f"chat {chat_id} not found for contact {contact_id}; open one with open_chat or list them with list_chats"
-                )
+                raise _chat_not_found(chat_id, contact_id)
             channels = [c for c in _chat_by_id(conn, chat_id).channels]
             custom = [c for c in channels if c.kind == "custom"]
             listed = ", ".join(f"{c.id} ({c.name})" for c in custom)
@@ -414,7 +435,9 @@ class SQLiteStore:
                 )
             if wanted is None:
                 if len(custom) > 1:
-                    raise InvalidInput(f"chat {chat_id} has several custom channels; pass channel_id as one of: {listed}")
+                    raise InvalidInput(
+                        f"chat {chat_id} has several custom channels; pass channel_id as one of: {listed}"
+                    )
                 chosen = custom[0]
             else:
                 matches = [c for c in custom if c.id == wanted]
@@ -424,7 +447,9 @@ class SQLiteStore:
                     )
                 chosen = matches[0]
             prepared = _Prepared(
-                NewMessage(contact_id=contact_id, channel=chosen.name, role="user", parts=checked_parts, chat_id=chat_id),
+                NewMessage(
+                    contact_id=contact_id, channel=chosen.name, role="user", parts=checked_parts, chat_id=chat_id
+                ),
                 now,
             )
             _insert(conn, org, prepared)
@@ -458,11 +483,11 @@ class SQLiteStore:
     async def _require_chat(self, org: str, contact_id: str, chat_id: str | None) -> None:
         if chat_id is None:
             return
-        rows = await self._read(f"SELECT 1 FROM chats WHERE id = ? AND contact_pk = {_CONTACT}", (chat_id, org, contact_id))
+        rows = await self._read(
+            f"SELECT 1 FROM chats WHERE id = ? AND contact_pk = {_CONTACT}", (chat_id, org, contact_id)
+        )
         if not rows:
-            raise NotFound(
-                f"chat {chat_id} not found for contact {contact_id}; list the contact's chats with list_chats"
-            )
+            raise _chat_not_found(chat_id, contact_id)
 
     def context_sql(
         self,
@@ -676,7 +701,9 @@ class SQLiteStore:
                     (prefix, name, org_pk, _key_hash(key), _now_us()),
                 )
             except sqlite3.IntegrityError:
-                raise Conflict(f"a live key is already named {name!r}; choose another name or revoke that key") from None
+                raise Conflict(
+                    f"a live key is already named {name!r}; choose another name or revoke that key"
+                ) from None
             return self._key_row(conn, "k.prefix = ?", (prefix,))[0]
 
         return NewApiKey(key=key, info=await self._writer.run(job))
@@ -695,9 +722,13 @@ class SQLiteStore:
 
     async def revoke_api_key(self, prefix_or_name: str) -> ApiKeyInfo:
         def job(conn: sqlite3.Connection) -> ApiKeyInfo:
-            found = self._key_row(conn, "(k.prefix = ? OR k.name = ?) AND k.revoked_us IS NULL", (prefix_or_name, prefix_or_name))
+            found = self._key_row(
+                conn, "(k.prefix = ? OR k.name = ?) AND k.revoked_us IS NULL", (prefix_or_name, prefix_or_name)
+            )
             if not found:
-                raise NotFound(f"no live key has the prefix or name {prefix_or_name!r}; `chatdock keys list` shows them")
+                raise NotFound(
+                    f"no live key has the prefix or name {prefix_or_name!r}; `chatdock keys list` shows them"
+                )
             conn.execute("UPDATE api_keys SET revoked_us = ? WHERE prefix = ?", (_now_us(), found[0].prefix))
             return self._key_row(conn, "k.prefix = ?", (found[0].prefix,))[0]
 

@@ -182,12 +182,13 @@ def metadata(value: object) -> tuple[dict[str, Any], str | None]:
     if "\x00" in encoded:
         raise InvalidInput("metadata must not contain NUL characters (\\x00)")
     provider_message_id = value.get("provider_message_id")
-    if provider_message_id is not None:
-        if not isinstance(provider_message_id, str) or not 1 <= len(provider_message_id) <= MAX_ID_CHARS:
-            raise InvalidInput(
-                f"metadata.provider_message_id must be a string of 1 to {MAX_ID_CHARS} characters, "
-                f"got {_shown(provider_message_id)}"
-            )
+    if provider_message_id is not None and (
+        not isinstance(provider_message_id, str) or not 1 <= len(provider_message_id) <= MAX_ID_CHARS
+    ):
+        raise InvalidInput(
+            f"metadata.provider_message_id must be a string of 1 to {MAX_ID_CHARS} characters, "
+            f"got {_shown(provider_message_id)}"
+        )
     attachments = value.get("attachments")
     if attachments is not None and not isinstance(attachments, list):
         raise InvalidInput(f"metadata.attachments must be a list, got {type(attachments).__name__}")
@@ -229,7 +230,9 @@ def channels(values: Sequence[object] | None) -> list[str] | None:
     return sorted({channel(value, "channels[]") for value in values})
 
 
-_CURSOR_HINT = "pass next_cursor exactly as a previous list_messages returned it, or leave cursor out for the first page"
+_CURSOR_HINT = (
+    "pass next_cursor exactly as a previous list_messages returned it, or leave cursor out for the first page"
+)
 
 
 def encode_cursor(created_us: int, seq: int) -> str:

@@ -12,6 +12,7 @@ raises `Undo` rolls back its savepoint and still returns a value (used for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -118,10 +119,8 @@ class Writer:
                 self.batches += 1
                 self.jobs += len(batch)
                 for job, (ok, value) in zip(batch, outcomes, strict=True):
-                    try:
+                    with contextlib.suppress(RuntimeError):  # the caller's loop is gone; nobody waits
                         job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
-                    except RuntimeError:  # the caller's loop is gone; nobody is waiting
-                        pass
         finally:
             conn.close()
 

@@ -17,8 +17,15 @@ from storage import SQLiteStore
 MODES = ["auto", "legacy"]
 UNKNOWN = "0192f0c4-7d3e-7b1a-9c4e-2f1d3a5b6c7d"
 TOOLS = {
-    "append_message", "post_as_contact", "get_context", "list_messages", "delete_message",
-    "open_chat", "update_chat", "list_chats", "forget_contact",
+    "append_message",
+    "post_as_contact",
+    "get_context",
+    "list_messages",
+    "delete_message",
+    "open_chat",
+    "update_chat",
+    "list_chats",
+    "forget_contact",
 }
 READ_ONLY = {"get_context", "list_messages", "list_chats"}
 
@@ -63,11 +70,14 @@ async def test_read_only_serves_only_reading_tools(mode: str) -> None:
     async with Client(build_server(Settings(read_only=True)), mode=mode) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
         assert names == READ_ONLY
-        result = await client.call_tool("append_message", {"contact_id": "a", "channel": "sms", "role": "user", "content": "x"})
+        result = await client.call_tool(
+            "append_message", {"contact_id": "a", "channel": "sms", "role": "user", "content": "x"}
+        )
         assert result.is_error
         templates = (await client.list_resource_templates()).resource_templates
         assert {t.uri_template for t in templates} == {
-            "chatdock://contacts/{contact_id}/transcript", "chatdock://contacts/{contact_id}/context"
+            "chatdock://contacts/{contact_id}/transcript",
+            "chatdock://contacts/{contact_id}/context",
         }
         assert [p.name for p in (await client.list_prompts()).prompts] == ["continue_conversation"]
 
@@ -75,14 +85,35 @@ async def test_read_only_serves_only_reading_tools(mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 async def test_a_conversation_end_to_end(mode: str) -> None:
     async with Client(build_server(Settings()), mode=mode) as client:
-        first = await call(client, "append_message", contact_id="+31612345678", channel="whatsapp", role="user",
-                           content="When does my order arrive?", metadata={"provider_message_id": "wamid.1"})
+        first = await call(
+            client,
+            "append_message",
+            contact_id="+31612345678",
+            channel="whatsapp",
+            role="user",
+            content="When does my order arrive?",
+            metadata={"provider_message_id": "wamid.1"},
+        )
         assert first["deduplicated"] is False and first["created_at"].endswith("Z")
-        again = await call(client, "append_message", contact_id="+31612345678", channel="whatsapp", role="user",
-                           content="When does my order arrive?", metadata={"provider_message_id": "wamid.1"})
+        again = await call(
+            client,
+            "append_message",
+            contact_id="+31612345678",
+            channel="whatsapp",
+            role="user",
+            content="When does my order arrive?",
+            metadata={"provider_message_id": "wamid.1"},
+        )
         assert again["deduplicated"] is True and again["id"] == first["id"]
-        await call(client, "append_message", contact_id="+31612345678", channel="whatsapp", role="assistant",
-                   content="Your order ships tomorrow.", agent_id="support-bot")
+        await call(
+            client,
+            "append_message",
+            contact_id="+31612345678",
+            channel="whatsapp",
+            role="assistant",
+            content="Your order ships tomorrow.",
+            agent_id="support-bot",
+        )
         context = await call(client, "get_context", contact_id="+31612345678")
         assert context["formatted"] == "USER: When does my order arrive?\nASSISTANT: Your order ships tomorrow."
         assert [m["role"] for m in context["messages"]] == ["user", "assistant"]
@@ -99,10 +130,16 @@ async def test_a_conversation_end_to_end(mode: str) -> None:
 
         chat = await call(client, "open_chat", contact_id="+31612345678", channel="voice", agent_id="voice-bot")
         assert chat["status"] == "RUNNING" and chat["channels"][0]["kind"] == "custom"
-        posted = await call(client, "post_as_contact", contact_id="+31612345678", chat_id=chat["id"], message=[
-            {"type": "text", "text": "Hi, it's me", "start_timestamp": 0.0, "end_timestamp": 1.2},
-            {"type": "text", "text": "again", "start_timestamp": 1.3, "end_timestamp": 1.9},
-        ])
+        posted = await call(
+            client,
+            "post_as_contact",
+            contact_id="+31612345678",
+            chat_id=chat["id"],
+            message=[
+                {"type": "text", "text": "Hi, it's me", "start_timestamp": 0.0, "end_timestamp": 1.2},
+                {"type": "text", "text": "again", "start_timestamp": 1.3, "end_timestamp": 1.9},
+            ],
+        )
         assert posted["content"] == "Hi, it's me again" and posted["role"] == "user" and posted["channel"] == "voice"
         done = await call(client, "update_chat", chat_id=chat["id"], status="COMPLETED")
         assert done["status"] == "COMPLETED"
@@ -140,8 +177,11 @@ async def test_every_error_says_what_to_fix_and_the_server_keeps_serving(mode: s
             ("update_chat", {"chat_id": UNKNOWN, "status": "COMPLETED"}, f"chat {UNKNOWN} not found"),
             ("update_chat", {"chat_id": UNKNOWN, "status": "DONE"}, "status must be one of RUNNING, COMPLETED"),
             ("open_chat", {"contact_id": "c1", "channel": "Bad Channel"}, "channel must be a lower-case name"),
-            ("post_as_contact", {"contact_id": "c1", "chat_id": UNKNOWN, "message": [{"type": "text", "text": "x"}]},
-             f"chat {UNKNOWN} not found for contact c1"),
+            (
+                "post_as_contact",
+                {"contact_id": "c1", "chat_id": UNKNOWN, "message": [{"type": "text", "text": "x"}]},
+                f"chat {UNKNOWN} not found for contact c1",
+            ),
             ("post_as_contact", {"contact_id": "c1", "chat_id": UNKNOWN, "message": []}, "1 to 100 parts, got 0"),
         ]
         for name, arguments, expected in cases:
@@ -167,14 +207,19 @@ async def test_post_as_contact_channel_errors(mode: str) -> None:
         assert "supports only custom channels" in await error(
             client, "post_as_contact", contact_id="c1", chat_id=chat["id"], message=part
         )
-        await call(client, "append_message", contact_id="c1", channel="voice", role="user", content="a", chat_id=chat["id"])
-        await call(client, "append_message", contact_id="c1", channel="widget", role="user", content="b", chat_id=chat["id"])
+        await call(
+            client, "append_message", contact_id="c1", channel="voice", role="user", content="a", chat_id=chat["id"]
+        )
+        await call(
+            client, "append_message", contact_id="c1", channel="widget", role="user", content="b", chat_id=chat["id"]
+        )
         text = await error(client, "post_as_contact", contact_id="c1", chat_id=chat["id"], message=part)
         assert "several custom channels" in text and "(voice)" in text and "(widget)" in text
         channels = (await call(client, "list_chats", contact_id="c1"))["chats"][0]["channels"]
         widget = next(c for c in channels if c["name"] == "widget")
-        posted = await call(client, "post_as_contact", contact_id="c1", chat_id=chat["id"], message=part,
-                            channel_id=widget["id"])
+        posted = await call(
+            client, "post_as_contact", contact_id="c1", chat_id=chat["id"], message=part, channel_id=widget["id"]
+        )
         assert posted["channel"] == "widget"
         whatsapp = next(c for c in channels if c["name"] == "whatsapp")
         assert "is not a custom channel" in await error(
@@ -191,7 +236,9 @@ async def test_resources_round_trip_percent_encoded_contact_ids(mode: str) -> No
 
     async with Client(build_server(Settings()), mode=mode) as client:
         for contact in ODD_IDS:
-            await call(client, "append_message", contact_id=contact, channel="sms", role="user", content=f"I am {contact}")
+            await call(
+                client, "append_message", contact_id=contact, channel="sms", role="user", content=f"I am {contact}"
+            )
             transcript = await client.read_resource(contact_uri(TRANSCRIPT_URI, contact))
             assert transcript.contents[0].text == f"USER: I am {contact}"  # type: ignore[union-attr]
             assert transcript.contents[0].mime_type == "text/plain"
@@ -204,7 +251,7 @@ async def test_resources_round_trip_percent_encoded_contact_ids(mode: str) -> No
         listed = [r.uri for r in (await client.list_resources()).resources]
         assert contact_uri(TRANSCRIPT_URI, "x" * 256) == listed[0]
         assert set(listed) == {contact_uri(TRANSCRIPT_URI, c) for c in ODD_IDS}
-        with pytest.raises(MCPError, match="Unknown resource|control characters"):
+        with pytest.raises(MCPError, match=r"Unknown resource|control characters"):
             await client.read_resource("chatdock://contacts/a%00b/transcript")
 
 
@@ -223,9 +270,9 @@ async def test_a_listener_is_told_of_every_write_of_another_client(tmp_path: Any
         transcript = "chatdock://contacts/%2B31612345678/transcript"
         context = "chatdock://contacts/%2B31612345678/context"
         other = "chatdock://contacts/someone-else/transcript"
+        received: list[str] = []
         async with Client(server) as listener, Client(server) as writer:
             async with listener.listen(resource_subscriptions=[transcript, context, other]) as subscription:
-                received: list[str] = []
 
                 async def collect() -> None:
                     async for event in subscription:
@@ -234,11 +281,17 @@ async def test_a_listener_is_told_of_every_write_of_another_client(tmp_path: Any
 
                 async with anyio.create_task_group() as group:
                     group.start_soon(collect)
-                    stored = await call(writer, "append_message", contact_id="+31612345678", channel="sms",
-                                        role="user", content="hi")
+                    stored = await call(
+                        writer, "append_message", contact_id="+31612345678", channel="sms", role="user", content="hi"
+                    )
                     chat = await call(writer, "open_chat", contact_id="+31612345678", channel="voice")
-                    await call(writer, "post_as_contact", contact_id="+31612345678", chat_id=chat["id"],
-                               message=[{"type": "text", "text": "hello"}])
+                    await call(
+                        writer,
+                        "post_as_contact",
+                        contact_id="+31612345678",
+                        chat_id=chat["id"],
+                        message=[{"type": "text", "text": "hello"}],
+                    )
                     await call(writer, "delete_message", message_id=stored["id"])
                     await call(writer, "forget_contact", contact_id="+31612345678")
                     with anyio.fail_after(5):

@@ -34,7 +34,7 @@ async def count_messages(store: SQLiteStore) -> int:
 
 HOSTILE = [
     "'; DROP TABLE messages; --",
-    'quote " and \' and `',
+    "quote \" and ' and `",
     "emoji 👋🏽 and RTL \u202e and zero width \u200b",
     "tab\tand bell\x07 and escape \x1b[31m",
     "Robert'); DELETE FROM contacts WHERE ('1'='1",
@@ -402,7 +402,8 @@ async def test_api_keys_keep_only_a_hash(store: SQLiteStore) -> None:
     created = await store.create_api_key(ORG, "laptop")
     assert created.key.startswith(created.info.prefix + "_") and len(created.key) > 40
     assert await store.verify_api_key(created.key) == ORG
-    assert await store.verify_api_key(created.key[:-1] + "A") is None
+    tampered = created.key[:-1] + ("B" if created.key.endswith("A") else "A")
+    assert await store.verify_api_key(tampered) is None
     assert await store.verify_api_key("cdk_00000000_nope") is None
     assert await store.verify_api_key("garbage") is None
     with sqlite3.connect(store.path) as conn:

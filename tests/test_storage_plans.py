@@ -31,8 +31,12 @@ async def filled(tmp_path: Path) -> str:
         chat = await store.open_chat("o", "c0", "voice")
         batch = [
             NewMessage(
-                contact_id=f"c{i % 20}", channel="sms", role="user", content=f"m{i}",
-                agent_id="a" if i % 3 else None, chat_id=chat.id if i % 20 == 0 else None,
+                contact_id=f"c{i % 20}",
+                channel="sms",
+                role="user",
+                content=f"m{i}",
+                agent_id="a" if i % 3 else None,
+                chat_id=chat.id if i % 20 == 0 else None,
             )
             for i in range(400)
         ]
