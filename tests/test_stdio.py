@@ -1,0 +1,69 @@
+"""`chatdock serve` as a real subprocess over stdio, the way desktop clients start it."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from mcp.client import Client
+
+from tests.transports import run_cli, stdio_params
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_stdio_round_trip_and_restart_on_the_same_file(tmp_path: Path, mode: str) -> None:
+    db = str(tmp_path / "nested" / "folder" / "chatdock.db")
+    async with Client(stdio_params("--db", db, "--org", "acme"), mode=mode) as client:
+        stored = await client.call_tool(
+            "append_message",
+            {"contact_id": "+31612345678", "channel": "voice", "role": "user", "content": "Calling about my order"},
+        )
+        assert not stored.is_error
+        context = await client.call_tool("get_context", {"contact_id": "+31612345678"})
+        assert context.structured_content is not None
+        assert context.structured_content["formatted"] == "USER: Calling about my order"
+        transcript = await client.read_resource("chatdock://contacts/%2B31612345678/transcript")
+        assert transcript.contents[0].text == "USER: Calling about my order"  # type: ignore[union-attr]
+        bad = await client.call_tool("get_context", {"contact_id": "+31612345678", "limit": 500})
+        assert bad.is_error and "limit must be between 1 and 200, got 500" in bad.content[0].text  # type: ignore[union-attr]
+
+    async with Client(stdio_params("--db", db, "--org", "acme", "--read-only"), mode=mode) as again:
+        tools = {tool.name for tool in (await again.list_tools()).tools}
+        assert "append_message" not in tools
+        context = await again.call_tool("get_context", {"contact_id": "+31612345678"})
+        assert context.structured_content is not None
+        assert [m["content"] for m in context.structured_content["messages"]] == ["Calling about my order"]
+
+    async with Client(stdio_params("--db", db, "--org", "other"), mode=mode) as other:
+        context = await other.call_tool("get_context", {"contact_id": "+31612345678"})
+        assert context.structured_content is not None and context.structured_content["messages"] == []
+
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_help_explains_every_option() -> None:
+    top = run_cli("--help")
+    assert top.returncode == 0 and "serve" in top.stdout and "keys" in top.stdout
+    serve = run_cli("serve", "--help")
+    for option in ["--db", "--org", "--read-only", "--log-level", "--http", "--host", "--port", "--durability"]:
+        assert option in serve.stdout
+    assert "CHATDOCK_DB" in serve.stdout and "CHATDOCK_ORG" in serve.stdout
+
+
+def test_keys_cli_round_trip(tmp_path: Path) -> None:
+    db = str(tmp_path / "keys.db")
+    created = run_cli("keys", "create", "--db", db, "--org", "acme", "--name", "voice-prod")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("cdk_") and "not shown again" in created.stderr
+    listed = run_cli("keys", "list", "--db", db)
+    assert "voice-prod" in listed.stdout and "acme" in listed.stdout and key not in listed.stdout
+    assert key.split("_")[0] + "_" + key.split("_")[1] in listed.stdout
+    duplicate = run_cli("keys", "create", "--db", db, "--org", "acme", "--name", "voice-prod")
+    assert duplicate.returncode == 2 and "already named" in duplicate.stderr
+    revoked = run_cli("keys", "revoke", "--db", db, "voice-prod")
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout
+    again = run_cli("keys", "revoke", "--db", db, "voice-prod")
+    assert again.returncode == 2 and "no live key" in again.stderr
