@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from storage import ChatdockError, SQLiteStore
+from storage import ChatdockError, InvalidInput, SQLiteStore
 
 from .app import Settings, build_server
 
@@ -91,6 +91,14 @@ def parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", help="revoke a key by its prefix or name")
     _common(revoke)
     revoke.add_argument("key", metavar="PREFIX_OR_NAME")
+    bench = commands.add_parser("bench", help="measure chatdock against raw sqlite3 on a temporary database file")
+    bench.add_argument("--messages", type=int, default=1_000_000, help="messages to build (default: %(default)s)")
+    bench.add_argument("--contacts", type=int, default=100_000, help="contacts they spread over (default: %(default)s)")
+    bench.add_argument(
+        "--rounds", type=int, default=3, help="rounds; each figure is their median (default: %(default)s)"
+    )
+    bench.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
+    bench.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return top
 
 
@@ -140,6 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "keys":
             return asyncio.run(_keys(args))
+        if args.command == "bench":
+            from .bench import main as bench
+
+            if args.messages < 1000 or args.rounds < 1:
+                raise InvalidInput("bench needs --messages of at least 1000 and --rounds of at least 1")
+            return bench(args.messages, args.contacts, args.rounds, args.json)
     except ChatdockError as exc:
         print(f"chatdock: {exc}", file=sys.stderr)
         return 2

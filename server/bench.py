@@ -1,0 +1,368 @@
+"""`chatdock bench`: chatdock's speed as ratios against raw sqlite3, measured in the same run.
+
+Every figure is the median over `rounds` rounds, on a temporary database file
+filled with `messages` messages across `contacts` contacts. Goals come from
+the performance issue; the table says for each whether this run met it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mcp.client import Client
+from mcp.client.stdio import StdioServerParameters
+
+from storage import NewMessage, SQLiteStore
+
+from .app import Settings, build_server
+
+CONTEXT_SQL = (
+    "SELECT id, agent_id, chat_id, channel, role, content, parts, metadata, created_us, seq FROM messages "
+    "WHERE contact_pk = ? ORDER BY created_us DESC, seq DESC LIMIT 50"
+)
+
+
+@dataclass
+class Row:
+    name: str
+    value: float
+    unit: str
+    floor: float | None = None
+    ratio: float | None = None
+    goal: str = ""
+    met: bool | None = None
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _progress(label: str, done: int, total: int) -> None:
+    width = 30
+    filled = int(width * done / max(total, 1))
+    sys.stderr.write(f"\r{label:<28} [{'#' * filled}{'.' * (width - filled)}] {done:>9,}/{total:,}")
+    if done >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def _new(contact: int, index: int) -> NewMessage:
+    return NewMessage(
+        contact_id=f"+3160{contact:07d}",
+        channel="whatsapp" if index % 2 else "voice",
+        role="user" if index % 2 else "assistant",
+        content=f"message {index} of contact {contact}: hello there",
+    )
+
+
+async def fill(store: SQLiteStore, messages: int, contacts: int, quiet: bool) -> None:
+    batch = 5000
+    done = 0
+    while done < messages:
+        size = min(batch, messages - done)
+        await store.import_messages("bench", [_new((done + i) % contacts, done + i) for i in range(size)])
+        done += size
+        if not quiet:
+            _progress("building data", done, messages)
+
+
+def raw_floor(path: str, durability: str, inserts: int, reads: int, contacts: int) -> tuple[float, float]:
+    """Raw sqlite3: one message per commit (messages/s), and the last-50 read (p99 ms)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute(f"PRAGMA synchronous = {durability.upper()}")
+    org_pk, contact_pk = conn.execute("SELECT org_id, id FROM contacts ORDER BY id LIMIT 1").fetchone()
+    start = time.perf_counter()
+    for index in range(inserts):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "INSERT INTO messages (id, org_id, contact_pk, channel, role, content, created_us)"
+            " VALUES (?, ?, ?, 'sms', 'user', ?, ?)",
+            (os.urandom(16).hex(), org_pk, contact_pk, f"raw {index}", time.time_ns() // 1000),
+        )
+        conn.execute("COMMIT")
+    rate = inserts / (time.perf_counter() - start)
+    pks = [row[0] for row in conn.execute("SELECT id FROM contacts")]
+    samples = []
+    for _ in range(reads):
+        began = time.perf_counter()
+        conn.execute(CONTEXT_SQL, (random.choice(pks),)).fetchall()
+        samples.append((time.perf_counter() - began) * 1000)
+    conn.close()
+    return rate, _pct(samples, 0.99)
+
+
+async def timed(calls: list[Callable[[], Awaitable[Any]]], concurrency: int) -> tuple[float, list[float]]:
+    """Run the calls with `concurrency` callers; return the rate (calls/s) and each call's latency in ms."""
+    latencies: list[float] = []
+    queue = list(reversed(calls))
+
+    async def worker() -> None:
+        while queue:
+            call = queue.pop()
+            began = time.perf_counter()
+            await call()
+            latencies.append((time.perf_counter() - began) * 1000)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(calls) / (time.perf_counter() - start), latencies
+
+
+def _appends(store: SQLiteStore, count: int, tag: str) -> list[Callable[[], Awaitable[Any]]]:
+    def append(i: int) -> Callable[[], Awaitable[Any]]:
+        message = NewMessage(contact_id=f"+3199{i % 1000:07d}", channel="sms", role="user", content=f"{tag} {i}")
+        return lambda: store.append_message("bench", message)
+
+    return [append(i) for i in range(count)]
+
+
+async def mixed(store: SQLiteStore, contacts: int, seconds: float) -> tuple[float, float]:
+    """16 readers beside one writer for `seconds`: reads/s and writes/s."""
+    stop = time.perf_counter() + seconds
+    counts = {"reads": 0, "writes": 0}
+
+    async def reader() -> None:
+        while time.perf_counter() < stop:
+            await store.get_context("bench", f"+3160{random.randrange(contacts):07d}")
+            counts["reads"] += 1
+
+    async def writer() -> None:
+        while time.perf_counter() < stop:
+            await store.append_message(
+                "bench", NewMessage(contact_id="+31990000001", channel="sms", role="user", content="mixed")
+            )
+            counts["writes"] += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(writer(), *(reader() for _ in range(16)))
+    elapsed = time.perf_counter() - began
+    return counts["reads"] / elapsed, counts["writes"] / elapsed
+
+
+async def mcp_round_trips(client: Client, contact: str, count: int) -> tuple[float, float]:
+    """Median ms of get_context and of a bare do-nothing tool call, on one connection."""
+    context, bare = [], []
+    for _ in range(count):
+        began = time.perf_counter()
+        await client.call_tool("get_context", {"contact_id": contact})
+        context.append((time.perf_counter() - began) * 1000)
+        began = time.perf_counter()
+        await client.call_tool("bench_noop", {})
+        bare.append((time.perf_counter() - began) * 1000)
+    return statistics.median(context), statistics.median(bare)
+
+
+def bench_server(settings: Settings) -> Any:
+    """chatdock's server plus one do-nothing tool: the floor of a tool call on a transport."""
+    server = build_server(settings)
+
+    @server.tool(title="Do nothing")
+    async def bench_noop() -> str:
+        """Return at once (benchmark floor)."""
+        return "ok"
+
+    return server
+
+
+async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Row]:
+    folder = tempfile.mkdtemp(prefix="chatdock-bench-")
+    path = str(Path(folder) / "bench.db")
+    scale = max(200, min(2000, messages // 50))
+    figures: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        figures.setdefault(name, []).append(value)
+
+    async with SQLiteStore.open(path) as store:
+        await fill(store, messages, contacts, quiet)
+    for round_number in range(rounds):
+        if not quiet:
+            _progress("measuring rounds", round_number, rounds)
+        raw_rate, raw_read_p99 = raw_floor(path, "normal", scale, scale, contacts)
+        add("raw_insert", raw_rate)
+        add("raw_read_p99", raw_read_p99)
+        raw_full, _ = raw_floor(path, "full", scale, 1, contacts)
+        add("raw_insert_full", raw_full)
+        async with SQLiteStore.open(path) as store:
+            rate, lat = await timed(_appends(store, scale, "one"), 1)
+            add("one_rate", rate)
+            add("one_p99", _pct(lat, 0.99))
+            rate, lat = await timed(_appends(store, scale * 5, "many"), 100)
+            add("many_rate", rate)
+            add("many_p99", _pct(lat, 0.99))
+            samples = []
+            for _ in range(scale):
+                began = time.perf_counter()
+                await store.get_context("bench", f"+3160{random.randrange(contacts):07d}")
+                samples.append((time.perf_counter() - began) * 1000)
+            add("context_p50", _pct(samples, 0.5))
+            add("context_p99", _pct(samples, 0.99))
+            page = await store.list_messages("bench", "+31600000000", limit=50)
+            samples = []
+            for _ in range(scale // 4):
+                began = time.perf_counter()
+                await store.list_messages("bench", "+31600000000", limit=50, cursor=page.next_cursor)
+                samples.append((time.perf_counter() - began) * 1000)
+            add("page_p50", _pct(samples, 0.5))
+            victims = [m.id for m in (await store.list_messages("bench", "+31990000001", limit=200)).messages]
+            victims += [
+                (
+                    await store.append_message(
+                        "bench", NewMessage(contact_id="+31990000002", channel="sms", role="user", content="to delete")
+                    )
+                ).id
+                for _ in range(max(0, 100 - len(victims)))
+            ]
+            samples = []
+            for victim in victims[:100]:
+                began = time.perf_counter()
+                await store.delete_message("bench", victim)
+                samples.append((time.perf_counter() - began) * 1000)
+            add("delete_p50", _pct(samples, 0.5))
+            reads, writes = await mixed(store, contacts, 2.0)
+            add("mixed_reads", reads)
+            add("mixed_writes", writes)
+        async with SQLiteStore.open(path, durability="full") as store:
+            rate, lat = await timed(_appends(store, scale * 5, "full"), 100)
+            add("many_full_rate", rate)
+            add("many_full_p99", _pct(lat, 0.99))
+        async with Client(bench_server(Settings(db=path, org="bench"))) as client:
+            ctx_ms, bare_ms = await mcp_round_trips(client, "+31600000001", max(50, scale // 10))
+            add("mcp_memory_context", ctx_ms)
+            add("mcp_memory_bare", bare_ms)
+        params = StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "server.bench", "--serve", path],
+            env=dict(os.environ),
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+        async with Client(params) as client:
+            ctx_ms, bare_ms = await mcp_round_trips(client, "+31600000001", max(50, scale // 10))
+            add("mcp_stdio_context", ctx_ms)
+            add("mcp_stdio_bare", bare_ms)
+    if not quiet:
+        _progress("measuring rounds", rounds, rounds)
+    m = {name: statistics.median(values) for name, values in figures.items()}
+    rows = [
+        Row("raw sqlite3: insert, one commit each", m["raw_insert"], "msg/s"),
+        Row("raw sqlite3: last-50 read p99", m["raw_read_p99"], "ms"),
+        Row(
+            "append, 1 caller",
+            m["one_rate"],
+            "msg/s",
+            m["raw_insert"],
+            m["one_rate"] / m["raw_insert"],
+            ">= 0.5x",
+            m["one_rate"] / m["raw_insert"] >= 0.5,
+        ),
+        Row("append, 1 caller p99", m["one_p99"], "ms", goal="<= 0.5 ms", met=m["one_p99"] <= 0.5),
+        Row(
+            "append, 100 callers (normal)",
+            m["many_rate"],
+            "msg/s",
+            m["raw_insert"],
+            m["many_rate"] / m["raw_insert"],
+            ">= 2.0x",
+            m["many_rate"] / m["raw_insert"] >= 2.0,
+        ),
+        Row("append, 100 callers p99 (normal)", m["many_p99"], "ms", goal="<= 20 ms", met=m["many_p99"] <= 20),
+        Row(
+            "append, 100 callers (full)",
+            m["many_full_rate"],
+            "msg/s",
+            m["raw_insert_full"],
+            m["many_full_rate"] / m["raw_insert_full"],
+            "within 10% of normal",
+            m["many_full_rate"] >= 0.9 * m["many_rate"],
+        ),
+        Row("append, 100 callers p99 (full)", m["many_full_p99"], "ms", goal="<= 20 ms", met=m["many_full_p99"] <= 20),
+        Row("context last-50 p50", m["context_p50"], "ms"),
+        Row(
+            "context last-50 p99",
+            m["context_p99"],
+            "ms",
+            m["raw_read_p99"],
+            m["context_p99"] / m["raw_read_p99"],
+            "< 1.5 ms and <= 3x",
+            m["context_p99"] < 1.5 and m["context_p99"] <= 3 * m["raw_read_p99"],
+        ),
+        Row("cursor page p50", m["page_p50"], "ms"),
+        Row("delete p50", m["delete_p50"], "ms"),
+        Row("16 readers + 1 writer: reads", m["mixed_reads"], "reads/s", goal=">= 2,500", met=m["mixed_reads"] >= 2500),
+        Row(
+            "16 readers + 1 writer: writes",
+            m["mixed_writes"],
+            "writes/s",
+            goal=">= 2,000",
+            met=m["mixed_writes"] >= 2000,
+        ),
+        Row("MCP in-memory: bare tool call", m["mcp_memory_bare"], "ms"),
+        Row(
+            "MCP in-memory: get_context",
+            m["mcp_memory_context"],
+            "ms",
+            m["mcp_memory_bare"],
+            m["mcp_memory_context"] / m["mcp_memory_bare"],
+        ),
+        Row("MCP stdio: bare tool call", m["mcp_stdio_bare"], "ms"),
+        Row(
+            "MCP stdio: get_context",
+            m["mcp_stdio_context"],
+            "ms",
+            m["mcp_stdio_bare"],
+            m["mcp_stdio_context"] / m["mcp_stdio_bare"],
+            "<= 1.5x",
+            m["mcp_stdio_context"] / m["mcp_stdio_bare"] <= 1.5,
+        ),
+    ]
+    for leftover in Path(folder).iterdir():
+        leftover.unlink()
+    Path(folder).rmdir()
+    return rows
+
+
+def table(rows: list[Row], messages: int, contacts: int) -> str:
+    lines = [
+        f"chatdock bench: {messages:,} messages across {contacts:,} contacts; "
+        f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} cpus",
+        f"{'measure':<36}{'value':>12} {'unit':<9}{'vs floor':>10}  {'goal':<22}met",
+    ]
+    for row in rows:
+        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
+        met = "" if row.met is None else ("yes" if row.met else "NO")
+        lines.append(f"{row.name:<36}{row.value:>12,.3f} {row.unit:<9}{ratio:>10}  {row.goal:<22}{met}")
+    return "\n".join(lines)
+
+
+def main(messages: int, contacts: int, rounds: int, as_json: bool) -> int:
+    contacts = max(1, min(contacts, messages))
+    rows = asyncio.run(run(messages, contacts, rounds, quiet=as_json))
+    if as_json:
+        print(
+            json.dumps(
+                {"messages": messages, "contacts": contacts, "rounds": rounds, "rows": [asdict(row) for row in rows]},
+                indent=2,
+            )
+        )
+    else:
+        print(table(rows, messages, contacts))
+    return 0
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--serve":
+    bench_server(Settings(db=sys.argv[2], org="bench")).run("stdio")

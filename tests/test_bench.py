@@ -1,0 +1,46 @@
+"""`chatdock bench` runs to the end in a small mode and prints every row (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.transports import run_cli
+
+ROWS = [
+    "raw sqlite3: insert, one commit each",
+    "raw sqlite3: last-50 read p99",
+    "append, 1 caller",
+    "append, 100 callers (normal)",
+    "append, 100 callers (full)",
+    "context last-50 p99",
+    "cursor page p50",
+    "delete p50",
+    "16 readers + 1 writer: reads",
+    "16 readers + 1 writer: writes",
+    "MCP in-memory: get_context",
+    "MCP stdio: bare tool call",
+    "MCP stdio: get_context",
+]
+
+
+def test_bench_small_mode_prints_every_row() -> None:
+    result = run_cli("bench", "--messages", "20000", "--contacts", "2000", "--rounds", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    names = [row["name"] for row in report["rows"]]
+    for row in ROWS:
+        assert row in names
+    for row in report["rows"]:
+        assert row["value"] > 0, row
+        if row["floor"] is not None:
+            assert row["ratio"] == row["value"] / row["floor"]
+
+
+def test_bench_table_and_bad_arguments() -> None:
+    result = run_cli("bench", "--messages", "5000", "--contacts", "500", "--rounds", "1")
+    assert result.returncode == 0, result.stderr
+    for row in ROWS:
+        assert row in result.stdout
+    assert "building data" in result.stderr
+    bad = run_cli("bench", "--messages", "10")
+    assert bad.returncode == 2 and "at least 1000" in bad.stderr
