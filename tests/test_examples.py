@@ -1,0 +1,41 @@
+"""The examples run as a user would run them, and say what their docstrings promise."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def run_example(name: str) -> str:
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_agent_loop_builds_the_model_input_and_stores_the_reply() -> None:
+    output = run_example("agent_loop.py")
+    assert '"role": "system"' in output and '"content": "When does my order arrive?"' in output
+    assert output.rstrip().endswith("USER: When does my order arrive?\nASSISTANT: Your order ships tomorrow.")
+
+
+def test_claude_desktop_config_starts_chatdock_serve() -> None:
+    config = json.loads((EXAMPLES / "claude_desktop_config.json").read_text())
+    server = config["mcpServers"]["chatdock"]
+    assert server["command"] == "chatdock" and server["args"][0] == "serve"
+
+
+def test_webhook_ingest_stores_a_retried_payload_once() -> None:
+    output = run_example("webhook_ingest.py")
+    assert "first delivery: 2 messages, deduplicated: [False, False]" in output
+    assert "second delivery: 2 messages, deduplicated: [True, True]" in output
+    assert "stored messages: 2" in output
