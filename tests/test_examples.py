@@ -39,3 +39,15 @@ def test_webhook_ingest_stores_a_retried_payload_once() -> None:
     assert "first delivery: 2 messages, deduplicated: [False, False]" in output
     assert "second delivery: 2 messages, deduplicated: [True, True]" in output
     assert "stored messages: 2" in output
+
+
+def test_voice_agent_hears_each_update_and_rebuilds_its_prompt() -> None:
+    output = run_example("voice_agent.py")
+    assert output.count("--- transcript updated") == 2
+    assert "USER: Hi, I'm calling about my order 4471.\nUSER: It still hasn't arrived." in output
+
+
+def test_http_example_is_refused_without_a_key_and_served_with_one() -> None:
+    output = run_example("http_client.py")
+    assert 'without a key: HTTP 401 {"error":"Invalid API key"' in output
+    assert "with the key: USER: Hello from the web widget" in output
