@@ -431,3 +431,17 @@ async def test_reopening_a_file_keeps_the_data(tmp_path: Path) -> None:
         await first.append_message(ORG, msg("c1", "durable"))
     async with SQLiteStore.open(path) as second:
         assert [m.content for m in (await second.get_context(ORG, "c1")).messages] == ["durable"]
+
+
+async def test_export_streams_every_message_oldest_first_with_its_organization(store: SQLiteStore) -> None:
+    await store.append_message(ORG, msg("c1", "one"))
+    await store.append_message("other", msg("c1", "theirs"))
+    await store.append_message(ORG, msg("c2", "two"))
+    everything = [(org, m.content) async for org, m in store.export_messages(batch=2)]
+    assert everything == [(ORG, "one"), ("other", "theirs"), (ORG, "two")]
+    assert [m.content async for _, m in store.export_messages(ORG)] == ["one", "two"]
+    assert [m.content async for _, m in store.export_messages(ORG, "c2")] == ["two"]
+    reimported = await store.import_messages(
+        ORG, [msg("c1", "one", id=everything and (await store.get_context(ORG, "c1")).messages[0].id)]
+    )
+    assert reimported[0].deduplicated
