@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
@@ -66,7 +66,6 @@ class Settings:
 @dataclass
 class _State:
     store: Store | None = None
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 def contact_uri(template: str, contact_id: str) -> str:

@@ -424,7 +424,7 @@ class SQLiteStore:
             ).fetchone()
             if contact_pk is None or row is None or row[0] != contact_pk:
                 raise _chat_not_found(chat_id, contact_id)
-            channels = [c for c in _chat_by_id(conn, chat_id).channels]
+            channels = _chat_by_id(conn, chat_id).channels
             custom = [c for c in channels if c.kind == "custom"]
             listed = ", ".join(f"{c.id} ({c.name})" for c in custom)
             if not custom:
