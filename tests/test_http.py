@@ -13,15 +13,9 @@ import anyio
 import pytest
 from mcp.client.subscriptions import ResourceUpdated
 
-from tests.transports import http_client, http_server, run_cli
+from tests.transports import call, create_key, error, http_client, http_server, run_cli
 
 UNKNOWN = "0192f0c4-7d3e-7b1a-9c4e-2f1d3a5b6c7d"
-
-
-def create_key(db: str, org: str, name: str) -> str:
-    created = run_cli("keys", "create", "--db", db, "--org", org, "--name", name)
-    assert created.returncode == 0, created.stderr
-    return created.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -74,18 +68,6 @@ def test_healthz_needs_no_key(served: dict[str, str]) -> None:
     with urllib.request.urlopen(served["base"] + "/healthz", timeout=5) as response:
         assert response.status == 200
         assert json.loads(response.read()) == {"status": "ok", "store": "ok"}
-
-
-async def call(client: Any, name: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(name, arguments)
-    assert not result.is_error, result.content
-    return dict(result.structured_content)
-
-
-async def failure(client: Any, name: str, **arguments: Any) -> str:
-    result = await client.call_tool(name, arguments)
-    assert result.is_error
-    return str(result.content[0].text)
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -153,9 +135,9 @@ async def test_two_organizations_never_see_each_other(served: dict[str, str]) ->
                 None,
             ),
         ]:
-            text = await failure(globex, name, **arguments)
+            text = await error(globex, name, **arguments)
             unknown_args = json.loads(json.dumps(arguments).replace(theirs_id, UNKNOWN))
-            unknown_text = await failure(globex, name, **unknown_args)
+            unknown_text = await error(globex, name, **unknown_args)
             assert text.replace(theirs_id, "ID") == unknown_text.replace(UNKNOWN, "ID")
 
         forgotten = await call(globex, "forget_contact", contact_id="shared")

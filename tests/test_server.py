@@ -13,6 +13,7 @@ from mcp.shared.exceptions import MCPError
 
 from server.app import Settings, build_server
 from storage import SQLiteStore
+from tests.transports import call, error
 
 MODES = ["auto", "legacy"]
 UNKNOWN = "0192f0c4-7d3e-7b1a-9c4e-2f1d3a5b6c7d"
@@ -28,21 +29,6 @@ TOOLS = {
     "forget_contact",
 }
 READ_ONLY = {"get_context", "list_messages", "list_chats"}
-
-
-async def call(client: Client, name: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(name, arguments)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return result.structured_content
-
-
-async def error(client: Client, name: str, **arguments: Any) -> str:
-    result = await client.call_tool(name, arguments)
-    assert result.is_error, result.structured_content
-    text = result.content[0].text  # type: ignore[union-attr]
-    assert "Traceback" not in text
-    return text
 
 
 @pytest.mark.parametrize("mode", MODES)

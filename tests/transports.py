@@ -1,4 +1,4 @@
-"""Helpers that start chatdock as a real process: over stdio, or as an HTTP server on 127.0.0.1."""
+"""Helpers shared by the tests: chatdock as a real process (stdio, HTTP on 127.0.0.1), tool-call checks."""
 
 from __future__ import annotations
 
@@ -79,3 +79,26 @@ def http_client(base: str, key: str | None, mode: str = "auto", **kwargs: Any) -
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     transport = streamable_http_client(base + "/mcp", http_client=create_mcp_http_client(headers=headers))
     return Client(transport, mode=mode, **kwargs)  # type: ignore[arg-type]
+
+
+def create_key(db: str, org: str, name: str) -> str:
+    created = run_cli("keys", "create", "--db", db, "--org", org, "--name", name)
+    assert created.returncode == 0, created.stderr
+    return created.stdout.strip()
+
+
+async def call(client: Client, name: str, **arguments: Any) -> dict[str, Any]:
+    """A tool call that must succeed; its structured result."""
+    result = await client.call_tool(name, arguments)
+    assert not result.is_error, result.content
+    assert result.structured_content is not None
+    return dict(result.structured_content)
+
+
+async def error(client: Client, name: str, **arguments: Any) -> str:
+    """A tool call that must fail with a clear message (never a traceback); the message."""
+    result = await client.call_tool(name, arguments)
+    assert result.is_error, result.structured_content
+    text = str(result.content[0].text)  # type: ignore[union-attr]
+    assert "Traceback" not in text
+    return text
