@@ -27,6 +27,7 @@ from mcp.client.stdio import StdioServerParameters
 from storage import NewMessage, SQLiteStore
 
 from .app import Settings, build_server
+from .progress import Progress
 
 CONTEXT_SQL = (
     "SELECT id, agent_id, chat_id, channel, role, content, parts, metadata, created_us, seq FROM messages "
@@ -50,15 +51,6 @@ def _pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _progress(label: str, done: int, total: int) -> None:
-    width = 30
-    filled = int(width * done / max(total, 1))
-    sys.stderr.write(f"\r{label:<28} [{'#' * filled}{'.' * (width - filled)}] {done:>9,}/{total:,}")
-    if done >= total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
-
-
 def _new(contact: int, index: int) -> NewMessage:
     return NewMessage(
         contact_id=f"+3160{contact:07d}",
@@ -71,12 +63,15 @@ def _new(contact: int, index: int) -> NewMessage:
 async def fill(store: SQLiteStore, messages: int, contacts: int, quiet: bool) -> None:
     batch = 5000
     done = 0
+    bar = None if quiet else Progress("building data", messages)
     while done < messages:
         size = min(batch, messages - done)
         await store.import_messages("bench", [_new((done + i) % contacts, done + i) for i in range(size)])
         done += size
-        if not quiet:
-            _progress("building data", done, messages)
+        if bar is not None:
+            bar.update(done)
+    if bar is not None:
+        bar.finish(done)
 
 
 def raw_floor(path: str, durability: str, inserts: int, reads: int, contacts: int) -> tuple[float, float]:
@@ -190,9 +185,10 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
 
     async with SQLiteStore.open(path) as store:
         await fill(store, messages, contacts, quiet)
+    bar = None if quiet else Progress("measuring rounds", rounds)
     for round_number in range(rounds):
-        if not quiet:
-            _progress("measuring rounds", round_number, rounds)
+        if bar is not None:
+            bar.update(round_number)
         raw_rate, raw_read_p99 = raw_floor(path, "normal", scale, scale, contacts)
         add("raw_insert", raw_rate)
         add("raw_read_p99", raw_read_p99)
@@ -255,8 +251,8 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
             ctx_ms, bare_ms = await mcp_round_trips(client, "+31600000001", max(50, scale // 10))
             add("mcp_stdio_context", ctx_ms)
             add("mcp_stdio_bare", bare_ms)
-    if not quiet:
-        _progress("measuring rounds", rounds, rounds)
+    if bar is not None:
+        bar.finish(rounds)
     m = {name: statistics.median(values) for name, values in figures.items()}
     rows = [
         Row("raw sqlite3: insert, one commit each", m["raw_insert"], "msg/s"),

@@ -91,6 +91,34 @@ def parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", help="revoke a key by its prefix or name")
     _common(revoke)
     revoke.add_argument("key", metavar="PREFIX_OR_NAME")
+    exporting = commands.add_parser(
+        "export", help="write history (chats, then messages) as JSON Lines, oldest first, streaming"
+    )
+    _common(exporting)
+    exporting.add_argument(
+        "--org",
+        default=os.environ.get("CHATDOCK_ORG"),
+        help="only this organization (env CHATDOCK_ORG; default: every organization, each line names its own)",
+    )
+    exporting.add_argument("--contact", metavar="ID", help="only this contact's chats and messages")
+    exporting.add_argument(
+        "-o", "--output", metavar="FILE", help="write to FILE (replaced only once the export is whole); default stdout"
+    )
+    exporting.add_argument("-q", "--quiet", action="store_true", help="no progress bar on stderr")
+    importing = commands.add_parser(
+        "import", help="read history from JSON Lines (as export writes them); ids and timestamps are kept"
+    )
+    _common(importing)
+    importing.add_argument("file", metavar="FILE", help="the JSON Lines file; '-' reads standard input")
+    importing.add_argument(
+        "--org",
+        help="import every line into this organization (default: each line's own org; lines without one go to "
+        "CHATDOCK_ORG or 'default')",
+    )
+    importing.add_argument(
+        "--skip-invalid", action="store_true", help="import the good lines and list the bad ones, instead of nothing"
+    )
+    importing.add_argument("-q", "--quiet", action="store_true", help="no progress bar on stderr")
     bench = commands.add_parser("bench", help="measure chatdock against raw sqlite3 on a temporary database file")
     bench.add_argument("--messages", type=int, default=1_000_000, help="messages to build (default: %(default)s)")
     bench.add_argument("--contacts", type=int, default=100_000, help="contacts they spread over (default: %(default)s)")
@@ -131,6 +159,27 @@ async def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _export(args: argparse.Namespace) -> int:
+    from .history import export_to_path
+
+    async with SQLiteStore.open(args.db) as store:
+        written = await export_to_path(store, args.output, args.org, args.contact, args.quiet)
+    if args.output not in (None, "-"):
+        print(f"exported {written:,} line(s) to {args.output}", file=sys.stderr)
+    return 0
+
+
+async def _import(args: argparse.Namespace) -> int:
+    from .history import import_file, skipped
+
+    default_org = os.environ.get("CHATDOCK_ORG") or "default"
+    async with SQLiteStore.open(args.db) as store:
+        report = await import_file(store, args.file, default_org, args.org, args.skip_invalid, args.quiet)
+    sys.stderr.write(skipped(report.problems))
+    print(report.summary())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
@@ -148,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "keys":
             return asyncio.run(_keys(args))
+        if args.command == "export":
+            return asyncio.run(_export(args))
+        if args.command == "import":
+            return asyncio.run(_import(args))
         if args.command == "bench":
             from .bench import main as bench
 

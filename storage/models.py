@@ -84,6 +84,26 @@ class NewMessage(_Model):
     id: str | None = None
 
 
+class NewChannel(_Model):
+    """A channel of an imported chat; `id` is kept when the contact has no channel of that name yet."""
+
+    id: str | None = None
+    name: str
+    kind: str | None = None
+
+
+class NewChat(_Model):
+    """A chat as history import brings it in: its own id, status, channels and timestamps kept."""
+
+    id: str
+    contact_id: str
+    agent_id: str | None = None
+    status: str = "RUNNING"
+    channels: list[NewChannel]
+    created_at: datetime
+    updated_at: datetime | None = None
+
+
 class ChannelRef(_Model):
     """A channel attached to a chat; `id` is what post_as_contact's `channel_id` names."""
 

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import aiosqlite
 
 from . import validation as check
-from .errors import Conflict, InvalidInput, NotFound
+from .errors import ChatdockError, Conflict, InvalidInput, NotFound
 from .ids import uuid7
 from .migrations import migrate
 from .models import (
@@ -43,6 +43,7 @@ from .models import (
     Message,
     MessagePage,
     NewApiKey,
+    NewChat,
     NewMessage,
     Part,
     channel_kind,
@@ -63,14 +64,13 @@ _CONTACT = f"(SELECT id FROM contacts WHERE org_id = {_ORG} AND external_id = ?)
 
 _MESSAGE_COLUMNS = "m.id, m.agent_id, m.chat_id, m.channel, m.role, m.content, m.parts, m.metadata, m.created_us, m.seq"
 
-_CHAT_SELECT = """
-SELECT ch.id, co.external_id, ch.agent_id, ch.status, ch.created_us, ch.updated_us,
+_CHAT_COLUMNS = """ch.id, co.external_id, ch.agent_id, ch.status, ch.created_us, ch.updated_us,
     (SELECT json_group_array(json_array(id, name, kind)) FROM (
         SELECT c.id AS id, c.name AS name, c.kind AS kind
         FROM chat_channels cc JOIN channels c ON c.id = cc.channel_id
-        WHERE cc.chat_id = ch.id ORDER BY cc.attached_us, c.name))
-FROM chats ch JOIN contacts co ON co.id = ch.contact_pk
-"""
+        WHERE cc.chat_id = ch.id ORDER BY cc.attached_us, c.name))"""
+_CHAT_FROM = "FROM chats ch JOIN contacts co ON co.id = ch.contact_pk"
+_CHAT_SELECT = f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM}"
 
 
 def to_us(value: datetime) -> int:
@@ -158,11 +158,13 @@ def _contact_pk(conn: sqlite3.Connection, org_pk: int, contact_id: str, now_us: 
     return int(cursor.lastrowid or 0)
 
 
-def _channel_id(conn: sqlite3.Connection, contact_pk: int, name: str) -> str:
+def _channel_id(conn: sqlite3.Connection, contact_pk: int, name: str, wanted: str | None = None) -> str:
+    """The contact's channel of that name, created on first use (with the `wanted` id when it is still free)."""
     row = conn.execute("SELECT id FROM channels WHERE contact_pk = ? AND name = ?", (contact_pk, name)).fetchone()
     if row is not None:
         return str(row[0])
-    channel_id = uuid7()
+    free = wanted is not None and conn.execute("SELECT 1 FROM channels WHERE id = ?", (wanted,)).fetchone() is None
+    channel_id = wanted if free and wanted is not None else uuid7()
     conn.execute(
         "INSERT INTO channels (id, contact_pk, name, kind) VALUES (?, ?, ?, ?)",
         (channel_id, contact_pk, name, channel_kind(name)),
@@ -256,16 +258,20 @@ class _Prepared:
         )
 
 
-def _insert(conn: sqlite3.Connection, org: str, p: _Prepared) -> AppendedMessage:
-    """Store one checked message; an already stored one (same id, or channel and provider id) comes back instead."""
-    now_us = _now_us()
+def _insert(conn: sqlite3.Connection, org: str, p: _Prepared, importing: bool = False) -> AppendedMessage:
+    """Store one checked message; an already stored one (same id, or channel and provider id) comes back instead.
+
+    `importing` keeps history as it was: the chat's updated_at is not moved to now.
+    """
+    now_us = p.created_us if importing else _now_us()
     org_pk = _org_pk(conn, org)
-    contact_pk = _contact_pk(conn, org_pk, p.contact_id, now_us)
+    contact_pk = _contact_pk(conn, org_pk, p.contact_id, p.created_us)
     channel_id = _channel_id(conn, contact_pk, p.channel)
     if p.chat_id is not None:
         _chat_of_contact(conn, org_pk, p.chat_id, contact_pk, p.contact_id)
         _attach(conn, p.chat_id, channel_id, now_us)
-        conn.execute("UPDATE chats SET updated_us = ? WHERE id = ?", (now_us, p.chat_id))
+        if not importing:
+            conn.execute("UPDATE chats SET updated_us = ? WHERE id = ?", (now_us, p.chat_id))
     cursor = conn.execute(
         "INSERT INTO messages (id, org_id, contact_pk, agent_id, chat_id, channel, role, content, parts, metadata,"
         " provider_message_id, created_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -299,6 +305,58 @@ def _insert(conn: sqlite3.Connection, org: str, p: _Prepared) -> AppendedMessage
         raise Undo(AppendedMessage(**existing.model_dump(), deduplicated=True))
     conn.execute("UPDATE contacts SET last_active_us = max(last_active_us, ?) WHERE id = ?", (p.created_us, contact_pk))
     return AppendedMessage(**p.message.model_dump(), deduplicated=False)
+
+
+class _PreparedChat:
+    """An imported chat checked in full before the writer sees it."""
+
+    __slots__ = ("agent_id", "channels", "contact_id", "created_us", "id", "status", "updated_us")
+
+    def __init__(self, new: NewChat) -> None:
+        self.id = check.uuid_text(new.id, "id")
+        self.contact_id = check.contact_id(new.contact_id)
+        self.agent_id = check.optional_identifier(new.agent_id, "agent_id")
+        self.status = check.chat_status(new.status)
+        if not new.channels:
+            raise InvalidInput("channels must name at least one channel: a chat is opened on a channel")
+        if len(new.channels) > 64:
+            raise InvalidInput(f"a chat may have at most 64 channels, got {len(new.channels)}")
+        self.channels: list[tuple[str | None, str]] = []
+        for ref in new.channels:
+            name = check.channel(ref.name, "channels[].name")
+            if ref.kind is not None and ref.kind != channel_kind(name):
+                raise InvalidInput(f"channel {name!r} is a {channel_kind(name)} channel; kind {ref.kind!r} is wrong")
+            self.channels.append((check.optional_uuid(ref.id, "channels[].id"), name))
+        if len({name for _, name in self.channels}) != len(self.channels):
+            raise InvalidInput("channels must not name the same channel twice")
+        self.created_us = to_us(check.created_at(new.created_at, check.utc_now()))
+        updated = new.updated_at if new.updated_at is not None else new.created_at
+        self.updated_us = to_us(check.created_at(updated, check.utc_now()))
+        if self.updated_us < self.created_us:
+            raise InvalidInput("updated_at must not be before created_at")
+
+
+def _insert_chat(conn: sqlite3.Connection, org: str, c: _PreparedChat) -> bool:
+    """Store one imported chat with its channels; False when it is already there (same id, same contact)."""
+    org_pk = _org_pk(conn, org)
+    contact_pk = _contact_pk(conn, org_pk, c.contact_id, c.created_us)
+    row = conn.execute("SELECT org_id, contact_pk FROM chats WHERE id = ?", (c.id,)).fetchone()
+    if row is not None:
+        if tuple(row) != (org_pk, contact_pk):
+            raise Conflict(f"chat id {c.id} is already used by another contact or organization")
+        return False
+    conn.execute(
+        "INSERT INTO chats (id, org_id, contact_pk, agent_id, status, created_us, updated_us)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (c.id, org_pk, contact_pk, c.agent_id, c.status, c.created_us, c.updated_us),
+    )
+    for offset, (wanted, name) in enumerate(c.channels):
+        # attached one microsecond apart, so the channels keep their listed order
+        _attach(conn, c.id, _channel_id(conn, contact_pk, name, wanted), c.created_us + offset)
+    return True
+
+
+Imported = Literal["stored", "existing"]
 
 
 def _memory_dir() -> str:
@@ -407,6 +465,111 @@ class SQLiteStore:
             return stored
 
         return await self._writer.run(job)
+
+    @staticmethod
+    def check_record(record: NewChat | NewMessage) -> None:
+        """Raise InvalidInput when a history record could not be imported whatever the database holds."""
+        if isinstance(record, NewChat):
+            _PreparedChat(record)
+        else:
+            _Prepared(record, check.utc_now())
+
+    async def import_history(
+        self, org: str, records: Sequence[NewChat | NewMessage], keep_going: bool = False
+    ) -> list[Imported | ChatdockError]:
+        """Import chats and messages as they were (ids, timestamps, status), in one transaction.
+
+        Each record comes back as "stored", "existing" (already there: re-importing stores nothing
+        twice) or the error that kept it out. Without `keep_going` the first error undoes the whole
+        batch and the outcomes stop at it.
+        """
+        org = check.identifier(org, "org")
+        now = check.utc_now()
+        prepared: list[_Prepared | _PreparedChat | ChatdockError] = []
+        for record in records:
+            try:
+                prepared.append(_PreparedChat(record) if isinstance(record, NewChat) else _Prepared(record, now))
+            except ChatdockError as exc:
+                prepared.append(exc)
+
+        def job(conn: sqlite3.Connection) -> list[Imported | ChatdockError]:
+            outcomes: list[Imported | ChatdockError] = []
+            for p in prepared:
+                if isinstance(p, ChatdockError):
+                    outcomes.append(p)
+                else:
+                    conn.execute("SAVEPOINT one")
+                    try:
+                        if isinstance(p, _PreparedChat):
+                            outcomes.append("stored" if _insert_chat(conn, org, p) else "existing")
+                        else:
+                            outcomes.append(
+                                "existing" if _insert(conn, org, p, importing=True).deduplicated else "stored"
+                            )
+                    except Undo:
+                        outcomes.append("existing")
+                        conn.execute("ROLLBACK TO one")
+                    except ChatdockError as exc:
+                        outcomes.append(exc)
+                        conn.execute("ROLLBACK TO one")
+                    conn.execute("RELEASE one")
+                if isinstance(outcomes[-1], ChatdockError) and not keep_going:
+                    raise Undo(outcomes)
+            return outcomes
+
+        return await self._writer.run(job)
+
+    async def import_conflicts(
+        self, org: str, records: Sequence[NewChat | NewMessage], chats_in_file: dict[str, tuple[str, str]]
+    ) -> dict[int, str]:
+        """What the database would refuse in these records, by index: ids taken elsewhere, unknown chats.
+
+        `chats_in_file` maps the chat ids the same import brings in (earlier records) to their
+        (organization, contact).
+        """
+        message_ids = [r.id for r in records if isinstance(r, NewMessage) and r.id is not None]
+        chat_ids = {r.id for r in records if isinstance(r, NewChat)}
+        chat_ids |= {r.chat_id for r in records if isinstance(r, NewMessage) and r.chat_id is not None}
+        taken: dict[str, str] = {}
+        for start in range(0, len(message_ids), 500):
+            chunk = [check.uuid_text(i, "id") for i in message_ids[start : start + 500]]
+            rows = await self._read(
+                f"SELECT m.id, o.name FROM messages m JOIN orgs o ON o.id = m.org_id "
+                f"WHERE m.id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            taken.update({row[0]: row[1] for row in rows})
+        owners: dict[str, tuple[str, str]] = {}
+        wanted = sorted(chat_ids)
+        for start in range(0, len(wanted), 500):
+            chunk = [check.uuid_text(i, "chat_id") for i in wanted[start : start + 500]]
+            rows = await self._read(
+                "SELECT ch.id, o.name, co.external_id FROM chats ch JOIN orgs o ON o.id = ch.org_id "
+                f"JOIN contacts co ON co.id = ch.contact_pk WHERE ch.id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            owners.update({row[0]: (row[1], row[2]) for row in rows})
+        problems: dict[int, str] = {}
+        for index, record in enumerate(records):
+            if isinstance(record, NewChat):
+                owner = owners.get(check.uuid_text(record.id, "id"))
+                if owner is not None and owner != (org, record.contact_id):
+                    problems[index] = f"chat id {record.id} is already used by another contact or organization"
+                continue
+            if record.id is not None and taken.get(check.uuid_text(record.id, "id"), org) != org:
+                problems[index] = f"message id {record.id} is already used in another organization"
+            elif record.chat_id is not None:
+                chat_id = check.uuid_text(record.chat_id, "chat_id")
+                owner = owners.get(chat_id)
+                in_file = chats_in_file.get(chat_id)
+                if in_file is None and owner is None:
+                    problems[index] = (
+                        f"chat {chat_id} is neither in the database nor on an earlier line; "
+                        "put the chat's line before its messages"
+                    )
+                elif (in_file or owner) != (org, record.contact_id):
+                    problems[index] = f"chat {chat_id} is not a chat of contact {record.contact_id}"
+        return problems
 
     async def post_as_contact(
         self, org: str, contact_id: str, chat_id: str, parts: Sequence[Part], channel_id: str | None = None
@@ -681,6 +844,46 @@ class SQLiteStore:
             if len(rows) < batch:
                 return
             last = rows[-1][9]
+
+    async def export_chats(
+        self, org: str | None = None, contact_id: str | None = None, batch: int = 1000
+    ) -> AsyncIterator[tuple[str, Chat]]:
+        """Every chat as (organization, chat), in the order they were stored, a batch at a time."""
+        if contact_id is not None:
+            contact_id = check.contact_id(contact_id)
+        last = -1
+        while True:
+            sql = _CHAT_SELECT.replace("SELECT ch.id,", "SELECT ch.rowid, o.name, ch.id,") + (
+                " JOIN orgs o ON o.id = ch.org_id WHERE ch.rowid > ?"
+            )
+            params: list[Any] = [last]
+            if org is not None:
+                sql += " AND o.name = ?"
+                params.append(org)
+            if contact_id is not None:
+                sql += " AND co.external_id = ?"
+                params.append(contact_id)
+            rows = await self._read(sql + " ORDER BY ch.rowid LIMIT ?", [*params, batch])
+            for row in rows:
+                yield row[1], _chat(row[2:])
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+    async def count_history(self, org: str | None = None, contact_id: str | None = None) -> int:
+        """How many chats and messages `export_chats` and `export_messages` would yield."""
+        where, params = "1", []
+        if org is not None:
+            where += f" AND t.org_id = {_ORG}"
+            params.append(org)
+        if contact_id is not None:
+            where += " AND t.contact_pk IN (SELECT id FROM contacts WHERE external_id = ?)"
+            params.append(check.contact_id(contact_id))
+        rows = await self._read(
+            f"SELECT (SELECT count(*) FROM chats t WHERE {where}) + (SELECT count(*) FROM messages t WHERE {where})",
+            params * 2,
+        )
+        return int(rows[0][0])
 
     # --- API keys ---
 

@@ -1,0 +1,230 @@
+"""`chatdock export` and `chatdock import`: history in and out as JSON Lines (format: storage/history.py).
+
+Export streams a batch at a time into `FILE.part` and renames it when done, so
+a cut-off export never leaves a file that looks whole. Import reads the file
+twice: the first pass checks every line (shape, bounds, ids taken by another
+organization, chats that a message names) and writes nothing; the second
+imports in batches. By default one bad line means nothing is imported;
+`--skip-invalid` imports the rest and lists what it skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from storage import ChatdockError, InvalidInput, SQLiteStore
+from storage import validation as check
+from storage.history import Record, dump_line, parse_line
+from storage.models import NewChat
+
+from .progress import Progress
+
+BATCH = 500
+SHOWN_PROBLEMS = 20
+
+
+async def export(store: SQLiteStore, out: TextIO, org: str | None, contact_id: str | None, quiet: bool) -> int:
+    """Write the chats, then the messages; return how many lines were written."""
+    bar = None if quiet else Progress("exporting (lines)", await store.count_history(org, contact_id))
+    written = 0
+    async for chat_org, chat in store.export_chats(org, contact_id):
+        out.write(dump_line(chat_org, chat) + "\n")
+        written += 1
+        if bar is not None:
+            bar.update(written)
+    async for message_org, message in store.export_messages(org, contact_id):
+        out.write(dump_line(message_org, message) + "\n")
+        written += 1
+        if bar is not None:
+            bar.update(written)
+    if bar is not None:
+        bar.finish(written)
+    return written
+
+
+async def export_to_path(
+    store: SQLiteStore, path: str | None, org: str | None, contact_id: str | None, quiet: bool
+) -> int:
+    if path is None or path == "-":
+        return await export(store, sys.stdout, org, contact_id, quiet)
+    target = Path(path)
+    partial = target.with_name(target.name + ".part")
+    try:
+        with partial.open("w", encoding="utf-8", newline="\n") as out:
+            written = await export(store, out, org, contact_id, quiet)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return written
+
+
+@dataclass
+class ImportReport:
+    chats: int = 0
+    messages: int = 0
+    existing: int = 0
+    lines: int = 0
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def stored(self) -> int:
+        return self.chats + self.messages
+
+    def summary(self) -> str:
+        return (
+            f"read {self.lines:,} line(s): stored {self.messages:,} message(s) and {self.chats:,} chat(s), "
+            f"{self.existing:,} already there, {len(self.problems):,} skipped"
+        )
+
+
+@contextmanager
+def _readable(path: str) -> Iterator[Path]:
+    """The file to read twice; standard input ('-') is spooled to a temporary file first."""
+    if path != "-":
+        source = Path(path)
+        if not source.is_file():
+            raise InvalidInput(f"no such file: {path}")
+        yield source
+        return
+    with tempfile.TemporaryDirectory(prefix="chatdock-import-") as folder:
+        spooled = Path(folder) / "stdin.jsonl"
+        with spooled.open("wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out)
+        yield spooled
+
+
+def _lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, bytes read so far, the line) for each line that is not blank."""
+    read = 0
+    with path.open("rb") as source:
+        for number, raw in enumerate(source, start=1):
+            read += len(raw)
+            if raw.strip():
+                yield number, read, raw
+
+
+def _parse(raw: bytes, default_org: str, org_override: str | None) -> tuple[str, Record]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"not UTF-8 text: {exc.reason} at byte {exc.start + 1}") from None
+    org, record = parse_line(text, default_org)
+    return org_override or org, record
+
+
+async def _check(
+    store: SQLiteStore, path: Path, default_org: str, org_override: str | None, quiet: bool
+) -> tuple[int, list[tuple[int, str]]]:
+    """First pass: every problem, by line number, without writing anything."""
+    size = path.stat().st_size
+    bar = None if quiet else Progress("checking (bytes)", size)
+    problems: list[tuple[int, str]] = []
+    chats_in_file: dict[str, tuple[str, str]] = {}
+    pending: dict[str, list[tuple[int, Record]]] = {}
+    lines = 0
+
+    async def settle(org: str) -> None:
+        batch = pending.pop(org, [])
+        found = await store.import_conflicts(org, [record for _, record in batch], chats_in_file)
+        problems.extend((batch[index][0], problem) for index, problem in found.items())
+
+    for number, read, raw in _lines(path):
+        lines += 1
+        try:
+            org, record = _parse(raw, default_org, org_override)
+            store.check_record(record)
+        except ChatdockError as exc:
+            problems.append((number, str(exc)))
+        else:
+            if isinstance(record, NewChat):
+                # the lines after it may name this chat (should the chat itself be refused, so are they)
+                chats_in_file.setdefault(check.uuid_text(record.id, "id"), (org, record.contact_id))
+            pending.setdefault(org, []).append((number, record))
+            if len(pending[org]) >= BATCH:
+                await settle(org)
+        if bar is not None:
+            bar.update(read)
+    for org in list(pending):
+        await settle(org)
+    if bar is not None:
+        bar.finish(size)
+    problems.sort()
+    return lines, problems
+
+
+async def import_file(
+    store: SQLiteStore, path: str, default_org: str, org_override: str | None, skip_invalid: bool, quiet: bool
+) -> ImportReport:
+    """Import a JSON Lines file; on bad lines without `skip_invalid`, raise InvalidInput listing them."""
+    with _readable(path) as source:
+        report = ImportReport()
+        report.lines, report.problems = await _check(store, source, default_org, org_override, quiet)
+        if report.problems and not skip_invalid:
+            raise InvalidInput(
+                f"{len(report.problems):,} bad line(s), so nothing was imported; fix them, or pass --skip-invalid "
+                "to import the others:\n" + _listing(report.problems)
+            )
+        bad = {number for number, _ in report.problems}
+        size = source.stat().st_size
+        bar = None if quiet else Progress("importing (bytes)", size)
+        batch: list[tuple[int, Record]] = []
+        batch_org = ""
+
+        async def flush() -> None:
+            if not batch:
+                return
+            outcomes = await store.import_history(batch_org, [record for _, record in batch], keep_going=skip_invalid)
+            failed = [(batch[i][0], str(o)) for i, o in enumerate(outcomes) if isinstance(o, ChatdockError)]
+            if failed and not skip_invalid:
+                # the database changed between the passes (another writer); this batch was undone
+                number, problem = failed[0]
+                raise InvalidInput(
+                    f"line {number}: {problem}\nthe batches before this line were imported ({report.stored:,} new); "
+                    "fix the line and import the file again: nothing already imported is stored twice"
+                )
+            report.problems.extend(failed)
+            for (_, record), outcome in zip(batch, outcomes, strict=True):
+                if outcome == "existing":
+                    report.existing += 1
+                elif outcome == "stored" and isinstance(record, NewChat):
+                    report.chats += 1
+                elif outcome == "stored":
+                    report.messages += 1
+            batch.clear()
+
+        for number, read, raw in _lines(source):
+            if number in bad:
+                continue
+            org, record = _parse(raw, default_org, org_override)
+            if batch and (org != batch_org or len(batch) >= BATCH):
+                await flush()
+            batch_org = org
+            batch.append((number, record))
+            if bar is not None:
+                bar.update(read)
+        await flush()
+        if bar is not None:
+            bar.finish(size)
+        report.problems.sort()
+        return report
+
+
+def _listing(problems: list[tuple[int, str]]) -> str:
+    shown = [f"line {number}: {problem}" for number, problem in problems[:SHOWN_PROBLEMS]]
+    if len(problems) > SHOWN_PROBLEMS:
+        shown.append(f"... and {len(problems) - SHOWN_PROBLEMS:,} more bad line(s)")
+    return "\n".join(shown)
+
+
+def skipped(problems: list[tuple[int, str]]) -> str:
+    """Every skipped line with what was wrong with it."""
+    return "".join(f"skipped line {number}: {problem}\n" for number, problem in problems)

@@ -1,0 +1,94 @@
+"""History as JSON Lines: one chat or message per line, every field, the organization on each line.
+
+An export writes the chats first, then the messages, each in the order they
+were stored, so an import meets a chat before the messages that name it.
+
+    {"kind": "chat", "org": "default", "id": "...", "contact_id": "+3161...", "status": "COMPLETED",
+     "channels": [{"id": "...", "name": "voice", "kind": "custom"}], "created_at": "...", ...}
+    {"kind": "message", "org": "default", "id": "...", "contact_id": "+3161...", "channel": "voice",
+     "role": "user", "content": "...", "parts": [...], "metadata": {}, "created_at": "...", ...}
+
+A hand-written line needs less: `kind` defaults to "message", `org` to the
+importing organization, and a message without `id` gets one derived from its
+content, so importing the same file twice still stores it once. `created_at`
+is required: history keeps its own time.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import validation as check
+from .errors import InvalidInput
+from .models import Chat, Message, NewChat, NewMessage
+
+# Ids of messages imported without one: uuid5 of the line's content in this namespace.
+HISTORY_NAMESPACE = uuid.UUID("6f0c2a4e-2b1d-5c8e-9a47-3d5e1f0b7c21")
+
+Record = NewChat | NewMessage
+
+
+def dump_line(org: str, item: Chat | Message) -> str:
+    """One exported line (no trailing newline)."""
+    kind = "chat" if isinstance(item, Chat) else "message"
+    body = {"kind": kind, "org": org, **item.model_dump(mode="json")}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def _explain(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "line"
+        if item["type"] == "missing":
+            problems.append(f"{where} is missing")
+        elif item["type"] == "extra_forbidden":
+            problems.append(f"{where} is not a known field")
+        else:
+            problems.append(f"{where}: {item['msg']}")
+    return "; ".join(problems)
+
+
+def _message(fields: dict[str, Any], org: str) -> NewMessage:
+    if "created_at" not in fields:
+        raise InvalidInput(
+            "created_at is missing; a history line keeps its original time, like '2026-11-21T09:30:00.000000Z'"
+        )
+    if fields.get("parts") is not None and fields.get("content") is not None:
+        # an exported message carries both; the parts are the source, the content must agree with them
+        content = fields.pop("content")
+        parts = fields["parts"]
+        if isinstance(parts, list) and all(isinstance(p, dict) for p in parts):
+            joined = " ".join(str(p.get("text", "")) for p in parts)
+            if content != joined:
+                raise InvalidInput("content differs from its parts' texts joined by a space; give one of them")
+    if fields.get("id") is None:
+        fields.pop("id", None)
+        canonical = json.dumps([org, fields], sort_keys=True, ensure_ascii=False)
+        fields["id"] = str(uuid.uuid5(HISTORY_NAMESPACE, canonical))
+    return NewMessage.model_validate(fields)
+
+
+def parse_line(text: str, default_org: str) -> tuple[str, Record]:
+    """The organization and record of one line; InvalidInput says what is wrong with it."""
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(fields, dict):
+        raise InvalidInput(f"a line must be a JSON object, got {type(fields).__name__}")
+    kind = fields.pop("kind", "message")
+    org = fields.pop("org", None)
+    org = default_org if org is None else check.identifier(org, "org")
+    fields.pop("deduplicated", None)
+    try:
+        if kind == "message":
+            return org, _message(fields, org)
+        if kind == "chat":
+            return org, NewChat.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidInput(_explain(exc)) from None
+    raise InvalidInput(f"kind must be 'message' or 'chat', got {kind!r}")

@@ -1,0 +1,253 @@
+"""`chatdock export` and `chatdock import`, run as the real command on real database files."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from mcp.client import Client
+
+from server.app import Settings, build_server
+from storage import NewMessage, Part, SQLiteStore
+from tests.transports import call, chatdock_command, run_cli
+
+ODD_CONTACTS = ["+31 6 1234", "a/b", "%2F", "a@b.com", "🦜 parrot", "x" * 256]
+
+
+def counts(db: Path) -> tuple[int, int, int]:
+    with sqlite3.connect(db) as conn:
+        return tuple(
+            conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("messages", "chats", "contacts")
+        )  # type: ignore[return-value]
+
+
+async def seed(db: Path, messages: int = 1200) -> None:
+    """Two organizations, odd contact ids, chats on several channels, parts with timestamps, metadata."""
+    base = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
+    async with SQLiteStore.open(str(db)) as store:
+        chat = await store.open_chat("acme", ODD_CONTACTS[0], "voice", "agent-7")
+        await store.append_message(
+            "acme",
+            NewMessage(
+                contact_id=ODD_CONTACTS[0], channel="widget", role="user", content="from the widget", chat_id=chat.id
+            ),
+        )
+        await store.post_as_contact(
+            "acme",
+            ODD_CONTACTS[0],
+            chat.id,
+            [Part(text="hello", start_timestamp=0.25, end_timestamp=1.5), Part(text="it's me")],
+            channel_id=chat.channels[0].id,
+        )
+        await store.update_chat("acme", chat.id, "COMPLETED")
+        await store.open_chat("globex", "a@b.com", "web")
+        batch = [
+            NewMessage(
+                contact_id=ODD_CONTACTS[i % len(ODD_CONTACTS)],
+                channel="whatsapp" if i % 3 else "sms",
+                role="user" if i % 2 else "assistant",
+                content=f"message {i}\nSYSTEM: not a role line ✓" if i % 7 == 0 else f"message {i}",
+                agent_id="agent-7" if i % 5 == 0 else None,
+                metadata={"provider_message_id": f"wamid.{i}", "attachments": [{"url": f"https://x/{i}"}]}
+                if i % 4 == 0
+                else None,
+                created_at=base + timedelta(seconds=i // 3),  # ties on purpose: order is kept by sequence
+            )
+            for i in range(messages)
+        ]
+        await store.import_messages("acme", batch[: messages // 2])
+        await store.import_messages("globex", batch[messages // 2 :])
+
+
+def export(db: Path, *args: str) -> str:
+    done = run_cli("export", "--db", str(db), "-q", *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def import_(db: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*chatdock_command(), "import", "--db", str(db), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_export_import_export_round_trip_is_identical(tmp_path: Path) -> None:
+    source, copy = tmp_path / "source.db", tmp_path / "copy.db"
+    await seed(source)
+    out = tmp_path / "history.jsonl"
+    done = run_cli("export", "--db", str(source), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "exporting" in done.stderr and not (tmp_path / "history.jsonl.part").exists()
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1200 + 2 + 2  # the seeded batch, two messages in a chat, two chats
+    assert [json.loads(line)["kind"] for line in lines[:2]] == ["chat", "chat"]
+
+    imported = import_(copy, str(out))
+    assert imported.returncode == 0, imported.stderr
+    assert "stored 1,202 message(s) and 2 chat(s), 0 already there, 0 skipped" in imported.stdout
+    assert "importing" in imported.stderr  # the progress bar
+    assert export(copy) == out.read_text(encoding="utf-8")
+    assert counts(copy) == counts(source)
+
+    again = import_(copy, str(out), "-q")
+    assert again.returncode == 0, again.stderr
+    assert "stored 0 message(s) and 0 chat(s), 1,204 already there" in again.stdout
+    assert counts(copy) == counts(source)
+    assert export(copy) == out.read_text(encoding="utf-8")
+
+
+async def test_imported_history_is_served_with_its_ids_times_and_channels(tmp_path: Path) -> None:
+    source, copy = tmp_path / "source.db", tmp_path / "copy.db"
+    await seed(source, messages=30)
+    history = export(source, "--org", "acme", "--contact", ODD_CONTACTS[0])
+    assert import_(copy, "-", "-q", stdin=history).returncode == 0
+    chat = json.loads(history.splitlines()[0])
+    async with Client(build_server(Settings(db=str(copy), org="acme"))) as client:
+        context = await call(client, "get_context", contact_id=ODD_CONTACTS[0])
+        exported = sorted((json.loads(line) for line in history.splitlines()[1:]), key=lambda m: m["created_at"])
+        assert [(m["id"], m["created_at"], m["content"]) for m in context["messages"]] == [
+            (m["id"], m["created_at"], m["content"]) for m in exported
+        ]
+        chats = await call(client, "list_chats", contact_id=ODD_CONTACTS[0])
+        assert chats["chats"] == [{k: v for k, v in chat.items() if k not in ("kind", "org")}]
+        voice = next(c for c in chat["channels"] if c["name"] == "voice")
+        posted = await call(
+            client,
+            "post_as_contact",
+            contact_id=ODD_CONTACTS[0],
+            chat_id=chat["id"],
+            message=[{"type": "text", "text": "still here"}],
+            channel_id=voice["id"],
+        )
+        assert posted["channel"] == "voice"
+
+
+async def test_export_narrows_to_an_organization_and_a_contact(tmp_path: Path) -> None:
+    db = tmp_path / "source.db"
+    await seed(db, messages=60)
+    every = [json.loads(line) for line in export(db).splitlines()]
+    acme = [json.loads(line) for line in export(db, "--org", "acme").splitlines()]
+    one = [json.loads(line) for line in export(db, "--org", "globex", "--contact", "a@b.com").splitlines()]
+    assert {r["org"] for r in every} == {"acme", "globex"}
+    assert acme == [r for r in every if r["org"] == "acme"]
+    assert one == [r for r in every if r["org"] == "globex" and r["contact_id"] == "a@b.com"]
+    assert one and one[0]["kind"] == "chat"
+    assert export(db, "--org", "nobody") == ""
+
+
+def good(i: int, **changes: object) -> str:
+    line: dict[str, object] = {
+        "contact_id": "+31600000001",
+        "channel": "sms",
+        "role": "user",
+        "content": f"line {i}",
+        "created_at": f"2025-01-01T00:00:{i:02d}Z",
+    }
+    line.update(changes)
+    return json.dumps({k: v for k, v in line.items() if v is not ...})
+
+
+BAD_LINES = {
+    "{not json": "not valid JSON",
+    "[1, 2]": "must be a JSON object",
+    good(0, created_at=...): "created_at is missing",
+    good(0, role="robot"): "role must be one of",
+    good(0, content=" "): "content must not be empty",
+    good(0, content="x" * 40_000): "at most 32768 characters",
+    good(0, created_at="2025-01-01T00:00:00"): "must carry a timezone",
+    good(0, chat_id="0192f0c4-7d3e-7b1a-9c4e-2f1d3a5b6c7d"): "neither in the database nor on an earlier line",
+    good(0, kind="contact"): "kind must be 'message' or 'chat'",
+    good(0, channel="WhatsApp!"): "channel must be a lower-case name",
+    good(0, colour="red"): "colour is not a known field",
+    good(0, contact_id="a\x00b"): "contact_id must not contain control characters",
+    good(0, metadata={"provider_message_id": 7}): "provider_message_id",
+    good(0, id="not-a-uuid"): "id must be a UUID",
+}
+
+
+def bad_file(path: Path) -> dict[int, str]:
+    """Good lines with every kind of bad line between them; the expected error text by line number."""
+    expected: dict[int, str] = {}
+    with path.open("wb") as out:
+        out.write((good(1) + "\n").encode())
+        for number, (line, problem) in enumerate(BAD_LINES.items(), start=2):
+            out.write((line + "\n").encode())
+            expected[number] = problem
+        out.write(b'{"content": "\xff\xfe"}\n')
+        expected[len(BAD_LINES) + 2] = "not UTF-8"
+        out.write(b"\n")  # blank lines are skipped silently
+        out.write((good(2) + "\n").encode())
+    return expected
+
+
+def test_one_bad_line_imports_nothing_and_every_bad_line_is_named(tmp_path: Path) -> None:
+    db, path = tmp_path / "chatdock.db", tmp_path / "bad.jsonl"
+    expected = bad_file(path)
+    done = import_(db, str(path), "-q")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    for number, problem in expected.items():
+        line = next((t for t in done.stderr.splitlines() if t.startswith(f"line {number}: ")), None)
+        assert line is not None and problem in line, (number, problem, done.stderr)
+    assert f"{len(expected)} bad line(s), so nothing was imported" in done.stderr and "--skip-invalid" in done.stderr
+    assert counts(db)[0] == 0
+
+
+def test_skip_invalid_imports_the_rest_and_lists_what_it_skipped(tmp_path: Path) -> None:
+    db, path = tmp_path / "chatdock.db", tmp_path / "bad.jsonl"
+    expected = bad_file(path)
+    done = import_(db, str(path), "-q", "--skip-invalid")
+    assert done.returncode == 0, done.stderr
+    skipped = [t for t in done.stderr.splitlines() if t.startswith("skipped line ")]
+    assert [int(t.split()[2].rstrip(":")) for t in skipped] == sorted(expected)
+    assert f"stored 2 message(s) and 0 chat(s), 0 already there, {len(expected)} skipped" in done.stdout
+    assert counts(db)[0] == 2
+
+
+async def test_an_id_of_another_organization_is_a_bad_line(tmp_path: Path) -> None:
+    db = tmp_path / "chatdock.db"
+    async with SQLiteStore.open(str(db)) as store:
+        theirs = await store.append_message(
+            "globex", NewMessage(contact_id="c", channel="sms", role="user", content="x")
+        )
+    done = import_(db, "-", "-q", "--org", "acme", stdin=good(1, id=theirs.id) + "\n" + good(2) + "\n")
+    assert done.returncode == 2
+    assert "line 1: message id" in done.stderr and "another organization" in done.stderr
+    assert counts(db)[0] == 1
+
+
+def test_hand_written_lines_without_ids_are_stored_once_however_often_imported(tmp_path: Path) -> None:
+    db = tmp_path / "chatdock.db"
+    lines = "\n".join(good(i) for i in range(5)) + "\n"
+    first = import_(db, "-", "-q", stdin=lines)
+    assert first.returncode == 0, first.stderr
+    assert "stored 5 message(s)" in first.stdout
+    second = import_(db, "-", "-q", stdin=lines)
+    assert "stored 0 message(s) and 0 chat(s), 5 already there" in second.stdout
+    assert counts(db)[0] == 5
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT o.name FROM orgs o JOIN messages m ON m.org_id = o.id LIMIT 1").fetchone() == (
+            "default",
+        )
+
+
+def test_org_moves_a_whole_file_into_one_organization(tmp_path: Path) -> None:
+    db = tmp_path / "chatdock.db"
+    lines = good(1, org="elsewhere") + "\n" + good(2) + "\n"
+    assert import_(db, "-", "-q", "--org", "acme", stdin=lines).returncode == 0
+    orgs = {json.loads(line)["org"] for line in export(db).splitlines()}
+    assert orgs == {"acme"}
+
+
+def test_an_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
+    done = import_(tmp_path / "chatdock.db", str(tmp_path / "missing.jsonl"))
+    assert done.returncode == 2
+    assert "no such file" in done.stderr and "Traceback" not in done.stderr
