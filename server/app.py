@@ -13,9 +13,9 @@ from urllib.parse import quote
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
 from mcp_types import Resource as MCPResource
-from mcp_types import ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from storage import (
     AppendedMessage,
@@ -35,8 +35,11 @@ from storage import (
 from storage import (
     Context as ContextModel,
 )
+from storage import validation as check
+from storage.models import CHAT_STATUSES, ROLES
 
 from .org import OrgMiddleware, OrgScopedBus, current_org
+from .stdio import serve_stdio
 
 logger = logging.getLogger("chatdock.server")
 
@@ -94,8 +97,20 @@ def _hints(read_only: bool, destructive: bool = False, idempotent: bool = False)
     )
 
 
+# The schemas name the allowed values so clients can offer them; the store still checks every value,
+# so a wrong one gets the store's message (what was wrong and what to send), not a schema report.
+_ROLE: dict[str, Any] = {"enum": list(ROLES)}
+_ROLES: dict[str, Any] = {"items": {"type": "string", "enum": list(ROLES)}}
+_STATUS: dict[str, Any] = {"enum": list(CHAT_STATUSES)}
+_CHANNEL: dict[str, Any] = {"pattern": "^" + check.CHANNEL_PATTERN.pattern + "$"}
+_CHANNELS: dict[str, Any] = {"items": {"type": "string", **_CHANNEL}}
+
 ContactId = Annotated[
-    str, Field(description="The contact's external id: a phone number (+31612345678), session id or email.")
+    str,
+    Field(
+        description="The contact's external id: a phone number (+31612345678), session id or email.",
+        json_schema_extra={"minLength": 1, "maxLength": check.MAX_ID_CHARS},
+    ),
 ]
 AgentId = Annotated[str | None, Field(description="The agent the message belongs to, if any.")]
 ChatId = Annotated[str | None, Field(description="A chat (UUID) of this contact, from open_chat or list_chats.")]
@@ -106,11 +121,26 @@ Limit = Annotated[
 
 
 class ChatdockServer(MCPServer[_State]):
-    """An `MCPServer` whose resource listing also names the recently active contacts' transcripts."""
+    """An `MCPServer` whose resource listing also names the recently active contacts' transcripts,
+    and whose argument errors read like the store's (`limit: input should be a valid integer, got 'x'`)
+    instead of pydantic's multi-line report with links."""
 
     def __init__(self, state: _State, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.state = state
+
+    async def run_stdio_async(self) -> None:
+        await serve_stdio(self._lowlevel_server)
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[_State, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(f"Error executing tool {name}: {check.explain(exc.__cause__)}") from exc.__cause__
+            raise
 
     async def list_resources(self) -> list[MCPResource]:
         listed = await super().list_resources()
@@ -173,8 +203,12 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
         agent_id: AgentId = None,
         chat_id: ChatId = None,
         limit: Limit = 50,
-        roles: Annotated[list[str] | None, Field(description="Only these roles (user, assistant, ...).")] = None,
-        channels: Annotated[list[str] | None, Field(description="Only these channels (sms, voice, ...).")] = None,
+        roles: Annotated[
+            list[str] | None, Field(description="Only these roles (user, assistant, ...).", json_schema_extra=_ROLES)
+        ] = None,
+        channels: Annotated[
+            list[str] | None, Field(description="Only these channels (sms, voice, ...).", json_schema_extra=_CHANNELS)
+        ] = None,
         max_chars: Annotated[
             int | None,
             Field(description="Drop the oldest messages until `formatted` fits.", json_schema_extra={"minimum": 1}),
@@ -201,7 +235,7 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
         cursor: Annotated[str | None, Field(description="next_cursor of the previous page.")] = None,
         agent_id: AgentId = None,
         chat_id: ChatId = None,
-        channel: Annotated[str | None, Field(description="Only this channel.")] = None,
+        channel: Annotated[str | None, Field(description="Only this channel.", json_schema_extra=_CHANNEL)] = None,
     ) -> MessagePage:
         """A contact's messages newest first, a page at a time, for inspection."""
         return await _tool(
@@ -222,8 +256,13 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
         @server.tool(title="Append message", annotations=_hints(read_only=False))
         async def append_message(
             contact_id: ContactId,
-            channel: Annotated[str, Field(description="Where it travelled: whatsapp, sms, voice, widget, ...")],
-            role: Annotated[str, Field(description="user, assistant, system, tool, event or note.")],
+            channel: Annotated[
+                str,
+                Field(description="Where it travelled: whatsapp, sms, voice, widget, ...", json_schema_extra=_CHANNEL),
+            ],
+            role: Annotated[
+                str, Field(description="user, assistant, system, tool, event or note.", json_schema_extra=_ROLE)
+            ],
             content: Annotated[str, Field(description="The message's text.")],
             ctx: Context,
             agent_id: AgentId = None,
@@ -283,7 +322,13 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
         @server.tool(title="Open chat", annotations=_hints(read_only=False))
         async def open_chat(
             contact_id: ContactId,
-            channel: Annotated[str, Field(description="The channel the chat starts on: voice, widget, whatsapp, ...")],
+            channel: Annotated[
+                str,
+                Field(
+                    description="The channel the chat starts on: voice, widget, whatsapp, ...",
+                    json_schema_extra=_CHANNEL,
+                ),
+            ],
             agent_id: AgentId = None,
         ) -> Chat:
             """Start a chat (a conversation thread) for a contact on a channel; it starts RUNNING."""
@@ -292,7 +337,9 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
         @server.tool(title="Update chat", annotations=_hints(read_only=False, idempotent=True))
         async def update_chat(
             chat_id: Annotated[str, Field(description="The chat's id (UUID).")],
-            status: Annotated[str, Field(description="RUNNING, COMPLETED, FAILED or CANCELED.")],
+            status: Annotated[
+                str, Field(description="RUNNING, COMPLETED, FAILED or CANCELED.", json_schema_extra=_STATUS)
+            ],
         ) -> Chat:
             """Set a chat's status."""
             return await _tool(the_store().update_chat(_org(), chat_id, status))

@@ -39,19 +39,6 @@ def dump_line(org: str, item: Chat | Message) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-def _explain(error: ValidationError) -> str:
-    problems = []
-    for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "line"
-        if item["type"] == "missing":
-            problems.append(f"{where} is missing")
-        elif item["type"] == "extra_forbidden":
-            problems.append(f"{where} is not a known field")
-        else:
-            problems.append(f"{where}: {item['msg']}")
-    return "; ".join(problems)
-
-
 def _message(fields: dict[str, Any], org: str) -> NewMessage:
     if "created_at" not in fields:
         raise InvalidInput(
@@ -90,5 +77,5 @@ def parse_line(text: str, default_org: str) -> tuple[str, Record]:
         if kind == "chat":
             return org, NewChat.model_validate(fields)
     except ValidationError as exc:
-        raise InvalidInput(_explain(exc)) from None
+        raise InvalidInput(check.explain(exc)) from None
     raise InvalidInput(f"kind must be 'message' or 'chat', got {kind!r}")

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from .errors import InvalidInput
 from .models import CHAT_STATUSES, ROLES, ChatStatus, Part, Role
 
@@ -255,3 +257,18 @@ def decode_cursor(value: object) -> tuple[int, int]:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def explain(error: ValidationError) -> str:
+    """A pydantic failure in the contract's voice: each field, what is wrong, what was given."""
+    problems = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(part) for part in item["loc"]) or "the value"
+        if item["type"] == "missing":
+            problems.append(f"{where} is required")
+        elif item["type"] == "extra_forbidden":
+            problems.append(f"{where} is not a known field")
+        else:
+            message = item["msg"][0].lower() + item["msg"][1:]
+            problems.append(f"{where}: {message}, got {_shown(item['input'])}")
+    return "; ".join(problems)

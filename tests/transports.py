@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -102,3 +104,117 @@ async def error(client: Client, name: str, **arguments: Any) -> str:
     text = str(result.content[0].text)  # type: ignore[union-attr]
     assert "Traceback" not in text
     return text
+
+
+class RawStdio:
+    """`chatdock serve` as a subprocess spoken to in raw JSON-RPC lines (initialize-era handshake).
+
+    Requests can be pipelined (`send` many, then `wait`): the server runs them concurrently, which
+    is what the crash and two-process tests need; `kill()` is a real SIGKILL.
+    """
+
+    def __init__(self, db: str, *extra: str) -> None:
+        self.process = subprocess.Popen(
+            [*chatdock_command(), "serve", "--db", db, *extra],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self._next = 0
+        self._lock = threading.Lock()
+        self.responses: dict[int, dict[str, Any]] = {}
+        self._arrived = threading.Condition(self._lock)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.stderr = b""
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_reader.start()
+        first = self.send(
+            "initialize",
+            {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "tests", "version": "0"}},
+        )
+        self.wait([first], timeout=60)
+        self._write({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            message = json.loads(line)
+            if "id" in message and ("result" in message or "error" in message):
+                with self._arrived:
+                    self.responses[message["id"]] = message
+                    self._arrived.notify_all()
+        with self._arrived:
+            self._arrived.notify_all()
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.stderr += line
+
+    def _write(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message).encode() + b"\n")
+        self.process.stdin.flush()
+
+    def send(self, method: str, params: dict[str, Any]) -> int:
+        with self._lock:
+            self._next += 1
+            request_id = self._next
+        self._write({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        return request_id
+
+    def send_tool(self, name: str, arguments: Any) -> int:
+        return self.send("tools/call", {"name": name, "arguments": arguments})
+
+    def wait(self, ids: list[int], timeout: float = 60) -> list[dict[str, Any]]:
+        """The responses to `ids`, in order; fewer when the process ends first."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while not all(i in self.responses for i in ids):
+                if not self._reader.is_alive():
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no answer to {[i for i in ids if i not in self.responses][:5]}")
+                self._arrived.wait(left)
+            return [self.responses[i] for i in ids if i in self.responses]
+
+    def tool(self, name: str, arguments: Any, timeout: float = 60) -> dict[str, Any]:
+        """One call; the JSON-RPC response (`result` with isError/structuredContent, or `error`)."""
+        return self.wait([self.send_tool(name, arguments)], timeout)[0]
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+        self._reader.join(10)
+
+    def close(self) -> None:
+        """Close stdin (a clean shutdown for a live server) and reap the process."""
+        assert self.process.stdin is not None
+        with contextlib.suppress(OSError):  # a killed server: the pipe is broken
+            self.process.stdin.close()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(10)
+        self._stderr_reader.join(10)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+    def __enter__(self) -> RawStdio:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def structured(response: dict[str, Any]) -> dict[str, Any]:
+    """The structured result of a tool call that must have succeeded."""
+    assert "result" in response, response
+    result = response["result"]
+    assert not result.get("isError"), result["content"]
+    return dict(result["structuredContent"])

@@ -1,0 +1,73 @@
+"""stdio serving that answers every request line, also one the SDK cannot read.
+
+The SDK's stdio transport drops a line it cannot parse as a JSON-RPC message
+(logged at debug level only), so the client waits for an answer that never
+comes. A lone UTF-16 surrogate escape (`"\\ud83d"`, half an emoji cut off by
+a JavaScript client) is enough. Here such a line gets the JSON-RPC error it
+deserves, addressed to the request's id when the line still shows one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import anyio
+from mcp.server.stdio import stdio_server
+from mcp.shared.message import SessionMessage
+from mcp_types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError
+from pydantic import ValidationError
+
+logger = logging.getLogger("chatdock.server")
+
+
+def _request_id(raw: object) -> str | int | None:
+    """The id of the request in an unreadable line, when Python's more lenient parser can find it."""
+    if not isinstance(raw, str):
+        return None
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return None
+    found = parsed.get("id") if isinstance(parsed, dict) else None
+    return found if isinstance(found, str | int) and not isinstance(found, bool) else None
+
+
+def unreadable(exc: Exception) -> JSONRPCError:
+    """The JSON-RPC error for a line that is not valid JSON (-32700) or not a valid message (-32600)."""
+    errors = exc.errors(include_url=False) if isinstance(exc, ValidationError) else []
+    raw = errors[0].get("input") if errors else None
+    if any(error["type"] == "json_invalid" for error in errors):
+        detail = errors[0]["msg"]
+        hint = (
+            "; a \\u escape must not be half of a surrogate pair: send whole characters"
+            if "surrogate" in detail or "hex escape" in detail
+            else ""
+        )
+        error = ErrorData(code=PARSE_ERROR, message=f"Parse error: {detail}{hint}")
+    else:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:3]) or str(exc)
+        error = ErrorData(code=INVALID_REQUEST, message=f"Invalid request: {detail[:500]}")
+    return JSONRPCError(jsonrpc="2.0", id=_request_id(raw), error=error)
+
+
+async def serve_stdio(lowlevel: Any) -> None:
+    """Run the SDK's low-level server on stdio, answering the lines its transport cannot read."""
+    async with stdio_server() as (read_stream, write_stream):
+        relay_in, relay_out = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+
+        async def relay() -> None:
+            async with relay_in:
+                async for item in read_stream:
+                    if isinstance(item, Exception):
+                        answer = unreadable(item)
+                        logger.info("answered an unreadable line with %s", answer.error.message)
+                        await write_stream.send(SessionMessage(answer))
+                    else:
+                        await relay_in.send(item)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(relay)
+            await lowlevel.run(relay_out, write_stream, lowlevel.create_initialization_options())
+            group.cancel_scope.cancel()
