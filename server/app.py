@@ -123,7 +123,7 @@ Limit = Annotated[
 class ChatdockServer(MCPServer[_State]):
     """An `MCPServer` whose resource listing also names the recently active contacts' transcripts,
     and whose argument errors read like the store's (`limit: input should be a valid integer, got 'x'`)
-    instead of pydantic's multi-line report with links."""
+    instead of pydantic's multi-line report with links; an unknown argument is an error, not ignored."""
 
     def __init__(self, state: _State, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -135,6 +135,16 @@ class ChatdockServer(MCPServer[_State]):
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[_State, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
+        tool = self._tool_manager.get_tool(name)
+        if tool is not None and isinstance(arguments, dict):
+            # an unknown argument is most often a misspelled one ("chatId"): say so rather than drop it
+            known = list(tool.parameters.get("properties", {}))
+            unknown = sorted(set(arguments) - set(known))
+            if unknown:
+                raise ToolError(
+                    f"Error executing tool {name}: unknown argument {', '.join(map(repr, unknown))}; "
+                    f"{name} takes {', '.join(known)}"
+                )
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:

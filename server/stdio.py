@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import anyio
@@ -22,14 +23,22 @@ from pydantic import ValidationError
 logger = logging.getLogger("chatdock.server")
 
 
+# `{"jsonrpc": "2.0", "id": 7, ...` or `{"jsonrpc": "2.0", "method": "...", "id": "a", ...`: an id
+# that comes before anything nested, so it cannot be an "id" inside the params.
+_LEADING_ID = re.compile(
+    r'^\s*\{(?:\s*"(?:jsonrpc|method)"\s*:\s*"[^"\\]*"\s*,)*\s*"id"\s*:\s*(-?\d{1,18}|"[^"\\]{0,200}")'
+)
+
+
 def _request_id(raw: object) -> str | int | None:
     """The id of the request in an unreadable line, when Python's more lenient parser can find it."""
     if not isinstance(raw, str):
         return None
     try:
         parsed = json.loads(raw)
-    except ValueError:
-        return None
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's parser goes
+        leading = _LEADING_ID.match(raw)
+        return None if leading is None else json.loads(leading.group(1))
     found = parsed.get("id") if isinstance(parsed, dict) else None
     return found if isinstance(found, str | int) and not isinstance(found, bool) else None
 
@@ -61,7 +70,13 @@ async def serve_stdio(lowlevel: Any) -> None:
             async with relay_in:
                 async for item in read_stream:
                     if isinstance(item, Exception):
-                        answer = unreadable(item)
+                        try:
+                            answer = unreadable(item)
+                        except Exception:  # the relay must outlive any line
+                            logger.exception("could not describe an unreadable line")
+                            answer = JSONRPCError(
+                                jsonrpc="2.0", id=None, error=ErrorData(code=PARSE_ERROR, message="Parse error")
+                            )
                         logger.info("answered an unreadable line with %s", answer.error.message)
                         await write_stream.send(SessionMessage(answer))
                     else:

@@ -329,9 +329,10 @@ class _PreparedChat:
             self.channels.append((check.optional_uuid(ref.id, "channels[].id"), name))
         if len({name for _, name in self.channels}) != len(self.channels):
             raise InvalidInput("channels must not name the same channel twice")
-        self.created_us = to_us(check.created_at(new.created_at, check.utc_now()))
+        now = check.utc_now()
+        self.created_us = to_us(check.created_at(new.created_at, now))
         updated = new.updated_at if new.updated_at is not None else new.created_at
-        self.updated_us = to_us(check.created_at(updated, check.utc_now()))
+        self.updated_us = to_us(check.created_at(updated, now, "updated_at"))
         if self.updated_us < self.created_us:
             raise InvalidInput("updated_at must not be before created_at")
 

@@ -10,13 +10,14 @@ import re
 import unicodedata
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
 from .errors import InvalidInput
 from .models import CHAT_STATUSES, ROLES, ChatStatus, Part, Role
+from .models import format_timestamp as format_time
 
 MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 32_768
@@ -197,15 +198,31 @@ def metadata(value: object) -> tuple[dict[str, Any], str | None]:
     return value, provider_message_id
 
 
-def created_at(value: datetime | None, now: datetime) -> datetime:
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+FUTURE_SLACK = timedelta(days=1)
+
+
+def created_at(value: datetime | None, now: datetime, name: str = "created_at") -> datetime:
+    """A message's time: timezone-aware, from 1970 on, at most a day ahead of the server's clock."""
     if value is None:
         return now
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidInput(
-            f"created_at must carry a timezone, like '2026-11-21T09:30:00Z' or '2026-11-21T10:30:00+01:00', "
+            f"{name} must carry a timezone, like '2026-11-21T09:30:00Z' or '2026-11-21T10:30:00+01:00', "
             f"got {value.isoformat()}"
         )
-    return value.astimezone(UTC)
+    given = value.isoformat()
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01 east of UTC, 9999-12-31 west of it: out of range either way
+        value = EARLIEST - FUTURE_SLACK if value.year < 1970 else now + 2 * FUTURE_SLACK
+    if value < EARLIEST:
+        raise InvalidInput(f"{name} must be 1970-01-01T00:00:00Z or later, got {given}")
+    if value > now + FUTURE_SLACK:
+        raise InvalidInput(
+            f"{name} must not be more than a day ahead of the server's clock ({format_time(now)}), got {given}"
+        )
+    return value
 
 
 def max_chars(value: object) -> int | None:

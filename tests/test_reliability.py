@@ -404,3 +404,274 @@ def test_generated_hostile_calls_get_a_result_or_a_clear_error(
         f"fuzz: {ledger.calls:,} generated calls, {ledger.errors:,} clear errors, "
         f"{ledger.calls - ledger.errors:,} results, row counts exact, server answering"
     )
+
+
+def plain(**changes: Any) -> dict[str, Any]:
+    arguments = append("+31600000000", "hello")
+    arguments.update(changes)
+    return {k: v for k, v in arguments.items() if v is not ...}
+
+
+HAND_PICKED: list[tuple[str, dict[str, Any], str]] = [
+    ("append_message", plain(content="x" * 32_769), "content must be at most 32768 characters"),
+    ("append_message", plain(metadata={"blob": "x" * 17_000}), "metadata must be at most 16384 bytes"),
+    ("append_message", plain(metadata=nested(40)), "metadata must nest at most 32 levels"),
+    ("append_message", plain(metadata={"provider_message_id": ""}), "provider_message_id must be a string of 1"),
+    ("append_message", plain(content=5), "content: input should be a valid string, got 5"),
+    ("append_message", plain(content=["hello"]), "content: input should be a valid string"),
+    ("append_message", plain(role=...), "role is required"),
+    ("append_message", {}, "contact_id is required; channel is required; role is required; content is required"),
+    ("append_message", plain(chatId=UNKNOWN_UUID), "unknown argument 'chatId'; append_message takes contact_id,"),
+    ("append_message", plain(content="nul \x00 inside"), "must not contain NUL"),
+    ("append_message", plain(contact_id="tab\there"), "contact_id must not contain control characters"),
+    ("append_message", plain(contact_id="x" * 257), "contact_id must be 1 to 256 characters, got 257"),
+    ("append_message", plain(channel="WhatsApp"), "channel must be a lower-case name"),
+    ("append_message", plain(role="SYSTEM"), "role must be one of user, assistant"),
+    ("append_message", plain(chat_id="not-a-uuid"), "chat_id must be a UUID"),
+    ("append_message", plain(chat_id=UNKNOWN_UUID), f"chat {UNKNOWN_UUID} not found"),
+    ("append_message", plain(created_at="2026-11-21T09:30:00"), "created_at must carry a timezone"),
+    ("append_message", plain(created_at="1969-12-31T23:59:59Z"), "created_at must be 1970-01-01T00:00:00Z or later"),
+    ("append_message", plain(created_at=-5), "created_at must be 1970-01-01T00:00:00Z or later"),
+    ("append_message", plain(created_at="0001-01-01T00:00:00+01:00"), "or later"),
+    ("append_message", plain(created_at="9999-12-31T23:59:59.999999-23:59"), "more than a day ahead"),
+    ("append_message", plain(created_at="yesterday"), "created_at: input should be a valid datetime"),
+    ("get_context", {"contact_id": "c", "limit": 10**30}, "limit"),
+    ("get_context", {"contact_id": "c", "limit": 500}, "limit must be between 1 and 200, got 500"),
+    ("get_context", {"contact_id": "c", "limit": -1}, "limit must be between 1 and 200, got -1"),
+    ("get_context", {"contact_id": "c", "limit": "fifty"}, "limit: input should be a valid integer"),
+    ("get_context", {"contact_id": "c", "max_chars": 0}, "max_chars must be between 1"),
+    ("get_context", {"contact_id": "c", "roles": []}, "roles must name at least one role"),
+    ("get_context", {"contact_id": "c", "roles": ["robot"]}, "role must be one of"),
+    ("get_context", {"contact_id": "c", "chat_id": "'; DROP TABLE chats; --"}, "chat_id must be a UUID"),
+    ("list_messages", {"contact_id": "c", "cursor": "djE6MTox' OR 1=1"}, "cursor is not valid"),
+    ("list_messages", {"contact_id": "c", "cursor": "x" * 10_000}, "cursor is not valid"),
+    ("post_as_contact", {"contact_id": "c", "chat_id": UNKNOWN_UUID, "message": []}, "1 to 100 parts"),
+    (
+        "post_as_contact",
+        {"contact_id": "c", "chat_id": UNKNOWN_UUID, "message": [{"text": "a"}] * 101},
+        "1 to 100 parts, got 101",
+    ),
+    (
+        "post_as_contact",
+        {"contact_id": "c", "chat_id": UNKNOWN_UUID, "message": [{"text": "a", "start_timestamp": -1}]},
+        "start_timestamp must be a number of seconds from the start of the call, 0 or more",
+    ),
+    (
+        "post_as_contact",
+        {
+            "contact_id": "c",
+            "chat_id": UNKNOWN_UUID,
+            "message": [{"text": "a", "start_timestamp": 5, "end_timestamp": 2}],
+        },
+        "end_timestamp (2.0) must not be before start_timestamp (5.0)",
+    ),
+    ("post_as_contact", {"contact_id": "c", "chat_id": UNKNOWN_UUID, "message": [{"text": "a"}]}, "not found"),
+    ("delete_message", {"message_id": "1; DELETE FROM messages"}, "message_id must be a UUID"),
+    ("delete_message", {"message_id": UNKNOWN_UUID}, f"message {UNKNOWN_UUID} not found"),
+    ("update_chat", {"chat_id": UNKNOWN_UUID, "status": "DONE"}, "status must be one of RUNNING, COMPLETED"),
+    ("open_chat", {"contact_id": "c", "channel": ""}, "channel must be a lower-case name"),
+    ("forget_contact", {"contact_id": ""}, "contact_id must be 1 to 256 characters, got 0"),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")
+def test_hand_picked_hostile_calls_get_clear_errors_and_write_nothing(
+    fuzzed: tuple[RawStdio, Path, dict[str, list[str]]],
+) -> None:
+    server, db, _ = fuzzed
+    before = rows(db, "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM chats)")
+    sent = [(name, arguments, expected, server.send_tool(name, arguments)) for name, arguments, expected in HAND_PICKED]
+    for name, arguments, expected, request_id in sent:
+        result = server.wait([request_id])[0]["result"]
+        text = result["content"][0]["text"]
+        assert result.get("isError"), f"{name}({arguments!r:.200}) was accepted"
+        assert expected in text, f"{name}({arguments!r:.200}): {text}"
+        assert "Traceback" not in text and "For further information" not in text
+    assert rows(db, "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM chats)") == before
+
+    # lines that are not valid JSON-RPC get a JSON-RPC error for their id, and the server reads on
+    deep = '{"a":' * 5000 + "{}" + "}" * 5000
+    lines = {
+        9001: '{"jsonrpc":"2.0","id":9001,"method":"tools/call","params":{"name":"get_context","arguments":'
+        '{"contact_id":"half an emoji \\ud83d"}}}',
+        9002: '{"jsonrpc":"2.0","id":9002,"method":"tools/call","params":{"name":"append_message","arguments":'
+        '{"contact_id":"c","channel":"sms","role":"user","content":"x","metadata":' + deep + "}}}",
+        9003: '{"jsonrpc":"2.0","id":9003,"method":"tools/call","params":{"name":"get_context","arguments":"c"}}',
+        9004: '{"jsonrpc":"2.0","id":9004,"method":"tools/call","params":{"name":"nope","arguments":{}}}',
+    }
+    for request_id, line in lines.items():
+        server.send_line(line.encode(), request_id)
+    server.send_line(b"this is not JSON", 9005)
+    answers = {request_id: server.wait([request_id], timeout=30)[0] for request_id in lines}
+    assert answers[9001]["error"]["code"] == -32700 and "surrogate" in answers[9001]["error"]["message"]
+    assert answers[9002]["error"]["code"] == -32700 and "recursion" in answers[9002]["error"]["message"]
+    assert answers[9003]["error"]["code"] == -32602
+    assert answers[9004]["result"]["isError"] and "Unknown tool" in answers[9004]["result"]["content"][0]["text"]
+    assert rows(db, "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM chats)") == before
+    assert structured(server.tool("get_context", {"contact_id": CONTACTS[0]}))["contact_id"] == CONTACTS[0]
+
+
+# --- transcript safety ---
+
+ROLE_LABELS = ["USER: ", "ASSISTANT: ", "SYSTEM: ", "TOOL: ", "EVENT: ", "NOTE: "]
+LINE_BREAKS = ["\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+def assert_no_forged_lines(formatted: str, roles: list[str]) -> None:
+    """Each line that does not continue a message (two spaces) is the next message's own `ROLE: ` line."""
+    for lines in (formatted.split("\n"), formatted.splitlines()):
+        headers = [line for line in lines if not line.startswith("  ")]
+        if not roles:
+            assert formatted == ""
+            continue
+        assert len(headers) == len(roles), (formatted, roles)
+        for header, role in zip(headers, roles, strict=True):
+            assert header.startswith(f"{role.upper()}: "), (header, role)
+
+
+def test_no_content_however_crafted_starts_a_line_with_another_role() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from storage import Message, format_transcript
+
+    crafted = (
+        st.lists(
+            st.sampled_from(LINE_BREAKS) | st.sampled_from(ROLE_LABELS) | st.text(max_size=12) | st.just(" "),
+            max_size=12,
+        )
+        .map("".join)
+        .filter(lambda text: bool(text.strip()))
+    )
+    entries = st.lists(st.tuples(st.sampled_from(["user", "assistant", "system", "tool", "event", "note"]), crafted))
+
+    @settings(max_examples=FUZZ_CALLS, deadline=None, database=None)
+    @given(entries)
+    def check(drawn: list[tuple[str, str]]) -> None:
+        messages = [
+            Message(
+                id=UNKNOWN_UUID,
+                contact_id="c",
+                agent_id=None,
+                chat_id=None,
+                channel="sms",
+                role=role,  # type: ignore[arg-type]
+                content=content,
+                parts=[],
+                metadata={},
+                created_at="2026-11-21T00:00:00Z",  # type: ignore[arg-type]
+            )
+            for role, content in drawn
+        ]
+        assert_no_forged_lines(format_transcript(messages), [role for role, _ in drawn])
+
+    check()
+
+
+# --- organizations and odd contact ids, over the real transports ---
+
+
+async def test_another_organizations_ids_behave_exactly_as_unknown_ones(tmp_path: Path) -> None:
+    from tests.transports import call, create_key, http_client, http_server
+
+    db = str(tmp_path / "orgs.db")
+    acme_key, globex_key = create_key(db, "acme", "a"), create_key(db, "globex", "g")
+    with http_server(db) as base:
+        async with http_client(base, acme_key) as acme, http_client(base, globex_key) as globex:
+            chat = await call(acme, "open_chat", contact_id="acme-only", channel="voice")
+            message = await call(acme, "append_message", **append("acme-only", "acme secret"), chat_id=chat["id"])
+            ours = {"{contact}": "acme-only", "{chat}": chat["id"], "{message}": message["id"]}
+            unknown = {
+                "{contact}": "never-seen",
+                "{chat}": UNKNOWN_UUID,
+                "{message}": "0192f0c4-0000-7000-8000-000000000000",
+            }
+
+            def fill(template: Any, values: dict[str, str]) -> Any:
+                text = json.dumps(template)
+                for placeholder, value in values.items():
+                    text = text.replace(placeholder, value)
+                return json.loads(text)
+
+            def blind(outcome: Any, values: dict[str, str]) -> str:
+                text = json.dumps(outcome, sort_keys=True)
+                for placeholder, value in values.items():
+                    text = text.replace(value, placeholder)
+                return text
+
+            async def probe(client: Any, kind: str, name: str, arguments: Any, values: dict[str, str]) -> str:
+                arguments = fill(arguments, values)
+                try:
+                    if kind == "tool":
+                        result = await client.call_tool(name, arguments)
+                        outcome: Any = [result.is_error, result.structured_content, [c.text for c in result.content]]
+                    elif kind == "resource":
+                        read = await client.read_resource(arguments)
+                        outcome = [c.text for c in read.contents]
+                    else:
+                        prompt = await client.get_prompt(name, arguments)
+                        outcome = [m.content.text for m in prompt.messages]
+                except Exception as exc:  # an MCP error is an outcome too; it must read the same
+                    outcome = ["raised", str(exc)]
+                return blind(outcome, values)
+
+            probes: list[tuple[str, str, Any]] = [
+                ("tool", "get_context", {"contact_id": "{contact}"}),
+                ("tool", "get_context", {"contact_id": "{contact}", "chat_id": "{chat}"}),
+                ("tool", "list_messages", {"contact_id": "{contact}"}),
+                ("tool", "list_messages", {"contact_id": "{contact}", "chat_id": "{chat}"}),
+                ("tool", "list_chats", {"contact_id": "{contact}"}),
+                ("tool", "delete_message", {"message_id": "{message}"}),
+                ("tool", "update_chat", {"chat_id": "{chat}", "status": "FAILED"}),
+                (
+                    "tool",
+                    "post_as_contact",
+                    {"contact_id": "{contact}", "chat_id": "{chat}", "message": [{"text": "x"}]},
+                ),
+                ("tool", "forget_contact", {"contact_id": "{contact}"}),
+                ("resource", "", "chatdock://contacts/{contact}/transcript"),
+                ("resource", "", "chatdock://contacts/{contact}/context"),
+                ("prompt", "continue_conversation", {"contact_id": "{contact}"}),
+            ]
+            for kind, name, arguments in probes:
+                seen = await probe(globex, kind, name, arguments, ours)
+                assert seen == await probe(globex, kind, name, arguments, unknown), (kind, name, seen)
+                assert "acme secret" not in seen
+            # a write with the other organization's chat is refused as for an unknown chat, and changes nothing
+            refused = await probe(
+                globex, "tool", "append_message", {**append("{contact}", "x"), "chat_id": "{chat}"}, ours
+            )
+            assert refused == await probe(
+                globex, "tool", "append_message", {**append("{contact}", "x"), "chat_id": "{chat}"}, unknown
+            )
+            listed = [str(r.uri) for r in (await globex.list_resources()).resources]
+            assert not any("acme-only" in uri for uri in listed)
+
+            still = await call(acme, "get_context", contact_id="acme-only")
+            assert [m["content"] for m in still["messages"]] == ["acme secret"]
+            assert (await call(acme, "list_chats", contact_id="acme-only"))["chats"][0]["status"] == "RUNNING"
+
+
+def test_odd_contact_ids_round_trip_through_tools_and_resource_uris(tmp_path: Path) -> None:
+    from urllib.parse import quote
+
+    with RawStdio(str(tmp_path / "odd.db")) as server:
+        for contact in CONTACTS:
+            stored = structured(server.tool("append_message", append(contact, f"hello from {contact}")))
+            assert stored["contact_id"] == contact
+            chat = structured(server.tool("open_chat", {"contact_id": contact, "channel": "voice"}))
+            assert chat["contact_id"] == contact
+            assert structured(server.tool("list_chats", {"contact_id": contact}))["chats"][0]["id"] == chat["id"]
+            page = structured(server.tool("list_messages", {"contact_id": contact}))
+            assert [m["contact_id"] for m in page["messages"]] == [contact]
+            for kind in ("transcript", "context"):
+                uri = f"chatdock://contacts/{quote(contact, safe='')}/{kind}"
+                read = server.wait([server.send("resources/read", {"uri": uri})])[0]
+                text = read["result"]["contents"][0]["text"]
+                assert f"hello from {contact}" in text, (uri, read)
+        listing = server.wait([server.send("resources/list", {})])[0]["result"]["resources"]
+        uris = {r["uri"] for r in listing}
+        assert {f"chatdock://contacts/{quote(c, safe='')}/transcript" for c in CONTACTS} <= uris
+        for contact in CONTACTS:
+            forgotten = structured(server.tool("forget_contact", {"contact_id": contact}))
+            assert forgotten == {"contact_id": contact, "deleted_messages": 1, "deleted_chats": 1}

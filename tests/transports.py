@@ -164,6 +164,14 @@ class RawStdio:
         self._write({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
         return request_id
 
+    def send_line(self, line: bytes, request_id: int) -> None:
+        """Write one line as it is (to send what json.dumps would refuse or mend); answers go to `request_id`."""
+        assert self.process.stdin is not None
+        with self._lock:
+            self._next = max(self._next, request_id)
+        self.process.stdin.write(line.rstrip(b"\n") + b"\n")
+        self.process.stdin.flush()
+
     def send_tool(self, name: str, arguments: Any) -> int:
         return self.send("tools/call", {"name": name, "arguments": arguments})
 
