@@ -491,22 +491,31 @@ def test_hand_picked_hostile_calls_get_clear_errors_and_write_nothing(
 
     # lines that are not valid JSON-RPC get a JSON-RPC error for their id, and the server reads on
     deep = '{"a":' * 5000 + "{}" + "}" * 5000
+
+    def call(request_id: int, name: str, arguments: str) -> bytes:
+        params = '{"name":"' + name + '","arguments":' + arguments + "}"
+        return f'{{"jsonrpc":"2.0","id":{request_id},"method":"tools/call","params":{params}}}'.encode()
+
     lines = {
-        9001: '{"jsonrpc":"2.0","id":9001,"method":"tools/call","params":{"name":"get_context","arguments":'
-        '{"contact_id":"half an emoji \\ud83d"}}}',
-        9002: '{"jsonrpc":"2.0","id":9002,"method":"tools/call","params":{"name":"append_message","arguments":'
-        '{"contact_id":"c","channel":"sms","role":"user","content":"x","metadata":' + deep + "}}}",
-        9003: '{"jsonrpc":"2.0","id":9003,"method":"tools/call","params":{"name":"get_context","arguments":"c"}}',
-        9004: '{"jsonrpc":"2.0","id":9004,"method":"tools/call","params":{"name":"nope","arguments":{}}}',
+        "surrogate": ("get_context", '{"contact_id":"half an emoji \\ud83d"}'),
+        "deep": (
+            "append_message",
+            '{"contact_id":"c","channel":"sms","role":"user","content":"x","metadata":' + deep + "}",
+        ),
+        "not an object": ("get_context", '"c"'),
+        "unknown tool": ("nope", "{}"),
     }
-    for request_id, line in lines.items():
-        server.send_line(line.encode(), request_id)
-    server.send_line(b"this is not JSON", 9005)
-    answers = {request_id: server.wait([request_id], timeout=30)[0] for request_id in lines}
-    assert answers[9001]["error"]["code"] == -32700 and "surrogate" in answers[9001]["error"]["message"]
-    assert answers[9002]["error"]["code"] == -32700 and "recursion" in answers[9002]["error"]["message"]
-    assert answers[9003]["error"]["code"] == -32602
-    assert answers[9004]["result"]["isError"] and "Unknown tool" in answers[9004]["result"]["content"][0]["text"]
+    ids = {}
+    for case, (name, arguments) in lines.items():
+        ids[case] = server.new_id()
+        server.send_line(call(ids[case], name, arguments))
+    server.send_line(b"this is not JSON")
+    answers = {case: server.wait([request_id], timeout=30)[0] for case, request_id in ids.items()}
+    assert answers["surrogate"]["error"]["code"] == -32700 and "surrogate" in answers["surrogate"]["error"]["message"]
+    assert answers["deep"]["error"]["code"] == -32700 and "recursion" in answers["deep"]["error"]["message"]
+    assert answers["not an object"]["error"]["code"] == -32602
+    unknown = answers["unknown tool"]["result"]
+    assert unknown["isError"] and "Unknown tool" in unknown["content"][0]["text"]
     assert rows(db, "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM chats)") == before
     assert structured(server.tool("get_context", {"contact_id": CONTACTS[0]}))["contact_id"] == CONTACTS[0]
 

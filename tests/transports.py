@@ -158,17 +158,18 @@ class RawStdio:
         self.process.stdin.flush()
 
     def send(self, method: str, params: dict[str, Any]) -> int:
-        with self._lock:
-            self._next += 1
-            request_id = self._next
+        request_id = self.new_id()
         self._write({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
         return request_id
 
-    def send_line(self, line: bytes, request_id: int) -> None:
-        """Write one line as it is (to send what json.dumps would refuse or mend); answers go to `request_id`."""
-        assert self.process.stdin is not None
+    def new_id(self) -> int:
         with self._lock:
-            self._next = max(self._next, request_id)
+            self._next += 1
+            return self._next
+
+    def send_line(self, line: bytes) -> None:
+        """Write one line as it is (to send what json.dumps would refuse or mend); take its id from `new_id`."""
+        assert self.process.stdin is not None
         self.process.stdin.write(line.rstrip(b"\n") + b"\n")
         self.process.stdin.flush()
 
