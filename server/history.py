@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from storage import ChatdockError, InvalidInput, SQLiteStore
+from storage import ChatdockError, InvalidInput, Store
 from storage import validation as check
 from storage.history import Record, dump_line, parse_line
 from storage.models import NewChat
@@ -31,7 +31,7 @@ BATCH = 500
 SHOWN_PROBLEMS = 20
 
 
-async def export(store: SQLiteStore, out: TextIO, org: str | None, contact_id: str | None, quiet: bool) -> int:
+async def export(store: Store, out: TextIO, org: str | None, contact_id: str | None, quiet: bool) -> int:
     """Write the chats, then the messages; return how many lines were written."""
     bar = None if quiet else Progress("exporting (lines)", await store.count_history(org, contact_id))
     written = 0
@@ -50,9 +50,7 @@ async def export(store: SQLiteStore, out: TextIO, org: str | None, contact_id: s
     return written
 
 
-async def export_to_path(
-    store: SQLiteStore, path: str | None, org: str | None, contact_id: str | None, quiet: bool
-) -> int:
+async def export_to_path(store: Store, path: str | None, org: str | None, contact_id: str | None, quiet: bool) -> int:
     if path is None or path == "-":
         return await export(store, sys.stdout, org, contact_id, quiet)
     target = Path(path)
@@ -122,7 +120,7 @@ def _parse(raw: bytes, default_org: str, org_override: str | None) -> tuple[str,
 
 
 async def _check(
-    store: SQLiteStore, path: Path, default_org: str, org_override: str | None, quiet: bool
+    store: Store, path: Path, default_org: str, org_override: str | None, quiet: bool
 ) -> tuple[int, list[tuple[int, str]]]:
     """First pass: every problem, by line number, without writing anything."""
     size = path.stat().st_size
@@ -162,7 +160,7 @@ async def _check(
 
 
 async def import_file(
-    store: SQLiteStore, path: str, default_org: str, org_override: str | None, skip_invalid: bool, quiet: bool
+    store: Store, path: str, default_org: str, org_override: str | None, skip_invalid: bool, quiet: bool
 ) -> ImportReport:
     """Import a JSON Lines file; on bad lines without `skip_invalid`, raise InvalidInput listing them."""
     with _readable(path) as source:

@@ -7,8 +7,9 @@ it, so an id of another organization behaves exactly like an unknown id.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
+from .errors import ChatdockError
 from .models import (
     ApiKeyInfo,
     AppendedMessage,
@@ -18,9 +19,13 @@ from .models import (
     Message,
     MessagePage,
     NewApiKey,
+    NewChat,
     NewMessage,
     Part,
 )
+
+# How each imported record went: newly stored, or already there (same id; or channel and provider id).
+Imported = Literal["stored", "existing"]
 
 
 class Store(Protocol):
@@ -72,6 +77,22 @@ class Store(Protocol):
     ) -> AsyncIterator[tuple[str, Message]]: ...
 
     async def import_messages(self, org: str, messages: Sequence[NewMessage]) -> list[AppendedMessage]: ...
+
+    def export_chats(
+        self, org: str | None = None, contact_id: str | None = None
+    ) -> AsyncIterator[tuple[str, Chat]]: ...
+
+    async def count_history(self, org: str | None = None, contact_id: str | None = None) -> int: ...
+
+    def check_record(self, record: NewChat | NewMessage) -> None: ...
+
+    async def import_history(
+        self, org: str, records: Sequence[NewChat | NewMessage], keep_going: bool = False
+    ) -> list[Imported | ChatdockError]: ...
+
+    async def import_conflicts(
+        self, org: str, records: Sequence[NewChat | NewMessage], chats_in_file: dict[str, tuple[str, str]]
+    ) -> dict[int, str]: ...
 
     async def create_api_key(self, org: str, name: str | None = None) -> NewApiKey: ...
 

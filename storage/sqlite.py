@@ -30,6 +30,7 @@ from typing import Any, Literal
 import aiosqlite
 
 from . import validation as check
+from .base import Imported
 from .errors import ChatdockError, Conflict, InvalidInput, NotFound
 from .ids import uuid7
 from .migrations import migrate
@@ -355,9 +356,6 @@ def _insert_chat(conn: sqlite3.Connection, org: str, c: _PreparedChat) -> bool:
         # attached one microsecond apart, so the channels keep their listed order
         _attach(conn, c.id, _channel_id(conn, contact_pk, name, wanted), c.created_us + offset)
     return True
-
-
-Imported = Literal["stored", "existing"]
 
 
 def _memory_dir() -> str:
