@@ -17,10 +17,12 @@ from typing import Any
 import anyio
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
-from mcp_types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError
+from mcp_types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError, JSONRPCRequest, JSONRPCResponse
 from pydantic import ValidationError
 
 logger = logging.getLogger("chatdock.server")
+
+DRAIN_SECONDS = 30  # how long requests still running at the end of stdin may take to finish
 
 
 # `{"jsonrpc": "2.0", "id": 7, ...` or `{"jsonrpc": "2.0", "method": "...", "id": "a", ...`: an id
@@ -61,28 +63,70 @@ def unreadable(exc: Exception) -> JSONRPCError:
     return JSONRPCError(jsonrpc="2.0", id=_request_id(raw), error=error)
 
 
+class _Answers:
+    """The write side, noting which requests have been answered, so EOF can wait for the rest."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.pending: set[str | int] = set()
+        self.settled = anyio.Event()
+
+    async def send(self, item: SessionMessage) -> None:
+        await self.inner.send(item)
+        if isinstance(item.message, JSONRPCResponse | JSONRPCError) and item.message.id is not None:
+            self.pending.discard(item.message.id)
+            if not self.pending:
+                self.settled.set()
+
+    def expect(self, request_id: str | int) -> None:
+        self.pending.add(request_id)
+        self.settled = anyio.Event()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def __aenter__(self) -> _Answers:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+
+def _unreadable_answer(item: Exception) -> JSONRPCError:
+    try:
+        answer = unreadable(item)
+    except Exception:  # the reader must outlive any line
+        logger.exception("could not describe an unreadable line")
+        answer = JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=PARSE_ERROR, message="Parse error"))
+    logger.info("answered an unreadable line with %s", answer.error.message)
+    return answer
+
+
 async def serve_stdio(lowlevel: Any) -> None:
-    """Run the SDK's low-level server on stdio, answering the lines its transport cannot read."""
+    """Run the SDK's low-level server on stdio, answering the lines its transport cannot read.
+
+    When stdin ends, requests still running are answered before the server stops (the SDK alone
+    would cancel them and answer "Connection closed", even for a write that was already stored,
+    inviting a retry that stores it twice).
+    """
     async with stdio_server() as (read_stream, write_stream):
+        answers = _Answers(write_stream)
         relay_in, relay_out = anyio.create_memory_object_stream[SessionMessage | Exception](0)
 
         async def relay() -> None:
             async with relay_in:
                 async for item in read_stream:
                     if isinstance(item, Exception):
-                        try:
-                            answer = unreadable(item)
-                        except Exception:  # the relay must outlive any line
-                            logger.exception("could not describe an unreadable line")
-                            answer = JSONRPCError(
-                                jsonrpc="2.0", id=None, error=ErrorData(code=PARSE_ERROR, message="Parse error")
-                            )
-                        logger.info("answered an unreadable line with %s", answer.error.message)
-                        await write_stream.send(SessionMessage(answer))
-                    else:
-                        await relay_in.send(item)
+                        await answers.send(SessionMessage(_unreadable_answer(item)))
+                        continue
+                    if isinstance(item.message, JSONRPCRequest):
+                        answers.expect(item.message.id)
+                    await relay_in.send(item)
+                if answers.pending:
+                    with anyio.move_on_after(DRAIN_SECONDS):
+                        await answers.settled.wait()
 
         async with anyio.create_task_group() as group:
             group.start_soon(relay)
-            await lowlevel.run(relay_out, write_stream, lowlevel.create_initialization_options())
+            await lowlevel.run(relay_out, answers, lowlevel.create_initialization_options())
             group.cancel_scope.cancel()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 from mcp.client import Client
 
-from tests.transports import run_cli, stdio_params
+from tests.transports import chatdock_command, run_cli, stdio_params
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -67,3 +69,46 @@ def test_keys_cli_round_trip(tmp_path: Path) -> None:
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
     again = run_cli("keys", "revoke", "--db", db, "voice-prod")
     assert again.returncode == 2 and "no live key" in again.stderr
+
+
+def test_requests_still_running_when_stdin_ends_are_answered_not_cancelled(tmp_path: Path) -> None:
+    """A client that writes its requests and closes stdin gets every answer; nothing stored is reported lost."""
+    db = tmp_path / "piped.db"
+    lines = [
+        {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "pipe", "version": "1"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    ] + [
+        {
+            "jsonrpc": "2.0",
+            "id": i,
+            "method": "tools/call",
+            "params": {
+                "name": "append_message",
+                "arguments": {"contact_id": "+31612345678", "channel": "sms", "role": "user", "content": f"piped {i}"},
+            },
+        }
+        for i in range(1, 41)
+    ]
+    done = subprocess.run(
+        [*chatdock_command(), "serve", "--db", str(db)],
+        input="".join(json.dumps(line) + "\n" for line in lines),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    answers = {answer["id"]: answer for answer in map(json.loads, done.stdout.splitlines())}
+    assert sorted(answers) == list(range(41))
+    assert all("result" in answer and not answer["result"].get("isError") for answer in answers.values())
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 40
