@@ -15,6 +15,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.mcpserver.prompts.base import UserMessage
 from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
 from mcp_types import Resource as MCPResource
+from mcp_types import Tool as MCPTool
 from pydantic import Field, ValidationError
 
 from storage import (
@@ -39,6 +40,7 @@ from storage import validation as check
 from storage.models import CHAT_STATUSES, ROLES
 
 from .org import OrgMiddleware, OrgScopedBus, current_org
+from .schemas import compact
 from .stdio import serve_stdio
 
 logger = logging.getLogger("chatdock.server")
@@ -122,12 +124,14 @@ Limit = Annotated[
 
 class ChatdockServer(MCPServer[_State]):
     """An `MCPServer` whose resource listing also names the recently active contacts' transcripts,
+    whose tool schemas are compacted (see `schemas.py`),
     and whose argument errors read like the store's (`limit: input should be a valid integer, got 'x'`)
     instead of pydantic's multi-line report with links; an unknown argument is an error, not ignored."""
 
     def __init__(self, state: _State, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.state = state
+        self._compacted: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
 
     async def run_stdio_async(self) -> None:
         await serve_stdio(self._lowlevel_server)
@@ -151,6 +155,15 @@ class ChatdockServer(MCPServer[_State]):
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(f"Error executing tool {name}: {check.explain(exc.__cause__)}") from exc.__cause__
             raise
+
+    async def list_tools(self) -> list[MCPTool]:
+        listed = await super().list_tools()
+        for tool in listed:
+            if tool.name not in self._compacted:
+                output = None if tool.output_schema is None else compact(tool.output_schema)
+                self._compacted[tool.name] = (compact(tool.input_schema), output)
+            tool.input_schema, tool.output_schema = self._compacted[tool.name]
+        return listed
 
     async def list_resources(self) -> list[MCPResource]:
         listed = await super().list_resources()

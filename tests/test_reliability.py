@@ -242,6 +242,8 @@ def for_schema(schema: dict[str, Any], defs: dict[str, Any], name: str, pools: d
         return for_schema(defs[schema["$ref"].rsplit("/", 1)[-1]], defs, name, pools, wild)
     if "anyOf" in schema:
         fitting = st.one_of([for_schema(s, defs, name, pools, wild) for s in schema["anyOf"]])
+    elif isinstance(schema.get("type"), list):
+        fitting = st.one_of([for_schema({**schema, "type": t}, defs, name, pools, False) for t in schema["type"]])
     elif "enum" in schema:
         fitting = st.sampled_from(schema["enum"])
     elif "const" in schema:

@@ -288,3 +288,43 @@ async def test_a_listener_is_told_of_every_write_of_another_client(tmp_path: Any
                     group.cancel_scope.cancel()
         assert received.count(transcript) == 4 and received.count(context) == 4
         assert other not in received
+
+
+async def test_listed_schemas_are_compact_and_mean_what_pydantic_meant() -> None:
+    from jsonschema import Draft202012Validator
+    from mcp.server.mcpserver import MCPServer
+
+    server = build_server(Settings())
+    original = {tool.name: tool for tool in await MCPServer.list_tools(server)}
+    async with Client(server) as client:
+        listed = {tool.name: tool for tool in (await client.list_tools()).tools}
+    samples: list[Any] = [
+        {},
+        {"contact_id": "c"},
+        {"contact_id": None},
+        {"contact_id": "c", "agent_id": None, "chat_id": None, "limit": 5},
+        {"contact_id": "c", "roles": ["user"], "channels": ["sms"]},
+        {"contact_id": "c", "roles": ["robot"], "channels": ["SMS!"]},
+        {"contact_id": "c", "roles": None, "max_chars": 0},
+        {"contact_id": "c", "channel": "sms", "role": "user", "content": "x", "metadata": {"a": 1}},
+        {"contact_id": "c", "channel": "sms", "role": "user", "content": "x", "metadata": "no"},
+        {"contact_id": "c", "chat_id": "x", "message": [{"text": "a", "start_timestamp": None}]},
+        {"contact_id": "c", "chat_id": "x", "message": [{"text": "a", "start_timestamp": "soon"}]},
+        {"contact_id": "c", "chat_id": "x", "message": [{"text": "a", "colour": 1}]},
+        {"chat_id": "x", "status": "DONE"},
+        {"message_id": 5},
+    ]
+    for name, tool in listed.items():
+        before = original[name]
+        for compacted, full in [(tool.input_schema, before.input_schema), (tool.output_schema, before.output_schema)]:
+            assert full is not None and compacted is not None
+            text = json.dumps(compacted)
+            assert "$ref" not in text and '"title"' not in text and '{"type": "null"}' not in text
+            assert len(text) < len(json.dumps(full))
+            for sample in samples:
+                assert Draft202012Validator(compacted).is_valid(sample) == Draft202012Validator(full).is_valid(
+                    sample
+                ), (
+                    name,
+                    sample,
+                )
