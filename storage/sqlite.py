@@ -818,56 +818,47 @@ class SQLiteStore:
         )
         return [row[0] for row in rows]
 
+    async def _keyset(
+        self, select: str, key: str, key_index: int, org: str | None, contact_id: str | None, contact: str, batch: int
+    ) -> AsyncIterator[Any]:
+        """Rows of `select` (which joins `orgs o`) in `key` order, a batch at a time: never all in memory.
+
+        `contact` names the column holding the contact's external id; `key_index` is where the row has `key`.
+        """
+        where, params = "", []
+        if org is not None:
+            where += " AND o.name = ?"
+            params.append(org)
+        if contact_id is not None:
+            where += f" AND {contact} = ?"
+            params.append(check.contact_id(contact_id))
+        last = -1
+        while True:
+            rows = await self._read(f"{select} WHERE {key} > ?{where} ORDER BY {key} LIMIT ?", [last, *params, batch])
+            for row in rows:
+                yield row
+            if len(rows) < batch:
+                return
+            last = rows[-1][key_index]
+
     async def export_messages(
         self, org: str | None = None, contact_id: str | None = None, batch: int = 1000
     ) -> AsyncIterator[tuple[str, Message]]:
         """Every message as (organization, message), oldest first, a batch at a time (never all in memory)."""
-        if contact_id is not None:
-            contact_id = check.contact_id(contact_id)
-        last = -1
-        while True:
-            sql = (
-                f"SELECT {_MESSAGE_COLUMNS}, c.external_id, o.name FROM messages m "
-                "JOIN contacts c ON c.id = m.contact_pk JOIN orgs o ON o.id = m.org_id WHERE m.seq > ?"
-            )
-            params: list[Any] = [last]
-            if org is not None:
-                sql += " AND o.name = ?"
-                params.append(org)
-            if contact_id is not None:
-                sql += " AND c.external_id = ?"
-                params.append(contact_id)
-            rows = await self._read(sql + " ORDER BY m.seq LIMIT ?", [*params, batch])
-            for row in rows:
-                yield row[11], _message(row, row[10])
-            if len(rows) < batch:
-                return
-            last = rows[-1][9]
+        select = (
+            f"SELECT {_MESSAGE_COLUMNS}, c.external_id, o.name FROM messages m "
+            "JOIN contacts c ON c.id = m.contact_pk JOIN orgs o ON o.id = m.org_id"
+        )
+        async for row in self._keyset(select, "m.seq", 9, org, contact_id, "c.external_id", batch):
+            yield row[11], _message(row, row[10])
 
     async def export_chats(
         self, org: str | None = None, contact_id: str | None = None, batch: int = 1000
     ) -> AsyncIterator[tuple[str, Chat]]:
         """Every chat as (organization, chat), in the order they were stored, a batch at a time."""
-        if contact_id is not None:
-            contact_id = check.contact_id(contact_id)
-        last = -1
-        while True:
-            sql = _CHAT_SELECT.replace("SELECT ch.id,", "SELECT ch.rowid, o.name, ch.id,") + (
-                " JOIN orgs o ON o.id = ch.org_id WHERE ch.rowid > ?"
-            )
-            params: list[Any] = [last]
-            if org is not None:
-                sql += " AND o.name = ?"
-                params.append(org)
-            if contact_id is not None:
-                sql += " AND co.external_id = ?"
-                params.append(contact_id)
-            rows = await self._read(sql + " ORDER BY ch.rowid LIMIT ?", [*params, batch])
-            for row in rows:
-                yield row[1], _chat(row[2:])
-            if len(rows) < batch:
-                return
-            last = rows[-1][0]
+        select = f"SELECT ch.rowid, o.name, {_CHAT_COLUMNS} {_CHAT_FROM} JOIN orgs o ON o.id = ch.org_id"
+        async for row in self._keyset(select, "ch.rowid", 0, org, contact_id, "co.external_id", batch):
+            yield row[1], _chat(row[2:])
 
     async def count_history(self, org: str | None = None, contact_id: str | None = None) -> int:
         """How many chats and messages `export_chats` and `export_messages` would yield."""
