@@ -17,7 +17,15 @@ from typing import Any
 import anyio
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
-from mcp_types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError, JSONRPCRequest, JSONRPCResponse
+from mcp_types import (
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    ErrorData,
+    JSONRPCError,
+    JSONRPCNotification,
+    JSONRPCRequest,
+    JSONRPCResponse,
+)
 from pydantic import ValidationError
 
 logger = logging.getLogger("chatdock.server")
@@ -73,10 +81,14 @@ class _Answers:
 
     async def send(self, item: SessionMessage) -> None:
         await self.inner.send(item)
-        if isinstance(item.message, JSONRPCResponse | JSONRPCError) and item.message.id is not None:
-            self.pending.discard(item.message.id)
-            if not self.pending:
-                self.settled.set()
+        if isinstance(item.message, JSONRPCResponse | JSONRPCError):
+            self.forget(item.message.id)
+
+    def forget(self, request_id: object) -> None:
+        if isinstance(request_id, str | int):
+            self.pending.discard(request_id)
+        if not self.pending:
+            self.settled.set()
 
     def expect(self, request_id: str | int) -> None:
         self.pending.add(request_id)
@@ -105,7 +117,7 @@ def _unreadable_answer(item: Exception) -> JSONRPCError:
 async def serve_stdio(lowlevel: Any) -> None:
     """Run the SDK's low-level server on stdio, answering the lines its transport cannot read.
 
-    When stdin ends, requests still running are answered before the server stops (the SDK alone
+    When stdin ends, tool calls still running are answered before the server stops (the SDK alone
     would cancel them and answer "Connection closed", even for a write that was already stored,
     inviting a retry that stores it twice).
     """
@@ -119,8 +131,13 @@ async def serve_stdio(lowlevel: Any) -> None:
                     if isinstance(item, Exception):
                         await answers.send(SessionMessage(_unreadable_answer(item)))
                         continue
-                    if isinstance(item.message, JSONRPCRequest):
-                        answers.expect(item.message.id)
+                    message = item.message
+                    if isinstance(message, JSONRPCRequest) and message.method == "tools/call":
+                        # only tool calls are waited for: a write's answer must not be lost, while a
+                        # subscriptions/listen stream would never end on its own
+                        answers.expect(message.id)
+                    elif isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled":
+                        answers.forget((message.params or {}).get("requestId"))  # a cancelled request gets no answer
                     await relay_in.send(item)
                 if answers.pending:
                     with anyio.move_on_after(DRAIN_SECONDS):
