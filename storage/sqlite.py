@@ -22,10 +22,10 @@ import secrets
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
@@ -53,6 +53,8 @@ from .transcript import fit_transcript
 from .writer import Undo, Writer
 
 logger = logging.getLogger("chatdock.storage")
+
+T = TypeVar("T")
 
 Durability = Literal["normal", "full"]
 
@@ -308,6 +310,22 @@ def _insert(conn: sqlite3.Connection, org: str, p: _Prepared, importing: bool = 
     return AppendedMessage(**p.message.model_dump(), deduplicated=False)
 
 
+def _one(conn: sqlite3.Connection, write: Callable[..., T], *args: Any) -> T:
+    """One record of a batch in its own savepoint: an `Undo` rolls it back and returns its value, an error
+    rolls it back and propagates, so the other records of the batch stay."""
+    conn.execute("SAVEPOINT one")
+    try:
+        return write(conn, *args)
+    except Undo as undo:
+        conn.execute("ROLLBACK TO one")
+        return undo.value  # type: ignore[return-value]
+    except ChatdockError:
+        conn.execute("ROLLBACK TO one")
+        raise
+    finally:
+        conn.execute("RELEASE one")
+
+
 class _PreparedChat:
     """An imported chat checked in full before the writer sees it."""
 
@@ -451,17 +469,7 @@ class SQLiteStore:
         prepared = [_Prepared(message, now) for message in messages]
 
         def job(conn: sqlite3.Connection) -> list[AppendedMessage]:
-            stored: list[AppendedMessage] = []
-            for p in prepared:
-                conn.execute("SAVEPOINT one")
-                try:
-                    stored.append(_insert(conn, org, p))
-                except Undo as undo:
-                    conn.execute("ROLLBACK TO one")
-                    assert isinstance(undo.value, AppendedMessage)
-                    stored.append(undo.value)
-                conn.execute("RELEASE one")
-            return stored
+            return [_one(conn, _insert, org, p) for p in prepared]
 
         return await self._writer.run(job)
 
@@ -496,22 +504,17 @@ class SQLiteStore:
             for p in prepared:
                 if isinstance(p, ChatdockError):
                     outcomes.append(p)
-                else:
-                    conn.execute("SAVEPOINT one")
+                elif isinstance(p, _PreparedChat):
                     try:
-                        if isinstance(p, _PreparedChat):
-                            outcomes.append("stored" if _insert_chat(conn, org, p) else "existing")
-                        else:
-                            outcomes.append(
-                                "existing" if _insert(conn, org, p, importing=True).deduplicated else "stored"
-                            )
-                    except Undo:
-                        outcomes.append("existing")
-                        conn.execute("ROLLBACK TO one")
+                        outcomes.append("stored" if _one(conn, _insert_chat, org, p) else "existing")
                     except ChatdockError as exc:
                         outcomes.append(exc)
-                        conn.execute("ROLLBACK TO one")
-                    conn.execute("RELEASE one")
+                else:
+                    try:
+                        again = _one(conn, _insert, org, p, True).deduplicated
+                        outcomes.append("existing" if again else "stored")
+                    except ChatdockError as exc:
+                        outcomes.append(exc)
                 if isinstance(outcomes[-1], ChatdockError) and not keep_going:
                     raise Undo(outcomes)
             return outcomes
