@@ -24,7 +24,7 @@ from typing import Any
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
-from storage import NewMessage, SQLiteStore
+from chatdock.storage import NewMessage, Store, open_store
 
 from .app import Settings, build_server
 from .progress import Progress
@@ -60,7 +60,7 @@ def _new(contact: int, index: int) -> NewMessage:
     )
 
 
-async def fill(store: SQLiteStore, messages: int, contacts: int, quiet: bool) -> None:
+async def fill(store: Store, messages: int, contacts: int, quiet: bool) -> None:
     batch = 5000
     done = 0
     bar = None if quiet else Progress("building data", messages)
@@ -118,7 +118,7 @@ async def timed(calls: list[Callable[[], Awaitable[Any]]], concurrency: int) -> 
     return len(calls) / (time.perf_counter() - start), latencies
 
 
-def _appends(store: SQLiteStore, count: int, tag: str) -> list[Callable[[], Awaitable[Any]]]:
+def _appends(store: Store, count: int, tag: str) -> list[Callable[[], Awaitable[Any]]]:
     def append(i: int) -> Callable[[], Awaitable[Any]]:
         message = NewMessage(contact_id=f"+3199{i % 1000:07d}", channel="sms", role="user", content=f"{tag} {i}")
         return lambda: store.append_message("bench", message)
@@ -126,7 +126,7 @@ def _appends(store: SQLiteStore, count: int, tag: str) -> list[Callable[[], Awai
     return [append(i) for i in range(count)]
 
 
-async def mixed(store: SQLiteStore, contacts: int, seconds: float) -> tuple[float, float]:
+async def mixed(store: Store, contacts: int, seconds: float) -> tuple[float, float]:
     """16 readers beside one writer for `seconds`: reads/s and writes/s."""
     stop = time.perf_counter() + seconds
     counts = {"reads": 0, "writes": 0}
@@ -183,7 +183,7 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
     def add(name: str, value: float) -> None:
         figures.setdefault(name, []).append(value)
 
-    async with SQLiteStore.open(path) as store:
+    async with open_store(path) as store:
         await fill(store, messages, contacts, quiet)
     bar = None if quiet else Progress("measuring rounds", rounds)
     for round_number in range(rounds):
@@ -194,7 +194,7 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
         add("raw_read_p99", raw_read_p99)
         raw_full, _ = raw_floor(path, "full", scale, 1, contacts)
         add("raw_insert_full", raw_full)
-        async with SQLiteStore.open(path) as store:
+        async with open_store(path) as store:
             rate, lat = await timed(_appends(store, scale, "one"), 1)
             add("one_rate", rate)
             add("one_p99", _pct(lat, 0.99))
@@ -233,7 +233,7 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
             reads, writes = await mixed(store, contacts, 2.0)
             add("mixed_reads", reads)
             add("mixed_writes", writes)
-        async with SQLiteStore.open(path, durability="full") as store:
+        async with open_store(path, durability="full") as store:
             rate, lat = await timed(_appends(store, scale * 5, "full"), 100)
             add("many_full_rate", rate)
             add("many_full_p99", _pct(lat, 0.99))
@@ -243,9 +243,8 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
             add("mcp_memory_bare", bare_ms)
         params = StdioServerParameters(
             command=sys.executable,
-            args=["-m", "server.bench", "--serve", path],
+            args=["-m", "chatdock.server.bench", "--serve", path],
             env=dict(os.environ),
-            cwd=str(Path(__file__).resolve().parent.parent),
         )
         async with Client(params) as client:
             ctx_ms, bare_ms = await mcp_round_trips(client, "+31600000001", max(50, scale // 10))

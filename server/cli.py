@@ -10,9 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from storage import ChatdockError, InvalidInput, SQLiteStore
-
-from .app import Settings, build_server
+from chatdock.storage import ChatdockError, InvalidInput, open_store
 
 logger = logging.getLogger("chatdock")
 
@@ -130,12 +128,8 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings(db=args.db, org=args.org, read_only=args.read_only, durability=args.durability)
-
-
 async def _keys(args: argparse.Namespace) -> int:
-    async with SQLiteStore.open(args.db) as store:
+    async with open_store(args.db) as store:
         if args.keys_command == "create":
             created = await store.create_api_key(args.org, args.name)
             print(created.key)
@@ -162,7 +156,7 @@ async def _keys(args: argparse.Namespace) -> int:
 async def _export(args: argparse.Namespace) -> int:
     from .history import export_to_path
 
-    async with SQLiteStore.open(args.db) as store:
+    async with open_store(args.db) as store:
         written = await export_to_path(store, args.output, args.org, args.contact, args.quiet)
     if args.output not in (None, "-"):
         print(f"exported {written:,} line(s) to {args.output}", file=sys.stderr)
@@ -173,7 +167,7 @@ async def _import(args: argparse.Namespace) -> int:
     from .history import import_file, skipped
 
     default_org = os.environ.get("CHATDOCK_ORG") or "default"
-    async with SQLiteStore.open(args.db) as store:
+    async with open_store(args.db) as store:
         report = await import_file(store, args.file, default_org, args.org, args.skip_invalid, args.quiet)
     sys.stderr.write(skipped(report.problems))
     print(report.summary())
@@ -187,7 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "serve":
-            settings = _settings(args)
+            # the MCP stack is imported only here: every other command starts without paying for it
+            from .app import Settings, build_server
+
+            settings = Settings(db=args.db, org=args.org, read_only=args.read_only, durability=args.durability)
             if args.http:
                 from .http import serve_http
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from storage import ChatdockError, InvalidInput, Store
-from storage import validation as check
-from storage.history import Record, dump_line, parse_line
-from storage.models import NewChat
+from chatdock.storage import ChatdockError, InvalidInput, Store
+from chatdock.storage import validation as check
+from chatdock.storage.history import Record, check_record, conflicts, dump_line, parse_line
+from chatdock.storage.models import NewChat
 
 from .progress import Progress
 
@@ -33,7 +33,7 @@ SHOWN_PROBLEMS = 20
 
 async def export(store: Store, out: TextIO, org: str | None, contact_id: str | None, quiet: bool) -> int:
     """Write the chats, then the messages; return how many lines were written."""
-    bar = None if quiet else Progress("exporting (lines)", await store.count_history(org, contact_id))
+    bar = None if quiet else Progress("exporting (lines)", await store.backend.count_records(org, contact_id))
     written = 0
     async for chat_org, chat in store.export_chats(org, contact_id):
         out.write(dump_line(chat_org, chat) + "\n")
@@ -132,14 +132,14 @@ async def _check(
 
     async def settle(org: str) -> None:
         batch = pending.pop(org, [])
-        found = await store.import_conflicts(org, [record for _, record in batch], chats_in_file)
+        found = await conflicts(store, org, [record for _, record in batch], chats_in_file)
         problems.extend((batch[index][0], problem) for index, problem in found.items())
 
     for number, read, raw in _lines(path):
         lines += 1
         try:
             org, record = _parse(raw, default_org, org_override)
-            store.check_record(record)
+            check_record(record)
         except ChatdockError as exc:
             problems.append((number, str(exc)))
         else:

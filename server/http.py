@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from storage import InvalidInput
+from chatdock.storage import InvalidInput
 
 from .app import ChatdockServer, Settings, build_server
 from .org import ORG_SCOPE_KEY

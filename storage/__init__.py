@@ -1,6 +1,17 @@
-"""chatdock's store: the typed interface (`Store`), its SQLite implementation and the shapes they share."""
+"""chatdock's store: `open_store(url)` gives a `Store`, the contract's rules over a storage backend.
 
-from .base import Store
+storage/
+  store.py        Store: checks, normalization, the channel choice, transcript fitting, keys
+  backend.py      Backend: the narrow seam an engine implements (records in, records out)
+  records.py      messages and chats checked in full, as a backend receives them
+  sqlite/         the SQLite backend
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from .errors import ChatdockError, Conflict, InvalidInput, NotFound
 from .models import (
     ApiKeyInfo,
@@ -19,8 +30,31 @@ from .models import (
     Part,
     Role,
 )
-from .sqlite import Durability, SQLiteStore
+from .sqlite import Durability, SQLiteBackend
+from .store import Store
 from .transcript import format_transcript
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+@asynccontextmanager
+async def open_store(url: str, durability: Durability = "normal") -> AsyncIterator[Store]:
+    """The store `url` names: a SQLite file path, or `:memory:` for a throwaway one."""
+    if url.startswith(POSTGRES_SCHEMES):
+        raise InvalidInput(
+            "PostgreSQL URLs are not supported by this version of chatdock yet; pass a SQLite file path or :memory:"
+        )
+    backend = SQLiteBackend(url, durability)
+    try:
+        await backend.start()
+    except BaseException:
+        await backend.close()
+        raise
+    try:
+        yield Store(backend)
+    finally:
+        await backend.close()
+
 
 __all__ = [
     "ApiKeyInfo",
@@ -43,7 +77,7 @@ __all__ = [
     "NotFound",
     "Part",
     "Role",
-    "SQLiteStore",
     "Store",
     "format_transcript",
+    "open_store",
 ]

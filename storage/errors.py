@@ -34,3 +34,32 @@ class NotFound(ChatdockError):
 
 class Conflict(ChatdockError):
     """The request clashes with the stored state (for example, a key name already in use)."""
+
+
+# The texts of the errors that more than one place raises, written once.
+
+
+def chat_not_found(chat_id: str, contact_id: str | None = None) -> NotFound:
+    if contact_id is None:
+        return NotFound(f"chat {chat_id} not found; list_chats shows a contact's chats")
+    return NotFound(f"chat {chat_id} not found for contact {contact_id}; list the contact's chats with list_chats")
+
+
+def message_not_found(message_id: str) -> NotFound:
+    return NotFound(f"message {message_id} not found; list_messages shows the ids of a contact's messages")
+
+
+def message_id_taken(message_id: str) -> Conflict:
+    return Conflict(f"message id {message_id} is already used in another organization; leave id out to get a new one")
+
+
+def chat_id_taken(chat_id: str) -> Conflict:
+    return Conflict(f"chat id {chat_id} is already used by another contact or organization")
+
+
+def key_name_taken(name: str | None) -> Conflict:
+    return Conflict(f"a live key is already named {name!r}; choose another name or revoke that key")
+
+
+def no_live_key(prefix_or_name: str) -> NotFound:
+    return NotFound(f"no live key has the prefix or name {prefix_or_name!r}; `chatdock keys list` shows them")

@@ -23,13 +23,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import validation as check
-from .errors import InvalidInput
+from .errors import InvalidInput, chat_id_taken, message_id_taken
 from .models import Chat, Message, NewChat, NewMessage
+from .store import Store, prepare
 
 # Ids of messages imported without one: uuid5 of the line's content in this namespace.
 HISTORY_NAMESPACE = uuid.UUID("6f0c2a4e-2b1d-5c8e-9a47-3d5e1f0b7c21")
 
 Record = NewChat | NewMessage
+
+# A record that no database could take is refused by its own checks, the same ones an import applies.
+check_record = prepare
 
 
 def dump_line(org: str, item: Chat | Message) -> str:
@@ -79,3 +83,40 @@ def parse_line(text: str, default_org: str) -> tuple[str, Record]:
     except ValidationError as exc:
         raise InvalidInput(check.explain(exc)) from None
     raise InvalidInput(f"kind must be 'message' or 'chat', got {kind!r}")
+
+
+async def conflicts(
+    store: Store, org: str, records: list[Record], chats_in_file: dict[str, tuple[str, str]]
+) -> dict[int, str]:
+    """What the database would refuse in these (checked) records, by index: ids taken elsewhere, unknown chats.
+
+    `chats_in_file` maps the chat ids the same import brings in (earlier records) to their
+    (organization, contact).
+    """
+    message_ids = sorted({check.uuid_text(r.id, "id") for r in records if isinstance(r, NewMessage) and r.id})
+    chat_ids = {check.uuid_text(r.id, "id") for r in records if isinstance(r, NewChat)}
+    chat_ids |= {check.uuid_text(r.chat_id, "chat_id") for r in records if isinstance(r, NewMessage) and r.chat_id}
+    taken = await store.backend.message_orgs(message_ids)
+    owners = await store.backend.chat_owners(sorted(chat_ids))
+    problems: dict[int, str] = {}
+    for index, record in enumerate(records):
+        if isinstance(record, NewChat):
+            chat_id = check.uuid_text(record.id, "id")
+            owner = owners.get(chat_id)
+            if owner is not None and owner != (org, record.contact_id):
+                problems[index] = str(chat_id_taken(chat_id))
+            continue
+        if record.id is not None and taken.get(check.uuid_text(record.id, "id"), org) != org:
+            problems[index] = str(message_id_taken(record.id))
+        elif record.chat_id is not None:
+            chat_id = check.uuid_text(record.chat_id, "chat_id")
+            owner = owners.get(chat_id)
+            in_file = chats_in_file.get(chat_id)
+            if in_file is None and owner is None:
+                problems[index] = (
+                    f"chat {chat_id} is neither in the database nor on an earlier line; "
+                    "put the chat's line before its messages"
+                )
+            elif (in_file or owner) != (org, record.contact_id):
+                problems[index] = f"chat {chat_id} is not a chat of contact {record.contact_id}"
+    return problems

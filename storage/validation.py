@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import re
@@ -24,7 +22,7 @@ MAX_TEXT_CHARS = 32_768
 MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_DEPTH = 32
 MAX_PARTS = 100
-MIN_LIMIT, MAX_LIMIT, DEFAULT_LIMIT = 1, 200, 50
+MIN_LIMIT, MAX_LIMIT = 1, 200
 MAX_MAX_CHARS = 10_000_000
 
 CHANNEL_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,63}")
@@ -247,29 +245,6 @@ def channels(values: Sequence[object] | None) -> list[str] | None:
     if len(values) > 64:
         raise InvalidInput(f"channels may name at most 64 channels, got {len(values)}")
     return sorted({channel(value, "channels[]") for value in values})
-
-
-_CURSOR_HINT = (
-    "pass next_cursor exactly as a previous list_messages returned it, or leave cursor out for the first page"
-)
-
-
-def encode_cursor(created_us: int, seq: int) -> str:
-    raw = f"v1:{created_us}:{seq}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(value: object) -> tuple[int, int]:
-    if not isinstance(value, str) or len(value) > 128:
-        raise InvalidInput(f"cursor is not valid; {_CURSOR_HINT}")
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-        version, created_us, seq = raw.split(":")
-        if version != "v1":
-            raise ValueError(version)
-        return int(created_us), int(seq)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput(f"cursor is not valid; {_CURSOR_HINT}") from None
 
 
 def utc_now() -> datetime:

@@ -14,12 +14,15 @@ from pathlib import Path
 import hypothesis  # noqa: F401
 import pytest
 
-from storage import SQLiteStore
+from chatdock.storage import Store, open_store
+
+# Each backend the store's contract tests run on: a parameter names how to reach a fresh database.
+BACKENDS = ["sqlite-memory", "sqlite-file"]
 
 
-@pytest.fixture(params=["memory", "file"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    """A fresh store for each test: once in memory, once on a database file."""
-    path = ":memory:" if request.param == "memory" else str(tmp_path / "chatdock.db")
-    async with SQLiteStore.open(path) as opened:
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh store for each test, once on each backend."""
+    url = ":memory:" if request.param == "sqlite-memory" else str(tmp_path / "chatdock.db")
+    async with open_store(url) as opened:
         yield opened

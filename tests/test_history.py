@@ -10,8 +10,8 @@ from pathlib import Path
 
 from mcp.client import Client
 
-from server.app import Settings, build_server
-from storage import NewMessage, Part, SQLiteStore
+from chatdock.server.app import Settings, build_server
+from chatdock.storage import NewMessage, Part, open_store
 from tests.transports import call, chatdock_command, run_cli
 
 ODD_CONTACTS = ["+31 6 1234", "a/b", "%2F", "a@b.com", "🦜 parrot", "x" * 256]
@@ -27,7 +27,7 @@ def counts(db: Path) -> tuple[int, int, int]:
 async def seed(db: Path, messages: int = 1200) -> None:
     """Two organizations, odd contact ids, chats on several channels, parts with timestamps, metadata."""
     base = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
-    async with SQLiteStore.open(str(db)) as store:
+    async with open_store(str(db)) as store:
         chat = await store.open_chat("acme", ODD_CONTACTS[0], "voice", "agent-7")
         await store.append_message(
             "acme",
@@ -214,7 +214,7 @@ def test_skip_invalid_imports_the_rest_and_lists_what_it_skipped(tmp_path: Path)
 
 async def test_an_id_of_another_organization_is_a_bad_line(tmp_path: Path) -> None:
     db = tmp_path / "chatdock.db"
-    async with SQLiteStore.open(str(db)) as store:
+    async with open_store(str(db)) as store:
         theirs = await store.append_message(
             "globex", NewMessage(contact_id="c", channel="sms", role="user", content="x")
         )

@@ -24,5 +24,5 @@ def test_ruff_format() -> None:
 
 
 def test_mypy_strict_on_server_and_storage() -> None:
-    result = run("mypy", "--strict", "server", "storage")
+    result = run("mypy", "--strict", "-p", "chatdock.server", "-p", "chatdock.storage")
     assert result.returncode == 0, result.stdout + result.stderr

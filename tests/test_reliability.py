@@ -544,7 +544,7 @@ def test_no_content_however_crafted_starts_a_line_with_another_role() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from storage import Message, format_transcript
+    from chatdock.storage import Message, format_transcript
 
     crafted = (
         st.lists(

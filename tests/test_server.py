@@ -11,8 +11,8 @@ from mcp.client import Client
 from mcp.client.subscriptions import ResourceUpdated
 from mcp.shared.exceptions import MCPError
 
-from server.app import Settings, build_server
-from storage import SQLiteStore
+from chatdock.server.app import Settings, build_server
+from chatdock.storage import open_store
 from tests.transports import call, error
 
 MODES = ["auto", "legacy"]
@@ -218,7 +218,7 @@ ODD_IDS = ["+31612345678", "a@b.com", "a/b", "%2F", "+31 6 1234", "émile ü", "
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_resources_round_trip_percent_encoded_contact_ids(mode: str) -> None:
-    from server.app import CONTEXT_URI, TRANSCRIPT_URI, contact_uri
+    from chatdock.server.resources import CONTEXT_URI, TRANSCRIPT_URI, contact_uri
 
     async with Client(build_server(Settings()), mode=mode) as client:
         for contact in ODD_IDS:
@@ -251,7 +251,7 @@ async def test_prompt_hands_over_the_transcript(mode: str) -> None:
 
 
 async def test_a_listener_is_told_of_every_write_of_another_client(tmp_path: Any) -> None:
-    async with SQLiteStore.open(str(tmp_path / "events.db")) as store:
+    async with open_store(str(tmp_path / "events.db")) as store:
         server = build_server(Settings(), store=store)
         transcript = "chatdock://contacts/%2B31612345678/transcript"
         context = "chatdock://contacts/%2B31612345678/context"

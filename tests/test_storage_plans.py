@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from storage import NewMessage, SQLiteStore
-from storage.migrations import MIGRATIONS
+from chatdock.storage import NewMessage, open_store
+from chatdock.storage.backend import MessageFilter
+from chatdock.storage.sqlite.migrations import MIGRATIONS
+from chatdock.storage.sqlite.queries import latest_sql
 
 
 def plan(path: str, sql: str, params: list[object]) -> str:
@@ -27,7 +29,7 @@ def assert_index_only(text: str, index: str) -> None:
 @pytest.fixture
 async def filled(tmp_path: Path) -> str:
     path = str(tmp_path / "plans.db")
-    async with SQLiteStore.open(path) as store:
+    async with open_store(path) as store:
         chat = await store.open_chat("o", "c0", "voice")
         batch = [
             NewMessage(
@@ -57,15 +59,13 @@ async def filled(tmp_path: Path) -> str:
     ],
 )
 async def test_context_query_walks_an_index_backwards(filled: str, filters: dict[str, object], index: str) -> None:
-    async with SQLiteStore.open(filled) as store:
-        sql, params = store.context_sql(**filters)  # type: ignore[arg-type]
+    sql, params = latest_sql(MessageFilter(**filters))  # type: ignore[arg-type]
     assert_index_only(plan(filled, sql, ["o", "c0", *params, 50]), index)
 
 
 @pytest.mark.parametrize("after", [False, True])
 async def test_list_page_is_a_keyset_index_range(filled: str, after: bool) -> None:
-    async with SQLiteStore.open(filled) as store:
-        sql, params = store.page_sql(after=after)
+    sql, params = latest_sql(MessageFilter(), after=after)
     extra = [10**15, 10**9] if after else []
     text = plan(filled, sql, ["o", "c0", *params, *extra, 51])
     assert_index_only(text, "messages_contact")
@@ -90,7 +90,7 @@ def _open_fresh(path: str, ready: object) -> None:
 
     async def main() -> None:
         ready.wait()  # type: ignore[attr-defined]
-        async with SQLiteStore.open(path) as store:
+        async with open_store(path) as store:
             await store.append_message("o", NewMessage(contact_id="c", channel="sms", role="user", content="hi"))
 
     asyncio.run(main())

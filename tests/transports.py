@@ -24,7 +24,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 def chatdock_command() -> list[str]:
     found = shutil.which("chatdock", path=str(Path(sys.executable).parent))
-    return [found] if found else [sys.executable, "-m", "server.cli"]
+    return [found] if found else [sys.executable, "-m", "chatdock.server.cli"]
 
 
 def stdio_params(*args: str) -> StdioServerParameters:

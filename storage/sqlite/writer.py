@@ -69,8 +69,6 @@ class Writer:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="chatdock-writer", daemon=True)
-        self.batches = 0
-        self.jobs = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -116,8 +114,6 @@ class Writer:
                         break
                     batch.append(job)
                 outcomes = self._execute(conn, batch)
-                self.batches += 1
-                self.jobs += len(batch)
                 for job, (ok, value) in zip(batch, outcomes, strict=True):
                     with contextlib.suppress(RuntimeError):  # the caller's loop is gone; nobody waits
                         job.loop.call_soon_threadsafe(_settle, job.future, ok, value)

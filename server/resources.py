@@ -1,0 +1,70 @@
+"""The resources (a contact's transcript and context) and the `continue_conversation` prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError
+from mcp.server.mcpserver.prompts.base import UserMessage
+
+from chatdock.storage import ChatdockError, Store
+from chatdock.storage import Context as ContextModel
+
+from .org import current_org
+
+TRANSCRIPT_URI = "chatdock://contacts/{contact_id}/transcript"
+CONTEXT_URI = "chatdock://contacts/{contact_id}/context"
+CONTACT_URIS = (TRANSCRIPT_URI, CONTEXT_URI)
+
+
+def contact_uri(template: str, contact_id: str) -> str:
+    """A contact's resource URI, its id percent-encoded (`+31...` becomes `%2B31...`)."""
+    return template.replace("{contact_id}", quote(contact_id, safe=""))
+
+
+def register(server: MCPServer[Any], the_store: Callable[[], Store]) -> None:
+    """Add the two resource templates and the prompt to `server`."""
+
+    async def read_context(contact_id: str) -> ContextModel:
+        try:
+            return await the_store().get_context(current_org.get(), contact_id)
+        except ChatdockError as exc:
+            raise ResourceError(str(exc)) from None
+
+    @server.resource(
+        TRANSCRIPT_URI,
+        name="transcript",
+        title="Contact transcript",
+        description="The contact's last 50 messages as an LLM-ready transcript (ROLE: content per line).",
+        mime_type="text/plain",
+    )
+    async def transcript(contact_id: str) -> str:
+        return (await read_context(contact_id)).formatted
+
+    @server.resource(
+        CONTEXT_URI,
+        name="context",
+        title="Contact context",
+        description="What get_context returns with its defaults, as JSON.",
+        mime_type="application/json",
+    )
+    async def context(contact_id: str) -> str:
+        return (await read_context(contact_id)).model_dump_json()
+
+    @server.prompt(title="Continue conversation")
+    async def continue_conversation(contact_id: str, agent_id: str | None = None) -> list[UserMessage]:
+        """Hand the model a contact's conversation so far, to continue it."""
+        try:
+            found = await the_store().get_context(current_org.get(), contact_id, agent_id=agent_id)
+        except ChatdockError as exc:
+            raise ValueError(str(exc)) from None
+        history = found.formatted or "(no messages yet)"
+        return [
+            UserMessage(
+                f"Here is the conversation so far with contact {contact_id}, oldest first:\n\n{history}\n\n"
+                "Continue it: write the next reply to the contact."
+            )
+        ]

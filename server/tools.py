@@ -1,0 +1,244 @@
+"""The tools: each translates its arguments, calls the store and says which contacts changed."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import ToolAnnotations
+from pydantic import Field
+
+from chatdock.storage import (
+    AppendedMessage,
+    Chat,
+    ChatdockError,
+    ChatList,
+    DeletedMessage,
+    ForgetResult,
+    Message,
+    MessagePage,
+    NewMessage,
+    Part,
+    Store,
+)
+from chatdock.storage import Context as ContextModel
+from chatdock.storage import validation as check
+from chatdock.storage.models import CHAT_STATUSES, ROLES
+
+from .org import current_org
+from .resources import CONTACT_URIS, contact_uri
+
+T = TypeVar("T")
+
+
+def _org() -> str:
+    return current_org.get()
+
+
+async def _tool(call: Awaitable[T]) -> T:
+    """Run a store call; every expected failure becomes a tool error whose text says what to fix."""
+    try:
+        return await call
+    except ChatdockError as exc:
+        raise ToolError(str(exc)) from None
+
+
+def _hints(read_only: bool, destructive: bool = False, idempotent: bool = False) -> ToolAnnotations:
+    return ToolAnnotations(
+        read_only_hint=read_only,
+        destructive_hint=destructive,
+        idempotent_hint=idempotent or read_only,
+        open_world_hint=False,
+    )
+
+
+# The schemas name the allowed values so clients can offer them; the store still checks every value,
+# so a wrong one gets the store's message (what was wrong and what to send), not a schema report.
+_ROLE: dict[str, Any] = {"enum": list(ROLES)}
+_ROLES: dict[str, Any] = {"items": {"type": "string", "enum": list(ROLES)}}
+_STATUS: dict[str, Any] = {"enum": list(CHAT_STATUSES)}
+_CHANNEL: dict[str, Any] = {"pattern": "^" + check.CHANNEL_PATTERN.pattern + "$"}
+_CHANNELS: dict[str, Any] = {"items": {"type": "string", **_CHANNEL}}
+
+ContactId = Annotated[
+    str,
+    Field(
+        description="The contact's external id: a phone number (+31612345678), session id or email.",
+        json_schema_extra={"minLength": 1, "maxLength": check.MAX_ID_CHARS},
+    ),
+]
+AgentId = Annotated[str | None, Field(description="The agent the message belongs to, if any.")]
+ChatId = Annotated[str | None, Field(description="A chat (UUID) of this contact, from open_chat or list_chats.")]
+Limit = Annotated[
+    int,
+    Field(description="How many, 1 to 200.", json_schema_extra={"minimum": 1, "maximum": 200}),
+]
+
+
+async def changed(ctx: Context, contact_id: str) -> None:
+    """Tell the contact's listeners that its resources changed."""
+    for template in CONTACT_URIS:
+        await ctx.notify_resource_updated(contact_uri(template, contact_id))
+
+
+def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: bool) -> None:
+    """Add the tools to `server`: the read-only ones always, the writing ones unless `read_only`."""
+
+    # --- read-only tools ---
+
+    @server.tool(title="Get conversation context", annotations=_hints(read_only=True))
+    async def get_context(
+        contact_id: ContactId,
+        agent_id: AgentId = None,
+        chat_id: ChatId = None,
+        limit: Limit = 50,
+        roles: Annotated[
+            list[str] | None, Field(description="Only these roles (user, assistant, ...).", json_schema_extra=_ROLES)
+        ] = None,
+        channels: Annotated[
+            list[str] | None, Field(description="Only these channels (sms, voice, ...).", json_schema_extra=_CHANNELS)
+        ] = None,
+        max_chars: Annotated[
+            int | None,
+            Field(description="Drop the oldest messages until `formatted` fits.", json_schema_extra={"minimum": 1}),
+        ] = None,
+    ) -> ContextModel:
+        """The contact's last messages, oldest to newest, plus `formatted`, a transcript ready for a prompt."""
+        return await _tool(
+            the_store().get_context(
+                _org(),
+                contact_id,
+                agent_id=agent_id,
+                chat_id=chat_id,
+                limit=limit,
+                roles=roles,
+                channels=channels,
+                max_chars=max_chars,
+            )
+        )
+
+    @server.tool(title="List messages", annotations=_hints(read_only=True))
+    async def list_messages(
+        contact_id: ContactId,
+        limit: Limit = 50,
+        cursor: Annotated[str | None, Field(description="next_cursor of the previous page.")] = None,
+        agent_id: AgentId = None,
+        chat_id: ChatId = None,
+        channel: Annotated[str | None, Field(description="Only this channel.", json_schema_extra=_CHANNEL)] = None,
+    ) -> MessagePage:
+        """A contact's messages newest first, a page at a time, for inspection."""
+        return await _tool(
+            the_store().list_messages(
+                _org(), contact_id, limit=limit, cursor=cursor, agent_id=agent_id, chat_id=chat_id, channel=channel
+            )
+        )
+
+    @server.tool(title="List chats", annotations=_hints(read_only=True))
+    async def list_chats(contact_id: ContactId, limit: Limit = 50) -> ChatList:
+        """A contact's chats, newest first, with their status and channels."""
+        return ChatList(chats=await _tool(the_store().list_chats(_org(), contact_id, limit)))
+
+    # --- writing tools ---
+
+    if not read_only:
+
+        @server.tool(title="Append message", annotations=_hints(read_only=False))
+        async def append_message(
+            contact_id: ContactId,
+            channel: Annotated[
+                str,
+                Field(description="Where it travelled: whatsapp, sms, voice, widget, ...", json_schema_extra=_CHANNEL),
+            ],
+            role: Annotated[
+                str, Field(description="user, assistant, system, tool, event or note.", json_schema_extra=_ROLE)
+            ],
+            content: Annotated[str, Field(description="The message's text.")],
+            ctx: Context,
+            agent_id: AgentId = None,
+            chat_id: ChatId = None,
+            metadata: Annotated[
+                dict[str, Any] | None,
+                Field(description="JSON object; provider_message_id makes retried webhooks store once."),
+            ] = None,
+            created_at: Annotated[
+                datetime | None, Field(description="RFC 3339 with timezone, for importing history.")
+            ] = None,
+        ) -> AppendedMessage:
+            """Store one message for a contact; a repeated metadata.provider_message_id returns the first copy."""
+            stored = await _tool(
+                the_store().append_message(
+                    _org(),
+                    NewMessage(
+                        contact_id=contact_id,
+                        channel=channel,
+                        role=role,
+                        content=content,
+                        agent_id=agent_id,
+                        chat_id=chat_id,
+                        metadata=metadata,
+                        created_at=created_at,
+                    ),
+                )
+            )
+            if not stored.deduplicated:
+                await changed(ctx, stored.contact_id)
+            return stored
+
+        @server.tool(title="Post as contact", annotations=_hints(read_only=False))
+        async def post_as_contact(
+            contact_id: ContactId,
+            chat_id: Annotated[str, Field(description="An existing chat of this contact.")],
+            message: Annotated[list[Part], Field(description="1 to 100 text parts, with optional timestamps.")],
+            ctx: Context,
+            channel_id: Annotated[
+                str | None, Field(description="Which of the chat's custom channels, when it has several.")
+            ] = None,
+        ) -> Message:
+            """Post into an existing chat as the contact (role user), on one of the chat's custom channels."""
+            stored = await _tool(the_store().post_as_contact(_org(), contact_id, chat_id, message, channel_id))
+            await changed(ctx, contact_id)
+            return stored
+
+        @server.tool(title="Delete message", annotations=_hints(read_only=False, destructive=True, idempotent=False))
+        async def delete_message(
+            message_id: Annotated[str, Field(description="The message's id (UUID).")], ctx: Context
+        ) -> DeletedMessage:
+            """Permanently delete one message."""
+            deleted = await _tool(the_store().delete_message(_org(), message_id))
+            await changed(ctx, deleted.contact_id)
+            return DeletedMessage(id=deleted.id)
+
+        @server.tool(title="Open chat", annotations=_hints(read_only=False))
+        async def open_chat(
+            contact_id: ContactId,
+            channel: Annotated[
+                str,
+                Field(
+                    description="The channel the chat starts on: voice, widget, whatsapp, ...",
+                    json_schema_extra=_CHANNEL,
+                ),
+            ],
+            agent_id: AgentId = None,
+        ) -> Chat:
+            """Start a chat (a conversation thread) for a contact on a channel; it starts RUNNING."""
+            return await _tool(the_store().open_chat(_org(), contact_id, channel, agent_id))
+
+        @server.tool(title="Update chat", annotations=_hints(read_only=False, idempotent=True))
+        async def update_chat(
+            chat_id: Annotated[str, Field(description="The chat's id (UUID).")],
+            status: Annotated[
+                str, Field(description="RUNNING, COMPLETED, FAILED or CANCELED.", json_schema_extra=_STATUS)
+            ],
+        ) -> Chat:
+            """Set a chat's status."""
+            return await _tool(the_store().update_chat(_org(), chat_id, status))
+
+        @server.tool(title="Forget contact", annotations=_hints(read_only=False, destructive=True, idempotent=True))
+        async def forget_contact(contact_id: ContactId, ctx: Context) -> ForgetResult:
+            """Erase every message, chat and channel of a contact, permanently."""
+            result = await _tool(the_store().forget_contact(_org(), contact_id))
+            await changed(ctx, contact_id)
+            return result

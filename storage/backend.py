@@ -1,0 +1,145 @@
+"""The backend seam: what a storage engine must do, and nothing the contract's rules decide.
+
+`Store` (store.py) checks and normalizes every argument, words every error
+and applies every rule that belongs to no engine; then it asks a `Backend`
+to persist or query records that are already checked (records.py). A
+backend scopes every query by the organization it is given, so an id of
+another organization behaves exactly like an unknown id, and it enforces
+what only the stored state can decide, inside its own transaction: a chat
+that belongs to another contact, an id already taken, a retried webhook
+(one row, by a unique constraint). One subpackage per engine: `sqlite/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol
+
+from .cursor import Position
+from .errors import ChatdockError
+from .models import ApiKeyInfo, AppendedMessage, Chat, ChatStatus, ForgetResult, Message, Role
+from .records import ChatRecord, MessageRecord
+
+# How each imported record went: newly stored, or already there (same id; or channel and provider id).
+Imported = Literal["stored", "existing"]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFilter:
+    """Which of a contact's messages a read wants; None means no restriction."""
+
+    agent_id: str | None = None
+    chat_id: str | None = None
+    roles: Sequence[Role] | None = None
+    channels: Sequence[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """What a backend keeps of an API key: its hash, never the key."""
+
+    hash: str
+    org: str
+    revoked: bool
+    last_used_at: datetime | None
+
+
+class Backend(Protocol):
+    # --- messages ---
+    async def insert_message(self, org: str, record: MessageRecord) -> AppendedMessage:
+        """Store one message; an already stored one (same id, or channel and provider id) comes back instead,
+        with `deduplicated: true`. A `chat_id` must name a chat of the record's contact."""
+        ...
+
+    async def insert_messages(self, org: str, records: Sequence[MessageRecord]) -> list[AppendedMessage]:
+        """`insert_message` for each record, in one transaction: all or none."""
+        ...
+
+    async def latest_messages(self, org: str, contact_id: str, only: MessageFilter, limit: int) -> list[Message]:
+        """The contact's newest `limit` messages that pass `only`, newest first."""
+        ...
+
+    async def message_page(
+        self, org: str, contact_id: str, only: MessageFilter, limit: int, after: Position | None
+    ) -> list[tuple[Message, Position]]:
+        """Up to `limit` messages newest first, starting after `after`; each with its keyset position."""
+        ...
+
+    async def delete_message(self, org: str, message_id: str) -> Message | None:
+        """Delete one message; the message deleted, or None when the organization has no such message."""
+        ...
+
+    # --- chats ---
+    async def chat(self, org: str, chat_id: str) -> Chat | None: ...
+
+    async def insert_chat(self, org: str, record: ChatRecord) -> Chat:
+        """Store a new chat with its channels (created for the contact when it has none of that name)."""
+        ...
+
+    async def set_chat_status(self, org: str, chat_id: str, status: ChatStatus, now: datetime) -> Chat | None: ...
+
+    async def chats(self, org: str, contact_id: str, limit: int) -> list[Chat]:
+        """The contact's chats, newest first."""
+        ...
+
+    # --- contacts ---
+    async def forget_contact(self, org: str, contact_id: str) -> ForgetResult: ...
+
+    async def recent_contacts(self, org: str, limit: int) -> list[str]:
+        """The contacts with the latest messages first."""
+        ...
+
+    # --- history ---
+    def export_chats(self, org: str | None, contact_id: str | None, batch: int) -> AsyncIterator[tuple[str, Chat]]:
+        """Every chat as (organization, chat) in the order stored, `batch` rows at a time."""
+        ...
+
+    def export_messages(
+        self, org: str | None, contact_id: str | None, batch: int
+    ) -> AsyncIterator[tuple[str, Message]]:
+        """Every message as (organization, message), oldest first, `batch` rows at a time."""
+        ...
+
+    async def count_records(self, org: str | None, contact_id: str | None) -> int:
+        """How many chats and messages the two exports would yield."""
+        ...
+
+    async def import_history(
+        self, org: str, records: Sequence[ChatRecord | MessageRecord | ChatdockError], keep_going: bool
+    ) -> list[Imported | ChatdockError]:
+        """Store records as they were (ids, times, status) in one transaction, each in its own savepoint.
+
+        An error in `records` (a record that failed its checks) is passed through as its outcome. Without
+        `keep_going`, the first error undoes the whole batch and the outcomes stop at it.
+        """
+        ...
+
+    async def message_orgs(self, message_ids: Sequence[str]) -> dict[str, str]:
+        """The organization of each of these message ids that is stored anywhere."""
+        ...
+
+    async def chat_owners(self, chat_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """The (organization, contact) of each of these chat ids that is stored anywhere."""
+        ...
+
+    # --- API keys ---
+    async def insert_api_key(self, org: str, prefix: str, name: str | None, key_hash: str) -> ApiKeyInfo:
+        """Keep a new key's hash; a live key of the same name is a Conflict."""
+        ...
+
+    async def api_keys(self) -> list[ApiKeyInfo]: ...
+
+    async def api_key(self, prefix: str) -> StoredKey | None: ...
+
+    async def revoke_api_key(self, prefix_or_name: str) -> ApiKeyInfo | None: ...
+
+    async def touch_api_key(self, prefix: str, now: datetime) -> None: ...
+
+    # --- health ---
+    async def ping(self) -> None:
+        """Raise when the database cannot be read."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,43 @@
+"""API keys: their format, the hash that is all a backend keeps, and the check of a presented key.
+
+A key reads `cdk_<8 hex>_<43 url-safe characters>`; its first two fields are
+the visible prefix by which it is listed, named and looked up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+MAX_KEY_CHARS = 200
+PREFIX = "cdk_"
+TOUCH_INTERVAL = timedelta(seconds=60)  # "last used" is recorded at most once a minute per key
+
+
+def new_key() -> tuple[str, str]:
+    """A fresh (prefix, key)."""
+    prefix = PREFIX + secrets.token_hex(4)
+    return prefix, f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def prefix_of(key: str) -> str | None:
+    """The prefix of a well-formed key, None for anything else."""
+    fields = key.split("_")
+    if len(fields) < 3 or fields[0] != "cdk" or len(key) > MAX_KEY_CHARS:
+        return None
+    return f"{PREFIX}{fields[1]}"
+
+
+def matches(key: str, stored_hash: str | None) -> bool:
+    """Whether `key` hashes to `stored_hash`, in the same time whether or not a hash was found."""
+    presented = key_hash(key)
+    if stored_hash is None:
+        hmac.compare_digest(presented, presented)  # the same work as for a known prefix
+        return False
+    return hmac.compare_digest(presented, stored_hash)

@@ -1,0 +1,139 @@
+"""Records checked in full before any backend sees them: what a backend persists, and nothing it must check.
+
+`message_record` and `chat_record` apply every rule of the contract that does
+not depend on what is stored (bounds, patterns, normalization, timestamps);
+a backend only has to keep the record and enforce what the stored state
+decides (a chat of another contact, an id taken, a duplicate webhook).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from . import validation as check
+from .errors import InvalidInput
+from .ids import uuid7
+from .models import ChatStatus, Message, NewChat, NewMessage, Part, Role, channel_kind
+
+MAX_CHAT_CHANNELS = 64
+
+
+@dataclass(slots=True)
+class MessageRecord:
+    """A message ready to store; `plain` says its parts are just its content (one part, no timestamps)."""
+
+    id: str
+    contact_id: str
+    agent_id: str | None
+    chat_id: str | None
+    channel: str
+    role: Role
+    content: str
+    parts: list[Part]
+    metadata: dict[str, object]
+    provider_message_id: str | None
+    created_at: datetime
+    plain: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        only = self.parts[0] if len(self.parts) == 1 else None
+        self.plain = only is not None and only.start_timestamp is None and only.end_timestamp is None
+
+    def message(self) -> Message:
+        return Message(
+            id=self.id,
+            contact_id=self.contact_id,
+            agent_id=self.agent_id,
+            chat_id=self.chat_id,
+            channel=self.channel,
+            role=self.role,
+            content=self.content,
+            parts=self.parts,
+            metadata=self.metadata,
+            created_at=self.created_at,
+        )
+
+
+def message_record(new: NewMessage, now: datetime) -> MessageRecord:
+    """Check a message in full; InvalidInput says what to fix."""
+    contact_id = check.contact_id(new.contact_id)
+    channel = check.channel(new.channel)
+    role = check.role(new.role)
+    agent_id = check.optional_identifier(new.agent_id, "agent_id")
+    chat_id = check.optional_uuid(new.chat_id, "chat_id")
+    if new.parts is not None:
+        if new.content is not None:
+            raise InvalidInput("give either content or parts, not both")
+        parts, content = check.parts(new.parts)
+    elif new.content is not None:
+        content = check.content(new.content)
+        parts = [Part(text=content)]
+    else:
+        raise InvalidInput("content must not be empty; send the message's text")
+    metadata, provider_message_id = check.metadata(new.metadata)
+    created = check.created_at(new.created_at, now)
+    return MessageRecord(
+        id=uuid7() if new.id is None else check.uuid_text(new.id, "id"),
+        contact_id=contact_id,
+        agent_id=agent_id,
+        chat_id=chat_id,
+        channel=channel,
+        role=role,
+        content=content,
+        parts=parts,
+        metadata=metadata,
+        provider_message_id=provider_message_id,
+        created_at=created,
+    )
+
+
+@dataclass(slots=True)
+class ChatRecord:
+    """A chat ready to store; each channel is (the id it should keep when still free, its name)."""
+
+    id: str
+    contact_id: str
+    agent_id: str | None
+    status: ChatStatus
+    channels: list[tuple[str | None, str]]
+    created_at: datetime
+    updated_at: datetime
+
+
+def new_chat_record(contact_id: object, channel: object, agent_id: object, now: datetime) -> ChatRecord:
+    """A chat being opened now on one channel: RUNNING, with a fresh id."""
+    return ChatRecord(
+        id=uuid7(),
+        contact_id=check.contact_id(contact_id),
+        agent_id=check.optional_identifier(agent_id, "agent_id"),
+        status="RUNNING",
+        channels=[(None, check.channel(channel))],
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def chat_record(new: NewChat, now: datetime) -> ChatRecord:
+    """Check an imported chat in full (its own id, status, channels and times); InvalidInput says what to fix."""
+    chat_id = check.uuid_text(new.id, "id")
+    contact_id = check.contact_id(new.contact_id)
+    agent_id = check.optional_identifier(new.agent_id, "agent_id")
+    status = check.chat_status(new.status)
+    if not new.channels:
+        raise InvalidInput("channels must name at least one channel: a chat is opened on a channel")
+    if len(new.channels) > MAX_CHAT_CHANNELS:
+        raise InvalidInput(f"a chat may have at most {MAX_CHAT_CHANNELS} channels, got {len(new.channels)}")
+    channels: list[tuple[str | None, str]] = []
+    for ref in new.channels:
+        name = check.channel(ref.name, "channels[].name")
+        if ref.kind is not None and ref.kind != channel_kind(name):
+            raise InvalidInput(f"channel {name!r} is a {channel_kind(name)} channel; kind {ref.kind!r} is wrong")
+        channels.append((check.optional_uuid(ref.id, "channels[].id"), name))
+    if len({name for _, name in channels}) != len(channels):
+        raise InvalidInput("channels must not name the same channel twice")
+    created = check.created_at(new.created_at, now)
+    updated = check.created_at(new.updated_at if new.updated_at is not None else new.created_at, now, "updated_at")
+    if updated < created:
+        raise InvalidInput("updated_at must not be before created_at")
+    return ChatRecord(chat_id, contact_id, agent_id, status, channels, created, updated)

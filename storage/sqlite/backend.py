@@ -1,0 +1,356 @@
+"""The SQLite backend: one writer thread with group commit, a small pool of aiosqlite readers.
+
+Reads run on their own WAL connections, one thread hop per operation
+(`execute_fetchall`), each a single statement and so one consistent
+snapshot. Writes go through `Writer` (writer.py), as functions of writes.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+
+from .. import validation as check
+from ..backend import Imported, MessageFilter, StoredKey
+from ..cursor import Position
+from ..errors import ChatdockError, InvalidInput, key_name_taken
+from ..models import ApiKeyInfo, AppendedMessage, Chat, ChatStatus, ForgetResult, Message
+from ..records import ChatRecord, MessageRecord
+from . import rows, writes
+from .migrations import migrate
+from .queries import CHAT_COLUMNS, CHAT_FROM, CHAT_SELECT, CONTACT, KEY_SELECT, MESSAGE_COLUMNS, ORG, latest_sql
+from .writer import Undo, Writer
+
+Durability = Literal["normal", "full"]
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def _now_us() -> int:
+    return rows.to_us(check.utc_now())
+
+
+def _memory_dir() -> str:
+    shm = Path("/dev/shm")
+    base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return tempfile.mkdtemp(prefix="chatdock-", dir=base)
+
+
+def _keys(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> list[ApiKeyInfo]:
+    found = conn.execute(f"{KEY_SELECT} WHERE {where} ORDER BY k.id", params).fetchall()
+    return [rows.key_info(row) for row in found]
+
+
+class SQLiteBackend:
+    """The `Backend` on one SQLite file; `start()` before use, `close()` after."""
+
+    def __init__(self, path: str, durability: Durability = "normal", readers: int = 2) -> None:
+        self._throwaway: str | None = None
+        if path == ":memory:":
+            # Separate connections cannot share a private :memory: database, so a
+            # throwaway store lives in a fresh folder in RAM (/dev/shm) when there is
+            # one, removed on close: the same code path as a file, nothing kept.
+            self._throwaway = _memory_dir()
+            path = os.path.join(self._throwaway, "chatdock.db")
+        else:
+            parent = Path(path).expanduser().resolve().parent
+            parent.mkdir(parents=True, exist_ok=True)
+            path = str(Path(path).expanduser())
+        if durability not in ("normal", "full"):
+            raise InvalidInput(f"durability must be 'normal' or 'full', got {durability!r}")
+        self.path = path
+        self.durability: Durability = durability
+        self._reader_count = max(1, readers)
+        self._writer = Writer(self._connect_writer)
+        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all_readers: list[aiosqlite.Connection] = []
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
+        for _ in range(100):
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:  # another process is creating the file
+                if "locked" not in str(exc):
+                    raise
+        migrate(conn)
+        return conn
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._writer.start)
+        for _ in range(self._reader_count):
+            reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await reader.execute("PRAGMA query_only = ON")
+            self._all_readers.append(reader)
+            self._readers.put_nowait(reader)
+
+    async def close(self) -> None:
+        for reader in self._all_readers:
+            await reader.close()
+        self._all_readers.clear()
+        await asyncio.to_thread(self._writer.stop)
+        if self._throwaway is not None:
+            shutil.rmtree(self._throwaway, ignore_errors=True)
+
+    async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        reader = await self._readers.get()
+        try:
+            return list(await reader.execute_fetchall(sql, params))
+        finally:
+            self._readers.put_nowait(reader)
+
+    # --- messages ---
+
+    async def insert_message(self, org: str, record: MessageRecord) -> AppendedMessage:
+        return await self._writer.run(lambda conn: writes.insert_message(conn, org, record, _now_us()))
+
+    async def insert_messages(self, org: str, records: Sequence[MessageRecord]) -> list[AppendedMessage]:
+        def job(conn: sqlite3.Connection) -> list[AppendedMessage]:
+            now_us = _now_us()
+            return [writes.one(conn, writes.insert_message, org, record, now_us) for record in records]
+
+        return await self._writer.run(job)
+
+    async def latest_messages(self, org: str, contact_id: str, only: MessageFilter, limit: int) -> list[Message]:
+        sql, params = latest_sql(only)
+        found = await self._read(sql, [org, contact_id, *params, limit])
+        return [rows.message(row, contact_id) for row in found]
+
+    async def message_page(
+        self, org: str, contact_id: str, only: MessageFilter, limit: int, after: Position | None
+    ) -> list[tuple[Message, Position]]:
+        sql, params = latest_sql(only, after=after is not None)
+        found = await self._read(sql, [org, contact_id, *params, *(after or ()), limit])
+        return [(rows.message(row, contact_id), (row[8], row[9])) for row in found]
+
+    async def delete_message(self, org: str, message_id: str) -> Message | None:
+        def job(conn: sqlite3.Connection) -> Message | None:
+            found = writes.find_message(conn, f"m.id = ? AND m.org_id = {ORG}", (message_id, org))
+            if found is not None:
+                conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+            return found
+
+        return await self._writer.run(job)
+
+    # --- chats ---
+
+    async def chat(self, org: str, chat_id: str) -> Chat | None:
+        found = await self._read(CHAT_SELECT + f" WHERE ch.id = ? AND ch.org_id = {ORG}", (chat_id, org))
+        return rows.chat(found[0]) if found else None
+
+    async def insert_chat(self, org: str, record: ChatRecord) -> Chat:
+        def job(conn: sqlite3.Connection) -> Chat:
+            writes.insert_chat(conn, org, record)
+            return writes.chat_by_id(conn, record.id)
+
+        return await self._writer.run(job)
+
+    async def set_chat_status(self, org: str, chat_id: str, status: ChatStatus, now: datetime) -> Chat | None:
+        def job(conn: sqlite3.Connection) -> Chat | None:
+            cursor = conn.execute(
+                f"UPDATE chats SET status = ?, updated_us = ? WHERE id = ? AND org_id = {ORG}",
+                (status, rows.to_us(now), chat_id, org),
+            )
+            return writes.chat_by_id(conn, chat_id) if cursor.rowcount else None
+
+        return await self._writer.run(job)
+
+    async def chats(self, org: str, contact_id: str, limit: int) -> list[Chat]:
+        found = await self._read(
+            CHAT_SELECT + f" WHERE ch.contact_pk = {CONTACT} ORDER BY ch.created_us DESC, ch.rowid DESC LIMIT ?",
+            (org, contact_id, limit),
+        )
+        return [rows.chat(row) for row in found]
+
+    # --- contacts ---
+
+    async def forget_contact(self, org: str, contact_id: str) -> ForgetResult:
+        def job(conn: sqlite3.Connection) -> ForgetResult:
+            contact_key = writes.existing_contact_pk(conn, org, contact_id)
+            if contact_key is None:
+                return ForgetResult(contact_id=contact_id, deleted_messages=0, deleted_chats=0)
+            messages = conn.execute("DELETE FROM messages WHERE contact_pk = ?", (contact_key,)).rowcount
+            chats = conn.execute("DELETE FROM chats WHERE contact_pk = ?", (contact_key,)).rowcount
+            conn.execute("DELETE FROM channels WHERE contact_pk = ?", (contact_key,))
+            conn.execute("DELETE FROM contacts WHERE id = ?", (contact_key,))
+            return ForgetResult(contact_id=contact_id, deleted_messages=messages, deleted_chats=chats)
+
+        return await self._writer.run(job)
+
+    async def recent_contacts(self, org: str, limit: int) -> list[str]:
+        found = await self._read(
+            f"SELECT external_id FROM contacts WHERE org_id = {ORG} ORDER BY last_active_us DESC, id DESC LIMIT ?",
+            (org, limit),
+        )
+        return [row[0] for row in found]
+
+    # --- history ---
+
+    async def _keyset(
+        self,
+        select: str,
+        key: str,
+        key_index: int,
+        org: str | None,
+        contact_id: str | None,
+        contact: str,
+        batch: int,
+    ) -> AsyncIterator[Any]:
+        """Rows of `select` (which joins `orgs o`) in `key` order, a batch at a time: never all in memory.
+
+        `contact` names the column holding the contact's external id; `key_index` is where the row has `key`.
+        """
+        where, params = "", []
+        if org is not None:
+            where += " AND o.name = ?"
+            params.append(org)
+        if contact_id is not None:
+            where += f" AND {contact} = ?"
+            params.append(contact_id)
+        last = -1
+        while True:
+            found = await self._read(f"{select} WHERE {key} > ?{where} ORDER BY {key} LIMIT ?", [last, *params, batch])
+            for row in found:
+                yield row
+            if len(found) < batch:
+                return
+            last = found[-1][key_index]
+
+    async def export_messages(
+        self, org: str | None, contact_id: str | None, batch: int
+    ) -> AsyncIterator[tuple[str, Message]]:
+        select = (
+            f"SELECT {MESSAGE_COLUMNS}, c.external_id, o.name FROM messages m "
+            "JOIN contacts c ON c.id = m.contact_pk JOIN orgs o ON o.id = m.org_id"
+        )
+        async for row in self._keyset(select, "m.seq", 9, org, contact_id, "c.external_id", batch):
+            yield row[11], rows.message(row, row[10])
+
+    async def export_chats(
+        self, org: str | None, contact_id: str | None, batch: int
+    ) -> AsyncIterator[tuple[str, Chat]]:
+        select = f"SELECT ch.rowid, o.name, {CHAT_COLUMNS} {CHAT_FROM} JOIN orgs o ON o.id = ch.org_id"
+        async for row in self._keyset(select, "ch.rowid", 0, org, contact_id, "co.external_id", batch):
+            yield row[1], rows.chat(row[2:])
+
+    async def count_records(self, org: str | None, contact_id: str | None) -> int:
+        where, params = "1", []
+        if org is not None:
+            where += f" AND t.org_id = {ORG}"
+            params.append(org)
+        if contact_id is not None:
+            where += " AND t.contact_pk IN (SELECT id FROM contacts WHERE external_id = ?)"
+            params.append(contact_id)
+        found = await self._read(
+            f"SELECT (SELECT count(*) FROM chats t WHERE {where}) + (SELECT count(*) FROM messages t WHERE {where})",
+            params * 2,
+        )
+        return int(found[0][0])
+
+    async def import_history(
+        self, org: str, records: Sequence[ChatRecord | MessageRecord | ChatdockError], keep_going: bool
+    ) -> list[Imported | ChatdockError]:
+        def job(conn: sqlite3.Connection) -> list[Imported | ChatdockError]:
+            now_us = _now_us()
+            outcomes: list[Imported | ChatdockError] = []
+            for record in records:
+                try:
+                    if isinstance(record, ChatdockError):
+                        raise record
+                    if isinstance(record, ChatRecord):
+                        again = not writes.one(conn, writes.insert_chat, org, record)
+                    else:
+                        again = writes.one(conn, writes.insert_message, org, record, now_us, True).deduplicated
+                    outcomes.append("existing" if again else "stored")
+                except ChatdockError as exc:
+                    outcomes.append(exc)
+                    if not keep_going:
+                        raise Undo(outcomes) from None
+            return outcomes
+
+        return await self._writer.run(job)
+
+    async def _by_ids(self, select: str, ids: Sequence[str]) -> list[Any]:
+        found: list[Any] = []
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            found += await self._read(f"{select} IN ({', '.join('?' * len(chunk))})", chunk)
+        return found
+
+    async def message_orgs(self, message_ids: Sequence[str]) -> dict[str, str]:
+        found = await self._by_ids(
+            "SELECT m.id, o.name FROM messages m JOIN orgs o ON o.id = m.org_id WHERE m.id", message_ids
+        )
+        return {row[0]: row[1] for row in found}
+
+    async def chat_owners(self, chat_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        found = await self._by_ids(
+            "SELECT ch.id, o.name, co.external_id FROM chats ch JOIN orgs o ON o.id = ch.org_id "
+            "JOIN contacts co ON co.id = ch.contact_pk WHERE ch.id",
+            chat_ids,
+        )
+        return {row[0]: (row[1], row[2]) for row in found}
+
+    # --- API keys ---
+
+    async def insert_api_key(self, org: str, prefix: str, name: str | None, key_hash: str) -> ApiKeyInfo:
+        def job(conn: sqlite3.Connection) -> ApiKeyInfo:
+            now_us = _now_us()
+            try:
+                conn.execute(
+                    "INSERT INTO api_keys (prefix, name, org_id, hash, created_us) VALUES (?, ?, ?, ?, ?)",
+                    (prefix, name, writes.org_pk(conn, org, now_us), key_hash, now_us),
+                )
+            except sqlite3.IntegrityError:
+                raise key_name_taken(name) from None
+            return _keys(conn, "k.prefix = ?", (prefix,))[0]
+
+        return await self._writer.run(job)
+
+    async def api_keys(self) -> list[ApiKeyInfo]:
+        return await self._writer.run(lambda conn: _keys(conn, "1", ()))
+
+    async def api_key(self, prefix: str) -> StoredKey | None:
+        found = await self._read(
+            "SELECT k.hash, o.name, k.revoked_us, k.last_used_us FROM api_keys k JOIN orgs o ON o.id = k.org_id "
+            "WHERE k.prefix = ?",
+            (prefix,),
+        )
+        if not found:
+            return None
+        key_hash, org, revoked_us, last_used_us = found[0]
+        return StoredKey(key_hash, org, revoked_us is not None, rows.optional_from_us(last_used_us))
+
+    async def revoke_api_key(self, prefix_or_name: str) -> ApiKeyInfo | None:
+        def job(conn: sqlite3.Connection) -> ApiKeyInfo | None:
+            live = _keys(conn, "(k.prefix = ? OR k.name = ?) AND k.revoked_us IS NULL", (prefix_or_name,) * 2)
+            if not live:
+                return None
+            conn.execute("UPDATE api_keys SET revoked_us = ? WHERE prefix = ?", (_now_us(), live[0].prefix))
+            return _keys(conn, "k.prefix = ?", (live[0].prefix,))[0]
+
+        return await self._writer.run(job)
+
+    async def touch_api_key(self, prefix: str, now: datetime) -> None:
+        await self._writer.run(
+            lambda conn: conn.execute(
+                "UPDATE api_keys SET last_used_us = ? WHERE prefix = ?", (rows.to_us(now), prefix)
+            )
+        )
+
+    async def ping(self) -> None:
+        await self._read("SELECT count(*) FROM schema_migrations", ())

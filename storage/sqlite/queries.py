@@ -1,0 +1,64 @@
+"""The SQL that reads: column lists, the organization scope, and the statements behind the hot reads.
+
+Organization scoping lives here: `ORG` and `CONTACT` name the organization
+and the contact by their external names; every read is built from them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import MessageFilter
+
+ORG = "(SELECT id FROM orgs WHERE name = ?)"
+CONTACT = f"(SELECT id FROM contacts WHERE org_id = {ORG} AND external_id = ?)"
+
+MESSAGE_COLUMNS = "m.id, m.agent_id, m.chat_id, m.channel, m.role, m.content, m.parts, m.metadata, m.created_us, m.seq"
+# a message with its contact's external id (index 10), found by a WHERE clause over `m`
+MESSAGE_WITH_CONTACT = (
+    f"SELECT {MESSAGE_COLUMNS}, c.external_id FROM messages m JOIN contacts c ON c.id = m.contact_pk WHERE "
+)
+
+CHAT_COLUMNS = """ch.id, co.external_id, ch.agent_id, ch.status, ch.created_us, ch.updated_us,
+    (SELECT json_group_array(json_array(id, name, kind)) FROM (
+        SELECT c.id AS id, c.name AS name, c.kind AS kind
+        FROM chat_channels cc JOIN channels c ON c.id = cc.channel_id
+        WHERE cc.chat_id = ch.id ORDER BY cc.attached_us, c.name))"""
+CHAT_FROM = "FROM chats ch JOIN contacts co ON co.id = ch.contact_pk"
+CHAT_SELECT = f"SELECT {CHAT_COLUMNS} {CHAT_FROM}"
+
+KEY_SELECT = (
+    "SELECT k.prefix, k.name, o.name, k.created_us, k.last_used_us, k.revoked_us "
+    "FROM api_keys k JOIN orgs o ON o.id = k.org_id"
+)
+
+
+def _filters(only: MessageFilter) -> tuple[str, list[Any]]:
+    where = ""
+    params: list[Any] = []
+    if only.agent_id is not None:
+        where += " AND m.agent_id = ?"
+        params.append(only.agent_id)
+    if only.chat_id is not None:
+        where += " AND m.chat_id = ?"
+        params.append(only.chat_id)
+    if only.roles:
+        where += f" AND m.role IN ({', '.join('?' * len(only.roles))})"
+        params.extend(only.roles)
+    if only.channels:
+        where += f" AND m.channel IN ({', '.join('?' * len(only.channels))})"
+        params.extend(only.channels)
+    return where, params
+
+
+def latest_sql(only: MessageFilter, after: bool = False) -> tuple[str, list[Any]]:
+    """The statement behind a contact's newest messages, optionally after a keyset position, and its filter
+    parameters; it takes (org, contact_id, *filter parameters, [created_us, seq,] limit)."""
+    where, params = _filters(only)
+    if after:
+        where += " AND (m.created_us, m.seq) < (?, ?)"
+    sql = (
+        f"SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.contact_pk = {CONTACT}{where} "
+        "ORDER BY m.created_us DESC, m.seq DESC LIMIT ?"
+    )
+    return sql, params

@@ -1,0 +1,77 @@
+"""Rows to the contract's shapes and back: times as integer microseconds since 1970, JSON columns."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..models import ApiKeyInfo, ChannelRef, Chat, Message, Part
+from ..validation import EARLIEST
+
+
+def to_us(value: datetime) -> int:
+    delta = value - EARLIEST
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(value: int) -> datetime:
+    return EARLIEST + timedelta(microseconds=value)
+
+
+def optional_from_us(value: int | None) -> datetime | None:
+    return None if value is None else from_us(value)
+
+
+def message(row: Sequence[Any], contact_id: str) -> Message:
+    """A row of `MESSAGE_COLUMNS` (queries.py) as a Message."""
+    message_id, agent_id, chat_id, channel, role, content, parts, metadata, created_us = row[:9]
+    return Message(
+        id=message_id,
+        contact_id=contact_id,
+        agent_id=agent_id,
+        chat_id=chat_id,
+        channel=channel,
+        role=role,
+        content=content,
+        parts=json.loads(parts) if parts is not None else [Part(text=content)],
+        metadata=json.loads(metadata) if metadata is not None else {},
+        created_at=from_us(created_us),
+    )
+
+
+def chat(row: Sequence[Any]) -> Chat:
+    """A row of `CHAT_COLUMNS` (queries.py) as a Chat."""
+    chat_id, contact_id, agent_id, status, created_us, updated_us, channels = row
+    return Chat(
+        id=chat_id,
+        contact_id=contact_id,
+        agent_id=agent_id,
+        status=status,
+        channels=[ChannelRef(id=c[0], name=c[1], kind=c[2]) for c in json.loads(channels)],
+        created_at=from_us(created_us),
+        updated_at=from_us(updated_us),
+    )
+
+
+def key_info(row: Sequence[Any]) -> ApiKeyInfo:
+    """A row of `KEY_COLUMNS` (queries.py) as an ApiKeyInfo."""
+    prefix, name, org, created_us, last_used_us, revoked_us = row
+    return ApiKeyInfo(
+        prefix=prefix,
+        name=name,
+        org=org,
+        created_at=from_us(created_us),
+        last_used_at=optional_from_us(last_used_us),
+        revoked_at=optional_from_us(revoked_us),
+    )
+
+
+def parts_json(parts: Sequence[Part], plain: bool) -> str | None:
+    """NULL for a plain message (its one part is its content), else the parts as JSON."""
+    return None if plain else json.dumps([p.model_dump(exclude_none=True) for p in parts])
+
+
+def metadata_json(metadata: dict[str, Any]) -> str | None:
+    return json.dumps(metadata, ensure_ascii=False, separators=(",", ":")) if metadata else None

@@ -1,0 +1,252 @@
+"""`Store`: the contract's rules, once, over whichever `Backend` persists the records.
+
+Every argument is checked and normalized here before a backend sees it, and
+every error a caller can meet is worded here (or in errors.py): the bounds,
+the `post_as_contact` channel choice, transcript fitting, cursors, the API
+key format, hash and check. `server/` talks only to this class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from . import keys
+from . import validation as check
+from .backend import Backend, Imported, MessageFilter
+from .cursor import decode_cursor, encode_cursor
+from .errors import ChatdockError, InvalidInput, chat_not_found, message_not_found, no_live_key
+from .models import (
+    ApiKeyInfo,
+    AppendedMessage,
+    ChannelRef,
+    Chat,
+    Context,
+    ForgetResult,
+    Message,
+    MessagePage,
+    NewApiKey,
+    NewChat,
+    NewMessage,
+    Part,
+)
+from .records import ChatRecord, MessageRecord, chat_record, message_record, new_chat_record
+from .transcript import fit_transcript
+
+EXPORT_BATCH = 1000
+
+
+def choose_channel(chat: Chat, channel_id: str | None) -> ChannelRef:
+    """The channel `post_as_contact` posts on: one of the chat's custom channels, as the contract says."""
+    custom = [c for c in chat.channels if c.kind == "custom"]
+    listed = ", ".join(f"{c.id} ({c.name})" for c in custom)
+    if not custom:
+        names = ", ".join(c.name for c in chat.channels) or "none"
+        raise InvalidInput(
+            f"post_as_contact supports only custom channels (voice, widget, web, ...); chat {chat.id} has "
+            f"only provider channels ({names}), whose messages arrive from the provider's webhook"
+        )
+    if channel_id is None:
+        if len(custom) > 1:
+            raise InvalidInput(f"chat {chat.id} has several custom channels; pass channel_id as one of: {listed}")
+        return custom[0]
+    for candidate in custom:
+        if candidate.id == channel_id:
+            return candidate
+    raise InvalidInput(f"channel_id {channel_id} is not a custom channel of chat {chat.id}; use one of: {listed}")
+
+
+def prepare(record: NewChat | NewMessage) -> ChatRecord | MessageRecord:
+    """A history record checked in full; InvalidInput when no database could take it."""
+    now = check.utc_now()
+    return chat_record(record, now) if isinstance(record, NewChat) else message_record(record, now)
+
+
+class Store:
+    """chatdock's store; open one with `open_store(url)` (see `storage/__init__.py`)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    # --- messages ---
+
+    async def append_message(self, org: str, message: NewMessage) -> AppendedMessage:
+        return await self.backend.insert_message(org, message_record(message, check.utc_now()))
+
+    async def import_messages(self, org: str, messages: Sequence[NewMessage]) -> list[AppendedMessage]:
+        """Append many messages in one transaction (all or none); each comes back as `append_message` gives it."""
+        now = check.utc_now()
+        return await self.backend.insert_messages(org, [message_record(message, now) for message in messages])
+
+    async def post_as_contact(
+        self, org: str, contact_id: str, chat_id: str, parts: Sequence[Part], channel_id: str | None = None
+    ) -> Message:
+        contact_id = check.contact_id(contact_id)
+        chat_id = check.uuid_text(chat_id, "chat_id")
+        wanted = check.optional_uuid(channel_id, "channel_id")
+        checked_parts, _ = check.parts(parts)
+        now = check.utc_now()
+        chat = await self._chat_of(org, contact_id, chat_id)
+        chosen = choose_channel(chat, wanted)
+        new = NewMessage(contact_id=contact_id, channel=chosen.name, role="user", parts=checked_parts, chat_id=chat_id)
+        record = message_record(new, now)
+        await self.backend.insert_message(org, record)  # checks again, in its transaction, that the chat is theirs
+        return record.message()
+
+    async def _chat_of(self, org: str, contact_id: str, chat_id: str) -> Chat:
+        chat = await self.backend.chat(org, chat_id)
+        if chat is None or chat.contact_id != contact_id:
+            raise chat_not_found(chat_id, contact_id)
+        return chat
+
+    async def get_context(
+        self,
+        org: str,
+        contact_id: str,
+        *,
+        agent_id: str | None = None,
+        chat_id: str | None = None,
+        limit: int = 50,
+        roles: Sequence[str] | None = None,
+        channels: Sequence[str] | None = None,
+        max_chars: int | None = None,
+    ) -> Context:
+        contact_id = check.contact_id(contact_id)
+        agent_id = check.optional_identifier(agent_id, "agent_id")
+        chat_id = check.optional_uuid(chat_id, "chat_id")
+        limit = check.limit(limit)
+        only = MessageFilter(agent_id, chat_id, check.roles(roles), check.channels(channels))
+        budget = check.max_chars(max_chars)
+        if only.chat_id is not None:
+            await self._chat_of(org, contact_id, only.chat_id)
+        newest_first = await self.backend.latest_messages(org, contact_id, only, limit)
+        kept, formatted, truncated = fit_transcript(newest_first[::-1], budget)
+        return Context(
+            contact_id=contact_id, agent_id=agent_id, messages=kept, formatted=formatted, truncated=truncated
+        )
+
+    async def list_messages(
+        self,
+        org: str,
+        contact_id: str,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        agent_id: str | None = None,
+        chat_id: str | None = None,
+        channel: str | None = None,
+    ) -> MessagePage:
+        contact_id = check.contact_id(contact_id)
+        limit = check.limit(limit)
+        agent_id = check.optional_identifier(agent_id, "agent_id")
+        chat_id = check.optional_uuid(chat_id, "chat_id")
+        only = MessageFilter(agent_id, chat_id, None, None if channel is None else [check.channel(channel)])
+        after = None if cursor is None else decode_cursor(cursor)
+        if only.chat_id is not None:
+            await self._chat_of(org, contact_id, only.chat_id)
+        rows = await self.backend.message_page(org, contact_id, only, limit + 1, after)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return MessagePage(
+            messages=[message for message, _ in rows], next_cursor=encode_cursor(rows[-1][1]) if more else None
+        )
+
+    async def delete_message(self, org: str, message_id: str) -> Message:
+        message_id = check.uuid_text(message_id, "message_id")
+        deleted = await self.backend.delete_message(org, message_id)
+        if deleted is None:
+            raise message_not_found(message_id)
+        return deleted
+
+    # --- chats ---
+
+    async def open_chat(self, org: str, contact_id: str, channel: str, agent_id: str | None = None) -> Chat:
+        return await self.backend.insert_chat(org, new_chat_record(contact_id, channel, agent_id, check.utc_now()))
+
+    async def update_chat(self, org: str, chat_id: str, status: str) -> Chat:
+        chat_id = check.uuid_text(chat_id, "chat_id")
+        updated = await self.backend.set_chat_status(org, chat_id, check.chat_status(status), check.utc_now())
+        if updated is None:
+            raise chat_not_found(chat_id)
+        return updated
+
+    async def list_chats(self, org: str, contact_id: str, limit: int = 50) -> list[Chat]:
+        contact_id = check.contact_id(contact_id)
+        return await self.backend.chats(org, contact_id, check.limit(limit))
+
+    # --- contacts ---
+
+    async def forget_contact(self, org: str, contact_id: str) -> ForgetResult:
+        return await self.backend.forget_contact(org, check.contact_id(contact_id))
+
+    async def recent_contacts(self, org: str, limit: int = 50) -> list[str]:
+        return await self.backend.recent_contacts(org, check.limit(limit))
+
+    # --- history (the import's two-pass policy is in history.py) ---
+
+    def export_chats(
+        self, org: str | None = None, contact_id: str | None = None, batch: int = EXPORT_BATCH
+    ) -> AsyncIterator[tuple[str, Chat]]:
+        """Every chat as (organization, chat), in the order stored, a batch at a time (never all in memory)."""
+        contact_id = None if contact_id is None else check.contact_id(contact_id)
+        return self.backend.export_chats(org, contact_id, check.limit(batch, "batch", 1, 100_000))
+
+    def export_messages(
+        self, org: str | None = None, contact_id: str | None = None, batch: int = EXPORT_BATCH
+    ) -> AsyncIterator[tuple[str, Message]]:
+        """Every message as (organization, message), oldest first, a batch at a time (never all in memory)."""
+        contact_id = None if contact_id is None else check.contact_id(contact_id)
+        return self.backend.export_messages(org, contact_id, check.limit(batch, "batch", 1, 100_000))
+
+    async def import_history(
+        self, org: str, records: Sequence[NewChat | NewMessage], keep_going: bool = False
+    ) -> list[Imported | ChatdockError]:
+        """Import chats and messages as they were (ids, timestamps, status), in one transaction.
+
+        Each record comes back as "stored", "existing" (already there: re-importing stores nothing
+        twice) or the error that kept it out. Without `keep_going` the first error undoes the whole
+        batch and the outcomes stop at it.
+        """
+        org = check.identifier(org, "org")
+        prepared: list[ChatRecord | MessageRecord | ChatdockError] = []
+        for record in records:
+            try:
+                prepared.append(prepare(record))
+            except ChatdockError as exc:
+                prepared.append(exc)
+        return await self.backend.import_history(org, prepared, keep_going)
+
+    # --- API keys ---
+
+    async def create_api_key(self, org: str, name: str | None = None) -> NewApiKey:
+        org = check.identifier(org, "org")
+        if name is not None:
+            name = check.identifier(name, "name")
+            if name.startswith(keys.PREFIX):
+                raise InvalidInput("name must not start with 'cdk_' (that is how key prefixes start); choose another")
+        prefix, key = keys.new_key()
+        return NewApiKey(key=key, info=await self.backend.insert_api_key(org, prefix, name, keys.key_hash(key)))
+
+    async def list_api_keys(self) -> list[ApiKeyInfo]:
+        return await self.backend.api_keys()
+
+    async def revoke_api_key(self, prefix_or_name: str) -> ApiKeyInfo:
+        revoked = await self.backend.revoke_api_key(prefix_or_name)
+        if revoked is None:
+            raise no_live_key(prefix_or_name)
+        return revoked
+
+    async def verify_api_key(self, key: str) -> str | None:
+        """The organization of a live key, or None for a malformed, unknown or revoked one."""
+        prefix = keys.prefix_of(key)
+        if prefix is None:
+            return None
+        stored = await self.backend.api_key(prefix)
+        if not keys.matches(key, None if stored is None else stored.hash) or stored is None or stored.revoked:
+            return None
+        now = check.utc_now()
+        if stored.last_used_at is None or now - stored.last_used_at > keys.TOUCH_INTERVAL:
+            await self.backend.touch_api_key(prefix, now)
+        return stored.org
+
+    async def ping(self) -> None:
+        await self.backend.ping()
