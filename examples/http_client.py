@@ -20,9 +20,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import httpx2
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 
 def free_port() -> int:
@@ -54,7 +54,7 @@ async def main() -> None:
             urllib.request.urlopen(urllib.request.Request(base + "/mcp", data=b"{}", method="POST"), timeout=5)
         except urllib.error.HTTPError as refused:
             print(f"without a key: HTTP {refused.code} {refused.read().decode()}")
-        http = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=httpx2.Timeout(30, read=300))
         async with Client(streamable_http_client(base + "/mcp", http_client=http)) as client:
             await client.call_tool(
                 "append_message",

@@ -346,7 +346,7 @@ def table(rows: list[Row], messages: int, contacts: int) -> str:
 
 def main(messages: int, contacts: int, rounds: int, as_json: bool) -> int:
     contacts = max(1, min(contacts, messages))
-    rows = asyncio.run(run(messages, contacts, rounds, quiet=as_json))
+    rows = asyncio.run(run(messages, contacts, rounds, quiet=False))  # progress on stderr, the figures on stdout
     if as_json:
         print(
             json.dumps(

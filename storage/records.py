@@ -8,51 +8,25 @@ decides (a chat of another contact, an id taken, a duplicate webhook).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from . import validation as check
 from .errors import InvalidInput
 from .ids import uuid7
-from .models import ChatStatus, Message, NewChat, NewMessage, Part, Role, channel_kind
+from .models import ChatStatus, Message, NewChat, NewMessage, Part, channel_kind
 
 MAX_CHAT_CHANNELS = 64
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class MessageRecord:
-    """A message ready to store; `plain` says its parts are just its content (one part, no timestamps)."""
+    """A message ready to store, with what the store derives from it: the webhook key, and whether its parts
+    are just its content (one part, no timestamps), which a backend need not keep apart."""
 
-    id: str
-    contact_id: str
-    agent_id: str | None
-    chat_id: str | None
-    channel: str
-    role: Role
-    content: str
-    parts: list[Part]
-    metadata: dict[str, object]
+    message: Message
     provider_message_id: str | None
-    created_at: datetime
-    plain: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        only = self.parts[0] if len(self.parts) == 1 else None
-        self.plain = only is not None and only.start_timestamp is None and only.end_timestamp is None
-
-    def message(self) -> Message:
-        return Message(
-            id=self.id,
-            contact_id=self.contact_id,
-            agent_id=self.agent_id,
-            chat_id=self.chat_id,
-            channel=self.channel,
-            role=self.role,
-            content=self.content,
-            parts=self.parts,
-            metadata=self.metadata,
-            created_at=self.created_at,
-        )
+    plain: bool
 
 
 def message_record(new: NewMessage, now: datetime) -> MessageRecord:
@@ -73,7 +47,7 @@ def message_record(new: NewMessage, now: datetime) -> MessageRecord:
         raise InvalidInput("content must not be empty; send the message's text")
     metadata, provider_message_id = check.metadata(new.metadata)
     created = check.created_at(new.created_at, now)
-    return MessageRecord(
+    message = Message(
         id=uuid7() if new.id is None else check.uuid_text(new.id, "id"),
         contact_id=contact_id,
         agent_id=agent_id,
@@ -83,9 +57,11 @@ def message_record(new: NewMessage, now: datetime) -> MessageRecord:
         content=content,
         parts=parts,
         metadata=metadata,
-        provider_message_id=provider_message_id,
         created_at=created,
     )
+    only = parts[0] if len(parts) == 1 else None
+    plain = only is not None and only.start_timestamp is None and only.end_timestamp is None
+    return MessageRecord(message, provider_message_id, plain)
 
 
 @dataclass(slots=True)

@@ -90,7 +90,7 @@ class Store:
         new = NewMessage(contact_id=contact_id, channel=chosen.name, role="user", parts=checked_parts, chat_id=chat_id)
         record = message_record(new, now)
         await self.backend.insert_message(org, record)  # checks again, in its transaction, that the chat is theirs
-        return record.message()
+        return record.message
 
     async def _chat_of(self, org: str, contact_id: str, chat_id: str) -> Chat:
         chat = await self.backend.chat(org, chat_id)

@@ -8,11 +8,14 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from mcp.client import Client
 
 from chatdock.server.app import Settings, build_server
 from chatdock.storage import NewMessage, Part, open_store
 from tests.transports import call, chatdock_command, run_cli
+
+pytestmark = pytest.mark.process  # each test here starts real processes
 
 ODD_CONTACTS = ["+31 6 1234", "a/b", "%2F", "a@b.com", "🦜 parrot", "x" * 256]
 

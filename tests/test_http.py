@@ -15,6 +15,8 @@ from mcp.client.subscriptions import ResourceUpdated
 
 from tests.transports import call, create_key, error, http_client, http_server, run_cli
 
+pytestmark = pytest.mark.process  # each test here starts real processes
+
 UNKNOWN = "0192f0c4-7d3e-7b1a-9c4e-2f1d3a5b6c7d"
 
 

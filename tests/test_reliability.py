@@ -24,6 +24,8 @@ import pytest
 
 from tests.transports import RawStdio, structured
 
+pytestmark = pytest.mark.process  # each test here starts real processes
+
 LONG = os.environ.get("CHATDOCK_LONG_TESTS") == "1"
 CRASH_TRIALS = 20 if LONG else 5
 FUZZ_CALLS = 10_000 if LONG else 1_000

@@ -12,6 +12,8 @@ from mcp.client import Client
 
 from tests.transports import chatdock_command, run_cli, stdio_params
 
+pytestmark = pytest.mark.process  # each test here starts real processes
+
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_stdio_round_trip_and_restart_on_the_same_file(tmp_path: Path, mode: str) -> None:

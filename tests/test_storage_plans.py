@@ -96,6 +96,7 @@ def _open_fresh(path: str, ready: object) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.process
 def test_two_processes_opening_a_fresh_file_both_get_the_full_schema(tmp_path: Path) -> None:
     path = str(tmp_path / "race.db")
     context = multiprocessing.get_context("spawn")

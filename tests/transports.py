@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 
 def chatdock_command() -> list[str]:
@@ -79,7 +79,9 @@ def http_server(db: str, *extra: str) -> Iterator[str]:
 
 def http_client(base: str, key: str | None, mode: str = "auto", **kwargs: Any) -> Client:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    transport = streamable_http_client(base + "/mcp", http_client=create_mcp_http_client(headers=headers))
+    transport = streamable_http_client(
+        base + "/mcp", http_client=httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300))
+    )
     return Client(transport, mode=mode, **kwargs)  # type: ignore[arg-type]
 
 

@@ -83,32 +83,33 @@ def insert_message(
 
     `importing` keeps history as it was: the chat's updated_at is not moved to now.
     """
-    created_us = rows.to_us(record.created_at)
+    m = record.message
+    created_us = rows.to_us(m.created_at)
     org_key = org_pk(conn, org, now_us)
-    contact_key = contact_pk(conn, org_key, record.contact_id, created_us)
-    channel = channel_id(conn, contact_key, record.channel)
-    if record.chat_id is not None:
-        owner = conn.execute("SELECT contact_pk FROM chats WHERE id = ? AND org_id = ?", (record.chat_id, org_key))
+    contact_key = contact_pk(conn, org_key, m.contact_id, created_us)
+    channel = channel_id(conn, contact_key, m.channel)
+    if m.chat_id is not None:
+        owner = conn.execute("SELECT contact_pk FROM chats WHERE id = ? AND org_id = ?", (m.chat_id, org_key))
         found = owner.fetchone()
         if found is None or found[0] != contact_key:
-            raise chat_not_found(record.chat_id, record.contact_id)
-        attach(conn, record.chat_id, channel, created_us if importing else now_us)
+            raise chat_not_found(m.chat_id, m.contact_id)
+        attach(conn, m.chat_id, channel, created_us if importing else now_us)
         if not importing:
-            conn.execute("UPDATE chats SET updated_us = ? WHERE id = ?", (now_us, record.chat_id))
+            conn.execute("UPDATE chats SET updated_us = ? WHERE id = ?", (now_us, m.chat_id))
     cursor = conn.execute(
         "INSERT INTO messages (id, org_id, contact_pk, agent_id, chat_id, channel, role, content, parts, metadata,"
         " provider_message_id, created_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (
-            record.id,
+            m.id,
             org_key,
             contact_key,
-            record.agent_id,
-            record.chat_id,
-            record.channel,
-            record.role,
-            record.content,
-            rows.parts_json(record.parts, record.plain),
-            rows.metadata_json(record.metadata),
+            m.agent_id,
+            m.chat_id,
+            m.channel,
+            m.role,
+            m.content,
+            rows.parts_json(m.parts, record.plain),
+            rows.metadata_json(m.metadata),
             record.provider_message_id,
             created_us,
         ),
@@ -119,15 +120,15 @@ def insert_message(
             existing = find_message(
                 conn,
                 "m.org_id = ? AND m.channel = ? AND m.provider_message_id = ?",
-                (org_key, record.channel, record.provider_message_id),
+                (org_key, m.channel, record.provider_message_id),
             )
         if existing is None:
-            existing = find_message(conn, "m.org_id = ? AND m.id = ?", (org_key, record.id))
+            existing = find_message(conn, "m.org_id = ? AND m.id = ?", (org_key, m.id))
         if existing is None:
-            raise message_id_taken(record.id)
+            raise message_id_taken(m.id)
         raise Undo(AppendedMessage(**existing.model_dump(), deduplicated=True))
     conn.execute("UPDATE contacts SET last_active_us = max(last_active_us, ?) WHERE id = ?", (created_us, contact_key))
-    return AppendedMessage(**record.message().model_dump(), deduplicated=False)
+    return AppendedMessage(**m.model_dump(), deduplicated=False)
 
 
 def insert_chat(conn: sqlite3.Connection, org: str, record: ChatRecord) -> bool:

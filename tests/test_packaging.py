@@ -1,0 +1,97 @@
+"""chatdock installs as one top-level package, `chatdock`, beside projects with their own `server` or `storage`,
+and the commands that do not serve start without the MCP SDK."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.process
+
+
+def run(*command: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(part) for part in command], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def build_wheel(source: Path, out: Path) -> Path:
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", out, source)
+    [wheel] = out.glob("*.whl")
+    return wheel
+
+
+def squatter(folder: Path) -> Path:
+    """A distribution of someone else's that ships top-level `server` and `storage` packages."""
+    (folder / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=70.1"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "squatter"\nversion = "1.0"\n[tool.setuptools]\npackages = ["server", "storage"]\n'
+    )
+    for package in ("server", "storage"):
+        (folder / package).mkdir()
+        (folder / package / "__init__.py").write_text(f"OWNER = 'squatter {package}'\n")
+    return build_wheel(folder, folder / "dist")
+
+
+def test_the_wheel_installs_chatdock_beside_other_server_and_storage_packages(tmp_path: Path) -> None:
+    source = tmp_path / "chatdock"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("server", "storage"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    wheel = build_wheel(source, tmp_path / "dist")
+    with zipfile.ZipFile(wheel) as archive:
+        tops = {name.split("/")[0] for name in archive.namelist() if ".dist-info/" not in name}
+    assert tops == {"chatdock"}
+
+    other = tmp_path / "squatter"
+    other.mkdir()
+    squatter_wheel = squatter(other)
+
+    # A fresh environment that borrows this one's dependencies (mcp, pydantic, ...) but not chatdock itself.
+    env = tmp_path / "env"
+    venv.create(env, with_pip=False)
+    python = env / "bin" / "python"
+    site = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").stdout.strip())
+    (site / "borrowed.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    pip = (sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps")
+    run(*pip, squatter_wheel)
+    run(*pip, wheel)
+
+    elsewhere = tmp_path / "elsewhere"  # not a folder holding server/, storage/ or chatdock/, found first
+    elsewhere.mkdir()
+    assert "serve" in run(env / "bin" / "chatdock", "--help", cwd=elsewhere).stdout
+    probe = run(
+        python,
+        "-c",
+        "import server, storage, chatdock.server.cli, chatdock.storage; "
+        "print(server.OWNER, storage.OWNER, chatdock.storage.__file__, sep='|')",
+        cwd=elsewhere,
+    ).stdout.strip()
+    server_owner, storage_owner, location = probe.split("|")
+    assert (server_owner, storage_owner) == ("squatter server", "squatter storage")
+    assert location.startswith(str(site))
+    run(*pip[:5], "uninstall", "--yes", "squatter")
+    assert "serve" in run(env / "bin" / "chatdock", "--help", cwd=elsewhere).stdout
+
+
+def test_commands_that_do_not_serve_do_not_import_the_mcp_sdk() -> None:
+    probe = run(
+        sys.executable,
+        "-c",
+        "import sys\n"
+        "from chatdock.server import cli, history\n"
+        "cli.parser().parse_args(['keys', 'list'])\n"
+        "print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith(('mcp.', 'uvicorn', 'starlette'))))",
+    )
+    assert probe.stdout.strip() == "[]"
