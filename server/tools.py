@@ -8,7 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import ToolAnnotations
+from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from chatdock.storage import (
@@ -30,6 +30,7 @@ from chatdock.storage.models import CHAT_STATUSES, ROLES
 
 from .org import current_org
 from .resources import CONTACT_URIS, contact_uri
+from .results import as_json, context_result, page_result
 
 T = TypeVar("T")
 
@@ -105,9 +106,9 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
             int | None,
             Field(description="Drop the oldest messages until `formatted` fits.", json_schema_extra={"minimum": 1}),
         ] = None,
-    ) -> ContextModel:
+    ) -> Annotated[CallToolResult, ContextModel]:
         """The contact's last messages, oldest to newest, plus `formatted`, a transcript ready for a prompt."""
-        return await _tool(
+        found = await _tool(
             the_store().get_context(
                 _org(),
                 contact_id,
@@ -119,6 +120,7 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
                 max_chars=max_chars,
             )
         )
+        return context_result(found)
 
     @server.tool(title="List messages", annotations=_hints(read_only=True))
     async def list_messages(
@@ -128,18 +130,19 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
         agent_id: AgentId = None,
         chat_id: ChatId = None,
         channel: Annotated[str | None, Field(description="Only this channel.", json_schema_extra=_CHANNEL)] = None,
-    ) -> MessagePage:
+    ) -> Annotated[CallToolResult, MessagePage]:
         """A contact's messages newest first, a page at a time, for inspection."""
-        return await _tool(
+        page = await _tool(
             the_store().list_messages(
                 _org(), contact_id, limit=limit, cursor=cursor, agent_id=agent_id, chat_id=chat_id, channel=channel
             )
         )
+        return page_result(page)
 
     @server.tool(title="List chats", annotations=_hints(read_only=True))
-    async def list_chats(contact_id: ContactId, limit: Limit = 50) -> ChatList:
+    async def list_chats(contact_id: ContactId, limit: Limit = 50) -> Annotated[CallToolResult, ChatList]:
         """A contact's chats, newest first, with their status and channels."""
-        return ChatList(chats=await _tool(the_store().list_chats(_org(), contact_id, limit)))
+        return as_json(ChatList(chats=await _tool(the_store().list_chats(_org(), contact_id, limit))))
 
     # --- writing tools ---
 
@@ -166,7 +169,7 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
             created_at: Annotated[
                 datetime | None, Field(description="RFC 3339 with timezone, for importing history.")
             ] = None,
-        ) -> AppendedMessage:
+        ) -> Annotated[CallToolResult, AppendedMessage]:
             """Store one message for a contact; a repeated metadata.provider_message_id returns the first copy."""
             stored = await _tool(
                 the_store().append_message(
@@ -185,7 +188,7 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
             )
             if not stored.deduplicated:
                 await changed(ctx, stored.contact_id)
-            return stored
+            return as_json(stored)
 
         @server.tool(title="Post as contact", annotations=_hints(read_only=False))
         async def post_as_contact(
@@ -196,20 +199,20 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
             channel_id: Annotated[
                 str | None, Field(description="Which of the chat's custom channels, when it has several.")
             ] = None,
-        ) -> Message:
+        ) -> Annotated[CallToolResult, Message]:
             """Post into an existing chat as the contact (role user), on one of the chat's custom channels."""
             stored = await _tool(the_store().post_as_contact(_org(), contact_id, chat_id, message, channel_id))
             await changed(ctx, contact_id)
-            return stored
+            return as_json(stored)
 
         @server.tool(title="Delete message", annotations=_hints(read_only=False, destructive=True, idempotent=False))
         async def delete_message(
             message_id: Annotated[str, Field(description="The message's id (UUID).")], ctx: Context
-        ) -> DeletedMessage:
+        ) -> Annotated[CallToolResult, DeletedMessage]:
             """Permanently delete one message."""
             deleted = await _tool(the_store().delete_message(_org(), message_id))
             await changed(ctx, deleted.contact_id)
-            return DeletedMessage(id=deleted.id)
+            return as_json(DeletedMessage(id=deleted.id))
 
         @server.tool(title="Open chat", annotations=_hints(read_only=False))
         async def open_chat(
@@ -222,9 +225,9 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
                 ),
             ],
             agent_id: AgentId = None,
-        ) -> Chat:
+        ) -> Annotated[CallToolResult, Chat]:
             """Start a chat (a conversation thread) for a contact on a channel; it starts RUNNING."""
-            return await _tool(the_store().open_chat(_org(), contact_id, channel, agent_id))
+            return as_json(await _tool(the_store().open_chat(_org(), contact_id, channel, agent_id)))
 
         @server.tool(title="Update chat", annotations=_hints(read_only=False, idempotent=True))
         async def update_chat(
@@ -232,13 +235,13 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
             status: Annotated[
                 str, Field(description="RUNNING, COMPLETED, FAILED or CANCELED.", json_schema_extra=_STATUS)
             ],
-        ) -> Chat:
+        ) -> Annotated[CallToolResult, Chat]:
             """Set a chat's status."""
-            return await _tool(the_store().update_chat(_org(), chat_id, status))
+            return as_json(await _tool(the_store().update_chat(_org(), chat_id, status)))
 
         @server.tool(title="Forget contact", annotations=_hints(read_only=False, destructive=True, idempotent=True))
-        async def forget_contact(contact_id: ContactId, ctx: Context) -> ForgetResult:
+        async def forget_contact(contact_id: ContactId, ctx: Context) -> Annotated[CallToolResult, ForgetResult]:
             """Erase every message, chat and channel of a contact, permanently."""
             result = await _tool(the_store().forget_contact(_org(), contact_id))
             await changed(ctx, contact_id)
-            return result
+            return as_json(result)

@@ -57,14 +57,17 @@ class Backend(Protocol):
         """`insert_message` for each record, in one transaction: all or none."""
         ...
 
-    async def latest_messages(self, org: str, contact_id: str, only: MessageFilter, limit: int) -> list[Message]:
-        """The contact's newest `limit` messages that pass `only`, newest first."""
+    async def latest_messages(
+        self, org: str, contact_id: str, only: MessageFilter, limit: int, max_bytes: int
+    ) -> list[Message]:
+        """The contact's newest `limit` messages that pass `only`, newest first, stopping after the one whose
+        stored text (content, parts, metadata) brings the total to `max_bytes`: a read never holds more."""
         ...
 
     async def message_page(
-        self, org: str, contact_id: str, only: MessageFilter, limit: int, after: Position | None
+        self, org: str, contact_id: str, only: MessageFilter, limit: int, after: Position | None, max_bytes: int
     ) -> list[tuple[Message, Position]]:
-        """Up to `limit` messages newest first, starting after `after`; each with its keyset position."""
+        """`latest_messages` starting after the keyset position `after`; each message with its position."""
         ...
 
     async def delete_message(self, org: str, message_id: str) -> Message | None:

@@ -39,13 +39,19 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class Part(_Model):
-    """One piece of a message's text; timestamps are seconds from the start of the call or recording."""
+    """One piece of a message's text; timestamps are seconds from the start of the call or recording.
+
+    A timestamp that is not set is left out of what is written (the schema does not require it)."""
 
     type: Literal["text"] = "text"
     text: str
-    start_timestamp: float | None = None
-    end_timestamp: float | None = None
+    start_timestamp: float | None = Field(default=None, exclude_if=_absent)
+    end_timestamp: float | None = Field(default=None, exclude_if=_absent)
 
 
 class Message(_Model):

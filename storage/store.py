@@ -30,7 +30,8 @@ from .models import (
     Part,
 )
 from .records import ChatRecord, MessageRecord, chat_record, message_record, new_chat_record
-from .transcript import fit_transcript
+from .sizing import MAX_RESULT_BYTES, fitting, message_bytes, text_bytes
+from .transcript import fit_transcript, format_line
 
 EXPORT_BATCH = 1000
 
@@ -118,7 +119,7 @@ class Store:
         budget = check.max_chars(max_chars)
         if only.chat_id is not None:
             await self._chat_of(org, contact_id, only.chat_id)
-        newest_first = await self.backend.latest_messages(org, contact_id, only, limit)
+        newest_first = await self.backend.latest_messages(org, contact_id, only, limit, MAX_RESULT_BYTES)
         kept, formatted, truncated = fit_transcript(newest_first[::-1], budget)
         return Context(
             contact_id=contact_id, agent_id=agent_id, messages=kept, formatted=formatted, truncated=truncated
@@ -143,9 +144,12 @@ class Store:
         after = None if cursor is None else decode_cursor(cursor)
         if only.chat_id is not None:
             await self._chat_of(org, contact_id, only.chat_id)
-        rows = await self.backend.message_page(org, contact_id, only, limit + 1, after)
-        more = len(rows) > limit
-        rows = rows[:limit]
+        rows = await self.backend.message_page(org, contact_id, only, limit + 1, after, MAX_RESULT_BYTES)
+        # a page fits in one result (each message also has its line in the text a model reads), the rest is
+        # on the next page
+        kept = fitting(message_bytes(message) + text_bytes(format_line(message)) for message, _ in rows[:limit])
+        more = len(rows) > kept
+        rows = rows[:kept]
         return MessagePage(
             messages=[message for message, _ in rows], next_cursor=encode_cursor(rows[-1][1]) if more else None
         )

@@ -3,13 +3,18 @@
 Every line break inside a message (any of the breaks `str.splitlines` knows,
 not only `\\n`) continues on a new line indented by two spaces, so no text a
 customer sends can start a line that reads as another role's (`SYSTEM: ...`).
+A message list's line (`format_line`) starts with the message's id and keeps
+the message on that one line, its line breaks turned into spaces.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .models import Message
+from .models import Message, format_timestamp
+from .sizing import fitting, message_bytes, text_bytes
+
+LINE_ENTRY_CHARS = 200
 
 
 def format_entry(message: Message) -> str:
@@ -21,18 +26,28 @@ def format_transcript(messages: Sequence[Message]) -> str:
     return "\n".join(format_entry(message) for message in messages)
 
 
+def format_line(message: Message, width: int = LINE_ENTRY_CHARS) -> str:
+    """One line of a message list: id, time, channel and the `ROLE: content` entry on a single line (its line
+    breaks as spaces), shortened to `width` characters."""
+    entry = f"{message.role.upper()}: " + " ".join(message.content.splitlines())
+    if len(entry) > width:
+        entry = entry[: width - 1] + "\u2026"
+    return f"{message.id} {format_timestamp(message.created_at)} {message.channel} {entry}"
+
+
 def fit_transcript(messages: Sequence[Message], max_chars: int | None) -> tuple[list[Message], str, bool]:
-    """Drop the oldest messages until the transcript fits in `max_chars`; say whether any were dropped."""
+    """Drop the oldest messages until the transcript fits in `max_chars` and the whole result (the messages,
+    the transcript, and the transcript again as the text a model reads) in one result; say whether any were
+    dropped."""
     entries = [format_entry(message) for message in messages]
-    if max_chars is None:
-        return list(messages), "\n".join(entries), False
-    kept = 0
-    size = 0
-    for entry in reversed(entries):
-        grown = size + len(entry) + (1 if kept else 0)
-        if grown > max_chars:
-            break
-        size = grown
-        kept += 1
+    newest_first = list(zip(reversed(messages), reversed(entries), strict=True))
+    kept = fitting(message_bytes(message) + 2 * text_bytes(entry) for message, entry in newest_first)
+    if max_chars is not None:
+        size = -1  # no separator before the first entry
+        for count, (_, entry) in enumerate(newest_first[:kept]):
+            size += len(entry) + 1
+            if size > max_chars:
+                kept = count
+                break
     start = len(entries) - kept
     return list(messages[start:]), "\n".join(entries[start:]), start > 0

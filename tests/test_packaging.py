@@ -33,7 +33,7 @@ def build_wheel(source: Path, out: Path) -> Path:
 def squatter(folder: Path) -> Path:
     """A distribution of someone else's that ships top-level `server` and `storage` packages."""
     (folder / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools>=70.1"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[build-system]\nrequires = ["setuptools>=77"]\nbuild-backend = "setuptools.build_meta"\n'
         '[project]\nname = "squatter"\nversion = "1.0"\n[tool.setuptools]\npackages = ["server", "storage"]\n'
     )
     for package in ("server", "storage"):

@@ -11,7 +11,7 @@ import pytest
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.backend import MessageFilter
 from chatdock.storage.sqlite.migrations import MIGRATIONS
-from chatdock.storage.sqlite.queries import latest_sql
+from chatdock.storage.sqlite.queries import bounded_sql, latest_sql
 
 
 def plan(path: str, sql: str, params: list[object]) -> str:
@@ -71,6 +71,18 @@ async def test_list_page_is_a_keyset_index_range(filled: str, after: bool) -> No
     assert_index_only(text, "messages_contact")
     if after:
         assert "created_us<?" in text.replace(" ", "") or "(created_us,rowid)<(?,?)" in text.replace(" ", ""), text
+
+
+@pytest.mark.parametrize("after", [False, True])
+async def test_the_size_bounded_read_touches_only_the_newest_rows_and_their_primary_keys(
+    filled: str, after: bool
+) -> None:
+    sql, params = latest_sql(MessageFilter(), after=after)
+    extra = [10**15, 10**9] if after else []
+    text = plan(filled, bounded_sql(sql), ["o", "c0", *params, *extra, 51, 4 * 2**20])
+    assert "SEARCH m USING INDEX messages_contact (contact_pk=?" in text, text
+    assert "SEARCH m USING INTEGER PRIMARY KEY (rowid=?)" in text, text
+    assert "SCAN m" not in text and "SCAN messages" not in text, text
 
 
 async def test_delete_and_dedup_are_unique_index_look_ups(filled: str) -> None:

@@ -27,7 +27,17 @@ from ..models import ApiKeyInfo, AppendedMessage, Chat, ChatStatus, ForgetResult
 from ..records import ChatRecord, MessageRecord
 from . import rows, writes
 from .migrations import migrate
-from .queries import CHAT_COLUMNS, CHAT_FROM, CHAT_SELECT, CONTACT, KEY_SELECT, MESSAGE_COLUMNS, ORG, latest_sql
+from .queries import (
+    CHAT_COLUMNS,
+    CHAT_FROM,
+    CHAT_SELECT,
+    CONTACT,
+    KEY_SELECT,
+    MESSAGE_COLUMNS,
+    ORG,
+    bounded_sql,
+    latest_sql,
+)
 from .writer import Undo, Writer
 
 Durability = Literal["normal", "full"]
@@ -125,16 +135,18 @@ class SQLiteBackend:
 
         return await self._writer.run(job)
 
-    async def latest_messages(self, org: str, contact_id: str, only: MessageFilter, limit: int) -> list[Message]:
+    async def latest_messages(
+        self, org: str, contact_id: str, only: MessageFilter, limit: int, max_bytes: int
+    ) -> list[Message]:
         sql, params = latest_sql(only)
-        found = await self._read(sql, [org, contact_id, *params, limit])
+        found = await self._read(bounded_sql(sql), [org, contact_id, *params, limit, max_bytes])
         return [rows.message(row, contact_id) for row in found]
 
     async def message_page(
-        self, org: str, contact_id: str, only: MessageFilter, limit: int, after: Position | None
+        self, org: str, contact_id: str, only: MessageFilter, limit: int, after: Position | None, max_bytes: int
     ) -> list[tuple[Message, Position]]:
         sql, params = latest_sql(only, after=after is not None)
-        found = await self._read(sql, [org, contact_id, *params, *(after or ()), limit])
+        found = await self._read(bounded_sql(sql), [org, contact_id, *params, *(after or ()), limit, max_bytes])
         return [(rows.message(row, contact_id), (row[8], row[9])) for row in found]
 
     async def delete_message(self, org: str, message_id: str) -> Message | None:

@@ -51,6 +51,21 @@ def _filters(only: MessageFilter) -> tuple[str, list[Any]]:
     return where, params
 
 
+def bounded_sql(latest: str) -> str:
+    """`latest` (a `latest_sql` statement) cut where the stored bytes of the newer rows reach a budget: it takes
+    `latest`'s parameters, then the budget. The row that crosses the budget is still returned, so a caller can
+    tell that more exist; no row past it is read into memory."""
+    size = " + ".join(f"ifnull(length(CAST(m.{column} AS BLOB)), 0)" for column in ("content", "parts", "metadata"))
+    sized = latest.replace(
+        f"SELECT {MESSAGE_COLUMNS} FROM", f"SELECT m.seq AS seq, m.created_us AS created_us, {size} AS size FROM", 1
+    )
+    running = "sum(size) OVER (ORDER BY created_us DESC, seq DESC ROWS UNBOUNDED PRECEDING) - size"
+    return (
+        f"SELECT {MESSAGE_COLUMNS} FROM (SELECT seq, {running} AS before FROM ({sized})) r "
+        "JOIN messages m ON m.seq = r.seq WHERE r.before < ? ORDER BY m.created_us DESC, m.seq DESC"
+    )
+
+
 def latest_sql(only: MessageFilter, after: bool = False) -> tuple[str, list[Any]]:
     """The statement behind a contact's newest messages, optionally after a keyset position, and its filter
     parameters; it takes (org, contact_id, *filter parameters, [created_us, seq,] limit)."""

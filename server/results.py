@@ -1,0 +1,41 @@
+"""What a tool result carries: the whole typed result as `structuredContent`, and as text only what a model
+needs (SPEC.md, "What a tool result carries").
+
+Most clients hand a result's text to the model as the tool message, so the text is kept small:
+`get_context`'s is the transcript itself, `list_messages`'s one line per message, every other tool's the
+result as compact JSON. Applications read `structuredContent`, which is built once from the same model.
+"""
+
+from __future__ import annotations
+
+from mcp_types import CallToolResult, TextContent
+from pydantic import BaseModel
+
+from chatdock.storage import Context, MessagePage
+from chatdock.storage.transcript import format_line
+
+NO_MESSAGES = "(no messages yet)"
+
+
+def _result(model: BaseModel, text: str) -> CallToolResult:
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)], structured_content=model.model_dump(mode="json")
+    )
+
+
+def as_json(model: BaseModel) -> CallToolResult:
+    """The result, as compact JSON for the model (non-ASCII as itself) and typed for the application."""
+    return _result(model, model.model_dump_json())
+
+
+def context_result(context: Context) -> CallToolResult:
+    """The transcript for the model; the messages, the transcript and `truncated` for the application."""
+    return _result(context, context.formatted or NO_MESSAGES)
+
+
+def page_result(page: MessagePage) -> CallToolResult:
+    """One line per message (newest first) and the cursor to the next page, when there is one."""
+    lines = [format_line(message) for message in page.messages] or ["(no messages)"]
+    if page.next_cursor is not None:
+        lines.append(f"next_cursor: {page.next_cursor}")
+    return _result(page, "\n".join(lines))
