@@ -11,18 +11,23 @@ import asyncio
 import json
 import os
 import random
+import socket
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx2
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
 from chatdock.storage import NewMessage, Store, open_store
 
@@ -51,6 +56,33 @@ def _pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+CONVERSATION = "+31650000050"  # a contact with 50 ordinary chat messages, for the MCP rows
+_WORDS = ["hi", "order", "refund", "parcel", "tomorrow", "thanks", "please", "when", "where", "delivery", "address"]
+
+
+def realistic(contact: str, count: int) -> list[NewMessage]:
+    """Ordinary WhatsApp messages of 60 to 120 characters, each with the provider's message id."""
+    rng = random.Random(7)
+    start = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+    messages = []
+    for index in range(count):
+        size = rng.randint(60, 120)
+        text = ""
+        while len(text) < size:
+            text += rng.choice(_WORDS) + " "
+        messages.append(
+            NewMessage(
+                contact_id=contact,
+                channel="whatsapp",
+                role="user" if index % 2 else "assistant",
+                content=text[:size].strip() + ".",
+                metadata={"provider_message_id": f"wamid.HBgLMzE2MTIzNDU2NzgVAgASGBQzQTg{index:05d}"},
+                created_at=start + timedelta(minutes=index),
+            )
+        )
+    return messages
+
+
 def _new(contact: int, index: int) -> NewMessage:
     return NewMessage(
         contact_id=f"+3160{contact:07d}",
@@ -70,6 +102,7 @@ async def fill(store: Store, messages: int, contacts: int, quiet: bool) -> None:
         done += size
         if bar is not None:
             bar.update(done)
+    await store.import_messages("bench", realistic(CONVERSATION, 50))
     if bar is not None:
         bar.finish(done)
 
@@ -149,8 +182,8 @@ async def mixed(store: Store, contacts: int, seconds: float) -> tuple[float, flo
     return counts["reads"] / elapsed, counts["writes"] / elapsed
 
 
-async def mcp_round_trips(client: Client, contact: str, count: int) -> tuple[float, float]:
-    """Median ms of get_context and of a bare do-nothing tool call, on one connection."""
+async def mcp_round_trips(client: Client, count: int, contact: str = CONVERSATION) -> tuple[float, float]:
+    """Median ms of get_context (50 messages) and of a bare do-nothing tool call, on one connection."""
     context, bare = [], []
     for _ in range(count):
         began = time.perf_counter()
@@ -160,6 +193,43 @@ async def mcp_round_trips(client: Client, contact: str, count: int) -> tuple[flo
         await client.call_tool("bench_noop", {})
         bare.append((time.perf_counter() - began) * 1000)
     return statistics.median(context), statistics.median(bare)
+
+
+async def result_sizes(client: Client) -> tuple[int, int, int]:
+    """Bytes of get_context's text, of its `formatted`, and of its structured content, for 50 messages."""
+    result = await client.call_tool("get_context", {"contact_id": CONVERSATION})
+    structured = result.structured_content or {}
+    text = "".join(getattr(block, "text", "") for block in result.content)
+    compact = json.dumps(structured, ensure_ascii=False, separators=(",", ":"))
+    return len(text.encode()), len(str(structured.get("formatted", "")).encode()), len(compact.encode())
+
+
+async def http_round_trips(path: str, count: int) -> tuple[float, float]:
+    """`mcp_round_trips` against `chatdock serve --http` (with the do-nothing tool) on a loopback port."""
+    async with open_store(path) as store:
+        key = (await store.create_api_key("bench")).key
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chatdock.server.bench", "--serve-http", path, str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+            for _ in range(300):
+                try:
+                    if (await http.get(base + "/healthz")).status_code == 200:
+                        break
+                except httpx2.TransportError:
+                    await asyncio.sleep(0.05)
+            async with Client(streamable_http_client(base + "/mcp", http_client=http)) as client:
+                return await mcp_round_trips(client, count)
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def bench_server(settings: Settings) -> Any:
@@ -238,18 +308,24 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
             add("many_full_rate", rate)
             add("many_full_p99", _pct(lat, 0.99))
         async with Client(bench_server(Settings(db=path, org="bench"))) as client:
-            ctx_ms, bare_ms = await mcp_round_trips(client, "+31600000001", max(50, scale // 10))
+            ctx_ms, bare_ms = await mcp_round_trips(client, max(50, scale // 10))
             add("mcp_memory_context", ctx_ms)
             add("mcp_memory_bare", bare_ms)
+            sizes = await result_sizes(client)
+            for name, size in zip(("text_bytes", "formatted_bytes", "structured_bytes"), sizes, strict=True):
+                add(name, size)
         params = StdioServerParameters(
             command=sys.executable,
             args=["-m", "chatdock.server.bench", "--serve", path],
             env=dict(os.environ),
         )
         async with Client(params) as client:
-            ctx_ms, bare_ms = await mcp_round_trips(client, "+31600000001", max(50, scale // 10))
+            ctx_ms, bare_ms = await mcp_round_trips(client, max(50, scale // 10))
             add("mcp_stdio_context", ctx_ms)
             add("mcp_stdio_bare", bare_ms)
+        ctx_ms, bare_ms = await http_round_trips(path, max(50, scale // 10))
+        add("mcp_http_context", ctx_ms)
+        add("mcp_http_bare", bare_ms)
     if bar is not None:
         bar.finish(rounds)
     m = {name: statistics.median(values) for name, values in figures.items()}
@@ -324,6 +400,27 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
             "<= 1.5x",
             m["mcp_stdio_context"] / m["mcp_stdio_bare"] <= 1.5,
         ),
+        Row("MCP HTTP: bare tool call", m["mcp_http_bare"], "ms"),
+        Row(
+            "MCP HTTP: get_context",
+            m["mcp_http_context"],
+            "ms",
+            m["mcp_http_bare"],
+            m["mcp_http_context"] / m["mcp_http_bare"],
+            "<= 2x",
+            m["mcp_http_context"] / m["mcp_http_bare"] <= 2,
+        ),
+        Row("get_context (50 messages): formatted", m["formatted_bytes"], "bytes"),
+        Row(
+            "get_context (50 messages): text",
+            m["text_bytes"],
+            "bytes",
+            m["formatted_bytes"],
+            m["text_bytes"] / m["formatted_bytes"],
+            "<= 1.1x formatted",
+            m["text_bytes"] <= 1.1 * m["formatted_bytes"],
+        ),
+        Row("get_context (50 messages): structured", m["structured_bytes"], "bytes"),
     ]
     for leftover in Path(folder).iterdir():
         leftover.unlink()
@@ -361,3 +458,8 @@ def main(messages: int, contacts: int, rounds: int, as_json: bool) -> int:
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--serve":
     bench_server(Settings(db=sys.argv[2], org="bench")).run("stdio")
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--serve-http":
+    from .http import serve_http
+
+    settings = Settings(db=sys.argv[2], org="bench")
+    serve_http(settings, "127.0.0.1", int(sys.argv[3]), [], bench_server(settings))

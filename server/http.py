@@ -96,10 +96,16 @@ def transport_security(host: str, allowed_hosts: list[str]) -> TransportSecurity
     return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
 
 
-def build_http_app(settings: Settings, host: str = "127.0.0.1", allowed_hosts: list[str] | None = None) -> ASGIApp:
-    """The ASGI app: /mcp (both protocol eras, keys required) and /healthz."""
+def build_http_app(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    allowed_hosts: list[str] | None = None,
+    server: ChatdockServer | None = None,
+) -> ASGIApp:
+    """The ASGI app: /mcp (both protocol eras, keys required) and /healthz; `server` defaults to
+    `build_server(settings)`."""
     security = transport_security(host, allowed_hosts or [])
-    server = build_server(settings)
+    server = server or build_server(settings)
 
     @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def healthz(_: Request) -> Response:
@@ -116,11 +122,13 @@ def build_http_app(settings: Settings, host: str = "127.0.0.1", allowed_hosts: l
     return ApiKeyAuth(app, server)
 
 
-def serve_http(settings: Settings, host: str, port: int, allowed_hosts: list[str]) -> None:
+def serve_http(
+    settings: Settings, host: str, port: int, allowed_hosts: list[str], server: ChatdockServer | None = None
+) -> None:
     import uvicorn
 
-    app = build_http_app(settings, host, allowed_hosts)
+    app = build_http_app(settings, host, allowed_hosts, server)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    listener = uvicorn.Server(config)
     logger.warning("chatdock serving MCP at http://%s:%d/mcp (health: /healthz)", host, port)
-    anyio.run(server.serve)
+    anyio.run(listener.serve)

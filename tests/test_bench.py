@@ -25,6 +25,11 @@ ROWS = [
     "MCP in-memory: get_context",
     "MCP stdio: bare tool call",
     "MCP stdio: get_context",
+    "MCP HTTP: bare tool call",
+    "MCP HTTP: get_context",
+    "get_context (50 messages): formatted",
+    "get_context (50 messages): text",
+    "get_context (50 messages): structured",
 ]
 
 

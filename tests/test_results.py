@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,50 +16,13 @@ from mcp.client import Client
 from mcp_types import CallToolResult
 
 from chatdock.server.app import Settings, build_server
+from chatdock.server.bench import realistic
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.sizing import MAX_RESULT_BYTES
 from tests.transports import call
 
 MODES = ["auto", "legacy"]
 CONTACT = "+31612345678"
-WORDS = [
-    "hi",
-    "order",
-    "refund",
-    "parcel",
-    "tomorrow",
-    "thanks",
-    "please",
-    "when",
-    "where",
-    "delivery",
-    "invoice",
-    "address",
-    "number",
-]
-
-
-def realistic(count: int) -> list[NewMessage]:
-    """Ordinary WhatsApp messages of 60 to 120 characters, each with the provider's message id."""
-    rng = random.Random(7)
-    start = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
-    messages = []
-    for index in range(count):
-        text = ""
-        size = rng.randint(60, 120)
-        while len(text) < size:
-            text += rng.choice(WORDS) + " "
-        messages.append(
-            NewMessage(
-                contact_id=CONTACT,
-                channel="whatsapp",
-                role="user" if index % 2 else "assistant",
-                content=text[:size].strip() + ".",
-                metadata={"provider_message_id": f"wamid.HBgLMzE2MTIzNDU2NzgVAgASGBQzQTg{index:05d}"},
-                created_at=start + timedelta(minutes=index),
-            )
-        )
-    return messages
 
 
 def text_of(result: CallToolResult) -> str:
@@ -77,7 +39,7 @@ def wire_bytes(result: CallToolResult) -> int:
 @pytest.mark.parametrize("mode", MODES)
 async def test_results_give_the_model_what_it_needs_and_the_application_everything(tmp_path: Path, mode: str) -> None:
     async with open_store(str(tmp_path / "results.db")) as store:
-        await store.import_messages("default", realistic(50))
+        await store.import_messages("default", realistic(CONTACT, 50))
         async with Client(build_server(Settings(), store=store), mode=mode) as client:
             schemas = {tool.name: tool.output_schema for tool in (await client.list_tools()).tools}
 
