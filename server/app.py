@@ -7,17 +7,17 @@ together on a `ChatdockServer` and opens the store in the server's lifespan.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, InputRequiredResult
 from mcp_types import Resource as MCPResource
 from mcp_types import Tool as MCPTool
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from chatdock.storage import Durability, Store, open_store
 from chatdock.storage import validation as check
@@ -30,6 +30,8 @@ from .sdk import lowlevel
 from .stdio import serve_stdio
 
 logger = logging.getLogger("chatdock.server")
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 RECENT_CONTACTS_LISTED = 50
 
@@ -65,6 +67,22 @@ class ChatdockServer(MCPServer[_State]):
         super().__init__(**kwargs)
         self.state = state
         self._compacted: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
+        self._output_models: dict[str, type[BaseModel]] = {}
+
+    def structured_tool(self, output: type[BaseModel], **kwargs: Any) -> Callable[[F], F]:
+        """`tool()` for a function that builds its own `CallToolResult` from an `output` model (results.py):
+        the tool declares `output`'s schema, and the SDK does not validate the result again, since it was
+        dumped from a model that was validated when it was built."""
+
+        def decorator(fn: F) -> F:
+            self._output_models[fn.__name__] = output
+            return self.tool(**kwargs)(fn)
+
+        return decorator
+
+    def output_model(self, tool: str) -> type[BaseModel] | None:
+        """The model a `structured_tool`'s result is dumped from."""
+        return self._output_models.get(tool)
 
     async def run_stdio_async(self) -> None:
         await serve_stdio(lowlevel(self))
@@ -95,7 +113,9 @@ class ChatdockServer(MCPServer[_State]):
         listed = await super().list_tools()
         for tool in listed:
             if tool.name not in self._compacted:
-                output = None if tool.output_schema is None else compact(tool.output_schema)
+                model = self._output_models.get(tool.name)
+                declared = model.model_json_schema() if model is not None else tool.output_schema
+                output = None if declared is None else compact(declared)
                 self._compacted[tool.name] = (compact(tool.input_schema), output)
             tool.input_schema, tool.output_schema = self._compacted[tool.name]
         return listed

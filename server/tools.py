@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field
@@ -31,6 +31,9 @@ from chatdock.storage.models import CHAT_STATUSES, ROLES
 from .org import current_org
 from .resources import CONTACT_URIS, contact_uri
 from .results import as_json, context_result, page_result
+
+if TYPE_CHECKING:
+    from .app import ChatdockServer
 
 T = TypeVar("T")
 
@@ -85,12 +88,12 @@ async def changed(ctx: Context, contact_id: str) -> None:
         await ctx.notify_resource_updated(contact_uri(template, contact_id))
 
 
-def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: bool) -> None:
+def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: bool) -> None:
     """Add the tools to `server`: the read-only ones always, the writing ones unless `read_only`."""
 
     # --- read-only tools ---
 
-    @server.tool(title="Get conversation context", annotations=_hints(read_only=True))
+    @server.structured_tool(ContextModel, title="Get conversation context", annotations=_hints(read_only=True))
     async def get_context(
         contact_id: ContactId,
         agent_id: AgentId = None,
@@ -106,7 +109,7 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
             int | None,
             Field(description="Drop the oldest messages until `formatted` fits.", json_schema_extra={"minimum": 1}),
         ] = None,
-    ) -> Annotated[CallToolResult, ContextModel]:
+    ) -> CallToolResult:
         """The contact's last messages, oldest to newest, plus `formatted`, a transcript ready for a prompt."""
         found = await _tool(
             the_store().get_context(
@@ -122,7 +125,7 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
         )
         return context_result(found)
 
-    @server.tool(title="List messages", annotations=_hints(read_only=True))
+    @server.structured_tool(MessagePage, title="List messages", annotations=_hints(read_only=True))
     async def list_messages(
         contact_id: ContactId,
         limit: Limit = 50,
@@ -130,7 +133,7 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
         agent_id: AgentId = None,
         chat_id: ChatId = None,
         channel: Annotated[str | None, Field(description="Only this channel.", json_schema_extra=_CHANNEL)] = None,
-    ) -> Annotated[CallToolResult, MessagePage]:
+    ) -> CallToolResult:
         """A contact's messages newest first, a page at a time, for inspection."""
         page = await _tool(
             the_store().list_messages(
@@ -139,8 +142,8 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
         )
         return page_result(page)
 
-    @server.tool(title="List chats", annotations=_hints(read_only=True))
-    async def list_chats(contact_id: ContactId, limit: Limit = 50) -> Annotated[CallToolResult, ChatList]:
+    @server.structured_tool(ChatList, title="List chats", annotations=_hints(read_only=True))
+    async def list_chats(contact_id: ContactId, limit: Limit = 50) -> CallToolResult:
         """A contact's chats, newest first, with their status and channels."""
         return as_json(ChatList(chats=await _tool(the_store().list_chats(_org(), contact_id, limit))))
 
@@ -148,7 +151,7 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
 
     if not read_only:
 
-        @server.tool(title="Append message", annotations=_hints(read_only=False))
+        @server.structured_tool(AppendedMessage, title="Append message", annotations=_hints(read_only=False))
         async def append_message(
             contact_id: ContactId,
             channel: Annotated[
@@ -169,7 +172,7 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
             created_at: Annotated[
                 datetime | None, Field(description="RFC 3339 with timezone, for importing history.")
             ] = None,
-        ) -> Annotated[CallToolResult, AppendedMessage]:
+        ) -> CallToolResult:
             """Store one message for a contact; a repeated metadata.provider_message_id returns the first copy."""
             stored = await _tool(
                 the_store().append_message(
@@ -190,7 +193,7 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
                 await changed(ctx, stored.contact_id)
             return as_json(stored)
 
-        @server.tool(title="Post as contact", annotations=_hints(read_only=False))
+        @server.structured_tool(Message, title="Post as contact", annotations=_hints(read_only=False))
         async def post_as_contact(
             contact_id: ContactId,
             chat_id: Annotated[str, Field(description="An existing chat of this contact.")],
@@ -199,22 +202,26 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
             channel_id: Annotated[
                 str | None, Field(description="Which of the chat's custom channels, when it has several.")
             ] = None,
-        ) -> Annotated[CallToolResult, Message]:
+        ) -> CallToolResult:
             """Post into an existing chat as the contact (role user), on one of the chat's custom channels."""
             stored = await _tool(the_store().post_as_contact(_org(), contact_id, chat_id, message, channel_id))
             await changed(ctx, contact_id)
             return as_json(stored)
 
-        @server.tool(title="Delete message", annotations=_hints(read_only=False, destructive=True, idempotent=False))
+        @server.structured_tool(
+            DeletedMessage,
+            title="Delete message",
+            annotations=_hints(read_only=False, destructive=True, idempotent=False),
+        )
         async def delete_message(
             message_id: Annotated[str, Field(description="The message's id (UUID).")], ctx: Context
-        ) -> Annotated[CallToolResult, DeletedMessage]:
+        ) -> CallToolResult:
             """Permanently delete one message."""
             deleted = await _tool(the_store().delete_message(_org(), message_id))
             await changed(ctx, deleted.contact_id)
             return as_json(DeletedMessage(id=deleted.id))
 
-        @server.tool(title="Open chat", annotations=_hints(read_only=False))
+        @server.structured_tool(Chat, title="Open chat", annotations=_hints(read_only=False))
         async def open_chat(
             contact_id: ContactId,
             channel: Annotated[
@@ -225,22 +232,24 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store], read_only: 
                 ),
             ],
             agent_id: AgentId = None,
-        ) -> Annotated[CallToolResult, Chat]:
+        ) -> CallToolResult:
             """Start a chat (a conversation thread) for a contact on a channel; it starts RUNNING."""
             return as_json(await _tool(the_store().open_chat(_org(), contact_id, channel, agent_id)))
 
-        @server.tool(title="Update chat", annotations=_hints(read_only=False, idempotent=True))
+        @server.structured_tool(Chat, title="Update chat", annotations=_hints(read_only=False, idempotent=True))
         async def update_chat(
             chat_id: Annotated[str, Field(description="The chat's id (UUID).")],
             status: Annotated[
                 str, Field(description="RUNNING, COMPLETED, FAILED or CANCELED.", json_schema_extra=_STATUS)
             ],
-        ) -> Annotated[CallToolResult, Chat]:
+        ) -> CallToolResult:
             """Set a chat's status."""
             return as_json(await _tool(the_store().update_chat(_org(), chat_id, status)))
 
-        @server.tool(title="Forget contact", annotations=_hints(read_only=False, destructive=True, idempotent=True))
-        async def forget_contact(contact_id: ContactId, ctx: Context) -> Annotated[CallToolResult, ForgetResult]:
+        @server.structured_tool(
+            ForgetResult, title="Forget contact", annotations=_hints(read_only=False, destructive=True, idempotent=True)
+        )
+        async def forget_contact(contact_id: ContactId, ctx: Context) -> CallToolResult:
             """Erase every message, chat and channel of a contact, permanently."""
             result = await _tool(the_store().forget_contact(_org(), contact_id))
             await changed(ctx, contact_id)

@@ -30,7 +30,7 @@ from .models import (
     Part,
 )
 from .records import ChatRecord, MessageRecord, chat_record, message_record, new_chat_record
-from .sizing import MAX_RESULT_BYTES, fitting, message_bytes, text_bytes
+from .sizing import MAX_RESULT_BYTES, fitting, message_bound, message_bytes, text_bound, text_bytes
 from .transcript import fit_transcript, format_line
 
 EXPORT_BATCH = 1000
@@ -147,7 +147,11 @@ class Store:
         rows = await self.backend.message_page(org, contact_id, only, limit + 1, after, MAX_RESULT_BYTES)
         # a page fits in one result (each message also has its line in the text a model reads), the rest is
         # on the next page
-        kept = fitting(message_bytes(message) + text_bytes(format_line(message)) for message, _ in rows[:limit])
+        kept = fitting(
+            [message for message, _ in rows[:limit]],
+            lambda message: message_bytes(message) + text_bytes(format_line(message)),
+            lambda message: message_bound(message) + text_bound(format_line(message)),
+        )
         more = len(rows) > kept
         rows = rows[:kept]
         return MessagePage(

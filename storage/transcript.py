@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .models import Message, format_timestamp
-from .sizing import fitting, message_bytes, text_bytes
+from .sizing import fitting, message_bound, message_bytes, text_bound, text_bytes
 
 LINE_ENTRY_CHARS = 200
 
@@ -41,7 +41,11 @@ def fit_transcript(messages: Sequence[Message], max_chars: int | None) -> tuple[
     dropped."""
     entries = [format_entry(message) for message in messages]
     newest_first = list(zip(reversed(messages), reversed(entries), strict=True))
-    kept = fitting(message_bytes(message) + 2 * text_bytes(entry) for message, entry in newest_first)
+    kept = fitting(
+        newest_first,
+        lambda item: message_bytes(item[0]) + 2 * text_bytes(item[1]),
+        lambda item: message_bound(item[0]) + 2 * text_bound(item[1]),
+    )
     if max_chars is not None:
         size = -1  # no separator before the first entry
         for count, (_, entry) in enumerate(newest_first[:kept]):
