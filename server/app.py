@@ -19,7 +19,7 @@ from mcp_types import Resource as MCPResource
 from mcp_types import Tool as MCPTool
 from pydantic import BaseModel, ValidationError
 
-from chatdock.storage import Durability, Store, open_store
+from chatdock.storage import Store, open_store
 from chatdock.storage import validation as check
 
 from . import resources, tools
@@ -27,7 +27,10 @@ from .org import OrgMiddleware, OrgScopedBus, current_org
 from .resources import TRANSCRIPT_URI, contact_uri
 from .schemas import compact
 from .sdk import lowlevel
+from .settings import Settings
 from .stdio import serve_stdio
+
+__all__ = ["ChatdockServer", "Settings", "build_server"]
 
 logger = logging.getLogger("chatdock.server")
 
@@ -40,16 +43,6 @@ INSTRUCTIONS = (
     "(or read chatdock://contacts/{contact_id}/transcript); store each incoming and outgoing message with "
     "append_message. Contact ids are external identifiers such as +31612345678 or an email address."
 )
-
-
-@dataclass
-class Settings:
-    """Everything the server needs; only the CLI reads flags and environment variables."""
-
-    db: str = ":memory:"
-    org: str = "default"
-    read_only: bool = False
-    durability: Durability = "normal"
 
 
 @dataclass

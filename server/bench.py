@@ -232,9 +232,9 @@ async def http_round_trips(path: str, count: int) -> tuple[float, float]:
         process.wait(10)
 
 
-def bench_server(settings: Settings) -> Any:
+def bench_server(settings: Settings, store: Store | None = None) -> Any:
     """chatdock's server plus one do-nothing tool: the floor of a tool call on a transport."""
-    server = build_server(settings)
+    server = build_server(settings, store)
 
     @server.tool(title="Do nothing")
     async def bench_noop() -> str:
@@ -462,4 +462,4 @@ if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--serve-htt
     from .http import serve_http
 
     settings = Settings(db=sys.argv[2], org="bench")
-    serve_http(settings, "127.0.0.1", int(sys.argv[3]), [], bench_server(settings))
+    serve_http(settings, "127.0.0.1", int(sys.argv[3]), [], factory=bench_server)

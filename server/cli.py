@@ -10,7 +10,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from chatdock.storage import ChatdockError, InvalidInput, open_store
+import anyio
+
+from chatdock.storage import ChatdockError, InvalidInput, check_store, open_store
+
+from .settings import Settings
 
 logger = logging.getLogger("chatdock")
 
@@ -70,6 +74,21 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="with --http: address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8765, help="with --http: port to listen on (default: %(default)s)")
     serve.add_argument(
+        "--read-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with --http: time for a request's headers, and the longest pause inside its body, before the "
+        "connection is closed (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="with --http: open connections at most; beyond it, connections that have not sent a request yet "
+        "are closed first (default: what the open-file limit allows)",
+    )
+    serve.add_argument(
         "--allowed-host",
         action="append",
         default=[],
@@ -89,6 +108,8 @@ def parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", help="revoke a key by its prefix or name")
     _common(revoke)
     revoke.add_argument("key", metavar="PREFIX_OR_NAME")
+    checking = commands.add_parser("check", help="check the database file for damage (SQLite's integrity check)")
+    _common(checking)
     exporting = commands.add_parser(
         "export", help="write history (chats, then messages) as JSON Lines, oldest first, streaming"
     )
@@ -153,13 +174,37 @@ async def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _check(args: argparse.Namespace) -> int:
+    problems = await check_store(args.db)
+    if not problems:
+        print(f"ok: {args.db} is sound")
+        return 0
+    print(f"{args.db} is damaged ({len(problems):,} problem(s) found); `chatdock export` saves what can be read:")
+    for problem in problems[:100]:
+        print(f"  {problem}")
+    return 1
+
+
+async def _serve_stdio(settings: Settings) -> None:
+    from .app import build_server
+
+    async with open_store(settings.db, settings.durability) as store:
+        await build_server(settings, store).run_stdio_async()
+
+
 async def _export(args: argparse.Namespace) -> int:
     from .history import export_to_path
 
+    skipped: list[str] = []
     async with open_store(args.db) as store:
-        written = await export_to_path(store, args.output, args.org, args.contact, args.quiet)
+        written = await export_to_path(store, args.output, args.org, args.contact, args.quiet, skipped)
     if args.output not in (None, "-"):
         print(f"exported {written:,} line(s) to {args.output}", file=sys.stderr)
+    if skipped:
+        print("chatdock: the database is damaged; the export holds what could be read, without:", file=sys.stderr)
+        for what in skipped:
+            print(f"  {what}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -181,17 +226,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "serve":
-            # the MCP stack is imported only here: every other command starts without paying for it
-            from .app import Settings, build_server
-
             settings = Settings(db=args.db, org=args.org, read_only=args.read_only, durability=args.durability)
             if args.http:
-                from .http import serve_http
+                # the MCP stack is imported only to serve: every other command starts without it
+                from .http import HttpLimits, serve_http
 
-                serve_http(settings, args.host, args.port, args.allowed_host)
+                limits = HttpLimits(read_timeout=args.read_timeout, max_connections=args.max_connections)
+                serve_http(settings, args.host, args.port, args.allowed_host, limits)
             else:
-                build_server(settings).run("stdio")
+                anyio.run(_serve_stdio, settings)
             return 0
+        if args.command == "check":
+            return asyncio.run(_check(args))
         if args.command == "keys":
             return asyncio.run(_keys(args))
         if args.command == "export":
@@ -205,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise InvalidInput("bench needs --messages of at least 1000 and --rounds of at least 1")
             return bench(args.messages, args.contacts, args.rounds, args.json)
     except ChatdockError as exc:
+        logger.debug("the trace of what failed", exc_info=True)
         print(f"chatdock: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

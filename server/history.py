@@ -31,16 +31,26 @@ BATCH = 500
 SHOWN_PROBLEMS = 20
 
 
-async def export(store: Store, out: TextIO, org: str | None, contact_id: str | None, quiet: bool) -> int:
-    """Write the chats, then the messages; return how many lines were written."""
-    bar = None if quiet else Progress("exporting (lines)", await store.backend.count_records(org, contact_id))
+async def _total(store: Store, org: str | None, contact_id: str | None) -> int | None:
+    try:
+        return await store.backend.count_records(org, contact_id)
+    except ChatdockError:  # a damaged file may not count; the export still saves what it can read
+        return None
+
+
+async def export(
+    store: Store, out: TextIO, org: str | None, contact_id: str | None, quiet: bool, skipped: list[str]
+) -> int:
+    """Write the chats, then the messages; return how many lines were written. What a damaged database
+    cannot read is passed over and named in `skipped`."""
+    bar = None if quiet else Progress("exporting (lines)", await _total(store, org, contact_id))
     written = 0
-    async for chat_org, chat in store.export_chats(org, contact_id):
+    async for chat_org, chat in store.export_chats(org, contact_id, skipped=skipped):
         out.write(dump_line(chat_org, chat) + "\n")
         written += 1
         if bar is not None:
             bar.update(written)
-    async for message_org, message in store.export_messages(org, contact_id):
+    async for message_org, message in store.export_messages(org, contact_id, skipped=skipped):
         out.write(dump_line(message_org, message) + "\n")
         written += 1
         if bar is not None:
@@ -50,14 +60,16 @@ async def export(store: Store, out: TextIO, org: str | None, contact_id: str | N
     return written
 
 
-async def export_to_path(store: Store, path: str | None, org: str | None, contact_id: str | None, quiet: bool) -> int:
+async def export_to_path(
+    store: Store, path: str | None, org: str | None, contact_id: str | None, quiet: bool, skipped: list[str]
+) -> int:
     if path is None or path == "-":
-        return await export(store, sys.stdout, org, contact_id, quiet)
+        return await export(store, sys.stdout, org, contact_id, quiet, skipped)
     target = Path(path)
     partial = target.with_name(target.name + ".part")
     try:
         with partial.open("w", encoding="utf-8", newline="\n") as out:
-            written = await export(store, out, org, contact_id, quiet)
+            written = await export(store, out, org, contact_id, quiet, skipped)
         os.replace(partial, target)
     except BaseException:
         partial.unlink(missing_ok=True)

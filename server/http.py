@@ -10,6 +10,9 @@ the request's tools, resources and events.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 from mcp.server.transport_security import TransportSecuritySettings
@@ -17,9 +20,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chatdock.storage import InvalidInput
+from chatdock.storage import ChatdockError, InvalidInput, Store, open_store
 
 from .app import ChatdockServer, Settings, build_server
+from .guard import FailedKeys
 from .org import ORG_SCOPE_KEY
 
 logger = logging.getLogger("chatdock.http")
@@ -35,18 +39,43 @@ class ApiKeyAuth:
         self.app = app
         self.server = server
         self.protected_prefix = protected_prefix
+        self.failures = FailedKeys()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not str(scope.get("path", "")).startswith(self.protected_prefix):
             await self.app(scope, receive, send)
             return
         scope.pop(ORG_SCOPE_KEY, None)
-        org, problem = await self._verify(scope)
+        try:
+            org, problem = await self._verify(scope)
+        except ChatdockError as exc:  # the store cannot read the keys: the service, not the key, is at fault
+            response = JSONResponse({"error": "Service unavailable", "message": str(exc)}, status_code=503)
+            await response(scope, receive, send)
+            return
         if org is None:
+            address = (scope.get("client") or ("unknown", 0))[0]
+            logger.warning("refused a key from %s (%s): %s", address, _key_prefix(scope), problem)
+            wait = self.failures.failed(address)
+            if wait is not None:
+                await self._slow_down(wait, scope, receive, send)
+                return
             await self._reject(problem, scope, receive, send)
             return
         scope[ORG_SCOPE_KEY] = org
         await self.app(scope, receive, send)
+
+    async def _slow_down(self, wait: float, scope: Scope, receive: Receive, send: Send) -> None:
+        seconds = math.ceil(wait)
+        response = JSONResponse(
+            {
+                "error": "Too many failed keys",
+                "message": f"too many requests with a missing or wrong key from this address; "
+                f"try again in {seconds} s with a valid key",
+            },
+            status_code=429,
+            headers={"Retry-After": str(seconds)},
+        )
+        await response(scope, receive, send)
 
     async def _verify(self, scope: Scope) -> tuple[str | None, str]:
         header = ""
@@ -79,6 +108,15 @@ class ApiKeyAuth:
         await response(scope, receive, send)
 
 
+def _key_prefix(scope: Scope) -> str:
+    """What may be logged of a presented key: its prefix, never the secret part."""
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            fields = value.decode("latin-1").partition(" ")[2].strip().split("_")
+            return "_".join(fields[:2])[:20] if len(fields) >= 3 else "a malformed key"
+    return "no key"
+
+
 def transport_security(host: str, allowed_hosts: list[str]) -> TransportSecuritySettings | None:
     """DNS-rebinding protection stays on: loopback by default, named hosts otherwise."""
     if not allowed_hosts:
@@ -97,38 +135,72 @@ def transport_security(host: str, allowed_hosts: list[str]) -> TransportSecurity
 
 
 def build_http_app(
-    settings: Settings,
-    host: str = "127.0.0.1",
-    allowed_hosts: list[str] | None = None,
-    server: ChatdockServer | None = None,
+    settings: Settings, server: ChatdockServer, host: str = "127.0.0.1", allowed_hosts: list[str] | None = None
 ) -> ASGIApp:
-    """The ASGI app: /mcp (both protocol eras, keys required) and /healthz; `server` defaults to
-    `build_server(settings)`."""
+    """The ASGI app: /mcp (both protocol eras, keys required) and /healthz, over `server`."""
     security = transport_security(host, allowed_hosts or [])
-    server = server or build_server(settings)
 
     @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def healthz(_: Request) -> Response:
         store = server.state.store
-        try:
-            if store is None:
-                raise RuntimeError("store not open")
-            await store.ping()
-        except Exception as exc:  # the health check reports any failure as unhealthy, with its reason
-            return JSONResponse({"status": "unavailable", "store": str(exc)}, status_code=503)
+        problems = ["the store is not open yet"] if store is None else await store.health()
+        if problems:
+            return JSONResponse({"status": "unavailable", "store": problems[0], "problems": problems}, status_code=503)
         return JSONResponse({"status": "ok", "store": "ok"})
 
     app = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
     return ApiKeyAuth(app, server)
 
 
+@dataclass
+class HttpLimits:
+    """How long and how many: the bounds that keep slow or hostile clients from taking the server down."""
+
+    read_timeout: float = 10.0  # seconds for a request's headers, and the longest pause inside its body
+    max_connections: int | None = None  # default: as many as the file limit allows
+    shutdown_seconds: float = 3.0  # after SIGTERM, how long open requests and streams may take to end
+
+
 def serve_http(
-    settings: Settings, host: str, port: int, allowed_hosts: list[str], server: ChatdockServer | None = None
+    settings: Settings,
+    host: str,
+    port: int,
+    allowed_hosts: list[str],
+    limits: HttpLimits | None = None,
+    factory: Callable[[Settings, Store], ChatdockServer] = build_server,
+) -> None:
+    """Serve until SIGTERM or SIGINT; a failure to start raises ChatdockError with a one-line cause."""
+    anyio.run(_serve_http, settings, host, port, allowed_hosts, limits or HttpLimits(), factory)
+
+
+async def _serve_http(
+    settings: Settings,
+    host: str,
+    port: int,
+    allowed_hosts: list[str],
+    limits: HttpLimits,
+    factory: Callable[[Settings, Store], ChatdockServer],
 ) -> None:
     import uvicorn
 
-    app = build_http_app(settings, host, allowed_hosts, server)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-    listener = uvicorn.Server(config)
-    logger.warning("chatdock serving MCP at http://%s:%d/mcp (health: /healthz)", host, port)
-    anyio.run(listener.serve)
+    from .guard import connection_bound, guarded_protocol, listening_socket, quiet_repeated_logs, raise_file_limit
+
+    transport_security(host, allowed_hosts)  # refuse a bad --host before opening anything
+    files = raise_file_limit()
+    quiet_repeated_logs("asyncio", "uvicorn.error", "chatdock.http")
+    sock = listening_socket(host, port)
+    try:
+        async with open_store(settings.db, settings.durability) as store:
+            app = build_http_app(settings, factory(settings, store), host, allowed_hosts)
+            config = uvicorn.Config(
+                app,
+                log_level="warning",
+                lifespan="on",
+                http=guarded_protocol(limits.read_timeout, connection_bound(limits.max_connections, files)),
+                timeout_graceful_shutdown=max(1, round(limits.shutdown_seconds)),
+                timeout_keep_alive=5,
+            )
+            logger.warning("chatdock serving MCP at http://%s:%d/mcp (health: /healthz)", host, port)
+            await uvicorn.Server(config).serve(sockets=[sock])
+    finally:
+        sock.close()

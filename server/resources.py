@@ -64,7 +64,7 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store]) -> None:
         history = found.formatted or "(no messages yet)"
         return [
             UserMessage(
-                f"Here is the conversation so far with contact {contact_id}, oldest first:\n\n{history}\n\n"
+                f"Here is the conversation so far with contact {found.contact_id}, oldest first:\n\n{history}\n\n"
                 "Continue it: write the next reply to the contact."
             )
         ]

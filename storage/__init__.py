@@ -9,10 +9,11 @@ storage/
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from .errors import ChatdockError, Conflict, InvalidInput, NotFound
+from .errors import ChatdockError, Conflict, InvalidInput, NotFound, Unavailable
 from .models import (
     ApiKeyInfo,
     AppendedMessage,
@@ -31,6 +32,7 @@ from .models import (
     Role,
 )
 from .sqlite import Durability, SQLiteBackend
+from .sqlite.backend import integrity_check
 from .store import Store
 from .transcript import format_transcript
 
@@ -50,10 +52,18 @@ async def open_store(url: str, durability: Durability = "normal") -> AsyncIterat
     except BaseException:
         await backend.close()
         raise
+    store = Store(backend)
     try:
-        yield Store(backend)
+        yield store
     finally:
-        await backend.close()
+        await store.close()
+
+
+async def check_store(url: str) -> list[str]:
+    """A full check of the database `url` names, without opening it for writing: what is damaged, if anything."""
+    if url.startswith(POSTGRES_SCHEMES) or url == ":memory:":
+        raise InvalidInput("chatdock check reads a SQLite file; pass its path with --db")
+    return await asyncio.to_thread(integrity_check, url)
 
 
 __all__ = [
@@ -78,6 +88,8 @@ __all__ = [
     "Part",
     "Role",
     "Store",
+    "Unavailable",
+    "check_store",
     "format_transcript",
     "open_store",
 ]

@@ -95,14 +95,18 @@ class Backend(Protocol):
         ...
 
     # --- history ---
-    def export_chats(self, org: str | None, contact_id: str | None, batch: int) -> AsyncIterator[tuple[str, Chat]]:
-        """Every chat as (organization, chat) in the order stored, `batch` rows at a time."""
+    def export_chats(
+        self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
+    ) -> AsyncIterator[tuple[str, Chat]]:
+        """Every chat as (organization, chat) in the order stored, `batch` rows at a time. Given a `skipped`
+        list, what a damaged database cannot read is named there and passed over instead of raising."""
         ...
 
     def export_messages(
-        self, org: str | None, contact_id: str | None, batch: int
+        self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
     ) -> AsyncIterator[tuple[str, Message]]:
-        """Every message as (organization, message), oldest first, `batch` rows at a time."""
+        """Every message as (organization, message), oldest first, `batch` rows at a time (`skipped`: as for
+        chats)."""
         ...
 
     async def count_records(self, org: str | None, contact_id: str | None) -> int:
@@ -143,6 +147,11 @@ class Backend(Protocol):
     # --- health ---
     async def ping(self) -> None:
         """Raise when the database cannot be read."""
+        ...
+
+    async def health(self) -> list[str]:
+        """What keeps the database from reading or writing now, each said as an Unavailable error says it;
+        empty when it is sound. Cheap enough for every /healthz."""
         ...
 
     async def close(self) -> None: ...

@@ -7,7 +7,9 @@ show to the caller as they are::
     ChatdockError            the root: catch this to catch them all
     ├── InvalidInput         an argument breaks a rule (a bound, a pattern, a type)
     ├── NotFound             an id names nothing in this organization
-    └── Conflict             the request clashes with what is stored
+    ├── Conflict             the request clashes with what is stored
+    └── Unavailable          the database cannot do it now: the disk is full, the file is read-only
+                             or damaged, or it cannot be opened; the text names the cause and the fix
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ class NotFound(ChatdockError):
 
 class Conflict(ChatdockError):
     """The request clashes with the stored state (for example, a key name already in use)."""
+
+
+class Unavailable(ChatdockError):
+    """The database failed the request (full disk, read-only or damaged file, cannot be opened); nothing of
+    the request was written, and what was written before is kept."""
 
 
 # The texts of the errors that more than one place raises, written once.

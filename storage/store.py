@@ -8,7 +8,10 @@ key format, hash and check. `server/` talks only to this class.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 
 from . import keys
 from . import validation as check
@@ -34,6 +37,8 @@ from .sizing import MAX_RESULT_BYTES, fitting, message_bound, message_bytes, tex
 from .transcript import fit_transcript, format_line
 
 EXPORT_BATCH = 1000
+
+logger = logging.getLogger("chatdock.storage")
 
 
 def choose_channel(chat: Chat, channel_id: str | None) -> ChannelRef:
@@ -67,6 +72,13 @@ class Store:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        self._touching: dict[str, asyncio.Future[None]] = {}  # "last used" writes under way, by key prefix
+
+    async def close(self) -> None:
+        """Let the "last used" writes under way finish (they are small), then close the backend."""
+        if self._touching:
+            await asyncio.wait(list(self._touching.values()), timeout=5)
+        await self.backend.close()
 
     # --- messages ---
 
@@ -192,18 +204,28 @@ class Store:
     # --- history (the import's two-pass policy is in history.py) ---
 
     def export_chats(
-        self, org: str | None = None, contact_id: str | None = None, batch: int = EXPORT_BATCH
+        self,
+        org: str | None = None,
+        contact_id: str | None = None,
+        batch: int = EXPORT_BATCH,
+        skipped: list[str] | None = None,
     ) -> AsyncIterator[tuple[str, Chat]]:
-        """Every chat as (organization, chat), in the order stored, a batch at a time (never all in memory)."""
+        """Every chat as (organization, chat), in the order stored, a batch at a time (never all in memory).
+
+        Given a `skipped` list, what a damaged database cannot read is named there and passed over."""
         contact_id = None if contact_id is None else check.contact_id(contact_id)
-        return self.backend.export_chats(org, contact_id, check.limit(batch, "batch", 1, 100_000))
+        return self.backend.export_chats(org, contact_id, check.limit(batch, "batch", 1, 100_000), skipped)
 
     def export_messages(
-        self, org: str | None = None, contact_id: str | None = None, batch: int = EXPORT_BATCH
+        self,
+        org: str | None = None,
+        contact_id: str | None = None,
+        batch: int = EXPORT_BATCH,
+        skipped: list[str] | None = None,
     ) -> AsyncIterator[tuple[str, Message]]:
-        """Every message as (organization, message), oldest first, a batch at a time (never all in memory)."""
+        """Every message as (organization, message), oldest first, a batch at a time (`skipped`: as for chats)."""
         contact_id = None if contact_id is None else check.contact_id(contact_id)
-        return self.backend.export_messages(org, contact_id, check.limit(batch, "batch", 1, 100_000))
+        return self.backend.export_messages(org, contact_id, check.limit(batch, "batch", 1, 100_000), skipped)
 
     async def import_history(
         self, org: str, records: Sequence[NewChat | NewMessage], keep_going: bool = False
@@ -252,9 +274,24 @@ class Store:
         if not keys.matches(key, None if stored is None else stored.hash) or stored is None or stored.revoked:
             return None
         now = check.utc_now()
-        if stored.last_used_at is None or now - stored.last_used_at > keys.TOUCH_INTERVAL:
-            await self.backend.touch_api_key(prefix, now)
+        if (stored.last_used_at is None or now - stored.last_used_at > keys.TOUCH_INTERVAL) and (
+            prefix not in self._touching
+        ):
+            # best-effort and off the request's path: a full disk or a read-only file must not fail a request
+            self._touching[prefix] = asyncio.ensure_future(self._touch(prefix, now))
         return stored.org
+
+    async def _touch(self, prefix: str, now: datetime) -> None:
+        try:
+            await self.backend.touch_api_key(prefix, now)
+        except ChatdockError as exc:
+            logger.warning("could not record when key %s was last used: %s", prefix, exc)
+        finally:
+            self._touching.pop(prefix, None)
 
     async def ping(self) -> None:
         await self.backend.ping()
+
+    async def health(self) -> list[str]:
+        """What keeps the store from reading or writing now; empty when it is sound."""
+        return await self.backend.health()

@@ -34,18 +34,43 @@ def _shown(value: object, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _has_control(value: str) -> bool:
-    return any(unicodedata.category(ch) == "Cc" for ch in value)
+# Control, format and line/paragraph separator characters: invisible or line-breaking, they would make
+# look-alike identifiers (a zero-width space, a right-to-left override) or break a transcript's lines.
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def normal_identifier(value: str) -> str:
+    """An identifier as it is stored: Unicode NFC (so "José" typed either way is one contact)."""
+    return unicodedata.normalize("NFC", value)
+
+
+def refused_character(value: str) -> tuple[int, str] | None:
+    """The first character (position, category) an identifier may not hold, or None."""
+    for index, char in enumerate(value):
+        category = unicodedata.category(char)
+        if category in REFUSED_CATEGORIES:
+            return index, category
+    return None
 
 
 def identifier(value: object, name: str) -> str:
-    """A contact or agent id: 1 to 256 characters, no control characters."""
+    """A contact, alias or agent id: NFC, 1 to 256 characters, no control, format or separator characters."""
     if not isinstance(value, str):
         raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
+    value = normal_identifier(value)
     if not 1 <= len(value) <= MAX_ID_CHARS:
         raise InvalidInput(f"{name} must be 1 to {MAX_ID_CHARS} characters, got {len(value)}")
-    if _has_control(value):
-        raise InvalidInput(f"{name} must not contain control characters (NUL, newline, tab, ...), got {_shown(value)}")
+    found = refused_character(value)
+    if found is not None:
+        index, category = found
+        if category == "Cc":
+            raise InvalidInput(
+                f"{name} must not contain control characters (NUL, newline, tab, ...), got {_shown(value)}"
+            )
+        raise InvalidInput(
+            f"{name} must not contain invisible format or line-separator characters (zero-width space, "
+            f"right-to-left override, U+2028, ...); it has U+{ord(value[index]):04X} at position {index + 1}"
+        )
     return value
 
 

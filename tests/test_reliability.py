@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from chatdock.storage.sqlite.migrations import MIGRATIONS
 from tests.transports import RawStdio, structured
 
 pytestmark = pytest.mark.process  # each test here starts real processes
@@ -136,7 +137,7 @@ def test_two_processes_on_one_fresh_file_both_come_up_and_write_without_errors(t
     db = tmp_path / "shared.db"
     servers = start_together(db, 2)
     try:
-        assert rows(db, "SELECT version FROM schema_migrations") == [(1,)]
+        assert rows(db, "SELECT version FROM schema_migrations") == [(m.version,) for m in MIGRATIONS]
         per_server = 600
         pending: list[tuple[RawStdio, list[int]]] = []
         for burst in range(0, per_server, 50):  # both write at once, bursts interleaved

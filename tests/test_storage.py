@@ -19,6 +19,7 @@ from chatdock.storage import (
     open_store,
 )
 from chatdock.storage.sqlite import SQLiteBackend
+from chatdock.storage.sqlite.migrations import MIGRATIONS
 
 ORG = "acme"
 
@@ -428,7 +429,8 @@ async def test_api_keys_keep_only_a_hash(store: Store) -> None:
 async def test_migrations_are_recorded(store: Store) -> None:
     with sqlite3.connect(sqlite_path(store)) as conn:
         rows = conn.execute("SELECT version, name FROM schema_migrations").fetchall()
-        assert rows == [(1, "initial schema")]
+        assert rows == [(m.version, m.name) for m in MIGRATIONS]
+        assert rows[0] == (1, "initial schema")
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

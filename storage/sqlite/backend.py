@@ -8,24 +8,26 @@ snapshot. Writes go through `Writer` (writer.py), as functions of writes.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
 from .. import validation as check
 from ..backend import Imported, MessageFilter, StoredKey
 from ..cursor import Position
-from ..errors import ChatdockError, InvalidInput, key_name_taken
+from ..errors import ChatdockError, InvalidInput, Unavailable, key_name_taken
 from ..models import ApiKeyInfo, AppendedMessage, Chat, ChatStatus, ForgetResult, Message
 from ..records import ChatRecord, MessageRecord
 from . import rows, writes
+from .failures import DAMAGED, WRITE_BLOCKED, kind, translate
 from .migrations import migrate
 from .queries import (
     CHAT_COLUMNS,
@@ -43,6 +45,10 @@ from .writer import Undo, Writer
 Durability = Literal["normal", "full"]
 
 BUSY_TIMEOUT_MS = 10_000
+MIN_FREE_BYTES = 1024 * 1024  # below this, /healthz says the disk is full
+
+T = TypeVar("T")
+logger = logging.getLogger("chatdock.storage")
 
 
 def _now_us() -> int:
@@ -72,8 +78,6 @@ class SQLiteBackend:
             self._throwaway = _memory_dir()
             path = os.path.join(self._throwaway, "chatdock.db")
         else:
-            parent = Path(path).expanduser().resolve().parent
-            parent.mkdir(parents=True, exist_ok=True)
             path = str(Path(path).expanduser())
         if durability not in ("normal", "full"):
             raise InvalidInput(f"durability must be 'normal' or 'full', got {durability!r}")
@@ -83,6 +87,8 @@ class SQLiteBackend:
         self._writer = Writer(self._connect_writer)
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
+        self.damaged: str | None = None  # what a query found damaged; writes are refused from then on
+        self._write_problem: str | None = None  # why the last write failed (full disk, read-only file)
 
     def _connect_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
@@ -100,13 +106,18 @@ class SQLiteBackend:
         return conn
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._writer.start)
-        for _ in range(self._reader_count):
-            reader = await aiosqlite.connect(self.path, isolation_level=None)
-            await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await reader.execute("PRAGMA query_only = ON")
-            self._all_readers.append(reader)
-            self._readers.put_nowait(reader)
+        try:
+            if self._throwaway is None:
+                Path(self.path).resolve().parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(self._writer.start)
+            for _ in range(self._reader_count):
+                reader = await aiosqlite.connect(self.path, isolation_level=None)
+                self._all_readers.append(reader)
+                await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                await reader.execute("PRAGMA query_only = ON")
+                self._readers.put_nowait(reader)
+        except (sqlite3.Error, OSError) as exc:
+            raise self._failed(exc) from exc
 
     async def close(self) -> None:
         for reader in self._all_readers:
@@ -116,24 +127,52 @@ class SQLiteBackend:
         if self._throwaway is not None:
             shutil.rmtree(self._throwaway, ignore_errors=True)
 
+    def _failed(self, exc: BaseException) -> BaseException:
+        """The clear error for a failure of the database (remembering a damaged file), or `exc` itself."""
+        error = translate(exc, self.path)
+        if error is None:
+            return exc
+        if kind(exc).startswith(DAMAGED) and self.damaged is None:
+            self.damaged = error.message
+            if self._all_readers:  # met while serving (at start, the one-line start-up error says it)
+                logger.error("%s", error.message)
+        return error
+
     async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
         reader = await self._readers.get()
         try:
             return list(await reader.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from exc
         finally:
             self._readers.put_nowait(reader)
+
+    async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `job` on the writer (one savepoint in a group commit); a failure of the database becomes a clear
+        error, and the write problem it shows is kept for /healthz until a write succeeds again."""
+        if self.damaged is not None:
+            raise Unavailable(self.damaged)
+        try:
+            result = await self._writer.run(job)
+        except sqlite3.Error as exc:
+            error = self._failed(exc)
+            if kind(exc).startswith(WRITE_BLOCKED) and isinstance(error, Unavailable):
+                self._write_problem = error.message
+            raise error from exc
+        self._write_problem = None
+        return result
 
     # --- messages ---
 
     async def insert_message(self, org: str, record: MessageRecord) -> AppendedMessage:
-        return await self._writer.run(lambda conn: writes.insert_message(conn, org, record, _now_us()))
+        return await self._write(lambda conn: writes.insert_message(conn, org, record, _now_us()))
 
     async def insert_messages(self, org: str, records: Sequence[MessageRecord]) -> list[AppendedMessage]:
         def job(conn: sqlite3.Connection) -> list[AppendedMessage]:
             now_us = _now_us()
             return [writes.one(conn, writes.insert_message, org, record, now_us) for record in records]
 
-        return await self._writer.run(job)
+        return await self._write(job)
 
     async def latest_messages(
         self, org: str, contact_id: str, only: MessageFilter, limit: int, max_bytes: int
@@ -156,7 +195,7 @@ class SQLiteBackend:
                 conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
             return found
 
-        return await self._writer.run(job)
+        return await self._write(job)
 
     # --- chats ---
 
@@ -169,7 +208,7 @@ class SQLiteBackend:
             writes.insert_chat(conn, org, record)
             return writes.chat_by_id(conn, record.id)
 
-        return await self._writer.run(job)
+        return await self._write(job)
 
     async def set_chat_status(self, org: str, chat_id: str, status: ChatStatus, now: datetime) -> Chat | None:
         def job(conn: sqlite3.Connection) -> Chat | None:
@@ -179,7 +218,7 @@ class SQLiteBackend:
             )
             return writes.chat_by_id(conn, chat_id) if cursor.rowcount else None
 
-        return await self._writer.run(job)
+        return await self._write(job)
 
     async def chats(self, org: str, contact_id: str, limit: int) -> list[Chat]:
         found = await self._read(
@@ -201,7 +240,7 @@ class SQLiteBackend:
             conn.execute("DELETE FROM contacts WHERE id = ?", (contact_key,))
             return ForgetResult(contact_id=contact_id, deleted_messages=messages, deleted_chats=chats)
 
-        return await self._writer.run(job)
+        return await self._write(job)
 
     async def recent_contacts(self, org: str, limit: int) -> list[str]:
         found = await self._read(
@@ -221,10 +260,12 @@ class SQLiteBackend:
         contact_id: str | None,
         contact: str,
         batch: int,
+        skipped: list[str] | None,
     ) -> AsyncIterator[Any]:
         """Rows of `select` (which joins `orgs o`) in `key` order, a batch at a time: never all in memory.
 
         `contact` names the column holding the contact's external id; `key_index` is where the row has `key`.
+        In a damaged file, with a `skipped` list, what cannot be read is named there and passed over.
         """
         where, params = "", []
         if org is not None:
@@ -235,28 +276,89 @@ class SQLiteBackend:
             params.append(contact_id)
         last = -1
         while True:
-            found = await self._read(f"{select} WHERE {key} > ?{where} ORDER BY {key} LIMIT ?", [last, *params, batch])
+            try:
+                found = await self._read(
+                    f"{select} WHERE {key} > ?{where} ORDER BY {key} LIMIT ?", [last, *params, batch]
+                )
+                more, after = len(found) == batch, found[-1][key_index] if found else last
+            except Unavailable:
+                if skipped is None or self.damaged is None:
+                    raise
+                salvaged = await self._salvage(f"{select} WHERE {key} = ?{where}", key, params, last, batch, skipped)
+                if salvaged is None:
+                    return
+                found, after = salvaged
+                more = True
             for row in found:
                 yield row
-            if len(found) < batch:
+            if not more:
                 return
-            last = found[-1][key_index]
+            last = after
+
+    async def _salvage(
+        self, one: str, key: str, params: list[Any], last: int, batch: int, skipped: list[str]
+    ) -> tuple[list[Any], int] | None:
+        """Read up to `batch` rows after `last` one at a time in a damaged file, naming those that cannot be read
+        in `skipped`; where even the keys cannot be read, step over the damaged stretch. None at the end."""
+        table, column = ("messages", "seq") if key == "m.seq" else ("chats", "rowid")
+        next_key = f"SELECT {column} FROM {table} WHERE {column} > ? ORDER BY {column} LIMIT 1"
+        keys: list[int] = []
+        position = last
+        while len(keys) < batch:
+            try:
+                found = await self._read(next_key, [position])
+            except Unavailable:
+                if keys:
+                    break  # read what was found first; the damaged stretch is stepped over on the next call
+                return await self._step_over(next_key, table, last, skipped)
+            if not found:
+                break
+            position = int(found[0][0])
+            keys.append(position)
+        if not keys:
+            return None
+        rows: list[Any] = []
+        for row_key in keys:
+            try:
+                rows += await self._read(one, [row_key, *params])
+            except Unavailable:
+                skipped.append(f"{table} #{row_key}: cannot be read")
+        return rows, keys[-1]
+
+    async def _step_over(
+        self, next_key: str, table: str, last: int, skipped: list[str]
+    ) -> tuple[list[Any], int] | None:
+        """Past `last`, the keys cannot be read: find the next key that can, in growing steps."""
+        step = 1
+        while step < 2**62:
+            try:
+                found = await self._read(next_key, [last + step])
+            except Unavailable:
+                step *= 2
+                continue
+            if not found:
+                skipped.append(f"{table} after #{last}: the rest cannot be read")
+                return None
+            first = int(found[0][0])
+            skipped.append(f"{table} after #{last} and before #{first}: cannot be read")
+            return [], first - 1
+        return None
 
     async def export_messages(
-        self, org: str | None, contact_id: str | None, batch: int
+        self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
     ) -> AsyncIterator[tuple[str, Message]]:
         select = (
             f"SELECT {MESSAGE_COLUMNS}, c.external_id, o.name FROM messages m "
             "JOIN contacts c ON c.id = m.contact_pk JOIN orgs o ON o.id = m.org_id"
         )
-        async for row in self._keyset(select, "m.seq", 9, org, contact_id, "c.external_id", batch):
+        async for row in self._keyset(select, "m.seq", 9, org, contact_id, "c.external_id", batch, skipped):
             yield row[11], rows.message(row, row[10])
 
     async def export_chats(
-        self, org: str | None, contact_id: str | None, batch: int
+        self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
     ) -> AsyncIterator[tuple[str, Chat]]:
         select = f"SELECT ch.rowid, o.name, {CHAT_COLUMNS} {CHAT_FROM} JOIN orgs o ON o.id = ch.org_id"
-        async for row in self._keyset(select, "ch.rowid", 0, org, contact_id, "co.external_id", batch):
+        async for row in self._keyset(select, "ch.rowid", 0, org, contact_id, "co.external_id", batch, skipped):
             yield row[1], rows.chat(row[2:])
 
     async def count_records(self, org: str | None, contact_id: str | None) -> int:
@@ -294,7 +396,7 @@ class SQLiteBackend:
                         raise Undo(outcomes) from None
             return outcomes
 
-        return await self._writer.run(job)
+        return await self._write(job)
 
     async def _by_ids(self, select: str, ids: Sequence[str]) -> list[Any]:
         found: list[Any] = []
@@ -331,10 +433,10 @@ class SQLiteBackend:
                 raise key_name_taken(name) from None
             return _keys(conn, "k.prefix = ?", (prefix,))[0]
 
-        return await self._writer.run(job)
+        return await self._write(job)
 
     async def api_keys(self) -> list[ApiKeyInfo]:
-        return await self._writer.run(lambda conn: _keys(conn, "1", ()))
+        return await self._write(lambda conn: _keys(conn, "1", ()))
 
     async def api_key(self, prefix: str) -> StoredKey | None:
         found = await self._read(
@@ -355,10 +457,10 @@ class SQLiteBackend:
             conn.execute("UPDATE api_keys SET revoked_us = ? WHERE prefix = ?", (_now_us(), live[0].prefix))
             return _keys(conn, "k.prefix = ?", (live[0].prefix,))[0]
 
-        return await self._writer.run(job)
+        return await self._write(job)
 
     async def touch_api_key(self, prefix: str, now: datetime) -> None:
-        await self._writer.run(
+        await self._write(
             lambda conn: conn.execute(
                 "UPDATE api_keys SET last_used_us = ? WHERE prefix = ?", (rows.to_us(now), prefix)
             )
@@ -366,3 +468,44 @@ class SQLiteBackend:
 
     async def ping(self) -> None:
         await self._read("SELECT count(*) FROM schema_migrations", ())
+
+    async def health(self) -> list[str]:
+        problems: list[str] = []
+        try:
+            await self.ping()
+        except Unavailable as exc:
+            problems.append(exc.message)
+        folder = os.path.dirname(os.path.abspath(self.path))
+        free = shutil.disk_usage(folder).free
+        if free < MIN_FREE_BYTES:
+            problems.append(f"the disk is full: {free:,} bytes free on the disk of {self.path}; free space on it")
+        if self._write_problem is not None and self.damaged is None and free >= MIN_FREE_BYTES:
+            # the last write failed: see whether one works now (one small row), so recovery shows by itself
+            try:
+                await self._write(
+                    lambda conn: conn.execute(
+                        "INSERT OR REPLACE INTO health (id, checked_us) VALUES (1, ?)", (_now_us(),)
+                    )
+                )
+            except Unavailable as exc:
+                problems.append(exc.message)
+        if self.damaged is not None:
+            problems.append(self.damaged)
+        return list(dict.fromkeys(problems))
+
+
+def integrity_check(path: str) -> list[str]:
+    """SQLite's full check of the file's structure, read-only: what is damaged, or empty when nothing is."""
+    if not os.path.isfile(path):
+        raise Unavailable(f"cannot check {path}: there is no such file")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            found = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        if kind(exc).startswith(DAMAGED):
+            return [f"the check itself stopped: {exc}"]
+        raise translate(exc, path) or exc from exc
+    return [] if found == ["ok"] else found

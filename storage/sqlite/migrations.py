@@ -7,9 +7,15 @@ moment take turns: the second finds the work done and applies nothing twice.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from ..validation import normal_identifier, refused_character
+
+logger = logging.getLogger("chatdock.storage")
 
 
 @dataclass(frozen=True)
@@ -17,6 +23,36 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    apply: Callable[[sqlite3.Connection], None] | None = None  # work SQL alone cannot do, after the statements
+
+
+def _normalize_identifiers(conn: sqlite3.Connection) -> None:
+    """Store contact and agent ids in NFC. Two contacts whose ids become one are both left as they are and
+    logged (the application decides whether they are one person), never merged here."""
+    conn.create_function("nfc", 1, lambda text: None if text is None else normal_identifier(text), deterministic=True)
+    for table in ("messages", "chats"):
+        conn.execute(f"UPDATE {table} SET agent_id = nfc(agent_id) WHERE agent_id IS NOT nfc(agent_id)")
+    contacts = conn.execute("SELECT id, org_id, external_id FROM contacts").fetchall()
+    taken = {(org, external) for _, org, external in contacts}
+    for key, org, external in contacts:
+        normal = normal_identifier(external)
+        if refused_character(normal) is not None:
+            logger.warning(
+                "contact %r holds characters no longer accepted in ids; it stays, reachable through export", external
+            )
+        if normal == external:
+            continue
+        if (org, normal) in taken:
+            logger.warning(
+                "contacts %r and %r are the same id once normalized (NFC); both are kept as they are: link them if "
+                "they are one person",
+                external,
+                normal,
+            )
+            continue
+        conn.execute("UPDATE contacts SET external_id = ? WHERE id = ?", (normal, key))
+        taken.discard((org, external))
+        taken.add((org, normal))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -95,6 +131,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE UNIQUE INDEX api_keys_live_name ON api_keys(name) WHERE name IS NOT NULL AND revoked_us IS NULL",
         ),
     ),
+    Migration(
+        2,
+        "health probe row",
+        ("CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_us INTEGER NOT NULL)",),
+    ),
+    Migration(3, "identifiers in NFC", (), _normalize_identifiers),
 )
 
 
@@ -121,6 +163,8 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
             if migration.version not in applied_versions(conn):
                 for statement in migration.statements:
                     conn.execute(statement)
+                if migration.apply is not None:
+                    migration.apply(conn)
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name, applied_us) VALUES (?, ?, ?)",
                     (migration.version, migration.name, time.time_ns() // 1000),

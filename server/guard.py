@@ -1,0 +1,206 @@
+"""What keeps `chatdock serve --http` answering when clients are slow, many, or hostile.
+
+- `GuardedH11Protocol` (uvicorn's HTTP/1.1 protocol, extended): a request must arrive whole in time. Its
+  headers within `read_timeout` seconds of the connection (or of the previous response), and its body with
+  no pause longer than `read_timeout`; otherwise the connection is closed. uvicorn alone times out only idle
+  keep-alive connections, so a client that sends half a header holds its socket for ever.
+- A bound on open connections, below the process's file limit: when it is reached, a new connection
+  closes the oldest one that has not yet sent a whole request (it has shown no key, so it costs little to
+  drop), or, when every connection is busy with a request, the new one itself.
+- `raise_file_limit()`: the soft limit on open files goes up to the hard limit at start (a systemd service
+  gets 1,024 by default).
+- `QuietRepeats`: a log line that repeats (asyncio's "socket.accept() out of system resource", uvicorn's
+  "Invalid HTTP request received.", a failed key) is written once, then summed up at most every ten seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import socket
+import time
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from chatdock.storage import Unavailable
+
+logger = logging.getLogger("chatdock.http")
+
+RESERVED_FILES = 32  # files the process keeps for the database, logs and its own needs
+
+
+def raise_file_limit() -> int:
+    """Raise the soft limit on open files to the hard limit; return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 65_536)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:  # some sandboxes refuse; the lower limit still works
+            logger.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    return soft
+
+
+def connection_bound(requested: int | None, file_limit: int) -> int:
+    """The most connections to keep open: what was asked, never so many that accepting would run out of files."""
+    ceiling = max(8, file_limit - RESERVED_FILES)
+    return ceiling if requested is None else max(1, min(requested, ceiling))
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket; Unavailable says in one line why not (port in use, no such address)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}; check --host") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        hint = "; another program (or another chatdock) uses it: choose another --port" if exc.errno == 98 else ""
+        raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's H11Protocol with a deadline for reading each request and a bound on connections.
+
+    Set `read_timeout` and `max_connections` on the class (see `guarded_protocol`)."""
+
+    read_timeout: float = 10.0
+    max_connections: int = 1_000
+    _reading_since: dict[GuardedH11Protocol, float] = {}  # noqa: RUF012  (one table for all connections)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections and not self._drop_one_still_reading():
+            self.transport.close()
+            return
+        self._expect_request()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.transport.is_closing():
+            self._stop_waiting()
+        elif self.conn.their_state is h11.SEND_BODY:
+            self._arm()  # a body is on its way: no pause longer than read_timeout
+        elif self.conn.their_state is not h11.IDLE:
+            self._stop_waiting()  # the request is in: the response may take as long as it takes
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._expect_request()
+
+    def _expect_request(self) -> None:
+        self._reading_since[self] = time.monotonic()
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(self.read_timeout, self._too_slow)
+
+    def _stop_waiting(self) -> None:
+        self._reading_since.pop(self, None)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+            self._reading_since.pop(self, None)
+            self.transport.close()
+
+    def _drop_one_still_reading(self) -> bool:
+        """Close the connection that has waited longest for its request (not this one); False if none is."""
+        waiting = [(since, protocol) for protocol, since in self._reading_since.items() if protocol is not self]
+        if not waiting:
+            return False
+        _, oldest = min(waiting, key=lambda item: item[0])
+        oldest._stop_waiting()
+        oldest.transport.close()
+        return True
+
+
+def guarded_protocol(read_timeout: float, max_connections: int) -> type[GuardedH11Protocol]:
+    """A `GuardedH11Protocol` class with these bounds, for uvicorn's `http=`."""
+    return type(
+        "GuardedH11Protocol",
+        (GuardedH11Protocol,),
+        {"read_timeout": read_timeout, "max_connections": max_connections, "_reading_since": {}},
+    )
+
+
+class QuietRepeats(logging.Filter):
+    """Lets a message through once, then at most once every `every` seconds with how often it was held back."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        super().__init__()
+        self.every = every
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = f"{record.name}:{record.msg}"
+        now = time.monotonic()
+        last, held = self._seen.get(key, (float("-inf"), 0))
+        if now - last < self.every:
+            self._seen[key] = (last, held + 1)
+            return False
+        self._seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} (and {held:,} more like it in the last {now - last:.0f} s)"
+        record.exc_info = None  # one line: the trace of a refused connection helps no operator
+        record.exc_text = None
+        return True
+
+
+def quiet_repeated_logs(*names: str) -> QuietRepeats:
+    found = QuietRepeats()
+    for name in names:
+        logging.getLogger(name).addFilter(found)
+    return found
+
+
+class FailedKeys:
+    """Failed key attempts per client address: past `limit` failures within `window` seconds, an address's
+    failing requests get 429 with Retry-After until its window ends. A valid key is always checked and
+    served, whatever its address did before; the table holds at most `max_addresses` addresses."""
+
+    def __init__(self, limit: int = 20, window: float = 60.0, max_addresses: int = 10_000) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_addresses = max_addresses
+        self._seen: dict[str, tuple[float, int]] = {}  # address: (window start, failures in it)
+
+    def failed(self, address: str) -> float | None:
+        """Count a failure; the seconds to wait when the address is over its limit, else None."""
+        now = time.monotonic()
+        start, count = self._seen.get(address, (now, 0))
+        if now - start >= self.window:
+            start, count = now, 0
+        self._seen[address] = (start, count + 1)
+        if len(self._seen) > self.max_addresses:
+            self._seen.pop(next(iter(self._seen)))  # the address seen longest ago
+        if count + 1 > self.limit:
+            return max(1.0, start + self.window - now)
+        return None

@@ -1,0 +1,15 @@
+"""`Settings`: everything a server needs, filled by the CLI (the only place that reads flags and environment)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chatdock.storage import Durability
+
+
+@dataclass
+class Settings:
+    db: str = ":memory:"
+    org: str = "default"
+    read_only: bool = False
+    durability: Durability = "normal"
