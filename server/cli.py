@@ -14,6 +14,7 @@ import anyio
 
 from chatdock.storage import ChatdockError, InvalidInput, check_store, open_store
 
+from . import logs
 from .settings import Settings
 
 logger = logging.getLogger("chatdock")
@@ -221,9 +222,7 @@ async def _import(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(args.log_level)
     try:
         if args.command == "serve":
             settings = Settings(db=args.db, org=args.org, read_only=args.read_only, durability=args.durability)

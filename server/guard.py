@@ -9,8 +9,9 @@
   drop), or, when every connection is busy with a request, the new one itself.
 - `raise_file_limit()`: the soft limit on open files goes up to the hard limit at start (a systemd service
   gets 1,024 by default).
-- `QuietRepeats`: a log line that repeats (asyncio's "socket.accept() out of system resource", uvicorn's
-  "Invalid HTTP request received.", a failed key) is written once, then summed up at most every ten seconds.
+- `FailedKeys`: failed key attempts per client address, answered 429 past a limit.
+(Log lines that repeat, like asyncio's "socket.accept() out of system resource", are summed up by
+`logs.QuietRepeats`.)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from chatdock.storage import Unavailable
 logger = logging.getLogger("chatdock.http")
 
 RESERVED_FILES = 32  # files the process keeps for the database, logs and its own needs
+ACCEPT_BURST = 128  # connections the event loop may accept in one go, before any of them is looked at
 
 
 def raise_file_limit() -> int:
@@ -47,8 +49,9 @@ def raise_file_limit() -> int:
 
 
 def connection_bound(requested: int | None, file_limit: int) -> int:
-    """The most connections to keep open: what was asked, never so many that accepting would run out of files."""
-    ceiling = max(8, file_limit - RESERVED_FILES)
+    """The most connections to keep open: what was asked, never so many that accepting would run out of files
+    (room is left for two bursts of accepted connections not yet looked at)."""
+    ceiling = max(8, file_limit - RESERVED_FILES - 2 * ACCEPT_BURST)
     return ceiling if requested is None else max(1, min(requested, ceiling))
 
 
@@ -105,6 +108,15 @@ class GuardedH11Protocol(H11Protocol):
         elif self.conn.their_state is not h11.IDLE:
             self._stop_waiting()  # the request is in: the response may take as long as it takes
 
+    def shutdown(self) -> None:
+        """Called on SIGTERM: a request still being read will not be answered now, so its connection closes
+        at once; the others finish (or are cut when the graceful shutdown's time is up)."""
+        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+            self._stop_waiting()
+            self.transport.close()
+            return
+        super().shutdown()
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
@@ -149,36 +161,6 @@ def guarded_protocol(read_timeout: float, max_connections: int) -> type[GuardedH
         (GuardedH11Protocol,),
         {"read_timeout": read_timeout, "max_connections": max_connections, "_reading_since": {}},
     )
-
-
-class QuietRepeats(logging.Filter):
-    """Lets a message through once, then at most once every `every` seconds with how often it was held back."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        super().__init__()
-        self.every = every
-        self._seen: dict[str, tuple[float, int]] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        key = f"{record.name}:{record.msg}"
-        now = time.monotonic()
-        last, held = self._seen.get(key, (float("-inf"), 0))
-        if now - last < self.every:
-            self._seen[key] = (last, held + 1)
-            return False
-        self._seen[key] = (now, 0)
-        if held:
-            record.msg = f"{record.msg} (and {held:,} more like it in the last {now - last:.0f} s)"
-        record.exc_info = None  # one line: the trace of a refused connection helps no operator
-        record.exc_text = None
-        return True
-
-
-def quiet_repeated_logs(*names: str) -> QuietRepeats:
-    found = QuietRepeats()
-    for name in names:
-        logging.getLogger(name).addFilter(found)
-    return found
 
 
 class FailedKeys:

@@ -183,11 +183,16 @@ async def _serve_http(
 ) -> None:
     import uvicorn
 
-    from .guard import connection_bound, guarded_protocol, listening_socket, quiet_repeated_logs, raise_file_limit
+    from .guard import (
+        ACCEPT_BURST,
+        connection_bound,
+        guarded_protocol,
+        listening_socket,
+        raise_file_limit,
+    )
 
     transport_security(host, allowed_hosts)  # refuse a bad --host before opening anything
     files = raise_file_limit()
-    quiet_repeated_logs("asyncio", "uvicorn.error", "chatdock.http")
     sock = listening_socket(host, port)
     try:
         async with open_store(settings.db, settings.durability) as store:
@@ -195,10 +200,12 @@ async def _serve_http(
             config = uvicorn.Config(
                 app,
                 log_level="warning",
+                log_config=None,  # uvicorn's lines go through chatdock's handler (one line each, repeats summed up)
                 lifespan="on",
                 http=guarded_protocol(limits.read_timeout, connection_bound(limits.max_connections, files)),
                 timeout_graceful_shutdown=max(1, round(limits.shutdown_seconds)),
                 timeout_keep_alive=5,
+                backlog=ACCEPT_BURST,
             )
             logger.warning("chatdock serving MCP at http://%s:%d/mcp (health: /healthz)", host, port)
             await uvicorn.Server(config).serve(sockets=[sock])

@@ -9,6 +9,8 @@ from urllib.parse import quote
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError
 from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 
 from chatdock.storage import ChatdockError, Store
 from chatdock.storage import Context as ContextModel
@@ -59,8 +61,8 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store]) -> None:
         """Hand the model a contact's conversation so far, to continue it."""
         try:
             found = await the_store().get_context(current_org.get(), contact_id, agent_id=agent_id)
-        except ChatdockError as exc:
-            raise ValueError(str(exc)) from None
+        except ChatdockError as exc:  # the SDK passes an MCPError's text on; any other error becomes "internal"
+            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
         history = found.formatted or "(no messages yet)"
         return [
             UserMessage(
