@@ -139,7 +139,7 @@ def test_slow_clients_are_cut_off_and_never_lock_out_others(tmp_path: Path) -> N
     def low_file_limit() -> None:  # as a small service would have it; the server raises soft to hard
         resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
 
-    with served(tmp_path, str(tmp_path / "slow.db"), "--read-timeout", "1", preexec=low_file_limit) as server:
+    with served(tmp_path, str(tmp_path / "slow.db"), "--read-timeout", "0.5", preexec=low_file_limit) as server:
         slow: list[socket.socket] = []
         try:
             for index in range(900):  # far more than the file limit allows, none with a key
@@ -149,7 +149,7 @@ def test_slow_clients_are_cut_off_and_never_lock_out_others(tmp_path: Path) -> N
                 slow.append(sock)
             status, body = server.health()  # answered at once: a connection still waiting is dropped for it
             assert (status, body["status"]) == (200, "ok")
-            time.sleep(2.5)  # past the read timeout: every half-sent request has been cut off
+            time.sleep(1.5)  # past the read timeout: every half-sent request has been cut off
             for sock in slow:
                 sock.settimeout(2)
                 with contextlib.suppress(ConnectionResetError):  # closed, with or without a reset
@@ -281,8 +281,9 @@ def test_every_start_up_failure_is_one_line_naming_its_cause(tmp_path: Path) -> 
     }
     with tmpfs(tmp_path / "read-only", "1m", "ro") as read_only:
         cases[str(read_only / "x.db")] = "not writable"
-        for db, cause in cases.items():
-            for command in (["keys", "list"], ["export", "-q"], ["serve"], ["serve", "--http", "--port", "0"]):
+        others = (["keys", "list"], ["export", "-q"], ["serve"], ["import", "-q", "-"])
+        for index, (db, cause) in enumerate(cases.items()):  # serve --http for each, and one other command
+            for command in (["serve", "--http", "--port", "0"], others[index % len(others)]):
                 done = subprocess.run(
                     [*chatdock_command(), *command, "--db", db], capture_output=True, text=True, timeout=60
                 )
