@@ -6,6 +6,8 @@ together on a `ChatdockServer` and opens the store in the server's lifespan.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -23,10 +25,11 @@ from chatdock.storage import Store, open_store
 from chatdock.storage import validation as check
 
 from . import resources, tools
-from .org import OrgMiddleware, OrgScopedBus, current_org
+from .events import Events
+from .org import OrgMiddleware, current_org
 from .resources import TRANSCRIPT_URI, contact_uri
 from .schemas import compact
-from .sdk import lowlevel
+from .sdk import lowlevel, serve_events
 from .settings import Settings
 from .stdio import serve_stdio
 
@@ -37,6 +40,7 @@ logger = logging.getLogger("chatdock.server")
 F = TypeVar("F", bound=Callable[..., Any])
 
 RECENT_CONTACTS_LISTED = 50
+MAX_LISTEN_STREAMS = 100_000  # for the whole process; each organization has its own bound (Settings.max_listens)
 
 INSTRUCTIONS = (
     "chatdock keeps every contact's messages across channels. Before answering a contact, call get_context "
@@ -133,18 +137,44 @@ class ChatdockServer(MCPServer[_State]):
 def build_server(settings: Settings, store: Store | None = None) -> ChatdockServer:
     """The MCP server for `settings`; it opens its store in its lifespan unless one is given."""
     state = _State(store=store)
+    events = Events(settings.max_listens)
+    wired = 0  # in-memory clients each enter the lifespan; the store is wired to the events once
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[_State]) -> AsyncIterator[_State]:
         if store is not None:
-            yield state
+            async with changes_to(events, store):
+                yield state
             return
-        async with open_store(settings.db, settings.durability) as opened:
+        async with open_store(settings.db, settings.durability) as opened, changes_to(events, opened):
             state.store = opened
             try:
                 yield state
             finally:
                 state.store = None
+
+    @asynccontextmanager
+    async def changes_to(events: Events, opened: Store) -> AsyncIterator[None]:
+        """The store's changes to the events while the server runs: its own at commit, other processes' by
+        following the store's change feed (only while someone listens)."""
+        nonlocal wired
+        wired += 1
+        if wired > 1:
+            try:
+                yield
+            finally:
+                wired -= 1
+            return
+        stop = opened.announce_to(events.deliver)
+        follower = asyncio.ensure_future(opened.follow(events.deliver, events.wanted))
+        try:
+            yield
+        finally:
+            wired -= 1
+            stop()
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
 
     server = ChatdockServer(
         state,
@@ -153,9 +183,10 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
         instructions=INSTRUCTIONS,
         version="0.1.0",
         lifespan=lifespan,
-        subscriptions=OrgScopedBus(),
+        subscriptions=events,
     )
-    server.middleware.append(OrgMiddleware(settings.org))
+    server.middleware.append(OrgMiddleware(settings.org, events.attend))
+    serve_events(server, events, max_streams=MAX_LISTEN_STREAMS)
 
     def the_store() -> Store:
         if state.store is None:

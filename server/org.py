@@ -1,10 +1,10 @@
-"""Which organization a request acts for, and change events that never cross organizations.
+"""Which organization a request acts for.
 
 Over stdio the organization is the one the server was started with. Over
 HTTP the auth layer (`server.http`) puts the API key's organization into the
 ASGI scope under `ORG_SCOPE_KEY`, where a client cannot write; the server
 middleware below copies it into `current_org` for the handler's task, so
-tools, resources and the subscription bus all read the same value.
+tools, resources and the event index (events.py) all read the same value.
 """
 
 from __future__ import annotations
@@ -15,13 +15,18 @@ from contextvars import ContextVar
 from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp.server.subscriptions import ServerEvent
+from mcp_types import SubscriptionFilter, SubscriptionsListenRequestParams
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 
 logger = logging.getLogger("chatdock.server")
 
 ORG_SCOPE_KEY = "chatdock.org"
 
 current_org: ContextVar[str] = ContextVar("chatdock_org")
+
+# The filter of the subscriptions/listen request being served, for the event index (events.py).
+listening: ContextVar[SubscriptionFilter | None] = ContextVar("chatdock_listening", default=None)
 
 
 def request_org(request: object, default: str) -> str:
@@ -34,40 +39,33 @@ def request_org(request: object, default: str) -> str:
 
 
 class OrgMiddleware:
-    """Sets `current_org` for every inbound message, from the auth layer's verdict or the default."""
+    """Sets `current_org` for every inbound message, from the auth layer's verdict or the default; for a
+    `subscriptions/listen` request also `listening` (its filter); and tells `on_listing` of an
+    `initialize`-era session that lists the resources (it will want to hear when the listing changes)."""
 
-    def __init__(self, default_org: str) -> None:
+    def __init__(self, default_org: str, on_listing: Callable[[str, Any], None] | None = None) -> None:
         self.default_org = default_org
+        self.on_listing = on_listing
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        token = current_org.set(request_org(ctx.request, self.default_org))
+        org = request_org(ctx.request, self.default_org)
+        token = current_org.set(org)
+        wants = listening.set(_listen_filter(ctx) if ctx.method == "subscriptions/listen" else None)
         try:
+            if (
+                ctx.method == "resources/list"
+                and self.on_listing is not None
+                and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
+            ):
+                self.on_listing(org, ctx.session)
             return await call_next(ctx)
         finally:
+            listening.reset(wants)
             current_org.reset(token)
 
 
-class OrgScopedBus:
-    """A `SubscriptionBus` that delivers an event only to listeners of the organization that published it."""
-
-    def __init__(self) -> None:
-        self._listeners: dict[object, tuple[str | None, Callable[[ServerEvent], None]]] = {}
-
-    async def publish(self, event: ServerEvent) -> None:
-        org = current_org.get(None)
-        for listener_org, listener in list(self._listeners.values()):
-            if listener_org != org:
-                continue
-            try:
-                listener(event)
-            except Exception:  # fan-out boundary: one broken stream must not starve the others
-                logger.exception("subscription listener raised; continuing")
-
-    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
-        token = object()
-        self._listeners[token] = (current_org.get(None), listener)
-
-        def unsubscribe() -> None:
-            self._listeners.pop(token, None)
-
-        return unsubscribe
+def _listen_filter(ctx: ServerRequestContext[Any, Any]) -> SubscriptionFilter | None:
+    try:
+        return SubscriptionsListenRequestParams.model_validate(ctx.params or {}).notifications
+    except ValidationError:
+        return None  # the SDK's handler answers the malformed request itself

@@ -13,3 +13,4 @@ class Settings:
     org: str = "default"
     read_only: bool = False
     durability: Durability = "normal"
+    max_listens: int = 256  # listen streams, and subscribed initialize-era sessions, per organization

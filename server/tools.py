@@ -1,4 +1,4 @@
-"""The tools: each translates its arguments, calls the store and says which contacts changed."""
+"""The tools: each translates its arguments and calls the store (which tells listeners what changed)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field
@@ -29,7 +28,6 @@ from chatdock.storage import validation as check
 from chatdock.storage.models import CHAT_STATUSES, ROLES
 
 from .org import current_org
-from .resources import CONTACT_URIS, contact_uri
 from .results import as_json, context_result, page_result
 
 if TYPE_CHECKING:
@@ -80,12 +78,6 @@ Limit = Annotated[
     int,
     Field(description="How many, 1 to 200.", json_schema_extra={"minimum": 1, "maximum": 200}),
 ]
-
-
-async def changed(ctx: Context, contact_id: str) -> None:
-    """Tell the contact's listeners that its resources changed."""
-    for template in CONTACT_URIS:
-        await ctx.notify_resource_updated(contact_uri(template, contact_id))
 
 
 def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: bool) -> None:
@@ -162,7 +154,6 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
                 str, Field(description="user, assistant, system, tool, event or note.", json_schema_extra=_ROLE)
             ],
             content: Annotated[str, Field(description="The message's text.")],
-            ctx: Context,
             agent_id: AgentId = None,
             chat_id: ChatId = None,
             metadata: Annotated[
@@ -189,8 +180,6 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
                     ),
                 )
             )
-            if not stored.deduplicated:
-                await changed(ctx, stored.contact_id)
             return as_json(stored)
 
         @server.structured_tool(Message, title="Post as contact", annotations=_hints(read_only=False))
@@ -198,14 +187,12 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
             contact_id: ContactId,
             chat_id: Annotated[str, Field(description="An existing chat of this contact.")],
             message: Annotated[list[Part], Field(description="1 to 100 text parts, with optional timestamps.")],
-            ctx: Context,
             channel_id: Annotated[
                 str | None, Field(description="Which of the chat's custom channels, when it has several.")
             ] = None,
         ) -> CallToolResult:
             """Post into an existing chat as the contact (role user), on one of the chat's custom channels."""
             stored = await _tool(the_store().post_as_contact(_org(), contact_id, chat_id, message, channel_id))
-            await changed(ctx, contact_id)
             return as_json(stored)
 
         @server.structured_tool(
@@ -214,11 +201,10 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
             annotations=_hints(read_only=False, destructive=True, idempotent=False),
         )
         async def delete_message(
-            message_id: Annotated[str, Field(description="The message's id (UUID).")], ctx: Context
+            message_id: Annotated[str, Field(description="The message's id (UUID).")],
         ) -> CallToolResult:
             """Permanently delete one message."""
             deleted = await _tool(the_store().delete_message(_org(), message_id))
-            await changed(ctx, deleted.contact_id)
             return as_json(DeletedMessage(id=deleted.id))
 
         @server.structured_tool(Chat, title="Open chat", annotations=_hints(read_only=False))
@@ -249,8 +235,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
         @server.structured_tool(
             ForgetResult, title="Forget contact", annotations=_hints(read_only=False, destructive=True, idempotent=True)
         )
-        async def forget_contact(contact_id: ContactId, ctx: Context) -> CallToolResult:
+        async def forget_contact(contact_id: ContactId) -> CallToolResult:
             """Erase every message, chat and channel of a contact, permanently."""
             result = await _tool(the_store().forget_contact(_org(), contact_id))
-            await changed(ctx, contact_id)
             return as_json(result)

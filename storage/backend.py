@@ -12,11 +12,12 @@ that belongs to another contact, an id already taken, a retried webhook
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
+from .changes import Deliver
 from .cursor import Position
 from .errors import ChatdockError
 from .models import ApiKeyInfo, AppendedMessage, Chat, ChatStatus, ForgetResult, Message, Role
@@ -143,6 +144,17 @@ class Backend(Protocol):
     async def revoke_api_key(self, prefix_or_name: str) -> ApiKeyInfo | None: ...
 
     async def touch_api_key(self, prefix: str, now: datetime) -> None: ...
+
+    # --- change feed (changes.py) ---
+    def announce_to(self, deliver: Deliver) -> Callable[[], None]:
+        """Call `deliver` (on the event loop) with each change this process commits, once it is committed;
+        returns the function that stops it."""
+        ...
+
+    async def follow(self, deliver: Deliver, wanted: Callable[[], bool]) -> None:
+        """Until cancelled, deliver the changes other processes commit, within a fraction of a second, looking
+        only while `wanted()`; `EVERYTHING` when some may have been missed."""
+        ...
 
     # --- health ---
     async def ping(self) -> None:

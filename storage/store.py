@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 
 from . import keys
 from . import validation as check
 from .backend import Backend, Imported, MessageFilter
+from .changes import Deliver
 from .cursor import decode_cursor, encode_cursor
 from .errors import ChatdockError, InvalidInput, chat_not_found, message_not_found, no_live_key
 from .models import (
@@ -291,6 +292,16 @@ class Store:
 
     async def ping(self) -> None:
         await self.backend.ping()
+
+    # --- change feed ---
+
+    def announce_to(self, deliver: Deliver) -> Callable[[], None]:
+        """`deliver` each change this process commits; returns the function that stops it."""
+        return self.backend.announce_to(deliver)
+
+    async def follow(self, deliver: Deliver, wanted: Callable[[], bool]) -> None:
+        """Until cancelled, `deliver` the changes other processes commit, looking only while `wanted()`."""
+        await self.backend.follow(deliver, wanted)
 
     async def health(self) -> list[str]:
         """What keeps the store from reading or writing now; empty when it is sound."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import shutil
 import sqlite3
 import tempfile
@@ -22,6 +23,7 @@ import aiosqlite
 
 from .. import validation as check
 from ..backend import Imported, MessageFilter, StoredKey
+from ..changes import EVERYTHING, Change, Deliver
 from ..cursor import Position
 from ..errors import ChatdockError, InvalidInput, Unavailable, key_name_taken
 from ..models import ApiKeyInfo, AppendedMessage, Chat, ChatStatus, ForgetResult, Message
@@ -46,6 +48,7 @@ Durability = Literal["normal", "full"]
 
 BUSY_TIMEOUT_MS = 10_000
 MIN_FREE_BYTES = 1024 * 1024  # below this, /healthz says the disk is full
+FOLLOW_INTERVAL = 0.05  # seconds between looks at the change feed, while someone listens
 
 T = TypeVar("T")
 logger = logging.getLogger("chatdock.storage")
@@ -59,6 +62,12 @@ def _memory_dir() -> str:
     shm = Path("/dev/shm")
     base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
     return tempfile.mkdtemp(prefix="chatdock-", dir=base)
+
+
+async def _one_value(conn: aiosqlite.Connection, sql: str) -> Any:
+    async with conn.execute(sql) as cursor:
+        row = await cursor.fetchone()
+    return None if row is None else row[0]
 
 
 def _keys(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> list[ApiKeyInfo]:
@@ -87,6 +96,8 @@ class SQLiteBackend:
         self._writer = Writer(self._connect_writer)
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
+        self._origin = secrets.token_hex(8)  # marks this process's rows in the change feed
+        self._announce: dict[object, Deliver] = {}
         self.damaged: str | None = None  # what a query found damaged; writes are refused from then on
         self._write_problem: str | None = None  # why the last write failed (full disk, read-only file)
 
@@ -147,9 +158,13 @@ class SQLiteBackend:
         finally:
             self._readers.put_nowait(reader)
 
-    async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+    def _log(self) -> writes.ChangeLog:
+        return writes.ChangeLog(self._origin)
+
+    async def _write(self, job: Callable[[sqlite3.Connection], T], log: writes.ChangeLog | None = None) -> T:
         """Run `job` on the writer (one savepoint in a group commit); a failure of the database becomes a clear
-        error, and the write problem it shows is kept for /healthz until a write succeeds again."""
+        error, and the write problem it shows is kept for /healthz until a write succeeds again. Once committed,
+        the changes `log` recorded are announced to this process."""
         if self.damaged is not None:
             raise Unavailable(self.damaged)
         try:
@@ -160,19 +175,70 @@ class SQLiteBackend:
                 self._write_problem = error.message
             raise error from exc
         self._write_problem = None
+        if log is not None:
+            for change in log.changes:
+                for deliver in list(self._announce.values()):
+                    deliver(change)
         return result
+
+    def announce_to(self, deliver: Deliver) -> Callable[[], None]:
+        token = object()
+        self._announce[token] = deliver
+
+        def stop() -> None:
+            self._announce.pop(token, None)
+
+        return stop
+
+    async def follow(self, deliver: Deliver, wanted: Callable[[], bool]) -> None:
+        """Poll `PRAGMA data_version` on a connection of its own (it changes when any other connection
+        commits) every FOLLOW_INTERVAL seconds while `wanted()`, then read the feed's new rows."""
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await conn.execute("PRAGMA query_only = ON")
+            position = await _one_value(conn, "SELECT ifnull(max(seq), 0) FROM changes")
+            version = None
+            while True:
+                await asyncio.sleep(FOLLOW_INTERVAL)
+                if not wanted():
+                    continue
+                try:
+                    now = await _one_value(conn, "PRAGMA data_version")
+                    if now == version:
+                        continue
+                    version = now
+                    found = list(
+                        await conn.execute_fetchall(
+                            "SELECT seq, org, contact_id, kind, origin FROM changes WHERE seq > ? ORDER BY seq",
+                            (position,),
+                        )
+                    )
+                except sqlite3.Error as exc:  # the file went bad under us: say so once, keep following
+                    logger.warning("could not read the change feed: %s", self._failed(exc))
+                    continue
+                if found and found[0][0] > position + 1 and position > 0:
+                    deliver(EVERYTHING)  # the feed was pruned past where this process had read
+                for seq, org, contact_id, kind, origin in found:
+                    position = seq
+                    if origin != self._origin:  # this process announced its own changes at commit
+                        deliver(Change(org, contact_id, kind))
+        finally:
+            await conn.close()
 
     # --- messages ---
 
     async def insert_message(self, org: str, record: MessageRecord) -> AppendedMessage:
-        return await self._write(lambda conn: writes.insert_message(conn, org, record, _now_us()))
+        log = self._log()
+        return await self._write(lambda conn: writes.insert_message(conn, org, record, _now_us(), log), log)
 
     async def insert_messages(self, org: str, records: Sequence[MessageRecord]) -> list[AppendedMessage]:
+        log = self._log()
+
         def job(conn: sqlite3.Connection) -> list[AppendedMessage]:
             now_us = _now_us()
-            return [writes.one(conn, writes.insert_message, org, record, now_us) for record in records]
+            return [writes.one(conn, writes.insert_message, org, record, now_us, log) for record in records]
 
-        return await self._write(job)
+        return await self._write(job, log)
 
     async def latest_messages(
         self, org: str, contact_id: str, only: MessageFilter, limit: int, max_bytes: int
@@ -193,9 +259,11 @@ class SQLiteBackend:
             found = writes.find_message(conn, f"m.id = ? AND m.org_id = {ORG}", (message_id, org))
             if found is not None:
                 conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+                log.record(conn, org, found.contact_id)
             return found
 
-        return await self._write(job)
+        log = self._log()
+        return await self._write(job, log)
 
     # --- chats ---
 
@@ -205,10 +273,11 @@ class SQLiteBackend:
 
     async def insert_chat(self, org: str, record: ChatRecord) -> Chat:
         def job(conn: sqlite3.Connection) -> Chat:
-            writes.insert_chat(conn, org, record)
+            writes.insert_chat(conn, org, record, log)
             return writes.chat_by_id(conn, record.id)
 
-        return await self._write(job)
+        log = self._log()
+        return await self._write(job, log)
 
     async def set_chat_status(self, org: str, chat_id: str, status: ChatStatus, now: datetime) -> Chat | None:
         def job(conn: sqlite3.Connection) -> Chat | None:
@@ -216,9 +285,14 @@ class SQLiteBackend:
                 f"UPDATE chats SET status = ?, updated_us = ? WHERE id = ? AND org_id = {ORG}",
                 (status, rows.to_us(now), chat_id, org),
             )
-            return writes.chat_by_id(conn, chat_id) if cursor.rowcount else None
+            if not cursor.rowcount:
+                return None
+            chat = writes.chat_by_id(conn, chat_id)
+            log.record(conn, org, chat.contact_id)
+            return chat
 
-        return await self._write(job)
+        log = self._log()
+        return await self._write(job, log)
 
     async def chats(self, org: str, contact_id: str, limit: int) -> list[Chat]:
         found = await self._read(
@@ -238,9 +312,11 @@ class SQLiteBackend:
             chats = conn.execute("DELETE FROM chats WHERE contact_pk = ?", (contact_key,)).rowcount
             conn.execute("DELETE FROM channels WHERE contact_pk = ?", (contact_key,))
             conn.execute("DELETE FROM contacts WHERE id = ?", (contact_key,))
+            log.record(conn, org, contact_id, "forgotten")
             return ForgetResult(contact_id=contact_id, deleted_messages=messages, deleted_chats=chats)
 
-        return await self._write(job)
+        log = self._log()
+        return await self._write(job, log)
 
     async def recent_contacts(self, org: str, limit: int) -> list[str]:
         found = await self._read(
@@ -378,6 +454,8 @@ class SQLiteBackend:
     async def import_history(
         self, org: str, records: Sequence[ChatRecord | MessageRecord | ChatdockError], keep_going: bool
     ) -> list[Imported | ChatdockError]:
+        log = self._log()
+
         def job(conn: sqlite3.Connection) -> list[Imported | ChatdockError]:
             now_us = _now_us()
             outcomes: list[Imported | ChatdockError] = []
@@ -386,9 +464,9 @@ class SQLiteBackend:
                     if isinstance(record, ChatdockError):
                         raise record
                     if isinstance(record, ChatRecord):
-                        again = not writes.one(conn, writes.insert_chat, org, record)
+                        again = not writes.one(conn, writes.insert_chat, org, record, log)
                     else:
-                        again = writes.one(conn, writes.insert_message, org, record, now_us, True).deduplicated
+                        again = writes.one(conn, writes.insert_message, org, record, now_us, log, True).deduplicated
                     outcomes.append("existing" if again else "stored")
                 except ChatdockError as exc:
                     outcomes.append(exc)
@@ -396,7 +474,7 @@ class SQLiteBackend:
                         raise Undo(outcomes) from None
             return outcomes
 
-        return await self._write(job)
+        return await self._write(job, log)
 
     async def _by_ids(self, select: str, ids: Sequence[str]) -> list[Any]:
         found: list[Any] = []

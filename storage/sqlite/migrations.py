@@ -137,6 +137,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         ("CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_us INTEGER NOT NULL)",),
     ),
     Migration(3, "identifiers in NFC", (), _normalize_identifiers),
+    Migration(
+        4,
+        "change feed",
+        (
+            """CREATE TABLE changes (
+                seq INTEGER PRIMARY KEY,
+                org TEXT NOT NULL,
+                contact_id TEXT NOT NULL,
+                kind TEXT NOT NULL CHECK (kind IN ('updated', 'appeared', 'forgotten')),
+                origin TEXT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from ..changes import Change, ChangeKind
 from ..errors import ChatdockError, chat_id_taken, chat_not_found, message_id_taken
 from ..ids import uuid7
 from ..models import AppendedMessage, Chat, Message, channel_kind
@@ -16,6 +17,9 @@ from .queries import CHAT_SELECT, CONTACT, MESSAGE_WITH_CONTACT
 from .writer import Undo
 
 T = TypeVar("T")
+
+KEEP_CHANGES = 10_000  # the feed keeps this many changes; a follower further behind re-reads everything
+PRUNE_EVERY = 1_024
 
 
 def org_pk(conn: sqlite3.Connection, org: str, now_us: int) -> int:
@@ -32,16 +36,41 @@ def existing_contact_pk(conn: sqlite3.Connection, org: str, contact_id: str) -> 
     return None if row is None or row[0] is None else int(row[0])
 
 
-def contact_pk(conn: sqlite3.Connection, org_key: int, contact_id: str, now_us: int) -> int:
-    """The contact's key, created on first use."""
+def contact_pk(conn: sqlite3.Connection, org_key: int, contact_id: str, now_us: int) -> tuple[int, bool]:
+    """The contact's key, created on first use; and whether it was created now."""
     row = conn.execute("SELECT id FROM contacts WHERE org_id = ? AND external_id = ?", (org_key, contact_id)).fetchone()
     if row is not None:
-        return int(row[0])
+        return int(row[0]), False
     cursor = conn.execute(
         "INSERT INTO contacts (org_id, external_id, created_us, last_active_us) VALUES (?, ?, ?, ?)",
         (org_key, contact_id, now_us, now_us),
     )
-    return int(cursor.lastrowid or 0)
+    return int(cursor.lastrowid or 0), True
+
+
+class ChangeLog:
+    """The changes one write job makes: each goes into the feed (`changes`) inside the job's transaction, and
+    is announced to this process once the transaction commits. A contact is recorded once per job."""
+
+    __slots__ = ("_seen", "changes", "origin")
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self.changes: list[Change] = []
+        self._seen: set[tuple[str, str]] = set()
+
+    def record(self, conn: sqlite3.Connection, org: str, contact_id: str, kind: ChangeKind = "updated") -> None:
+        if kind == "updated" and (org, contact_id) in self._seen:
+            return
+        self._seen.add((org, contact_id))
+        cursor = conn.execute(
+            "INSERT INTO changes (org, contact_id, kind, origin) VALUES (?, ?, ?, ?)",
+            (org, contact_id, kind, self.origin),
+        )
+        seq = int(cursor.lastrowid or 0)
+        if seq % PRUNE_EVERY == 0:
+            conn.execute("DELETE FROM changes WHERE seq <= ?", (seq - KEEP_CHANGES,))
+        self.changes.append(Change(org, contact_id, kind))
 
 
 def channel_id(conn: sqlite3.Connection, contact_key: int, name: str, wanted: str | None = None) -> str:
@@ -77,7 +106,7 @@ def find_message(conn: sqlite3.Connection, where: str, params: Sequence[Any]) ->
 
 
 def insert_message(
-    conn: sqlite3.Connection, org: str, record: MessageRecord, now_us: int, importing: bool = False
+    conn: sqlite3.Connection, org: str, record: MessageRecord, now_us: int, log: ChangeLog, importing: bool = False
 ) -> AppendedMessage:
     """Store one message; an already stored one (same id, or channel and provider id) comes back instead.
 
@@ -86,7 +115,7 @@ def insert_message(
     m = record.message
     created_us = rows.to_us(m.created_at)
     org_key = org_pk(conn, org, now_us)
-    contact_key = contact_pk(conn, org_key, m.contact_id, created_us)
+    contact_key, appeared = contact_pk(conn, org_key, m.contact_id, created_us)
     channel = channel_id(conn, contact_key, m.channel)
     if m.chat_id is not None:
         owner = conn.execute("SELECT contact_pk FROM chats WHERE id = ? AND org_id = ?", (m.chat_id, org_key))
@@ -128,14 +157,17 @@ def insert_message(
             raise message_id_taken(m.id)
         raise Undo(AppendedMessage(**existing.model_dump(), deduplicated=True))
     conn.execute("UPDATE contacts SET last_active_us = max(last_active_us, ?) WHERE id = ?", (created_us, contact_key))
+    log.record(conn, org, m.contact_id, "appeared" if appeared else "updated")
     return AppendedMessage(**m.model_dump(), deduplicated=False)
 
 
-def insert_chat(conn: sqlite3.Connection, org: str, record: ChatRecord) -> bool:
+def insert_chat(conn: sqlite3.Connection, org: str, record: ChatRecord, log: ChangeLog) -> bool:
     """Store one chat with its channels; False when it is already there (same id, same contact)."""
     created_us = rows.to_us(record.created_at)
     org_key = org_pk(conn, org, created_us)
-    contact_key = contact_pk(conn, org_key, record.contact_id, created_us)
+    contact_key, appeared = contact_pk(conn, org_key, record.contact_id, created_us)
+    if appeared:
+        log.record(conn, org, record.contact_id, "appeared")
     row = conn.execute("SELECT org_id, contact_pk FROM chats WHERE id = ?", (record.id,)).fetchone()
     if row is not None:
         if tuple(row) != (org_key, contact_key):

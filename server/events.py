@@ -1,0 +1,214 @@
+"""Change events for every listener of this process, whatever wrote the change (SPEC.md, "Change events").
+
+The store tells `Events.deliver` of every change: this process's own at commit, other processes' (another
+`chatdock serve`, `chatdock import`, a replica) by following the store's change feed, which it does only
+while someone here listens. `Events` finds the listeners of the changed contact's URIs in an index keyed by
+(organization, URI), so one organization's listeners never cost another's writes anything:
+
+- clients of the 2026-07-28 era listen through `subscriptions/listen`. The SDK's `ListenHandler` subscribes
+  each stream to `Events` (the `SubscriptionBus`); `OrgMiddleware` has put the request's organization and
+  filter in `listening`, and the stream is filed under the URIs it asked for.
+- clients of the `initialize` era send `resources/subscribe`; their sessions get
+  `notifications/resources/updated` for those URIs. A session that subscribes or lists the resources
+  gets `notifications/resources/list_changed` when a contact appears or is forgotten. A session's
+  subscriptions end with it.
+
+Each organization may hold `max_listens` listen streams and as many subscribed sessions; beyond that a
+new one is refused with an error that says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections import Counter, defaultdict
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from mcp.server.subscriptions import ServerEvent
+from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
+from mcp_types import INVALID_REQUEST, EmptyResult, SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams
+
+from chatdock.storage.changes import EVERYTHING, Change
+
+from .org import current_org, listening
+from .resources import CONTACT_URIS, contact_uri
+
+logger = logging.getLogger("chatdock.events")
+
+Listener = Callable[[ServerEvent], None]
+Key = tuple[str, str]  # (organization, resource URI)
+
+DEFAULT_MAX_LISTENS = 256
+
+
+class Events:
+    """The index of this process's listeners, and the fan-out of changes to them."""
+
+    def __init__(self, max_listens: int = DEFAULT_MAX_LISTENS) -> None:
+        self.max_listens = max_listens
+        self._streams: dict[Key, dict[object, Listener]] = defaultdict(dict)
+        self._list_streams: dict[str, dict[object, Listener]] = defaultdict(dict)
+        self._streams_of: Counter[str] = Counter()
+        self._sessions: dict[Key, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)
+        self._sessions_of: dict[str, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)
+        self._sending: set[asyncio.Task[None]] = set()
+
+    # --- who listens ---
+
+    def wanted(self) -> bool:
+        """Whether anyone here listens, so the store's feed is worth following."""
+        return bool(self._streams_of) or any(self._sessions_of.values())
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """`SubscriptionBus.subscribe`: file a listen stream under its organization's URIs and list flag."""
+        org = current_org.get()
+        wants = listening.get() or SubscriptionFilter()
+        if self._streams_of[org] >= self.max_listens:
+            raise MCPError(
+                INVALID_REQUEST,
+                f"this organization already has {self.max_listens} listen streams open, the most allowed; "
+                "close one (or listen to several URIs on one stream) and try again",
+            )
+        token = object()
+        keys = [(org, uri) for uri in wants.resource_subscriptions or ()]
+        for key in keys:
+            self._streams[key][token] = listener
+        if wants.resources_list_changed:
+            self._list_streams[org][token] = listener
+        self._streams_of[org] += 1
+
+        def unsubscribe() -> None:
+            for key in keys:
+                filed = self._streams.get(key, {})
+                filed.pop(token, None)
+                if not filed:
+                    self._streams.pop(key, None)
+            lists = self._list_streams.get(org, {})
+            lists.pop(token, None)
+            if not lists:
+                self._list_streams.pop(org, None)
+            self._streams_of[org] -= 1
+            if self._streams_of[org] <= 0:
+                del self._streams_of[org]
+
+        return _once(unsubscribe)
+
+    def attend(self, org: str, session: Any) -> None:
+        """An `initialize`-era session that lists the resources hears when the listing changes."""
+        self._sessions_of[org].add(session)
+
+    def watch(self, org: str, uri: str, session: Any) -> None:
+        """An `initialize`-era session subscribes to `uri`."""
+        subscribed = {s for (owner, _), sessions in self._sessions.items() if owner == org for s in sessions}
+        if session not in subscribed and len(subscribed) >= self.max_listens:
+            raise MCPError(
+                INVALID_REQUEST,
+                f"this organization already has {self.max_listens} subscribed sessions, the most allowed; "
+                "unsubscribe or close one and try again",
+            )
+        self._sessions[(org, uri)].add(session)
+        self._sessions_of[org].add(session)
+
+    def unwatch(self, org: str, uri: str, session: Any) -> None:
+        subscribed = self._sessions.get((org, uri))
+        if subscribed is not None:
+            subscribed.discard(session)
+            if not subscribed:
+                del self._sessions[(org, uri)]
+
+    # --- what changed ---
+
+    def deliver(self, change: Change | object) -> None:
+        """Tell the listeners of a changed contact (or, for EVERYTHING, every listener) to read again."""
+        if change is EVERYTHING:
+            for org, uri in list(self._streams) + list(self._sessions):
+                self._updated(org, uri)
+            for org in list(self._list_streams) + list(self._sessions_of):
+                self._list_changed(org)
+            return
+        if not isinstance(change, Change):
+            return
+        for template in CONTACT_URIS:
+            self._updated(change.org, contact_uri(template, change.contact_id))
+        if change.kind != "updated":
+            self._list_changed(change.org)
+
+    async def publish(self, event: ServerEvent) -> None:
+        """`SubscriptionBus.publish`, for events a handler raises itself through `ctx.notify_*`."""
+        org = current_org.get(None)
+        if org is None:
+            return
+        if isinstance(event, ResourceUpdated):
+            self._updated(org, event.uri)
+        elif isinstance(event, ResourcesListChanged):
+            self._list_changed(org)
+
+    def _updated(self, org: str, uri: str) -> None:
+        listeners = self._streams.get((org, uri))
+        if listeners:
+            event = ResourceUpdated(uri=uri)
+            for listener in list(listeners.values()):
+                _call(listener, event)
+        for session in list(self._sessions.get((org, uri), ())):
+            self._send(session, session.send_resource_updated(uri))
+
+    def _list_changed(self, org: str) -> None:
+        listeners = self._list_streams.get(org)
+        if listeners:
+            event = ResourcesListChanged()
+            for listener in list(listeners.values()):
+                _call(listener, event)
+        for session in list(self._sessions_of.get(org, ())):
+            self._send(session, session.send_resource_list_changed())
+
+    def _send(self, session: Any, notification: Coroutine[Any, Any, None]) -> None:
+        async def send() -> None:
+            try:
+                await notification
+            except Exception as exc:  # the session is gone: its subscriptions end with it
+                logger.debug("dropping a session that could not be notified: %s", exc)
+                self._forget(session)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    def _forget(self, session: Any) -> None:
+        for key, sessions in list(self._sessions.items()):
+            sessions.discard(session)
+            if not sessions:
+                self._sessions.pop(key, None)
+        for sessions in self._sessions_of.values():
+            sessions.discard(session)
+
+    # --- the initialize era's requests ---
+
+    async def on_subscribe(self, ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
+        self.watch(current_org.get(), str(params.uri), ctx.session)
+        return EmptyResult()
+
+    async def on_unsubscribe(self, ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:
+        self.unwatch(current_org.get(), str(params.uri), ctx.session)
+        return EmptyResult()
+
+
+def _call(listener: Listener, event: ServerEvent) -> None:
+    try:
+        listener(event)
+    except Exception:  # fan-out boundary: one broken stream must not starve the others
+        logger.exception("a listen stream raised; continuing")
+
+
+def _once(action: Callable[[], None]) -> Callable[[], None]:
+    done = False
+
+    def run() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            action()
+
+    return run
