@@ -90,6 +90,20 @@ def parser() -> argparse.ArgumentParser:
         "are closed first (default: what the open-file limit allows)",
     )
     serve.add_argument(
+        "--max-listens-per-org",
+        type=int,
+        default=256,
+        metavar="N",
+        help="open listen streams, and sessions subscribed to resources, per organization (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-sessions-per-org",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="with --http: initialize-era sessions per organization (default: %(default)s)",
+    )
+    serve.add_argument(
         "--allowed-host",
         action="append",
         default=[],
@@ -225,12 +239,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.log_level)
     try:
         if args.command == "serve":
-            settings = Settings(db=args.db, org=args.org, read_only=args.read_only, durability=args.durability)
+            settings = Settings(
+                db=args.db,
+                org=args.org,
+                read_only=args.read_only,
+                durability=args.durability,
+                max_listens=args.max_listens_per_org,
+            )
             if args.http:
                 # the MCP stack is imported only to serve: every other command starts without it
                 from .http import HttpLimits, serve_http
 
-                limits = HttpLimits(read_timeout=args.read_timeout, max_connections=args.max_connections)
+                limits = HttpLimits(
+                    read_timeout=args.read_timeout,
+                    max_connections=args.max_connections,
+                    max_sessions_per_org=args.max_sessions_per_org,
+                )
                 serve_http(settings, args.host, args.port, args.allowed_host, limits)
             else:
                 anyio.run(_serve_stdio, settings)

@@ -35,6 +35,7 @@ from chatdock.storage.changes import EVERYTHING, Change
 
 from .org import current_org, listening
 from .resources import CONTACT_URIS, contact_uri
+from .sdk import connection_of
 
 logger = logging.getLogger("chatdock.events")
 
@@ -98,7 +99,7 @@ class Events:
 
     def attend(self, org: str, session: Any) -> None:
         """An `initialize`-era session that lists the resources hears when the listing changes."""
-        self._sessions_of[org].add(session)
+        self._sessions_of[org].add(connection_of(session))
 
     def watch(self, org: str, uri: str, session: Any) -> None:
         """An `initialize`-era session subscribes to `uri`."""
@@ -187,11 +188,11 @@ class Events:
     # --- the initialize era's requests ---
 
     async def on_subscribe(self, ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
-        self.watch(current_org.get(), str(params.uri), ctx.session)
+        self.watch(current_org.get(), str(params.uri), connection_of(ctx.session))
         return EmptyResult()
 
     async def on_unsubscribe(self, ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:
-        self.unwatch(current_org.get(), str(params.uri), ctx.session)
+        self.unwatch(current_org.get(), str(params.uri), connection_of(ctx.session))
         return EmptyResult()
 
 

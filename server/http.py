@@ -25,6 +25,7 @@ from chatdock.storage import ChatdockError, InvalidInput, Store, open_store
 from .app import ChatdockServer, Settings, build_server
 from .guard import FailedKeys
 from .org import ORG_SCOPE_KEY
+from .sessions import DEFAULT_MAX_SESSIONS_PER_ORG, SessionOwners
 
 logger = logging.getLogger("chatdock.http")
 
@@ -35,11 +36,14 @@ REALM = "chatdock"
 class ApiKeyAuth:
     """ASGI middleware: bearer API key in, organization into the scope, or 401 out."""
 
-    def __init__(self, app: ASGIApp, server: ChatdockServer, protected_prefix: str = "/mcp") -> None:
+    def __init__(
+        self, app: ASGIApp, server: ChatdockServer, sessions: SessionOwners, protected_prefix: str = "/mcp"
+    ) -> None:
         self.app = app
         self.server = server
         self.protected_prefix = protected_prefix
         self.failures = FailedKeys()
+        self.sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not str(scope.get("path", "")).startswith(self.protected_prefix):
@@ -62,7 +66,7 @@ class ApiKeyAuth:
             await self._reject(problem, scope, receive, send)
             return
         scope[ORG_SCOPE_KEY] = org
-        await self.app(scope, receive, send)
+        await self.sessions.serve(org, scope, receive, send, self.app)
 
     async def _slow_down(self, wait: float, scope: Scope, receive: Receive, send: Send) -> None:
         seconds = math.ceil(wait)
@@ -135,7 +139,11 @@ def transport_security(host: str, allowed_hosts: list[str]) -> TransportSecurity
 
 
 def build_http_app(
-    settings: Settings, server: ChatdockServer, host: str = "127.0.0.1", allowed_hosts: list[str] | None = None
+    settings: Settings,
+    server: ChatdockServer,
+    host: str = "127.0.0.1",
+    allowed_hosts: list[str] | None = None,
+    max_sessions_per_org: int = DEFAULT_MAX_SESSIONS_PER_ORG,
 ) -> ASGIApp:
     """The ASGI app: /mcp (both protocol eras, keys required) and /healthz, over `server`."""
     security = transport_security(host, allowed_hosts or [])
@@ -149,7 +157,7 @@ def build_http_app(
         return JSONResponse({"status": "ok", "store": "ok"})
 
     app = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
-    return ApiKeyAuth(app, server)
+    return ApiKeyAuth(app, server, SessionOwners(max_sessions_per_org))
 
 
 @dataclass
@@ -159,6 +167,7 @@ class HttpLimits:
     read_timeout: float = 10.0  # seconds for a request's headers, and the longest pause inside its body
     max_connections: int | None = None  # default: as many as the file limit allows
     shutdown_seconds: float = 3.0  # after SIGTERM, how long open requests and streams may take to end
+    max_sessions_per_org: int = DEFAULT_MAX_SESSIONS_PER_ORG  # initialize-era sessions an organization may hold
 
 
 def serve_http(
@@ -196,7 +205,7 @@ async def _serve_http(
     sock = listening_socket(host, port)
     try:
         async with open_store(settings.db, settings.durability) as store:
-            app = build_http_app(settings, factory(settings, store), host, allowed_hosts)
+            app = build_http_app(settings, factory(settings, store), host, allowed_hosts, limits.max_sessions_per_org)
             config = uvicorn.Config(
                 app,
                 log_level="warning",

@@ -4,14 +4,16 @@
 public accessor. chatdock needs it for what the public API does not cover:
 running the low-level server on its own stdio loop (stdio.py), which answers
 request lines the SDK's transport would drop, and serving change events to
-both protocol eras (`serve_events`). `tests/test_sdk.py` fails loudly if the
-SDK renames or reshapes any of it.
+both protocol eras (`serve_events`), which also needs a request's long-lived
+connection (`connection_of`). `tests/test_sdk.py` fails loudly if the SDK
+renames or reshapes any of it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from mcp.server.connection import Connection
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.mcpserver import MCPServer
 from mcp.server.models import InitializationOptions
@@ -53,3 +55,14 @@ def serve_events(server: MCPServer[Any], events: Any, max_streams: int) -> None:
         return derive(options, *args, **kwargs)
 
     low.create_initialization_options = with_list_changes  # type: ignore[method-assign]
+
+
+def connection_of(session: Any) -> Connection:
+    """The connection behind a request's `ServerSession`: it lives as long as the client's session does, while
+    the `ServerSession` handed to a handler lives only for that request, and it is what sends
+    `notifications/resources/updated` later. The SDK keeps it in `ServerSession._connection` with no public
+    accessor (its `Context.connection` is public, but handlers of the low-level server are not given one)."""
+    found = getattr(session, "_connection", None)
+    if not isinstance(found, Connection):
+        raise RuntimeError("this version of the MCP SDK keeps no Connection in ServerSession._connection")
+    return found

@@ -77,12 +77,15 @@ def http_server(db: str, *extra: str) -> Iterator[str]:
             process.stderr.close()
 
 
-def http_client(base: str, key: str | None, mode: str = "auto", **kwargs: Any) -> Client:
+def http_transport(base: str, key: str | None) -> Any:
+    """The SDK's streamable HTTP transport to a chatdock on `base`, sending `key` as the bearer key."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    transport = streamable_http_client(
-        base + "/mcp", http_client=httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300))
-    )
-    return Client(transport, mode=mode, **kwargs)  # type: ignore[arg-type]
+    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300))
+    return streamable_http_client(base + "/mcp", http_client=http)
+
+
+def http_client(base: str, key: str | None, mode: str = "auto", **kwargs: Any) -> Client:
+    return Client(http_transport(base, key), mode=mode, **kwargs)  # type: ignore[arg-type]
 
 
 def create_key(db: str, org: str, name: str) -> str:

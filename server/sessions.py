@@ -1,0 +1,94 @@
+"""Which organization opened each `initialize`-era HTTP session, so that no other key can use or end it,
+and how many each organization holds (at most `max_per_org`, so one cannot fill the process's pool).
+
+The SDK keeps the sessions (`mcp-session-id`) and reaps one that has had no request for its idle timeout;
+this table notes each session's owner when the SDK opens it, forgets it when the client ends it, and
+counts a session as gone once it has been idle that long with no request open.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from mcp.server.streamable_http_manager import DEFAULT_SESSION_IDLE_TIMEOUT
+from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+SESSION_HEADER = b"mcp-session-id"
+DEFAULT_MAX_SESSIONS_PER_ORG = 1_000
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _refusal(message: str, status: int) -> Response:
+    """A JSON-RPC error body without a request id, as the SDK answers for sessions."""
+    body = JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=INVALID_REQUEST, message=message))
+    return Response(body.model_dump_json(by_alias=True, exclude_unset=True), status, media_type="application/json")
+
+
+class SessionOwners:
+    def __init__(self, max_per_org: int = DEFAULT_MAX_SESSIONS_PER_ORG, idle: float = DEFAULT_SESSION_IDLE_TIMEOUT):
+        self.max_per_org = max_per_org
+        self.idle = idle
+        self._owner: dict[str, str] = {}
+        self._seen: dict[str, float] = {}
+        self._open: Counter[str] = Counter()  # requests under way, per session
+
+    def _alive(self, session: str, now: float) -> bool:
+        return self._open[session] > 0 or now - self._seen.get(session, now) < self.idle
+
+    def _held_by(self, org: str) -> int:
+        now = time.monotonic()
+        for session in [s for s, owner in self._owner.items() if owner == org and not self._alive(s, now)]:
+            self._forget(session)
+        return sum(1 for owner in self._owner.values() if owner == org)
+
+    def _forget(self, session: str) -> None:
+        self._owner.pop(session, None)
+        self._seen.pop(session, None)
+        self._open.pop(session, None)
+
+    async def serve(self, org: str, scope: Scope, receive: Receive, send: Send, app: object) -> None:
+        """Serve one request of `org` through `app`, keeping its session to the organization that opened it."""
+        session = _header(scope, SESSION_HEADER)
+        if session is not None:
+            owner = self._owner.get(session)
+            if owner is not None and owner != org:  # the same answer as for a session that does not exist
+                await _refusal("Session not found", 404)(scope, receive, send)
+                return
+        elif scope.get("method") == "POST" and self._held_by(org) >= self.max_per_org:
+            refused = (
+                f"this organization already has {self.max_per_org} sessions open, the most allowed; end one "
+                "(DELETE /mcp with its mcp-session-id) or wait for an idle one to expire"
+            )
+            await _refusal(refused, 429)(scope, receive, send)
+            return
+        status = 0
+
+        async def noting(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                opened = _header({"headers": message.get("headers", [])}, SESSION_HEADER)
+                if session is None and opened is not None and status < 400:
+                    self._owner[opened] = org
+                    self._seen[opened] = time.monotonic()
+            await send(message)
+
+        if session is not None:
+            self._open[session] += 1
+        try:
+            await app(scope, receive, noting)  # type: ignore[operator]
+        finally:
+            if session is not None:
+                self._open[session] -= 1
+                self._seen[session] = time.monotonic()
+                if (scope.get("method") == "DELETE" and status < 400) or status == 404:
+                    self._forget(session)  # ended by its client, or already reaped by the SDK

@@ -1,0 +1,232 @@
+"""Change events reach every listener of the organization, of both protocol eras, whatever wrote the change:
+the listener itself, another session of the same process, another `chatdock serve` on the same file, and
+`chatdock import`; never for another contact or another organization, and none after unsubscribing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp.client import Client
+from mcp.client.subscriptions import ResourcesListChanged, ResourceUpdated
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp_types import ResourceListChangedNotification, ResourceUpdatedNotification
+
+from chatdock.server.app import Settings, build_server
+from chatdock.server.resources import TRANSCRIPT_URI, contact_uri
+from tests.transports import (
+    RawStdio,
+    call,
+    create_key,
+    http_client,
+    http_server,
+    http_transport,
+    run_cli,
+    stdio_params,
+)
+
+MODES = ["auto", "legacy"]
+WATCHED = "+31612345678"
+URI = contact_uri(TRANSCRIPT_URI, WATCHED)
+LIST = "(the resource list)"
+
+
+@contextlib.contextmanager
+def initialize_era() -> Iterator[None]:
+    """The SDK warns that resources/subscribe is gone from the 2026-07-28 era: these tests use it on purpose,
+    as every client of the initialize era does."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        yield
+
+
+@asynccontextmanager
+async def subscriber(target: Any, mode: str, uri: str = URI, **kwargs: Any) -> AsyncIterator[tuple[Client, list[str]]]:
+    """A client of `mode` that listens to `uri` and to the resource list; yields it and what it has heard."""
+    heard: list[str] = []
+    if mode == "legacy":
+
+        async def handler(message: Any) -> None:
+            if isinstance(message, ResourceUpdatedNotification):
+                heard.append(str(message.params.uri))
+            elif isinstance(message, ResourceListChangedNotification):
+                heard.append(LIST)
+
+        async with Client(target, mode="legacy", message_handler=handler, **kwargs) as client:
+            await client.list_resources()  # a session that lists the resources hears when the list changes
+            with initialize_era():
+                await client.subscribe_resource(uri)
+            yield client, heard
+        return
+    async with Client(target, **kwargs) as client:
+        async with client.listen(resource_subscriptions=[uri], resources_list_changed=True) as events:
+
+            async def collect() -> None:
+                async for event in events:
+                    if isinstance(event, ResourceUpdated):
+                        heard.append(event.uri)
+                    elif isinstance(event, ResourcesListChanged):
+                        heard.append(LIST)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(collect)
+                yield client, heard
+                group.cancel_scope.cancel()
+
+
+async def heard_within(heard: list[str], count: int, seconds: float = 5) -> None:
+    with anyio.fail_after(seconds):
+        while len(heard) < count:
+            await anyio.sleep(0.01)
+
+
+async def quiet_for(heard: list[str], count: int, seconds: float = 0.4) -> None:
+    """Nothing more than `count` events arrives in the next `seconds`."""
+    await anyio.sleep(seconds)
+    assert len(heard) == count, heard
+
+
+def append(contact: str = WATCHED, content: str = "hi") -> dict[str, Any]:
+    return {"contact_id": contact, "channel": "sms", "role": "user", "content": content}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_listener_hears_itself_another_session_and_list_changes_never_another_contact(
+    mode: str, tmp_path: Path
+) -> None:
+    server = build_server(Settings(db=str(tmp_path / "events.db")))
+    async with subscriber(server, mode) as (listener, heard), Client(server) as writer:
+        await call(listener, "append_message", **append(content="by the listener itself"))
+        await heard_within(heard, 2)  # the new contact: its transcript changed, and the list did
+        assert sorted(heard) == sorted([URI, LIST])
+        await call(writer, "append_message", **append(content="by another session"))
+        await heard_within(heard, 3)
+        await call(writer, "append_message", **append("+31699999999", "another contact"))
+        await heard_within(heard, 4)
+        assert heard[3] == LIST  # another contact appeared: only the list changed for this listener
+        chat = await call(writer, "open_chat", contact_id=WATCHED, channel="voice")
+        await call(writer, "update_chat", chat_id=chat["id"], status="COMPLETED")
+        await heard_within(heard, 5)
+        await call(writer, "forget_contact", contact_id=WATCHED)
+        await heard_within(heard, 7)
+        assert heard[4:] == [URI, URI, LIST] or sorted(heard[5:]) == sorted([URI, LIST])
+        await quiet_for(heard, 7)
+
+
+async def test_an_unsubscribed_initialize_era_session_hears_nothing_more(tmp_path: Path) -> None:
+    server = build_server(Settings(db=str(tmp_path / "events.db")))
+    async with subscriber(server, "legacy") as (listener, heard), Client(server) as writer:
+        await call(writer, "append_message", **append())
+        await heard_within(heard, 2)
+        with initialize_era():
+            await listener.unsubscribe_resource(URI)
+        await call(writer, "append_message", **append(content="after unsubscribing"))
+        await quiet_for(heard, 2)
+
+
+async def test_each_organization_holds_at_most_its_bound_of_listen_streams(tmp_path: Path) -> None:
+    server = build_server(Settings(db=str(tmp_path / "events.db"), max_listens=2))
+    async with Client(server) as client:
+        async with client.listen(resource_subscriptions=[URI]), client.listen(resource_subscriptions=[URI]):
+            with pytest.raises(MCPError) as refused:
+                async with client.listen(resource_subscriptions=[URI]):
+                    pass
+            assert "already has 2 listen streams open, the most allowed" in str(refused.value)
+        async with client.listen(resource_subscriptions=[URI]):  # closed streams free their places
+            pass
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_stdio_listener_hears_other_processes_and_imports_on_the_same_file(mode: str, tmp_path: Path) -> None:
+    db = str(tmp_path / "shared.db")
+    async with subscriber(stdio_params("--db", db), mode) as (listener, heard):
+        await call(listener, "append_message", **append(content="mine"))
+        await heard_within(heard, 2)
+        with RawStdio(db) as other:  # another desktop client's chatdock on the same file
+            answer = other.tool("append_message", append(content="from another process"))
+            assert not answer["result"].get("isError"), answer
+            await heard_within(heard, 3)
+            assert heard[2] == URI
+            other.tool("append_message", append("+31600000001", "someone else"))
+            await heard_within(heard, 4)
+            assert heard[3] == LIST
+        lines = tmp_path / "history.jsonl"
+        record = {"contact_id": WATCHED, "channel": "sms", "role": "user", "content": "imported",
+                  "created_at": "2026-11-01T09:00:00Z"}  # fmt: skip
+        lines.write_text(json.dumps(record) + "\n")
+        imported = await anyio.to_thread.run_sync(lambda: run_cli("import", str(lines), "--db", db, "-q"))
+        assert imported.returncode == 0, imported.stderr
+        await heard_within(heard, 5)
+        assert heard[4] == URI
+        await quiet_for(heard, 5)
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("mode", MODES)
+async def test_http_listeners_hear_their_organization_only_from_any_process(mode: str, tmp_path: Path) -> None:
+    db = str(tmp_path / "http.db")
+    acme, globex = create_key(db, "acme", "acme"), create_key(db, "globex", "globex")
+    with http_server(db) as base:
+        async with subscriber(http_transport(base, acme), mode) as (_, heard), http_client(base, globex) as other_org:
+            await call(other_org, "append_message", **append(content="globex's own +316..."))
+            async with http_client(base, acme) as writer:
+                await call(writer, "append_message", **append(content="acme over HTTP"))
+            await heard_within(heard, 2)
+            assert sorted(heard) == sorted([URI, LIST])  # acme's contact appeared; globex's did not count
+            with RawStdio(db, "--org", "acme") as other:  # another process writing for acme
+                other.tool("append_message", append(content="acme from another process"))
+                await heard_within(heard, 3)
+            with RawStdio(db, "--org", "globex") as theirs:
+                theirs.tool("append_message", append(content="globex from another process"))
+            await quiet_for(heard, 3, 0.6)
+
+
+@pytest.mark.process
+def test_an_initialize_era_http_session_belongs_to_the_key_that_opened_it(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    db = str(tmp_path / "sessions.db")
+    acme, globex = create_key(db, "acme", "acme"), create_key(db, "globex", "globex")
+    with http_server(db) as base:
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        hello_v = "2025-11-25"
+        hello = {"protocolVersion": hello_v, "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+        opened = urllib.request.Request(
+            base + "/mcp",
+            json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}).encode(),
+            {**headers, "Authorization": f"Bearer {acme}"},
+        )
+        with urllib.request.urlopen(opened, timeout=10) as response:
+            session = response.headers["mcp-session-id"]
+            assert session and response.status == 200
+        for method, body in [("POST", {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}), ("DELETE", None)]:
+            hijack = urllib.request.Request(
+                base + "/mcp",
+                None if body is None else json.dumps(body).encode(),
+                {**headers, "Authorization": f"Bearer {globex}", "mcp-session-id": session},
+                method=method,
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(hijack, timeout=10)
+            assert refused.value.code == 404, (method, refused.value.read())
+        still = urllib.request.Request(
+            base + "/mcp",
+            json.dumps({"jsonrpc": "2.0", "id": 3, "method": "ping"}).encode(),
+            {
+                **headers,
+                "Authorization": f"Bearer {acme}",
+                "mcp-session-id": session,
+                "mcp-protocol-version": "2025-11-25",
+            },
+        )
+        with urllib.request.urlopen(still, timeout=10) as response:
+            assert response.status == 200  # the owner's session was neither used nor deleted by the other key
