@@ -8,6 +8,7 @@ the performance issue; the table says for each whether this run met it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -24,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
@@ -33,6 +35,7 @@ from chatdock.storage import NewMessage, Store, open_store
 
 from .app import Settings, build_server
 from .progress import Progress
+from .resources import TRANSCRIPT_URI, contact_uri
 
 CONTEXT_SQL = (
     "SELECT id, agent_id, chat_id, channel, role, content, parts, metadata, created_us, seq FROM messages "
@@ -204,6 +207,52 @@ async def result_sizes(client: Client) -> tuple[int, int, int]:
     return len(text.encode()), len(str(structured.get("formatted", "")).encode()), len(compact.encode())
 
 
+EVENTS_CONTACT = "+31650000999"
+
+
+async def event_latency(path: str, writes: int) -> list[float]:
+    """Milliseconds from an append's acknowledgement (in this process) to its event at a listener on another
+    `chatdock serve` process on the same file, one write at a time."""
+    uri = contact_uri(TRANSCRIPT_URI, EVENTS_CONTACT)
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "chatdock.server.bench", "--serve", path], env=dict(os.environ)
+    )
+    latencies: list[float] = []
+    async with open_store(path) as store, Client(params) as listener:
+        async with listener.listen(resource_subscriptions=[uri]) as events:
+            arrived = anyio.Event()
+
+            async def hear() -> None:
+                nonlocal arrived
+                async for _ in events:
+                    arrived.set()
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(hear)
+                message = NewMessage(contact_id=EVENTS_CONTACT, channel="sms", role="user", content="event")
+                for _ in range(writes):
+                    arrived = anyio.Event()
+                    await store.append_message("bench", message)
+                    acknowledged = time.perf_counter()
+                    with anyio.fail_after(10):
+                        await arrived.wait()
+                    latencies.append((time.perf_counter() - acknowledged) * 1000)
+                group.cancel_scope.cancel()
+    return latencies
+
+
+async def appends_beside_listeners(path: str, listeners: int, count: int) -> float:
+    """Appends/s (one caller) while `listeners` idle listen streams follow other contacts in this process."""
+    async with open_store(path) as store:
+        server = build_server(Settings(db=path, org="bench", max_listens=listeners + 1), store)
+        async with Client(server) as client, contextlib.AsyncExitStack() as streams:
+            for index in range(listeners):
+                uri = contact_uri(TRANSCRIPT_URI, f"+3170{index:07d}")
+                await streams.enter_async_context(client.listen(resource_subscriptions=[uri]))
+            rate, _ = await timed(_appends(store, count, f"beside {listeners}"), 1)
+    return rate
+
+
 async def http_round_trips(path: str, count: int) -> tuple[float, float]:
     """`mcp_round_trips` against `chatdock serve --http` (with the do-nothing tool) on a loopback port."""
     async with open_store(path) as store:
@@ -326,6 +375,11 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
         ctx_ms, bare_ms = await http_round_trips(path, max(50, scale // 10))
         add("mcp_http_context", ctx_ms)
         add("mcp_http_bare", bare_ms)
+        latencies = await event_latency(path, 200)
+        add("event_p50", _pct(latencies, 0.5))
+        add("event_p99", _pct(latencies, 0.99))
+        add("listeners_0", await appends_beside_listeners(path, 0, scale))
+        add("listeners_500", await appends_beside_listeners(path, 500, scale))
     if bar is not None:
         bar.finish(rounds)
     m = {name: statistics.median(values) for name, values in figures.items()}
@@ -421,6 +475,18 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
             m["text_bytes"] <= 1.1 * m["formatted_bytes"],
         ),
         Row("get_context (50 messages): structured", m["structured_bytes"], "bytes"),
+        Row("event at another process p50", m["event_p50"], "ms"),
+        Row("event at another process p99", m["event_p99"], "ms", goal="< 250 ms", met=m["event_p99"] < 250),
+        Row("append, 0 listeners", m["listeners_0"], "msg/s"),
+        Row(
+            "append, 500 idle listeners",
+            m["listeners_500"],
+            "msg/s",
+            m["listeners_0"],
+            m["listeners_500"] / m["listeners_0"],
+            "within 1.5x",
+            m["listeners_500"] * 1.5 >= m["listeners_0"],
+        ),
     ]
     for leftover in Path(folder).iterdir():
         leftover.unlink()

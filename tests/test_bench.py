@@ -30,6 +30,10 @@ ROWS = [
     "get_context (50 messages): formatted",
     "get_context (50 messages): text",
     "get_context (50 messages): structured",
+    "event at another process p50",
+    "event at another process p99",
+    "append, 0 listeners",
+    "append, 500 idle listeners",
 ]
 
 
