@@ -196,7 +196,7 @@ def test_an_initialize_era_http_session_belongs_to_the_key_that_opened_it(tmp_pa
 
     db = str(tmp_path / "sessions.db")
     acme, globex = create_key(db, "acme", "acme"), create_key(db, "globex", "globex")
-    with http_server(db) as base:
+    with http_server(db, "--max-sessions-per-org", "1") as base:
         headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
         hello_v = "2025-11-25"
         hello = {"protocolVersion": hello_v, "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
@@ -230,3 +230,9 @@ def test_an_initialize_era_http_session_belongs_to_the_key_that_opened_it(tmp_pa
         )
         with urllib.request.urlopen(still, timeout=10) as response:
             assert response.status == 200  # the owner's session was neither used nor deleted by the other key
+        with pytest.raises(urllib.error.HTTPError) as full:  # acme holds its one session: a second is refused
+            urllib.request.urlopen(opened, timeout=10)
+        assert full.value.code == 429 and "already has 1 sessions open" in full.value.read().decode()
+        other = urllib.request.Request(opened.full_url, opened.data, {**headers, "Authorization": f"Bearer {globex}"})
+        with urllib.request.urlopen(other, timeout=10) as response:  # another organization is not held back
+            assert response.status == 200
