@@ -1,6 +1,6 @@
-"""Streamable HTTP at /mcp behind API keys, with /healthz beside it.
+"""Streamable HTTP at /mcp and the REST routes (rest.py) behind API keys, with /healthz and /livez beside them.
 
-`ApiKeyAuth` wraps the SDK's Starlette app: every request to /mcp needs
+`ApiKeyAuth` wraps both apps: every request to /mcp and to a REST route needs
 `Authorization: Bearer <key>`; a missing, malformed, unknown or revoked key
 gets 401 before anything of the request runs. A valid key's organization is
 put into the ASGI scope (`ORG_SCOPE_KEY`), from where `OrgMiddleware` scopes
@@ -20,33 +20,34 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chatdock.storage import ChatdockError, InvalidInput, Store, open_store
+from chatdock.storage import ChatdockError, InvalidInput, Store, Unavailable, open_store
 
 from .app import ChatdockServer, Settings, build_server
 from .guard import FailedKeys
 from .org import ORG_SCOPE_KEY
+from .rest import ROUTE_PREFIXES, BodyLimit, build_rest
 from .sessions import DEFAULT_MAX_SESSIONS_PER_ORG, SessionOwners
 
 logger = logging.getLogger("chatdock.http")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MCP_PATHS = ("/mcp", "/healthz", "/livez")
+PROTECTED = ("/mcp", *ROUTE_PREFIXES)  # every route but /healthz, /livez, /openapi.json and /docs needs a key
 REALM = "chatdock"
 
 
 class ApiKeyAuth:
     """ASGI middleware: bearer API key in, organization into the scope, or 401 out."""
 
-    def __init__(
-        self, app: ASGIApp, server: ChatdockServer, sessions: SessionOwners, protected_prefix: str = "/mcp"
-    ) -> None:
+    def __init__(self, app: ASGIApp, server: ChatdockServer, sessions: SessionOwners) -> None:
         self.app = app
         self.server = server
-        self.protected_prefix = protected_prefix
         self.failures = FailedKeys()
         self.sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(self.protected_prefix):
+        path = str(scope.get("path", ""))
+        if scope["type"] != "http" or not path.startswith(PROTECTED):
             await self.app(scope, receive, send)
             return
         scope.pop(ORG_SCOPE_KEY, None)
@@ -66,7 +67,10 @@ class ApiKeyAuth:
             await self._reject(problem, scope, receive, send)
             return
         scope[ORG_SCOPE_KEY] = org
-        await self.sessions.serve(org, scope, receive, send, self.app)
+        if path.startswith("/mcp"):
+            await self.sessions.serve(org, scope, receive, send, self.app)
+        else:
+            await self.app(scope, receive, send)
 
     async def _slow_down(self, wait: float, scope: Scope, receive: Receive, send: Send) -> None:
         seconds = math.ceil(wait)
@@ -156,8 +160,34 @@ def build_http_app(
             return JSONResponse({"status": "unavailable", "store": problems[0], "problems": problems}, status_code=503)
         return JSONResponse({"status": "ok", "store": "ok"})
 
-    app = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
-    return ApiKeyAuth(app, server, SessionOwners(max_sessions_per_org))
+    @server.custom_route("/livez", methods=["GET"])  # type: ignore[untyped-decorator]
+    async def livez(_: Request) -> Response:
+        """The process answers (the store is not asked): a liveness probe, and the bench's bare route."""
+        return JSONResponse({"status": "ok"})
+
+    def the_store() -> Store:
+        if server.state.store is None:
+            raise Unavailable("the store is not open yet; try again in a moment")
+        return server.state.store
+
+    mcp = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
+    rest = BodyLimit(build_rest(the_store, settings.read_only))
+    return ApiKeyAuth(Dispatch(mcp, rest), server, SessionOwners(max_sessions_per_org))
+
+
+class Dispatch:
+    """ASGI: /mcp, /healthz, /livez and the lifespan to the MCP app; every other path to the REST routes."""
+
+    def __init__(self, mcp: ASGIApp, rest: ASGIApp) -> None:
+        self.mcp = mcp
+        self.rest = rest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", ""))
+        if scope["type"] != "http" or path.startswith(MCP_PATHS):
+            await self.mcp(scope, receive, send)
+        else:
+            await self.rest(scope, receive, send)
 
 
 @dataclass

@@ -183,8 +183,11 @@ class Store:
     async def open_chat(self, org: str, contact_id: str, channel: str, agent_id: str | None = None) -> Chat:
         return await self.backend.insert_chat(org, new_chat_record(contact_id, channel, agent_id, check.utc_now()))
 
-    async def update_chat(self, org: str, chat_id: str, status: str) -> Chat:
+    async def update_chat(self, org: str, chat_id: str, status: str, contact_id: str | None = None) -> Chat:
+        """Set a chat's status; with `contact_id`, only a chat of that contact."""
         chat_id = check.uuid_text(chat_id, "chat_id")
+        if contact_id is not None:
+            await self._chat_of(org, check.contact_id(contact_id), chat_id)
         updated = await self.backend.set_chat_status(org, chat_id, check.chat_status(status), check.utc_now())
         if updated is None:
             raise chat_not_found(chat_id)

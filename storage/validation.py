@@ -276,10 +276,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def explain(error: ValidationError) -> str:
-    """A pydantic failure in the contract's voice: each field, what is wrong, what was given."""
+def explain(error: ValidationError | Sequence[Any]) -> str:
+    """A pydantic failure (or its list of errors) in the contract's voice: each field, what is wrong, what was
+    given."""
     problems = []
-    for item in error.errors(include_url=False):
+    for item in error.errors(include_url=False) if isinstance(error, ValidationError) else error:
         where = ".".join(str(part) for part in item["loc"]) or "the value"
         if item["type"] == "missing":
             problems.append(f"{where} is required")

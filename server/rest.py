@@ -1,0 +1,329 @@
+"""The REST routes (SPEC.md, "HTTP API (REST)"): the Chats API that webhook handlers and back ends already call.
+
+Each route translates its request and calls the same `Store` method as the tool of the same name, so the
+rules and their error texts are one; its writes reach listeners like a tool's (the store announces them).
+The keys are checked before a route runs (`http.ApiKeyAuth`), which puts the organization in the scope.
+
+FastAPI does the routing, the argument validation and the OpenAPI 3.1 document, all from the pydantic models
+the tools and the store use (storage/models.py): no shape is written twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from chatdock.storage import (
+    AppendedMessage,
+    Chat,
+    ChatdockError,
+    ChatList,
+    Conflict,
+    Context,
+    DeletedMessage,
+    InvalidInput,
+    MessagePage,
+    NewMessage,
+    NotFound,
+    Store,
+    Unavailable,
+)
+from chatdock.storage import validation as check
+from chatdock.storage.errors import chat_not_found
+from chatdock.storage.models import AppendRequest, ChatWithMessages, OpenChatRequest, PostRequest, UpdateChatRequest
+
+from .org import ORG_SCOPE_KEY
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+ROUTE_PREFIXES = ("/chats", "/contacts", "/orgs")  # behind the key, like /mcp
+
+_STATUS: list[tuple[type[ChatdockError], int, str]] = [
+    (InvalidInput, 422, "Invalid arguments"),
+    (NotFound, 404, "Not found"),
+    (Conflict, 409, "Conflict"),
+    (Unavailable, 503, "Service unavailable"),
+]
+
+
+def problem(status: int, error: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error shape of every route: `{"error": "...", "message": "..."}`."""
+    return JSONResponse({"error": error, "message": message}, status_code=status, headers=headers)
+
+
+def _refusal(exc: ChatdockError) -> JSONResponse:
+    for kind, status, error in _STATUS:
+        if isinstance(exc, kind):
+            return problem(status, error, str(exc))
+    return problem(400, "Bad request", str(exc))
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": error,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+                }
+            }
+        },
+    }
+    for status, error in [
+        (400, "The body is not JSON"),
+        (401, "Invalid API key"),
+        (404, "An id names nothing in this organization"),
+        (409, "Conflict"),
+        (413, "The body is over 4 MiB"),
+        (422, "Invalid arguments: the message says what to fix"),
+        (503, "The database cannot serve the request now"),
+    ]
+}
+
+
+def _org(request: Request) -> str:
+    """The organization of the request's key (ApiKeyAuth put it in the scope)."""
+    return str(request.scope[ORG_SCOPE_KEY])
+
+
+Org = Annotated[str, Depends(_org)]
+ContactId = Annotated[str, Path(description="The contact's id, percent-encoded (%2B31612345678)")]
+
+
+def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
+    """The REST routes as a FastAPI app (with /openapi.json and /docs)."""
+    app = FastAPI(
+        title="chatdock",
+        version="0.1.0",
+        summary="Cross-channel conversation memory for agents: the Chats API routes.",
+        docs_url=None,
+        redoc_url=None,
+        responses=ERRORS,
+    )
+
+    def document() -> dict[str, Any]:
+        """The OpenAPI document, with the Bearer key every route takes."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            made = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            made.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "a key from `chatdock keys create`"}
+            }
+            made["security"] = [{"bearer": []}]
+            app.openapi_schema = made
+        return app.openapi_schema
+
+    app.openapi = document  # type: ignore[method-assign]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if any(error.get("type") == "json_invalid" or _unread_body(error) for error in errors):
+            return problem(400, "Invalid JSON", "the body is not valid JSON; send a JSON object")
+        return problem(422, "Invalid arguments", check.explain(_located(errors)))
+
+    @app.exception_handler(ChatdockError)
+    async def refused(_: Request, exc: ChatdockError) -> JSONResponse:
+        return _refusal(exc)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return docs_page()
+
+    # --- reading ---
+
+    @app.get("/chats/context", response_model=Context, summary="get_context: the last messages and the transcript")
+    async def get_context(
+        organization: Org,
+        contact_id: Annotated[str, Query()],
+        agent_id: str | None = None,
+        limit: int = 50,
+        chat_id: str | None = None,
+        roles: Annotated[str | None, Query(description="Comma-separated: user,assistant")] = None,
+        channels: Annotated[str | None, Query(description="Comma-separated: sms,voice")] = None,
+        max_chars: int | None = None,
+    ) -> Context:
+        return await the_store().get_context(
+            organization,
+            contact_id,
+            agent_id=agent_id,
+            chat_id=chat_id,
+            limit=limit,
+            roles=_listed(roles),
+            channels=_listed(channels),
+            max_chars=max_chars,
+        )
+
+    @app.get("/chats", response_model=MessagePage, summary="list_messages: newest first, a page at a time")
+    async def list_messages(
+        organization: Org,
+        contact_id: Annotated[str, Query()],
+        limit: int = 50,
+        cursor: str | None = None,
+        agent_id: str | None = None,
+        chat_id: str | None = None,
+        channel: str | None = None,
+    ) -> MessagePage:
+        return await the_store().list_messages(
+            organization, contact_id, limit=limit, cursor=cursor, agent_id=agent_id, chat_id=chat_id, channel=channel
+        )
+
+    @app.get("/contacts/{contact_id}/chats", response_model=ChatList, summary="list_chats: newest first")
+    async def list_chats(organization: Org, contact_id: ContactId, limit: int = 50) -> ChatList:
+        return ChatList(chats=await the_store().list_chats(organization, contact_id, limit))
+
+    if read_only:
+        return app
+
+    # --- writing ---
+
+    @app.post(
+        "/chats",
+        response_model=AppendedMessage,
+        status_code=201,
+        summary="append_message: 201 with the stored message, 200 with the first copy of a retried webhook",
+        responses={200: {"description": "Already stored (same channel and provider_message_id)"}},
+    )
+    async def append_message(organization: Org, body: AppendRequest) -> Response:
+        stored = await the_store().append_message(organization, NewMessage(**body.model_dump()))
+        return JSONResponse(stored.model_dump(mode="json"), status_code=200 if stored.deduplicated else 201)
+
+    @app.delete("/chats/{message_id}", response_model=DeletedMessage, summary="delete_message")
+    async def delete_message(organization: Org, message_id: str) -> DeletedMessage:
+        deleted = await the_store().delete_message(organization, message_id)
+        return DeletedMessage(id=deleted.id)
+
+    @app.post("/contacts/{contact_id}/chats", response_model=Chat, status_code=201, summary="open_chat")
+    async def open_chat(organization: Org, contact_id: ContactId, body: OpenChatRequest) -> Chat:
+        return await the_store().open_chat(organization, contact_id, body.channel, body.agent_id)
+
+    @app.patch("/contacts/{contact_id}/chats/{chat_id}", response_model=Chat, summary="update_chat")
+    async def update_chat(organization: Org, contact_id: ContactId, chat_id: str, body: UpdateChatRequest) -> Chat:
+        return await the_store().update_chat(organization, chat_id, body.status, contact_id=contact_id)
+
+    async def post(organization: str, contact_id: str, chat_id: str, body: PostRequest) -> ChatWithMessages:
+        stored = await the_store().post_as_contact(organization, contact_id, chat_id, body.message, body.channel_id)
+        chat = next(c for c in await the_store().list_chats(organization, contact_id, 200) if c.id == stored.chat_id)
+        return ChatWithMessages(**chat.model_dump(), messages=[stored])
+
+    @app.post(
+        "/contacts/{contact_id}/chats/{chat_id}/messages",
+        response_model=ChatWithMessages,
+        status_code=201,
+        summary="post_as_contact: the chat, with the stored message",
+    )
+    async def post_as_contact(
+        organization: Org, contact_id: ContactId, chat_id: str, body: PostRequest
+    ) -> ChatWithMessages:
+        return await post(organization, contact_id, chat_id, body)
+
+    @app.post(
+        "/orgs/{org_id}/contacts/{contact_id}/chats/{chat_id}/messages",
+        response_model=ChatWithMessages,
+        status_code=201,
+        summary="post_as_contact, as Invent's route names it (an org_id other than the key's is an unknown chat)",
+    )
+    async def post_as_contact_in_org(
+        organization: Org, org_id: str, contact_id: ContactId, chat_id: str, body: PostRequest
+    ) -> ChatWithMessages:
+        if org_id != organization:
+            raise chat_not_found(check.uuid_text(chat_id, "chat_id"), contact_id)
+        return await post(organization, contact_id, chat_id, body)
+
+    return app
+
+
+def _unread_body(error: Any) -> bool:
+    """A body FastAPI could not read as JSON at all (no JSON content type, or not JSON)."""
+    return tuple(error.get("loc", ())) == ("body",) and isinstance(error.get("input"), bytes | str)
+
+
+def _listed(value: str | None) -> list[str] | None:
+    return None if value is None else [item.strip() for item in value.split(",")]
+
+
+def _located(errors: list[Any]) -> list[Any]:
+    """FastAPI names where a bad value was (`body`, `query`, `path`): keep only the field's own name."""
+    located = []
+    for error in errors:
+        where = [part for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+        located.append({**error, "loc": tuple(where)})
+    return located
+
+
+DOCS = """<!doctype html>
+<html><head><meta charset="utf-8"><title>chatdock REST API</title>
+<style>body{font:15px/1.45 system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}
+code,pre{background:#f4f4f4;padding:.1em .3em}pre{padding:.6em;overflow:auto}
+h2{margin-top:2em;font-size:1.1em}.m{font-weight:bold;text-transform:uppercase;margin-right:.5em}</style>
+</head><body><h1>chatdock REST API</h1>
+<p>Every route takes <code>Authorization: Bearer &lt;key&gt;</code>. The machine-readable document:
+<a href="/openapi.json">/openapi.json</a> (OpenAPI 3.1).</p><div id="routes">Loading...</div>
+<script>
+fetch("/openapi.json").then(r => r.json()).then(doc => {
+  const out = [];
+  const esc = s => String(s).replace(/[&<>]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;"}[c]));
+  for (const [path, ops] of Object.entries(doc.paths)) for (const [method, op] of Object.entries(ops)) {
+    out.push(`<h2><span class="m">${method}</span><code>${esc(path)}</code></h2><p>${esc(op.summary || "")}</p>`);
+    const params = (op.parameters || []).map(
+      p => `<code>${esc(p.name)}</code> (${p.in}${p.required ? ", required" : ""})`);
+    if (params.length) out.push(`<p>Parameters: ${params.join(", ")}</p>`);
+    const body = op.requestBody && op.requestBody.content["application/json"];
+    if (body) out.push(`<p>Body:</p><pre>${esc(JSON.stringify(body.schema, null, 2))}</pre>`);
+    out.push(`<p>Answers: ${Object.keys(op.responses).join(", ")}</p>`);
+  }
+  document.getElementById("routes").innerHTML = out.join("");
+});
+</script></body></html>"""
+
+
+def docs_page() -> HTMLResponse:
+    """A page that renders /openapi.json, with nothing fetched from elsewhere."""
+    return HTMLResponse(DOCS)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over 4 MiB gets 413 before a route reads it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
+                await _too_large(scope, receive, send)
+                return
+        received = 0
+
+        async def counted() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await _too_large(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
+    response = problem(413, "Payload too large", f"the body is over {MAX_BODY_BYTES:,} bytes; send less")
+    await response(scope, receive, send)
