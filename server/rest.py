@@ -11,11 +11,13 @@ the tools and the store use (storage/models.py): no shape is written twice.
 from __future__ import annotations
 
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatdock.storage import (
@@ -128,6 +130,17 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
         if any(error.get("type") == "json_invalid" or _unread_body(error) for error in errors):
             return problem(400, "Invalid JSON", "the body is not valid JSON; send a JSON object")
         return problem(422, "Invalid arguments", check.explain(_located(errors)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's own refusals (a body it cannot parse, an unknown route or method) in the same shape."""
+        if exc.status_code == 400:
+            return problem(400, "Invalid JSON", f"the body could not be read ({exc.detail}); send a JSON object")
+        if exc.status_code == 404:
+            return problem(404, "Not found", "no such route; /docs lists them")
+        if exc.status_code == 405:
+            return problem(405, "Method not allowed", f"{exc.detail}; /docs lists each route's methods")
+        return problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
 
     @app.exception_handler(ChatdockError)
     async def refused(_: Request, exc: ChatdockError) -> JSONResponse:

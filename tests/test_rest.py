@@ -1,0 +1,289 @@
+"""The REST routes against a real `chatdock serve --http` on 127.0.0.1: every route, its errors, the Chats API's
+own request bodies verbatim, retried webhooks, organizations, events, and hostile input generated from the
+OpenAPI document itself."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import sqlite3
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mcp.client.subscriptions import ResourceUpdated
+from schemathesis import GenerationMode
+
+from chatdock.server.resources import TRANSCRIPT_URI, contact_uri
+from tests.transports import create_key, http_client, http_server
+
+pytestmark = pytest.mark.process
+
+UNKNOWN = "0192f0c4-7d3e-7b1a-9c4e-2f1d3a5b6c7d"
+LONG_MODE = os.environ.get("CHATDOCK_LONG_TESTS") == "1"
+
+
+class Rest:
+    """A tiny JSON client with one key."""
+
+    def __init__(self, base: str, key: str | None) -> None:
+        self.base = base
+        self.key = key
+
+    def __call__(
+        self, method: str, path: str, body: Any = None, raw: bytes | None = None, **query: Any
+    ) -> tuple[int, Any]:
+        url = self.base + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        headers = {"Content-Type": "application/json"}
+        if self.key is not None:
+            headers["Authorization"] = f"Bearer {self.key}"
+        request = urllib.request.Request(url, data, headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as failed:
+            return failed.code, json.loads(failed.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    db = str(tmp_path_factory.mktemp("rest") / "rest.db")
+    acme, globex = create_key(db, "acme", "acme"), create_key(db, "globex", "globex")
+    with http_server(db) as base:
+        yield {"base": base, "acme": Rest(base, acme), "globex": Rest(base, globex), "acme_key": acme, "db": db}
+
+
+def q(contact: str) -> str:
+    return urllib.parse.quote(contact, safe="")
+
+
+def too_large(base: str, key: str) -> tuple[int, Any]:
+    """Announce a 5 MiB body and wait for the answer before sending it, as a client with Expect: 100-continue."""
+    host, port = urllib.parse.urlsplit(base).netloc.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.putrequest("POST", "/chats")
+        for name, value in [("Authorization", f"Bearer {key}"), ("Content-Type", "application/json"),
+                            ("Content-Length", str(5 * 1024 * 1024)), ("Expect", "100-continue")]:  # fmt: skip
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_the_chats_api_request_bodies_work_unchanged(served: dict[str, Any]) -> None:
+    rest = served["acme"]
+    status, stored = rest(
+        "POST", "/chats", {"contact_id": "string", "channel": "string", "role": "user", "content": "string"}
+    )
+    assert status == 201 and stored["content"] == "string" and stored["deduplicated"] is False
+    status, chat = rest("POST", "/contacts/string/chats", {"channel": "voice"})
+    assert status == 201 and chat["status"] == "RUNNING"
+    invent = {
+        "message": [
+            {"type": "text", "text": "Hi, I'd like to move my", "start_timestamp": 0.4, "end_timestamp": 1.9},
+            {"type": "text", "text": "appointment to Friday.", "start_timestamp": 2.0, "end_timestamp": 3.1},
+        ],
+        "channel_id": chat["channels"][0]["id"],
+    }
+    for path in (
+        f"/contacts/string/chats/{chat['id']}/messages",
+        f"/orgs/acme/contacts/string/chats/{chat['id']}/messages",
+    ):
+        status, posted = rest("POST", path, invent)
+        assert status == 201 and posted["id"] == chat["id"], posted
+        [message] = posted["messages"]
+        assert message["role"] == "user" and message["channel"] == "voice"
+        assert message["content"] == "Hi, I'd like to move my appointment to Friday."
+        assert message["parts"][0]["start_timestamp"] == 0.4
+
+
+def test_every_route_answers_and_every_error_has_its_status(served: dict[str, Any]) -> None:
+    rest, contact = served["acme"], "+31699000001"
+    webhook = {"contact_id": contact, "channel": "whatsapp", "role": "user", "content": "Where is my parcel?",
+               "metadata": {"provider_message_id": "wamid.ABC"}}  # fmt: skip
+    first = rest("POST", "/chats", webhook)
+    again = rest("POST", "/chats", webhook)
+    assert (first[0], again[0]) == (201, 200) and first[1]["id"] == again[1]["id"] and again[1]["deduplicated"]
+    status, context = rest("GET", "/chats/context", contact_id=contact, roles="user,assistant", channels="whatsapp")
+    assert status == 200 and context["formatted"] == "USER: Where is my parcel?"
+    status, page = rest("GET", "/chats", contact_id=contact, limit=10)
+    assert status == 200 and [m["id"] for m in page["messages"]] == [first[1]["id"]] and page["next_cursor"] is None
+    status, chat = rest("POST", f"/contacts/{q(contact)}/chats", {"channel": "widget", "agent_id": "a1"})
+    assert status == 201
+    status, updated = rest("PATCH", f"/contacts/{q(contact)}/chats/{chat['id']}", {"status": "COMPLETED"})
+    assert status == 200 and updated["status"] == "COMPLETED"
+    status, listed = rest("GET", f"/contacts/{q(contact)}/chats", limit=5)
+    assert status == 200 and [c["id"] for c in listed["chats"]] == [chat["id"]]
+    status, deleted = rest("DELETE", f"/chats/{first[1]['id']}")
+    assert (status, deleted) == (200, {"id": first[1]["id"], "deleted": True})
+
+    assert rest("POST", "/chats", raw=b"{not json")[0] == 400
+    assert Rest(served["base"], None)("GET", "/chats", contact_id=contact) == (
+        401,
+        {"error": "Invalid API key", "message": "send the header 'Authorization: Bearer <key>'; create a key with "
+         "`chatdock keys create`"},
+    )  # fmt: skip
+    assert rest("DELETE", f"/chats/{first[1]['id']}") == (
+        404,
+        {"error": "Not found", "message": f"message {first[1]['id']} not found; list_messages shows the ids of a "
+         "contact's messages"},
+    )  # fmt: skip
+    assert rest("GET", "/chats/context", contact_id=contact, limit=500) == (
+        422,
+        {"error": "Invalid arguments", "message": "limit must be between 1 and 200, got 500"},
+    )
+    status, problem = rest("POST", "/chats", {**webhook, "role": "admin"})
+    assert (
+        status == 422
+        and problem["message"] == "role must be one of user, assistant, system, tool, event, note; got 'admin'"
+    )
+    status, problem = rest("POST", "/chats", {"contact_id": contact, "channel": "sms"})
+    assert status == 422 and problem["message"] == "role is required; content is required"
+    status, problem = too_large(served["base"], served["acme_key"])
+    assert status == 413 and problem["error"] == "Payload too large"
+    whatsapp = rest("POST", f"/contacts/{q(contact)}/chats", {"channel": "whatsapp"})[1]
+    status, problem = rest(
+        "POST", f"/contacts/{q(contact)}/chats/{whatsapp['id']}/messages", {"message": [{"text": "x"}]}
+    )
+    assert status == 422 and problem["message"].startswith("post_as_contact supports only custom channels")
+    assert rest("PATCH", f"/contacts/other/chats/{chat['id']}", {"status": "FAILED"})[0] == 404
+    status, document = rest("GET", "/openapi.json")
+    assert status == 200 and document["openapi"].startswith("3.1")
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert document["paths"]["/chats"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    with urllib.request.urlopen(served["base"] + "/docs", timeout=10) as page_response:
+        assert b"/openapi.json" in page_response.read()
+
+
+def test_another_organizations_ids_answer_like_unknown_ones_on_every_route(served: dict[str, Any]) -> None:
+    acme, globex = served["acme"], served["globex"]
+    contact = "+31699000002"
+    message = acme("POST", "/chats", {"contact_id": contact, "channel": "sms", "role": "user", "content": "acme only"})[
+        1
+    ]
+    chat = acme("POST", f"/contacts/{q(contact)}/chats", {"channel": "voice"})[1]
+
+    def same(theirs: tuple[int, Any], unknown: tuple[int, Any], ids: tuple[str, str]) -> None:
+        assert theirs[0] == unknown[0], (theirs, unknown)
+        assert json.dumps(theirs[1]).replace(ids[0], "ID") == json.dumps(unknown[1]).replace(ids[1], "ID")
+
+    same(globex("DELETE", f"/chats/{message['id']}"), globex("DELETE", f"/chats/{UNKNOWN}"), (message["id"], UNKNOWN))
+    for method, path, body in [
+        ("PATCH", f"/contacts/{q(contact)}/chats/{{}}", {"status": "FAILED"}),
+        ("POST", f"/contacts/{q(contact)}/chats/{{}}/messages", {"message": [{"text": "x"}]}),
+        ("POST", f"/orgs/globex/contacts/{q(contact)}/chats/{{}}/messages", {"message": [{"text": "x"}]}),
+        ("POST", f"/orgs/acme/contacts/{q(contact)}/chats/{{}}/messages", {"message": [{"text": "x"}]}),
+    ]:
+        same(
+            globex(method, path.format(chat["id"]), body),
+            globex(method, path.format(UNKNOWN), body),
+            (chat["id"], UNKNOWN),
+        )
+    for path in ("/chats/context", "/chats"):
+        assert globex("GET", path, contact_id=contact)[1] == globex("GET", path, contact_id="+31699999999")[1] | (
+            {"contact_id": contact} if path == "/chats/context" else {}
+        )
+    assert globex("GET", f"/contacts/{q(contact)}/chats")[1] == {"chats": []}
+    assert [m["content"] for m in acme("GET", "/chats", contact_id=contact)[1]["messages"]] == ["acme only"]
+
+
+async def test_a_rest_append_reaches_a_listener(served: dict[str, Any]) -> None:
+    contact = "+31699000003"
+    uri = contact_uri(TRANSCRIPT_URI, contact)
+    heard: list[str] = []
+    async with http_client(served["base"], served["acme_key"]) as listener:
+        async with listener.listen(resource_subscriptions=[uri]) as events:
+
+            async def hear() -> None:
+                async for event in events:
+                    if isinstance(event, ResourceUpdated):
+                        heard.append(event.uri)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(hear)
+                body = {"contact_id": contact, "channel": "sms", "role": "user", "content": "over REST"}
+                status, _ = await anyio.to_thread.run_sync(lambda: served["acme"]("POST", "/chats", body))
+                assert status == 201
+                with anyio.fail_after(5):
+                    while not heard:
+                        await anyio.sleep(0.01)
+                group.cancel_scope.cancel()
+    assert heard == [uri]
+
+
+def test_read_only_serves_only_the_read_routes(tmp_path: Path) -> None:
+    db = str(tmp_path / "read-only.db")
+    key = create_key(db, "acme", "reader")
+    with http_server(db, "--read-only") as base:
+        rest = Rest(base, key)
+        assert rest("GET", "/chats/context", contact_id="c")[0] == 200
+        assert rest("POST", "/chats", {"contact_id": "c", "channel": "sms", "role": "user", "content": "x"})[0] in (
+            404,
+            405,
+        )
+        document = rest("GET", "/openapi.json")[1]
+        assert sorted(document["paths"]) == ["/chats", "/chats/context", "/contacts/{contact_id}/chats"]
+        assert all(set(ops) == {"get"} for ops in document["paths"].values())
+
+
+# --- hostile input generated from the OpenAPI document ---
+
+
+def test_generated_requests_never_get_a_server_error_nor_a_partial_write(served: dict[str, Any]) -> None:
+    """Requests drawn from /openapi.json itself, fitting ones and hostile ones (wrong types, missing fields,
+    odd text), against every route; 15 per route and kind here, 300 in the long mode."""
+    schema = schemathesis.openapi.from_url(served["base"] + "/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 8
+    headers = {"Authorization": f"Bearer {served['acme_key']}"}
+    created: set[str] = set()
+    answered: list[int] = []
+
+    def drive(operation: Any, mode: GenerationMode) -> None:
+        @settings(
+            max_examples=300 if LONG_MODE else 15,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=not LONG_MODE,
+            database=None,
+        )
+        @given(st.data())
+        def exercise(data: st.DataObject) -> None:
+            case = data.draw(operation.as_strategy(generation_mode=mode))
+            response = case.call(base_url=served["base"], headers=headers)
+            answered.append(response.status_code)
+            assert response.status_code < 500, (case.method, case.path, response.text[:500])
+            body = response.json() if response.content else None
+            if response.status_code >= 400:
+                assert set(body) == {"error", "message"} and body["message"], body
+            elif case.method == "POST" and case.path == "/chats":
+                created.add(body["id"])
+            elif case.method == "DELETE":
+                created.discard(body["id"])
+
+        exercise()
+
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            drive(operation, mode)
+
+    assert len(answered) >= 8 * 2 * 10 and any(code < 300 for code in answered)
+    with urllib.request.urlopen(served["base"] + "/healthz", timeout=10) as response:
+        assert response.status == 200  # the server still answers
+    with sqlite3.connect(served["db"]) as conn:
+        stored = {row[0] for row in conn.execute("SELECT id FROM messages")}
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert created <= stored  # every acknowledged append is there
