@@ -12,10 +12,8 @@ import contextlib
 import json
 import os
 import random
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,14 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx2
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
 
 from chatdock.storage import NewMessage, Store, open_store
 
 from .app import Settings, build_server
+from .bench_http import http_round_trips, rest_figures, rest_rows, served_over_http
 from .progress import Progress
 from .resources import TRANSCRIPT_URI, contact_uri
 
@@ -253,34 +250,6 @@ async def appends_beside_listeners(path: str, listeners: int, count: int) -> flo
     return rate
 
 
-async def http_round_trips(path: str, count: int) -> tuple[float, float]:
-    """`mcp_round_trips` against `chatdock serve --http` (with the do-nothing tool) on a loopback port."""
-    async with open_store(path) as store:
-        key = (await store.create_api_key("bench")).key
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "chatdock.server.bench", "--serve-http", path, str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
-            for _ in range(300):
-                try:
-                    if (await http.get(base + "/healthz")).status_code == 200:
-                        break
-                except httpx2.TransportError:
-                    await asyncio.sleep(0.05)
-            async with Client(streamable_http_client(base + "/mcp", http_client=http)) as client:
-                return await mcp_round_trips(client, count)
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
 def bench_server(settings: Settings, store: Store | None = None) -> Any:
     """chatdock's server plus one do-nothing tool: the floor of a tool call on a transport."""
     server = build_server(settings, store)
@@ -372,10 +341,13 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
             ctx_ms, bare_ms = await mcp_round_trips(client, max(50, scale // 10))
             add("mcp_stdio_context", ctx_ms)
             add("mcp_stdio_bare", bare_ms)
-        ctx_ms, bare_ms = await http_round_trips(path, max(50, scale // 10))
-        add("mcp_http_context", ctx_ms)
-        add("mcp_http_bare", bare_ms)
-        latencies = await event_latency(path, 200)
+        async with served_over_http(path) as (base, key):
+            ctx_ms, bare_ms = await http_round_trips(base, key, max(50, scale // 10))
+            add("mcp_http_context", ctx_ms)
+            add("mcp_http_bare", bare_ms)
+            for name, value in (await rest_figures(base, key, scale)).items():
+                add(name, value)
+        latencies = await event_latency(path, min(200, scale // 10))  # 200 at full size
         add("event_p50", _pct(latencies, 0.5))
         add("event_p99", _pct(latencies, 0.99))
         add("listeners_0", await appends_beside_listeners(path, 0, scale))
@@ -475,6 +447,7 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
             m["text_bytes"] <= 1.1 * m["formatted_bytes"],
         ),
         Row("get_context (50 messages): structured", m["structured_bytes"], "bytes"),
+        *rest_rows(m),
         Row("event at another process p50", m["event_p50"], "ms"),
         Row("event at another process p99", m["event_p99"], "ms", goal="< 250 ms", met=m["event_p99"] < 250),
         Row("append, 0 listeners", m["listeners_0"], "msg/s"),

@@ -34,6 +34,12 @@ ROWS = [
     "event at another process p99",
     "append, 0 listeners",
     "append, 500 idle listeners",
+    "HTTP bare route, 32 clients",
+    "REST append, 1 clients",
+    "REST append, 32 clients",
+    "REST get_context p99",
+    "MCP-over-HTTP append, 32 clients",
+    "REST append beside MCP append (32)",
 ]
 
 

@@ -1,0 +1,149 @@
+"""`chatdock bench` over HTTP: MCP and the REST routes against a real `chatdock serve --http` on loopback, each
+beside the same server's floor (a do-nothing tool, the store-less `/livez` route) in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from chatdock.storage import open_store
+
+if TYPE_CHECKING:
+    from .bench import Row
+
+CLIENTS = (1, 8, 32)
+
+
+@asynccontextmanager
+async def served_over_http(path: str) -> AsyncIterator[tuple[str, str]]:
+    """The bench server (chatdock and a do-nothing tool) behind `serve --http` on a free port; (base URL, key)."""
+    async with open_store(path) as store:
+        key = (await store.create_api_key("bench")).key
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chatdock.server.bench", "--serve-http", path, str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx2.AsyncClient(timeout=30) as http:
+            for _ in range(300):
+                try:
+                    if (await http.get(base + "/healthz")).status_code == 200:
+                        break
+                except httpx2.TransportError:
+                    await asyncio.sleep(0.05)
+        yield base, key
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _http(key: str) -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+        limits=httpx2.Limits(max_connections=64, max_keepalive_connections=64),
+    )
+
+
+async def http_round_trips(base: str, key: str, count: int) -> tuple[float, float]:
+    """`bench.mcp_round_trips` over streamable HTTP."""
+    from .bench import mcp_round_trips
+
+    async with _http(key) as http, Client(streamable_http_client(base + "/mcp", http_client=http)) as client:
+        return await mcp_round_trips(client, count)
+
+
+async def _rate(call: Callable[[int], Awaitable[Any]], clients: int, count: int) -> float:
+    """Calls per second with `clients` callers sharing `count` calls."""
+    queue = list(range(count))
+
+    async def caller() -> None:
+        while queue:
+            await call(queue.pop())
+
+    began = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(clients)))
+    return count / (time.perf_counter() - began)
+
+
+async def rest_figures(base: str, key: str, count: int) -> dict[str, float]:
+    """REST append and the bare route at 1, 8 and 32 clients, REST get_context p50/p99, MCP append at 32."""
+    from .bench import CONVERSATION, _pct
+
+    figures: dict[str, float] = {}
+    async with _http(key) as http:
+
+        async def bare(_: int) -> None:
+            (await http.get(base + "/livez")).raise_for_status()
+
+        async def append(index: int) -> None:
+            body = {
+                "contact_id": f"+3188{index % 500:07d}",
+                "channel": "sms",
+                "role": "user",
+                "content": f"rest {index}",
+            }
+            (await http.post(base + "/chats", json=body)).raise_for_status()
+
+        for clients in CLIENTS:
+            figures[f"bare_{clients}"] = await _rate(bare, clients, count)
+            figures[f"rest_{clients}"] = await _rate(append, clients, count)
+        samples = []
+        for _ in range(count):
+            began = time.perf_counter()
+            (await http.get(base + "/chats/context", params={"contact_id": CONVERSATION})).raise_for_status()
+            samples.append((time.perf_counter() - began) * 1000)
+        figures["rest_context_p50"] = _pct(samples, 0.5)
+        figures["rest_context_p99"] = _pct(samples, 0.99)
+        async with Client(streamable_http_client(base + "/mcp", http_client=http)) as client:
+
+            async def mcp_append(index: int) -> None:
+                arguments = {"contact_id": f"+3189{index % 500:07d}", "channel": "sms", "role": "user", "content": "m"}
+                result = await client.call_tool("append_message", arguments)
+                assert not result.is_error
+
+            figures["mcp_append_32"] = await _rate(mcp_append, 32, count)
+    return figures
+
+
+def rest_rows(m: dict[str, float]) -> list[Row]:
+    from .bench import Row
+
+    rows = []
+    for clients in CLIENTS:
+        rows.append(Row(f"HTTP bare route, {clients} clients", m[f"bare_{clients}"], "req/s"))
+        rows.append(
+            Row(f"REST append, {clients} clients", m[f"rest_{clients}"], "msg/s", m[f"bare_{clients}"],
+                m[f"rest_{clients}"] / m[f"bare_{clients}"],
+                ">= 0.6x bare" if clients == 32 else "", m["rest_32"] >= 0.6 * m["bare_32"] if clients == 32 else None)
+        )  # fmt: skip
+    rows += [
+        Row("REST get_context p50", m["rest_context_p50"], "ms"),
+        Row("REST get_context p99", m["rest_context_p99"], "ms"),
+        Row("MCP-over-HTTP append, 32 clients", m["mcp_append_32"], "msg/s"),
+        Row(
+            "REST append beside MCP append (32)",
+            m["rest_32"],
+            "msg/s",
+            m["mcp_append_32"],
+            m["rest_32"] / m["mcp_append_32"],
+            ">= 3x",
+            m["rest_32"] >= 3 * m["mcp_append_32"],
+        ),
+    ]
+    return rows
