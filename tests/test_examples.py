@@ -55,3 +55,9 @@ def test_http_example_is_refused_without_a_key_and_served_with_one() -> None:
     output = run_example("http_client.py")
     assert 'without a key: HTTP 401 {"error":"Invalid API key"' in output
     assert "with the key: USER: Hello from the web widget" in output
+
+
+def test_rest_webhook_posts_a_retried_payload_with_plain_http_and_stores_it_once() -> None:
+    output = run_example("rest_webhook.py")
+    assert "first delivery: [201, 201]" in output and "second delivery: [200, 200]" in output
+    assert output.rstrip().endswith("USER: Hi! Is my order 4471 on its way?\nUSER: It was due yesterday.")
