@@ -132,8 +132,9 @@ class Events:
             return
         if not isinstance(change, Change):
             return
-        for template in CONTACT_URIS:
-            self._updated(change.org, contact_uri(template, change.contact_id))
+        for identifier in (change.contact_id, *change.aliases):  # a contact's URIs under each of its identifiers
+            for template in CONTACT_URIS:
+                self._updated(change.org, contact_uri(template, identifier))
         if change.kind != "updated":
             self._list_changed(change.org)
 

@@ -20,7 +20,17 @@ from typing import Literal, Protocol
 from .changes import Deliver
 from .cursor import Position
 from .errors import ChatdockError
-from .models import ApiKeyInfo, AppendedMessage, Chat, ChatStatus, ForgetResult, Message, Role
+from .models import (
+    ApiKeyInfo,
+    AppendedMessage,
+    Chat,
+    ChatStatus,
+    ContactInfo,
+    ForgetResult,
+    LinkResult,
+    Message,
+    Role,
+)
 from .records import ChatRecord, MessageRecord
 
 # How each imported record went: newly stored, or already there (same id; or channel and provider id).
@@ -90,6 +100,23 @@ class Backend(Protocol):
 
     # --- contacts ---
     async def forget_contact(self, org: str, contact_id: str) -> ForgetResult: ...
+
+    async def resolve(self, org: str, identifier: str) -> str | None:
+        """The contact_id of the contact `identifier` names (itself, or an alias of it), None for none."""
+        ...
+
+    async def contact(self, org: str, contact_id: str) -> ContactInfo | None:
+        """The contact any of its identifiers names, None for none."""
+        ...
+
+    async def link(self, org: str, contact_id: str, identifier: str) -> LinkResult:
+        """Make `identifier` name the contact of `contact_id` (created when new), in one transaction; when it
+        names another contact, move that one's messages, chats, channels and identifiers into it."""
+        ...
+
+    async def unlink(self, org: str, identifier: str) -> ContactInfo | None:
+        """Detach an alias from its contact (InvalidInput for a contact's own id); None for an unknown one."""
+        ...
 
     async def recent_contacts(self, org: str, limit: int) -> list[str]:
         """The contacts with the latest messages first."""

@@ -24,6 +24,7 @@ class Change:
     org: str
     contact_id: str
     kind: ChangeKind = "updated"
+    aliases: tuple[str, ...] = ()  # the contact's other identifiers: their URIs read the same contact
 
 
 class _Everything:

@@ -70,3 +70,18 @@ def key_name_taken(name: str | None) -> Conflict:
 
 def no_live_key(prefix_or_name: str) -> NotFound:
     return NotFound(f"no live key has the prefix or name {prefix_or_name!r}; `chatdock keys list` shows them")
+
+
+def contact_not_found(contact_id: str) -> NotFound:
+    return NotFound(f"contact {contact_id} not found; a contact exists once it has a message or a chat")
+
+
+def identifier_not_found(identifier: str) -> NotFound:
+    return NotFound(f"identifier {identifier} is not linked to any contact; get_contact lists a contact's aliases")
+
+
+def own_identifier(identifier: str) -> InvalidInput:
+    return InvalidInput(
+        f"{identifier} is the contact's own contact_id and cannot be unlinked; unlink one of its aliases, or "
+        "forget the contact"
+    )

@@ -160,6 +160,42 @@ class ForgetResult(_Model):
     contact_id: str
     deleted_messages: int
     deleted_chats: int
+    deleted_identifiers: int = 0
+
+
+class ContactInfo(_Model):
+    """A contact: its own id, its other identifiers, where it wrote, how much, and when."""
+
+    contact_id: str
+    aliases: list[str]
+    channels: list[str]
+    message_count: int
+    chat_count: int
+    first_seen_at: Timestamp
+    last_active_at: Timestamp
+
+
+class LinkResult(ContactInfo):
+    """The contact after a link, and what a merge moved into it."""
+
+    merged_messages: int
+    merged_chats: int
+
+
+class NewAlias(_Model):
+    """An alias as history import brings it in."""
+
+    contact_id: str
+    identifier: str
+    created_at: datetime
+
+
+class AliasRequest(_Model):
+    """POST /contacts/{contact_id}/aliases: link another identifier to the contact."""
+
+    identifier: str
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"identifier": "ann@example.com"}]})
 
 
 class ApiKeyInfo(_Model):

@@ -18,14 +18,24 @@ from . import validation as check
 from .backend import Backend, Imported, MessageFilter
 from .changes import Deliver
 from .cursor import decode_cursor, encode_cursor
-from .errors import ChatdockError, InvalidInput, chat_not_found, message_not_found, no_live_key
+from .errors import (
+    ChatdockError,
+    InvalidInput,
+    chat_not_found,
+    contact_not_found,
+    identifier_not_found,
+    message_not_found,
+    no_live_key,
+)
 from .models import (
     ApiKeyInfo,
     AppendedMessage,
     ChannelRef,
     Chat,
+    ContactInfo,
     Context,
     ForgetResult,
+    LinkResult,
     Message,
     MessagePage,
     NewApiKey,
@@ -99,12 +109,17 @@ class Store:
         wanted = check.optional_uuid(channel_id, "channel_id")
         checked_parts, _ = check.parts(parts)
         now = check.utc_now()
+        contact_id = await self._canonical(org, contact_id)
         chat = await self._chat_of(org, contact_id, chat_id)
         chosen = choose_channel(chat, wanted)
         new = NewMessage(contact_id=contact_id, channel=chosen.name, role="user", parts=checked_parts, chat_id=chat_id)
         record = message_record(new, now)
         await self.backend.insert_message(org, record)  # checks again, in its transaction, that the chat is theirs
         return record.message
+
+    async def _canonical(self, org: str, identifier: str) -> str:
+        """The contact_id of the contact `identifier` names (an alias resolves to its contact), or itself."""
+        return await self.backend.resolve(org, identifier) or identifier
 
     async def _chat_of(self, org: str, contact_id: str, chat_id: str) -> Chat:
         chat = await self.backend.chat(org, chat_id)
@@ -131,8 +146,11 @@ class Store:
         only = MessageFilter(agent_id, chat_id, check.roles(roles), check.channels(channels))
         budget = check.max_chars(max_chars)
         if only.chat_id is not None:
+            contact_id = await self._canonical(org, contact_id)
             await self._chat_of(org, contact_id, only.chat_id)
         newest_first = await self.backend.latest_messages(org, contact_id, only, limit, MAX_RESULT_BYTES)
+        # the messages name their contact by its own id, whichever identifier asked; with none, ask
+        contact_id = newest_first[0].contact_id if newest_first else await self._canonical(org, contact_id)
         kept, formatted, truncated = fit_transcript(newest_first[::-1], budget)
         return Context(
             contact_id=contact_id, agent_id=agent_id, messages=kept, formatted=formatted, truncated=truncated
@@ -156,7 +174,7 @@ class Store:
         only = MessageFilter(agent_id, chat_id, None, None if channel is None else [check.channel(channel)])
         after = None if cursor is None else decode_cursor(cursor)
         if only.chat_id is not None:
-            await self._chat_of(org, contact_id, only.chat_id)
+            await self._chat_of(org, await self._canonical(org, contact_id), only.chat_id)
         rows = await self.backend.message_page(org, contact_id, only, limit + 1, after, MAX_RESULT_BYTES)
         # a page fits in one result (each message also has its line in the text a model reads), the rest is
         # on the next page
@@ -187,7 +205,7 @@ class Store:
         """Set a chat's status; with `contact_id`, only a chat of that contact."""
         chat_id = check.uuid_text(chat_id, "chat_id")
         if contact_id is not None:
-            await self._chat_of(org, check.contact_id(contact_id), chat_id)
+            await self._chat_of(org, await self._canonical(org, check.contact_id(contact_id)), chat_id)
         updated = await self.backend.set_chat_status(org, chat_id, check.chat_status(status), check.utc_now())
         if updated is None:
             raise chat_not_found(chat_id)
@@ -201,6 +219,26 @@ class Store:
 
     async def forget_contact(self, org: str, contact_id: str) -> ForgetResult:
         return await self.backend.forget_contact(org, check.contact_id(contact_id))
+
+    async def get_contact(self, org: str, contact_id: str) -> ContactInfo:
+        """A contact, named by its contact_id or any alias: identifiers, channels, counts, first and last activity."""
+        found = await self.backend.contact(org, check.contact_id(contact_id))
+        if found is None:
+            raise contact_not_found(contact_id)
+        return found
+
+    async def link_contacts(self, org: str, contact_id: str, identifier: str) -> LinkResult:
+        """Afterwards `identifier` names the contact of `contact_id`; a contact it named before is merged in."""
+        return await self.backend.link(org, check.contact_id(contact_id), check.identifier(identifier, "identifier"))
+
+    async def unlink_contact(self, org: str, identifier: str) -> ContactInfo:
+        """`identifier` no longer names its contact (whose history stays); the next message under it starts a
+        new contact."""
+        identifier = check.identifier(identifier, "identifier")
+        found = await self.backend.unlink(org, identifier)
+        if found is None:
+            raise identifier_not_found(identifier)
+        return found
 
     async def recent_contacts(self, org: str, limit: int = 50) -> list[str]:
         return await self.backend.recent_contacts(org, check.limit(limit))

@@ -143,7 +143,12 @@ async def test_two_organizations_never_see_each_other(served: dict[str, str]) ->
             assert text.replace(theirs_id, "ID") == unknown_text.replace(UNKNOWN, "ID")
 
         forgotten = await call(globex, "forget_contact", contact_id="shared")
-        assert forgotten == {"contact_id": "shared", "deleted_messages": 1, "deleted_chats": 0}
+        assert forgotten == {
+            "contact_id": "shared",
+            "deleted_messages": 1,
+            "deleted_chats": 0,
+            "deleted_identifiers": 1,
+        }
         still = await call(acme, "get_context", contact_id="shared")
         assert [m["content"] for m in still["messages"]] == ["acme secret"]
         assert (await call(acme, "list_chats", contact_id="shared"))["chats"][0]["status"] == "RUNNING"

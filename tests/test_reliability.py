@@ -688,4 +688,9 @@ def test_odd_contact_ids_round_trip_through_tools_and_resource_uris(tmp_path: Pa
         assert {f"chatdock://contacts/{quote(c, safe='')}/transcript" for c in CONTACTS} <= uris
         for contact in CONTACTS:
             forgotten = structured(server.tool("forget_contact", {"contact_id": contact}))
-            assert forgotten == {"contact_id": contact, "deleted_messages": 1, "deleted_chats": 1}
+            assert forgotten == {
+                "contact_id": contact,
+                "deleted_messages": 1,
+                "deleted_chats": 1,
+                "deleted_identifiers": 1,
+            }

@@ -135,7 +135,12 @@ async def test_a_conversation_end_to_end(mode: str) -> None:
         deleted = await call(client, "delete_message", message_id=posted["id"])
         assert deleted == {"id": posted["id"], "deleted": True}
         forgotten = await call(client, "forget_contact", contact_id="+31612345678")
-        assert forgotten == {"contact_id": "+31612345678", "deleted_messages": 2, "deleted_chats": 1}
+        assert forgotten == {
+            "contact_id": "+31612345678",
+            "deleted_messages": 2,
+            "deleted_chats": 1,
+            "deleted_identifiers": 1,
+        }
         assert (await call(client, "get_context", contact_id="+31612345678"))["messages"] == []
 
 

@@ -8,6 +8,7 @@ snapshot. Writes go through `Writer` (writer.py), as functions of writes.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -26,7 +27,7 @@ from ..backend import Imported, MessageFilter, StoredKey
 from ..changes import EVERYTHING, Change, Deliver
 from ..cursor import Position
 from ..errors import ChatdockError, InvalidInput, Unavailable, key_name_taken
-from ..models import ApiKeyInfo, AppendedMessage, Chat, ChatStatus, ForgetResult, Message
+from ..models import ApiKeyInfo, AppendedMessage, Chat, ChatStatus, ContactInfo, ForgetResult, LinkResult, Message
 from ..records import ChatRecord, MessageRecord
 from . import rows, writes
 from .failures import DAMAGED, WRITE_BLOCKED, kind, translate
@@ -209,7 +210,8 @@ class SQLiteBackend:
                     version = now
                     found = list(
                         await conn.execute_fetchall(
-                            "SELECT seq, org, contact_id, kind, origin FROM changes WHERE seq > ? ORDER BY seq",
+                            "SELECT seq, org, contact_id, kind, origin, aliases FROM changes "
+                            "WHERE seq > ? ORDER BY seq",
                             (position,),
                         )
                     )
@@ -218,10 +220,10 @@ class SQLiteBackend:
                     continue
                 if found and found[0][0] > position + 1 and position > 0:
                     deliver(EVERYTHING)  # the feed was pruned past where this process had read
-                for seq, org, contact_id, kind, origin in found:
+                for seq, org, contact_id, kind, origin, aliases in found:
                     position = seq
                     if origin != self._origin:  # this process announced its own changes at commit
-                        deliver(Change(org, contact_id, kind))
+                        deliver(Change(org, contact_id, kind, tuple(json.loads(aliases)) if aliases else ()))
         finally:
             await conn.close()
 
@@ -245,14 +247,14 @@ class SQLiteBackend:
     ) -> list[Message]:
         sql, params = latest_sql(only)
         found = await self._read(bounded_sql(sql), [org, contact_id, *params, limit, max_bytes])
-        return [rows.message(row, contact_id) for row in found]
+        return [rows.message(row, row[10]) for row in found]
 
     async def message_page(
         self, org: str, contact_id: str, only: MessageFilter, limit: int, after: Position | None, max_bytes: int
     ) -> list[tuple[Message, Position]]:
         sql, params = latest_sql(only, after=after is not None)
         found = await self._read(bounded_sql(sql), [org, contact_id, *params, *(after or ()), limit, max_bytes])
-        return [(rows.message(row, contact_id), (row[8], row[9])) for row in found]
+        return [(rows.message(row, row[10]), (row[8], row[9])) for row in found]
 
     async def delete_message(self, org: str, message_id: str) -> Message | None:
         def job(conn: sqlite3.Connection) -> Message | None:
@@ -308,15 +310,39 @@ class SQLiteBackend:
             contact_key = writes.existing_contact_pk(conn, org, contact_id)
             if contact_key is None:
                 return ForgetResult(contact_id=contact_id, deleted_messages=0, deleted_chats=0)
+            own = conn.execute("SELECT external_id FROM contacts WHERE id = ?", (contact_key,)).fetchone()[0]
+            aliases = writes.aliases_of(conn, contact_key, own)
             messages = conn.execute("DELETE FROM messages WHERE contact_pk = ?", (contact_key,)).rowcount
             chats = conn.execute("DELETE FROM chats WHERE contact_pk = ?", (contact_key,)).rowcount
             conn.execute("DELETE FROM channels WHERE contact_pk = ?", (contact_key,))
+            identifiers = conn.execute("DELETE FROM identifiers WHERE contact_pk = ?", (contact_key,)).rowcount
             conn.execute("DELETE FROM contacts WHERE id = ?", (contact_key,))
-            log.record(conn, org, contact_id, "forgotten")
-            return ForgetResult(contact_id=contact_id, deleted_messages=messages, deleted_chats=chats)
+            log.record(conn, org, own, "forgotten", aliases)
+            return ForgetResult(
+                contact_id=own, deleted_messages=messages, deleted_chats=chats, deleted_identifiers=identifiers
+            )
 
         log = self._log()
         return await self._write(job, log)
+
+    async def resolve(self, org: str, identifier: str) -> str | None:
+        found = await self._read(f"SELECT external_id FROM contacts WHERE id = {CONTACT}", (org, identifier))
+        return str(found[0][0]) if found else None
+
+    async def contact(self, org: str, contact_id: str) -> ContactInfo | None:
+        def job(conn: sqlite3.Connection) -> ContactInfo | None:  # on the writer: one consistent snapshot
+            contact_key = writes.existing_contact_pk(conn, org, contact_id)
+            return None if contact_key is None else writes.contact_info(conn, contact_key)
+
+        return await self._write(job)
+
+    async def link(self, org: str, contact_id: str, identifier: str) -> LinkResult:
+        log = self._log()
+        return await self._write(lambda conn: writes.link(conn, org, contact_id, identifier, _now_us(), log), log)
+
+    async def unlink(self, org: str, identifier: str) -> ContactInfo | None:
+        log = self._log()
+        return await self._write(lambda conn: writes.unlink(conn, org, identifier, log), log)
 
     async def recent_contacts(self, org: str, limit: int) -> list[str]:
         found = await self._read(

@@ -150,6 +150,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        5,
+        "identifiers and aliases",
+        (
+            # Every identifier of a contact, its own contact_id included: what a caller's id resolves through.
+            """CREATE TABLE identifiers (
+                org_id INTEGER NOT NULL REFERENCES orgs(id),
+                identifier TEXT NOT NULL,
+                contact_pk INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+                created_us INTEGER NOT NULL,
+                PRIMARY KEY (org_id, identifier)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX identifiers_contact ON identifiers(contact_pk, created_us)",
+            """INSERT INTO identifiers (org_id, identifier, contact_pk, created_us)
+                SELECT org_id, external_id, id, created_us FROM contacts""",
+            # the other identifiers of the changed contact, so listeners of an alias's URIs hear too
+            "ALTER TABLE changes ADD COLUMN aliases TEXT",
+        ),
+    ),
 )
 
 

@@ -11,7 +11,8 @@ from typing import Any
 from ..backend import MessageFilter
 
 ORG = "(SELECT id FROM orgs WHERE name = ?)"
-CONTACT = f"(SELECT id FROM contacts WHERE org_id = {ORG} AND external_id = ?)"
+# the contact an identifier names: its own contact_id, or one of its aliases
+CONTACT = f"(SELECT contact_pk FROM identifiers WHERE org_id = {ORG} AND identifier = ?)"
 
 MESSAGE_COLUMNS = "m.id, m.agent_id, m.chat_id, m.channel, m.role, m.content, m.parts, m.metadata, m.created_us, m.seq"
 # a message with its contact's external id (index 10), found by a WHERE clause over `m`
@@ -52,7 +53,8 @@ def _filters(only: MessageFilter) -> tuple[str, list[Any]]:
 
 
 def bounded_sql(latest: str) -> str:
-    """`latest` (a `latest_sql` statement) cut where the stored bytes of the newer rows reach a budget: it takes
+    """`latest` (a `latest_sql` statement) cut where the stored bytes of the newer rows reach a budget, each row
+    with its contact's own contact_id (index 10, whatever identifier the read named it by): it takes
     `latest`'s parameters, then the budget. The row that crosses the budget is still returned, so a caller can
     tell that more exist; no row past it is read into memory."""
     size = " + ".join(f"ifnull(length(CAST(m.{column} AS BLOB)), 0)" for column in ("content", "parts", "metadata"))
@@ -61,8 +63,9 @@ def bounded_sql(latest: str) -> str:
     )
     running = "sum(size) OVER (ORDER BY created_us DESC, seq DESC ROWS UNBOUNDED PRECEDING) - size"
     return (
-        f"SELECT {MESSAGE_COLUMNS} FROM (SELECT seq, {running} AS before FROM ({sized})) r "
-        "JOIN messages m ON m.seq = r.seq WHERE r.before < ? ORDER BY m.created_us DESC, m.seq DESC"
+        f"SELECT {MESSAGE_COLUMNS}, c.external_id FROM (SELECT seq, {running} AS before FROM ({sized})) r "
+        "JOIN messages m ON m.seq = r.seq JOIN contacts c ON c.id = m.contact_pk WHERE r.before < ? "
+        "ORDER BY m.created_us DESC, m.seq DESC"
     )
 
 

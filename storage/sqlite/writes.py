@@ -3,17 +3,18 @@ writing connection and records that are already checked (storage/records.py)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from ..changes import Change, ChangeKind
-from ..errors import ChatdockError, chat_id_taken, chat_not_found, message_id_taken
+from ..errors import ChatdockError, chat_id_taken, chat_not_found, message_id_taken, own_identifier
 from ..ids import uuid7
-from ..models import AppendedMessage, Chat, Message, channel_kind
+from ..models import AppendedMessage, Chat, ContactInfo, LinkResult, Message, channel_kind
 from ..records import ChatRecord, MessageRecord
 from . import rows
-from .queries import CHAT_SELECT, CONTACT, MESSAGE_WITH_CONTACT
+from .queries import CHAT_SELECT, CONTACT, MESSAGE_WITH_CONTACT, ORG
 from .writer import Undo
 
 T = TypeVar("T")
@@ -36,16 +37,34 @@ def existing_contact_pk(conn: sqlite3.Connection, org: str, contact_id: str) -> 
     return None if row is None or row[0] is None else int(row[0])
 
 
-def contact_pk(conn: sqlite3.Connection, org_key: int, contact_id: str, now_us: int) -> tuple[int, bool]:
-    """The contact's key, created on first use; and whether it was created now."""
-    row = conn.execute("SELECT id FROM contacts WHERE org_id = ? AND external_id = ?", (org_key, contact_id)).fetchone()
+def contact_pk(conn: sqlite3.Connection, org_key: int, identifier: str, now_us: int) -> tuple[int, bool, str]:
+    """The key of the contact `identifier` names (its contact_id or an alias), created on first use; whether it
+    was created now; and the contact's own contact_id."""
+    row = conn.execute(
+        "SELECT i.contact_pk, c.external_id FROM identifiers i JOIN contacts c ON c.id = i.contact_pk "
+        "WHERE i.org_id = ? AND i.identifier = ?",
+        (org_key, identifier),
+    ).fetchone()
     if row is not None:
-        return int(row[0]), False
+        return int(row[0]), False, str(row[1])
     cursor = conn.execute(
         "INSERT INTO contacts (org_id, external_id, created_us, last_active_us) VALUES (?, ?, ?, ?)",
-        (org_key, contact_id, now_us, now_us),
+        (org_key, identifier, now_us, now_us),
     )
-    return int(cursor.lastrowid or 0), True
+    key = int(cursor.lastrowid or 0)
+    conn.execute(
+        "INSERT INTO identifiers (org_id, identifier, contact_pk, created_us) VALUES (?, ?, ?, ?)",
+        (org_key, identifier, key, now_us),
+    )
+    return key, True, identifier
+
+
+def aliases_of(conn: sqlite3.Connection, contact_key: int, contact_id: str) -> list[str]:
+    """A contact's identifiers other than its own contact_id, oldest first."""
+    found = conn.execute(
+        "SELECT identifier FROM identifiers WHERE contact_pk = ? ORDER BY created_us, identifier", (contact_key,)
+    )
+    return [row[0] for row in found if row[0] != contact_id]
 
 
 class ChangeLog:
@@ -59,18 +78,25 @@ class ChangeLog:
         self.changes: list[Change] = []
         self._seen: set[tuple[str, str]] = set()
 
-    def record(self, conn: sqlite3.Connection, org: str, contact_id: str, kind: ChangeKind = "updated") -> None:
+    def record(
+        self,
+        conn: sqlite3.Connection,
+        org: str,
+        contact_id: str,
+        kind: ChangeKind = "updated",
+        aliases: Sequence[str] = (),
+    ) -> None:
         if kind == "updated" and (org, contact_id) in self._seen:
             return
         self._seen.add((org, contact_id))
         cursor = conn.execute(
-            "INSERT INTO changes (org, contact_id, kind, origin) VALUES (?, ?, ?, ?)",
-            (org, contact_id, kind, self.origin),
+            "INSERT INTO changes (org, contact_id, kind, origin, aliases) VALUES (?, ?, ?, ?, ?)",
+            (org, contact_id, kind, self.origin, json.dumps(list(aliases)) if aliases else None),
         )
         seq = int(cursor.lastrowid or 0)
         if seq % PRUNE_EVERY == 0:
             conn.execute("DELETE FROM changes WHERE seq <= ?", (seq - KEEP_CHANGES,))
-        self.changes.append(Change(org, contact_id, kind))
+        self.changes.append(Change(org, contact_id, kind, tuple(aliases)))
 
 
 def channel_id(conn: sqlite3.Connection, contact_key: int, name: str, wanted: str | None = None) -> str:
@@ -115,13 +141,15 @@ def insert_message(
     m = record.message
     created_us = rows.to_us(m.created_at)
     org_key = org_pk(conn, org, now_us)
-    contact_key, appeared = contact_pk(conn, org_key, m.contact_id, created_us)
+    contact_key, appeared, contact_id = contact_pk(conn, org_key, m.contact_id, created_us)
+    if contact_id != m.contact_id:  # an alias: the message belongs to, and is named by, its contact
+        m = m.model_copy(update={"contact_id": contact_id})
     channel = channel_id(conn, contact_key, m.channel)
     if m.chat_id is not None:
         owner = conn.execute("SELECT contact_pk FROM chats WHERE id = ? AND org_id = ?", (m.chat_id, org_key))
         found = owner.fetchone()
         if found is None or found[0] != contact_key:
-            raise chat_not_found(m.chat_id, m.contact_id)
+            raise chat_not_found(m.chat_id, record.message.contact_id)
         attach(conn, m.chat_id, channel, created_us if importing else now_us)
         if not importing:
             conn.execute("UPDATE chats SET updated_us = ? WHERE id = ?", (now_us, m.chat_id))
@@ -157,7 +185,8 @@ def insert_message(
             raise message_id_taken(m.id)
         raise Undo(AppendedMessage(**existing.model_dump(), deduplicated=True))
     conn.execute("UPDATE contacts SET last_active_us = max(last_active_us, ?) WHERE id = ?", (created_us, contact_key))
-    log.record(conn, org, m.contact_id, "appeared" if appeared else "updated")
+    aliases = () if appeared else aliases_of(conn, contact_key, contact_id)
+    log.record(conn, org, contact_id, "appeared" if appeared else "updated", aliases)
     return AppendedMessage(**m.model_dump(), deduplicated=False)
 
 
@@ -165,9 +194,9 @@ def insert_chat(conn: sqlite3.Connection, org: str, record: ChatRecord, log: Cha
     """Store one chat with its channels; False when it is already there (same id, same contact)."""
     created_us = rows.to_us(record.created_at)
     org_key = org_pk(conn, org, created_us)
-    contact_key, appeared = contact_pk(conn, org_key, record.contact_id, created_us)
+    contact_key, appeared, contact_id = contact_pk(conn, org_key, record.contact_id, created_us)
     if appeared:
-        log.record(conn, org, record.contact_id, "appeared")
+        log.record(conn, org, contact_id, "appeared")
     row = conn.execute("SELECT org_id, contact_pk FROM chats WHERE id = ?", (record.id,)).fetchone()
     if row is not None:
         if tuple(row) != (org_key, contact_key):
@@ -198,3 +227,93 @@ def one(conn: sqlite3.Connection, write: Callable[..., T], *args: Any) -> T:
         raise
     finally:
         conn.execute("RELEASE one")
+
+
+def contact_info(conn: sqlite3.Connection, contact_key: int) -> ContactInfo:
+    row = conn.execute(
+        "SELECT external_id, created_us, last_active_us, "
+        "(SELECT count(*) FROM messages WHERE contact_pk = c.id), "
+        "(SELECT count(*) FROM chats WHERE contact_pk = c.id), "
+        "(SELECT min(created_us) FROM messages WHERE contact_pk = c.id) FROM contacts c WHERE id = ?",
+        (contact_key,),
+    ).fetchone()
+    contact_id, created_us, last_active_us, messages, chats, first_message_us = row
+    channels = [
+        r[0] for r in conn.execute("SELECT name FROM channels WHERE contact_pk = ? ORDER BY name", (contact_key,))
+    ]
+    return ContactInfo(
+        contact_id=contact_id,
+        aliases=aliases_of(conn, contact_key, contact_id),
+        channels=channels,
+        message_count=messages,
+        chat_count=chats,
+        first_seen_at=rows.from_us(min(created_us, first_message_us or created_us)),
+        last_active_at=rows.from_us(last_active_us),
+    )
+
+
+def link(
+    conn: sqlite3.Connection, org: str, contact_id: str, identifier: str, now_us: int, log: ChangeLog
+) -> LinkResult:
+    """Make `identifier` name the contact of `contact_id`; if it names another contact, merge that one into it."""
+    org_key = org_pk(conn, org, now_us)
+    keeper, created, keeper_id = contact_pk(conn, org_key, contact_id, now_us)
+    found = conn.execute(
+        "SELECT contact_pk FROM identifiers WHERE org_id = ? AND identifier = ?", (org_key, identifier)
+    ).fetchone()
+    messages = chats = 0
+    if found is None:
+        conn.execute(
+            "INSERT INTO identifiers (org_id, identifier, contact_pk, created_us) VALUES (?, ?, ?, ?)",
+            (org_key, identifier, keeper, now_us),
+        )
+    elif found[0] != keeper:
+        messages, chats = _merge(conn, org, keeper, int(found[0]), log)
+    if created or found is None or found[0] != keeper:
+        log.record(conn, org, keeper_id, "appeared" if created else "updated", aliases_of(conn, keeper, keeper_id))
+    return LinkResult(**contact_info(conn, keeper).model_dump(), merged_messages=messages, merged_chats=chats)
+
+
+def _merge(conn: sqlite3.Connection, org: str, keeper: int, merged: int, log: ChangeLog) -> tuple[int, int]:
+    """Move everything of contact `merged` into `keeper`, in the caller's transaction; (messages, chats) moved."""
+    merged_id = conn.execute("SELECT external_id FROM contacts WHERE id = ?", (merged,)).fetchone()[0]
+    log.record(conn, org, merged_id, "forgotten", aliases_of(conn, merged, merged_id))
+    for channel, name in conn.execute("SELECT id, name FROM channels WHERE contact_pk = ?", (merged,)).fetchall():
+        same = conn.execute("SELECT id FROM channels WHERE contact_pk = ? AND name = ?", (keeper, name)).fetchone()
+        if same is None:
+            conn.execute("UPDATE channels SET contact_pk = ? WHERE id = ?", (keeper, channel))
+            continue
+        # two channels of one name become one: the chats that used either now use the keeper's
+        conn.execute(
+            "INSERT INTO chat_channels (chat_id, channel_id, attached_us) SELECT chat_id, ?, attached_us "
+            "FROM chat_channels WHERE channel_id = ? ON CONFLICT DO NOTHING",
+            (same[0], channel),
+        )
+        conn.execute("DELETE FROM channels WHERE id = ?", (channel,))
+    messages = conn.execute("UPDATE messages SET contact_pk = ? WHERE contact_pk = ?", (keeper, merged)).rowcount
+    chats = conn.execute("UPDATE chats SET contact_pk = ? WHERE contact_pk = ?", (keeper, merged)).rowcount
+    conn.execute("UPDATE identifiers SET contact_pk = ? WHERE contact_pk = ?", (keeper, merged))
+    conn.execute(
+        "UPDATE contacts SET last_active_us = max(last_active_us, (SELECT last_active_us FROM contacts WHERE id = ?)),"
+        " created_us = min(created_us, (SELECT created_us FROM contacts WHERE id = ?)) WHERE id = ?",
+        (merged, merged, keeper),
+    )
+    conn.execute("DELETE FROM contacts WHERE id = ?", (merged,))
+    return messages, chats
+
+
+def unlink(conn: sqlite3.Connection, org: str, identifier: str, log: ChangeLog) -> ContactInfo | None:
+    """Detach an alias from its contact; None when no contact of the organization has it."""
+    found = conn.execute(
+        f"SELECT i.contact_pk, c.external_id FROM identifiers i JOIN contacts c ON c.id = i.contact_pk "
+        f"WHERE i.org_id = {ORG} AND i.identifier = ?",
+        (org, identifier),
+    ).fetchone()
+    if found is None:
+        return None
+    contact_key, contact_id = found
+    if contact_id == identifier:
+        raise own_identifier(identifier)
+    conn.execute("DELETE FROM identifiers WHERE contact_pk = ? AND identifier = ?", (contact_key, identifier))
+    log.record(conn, org, contact_id, "updated", [*aliases_of(conn, contact_key, contact_id), identifier])
+    return contact_info(conn, contact_key)
