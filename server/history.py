@@ -23,7 +23,7 @@ from typing import TextIO
 from chatdock.storage import ChatdockError, InvalidInput, Store
 from chatdock.storage import validation as check
 from chatdock.storage.history import Record, check_record, conflicts, dump_line, parse_line
-from chatdock.storage.models import NewChat
+from chatdock.storage.models import NewAlias, NewChat
 
 from .progress import Progress
 
@@ -47,6 +47,11 @@ async def export(
     written = 0
     async for chat_org, chat in store.export_chats(org, contact_id, skipped=skipped):
         out.write(dump_line(chat_org, chat) + "\n")
+        written += 1
+        if bar is not None:
+            bar.update(written)
+    async for alias_org, alias in store.export_aliases(org, contact_id):
+        out.write(dump_line(alias_org, alias) + "\n")
         written += 1
         if bar is not None:
             bar.update(written)
@@ -80,6 +85,7 @@ async def export_to_path(
 @dataclass
 class ImportReport:
     chats: int = 0
+    aliases: int = 0
     messages: int = 0
     existing: int = 0
     lines: int = 0
@@ -87,12 +93,17 @@ class ImportReport:
 
     @property
     def stored(self) -> int:
-        return self.chats + self.messages
+        return self.chats + self.aliases + self.messages
 
     def summary(self) -> str:
+        stored = f"{self.messages:,} message(s)"
+        if self.aliases:
+            stored += f", {self.chats:,} chat(s) and {self.aliases:,} alias(es)"
+        else:
+            stored += f" and {self.chats:,} chat(s)"
         return (
-            f"read {self.lines:,} line(s): stored {self.messages:,} message(s) and {self.chats:,} chat(s), "
-            f"{self.existing:,} already there, {len(self.problems):,} skipped"
+            f"read {self.lines:,} line(s): stored {stored}, {self.existing:,} already there, "
+            f"{len(self.problems):,} skipped"
         )
 
 
@@ -207,6 +218,8 @@ async def import_file(
                     report.existing += 1
                 elif outcome == "stored" and isinstance(record, NewChat):
                     report.chats += 1
+                elif outcome == "stored" and isinstance(record, NewAlias):
+                    report.aliases += 1
                 elif outcome == "stored":
                     report.messages += 1
             batch.clear()

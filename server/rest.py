@@ -36,8 +36,18 @@ from chatdock.storage import (
     Unavailable,
 )
 from chatdock.storage import validation as check
-from chatdock.storage.errors import chat_not_found
-from chatdock.storage.models import AppendRequest, ChatWithMessages, OpenChatRequest, PostRequest, UpdateChatRequest
+from chatdock.storage.errors import chat_not_found, identifier_not_found
+from chatdock.storage.models import (
+    AliasRequest,
+    AppendRequest,
+    ChatWithMessages,
+    ContactInfo,
+    ForgetResult,
+    LinkResult,
+    OpenChatRequest,
+    PostRequest,
+    UpdateChatRequest,
+)
 
 from .org import ORG_SCOPE_KEY
 
@@ -188,6 +198,10 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
             organization, contact_id, limit=limit, cursor=cursor, agent_id=agent_id, chat_id=chat_id, channel=channel
         )
 
+    @app.get("/contacts/{contact_id}", response_model=ContactInfo, summary="get_contact: by any of its ids")
+    async def get_contact(organization: Org, contact_id: ContactId) -> ContactInfo:
+        return await the_store().get_contact(organization, contact_id)
+
     @app.get("/contacts/{contact_id}/chats", response_model=ChatList, summary="list_chats: newest first")
     async def list_chats(organization: Org, contact_id: ContactId, limit: int = 50) -> ChatList:
         return ChatList(chats=await the_store().list_chats(organization, contact_id, limit))
@@ -220,6 +234,26 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
     @app.patch("/contacts/{contact_id}/chats/{chat_id}", response_model=Chat, summary="update_chat")
     async def update_chat(organization: Org, contact_id: ContactId, chat_id: str, body: UpdateChatRequest) -> Chat:
         return await the_store().update_chat(organization, chat_id, body.status, contact_id=contact_id)
+
+    @app.post(
+        "/contacts/{contact_id}/aliases",
+        response_model=LinkResult,
+        summary="link_contacts: the identifier names this contact; a contact it named is merged in",
+    )
+    async def link_contacts(organization: Org, contact_id: ContactId, body: AliasRequest) -> LinkResult:
+        return await the_store().link_contacts(organization, contact_id, body.identifier)
+
+    @app.delete("/contacts/{contact_id}/aliases/{identifier}", response_model=ContactInfo, summary="unlink_contact")
+    async def unlink_contact(organization: Org, contact_id: ContactId, identifier: str) -> ContactInfo:
+        store = the_store()
+        owner = await store.get_contact(organization, contact_id)
+        if identifier not in owner.aliases and identifier != owner.contact_id:
+            raise identifier_not_found(identifier)
+        return await store.unlink_contact(organization, identifier)
+
+    @app.delete("/contacts/{contact_id}", response_model=ForgetResult, summary="forget_contact: by any of its ids")
+    async def forget_contact(organization: Org, contact_id: ContactId) -> ForgetResult:
+        return await the_store().forget_contact(organization, contact_id)
 
     async def post(organization: str, contact_id: str, chat_id: str, body: PostRequest) -> ChatWithMessages:
         stored = await the_store().post_as_contact(organization, contact_id, chat_id, body.message, body.channel_id)

@@ -15,8 +15,10 @@ from chatdock.storage import (
     Chat,
     ChatdockError,
     ChatList,
+    ContactInfo,
     DeletedMessage,
     ForgetResult,
+    LinkResult,
     Message,
     MessagePage,
     NewMessage,
@@ -134,6 +136,11 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
         )
         return page_result(page)
 
+    @server.structured_tool(ContactInfo, title="Get contact", annotations=_hints(read_only=True))
+    async def get_contact(contact_id: ContactId) -> CallToolResult:
+        """A contact by any of its ids: its aliases, channels, message and chat counts, first and last activity."""
+        return as_json(await _tool(the_store().get_contact(_org(), contact_id)))
+
     @server.structured_tool(ChatList, title="List chats", annotations=_hints(read_only=True))
     async def list_chats(contact_id: ContactId, limit: Limit = 50) -> CallToolResult:
         """A contact's chats, newest first, with their status and channels."""
@@ -236,6 +243,23 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
             ForgetResult, title="Forget contact", annotations=_hints(read_only=False, destructive=True, idempotent=True)
         )
         async def forget_contact(contact_id: ContactId) -> CallToolResult:
-            """Erase every message, chat and channel of a contact, permanently."""
+            """Erase every message, chat, channel and identifier of a contact (named by any of them), permanently."""
             result = await _tool(the_store().forget_contact(_org(), contact_id))
             return as_json(result)
+
+        @server.structured_tool(LinkResult, title="Link contacts", annotations=_hints(read_only=False))
+        async def link_contacts(
+            contact_id: ContactId,
+            identifier: Annotated[
+                str, Field(description="Another id of the same person: an email, a phone number, a session id.")
+            ],
+        ) -> CallToolResult:
+            """Make identifier name this contact; a contact it named before is merged in, history and all."""
+            return as_json(await _tool(the_store().link_contacts(_org(), contact_id, identifier)))
+
+        @server.structured_tool(ContactInfo, title="Unlink contact", annotations=_hints(read_only=False))
+        async def unlink_contact(
+            identifier: Annotated[str, Field(description="An alias of a contact (not its own contact_id).")],
+        ) -> CallToolResult:
+            """Detach an alias from its contact; the history stays with the contact."""
+            return as_json(await _tool(the_store().unlink_contact(_org(), identifier)))

@@ -21,6 +21,7 @@ from .changes import Deliver
 from .cursor import Position
 from .errors import ChatdockError
 from .models import (
+    Alias,
     ApiKeyInfo,
     AppendedMessage,
     Chat,
@@ -31,7 +32,7 @@ from .models import (
     Message,
     Role,
 )
-from .records import ChatRecord, MessageRecord
+from .records import AliasRecord, ChatRecord, MessageRecord
 
 # How each imported record went: newly stored, or already there (same id; or channel and provider id).
 Imported = Literal["stored", "existing"]
@@ -130,6 +131,10 @@ class Backend(Protocol):
         list, what a damaged database cannot read is named there and passed over instead of raising."""
         ...
 
+    def export_aliases(self, org: str | None, contact_id: str | None) -> AsyncIterator[tuple[str, Alias]]:
+        """Every alias as (organization, alias), oldest first."""
+        ...
+
     def export_messages(
         self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
     ) -> AsyncIterator[tuple[str, Message]]:
@@ -142,7 +147,7 @@ class Backend(Protocol):
         ...
 
     async def import_history(
-        self, org: str, records: Sequence[ChatRecord | MessageRecord | ChatdockError], keep_going: bool
+        self, org: str, records: Sequence[ChatRecord | AliasRecord | MessageRecord | ChatdockError], keep_going: bool
     ) -> list[Imported | ChatdockError]:
         """Store records as they were (ids, times, status) in one transaction, each in its own savepoint.
 

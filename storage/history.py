@@ -1,10 +1,12 @@
 """History as JSON Lines: one chat or message per line, every field, the organization on each line.
 
-An export writes the chats first, then the messages, each in the order they
-were stored, so an import meets a chat before the messages that name it.
+An export writes the chats first, then the aliases, then the messages, each
+in the order they were stored, so an import meets a chat before the messages
+that name it, and a contact's aliases before messages sent under them.
 
     {"kind": "chat", "org": "default", "id": "...", "contact_id": "+3161...", "status": "COMPLETED",
      "channels": [{"id": "...", "name": "voice", "kind": "custom"}], "created_at": "...", ...}
+    {"kind": "alias", "org": "default", "contact_id": "+3161...", "identifier": "ann@example.com", "created_at": "..."}
     {"kind": "message", "org": "default", "id": "...", "contact_id": "+3161...", "channel": "voice",
      "role": "user", "content": "...", "parts": [...], "metadata": {}, "created_at": "...", ...}
 
@@ -24,21 +26,21 @@ from pydantic import ValidationError
 
 from . import validation as check
 from .errors import InvalidInput, chat_id_taken, message_id_taken
-from .models import Chat, Message, NewChat, NewMessage
+from .models import Alias, Chat, Message, NewAlias, NewChat, NewMessage
 from .store import Store, prepare
 
 # Ids of messages imported without one: uuid5 of the line's content in this namespace.
 HISTORY_NAMESPACE = uuid.UUID("6f0c2a4e-2b1d-5c8e-9a47-3d5e1f0b7c21")
 
-Record = NewChat | NewMessage
+Record = NewChat | NewAlias | NewMessage
 
 # A record that no database could take is refused by its own checks, the same ones an import applies.
 check_record = prepare
 
 
-def dump_line(org: str, item: Chat | Message) -> str:
+def dump_line(org: str, item: Chat | Alias | Message) -> str:
     """One exported line (no trailing newline)."""
-    kind = "chat" if isinstance(item, Chat) else "message"
+    kind = "chat" if isinstance(item, Chat) else "alias" if isinstance(item, Alias) else "message"
     body = {"kind": kind, "org": org, **item.model_dump(mode="json")}
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
@@ -80,9 +82,11 @@ def parse_line(text: str, default_org: str) -> tuple[str, Record]:
             return org, _message(fields, org)
         if kind == "chat":
             return org, NewChat.model_validate(fields)
+        if kind == "alias":
+            return org, NewAlias.model_validate(fields)
     except ValidationError as exc:
         raise InvalidInput(check.explain(exc)) from None
-    raise InvalidInput(f"kind must be 'message' or 'chat', got {kind!r}")
+    raise InvalidInput(f"kind must be 'message', 'chat' or 'alias', got {kind!r}")
 
 
 async def conflicts(
@@ -100,6 +104,8 @@ async def conflicts(
     owners = await store.backend.chat_owners(sorted(chat_ids))
     problems: dict[int, str] = {}
     for index, record in enumerate(records):
+        if isinstance(record, NewAlias):
+            continue  # linking an alias merges what it names: nothing to refuse
         if isinstance(record, NewChat):
             chat_id = check.uuid_text(record.id, "id")
             owner = owners.get(chat_id)

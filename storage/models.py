@@ -190,6 +190,14 @@ class NewAlias(_Model):
     created_at: datetime
 
 
+class Alias(_Model):
+    """An alias of a contact, as history export writes it."""
+
+    contact_id: str
+    identifier: str
+    created_at: Timestamp
+
+
 class AliasRequest(_Model):
     """POST /contacts/{contact_id}/aliases: link another identifier to the contact."""
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from . import validation as check
 from .errors import InvalidInput
 from .ids import uuid7
-from .models import ChatStatus, Message, NewChat, NewMessage, Part, channel_kind
+from .models import ChatStatus, Message, NewAlias, NewChat, NewMessage, Part, channel_kind
 
 MAX_CHAT_CHANNELS = 64
 
@@ -113,3 +113,20 @@ def chat_record(new: NewChat, now: datetime) -> ChatRecord:
     if updated < created:
         raise InvalidInput("updated_at must not be before created_at")
     return ChatRecord(chat_id, contact_id, agent_id, status, channels, created, updated)
+
+
+@dataclass(frozen=True, slots=True)
+class AliasRecord:
+    """An imported alias: `identifier` names the contact of `contact_id` since `created_at`."""
+
+    contact_id: str
+    identifier: str
+    created_at: datetime
+
+
+def alias_record(new: NewAlias, now: datetime) -> AliasRecord:
+    return AliasRecord(
+        contact_id=check.contact_id(new.contact_id),
+        identifier=check.identifier(new.identifier, "identifier"),
+        created_at=check.created_at(new.created_at, now),
+    )

@@ -28,6 +28,7 @@ from .errors import (
     no_live_key,
 )
 from .models import (
+    Alias,
     ApiKeyInfo,
     AppendedMessage,
     ChannelRef,
@@ -38,12 +39,21 @@ from .models import (
     LinkResult,
     Message,
     MessagePage,
+    NewAlias,
     NewApiKey,
     NewChat,
     NewMessage,
     Part,
 )
-from .records import ChatRecord, MessageRecord, chat_record, message_record, new_chat_record
+from .records import (
+    AliasRecord,
+    ChatRecord,
+    MessageRecord,
+    alias_record,
+    chat_record,
+    message_record,
+    new_chat_record,
+)
 from .sizing import MAX_RESULT_BYTES, fitting, message_bound, message_bytes, text_bound, text_bytes
 from .transcript import fit_transcript, format_line
 
@@ -72,10 +82,14 @@ def choose_channel(chat: Chat, channel_id: str | None) -> ChannelRef:
     raise InvalidInput(f"channel_id {channel_id} is not a custom channel of chat {chat.id}; use one of: {listed}")
 
 
-def prepare(record: NewChat | NewMessage) -> ChatRecord | MessageRecord:
+def prepare(record: NewChat | NewAlias | NewMessage) -> ChatRecord | AliasRecord | MessageRecord:
     """A history record checked in full; InvalidInput when no database could take it."""
     now = check.utc_now()
-    return chat_record(record, now) if isinstance(record, NewChat) else message_record(record, now)
+    if isinstance(record, NewChat):
+        return chat_record(record, now)
+    if isinstance(record, NewAlias):
+        return alias_record(record, now)
+    return message_record(record, now)
 
 
 class Store:
@@ -258,6 +272,11 @@ class Store:
         contact_id = None if contact_id is None else check.contact_id(contact_id)
         return self.backend.export_chats(org, contact_id, check.limit(batch, "batch", 1, 100_000), skipped)
 
+    def export_aliases(self, org: str | None = None, contact_id: str | None = None) -> AsyncIterator[tuple[str, Alias]]:
+        """Every alias as (organization, alias), oldest first."""
+        contact_id = None if contact_id is None else check.contact_id(contact_id)
+        return self.backend.export_aliases(org, contact_id)
+
     def export_messages(
         self,
         org: str | None = None,
@@ -270,7 +289,7 @@ class Store:
         return self.backend.export_messages(org, contact_id, check.limit(batch, "batch", 1, 100_000), skipped)
 
     async def import_history(
-        self, org: str, records: Sequence[NewChat | NewMessage], keep_going: bool = False
+        self, org: str, records: Sequence[NewChat | NewAlias | NewMessage], keep_going: bool = False
     ) -> list[Imported | ChatdockError]:
         """Import chats and messages as they were (ids, timestamps, status), in one transaction.
 
@@ -279,7 +298,7 @@ class Store:
         batch and the outcomes stop at it.
         """
         org = check.identifier(org, "org")
-        prepared: list[ChatRecord | MessageRecord | ChatdockError] = []
+        prepared: list[ChatRecord | AliasRecord | MessageRecord | ChatdockError] = []
         for record in records:
             try:
                 prepared.append(prepare(record))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import hypothesis  # noqa: F401
 import pytest
+import schemathesis.specs.openapi.schemas  # noqa: F401  (loaded lazily by schemathesis otherwise: see above)
 
 from chatdock.storage import Store, open_store
 

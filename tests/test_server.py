@@ -27,8 +27,11 @@ TOOLS = {
     "update_chat",
     "list_chats",
     "forget_contact",
+    "get_contact",
+    "link_contacts",
+    "unlink_contact",
 }
-READ_ONLY = {"get_context", "list_messages", "list_chats"}
+READ_ONLY = {"get_context", "list_messages", "list_chats", "get_contact"}
 
 
 @pytest.mark.parametrize("mode", MODES)

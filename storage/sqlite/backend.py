@@ -27,8 +27,18 @@ from ..backend import Imported, MessageFilter, StoredKey
 from ..changes import EVERYTHING, Change, Deliver
 from ..cursor import Position
 from ..errors import ChatdockError, InvalidInput, Unavailable, key_name_taken
-from ..models import ApiKeyInfo, AppendedMessage, Chat, ChatStatus, ContactInfo, ForgetResult, LinkResult, Message
-from ..records import ChatRecord, MessageRecord
+from ..models import (
+    Alias,
+    ApiKeyInfo,
+    AppendedMessage,
+    Chat,
+    ChatStatus,
+    ContactInfo,
+    ForgetResult,
+    LinkResult,
+    Message,
+)
+from ..records import AliasRecord, ChatRecord, MessageRecord
 from . import rows, writes
 from .failures import DAMAGED, WRITE_BLOCKED, kind, translate
 from .migrations import migrate
@@ -471,14 +481,34 @@ class SQLiteBackend:
         if contact_id is not None:
             where += " AND t.contact_pk IN (SELECT id FROM contacts WHERE external_id = ?)"
             params.append(contact_id)
+        aliases = where.replace("t.contact_pk", "i.contact_pk").replace("t.org_id", "i.org_id")
         found = await self._read(
-            f"SELECT (SELECT count(*) FROM chats t WHERE {where}) + (SELECT count(*) FROM messages t WHERE {where})",
-            params * 2,
+            f"SELECT (SELECT count(*) FROM chats t WHERE {where}) + (SELECT count(*) FROM messages t WHERE {where})"
+            f" + (SELECT count(*) FROM identifiers i JOIN contacts c ON c.id = i.contact_pk"
+            f" WHERE i.identifier != c.external_id AND {aliases})",
+            params * 3,
         )
         return int(found[0][0])
 
+    async def export_aliases(self, org: str | None, contact_id: str | None) -> AsyncIterator[tuple[str, Alias]]:
+        where, params = "", []
+        if org is not None:
+            where += " AND o.name = ?"
+            params.append(org)
+        if contact_id is not None:
+            where += " AND c.external_id = ?"
+            params.append(contact_id)
+        found = await self._read(
+            "SELECT o.name, c.external_id, i.identifier, i.created_us FROM identifiers i "
+            "JOIN contacts c ON c.id = i.contact_pk JOIN orgs o ON o.id = i.org_id "
+            f"WHERE i.identifier != c.external_id{where} ORDER BY i.created_us, i.identifier",
+            params,
+        )
+        for org_name, owner, identifier, created_us in found:
+            yield org_name, Alias(contact_id=owner, identifier=identifier, created_at=rows.from_us(created_us))
+
     async def import_history(
-        self, org: str, records: Sequence[ChatRecord | MessageRecord | ChatdockError], keep_going: bool
+        self, org: str, records: Sequence[ChatRecord | AliasRecord | MessageRecord | ChatdockError], keep_going: bool
     ) -> list[Imported | ChatdockError]:
         log = self._log()
 
@@ -491,6 +521,8 @@ class SQLiteBackend:
                         raise record
                     if isinstance(record, ChatRecord):
                         again = not writes.one(conn, writes.insert_chat, org, record, log)
+                    elif isinstance(record, AliasRecord):
+                        again = not writes.one(conn, writes.import_alias, org, record, log)
                     else:
                         again = writes.one(conn, writes.insert_message, org, record, now_us, log, True).deduplicated
                     outcomes.append("existing" if again else "stored")

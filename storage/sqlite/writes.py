@@ -12,7 +12,7 @@ from ..changes import Change, ChangeKind
 from ..errors import ChatdockError, chat_id_taken, chat_not_found, message_id_taken, own_identifier
 from ..ids import uuid7
 from ..models import AppendedMessage, Chat, ContactInfo, LinkResult, Message, channel_kind
-from ..records import ChatRecord, MessageRecord
+from ..records import AliasRecord, ChatRecord, MessageRecord
 from . import rows
 from .queries import CHAT_SELECT, CONTACT, MESSAGE_WITH_CONTACT, ORG
 from .writer import Undo
@@ -317,3 +317,17 @@ def unlink(conn: sqlite3.Connection, org: str, identifier: str, log: ChangeLog) 
     conn.execute("DELETE FROM identifiers WHERE contact_pk = ? AND identifier = ?", (contact_key, identifier))
     log.record(conn, org, contact_id, "updated", [*aliases_of(conn, contact_key, contact_id), identifier])
     return contact_info(conn, contact_key)
+
+
+def import_alias(conn: sqlite3.Connection, org: str, record: AliasRecord, log: ChangeLog) -> bool:
+    """Link an imported alias as it was (its own time kept); False when it already names that contact."""
+    created_us = rows.to_us(record.created_at)
+    org_key = org_pk(conn, org, created_us)
+    keeper, _, _ = contact_pk(conn, org_key, record.contact_id, created_us)
+    found = conn.execute(
+        "SELECT contact_pk FROM identifiers WHERE org_id = ? AND identifier = ?", (org_key, record.identifier)
+    ).fetchone()
+    if found is not None and found[0] == keeper:
+        return False
+    link(conn, org, record.contact_id, record.identifier, created_us, log)
+    return True
