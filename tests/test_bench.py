@@ -18,6 +18,7 @@ ROWS = [
     "append, 100 callers (normal)",
     "append, 100 callers (full)",
     "context last-50 p99",
+    "context p99, 10k msgs, alias of 5 ids",
     "cursor page p50",
     "delete p50",
     "16 readers + 1 writer: reads",

@@ -127,8 +127,19 @@ def test_every_route_answers_and_every_error_has_its_status(served: dict[str, An
     assert status == 200 and updated["status"] == "COMPLETED"
     status, listed = rest("GET", f"/contacts/{q(contact)}/chats", limit=5)
     assert status == 200 and [c["id"] for c in listed["chats"]] == [chat["id"]]
+    status, linked = rest("POST", f"/contacts/{q(contact)}/aliases", {"identifier": "ann@example.com"})
+    assert status == 200 and (linked["contact_id"], linked["aliases"]) == (contact, ["ann@example.com"])
+    status, known = rest("GET", "/contacts/ann%40example.com")
+    assert status == 200 and (known["contact_id"], known["message_count"], known["chat_count"]) == (contact, 1, 1)
+    assert rest("DELETE", f"/contacts/{q(contact)}/aliases/nobody%40example.com")[0] == 404
+    assert rest("DELETE", f"/contacts/{q(contact)}/aliases/{q(contact)}")[0] == 422  # its own id stays
+    status, unlinked = rest("DELETE", f"/contacts/{q(contact)}/aliases/ann%40example.com")
+    assert status == 200 and unlinked["aliases"] == []
     status, deleted = rest("DELETE", f"/chats/{first[1]['id']}")
     assert (status, deleted) == (200, {"id": first[1]["id"], "deleted": True})
+    status, forgotten = rest("DELETE", f"/contacts/{q(contact)}")
+    assert status == 200 and forgotten["deleted_chats"] == 1 and forgotten["deleted_identifiers"] == 1
+    assert rest("GET", f"/contacts/{q(contact)}")[0] == 404
 
     assert rest("POST", "/chats", raw=b"{not json")[0] == 400
     assert Rest(served["base"], None)("GET", "/chats", contact_id=contact) == (
@@ -197,6 +208,12 @@ def test_another_organizations_ids_answer_like_unknown_ones_on_every_route(serve
             {"contact_id": contact} if path == "/chats/context" else {}
         )
     assert globex("GET", f"/contacts/{q(contact)}/chats")[1] == {"chats": []}
+    same(globex("GET", f"/contacts/{q(contact)}"), globex("GET", "/contacts/%2B31699999999"), (contact, "+31699999999"))
+    same(
+        globex("DELETE", f"/contacts/{q(contact)}/aliases/x"),
+        globex("DELETE", "/contacts/%2B31699999999/aliases/x"),
+        (contact, "+31699999999"),
+    )
     assert [m["content"] for m in acme("GET", "/chats", contact_id=contact)[1]["messages"]] == ["acme only"]
 
 
