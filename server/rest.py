@@ -46,6 +46,7 @@ from chatdock.storage.models import (
     LinkResult,
     OpenChatRequest,
     PostRequest,
+    SearchPage,
     UpdateChatRequest,
 )
 
@@ -196,6 +197,20 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
     ) -> MessagePage:
         return await the_store().list_messages(
             organization, contact_id, limit=limit, cursor=cursor, agent_id=agent_id, chat_id=chat_id, channel=channel
+        )
+
+    @app.get("/chats/search", response_model=SearchPage, summary="search_messages: best match first")
+    async def search_messages(
+        organization: Org,
+        q: Annotated[str, Query(description='Words, prefix*, "a phrase", -excluded')],
+        contact_id: str | None = None,
+        channel: str | None = None,
+        role: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> SearchPage:
+        return await the_store().search_messages(
+            organization, q, contact_id=contact_id, channel=channel, role=role, limit=limit, cursor=cursor
         )
 
     @app.get("/contacts/{contact_id}", response_model=ContactInfo, summary="get_contact: by any of its ids")

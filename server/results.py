@@ -12,6 +12,7 @@ from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel
 
 from chatdock.storage import Context, MessagePage
+from chatdock.storage.models import SearchPage
 from chatdock.storage.transcript import format_line
 
 NO_MESSAGES = "(no messages yet)"
@@ -36,6 +37,14 @@ def context_result(context: Context) -> CallToolResult:
 def page_result(page: MessagePage) -> CallToolResult:
     """One line per message (newest first) and the cursor to the next page, when there is one."""
     lines = [format_line(message) for message in page.messages] or ["(no messages)"]
+    if page.next_cursor is not None:
+        lines.append(f"next_cursor: {page.next_cursor}")
+    return _result(page, "\n".join(lines))
+
+
+def search_result(page: SearchPage) -> CallToolResult:
+    """One line per hit, best first, its snippet (matched words in [ ]) for the content; the cursor line."""
+    lines = [format_line(hit, text=hit.snippet) for hit in page.hits] or ["(no matches)"]
     if page.next_cursor is not None:
         lines.append(f"next_cursor: {page.next_cursor}")
     return _result(page, "\n".join(lines))

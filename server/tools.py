@@ -27,10 +27,10 @@ from chatdock.storage import (
 )
 from chatdock.storage import Context as ContextModel
 from chatdock.storage import validation as check
-from chatdock.storage.models import CHAT_STATUSES, ROLES
+from chatdock.storage.models import CHAT_STATUSES, ROLES, SearchPage
 
 from .org import current_org
-from .results import as_json, context_result, page_result
+from .results import as_json, context_result, page_result, search_result
 
 if TYPE_CHECKING:
     from .app import ChatdockServer
@@ -135,6 +135,28 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
             )
         )
         return page_result(page)
+
+    @server.structured_tool(SearchPage, title="Search messages", annotations=_hints(read_only=True))
+    async def search_messages(
+        query: Annotated[
+            str,
+            Field(description='Words (any case, accents ignored), prefix*, "exact phrase", -excluded.'),
+        ],
+        contact_id: Annotated[str | None, Field(description="Only this contact (any of its ids).")] = None,
+        channel: Annotated[str | None, Field(description="Only this channel.", json_schema_extra=_CHANNEL)] = None,
+        role: Annotated[str | None, Field(description="Only this role.", json_schema_extra=_ROLE)] = None,
+        limit: Annotated[
+            int, Field(description="How many, 1 to 200.", json_schema_extra={"minimum": 1, "maximum": 200})
+        ] = 20,
+        cursor: Annotated[str | None, Field(description="next_cursor of the previous page.")] = None,
+    ) -> CallToolResult:
+        """Full-text search of the organization's messages (or one contact's), best match first."""
+        page = await _tool(
+            the_store().search_messages(
+                _org(), query, contact_id=contact_id, channel=channel, role=role, limit=limit, cursor=cursor
+            )
+        )
+        return search_result(page)
 
     @server.structured_tool(ContactInfo, title="Get contact", annotations=_hints(read_only=True))
     async def get_contact(contact_id: ContactId) -> CallToolResult:

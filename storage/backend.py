@@ -31,8 +31,10 @@ from .models import (
     LinkResult,
     Message,
     Role,
+    SearchHit,
 )
 from .records import AliasRecord, ChatRecord, MessageRecord
+from .search import Query
 
 # How each imported record went: newly stored, or already there (same id; or channel and provider id).
 Imported = Literal["stored", "existing"]
@@ -80,6 +82,20 @@ class Backend(Protocol):
         self, org: str, contact_id: str, only: MessageFilter, limit: int, after: Position | None, max_bytes: int
     ) -> list[tuple[Message, Position]]:
         """`latest_messages` starting after the keyset position `after`; each message with its position."""
+        ...
+
+    async def search(
+        self,
+        org: str,
+        query: Query,
+        contact_id: str | None,
+        channel: str | None,
+        role: str | None,
+        limit: int,
+        offset: int,
+    ) -> list[SearchHit]:
+        """Messages of the organization (of one contact, any of its identifiers) that match, best first, with the
+        matched words marked [ ] in a snippet; `offset` hits skipped."""
         ...
 
     async def delete_message(self, org: str, message_id: str) -> Message | None:

@@ -298,3 +298,16 @@ class ChatWithMessages(Chat):
     """A chat with the message just posted into it."""
 
     messages: list[Message]
+
+
+class SearchHit(Message):
+    """A message that matched, with its matched words marked [ ] in `snippet`."""
+
+    snippet: str
+
+
+class SearchPage(_Model):
+    """Hits best first; pass `next_cursor` back for more (null when there are no more)."""
+
+    hits: list[SearchHit]
+    next_cursor: str | None

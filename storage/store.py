@@ -44,6 +44,7 @@ from .models import (
     NewChat,
     NewMessage,
     Part,
+    SearchPage,
 )
 from .records import (
     AliasRecord,
@@ -54,6 +55,7 @@ from .records import (
     message_record,
     new_chat_record,
 )
+from .search import MAX_SEARCH_OFFSET, decode_search_cursor, encode_search_cursor, parse_query
 from .sizing import MAX_RESULT_BYTES, fitting, message_bound, message_bytes, text_bound, text_bytes
 from .transcript import fit_transcript, format_line
 
@@ -202,6 +204,30 @@ class Store:
         return MessagePage(
             messages=[message for message, _ in rows], next_cursor=encode_cursor(rows[-1][1]) if more else None
         )
+
+    async def search_messages(
+        self,
+        org: str,
+        query: str,
+        *,
+        contact_id: str | None = None,
+        channel: str | None = None,
+        role: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> SearchPage:
+        """Full-text search, best match first: words regardless of case and accents, prefixes (refund*), quoted
+        phrases, -exclusions; the whole organization, or one contact with all its identifiers."""
+        parsed = parse_query(query)
+        contact_id = None if contact_id is None else check.contact_id(contact_id)
+        channel = None if channel is None else check.channel(channel)
+        role = None if role is None else check.role(role)
+        limit = check.limit(limit)
+        offset = 0 if cursor is None else decode_search_cursor(cursor)
+        found = await self.backend.search(org, parsed, contact_id, channel, role, limit + 1, offset)
+        hits = [hit.model_copy(update={"snippet": " ".join(hit.snippet.splitlines())}) for hit in found[:limit]]
+        more = len(found) > limit and offset + limit < MAX_SEARCH_OFFSET
+        return SearchPage(hits=hits, next_cursor=encode_search_cursor(offset + limit) if more else None)
 
     async def delete_message(self, org: str, message_id: str) -> Message:
         message_id = check.uuid_text(message_id, "message_id")

@@ -26,10 +26,10 @@ def format_transcript(messages: Sequence[Message]) -> str:
     return "\n".join(format_entry(message) for message in messages)
 
 
-def format_line(message: Message, width: int = LINE_ENTRY_CHARS) -> str:
+def format_line(message: Message, width: int = LINE_ENTRY_CHARS, text: str | None = None) -> str:
     """One line of a message list: id, time, channel and the `ROLE: content` entry on a single line (its line
-    breaks as spaces), shortened to `width` characters."""
-    entry = f"{message.role.upper()}: " + " ".join(message.content.splitlines())
+    breaks as spaces), shortened to `width` characters; `text` stands for the content when given (a snippet)."""
+    entry = f"{message.role.upper()}: " + " ".join((message.content if text is None else text).splitlines())
     if len(entry) > width:
         entry = entry[: width - 1] + "\u2026"
     return f"{message.id} {format_timestamp(message.created_at)} {message.channel} {entry}"

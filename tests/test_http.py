@@ -75,7 +75,7 @@ def test_healthz_needs_no_key(served: dict[str, str]) -> None:
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_a_valid_key_gets_the_full_tool_set(served: dict[str, str], mode: str) -> None:
     async with http_client(served["base"], served["acme"], mode) as client:
-        assert len((await client.list_tools()).tools) == 12
+        assert len((await client.list_tools()).tools) == 13
         contact = f"http-{mode}"
         await call(client, "append_message", contact_id=contact, channel="sms", role="user", content="hi")
         chat = await call(client, "open_chat", contact_id=contact, channel="voice")

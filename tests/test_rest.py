@@ -255,6 +255,7 @@ def test_read_only_serves_only_the_read_routes(tmp_path: Path) -> None:
         assert sorted(document["paths"]) == [
             "/chats",
             "/chats/context",
+            "/chats/search",
             "/contacts/{contact_id}",
             "/contacts/{contact_id}/chats",
         ]

@@ -30,8 +30,9 @@ TOOLS = {
     "get_contact",
     "link_contacts",
     "unlink_contact",
+    "search_messages",
 }
-READ_ONLY = {"get_context", "list_messages", "list_chats", "get_contact"}
+READ_ONLY = {"get_context", "list_messages", "list_chats", "get_contact", "search_messages"}
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -37,8 +37,10 @@ from ..models import (
     ForgetResult,
     LinkResult,
     Message,
+    SearchHit,
 )
 from ..records import AliasRecord, ChatRecord, MessageRecord
+from ..search import Query
 from . import rows, writes
 from .failures import DAMAGED, WRITE_BLOCKED, kind, translate
 from .migrations import migrate
@@ -51,7 +53,9 @@ from .queries import (
     MESSAGE_COLUMNS,
     ORG,
     bounded_sql,
+    fts_expression,
     latest_sql,
+    search_sql,
 )
 from .writer import Undo, Writer
 
@@ -265,6 +269,24 @@ class SQLiteBackend:
         sql, params = latest_sql(only, after=after is not None)
         found = await self._read(bounded_sql(sql), [org, contact_id, *params, *(after or ()), limit, max_bytes])
         return [(rows.message(row, row[10]), (row[8], row[9])) for row in found]
+
+    async def search(
+        self,
+        org: str,
+        query: Query,
+        contact_id: str | None,
+        channel: str | None,
+        role: str | None,
+        limit: int,
+        offset: int,
+    ) -> list[SearchHit]:
+        params: list[Any] = [fts_expression(query), org]
+        if contact_id is not None:
+            params += [org, contact_id]
+        params += [value for value in (channel, role) if value is not None]
+        sql = search_sql(contact_id is not None, channel is not None, role is not None)
+        found = await self._read(sql, [*params, limit, offset])
+        return [SearchHit(**rows.message(row, row[10]).model_dump(), snippet=row[11]) for row in found]
 
     async def delete_message(self, org: str, message_id: str) -> Message | None:
         def job(conn: sqlite3.Connection) -> Message | None:

@@ -26,6 +26,29 @@ class Migration:
     apply: Callable[[sqlite3.Connection], None] | None = None  # work SQL alone cannot do, after the statements
 
 
+INDEX_BATCH = 50_000
+
+
+def _index_history(conn: sqlite3.Connection) -> None:
+    """Index the messages stored before search existed, a batch at a time, saying how far it got."""
+    total = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+    last, done = 0, 0
+    while True:
+        found = conn.execute(
+            "SELECT max(seq), count(*) FROM (SELECT seq FROM messages WHERE seq > ? ORDER BY seq LIMIT ?)",
+            (last, INDEX_BATCH),
+        ).fetchone()
+        if not found[1]:
+            break
+        conn.execute(
+            "INSERT INTO messages_fts (rowid, content) SELECT seq, content FROM messages WHERE seq > ? AND seq <= ?",
+            (last, found[0]),
+        )
+        last, done = found[0], done + found[1]
+        if total > INDEX_BATCH:
+            logger.warning("building the search index: %s of %s messages", f"{done:,}", f"{total:,}")
+
+
 def _normalize_identifiers(conn: sqlite3.Connection) -> None:
     """Store contact and agent ids in NFC. Two contacts whose ids become one are both left as they are and
     logged (the application decides whether they are one person), never merged here."""
@@ -168,6 +191,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             # the other identifiers of the changed contact, so listeners of an alias's URIs hear too
             "ALTER TABLE changes ADD COLUMN aliases TEXT",
         ),
+    ),
+    Migration(
+        6,
+        "full-text search",
+        (
+            """CREATE VIRTUAL TABLE messages_fts USING fts5(
+                content, content='messages', content_rowid='seq', tokenize='unicode61 remove_diacritics 2'
+            )""",
+            # kept in the same transaction as the message itself
+            """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+                INSERT INTO messages_fts (rowid, content) VALUES (new.seq, new.content);
+            END""",
+            """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+                INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.seq, old.content);
+            END""",
+            """CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+                INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.seq, old.content);
+                INSERT INTO messages_fts (rowid, content) VALUES (new.seq, new.content);
+            END""",
+        ),
+        _index_history,
     ),
 )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import MessageFilter
+from ..search import Query, Term
 
 ORG = "(SELECT id FROM orgs WHERE name = ?)"
 # the contact an identifier names: its own contact_id, or one of its aliases
@@ -80,3 +81,32 @@ def latest_sql(only: MessageFilter, after: bool = False) -> tuple[str, list[Any]
         "ORDER BY m.created_us DESC, m.seq DESC LIMIT ?"
     )
     return sql, params
+
+
+def fts_expression(query: Query) -> str:
+    """The parsed query as an FTS5 expression: every term a quoted string, so no text is read as syntax."""
+
+    def term(found: Term) -> str:
+        return '"' + found.text.replace('"', '""') + '"' + ("*" if found.prefix else "")
+
+    expression = " AND ".join(term(found) for found in query.wanted)
+    for found in query.excluded:
+        expression = f"({expression}) NOT {term(found)}"
+    return expression
+
+
+def search_sql(contact: bool, channel: bool, role: bool) -> str:
+    """Hits best first (bm25), scoped by organization; it takes (expression, org, [org, contact,] [channel,]
+    [role,] limit, offset)."""
+    where = ""
+    if contact:
+        where += f" AND m.contact_pk = {CONTACT}"
+    if channel:
+        where += " AND m.channel = ?"
+    if role:
+        where += " AND m.role = ?"
+    return (
+        f"SELECT {MESSAGE_COLUMNS}, c.external_id, snippet(messages_fts, 0, '[', ']', '...', 16) "
+        "FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid JOIN contacts c ON c.id = m.contact_pk "
+        f"WHERE messages_fts MATCH ? AND m.org_id = {ORG}{where} ORDER BY rank LIMIT ? OFFSET ?"
+    )

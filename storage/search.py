@@ -1,0 +1,102 @@
+"""Full-text search queries: what a caller may write, parsed here into a query no backend can misread.
+
+    refund            messages with a word that is (case and accents aside) "refund"
+    refund*           ... a word that starts with "refund"
+    "order 1234"      ... these words, in this order, next to each other
+    -voucher          ... and without the word "voucher"
+
+Words are joined by AND. Anything else in a query is part of a word (punctuation separates words as the
+index does). A query that cannot be read (a quote left open, only exclusions, nothing at all, control
+characters, over 1,000 characters) is an InvalidInput that says why; a backend only ever receives the
+parsed `Query`, never the caller's text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from . import validation as check
+from .errors import InvalidInput
+
+MAX_QUERY_CHARS = 1000
+MAX_TERMS = 32
+MAX_SEARCH_OFFSET = 10_000  # how deep the pages of one search go
+_CURSOR_HINT = "pass next_cursor exactly as a previous search_messages returned it, or leave cursor out"
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    text: str  # one word, or the words of a phrase separated by single spaces
+    prefix: bool = False  # the last word may continue (refund*)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    wanted: tuple[Term, ...]
+    excluded: tuple[Term, ...]
+
+
+def parse_query(text: object) -> Query:
+    if not isinstance(text, str):
+        raise InvalidInput(f"query must be a string, got {type(text).__name__}")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InvalidInput(f"query must be at most {MAX_QUERY_CHARS} characters, got {len(text)}")
+    if check.refused_character(text) is not None:
+        raise InvalidInput("query must not contain control or invisible format characters (NUL, newline, ...)")
+    wanted: list[Term] = []
+    excluded: list[Term] = []
+    position = 0
+    while position < len(text):
+        char = text[position]
+        if char.isspace():
+            position += 1
+            continue
+        negated = char == "-"
+        start = position + 1 if negated else position
+        if start < len(text) and text[start] == '"':
+            end = text.find('"', start + 1)
+            if end < 0:
+                raise InvalidInput(
+                    f'query has a quote at position {start + 1} that is not closed; close the phrase with "'
+                )
+            words = " ".join(text[start + 1 : end].split())
+            position = end + 1
+            prefix = position < len(text) and text[position] == "*"
+            position += 1 if prefix else 0
+        else:
+            end = start
+            while end < len(text) and not text[end].isspace():
+                end += 1
+            words = text[start:end].replace('"', " ").strip()
+            position = end
+            prefix = words.endswith("*")
+            words = words.rstrip("*").strip()
+        if not words:
+            continue
+        (excluded if negated else wanted).append(Term(words, prefix))
+    if len(wanted) + len(excluded) > MAX_TERMS:
+        raise InvalidInput(f"query may hold at most {MAX_TERMS} words and phrases, got {len(wanted) + len(excluded)}")
+    if not wanted:
+        raise InvalidInput(
+            'query needs at least one word to find (a -word only excludes); like: refund, refund*, "order 1234"'
+        )
+    return Query(tuple(wanted), tuple(excluded))
+
+
+def encode_search_cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"s1:{offset}".encode()).decode().rstrip("=")
+
+
+def decode_search_cursor(value: object) -> int:
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            version, number = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii").split(":")
+            offset = int(number)
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            pass
+        else:
+            if version == "s1" and 0 < offset <= MAX_SEARCH_OFFSET and encode_search_cursor(offset) == value:
+                return offset
+    raise InvalidInput(f"cursor is not valid; {_CURSOR_HINT}")
