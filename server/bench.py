@@ -86,6 +86,7 @@ def realistic(contact: str, count: int) -> list[NewMessage]:
 ONE_ID, MANY_IDS = "+31650002000", "+31650001000"
 ALIASES = ("ann@example.com", "w-8f2c", "+31 6 5000 1000", "ann.b@example.org")
 PERSON_MESSAGES = 10_000
+RARE_TEXT = "the zebrafish arrived in a dented parcel"  # in 100 messages; every other message says "hello"
 
 
 def _new_of(contact: str, index: int) -> NewMessage:
@@ -117,6 +118,8 @@ async def fill(store: Store, messages: int, contacts: int, quiet: bool) -> None:
             await store.import_messages("bench", [_new_of(person, i) for i in range(start, start + 5000)])
     for alias in ALIASES:
         await store.link_contacts("bench", MANY_IDS, alias)
+    rare = [_new_of(f"+3160{i * 997 % contacts:07d}", i) for i in range(100)]
+    await store.import_messages("bench", [m.model_copy(update={"content": RARE_TEXT}) for m in rare])
     if bar is not None:
         bar.finish(done)
 
@@ -252,6 +255,38 @@ async def event_latency(path: str, writes: int) -> list[float]:
     return latencies
 
 
+async def index_share(path: str) -> float:
+    """The search index's part of the database file (its segments' bytes over the file's)."""
+
+    def measure() -> float:
+        with sqlite3.connect(path) as conn:
+            index = float(conn.execute("SELECT sum(length(block)) FROM messages_fts_data").fetchone()[0] or 0)
+            pages = float(conn.execute("PRAGMA page_count").fetchone()[0])
+            size = pages * float(conn.execute("PRAGMA page_size").fetchone()[0])
+        return index / size
+
+    return float(await asyncio.to_thread(measure))
+
+
+async def appends_with_and_without_index(folder: str, count: int) -> tuple[float, float]:
+    """One caller's appends/s on two fresh files, one of them without the search index's triggers."""
+    rates = []
+    for name, drop in (("indexed.db", False), ("unindexed.db", True)):
+        path = str(Path(folder) / name)
+        async with open_store(path):
+            pass
+        if drop:
+            with sqlite3.connect(path) as conn:
+                for trigger in ("insert", "delete", "update"):
+                    conn.execute(f"DROP TRIGGER messages_fts_{trigger}")
+        async with open_store(path) as store:
+            rate, _ = await timed(_appends(store, count * 2, name), 1)
+        rates.append(rate)
+        for suffix in ("", "-wal", "-shm"):
+            Path(path + suffix).unlink(missing_ok=True)
+    return rates[0], rates[1]
+
+
 async def appends_beside_listeners(path: str, listeners: int, count: int) -> float:
     """Appends/s (one caller) while `listeners` idle listen streams follow other contacts in this process."""
     async with open_store(path) as store:
@@ -317,6 +352,18 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
                     await store.get_context("bench", identifier)
                     samples.append((time.perf_counter() - began) * 1000)
                 add(f"context_{name}_p99", _pct(samples, 0.99))
+            for name, query, contact in (
+                ("search_contact", "hello", "+31600000007"),
+                ("search_rare", "zebrafish", None),
+                ("search_common", "hello", None),
+            ):
+                samples = []
+                for _ in range(max(20, scale // 20)):
+                    began = time.perf_counter()
+                    await store.search_messages("bench", query, contact_id=contact)
+                    samples.append((time.perf_counter() - began) * 1000)
+                add(f"{name}_p99", _pct(samples, 0.99))
+            add("index_share", await index_share(path))
             page = await store.list_messages("bench", "+31600000000", limit=50)
             samples = []
             for _ in range(scale // 4):
@@ -368,6 +415,9 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
             add("mcp_http_bare", bare_ms)
             for name, value in (await rest_figures(base, key, scale)).items():
                 add(name, value)
+        indexed, unindexed = await appends_with_and_without_index(folder, scale)
+        add("append_indexed", indexed)
+        add("append_unindexed", unindexed)
         latencies = await event_latency(path, min(200, scale // 10))  # 200 at full size
         add("event_p50", _pct(latencies, 0.5))
         add("event_p99", _pct(latencies, 0.99))
@@ -428,6 +478,32 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
             m["context_many_ids_p99"] / m["context_one_id_p99"],
             "<= 1.2x",
             m["context_many_ids_p99"] <= 1.2 * m["context_one_id_p99"],
+        ),
+        Row("search, one contact p99", m["search_contact_p99"], "ms", goal="< 20 ms", met=m["search_contact_p99"] < 20),
+        Row(
+            "search, organization, rare word p99",
+            m["search_rare_p99"],
+            "ms",
+            goal="< 100 ms",
+            met=m["search_rare_p99"] < 100,
+        ),
+        Row(
+            "search, organization, common word p99",
+            m["search_common_p99"],
+            "ms",
+            goal="< 100 ms",
+            met=m["search_common_p99"] < 100,
+        ),
+        Row("search index share of the file", m["index_share"] * 100, "%"),
+        Row("append, 1 caller, no search index", m["append_unindexed"], "msg/s"),
+        Row(
+            "append, 1 caller, search index",
+            m["append_indexed"],
+            "msg/s",
+            m["append_unindexed"],
+            m["append_indexed"] / m["append_unindexed"],
+            ">= 0.8x",
+            m["append_indexed"] >= 0.8 * m["append_unindexed"],
         ),
         Row("cursor page p50", m["page_p50"], "ms"),
         Row("delete p50", m["delete_p50"], "ms"),
