@@ -280,10 +280,9 @@ class SQLiteBackend:
         limit: int,
         offset: int,
     ) -> list[SearchHit]:
-        params: list[Any] = [fts_expression(query), org]
-        if contact_id is not None:
-            params += [org, contact_id]
-        params += [value for value in (channel, role) if value is not None]
+        expression = fts_expression(query)
+        params: list[Any] = [org, contact_id, expression] if contact_id is not None else [expression]
+        params += [org, *(value for value in (channel, role) if value is not None)]
         sql = search_sql(contact_id is not None, channel is not None, role is not None)
         found = await self._read(sql, [*params, limit, offset])
         return [SearchHit(**rows.message(row, row[10]).model_dump(), snippet=row[11]) for row in found]

@@ -41,7 +41,8 @@ def _index_history(conn: sqlite3.Connection) -> None:
         if not found[1]:
             break
         conn.execute(
-            "INSERT INTO messages_fts (rowid, content) SELECT seq, content FROM messages WHERE seq > ? AND seq <= ?",
+            "INSERT INTO messages_fts (rowid, content, owner) SELECT seq, content, 'k' || contact_pk FROM messages "
+            "WHERE seq > ? AND seq <= ?",
             (last, found[0]),
         )
         last, done = found[0], done + found[1]
@@ -196,19 +197,25 @@ MIGRATIONS: tuple[Migration, ...] = (
         6,
         "full-text search",
         (
+            # each message's text, and its contact as one token (owner: k<contact key>), so that a search of
+            # one contact intersects two lists of the index instead of ranking the whole organization's hits
+            "CREATE VIEW messages_search AS SELECT seq, content, 'k' || contact_pk AS owner FROM messages",
             """CREATE VIRTUAL TABLE messages_fts USING fts5(
-                content, content='messages', content_rowid='seq', tokenize='unicode61 remove_diacritics 2'
+                content, owner, content='messages_search', content_rowid='seq',
+                tokenize='unicode61 remove_diacritics 2'
             )""",
-            # kept in the same transaction as the message itself
+            # kept in the same transaction as the message itself; a merge moves messages to another contact
             """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
-                INSERT INTO messages_fts (rowid, content) VALUES (new.seq, new.content);
+                INSERT INTO messages_fts (rowid, content, owner) VALUES (new.seq, new.content, 'k' || new.contact_pk);
             END""",
             """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
-                INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.seq, old.content);
+                INSERT INTO messages_fts (messages_fts, rowid, content, owner)
+                    VALUES ('delete', old.seq, old.content, 'k' || old.contact_pk);
             END""",
-            """CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
-                INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.seq, old.content);
-                INSERT INTO messages_fts (rowid, content) VALUES (new.seq, new.content);
+            """CREATE TRIGGER messages_fts_update AFTER UPDATE OF content, contact_pk ON messages BEGIN
+                INSERT INTO messages_fts (messages_fts, rowid, content, owner)
+                    VALUES ('delete', old.seq, old.content, 'k' || old.contact_pk);
+                INSERT INTO messages_fts (rowid, content, owner) VALUES (new.seq, new.content, 'k' || new.contact_pk);
             END""",
         ),
         _index_history,

@@ -84,10 +84,11 @@ def latest_sql(only: MessageFilter, after: bool = False) -> tuple[str, list[Any]
 
 
 def fts_expression(query: Query) -> str:
-    """The parsed query as an FTS5 expression: every term a quoted string, so no text is read as syntax."""
+    """The parsed query as an FTS5 expression over the text column: every term a quoted string, so no text is
+    read as syntax."""
 
     def term(found: Term) -> str:
-        return '"' + found.text.replace('"', '""') + '"' + ("*" if found.prefix else "")
+        return 'content : "' + found.text.replace('"', '""') + '"' + ("*" if found.prefix else "")
 
     expression = " AND ".join(term(found) for found in query.wanted)
     for found in query.excluded:
@@ -96,11 +97,13 @@ def fts_expression(query: Query) -> str:
 
 
 def search_sql(contact: bool, channel: bool, role: bool) -> str:
-    """Hits best first (bm25), scoped by organization; it takes (expression, org, [org, contact,] [channel,]
-    [role,] limit, offset)."""
-    where = ""
+    """Hits best first (bm25), scoped by organization; it takes ([org, contact,] expression, org, [channel,]
+    [role,] limit, offset). One contact's search adds its owner token to the expression: the index intersects
+    the two lists, and ranks only that contact's hits."""
+    match = "?"
     if contact:
-        where += f" AND m.contact_pk = {CONTACT}"
+        match = f"('owner : k' || ifnull({CONTACT}, 0) || ' AND (' || ? || ')')"
+    where = ""
     if channel:
         where += " AND m.channel = ?"
     if role:
@@ -108,5 +111,5 @@ def search_sql(contact: bool, channel: bool, role: bool) -> str:
     return (
         f"SELECT {MESSAGE_COLUMNS}, c.external_id, snippet(messages_fts, 0, '[', ']', '...', 16) "
         "FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid JOIN contacts c ON c.id = m.contact_pk "
-        f"WHERE messages_fts MATCH ? AND m.org_id = {ORG}{where} ORDER BY rank LIMIT ? OFFSET ?"
+        f"WHERE messages_fts MATCH {match} AND m.org_id = {ORG}{where} ORDER BY rank LIMIT ? OFFSET ?"
     )
