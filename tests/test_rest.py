@@ -19,7 +19,6 @@ import anyio
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from mcp.client.subscriptions import ResourceUpdated
 from schemathesis import GenerationMode
 
@@ -280,6 +279,8 @@ def test_generated_requests_never_get_a_server_error_nor_a_partial_write(served:
             return {row[0] for row in conn.execute("SELECT id FROM messages")}
 
     def drive(operation: Any, mode: GenerationMode) -> None:
+        strategy = operation.as_strategy(generation_mode=mode)
+
         @settings(
             max_examples=300 if LONG_MODE else 15,
             deadline=None,
@@ -287,9 +288,8 @@ def test_generated_requests_never_get_a_server_error_nor_a_partial_write(served:
             derandomize=not LONG_MODE,
             database=None,
         )
-        @given(st.data())
-        def exercise(data: st.DataObject) -> None:
-            case = data.draw(operation.as_strategy(generation_mode=mode))
+        @given(strategy)
+        def exercise(case: Any) -> None:
             response = case.call(base_url=served["base"], headers=headers)
             answered.append(response.status_code)
             assert response.status_code < 500, (case.method, case.path, response.text[:500])
