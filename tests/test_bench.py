@@ -18,7 +18,7 @@ ROWS = [
     "append, 100 callers (normal)",
     "append, 100 callers (full)",
     "context last-50 p99",
-    "context p99, 10k msgs, alias of 5 ids",
+    "context p99, alias of 5 ids",
     "search, one contact p99",
     "search, organization, rare word p99",
     "search, organization, common word p99",
