@@ -281,9 +281,15 @@ def test_every_start_up_failure_is_one_line_naming_its_cause(tmp_path: Path) -> 
     }
     with tmpfs(tmp_path / "read-only", "1m", "ro") as read_only:
         cases[str(read_only / "x.db")] = "not writable"
-        others = (["keys", "list"], ["export", "-q"], ["serve"], ["import", "-q", "-"])
-        for index, (db, cause) in enumerate(cases.items()):  # serve --http for each, and one other command
-            for command in (["serve", "--http", "--port", "0"], others[index % len(others)]):
+        commands = (
+            ["serve", "--http", "--port", "0"],
+            ["keys", "list"],
+            ["export", "-q"],
+            ["serve"],
+            ["import", "-q", "-"],
+        )
+        for index, (db, cause) in enumerate(cases.items()):  # each cause once, each command once
+            for command in (commands[index % len(commands)],):
                 done = subprocess.run(
                     [*chatdock_command(), *command, "--db", db], capture_output=True, text=True, timeout=60
                 )
