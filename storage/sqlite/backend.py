@@ -8,7 +8,6 @@ snapshot. Writes go through `Writer` (writer.py), as functions of writes.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import secrets
@@ -24,7 +23,7 @@ import aiosqlite
 
 from .. import validation as check
 from ..backend import Imported, MessageFilter, StoredKey
-from ..changes import EVERYTHING, Change, Deliver
+from ..changes import Deliver
 from ..cursor import Position
 from ..errors import ChatdockError, InvalidInput, Unavailable, key_name_taken
 from ..models import (
@@ -43,6 +42,7 @@ from ..records import AliasRecord, ChatRecord, MessageRecord
 from ..search import Query
 from . import rows, writes
 from .failures import DAMAGED, WRITE_BLOCKED, kind, translate
+from .feed import follow_feed
 from .migrations import migrate
 from .queries import (
     CHAT_COLUMNS,
@@ -57,13 +57,13 @@ from .queries import (
     latest_sql,
     search_sql,
 )
+from .walk import Walk
 from .writer import Undo, Writer
 
 Durability = Literal["normal", "full"]
 
 BUSY_TIMEOUT_MS = 10_000
 MIN_FREE_BYTES = 1024 * 1024  # below this, /healthz says the disk is full
-FOLLOW_INTERVAL = 0.05  # seconds between looks at the change feed, while someone listens
 
 T = TypeVar("T")
 logger = logging.getLogger("chatdock.storage")
@@ -77,12 +77,6 @@ def _memory_dir() -> str:
     shm = Path("/dev/shm")
     base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
     return tempfile.mkdtemp(prefix="chatdock-", dir=base)
-
-
-async def _one_value(conn: aiosqlite.Connection, sql: str) -> Any:
-    async with conn.execute(sql) as cursor:
-        row = await cursor.fetchone()
-    return None if row is None else row[0]
 
 
 def _keys(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> list[ApiKeyInfo]:
@@ -206,40 +200,7 @@ class SQLiteBackend:
         return stop
 
     async def follow(self, deliver: Deliver, wanted: Callable[[], bool]) -> None:
-        """Poll `PRAGMA data_version` on a connection of its own (it changes when any other connection
-        commits) every FOLLOW_INTERVAL seconds while `wanted()`, then read the feed's new rows."""
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            await conn.execute("PRAGMA query_only = ON")
-            position = await _one_value(conn, "SELECT ifnull(max(seq), 0) FROM changes")
-            version = None
-            while True:
-                await asyncio.sleep(FOLLOW_INTERVAL)
-                if not wanted():
-                    continue
-                try:
-                    now = await _one_value(conn, "PRAGMA data_version")
-                    if now == version:
-                        continue
-                    version = now
-                    found = list(
-                        await conn.execute_fetchall(
-                            "SELECT seq, org, contact_id, kind, origin, aliases FROM changes "
-                            "WHERE seq > ? ORDER BY seq",
-                            (position,),
-                        )
-                    )
-                except sqlite3.Error as exc:  # the file went bad under us: say so once, keep following
-                    logger.warning("could not read the change feed: %s", self._failed(exc))
-                    continue
-                if found and found[0][0] > position + 1 and position > 0:
-                    deliver(EVERYTHING)  # the feed was pruned past where this process had read
-                for seq, org, contact_id, kind, origin, aliases in found:
-                    position = seq
-                    if origin != self._origin:  # this process announced its own changes at commit
-                        deliver(Change(org, contact_id, kind, tuple(json.loads(aliases)) if aliases else ()))
-        finally:
-            await conn.close()
+        await follow_feed(self.path, self._origin, self._failed, deliver, wanted)
 
     # --- messages ---
 
@@ -384,99 +345,6 @@ class SQLiteBackend:
 
     # --- history ---
 
-    async def _keyset(
-        self,
-        select: str,
-        key: str,
-        key_index: int,
-        org: str | None,
-        contact_id: str | None,
-        contact: str,
-        batch: int,
-        skipped: list[str] | None,
-    ) -> AsyncIterator[Any]:
-        """Rows of `select` (which joins `orgs o`) in `key` order, a batch at a time: never all in memory.
-
-        `contact` names the column holding the contact's external id; `key_index` is where the row has `key`.
-        In a damaged file, with a `skipped` list, what cannot be read is named there and passed over.
-        """
-        where, params = "", []
-        if org is not None:
-            where += " AND o.name = ?"
-            params.append(org)
-        if contact_id is not None:
-            where += f" AND {contact} = ?"
-            params.append(contact_id)
-        last = -1
-        while True:
-            try:
-                found = await self._read(
-                    f"{select} WHERE {key} > ?{where} ORDER BY {key} LIMIT ?", [last, *params, batch]
-                )
-                more, after = len(found) == batch, found[-1][key_index] if found else last
-            except Unavailable:
-                if skipped is None or self.damaged is None:
-                    raise
-                salvaged = await self._salvage(f"{select} WHERE {key} = ?{where}", key, params, last, batch, skipped)
-                if salvaged is None:
-                    return
-                found, after = salvaged
-                more = True
-            for row in found:
-                yield row
-            if not more:
-                return
-            last = after
-
-    async def _salvage(
-        self, one: str, key: str, params: list[Any], last: int, batch: int, skipped: list[str]
-    ) -> tuple[list[Any], int] | None:
-        """Read up to `batch` rows after `last` one at a time in a damaged file, naming those that cannot be read
-        in `skipped`; where even the keys cannot be read, step over the damaged stretch. None at the end."""
-        table, column = ("messages", "seq") if key == "m.seq" else ("chats", "rowid")
-        next_key = f"SELECT {column} FROM {table} WHERE {column} > ? ORDER BY {column} LIMIT 1"
-        keys: list[int] = []
-        position = last
-        while len(keys) < batch:
-            try:
-                found = await self._read(next_key, [position])
-            except Unavailable:
-                if keys:
-                    break  # read what was found first; the damaged stretch is stepped over on the next call
-                return await self._step_over(next_key, table, last, skipped)
-            if not found:
-                break
-            position = int(found[0][0])
-            keys.append(position)
-        if not keys:
-            return None
-        rows: list[Any] = []
-        for row_key in keys:
-            try:
-                rows += await self._read(one, [row_key, *params])
-            except Unavailable:
-                skipped.append(f"{table} #{row_key}: cannot be read")
-        return rows, keys[-1]
-
-    async def _step_over(
-        self, next_key: str, table: str, last: int, skipped: list[str]
-    ) -> tuple[list[Any], int] | None:
-        """Past `last`, the keys cannot be read: find the next key that can, in growing steps."""
-        step = 1
-        while step < 2**62:
-            try:
-                found = await self._read(next_key, [last + step])
-            except Unavailable:
-                step *= 2
-                continue
-            if not found:
-                skipped.append(f"{table} after #{last}: the rest cannot be read")
-                return None
-            first = int(found[0][0])
-            skipped.append(f"{table} after #{last} and before #{first}: cannot be read")
-            return [], first - 1
-        return None
-
     async def export_messages(
         self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
     ) -> AsyncIterator[tuple[str, Message]]:
@@ -484,14 +352,16 @@ class SQLiteBackend:
             f"SELECT {MESSAGE_COLUMNS}, c.external_id, o.name FROM messages m "
             "JOIN contacts c ON c.id = m.contact_pk JOIN orgs o ON o.id = m.org_id"
         )
-        async for row in self._keyset(select, "m.seq", 9, org, contact_id, "c.external_id", batch, skipped):
+        walk = Walk(self._read, lambda: self.damaged is not None, skipped)
+        async for row in walk.keyset(select, "m.seq", 9, org, contact_id, "c.external_id", batch):
             yield row[11], rows.message(row, row[10])
 
     async def export_chats(
         self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
     ) -> AsyncIterator[tuple[str, Chat]]:
         select = f"SELECT ch.rowid, o.name, {CHAT_COLUMNS} {CHAT_FROM} JOIN orgs o ON o.id = ch.org_id"
-        async for row in self._keyset(select, "ch.rowid", 0, org, contact_id, "co.external_id", batch, skipped):
+        walk = Walk(self._read, lambda: self.damaged is not None, skipped)
+        async for row in walk.keyset(select, "ch.rowid", 0, org, contact_id, "co.external_id", batch):
             yield row[1], rows.chat(row[2:])
 
     async def count_records(self, org: str | None, contact_id: str | None) -> int:

@@ -1,0 +1,67 @@
+"""Following the change feed (changes.py) that other processes write to the same file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import aiosqlite
+
+from ..changes import EVERYTHING, Change, Deliver
+
+logger = logging.getLogger("chatdock.storage")
+
+FOLLOW_INTERVAL = 0.05  # seconds between looks at the change feed, while someone listens
+
+
+async def _one_value(conn: aiosqlite.Connection, sql: str) -> Any:
+    async with conn.execute(sql) as cursor:
+        row = await cursor.fetchone()
+    return None if row is None else row[0]
+
+
+async def follow_feed(
+    path: str,
+    origin: str,
+    failed: Callable[[BaseException], BaseException],
+    deliver: Deliver,
+    wanted: Callable[[], bool],
+) -> None:
+    """Poll `PRAGMA data_version` on a connection of its own (it changes when any other connection commits)
+    every FOLLOW_INTERVAL seconds while `wanted()`, then deliver the feed's new rows that another process
+    (another `origin`) wrote; EVERYTHING when the feed was pruned past where this one had read."""
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await conn.execute("PRAGMA query_only = ON")
+        position = await _one_value(conn, "SELECT ifnull(max(seq), 0) FROM changes")
+        version = None
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL)
+            if not wanted():
+                continue
+            try:
+                now = await _one_value(conn, "PRAGMA data_version")
+                if now == version:
+                    continue
+                version = now
+                found = list(
+                    await conn.execute_fetchall(
+                        "SELECT seq, org, contact_id, kind, origin, aliases FROM changes WHERE seq > ? ORDER BY seq",
+                        (position,),
+                    )
+                )
+            except sqlite3.Error as exc:  # the file went bad under us: say so once, keep following
+                logger.warning("could not read the change feed: %s", failed(exc))
+                continue
+            if found and found[0][0] > position + 1 and position > 0:
+                deliver(EVERYTHING)  # the feed was pruned past where this process had read
+            for seq, org, contact_id, kind, source, aliases in found:
+                position = seq
+                if source != origin:  # this process announced its own changes at commit
+                    deliver(Change(org, contact_id, kind, tuple(json.loads(aliases)) if aliases else ()))
+    finally:
+        await conn.close()
