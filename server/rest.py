@@ -36,7 +36,7 @@ from chatdock.storage import (
     Unavailable,
 )
 from chatdock.storage import validation as check
-from chatdock.storage.errors import chat_not_found, identifier_not_found
+from chatdock.storage.errors import chat_not_found
 from chatdock.storage.models import (
     AliasRequest,
     AppendRequest,
@@ -260,19 +260,16 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
 
     @app.delete("/contacts/{contact_id}/aliases/{identifier}", response_model=ContactInfo, summary="unlink_contact")
     async def unlink_contact(organization: Org, contact_id: ContactId, identifier: str) -> ContactInfo:
-        store = the_store()
-        owner = await store.get_contact(organization, contact_id)
-        if identifier not in owner.aliases and identifier != owner.contact_id:
-            raise identifier_not_found(identifier)
-        return await store.unlink_contact(organization, identifier)
+        return await the_store().unlink_contact(organization, identifier, contact_id=contact_id)
 
     @app.delete("/contacts/{contact_id}", response_model=ForgetResult, summary="forget_contact: by any of its ids")
     async def forget_contact(organization: Org, contact_id: ContactId) -> ForgetResult:
         return await the_store().forget_contact(organization, contact_id)
 
     async def post(organization: str, contact_id: str, chat_id: str, body: PostRequest) -> ChatWithMessages:
-        stored = await the_store().post_as_contact(organization, contact_id, chat_id, body.message, body.channel_id)
-        chat = next(c for c in await the_store().list_chats(organization, contact_id, 200) if c.id == stored.chat_id)
+        store = the_store()
+        stored = await store.post_as_contact(organization, contact_id, chat_id, body.message, body.channel_id)
+        chat = await store.chat(organization, stored.chat_id or chat_id)
         return ChatWithMessages(**chat.model_dump(), messages=[stored])
 
     @app.post(

@@ -133,6 +133,14 @@ class Store:
         await self.backend.insert_message(org, record)  # checks again, in its transaction, that the chat is theirs
         return record.message
 
+    async def chat(self, org: str, chat_id: str) -> Chat:
+        """One chat of the organization, by its id."""
+        chat_id = check.uuid_text(chat_id, "chat_id")
+        found = await self.backend.chat(org, chat_id)
+        if found is None:
+            raise chat_not_found(chat_id)
+        return found
+
     async def _canonical(self, org: str, identifier: str) -> str:
         """The contact_id of the contact `identifier` names (an alias resolves to its contact), or itself."""
         return await self.backend.resolve(org, identifier) or identifier
@@ -161,12 +169,16 @@ class Store:
         limit = check.limit(limit)
         only = MessageFilter(agent_id, chat_id, check.roles(roles), check.channels(channels))
         budget = check.max_chars(max_chars)
-        if only.chat_id is not None:
+        resolved = chat_id is not None
+        if chat_id is not None:
             contact_id = await self._canonical(org, contact_id)
-            await self._chat_of(org, contact_id, only.chat_id)
+            await self._chat_of(org, contact_id, chat_id)
         newest_first = await self.backend.latest_messages(org, contact_id, only, limit, MAX_RESULT_BYTES)
-        # the messages name their contact by its own id, whichever identifier asked; with none, ask
-        contact_id = newest_first[0].contact_id if newest_first else await self._canonical(org, contact_id)
+        # the messages name their contact by its own id, whichever identifier asked; with none, ask (once)
+        if newest_first:
+            contact_id = newest_first[0].contact_id
+        elif not resolved:
+            contact_id = await self._canonical(org, contact_id)
         kept, formatted, truncated = fit_transcript(newest_first[::-1], budget)
         return Context(
             contact_id=contact_id, agent_id=agent_id, messages=kept, formatted=formatted, truncated=truncated
@@ -271,10 +283,14 @@ class Store:
         """Afterwards `identifier` names the contact of `contact_id`; a contact it named before is merged in."""
         return await self.backend.link(org, check.contact_id(contact_id), check.identifier(identifier, "identifier"))
 
-    async def unlink_contact(self, org: str, identifier: str) -> ContactInfo:
+    async def unlink_contact(self, org: str, identifier: str, contact_id: str | None = None) -> ContactInfo:
         """`identifier` no longer names its contact (whose history stays); the next message under it starts a
-        new contact."""
+        new contact. With `contact_id`, only an identifier of that contact."""
         identifier = check.identifier(identifier, "identifier")
+        if contact_id is not None:
+            owner = await self.backend.contact(org, check.contact_id(contact_id))
+            if owner is None or identifier not in (owner.contact_id, *owner.aliases):
+                raise identifier_not_found(identifier)
         found = await self.backend.unlink(org, identifier)
         if found is None:
             raise identifier_not_found(identifier)

@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import sqlite3
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -132,6 +133,9 @@ def test_every_route_answers_and_every_error_has_its_status(served: dict[str, An
     assert status == 200 and (known["contact_id"], known["message_count"], known["chat_count"]) == (contact, 1, 1)
     assert rest("DELETE", f"/contacts/{q(contact)}/aliases/nobody%40example.com")[0] == 404
     assert rest("DELETE", f"/contacts/{q(contact)}/aliases/{q(contact)}")[0] == 422  # its own id stays
+    assert rest("POST", f"/contacts/{q(contact)}/aliases", {"identifier": "José"})[0] == 200  # stored in NFC
+    status, unlinked = rest("DELETE", f"/contacts/{q(contact)}/aliases/{q(unicodedata.normalize('NFD', 'José'))}")
+    assert status == 200 and unlinked["aliases"] == ["ann@example.com"]  # named in NFD: the same identifier
     status, unlinked = rest("DELETE", f"/contacts/{q(contact)}/aliases/ann%40example.com")
     assert status == 200 and unlinked["aliases"] == []
     status, deleted = rest("DELETE", f"/chats/{first[1]['id']}")
@@ -176,6 +180,17 @@ def test_every_route_answers_and_every_error_has_its_status(served: dict[str, An
     assert document["paths"]["/chats"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     with urllib.request.urlopen(served["base"] + "/docs", timeout=10) as page_response:
         assert b"/openapi.json" in page_response.read()
+
+
+def test_posting_into_the_oldest_of_many_chats_answers_with_that_chat(served: dict[str, Any]) -> None:
+    rest, contact = served["acme"], "+31699000004"
+    oldest = rest("POST", f"/contacts/{q(contact)}/chats", {"channel": "voice"})[1]
+    for _ in range(200):  # more chats than one page of list_chats holds
+        assert rest("POST", f"/contacts/{q(contact)}/chats", {"channel": "voice"})[0] == 201
+    status, posted = rest(
+        "POST", f"/contacts/{q(contact)}/chats/{oldest['id']}/messages", {"message": [{"text": "hi"}]}
+    )
+    assert status == 201 and posted["id"] == oldest["id"] and [m["content"] for m in posted["messages"]] == ["hi"]
 
 
 def test_another_organizations_ids_answer_like_unknown_ones_on_every_route(served: dict[str, Any]) -> None:
