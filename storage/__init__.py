@@ -4,7 +4,8 @@ storage/
   store.py        Store: checks, normalization, the channel choice, transcript fitting, keys
   backend.py      Backend: the narrow seam an engine implements (records in, records out)
   records.py      messages and chats checked in full, as a backend receives them
-  sqlite/         the SQLite backend
+  sqlite/         the SQLite backend (the embedded default)
+  postgres/       the PostgreSQL backend (replicas sharing one database)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from .errors import ChatdockError, Conflict, InvalidInput, NotFound, Unavailable
 from .models import (
@@ -34,6 +36,9 @@ from .models import (
     Role,
 )
 from .sqlite import Durability, SQLiteBackend
+
+if TYPE_CHECKING:
+    from .postgres import PostgresBackend
 from .sqlite.backend import integrity_check
 from .store import Store
 from .transcript import format_transcript
@@ -41,14 +46,23 @@ from .transcript import format_transcript
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
+def is_postgres(url: str) -> bool:
+    return url.startswith(POSTGRES_SCHEMES)
+
+
 @asynccontextmanager
-async def open_store(url: str, durability: Durability = "normal") -> AsyncIterator[Store]:
-    """The store `url` names: a SQLite file path, or `:memory:` for a throwaway one."""
-    if url.startswith(POSTGRES_SCHEMES):
-        raise InvalidInput(
-            "PostgreSQL URLs are not supported by this version of chatdock yet; pass a SQLite file path or :memory:"
-        )
-    backend = SQLiteBackend(url, durability)
+async def open_store(
+    url: str, durability: Durability = "normal", pool_size: int | None = None, timeout: float | None = None
+) -> AsyncIterator[Store]:
+    """The store `url` names: a SQLite file path, `:memory:` for a throwaway one, or a `postgresql://` URL
+    (`pool_size` connections at most, `timeout` seconds for each connection and statement)."""
+    backend: SQLiteBackend | PostgresBackend
+    if is_postgres(url):
+        from .postgres import DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT, PostgresBackend  # asyncpg only when used
+
+        backend = PostgresBackend(url, pool_size or DEFAULT_POOL_SIZE, timeout or DEFAULT_TIMEOUT)
+    else:
+        backend = SQLiteBackend(url, durability)
     try:
         await backend.start()
     except BaseException:
@@ -63,7 +77,11 @@ async def open_store(url: str, durability: Durability = "normal") -> AsyncIterat
 
 async def check_store(url: str) -> list[str]:
     """A full check of the database `url` names, without opening it for writing: what is damaged, if anything."""
-    if url.startswith(POSTGRES_SCHEMES) or url == ":memory:":
+    if is_postgres(url):
+        raise InvalidInput(
+            "chatdock check reads a SQLite file; for PostgreSQL use the server's own tools (amcheck, pg_amcheck)"
+        )
+    if url == ":memory:":
         raise InvalidInput("chatdock check reads a SQLite file; pass its path with --db")
     return await asyncio.to_thread(integrity_check, url)
 
@@ -95,5 +113,6 @@ __all__ = [
     "Unavailable",
     "check_store",
     "format_transcript",
+    "is_postgres",
     "open_store",
 ]

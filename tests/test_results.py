@@ -7,7 +7,6 @@ import asyncio
 import json
 import tracemalloc
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -37,8 +36,8 @@ def wire_bytes(result: CallToolResult) -> int:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_results_give_the_model_what_it_needs_and_the_application_everything(tmp_path: Path, mode: str) -> None:
-    async with open_store(str(tmp_path / "results.db")) as store:
+async def test_results_give_the_model_what_it_needs_and_the_application_everything(db: str, mode: str) -> None:
+    async with open_store(db) as store:
         await store.import_messages("default", realistic(CONTACT, 50))
         async with Client(build_server(Settings(), store=store), mode=mode) as client:
             schemas = {tool.name: tool.output_schema for tool in (await client.list_tools()).tools}
@@ -117,8 +116,8 @@ async def fill_with_emoji(store: Any, count: int) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_a_result_never_exceeds_its_bound_and_says_what_it_left_out(tmp_path: Path, mode: str) -> None:
-    async with open_store(str(tmp_path / "emoji.db")) as store:
+async def test_a_result_never_exceeds_its_bound_and_says_what_it_left_out(db: str, mode: str) -> None:
+    async with open_store(db) as store:
         await fill_with_emoji(store, 40)  # 40 x 128 KiB: five times what one result may carry
         async with Client(build_server(Settings(), store=store), mode=mode) as client:
             context = await client.call_tool("get_context", {"contact_id": CONTACT, "limit": 200})
@@ -144,8 +143,8 @@ async def test_a_result_never_exceeds_its_bound_and_says_what_it_left_out(tmp_pa
             assert seen == list(range(39, -1, -1))  # every message once, newest first, over several pages
 
 
-async def test_concurrent_large_reads_hold_one_bounded_result_each(tmp_path: Path) -> None:
-    async with open_store(str(tmp_path / "memory.db")) as store:
+async def test_concurrent_large_reads_hold_one_bounded_result_each(db: str) -> None:
+    async with open_store(db) as store:
         await fill_with_emoji(store, 150)  # 19 MiB of text for one contact
         tracemalloc.start()
         try:

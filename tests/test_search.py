@@ -4,7 +4,6 @@ what no longer matches, and what a query that cannot be read gets."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,9 +22,9 @@ async def search(client: Client, query: str, **filters: Any) -> list[str]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
+async def store(db: str) -> AsyncIterator[Store]:
     """A store with a little history (a Client is opened in each test: the SDK's client cannot live in a fixture)."""
-    async with open_store(str(tmp_path / "search.db")) as opened:
+    async with open_store(db) as opened:
         for contact, channel, role, content in [
             (ANN, "whatsapp", "user", "I want a REFUND for order 1234, it arrived broken."),
             (ANN, "whatsapp", "assistant", "Your refund for order 1234 is on its way."),

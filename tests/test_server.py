@@ -36,8 +36,8 @@ READ_ONLY = {"get_context", "list_messages", "list_chats", "get_contact", "searc
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_tools_declare_schemas_titles_and_hints(mode: str) -> None:
-    async with Client(build_server(Settings()), mode=mode) as client:
+async def test_tools_declare_schemas_titles_and_hints(mode: str, db: str) -> None:
+    async with Client(build_server(Settings(db=db)), mode=mode) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
     assert set(tools) == TOOLS
     for name, tool in tools.items():
@@ -56,8 +56,8 @@ async def test_tools_declare_schemas_titles_and_hints(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_read_only_serves_only_reading_tools(mode: str) -> None:
-    async with Client(build_server(Settings(read_only=True)), mode=mode) as client:
+async def test_read_only_serves_only_reading_tools(mode: str, db: str) -> None:
+    async with Client(build_server(Settings(db=db, read_only=True)), mode=mode) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
         assert names == READ_ONLY
         result = await client.call_tool(
@@ -73,8 +73,8 @@ async def test_read_only_serves_only_reading_tools(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_a_conversation_end_to_end(mode: str) -> None:
-    async with Client(build_server(Settings()), mode=mode) as client:
+async def test_a_conversation_end_to_end(mode: str, db: str) -> None:
+    async with Client(build_server(Settings(db=db)), mode=mode) as client:
         first = await call(
             client,
             "append_message",
@@ -149,8 +149,8 @@ async def test_a_conversation_end_to_end(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_every_error_says_what_to_fix_and_the_server_keeps_serving(mode: str) -> None:
-    async with Client(build_server(Settings()), mode=mode) as client:
+async def test_every_error_says_what_to_fix_and_the_server_keeps_serving(mode: str, db: str) -> None:
+    async with Client(build_server(Settings(db=db)), mode=mode) as client:
         base = {"contact_id": "c1", "channel": "sms", "role": "user", "content": "hi"}
         cases: list[tuple[str, dict[str, Any], str]] = [
             ("get_context", {"contact_id": "c1", "limit": 500}, "limit must be between 1 and 200, got 500"),
@@ -195,8 +195,8 @@ async def test_every_error_says_what_to_fix_and_the_server_keeps_serving(mode: s
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_post_as_contact_channel_errors(mode: str) -> None:
-    async with Client(build_server(Settings()), mode=mode) as client:
+async def test_post_as_contact_channel_errors(mode: str, db: str) -> None:
+    async with Client(build_server(Settings(db=db)), mode=mode) as client:
         chat = await call(client, "open_chat", contact_id="c1", channel="whatsapp")
         part = [{"type": "text", "text": "hello"}]
         assert "supports only custom channels" in await error(
@@ -226,10 +226,10 @@ ODD_IDS = ["+31612345678", "a@b.com", "a/b", "%2F", "+31 6 1234", "émile ü", "
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_resources_round_trip_percent_encoded_contact_ids(mode: str) -> None:
+async def test_resources_round_trip_percent_encoded_contact_ids(mode: str, db: str) -> None:
     from chatdock.server.resources import CONTEXT_URI, TRANSCRIPT_URI, contact_uri
 
-    async with Client(build_server(Settings()), mode=mode) as client:
+    async with Client(build_server(Settings(db=db)), mode=mode) as client:
         for contact in ODD_IDS:
             await call(
                 client, "append_message", contact_id=contact, channel="sms", role="user", content=f"I am {contact}"
@@ -251,16 +251,16 @@ async def test_resources_round_trip_percent_encoded_contact_ids(mode: str) -> No
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_prompt_hands_over_the_transcript(mode: str) -> None:
-    async with Client(build_server(Settings()), mode=mode) as client:
+async def test_prompt_hands_over_the_transcript(mode: str, db: str) -> None:
+    async with Client(build_server(Settings(db=db)), mode=mode) as client:
         await call(client, "append_message", contact_id="c1", channel="sms", role="user", content="Where is my parcel?")
         prompt = await client.get_prompt("continue_conversation", {"contact_id": "c1"})
         text = prompt.messages[0].content.text  # type: ignore[union-attr]
         assert "USER: Where is my parcel?" in text and "c1" in text
 
 
-async def test_a_listener_is_told_of_every_write_of_another_client(tmp_path: Any) -> None:
-    async with open_store(str(tmp_path / "events.db")) as store:
+async def test_a_listener_is_told_of_every_write_of_another_client(db: str) -> None:
+    async with open_store(db) as store:
         server = build_server(Settings(), store=store)
         transcript = "chatdock://contacts/%2B31612345678/transcript"
         context = "chatdock://contacts/%2B31612345678/context"

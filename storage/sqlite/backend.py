@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
+from .. import rows
 from .. import validation as check
 from ..backend import Imported, MessageFilter, StoredKey
 from ..changes import Deliver
@@ -40,7 +41,7 @@ from ..models import (
 )
 from ..records import AliasRecord, ChatRecord, MessageRecord
 from ..search import Query
-from . import rows, writes
+from . import writes
 from .failures import DAMAGED, WRITE_BLOCKED, kind, translate
 from .feed import follow_feed
 from .migrations import migrate

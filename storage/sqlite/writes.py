@@ -8,12 +8,12 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from .. import rows
 from ..changes import Change, ChangeKind
 from ..errors import ChatdockError, chat_id_taken, chat_not_found, message_id_taken, own_identifier
 from ..ids import uuid7
 from ..models import AppendedMessage, Chat, ContactInfo, LinkResult, Message, channel_kind
 from ..records import AliasRecord, ChatRecord, MessageRecord
-from . import rows
 from .queries import CHAT_SELECT, CONTACT, MESSAGE_WITH_CONTACT, ORG
 from .writer import Undo
 

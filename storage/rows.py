@@ -1,14 +1,22 @@
-"""Rows to the contract's shapes and back: times as integer microseconds since 1970, JSON columns."""
+"""Rows to the contract's shapes and back, for every engine: times as integer microseconds since 1970, JSON text."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from ..models import ApiKeyInfo, ChannelRef, Chat, Message, Part
-from ..validation import EARLIEST
+from .models import ApiKeyInfo, ChannelRef, Chat, Message, Part
+from .validation import EARLIEST
+
+
+class Row(Protocol):
+    """A row as a driver gives it (a tuple, an asyncpg Record): read by position or slice."""
+
+    def __getitem__(self, index: Any, /) -> Any: ...
+
+    def __iter__(self) -> Any: ...
 
 
 def to_us(value: datetime) -> int:
@@ -24,7 +32,7 @@ def optional_from_us(value: int | None) -> datetime | None:
     return None if value is None else from_us(value)
 
 
-def message(row: Sequence[Any], contact_id: str) -> Message:
+def message(row: Row, contact_id: str) -> Message:
     """A row of `MESSAGE_COLUMNS` (queries.py) as a Message."""
     message_id, agent_id, chat_id, channel, role, content, parts, metadata, created_us = row[:9]
     return Message(
@@ -41,7 +49,7 @@ def message(row: Sequence[Any], contact_id: str) -> Message:
     )
 
 
-def chat(row: Sequence[Any]) -> Chat:
+def chat(row: Row) -> Chat:
     """A row of `CHAT_COLUMNS` (queries.py) as a Chat."""
     chat_id, contact_id, agent_id, status, created_us, updated_us, channels = row
     return Chat(
@@ -55,7 +63,7 @@ def chat(row: Sequence[Any]) -> Chat:
     )
 
 
-def key_info(row: Sequence[Any]) -> ApiKeyInfo:
+def key_info(row: Row) -> ApiKeyInfo:
     """A row of `KEY_COLUMNS` (queries.py) as an ApiKeyInfo."""
     prefix, name, org, created_us, last_used_us, revoked_us = row
     return ApiKeyInfo(

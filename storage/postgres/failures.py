@@ -1,0 +1,60 @@
+"""PostgreSQL's failures as errors that name the cause and what to do about it (see errors.Unavailable).
+
+A server that goes away is not remembered: the pool connects again on the next request, so chatdock
+recovers by itself when the server is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit
+
+import asyncpg
+
+
+def where(url: str) -> str:
+    """The server and database a URL names, without its password, for messages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    database = parts.path.lstrip("/") or "(default database)"
+    return f"PostgreSQL at {host}{port}, database {database}"
+
+
+RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+def translate(exc: BaseException, url: str) -> str | None:
+    """The clear text for a failure of the server or of the way to it, or None for anything else (a bug)."""
+    place = where(url)
+    if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+        return f"{place} refused the login: {exc}; check the user and password in --db"
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return f"{place} has no such database: {exc}; create it (createdb) or fix --db"
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        return f"{place} refused: {exc}; grant chatdock's user the rights it needs on its database"
+    if isinstance(exc, asyncpg.TooManyConnectionsError):
+        return f"{place} has no free connection ({exc}); lower --pool-size or raise the server's max_connections"
+    if isinstance(exc, asyncpg.DiskFullError):
+        return f"the disk of {place} is full, so nothing was written; free space on it and writes work again"
+    if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
+        return f"{place} is read-only (a standby, or default_transaction_read_only), so nothing was written"
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return f"{place} took too long and the request was cancelled ({exc}); try again, or raise --db-timeout"
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return f"{place} did not answer in time; chatdock keeps trying, check that the server runs and is reachable"
+    if isinstance(
+        exc,
+        OSError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.AdminShutdownError
+        | asyncpg.CrashShutdownError,
+    ):
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return (
+            f"cannot reach {place}: {reason}; nothing was written; chatdock reconnects by itself when the "
+            "server is back (check that it runs and that --db is right)"
+        )
+    return None

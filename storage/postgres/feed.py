@@ -1,0 +1,80 @@
+"""Following the change feed of the other replicas: LISTEN on a connection of its own.
+
+Each write NOTIFYs who it changed (writes.ChangeLog, chatdock_append) in its transaction, so the
+notification leaves at commit. This process announced its own changes already and skips them. A lost
+connection is noticed within a second (or at once, when the socket closes), connected again with growing
+pauses, and then every listener is told to read again (`EVERYTHING`): what was committed meanwhile was not
+heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import asyncpg
+
+from ..changes import EVERYTHING, Change, Deliver
+from .failures import translate
+from .schema import CHANNEL
+
+logger = logging.getLogger("chatdock.storage")
+
+CHECK_EVERY = 1.0  # seconds between checks that the listening connection still answers
+RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def _heard(origin: str, deliver: Deliver, payload: str) -> None:
+    try:
+        found: dict[str, Any] = json.loads(payload)
+        if found.get("p") == origin:
+            return
+        if found.get("x"):  # the aliases did not fit in the payload
+            deliver(EVERYTHING)
+            return
+        deliver(Change(found["o"], found["c"], found["k"], tuple(found.get("a") or ())))
+    except (ValueError, KeyError, TypeError):
+        logger.warning("ignored a notification on %s that chatdock did not write: %.200r", CHANNEL, payload)
+
+
+async def _listen_until_lost(
+    url: str, origin: str, timeout: float, deliver: Deliver, reconnected: bool, connected: list[bool]
+) -> None:
+    conn = await asyncpg.connect(url, timeout=timeout)
+    connected.append(True)
+    lost = asyncio.Event()
+    try:
+        conn.add_termination_listener(lambda _: lost.set())
+        await conn.add_listener(CHANNEL, lambda _c, _pid, _channel, payload: _heard(origin, deliver, payload))
+        if reconnected:
+            logger.warning("listening for other replicas' changes again; listeners are told to read again")
+            deliver(EVERYTHING)
+        while not lost.is_set():
+            try:
+                await asyncio.wait_for(lost.wait(), CHECK_EVERY)
+            except TimeoutError:
+                await conn.execute("SELECT 1", timeout=timeout)
+    finally:
+        conn.terminate()
+
+
+async def follow_notifications(url: str, origin: str, timeout: float, deliver: Deliver, wanted: object) -> None:
+    """Until cancelled, deliver the changes other processes commit on the database `url` names."""
+    failures = 0
+    reconnected = False
+    while True:
+        connected: list[bool] = []
+        try:
+            await _listen_until_lost(url, origin, timeout, deliver, reconnected, connected)
+            problem = "the connection closed"
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            problem = translate(exc, url) or str(exc)
+        if connected:
+            failures = 0
+        if failures == 0:
+            logger.warning("lost the change feed of other replicas (%s); connecting again", problem)
+        reconnected = True
+        await asyncio.sleep(RETRY_PAUSES[min(failures, len(RETRY_PAUSES) - 1)])
+        failures += 1

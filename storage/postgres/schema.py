@@ -1,0 +1,343 @@
+"""The PostgreSQL schema, as numbered, named migrations recorded in the database.
+
+Replicas starting together take turns: `migrate` holds an advisory lock for the whole run, and each migration
+is one transaction that records itself, so the second replica finds the work done and applies nothing twice.
+Times are integer microseconds since 1970 (rows.py), as in the SQLite schema, so both engines read alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import asyncpg
+
+logger = logging.getLogger("chatdock.storage")
+
+MIGRATION_LOCK = 0x63686174646F636B  # "chatdock": the advisory lock key every replica's migrate takes
+
+# The change feed's channel (LISTEN/NOTIFY): each payload names an organization and a contact, never content.
+CHANNEL = "chatdock_changes"
+MAX_PAYLOAD = 7_900  # PostgreSQL refuses a payload of 8,000 bytes or more
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+APPEND_FUNCTION = r"""
+CREATE FUNCTION chatdock_append(batch jsonb, origin text) RETURNS SETOF jsonb LANGUAGE plpgsql AS $fn$
+-- Store each message of `batch` in the calling transaction, one outcome (jsonb) per message, in order:
+--   {"s": "stored", "c": contact_id, "k": "appeared"|"updated", "a": [aliases]}
+--   {"s": "existing", "m": {the stored message}}      same id, or channel and provider id, already stored
+--   {"s": "no_chat"}  the chat is not one of the contact's     {"s": "taken"}  the id is another org's
+-- Nothing is written for an outcome other than "stored" (checks first, then writes); a copy committed by
+-- another transaction meanwhile is caught by the unique constraints (ON CONFLICT) and answered as "existing".
+DECLARE
+    r jsonb;
+    org_key bigint;
+    contact_key bigint;
+    own text;
+    appeared boolean;
+    channel_key text;
+    chat_owner bigint;
+    seq_new bigint;
+    now_us bigint;
+    created bigint;
+    found jsonb;
+    aliases jsonb;
+    payload text;
+BEGIN
+    FOR r IN SELECT value FROM jsonb_array_elements(batch) LOOP
+        now_us := (r->>'now')::bigint;
+        created := (r->>'created')::bigint;
+        SELECT id INTO org_key FROM orgs WHERE name = r->>'org';
+        found := chatdock_find(org_key, r->>'id', r->>'channel', r->>'provider');
+        IF found IS NOT NULL THEN
+            RETURN NEXT found;
+            CONTINUE;
+        END IF;
+        SELECT * INTO contact_key, own FROM chatdock_resolve(org_key, r->>'contact');
+        IF r->>'chat' IS NOT NULL THEN
+            chat_owner := NULL;
+            SELECT contact_pk INTO chat_owner FROM chats WHERE id = r->>'chat' AND org_id = org_key;
+            IF chat_owner IS NULL OR contact_key IS NULL OR chat_owner <> contact_key THEN
+                RETURN NEXT jsonb_build_object('s', 'no_chat');
+                CONTINUE;
+            END IF;
+        END IF;
+        IF org_key IS NULL THEN
+            INSERT INTO orgs (name, created_us) VALUES (r->>'org', now_us) ON CONFLICT (name) DO NOTHING;
+            SELECT id INTO org_key FROM orgs WHERE name = r->>'org';
+        END IF;
+        appeared := false;
+        IF contact_key IS NULL THEN
+            INSERT INTO contacts (org_id, external_id, created_us, last_active_us)
+                VALUES (org_key, r->>'contact', created, created)
+                ON CONFLICT (org_id, external_id) DO NOTHING RETURNING id INTO contact_key;
+            IF contact_key IS NOT NULL THEN
+                INSERT INTO identifiers (org_id, identifier, contact_pk, created_us)
+                    VALUES (org_key, r->>'contact', contact_key, created) ON CONFLICT DO NOTHING;
+                appeared := true;
+                own := r->>'contact';
+            ELSE  -- created by another transaction meanwhile
+                SELECT * INTO contact_key, own FROM chatdock_resolve(org_key, r->>'contact');
+            END IF;
+        END IF;
+        SELECT id INTO channel_key FROM channels WHERE contact_pk = contact_key AND name = r->>'channel';
+        IF channel_key IS NULL THEN
+            INSERT INTO channels (id, contact_pk, name, kind) VALUES (r->>'channel_id', contact_key, r->>'channel',
+                r->>'channel_kind')
+                ON CONFLICT (contact_pk, name) DO NOTHING;
+            SELECT id INTO channel_key FROM channels WHERE contact_pk = contact_key AND name = r->>'channel';
+        END IF;
+        INSERT INTO messages (id, org_id, contact_pk, agent_id, chat_id, channel, role, content, parts, metadata,
+                provider_message_id, created_us)
+            VALUES (r->>'id', org_key, contact_key, r->>'agent', r->>'chat', r->>'channel', r->>'role',
+                r->>'content', r->>'parts', r->>'metadata', r->>'provider', created)
+            ON CONFLICT DO NOTHING RETURNING seq INTO seq_new;
+        IF seq_new IS NULL THEN  -- a copy committed meanwhile
+            RETURN NEXT coalesce(chatdock_find(org_key, r->>'id', r->>'channel', r->>'provider'),
+                jsonb_build_object('s', 'taken'));
+            CONTINUE;
+        END IF;
+        seq_new := NULL;
+        IF r->>'chat' IS NOT NULL THEN
+            INSERT INTO chat_channels (chat_id, channel_id, attached_us)
+                VALUES (r->>'chat', channel_key, CASE WHEN (r->>'importing')::boolean THEN created ELSE now_us END)
+                ON CONFLICT DO NOTHING;
+            IF NOT (r->>'importing')::boolean THEN
+                UPDATE chats SET updated_us = now_us WHERE id = r->>'chat';
+            END IF;
+        END IF;
+        UPDATE contacts SET last_active_us = greatest(last_active_us, created) WHERE id = contact_key;
+        aliases := '[]'::jsonb;
+        IF NOT appeared THEN
+            SELECT coalesce(jsonb_agg(identifier ORDER BY created_us, identifier), '[]'::jsonb) INTO aliases
+                FROM identifiers WHERE contact_pk = contact_key AND identifier <> own;
+        END IF;
+        payload := jsonb_build_object('o', r->>'org', 'c', own, 'k', CASE WHEN appeared THEN 'appeared' ELSE
+            'updated' END, 'a', aliases, 'p', origin)::text;
+        IF octet_length(payload) > 7900 THEN
+            payload := jsonb_build_object('o', r->>'org', 'c', own, 'k', 'updated', 'x', true, 'p', origin)::text;
+        END IF;
+        PERFORM pg_notify('chatdock_changes', payload);
+        RETURN NEXT jsonb_build_object('s', 'stored', 'c', own, 'k', CASE WHEN appeared THEN 'appeared' ELSE
+            'updated' END, 'a', aliases);
+    END LOOP;
+END
+$fn$
+"""
+
+# a stored message as the jsonb the append's outcomes carry (read back by rows.message)
+MESSAGE_JSON = (
+    "jsonb_build_array(m.id, m.agent_id, m.chat_id, m.channel, m.role, m.content, m.parts, m.metadata, "
+    "m.created_us, m.seq, c.external_id)"
+)
+
+RESOLVE_FUNCTION = r"""
+CREATE FUNCTION chatdock_resolve(org_key bigint, identifier text, OUT contact_key bigint, OUT own text)
+LANGUAGE plpgsql AS $fn$
+-- The contact an identifier names (its key and own contact_id), share-locked until the transaction ends, so
+-- a merge cannot delete it under a write that uses it; one merged away meanwhile is looked up again.
+BEGIN
+    LOOP
+        contact_key := NULL;
+        own := NULL;
+        IF org_key IS NULL THEN
+            RETURN;
+        END IF;
+        SELECT i.contact_pk, c.external_id INTO contact_key, own FROM identifiers i
+            JOIN contacts c ON c.id = i.contact_pk WHERE i.org_id = org_key AND i.identifier = $2;
+        IF contact_key IS NULL THEN
+            RETURN;
+        END IF;
+        PERFORM 1 FROM contacts WHERE id = contact_key FOR KEY SHARE;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+    END LOOP;
+END
+$fn$
+"""
+
+FIND_FUNCTION = r"""
+CREATE FUNCTION chatdock_find(org_key bigint, message_id text, channel text, provider text) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $fn$
+-- The outcome for a message already stored: the same provider id on the channel, or the same id, in this
+-- organization ({"s": "existing", "m": ...}); the id in another organization ({"s": "taken"}); else NULL.
+DECLARE
+    found jsonb;
+    other bigint;
+BEGIN
+    IF provider IS NOT NULL AND org_key IS NOT NULL THEN
+        SELECT MESSAGE_JSON INTO found FROM messages m
+            JOIN contacts c ON c.id = m.contact_pk
+            WHERE m.org_id = org_key AND m.channel = $3 AND m.provider_message_id = provider;
+        IF found IS NOT NULL THEN
+            RETURN jsonb_build_object('s', 'existing', 'm', found);
+        END IF;
+    END IF;
+    SELECT MESSAGE_JSON, m.org_id INTO found, other FROM messages m
+        JOIN contacts c ON c.id = m.contact_pk WHERE m.id = message_id;
+    IF found IS NULL THEN
+        RETURN NULL;
+    ELSIF org_key IS NOT NULL AND other = org_key THEN
+        RETURN jsonb_build_object('s', 'existing', 'm', found);
+    END IF;
+    RETURN jsonb_build_object('s', 'taken');
+END
+$fn$
+""".replace("MESSAGE_JSON", MESSAGE_JSON)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "initial schema",
+        (
+            """CREATE TABLE orgs (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                name text NOT NULL UNIQUE,
+                created_us bigint NOT NULL
+            )""",
+            """CREATE TABLE contacts (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                org_id bigint NOT NULL REFERENCES orgs(id),
+                external_id text NOT NULL,
+                created_us bigint NOT NULL,
+                last_active_us bigint NOT NULL,
+                UNIQUE (org_id, external_id)
+            )""",
+            "CREATE INDEX contacts_recent ON contacts(org_id, last_active_us)",
+            # every identifier of a contact, its own contact_id included: what a caller's id resolves through
+            """CREATE TABLE identifiers (
+                org_id bigint NOT NULL REFERENCES orgs(id),
+                identifier text NOT NULL,
+                contact_pk bigint NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+                created_us bigint NOT NULL,
+                PRIMARY KEY (org_id, identifier)
+            )""",
+            "CREATE INDEX identifiers_contact ON identifiers(contact_pk, created_us)",
+            """CREATE TABLE channels (
+                id text PRIMARY KEY,
+                contact_pk bigint NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+                name text NOT NULL,
+                kind text NOT NULL CHECK (kind IN ('custom', 'provider')),
+                UNIQUE (contact_pk, name)
+            )""",
+            """CREATE TABLE chats (
+                id text PRIMARY KEY,
+                seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+                org_id bigint NOT NULL REFERENCES orgs(id),
+                contact_pk bigint NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+                agent_id text,
+                status text NOT NULL CHECK (status IN ('RUNNING', 'COMPLETED', 'FAILED', 'CANCELED')),
+                created_us bigint NOT NULL,
+                updated_us bigint NOT NULL
+            )""",
+            "CREATE INDEX chats_contact ON chats(contact_pk, created_us)",
+            """CREATE TABLE chat_channels (
+                chat_id text NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
+                channel_id text NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+                attached_us bigint NOT NULL,
+                PRIMARY KEY (chat_id, channel_id)
+            )""",
+            "CREATE INDEX chat_channels_channel ON chat_channels(channel_id)",
+            # search folds case and, where PostgreSQL's unaccent dictionary is installed, accents (see below)
+            "CREATE TEXT SEARCH CONFIGURATION chatdock_search (COPY = simple)",
+            """CREATE TABLE messages (
+                seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                id text NOT NULL UNIQUE,
+                org_id bigint NOT NULL REFERENCES orgs(id),
+                contact_pk bigint NOT NULL REFERENCES contacts(id),
+                agent_id text,
+                chat_id text REFERENCES chats(id),
+                channel text NOT NULL,
+                role text NOT NULL,
+                content text NOT NULL,
+                parts text,
+                metadata text,
+                provider_message_id text,
+                created_us bigint NOT NULL,
+                words tsvector GENERATED ALWAYS AS (to_tsvector('chatdock_search', content)) STORED
+            )""",
+            "CREATE INDEX messages_contact ON messages(contact_pk, created_us, seq)",
+            "CREATE INDEX messages_agent ON messages(contact_pk, agent_id, created_us) WHERE agent_id IS NOT NULL",
+            "CREATE INDEX messages_chat ON messages(chat_id, created_us) WHERE chat_id IS NOT NULL",
+            """CREATE UNIQUE INDEX messages_provider ON messages(org_id, channel, provider_message_id)
+                WHERE provider_message_id IS NOT NULL""",
+            "CREATE INDEX messages_words ON messages USING gin (words)",
+            """CREATE TABLE api_keys (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                prefix text NOT NULL UNIQUE,
+                name text,
+                org_id bigint NOT NULL REFERENCES orgs(id),
+                hash text NOT NULL,
+                created_us bigint NOT NULL,
+                last_used_us bigint,
+                revoked_us bigint
+            )""",
+            "CREATE UNIQUE INDEX api_keys_live_name ON api_keys(name) WHERE name IS NOT NULL AND revoked_us IS NULL",
+            RESOLVE_FUNCTION,
+            FIND_FUNCTION,
+            APPEND_FUNCTION,
+        ),
+    ),
+)
+
+
+async def _fold_accents(conn: asyncpg.Connection) -> None:
+    """Let search fold accents (cafe finds Café) through PostgreSQL's unaccent dictionary, a trusted extension
+    of the contrib package; without it, search still folds case, and the log says what to install."""
+    try:
+        async with conn.transaction():
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS unaccent")
+            await conn.execute(
+                "ALTER TEXT SEARCH CONFIGURATION chatdock_search ALTER MAPPING FOR hword, hword_part, word "
+                "WITH unaccent, simple"
+            )
+    except asyncpg.PostgresError as exc:
+        logger.warning(
+            "search will not fold accents (cafe will not find Café): the unaccent extension could not be "
+            "created (%s); install PostgreSQL's contrib package on the server, then run: CREATE EXTENSION "
+            "unaccent; ALTER TEXT SEARCH CONFIGURATION chatdock_search ALTER MAPPING FOR hword, hword_part, "
+            "word WITH unaccent, simple",
+            exc,
+        )
+
+
+async def migrate(conn: asyncpg.Connection) -> list[int]:
+    """Apply every migration not yet recorded, under the migration lock; the versions this call applied."""
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                applied_us bigint NOT NULL
+            )"""
+        )
+        applied: list[int] = []
+        done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+        for migration in MIGRATIONS:
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                for statement in migration.statements:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_us) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    time.time_ns() // 1000,
+                )
+            if migration.version == 1:
+                await _fold_accents(conn)
+            applied.append(migration.version)
+        return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
