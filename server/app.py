@@ -146,7 +146,10 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
             async with changes_to(events, store):
                 yield state
             return
-        async with open_store(settings.db, settings.durability) as opened, changes_to(events, opened):
+        async with (
+            open_store(settings.db, settings.durability, settings.pool_size, settings.db_timeout) as opened,
+            changes_to(events, opened),
+        ):
             state.store = opened
             try:
                 yield state

@@ -30,8 +30,25 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
         default=os.environ.get("CHATDOCK_DB") or default_db(),
-        help="SQLite database file, created with its folder on first use; ':memory:' for a throwaway run "
+        help="SQLite database file, created with its folder on first use; ':memory:' for a throwaway run; or "
+        "postgresql://user:password@host:port/database to share one database between replicas "
         "(env CHATDOCK_DB; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=int(os.environ.get("CHATDOCK_POOL_SIZE") or 10),
+        metavar="N",
+        help="with PostgreSQL: connections this process opens at most; size the server's max_connections for "
+        "replicas x N, plus one listening connection each (env CHATDOCK_POOL_SIZE; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--db-timeout",
+        type=float,
+        default=float(os.environ.get("CHATDOCK_DB_TIMEOUT") or 10.0),
+        metavar="SECONDS",
+        help="with PostgreSQL: the longest wait to connect, for a free connection, or for one statement "
+        "(env CHATDOCK_DB_TIMEOUT; default: %(default)s)",
     )
     parser.add_argument(
         "--log-level",
@@ -165,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def _keys(args: argparse.Namespace) -> int:
-    async with open_store(args.db) as store:
+    async with open_store(args.db, pool_size=args.pool_size, timeout=args.db_timeout) as store:
         if args.keys_command == "create":
             created = await store.create_api_key(args.org, args.name)
             print(created.key)
@@ -203,7 +220,7 @@ async def _check(args: argparse.Namespace) -> int:
 async def _serve_stdio(settings: Settings) -> None:
     from .app import build_server
 
-    async with open_store(settings.db, settings.durability) as store:
+    async with open_store(settings.db, settings.durability, settings.pool_size, settings.db_timeout) as store:
         await build_server(settings, store).run_stdio_async()
 
 
@@ -211,7 +228,7 @@ async def _export(args: argparse.Namespace) -> int:
     from .history import export_to_path
 
     skipped: list[str] = []
-    async with open_store(args.db) as store:
+    async with open_store(args.db, pool_size=args.pool_size, timeout=args.db_timeout) as store:
         written = await export_to_path(store, args.output, args.org, args.contact, args.quiet, skipped)
     if args.output not in (None, "-"):
         print(f"exported {written:,} line(s) to {args.output}", file=sys.stderr)
@@ -227,7 +244,7 @@ async def _import(args: argparse.Namespace) -> int:
     from .history import import_file, skipped
 
     default_org = os.environ.get("CHATDOCK_ORG") or "default"
-    async with open_store(args.db) as store:
+    async with open_store(args.db, pool_size=args.pool_size, timeout=args.db_timeout) as store:
         report = await import_file(store, args.file, default_org, args.org, args.skip_invalid, args.quiet)
     sys.stderr.write(skipped(report.problems))
     print(report.summary())
@@ -245,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 read_only=args.read_only,
                 durability=args.durability,
                 max_listens=args.max_listens_per_org,
+                pool_size=args.pool_size,
+                db_timeout=args.db_timeout,
             )
             if args.http:
                 # the MCP stack is imported only to serve: every other command starts without it

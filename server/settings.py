@@ -14,3 +14,5 @@ class Settings:
     read_only: bool = False
     durability: Durability = "normal"
     max_listens: int = 256  # listen streams, and subscribed initialize-era sessions, per organization
+    pool_size: int = 10  # PostgreSQL: connections at most
+    db_timeout: float = 10.0  # PostgreSQL: seconds to connect, to get a connection, for one statement

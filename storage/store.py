@@ -15,12 +15,13 @@ from datetime import datetime
 
 from . import keys
 from . import validation as check
-from .backend import Backend, Imported, MessageFilter
+from .backend import Backend, Imported, MessageFilter, StoredKey
 from .changes import Deliver
 from .cursor import decode_cursor, encode_cursor
 from .errors import (
     ChatdockError,
     InvalidInput,
+    Unavailable,
     chat_not_found,
     contact_not_found,
     identifier_not_found,
@@ -100,6 +101,7 @@ class Store:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._touching: dict[str, asyncio.Future[None]] = {}  # "last used" writes under way, by key prefix
+        self._live_keys: dict[str, StoredKey] = {}  # keys this process verified live, by prefix (see verify)
 
     async def close(self) -> None:
         """Let the "last used" writes under way finish (they are small), then close the backend."""
@@ -375,7 +377,19 @@ class Store:
         prefix = keys.prefix_of(key)
         if prefix is None:
             return None
-        stored = await self.backend.api_key(prefix)
+        try:
+            stored = await self.backend.api_key(prefix)
+        except Unavailable:
+            # the database is away (a PostgreSQL server restarting): a key this process saw live still opens
+            # the door, so the caller hears what is wrong from the request itself, not a bare 503
+            known = self._live_keys.get(prefix)
+            if known is None or not keys.matches(key, known.hash):
+                raise
+            return known.org
+        if stored is not None and not stored.revoked:
+            self._live_keys[prefix] = stored
+        else:
+            self._live_keys.pop(prefix, None)
         if not keys.matches(key, None if stored is None else stored.hash) or stored is None or stored.revoked:
             return None
         now = check.utc_now()

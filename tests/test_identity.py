@@ -167,8 +167,10 @@ async def test_a_merge_tells_the_listeners_of_both_contacts(db: str) -> None:
 
 
 @pytest.mark.process
-async def test_aliases_survive_export_and_import_byte_for_byte(tmp_path: Path) -> None:
-    first, second = tmp_path / "first.db", tmp_path / "second.db"
+async def test_aliases_survive_export_and_import_byte_for_byte(tmp_path: Path, db: str) -> None:
+    """From a SQLite file into a fresh database of each engine (moving to PostgreSQL is an export and an
+    import), and out again: the same bytes."""
+    first, second = tmp_path / "first.db", db
     async with Client(build_server(Settings(db=str(first)))) as client:
         await call(client, "append_message", **say(PHONE, "one"))
         await call(client, "link_contacts", contact_id=PHONE, identifier=EMAIL)
@@ -183,5 +185,5 @@ async def test_aliases_survive_export_and_import_byte_for_byte(tmp_path: Path) -
     again = run_cli("export", "--db", str(second), "-o", str(tmp_path / "two.jsonl"), "-q")
     assert again.returncode == 0
     assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
-    async with Client(build_server(Settings(db=str(second)))) as client:
+    async with Client(build_server(Settings(db=second))) as client:
         assert (await call(client, "get_context", contact_id=SESSION))["formatted"] == "USER: one\nUSER: two"
