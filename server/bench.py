@@ -1,8 +1,10 @@
-"""`chatdock bench`: chatdock's speed as ratios against raw sqlite3, measured in the same run.
+"""`chatdock bench`: chatdock's speed as ratios against the raw driver, measured in the same run.
 
-Every figure is the median over `rounds` rounds, on a temporary database file
-filled with `messages` messages across `contacts` contacts. Goals come from
-the performance issue; the table says for each whether this run met it.
+Every figure is the median over `rounds` rounds, on a temporary database (a
+SQLite file, or with `--db postgresql://...` a database of its own on that
+server: bench_postgres.py) filled with `messages` messages across `contacts`
+contacts. Goals come from the performance issues; the table says for each
+whether this run met it.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import anyio
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
-from chatdock.storage import NewMessage, Store, open_store
+from chatdock.storage import NewMessage, Store, is_postgres, open_store
 
+from . import bench_postgres
 from .app import Settings, build_server
 from .bench_http import http_round_trips, rest_figures, rest_rows, served_over_http
 from .progress import Progress
@@ -313,9 +316,23 @@ def bench_server(settings: Settings, store: Store | None = None) -> Any:
     return server
 
 
-async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Row]:
+async def run(messages: int, contacts: int, rounds: int, quiet: bool, db: str | None = None) -> list[Row]:
+    if db is not None and is_postgres(db):
+        async with bench_postgres.bench_database(db) as url:
+            return await _run(url, None, messages, contacts, rounds, quiet)
     folder = tempfile.mkdtemp(prefix="chatdock-bench-")
-    path = str(Path(folder) / "bench.db")
+    try:
+        return await _run(str(Path(folder) / "bench.db"), folder, messages, contacts, rounds, quiet)
+    finally:
+        for leftover in Path(folder).iterdir():
+            leftover.unlink()
+        Path(folder).rmdir()
+
+
+async def _run(path: str, folder: str | None, messages: int, contacts: int, rounds: int, quiet: bool) -> list[Row]:
+    """The rounds on the database `path` names: a SQLite file in `folder`, or (folder None) PostgreSQL."""
+    sqlite = folder is not None
+    floor = "sqlite3" if sqlite else "asyncpg"
     scale = max(200, min(2000, messages // 50))
     figures: dict[str, list[float]] = {}
 
@@ -328,11 +345,14 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
     for round_number in range(rounds):
         if bar is not None:
             bar.update(round_number)
-        raw_rate, raw_read_p99 = raw_floor(path, "normal", scale, scale, contacts)
+        if sqlite:
+            raw_rate, raw_read_p99 = raw_floor(path, "normal", scale, scale, contacts)
+            raw_full, _ = raw_floor(path, "full", scale, 1, contacts)
+            add("raw_insert_full", raw_full)
+        else:
+            raw_rate, raw_read_p99 = await bench_postgres.raw_floor(path, scale, scale)
         add("raw_insert", raw_rate)
         add("raw_read_p99", raw_read_p99)
-        raw_full, _ = raw_floor(path, "full", scale, 1, contacts)
-        add("raw_insert_full", raw_full)
         async with open_store(path) as store:
             rate, lat = await timed(_appends(store, scale, "one"), 1)
             add("one_rate", rate)
@@ -365,7 +385,7 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
                     await store.search_messages("bench", query, contact_id=contact)
                     samples.append((time.perf_counter() - began) * 1000)
                 add(f"{name}_p99", _pct(samples, 0.99))
-            add("index_share", await index_share(path))
+            add("index_share", await (index_share(path) if sqlite else bench_postgres.index_share(path)))
             page = await store.list_messages("bench", "+31600000000", limit=50)
             samples = []
             for _ in range(scale // 4):
@@ -391,10 +411,11 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
             reads, writes = await mixed(store, contacts, 2.0)
             add("mixed_reads", reads)
             add("mixed_writes", writes)
-        async with open_store(path, durability="full") as store:
-            rate, lat = await timed(_appends(store, scale * 5, "full"), 100)
-            add("many_full_rate", rate)
-            add("many_full_p99", _pct(lat, 0.99))
+        if sqlite:  # PostgreSQL's durability is the server's setting (synchronous_commit), not chatdock's
+            async with open_store(path, durability="full") as store:
+                rate, lat = await timed(_appends(store, scale * 5, "full"), 100)
+                add("many_full_rate", rate)
+                add("many_full_p99", _pct(lat, 0.99))
         async with Client(bench_server(Settings(db=path, org="bench"))) as client:
             ctx_ms, bare_ms = await mcp_round_trips(client, max(50, scale // 10))
             add("mcp_memory_context", ctx_ms)
@@ -417,7 +438,10 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
             add("mcp_http_bare", bare_ms)
             for name, value in (await rest_figures(base, key, scale)).items():
                 add(name, value)
-        indexed, unindexed = await appends_with_and_without_index(folder, scale)
+        if folder is not None:
+            indexed, unindexed = await appends_with_and_without_index(folder, scale)
+        else:
+            indexed, unindexed = await bench_postgres.appends_with_and_without_index(path, scale)
         add("append_indexed", indexed)
         add("append_unindexed", unindexed)
         latencies = await event_latency(path, min(200, scale // 10))  # 200 at full size
@@ -428,9 +452,10 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
     if bar is not None:
         bar.finish(rounds)
     m = {name: statistics.median(values) for name, values in figures.items()}
+    many_goal = 2.0 if sqlite else 1.5  # the goals of the performance issue and of the PostgreSQL issue
     rows = [
-        Row("raw sqlite3: insert, one commit each", m["raw_insert"], "msg/s"),
-        Row("raw sqlite3: last-50 read p99", m["raw_read_p99"], "ms"),
+        Row(f"raw {floor}: insert, one commit each", m["raw_insert"], "msg/s"),
+        Row(f"raw {floor}: last-50 read p99", m["raw_read_p99"], "ms"),
         Row(
             "append, 1 caller",
             m["one_rate"],
@@ -447,20 +472,32 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
             "msg/s",
             m["raw_insert"],
             m["many_rate"] / m["raw_insert"],
-            ">= 2.0x",
-            m["many_rate"] / m["raw_insert"] >= 2.0,
+            f">= {many_goal}x",
+            m["many_rate"] / m["raw_insert"] >= many_goal,
         ),
         Row("append, 100 callers p99 (normal)", m["many_p99"], "ms", goal="<= 20 ms", met=m["many_p99"] <= 20),
-        Row(
-            "append, 100 callers (full)",
-            m["many_full_rate"],
-            "msg/s",
-            m["raw_insert_full"],
-            m["many_full_rate"] / m["raw_insert_full"],
-            "within 10% of normal",
-            m["many_full_rate"] >= 0.9 * m["many_rate"],
+        *(
+            [
+                Row(
+                    "append, 100 callers (full)",
+                    m["many_full_rate"],
+                    "msg/s",
+                    m["raw_insert_full"],
+                    m["many_full_rate"] / m["raw_insert_full"],
+                    "within 10% of normal",
+                    m["many_full_rate"] >= 0.9 * m["many_rate"],
+                ),
+                Row(
+                    "append, 100 callers p99 (full)",
+                    m["many_full_p99"],
+                    "ms",
+                    goal="<= 20 ms",
+                    met=m["many_full_p99"] <= 20,
+                ),
+            ]
+            if sqlite
+            else []
         ),
-        Row("append, 100 callers p99 (full)", m["many_full_p99"], "ms", goal="<= 20 ms", met=m["many_full_p99"] <= 20),
         Row("context last-50 p50", m["context_p50"], "ms"),
         Row(
             "context last-50 p99",
@@ -468,8 +505,8 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
             "ms",
             m["raw_read_p99"],
             m["context_p99"] / m["raw_read_p99"],
-            "< 1.5 ms and <= 3x",
-            m["context_p99"] < 1.5 and m["context_p99"] <= 3 * m["raw_read_p99"],
+            "< 1.5 ms and <= 3x" if sqlite else "<= 3x",
+            m["context_p99"] <= 3 * m["raw_read_p99"] and (m["context_p99"] < 1.5 or not sqlite),
         ),
         Row("context p99, 1 id", m["context_one_id_p99"], "ms"),
         Row(
@@ -496,7 +533,7 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
             goal="< 100 ms",
             met=m["search_common_p99"] < 100,
         ),
-        Row("search index share of the file", m["index_share"] * 100, "%"),
+        Row("search index share of the database", m["index_share"] * 100, "%"),
         Row("append, 1 caller, no search index", m["append_unindexed"], "msg/s"),
         Row(
             "append, 1 caller, search index",
@@ -570,16 +607,13 @@ async def run(messages: int, contacts: int, rounds: int, quiet: bool) -> list[Ro
             m["listeners_500"] * 1.5 >= m["listeners_0"],
         ),
     ]
-    for leftover in Path(folder).iterdir():
-        leftover.unlink()
-    Path(folder).rmdir()
     return rows
 
 
-def table(rows: list[Row], messages: int, contacts: int) -> str:
+def table(rows: list[Row], messages: int, contacts: int, engine: str = "") -> str:
     lines = [
         f"chatdock bench: {messages:,} messages across {contacts:,} contacts; "
-        f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} cpus",
+        f"python {sys.version.split()[0]}, {engine or f'sqlite {sqlite3.sqlite_version}'}, {os.cpu_count()} cpus",
         f"{'measure':<36}{'value':>12} {'unit':<9}{'vs floor':>10}  {'goal':<22}met",
     ]
     for row in rows:
@@ -589,9 +623,9 @@ def table(rows: list[Row], messages: int, contacts: int) -> str:
     return "\n".join(lines)
 
 
-def main(messages: int, contacts: int, rounds: int, as_json: bool) -> int:
+def main(messages: int, contacts: int, rounds: int, as_json: bool, db: str | None = None) -> int:
     contacts = max(1, min(contacts, messages))
-    rows = asyncio.run(run(messages, contacts, rounds, quiet=False))  # progress on stderr, the figures on stdout
+    rows = asyncio.run(run(messages, contacts, rounds, quiet=False, db=db))  # progress on stderr, figures on stdout
     if as_json:
         print(
             json.dumps(
@@ -600,7 +634,7 @@ def main(messages: int, contacts: int, rounds: int, as_json: bool) -> int:
             )
         )
     else:
-        print(table(rows, messages, contacts))
+        print(table(rows, messages, contacts, "PostgreSQL" if db is not None and is_postgres(db) else ""))
     return 0
 
 

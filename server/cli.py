@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 
-from chatdock.storage import ChatdockError, InvalidInput, check_store, open_store
+from chatdock.storage import ChatdockError, InvalidInput, check_store, is_postgres, open_store
 
 from . import logs
 from .settings import Settings
@@ -170,7 +170,15 @@ def parser() -> argparse.ArgumentParser:
         "--skip-invalid", action="store_true", help="import the good lines and list the bad ones, instead of nothing"
     )
     importing.add_argument("-q", "--quiet", action="store_true", help="no progress bar on stderr")
-    bench = commands.add_parser("bench", help="measure chatdock against raw sqlite3 on a temporary database file")
+    bench = commands.add_parser(
+        "bench", help="measure chatdock against the raw driver on a temporary database (SQLite, or PostgreSQL)"
+    )
+    bench.add_argument(
+        "--db",
+        metavar="POSTGRESQL_URL",
+        help="bench PostgreSQL: a server URL; a database of the bench's own is created on it and dropped after "
+        "(the user needs CREATEDB). Default: a temporary SQLite file",
+    )
     bench.add_argument("--messages", type=int, default=1_000_000, help="messages to build (default: %(default)s)")
     bench.add_argument("--contacts", type=int, default=100_000, help="contacts they spread over (default: %(default)s)")
     bench.add_argument(
@@ -291,7 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if args.messages < 1000 or args.rounds < 1:
                 raise InvalidInput("bench needs --messages of at least 1000 and --rounds of at least 1")
-            return bench(args.messages, args.contacts, args.rounds, args.json)
+            if args.db is not None and not is_postgres(args.db):
+                raise InvalidInput(
+                    "bench --db takes a postgresql:// server URL; without --db it benches a temporary SQLite file"
+                )
+            return bench(args.messages, args.contacts, args.rounds, args.json, args.db)
     except ChatdockError as exc:
         logger.debug("the trace of what failed", exc_info=True)
         print(f"chatdock: {exc}", file=sys.stderr)

@@ -131,7 +131,10 @@ class PostgresBackend:
         self._origin = secrets.token_hex(8)  # marks this process's notifications
         self._announce: dict[object, Deliver] = {}
         # appends in flight at once: the pool keeps room for reads and for the other writes
-        self._appends = Batches(self._append_batch, max(1, self.pool_size // 2))
+        writers = max(1, self.pool_size // 2)
+        self._appends = Batches(self._append_batch, writers)
+        # reads take at most the other half, so a burst of readers never starves the appends of connections
+        self._reading = asyncio.Semaphore(self.pool_size - writers)
 
     async def start(self) -> None:
         try:
@@ -175,7 +178,8 @@ class PostgresBackend:
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
         try:
-            return list(await self.pool.fetch(sql, *params, timeout=self.timeout))
+            async with self._reading:
+                return list(await self.pool.fetch(sql, *params, timeout=self.timeout))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise self._failed(exc) from exc
 
