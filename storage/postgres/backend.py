@@ -154,7 +154,8 @@ class PostgresBackend:
                 init=_init_connection,
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            raise self._failed(exc) from exc
+            text = translate(exc, self.url, starting=True)
+            raise exc if text is None else Unavailable(text) from exc
         except ValueError as exc:  # asyncpg's parse of the URL
             raise Unavailable(f"cannot read the PostgreSQL URL in --db: {exc}") from exc
 

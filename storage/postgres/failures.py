@@ -16,7 +16,10 @@ def where(url: str) -> str:
     """The server and database a URL names, without its password, for messages and logs."""
     parts = urlsplit(url)
     host = parts.hostname or "localhost"
-    port = f":{parts.port}" if parts.port else ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a number: asyncpg says so when it connects
+        port = ""
     database = parts.path.lstrip("/") or "(default database)"
     return f"PostgreSQL at {host}{port}, database {database}"
 
@@ -24,8 +27,9 @@ def where(url: str) -> str:
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 
-def translate(exc: BaseException, url: str) -> str | None:
-    """The clear text for a failure of the server or of the way to it, or None for anything else (a bug)."""
+def translate(exc: BaseException, url: str, starting: bool = False) -> str | None:
+    """The clear text for a failure of the server or of the way to it, or None for anything else (a bug);
+    `starting`: met while opening the store, where there is nothing yet to recover."""
     place = where(url)
     if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
         return f"{place} refused the login: {exc}; check the user and password in --db"
@@ -42,6 +46,8 @@ def translate(exc: BaseException, url: str) -> str | None:
     if isinstance(exc, asyncpg.QueryCanceledError):
         return f"{place} took too long and the request was cancelled ({exc}); try again, or raise --db-timeout"
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        if starting:
+            return f"{place} did not answer in time; check that the server runs and is reachable from here"
         return f"{place} did not answer in time; chatdock keeps trying, check that the server runs and is reachable"
     if isinstance(
         exc,
@@ -53,6 +59,8 @@ def translate(exc: BaseException, url: str) -> str | None:
         | asyncpg.CrashShutdownError,
     ):
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        if starting:
+            return f"cannot reach {place}: {reason}; check that the server runs and that --db is right"
         return (
             f"cannot reach {place}: {reason}; nothing was written; chatdock reconnects by itself when the "
             "server is back (check that it runs and that --db is right)"
