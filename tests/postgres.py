@@ -67,7 +67,10 @@ class PostgresServer:
 
     def _run(self, command: list[str]) -> None:
         full = [str(self.bin / command[0]), *command[1:]]
-        done = subprocess.run(full, user=self.user, capture_output=True, text=True, timeout=60, check=False)
+        # its own group too, and no other: a process still in root's group meets the group bits (often none)
+        # of root's folders instead of the bits for others
+        groups: dict[str, object] = {} if self.user is None else {"group": self.user, "extra_groups": []}
+        done = subprocess.run(full, user=self.user, capture_output=True, text=True, timeout=60, check=False, **groups)
         if done.returncode != 0:
             raise RuntimeError(f"{command[0]} failed ({done.returncode}): {done.stderr.strip() or done.stdout}")
 
