@@ -9,7 +9,7 @@ delivers `EVERYTHING` instead: its listeners should read again whatever they fol
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -35,3 +35,24 @@ class _Everything:
 EVERYTHING: Final = _Everything()
 
 Deliver = Callable[[Change | _Everything], None]
+
+
+class Announcer:
+    """Who in this process hears the changes it commits (`Backend.announce_to`), for a backend to tell."""
+
+    def __init__(self) -> None:
+        self._deliver: dict[object, Deliver] = {}
+
+    def announce_to(self, deliver: Deliver) -> Callable[[], None]:
+        token = object()
+        self._deliver[token] = deliver
+
+        def stop() -> None:
+            self._deliver.pop(token, None)
+
+        return stop
+
+    def tell(self, changes: Iterable[Change]) -> None:
+        for change in changes:
+            for deliver in list(self._deliver.values()):
+                deliver(change)

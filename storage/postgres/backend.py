@@ -21,7 +21,7 @@ import asyncpg
 from .. import rows
 from .. import validation as check
 from ..backend import Imported, MessageFilter, StoredKey
-from ..changes import Change, Deliver
+from ..changes import Announcer, Change, Deliver
 from ..cursor import Position
 from ..errors import ChatdockError, Unavailable, chat_not_found, key_name_taken, message_id_taken
 from ..ids import uuid7
@@ -129,7 +129,8 @@ class PostgresBackend:
         self.timeout = timeout
         self._pool: asyncpg.Pool | None = None
         self._origin = secrets.token_hex(8)  # marks this process's notifications
-        self._announce: dict[object, Deliver] = {}
+        self._announcer = Announcer()
+        self.announce_to = self._announcer.announce_to
         # appends in flight at once: the pool keeps room for reads and for the other writes
         writers = max(1, self.pool_size // 2)
         self._appends = Batches(self._append_batch, writers)
@@ -203,25 +204,11 @@ class PostgresBackend:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 raise self._failed(exc) from exc
         if log is not None:
-            self._tell(log.changes)
+            self._announcer.tell(log.changes)
         return result
 
     def _log(self) -> writes.ChangeLog:
         return writes.ChangeLog(self._origin)
-
-    def _tell(self, changes: Sequence[Change]) -> None:
-        for change in changes:
-            for deliver in list(self._announce.values()):
-                deliver(change)
-
-    def announce_to(self, deliver: Deliver) -> Callable[[], None]:
-        token = object()
-        self._announce[token] = deliver
-
-        def stop() -> None:
-            self._announce.pop(token, None)
-
-        return stop
 
     async def follow(self, deliver: Deliver, wanted: Callable[[], bool]) -> None:
         await follow_notifications(self.url, self._origin, self.timeout, deliver, wanted)
@@ -234,7 +221,7 @@ class PostgresBackend:
 
     def _stored(self, org: str, outcomes: Sequence[dict[str, Any]]) -> None:
         """Announce to this process the contacts that the committed appends changed."""
-        self._tell(
+        self._announcer.tell(
             [Change(org, found["c"], found["k"], tuple(found["a"])) for found in outcomes if found["s"] == "stored"]
         )
 

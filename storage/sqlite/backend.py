@@ -24,7 +24,7 @@ import aiosqlite
 from .. import rows
 from .. import validation as check
 from ..backend import Imported, MessageFilter, StoredKey
-from ..changes import Deliver
+from ..changes import Announcer, Deliver
 from ..cursor import Position
 from ..errors import ChatdockError, InvalidInput, Unavailable, key_name_taken
 from ..models import (
@@ -107,7 +107,8 @@ class SQLiteBackend:
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
         self._origin = secrets.token_hex(8)  # marks this process's rows in the change feed
-        self._announce: dict[object, Deliver] = {}
+        self._announcer = Announcer()
+        self.announce_to = self._announcer.announce_to
         self.damaged: str | None = None  # what a query found damaged; writes are refused from then on
         self._write_problem: str | None = None  # why the last write failed (full disk, read-only file)
 
@@ -186,19 +187,8 @@ class SQLiteBackend:
             raise error from exc
         self._write_problem = None
         if log is not None:
-            for change in log.changes:
-                for deliver in list(self._announce.values()):
-                    deliver(change)
+            self._announcer.tell(log.changes)
         return result
-
-    def announce_to(self, deliver: Deliver) -> Callable[[], None]:
-        token = object()
-        self._announce[token] = deliver
-
-        def stop() -> None:
-            self._announce.pop(token, None)
-
-        return stop
 
     async def follow(self, deliver: Deliver, wanted: Callable[[], bool]) -> None:
         await follow_feed(self.path, self._origin, self._failed, deliver, wanted)
