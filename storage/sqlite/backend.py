@@ -59,11 +59,10 @@ from .queries import (
     search_sql,
 )
 from .walk import Walk
-from .writer import Undo, Writer
+from .writer import BUSY_TIMEOUT_MS, Undo, Writer
 
 Durability = Literal["normal", "full"]
 
-BUSY_TIMEOUT_MS = 10_000
 MIN_FREE_BYTES = 1024 * 1024  # below this, /healthz says the disk is full
 
 T = TypeVar("T")
@@ -103,7 +102,8 @@ class SQLiteBackend:
         self.path = path
         self.durability: Durability = durability
         self._reader_count = max(1, readers)
-        self._writer = Writer(self._connect_writer)
+        # a lone write runs on the caller's thread where a commit does not wait for the disk (writer.py)
+        self._writer = Writer(self._connect_writer, inline=durability == "normal")
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
         self._origin = secrets.token_hex(8)  # marks this process's rows in the change feed
@@ -113,7 +113,7 @@ class SQLiteBackend:
         self._write_problem: str | None = None  # why the last write failed (full disk, read-only file)
 
     def _connect_writer(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)  # see Writer
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")

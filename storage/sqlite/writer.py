@@ -7,6 +7,13 @@ savepoint, and commits once: one fsync serves the whole batch. A job that
 fails rolls back its own savepoint only; the others still commit. A job that
 raises `Undo` rolls back its savepoint and still returns a value (used for
 "already stored" answers that must leave no trace).
+
+A lone caller skips the thread when `inline` is on (synchronous=NORMAL, where a
+commit does not wait for the disk): when nothing is queued and no batch runs,
+its job runs at once on the caller's thread, in a transaction of its own, with
+no lock wait (a write lock held by another process sends the job to the thread,
+which waits for it there). The connection is shared under `_busy`, one user at
+a time.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ logger = logging.getLogger("chatdock.storage")
 
 MAX_BATCH = 512
 BUSY_RETRIES = 20
+BUSY_TIMEOUT_MS = 10_000
 
 
 class Undo(Exception):
@@ -60,11 +68,43 @@ def is_busy(exc: BaseException) -> bool:
     )
 
 
+def _alone(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any] | None:
+    """Run one job in a transaction of its own, without waiting for the write lock: (ok, value), or None when
+    another process holds the lock (nothing was done; the writer thread will wait for it instead)."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if is_busy(exc):
+            return None
+        raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    try:
+        value = fn(conn)
+    except Undo as undo:
+        conn.execute("ROLLBACK")
+        return True, undo.value
+    except Exception as exc:
+        conn.execute("ROLLBACK")
+        return False, exc
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        return False, exc
+    return True, value
+
+
 class Writer:
     """Owns the only writing connection of this process; see the module docstring."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+    def __init__(self, connect: Callable[[], sqlite3.Connection], inline: bool = False) -> None:
         self._connect = connect
+        self._inline = inline
+        self._conn: sqlite3.Connection | None = None
+        self._busy = threading.Lock()  # held by whoever uses the connection: the thread, or an inline job
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
@@ -84,6 +124,16 @@ class Writer:
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if not self._thread.is_alive():
             raise RuntimeError("the store is closed")
+        if self._inline and self._conn is not None and self._queue.empty() and self._busy.acquire(blocking=False):
+            try:
+                done = _alone(self._conn, fn)
+            finally:
+                self._busy.release()
+            if done is not None:
+                ok, value = done
+                if ok:
+                    return value  # type: ignore[no-any-return]
+                raise value
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(fn, future, loop))
@@ -96,6 +146,7 @@ class Writer:
             self._startup_error = exc
             self._ready.set()
             return
+        self._conn = conn
         self._ready.set()
         try:
             stopping = False
@@ -113,12 +164,15 @@ class Writer:
                         stopping = True
                         break
                     batch.append(job)
-                outcomes = self._execute(conn, batch)
+                with self._busy:
+                    outcomes = self._execute(conn, batch)
                 for job, (ok, value) in zip(batch, outcomes, strict=True):
                     with contextlib.suppress(RuntimeError):  # the caller's loop is gone; nobody waits
                         job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
         finally:
-            conn.close()
+            with self._busy:
+                self._conn = None
+                conn.close()
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[tuple[bool, Any]]:
         delay = 0.005
