@@ -9,8 +9,8 @@ raises `Undo` rolls back its savepoint and still returns a value (used for
 "already stored" answers that must leave no trace).
 
 A lone caller skips the thread when `inline` is on (synchronous=NORMAL, where a
-commit does not wait for the disk): when nothing is queued and no batch runs,
-its job runs at once on the caller's thread, in a transaction of its own, with
+commit does not wait for the disk): when no other caller waits, nothing is
+queued and no batch runs, its job runs at once on the caller's thread, in a transaction of its own, with
 no lock wait (a write lock held by another process sends the job to the thread,
 which waits for it there). The connection is shared under `_busy`, one user at
 a time.
@@ -105,6 +105,7 @@ class Writer:
         self._inline = inline
         self._conn: sqlite3.Connection | None = None
         self._busy = threading.Lock()  # held by whoever uses the connection: the thread, or an inline job
+        self._callers = 0  # callers of run() now, on the event loop
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
@@ -124,20 +125,31 @@ class Writer:
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if not self._thread.is_alive():
             raise RuntimeError("the store is closed")
-        if self._inline and self._conn is not None and self._queue.empty() and self._busy.acquire(blocking=False):
-            try:
-                done = _alone(self._conn, fn)
-            finally:
-                self._busy.release()
-            if done is not None:
-                ok, value = done
-                if ok:
-                    return value  # type: ignore[no-any-return]
-                raise value
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(fn, future, loop))
-        return await future
+        self._callers += 1
+        try:
+            if (
+                self._inline
+                and self._callers == 1  # alone: concurrent callers share the thread's group commit instead
+                and self._conn is not None
+                and self._queue.empty()
+                and self._busy.acquire(blocking=False)
+            ):
+                try:
+                    done = _alone(self._conn, fn)
+                finally:
+                    self._busy.release()
+                if done is not None:
+                    await asyncio.sleep(0)  # a caller writing in a loop still lets the other tasks run
+                    ok, value = done
+                    if ok:
+                        return value  # type: ignore[no-any-return]
+                    raise value
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[T] = loop.create_future()
+            self._queue.put(_Job(fn, future, loop))
+            return await future
+        finally:
+            self._callers -= 1
 
     def _main(self) -> None:
         try:
