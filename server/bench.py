@@ -501,7 +501,7 @@ async def _run(path: str, folder: str | None, messages: int, contacts: int, roun
     rows = [
         Row(f"raw {floor}: insert, one commit each", m["raw_insert"], "msg/s"),
         Row(f"raw {floor}: last-50 read p99", m["raw_read_p99"], "ms"),
-        *([Row("raw sqlite3: what an append writes, one commit each", m["raw_append"], "msg/s")] if sqlite else []),
+        *([Row("raw sqlite3: an append's statements", m["raw_append"], "msg/s")] if sqlite else []),
         Row(
             "append, 1 caller",
             m["one_rate"],

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.process  # each test here starts real processes
 ROWS = [
     "raw sqlite3: insert, one commit each",
     "raw sqlite3: last-50 read p99",
+    "raw sqlite3: an append's statements",
     "append, 1 caller",
     "append, 100 callers (normal)",
     "append, 100 callers (full)",
@@ -49,7 +50,7 @@ ROWS = [
 ]
 
 
-SQLITE_ONLY = ["append, 100 callers (full)"]
+SQLITE_ONLY = ["append, 100 callers (full)", "raw asyncpg: an append's statements"]
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgres"])
