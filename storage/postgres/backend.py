@@ -196,9 +196,9 @@ class PostgresBackend:
                 break
             except _Rollback as undone:
                 return undone.value  # type: ignore[return-value]
-            except RETRYABLE:
+            except RETRYABLE as exc:
                 if attempt == RETRIES:
-                    raise
+                    raise self._failed(exc) from exc
                 if log is not None:
                     log.changes.clear()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
@@ -236,9 +236,9 @@ class PostgresBackend:
                 async with self.pool.acquire(timeout=self.timeout) as conn:
                     found = await self._append(conn, items)  # one statement: one transaction
                 break
-            except RETRYABLE:
+            except RETRYABLE as exc:
                 if attempt == RETRIES:
-                    raise
+                    raise self._failed(exc) from exc
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 raise self._failed(exc) from exc
         outcomes: list[AppendedMessage | ChatdockError] = [Unavailable("not run")] * len(batch)

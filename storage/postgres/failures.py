@@ -43,6 +43,8 @@ def translate(exc: BaseException, url: str, starting: bool = False) -> str | Non
         return f"the disk of {place} is full, so nothing was written; free space on it and writes work again"
     if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
         return f"{place} is read-only (a standby, or default_transaction_read_only), so nothing was written"
+    if isinstance(exc, RETRYABLE):  # still conflicting after chatdock's own retries
+        return f"{place} kept this write in conflict with concurrent ones ({exc}); nothing was written; try again"
     if isinstance(exc, asyncpg.QueryCanceledError):
         return f"{place} took too long and the request was cancelled ({exc}); try again, or raise --db-timeout"
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
