@@ -365,7 +365,7 @@ def bench_server(settings: Settings, store: Store | None = None) -> Any:
 
 async def run(messages: int, contacts: int, rounds: int, quiet: bool, db: str | None = None) -> list[Row]:
     if db is not None and is_postgres(db):
-        async with bench_postgres.bench_database(db) as url:
+        async with bench_postgres.throwaway_database(db) as url:
             return await _run(url, None, messages, contacts, rounds, quiet)
     folder = tempfile.mkdtemp(prefix="chatdock-bench-")
     try:

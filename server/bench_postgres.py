@@ -27,23 +27,24 @@ CONTEXT_SQL = (
 )
 
 
-def _named(url: str, database: str) -> str:
+def database_url(url: str, database: str) -> str:
+    """`url` (a server's URL) naming the database `database` instead, its options kept."""
     head, _, tail = url.partition("?")
     base = head.rsplit("/", 1)[0] if head.count("/") > 2 else head
     return f"{base}/{database}" + (f"?{tail}" if tail else "")
 
 
 @asynccontextmanager
-async def bench_database(url: str) -> AsyncIterator[str]:
-    """A new database on the server `url` names, dropped afterwards; its URL."""
-    name = "chatdock_bench_" + secrets.token_hex(4)
+async def throwaway_database(url: str, prefix: str = "chatdock_bench_") -> AsyncIterator[str]:
+    """A new database on the server `url` names (`prefix` and a random part), dropped afterwards; its URL."""
+    name = prefix + secrets.token_hex(4)
     admin = await asyncpg.connect(url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     try:
-        yield _named(url, name)
+        yield database_url(url, name)
     finally:
         admin = await asyncpg.connect(url)
         try:
@@ -100,7 +101,7 @@ async def appends_with_and_without_index(url: str, count: int) -> tuple[float, f
 
     rates = []
     for drop in (False, True):
-        async with bench_database(url) as fresh:
+        async with throwaway_database(url) as fresh:
             async with open_store(fresh):
                 pass
             if drop:

@@ -29,8 +29,9 @@ if sys.version_info[:3] == (3, 11, 7):
 
     hypothesis.internal.lambda_sources._lambda_description = _unknown_lambda
 
+from chatdock.server.bench_postgres import throwaway_database
 from chatdock.storage import Store, open_store
-from tests.postgres import URL_VARIABLE, PostgresServer, create_database, drop_database
+from tests.postgres import URL_VARIABLE, PostgresServer
 
 # The modules schemathesis and hypothesis import lazily while a REST test draws (listed by comparing
 # sys.modules after collection with the modules at the end of a run): pytest rewrites their source at
@@ -73,12 +74,8 @@ def postgres_server() -> Iterator[str]:
 @asynccontextmanager
 async def fresh_postgres(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """A new empty database on the test server, dropped afterwards."""
-    server = request.getfixturevalue("postgres_server")
-    url = await create_database(server)
-    try:
+    async with throwaway_database(request.getfixturevalue("postgres_server"), "chatdock_test_") as url:
         yield url
-    finally:
-        await drop_database(server, url)
 
 
 @pytest.fixture

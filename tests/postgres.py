@@ -12,7 +12,6 @@ import contextlib
 import importlib.util
 import os
 import pwd
-import secrets
 import shutil
 import socket
 import stat
@@ -89,36 +88,3 @@ class PostgresServer:
         with contextlib.suppress(RuntimeError):  # already stopped
             self.stop("immediate")
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def database_url(base: str, name: str) -> str:
-    """`base` (a server's URL) naming the database `name` instead."""
-    head, _, tail = base.rpartition("/")
-    query = ""
-    if "?" in tail:
-        query = "?" + tail.split("?", 1)[1]
-    return f"{head}/{name}{query}"
-
-
-async def create_database(base: str) -> str:
-    """A new empty database on the server `base` names; its URL."""
-    import asyncpg
-
-    name = "chatdock_test_" + secrets.token_hex(6)
-    conn = await asyncpg.connect(base)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return database_url(base, name)
-
-
-async def drop_database(base: str, url: str) -> None:
-    import asyncpg
-
-    name = url.rpartition("/")[2].split("?", 1)[0]
-    conn = await asyncpg.connect(base)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()

@@ -22,8 +22,9 @@ import asyncpg
 import httpx2
 import pytest
 
+from chatdock.server.bench_postgres import throwaway_database
 from chatdock.server.resources import TRANSCRIPT_URI, contact_uri
-from tests.postgres import PostgresServer, create_database, drop_database
+from tests.postgres import PostgresServer
 from tests.test_events import heard_within, subscriber
 from tests.transports import call, chatdock_command, create_key, free_port, http_client, http_transport
 
@@ -33,11 +34,8 @@ pytestmark = pytest.mark.process
 @pytest.fixture
 async def shared(postgres_server: str) -> AsyncIterator[tuple[str, str]]:
     """A fresh database for the replicas, and a key of organization acme on it."""
-    url = await create_database(postgres_server)
-    try:
+    async with throwaway_database(postgres_server, "chatdock_test_") as url:
         yield url, create_key(url, "acme", "replicas")
-    finally:
-        await drop_database(postgres_server, url)
 
 
 class Replica:

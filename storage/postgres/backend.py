@@ -50,6 +50,7 @@ from .queries import (
     CHAT_SELECT,
     CONTACT,
     KEY_SELECT,
+    MESSAGE_COLUMNS,
     ORG,
     latest_sql,
     search_sql,
@@ -304,8 +305,7 @@ class PostgresBackend:
         async def job(conn: writes.Connection) -> Message | None:
             row = await conn.fetchrow(
                 "WITH gone AS (DELETE FROM messages m WHERE m.id = $1 AND m.org_id = (SELECT id FROM orgs WHERE "
-                "name = $2) RETURNING m.*) SELECT m.id, m.agent_id, m.chat_id, m.channel, m.role, m.content, "
-                "m.parts, m.metadata, m.created_us, m.seq, c.external_id FROM gone m "
+                f"name = $2) RETURNING m.*) SELECT {MESSAGE_COLUMNS}, c.external_id FROM gone m "
                 "JOIN contacts c ON c.id = m.contact_pk",
                 message_id,
                 org,
@@ -429,12 +429,11 @@ class PostgresBackend:
         self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
     ) -> AsyncIterator[tuple[str, Message]]:
         select = (
-            "SELECT m.seq, m.id, m.agent_id, m.chat_id, m.channel, m.role, m.content, m.parts, m.metadata, "
-            "m.created_us, c.external_id, o.name FROM messages m "
+            f"SELECT m.seq, {MESSAGE_COLUMNS}, c.external_id, o.name FROM messages m "
             "JOIN contacts c ON c.id = m.contact_pk JOIN orgs o ON o.id = m.org_id"
         )
         async for row in self._keyset(select, "m.seq", org, contact_id, "c.external_id", batch):
-            yield row[11], rows.message(row[1:], row[10])
+            yield row[12], rows.message(row[1:], row[11])
 
     async def export_chats(
         self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
