@@ -31,7 +31,7 @@ from mcp.client.stdio import StdioServerParameters
 
 from chatdock.storage import NewMessage, Store, is_postgres, open_store
 
-from . import bench_postgres
+from . import bench_compare, bench_postgres, bench_startup
 from .app import Settings, build_server
 from .bench_http import http_round_trips, rest_figures, rest_rows, served_over_http
 from .progress import Progress
@@ -52,6 +52,7 @@ class Row:
     ratio: float | None = None
     goal: str = ""
     met: bool | None = None
+    section: str = ""  # rows of a section are printed under its heading
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -92,6 +93,11 @@ PERSON_MESSAGES = 10_000
 RARE_TEXT = "the zebrafish arrived in a dented parcel"  # in 100 messages; every other message says "hello"
 
 
+def person_messages(messages: int) -> int:
+    """The messages of ONE_ID and of MANY_IDS each: 10,000 at full size."""
+    return min(PERSON_MESSAGES, messages // 10)
+
+
 def _new_of(contact: str, index: int) -> NewMessage:
     return NewMessage(contact_id=contact, channel="sms", role="user", content=f"message {index} of a regular")
 
@@ -116,10 +122,9 @@ async def fill(store: Store, messages: int, contacts: int, quiet: bool) -> None:
         if bar is not None:
             bar.update(done)
     await store.import_messages("bench", realistic(CONVERSATION, 50))
-    person_messages = min(PERSON_MESSAGES, messages // 10)  # 10,000 at full size
     for person in (ONE_ID, MANY_IDS):  # as many messages each: one known by one id, one by five
-        for start in range(0, person_messages, 5000):
-            end = min(start + 5000, person_messages)
+        for start in range(0, person_messages(messages), 5000):
+            end = min(start + 5000, person_messages(messages))
             await store.import_messages("bench", [_new_of(person, i) for i in range(start, end)])
     for alias in ALIASES:
         await store.link_contacts("bench", MANY_IDS, alias)
@@ -363,21 +368,26 @@ def bench_server(settings: Settings, store: Store | None = None) -> Any:
     return server
 
 
-async def run(messages: int, contacts: int, rounds: int, quiet: bool, db: str | None = None) -> list[Row]:
+async def run(
+    messages: int, contacts: int, rounds: int, quiet: bool, db: str | None = None, compare: bool = False
+) -> list[Row]:
     if db is not None and is_postgres(db):
         async with bench_postgres.throwaway_database(db) as url:
             return await _run(url, None, messages, contacts, rounds, quiet)
     folder = tempfile.mkdtemp(prefix="chatdock-bench-")
     try:
-        return await _run(str(Path(folder) / "bench.db"), folder, messages, contacts, rounds, quiet)
+        return await _run(str(Path(folder) / "bench.db"), folder, messages, contacts, rounds, quiet, compare)
     finally:
         for leftover in Path(folder).iterdir():
             leftover.unlink()
         Path(folder).rmdir()
 
 
-async def _run(path: str, folder: str | None, messages: int, contacts: int, rounds: int, quiet: bool) -> list[Row]:
-    """The rounds on the database `path` names: a SQLite file in `folder`, or (folder None) PostgreSQL."""
+async def _run(
+    path: str, folder: str | None, messages: int, contacts: int, rounds: int, quiet: bool, compare: bool = False
+) -> list[Row]:
+    """The rounds on the database `path` names: a SQLite file in `folder`, or (folder None) PostgreSQL; with
+    `compare` (SQLite only) the installed rival stores beside it (bench_compare.py)."""
     sqlite = folder is not None
     floor = "sqlite3" if sqlite else "asyncpg"
     scale = max(200, min(2000, messages // 50))
@@ -388,6 +398,7 @@ async def _run(path: str, folder: str | None, messages: int, contacts: int, roun
 
     async with open_store(path) as store:
         await fill(store, messages, contacts, quiet)
+    rivals = bench_compare.open_rivals(folder, path) if compare and folder is not None else []
     bar = None if quiet else Progress("measuring rounds", rounds)
     for round_number in range(rounds):
         if bar is not None:
@@ -459,6 +470,9 @@ async def _run(path: str, folder: str | None, messages: int, contacts: int, roun
             reads, writes = await mixed(store, contacts, 2.0)
             add("mixed_reads", reads)
             add("mixed_writes", writes)
+            if compare:
+                for name, value in (await bench_compare.figures(store, rivals, scale, ONE_ID, contacts)).items():
+                    add(name, value)
         if sqlite:  # PostgreSQL's durability is the server's setting (synchronous_commit), not chatdock's
             async with open_store(path, durability="full") as store:
                 rate, lat = await timed(_appends(store, scale * 5, "full"), 100)
@@ -492,6 +506,9 @@ async def _run(path: str, folder: str | None, messages: int, contacts: int, roun
             indexed, unindexed = await bench_postgres.appends_with_and_without_index(path, scale)
         add("append_indexed", indexed)
         add("append_unindexed", unindexed)
+        served, imported = await bench_startup.first_answers(path, 5)
+        add("first_answer", served)
+        add("sdk_import", imported)
         latencies = await event_latency(path, min(200, scale // 10))  # 200 at full size
         add("event_p50", _pct(latencies, 0.5))
         add("event_p99", _pct(latencies, 0.99))
@@ -634,6 +651,16 @@ async def _run(path: str, folder: str | None, messages: int, contacts: int, roun
             "<= 2x",
             m["mcp_http_context"] / m["mcp_http_bare"] <= 2,
         ),
+        Row("serve: python importing the MCP SDK", m["sdk_import"], "ms"),
+        Row(
+            "serve: first answer (stdio)",
+            m["first_answer"],
+            "ms",
+            m["sdk_import"],
+            m["first_answer"] / m["sdk_import"],
+            "< 400 ms",
+            m["first_answer"] < 400,
+        ),
         Row("get_context (50 messages): formatted", m["formatted_bytes"], "bytes"),
         Row(
             "get_context (50 messages): text",
@@ -658,26 +685,37 @@ async def _run(path: str, folder: str | None, messages: int, contacts: int, roun
             "within 1.5x",
             m["listeners_500"] * 1.5 >= m["listeners_0"],
         ),
+        *(
+            bench_compare.rows(m, [rival.name for rival in rivals], person_messages(messages), messages // contacts)
+            if compare
+            else []
+        ),
     ]
     return rows
 
 
 def table(rows: list[Row], messages: int, contacts: int, engine: str = "") -> str:
+    width = max(36, *(len(row.name) + 2 for row in rows))
     lines = [
         f"chatdock bench: {messages:,} messages across {contacts:,} contacts; "
         f"python {sys.version.split()[0]}, {engine or f'sqlite {sqlite3.sqlite_version}'}, {os.cpu_count()} cpus",
-        f"{'measure':<36}{'value':>12} {'unit':<9}{'vs floor':>10}  {'goal':<22}met",
+        f"{'measure':<{width}}{'value':>12} {'unit':<9}{'vs floor':>10}  {'goal':<22}met",
     ]
+    section = ""
     for row in rows:
+        if row.section != section:
+            section = row.section
+            lines.append(f"-- {section}")
         ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
         met = "" if row.met is None else ("yes" if row.met else "NO")
-        lines.append(f"{row.name:<36}{row.value:>12,.3f} {row.unit:<9}{ratio:>10}  {row.goal:<22}{met}")
+        lines.append(f"{row.name:<{width}}{row.value:>12,.3f} {row.unit:<9}{ratio:>10}  {row.goal:<22}{met}")
     return "\n".join(lines)
 
 
-def main(messages: int, contacts: int, rounds: int, as_json: bool, db: str | None = None) -> int:
+def main(messages: int, contacts: int, rounds: int, as_json: bool, db: str | None = None, compare: bool = False) -> int:
     contacts = max(1, min(contacts, messages))
-    rows = asyncio.run(run(messages, contacts, rounds, quiet=False, db=db))  # progress on stderr, figures on stdout
+    # progress on stderr, figures on stdout
+    rows = asyncio.run(run(messages, contacts, rounds, quiet=False, db=db, compare=compare))
     if as_json:
         print(
             json.dumps(

@@ -184,6 +184,12 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--rounds", type=int, default=3, help="rounds; each figure is their median (default: %(default)s)"
     )
+    bench.add_argument(
+        "--compare",
+        action="store_true",
+        help="also bench, on the same data, LangChain's SQLChatMessageHistory and LlamaIndex's SQLiteChatStore "
+        "where installed (pip install 'chatdock[compare]'); SQLite only",
+    )
     bench.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     bench.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return top
@@ -303,7 +309,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise InvalidInput(
                     "bench --db takes a postgresql:// server URL; without --db it benches a temporary SQLite file"
                 )
-            return bench(args.messages, args.contacts, args.rounds, args.json, args.db)
+            if args.compare:
+                from .bench_compare import INSTALL, installed
+
+                if args.db is not None:
+                    raise InvalidInput(
+                        "bench --compare sets chatdock beside SQLite chat stores: run it without --db "
+                        "(on chatdock's SQLite bench)"
+                    )
+                if not installed():
+                    raise InvalidInput(f"bench --compare needs the stores it compares with: {INSTALL}")
+            return bench(args.messages, args.contacts, args.rounds, args.json, args.db, args.compare)
     except ChatdockError as exc:
         logger.debug("the trace of what failed", exc_info=True)
         print(f"chatdock: {exc}", file=sys.stderr)

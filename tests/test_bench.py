@@ -34,6 +34,8 @@ ROWS = [
     "MCP stdio: get_context",
     "MCP HTTP: bare tool call",
     "MCP HTTP: get_context",
+    "serve: python importing the MCP SDK",
+    "serve: first answer (stdio)",
     "get_context (50 messages): formatted",
     "get_context (50 messages): text",
     "get_context (50 messages): structured",
@@ -53,9 +55,16 @@ ROWS = [
 SQLITE_ONLY = ["append, 100 callers (full)", "raw asyncpg: an append's statements"]
 
 
+COMPARED = [  # --compare (on SQLite): chatdock and each rival store, for each measure
+    f"{store}: {measure}"
+    for measure in ("append, 1 caller", "last 50 of 500 messages p50", "last 50 of 10 messages p50")
+    for store in ("chatdock", "LangChain SQLChatMessageHistory", "LlamaIndex SQLiteChatStore")
+]
+
+
 @pytest.mark.parametrize("engine", ["sqlite", "postgres"])
 def test_bench_small_mode_prints_every_row_as_json_and_as_a_table(engine: str, request: pytest.FixtureRequest) -> None:
-    on = [] if engine == "sqlite" else ["--db", request.getfixturevalue("postgres_server")]
+    on = ["--compare"] if engine == "sqlite" else ["--db", request.getfixturevalue("postgres_server")]
     result = run_cli("bench", "--messages", "5000", "--contacts", "500", "--rounds", "1", "--json", *on)
     assert result.returncode == 0, result.stderr
     assert "building data" in result.stderr  # progress goes to stderr, so stdout stays pure JSON
@@ -64,6 +73,8 @@ def test_bench_small_mode_prints_every_row_as_json_and_as_a_table(engine: str, r
     expected = ROWS if engine == "sqlite" else [row.replace("sqlite3", "asyncpg") for row in ROWS]
     for row in expected:
         assert (row in names) != (engine == "postgres" and row in SQLITE_ONLY), row
+    for row in COMPARED:
+        assert (row in names) == (engine == "sqlite"), row
     for row in report["rows"]:
         assert row["value"] > 0, row
         if row["floor"] is not None:
@@ -71,6 +82,7 @@ def test_bench_small_mode_prints_every_row_as_json_and_as_a_table(engine: str, r
     shown = table([Row(**row) for row in report["rows"]], report["messages"], report["contacts"])
     for row in names:
         assert row in shown
+    assert ("-- compared on the same data" in shown) == (engine == "sqlite")
 
 
 def test_bench_refuses_too_small_a_run_and_a_db_that_is_not_a_server() -> None:
@@ -78,3 +90,5 @@ def test_bench_refuses_too_small_a_run_and_a_db_that_is_not_a_server() -> None:
     assert bad.returncode == 2 and "at least 1000" in bad.stderr
     bad = run_cli("bench", "--db", "my.db")
     assert bad.returncode == 2 and "bench --db takes a postgresql:// server URL" in bad.stderr
+    bad = run_cli("bench", "--compare", "--db", "postgresql://127.0.0.1:1/x")
+    assert bad.returncode == 2 and "run it without --db" in bad.stderr
