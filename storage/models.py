@@ -75,6 +75,11 @@ class AppendedMessage(Message):
     deduplicated: bool
 
 
+def appended(message: Message, deduplicated: bool) -> AppendedMessage:
+    """`message` as an append returns it; built without checking again what the store just checked."""
+    return AppendedMessage.model_construct(**vars(message), deduplicated=deduplicated)
+
+
 class NewMessage(_Model):
     """What a caller asks the store to keep; the store checks every field before it writes."""
 

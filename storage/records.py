@@ -42,12 +42,12 @@ def message_record(new: NewMessage, now: datetime) -> MessageRecord:
         parts, content = check.parts(new.parts)
     elif new.content is not None:
         content = check.content(new.content)
-        parts = [Part(text=content)]
+        parts = [Part.model_construct(text=content)]
     else:
         raise InvalidInput("content must not be empty; send the message's text")
     metadata, provider_message_id = check.metadata(new.metadata)
     created = check.created_at(new.created_at, now)
-    message = Message(
+    message = Message.model_construct(  # every field was checked above: no second validation
         id=uuid7() if new.id is None else check.uuid_text(new.id, "id"),
         contact_id=contact_id,
         agent_id=agent_id,

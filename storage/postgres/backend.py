@@ -36,6 +36,7 @@ from ..models import (
     LinkResult,
     Message,
     SearchHit,
+    appended,
     channel_kind,
 )
 from ..records import AliasRecord, ChatRecord, MessageRecord
@@ -107,10 +108,10 @@ def _outcome(record: MessageRecord, found: dict[str, Any]) -> AppendedMessage | 
     if status == "stored":
         if found["c"] != m.contact_id:  # an alias: the message belongs to, and is named by, its contact
             m = m.model_copy(update={"contact_id": found["c"]})
-        return AppendedMessage(**m.model_dump(), deduplicated=False)
+        return appended(m, False)
     if status == "existing":
         stored = found["m"]
-        return AppendedMessage(**rows.message(stored, stored[10]).model_dump(), deduplicated=True)
+        return appended(rows.message(stored, stored[10]), True)
     if status == "no_chat":
         return chat_not_found(str(m.chat_id), m.contact_id)
     return message_id_taken(m.id)

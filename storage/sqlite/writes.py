@@ -12,7 +12,7 @@ from .. import rows
 from ..changes import Change, ChangeKind
 from ..errors import ChatdockError, chat_id_taken, chat_not_found, message_id_taken, own_identifier
 from ..ids import uuid7
-from ..models import AppendedMessage, Chat, ContactInfo, LinkResult, Message, channel_kind
+from ..models import AppendedMessage, Chat, ContactInfo, LinkResult, Message, appended, channel_kind
 from ..records import AliasRecord, ChatRecord, MessageRecord
 from .queries import CHAT_SELECT, CONTACT, MESSAGE_WITH_CONTACT, ORG
 from .writer import Undo
@@ -183,11 +183,11 @@ def insert_message(
             existing = find_message(conn, "m.org_id = ? AND m.id = ?", (org_key, m.id))
         if existing is None:
             raise message_id_taken(m.id)
-        raise Undo(AppendedMessage(**existing.model_dump(), deduplicated=True))
+        raise Undo(appended(existing, True))
     conn.execute("UPDATE contacts SET last_active_us = max(last_active_us, ?) WHERE id = ?", (created_us, contact_key))
     aliases = () if appeared else aliases_of(conn, contact_key, contact_id)
     log.record(conn, org, contact_id, "appeared" if appeared else "updated", aliases)
-    return AppendedMessage(**m.model_dump(), deduplicated=False)
+    return appended(m, False)
 
 
 def insert_chat(conn: sqlite3.Connection, org: str, record: ChatRecord, log: ChangeLog) -> bool:
