@@ -15,7 +15,6 @@ no "last n" call: a user reads the whole history and keeps its end.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import sqlite3
@@ -23,6 +22,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,23 +32,22 @@ if TYPE_CHECKING:
     from .bench import Row
 
 RIVALS = {
-    # name: (a module its library installs, the SQLite file it gets beside chatdock's)
-    "LangChain SQLChatMessageHistory": ("langchain_community.chat_message_histories", "langchain.db"),
-    "LlamaIndex SQLiteChatStore": ("llama_index.storage.chat_store.sqlite", "llamaindex.db"),
+    # name: (the distribution that brings it, the SQLite file it gets beside chatdock's)
+    "LangChain SQLChatMessageHistory": ("langchain-community", "langchain.db"),
+    "LlamaIndex SQLiteChatStore": ("llama-index-storage-chat-store-sqlite", "llamaindex.db"),
 }
 INSTALL = "pip install 'chatdock[compare]'"
 
 
 def installed() -> list[str]:
-    """The rivals whose library imports here."""
+    """The rivals whose distribution is installed here (asked of the package metadata: nothing is imported)."""
     found = []
-    for name, (module, _) in RIVALS.items():
+    for name, (distribution, _) in RIVALS.items():
         try:
-            present = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:  # a parent package is missing
-            present = False
-        if present:
-            found.append(name)
+            metadata.distribution(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
     return found
 
 

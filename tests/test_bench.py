@@ -6,7 +6,9 @@ import json
 
 import pytest
 
+from chatdock.server import cli
 from chatdock.server.bench import Row, table
+from chatdock.server.bench_compare import RIVALS, installed
 from tests.transports import run_cli
 
 pytestmark = pytest.mark.process  # each test here starts real processes
@@ -92,3 +94,18 @@ def test_bench_refuses_too_small_a_run_and_a_db_that_is_not_a_server() -> None:
     assert bad.returncode == 2 and "bench --db takes a postgresql:// server URL" in bad.stderr
     bad = run_cli("bench", "--compare", "--db", "postgresql://127.0.0.1:1/x")
     assert bad.returncode == 2 and "run it without --db" in bad.stderr
+
+
+def test_bench_compare_leaves_out_a_store_that_is_not_installed_and_refuses_when_none_is(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert installed() == ["LangChain SQLChatMessageHistory", "LlamaIndex SQLiteChatStore"]  # the test extra's
+    absent = "chatdock-no-such-distribution"
+    monkeypatch.setitem(RIVALS, "LlamaIndex SQLiteChatStore", (absent, "llamaindex.db"))
+    assert installed() == ["LangChain SQLChatMessageHistory"]
+    monkeypatch.setitem(RIVALS, "LangChain SQLChatMessageHistory", (absent, "langchain.db"))
+    assert installed() == []
+    assert cli.main(["bench", "--compare", "--messages", "1000"]) == 2
+    assert (
+        "bench --compare needs the stores it compares with: pip install 'chatdock[compare]'" in capsys.readouterr().err
+    )
