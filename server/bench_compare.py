@@ -15,6 +15,7 @@ no "last n" call: a user reads the whole history and keeps its end.
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import sqlite3
@@ -31,24 +32,7 @@ from chatdock.storage import NewMessage, Store
 if TYPE_CHECKING:
     from .bench import Row
 
-RIVALS = {
-    # name: (the distribution that brings it, the SQLite file it gets beside chatdock's)
-    "LangChain SQLChatMessageHistory": ("langchain-community", "langchain.db"),
-    "LlamaIndex SQLiteChatStore": ("llama-index-storage-chat-store-sqlite", "llamaindex.db"),
-}
 INSTALL = "pip install 'chatdock[compare]'"
-
-
-def installed() -> list[str]:
-    """The rivals whose distribution is installed here (asked of the package metadata: nothing is imported)."""
-    found = []
-    for name, (distribution, _) in RIVALS.items():
-        try:
-            metadata.distribution(distribution)
-        except metadata.PackageNotFoundError:
-            continue
-        found.append(name)
-    return found
 
 
 @dataclass
@@ -71,7 +55,7 @@ def _bench_messages(path: str) -> Iterator[list[tuple[str, str, str]]]:
             yield batch
 
 
-def _langchain(folder: str, source: str) -> Rival:
+def _langchain(path: str, source: str) -> Rival:
     from langchain_community.chat_message_histories import SQLChatMessageHistory
     from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, message_to_dict
     from sqlalchemy import create_engine
@@ -81,7 +65,6 @@ def _langchain(folder: str, source: str) -> Rival:
             return HumanMessage(content=text)
         return AIMessage(content=text) if role == "assistant" else SystemMessage(content=text)
 
-    path = str(Path(folder) / RIVALS["LangChain SQLChatMessageHistory"][1])
     engine = create_engine(f"sqlite:///{path}")
     SQLChatMessageHistory(session_id="-", connection=engine)  # creates its table, as its first use does
     with sqlite3.connect(path) as conn:
@@ -107,11 +90,10 @@ def _langchain(folder: str, source: str) -> Rival:
     )
 
 
-def _llamaindex(folder: str, source: str) -> Rival:
+def _llamaindex(path: str, source: str) -> Rival:
     from llama_index.core.llms import ChatMessage
     from llama_index.storage.chat_store.sqlite import SQLiteChatStore  # type: ignore[import-untyped]
 
-    path = str(Path(folder) / RIVALS["LlamaIndex SQLiteChatStore"][1])
     store = SQLiteChatStore.from_uri(f"sqlite:///{path}")  # creates its table data_chatstore
     with sqlite3.connect(path) as conn:
         for batch in _bench_messages(source):
@@ -129,35 +111,47 @@ def _llamaindex(folder: str, source: str) -> Rival:
     )
 
 
+RIVALS: dict[str, tuple[str, str, Callable[[str, str], Rival]]] = {
+    # name: (the distribution that brings it, its SQLite file beside chatdock's, how to open and fill it)
+    "LangChain SQLChatMessageHistory": ("langchain-community", "langchain.db", _langchain),
+    "LlamaIndex SQLiteChatStore": ("llama-index-storage-chat-store-sqlite", "llamaindex.db", _llamaindex),
+}
+
+
+def installed() -> list[str]:
+    """The rivals whose distribution is installed here (asked of the package metadata: nothing is imported)."""
+    found = []
+    for name, (distribution, _, _) in RIVALS.items():
+        try:
+            metadata.distribution(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
 def open_rivals(folder: str, source: str) -> list[Rival]:
     """The installed rivals, each filled with what chatdock's bench file `source` holds."""
-    openers = {"LangChain SQLChatMessageHistory": _langchain, "LlamaIndex SQLiteChatStore": _llamaindex}
-    return [openers[name](folder, source) for name in installed()]
+    return [RIVALS[name][2](str(Path(folder) / RIVALS[name][1]), source) for name in installed()]
 
 
 def _append_contact(index: int) -> str:
     return f"+3199{index % 1000:07d}"
 
 
-def _median_ms(call: Callable[[], object], count: int) -> float:
+async def _median_ms(call: Callable[[], object], count: int) -> float:
+    """Median ms of `count` calls; a call that returns an awaitable (chatdock's) is awaited."""
     samples = []
     for _ in range(count):
         began = time.perf_counter()
-        call()
+        result = call()
+        if inspect.isawaitable(result):
+            await result
         samples.append((time.perf_counter() - began) * 1000)
     return statistics.median(samples)
 
 
-async def _median_ms_async(call: Callable[[], Any], count: int) -> float:
-    samples = []
-    for _ in range(count):
-        began = time.perf_counter()
-        await call()
-        samples.append((time.perf_counter() - began) * 1000)
-    return statistics.median(samples)
-
-
-def measure_rival(rival: Rival, appends: int, reads: int, long: str, contacts: int) -> dict[str, float]:
+async def measure_rival(rival: Rival, appends: int, reads: int, long: str, contacts: int) -> dict[str, float]:
     """Appends/s (one caller), and median ms of the last 50 of the long history and of an ordinary contact."""
     began = time.perf_counter()
     for index in range(appends):
@@ -165,8 +159,8 @@ def measure_rival(rival: Rival, appends: int, reads: int, long: str, contacts: i
     rate = appends / (time.perf_counter() - began)
     return {
         "append": rate,
-        "long": _median_ms(lambda: rival.history(long)[-50:], reads),
-        "ordinary": _median_ms(lambda: rival.history(f"+3160{random.randrange(contacts):07d}")[-50:], reads),
+        "long": await _median_ms(lambda: rival.history(long)[-50:], reads),
+        "ordinary": await _median_ms(lambda: rival.history(f"+3160{random.randrange(contacts):07d}")[-50:], reads),
     }
 
 
@@ -179,8 +173,8 @@ async def measure_chatdock(store: Store, appends: int, reads: int, long: str, co
     rate = appends / (time.perf_counter() - began)
     return {
         "append": rate,
-        "long": await _median_ms_async(lambda: store.get_context("bench", long), reads),
-        "ordinary": await _median_ms_async(
+        "long": await _median_ms(lambda: store.get_context("bench", long), reads),
+        "ordinary": await _median_ms(
             lambda: store.get_context("bench", f"+3160{random.randrange(contacts):07d}"), reads
         ),
     }
@@ -201,7 +195,7 @@ async def figures(store: Store, rivals: list[Rival], scale: int, long: str, cont
         for name, value in (await measure_chatdock(store, scale, reads, long, contacts)).items()
     }
     for rival in rivals:
-        for name, value in measure_rival(rival, scale, reads, long, contacts).items():
+        for name, value in (await measure_rival(rival, scale, reads, long, contacts)).items():
             found[f"compare {rival.name} {name}"] = value
     return found
 

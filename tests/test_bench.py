@@ -101,9 +101,10 @@ def test_bench_compare_leaves_out_a_store_that_is_not_installed_and_refuses_when
 ) -> None:
     assert installed() == ["LangChain SQLChatMessageHistory", "LlamaIndex SQLiteChatStore"]  # the test extra's
     absent = "chatdock-no-such-distribution"
-    monkeypatch.setitem(RIVALS, "LlamaIndex SQLiteChatStore", (absent, "llamaindex.db"))
-    assert installed() == ["LangChain SQLChatMessageHistory"]
-    monkeypatch.setitem(RIVALS, "LangChain SQLChatMessageHistory", (absent, "langchain.db"))
+    llamaindex, langchain = "LlamaIndex SQLiteChatStore", "LangChain SQLChatMessageHistory"
+    monkeypatch.setitem(RIVALS, llamaindex, (absent, *RIVALS[llamaindex][1:]))
+    assert installed() == [langchain]
+    monkeypatch.setitem(RIVALS, langchain, (absent, *RIVALS[langchain][1:]))
     assert installed() == []
     assert cli.main(["bench", "--compare", "--messages", "1000"]) == 2
     assert (
