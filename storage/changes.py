@@ -27,6 +27,26 @@ class Change:
     aliases: tuple[str, ...] = ()  # the contact's other identifiers: their URIs read the same contact
 
 
+class ChangeLog:
+    """The changes one write makes. A contact is recorded once per write: an "updated" after any earlier
+    change of the same contact adds nothing. Each backend's subclass writes a recorded change into its feed
+    inside the write's transaction; `changes` is announced to this process once the transaction commits."""
+
+    __slots__ = ("_seen", "changes", "origin")
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self.changes: list[Change] = []
+        self._seen: set[tuple[str, str]] = set()
+
+    def first(self, org: str, contact_id: str, kind: ChangeKind) -> bool:
+        """Whether this change is to be recorded (see above); the contact counts as recorded from now on."""
+        if kind == "updated" and (org, contact_id) in self._seen:
+            return False
+        self._seen.add((org, contact_id))
+        return True
+
+
 class _Everything:
     def __repr__(self) -> str:
         return "EVERYTHING"

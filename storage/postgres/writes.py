@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from .. import rows
+from .. import changes, rows
 from ..changes import Change, ChangeKind
 from ..errors import chat_id_taken, own_identifier
 from ..ids import uuid7
@@ -89,16 +89,10 @@ def payload(change: Change, origin: str) -> str:
     return text
 
 
-class ChangeLog:
-    """The changes one write makes: each is sent (NOTIFY) inside the write's transaction, so the other
-    replicas hear it at commit, and announced to this process once the transaction commits."""
+class ChangeLog(changes.ChangeLog):
+    """Each change is sent (NOTIFY) inside the write's transaction, so the other replicas hear it at commit."""
 
-    __slots__ = ("_seen", "changes", "origin")
-
-    def __init__(self, origin: str) -> None:
-        self.origin = origin
-        self.changes: list[Change] = []
-        self._seen: set[tuple[str, str]] = set()
+    __slots__ = ()
 
     async def record(
         self,
@@ -108,9 +102,8 @@ class ChangeLog:
         kind: ChangeKind = "updated",
         aliases: Sequence[str] = (),
     ) -> None:
-        if kind == "updated" and (org, contact_id) in self._seen:
+        if not self.first(org, contact_id, kind):
             return
-        self._seen.add((org, contact_id))
         change = Change(org, contact_id, kind, tuple(aliases))
         await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload(change, self.origin))
         self.changes.append(change)

@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from .. import rows
+from .. import changes, rows
 from ..changes import Change, ChangeKind
 from ..errors import ChatdockError, chat_id_taken, chat_not_found, message_id_taken, own_identifier
 from ..ids import uuid7
@@ -67,16 +67,10 @@ def aliases_of(conn: sqlite3.Connection, contact_key: int, contact_id: str) -> l
     return [row[0] for row in found if row[0] != contact_id]
 
 
-class ChangeLog:
-    """The changes one write job makes: each goes into the feed (`changes`) inside the job's transaction, and
-    is announced to this process once the transaction commits. A contact is recorded once per job."""
+class ChangeLog(changes.ChangeLog):
+    """Each change goes into the feed (the `changes` table) inside the write job's transaction."""
 
-    __slots__ = ("_seen", "changes", "origin")
-
-    def __init__(self, origin: str) -> None:
-        self.origin = origin
-        self.changes: list[Change] = []
-        self._seen: set[tuple[str, str]] = set()
+    __slots__ = ()
 
     def record(
         self,
@@ -86,9 +80,8 @@ class ChangeLog:
         kind: ChangeKind = "updated",
         aliases: Sequence[str] = (),
     ) -> None:
-        if kind == "updated" and (org, contact_id) in self._seen:
+        if not self.first(org, contact_id, kind):
             return
-        self._seen.add((org, contact_id))
         cursor = conn.execute(
             "INSERT INTO changes (org, contact_id, kind, origin, aliases) VALUES (?, ?, ?, ?, ?)",
             (org, contact_id, kind, self.origin, json.dumps(list(aliases)) if aliases else None),
