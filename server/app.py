@@ -21,7 +21,7 @@ from mcp_types import Resource as MCPResource
 from mcp_types import Tool as MCPTool
 from pydantic import BaseModel, ValidationError
 
-from chatdock.storage import Store, open_store
+from chatdock.storage import Store
 from chatdock.storage import validation as check
 
 from . import resources, tools
@@ -29,7 +29,7 @@ from .events import Events
 from .org import OrgMiddleware, current_org
 from .resources import TRANSCRIPT_URI, contact_uri
 from .schemas import compact
-from .sdk import lowlevel, serve_events
+from .sdk import answer_in_utf8, lowlevel, serve_events
 from .settings import Settings
 from .stdio import serve_stdio
 
@@ -147,7 +147,7 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
                 yield state
             return
         async with (
-            open_store(settings.db, settings.durability, settings.pool_size, settings.db_timeout) as opened,
+            settings.open_store() as opened,
             changes_to(events, opened),
         ):
             state.store = opened
@@ -189,6 +189,7 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
         subscriptions=events,
     )
     server.middleware.append(OrgMiddleware(settings.org, events.attend))
+    answer_in_utf8()  # every server built answers in UTF-8, on every transport and era (sdk.py)
     serve_events(server, events, max_streams=MAX_LISTEN_STREAMS)
 
     def the_store() -> Store:

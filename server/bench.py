@@ -30,8 +30,9 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 from chatdock.storage import NewMessage, Store, is_postgres, open_store
+from chatdock.storage.sqlite import checkpoints
 
-from . import bench_compare, bench_postgres, bench_startup
+from . import bench_compare, bench_postgres, bench_reliability, bench_startup
 from .app import Settings, build_server
 from .bench_http import http_round_trips, rest_figures, rest_rows, served_over_http
 from .progress import Progress
@@ -500,11 +501,18 @@ async def _run(
             add("mcp_http_bare", bare_ms)
             for name, value in (await rest_figures(base, key, scale)).items():
                 add(name, value)
+            alone, beside = await bench_reliability.beside_listeners(base, path)
+            add("neighbour_alone_p99", alone)
+            add("neighbour_beside_p99", beside)
         if folder is not None:
             indexed, unindexed = await appends_with_and_without_index(folder, scale)
         else:
             indexed, unindexed = await bench_postgres.appends_with_and_without_index(path, scale)
         add("append_indexed", indexed)
+        if folder is not None:
+            largest, idle = await bench_reliability.log_size(folder, scale * 10)
+            add("log_largest", largest)
+            add("log_idle", idle)
         add("append_unindexed", unindexed)
         served, imported = await bench_startup.first_answers(path, 5)
         add("first_answer", served)
@@ -684,6 +692,39 @@ async def _run(
             m["listeners_500"] / m["listeners_0"],
             "within 1.5x",
             m["listeners_500"] * 1.5 >= m["listeners_0"],
+        ),
+        *(
+            [
+                Row(
+                    f"write-ahead log, largest during {scale * 10:,} appends",
+                    m["log_largest"],
+                    "MB",
+                    goal=f"<= {checkpoints.LIMIT / 1e6 + 8:.0f} MB",
+                    met=m["log_largest"] <= checkpoints.LIMIT / 1e6 + 8,
+                    section="reliability",
+                ),
+                Row(
+                    "write-ahead log, idle",
+                    m["log_idle"],
+                    "MB",
+                    goal="0",
+                    met=m["log_idle"] == 0,
+                    section="reliability",
+                ),
+            ]
+            if sqlite
+            else []
+        ),
+        Row("another org's REST append p99, alone", m["neighbour_alone_p99"], "ms", section="reliability"),
+        Row(
+            f"... beside {bench_reliability.NEIGHBOUR_LISTENERS} busy listeners",
+            m["neighbour_beside_p99"],
+            "ms",
+            m["neighbour_alone_p99"],
+            m["neighbour_beside_p99"] / m["neighbour_alone_p99"],
+            "<= 2x",
+            m["neighbour_beside_p99"] <= 2 * m["neighbour_alone_p99"],
+            section="reliability",
         ),
         *(
             bench_compare.rows(m, [rival.name for rival in rivals], person_messages(messages), messages // contacts)

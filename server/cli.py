@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 
-from chatdock.storage import ChatdockError, InvalidInput, check_store, is_postgres, open_store
+from chatdock.storage import ChatdockError, InvalidInput, check_store, is_postgres
 
 from . import logs
 from .settings import Settings
@@ -121,6 +121,15 @@ def parser() -> argparse.ArgumentParser:
         help="with --http: initialize-era sessions per organization (default: %(default)s)",
     )
     serve.add_argument(
+        "--forwarded-allow-ips",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="with --http behind a proxy: an address (or network, or '*') of a proxy whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed (repeatable); without it a client's address is the socket's, so a "
+        "forged X-Forwarded-For cannot dodge the wrong-key limit or the log",
+    )
+    serve.add_argument(
         "--allowed-host",
         action="append",
         default=[],
@@ -195,8 +204,13 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def store_settings(args: argparse.Namespace) -> Settings:
+    """The settings of a command that only opens the store (keys, export, import)."""
+    return Settings(db=args.db, pool_size=args.pool_size, db_timeout=args.db_timeout)
+
+
 async def _keys(args: argparse.Namespace) -> int:
-    async with open_store(args.db, pool_size=args.pool_size, timeout=args.db_timeout) as store:
+    async with store_settings(args).open_store() as store:
         if args.keys_command == "create":
             created = await store.create_api_key(args.org, args.name)
             print(created.key)
@@ -234,7 +248,7 @@ async def _check(args: argparse.Namespace) -> int:
 async def _serve_stdio(settings: Settings) -> None:
     from .app import build_server
 
-    async with open_store(settings.db, settings.durability, settings.pool_size, settings.db_timeout) as store:
+    async with settings.open_store() as store:
         await build_server(settings, store).run_stdio_async()
 
 
@@ -242,7 +256,7 @@ async def _export(args: argparse.Namespace) -> int:
     from .history import export_to_path
 
     skipped: list[str] = []
-    async with open_store(args.db, pool_size=args.pool_size, timeout=args.db_timeout) as store:
+    async with store_settings(args).open_store() as store:
         written = await export_to_path(store, args.output, args.org, args.contact, args.quiet, skipped)
     if args.output not in (None, "-"):
         print(f"exported {written:,} line(s) to {args.output}", file=sys.stderr)
@@ -258,7 +272,7 @@ async def _import(args: argparse.Namespace) -> int:
     from .history import import_file, skipped
 
     default_org = os.environ.get("CHATDOCK_ORG") or "default"
-    async with open_store(args.db, pool_size=args.pool_size, timeout=args.db_timeout) as store:
+    async with store_settings(args).open_store() as store:
         report = await import_file(store, args.file, default_org, args.org, args.skip_invalid, args.quiet)
     sys.stderr.write(skipped(report.problems))
     print(report.summary())
@@ -278,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_listens=args.max_listens_per_org,
                 pool_size=args.pool_size,
                 db_timeout=args.db_timeout,
+                trusted_proxies=args.forwarded_allow_ips,
             )
             if args.http:
                 # the MCP stack is imported only to serve: every other command starts without it

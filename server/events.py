@@ -14,7 +14,8 @@ while someone here listens. `Events` finds the listeners of the changed contact'
   subscriptions end with it.
 
 Each organization may hold `max_listens` listen streams and as many subscribed sessions; beyond that a
-new one is refused with an error that says so.
+new one is refused with an error that says so. The sends themselves are made by a courier per organization
+(delivery.py), within that organization's budget, so that its listeners never slow anyone else.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import logging
 import weakref
 from collections import Counter, defaultdict
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from mcp.server.subscriptions import ServerEvent
@@ -33,8 +35,9 @@ from mcp_types import INVALID_REQUEST, EmptyResult, SubscribeRequestParams, Subs
 
 from chatdock.storage.changes import EVERYTHING, Change
 
+from .delivery import Couriers
 from .org import current_org, listening
-from .resources import CONTACT_URIS, contact_uri
+from .resources import CONTACT_URIS, canonical_uri, contact_uri
 from .sdk import connection_of
 
 logger = logging.getLogger("chatdock.events")
@@ -50,12 +53,14 @@ class Events:
 
     def __init__(self, max_listens: int = DEFAULT_MAX_LISTENS) -> None:
         self.max_listens = max_listens
-        self._streams: dict[Key, dict[object, Listener]] = defaultdict(dict)
+        # listeners are filed under each URI's one spelling (resources.canonical_uri) and told in their own
+        self._streams: dict[Key, dict[object, tuple[Listener, str]]] = defaultdict(dict)
         self._list_streams: dict[str, dict[object, Listener]] = defaultdict(dict)
         self._streams_of: Counter[str] = Counter()
-        self._sessions: dict[Key, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)
+        self._sessions: dict[Key, weakref.WeakKeyDictionary[Any, str]] = defaultdict(weakref.WeakKeyDictionary)
         self._sessions_of: dict[str, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)
         self._sending: set[asyncio.Task[None]] = set()
+        self._couriers = Couriers(self._sends)
 
     # --- who listens ---
 
@@ -74,9 +79,10 @@ class Events:
                 "close one (or listen to several URIs on one stream) and try again",
             )
         token = object()
-        keys = [(org, uri) for uri in wants.resource_subscriptions or ()]
+        spelled = {(org, canonical_uri(uri)): uri for uri in wants.resource_subscriptions or ()}
+        keys = list(spelled)
         for key in keys:
-            self._streams[key][token] = listener
+            self._streams[key][token] = (listener, spelled[key])
         if wants.resources_list_changed:
             self._list_streams[org][token] = listener
         self._streams_of[org] += 1
@@ -110,33 +116,44 @@ class Events:
                 f"this organization already has {self.max_listens} subscribed sessions, the most allowed; "
                 "unsubscribe or close one and try again",
             )
-        self._sessions[(org, uri)].add(session)
+        self._sessions[(org, canonical_uri(uri))][session] = uri
         self._sessions_of[org].add(session)
 
     def unwatch(self, org: str, uri: str, session: Any) -> None:
-        subscribed = self._sessions.get((org, uri))
+        subscribed = self._sessions.get((org, canonical_uri(uri)))
         if subscribed is not None:
-            subscribed.discard(session)
+            subscribed.pop(session, None)
             if not subscribed:
                 del self._sessions[(org, uri)]
 
     # --- what changed ---
 
     def deliver(self, change: Change | object) -> None:
-        """Tell the listeners of a changed contact (or, for EVERYTHING, every listener) to read again."""
+        """Tell the listeners of a changed contact (or, for EVERYTHING, every listener; for a change whose
+        aliases are unknown, every listener of its organization) to read again."""
         if change is EVERYTHING:
-            for org, uri in list(self._streams) + list(self._sessions):
-                self._updated(org, uri)
-            for org in list(self._list_streams) + list(self._sessions_of):
-                self._list_changed(org)
+            for org in {org for org, _ in [*self._streams, *self._sessions]} | {
+                *self._list_streams,
+                *self._sessions_of,
+            }:
+                self._everyone_of(org)
             return
         if not isinstance(change, Change):
+            return
+        if change.aliases_unknown:
+            self._everyone_of(change.org)
             return
         for identifier in (change.contact_id, *change.aliases):  # a contact's URIs under each of its identifiers
             for template in CONTACT_URIS:
                 self._updated(change.org, contact_uri(template, identifier))
         if change.kind != "updated":
             self._list_changed(change.org)
+
+    def _everyone_of(self, org: str) -> None:
+        for owner, uri in [*self._streams, *self._sessions]:
+            if owner == org:
+                self._updated(org, uri)
+        self._list_changed(org)
 
     async def publish(self, event: ServerEvent) -> None:
         """`SubscriptionBus.publish`, for events a handler raises itself through `ctx.notify_*`."""
@@ -149,22 +166,33 @@ class Events:
             self._list_changed(org)
 
     def _updated(self, org: str, uri: str) -> None:
-        listeners = self._streams.get((org, uri))
-        if listeners:
-            event = ResourceUpdated(uri=uri)
-            for listener in list(listeners.values()):
-                _call(listener, event)
-        for session in list(self._sessions.get((org, uri), ())):
-            self._send(session, session.send_resource_updated(uri))
+        if (org, uri) in self._streams or (org, uri) in self._sessions:
+            self._couriers.mark(org, uri)
 
     def _list_changed(self, org: str) -> None:
-        listeners = self._list_streams.get(org)
-        if listeners:
-            event = ResourcesListChanged()
-            for listener in list(listeners.values()):
-                _call(listener, event)
-        for session in list(self._sessions_of.get(org, ())):
-            self._send(session, session.send_resource_list_changed())
+        if org in self._list_streams or self._sessions_of.get(org):
+            self._couriers.mark(org, None)
+
+    def _sends(self, org: str, uri: str | None) -> list[Callable[[], None]]:
+        """A send for each listener of `uri` (None: of the resource list) in `org`, as they are now; each hears
+        the URI as it spelled it."""
+        if uri is None:
+            changed: ServerEvent = ResourcesListChanged()
+            sends: list[Callable[[], None]] = [
+                partial(_call, listener, changed) for listener in self._list_streams.get(org, {}).values()
+            ]
+            return sends + [partial(self._notify, session, None) for session in self._sessions_of.get(org, ())]
+        sends = [
+            partial(_call, listener, ResourceUpdated(uri=spelled))
+            for listener, spelled in self._streams.get((org, uri), {}).values()
+        ]
+        return sends + [partial(self._notify, session, spelled) for session, spelled in self._sessions_of_uri(org, uri)]
+
+    def _sessions_of_uri(self, org: str, uri: str) -> list[tuple[Any, str]]:
+        return list(self._sessions.get((org, uri), {}).items())
+
+    def _notify(self, session: Any, uri: str | None) -> None:
+        self._send(session, session.send_resource_list_changed() if uri is None else session.send_resource_updated(uri))
 
     def _send(self, session: Any, notification: Coroutine[Any, Any, None]) -> None:
         async def send() -> None:
@@ -180,11 +208,11 @@ class Events:
 
     def _forget(self, session: Any) -> None:
         for key, sessions in list(self._sessions.items()):
-            sessions.discard(session)
+            sessions.pop(session, None)
             if not sessions:
                 self._sessions.pop(key, None)
-        for sessions in self._sessions_of.values():
-            sessions.discard(session)
+        for attending in self._sessions_of.values():
+            attending.discard(session)
 
     # --- the initialize era's requests ---
 

@@ -9,9 +9,12 @@ the request's tools, resources and events.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import anyio
@@ -20,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chatdock.storage import ChatdockError, InvalidInput, Store, Unavailable, open_store
+from chatdock.storage import ChatdockError, InvalidInput, Store, Unavailable
 
 from .app import ChatdockServer, Settings, build_server
 from .guard import FailedKeys
@@ -234,7 +237,7 @@ async def _serve_http(
     files = raise_file_limit()
     sock = listening_socket(host, port)
     try:
-        async with open_store(settings.db, settings.durability) as store:
+        async with settings.open_store() as store:
             app = build_http_app(settings, factory(settings, store), host, allowed_hosts, limits.max_sessions_per_org)
             config = uvicorn.Config(
                 app,
@@ -245,8 +248,29 @@ async def _serve_http(
                 timeout_graceful_shutdown=max(1, round(limits.shutdown_seconds)),
                 timeout_keep_alive=5,
                 backlog=ACCEPT_BURST,
+                # a client's address is the socket's, unless the operator names the proxies in front
+                proxy_headers=bool(settings.trusted_proxies),
+                forwarded_allow_ips=settings.trusted_proxies or None,
             )
             logger.warning("chatdock serving MCP at http://%s:%d/mcp (health: /healthz)", host, port)
-            await uvicorn.Server(config).serve(sockets=[sock])
+            with _signals_after_close():
+                await uvicorn.Server(config).serve(sockets=[sock])
     finally:
         sock.close()
+
+
+@contextlib.contextmanager
+def _signals_after_close() -> Iterator[None]:
+    """uvicorn raises the SIGTERM or SIGINT it shut down for again as soon as it has stopped serving, which
+    with the default handlers ends the process before the store is closed (the SQLite log is then left
+    behind, uncheckpointed). Here that second raise finds a handler that ignores it, so the store closes
+    first and the command then exits normally."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

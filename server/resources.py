@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError
@@ -25,6 +26,17 @@ CONTACT_URIS = (TRANSCRIPT_URI, CONTEXT_URI)
 def contact_uri(template: str, contact_id: str) -> str:
     """A contact's resource URI, its id percent-encoded (`+31...` becomes `%2B31...`)."""
     return template.replace("{contact_id}", quote(contact_id, safe=""))
+
+
+def canonical_uri(uri: str) -> str:
+    """The one spelling of a contact's resource URI, however a client wrote it (either case of
+    percent-encoding, an unencoded `+`, any Unicode normalization form): what reading accepts, listening
+    accepts too. Other URIs are left as they are."""
+    for template in CONTACT_URIS:
+        head, tail = template.split("{contact_id}")
+        if uri.startswith(head) and uri.endswith(tail) and len(uri) > len(head) + len(tail):
+            return contact_uri(template, unicodedata.normalize("NFC", unquote(uri[len(head) : -len(tail)])))
+    return uri
 
 
 def register(server: MCPServer[Any], the_store: Callable[[], Store]) -> None:

@@ -10,14 +10,16 @@ the tools and the store use (storage/models.py): no shape is written twice.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatdock.storage import (
@@ -50,10 +52,26 @@ from chatdock.storage.models import (
     UpdateChatRequest,
 )
 
+from .openapi import WITH_BODY, answers, strict
 from .org import ORG_SCOPE_KEY
+
+logger = logging.getLogger("chatdock.http")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 ROUTE_PREFIXES = ("/chats", "/contacts", "/orgs")  # behind the key, like /mcp
+
+# a retried request with the same key gets the first answer, across replicas (Store: the key names the id)
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=check.IDEMPOTENCY_KEY_CHARS,
+        pattern=r"^[!-~]+$",
+        description="a key of your own per request (a UUID): a retry with the same key gets the first answer, "
+        "stored once, on any replica; the same key with another request is a 409",
+    ),
+]
 
 _STATUS: list[tuple[type[ChatdockError], int, str]] = [
     (InvalidInput, 422, "Invalid arguments"),
@@ -75,31 +93,6 @@ def _refusal(exc: ChatdockError) -> JSONResponse:
     return problem(400, "Bad request", str(exc))
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {
-        "description": error,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["error", "message"],
-                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
-                }
-            }
-        },
-    }
-    for status, error in [
-        (400, "The body is not JSON"),
-        (401, "Invalid API key"),
-        (404, "An id names nothing in this organization"),
-        (409, "Conflict"),
-        (413, "The body is over 4 MiB"),
-        (422, "Invalid arguments: the message says what to fix"),
-        (503, "The database cannot serve the request now"),
-    ]
-}
-
-
 def _org(request: Request) -> str:
     """The organization of the request's key (ApiKeyAuth put it in the scope)."""
     return str(request.scope[ORG_SCOPE_KEY])
@@ -117,7 +110,6 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
         summary="Cross-channel conversation memory for agents: the Chats API routes.",
         docs_url=None,
         redoc_url=None,
-        responses=ERRORS,
     )
 
     def document() -> dict[str, Any]:
@@ -125,7 +117,7 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
         if app.openapi_schema is None:
             from fastapi.openapi.utils import get_openapi
 
-            made = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            made = strict(get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes))
             made.setdefault("components", {})["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "a key from `chatdock keys create`"}
             }
@@ -143,19 +135,36 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
         return problem(422, "Invalid arguments", check.explain(_located(errors)))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """FastAPI's own refusals (a body it cannot parse, an unknown route or method) in the same shape."""
         if exc.status_code == 400:
             return problem(400, "Invalid JSON", f"the body could not be read ({exc.detail}); send a JSON object")
         if exc.status_code == 404:
             return problem(404, "Not found", "no such route; /docs lists them")
         if exc.status_code == 405:
-            return problem(405, "Method not allowed", f"{exc.detail}; /docs lists each route's methods")
+            allowed = ", ".join(allowed_methods(app, request.scope))
+            return problem(
+                405,
+                "Method not allowed",
+                f"{request.method} is not served here; this path takes {allowed}",
+                headers={"Allow": allowed},
+            )
         return problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
 
     @app.exception_handler(ChatdockError)
     async def refused(_: Request, exc: ChatdockError) -> JSONResponse:
         return _refusal(exc)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """A bug: logged with its traceback, answered in the errors' JSON shape (never a plain-text 500)."""
+        logger.error("%s %s failed unexpectedly", request.method, request.url.path, exc_info=exc)
+        return problem(
+            500,
+            "Internal error",
+            "chatdock failed unexpectedly (the server's log has the details); if this was a write, whether it was "
+            "stored is unknown: retrying with the same metadata.provider_message_id or Idempotency-Key is safe",
+        )
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
@@ -163,7 +172,12 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
 
     # --- reading ---
 
-    @app.get("/chats/context", response_model=Context, summary="get_context: the last messages and the transcript")
+    @app.get(
+        "/chats/context",
+        response_model=Context,
+        summary="get_context: the last messages and the transcript",
+        responses=answers(404),
+    )
     async def get_context(
         organization: Org,
         contact_id: Annotated[str, Query()],
@@ -185,7 +199,12 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
             max_chars=max_chars,
         )
 
-    @app.get("/chats", response_model=MessagePage, summary="list_messages: newest first, a page at a time")
+    @app.get(
+        "/chats",
+        response_model=MessagePage,
+        summary="list_messages: newest first, a page at a time",
+        responses=answers(404),
+    )
     async def list_messages(
         organization: Org,
         contact_id: Annotated[str, Query()],
@@ -199,7 +218,9 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
             organization, contact_id, limit=limit, cursor=cursor, agent_id=agent_id, chat_id=chat_id, channel=channel
         )
 
-    @app.get("/chats/search", response_model=SearchPage, summary="search_messages: best match first")
+    @app.get(
+        "/chats/search", response_model=SearchPage, summary="search_messages: best match first", responses=answers()
+    )
     async def search_messages(
         organization: Org,
         q: Annotated[str, Query(description='Words, prefix*, "a phrase", -excluded')],
@@ -213,11 +234,21 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
             organization, q, contact_id=contact_id, channel=channel, role=role, limit=limit, cursor=cursor
         )
 
-    @app.get("/contacts/{contact_id}", response_model=ContactInfo, summary="get_contact: by any of its ids")
+    @app.get(
+        "/contacts/{contact_id}",
+        response_model=ContactInfo,
+        summary="get_contact: by any of its ids",
+        responses=answers(404),
+    )
     async def get_contact(organization: Org, contact_id: ContactId) -> ContactInfo:
         return await the_store().get_contact(organization, contact_id)
 
-    @app.get("/contacts/{contact_id}/chats", response_model=ChatList, summary="list_chats: newest first")
+    @app.get(
+        "/contacts/{contact_id}/chats",
+        response_model=ChatList,
+        summary="list_chats: newest first",
+        responses=answers(404),
+    )
     async def list_chats(organization: Org, contact_id: ContactId, limit: int = 50) -> ChatList:
         return ChatList(chats=await the_store().list_chats(organization, contact_id, limit))
 
@@ -231,22 +262,40 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
         response_model=AppendedMessage,
         status_code=201,
         summary="append_message: 201 with the stored message, 200 with the first copy of a retried webhook",
-        responses={200: {"description": "Already stored (same channel and provider_message_id)"}},
+        responses={
+            200: {"description": "Already stored (same channel and provider_message_id)", "model": AppendedMessage},
+            **answers(*WITH_BODY, 404, 409),
+        },
     )
-    async def append_message(organization: Org, body: AppendRequest) -> Response:
-        stored = await the_store().append_message(organization, NewMessage(**body.model_dump()))
+    async def append_message(
+        organization: Org, body: AppendRequest, idempotency_key: IdempotencyKey = None
+    ) -> Response:
+        stored = await the_store().append_message(organization, NewMessage(**body.model_dump()), idempotency_key)
         return JSONResponse(stored.model_dump(mode="json"), status_code=200 if stored.deduplicated else 201)
 
-    @app.delete("/chats/{message_id}", response_model=DeletedMessage, summary="delete_message")
+    @app.delete("/chats/{message_id}", response_model=DeletedMessage, summary="delete_message", responses=answers(404))
     async def delete_message(organization: Org, message_id: str) -> DeletedMessage:
         deleted = await the_store().delete_message(organization, message_id)
         return DeletedMessage(id=deleted.id)
 
-    @app.post("/contacts/{contact_id}/chats", response_model=Chat, status_code=201, summary="open_chat")
-    async def open_chat(organization: Org, contact_id: ContactId, body: OpenChatRequest) -> Chat:
-        return await the_store().open_chat(organization, contact_id, body.channel, body.agent_id)
+    @app.post(
+        "/contacts/{contact_id}/chats",
+        response_model=Chat,
+        status_code=201,
+        summary="open_chat",
+        responses=answers(*WITH_BODY, 404, 409),
+    )
+    async def open_chat(
+        organization: Org, contact_id: ContactId, body: OpenChatRequest, idempotency_key: IdempotencyKey = None
+    ) -> Chat:
+        return await the_store().open_chat(organization, contact_id, body.channel, body.agent_id, idempotency_key)
 
-    @app.patch("/contacts/{contact_id}/chats/{chat_id}", response_model=Chat, summary="update_chat")
+    @app.patch(
+        "/contacts/{contact_id}/chats/{chat_id}",
+        response_model=Chat,
+        summary="update_chat",
+        responses=answers(*WITH_BODY, 404),
+    )
     async def update_chat(organization: Org, contact_id: ContactId, chat_id: str, body: UpdateChatRequest) -> Chat:
         return await the_store().update_chat(organization, chat_id, body.status, contact_id=contact_id)
 
@@ -254,21 +303,40 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
         "/contacts/{contact_id}/aliases",
         response_model=LinkResult,
         summary="link_contacts: the identifier names this contact; a contact it named is merged in",
+        responses=answers(*WITH_BODY, 404, 409),
     )
-    async def link_contacts(organization: Org, contact_id: ContactId, body: AliasRequest) -> LinkResult:
+    async def link_contacts(
+        organization: Org, contact_id: ContactId, body: AliasRequest, idempotency_key: IdempotencyKey = None
+    ) -> LinkResult:
+        """Linking is idempotent by itself: a retry (with or without a key) links nothing more, and answers
+        with the contact as it is then."""
         return await the_store().link_contacts(organization, contact_id, body.identifier)
 
-    @app.delete("/contacts/{contact_id}/aliases/{identifier}", response_model=ContactInfo, summary="unlink_contact")
+    @app.delete(
+        "/contacts/{contact_id}/aliases/{identifier}",
+        response_model=ContactInfo,
+        summary="unlink_contact",
+        responses=answers(404),
+    )
     async def unlink_contact(organization: Org, contact_id: ContactId, identifier: str) -> ContactInfo:
         return await the_store().unlink_contact(organization, identifier, contact_id=contact_id)
 
-    @app.delete("/contacts/{contact_id}", response_model=ForgetResult, summary="forget_contact: by any of its ids")
+    @app.delete(
+        "/contacts/{contact_id}",
+        response_model=ForgetResult,
+        summary="forget_contact: by any of its ids",
+        responses=answers(404),
+    )
     async def forget_contact(organization: Org, contact_id: ContactId) -> ForgetResult:
         return await the_store().forget_contact(organization, contact_id)
 
-    async def post(organization: str, contact_id: str, chat_id: str, body: PostRequest) -> ChatWithMessages:
+    async def post(
+        organization: str, contact_id: str, chat_id: str, body: PostRequest, idempotency_key: str | None
+    ) -> ChatWithMessages:
         store = the_store()
-        stored = await store.post_as_contact(organization, contact_id, chat_id, body.message, body.channel_id)
+        stored = await store.post_as_contact(
+            organization, contact_id, chat_id, body.message, body.channel_id, idempotency_key
+        )
         chat = await store.chat(organization, stored.chat_id or chat_id)
         return ChatWithMessages(**chat.model_dump(), messages=[stored])
 
@@ -277,26 +345,48 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
         response_model=ChatWithMessages,
         status_code=201,
         summary="post_as_contact: the chat, with the stored message",
+        responses=answers(*WITH_BODY, 404, 409),
     )
     async def post_as_contact(
-        organization: Org, contact_id: ContactId, chat_id: str, body: PostRequest
+        organization: Org,
+        contact_id: ContactId,
+        chat_id: str,
+        body: PostRequest,
+        idempotency_key: IdempotencyKey = None,
     ) -> ChatWithMessages:
-        return await post(organization, contact_id, chat_id, body)
+        return await post(organization, contact_id, chat_id, body, idempotency_key)
 
     @app.post(
         "/orgs/{org_id}/contacts/{contact_id}/chats/{chat_id}/messages",
         response_model=ChatWithMessages,
         status_code=201,
         summary="post_as_contact, as Invent's route names it (an org_id other than the key's is an unknown chat)",
+        responses=answers(*WITH_BODY, 404, 409),
     )
     async def post_as_contact_in_org(
-        organization: Org, org_id: str, contact_id: ContactId, chat_id: str, body: PostRequest
+        organization: Org,
+        org_id: str,
+        contact_id: ContactId,
+        chat_id: str,
+        body: PostRequest,
+        idempotency_key: IdempotencyKey = None,
     ) -> ChatWithMessages:
         if org_id != organization:
             raise chat_not_found(check.uuid_text(chat_id, "chat_id"), contact_id)
-        return await post(organization, contact_id, chat_id, body)
+        return await post(organization, contact_id, chat_id, body, idempotency_key)
 
     return app
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """The methods the routes matching the request's path take, in the order they were declared."""
+    allowed: list[str] = []
+    for route in app.router.routes:
+        match, _ = route.matches({**scope, "method": "\0"})  # a method no route takes: the path alone decides
+        methods = getattr(route, "methods", None) or ()
+        if match is not Match.NONE:
+            allowed.extend(method for method in sorted(methods) if method not in allowed)
+    return allowed
 
 
 def _unread_body(error: Any) -> bool:

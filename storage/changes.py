@@ -25,6 +25,8 @@ class Change:
     contact_id: str
     kind: ChangeKind = "updated"
     aliases: tuple[str, ...] = ()  # the contact's other identifiers: their URIs read the same contact
+    # the aliases did not travel with the change (too many for the feed): every listener of `org` reads again
+    aliases_unknown: bool = False
 
 
 class ChangeLog:
@@ -38,6 +40,12 @@ class ChangeLog:
         self.origin = origin
         self.changes: list[Change] = []
         self._seen: set[tuple[str, str]] = set()
+
+    def reset(self) -> None:
+        """Forget what was recorded: the transaction is run again (after a deadlock, a busy lock), and its
+        retry records each change anew."""
+        self.changes.clear()
+        self._seen.clear()
 
     def first(self, org: str, contact_id: str, kind: ChangeKind) -> bool:
         """Whether this change is to be recorded (see above); the contact counts as recorded from now on."""

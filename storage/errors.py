@@ -9,7 +9,9 @@ show to the caller as they are::
     ├── NotFound             an id names nothing in this organization
     ├── Conflict             the request clashes with what is stored
     └── Unavailable          the database cannot do it now: the disk is full, the file is read-only
-                             or damaged, or it cannot be opened; the text names the cause and the fix
+        │                    or damaged, or it cannot be opened; the text names the cause and the fix
+        └── OutcomeUnknown   the connection broke after a write was sent: it may or may not be stored;
+                             the text says that retrying with the same provider id or key is safe
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ class Conflict(ChatdockError):
 class Unavailable(ChatdockError):
     """The database failed the request (full disk, read-only or damaged file, cannot be opened); nothing of
     the request was written, and what was written before is kept."""
+
+
+class OutcomeUnknown(Unavailable):
+    """The connection to the database broke after the write was sent and before its answer came back: the
+    write may or may not have been stored. Unlike the other errors, something may have been written."""
 
 
 # The texts of the errors that more than one place raises, written once.
@@ -84,4 +91,19 @@ def own_identifier(identifier: str) -> InvalidInput:
     return InvalidInput(
         f"{identifier} is the contact's own contact_id and cannot be unlinked; unlink one of its aliases, or "
         "forget the contact"
+    )
+
+
+def outcome_unknown(place: str, reason: str) -> OutcomeUnknown:
+    return OutcomeUnknown(
+        f"the connection to {place} broke after the write was sent ({reason}), so whether it was stored is "
+        "unknown; retrying is safe with the same metadata.provider_message_id (or, over REST, the same "
+        "Idempotency-Key header): a copy already stored comes back instead of a second one"
+    )
+
+
+def key_used_elsewhere(key: str) -> Conflict:
+    return Conflict(
+        f"Idempotency-Key {key!r} was first sent with another request; a retry must repeat the request exactly, "
+        "and a new request needs a new key"
     )

@@ -14,6 +14,7 @@ from datetime import timedelta
 MAX_KEY_CHARS = 200
 PREFIX = "cdk_"
 TOUCH_INTERVAL = timedelta(seconds=60)  # "last used" is recorded at most once a minute per key
+REMEMBER_SECONDS = 5.0  # a key verified live is not read again for this long: the bound on a revocation's delay
 
 
 def new_key() -> tuple[str, str]:

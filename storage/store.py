@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 
@@ -25,9 +26,11 @@ from .errors import (
     chat_not_found,
     contact_not_found,
     identifier_not_found,
+    key_used_elsewhere,
     message_not_found,
     no_live_key,
 )
+from .ids import idempotent_id
 from .models import (
     Alias,
     ApiKeyInfo,
@@ -58,7 +61,7 @@ from .records import (
 )
 from .search import MAX_SEARCH_OFFSET, decode_search_cursor, encode_search_cursor, parse_query
 from .sizing import MAX_RESULT_BYTES, fitting, message_bound, message_bytes, text_bound, text_bytes
-from .transcript import fit_transcript, format_line
+from .transcript import fit_hits, fit_transcript, format_line
 
 EXPORT_BATCH = 1000
 
@@ -101,7 +104,8 @@ class Store:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._touching: dict[str, asyncio.Future[None]] = {}  # "last used" writes under way, by key prefix
-        self._live_keys: dict[str, StoredKey] = {}  # keys this process verified live, by prefix (see verify)
+        # keys this process verified live, by prefix, and when (time.monotonic()) they were read (see verify)
+        self._live_keys: dict[str, tuple[StoredKey, float]] = {}
 
     async def close(self) -> None:
         """Let the "last used" writes under way finish (they are small), then close the backend."""
@@ -111,8 +115,16 @@ class Store:
 
     # --- messages ---
 
-    async def append_message(self, org: str, message: NewMessage) -> AppendedMessage:
-        return await self.backend.insert_message(org, message_record(message, check.utc_now()))
+    async def append_message(
+        self, org: str, message: NewMessage, idempotency_key: str | None = None
+    ) -> AppendedMessage:
+        """Store one message; with `idempotency_key`, a retried request gets the first answer (see `_again`)."""
+        if idempotency_key is None:
+            return await self.backend.insert_message(org, message_record(message, check.utc_now()))
+        key = check.idempotency_key(idempotency_key)
+        message = message.model_copy(update={"id": idempotent_id(org, "message", key)})
+        record = message_record(message, check.utc_now())
+        return _again(key, record, await self.backend.insert_message(org, record))
 
     async def import_messages(self, org: str, messages: Sequence[NewMessage]) -> list[AppendedMessage]:
         """Append many messages in one transaction (all or none); each comes back as `append_message` gives it."""
@@ -120,7 +132,13 @@ class Store:
         return await self.backend.insert_messages(org, [message_record(message, now) for message in messages])
 
     async def post_as_contact(
-        self, org: str, contact_id: str, chat_id: str, parts: Sequence[Part], channel_id: str | None = None
+        self,
+        org: str,
+        contact_id: str,
+        chat_id: str,
+        parts: Sequence[Part],
+        channel_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Message:
         contact_id = check.contact_id(contact_id)
         chat_id = check.uuid_text(chat_id, "chat_id")
@@ -130,10 +148,20 @@ class Store:
         contact_id = await self._canonical(org, contact_id)
         chat = await self._chat_of(org, contact_id, chat_id)
         chosen = choose_channel(chat, wanted)
-        new = NewMessage(contact_id=contact_id, channel=chosen.name, role="user", parts=checked_parts, chat_id=chat_id)
+        key = None if idempotency_key is None else check.idempotency_key(idempotency_key)
+        new = NewMessage(
+            id=None if key is None else idempotent_id(org, "message", key),
+            contact_id=contact_id,
+            channel=chosen.name,
+            role="user",
+            parts=checked_parts,
+            chat_id=chat_id,
+        )
         record = message_record(new, now)
-        await self.backend.insert_message(org, record)  # checks again, in its transaction, that the chat is theirs
-        return record.message
+        stored = await self.backend.insert_message(org, record)  # checks again, in its transaction, the chat
+        if key is not None:
+            stored = _again(key, record, stored)
+        return Message(**stored.model_dump(exclude={"deduplicated"}))
 
     async def chat(self, org: str, chat_id: str) -> Chat:
         """One chat of the organization, by its id."""
@@ -240,8 +268,9 @@ class Store:
         offset = 0 if cursor is None else decode_search_cursor(cursor)
         found = await self.backend.search(org, parsed, contact_id, channel, role, limit + 1, offset)
         hits = [hit.model_copy(update={"snippet": " ".join(hit.snippet.splitlines())}) for hit in found[:limit]]
-        more = len(found) > limit and offset + limit < MAX_SEARCH_OFFSET
-        return SearchPage(hits=hits, next_cursor=encode_search_cursor(offset + limit) if more else None)
+        kept = fit_hits(hits)  # a page that would pass the size bound ends early; the cursor goes on from there
+        more = len(found) > kept and offset + kept < MAX_SEARCH_OFFSET
+        return SearchPage(hits=hits[:kept], next_cursor=encode_search_cursor(offset + kept) if more else None)
 
     async def delete_message(self, org: str, message_id: str) -> Message:
         message_id = check.uuid_text(message_id, "message_id")
@@ -252,8 +281,19 @@ class Store:
 
     # --- chats ---
 
-    async def open_chat(self, org: str, contact_id: str, channel: str, agent_id: str | None = None) -> Chat:
-        return await self.backend.insert_chat(org, new_chat_record(contact_id, channel, agent_id, check.utc_now()))
+    async def open_chat(
+        self, org: str, contact_id: str, channel: str, agent_id: str | None = None, idempotency_key: str | None = None
+    ) -> Chat:
+        """A new RUNNING chat; with `idempotency_key`, a retried request gets the chat the first one opened."""
+        record = new_chat_record(contact_id, channel, agent_id, check.utc_now())
+        if idempotency_key is None:
+            return await self.backend.insert_chat(org, record)
+        key = check.idempotency_key(idempotency_key)
+        record.id = idempotent_id(org, "chat", key)
+        chat = await self.backend.insert_chat(org, record)
+        if chat.agent_id != record.agent_id or record.channels[0][1] not in [ref.name for ref in chat.channels]:
+            raise key_used_elsewhere(key)
+        return chat
 
     async def update_chat(self, org: str, chat_id: str, status: str, contact_id: str | None = None) -> Chat:
         """Set a chat's status; with `contact_id`, only a chat of that contact."""
@@ -370,24 +410,31 @@ class Store:
         revoked = await self.backend.revoke_api_key(prefix_or_name)
         if revoked is None:
             raise no_live_key(prefix_or_name)
+        self._live_keys.pop(revoked.prefix, None)
         return revoked
 
     async def verify_api_key(self, key: str) -> str | None:
-        """The organization of a live key, or None for a malformed, unknown or revoked one."""
+        """The organization of a live key, or None for a malformed, unknown or revoked one.
+
+        A key verified live in the last `keys.REMEMBER_SECONDS` is not read again, so that requests never
+        queue for the database just to show their key: a revocation takes effect in this process at once, and
+        in every other process (another replica, after `chatdock keys revoke`) within that bound."""
         prefix = keys.prefix_of(key)
         if prefix is None:
             return None
+        remembered = self._live_keys.get(prefix)
+        if remembered is not None and time.monotonic() - remembered[1] < keys.REMEMBER_SECONDS:
+            return remembered[0].org if keys.matches(key, remembered[0].hash) else None
         try:
             stored = await self.backend.api_key(prefix)
         except Unavailable:
             # the database is away (a PostgreSQL server restarting): a key this process saw live still opens
             # the door, so the caller hears what is wrong from the request itself, not a bare 503
-            known = self._live_keys.get(prefix)
-            if known is None or not keys.matches(key, known.hash):
+            if remembered is None or not keys.matches(key, remembered[0].hash):
                 raise
-            return known.org
+            return remembered[0].org
         if stored is not None and not stored.revoked:
-            self._live_keys[prefix] = stored
+            self._live_keys[prefix] = (stored, time.monotonic())
         else:
             self._live_keys.pop(prefix, None)
         if not keys.matches(key, None if stored is None else stored.hash) or stored is None or stored.revoked:
@@ -424,3 +471,21 @@ class Store:
     async def health(self) -> list[str]:
         """What keeps the store from reading or writing now; empty when it is sound."""
         return await self.backend.health()
+
+
+def _again(key: str, record: MessageRecord, stored: AppendedMessage) -> AppendedMessage:
+    """What an append under an Idempotency-Key answers: when the message that key names was already stored,
+    the request is a retry and gets the first answer (the message, as stored then, not "deduplicated"); a
+    different request under the same key is refused."""
+    if stored.id != record.message.id or not stored.deduplicated:
+        return stored  # stored now, or found by its provider id as the first request found it
+    wanted = record.message
+    if (stored.channel, stored.role, stored.content, stored.agent_id, stored.chat_id) != (
+        wanted.channel,
+        wanted.role,
+        wanted.content,
+        wanted.agent_id,
+        wanted.chat_id,
+    ):
+        raise key_used_elsewhere(key)
+    return stored.model_copy(update={"deduplicated": False})

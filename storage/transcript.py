@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .models import Message, format_timestamp
+from .models import Message, SearchHit, format_timestamp
 from .sizing import fitting, message_bound, message_bytes, text_bound, text_bytes
 
 LINE_ENTRY_CHARS = 200
@@ -55,3 +55,13 @@ def fit_transcript(messages: Sequence[Message], max_chars: int | None) -> tuple[
                 break
     start = len(entries) - kept
     return list(messages[start:]), "\n".join(entries[start:]), start > 0
+
+
+def fit_hits(hits: Sequence[SearchHit]) -> int:
+    """How many of `hits`, best first, fit in one result: each hit's message and snippet, and its line (with the
+    snippet for the content) in the text a model reads. A page cut short goes on at the first hit left out."""
+    return fitting(
+        hits,
+        lambda hit: message_bytes(hit) + text_bytes(hit.snippet) + text_bytes(format_line(hit, text=hit.snippet)),
+        lambda hit: message_bound(hit) + text_bound(hit.snippet) + text_bound(format_line(hit, text=hit.snippet)),
+    )

@@ -7,9 +7,11 @@ import math
 import re
 import unicodedata
 import uuid
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -38,6 +40,41 @@ def _shown(value: object, width: int = 40) -> str:
 # look-alike identifiers (a zero-width space, a right-to-left override) or break a transcript's lines.
 REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
+# Unicode's Default_Ignorable_Code_Point property, as listed in DerivedCoreProperties.txt of the Unicode
+# Character Database (15.1; https://www.unicode.org/Public/UCD/latest/ucd/DerivedCoreProperties.txt): the
+# code points a renderer draws as nothing. Python's unicodedata has no such property, hence the ranges here.
+# Most are Cf (refused as such already); the others are marks and letters that show nothing.
+DEFAULT_IGNORABLE: tuple[tuple[int, int], ...] = (
+    (0x00AD, 0x00AD),  # soft hyphen
+    (0x034F, 0x034F),  # combining grapheme joiner
+    (0x061C, 0x061C),  # Arabic letter mark
+    (0x115F, 0x1160),  # Hangul choseong and jungseong fillers
+    (0x17B4, 0x17B5),  # Khmer inherent vowels
+    (0x180B, 0x180F),  # Mongolian free variation selectors, vowel separator
+    (0x200B, 0x200F),  # zero-width space, joiners, direction marks
+    (0x202A, 0x202E),  # direction embeddings and overrides
+    (0x2060, 0x206F),  # word joiner, invisible operators, direction isolates, deprecated format characters
+    (0x3164, 0x3164),  # Hangul filler
+    (0xFE00, 0xFE0F),  # variation selectors 1 to 16
+    (0xFEFF, 0xFEFF),  # zero-width no-break space (byte order mark)
+    (0xFFA0, 0xFFA0),  # halfwidth Hangul filler
+    (0xFFF0, 0xFFF8),  # reserved
+    (0x1BCA0, 0x1BCA3),  # shorthand format controls
+    (0x1D173, 0x1D17A),  # musical beam and phrase controls
+    (0xE0000, 0xE0FFF),  # tag characters, variation selectors 17 to 256, reserved
+)
+_IGNORABLE_STARTS = tuple(start for start, _ in DEFAULT_IGNORABLE)
+
+# Characters drawn as an empty space although they are neither white space nor default-ignorable.
+BLANKS = frozenset({"\u2800"})  # braille pattern blank
+
+
+def default_ignorable(char: str) -> bool:
+    """Whether `char` is a Default_Ignorable_Code_Point (see DEFAULT_IGNORABLE)."""
+    code = ord(char)
+    at = bisect_right(_IGNORABLE_STARTS, code) - 1
+    return at >= 0 and code <= DEFAULT_IGNORABLE[at][1]
+
 
 def normal_identifier(value: str) -> str:
     """An identifier as it is stored: Unicode NFC (so "José" typed either way is one contact)."""
@@ -45,7 +82,8 @@ def normal_identifier(value: str) -> str:
 
 
 def refused_character(value: str) -> tuple[int, str] | None:
-    """The first character (position, category) an identifier may not hold, or None."""
+    """The first control, format or separator character (position, category) in `value`, or None. Free text
+    (a search query) is held to this; identifiers to `unseen_character`, which refuses more."""
     for index, char in enumerate(value):
         category = unicodedata.category(char)
         if category in REFUSED_CATEGORIES:
@@ -53,25 +91,196 @@ def refused_character(value: str) -> tuple[int, str] | None:
     return None
 
 
+def unseen_character(value: str) -> tuple[int, str] | None:
+    """The first character (position, kind) an identifier may not hold, or None. Kind is the category of a
+    control, format or separator character; "ignorable" for any other default-ignorable code point
+    (variation selectors, U+034F, the Hangul fillers, ...); "blank" for a blank look-alike (U+2800); "edge"
+    for white space (U+0020, U+00A0, any Zs, ...) at either end. Each would let two identifiers that look the
+    same name two contacts. White space inside an identifier ("Zoë Müller") is allowed."""
+    if value.isascii() and value.isprintable() and value.strip() == value:
+        return None  # the common case, quickly: printable ASCII hides nothing but white space at the ends
+    first = len(value) - len(value.lstrip())
+    last = len(value.rstrip())
+    for index, char in enumerate(value):
+        category = unicodedata.category(char)
+        if category in REFUSED_CATEGORIES:
+            return index, category
+        if default_ignorable(char):
+            return index, "ignorable"
+        if char in BLANKS:
+            return index, "blank"
+        if (index < first or index >= last) and char.isspace():
+            return index, "edge"
+    return None
+
+
 def identifier(value: object, name: str) -> str:
-    """A contact, alias or agent id: NFC, 1 to 256 characters, no control, format or separator characters."""
+    """A contact, alias or agent id: NFC, 1 to 256 characters, none a person cannot see.
+
+    Characters a person cannot see (control, format and separator characters, default-ignorable code points,
+    blank look-alikes, white space at either end) are refused, not removed: chatdock never changes an id
+    behind its caller's back (beyond NFC, which changes no character's look), so the id a caller keeps is
+    the id results name, and the error tells the caller which character to remove. Ids stored before a
+    character was refused are cleaned by a migration (sqlite/migrations.py, postgres/schema.py), which keeps
+    and logs a look-alike pair instead of merging it.
+    """
     if not isinstance(value, str):
         raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
     value = normal_identifier(value)
     if not 1 <= len(value) <= MAX_ID_CHARS:
         raise InvalidInput(f"{name} must be 1 to {MAX_ID_CHARS} characters, got {len(value)}")
-    found = refused_character(value)
-    if found is not None:
-        index, category = found
-        if category == "Cc":
-            raise InvalidInput(
-                f"{name} must not contain control characters (NUL, newline, tab, ...), got {_shown(value)}"
-            )
+    found = unseen_character(value)
+    if found is None:
+        return value
+    index, kind = found
+    where = f"it has U+{ord(value[index]):04X} at position {index + 1}"
+    if kind == "Cc":
+        raise InvalidInput(f"{name} must not contain control characters (NUL, newline, tab, ...), got {_shown(value)}")
+    if kind == "edge":
         raise InvalidInput(
-            f"{name} must not contain invisible format or line-separator characters (zero-width space, "
-            f"right-to-left override, U+2028, ...); it has U+{ord(value[index]):04X} at position {index + 1}"
+            f"{name} must not start or end with white space (a space, a no-break space U+00A0, ...); {where}: "
+            "remove it (ids are refused, never trimmed, so that an id is never changed behind your back)"
         )
-    return value
+    if kind in ("ignorable", "blank"):
+        raise InvalidInput(
+            f"{name} must not contain characters a person cannot see (variation selectors, U+034F, Hangul "
+            f"fillers, the braille blank U+2800, ...): an id that looks like another would name another "
+            f"contact; {where}: remove it (ids are refused, never cleaned, so that an id is never changed "
+            "behind your back)"
+        )
+    raise InvalidInput(
+        f"{name} must not contain invisible format or line-separator characters (zero-width space, "
+        f"right-to-left override, U+2028, ...); {where}"
+    )
+
+
+def cleaned_identifier(value: str) -> str:
+    """What a stored identifier looks like to a person: NFC, without default-ignorable code points, blanks
+    (U+2800) as spaces, no white space at either end. Used only on ids stored before they were refused; the
+    result may still be refused (a control character, nothing left), see `acceptable_identifier`."""
+    if value.isascii() and value.isprintable() and value.strip() == value:
+        return value  # the common case, quickly: nothing in printable ASCII is unseen but white space at the ends
+    kept = "".join(" " if char in BLANKS else char for char in value if not default_ignorable(char))
+    return normal_identifier(normal_identifier(kept).strip())
+
+
+def acceptable_identifier(value: str) -> bool:
+    """Whether `identifier` takes `value` as it is."""
+    return 1 <= len(value) <= MAX_ID_CHARS and normal_identifier(value) == value and unseen_character(value) is None
+
+
+def visible(value: str) -> str:
+    """An identifier as a log shows it: quoted, each character a person cannot see written as an escape
+    (\\ufe0f), so that two look-alikes in a log line look different."""
+    first = len(value) - len(value.lstrip())
+    last = len(value.rstrip())
+    shown = []
+    for index, char in enumerate(value):
+        hidden = not char.isprintable() or default_ignorable(char) or char in BLANKS
+        if hidden or (char == " " and not first <= index < last):
+            code = ord(char)
+            shown.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+        else:
+            shown.append(char)
+    return "'" + "".join(shown) + "'"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredIdentifier:
+    """An identifier as a migration reads it: its organization (key, name), its contact (key, own id)."""
+
+    org_key: int
+    org: str
+    identifier: str
+    contact_key: int
+    contact: str
+    created_us: int
+
+    @property
+    def own(self) -> bool:
+        """Whether it is its contact's own contact_id (else one of its aliases)."""
+        return self.identifier == self.contact
+
+
+Cleanup = Literal["rename", "drop", "taken", "refused"]
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifierFix:
+    """What a migration does with one stored identifier that `cleaned_identifier` changes:
+
+    rename   it becomes `clean` (and so does its contact's contact_id, if it is that)
+    drop     `clean` already names the same contact: the look-alike row goes (if it was the contact's own id,
+             the contact's contact_id becomes `clean`); nothing else changes
+    taken    `clean` names another contact: both are kept as they are, never merged here, and logged
+    refused  even `clean` is not an acceptable id (a control character, nothing left): kept and logged
+    """
+
+    stored: StoredIdentifier
+    clean: str
+    action: Cleanup
+
+    @property
+    def warning(self) -> bool:
+        """Whether the fix leaves something for a person to decide."""
+        return self.action in ("taken", "refused")
+
+    def describe(self) -> str:
+        """One log line: what was done and, where something is left, what it means."""
+        stored, clean = self.stored, visible(self.clean)
+        what = (
+            f"contact {visible(stored.identifier)}"
+            if stored.own
+            else f"alias {visible(stored.identifier)} of contact {visible(stored.contact)}"
+        )
+        where = f"of organization {stored.org!r}"
+        if self.action == "rename":
+            return f"{what} {where} is now {clean}: characters a person cannot see were removed"
+        if self.action == "drop":
+            if stored.own:
+                return f"contact {visible(stored.identifier)} {where} is now {clean}, already one of its aliases"
+            return f"{what} {where} was dropped: it looks the same as {clean}, which names the same contact"
+        if self.action == "taken":
+            return (
+                f"{what} {where} looks the same as {clean}, another contact (they differ only in characters a "
+                "person cannot see); both are kept as they are, never merged here: the look-alike can no longer "
+                "be named by a caller, its history stays readable through chatdock export; decide whether "
+                "they are one person"
+            )
+        return (
+            f"{what} {where} holds characters no longer accepted in ids even once cleaned ({clean}); it stays as "
+            "it is, its history readable through chatdock export"
+        )
+
+
+def plan_identifier_fixes(
+    unclean: Iterable[StoredIdentifier], owners: Mapping[tuple[int, str], int]
+) -> list[IdentifierFix]:
+    """What to do with each stored identifier that `cleaned_identifier` changes, given the contact (key) that
+    each of their cleaned forms already names, by (organization key, identifier). The oldest look-alike of a
+    free id takes it; never two contacts merged."""
+    named = dict(owners)
+    fixes = []
+    for stored in sorted(unclean, key=lambda found: (found.created_us, found.org_key, found.identifier)):
+        clean = cleaned_identifier(stored.identifier)
+        owner = named.get((stored.org_key, clean))
+        action: Cleanup
+        if not acceptable_identifier(clean):
+            action = "refused"
+        elif owner is None:
+            action = "rename"
+            named[(stored.org_key, clean)] = stored.contact_key
+        else:
+            action = "drop" if owner == stored.contact_key else "taken"
+        fixes.append(IdentifierFix(stored, clean, action))
+    return fixes
+
+
+def cleaned_agent(value: str) -> str:
+    """An agent id as a migration leaves it: cleaned where the cleaned form is acceptable (agent ids name no
+    contact, so look-alikes simply become one), else as it was."""
+    clean = cleaned_identifier(value)
+    return clean if acceptable_identifier(clean) else value
 
 
 def contact_id(value: object) -> str:
@@ -290,3 +499,15 @@ def explain(error: ValidationError | Sequence[Any]) -> str:
             message = item["msg"][0].lower() + item["msg"][1:]
             problems.append(f"{where}: {message}, got {_shown(item['input'])}")
     return "; ".join(problems)
+
+
+IDEMPOTENCY_KEY_CHARS = 255
+
+
+def idempotency_key(value: object) -> str:
+    """An Idempotency-Key header: 1 to 255 visible ASCII characters (a UUID is a good choice)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= IDEMPOTENCY_KEY_CHARS:
+        raise InvalidInput(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_CHARS} characters; send a UUID per request")
+    if not all("!" <= char <= "~" for char in value):
+        raise InvalidInput("Idempotency-Key must be visible ASCII characters only (no spaces); send a UUID per request")
+    return value

@@ -23,7 +23,14 @@ from .. import validation as check
 from ..backend import Imported, MessageFilter, StoredKey
 from ..changes import Announcer, Change, Deliver
 from ..cursor import Position
-from ..errors import ChatdockError, Unavailable, chat_not_found, key_name_taken, message_id_taken
+from ..errors import (
+    ChatdockError,
+    Unavailable,
+    chat_not_found,
+    key_name_taken,
+    message_id_taken,
+    outcome_unknown,
+)
 from ..ids import uuid7
 from ..models import (
     Alias,
@@ -43,7 +50,7 @@ from ..records import AliasRecord, ChatRecord, MessageRecord
 from ..search import Query
 from . import writes
 from .batches import Batches
-from .failures import RETRYABLE, translate, where
+from .failures import FAILURES, RETRYABLE, broken, translate, where
 from .feed import follow_notifications
 from .queries import (
     CHAT_COLUMNS,
@@ -57,6 +64,7 @@ from .queries import (
     search_sql,
     tsquery_text,
 )
+from .reads import Reads
 from .schema import migrate
 
 T = TypeVar("T")
@@ -136,8 +144,9 @@ class PostgresBackend:
         # appends in flight at once: the pool keeps room for reads and for the other writes
         writers = max(1, self.pool_size // 2)
         self._appends = Batches(self._append_batch, writers)
-        # reads take at most the other half, so a burst of readers never starves the appends of connections
-        self._reading = asyncio.Semaphore(self.pool_size - writers)
+        # reads take at most the other half less one, so a burst of readers never starves the appends of
+        # connections, and one connection stays for key and health checks and the other writes (reads.py)
+        self._reads = Reads(self.pool_size - writers - 1, timeout, self.place)
 
     async def start(self) -> None:
         try:
@@ -156,7 +165,7 @@ class PostgresBackend:
                 command_timeout=self.timeout,
                 init=_init_connection,
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except FAILURES as exc:
             text = translate(exc, self.url, starting=True)
             raise exc if text is None else Unavailable(text) from exc
         except ValueError as exc:  # asyncpg's parse of the URL
@@ -167,7 +176,7 @@ class PostgresBackend:
             pool, self._pool = self._pool, None
             try:
                 await asyncio.wait_for(pool.close(), self.timeout)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except FAILURES:
                 pool.terminate()
 
     def _failed(self, exc: BaseException) -> BaseException:
@@ -180,31 +189,55 @@ class PostgresBackend:
             raise Unavailable(f"the store on {self.place} is closed")
         return self._pool
 
-    async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+    async def _read(
+        self, sql: str, params: Sequence[Any], org: str | None = None, *, urgent: bool = False
+    ) -> list[Any]:
+        """One statement's rows, in a turn for `org` (reads.py); `urgent` (key and health checks) skips the
+        turns and takes the connection the pool keeps in reserve, so it never waits behind reads."""
         try:
-            async with self._reading:
+            if urgent:
                 return list(await self.pool.fetch(sql, *params, timeout=self.timeout))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            async with self._reads.slot(org):
+                return list(await self.pool.fetch(sql, *params, timeout=self.timeout))
+        except FAILURES as exc:
             raise self._failed(exc) from exc
+
+    def _write_failed(self, exc: BaseException, stage: str) -> BaseException:
+        """The error for a write that failed at `stage` ("connecting", "writing", "committing"): a connection
+        that broke while its commit was on the way leaves the outcome unknown; before that, the server undid
+        the transaction (or never began it)."""
+        if stage == "committing" and broken(exc):
+            return outcome_unknown(self.place, str(exc) or type(exc).__name__)
+        return self._failed(exc)
 
     async def _transaction(
         self, job: Callable[[writes.Connection], Awaitable[T]], log: writes.ChangeLog | None = None
     ) -> T:
-        """Run `job` in one transaction, again on a deadlock; once committed, announce what `log` recorded."""
+        """Run `job` in one transaction, again on a deadlock (each try records its changes anew); once
+        committed, announce what `log` recorded. A failure after the commit (releasing the connection) does
+        not undo it: the caller gets its result."""
         for attempt in range(RETRIES + 1):
+            stage = "connecting"
+            if log is not None:
+                log.reset()
             try:
-                async with self.pool.acquire(timeout=self.timeout) as conn, conn.transaction():
-                    result = await job(conn)
+                async with self.pool.acquire(timeout=self.timeout) as conn:
+                    stage = "writing"
+                    async with conn.transaction():
+                        result = await job(conn)
+                        stage = "committing"
+                    stage = "committed"
                 break
             except _Rollback as undone:
                 return undone.value  # type: ignore[return-value]
             except RETRYABLE as exc:
                 if attempt == RETRIES:
                     raise self._failed(exc) from exc
-                if log is not None:
-                    log.changes.clear()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                raise self._failed(exc) from exc
+            except FAILURES as exc:
+                if stage != "committed":
+                    raise self._write_failed(exc, stage) from exc
+                logger.warning("%s: a connection failed after its commit (%s); the write stands", self.place, exc)
+                break
         if log is not None:
             self._announcer.tell(log.changes)
         return result
@@ -234,15 +267,21 @@ class PostgresBackend:
         order = sorted(range(len(batch)), key=lambda i: (batch[i][0], batch[i][1].message.contact_id))
         items = [_append_item(batch[i][0], batch[i][1], now_us, False) for i in order]
         for attempt in range(RETRIES + 1):
+            stage = "connecting"
             try:
                 async with self.pool.acquire(timeout=self.timeout) as conn:
-                    found = await self._append(conn, items)  # one statement: one transaction
+                    stage = "committing"  # one statement: its own transaction, committed as it ends
+                    found = await self._append(conn, items)
+                    stage = "committed"
                 break
             except RETRYABLE as exc:
                 if attempt == RETRIES:
                     raise self._failed(exc) from exc
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                raise self._failed(exc) from exc
+            except FAILURES as exc:
+                if stage != "committed":
+                    raise self._write_failed(exc, stage) from exc
+                logger.warning("%s: a connection failed after its commit (%s); the write stands", self.place, exc)
+                break
         outcomes: list[AppendedMessage | ChatdockError] = [Unavailable("not run")] * len(batch)
         for index, result in zip(order, found, strict=True):
             org, record = batch[index]
@@ -261,6 +300,7 @@ class PostgresBackend:
         items = [_append_item(org, record, now_us, False) for record in records]
 
         async def job(conn: writes.Connection) -> list[AppendedMessage]:
+            stored.clear()  # a retried transaction records anew
             found = await self._append(conn, items)
             results: list[AppendedMessage] = []
             for record, result in zip(records, found, strict=True):
@@ -280,13 +320,13 @@ class PostgresBackend:
         self, org: str, contact_id: str, only: MessageFilter, limit: int, max_bytes: int
     ) -> list[Message]:
         sql, params = latest_sql(org, contact_id, only, limit, max_bytes)
-        return [rows.message(row, row[10]) for row in await self._read(sql, params)]
+        return [rows.message(row, row[10]) for row in await self._read(sql, params, org)]
 
     async def message_page(
         self, org: str, contact_id: str, only: MessageFilter, limit: int, after: Position | None, max_bytes: int
     ) -> list[tuple[Message, Position]]:
         sql, params = latest_sql(org, contact_id, only, limit, max_bytes, after)
-        return [(rows.message(row, row[10]), (row[8], row[9])) for row in await self._read(sql, params)]
+        return [(rows.message(row, row[10]), (row[8], row[9])) for row in await self._read(sql, params, org)]
 
     async def search(
         self,
@@ -299,7 +339,7 @@ class PostgresBackend:
         offset: int,
     ) -> list[SearchHit]:
         sql, params = search_sql(org, tsquery_text(query), contact_id, channel, role, limit, offset)
-        found = await self._read(sql, params)
+        found = await self._read(sql, params, org)
         return [SearchHit(**rows.message(row, row[10]).model_dump(), snippet=row[11]) for row in found]
 
     async def delete_message(self, org: str, message_id: str) -> Message | None:
@@ -322,7 +362,7 @@ class PostgresBackend:
     # --- chats ---
 
     async def chat(self, org: str, chat_id: str) -> Chat | None:
-        found = await self._read(CHAT_SELECT + f" WHERE ch.id = $2 AND ch.org_id = {ORG}", (org, chat_id))
+        found = await self._read(CHAT_SELECT + f" WHERE ch.id = $2 AND ch.org_id = {ORG}", (org, chat_id), org)
         return rows.chat(found[0]) if found else None
 
     async def insert_chat(self, org: str, record: ChatRecord) -> Chat:
@@ -355,6 +395,7 @@ class PostgresBackend:
         found = await self._read(
             CHAT_SELECT + f" WHERE ch.contact_pk = {CONTACT} ORDER BY ch.created_us DESC, ch.seq DESC LIMIT $3",
             (org, contact_id, limit),
+            org,
         )
         return [rows.chat(row) for row in found]
 
@@ -373,7 +414,7 @@ class PostgresBackend:
         return await self._transaction(job, log)
 
     async def resolve(self, org: str, identifier: str) -> str | None:
-        found = await self._read(f"SELECT external_id FROM contacts WHERE id = {CONTACT}", (org, identifier))
+        found = await self._read(f"SELECT external_id FROM contacts WHERE id = {CONTACT}", (org, identifier), org)
         return str(found[0][0]) if found else None
 
     async def contact(self, org: str, contact_id: str) -> ContactInfo | None:
@@ -395,6 +436,7 @@ class PostgresBackend:
         found = await self._read(
             f"SELECT external_id FROM contacts WHERE org_id = {ORG} ORDER BY last_active_us DESC, id DESC LIMIT $2",
             (org, limit),
+            org,
         )
         return [row[0] for row in found]
 
@@ -553,6 +595,7 @@ class PostgresBackend:
             "SELECT k.hash, o.name, k.revoked_us, k.last_used_us FROM api_keys k JOIN orgs o ON o.id = k.org_id "
             "WHERE k.prefix = $1",
             (prefix,),
+            urgent=True,
         )
         if not found:
             return None
@@ -576,7 +619,7 @@ class PostgresBackend:
         await self._transaction(job)
 
     async def ping(self) -> None:
-        await self._read("SELECT count(*) FROM schema_migrations", ())
+        await self._read("SELECT count(*) FROM schema_migrations", (), urgent=True)
 
     async def health(self) -> list[str]:
         try:

@@ -7,9 +7,12 @@ recovers by itself when the server is back.
 from __future__ import annotations
 
 import asyncio
+import logging
 from urllib.parse import urlsplit
 
 import asyncpg
+
+logger = logging.getLogger("chatdock.storage")
 
 
 def where(url: str) -> str:
@@ -25,6 +28,25 @@ def where(url: str) -> str:
 
 
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+# what the connection itself may raise, rather than the server: the link broke, timed out, or the driver lost
+# track of the connection's state (asyncpg's "cannot switch to state 15; another operation is in progress")
+BROKEN = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+# every failure of the driver or the server: each is translated, none reaches a caller as a bare error
+FAILURES = (*BROKEN, asyncpg.PostgresError)
+
+
+def broken(exc: BaseException) -> bool:
+    """Whether the connection failed (rather than the server answering with an error)."""
+    return isinstance(exc, BROKEN)
 
 
 def translate(exc: BaseException, url: str, starting: bool = False) -> str | None:
@@ -51,15 +73,7 @@ def translate(exc: BaseException, url: str, starting: bool = False) -> str | Non
         if starting:
             return f"{place} did not answer in time; check that the server runs and is reachable from here"
         return f"{place} did not answer in time; chatdock keeps trying, check that the server runs and is reachable"
-    if isinstance(
-        exc,
-        OSError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | asyncpg.CannotConnectNowError
-        | asyncpg.AdminShutdownError
-        | asyncpg.CrashShutdownError,
-    ):
+    if isinstance(exc, BROKEN):
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         if starting:
             return f"cannot reach {place}: {reason}; check that the server runs and that --db is right"
@@ -67,4 +81,7 @@ def translate(exc: BaseException, url: str, starting: bool = False) -> str | Non
             f"cannot reach {place}: {reason}; nothing was written; chatdock reconnects by itself when the "
             "server is back (check that it runs and that --db is right)"
         )
+    if isinstance(exc, asyncpg.PostgresError):  # the server refused the statement: its transaction is undone
+        logger.error("%s refused a statement chatdock sent", place, exc_info=exc)  # not expected: keep the trace
+        return f"{place} refused the request ({type(exc).__name__}: {exc}); nothing was written"
     return None

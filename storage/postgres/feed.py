@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from ..changes import EVERYTHING, Change, Deliver
-from .failures import translate
+from .failures import FAILURES, translate
 from .schema import CHANNEL
 
 logger = logging.getLogger("chatdock.storage")
@@ -31,8 +31,8 @@ def _heard(origin: str, deliver: Deliver, payload: str) -> None:
         found: dict[str, Any] = json.loads(payload)
         if found.get("p") == origin:
             return
-        if found.get("x"):  # the aliases did not fit in the payload
-            deliver(EVERYTHING)
+        if found.get("x"):  # the aliases did not fit in the payload: that organization's listeners read again
+            deliver(Change(found["o"], found["c"], found["k"], aliases_unknown=True))
             return
         deliver(Change(found["o"], found["c"], found["k"], tuple(found.get("a") or ())))
     except (ValueError, KeyError, TypeError):
@@ -69,7 +69,7 @@ async def follow_notifications(url: str, origin: str, timeout: float, deliver: D
         try:
             await _listen_until_lost(url, origin, timeout, deliver, reconnected, connected)
             problem = "the connection closed"
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except FAILURES as exc:
             problem = translate(exc, url) or str(exc)
         if connected:
             failures = 0

@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
+
+from ..validation import (
+    BLANKS,
+    DEFAULT_IGNORABLE,
+    StoredIdentifier,
+    cleaned_agent,
+    cleaned_identifier,
+    plan_identifier_fixes,
+    visible,
+)
 
 logger = logging.getLogger("chatdock.storage")
 
@@ -27,6 +38,7 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    apply: Callable[[asyncpg.Connection], Awaitable[None]] | None = None  # work SQL alone cannot do, after them
 
 
 APPEND_FUNCTION = r"""
@@ -194,6 +206,65 @@ END
 $fn$
 """.replace("MESSAGE_JSON", MESSAGE_JSON)
 
+
+def _unclean_pattern() -> str:
+    """A regular expression (PostgreSQL's) for the ids that may hold characters a person cannot see: any
+    default-ignorable code point or blank, or white space at either end. Built from validation's own sets,
+    it only narrows the rows read; validation.cleaned_identifier decides. (Ids were always stored in NFC on
+    PostgreSQL, so unlike SQLite's there is no normalization to catch up on.)"""
+
+    def escaped(code: int) -> str:
+        return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+    unseen = "".join(escaped(low) + ("" if low == high else "-" + escaped(high)) for low, high in DEFAULT_IGNORABLE)
+    unseen += "".join(escaped(ord(char)) for char in sorted(BLANKS))
+    spaces = "".join(escaped(code) for code in range(0x10000) if chr(code).isspace())  # all in the BMP
+    return f"[{unseen}]|^[{spaces}]|[{spaces}]$"
+
+
+async def _clean_identifiers(conn: asyncpg.Connection) -> None:
+    """Take out of stored ids the characters a person cannot see (validation.cleaned_identifier), now refused.
+    A look-alike of an id that names another contact is left as it is and logged (the application decides
+    whether they are one person), never merged here; see validation.IdentifierFix for every case."""
+    pattern = _unclean_pattern()
+    rows = await conn.fetch(
+        "SELECT i.org_id, o.name, i.identifier, i.contact_pk, c.external_id, i.created_us FROM identifiers i "
+        "JOIN contacts c ON c.id = i.contact_pk JOIN orgs o ON o.id = i.org_id WHERE i.identifier ~ $1",
+        pattern,
+    )
+    unclean = [StoredIdentifier(*row) for row in rows if cleaned_identifier(row[2]) != row[2]]
+    found = await conn.fetch(
+        "SELECT i.org_id, i.identifier, i.contact_pk FROM identifiers i "
+        "JOIN unnest($1::bigint[], $2::text[]) AS wanted (org_id, identifier) USING (org_id, identifier)",
+        [stored.org_key for stored in unclean],
+        [cleaned_identifier(stored.identifier) for stored in unclean],
+    )
+    owners = {(row[0], row[1]): row[2] for row in found}
+    for fix in plan_identifier_fixes(unclean, owners):
+        stored = fix.stored
+        if fix.action == "rename":
+            await conn.execute(
+                "UPDATE identifiers SET identifier = $1 WHERE org_id = $2 AND identifier = $3",
+                fix.clean,
+                stored.org_key,
+                stored.identifier,
+            )
+        elif fix.action == "drop":
+            await conn.execute(
+                "DELETE FROM identifiers WHERE org_id = $1 AND identifier = $2", stored.org_key, stored.identifier
+            )
+        if fix.action in ("rename", "drop") and stored.own:
+            await conn.execute("UPDATE contacts SET external_id = $1 WHERE id = $2", fix.clean, stored.contact_key)
+        logger.log(logging.WARNING if fix.warning else logging.INFO, "%s", fix.describe())
+    for table in ("messages", "chats"):
+        for (agent,) in await conn.fetch(f"SELECT DISTINCT agent_id FROM {table} WHERE agent_id ~ $1", pattern):
+            clean = cleaned_agent(agent)
+            if clean != agent:
+                status = await conn.execute(f"UPDATE {table} SET agent_id = $1 WHERE agent_id = $2", clean, agent)
+                changed = status.rsplit(" ", 1)[-1]
+                logger.info("agent id %s of %s %s is now %s", visible(agent), changed, table, visible(clean))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -287,6 +358,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             APPEND_FUNCTION,
         ),
     ),
+    Migration(2, "identifiers without characters a person cannot see", (), _clean_identifiers),
 )
 
 
@@ -329,6 +401,8 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
             async with conn.transaction():
                 for statement in migration.statements:
                     await conn.execute(statement)
+                if migration.apply is not None:
+                    await migration.apply(conn)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, applied_us) VALUES ($1, $2, $3)",
                     migration.version,

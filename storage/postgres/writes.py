@@ -82,7 +82,7 @@ async def aliases_of(conn: Connection, contact_key: int, contact_id: str) -> lis
 
 def payload(change: Change, origin: str) -> str:
     """A change as the feed's NOTIFY payload: who, never what; without the aliases when they would not fit
-    (`x`: a follower then tells everyone to read again)."""
+    (`x`: a follower then tells every listener of that organization to read again)."""
     text = json.dumps({"o": change.org, "c": change.contact_id, "k": change.kind, "a": change.aliases, "p": origin})
     if len(text.encode()) > MAX_PAYLOAD:
         text = json.dumps({"o": change.org, "c": change.contact_id, "k": change.kind, "x": True, "p": origin})

@@ -41,10 +41,11 @@ from ..models import (
 )
 from ..records import AliasRecord, ChatRecord, MessageRecord
 from ..search import Query
-from . import writes
+from . import checkpoints, writes
 from .checkpoints import Checkpointer
 from .failures import DAMAGED, WRITE_BLOCKED, kind, translate
 from .feed import follow_feed
+from .health import FileWatch, IndexSweep
 from .migrations import migrate
 from .queries import (
     CHAT_COLUMNS,
@@ -104,8 +105,9 @@ class SQLiteBackend:
         self.durability: Durability = durability
         self._reader_count = max(1, readers)
         # a lone write runs on the caller's thread where a commit does not wait for the disk (writer.py)
-        self._writer = Writer(self._connect_writer, inline=durability == "normal")
-        self._checkpoints = Checkpointer(path, BUSY_TIMEOUT_MS)
+        self.log_limit = checkpoints.LIMIT  # the write-ahead log is kept near this size (checkpoints.py)
+        self._writer = Writer(self._connect_writer, inline=durability == "normal", log=(path + "-wal", self.log_limit))
+        self._checkpoints = Checkpointer(path, BUSY_TIMEOUT_MS, self._writer.restart_log, self.log_limit)
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
         self._direct: sqlite3.Connection | None = None  # reads on the event loop's thread (see _read)
@@ -130,6 +132,7 @@ class SQLiteBackend:
                     raise
         migrate(conn)
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints.py does them, off the writer's path
+        conn.execute(f"PRAGMA journal_size_limit = {self.log_limit}")  # a restarted log is cut back to it
         return conn
 
     async def start(self) -> None:
@@ -137,6 +140,8 @@ class SQLiteBackend:
             if self._throwaway is None:
                 Path(self.path).resolve().parent.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(self._writer.start)
+            self._file = FileWatch(self.path)  # the file now open: /healthz and writes notice it removed or replaced
+            self._sweep = IndexSweep(self.path)
             self._checkpoints.start()
             for _ in range(self._reader_count):
                 reader = await aiosqlite.connect(self.path, isolation_level=None)
@@ -201,10 +206,22 @@ class SQLiteBackend:
         """Run `job` on the writer (one savepoint in a group commit); a failure of the database becomes a clear
         error, and the write problem it shows is kept for /healthz until a write succeeds again. Once committed,
         the changes `log` recorded are announced to this process."""
+        if self.damaged is None:
+            self.damaged = self._sweep.found  # what a sweep of the indexes found (health.py), if anything
         if self.damaged is not None:
             raise Unavailable(self.damaged)
+        refused = self._file.problem()  # removed, replaced or unwritable: nothing acknowledged into it
+        if refused is not None:
+            raise Unavailable(refused)
+        self._sweep.soon()  # while writes come, a bounded look at the indexes each second, on a thread
+
+        def attempt(conn: sqlite3.Connection) -> T:  # run again when the lock was busy: record the changes anew
+            if log is not None:
+                log.reset()
+            return job(conn)
+
         try:
-            result = await self._writer.run(job)
+            result = await self._writer.run(attempt)
         except sqlite3.Error as exc:
             error = self._failed(exc)
             if kind(exc).startswith(WRITE_BLOCKED) and isinstance(error, Unavailable):
@@ -532,6 +549,13 @@ class SQLiteBackend:
                 )
             except Unavailable as exc:
                 problems.append(exc.message)
+        file_problem = self._file.problem()
+        if file_problem is not None:
+            problems.append(file_problem)
+        elif self.damaged is None:
+            # a bounded look at the indexes (health.py), off the event loop: damage no query has met yet
+            found = await asyncio.to_thread(self._sweep.now) if self._sweep.due() else self._sweep.found
+            self.damaged = self.damaged or found
         if self.damaged is not None:
             problems.append(self.damaged)
         return list(dict.fromkeys(problems))

@@ -13,7 +13,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..validation import normal_identifier, refused_character
+from ..validation import (
+    StoredIdentifier,
+    cleaned_agent,
+    cleaned_identifier,
+    normal_identifier,
+    plan_identifier_fixes,
+    refused_character,
+    visible,
+)
 
 logger = logging.getLogger("chatdock.storage")
 
@@ -77,6 +85,48 @@ def _normalize_identifiers(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE contacts SET external_id = ? WHERE id = ?", (normal, key))
         taken.discard((org, external))
         taken.add((org, normal))
+
+
+def _clean_identifiers(conn: sqlite3.Connection) -> None:
+    """Take out of stored ids the characters a person cannot see (validation.cleaned_identifier), now refused.
+    A look-alike of an id that names another contact is left as it is and logged (the application decides
+    whether they are one person), never merged here; see validation.IdentifierFix for every case."""
+    conn.create_function("unclean", 1, lambda text: cleaned_identifier(text) != text, deterministic=True)
+    unclean = [
+        StoredIdentifier(*row)
+        for row in conn.execute(
+            "SELECT i.org_id, o.name, i.identifier, i.contact_pk, c.external_id, i.created_us FROM identifiers i "
+            "JOIN contacts c ON c.id = i.contact_pk JOIN orgs o ON o.id = i.org_id WHERE unclean(i.identifier)"
+        )
+    ]
+    owners: dict[tuple[int, str], int] = {}
+    for stored in unclean:
+        clean = cleaned_identifier(stored.identifier)
+        found = conn.execute(
+            "SELECT contact_pk FROM identifiers WHERE org_id = ? AND identifier = ?", (stored.org_key, clean)
+        ).fetchone()
+        if found is not None:
+            owners[(stored.org_key, clean)] = found[0]
+    for fix in plan_identifier_fixes(unclean, owners):
+        stored = fix.stored
+        if fix.action == "rename":
+            conn.execute(
+                "UPDATE identifiers SET identifier = ? WHERE org_id = ? AND identifier = ?",
+                (fix.clean, stored.org_key, stored.identifier),
+            )
+        elif fix.action == "drop":
+            conn.execute(
+                "DELETE FROM identifiers WHERE org_id = ? AND identifier = ?", (stored.org_key, stored.identifier)
+            )
+        if fix.action in ("rename", "drop") and stored.own:
+            conn.execute("UPDATE contacts SET external_id = ? WHERE id = ?", (fix.clean, stored.contact_key))
+        logger.log(logging.WARNING if fix.warning else logging.INFO, "%s", fix.describe())
+    for table in ("messages", "chats"):
+        for (agent,) in conn.execute(f"SELECT DISTINCT agent_id FROM {table} WHERE agent_id IS NOT NULL").fetchall():
+            clean = cleaned_agent(agent)
+            if clean != agent:
+                changed = conn.execute(f"UPDATE {table} SET agent_id = ? WHERE agent_id = ?", (clean, agent)).rowcount
+                logger.info("agent id %s of %s %s is now %s", visible(agent), changed, table, visible(clean))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -220,6 +270,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         _index_history,
     ),
+    Migration(7, "identifiers without characters a person cannot see", (), _clean_identifiers),
 )
 
 

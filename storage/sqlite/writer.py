@@ -14,6 +14,11 @@ queued and no batch runs, its job runs at once on the caller's thread, in a tran
 no lock wait (a write lock held by another process sends the job to the thread,
 which waits for it there). The connection is shared under `_busy`, one user at
 a time.
+
+The writer also keeps the write-ahead log within `log_limit` bytes (see checkpoints.py): every
+`CHECK_EVERY` commits it looks at the log's size, and past the limit it restarts the log between two batches,
+on its own connection, so that no other writer has to be waited for (`restart_log`, which the checkpoint
+thread also calls for logs grown by other processes).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -36,6 +42,12 @@ logger = logging.getLogger("chatdock.storage")
 MAX_BATCH = 512
 BUSY_RETRIES = 20
 BUSY_TIMEOUT_MS = 10_000
+RESTART_WAIT_MS = 200  # the longest a log restart waits for readers still using the log
+CHECK_EVERY = 32  # commits between two looks at the log's size (about 1 MB of log)
+
+
+class _Restart:
+    """The queue's marker for "restart the write-ahead log between two batches"."""
 
 
 class Undo(Exception):
@@ -100,13 +112,19 @@ def _alone(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) ->
 class Writer:
     """Owns the only writing connection of this process; see the module docstring."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], inline: bool = False) -> None:
+    def __init__(
+        self, connect: Callable[[], sqlite3.Connection], inline: bool = False, log: tuple[str, int] | None = None
+    ) -> None:
         self._connect = connect
         self._inline = inline
+        self._log = log  # (the write-ahead log's path, the size past which it is restarted)
+        self._commits = 0
         self._conn: sqlite3.Connection | None = None
         self._busy = threading.Lock()  # held by whoever uses the connection: the thread, or an inline job
         self._callers = 0  # callers of run() now, on the event loop
-        self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job[Any] | _Restart | None] = queue.SimpleQueue()
+        self._restart_asked = threading.Event()
+        self.restarts = 0  # how often the log was restarted
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="chatdock-writer", daemon=True)
@@ -121,6 +139,13 @@ class Writer:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+
+    def restart_log(self) -> None:
+        """Ask the writer to restart the write-ahead log between two batches (from any thread; once until
+        it is done)."""
+        if self._thread.is_alive() and not self._restart_asked.is_set():
+            self._restart_asked.set()
+            self._queue.put(_Restart())
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if not self._thread.is_alive():
@@ -139,6 +164,7 @@ class Writer:
                 finally:
                     self._busy.release()
                 if done is not None:
+                    self._committed()
                     await asyncio.sleep(0)  # a caller writing in a loop still lets the other tasks run
                     ok, value = done
                     if ok:
@@ -166,7 +192,10 @@ class Writer:
                 first = self._queue.get()
                 if first is None:
                     break
-                batch: list[_Job[Any]] = [first]
+                batch: list[_Job[Any]] = []
+                restart = isinstance(first, _Restart)
+                if not restart:
+                    batch.append(first)  # type: ignore[arg-type]
                 while len(batch) < MAX_BATCH:
                     try:
                         job = self._queue.get_nowait()
@@ -175,16 +204,52 @@ class Writer:
                     if job is None:
                         stopping = True
                         break
+                    if isinstance(job, _Restart):
+                        restart = True
+                        continue
                     batch.append(job)
-                with self._busy:
-                    outcomes = self._execute(conn, batch)
-                for job, (ok, value) in zip(batch, outcomes, strict=True):
-                    with contextlib.suppress(RuntimeError):  # the caller's loop is gone; nobody waits
-                        job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+                if batch:
+                    with self._busy:
+                        outcomes = self._execute(conn, batch)
+                    self._committed()
+                    for job, (ok, value) in zip(batch, outcomes, strict=True):
+                        with contextlib.suppress(RuntimeError):  # the caller's loop is gone; nobody waits
+                            job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+                if restart:
+                    with self._busy:
+                        self._restart(conn)
         finally:
             with self._busy:
                 self._conn = None
                 conn.close()
+
+    def _committed(self) -> None:
+        self._commits += 1
+        if self._log is None or self._commits % CHECK_EVERY:
+            return
+        path, limit = self._log
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            return
+        if size > limit:
+            self.restart_log()
+
+    def _restart(self, conn: sqlite3.Connection) -> None:
+        """Copy the rest of the log back and make the next commit write it from its beginning: no other writer
+        to wait for (this is the only one); readers still using the log are waited for a moment at most."""
+        self._restart_asked.clear()
+        conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
+        try:
+            busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+            if busy:
+                logger.debug("readers kept the write-ahead log busy; restarting it on the next request")
+            else:
+                self.restarts += 1
+        except sqlite3.Error as exc:  # a full disk, a damaged file: the writes say so; the next request retries
+            logger.debug("restarting the write-ahead log failed: %s", exc)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[tuple[bool, Any]]:
         delay = 0.005

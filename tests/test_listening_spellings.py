@@ -1,0 +1,48 @@
+"""Listening works for every spelling of a contact's URI that reading accepts (SPEC.md, Resources): either
+case of percent-encoding, an unencoded `+`, an alias, any Unicode normalization form; each listener hears
+the URI as it spelled it, in both protocol eras."""
+
+from __future__ import annotations
+
+import unicodedata
+from urllib.parse import quote
+
+import pytest
+from mcp.client import Client
+
+from chatdock.server.app import Settings, build_server
+from chatdock.server.resources import TRANSCRIPT_URI, canonical_uri, contact_uri
+from tests.test_events import heard_within, subscriber
+from tests.transports import call
+
+PHONE = "+31612345678"
+NAME = "Zoë Müller"  # stored in NFC; a client may spell it in NFD
+SPELLINGS = {
+    "lower-case percent-encoding": ("chatdock://contacts/%2b31612345678/transcript", PHONE),
+    "an unencoded +": ("chatdock://contacts/+31612345678/transcript", PHONE),
+    "an alias": (contact_uri(TRANSCRIPT_URI, "ann@example.com"), PHONE),
+    "NFD": (f"chatdock://contacts/{quote(unicodedata.normalize('NFD', NAME), safe='')}/transcript", NAME),
+}
+
+
+def test_every_spelling_has_one_canonical_form() -> None:
+    assert canonical_uri("chatdock://contacts/%2b31612345678/transcript") == contact_uri(TRANSCRIPT_URI, PHONE)
+    assert canonical_uri("chatdock://contacts/+31612345678/transcript") == contact_uri(TRANSCRIPT_URI, PHONE)
+    assert canonical_uri(SPELLINGS["NFD"][0]) == contact_uri(TRANSCRIPT_URI, NAME)
+    assert canonical_uri("chatdock://elsewhere/x") == "chatdock://elsewhere/x"
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+@pytest.mark.parametrize("spelling", list(SPELLINGS))
+async def test_a_listener_hears_its_contact_however_it_spelled_the_uri(mode: str, spelling: str, db: str) -> None:
+    uri, contact = SPELLINGS[spelling]
+    server = build_server(Settings(db=db))
+    async with Client(server) as writer:
+        await call(writer, "append_message", contact_id=contact, channel="sms", role="user", content="first")
+        await call(writer, "link_contacts", contact_id=PHONE, identifier="ann@example.com")
+        read = await writer.read_resource(uri)  # reading accepts the spelling...
+        assert "first" in read.contents[0].text  # type: ignore[union-attr]
+        async with subscriber(server, mode, uri) as (_, heard):  # ...and so does listening
+            await call(writer, "append_message", contact_id=contact, channel="sms", role="user", content="again")
+            await heard_within(heard, 1)
+            assert uri in heard, heard  # told in its own spelling, which the client's filter matches

@@ -1,0 +1,237 @@
+"""/openapi.json is as strict as the server: a request that fits it is accepted (but for the rules JSON Schema
+cannot state, each named in the document's descriptions), a request that does not is refused, every answer's
+status and body is the documented one, and a method a path does not take gets 405 with `Allow`."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from functools import cache
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from chatdock.server.rest import build_rest
+from chatdock.storage import InvalidInput
+from chatdock.storage import validation as check
+from tests.transports import create_key, http_server
+
+# What a schema-valid request may still be refused for: the rules the document states only in words, since
+# JSON Schema has no way to say them (a bound on the server's clock, one field against another, a token
+# only the server writes).
+PROSE_ONLY = (
+    "more than a day ahead",
+    "1970-01-01T00:00:00Z or later",
+    "end_timestamp",
+    "cursor is not valid",
+    "own contact_id and cannot be unlinked",
+)
+
+
+@cache
+def built() -> dict[str, Any]:
+    """The document as the REST app writes it (no store is needed for that)."""
+    return build_rest(lambda: None, read_only=False).openapi()  # type: ignore[arg-type,return-value]
+
+
+@pytest.fixture
+def document() -> dict[str, Any]:
+    return built()
+
+
+def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            yield path, method, operation
+
+
+def parameter(operation: dict[str, Any], name: str) -> dict[str, Any]:
+    [found] = [p["schema"] for p in operation.get("parameters", []) if p["name"] == name]
+    return found
+
+
+def resolved(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in schema:
+        return dict(document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]])
+    return schema
+
+
+def field(document: dict[str, Any], model: str, name: str) -> dict[str, Any]:
+    schema = document["components"]["schemas"][model]["properties"][name]
+    return next((branch for branch in schema.get("anyOf", []) if branch != {"type": "null"}), schema)
+
+
+UUID_FIELDS = [
+    ("Message", "id"),
+    ("Message", "chat_id"),
+    ("Chat", "id"),
+    ("ChannelRef", "id"),
+    ("AppendRequest", "chat_id"),
+    ("PostRequest", "channel_id"),
+    ("DeletedMessage", "id"),
+]
+
+
+def test_ids_are_uuids_and_times_are_date_times(document: dict[str, Any]) -> None:
+    paths = document["paths"]
+    assert parameter(paths["/chats/{message_id}"]["delete"], "message_id")["format"] == "uuid"
+    assert parameter(paths["/contacts/{contact_id}/chats/{chat_id}"]["patch"], "chat_id")["format"] == "uuid"
+    assert parameter(paths["/chats"]["get"], "chat_id")["format"] == "uuid"
+    for model, name in UUID_FIELDS:
+        assert field(document, model, name)["format"] == "uuid", (model, name)
+    for model, name in [("Message", "created_at"), ("Chat", "created_at"), ("Chat", "updated_at"),
+                        ("ContactInfo", "last_active_at"), ("AppendRequest", "created_at")]:  # fmt: skip
+        assert field(document, model, name)["format"] == "date-time", (model, name)
+
+
+def test_every_bound_the_store_checks_is_stated(document: dict[str, Any]) -> None:
+    limits = [parameter(op, "limit") for _, _, op in operations(document) if "limit" in str(op.get("parameters"))]
+    assert len(limits) == 4 and all((s["minimum"], s["maximum"]) == (1, 200) for s in limits), limits
+    search = document["paths"]["/chats/search"]["get"]
+    assert parameter(search, "q")["minLength"] == 1 and parameter(search, "role")["enum"] == list(check_roles())
+    assert field(document, "UpdateChatRequest", "status")["enum"] == ["RUNNING", "COMPLETED", "FAILED", "CANCELED"]
+    assert field(document, "AppendRequest", "channel")["pattern"] == "^[a-z0-9][a-z0-9_.:-]{0,63}$"
+    assert field(document, "AppendRequest", "content")["maxLength"] == check.MAX_TEXT_CHARS
+    assert document["components"]["schemas"]["PostRequest"]["properties"]["message"]["maxItems"] == check.MAX_PARTS
+    for path, _, operation in operations(document):
+        for p in operation.get("parameters", []):
+            if p["name"] in ("contact_id", "agent_id", "identifier"):
+                assert (p["schema"]["minLength"], p["schema"]["maxLength"]) == (1, 256), (path, p)
+
+
+def check_roles() -> tuple[str, ...]:
+    from chatdock.storage.models import ROLES
+
+    return ROLES
+
+
+def test_every_answer_is_documented_with_its_body(document: dict[str, Any]) -> None:
+    error = {"$ref": "#/components/schemas/Error"}
+    assert document["components"]["schemas"]["Error"]["required"] == ["error", "message"]
+    for path, method, operation in operations(document):
+        answers = operation["responses"]
+        assert {"401", "422", "429", "503"} <= set(answers), (method, path)
+        assert "Retry-After" in answers["429"]["headers"]
+        for status, answer in answers.items():
+            schema = answer["content"]["application/json"]["schema"]
+            assert schema == error if int(status) >= 400 else schema.get("$ref"), (method, path, status)
+        if "requestBody" in operation:
+            assert {"400", "413"} <= set(answers), (method, path)
+    deduplicated = document["paths"]["/chats"]["post"]["responses"]["200"]
+    assert deduplicated["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/AppendedMessage"}
+
+
+def _accepted(value: str) -> bool:
+    try:
+        check.identifier(value, "contact_id")
+    except InvalidInput:
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(st.text(min_size=0, max_size=12) | st.sampled_from([" a", "a ", "a b", "a\u200bb", "\u3164", "Zoë", "."]))
+def test_the_identifier_pattern_is_the_stores_rule(value: str) -> None:
+    schema = field(built(), "AppendRequest", "contact_id")
+    fits = re.search(schema["pattern"], value) is not None and 1 <= len(value) <= schema["maxLength"]
+    assert fits == _accepted(value), value
+
+
+# --- against a real `chatdock serve --http`, on each engine ---
+
+
+@pytest.fixture
+def served(db: str) -> Iterator[tuple[str, str]]:
+    key = create_key(db, "acme", "acme")
+    with http_server(db) as base:
+        yield base, key
+
+
+def request(base: str, key: str, method: str, path: str) -> tuple[int, dict[str, str], Any]:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    sent = urllib.request.Request(base + path, b"{}" if method in ("POST", "PUT", "PATCH") else None, headers)
+    sent.method = method
+    try:
+        with urllib.request.urlopen(sent, timeout=30) as response:
+            return response.status, _lower(response.headers.items()), json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as failed:
+        return failed.code, _lower(failed.headers.items()), json.loads(failed.read() or b"null")
+
+
+def _lower(headers: Any) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers}
+
+
+def test_a_method_a_path_does_not_take_gets_405_with_allow(served: tuple[str, str]) -> None:
+    base, key = served
+    document = json.loads(urllib.request.urlopen(base + "/openapi.json", timeout=10).read())
+    templates = {path: {m.upper() for m in methods} for path, methods in document["paths"].items()}
+    uuid = "0192f0c4-7d3e-7b1a-9c4e-2f1d3a5b6c7d"
+    for template in templates:
+        path = re.sub(r"\{(message_id|chat_id)\}", uuid, template)
+        path = re.sub(r"\{[a-z_]+\}", urllib.parse.quote("+31 6", safe=""), path)
+        # the methods of every template that names this path (/chats/context is also /chats/{message_id})
+        expected = set().union(*(
+            methods for other, methods in templates.items()
+            if re.fullmatch(re.sub(r"\{[a-z_]+\}", "[^/]+", other), urllib.parse.unquote(path))
+        ))  # fmt: skip
+        unsupported = next(m for m in ("PUT", "PATCH", "DELETE", "POST", "GET") if m not in expected)
+        status, headers, body = request(base, key, unsupported, path)
+        assert status == 405, (unsupported, path, status, body)
+        assert {m.strip() for m in headers["allow"].split(",")} == expected, (path, headers["allow"])
+        assert set(body) == {"error", "message"} and body["error"] == "Method not allowed"
+
+
+def test_read_only_refuses_a_write_with_405_and_allow(tmp_path: Any) -> None:
+    db = str(tmp_path / "read-only.db")
+    key = create_key(db, "acme", "reader")
+    with http_server(db, "--read-only") as base:
+        status, headers, body = request(base, key, "POST", "/chats")
+        assert (status, headers["allow"], body["error"]) == (405, "GET", "Method not allowed")
+
+
+def test_requests_drawn_from_the_document_are_answered_as_it_says(served: tuple[str, str]) -> None:
+    """Fitting requests are accepted (no 422 but for the rules stated in words, no 5xx); unfitting ones are
+    refused; every answer has a documented status, content type and body."""
+    base, key = served
+    schema = schemathesis.openapi.from_url(base + "/openapi.json")
+    headers = {"Authorization": f"Bearer {key}"}
+    statuses: dict[GenerationMode, list[int]] = {GenerationMode.POSITIVE: [], GenerationMode.NEGATIVE: []}
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+    def drive(operation: Any, mode: GenerationMode) -> None:
+        extra = [negative_data_rejection] if mode is GenerationMode.NEGATIVE else []
+
+        @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+                  database=None)  # fmt: skip
+        @given(operation.as_strategy(generation_mode=mode))
+        def exercise(case: Any) -> None:
+            response = case.call_and_validate(base_url=base, headers=headers, checks=[*checks, *extra])
+            statuses[mode].append(response.status_code)
+            if mode is GenerationMode.POSITIVE and response.status_code == 422:
+                message = response.json()["message"]
+                assert any(rule in message for rule in PROSE_ONLY), (case.method, case.path, message)
+
+        exercise()
+
+    for result in schema.get_all_operations():
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            drive(result.ok(), mode)
+
+    assert any(status < 300 for status in statuses[GenerationMode.POSITIVE]), statuses
+    assert 422 in statuses[GenerationMode.NEGATIVE], statuses  # negative_data_rejection checked each one

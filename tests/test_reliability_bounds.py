@@ -1,0 +1,146 @@
+"""The reliability suite, part 4: what stays bounded and truthful under sustained load and failures.
+
+A write-ahead log that never fills the disk, listeners of one organization that cannot slow another, events
+and errors that stay inside the organization and tell the truth, flags that take effect on every transport.
+Each case is bounded to seconds (small counts, a small log limit, a small pool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from chatdock.server.bench_reliability import append_latencies
+from chatdock.storage import NewMessage, open_store
+from chatdock.storage.sqlite import checkpoints
+from tests.test_reliability_hardening import served
+from tests.transports import create_key
+
+pytestmark = pytest.mark.process  # starts real processes
+
+
+def wal_size(db: Path) -> int:
+    try:
+        return os.path.getsize(f"{db}-wal")
+    except OSError:
+        return 0
+
+
+# --- 1. the SQLite write-ahead log stays bounded ---
+
+
+async def test_the_write_ahead_log_stays_bounded_under_sustained_writes_and_empties_when_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limit = 4 * 1024 * 1024
+    monkeypatch.setattr(checkpoints, "LIMIT", limit)
+    db = tmp_path / "busy.db"
+    largest = 0
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal largest
+        while sampling:
+            largest = max(largest, wal_size(db))
+            await asyncio.sleep(0.01)
+
+    async with open_store(str(db)) as store:
+
+        async def writer(number: int) -> None:
+            for index in range(2000):
+                contact = f"+3161{(number * 7919 + index) % 300:07d}"
+                message = NewMessage(contact_id=contact, channel="whatsapp", role="user", content=f"order {index}")
+                await store.append_message("acme", message)
+
+        async def reader() -> None:
+            for index in range(2000):
+                await store.get_context("acme", f"+3161{index % 300:07d}")
+
+        watcher = asyncio.create_task(sample())
+        await asyncio.gather(*(writer(number) for number in range(4)), reader())
+        sampling = False
+        await watcher
+        stored = (await store.get_contact("acme", "+31610000000")).message_count
+        deadline = time.monotonic() + 5
+        while wal_size(db) > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        idle = wal_size(db)
+    # 8,000 appends wrote about 240 MB of log before the log was bounded; now it stays near the limit (plus
+    # what a quarter of a second of writing adds) and goes back to nothing once the writes stop
+    assert largest <= limit + 40 * 1024 * 1024, f"the log reached {largest:,} bytes (limit {limit:,})"
+    assert idle == 0, f"the log still holds {idle:,} bytes a few seconds after the last write"
+    assert stored > 0
+
+
+def test_the_log_is_left_empty_after_sigterm_of_a_busy_http_server(tmp_path: Path) -> None:
+    db = tmp_path / "served.db"
+    key = create_key(str(db), "acme", "ingest")
+    with served(tmp_path, str(db)) as server:
+
+        def post(number: int) -> None:
+            for index in range(250):
+                body = {"contact_id": f"+3162{number:03d}{index % 20:04d}", "channel": "sms", "role": "user"}
+                body["content"] = f"webhook {number}.{index}"
+                request = urllib.request.Request(
+                    server.base + "/chats",
+                    json.dumps(body).encode(),
+                    {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    assert response.status == 201
+
+        threads = [threading.Thread(target=post, args=(number,)) for number in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(15)  # uvicorn ends by raising the signal again, after closing everything
+    assert wal_size(db) == 0
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone() == (1000,)
+
+
+# --- 2. one organization's listeners cannot slow another's requests ---
+
+
+async def test_an_organizations_256_listeners_do_not_slow_another_organization(tmp_path: Path) -> None:
+    db = str(tmp_path / "neighbours.db")
+    noisy, quiet = create_key(db, "noisy", "a"), create_key(db, "quiet", "b")
+    with served(tmp_path, db) as server:
+        alone = await append_latencies(server.base, quiet, 2.0)
+        neighbour = subprocess.Popen(
+            [sys.executable, "-m", "chatdock.server.bench_reliability", "--neighbour", server.base, noisy, "256", "6"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert neighbour.stdout is not None
+            assert neighbour.stdout.readline().strip() == "listening"
+            beside = await append_latencies(server.base, quiet, 3.0)
+            appended, heard = (int(word) for word in neighbour.stdout.readline().split())
+            assert neighbour.wait(30) == 0
+        finally:
+            if neighbour.poll() is None:
+                neighbour.kill()
+                neighbour.wait()
+            if neighbour.stdout is not None:
+                neighbour.stdout.close()
+    quiet_ms, busy_ms = statistics.median(alone), statistics.median(beside)
+    report = f"another organization's append: {quiet_ms:.2f} ms alone, {busy_ms:.2f} ms beside 256 listeners"
+    print(f"\n[reliability] {report} ({appended} appends heard {heard} times by the neighbour's listeners)")
+    assert busy_ms <= 2 * quiet_ms, report
+    assert appended > 20 and heard > 256, "the neighbour's listeners still hear its writes, within its own budget"

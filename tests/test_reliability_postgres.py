@@ -1,0 +1,282 @@
+"""The reliability suite, part 6: PostgreSQL replicas under stress tell the truth and keep to their bounds.
+
+A database that stops under load: every answer is JSON, says whether the write happened or is unknown, and a
+retry with the same key stores each message once. A burst of one organization's searches: key checks,
+/healthz and the others' reads and writes go on. Events of a contact with too many aliases for the feed stay
+in its organization. --pool-size and --db-timeout take effect over HTTP. A retried transaction announces
+what it commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from typing import Any
+
+import anyio
+import asyncpg
+import httpx2
+import pytest
+
+from chatdock.server.bench_postgres import throwaway_database
+from chatdock.server.resources import TRANSCRIPT_URI, contact_uri
+from chatdock.storage import NewMessage, open_store
+from chatdock.storage.changes import Change
+from chatdock.storage.postgres import PostgresBackend
+from tests.postgres import PostgresServer
+from tests.test_events import heard_within, subscriber
+from tests.test_replicas import replicas, rows
+from tests.transports import create_key, http_transport
+
+pytestmark = pytest.mark.process
+
+
+def body(contact: str, content: str) -> dict[str, Any]:
+    return {"contact_id": contact, "channel": "whatsapp", "role": "user", "content": content}
+
+
+# --- 4. a database that stops under load ---
+
+
+async def test_a_database_stopped_under_load_gets_json_answers_and_safe_retries_store_each_message_once() -> None:
+    server = PostgresServer()  # its own server: this test stops it
+    try:
+        server.start()
+        key = create_key(server.url, "acme", "outage")
+        with replicas(server.url, 1, "--db-timeout", "2") as (replica,):
+            answers: list[tuple[str, str, httpx2.Response]] = []  # (content, idempotency key, answer)
+            headers = {"Authorization": f"Bearer {key}"}
+            async with httpx2.AsyncClient(base_url=replica.base, headers=headers, timeout=30) as http:
+
+                async def writer(number: int, until: float) -> None:
+                    index = 0
+                    while time.monotonic() < until:
+                        content, idempotency = f"writer {number} message {index}", str(uuid.uuid4())
+                        answer = await http.post(
+                            "/chats", json=body(f"+3161{number:07d}", content), headers={"Idempotency-Key": idempotency}
+                        )
+                        answers.append((content, idempotency, answer))
+                        index += 1
+
+                async def outage() -> None:
+                    await anyio.sleep(1.0)
+                    await anyio.to_thread.run_sync(lambda: server.stop("immediate"))
+                    await anyio.sleep(3.0)
+                    await anyio.to_thread.run_sync(server.start)
+
+                until = time.monotonic() + 8
+                async with anyio.create_task_group() as group:
+                    for number in range(8):
+                        group.start_soon(writer, number, until)
+                    group.start_soon(outage)
+
+                kinds = {"stored": 0, "not written": 0, "unknown": 0}
+                for _, _, answer in answers:
+                    assert answer.headers["content-type"] == "application/json", (answer.status_code, answer.text)
+                    if answer.status_code == 201:
+                        kinds["stored"] += 1
+                        continue
+                    assert answer.status_code == 503, (answer.status_code, answer.text)
+                    text = answer.json()["message"]
+                    if "whether it was stored is unknown" in text:
+                        assert "retrying is safe with the same metadata.provider_message_id" in text
+                        kinds["unknown"] += 1
+                    else:
+                        assert "nothing was written" in text or "did not answer in time" in text, text
+                        kinds["not written"] += 1
+                print(f"\n[reliability] PostgreSQL stopped 3 s under 8 writers: {kinds}")
+                assert kinds["stored"] > 50 and kinds["not written"] + kinds["unknown"] > 0
+                with anyio.fail_after(20):
+                    while replica.healthz()[0] != 200:
+                        await anyio.sleep(0.2)
+                stored_before = {content for (content,) in await rows(server.url, "SELECT content FROM messages")}
+                for content, idempotency, answer in answers:
+                    if answer.status_code == 201:
+                        assert content in stored_before
+                    elif "nothing was written" in answer.json()["message"]:
+                        assert content not in stored_before, f"{content}: answered 'nothing was written', yet stored"
+                    if answer.status_code != 201:  # the caller retries, with the same key, as the answer says
+                        number = int(content.split()[1])
+                        retried = await http.post(
+                            "/chats", json=body(f"+3161{number:07d}", content), headers={"Idempotency-Key": idempotency}
+                        )
+                        assert retried.status_code == 201, retried.text
+        counted = dict(await rows(server.url, "SELECT content, count(*) FROM messages GROUP BY content"))
+        assert set(counted) == {content for content, _, _ in answers}
+        assert set(counted.values()) == {1}, "each message is stored once, retried or not"
+    finally:
+        server.remove()
+
+
+# --- 6. a burst of one organization's reads ---
+
+
+async def test_a_burst_of_one_organizations_searches_does_not_stall_the_others(postgres_server: str) -> None:
+    async with throwaway_database(postgres_server, "chatdock_test_") as url:
+        noisy, quiet = create_key(url, "noisy", "n"), create_key(url, "quiet", "q")
+        async with open_store(url) as store:
+            for start in range(0, 20_000, 5_000):
+                await store.import_messages(
+                    "noisy",
+                    [
+                        NewMessage(contact_id=f"+3162{i % 500:07d}", channel="sms", role="user", content=f"order {i}")
+                        for i in range(start, start + 5_000)
+                    ],
+                )
+        with replicas(url, 1, "--pool-size", "6", "--db-timeout", "2") as (replica,):
+            async with (
+                httpx2.AsyncClient(base_url=replica.base, headers={"Authorization": f"Bearer {noisy}"}) as loud,
+                httpx2.AsyncClient(base_url=replica.base, headers={"Authorization": f"Bearer {quiet}"}) as calm,
+            ):
+
+                async def others_turn() -> list[float]:
+                    took = []
+                    for index in range(10):
+                        began = time.perf_counter()
+                        written = await calm.post("/chats", json=body("+31699999999", f"calm {index}"))
+                        read = await calm.get("/chats", params={"contact_id": "+31699999999", "limit": 20})
+                        health = await calm.get("/healthz")
+                        assert (written.status_code, read.status_code, health.status_code) == (201, 200, 200)
+                        took.append((time.perf_counter() - began) * 1000)
+                    return took
+
+                alone = await others_turn()
+
+                async def search() -> httpx2.Response:
+                    return await loud.get("/chats/search", params={"q": "order", "limit": 200}, timeout=30)
+
+                burst = [asyncio.ensure_future(search()) for _ in range(200)]
+                await anyio.sleep(0.2)
+                beside = await others_turn()
+                searched = await asyncio.gather(*burst)
+        for answer in searched:  # each search is answered, or told clearly that reads stayed busy: no endless wait
+            assert answer.status_code in (200, 503), answer.text
+            if answer.status_code == 503:
+                assert "every connection for reads stayed busy for 2 s" in answer.json()["message"]
+        quiet_ms, busy_ms = statistics.median(alone), statistics.median(beside)
+        report = f"another organization's append+read+healthz: {quiet_ms:.1f} ms alone, {busy_ms:.1f} ms in the burst"
+        print(f"\n[reliability] {report} ({sum(a.status_code == 503 for a in searched)} of 200 searches got 503)")
+        assert busy_ms <= max(2 * quiet_ms, quiet_ms + 50), report
+
+
+# --- 3. a change whose aliases overflow the feed stays in its organization ---
+
+
+async def test_events_of_a_contact_with_too_many_aliases_for_the_feed_stay_in_its_organization(
+    postgres_server: str,
+) -> None:
+    async with throwaway_database(postgres_server, "chatdock_test_") as url:
+        acme, globex = create_key(url, "acme", "a"), create_key(url, "globex", "g")
+        async with open_store(url) as store:
+            await store.append_message("acme", NewMessage(**body("+31611111111", "hi")))
+            for index in range(60):  # about 11 KB of aliases: more than a NOTIFY payload holds
+                await store.link_contacts("acme", "+31611111111", f"alias-{index:02d}-" + "x" * 180)
+            await store.append_message("globex", NewMessage(**body("+31622222222", "theirs")))
+        theirs = contact_uri(TRANSCRIPT_URI, "+31622222222")
+        alias = contact_uri(TRANSCRIPT_URI, f"alias-07-{'x' * 180}")
+        with replicas(url, 2) as (writing, listening):
+            async with (
+                subscriber(http_transport(listening.base, globex), "auto", theirs) as (_, globex_heard),
+                subscriber(http_transport(listening.base, acme), "auto", alias) as (_, acme_heard),
+                httpx2.AsyncClient(base_url=writing.base, headers={"Authorization": f"Bearer {acme}"}) as http,
+            ):
+                for index in range(5):
+                    assert (await http.post("/chats", json=body("+31611111111", f"m{index}"))).status_code == 201
+                await heard_within(acme_heard, 1)  # acme's listener of an alias is told on the other replica
+                async with httpx2.AsyncClient(
+                    base_url=writing.base, headers={"Authorization": f"Bearer {globex}"}
+                ) as own:
+                    assert (await own.post("/chats", json=body("+31622222222", "sentinel"))).status_code == 201
+                await heard_within(globex_heard, 1)
+                assert globex_heard == [theirs], "globex heard only its own write, never acme's overflow"
+
+
+# --- 13. --pool-size and --db-timeout take effect over HTTP ---
+
+
+async def test_pool_size_and_db_timeout_take_effect_over_http(postgres_server: str) -> None:
+    async with throwaway_database(postgres_server, "chatdock_test_") as url:
+        key = create_key(url, "acme", "flags")
+        database = url.rsplit("/", 1)[1]
+        with replicas(url, 1, "--pool-size", "3", "--db-timeout", "1") as (replica,):
+            watcher = await asyncpg.connect(url)
+            try:
+                most = 0
+                headers = {"Authorization": f"Bearer {key}"}
+                async with httpx2.AsyncClient(base_url=replica.base, headers=headers, timeout=30) as http:
+
+                    async def one(index: int) -> int:
+                        if index % 2:
+                            return (await http.post("/chats", json=body(f"+3163{index:07d}", "x"))).status_code
+                        return (await http.get("/chats", params={"contact_id": "+31630000001"})).status_code
+
+                    burst = [asyncio.ensure_future(one(index)) for index in range(200)]
+                    while not all(task.done() for task in burst):
+                        count = await watcher.fetchval(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                            database,
+                        )
+                        most = max(most, int(count))
+                        await asyncio.sleep(0.005)
+                    assert {task.result() for task in burst} <= {200, 201}
+                    # the pool's 3, and the connection that listens for the other replicas' changes
+                    assert 1 <= most <= 3 + 1, f"{most} connections with --pool-size 3"
+
+                    async with watcher.transaction():  # a write that cannot finish: --db-timeout ends its wait
+                        await watcher.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+                        began = time.monotonic()
+                        blocked = await http.post("/chats", json=body("+31639999999", "blocked"))
+                        took = time.monotonic() - began
+                    assert blocked.status_code == 503 and blocked.headers["content-type"] == "application/json"
+                    assert took < 5, f"--db-timeout 1, yet the write waited {took:.1f} s"
+            finally:
+                await watcher.close()
+
+
+# --- 14. a retried transaction announces every change it commits ---
+
+
+async def test_a_transaction_retried_after_a_deadlock_announces_and_sends_its_changes(postgres_url: str) -> None:
+    async with open_store(postgres_url) as store, open_store(postgres_url) as other:
+        for contact in ("+31641111111", "+31642222222"):
+            await store.append_message("acme", NewMessage(**body(contact, "hi")))
+        backend = store.backend
+        assert isinstance(backend, PostgresBackend)
+        announced: list[Change | object] = []
+        followed: list[Change | object] = []
+        stop = store.announce_to(announced.append)
+        follower = asyncio.ensure_future(other.follow(followed.append, lambda: True))
+        await asyncio.sleep(0.5)  # the follower listens
+        first_locked = asyncio.Event()
+        second_locked = asyncio.Event()
+        tries = {"a": 0, "b": 0}
+
+        def job(name: str, mine: str, theirs: str, locked: asyncio.Event, wait: asyncio.Event) -> Any:
+            log = backend._log()
+
+            async def run(conn: Any) -> None:
+                tries[name] += 1
+                await log.record(conn, "acme", mine)
+                await conn.execute("SELECT 1 FROM contacts WHERE external_id = $1 FOR UPDATE", mine)
+                if tries[name] == 1:
+                    locked.set()
+                    await wait.wait()
+                await conn.execute("SELECT 1 FROM contacts WHERE external_id = $1 FOR UPDATE", theirs)
+
+            return backend._transaction(run, log)
+
+        await asyncio.gather(
+            job("a", "+31641111111", "+31642222222", first_locked, second_locked),
+            job("b", "+31642222222", "+31641111111", second_locked, first_locked),
+        )
+        assert max(tries.values()) == 2, "one of the two met the deadlock and ran again"
+        with anyio.fail_after(5):
+            while len([c for c in followed if isinstance(c, Change)]) < 2:
+                await asyncio.sleep(0.05)
+        stop()
+        follower.cancel()
+        told = sorted(c.contact_id for c in announced if isinstance(c, Change))
+        heard = sorted(c.contact_id for c in followed if isinstance(c, Change))
+        assert told == heard == ["+31641111111", "+31642222222"]

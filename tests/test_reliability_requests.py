@@ -1,0 +1,178 @@
+"""The reliability suite, part 5: what a request's caller and the operator are told.
+
+A retried POST with the same Idempotency-Key gets the first answer (on both engines); an unexpected error is
+a JSON 500 whose traceback is in the log whatever the level; the wrong-key limit and the log take a client's
+address from the socket unless the operator names trusted proxies.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from chatdock.server import logs
+from chatdock.server.org import ORG_SCOPE_KEY
+from chatdock.server.rest import build_rest
+from chatdock.storage import open_store
+from tests.test_reliability_hardening import served
+from tests.transports import create_key
+
+pytestmark = pytest.mark.process
+
+
+# --- Idempotency-Key ---
+
+
+def message(content: str, contact: str = "+31612345678") -> dict[str, Any]:
+    return {"contact_id": contact, "channel": "widget", "role": "user", "content": content}
+
+
+async def test_a_retried_post_with_the_same_idempotency_key_gets_the_first_answer(db: str, tmp_path: Path) -> None:
+    key = create_key(db, "acme", "retries")
+    other = create_key(db, "globex", "neighbour")
+    with served(tmp_path, db) as server:
+        async with httpx2.AsyncClient(base_url=server.base, headers={"Authorization": f"Bearer {key}"}) as http:
+            once = str(uuid.uuid4())
+            first = await http.post("/chats", json=message("where is my order?"), headers={"Idempotency-Key": once})
+            again = await http.post("/chats", json=message("where is my order?"), headers={"Idempotency-Key": once})
+            assert first.status_code == again.status_code == 201
+            assert again.json() == first.json()  # the first answer: same id, same time, not "deduplicated"
+            assert first.json()["deduplicated"] is False
+            fresh = await http.post("/chats", json=message("where is my order?"), headers={"Idempotency-Key": "k2"})
+            assert fresh.status_code == 201 and fresh.json()["id"] != first.json()["id"]  # a new key: a new message
+            reused = await http.post("/chats", json=message("something else"), headers={"Idempotency-Key": once})
+            assert reused.status_code == 409
+            assert "was first sent with another request" in reused.json()["message"]
+            bad = await http.post("/chats", json=message("x"), headers={"Idempotency-Key": "has space"})
+            assert bad.status_code == 422
+
+            chat_key = str(uuid.uuid4())
+            opened = await http.post(
+                "/contacts/+31612345678/chats", json={"channel": "voice"}, headers={"Idempotency-Key": chat_key}
+            )
+            reopened = await http.post(
+                "/contacts/+31612345678/chats", json={"channel": "voice"}, headers={"Idempotency-Key": chat_key}
+            )
+            assert opened.status_code == reopened.status_code == 201 and reopened.json() == opened.json()
+            chat_id = opened.json()["id"]
+            post_key = str(uuid.uuid4())
+            parts = {"message": [{"type": "text", "text": "hello from the caller", "start_timestamp": 0.5}]}
+            path = f"/contacts/+31612345678/chats/{chat_id}/messages"
+            posted = await http.post(path, json=parts, headers={"Idempotency-Key": post_key})
+            reposted = await http.post(path, json=parts, headers={"Idempotency-Key": post_key})
+            assert posted.status_code == reposted.status_code == 201
+            assert reposted.json()["messages"] == posted.json()["messages"]
+
+            page = (await http.get("/chats", params={"contact_id": "+31612345678", "limit": 200})).json()
+            contents = [m["content"] for m in page["messages"]]
+            assert contents.count("where is my order?") == 2  # once per key, never per retry
+            assert contents.count("hello from the caller") == 1
+            chats = (await http.get("/contacts/+31612345678/chats")).json()["chats"]
+            assert [c["id"] for c in chats] == [chat_id]
+        async with httpx2.AsyncClient(base_url=server.base, headers={"Authorization": f"Bearer {other}"}) as http:
+            theirs = await http.post("/chats", json=message("where is my order?"), headers={"Idempotency-Key": once})
+            assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]  # keys are per organization
+
+
+# --- unexpected errors: a JSON answer, and the traceback in the log ---
+
+
+class Broken:
+    """A store whose append meets a bug (an exception chatdock does not expect)."""
+
+    async def append_message(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the append path")
+
+
+async def test_an_unexpected_error_is_a_json_500_and_its_traceback_is_logged_at_any_level() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(logs.FORMAT))
+    handler.addFilter(logs.QuietRepeats())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.WARNING)  # the default --log-level
+    try:
+        app = build_rest(lambda: Broken(), read_only=False)  # type: ignore[arg-type,return-value]
+
+        async def with_org(scope: Any, receive: Any, send: Any) -> None:
+            scope[ORG_SCOPE_KEY] = "acme"
+            await app(scope, receive, send)
+
+        transport = httpx2.ASGITransport(app=with_org, raise_app_exceptions=False)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://chatdock") as http:
+            answers = [await http.post("/chats", json=message(f"m{i}")) for i in range(3)]
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    for answer in answers:
+        assert answer.status_code == 500
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.json()["error"] == "Internal error"
+        assert (
+            "retrying with the same metadata.provider_message_id or Idempotency-Key is safe" in answer.json()["message"]
+        )
+    log = stream.getvalue()
+    assert log.count("Traceback (most recent call last)") == 1, log  # the first with its trace, repeats held
+    assert "RuntimeError: a bug in the append path" in log
+
+
+def test_expected_failures_below_error_keep_their_trace_for_debug_only() -> None:
+    quiet = logs.QuietRepeats()
+    try:
+        raise OSError("disk full")
+    except OSError as exc:
+        warning = logging.LogRecord(
+            "chatdock", logging.WARNING, __file__, 1, "write failed", None, (OSError, exc, None)
+        )
+    assert quiet.filter(warning) and warning.exc_info is None
+
+
+# --- client addresses: the socket's, unless the operator names trusted proxies ---
+
+
+def wrong_keys(base: str, count: int) -> list[int]:
+    statuses = []
+    with httpx2.Client(base_url=base) as http:
+        for index in range(count):
+            forged = {"Authorization": "Bearer cdk_00000000_wrong", "X-Forwarded-For": f"203.0.113.{index}"}
+            statuses.append(http.post("/chats", json=message("x"), headers=forged).status_code)
+    return statuses
+
+
+def test_a_forged_x_forwarded_for_neither_dodges_the_wrong_key_limit_nor_reaches_the_log(tmp_path: Path) -> None:
+    db = str(tmp_path / "proxies.db")
+    with served(tmp_path, db) as server:
+        statuses = wrong_keys(server.base, 30)
+        log = server.log.read_text()
+    assert statuses[:20] == [401] * 20 and statuses[20:] == [429] * 10
+    assert "203.0.113." not in log and "from 127.0.0.1" in log
+    with served(tmp_path, db, "--forwarded-allow-ips", "127.0.0.1") as behind_a_proxy:
+        believed = wrong_keys(behind_a_proxy.base, 30)
+        log = behind_a_proxy.log.read_text()
+    assert believed == [401] * 30  # each forwarded address is its own client, as the named proxy says
+    assert "from 203.0.113.0" in log  # the first; the rest are summed up
+
+
+async def test_the_key_cache_still_sees_a_revocation_within_its_bound(tmp_path: Path) -> None:
+    db = str(tmp_path / "keys.db")
+    key = create_key(db, "acme", "soon-revoked")
+    with served(tmp_path, db) as server:
+        async with httpx2.AsyncClient(base_url=server.base, headers={"Authorization": f"Bearer {key}"}) as http:
+            assert (await http.get("/chats", params={"contact_id": "+31600000000"})).status_code == 200
+            async with open_store(db) as store:  # another process revokes it (as `chatdock keys revoke` does)
+                await store.revoke_api_key("soon-revoked")
+            import anyio
+
+            from chatdock.storage.keys import REMEMBER_SECONDS
+
+            with anyio.fail_after(REMEMBER_SECONDS + 3):
+                while (await http.get("/chats", params={"contact_id": "+31600000000"})).status_code != 401:
+                    await anyio.sleep(0.2)
