@@ -38,7 +38,7 @@ def _shown(value: object, width: int = 40) -> str:
 
 # Control, format and line/paragraph separator characters: invisible or line-breaking, they would make
 # look-alike identifiers (a zero-width space, a right-to-left override) or break a transcript's lines.
-REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})  # Cs: half a character (a lone surrogate)
 
 # Unicode's Default_Ignorable_Code_Point property, as listed in DerivedCoreProperties.txt of the Unicode
 # Character Database (15.1; https://www.unicode.org/Public/UCD/latest/ucd/DerivedCoreProperties.txt): the
@@ -67,6 +67,13 @@ _IGNORABLE_STARTS = tuple(start for start, _ in DEFAULT_IGNORABLE)
 
 # Characters drawn as an empty space although they are neither white space nor default-ignorable.
 BLANKS = frozenset({"\u2800"})  # braille pattern blank
+
+# Spaces that look like the plain space U+0020 inside an id ("Zoë\u00a0Müller" and "Zoë Müller" would be
+# two contacts): every Zs space but U+0020 itself and the ideographic space U+3000, which is drawn as wide
+# as a CJK character and so looks different.
+LOOKALIKE_SPACES = frozenset(
+    chr(code) for code in range(0x10000) if unicodedata.category(chr(code)) == "Zs" and code not in (0x20, 0x3000)
+)
 
 
 def default_ignorable(char: str) -> bool:
@@ -111,6 +118,8 @@ def unseen_character(value: str) -> tuple[int, str] | None:
             return index, "blank"
         if (index < first or index >= last) and char.isspace():
             return index, "edge"
+        if char in LOOKALIKE_SPACES:
+            return index, "space"
     return None
 
 
@@ -134,12 +143,19 @@ def identifier(value: object, name: str) -> str:
         return value
     index, kind = found
     where = f"it has U+{ord(value[index]):04X} at position {index + 1}"
+    if kind == "Cs":
+        whole_characters(value, name)
     if kind == "Cc":
         raise InvalidInput(f"{name} must not contain control characters (NUL, newline, tab, ...), got {_shown(value)}")
     if kind == "edge":
         raise InvalidInput(
             f"{name} must not start or end with white space (a space, a no-break space U+00A0, ...); {where}: "
             "remove it (ids are refused, never trimmed, so that an id is never changed behind your back)"
+        )
+    if kind == "space":
+        raise InvalidInput(
+            f"{name} must not contain a space other than the plain space U+0020 (a no-break space U+00A0, a thin "
+            f"space, ...): it looks the same and would name another contact; {where}: write a plain space instead"
         )
     if kind in ("ignorable", "blank"):
         raise InvalidInput(
@@ -156,11 +172,14 @@ def identifier(value: object, name: str) -> str:
 
 def cleaned_identifier(value: str) -> str:
     """What a stored identifier looks like to a person: NFC, without default-ignorable code points, blanks
-    (U+2800) as spaces, no white space at either end. Used only on ids stored before they were refused; the
-    result may still be refused (a control character, nothing left), see `acceptable_identifier`."""
+    (U+2800) and look-alike spaces (U+00A0, ...) as plain spaces, no white space at either end. Used only on
+    ids stored before they were refused; the result may still be refused (a control character, nothing
+    left), see `acceptable_identifier`."""
     if value.isascii() and value.isprintable() and value.strip() == value:
         return value  # the common case, quickly: nothing in printable ASCII is unseen but white space at the ends
-    kept = "".join(" " if char in BLANKS else char for char in value if not default_ignorable(char))
+    kept = "".join(
+        " " if char in BLANKS or char in LOOKALIKE_SPACES else char for char in value if not default_ignorable(char)
+    )
     return normal_identifier(normal_identifier(kept).strip())
 
 
@@ -336,6 +355,20 @@ def limit(value: object, name: str = "limit", low: int = MIN_LIMIT, high: int = 
     return value
 
 
+def whole_characters(value: str, what: str) -> None:
+    """Refuse half a character: a lone surrogate (a JSON string cut inside an emoji, "\\ud83d") has no UTF-8
+    form, so it could be neither stored nor sent back."""
+    if value.isascii():
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"{what} holds half of a character (U+{ord(value[exc.start]):04X} at position {exc.start + 1}, a lone "
+            "surrogate, as left by a JSON string cut inside an emoji); send whole characters"
+        ) from None
+
+
 def content(value: object) -> str:
     if not isinstance(value, str):
         raise InvalidInput(f"content must be a string, got {type(value).__name__}")
@@ -344,6 +377,7 @@ def content(value: object) -> str:
     _text_size(len(value), "content")
     if "\x00" in value:
         raise InvalidInput("content must not contain NUL characters (\\x00); remove them and send again")
+    whole_characters(value, "content")
     return value
 
 
@@ -373,6 +407,7 @@ def parts(values: Sequence[Part]) -> tuple[list[Part], str]:
             raise InvalidInput(f"parts[{index}].text must not be empty")
         if "\x00" in part.text:
             raise InvalidInput(f"parts[{index}].text must not contain NUL characters (\\x00)")
+        whole_characters(part.text, f"parts[{index}].text")
         start = _timestamp(part.start_timestamp, "start_timestamp", index)
         end = _timestamp(part.end_timestamp, "end_timestamp", index)
         if start is not None and end is not None and end < start:
@@ -411,6 +446,7 @@ def metadata(value: object) -> tuple[dict[str, Any], str | None]:
         encoded = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"metadata must be plain JSON: {exc}") from exc
+    whole_characters(encoded, "metadata")
     size = len(encoded.encode("utf-8"))
     if size > MAX_METADATA_BYTES:
         raise InvalidInput(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON, got {size}")

@@ -46,6 +46,7 @@ IGNORABLE = [
 ]
 BLANK = [0x2800]
 SPACES = [0x0020, 0x00A0, 0x2007, 0x202F, 0x3000]
+INNER_SPACES = [0x00A0, 0x2007, 0x2009, 0x202F, 0x205F]  # look like a plain space inside an id
 
 
 def odd_ids() -> list[tuple[str, int, int]]:
@@ -53,6 +54,7 @@ def odd_ids() -> list[tuple[str, int, int]]:
     found = [(PHONE + chr(code), code, len(PHONE) + 1) for code in IGNORABLE + BLANK + SPACES]
     found += [(PHONE[:3] + chr(code) + PHONE[3:], code, 4) for code in IGNORABLE + BLANK]  # inside, too
     found += [(chr(code) + "ann", code, 1) for code in SPACES]
+    found += [(f"Zo\u00eb{chr(code)}M\u00fcller", code, 4) for code in INNER_SPACES]  # "Zoë Müller" look-alikes
     return found
 
 
@@ -101,6 +103,11 @@ async def test_the_errors_say_which_character_to_remove_and_that_ids_are_never_c
             "contact_id must not start or end with white space (a space, a no-break space U+00A0, ...); it has "
             "U+0020 at position 1: remove it (ids are refused, never trimmed, so that an id is never changed "
             "behind your back)"
+        )
+        assert (await error(client, "append_message", contact_id="Zo\u00eb\u00a0M\u00fcller", **say)).endswith(
+            "contact_id must not contain a space other than the plain space U+0020 (a no-break space U+00A0, a "
+            "thin space, ...): it looks the same and would name another contact; it has U+00A0 at position 4: "
+            "write a plain space instead"
         )
         # the format characters keep their own words (zero-width space, U+202E, ...)
         assert (await error(client, "append_message", contact_id="ann\u2060x", **say)).endswith(

@@ -176,3 +176,24 @@ async def test_the_key_cache_still_sees_a_revocation_within_its_bound(tmp_path: 
             with anyio.fail_after(REMEMBER_SECONDS + 3):
                 while (await http.get("/chats", params={"contact_id": "+31600000000"})).status_code != 401:
                     await anyio.sleep(0.2)
+
+
+# --- half a character ---
+
+
+def test_half_a_character_is_refused_clearly_everywhere_it_can_come_in(tmp_path: Path) -> None:
+    db = str(tmp_path / "surrogates.db")
+    key = create_key(db, "acme", "halves")
+    raw = {
+        "contact_id": '{"contact_id": "+316\\ud83d", "channel": "sms", "role": "user", "content": "x"}',
+        "content": '{"contact_id": "+316", "channel": "sms", "role": "user", "content": "cut \\ud83d"}',
+        "metadata": '{"contact_id": "+316", "channel": "sms", "role": "user", "content": "x", '
+        '"metadata": {"note": "\\udc00"}}',
+    }
+    with served(tmp_path, db) as server, httpx2.Client(base_url=server.base) as http:
+        for field, body in raw.items():
+            answer = http.post(
+                "/chats", content=body, headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+            )
+            assert answer.status_code == 422, (field, answer.text)
+            assert f"{field} holds half of a character" in answer.json()["message"], answer.text

@@ -17,6 +17,7 @@ import asyncpg
 from ..validation import (
     BLANKS,
     DEFAULT_IGNORABLE,
+    LOOKALIKE_SPACES,
     StoredIdentifier,
     cleaned_agent,
     cleaned_identifier,
@@ -217,7 +218,7 @@ def _unclean_pattern() -> str:
         return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
     unseen = "".join(escaped(low) + ("" if low == high else "-" + escaped(high)) for low, high in DEFAULT_IGNORABLE)
-    unseen += "".join(escaped(ord(char)) for char in sorted(BLANKS))
+    unseen += "".join(escaped(ord(char)) for char in sorted(BLANKS | LOOKALIKE_SPACES))
     spaces = "".join(escaped(code) for code in range(0x10000) if chr(code).isspace())  # all in the BMP
     return f"[{unseen}]|^[{spaces}]|[{spaces}]$"
 
