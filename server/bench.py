@@ -753,17 +753,31 @@ def table(rows: list[Row], messages: int, contacts: int, engine: str = "") -> st
     return "\n".join(lines)
 
 
+def machine(db: str | None) -> str:
+    """Where the bench ran, for the docs: cores, memory, Python, the engine."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        memory = 0.0
+    engine = "PostgreSQL" if db is not None and is_postgres(db) else f"SQLite {sqlite3.sqlite_version}"
+    return f"{os.cpu_count()} cores, {memory:.0f} GiB, Python {sys.version.split()[0]}, {engine}"
+
+
 def main(messages: int, contacts: int, rounds: int, as_json: bool, db: str | None = None, compare: bool = False) -> int:
     contacts = max(1, min(contacts, messages))
     # progress on stderr, figures on stdout
     rows = asyncio.run(run(messages, contacts, rounds, quiet=False, db=db, compare=compare))
     if as_json:
-        print(
-            json.dumps(
-                {"messages": messages, "contacts": contacts, "rounds": rounds, "rows": [asdict(row) for row in rows]},
-                indent=2,
-            )
-        )
+        report = {
+            "messages": messages,
+            "contacts": contacts,
+            "rounds": rounds,
+            "options": " --compare" if compare else (" --db postgresql://..." if db is not None else ""),
+            "date": datetime.now(UTC).date().isoformat(),
+            "machine": machine(db),
+            "rows": [asdict(row) for row in rows],
+        }
+        print(json.dumps(report, indent=2))
     else:
         print(table(rows, messages, contacts, "PostgreSQL" if db is not None and is_postgres(db) else ""))
     return 0

@@ -1,4 +1,4 @@
-"""Change events for every listener of this process, whatever wrote the change (SPEC.md, "Change events").
+"""Change events for every listener of this process, whatever wrote the change (docs/events.md).
 
 The store tells `Events.deliver` of every change: this process's own at commit, other processes' (another
 `chatdock serve`, `chatdock import`, a replica) by following the store's change feed, which it does only

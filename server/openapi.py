@@ -1,4 +1,4 @@
-"""The REST routes' OpenAPI document, as strict as the server (SPEC.md, "HTTP API (REST)").
+"""The REST routes' OpenAPI document, as strict as the server (docs/rest.md).
 
 FastAPI writes the document from the routes and the pydantic models, whose fields are plain strings: the
 store checks the bounds (storage/validation.py), so that its error texts are one for the tools and the

@@ -1,4 +1,4 @@
-"""The REST routes (SPEC.md, "HTTP API (REST)"): the Chats API that webhook handlers and back ends already call.
+"""The REST routes (docs/rest.md): the Chats API that webhook handlers and back ends already call.
 
 Each route translates its request and calls the same `Store` method as the tool of the same name, so the
 rules and their error texts are one; its writes reach listeners like a tool's (the store announces them).

@@ -1,5 +1,5 @@
 """What a tool result carries: the whole typed result as `structuredContent`, and as text only what a model
-needs (SPEC.md, "What a tool result carries").
+needs (docs/reference.md, "What a tool result carries").
 
 Most clients hand a result's text to the model as the tool message, so the text is kept small:
 `get_context`'s is the transcript itself, `list_messages`'s one line per message, every other tool's the

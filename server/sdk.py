@@ -13,7 +13,7 @@ a private module with no serializer option) with `json.dumps` and its default
 `ensure_ascii=True`: every `é` leaves as `\\u00e9` (six bytes for two), every
 emoji as a twelve-byte surrogate pair, so a result that is 3.75 MiB on stdio
 and in the `initialize` era (pydantic writes UTF-8) was 11.25 MiB there, past
-the 4 MiB bound on one result (SPEC.md). `answer_in_utf8` gives that module a
+the 4 MiB bound on one result (docs/reference.md). `answer_in_utf8` gives that module a
 `json` whose `dumps` writes text as itself, as every other path does; it checks
 the module's shape first and refuses to start if it changed
 (`tests/test_result_size.py` measures the bytes sent).

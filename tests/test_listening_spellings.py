@@ -1,4 +1,4 @@
-"""Listening works for every spelling of a contact's URI that reading accepts (SPEC.md, Resources): either
+"""Listening works for every spelling of a contact's URI that reading accepts (docs/events.md): either
 case of percent-encoding, an unencoded `+`, an alias, any Unicode normalization form; each listener hears
 the URI as it spelled it, in both protocol eras."""
 

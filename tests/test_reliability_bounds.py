@@ -79,8 +79,10 @@ async def test_the_write_ahead_log_stays_bounded_under_sustained_writes_and_empt
             await asyncio.sleep(0.05)
         idle = wal_size(db)
     # 8,000 appends wrote about 240 MB of log before the log was bounded; now it stays near the limit (plus
-    # what a quarter of a second of writing adds) and goes back to nothing once the writes stop
-    assert largest <= limit + 40 * 1024 * 1024, f"the log reached {largest:,} bytes (limit {limit:,})"
+    # what the writer commits between two looks at its size, and a restart that waits for a reader) and goes
+    # back to nothing once the writes stop
+    print(f"\n[reliability] 8,000 appends, 4 writers and a reader: the log at most {largest:,} bytes (limit {limit:,})")
+    assert largest <= limit + 16 * 1024 * 1024, f"the log reached {largest:,} bytes (limit {limit:,})"
     assert idle == 0, f"the log still holds {idle:,} bytes a few seconds after the last write"
     assert stored > 0
 

@@ -1,4 +1,4 @@
-"""One result is at most 4 MiB as it is sent, its text as itself (SPEC.md, "Errors and bad input").
+"""One result is at most 4 MiB as it is sent, its text as itself (docs/reference.md).
 
 Measured on the bytes that leave chatdock: the body of each HTTP answer from a real `chatdock serve --http`
 and each line from a real `chatdock serve` on stdio, in the 2026-07-28 era and in the `initialize` era;
