@@ -26,6 +26,7 @@ from chatdock.storage import validation as check
 
 from . import resources, tools
 from .events import Events
+from .observe import ObservedMcp
 from .org import OrgMiddleware, current_org
 from .resources import TRANSCRIPT_URI, contact_uri
 from .schemas import compact
@@ -65,6 +66,16 @@ class ChatdockServer(MCPServer[_State]):
         self.state = state
         self._compacted: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
         self._output_models: dict[str, type[BaseModel]] = {}
+        self.tool_names: set[str] = set()  # the registered tools, the only names a metric's label may hold
+
+    def add_tool(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        super().add_tool(fn, *args, **kwargs)
+        name = args[0] if args else kwargs.get("name")
+        self.tool_names.add(name or fn.__name__)
+
+    def remove_tool(self, name: str) -> None:
+        super().remove_tool(name)
+        self.tool_names.discard(name)
 
     def structured_tool(self, output: type[BaseModel], **kwargs: Any) -> Callable[[F], F]:
         """`tool()` for a function that builds its own `CallToolResult` from an `output` model (results.py):
@@ -137,7 +148,8 @@ class ChatdockServer(MCPServer[_State]):
 def build_server(settings: Settings, store: Store | None = None) -> ChatdockServer:
     """The MCP server for `settings`; it opens its store in its lifespan unless one is given."""
     state = _State(store=store)
-    events = Events(settings.max_listens)
+    metrics = settings.metrics
+    events = Events(settings.max_listens, None if metrics is None else metrics.told)
     wired = 0  # in-memory clients each enter the lifespan; the store is wired to the events once
 
     @asynccontextmanager
@@ -189,6 +201,9 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
         subscriptions=events,
     )
     server.middleware.append(OrgMiddleware(settings.org, events.attend))
+    server.middleware.append(ObservedMcp(metrics, server.tool_names))  # after OrgMiddleware: the org is known
+    if metrics is not None:
+        metrics.watch_listeners(events.listening)
     answer_in_utf8()  # every server built answers in UTF-8, on every transport and era (sdk.py)
     serve_events(server, events, max_streams=MAX_LISTEN_STREAMS)
 

@@ -32,7 +32,7 @@ from mcp.client.stdio import StdioServerParameters
 from chatdock.storage import NewMessage, Store, is_postgres, open_store
 from chatdock.storage.sqlite import checkpoints
 
-from . import bench_compare, bench_postgres, bench_reliability, bench_startup
+from . import bench_compare, bench_operations, bench_postgres, bench_reliability, bench_startup
 from .app import Settings, build_server
 from .bench_http import http_round_trips, rest_figures, rest_rows, served_over_http
 from .progress import Progress
@@ -504,6 +504,8 @@ async def _run(
             alone, beside = await bench_reliability.beside_listeners(base, path)
             add("neighbour_alone_p99", alone)
             add("neighbour_beside_p99", beside)
+        for name, value in (await bench_operations.figures(path, scale)).items():
+            add(name, value)
         if folder is not None:
             indexed, unindexed = await appends_with_and_without_index(folder, scale)
         else:
@@ -726,6 +728,7 @@ async def _run(
             m["neighbour_beside_p99"] <= 2 * m["neighbour_alone_p99"],
             section="reliability",
         ),
+        *bench_operations.rows(m),
         *(
             bench_compare.rows(m, [rival.name for rival in rivals], person_messages(messages), messages // contacts)
             if compare

@@ -25,18 +25,12 @@ CLIENTS = (1, 8, 32)
 
 
 @asynccontextmanager
-async def served_over_http(path: str) -> AsyncIterator[tuple[str, str]]:
-    """The bench server (chatdock and a do-nothing tool) behind `serve --http` on a free port; (base URL, key)."""
-    async with open_store(path) as store:
-        key = (await store.create_api_key("bench")).key
+async def serving(command: Callable[[int], list[str]], env: dict[str, str] | None = None) -> AsyncIterator[str]:
+    """The server `command(port)` starts, on a free loopback port, once its /healthz answers; its base URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "chatdock.server.bench", "--serve-http", path, str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = subprocess.Popen(command(port), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx2.AsyncClient(timeout=30) as http:
@@ -46,10 +40,21 @@ async def served_over_http(path: str) -> AsyncIterator[tuple[str, str]]:
                         break
                 except httpx2.TransportError:
                     await asyncio.sleep(0.05)
-        yield base, key
+        yield base
     finally:
         process.terminate()
-        process.wait(10)
+        process.wait(30)
+
+
+@asynccontextmanager
+async def served_over_http(path: str) -> AsyncIterator[tuple[str, str]]:
+    """The bench server (chatdock and a do-nothing tool) behind `serve --http` on a free port; (base URL, key)."""
+    async with open_store(path) as store:
+        key = (await store.create_api_key("bench")).key
+    async with serving(
+        lambda port: [sys.executable, "-m", "chatdock.server.bench", "--serve-http", path, str(port)]
+    ) as base:
+        yield base, key
 
 
 def _http(key: str) -> httpx2.AsyncClient:
@@ -68,7 +73,7 @@ async def http_round_trips(base: str, key: str, count: int) -> tuple[float, floa
         return await mcp_round_trips(client, count)
 
 
-async def _rate(call: Callable[[int], Awaitable[Any]], clients: int, count: int) -> float:
+async def calls_per_second(call: Callable[[int], Awaitable[Any]], clients: int, count: int) -> float:
     """Calls per second with `clients` callers sharing `count` calls."""
     queue = list(range(count))
 
@@ -101,8 +106,8 @@ async def rest_figures(base: str, key: str, count: int) -> dict[str, float]:
             (await http.post(base + "/chats", json=body)).raise_for_status()
 
         for clients in CLIENTS:
-            figures[f"bare_{clients}"] = await _rate(bare, clients, count)
-            figures[f"rest_{clients}"] = await _rate(append, clients, count)
+            figures[f"bare_{clients}"] = await calls_per_second(bare, clients, count)
+            figures[f"rest_{clients}"] = await calls_per_second(append, clients, count)
         samples = []
         for _ in range(count):
             began = time.perf_counter()
@@ -117,7 +122,7 @@ async def rest_figures(base: str, key: str, count: int) -> dict[str, float]:
                 result = await client.call_tool("append_message", arguments)
                 assert not result.is_error
 
-            figures["mcp_append_32"] = await _rate(mcp_append, 32, count)
+            figures["mcp_append_32"] = await calls_per_second(mcp_append, 32, count)
     return figures
 
 

@@ -56,6 +56,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="how much to log to stderr (env CHATDOCK_LOG_LEVEL; default: %(default)s)",
     )
+    _log_format(parser)
+
+
+def _log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("CHATDOCK_LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="text: a line of words per event; json: one JSON object per line, with time, level, logger, message "
+        "and, when there are, request_id, org, trace_id and traceback (env CHATDOCK_LOG_FORMAT; default: %(default)s)",
+    )
 
 
 def _org(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +141,19 @@ def parser() -> argparse.ArgumentParser:
         "forged X-Forwarded-For cannot dodge the wrong-key limit or the log",
     )
     serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=os.environ.get("CHATDOCK_METRICS_PORT") or None,
+        metavar="PORT",
+        help="with --http: serve GET /metrics (Prometheus) on this port only, off the main listener; without it "
+        "/metrics is served beside /mcp, without a key (env CHATDOCK_METRICS_PORT)",
+    )
+    serve.add_argument(
+        "--metrics-host",
+        metavar="HOST",
+        help="with --metrics-port: the address it listens on (default: --host's)",
+    )
+    serve.add_argument(
         "--allowed-host",
         action="append",
         default=[],
@@ -201,6 +225,7 @@ def parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     bench.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _log_format(bench)
     return top
 
 
@@ -245,6 +270,47 @@ async def _check(args: argparse.Namespace) -> int:
     return 1
 
 
+def _serve(args: argparse.Namespace) -> None:
+    """`chatdock serve`: stdio, or HTTP with its metrics; traced when the OTEL_* variables ask for it."""
+    from . import tracing
+
+    if args.metrics_port is not None and not args.http:
+        raise InvalidInput("--metrics-port serves /metrics beside the HTTP transport: add --http")
+    if args.metrics_port is not None and args.metrics_port == args.port:
+        raise InvalidInput(f"--metrics-port must differ from --port ({args.port}): /metrics is served apart")
+    stop_tracing = tracing.start(os.environ)
+    settings = Settings(
+        db=args.db,
+        org=args.org,
+        read_only=args.read_only,
+        durability=args.durability,
+        max_listens=args.max_listens_per_org,
+        pool_size=args.pool_size,
+        db_timeout=args.db_timeout,
+        trusted_proxies=args.forwarded_allow_ips,
+        tracing=stop_tracing is not None,
+    )
+    try:
+        if args.http:
+            # the MCP stack is imported only to serve: every other command starts without it
+            from .http import HttpLimits, serve_http
+            from .metrics import Metrics
+
+            settings.metrics = Metrics()
+            limits = HttpLimits(
+                read_timeout=args.read_timeout,
+                max_connections=args.max_connections,
+                max_sessions_per_org=args.max_sessions_per_org,
+            )
+            metrics_at = None if args.metrics_port is None else (args.metrics_host or args.host, args.metrics_port)
+            serve_http(settings, args.host, args.port, args.allowed_host, limits, metrics_at=metrics_at)
+        else:
+            anyio.run(_serve_stdio, settings)
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()  # the spans still in the exporter's batch go out
+
+
 async def _serve_stdio(settings: Settings) -> None:
     from .app import build_server
 
@@ -281,31 +347,10 @@ async def _import(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logs.configure(args.log_level)
+    logs.configure(args.log_level, args.log_format)
     try:
         if args.command == "serve":
-            settings = Settings(
-                db=args.db,
-                org=args.org,
-                read_only=args.read_only,
-                durability=args.durability,
-                max_listens=args.max_listens_per_org,
-                pool_size=args.pool_size,
-                db_timeout=args.db_timeout,
-                trusted_proxies=args.forwarded_allow_ips,
-            )
-            if args.http:
-                # the MCP stack is imported only to serve: every other command starts without it
-                from .http import HttpLimits, serve_http
-
-                limits = HttpLimits(
-                    read_timeout=args.read_timeout,
-                    max_connections=args.max_connections,
-                    max_sessions_per_org=args.max_sessions_per_org,
-                )
-                serve_http(settings, args.host, args.port, args.allowed_host, limits)
-            else:
-                anyio.run(_serve_stdio, settings)
+            _serve(args)
             return 0
         if args.command == "check":
             return asyncio.run(_check(args))

@@ -13,6 +13,9 @@ organization does the sends, within a budget:
   for its own tokens, and only its own events are late. The writer and other organizations never wait.
 - Between every `SLICE` sends the courier lets the other tasks run, so a request of another organization
   never waits behind a whole audience's sends.
+
+Each URI told is reported to `told` (the server's metrics): how many listeners heard it, and how late the last
+of them did, counted from when the URI was first marked (from when this process knew of the change).
 """
 
 from __future__ import annotations
@@ -29,21 +32,27 @@ BURST = 64.0  # sends an organization may make at once, before it waits for its 
 SLICE = 16  # sends between two turns of the other tasks, so that none waits behind a whole audience
 
 Sends = Callable[[str | None], list[Callable[[], None]]]  # one send per listener of a URI (None: the list)
+Told = Callable[[str, int, float], None]  # (organization, listeners told, seconds since the change was marked)
+
+
+def _untold(org: str, sends: int, lag: float) -> None:
+    pass
 
 
 class Courier:
     """What waits to be told for one organization, and the task that tells it."""
 
-    def __init__(self, org: str, sends: Sends) -> None:
+    def __init__(self, org: str, sends: Sends, told: Told = _untold) -> None:
         self.org = org
         self._sends = sends
-        self._waiting: dict[str | None, None] = {}  # ordered set of URIs (None: the resource list)
+        self._told = told
+        self._waiting: dict[str | None, float] = {}  # URIs in order (None: the resource list): when first marked
         self._tokens = BURST
         self._filled = time.monotonic()
         self._task: asyncio.Task[None] | None = None
 
     def mark(self, uri: str | None) -> None:
-        self._waiting[uri] = None
+        self._waiting.setdefault(uri, time.monotonic())
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"chatdock-events-{self.org}")
 
@@ -51,7 +60,8 @@ class Courier:
         try:
             while self._waiting:
                 uri = next(iter(self._waiting))
-                del self._waiting[uri]  # from here on, a new change of this URI is told again
+                marked = self._waiting.pop(uri)  # from here on, a new change of this URI is told again
+                number = 0
                 for number, send in enumerate(self._sends(uri), 1):
                     await self._token()
                     try:
@@ -60,6 +70,8 @@ class Courier:
                         logger.exception("telling a listener of %s failed; continuing", uri)
                     if number % SLICE == 0:
                         await asyncio.sleep(0)
+                if number:
+                    self._told(self.org, number, time.monotonic() - marked)
                 await asyncio.sleep(0)
         finally:
             self._task = None
@@ -79,13 +91,14 @@ class Couriers:
     """A courier per organization that has had something to tell (kept, with its tokens: an organization
     that pauses between writes does not get a fresh budget for each)."""
 
-    def __init__(self, sends: Callable[[str, str | None], list[Callable[[], None]]]) -> None:
+    def __init__(self, sends: Callable[[str, str | None], list[Callable[[], None]]], told: Told = _untold) -> None:
         self._sends = sends
+        self._told = told
         self._couriers: dict[str, Courier] = {}
 
     def mark(self, org: str, uri: str | None) -> None:
         """The listeners of `uri` in `org` (None: of the resource list) are to be told, soon."""
         courier = self._couriers.get(org)
         if courier is None:
-            courier = self._couriers[org] = Courier(org, lambda uri: self._sends(org, uri))
+            courier = self._couriers[org] = Courier(org, lambda uri: self._sends(org, uri), self._told)
         courier.mark(uri)

@@ -35,7 +35,7 @@ from mcp_types import INVALID_REQUEST, EmptyResult, SubscribeRequestParams, Subs
 
 from chatdock.storage.changes import EVERYTHING, Change
 
-from .delivery import Couriers
+from .delivery import Couriers, Told
 from .org import current_org, listening
 from .resources import CONTACT_URIS, canonical_uri, contact_uri
 from .sdk import connection_of
@@ -51,7 +51,7 @@ DEFAULT_MAX_LISTENS = 256
 class Events:
     """The index of this process's listeners, and the fan-out of changes to them."""
 
-    def __init__(self, max_listens: int = DEFAULT_MAX_LISTENS) -> None:
+    def __init__(self, max_listens: int = DEFAULT_MAX_LISTENS, told: Told | None = None) -> None:
         self.max_listens = max_listens
         # listeners are filed under each URI's one spelling (resources.canonical_uri) and told in their own
         self._streams: dict[Key, dict[object, tuple[Listener, str]]] = defaultdict(dict)
@@ -60,13 +60,21 @@ class Events:
         self._sessions: dict[Key, weakref.WeakKeyDictionary[Any, str]] = defaultdict(weakref.WeakKeyDictionary)
         self._sessions_of: dict[str, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)
         self._sending: set[asyncio.Task[None]] = set()
-        self._couriers = Couriers(self._sends)
+        self._couriers = Couriers(self._sends) if told is None else Couriers(self._sends, told)
 
     # --- who listens ---
 
     def wanted(self) -> bool:
         """Whether anyone here listens, so the store's feed is worth following."""
         return bool(self._streams_of) or any(self._sessions_of.values())
+
+    def listening(self) -> dict[str, tuple[int, int]]:
+        """For each organization with listeners: its listen streams, and its sessions that hear of changes
+        (subscribed to a resource, or having listed them); for the server's metrics."""
+        orgs = {org for org, count in self._streams_of.items() if count} | {
+            org for org, sessions in self._sessions_of.items() if sessions
+        }
+        return {org: (self._streams_of.get(org, 0), len(self._sessions_of.get(org, ()))) for org in sorted(orgs)}
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """`SubscriptionBus.subscribe`: file a listen stream under its organization's URIs and list flag."""

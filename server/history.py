@@ -33,7 +33,7 @@ SHOWN_PROBLEMS = 20
 
 async def _total(store: Store, org: str | None, contact_id: str | None) -> int | None:
     try:
-        return await store.backend.count_records(org, contact_id)
+        return await store.count_records(org, contact_id)
     except ChatdockError:  # a damaged file may not count; the export still saves what it can read
         return None
 

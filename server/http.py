@@ -5,6 +5,8 @@
 gets 401 before anything of the request runs. A valid key's organization is
 put into the ASGI scope (`ORG_SCOPE_KEY`), from where `OrgMiddleware` scopes
 the request's tools, resources and events.
+
+`ObservedHttp` (observe.py) wraps them all: /metrics, and each request's count, time, span and request id.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import logging
 import math
 import signal
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
 import anyio
 from mcp.server.transport_security import TransportSecuritySettings
@@ -25,11 +30,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatdock.storage import ChatdockError, InvalidInput, Store, Unavailable
 
+from . import logs
 from .app import ChatdockServer, Settings, build_server
 from .guard import FailedKeys
+from .observe import ObservedHttp
 from .org import ORG_SCOPE_KEY
 from .rest import ROUTE_PREFIXES, BodyLimit, build_rest
 from .sessions import DEFAULT_MAX_SESSIONS_PER_ORG, SessionOwners
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 logger = logging.getLogger("chatdock.http")
 
@@ -38,15 +48,34 @@ MCP_PATHS = ("/mcp", "/healthz", "/livez")
 PROTECTED = ("/mcp", *ROUTE_PREFIXES)  # every route but /healthz, /livez, /openapi.json and /docs needs a key
 REALM = "chatdock"
 
+# Why a key is refused (the `reason` of chatdock_failed_keys_total), and what the client is told.
+REFUSALS: Final = {
+    "missing": "send the header 'Authorization: Bearer <key>'; create a key with `chatdock keys create`",
+    "malformed": "the Authorization header must read 'Bearer <key>'",
+    "not_ready": "the server is not ready yet; try again",
+    "unknown": "the key is unknown or revoked; `chatdock keys list` shows the live keys",
+}
+
+
+class Sessions(SessionOwners):
+    """`SessionOwners` that also says how many sessions each organization holds, for /metrics."""
+
+    def held(self) -> Counter[str]:
+        now = time.monotonic()
+        return Counter(owner for session, owner in self._owner.items() if self._alive(session, now))
+
 
 class ApiKeyAuth:
     """ASGI middleware: bearer API key in, organization into the scope, or 401 out."""
 
-    def __init__(self, app: ASGIApp, server: ChatdockServer, sessions: SessionOwners) -> None:
+    def __init__(
+        self, app: ASGIApp, server: ChatdockServer, sessions: SessionOwners, metrics: Metrics | None = None
+    ) -> None:
         self.app = app
         self.server = server
         self.failures = FailedKeys()
         self.sessions = sessions
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
@@ -55,21 +84,29 @@ class ApiKeyAuth:
             return
         scope.pop(ORG_SCOPE_KEY, None)
         try:
-            org, problem = await self._verify(scope)
+            org, refusal = await self._verify(scope)
         except ChatdockError as exc:  # the store cannot read the keys: the service, not the key, is at fault
             response = JSONResponse({"error": "Service unavailable", "message": str(exc)}, status_code=503)
             await response(scope, receive, send)
             return
         if org is None:
             address = (scope.get("client") or ("unknown", 0))[0]
+            problem = REFUSALS[refusal]
             logger.warning("refused a key from %s (%s): %s", address, _key_prefix(scope), problem)
+            if self.metrics is not None:
+                self.metrics.refused_key(refusal)
             wait = self.failures.failed(address)
             if wait is not None:
+                if self.metrics is not None:
+                    self.metrics.throttled(address, wait)
                 await self._slow_down(wait, scope, receive, send)
                 return
             await self._reject(problem, scope, receive, send)
             return
         scope[ORG_SCOPE_KEY] = org
+        fields = logs.request_fields.get()
+        if fields is not None:
+            fields["org"] = org
         if path.startswith("/mcp"):
             await self.sessions.serve(org, scope, receive, send, self.app)
         else:
@@ -89,22 +126,23 @@ class ApiKeyAuth:
         await response(scope, receive, send)
 
     async def _verify(self, scope: Scope) -> tuple[str | None, str]:
+        """The key's organization, or None and why it is refused (a key of REFUSALS)."""
         header = ""
         for name, value in scope.get("headers", []):
             if name == b"authorization":
                 header = value.decode("latin-1")
                 break
         if not header:
-            return None, "send the header 'Authorization: Bearer <key>'; create a key with `chatdock keys create`"
+            return None, "missing"
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            return None, "the Authorization header must read 'Bearer <key>'"
+            return None, "malformed"
         store = self.server.state.store
         if store is None:
-            return None, "the server is not ready yet; try again"
+            return None, "not_ready"
         org = await store.verify_api_key(key.strip())
         if org is None:
-            return None, "the key is unknown or revoked; `chatdock keys list` shows the live keys"
+            return None, "unknown"
         return org, ""
 
     async def _reject(self, message: str, scope: Scope, receive: Receive, send: Send) -> None:
@@ -151,8 +189,10 @@ def build_http_app(
     host: str = "127.0.0.1",
     allowed_hosts: list[str] | None = None,
     max_sessions_per_org: int = DEFAULT_MAX_SESSIONS_PER_ORG,
+    metrics_port: int | None = None,
 ) -> ASGIApp:
-    """The ASGI app: /mcp (both protocol eras, keys required) and /healthz, over `server`."""
+    """The ASGI app: /mcp (both protocol eras, keys required), the REST routes, /healthz, /livez and, with
+    `settings.metrics`, /metrics (only on `metrics_port`, when given), over `server`."""
     security = transport_security(host, allowed_hosts or [])
 
     @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
@@ -174,8 +214,12 @@ def build_http_app(
         return server.state.store
 
     mcp = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
-    rest = BodyLimit(build_rest(the_store, settings.read_only))
-    return ApiKeyAuth(Dispatch(mcp, rest), server, SessionOwners(max_sessions_per_org))
+    routes = build_rest(the_store, settings.read_only)
+    sessions = Sessions(max_sessions_per_org)
+    if settings.metrics is not None:
+        settings.metrics.watch_sessions(sessions.held)
+    app = ApiKeyAuth(Dispatch(mcp, BodyLimit(routes)), server, sessions, settings.metrics)
+    return ObservedHttp(app, settings.metrics, settings.tracing, routes.routes, MCP_PATHS, metrics_port)
 
 
 class Dispatch:
@@ -210,9 +254,11 @@ def serve_http(
     allowed_hosts: list[str],
     limits: HttpLimits | None = None,
     factory: Callable[[Settings, Store], ChatdockServer] = build_server,
+    metrics_at: tuple[str, int] | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT; a failure to start raises ChatdockError with a one-line cause."""
-    anyio.run(_serve_http, settings, host, port, allowed_hosts, limits or HttpLimits(), factory)
+    """Serve until SIGTERM or SIGINT; a failure to start raises ChatdockError with a one-line cause. With
+    `metrics_at` (host, port), /metrics is served there instead of on the main listener."""
+    anyio.run(_serve_http, settings, host, port, allowed_hosts, limits or HttpLimits(), factory, metrics_at)
 
 
 async def _serve_http(
@@ -222,6 +268,7 @@ async def _serve_http(
     allowed_hosts: list[str],
     limits: HttpLimits,
     factory: Callable[[Settings, Store], ChatdockServer],
+    metrics_at: tuple[str, int] | None,
 ) -> None:
     import uvicorn
 
@@ -236,9 +283,14 @@ async def _serve_http(
     transport_security(host, allowed_hosts)  # refuse a bad --host before opening anything
     files = raise_file_limit()
     sock = listening_socket(host, port)
+    sockets = [sock]
     try:
+        if metrics_at is not None:  # one server on both sockets: one lifetime, one way to stop (ObservedHttp)
+            sockets.append(listening_socket(*metrics_at))
         async with settings.open_store() as store:
-            app = build_http_app(settings, factory(settings, store), host, allowed_hosts, limits.max_sessions_per_org)
+            server = factory(settings, store)
+            metrics_port = None if metrics_at is None else metrics_at[1]
+            app = build_http_app(settings, server, host, allowed_hosts, limits.max_sessions_per_org, metrics_port)
             config = uvicorn.Config(
                 app,
                 log_level="warning",
@@ -253,10 +305,13 @@ async def _serve_http(
                 forwarded_allow_ips=settings.trusted_proxies or None,
             )
             logger.warning("chatdock serving MCP at http://%s:%d/mcp (health: /healthz)", host, port)
+            if metrics_at is not None:
+                logger.warning("chatdock serving metrics at http://%s:%d/metrics", *metrics_at)
             with _signals_after_close():
-                await uvicorn.Server(config).serve(sockets=[sock])
+                await uvicorn.Server(config).serve(sockets=sockets)
     finally:
-        sock.close()
+        for each in sockets:
+            each.close()
 
 
 @contextlib.contextmanager

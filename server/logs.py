@@ -1,5 +1,10 @@
 """Logging for the `chatdock` command: one line per event on stderr, and no flood of the same line.
 
+Each line is plain text (`FORMAT`), or with `--log-format json` one JSON object (`JsonLines`): `time`, `level`,
+`logger` and `message` always; `request_id` and `org` when the line was written for a request (the request
+layers put them in `request_fields`, observe.py); `trace_id` and `span_id` within a traced request;
+`traceback` when there is one.
+
 A line that repeats (asyncio's "socket.accept() out of system resource" when files run out, uvicorn's
 "Invalid HTTP request received.", a refused key, a write that fails on a full disk) is written once, then
 summed up at most every ten seconds. An unexpected error (ERROR and above, with an exception that is not a
@@ -9,11 +14,20 @@ at the same place are summed up like any other line. Expected failures below ERR
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LogFormat = Literal["text", "json"]
+
+# What a log line says of the request it was written for (`request_id`, `org`): set by the request layers for
+# the request's task (observe.py), completed by the key check with the organization (http.py).
+request_fields: ContextVar[dict[str, str] | None] = ContextVar("chatdock_log_request", default=None)
 
 
 class QuietRepeats(logging.Filter):
@@ -59,9 +73,48 @@ def _where(record: logging.LogRecord) -> str:
     return f"{type(error).__name__}@{place}"
 
 
-def configure(level: str) -> None:
+class JsonLines(logging.Formatter):
+    """One JSON object per line (see the module's docstring); a message's own line breaks are escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.fromtimestamp(record.created, UTC)
+        line: dict[str, Any] = {
+            "time": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = request_fields.get()
+        if fields:
+            line.update(fields)
+        line.update(_trace_ids())
+        if record.exc_info:
+            record.exc_text = record.exc_text or self.formatException(record.exc_info)
+        if record.exc_text:
+            line["traceback"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def _trace_ids() -> dict[str, str]:
+    """The ids of the trace and span current here, within a traced request."""
+    from opentelemetry import trace  # the API only (imported by the MCP SDK as it is), on the first line logged
+
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
+
+
+def handler(log_format: LogFormat = "text") -> logging.Handler:
+    """A handler writing to stderr in `log_format`, with repeats summed up."""
+    written = logging.StreamHandler(sys.stderr)
+    written.setFormatter(JsonLines() if log_format == "json" else logging.Formatter(FORMAT))
+    written.addFilter(QuietRepeats())
+    return written
+
+
+def configure(level: str, log_format: LogFormat = "text") -> None:
     """Log to stderr (stdout carries the protocol over stdio), with repeats summed up."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
-    handler.addFilter(QuietRepeats())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.basicConfig(level=level, handlers=[handler(log_format)], force=True)

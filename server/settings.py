@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from chatdock.storage import Durability, Store, open_store
+from chatdock.storage import Durability, Store, Telemetry, open_store
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 
 @dataclass
@@ -19,8 +23,16 @@ class Settings:
     db_timeout: float = 10.0  # PostgreSQL: seconds to connect, to get a connection, for one statement
     # HTTP: addresses of proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (none: the socket's)
     trusted_proxies: list[str] = field(default_factory=list)
+    # where the server counts its work for /metrics (metrics.py): a registry of its own; None: not counted
+    metrics: Metrics | None = None
+    # spans of REST calls, store calls and their SQL, recorded by OpenTelemetry's global tracer provider (tracing.py)
+    tracing: bool = False
 
     def open_store(self) -> AbstractAsyncContextManager[Store]:
         """The one door from settings to an open store: every command and transport comes through here, so
         every store setting takes effect everywhere."""
-        return open_store(self.db, self.durability, self.pool_size, self.db_timeout)
+        return open_store(self.db, self.durability, self.pool_size, self.db_timeout, self.telemetry())
+
+    def telemetry(self) -> Telemetry:
+        """What the store tells of its work: to the metrics, with spans when tracing."""
+        return Telemetry(self.tracing) if self.metrics is None else self.metrics.store_telemetry(self.tracing)

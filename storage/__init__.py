@@ -4,6 +4,8 @@ storage/
   store.py        Store: checks, normalization, the channel choice, transcript fitting, keys
   backend.py      Backend: the narrow seam an engine implements (records in, records out)
   records.py      messages and chats checked in full, as a backend receives them
+  telemetry.py    what the store tells an operator (counts, spans): the seam metrics and traces plug into
+  tracing.py      the store's spans and its SQL's (OpenTelemetry's API), when traces are on
   sqlite/         the SQLite backend (the embedded default)
   postgres/       the PostgreSQL backend (replicas sharing one database)
 """
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from .postgres import PostgresBackend
 from .sqlite.backend import integrity_check
 from .store import Store
+from .telemetry import Telemetry
 from .transcript import format_transcript
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -52,23 +55,29 @@ def is_postgres(url: str) -> bool:
 
 @asynccontextmanager
 async def open_store(
-    url: str, durability: Durability = "normal", pool_size: int | None = None, timeout: float | None = None
+    url: str,
+    durability: Durability = "normal",
+    pool_size: int | None = None,
+    timeout: float | None = None,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[Store]:
     """The store `url` names: a SQLite file path, `:memory:` for a throwaway one, or a `postgresql://` URL
-    (`pool_size` connections at most, `timeout` seconds for each connection and statement)."""
+    (`pool_size` connections at most, `timeout` seconds for each connection and statement); it tells
+    `telemetry` of its work (telemetry.py)."""
+    telemetry = telemetry or Telemetry()
     backend: SQLiteBackend | PostgresBackend
     if is_postgres(url):
         from .postgres import DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT, PostgresBackend  # asyncpg only when used
 
-        backend = PostgresBackend(url, pool_size or DEFAULT_POOL_SIZE, timeout or DEFAULT_TIMEOUT)
+        backend = PostgresBackend(url, pool_size or DEFAULT_POOL_SIZE, timeout or DEFAULT_TIMEOUT, telemetry)
     else:
-        backend = SQLiteBackend(url, durability)
+        backend = SQLiteBackend(url, durability, telemetry=telemetry)
     try:
         await backend.start()
     except BaseException:
         await backend.close()
         raise
-    store = Store(backend)
+    store = Store(backend, telemetry)
     try:
         yield store
     finally:
@@ -110,6 +119,7 @@ __all__ = [
     "Part",
     "Role",
     "Store",
+    "Telemetry",
     "Unavailable",
     "check_store",
     "format_transcript",

@@ -100,8 +100,8 @@ async def conflicts(
     message_ids = sorted({check.uuid_text(r.id, "id") for r in records if isinstance(r, NewMessage) and r.id})
     chat_ids = {check.uuid_text(r.id, "id") for r in records if isinstance(r, NewChat)}
     chat_ids |= {check.uuid_text(r.chat_id, "chat_id") for r in records if isinstance(r, NewMessage) and r.chat_id}
-    taken = await store.backend.message_orgs(message_ids)
-    owners = await store.backend.chat_owners(sorted(chat_ids))
+    taken = await store.message_orgs(message_ids)
+    owners = await store.chat_owners(sorted(chat_ids))
     problems: dict[int, str] = {}
     for index, record in enumerate(records):
         if isinstance(record, NewAlias):

@@ -61,6 +61,7 @@ from .records import (
 )
 from .search import MAX_SEARCH_OFFSET, decode_search_cursor, encode_search_cursor, parse_query
 from .sizing import MAX_RESULT_BYTES, fitting, message_bound, message_bytes, text_bound, text_bytes
+from .telemetry import Telemetry
 from .transcript import fit_hits, fit_transcript, format_line
 
 EXPORT_BATCH = 1000
@@ -101,11 +102,13 @@ def prepare(record: NewChat | NewAlias | NewMessage) -> ChatRecord | AliasRecord
 class Store:
     """chatdock's store; open one with `open_store(url)` (see `storage/__init__.py`)."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, telemetry: Telemetry | None = None) -> None:
         self.backend = backend
+        self.telemetry = telemetry or Telemetry()  # what an operator is told (telemetry.py)
         self._touching: dict[str, asyncio.Future[None]] = {}  # "last used" writes under way, by key prefix
         # keys this process verified live, by prefix, and when (time.monotonic()) they were read (see verify)
         self._live_keys: dict[str, tuple[StoredKey, float]] = {}
+        self.telemetry.trace_calls(self)
 
     async def close(self) -> None:
         """Let the "last used" writes under way finish (they are small), then close the backend."""
@@ -120,16 +123,23 @@ class Store:
     ) -> AppendedMessage:
         """Store one message; with `idempotency_key`, a retried request gets the first answer (see `_again`)."""
         if idempotency_key is None:
-            return await self.backend.insert_message(org, message_record(message, check.utc_now()))
+            stored = await self.backend.insert_message(org, message_record(message, check.utc_now()))
+            self.telemetry.appended(stored.deduplicated)
+            return stored
         key = check.idempotency_key(idempotency_key)
         message = message.model_copy(update={"id": idempotent_id(org, "message", key)})
         record = message_record(message, check.utc_now())
-        return _again(key, record, await self.backend.insert_message(org, record))
+        stored = await self.backend.insert_message(org, record)
+        self.telemetry.appended(stored.deduplicated)
+        return _again(key, record, stored)
 
     async def import_messages(self, org: str, messages: Sequence[NewMessage]) -> list[AppendedMessage]:
         """Append many messages in one transaction (all or none); each comes back as `append_message` gives it."""
         now = check.utc_now()
-        return await self.backend.insert_messages(org, [message_record(message, now) for message in messages])
+        stored = await self.backend.insert_messages(org, [message_record(message, now) for message in messages])
+        for each in stored:
+            self.telemetry.appended(each.deduplicated)
+        return stored
 
     async def post_as_contact(
         self,
@@ -159,6 +169,7 @@ class Store:
         )
         record = message_record(new, now)
         stored = await self.backend.insert_message(org, record)  # checks again, in its transaction, the chat
+        self.telemetry.appended(stored.deduplicated)
         if key is not None:
             stored = _again(key, record, stored)
         return Message(**stored.model_dump(exclude={"deduplicated"}))
@@ -371,6 +382,20 @@ class Store:
         """Every message as (organization, message), oldest first, a batch at a time (`skipped`: as for chats)."""
         contact_id = None if contact_id is None else check.contact_id(contact_id)
         return self.backend.export_messages(org, contact_id, check.limit(batch, "batch", 1, 100_000), skipped)
+
+    async def count_records(self, org: str | None = None, contact_id: str | None = None) -> int:
+        """How many lines an export of `org` (all, when None) and `contact_id` writes: chats, aliases,
+        messages."""
+        contact_id = None if contact_id is None else check.contact_id(contact_id)
+        return await self.backend.count_records(org, contact_id)
+
+    async def message_orgs(self, message_ids: Sequence[str]) -> dict[str, str]:
+        """The organization of each of these message ids that is stored (an import's check for ids taken)."""
+        return await self.backend.message_orgs(message_ids)
+
+    async def chat_owners(self, chat_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """(organization, contact) of each of these chat ids that is stored."""
+        return await self.backend.chat_owners(chat_ids)
 
     async def import_history(
         self, org: str, records: Sequence[NewChat | NewAlias | NewMessage], keep_going: bool = False

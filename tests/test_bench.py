@@ -55,6 +55,11 @@ ROWS = [
     "write-ahead log, idle",
     "another org's REST append p99, alone",
     "... beside 256 busy listeners",
+    *(
+        f"{measure}, {mode}"
+        for measure in ("REST append, 32 clients", "REST get_context p50", "REST get_context p99")
+        for mode in ("unobserved", "with metrics", "with metrics, 1 in 10 traced", "with metrics, every request traced")
+    ),
 ]
 
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -48,9 +49,10 @@ from ..models import (
 )
 from ..records import AliasRecord, ChatRecord, MessageRecord
 from ..search import Query
+from ..telemetry import Telemetry
 from . import writes
 from .batches import Batches
-from .failures import FAILURES, RETRYABLE, broken, translate, where
+from .failures import FAILURES, RETRYABLE, broken, cause, database_name, translate, where
 from .feed import follow_notifications
 from .queries import (
     CHAT_COLUMNS,
@@ -132,11 +134,19 @@ async def _init_connection(conn: writes.Connection) -> None:
 class PostgresBackend:
     """The `Backend` on one PostgreSQL database; `start()` before use, `close()` after."""
 
-    def __init__(self, url: str, pool_size: int = DEFAULT_POOL_SIZE, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        url: str,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        timeout: float = DEFAULT_TIMEOUT,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.url = url
         self.place = where(url)
         self.pool_size = max(2, pool_size)
         self.timeout = timeout
+        self.telemetry = telemetry or Telemetry()
+        self._sql = self.telemetry.sql("postgresql", database_name(url), FAILURES)
         self._pool: asyncpg.Pool | None = None
         self._origin = secrets.token_hex(8)  # marks this process's notifications
         self._announcer = Announcer()
@@ -146,7 +156,7 @@ class PostgresBackend:
         self._appends = Batches(self._append_batch, writers)
         # reads take at most the other half less one, so a burst of readers never starves the appends of
         # connections, and one connection stays for key and health checks and the other writes (reads.py)
-        self._reads = Reads(self.pool_size - writers - 1, timeout, self.place)
+        self._reads = Reads(self.pool_size - writers - 1, timeout, self.place, self.telemetry.failed)
 
     async def start(self) -> None:
         try:
@@ -167,9 +177,12 @@ class PostgresBackend:
             )
         except FAILURES as exc:
             text = translate(exc, self.url, starting=True)
+            if text is not None:
+                self.telemetry.failed(cause(exc))
             raise exc if text is None else Unavailable(text) from exc
         except ValueError as exc:  # asyncpg's parse of the URL
             raise Unavailable(f"cannot read the PostgreSQL URL in --db: {exc}") from exc
+        self.telemetry.connection_pool(self._pool)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -181,7 +194,10 @@ class PostgresBackend:
 
     def _failed(self, exc: BaseException) -> BaseException:
         text = translate(exc, self.url)
-        return exc if text is None else Unavailable(text)
+        if text is None:
+            return exc
+        self.telemetry.failed(cause(exc))
+        return Unavailable(text)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -194,19 +210,28 @@ class PostgresBackend:
     ) -> list[Any]:
         """One statement's rows, in a turn for `org` (reads.py); `urgent` (key and health checks) skips the
         turns and takes the connection the pool keeps in reserve, so it never waits behind reads."""
+        asked = time.monotonic()
         try:
             if urgent:
-                return list(await self.pool.fetch(sql, *params, timeout=self.timeout))
+                return await self._fetch(sql, params, asked)
             async with self._reads.slot(org):
-                return list(await self.pool.fetch(sql, *params, timeout=self.timeout))
+                return await self._fetch(sql, params, asked)
         except FAILURES as exc:
             raise self._failed(exc) from exc
+
+    async def _fetch(self, sql: str, params: Sequence[Any], asked: float) -> list[Any]:
+        """One statement's rows, on a connection of the pool; how long it waited since `asked` is told."""
+        async with self.pool.acquire() as conn:
+            self.telemetry.waited(time.monotonic() - asked)
+            with self._sql.read(sql):
+                return list(await conn.fetch(sql, *params, timeout=self.timeout))
 
     def _write_failed(self, exc: BaseException, stage: str) -> BaseException:
         """The error for a write that failed at `stage` ("connecting", "writing", "committing"): a connection
         that broke while its commit was on the way leaves the outcome unknown; before that, the server undid
         the transaction (or never began it)."""
         if stage == "committing" and broken(exc):
+            self.telemetry.failed("outcome_unknown")
             return outcome_unknown(self.place, str(exc) or type(exc).__name__)
         return self._failed(exc)
 
@@ -221,12 +246,15 @@ class PostgresBackend:
             if log is not None:
                 log.reset()
             try:
-                async with self.pool.acquire(timeout=self.timeout) as conn:
-                    stage = "writing"
-                    async with conn.transaction():
-                        result = await job(conn)
-                        stage = "committing"
-                    stage = "committed"
+                with self._sql.write():
+                    asked = time.monotonic()
+                    async with self.pool.acquire(timeout=self.timeout) as conn:
+                        self.telemetry.waited(time.monotonic() - asked)
+                        stage = "writing"
+                        async with conn.transaction():
+                            result = await job(conn)
+                            stage = "committing"
+                        stage = "committed"
                 break
             except _Rollback as undone:
                 return undone.value  # type: ignore[return-value]
@@ -269,10 +297,14 @@ class PostgresBackend:
         for attempt in range(RETRIES + 1):
             stage = "connecting"
             try:
+                asked = time.monotonic()
                 async with self.pool.acquire(timeout=self.timeout) as conn:
+                    began = time.monotonic()
+                    self.telemetry.waited(began - asked)
                     stage = "committing"  # one statement: its own transaction, committed as it ends
                     found = await self._append(conn, items)
                     stage = "committed"
+                    self.telemetry.committed(len(items), time.monotonic() - began)
                 break
             except RETRYABLE as exc:
                 if attempt == RETRIES:
@@ -290,7 +322,8 @@ class PostgresBackend:
         return outcomes
 
     async def insert_message(self, org: str, record: MessageRecord) -> AppendedMessage:
-        outcome = await self._appends.submit((org, record))
+        with self._sql.write("append"):  # the wait for a batch, its statement and its commit
+            outcome = await self._appends.submit((org, record))
         if isinstance(outcome, ChatdockError):
             raise outcome
         return outcome

@@ -44,6 +44,40 @@ BROKEN = (
 FAILURES = (*BROKEN, asyncpg.PostgresError)
 
 
+def database_name(url: str) -> str:
+    """The database a URL names (for a trace's `db.namespace`)."""
+    return urlsplit(url).path.lstrip("/") or "postgres"
+
+
+# the failures, in translate's order, as the causes an operator counts (telemetry.CAUSES)
+_CAUSES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
+    (
+        (
+            asyncpg.InvalidPasswordError,
+            asyncpg.InvalidAuthorizationSpecificationError,
+            asyncpg.InvalidCatalogNameError,
+            asyncpg.InsufficientPrivilegeError,
+        ),
+        "access_refused",
+    ),
+    (asyncpg.TooManyConnectionsError, "too_many_connections"),
+    (asyncpg.DiskFullError, "disk_full"),
+    (asyncpg.ReadOnlySQLTransactionError, "read_only"),
+    (RETRYABLE, "conflict"),
+    ((asyncpg.QueryCanceledError, TimeoutError), "timeout"),
+    (BROKEN, "unreachable"),
+    (asyncpg.PostgresError, "statement_refused"),
+)
+
+
+def cause(exc: BaseException) -> str:
+    """Why the server or the way to it failed, in one word of telemetry.CAUSES."""
+    for kinds, said in _CAUSES:
+        if isinstance(exc, kinds):
+            return said
+    return "other"
+
+
 def broken(exc: BaseException) -> bool:
     """Whether the connection failed (rather than the server answering with an error)."""
     return isinstance(exc, BROKEN)

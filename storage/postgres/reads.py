@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from ..errors import Unavailable
 
 
 class Reads:
-    def __init__(self, size: int, timeout: float, place: str) -> None:
+    def __init__(self, size: int, timeout: float, place: str, failed: Callable[[str], None]) -> None:
+        self._failed = failed  # told "reads_busy" when a read gets no turn in time (telemetry.py)
         self.size = max(1, size)
         self.per_org = max(1, self.size // 2)
         self._timeout = timeout
@@ -40,6 +41,7 @@ class Reads:
                         gate.release()
                         raise
             except TimeoutError:
+                self._failed("reads_busy")
                 raise Unavailable(
                     f"{self._place}: every connection for reads stayed busy for {self._timeout:g} s (a burst of "
                     "reads, such as searches); try again, or raise --pool-size or --db-timeout"

@@ -41,9 +41,10 @@ from ..models import (
 )
 from ..records import AliasRecord, ChatRecord, MessageRecord
 from ..search import Query
+from ..telemetry import Telemetry
 from . import checkpoints, writes
 from .checkpoints import Checkpointer
-from .failures import DAMAGED, WRITE_BLOCKED, kind, translate
+from .failures import DAMAGED, WRITE_BLOCKED, cause, kind, translate
 from .feed import follow_feed
 from .health import FileWatch, IndexSweep
 from .migrations import migrate
@@ -89,7 +90,9 @@ def _keys(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> list[A
 class SQLiteBackend:
     """The `Backend` on one SQLite file; `start()` before use, `close()` after."""
 
-    def __init__(self, path: str, durability: Durability = "normal", readers: int = 2) -> None:
+    def __init__(
+        self, path: str, durability: Durability = "normal", readers: int = 2, telemetry: Telemetry | None = None
+    ) -> None:
         self._throwaway: str | None = None
         if path == ":memory:":
             # Separate connections cannot share a private :memory: database, so a
@@ -103,10 +106,17 @@ class SQLiteBackend:
             raise InvalidInput(f"durability must be 'normal' or 'full', got {durability!r}")
         self.path = path
         self.durability: Durability = durability
+        self.telemetry = telemetry or Telemetry()
+        self._sql = self.telemetry.sql("sqlite", path, (sqlite3.Error, OSError))
         self._reader_count = max(1, readers)
         # a lone write runs on the caller's thread where a commit does not wait for the disk (writer.py)
         self.log_limit = checkpoints.LIMIT  # the write-ahead log is kept near this size (checkpoints.py)
-        self._writer = Writer(self._connect_writer, inline=durability == "normal", log=(path + "-wal", self.log_limit))
+        self._writer = Writer(
+            self._connect_writer,
+            inline=durability == "normal",
+            log=(path + "-wal", self.log_limit),
+            committed=self.telemetry.committed,
+        )
         self._checkpoints = Checkpointer(path, BUSY_TIMEOUT_MS, self._writer.restart_log, self.log_limit)
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
@@ -154,6 +164,7 @@ class SQLiteBackend:
             self._direct.execute("PRAGMA query_only = ON")
         except (sqlite3.Error, OSError) as exc:
             raise self._failed(exc) from exc
+        self.telemetry.database_file(self.path, self.log_limit)
 
     async def close(self) -> None:
         for reader in self._all_readers:
@@ -172,6 +183,7 @@ class SQLiteBackend:
         error = translate(exc, self.path)
         if error is None:
             return exc
+        self.telemetry.failed(cause(exc))
         if kind(exc).startswith(DAMAGED) and self.damaged is None:
             self.damaged = error.message
             if self._all_readers:  # met while serving (at start, the one-line start-up error says it)
@@ -184,7 +196,8 @@ class SQLiteBackend:
             # range); concurrent reads go to the reader threads, where SQLite's work overlaps
             self._reading += 1
             try:
-                found = self._direct.execute(sql, params).fetchall()
+                with self._sql.read(sql):
+                    found = self._direct.execute(sql, params).fetchall()
                 await asyncio.sleep(0)  # a caller reading in a loop still lets the other tasks run
                 return found
             except sqlite3.Error as exc:
@@ -193,7 +206,8 @@ class SQLiteBackend:
                 self._reading -= 1
         reader = await self._readers.get()
         try:
-            return list(await reader.execute_fetchall(sql, params))
+            with self._sql.read(sql):  # on a reader's thread: the span, here, is the caller's wait for it
+                return list(await reader.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise self._failed(exc) from exc
         finally:
@@ -209,9 +223,11 @@ class SQLiteBackend:
         if self.damaged is None:
             self.damaged = self._sweep.found  # what a sweep of the indexes found (health.py), if anything
         if self.damaged is not None:
+            self.telemetry.failed("damaged")
             raise Unavailable(self.damaged)
         refused = self._file.problem()  # removed, replaced or unwritable: nothing acknowledged into it
         if refused is not None:
+            self.telemetry.failed("file_problem")
             raise Unavailable(refused)
         self._sweep.soon()  # while writes come, a bounded look at the indexes each second, on a thread
 
@@ -221,7 +237,7 @@ class SQLiteBackend:
             return job(conn)
 
         try:
-            result = await self._writer.run(attempt)
+            result = await self._writer.run(self._sql.on_thread(attempt))  # its span on the writer's thread
         except sqlite3.Error as exc:
             error = self._failed(exc)
             if kind(exc).startswith(WRITE_BLOCKED) and isinstance(error, Unavailable):

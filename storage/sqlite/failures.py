@@ -37,6 +37,28 @@ def kind(exc: BaseException) -> str:
     return ""
 
 
+# SQLite's names for its errors, as the causes an operator counts (telemetry.CAUSES)
+_CAUSES = (
+    ("SQLITE_FULL", "disk_full"),
+    ("SQLITE_READONLY", "read_only"),
+    (DAMAGED, "damaged"),
+    ("SQLITE_CANTOPEN", "file_problem"),
+    ("SQLITE_IOERR", "io_error"),
+    (("SQLITE_BUSY", "SQLITE_LOCKED"), "locked"),
+)
+
+
+def cause(exc: BaseException) -> str:
+    """Why SQLite or the file system failed, in one word of telemetry.CAUSES."""
+    if isinstance(exc, OSError):
+        return "file_problem"
+    name = kind(exc)
+    for names, said in _CAUSES:
+        if name.startswith(names):
+            return said
+    return "other"
+
+
 def _cannot_open(path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path)) or "."
     if os.path.isdir(path):

@@ -36,6 +36,12 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+Committed = Callable[[int, float], None]  # told of each commit: its writes, and the seconds since BEGIN
+
+
+def _untold(writes: int, seconds: float) -> None:
+    pass
+
 
 logger = logging.getLogger("chatdock.storage")
 
@@ -80,9 +86,12 @@ def is_busy(exc: BaseException) -> bool:
     )
 
 
-def _alone(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any] | None:
+def _alone(
+    conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any], committed: Committed
+) -> tuple[bool, Any] | None:
     """Run one job in a transaction of its own, without waiting for the write lock: (ok, value), or None when
     another process holds the lock (nothing was done; the writer thread will wait for it instead)."""
+    began = time.perf_counter()
     conn.execute("PRAGMA busy_timeout = 0")
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -106,6 +115,7 @@ def _alone(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) ->
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         return False, exc
+    committed(1, time.perf_counter() - began)
     return True, value
 
 
@@ -113,10 +123,15 @@ class Writer:
     """Owns the only writing connection of this process; see the module docstring."""
 
     def __init__(
-        self, connect: Callable[[], sqlite3.Connection], inline: bool = False, log: tuple[str, int] | None = None
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        inline: bool = False,
+        log: tuple[str, int] | None = None,
+        committed: Committed = _untold,
     ) -> None:
         self._connect = connect
         self._inline = inline
+        self._told = committed  # of each commit (telemetry.py), on the thread that made it
         self._log = log  # (the write-ahead log's path, the size past which it is restarted)
         self._commits = 0
         self._conn: sqlite3.Connection | None = None
@@ -160,7 +175,7 @@ class Writer:
                 and self._busy.acquire(blocking=False)
             ):
                 try:
-                    done = _alone(self._conn, fn)
+                    done = _alone(self._conn, fn, self._told)
                 finally:
                     self._busy.release()
                 if done is not None:
@@ -270,6 +285,7 @@ class Writer:
 
     def _transaction(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
+        began = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
         for job in batch:
             conn.execute("SAVEPOINT job")
@@ -287,4 +303,5 @@ class Writer:
                 outcomes.append((True, value))
             conn.execute("RELEASE job")
         conn.execute("COMMIT")
+        self._told(len(batch), time.perf_counter() - began)
         return outcomes

@@ -1,0 +1,248 @@
+"""Each request as an operator sees it: counted and timed (metrics.py), traced, and named in its log lines.
+
+- `ObservedHttp`, the outermost ASGI layer of `serve --http`: it answers /metrics (on the main listener, or
+  only on the metrics port when there is one); it counts and times every REST call by method, route template
+  and status, and gives it a span continuing the caller's trace from its `traceparent` header (key check
+  included); and it names every request in its log lines (`request_id`: the client's X-Request-Id, or one of
+  its own).
+- `ObservedMcp`, a middleware of the MCP server (after `OrgMiddleware`): it counts and times each MCP message
+  by method, tool and status, and names it in its log lines (its JSON-RPC id and organization).
+
+The span of an MCP request is the MCP SDK's own (mcp/server/_otel.py), continuing the trace in its
+`_meta.traceparent`; an MCP request over HTTP whose `_meta` has none continues its header's trace (`ObservedHttp`
+makes it the current context). The store's spans go beneath either (storage/tracing.py).
+
+Every label is bounded: an HTTP method outside the standard ones, an MCP method outside the specification's
+and a tool that is not registered are each counted as "other", and a REST path that matches no route as
+"unmatched".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import time
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any, Final
+
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult
+from mcp_types.methods import SPEC_CLIENT_METHODS, SPEC_CLIENT_NOTIFICATION_METHODS
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, StatusCode
+from pydantic import ValidationError
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import logs
+from .org import ORG_SCOPE_KEY, current_org
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+HTTP_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+MCP_METHODS: Final = SPEC_CLIENT_METHODS | SPEC_CLIENT_NOTIFICATION_METHODS
+TRACE_HEADERS: Final = {b"traceparent": "traceparent", b"tracestate": "tracestate"}
+MAX_REQUEST_ID = 128
+
+_tracer = trace.get_tracer("chatdock.server")
+
+
+def route_template(routes: Collection[BaseRoute], scope: Scope) -> str | None:
+    """The template of the route a request's path matches (`/chats/{message_id}`), never the path itself."""
+    route = scope.get("route")  # where the router put the route it chose
+    if route is None:  # refused before routing (a key, a body too large): the route it would have gone to
+        for candidate in routes:
+            if candidate.matches({**scope, "method": scope.get("method")})[0] is not Match.NONE:
+                route = candidate
+                break
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else None
+
+
+class ObservedHttp:
+    """ASGI: /metrics, and the count, time, span and request id of each request (see the module)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics | None,
+        tracing: bool,
+        routes: Collection[BaseRoute],
+        elsewhere: tuple[str, ...],
+        metrics_port: int | None = None,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.tracing = tracing
+        self.routes = routes  # the REST routes, for the template of a request refused before routing
+        self.elsewhere = elsewhere  # paths that are not REST (/mcp, the probes): named in the log, not counted
+        self.metrics_port = metrics_port
+        self._prefix = secrets.token_hex(4)  # request ids of this process: prefix-counter, unique across replicas
+        self._count = itertools.count(1)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = str(scope.get("path", ""))
+        if self.metrics is not None:
+            if self.metrics_port is not None and (scope.get("server") or ("", 0))[1] == self.metrics_port:
+                await self._scrape(scope, send, path == "/metrics")  # the metrics port serves nothing else
+                return
+            if self.metrics_port is None and path == "/metrics":
+                await self._scrape(scope, send, True)
+                return
+        request_id, carrier = self._read_headers(scope)
+        token = logs.request_fields.set({"request_id": request_id})
+        try:
+            if path.startswith(self.elsewhere):
+                await self._pass(scope, receive, send, carrier)
+            else:
+                await self._rest(scope, receive, send, carrier)
+        finally:
+            logs.request_fields.reset(token)
+
+    def _read_headers(self, scope: Scope) -> tuple[str, dict[str, str]]:
+        request_id = ""
+        carrier: dict[str, str] = {}
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                given = value.decode("latin-1")
+                if len(given) <= MAX_REQUEST_ID and given.isascii() and given.isprintable():
+                    request_id = given
+            elif name in TRACE_HEADERS and self.tracing:
+                carrier[TRACE_HEADERS[name]] = value.decode("latin-1")
+        return request_id or f"{self._prefix}-{next(self._count):x}", carrier
+
+    async def _pass(self, scope: Scope, receive: Receive, send: Send, carrier: dict[str, str]) -> None:
+        """/mcp and the probes: over MCP a `traceparent` header is the caller's trace too, beneath which the
+        SDK's span goes when its `_meta` has none."""
+        if not carrier:
+            await self.app(scope, receive, send)
+            return
+        token = otel_context.attach(propagate.extract(carrier))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            otel_context.detach(token)
+
+    async def _rest(self, scope: Scope, receive: Receive, send: Send, carrier: dict[str, str]) -> None:
+        if self.metrics is None and not self.tracing:
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500  # unless an answer starts: the app failed before it could say anything
+
+        async def noting(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        method = str(scope.get("method", ""))
+        method = method if method in HTTP_METHODS else "OTHER"
+        span, token = None, None
+        if self.tracing:  # the caller's trace, from its traceparent header; else a trace of its own
+            parent = propagate.extract(carrier) if carrier else None
+            span = _tracer.start_span(method, parent, SpanKind.SERVER, {"http.request.method": method})
+            token = otel_context.attach(trace.set_span_in_context(span, parent))
+        try:
+            await self.app(scope, receive, noting)
+        except Exception as exc:
+            if span is not None:
+                span.record_exception(exc)
+            raise
+        finally:
+            template = route_template(self.routes, scope)
+            if self.metrics is not None:
+                operation = f"{method} {template or 'unmatched'}"
+                self.metrics.request("rest", operation, "", str(status), time.perf_counter() - began)
+            if span is not None and token is not None:
+                otel_context.detach(token)
+                if span.is_recording():  # (not when a sampler left the trace out)
+                    _describe(span, scope, method, template, status)
+                span.end()
+
+    async def _scrape(self, scope: Scope, send: Send, found: bool) -> None:
+        assert self.metrics is not None
+        text = [(b"content-type", b"text/plain; charset=utf-8")]
+        if not found:
+            status, body, headers = 404, b"this port serves only GET /metrics\n", text
+        elif scope.get("method") not in ("GET", "HEAD"):
+            status, body, headers = 405, b"/metrics takes GET\n", [*text, (b"allow", b"GET, HEAD")]
+        else:
+            accept = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"accept"), "")
+            body, content_type = self.metrics.exposition(accept)
+            status, headers = 200, [(b"content-type", content_type.encode("latin-1"))]
+        headers.append((b"content-length", str(len(body)).encode("latin-1")))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body})
+
+
+def _describe(span: Span, scope: Scope, method: str, template: str | None, status: int) -> None:
+    """A REST call's span, once answered: named by its route's template (never by its path, which names
+    contacts), with its status and organization."""
+    if template is not None:
+        span.update_name(f"{method} {template}")
+        span.set_attribute("http.route", template)
+    span.set_attribute("http.response.status_code", status)
+    org = scope.get(ORG_SCOPE_KEY)
+    if isinstance(org, str):
+        span.set_attribute("chatdock.org", org)
+    if status >= 500:
+        span.set_status(StatusCode.ERROR)
+
+
+class ObservedMcp:
+    """The MCP server's middleware that counts, times and names each message (see the module)."""
+
+    def __init__(self, metrics: Metrics | None, tools: Collection[str]) -> None:
+        self.metrics = metrics
+        self.tools = tools  # the registered tools' names, the only ones a label may hold
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        org = current_org.get("")
+        fields = {"org": org} if org else {}
+        if ctx.request_id is not None:
+            fields["request_id"] = str(ctx.request_id)
+        token = logs.request_fields.set(fields)
+        began = time.perf_counter()
+        status = "error"
+        try:
+            result = await call_next(ctx)
+            status = "tool_error" if _tool_error(result) else "ok"
+            return result
+        except MCPError as exc:
+            status = str(exc.error.code)
+            raise
+        except ValidationError:
+            status = str(INVALID_PARAMS)  # as the SDK answers malformed params
+            raise
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
+        finally:
+            logs.request_fields.reset(token)
+            if self.metrics is not None:
+                method, tool = self._labels(ctx)
+                self.metrics.request("mcp", method, tool, status, time.perf_counter() - began)
+
+    def _labels(self, ctx: ServerRequestContext[Any, Any]) -> tuple[str, str]:
+        method = ctx.method if ctx.method in MCP_METHODS else "other"
+        if method != "tools/call":
+            return method, ""
+        name = ctx.params.get("name") if isinstance(ctx.params, dict) else None
+        return method, name if isinstance(name, str) and name in self.tools else "other"
+
+
+def _tool_error(result: HandlerResult) -> bool:
+    """A tool's failure, answered as a result (`isError`), as the SDK's span reads it."""
+    match result:
+        case CallToolResult(is_error=True) | {"isError": True}:
+            return True
+        case _:
+            return False

@@ -1,0 +1,93 @@
+"""Traces for an operator: OpenTelemetry's SDK, set up from the standard OTEL_* environment variables.
+
+Traces are on when the environment asks for them: OTEL_TRACES_EXPORTER names `otlp` (or `console`), or it is
+unset and an OTLP endpoint is given (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: the
+specification's default exporter is OTLP); OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none turns them
+off. Otherwise nothing of the SDK is imported and chatdock makes no span of its own.
+
+The SDK reads the rest from the environment itself: the OTLP exporter's endpoint, headers and timeout (OTLP
+over HTTP with protobuf, the `chatdock[tracing]` extra), the sampler (OTEL_TRACES_SAMPLER and its argument),
+the batching (OTEL_BSP_*) and the resource (OTEL_RESOURCE_ATTRIBUTES; the service is named by
+OTEL_SERVICE_NAME, else `chatdock`). Under `opentelemetry-instrument`, whose provider is installed first,
+chatdock's spans go to that one.
+
+The tracer provider is installed as OpenTelemetry's global one, for that is where the MCP SDK looks for it to
+make its span of each MCP request (mcp/server/_otel.py), beneath which chatdock's spans go. The CLI, which
+owns the process, installs it once (`start`) and flushes it as it exits.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from typing import Final
+
+from chatdock.storage import InvalidInput
+
+EXPORTERS: Final = ("otlp", "console")
+PROTOCOL: Final = "http/protobuf"
+INSTALL: Final = "pip install 'chatdock[tracing]'"
+
+
+def exporters(environ: Mapping[str, str]) -> list[str]:
+    """The span exporters the environment asks for, none when it asks for no traces."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return []
+    named = [name.strip().lower() for name in environ.get("OTEL_TRACES_EXPORTER", "").split(",") if name.strip()]
+    if not named:
+        endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        return ["otlp"] if endpoint else []
+    named = [name for name in named if name != "none"]
+    unknown = [name for name in named if name not in EXPORTERS]
+    if unknown:
+        raise InvalidInput(
+            f"OTEL_TRACES_EXPORTER names {', '.join(unknown)}; chatdock exports spans with otlp (OTLP over HTTP) "
+            "or console (to stderr): send them to an OpenTelemetry Collector, which forwards them anywhere"
+        )
+    protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    if "otlp" in named and protocol not in (None, "", PROTOCOL):
+        raise InvalidInput(
+            f"the OTLP protocol is set to {protocol}; chatdock sends OTLP over HTTP with protobuf: set "
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={PROTOCOL} (or leave it unset) and point OTEL_EXPORTER_OTLP_ENDPOINT at "
+            "the collector's HTTP port (4318)"
+        )
+    return named
+
+
+def start(environ: Mapping[str, str]) -> Callable[[], None] | None:
+    """Install OpenTelemetry's SDK as the environment asks; the function that flushes and stops it, or None
+    (and nothing imported) when the environment asks for no traces."""
+    chosen = exporters(environ)
+    if not chosen:
+        return None
+    from opentelemetry import trace
+
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return _kept  # one is installed already (opentelemetry-instrument): chatdock's spans go to it
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+    except ImportError as exc:
+        raise InvalidInput(f"the OTEL_* variables ask for traces, which need OpenTelemetry's SDK: {INSTALL}") from exc
+    resource = Resource.create({})  # OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME, read by the SDK
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "chatdock"}))
+    provider = TracerProvider(resource=resource)  # the sampler: OTEL_TRACES_SAMPLER, read by the SDK
+    for name in chosen:
+        exporter: SpanExporter
+        if name == "otlp":
+            try:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            except ImportError as exc:
+                raise InvalidInput(f"exporting spans by OTLP needs OpenTelemetry's OTLP exporter: {INSTALL}") from exc
+            exporter = OTLPSpanExporter()  # OTEL_EXPORTER_OTLP_*, read by the exporter
+        else:
+            exporter = ConsoleSpanExporter(out=sys.stderr)  # stdout carries the protocol over stdio
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return provider.shutdown
+
+
+def _kept() -> None:
+    """A tracer provider chatdock did not install is flushed by whoever installed it."""

@@ -1,0 +1,110 @@
+"""`--log-format json`: every line chatdock writes on stderr is one JSON object with `time`, `level`, `logger`
+and `message`, and `request_id`, `org` and `traceback` when there are; the plain lines stay as they were."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatdock.server import logs
+from tests.transports import chatdock_command, create_key, error, free_port, http_client
+
+KEYS = {"time", "level", "logger", "message"}
+
+
+def read_lines(text: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in text.splitlines()]
+    for line in lines:
+        assert set(line) >= KEYS, line
+        assert line["level"] in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+        assert datetime.fromisoformat(line["time"]).utcoffset() is not None  # UTC, to the millisecond
+    return lines
+
+
+@pytest.mark.process
+async def test_a_served_process_writes_one_json_object_per_line_naming_the_request(tmp_path: Path) -> None:
+    db = str(tmp_path / "chatdock.db")
+    key = create_key(db, "acme", "logged")
+    port = free_port()
+    log = tmp_path / "serve.log"
+    base = f"http://127.0.0.1:{port}"
+    with log.open("wb") as written:
+        process = subprocess.Popen(
+            [*chatdock_command(), "serve", "--http", "--db", db, "--port", str(port), "--log-format", "json"],
+            env={**os.environ, "CHATDOCK_LOG_LEVEL": "INFO"},
+            stdout=subprocess.DEVNULL,
+            stderr=written,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with urllib.request.urlopen(base + "/healthz", timeout=1):
+                        break
+                except OSError:
+                    assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.05)
+            wrong = urllib.request.Request(
+                base + "/chats", b"{}", {"Authorization": "Bearer cdk_wrong_key", "X-Request-Id": "req-42"}
+            )
+            with pytest.raises(urllib.error.HTTPError):
+                urllib.request.urlopen(wrong, timeout=10)
+            async with http_client(base, key) as client:  # a tool that fails is logged (INFO) by the MCP SDK
+                await error(
+                    client, "get_context", contact_id="+31612345678", chat_id="01a24468-f4d6-78df-954c-09b07e48c692"
+                )
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+    lines = read_lines(log.read_text())
+    assert any(line["message"].startswith("chatdock serving MCP at ") for line in lines)
+    [refused] = [line for line in lines if line["message"].startswith("refused a key from 127.0.0.1")]
+    assert refused["level"] == "WARNING" and refused["logger"] == "chatdock.http"
+    assert refused["request_id"] == "req-42" and "org" not in refused  # the key named no organization
+    [failed] = [line for line in lines if line["message"].startswith("Tool 'get_context' failed")]
+    assert failed["org"] == "acme" and failed["request_id"]  # the JSON-RPC id of the tool call
+
+
+def test_a_traceback_is_a_field_of_its_line(capsys: pytest.CaptureFixture[str]) -> None:
+    logger = logging.getLogger("chatdock.test-log-format")
+    logger.propagate = False
+    logger.addHandler(logs.handler("json"))
+    token = logs.request_fields.set({"request_id": "r-1", "org": "acme"})
+    try:
+        try:
+            raise RuntimeError("a bug,\nover two lines")
+        except RuntimeError:
+            logger.exception("something failed unexpectedly")
+        logger.warning("no request here, %s", "after")
+    finally:
+        logs.request_fields.reset(token)
+        logger.handlers.clear()
+    first, second = read_lines(capsys.readouterr().err)
+    assert first["message"] == "something failed unexpectedly" and first["level"] == "ERROR"
+    assert (first["request_id"], first["org"]) == ("r-1", "acme")
+    assert first["traceback"].startswith("Traceback (most recent call last):")
+    assert first["traceback"].endswith("RuntimeError: a bug,\nover two lines")
+    assert second["message"] == "no request here, after" and "traceback" not in second
+
+
+def test_text_lines_stay_as_they_were(capsys: pytest.CaptureFixture[str]) -> None:
+    logger = logging.getLogger("chatdock.test-log-text")
+    logger.propagate = False
+    logger.addHandler(logs.handler())
+    try:
+        logger.warning("plain %s", "words")
+    finally:
+        logger.handlers.clear()
+    line = capsys.readouterr().err
+    assert line.endswith(" WARNING chatdock.test-log-text: plain words\n")

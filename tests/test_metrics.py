@@ -1,0 +1,329 @@
+"""GET /metrics, scraped from a real `chatdock serve --http` during a real workload (REST, and MCP over HTTP in
+both eras, on both engines) and read with the Prometheus client's own parser: every family is there, each
+count is the workload's, and no label holds a contact id or a message id however many contacts write."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+import yaml
+from mcp.client import Client
+from mcp.client.subscriptions import ResourceUpdated
+from mcp.shared.exceptions import MCPDeprecationWarning
+from prometheus_client.parser import text_string_to_metric_families
+
+from chatdock.server.app import Settings, build_server
+from chatdock.server.metrics import Metrics
+from chatdock.server.resources import TRANSCRIPT_URI, contact_uri
+from chatdock.storage import Unavailable, is_postgres, open_store
+from chatdock.storage.sqlite import checkpoints
+from chatdock.storage.telemetry import CAUSES
+from tests.transports import call, create_key, error, free_port, http_client, http_server, http_transport
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTACTS = 1_000
+WATCHED, QUIET = "+31600000000", "+31600000001"  # two of the contacts; QUIET is never written while listened to
+MCP_APPENDS = {"auto": 4, "legacy": 3}
+EVENTS = 3
+RETRIES = 5
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def contact(index: int) -> str:
+    return f"+3160{index:07d}"
+
+
+def message(contact_id: str, content: str = "hello", **more: Any) -> dict[str, Any]:
+    return {"contact_id": contact_id, "channel": "sms", "role": "user", "content": content, **more}
+
+
+def scrape(url: str) -> tuple[set[str], Samples]:
+    """The families and samples of a scrape, as Prometheus' client parses them."""
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    families = list(text_string_to_metric_families(text))
+    samples = {(s.name, frozenset(s.labels.items())): s.value for f in families for s in f.samples}
+    return {f.name for f in families}, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+@asynccontextmanager
+async def listening(base: str, key: str, uri: str) -> AsyncIterator[list[str]]:
+    """A 2026-07-28 era listen stream on `uri`; yields what it has heard so far."""
+    heard: list[str] = []
+    async with http_client(base, key) as client, client.listen(resource_subscriptions=[uri]) as events:
+
+        async def collect() -> None:
+            async for event in events:
+                if isinstance(event, ResourceUpdated):
+                    heard.append(event.uri)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(collect)
+            yield heard
+            group.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def subscribed_session(base: str, key: str, uri: str) -> AsyncIterator[Client]:
+    """An initialize-era session (it holds an mcp-session-id) subscribed to `uri`."""
+    async with Client(http_transport(base, key), mode="legacy") as client:
+        with warnings.catch_warnings():  # resources/subscribe is the initialize era's, used here on purpose
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await client.subscribe_resource(uri)
+        yield client
+
+
+async def heard_within(heard: list[str], count: int) -> None:
+    with anyio.fail_after(10):
+        while len(heard) < count:
+            await anyio.sleep(0.01)
+
+
+async def workload(base: str, key: str) -> dict[str, Any]:
+    """REST and MCP of both eras, every outcome counted; returns, while a listen stream and a subscribed
+    session are still open, the scrape taken then."""
+    async with httpx2.AsyncClient(base_url=base, timeout=30, headers={"Authorization": f"Bearer {key}"}) as http:
+        gate = asyncio.Semaphore(16)
+
+        async def post(body: dict[str, Any], expected: int) -> dict[str, Any]:
+            async with gate:
+                answer = await http.post("/chats", json=body)
+            assert answer.status_code == expected, answer.text
+            return dict(answer.json())
+
+        stored = await asyncio.gather(*(post(message(contact(i)), 201) for i in range(CONTACTS)))
+        retried = message(WATCHED, "a webhook", metadata={"provider_message_id": "wamid.HBgLMzE2MTIzNDU2Nzg"})
+        await post(retried, 201)
+        for _ in range(RETRIES):
+            assert (await post(retried, 200))["deduplicated"] is True
+        assert (await http.delete(f"/chats/{stored[-1]['id']}")).status_code == 200
+        assert (await http.get(f"/contacts/{WATCHED}")).status_code == 200
+        assert (await http.get("/nowhere")).status_code == 404
+
+        async with http_client(base, key) as modern:
+            for index in range(MCP_APPENDS["auto"]):
+                await call(modern, "append_message", **message(contact(index + 2), "over MCP"))
+            await error(modern, "get_context", contact_id=WATCHED, chat_id="01a24468-f4d6-78df-954c-09b07e48c692")
+        async with http_client(base, key, mode="legacy") as legacy:
+            for index in range(MCP_APPENDS["legacy"]):
+                await call(legacy, "append_message", **message(contact(index + 2), "over MCP, initialize era"))
+
+        refused = {"missing": {}, "malformed": {"Authorization": "Basic x"}, "unknown": {"Authorization": "Bearer no"}}
+        async with httpx2.AsyncClient(base_url=base, timeout=30) as stranger:
+            statuses = [
+                (await stranger.post("/chats", json=message(WATCHED), headers=refused[reason])).status_code
+                for reason in ["missing", "malformed", *["unknown"] * 21]
+            ]
+        assert statuses == [401] * 20 + [429] * 3
+
+        async with (
+            subscribed_session(base, key, contact_uri(TRANSCRIPT_URI, QUIET)),
+            listening(base, key, contact_uri(TRANSCRIPT_URI, WATCHED)) as heard,
+        ):
+            for count in range(1, EVENTS + 1):  # one at a time, so that no two changes are told as one
+                await post(message(WATCHED, f"event {count}"), 201)
+                await heard_within(heard, count)
+            families, samples = await asyncio.to_thread(scrape, base + "/metrics")
+    return {"families": families, "samples": samples}
+
+
+@pytest.mark.process
+async def test_metrics_count_a_real_workload_with_bounded_labels(db: str) -> None:
+    key = create_key(db, "acme", "ops")
+    with http_server(db) as base:
+        scraped = await workload(base, key)
+    families: set[str] = scraped["families"]
+    samples: Samples = scraped["samples"]
+
+    every = {
+        "chatdock_requests",
+        "chatdock_request_duration_seconds",
+        "chatdock_appends",
+        "chatdock_commit_batch_size",
+        "chatdock_commit_duration_seconds",
+        "chatdock_storage_errors",
+        "chatdock_events_published",
+        "chatdock_event_delivery_lag_seconds",
+        "chatdock_failed_keys",
+        "chatdock_throttled_requests",
+        "chatdock_throttled_addresses",
+        "chatdock_sessions",
+        "chatdock_listeners",
+    }
+    engine = {
+        "chatdock_postgres_pool_connections",
+        "chatdock_postgres_pool_max_connections",
+        "chatdock_postgres_pool_wait_seconds",
+    }
+    other = {
+        "chatdock_sqlite_wal_bytes",
+        "chatdock_sqlite_wal_limit_bytes",
+        "chatdock_sqlite_database_bytes",
+        "chatdock_sqlite_disk_free_bytes",
+    }
+    if not is_postgres(db):
+        engine, other = other, engine
+    assert every | engine <= families, sorted((every | engine) - families)
+    assert not other & families
+
+    # appends, by outcome: exactly what was sent
+    appended = CONTACTS + 1 + sum(MCP_APPENDS.values()) + EVENTS
+    assert value(samples, "chatdock_appends_total", outcome="stored") == appended
+    assert value(samples, "chatdock_appends_total", outcome="deduplicated") == RETRIES
+
+    # requests by surface, route template or MCP method, tool and status
+    def requests(surface: str, operation: str, status: str, tool: str = "") -> float:
+        labels = {"surface": surface, "operation": operation, "tool": tool, "status": status}
+        return value(samples, "chatdock_requests_total", **labels)
+
+    assert requests("rest", "POST /chats", "201") == CONTACTS + 1 + EVENTS
+    assert requests("rest", "POST /chats", "200") == RETRIES
+    assert requests("rest", "POST /chats", "401") == 20
+    assert requests("rest", "POST /chats", "429") == 3
+    assert requests("rest", "DELETE /chats/{message_id}", "200") == 1
+    assert requests("rest", "GET /contacts/{contact_id}", "200") == 1
+    assert requests("rest", "GET unmatched", "404") == 1
+    assert requests("mcp", "tools/call", "ok", "append_message") == sum(MCP_APPENDS.values())
+    assert requests("mcp", "tools/call", "tool_error", "get_context") == 1
+    posted = CONTACTS + 1 + EVENTS + RETRIES + 20 + 3
+    timed = {"surface": "rest", "operation": "POST /chats", "tool": ""}
+    assert value(samples, "chatdock_request_duration_seconds_count", **timed) == posted
+    assert value(samples, "chatdock_request_duration_seconds_bucket", **timed, le="+Inf") == posted
+
+    # keys refused, and the address answered 429
+    assert value(samples, "chatdock_failed_keys_total", reason="missing") == 1
+    assert value(samples, "chatdock_failed_keys_total", reason="malformed") == 1
+    assert value(samples, "chatdock_failed_keys_total", reason="unknown") == 21
+    assert value(samples, "chatdock_throttled_requests_total") == 3
+    assert value(samples, "chatdock_throttled_addresses") == 1
+
+    # listeners and sessions by organization, events and their lag
+    assert value(samples, "chatdock_sessions", org="acme") == 1
+    assert value(samples, "chatdock_listeners", org="acme", kind="stream") == 1
+    assert value(samples, "chatdock_listeners", org="acme", kind="session") == 1
+    assert value(samples, "chatdock_events_published_total", org="acme") == EVENTS
+    assert value(samples, "chatdock_event_delivery_lag_seconds_count") == EVENTS
+
+    # commits, storage errors (none), and the engine's own
+    assert value(samples, "chatdock_commit_batch_size_sum") >= appended
+    assert value(samples, "chatdock_commit_duration_seconds_count") >= 1
+    assert all(value(samples, "chatdock_storage_errors_total", cause=cause) == 0 for cause in CAUSES)
+    if is_postgres(db):
+        assert value(samples, "chatdock_postgres_pool_max_connections") == 10
+        in_use, idle = (value(samples, "chatdock_postgres_pool_connections", state=s) for s in ("in_use", "idle"))
+        assert in_use >= 0 and idle >= 0 and 1 <= in_use + idle <= 10
+        batches = value(samples, "chatdock_commit_batch_size_count")  # each batch of appends took a connection
+        assert value(samples, "chatdock_postgres_pool_wait_seconds_count") >= batches > 0
+    else:
+        assert value(samples, "chatdock_sqlite_wal_limit_bytes") == checkpoints.LIMIT
+        assert 0 <= value(samples, "chatdock_sqlite_wal_bytes") <= checkpoints.LIMIT + 8_000_000
+        assert value(samples, "chatdock_sqlite_database_bytes") >= 100_000  # a thousand contacts' worth
+        assert value(samples, "chatdock_sqlite_disk_free_bytes") > 0
+
+    # bounded: 1,000 contacts wrote, and no label holds a contact id, a message id or a raw path
+    labels = {v for _, pairs in samples for _, v in pairs}
+    assert not [v for v in labels if re.search(r"\+\d{5}|[0-9a-f]{8}-[0-9a-f]{4}-|/chats/0", v)]
+    assert len(samples) < 600, len(samples)
+
+
+@pytest.mark.process
+def test_metrics_port_serves_metrics_off_the_main_listener(tmp_path: Path) -> None:
+    db = str(tmp_path / "chatdock.db")
+    port = free_port()
+    with http_server(db, "--metrics-port", str(port)) as base:
+        with pytest.raises(urllib.error.HTTPError) as main:
+            urllib.request.urlopen(base + "/metrics", timeout=10)
+        assert main.value.code == 404
+        families, _ = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert "chatdock_requests" in families
+        with pytest.raises(urllib.error.HTTPError) as elsewhere:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/chats", timeout=10)
+        assert elsewhere.value.code == 404
+        assert elsewhere.value.read() == b"this port serves only GET /metrics\n"
+
+
+async def test_each_server_counts_in_a_registry_of_its_own(tmp_path: Path) -> None:
+    first, second = Metrics(), Metrics()
+    servers = [
+        build_server(Settings(db=str(tmp_path / f"{n}.db"), metrics=m)) for n, m in (("1", first), ("2", second))
+    ]
+    async with Client(servers[0]) as one, Client(servers[1]) as two:
+        for index in range(2):
+            await call(one, "append_message", **message(contact(index)))
+        await call(two, "append_message", **message(contact(9)))
+    assert first.registry.get_sample_value("chatdock_appends_total", {"outcome": "stored"}) == 2
+    assert second.registry.get_sample_value("chatdock_appends_total", {"outcome": "stored"}) == 1
+    ok = {"surface": "mcp", "operation": "tools/call", "tool": "append_message", "status": "ok"}
+    assert first.registry.get_sample_value("chatdock_requests_total", ok) == 2
+    assert second.registry.get_sample_value("chatdock_requests_total", ok) == 1
+
+
+async def test_storage_errors_are_counted_by_cause(db: str, tmp_path: Path) -> None:
+    metrics = Metrics()
+    if is_postgres(db):
+        broken, cause = "postgresql://chatdock@127.0.0.1:1/nowhere", "unreachable"
+    else:
+        broken, cause = str(tmp_path / "not-a-database.db"), "damaged"
+        Path(broken).write_bytes(b"this is not a SQLite file, " * 1000)
+    with pytest.raises(Unavailable):
+        async with open_store(broken, timeout=2, telemetry=metrics.store_telemetry()):
+            pass
+    assert metrics.registry.get_sample_value("chatdock_storage_errors_total", {"cause": cause}) == 1
+    others = [c for c in CAUSES if c != cause]
+    assert all(metrics.registry.get_sample_value("chatdock_storage_errors_total", {"cause": c}) == 0 for c in others)
+
+
+# --- the docs: every metric listed, and the dashboard and alerts use only those ---
+
+
+def documented(operations: str) -> set[str]:
+    """The names in docs/operations.md's table of metrics."""
+    return set(re.findall(r"^\| `(chatdock_[a-z_]+)`", operations, re.MULTILINE))
+
+
+def queried(texts: Iterable[str]) -> set[str]:
+    """The metric names PromQL expressions use, without the series suffixes of a histogram."""
+    names = {name for text in texts for name in re.findall(r"\bchatdock_[a-z_]+", text)}
+    return {re.sub(r"_(bucket|sum|count)$", "", name) for name in names}
+
+
+async def test_every_metric_is_documented_and_the_dashboard_and_alerts_use_only_those(db: str) -> None:
+    metrics = Metrics()
+    server = build_server(Settings(db=db, metrics=metrics))
+    async with Client(server) as client:
+        await call(client, "append_message", **message(WATCHED))
+    exposed = set()
+    for family in metrics.registry.collect():
+        exposed.add(f"{family.name}_total" if family.type == "counter" else family.name)
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    listed = documented(operations)
+    assert exposed <= listed, sorted(exposed - listed)
+    engines = ("chatdock_sqlite_", "chatdock_postgres_")
+    assert {name for name in listed - exposed if not name.startswith(engines)} == set()
+
+    dashboard = json.loads((ROOT / "docs" / "grafana" / "chatdock.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert expressions and queried(expressions) <= listed, sorted(queried(expressions) - listed)
+    blocks = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", operations, re.DOTALL)]
+    [rules] = [block for block in blocks if "groups" in block]
+    alerts = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    assert len(alerts) >= 4 and queried(alerts) <= listed, sorted(queried(alerts) - listed)
