@@ -19,8 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from chatdock.storage.sqlite import checkpoints
 from . import bench_compare, bench_operations, bench_postgres, bench_reliability, bench_startup
 from .app import Settings, build_server
 from .bench_http import http_round_trips, rest_figures, rest_rows, served_over_http
+from .bench_rows import CONVERSATION, Row, appends, mcp_round_trips, percentile, timed
 from .progress import Progress
 from .resources import TRANSCRIPT_URI, contact_uri
 
@@ -44,24 +44,6 @@ CONTEXT_SQL = (
 )
 
 
-@dataclass
-class Row:
-    name: str
-    value: float
-    unit: str
-    floor: float | None = None
-    ratio: float | None = None
-    goal: str = ""
-    met: bool | None = None
-    section: str = ""  # rows of a section are printed under its heading
-
-
-def _pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-CONVERSATION = "+31650000050"  # a contact with 50 ordinary chat messages, for the MCP rows
 _WORDS = ["hi", "order", "refund", "parcel", "tomorrow", "thanks", "please", "when", "where", "delivery", "address"]
 
 
@@ -159,7 +141,7 @@ def raw_floor(path: str, durability: str, inserts: int, reads: int, contacts: in
         conn.execute(CONTEXT_SQL, (random.choice(pks),)).fetchall()
         samples.append((time.perf_counter() - began) * 1000)
     conn.close()
-    return rate, _pct(samples, 0.99)
+    return rate, percentile(samples, 0.99)
 
 
 # What one append to a known contact writes, statement for statement (storage/sqlite/writes.py), as a
@@ -203,31 +185,6 @@ def raw_append_floor(path: str, inserts: int) -> float:
     return rate
 
 
-async def timed(calls: list[Callable[[], Awaitable[Any]]], concurrency: int) -> tuple[float, list[float]]:
-    """Run the calls with `concurrency` callers; return the rate (calls/s) and each call's latency in ms."""
-    latencies: list[float] = []
-    queue = list(reversed(calls))
-
-    async def worker() -> None:
-        while queue:
-            call = queue.pop()
-            began = time.perf_counter()
-            await call()
-            latencies.append((time.perf_counter() - began) * 1000)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return len(calls) / (time.perf_counter() - start), latencies
-
-
-def _appends(store: Store, count: int, tag: str) -> list[Callable[[], Awaitable[Any]]]:
-    def append(i: int) -> Callable[[], Awaitable[Any]]:
-        message = NewMessage(contact_id=f"+3199{i % 1000:07d}", channel="sms", role="user", content=f"{tag} {i}")
-        return lambda: store.append_message("bench", message)
-
-    return [append(i) for i in range(count)]
-
-
 async def mixed(store: Store, contacts: int, seconds: float) -> tuple[float, float]:
     """16 readers beside one writer for `seconds`: reads/s and writes/s."""
     stop = time.perf_counter() + seconds
@@ -249,19 +206,6 @@ async def mixed(store: Store, contacts: int, seconds: float) -> tuple[float, flo
     await asyncio.gather(writer(), *(reader() for _ in range(16)))
     elapsed = time.perf_counter() - began
     return counts["reads"] / elapsed, counts["writes"] / elapsed
-
-
-async def mcp_round_trips(client: Client, count: int, contact: str = CONVERSATION) -> tuple[float, float]:
-    """Median ms of get_context (50 messages) and of a bare do-nothing tool call, on one connection."""
-    context, bare = [], []
-    for _ in range(count):
-        began = time.perf_counter()
-        await client.call_tool("get_context", {"contact_id": contact})
-        context.append((time.perf_counter() - began) * 1000)
-        began = time.perf_counter()
-        await client.call_tool("bench_noop", {})
-        bare.append((time.perf_counter() - began) * 1000)
-    return statistics.median(context), statistics.median(bare)
 
 
 async def result_sizes(client: Client) -> tuple[int, int, int]:
@@ -338,7 +282,7 @@ async def appends_with_and_without_index(folder: str, count: int) -> tuple[float
                 for trigger in ("insert", "delete", "update"):
                     conn.execute(f"DROP TRIGGER messages_fts_{trigger}")
         async with open_store(path) as store:
-            rate, _ = await timed(_appends(store, count * 2, name), 1)
+            rate, _ = await timed(appends(store, count * 2, name), 1)
         rates.append(rate)
         for suffix in ("", "-wal", "-shm"):
             Path(path + suffix).unlink(missing_ok=True)
@@ -353,7 +297,7 @@ async def appends_beside_listeners(path: str, listeners: int, count: int) -> flo
             for index in range(listeners):
                 uri = contact_uri(TRANSCRIPT_URI, f"+3170{index:07d}")
                 await streams.enter_async_context(client.listen(resource_subscriptions=[uri]))
-            rate, _ = await timed(_appends(store, count, f"beside {listeners}"), 1)
+            rate, _ = await timed(appends(store, count, f"beside {listeners}"), 1)
     return rate
 
 
@@ -414,29 +358,29 @@ async def _run(
         add("raw_insert", raw_rate)
         add("raw_read_p99", raw_read_p99)
         async with open_store(path) as store:
-            rate, lat = await timed(_appends(store, scale, "one"), 1)
+            rate, lat = await timed(appends(store, scale, "one"), 1)
             add("one_rate", rate)
-            add("one_p99", _pct(lat, 0.99))
+            add("one_p99", percentile(lat, 0.99))
             if compare:  # here, where the file is as calm as for the row above
                 for name, value in (await bench_compare.figures(store, rivals, scale, ONE_ID, contacts)).items():
                     add(name, value)
-            rate, lat = await timed(_appends(store, scale * 5, "many"), 100)
+            rate, lat = await timed(appends(store, scale * 5, "many"), 100)
             add("many_rate", rate)
-            add("many_p99", _pct(lat, 0.99))
+            add("many_p99", percentile(lat, 0.99))
             samples = []
             for _ in range(scale):
                 began = time.perf_counter()
                 await store.get_context("bench", f"+3160{random.randrange(contacts):07d}")
                 samples.append((time.perf_counter() - began) * 1000)
-            add("context_p50", _pct(samples, 0.5))
-            add("context_p99", _pct(samples, 0.99))
+            add("context_p50", percentile(samples, 0.5))
+            add("context_p99", percentile(samples, 0.99))
             for name, identifier in (("one_id", ONE_ID), ("many_ids", ALIASES[-1])):
                 samples = []
                 for _ in range(scale):
                     began = time.perf_counter()
                     await store.get_context("bench", identifier)
                     samples.append((time.perf_counter() - began) * 1000)
-                add(f"context_{name}_p99", _pct(samples, 0.99))
+                add(f"context_{name}_p99", percentile(samples, 0.99))
             for name, query, contact in (
                 ("search_contact", "hello", "+31600000007"),
                 ("search_rare", "zebrafish", None),
@@ -447,7 +391,7 @@ async def _run(
                     began = time.perf_counter()
                     await store.search_messages("bench", query, contact_id=contact)
                     samples.append((time.perf_counter() - began) * 1000)
-                add(f"{name}_p99", _pct(samples, 0.99))
+                add(f"{name}_p99", percentile(samples, 0.99))
             add("index_share", await (index_share(path) if sqlite else bench_postgres.index_share(path)))
             page = await store.list_messages("bench", "+31600000000", limit=50)
             samples = []
@@ -455,7 +399,7 @@ async def _run(
                 began = time.perf_counter()
                 await store.list_messages("bench", "+31600000000", limit=50, cursor=page.next_cursor)
                 samples.append((time.perf_counter() - began) * 1000)
-            add("page_p50", _pct(samples, 0.5))
+            add("page_p50", percentile(samples, 0.5))
             victims = [m.id for m in (await store.list_messages("bench", "+31990000001", limit=200)).messages]
             victims += [
                 (
@@ -470,15 +414,15 @@ async def _run(
                 began = time.perf_counter()
                 await store.delete_message("bench", victim)
                 samples.append((time.perf_counter() - began) * 1000)
-            add("delete_p50", _pct(samples, 0.5))
+            add("delete_p50", percentile(samples, 0.5))
             reads, writes = await mixed(store, contacts, 2.0)
             add("mixed_reads", reads)
             add("mixed_writes", writes)
         if sqlite:  # PostgreSQL's durability is the server's setting (synchronous_commit), not chatdock's
             async with open_store(path, durability="full") as store:
-                rate, lat = await timed(_appends(store, scale * 5, "full"), 100)
+                rate, lat = await timed(appends(store, scale * 5, "full"), 100)
                 add("many_full_rate", rate)
-                add("many_full_p99", _pct(lat, 0.99))
+                add("many_full_p99", percentile(lat, 0.99))
         async with Client(bench_server(Settings(db=path, org="bench"))) as client:
             ctx_ms, bare_ms = await mcp_round_trips(client, max(50, scale // 10))
             add("mcp_memory_context", ctx_ms)
@@ -501,7 +445,7 @@ async def _run(
             add("mcp_http_bare", bare_ms)
             for name, value in (await rest_figures(base, key, scale)).items():
                 add(name, value)
-            alone, beside = await bench_reliability.beside_listeners(base, path)
+            alone, beside = await bench_reliability.beside_listeners(base, path, max(1.0, min(3.0, scale / 600)))
             add("neighbour_alone_p99", alone)
             add("neighbour_beside_p99", beside)
         for name, value in (await bench_operations.figures(path, scale)).items():
@@ -520,8 +464,8 @@ async def _run(
         add("first_answer", served)
         add("sdk_import", imported)
         latencies = await event_latency(path, min(200, scale // 10))  # 200 at full size
-        add("event_p50", _pct(latencies, 0.5))
-        add("event_p99", _pct(latencies, 0.99))
+        add("event_p50", percentile(latencies, 0.5))
+        add("event_p99", percentile(latencies, 0.99))
         add("listeners_0", await appends_beside_listeners(path, 0, scale))
         add("listeners_500", await appends_beside_listeners(path, 500, scale))
     if bar is not None:

@@ -25,12 +25,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chatdock.storage import NewMessage, Store
 
-if TYPE_CHECKING:
-    from .bench import Row
+from .bench_rows import Row
 
 INSTALL = "pip install 'chatdock[compare]'"
 
@@ -203,7 +202,6 @@ async def figures(store: Store, rivals: list[Rival], scale: int, long: str, cont
 def rows(m: dict[str, float], rivals: list[str], long: int, ordinary: int) -> list[Row]:
     """chatdock's row for each measure, then each rival's with its ratio to chatdock's; `long` and `ordinary`
     are the sizes of the histories read."""
-    from .bench import Row
 
     section = "compared on the same data (ratio: theirs over chatdock's)"
     found = []

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx2
 from mcp.client import Client
@@ -18,8 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from chatdock.storage import open_store
 
-if TYPE_CHECKING:
-    from .bench import Row
+from .bench_rows import CONVERSATION, Row, mcp_round_trips, percentile
 
 CLIENTS = (1, 8, 32)
 
@@ -67,7 +66,6 @@ def _http(key: str) -> httpx2.AsyncClient:
 
 async def http_round_trips(base: str, key: str, count: int) -> tuple[float, float]:
     """`bench.mcp_round_trips` over streamable HTTP."""
-    from .bench import mcp_round_trips
 
     async with _http(key) as http, Client(streamable_http_client(base + "/mcp", http_client=http)) as client:
         return await mcp_round_trips(client, count)
@@ -88,7 +86,6 @@ async def calls_per_second(call: Callable[[int], Awaitable[Any]], clients: int, 
 
 async def rest_figures(base: str, key: str, count: int) -> dict[str, float]:
     """REST append and the bare route at 1, 8 and 32 clients, REST get_context p50/p99, MCP append at 32."""
-    from .bench import CONVERSATION, _pct
 
     figures: dict[str, float] = {}
     async with _http(key) as http:
@@ -113,8 +110,8 @@ async def rest_figures(base: str, key: str, count: int) -> dict[str, float]:
             began = time.perf_counter()
             (await http.get(base + "/chats/context", params={"contact_id": CONVERSATION})).raise_for_status()
             samples.append((time.perf_counter() - began) * 1000)
-        figures["rest_context_p50"] = _pct(samples, 0.5)
-        figures["rest_context_p99"] = _pct(samples, 0.99)
+        figures["rest_context_p50"] = percentile(samples, 0.5)
+        figures["rest_context_p99"] = percentile(samples, 0.99)
         async with Client(streamable_http_client(base + "/mcp", http_client=http)) as client:
 
             async def mcp_append(index: int) -> None:
@@ -127,7 +124,6 @@ async def rest_figures(base: str, key: str, count: int) -> dict[str, float]:
 
 
 def rest_rows(m: dict[str, float]) -> list[Row]:
-    from .bench import Row
 
     rows = []
     for clients in CLIENTS:

@@ -19,17 +19,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
 
 import httpx2
 
 from chatdock.storage import open_store
 
 from .bench_http import serving
+from .bench_rows import CONVERSATION, Row, percentile
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from .bench import Row
 
 MODES = ("unobserved", "with metrics", "with metrics, 1 in 10 traced", "with metrics, every request traced")
 SAMPLERS = {  # the OTEL_* variables of each traced mode
@@ -96,7 +93,6 @@ async def figures(path: str, count: int) -> dict[str, float]:
 
 async def measure(base: str, key: str, count: int) -> tuple[float, float, float]:
     """After a warm-up: REST appends/s with 32 clients, and get_context's p50 and p99 (ms), one at a time."""
-    from .bench import CONVERSATION, _pct
     from .bench_http import calls_per_second
 
     limits = httpx2.Limits(max_connections=64, max_keepalive_connections=64)
@@ -116,11 +112,10 @@ async def measure(base: str, key: str, count: int) -> tuple[float, float, float]
             await context()
         rate = await calls_per_second(append, CLIENTS, count)
         samples = [await context() for _ in range(count)]
-    return rate, _pct(samples, 0.5), _pct(samples, 0.99)
+    return rate, percentile(samples, 0.5), percentile(samples, 0.99)
 
 
 def rows(m: dict[str, float]) -> list[Row]:
-    from .bench import Row
 
     made = []
     for figure, name, unit, goal in (

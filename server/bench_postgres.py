@@ -17,6 +17,8 @@ import asyncpg
 
 from chatdock.storage import open_store
 
+from .bench_rows import appends, timed
+
 INSERT_SQL = (
     "INSERT INTO messages (id, org_id, contact_pk, channel, role, content, created_us)"
     " VALUES ($1, $2, $3, 'sms', 'user', $4, $5)"
@@ -97,7 +99,6 @@ async def index_share(url: str) -> float:
 
 async def appends_with_and_without_index(url: str, count: int) -> tuple[float, float]:
     """One caller's appends/s on two fresh databases of the server, one without the search index."""
-    from .bench import _appends, timed
 
     rates = []
     for drop in (False, True):
@@ -111,6 +112,6 @@ async def appends_with_and_without_index(url: str, count: int) -> tuple[float, f
                 finally:
                     await conn.close()
             async with open_store(fresh) as store:
-                rate, _ = await timed(_appends(store, count * 2, "index" if drop else "no index"), 1)
+                rate, _ = await timed(appends(store, count * 2, "index" if drop else "no index"), 1)
             rates.append(rate)
     return rates[0], rates[1]
