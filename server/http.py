@@ -16,8 +16,6 @@ import logging
 import math
 import signal
 import threading
-import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -55,14 +53,6 @@ REFUSALS: Final = {
     "not_ready": "the server is not ready yet; try again",
     "unknown": "the key is unknown or revoked; `chatdock keys list` shows the live keys",
 }
-
-
-class Sessions(SessionOwners):
-    """`SessionOwners` that also says how many sessions each organization holds, for /metrics."""
-
-    def held(self) -> Counter[str]:
-        now = time.monotonic()
-        return Counter(owner for session, owner in self._owner.items() if self._alive(session, now))
 
 
 class ApiKeyAuth:
@@ -215,7 +205,7 @@ def build_http_app(
 
     mcp = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
     routes = build_rest(the_store, settings.read_only)
-    sessions = Sessions(max_sessions_per_org)
+    sessions = SessionOwners(max_sessions_per_org)
     if settings.metrics is not None:
         settings.metrics.watch_sessions(sessions.held)
     app = ApiKeyAuth(Dispatch(mcp, BodyLimit(routes)), server, sessions, settings.metrics)

@@ -44,6 +44,11 @@ class SessionOwners:
     def _alive(self, session: str, now: float) -> bool:
         return self._open[session] > 0 or now - self._seen.get(session, now) < self.idle
 
+    def held(self) -> Counter[str]:
+        """How many live sessions each organization holds (for /metrics)."""
+        now = time.monotonic()
+        return Counter(owner for session, owner in self._owner.items() if self._alive(session, now))
+
     def _held_by(self, org: str) -> int:
         now = time.monotonic()
         for session in [s for s, owner in self._owner.items() if owner == org and not self._alive(s, now)]:

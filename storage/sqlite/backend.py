@@ -243,6 +243,10 @@ class SQLiteBackend:
             if kind(exc).startswith(WRITE_BLOCKED) and isinstance(error, Unavailable):
                 self._write_problem = error.message
             raise error from exc
+        lost = self._file.gone()  # removed or replaced while this write ran: its commit went into the old file
+        if lost is not None:
+            self.telemetry.failed("file_problem")
+            raise Unavailable(f"{lost}; this write ran meanwhile and went into the old file, so it is not kept")
         self._write_problem = None
         if log is not None:
             self._announcer.tell(log.changes)

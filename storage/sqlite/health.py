@@ -76,6 +76,17 @@ class FileWatch:
             self._told = found
         return found
 
+    def gone(self) -> str | None:
+        """Why the path no longer names the file chatdock writes (removed, replaced), or None: asked after a
+        write, whose commit then went into a file that is gone."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return removed_text(self.path)
+        except OSError:
+            return None  # not known to be gone; the next write's check says more
+        return replaced_text(self.path) if (now.st_dev, now.st_ino) != self._identity else None
+
     def _problem(self) -> str | None:
         try:
             now = os.stat(self.path)
