@@ -61,20 +61,26 @@ class Courier:
             while self._waiting:
                 uri = next(iter(self._waiting))
                 marked = self._waiting.pop(uri)  # from here on, a new change of this URI is told again
-                number = 0
-                for number, send in enumerate(self._sends(uri), 1):
-                    await self._token()
-                    try:
-                        send()
-                    except Exception:  # fan-out boundary: a broken listener must not stop the others
-                        logger.exception("telling a listener of %s failed; continuing", uri)
-                    if number % SLICE == 0:
-                        await asyncio.sleep(0)
-                if number:
-                    self._told(self.org, number, time.monotonic() - marked)
+                try:
+                    await self._tell(uri, marked)
+                except Exception:  # fan-out boundary: one URI's failure must not strand the others' marks
+                    logger.exception("telling the listeners of %s failed; continuing", uri)
                 await asyncio.sleep(0)
         finally:
             self._task = None
+
+    async def _tell(self, uri: str | None, marked: float) -> None:
+        number = 0
+        for number, send in enumerate(self._sends(uri), 1):
+            await self._token()
+            try:
+                send()
+            except Exception:  # fan-out boundary: a broken listener must not stop the others
+                logger.exception("telling a listener of %s failed; continuing", uri)
+            if number % SLICE == 0:
+                await asyncio.sleep(0)
+        if number:
+            self._told(self.org, number, time.monotonic() - marked)
 
     async def _token(self) -> None:
         while True:

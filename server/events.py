@@ -128,11 +128,12 @@ class Events:
         self._sessions_of[org].add(session)
 
     def unwatch(self, org: str, uri: str, session: Any) -> None:
-        subscribed = self._sessions.get((org, canonical_uri(uri)))
+        key = (org, canonical_uri(uri))
+        subscribed = self._sessions.get(key)
         if subscribed is not None:
             subscribed.pop(session, None)
             if not subscribed:
-                del self._sessions[(org, uri)]
+                del self._sessions[key]
 
     # --- what changed ---
 

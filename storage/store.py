@@ -108,6 +108,7 @@ class Store:
         self._touching: dict[str, asyncio.Future[None]] = {}  # "last used" writes under way, by key prefix
         # keys this process verified live, by prefix, and when (time.monotonic()) they were read (see verify)
         self._live_keys: dict[str, tuple[StoredKey, float]] = {}
+        self._revoked: dict[str, float] = {}  # keys this process revoked, and when (time.monotonic())
         self.telemetry.trace_calls(self)
 
     async def close(self) -> None:
@@ -131,7 +132,7 @@ class Store:
         record = message_record(message, check.utc_now())
         stored = await self.backend.insert_message(org, record)
         self.telemetry.appended(stored.deduplicated)
-        return _again(key, record, stored)
+        return await self._again(org, key, record, stored)
 
     async def import_messages(self, org: str, messages: Sequence[NewMessage]) -> list[AppendedMessage]:
         """Append many messages in one transaction (all or none); each comes back as `append_message` gives it."""
@@ -171,7 +172,7 @@ class Store:
         stored = await self.backend.insert_message(org, record)  # checks again, in its transaction, the chat
         self.telemetry.appended(stored.deduplicated)
         if key is not None:
-            stored = _again(key, record, stored)
+            stored = await self._again(org, key, record, stored)
         return Message(**stored.model_dump(exclude={"deduplicated"}))
 
     async def chat(self, org: str, chat_id: str) -> Chat:
@@ -181,6 +182,25 @@ class Store:
         if found is None:
             raise chat_not_found(chat_id)
         return found
+
+    async def _again(self, org: str, key: str, record: MessageRecord, stored: AppendedMessage) -> AppendedMessage:
+        """What an append under an Idempotency-Key answers: when the message that key names was already stored,
+        the request is a retry and gets the first answer (the message, as stored then, not "deduplicated"); a
+        different request under the same key (another contact, another text, ...) is refused."""
+        if stored.id != record.message.id or not stored.deduplicated:
+            return stored  # stored now, or found by its provider id as the first request found it
+        wanted = record.message
+        same = (stored.channel, stored.role, stored.content, stored.agent_id, stored.chat_id, stored.metadata) == (
+            wanted.channel,
+            wanted.role,
+            wanted.content,
+            wanted.agent_id,
+            wanted.chat_id,
+            wanted.metadata,
+        )
+        if not same or await self._canonical(org, wanted.contact_id) != stored.contact_id:
+            raise key_used_elsewhere(key)
+        return stored.model_copy(update={"deduplicated": False})
 
     async def _canonical(self, org: str, identifier: str) -> str:
         """The contact_id of the contact `identifier` names (an alias resolves to its contact), or itself."""
@@ -436,6 +456,7 @@ class Store:
         if revoked is None:
             raise no_live_key(prefix_or_name)
         self._live_keys.pop(revoked.prefix, None)
+        self._revoked[revoked.prefix] = time.monotonic()
         return revoked
 
     async def verify_api_key(self, key: str) -> str | None:
@@ -447,8 +468,9 @@ class Store:
         prefix = keys.prefix_of(key)
         if prefix is None:
             return None
+        asked = time.monotonic()
         remembered = self._live_keys.get(prefix)
-        if remembered is not None and time.monotonic() - remembered[1] < keys.REMEMBER_SECONDS:
+        if remembered is not None and asked - remembered[1] < keys.REMEMBER_SECONDS:
             return remembered[0].org if keys.matches(key, remembered[0].hash) else None
         try:
             stored = await self.backend.api_key(prefix)
@@ -458,8 +480,8 @@ class Store:
             if remembered is None or not keys.matches(key, remembered[0].hash):
                 raise
             return remembered[0].org
-        if stored is not None and not stored.revoked:
-            self._live_keys[prefix] = (stored, time.monotonic())
+        if stored is not None and not stored.revoked and self._revoked.get(prefix, float("-inf")) < asked:
+            self._live_keys[prefix] = (stored, asked)  # not when this process revoked it while it was being read
         else:
             self._live_keys.pop(prefix, None)
         if not keys.matches(key, None if stored is None else stored.hash) or stored is None or stored.revoked:
@@ -496,21 +518,3 @@ class Store:
     async def health(self) -> list[str]:
         """What keeps the store from reading or writing now; empty when it is sound."""
         return await self.backend.health()
-
-
-def _again(key: str, record: MessageRecord, stored: AppendedMessage) -> AppendedMessage:
-    """What an append under an Idempotency-Key answers: when the message that key names was already stored,
-    the request is a retry and gets the first answer (the message, as stored then, not "deduplicated"); a
-    different request under the same key is refused."""
-    if stored.id != record.message.id or not stored.deduplicated:
-        return stored  # stored now, or found by its provider id as the first request found it
-    wanted = record.message
-    if (stored.channel, stored.role, stored.content, stored.agent_id, stored.chat_id) != (
-        wanted.channel,
-        wanted.role,
-        wanted.content,
-        wanted.agent_id,
-        wanted.chat_id,
-    ):
-        raise key_used_elsewhere(key)
-    return stored.model_copy(update={"deduplicated": False})

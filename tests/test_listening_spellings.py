@@ -12,7 +12,7 @@ from mcp.client import Client
 
 from chatdock.server.app import Settings, build_server
 from chatdock.server.resources import TRANSCRIPT_URI, canonical_uri, contact_uri
-from tests.test_events import heard_within, subscriber
+from tests.test_events import heard_within, initialize_era, subscriber
 from tests.transports import call
 
 PHONE = "+31612345678"
@@ -46,3 +46,20 @@ async def test_a_listener_hears_its_contact_however_it_spelled_the_uri(mode: str
             await call(writer, "append_message", contact_id=contact, channel="sms", role="user", content="again")
             await heard_within(heard, 1)
             assert uri in heard, heard  # told in its own spelling, which the client's filter matches
+
+
+async def test_an_initialize_era_session_unsubscribes_in_any_spelling_too(db: str) -> None:
+    server = build_server(Settings(db=db))
+    async with Client(server) as writer:
+        await call(writer, "append_message", contact_id=PHONE, channel="sms", role="user", content="first")
+    uri = SPELLINGS["lower-case percent-encoding"][0]
+    async with subscriber(server, "legacy", uri) as (listener, heard), Client(server) as writer:
+        with initialize_era():
+            await listener.unsubscribe_resource(uri)
+        sentinel = contact_uri(TRANSCRIPT_URI, "+31600000000")
+        with initialize_era():
+            await listener.subscribe_resource(sentinel)
+        await call(writer, "append_message", contact_id=PHONE, channel="sms", role="user", content="unheard")
+        await call(writer, "append_message", contact_id="+31600000000", channel="sms", role="user", content="x")
+        await heard_within(heard, 1)
+        assert uri not in heard  # the sentinel's event came; the unsubscribed spelling's never did

@@ -49,6 +49,10 @@ async def test_a_retried_post_with_the_same_idempotency_key_gets_the_first_answe
             reused = await http.post("/chats", json=message("something else"), headers={"Idempotency-Key": once})
             assert reused.status_code == 409
             assert "was first sent with another request" in reused.json()["message"]
+            elsewhere = await http.post(
+                "/chats", json=message("where is my order?", "+31699999999"), headers={"Idempotency-Key": once}
+            )
+            assert elsewhere.status_code == 409  # the same key for another contact is another request
             bad = await http.post("/chats", json=message("x"), headers={"Idempotency-Key": "has space"})
             assert bad.status_code == 422
 

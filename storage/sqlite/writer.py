@@ -139,6 +139,8 @@ class Writer:
         self._callers = 0  # callers of run() now, on the event loop
         self._queue: queue.SimpleQueue[_Job[Any] | _Restart | None] = queue.SimpleQueue()
         self._restart_asked = threading.Event()
+        self._closing = threading.Lock()  # a job is queued, or the queue closed, under it
+        self._closed = False
         self.restarts = 0  # how often the log was restarted
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
@@ -170,12 +172,12 @@ class Writer:
             if (
                 self._inline
                 and self._callers == 1  # alone: concurrent callers share the thread's group commit instead
-                and self._conn is not None
                 and self._queue.empty()
                 and self._busy.acquire(blocking=False)
             ):
                 try:
-                    done = _alone(self._conn, fn, self._told)
+                    conn = self._conn  # read under the lock: the thread closes it under the same lock
+                    done = None if conn is None else _alone(conn, fn, self._told)
                 finally:
                     self._busy.release()
                 if done is not None:
@@ -187,7 +189,10 @@ class Writer:
                     raise value
             loop = asyncio.get_running_loop()
             future: asyncio.Future[T] = loop.create_future()
-            self._queue.put(_Job(fn, future, loop))
+            with self._closing:
+                if self._closed:
+                    raise RuntimeError("the store is closed")
+                self._queue.put(_Job(fn, future, loop))
             return await future
         finally:
             self._callers -= 1
@@ -237,6 +242,18 @@ class Writer:
             with self._busy:
                 self._conn = None
                 conn.close()
+            with self._closing:  # what was queued after the last batch: told that the store closed, not left waiting
+                self._closed = True
+                while True:
+                    try:
+                        left = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(left, _Job):
+                        with contextlib.suppress(RuntimeError):
+                            left.loop.call_soon_threadsafe(
+                                _settle, left.future, False, RuntimeError("the store is closed")
+                            )
 
     def _committed(self) -> None:
         self._commits += 1
