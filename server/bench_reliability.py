@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -21,6 +22,8 @@ import httpx2
 
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.sqlite import checkpoints
+
+from .bench_rows import percentile
 
 NEIGHBOUR_LISTENERS = 256
 
@@ -73,9 +76,36 @@ async def append_latencies(base: str, key: str, seconds: float) -> list[float]:
     return took
 
 
-async def _append_p99(base: str, key: str, seconds: float) -> float:
-    took = sorted(await append_latencies(base, key, seconds))
-    return took[min(len(took) - 1, int(0.99 * len(took)))]
+@contextlib.contextmanager
+def noisy_neighbour(base: str, key: str, listeners: int, seconds: float) -> Iterator[Callable[[], tuple[int, int]]]:
+    """The noisy neighbour (`neighbour` below) in a process of its own, once its streams listen; yields a
+    function that waits for it to end and returns (appends, events heard). Killed if still running after."""
+    here = [sys.executable, "-m", "chatdock.server.bench_reliability"]
+    process = subprocess.Popen(
+        [*here, "--neighbour", base, key, str(listeners), str(seconds)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+    def ended() -> tuple[int, int]:
+        assert process.stdout is not None
+        appended, heard = (int(word) for word in process.stdout.readline().split())
+        if process.wait(60) != 0:
+            raise RuntimeError(f"the noisy neighbour ended with {process.returncode}")
+        return appended, heard
+
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "listening":
+            raise RuntimeError("the noisy neighbour did not start")
+        yield ended
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 async def beside_listeners(base: str, path: str, seconds: float = 3.0) -> tuple[float, float]:
@@ -83,26 +113,10 @@ async def beside_listeners(base: str, path: str, seconds: float = 3.0) -> tuple[
     async with open_store(path) as store:
         calm = (await store.create_api_key("calm")).key
         noisy = (await store.create_api_key("noisy")).key
-    alone = await _append_p99(base, calm, seconds)
-    here = [sys.executable, "-m", "chatdock.server.bench_reliability"]
-    neighbour = subprocess.Popen(
-        [*here, "--neighbour", base, noisy, str(NEIGHBOUR_LISTENERS), str(seconds + 2)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert neighbour.stdout is not None
-        if neighbour.stdout.readline().strip() != "listening":
-            raise RuntimeError("the bench's noisy neighbour did not start")
-        beside = await _append_p99(base, calm, seconds)
-        neighbour.wait(60)
-    finally:
-        if neighbour.poll() is None:
-            neighbour.kill()
-            neighbour.wait()
-        if neighbour.stdout is not None:
-            neighbour.stdout.close()
+    alone = percentile(await append_latencies(base, calm, seconds), 0.99)
+    with noisy_neighbour(base, noisy, NEIGHBOUR_LISTENERS, seconds + 2) as ended:
+        beside = percentile(await append_latencies(base, calm, seconds), 0.99)
+        ended()
     return alone, beside
 
 

@@ -195,10 +195,8 @@ class Events:
             partial(_call, listener, ResourceUpdated(uri=spelled))
             for listener, spelled in self._streams.get((org, uri), {}).values()
         ]
-        return sends + [partial(self._notify, session, spelled) for session, spelled in self._sessions_of_uri(org, uri)]
-
-    def _sessions_of_uri(self, org: str, uri: str) -> list[tuple[Any, str]]:
-        return list(self._sessions.get((org, uri), {}).items())
+        sessions = list(self._sessions.get((org, uri), {}).items())
+        return sends + [partial(self._notify, session, spelled) for session, spelled in sessions]
 
     def _notify(self, session: Any, uri: str | None) -> None:
         self._send(session, session.send_resource_list_changed() if uri is None else session.send_resource_updated(uri))

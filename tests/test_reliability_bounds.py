@@ -14,8 +14,6 @@ import os
 import signal
 import sqlite3
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from chatdock.server.bench_reliability import append_latencies
+from chatdock.server.bench_reliability import append_latencies, noisy_neighbour
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.sqlite import checkpoints
 from tests.test_reliability_hardening import served
@@ -124,23 +122,9 @@ async def test_an_organizations_256_listeners_do_not_slow_another_organization(t
     noisy, quiet = create_key(db, "noisy", "a"), create_key(db, "quiet", "b")
     with served(tmp_path, db) as server:
         alone = await append_latencies(server.base, quiet, 2.0)
-        neighbour = subprocess.Popen(
-            [sys.executable, "-m", "chatdock.server.bench_reliability", "--neighbour", server.base, noisy, "256", "6"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert neighbour.stdout is not None
-            assert neighbour.stdout.readline().strip() == "listening"
+        with noisy_neighbour(server.base, noisy, 256, 6) as ended:
             beside = await append_latencies(server.base, quiet, 3.0)
-            appended, heard = (int(word) for word in neighbour.stdout.readline().split())
-            assert neighbour.wait(30) == 0
-        finally:
-            if neighbour.poll() is None:
-                neighbour.kill()
-                neighbour.wait()
-            if neighbour.stdout is not None:
-                neighbour.stdout.close()
+            appended, heard = ended()
     quiet_ms, busy_ms = statistics.median(alone), statistics.median(beside)
     report = f"another organization's append: {quiet_ms:.2f} ms alone, {busy_ms:.2f} ms beside 256 listeners"
     print(f"\n[reliability] {report} ({appended} appends heard {heard} times by the neighbour's listeners)")
