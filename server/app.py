@@ -67,6 +67,7 @@ class ChatdockServer(MCPServer[_State]):
         self._compacted: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
         self._output_models: dict[str, type[BaseModel]] = {}
         self.tool_names: set[str] = set()  # the registered tools, the only names a metric's label may hold
+        self.events = Events()  # build_server gives it the one its subscriptions use
 
     def add_tool(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         super().add_tool(fn, *args, **kwargs)
@@ -200,6 +201,7 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
         lifespan=lifespan,
         subscriptions=events,
     )
+    server.events = events
     server.middleware.append(OrgMiddleware(settings.org, events.attend))
     server.middleware.append(ObservedMcp(metrics, server.tool_names))  # after OrgMiddleware: the org is known
     if metrics is not None:

@@ -16,6 +16,7 @@ import httpx2
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from chatdock.client import ChatdockClient
 from chatdock.storage import open_store
 
 from .bench_rows import CONVERSATION, Row, mcp_round_trips, percentile
@@ -112,6 +113,7 @@ async def rest_figures(base: str, key: str, count: int) -> dict[str, float]:
             samples.append((time.perf_counter() - began) * 1000)
         figures["rest_context_p50"] = percentile(samples, 0.5)
         figures["rest_context_p99"] = percentile(samples, 0.99)
+        figures.update(await voice_turn_figures(base, key, count))
         async with Client(streamable_http_client(base + "/mcp", http_client=http)) as client:
 
             async def mcp_append(index: int) -> None:
@@ -121,6 +123,47 @@ async def rest_figures(base: str, key: str, count: int) -> dict[str, float]:
 
             figures["mcp_append_32"] = await calls_per_second(mcp_append, 32, count)
     return figures
+
+
+async def voice_turn_figures(base: str, key: str, count: int) -> dict[str, float]:
+    """A voice turn's memory cost through the Python client, one caller: the user's turn stored with the fresh
+    context of 50 messages in one round trip, beside a bare append and beside the same done as two calls; the
+    three interleaved, so that the machine's moods fall on each alike."""
+    samples: dict[str, list[float]] = {"bare": [], "one": [], "two": []}
+
+    async def timed(kind: str, *calls: Awaitable[Any]) -> None:
+        began = time.perf_counter()
+        for call in calls:
+            await call
+        samples[kind].append((time.perf_counter() - began) * 1000)
+
+    async with ChatdockClient(base, key) as client:
+        for turn in range(max(200, count // 10)):
+            text = f"voice turn {turn}"
+            await timed("bare", client.append_message(CONVERSATION, "voice", "user", text))
+            await timed("one", client.append_message(CONVERSATION, "voice", "user", text, context_limit=50))
+            await timed(
+                "two",
+                client.append_message(CONVERSATION, "voice", "user", text),
+                client.get_context(CONVERSATION, limit=50),
+            )
+    return {
+        f"voice_{kind}_{name}": percentile(values, q)
+        for kind, values in samples.items()
+        for name, q in (("p50", 0.5), ("p99", 0.99))
+    }
+
+
+def voice_rows(m: dict[str, float]) -> list[Row]:
+    one, bare, two = m["voice_one_p50"], m["voice_bare_p50"], m["voice_two_p50"]
+    return [
+        Row("voice turn: bare append (client, HTTP) p50", bare, "ms"),
+        Row("voice turn: append with context_limit=50 p50", one, "ms", bare, one / bare, "<= 1.3x bare append",
+            one <= 1.3 * bare),
+        Row("voice turn: append with context_limit=50 p99", m["voice_one_p99"], "ms", goal="< 5 ms",
+            met=m["voice_one_p99"] < 5),
+        Row("voice turn: append, then get_context (two calls) p50", two, "ms", one, two / one),
+    ]  # fmt: skip
 
 
 def rest_rows(m: dict[str, float]) -> list[Row]:
@@ -146,5 +189,6 @@ def rest_rows(m: dict[str, float]) -> list[Row]:
             ">= 3x",
             m["rest_32"] >= 3 * m["mcp_append_32"],
         ),
+        *voice_rows(m),
     ]
     return rows

@@ -37,7 +37,7 @@ from chatdock.storage.changes import EVERYTHING, Change
 
 from .delivery import Couriers, Told
 from .org import current_org, listening
-from .resources import CONTACT_URIS, canonical_uri, contact_uri
+from .resources import CONTACT_URIS, TRANSCRIPT_URI, canonical_uri, contact_uri
 from .sdk import connection_of
 
 logger = logging.getLogger("chatdock.events")
@@ -61,6 +61,8 @@ class Events:
         self._sessions_of: dict[str, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)
         self._sending: set[asyncio.Task[None]] = set()
         self._couriers = Couriers(self._sends) if told is None else Couriers(self._sends, told)
+        self._contact_watchers: set[Callable[[], None]] = set()
+        self.closing = False
 
     # --- who listens ---
 
@@ -110,6 +112,35 @@ class Events:
                 del self._streams_of[org]
 
         return _once(unsubscribe)
+
+    def watch_contact(self, org: str, contact_id: str, changed: Callable[[], None]) -> Callable[[], None]:
+        """Call `changed()` whenever the contact `contact_id` names (any of its identifiers) changes, until the
+        returned function is called: the REST event stream's and the embedded client's listener, filed and
+        bounded like a listen stream on the contact's transcript."""
+        self._contact_watchers.add(changed)
+        org_set = current_org.set(org)
+        wants_set = listening.set(SubscriptionFilter(resource_subscriptions=[contact_uri(TRANSCRIPT_URI, contact_id)]))
+        try:
+            unsubscribe = self.subscribe(lambda _: changed())
+        except BaseException:
+            self._contact_watchers.discard(changed)
+            raise
+        finally:
+            listening.reset(wants_set)
+            current_org.reset(org_set)
+
+        def stop() -> None:
+            self._contact_watchers.discard(changed)
+            unsubscribe()
+
+        return _once(stop)
+
+    def close(self) -> None:
+        """The server is shutting down: `closing` turns true and every contact watcher is woken to see it, so
+        event streams end now rather than hold the shut-down for its whole grace period."""
+        self.closing = True
+        for changed in list(self._contact_watchers):
+            changed()
 
     def attend(self, org: str, session: Any) -> None:
         """An `initialize`-era session that lists the resources hears when the listing changes."""

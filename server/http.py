@@ -11,6 +11,7 @@ the request's tools, resources and events.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -18,7 +19,8 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from mcp.server.transport_security import TransportSecuritySettings
@@ -204,7 +206,7 @@ def build_http_app(
         return server.state.store
 
     mcp = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
-    routes = build_rest(the_store, settings.read_only)
+    routes = build_rest(the_store, settings.read_only, server.events)
     sessions = SessionOwners(max_sessions_per_org)
     if settings.metrics is not None:
         settings.metrics.watch_sessions(sessions.held)
@@ -297,11 +299,31 @@ async def _serve_http(
             logger.warning("chatdock serving MCP at http://%s:%d/mcp (health: /healthz)", host, port)
             if metrics_at is not None:
                 logger.warning("chatdock serving metrics at http://%s:%d/metrics", *metrics_at)
+            loop = asyncio.get_running_loop()
+            served = _uvicorn_server()(config, lambda: loop.call_soon_threadsafe(server.events.close))
             with _signals_after_close():
-                await uvicorn.Server(config).serve(sockets=sockets)
+                await served.serve(sockets=sockets)
     finally:
         for each in sockets:
             each.close()
+
+
+def _uvicorn_server() -> type[Any]:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, telling `on_exit` when a signal asks it to stop (before it waits for open
+        requests to end): the event streams end then, instead of holding the shut-down to its grace period."""
+
+        def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+            super().__init__(config)
+            self.on_exit = on_exit
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            self.on_exit()
+
+    return Server
 
 
 @contextlib.contextmanager

@@ -257,6 +257,7 @@ def _request_field(name: str) -> dict[str, Any] | None:
         "content": TEXT,
         "metadata": metadata_schema(),
         "created_at": TIME,
+        "context_limit": limit(),
     }.get(name)
 
 

@@ -10,14 +10,18 @@ the tools and the store use (storage/models.py): no shape is written twice.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from mcp.shared.exceptions import MCPError
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -31,6 +35,7 @@ from chatdock.storage import (
     Context,
     DeletedMessage,
     InvalidInput,
+    Message,
     MessagePage,
     NewMessage,
     NotFound,
@@ -52,6 +57,7 @@ from chatdock.storage.models import (
     UpdateChatRequest,
 )
 
+from .events import Events
 from .openapi import WITH_BODY, answers, strict
 from .org import ORG_SCOPE_KEY
 
@@ -59,6 +65,16 @@ logger = logging.getLogger("chatdock.http")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 ROUTE_PREFIXES = ("/chats", "/contacts", "/orgs")  # behind the key, like /mcp
+KEEP_ALIVE_SECONDS = 15.0  # an event stream's comment line when nothing happened
+# one server-sent event of GET /contacts/{contact_id}/events: its name, and the contact as the stream named it
+EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "event": {"enum": ["ready", "changed"]},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": '{"contact_id": "..."}'},
+    },
+    "required": ["event", "data"],
+}
 
 # a retried request with the same key gets the first answer, across replicas (Store: the key names the id)
 IdempotencyKey = Annotated[
@@ -86,11 +102,16 @@ def problem(status: int, error: str, message: str, headers: dict[str, str] | Non
     return JSONResponse({"error": error, "message": message}, status_code=status, headers=headers)
 
 
-def _refusal(exc: ChatdockError) -> JSONResponse:
+def status_of(exc: ChatdockError) -> tuple[int, str]:
+    """The HTTP status and `error` a refusal of the store's is answered with (and the client raises)."""
     for kind, status, error in _STATUS:
         if isinstance(exc, kind):
-            return problem(status, error, str(exc))
-    return problem(400, "Bad request", str(exc))
+            return status, error
+    return 400, "Bad request"
+
+
+def _refusal(exc: ChatdockError) -> JSONResponse:
+    return problem(*status_of(exc), str(exc))
 
 
 def _org(request: Request) -> str:
@@ -102,7 +123,7 @@ Org = Annotated[str, Depends(_org)]
 ContactId = Annotated[str, Path(description="The contact's id, percent-encoded (%2B31612345678)")]
 
 
-def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
+def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) -> FastAPI:
     """The REST routes as a FastAPI app (with /openapi.json and /docs).
 
     FastAPI's own telemetry stays off: a REST call's span is observe.py's, which begins before the key is
@@ -257,6 +278,32 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
     async def list_chats(organization: Org, contact_id: ContactId, limit: int = 50) -> ChatList:
         return ChatList(chats=await the_store().list_chats(organization, contact_id, limit))
 
+    @app.get(
+        "/contacts/{contact_id}/events",
+        response_class=StreamingResponse,
+        summary="the contact's changes as server-sent events: `ready` once listening, then `changed` (read again)",
+        responses={
+            200: {"description": "An event stream", "content": {"text/event-stream": {"schema": EVENT_SCHEMA}}},
+            **answers(429),
+        },
+    )
+    async def contact_events(organization: Org, contact_id: ContactId) -> Response:
+        """Each `changed` event says the contact (named by any of its identifiers) changed since the last one:
+        a message on any channel, a delete, a link, a chat's status; events coalesce, so a listener reads
+        again rather than counting them. A comment line every 15 s keeps idle proxies from closing it."""
+        contact_id = check.contact_id(contact_id)
+        changed = asyncio.Event()
+        try:
+            stop = events.watch_contact(organization, contact_id, changed.set)
+        except MCPError as exc:
+            return problem(429, "Too many listeners", exc.error.message)
+        return StreamingResponse(
+            _event_stream(contact_id, changed, stop, lambda: events.closing),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store"},
+            background=BackgroundTask(stop),
+        )
+
     if read_only:
         return app
 
@@ -275,8 +322,12 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
     async def append_message(
         organization: Org, body: AppendRequest, idempotency_key: IdempotencyKey = None
     ) -> Response:
-        stored = await the_store().append_message(organization, NewMessage(**body.model_dump()), idempotency_key)
-        return JSONResponse(stored.model_dump(mode="json"), status_code=200 if stored.deduplicated else 201)
+        message = NewMessage(**body.model_dump(exclude={"context_limit"}))
+        stored = await the_store().append_message(organization, message, idempotency_key, body.context_limit)
+        # written by pydantic's serializer at once (a context of 50 messages is most of the answer)
+        return Response(
+            stored.model_dump_json(), status_code=200 if stored.deduplicated else 201, media_type="application/json"
+        )
 
     @app.delete("/chats/{message_id}", response_model=DeletedMessage, summary="delete_message", responses=answers(404))
     async def delete_message(organization: Org, message_id: str) -> DeletedMessage:
@@ -303,6 +354,15 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
     )
     async def update_chat(organization: Org, contact_id: ContactId, chat_id: str, body: UpdateChatRequest) -> Chat:
         return await the_store().update_chat(organization, chat_id, body.status, contact_id=contact_id)
+
+    @app.patch(
+        "/chats/status/{chat_id}",
+        response_model=Chat,
+        summary="update_chat, as the tool takes it: by the chat's id alone",
+        responses=answers(*WITH_BODY, 404),
+    )
+    async def update_chat_by_id(organization: Org, chat_id: str, body: UpdateChatRequest) -> Chat:
+        return await the_store().update_chat(organization, chat_id, body.status)
 
     @app.post(
         "/contacts/{contact_id}/aliases",
@@ -337,13 +397,16 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
 
     async def post(
         organization: str, contact_id: str, chat_id: str, body: PostRequest, idempotency_key: str | None
-    ) -> ChatWithMessages:
+    ) -> Response:
         store = the_store()
         stored = await store.post_as_contact(
-            organization, contact_id, chat_id, body.message, body.channel_id, idempotency_key
+            organization, contact_id, chat_id, body.message, body.channel_id, idempotency_key, body.context_limit
         )
         chat = await store.chat(organization, stored.chat_id or chat_id)
-        return ChatWithMessages(**chat.model_dump(), messages=[stored])
+        message = Message.model_construct(**{name: getattr(stored, name) for name in Message.model_fields})
+        answer = ChatWithMessages.model_construct(**vars(chat), messages=[message], context=stored.context)
+        # built from models the store validated, written by pydantic's serializer at once (see append_message)
+        return Response(answer.model_dump_json(), status_code=201, media_type="application/json")
 
     @app.post(
         "/contacts/{contact_id}/chats/{chat_id}/messages",
@@ -358,7 +421,7 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
         chat_id: str,
         body: PostRequest,
         idempotency_key: IdempotencyKey = None,
-    ) -> ChatWithMessages:
+    ) -> Response:
         return await post(organization, contact_id, chat_id, body, idempotency_key)
 
     @app.post(
@@ -375,12 +438,34 @@ def build_rest(the_store: Callable[[], Store], read_only: bool) -> FastAPI:
         chat_id: str,
         body: PostRequest,
         idempotency_key: IdempotencyKey = None,
-    ) -> ChatWithMessages:
+    ) -> Response:
         if org_id != organization:
             raise chat_not_found(check.uuid_text(chat_id, "chat_id"), contact_id)
         return await post(organization, contact_id, chat_id, body, idempotency_key)
 
     return app
+
+
+async def _event_stream(
+    contact_id: str, changed: asyncio.Event, stop: Callable[[], None], closing: Callable[[], bool]
+) -> AsyncIterator[bytes]:
+    """The server-sent events of one contact's listener (see `contact_events`); it stops listening when the
+    client goes away, and ends when the server shuts down (the client reconnects to it or a replica)."""
+    data = json.dumps({"contact_id": contact_id}, ensure_ascii=False)
+    try:
+        yield f"event: ready\ndata: {data}\n\n".encode()
+        while True:
+            try:
+                await asyncio.wait_for(changed.wait(), KEEP_ALIVE_SECONDS)
+            except TimeoutError:
+                yield b": still listening\n\n"
+                continue
+            if closing():
+                return
+            changed.clear()
+            yield f"event: changed\ndata: {data}\n\n".encode()
+    finally:
+        stop()
 
 
 def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:

@@ -3,7 +3,8 @@ needs (docs/reference.md, "What a tool result carries").
 
 Most clients hand a result's text to the model as the tool message, so the text is kept small:
 `get_context`'s is the transcript itself, `list_messages`'s one line per message, every other tool's the
-result as compact JSON. Applications read `structuredContent`, which is built once from the same model.
+result as compact JSON (a write that asked for the context: its message as JSON, then the transcript).
+Applications read `structuredContent`, which is built once from the same model.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel
 
-from chatdock.storage import Context, MessagePage
+from chatdock.storage import Context, MessagePage, StoredMessage
 from chatdock.storage.models import SearchPage
 from chatdock.storage.transcript import format_line
 
@@ -27,6 +28,15 @@ def _result(model: BaseModel, text: str) -> CallToolResult:
 def as_json(model: BaseModel) -> CallToolResult:
     """The result, as compact JSON for the model (non-ASCII as itself) and typed for the application."""
     return _result(model, model.model_dump_json())
+
+
+def stored_result(stored: StoredMessage) -> CallToolResult:
+    """A written message as compact JSON; when the write asked for the context, the model reads the message
+    without it, then the transcript (the context's messages would be the result's bulk, twice)."""
+    if stored.context is None:
+        return as_json(stored)
+    message = stored.model_dump_json(exclude={"context"})
+    return _result(stored, message + "\n" + (stored.context.formatted or NO_MESSAGES))
 
 
 def context_result(context: Context) -> CallToolResult:

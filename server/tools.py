@@ -19,18 +19,18 @@ from chatdock.storage import (
     DeletedMessage,
     ForgetResult,
     LinkResult,
-    Message,
     MessagePage,
     NewMessage,
     Part,
     Store,
+    StoredMessage,
 )
 from chatdock.storage import Context as ContextModel
 from chatdock.storage import validation as check
 from chatdock.storage.models import CHAT_STATUSES, ROLES, SearchPage
 
 from .org import current_org
-from .results import as_json, context_result, page_result, search_result
+from .results import as_json, context_result, page_result, search_result, stored_result
 
 if TYPE_CHECKING:
     from .app import ChatdockServer
@@ -79,6 +79,13 @@ ChatId = Annotated[str | None, Field(description="A chat (UUID) of this contact,
 Limit = Annotated[
     int,
     Field(description="How many, 1 to 200.", json_schema_extra={"minimum": 1, "maximum": 200}),
+]
+ContextLimit = Annotated[
+    int | None,
+    Field(
+        description="Also return the contact's context (as get_context with this limit, 1 to 200) after the write.",
+        json_schema_extra={"minimum": 1, "maximum": 200},
+    ),
 ]
 
 
@@ -192,6 +199,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
             created_at: Annotated[
                 datetime | None, Field(description="RFC 3339 with timezone, for importing history.")
             ] = None,
+            context_limit: ContextLimit = None,
         ) -> CallToolResult:
             """Store one message for a contact; a repeated metadata.provider_message_id returns the first copy."""
             stored = await _tool(
@@ -207,11 +215,12 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
                         metadata=metadata,
                         created_at=created_at,
                     ),
+                    context_limit=context_limit,
                 )
             )
-            return as_json(stored)
+            return stored_result(stored)
 
-        @server.structured_tool(Message, title="Post as contact", annotations=_hints(read_only=False))
+        @server.structured_tool(StoredMessage, title="Post as contact", annotations=_hints(read_only=False))
         async def post_as_contact(
             contact_id: ContactId,
             chat_id: Annotated[str, Field(description="An existing chat of this contact.")],
@@ -219,10 +228,15 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
             channel_id: Annotated[
                 str | None, Field(description="Which of the chat's custom channels, when it has several.")
             ] = None,
+            context_limit: ContextLimit = None,
         ) -> CallToolResult:
             """Post into an existing chat as the contact (role user), on one of the chat's custom channels."""
-            stored = await _tool(the_store().post_as_contact(_org(), contact_id, chat_id, message, channel_id))
-            return as_json(stored)
+            stored = await _tool(
+                the_store().post_as_contact(
+                    _org(), contact_id, chat_id, message, channel_id, context_limit=context_limit
+                )
+            )
+            return stored_result(stored)
 
         @server.structured_tool(
             DeletedMessage,

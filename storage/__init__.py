@@ -36,6 +36,7 @@ from .models import (
     NewMessage,
     Part,
     Role,
+    StoredMessage,
 )
 from .sqlite import Durability, SQLiteBackend
 
@@ -119,6 +120,7 @@ __all__ = [
     "Part",
     "Role",
     "Store",
+    "StoredMessage",
     "Telemetry",
     "Unavailable",
     "check_store",

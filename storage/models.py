@@ -69,7 +69,24 @@ class Message(_Model):
     created_at: Timestamp
 
 
-class AppendedMessage(Message):
+class Context(_Model):
+    """The last messages of a contact, oldest first, and the same as an LLM-ready transcript."""
+
+    contact_id: str
+    agent_id: str | None
+    messages: list[Message]
+    formatted: str
+    truncated: bool
+
+
+class StoredMessage(Message):
+    """A message just written and, when the write asked for it with `context_limit`, the contact's context
+    right after it (what `get_context` would return), saving a voice turn its second round trip."""
+
+    context: Context | None = Field(default=None, exclude_if=_absent)
+
+
+class AppendedMessage(StoredMessage):
     """The stored message, and whether it was already there (same channel and provider_message_id)."""
 
     deduplicated: bool
@@ -137,16 +154,6 @@ class Chat(_Model):
 
 class ChatList(_Model):
     chats: list[Chat]
-
-
-class Context(_Model):
-    """The last messages of a contact, oldest first, and the same as an LLM-ready transcript."""
-
-    contact_id: str
-    agent_id: str | None
-    messages: list[Message]
-    formatted: str
-    truncated: bool
 
 
 class MessagePage(_Model):
@@ -241,6 +248,9 @@ class AppendRequest(_Model):
     chat_id: str | None = None
     metadata: dict[str, Any] | None = None
     created_at: datetime | None = None
+    context_limit: int | None = Field(
+        default=None, description="Also answer with the contact's context after the write (1 to 200 messages)."
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -272,6 +282,9 @@ class PostRequest(_Model):
 
     message: list[Part]
     channel_id: str | None = None
+    context_limit: int | None = Field(
+        default=None, description="Also answer with the contact's context after the write (1 to 200 messages)."
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -300,9 +313,10 @@ class PostRequest(_Model):
 
 
 class ChatWithMessages(Chat):
-    """A chat with the message just posted into it."""
+    """A chat with the message just posted into it (and the contact's context after it, when asked)."""
 
     messages: list[Message]
+    context: Context | None = Field(default=None, exclude_if=_absent)
 
 
 class SearchHit(Message):

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from . import keys
 from . import validation as check
@@ -49,6 +50,7 @@ from .models import (
     NewMessage,
     Part,
     SearchPage,
+    StoredMessage,
 )
 from .records import (
     AliasRecord,
@@ -65,6 +67,8 @@ from .telemetry import Telemetry
 from .transcript import fit_hits, fit_transcript, format_line
 
 EXPORT_BATCH = 1000
+
+M = TypeVar("M", bound=StoredMessage)
 
 logger = logging.getLogger("chatdock.storage")
 
@@ -120,19 +124,39 @@ class Store:
     # --- messages ---
 
     async def append_message(
-        self, org: str, message: NewMessage, idempotency_key: str | None = None
+        self,
+        org: str,
+        message: NewMessage,
+        idempotency_key: str | None = None,
+        context_limit: int | None = None,
     ) -> AppendedMessage:
-        """Store one message; with `idempotency_key`, a retried request gets the first answer (see `_again`)."""
+        """Store one message; with `idempotency_key`, a retried request gets the first answer (see `_again`);
+        with `context_limit`, the answer carries the contact's context right after the write (`_with_context`)."""
+        limit = None if context_limit is None else check.limit(context_limit, "context_limit")
         if idempotency_key is None:
             stored = await self.backend.insert_message(org, message_record(message, check.utc_now()))
             self.telemetry.appended(stored.deduplicated)
-            return stored
-        key = check.idempotency_key(idempotency_key)
-        message = message.model_copy(update={"id": idempotent_id(org, "message", key)})
-        record = message_record(message, check.utc_now())
-        stored = await self.backend.insert_message(org, record)
-        self.telemetry.appended(stored.deduplicated)
-        return await self._again(org, key, record, stored)
+        else:
+            key = check.idempotency_key(idempotency_key)
+            message = message.model_copy(update={"id": idempotent_id(org, "message", key)})
+            record = message_record(message, check.utc_now())
+            stored = await self.backend.insert_message(org, record)
+            self.telemetry.appended(stored.deduplicated)
+            stored = await self._again(org, key, record, stored)
+        return stored if limit is None else await self._with_context(org, stored, limit)
+
+    async def _with_context(self, org: str, stored: M, limit: int) -> M:
+        """`stored` with what `get_context(contact_id, agent_id=..., limit=limit)` returns right after the
+        write; the context gives up its oldest messages for the room the message takes in the same result
+        (its fields, and its JSON again in the text a model reads)."""
+        context = await self.get_context(
+            org,
+            stored.contact_id,
+            agent_id=stored.agent_id,
+            limit=limit,
+            reserved=2 * message_bytes(stored),
+        )
+        return stored.model_copy(update={"context": context})
 
     async def import_messages(self, org: str, messages: Sequence[NewMessage]) -> list[AppendedMessage]:
         """Append many messages in one transaction (all or none); each comes back as `append_message` gives it."""
@@ -150,7 +174,10 @@ class Store:
         parts: Sequence[Part],
         channel_id: str | None = None,
         idempotency_key: str | None = None,
-    ) -> Message:
+        context_limit: int | None = None,
+    ) -> StoredMessage:
+        """Post `parts` into a chat as the contact; with `context_limit`, the contact's context after it."""
+        limit = None if context_limit is None else check.limit(context_limit, "context_limit")
         contact_id = check.contact_id(contact_id)
         chat_id = check.uuid_text(chat_id, "chat_id")
         wanted = check.optional_uuid(channel_id, "channel_id")
@@ -173,7 +200,8 @@ class Store:
         self.telemetry.appended(stored.deduplicated)
         if key is not None:
             stored = await self._again(org, key, record, stored)
-        return Message(**stored.model_dump(exclude={"deduplicated"}))
+        posted = StoredMessage(**stored.model_dump(exclude={"deduplicated"}))
+        return posted if limit is None else await self._with_context(org, posted, limit)
 
     async def chat(self, org: str, chat_id: str) -> Chat:
         """One chat of the organization, by its id."""
@@ -223,7 +251,10 @@ class Store:
         roles: Sequence[str] | None = None,
         channels: Sequence[str] | None = None,
         max_chars: int | None = None,
+        reserved: int = 0,
     ) -> Context:
+        """The contact's last messages and their transcript; `reserved` bytes of the result hold something else
+        (an append's own message, see `_with_context`)."""
         contact_id = check.contact_id(contact_id)
         agent_id = check.optional_identifier(agent_id, "agent_id")
         chat_id = check.optional_uuid(chat_id, "chat_id")
@@ -240,7 +271,7 @@ class Store:
             contact_id = newest_first[0].contact_id
         elif not resolved:
             contact_id = await self._canonical(org, contact_id)
-        kept, formatted, truncated = fit_transcript(newest_first[::-1], budget)
+        kept, formatted, truncated = fit_transcript(newest_first[::-1], budget, reserved)
         return Context(
             contact_id=contact_id, agent_id=agent_id, messages=kept, formatted=formatted, truncated=truncated
         )

@@ -17,9 +17,14 @@ from .sizing import fitting, message_bound, message_bytes, text_bound, text_byte
 LINE_ENTRY_CHARS = 200
 
 
+def indented(text: str) -> str:
+    """`text` with each line break continuing on a line indented by two spaces: the one rule that keeps a
+    message from starting a line of its own in any text built for a model."""
+    return "\n  ".join(text.splitlines() or [""])
+
+
 def format_entry(message: Message) -> str:
-    lines = message.content.splitlines() or [""]
-    return f"{message.role.upper()}: " + "\n  ".join(lines)
+    return f"{message.role.upper()}: " + indented(message.content)
 
 
 def format_transcript(messages: Sequence[Message]) -> str:
@@ -35,16 +40,19 @@ def format_line(message: Message, width: int = LINE_ENTRY_CHARS, text: str | Non
     return f"{message.id} {format_timestamp(message.created_at)} {message.channel} {entry}"
 
 
-def fit_transcript(messages: Sequence[Message], max_chars: int | None) -> tuple[list[Message], str, bool]:
+def fit_transcript(
+    messages: Sequence[Message], max_chars: int | None, reserved: int = 0
+) -> tuple[list[Message], str, bool]:
     """Drop the oldest messages until the transcript fits in `max_chars` and the whole result (the messages,
-    the transcript, and the transcript again as the text a model reads) in one result; say whether any were
-    dropped."""
+    the transcript, and the transcript again as the text a model reads, beside `reserved` bytes of whatever
+    else the result holds) in one result; say whether any were dropped."""
     entries = [format_entry(message) for message in messages]
     newest_first = list(zip(reversed(messages), reversed(entries), strict=True))
     kept = fitting(
         newest_first,
         lambda item: message_bytes(item[0]) + 2 * text_bytes(item[1]),
         lambda item: message_bound(item[0]) + 2 * text_bound(item[1]),
+        reserved,
     )
     if max_chars is not None:
         size = -1  # no separator before the first entry

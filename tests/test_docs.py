@@ -11,6 +11,7 @@ from mcp.client import Client
 
 from chatdock.server.app import Settings, build_server
 from chatdock.server.bench_tables import BLOCK, rewrite
+from chatdock.server.events import Events
 from chatdock.server.rest import build_rest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +55,7 @@ async def test_the_documented_tools_are_the_registered_ones() -> None:
 def test_the_documented_routes_are_the_registered_ones() -> None:
     table = (DOCS / "rest.md").read_text().split("| route | what |", 1)[1].split("\n\n", 1)[0]
     documented = set(re.findall(r"`(GET|POST|PATCH|DELETE|PUT) (/[^`]*)`", table))
-    app = build_rest(lambda: None, read_only=False)  # type: ignore[arg-type,return-value]
+    app = build_rest(lambda: None, read_only=False, events=Events())  # type: ignore[arg-type,return-value]
     registered = {
         (method, route.path)  # type: ignore[attr-defined]
         for route in app.routes

@@ -47,12 +47,14 @@ def test_the_wheel_installs_chatdock_beside_other_server_and_storage_packages(tm
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    for folder in ("server", "storage"):
+    for folder in ("server", "storage", "client", "integrations"):
         shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     wheel = build_wheel(source, tmp_path / "dist")
     with zipfile.ZipFile(wheel) as archive:
         tops = {name.split("/")[0] for name in archive.namelist() if ".dist-info/" not in name}
     assert tops == {"chatdock"}
+    packages = {name.rsplit("/", 1)[0] for name in archive.namelist() if name.endswith("/__init__.py")}
+    assert {"chatdock/client", "chatdock/integrations"} <= packages
 
     other = tmp_path / "squatter"
     other.mkdir()
@@ -74,7 +76,7 @@ def test_the_wheel_installs_chatdock_beside_other_server_and_storage_packages(tm
     probe = run(
         python,
         "-c",
-        "import server, storage, chatdock.server.cli, chatdock.storage; "
+        "import server, storage, chatdock.server.cli, chatdock.storage, chatdock.client; "
         "print(server.OWNER, storage.OWNER, chatdock.storage.__file__, sep='|')",
         cwd=elsewhere,
     ).stdout.strip()

@@ -27,6 +27,7 @@ def test_ruff_format() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_strict_on_server_and_storage() -> None:
-    result = run("mypy", "--strict", "-p", "chatdock.server", "-p", "chatdock.storage")
+def test_mypy_strict_on_the_package() -> None:
+    packages = ["chatdock.server", "chatdock.storage", "chatdock.client", "chatdock.integrations"]
+    result = run("mypy", "--strict", *(arg for name in packages for arg in ("-p", name)))
     assert result.returncode == 0, result.stdout + result.stderr

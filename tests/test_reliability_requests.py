@@ -17,6 +17,7 @@ import httpx2
 import pytest
 
 from chatdock.server import logs
+from chatdock.server.events import Events
 from chatdock.server.org import ORG_SCOPE_KEY
 from chatdock.server.rest import build_rest
 from chatdock.storage import open_store
@@ -104,7 +105,7 @@ async def test_an_unexpected_error_is_a_json_500_and_its_traceback_is_logged_at_
     level = root.level
     root.setLevel(logging.WARNING)  # the default --log-level
     try:
-        app = build_rest(lambda: Broken(), read_only=False)  # type: ignore[arg-type,return-value]
+        app = build_rest(lambda: Broken(), read_only=False, events=Events())  # type: ignore[arg-type,return-value]
 
         async def with_org(scope: Any, receive: Any, send: Any) -> None:
             scope[ORG_SCOPE_KEY] = "acme"

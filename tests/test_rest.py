@@ -272,6 +272,7 @@ def test_read_only_serves_only_the_read_routes(tmp_path: Path) -> None:
             "/chats/search",
             "/contacts/{contact_id}",
             "/contacts/{contact_id}/chats",
+            "/contacts/{contact_id}/events",
         ]
         assert all(set(ops) == {"get"} for ops in document["paths"].values())
 
@@ -322,6 +323,8 @@ def test_generated_requests_never_get_a_server_error_nor_a_partial_write(served:
 
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            if operation.path.endswith("/events"):
+                continue  # a stream that never ends by itself: test_openapi_contract.py draws its refusals
             drive(operation, mode)
 
     assert len(answered) >= 12 * 2 * 10 and any(code < 300 for code in answered), sorted(set(answered))

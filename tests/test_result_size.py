@@ -281,6 +281,35 @@ async def test_get_context_in_process_is_within_the_bound(tmp_path: Path, mode: 
         check_bytes(body, LONGEST[name])
 
 
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+@pytest.mark.parametrize("tool", ["append_message", "post_as_contact"])
+async def test_a_write_with_its_context_is_within_the_bound(tmp_path: Path, mode: str, tool: str) -> None:
+    """The longest message written beside the longest history: the context gives up its oldest messages for
+    the written one, which the result carries whole, and for its JSON again in the text."""
+    content = LONGEST["emoji"]
+    async with open_store(str(tmp_path / "chatdock.db")) as store:
+        await fill(store, content=content)
+        chat = await store.open_chat("default", CONTACT, "voice")
+        arguments: dict[str, Any] = (
+            {"channel": "voice", "role": "user", "content": content}
+            if tool == "append_message"
+            else {"chat_id": chat.id, "message": [{"type": "text", "text": content}]}
+        )
+        async with Client(build_server(Settings(), store=store), mode=mode) as client:
+            result = await client.call_tool(tool, {"contact_id": CONTACT, "context_limit": COUNT, **arguments})
+    assert not result.is_error and result.structured_content is not None
+    context = result.structured_content["context"]
+    assert context["truncated"] is True
+    assert context["messages"][-1]["id"] == result.structured_content["id"]  # the write is the newest
+    assert [m["metadata"]["n"] for m in context["messages"][:-1]] == list(
+        range(COUNT - len(context["messages"]) + 1, COUNT)
+    )
+    for body in written(result):
+        check_bytes(body, content)
+    [text] = result.content
+    assert text.type == "text" and text.text.startswith("{") and text.text.endswith(context["formatted"])
+
+
 # --- the estimate against every form a message takes in a result ---
 
 QUOTES = '"' * 32_768

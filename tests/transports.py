@@ -54,17 +54,7 @@ def http_server(db: str, *extra: str) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    output = process.stderr.read() if process.stderr else ""
-                    raise RuntimeError(f"chatdock did not start: {output}") from None
-                time.sleep(0.1)
+        wait_healthy(process, base)
         yield base
     finally:
         process.terminate()
@@ -75,6 +65,21 @@ def http_server(db: str, *extra: str) -> Iterator[str]:
             process.wait()
         if process.stderr:
             process.stderr.close()
+
+
+def wait_healthy(process: subprocess.Popen[str], base: str) -> None:
+    """Until the chatdock `process` started at `base` answers /healthz (at most 30 s); its stderr if it died."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = process.stderr.read() if process.stderr else ""
+                raise RuntimeError(f"chatdock did not start: {output}") from None
+            time.sleep(0.1)
 
 
 def http_transport(base: str, key: str | None) -> Any:

@@ -1,0 +1,28 @@
+"""The one exception a `ChatdockClient` raises: the server's `{"error", "message"}` and the HTTP status."""
+
+from __future__ import annotations
+
+UNAVAILABLE = "Service unavailable"
+NOT_OPEN = "the embedded client is not open: use `async with ChatdockClient.embedded(db=...) as client:`"
+
+
+class ChatdockApiError(Exception):
+    """A call chatdock refused or could not answer.
+
+    `status` is the HTTP status (422 a wrong argument, 404 an unknown contact, chat or message, 409 a
+    conflict, 429 too many requests, 503 chatdock or its database unavailable); `error` and `message` are the
+    server's own words (`message` says what to fix). A 503 raised because chatdock could not be reached says
+    in `message` whether the request may have been carried out; retrying a write with the same
+    `idempotency_key` (or `metadata.provider_message_id`) is always safe.
+    """
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(f"{status} {error}: {message}")
+        self.status = status
+        self.error = error
+        self.message = message
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same call may succeed later (chatdock busy, unreachable or its database away)."""
+        return self.status in (429, 502, 503, 504)

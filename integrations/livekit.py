@@ -1,0 +1,561 @@
+"""chatdock as the memory of a LiveKit Agents session: one chat per call, the caller's history in the model's
+context from the first turn, every turn stored, and messages from other channels heard during the call.
+
+    memory = ChatdockMemory(client, contact_id="+15550100")
+    async with memory, AgentSession(llm=...) as session:
+        await session.start(ChatdockAgent(memory, instructions="You are the front desk of ..."))
+
+Why two pieces. LiveKit lets an application shape a turn in two places: an `Agent`'s overridable hooks and
+nodes (`on_enter`, `llm_node`, ...) and the `AgentSession`'s events (`conversation_item_added`, `error`,
+`close`). The call itself belongs to the session, which outlives any one agent (a handoff swaps agents in the
+same call), so the per-call state (the chat, the ordered write queue, the watch on the contact) lives in
+`ChatdockMemory`, which listens to the session's events; `ChatdockAgent` is the `Agent` subclass that wires
+the two hooks a memory needs, and any agent of your own can make the same two calls (`memory.enter(self)` in
+`on_enter`, `memory.before_reply(self, chat_ctx)` in `llm_node`). Several agents of one call share one memory.
+
+Why `llm_node`. `Agent.on_user_turn_completed` is only called for turns that came through speech recognition:
+in livekit-agents 1.8, `AgentSession.run(user_input=...)` and `generate_reply(user_input=...)` (text mode, the
+framework's own tests) go straight to the reply, while `llm_node` is called before every reply in every mode.
+The node runs before LiveKit has committed the user's message (and, with preemptive generation, before the
+user has finished speaking), so it waits for the commit (`conversation_item_added`): what is stored is the
+final transcript, and a discarded preemptive attempt stores nothing.
+
+What happens in a call:
+
+- `enter` (from `on_enter`, the first time): opens a chat for the contact on `channel` (`voice`), enters a
+  watch on the contact, and puts the contact's history (`get_context`, every channel) into the agent's chat
+  context as one system message after the instructions; the session's start waits for it at most
+  `start_timeout` seconds, after which the call starts without it and the history joins when it comes.
+- each user message the session commits is stored as the contact (`post_as_contact`, one text part with
+  `start_timestamp`/`end_timestamp` in seconds from the start of the call when LiveKit timed the speech; a
+  text-mode turn has no timing and its part none) with `context_limit`, so the same round trip answers with the
+  contact's context right after the write; `before_reply` waits at most `context_timeout` seconds for it and
+  the reply goes on with the context it has otherwise.
+- each assistant message is stored as `assistant` in the same chat (`append_message`), with its timing and
+  whether the caller cut it off in the message's metadata.
+- messages that reach the contact on other channels during the call (a WhatsApp message while on the phone)
+  come in through the watch and through each turn's context; each becomes a system message in the agent's chat
+  context, at its time, before the next reply.
+- at the end (the session's `close`, `aclose()`, or the job's shutdown) the chat's status is set: `FAILED` when
+  the session reported an error it did not recover from or closed on one, `CANCELED` when the job shut the
+  session down from outside (`CloseReason.JOB_SHUTDOWN`) or the owner's task was cancelled, `COMPLETED`
+  otherwise; the writes still queued are flushed for at most `flush_timeout` seconds.
+
+No turn waits on a write: every write (the chat, each turn, each reply, the status) goes through one ordered
+background queue (writes.py's `WriteQueue`, as in the Pipecat integration), each with its own idempotency key
+fixed when it is queued, retried while chatdock cannot be reached or is busy (the client's 429, 502, 503 and
+504, a refused connection or a timeout among them) and given up on a 4xx, which a retry would get again. Only
+the one-round-trip context read is waited for, and only for `context_timeout` seconds; while chatdock is known
+to be unreachable, not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator
+from datetime import UTC
+from types import TracebackType
+from typing import Any
+
+from livekit.agents import (
+    Agent,
+    AgentSession,
+    CloseEvent,
+    CloseReason,
+    ConversationItemAddedEvent,
+    ErrorEvent,
+    FlushSentinel,
+    ModelSettings,
+    get_job_context,
+    llm,
+)
+
+from chatdock.client import ChatdockClient
+from chatdock.storage import Chat, ChatStatus, Context, Message, Part
+from chatdock.storage.transcript import indented
+
+from .watch import follow_changes
+from .writes import NoChat, WriteQueue, retryable
+
+__all__ = ["ChatdockAgent", "ChatdockMemory"]
+
+logger = logging.getLogger("chatdock.integrations.livekit")
+
+HISTORY_ITEM_ID = "chatdock_history"
+"""The id of the system message that carries the contact's history in an agent's chat context."""
+
+NOTE_ITEM_PREFIX = "chatdock_message_"
+"""Each message heard from another channel during the call is a system message with this prefix and its id."""
+
+COMMIT_LIMIT = 10.0
+"""How long `before_reply` waits for LiveKit to commit the user's message (a reply queued behind another, or
+prepared while the user is still speaking) before the reply goes on without the round trip's context."""
+
+FIRST_RETRY = 0.2
+LAST_RETRY = 2.0
+"""A write or a watch that could not reach chatdock is tried again after FIRST_RETRY seconds, doubling up to
+LAST_RETRY."""
+
+
+def _instructions(item: llm.ChatItem) -> bool:
+    return isinstance(item, llm.ChatMessage) and item.role in ("system", "developer")
+
+
+class ChatdockMemory:
+    """The memory of one call (one `AgentSession`) kept in chatdock for one contact.
+
+    `client` is a `ChatdockClient` (over HTTP or embedded), opened and closed by its owner, which must outlive
+    the memory. `contact_id` is the caller: a phone number, an email, any identifier chatdock links to a
+    contact. Settings:
+
+    - `channel` (`"voice"`): the custom channel the call's chat is opened on.
+    - `agent_id` (None): the agent the chat and the assistant's messages are stored for.
+    - `context_limit` (50): how many of the contact's latest messages (every channel) the model's context holds:
+      the history at the start, and the context each user turn's write brings back (1 to 200).
+    - `context_timeout` (0.5 s): how long a reply waits for its user turn's write and context; after it, the
+      reply goes on with the context it has, and the write still lands.
+    - `start_timeout` (2.0 s): how long the start of the session waits for the contact's history.
+    - `flush_timeout` (10.0 s): how long the end of the call waits for the writes still queued.
+    - `watch` (True): hear the contact's changes during the call, so a message from another channel reaches the
+      model's context even when no user turn brings it.
+
+    Use it as `async with memory:` around the session, or `await memory.aclose()` after the session closed (the
+    close starts it); in a LiveKit job, the job's shutdown waits for it too.
+    """
+
+    def __init__(
+        self,
+        client: ChatdockClient,
+        contact_id: str,
+        *,
+        channel: str = "voice",
+        agent_id: str | None = None,
+        context_limit: int = 50,
+        context_timeout: float = 0.5,
+        start_timeout: float = 2.0,
+        flush_timeout: float = 10.0,
+        watch: bool = True,
+    ) -> None:
+        if not 1 <= context_limit <= 200:
+            raise ValueError(f"context_limit must be between 1 and 200, got {context_limit}")
+        self.client = client
+        self.contact_id = contact_id
+        self.channel = channel
+        self.agent_id = agent_id
+        self.context_limit = context_limit
+        self.context_timeout = context_timeout
+        self.start_timeout = start_timeout
+        self.flush_timeout = flush_timeout
+        self.watch = watch
+
+        self.chat: Chat | None = None
+        """The call's chat, once chatdock has opened it."""
+        self.started_at: float | None = None
+        """When the call started (`time.time()`); turn timestamps are seconds from it."""
+
+        self._session: AgentSession[Any] | None = None
+        self._agent: Agent | None = None
+        self._writes: WriteQueue | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._history_task: asyncio.Task[None] | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._refresh_wanted = False
+        self._finishing: asyncio.Task[None] | None = None
+
+        self._turns: dict[str, asyncio.Future[None]] = {}
+        self._commits: dict[str, asyncio.Future[None]] = {}
+
+        self._history_loaded = False
+        self._history: llm.ChatMessage | None = None
+        self._notes: dict[str, llm.ChatMessage] = {}
+        self._known: set[str] = set()
+
+        self._warned = False
+        self._owned = False
+        self._failed = False
+        self._cancelled = False
+        self._close_event: CloseEvent | None = None
+        self._closed = asyncio.Event()
+
+    # --- the two hooks an agent calls ---
+
+    async def enter(self, agent: Agent) -> None:
+        """Called from `agent.on_enter`: the first time, open the call's chat, start hearing the contact and
+        load its history; every time, put the history and what was heard so far into `agent`'s chat context."""
+        if self._finishing is not None:
+            raise RuntimeError("this ChatdockMemory's call has ended; make a new one per session")
+        session = agent.session
+        if self._session is None:
+            self._begin(session)
+        elif session is not self._session:
+            raise RuntimeError("a ChatdockMemory serves one session; make a new one per call")
+        self._agent = agent
+        if self._history_task is not None and not self._history_task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._history_task), self.start_timeout)
+            if not self._history_task.done():
+                logger.warning(
+                    "the history of %s took longer than %.1f s; the call starts without it",
+                    self.contact_id,
+                    self.start_timeout,
+                )
+        await self._publish()
+
+    async def before_reply(self, agent: Agent, chat_ctx: llm.ChatContext) -> None:
+        """Called from `agent.llm_node` with the reply's `chat_ctx`: when the reply answers a user message, wait
+        (bounded) until it is stored and the contact's fresh context is back, then put the history and the
+        messages heard from other channels into `chat_ctx`."""
+        if self._session is None:
+            if not self._warned:
+                self._warned = True
+                logger.warning("a reply before memory.enter(agent): does an on_enter override skip the parent's?")
+            return
+        if self._finishing is not None:
+            return
+        message = next(
+            (item for item in reversed(chat_ctx.items) if isinstance(item, llm.ChatMessage) and item.role == "user"),
+            None,
+        )
+        if message is not None:
+            await self._wait_for_turn(agent, message.id)
+        self._apply(chat_ctx)
+
+    async def _wait_for_turn(self, agent: Agent, message_id: str) -> None:
+        stored = self._turns.get(message_id)
+        if stored is None:
+            if agent.chat_ctx.get_by_id(message_id) is not None:
+                return  # a message from before the call (the agent's own chat_ctx), not one of its turns
+            commit = self._commits.setdefault(message_id, asyncio.get_running_loop().create_future())
+            try:
+                await asyncio.wait_for(asyncio.shield(commit), COMMIT_LIMIT)
+            except TimeoutError:
+                logger.warning("the user's message was not committed within %.0f s; replying without it", COMMIT_LIMIT)
+                return
+            finally:
+                self._commits.pop(message_id, None)
+            stored = self._turns.get(message_id)
+            if stored is None:
+                return
+        if stored.done() or self._writes is None or self._writes.unavailable:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(stored), self.context_timeout)
+        except TimeoutError:
+            logger.info(
+                "the user's turn and its context took longer than %.2f s; the reply goes on with the context it has",
+                self.context_timeout,
+            )
+
+    # --- the call's beginning and end ---
+
+    def _begin(self, session: AgentSession[Any]) -> None:
+        self._session = session
+        self.started_at = time.time()
+        self._writes = WriteQueue(self.contact_id, logger=logger, first_delay=FIRST_RETRY, max_delay=LAST_RETRY)
+        session.on("conversation_item_added", self._on_item)
+        session.on("error", self._on_error)
+        session.on("close", self._on_close)
+
+        async def open_chat(key: str) -> None:
+            self.chat = await self.client.open_chat(
+                self.contact_id, self.channel, agent_id=self.agent_id, idempotency_key=key
+            )
+            logger.info("call of %s: chat %s opened on %s", self.contact_id, self.chat.id, self.channel)
+
+        self._writes.submit("open the chat", open_chat)
+        loop = asyncio.get_running_loop()
+        if self.watch:
+            watch = follow_changes(
+                self.client,
+                self.contact_id,
+                self._refresh,
+                logger=logger,
+                first_delay=FIRST_RETRY,
+                max_delay=LAST_RETRY,
+                without="news between turns",
+            )
+            self._tasks.append(loop.create_task(watch, name="chatdock-livekit-watch"))
+        self._history_task = loop.create_task(self._load_history(), name="chatdock-livekit-history")
+        job = get_job_context(required=False)
+        if job is not None:
+            job.add_shutdown_callback(self._job_shutdown)
+
+    async def _load_history(self) -> None:
+        await self._read("the history", logging.WARNING)
+
+    def _on_item(self, event: ConversationItemAddedEvent) -> None:
+        item = event.item
+        if not isinstance(item, llm.ChatMessage) or self._writes is None or self._finishing is not None:
+            return
+        text = item.text_content
+        if text and text.strip():
+            if item.role == "user":
+                self._store_turn(item, text)
+            elif item.role == "assistant":
+                self._store_reply(item, text)
+        commit = self._commits.get(item.id)
+        if commit is not None and not commit.done():
+            commit.set_result(None)
+
+    def _on_error(self, event: ErrorEvent) -> None:
+        if not getattr(event.error, "recoverable", False):
+            self._failed = True
+
+    def _on_close(self, event: CloseEvent) -> None:
+        self._close_event = event
+        self._closed.set()
+        if self._finishing is None and not self._owned:  # an `async with memory:` ends when its block does
+            self._finishing = asyncio.get_running_loop().create_task(self._finish(), name="chatdock-livekit-finish")
+
+    async def _job_shutdown(self, reason: str) -> None:
+        """The job is shutting down: the session's own close runs beside this (the job runs its shutdown
+        callbacks together), so its close reason is waited for before the chat's status is chosen."""
+        if self._session is not None and self._close_event is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), self.flush_timeout)
+            if self._close_event is None:
+                logger.info("job shut down (%s) with the session still running", reason)
+                self._cancelled = True
+        await self.aclose()
+
+    def status(self) -> ChatStatus:
+        """The status the chat gets at the end of the call, from what the session reported so far."""
+        close = self._close_event
+        if self._failed or (close is not None and (close.error is not None or close.reason == CloseReason.ERROR)):
+            return "FAILED"
+        if self._cancelled or (close is not None and close.reason == CloseReason.JOB_SHUTDOWN):
+            return "CANCELED"
+        return "COMPLETED"
+
+    async def aclose(self) -> None:
+        """End the call's memory: set the chat's status and flush the writes (at most `flush_timeout` seconds).
+        It starts by itself when the session closes, unless the memory is used as `async with memory:` (then the
+        block's end ends it, knowing whether the block was cancelled); awaiting it makes sure it is done. A
+        second call waits for the first."""
+        if self._finishing is None:
+            self._finishing = asyncio.get_running_loop().create_task(self._finish(), name="chatdock-livekit-finish")
+        await asyncio.shield(self._finishing)
+
+    async def __aenter__(self) -> ChatdockMemory:
+        self._owned = True
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if isinstance(error, asyncio.CancelledError):
+            self._cancelled = True
+        elif error is not None:
+            self._failed = True
+        await self.aclose()
+
+    async def _finish(self) -> None:
+        session, writes = self._session, self._writes
+        if session is None or writes is None:
+            return
+        session.off("conversation_item_added", self._on_item)
+        session.off("error", self._on_error)
+        session.off("close", self._on_close)
+        tasks = [task for task in [*self._tasks, self._refresh_task, self._history_task] if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+        async def close_chat(key: str) -> None:
+            status = self.status()
+            await self.client.update_chat(self._chat_id(), status)
+            logger.info("call of %s: chat %s %s", self.contact_id, self._chat_id(), status)
+
+        writes.submit("set the chat's status", close_chat)
+        await writes.close(self.flush_timeout)
+
+    # --- writes ---
+
+    def _chat_id(self) -> str:
+        """The chat a write goes into: the call's, which the first write opened."""
+        if self.chat is None:
+            raise NoChat
+        return self.chat.id
+
+    def _seconds(self, at: float | None) -> float | None:
+        """A wall-clock time (`time.time()`) as seconds from the start of the call."""
+        if at is None or self.started_at is None:
+            return None
+        return round(max(0.0, at - self.started_at), 3)
+
+    def _store_turn(self, message: llm.ChatMessage, text: str) -> None:
+        assert self._writes is not None
+        part = Part(
+            text=text,
+            start_timestamp=self._seconds(message.metrics.get("started_speaking_at")),
+            end_timestamp=self._seconds(message.metrics.get("stopped_speaking_at")),
+        )
+        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._turns[message.id] = stored
+
+        async def post(key: str) -> None:
+            posted = await self.client.post_as_contact(
+                self.contact_id, self._chat_id(), [part], context_limit=self.context_limit, idempotency_key=key
+            )
+            fresh = posted.context is not None and self._absorb(posted.context)
+            if not stored.done():
+                stored.set_result(None)
+            if fresh:
+                await self._publish()
+
+        def give_up() -> None:  # the reply waiting for it goes on
+            if not stored.done():
+                stored.set_result(None)
+
+        self._writes.submit("store the user's turn", post, give_up)
+
+    def _store_reply(self, message: llm.ChatMessage, text: str) -> None:
+        assert self._writes is not None
+        metadata: dict[str, Any] = {}
+        start = self._seconds(message.metrics.get("started_speaking_at"))
+        end = self._seconds(message.metrics.get("stopped_speaking_at"))
+        if start is not None:
+            metadata["start_timestamp"] = start
+        if end is not None:
+            metadata["end_timestamp"] = end
+        if message.interrupted:
+            metadata["interrupted"] = True
+
+        async def append(key: str) -> None:
+            await self.client.append_message(
+                self.contact_id,
+                self.channel,
+                "assistant",
+                text,
+                agent_id=self.agent_id,
+                chat_id=self._chat_id(),
+                metadata=metadata or None,
+                idempotency_key=key,
+            )
+
+        self._writes.submit("store the assistant's reply", append)
+
+    # --- what the model hears ---
+
+    def _refresh(self) -> None:
+        """A change of the contact (heard through the watch, for the whole call): its context is read again, one
+        read at a time, the changes that come meanwhile read once more after it."""
+        self._refresh_wanted = True
+        if self._refresh_task is None or self._refresh_task.done():
+            self._refresh_task = asyncio.get_running_loop().create_task(self._reread(), name="chatdock-livekit-read")
+
+    async def _reread(self) -> None:
+        while self._refresh_wanted:
+            self._refresh_wanted = False
+            if not await self._read("the context", logging.DEBUG):
+                return
+
+    async def _read(self, what: str, level: int) -> bool:
+        """Read the contact's context once and put what the model has not heard yet into the agent's chat context.
+        A read that fails is logged, at `level` while chatdock is unavailable (a later turn or change brings what
+        it would have); whether it was read."""
+        try:
+            context = await self.client.get_context(self.contact_id, limit=self.context_limit)
+        except Exception as error:
+            if retryable(error):
+                logger.log(level, "could not read %s of %s (%s); a later turn brings it", what, self.contact_id, error)
+            else:
+                logger.error("chatdock refused %s of %s: %s", what, self.contact_id, error)
+            return False
+        if self._absorb(context):
+            await self._publish()
+        return True
+
+    def _absorb(self, context: Context) -> bool:
+        """Take in the messages of `context` the model has not heard yet, leaving out the call's own (the
+        session has them already): the first context read becomes the history, later ones add notes. Whether
+        anything was new."""
+        own = self.chat.id if self.chat is not None else None
+        fresh = [m for m in context.messages if m.id not in self._known and (own is None or m.chat_id != own)]
+        if not fresh and self._history_loaded:
+            return False
+        self._known.update(message.id for message in fresh)
+        if not self._history_loaded:
+            self._history_loaded = True
+            if fresh:
+                self._history = llm.ChatMessage(
+                    id=HISTORY_ITEM_ID, role="system", content=[self.format_history(fresh, context.truncated)]
+                )
+            return bool(fresh)
+        for message in fresh:
+            at = message.created_at.timestamp()
+            self._notes[message.id] = llm.ChatMessage(
+                id=NOTE_ITEM_PREFIX + message.id,
+                role="system",
+                content=[self.format_note(message)],
+                created_at=max(at, self.started_at or at),
+            )
+        return True
+
+    def format_history(self, messages: list[Message], truncated: bool) -> str:
+        """The system message that gives the model the contact's history, oldest first; override to change it."""
+        heading = "Earlier messages with this caller, on every channel, oldest first"
+        if truncated:
+            heading += " (older ones left out)"
+        return heading + ":\n" + "\n".join(self.format_message(message) for message in messages)
+
+    def format_note(self, message: Message) -> str:
+        """The system message for a message that reached the contact on another channel during the call."""
+        return "While on this call, a message on another channel: " + self.format_message(message)
+
+    def format_message(self, message: Message) -> str:
+        when = message.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+        return f"[{when} UTC, {message.channel}] {message.role.upper()}: {indented(message.content)}"
+
+    def _apply(self, chat_ctx: llm.ChatContext) -> bool:
+        """Put the history (after the leading system messages, the instructions) and the notes (at their time)
+        into `chat_ctx`; whether it changed."""
+        changed = False
+        if self._history is not None and chat_ctx.get_by_id(HISTORY_ITEM_ID) is None:
+            items = chat_ctx.items
+            at = 0
+            while at < len(items) and _instructions(items[at]):
+                at += 1
+            history = self._history.model_copy(update={"created_at": items[at - 1].created_at if at else 0.0})
+            items.insert(at, history)
+            changed = True
+        for note in self._notes.values():
+            if chat_ctx.get_by_id(note.id) is None:
+                chat_ctx.insert(note.model_copy())
+                changed = True
+        return changed
+
+    async def _publish(self) -> None:
+        """Put what the model should know into the current agent's chat context, for the replies to come."""
+        agent = self._agent
+        if agent is None:
+            return
+        chat_ctx = agent.chat_ctx.copy()
+        if self._apply(chat_ctx):
+            try:
+                await agent.update_chat_ctx(chat_ctx)
+            except Exception:  # a realtime model that refused the update: the call goes on without it
+                logger.exception("could not update the chat context of %s", agent.label)
+
+
+class ChatdockAgent(Agent):
+    """An `Agent` whose call is kept in chatdock by `memory` (see `ChatdockMemory`); every other keyword is
+    `Agent`'s (`instructions`, `tools`, `llm`, ...). A subclass that overrides `on_enter` or `llm_node` calls
+    the parent's first (or `memory.enter(self)` / `memory.before_reply(self, chat_ctx)` itself)."""
+
+    def __init__(self, memory: ChatdockMemory, **options: Any) -> None:
+        super().__init__(**options)
+        self.memory = memory
+
+    async def on_enter(self) -> None:
+        await self.memory.enter(self)
+
+    async def llm_node(
+        self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
+    ) -> AsyncGenerator[llm.ChatChunk | str | FlushSentinel, None]:
+        await self.memory.before_reply(self, chat_ctx)
+        async for chunk in Agent.default.llm_node(self, chat_ctx, tools, model_settings):
+            yield chunk

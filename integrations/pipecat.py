@@ -1,0 +1,635 @@
+"""chatdock as a Pipecat memory service: a call's turns kept in chatdock, the caller's history in the LLM context.
+
+    pipeline = Pipeline([transport.input(), stt, user_aggregator, memory, llm, tts, transport.output(),
+                         assistant_aggregator])
+
+`ChatdockMemoryService` sits where Pipecat's own memory services sit (`Mem0MemoryService`): after the user
+context aggregator, before the LLM. Every `LLMContextFrame` on its way to the LLM passes it, and so do the
+frames that frame a turn: the user aggregator's `UserStartedSpeakingFrame` / `UserStoppedSpeakingFrame` and
+`LLMContextUserTurnFrame` going down, the assistant aggregator's `LLMContextAssistantTurnFrame` coming back
+up, and the errors the LLM and the services after it push up. Per call (one run of the pipeline):
+
+- StartFrame: a chat is opened for the contact on `channel` (`voice`), the contact's change events are
+  watched, and the contact's transcript (every channel) is read; it goes into the LLM context as one system
+  message before the first LLM run.
+- Each user turn, as the user aggregator wrote it to the context, is stored with `post_as_contact` (one part,
+  its start and end in seconds from the call's start); each bot turn, as the assistant aggregator wrote it,
+  with `append_message(role="assistant")` in the same chat.
+- A message the contact sends on another channel during the call (a WhatsApp message while on the phone) is
+  put into the LLM context before the next bot turn.
+- The end: the chat's status is COMPLETED (EndFrame), CANCELED (CancelFrame), or FAILED when an ErrorFrame
+  was pushed anywhere in the pipeline during the call, fatal or not.
+
+No frame waits on a write: writes go through one ordered queue that a background task empties (writes.py's
+`WriteQueue`, as in the LiveKit integration), each with an idempotency key fixed when it is queued, so a retry
+while chatdock is unreachable stores it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    LLMContextAssistantTurnFrame,
+    LLMContextFrame,
+    LLMContextUserTurnFrame,
+    StartFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.aggregators.llm_context import LLMContext, LLMContextMessage, standard_message_text
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.turns.user_turn_completion_mixin import (
+    USER_TURN_COMPLETE_MARKER,
+    USER_TURN_INCOMPLETE_LONG_MARKER,
+    USER_TURN_INCOMPLETE_SHORT_MARKER,
+)
+
+from chatdock.client import ChatdockClient
+from chatdock.storage import Chat, ChatStatus, Message, Part
+from chatdock.storage.transcript import indented
+
+from .watch import follow_changes
+from .writes import NoChat, WriteQueue, describe, retryable
+
+if TYPE_CHECKING:
+    from pipecat.pipeline.worker import PipelineWorker
+
+__all__ = ["ChatdockMemoryService"]
+
+logger = logging.getLogger("chatdock.integrations.pipecat")
+
+HISTORY_PROMPT = "What this caller said and was told before this call, on every channel, oldest first:"
+OTHER_CHANNELS_PROMPT = "The caller just wrote on another channel, during this call:"
+
+# How many pages of list_messages (newest first) one look for new messages of other channels may read; a look
+# ends at the first message of the history, so this bounds only a call of hundreds of messages.
+SCAN_PAGES = 4
+SCAN_PAGE_SIZE = 50
+
+# The markers an LLM puts in front of its answer when Pipecat's turn-completion filter is on; the assistant
+# aggregator strips them from the turn it reports, and so does the end-of-call look at the context.
+TURN_MARKERS = (USER_TURN_COMPLETE_MARKER, USER_TURN_INCOMPLETE_SHORT_MARKER, USER_TURN_INCOMPLETE_LONG_MARKER)
+
+
+@dataclass
+class Span:
+    """A stretch of the call, in seconds from its start; `end` is None while it lasts."""
+
+    start: float
+    end: float | None = None
+
+
+@dataclass
+class Turn:
+    """A user turn, from UserStartedSpeakingFrame to UserStoppedSpeakingFrame, and the speech heard in it."""
+
+    start: float
+    end: float | None = None
+    speech: list[Span] = field(default_factory=list)
+
+
+def entry(message: Message, *, with_time: bool) -> str:
+    """`ROLE (channel): content`, a line break inside the message continuing indented by two spaces (as in
+    chatdock's own transcript), so nothing a caller writes can start a line that reads as another role's."""
+    text = f"{message.role.upper()} ({message.channel}): " + indented(message.content)
+    if with_time:
+        text = f"[{message.created_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC] " + text
+    return text
+
+
+def strip_markers(text: str) -> str:
+    found = False
+    for marker in TURN_MARKERS:
+        if marker in text:
+            text, found = text.replace(marker, ""), True
+    return text.strip() if found else text
+
+
+def role_of(message: LLMContextMessage) -> str | None:
+    if isinstance(message, dict):
+        role = message.get("role")
+        return role if isinstance(role, str) else None
+    return None
+
+
+class ChatdockMemoryService(FrameProcessor):
+    """Keeps a Pipecat call in chatdock and gives the LLM the caller's history, cross-channel and live.
+
+    Place it after the user context aggregator and before the LLM, as Pipecat's own memory services are::
+
+        memory = ChatdockMemoryService(client=client, contact_id="+31612345678")
+        pipeline = Pipeline([transport.input(), stt, user_aggregator, memory, llm, tts,
+                             transport.output(), assistant_aggregator])
+
+    The client (`ChatdockClient(url, api_key)` or `ChatdockClient.embedded(db=...)`) belongs to the caller,
+    who opens it before the call and closes it after: one client serves many calls. One service serves one
+    call (a pipeline run) at a time; a new StartFrame starts a new call, with a new chat.
+
+    Settings:
+        channel: the custom channel the call's chat is opened on, and the bot's turns are stored on.
+        agent_id: stored on the chat and on the bot's turns (the caller's history is read for every agent).
+        context_limit: how many of the contact's last messages (1 to 200) go into the history message.
+        context_max_chars: a bound on the history's text, its oldest messages dropped first (None: no bound).
+        read_timeout: how long, in seconds, a context frame on its way to the LLM may wait for a read still
+            under way (the history at the start, a look for new messages of other channels); after it the
+            turn goes on with the context it has, and what the read brings joins the context before the
+            next turn.
+        flush_timeout: how long, in seconds, the end of the call waits for the writes still queued to be
+            stored; what is left then is logged as lost.
+        retry_delay, max_retry_delay: the first and the longest wait before a write or a read that found
+            chatdock unavailable is sent again (the wait doubles each time).
+        watch_other_channels: whether messages arriving on other channels during the call are put into the
+            context (through the contact's change events).
+        history_prompt, other_channels_prompt: the first line of the history message and of the message
+            that brings another channel's messages.
+
+    Events (Pipecat's ``@service.event_handler(name)``):
+        on_chat_opened(service, chat): the call's chat is open (`chat.id`, `chat.channels`).
+        on_history_read(service, context): the contact's history is read (a chatdock `Context`, its messages
+            oldest first, none for a new caller); it reaches the LLM context when the next context frame
+            passes (the first, unless the read took longer than `read_timeout`).
+        on_other_channel_messages(service, messages): messages of other channels arrived during the call
+            (chatdock `Message` models, oldest first); they reach the context when the next context frame
+            passes, and a bot that wants to answer them at once can queue an `LLMRunFrame`.
+    """
+
+    def __init__(
+        self,
+        client: ChatdockClient,
+        contact_id: str,
+        *,
+        channel: str = "voice",
+        agent_id: str | None = None,
+        context_limit: int = 50,
+        context_max_chars: int | None = None,
+        read_timeout: float = 0.5,
+        flush_timeout: float = 5.0,
+        retry_delay: float = 0.25,
+        max_retry_delay: float = 5.0,
+        watch_other_channels: bool = True,
+        history_prompt: str = HISTORY_PROMPT,
+        other_channels_prompt: str = OTHER_CHANNELS_PROMPT,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not 1 <= context_limit <= 200:
+            raise ValueError(f"context_limit must be 1 to 200, not {context_limit}")
+        for name, value in (
+            ("read_timeout", read_timeout),
+            ("flush_timeout", flush_timeout),
+            ("retry_delay", retry_delay),
+            ("max_retry_delay", max_retry_delay),
+        ):
+            if value <= 0:
+                raise ValueError(f"{name} must be above 0, not {value}")
+        self.client = client
+        self.contact_id = contact_id
+        self.channel = channel
+        self.agent_id = agent_id
+        self.context_limit = context_limit
+        self.context_max_chars = context_max_chars
+        self.read_timeout = read_timeout
+        self.flush_timeout = flush_timeout
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.watch_other_channels = watch_other_channels
+        self.history_prompt = history_prompt
+        self.other_channels_prompt = other_channels_prompt
+        self._register_event_handler("on_chat_opened")
+        self._register_event_handler("on_history_read")
+        self._register_event_handler("on_other_channel_messages")
+        self._worker: PipelineWorker | None = None
+        self._reset()
+
+    # --- the call's state ---
+
+    def _reset(self) -> None:
+        """A call's state, fresh: set when the service is made and at each StartFrame."""
+        self._chat: Chat | None = None
+        self._started_monotonic = 0.0
+        self._started_wall = 0.0
+        self._call_running = False
+        self._outcome: ChatStatus | None = None  # set by EndFrame / CancelFrame
+        self._failed = False  # an ErrorFrame was seen during the call
+        self._tasks: list[asyncio.Task[None]] = []
+        self._writes: WriteQueue | None = None  # made at the StartFrame, closed at the end
+        # user turns (UserStarted/StoppedSpeakingFrame) not stored yet, with the speech (VAD frames) heard in
+        # them; the speech heard while no turn was open, which the next turn takes; the speech going on
+        self._turns: list[Turn] = []
+        self._speech: list[Span] = []
+        self._speaking: Span | None = None
+        # the LLM context this call's frames carry, and the messages in it the service has accounted for
+        self._context: LLMContext | None = None
+        self._known_messages: dict[int, LLMContextMessage] = {}
+        # the history: read once (then `_history` holds its text until it is in the context)
+        self._history_read = asyncio.Event()
+        self._history_waited = False
+        self._history: str | None = None
+        self._history_ids: set[str] = set()
+        self._not_before: datetime | None = None  # when the history was refused: what is new is written after
+        # messages of other channels: change events counted, looks done, what is waiting for the context
+        self._changed = asyncio.Event()
+        self._caught_up = asyncio.Event()
+        self._caught_up.set()
+        self._changes = 0
+        self._given_up_at = 0
+        self._delivered: set[str] = set()
+        self._arrived: list[Message] = []
+
+    @property
+    def chat_id(self) -> str | None:
+        """The id of the call's chat, once chatdock has opened it (None before, or when it refused)."""
+        return None if self._chat is None else self._chat.id
+
+    @property
+    def pending_writes(self) -> int:
+        """How many of the call's writes are not stored yet: queued, or under way (retried while chatdock is
+        unavailable)."""
+        return 0 if self._writes is None else self._writes.pending
+
+    @property
+    def started_at(self) -> datetime | None:
+        """The wall-clock time the call's timestamps count from (the StartFrame), None before a call."""
+        return None if not self._started_wall else datetime.fromtimestamp(self._started_wall, UTC)
+
+    def _now(self) -> float:
+        return time.monotonic() - self._started_monotonic
+
+    def _since_start(self, wall: float) -> float:
+        return wall - self._started_wall
+
+    # --- Pipecat ---
+
+    async def _on_pipeline_error(self, worker: object, frame: ErrorFrame) -> None:
+        if self._call_running:
+            self._failed = True
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            await self._start_call()
+        elif isinstance(frame, UserStartedSpeakingFrame):
+            self._turns.append(Turn(self._now(), speech=self._speech))
+            self._speech = []
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            if self._turns and self._turns[-1].end is None:
+                self._turns[-1].end = self._now()
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
+            self._speaking = Span(max(0.0, self._since_start(frame.timestamp) - frame.start_secs))
+            if self._turns and self._turns[-1].end is None:
+                self._turns[-1].speech.append(self._speaking)
+            else:  # VAD usually opens the turn: the speech waits for the turn it belongs to
+                self._speech.append(self._speaking)
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            if self._speaking is not None:
+                self._speaking.end = max(self._speaking.start, self._since_start(frame.timestamp) - frame.stop_secs)
+                self._speaking = None
+        elif isinstance(frame, LLMContextUserTurnFrame) and direction == FrameDirection.DOWNSTREAM:
+            self._user_turn(frame.text)
+        elif isinstance(frame, LLMContextAssistantTurnFrame) and direction == FrameDirection.UPSTREAM:
+            self._bot_turn(frame.text)
+        elif isinstance(frame, LLMContextFrame) and direction == FrameDirection.DOWNSTREAM:
+            await self._before_llm(frame)
+        elif isinstance(frame, ErrorFrame):
+            self._failed = True
+        elif isinstance(frame, (EndFrame, CancelFrame)) and self._call_running:
+            # The watch stops now; the chat's status and the last writes wait for cleanup(), which the worker
+            # calls once the frame has reached the end of the pipeline: the bot's last turn, which the
+            # assistant aggregator writes to the context as the EndFrame reaches it, is there by then.
+            self._outcome = "COMPLETED" if isinstance(frame, EndFrame) else "CANCELED"
+            await self._stop_reading()
+        await self.push_frame(frame, direction)
+
+    async def cleanup(self) -> None:
+        """Ends the call: the bot's last turn if its frame did not make it back here, the chat's status, then the
+        queued writes, given at most `flush_timeout` seconds."""
+        await super().cleanup()  # type: ignore[no-untyped-call]  # pipecat leaves cleanup() unannotated
+        if self._worker is not None:
+            self._worker.remove_event_handler("on_pipeline_error", self._on_pipeline_error)
+            self._worker = None
+        if self._call_running:
+            await self._end_call()
+
+    # --- the call ---
+
+    async def _start_call(self) -> None:
+        if self._call_running:  # a StartFrame while a call runs: end it first, as a worker's cleanup would
+            await self._end_call()
+        self._reset()
+        self._started_monotonic = time.monotonic()
+        self._started_wall = time.time()
+        self._call_running = True
+        if self._worker is None:
+            # every ErrorFrame ends at the pipeline worker, which reports it as `on_pipeline_error`: this hears
+            # the errors that never pass this service too (an STT service's, the input transport's)
+            self._worker = self.pipeline_worker
+            self._worker.add_event_handler("on_pipeline_error", self._on_pipeline_error)
+        self._writes = WriteQueue(
+            self.contact_id,
+            logger=logger,
+            first_delay=self.retry_delay,
+            max_delay=self.max_retry_delay,
+            start=self.create_task,
+        )
+        self._writes.submit("open the chat", self._open_chat)
+        if self.watch_other_channels:
+            watch = follow_changes(
+                self.client,
+                self.contact_id,
+                self._note_change,
+                logger=logger,
+                first_delay=self.retry_delay,
+                max_delay=self.max_retry_delay,
+                without="the messages of other channels",
+            )
+            self._tasks.append(self.create_task(watch, "chatdock_watch"))
+            self._tasks.append(self.create_task(self._look_for_new(), "chatdock_other_channels"))
+        self._tasks.append(self.create_task(self._read_history(), "chatdock_history"))
+
+    async def _end_call(self) -> None:
+        self._call_running = False
+        await self._stop_reading()
+        self._last_bot_turns()
+        status: ChatStatus = "FAILED" if self._failed else self._outcome or "CANCELED"
+        self._queue(f"set the chat's status to {status}", self._status(status))
+        if self._writes is not None:
+            await self._writes.close(self.flush_timeout)
+
+    async def _stop_reading(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            await self.cancel_task(task)
+
+    # --- turns ---
+
+    def _user_turn(self, text: str) -> None:
+        """Stores the user's turn as the aggregator wrote it to the context, with its start and end: those of the
+        speech the VAD frames report during the turn when the pipeline has them (a VAD frame comes `start_secs`
+        after the speech started and `stop_secs` after it stopped, and carries the time it was made), those of
+        the turn frames otherwise (UserStartedSpeakingFrame: the turn opened; UserStoppedSpeakingFrame: the
+        turn strategies agreed it was over, later than the speech's end).
+
+        The turn and VAD frames are system frames and pass ahead of the frame queue, so the next turn may be
+        open already when this one's text comes: a turn takes the closed turns at the front."""
+        if not text.strip():
+            return
+        now = self._now()
+        closed: list[Turn] = []
+        while self._turns and self._turns[0].end is not None:
+            closed.append(self._turns.pop(0))
+        if closed:
+            last_end = closed[-1].end
+            start, end = closed[0].start, now if last_end is None else last_end
+            speech = [span for turn in closed for span in turn.speech]
+        elif self._turns:  # the aggregator wrote part of a turn still open (an early inference): up to now
+            turn = self._turns[0]
+            start, end, speech = turn.start, now, turn.speech
+            turn.start, turn.speech = now, [span for span in turn.speech if span.end is None]
+        else:  # no turn frames in this pipeline: the moment the text came
+            start, end, speech = now, now, self._speech
+            self._speech = []
+        if speech:
+            start = speech[0].start
+            ends = [span.end for span in speech if span.end is not None]
+            if ends:
+                end = max(ends)
+        part = Part(text=text, start_timestamp=round(max(start, 0.0), 3), end_timestamp=round(max(end, start), 3))
+
+        async def send(key: str) -> object:
+            return await self.client.post_as_contact(self.contact_id, self._chat_id(), [part], idempotency_key=key)
+
+        self._queue("store a user turn", send)
+
+    def _bot_turn(self, text: str) -> None:
+        """Stores the bot's turn as the assistant aggregator wrote it to the context (what was spoken, when a
+        TTS service reports its words; up to the interruption, when the user cut in)."""
+        if self._context is not None:  # the context message this turn is, so that the end does not store it again
+            for message in reversed(self._context.get_messages()):
+                if role_of(message) == "assistant":
+                    self._known_messages[id(message)] = message
+                    break
+        if text.strip():
+            self._queue("store a bot turn", self._assistant(text))
+
+    def _last_bot_turns(self) -> None:
+        """The bot's turns in the context that no LLMContextAssistantTurnFrame brought back here: the turn under
+        way when an EndFrame or a CancelFrame came is written to the context as the frame passes the assistant
+        aggregator, and its frame, pushed back up at that moment, may not pass this service before the
+        pipeline is taken down. Only messages added after the last context frame that passed here count."""
+        if self._context is None:
+            return
+        found: list[str] = []
+        for message in reversed(self._context.get_messages()):
+            if id(message) in self._known_messages or role_of(message) == "user":
+                break
+            if role_of(message) == "assistant":
+                text = strip_markers(standard_message_text(message))
+                if text.strip():
+                    found.append(text)
+        for text in reversed(found):
+            logger.debug("chatdock: the bot's last turn was cut by the end of the call; stored from the context")
+            self._queue("store the last bot turn", self._assistant(text))
+
+    def _assistant(self, text: str) -> Callable[[str], Awaitable[object]]:
+        async def send(key: str) -> object:
+            return await self.client.append_message(
+                self.contact_id,
+                self.channel,
+                "assistant",
+                text,
+                agent_id=self.agent_id,
+                chat_id=self._chat_id(),
+                idempotency_key=key,
+            )
+
+        return send
+
+    def _status(self, status: ChatStatus) -> Callable[[str], Awaitable[object]]:
+        async def send(key: str) -> object:
+            return await self.client.update_chat(self._chat_id(), status)
+
+        return send
+
+    async def _open_chat(self, key: str) -> object:
+        chat = await self.client.open_chat(self.contact_id, self.channel, self.agent_id, idempotency_key=key)
+        self._chat = chat
+        await self._call_event_handler("on_chat_opened", chat)
+        return chat
+
+    # --- the writes ---
+
+    def _queue(self, what: str, send: Callable[[str], Awaitable[object]]) -> None:
+        assert self._writes is not None, "a write before the StartFrame"
+        self._writes.submit(what, send)
+
+    def _chat_id(self) -> str:
+        """The chat a write goes into: the call's, which the first write opened."""
+        if self._chat is None:
+            raise NoChat
+        return self._chat.id
+
+    # --- the reads ---
+
+    async def _read_history(self) -> None:
+        """Reads the contact's transcript once, again while chatdock is unavailable. It does not wait for the
+        watch: what is written after this read is found by the look that follows the watch going live (a look
+        reads down to the first message of the history)."""
+        delay, attempts = self.retry_delay, 0
+        while True:
+            attempts += 1
+            try:
+                context = await self.client.get_context(
+                    self.contact_id, limit=self.context_limit, max_chars=self.context_max_chars
+                )
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if not retryable(error):
+                    logger.error("chatdock refused the history of %s: %s", self.contact_id, describe(error))
+                    # with no history to start from, the messages written from now on are the new ones
+                    self._not_before = datetime.now(UTC)
+                    self._history_read.set()
+                    return
+                self._unavailable(attempts, "read the history", error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_retry_delay)
+        earlier = [message for message in context.messages if self._chat is None or message.chat_id != self._chat.id]
+        self._history_ids = {message.id for message in context.messages}
+        if earlier:
+            self._history = "\n".join([self.history_prompt, *(entry(message, with_time=True) for message in earlier)])
+        self._history_read.set()
+        await self._call_event_handler("on_history_read", context)
+
+    def _unavailable(self, attempts: int, what: str, error: Exception) -> None:
+        """A read that found chatdock unavailable and will be tried again: a warning the first time, quietly
+        after that (the writes log theirs in their queue, once per outage)."""
+        logger.log(
+            logging.WARNING if attempts == 1 else logging.DEBUG,
+            "chatdock unavailable, will %s for %s again: %s",
+            what,
+            self.contact_id,
+            describe(error),
+        )
+
+    def _note_change(self) -> None:
+        self._changes += 1
+        self._caught_up.clear()
+        self._changed.set()
+
+    async def _look_for_new(self) -> None:
+        """After each change (changes that come while a look is under way count as one), reads the contact's
+        messages that are new and not this call's; it starts once the history is read, since until then the
+        history is what brings them."""
+        await self._history_read.wait()
+        delay, attempts = self.retry_delay, 0
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            seen = self._changes
+            attempts += 1
+            try:
+                new = await self._new_messages()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if retryable(error):
+                    self._unavailable(attempts, "look for new messages", error)
+                    self._changed.set()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.max_retry_delay)
+                    continue
+                logger.error("chatdock refused the messages of %s: %s", self.contact_id, describe(error))
+                new = []
+            delay, attempts = self.retry_delay, 0
+            if new:
+                self._arrived.extend(new)
+                await self._call_event_handler("on_other_channel_messages", new)
+            if self._changes == seen:
+                self._caught_up.set()
+
+    async def _new_messages(self) -> list[Message]:
+        """The contact's messages written since the history was read and not this call's, oldest first: the
+        newest, a page at a time, down to the first one in the history. This call's own and those already
+        brought are passed over, not stopped at: a webhook may store a message with the time the caller sent
+        it, below a turn this call stored a moment before."""
+        found: list[Message] = []
+        cursor: str | None = None
+        for _ in range(SCAN_PAGES):
+            page = await self.client.list_messages(self.contact_id, limit=SCAN_PAGE_SIZE, cursor=cursor)
+            for message in page.messages:
+                if message.id in self._history_ids:
+                    return found[::-1]
+                if self._not_before is not None and message.created_at < self._not_before:
+                    return found[::-1]
+                if message.id in self._delivered or (self._chat is not None and message.chat_id == self._chat.id):
+                    continue
+                found.append(message)
+                self._delivered.add(message.id)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        return found[::-1]
+
+    # --- the context ---
+
+    async def _before_llm(self, frame: LLMContextFrame) -> None:
+        """Puts what the call has read into the context on its way to the LLM: the history (once, after the
+        leading system messages, the bot's own instructions) and the messages of other channels (before the
+        user's turn that this run answers). A read still under way is given `read_timeout` seconds, once: the
+        history on the first frame, a look for new messages when a change came since the last frame.
+
+        A speculative frame (Pipecat runs the LLM on a provisional copy while the user's turn may still go on)
+        gets the messages too, and so does the call's real context, which the confirmed turn goes on with."""
+        if not self._history_waited and not self._history_read.is_set():
+            self._history_waited = True
+            try:
+                await asyncio.wait_for(self._history_read.wait(), timeout=self.read_timeout)
+            except TimeoutError:
+                logger.warning(
+                    "chatdock: the history of %s is not read yet; the turn goes on without it", self.contact_id
+                )
+        if not self._caught_up.is_set() and self._changes > self._given_up_at:
+            try:
+                await asyncio.wait_for(self._caught_up.wait(), timeout=self.read_timeout)
+            except TimeoutError:
+                self._given_up_at = self._changes
+        if not frame.speculation:
+            self._context = frame.context
+        targets = [frame.context]
+        if frame.speculation and self._context is not None and self._context is not frame.context:
+            targets.insert(0, self._context)
+        history, self._history = self._history, None
+        arrived, self._arrived = self._arrived, []
+        if frame.speculation and self._context is None:  # the real context is not known yet: keep them for it
+            self._history, self._arrived = history, arrived
+        for context in targets:
+            messages = list(context.get_messages())
+            if history is not None:
+                at = 0
+                while at < len(messages) and role_of(messages[at]) in ("system", "developer"):
+                    at += 1
+                messages.insert(at, {"role": "system", "content": history})
+            if arrived:
+                text = "\n".join(
+                    [self.other_channels_prompt, *(entry(message, with_time=False) for message in arrived)]
+                )
+                at = len(messages) - 1 if messages and role_of(messages[-1]) == "user" else len(messages)
+                messages.insert(at, {"role": "system", "content": text})
+            if history is not None or arrived:
+                context.set_messages(messages)
+        if self._context is not None:
+            self._known_messages.update((id(message), message) for message in self._context.get_messages())

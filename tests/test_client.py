@@ -1,0 +1,216 @@
+"""`ChatdockClient` against a real `chatdock serve --http` on 127.0.0.1 and embedded in the test's process, on
+both engines: every method, the server's errors as the client's one exception, safe retries, and watching a
+contact's changes (across processes, and across a server restart)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx2
+import pytest
+
+from chatdock.client import Changed, ChatdockApiError, ChatdockClient
+from chatdock.storage import Part
+from tests.transports import create_key, free_port, http_server
+from tests.voice import restartable_server
+
+pytestmark = pytest.mark.process
+
+CALLER = "+31612345678"
+UNKNOWN = "0192f0c4-7d3e-7b1a-9c4e-2f1d3a5b6c7d"
+
+
+@asynccontextmanager
+async def client_of(kind: str, db: str) -> AsyncIterator[ChatdockClient]:
+    """A client of a fresh store at `db`: over HTTP to a server of its own, or embedded."""
+    if kind == "embedded":
+        async with ChatdockClient.embedded(db=db) as client:
+            yield client
+        return
+    key = create_key(db, "default", "client-tests")
+    with http_server(db) as base:
+        async with ChatdockClient(base, key) as client:
+            yield client
+
+
+async def refused(call: Any) -> ChatdockApiError:
+    with pytest.raises(ChatdockApiError) as raised:
+        await call
+    return raised.value
+
+
+@pytest.mark.parametrize("kind", ["http", "embedded"])
+async def test_every_method_answers_as_the_tool_does(kind: str, db: str) -> None:
+    async with client_of(kind, db) as client:
+        first = await client.append_message(
+            CALLER, "whatsapp", "user", "Where is my order?", metadata={"provider_message_id": "wamid.1"}
+        )
+        assert (first.contact_id, first.role, first.deduplicated, first.context) == (CALLER, "user", False, None)
+        again = await client.append_message(
+            CALLER, "whatsapp", "user", "Where is my order?", metadata={"provider_message_id": "wamid.1"}
+        )
+        assert (again.id, again.deduplicated) == (first.id, True)
+
+        chat = await client.open_chat(CALLER, "voice", agent_id="agent-7")
+        assert (chat.status, [c.name for c in chat.channels], chat.agent_id) == ("RUNNING", ["voice"], "agent-7")
+        posted = await client.post_as_contact(
+            CALLER, chat.id, [Part(text="Move it to Friday", start_timestamp=0.4, end_timestamp=1.9)]
+        )
+        assert (posted.role, posted.chat_id, posted.channel, posted.context) == ("user", chat.id, "voice", None)
+        assert (posted.parts[0].start_timestamp, posted.parts[0].end_timestamp) == (0.4, 1.9)
+
+        reply = await client.append_message(
+            CALLER, "voice", "assistant", "Done: Friday it is.", agent_id="agent-7", chat_id=chat.id, context_limit=2
+        )
+        assert reply.context is not None  # as get_context(agent_id="agent-7"): that agent's messages only
+        assert (reply.context.formatted, reply.context.agent_id) == ("ASSISTANT: Done: Friday it is.", "agent-7")
+        assert [m.id for m in reply.context.messages] == [reply.id]
+        heard = await client.post_as_contact(CALLER, chat.id, [Part(text="Thanks")], context_limit=3)
+        assert heard.context is not None and heard.context.messages[-1].id == heard.id
+        assert heard.context.formatted.endswith("ASSISTANT: Done: Friday it is.\nUSER: Thanks")
+
+        context = await client.get_context(CALLER, limit=10, roles=["user"], channels=["voice"])
+        assert context.formatted == "USER: Move it to Friday\nUSER: Thanks"
+        by_agent = await client.get_context(CALLER, agent_id="agent-7")
+        assert [m.content for m in by_agent.messages] == ["Done: Friday it is."]
+        page = await client.list_messages(CALLER, limit=2)
+        assert [m.content for m in page.messages] == ["Thanks", "Done: Friday it is."]
+        rest = await client.list_messages(CALLER, limit=2, cursor=page.next_cursor)
+        assert [m.content for m in rest.messages] == ["Move it to Friday", "Where is my order?"]
+        assert rest.next_cursor is None
+        found = await client.search_messages("friday", contact_id=CALLER, role="user")
+        assert [hit.snippet for hit in found.hits] == ["Move it to [Friday]"]
+
+        closed = await client.update_chat(chat.id, "COMPLETED")
+        assert closed.status == "COMPLETED"
+        assert [c.status for c in (await client.list_chats(CALLER)).chats] == ["COMPLETED"]
+
+        linked = await client.link_contacts(CALLER, "ann@example.com")
+        assert linked.aliases == ["ann@example.com"] and linked.contact_id == CALLER
+        assert (await client.get_contact("ann@example.com")).message_count == 4
+        assert (await client.unlink_contact("ann@example.com")).aliases == []
+
+        deleted = await client.delete_message(first.id)
+        assert (deleted.id, deleted.deleted) == (first.id, True)
+        forgotten = await client.forget_contact(CALLER)
+        assert (forgotten.deleted_messages, forgotten.deleted_chats) == (3, 1)
+        assert (await client.get_context(CALLER)).messages == []
+
+
+@pytest.mark.parametrize("kind", ["http", "embedded"])
+async def test_the_servers_refusals_are_one_exception_with_its_words(kind: str, db: str) -> None:
+    async with client_of(kind, db) as client:
+        wrong = await refused(client.get_context(CALLER, limit=0))
+        assert (wrong.status, wrong.error) == (422, "Invalid arguments")
+        assert wrong.message == "limit must be between 1 and 200, got 0" and not wrong.retryable
+        wrong = await refused(client.append_message(CALLER, "sms", "user", "hi", context_limit=201))
+        assert (wrong.status, wrong.message) == (422, "context_limit must be between 1 and 200, got 201")
+        assert (await client.list_messages(CALLER)).messages == []  # refused before anything was written
+        missing = await refused(client.delete_message(UNKNOWN))
+        assert (missing.status, missing.error) == (404, "Not found")
+        assert UNKNOWN in missing.message
+        missing = await refused(client.update_chat(UNKNOWN, "COMPLETED"))
+        assert missing.status == 404
+        status = await refused(client.update_chat(UNKNOWN, "DONE"))
+        assert status.status == 422 and "RUNNING" in status.message
+        await client.append_message(CALLER, "sms", "user", "first", idempotency_key="turn-1")
+        reused = await refused(client.append_message(CALLER, "sms", "user", "second", idempotency_key="turn-1"))
+        assert (reused.status, reused.error) == (409, "Conflict")
+        own = await refused(client.unlink_contact(CALLER))
+        assert own.status == 422 and "own contact_id" in own.message
+        watch = await refused(client.watch("x" * 300).__aenter__())
+        assert watch.status == 422 and "contact_id" in watch.message
+
+
+async def test_a_wrong_key_and_an_absent_server_say_so(db: str) -> None:
+    with http_server(db) as base:
+        async with ChatdockClient(base, "cdk_wrong") as client:
+            denied = await refused(client.get_contact(CALLER))
+    assert denied.status == 401 and "key" in denied.message
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    async with ChatdockClient(nowhere, "cdk_x", retries=1) as client:
+        absent = await refused(client.append_message(CALLER, "sms", "user", "hi"))
+    assert (absent.status, absent.error, absent.retryable) == (503, "Service unavailable", True)
+    assert nowhere in absent.message and "nothing was sent" in absent.message
+    lonely = ChatdockClient.embedded(db=db)
+    unopened = await refused(lonely.get_context(CALLER))
+    assert unopened.status == 503 and "async with ChatdockClient.embedded" in unopened.message
+
+
+class LosesFirstAnswers(httpx2.AsyncBaseTransport):
+    """A real connection to the server whose first `lose` answers never arrive: the request was carried out,
+    the connection broke before its answer (the case a retry must not turn into a second copy)."""
+
+    def __init__(self, lose: int) -> None:
+        self.inner = httpx2.AsyncHTTPTransport()
+        self.lose = lose
+        self.sent = 0
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self.inner.handle_async_request(request)
+        self.sent += 1
+        if self.lose:
+            self.lose -= 1
+            await response.aread()
+            await response.aclose()
+            raise httpx2.ReadError("connection reset before the answer", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_write_whose_answer_was_lost_is_retried_and_stored_once(db: str) -> None:
+    key = create_key(db, "default", "client-tests")
+    with http_server(db) as base:
+        transport = LosesFirstAnswers(lose=2)
+        async with ChatdockClient(base, key, http_client=httpx2.AsyncClient(transport=transport)) as client:
+            stored = await client.append_message(CALLER, "sms", "user", "only once, please")
+            assert transport.sent == 3  # twice carried out without an answer, then answered
+            assert [m.id for m in (await client.list_messages(CALLER)).messages] == [stored.id]
+            assert not stored.deduplicated  # the first answer, as the first request would have had it
+            transport.lose = 5
+            lost = await refused(client.post_as_contact(CALLER, UNKNOWN, [Part(text="x")]))
+            assert lost.status == 503 and "repeating it with the same idempotency_key is safe" in lost.message
+            chat = await client.open_chat(CALLER, "voice")
+            transport.lose = 1
+            deleted = await refused(client.delete_message(stored.id))  # carried out; repeating it would 404
+            assert deleted.status == 503 and "may have been carried out" in deleted.message
+            assert (await client.list_messages(CALLER)).messages == []
+            assert (await client.update_chat(chat.id, "CANCELED")).status == "CANCELED"
+
+
+async def next_change(changes: AsyncIterator[Changed]) -> Changed:
+    return await asyncio.wait_for(anext(changes), 10)
+
+
+async def test_watching_hears_every_writer(db: str) -> None:
+    """Over HTTP and embedded, a change made through the other door (another process) is heard, under any of
+    the contact's identifiers."""
+    key = create_key(db, "default", "client-tests")
+    with http_server(db) as base:
+        async with ChatdockClient(base, key) as remote, ChatdockClient.embedded(db=db) as local:
+            await remote.link_contacts(CALLER, "ann@example.com")
+            async with remote.watch("ann@example.com") as over_http, local.watch(CALLER) as in_process:
+                await local.append_message(CALLER, "whatsapp", "user", "sent from the embedded store")
+                assert await next_change(over_http) == Changed("ann@example.com")  # the server heard another process
+                assert await next_change(in_process) == Changed(CALLER)  # its own write
+                await remote.append_message("ann@example.com", "sms", "user", "sent to the server")
+                assert await next_change(in_process) == Changed(CALLER)  # the server's write
+                assert await next_change(over_http) == Changed("ann@example.com")
+                assert len((await local.list_messages(CALLER)).messages) == 2
+
+
+async def test_a_watch_comes_back_after_the_server_restarts(db: str) -> None:
+    key = create_key(db, "default", "client-tests")
+    with restartable_server(db) as server:
+        async with ChatdockClient(server.url, key) as client:
+            async with client.watch(CALLER) as changes:
+                server.stop()
+                server.start()
+                assert await next_change(changes) == Changed(CALLER)  # after reconnecting: read again
+                await client.append_message(CALLER, "sms", "user", "after the restart")
+                assert await next_change(changes) == Changed(CALLER)

@@ -1,0 +1,474 @@
+"""ChatdockMemoryService in Pipecat's own machinery: the user and assistant context aggregators, a
+PipelineWorker under a WorkerRunner, turns driven by the frames a transport and an STT service push, and a
+scripted stand-in for the LLM (the only fake, the one examples/pipecat_memory.py runs). chatdock is real:
+`chatdock serve --http` on 127.0.0.1 with a key, or the store in this process (`ChatdockClient.embedded`), on
+SQLite and PostgreSQL where it is cheap."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatdock.client import ChatdockClient
+from chatdock.storage import Context, Message
+from tests.test_examples import run_example
+from tests.voice import chat_messages, chatdock, load_example, restartable_chatdock, until
+
+with warnings.catch_warnings():
+    # pipecat imports audioop, which Python 3.11 reports as deprecated (it goes in 3.13), on first import only
+    warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
+    from pipecat.frames.frames import (
+        EndFrame,
+        Frame,
+        LLMFullResponseEndFrame,
+        LLMFullResponseStartFrame,
+        LLMRunFrame,
+        LLMTextFrame,
+    )
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.worker import PipelineWorker
+    from pipecat.processors.aggregators.llm_context import LLMContext
+    from pipecat.processors.aggregators.llm_response_universal import (
+        AssistantTurnStoppedMessage,
+        LLMAssistantAggregator,
+        LLMContextAggregatorPair,
+        LLMUserAggregatorParams,
+    )
+    from pipecat.turns.user_start import ExternalUserTurnStartStrategy
+    from pipecat.turns.user_stop import ExternalUserTurnStopStrategy
+    from pipecat.turns.user_turn_strategies import UserTurnStrategies
+    from pipecat.workers.runner import WorkerRunner
+
+    from chatdock.integrations.pipecat import HISTORY_PROMPT, OTHER_CHANNELS_PROMPT, ChatdockMemoryService
+
+    example = load_example("pipecat_memory")
+
+CALLER = "+31612345678"
+SYSTEM = "You are the lamp shop's voice agent."
+BOUND = 10.0  # seconds any one awaited thing may take before the test fails; a turn takes milliseconds
+
+
+class ScriptedLLM(example.ScriptedLLM):  # type: ignore[name-defined,misc]  # loaded from the example file
+    """The example's stand-in model, which answers each run with the next line of its script and keeps a copy of
+    the messages each run was given; and: `fail_at` runs push a (non-fatal) ErrorFrame first, as a provider's
+    hiccup does, and a line given as a list is streamed a piece at a time, the model stopping after the first
+    piece for as long as `go_on` is not set (a slow model, in the middle of its answer)."""
+
+    def __init__(self, replies: list[str | list[str]], fail_at: tuple[int, ...] = ()) -> None:
+        super().__init__(replies)
+        self.fail_at = fail_at
+        self.go_on = asyncio.Event()
+
+    async def answer(self, reply: str | list[str]) -> None:
+        if len(self.received) - 1 in self.fail_at:
+            await self.push_error("the stand-in model had a hiccup")
+        if isinstance(reply, str):
+            await super().answer(reply)
+            return
+        await self.push_frame(LLMFullResponseStartFrame())
+        await self.push_frame(LLMTextFrame(reply[0]))
+        await self.go_on.wait()
+        for piece in reply[1:]:
+            await self.push_frame(LLMTextFrame(piece))
+        await self.push_frame(LLMFullResponseEndFrame())
+
+
+class Call:
+    """One call through a bot's pipeline: user aggregator, the memory service, the stand-in LLM, assistant
+    aggregator. Turns come as an STT service with its own turn detection sends them (a proposed start, the
+    transcript, a proposed stop), optionally with the VAD frames of the speech."""
+
+    def __init__(self, memory: ChatdockMemoryService, llm: ScriptedLLM) -> None:
+        self.memory = memory
+        self.llm = llm
+        self.context = LLMContext(messages=[{"role": "system", "content": SYSTEM}])
+        strategies = UserTurnStrategies(
+            start=[ExternalUserTurnStartStrategy()], stop=[ExternalUserTurnStopStrategy(timeout=0.05)]
+        )
+        user, self.assistant = LLMContextAggregatorPair(
+            self.context, user_params=LLMUserAggregatorParams(user_turn_strategies=strategies)
+        )
+        assistant = self.assistant
+        self.bot_turns: asyncio.Queue[str] = asyncio.Queue()
+        assistant.add_event_handler("on_assistant_turn_stopped", self._bot_turn)
+        self.worker = PipelineWorker(
+            Pipeline([user, memory, llm, assistant]), cancel_on_idle_timeout=False, enable_rtvi=False
+        )
+        self.started = asyncio.Event()
+        self.worker.add_event_handler("on_pipeline_started", self._started)
+        self.running: asyncio.Task[None] | None = None
+
+    async def _bot_turn(self, aggregator: LLMAssistantAggregator, message: AssistantTurnStoppedMessage) -> None:
+        self.bot_turns.put_nowait(message.content)
+
+    async def _started(self, worker: PipelineWorker, frame: Frame) -> None:
+        self.started.set()
+
+    async def __aenter__(self) -> Call:
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(self.worker)
+        self.running = asyncio.create_task(runner.run())
+        await asyncio.wait_for(self.started.wait(), BOUND)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.running is not None
+        if not self.running.done():  # the test failed before ending the call
+            await self.worker.cancel()
+            await asyncio.wait_for(self.running, BOUND)
+
+    async def greet(self) -> str:
+        """The bot speaks first, as a bot's on_client_connected handler has it do."""
+        await self.worker.queue_frame(LLMRunFrame())
+        return await self.reply()
+
+    async def say(self, text: str, *, speech: list[tuple[float, float]] | None = None) -> str:
+        """The caller's turn, and the bot's answer. `speech`: the (start, stop) seconds, from the call's start,
+        that the VAD frames report."""
+        await self.worker.queue_frames(self.turn(text, speech or []))
+        return await self.reply()
+
+    def turn(self, text: str, speech: list[tuple[float, float]]) -> list[Frame]:
+        """The frames of the caller's turn, as the example pushes them."""
+        started = self.memory.started_at
+        assert started is not None
+        frames: list[Frame] = example.caller_turn(text, speech, started.timestamp())
+        return frames
+
+    async def reply(self) -> str:
+        return await asyncio.wait_for(self.bot_turns.get(), BOUND)
+
+    async def end(self) -> None:
+        assert self.running is not None
+        await self.worker.queue_frame(EndFrame())
+        await asyncio.wait_for(self.running, 30)
+
+    async def cancel(self) -> None:
+        assert self.running is not None
+        await self.worker.cancel()
+        await asyncio.wait_for(self.running, 30)
+
+
+def memory_for(client: ChatdockClient, **settings: Any) -> ChatdockMemoryService:
+    return ChatdockMemoryService(client=client, contact_id=CALLER, agent_id="lamp-bot", **settings)
+
+
+def system_texts(messages: list[dict[str, Any]]) -> list[str]:
+    return [str(message["content"]) for message in messages if message["role"] == "system"]
+
+
+@pytest.fixture(params=["http", "embedded"])
+async def client(request: pytest.FixtureRequest, db: str) -> AsyncIterator[ChatdockClient]:
+    """chatdock over HTTP with a key (a real `chatdock serve --http` on 127.0.0.1), or in this process."""
+    async with chatdock(request.param, db, "acme", "pipecat") as dock:
+        yield dock.client
+
+
+@pytest.fixture
+async def embedded(tmp_path: Path) -> AsyncIterator[ChatdockClient]:
+    async with ChatdockClient.embedded(db=str(tmp_path / "chatdock.db"), org="acme") as opened:
+        yield opened
+
+
+async def test_a_call_is_stored_and_the_next_call_starts_with_it(client: ChatdockClient) -> None:
+    first = ScriptedLLM(["Hello, lamp shop.", "I see order 4471.", "Tomorrow before noon."])
+    async with Call(memory_for(client), first) as call:
+        assert await call.greet() == "Hello, lamp shop."
+        assert await call.say("Hi, I ordered a lamp last week.") == "I see order 4471."
+        assert await call.say("When does it arrive?") == "Tomorrow before noon."
+        await call.end()
+    chat_id = call.memory.chat_id
+    # a new caller: the first run saw the bot's instructions and nothing else
+    assert first.received[0] == [{"role": "system", "content": SYSTEM}]
+
+    assert chat_id is not None
+    chats = (await client.list_chats(CALLER)).chats
+    assert [(chat.id, chat.status, chat.agent_id) for chat in chats] == [(chat_id, "COMPLETED", "lamp-bot")]
+    assert [channel.name for channel in chats[0].channels] == ["voice"]
+    stored = await chat_messages(client, CALLER, chat_id)
+    assert [(message.role, message.channel, message.content) for message in stored] == [
+        ("assistant", "voice", "Hello, lamp shop."),
+        ("user", "voice", "Hi, I ordered a lamp last week."),
+        ("assistant", "voice", "I see order 4471."),
+        ("user", "voice", "When does it arrive?"),
+        ("assistant", "voice", "Tomorrow before noon."),
+    ]
+    assert {message.agent_id for message in stored if message.role == "assistant"} == {"lamp-bot"}
+    # each user turn is one part, timed in seconds from the call's start by the turn frames, in speaking order
+    times = []
+    for message in stored:
+        if message.role == "user":
+            [part] = message.parts
+            assert part.text == message.content
+            assert part.start_timestamp is not None and part.end_timestamp is not None
+            times += [part.start_timestamp, part.end_timestamp]
+    assert times == sorted(times) and times[0] >= 0 and times[-1] < 30
+
+    second = ScriptedLLM(["Welcome back.", "Your lamp arrives tomorrow."])
+    async with Call(memory_for(client), second) as call:
+        assert await call.greet() == "Welcome back."
+        assert await call.say("It's me again, about the lamp.") == "Your lamp arrives tomorrow."
+        await call.end()
+    second_chat = call.memory.chat_id
+    # the first run of the second call: the bot's instructions, then the first call as one system message
+    instructions, history = second.received[0]
+    assert instructions == {"role": "system", "content": SYSTEM} and history["role"] == "system"
+    lines = history["content"].splitlines()
+    assert lines[0] == HISTORY_PROMPT
+    assert [line.split("UTC] ", 1)[1] for line in lines[1:]] == [
+        "ASSISTANT (voice): Hello, lamp shop.",
+        "USER (voice): Hi, I ordered a lamp last week.",
+        "ASSISTANT (voice): I see order 4471.",
+        "USER (voice): When does it arrive?",
+        "ASSISTANT (voice): Tomorrow before noon.",
+    ]
+    # it stays in the context for the rest of the call, once
+    assert system_texts(second.received[1]) == [SYSTEM, history["content"]]
+    assert second_chat is not None and second_chat != chat_id
+    statuses = {chat.id: chat.status for chat in (await client.list_chats(CALLER)).chats}
+    assert statuses == {chat_id: "COMPLETED", second_chat: "COMPLETED"}
+
+
+async def test_a_whatsapp_message_during_the_call_reaches_the_llm_before_the_next_turn(
+    client: ChatdockClient,
+) -> None:
+    llm = ScriptedLLM(["Hello.", "Can you send the order number?", "Got it, 4471 ships today.", "Bye."])
+    memory = memory_for(client)
+    arrived: asyncio.Queue[list[Message]] = asyncio.Queue()
+
+    async def on_other_channel_messages(service: ChatdockMemoryService, messages: list[Message]) -> None:
+        arrived.put_nowait(messages)
+
+    memory.add_event_handler("on_other_channel_messages", on_other_channel_messages)
+
+    async with Call(memory, llm) as call:
+        await call.greet()
+        await call.say("Where is my lamp?")
+        # the caller sends the number on WhatsApp while still on the phone (a webhook stores it over REST)
+        await client.append_message(CALLER, "whatsapp", "user", "Order number: 4471")
+        [message] = await asyncio.wait_for(arrived.get(), BOUND)
+        assert (message.channel, message.content) == ("whatsapp", "Order number: 4471")
+        assert await call.say("I just sent it to you.") == "Got it, 4471 ships today."
+        await call.say("Thanks, bye.")
+        await call.end()
+
+    note = f"{OTHER_CHANNELS_PROMPT}\nUSER (whatsapp): Order number: 4471"
+    # the run that answered the next turn had it, just before that turn
+    assert llm.received[2][-2:] == [
+        {"role": "system", "content": note},
+        {"role": "user", "content": "I just sent it to you."},
+    ]
+    assert llm.received[1].count({"role": "system", "content": note}) == 0
+    assert llm.received[3].count({"role": "system", "content": note}) == 1  # kept, once
+    # the WhatsApp message is the contact's, not the call's
+    chat_id = memory.chat_id
+    assert chat_id is not None
+    assert [m.content for m in await chat_messages(client, CALLER, chat_id) if m.role == "user"] == [
+        "Where is my lamp?",
+        "I just sent it to you.",
+        "Thanks, bye.",
+    ]
+
+
+async def test_vad_frames_time_the_user_turns(embedded: ChatdockClient) -> None:
+    llm = ScriptedLLM(["Hello.", "Sure.", "Done."])
+    async with Call(memory_for(embedded), llm) as call:
+        await call.greet()
+        await call.say("I'd like a second lamp.", speech=[(2.8, 5.5)])
+        await call.say("The same one, in red.", speech=[(8.0, 9.0), (10.0, 11.0)])
+        await call.end()
+    chat_id = call.memory.chat_id
+    assert chat_id is not None
+    parts = [message.parts[0] for message in await chat_messages(embedded, CALLER, chat_id) if message.role == "user"]
+    assert [(part.start_timestamp, part.end_timestamp) for part in parts] == [
+        pytest.approx((2.8, 5.5), abs=0.002),
+        pytest.approx((8.0, 11.0), abs=0.002),
+    ]
+
+
+async def test_the_answer_under_way_when_the_call_ends_is_stored_once(embedded: ChatdockClient) -> None:
+    llm = ScriptedLLM(["Hello.", "Goodbye then."])
+    async with Call(memory_for(embedded), llm) as call:
+        await call.greet()
+        # the caller's last words and, right behind them, the end of the call: the bot's answer is still being
+        # written to the context by the assistant aggregator as the EndFrame reaches it
+        await call.worker.queue_frames([*call.turn("That's all, bye.", []), EndFrame()])
+        assert call.running is not None
+        await asyncio.wait_for(call.running, 30)
+    chat_id = call.memory.chat_id
+    assert chat_id is not None
+    stored = await chat_messages(embedded, CALLER, chat_id)
+    assert [(m.role, m.content) for m in stored] == [
+        ("assistant", "Hello."),
+        ("user", "That's all, bye."),
+        ("assistant", "Goodbye then."),
+    ]
+    [chat] = (await embedded.list_chats(CALLER)).chats
+    assert chat.status == "COMPLETED"
+
+
+async def test_an_error_frame_during_the_call_leaves_the_chat_failed(embedded: ChatdockClient) -> None:
+    llm = ScriptedLLM(["Hello.", "Sorry, say again?", "Bye."], fail_at=(1,))
+    async with Call(memory_for(embedded), llm) as call:
+        await call.greet()
+        assert await call.say("Hello?") == "Sorry, say again?"  # a non-fatal error: the call goes on
+        assert await call.say("Bye.") == "Bye."
+        await call.end()
+    chat_id = call.memory.chat_id
+    [chat] = (await embedded.list_chats(CALLER)).chats
+    assert (chat.id, chat.status) == (chat_id, "FAILED")
+    assert chat_id is not None
+    assert len(await chat_messages(embedded, CALLER, chat_id)) == 5
+
+
+async def test_a_call_cancelled_while_the_bot_talks_keeps_what_it_said_and_is_left_canceled(
+    embedded: ChatdockClient,
+) -> None:
+    llm = ScriptedLLM(["Hello.", "Your lamp ships today.", ["Let me look that up", " for you."]])
+    call = Call(memory_for(embedded), llm)
+    said = asyncio.Event()
+
+    def after(aggregator: LLMAssistantAggregator, frame: Frame) -> None:
+        if isinstance(frame, LLMTextFrame) and frame.text == "Let me look that up":
+            said.set()
+
+    call.assistant.add_event_handler("on_after_process_frame", after)
+    async with call:
+        await call.greet()
+        await call.say("Where is my lamp?")
+        await call.worker.queue_frames(call.turn("And the invoice?", []))
+        await asyncio.wait_for(said.wait(), BOUND)
+        # the caller hangs up while the bot is in the middle of its answer: the aggregator writes what was said
+        # to the context, and the frame it pushes back up is dropped by the processors being cancelled
+        await call.cancel()
+    chat_id = call.memory.chat_id
+    [chat] = (await embedded.list_chats(CALLER)).chats
+    assert (chat.id, chat.status) == (chat_id, "CANCELED")
+    assert chat_id is not None
+    assert [m.content for m in await chat_messages(embedded, CALLER, chat_id)] == [
+        "Hello.",
+        "Where is my lamp?",
+        "Your lamp ships today.",
+        "And the invoice?",
+        "Let me look that up",
+    ]
+
+
+async def test_writes_chatdock_refuses_are_logged_once_and_the_call_goes_on(
+    embedded: ChatdockClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    llm = ScriptedLLM(["Hello.", "Sure."])
+    memory = ChatdockMemoryService(client=embedded, contact_id="not a contact id\n")
+    with caplog.at_level(logging.WARNING, logger="chatdock.integrations.pipecat"):
+        async with Call(memory, llm) as call:
+            assert await call.greet() == "Hello."
+            assert await call.say("Hi.") == "Sure."
+            await call.end()
+    refused = [record.getMessage() for record in caplog.records if "refused to open the chat" in record.getMessage()]
+    assert len(refused) == 1 and "422" in refused[0]  # a 4xx: told, not retried
+    assert not [record for record in caplog.records if "unavailable" in record.getMessage()]
+    assert memory.chat_id is None
+    assert llm.received[0] == [{"role": "system", "content": SYSTEM}]
+
+
+@pytest.mark.process
+async def test_an_outage_during_the_call_holds_no_turn_and_loses_no_write(tmp_path: Path) -> None:
+    async with restartable_chatdock(tmp_path, "acme", "pipecat", timeout=2.0, retries=1) as (server, client):
+        memory = memory_for(client, retry_delay=0.05, max_retry_delay=0.2, flush_timeout=10.0)
+        llm = ScriptedLLM(["Hello.", "Your lamp ships today.", "Yes, in red.", "Bye."])
+        async with Call(memory, llm) as call:
+            await call.greet()
+            await call.say("Where is my lamp?")
+            await until(lambda: memory.pending_writes == 0, "the first writes")
+            server.stop()
+            # chatdock is gone: the turns go on, and their writes wait
+            assert await call.say("Can I have it in red?") == "Yes, in red."
+            assert await call.say("Great, bye.") == "Bye."
+            # both turns are queued (a bot turn once its frame is back from the assistant aggregator)
+            await until(lambda: memory.pending_writes == 4, "four writes queued")
+            server.start()
+            await call.end()
+        chat_id = memory.chat_id
+        assert chat_id is not None
+        stored = await chat_messages(client, CALLER, chat_id)
+        [chat] = (await client.list_chats(CALLER)).chats
+    assert chat.status == "COMPLETED"
+    assert [(message.role, message.content) for message in stored] == [
+        ("assistant", "Hello."),
+        ("user", "Where is my lamp?"),
+        ("assistant", "Your lamp ships today."),
+        ("user", "Can I have it in red?"),
+        ("assistant", "Yes, in red."),
+        ("user", "Great, bye."),
+        ("assistant", "Bye."),
+    ]
+
+
+@pytest.mark.process
+async def test_a_hung_chatdock_holds_no_turn_and_its_history_joins_when_it_answers(tmp_path: Path) -> None:
+    # the client would wait 30 s for a hung request: a turn that waited on chatdock would miss BOUND
+    async with restartable_chatdock(tmp_path, "acme", "pipecat", timeout=30.0) as (server, client):
+        await client.append_message(CALLER, "whatsapp", "user", "Is the red lamp in stock?")
+        memory = memory_for(client, flush_timeout=10.0)
+        history_read = asyncio.Event()
+
+        async def on_history_read(service: ChatdockMemoryService, context: Context) -> None:
+            history_read.set()
+
+        memory.add_event_handler("on_history_read", on_history_read)
+        llm = ScriptedLLM(["Hello.", "It is red.", "Yes, the red one is in stock."])
+        server.pause()  # requests now hang, as on an overloaded host
+        try:
+            async with Call(memory, llm) as call:
+                assert await call.greet() == "Hello."
+                assert await call.say("What colour is my lamp?") == "It is red."
+                # the chat, the greeting and the turn all wait on chatdock; the conversation did not
+                await until(lambda: memory.pending_writes == 4, "four writes queued")
+                assert not history_read.is_set()
+                server.resume()
+                await asyncio.wait_for(history_read.wait(), BOUND)
+                assert await call.say("Do you have it in stock?") == "Yes, the red one is in stock."
+                await call.end()
+        finally:
+            server.resume()
+        chat_id = memory.chat_id
+        assert chat_id is not None
+        stored = await chat_messages(client, CALLER, chat_id)
+        [chat] = (await client.list_chats(CALLER)).chats
+    # the first runs went on without the history (after read_timeout); the next run has it, in its place
+    assert system_texts(llm.received[0]) == system_texts(llm.received[1]) == [SYSTEM]
+    history = llm.received[2][1]["content"]
+    assert history.startswith(HISTORY_PROMPT) and history.endswith("USER (whatsapp): Is the red lamp in stock?")
+    roles = [message["role"] for message in llm.received[2]]
+    assert roles == ["system", "system", "assistant", "user", "assistant", "user"]
+    assert chat.status == "COMPLETED"
+    assert [message.content for message in stored] == [
+        "Hello.",
+        "What colour is my lamp?",
+        "It is red.",
+        "Do you have it in stock?",
+        "Yes, the red one is in stock.",
+    ]
+
+
+def test_settings_out_of_bounds_are_refused_when_the_service_is_made(embedded: ChatdockClient) -> None:
+    with pytest.raises(ValueError, match="context_limit must be 1 to 200"):
+        ChatdockMemoryService(client=embedded, contact_id=CALLER, context_limit=500)
+    with pytest.raises(ValueError, match="read_timeout must be above 0"):
+        ChatdockMemoryService(client=embedded, contact_id=CALLER, read_timeout=0)
+
+
+@pytest.mark.process
+def test_the_example_runs_two_calls_and_shows_them() -> None:
+    output = run_example("pipecat_memory.py")
+    assert "call 1: COMPLETED, 5 messages" in output
+    assert "call 2: COMPLETED, 3 messages" in output
+    # the second call's first LLM run had the first call in its context
+    assert "the second call's LLM saw:" in output
+    assert "USER (voice): Hi, I ordered a desk lamp last week." in output.split("the second call's LLM saw:")[1]
