@@ -67,16 +67,21 @@ class ChatdockServer(MCPServer[_State]):
         self._compacted: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
         self._output_models: dict[str, type[BaseModel]] = {}
         self.tool_names: set[str] = set()  # the registered tools, the only names a metric's label may hold
+        self.read_only_tools: frozenset[str] = frozenset()  # those an OAuth token with chatdock:read may call
         self.events = Events()  # build_server gives it the one its subscriptions use
 
     def add_tool(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         super().add_tool(fn, *args, **kwargs)
-        name = args[0] if args else kwargs.get("name")
-        self.tool_names.add(name or fn.__name__)
+        name = (args[0] if args else kwargs.get("name")) or fn.__name__
+        self.tool_names.add(name)
+        annotations = kwargs.get("annotations")
+        if annotations is not None and annotations.read_only_hint:
+            self.read_only_tools |= {name}
 
     def remove_tool(self, name: str) -> None:
         super().remove_tool(name)
         self.tool_names.discard(name)
+        self.read_only_tools -= {name}
 
     def structured_tool(self, output: type[BaseModel], **kwargs: Any) -> Callable[[F], F]:
         """`tool()` for a function that builds its own `CallToolResult` from an `output` model (results.py):

@@ -141,6 +141,31 @@ def parser() -> argparse.ArgumentParser:
         "forged X-Forwarded-For cannot dodge the wrong-key limit or the log",
     )
     serve.add_argument(
+        "--oauth-issuer",
+        metavar="URL",
+        help="with --http: also accept OAuth access tokens (JWTs) this issuer signs for --public-url, beside the "
+        "API keys; the protected-resource metadata names it (docs/oauth.md)",
+    )
+    serve.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="with --oauth-issuer: chatdock's URL as clients reach it, the tokens' audience "
+        "(default: http://HOST:PORT)",
+    )
+    serve.add_argument(
+        "--oauth-org-claim",
+        default="org_id",
+        metavar="NAME",
+        help="with --oauth-issuer: the token claim that names the organization (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--oauth-clock-skew",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --oauth-issuer: how far a token's exp and nbf may be off, 0 to 60 (default: %(default)s)",
+    )
+    serve.add_argument(
         "--metrics-port",
         type=int,
         default=os.environ.get("CHATDOCK_METRICS_PORT") or None,
@@ -276,6 +301,10 @@ def _serve(args: argparse.Namespace) -> None:
 
     if args.metrics_port is not None and not args.http:
         raise InvalidInput("--metrics-port serves /metrics beside the HTTP transport: add --http")
+    if (args.oauth_issuer or args.public_url) and not args.http:
+        raise InvalidInput("--oauth-issuer and --public-url are for the HTTP transport: add --http")
+    if args.public_url and not args.oauth_issuer:
+        raise InvalidInput("--public-url names the audience of OAuth tokens: add --oauth-issuer")
     if args.metrics_port is not None and args.metrics_port == args.port:
         raise InvalidInput(f"--metrics-port must differ from --port ({args.port}): /metrics is served apart")
     stop_tracing = tracing.start(os.environ)
@@ -297,6 +326,18 @@ def _serve(args: argparse.Namespace) -> None:
             from .metrics import Metrics
 
             settings.metrics = Metrics()
+            if args.oauth_issuer:
+                from .oauth import OAuthSettings
+
+                try:
+                    settings.oauth = OAuthSettings(
+                        issuer=args.oauth_issuer,
+                        public_url=args.public_url or f"http://{args.host}:{args.port}",
+                        org_claim=args.oauth_org_claim,
+                        clock_skew=args.oauth_clock_skew,
+                    )
+                except ValueError as exc:
+                    raise InvalidInput(str(exc)) from None
             limits = HttpLimits(
                 read_timeout=args.read_timeout,
                 max_connections=args.max_connections,

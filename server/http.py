@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -24,18 +25,29 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatdock.storage import ChatdockError, InvalidInput, Store, Unavailable
 
 from . import logs
 from .app import ChatdockServer, Settings, build_server
 from .guard import FailedKeys
+from .oauth import (
+    METADATA_PATH,
+    READ_SCOPE,
+    WRITE_SCOPE,
+    IssuerUnavailable,
+    JwtVerifier,
+    OAuthSettings,
+    TokenRefused,
+    is_api_key,
+)
 from .observe import ObservedHttp
 from .org import ORG_SCOPE_KEY
-from .rest import ROUTE_PREFIXES, BodyLimit, build_rest
+from .rest import MAX_BODY_BYTES, ROUTE_PREFIXES, BodyLimit, build_rest
 from .sessions import DEFAULT_MAX_SESSIONS_PER_ORG, SessionOwners
 
 if TYPE_CHECKING:
@@ -54,20 +66,39 @@ REFUSALS: Final = {
     "malformed": "the Authorization header must read 'Bearer <key>'",
     "not_ready": "the server is not ready yet; try again",
     "unknown": "the key is unknown or revoked; `chatdock keys list` shows the live keys",
+    "invalid_token": "",  # an OAuth access token refused: the verifier says why (oauth.py)
 }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Who a request's bearer is: its organization and, for an OAuth token, its scopes (a key may do all);
+    or, with no organization, why it was refused (a key of REFUSALS, and the words for a token)."""
+
+    org: str | None
+    refusal: str = ""
+    scopes: frozenset[str] | None = None
+    said: str = ""
 
 
 class ApiKeyAuth:
     """ASGI middleware: bearer API key in, organization into the scope, or 401 out."""
 
     def __init__(
-        self, app: ASGIApp, server: ChatdockServer, sessions: SessionOwners, metrics: Metrics | None = None
+        self,
+        app: ASGIApp,
+        server: ChatdockServer,
+        sessions: SessionOwners,
+        metrics: Metrics | None = None,
+        oauth: OAuthSettings | None = None,
     ) -> None:
         self.app = app
         self.server = server
         self.failures = FailedKeys()
         self.sessions = sessions
         self.metrics = metrics
+        self.oauth = oauth
+        self.tokens = None if oauth is None else JwtVerifier(oauth)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
@@ -76,25 +107,33 @@ class ApiKeyAuth:
             return
         scope.pop(ORG_SCOPE_KEY, None)
         try:
-            org, refusal = await self._verify(scope)
-        except ChatdockError as exc:  # the store cannot read the keys: the service, not the key, is at fault
-            response = JSONResponse({"error": "Service unavailable", "message": str(exc)}, status_code=503)
+            verdict = await self._verify(scope)
+        except (ChatdockError, IssuerUnavailable) as exc:  # the keys cannot be read: the service is at fault
+            response = JSONResponse(
+                {"error": "Service unavailable", "message": str(exc)}, status_code=503, headers={"Retry-After": "1"}
+            )
             await response(scope, receive, send)
             return
+        org = verdict.org
         if org is None:
             address = (scope.get("client") or ("unknown", 0))[0]
-            problem = REFUSALS[refusal]
+            problem = verdict.said or REFUSALS[verdict.refusal]
             logger.warning("refused a key from %s (%s): %s", address, _key_prefix(scope), problem)
             if self.metrics is not None:
-                self.metrics.refused_key(refusal)
+                self.metrics.refused_key(verdict.refusal)
             wait = self.failures.failed(address)
             if wait is not None:
                 if self.metrics is not None:
                     self.metrics.throttled(address, wait)
                 await self._slow_down(wait, scope, receive, send)
                 return
-            await self._reject(problem, scope, receive, send)
+            await self._reject(problem, scope, receive, send, token=verdict.refusal == "invalid_token")
             return
+        if verdict.scopes is not None:
+            receive, needed = await scope_needed(scope, receive, self.read_only_tools())
+            if needed not in verdict.scopes:
+                await self._insufficient(needed, scope, receive, send)
+                return
         scope[ORG_SCOPE_KEY] = org
         fields = logs.request_fields.get()
         if fields is not None:
@@ -117,36 +156,115 @@ class ApiKeyAuth:
         )
         await response(scope, receive, send)
 
-    async def _verify(self, scope: Scope) -> tuple[str | None, str]:
-        """The key's organization, or None and why it is refused (a key of REFUSALS)."""
+    async def _verify(self, scope: Scope) -> Verdict:
+        """The bearer's organization (and a token's scopes), or why it is refused. A `cdk_` key is a key;
+        with --oauth-issuer anything else is an access token (oauth.py)."""
         header = ""
         for name, value in scope.get("headers", []):
             if name == b"authorization":
                 header = value.decode("latin-1")
                 break
         if not header:
-            return None, "missing"
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            return None, "malformed"
+            return Verdict(None, "missing")
+        scheme, _, bearer = header.partition(" ")
+        bearer = bearer.strip()
+        if scheme.lower() != "bearer" or not bearer:
+            return Verdict(None, "malformed")
+        if self.tokens is not None and not is_api_key(bearer):
+            try:
+                access = await self.tokens.verify(bearer)
+            except TokenRefused as refused:
+                return Verdict(None, "invalid_token", said=str(refused))
+            return Verdict(str((access.claims or {})["org"]), scopes=frozenset(access.scopes))
         store = self.server.state.store
         if store is None:
-            return None, "not_ready"
-        org = await store.verify_api_key(key.strip())
+            return Verdict(None, "not_ready")
+        org = await store.verify_api_key(bearer)
         if org is None:
-            return None, "unknown"
-        return org, ""
+            return Verdict(None, "unknown")
+        return Verdict(org)
 
-    async def _reject(self, message: str, scope: Scope, receive: Receive, send: Send) -> None:
+    def read_only_tools(self) -> frozenset[str]:
+        return self.server.read_only_tools
+
+    def _challenge(self, scope: Scope, *fields: str) -> str:
+        """`WWW-Authenticate`: with OAuth on, where the protected-resource metadata is (RFC 9728 §5.1)."""
+        parts = [f'realm="{REALM}"', *fields]
+        if self.oauth is not None:
+            path = "/mcp" if str(scope.get("path", "")).startswith("/mcp") else ""
+            parts.insert(1, f'resource_metadata="{self.oauth.metadata_url(path)}"')
+        return "Bearer " + ", ".join(parts)
+
+    async def _reject(self, message: str, scope: Scope, receive: Receive, send: Send, token: bool = False) -> None:
+        described = message.replace(chr(34), chr(39))
+        fields = [] if message == REFUSALS["missing"] else ['error="invalid_token"', f'error_description="{described}"']
         response = JSONResponse(
-            {"error": "Invalid API key", "message": message},
+            {"error": "Invalid token" if token else "Invalid API key", "message": message},
             status_code=401,
+            headers={"WWW-Authenticate": self._challenge(scope, *fields)},
+        )
+        await response(scope, receive, send)
+
+    async def _insufficient(self, needed: str, scope: Scope, receive: Receive, send: Send) -> None:
+        what = "write" if needed == WRITE_SCOPE else "read"
+        message = f"this token may not {what}: it lacks the scope {needed}"
+        response = JSONResponse(
+            {"error": "Insufficient scope", "message": message},
+            status_code=403,
             headers={
-                "WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_token", '
-                f'error_description="{message.replace(chr(34), chr(39))}"'
+                "WWW-Authenticate": self._challenge(
+                    scope, 'error="insufficient_scope"', f'scope="{needed}"', f'error_description="{message}"'
+                )
             },
         )
         await response(scope, receive, send)
+
+
+async def scope_needed(scope: Scope, receive: Receive, read_only_tools: frozenset[str]) -> tuple[Receive, str]:
+    """The scope a request needs: `chatdock:read` for the REST reads and for MCP but its writing tools,
+    `chatdock:write` for the rest. An MCP POST's JSON-RPC body is read to tell (at most 4 MiB, the request
+    bound) and handed on unchanged: the returned `receive` replays it."""
+    method = str(scope.get("method", "GET"))
+    if not str(scope.get("path", "")).startswith("/mcp"):
+        return receive, READ_SCOPE if method in ("GET", "HEAD") else WRITE_SCOPE
+    if method != "POST":
+        return receive, READ_SCOPE
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if not message.get("more_body") or size > MAX_BODY_BYTES:
+            break
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay, _scope_of_rpc(body, read_only_tools)
+
+
+def _scope_of_rpc(body: bytes, read_only_tools: frozenset[str]) -> str:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return READ_SCOPE  # the MCP app refuses it; nothing is written
+    calls = parsed if isinstance(parsed, list) else [parsed]
+    for call in calls:
+        if isinstance(call, dict) and call.get("method") == "tools/call":
+            params = call.get("params")
+            name = params.get("name") if isinstance(params, dict) else None
+            if name not in read_only_tools:
+                return WRITE_SCOPE
+    return READ_SCOPE
 
 
 def _key_prefix(scope: Scope) -> str:
@@ -210,21 +328,27 @@ def build_http_app(
     sessions = SessionOwners(max_sessions_per_org)
     if settings.metrics is not None:
         settings.metrics.watch_sessions(sessions.held)
-    app = ApiKeyAuth(Dispatch(mcp, BodyLimit(routes)), server, sessions, settings.metrics)
+    oauth = settings.oauth
+    metadata = None if oauth is None else Starlette(routes=oauth.metadata_routes())
+    app = ApiKeyAuth(Dispatch(mcp, BodyLimit(routes), metadata), server, sessions, settings.metrics, oauth)
     return ObservedHttp(app, settings.metrics, settings.tracing, routes.routes, MCP_PATHS, metrics_port)
 
 
 class Dispatch:
-    """ASGI: /mcp, /healthz, /livez and the lifespan to the MCP app; every other path to the REST routes."""
+    """ASGI: /mcp, /healthz, /livez and the lifespan to the MCP app; with OAuth on, the protected-resource
+    metadata to its routes; every other path to the REST routes."""
 
-    def __init__(self, mcp: ASGIApp, rest: ASGIApp) -> None:
+    def __init__(self, mcp: ASGIApp, rest: ASGIApp, metadata: ASGIApp | None = None) -> None:
         self.mcp = mcp
         self.rest = rest
+        self.metadata = metadata
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
         if scope["type"] != "http" or path.startswith(MCP_PATHS):
             await self.mcp(scope, receive, send)
+        elif self.metadata is not None and path.startswith(METADATA_PATH):
+            await self.metadata(scope, receive, send)
         else:
             await self.rest(scope, receive, send)
 

@@ -33,7 +33,7 @@ WAIT_BUCKETS: Final = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 
 LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 # Why a key was refused (http.ApiKeyAuth): the `reason` of chatdock_failed_keys_total.
-KEY_REFUSALS: Final = ("missing", "malformed", "unknown", "not_ready")
+KEY_REFUSALS: Final = ("missing", "malformed", "unknown", "not_ready", "invalid_token")
 MAX_THROTTLED = 10_000  # addresses remembered as throttled, as many as guard.FailedKeys remembers
 
 Sessions = Callable[[], Mapping[str, int]]  # organization: initialize-era sessions open

@@ -10,6 +10,7 @@ from chatdock.storage import Durability, Store, Telemetry, open_store
 
 if TYPE_CHECKING:
     from .metrics import Metrics
+    from .oauth import OAuthSettings
 
 
 @dataclass
@@ -27,6 +28,8 @@ class Settings:
     metrics: Metrics | None = None
     # spans of REST calls, store calls and their SQL, recorded by OpenTelemetry's global tracer provider (tracing.py)
     tracing: bool = False
+    # HTTP: OAuth access tokens accepted beside the API keys (oauth.py); None: keys only
+    oauth: OAuthSettings | None = None
 
     def open_store(self) -> AbstractAsyncContextManager[Store]:
         """The one door from settings to an open store: every command and transport comes through here, so

@@ -97,3 +97,29 @@ def test_commands_that_do_not_serve_do_not_import_the_mcp_sdk() -> None:
         "print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith(('mcp.', 'uvicorn', 'starlette'))))",
     )
     assert probe.stdout.strip() == "[]"
+
+
+def test_the_registry_entry_is_valid_and_names_this_package() -> None:
+    """server.json against the MCP Registry's schema (2025-12-11, kept in tests/data from the registry's
+    repository), its name in the README's `mcp-name:` line (which the registry checks for a PyPI package), its
+    versions the package's, and the remote's Authorization header optional (OAuth needs none)."""
+    import json
+    import re
+    import tomllib
+
+    import jsonschema
+
+    entry = json.loads((ROOT / "server.json").read_text())
+    jsonschema.validate(entry, json.loads((ROOT / "tests" / "data" / "mcp-registry-server.schema.json").read_text()))
+    [named] = re.findall(r"<!-- mcp-name: (\S+) -->", (ROOT / "README.md").read_text())
+    assert entry["name"] == named
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert entry["version"] == version and [p["version"] for p in entry["packages"]] == [version]
+    [remote] = entry["remotes"]
+    [header] = remote["headers"]
+    assert (remote["type"], header["name"], header["isRequired"], header["isSecret"]) == (
+        "streamable-http",
+        "Authorization",
+        False,
+        True,
+    )

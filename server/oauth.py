@@ -1,0 +1,213 @@
+"""chatdock as an OAuth 2.1 protected resource (docs/oauth.md), beside its API keys.
+
+With `serve --http --oauth-issuer URL`, a bearer that is not a `cdk_` key is an access token: a JWT the
+issuer signed for chatdock (its audience is `--public-url`), unexpired, carrying the organization in a claim
+(`--oauth-org-claim`, `org_id` by default) and the scopes `chatdock:read` (the reading tools, resources and
+routes) and `chatdock:write` (the rest). The MCP SDK's seams are used where they fit: `JwtVerifier` is its
+`TokenVerifier`, and the metadata routes are its RFC 9728 ones; the JWT checks are PyJWT's. No cryptography
+is written here.
+
+The issuer's keys are found through its discovery document (RFC 8414's, or OpenID Connect's, since
+providers publish one or the other), kept, and fetched again when a token names a key id not seen yet (a
+rotation), at most once a second; every fetch is bounded in time, so a hanging issuer costs a request with a
+token at most `FETCH_SECONDS` and never touches requests with keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+import httpx2
+import jwt
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
+from pydantic import AnyHttpUrl
+from starlette.routing import Route
+
+logger = logging.getLogger("chatdock.oauth")
+
+READ_SCOPE = "chatdock:read"
+WRITE_SCOPE = "chatdock:write"
+SCOPES = (READ_SCOPE, WRITE_SCOPE)
+ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+MAX_CLOCK_SKEW = 60.0  # seconds a token's exp / nbf may be off by, at most
+FETCH_SECONDS = 3.0  # one request to the issuer, at most
+REFETCH_SECONDS = 1.0  # an unknown key id fetches the keys again at most this often
+KEY_PREFIX = "cdk_"  # what an API key starts with; anything else is a token
+METADATA_PATH = "/.well-known/oauth-protected-resource"
+
+
+@dataclass(frozen=True)
+class OAuthSettings:
+    issuer: str
+    public_url: str  # chatdock's own URL as clients reach it: the tokens' audience, the metadata's `resource`
+    org_claim: str = "org_id"
+    clock_skew: float = MAX_CLOCK_SKEW
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.clock_skew <= MAX_CLOCK_SKEW:
+            raise ValueError(f"--oauth-clock-skew must be 0 to {MAX_CLOCK_SKEW:g} seconds, got {self.clock_skew:g}")
+        for name, url in (("--oauth-issuer", self.issuer), ("--public-url", self.public_url)):
+            if not url.startswith(("https://", "http://")):
+                raise ValueError(f"{name} must be an http(s) URL, got {url!r}")
+
+    @property
+    def resource(self) -> str:
+        return self.public_url.rstrip("/")
+
+    def metadata_url(self, path: str = "") -> str:
+        """Where the protected-resource metadata is: for `/mcp`, the path-suffixed form (RFC 9728 §3.1)."""
+        return str(build_resource_metadata_url(AnyHttpUrl(self.resource + path)))
+
+    def metadata_routes(self) -> list[Route]:
+        """The SDK's RFC 9728 route, served at `/.well-known/oauth-protected-resource` and at its `/mcp` form:
+        the issuer, the scopes, and chatdock's URL as the resource (the tokens' audience)."""
+        # as strings: the metadata model keeps them as written (url_preserve_empty_path), where AnyHttpUrl(...)
+        # would add a "/" to a bare origin, and clients compare the issuer letter for letter
+        [made] = create_protected_resource_routes(
+            resource_url=cast(AnyHttpUrl, self.resource),
+            authorization_servers=[cast(AnyHttpUrl, self.issuer)],
+            scopes_supported=list(SCOPES),
+            resource_name="chatdock",
+        )
+        assert isinstance(made, Route)
+        return [Route(METADATA_PATH + path, made.endpoint, methods=made.methods) for path in ("", "/mcp")]
+
+
+class TokenRefused(Exception):
+    """A token chatdock does not accept; the message says why, for `WWW-Authenticate`'s error_description."""
+
+
+class IssuerUnavailable(Exception):
+    """The issuer's keys could not be fetched: the token may be fine, the service cannot check it now."""
+
+
+class IssuerKeys:
+    """The issuer's signing keys by key id, from its discovery document's `jwks_uri`."""
+
+    def __init__(self, issuer: str) -> None:
+        self.issuer = issuer  # as the discovery document spells it once read (Auth0's ends in "/", most don't)
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._jwks_uri: str | None = None
+        self._fetched_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def key(self, kid: str | None) -> jwt.PyJWK:
+        if kid is not None and kid in self._keys:
+            return self._keys[kid]
+        async with self._lock:  # one fetch for the many tokens that name the same new key
+            unknown = kid is None or kid not in self._keys
+            if unknown and (time.monotonic() - self._fetched_at >= REFETCH_SECONDS or not self._keys):
+                await self._fetch()
+        if kid is None:
+            if len(self._keys) == 1:
+                return next(iter(self._keys.values()))
+            raise TokenRefused("the token names no key id (kid) and the issuer has several keys")
+        if kid not in self._keys:
+            raise TokenRefused(f"the token is signed by a key the issuer does not publish (kid {kid!r})")
+        return self._keys[kid]
+
+    async def _fetch(self) -> None:
+        try:
+            async with httpx2.AsyncClient(timeout=FETCH_SECONDS) as http:
+                if self._jwks_uri is None:
+                    self._jwks_uri = await self._discover(http)
+                answer = await asyncio.wait_for(http.get(self._jwks_uri), FETCH_SECONDS)
+                answer.raise_for_status()
+                found = jwt.PyJWKSet.from_dict(answer.json())
+        except (httpx2.HTTPError, TimeoutError, ValueError, jwt.PyJWKSetError) as exc:
+            self._fetched_at = time.monotonic()  # a dead issuer is asked again at most once a second
+            logger.warning("could not fetch the signing keys of %s: %s", self.issuer, exc or type(exc).__name__)
+            raise IssuerUnavailable(
+                f"the issuer's keys could not be fetched ({type(exc).__name__}); try again"
+            ) from exc
+        self._keys = {key.key_id: key for key in found.keys if key.key_id}
+        if not self._keys and found.keys:
+            self._keys = {"": found.keys[0]}
+        self._fetched_at = time.monotonic()
+        logger.info("fetched %d signing keys of %s", len(self._keys), self.issuer)
+
+    async def _discover(self, http: httpx2.AsyncClient) -> str:
+        """`jwks_uri` from RFC 8414's document, or else OpenID Connect's; the document must name this issuer."""
+        for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
+            answer = await asyncio.wait_for(http.get(self.issuer.rstrip("/") + path), FETCH_SECONDS)
+            if answer.status_code != 200:
+                continue
+            document = answer.json()
+            named = str(document.get("issuer", ""))
+            if named.rstrip("/") != self.issuer.rstrip("/"):
+                raise ValueError(f"{path} names issuer {named!r}, not {self.issuer!r}")
+            self.issuer = named
+            return str(document["jwks_uri"])
+        raise ValueError("the issuer publishes neither discovery document")
+
+
+class JwtVerifier:
+    """The MCP SDK's `TokenVerifier` for the issuer's JWT access tokens; `verify` says why it refuses one."""
+
+    def __init__(self, settings: OAuthSettings) -> None:
+        self.settings = settings
+        self.keys = IssuerKeys(settings.issuer)
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        try:
+            return await self.verify(token)
+        except (TokenRefused, IssuerUnavailable):
+            return None
+
+    async def verify(self, token: str) -> AccessToken:
+        """The token's access, or TokenRefused (IssuerUnavailable when the keys cannot be fetched)."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError as exc:
+            raise TokenRefused("the token is neither a chatdock key (cdk_...) nor a JWT") from exc
+        if str(header.get("alg", "")) not in ALGORITHMS:
+            raise TokenRefused(f"the token's algorithm {header.get('alg')!r} is not accepted")
+        key = await self.keys.key(header.get("kid"))
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=key,
+                algorithms=ALGORITHMS,
+                audience=self.settings.resource,
+                issuer=self.keys.issuer,
+                leeway=self.settings.clock_skew,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise TokenRefused("the token has expired") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise TokenRefused("the token is not valid yet (nbf)") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise TokenRefused(f"the token was issued for another audience, not {self.settings.resource}") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise TokenRefused(f"the token was issued by another issuer, not {self.keys.issuer}") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise TokenRefused("the token's signature does not verify") from exc
+        except jwt.PyJWTError as exc:
+            raise TokenRefused(f"the token is not accepted: {exc}") from exc
+        org = claims.get(self.settings.org_claim)
+        if not isinstance(org, str) or not org:
+            raise TokenRefused(
+                f"the token carries no organization: its claim {self.settings.org_claim!r} is missing "
+                "(the issuer must add it; --oauth-org-claim names another)"
+            )
+        scopes = claims.get("scope", "")
+        granted = scopes.split() if isinstance(scopes, str) else [str(s) for s in claims.get("scp", []) or []]
+        return AccessToken(
+            token=token,
+            client_id=str(claims.get("client_id") or claims.get("azp") or ""),
+            scopes=granted,
+            expires_at=int(claims["exp"]),
+            resource=self.settings.resource,
+            subject=None if claims.get("sub") is None else str(claims["sub"]),
+            claims={"iss": claims["iss"], "org": org},
+        )
+
+
+def is_api_key(bearer: str) -> bool:
+    return bearer.startswith(KEY_PREFIX)

@@ -1,0 +1,408 @@
+"""chatdock as an OAuth 2.1 protected resource, against a real authorization server (node-oidc-provider, started
+on 127.0.0.1 from tests/oidc/): the MCP SDK's own OAuth client given only chatdock's URL, tokens the server
+issued (for another audience, expired, without the organization, read-only), key rotation, an issuer that is
+down or hangs, and API keys beside tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urljoin, urlparse
+
+import httpx2
+import pytest
+from mcp.client import Client
+from mcp.client.auth import OAuthClientProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+
+from tests.transports import create_key, free_port, http_server, run_cli
+
+pytestmark = pytest.mark.process
+
+OIDC = Path(__file__).parent / "oidc"
+CALLER = "+31612345678"
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> Path:
+    """The authorization server's packages (oidc-provider), installed once from the npm registry."""
+    if not (OIDC / "node_modules" / "oidc-provider").is_dir():
+        npm = shutil.which("npm")
+        assert npm, "the OAuth tests run a real authorization server on Node.js: install node and npm"
+        installed = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=OIDC, capture_output=True, text=True, timeout=300
+        )
+        assert installed.returncode == 0, installed.stderr
+    return OIDC / "node_modules"
+
+
+class AuthorizationServer:
+    """node-oidc-provider on a loopback port; each start signs with a new key (a restart is a rotation)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        node = shutil.which("node")
+        assert node, "the OAuth tests need Node.js"
+        self.process = subprocess.Popen(
+            [node, "provider.mjs"],
+            cwd=OIDC,
+            env={"PORT": str(self.port), "PATH": "/usr/bin:/bin"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert line.startswith("listening"), line + (self.process.stderr.read() if self.process.stderr else "")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            process.terminate()
+            process.wait(10)
+            for stream in (process.stdout, process.stderr):
+                if stream:
+                    stream.close()
+
+    def token(self, client: str, audience: str, scope: str = "chatdock:read chatdock:write") -> str:
+        """An access token the server issues to a pre-registered client (client credentials)."""
+        answer = httpx2.post(
+            self.issuer + "/token",
+            auth=(client, "secret"),
+            data={"grant_type": "client_credentials", "scope": scope, "resource": audience},
+        )
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["access_token"])
+
+
+@pytest.fixture
+def issuer(node_modules: Path) -> Iterator[AuthorizationServer]:
+    server = AuthorizationServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def served(issuer: AuthorizationServer, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """chatdock with --oauth-issuer (its public URL the default, http://127.0.0.1:PORT), and an acme API key."""
+    db = str(tmp_path / "chatdock.db")
+    key = create_key(db, "acme", "beside-tokens")
+    with http_server(db, "--oauth-issuer", issuer.issuer, "--oauth-clock-skew", "0") as base:
+        yield {"base": base, "key": key, "db": db}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def append(base: str, token: str, content: str) -> httpx2.Response:
+    body = {"contact_id": CALLER, "channel": "sms", "role": "user", "content": content}
+    return httpx2.post(base + "/chats", json=body, headers=bearer(token))
+
+
+def context(base: str, token: str) -> httpx2.Response:
+    return httpx2.get(base + "/chats/context", params={"contact_id": CALLER}, headers=bearer(token))
+
+
+def challenge(answer: httpx2.Response) -> str:
+    return answer.headers.get("WWW-Authenticate", "")
+
+
+def test_the_metadata_names_the_issuer_and_a_401_points_at_it(served: dict[str, str], issuer: Any) -> None:
+    base = served["base"]
+    for path in ("", "/mcp"):
+        metadata = httpx2.get(f"{base}/.well-known/oauth-protected-resource{path}").json()
+        assert metadata["resource"].rstrip("/") == base
+        assert [url.rstrip("/") for url in metadata["authorization_servers"]] == [issuer.issuer]
+        assert metadata["scopes_supported"] == ["chatdock:read", "chatdock:write"]
+    rest = httpx2.get(base + "/chats/context", params={"contact_id": CALLER})
+    assert rest.status_code == 401
+    assert f'resource_metadata="{base}/.well-known/oauth-protected-resource"' in challenge(rest)
+    mcp = httpx2.post(base + "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    assert mcp.status_code == 401
+    assert f'resource_metadata="{base}/.well-known/oauth-protected-resource/mcp"' in challenge(mcp)
+
+
+def test_tokens_and_keys_serve_side_by_side_each_in_its_organization(
+    served: dict[str, str], issuer: AuthorizationServer
+) -> None:
+    base = served["base"]
+    acme = issuer.token("acme-writer", base)
+    assert append(base, acme, "by an acme token").status_code == 201
+    assert append(base, served["key"], "by an acme key").status_code == 201  # a cdk_ key is still a key
+    seen = context(base, served["key"]).json()["formatted"]
+    assert seen == "USER: by an acme token\nUSER: by an acme key"
+    globex = issuer.token("globex-writer", base)
+    assert context(base, globex).json()["messages"] == []  # another organization's token sees nothing of acme
+
+    reader = issuer.token("acme-reader", base, scope="chatdock:read")
+    assert context(base, reader).json()["formatted"] == seen
+    refused = append(base, reader, "not allowed")
+    assert refused.status_code == 403
+    assert refused.json() == {
+        "error": "Insufficient scope",
+        "message": "this token may not write: it lacks the scope chatdock:write",
+    }
+    assert 'error="insufficient_scope"' in challenge(refused) and 'scope="chatdock:write"' in challenge(refused)
+    assert context(base, served["key"]).json()["formatted"] == seen  # nothing was written
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_read_only_token_over_mcp_reads_and_is_refused_a_write(
+    served: dict[str, str], issuer: AuthorizationServer, mode: str
+) -> None:
+    base = served["base"]
+    reader = issuer.token("acme-reader", base, scope="chatdock:read")
+    answers: list[httpx2.Response] = []
+
+    async def seen(response: httpx2.Response) -> None:
+        answers.append(response)
+
+    async with httpx2.AsyncClient(headers=bearer(reader), event_hooks={"response": [seen]}) as http:
+        async with Client(streamable_http_client(base + "/mcp", http_client=http), mode=mode) as client:
+            read = await client.call_tool("get_context", {"contact_id": CALLER})
+            assert not read.is_error
+        assert all(answer.status_code < 300 for answer in answers)
+        # the SDK's client turns the 403 into an error of its own ("Server returned an error response")
+        with pytest.raises(Exception):  # noqa: B017
+            async with Client(streamable_http_client(base + "/mcp", http_client=http), mode=mode) as client:
+                await client.call_tool(
+                    "append_message", {"contact_id": CALLER, "channel": "sms", "role": "user", "content": "x"}
+                )
+        [refused] = [answer for answer in answers if answer.status_code >= 400]
+        assert refused.status_code == 403 and 'error="insufficient_scope"' in challenge(refused)
+        assert 'scope="chatdock:write"' in challenge(refused)
+        direct = await http.post(
+            base + "/mcp",
+            json={"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "forget_contact"}},
+            headers={"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"},
+        )
+    assert direct.status_code == 403 and 'scope="chatdock:write"' in challenge(direct)
+    assert context(base, served["key"]).json()["messages"] == []
+
+
+def encoded(part: dict[str, Any] | str) -> str:
+    """A JWT's part: JSON (or the bytes of a string), base64url without padding."""
+    raw = part.encode() if isinstance(part, str) else json.dumps(part).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def forged_unsigned(token: str) -> str:
+    """The same claims under `alg: none`, no signature: what an attacker would send."""
+    _, payload, _ = token.split(".")
+    return f"{encoded({'alg': 'none', 'typ': 'JWT'})}.{payload}."
+
+
+def test_tokens_chatdock_must_not_accept_are_refused_with_why(
+    served: dict[str, str], issuer: AuthorizationServer
+) -> None:
+    base = served["base"]
+    short = issuer.token("acme-short", base)
+    cases = {
+        "another audience": (issuer.token("acme-writer", "http://127.0.0.1:9/elsewhere"), "another audience"),
+        "no organization": (issuer.token("acme-noorg", base), "claim 'org_id' is missing"),
+        "alg none": (forged_unsigned(issuer.token("acme-writer", base)), "algorithm 'none' is not accepted"),
+        "not a JWT": ("not-a-token", "neither a chatdock key"),
+    }
+    time.sleep(2.1)  # the short token lived one second; the clock skew allowed here is 0
+    cases["expired"] = (short, "the token has expired")
+    for name, (token, why) in cases.items():
+        answer = context(base, token)
+        assert answer.status_code == 401, name
+        assert answer.json()["error"] == "Invalid token" and why in answer.json()["message"], (name, answer.json())
+        assert 'error="invalid_token"' in challenge(answer) and "resource_metadata=" in challenge(answer), name
+
+
+def test_a_rotated_key_is_followed_and_the_retired_one_refused(
+    served: dict[str, str], issuer: AuthorizationServer
+) -> None:
+    base = served["base"]
+    before = issuer.token("acme-writer", base)
+    assert context(base, before).status_code == 200
+    issuer.stop()
+    issuer.start()  # a new signing key, the old one no longer published
+    time.sleep(1.1)  # the keys are fetched again at most once a second
+    after = issuer.token("acme-writer", base)
+    assert context(base, after).status_code == 200
+    retired = context(base, before)
+    assert retired.status_code == 401 and "a key the issuer does not publish" in retired.json()["message"]
+
+
+def test_an_issuer_that_is_down_or_hangs_never_stalls_requests_with_keys(
+    served: dict[str, str], issuer: AuthorizationServer
+) -> None:
+    base = served["base"]
+    token = issuer.token("acme-writer", base)
+    issuer.stop()
+    began = time.monotonic()
+    down = context(base, token)  # its key was never fetched: the issuer is needed, and away
+    assert down.status_code == 503 and "could not be fetched" in down.json()["message"]
+    assert time.monotonic() - began < 5
+    assert context(base, served["key"]).status_code == 200
+
+
+@asynccontextmanager
+async def hanging_issuer() -> AsyncIterator[str]:
+    """An issuer that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for each in [*held, listener]:
+            each.close()
+
+
+async def test_a_hanging_issuer_costs_a_token_its_bound_and_keys_nothing(tmp_path: Path) -> None:
+    db = str(tmp_path / "chatdock.db")
+    key = create_key(db, "acme", "beside-tokens")
+    async with hanging_issuer() as nowhere:
+        with http_server(db, "--oauth-issuer", nowhere) as base:
+            async with httpx2.AsyncClient(base_url=base, timeout=30) as http:
+                params = {"contact_id": CALLER}
+                unchecked = ".".join(encoded(part) for part in ({"alg": "RS256", "kid": "k1"}, {"sub": "x"}, "sig"))
+                waiting = asyncio.ensure_future(http.get("/chats/context", params=params, headers=bearer(unchecked)))
+                await asyncio.sleep(0.3)  # the token's check is waiting on the issuer now
+                began = time.monotonic()
+                keyed = await http.get("/chats/context", params=params, headers=bearer(key))
+                assert keyed.status_code == 200 and time.monotonic() - began < 1.0
+                assert not waiting.done()
+                answer = await waiting
+    assert answer.status_code == 503 and "could not be fetched" in answer.json()["message"]
+
+
+class Memory:
+    """The SDK client's token storage, in memory."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client = client_info
+
+
+class Browser:
+    """The person at the authorization server's pages: signs in as `login` and consents (its dev forms)."""
+
+    def __init__(self, login: str, redirect_uri: str) -> None:
+        self.login = login
+        self.redirect_uri = redirect_uri
+        self.result: AuthorizationCodeResult | None = None
+
+    async def visit(self, authorization_url: str) -> None:
+        async with httpx2.AsyncClient(follow_redirects=False) as http:
+            url = authorization_url
+            form: dict[str, str] = {}
+            for _ in range(12):
+                answer = await (http.post(url, data=form) if form else http.get(url))
+                form = {}
+                if answer.status_code in (302, 303):
+                    url = urljoin(url, answer.headers["location"])
+                    if url.startswith(self.redirect_uri):
+                        query = {k: v[0] for k, v in parse_qs(urlparse(url).query).items()}
+                        self.result = AuthorizationCodeResult(
+                            code=query["code"], state=query.get("state"), iss=query.get("iss")
+                        )
+                        return
+                    continue
+                page = answer.text
+                action = page.split('action="', 1)[1].split('"', 1)[0]
+                url = urljoin(url, action.replace("&amp;", "&"))
+                prompt = page.split('name="prompt" value="', 1)[1].split('"', 1)[0]
+                form = {"prompt": prompt}
+                if prompt == "login":
+                    form |= {"login": self.login, "password": "any"}
+        raise AssertionError("the authorization server never redirected back")
+
+    async def back(self) -> AuthorizationCodeResult:
+        assert self.result is not None
+        return self.result
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_the_mcp_sdks_oauth_client_needs_only_chatdocks_url(
+    served: dict[str, str], issuer: AuthorizationServer, mode: str
+) -> None:
+    """Discovery from the 401 and the metadata, dynamic registration, authorization code with PKCE (the
+    person's login and consent done by `Browser`), then tools in either protocol era, in the token's org."""
+    base = served["base"]
+    redirect = f"http://127.0.0.1:{free_port()}/callback"
+    person = Browser("ann@acme", redirect)
+    auth = OAuthClientProvider(
+        server_url=base + "/mcp",
+        client_metadata=OAuthClientMetadata(
+            redirect_uris=[redirect],  # type: ignore[list-item]
+            client_name="chatdock tests",
+            grant_types=["authorization_code", "refresh_token"],
+            response_types=["code"],
+            token_endpoint_auth_method="client_secret_post",
+        ),
+        storage=Memory(),
+        redirect_handler=person.visit,
+        callback_handler=person.back,
+    )
+    async with httpx2.AsyncClient(auth=auth, timeout=30) as http:
+        async with Client(streamable_http_client(base + "/mcp", http_client=http), mode=mode) as client:
+            stored = await client.call_tool(
+                "append_message", {"contact_id": CALLER, "channel": "sms", "role": "user", "content": "via OAuth"}
+            )
+            assert not stored.is_error, stored.content
+    assert context(base, served["key"]).json()["formatted"] == "USER: via OAuth"  # in acme, the token's org
+
+
+def test_oauth_flags_that_cannot_work_stop_the_command_with_one_line(tmp_path: Path) -> None:
+    db = str(tmp_path / "chatdock.db")
+    cases = [
+        (["--public-url", "https://chatdock.example.com", "--http"], "add --oauth-issuer"),
+        (["--oauth-issuer", "https://sso.example.com"], "add --http"),
+        (["--http", "--oauth-issuer", "sso.example.com"], "--oauth-issuer must be an http(s) URL"),
+        (["--http", "--oauth-issuer", "https://sso.example.com", "--oauth-clock-skew", "90"], "0 to 60 seconds"),
+    ]
+    for flags, said in cases:
+        result = run_cli("serve", "--db", db, "--port", str(free_port()), *flags)
+        assert result.returncode != 0, flags
+        assert said in result.stderr and len(result.stderr.strip().splitlines()) == 1, (flags, result.stderr)
