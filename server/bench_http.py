@@ -138,7 +138,7 @@ async def voice_turn_figures(base: str, key: str, count: int) -> dict[str, float
         samples[kind].append((time.perf_counter() - began) * 1000)
 
     async with ChatdockClient(base, key) as client:
-        for turn in range(max(200, count // 10)):
+        for turn in range(max(100, count // 10)):
             text = f"voice turn {turn}"
             await timed("bare", client.append_message(CONVERSATION, "voice", "user", text))
             await timed("one", client.append_message(CONVERSATION, "voice", "user", text, context_limit=50))

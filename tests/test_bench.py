@@ -51,6 +51,10 @@ ROWS = [
     "REST get_context p99",
     "MCP-over-HTTP append, 32 clients",
     "REST append beside MCP append (32)",
+    "voice turn: bare append (client, HTTP) p50",
+    "voice turn: append with context_limit=50 p50",
+    "voice turn: append with context_limit=50 p99",
+    "voice turn: append, then get_context (two calls) p50",
     "write-ahead log, largest during 2,000 appends",
     "write-ahead log, idle",
     "another org's REST append p99, alone",
@@ -81,7 +85,8 @@ COMPARED = [  # --compare (on SQLite): chatdock and each rival store, for each m
 @pytest.mark.parametrize("engine", ["sqlite", "postgres"])
 def test_bench_small_mode_prints_every_row_as_json_and_as_a_table(engine: str, request: pytest.FixtureRequest) -> None:
     on = ["--compare"] if engine == "sqlite" else ["--db", request.getfixturevalue("postgres_server")]
-    result = run_cli("bench", "--messages", "5000", "--contacts", "500", "--rounds", "1", "--json", *on)
+    # every row, small: about 50 s on a quiet 2-core machine, more beside other tests
+    result = run_cli("bench", "--messages", "5000", "--contacts", "500", "--rounds", "1", "--json", *on, timeout=240)
     assert result.returncode == 0, result.stderr
     assert "building data" in result.stderr  # progress goes to stderr, so stdout stays pure JSON
     report = json.loads(result.stdout)

@@ -32,8 +32,8 @@ def stdio_params(*args: str) -> StdioServerParameters:
     return StdioServerParameters(command=command[0], args=[*command[1:], "serve", *args], env=dict(os.environ))
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*chatdock_command(), *args], capture_output=True, text=True, timeout=60, check=False)
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*chatdock_command(), *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def free_port() -> int:
