@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,19 @@ async def _total(store: Store, org: str | None, contact_id: str | None) -> int |
         return None
 
 
+async def export_lines(
+    store: Store, org: str | None, contact_id: str | None, skipped: list[str] | None = None
+) -> AsyncIterator[str]:
+    """The lines of an export (each without its newline): the chats, then the aliases, then the messages.
+    `chatdock export` writes them to a file; `GET /contacts/{contact_id}/export` streams them."""
+    async for chat_org, chat in store.export_chats(org, contact_id, skipped=skipped):
+        yield dump_line(chat_org, chat)
+    async for alias_org, alias in store.export_aliases(org, contact_id):
+        yield dump_line(alias_org, alias)
+    async for message_org, message in store.export_messages(org, contact_id, skipped=skipped):
+        yield dump_line(message_org, message)
+
+
 async def export(
     store: Store, out: TextIO, org: str | None, contact_id: str | None, quiet: bool, skipped: list[str]
 ) -> int:
@@ -45,18 +58,8 @@ async def export(
     cannot read is passed over and named in `skipped`."""
     bar = None if quiet else Progress("exporting (lines)", await _total(store, org, contact_id))
     written = 0
-    async for chat_org, chat in store.export_chats(org, contact_id, skipped=skipped):
-        out.write(dump_line(chat_org, chat) + "\n")
-        written += 1
-        if bar is not None:
-            bar.update(written)
-    async for alias_org, alias in store.export_aliases(org, contact_id):
-        out.write(dump_line(alias_org, alias) + "\n")
-        written += 1
-        if bar is not None:
-            bar.update(written)
-    async for message_org, message in store.export_messages(org, contact_id, skipped=skipped):
-        out.write(dump_line(message_org, message) + "\n")
+    async for line in export_lines(store, org, contact_id, skipped):
+        out.write(line + "\n")
         written += 1
         if bar is not None:
             bar.update(written)

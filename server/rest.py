@@ -16,11 +16,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from mcp.shared.exceptions import MCPError
+from pydantic import BaseModel
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -58,6 +60,8 @@ from chatdock.storage.models import (
 )
 
 from .events import Events
+from .history import export_lines
+from .inspector import add_pages
 from .openapi import WITH_BODY, answers, strict
 from .org import ORG_SCOPE_KEY
 
@@ -75,6 +79,26 @@ EVENT_SCHEMA = {
     },
     "required": ["event", "data"],
 }
+
+# one line of GET /contacts/{contact_id}/export (storage/history.py has every field)
+EXPORT_MEDIA_TYPE = "application/x-ndjson"
+EXPORT_LINE_SCHEMA = {
+    "type": "object",
+    "properties": {"kind": {"enum": ["chat", "alias", "message"]}, "org": {"type": "string"}},
+    "required": ["kind", "org"],
+    "description": "one chat, alias or message a line, with every field, as `chatdock export` writes it",
+}
+
+
+class RecentContact(BaseModel):
+    contact_id: str
+
+
+class ContactList(BaseModel):
+    """The organization's contacts, the most recently active first."""
+
+    contacts: list[RecentContact]
+
 
 # a retried request with the same key gets the first answer, across replicas (Store: the key names the id)
 IdempotencyKey = Annotated[
@@ -192,9 +216,7 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
             "stored is unknown: retrying with the same metadata.provider_message_id or Idempotency-Key is safe",
         )
 
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> HTMLResponse:
-        return docs_page()
+    add_pages(app, read_only)
 
     # --- reading ---
 
@@ -268,6 +290,38 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
     )
     async def get_contact(organization: Org, contact_id: ContactId) -> ContactInfo:
         return await the_store().get_contact(organization, contact_id)
+
+    @app.get(
+        "/contacts",
+        response_model=ContactList,
+        summary="the organization's contacts, the most recently active first",
+        responses=answers(),
+    )
+    async def recent_contacts(organization: Org, limit: int = 50) -> ContactList:
+        """As the MCP server lists their transcripts among its resources; each contact by its contact_id."""
+        found = await the_store().recent_contacts(organization, limit)
+        return ContactList(contacts=[RecentContact(contact_id=contact_id) for contact_id in found])
+
+    @app.get(
+        "/contacts/{contact_id}/export",
+        response_class=StreamingResponse,
+        summary="the contact's history as JSON Lines: the records `chatdock export --contact` writes",
+        responses={
+            200: {"description": "One record a line", "content": {EXPORT_MEDIA_TYPE: {"schema": EXPORT_LINE_SCHEMA}}},
+            **answers(404),
+        },
+    )
+    async def export_contact(organization: Org, contact_id: ContactId) -> Response:
+        """Named by any of its identifiers; the chats, then the aliases, then the messages, oldest first, a
+        batch at a time (docs/history.md: `chatdock import` reads them back)."""
+        store = the_store()
+        found = await store.get_contact(organization, contact_id)  # an unknown contact is a 404, not an empty file
+        lines = export_lines(store, organization, found.contact_id)
+        return StreamingResponse(
+            (line + "\n" async for line in lines),
+            media_type=EXPORT_MEDIA_TYPE,
+            headers={"Cache-Control": "no-store", "Content-Disposition": _attachment(found.contact_id)},
+        )
 
     @app.get(
         "/contacts/{contact_id}/chats",
@@ -484,6 +538,11 @@ def _unread_body(error: Any) -> bool:
     return tuple(error.get("loc", ())) == ("body",) and isinstance(error.get("input"), bytes | str)
 
 
+def _attachment(contact_id: str) -> str:
+    """A download's file name: the contact's id percent-encoded (RFC 6266), a plain one for older clients."""
+    return f"attachment; filename=\"chatdock-export.jsonl\"; filename*=UTF-8''{quote(contact_id, safe='')}.jsonl"
+
+
 def _listed(value: str | None) -> list[str] | None:
     return None if value is None else [item.strip() for item in value.split(",")]
 
@@ -495,37 +554,6 @@ def _located(errors: list[Any]) -> list[Any]:
         where = [part for part in error.get("loc", ()) if part not in ("body", "query", "path")]
         located.append({**error, "loc": tuple(where)})
     return located
-
-
-DOCS = """<!doctype html>
-<html><head><meta charset="utf-8"><title>chatdock REST API</title>
-<style>body{font:15px/1.45 system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}
-code,pre{background:#f4f4f4;padding:.1em .3em}pre{padding:.6em;overflow:auto}
-h2{margin-top:2em;font-size:1.1em}.m{font-weight:bold;text-transform:uppercase;margin-right:.5em}</style>
-</head><body><h1>chatdock REST API</h1>
-<p>Every route takes <code>Authorization: Bearer &lt;key&gt;</code>. The machine-readable document:
-<a href="/openapi.json">/openapi.json</a> (OpenAPI 3.1).</p><div id="routes">Loading...</div>
-<script>
-fetch("/openapi.json").then(r => r.json()).then(doc => {
-  const out = [];
-  const esc = s => String(s).replace(/[&<>]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;"}[c]));
-  for (const [path, ops] of Object.entries(doc.paths)) for (const [method, op] of Object.entries(ops)) {
-    out.push(`<h2><span class="m">${method}</span><code>${esc(path)}</code></h2><p>${esc(op.summary || "")}</p>`);
-    const params = (op.parameters || []).map(
-      p => `<code>${esc(p.name)}</code> (${p.in}${p.required ? ", required" : ""})`);
-    if (params.length) out.push(`<p>Parameters: ${params.join(", ")}</p>`);
-    const body = op.requestBody && op.requestBody.content["application/json"];
-    if (body) out.push(`<p>Body:</p><pre>${esc(JSON.stringify(body.schema, null, 2))}</pre>`);
-    out.push(`<p>Answers: ${Object.keys(op.responses).join(", ")}</p>`);
-  }
-  document.getElementById("routes").innerHTML = out.join("");
-});
-</script></body></html>"""
-
-
-def docs_page() -> HTMLResponse:
-    """A page that renders /openapi.json, with nothing fetched from elsewhere."""
-    return HTMLResponse(DOCS)
 
 
 class BodyLimit:

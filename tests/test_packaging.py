@@ -55,6 +55,8 @@ def test_the_wheel_installs_chatdock_beside_other_server_and_storage_packages(tm
     assert tops == {"chatdock"}
     packages = {name.rsplit("/", 1)[0] for name in archive.namelist() if name.endswith("/__init__.py")}
     assert {"chatdock/client", "chatdock/integrations"} <= packages
+    shipped = {"chatdock/server/static/ui/inspector.js", "chatdock/server/static/docs/swagger-ui-bundle.js"}
+    assert shipped <= set(archive.namelist())  # /ui and /docs work from the wheel, offline
 
     other = tmp_path / "squatter"
     other.mkdir()

@@ -131,6 +131,20 @@ def test_every_route_answers_and_every_error_has_its_status(served: dict[str, An
     assert status == 200 and (linked["contact_id"], linked["aliases"]) == (contact, ["ann@example.com"])
     status, known = rest("GET", "/contacts/ann%40example.com")
     assert status == 200 and (known["contact_id"], known["message_count"], known["chat_count"]) == (contact, 1, 1)
+    status, recent = rest("GET", "/contacts", limit=200)
+    assert status == 200 and recent["contacts"][0] == {"contact_id": contact}  # the most recently active first
+    export = urllib.request.Request(
+        served["base"] + "/contacts/ann%40example.com/export", headers={"Authorization": f"Bearer {served['acme_key']}"}
+    )
+    with urllib.request.urlopen(export, timeout=10) as response:
+        assert response.headers["Content-Type"] == "application/x-ndjson"
+        records = [json.loads(line) for line in response.read().splitlines()]
+    assert [(r["kind"], r["org"], r["contact_id"]) for r in records] == [
+        ("chat", "acme", contact),
+        ("alias", "acme", contact),
+        ("message", "acme", contact),
+    ]
+    assert rest("GET", "/contacts/nobody%40example.com/export")[0] == 404
     assert rest("DELETE", f"/contacts/{q(contact)}/aliases/nobody%40example.com")[0] == 404
     assert rest("DELETE", f"/contacts/{q(contact)}/aliases/{q(contact)}")[0] == 422  # its own id stays
     assert rest("POST", f"/contacts/{q(contact)}/aliases", {"identifier": "José"})[0] == 200  # stored in NFC
@@ -270,9 +284,11 @@ def test_read_only_serves_only_the_read_routes(tmp_path: Path) -> None:
             "/chats",
             "/chats/context",
             "/chats/search",
+            "/contacts",
             "/contacts/{contact_id}",
             "/contacts/{contact_id}/chats",
             "/contacts/{contact_id}/events",
+            "/contacts/{contact_id}/export",
         ]
         assert all(set(ops) == {"get"} for ops in document["paths"].values())
 
@@ -309,7 +325,8 @@ def test_generated_requests_never_get_a_server_error_nor_a_partial_write(served:
             response = case.call(base_url=served["base"], headers=headers)
             answered.append(response.status_code)
             assert response.status_code < 500, (case.method, case.path, response.text[:500])
-            body = response.json() if response.content else None
+            exported = response.headers.get("content-type") == "application/x-ndjson"
+            body = response.json() if response.content and not exported else None
             if response.status_code >= 400:
                 assert set(body) == {"error", "message"} and body["message"], body
             elif case.method == "POST" and case.path == "/chats":

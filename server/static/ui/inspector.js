@@ -1,0 +1,752 @@
+// The chatdock inspector (docs/inspector.md): one ES module, no framework, no build step.
+//
+// Rules this file keeps:
+// - The key lives in `state.key` only: never in a URL, a cookie, localStorage or sessionStorage. A reload
+//   or a closed tab signs out.
+// - Stored text reaches the page through textContent and text nodes only (never innerHTML): a message
+//   holding markup shows as that markup, literally. The server's Content-Security-Policy backs this up.
+// - Every write asks first in an accessible dialog; with a read-only server the write controls are removed.
+
+const PAGE = 50; // messages a page of the timeline
+const FIND_PAGE = 200; // messages a page while looking for a search hit's place
+const FIND_PAGES = 25; // how far back a hit is looked for (5,000 messages)
+
+const state = {
+  key: null, // the API key, in this tab's memory only
+  readOnly: true, // until /ui/config.json says otherwise
+  contact: null, // the open contact (GET /contacts/{id})
+  scope: null, // the contact a search can be narrowed to (the last one opened)
+  messages: [], // the open contact's loaded messages, oldest first
+  cursor: null, // list_messages' cursor for the page before the oldest loaded message
+  stream: null, // AbortController of the open contact's event stream
+  generation: 0, // bumped when the open contact changes or the key goes: late answers are dropped
+  search: null, // {q, contact_id, cursor} of the results shown
+};
+
+const $ = (id) => document.getElementById(id);
+const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+const timeFormat = new Intl.DateTimeFormat(undefined, {
+  year: "numeric",
+  month: "short",
+  day: "numeric",
+  hour: "2-digit",
+  minute: "2-digit",
+  second: "2-digit",
+  timeZoneName: "short",
+});
+
+// --- the DOM, as text ---
+
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "onclick") node.addEventListener("click", guarded(value));
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  node.append(...children.filter((child) => child !== null && child !== undefined)); // strings become text nodes
+  return node;
+}
+
+/** The snippet's [matched] words as <mark> elements, the rest as text (the brackets themselves dropped). */
+function marked(snippet) {
+  const pieces = [];
+  let last = 0;
+  for (const match of snippet.matchAll(/\[([^[\]]*)\]/g)) {
+    pieces.push(snippet.slice(last, match.index), el("mark", {}, match[1]));
+    last = match.index + match[0].length;
+  }
+  pieces.push(snippet.slice(last));
+  return pieces.filter((piece) => piece !== "");
+}
+
+function when(timestamp) {
+  return el("time", { datetime: timestamp }, timeFormat.format(new Date(timestamp)));
+}
+
+function seconds(value) {
+  const minutes = Math.floor(value / 60);
+  return `${minutes}:${(value - minutes * 60).toFixed(1).padStart(4, "0")}`;
+}
+
+function short(id) {
+  return id.slice(0, 8);
+}
+
+function show(view) {
+  for (const name of ["sign-in", "home", "contact"]) $(name).hidden = name !== view;
+  const signedIn = view !== "sign-in";
+  $("search").hidden = !signedIn;
+  $("sign-out").hidden = !signedIn;
+  $("search-scope-box").hidden = !state.scope;
+  $("search-scope-name").textContent = state.scope ?? "";
+  if (!state.scope) $("search-scope").checked = false;
+}
+
+function say(message) {
+  $("problem").textContent = "";
+  $("status").textContent = message;
+}
+
+function complain(message) {
+  $("status").textContent = "";
+  $("problem").textContent = message;
+}
+
+function failed(error) {
+  if (error instanceof Stale) return;
+  complain(error instanceof ApiError ? error.describe() : `Something went wrong in the page: ${error.message}`);
+}
+
+// --- the REST API ---
+
+class ApiError extends Error {
+  constructor(status, error, message) {
+    super(message);
+    this.status = status;
+    this.error = error;
+  }
+
+  describe() {
+    return this.status ? `${this.error} (${this.status}): ${this.message}` : this.message;
+  }
+}
+
+class Stale extends Error {} // an answer for a contact or key that is no longer the page's
+
+const enc = encodeURIComponent;
+
+async function call(method, path, { query = {}, body, raw = false } = {}) {
+  const url = new URL(path, location.origin);
+  for (const [name, value] of Object.entries(query)) if (value !== null && value !== undefined) url.searchParams.set(name, value);
+  const headers = { Authorization: `Bearer ${state.key}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const generation = state.generation;
+  let response;
+  try {
+    response = await fetch(url, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-store",
+      credentials: "omit",
+    });
+  } catch (error) {
+    throw new ApiError(0, "No answer", `chatdock did not answer (${error.message}); is the server running?`);
+  }
+  if (generation !== state.generation) throw new Stale();
+  if (raw && response.ok) return response;
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const error = new ApiError(response.status, data?.error ?? response.statusText, data?.message ?? text);
+    if (response.status === 401 && signedIn()) signOut(`The key was refused: ${error.message}`);
+    throw error;
+  }
+  return data;
+}
+
+function signedIn() {
+  return !$("sign-out").hidden;
+}
+
+// --- signing in and out ---
+
+async function signIn(event) {
+  event.preventDefault();
+  const field = $("api-key");
+  const key = field.value.trim();
+  $("sign-in-problem").textContent = "";
+  if (!key) return;
+  state.key = key;
+  state.generation += 1;
+  try {
+    const listed = await call("GET", "/contacts", { query: { limit: PAGE } });
+    field.value = "";
+    show("home");
+    renderContacts(listed);
+    say("Signed in.");
+    $("home-title").focus();
+  } catch (error) {
+    state.key = null;
+    $("sign-in-problem").textContent =
+      error.status === 401
+        ? `That key was refused: ${error.message}`
+        : error instanceof ApiError
+          ? error.describe()
+          : String(error);
+    field.focus();
+  }
+}
+
+function signOut(why) {
+  state.key = null;
+  state.generation += 1;
+  stopStream();
+  state.contact = null;
+  state.scope = null;
+  state.messages = [];
+  state.cursor = null;
+  state.search = null;
+  for (const id of ["contacts", "hits", "timeline", "identifiers", "chats"]) {
+    $(id).replaceChildren();
+    delete $(id).dataset.shown;
+  }
+  for (const id of ["contact-title", "contact-summary", "live", "results-summary", "status", "problem"]) $(id).textContent = "";
+  $("results").hidden = true;
+  $("search-q").value = "";
+  show("sign-in");
+  $("sign-in-problem").textContent = why ?? "";
+  if (!why) say("Signed out: the key is forgotten.");
+  $("api-key").focus();
+}
+
+// --- contacts ---
+
+function renderContacts(listed) {
+  const items = listed.contacts.map((contact) =>
+    el("li", {}, el("button", { type: "button", onclick: () => open(contact.contact_id) }, contact.contact_id)),
+  );
+  $("contacts").replaceChildren(...items);
+  $("no-contacts").hidden = items.length > 0;
+}
+
+async function refreshContacts() {
+  renderContacts(await call("GET", "/contacts", { query: { limit: PAGE } }));
+}
+
+async function goHome() {
+  stopStream();
+  state.contact = null;
+  state.generation += 1;
+  show("home");
+  $("home-title").focus();
+  await refreshContacts();
+}
+
+// --- search ---
+
+async function search(more = false) {
+  let query = state.search;
+  if (!more) {
+    const q = $("search-q").value.trim();
+    if (!q) return;
+    const contact = $("search-scope").checked ? state.scope : null;
+    query = { q, contact_id: contact, cursor: null };
+  }
+  const page = await call("GET", "/chats/search", {
+    query: { q: query.q, contact_id: query.contact_id, limit: 20, cursor: query.cursor },
+  });
+  state.search = { ...query, cursor: page.next_cursor };
+  if (!more) {
+    stopStream();
+    state.contact = null;
+    state.generation += 1;
+    show("home");
+    $("hits").replaceChildren();
+  }
+  $("hits").append(...page.hits.map(renderHit));
+  const shown = $("hits").children.length;
+  const where = query.contact_id ? ` in ${query.contact_id}'s messages` : " in the organization";
+  $("results-summary").textContent = `${shown} message${shown === 1 ? "" : "s"} found for “${query.q}”${where}${page.next_cursor ? " (more below)" : ""}.`;
+  $("results").hidden = false;
+  $("more-hits").hidden = !page.next_cursor;
+  if (!more) $("results-title").focus();
+}
+
+function renderHit(hit) {
+  return el(
+    "li",
+    { "data-contact": hit.contact_id },
+    el(
+      "button",
+      { type: "button", class: "hit", onclick: () => open(hit.contact_id, hit.id) },
+      el("span", { class: "meta" }, `${hit.contact_id} · ${hit.channel} · ${hit.role} · `, when(hit.created_at)),
+      el("span", { class: "snippet" }, ...marked(hit.snippet)),
+    ),
+  );
+}
+
+// --- a contact ---
+
+async function open(contactId, messageId = null) {
+  say("");
+  stopStream();
+  state.generation += 1;
+  const contact = await call("GET", `/contacts/${enc(contactId)}`);
+  state.contact = contact;
+  state.scope = contact.contact_id;
+  state.messages = [];
+  state.cursor = null;
+  $("timeline").replaceChildren();
+  renderContact();
+  await Promise.all([loadChats(), loadNewest()]);
+  show("contact");
+  listen(contact.contact_id);
+  if (messageId) await reveal(messageId);
+  else $("contact-title").focus();
+}
+
+function renderContact() {
+  const contact = state.contact;
+  $("contact-title").textContent = contact.contact_id;
+  const channels = contact.channels.length ? contact.channels.join(", ") : "no channel yet";
+  $("contact-summary").replaceChildren(
+    `${contact.message_count} message${contact.message_count === 1 ? "" : "s"}, ${contact.chat_count} chat${contact.chat_count === 1 ? "" : "s"}, on ${channels}; first seen `,
+    when(contact.first_seen_at),
+    ", last active ",
+    when(contact.last_active_at),
+    ".",
+  );
+  $("zone").textContent = `Oldest to newest; times in your time zone (${zone}).`;
+  const identifiers = JSON.stringify([contact.contact_id, ...contact.aliases]);
+  if (identifiers === $("identifiers").dataset.shown) return; // unchanged: keep the elements (and the focus)
+  $("identifiers").dataset.shown = identifiers;
+  const own = el("li", {}, el("span", { class: "id" }, contact.contact_id), " (its contact_id)");
+  const aliases = contact.aliases.map((alias, index) => {
+    const label = `alias-${index}`;
+    return el(
+      "li",
+      {},
+      el("span", { class: "id", id: label }, alias),
+      state.readOnly
+        ? null
+        : el("button", { type: "button", "aria-describedby": label, onclick: () => unlink(alias) }, "Unlink identifier"),
+    );
+  });
+  $("identifiers").replaceChildren(own, ...aliases);
+}
+
+async function loadChats() {
+  const contact = state.contact;
+  const listed = await call("GET", `/contacts/${enc(contact.contact_id)}/chats`, { query: { limit: PAGE } });
+  const shown = JSON.stringify(listed.chats);
+  if (shown === $("chats").dataset.shown) return; // unchanged: keep the elements (and the focus)
+  $("chats").dataset.shown = shown;
+  $("chats").replaceChildren(...listed.chats.map(renderChat));
+  $("no-chats").hidden = listed.chats.length > 0;
+}
+
+function renderChat(chat) {
+  const channels = chat.channels.map((channel) => channel.name).join(", ") || "no channel";
+  const label = `chat-${chat.id}`;
+  const item = el(
+    "li",
+    {},
+    el("p", { id: label }, `Chat ${short(chat.id)} on ${channels}`, chat.agent_id ? ` with ${chat.agent_id}` : "", ", opened ", when(chat.created_at), ": ", el("strong", { class: `status-${chat.status.toLowerCase()}` }, chat.status)),
+  );
+  if (!state.readOnly) {
+    const select = el(
+      "select",
+      { id: `${label}-status` },
+      ...["RUNNING", "COMPLETED", "FAILED", "CANCELED"].map((status) =>
+        el("option", { value: status, selected: status === chat.status }, status),
+      ),
+    );
+    item.append(
+      el(
+        "div",
+        { class: "row" },
+        el("label", { for: `${label}-status` }, `New status of chat ${short(chat.id)}`),
+        select,
+        el("button", { type: "button", "aria-describedby": label, onclick: () => setStatus(chat, select.value) }, "Set chat status"),
+      ),
+    );
+  }
+  return item;
+}
+
+function renderMessage(message) {
+  const head = `m-${message.id}-head`;
+  const timed = message.parts.some((part) => part.start_timestamp != null || part.end_timestamp != null);
+  const parts =
+    timed || message.parts.length > 1
+      ? el(
+          "ol",
+          { class: "parts", "aria-label": "Parts" },
+          ...message.parts.map((part) =>
+            el(
+              "li",
+              {},
+              part.start_timestamp != null || part.end_timestamp != null
+                ? el("span", { class: "at" }, `${part.start_timestamp != null ? seconds(part.start_timestamp) : "?"}–${part.end_timestamp != null ? seconds(part.end_timestamp) : "?"} `)
+                : null,
+              part.text,
+            ),
+          ),
+        )
+      : null;
+  const details = { id: message.id, chat_id: message.chat_id, agent_id: message.agent_id, metadata: message.metadata };
+  return el(
+    "li",
+    { class: `message role-${message.role}`, id: `m-${message.id}`, "data-key": message.id, tabindex: "-1" },
+    el(
+      "p",
+      { class: "head", id: head },
+      el("span", { class: "role" }, message.role),
+      ` · ${message.channel} · `,
+      when(message.created_at),
+      message.chat_id ? ` · chat ${short(message.chat_id)}` : "",
+      message.agent_id ? ` · ${message.agent_id}` : "",
+    ),
+    parts ? null : el("p", { class: "content" }, message.content),
+    parts,
+    el("details", {}, el("summary", {}, "Metadata"), el("pre", {}, JSON.stringify(details, null, 2))),
+    state.readOnly
+      ? null
+      : el("button", { type: "button", class: "danger", "aria-describedby": head, onclick: () => remove(message) }, "Delete message"),
+  );
+}
+
+/** Show `state.messages` in the timeline, keeping the elements already there (and so the focus). */
+function renderTimeline() {
+  const list = $("timeline");
+  const wanted = new Set(state.messages.map((message) => message.id));
+  const existing = new Map();
+  for (const child of [...list.children]) {
+    if (wanted.has(child.dataset.key)) existing.set(child.dataset.key, child);
+    else child.remove();
+  }
+  let next = list.firstElementChild;
+  for (const message of state.messages) {
+    const node = existing.get(message.id);
+    if (node && node === next) {
+      next = next.nextElementSibling;
+      continue;
+    }
+    list.insertBefore(node ?? renderMessage(message), next);
+  }
+  $("older").hidden = !state.cursor;
+  $("no-messages").hidden = state.messages.length > 0;
+}
+
+async function page(limit, cursor) {
+  return call("GET", "/chats", { query: { contact_id: state.contact.contact_id, limit, cursor } });
+}
+
+async function loadNewest() {
+  const newest = await page(PAGE, null);
+  state.messages = [...newest.messages].reverse();
+  state.cursor = newest.next_cursor;
+  renderTimeline();
+}
+
+async function loadOlder(limit = PAGE) {
+  if (!state.cursor) return;
+  const older = await page(limit, state.cursor);
+  const known = new Set(state.messages.map((message) => message.id));
+  state.messages = [...older.messages.filter((message) => !known.has(message.id)).reverse(), ...state.messages];
+  state.cursor = older.next_cursor;
+  renderTimeline();
+}
+
+/** Page back until the message is loaded, then focus it. */
+async function reveal(messageId) {
+  for (let pages = 0; pages < FIND_PAGES && state.cursor && !state.messages.some((m) => m.id === messageId); pages++) {
+    await loadOlder(FIND_PAGE);
+  }
+  const node = $(`m-${messageId}`);
+  if (!node) {
+    $("contact-title").focus();
+    complain("That message is not in the timeline any more (deleted?), or further back than the inspector looks.");
+    return;
+  }
+  for (const found of document.querySelectorAll(".message.found")) found.classList.remove("found");
+  node.classList.add("found");
+  node.focus();
+  node.scrollIntoView({ block: "center" });
+}
+
+/** What changed since the last look: the contact, its chats, and the newest page merged into the timeline. */
+async function refresh() {
+  const before = state.contact;
+  if (!before) return;
+  let contact;
+  try {
+    contact = await call("GET", `/contacts/${enc(before.contact_id)}`);
+  } catch (error) {
+    if (error.status !== 404) throw error;
+    await goHome();
+    complain(`${before.contact_id} is not a contact any more (forgotten, or merged away).`);
+    return;
+  }
+  if (contact.contact_id !== before.contact_id) {
+    await open(contact.contact_id); // its identifier was linked into another contact
+    return;
+  }
+  state.contact = contact;
+  renderContact();
+  await loadChats();
+  const newest = await page(PAGE, null);
+  const fresh = [...newest.messages].reverse();
+  const ids = new Set(fresh.map((message) => message.id));
+  if (!fresh.length) {
+    state.messages = [];
+    state.cursor = null;
+  } else if (newest.next_cursor && state.messages.length && !state.messages.some((m) => ids.has(m.id))) {
+    state.messages = fresh; // more than a page arrived at once: start again from the newest
+    state.cursor = newest.next_cursor;
+  } else {
+    const oldest = fresh[0].created_at;
+    const kept = state.messages.filter((message) => !ids.has(message.id) && message.created_at <= oldest);
+    if (!kept.length) state.cursor = newest.next_cursor;
+    state.messages = [...kept, ...fresh];
+  }
+  renderTimeline();
+}
+
+// --- live: the contact's server-sent events, read through fetch (EventSource cannot send the key) ---
+
+function stopStream() {
+  state.stream?.abort();
+  state.stream = null;
+  $("live").textContent = "";
+}
+
+function listen(contactId) {
+  const controller = new AbortController();
+  state.stream = controller;
+  const url = `/contacts/${enc(contactId)}/events`;
+  (async () => {
+    let wait = 1000;
+    let first = true;
+    while (!controller.signal.aborted) {
+      try {
+        const response = await fetch(url, {
+          headers: { Authorization: `Bearer ${state.key}`, Accept: "text/event-stream" },
+          signal: controller.signal,
+          cache: "no-store",
+          credentials: "omit",
+        });
+        if (response.status === 401) {
+          signOut("The key was refused while listening for changes; sign in again.");
+          return;
+        }
+        if (!response.ok) throw new Error(`the event stream answered ${response.status}`);
+        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer = (buffer + value).replace(/\r\n?/g, "\n");
+          let end;
+          while ((end = buffer.indexOf("\n\n")) >= 0) {
+            const name = eventName(buffer.slice(0, end));
+            buffer = buffer.slice(end + 2);
+            if (name === "ready") {
+              $("live").textContent = "Live: changes appear as they happen.";
+              wait = 1000;
+              if (!first) changed(); // whatever happened while the stream was down
+              first = false;
+            } else if (name === "changed") {
+              changed();
+            }
+          }
+        }
+      } catch (error) {
+        if (controller.signal.aborted) return;
+      }
+      $("live").textContent = "Live updates paused; reconnecting…";
+      await new Promise((resolve) => setTimeout(resolve, wait));
+      wait = Math.min(wait * 2, 15000);
+    }
+  })();
+}
+
+function eventName(block) {
+  let name = "message";
+  for (const line of block.split("\n")) if (line.startsWith("event:")) name = line.slice(6).trim();
+  return block.split("\n").every((line) => line.startsWith(":")) ? null : name;
+}
+
+let refreshing = null;
+let again = false;
+
+/** A change was announced: read again (changes that come while reading are read once more after). */
+function changed() {
+  if (refreshing) {
+    again = true;
+    return;
+  }
+  refreshing = (async () => {
+    do {
+      again = false;
+      try {
+        await refresh();
+      } catch (error) {
+        failed(error);
+      }
+    } while (again && state.contact);
+    refreshing = null;
+  })();
+}
+
+// --- writes, each confirmed first ---
+
+function confirmed(title, text, action) {
+  const dialog = $("confirm");
+  $("confirm-title").textContent = title;
+  $("confirm-text").textContent = text;
+  $("confirm-ok").textContent = action;
+  dialog.returnValue = "";
+  const opener = document.activeElement;
+  dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.addEventListener(
+      "close",
+      () => {
+        if (opener?.isConnected) opener.focus();
+        resolve(dialog.returnValue === "confirm");
+      },
+      { once: true },
+    );
+  });
+}
+
+async function remove(message) {
+  const shortened = message.content.length > 80 ? `${message.content.slice(0, 80)}…` : message.content;
+  const sure = await confirmed(
+    "Delete this message?",
+    `The ${message.role} message of ${timeFormat.format(new Date(message.created_at))} on ${message.channel} (“${shortened}”) is deleted for good.`,
+    "Delete message",
+  );
+  if (!sure) return;
+  await call("DELETE", `/chats/${enc(message.id)}`);
+  state.messages = state.messages.filter((m) => m.id !== message.id);
+  renderTimeline();
+  say("The message was deleted.");
+  $("timeline-title").focus();
+}
+
+async function forget() {
+  const contact = state.contact;
+  const sure = await confirmed(
+    `Forget ${contact.contact_id}?`,
+    `Every message (${contact.message_count}), chat (${contact.chat_count}) and identifier of ${contact.contact_id} is erased for good.`,
+    "Forget contact",
+  );
+  if (!sure) return;
+  const result = await call("DELETE", `/contacts/${enc(contact.contact_id)}`);
+  for (const hit of [...$("hits").children]) if (hit.dataset.contact === contact.contact_id) hit.remove();
+  state.scope = null;
+  await goHome();
+  say(`Forgot ${result.contact_id}: ${result.deleted_messages} message(s), ${result.deleted_chats} chat(s), ${result.deleted_identifiers} identifier(s) erased.`);
+}
+
+async function link(event) {
+  event.preventDefault();
+  const identifier = $("link-id").value.trim();
+  if (!identifier) return;
+  const contact = state.contact;
+  const sure = await confirmed(
+    "Link this identifier?",
+    `${identifier} will name ${contact.contact_id}. If it names another contact now, that contact's messages and chats move into ${contact.contact_id}.`,
+    "Link identifier",
+  );
+  if (!sure) return;
+  const linked = await call("POST", `/contacts/${enc(contact.contact_id)}/aliases`, { body: { identifier } });
+  $("link-id").value = "";
+  state.contact = linked;
+  renderContact();
+  await Promise.all([loadChats(), loadNewest()]);
+  say(`${identifier} now names ${linked.contact_id} (${linked.merged_messages} message(s) and ${linked.merged_chats} chat(s) merged in).`);
+}
+
+async function unlink(identifier) {
+  const contact = state.contact;
+  const sure = await confirmed(
+    "Unlink this identifier?",
+    `${identifier} stops naming ${contact.contact_id}; the history stays with ${contact.contact_id}, and the next message under ${identifier} starts a new contact.`,
+    "Unlink identifier",
+  );
+  if (!sure) return;
+  state.contact = await call("DELETE", `/contacts/${enc(contact.contact_id)}/aliases/${enc(identifier)}`);
+  renderContact();
+  say(`${identifier} no longer names ${contact.contact_id}.`);
+  $("ids-title").focus();
+}
+
+async function setStatus(chat, status) {
+  const sure = await confirmed(
+    "Set this chat's status?",
+    `Chat ${short(chat.id)} becomes ${status} (it is ${chat.status} now).`,
+    "Set chat status",
+  );
+  if (!sure) return;
+  await call("PATCH", `/contacts/${enc(state.contact.contact_id)}/chats/${enc(chat.id)}`, { body: { status } });
+  await loadChats();
+  say(`Chat ${short(chat.id)} is ${status}.`);
+  $("chats-title").focus();
+}
+
+async function download() {
+  const contact = state.contact;
+  const response = await call("GET", `/contacts/${enc(contact.contact_id)}/export`, { raw: true });
+  const blob = await response.blob();
+  const link = el("a", { href: URL.createObjectURL(blob), download: `chatdock-${contact.contact_id.replace(/[^A-Za-z0-9@._+-]/g, "_")}.jsonl` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  say(`Exported ${contact.contact_id} as JSON Lines.`);
+}
+
+// --- wiring ---
+
+function guarded(action) {
+  return async (event) => {
+    $("problem").textContent = "";
+    try {
+      await action(event);
+    } catch (error) {
+      failed(error);
+    }
+  };
+}
+
+function submitted(action) {
+  return guarded(async (event) => {
+    event.preventDefault();
+    await action(event);
+  });
+}
+
+async function start() {
+  $("sign-in-form").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", () => signOut());
+  $("search").addEventListener("submit", submitted(() => search(false)));
+  $("more-hits").addEventListener("click", guarded(() => search(true)));
+  $("open-form").addEventListener("submit", submitted(() => open($("open-id").value.trim())));
+  $("refresh-contacts").addEventListener("click", guarded(refreshContacts));
+  $("back").addEventListener("click", guarded(goHome));
+  $("older").addEventListener(
+    "click",
+    guarded(async () => {
+      const before = state.messages.length;
+      await loadOlder();
+      say(`${state.messages.length - before} older message(s) loaded${state.cursor ? "" : "; that is the first one"}.`);
+    }),
+  );
+  $("export").addEventListener("click", guarded(download));
+  $("link-form").addEventListener("submit", guarded(link));
+  $("forget").addEventListener("click", guarded(forget));
+  show("sign-in");
+  try {
+    const config = await (await fetch("/ui/config.json", { cache: "no-store", credentials: "omit" })).json();
+    state.readOnly = config.read_only !== false;
+  } catch (error) {
+    complain(`The page could not read its settings (${error.message}); writes are not offered.`);
+  }
+  if (state.readOnly) {
+    for (const control of document.querySelectorAll(".writes")) control.remove();
+  }
+  document.body.dataset.ready = "true";
+  $("api-key").focus();
+}
+
+start();

@@ -1,0 +1,374 @@
+"""The inspector (/ui) and the API docs (/docs) in a real browser: Debian's Chromium driven by Playwright, against
+a real `chatdock serve --http` on 127.0.0.1. Each test fails on any request to another host, on a script error
+or CSP refusal and on a dialog a script opens (tests/browser.py); each screen passes axe-core with nothing
+serious or critical; the screenshots are docs/inspector.md's."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.browser import NARROW, Rest, accessible, chromium, opened, q, screenshot, sign_in, watched
+from tests.transports import create_key, http_server, run_cli
+
+pytestmark = pytest.mark.process
+
+ANN = "+31612345678"
+WRITES = ("Delete message", "Forget contact", "Link identifier", "Unlink identifier", "Set chat status")
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless, for one test (Playwright's async API: the tests share pytest-asyncio's
+    event loop with the database fixtures)."""
+    executable = chromium()
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=executable)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+def seed(rest: Rest) -> dict[str, str]:
+    """A contact with a morning on WhatsApp and SMS (times of the past, so the screenshots keep still) and a
+    voice call posted as parts with timestamps; the ids of what a test needs."""
+    said = [
+        ("whatsapp", "user", "Hi, I ordered a kettle last week (order 1234).", "2026-11-20T08:58:00Z"),
+        ("whatsapp", "assistant", "Thanks! Order 1234 shipped on Monday.", "2026-11-20T08:58:30Z"),
+        ("sms", "user", "Where is my refund for the broken lid?", "2026-11-20T09:30:00Z"),
+        ("sms", "assistant", "The refund was sent today; it takes 3 to 5 days.", "2026-11-20T09:31:00Z"),
+    ]
+    ids = {}
+    for number, (channel, role, content, at) in enumerate(said):
+        metadata = {"provider_message_id": f"wamid.{number}"} if channel == "whatsapp" else None
+        body = {"contact_id": ANN, "channel": channel, "role": role, "content": content, "created_at": at}
+        ids[content] = rest.ok("POST", "/chats", {**body, "metadata": metadata})["id"]
+    chat = rest.ok("POST", f"/contacts/{q(ANN)}/chats", {"channel": "voice", "agent_id": "phone-bot"})
+    parts = [
+        {"type": "text", "text": "Hello, it's Ann again.", "start_timestamp": 0.4, "end_timestamp": 1.9},
+        {"type": "text", "text": "Did the refund go out?", "start_timestamp": 2.1, "end_timestamp": 3.6},
+    ]
+    rest.ok("POST", f"/contacts/{q(ANN)}/chats/{chat['id']}/messages", {"message": parts})
+    ids["chat"] = chat["id"]
+    return ids
+
+
+async def timeline_texts(page: Page) -> list[str]:
+    shown = page.locator("#timeline > li .content, #timeline > li .parts")
+    return [text.strip() for text in await shown.all_inner_texts()]
+
+
+async def test_sign_in_list_open_follow_live_search_delete_and_forget(db: str, browser: Browser) -> None:
+    """The main flow, on each engine: what a support person does, screen by screen."""
+    pictures = not db.startswith("postgresql")  # one set of screenshots (the SQLite run's)
+    key = create_key(db, "acme", "support")
+    with http_server(db) as base:
+        async with watched(browser) as seen:
+            rest, page = Rest(base, key), seen.page
+            ids = seed(rest)
+
+            await opened(page, base)
+            await expect(page.get_by_label("API key")).to_be_focused()
+            await accessible(page, "sign in")
+            await screenshot(page, "sign-in", pictures)
+            await sign_in(page, base, key)
+            await expect(page.get_by_role("button", name=ANN)).to_be_visible()
+            search = page.get_by_role("searchbox", name="Search", exact=True)
+            await expect(search).to_be_visible()  # there from the first screen
+
+            # a contact appended over REST shows in the list
+            bob = {"contact_id": "bob@example.com", "channel": "email", "role": "user", "content": "hi"}
+            rest.ok("POST", "/chats", bob)
+            await page.get_by_role("button", name="Refresh contacts").click()
+            await expect(page.get_by_role("button", name="bob@example.com")).to_be_visible()
+            await accessible(page, "contacts")
+            await screenshot(page, "contacts", pictures)
+
+            # the timeline: oldest to newest, across channels, in the viewer's time zone, parts with their times
+            await page.get_by_role("button", name=ANN).click()
+            await expect(page.get_by_role("heading", name=ANN, level=1)).to_be_visible()
+            await expect(page.locator("#timeline > li")).to_have_count(5)
+            texts = await timeline_texts(page)
+            assert texts[0].startswith("Hi, I ordered a kettle") and texts[3].startswith("The refund was sent")
+            assert "0:00.4\u20130:01.9" in texts[4] and "Did the refund go out?" in texts[4], texts[4]
+            sms = page.locator("#timeline > li", has_text="Where is my refund")
+            await expect(sms.locator("time")).to_have_text("20 Nov 2026, 18:30:00 GMT+9")  # 09:30 UTC in Tokyo
+            await expect(sms.locator(".head")).to_contain_text("sms")
+            await expect(page.locator("#chats")).to_contain_text("on voice with phone-bot")
+            await expect(page.locator("#chats")).to_contain_text("RUNNING")
+            await accessible(page, "contact")
+            await screenshot(page, "contact", pictures)
+            await page.evaluate("document.getElementById('timeline-title').scrollIntoView()")
+            await screenshot(page, "timeline", pictures)
+            first = page.locator("#timeline > li").first
+            await first.get_by_text("Metadata", exact=True).click()
+            await expect(first.locator("pre")).to_contain_text('"provider_message_id": "wamid.0"')
+            await accessible(page, "timeline with metadata")
+
+            # live: a message appended by someone else appears, no reload
+            await expect(page.locator("#live")).to_have_text("Live: changes appear as they happen.")
+            late = {"contact_id": ANN, "channel": "widget", "role": "user", "content": "Still there?"}
+            rest.ok("POST", "/chats", late)
+            await expect(page.locator("#timeline > li").last).to_contain_text("Still there?", timeout=2000)
+            assert (await timeline_texts(page))[-1] == "Still there?"
+
+            # search the organization, and follow a hit to its place in the timeline
+            await page.get_by_role("searchbox", name="Search", exact=True).fill("refund")
+            await page.get_by_role("button", name="Search", exact=True).click()
+            hits = page.locator("#hits > li")
+            await expect(hits).to_have_count(3)
+            await expect(hits.first.locator("mark").first).to_have_text(re.compile("refund", re.I))
+            await accessible(page, "search results")
+            await screenshot(page, "search", pictures)
+            await hits.filter(has_text="broken lid").click()
+            found = page.locator(f"[id='m-{ids['Where is my refund for the broken lid?']}']")
+            await expect(found).to_be_focused()
+            await expect(found).to_have_class(re.compile("found"))
+
+            # delete with confirmation: cancelling keeps it, confirming deletes it (also for GET /chats)
+            await found.get_by_role("button", name="Delete message").click()
+            dialog = page.get_by_role("alertdialog")
+            await expect(dialog).to_be_visible()
+            await expect(dialog).to_contain_text("broken lid")
+            await accessible(page, "confirmation")
+            await screenshot(page, "confirm", pictures)
+            await dialog.get_by_role("button", name="Cancel").click()
+            await expect(found).to_be_visible()
+            await found.get_by_role("button", name="Delete message").click()
+            await dialog.get_by_role("button", name="Delete message").click()
+            await expect(found).to_have_count(0)
+            listed = rest.ok("GET", "/chats", contact_id=ANN)["messages"]
+            assert ids["Where is my refund for the broken lid?"] not in {m["id"] for m in listed}
+            assert len(listed) == 5
+
+            # forget the contact: gone from the list and from the API
+            await page.get_by_role("button", name="Forget contact").click()
+            await dialog.get_by_role("button", name="Forget contact").click()
+            await expect(page.get_by_role("status")).to_contain_text(f"Forgot {ANN}: 5 message(s), 1 chat(s)")
+            await expect(page.get_by_role("button", name="bob@example.com")).to_be_visible()
+            await expect(page.get_by_role("button", name=ANN, exact=True)).to_have_count(0)
+            await expect(hits).to_have_count(0)  # its search hits went with it
+            assert rest("GET", f"/contacts/{q(ANN)}")[0] == 404
+            assert not [url for url in seen.requested if key in url]  # the key never went into a URL
+
+
+async def test_a_wrong_key_is_refused_and_signing_out_forgets_the_key(tmp_path: Path, browser: Browser) -> None:
+    db = str(tmp_path / "keys.db")
+    key = create_key(db, "acme", "support")
+    with http_server(db) as base:
+        async with watched(browser) as seen:
+            page = seen.page
+            await opened(page, base)
+            await page.get_by_label("API key").fill("cdk_wrong_0000000000000000000000")
+            await page.get_by_label("API key").press("Enter")  # the keyboard signs in too
+            refusal = page.locator("#sign-in-problem")
+            await expect(refusal).to_contain_text("That key was refused")
+            await expect(refusal).to_contain_text("unknown or revoked")
+            await expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+            await accessible(page, "refused key")
+            await screenshot(page, "refused")
+
+            await sign_in(page, base, key)
+            assert await page.evaluate("localStorage.length + sessionStorage.length") == 0
+            assert await page.context.cookies() == []
+            await page.get_by_role("button", name="Sign out").click()
+            await expect(page.get_by_label("API key")).to_be_visible()
+            await expect(page.get_by_label("API key")).to_have_value("")
+            await expect(page.get_by_role("status")).to_contain_text("Signed out")
+            assert not [url for url in seen.requested if key in url]
+
+
+async def test_hostile_text_stays_text_and_runs_nothing(tmp_path: Path, browser: Browser) -> None:
+    db = str(tmp_path / "hostile.db")
+    key = create_key(db, "acme", "support")
+    hostile = '<img src=x onerror="window.pwned=1;alert(1)"> refund <script>window.pwned=2</script>'
+    contact = "<img src=y onerror=alert(3)>"
+    with http_server(db) as base:
+        async with watched(browser) as seen:
+            rest, page = Rest(base, key), seen.page
+            metadata = {"note": "<svg onload=alert(2)>"}
+            body = {"contact_id": contact, "channel": "sms", "role": "user", "content": hostile, "metadata": metadata}
+            rest.ok("POST", "/chats", body)
+            await sign_in(page, base, key)
+            await page.get_by_role("button", name=contact).click()
+            await expect(page.locator("#timeline .content")).to_have_text(hostile)
+            await page.get_by_text("Metadata", exact=True).click()
+            await expect(page.locator("#timeline pre")).to_contain_text("<svg onload=alert(2)>")
+            await page.get_by_role("searchbox", name="Search", exact=True).fill("refund")
+            await page.get_by_role("button", name="Search", exact=True).click()
+            await expect(page.locator("#hits mark")).to_have_text("refund")
+            await expect(page.locator("#hits")).to_contain_text("<img src=x")
+            assert await page.locator("main img, main script, main svg").count() == 0
+            assert await page.evaluate("window.pwned") is None
+            assert not [url for url in seen.requested if url.endswith("/x")]
+
+
+async def test_keyboard_narrow_window_links_statuses_and_export(tmp_path: Path, browser: Browser) -> None:
+    """At 400 pixels wide and with the keyboard: link and unlink an identifier, set a chat's status, export
+    the contact (the same records as `chatdock export`)."""
+    db = str(tmp_path / "narrow.db")
+    key = create_key(db, "acme", "support")
+    with http_server(db) as base:
+        async with watched(browser, NARROW) as seen:
+            rest, page = Rest(base, key), seen.page
+            ids = seed(rest)
+            await sign_in(page, base, key)
+            await page.get_by_role("button", name=ANN).focus()
+            await page.keyboard.press("Enter")
+            await expect(page.get_by_role("heading", name=ANN, level=1)).to_be_focused()
+            assert await page.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
+            await accessible(page, "timeline at 400 px")
+            await screenshot(page, "narrow")
+
+            # Escape cancels a confirmation
+            await page.get_by_role("button", name="Delete message").first.focus()
+            await page.keyboard.press("Enter")
+            dialog = page.get_by_role("alertdialog")
+            await expect(dialog).to_be_visible()
+            await expect(dialog.get_by_role("button", name="Cancel")).to_be_focused()
+            await page.keyboard.press("Escape")
+            await expect(dialog).to_be_hidden()
+            await expect(page.locator("#timeline > li")).to_have_count(5)
+
+            await page.get_by_label("Identifier to link").fill("ann@example.com")
+            await page.get_by_label("Identifier to link").press("Enter")
+            await dialog.get_by_role("button", name="Link identifier").click()
+            await expect(page.locator("#identifiers")).to_contain_text("ann@example.com")
+            assert rest.ok("GET", "/contacts/ann%40example.com")["contact_id"] == ANN
+            await page.get_by_role("button", name="Unlink identifier").click()
+            await dialog.get_by_role("button", name="Unlink identifier").click()
+            await expect(page.locator("#identifiers")).not_to_contain_text("ann@example.com")
+            assert rest("GET", "/contacts/ann%40example.com")[0] == 404
+
+            await page.get_by_label(f"New status of chat {ids['chat'][:8]}").select_option("COMPLETED")
+            await page.get_by_role("button", name="Set chat status").click()
+            await dialog.get_by_role("button", name="Set chat status").click()
+            await expect(page.locator("#chats strong")).to_have_text("COMPLETED")
+            assert rest.ok("GET", f"/contacts/{q(ANN)}/chats")["chats"][0]["status"] == "COMPLETED"
+
+            async with page.expect_download() as download:
+                await page.get_by_role("button", name="Export JSON Lines").click()
+            exported = Path(await (await download.value).path()).read_text()
+            cli = run_cli("export", "--db", db, "--org", "acme", "--contact", ANN, "--quiet")
+            assert cli.returncode == 0, cli.stderr
+            assert exported == cli.stdout
+            assert [json.loads(line)["kind"] for line in exported.splitlines()] == ["chat"] + ["message"] * 5
+
+
+async def test_read_only_offers_no_write_and_pages_back(tmp_path: Path, browser: Browser) -> None:
+    """With --read-only no write control exists; the timeline pages backwards (50 at a time), also to reach
+    a search hit further back."""
+    db = str(tmp_path / "read-only.db")
+    key = create_key(db, "acme", "support")
+    with http_server(db) as base:
+        rest = Rest(base, key)
+        early = {"contact_id": ANN, "channel": "sms", "role": "user"}
+        rest.ok("POST", "/chats", {**early, "content": "Welcome aboard!", "created_at": "2026-11-01T08:00:00Z"})
+        for n in range(54):
+            rest.ok("POST", "/chats", {**early, "content": f"Old note {n}", "created_at": f"2026-11-02T08:{n:02d}:00Z"})
+        seed(rest)  # 60 messages in all
+    with http_server(db, "--read-only") as base:
+        async with watched(browser) as seen:
+            page = seen.page
+            await sign_in(page, base, key)
+            await page.get_by_role("button", name=ANN).click()
+            timeline = page.locator("#timeline > li")
+            await expect(timeline).to_have_count(50)
+            for name in WRITES:
+                assert await page.get_by_role("button", name=name).count() == 0, name
+            assert await page.locator("#link-form, #forget, select").count() == 0
+            await expect(page.get_by_role("button", name="Export JSON Lines")).to_be_visible()  # a read
+            await accessible(page, "read-only timeline")
+            await screenshot(page, "read-only")
+
+            await page.get_by_role("button", name="Load older messages").click()
+            await expect(timeline).to_have_count(60)
+            await expect(timeline.first).to_contain_text("Welcome aboard!")
+            await expect(page.get_by_role("button", name="Load older messages")).to_be_hidden()
+            await expect(page.get_by_role("status")).to_contain_text("10 older message(s) loaded")
+
+            await page.get_by_role("button", name="Back to contacts").click()
+            await page.get_by_role("searchbox", name="Search", exact=True).fill("aboard")
+            await page.get_by_role("button", name="Search", exact=True).click()
+            await page.locator("#hits > li").first.click()
+            welcome = page.locator("#timeline > li", has_text="Welcome aboard!")
+            await expect(welcome).to_be_focused()
+            await expect(timeline).to_have_count(60)
+
+
+async def test_the_api_docs_show_the_schemas_and_try_a_call(tmp_path: Path, browser: Browser) -> None:
+    db = str(tmp_path / "docs.db")
+    key = create_key(db, "acme", "support")
+    with http_server(db) as base:
+        async with watched(browser) as seen:
+            page = seen.page
+            await page.goto(base + "/docs")
+            append = page.locator(".opblock-post", has=page.locator('[data-path="/chats"]'))
+            await append.locator(".opblock-summary").first.click()
+            body = append.locator(".opblock-section-request-body")
+            for name in ("contact_id", "channel", "role", "content", "metadata", "created_at"):
+                await expect(body.get_by_text(name, exact=True).first).to_be_visible()
+            await expect(append.locator(".responses-wrapper")).to_contain_text("AppendedMessage")
+            await screenshot(page, "docs")
+
+            # Authorize with the key (the `bearer` scheme of the document), then try POST /chats
+            await page.get_by_role("button", name=re.compile("^Authorize")).first.click()
+            await page.get_by_label("auth-bearer-value").fill(key)
+            buttons = page.locator(".auth-btn-wrapper")
+            await buttons.get_by_role("button", name="Apply credentials").click()
+            await buttons.get_by_role("button", name="Close").click()
+            await append.get_by_role("button", name="Try it out").click()
+            message = {"contact_id": "+31611111111", "channel": "sms", "role": "user", "content": "tried from /docs"}
+            await append.locator("textarea.body-param__text").fill(json.dumps(message))
+            await append.get_by_role("button", name="Execute").click()
+            await expect(append.locator(".live-responses-table .response .response-col_status")).to_have_text("201")
+            await expect(append.locator(".live-responses-table")).to_contain_text("tried from /docs")
+            listed = Rest(base, key).ok("GET", "/chats", contact_id="+31611111111")["messages"]
+            assert [m["content"] for m in listed] == ["tried from /docs"]
+
+
+def test_the_pages_ship_with_chatdock_under_a_strict_policy(tmp_path: Path) -> None:
+    """No key is needed to load the pages; each answer forbids inline script and every other origin; a
+    browser that has a file gets 304; Swagger UI's license ships beside it."""
+    db = str(tmp_path / "pages.db")
+    create_key(db, "acme", "support")
+    with http_server(db) as base:
+
+        def get(path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+            request = urllib.request.Request(base + path, headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+            except urllib.error.HTTPError as failed:
+                return failed.code, {k.lower(): v for k, v in failed.headers.items()}, failed.read()
+
+        for path in ("/ui", "/ui/inspector.js", "/ui/inspector.css", "/docs", "/docs/docs.js", "/docs/LICENSE"):
+            status, headers, body = get(path)
+            assert status == 200 and body, path
+            policy = headers["content-security-policy"]
+            assert "script-src 'self';" in policy and "default-src 'none'" in policy, (path, policy)
+            assert "unsafe" not in policy and "http" not in policy and "frame-ancestors 'none'" in policy
+            assert headers["x-content-type-options"] == "nosniff"
+            status, _, _ = get(path, **{"If-None-Match": headers["etag"]})
+            assert status == 304, path
+        assert get("/ui")[1]["content-security-policy"] == (
+            "default-src 'none'; script-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; "
+            "frame-ancestors 'none'; style-src 'self'; img-src 'self'"
+        )
+        assert b"Apache License" in get("/docs/LICENSE")[2]
+        status, headers, body = get("/docs/swagger-ui-bundle.js", **{"Accept-Encoding": "gzip"})
+        assert headers["content-encoding"] == "gzip" and len(gzip.decompress(body)) > 1_000_000 > len(body)
+        assert json.loads(get("/ui/config.json")[2]) == {"read_only": False}
+        status, _, body = get("/ui/nothing.js")
+        assert status == 404 and json.loads(body)["error"] == "Not found"
+        page = get("/ui")[2].decode()
+        assert "<script>" not in page and "style=" not in page and "http" not in page  # nothing inline, nothing remote
