@@ -19,9 +19,9 @@ import httpx2
 from mcp.shared.exceptions import MCPError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chatdock.server.events import Events
-from chatdock.server.org import ORG_SCOPE_KEY
-from chatdock.server.rest import build_rest, status_of
+from chatdock.server.http.rest import build_rest, status_of
+from chatdock.server.mcp.events import Events
+from chatdock.server.mcp.org import ORG_SCOPE_KEY
 from chatdock.server.settings import Settings
 from chatdock.storage import ChatdockError
 from chatdock.storage import validation as check

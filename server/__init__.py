@@ -1,9 +1,12 @@
-"""chatdock's protocol surfaces and the `chatdock` command.
+"""chatdock's protocol surfaces and the `chatdock` command, a subpackage each (docs/development.md):
 
-    app.py        build_server(settings): the MCP server, wired
-    tools.py      the MCP tools          resources.py  the resources and the prompt
-    http.py       streamable HTTP with API keys       stdio.py  the stdio loop
-    cli.py        the `chatdock` command (imports the MCP stack only to serve)
+    mcp/          build_server(settings): the MCP server, its tools, resources, prompt and events; stdio
+    http/         serve --http: keys and tokens, the REST routes, the inspector, beside the MCP app
+    ops/          logs, metrics, request observation, tracing
+    cli/          the `chatdock` command (imports the MCP stack only to serve)
+    history/      export and import as JSON Lines
+    bench/        chatdock bench
+    settings.py   Settings, and the one door to an open store
 
 Nothing is imported here, so `chatdock --help`, `keys`, `export` and `import` start without the MCP SDK.
 """

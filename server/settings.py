@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from chatdock.storage import Durability, Store, Telemetry, open_store
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
-    from .oauth import OAuthSettings
+    from chatdock.server.http.oauth import OAuthSettings
+    from chatdock.server.ops.metrics import Metrics
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The bound on one result (4 MiB), and what a message costs in one.
 
-A result is sent as UTF-8 JSON on every transport and era (server/sdk.py sees
+A result is sent as UTF-8 JSON on every transport and era (server/mcp/sdk.py sees
 to the one SDK path that escaped non-ASCII text), so a character takes at most
 six bytes in it: four for an emoji, six for a control character's `\\u001f`.
 A message's text travels in a result more than once: a tool result carries its

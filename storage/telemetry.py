@@ -3,7 +3,7 @@
 The store and its backends call a `Telemetry`'s hooks at the moments an operator counts: an append answered,
 a commit, a wait for a connection, a failure of the database, the files and the pool to read when asked.
 The base class does nothing with them, so a store opened without telemetry works and costs as before. The
-server's metrics (server/metrics.py) subclass it; storage/ never imports them.
+server's metrics (server/ops/metrics.py) subclass it; storage/ never imports them.
 
 `tracing` asks for spans (tracing.py): one for each call of the store and, beneath it, one for each read and
 each write of its SQL, on whichever thread runs it.

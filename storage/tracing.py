@@ -1,5 +1,5 @@
 """Spans of the store's work, made with OpenTelemetry's API: which tracer provider records them, and where they
-go, is the server's choice (server/tracing.py). Imported only when a store is opened with tracing on.
+go, is the server's choice (server/ops/tracing.py). Imported only when a store is opened with tracing on.
 
 - `trace_calls(store)`: each call of the store in a span of its own, `chatdock.store append_message`.
 - `TracedSql`: an engine's SQL beneath it: `sqlite read` for a statement that reads, `sqlite write` for a

@@ -29,7 +29,7 @@ if sys.version_info[:3] == (3, 11, 7):
 
     hypothesis.internal.lambda_sources._lambda_description = _unknown_lambda
 
-from chatdock.server.bench_postgres import throwaway_database
+from chatdock.server.bench.postgres import throwaway_database
 from chatdock.storage import Store, open_store
 from tests.postgres import URL_VARIABLE, PostgresServer
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mcp.client import Client
 
-from chatdock.server.app import Settings, build_server
+from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import open_store
 from tests.transports import call, error
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from chatdock.server import cli
-from chatdock.server.bench import Row, table
-from chatdock.server.bench_compare import RIVALS, installed
+from chatdock.server.bench.compare import RIVALS, installed
+from chatdock.server.bench.main import Row, table
+from chatdock.server.cli import main as cli
 from tests.transports import run_cli
 
 pytestmark = pytest.mark.process  # each test here starts real processes

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from mcp.client import Client
 
-from chatdock.server.app import Settings, build_server
-from chatdock.server.bench_tables import BLOCK, rewrite
-from chatdock.server.events import Events
-from chatdock.server.rest import build_rest
+from chatdock.server.bench.tables import BLOCK, rewrite
+from chatdock.server.http.rest import build_rest
+from chatdock.server.mcp.app import Settings, build_server
+from chatdock.server.mcp.events import Events
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -39,7 +39,7 @@ def test_every_bench_table_is_what_its_run_says() -> None:
         tables += len(BLOCK.findall(text))
         assert rewrite(page) == text, (
             f"{page.name}: a bench table differs from its JSON; run "
-            "`python -m chatdock.server.bench_tables docs/*.md` instead of editing a figure"
+            "`python -m chatdock.server.bench.tables docs/*.md` instead of editing a figure"
         )
     assert tables >= 1
 

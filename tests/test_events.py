@@ -19,8 +19,8 @@ from mcp.client.subscriptions import ResourcesListChanged, ResourceUpdated
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types import ResourceListChangedNotification, ResourceUpdatedNotification
 
-from chatdock.server.app import Settings, build_server
-from chatdock.server.resources import TRANSCRIPT_URI, contact_uri
+from chatdock.server.mcp.app import Settings, build_server
+from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from tests.transports import (
     RawStdio,
     call,

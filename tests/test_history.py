@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mcp.client import Client
 
-from chatdock.server.app import Settings, build_server
+from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import NewMessage, Part, open_store
 from tests.transports import call, chatdock_command, run_cli
 

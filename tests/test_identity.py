@@ -11,8 +11,8 @@ import pytest
 from mcp.client import Client
 from mcp.client.subscriptions import ResourcesListChanged, ResourceUpdated
 
-from chatdock.server.app import Settings, build_server
-from chatdock.server.resources import TRANSCRIPT_URI, contact_uri
+from chatdock.server.mcp.app import Settings, build_server
+from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from chatdock.storage import open_store
 from tests.transports import call, error, run_cli
 

@@ -10,8 +10,8 @@ from urllib.parse import quote
 import pytest
 from mcp.client import Client
 
-from chatdock.server.app import Settings, build_server
-from chatdock.server.resources import TRANSCRIPT_URI, canonical_uri, contact_uri
+from chatdock.server.mcp.app import Settings, build_server
+from chatdock.server.mcp.resources import TRANSCRIPT_URI, canonical_uri, contact_uri
 from tests.test_events import heard_within, initialize_era, subscriber
 from tests.transports import call
 

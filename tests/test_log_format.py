@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from chatdock.server import logs
+from chatdock.server.ops import logs
 from tests.transports import chatdock_command, create_key, error, free_port, http_client
 
 KEYS = {"time", "level", "logger", "message"}

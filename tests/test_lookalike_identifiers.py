@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from mcp.client import Client
 
-from chatdock.server.app import Settings, build_server
+from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.postgres import schema
 from chatdock.storage.sqlite import migrations

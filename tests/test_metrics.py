@@ -24,9 +24,9 @@ from mcp.client.subscriptions import ResourceUpdated
 from mcp.shared.exceptions import MCPDeprecationWarning
 from prometheus_client.parser import text_string_to_metric_families
 
-from chatdock.server.app import Settings, build_server
-from chatdock.server.metrics import Metrics
-from chatdock.server.resources import TRANSCRIPT_URI, contact_uri
+from chatdock.server.mcp.app import Settings, build_server
+from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
+from chatdock.server.ops.metrics import Metrics
 from chatdock.storage import Unavailable, is_postgres, open_store
 from chatdock.storage.sqlite import checkpoints
 from chatdock.storage.telemetry import CAUSES

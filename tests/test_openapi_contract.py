@@ -26,8 +26,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from chatdock.server.events import Events
-from chatdock.server.rest import build_rest
+from chatdock.server.http.rest import build_rest
+from chatdock.server.mcp.events import Events
 from chatdock.storage import InvalidInput
 from chatdock.storage import validation as check
 from tests.transports import create_key, http_server

@@ -55,7 +55,7 @@ def test_the_wheel_installs_chatdock_beside_other_server_and_storage_packages(tm
     assert tops == {"chatdock"}
     packages = {name.rsplit("/", 1)[0] for name in archive.namelist() if name.endswith("/__init__.py")}
     assert {"chatdock/client", "chatdock/integrations"} <= packages
-    shipped = {"chatdock/server/static/ui/inspector.js", "chatdock/server/static/docs/swagger-ui-bundle.js"}
+    shipped = {"chatdock/server/http/static/ui/inspector.js", "chatdock/server/http/static/docs/swagger-ui-bundle.js"}
     assert shipped <= set(archive.namelist())  # /ui and /docs work from the wheel, offline
 
     other = tmp_path / "squatter"
@@ -78,7 +78,7 @@ def test_the_wheel_installs_chatdock_beside_other_server_and_storage_packages(tm
     probe = run(
         python,
         "-c",
-        "import server, storage, chatdock.server.cli, chatdock.storage, chatdock.client; "
+        "import server, storage, chatdock.server.cli.main, chatdock.storage, chatdock.client; "
         "print(server.OWNER, storage.OWNER, chatdock.storage.__file__, sep='|')",
         cwd=elsewhere,
     ).stdout.strip()
@@ -94,7 +94,7 @@ def test_commands_that_do_not_serve_do_not_import_the_mcp_sdk() -> None:
         sys.executable,
         "-c",
         "import sys\n"
-        "from chatdock.server import cli, history\n"
+        "from chatdock.server.cli import main as cli\nfrom chatdock.server.history import transfer\n"
         "cli.parser().parse_args(['keys', 'list'])\n"
         "print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith(('mcp.', 'uvicorn', 'starlette'))))",
     )

@@ -10,7 +10,7 @@ import anyio
 import asyncpg
 import pytest
 
-from chatdock.server.bench_postgres import database_url
+from chatdock.server.bench.postgres import database_url
 from chatdock.storage import NewMessage, Unavailable, open_store
 from chatdock.storage.changes import Change
 from chatdock.storage.postgres.schema import MIGRATIONS

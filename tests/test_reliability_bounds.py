@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from chatdock.server.bench_reliability import append_latencies, noisy_neighbour
+from chatdock.server.bench.reliability import append_latencies, noisy_neighbour
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.sqlite import checkpoints
 from tests.test_reliability_hardening import served

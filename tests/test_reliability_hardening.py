@@ -29,7 +29,7 @@ import pytest
 from mcp.client import Client
 from mcp.shared.exceptions import MCPError
 
-from chatdock.server.app import Settings, build_server
+from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.cursor import encode_cursor
 from tests.transports import call, chatdock_command, create_key, error, free_port, http_client, run_cli

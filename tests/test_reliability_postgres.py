@@ -20,8 +20,8 @@ import asyncpg
 import httpx2
 import pytest
 
-from chatdock.server.bench_postgres import throwaway_database
-from chatdock.server.resources import TRANSCRIPT_URI, contact_uri
+from chatdock.server.bench.postgres import throwaway_database
+from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.changes import Change
 from chatdock.storage.postgres import PostgresBackend

@@ -16,10 +16,10 @@ from typing import Any
 import httpx2
 import pytest
 
-from chatdock.server import logs
-from chatdock.server.events import Events
-from chatdock.server.org import ORG_SCOPE_KEY
-from chatdock.server.rest import build_rest
+from chatdock.server.http.rest import build_rest
+from chatdock.server.mcp.events import Events
+from chatdock.server.mcp.org import ORG_SCOPE_KEY
+from chatdock.server.ops import logs
 from chatdock.storage import open_store
 from tests.test_reliability_hardening import served
 from tests.transports import create_key

@@ -22,8 +22,8 @@ import asyncpg
 import httpx2
 import pytest
 
-from chatdock.server.bench_postgres import throwaway_database
-from chatdock.server.resources import TRANSCRIPT_URI, contact_uri
+from chatdock.server.bench.postgres import throwaway_database
+from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from tests.postgres import PostgresServer
 from tests.test_events import heard_within, subscriber
 from tests.transports import call, chatdock_command, create_key, free_port, http_client, http_transport

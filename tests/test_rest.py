@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from mcp.client.subscriptions import ResourceUpdated
 from schemathesis import GenerationMode
 
-from chatdock.server.resources import TRANSCRIPT_URI, contact_uri
+from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from tests.transports import create_key, http_client, http_server
 
 pytestmark = pytest.mark.process

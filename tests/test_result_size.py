@@ -29,9 +29,9 @@ from mcp.server import _streamable_http_modern as modern_http
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY, JSONRPCNotification
 from pydantic import BaseModel
 
-from chatdock.server.app import Settings, build_server
-from chatdock.server.results import context_result, page_result, search_result
-from chatdock.server.sdk import answer_in_utf8
+from chatdock.server.mcp.app import Settings, build_server
+from chatdock.server.mcp.results import context_result, page_result, search_result
+from chatdock.server.mcp.sdk import answer_in_utf8
 from chatdock.storage import Context, Message, MessagePage, NewMessage, Part, Store, open_store
 from chatdock.storage.models import SearchHit, SearchPage
 from chatdock.storage.sizing import ENVELOPE_BYTES, MAX_RESULT_BYTES, message_bytes, text_bytes
@@ -374,7 +374,7 @@ async def test_the_estimate_never_counts_a_message_below_what_it_adds_to_a_resul
 
 
 def test_the_sdk_writes_2026_answers_with_text_as_itself() -> None:
-    """The seam in server/sdk.py is in place once a server is built, and may be put in place again."""
+    """The seam in server/mcp/sdk.py is in place once a server is built, and may be put in place again."""
     build_server(Settings())
     answer_in_utf8()
     frame = modern_http._sse_event(JSONRPCNotification(jsonrpc="2.0", method="m", params={"t": "é😀"}))

@@ -14,8 +14,8 @@ import pytest
 from mcp.client import Client
 from mcp_types import CallToolResult
 
-from chatdock.server.app import Settings, build_server
-from chatdock.server.bench import realistic
+from chatdock.server.bench.main import realistic
+from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.sizing import MAX_RESULT_BYTES
 from tests.transports import call

@@ -1,4 +1,4 @@
-"""The one private part of the MCP SDK chatdock uses (server/sdk.py): this fails loudly if the SDK changes it."""
+"""The one private part of the MCP SDK chatdock uses (server/mcp/sdk.py): this fails loudly if the SDK changes it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from mcp.server.lowlevel import Server
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPDeprecationWarning
 
-from chatdock.server.app import Settings, build_server
-from chatdock.server.sdk import lowlevel
+from chatdock.server.mcp.app import Settings, build_server
+from chatdock.server.mcp.sdk import lowlevel
 
 
 def test_mcpserver_still_keeps_its_lowlevel_server_where_chatdock_reaches_for_it() -> None:
@@ -37,7 +37,7 @@ async def test_the_sdk_still_keeps_a_requests_connection_where_chatdock_reaches_
     from mcp.server.context import ServerRequestContext
     from mcp_types import EmptyResult, SubscribeRequestParams
 
-    from chatdock.server.sdk import connection_of
+    from chatdock.server.mcp.sdk import connection_of
 
     server = MCPServer(name="probe")
     found: list[object] = []

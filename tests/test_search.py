@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from mcp.client import Client
 
-from chatdock.server.app import Settings, build_server
+from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import NewMessage, Store, open_store
 from tests.transports import call, error
 

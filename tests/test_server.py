@@ -11,7 +11,7 @@ from mcp.client import Client
 from mcp.client.subscriptions import ResourceUpdated
 from mcp.shared.exceptions import MCPError
 
-from chatdock.server.app import Settings, build_server
+from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import open_store
 from tests.transports import call, error
 
@@ -227,7 +227,7 @@ ODD_IDS = ["+31612345678", "a@b.com", "a/b", "%2F", "+31 6 1234", "émile ü", "
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_resources_round_trip_percent_encoded_contact_ids(mode: str, db: str) -> None:
-    from chatdock.server.resources import CONTEXT_URI, TRANSCRIPT_URI, contact_uri
+    from chatdock.server.mcp.resources import CONTEXT_URI, TRANSCRIPT_URI, contact_uri
 
     async with Client(build_server(Settings(db=db)), mode=mode) as client:
         for contact in ODD_IDS:

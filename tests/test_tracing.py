@@ -32,10 +32,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
-from chatdock.server.app import Settings, build_server
-from chatdock.server.http import build_http_app
-from chatdock.server.metrics import Metrics
-from chatdock.server.tracing import exporters
+from chatdock.server.http.app import build_http_app
+from chatdock.server.mcp.app import Settings, build_server
+from chatdock.server.ops.metrics import Metrics
+from chatdock.server.ops.tracing import exporters
 from chatdock.storage import InvalidInput, is_postgres
 from tests.transports import call, create_key, free_port, http_client, http_server
 
@@ -307,7 +307,7 @@ asyncio.run(main())
 
 PROBE = """
 import sys
-from chatdock.server.cli import main
+from chatdock.server.cli.main import main
 code = main(sys.argv[1:])
 print(sorted(m for m in sys.modules if m.startswith(("opentelemetry.sdk", "opentelemetry.exporter"))), flush=True)
 sys.exit(code)

@@ -13,10 +13,9 @@ from mcp.server.mcpserver.prompts.base import UserMessage
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
+from chatdock.server.mcp.org import current_org
 from chatdock.storage import ChatdockError, Store
 from chatdock.storage import Context as ContextModel
-
-from .org import current_org
 
 TRANSCRIPT_URI = "chatdock://contacts/{contact_id}/transcript"
 CONTEXT_URI = "chatdock://contacts/{contact_id}/context"

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import anyio
 
+from chatdock.server.ops import logs
+from chatdock.server.settings import Settings
 from chatdock.storage import ChatdockError, InvalidInput, check_store, is_postgres
-
-from . import logs
-from .settings import Settings
 
 logger = logging.getLogger("chatdock")
 
@@ -297,7 +296,7 @@ async def _check(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> None:
     """`chatdock serve`: stdio, or HTTP with its metrics; traced when the OTEL_* variables ask for it."""
-    from . import tracing
+    from chatdock.server.ops import tracing
 
     if args.metrics_port is not None and not args.http:
         raise InvalidInput("--metrics-port serves /metrics beside the HTTP transport: add --http")
@@ -322,12 +321,12 @@ def _serve(args: argparse.Namespace) -> None:
     try:
         if args.http:
             # the MCP stack is imported only to serve: every other command starts without it
-            from .http import HttpLimits, serve_http
-            from .metrics import Metrics
+            from chatdock.server.http.app import HttpLimits, serve_http
+            from chatdock.server.ops.metrics import Metrics
 
             settings.metrics = Metrics()
             if args.oauth_issuer:
-                from .oauth import OAuthSettings
+                from chatdock.server.http.oauth import OAuthSettings
 
                 try:
                     settings.oauth = OAuthSettings(
@@ -353,14 +352,14 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 async def _serve_stdio(settings: Settings) -> None:
-    from .app import build_server
+    from chatdock.server.mcp.app import build_server
 
     async with settings.open_store() as store:
         await build_server(settings, store).run_stdio_async()
 
 
 async def _export(args: argparse.Namespace) -> int:
-    from .history import export_to_path
+    from chatdock.server.history.transfer import export_to_path
 
     skipped: list[str] = []
     async with store_settings(args).open_store() as store:
@@ -376,7 +375,7 @@ async def _export(args: argparse.Namespace) -> int:
 
 
 async def _import(args: argparse.Namespace) -> int:
-    from .history import import_file, skipped
+    from chatdock.server.history.transfer import import_file, skipped
 
     default_org = os.environ.get("CHATDOCK_ORG") or "default"
     async with store_settings(args).open_store() as store:
@@ -402,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "import":
             return asyncio.run(_import(args))
         if args.command == "bench":
-            from .bench import main as bench
+            from chatdock.server.bench.main import main as bench
 
             if args.messages < 1000 or args.rounds < 1:
                 raise InvalidInput("bench needs --messages of at least 1000 and --rounds of at least 1")
@@ -411,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "bench --db takes a postgresql:// server URL; without --db it benches a temporary SQLite file"
                 )
             if args.compare:
-                from .bench_compare import INSTALL, installed
+                from chatdock.server.bench.compare import INSTALL, installed
 
                 if args.db is not None:
                     raise InvalidInput(

@@ -6,7 +6,7 @@ A table in a docs page sits between two markers naming its file:
     ... (written by this module; do not edit) ...
     <!-- /bench -->
 
-`python -m chatdock.server.bench_tables docs/*.md` rewrites every such table from its file (a path relative to
+`python -m chatdock.server.bench.tables docs/*.md` rewrites every such table from its file (a path relative to
 the page); tests/test_docs.py fails when a page and its file disagree, so each figure is written once, by the
 bench, and a hand-edited one does not pass.
 """

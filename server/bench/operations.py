@@ -7,7 +7,7 @@ stand-in collector on loopback as an operator's would be): one sampling a tenth 
 an operator sets, OTEL_TRACES_SAMPLER=parentbased_traceidratio), one every trace (OpenTelemetry's default).
 Each row sets its figure beside the unobserved server's; the goal is to stay within 5%.
 
-`python -m chatdock.server.bench_operations --serve-http DB PORT MODE` is that server (MODE: one of MODES).
+`python -m chatdock.server.bench.operations --serve-http DB PORT MODE` is that server (MODE: one of MODES).
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2
 
+from chatdock.server.bench.over_http import serving
+from chatdock.server.bench.rows import CONVERSATION, Row, percentile
+from chatdock.server.settings import Settings
 from chatdock.storage import open_store
-
-from .bench_http import serving
-from .bench_rows import CONVERSATION, Row, percentile
-from .settings import Settings
 
 MODES = ("unobserved", "with metrics", "with metrics, 1 in 10 traced", "with metrics, every request traced")
 SAMPLERS = {  # the OTEL_* variables of each traced mode
@@ -71,7 +70,7 @@ async def served(path: str, mode: str, endpoint: str) -> AsyncIterator[str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
     if mode in SAMPLERS:
         env |= {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, **SAMPLERS[mode]}
-    here = [sys.executable, "-m", "chatdock.server.bench_operations", "--serve-http", path]
+    here = [sys.executable, "-m", "chatdock.server.bench.operations", "--serve-http", path]
     async with serving(lambda port: [*here, str(port), mode], env) as base:
         yield base
 
@@ -93,7 +92,7 @@ async def figures(path: str, count: int) -> dict[str, float]:
 
 async def measure(base: str, key: str, count: int) -> tuple[float, float, float]:
     """After a warm-up: REST appends/s with 32 clients, and get_context's p50 and p99 (ms), one at a time."""
-    from .bench_http import calls_per_second
+    from chatdock.server.bench.over_http import calls_per_second
 
     limits = httpx2.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30, limits=limits) as http:
@@ -135,9 +134,9 @@ def rows(m: dict[str, float]) -> list[Row]:
 
 def serve(path: str, port: int, mode: str) -> None:
     """The bench's server of `mode`, as `chatdock serve --http` runs (its tracing from the OTEL_* variables)."""
-    from . import tracing
-    from .http import serve_http
-    from .metrics import Metrics
+    from chatdock.server.http.app import serve_http
+    from chatdock.server.ops import tracing
+    from chatdock.server.ops.metrics import Metrics
 
     stop = tracing.start(os.environ) if mode in SAMPLERS else None
     settings = Settings(db=path, org="bench", metrics=None if mode == MODES[0] else Metrics(), tracing=stop is not None)

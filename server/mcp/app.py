@@ -21,18 +21,17 @@ from mcp_types import Resource as MCPResource
 from mcp_types import Tool as MCPTool
 from pydantic import BaseModel, ValidationError
 
+from chatdock.server.mcp import resources, tools
+from chatdock.server.mcp.events import Events
+from chatdock.server.mcp.org import OrgMiddleware, current_org
+from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
+from chatdock.server.mcp.schemas import compact
+from chatdock.server.mcp.sdk import answer_in_utf8, lowlevel, serve_events
+from chatdock.server.mcp.stdio import serve_stdio
+from chatdock.server.ops.observe import ObservedMcp
+from chatdock.server.settings import Settings
 from chatdock.storage import Store
 from chatdock.storage import validation as check
-
-from . import resources, tools
-from .events import Events
-from .observe import ObservedMcp
-from .org import OrgMiddleware, current_org
-from .resources import TRANSCRIPT_URI, contact_uri
-from .schemas import compact
-from .sdk import answer_in_utf8, lowlevel, serve_events
-from .settings import Settings
-from .stdio import serve_stdio
 
 __all__ = ["ChatdockServer", "Settings", "build_server"]
 

@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from chatdock.server.history.progress import Progress
 from chatdock.storage import ChatdockError, InvalidInput, Store
 from chatdock.storage import validation as check
 from chatdock.storage.history import Record, check_record, conflicts, dump_line, parse_line
 from chatdock.storage.models import NewAlias, NewChat
-
-from .progress import Progress
 
 BATCH = 500
 SHOWN_PROBLEMS = 20

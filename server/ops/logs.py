@@ -26,7 +26,7 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LogFormat = Literal["text", "json"]
 
 # What a log line says of the request it was written for (`request_id`, `org`): set by the request layers for
-# the request's task (observe.py), completed by the key check with the organization (http.py).
+# the request's task (observe.py), completed by the key check with the organization (http/app.py).
 request_fields: ContextVar[dict[str, str] | None] = ContextVar("chatdock_log_request", default=None)
 
 

@@ -30,12 +30,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chatdock.storage import ChatdockError, InvalidInput, Store, Unavailable
-
-from . import logs
-from .app import ChatdockServer, Settings, build_server
-from .guard import FailedKeys
-from .oauth import (
+from chatdock.server.http.guard import FailedKeys
+from chatdock.server.http.oauth import (
     METADATA_PATH,
     READ_SCOPE,
     WRITE_SCOPE,
@@ -45,13 +41,16 @@ from .oauth import (
     TokenRefused,
     is_api_key,
 )
-from .observe import ObservedHttp
-from .org import ORG_SCOPE_KEY
-from .rest import MAX_BODY_BYTES, ROUTE_PREFIXES, BodyLimit, build_rest
-from .sessions import DEFAULT_MAX_SESSIONS_PER_ORG, SessionOwners
+from chatdock.server.http.rest import MAX_BODY_BYTES, ROUTE_PREFIXES, BodyLimit, build_rest
+from chatdock.server.http.sessions import DEFAULT_MAX_SESSIONS_PER_ORG, SessionOwners
+from chatdock.server.mcp.app import ChatdockServer, Settings, build_server
+from chatdock.server.mcp.org import ORG_SCOPE_KEY
+from chatdock.server.ops import logs
+from chatdock.server.ops.observe import ObservedHttp
+from chatdock.storage import ChatdockError, InvalidInput, Store, Unavailable
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
+    from chatdock.server.ops.metrics import Metrics
 
 logger = logging.getLogger("chatdock.http")
 
@@ -388,7 +387,7 @@ async def _serve_http(
 ) -> None:
     import uvicorn
 
-    from .guard import (
+    from chatdock.server.http.guard import (
         ACCEPT_BURST,
         connection_bound,
         guarded_protocol,

@@ -10,6 +10,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
+from chatdock.server.mcp.org import current_org
+from chatdock.server.mcp.results import as_json, context_result, page_result, search_result, stored_result
 from chatdock.storage import (
     AppendedMessage,
     Chat,
@@ -29,11 +31,8 @@ from chatdock.storage import Context as ContextModel
 from chatdock.storage import validation as check
 from chatdock.storage.models import CHAT_STATUSES, ROLES, SearchPage
 
-from .org import current_org
-from .results import as_json, context_result, page_result, search_result, stored_result
-
 if TYPE_CHECKING:
-    from .app import ChatdockServer
+    from chatdock.server.mcp.app import ChatdockServer
 
 T = TypeVar("T")
 

@@ -37,11 +37,11 @@ from pydantic import ValidationError
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import logs
-from .org import ORG_SCOPE_KEY, current_org
+from chatdock.server.mcp.org import ORG_SCOPE_KEY, current_org
+from chatdock.server.ops import logs
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
+    from chatdock.server.ops.metrics import Metrics
 
 HTTP_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 MCP_METHODS: Final = SPEC_CLIENT_METHODS | SPEC_CLIENT_NOTIFICATION_METHODS

@@ -33,12 +33,11 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
 from mcp_types import INVALID_REQUEST, EmptyResult, SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams
 
+from chatdock.server.mcp.delivery import Couriers, Told
+from chatdock.server.mcp.org import current_org, listening
+from chatdock.server.mcp.resources import CONTACT_URIS, TRANSCRIPT_URI, canonical_uri, contact_uri
+from chatdock.server.mcp.sdk import connection_of
 from chatdock.storage.changes import EVERYTHING, Change
-
-from .delivery import Couriers, Told
-from .org import current_org, listening
-from .resources import CONTACT_URIS, TRANSCRIPT_URI, canonical_uri, contact_uri
-from .sdk import connection_of
 
 logger = logging.getLogger("chatdock.events")
 

@@ -15,9 +15,8 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
+from chatdock.server.bench.rows import appends, timed
 from chatdock.storage import open_store
-
-from .bench_rows import appends, timed
 
 INSERT_SQL = (
     "INSERT INTO messages (id, org_id, contact_pk, channel, role, content, created_us)"

@@ -17,9 +17,8 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from chatdock.client import ChatdockClient
+from chatdock.server.bench.rows import CONVERSATION, Row, mcp_round_trips, percentile
 from chatdock.storage import open_store
-
-from .bench_rows import CONVERSATION, Row, mcp_round_trips, percentile
 
 CLIENTS = (1, 8, 32)
 
@@ -52,7 +51,7 @@ async def served_over_http(path: str) -> AsyncIterator[tuple[str, str]]:
     async with open_store(path) as store:
         key = (await store.create_api_key("bench")).key
     async with serving(
-        lambda port: [sys.executable, "-m", "chatdock.server.bench", "--serve-http", path, str(port)]
+        lambda port: [sys.executable, "-m", "chatdock.server.bench.main", "--serve-http", path, str(port)]
     ) as base:
         yield base, key
 

@@ -1,7 +1,7 @@
 """`chatdock bench` rows for what must stay bounded under load: the SQLite write-ahead log's size under
 sustained appends, and another organization's append p99 beside one organization's 256 busy listeners.
 
-`python -m chatdock.server.bench_reliability --neighbour BASE KEY LISTENERS SECONDS` is that noisy
+`python -m chatdock.server.bench.reliability --neighbour BASE KEY LISTENERS SECONDS` is that noisy
 neighbour, in a process of its own (its listen streams and appends over HTTP), for the bench and the tests:
 it prints `listening` once its streams are open, then `APPENDS EVENTS` when it is done.
 """
@@ -20,10 +20,9 @@ from pathlib import Path
 import anyio
 import httpx2
 
+from chatdock.server.bench.rows import percentile
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.sqlite import checkpoints
-
-from .bench_rows import percentile
 
 NEIGHBOUR_LISTENERS = 256
 
@@ -80,7 +79,7 @@ async def append_latencies(base: str, key: str, seconds: float) -> list[float]:
 def noisy_neighbour(base: str, key: str, listeners: int, seconds: float) -> Iterator[Callable[[], tuple[int, int]]]:
     """The noisy neighbour (`neighbour` below) in a process of its own, once its streams listen; yields a
     function that waits for it to end and returns (appends, events heard). Killed if still running after."""
-    here = [sys.executable, "-m", "chatdock.server.bench_reliability"]
+    here = [sys.executable, "-m", "chatdock.server.bench.reliability"]
     process = subprocess.Popen(
         [*here, "--neighbour", base, key, str(listeners), str(seconds)],
         stdout=subprocess.PIPE,
@@ -126,7 +125,7 @@ async def neighbour(base: str, key: str, listeners: int, seconds: float) -> tupl
     from mcp.client import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    from .resources import TRANSCRIPT_URI, contact_uri
+    from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 
     heard = 0
     headers = {"Authorization": f"Bearer {key}"}

@@ -28,15 +28,18 @@ import anyio
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
+from chatdock.server.bench import compare as bench_compare
+from chatdock.server.bench import operations as bench_operations
+from chatdock.server.bench import postgres as bench_postgres
+from chatdock.server.bench import reliability as bench_reliability
+from chatdock.server.bench import startup as bench_startup
+from chatdock.server.bench.over_http import http_round_trips, rest_figures, rest_rows, served_over_http
+from chatdock.server.bench.rows import CONVERSATION, Row, appends, mcp_round_trips, percentile, timed
+from chatdock.server.history.progress import Progress
+from chatdock.server.mcp.app import Settings, build_server
+from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from chatdock.storage import NewMessage, Store, is_postgres, open_store
 from chatdock.storage.sqlite import checkpoints
-
-from . import bench_compare, bench_operations, bench_postgres, bench_reliability, bench_startup
-from .app import Settings, build_server
-from .bench_http import http_round_trips, rest_figures, rest_rows, served_over_http
-from .bench_rows import CONVERSATION, Row, appends, mcp_round_trips, percentile, timed
-from .progress import Progress
-from .resources import TRANSCRIPT_URI, contact_uri
 
 CONTEXT_SQL = (
     "SELECT id, agent_id, chat_id, channel, role, content, parts, metadata, created_us, seq FROM messages "
@@ -225,7 +228,7 @@ async def event_latency(path: str, writes: int) -> list[float]:
     `chatdock serve` process on the same file, one write at a time."""
     uri = contact_uri(TRANSCRIPT_URI, EVENTS_CONTACT)
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "chatdock.server.bench", "--serve", path], env=dict(os.environ)
+        command=sys.executable, args=["-m", "chatdock.server.bench.main", "--serve", path], env=dict(os.environ)
     )
     latencies: list[float] = []
     async with open_store(path) as store, Client(params) as listener:
@@ -432,7 +435,7 @@ async def _run(
                 add(name, size)
         params = StdioServerParameters(
             command=sys.executable,
-            args=["-m", "chatdock.server.bench", "--serve", path],
+            args=["-m", "chatdock.server.bench.main", "--serve", path],
             env=dict(os.environ),
         )
         async with Client(params) as client:
@@ -733,7 +736,7 @@ def main(messages: int, contacts: int, rounds: int, as_json: bool, db: str | Non
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--serve":
     bench_server(Settings(db=sys.argv[2], org="bench")).run("stdio")
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--serve-http":
-    from .http import serve_http
+    from chatdock.server.http.app import serve_http
 
     settings = Settings(db=sys.argv[2], org="bench")
     serve_http(settings, "127.0.0.1", int(sys.argv[3]), [], factory=bench_server)

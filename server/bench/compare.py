@@ -27,9 +27,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from chatdock.server.bench.rows import Row
 from chatdock.storage import NewMessage, Store
-
-from .bench_rows import Row
 
 INSTALL = "pip install 'chatdock[compare]'"
 

@@ -28,6 +28,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from chatdock.server.history.transfer import export_lines
+from chatdock.server.http.inspector import add_pages
+from chatdock.server.http.openapi import WITH_BODY, answers, strict
+from chatdock.server.mcp.events import Events
+from chatdock.server.mcp.org import ORG_SCOPE_KEY
 from chatdock.storage import (
     AppendedMessage,
     Chat,
@@ -58,12 +63,6 @@ from chatdock.storage.models import (
     SearchPage,
     UpdateChatRequest,
 )
-
-from .events import Events
-from .history import export_lines
-from .inspector import add_pages
-from .openapi import WITH_BODY, answers, strict
-from .org import ORG_SCOPE_KEY
 
 logger = logging.getLogger("chatdock.http")
 

@@ -64,7 +64,7 @@ class Asset:
 @cache
 def asset(folder: str, name: str) -> Asset:
     """A shipped file, read (and compressed) once, on its first request rather than at import."""
-    body = resources.files("chatdock.server").joinpath("static", folder, name).read_bytes()
+    body = resources.files("chatdock.server.http").joinpath("static", folder, name).read_bytes()
     suffix = name[name.rfind(".") :] if "." in name else ""
     return Asset(body, gzip.compress(body, mtime=0), _TYPES[suffix], '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
 

@@ -1,0 +1,1 @@
+"""The chatdock command: the only place that reads flags and environment."""

@@ -1,0 +1,5 @@
+"""`python -m chatdock.server.cli`: the chatdock command."""
+
+from .main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Operations: metrics, request observation, tracing, logs."""
