@@ -7,6 +7,7 @@ address from the socket unless the operator names trusted proxies.
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import uuid
@@ -138,6 +139,23 @@ def test_expected_failures_below_error_keep_their_trace_for_debug_only() -> None
             "chatdock", logging.WARNING, __file__, 1, "write failed", None, (OSError, exc, None)
         )
     assert quiet.filter(warning) and warning.exc_info is None
+
+
+def test_running_out_of_files_is_an_error_line_without_a_trace() -> None:
+    """asyncio logs "socket.accept() out of system resource" at ERROR with the OSError when a connection flood
+    reaches the file limit: the machine's limit, not a bug; a bug's error keeps its trace."""
+    quiet = logs.QuietRepeats()
+    records = []
+    for error in (OSError(errno.EMFILE, "Too many open files"), RuntimeError("a bug")):
+        try:
+            raise error
+        except Exception as exc:
+            records.append(
+                logging.LogRecord("asyncio", logging.ERROR, __file__, 1, str(exc), None, (type(exc), exc, None))
+            )
+    out_of_files, bug = records
+    assert quiet.filter(out_of_files) and out_of_files.exc_info is None
+    assert quiet.filter(bug) and bug.exc_info is not None
 
 
 # --- client addresses: the socket's, unless the operator names trusted proxies ---

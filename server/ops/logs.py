@@ -14,6 +14,7 @@ at the same place are summed up like any other line. Expected failures below ERR
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 LogFormat = Literal["text", "json"]
 
 # What a log line says of the request it was written for (`request_id`, `org`): set by the request layers for
@@ -55,9 +57,15 @@ class QuietRepeats(logging.Filter):
 
 
 def _unexpected(record: logging.LogRecord) -> bool:
-    """An error with an exception that is a bug's sign (not a task cancelled at shut-down, which uvicorn logs
-    as an error too)."""
-    return record.levelno >= logging.ERROR and record.exc_info is not None and isinstance(record.exc_info[1], Exception)
+    """An error with an exception that is a bug's sign: not a task cancelled at shut-down (which uvicorn logs
+    as an error too), nor the machine running out of files or memory (asyncio's "socket.accept() out of system
+    resource" under a connection flood: the line says it, and a traceback per burst says nothing more)."""
+    if record.levelno < logging.ERROR or record.exc_info is None:
+        return False
+    error = record.exc_info[1]
+    if isinstance(error, OSError) and error.errno in OUT_OF_RESOURCES:
+        return False
+    return isinstance(error, Exception)
 
 
 def _where(record: logging.LogRecord) -> str:
