@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlparse
@@ -100,13 +100,26 @@ def issuer(node_modules: Path) -> Iterator[AuthorizationServer]:
         server.stop()
 
 
-@pytest.fixture
-def served(issuer: AuthorizationServer, tmp_path: Path) -> Iterator[dict[str, str]]:
+@contextmanager
+def serving(issuer: AuthorizationServer, db: str) -> Iterator[dict[str, str]]:
     """chatdock with --oauth-issuer (its public URL the default, http://127.0.0.1:PORT), and an acme API key."""
-    db = str(tmp_path / "chatdock.db")
     key = create_key(db, "acme", "beside-tokens")
     with http_server(db, "--oauth-issuer", issuer.issuer, "--oauth-clock-skew", "0") as base:
         yield {"base": base, "key": key, "db": db}
+
+
+@pytest.fixture
+def served(issuer: AuthorizationServer, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """On SQLite: for what a token is allowed, which the store does not take part in."""
+    with serving(issuer, str(tmp_path / "chatdock.db")) as found:
+        yield found
+
+
+@pytest.fixture
+def served_on(issuer: AuthorizationServer, db: str) -> Iterator[dict[str, str]]:
+    """On each engine: for what a token's organization reads and writes."""
+    with serving(issuer, db) as found:
+        yield found
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -142,8 +155,9 @@ def test_the_metadata_names_the_issuer_and_a_401_points_at_it(served: dict[str, 
 
 
 def test_tokens_and_keys_serve_side_by_side_each_in_its_organization(
-    served: dict[str, str], issuer: AuthorizationServer
+    served_on: dict[str, str], issuer: AuthorizationServer
 ) -> None:
+    served = served_on
     base = served["base"]
     acme = issuer.token("acme-writer", base)
     assert append(base, acme, "by an acme token").status_code == 201
@@ -365,10 +379,11 @@ class Browser:
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_the_mcp_sdks_oauth_client_needs_only_chatdocks_url(
-    served: dict[str, str], issuer: AuthorizationServer, mode: str
+    served_on: dict[str, str], issuer: AuthorizationServer, mode: str
 ) -> None:
     """Discovery from the 401 and the metadata, dynamic registration, authorization code with PKCE (the
     person's login and consent done by `Browser`), then tools in either protocol era, in the token's org."""
+    served = served_on
     base = served["base"]
     redirect = f"http://127.0.0.1:{free_port()}/callback"
     person = Browser("ann@acme", redirect)

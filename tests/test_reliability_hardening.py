@@ -179,8 +179,12 @@ async def test_a_full_disk_is_reported_and_survived(tmp_path: Path) -> None:
                     ]
                     for i in range(3)
                 ]
-                # a reader's open snapshot: the write-ahead log cannot start over under it (chatdock checkpoints
-                # it often), so even a small write needs new space on the disk
+                # the write-ahead log emptied to nothing, then a reader's open snapshot: the log cannot start over
+                # under it (chatdock checkpoints it often), so even a small write needs new space on the disk
+                # (without the first step, a log restarted between two checkpoints had room left over in its
+                # file, and a write could still succeed on the full disk)
+                with contextlib.closing(sqlite3.connect(db)) as log:
+                    log.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 pin = sqlite3.connect(db)
                 pin.execute("BEGIN")
                 pin.execute("SELECT count(*) FROM messages").fetchone()
