@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +133,30 @@ def test_bench_compare_leaves_out_a_store_that_is_not_installed_and_refuses_when
     assert (
         "bench --compare needs the stores it compares with: pip install 'chatdock[compare]'" in capsys.readouterr().err
     )
+
+
+def test_the_servers_the_bench_starts_die_with_it() -> None:
+    """A bench killed by a timeout (SIGKILL: no cleanup runs) leaves none of its servers behind."""
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys\n"
+            "from chatdock.server.bench.rows import die_with_parent\n"
+            "sleeper = [sys.executable, '-c', 'import time; time.sleep(60)']\n"
+            "child = subprocess.Popen(sleeper, preexec_fn=die_with_parent)\n"
+            "print(child.pid, flush=True)\n"
+            "child.wait()\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait(10)
+    parent.stdout.close()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and "Z" not in Path(f"/proc/{child}/stat").read_text().split()[2]:
+        assert time.monotonic() < deadline, "the bench's server outlived the bench"
+        time.sleep(0.05)

@@ -17,7 +17,7 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from chatdock.client import ChatdockClient
-from chatdock.server.bench.rows import CONVERSATION, Row, mcp_round_trips, percentile
+from chatdock.server.bench.rows import CONVERSATION, Row, die_with_parent, mcp_round_trips, percentile
 from chatdock.storage import open_store
 
 CLIENTS = (1, 8, 32)
@@ -29,7 +29,9 @@ async def serving(command: Callable[[int], list[str]], env: dict[str, str] | Non
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen(command(port), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command(port), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx2.AsyncClient(timeout=30) as http:

@@ -20,7 +20,7 @@ from pathlib import Path
 import anyio
 import httpx2
 
-from chatdock.server.bench.rows import percentile
+from chatdock.server.bench.rows import die_with_parent, percentile
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.sqlite import checkpoints
 
@@ -85,6 +85,7 @@ def noisy_neighbour(base: str, key: str, listeners: int, seconds: float) -> Iter
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        preexec_fn=die_with_parent,
     )
 
     def ended() -> tuple[int, int]:

@@ -4,7 +4,10 @@ and the MCP round trips every transport's rows measure."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import signal
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,6 +16,15 @@ from typing import Any
 from mcp.client import Client
 
 from chatdock.storage import NewMessage, Store
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` of the servers the bench starts: on Linux they are sent SIGTERM when the bench process dies,
+    so a bench killed by a timeout leaves none of them running; elsewhere nothing is asked."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
