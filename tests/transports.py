@@ -57,14 +57,19 @@ def http_server(db: str, *extra: str) -> Iterator[str]:
         wait_healthy(process, base)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
+        end(process)
+
+
+def end(process: subprocess.Popen[str]) -> None:
+    """Stop a chatdock process: SIGTERM, SIGKILL if it is still there after 10 s; close its stderr."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if process.stderr:
+        process.stderr.close()
 
 
 def wait_healthy(process: subprocess.Popen[str], base: str) -> None:

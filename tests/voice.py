@@ -21,7 +21,7 @@ import pytest
 from chatdock.client import ChatdockClient
 from chatdock.storage import Message
 
-from .transports import chatdock_command, create_key, free_port, http_server, wait_healthy
+from .transports import chatdock_command, create_key, end, free_port, http_server, wait_healthy
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -103,14 +103,7 @@ class RestartableServer:
         if process is None:
             return
         process.send_signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
+        end(process)
 
     def pause(self) -> None:
         assert self.process is not None, "not running"

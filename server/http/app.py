@@ -129,7 +129,7 @@ class ApiKeyAuth:
             await self._reject(problem, scope, receive, send, token=verdict.refusal == "invalid_token")
             return
         if verdict.scopes is not None:
-            receive, needed = await scope_needed(scope, receive, self.read_only_tools())
+            receive, needed = await scope_needed(scope, receive, self.server.read_only_tools)
             if needed not in verdict.scopes:
                 await self._insufficient(needed, scope, receive, send)
                 return
@@ -182,9 +182,6 @@ class ApiKeyAuth:
         if org is None:
             return Verdict(None, "unknown")
         return Verdict(org)
-
-    def read_only_tools(self) -> frozenset[str]:
-        return self.server.read_only_tools
 
     def _challenge(self, scope: Scope, *fields: str) -> str:
         """`WWW-Authenticate`: with OAuth on, where the protected-resource metadata is (RFC 9728 §5.1)."""

@@ -60,14 +60,14 @@ class ChatdockServer(MCPServer[_State]):
     and whose argument errors read like the store's (`limit: input should be a valid integer, got 'x'`)
     instead of pydantic's multi-line report with links; an unknown argument is an error, not ignored."""
 
-    def __init__(self, state: _State, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, state: _State, events: Events, **kwargs: Any) -> None:
+        super().__init__(subscriptions=events, **kwargs)
         self.state = state
+        self.events = events  # the listeners of both eras, and of the REST event stream (http/rest.py)
         self._compacted: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
         self._output_models: dict[str, type[BaseModel]] = {}
         self.tool_names: set[str] = set()  # the registered tools, the only names a metric's label may hold
         self.read_only_tools: frozenset[str] = frozenset()  # those an OAuth token with chatdock:read may call
-        self.events = Events()  # build_server gives it the one its subscriptions use
 
     def add_tool(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         super().add_tool(fn, *args, **kwargs)
@@ -198,14 +198,13 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
 
     server = ChatdockServer(
         state,
+        events,
         name="chatdock",
         title="chatdock",
         instructions=INSTRUCTIONS,
         version="0.1.0",
         lifespan=lifespan,
-        subscriptions=events,
     )
-    server.events = events
     server.middleware.append(OrgMiddleware(settings.org, events.attend))
     server.middleware.append(ObservedMcp(metrics, server.tool_names))  # after OrgMiddleware: the org is known
     if metrics is not None:
