@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
@@ -23,9 +24,13 @@ def channel_kind(name: str) -> ChannelKind:
     return "provider" if name in PROVIDER_CHANNELS else "custom"
 
 
+@lru_cache(maxsize=8192)
 def format_timestamp(value: datetime) -> str:
-    """RFC 3339 in UTC with microseconds, always the same width: `2026-11-21T07:40:44.000123Z`."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 in UTC with microseconds, always the same width: `2026-11-21T07:40:44.000123Z`. Remembered for
+    the last few thousand: every turn of a conversation writes the same recent messages out again."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 Timestamp = Annotated[

@@ -78,7 +78,7 @@ def message_bound(message: Message) -> int:
     message of every read)."""
     parts = message.parts
     chars = len(message.contact_id) + len(message.agent_id or "") + len(message.channel) + len(message.content)
-    chars += sum(len(part.text) for part in parts) if parts else 0
+    chars += len(parts[0].text) if len(parts) == 1 else sum(len(part.text) for part in parts)
     size = MESSAGE_FIELDS_BYTES + 6 * chars + 2 * (4 + len(parts)) + PART_FIELDS_BYTES * len(parts)
     return size + (_METADATA_BOUND if message.metadata else 0)
 

@@ -353,13 +353,14 @@ class PostgresBackend:
         self, org: str, contact_id: str, only: MessageFilter, limit: int, max_bytes: int
     ) -> list[Message]:
         sql, params = latest_sql(org, contact_id, only, limit, max_bytes)
-        return [rows.message(row, row[10]) for row in await self._read(sql, params, org)]
+        return rows.messages(await self._read(sql, params, org))
 
     async def message_page(
         self, org: str, contact_id: str, only: MessageFilter, limit: int, after: Position | None, max_bytes: int
     ) -> list[tuple[Message, Position]]:
         sql, params = latest_sql(org, contact_id, only, limit, max_bytes, after)
-        return [(rows.message(row, row[10]), (row[8], row[9])) for row in await self._read(sql, params, org)]
+        found = await self._read(sql, params, org)
+        return list(zip(rows.messages(found), [(row[8], row[9]) for row in found], strict=True))
 
     async def search(
         self,

@@ -275,14 +275,14 @@ class SQLiteBackend:
     ) -> list[Message]:
         sql, params = latest_sql(only)
         found = await self._read(bounded_sql(sql), [org, contact_id, *params, limit, max_bytes])
-        return [rows.message(row, row[10]) for row in found]
+        return rows.messages(found)
 
     async def message_page(
         self, org: str, contact_id: str, only: MessageFilter, limit: int, after: Position | None, max_bytes: int
     ) -> list[tuple[Message, Position]]:
         sql, params = latest_sql(only, after=after is not None)
         found = await self._read(bounded_sql(sql), [org, contact_id, *params, *(after or ()), limit, max_bytes])
-        return [(rows.message(row, row[10]), (row[8], row[9])) for row in found]
+        return list(zip(rows.messages(found), [(row[8], row[9]) for row in found], strict=True))
 
     async def search(
         self,
