@@ -36,7 +36,8 @@ async def main() -> None:
             {"contact_id": CONTACT, "channel": "whatsapp", "role": "user", "content": "When does my order arrive?"},
         )
         # 2. Before the model runs, fetch what chatdock remembers of this contact.
-        result = await client.call_tool("get_context", {"contact_id": CONTACT, "limit": 20})
+        # include_messages: the rows for the application (by default the result is the transcript alone)
+        result = await client.call_tool("get_context", {"contact_id": CONTACT, "limit": 20, "include_messages": True})
         context = result.structured_content or {}
         # 3. The chat array a model would get: a system prompt, then the history.
         chat = [{"role": "system", "content": "You are a helpful support agent."}]
@@ -56,7 +57,7 @@ async def main() -> None:
         )
         final = await client.call_tool("get_context", {"contact_id": CONTACT})
         print("transcript:")
-        print((final.structured_content or {})["formatted"])
+        print(final.content[0].text)  # type: ignore[union-attr]  # the text is the transcript
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ async def main() -> None:
                 {"contact_id": "a@b.com", "channel": "widget", "role": "user", "content": "Hello from the web widget"},
             )
             context = await client.call_tool("get_context", {"contact_id": "a@b.com"})
-            print("with the key:", (context.structured_content or {})["formatted"])
+            print("with the key:", context.content[0].text)  # type: ignore[union-attr]  # the transcript
     finally:
         server.terminate()
         server.wait(10)

@@ -29,7 +29,7 @@ async def test_a_write_answers_with_the_context_a_read_after_it_would_give(tmp_p
                 message=[{"type": "text", "text": "Is my order in?", "start_timestamp": 0.2, "end_timestamp": 1.1}],
                 context_limit=5,
             )
-            read = await call(client, "get_context", contact_id=CALLER, limit=5)
+            read = await call(client, "get_context", include_messages=True, contact_id=CALLER, limit=5)
             assert posted["context"] == read  # what a get_context right after the write returns
             assert read["formatted"] == "USER: Hi\nUSER: Is my order in?"
 

@@ -114,7 +114,7 @@ async def test_imported_history_is_served_with_its_ids_times_and_channels(tmp_pa
     assert import_(copy, "-", "-q", stdin=history).returncode == 0
     chat = json.loads(history.splitlines()[0])
     async with Client(build_server(Settings(db=str(copy), org="acme"))) as client:
-        context = await call(client, "get_context", contact_id=ODD_CONTACTS[0])
+        context = await call(client, "get_context", include_messages=True, contact_id=ODD_CONTACTS[0])
         exported = sorted((json.loads(line) for line in history.splitlines()[1:]), key=lambda m: m["created_at"])
         assert [(m["id"], m["created_at"], m["content"]) for m in context["messages"]] == [
             (m["id"], m["created_at"], m["content"]) for m in exported

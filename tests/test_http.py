@@ -80,7 +80,7 @@ async def test_a_valid_key_gets_the_full_tool_set(served: dict[str, str], mode: 
         await call(client, "append_message", contact_id=contact, channel="sms", role="user", content="hi")
         chat = await call(client, "open_chat", contact_id=contact, channel="voice")
         await call(client, "post_as_contact", contact_id=contact, chat_id=chat["id"], message=[{"text": "hello"}])
-        context = await call(client, "get_context", contact_id=contact)
+        context = await call(client, "get_context", include_messages=True, contact_id=contact)
         assert context["formatted"] == "USER: hi\nUSER: hello"
         transcript = await client.read_resource(f"chatdock://contacts/{contact}/transcript")
         assert transcript.contents[0].text == "USER: hi\nUSER: hello"  # type: ignore[union-attr]
@@ -110,7 +110,7 @@ async def test_two_organizations_never_see_each_other(served: dict[str, str]) ->
             metadata={"provider_message_id": "pm-1"},
         )
         assert theirs["deduplicated"] is False and theirs["id"] != secret["id"]
-        context = await call(globex, "get_context", contact_id="shared")
+        context = await call(globex, "get_context", include_messages=True, contact_id="shared")
         assert [m["content"] for m in context["messages"]] == ["globex own"]
         assert [m["content"] for m in (await call(globex, "list_messages", contact_id="shared"))["messages"]] == [
             "globex own"
@@ -149,7 +149,7 @@ async def test_two_organizations_never_see_each_other(served: dict[str, str]) ->
             "deleted_chats": 0,
             "deleted_identifiers": 1,
         }
-        still = await call(acme, "get_context", contact_id="shared")
+        still = await call(acme, "get_context", include_messages=True, contact_id="shared")
         assert [m["content"] for m in still["messages"]] == ["acme secret"]
         assert (await call(acme, "list_chats", contact_id="shared"))["chats"][0]["status"] == "RUNNING"
 

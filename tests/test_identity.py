@@ -33,7 +33,7 @@ async def test_one_person_on_whatsapp_email_and_the_widget_is_one_contact(db: st
         await call(client, "append_message", **say(SESSION, "Still waiting!", "widget"))
         expected = "USER: Hi, order 4471?\nUSER: Sending the receipt by mail.\nUSER: Still waiting!"
         for identifier in (PHONE, EMAIL, SESSION):
-            context = await call(client, "get_context", contact_id=identifier)
+            context = await call(client, "get_context", include_messages=True, contact_id=identifier)
             assert context["contact_id"] == PHONE and context["formatted"] == expected
             assert {m["contact_id"] for m in context["messages"]} == {PHONE}
             transcript = await client.read_resource(contact_uri(TRANSCRIPT_URI, identifier))
@@ -114,13 +114,15 @@ async def test_unlink_frees_the_identifier_and_forget_by_alias_erases_the_person
         await call(client, "append_message", **say(EMAIL, "a new person now"))
         fresh = await call(client, "get_contact", contact_id=EMAIL)
         assert (fresh["contact_id"], fresh["message_count"]) == (EMAIL, 1)
-        assert (await call(client, "get_context", contact_id=PHONE))["formatted"] == "USER: mine"  # history stayed
+        assert (await call(client, "get_context", include_messages=True, contact_id=PHONE))[
+            "formatted"
+        ] == "USER: mine"  # history stayed
         unknown = await error(client, "unlink_contact", identifier="never-seen")
         assert "is not linked to any contact" in unknown
         forgotten = await call(client, "forget_contact", contact_id=SESSION)
         assert forgotten == {"contact_id": PHONE, "deleted_messages": 1, "deleted_chats": 0, "deleted_identifiers": 2}
         for identifier in (PHONE, SESSION):
-            assert (await call(client, "get_context", contact_id=identifier))["messages"] == []
+            assert (await call(client, "get_context", include_messages=True, contact_id=identifier))["messages"] == []
         assert (await call(client, "get_contact", contact_id=EMAIL))["message_count"] == 1
 
 
@@ -132,8 +134,10 @@ async def test_organizations_never_link_or_read_across(db: str) -> None:
             await call(a, "append_message", **say(PHONE, "acme's secret"))
             linked = await call(g, "link_contacts", contact_id="g-1", identifier=PHONE)  # unknown there: a new alias
             assert (linked["contact_id"], linked["aliases"], linked["merged_messages"]) == ("g-1", [PHONE], 0)
-            assert (await call(g, "get_context", contact_id=PHONE))["messages"] == []
-            assert (await call(a, "get_context", contact_id=PHONE))["formatted"] == "USER: acme's secret"
+            assert (await call(g, "get_context", include_messages=True, contact_id=PHONE))["messages"] == []
+            assert (await call(a, "get_context", include_messages=True, contact_id=PHONE))[
+                "formatted"
+            ] == "USER: acme's secret"
             assert (await call(a, "get_contact", contact_id=PHONE))["aliases"] == []
             assert "not found" in await error(a, "get_contact", contact_id="g-1")
 
@@ -186,4 +190,6 @@ async def test_aliases_survive_export_and_import_byte_for_byte(tmp_path: Path, d
     assert again.returncode == 0
     assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
     async with Client(build_server(Settings(db=second))) as client:
-        assert (await call(client, "get_context", contact_id=SESSION))["formatted"] == "USER: one\nUSER: two"
+        assert (await call(client, "get_context", include_messages=True, contact_id=SESSION))[
+            "formatted"
+        ] == "USER: one\nUSER: two"

@@ -105,7 +105,9 @@ def test_sigkill_loses_no_acknowledged_append_and_keeps_the_file_sound(tmp_path:
         assert rows(db, "PRAGMA integrity_check") == [("ok",)], f"trial {trial} (seed {seed})"
 
     with RawStdio(str(db)) as restarted:  # the server comes back on the file and serves what was kept
-        context = structured(restarted.tool("get_context", {"contact_id": "+3160", "limit": 200}))
+        context = structured(
+            restarted.tool("get_context", {"include_messages": True, "contact_id": "+3160", "limit": 200})
+        )
         assert context["messages"], "the restarted server sees the stored messages"
 
     stored = dict(rows(db, "SELECT content, count(*) FROM messages GROUP BY content"))
@@ -402,7 +404,10 @@ def test_generated_hostile_calls_get_a_result_or_a_clear_error(
     assert ledger.calls >= FUZZ_CALLS
     after = rows(db, "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM chats)")[0]
     assert after == (before[0] + ledger.messages, before[1] + ledger.chats), "no partial writes"
-    assert structured(server.tool("get_context", {"contact_id": CONTACTS[0]}))["contact_id"] == CONTACTS[0]
+    assert (
+        structured(server.tool("get_context", {"include_messages": True, "contact_id": CONTACTS[0]}))["contact_id"]
+        == CONTACTS[0]
+    )
     assert b"Traceback" not in server.stderr, server.stderr.decode(errors="replace")[-3000:]
     assert rows(db, "PRAGMA integrity_check") == [("ok",)]
     report(
@@ -522,7 +527,10 @@ def test_hand_picked_hostile_calls_get_clear_errors_and_write_nothing(
     unknown = answers["unknown tool"]["result"]
     assert unknown["isError"] and "Unknown tool" in unknown["content"][0]["text"]
     assert rows(db, "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM chats)") == before
-    assert structured(server.tool("get_context", {"contact_id": CONTACTS[0]}))["contact_id"] == CONTACTS[0]
+    assert (
+        structured(server.tool("get_context", {"include_messages": True, "contact_id": CONTACTS[0]}))["contact_id"]
+        == CONTACTS[0]
+    )
 
 
 # --- transcript safety ---
@@ -661,7 +669,7 @@ async def test_another_organizations_ids_behave_exactly_as_unknown_ones(tmp_path
             listed = [str(r.uri) for r in (await globex.list_resources()).resources]
             assert not any("acme-only" in uri for uri in listed)
 
-            still = await call(acme, "get_context", contact_id="acme-only")
+            still = await call(acme, "get_context", include_messages=True, contact_id="acme-only")
             assert [m["content"] for m in still["messages"]] == ["acme secret"]
             assert (await call(acme, "list_chats", contact_id="acme-only"))["chats"][0]["status"] == "RUNNING"
 

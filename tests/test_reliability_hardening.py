@@ -211,7 +211,9 @@ async def test_a_full_disk_is_reported_and_survived(tmp_path: Path) -> None:
                         break
                     acknowledged.append(result.structured_content["id"])  # type: ignore[index]
                 assert reason(text).startswith("the disk is full:") and "free space" in text, text
-                context = await call(client, "get_context", contact_id="c", limit=200)  # reads keep working
+                context = await call(
+                    client, "get_context", include_messages=True, contact_id="c", limit=200
+                )  # reads keep working
                 assert [m["id"] for m in context["messages"]] == acknowledged
 
                 filler.unlink()
@@ -330,7 +332,7 @@ async def test_look_alike_ids_are_one_contact_or_refused(tmp_path: Path) -> None
     async with Client(build_server(Settings(db=str(tmp_path / "ids.db")))) as client:
         await call(client, "append_message", contact_id=nfc, channel="sms", role="user", content="hola")
         await call(client, "append_message", contact_id=nfd, channel="sms", role="user", content="otra vez")
-        context = await call(client, "get_context", contact_id=nfd)
+        context = await call(client, "get_context", include_messages=True, contact_id=nfd)
         assert context["contact_id"] == nfc and [m["content"] for m in context["messages"]] == ["hola", "otra vez"]
         forgotten = await call(client, "forget_contact", contact_id=nfd)
         assert forgotten["deleted_messages"] == 2

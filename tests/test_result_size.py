@@ -141,7 +141,9 @@ def era_of(request: httpx2.Request) -> str:
 async def test_get_context_over_http_is_within_the_bound_as_sent(served: dict[str, str], mode: str) -> None:
     recorder, client = await over_http(served, mode, "tools/call")
     async with client:
-        result = await client.call_tool("get_context", {"contact_id": CONTACT, "limit": COUNT})
+        result = await client.call_tool(
+            "get_context", {"contact_id": CONTACT, "limit": COUNT, "include_messages": True}
+        )
     assert not result.is_error and result.structured_content is not None
     [(request, body)] = recorder.answers
     assert era_of(request) == (MODERN if mode == "auto" else LEGACY)
@@ -229,7 +231,10 @@ async def stdio_db(tmp_path: Path) -> AsyncIterator[str]:
 async def test_get_context_over_stdio_is_within_the_bound_as_sent(stdio_db: str, era: str) -> None:
     server = StdioLines(stdio_db)
     try:
-        params: dict[str, Any] = {"name": "get_context", "arguments": {"contact_id": CONTACT, "limit": COUNT}}
+        params: dict[str, Any] = {
+            "name": "get_context",
+            "arguments": {"contact_id": CONTACT, "limit": COUNT, "include_messages": True},
+        }
         if era == MODERN:  # no handshake: each request says its era
             params["_meta"] = {PROTOCOL_VERSION_META_KEY: MODERN, CLIENT_CAPABILITIES_META_KEY: {}}
         else:
@@ -273,7 +278,9 @@ async def test_get_context_in_process_is_within_the_bound(tmp_path: Path, mode: 
     async with open_store(str(tmp_path / "chatdock.db")) as store:
         await fill(store, content=LONGEST[name])
         async with Client(build_server(Settings(), store=store), mode=mode) as client:
-            result = await client.call_tool("get_context", {"contact_id": CONTACT, "limit": COUNT})
+            result = await client.call_tool(
+                "get_context", {"contact_id": CONTACT, "limit": COUNT, "include_messages": True}
+            )
             read = await client.read_resource("chatdock://contacts/%2B31612345678/context")
     assert result.structured_content is not None
     check_cut(result.structured_content)
@@ -351,7 +358,7 @@ async def test_the_estimate_never_counts_a_message_below_what_it_adds_to_a_resul
         )
 
     def tool(of: list[Message]) -> list[bytes]:
-        return written(context_result(context(of)))
+        return written(context_result(context(of), include_messages=True))
 
     def resource(of: list[Message]) -> list[bytes]:  # the context resource: the context's JSON as a text
         text = context(of).model_dump_json()

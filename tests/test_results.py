@@ -16,7 +16,7 @@ from mcp_types import CallToolResult
 
 from chatdock.server.bench.main import realistic
 from chatdock.server.mcp.app import Settings, build_server
-from chatdock.storage import NewMessage, open_store
+from chatdock.storage import Context, NewMessage, open_store
 from chatdock.storage.sizing import MAX_RESULT_BYTES
 from tests.transports import call
 
@@ -42,13 +42,16 @@ async def test_results_give_the_model_what_it_needs_and_the_application_everythi
         async with Client(build_server(Settings(), store=store), mode=mode) as client:
             schemas = {tool.name: tool.output_schema for tool in (await client.list_tools()).tools}
 
+            # by default the transcript alone, once: what any client hands its model is the transcript's size
             context = await client.call_tool("get_context", {"contact_id": CONTACT})
-            structured = context.structured_content
+            assert context.structured_content is None and schemas["get_context"] is None
+            full = await client.call_tool("get_context", {"contact_id": CONTACT, "include_messages": True})
+            structured = full.structured_content
             assert structured is not None
-            jsonschema.validate(structured, schemas["get_context"])
+            jsonschema.validate(structured, Context.model_json_schema())
             formatted = structured["formatted"]
             assert len(structured["messages"]) == 50 and formatted.count("\n") == 49
-            assert text_of(context) == formatted
+            assert text_of(context) == formatted == text_of(full)
             assert len(text_of(context).encode()) <= 1.1 * len(formatted.encode())
 
             page = await client.call_tool("list_messages", {"contact_id": CONTACT, "limit": 20})
@@ -120,8 +123,9 @@ async def test_a_result_never_exceeds_its_bound_and_says_what_it_left_out(db: st
     async with open_store(db) as store:
         await fill_with_emoji(store, 40)  # 40 x 128 KiB: five times what one result may carry
         async with Client(build_server(Settings(), store=store), mode=mode) as client:
-            context = await client.call_tool("get_context", {"contact_id": CONTACT, "limit": 200})
-            structured = await call(client, "get_context", contact_id=CONTACT, limit=200)
+            arguments = {"contact_id": CONTACT, "limit": 200, "include_messages": True}
+            context = await client.call_tool("get_context", arguments)
+            structured = await call(client, "get_context", **arguments)
             assert wire_bytes(context) < MAX_RESULT_BYTES
             assert structured["truncated"] is True
             kept = [message["metadata"]["n"] for message in structured["messages"]]
@@ -155,3 +159,28 @@ async def test_concurrent_large_reads_hold_one_bounded_result_each(db: str) -> N
     # Each read holds at most one result's worth of rows and the messages built from them (about 25 MiB for all
     # eight here); reads of the whole history would hold over 100 MiB.
     assert peak < 12 * MAX_RESULT_BYTES, f"peak {peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_size_of_each_reading_result_for_fifty_ordinary_messages(db: str, mode: str) -> None:
+    """What a client can hand its model from get_context is at most 1.2x the transcript whichever part it hands
+    (the text, the structured content, or the whole result as JSON); the rows, asked for, are ~500 bytes each."""
+    async with open_store(db) as store:
+        await store.import_messages("default", realistic(CONTACT, 50))
+        async with Client(build_server(Settings(), store=store), mode=mode) as client:
+            full = await call(client, "get_context", contact_id=CONTACT, include_messages=True)
+            transcript = len(full["formatted"].encode())
+            context = await client.call_tool("get_context", {"contact_id": CONTACT})
+            whole = context.model_dump_json(by_alias=True, exclude_none=True)
+            assert context.structured_content is None
+            assert len(text_of(context).encode()) == transcript
+            assert transcript < len(whole.encode()) <= 1.2 * transcript
+            sized = {
+                "get_context, include_messages": full,
+                "list_messages": await call(client, "list_messages", contact_id=CONTACT, limit=50),
+                "search_messages": await call(client, "search_messages", query="order", limit=50),
+            }
+            for name, structured in sized.items():
+                rows = structured.get("messages") or structured["hits"]
+                size = len(json.dumps(structured, ensure_ascii=False, separators=(",", ":")).encode())
+                assert len(rows) >= 30 and size <= 600 * len(rows) + transcript, (name, size, len(rows))

@@ -25,8 +25,7 @@ async def test_stdio_round_trip_and_restart_on_the_same_file(tmp_path: Path, mod
         )
         assert not stored.is_error
         context = await client.call_tool("get_context", {"contact_id": "+31612345678"})
-        assert context.structured_content is not None
-        assert context.structured_content["formatted"] == "USER: Calling about my order"
+        assert context.content[0].text == "USER: Calling about my order"  # type: ignore[union-attr]
         transcript = await client.read_resource("chatdock://contacts/%2B31612345678/transcript")
         assert transcript.contents[0].text == "USER: Calling about my order"  # type: ignore[union-attr]
         bad = await client.call_tool("get_context", {"contact_id": "+31612345678", "limit": 500})
@@ -35,12 +34,12 @@ async def test_stdio_round_trip_and_restart_on_the_same_file(tmp_path: Path, mod
     async with Client(stdio_params("--db", db, "--org", "acme", "--read-only"), mode=mode) as again:
         tools = {tool.name for tool in (await again.list_tools()).tools}
         assert "append_message" not in tools
-        context = await again.call_tool("get_context", {"contact_id": "+31612345678"})
+        context = await again.call_tool("get_context", {"contact_id": "+31612345678", "include_messages": True})
         assert context.structured_content is not None
         assert [m["content"] for m in context.structured_content["messages"]] == ["Calling about my order"]
 
     async with Client(stdio_params("--db", db, "--org", "other"), mode=mode) as other:
-        context = await other.call_tool("get_context", {"contact_id": "+31612345678"})
+        context = await other.call_tool("get_context", {"contact_id": "+31612345678", "include_messages": True})
         assert context.structured_content is not None and context.structured_content["messages"] == []
 
     with sqlite3.connect(db) as conn:

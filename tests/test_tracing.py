@@ -133,7 +133,7 @@ async def test_a_tool_call_continues_the_trace_in_its_meta_with_the_store_and_it
     async with serving(settings) as (base, key), http_client(base, key, mode=mode) as client:
         with within(trace_id, span_id):  # the SDK's client puts it in the request's _meta.traceparent
             await call(client, "append_message", contact_id=CONTACT, channel="sms", role="user", content="traced")
-            await call(client, "get_context", contact_id=CONTACT)
+            await call(client, "get_context", include_messages=True, contact_id=CONTACT)
         found = await finished(spans, trace_id, "tools/call get_context")
     servers = {s.name: s for s in found if s.kind == SpanKind.SERVER}
     assert {"tools/call append_message", "tools/call get_context"} <= set(servers)  # (and the client's tools/list)

@@ -4,7 +4,8 @@ needs (docs/reference.md, "What a tool result carries").
 Most clients hand a result's text to the model as the tool message, so the text is kept small:
 `get_context`'s is the transcript itself, `list_messages`'s one line per message, every other tool's the
 result as compact JSON (a write that asked for the context: its message as JSON, then the transcript).
-Applications read `structuredContent`, which is built once from the same model.
+Applications read `structuredContent`, which is built once from the same model; `get_context` carries it only
+when asked (`include_messages`), see `context_result`.
 """
 
 from __future__ import annotations
@@ -39,9 +40,15 @@ def stored_result(stored: StoredMessage) -> CallToolResult:
     return _result(stored, message + "\n" + (stored.context.formatted or NO_MESSAGES))
 
 
-def context_result(context: Context) -> CallToolResult:
-    """The transcript for the model; the messages, the transcript and `truncated` for the application."""
-    return _result(context, context.formatted or NO_MESSAGES)
+def context_result(context: Context, include_messages: bool) -> CallToolResult:
+    """The transcript, and nothing else unless the caller asks for the messages: clients differ in what they
+    hand their model (the text, the structured content, or the whole result), and only a result that carries
+    the transcript once is the transcript's size in all of them. With `include_messages`, the whole context as
+    structured content for the application."""
+    text = context.formatted or NO_MESSAGES
+    if include_messages:
+        return _result(context, text)
+    return CallToolResult(content=[TextContent(type="text", text=text)])
 
 
 def page_result(page: MessagePage) -> CallToolResult:

@@ -27,7 +27,6 @@ from chatdock.storage import (
     Store,
     StoredMessage,
 )
-from chatdock.storage import Context as ContextModel
 from chatdock.storage import validation as check
 from chatdock.storage.models import CHAT_STATUSES, ROLES, SearchPage
 
@@ -93,7 +92,9 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
 
     # --- read-only tools ---
 
-    @server.structured_tool(ContextModel, title="Get conversation context", annotations=_hints(read_only=True))
+    # no output schema: a declared one obliges structured content in every result, and a client that hands its
+    # model the whole result (text and structured content) would read the transcript twice (results.py)
+    @server.tool(title="Get conversation context", annotations=_hints(read_only=True))
     async def get_context(
         contact_id: ContactId,
         agent_id: AgentId = None,
@@ -109,8 +110,15 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
             int | None,
             Field(description="Drop the oldest messages until `formatted` fits.", json_schema_extra={"minimum": 1}),
         ] = None,
+        include_messages: Annotated[
+            bool,
+            Field(
+                description="Also return every message's fields as structured content, for applications "
+                "(the text is the transcript either way)."
+            ),
+        ] = False,
     ) -> CallToolResult:
-        """The contact's last messages, oldest to newest, plus `formatted`, a transcript ready for a prompt."""
+        """The contact's last messages, oldest to newest, as a transcript ready for a prompt."""
         found = await _tool(
             the_store().get_context(
                 _org(),
@@ -123,7 +131,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
                 max_chars=max_chars,
             )
         )
-        return context_result(found)
+        return context_result(found, include_messages)
 
     @server.structured_tool(MessagePage, title="List messages", annotations=_hints(read_only=True))
     async def list_messages(
