@@ -1,0 +1,77 @@
+"""What real agent frameworks hand their model from `get_context`: the transcript, whichever part of a result
+they read. pydantic-ai hands a result's structured content when there is any, the OpenAI Agents SDK with
+`use_structured_content=True` only the structured content, by default the text; both run here against a real
+`chatdock serve` over stdio, with pydantic-ai's scripted FunctionModel standing in for a model (docs/reference.md,
+"What a tool result carries", says what the other clients hand theirs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatdock.server.bench.main import realistic
+from chatdock.storage import open_store
+from tests.transports import stdio_params
+
+pytestmark = pytest.mark.process  # each test starts chatdock over stdio
+
+CONTACT = "+31612345678"
+
+
+async def transcript_of(db: str) -> str:
+    async with open_store(db) as store:
+        await store.import_messages("acme", realistic(CONTACT, 50))
+        return (await store.get_context("acme", CONTACT)).formatted
+
+
+@pytest.mark.parametrize("include_messages", [False, True])
+async def test_pydantic_ai_hands_its_model_the_transcript(tmp_path: Path, include_messages: bool) -> None:
+    from fastmcp.client.transports import StdioTransport
+    from pydantic_ai import Agent
+    from pydantic_ai.mcp import MCPToolset
+    from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+    from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+    db = str(tmp_path / "chatdock.db")
+    transcript = await transcript_of(db)
+    arguments = {"contact_id": CONTACT, "include_messages": include_messages}
+
+    def model(messages: list[ModelMessage], _: AgentInfo) -> ModelResponse:
+        if len(messages) == 1:  # the user's prompt: the model asks for the context
+            return ModelResponse(parts=[ToolCallPart("get_context", arguments)])
+        return ModelResponse(parts=[TextPart("Your order ships tomorrow.")])
+
+    params = stdio_params("--db", db, "--org", "acme")
+    toolset = MCPToolset(StdioTransport(command=params.command, args=params.args, env=params.env))
+    run = await Agent(FunctionModel(model), toolsets=[toolset]).run("Where is my order?")
+    [returned] = [part for message in run.all_messages() for part in message.parts if isinstance(part, ToolReturnPart)]
+    handed = returned.model_response_str()
+    if include_messages:  # asked for the rows: pydantic-ai hands the structured content, with the transcript in it
+        assert json.loads(handed)["formatted"] == transcript
+    else:
+        assert handed == transcript
+
+
+@pytest.mark.parametrize("use_structured_content", [False, True])
+async def test_the_openai_agents_sdk_hands_its_model_the_transcript(
+    tmp_path: Path, use_structured_content: bool
+) -> None:
+    from agents import RunContextWrapper
+    from agents.mcp import MCPServerStdio
+    from agents.mcp.util import MCPUtil
+
+    db = str(tmp_path / "chatdock.db")
+    transcript = await transcript_of(db)
+    params = stdio_params("--db", db, "--org", "acme")
+    server_params: Any = {"command": params.command, "args": params.args, "env": params.env}
+    async with MCPServerStdio(params=server_params, use_structured_content=use_structured_content) as server:
+        [tool] = [tool for tool in await server.list_tools() if tool.name == "get_context"]
+        # what the SDK puts in the function call's output for the model, from the tool's result
+        output = await MCPUtil.invoke_mcp_tool(
+            server, tool, RunContextWrapper(None), json.dumps({"contact_id": CONTACT})
+        )
+    items = output if isinstance(output, list) else [output]
+    assert [item["text"] if isinstance(item, dict) else item for item in items] == [transcript]
