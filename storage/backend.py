@@ -31,7 +31,6 @@ from .models import (
     LinkResult,
     Message,
     Role,
-    SearchHit,
 )
 from .records import AliasRecord, ChatRecord, MessageRecord
 from .search import Query
@@ -85,17 +84,14 @@ class Backend(Protocol):
         ...
 
     async def search(
-        self,
-        org: str,
-        query: Query,
-        contact_id: str | None,
-        channel: str | None,
-        role: str | None,
-        limit: int,
-        offset: int,
-    ) -> list[SearchHit]:
-        """Messages of the organization (of one contact, any of its identifiers) that match, best first, with the
-        matched words marked [ ] in a snippet; `offset` hits skipped."""
+        self, org: str, query: Query, contact_id: str | None, channel: str | None, role: str | None, window: int
+    ) -> list[tuple[int, str]]:
+        """The `window` most recently stored messages of the organization (of one contact, any of its
+        identifiers) that match, newest first: each one's seq and content (ranking.py ranks them)."""
+        ...
+
+    async def messages_at(self, org: str, seqs: Sequence[int]) -> list[Message]:
+        """The organization's messages with these seqs, in that order (those still there)."""
         ...
 
     async def delete_message(self, org: str, message_id: str) -> Message | None:

@@ -22,7 +22,7 @@ from .errors import InvalidInput
 
 MAX_QUERY_CHARS = 1000
 MAX_TERMS = 32
-MAX_SEARCH_OFFSET = 10_000  # how deep the pages of one search go
+MAX_SEARCH_OFFSET = 1000  # how deep the pages of one search go: the newest matches it ranks (ranking.py)
 _CURSOR_HINT = "pass next_cursor exactly as a previous search_messages returned it, or leave cursor out"
 
 

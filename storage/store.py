@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from . import keys
+from . import keys, ranking
 from . import validation as check
 from .backend import Backend, Imported, MessageFilter, StoredKey
 from .changes import Deliver
@@ -49,6 +49,7 @@ from .models import (
     NewChat,
     NewMessage,
     Part,
+    SearchHit,
     SearchPage,
     StoredMessage,
 )
@@ -61,7 +62,7 @@ from .records import (
     message_record,
     new_chat_record,
 )
-from .search import MAX_SEARCH_OFFSET, decode_search_cursor, encode_search_cursor, parse_query
+from .search import decode_search_cursor, encode_search_cursor, parse_query
 from .sizing import MAX_RESULT_BYTES, fitting, message_bound, message_bytes, text_bound, text_bytes
 from .telemetry import Telemetry
 from .transcript import fit_hits, fit_transcript, format_line
@@ -328,10 +329,12 @@ class Store:
         role = None if role is None else check.role(role)
         limit = check.limit(limit)
         offset = 0 if cursor is None else decode_search_cursor(cursor)
-        found = await self.backend.search(org, parsed, contact_id, channel, role, limit + 1, offset)
-        hits = [hit.model_copy(update={"snippet": " ".join(hit.snippet.splitlines())}) for hit in found[:limit]]
+        newest = await self.backend.search(org, parsed, contact_id, channel, role, ranking.WINDOW)
+        ranked = ranking.rank(parsed, newest)  # the rule: ranking.py
+        found = await self.backend.messages_at(org, ranked[offset : offset + limit])
+        hits = [SearchHit(**hit.model_dump(), snippet=ranking.snippet(parsed, hit.content)) for hit in found]
         kept = fit_hits(hits)  # a page that would pass the size bound ends early; the cursor goes on from there
-        more = len(found) > kept and offset + kept < MAX_SEARCH_OFFSET
+        more = len(ranked) > offset + kept
         return SearchPage(hits=hits[:kept], next_cursor=encode_search_cursor(offset + kept) if more else None)
 
     async def delete_message(self, org: str, message_id: str) -> Message:

@@ -11,6 +11,7 @@ from mcp.client import Client
 
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import NewMessage, Store, open_store
+from chatdock.storage.ranking import WINDOW
 from tests.transports import call, error
 
 ANN, BOB = "+31612345678", "+31687654321"
@@ -120,3 +121,35 @@ async def test_query_text_is_never_read_as_syntax(store: Store, query: str) -> N
         else:
             assert all(query.lower().strip('"*') in h["content"].lower() for h in result.structured_content["hits"])  # type: ignore[index]
         assert len(await search(client, "refund*")) == 4  # and nothing was harmed
+
+
+async def test_a_common_word_ranks_its_newest_matches_and_a_rare_one_all_of_them(db: str) -> None:
+    """The rule (storage/ranking.py): a search ranks the WINDOW most recently stored messages that match, best
+    first; its pages end there. A word in fewer messages is ranked over all of them."""
+    async with open_store(db) as store:
+        strongest = "parcel parcel parcel parcel, and a zebra"  # the best match of all, stored first
+        await store.append_message("default", NewMessage(contact_id=ANN, channel="sms", role="user", content=strongest))
+        ordinary = [
+            NewMessage(
+                contact_id=f"+3170{index:07d}", channel="sms", role="user", content=f"parcel {index} is on its way"
+            )
+            for index in range(WINDOW)
+        ]
+        await store.import_messages("default", ordinary)
+        strong = "parcel parcel, where is my parcel? a zebra ate it"  # the best match of the newest WINDOW
+        await store.append_message("default", NewMessage(contact_id=BOB, channel="sms", role="user", content=strong))
+        async with Client(build_server(Settings(), store)) as client:
+            seen: list[str] = []
+            page = await call(client, "search_messages", query="parcel", limit=200)
+            while True:
+                seen += [hit["content"] for hit in page["hits"]]
+                if page["next_cursor"] is None:
+                    break
+                page = await call(client, "search_messages", query="parcel", limit=200, cursor=page["next_cursor"])
+            assert len(seen) == WINDOW and seen[0] == strong and strongest not in seen  # outside the window
+            assert page["hits"][-1]["content"] == "parcel 1 is on its way"  # the oldest of the window, equal rank
+            # two matches, far apart in time: both ranked, the better first
+            assert await search(client, "zebra") == [strongest, strong]
+            assert (await call(client, "search_messages", query="zebra"))["hits"][1]["snippet"].endswith(
+                "a [zebra] ate it"
+            )

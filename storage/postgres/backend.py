@@ -43,7 +43,6 @@ from ..models import (
     ForgetResult,
     LinkResult,
     Message,
-    SearchHit,
     appended,
     channel_kind,
 )
@@ -363,18 +362,18 @@ class PostgresBackend:
         return list(zip(rows.messages(found), [(row[8], row[9]) for row in found], strict=True))
 
     async def search(
-        self,
-        org: str,
-        query: Query,
-        contact_id: str | None,
-        channel: str | None,
-        role: str | None,
-        limit: int,
-        offset: int,
-    ) -> list[SearchHit]:
-        sql, params = search_sql(org, tsquery_text(query), contact_id, channel, role, limit, offset)
-        found = await self._read(sql, params, org)
-        return [SearchHit(**rows.message(row, row[10]).model_dump(), snippet=row[11]) for row in found]
+        self, org: str, query: Query, contact_id: str | None, channel: str | None, role: str | None, window: int
+    ) -> list[tuple[int, str]]:
+        sql, params = search_sql(org, tsquery_text(query), contact_id, channel, role, window)
+        return [(seq, content) for seq, content in await self._read(sql, params, org)]
+
+    async def messages_at(self, org: str, seqs: Sequence[int]) -> list[Message]:
+        sql = (
+            f"SELECT {MESSAGE_COLUMNS}, c.external_id FROM unnest($2::bigint[]) WITH ORDINALITY AS wanted(seq, n) "
+            f"JOIN messages m ON m.seq = wanted.seq JOIN contacts c ON c.id = m.contact_pk "
+            f"WHERE m.org_id = {ORG} ORDER BY wanted.n"
+        )
+        return rows.messages(await self._read(sql, [org, list(seqs)], org))
 
     async def delete_message(self, org: str, message_id: str) -> Message | None:
         async def job(conn: writes.Connection) -> Message | None:

@@ -94,28 +94,21 @@ def tsquery_text(query: Query) -> str:
 
 
 def search_sql(
-    org: str, text: str, contact_id: str | None, channel: str | None, role: str | None, limit: int, offset: int
+    org: str, text: str, contact_id: str | None, channel: str | None, role: str | None, window: int
 ) -> tuple[str, list[Any]]:
-    """Hits of the tsquery `text` best first (ts_rank, then newest), scoped by organization (and contact, by
-    any of its identifiers); the statement and its parameters. Snippets are made for the page only."""
+    """The newest `window` matches of the tsquery `text`, scoped by organization (and contact, by any of its
+    identifiers); the statement and its parameters. For a common word the planner walks the messages from the
+    newest back and stops at the window; for a rare one it takes the index of words."""
     params: list[Any] = [org, contact_id, text]
     where = f" AND m.contact_pk = {CONTACT}" if contact_id is not None else " AND $2::text IS NULL"
     for column, value in (("channel", channel), ("role", role)):
         if value is not None:
             params.append(value)
             where += f" AND m.{column} = ${len(params)}"
-    params += [limit, offset]
-    hits = (
-        "SELECT m.seq, ts_rank(m.words, q) AS rank FROM messages m, to_tsquery('chatdock_search', $3) q "
-        f"WHERE m.words @@ q AND m.org_id = {ORG}{where} ORDER BY rank DESC, m.seq DESC "
-        f"LIMIT ${len(params) - 1} OFFSET ${len(params)}"
-    )
-    snippet = (
-        "ts_headline('chatdock_search', m.content, to_tsquery('chatdock_search', $3), "
-        "'StartSel=[, StopSel=], MaxWords=16, MinWords=6, ShortWord=0, FragmentDelimiter=...')"
-    )
+    params.append(window)
     sql = (
-        f"SELECT {MESSAGE_COLUMNS}, c.external_id, {snippet} FROM ({hits}) h JOIN messages m ON m.seq = h.seq "
-        "JOIN contacts c ON c.id = m.contact_pk ORDER BY h.rank DESC, m.seq DESC"
+        "SELECT m.seq, m.content FROM messages m "
+        f"WHERE m.words @@ to_tsquery('chatdock_search', $3) AND m.org_id = {ORG}{where} "
+        f"ORDER BY m.seq DESC LIMIT ${len(params)}"
     )
     return sql, params

@@ -8,6 +8,7 @@ snapshot. Writes go through `Writer` (writer.py), as functions of writes.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -37,7 +38,6 @@ from ..models import (
     ForgetResult,
     LinkResult,
     Message,
-    SearchHit,
 )
 from ..records import AliasRecord, ChatRecord, MessageRecord
 from ..search import Query
@@ -55,6 +55,7 @@ from .queries import (
     CONTACT,
     KEY_SELECT,
     MESSAGE_COLUMNS,
+    MESSAGE_WITH_CONTACT,
     ORG,
     bounded_sql,
     fts_expression,
@@ -285,21 +286,21 @@ class SQLiteBackend:
         return list(zip(rows.messages(found), [(row[8], row[9]) for row in found], strict=True))
 
     async def search(
-        self,
-        org: str,
-        query: Query,
-        contact_id: str | None,
-        channel: str | None,
-        role: str | None,
-        limit: int,
-        offset: int,
-    ) -> list[SearchHit]:
+        self, org: str, query: Query, contact_id: str | None, channel: str | None, role: str | None, window: int
+    ) -> list[tuple[int, str]]:
         expression = fts_expression(query)
         params: list[Any] = [org, contact_id, expression] if contact_id is not None else [expression]
         params += [org, *(value for value in (channel, role) if value is not None)]
         sql = search_sql(contact_id is not None, channel is not None, role is not None)
-        found = await self._read(sql, [*params, limit, offset])
-        return [SearchHit(**rows.message(row, row[10]).model_dump(), snippet=row[11]) for row in found]
+        return [(seq, content) for seq, content in await self._read(sql, [*params, window])]
+
+    async def messages_at(self, org: str, seqs: Sequence[int]) -> list[Message]:
+        found = await self._read(
+            MESSAGE_WITH_CONTACT + f"m.org_id = {ORG} AND m.seq IN (SELECT value FROM json_each(?))",
+            [org, json.dumps(list(seqs))],
+        )
+        order = {seq: index for index, seq in enumerate(seqs)}
+        return rows.messages(sorted(found, key=lambda row: order[row[9]]))
 
     async def delete_message(self, org: str, message_id: str) -> Message | None:
         def job(conn: sqlite3.Connection) -> Message | None:

@@ -97,9 +97,10 @@ def fts_expression(query: Query) -> str:
 
 
 def search_sql(contact: bool, channel: bool, role: bool) -> str:
-    """Hits best first (bm25), scoped by organization; it takes ([org, contact,] expression, org, [channel,]
-    [role,] limit, offset). One contact's search adds its owner token to the expression: the index intersects
-    the two lists, and ranks only that contact's hits."""
+    """The newest matches, scoped by organization; it takes ([org, contact,] expression, org, [channel,]
+    [role,] window). FTS5 walks the index from its newest row back (its rowid is the message's seq) and stops
+    at the window, however common the words; one contact's search adds its owner token to the expression, so
+    the index intersects the two lists."""
     match = "?"
     if contact:
         match = f"('owner : k' || ifnull({CONTACT}, 0) || ' AND (' || ? || ')')"
@@ -109,7 +110,6 @@ def search_sql(contact: bool, channel: bool, role: bool) -> str:
     if role:
         where += " AND m.role = ?"
     return (
-        f"SELECT {MESSAGE_COLUMNS}, c.external_id, snippet(messages_fts, 0, '[', ']', '...', 16) "
-        "FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid JOIN contacts c ON c.id = m.contact_pk "
-        f"WHERE messages_fts MATCH {match} AND m.org_id = {ORG}{where} ORDER BY rank LIMIT ? OFFSET ?"
+        "SELECT m.seq, m.content FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid "
+        f"WHERE messages_fts MATCH {match} AND m.org_id = {ORG}{where} ORDER BY messages_fts.rowid DESC LIMIT ?"
     )

@@ -1,0 +1,123 @@
+"""How search hits are ranked and marked, the same on every engine.
+
+The engines find the matches (SQLite's FTS5, PostgreSQL's text search) and hand over the newest `WINDOW` of
+them, newest first; this module ranks those by relevance and marks the matched words in a snippet. Ranking
+relevance over all matches costs in proportion to how common a word is (a word in nearly every message is in a
+million of them at a million messages: FTS5's bm25 counts them all for each query), so the rule is:
+
+    a search considers the `WINDOW` most recently stored messages that match, and gives them best match first
+
+(BM25, k1 = 1.2, b = 0.75, over those messages: each term's weight by how few of them hold it, each message's
+score by how often it holds the terms, for its length). A word in fewer than `WINDOW` messages is ranked over
+all of them. Ties go to the newer message.
+
+Words here are what the engines' tokenizers make of a text, closely enough to count and mark them: runs of
+letters and digits, compared without case and accents.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Sequence
+
+from .search import MAX_SEARCH_OFFSET, Query, Term
+
+WINDOW = MAX_SEARCH_OFFSET  # the newest matches a search ranks (see the rule above)
+SNIPPET_WORDS = 16  # words of a hit's text around its first match
+K1, B = 1.2, 0.75
+
+_WORD = re.compile(r"[^\W_]+")
+
+
+def fold(text: str) -> str:
+    """Without case and accents, as the index compares words: "Café" -> "cafe"."""
+    if text.isascii():
+        return text.lower()
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(char for char in decomposed if not unicodedata.combining(char))
+
+
+def folded_words(text: str) -> list[str]:
+    """The words of `text`, folded (`words` without where they are: what ranking needs)."""
+    return _WORD.findall(fold(text))
+
+
+def words(text: str) -> list[tuple[str, int, int]]:
+    """Each word of `text`: its folded form, and where it starts and ends in `text`."""
+    return [(fold(found.group()), found.start(), found.end()) for found in _WORD.finditer(text)]
+
+
+def _pattern(term: Term) -> list[str]:
+    return folded_words(term.text)
+
+
+def _occurrences(pattern: list[str], prefix: bool, folded: list[str]) -> list[int]:
+    """Where the words of `pattern` start, in order and next to each other, in `folded`; the last one may
+    continue when `prefix`."""
+    size = len(pattern)
+    if not size:
+        return []
+    if size == 1 and not prefix:
+        return [index for index, word in enumerate(folded) if word == pattern[0]]
+    found = []
+    for start in range(len(folded) - size + 1):
+        if folded[start : start + size - 1] != pattern[:-1]:
+            continue
+        last = folded[start + size - 1]
+        if last == pattern[-1] or (prefix and last.startswith(pattern[-1])):
+            found.append(start)
+    return found
+
+
+def rank(query: Query, newest_first: Sequence[tuple[int, str]]) -> list[int]:
+    """The seqs of `newest_first` (the newest matches, each its seq and content, as an engine found them), best
+    match first."""
+    patterns = [(_pattern(term), term.prefix) for term in query.wanted]
+    counts: list[list[int]] = []  # for each message, how often it holds each term
+    lengths: list[int] = []
+    for _, content in newest_first:
+        folded = folded_words(content)
+        lengths.append(len(folded))
+        counts.append([len(_occurrences(pattern, prefix, folded)) for pattern, prefix in patterns])
+    total = len(newest_first)
+    if total == 0:
+        return []
+    average = max(1.0, sum(lengths) / total)
+    holding = [sum(1 for each in counts if each[term] > 0) for term in range(len(patterns))]
+    weights = [math.log(1 + (total - held + 0.5) / (held + 0.5)) for held in holding]
+    scores = []
+    for index, (each, length) in enumerate(zip(counts, lengths, strict=True)):
+        norm = K1 * (1 - B + B * length / average)
+        score = sum(weight * count * (K1 + 1) / (count + norm) for weight, count in zip(weights, each, strict=True))
+        scores.append((-score, index))  # newest first among equals: the index is the age
+    return [newest_first[index][0] for _, index in sorted(scores)]
+
+
+def snippet(query: Query, text: str) -> str:
+    """Up to `SNIPPET_WORDS` words of `text` around its first match, the matched words marked [ ], "..." where
+    the text goes on; on one line."""
+    found = words(text)
+    folded = [word for word, _, _ in found]
+    marked: set[int] = set()
+    for term in query.wanted:
+        pattern = _pattern(term)
+        for start in _occurrences(pattern, term.prefix, folded):
+            marked.update(range(start, start + len(pattern)))
+    first = min(marked, default=0)
+    start = max(0, min(first - SNIPPET_WORDS // 4, len(found) - SNIPPET_WORDS))
+    end = min(len(found), start + SNIPPET_WORDS)
+    if not found:
+        return " ".join(text.split())
+    pieces = ["..." if start > 0 else ""]
+    position = found[start][1] if start > 0 else 0
+    for index in range(start, end):  # a run of marked words (a phrase) is marked as one: [order 1234]
+        _, begin, finish = found[index]
+        opens = index in marked and (index == start or index - 1 not in marked)
+        pieces.append(text[position:begin] + ("[" if opens else "") + text[begin:finish])
+        if index in marked and (index == end - 1 or index + 1 not in marked):
+            pieces.append("]")
+        position = finish
+    pieces.append(text[position:] if end == len(found) else "...")
+    return " ".join("".join(pieces).split())
