@@ -28,6 +28,7 @@ import anyio
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
+from chatdock.server.bench import bulk
 from chatdock.server.bench import compare as bench_compare
 from chatdock.server.bench import operations as bench_operations
 from chatdock.server.bench import postgres as bench_postgres
@@ -88,36 +89,30 @@ def _new_of(contact: str, index: int) -> NewMessage:
     return NewMessage(contact_id=contact, channel="sms", role="user", content=f"message {index} of a regular")
 
 
-def _new(contact: int, index: int) -> NewMessage:
-    return NewMessage(
-        contact_id=f"+3160{contact:07d}",
-        channel="whatsapp" if index % 2 else "voice",
-        role="user" if index % 2 else "assistant",
-        content=f"message {index} of contact {contact}: hello there",
-    )
-
-
-async def fill(store: Store, messages: int, contacts: int, quiet: bool) -> None:
-    batch = 5000
-    done = 0
+async def fill(path: str, messages: int, contacts: int, quiet: bool) -> None:
+    """The bench's data: the ordinary contacts' messages at bulk speed (bulk.py), then, through the store, the
+    contacts the rows single out: a 50-message conversation, a person known by one id and one by five, and a
+    rare word in 100 messages."""
+    async with open_store(path):
+        pass  # the schema, made as the store makes it
     bar = None if quiet else Progress("building data", messages)
-    while done < messages:
-        size = min(batch, messages - done)
-        await store.import_messages("bench", [_new((done + i) % contacts, done + i) for i in range(size)])
-        done += size
-        if bar is not None:
-            bar.update(done)
-    await store.import_messages("bench", realistic(CONVERSATION, 50))
-    for person in (ONE_ID, MANY_IDS):  # as many messages each: one known by one id, one by five
-        for start in range(0, person_messages(messages), 5000):
-            end = min(start + 5000, person_messages(messages))
-            await store.import_messages("bench", [_new_of(person, i) for i in range(start, end)])
-    for alias in ALIASES:
-        await store.link_contacts("bench", MANY_IDS, alias)
-    rare = [_new_of(f"+3160{i * 997 % contacts:07d}", i) for i in range(100)]
-    await store.import_messages("bench", [m.model_copy(update={"content": RARE_TEXT}) for m in rare])
+    done = (lambda _: None) if bar is None else bar.update
+    if is_postgres(path):
+        await bulk.build_postgres(path, messages, contacts, done)
+    else:
+        await asyncio.to_thread(bulk.build_sqlite, path, messages, contacts, done)
+    async with open_store(path) as store:
+        await store.import_messages("bench", realistic(CONVERSATION, 50))
+        for person in (ONE_ID, MANY_IDS):  # as many messages each: one known by one id, one by five
+            for start in range(0, person_messages(messages), 5000):
+                end = min(start + 5000, person_messages(messages))
+                await store.import_messages("bench", [_new_of(person, i) for i in range(start, end)])
+        for alias in ALIASES:
+            await store.link_contacts("bench", MANY_IDS, alias)
+        rare = [_new_of(f"+3160{i * 997 % contacts:07d}", i) for i in range(100)]
+        await store.import_messages("bench", [m.model_copy(update={"content": RARE_TEXT}) for m in rare])
     if bar is not None:
-        bar.finish(done)
+        bar.finish(messages)
 
 
 def raw_floor(path: str, durability: str, inserts: int, reads: int, contacts: int) -> tuple[float, float]:
@@ -353,8 +348,7 @@ async def _run(
     def add(name: str, value: float) -> None:
         figures.setdefault(name, []).append(value)
 
-    async with open_store(path) as store:
-        await fill(store, messages, contacts, quiet)
+    await fill(path, messages, contacts, quiet)
     rivals = bench_compare.open_rivals(folder, path) if compare and folder is not None else []
     bar = None if quiet else Progress("measuring rounds", rounds)
     for round_number in range(rounds):
