@@ -68,6 +68,7 @@ logger = logging.getLogger("chatdock.http")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 ROUTE_PREFIXES = ("/chats", "/contacts", "/orgs")  # behind the key, like /mcp
+NEW_MESSAGE_FIELDS = tuple(name for name in AppendRequest.model_fields if name != "context_limit")
 KEEP_ALIVE_SECONDS = 15.0  # an event stream's comment line when nothing happened
 # one server-sent event of GET /contacts/{contact_id}/events: its name, and the contact as the stream named it
 EVENT_SCHEMA = {
@@ -376,7 +377,8 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
     async def append_message(
         organization: Org, body: AppendRequest, idempotency_key: IdempotencyKey = None
     ) -> Response:
-        message = NewMessage(**body.model_dump(exclude={"context_limit"}))
+        # the body's fields were validated as these types; the store checks each rule once (records.py)
+        message = NewMessage.model_construct(**{name: getattr(body, name) for name in NEW_MESSAGE_FIELDS})
         stored = await the_store().append_message(organization, message, idempotency_key, body.context_limit)
         # written by pydantic's serializer at once (a context of 50 messages is most of the answer)
         return Response(
