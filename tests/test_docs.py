@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mcp.client import Client
 
-from chatdock.server.bench.tables import BLOCK, rewrite
+from chatdock.server.bench.tables import BLOCK, render_runs, render_scale, rewrite
 from chatdock.server.http.rest import build_rest
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.server.mcp.events import Events
@@ -76,3 +76,15 @@ def test_every_python_snippet_in_the_docs_is_python() -> None:
             compile(snippet, f"{page.name} snippet", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
             snippets += 1
     assert snippets >= 3
+
+
+def test_several_runs_make_one_table_of_medians_with_their_spread_and_sizes_one_of_growth() -> None:
+    def report(messages: int, value: float, met: bool) -> dict[str, object]:
+        row = {"name": "append", "value": value, "unit": "msg/s", "ratio": value / 10, "goal": ">= 0.2x", "met": met}
+        return {"messages": messages, "contacts": 10, "rounds": 3, "date": "2026-12-05", "machine": "m", "rows": [row]}
+
+    runs = render_runs([report(1000, 1.0, False), report(1000, 3.0, True), report(1000, 2.0, True)])
+    assert runs.startswith("3 runs of `chatdock bench --messages 1000 --contacts 10 --rounds 3`: 2026-12-05, m;")
+    assert "| append | 2.000 | 1.000 - 3.000 | msg/s | 0.20x | >= 0.2x | 2 of 3 runs |" in runs
+    scale = render_scale([report(1000, 4.0, True), report(100_000, 6.0, True)])
+    assert "| append | 4.000 | 6.000 | msg/s | 1.50x |" in scale and "| measure | 1,000 | 100,000 |" in scale
