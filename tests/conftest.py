@@ -51,9 +51,6 @@ for _module in (
 ):
     importlib.import_module(_module)
 
-# Each backend the store's contract tests run on: a parameter names how to reach a fresh database.
-BACKENDS = ["sqlite-memory", "sqlite-file", "postgres"]
-
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
@@ -85,20 +82,10 @@ async def postgres_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
         yield url
 
 
-@pytest.fixture(params=BACKENDS)
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """Where a fresh database is, once on each backend: `:memory:`, a SQLite file, a PostgreSQL database."""
-    if request.param == "postgres":
-        async with fresh_postgres(request) as url:
-            yield url
-    else:
-        yield ":memory:" if request.param == "sqlite-memory" else str(tmp_path / "chatdock.db")
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """Where a fresh database is, once on each engine (a SQLite file, a PostgreSQL database): for the tests
-    that drive chatdock through its protocols rather than the store itself."""
+    """Where a fresh database is, once on each engine: a SQLite file, a PostgreSQL database. (`:memory:` is a
+    SQLite file in a throwaway folder, the same code path: tests/test_storage.py checks it once on its own.)"""
     if request.param == "postgres":
         async with fresh_postgres(request) as url:
             yield url
@@ -107,7 +94,7 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[st
 
 
 @pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    """A fresh store for each test, once on each backend."""
-    async with open_store(db_url) as opened:
+async def store(db: str) -> AsyncIterator[Store]:
+    """A fresh store for each test, once on each engine."""
+    async with open_store(db) as opened:
         yield opened

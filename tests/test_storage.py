@@ -465,3 +465,17 @@ async def test_export_streams_every_message_oldest_first_with_its_organization(s
         ORG, [msg("c1", "one", id=everything and (await store.get_context(ORG, "c1")).messages[0].id)]
     )
     assert reimported[0].deduplicated
+
+
+async def test_a_memory_store_is_a_file_in_a_throwaway_folder_removed_on_close() -> None:
+    async with open_store(":memory:") as store:
+        backend = store.backend
+        assert isinstance(backend, SQLiteBackend) and Path(backend.path).exists()
+        await store.append_message(ORG, msg(content="first"))
+        await store.append_message(ORG, msg(content="second"))
+        assert (await store.get_context(ORG, "+31612345678")).formatted == "USER: first\nUSER: second"
+        assert [hit.content for hit in (await store.search_messages(ORG, "second")).hits] == ["second"]
+        folder = Path(backend.path).parent
+    assert not folder.exists()
+    async with open_store(":memory:") as again:  # nothing kept
+        assert (await again.get_context(ORG, "+31612345678")).messages == []

@@ -1,6 +1,6 @@
 """What keeps `chatdock serve --http` answering when clients are slow, many, or hostile.
 
-- `GuardedH11Protocol` (uvicorn's HTTP/1.1 protocol, extended): a request must arrive whole in time. Its
+- `GuardedProtocol` (uvicorn's HTTP/1.1 protocol on httptools, extended): a request must arrive whole in time. Its
   headers within `read_timeout` seconds of the connection (or of the previous response), and its body with
   no pause longer than `read_timeout`; otherwise the connection is closed. uvicorn alone times out only idle
   keep-alive connections, so a client that sends half a header holds its socket for ever.
@@ -23,8 +23,7 @@ import socket
 import time
 from typing import Any
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from chatdock.storage import Unavailable
 
@@ -75,18 +74,21 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's H11Protocol with a deadline for reading each request and a bound on connections.
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol on httptools (llhttp, in C: parsing costs a fraction of h11's) with a deadline
+    for reading each request and a bound on connections. A request is being read from when it is expected (the
+    connection opened, or the previous response sent) until its last byte.
 
     Set `read_timeout` and `max_connections` on the class (see `guarded_protocol`)."""
 
     read_timeout: float = 10.0
     max_connections: int = 1_000
-    _reading_since: dict[GuardedH11Protocol, float] = {}  # noqa: RUF012  (one table for all connections)
+    _reading_since: dict[GuardedProtocol, float] = {}  # noqa: RUF012  (one table for all connections)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._unanswered = 0  # requests that arrived whole and are not answered yet (one, unless pipelined)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -103,15 +105,18 @@ class GuardedH11Protocol(H11Protocol):
         super().data_received(data)
         if self.transport.is_closing():
             self._stop_waiting()
-        elif self.conn.their_state is h11.SEND_BODY:
-            self._arm()  # a body is on its way: no pause longer than read_timeout
-        elif self.conn.their_state is not h11.IDLE:
-            self._stop_waiting()  # the request is in: the response may take as long as it takes
+        elif not self._unanswered and self.cycle is not None and not self.cycle.response_complete:
+            self._arm()  # the headers are in and a body is on its way: no pause longer than read_timeout
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._unanswered += 1
+        self._stop_waiting()  # the request is in: the response may take as long as it takes
 
     def shutdown(self) -> None:
         """Called on SIGTERM: a request still being read will not be answered now, so its connection closes
         at once; the others finish (or are cut when the graceful shutdown's time is up)."""
-        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+        if not self._unanswered and not self.transport.is_closing():
             self._stop_waiting()
             self.transport.close()
             return
@@ -119,7 +124,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
+        self._unanswered = max(0, self._unanswered - 1)
+        if not self._unanswered and not self.transport.is_closing():
             self._expect_request()
 
     def _expect_request(self) -> None:
@@ -139,7 +145,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def _too_slow(self) -> None:
         self._deadline = None
-        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+        if not self._unanswered and not self.transport.is_closing():
             self._reading_since.pop(self, None)
             self.transport.close()
 
@@ -154,11 +160,11 @@ class GuardedH11Protocol(H11Protocol):
         return True
 
 
-def guarded_protocol(read_timeout: float, max_connections: int) -> type[GuardedH11Protocol]:
-    """A `GuardedH11Protocol` class with these bounds, for uvicorn's `http=`."""
+def guarded_protocol(read_timeout: float, max_connections: int) -> type[GuardedProtocol]:
+    """A `GuardedProtocol` class with these bounds, for uvicorn's `http=`."""
     return type(
-        "GuardedH11Protocol",
-        (GuardedH11Protocol,),
+        "GuardedProtocol",
+        (GuardedProtocol,),
         {"read_timeout": read_timeout, "max_connections": max_connections, "_reading_since": {}},
     )
 
