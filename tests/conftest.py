@@ -85,7 +85,7 @@ async def postgres_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
 @pytest.fixture(params=["sqlite", "postgres"])
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """Where a fresh database is, once on each engine: a SQLite file, a PostgreSQL database. (`:memory:` is a
-    SQLite file in a throwaway folder, the same code path: tests/test_storage.py checks it once on its own.)"""
+    SQLite file in a throwaway folder, the same code path: tests/storage/test_storage.py checks it once on its own.)"""
     if request.param == "postgres":
         async with fresh_postgres(request) as url:
             yield url

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from chatdock.server.bench import postgres as bench_postgres
 from chatdock.server.bench import reliability as bench_reliability
 from chatdock.server.bench import startup as bench_startup
 from chatdock.server.bench.over_http import http_round_trips, rest_figures, rest_rows, served_over_http
-from chatdock.server.bench.rows import CONVERSATION, Row, appends, mcp_round_trips, percentile, timed
+from chatdock.server.bench.rows import CONVERSATION, Row, appends, mcp_round_trips, percentile, realistic, timed
 from chatdock.server.history.progress import Progress
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
@@ -46,32 +46,6 @@ CONTEXT_SQL = (
     "SELECT id, agent_id, chat_id, channel, role, content, parts, metadata, created_us, seq FROM messages "
     "WHERE contact_pk = ? ORDER BY created_us DESC, seq DESC LIMIT 50"
 )
-
-
-_WORDS = ["hi", "order", "refund", "parcel", "tomorrow", "thanks", "please", "when", "where", "delivery", "address"]
-
-
-def realistic(contact: str, count: int) -> list[NewMessage]:
-    """Ordinary WhatsApp messages of 60 to 120 characters, each with the provider's message id."""
-    rng = random.Random(7)
-    start = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
-    messages = []
-    for index in range(count):
-        size = rng.randint(60, 120)
-        text = ""
-        while len(text) < size:
-            text += rng.choice(_WORDS) + " "
-        messages.append(
-            NewMessage(
-                contact_id=contact,
-                channel="whatsapp",
-                role="user" if index % 2 else "assistant",
-                content=text[:size].strip() + ".",
-                metadata={"provider_message_id": f"wamid.HBgLMzE2MTIzNDU2NzgVAgASGBQzQTg{index:05d}"},
-                created_at=start + timedelta(minutes=index),
-            )
-        )
-    return messages
 
 
 ONE_ID, MANY_IDS = "+31650002000", "+31650001000"

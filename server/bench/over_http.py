@@ -17,7 +17,7 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from chatdock.client import ChatdockClient
-from chatdock.server.bench.rows import CONVERSATION, Row, die_with_parent, mcp_round_trips, percentile
+from chatdock.server.bench.rows import CONVERSATION, Row, die_with_parent, mcp_round_trips, percentile, realistic
 from chatdock.storage import open_store
 
 CLIENTS = (1, 8, 32)
@@ -129,8 +129,12 @@ async def rest_figures(base: str, key: str, count: int) -> dict[str, float]:
 async def voice_turn_figures(base: str, key: str, count: int) -> dict[str, float]:
     """A voice turn's memory cost through the Python client, one caller: the user's turn stored with the fresh
     context of 50 messages in one round trip, beside a bare append and beside the same done as two calls; the
-    three interleaved, so that the machine's moods fall on each alike."""
+    three interleaved, so that the machine's moods fall on each alike. The caller is new to each run, with 50
+    ordinary messages of history, and its turns are ordinary messages too: every round reads a context alike
+    (CONVERSATION, read by other rows, is left as it is)."""
     samples: dict[str, list[float]] = {"bare": [], "one": [], "two": []}
+    caller = f"+3166{time.time_ns() // 1000 % 10**7:07d}"
+    history = realistic(caller, 50)
 
     async def timed(kind: str, *calls: Awaitable[Any]) -> None:
         began = time.perf_counter()
@@ -139,14 +143,16 @@ async def voice_turn_figures(base: str, key: str, count: int) -> dict[str, float
         samples[kind].append((time.perf_counter() - began) * 1000)
 
     async with ChatdockClient(base, key) as client:
+        for message in history:
+            await client.append_message(caller, message.channel, message.role, message.content or "")
         for turn in range(max(100, count // 10)):
-            text = f"voice turn {turn}"
-            await timed("bare", client.append_message(CONVERSATION, "voice", "user", text))
-            await timed("one", client.append_message(CONVERSATION, "voice", "user", text, context_limit=50))
+            text = history[turn % len(history)].content or ""
+            await timed("bare", client.append_message(caller, "voice", "user", text))
+            await timed("one", client.append_message(caller, "voice", "user", text, context_limit=50))
             await timed(
                 "two",
-                client.append_message(CONVERSATION, "voice", "user", text),
-                client.get_context(CONVERSATION, limit=50),
+                client.append_message(caller, "voice", "user", text),
+                client.get_context(caller, limit=50),
             )
     return {
         f"voice_{kind}_{name}": percentile(values, q)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import random
 import signal
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mcp.client import Client
@@ -45,6 +47,31 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 CONVERSATION = "+31650000050"  # a contact with 50 ordinary chat messages, for the MCP rows
+
+_WORDS = ["hi", "order", "refund", "parcel", "tomorrow", "thanks", "please", "when", "where", "delivery", "address"]
+
+
+def realistic(contact: str, count: int) -> list[NewMessage]:
+    """Ordinary WhatsApp messages of 60 to 120 characters, each with the provider's message id."""
+    rng = random.Random(7)
+    start = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+    messages = []
+    for index in range(count):
+        size = rng.randint(60, 120)
+        text = ""
+        while len(text) < size:
+            text += rng.choice(_WORDS) + " "
+        messages.append(
+            NewMessage(
+                contact_id=contact,
+                channel="whatsapp",
+                role="user" if index % 2 else "assistant",
+                content=text[:size].strip() + ".",
+                metadata={"provider_message_id": f"wamid.HBgLMzE2MTIzNDU2NzgVAgASGBQzQTg{index:05d}"},
+                created_at=start + timedelta(minutes=index),
+            )
+        )
+    return messages
 
 
 async def timed(calls: list[Callable[[], Awaitable[Any]]], concurrency: int) -> tuple[float, list[float]]:

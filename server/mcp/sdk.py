@@ -5,7 +5,7 @@ public accessor. chatdock needs it for what the public API does not cover:
 running the low-level server on its own stdio loop (stdio.py), which answers
 request lines the SDK's transport would drop, and serving change events to
 both protocol eras (`serve_events`), which also needs a request's long-lived
-connection (`connection_of`). `tests/test_sdk.py` fails loudly if the SDK
+connection (`connection_of`). `tests/mcp/test_sdk.py` fails loudly if the SDK
 renames or reshapes any of it.
 
 The SDK writes its 2026-07-28 HTTP answers (`mcp.server._streamable_http_modern`,
@@ -16,7 +16,7 @@ and in the `initialize` era (pydantic writes UTF-8) was 11.25 MiB there, past
 the 4 MiB bound on one result (docs/reference.md). `answer_in_utf8` gives that module a
 `json` whose `dumps` writes text as itself, as every other path does; it checks
 the module's shape first and refuses to start if it changed
-(`tests/test_result_size.py` measures the bytes sent).
+(`tests/mcp/test_result_size.py` measures the bytes sent).
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ import pytest
 
 from chatdock.server.bench.postgres import throwaway_database
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
+from tests.mcp.test_events import heard_within, subscriber
 from tests.postgres import PostgresServer
-from tests.test_events import heard_within, subscriber
 from tests.transports import call, chatdock_command, create_key, free_port, http_client, http_transport
 
 pytestmark = pytest.mark.process

@@ -1,4 +1,4 @@
-"""Helpers of the browser tests (tests/test_inspector.py): Debian's Chromium, installed when missing; a page that
+"""Helpers of the browser tests (tests/http/test_inspector.py): Debian's Chromium, installed when missing; a page that
 fails the test on any request off 127.0.0.1, on a script error and on a dialog; an axe-core check; screenshots
 for docs/inspector.md; and a small JSON client of the REST routes."""
 
@@ -22,7 +22,7 @@ import pytest
 from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Browser, ConsoleMessage, Dialog, Page, Route
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "docs" / "inspector"
 CHROMIUM = Path("/usr/bin/chromium")
 WIDE = {"width": 1000, "height": 700}

@@ -16,8 +16,8 @@ from livekit.agents import AgentSession, APIError, RunResult, llm
 from chatdock.client import ChatdockClient
 from chatdock.integrations.livekit import HISTORY_ITEM_ID, ChatdockAgent, ChatdockMemory
 from chatdock.storage import Chat, Message
+from tests.integrations.voice import chat_messages, chatdock, load_example, restartable_chatdock, until
 from tests.test_examples import run_example
-from tests.voice import chat_messages, chatdock, load_example, restartable_chatdock, until
 
 # the example's stand-in model: answers each request with the next scripted reply (or fails with the scripted
 # error) and keeps the chat context of every request, which is what the model would have read

@@ -14,7 +14,7 @@ import pytest
 from mcp.client import Client
 from mcp_types import CallToolResult
 
-from chatdock.server.bench.main import realistic
+from chatdock.server.bench.rows import realistic
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import Context, NewMessage, open_store
 from chatdock.storage.sizing import MAX_RESULT_BYTES

@@ -20,10 +20,9 @@ import pytest
 
 from chatdock.client import ChatdockClient
 from chatdock.storage import Message
+from tests.transports import chatdock_command, create_key, end, free_port, http_server, wait_healthy
 
-from .transports import chatdock_command, create_key, end, free_port, http_server, wait_healthy
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def load_example(name: str) -> ModuleType:

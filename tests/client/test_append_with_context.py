@@ -1,5 +1,5 @@
 """`append_message` and `post_as_contact` with `context_limit`: the write and the contact's context in one round
-trip, through the MCP tools in both protocol eras (the REST body and the client: tests/test_client.py)."""
+trip, through the MCP tools in both protocol eras (the REST body and the client: tests/client/test_client.py)."""
 
 from __future__ import annotations
 

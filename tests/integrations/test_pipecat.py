@@ -17,8 +17,8 @@ import pytest
 
 from chatdock.client import ChatdockClient
 from chatdock.storage import Context, Message
+from tests.integrations.voice import chat_messages, chatdock, load_example, restartable_chatdock, until
 from tests.test_examples import run_example
-from tests.voice import chat_messages, chatdock, load_example, restartable_chatdock, until
 
 with warnings.catch_warnings():
     # pipecat imports audioop, which Python 3.11 reports as deprecated (it goes in 3.13), on first import only

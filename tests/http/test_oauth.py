@@ -1,5 +1,5 @@
 """chatdock as an OAuth 2.1 protected resource, against a real authorization server (node-oidc-provider, started
-on 127.0.0.1 from tests/oidc/): the MCP SDK's own OAuth client given only chatdock's URL, tokens the server
+on 127.0.0.1 from tests/http/oidc/): the MCP SDK's own OAuth client given only chatdock's URL, tokens the server
 issued (for another audience, expired, without the organization, read-only), key rotation, an issuer that is
 down or hangs, and API keys beside tokens."""
 

@@ -14,8 +14,8 @@ import pytest
 
 from chatdock.client import Changed, ChatdockApiError, ChatdockClient
 from chatdock.storage import Part
+from tests.integrations.voice import restartable_server
 from tests.transports import create_key, free_port, http_server
-from tests.voice import restartable_server
 
 pytestmark = pytest.mark.process
 

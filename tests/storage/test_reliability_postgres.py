@@ -25,9 +25,9 @@ from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.changes import Change
 from chatdock.storage.postgres import PostgresBackend
+from tests.mcp.test_events import heard_within, subscriber
 from tests.postgres import PostgresServer
-from tests.test_events import heard_within, subscriber
-from tests.test_replicas import replicas, rows
+from tests.storage.test_replicas import replicas, rows
 from tests.transports import create_key, http_transport
 
 pytestmark = pytest.mark.process

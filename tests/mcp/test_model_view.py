@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from chatdock.server.bench.main import realistic
+from chatdock.server.bench.rows import realistic
 from chatdock.storage import open_store
 from tests.transports import stdio_params
 

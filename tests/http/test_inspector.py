@@ -1,6 +1,6 @@
 """The inspector (/ui) and the API docs (/docs) in a real browser: Debian's Chromium driven by Playwright, against
 a real `chatdock serve --http` on 127.0.0.1. Each test fails on any request to another host, on a script error
-or CSP refusal and on a dialog a script opens (tests/browser.py); each screen passes axe-core with nothing
+or CSP refusal and on a dialog a script opens (tests/http/browser.py); each screen passes axe-core with nothing
 serious or critical; the screenshots are docs/inspector.md's."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.browser import NARROW, Rest, accessible, chromium, opened, q, screenshot, sign_in, watched
+from tests.http.browser import NARROW, Rest, accessible, chromium, opened, q, screenshot, sign_in, watched
 from tests.transports import create_key, http_server, run_cli
 
 pytestmark = pytest.mark.process

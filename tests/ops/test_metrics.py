@@ -32,7 +32,7 @@ from chatdock.storage.sqlite import checkpoints
 from chatdock.storage.telemetry import CAUSES
 from tests.transports import call, create_key, error, free_port, http_client, http_server, http_transport
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONTACTS = 1_000
 WATCHED, QUIET = "+31600000000", "+31600000001"  # two of the contacts; QUIET is never written while listened to
 MCP_APPENDS = {"auto": 4, "legacy": 3}

@@ -240,7 +240,7 @@ def test_requests_drawn_from_the_document_are_answered_as_it_says(served: tuple[
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             if mode is GenerationMode.POSITIVE and operation.path.endswith("/events"):
-                continue  # an event stream never ends by itself: tests/test_client.py listens to it
+                continue  # an event stream never ends by itself: tests/client/test_client.py listens to it
             drive(operation, mode)
 
     assert any(status < 300 for status in statuses[GenerationMode.POSITIVE]), statuses

@@ -12,7 +12,7 @@ from mcp.client import Client
 
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, canonical_uri, contact_uri
-from tests.test_events import heard_within, initialize_era, subscriber
+from tests.mcp.test_events import heard_within, initialize_era, subscriber
 from tests.transports import call
 
 PHONE = "+31612345678"
