@@ -57,6 +57,7 @@ from .queries import (
     CHAT_COLUMNS,
     CHAT_FROM,
     CHAT_SELECT,
+    COMMON,
     CONTACT,
     KEY_SELECT,
     MESSAGE_COLUMNS,
@@ -365,11 +366,19 @@ class PostgresBackend:
         self, org: str, query: Query, contact_id: str | None, channel: str | None, role: str | None, window: int
     ) -> list[tuple[int, str]]:
         text = tsquery_text(query)
-        for how in ["contact"] if contact_id is not None else ["walk", "index"]:
+
+        async def newest(how: str) -> list[tuple[int, str]]:
             sql, params = search_sql(org, text, contact_id, channel, role, window, how)
-            found = [(seq, content) for seq, content in await self._read(sql, params, org)]
-            if len(found) >= window:
-                break  # enough among the newest messages: the index is never read
+            return [(seq, content) for seq, content in await self._read(sql, params, org)]
+
+        if contact_id is not None:
+            return await newest("newest")
+        found = await newest("walk")  # a word common lately: its newest matches are among the newest messages
+        if len(found) < window:
+            sql, params = search_sql(org, text, contact_id, channel, role, window, "estimate")
+            [[plan]] = await self._read(sql, params, org)
+            expected = int(json.loads(plan)[0]["Plan"]["Plan Rows"])
+            found = await newest("newest" if expected > COMMON * window else "index")
         return found
 
     async def messages_at(self, org: str, seqs: Sequence[int]) -> list[Message]:

@@ -93,38 +93,40 @@ def tsquery_text(query: Query) -> str:
     return text
 
 
-WALK_ROWS = 50_000  # the organization's newest messages a search reads before it turns to the index of words
+WALK_ROWS = 10_000  # the organization's newest messages a search reads first
+COMMON = 10  # a word the planner expects in more than COMMON x window messages is walked for, not looked up
 
 
 def search_sql(
     org: str, text: str, contact_id: str | None, channel: str | None, role: str | None, window: int, how: str
 ) -> tuple[str, list[Any]]:
     """The newest matches (at most `window`) of the tsquery `text`, scoped by organization (and contact, by any
-    of its identifiers); the statement and its parameters. `how` says how they are looked for:
+    of its identifiers); the statement and its parameters. `how` says how they are looked for (the backend's
+    `search` says in what order):
 
-    - "contact": one contact's matches, newest first (the planner reads them by the contact's index);
-    - "walk": the organization's `WALK_ROWS` newest messages, read from the newest back until `window` match:
-      a common word's newest matches, found without reading its million others;
-    - "index": every match, through the index of words, the newest kept: a word that the walk found in fewer
-      than `window` messages. (Left to itself, the planner cannot tell a word it has no statistics on from a
-      common one: it walked the whole table for a rare word, 200 ms at a million messages.)"""
+    - "newest": as the planner sees fit: for one contact, its index; for a common word, a walk from the newest
+      message back that stops at the window;
+    - "walk": only among the organization's `WALK_ROWS` newest messages (a word common lately is found there);
+    - "index": every match, through the index of words, the newest kept: a word in few messages, which the
+      planner cannot tell from a common one when it has no statistics on it (it walked the whole table for
+      such a word, 200 ms at a million messages);
+    - "estimate": how many messages the planner expects to match (EXPLAIN)."""
     params: list[Any] = [org, contact_id, text]
     where = f" AND m.contact_pk = {CONTACT}" if contact_id is not None else " AND $2::text IS NULL"
     for column, value in (("channel", channel), ("role", role)):
         if value is not None:
             params.append(value)
             where += f" AND m.{column} = ${len(params)}"
-    params.append(window)
     matches = "m.words @@ to_tsquery('chatdock_search', $3)"
+    if how == "estimate":
+        return f"EXPLAIN (FORMAT JSON) SELECT 1 FROM messages m WHERE {matches} AND m.org_id = {ORG}{where}", params
+    params.append(window)
     if how == "walk":
         newest = f"SELECT * FROM messages m WHERE m.org_id = {ORG} ORDER BY m.seq DESC LIMIT {WALK_ROWS}"
         sql = f"SELECT m.seq, m.content FROM ({newest}) m WHERE {matches}{where} LIMIT ${len(params)}"
     elif how == "index":
-        found = f"SELECT m.seq FROM messages m WHERE {matches} AND m.org_id = {ORG}{where}"
-        sql = (
-            f"WITH found AS MATERIALIZED ({found}) SELECT m.seq, m.content FROM found f "
-            f"JOIN messages m ON m.seq = f.seq ORDER BY f.seq DESC LIMIT ${len(params)}"
-        )
+        found = f"SELECT m.seq, m.content FROM messages m WHERE {matches} AND m.org_id = {ORG}{where}"
+        sql = f"WITH found AS MATERIALIZED ({found}) SELECT * FROM found ORDER BY seq DESC LIMIT ${len(params)}"
     else:
         sql = f"SELECT m.seq, m.content FROM messages m WHERE {matches} AND m.org_id = {ORG}{where} "
         sql += f"ORDER BY m.seq DESC LIMIT ${len(params)}"
