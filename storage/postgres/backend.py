@@ -57,7 +57,6 @@ from .queries import (
     CHAT_COLUMNS,
     CHAT_FROM,
     CHAT_SELECT,
-    COMMON,
     CONTACT,
     KEY_SELECT,
     MESSAGE_COLUMNS,
@@ -68,6 +67,7 @@ from .queries import (
 )
 from .reads import Reads
 from .schema import migrate
+from .wordstats import WordStats
 
 T = TypeVar("T")
 logger = logging.getLogger("chatdock.storage")
@@ -157,6 +157,7 @@ class PostgresBackend:
         # reads take at most the other half less one, so a burst of readers never starves the appends of
         # connections, and one connection stays for key and health checks and the other writes (reads.py)
         self._reads = Reads(self.pool_size - writers - 1, timeout, self.place, self.telemetry.failed)
+        self._words = WordStats(self._read)  # how common a search's words are (wordstats.py)
 
     async def start(self) -> None:
         try:
@@ -375,10 +376,7 @@ class PostgresBackend:
             return await newest("newest")
         found = await newest("walk")  # a word common lately: its newest matches are among the newest messages
         if len(found) < window:
-            sql, params = search_sql(org, text, contact_id, channel, role, window, "estimate")
-            [[plan]] = await self._read(sql, params, org)
-            expected = int(json.loads(plan)[0]["Plan"]["Plan Rows"])
-            found = await newest("newest" if expected > COMMON * window else "index")
+            found = await newest("newest" if await self._words.common(query) else "index")
         return found
 
     async def messages_at(self, org: str, seqs: Sequence[int]) -> list[Message]:

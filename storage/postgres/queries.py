@@ -94,7 +94,6 @@ def tsquery_text(query: Query) -> str:
 
 
 WALK_ROWS = 10_000  # the organization's newest messages a search reads first
-COMMON = 10  # a word the planner expects in more than COMMON x window messages is walked for, not looked up
 
 
 def search_sql(
@@ -107,10 +106,8 @@ def search_sql(
     - "newest": as the planner sees fit: for one contact, its index; for a common word, a walk from the newest
       message back that stops at the window;
     - "walk": only among the organization's `WALK_ROWS` newest messages (a word common lately is found there);
-    - "index": every match, through the index of words, the newest kept: a word in few messages, which the
-      planner cannot tell from a common one when it has no statistics on it (it walked the whole table for
-      such a word, 200 ms at a million messages);
-    - "estimate": how many messages the planner expects to match (EXPLAIN)."""
+    - "index": every match, through the index of words, the newest kept: a word in few messages (wordstats.py
+      tells which)."""
     params: list[Any] = [org, contact_id, text]
     where = f" AND m.contact_pk = {CONTACT}" if contact_id is not None else " AND $2::text IS NULL"
     for column, value in (("channel", channel), ("role", role)):
@@ -118,8 +115,6 @@ def search_sql(
             params.append(value)
             where += f" AND m.{column} = ${len(params)}"
     matches = "m.words @@ to_tsquery('chatdock_search', $3)"
-    if how == "estimate":
-        return f"EXPLAIN (FORMAT JSON) SELECT 1 FROM messages m WHERE {matches} AND m.org_id = {ORG}{where}", params
     params.append(window)
     if how == "walk":
         newest = f"SELECT * FROM messages m WHERE m.org_id = {ORG} ORDER BY m.seq DESC LIMIT {WALK_ROWS}"
