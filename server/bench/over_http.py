@@ -181,7 +181,7 @@ def rest_rows(m: dict[str, float]) -> list[Row]:
         rows.append(
             Row(f"REST append, {clients} clients", m[f"rest_{clients}"], "msg/s", m[f"bare_{clients}"],
                 m[f"rest_{clients}"] / m[f"bare_{clients}"],
-                ">= 0.6x bare" if clients == 32 else "", m["rest_32"] >= 0.6 * m["bare_32"] if clients == 32 else None)
+                ">= 0.7x bare" if clients == 32 else "", m["rest_32"] >= 0.7 * m["bare_32"] if clients == 32 else None)
         )  # fmt: skip
     rows += [
         Row("REST get_context p50", m["rest_context_p50"], "ms"),
