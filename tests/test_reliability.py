@@ -326,6 +326,9 @@ class Ledger:
                 f"{name}({arguments!r:.300}) failed without saying why: {text!r}"
             )
             return
+        if name == "get_context":
+            assert "structuredContent" not in result or arguments.get("include_messages"), result
+            return  # a read: the transcript alone, by default (nothing to count)
         value = result["structuredContent"]
         if (name == "append_message" and not value["deduplicated"]) or name == "post_as_contact":
             self.messages += 1
