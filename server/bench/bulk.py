@@ -51,6 +51,27 @@ def _channels_of(contact: int, messages: int, contacts: int) -> list[str]:
     return sorted({channel(index) for index in (contact, contact + contacts) if index < messages})
 
 
+def _contact_rows(org_key: int, start_us: int, messages: int, contacts: int) -> list[tuple[int, str, int, int]]:
+    """contacts (org_id, external_id, created_us, last_active_us), in contact order."""
+    return [
+        (org_key, contact_id(c), start_us + c, start_us + _last_index(c, messages, contacts)) for c in range(contacts)
+    ]
+
+
+def _identifier_rows(org_key: int, keys: list[int], start_us: int) -> list[tuple[int, str, int, int]]:
+    """identifiers (org_id, identifier, contact_pk, created_us): each contact's own contact_id."""
+    return [(org_key, contact_id(c), key, start_us + c) for c, key in enumerate(keys)]
+
+
+def _channel_rows(keys: list[int], messages: int) -> list[tuple[str, int, str, str]]:
+    """channels (id, contact_pk, name, kind): the ones each contact's messages use."""
+    return [
+        (uuid7(), key, name, channel_kind(name))
+        for c, key in enumerate(keys)
+        for name in _channels_of(c, messages, len(keys))
+    ]
+
+
 def _message_rows(
     org_key: int, keys: list[int], start_us: int, first: int, last: int, contacts: int
 ) -> Iterator[tuple[str, int, int, str, str, str, int]]:
@@ -72,25 +93,17 @@ def build_sqlite(path: str, messages: int, contacts: int, progress: Callable[[in
         org_key = int(conn.execute("SELECT id FROM orgs WHERE name = ?", (ORG,)).fetchone()[0])
         conn.executemany(
             "INSERT INTO contacts (org_id, external_id, created_us, last_active_us) VALUES (?, ?, ?, ?)",
-            (
-                (org_key, contact_id(c), start_us + c, start_us + _last_index(c, messages, contacts))
-                for c in range(contacts)
-            ),
+            _contact_rows(org_key, start_us, messages, contacts),
         )
         found = conn.execute("SELECT external_id, id FROM contacts WHERE org_id = ?", (org_key,))
         by_id = dict(found.fetchall())
         keys = [int(by_id[contact_id(c)]) for c in range(contacts)]
         conn.executemany(
             "INSERT INTO identifiers (org_id, identifier, contact_pk, created_us) VALUES (?, ?, ?, ?)",
-            ((org_key, contact_id(c), keys[c], start_us + c) for c in range(contacts)),
+            _identifier_rows(org_key, keys, start_us),
         )
         conn.executemany(
-            "INSERT INTO channels (id, contact_pk, name, kind) VALUES (?, ?, ?, ?)",
-            (
-                (uuid7(), keys[c], name, channel_kind(name))
-                for c in range(contacts)
-                for name in _channels_of(c, messages, contacts)
-            ),
+            "INSERT INTO channels (id, contact_pk, name, kind) VALUES (?, ?, ?, ?)", _channel_rows(keys, messages)
         )
         conn.execute("COMMIT")
         for first in range(0, messages, BATCH):
@@ -123,10 +136,7 @@ async def build_postgres(url: str, messages: int, contacts: int, progress: Calla
         )
         await conn.copy_records_to_table(
             "contacts",
-            records=[
-                (org_key, contact_id(c), start_us + c, start_us + _last_index(c, messages, contacts))
-                for c in range(contacts)
-            ],
+            records=_contact_rows(org_key, start_us, messages, contacts),
             columns=["org_id", "external_id", "created_us", "last_active_us"],
         )
         found = await conn.fetch("SELECT external_id, id FROM contacts WHERE org_id = $1", org_key)
@@ -134,16 +144,12 @@ async def build_postgres(url: str, messages: int, contacts: int, progress: Calla
         keys = [int(by_id[contact_id(c)]) for c in range(contacts)]
         await conn.copy_records_to_table(
             "identifiers",
-            records=[(org_key, contact_id(c), keys[c], start_us + c) for c in range(contacts)],
+            records=_identifier_rows(org_key, keys, start_us),
             columns=["org_id", "identifier", "contact_pk", "created_us"],
         )
         await conn.copy_records_to_table(
             "channels",
-            records=[
-                (uuid7(), keys[c], name, channel_kind(name))
-                for c in range(contacts)
-                for name in _channels_of(c, messages, contacts)
-            ],
+            records=_channel_rows(keys, messages),
             columns=["id", "contact_pk", "name", "kind"],
         )
         for first in range(0, messages, BATCH):
