@@ -102,7 +102,7 @@ class _Statement:
         return self._span
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if isinstance(exc, self._failures):  # not the engine's own ways to undo a write (Undo, _Rollback)
+        if isinstance(exc, self._failures):  # not the engine's own ways to undo a write (Undo)
             _failed(self._span, exc)
         self._span.end()
 

@@ -130,7 +130,7 @@ def identifier(value: object, name: str) -> str:
     blank look-alikes, white space at either end) are refused, not removed: chatdock never changes an id
     behind its caller's back (beyond NFC, which changes no character's look), so the id a caller keeps is
     the id results name, and the error tells the caller which character to remove. Ids stored before a
-    character was refused are cleaned by a migration (sqlite/migrations.py, postgres/schema.py), which keeps
+    character was refused are cleaned by a migration (sqlite/schema.py, postgres/schema.py), which keeps
     and logs a look-alike pair instead of merging it.
     """
     if not isinstance(value, str):

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from chatdock.storage.sqlite.migrations import MIGRATIONS
+from chatdock.storage.sqlite.schema import MIGRATIONS
 from tests.transports import RawStdio, structured
 
 pytestmark = pytest.mark.process  # each test here starts real processes

@@ -116,7 +116,7 @@ def raw_floor(path: str, durability: str, inserts: int, reads: int, contacts: in
     return rate, percentile(samples, 0.99)
 
 
-# What one append to a known contact writes, statement for statement (storage/sqlite/writes.py), as a
+# What one append to a known contact writes, statement for statement (storage/sqlite/append.py), as a
 # hand-written client would send it: the floor of "append, 1 caller".
 APPEND_STATEMENTS = (
     "SELECT id FROM orgs WHERE name = ?",

@@ -1,6 +1,7 @@
-"""Following the change feed of the other replicas: LISTEN on a connection of its own.
+"""The change feed through LISTEN/NOTIFY: what each write sends (`ChangeLog`), and how a replica follows what
+the others send (`follow_notifications`, on a connection of its own).
 
-Each write NOTIFYs who it changed (writes.ChangeLog, chatdock_append) in its transaction, so the
+Each write NOTIFYs who it changed (`ChangeLog`, chatdock_append) in its transaction, so the
 notification leaves at commit. This process announced its own changes already and skips them. A lost
 connection is noticed within a second (or at once, when the socket closes), connected again with growing
 pauses, and then every listener is told to read again (`EVERYTHING`): what was committed meanwhile was not
@@ -17,13 +18,33 @@ from typing import Any
 import asyncpg
 
 from ..changes import EVERYTHING, Change, Deliver
+from ..sql import writes as shared
+from ..sql.ops import Ops, value
 from .failures import FAILURES, translate
-from .schema import CHANNEL
+from .schema import CHANNEL, MAX_PAYLOAD
 
 logger = logging.getLogger("chatdock.storage")
 
 CHECK_EVERY = 1.0  # seconds between checks that the listening connection still answers
 RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def payload(change: Change, origin: str) -> str:
+    """A change as the feed's NOTIFY payload: who, never what; without the aliases when they would not fit
+    (`x`: a follower then tells every listener of that organization to read again)."""
+    text = json.dumps({"o": change.org, "c": change.contact_id, "k": change.kind, "a": change.aliases, "p": origin})
+    if len(text.encode()) > MAX_PAYLOAD:
+        text = json.dumps({"o": change.org, "c": change.contact_id, "k": change.kind, "x": True, "p": origin})
+    return text
+
+
+class ChangeLog(shared.ChangeLog):
+    """Each change is sent (NOTIFY) inside the write's transaction, so the other replicas hear it at commit."""
+
+    __slots__ = ()
+
+    def write(self, change: Change) -> Ops[None]:
+        yield value("SELECT pg_notify(?, ?)", CHANNEL, payload(change, self.origin))
 
 
 def _heard(origin: str, deliver: Deliver, payload: str) -> None:

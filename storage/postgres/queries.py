@@ -1,76 +1,47 @@
-"""The SQL that reads, for PostgreSQL: the organization scope, column lists and the statements behind the hot
-reads. Parameters are numbered ($1, $2, ...): each builder says which it takes."""
+"""PostgreSQL's own SQL: its dialect for the shared logic (storage/sql/), and full-text search through the
+tsvector column. Parameters here are numbered ($1, $2, ...): each builder says which it takes."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..backend import MessageFilter
 from ..search import Query, Term
-
-# the organization and the contact an identifier names (its own contact_id or an alias), from $1 and $2
-ORG = "(SELECT id FROM orgs WHERE name = $1)"
-CONTACT = f"(SELECT contact_pk FROM identifiers WHERE org_id = {ORG} AND identifier = $2)"
-
-MESSAGE_COLUMNS = "m.id, m.agent_id, m.chat_id, m.channel, m.role, m.content, m.parts, m.metadata, m.created_us, m.seq"
+from ..sql.dialect import Dialect
+from ..sql.ops import Ops, one
 
 CHAT_COLUMNS = """ch.id, co.external_id, ch.agent_id, ch.status, ch.created_us, ch.updated_us,
     (SELECT coalesce(json_agg(json_build_array(c.id, c.name, c.kind) ORDER BY cc.attached_us, c.name), '[]')::text
         FROM chat_channels cc JOIN channels c ON c.id = cc.channel_id WHERE cc.chat_id = ch.id)"""
-CHAT_FROM = "FROM chats ch JOIN contacts co ON co.id = ch.contact_pk"
-CHAT_SELECT = f"SELECT {CHAT_COLUMNS} {CHAT_FROM}"
 
-KEY_SELECT = (
-    "SELECT k.prefix, k.name, o.name, k.created_us, k.last_used_us, k.revoked_us "
-    "FROM api_keys k JOIN orgs o ON o.id = k.org_id"
+
+def claim_identifier(org_key: int, identifier: str, contact_key: int, now_us: int) -> Ops[tuple[int, bool]]:
+    """One statement that inserts the identifier or locks the row that has it (`xmax = 0`: inserted now)."""
+    claimed = yield one(
+        "INSERT INTO identifiers (org_id, identifier, contact_pk, created_us) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (org_id, identifier) DO UPDATE SET org_id = excluded.org_id RETURNING contact_pk, xmax = 0",
+        org_key,
+        identifier,
+        contact_key,
+        now_us,
+    )
+    assert claimed is not None
+    return int(claimed[0]), bool(claimed[1])
+
+
+DIALECT = Dialect(
+    name="postgresql",
+    resolve="SELECT * FROM chatdock_resolve(?, ?)",  # share-locked: no merge deletes it under this write
+    claim_identifier=claim_identifier,
+    chat_columns=CHAT_COLUMNS,
+    chat_order="seq",
+    for_update=" FOR UPDATE",
+    greatest="greatest",
+    least="least",
 )
 
-SIZE = "octet_length(m.content) + coalesce(octet_length(m.parts), 0) + coalesce(octet_length(m.metadata), 0)"
-
-
-def _filters(only: MessageFilter, params: list[Any]) -> str:
-    """The filter's conditions, appending their values to `params` (numbered after what it holds)."""
-
-    def slot(value: Any) -> str:
-        params.append(value)
-        return f"${len(params)}"
-
-    where = ""
-    if only.agent_id is not None:
-        where += f" AND m.agent_id = {slot(only.agent_id)}"
-    if only.chat_id is not None:
-        where += f" AND m.chat_id = {slot(only.chat_id)}"
-    if only.roles:
-        where += f" AND m.role = ANY({slot(list(only.roles))}::text[])"
-    if only.channels:
-        where += f" AND m.channel = ANY({slot(list(only.channels))}::text[])"
-    return where
-
-
-def latest_sql(
-    org: str, contact_id: str, only: MessageFilter, limit: int, max_bytes: int, after: tuple[int, int] | None = None
-) -> tuple[str, list[Any]]:
-    """A contact's newest `limit` messages passing `only` (after a keyset position), cut where their stored
-    bytes reach `max_bytes` (the row that crosses it still comes, so a caller can tell more exist), each with
-    its contact's own contact_id (index 10); the statement and its parameters. Only sizes are read for the
-    rows past the budget."""
-    params: list[Any] = [org, contact_id]
-    where = _filters(only, params)
-    if after is not None:
-        params += list(after)
-        where += f" AND (m.created_us, m.seq) < (${len(params) - 1}, ${len(params)})"
-    params += [limit, max_bytes]
-    sized = (
-        f"SELECT m.seq, m.created_us, {SIZE} AS size FROM messages m WHERE m.contact_pk = {CONTACT}{where} "
-        f"ORDER BY m.created_us DESC, m.seq DESC LIMIT ${len(params) - 1}"
-    )
-    running = "sum(size) OVER (ORDER BY created_us DESC, seq DESC ROWS UNBOUNDED PRECEDING) - size"
-    sql = (
-        f"SELECT {MESSAGE_COLUMNS}, c.external_id FROM (SELECT seq, {running} AS before FROM ({sized}) s) r "
-        f"JOIN messages m ON m.seq = r.seq JOIN contacts c ON c.id = m.contact_pk WHERE r.before < ${len(params)} "
-        "ORDER BY m.created_us DESC, m.seq DESC"
-    )
-    return sql, params
+# the organization and the contact an identifier names (its own contact_id or an alias), from $1 and $2
+ORG = "(SELECT id FROM orgs WHERE name = $1)"
+CONTACT = f"(SELECT contact_pk FROM identifiers WHERE org_id = {ORG} AND identifier = $2)"
 
 
 def _lexeme(word: str, prefix: bool) -> str:

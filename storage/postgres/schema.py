@@ -8,22 +8,12 @@ Times are integer microseconds since 1970 (rows.py), as in the SQLite schema, so
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import asyncpg
 
-from ..validation import (
-    BLANKS,
-    DEFAULT_IGNORABLE,
-    LOOKALIKE_SPACES,
-    StoredIdentifier,
-    cleaned_agent,
-    cleaned_identifier,
-    plan_identifier_fixes,
-    visible,
-)
+from ..sql.migrations import APPLIED, SCHEMA_TABLE, Migration, apply_migration, clean_identifiers
+from ..validation import BLANKS, DEFAULT_IGNORABLE, LOOKALIKE_SPACES
+from . import driver
 
 logger = logging.getLogger("chatdock.storage")
 
@@ -32,14 +22,6 @@ MIGRATION_LOCK = 0x63686174646F636B  # "chatdock": the advisory lock key every r
 # The change feed's channel (LISTEN/NOTIFY): each payload names an organization and a contact, never content.
 CHANNEL = "chatdock_changes"
 MAX_PAYLOAD = 7_900  # PostgreSQL refuses a payload of 8,000 bytes or more
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    statements: tuple[str, ...]
-    apply: Callable[[asyncpg.Connection], Awaitable[None]] | None = None  # work SQL alone cannot do, after them
 
 
 APPEND_FUNCTION = r"""
@@ -223,49 +205,6 @@ def _unclean_pattern() -> str:
     return f"[{unseen}]|^[{spaces}]|[{spaces}]$"
 
 
-async def _clean_identifiers(conn: asyncpg.Connection) -> None:
-    """Take out of stored ids the characters a person cannot see (validation.cleaned_identifier), now refused.
-    A look-alike of an id that names another contact is left as it is and logged (the application decides
-    whether they are one person), never merged here; see validation.IdentifierFix for every case."""
-    pattern = _unclean_pattern()
-    rows = await conn.fetch(
-        "SELECT i.org_id, o.name, i.identifier, i.contact_pk, c.external_id, i.created_us FROM identifiers i "
-        "JOIN contacts c ON c.id = i.contact_pk JOIN orgs o ON o.id = i.org_id WHERE i.identifier ~ $1",
-        pattern,
-    )
-    unclean = [StoredIdentifier(*row) for row in rows if cleaned_identifier(row[2]) != row[2]]
-    found = await conn.fetch(
-        "SELECT i.org_id, i.identifier, i.contact_pk FROM identifiers i "
-        "JOIN unnest($1::bigint[], $2::text[]) AS wanted (org_id, identifier) USING (org_id, identifier)",
-        [stored.org_key for stored in unclean],
-        [cleaned_identifier(stored.identifier) for stored in unclean],
-    )
-    owners = {(row[0], row[1]): row[2] for row in found}
-    for fix in plan_identifier_fixes(unclean, owners):
-        stored = fix.stored
-        if fix.action == "rename":
-            await conn.execute(
-                "UPDATE identifiers SET identifier = $1 WHERE org_id = $2 AND identifier = $3",
-                fix.clean,
-                stored.org_key,
-                stored.identifier,
-            )
-        elif fix.action == "drop":
-            await conn.execute(
-                "DELETE FROM identifiers WHERE org_id = $1 AND identifier = $2", stored.org_key, stored.identifier
-            )
-        if fix.action in ("rename", "drop") and stored.own:
-            await conn.execute("UPDATE contacts SET external_id = $1 WHERE id = $2", fix.clean, stored.contact_key)
-        logger.log(logging.WARNING if fix.warning else logging.INFO, "%s", fix.describe())
-    for table in ("messages", "chats"):
-        for (agent,) in await conn.fetch(f"SELECT DISTINCT agent_id FROM {table} WHERE agent_id ~ $1", pattern):
-            clean = cleaned_agent(agent)
-            if clean != agent:
-                status = await conn.execute(f"UPDATE {table} SET agent_id = $1 WHERE agent_id = $2", clean, agent)
-                changed = status.rsplit(" ", 1)[-1]
-                logger.info("agent id %s of %s %s is now %s", visible(agent), changed, table, visible(clean))
-
-
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -359,7 +298,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             APPEND_FUNCTION,
         ),
     ),
-    Migration(2, "identifiers without characters a person cannot see", (), _clean_identifiers),
+    Migration(
+        2,
+        "identifiers without characters a person cannot see",
+        (),
+        clean_identifiers("{column} ~ ?", _unclean_pattern()),
+    ),
 )
 
 
@@ -387,29 +331,14 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
     """Apply every migration not yet recorded, under the migration lock; the versions this call applied."""
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS schema_migrations (
-                version integer PRIMARY KEY,
-                name text NOT NULL,
-                applied_us bigint NOT NULL
-            )"""
-        )
+        await conn.execute(SCHEMA_TABLE)
         applied: list[int] = []
-        done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+        done = {row[0] for row in await conn.fetch(APPLIED)}
         for migration in MIGRATIONS:
             if migration.version in done:
                 continue
             async with conn.transaction():
-                for statement in migration.statements:
-                    await conn.execute(statement)
-                if migration.apply is not None:
-                    await migration.apply(conn)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_us) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    time.time_ns() // 1000,
-                )
+                await driver.run(conn, apply_migration(migration), timeout=None)
             if migration.version == 1:
                 await _fold_accents(conn)
             applied.append(migration.version)

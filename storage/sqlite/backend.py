@@ -2,7 +2,8 @@
 
 Reads run on their own WAL connections, one thread hop per operation
 (`execute_fetchall`), each a single statement and so one consistent
-snapshot. Writes go through `Writer` (writer.py), as functions of writes.py.
+snapshot. Writes go through `Writer` (writer.py): the shared logic of storage/sql/ and the append
+(append.py), run by driver.py on the writer's connection.
 """
 
 from __future__ import annotations
@@ -16,54 +17,32 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
 from .. import rows
-from .. import validation as check
-from ..backend import Imported, MessageFilter, StoredKey
 from ..changes import Announcer, Deliver
-from ..cursor import Position
-from ..errors import ChatdockError, InvalidInput, Unavailable, key_name_taken
-from ..models import (
-    Alias,
-    ApiKeyInfo,
-    AppendedMessage,
-    Chat,
-    ChatStatus,
-    ContactInfo,
-    ForgetResult,
-    LinkResult,
-    Message,
-)
-from ..records import AliasRecord, ChatRecord, MessageRecord
+from ..errors import InvalidInput, Unavailable
+from ..models import AppendedMessage, Chat, Message
+from ..records import MessageRecord
 from ..search import Query
+from ..sql import writes as shared
+from ..sql.backend import SQLBackend, now_us
+from ..sql.ops import Ops, count
+from ..sql.queries import CHAT_FROM, MESSAGE_COLUMNS, MESSAGE_WITH_CONTACT, ORG
+from ..sql.writes import savepoint
 from ..telemetry import Telemetry
-from . import checkpoints, writes
+from . import append, checkpoints, driver
 from .checkpoints import Checkpointer
 from .failures import DAMAGED, WRITE_BLOCKED, cause, kind, translate
-from .feed import follow_feed
+from .feed import ChangeLog, follow_feed
 from .health import FileWatch, IndexSweep
-from .migrations import migrate
-from .queries import (
-    CHAT_COLUMNS,
-    CHAT_FROM,
-    CHAT_SELECT,
-    CONTACT,
-    KEY_SELECT,
-    MESSAGE_COLUMNS,
-    MESSAGE_WITH_CONTACT,
-    ORG,
-    bounded_sql,
-    fts_expression,
-    latest_sql,
-    search_sql,
-)
+from .queries import CHAT_COLUMNS, DIALECT, fts_expression, search_sql
+from .schema import migrate
 from .walk import Walk
-from .writer import BUSY_TIMEOUT_MS, Undo, Writer
+from .writer import BUSY_TIMEOUT_MS, Writer
 
 Durability = Literal["normal", "full"]
 
@@ -73,23 +52,21 @@ T = TypeVar("T")
 logger = logging.getLogger("chatdock.storage")
 
 
-def _now_us() -> int:
-    return rows.to_us(check.utc_now())
-
-
 def _memory_dir() -> str:
     shm = Path("/dev/shm")
     base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
     return tempfile.mkdtemp(prefix="chatdock-", dir=base)
 
 
-def _keys(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> list[ApiKeyInfo]:
-    found = conn.execute(f"{KEY_SELECT} WHERE {where} ORDER BY k.id", params).fetchall()
-    return [rows.key_info(row) for row in found]
+def _probe() -> Ops[None]:
+    """The smallest write: whether one works now."""
+    yield count("INSERT OR REPLACE INTO health (id, checked_us) VALUES (1, ?)", now_us())
 
 
-class SQLiteBackend:
+class SQLiteBackend(SQLBackend):
     """The `Backend` on one SQLite file; `start()` before use, `close()` after."""
+
+    dialect = DIALECT
 
     def __init__(
         self, path: str, durability: Durability = "normal", readers: int = 2, telemetry: Telemetry | None = None
@@ -191,7 +168,9 @@ class SQLiteBackend:
                 logger.error("%s", error.message)
         return error
 
-    async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+    async def _read(
+        self, sql: str, params: Sequence[Any], org: str | None = None, *, urgent: bool = False
+    ) -> list[Any]:
         if self._direct is not None and self._reading == 0:
             # nobody else reads: the read runs here, without the two thread hops (most reads are one index
             # range); concurrent reads go to the reader threads, where SQLite's work overlaps
@@ -214,13 +193,13 @@ class SQLiteBackend:
         finally:
             self._readers.put_nowait(reader)
 
-    def _log(self) -> writes.ChangeLog:
-        return writes.ChangeLog(self._origin)
+    def _log(self) -> ChangeLog:
+        return ChangeLog(self._origin)
 
-    async def _write(self, job: Callable[[sqlite3.Connection], T], log: writes.ChangeLog | None = None) -> T:
-        """Run `job` on the writer (one savepoint in a group commit); a failure of the database becomes a clear
-        error, and the write problem it shows is kept for /healthz until a write succeeds again. Once committed,
-        the changes `log` recorded are announced to this process."""
+    async def _transact(self, attempt: Callable[[], Ops[T]]) -> T:
+        """Run `attempt()` on the writer (one savepoint in a group commit; again when the lock was busy); a
+        failure of the database becomes a clear error, and the write problem it shows is kept for /healthz
+        until a write succeeds again."""
         if self.damaged is None:
             self.damaged = self._sweep.found  # what a sweep of the indexes found (health.py), if anything
         if self.damaged is not None:
@@ -232,13 +211,11 @@ class SQLiteBackend:
             raise Unavailable(refused)
         self._sweep.soon()  # while writes come, a bounded look at the indexes each second, on a thread
 
-        def attempt(conn: sqlite3.Connection) -> T:  # run again when the lock was busy: record the changes anew
-            if log is not None:
-                log.reset()
-            return job(conn)
+        def job(conn: sqlite3.Connection) -> T:
+            return driver.run(conn, attempt())
 
         try:
-            result = await self._writer.run(self._sql.on_thread(attempt))  # its span on the writer's thread
+            result = await self._writer.run(self._sql.on_thread(job))  # its span on the writer's thread
         except sqlite3.Error as exc:
             error = self._failed(exc)
             if kind(exc).startswith(WRITE_BLOCKED) and isinstance(error, Unavailable):
@@ -249,8 +226,6 @@ class SQLiteBackend:
             self.telemetry.failed("file_problem")
             raise Unavailable(f"{lost}; this write ran meanwhile and went into the old file, so it is not kept")
         self._write_problem = None
-        if log is not None:
-            self._announcer.tell(log.changes)
         return result
 
     async def follow(self, deliver: Deliver, wanted: Callable[[], bool]) -> None:
@@ -260,30 +235,23 @@ class SQLiteBackend:
 
     async def insert_message(self, org: str, record: MessageRecord) -> AppendedMessage:
         log = self._log()
-        return await self._write(lambda conn: writes.insert_message(conn, org, record, _now_us(), log), log)
+        return await self._write(lambda: append.insert_message(org, record, now_us(), log), log)
 
     async def insert_messages(self, org: str, records: Sequence[MessageRecord]) -> list[AppendedMessage]:
         log = self._log()
 
-        def job(conn: sqlite3.Connection) -> list[AppendedMessage]:
-            now_us = _now_us()
-            return [writes.one(conn, writes.insert_message, org, record, now_us, log) for record in records]
+        def job() -> Ops[list[AppendedMessage]]:
+            now = now_us()
+            stored: list[AppendedMessage] = []
+            for record in records:
+                stored.append((yield from savepoint(append.insert_message(org, record, now, log))))  # type: ignore[arg-type]
+            return stored
 
         return await self._write(job, log)
 
-    async def latest_messages(
-        self, org: str, contact_id: str, only: MessageFilter, limit: int, max_bytes: int
-    ) -> list[Message]:
-        sql, params = latest_sql(only)
-        found = await self._read(bounded_sql(sql), [org, contact_id, *params, limit, max_bytes])
-        return rows.messages(found)
-
-    async def message_page(
-        self, org: str, contact_id: str, only: MessageFilter, limit: int, after: Position | None, max_bytes: int
-    ) -> list[tuple[Message, Position]]:
-        sql, params = latest_sql(only, after=after is not None)
-        found = await self._read(bounded_sql(sql), [org, contact_id, *params, *(after or ()), limit, max_bytes])
-        return list(zip(rows.messages(found), [(row[8], row[9]) for row in found], strict=True))
+    def _import_message(self, org: str, record: MessageRecord, now: int, log: shared.ChangeLog) -> Ops[bool]:
+        stored = yield from savepoint(append.insert_message(org, record, now, log, True))
+        return stored.deduplicated  # type: ignore[attr-defined,no-any-return]
 
     async def search(
         self, org: str, query: Query, contact_id: str | None, channel: str | None, role: str | None, window: int
@@ -301,101 +269,6 @@ class SQLiteBackend:
         )
         order = {seq: index for index, seq in enumerate(seqs)}
         return rows.messages(sorted(found, key=lambda row: order[row[9]]))
-
-    async def delete_message(self, org: str, message_id: str) -> Message | None:
-        def job(conn: sqlite3.Connection) -> Message | None:
-            found = writes.find_message(conn, f"m.id = ? AND m.org_id = {ORG}", (message_id, org))
-            if found is not None:
-                conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
-                log.record(conn, org, found.contact_id)
-            return found
-
-        log = self._log()
-        return await self._write(job, log)
-
-    # --- chats ---
-
-    async def chat(self, org: str, chat_id: str) -> Chat | None:
-        found = await self._read(CHAT_SELECT + f" WHERE ch.id = ? AND ch.org_id = {ORG}", (chat_id, org))
-        return rows.chat(found[0]) if found else None
-
-    async def insert_chat(self, org: str, record: ChatRecord) -> Chat:
-        def job(conn: sqlite3.Connection) -> Chat:
-            writes.insert_chat(conn, org, record, log)
-            return writes.chat_by_id(conn, record.id)
-
-        log = self._log()
-        return await self._write(job, log)
-
-    async def set_chat_status(self, org: str, chat_id: str, status: ChatStatus, now: datetime) -> Chat | None:
-        def job(conn: sqlite3.Connection) -> Chat | None:
-            cursor = conn.execute(
-                f"UPDATE chats SET status = ?, updated_us = ? WHERE id = ? AND org_id = {ORG}",
-                (status, rows.to_us(now), chat_id, org),
-            )
-            if not cursor.rowcount:
-                return None
-            chat = writes.chat_by_id(conn, chat_id)
-            log.record(conn, org, chat.contact_id)
-            return chat
-
-        log = self._log()
-        return await self._write(job, log)
-
-    async def chats(self, org: str, contact_id: str, limit: int) -> list[Chat]:
-        found = await self._read(
-            CHAT_SELECT + f" WHERE ch.contact_pk = {CONTACT} ORDER BY ch.created_us DESC, ch.rowid DESC LIMIT ?",
-            (org, contact_id, limit),
-        )
-        return [rows.chat(row) for row in found]
-
-    # --- contacts ---
-
-    async def forget_contact(self, org: str, contact_id: str) -> ForgetResult:
-        def job(conn: sqlite3.Connection) -> ForgetResult:
-            contact_key = writes.existing_contact_pk(conn, org, contact_id)
-            if contact_key is None:
-                return ForgetResult(contact_id=contact_id, deleted_messages=0, deleted_chats=0)
-            own = conn.execute("SELECT external_id FROM contacts WHERE id = ?", (contact_key,)).fetchone()[0]
-            aliases = writes.aliases_of(conn, contact_key, own)
-            messages = conn.execute("DELETE FROM messages WHERE contact_pk = ?", (contact_key,)).rowcount
-            chats = conn.execute("DELETE FROM chats WHERE contact_pk = ?", (contact_key,)).rowcount
-            conn.execute("DELETE FROM channels WHERE contact_pk = ?", (contact_key,))
-            identifiers = conn.execute("DELETE FROM identifiers WHERE contact_pk = ?", (contact_key,)).rowcount
-            conn.execute("DELETE FROM contacts WHERE id = ?", (contact_key,))
-            log.record(conn, org, own, "forgotten", aliases)
-            return ForgetResult(
-                contact_id=own, deleted_messages=messages, deleted_chats=chats, deleted_identifiers=identifiers
-            )
-
-        log = self._log()
-        return await self._write(job, log)
-
-    async def resolve(self, org: str, identifier: str) -> str | None:
-        found = await self._read(f"SELECT external_id FROM contacts WHERE id = {CONTACT}", (org, identifier))
-        return str(found[0][0]) if found else None
-
-    async def contact(self, org: str, contact_id: str) -> ContactInfo | None:
-        def job(conn: sqlite3.Connection) -> ContactInfo | None:  # on the writer: one consistent snapshot
-            contact_key = writes.existing_contact_pk(conn, org, contact_id)
-            return None if contact_key is None else writes.contact_info(conn, contact_key)
-
-        return await self._write(job)
-
-    async def link(self, org: str, contact_id: str, identifier: str) -> LinkResult:
-        log = self._log()
-        return await self._write(lambda conn: writes.link(conn, org, contact_id, identifier, _now_us(), log), log)
-
-    async def unlink(self, org: str, identifier: str) -> ContactInfo | None:
-        log = self._log()
-        return await self._write(lambda conn: writes.unlink(conn, org, identifier, log), log)
-
-    async def recent_contacts(self, org: str, limit: int) -> list[str]:
-        found = await self._read(
-            f"SELECT external_id FROM contacts WHERE org_id = {ORG} ORDER BY last_active_us DESC, id DESC LIMIT ?",
-            (org, limit),
-        )
-        return [row[0] for row in found]
 
     # --- history ---
 
@@ -418,138 +291,6 @@ class SQLiteBackend:
         async for row in walk.keyset(select, "ch.rowid", 0, org, contact_id, "co.external_id", batch):
             yield row[1], rows.chat(row[2:])
 
-    async def count_records(self, org: str | None, contact_id: str | None) -> int:
-        where, params = "1", []
-        if org is not None:
-            where += f" AND t.org_id = {ORG}"
-            params.append(org)
-        if contact_id is not None:
-            where += " AND t.contact_pk IN (SELECT id FROM contacts WHERE external_id = ?)"
-            params.append(contact_id)
-        aliases = where.replace("t.contact_pk", "i.contact_pk").replace("t.org_id", "i.org_id")
-        found = await self._read(
-            f"SELECT (SELECT count(*) FROM chats t WHERE {where}) + (SELECT count(*) FROM messages t WHERE {where})"
-            f" + (SELECT count(*) FROM identifiers i JOIN contacts c ON c.id = i.contact_pk"
-            f" WHERE i.identifier != c.external_id AND {aliases})",
-            params * 3,
-        )
-        return int(found[0][0])
-
-    async def export_aliases(self, org: str | None, contact_id: str | None) -> AsyncIterator[tuple[str, Alias]]:
-        where, params = "", []
-        if org is not None:
-            where += " AND o.name = ?"
-            params.append(org)
-        if contact_id is not None:
-            where += " AND c.external_id = ?"
-            params.append(contact_id)
-        found = await self._read(
-            "SELECT o.name, c.external_id, i.identifier, i.created_us FROM identifiers i "
-            "JOIN contacts c ON c.id = i.contact_pk JOIN orgs o ON o.id = i.org_id "
-            f"WHERE i.identifier != c.external_id{where} ORDER BY i.created_us, i.identifier",
-            params,
-        )
-        for org_name, owner, identifier, created_us in found:
-            yield org_name, Alias(contact_id=owner, identifier=identifier, created_at=rows.from_us(created_us))
-
-    async def import_history(
-        self, org: str, records: Sequence[ChatRecord | AliasRecord | MessageRecord | ChatdockError], keep_going: bool
-    ) -> list[Imported | ChatdockError]:
-        log = self._log()
-
-        def job(conn: sqlite3.Connection) -> list[Imported | ChatdockError]:
-            now_us = _now_us()
-            outcomes: list[Imported | ChatdockError] = []
-            for record in records:
-                try:
-                    if isinstance(record, ChatdockError):
-                        raise record
-                    if isinstance(record, ChatRecord):
-                        again = not writes.one(conn, writes.insert_chat, org, record, log)
-                    elif isinstance(record, AliasRecord):
-                        again = not writes.one(conn, writes.import_alias, org, record, log)
-                    else:
-                        again = writes.one(conn, writes.insert_message, org, record, now_us, log, True).deduplicated
-                    outcomes.append("existing" if again else "stored")
-                except ChatdockError as exc:
-                    outcomes.append(exc)
-                    if not keep_going:
-                        raise Undo(outcomes) from None
-            return outcomes
-
-        return await self._write(job, log)
-
-    async def _by_ids(self, select: str, ids: Sequence[str]) -> list[Any]:
-        found: list[Any] = []
-        for start in range(0, len(ids), 500):
-            chunk = list(ids[start : start + 500])
-            found += await self._read(f"{select} IN ({', '.join('?' * len(chunk))})", chunk)
-        return found
-
-    async def message_orgs(self, message_ids: Sequence[str]) -> dict[str, str]:
-        found = await self._by_ids(
-            "SELECT m.id, o.name FROM messages m JOIN orgs o ON o.id = m.org_id WHERE m.id", message_ids
-        )
-        return {row[0]: row[1] for row in found}
-
-    async def chat_owners(self, chat_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-        found = await self._by_ids(
-            "SELECT ch.id, o.name, co.external_id FROM chats ch JOIN orgs o ON o.id = ch.org_id "
-            "JOIN contacts co ON co.id = ch.contact_pk WHERE ch.id",
-            chat_ids,
-        )
-        return {row[0]: (row[1], row[2]) for row in found}
-
-    # --- API keys ---
-
-    async def insert_api_key(self, org: str, prefix: str, name: str | None, key_hash: str) -> ApiKeyInfo:
-        def job(conn: sqlite3.Connection) -> ApiKeyInfo:
-            now_us = _now_us()
-            try:
-                conn.execute(
-                    "INSERT INTO api_keys (prefix, name, org_id, hash, created_us) VALUES (?, ?, ?, ?, ?)",
-                    (prefix, name, writes.org_pk(conn, org, now_us), key_hash, now_us),
-                )
-            except sqlite3.IntegrityError:
-                raise key_name_taken(name) from None
-            return _keys(conn, "k.prefix = ?", (prefix,))[0]
-
-        return await self._write(job)
-
-    async def api_keys(self) -> list[ApiKeyInfo]:
-        return await self._write(lambda conn: _keys(conn, "1", ()))
-
-    async def api_key(self, prefix: str) -> StoredKey | None:
-        found = await self._read(
-            "SELECT k.hash, o.name, k.revoked_us, k.last_used_us FROM api_keys k JOIN orgs o ON o.id = k.org_id "
-            "WHERE k.prefix = ?",
-            (prefix,),
-        )
-        if not found:
-            return None
-        key_hash, org, revoked_us, last_used_us = found[0]
-        return StoredKey(key_hash, org, revoked_us is not None, rows.optional_from_us(last_used_us))
-
-    async def revoke_api_key(self, prefix_or_name: str) -> ApiKeyInfo | None:
-        def job(conn: sqlite3.Connection) -> ApiKeyInfo | None:
-            live = _keys(conn, "(k.prefix = ? OR k.name = ?) AND k.revoked_us IS NULL", (prefix_or_name,) * 2)
-            if not live:
-                return None
-            conn.execute("UPDATE api_keys SET revoked_us = ? WHERE prefix = ?", (_now_us(), live[0].prefix))
-            return _keys(conn, "k.prefix = ?", (live[0].prefix,))[0]
-
-        return await self._write(job)
-
-    async def touch_api_key(self, prefix: str, now: datetime) -> None:
-        await self._write(
-            lambda conn: conn.execute(
-                "UPDATE api_keys SET last_used_us = ? WHERE prefix = ?", (rows.to_us(now), prefix)
-            )
-        )
-
-    async def ping(self) -> None:
-        await self._read("SELECT count(*) FROM schema_migrations", ())
-
     async def health(self) -> list[str]:
         problems: list[str] = []
         try:
@@ -563,11 +304,7 @@ class SQLiteBackend:
         if self._write_problem is not None and self.damaged is None and free >= MIN_FREE_BYTES:
             # the last write failed: see whether one works now (one small row), so recovery shows by itself
             try:
-                await self._write(
-                    lambda conn: conn.execute(
-                        "INSERT OR REPLACE INTO health (id, checked_us) VALUES (1, ?)", (_now_us(),)
-                    )
-                )
+                await self._write(_probe)
             except Unavailable as exc:
                 problems.append(exc.message)
         file_problem = self._file.problem()

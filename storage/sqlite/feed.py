@@ -1,4 +1,5 @@
-"""Following the change feed (changes.py) that other processes write to the same file."""
+"""The change feed (changes.py) in the `changes` table: what each write records there (`ChangeLog`), and how a
+process follows what the other processes sharing the file record (`follow_feed`)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,32 @@ from typing import Any
 import aiosqlite
 
 from ..changes import EVERYTHING, Change, Deliver
+from ..sql import writes as shared
+from ..sql.ops import Ops, count, value
 
 logger = logging.getLogger("chatdock.storage")
 
 FOLLOW_INTERVAL = 0.05  # seconds between looks at the change feed, while someone listens
+KEEP_CHANGES = 10_000  # the feed keeps this many changes; a follower further behind re-reads everything
+PRUNE_EVERY = 1_024
+
+
+class ChangeLog(shared.ChangeLog):
+    """Each change is a row of the feed, written inside the write's transaction."""
+
+    __slots__ = ()
+
+    def write(self, change: Change) -> Ops[None]:
+        seq = yield value(
+            "INSERT INTO changes (org, contact_id, kind, origin, aliases) VALUES (?, ?, ?, ?, ?) RETURNING seq",
+            change.org,
+            change.contact_id,
+            change.kind,
+            self.origin,
+            json.dumps(list(change.aliases)) if change.aliases else None,
+        )
+        if seq % PRUNE_EVERY == 0:
+            yield count("DELETE FROM changes WHERE seq <= ?", seq - KEEP_CHANGES)
 
 
 async def _one_value(conn: aiosqlite.Connection, sql: str) -> Any:

@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from ..sql.ops import Undo
+
 T = TypeVar("T")
 Committed = Callable[[int, float], None]  # told of each commit: its writes, and the seconds since BEGIN
 
@@ -54,14 +56,6 @@ CHECK_EVERY = 32  # commits between two looks at the log's size (about 1 MB of l
 
 class _Restart:
     """The queue's marker for "restart the write-ahead log between two batches"."""
-
-
-class Undo(Exception):
-    """Raised by a job to roll back its own writes and still return `value`."""
-
-    def __init__(self, value: object) -> None:
-        super().__init__("undo")
-        self.value = value
 
 
 @dataclass

@@ -17,7 +17,7 @@ from mcp.client import Client
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.postgres import schema
-from chatdock.storage.sqlite import migrations
+from chatdock.storage.sqlite import schema as sqlite_schema
 from tests.transports import call, error
 
 PHONE = "+31612345678"
@@ -138,7 +138,7 @@ async def test_ordinary_ids_with_inner_spaces_and_any_script_still_work(db: str)
 
 
 def engine(db: str) -> ModuleType:
-    return schema if db.startswith("postgres") else migrations
+    return schema if db.startswith("postgres") else sqlite_schema
 
 
 CLEANING = "identifiers without characters a person cannot see"

@@ -25,6 +25,7 @@ from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.changes import Change
 from chatdock.storage.postgres import PostgresBackend
+from chatdock.storage.sql.ops import Ops, value
 from tests.mcp.test_events import heard_within, subscriber
 from tests.postgres import PostgresServer
 from tests.storage.test_replicas import replicas, rows
@@ -253,27 +254,24 @@ async def test_a_transaction_retried_after_a_deadlock_announces_and_sends_its_ch
         stop = store.announce_to(announced.append)
         follower = asyncio.ensure_future(other.follow(followed.append, lambda: True))
         await asyncio.sleep(0.5)  # the follower listens
-        first_locked = asyncio.Event()
-        second_locked = asyncio.Event()
         tries = {"a": 0, "b": 0}
 
-        def job(name: str, mine: str, theirs: str, locked: asyncio.Event, wait: asyncio.Event) -> Any:
+        def job(name: str, mine: str, theirs: str) -> Any:
             log = backend._log()
 
-            async def run(conn: Any) -> None:
+            def run() -> Ops[None]:  # each try: record, lock mine, (first try: wait for the other), lock theirs
                 tries[name] += 1
-                await log.record(conn, "acme", mine)
-                await conn.execute("SELECT 1 FROM contacts WHERE external_id = $1 FOR UPDATE", mine)
+                yield from log.record("acme", mine)
+                yield value("SELECT 1 FROM contacts WHERE external_id = ? FOR UPDATE", mine)
                 if tries[name] == 1:
-                    locked.set()
-                    await wait.wait()
-                await conn.execute("SELECT 1 FROM contacts WHERE external_id = $1 FOR UPDATE", theirs)
+                    yield value("SELECT pg_sleep(0.5)")  # both hold their first lock before either wants the other
+                yield value("SELECT 1 FROM contacts WHERE external_id = ? FOR UPDATE", theirs)
 
-            return backend._transaction(run, log)
+            return backend._write(run, log)
 
         await asyncio.gather(
-            job("a", "+31641111111", "+31642222222", first_locked, second_locked),
-            job("b", "+31642222222", "+31641111111", second_locked, first_locked),
+            job("a", "+31641111111", "+31642222222"),
+            job("b", "+31642222222", "+31641111111"),
         )
         assert max(tries.values()) == 2, "one of the two met the deadlock and ran again"
         with anyio.fail_after(5):

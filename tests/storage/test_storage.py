@@ -23,7 +23,7 @@ from chatdock.storage import (
 from chatdock.storage.postgres import PostgresBackend
 from chatdock.storage.postgres.schema import MIGRATIONS as POSTGRES_MIGRATIONS
 from chatdock.storage.sqlite import SQLiteBackend
-from chatdock.storage.sqlite.migrations import MIGRATIONS
+from chatdock.storage.sqlite.schema import MIGRATIONS
 
 ORG = "acme"
 

@@ -1,70 +1,51 @@
-"""The schema, as numbered, named migrations recorded in the database.
-
-Each migration is applied in one `BEGIN IMMEDIATE` transaction that first
-re-reads what is applied, so two processes opening a fresh file at the same
-moment take turns: the second finds the work done and applies nothing twice.
-"""
+"""SQLite's schema, as numbered, named migrations recorded in the database (the format: storage/sql/migrations.py)."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
-from ..validation import (
-    StoredIdentifier,
-    cleaned_agent,
-    cleaned_identifier,
-    normal_identifier,
-    plan_identifier_fixes,
-    refused_character,
-    visible,
-)
+from ..sql.migrations import APPLIED, SCHEMA_TABLE, Migration, apply_migration, clean_identifiers
+from ..sql.ops import Ops, count, one, rows, value
+from ..validation import normal_identifier, refused_character
+from . import driver
 
 logger = logging.getLogger("chatdock.storage")
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    statements: tuple[str, ...]
-    apply: Callable[[sqlite3.Connection], None] | None = None  # work SQL alone cannot do, after the statements
-
 
 INDEX_BATCH = 50_000
 
 
-def _index_history(conn: sqlite3.Connection) -> None:
+def _index_history() -> Ops[None]:
     """Index the messages stored before search existed, a batch at a time, saying how far it got."""
-    total = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+    total = yield value("SELECT count(*) FROM messages")
     last, done = 0, 0
     while True:
-        found = conn.execute(
+        found = yield one(
             "SELECT max(seq), count(*) FROM (SELECT seq FROM messages WHERE seq > ? ORDER BY seq LIMIT ?)",
-            (last, INDEX_BATCH),
-        ).fetchone()
+            last,
+            INDEX_BATCH,
+        )
         if not found[1]:
             break
-        conn.execute(
+        yield count(
             "INSERT INTO messages_fts (rowid, content, owner) SELECT seq, content, 'k' || contact_pk FROM messages "
             "WHERE seq > ? AND seq <= ?",
-            (last, found[0]),
+            last,
+            found[0],
         )
         last, done = found[0], done + found[1]
         if total > INDEX_BATCH:
             logger.warning("building the search index: %s of %s messages", f"{done:,}", f"{total:,}")
 
 
-def _normalize_identifiers(conn: sqlite3.Connection) -> None:
+def _normalize_identifiers() -> Ops[None]:
     """Store contact and agent ids in NFC. Two contacts whose ids become one are both left as they are and
     logged (the application decides whether they are one person), never merged here."""
-    conn.create_function("nfc", 1, lambda text: None if text is None else normal_identifier(text), deterministic=True)
     for table in ("messages", "chats"):
-        conn.execute(f"UPDATE {table} SET agent_id = nfc(agent_id) WHERE agent_id IS NOT nfc(agent_id)")
-    contacts = conn.execute("SELECT id, org_id, external_id FROM contacts").fetchall()
+        for (agent,) in (yield rows(f"SELECT DISTINCT agent_id FROM {table} WHERE agent_id IS NOT NULL")):
+            if normal_identifier(agent) != agent:
+                yield count(f"UPDATE {table} SET agent_id = ? WHERE agent_id = ?", normal_identifier(agent), agent)
+    contacts = yield rows("SELECT id, org_id, external_id FROM contacts")
     taken = {(org, external) for _, org, external in contacts}
     for key, org, external in contacts:
         normal = normal_identifier(external)
@@ -82,51 +63,9 @@ def _normalize_identifiers(conn: sqlite3.Connection) -> None:
                 normal,
             )
             continue
-        conn.execute("UPDATE contacts SET external_id = ? WHERE id = ?", (normal, key))
+        yield count("UPDATE contacts SET external_id = ? WHERE id = ?", normal, key)
         taken.discard((org, external))
         taken.add((org, normal))
-
-
-def _clean_identifiers(conn: sqlite3.Connection) -> None:
-    """Take out of stored ids the characters a person cannot see (validation.cleaned_identifier), now refused.
-    A look-alike of an id that names another contact is left as it is and logged (the application decides
-    whether they are one person), never merged here; see validation.IdentifierFix for every case."""
-    conn.create_function("unclean", 1, lambda text: cleaned_identifier(text) != text, deterministic=True)
-    unclean = [
-        StoredIdentifier(*row)
-        for row in conn.execute(
-            "SELECT i.org_id, o.name, i.identifier, i.contact_pk, c.external_id, i.created_us FROM identifiers i "
-            "JOIN contacts c ON c.id = i.contact_pk JOIN orgs o ON o.id = i.org_id WHERE unclean(i.identifier)"
-        )
-    ]
-    owners: dict[tuple[int, str], int] = {}
-    for stored in unclean:
-        clean = cleaned_identifier(stored.identifier)
-        found = conn.execute(
-            "SELECT contact_pk FROM identifiers WHERE org_id = ? AND identifier = ?", (stored.org_key, clean)
-        ).fetchone()
-        if found is not None:
-            owners[(stored.org_key, clean)] = found[0]
-    for fix in plan_identifier_fixes(unclean, owners):
-        stored = fix.stored
-        if fix.action == "rename":
-            conn.execute(
-                "UPDATE identifiers SET identifier = ? WHERE org_id = ? AND identifier = ?",
-                (fix.clean, stored.org_key, stored.identifier),
-            )
-        elif fix.action == "drop":
-            conn.execute(
-                "DELETE FROM identifiers WHERE org_id = ? AND identifier = ?", (stored.org_key, stored.identifier)
-            )
-        if fix.action in ("rename", "drop") and stored.own:
-            conn.execute("UPDATE contacts SET external_id = ? WHERE id = ?", (fix.clean, stored.contact_key))
-        logger.log(logging.WARNING if fix.warning else logging.INFO, "%s", fix.describe())
-    for table in ("messages", "chats"):
-        for (agent,) in conn.execute(f"SELECT DISTINCT agent_id FROM {table} WHERE agent_id IS NOT NULL").fetchall():
-            clean = cleaned_agent(agent)
-            if clean != agent:
-                changed = conn.execute(f"UPDATE {table} SET agent_id = ? WHERE agent_id = ?", (clean, agent)).rowcount
-                logger.info("agent id %s of %s %s is now %s", visible(agent), changed, table, visible(clean))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -270,39 +209,28 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         _index_history,
     ),
-    Migration(7, "identifiers without characters a person cannot see", (), _clean_identifiers),
+    Migration(7, "identifiers without characters a person cannot see", (), clean_identifiers()),
 )
 
 
 def applied_versions(conn: sqlite3.Connection) -> set[int]:
-    return {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    return {row[0] for row in conn.execute(APPLIED)}
 
 
 def migrate(conn: sqlite3.Connection) -> list[int]:
     """Apply every migration not yet recorded; return the versions this call applied.
 
-    `conn` must be in autocommit mode (`isolation_level=None`) with a busy timeout set.
+    Each is applied in one `BEGIN IMMEDIATE` transaction that first re-reads what is applied, so two processes
+    opening a fresh file at the same moment take turns: the second finds the work done. `conn` must be in
+    autocommit mode (`isolation_level=None`) with a busy timeout set.
     """
-    conn.execute(
-        """CREATE TABLE IF NOT EXISTS schema_migrations (
-            version INTEGER PRIMARY KEY,
-            name TEXT NOT NULL,
-            applied_us INTEGER NOT NULL
-        )"""
-    )
+    conn.execute(SCHEMA_TABLE)
     applied: list[int] = []
     for migration in MIGRATIONS:
         conn.execute("BEGIN IMMEDIATE")
         try:
             if migration.version not in applied_versions(conn):
-                for statement in migration.statements:
-                    conn.execute(statement)
-                if migration.apply is not None:
-                    migration.apply(conn)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_us) VALUES (?, ?, ?)",
-                    (migration.version, migration.name, time.time_ns() // 1000),
-                )
+                driver.run(conn, apply_migration(migration))
                 applied.append(migration.version)
             conn.execute("COMMIT")
         except BaseException:

@@ -1,0 +1,266 @@
+"""`SQLBackend`: the `Backend` methods that are the same on both engines, and the one write lifecycle.
+
+An engine subclasses it and gives: its `Dialect`, `_read` (one statement's rows), `_transact` (run a piece of
+logic in one transaction on its connection, again after a busy lock or a deadlock, translating the
+database's failures), `_log` (its change log) and what is its own (appends, search, exports, health).
+
+The write lifecycle, for every write of both engines: each try of the transaction records its changes anew
+(a retried one forgets what the failed try recorded); a write undone on purpose (`Undo`) announces nothing;
+once committed, this process is told the changes the write made (`Backend.announce_to`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from .. import rows
+from .. import validation as check
+from ..backend import Imported, MessageFilter, StoredKey
+from ..changes import Announcer
+from ..cursor import Position
+from ..errors import ChatdockError
+from ..models import Alias, ApiKeyInfo, Chat, ChatStatus, ContactInfo, ForgetResult, LinkResult, Message
+from ..records import AliasRecord, ChatRecord, MessageRecord
+from . import writes
+from .dialect import Dialect
+from .ops import Ops, Undo
+from .queries import CONTACT, ORG, chat_select, latest_sql, scope
+from .writes import ChangeLog, savepoint
+
+T = TypeVar("T")
+
+ID_CHUNK = 500  # ids looked up in one statement
+
+
+def now_us() -> int:
+    return rows.to_us(check.utc_now())
+
+
+class SQLBackend:
+    dialect: Dialect
+    _announcer: Announcer
+    _origin: str  # marks this process's changes in the feed
+
+    # --- what each engine gives ---
+
+    def _log(self) -> ChangeLog:
+        raise NotImplementedError
+
+    async def _read(
+        self, sql: str, params: Sequence[Any], org: str | None = None, *, urgent: bool = False
+    ) -> list[Any]:
+        """One statement's rows; `org` is whom the read is for, `urgent` a read that must not queue (key and
+        health checks)."""
+        raise NotImplementedError
+
+    async def _transact(self, attempt: Callable[[], Ops[T]]) -> T:
+        """Run `attempt()` in one transaction, calling it again for each retry; an `Undo` rolls the
+        transaction back and returns its value."""
+        raise NotImplementedError
+
+    def _import_message(self, org: str, record: MessageRecord, now: int, log: ChangeLog) -> Ops[bool]:
+        """Store one imported message as it was, in the import's transaction; whether it was already there."""
+        raise NotImplementedError
+
+    # --- the write lifecycle ---
+
+    async def _write(self, make: Callable[[], Ops[T]], log: ChangeLog | None = None) -> T:
+        def attempt() -> Ops[T]:
+            if log is None:
+                return make()
+            return _recorded(make, log)
+
+        result = await self._transact(attempt)
+        if log is not None:
+            self._announcer.tell(log.changes)
+        return result
+
+    # --- messages ---
+
+    async def latest_messages(
+        self, org: str, contact_id: str, only: MessageFilter, limit: int, max_bytes: int
+    ) -> list[Message]:
+        sql, params = latest_sql(self.dialect, org, contact_id, only, limit, max_bytes)
+        return rows.messages(await self._read(sql, params, org))
+
+    async def message_page(
+        self, org: str, contact_id: str, only: MessageFilter, limit: int, after: Position | None, max_bytes: int
+    ) -> list[tuple[Message, Position]]:
+        sql, params = latest_sql(self.dialect, org, contact_id, only, limit, max_bytes, after)
+        found = await self._read(sql, params, org)
+        return list(zip(rows.messages(found), [(row[8], row[9]) for row in found], strict=True))
+
+    async def delete_message(self, org: str, message_id: str) -> Message | None:
+        log = self._log()
+        return await self._write(lambda: writes.delete_message(org, message_id, log), log)
+
+    # --- chats ---
+
+    async def chat(self, org: str, chat_id: str) -> Chat | None:
+        found = await self._read(
+            chat_select(self.dialect) + f" WHERE ch.id = ? AND ch.org_id = {ORG}", (chat_id, org), org
+        )
+        return rows.chat(found[0]) if found else None
+
+    async def insert_chat(self, org: str, record: ChatRecord) -> Chat:
+        log = self._log()
+        return await self._write(lambda: writes.new_chat(self.dialect, org, record, log), log)
+
+    async def set_chat_status(self, org: str, chat_id: str, status: ChatStatus, now: datetime) -> Chat | None:
+        log = self._log()
+        update = lambda: writes.set_chat_status(self.dialect, org, chat_id, status, rows.to_us(now), log)  # noqa: E731
+        return await self._write(update, log)
+
+    async def chats(self, org: str, contact_id: str, limit: int) -> list[Chat]:
+        order = f"ch.created_us DESC, ch.{self.dialect.chat_order} DESC"
+        found = await self._read(
+            chat_select(self.dialect) + f" WHERE ch.contact_pk = {CONTACT} ORDER BY {order} LIMIT ?",
+            (org, contact_id, limit),
+            org,
+        )
+        return [rows.chat(row) for row in found]
+
+    # --- contacts ---
+
+    async def forget_contact(self, org: str, contact_id: str) -> ForgetResult:
+        log = self._log()
+        return await self._write(lambda: writes.forget(self.dialect, org, contact_id, log), log)
+
+    async def resolve(self, org: str, identifier: str) -> str | None:
+        found = await self._read(f"SELECT external_id FROM contacts WHERE id = {CONTACT}", (org, identifier), org)
+        return str(found[0][0]) if found else None
+
+    async def contact(self, org: str, contact_id: str) -> ContactInfo | None:
+        # a write's transaction, though it writes nothing: one consistent view of the contact
+        return await self._write(lambda: writes.contact(org, contact_id))
+
+    async def link(self, org: str, contact_id: str, identifier: str) -> LinkResult:
+        log = self._log()
+        return await self._write(lambda: writes.link(self.dialect, org, contact_id, identifier, now_us(), log), log)
+
+    async def unlink(self, org: str, identifier: str) -> ContactInfo | None:
+        log = self._log()
+        return await self._write(lambda: writes.unlink(org, identifier, log), log)
+
+    async def recent_contacts(self, org: str, limit: int) -> list[str]:
+        found = await self._read(
+            f"SELECT external_id FROM contacts WHERE org_id = {ORG} ORDER BY last_active_us DESC, id DESC LIMIT ?",
+            (org, limit),
+            org,
+        )
+        return [row[0] for row in found]
+
+    # --- history ---
+
+    async def count_records(self, org: str | None, contact_id: str | None) -> int:
+        where, params = scope(org, contact_id, "c.external_id")
+        joins = "JOIN orgs o ON o.id = t.org_id JOIN contacts c ON c.id = t.contact_pk"
+        found = await self._read(
+            f"SELECT (SELECT count(*) FROM chats t {joins} WHERE true{where})"
+            f" + (SELECT count(*) FROM messages t {joins} WHERE true{where})"
+            " + (SELECT count(*) FROM identifiers t JOIN contacts c ON c.id = t.contact_pk JOIN orgs o"
+            f" ON o.id = t.org_id WHERE t.identifier <> c.external_id{where})",
+            params * 3,
+        )
+        return int(found[0][0])
+
+    async def export_aliases(self, org: str | None, contact_id: str | None) -> AsyncIterator[tuple[str, Alias]]:
+        where, params = scope(org, contact_id, "c.external_id")
+        found = await self._read(
+            "SELECT o.name, c.external_id, i.identifier, i.created_us FROM identifiers i "
+            "JOIN contacts c ON c.id = i.contact_pk JOIN orgs o ON o.id = i.org_id "
+            f"WHERE i.identifier <> c.external_id{where} ORDER BY i.created_us, i.identifier",
+            params,
+        )
+        for org_name, owner, identifier, created_us in found:
+            yield org_name, Alias(contact_id=owner, identifier=identifier, created_at=rows.from_us(created_us))
+
+    async def import_history(
+        self, org: str, records: Sequence[ChatRecord | AliasRecord | MessageRecord | ChatdockError], keep_going: bool
+    ) -> list[Imported | ChatdockError]:
+        log = self._log()
+        d = self.dialect
+
+        def job() -> Ops[list[Imported | ChatdockError]]:
+            now = now_us()
+            outcomes: list[Imported | ChatdockError] = []
+            for record in records:
+                try:
+                    if isinstance(record, ChatdockError):
+                        raise record
+                    if isinstance(record, ChatRecord):
+                        again = not (yield from savepoint(writes.insert_chat(d, org, record, log)))
+                    elif isinstance(record, AliasRecord):
+                        again = not (yield from savepoint(writes.import_alias(d, org, record, log)))
+                    else:
+                        again = yield from self._import_message(org, record, now, log)
+                    outcomes.append("existing" if again else "stored")
+                except ChatdockError as exc:
+                    outcomes.append(exc)
+                    if not keep_going:
+                        raise Undo(outcomes) from None
+            return outcomes
+
+        return await self._write(job, log)
+
+    async def _by_ids(self, select: str, ids: Sequence[str]) -> list[Any]:
+        found: list[Any] = []
+        for start in range(0, len(ids), ID_CHUNK):
+            chunk = list(ids[start : start + ID_CHUNK])
+            found += await self._read(f"{select} IN ({', '.join('?' * len(chunk))})", chunk)
+        return found
+
+    async def message_orgs(self, message_ids: Sequence[str]) -> dict[str, str]:
+        found = await self._by_ids(
+            "SELECT m.id, o.name FROM messages m JOIN orgs o ON o.id = m.org_id WHERE m.id", message_ids
+        )
+        return {row[0]: row[1] for row in found}
+
+    async def chat_owners(self, chat_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        found = await self._by_ids(
+            "SELECT ch.id, o.name, co.external_id FROM chats ch JOIN orgs o ON o.id = ch.org_id "
+            "JOIN contacts co ON co.id = ch.contact_pk WHERE ch.id",
+            chat_ids,
+        )
+        return {row[0]: (row[1], row[2]) for row in found}
+
+    # --- API keys ---
+
+    async def insert_api_key(self, org: str, prefix: str, name: str | None, key_hash: str) -> ApiKeyInfo:
+        return await self._write(lambda: writes.insert_api_key(org, prefix, name, key_hash, now_us()))
+
+    async def api_keys(self) -> list[ApiKeyInfo]:
+        return await self._write(lambda: writes.keys("true"))
+
+    async def api_key(self, prefix: str) -> StoredKey | None:
+        found = await self._read(
+            "SELECT k.hash, o.name, k.revoked_us, k.last_used_us FROM api_keys k JOIN orgs o ON o.id = k.org_id "
+            "WHERE k.prefix = ?",
+            (prefix,),
+            urgent=True,
+        )
+        if not found:
+            return None
+        key_hash, org, revoked_us, last_used_us = found[0]
+        return StoredKey(key_hash, org, revoked_us is not None, rows.optional_from_us(last_used_us))
+
+    async def revoke_api_key(self, prefix_or_name: str) -> ApiKeyInfo | None:
+        return await self._write(lambda: writes.revoke_api_key(prefix_or_name, now_us()))
+
+    async def touch_api_key(self, prefix: str, now: datetime) -> None:
+        await self._write(lambda: writes.touch_api_key(prefix, rows.to_us(now)))
+
+    async def ping(self) -> None:
+        await self._read("SELECT count(*) FROM schema_migrations", (), urgent=True)
+
+
+def _recorded(make: Callable[[], Ops[T]], log: ChangeLog) -> Ops[T]:
+    """One try of a write that records changes: from a clean log, which an `Undo` leaves clean again."""
+    log.reset()
+    try:
+        return (yield from make())
+    except Undo:
+        log.reset()
+        raise

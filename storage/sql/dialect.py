@@ -1,0 +1,42 @@
+"""What differs between the engines' SQL, for the logic both share (writes.py, queries.py, backend.py).
+
+Each engine gives one `Dialect`: a few words of SQL and, where the two do a step differently, the step
+itself as a small piece of logic (ops.py). Everything else is written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .ops import Ops
+
+
+class ClaimIdentifier(Protocol):
+    def __call__(self, org_key: int, identifier: str, contact_key: int, now_us: int) -> Ops[tuple[int, bool]]:
+        """Make `identifier` name the contact `contact_key` unless it already names one: (the contact it names
+        now, whether it was claimed now). On PostgreSQL the identifier's row stays locked until the commit."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    name: str
+    # a contact's key and own contact_id from (org key, identifier): on PostgreSQL share-locked, so no merge
+    # deletes the contact under the write that reads it
+    resolve: str
+    claim_identifier: ClaimIdentifier
+    # a chat's columns as rows.chat reads them, its channels one JSON array
+    chat_columns: str
+    # the column that orders chats created in the same microsecond
+    chat_order: str
+    # added to a SELECT of rows a write is about to change or delete, so a concurrent one waits
+    for_update: str
+    greatest: str  # the larger of two values
+    least: str  # the smaller of two values
+
+    def octet_length(self, expression: str) -> str:
+        """The stored size of a text, in bytes (0 for NULL)."""
+        if self.name == "sqlite":
+            return f"coalesce(length(CAST({expression} AS BLOB)), 0)"
+        return f"coalesce(octet_length({expression}), 0)"

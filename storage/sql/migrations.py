@@ -1,0 +1,102 @@
+"""The one migration format of both engines, and the data migration they share.
+
+A migration is numbered and named; it runs its statements, then its `apply` step (work SQL alone cannot do,
+as a piece of logic, ops.py), then records itself in `schema_migrations`, all in one transaction. Each engine
+keeps its list (sqlite/schema.py, postgres/schema.py) and its `migrate`, which takes the engine's lock, skips
+what is recorded and runs `apply_migration` for the rest, one transaction each. To change the schema: add a
+`Migration` with the next number at the end of each engine's list; never edit one already released.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..validation import StoredIdentifier, cleaned_agent, cleaned_identifier, plan_identifier_fixes, visible
+from .ops import Ops, count, rows, value
+
+logger = logging.getLogger("chatdock.storage")
+
+SCHEMA_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_us bigint NOT NULL
+)"""
+APPLIED = "SELECT version FROM schema_migrations"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+    apply: Callable[[], Ops[None]] | None = None  # work SQL alone cannot do, after the statements
+
+
+def apply_migration(migration: Migration) -> Ops[None]:
+    """The migration's statements, its step and its record, in the caller's transaction."""
+    for statement in migration.statements:
+        yield count(statement)
+    if migration.apply is not None:
+        yield from migration.apply()
+    yield count(
+        "INSERT INTO schema_migrations (version, name, applied_us) VALUES (?, ?, ?)",
+        migration.version,
+        migration.name,
+        time.time_ns() // 1000,
+    )
+
+
+def clean_identifiers(narrow: str = "", argument: str = "") -> Callable[[], Ops[None]]:
+    """The step that takes out of stored ids the characters a person cannot see (validation.cleaned_identifier),
+    now refused. A look-alike of an id that names another contact is left as it is and logged (the application
+    decides whether they are one person), never merged here; see validation.IdentifierFix for every case.
+    `narrow`, a condition on `{column}` with one parameter (`argument`), lets an engine read only the rows
+    that may need it; validation decides."""
+
+    def step() -> Ops[None]:
+        params = (argument,) if narrow else ()
+        condition = f" WHERE {narrow.format(column='i.identifier')}" if narrow else ""
+        found = yield rows(
+            "SELECT i.org_id, o.name, i.identifier, i.contact_pk, c.external_id, i.created_us FROM identifiers i "
+            f"JOIN contacts c ON c.id = i.contact_pk JOIN orgs o ON o.id = i.org_id{condition}",
+            *params,
+        )
+        unclean = [StoredIdentifier(*row) for row in found if cleaned_identifier(row[2]) != row[2]]
+        owners: dict[tuple[int, str], int] = {}
+        for stored in unclean:
+            clean = cleaned_identifier(stored.identifier)
+            owner = yield value(
+                "SELECT contact_pk FROM identifiers WHERE org_id = ? AND identifier = ?", stored.org_key, clean
+            )
+            if owner is not None:
+                owners[(stored.org_key, clean)] = owner
+        for fix in plan_identifier_fixes(unclean, owners):
+            stored = fix.stored
+            if fix.action == "rename":
+                yield count(
+                    "UPDATE identifiers SET identifier = ? WHERE org_id = ? AND identifier = ?",
+                    fix.clean,
+                    stored.org_key,
+                    stored.identifier,
+                )
+            elif fix.action == "drop":
+                yield count(
+                    "DELETE FROM identifiers WHERE org_id = ? AND identifier = ?", stored.org_key, stored.identifier
+                )
+            if fix.action in ("rename", "drop") and stored.own:
+                yield count("UPDATE contacts SET external_id = ? WHERE id = ?", fix.clean, stored.contact_key)
+            logger.log(logging.WARNING if fix.warning else logging.INFO, "%s", fix.describe())
+        agents = f" AND {narrow.format(column='agent_id')}" if narrow else ""
+        for table in ("messages", "chats"):
+            for (agent,) in (
+                yield rows(f"SELECT DISTINCT agent_id FROM {table} WHERE agent_id IS NOT NULL{agents}", *params)
+            ):
+                clean = cleaned_agent(agent)
+                if clean != agent:
+                    changed = yield count(f"UPDATE {table} SET agent_id = ? WHERE agent_id = ?", clean, agent)
+                    logger.info("agent id %s of %s %s is now %s", visible(agent), changed, table, visible(clean))
+
+    return step

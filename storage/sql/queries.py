@@ -1,0 +1,97 @@
+"""The SQL both engines read with: the organization scope, column lists, and the statements behind the hot
+reads. Organization scoping lives here: `ORG` and `CONTACT` name the organization and the contact by their
+external names; every read is built from them. Placeholders are `?` (ops.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import MessageFilter
+from ..cursor import Position
+from .dialect import Dialect
+
+ORG = "(SELECT id FROM orgs WHERE name = ?)"
+# the contact an identifier names: its own contact_id, or one of its aliases (takes org, identifier)
+CONTACT = f"(SELECT contact_pk FROM identifiers WHERE org_id = {ORG} AND identifier = ?)"
+
+MESSAGE_COLUMNS = "m.id, m.agent_id, m.chat_id, m.channel, m.role, m.content, m.parts, m.metadata, m.created_us, m.seq"
+# a message with its contact's external id (index 10), found by a WHERE clause over `m`
+MESSAGE_WITH_CONTACT = (
+    f"SELECT {MESSAGE_COLUMNS}, c.external_id FROM messages m JOIN contacts c ON c.id = m.contact_pk WHERE "
+)
+
+CHAT_FROM = "FROM chats ch JOIN contacts co ON co.id = ch.contact_pk"
+
+KEY_SELECT = (
+    "SELECT k.prefix, k.name, o.name, k.created_us, k.last_used_us, k.revoked_us "
+    "FROM api_keys k JOIN orgs o ON o.id = k.org_id"
+)
+
+
+def chat_select(dialect: Dialect) -> str:
+    """A chat's row (rows.chat), found by a WHERE clause over `ch` (its contact is `co`)."""
+    return f"SELECT {dialect.chat_columns} {CHAT_FROM}"
+
+
+def _filters(only: MessageFilter, params: list[Any]) -> str:
+    """The filter's conditions, appending their values to `params`."""
+    where = ""
+    if only.agent_id is not None:
+        where += " AND m.agent_id = ?"
+        params.append(only.agent_id)
+    if only.chat_id is not None:
+        where += " AND m.chat_id = ?"
+        params.append(only.chat_id)
+    if only.roles:
+        where += f" AND m.role IN ({', '.join('?' * len(only.roles))})"
+        params.extend(only.roles)
+    if only.channels:
+        where += f" AND m.channel IN ({', '.join('?' * len(only.channels))})"
+        params.extend(only.channels)
+    return where
+
+
+def latest_sql(
+    dialect: Dialect,
+    org: str,
+    contact_id: str,
+    only: MessageFilter,
+    limit: int,
+    max_bytes: int,
+    after: Position | None = None,
+) -> tuple[str, list[Any]]:
+    """A contact's newest `limit` messages passing `only` (after a keyset position), newest first, cut where
+    their stored bytes (content, parts, metadata) reach `max_bytes`: the row that crosses it still comes, so a
+    caller can tell more exist, and only sizes are read for the rows past it. Each row is `MESSAGE_COLUMNS`
+    and its contact's own contact_id (index 10), whatever identifier named it. The statement and its
+    parameters."""
+    params: list[Any] = [org, contact_id]
+    where = _filters(only, params)
+    if after is not None:
+        where += " AND (m.created_us, m.seq) < (?, ?)"
+        params += list(after)
+    params += [limit, max_bytes]
+    size = " + ".join(dialect.octet_length(f"m.{column}") for column in ("content", "parts", "metadata"))
+    sized = (
+        f"SELECT m.seq AS seq, m.created_us AS created_us, {size} AS size FROM messages m "
+        f"WHERE m.contact_pk = {CONTACT}{where} ORDER BY m.created_us DESC, m.seq DESC LIMIT ?"
+    )
+    running = "sum(size) OVER (ORDER BY created_us DESC, seq DESC ROWS UNBOUNDED PRECEDING) - size"
+    sql = (
+        f"SELECT {MESSAGE_COLUMNS}, c.external_id FROM (SELECT seq, {running} AS before FROM ({sized}) s) r "
+        "JOIN messages m ON m.seq = r.seq JOIN contacts c ON c.id = m.contact_pk WHERE r.before < ? "
+        "ORDER BY m.created_us DESC, m.seq DESC"
+    )
+    return sql, params
+
+
+def scope(org: str | None, contact_id: str | None, contact_column: str) -> tuple[str, list[Any]]:
+    """The conditions (each after an AND) that keep an export to one organization (`o`) and one contact."""
+    where, params = "", []
+    if org is not None:
+        where += " AND o.name = ?"
+        params.append(org)
+    if contact_id is not None:
+        where += f" AND {contact_column} = ?"
+        params.append(contact_id)
+    return where, params

@@ -1,0 +1,373 @@
+"""The writes other than appends, written once for both engines (ops.py): organizations, contacts and their
+identifiers, channels, chats, identity (link, unlink, merge), forget, deletes and API keys. Each runs inside
+the caller's transaction; records are already checked (storage/records.py).
+
+Rows another transaction may create at the same moment (an organization, a contact, a channel) are created
+with ON CONFLICT DO NOTHING and read again: never a look-up-then-insert race on PostgreSQL (on SQLite the one
+writer makes it moot). Rows a write is about to move or delete are read `FOR UPDATE` where the dialect locks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .. import changes, rows
+from ..changes import Change, ChangeKind
+from ..errors import ChatdockError, chat_id_taken, key_name_taken, own_identifier
+from ..ids import uuid7
+from ..models import ApiKeyInfo, Chat, ChatStatus, ContactInfo, ForgetResult, LinkResult, Message, channel_kind
+from ..records import AliasRecord, ChatRecord
+from .dialect import Dialect
+from .ops import Ops, Undo, count, one, value
+from .ops import rows as all_rows
+from .queries import KEY_SELECT, MESSAGE_WITH_CONTACT, ORG, chat_select
+
+
+class ChangeLog(changes.ChangeLog):
+    """The changes one write makes, each written into the engine's feed inside the write's transaction
+    (`write`, per engine: a row of SQLite's `changes` table, a PostgreSQL NOTIFY)."""
+
+    __slots__ = ()
+
+    def record(self, org: str, contact_id: str, kind: ChangeKind = "updated", aliases: Sequence[str] = ()) -> Ops[None]:
+        if not self.first(org, contact_id, kind):
+            return
+        change = Change(org, contact_id, kind, tuple(aliases))
+        yield from self.write(change)
+        self.changes.append(change)
+
+    def write(self, change: Change) -> Ops[None]:
+        raise NotImplementedError
+
+    def written(self, change: Change) -> None:
+        """A change a statement of the engine's own already wrote into the feed (PostgreSQL's
+        `chatdock_append`, one per stored message): only to be announced here."""
+        self.changes.append(change)
+
+
+def savepoint(write: Ops[object]) -> Ops[object]:
+    """One record of a batch in its own savepoint: an `Undo` rolls it back and returns its value, an error
+    rolls it back and propagates, so the other records of the batch stay."""
+    yield count("SAVEPOINT one")
+    try:
+        result = yield from write
+    except Undo as undo:
+        yield count("ROLLBACK TO SAVEPOINT one")
+        yield count("RELEASE SAVEPOINT one")
+        return undo.value
+    except ChatdockError:
+        yield count("ROLLBACK TO SAVEPOINT one")
+        yield count("RELEASE SAVEPOINT one")
+        raise
+    yield count("RELEASE SAVEPOINT one")
+    return result
+
+
+def org_pk(org: str, now_us: int) -> Ops[int]:
+    """The organization's key, created on first use."""
+    key = yield value("SELECT id FROM orgs WHERE name = ?", org)
+    if key is None:
+        yield count("INSERT INTO orgs (name, created_us) VALUES (?, ?) ON CONFLICT (name) DO NOTHING", org, now_us)
+        key = yield value("SELECT id FROM orgs WHERE name = ?", org)
+    return int(key)
+
+
+def existing_contact_pk(org: str, identifier: str) -> Ops[int | None]:
+    key = yield value(f"SELECT contact_pk FROM identifiers WHERE org_id = {ORG} AND identifier = ?", org, identifier)
+    return None if key is None else int(key)
+
+
+def contact_pk(d: Dialect, org_key: int, identifier: str, now_us: int) -> Ops[tuple[int, bool, str]]:
+    """The key of the contact `identifier` names (its contact_id or an alias), created on first use; whether it
+    was created now; and the contact's own contact_id."""
+    row = yield one(d.resolve, org_key, identifier)
+    if row is not None and row[0] is not None:
+        return int(row[0]), False, str(row[1])
+    key = yield value(
+        "INSERT INTO contacts (org_id, external_id, created_us, last_active_us) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (org_id, external_id) DO NOTHING RETURNING id",
+        org_key,
+        identifier,
+        now_us,
+        now_us,
+    )
+    if key is None:  # created by another transaction meanwhile
+        row = yield one(d.resolve, org_key, identifier)
+        assert row is not None and row[0] is not None
+        return int(row[0]), False, str(row[1])
+    yield count(
+        "INSERT INTO identifiers (org_id, identifier, contact_pk, created_us) VALUES (?, ?, ?, ?)",
+        org_key,
+        identifier,
+        key,
+        now_us,
+    )
+    return int(key), True, identifier
+
+
+def aliases_of(contact_key: int, contact_id: str) -> Ops[list[str]]:
+    """A contact's identifiers other than its own contact_id, oldest first."""
+    found = yield all_rows(
+        "SELECT identifier FROM identifiers WHERE contact_pk = ? ORDER BY created_us, identifier", contact_key
+    )
+    return [row[0] for row in found if row[0] != contact_id]
+
+
+def channel_id(contact_key: int, name: str, wanted: str | None = None) -> Ops[str]:
+    """The contact's channel of that name, created on first use (with the `wanted` id when it is still free)."""
+    select = "SELECT id FROM channels WHERE contact_pk = ? AND name = ?"
+    found = yield value(select, contact_key, name)
+    if found is not None:
+        return str(found)
+    free = wanted is not None and (yield value("SELECT 1 FROM channels WHERE id = ?", wanted)) is None
+    yield count(
+        "INSERT INTO channels (id, contact_pk, name, kind) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        wanted if free and wanted is not None else uuid7(),
+        contact_key,
+        name,
+        channel_kind(name),
+    )
+    return str((yield value(select, contact_key, name)))
+
+
+def attach(chat_id: str, channel: str, at_us: int) -> Ops[None]:
+    yield count(
+        "INSERT INTO chat_channels (chat_id, channel_id, attached_us) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        chat_id,
+        channel,
+        at_us,
+    )
+
+
+def chat_by_id(d: Dialect, chat_id: str) -> Ops[Chat]:
+    row = yield one(chat_select(d) + " WHERE ch.id = ?", chat_id)
+    assert row is not None
+    return rows.chat(row)
+
+
+def find_message(where: str, *params: object) -> Ops[Message | None]:
+    row = yield one(MESSAGE_WITH_CONTACT + where, *params)
+    return None if row is None else rows.message(row, row[10])
+
+
+def insert_chat(d: Dialect, org: str, record: ChatRecord, log: ChangeLog) -> Ops[bool]:
+    """Store one chat with its channels; False when it is already there (same id, same contact)."""
+    created_us = rows.to_us(record.created_at)
+    org_key = yield from org_pk(org, created_us)
+    contact_key, appeared, contact_id = yield from contact_pk(d, org_key, record.contact_id, created_us)
+    if appeared:
+        yield from log.record(org, contact_id, "appeared")
+    inserted = yield value(
+        "INSERT INTO chats (id, org_id, contact_pk, agent_id, status, created_us, updated_us)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING RETURNING id",
+        record.id,
+        org_key,
+        contact_key,
+        record.agent_id,
+        record.status,
+        created_us,
+        rows.to_us(record.updated_at),
+    )
+    if inserted is None:
+        row = yield one("SELECT org_id, contact_pk FROM chats WHERE id = ?", record.id)
+        if row is None or tuple(row) != (org_key, contact_key):
+            raise chat_id_taken(record.id)
+        return False
+    for offset, (wanted, name) in enumerate(record.channels):
+        # attached one microsecond apart, so the channels keep their listed order
+        channel = yield from channel_id(contact_key, name, wanted)
+        yield from attach(record.id, channel, created_us + offset)
+    return True
+
+
+def new_chat(d: Dialect, org: str, record: ChatRecord, log: ChangeLog) -> Ops[Chat]:
+    yield from insert_chat(d, org, record, log)
+    return (yield from chat_by_id(d, record.id))
+
+
+def set_chat_status(
+    d: Dialect, org: str, chat_id: str, status: ChatStatus, now_us: int, log: ChangeLog
+) -> Ops[Chat | None]:
+    updated = yield value(
+        f"UPDATE chats SET status = ?, updated_us = ? WHERE id = ? AND org_id = {ORG} RETURNING id",
+        status,
+        now_us,
+        chat_id,
+        org,
+    )
+    if updated is None:
+        return None
+    chat = yield from chat_by_id(d, chat_id)
+    yield from log.record(org, chat.contact_id)
+    return chat
+
+
+def delete_message(org: str, message_id: str, log: ChangeLog) -> Ops[Message | None]:
+    found = yield from find_message(f"m.id = ? AND m.org_id = {ORG}", message_id, org)
+    if found is None or not (yield count("DELETE FROM messages WHERE id = ?", message_id)):
+        return None
+    yield from log.record(org, found.contact_id)
+    return found
+
+
+def contact_info(contact_key: int) -> Ops[ContactInfo]:
+    row = yield one(
+        "SELECT external_id, created_us, last_active_us, "
+        "(SELECT count(*) FROM messages WHERE contact_pk = c.id), "
+        "(SELECT count(*) FROM chats WHERE contact_pk = c.id), "
+        "(SELECT min(created_us) FROM messages WHERE contact_pk = c.id) FROM contacts c WHERE id = ?",
+        contact_key,
+    )
+    assert row is not None
+    contact_id, created_us, last_active_us, messages, chats, first_message_us = row
+    channels = yield all_rows("SELECT name FROM channels WHERE contact_pk = ? ORDER BY name", contact_key)
+    return ContactInfo(
+        contact_id=contact_id,
+        aliases=(yield from aliases_of(contact_key, contact_id)),
+        channels=[r[0] for r in channels],
+        message_count=messages,
+        chat_count=chats,
+        first_seen_at=rows.from_us(min(created_us, first_message_us or created_us)),
+        last_active_at=rows.from_us(last_active_us),
+    )
+
+
+def contact(org: str, contact_id: str) -> Ops[ContactInfo | None]:
+    contact_key = yield from existing_contact_pk(org, contact_id)
+    return None if contact_key is None else (yield from contact_info(contact_key))
+
+
+def link(d: Dialect, org: str, contact_id: str, identifier: str, now_us: int, log: ChangeLog) -> Ops[LinkResult]:
+    """Make `identifier` name the contact of `contact_id`; if it names another contact, merge that one into it."""
+    org_key = yield from org_pk(org, now_us)
+    while True:
+        keeper, created, keeper_id = yield from contact_pk(d, org_key, contact_id, now_us)
+        # the keeper's row is locked: a concurrent merge of it waits for this one (or merged it away: again)
+        if (yield value(f"SELECT 1 FROM contacts WHERE id = ?{d.for_update}", keeper)) is not None:
+            break
+    owner, claimed = yield from d.claim_identifier(org_key, identifier, keeper, now_us)
+    messages = chats = 0
+    if owner != keeper:
+        messages, chats = yield from _merge(d, org, keeper, owner, log)
+    if created or claimed or owner != keeper:
+        aliases = yield from aliases_of(keeper, keeper_id)
+        yield from log.record(org, keeper_id, "appeared" if created else "updated", aliases)
+    info = yield from contact_info(keeper)
+    return LinkResult(**info.model_dump(), merged_messages=messages, merged_chats=chats)
+
+
+def _merge(d: Dialect, org: str, keeper: int, merged: int, log: ChangeLog) -> Ops[tuple[int, int]]:
+    """Move everything of contact `merged` into `keeper`, in the caller's transaction; (messages, chats) moved."""
+    merged_id = yield value(f"SELECT external_id FROM contacts WHERE id = ?{d.for_update}", merged)
+    yield from log.record(org, merged_id, "forgotten", (yield from aliases_of(merged, merged_id)))
+    for channel, name in (yield all_rows("SELECT id, name FROM channels WHERE contact_pk = ?", merged)):
+        same = yield value("SELECT id FROM channels WHERE contact_pk = ? AND name = ?", keeper, name)
+        if same is None:
+            yield count("UPDATE channels SET contact_pk = ? WHERE id = ?", keeper, channel)
+            continue
+        # two channels of one name become one: the chats that used either now use the keeper's
+        yield count(
+            "INSERT INTO chat_channels (chat_id, channel_id, attached_us) SELECT chat_id, ?, attached_us "
+            "FROM chat_channels WHERE channel_id = ? ON CONFLICT DO NOTHING",
+            same,
+            channel,
+        )
+        yield count("DELETE FROM channels WHERE id = ?", channel)
+    messages = yield count("UPDATE messages SET contact_pk = ? WHERE contact_pk = ?", keeper, merged)
+    chats = yield count("UPDATE chats SET contact_pk = ? WHERE contact_pk = ?", keeper, merged)
+    yield count("UPDATE identifiers SET contact_pk = ? WHERE contact_pk = ?", keeper, merged)
+    yield count(
+        f"UPDATE contacts SET last_active_us = {d.greatest}(last_active_us, "
+        "(SELECT last_active_us FROM contacts WHERE id = ?)), "
+        f"created_us = {d.least}(created_us, (SELECT created_us FROM contacts WHERE id = ?)) WHERE id = ?",
+        merged,
+        merged,
+        keeper,
+    )
+    yield count("DELETE FROM contacts WHERE id = ?", merged)
+    return messages, chats
+
+
+def unlink(org: str, identifier: str, log: ChangeLog) -> Ops[ContactInfo | None]:
+    """Detach an alias from its contact; None when no contact of the organization has it."""
+    found = yield one(
+        "SELECT i.contact_pk, c.external_id FROM identifiers i JOIN contacts c ON c.id = i.contact_pk "
+        f"WHERE i.org_id = {ORG} AND i.identifier = ?",
+        org,
+        identifier,
+    )
+    if found is None:
+        return None
+    contact_key, contact_id = found
+    if contact_id == identifier:
+        raise own_identifier(identifier)
+    yield count("DELETE FROM identifiers WHERE contact_pk = ? AND identifier = ?", contact_key, identifier)
+    aliases = [*(yield from aliases_of(contact_key, contact_id)), identifier]
+    yield from log.record(org, contact_id, "updated", aliases)
+    return (yield from contact_info(contact_key))
+
+
+def import_alias(d: Dialect, org: str, record: AliasRecord, log: ChangeLog) -> Ops[bool]:
+    """Link an imported alias as it was (its own time kept); False when it already names that contact."""
+    created_us = rows.to_us(record.created_at)
+    org_key = yield from org_pk(org, created_us)
+    keeper, _, _ = yield from contact_pk(d, org_key, record.contact_id, created_us)
+    owner = yield value(
+        "SELECT contact_pk FROM identifiers WHERE org_id = ? AND identifier = ?", org_key, record.identifier
+    )
+    if owner == keeper:
+        return False
+    yield from link(d, org, record.contact_id, record.identifier, created_us, log)
+    return True
+
+
+def forget(d: Dialect, org: str, contact_id: str, log: ChangeLog) -> Ops[ForgetResult]:
+    """Delete a contact and all it holds."""
+    contact_key = yield from existing_contact_pk(org, contact_id)
+    if contact_key is None:
+        return ForgetResult(contact_id=contact_id, deleted_messages=0, deleted_chats=0)
+    own = yield value(f"SELECT external_id FROM contacts WHERE id = ?{d.for_update}", contact_key)
+    aliases = yield from aliases_of(contact_key, own)
+    messages = yield count("DELETE FROM messages WHERE contact_pk = ?", contact_key)
+    chats = yield count("DELETE FROM chats WHERE contact_pk = ?", contact_key)
+    yield count("DELETE FROM channels WHERE contact_pk = ?", contact_key)
+    identifiers = yield count("DELETE FROM identifiers WHERE contact_pk = ?", contact_key)
+    yield count("DELETE FROM contacts WHERE id = ?", contact_key)
+    yield from log.record(org, own, "forgotten", aliases)
+    return ForgetResult(contact_id=own, deleted_messages=messages, deleted_chats=chats, deleted_identifiers=identifiers)
+
+
+# --- API keys ---
+
+
+def keys(where: str, *params: object) -> Ops[list[ApiKeyInfo]]:
+    found = yield all_rows(f"{KEY_SELECT} WHERE {where} ORDER BY k.id", *params)
+    return [rows.key_info(row) for row in found]
+
+
+def insert_api_key(org: str, prefix: str, name: str | None, key_hash: str, now_us: int) -> Ops[ApiKeyInfo]:
+    org_key = yield from org_pk(org, now_us)
+    inserted = yield value(
+        "INSERT INTO api_keys (prefix, name, org_id, hash, created_us) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT DO NOTHING RETURNING id",
+        prefix,
+        name,
+        org_key,
+        key_hash,
+        now_us,
+    )
+    if inserted is None:  # the prefix is random: what is taken is the name of a live key
+        raise key_name_taken(name)
+    return (yield from keys("k.prefix = ?", prefix))[0]
+
+
+def revoke_api_key(prefix_or_name: str, now_us: int) -> Ops[ApiKeyInfo | None]:
+    live = yield from keys("(k.prefix = ? OR k.name = ?) AND k.revoked_us IS NULL", prefix_or_name, prefix_or_name)
+    if not live:
+        return None
+    yield count("UPDATE api_keys SET revoked_us = ? WHERE prefix = ?", now_us, live[0].prefix)
+    return (yield from keys("k.prefix = ?", live[0].prefix))[0]
+
+
+def touch_api_key(prefix: str, now_us: int) -> Ops[None]:
+    yield count("UPDATE api_keys SET last_used_us = ? WHERE prefix = ?", now_us, prefix)
