@@ -15,7 +15,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -24,20 +24,20 @@ from .. import rows
 from ..changes import Announcer, Change, Deliver
 from ..errors import ChatdockError, Unavailable, chat_not_found, message_id_taken, outcome_unknown
 from ..ids import uuid7
-from ..models import AppendedMessage, Chat, Message, appended, channel_kind
+from ..models import AppendedMessage, Message, appended, channel_kind
 from ..records import MessageRecord
 from ..search import Query
 from ..sql import writes as shared
 from ..sql.backend import SQLBackend, now_us
 from ..sql.ops import Ops, Undo
 from ..sql.ops import rows as all_rows
-from ..sql.queries import CHAT_FROM, MESSAGE_COLUMNS, scope
+from ..sql.queries import MESSAGE_COLUMNS
 from ..telemetry import Telemetry
 from . import driver
 from .batches import Batches
 from .failures import FAILURES, RETRYABLE, broken, cause, database_name, translate, where
 from .feed import ChangeLog, follow_notifications
-from .queries import CHAT_COLUMNS, DIALECT, ORG, search_sql, tsquery_text
+from .queries import DIALECT, ORG, search_sql, tsquery_text
 from .reads import Reads
 from .schema import migrate
 from .wordstats import WordStats
@@ -326,41 +326,6 @@ class PostgresBackend(SQLBackend):
             f"WHERE m.org_id = {ORG} ORDER BY wanted.n"
         )
         return rows.messages(await self._read(sql, [org, list(seqs)], org))
-
-    # --- history ---
-
-    async def _keyset(
-        self, select: str, key: str, org: str | None, contact_id: str | None, contact_column: str, batch: int
-    ) -> AsyncIterator[Any]:
-        where, params = scope(org, contact_id, contact_column)
-        last = 0
-        while True:
-            found = await self._read(
-                f"{select} WHERE {key} > ?{where} ORDER BY {key} LIMIT ?",
-                [last, *params, batch],
-            )
-            for row in found:
-                yield row
-            if len(found) < batch:
-                return
-            last = found[-1][0]
-
-    async def export_messages(
-        self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
-    ) -> AsyncIterator[tuple[str, Message]]:
-        select = (
-            f"SELECT m.seq, {MESSAGE_COLUMNS}, c.external_id, o.name FROM messages m "
-            "JOIN contacts c ON c.id = m.contact_pk JOIN orgs o ON o.id = m.org_id"
-        )
-        async for row in self._keyset(select, "m.seq", org, contact_id, "c.external_id", batch):
-            yield row[12], rows.message(row[1:], row[11])
-
-    async def export_chats(
-        self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
-    ) -> AsyncIterator[tuple[str, Chat]]:
-        select = f"SELECT ch.seq, o.name, {CHAT_COLUMNS} {CHAT_FROM} JOIN orgs o ON o.id = ch.org_id"
-        async for row in self._keyset(select, "ch.seq", org, contact_id, "co.external_id", batch):
-            yield row[1], rows.chat(row[2:])
 
     async def health(self) -> list[str]:
         try:

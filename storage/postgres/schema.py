@@ -12,6 +12,7 @@ import logging
 import asyncpg
 
 from ..sql.migrations import APPLIED, SCHEMA_TABLE, Migration, apply_migration, clean_identifiers
+from ..sql.tables import Words, tables
 from ..validation import BLANKS, DEFAULT_IGNORABLE, LOOKALIKE_SPACES
 from . import driver
 
@@ -205,94 +206,38 @@ def _unclean_pattern() -> str:
     return f"[{unseen}]|^[{spaces}]|[{spaces}]$"
 
 
+# PostgreSQL's words for the shared tables (sql/tables.py)
+TABLES = tables(
+    Words(
+        key="bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        integer="bigint",
+        text="text",
+        keyed_table="",
+        chat_columns="\n            seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE,",  # orders chats of one microsecond
+        # search folds case and, where PostgreSQL's unaccent dictionary is installed, accents (see below)
+        message_columns=(
+            ",\n            words tsvector GENERATED ALWAYS AS (to_tsvector('chatdock_search', content)) STORED"
+        ),
+        index_order=", seq",
+    )
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "initial schema",
         (
-            """CREATE TABLE orgs (
-                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                name text NOT NULL UNIQUE,
-                created_us bigint NOT NULL
-            )""",
-            """CREATE TABLE contacts (
-                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                org_id bigint NOT NULL REFERENCES orgs(id),
-                external_id text NOT NULL,
-                created_us bigint NOT NULL,
-                last_active_us bigint NOT NULL,
-                UNIQUE (org_id, external_id)
-            )""",
-            "CREATE INDEX contacts_recent ON contacts(org_id, last_active_us)",
-            # every identifier of a contact, its own contact_id included: what a caller's id resolves through
-            """CREATE TABLE identifiers (
-                org_id bigint NOT NULL REFERENCES orgs(id),
-                identifier text NOT NULL,
-                contact_pk bigint NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
-                created_us bigint NOT NULL,
-                PRIMARY KEY (org_id, identifier)
-            )""",
-            "CREATE INDEX identifiers_contact ON identifiers(contact_pk, created_us)",
-            """CREATE TABLE channels (
-                id text PRIMARY KEY,
-                contact_pk bigint NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
-                name text NOT NULL,
-                kind text NOT NULL CHECK (kind IN ('custom', 'provider')),
-                UNIQUE (contact_pk, name)
-            )""",
-            """CREATE TABLE chats (
-                id text PRIMARY KEY,
-                seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
-                org_id bigint NOT NULL REFERENCES orgs(id),
-                contact_pk bigint NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
-                agent_id text,
-                status text NOT NULL CHECK (status IN ('RUNNING', 'COMPLETED', 'FAILED', 'CANCELED')),
-                created_us bigint NOT NULL,
-                updated_us bigint NOT NULL
-            )""",
-            "CREATE INDEX chats_contact ON chats(contact_pk, created_us)",
-            """CREATE TABLE chat_channels (
-                chat_id text NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
-                channel_id text NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
-                attached_us bigint NOT NULL,
-                PRIMARY KEY (chat_id, channel_id)
-            )""",
-            "CREATE INDEX chat_channels_channel ON chat_channels(channel_id)",
-            # search folds case and, where PostgreSQL's unaccent dictionary is installed, accents (see below)
+            *(TABLES[name] for name in ("orgs", "contacts", "contacts_recent", "identifiers", "identifiers_contact")),
+            *(
+                TABLES[name]
+                for name in ("channels", "chats", "chats_contact", "chat_channels", "chat_channels_channel")
+            ),
             "CREATE TEXT SEARCH CONFIGURATION chatdock_search (COPY = simple)",
-            """CREATE TABLE messages (
-                seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                id text NOT NULL UNIQUE,
-                org_id bigint NOT NULL REFERENCES orgs(id),
-                contact_pk bigint NOT NULL REFERENCES contacts(id),
-                agent_id text,
-                chat_id text REFERENCES chats(id),
-                channel text NOT NULL,
-                role text NOT NULL,
-                content text NOT NULL,
-                parts text,
-                metadata text,
-                provider_message_id text,
-                created_us bigint NOT NULL,
-                words tsvector GENERATED ALWAYS AS (to_tsvector('chatdock_search', content)) STORED
-            )""",
-            "CREATE INDEX messages_contact ON messages(contact_pk, created_us, seq)",
-            "CREATE INDEX messages_agent ON messages(contact_pk, agent_id, created_us) WHERE agent_id IS NOT NULL",
-            "CREATE INDEX messages_chat ON messages(chat_id, created_us) WHERE chat_id IS NOT NULL",
-            """CREATE UNIQUE INDEX messages_provider ON messages(org_id, channel, provider_message_id)
-                WHERE provider_message_id IS NOT NULL""",
+            *(TABLES[name] for name in ("messages", "messages_contact", "messages_agent", "messages_chat")),
+            TABLES["messages_provider"],
             "CREATE INDEX messages_words ON messages USING gin (words)",
-            """CREATE TABLE api_keys (
-                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                prefix text NOT NULL UNIQUE,
-                name text,
-                org_id bigint NOT NULL REFERENCES orgs(id),
-                hash text NOT NULL,
-                created_us bigint NOT NULL,
-                last_used_us bigint,
-                revoked_us bigint
-            )""",
-            "CREATE UNIQUE INDEX api_keys_live_name ON api_keys(name) WHERE name IS NOT NULL AND revoked_us IS NULL",
+            TABLES["api_keys"],
+            TABLES["api_keys_live_name"],
             RESOLVE_FUNCTION,
             FIND_FUNCTION,
             APPEND_FUNCTION,

@@ -26,7 +26,8 @@ from ..records import AliasRecord, ChatRecord, MessageRecord
 from . import writes
 from .dialect import Dialect
 from .ops import Ops, Undo
-from .queries import CONTACT, ORG, chat_select, latest_sql, scope
+from .queries import CHAT_FROM, CONTACT, MESSAGE_COLUMNS, ORG, chat_select, latest_sql, scope
+from .walk import Walk
 from .writes import ChangeLog, savepoint
 
 T = TypeVar("T")
@@ -153,6 +154,30 @@ class SQLBackend:
         return [row[0] for row in found]
 
     # --- history ---
+
+    def _damaged(self) -> bool:
+        """Whether the database is known to be damaged: an export then reads around what it cannot read."""
+        return False
+
+    async def export_messages(
+        self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
+    ) -> AsyncIterator[tuple[str, Message]]:
+        select = (
+            f"SELECT {MESSAGE_COLUMNS}, c.external_id, o.name FROM messages m "
+            "JOIN contacts c ON c.id = m.contact_pk JOIN orgs o ON o.id = m.org_id"
+        )
+        walk = Walk(self._read, self._damaged, skipped)
+        async for row in walk.keyset(select, "m.seq", 9, org, contact_id, "c.external_id", batch):
+            yield row[11], rows.message(row, row[10])
+
+    async def export_chats(
+        self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
+    ) -> AsyncIterator[tuple[str, Chat]]:
+        key = f"ch.{self.dialect.chat_order}"
+        select = f"SELECT {key}, o.name, {self.dialect.chat_columns} {CHAT_FROM} JOIN orgs o ON o.id = ch.org_id"
+        walk = Walk(self._read, self._damaged, skipped)
+        async for row in walk.keyset(select, key, 0, org, contact_id, "co.external_id", batch):
+            yield row[1], rows.chat(row[2:])
 
     async def count_records(self, org: str | None, contact_id: str | None) -> int:
         where, params = scope(org, contact_id, "c.external_id")

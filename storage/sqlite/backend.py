@@ -16,7 +16,7 @@ import secrets
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -25,13 +25,13 @@ import aiosqlite
 from .. import rows
 from ..changes import Announcer, Deliver
 from ..errors import InvalidInput, Unavailable
-from ..models import AppendedMessage, Chat, Message
+from ..models import AppendedMessage, Message
 from ..records import MessageRecord
 from ..search import Query
 from ..sql import writes as shared
 from ..sql.backend import SQLBackend, now_us
 from ..sql.ops import Ops, count
-from ..sql.queries import CHAT_FROM, MESSAGE_COLUMNS, MESSAGE_WITH_CONTACT, ORG
+from ..sql.queries import MESSAGE_WITH_CONTACT, ORG
 from ..sql.writes import savepoint
 from ..telemetry import Telemetry
 from . import append, checkpoints, driver
@@ -39,9 +39,8 @@ from .checkpoints import Checkpointer
 from .failures import DAMAGED, WRITE_BLOCKED, cause, kind, translate
 from .feed import ChangeLog, follow_feed
 from .health import FileWatch, IndexSweep
-from .queries import CHAT_COLUMNS, DIALECT, fts_expression, search_sql
+from .queries import DIALECT, fts_expression, search_sql
 from .schema import migrate
-from .walk import Walk
 from .writer import BUSY_TIMEOUT_MS, Writer
 
 Durability = Literal["normal", "full"]
@@ -270,26 +269,8 @@ class SQLiteBackend(SQLBackend):
         order = {seq: index for index, seq in enumerate(seqs)}
         return rows.messages(sorted(found, key=lambda row: order[row[9]]))
 
-    # --- history ---
-
-    async def export_messages(
-        self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
-    ) -> AsyncIterator[tuple[str, Message]]:
-        select = (
-            f"SELECT {MESSAGE_COLUMNS}, c.external_id, o.name FROM messages m "
-            "JOIN contacts c ON c.id = m.contact_pk JOIN orgs o ON o.id = m.org_id"
-        )
-        walk = Walk(self._read, lambda: self.damaged is not None, skipped)
-        async for row in walk.keyset(select, "m.seq", 9, org, contact_id, "c.external_id", batch):
-            yield row[11], rows.message(row, row[10])
-
-    async def export_chats(
-        self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
-    ) -> AsyncIterator[tuple[str, Chat]]:
-        select = f"SELECT ch.rowid, o.name, {CHAT_COLUMNS} {CHAT_FROM} JOIN orgs o ON o.id = ch.org_id"
-        walk = Walk(self._read, lambda: self.damaged is not None, skipped)
-        async for row in walk.keyset(select, "ch.rowid", 0, org, contact_id, "co.external_id", batch):
-            yield row[1], rows.chat(row[2:])
+    def _damaged(self) -> bool:
+        return self.damaged is not None
 
     async def health(self) -> list[str]:
         problems: list[str] = []

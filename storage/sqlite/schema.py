@@ -7,6 +7,7 @@ import sqlite3
 
 from ..sql.migrations import APPLIED, SCHEMA_TABLE, Migration, apply_migration, clean_identifiers
 from ..sql.ops import Ops, count, one, rows, value
+from ..sql.tables import Words, tables
 from ..validation import normal_identifier, refused_character
 from . import driver
 
@@ -68,80 +69,42 @@ def _normalize_identifiers() -> Ops[None]:
         taken.add((org, normal))
 
 
+# SQLite's words for the shared tables (sql/tables.py): an INTEGER PRIMARY KEY is the row's own id
+TABLES = tables(
+    Words(
+        key="INTEGER PRIMARY KEY",
+        integer="INTEGER",
+        text="TEXT",
+        keyed_table=" WITHOUT ROWID",
+        chat_columns="",
+        message_columns="",
+        index_order="",  # the rowid (seq) ends every index already
+    )
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "initial schema",
-        (
-            """CREATE TABLE orgs (
-                id INTEGER PRIMARY KEY,
-                name TEXT NOT NULL UNIQUE,
-                created_us INTEGER NOT NULL
-            )""",
-            """CREATE TABLE contacts (
-                id INTEGER PRIMARY KEY,
-                org_id INTEGER NOT NULL REFERENCES orgs(id),
-                external_id TEXT NOT NULL,
-                created_us INTEGER NOT NULL,
-                last_active_us INTEGER NOT NULL,
-                UNIQUE (org_id, external_id)
-            )""",
-            "CREATE INDEX contacts_recent ON contacts(org_id, last_active_us)",
-            """CREATE TABLE channels (
-                id TEXT PRIMARY KEY,
-                contact_pk INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
-                name TEXT NOT NULL,
-                kind TEXT NOT NULL CHECK (kind IN ('custom', 'provider')),
-                UNIQUE (contact_pk, name)
-            )""",
-            """CREATE TABLE chats (
-                id TEXT PRIMARY KEY,
-                org_id INTEGER NOT NULL REFERENCES orgs(id),
-                contact_pk INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
-                agent_id TEXT,
-                status TEXT NOT NULL CHECK (status IN ('RUNNING', 'COMPLETED', 'FAILED', 'CANCELED')),
-                created_us INTEGER NOT NULL,
-                updated_us INTEGER NOT NULL
-            )""",
-            "CREATE INDEX chats_contact ON chats(contact_pk, created_us)",
-            """CREATE TABLE chat_channels (
-                chat_id TEXT NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
-                channel_id TEXT NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
-                attached_us INTEGER NOT NULL,
-                PRIMARY KEY (chat_id, channel_id)
-            ) WITHOUT ROWID""",
-            "CREATE INDEX chat_channels_channel ON chat_channels(channel_id)",
-            """CREATE TABLE messages (
-                seq INTEGER PRIMARY KEY,
-                id TEXT NOT NULL UNIQUE,
-                org_id INTEGER NOT NULL REFERENCES orgs(id),
-                contact_pk INTEGER NOT NULL REFERENCES contacts(id),
-                agent_id TEXT,
-                chat_id TEXT REFERENCES chats(id),
-                channel TEXT NOT NULL,
-                role TEXT NOT NULL,
-                content TEXT NOT NULL,
-                parts TEXT,
-                metadata TEXT,
-                provider_message_id TEXT,
-                created_us INTEGER NOT NULL
-            )""",
-            "CREATE INDEX messages_contact ON messages(contact_pk, created_us)",
-            "CREATE INDEX messages_agent ON messages(contact_pk, agent_id, created_us) WHERE agent_id IS NOT NULL",
-            "CREATE INDEX messages_chat ON messages(chat_id, created_us) WHERE chat_id IS NOT NULL",
-            """CREATE UNIQUE INDEX messages_provider ON messages(org_id, channel, provider_message_id)
-                WHERE provider_message_id IS NOT NULL""",
-            """CREATE TABLE api_keys (
-                id INTEGER PRIMARY KEY,
-                prefix TEXT NOT NULL UNIQUE,
-                name TEXT,
-                org_id INTEGER NOT NULL REFERENCES orgs(id),
-                hash TEXT NOT NULL,
-                created_us INTEGER NOT NULL,
-                last_used_us INTEGER,
-                revoked_us INTEGER
-            )""",
-            "CREATE UNIQUE INDEX api_keys_live_name ON api_keys(name) WHERE name IS NOT NULL AND revoked_us IS NULL",
+        tuple(
+            TABLES[name]
+            for name in (
+                "orgs",
+                "contacts",
+                "contacts_recent",
+                "channels",
+                "chats",
+                "chats_contact",
+                "chat_channels",
+                "chat_channels_channel",
+                "messages",
+                "messages_contact",
+                "messages_agent",
+                "messages_chat",
+                "messages_provider",
+                "api_keys",
+                "api_keys_live_name",
+            )
         ),
     ),
     Migration(
@@ -167,15 +130,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         5,
         "identifiers and aliases",
         (
-            # Every identifier of a contact, its own contact_id included: what a caller's id resolves through.
-            """CREATE TABLE identifiers (
-                org_id INTEGER NOT NULL REFERENCES orgs(id),
-                identifier TEXT NOT NULL,
-                contact_pk INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
-                created_us INTEGER NOT NULL,
-                PRIMARY KEY (org_id, identifier)
-            ) WITHOUT ROWID""",
-            "CREATE INDEX identifiers_contact ON identifiers(contact_pk, created_us)",
+            TABLES["identifiers"],
+            TABLES["identifiers_contact"],
             """INSERT INTO identifiers (org_id, identifier, contact_pk, created_us)
                 SELECT org_id, external_id, id, created_us FROM contacts""",
             # the other identifiers of the changed contact, so listeners of an alias's URIs hear too

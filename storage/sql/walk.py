@@ -1,4 +1,5 @@
-"""Reading a table in key order, a batch at a time, for exports; in a damaged file, around what cannot be read.
+"""Reading a table in key order, a batch at a time, for exports; in a damaged file (SQLite's), around what cannot
+be read.
 
 A batch that fails in a file known to be damaged is read again one row at a time: each row that cannot be
 read is named in `skipped`, and where even the keys cannot be read, the walk steps over the damaged stretch
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from ..errors import Unavailable
+from .queries import scope
 
 Read = Callable[[str, Sequence[Any]], Awaitable[list[Any]]]
 
@@ -40,13 +42,7 @@ class Walk:
         `contact` names the column holding the contact's external id; `key_index` is where the row has `key`.
         In a damaged file, with a `skipped` list, what cannot be read is named there and passed over.
         """
-        where, params = "", []
-        if org is not None:
-            where += " AND o.name = ?"
-            params.append(org)
-        if contact_id is not None:
-            where += f" AND {contact} = ?"
-            params.append(contact_id)
+        where, params = scope(org, contact_id, contact)
         last = -1
         while True:
             try:
