@@ -215,14 +215,6 @@ class Alias(_Model):
     created_at: Timestamp
 
 
-class AliasRequest(_Model):
-    """POST /contacts/{contact_id}/aliases: link another identifier to the contact."""
-
-    identifier: str
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"identifier": "ann@example.com"}]})
-
-
 class ApiKeyInfo(_Model):
     """What is kept of an API key: never the key itself, only its hash and visible prefix."""
 
@@ -237,84 +229,6 @@ class ApiKeyInfo(_Model):
 class NewApiKey(_Model):
     key: str
     info: ApiKeyInfo
-
-
-# --- request bodies of the REST routes (the same fields as the tools' arguments) ---
-
-
-class AppendRequest(_Model):
-    """POST /chats: a message to store, as `append_message` takes it."""
-
-    contact_id: str
-    channel: str
-    role: str
-    content: str
-    agent_id: str | None = None
-    chat_id: str | None = None
-    metadata: dict[str, Any] | None = None
-    created_at: datetime | None = None
-    context_limit: int | None = Field(
-        default=None, description="Also answer with the contact's context after the write (1 to 200 messages)."
-    )
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"contact_id": "+31612345678", "channel": "whatsapp", "role": "user", "content": "Where is my order?"}
-            ]
-        },
-    )
-
-
-class OpenChatRequest(_Model):
-    channel: str
-    agent_id: str | None = None
-
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"channel": "voice", "agent_id": "agent-7"}]}
-    )
-
-
-class UpdateChatRequest(_Model):
-    status: str
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"status": "COMPLETED"}]})
-
-
-class PostRequest(_Model):
-    """The contact's message, as parts (with timestamps for voice), and which custom channel of the chat."""
-
-    message: list[Part]
-    channel_id: str | None = None
-    context_limit: int | None = Field(
-        default=None, description="Also answer with the contact's context after the write (1 to 200 messages)."
-    )
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "message": [
-                        {
-                            "type": "text",
-                            "text": "Hi, I'd like to move my",
-                            "start_timestamp": 0.4,
-                            "end_timestamp": 1.9,
-                        },
-                        {
-                            "type": "text",
-                            "text": "appointment to Friday.",
-                            "start_timestamp": 2.0,
-                            "end_timestamp": 3.1,
-                        },
-                    ],
-                    "channel_id": "01a1fea0-8209-7d78-b20c-66e1e7961cb7",
-                }
-            ]
-        },
-    )
 
 
 class ChatWithMessages(Chat):

@@ -44,31 +44,19 @@ from chatdock.storage import (
     InvalidInput,
     Message,
     MessagePage,
-    NewMessage,
     NotFound,
     Store,
     Unavailable,
 )
 from chatdock.storage import validation as check
 from chatdock.storage.errors import chat_not_found
-from chatdock.storage.models import (
-    AliasRequest,
-    AppendRequest,
-    ChatWithMessages,
-    ContactInfo,
-    ForgetResult,
-    LinkResult,
-    OpenChatRequest,
-    PostRequest,
-    SearchPage,
-    UpdateChatRequest,
-)
+from chatdock.storage.models import ChatWithMessages, ContactInfo, ForgetResult, LinkResult, SearchPage
+from chatdock.storage.requests import AliasRequest, AppendRequest, OpenChatRequest, PostRequest, UpdateChatRequest
 
 logger = logging.getLogger("chatdock.http")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 ROUTE_PREFIXES = ("/chats", "/contacts", "/orgs")  # behind the key, like /mcp
-NEW_MESSAGE_FIELDS = tuple(name for name in AppendRequest.model_fields if name != "context_limit")
 KEEP_ALIVE_SECONDS = 15.0  # an event stream's comment line when nothing happened
 # one server-sent event of GET /contacts/{contact_id}/events: its name, and the contact as the stream named it
 EVENT_SCHEMA = {
@@ -377,9 +365,7 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
     async def append_message(
         organization: Org, body: AppendRequest, idempotency_key: IdempotencyKey = None
     ) -> Response:
-        # the body's fields were validated as these types; the store checks each rule once (records.py)
-        message = NewMessage.model_construct(**{name: getattr(body, name) for name in NEW_MESSAGE_FIELDS})
-        stored = await the_store().append_message(organization, message, idempotency_key, body.context_limit)
+        stored = await the_store().append_message(organization, body.new_message(), idempotency_key, body.context_limit)
         # written by pydantic's serializer at once (a context of 50 messages is most of the answer)
         return Response(
             stored.model_dump_json(), status_code=200 if stored.deduplicated else 201, media_type="application/json"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, ToolAnnotations
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from chatdock.server.mcp.org import current_org
 from chatdock.server.mcp.results import as_json, context_result, page_result, search_result, stored_result
@@ -22,13 +22,27 @@ from chatdock.storage import (
     ForgetResult,
     LinkResult,
     MessagePage,
-    NewMessage,
-    Part,
     Store,
     StoredMessage,
 )
-from chatdock.storage import validation as check
-from chatdock.storage.models import CHAT_STATUSES, ROLES, SearchPage
+from chatdock.storage.models import SearchPage
+from chatdock.storage.requests import (
+    AgentId,
+    AppendRequest,
+    ChannelFilter,
+    ChannelId,
+    Channels,
+    ChatId,
+    ContactId,
+    ContextLimit,
+    Identifier,
+    Limit,
+    Parts,
+    RoleFilter,
+    Roles,
+    StartChannel,
+    Status,
+)
 
 if TYPE_CHECKING:
     from chatdock.server.mcp.app import ChatdockServer
@@ -57,34 +71,33 @@ def _hints(read_only: bool, destructive: bool = False, idempotent: bool = False)
     )
 
 
-# The schemas name the allowed values so clients can offer them; the store still checks every value,
-# so a wrong one gets the store's message (what was wrong and what to send), not a schema report.
-_ROLE: dict[str, Any] = {"enum": list(ROLES)}
-_ROLES: dict[str, Any] = {"items": {"type": "string", "enum": list(ROLES)}}
-_STATUS: dict[str, Any] = {"enum": list(CHAT_STATUSES)}
-_CHANNEL: dict[str, Any] = {"pattern": "^" + check.CHANNEL_PATTERN.pattern + "$"}
-_CHANNELS: dict[str, Any] = {"items": {"type": "string", **_CHANNEL}}
+F = TypeVar("F", bound=Callable[..., Awaitable[CallToolResult]])
 
-ContactId = Annotated[
-    str,
-    Field(
-        description="The contact's external id: a phone number (+31612345678), session id or email.",
-        json_schema_extra={"minLength": 1, "maxLength": check.MAX_ID_CHARS},
-    ),
-]
-AgentId = Annotated[str | None, Field(description="The agent the message belongs to, if any.")]
-ChatId = Annotated[str | None, Field(description="A chat (UUID) of this contact, from open_chat or list_chats.")]
-Limit = Annotated[
-    int,
-    Field(description="How many, 1 to 200.", json_schema_extra={"minimum": 1, "maximum": 200}),
-]
-ContextLimit = Annotated[
-    int | None,
-    Field(
-        description="Also return the contact's context (as get_context with this limit, 1 to 200) after the write.",
-        json_schema_extra={"minimum": 1, "maximum": 200},
-    ),
-]
+
+def arguments_of(model: type[BaseModel]) -> Callable[[F], F]:
+    """Give a tool the fields of `model` as its parameters (names, types, descriptions, schema hints and
+    defaults, in order): the tool and the REST body that share a shape declare it once (storage/requests.py)."""
+
+    def give(fn: F) -> F:
+        parameters = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=inspect.Parameter.empty if field.is_required() else field.default,
+                annotation=Annotated[
+                    (
+                        field.annotation,
+                        *field.metadata,
+                        Field(description=field.description, json_schema_extra=field.json_schema_extra),
+                    )
+                ],
+            )
+            for name, field in model.model_fields.items()
+        ]
+        fn.__signature__ = inspect.Signature(parameters, return_annotation=CallToolResult)  # type: ignore[attr-defined]
+        return fn
+
+    return give
 
 
 def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: bool) -> None:
@@ -100,12 +113,8 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
         agent_id: AgentId = None,
         chat_id: ChatId = None,
         limit: Limit = 50,
-        roles: Annotated[
-            list[str] | None, Field(description="Only these roles (user, assistant, ...).", json_schema_extra=_ROLES)
-        ] = None,
-        channels: Annotated[
-            list[str] | None, Field(description="Only these channels (sms, voice, ...).", json_schema_extra=_CHANNELS)
-        ] = None,
+        roles: Roles = None,
+        channels: Channels = None,
         max_chars: Annotated[
             int | None,
             Field(description="Drop the oldest messages until `formatted` fits.", json_schema_extra={"minimum": 1}),
@@ -140,7 +149,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
         cursor: Annotated[str | None, Field(description="next_cursor of the previous page.")] = None,
         agent_id: AgentId = None,
         chat_id: ChatId = None,
-        channel: Annotated[str | None, Field(description="Only this channel.", json_schema_extra=_CHANNEL)] = None,
+        channel: ChannelFilter = None,
     ) -> CallToolResult:
         """A contact's messages newest first, a page at a time, for inspection."""
         page = await _tool(
@@ -157,8 +166,8 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
             Field(description='Words (any case, accents ignored), prefix*, "exact phrase", -excluded.'),
         ],
         contact_id: Annotated[str | None, Field(description="Only this contact (any of its ids).")] = None,
-        channel: Annotated[str | None, Field(description="Only this channel.", json_schema_extra=_CHANNEL)] = None,
-        role: Annotated[str | None, Field(description="Only this role.", json_schema_extra=_ROLE)] = None,
+        channel: ChannelFilter = None,
+        role: RoleFilter = None,
         limit: Annotated[
             int, Field(description="How many, 1 to 200.", json_schema_extra={"minimum": 1, "maximum": 200})
         ] = 20,
@@ -187,43 +196,12 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
     if not read_only:
 
         @server.structured_tool(AppendedMessage, title="Append message", annotations=_hints(read_only=False))
-        async def append_message(
-            contact_id: ContactId,
-            channel: Annotated[
-                str,
-                Field(description="Where it travelled: whatsapp, sms, voice, widget, ...", json_schema_extra=_CHANNEL),
-            ],
-            role: Annotated[
-                str, Field(description="user, assistant, system, tool, event or note.", json_schema_extra=_ROLE)
-            ],
-            content: Annotated[str, Field(description="The message's text.")],
-            agent_id: AgentId = None,
-            chat_id: ChatId = None,
-            metadata: Annotated[
-                dict[str, Any] | None,
-                Field(description="JSON object; provider_message_id makes retried webhooks store once."),
-            ] = None,
-            created_at: Annotated[
-                datetime | None, Field(description="RFC 3339 with timezone, for importing history.")
-            ] = None,
-            context_limit: ContextLimit = None,
-        ) -> CallToolResult:
+        @arguments_of(AppendRequest)
+        async def append_message(**arguments: Any) -> CallToolResult:
             """Store one message for a contact; a repeated metadata.provider_message_id returns the first copy."""
+            request = AppendRequest.model_construct(**arguments)  # validated as its fields by the SDK
             stored = await _tool(
-                the_store().append_message(
-                    _org(),
-                    NewMessage(
-                        contact_id=contact_id,
-                        channel=channel,
-                        role=role,
-                        content=content,
-                        agent_id=agent_id,
-                        chat_id=chat_id,
-                        metadata=metadata,
-                        created_at=created_at,
-                    ),
-                    context_limit=context_limit,
-                )
+                the_store().append_message(_org(), request.new_message(), context_limit=request.context_limit)
             )
             return stored_result(stored)
 
@@ -231,10 +209,8 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
         async def post_as_contact(
             contact_id: ContactId,
             chat_id: Annotated[str, Field(description="An existing chat of this contact.")],
-            message: Annotated[list[Part], Field(description="1 to 100 text parts, with optional timestamps.")],
-            channel_id: Annotated[
-                str | None, Field(description="Which of the chat's custom channels, when it has several.")
-            ] = None,
+            message: Parts,
+            channel_id: ChannelId = None,
             context_limit: ContextLimit = None,
         ) -> CallToolResult:
             """Post into an existing chat as the contact (role user), on one of the chat's custom channels."""
@@ -260,13 +236,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
         @server.structured_tool(Chat, title="Open chat", annotations=_hints(read_only=False))
         async def open_chat(
             contact_id: ContactId,
-            channel: Annotated[
-                str,
-                Field(
-                    description="The channel the chat starts on: voice, widget, whatsapp, ...",
-                    json_schema_extra=_CHANNEL,
-                ),
-            ],
+            channel: StartChannel,
             agent_id: AgentId = None,
         ) -> CallToolResult:
             """Start a chat (a conversation thread) for a contact on a channel; it starts RUNNING."""
@@ -275,9 +245,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
         @server.structured_tool(Chat, title="Update chat", annotations=_hints(read_only=False, idempotent=True))
         async def update_chat(
             chat_id: Annotated[str, Field(description="The chat's id (UUID).")],
-            status: Annotated[
-                str, Field(description="RUNNING, COMPLETED, FAILED or CANCELED.", json_schema_extra=_STATUS)
-            ],
+            status: Status,
         ) -> CallToolResult:
             """Set a chat's status."""
             return as_json(await _tool(the_store().update_chat(_org(), chat_id, status)))
@@ -293,9 +261,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
         @server.structured_tool(LinkResult, title="Link contacts", annotations=_hints(read_only=False))
         async def link_contacts(
             contact_id: ContactId,
-            identifier: Annotated[
-                str, Field(description="Another id of the same person: an email, a phone number, a session id.")
-            ],
+            identifier: Identifier,
         ) -> CallToolResult:
             """Make identifier name this contact; a contact it named before is merged in, history and all."""
             return as_json(await _tool(the_store().link_contacts(_org(), contact_id, identifier)))

@@ -1,0 +1,166 @@
+"""What callers send: each argument declared once (its type, its description, the hints a schema gives a
+client), and the request bodies built from them. The MCP tools take their parameters from these (an
+`append_message` call's arguments are an `AppendRequest`'s fields: server/mcp/tools.py derives the tool's
+signature from the model), the REST routes take the bodies, and the store takes what `new_message()` makes
+of them. The schemas only name what a client may offer; the store still checks every value (validation.py)
+and says what to fix, once, for every surface."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field
+
+from . import validation as check
+from .models import CHAT_STATUSES, ROLES, NewMessage, Part, _Model
+
+_CHANNEL: dict[str, Any] = {"pattern": "^" + check.CHANNEL_PATTERN.pattern + "$"}
+
+ContactId = Annotated[
+    str,
+    Field(
+        description="The contact's external id: a phone number (+31612345678), session id or email.",
+        json_schema_extra={"minLength": 1, "maxLength": check.MAX_ID_CHARS},
+    ),
+]
+AgentId = Annotated[str | None, Field(description="The agent the message belongs to, if any.")]
+ChatId = Annotated[str | None, Field(description="A chat (UUID) of this contact, from open_chat or list_chats.")]
+Channel = Annotated[
+    str, Field(description="Where it travelled: whatsapp, sms, voice, widget, ...", json_schema_extra=_CHANNEL)
+]
+StartChannel = Annotated[
+    str,
+    Field(description="The channel the chat starts on: voice, widget, whatsapp, ...", json_schema_extra=_CHANNEL),
+]
+Channels = Annotated[
+    list[str] | None,
+    Field(
+        description="Only these channels (sms, voice, ...).",
+        json_schema_extra={"items": {"type": "string", **_CHANNEL}},
+    ),
+]
+ChannelFilter = Annotated[str | None, Field(description="Only this channel.", json_schema_extra=_CHANNEL)]
+RoleFilter = Annotated[str | None, Field(description="Only this role.", json_schema_extra={"enum": list(ROLES)})]
+Role = Annotated[
+    str, Field(description="user, assistant, system, tool, event or note.", json_schema_extra={"enum": list(ROLES)})
+]
+Roles = Annotated[
+    list[str] | None,
+    Field(
+        description="Only these roles (user, assistant, ...).",
+        json_schema_extra={"items": {"type": "string", "enum": list(ROLES)}},
+    ),
+]
+Status = Annotated[
+    str, Field(description="RUNNING, COMPLETED, FAILED or CANCELED.", json_schema_extra={"enum": list(CHAT_STATUSES)})
+]
+Content = Annotated[str, Field(description="The message's text.")]
+Metadata = Annotated[
+    dict[str, Any] | None, Field(description="JSON object; provider_message_id makes retried webhooks store once.")
+]
+CreatedAt = Annotated[datetime | None, Field(description="RFC 3339 with timezone, for importing history.")]
+Limit = Annotated[int, Field(description="How many, 1 to 200.", json_schema_extra={"minimum": 1, "maximum": 200})]
+ContextLimit = Annotated[
+    int | None,
+    Field(
+        description="Also return the contact's context (as get_context with this limit, 1 to 200) after the write.",
+        json_schema_extra={"minimum": 1, "maximum": 200},
+    ),
+]
+Parts = Annotated[list[Part], Field(description="1 to 100 text parts, with optional timestamps.")]
+ChannelId = Annotated[str | None, Field(description="Which of the chat's custom channels, when it has several.")]
+Identifier = Annotated[str, Field(description="Another id of the same person: an email, a phone number, a session id.")]
+
+
+class AppendRequest(_Model):
+    """A message to store, as `append_message` takes it (and POST /chats)."""
+
+    contact_id: ContactId
+    channel: Channel
+    role: Role
+    content: Content
+    agent_id: AgentId = None
+    chat_id: ChatId = None
+    metadata: Metadata = None
+    created_at: CreatedAt = None
+    context_limit: ContextLimit = None
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"contact_id": "+31612345678", "channel": "whatsapp", "role": "user", "content": "Where is my order?"}
+            ]
+        },
+    )
+
+    def new_message(self) -> NewMessage:
+        """The message the store is asked to keep: the fields are of their types already (the model or the
+        tool's arguments were validated), and the store checks every rule once (records.py)."""
+        return NewMessage.model_construct(
+            contact_id=self.contact_id,
+            channel=self.channel,
+            role=self.role,
+            content=self.content,
+            agent_id=self.agent_id,
+            chat_id=self.chat_id,
+            metadata=self.metadata,
+            created_at=self.created_at,
+        )
+
+
+class AliasRequest(_Model):
+    """POST /contacts/{contact_id}/aliases: link another identifier to the contact."""
+
+    identifier: Identifier
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"identifier": "ann@example.com"}]})
+
+
+class OpenChatRequest(_Model):
+    channel: StartChannel
+    agent_id: AgentId = None
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"channel": "voice", "agent_id": "agent-7"}]}
+    )
+
+
+class UpdateChatRequest(_Model):
+    status: Status
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"status": "COMPLETED"}]})
+
+
+class PostRequest(_Model):
+    """The contact's message, as parts (with timestamps for voice), and which custom channel of the chat."""
+
+    message: Parts
+    channel_id: ChannelId = None
+    context_limit: ContextLimit = None
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "message": [
+                        {
+                            "type": "text",
+                            "text": "Hi, I'd like to move my",
+                            "start_timestamp": 0.4,
+                            "end_timestamp": 1.9,
+                        },
+                        {
+                            "type": "text",
+                            "text": "appointment to Friday.",
+                            "start_timestamp": 2.0,
+                            "end_timestamp": 3.1,
+                        },
+                    ],
+                    "channel_id": "01a1fea0-8209-7d78-b20c-66e1e7961cb7",
+                }
+            ]
+        },
+    )
