@@ -153,15 +153,17 @@ async def run_call(client: ChatdockClient, greeting: str, turns: list[Any]) -> t
     started = asyncio.Event()
     answered: asyncio.Queue[str] = asyncio.Queue()
 
-    @worker.event_handler("on_pipeline_started")
     async def on_pipeline_started(worker: PipelineWorker, frame: Frame) -> None:
         started.set()
 
-    @assistant.event_handler("on_assistant_turn_stopped")
     async def on_assistant_turn_stopped(
         aggregator: LLMAssistantAggregator, message: AssistantTurnStoppedMessage
     ) -> None:
         answered.put_nowait(message.content)
+
+    # add_event_handler is what Pipecat's @event_handler decorator calls (the decorator itself is untyped)
+    worker.add_event_handler("on_pipeline_started", on_pipeline_started)
+    assistant.add_event_handler("on_assistant_turn_stopped", on_assistant_turn_stopped)
 
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(worker)

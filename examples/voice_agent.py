@@ -18,6 +18,7 @@ import sys
 import anyio
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
+from mcp.client.subscriptions import ResourceUpdated
 
 CALLER = "+31612345678"
 TRANSCRIPT = "chatdock://contacts/%2B31612345678/transcript"
@@ -40,6 +41,7 @@ async def main() -> None:
                 )
                 with anyio.fail_after(5):
                     event = await anext(aiter(updates))
+                assert isinstance(event, ResourceUpdated)  # the only kind of event this listen asked for
                 transcript = (await client.read_resource(event.uri)).contents[0]
                 print("--- transcript updated; next turn's system prompt:")
                 print(f"You are the voice agent on a call with {CALLER}. The conversation so far:")

@@ -24,7 +24,7 @@ if sys.version_info[:3] == (3, 11, 7):
     # The same CPython bug meets hypothesis when it describes a lambda for a strategy's repr: it parses the
     # lambda's source with ast.parse, and schemathesis builds its strategies (and their lambdas) while a test
     # draws, deep in the stack. On this interpreter the description is left unknown; only reprs change.
-    def _unknown_lambda(function: object, *args: object, **kwargs: object) -> str:
+    def _unknown_lambda(f: object, *args: object, **kwargs: object) -> str:  # as _lambda_description names it
         return "lambda: <unknown>"
 
     hypothesis.internal.lambda_sources._lambda_description = _unknown_lambda

@@ -68,8 +68,17 @@ class PostgresServer:
         full = [str(self.bin / command[0]), *command[1:]]
         # its own group too, and no other: a process still in root's group meets the group bits (often none)
         # of root's folders instead of the bits for others
-        groups: dict[str, object] = {} if self.user is None else {"group": self.user, "extra_groups": []}
-        done = subprocess.run(full, user=self.user, capture_output=True, text=True, timeout=60, check=False, **groups)
+        extra_groups: list[str] | None = None if self.user is None else []
+        done = subprocess.run(
+            full,
+            user=self.user,
+            group=self.user,
+            extra_groups=extra_groups,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"{command[0]} failed ({done.returncode}): {done.stderr.strip() or done.stdout}")
 

@@ -31,3 +31,8 @@ def test_mypy_strict_on_the_package() -> None:
     packages = ["chatdock.server", "chatdock.storage", "chatdock.client", "chatdock.integrations"]
     result = run("mypy", "--strict", *(arg for name in packages for arg in ("-p", name)))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict_on_tests_and_examples() -> None:
+    result = run("mypy", "--strict", "tests", "examples")
+    assert result.returncode == 0, result.stdout + result.stderr

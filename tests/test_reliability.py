@@ -111,10 +111,10 @@ def test_sigkill_loses_no_acknowledged_append_and_keeps_the_file_sound(tmp_path:
         assert context["messages"], "the restarted server sees the stored messages"
 
     stored = dict(rows(db, "SELECT content, count(*) FROM messages GROUP BY content"))
-    ids = dict(rows(db, "SELECT content, id FROM messages"))
+    stored_ids = dict(rows(db, "SELECT content, id FROM messages"))
     lost = [content for content in acknowledged if stored.get(content) != 1]
     assert not lost, f"acknowledged but missing or duplicated (seed {seed}): {lost[:5]}"
-    assert all(ids[content] == message_id for content, message_id in acknowledged.items())
+    assert all(stored_ids[content] == message_id for content, message_id in acknowledged.items())
     assert max(stored.values()) == 1, "no message is stored twice"
     for provider_id, returned in provider_ids.items():
         assert len(returned) == 1, f"{provider_id}: every caller gets the same row"
@@ -519,9 +519,9 @@ def test_hand_picked_hostile_calls_get_clear_errors_and_write_nothing(
         "unknown tool": ("nope", "{}"),
     }
     ids = {}
-    for case, (name, arguments) in lines.items():
+    for case, (tool, raw_arguments) in lines.items():
         ids[case] = server.new_id()
-        server.send_line(call(ids[case], name, arguments))
+        server.send_line(call(ids[case], tool, raw_arguments))
     server.send_line(b"this is not JSON")
     answers = {case: server.wait([request_id], timeout=30)[0] for case, request_id in ids.items()}
     assert answers["surrogate"]["error"]["code"] == -32700 and "surrogate" in answers["surrogate"]["error"]["message"]

@@ -183,8 +183,8 @@ async def test_a_full_disk_is_reported_and_survived(tmp_path: Path) -> None:
                 # under it (chatdock checkpoints it often), so even a small write needs new space on the disk
                 # (without the first step, a log restarted between two checkpoints had room left over in its
                 # file, and a write could still succeed on the full disk)
-                with contextlib.closing(sqlite3.connect(db)) as log:
-                    log.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                with contextlib.closing(sqlite3.connect(db)) as conn:
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 pin = sqlite3.connect(db)
                 pin.execute("BEGIN")
                 pin.execute("SELECT count(*) FROM messages").fetchone()
@@ -209,7 +209,7 @@ async def test_a_full_disk_is_reported_and_survived(tmp_path: Path) -> None:
                     if result.is_error:
                         text = str(result.content[0].text)  # type: ignore[union-attr]
                         break
-                    acknowledged.append(result.structured_content["id"])  # type: ignore[index]
+                    acknowledged.append(result.structured_content["id"])
                 assert reason(text).startswith("the disk is full:") and "free space" in text, text
                 context = await call(
                     client, "get_context", include_messages=True, contact_id="c", limit=200

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-from mcp.client import Client
+from mcp.client import Client, Transport
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
@@ -87,7 +87,7 @@ def wait_healthy(process: subprocess.Popen[str], base: str) -> None:
             time.sleep(0.1)
 
 
-def http_transport(base: str, key: str | None) -> Any:
+def http_transport(base: str, key: str | None) -> Transport:
     """The SDK's streamable HTTP transport to a chatdock on `base`, sending `key` as the bearer key."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300))
@@ -95,7 +95,7 @@ def http_transport(base: str, key: str | None) -> Any:
 
 
 def http_client(base: str, key: str | None, mode: str = "auto", **kwargs: Any) -> Client:
-    return Client(http_transport(base, key), mode=mode, **kwargs)  # type: ignore[arg-type]
+    return Client(http_transport(base, key), mode=mode, **kwargs)
 
 
 def create_key(db: str, org: str, name: str) -> str:

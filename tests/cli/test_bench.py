@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from chatdock.server.bench.compare import RIVALS, installed
-from chatdock.server.bench.main import Row, table
+from chatdock.server.bench.main import table
+from chatdock.server.bench.rows import Row
 from chatdock.server.cli import main as cli
 from tests.transports import run_cli
 

@@ -24,7 +24,7 @@ def counts(db: Path) -> tuple[int, int, int]:
     with sqlite3.connect(db) as conn:
         return tuple(
             conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("messages", "chats", "contacts")
-        )  # type: ignore[return-value]
+        )
 
 
 async def seed(db: Path, messages: int = 1200) -> None:

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from axe_playwright_python.async_playwright import Axe
-from playwright.async_api import Browser, ConsoleMessage, Dialog, Page, Route
+from axe_playwright_python.async_playwright import Axe  # type: ignore[import-untyped]  # ships no py.typed
+from playwright.async_api import Browser, ConsoleMessage, Dialog, Page, Route, ViewportSize
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "docs" / "inspector"
 CHROMIUM = Path("/usr/bin/chromium")
-WIDE = {"width": 1000, "height": 700}
-NARROW = {"width": 400, "height": 760}
+WIDE: ViewportSize = {"width": 1000, "height": 700}
+NARROW: ViewportSize = {"width": 400, "height": 760}
 # what a browser logs by itself for an answer the test asked for (a 401 to a wrong key, a 404 for a forgotten
 # contact); the answers themselves are checked by the tests
 EXPECTED_LOGS = ("Failed to load resource: the server responded with a status of",)
@@ -70,7 +70,7 @@ class Watched:
 
 
 @contextlib.asynccontextmanager
-async def watched(browser: Browser, viewport: dict[str, int] = WIDE) -> AsyncIterator[Watched]:
+async def watched(browser: Browser, viewport: ViewportSize = WIDE) -> AsyncIterator[Watched]:
     """A fresh context (no storage, no cookies) in the viewer's time zone of Tokyo and British English; the
     page is checked clean when the block ends."""
     context = await browser.new_context(
@@ -105,7 +105,7 @@ async def watched(browser: Browser, viewport: dict[str, int] = WIDE) -> AsyncIte
 
 async def accessible(page: Page, screen: str) -> None:
     """axe-core (as axe-playwright-python ships it) finds nothing serious or critical on the screen."""
-    found = (await Axe().run(page)).response["violations"]
+    found: list[dict[str, Any]] = (await Axe().run(page)).response["violations"]
     bad = [v for v in found if v["impact"] in ("serious", "critical")]
     assert not bad, f"{screen}: " + "; ".join(
         f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}" for v in bad

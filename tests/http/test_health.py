@@ -231,7 +231,7 @@ def test_a_file_chatdock_may_no_longer_write_refuses_writes_until_it_may_again(t
 # --- (c) an index page damaged under appends ---
 
 
-def _varint(data: bytes, at: int) -> tuple[int, int]:
+def _varint(data: bytes | bytearray, at: int) -> tuple[int, int]:
     value = 0
     for step in range(9):
         byte = data[at + step]

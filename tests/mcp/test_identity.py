@@ -85,7 +85,8 @@ async def test_appends_to_both_identifiers_during_a_link_all_land_once(db: str) 
 
             async def append(index: int) -> str:
                 contact = PHONE if index % 2 else EMAIL
-                return (await call(client, "append_message", **say(contact, f"during {index}")))["id"]
+                message_id: str = (await call(client, "append_message", **say(contact, f"during {index}")))["id"]
+                return message_id
 
             results = await asyncio.gather(
                 *(append(i) for i in range(25)),

@@ -119,7 +119,7 @@ async def test_query_text_is_never_read_as_syntax(store: Store, query: str) -> N
         if result.is_error:
             assert "query" in result.content[0].text  # type: ignore[union-attr]
         else:
-            assert all(query.lower().strip('"*') in h["content"].lower() for h in result.structured_content["hits"])  # type: ignore[index]
+            assert all(query.lower().strip('"*') in h["content"].lower() for h in result.structured_content["hits"])
         assert len(await search(client, "refund*")) == 4  # and nothing was harmed
 
 

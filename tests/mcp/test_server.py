@@ -331,7 +331,7 @@ async def test_listed_schemas_are_compact_and_mean_what_pydantic_meant() -> None
         before = original[name]
         model = server.output_model(name)  # its result is dumped from this model, whose schema the tool declares
         assert (model is None) is (name == "get_context"), name  # the transcript alone, no schema (results.py)
-        forms = [(tool.input_schema, before.input_schema)]
+        forms: list[tuple[dict[str, Any] | None, dict[str, Any]]] = [(tool.input_schema, before.input_schema)]
         if model is not None:
             forms.append((tool.output_schema, model.model_json_schema()))
         for compacted, full in forms:

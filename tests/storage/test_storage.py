@@ -45,11 +45,11 @@ async def stored(store: Store, sql: str) -> list[tuple[Any, ...]]:
         with sqlite3.connect(store.backend.path) as conn:
             return [tuple(row) for row in conn.execute(sql)]
     assert isinstance(store.backend, PostgresBackend)
-    conn = await asyncpg.connect(store.backend.url)
+    connection = await asyncpg.connect(store.backend.url)
     try:
-        return [tuple(row) for row in await conn.fetch(sql)]
+        return [tuple(row) for row in await connection.fetch(sql)]
     finally:
-        await conn.close()
+        await connection.close()
 
 
 HOSTILE = [
@@ -107,7 +107,7 @@ async def test_append_returns_the_stored_message(store: Store) -> None:
     ],
 )
 async def test_every_bound_is_checked_before_anything_is_written(
-    store: Store, fields: dict[str, object], error: str
+    store: Store, fields: dict[str, Any], error: str
 ) -> None:
     with pytest.raises(InvalidInput) as caught:
         await store.append_message(ORG, msg(**fields))
