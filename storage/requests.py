@@ -98,16 +98,11 @@ class AppendRequest(_Model):
     def new_message(self) -> NewMessage:
         """The message the store is asked to keep: the fields are of their types already (the model or the
         tool's arguments were validated), and the store checks every rule once (records.py)."""
-        return NewMessage.model_construct(
-            contact_id=self.contact_id,
-            channel=self.channel,
-            role=self.role,
-            content=self.content,
-            agent_id=self.agent_id,
-            chat_id=self.chat_id,
-            metadata=self.metadata,
-            created_at=self.created_at,
-        )
+        return NewMessage.model_construct(**{name: getattr(self, name) for name in _MESSAGE_FIELDS})
+
+
+# what of an append request is the message (the rest, such as context_limit, says what to answer)
+_MESSAGE_FIELDS = tuple(name for name in AppendRequest.model_fields if name in NewMessage.model_fields)
 
 
 class AliasRequest(_Model):

@@ -50,16 +50,15 @@ async def run(conn: Connection, ops: Ops[T], timeout: float | None) -> T:
     send = ops.send
     try:
         while True:
-            statement = send(result)
-            sql = numbered(statement.sql)
-            want = statement.want
+            sql, params, want = send(result)
+            sql = numbered(sql)
             if want == "all":
-                result = await conn.fetch(sql, *statement.params, timeout=timeout)
+                result = await conn.fetch(sql, *params, timeout=timeout)
             elif want == "one":
-                result = await conn.fetchrow(sql, *statement.params, timeout=timeout)
+                result = await conn.fetchrow(sql, *params, timeout=timeout)
             elif want == "value":
-                result = await conn.fetchval(sql, *statement.params, timeout=timeout)
+                result = await conn.fetchval(sql, *params, timeout=timeout)
             else:
-                result = row_count(await conn.execute(sql, *statement.params, timeout=timeout))
+                result = row_count(await conn.execute(sql, *params, timeout=timeout))
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]

@@ -5,8 +5,8 @@ logic in one transaction on its connection, again after a busy lock or a deadloc
 database's failures), `_log` (its change log) and what is its own (appends, search, exports, health).
 
 The write lifecycle, for every write of both engines: each try of the transaction records its changes anew
-(a retried one forgets what the failed try recorded); a write undone on purpose (`Undo`) announces nothing;
-once committed, this process is told the changes the write made (`Backend.announce_to`).
+(a retried one forgets what the failed try recorded); a write undone on purpose (`Undo`) clears what it
+recorded; once committed, this process is told the changes the write made (`Backend.announce_to`).
 """
 
 from __future__ import annotations
@@ -68,10 +68,13 @@ class SQLBackend:
     # --- the write lifecycle ---
 
     async def _write(self, make: Callable[[], Ops[T]], log: ChangeLog | None = None) -> T:
+        """Run the write `make()` builds (again for each retry, from a clean log); announce what it recorded once
+        committed. A write that undoes itself on purpose (`Undo`) after recording changes clears its log first."""
+
         def attempt() -> Ops[T]:
-            if log is None:
-                return make()
-            return _recorded(make, log)
+            if log is not None:
+                log.reset()
+            return make()
 
         result = await self._transact(attempt)
         if log is not None:
@@ -225,6 +228,7 @@ class SQLBackend:
                 except ChatdockError as exc:
                     outcomes.append(exc)
                     if not keep_going:
+                        log.reset()  # nothing of the batch stays: nothing to announce
                         raise Undo(outcomes) from None
             return outcomes
 
@@ -279,13 +283,3 @@ class SQLBackend:
 
     async def ping(self) -> None:
         await self._read("SELECT count(*) FROM schema_migrations", (), urgent=True)
-
-
-def _recorded(make: Callable[[], Ops[T]], log: ChangeLog) -> Ops[T]:
-    """One try of a write that records changes: from a clean log, which an `Undo` leaves clean again."""
-    log.reset()
-    try:
-        return (yield from make())
-    except Undo:
-        log.reset()
-        raise

@@ -9,19 +9,14 @@ them. `yield from` composes pieces. Nothing here touches a connection.
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
 Want = Literal["one", "all", "value", "count"]
 
-
-@dataclass(frozen=True, slots=True)
-class Statement:
-    sql: str
-    params: tuple[Any, ...]
-    want: Want
+# (the SQL, its parameters, what is wanted back): a plain tuple, the cheapest thing to build on a hot path
+Statement = tuple[str, tuple[Any, ...], Want]
 
 
 # A piece of logic: yields statements, is sent each one's result, returns T.
@@ -30,22 +25,22 @@ Ops = Generator[Statement, Any, T]
 
 def one(sql: str, *params: Any) -> Statement:
     """Ask for the statement's first row, or None."""
-    return Statement(sql, params, "one")
+    return (sql, params, "one")
 
 
 def rows(sql: str, *params: Any) -> Statement:
     """Ask for all of the statement's rows."""
-    return Statement(sql, params, "all")
+    return (sql, params, "all")
 
 
 def value(sql: str, *params: Any) -> Statement:
     """Ask for the first column of the statement's first row, or None."""
-    return Statement(sql, params, "value")
+    return (sql, params, "value")
 
 
 def count(sql: str, *params: Any) -> Statement:
     """Run a statement that changes rows; ask how many it changed."""
-    return Statement(sql, params, "count")
+    return (sql, params, "count")
 
 
 def done(result: T) -> Ops[T]:

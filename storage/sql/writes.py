@@ -63,12 +63,16 @@ def savepoint(write: Ops[object]) -> Ops[object]:
     return result
 
 
+ORG_KEY = "SELECT id FROM orgs WHERE name = ?"
+CHANNEL_ID = "SELECT id FROM channels WHERE contact_pk = ? AND name = ?"
+
+
 def org_pk(org: str, now_us: int) -> Ops[int]:
     """The organization's key, created on first use."""
-    key = yield value("SELECT id FROM orgs WHERE name = ?", org)
+    key = yield value(ORG_KEY, org)
     if key is None:
         yield count("INSERT INTO orgs (name, created_us) VALUES (?, ?) ON CONFLICT (name) DO NOTHING", org, now_us)
-        key = yield value("SELECT id FROM orgs WHERE name = ?", org)
+        key = yield value(ORG_KEY, org)
     return int(key)
 
 
@@ -115,8 +119,7 @@ def aliases_of(contact_key: int, contact_id: str) -> Ops[list[str]]:
 
 def channel_id(contact_key: int, name: str, wanted: str | None = None) -> Ops[str]:
     """The contact's channel of that name, created on first use (with the `wanted` id when it is still free)."""
-    select = "SELECT id FROM channels WHERE contact_pk = ? AND name = ?"
-    found = yield value(select, contact_key, name)
+    found = yield value(CHANNEL_ID, contact_key, name)
     if found is not None:
         return str(found)
     free = wanted is not None and (yield value("SELECT 1 FROM channels WHERE id = ?", wanted)) is None
@@ -127,7 +130,7 @@ def channel_id(contact_key: int, name: str, wanted: str | None = None) -> Ops[st
         name,
         channel_kind(name),
     )
-    return str((yield value(select, contact_key, name)))
+    return str((yield value(CHANNEL_ID, contact_key, name)))
 
 
 def attach(chat_id: str, channel: str, at_us: int) -> Ops[None]:

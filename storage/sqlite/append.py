@@ -8,7 +8,7 @@ from ..errors import chat_not_found, message_id_taken
 from ..models import AppendedMessage, appended
 from ..records import MessageRecord
 from ..sql import writes
-from ..sql.ops import Ops, Undo, count, value
+from ..sql.ops import Ops, Undo, count, one, value
 from ..sql.writes import ChangeLog
 from .queries import DIALECT
 
@@ -22,11 +22,21 @@ def insert_message(
     """
     m = record.message
     created_us = rows.to_us(m.created_at)
-    org_key = yield from writes.org_pk(org, now_us)
-    contact_key, appeared, contact_id = yield from writes.contact_pk(DIALECT, org_key, m.contact_id, created_us)
+    # the usual case, a known organization, contact and channel, asked for directly (the shared steps below,
+    # which create what is new, cost a generator each on the hot path)
+    org_key = yield value(writes.ORG_KEY, org)
+    if org_key is None:
+        org_key = yield from writes.org_pk(org, now_us)
+    found = yield one(DIALECT.resolve, org_key, m.contact_id)
+    if found is not None:
+        contact_key, appeared, contact_id = found[0], False, found[1]
+    else:
+        contact_key, appeared, contact_id = yield from writes.contact_pk(DIALECT, org_key, m.contact_id, created_us)
     if contact_id != m.contact_id:  # an alias: the message belongs to, and is named by, its contact
         m = m.model_copy(update={"contact_id": contact_id})
-    channel = yield from writes.channel_id(contact_key, m.channel)
+    channel = yield value(writes.CHANNEL_ID, contact_key, m.channel)
+    if channel is None:
+        channel = yield from writes.channel_id(contact_key, m.channel)
     if m.chat_id is not None:
         owner = yield value("SELECT contact_pk FROM chats WHERE id = ? AND org_id = ?", m.chat_id, org_key)
         if owner is None or owner != contact_key:

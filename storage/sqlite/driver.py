@@ -17,18 +17,15 @@ def run(conn: sqlite3.Connection, ops: Ops[T]) -> T:
     send = ops.send
     try:
         while True:
-            statement = send(result)
-            cursor = conn.execute(statement.sql, statement.params)
-            want = statement.want
+            sql, params, want = send(result)
+            cursor = conn.execute(sql, params)
             if want == "count":
                 result = cursor.rowcount
-                continue
-            found = cursor.fetchall()  # all of it: a RETURNING statement is finished before the next one
-            if want == "all":
-                result = found
-            elif want == "one":
-                result = found[0] if found else None
-            else:
-                result = found[0][0] if found else None
+            elif want == "all":
+                result = cursor.fetchall()
+            else:  # a RETURNING statement made its changes at its first step; the cursor is dropped after it
+                result = cursor.fetchone()
+                if want == "value" and result is not None:
+                    result = result[0]
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]

@@ -14,7 +14,7 @@ import aiosqlite
 
 from ..changes import EVERYTHING, Change, Deliver
 from ..sql import writes as shared
-from ..sql.ops import Ops, count, value
+from ..sql.ops import Ops, count
 
 logger = logging.getLogger("chatdock.storage")
 
@@ -24,21 +24,24 @@ PRUNE_EVERY = 1_024
 
 
 class ChangeLog(shared.ChangeLog):
-    """Each change is a row of the feed, written inside the write's transaction."""
+    """Each change is a row of the feed, written inside the write's transaction; every PRUNE_EVERY rows a
+    process writes, it deletes the rows older than the newest KEEP_CHANGES."""
 
     __slots__ = ()
+    written_here = 0  # rows this process wrote to the feed (one writer thread: no race)
 
     def write(self, change: Change) -> Ops[None]:
-        seq = yield value(
-            "INSERT INTO changes (org, contact_id, kind, origin, aliases) VALUES (?, ?, ?, ?, ?) RETURNING seq",
+        yield count(
+            "INSERT INTO changes (org, contact_id, kind, origin, aliases) VALUES (?, ?, ?, ?, ?)",
             change.org,
             change.contact_id,
             change.kind,
             self.origin,
             json.dumps(list(change.aliases)) if change.aliases else None,
         )
-        if seq % PRUNE_EVERY == 0:
-            yield count("DELETE FROM changes WHERE seq <= ?", seq - KEEP_CHANGES)
+        ChangeLog.written_here += 1
+        if ChangeLog.written_here % PRUNE_EVERY == 0:
+            yield count("DELETE FROM changes WHERE seq <= (SELECT max(seq) FROM changes) - ?", KEEP_CHANGES)
 
 
 async def _one_value(conn: aiosqlite.Connection, sql: str) -> Any:
