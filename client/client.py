@@ -85,7 +85,9 @@ class ChatdockClient:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
-        self._http = http_client or httpx2.AsyncClient(timeout=timeout)
+        # an idle connection is let go before chatdock closes it (after 5 s), so no request is sent on a connection
+        # the server is closing at that moment (a write would then need its idempotent retry)
+        self._http = http_client or httpx2.AsyncClient(timeout=timeout, limits=httpx2.Limits(keepalive_expiry=4.0))
         self._http.base_url = httpx2.URL(self.url)
         self._http.headers["Authorization"] = f"Bearer {api_key}"
         self._in_process: InProcess | None = None

@@ -62,7 +62,10 @@ def _http(key: str) -> httpx2.AsyncClient:
     return httpx2.AsyncClient(
         headers={"Authorization": f"Bearer {key}"},
         timeout=30,
-        limits=httpx2.Limits(max_connections=64, max_keepalive_connections=64),
+        # idle connections let go before the server closes them (IDLE_CONNECTION_SECONDS, http/app.py): a
+        # request sent on one the server is closing at that moment fails with a read error, and MCP's POSTs are
+        # not retried
+        limits=httpx2.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=2.0),
     )
 
 

@@ -52,6 +52,8 @@ from chatdock.storage import ChatdockError, InvalidInput, Store, Unavailable
 if TYPE_CHECKING:
     from chatdock.server.ops.metrics import Metrics
 
+# an idle connection is closed after this; a client should let it go sooner (client.py, the bench)
+IDLE_CONNECTION_SECONDS = 5
 logger = logging.getLogger("chatdock.http")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -410,7 +412,7 @@ async def _serve_http(
                 lifespan="on",
                 http=guarded_protocol(limits.read_timeout, connection_bound(limits.max_connections, files)),
                 timeout_graceful_shutdown=max(1, round(limits.shutdown_seconds)),
-                timeout_keep_alive=5,
+                timeout_keep_alive=IDLE_CONNECTION_SECONDS,
                 backlog=ACCEPT_BURST,
                 # a client's address is the socket's, unless the operator names the proxies in front
                 proxy_headers=bool(settings.trusted_proxies),
