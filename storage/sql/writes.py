@@ -20,7 +20,7 @@ from ..records import AliasRecord, ChatRecord
 from .dialect import Dialect
 from .ops import Ops, Undo, count, one, value
 from .ops import rows as all_rows
-from .queries import KEY_SELECT, MESSAGE_WITH_CONTACT, ORG, chat_select
+from .queries import KEY_SELECT, MESSAGE_COLUMNS, MESSAGE_WITH_CONTACT, ORG, chat_select
 
 
 class ChangeLog(changes.ChangeLog):
@@ -206,11 +206,17 @@ def set_chat_status(
 
 
 def delete_message(org: str, message_id: str, log: ChangeLog) -> Ops[Message | None]:
-    found = yield from find_message(f"m.id = ? AND m.org_id = {ORG}", message_id, org)
-    if found is None or not (yield count("DELETE FROM messages WHERE id = ?", message_id)):
+    row = yield one(
+        # one statement (one round trip on PostgreSQL); RETURNING names the table's columns unqualified
+        f"DELETE FROM messages WHERE id = ? AND org_id = {ORG} RETURNING {MESSAGE_COLUMNS.replace('m.', '')}, "
+        "(SELECT c.external_id FROM contacts c WHERE c.id = contact_pk)",
+        message_id,
+        org,
+    )
+    if row is None:
         return None
-    yield from log.record(org, found.contact_id)
-    return found
+    yield from log.record(org, row[10])
+    return rows.message(row, row[10])
 
 
 def contact_info(contact_key: int) -> Ops[ContactInfo]:
