@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -87,10 +87,29 @@ async def heard_within(heard: list[str], count: int, seconds: float = 5) -> None
             await anyio.sleep(0.01)
 
 
-async def quiet_for(heard: list[str], count: int, seconds: float = 0.4) -> None:
-    """Nothing more than `count` events arrives in the next `seconds`."""
-    await anyio.sleep(seconds)
-    assert len(heard) == count, heard
+SENTINEL = "+31690000000"  # a contact no test writes to but the sentinel
+
+
+async def quiet_until_sentinel(heard: list[str], count: int, sentinel: Callable[[], Awaitable[object]]) -> None:
+    """Nothing more than `count` events came of the writes before: `sentinel()` then writes, by the same path as
+    they did, the first message of a new contact of the listener's organization, whose list-changed event
+    reaches the listener after theirs (events arrive in the order their writes committed). No sleep decides."""
+    await sentinel()
+    await heard_within(heard, count + 1)
+    assert heard[count:] == [LIST], heard
+
+
+def sentinel_by(client: Client) -> Callable[[], Awaitable[object]]:
+    return lambda: call(client, "append_message", **append(SENTINEL, "sentinel"))
+
+
+async def sentinel_from_another_process(db: str, *extra: str) -> None:
+    def write() -> None:
+        with RawStdio(db, *extra) as other:
+            answer = other.tool("append_message", append(SENTINEL, "sentinel"))
+            assert not answer["result"].get("isError"), answer
+
+    await anyio.to_thread.run_sync(write)
 
 
 def append(contact: str = WATCHED, content: str = "hi") -> dict[str, Any]:
@@ -117,7 +136,7 @@ async def test_a_listener_hears_itself_another_session_and_list_changes_never_an
         await call(writer, "forget_contact", contact_id=WATCHED)
         await heard_within(heard, 7)
         assert heard[4:] == [URI, URI, LIST] or sorted(heard[5:]) == sorted([URI, LIST])
-        await quiet_for(heard, 7)
+        await quiet_until_sentinel(heard, 7, sentinel_by(writer))
 
 
 async def test_an_unsubscribed_initialize_era_session_hears_nothing_more(db: str) -> None:
@@ -128,7 +147,7 @@ async def test_an_unsubscribed_initialize_era_session_hears_nothing_more(db: str
         with initialize_era():
             await listener.unsubscribe_resource(URI)
         await call(writer, "append_message", **append(content="after unsubscribing"))
-        await quiet_for(heard, 2)
+        await quiet_until_sentinel(heard, 2, sentinel_by(writer))
 
 
 async def test_each_organization_holds_at_most_its_bound_of_listen_streams(db: str) -> None:
@@ -166,7 +185,7 @@ async def test_a_stdio_listener_hears_other_processes_and_imports_on_the_same_fi
         assert imported.returncode == 0, imported.stderr
         await heard_within(heard, 5)
         assert heard[4] == URI
-        await quiet_for(heard, 5)
+        await quiet_until_sentinel(heard, 5, lambda: sentinel_from_another_process(db))
 
 
 @pytest.mark.process
@@ -186,7 +205,7 @@ async def test_http_listeners_hear_their_organization_only_from_any_process(mode
                 await heard_within(heard, 3)
             with RawStdio(db, "--org", "globex") as theirs:
                 theirs.tool("append_message", append(content="globex from another process"))
-            await quiet_for(heard, 3, 0.6)
+            await quiet_until_sentinel(heard, 3, lambda: sentinel_from_another_process(db, "--org", "acme"))
 
 
 @pytest.mark.process
