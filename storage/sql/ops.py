@@ -43,12 +43,6 @@ def count(sql: str, *params: Any) -> Statement:
     return (sql, params, "count")
 
 
-def done(result: T) -> Ops[T]:
-    """A piece of logic that needs no statement: returns `result`."""
-    return result
-    yield  # a generator all the same
-
-
 class Undo(Exception):
     """Raised by a write to roll back its own changes and still return `value` (an "already stored" answer that
     must leave no trace, an import that stops at its first bad record)."""
