@@ -29,7 +29,6 @@ def claim_identifier(org_key: int, identifier: str, contact_key: int, now_us: in
 
 
 DIALECT = Dialect(
-    name="postgresql",
     resolve="SELECT * FROM chatdock_resolve(?, ?)",  # share-locked: no merge deletes it under this write
     claim_identifier=claim_identifier,
     chat_columns=CHAT_COLUMNS,
@@ -37,6 +36,7 @@ DIALECT = Dialect(
     for_update=" FOR UPDATE",
     greatest="greatest",
     least="least",
+    octet_length="octet_length({})",
 )
 
 # the organization and the contact an identifier names (its own contact_id or an alias), from $1 and $2

@@ -21,7 +21,6 @@ class ClaimIdentifier(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Dialect:
-    name: str
     # a contact's key and own contact_id from (org key, identifier): on PostgreSQL share-locked, so no merge
     # deletes the contact under the write that reads it
     resolve: str
@@ -34,9 +33,4 @@ class Dialect:
     for_update: str
     greatest: str  # the larger of two values
     least: str  # the smaller of two values
-
-    def octet_length(self, expression: str) -> str:
-        """The stored size of a text, in bytes (0 for NULL)."""
-        if self.name == "sqlite":
-            return f"coalesce(length(CAST({expression} AS BLOB)), 0)"
-        return f"coalesce(octet_length({expression}), 0)"
+    octet_length: str  # a text's stored size in bytes, `{}` standing for the text (NULL for NULL)

@@ -71,7 +71,9 @@ def latest_sql(
         where += " AND (m.created_us, m.seq) < (?, ?)"
         params += list(after)
     params += [limit, max_bytes]
-    size = " + ".join(dialect.octet_length(f"m.{column}") for column in ("content", "parts", "metadata"))
+    size = " + ".join(
+        "coalesce(" + dialect.octet_length.format(f"m.{column}") + ", 0)" for column in ("content", "parts", "metadata")
+    )
     sized = (
         f"SELECT m.seq AS seq, m.created_us AS created_us, {size} AS size FROM messages m "
         f"WHERE m.contact_pk = {CONTACT}{where} ORDER BY m.created_us DESC, m.seq DESC LIMIT ?"

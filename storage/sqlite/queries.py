@@ -30,7 +30,6 @@ def claim_identifier(org_key: int, identifier: str, contact_key: int, now_us: in
 
 
 DIALECT = Dialect(
-    name="sqlite",
     resolve=(
         "SELECT i.contact_pk, c.external_id FROM identifiers i JOIN contacts c ON c.id = i.contact_pk "
         "WHERE i.org_id = ? AND i.identifier = ?"
@@ -41,6 +40,7 @@ DIALECT = Dialect(
     for_update="",  # one writer at a time: nothing to lock against
     greatest="max",
     least="min",
+    octet_length="length(CAST({} AS BLOB))",  # octet_length() is SQLite 3.43's; a blob's length is its bytes
 )
 
 
