@@ -32,7 +32,7 @@ from mcp.shared.exceptions import MCPError
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.cursor import encode_cursor
-from tests.transports import call, chatdock_command, create_key, error, free_port, http_client, run_cli
+from tests.transports import call, chatdock_command, create_key, error, free_port, http_client, run_cli, stop
 
 pytestmark = pytest.mark.process  # each test here starts real processes
 
@@ -76,13 +76,7 @@ class Served:
         return urllib.request.Request(self.base + "/mcp", json.dumps(body).encode(), headers)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
         self._log_file.close()
 
 

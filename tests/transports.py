@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,14 +62,21 @@ def http_server(db: str, *extra: str) -> Iterator[str]:
         end(process)
 
 
-def end(process: subprocess.Popen[str]) -> None:
-    """Stop a chatdock process: SIGTERM, SIGKILL if it is still there after 10 s; close its stderr."""
+def stop(process: subprocess.Popen[Any]) -> None:
+    """Stop a chatdock process: SIGTERM, SIGKILL if it is still there after 10 s (nothing if it has ended)."""
+    if process.poll() is not None:
+        return
     process.terminate()
     try:
         process.wait(10)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def end(process: subprocess.Popen[str]) -> None:
+    """`stop` a chatdock process and close its stderr."""
+    stop(process)
     if process.stderr:
         process.stderr.close()
 
@@ -242,3 +251,32 @@ def structured(response: dict[str, Any]) -> dict[str, Any]:
     result = response["result"]
     assert not result.get("isError"), result["content"]
     return dict(result["structuredContent"])
+
+
+class Rest:
+    """A tiny JSON client of the REST routes, with one key (or none): (status, parsed body) of each call."""
+
+    def __init__(self, base: str, key: str | None) -> None:
+        self.base = base
+        self.key = key
+
+    def __call__(
+        self, method: str, path: str, body: Any = None, raw: bytes | None = None, **query: Any
+    ) -> tuple[int, Any]:
+        url = self.base + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        headers = {"Content-Type": "application/json"}
+        if self.key is not None:
+            headers["Authorization"] = f"Bearer {self.key}"
+        request = urllib.request.Request(url, data, headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as failed:
+            return failed.code, json.loads(failed.read() or b"null")
+
+    def ok(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+        """The parsed body of a call that must succeed."""
+        status, answer = self(method, path, body, **query)
+        assert status < 300, (method, path, status, answer)
+        return answer

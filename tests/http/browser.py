@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import subprocess
@@ -130,30 +129,6 @@ async def sign_in(page: Page, base: str, key: str) -> None:
     await page.get_by_label("API key").fill(key)
     await page.get_by_role("button", name="Sign in").click()
     await page.get_by_role("heading", name="Contacts").wait_for()
-
-
-class Rest:
-    """A tiny JSON client of the REST routes, with one key."""
-
-    def __init__(self, base: str, key: str) -> None:
-        self.base = base
-        self.key = key
-
-    def __call__(self, method: str, path: str, body: Any = None, **query: Any) -> tuple[int, Any]:
-        url = self.base + path + ("?" + urllib.parse.urlencode(query) if query else "")
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.key}"}
-        request = urllib.request.Request(url, data, headers, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as failed:
-            return failed.code, json.loads(failed.read() or b"null")
-
-    def ok(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
-        status, answer = self(method, path, body, **query)
-        assert status < 300, (method, path, status, answer)
-        return answer
 
 
 def q(identifier: str) -> str:

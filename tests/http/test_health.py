@@ -25,7 +25,7 @@ from urllib.parse import quote
 import pytest
 
 from chatdock.storage import NewMessage, open_store
-from tests.transports import chatdock_command, create_key, free_port, run_cli
+from tests.transports import chatdock_command, create_key, free_port, run_cli, stop
 
 pytestmark = pytest.mark.process  # each test here starts real processes
 
@@ -79,13 +79,7 @@ class Server:
 
     def close(self) -> str:
         """Stop the server; its log."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
         self._log_file.close()
         return self.log.read_text()
 

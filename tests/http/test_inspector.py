@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.http.browser import NARROW, Rest, accessible, chromium, opened, q, screenshot, sign_in, watched
-from tests.transports import create_key, http_server, run_cli
+from tests.http.browser import NARROW, accessible, chromium, opened, q, screenshot, sign_in, watched
+from tests.transports import Rest, create_key, http_server, run_cli
 
 pytestmark = pytest.mark.process
 

@@ -25,35 +25,12 @@ from schemathesis import GenerationMode
 from schemathesis.core.result import Err
 
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
-from tests.transports import create_key, http_client, http_server
+from tests.transports import Rest, create_key, http_client, http_server
 
 pytestmark = pytest.mark.process
 
 UNKNOWN = "0192f0c4-7d3e-7b1a-9c4e-2f1d3a5b6c7d"
 LONG_MODE = os.environ.get("CHATDOCK_LONG_TESTS") == "1"
-
-
-class Rest:
-    """A tiny JSON client with one key."""
-
-    def __init__(self, base: str, key: str | None) -> None:
-        self.base = base
-        self.key = key
-
-    def __call__(
-        self, method: str, path: str, body: Any = None, raw: bytes | None = None, **query: Any
-    ) -> tuple[int, Any]:
-        url = self.base + path + ("?" + urllib.parse.urlencode(query) if query else "")
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        headers = {"Content-Type": "application/json"}
-        if self.key is not None:
-            headers["Authorization"] = f"Bearer {self.key}"
-        request = urllib.request.Request(url, data, headers, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as failed:
-            return failed.code, json.loads(failed.read() or b"null")
 
 
 @pytest.fixture(scope="module")

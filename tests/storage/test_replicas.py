@@ -26,7 +26,7 @@ from chatdock.server.bench.postgres import throwaway_database
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from tests.mcp.test_events import heard_within, subscriber
 from tests.postgres import PostgresServer
-from tests.transports import call, chatdock_command, create_key, free_port, http_client, http_transport
+from tests.transports import call, chatdock_command, create_key, free_port, http_client, http_transport, stop
 
 pytestmark = pytest.mark.process
 
@@ -80,13 +80,7 @@ class Replica:
         """Stop it; what it wrote to stderr."""
         if self.process is None:
             return ""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
         if self.process.stderr is None or self.process.stderr.closed:
             return ""
         output = self.process.stderr.read()
