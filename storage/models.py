@@ -53,6 +53,8 @@ class Part(_Model):
 
     A timestamp that is not set is left out of what is written (the schema does not require it)."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     type: Literal["text"] = "text"
     text: str
     start_timestamp: float | None = Field(default=None, exclude_if=_absent)
@@ -60,7 +62,10 @@ class Part(_Model):
 
 
 class Message(_Model):
-    """A stored message."""
+    """A stored message: frozen, as one read's messages may be the next read's too (rows.messages); a changed
+    copy is `message.model_copy(update={...})`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str
     contact_id: str

@@ -1,0 +1,56 @@
+"""Rows to messages: a message read again is the one built before, and any change to its row builds it anew."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+
+from chatdock.storage import rows
+from chatdock.storage.models import Message
+
+ROW = ("m-1", None, None, "whatsapp", "user", "hello", None, None, 1_790_000_000_000_000, 7, "+31600000001")
+
+
+def test_a_row_read_again_gives_the_message_built_before() -> None:
+    first = rows.messages([ROW])[0]
+    again = rows.messages([list(ROW)])[0]  # a driver's row type, not the tuple that built it
+    assert again is first
+    assert first.content == "hello" and first.contact_id == "+31600000001"
+
+
+@pytest.mark.parametrize(
+    "column, value",
+    [(5, "hello again"), (6, '[{"text": "hello"}, {"text": "again"}]'), (7, '{"tag": 1}'), (10, "+31600000002")],
+)
+def test_a_changed_row_builds_its_message_anew(column: int, value: str) -> None:
+    before = rows.messages([ROW])[0]
+    changed = (*ROW[:column], value, *ROW[column + 1 :])
+    after = rows.messages([changed])[0]
+    assert after is not before
+    assert after.model_dump() != before.model_dump()
+    assert rows.messages([ROW])[0] is before  # the first row's message is still the one it gave
+
+
+def test_a_shared_message_cannot_be_changed_in_place() -> None:
+    message = rows.messages([ROW])[0]
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        message.content = "changed"
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        message.parts[0].text = "changed"
+    copy = message.model_copy(update={"content": "changed"})
+    assert isinstance(copy, Message) and copy.content == "changed" and message.content == "hello"
+
+
+def test_the_messages_read_longest_ago_are_let_go() -> None:
+    many = [(f"m-{index}", *ROW[1:9], index, ROW[10]) for index in range(rows.MESSAGES_KEPT + 100)]
+    built = rows.messages(many)
+    assert rows.messages(many[-1:])[0] is built[-1]
+    assert rows.messages(many[:1])[0] is not built[0]  # built anew: it was let go
+
+
+def test_long_messages_are_let_go_by_their_size() -> None:
+    long_text = "x" * (rows.MESSAGE_CHARS_KEPT // 4)
+    many = [(f"long-{index}", *ROW[1:5], long_text, *ROW[6:9], index, ROW[10]) for index in range(8)]
+    built = rows.messages(many)
+    assert rows.messages(many[-1:])[0] is built[-1]
+    assert rows.messages(many[:1])[0] is not built[0]  # four of them are all it keeps
