@@ -20,6 +20,8 @@ import asyncpg
 
 from chatdock.storage.ids import uuid7
 from chatdock.storage.models import channel_kind
+from chatdock.storage.sqlite import driver
+from chatdock.storage.sqlite.indexing import index_pending
 
 ORG = "bench"
 BATCH = 100_000  # rows per transaction (SQLite) or COPY (PostgreSQL)
@@ -114,6 +116,7 @@ def build_sqlite(path: str, messages: int, contacts: int, progress: Callable[[in
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 _message_rows(org_key, keys, start_us, first, last, contacts),
             )
+            driver.run(conn, index_pending(BATCH))  # searchable at once, as the store leaves its appends
             conn.execute("COMMIT")
             progress(last)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

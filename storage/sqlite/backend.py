@@ -23,10 +23,11 @@ from typing import Any, Literal, TypeVar
 import aiosqlite
 
 from .. import rows
+from ..backend import Imported
 from ..changes import Announcer, Deliver
-from ..errors import InvalidInput, Unavailable
+from ..errors import ChatdockError, InvalidInput, Unavailable
 from ..models import AppendedMessage, Message
-from ..records import MessageRecord
+from ..records import AliasRecord, ChatRecord, MessageRecord
 from ..search import Query
 from ..sql import writes as shared
 from ..sql.backend import SQLBackend, now_us
@@ -39,6 +40,7 @@ from .checkpoints import Checkpointer
 from .failures import DAMAGED, WRITE_BLOCKED, cause, kind, translate
 from .feed import ChangeLog, follow_feed
 from .health import FileWatch, IndexSweep
+from .indexing import SearchIndex
 from .queries import DIALECT, fts_expression, search_sql
 from .schema import migrate
 from .writer import BUSY_TIMEOUT_MS, Writer
@@ -104,6 +106,9 @@ class SQLiteBackend(SQLBackend):
         self.announce_to = self._announcer.announce_to
         self.damaged: str | None = None  # what a query found damaged; writes are refused from then on
         self._write_problem: str | None = None  # why the last write failed (full disk, read-only file)
+        self._search_index = SearchIndex(
+            lambda make: self._transact(make, background=True), lambda sql: self._read(sql, ())
+        )
 
     def _connect_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)  # see Writer
@@ -144,6 +149,7 @@ class SQLiteBackend(SQLBackend):
         self.telemetry.database_file(self.path, self.log_limit)
 
     async def close(self) -> None:
+        await self._search_index.close()
         for reader in self._all_readers:
             await reader.close()
         self._all_readers.clear()
@@ -195,10 +201,10 @@ class SQLiteBackend(SQLBackend):
     def _log(self) -> ChangeLog:
         return ChangeLog(self._origin)
 
-    async def _transact(self, attempt: Callable[[], Ops[T]]) -> T:
-        """Run `attempt()` on the writer (one savepoint in a group commit; again when the lock was busy); a
-        failure of the database becomes a clear error, and the write problem it shows is kept for /healthz
-        until a write succeeds again."""
+    async def _transact(self, attempt: Callable[[], Ops[T]], background: bool = False) -> T:
+        """Run `attempt()` on the writer (one savepoint in a group commit; again when the lock was busy; always
+        on its thread when in the `background`); a failure of the database becomes a clear error, and the write
+        problem it shows is kept for /healthz until a write succeeds again."""
         if self.damaged is None:
             self.damaged = self._sweep.found  # what a sweep of the indexes found (health.py), if anything
         if self.damaged is not None:
@@ -214,7 +220,7 @@ class SQLiteBackend(SQLBackend):
             return driver.run(conn, attempt())
 
         try:
-            result = await self._writer.run(self._sql.on_thread(job))  # its span on the writer's thread
+            result = await self._writer.run(self._sql.on_thread(job), background)  # its span on the writer's thread
         except sqlite3.Error as exc:
             error = self._failed(exc)
             if kind(exc).startswith(WRITE_BLOCKED) and isinstance(error, Unavailable):
@@ -234,7 +240,9 @@ class SQLiteBackend(SQLBackend):
 
     async def insert_message(self, org: str, record: MessageRecord) -> AppendedMessage:
         log = self._log()
-        return await self._write(lambda: append.insert_message(org, record, now_us(), log), log)
+        stored = await self._write(lambda: append.insert_message(org, record, now_us(), log), log)
+        self._search_index.appended(0 if stored.deduplicated else 1)
+        return stored
 
     async def insert_messages(self, org: str, records: Sequence[MessageRecord]) -> list[AppendedMessage]:
         log = self._log()
@@ -246,7 +254,16 @@ class SQLiteBackend(SQLBackend):
                 stored.append((yield from savepoint(append.insert_message(org, record, now, log))))  # type: ignore[arg-type]
             return stored
 
-        return await self._write(job, log)
+        stored = await self._write(job, log)
+        self._search_index.appended(sum(not message.deduplicated for message in stored))
+        return stored
+
+    async def import_history(
+        self, org: str, records: Sequence[ChatRecord | AliasRecord | MessageRecord | ChatdockError], keep_going: bool
+    ) -> list[Imported | ChatdockError]:
+        outcomes = await super().import_history(org, records, keep_going)
+        self._search_index.appended(outcomes.count("stored"))  # chats and aliases too: an estimate is enough
+        return outcomes
 
     def _import_message(self, org: str, record: MessageRecord, now: int, log: shared.ChangeLog) -> Ops[bool]:
         stored = yield from savepoint(append.insert_message(org, record, now, log, True))
@@ -255,6 +272,7 @@ class SQLiteBackend(SQLBackend):
     async def search(
         self, org: str, query: Query, contact_id: str | None, channel: str | None, role: str | None, window: int
     ) -> list[tuple[int, str]]:
+        await self._search_index.before_search()
         expression = fts_expression(query)
         params: list[Any] = [org, contact_id, expression] if contact_id is not None else [expression]
         params += [org, *(value for value in (channel, role) if value is not None)]

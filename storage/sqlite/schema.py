@@ -14,6 +14,7 @@ from . import driver
 logger = logging.getLogger("chatdock.storage")
 
 INDEX_BATCH = 50_000
+_INDEXED = "NOT EXISTS (SELECT 1 FROM search_pending WHERE seq = old.seq)"  # in the search index (indexing.py)
 
 
 def _index_history() -> Ops[None]:
@@ -166,6 +167,32 @@ MIGRATIONS: tuple[Migration, ...] = (
         _index_history,
     ),
     Migration(7, "identifiers without characters a person cannot see", (), clean_identifiers()),
+    Migration(
+        8,
+        "search index in batches",
+        (
+            # an append notes its message; indexing.py indexes the noted ones together
+            "CREATE TABLE search_pending (seq INTEGER PRIMARY KEY)",
+            "DROP TRIGGER messages_fts_insert",
+            "DROP TRIGGER messages_fts_delete",
+            "DROP TRIGGER messages_fts_update",
+            """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+                INSERT INTO search_pending (seq) VALUES (new.seq);
+            END""",
+            # a message still noted has nothing in the index to take out
+            f"""CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+                INSERT INTO messages_fts (messages_fts, rowid, content, owner)
+                    SELECT 'delete', old.seq, old.content, 'k' || old.contact_pk WHERE {_INDEXED};
+                DELETE FROM search_pending WHERE seq = old.seq;
+            END""",
+            f"""CREATE TRIGGER messages_fts_update AFTER UPDATE OF content, contact_pk ON messages BEGIN
+                INSERT INTO messages_fts (messages_fts, rowid, content, owner)
+                    SELECT 'delete', old.seq, old.content, 'k' || old.contact_pk WHERE {_INDEXED};
+                INSERT INTO messages_fts (rowid, content, owner)
+                    SELECT new.seq, new.content, 'k' || new.contact_pk WHERE {_INDEXED};
+            END""",
+        ),
+    ),
 )
 
 

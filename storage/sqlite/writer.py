@@ -158,13 +158,16 @@ class Writer:
             self._restart_asked.set()
             self._queue.put(_Restart())
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, fn: Callable[[sqlite3.Connection], T], background: bool = False) -> T:
+        """`fn`'s value once it committed; a `background` job always runs on the thread, never on the caller's
+        (it is longer than a caller's write and nobody waits for it)."""
         if not self._thread.is_alive():
             raise RuntimeError("the store is closed")
         self._callers += 1
         try:
             if (
                 self._inline
+                and not background
                 and self._callers == 1  # alone: concurrent callers share the thread's group commit instead
                 and self._queue.empty()
                 and self._busy.acquire(blocking=False)

@@ -1,0 +1,96 @@
+"""SQLite's search index catches up in batches (storage/sqlite/indexing.py): an append notes its message, a
+batch of them is indexed in the background, and a search first indexes what any process left noted; a noted
+message deleted or moved to another contact leaves the index as it should be."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from pathlib import Path
+
+from chatdock.storage import NewMessage, Store, open_store
+from chatdock.storage.sqlite.indexing import SEARCH_BATCH
+
+ORG = "acme"
+
+
+def said(contact: str, content: str) -> NewMessage:
+    return NewMessage(contact_id=contact, channel="sms", role="user", content=content)
+
+
+def noted(path: Path) -> int:
+    """How many messages wait to be indexed."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("SELECT count(*) FROM search_pending").fetchone()[0])
+
+
+def assert_index_matches_messages(path: Path) -> None:
+    """FTS5's own check of the index against the messages it indexes: every indexed message is there with its
+    text and contact, none more; `noted(path)` must be 0 first, as the noted ones are not in it yet."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)")
+
+
+async def hits(store: Store, query: str, contact: str | None = None) -> list[str]:
+    page = await store.search_messages(ORG, query, contact_id=contact, limit=200)
+    return sorted(hit.content for hit in page.hits)
+
+
+async def test_appends_are_indexed_a_batch_at_a_time_in_the_background(tmp_path: Path) -> None:
+    path = tmp_path / "batch.db"
+    async with open_store(str(path)) as store:
+        for index in range(SEARCH_BATCH - 1):
+            await store.append_message(ORG, said("+31600000001", f"parcel {index}"))
+        assert noted(path) == SEARCH_BATCH - 1
+        await store.append_message(ORG, said("+31600000001", "the batch is full"))
+        deadline = time.monotonic() + 10
+        while noted(path):  # indexed by a write of its own, which no caller waits for
+            assert time.monotonic() < deadline, f"{noted(path)} messages still wait to be indexed"
+            await asyncio.sleep(0.01)
+        assert_index_matches_messages(path)
+        assert len(await hits(store, "parcel")) == SEARCH_BATCH - 1
+
+
+async def test_a_search_finds_what_any_process_appended_just_before(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    async with open_store(str(path)) as searcher:  # another process's store on the same file, as replicas share it
+        async with open_store(str(path)) as writer:
+            await writer.append_message(ORG, said("+31600000001", "where is my refund"))
+            await writer.append_message(ORG, said("+31600000002", "refund received"))
+            assert noted(path) == 2
+        assert await hits(searcher, "refund") == ["refund received", "where is my refund"]
+        assert await hits(searcher, "refund", "+31600000002") == ["refund received"]
+        assert noted(path) == 0
+        assert_index_matches_messages(path)
+
+
+async def test_messages_deleted_or_merged_before_they_were_indexed_leave_the_index_right(tmp_path: Path) -> None:
+    path = tmp_path / "changed.db"
+    async with open_store(str(path)) as store:
+        indexed = await store.append_message(ORG, said("+31600000001", "indexed order"))
+        assert await hits(store, "order") == ["indexed order"]  # the search indexed it
+        gone = await store.append_message(ORG, said("+31600000001", "noted order, then deleted"))
+        await store.append_message(ORG, said("ann@example.com", "noted order of ann"))
+        await store.append_message(ORG, said("+31600000003", "noted order of someone forgotten"))
+        assert noted(path) == 3
+        await store.delete_message(ORG, gone.id)
+        await store.delete_message(ORG, indexed.id)  # an indexed one goes out of the index at once
+        await store.link_contacts(ORG, "+31600000001", "ann@example.com")  # ann's messages move to +316...01
+        await store.forget_contact(ORG, "+31600000003")
+        assert noted(path) == 1  # the deleted and forgotten ones are no longer noted
+        assert await hits(store, "order") == ["noted order of ann"]
+        assert await hits(store, "order", "+31600000001") == ["noted order of ann"]
+        assert noted(path) == 0
+        assert_index_matches_messages(path)
+
+
+async def test_noted_messages_are_found_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "restart.db"
+    async with open_store(str(path)) as store:
+        await store.append_message(ORG, said("+31600000001", "left noted at shutdown"))
+    assert noted(path) == 1
+    async with open_store(str(path)) as store:
+        assert await hits(store, "shutdown") == ["left noted at shutdown"]
+    assert_index_matches_messages(path)
