@@ -40,7 +40,7 @@ from .checkpoints import Checkpointer
 from .failures import DAMAGED, WRITE_BLOCKED, cause, kind, translate
 from .feed import ChangeLog, follow_feed
 from .health import FileWatch, IndexSweep
-from .indexing import SearchIndex
+from .indexing import SearchIndex, with_an_append
 from .queries import DIALECT, fts_expression, search_sql
 from .schema import migrate
 from .writer import BUSY_TIMEOUT_MS, Writer
@@ -149,7 +149,9 @@ class SQLiteBackend(SQLBackend):
         self.telemetry.database_file(self.path, self.log_limit)
 
     async def close(self) -> None:
-        await self._search_index.close()
+        # the search index reads what is noted and indexes it; a store that failed to start has no reader to ask
+        if self._direct is not None:
+            await self._search_index.close()
         for reader in self._all_readers:
             await reader.close()
         self._all_readers.clear()
@@ -240,7 +242,13 @@ class SQLiteBackend(SQLBackend):
 
     async def insert_message(self, org: str, record: MessageRecord) -> AppendedMessage:
         log = self._log()
-        stored = await self._write(lambda: append.insert_message(org, record, now_us(), log), log)
+        indexing = self._search_index.due()
+
+        def make() -> Ops[AppendedMessage]:
+            appending = append.insert_message(org, record, now_us(), log)
+            return with_an_append(appending) if indexing else appending
+
+        stored = await self._write(make, log)
         self._search_index.appended(0 if stored.deduplicated else 1)
         return stored
 

@@ -2,9 +2,11 @@
 
 Indexing one message in its own transaction writes a new segment of the FTS5 index and merges segments: 53 us
 of a lone append's 197. So an append only notes its message in `search_pending` (a row of one integer, 7 us),
-and the messages noted are indexed together, `SEARCH_BATCH` at a time, by a write of their own that the
-backend starts in the background (`SearchIndex.appended`). A search first indexes whatever is still noted, by
-any process on the file (`SearchIndex.before_search`), so it finds every message committed before it began.
+and the messages noted are indexed together: once in `SEARCH_BATCH` appends, by that append, in its own
+transaction (`SearchIndex.due`, `with_an_append`); after an import or a batch, by writes of their own in the
+background (`SearchIndex.appended`). A search first indexes whatever is still noted, by
+any process on the file (`SearchIndex.before_search`), so it finds every message committed before it began
+(unless that write cannot be made within `SEARCH_WAIT`: then it searches what is indexed, and says so in the log).
 The triggers keep the two consistent: a message deleted or edited while still noted has nothing in the index to
 take out (schema.py, migration 8).
 """
@@ -14,16 +16,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from ..errors import ChatdockError
 from ..sql.ops import Ops, count, value
 
 logger = logging.getLogger("chatdock.storage")
+T = TypeVar("T")
 
-SEARCH_BATCH = 64  # messages appended by this process before it indexes them (about 0.8 ms of writing)
+SEARCH_BATCH = 64  # messages appended by this process before one of its appends indexes the noted ones
+WITH_AN_APPEND = 2 * SEARCH_BATCH  # noted messages an append indexes at most (about 0.15 ms of its write)
 CHUNK = 2000  # messages indexed by one write at most: a long catch-up lets other writes go between its chunks
+
+SEARCH_WAIT = 2.0  # seconds a search waits for the noted messages to be indexed before it goes on without them
+WARN_EVERY = 60.0  # seconds between two warnings that they are not
 
 PENDING = "SELECT EXISTS (SELECT 1 FROM search_pending)"
 
@@ -34,12 +41,21 @@ def index_pending(limit: int = CHUNK) -> Ops[int]:
     if last is None:
         return 0
     yield count(
+        # CROSS JOIN keeps the noted messages the outer loop: with a plain JOIN, SQLite carries `seq <= ?` over
+        # to the messages and walks every message up to it (12 ms at 100,000 messages, 0.1 s at a million)
         "INSERT INTO messages_fts (rowid, content, owner) SELECT m.seq, m.content, 'k' || m.contact_pk "
-        "FROM search_pending p JOIN messages m ON m.seq = p.seq WHERE p.seq <= ?",
+        "FROM search_pending p CROSS JOIN messages m ON m.seq = p.seq WHERE p.seq <= ?",
         last,
     )
     indexed: int = yield count("DELETE FROM search_pending WHERE seq <= ?", last)
     return indexed
+
+
+def with_an_append(append: Ops[T]) -> Ops[T]:
+    """`append`, then the indexing of up to `WITH_AN_APPEND` noted messages, in its transaction."""
+    stored = yield from append
+    yield from index_pending(WITH_AN_APPEND)
+    return stored
 
 
 Write = Callable[[Callable[[], Ops[int]]], Awaitable[int]]
@@ -54,39 +70,69 @@ class SearchIndex:
         self._write = write
         self._read = read
         self._unindexed = 0  # messages this process appended since it last started a catch-up
-        self._catching_up: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._warned = -WARN_EVERY  # when the last "not searchable yet" was logged (monotonic seconds)
+
+    def due(self) -> bool:
+        """Whether the append about to be written indexes the noted messages too (`with_an_append`): once in
+        `SEARCH_BATCH` of this process's appends, in the append's own transaction, where it costs no commit of
+        its own and no caller waits behind it."""
+        if self._unindexed < SEARCH_BATCH:
+            return False
+        self._unindexed = 0
+        return True
 
     def appended(self, messages: int) -> None:
-        """`messages` new messages were committed; every `SEARCH_BATCH` of them, index them in the background."""
+        """`messages` new messages were committed. An import or a batch of `SEARCH_BATCH` or more has them
+        indexed in the background, by writes of their own, a chunk at a time."""
         self._unindexed += messages
-        if self._unindexed >= SEARCH_BATCH and (self._catching_up is None or self._catching_up.done()):
+        if messages >= SEARCH_BATCH and not self._running and not self._closing:
             self._unindexed = 0
-            self._catching_up = asyncio.get_running_loop().create_task(self._background())
+            self._start()
 
     async def before_search(self) -> None:
-        """Index what any process noted and nobody indexed yet. When that cannot be written (a full disk, a
-        read-only file), the search goes on over what is indexed, and the messages noted since are found once
-        a write works again."""
+        """Index what any process noted and nobody indexed yet, waiting `SEARCH_WAIT` seconds at most. When that
+        cannot be written in time (another process holds the write lock) or at all (a full disk, a read-only
+        file), the search goes on over what is indexed, and the messages noted since are found by a later one."""
         if not (await self._read(PENDING))[0][0]:
             return
-        try:
-            await self.catch_up()
-        except ChatdockError as exc:
-            logger.warning("the newest messages are not searchable yet: indexing them failed: %s", exc)
-
-    async def catch_up(self) -> None:
-        """Index everything noted, a chunk per write."""
-        while await self._write(index_pending) == CHUNK:
-            pass
+        catching_up = self._start()
+        await asyncio.wait({catching_up}, timeout=SEARCH_WAIT)
+        if not catching_up.done():
+            self._warn("indexing them takes longer than a search waits")
+        elif not catching_up.cancelled() and catching_up.exception() is not None:
+            self._warn(f"indexing them failed: {catching_up.exception()}")
 
     async def close(self) -> None:
-        """Let a catch-up under way finish."""
-        if self._catching_up is not None:
-            with contextlib.suppress(Exception):
-                await self._catching_up
+        """Let the catch-ups under way stop after their current chunk, then index one more chunk of what is noted,
+        so that a process that appended a few messages and ended leaves little for the next search to do."""
+        self._closing = True
+        if self._running:
+            await asyncio.wait(set(self._running))
+        with contextlib.suppress(Exception):  # the appends and the next search say what is wrong
+            if (await self._read(PENDING))[0][0]:
+                await self._write(index_pending)
 
-    async def _background(self) -> None:
-        try:
-            await self.catch_up()
-        except Exception as exc:  # the appends said so already; the next search tries again
-            logger.debug("indexing appended messages failed: %s", exc)
+    def _start(self) -> asyncio.Task[None]:
+        """A catch-up: everything noted, a chunk per write, until nothing is left or the store closes."""
+
+        async def catch_up() -> None:
+            while await self._write(index_pending) == CHUNK and not self._closing:
+                pass
+
+        task = asyncio.get_running_loop().create_task(catch_up())
+        self._running.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # the appends said so already
+            logger.debug("indexing appended messages failed: %s", task.exception())
+
+    def _warn(self, why: str) -> None:
+        now = time.monotonic()
+        if now - self._warned >= WARN_EVERY:
+            self._warned = now
+            logger.warning("the newest messages are not searchable yet: %s", why)

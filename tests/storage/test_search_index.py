@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from chatdock.storage import NewMessage, Store, open_store
-from chatdock.storage.sqlite.indexing import SEARCH_BATCH
+from chatdock.storage.sqlite.indexing import SEARCH_BATCH, SEARCH_WAIT
 
 ORG = "acme"
 
@@ -38,19 +41,28 @@ async def hits(store: Store, query: str, contact: str | None = None) -> list[str
     return sorted(hit.content for hit in page.hits)
 
 
-async def test_appends_are_indexed_a_batch_at_a_time_in_the_background(tmp_path: Path) -> None:
+async def test_every_batch_of_appends_is_indexed_by_the_append_after_it(tmp_path: Path) -> None:
     path = tmp_path / "batch.db"
     async with open_store(str(path)) as store:
-        for index in range(SEARCH_BATCH - 1):
+        for index in range(SEARCH_BATCH):
             await store.append_message(ORG, said("+31600000001", f"parcel {index}"))
-        assert noted(path) == SEARCH_BATCH - 1
+        assert noted(path) == SEARCH_BATCH
         await store.append_message(ORG, said("+31600000001", "the batch is full"))
+        assert noted(path) == 0  # indexed in that append's own transaction, itself included
+        assert_index_matches_messages(path)
+        assert len(await hits(store, "parcel")) == SEARCH_BATCH
+
+
+async def test_an_import_is_indexed_in_the_background(tmp_path: Path) -> None:
+    path = tmp_path / "import.db"
+    async with open_store(str(path)) as store:
+        await store.import_messages(ORG, [said(f"+3160000{index:04d}", f"imported {index}") for index in range(300)])
         deadline = time.monotonic() + 10
-        while noted(path):  # indexed by a write of its own, which no caller waits for
+        while noted(path):  # by writes of their own, which no caller waits for
             assert time.monotonic() < deadline, f"{noted(path)} messages still wait to be indexed"
             await asyncio.sleep(0.01)
         assert_index_matches_messages(path)
-        assert len(await hits(store, "parcel")) == SEARCH_BATCH - 1
+        assert len(await hits(store, "imported")) == 200  # a page holds at most 200
 
 
 async def test_a_search_finds_what_any_process_appended_just_before(tmp_path: Path) -> None:
@@ -86,11 +98,47 @@ async def test_messages_deleted_or_merged_before_they_were_indexed_leave_the_ind
         assert_index_matches_messages(path)
 
 
-async def test_noted_messages_are_found_after_a_restart(tmp_path: Path) -> None:
+async def test_a_store_closing_indexes_what_it_noted_and_a_search_finds_what_others_left(tmp_path: Path) -> None:
     path = tmp_path / "restart.db"
     async with open_store(str(path)) as store:
-        await store.append_message(ORG, said("+31600000001", "left noted at shutdown"))
+        await store.append_message(ORG, said("+31600000001", "noted at shutdown"))
+        assert noted(path) == 1
+    assert noted(path) == 0  # indexed as the store closed
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # a writer that ended without indexing (killed)
+        conn.execute(
+            "INSERT INTO messages (id, org_id, contact_pk, channel, role, content, created_us) "
+            "SELECT 'raw-1', org_id, contact_pk, channel, role, 'left by a killed writer', created_us + 1 FROM messages"
+        )
+        conn.commit()
     assert noted(path) == 1
     async with open_store(str(path)) as store:
-        assert await hits(store, "shutdown") == ["left noted at shutdown"]
+        assert await hits(store, "shutdown") == ["noted at shutdown"]
+        assert await hits(store, "killed") == ["left by a killed writer"]
+    assert_index_matches_messages(path)
+
+
+async def test_a_search_waits_a_bounded_time_for_a_write_lock_held_elsewhere(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "locked.db"
+    async with open_store(str(path)) as store:
+        await store.append_message(ORG, said("+31600000001", "parcel indexed first"))
+        assert await hits(store, "parcel") == ["parcel indexed first"]
+        await store.append_message(ORG, said("+31600000001", "parcel noted while another process writes"))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process's long write holds the lock
+        try:
+            began = time.monotonic()
+            with caplog.at_level(logging.WARNING, logger="chatdock.storage"):
+                assert await hits(store, "parcel") == ["parcel indexed first"]  # what the index holds
+            assert time.monotonic() - began < SEARCH_WAIT + 1
+            assert "the newest messages are not searchable yet" in caplog.text
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        deadline = time.monotonic() + 10
+        while len(await hits(store, "parcel")) != 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert noted(path) == 0
     assert_index_matches_messages(path)
