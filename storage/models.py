@@ -62,8 +62,9 @@ class Part(_Model):
 
 
 class Message(_Model):
-    """A stored message: frozen, as one read's messages may be the next read's too (rows.messages); a changed
-    copy is `message.model_copy(update={...})`."""
+    """A stored message: frozen, as one read's messages may be the next read's too (rows.messages), and so are
+    its parts; its `parts` list and `metadata` dict are shared with every read of it: change neither in place
+    (a changed copy is `message.model_copy(update={...}, deep=True)`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

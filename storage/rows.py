@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -58,38 +60,69 @@ def message(row: Row, contact_id: str) -> Message:
     return Message.model_validate(_message_fields(row, contact_id))
 
 
-# Messages already built, by their whole row (every column read, so an edited, forgotten or moved message is
-# another row): every turn of a conversation reads the same recent messages again, and building one costs more
-# than finding it here (4 us against 0.3). Messages are frozen, so the one object serves every read. The messages
-# read longest ago are let go first, to keep at most MESSAGES_KEPT of them and MESSAGE_CHARS_KEPT characters of
-# text (content, parts and metadata as stored).
+class _Built:
+    """Messages already built, by their whole row (every column read, so an edited, moved or deleted message is
+    another row, or none): every turn of a conversation reads the same recent messages again, and building one
+    costs more than finding it here (4 us against 0.3). Messages are frozen, so the one object serves every read.
+    The messages read longest ago are let go first, to keep at most `most` of them and `chars` characters of
+    text (content, parts and metadata as stored). Any thread may read through it (one lock, held only to look
+    up and to file)."""
+
+    def __init__(self, most: int, chars: int) -> None:
+        self.most = most
+        self.chars = chars
+        self._entries: OrderedDict[tuple[Any, ...], tuple[Message, int]] = OrderedDict()
+        self._size = 0  # characters held
+        self._lock = threading.Lock()
+
+    def messages(self, keys: list[tuple[Any, ...]]) -> list[Message]:
+        found: list[Message | None] = []
+        missing: list[int] = []
+        with self._lock:
+            for index, key in enumerate(keys):
+                entry = self._entries.get(key)
+                if entry is None:
+                    missing.append(index)
+                    found.append(None)
+                else:
+                    self._entries.move_to_end(key)
+                    found.append(entry[0])
+        if missing:
+            fresh = _MESSAGES.validate_python([_message_fields(keys[index], keys[index][10]) for index in missing])
+            with self._lock:
+                for index, message in zip(missing, fresh, strict=True):
+                    key = keys[index]
+                    entry = self._entries.get(key)  # filed meanwhile, or the same row twice in `keys`
+                    if entry is None:
+                        size = len(key[5]) + len(key[6] or "") + len(key[7] or "")
+                        entry = self._entries[key] = (message, size)
+                        self._size += size
+                    found[index] = entry[0]
+                while self._entries and (len(self._entries) > self.most or self._size > self.chars):
+                    self._size -= self._entries.popitem(last=False)[1][1]
+        return found  # type: ignore[return-value]  # every missing one was built above
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._size = 0
+
+
 MESSAGES_KEPT = 8192
 MESSAGE_CHARS_KEPT = 4 * 1024 * 1024
-_built: dict[tuple[Any, ...], tuple[Message, int]] = {}
-_built_chars = 0
-
-
-def _chars(row: tuple[Any, ...]) -> int:
-    return len(row[5]) + len(row[6] or "") + len(row[7] or "")
+_built = _Built(MESSAGES_KEPT, MESSAGE_CHARS_KEPT)
 
 
 def messages(found: Sequence[Row]) -> list[Message]:
     """Rows of `MESSAGE_COLUMNS` and their contact's contact_id (index 10) as Messages: those read lately as they
-    were built then (`_built`), the others validated in one call (a context's 50 messages cost a quarter less
+    were built then (`_Built`), the others validated in one call (a context's 50 messages cost a quarter less
     than one by one)."""
-    global _built_chars
-    keys = [tuple(row) for row in found]
-    kept = [_built.get(key) for key in keys]
-    missing = [index for index, entry in enumerate(kept) if entry is None]
-    if not missing:
-        return [entry[0] for entry in kept]  # type: ignore[index]  # none is missing
-    fresh = _MESSAGES.validate_python([_message_fields(keys[index], keys[index][10]) for index in missing])
-    for index, message in zip(missing, fresh, strict=True):
-        kept[index] = _built[keys[index]] = (message, _chars(keys[index]))
-        _built_chars += kept[index][1]  # type: ignore[index]  # just set
-    while len(_built) > MESSAGES_KEPT or _built_chars > MESSAGE_CHARS_KEPT:
-        _built_chars -= _built.pop(next(iter(_built)))[1]
-    return [entry[0] for entry in kept]  # type: ignore[index]  # every missing one was built above
+    return _built.messages([tuple(row) for row in found])
+
+
+def let_go_of_messages() -> None:
+    """Keep no message built before (a contact was forgotten: its text leaves this process's memory now)."""
+    _built.clear()
 
 
 def chat(row: Row) -> Chat:

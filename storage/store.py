@@ -62,6 +62,7 @@ from .records import (
     message_record,
     new_chat_record,
 )
+from .rows import let_go_of_messages
 from .search import decode_search_cursor, encode_search_cursor, parse_query
 from .sizing import MAX_RESULT_BYTES, fitting, message_bound, message_bytes, text_bound, text_bytes
 from .telemetry import Telemetry
@@ -377,7 +378,10 @@ class Store:
     # --- contacts ---
 
     async def forget_contact(self, org: str, contact_id: str) -> ForgetResult:
-        return await self.backend.forget_contact(org, check.contact_id(contact_id))
+        """Delete a contact and everything of it; the messages this process kept built go too (rows.py)."""
+        forgotten = await self.backend.forget_contact(org, check.contact_id(contact_id))
+        let_go_of_messages()
+        return forgotten
 
     async def get_contact(self, org: str, contact_id: str) -> ContactInfo:
         """A contact, named by its contact_id or any alias: identifiers, channels, counts, first and last activity."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pydantic
 import pytest
 
-from chatdock.storage import rows
+from chatdock.storage import NewMessage, open_store, rows
 from chatdock.storage.models import Message
 
 ROW = ("m-1", None, None, "whatsapp", "user", "hello", None, None, 1_790_000_000_000_000, 7, "+31600000001")
@@ -54,3 +56,31 @@ def test_long_messages_are_let_go_by_their_size() -> None:
     built = rows.messages(many)
     assert rows.messages(many[-1:])[0] is built[-1]
     assert rows.messages(many[:1])[0] is not built[0]  # four of them are all it keeps
+
+
+def test_a_message_read_again_is_kept_longer_than_one_built_after_it() -> None:
+    first = rows.messages([ROW])[0]
+    many = [(f"m-{index}", *ROW[1:9], index, ROW[10]) for index in range(rows.MESSAGES_KEPT - 1)]
+    built = rows.messages(many)
+    assert rows.messages([ROW])[0] is first  # read again: now the most recently read
+    rows.messages([(f"more-{index}", *ROW[1:9], index, ROW[10]) for index in range(10)])
+    assert rows.messages([ROW])[0] is first
+    assert rows.messages(many[:1])[0] is not built[0]  # the least recently read went, and is built anew
+
+
+def test_the_same_row_twice_in_one_read_is_one_message() -> None:
+    row = ("twice", *ROW[1:])
+    first, second = rows.messages([row, row])
+    assert first is second
+
+
+async def test_forgetting_a_contact_lets_go_of_every_message_kept(tmp_path: Path) -> None:
+    async with open_store(str(tmp_path / "forget.db")) as store:
+        message = NewMessage(contact_id="+31600000001", channel="sms", role="user", content="kept")
+        await store.append_message("acme", message)
+        await store.append_message("acme", message.model_copy(update={"contact_id": "+31600000002"}))
+        kept = (await store.get_context("acme", "+31600000001")).messages[0]
+        assert (await store.get_context("acme", "+31600000001")).messages[0] is kept
+        await store.forget_contact("acme", "+31600000002")
+        again = (await store.get_context("acme", "+31600000001")).messages[0]
+        assert again is not kept and again == kept
