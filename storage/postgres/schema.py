@@ -11,7 +11,7 @@ import logging
 
 import asyncpg
 
-from ..sql.migrations import APPLIED, SCHEMA_TABLE, Migration, apply_migration, clean_identifiers
+from ..sql.migrations import APPLIED, SCHEMA_TABLE, Migration, apply_migration, clean_identifiers, refuse_newer
 from ..sql.tables import Words, tables
 from ..validation import BLANKS, DEFAULT_IGNORABLE, LOOKALIKE_SPACES
 from . import driver
@@ -279,6 +279,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
         await conn.execute(SCHEMA_TABLE)
         applied: list[int] = []
         done = {row[0] for row in await conn.fetch(APPLIED)}
+        refuse_newer(done, MIGRATIONS)
         for migration in MIGRATIONS:
             if migration.version in done:
                 continue

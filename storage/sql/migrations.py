@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import Unavailable
 from ..validation import StoredIdentifier, cleaned_agent, cleaned_identifier, plan_identifier_fixes, visible
 from .ops import Ops, count, rows, value
 
@@ -47,6 +48,18 @@ def apply_migration(migration: Migration) -> Ops[None]:
         migration.name,
         time.time_ns() // 1000,
     )
+
+
+def refuse_newer(applied: set[int], migrations: tuple[Migration, ...]) -> None:
+    """A database that a newer chatdock migrated is not served by an older one, which would write it as the old
+    schema did (for one, SQLite's search index is kept another way since migration 8)."""
+    known = max(migration.version for migration in migrations)
+    newer = max(applied, default=0)
+    if newer > known:
+        raise Unavailable(
+            f"the database was migrated by a newer chatdock (schema version {newer}; this one knows up to {known}); "
+            "run that version of chatdock, or a newer one"
+        )
 
 
 def clean_identifiers(narrow: str = "", argument: str = "") -> Callable[[], Ops[None]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from ..sql.migrations import APPLIED, SCHEMA_TABLE, Migration, apply_migration, clean_identifiers
+from ..sql.migrations import APPLIED, SCHEMA_TABLE, Migration, apply_migration, clean_identifiers, refuse_newer
 from ..sql.ops import Ops, count, one, rows, value
 from ..sql.tables import Words, tables
 from ..validation import normal_identifier, refused_character
@@ -208,6 +208,7 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
     autocommit mode (`isolation_level=None`) with a busy timeout set.
     """
     conn.execute(SCHEMA_TABLE)
+    refuse_newer(applied_versions(conn), MIGRATIONS)
     applied: list[int] = []
     for migration in MIGRATIONS:
         conn.execute("BEGIN IMMEDIATE")

@@ -6,11 +6,9 @@ pairs instead of merging them."""
 from __future__ import annotations
 
 import logging
-import re
 from datetime import UTC, datetime
 from types import ModuleType
 
-import asyncpg
 import pytest
 from mcp.client import Client
 
@@ -18,6 +16,7 @@ from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.postgres import schema
 from chatdock.storage.sqlite import schema as sqlite_schema
+from tests.storage.raw import run_sql
 from tests.transports import call, error
 
 PHONE = "+31612345678"
@@ -142,25 +141,6 @@ def engine(db: str) -> ModuleType:
 
 
 CLEANING = "identifiers without characters a person cannot see"
-
-
-async def run_sql(db: str, *statements: tuple[str, tuple[object, ...]]) -> None:
-    """Run statements ($1-style parameters) straight on the database, in one transaction."""
-    if db.startswith("postgres"):
-        conn = await asyncpg.connect(db)
-        try:
-            async with conn.transaction():
-                for sql, args in statements:
-                    await conn.execute(sql, *args)
-        finally:
-            await conn.close()
-        return
-    import sqlite3
-
-    with sqlite3.connect(db) as lite:
-        for sql, args in statements:
-            lite.execute(re.sub(r"\$(\d+)", r"?\1", sql), args)
-    lite.close()
 
 
 def renamed(old: str, new: str, created_us: int, own: bool = True) -> list[tuple[str, tuple[object, ...]]]:

@@ -24,6 +24,7 @@ from chatdock.storage.postgres import PostgresBackend
 from chatdock.storage.postgres.schema import MIGRATIONS as POSTGRES_MIGRATIONS
 from chatdock.storage.sqlite import SQLiteBackend
 from chatdock.storage.sqlite.schema import MIGRATIONS
+from tests.storage.raw import run_sql
 
 ORG = "acme"
 
@@ -443,6 +444,21 @@ async def test_migrations_are_recorded(store: Store) -> None:
     assert recorded[0] == (1, "initial schema")
     if isinstance(store.backend, SQLiteBackend):
         assert await stored(store, "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_a_database_migrated_by_a_newer_chatdock_is_refused_with_why(db: str) -> None:
+    async with open_store(db) as store:
+        await store.append_message(ORG, msg("c1", "kept"))
+    newer = max(m.version for m in (POSTGRES_MIGRATIONS if db.startswith("postgres") else MIGRATIONS)) + 1
+    await run_sql(
+        db, ("INSERT INTO schema_migrations (version, name, applied_us) VALUES ($1, 'from the future', 0)", (newer,))
+    )
+    with pytest.raises(ChatdockError, match=f"migrated by a newer chatdock \\(schema version {newer}; this one knows"):
+        async with open_store(db):
+            pass
+    await run_sql(db, ("DELETE FROM schema_migrations WHERE version = $1", (newer,)))
+    async with open_store(db) as store:  # nothing was changed by the refusal
+        assert [m.content for m in (await store.get_context(ORG, "c1")).messages] == ["kept"]
 
 
 async def test_reopening_a_file_keeps_the_data(tmp_path: Path) -> None:
