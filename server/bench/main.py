@@ -41,6 +41,7 @@ from chatdock.server.mcp.app import Settings, build_server
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from chatdock.storage import NewMessage, Store, is_postgres, open_store
 from chatdock.storage.sqlite import checkpoints
+from chatdock.storage.sqlite.indexing import INDEX_NOTED, LAST_NOTED, SEARCH_BATCH, UNNOTE, WITH_AN_APPEND
 
 CONTEXT_SQL = (
     "SELECT id, agent_id, chat_id, channel, role, content, parts, metadata, created_us, seq FROM messages "
@@ -89,8 +90,19 @@ async def fill(path: str, messages: int, contacts: int, quiet: bool) -> None:
         bar.finish(messages)
 
 
+def raw_search_index(conn: sqlite3.Connection, index: int) -> None:
+    """What the store does for the search index with its appends, done raw: the `index`th insert (from 0)
+    indexes the noted messages when it is the last of a batch (storage/sqlite/indexing.py)."""
+    if index % SEARCH_BATCH == SEARCH_BATCH - 1:
+        last = conn.execute(LAST_NOTED, (WITH_AN_APPEND,)).fetchone()[0]
+        if last is not None:
+            conn.execute(INDEX_NOTED, (last,))
+            conn.execute(UNNOTE, (last,))
+
+
 def raw_floor(path: str, durability: str, inserts: int, reads: int, contacts: int) -> tuple[float, float]:
-    """Raw sqlite3: one message per commit (messages/s), and the last-50 read (p99 ms)."""
+    """Raw sqlite3: one message per commit (messages/s), the search index kept as the store keeps it, and the
+    last-50 read (p99 ms)."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 10000")
     conn.execute("PRAGMA foreign_keys = ON")
@@ -104,6 +116,7 @@ def raw_floor(path: str, durability: str, inserts: int, reads: int, contacts: in
             " VALUES (?, ?, ?, 'sms', 'user', ?, ?)",
             (os.urandom(16).hex(), org_pk, contact_pk, f"raw {index}", time.time_ns() // 1000),
         )
+        raw_search_index(conn, index)
         conn.execute("COMMIT")
     rate = inserts / (time.perf_counter() - start)
     pks = [row[0] for row in conn.execute("SELECT id FROM contacts")]
@@ -133,7 +146,7 @@ APPEND_STATEMENTS = (
 
 def raw_append_floor(path: str, inserts: int) -> float:
     """Raw sqlite3 writing what one chatdock append writes (APPEND_STATEMENTS in one BEGIN IMMEDIATE ...
-    COMMIT), one message per commit: messages/s."""
+    COMMIT, the search index kept as the store keeps it), one message per commit: messages/s."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 10000")
     conn.execute("PRAGMA foreign_keys = ON")
@@ -151,6 +164,7 @@ def raw_append_floor(path: str, inserts: int) -> float:
         conn.execute(contact_sql, (now, key))
         conn.execute(aliases_sql, (key,)).fetchall()
         conn.execute(feed_sql, ("bench", own))
+        raw_search_index(conn, index)
         conn.execute("COMMIT")
     rate = inserts / (time.perf_counter() - start)
     conn.close()

@@ -106,9 +106,7 @@ class SQLiteBackend(SQLBackend):
         self.announce_to = self._announcer.announce_to
         self.damaged: str | None = None  # what a query found damaged; writes are refused from then on
         self._write_problem: str | None = None  # why the last write failed (full disk, read-only file)
-        self._search_index = SearchIndex(
-            lambda make: self._transact(make, background=True), lambda sql: self._read(sql, ())
-        )
+        self._search_index = SearchIndex(self._transact, lambda sql: self._read(sql, ()))
 
     def _connect_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)  # see Writer

@@ -35,19 +35,25 @@ WARN_EVERY = 60.0  # seconds between two warnings that they are not
 PENDING = "SELECT EXISTS (SELECT 1 FROM search_pending)"
 
 
+# the three steps of indexing the noted messages oldest first, up to a number of them (one place, for the
+# bench's raw floors too)
+LAST_NOTED = "SELECT max(seq) FROM (SELECT seq FROM search_pending ORDER BY seq LIMIT ?)"
+# CROSS JOIN keeps the noted messages the outer loop: with a plain JOIN, SQLite carries `seq <= ?` over to the
+# messages and walks every message up to it (12 ms at 100,000 messages, 0.1 s at a million)
+INDEX_NOTED = (
+    "INSERT INTO messages_fts (rowid, content, owner) SELECT m.seq, m.content, 'k' || m.contact_pk "
+    "FROM search_pending p CROSS JOIN messages m ON m.seq = p.seq WHERE p.seq <= ?"
+)
+UNNOTE = "DELETE FROM search_pending WHERE seq <= ?"
+
+
 def index_pending(limit: int = CHUNK) -> Ops[int]:
     """Index the `limit` messages noted longest ago; how many were noted (0: the index is complete)."""
-    last = yield value("SELECT max(seq) FROM (SELECT seq FROM search_pending ORDER BY seq LIMIT ?)", limit)
+    last = yield value(LAST_NOTED, limit)
     if last is None:
         return 0
-    yield count(
-        # CROSS JOIN keeps the noted messages the outer loop: with a plain JOIN, SQLite carries `seq <= ?` over
-        # to the messages and walks every message up to it (12 ms at 100,000 messages, 0.1 s at a million)
-        "INSERT INTO messages_fts (rowid, content, owner) SELECT m.seq, m.content, 'k' || m.contact_pk "
-        "FROM search_pending p CROSS JOIN messages m ON m.seq = p.seq WHERE p.seq <= ?",
-        last,
-    )
-    indexed: int = yield count("DELETE FROM search_pending WHERE seq <= ?", last)
+    yield count(INDEX_NOTED, last)
+    indexed: int = yield count(UNNOTE, last)
     return indexed
 
 
@@ -58,13 +64,13 @@ def with_an_append(append: Ops[T]) -> Ops[T]:
     return stored
 
 
-Write = Callable[[Callable[[], Ops[int]]], Awaitable[int]]
+Write = Callable[[Callable[[], Ops[int]], bool], Awaitable[int]]  # (the write, on the writer's thread only)
 Read = Callable[[str], Awaitable[list[Any]]]
 
 
 class SearchIndex:
-    """When this process's appends are indexed: `write` runs a write (off the event loop's thread), `read` a
-    read of the file as it is now."""
+    """When this process's appends are indexed: `write` runs a write (with True, always on the writer's thread,
+    where nobody waits for it), `read` a read of the file as it is now."""
 
     def __init__(self, write: Write, read: Read) -> None:
         self._write = write
@@ -89,7 +95,7 @@ class SearchIndex:
         self._unindexed += messages
         if messages >= SEARCH_BATCH and not self._running and not self._closing:
             self._unindexed = 0
-            self._start()
+            self._start(background=True)
 
     async def before_search(self) -> None:
         """Index what any process noted and nobody indexed yet, waiting `SEARCH_WAIT` seconds at most. When that
@@ -97,7 +103,7 @@ class SearchIndex:
         file), the search goes on over what is indexed, and the messages noted since are found by a later one."""
         if not (await self._read(PENDING))[0][0]:
             return
-        catching_up = self._start()
+        catching_up = self._start(background=False)  # as any write: at once on this thread when alone
         await asyncio.wait({catching_up}, timeout=SEARCH_WAIT)
         if not catching_up.done():
             self._warn("indexing them takes longer than a search waits")
@@ -112,13 +118,13 @@ class SearchIndex:
             await asyncio.wait(set(self._running))
         with contextlib.suppress(Exception):  # the appends and the next search say what is wrong
             if (await self._read(PENDING))[0][0]:
-                await self._write(index_pending)
+                await self._write(index_pending, False)
 
-    def _start(self) -> asyncio.Task[None]:
+    def _start(self, background: bool) -> asyncio.Task[None]:
         """A catch-up: everything noted, a chunk per write, until nothing is left or the store closes."""
 
         async def catch_up() -> None:
-            while await self._write(index_pending) == CHUNK and not self._closing:
+            while await self._write(index_pending, background) == CHUNK and not self._closing:
                 pass
 
         task = asyncio.get_running_loop().create_task(catch_up())
