@@ -61,45 +61,49 @@ def message(row: Row, contact_id: str) -> Message:
 
 
 class _Built:
-    """Messages already built, by their whole row (every column read, so an edited, moved or deleted message is
-    another row, or none): every turn of a conversation reads the same recent messages again, and building one
-    costs more than finding it here (4 us against 0.3). Messages are frozen, so the one object serves every read.
-    The messages read longest ago are let go first, to keep at most `most` of them and `chars` characters of
-    text (content, parts and metadata as stored). Any thread may read through it (one lock, held only to look
-    up and to file)."""
+    """Messages already built, filed by their seq with the whole row they were built from: a row read again
+    that equals it (every column read, so an edited, moved or deleted message is another row, or none) gets
+    that message. Every turn of a conversation reads the same recent messages again, and building one costs
+    more than finding it here (4 us against 0.3); filing by the seq, an integer, keeps what a miss adds to
+    the building near 1 us (hashing whole rows cost twice that).
+    Messages are frozen, so the one object serves every read. The messages read longest ago are let go first,
+    to keep at most `most` of them and `chars` characters of text (content, parts and metadata as stored).
+    Any thread may read through it (one lock, held only to look up and to file)."""
 
     def __init__(self, most: int, chars: int) -> None:
         self.most = most
         self.chars = chars
-        self._entries: OrderedDict[tuple[Any, ...], tuple[Message, int]] = OrderedDict()
+        self._entries: OrderedDict[int, tuple[tuple[Any, ...], Message, int]] = OrderedDict()
         self._size = 0  # characters held
         self._lock = threading.Lock()
 
-    def messages(self, keys: list[tuple[Any, ...]]) -> list[Message]:
+    def messages(self, found_rows: list[tuple[Any, ...]]) -> list[Message]:
         found: list[Message | None] = []
         missing: list[int] = []
+        entries = self._entries
         with self._lock:
-            for index, key in enumerate(keys):
-                entry = self._entries.get(key)
-                if entry is None:
+            for index, row in enumerate(found_rows):
+                entry = entries.get(row[9])
+                if entry is not None and entry[0] == row:
+                    entries.move_to_end(row[9])
+                    found.append(entry[1])
+                else:
                     missing.append(index)
                     found.append(None)
-                else:
-                    self._entries.move_to_end(key)
-                    found.append(entry[0])
         if missing:
-            fresh = _MESSAGES.validate_python([_message_fields(keys[index], keys[index][10]) for index in missing])
+            fresh = _MESSAGES.validate_python([_message_fields(found_rows[i], found_rows[i][10]) for i in missing])
             with self._lock:
                 for index, message in zip(missing, fresh, strict=True):
-                    key = keys[index]
-                    entry = self._entries.get(key)  # filed meanwhile, or the same row twice in `keys`
-                    if entry is None:
-                        size = len(key[5]) + len(key[6] or "") + len(key[7] or "")
-                        entry = self._entries[key] = (message, size)
-                        self._size += size
-                    found[index] = entry[0]
-                while self._entries and (len(self._entries) > self.most or self._size > self.chars):
-                    self._size -= self._entries.popitem(last=False)[1][1]
+                    row = found_rows[index]
+                    filed = entries.pop(row[9], None)  # the seq's message changed, or another database's here
+                    if filed is not None:
+                        self._size -= filed[2]
+                    size = len(row[5]) + len(row[6] or "") + len(row[7] or "")
+                    entries[row[9]] = (row, message, size)
+                    self._size += size
+                    found[index] = message
+                while len(entries) > self.most or self._size > self.chars:
+                    self._size -= entries.popitem(last=False)[1][2]
         return found  # type: ignore[return-value]  # every missing one was built above
 
     def clear(self) -> None:
