@@ -64,7 +64,7 @@ def with_an_append(append: Ops[T]) -> Ops[T]:
     return stored
 
 
-Write = Callable[[Callable[[], Ops[int]], bool], Awaitable[int]]  # (the write, on the writer's thread only)
+Write = Callable[[Callable[[], Ops[int]], bool], Awaitable[int]]  # (the write, whether on the writer's thread only)
 Read = Callable[[str], Awaitable[list[Any]]]
 
 
@@ -75,7 +75,7 @@ class SearchIndex:
     def __init__(self, write: Write, read: Read) -> None:
         self._write = write
         self._read = read
-        self._unindexed = 0  # messages this process appended since it last started a catch-up
+        self._unindexed = 0  # messages this process appended since one of its writes last indexed the noted ones
         self._running: set[asyncio.Task[None]] = set()
         self._closing = False
         self._warned = -WARN_EVERY  # when the last "not searchable yet" was logged (monotonic seconds)
