@@ -10,7 +10,6 @@ Changes are heard as the server hears them: this process's own writes at commit,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -47,8 +46,7 @@ class InProcess:
             store = await stack.enter_async_context(self.settings.open_store())
             events = Events(self.settings.max_listens)
             stack.callback(store.announce_to(events.deliver))
-            follower = asyncio.ensure_future(store.follow(events.deliver, events.wanted))
-            stack.push_async_callback(_cancel, follower)
+            await stack.enter_async_context(store.following(events.deliver, events.wanted))
             routes = build_rest(lambda: store, read_only=False, events=events)
             transport = httpx2.ASGITransport(app=_AsOrg(routes, self.settings.org), raise_app_exceptions=False)
             self._events = events
@@ -84,12 +82,6 @@ async def _changes(contact_id: str, changed: asyncio.Event) -> AsyncIterator[Cha
         await changed.wait()
         changed.clear()
         yield Changed(contact_id)
-
-
-async def _cancel(task: asyncio.Future[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 class _AsOrg:

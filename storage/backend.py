@@ -195,9 +195,10 @@ class Backend(Protocol):
         returns the function that stops it."""
         ...
 
-    async def follow(self, deliver: Deliver, wanted: Callable[[], bool]) -> None:
+    async def follow(self, deliver: Deliver, wanted: Callable[[], bool], ready: Callable[[], None]) -> None:
         """Until cancelled, deliver the changes other processes commit, within a fraction of a second, looking
-        only while `wanted()`; `EVERYTHING` when some may have been missed."""
+        only while `wanted()`; `EVERYTHING` when some may have been missed. `ready()` is called once every
+        change committed from then on will be delivered."""
         ...
 
     # --- health ---

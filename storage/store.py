@@ -9,9 +9,11 @@ key format, hash and check. `server/` talks only to this class.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TypeVar
 
@@ -69,6 +71,7 @@ from .telemetry import Telemetry
 from .transcript import fit_hits, fit_transcript, format_line
 
 EXPORT_BATCH = 1000
+FEED_START_WAIT = 10.0  # seconds a process waits at start for the change feed of the others to be in place
 
 M = TypeVar("M", bound=StoredMessage)
 
@@ -549,9 +552,32 @@ class Store:
         """`deliver` each change this process commits; returns the function that stops it."""
         return self.backend.announce_to(deliver)
 
-    async def follow(self, deliver: Deliver, wanted: Callable[[], bool]) -> None:
-        """Until cancelled, `deliver` the changes other processes commit, looking only while `wanted()`."""
-        await self.backend.follow(deliver, wanted)
+    @asynccontextmanager
+    async def following(
+        self, deliver: Deliver, wanted: Callable[[], bool], wait: float = FEED_START_WAIT
+    ) -> AsyncIterator[None]:
+        """While inside, `deliver` the changes other processes commit, looking only while `wanted()`. Entering
+        waits (at most `wait` seconds) until the feed is in place, so that every change committed once inside
+        is heard: a replica that says it is ready misses none of them."""
+        started = asyncio.Event()
+        follower = asyncio.ensure_future(self.backend.follow(deliver, wanted, started.set))
+        try:
+            waiting = asyncio.ensure_future(started.wait())
+            await asyncio.wait({waiting, follower}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            if follower.done():
+                follower.result()  # what stopped it, said now
+            elif not started.is_set():
+                logger.warning(
+                    "the change feed of other processes is not in place after %.0f s; changes they commit before "
+                    "it is are not heard here",
+                    wait,
+                )
+            yield
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
 
     async def health(self) -> list[str]:
         """What keeps the store from reading or writing now; empty when it is sound."""

@@ -155,46 +155,46 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
     state = _State(store=store)
     metrics = settings.metrics
     events = Events(settings.max_listens, None if metrics is None else metrics.told)
-    wired = 0  # in-memory clients each enter the lifespan; the store is wired to the events once
+    # In-memory clients each enter the lifespan. The first opens the store (unless one was given) and wires it
+    # to the events; the others share it, so one server object is one store; the last one out closes it.
+    opening = asyncio.Lock()
+    users = 0
+    running: contextlib.AsyncExitStack | None = None
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[_State]) -> AsyncIterator[_State]:
-        if store is not None:
-            async with changes_to(events, store):
-                yield state
-            return
-        async with (
-            settings.open_store() as opened,
-            changes_to(events, opened),
-        ):
-            state.store = opened
-            try:
-                yield state
-            finally:
-                state.store = None
+        nonlocal users, running
+        async with opening:
+            if users == 0:
+                stack = contextlib.AsyncExitStack()
+                try:
+                    opened = store if store is not None else await stack.enter_async_context(settings.open_store())
+                    await stack.enter_async_context(changes_to(events, opened))
+                except BaseException:
+                    await stack.aclose()
+                    raise
+                state.store, running = opened, stack
+            users += 1
+        try:
+            yield state
+        finally:
+            users -= 1
+            if users == 0 and running is not None:
+                closing, running = running, None
+                if store is None:
+                    state.store = None
+                await closing.aclose()
 
     @asynccontextmanager
     async def changes_to(events: Events, opened: Store) -> AsyncIterator[None]:
         """The store's changes to the events while the server runs: its own at commit, other processes' by
         following the store's change feed (only while someone listens)."""
-        nonlocal wired
-        wired += 1
-        if wired > 1:
-            try:
-                yield
-            finally:
-                wired -= 1
-            return
         stop = opened.announce_to(events.deliver)
-        follower = asyncio.ensure_future(opened.follow(events.deliver, events.wanted))
         try:
-            yield
+            async with opened.following(events.deliver, events.wanted):
+                yield
         finally:
-            wired -= 1
             stop()
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
 
     server = ChatdockServer(
         state,

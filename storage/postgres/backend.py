@@ -247,8 +247,8 @@ class PostgresBackend(SQLBackend):
     def _log(self) -> ChangeLog:
         return ChangeLog(self._origin)
 
-    async def follow(self, deliver: Deliver, wanted: Callable[[], bool]) -> None:
-        await follow_notifications(self.url, self._origin, self.timeout, deliver, wanted)
+    async def follow(self, deliver: Deliver, wanted: Callable[[], bool], ready: Callable[[], None]) -> None:
+        await follow_notifications(self.url, self._origin, self.timeout, deliver, ready)
 
     # --- messages ---
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -61,7 +62,13 @@ def _heard(origin: str, deliver: Deliver, payload: str) -> None:
 
 
 async def _listen_until_lost(
-    url: str, origin: str, timeout: float, deliver: Deliver, reconnected: bool, connected: list[bool]
+    url: str,
+    origin: str,
+    timeout: float,
+    deliver: Deliver,
+    ready: Callable[[], None],
+    reconnected: bool,
+    connected: list[bool],
 ) -> None:
     conn = await asyncpg.connect(url, timeout=timeout)
     connected.append(True)
@@ -69,6 +76,7 @@ async def _listen_until_lost(
     try:
         conn.add_termination_listener(lambda _: lost.set())
         await conn.add_listener(CHANNEL, lambda _c, _pid, _channel, payload: _heard(origin, deliver, payload))
+        ready()  # LISTEN has returned: what commits from here on is heard
         if reconnected:
             logger.warning("listening for other replicas' changes again; listeners are told to read again")
             deliver(EVERYTHING)
@@ -81,14 +89,17 @@ async def _listen_until_lost(
         conn.terminate()
 
 
-async def follow_notifications(url: str, origin: str, timeout: float, deliver: Deliver, wanted: object) -> None:
-    """Until cancelled, deliver the changes other processes commit on the database `url` names."""
+async def follow_notifications(
+    url: str, origin: str, timeout: float, deliver: Deliver, ready: Callable[[], None]
+) -> None:
+    """Until cancelled, deliver the changes other processes commit on the database `url` names; `ready()`
+    once LISTEN is in place."""
     failures = 0
     reconnected = False
     while True:
         connected: list[bool] = []
         try:
-            await _listen_until_lost(url, origin, timeout, deliver, reconnected, connected)
+            await _listen_until_lost(url, origin, timeout, deliver, ready, reconnected, connected)
             problem = "the connection closed"
         except FAILURES as exc:
             problem = translate(exc, url) or str(exc)

@@ -233,8 +233,8 @@ class SQLiteBackend(SQLBackend):
         self._write_problem = None
         return result
 
-    async def follow(self, deliver: Deliver, wanted: Callable[[], bool]) -> None:
-        await follow_feed(self.path, self._origin, self._failed, deliver, wanted)
+    async def follow(self, deliver: Deliver, wanted: Callable[[], bool], ready: Callable[[], None]) -> None:
+        await follow_feed(self.path, self._origin, self._failed, deliver, wanted, ready)
 
     # --- messages ---
 

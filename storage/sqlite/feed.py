@@ -56,6 +56,7 @@ async def follow_feed(
     failed: Callable[[BaseException], BaseException],
     deliver: Deliver,
     wanted: Callable[[], bool],
+    ready: Callable[[], None],
 ) -> None:
     """Poll `PRAGMA data_version` on a connection of its own (it changes when any other connection commits)
     every FOLLOW_INTERVAL seconds while `wanted()`, then deliver the feed's new rows that another process
@@ -64,6 +65,7 @@ async def follow_feed(
     try:
         await conn.execute("PRAGMA query_only = ON")
         position = await _one_value(conn, "SELECT ifnull(max(seq), 0) FROM changes")
+        ready()  # what commits from here on has a higher seq
         version = None
         while True:
             await asyncio.sleep(FOLLOW_INTERVAL)

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
-import anyio
 import asyncpg
 import pytest
 
 from chatdock.server.bench.postgres import database_url
 from chatdock.storage import NewMessage, Unavailable, open_store
-from chatdock.storage.changes import Change
 from chatdock.storage.postgres.schema import MIGRATIONS
 from tests.transports import free_port, run_cli
 
@@ -56,29 +54,6 @@ async def test_concurrent_appends_and_webhook_copies_through_the_batches(postgre
         )
         assert "not found for contact +31600000001" in str(mixed[0]) and not isinstance(mixed[1], Exception)
         assert len((await store.get_context("acme", "+31600000001", limit=100)).messages) == 44  # 43 + "fine"
-
-
-async def test_a_write_in_one_store_reaches_the_feed_of_another(postgres_url: str) -> None:
-    heard: list[object] = []
-    async with open_store(postgres_url) as reader, open_store(postgres_url) as writer:
-        follower = asyncio.ensure_future(reader.follow(heard.append, lambda: True))
-        try:
-            own: list[object] = []
-            stop = writer.announce_to(own.append)
-            await anyio.sleep(0.3)  # the follower is listening
-            await writer.append_message("acme", say("+31600000001", "hello"))
-            await writer.link_contacts("acme", "+31600000001", "ann@example.com")
-            with anyio.fail_after(5):
-                while len(heard) < 2:
-                    await anyio.sleep(0.01)
-            assert heard == [
-                Change("acme", "+31600000001", "appeared"),
-                Change("acme", "+31600000001", "updated", ("ann@example.com",)),
-            ]
-            assert own == heard  # the writing process is told at commit, the same changes
-            stop()
-        finally:
-            follower.cancel()
 
 
 @pytest.mark.process

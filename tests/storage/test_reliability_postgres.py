@@ -244,41 +244,45 @@ async def test_pool_size_and_db_timeout_take_effect_over_http(postgres_server: s
 
 
 async def test_a_transaction_retried_after_a_deadlock_announces_and_sends_its_changes(postgres_url: str) -> None:
+    announced: list[Change | object] = []
+    followed: list[Change | object] = []
     async with open_store(postgres_url) as store, open_store(postgres_url) as other:
         for contact in ("+31641111111", "+31642222222"):
             await store.append_message("acme", NewMessage(**body(contact, "hi")))
         backend = store.backend
         assert isinstance(backend, PostgresBackend)
-        announced: list[Change | object] = []
-        followed: list[Change | object] = []
         stop = store.announce_to(announced.append)
-        follower = asyncio.ensure_future(other.follow(followed.append, lambda: True))
-        await asyncio.sleep(0.5)  # the follower listens
-        tries = {"a": 0, "b": 0}
-
-        def job(name: str, mine: str, theirs: str) -> Any:
-            log = backend._log()
-
-            def run() -> Ops[None]:  # each try: record, lock mine, (first try: wait for the other), lock theirs
-                tries[name] += 1
-                yield from log.record("acme", mine)
-                yield value("SELECT 1 FROM contacts WHERE external_id = ? FOR UPDATE", mine)
-                if tries[name] == 1:
-                    yield value("SELECT pg_sleep(0.5)")  # both hold their first lock before either wants the other
-                yield value("SELECT 1 FROM contacts WHERE external_id = ? FOR UPDATE", theirs)
-
-            return backend._write(run, log)
-
-        await asyncio.gather(
-            job("a", "+31641111111", "+31642222222"),
-            job("b", "+31642222222", "+31641111111"),
-        )
-        assert max(tries.values()) == 2, "one of the two met the deadlock and ran again"
-        with anyio.fail_after(5):
-            while len([c for c in followed if isinstance(c, Change)]) < 2:
-                await asyncio.sleep(0.05)
+        async with other.following(followed.append, lambda: True):  # entered: the other store listens
+            await deadlock_and_retry(backend, followed)
         stop()
-        follower.cancel()
         told = sorted(c.contact_id for c in announced if isinstance(c, Change))
         heard = sorted(c.contact_id for c in followed if isinstance(c, Change))
         assert told == heard == ["+31641111111", "+31642222222"]
+
+
+async def deadlock_and_retry(backend: PostgresBackend, followed: list[Change | object]) -> None:
+    """Two transactions lock two contacts in opposite orders; one meets the deadlock and runs again. Returns
+    once the follower has heard both contacts."""
+    tries = {"a": 0, "b": 0}
+
+    def job(name: str, mine: str, theirs: str) -> Any:
+        log = backend._log()
+
+        def run() -> Ops[None]:  # each try: record, lock mine, (first try: wait for the other), lock theirs
+            tries[name] += 1
+            yield from log.record("acme", mine)
+            yield value("SELECT 1 FROM contacts WHERE external_id = ? FOR UPDATE", mine)
+            if tries[name] == 1:
+                yield value("SELECT pg_sleep(0.5)")  # both hold their first lock before either wants the other
+            yield value("SELECT 1 FROM contacts WHERE external_id = ? FOR UPDATE", theirs)
+
+        return backend._write(run, log)
+
+    await asyncio.gather(
+        job("a", "+31641111111", "+31642222222"),
+        job("b", "+31642222222", "+31641111111"),
+    )
+    assert max(tries.values()) == 2, "one of the two met the deadlock and ran again"
+    with anyio.fail_after(5):
+        while len([c for c in followed if isinstance(c, Change)]) < 2:
+            await asyncio.sleep(0.05)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import anyio
 import asyncpg
 import pytest
 
@@ -20,6 +21,7 @@ from chatdock.storage import (
     Store,
     open_store,
 )
+from chatdock.storage.changes import Change
 from chatdock.storage.postgres import PostgresBackend
 from chatdock.storage.postgres.schema import MIGRATIONS as POSTGRES_MIGRATIONS
 from chatdock.storage.sqlite import SQLiteBackend
@@ -495,3 +497,24 @@ async def test_a_memory_store_is_a_file_in_a_throwaway_folder_removed_on_close()
     assert not folder.exists()
     async with open_store(":memory:") as again:  # nothing kept
         assert (await again.get_context(ORG, "+31612345678")).messages == []
+
+
+async def test_a_write_in_one_store_reaches_the_feed_of_another_as_soon_as_it_follows(db: str) -> None:
+    """Two processes on one database: once `following` is entered, nothing the other commits is missed, however
+    soon after it commits (no pause here: a feed that were still starting would miss these)."""
+    heard: list[object] = []
+    async with open_store(db) as reader, open_store(db) as writer:
+        own: list[object] = []
+        stop = writer.announce_to(own.append)
+        async with reader.following(heard.append, lambda: True):
+            await writer.append_message(ORG, msg("+31600000001", "hello"))
+            await writer.link_contacts(ORG, "+31600000001", "ann@example.com")
+            with anyio.fail_after(5):
+                while len(heard) < 2:
+                    await anyio.sleep(0.01)
+        stop()
+        assert heard == [
+            Change(ORG, "+31600000001", "appeared"),
+            Change(ORG, "+31600000001", "updated", ("ann@example.com",)),
+        ]
+        assert own == heard  # the writing process is told at commit, the same changes
