@@ -148,18 +148,42 @@ async def test_a_burst_of_one_organizations_searches_does_not_stall_the_others(p
                 async def search() -> httpx2.Response:
                     return await loud.get("/chats/search", params={"q": "order", "limit": 200}, timeout=30)
 
+                searching = [0]
+                sampler = asyncio.ensure_future(most_searches_at_once(url, searching))
                 burst = [asyncio.ensure_future(search()) for _ in range(200)]
                 await anyio.sleep(0.2)
                 beside = await others_turn()
                 searched = await asyncio.gather(*burst)
+                sampler.cancel()
         for answer in searched:  # each search is answered, or told clearly that reads stayed busy: no endless wait
             assert answer.status_code in (200, 503), answer.text
             if answer.status_code == 503:
                 assert "every connection for reads stayed busy for 2 s" in answer.json()["message"]
         quiet_ms, busy_ms = statistics.median(alone), statistics.median(beside)
-        report = f"another organization's append+read+healthz: {quiet_ms:.1f} ms alone, {busy_ms:.1f} ms in the burst"
-        print(f"\n[reliability] {report} ({sum(a.status_code == 503 for a in searched)} of 200 searches got 503)")
-        assert busy_ms <= max(2 * quiet_ms, quiet_ms + 50), report
+        report = (
+            f"another organization's append+read+healthz: {quiet_ms:.1f} ms alone, {busy_ms:.1f} ms in the burst "
+            f"(a timing: the bench's rows measure it); {sum(a.status_code == 503 for a in searched)} of 200 "
+            f"searches got 503; at most {searching[0]} searches ran at once"
+        )
+        print(f"\n[reliability] {report}")
+        # --pool-size 6: 3 connections for appends, 2 for reads, of which one organization takes at most 1; the
+        # other stays free for everyone else, which is why their requests above were answered in the burst
+        assert searching[0] == 1, report  # 0 would mean the sampler never saw the burst
+
+
+async def most_searches_at_once(url: str, most: list[int]) -> None:
+    """Until cancelled, the most searches PostgreSQL runs at once on this database, into most[0]."""
+    conn = await asyncpg.connect(url)
+    try:
+        while True:
+            running = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+                "AND query LIKE '%to_tsquery(''chatdock_search''%' AND pid <> pg_backend_pid()"
+            )
+            most[0] = max(most[0], running)
+            await asyncio.sleep(0.002)
+    finally:
+        await conn.close()
 
 
 # --- 3. a change whose aliases overflow the feed stays in its organization ---
