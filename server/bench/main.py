@@ -39,6 +39,7 @@ from chatdock.server.bench.rows import CONVERSATION, Row, appends, mcp_round_tri
 from chatdock.server.history.progress import Progress
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
+from chatdock.server.ops.memory import settle_collector
 from chatdock.storage import NewMessage, Store, is_postgres, open_store
 from chatdock.storage.sqlite import checkpoints
 from chatdock.storage.sqlite.indexing import INDEX_NOTED, LAST_NOTED, SEARCH_BATCH, UNNOTE, WITH_AN_APPEND
@@ -340,6 +341,7 @@ async def _run(
         figures.setdefault(name, []).append(value)
 
     await fill(path, messages, contacts, quiet)
+    settle_collector()  # the rows below stand for a serving process, whose collector is settled (ops/memory.py)
     rivals = bench_compare.open_rivals(folder, path) if compare and folder is not None else []
     bar = None if quiet else Progress("measuring rounds", rounds)
     for round_number in range(rounds):

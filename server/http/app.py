@@ -46,6 +46,7 @@ from chatdock.server.http.sessions import DEFAULT_MAX_SESSIONS_PER_ORG, SessionO
 from chatdock.server.mcp.app import ChatdockServer, Settings, build_server
 from chatdock.server.mcp.org import ORG_SCOPE_KEY
 from chatdock.server.ops import logs
+from chatdock.server.ops.memory import settle_collector
 from chatdock.server.ops.observe import ObservedHttp
 from chatdock.storage import ChatdockError, InvalidInput, Store, Unavailable
 
@@ -423,6 +424,7 @@ async def _serve_http(
                 logger.warning("chatdock serving metrics at http://%s:%d/metrics", *metrics_at)
             loop = asyncio.get_running_loop()
             served = _uvicorn_server()(config, lambda: loop.call_soon_threadsafe(server.events.close))
+            settle_collector()
             with _signals_after_close():
                 await served.serve(sockets=sockets)
     finally:

@@ -28,6 +28,8 @@ from mcp_types import (
 )
 from pydantic import ValidationError
 
+from chatdock.server.ops.memory import settle_collector
+
 logger = logging.getLogger("chatdock.server")
 
 DRAIN_SECONDS = 30  # how long requests still running at the end of stdin may take to finish
@@ -121,6 +123,7 @@ async def serve_stdio(lowlevel: Any) -> None:
     would cancel them and answer "Connection closed", even for a write that was already stored,
     inviting a retry that stores it twice).
     """
+    settle_collector()
     async with stdio_server() as (read_stream, write_stream):
         answers = _Answers(write_stream)
         relay_in, relay_out = anyio.create_memory_object_stream[SessionMessage | Exception](0)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, GCCollector, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
@@ -46,6 +46,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
+        # the process's own: CPU, memory, open files (process_*), and its garbage collections (python_gc_*)
+        ProcessCollector(registry=registry)
+        GCCollector(registry=registry)
         self._requests = Counter(
             "chatdock_requests",
             "Requests answered, by surface (rest, mcp), operation (REST: the method and the route's template; "

@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import AsyncIterator, Iterable
@@ -30,7 +31,7 @@ from chatdock.server.ops.metrics import Metrics
 from chatdock.storage import Unavailable, is_postgres, open_store
 from chatdock.storage.sqlite import checkpoints
 from chatdock.storage.telemetry import CAUSES
-from tests.transports import call, create_key, error, free_port, http_client, http_server, http_transport
+from tests.transports import call, create_key, error, free_port, http_client, http_server, http_transport, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTACTS = 1_000
@@ -311,14 +312,19 @@ async def test_every_metric_is_documented_and_the_dashboard_and_alerts_use_only_
     server = build_server(Settings(db=db, metrics=metrics))
     async with Client(server) as client:
         await call(client, "append_message", **message(WATCHED))
-    exposed = set()
+    exposed: set[str] = set()
+    standard: set[str] = set()
     for family in metrics.registry.collect():
-        exposed.add(f"{family.name}_total" if family.type == "counter" else family.name)
+        named = f"{family.name}_total" if family.type == "counter" else family.name
+        (exposed if named.startswith("chatdock_") else standard).add(named)
     operations = (ROOT / "docs" / "operations.md").read_text()
     listed = documented(operations)
     assert exposed <= listed, sorted(exposed - listed)
     engines = ("chatdock_sqlite_", "chatdock_postgres_")
     assert {name for name in listed - exposed if not name.startswith(engines)} == set()
+    # the Prometheus client's own families of the process: named in the page's one sentence on them
+    assert {"process_resident_memory_bytes", "python_gc_collections_total"} <= standard
+    assert all(f"`{prefix}`" in operations for prefix in ("process_*", "python_gc_*"))
 
     dashboard = json.loads((ROOT / "docs" / "grafana" / "chatdock.json").read_text())
     expressions = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
@@ -327,3 +333,37 @@ async def test_every_metric_is_documented_and_the_dashboard_and_alerts_use_only_
     [rules] = [block for block in blocks if "groups" in block]
     alerts = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
     assert len(alerts) >= 4 and queried(alerts) <= listed, sorted(queried(alerts) - listed)
+
+
+@pytest.mark.process
+def test_a_serving_process_collects_garbage_rarely_and_says_so_in_its_metrics(tmp_path: Path) -> None:
+    """`chatdock serve` settles its garbage collector once it serves (server/ops/memory.py): a request's objects
+    are freed by reference counting, and no collection runs in the middle of requests for nothing. The
+    process's own families (python_gc_*, process_*) show it, as an operator would look."""
+    db = str(tmp_path / "chatdock.db")
+    key = create_key(db, "acme", "gc")
+    history = tmp_path / "history.jsonl"
+    with history.open("w") as lines:  # 200 contacts of 50 messages each, as an import from another tool leaves
+        for index in range(10_000):
+            record = message(contact(index % 200), f"turn {index} about the order", created_at="2026-11-01T09:00:00Z")
+            lines.write(json.dumps(record) + "\n")
+    imported = run_cli("import", str(history), "--db", db, "--org", "acme", "-q")
+    assert imported.returncode == 0, imported.stderr
+    with http_server(db) as base:
+        headers = {"Authorization": f"Bearer {key}"}
+        _, before = scrape(base + "/metrics")
+        for index in range(200):  # a support tool going through every contact's last 50 messages
+            query = urllib.parse.urlencode({"contact_id": contact(index), "limit": "50"})
+            request = urllib.request.Request(f"{base}/chats/context?{query}", headers=headers)
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert answer.status == 200
+                assert len(json.loads(answer.read())["messages"]) == 50
+        _, after = scrape(base + "/metrics")
+
+    def collections(samples: Samples, generation: str) -> float:
+        return value(samples, "python_gc_collections_total", generation=generation)
+
+    made = {g: collections(after, g) - collections(before, g) for g in ("0", "1", "2")}
+    assert made["0"] <= 30, made  # 8 here; with CPython's default threshold, 116 (and 10 of generation 1)
+    assert made["2"] == 0, made
+    assert value(after, "process_resident_memory_bytes") > 0
