@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -259,13 +260,7 @@ class PostgresBackend(SQLBackend):
         order = sorted(range(len(batch)), key=lambda i: (batch[i][0], batch[i][1].message.contact_id))
         items = [_append_item(batch[i][0], batch[i][1], now, False) for i in order]
         log = self._log()
-
-        def attempt() -> Ops[list[dict[str, Any]]]:
-            log.reset()  # a retried statement: what the failed try kept is gone
-            return _append(items, log)
-
-        found = await self._transact(attempt, batch=len(items))
-        self._announcer.tell(log.changes)
+        found = await self._write(lambda: _append(items, log), log, functools.partial(self._transact, batch=len(items)))
         outcomes: list[AppendedMessage | ChatdockError] = [Unavailable("not run")] * len(batch)
         for index, result in zip(order, found, strict=True):
             outcomes[index] = _outcome(batch[index][1], result)

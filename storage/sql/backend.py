@@ -11,7 +11,7 @@ recorded; once committed, this process is told the changes the write made (`Back
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -67,8 +67,14 @@ class SQLBackend:
 
     # --- the write lifecycle ---
 
-    async def _write(self, make: Callable[[], Ops[T]], log: ChangeLog | None = None) -> T:
-        """Run the write `make()` builds (again for each retry, from a clean log); announce what it recorded once
+    async def _write(
+        self,
+        make: Callable[[], Ops[T]],
+        log: ChangeLog | None = None,
+        transact: Callable[[Callable[[], Ops[T]]], Awaitable[T]] | None = None,
+    ) -> T:
+        """Run the write `make()` builds (again for each retry, from a clean log) through `transact` (by default
+        `_transact`; an engine's own way, such as PostgreSQL's batch of appends); announce what it recorded once
         committed. A write that undoes itself on purpose (`Undo`) after recording changes clears its log first."""
 
         def attempt() -> Ops[T]:
@@ -76,7 +82,7 @@ class SQLBackend:
                 log.reset()
             return make()
 
-        result = await self._transact(attempt)
+        result = await (transact or self._transact)(attempt)
         if log is not None:
             self._announcer.tell(log.changes)
         return result
