@@ -569,7 +569,7 @@ class Store:
                 follower.result()  # what stopped it, said now
             elif not started.is_set():
                 logger.warning(
-                    "the change feed of other processes is not in place after %.0f s; changes they commit before "
+                    "the change feed of other processes is not in place after %g s; changes they commit before "
                     "it is are not heard here",
                     wait,
                 )

@@ -518,3 +518,28 @@ async def test_a_write_in_one_store_reaches_the_feed_of_another_as_soon_as_it_fo
             Change(ORG, "+31600000001", "updated", ("ann@example.com",)),
         ]
         assert own == heard  # the writing process is told at commit, the same changes
+
+
+async def test_a_feed_that_never_comes_up_delays_the_start_by_its_bound_and_says_so(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A feed that cannot get in place (PostgreSQL refusing the listening connection) holds the start for the
+    bound, then the process serves anyway and says what it may miss; a feed that breaks at once is an error."""
+
+    async def never_ready(deliver: object, wanted: object, ready: object) -> None:
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(store.backend, "follow", never_ready)
+    began = asyncio.get_running_loop().time()
+    async with store.following(lambda change: None, lambda: True, wait=0.2):
+        waited = asyncio.get_running_loop().time() - began
+    assert waited >= 0.2
+    assert "the change feed of other processes is not in place after 0.2 s; changes they commit" in caplog.text
+
+    async def broken(deliver: object, wanted: object, ready: object) -> None:
+        raise InvalidInput("the feed's table is gone")
+
+    monkeypatch.setattr(store.backend, "follow", broken)
+    with pytest.raises(InvalidInput, match="the feed's table is gone"):
+        async with store.following(lambda change: None, lambda: True, wait=5):
+            pass
