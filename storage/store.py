@@ -9,7 +9,6 @@ key format, hash and check. `server/` talks only to this class.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -76,6 +75,13 @@ FEED_START_WAIT = 10.0  # seconds a process waits at start for the change feed o
 M = TypeVar("M", bound=StoredMessage)
 
 logger = logging.getLogger("chatdock.storage")
+
+
+def _feed_ended(follower: asyncio.Future[None]) -> None:
+    """A change feed that stopped other than by being cancelled: said at once, since from then on the changes
+    of other processes are not heard here (until the process starts again)."""
+    if not follower.cancelled() and follower.exception() is not None:
+        logger.error("the change feed of other processes stopped: %s", follower.exception())
 
 
 def choose_channel(chat: Chat, channel_id: str | None) -> ChannelRef:
@@ -561,13 +567,17 @@ class Store:
         is heard: a replica that says it is ready misses none of them."""
         started = asyncio.Event()
         follower = asyncio.ensure_future(self.backend.follow(deliver, wanted, started.set))
+        follower.add_done_callback(_feed_ended)
         try:
             waiting = asyncio.ensure_future(started.wait())
-            await asyncio.wait({waiting, follower}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
-            if follower.done():
-                follower.result()  # what stopped it, said now
-            elif not started.is_set():
+            try:
+                await asyncio.wait({waiting, follower}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting.cancel()
+            if follower.done() and not started.is_set():
+                follower.result()  # what stopped it before it was in place, said now
+                raise Unavailable("the change feed of other processes ended before it was in place")
+            if not started.is_set():
                 logger.warning(
                     "the change feed of other processes is not in place after %g s; changes they commit before "
                     "it is are not heard here",
@@ -576,8 +586,7 @@ class Store:
             yield
         finally:
             follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+            await asyncio.wait({follower})  # the follower's end; a cancel of this task still goes through
 
     async def health(self) -> list[str]:
         """What keeps the store from reading or writing now; empty when it is sound."""

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, InputRequiredResult
@@ -40,6 +41,7 @@ logger = logging.getLogger("chatdock.server")
 F = TypeVar("F", bound=Callable[..., Any])
 
 RECENT_CONTACTS_LISTED = 50
+CLOSE_SECONDS = 30  # the most a server's end waits for its store to close, even when it is cancelled
 MAX_LISTEN_STREAMS = 100_000  # for the whole process; each organization has its own bound (Settings.max_listens)
 
 INSTRUCTIONS = (
@@ -171,19 +173,23 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
                     opened = store if store is not None else await stack.enter_async_context(settings.open_store())
                     await stack.enter_async_context(changes_to(events, opened))
                 except BaseException:
-                    await stack.aclose()
+                    with anyio.move_on_after(CLOSE_SECONDS, shield=True):
+                        await stack.aclose()
                     raise
                 state.store, running = opened, stack
             users += 1
         try:
             yield state
         finally:
-            users -= 1
-            if users == 0 and running is not None:
-                closing, running = running, None
-                if store is None:
-                    state.store = None
-                await closing.aclose()
+            # a cancelled client still closes what it was the last to use; a client entering meanwhile waits
+            with anyio.move_on_after(CLOSE_SECONDS, shield=True):
+                async with opening:
+                    users -= 1
+                    if users == 0 and running is not None:
+                        closing, running = running, None
+                        if store is None:
+                            state.store = None
+                        await closing.aclose()
 
     @asynccontextmanager
     async def changes_to(events: Events, opened: Store) -> AsyncIterator[None]:

@@ -1,11 +1,12 @@
 """`Metrics`: what an operator scrapes at /metrics, counted in a registry of this server's own (so that two
-servers in one process, as in the tests and the bench, never add up each other's counts).
+servers in one process, as in the tests and the bench, never add up each other's counts; the Prometheus
+client's `process_*` and `python_gc_*` families beside them are the whole process's).
 
-Every name starts with `chatdock_` and says what it counts; docs/operations.md lists them. No label holds a
-contact id, a message id or a raw path: the labels are a surface, a REST route's template or an MCP method, a
-registered tool, a status, an organization (one per API key), or a word from a fixed list (the causes of
-storage/telemetry.py, the reasons of a refused key). The hot path pays a dictionary look-up and a lock or
-two: the children of the label sets already seen are kept.
+Every name of chatdock's own starts with `chatdock_` and says what it counts; docs/operations.md lists them.
+No label holds a contact id, a message id or a raw path: the labels are a surface, a REST route's template or
+an MCP method, a registered tool, a status, an organization (one per API key), or a word from a fixed list
+(the causes of storage/telemetry.py, the reasons of a refused key). The hot path pays a dictionary look-up and
+a lock or two: the children of the label sets already seen are kept.
 
 Counted as they happen: requests, appends, commits, waits for a connection, storage errors, events told,
 refused keys. Read when scraped (`_Readings`): sessions and listeners by organization, throttled addresses,

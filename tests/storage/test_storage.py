@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -543,3 +544,13 @@ async def test_a_feed_that_never_comes_up_delays_the_start_by_its_bound_and_says
     with pytest.raises(InvalidInput, match="the feed's table is gone"):
         async with store.following(lambda change: None, lambda: True, wait=5):
             pass
+
+    async def breaks_later(deliver: object, wanted: object, ready: Callable[[], None]) -> None:
+        ready()
+        await asyncio.sleep(0.05)
+        raise InvalidInput("the connection went away for good")
+
+    monkeypatch.setattr(store.backend, "follow", breaks_later)
+    async with store.following(lambda change: None, lambda: True, wait=5):  # in place: the process serves
+        await asyncio.sleep(0.2)
+        assert "the change feed of other processes stopped: the connection went away for good" in caplog.text
