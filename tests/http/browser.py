@@ -9,6 +9,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,7 +23,13 @@ from axe_playwright_python.async_playwright import Axe  # type: ignore[import-un
 from playwright.async_api import Browser, ConsoleMessage, Dialog, Page, Route, ViewportSize
 
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = ROOT / "docs" / "inspector"
+DOCS_SCREENSHOTS = ROOT / "docs" / "inspector"
+# docs/inspector/ is written only when asked (CHATDOCK_SCREENSHOTS=1): an ordinary run leaves the tree as it was
+SCREENSHOTS = (
+    DOCS_SCREENSHOTS
+    if os.environ.get("CHATDOCK_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "chatdock-screenshots"
+)
 CHROMIUM = Path("/usr/bin/chromium")
 WIDE: ViewportSize = {"width": 1000, "height": 700}
 NARROW: ViewportSize = {"width": 400, "height": 760}
@@ -112,7 +119,8 @@ async def accessible(page: Page, screen: str) -> None:
 
 
 async def screenshot(page: Page, name: str, taken: bool = True) -> None:
-    """The screen as docs/inspector/NAME.png (docs/inspector.md shows them)."""
+    """The screen as NAME.png: in docs/inspector/ (docs/inspector.md shows them) when CHATDOCK_SCREENSHOTS=1,
+    else in a temporary folder."""
     if taken:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
