@@ -567,7 +567,6 @@ class Store:
         is heard: a replica that says it is ready misses none of them."""
         started = asyncio.Event()
         follower = asyncio.ensure_future(self.backend.follow(deliver, wanted, started.set))
-        follower.add_done_callback(_feed_ended)
         try:
             waiting = asyncio.ensure_future(started.wait())
             try:
@@ -583,6 +582,7 @@ class Store:
                     "it is are not heard here",
                     wait,
                 )
+            follower.add_done_callback(_feed_ended)  # from here on, a feed that stops is logged, not raised
             yield
         finally:
             follower.cancel()

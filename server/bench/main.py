@@ -41,8 +41,8 @@ from chatdock.server.mcp.app import Settings, build_server
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from chatdock.server.ops.memory import settle_collector
 from chatdock.storage import NewMessage, Store, is_postgres, open_store
-from chatdock.storage.sqlite import checkpoints
-from chatdock.storage.sqlite.indexing import INDEX_NOTED, LAST_NOTED, SEARCH_BATCH, UNNOTE, WITH_AN_APPEND
+from chatdock.storage.sqlite import checkpoints, driver
+from chatdock.storage.sqlite.indexing import SEARCH_BATCH, WITH_AN_APPEND, index_pending
 
 CONTEXT_SQL = (
     "SELECT id, agent_id, chat_id, channel, role, content, parts, metadata, created_us, seq FROM messages "
@@ -95,10 +95,7 @@ def raw_search_index(conn: sqlite3.Connection, index: int) -> None:
     """What the store does for the search index with its appends, done raw: the `index`th insert (from 0)
     indexes the noted messages when it is the last of a batch (storage/sqlite/indexing.py)."""
     if index % SEARCH_BATCH == SEARCH_BATCH - 1:
-        last = conn.execute(LAST_NOTED, (WITH_AN_APPEND,)).fetchone()[0]
-        if last is not None:
-            conn.execute(INDEX_NOTED, (last,))
-            conn.execute(UNNOTE, (last,))
+        driver.run(conn, index_pending(WITH_AN_APPEND))
 
 
 def raw_floor(path: str, durability: str, inserts: int, reads: int, contacts: int) -> tuple[float, float]:

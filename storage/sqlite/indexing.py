@@ -35,8 +35,7 @@ WARN_EVERY = 60.0  # seconds between two warnings that they are not
 PENDING = "SELECT EXISTS (SELECT 1 FROM search_pending)"
 
 
-# the three steps of indexing the noted messages oldest first, up to a number of them (one place, for the
-# bench's raw floors too)
+# the three steps of indexing the noted messages oldest first, up to a number of them (`index_pending`)
 LAST_NOTED = "SELECT max(seq) FROM (SELECT seq FROM search_pending ORDER BY seq LIMIT ?)"
 # CROSS JOIN keeps the noted messages the outer loop: with a plain JOIN, SQLite carries `seq <= ?` over to the
 # messages and walks every message up to it (12 ms at 100,000 messages, 0.1 s at a million)
