@@ -64,36 +64,60 @@ def tsquery_text(query: Query) -> str:
     return text
 
 
-WALK_ROWS = 10_000  # the organization's newest messages a search reads first
+# A message's era: its organization and which run of 2**ERA_BITS messages (by seq) it was stored in, kept as one
+# more lexeme of its `words`: "~<org key>.<seq >> ERA_BITS>" (the tokenizer makes no word with "~", so no query
+# of words finds it). An organization's search asks the index of words for the query and one era at a time,
+# newest era first, and stops when it has its window: the index hands over only matches, in the order of time.
+# Changing ERA_BITS changes every row's lexeme: it takes a migration (schema.py).
+ERA_BITS = 12
+WORDS = (
+    "to_tsvector('chatdock_search', content) || "
+    f"array_to_tsvector(ARRAY['~' || org_id::text || '.' || (seq >> {ERA_BITS})::text])"
+)
+ERA = "('''~' || o.id::text || '.' || e.n::text || '''')::tsquery"  # era `e.n` of organization `o`, as a tsquery
+WALK_ROWS = 10_000  # the organization's newest messages a prefix search reads first
 
 
 def search_sql(
     org: str, text: str, contact_id: str | None, channel: str | None, role: str | None, window: int, how: str
 ) -> tuple[str, list[Any]]:
-    """The newest matches (at most `window`) of the tsquery `text`, scoped by organization (and contact, by any
-    of its identifiers); the statement and its parameters. `how` says how they are looked for (the backend's
-    `search` says in what order):
+    """The newest matches (at most `window`), newest first, of the tsquery `text`, scoped by organization (and
+    contact, by any of its identifiers); the statement and its parameters. `how` says how they are found (the
+    backend's `search` says when):
 
-    - "newest": as the planner sees fit: for one contact, its index; for a common word, a walk from the newest
-      message back that stops at the window;
-    - "walk": only among the organization's `WALK_ROWS` newest messages (a word common lately is found there);
-    - "index": every match, through the index of words, the newest kept: a word in few messages (wordstats.py
-      tells which)."""
+    - "eras": an organization's, era by era from the newest (ERA_BITS): a word in nearly every message stops in
+      the newest era that holds it, however many messages without it came after; a rare word asks every era,
+      each a look-up of two entries of the index (about 10 us), and reads no message that does not match;
+    - "newest": as the planner sees fit (one contact's: its own index);
+    - "walk": only among the organization's `WALK_ROWS` newest messages (a prefix common lately is found there);
+    - "index": every match, through the index of words, the newest kept: a prefix of few words (wordstats.py)."""
     params: list[Any] = [org, contact_id, text]
     where = f" AND m.contact_pk = {CONTACT}" if contact_id is not None else " AND $2::text IS NULL"
     for column, value in (("channel", channel), ("role", role)):
         if value is not None:
             params.append(value)
             where += f" AND m.{column} = ${len(params)}"
-    matches = "m.words @@ to_tsquery('chatdock_search', $3)"
     params.append(window)
-    if how == "walk":
+    limit = f"${len(params)}"
+    matches = "m.words @@ to_tsquery('chatdock_search', $3)"
+    if how == "eras":
+        # `m.seq + 0`: sorted after the look-up, never found by a walk of the primary key past non-matches
+        found = (
+            f"SELECT m.seq, m.content FROM messages m WHERE m.words @@ q.q AND m.words @@ {ERA} "
+            f"AND m.org_id = o.id{where} ORDER BY m.seq + 0 DESC LIMIT {limit}"
+        )
+        sql = (
+            f"SELECT f.seq, f.content FROM orgs o, (SELECT to_tsquery('chatdock_search', $3) AS q) q, "
+            f"generate_series((SELECT coalesce(max(seq), 0) FROM messages) >> {ERA_BITS}, 0, -1) e(n), "
+            f"LATERAL ({found}) f WHERE o.name = $1 LIMIT {limit}"
+        )
+    elif how == "walk":
         newest = f"SELECT * FROM messages m WHERE m.org_id = {ORG} ORDER BY m.seq DESC LIMIT {WALK_ROWS}"
-        sql = f"SELECT m.seq, m.content FROM ({newest}) m WHERE {matches}{where} LIMIT ${len(params)}"
+        sql = f"SELECT m.seq, m.content FROM ({newest}) m WHERE {matches}{where} LIMIT {limit}"
     elif how == "index":
         found = f"SELECT m.seq, m.content FROM messages m WHERE {matches} AND m.org_id = {ORG}{where}"
-        sql = f"WITH found AS MATERIALIZED ({found}) SELECT * FROM found ORDER BY seq DESC LIMIT ${len(params)}"
+        sql = f"WITH found AS MATERIALIZED ({found}) SELECT * FROM found ORDER BY seq DESC LIMIT {limit}"
     else:
         sql = f"SELECT m.seq, m.content FROM messages m WHERE {matches} AND m.org_id = {ORG}{where} "
-        sql += f"ORDER BY m.seq DESC LIMIT ${len(params)}"
+        sql += f"ORDER BY m.seq DESC LIMIT {limit}"
     return sql, params
