@@ -103,6 +103,13 @@ async def _init_connection(conn: driver.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: driver.Connection) -> None:
+    """What a pooled connection needs before its next user: nothing. chatdock leaves no session state on one
+    (no SET, LISTEN or advisory lock: the feed and the migrations have connections of their own), and asyncpg
+    still rolls back a transaction left open. Its default reset sends four statements at every release, a
+    round trip as long as a read's own."""
+
+
 class PostgresBackend(SQLBackend):
     """The `Backend` on one PostgreSQL database; `start()` before use, `close()` after."""
 
@@ -149,6 +156,7 @@ class PostgresBackend(SQLBackend):
                 timeout=self.timeout,
                 command_timeout=self.timeout,
                 init=_init_connection,
+                reset=_keep_session,
             )
         except FAILURES as exc:
             text = translate(exc, self.url, starting=True)

@@ -34,3 +34,7 @@ class Dialect:
     greatest: str  # the larger of two values
     least: str  # the smaller of two values
     octet_length: str  # a text's stored size in bytes, `{}` standing for the text (NULL for NULL)
+    # whether a size-bounded read (queries.latest_sql) reads its rows' columns in the pass that sums their sizes:
+    # PostgreSQL's window keeps a large value as a pointer until it is sent, while SQLite's copies every column,
+    # so SQLite sums the sizes alone and reads the rows it keeps after
+    sized_in_one_pass: bool

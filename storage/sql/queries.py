@@ -62,7 +62,8 @@ def latest_sql(
 ) -> tuple[str, list[Any]]:
     """A contact's newest `limit` messages passing `only` (after a keyset position), newest first, cut where
     their stored bytes (content, parts, metadata) reach `max_bytes`: the row that crosses it still comes, so a
-    caller can tell more exist, and only sizes are read for the rows past it. Each row is `MESSAGE_COLUMNS`
+    caller can tell more exist, and the rows past it are never sent (SQLite reads only their sizes: see
+    `Dialect.sized_in_one_pass`). Each row is `MESSAGE_COLUMNS`
     and its contact's own contact_id (index 10), whatever identifier named it. The statement and its
     parameters."""
     params: list[Any] = [org, contact_id]
@@ -74,11 +75,21 @@ def latest_sql(
     size = " + ".join(
         "coalesce(" + dialect.octet_length.format(f"m.{column}") + ", 0)" for column in ("content", "parts", "metadata")
     )
+    running = "sum(size) OVER (ORDER BY created_us DESC, seq DESC ROWS UNBOUNDED PRECEDING) - size"
+    if dialect.sized_in_one_pass:
+        sized = (
+            f"SELECT {MESSAGE_COLUMNS}, m.contact_pk, {size} AS size FROM messages m "
+            f"WHERE m.contact_pk = {CONTACT}{where} ORDER BY m.created_us DESC, m.seq DESC LIMIT ?"
+        )
+        sql = (
+            f"SELECT {MESSAGE_COLUMNS}, c.external_id FROM (SELECT *, {running} AS before FROM ({sized}) s) m "
+            "JOIN contacts c ON c.id = m.contact_pk WHERE m.before < ? ORDER BY m.created_us DESC, m.seq DESC"
+        )
+        return sql, params
     sized = (
         f"SELECT m.seq AS seq, m.created_us AS created_us, {size} AS size FROM messages m "
         f"WHERE m.contact_pk = {CONTACT}{where} ORDER BY m.created_us DESC, m.seq DESC LIMIT ?"
     )
-    running = "sum(size) OVER (ORDER BY created_us DESC, seq DESC ROWS UNBOUNDED PRECEDING) - size"
     sql = (
         f"SELECT {MESSAGE_COLUMNS}, c.external_id FROM (SELECT seq, {running} AS before FROM ({sized}) s) r "
         "JOIN messages m ON m.seq = r.seq JOIN contacts c ON c.id = m.contact_pk WHERE r.before < ? "

@@ -41,6 +41,7 @@ DIALECT = Dialect(
     greatest="max",
     least="min",
     octet_length="length(CAST({} AS BLOB))",  # octet_length() is SQLite 3.43's; a blob's length is its bytes
+    sized_in_one_pass=False,
 )
 
 

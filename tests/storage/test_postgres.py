@@ -147,3 +147,33 @@ async def test_the_search_migration_gives_stored_messages_their_era(postgres_url
         assert "'~" in await conn.fetchval("SELECT words::text FROM messages")
     finally:
         await conn.close()
+
+
+async def test_a_pooled_connection_is_left_as_it_was_found(postgres_url: str) -> None:
+    """Why the pool sends no reset at release (backend._keep_session): what chatdock does on its connections
+    leaves no setting, listener, advisory lock, cursor or transaction behind."""
+    async with open_store(postgres_url) as store:
+        chat = await store.open_chat("acme", "+31600000001", "voice")
+        await store.append_message("acme", say("+31600000001", "where is my parcel"))
+        await asyncio.gather(*(store.append_message("acme", say(f"+3160000{i:04d}", f"m{i}")) for i in range(20)))
+        await store.update_chat("acme", chat.id, "COMPLETED")
+        await store.get_context("acme", "+31600000001")
+        await store.search_messages("acme", "parcel")
+        await store.search_messages("acme", "parc*", contact_id="+31600000001")
+        await store.link_contacts("acme", "+31600000001", "ann@example.com")
+        [exported async for exported in store.export_messages("acme")]
+        pool = store.backend.pool  # type: ignore[attr-defined]
+        held = [await pool.acquire() for _ in range(pool.get_max_size())]
+        try:
+            for conn in held:
+                state = await conn.fetchrow(
+                    # (asyncpg itself sets jit back to what it was after reading the types, as a session setting)
+                    "SELECT (SELECT count(*) FROM pg_settings WHERE source = 'session' AND setting <> reset_val), "
+                    "(SELECT count(*) FROM pg_listening_channels()), "
+                    "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), "
+                    "(SELECT count(*) FROM pg_cursors WHERE name <> '')"  # '': this statement's own
+                )
+                assert tuple(state) == (0, 0, 0, 0) and not conn.is_in_transaction()
+        finally:
+            for conn in held:
+                await pool.release(conn)
