@@ -256,7 +256,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         (  # a rewrite of the messages (about 10 s a million) and a new index of words
             "ALTER TABLE messages DROP COLUMN words",
             f"ALTER TABLE messages ADD COLUMN words tsvector GENERATED ALWAYS AS ({WORDS}) STORED",
-            "CREATE INDEX messages_words ON messages USING gin (words)",
+            # each message's words go into the index as it is stored: with the default (fastupdate), they wait
+            # in a list that every look-up reads whole, and a search makes one look-up per era (a rare word at
+            # 1M messages took 62 ms behind 3,000 appends, and 3.6 ms without the list)
+            "CREATE INDEX messages_words ON messages USING gin (words) WITH (fastupdate = off)",
         ),
     ),
 )

@@ -177,3 +177,15 @@ async def test_a_pooled_connection_is_left_as_it_was_found(postgres_url: str) ->
         finally:
             for conn in held:
                 await pool.release(conn)
+
+
+async def test_the_index_of_words_takes_each_message_as_it_is_stored(postgres_url: str) -> None:
+    """No pending list (`fastupdate`) for searches to read at each of their look-ups (one per era)."""
+    async with open_store(postgres_url) as store:
+        await store.append_message("acme", say("+31600000001", "hello"))
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'messages_words'")
+        assert options == ["fastupdate=off"]
+    finally:
+        await conn.close()
