@@ -107,6 +107,8 @@ def search_sql(
             f"SELECT m.seq, m.content FROM messages m WHERE m.words @@ q.q AND m.words @@ {ERA} "
             f"AND m.org_id = o.id{where} ORDER BY m.seq + 0 DESC LIMIT {limit}"
         )
+        # newest first with no ORDER BY of its own, which would read every era before the LIMIT: the rows come
+        # in the order the loop runs, era by era down the series, each era's sorted (tests/storage/test_postgres)
         sql = (
             f"SELECT f.seq, f.content FROM orgs o, (SELECT to_tsquery('chatdock_search', $3) AS q) q, "
             f"generate_series((SELECT coalesce(max(seq), 0) FROM messages) >> {ERA_BITS}, 0, -1) e(n), "
