@@ -41,7 +41,7 @@ from .feed import ChangeLog, follow_notifications
 from .queries import DIALECT, ORG, search_sql, tsquery_text
 from .reads import Reads
 from .schema import migrate
-from .wordstats import WordStats
+from .wordstats import COMMON_SHARE, ERA_SHARE, WordStats
 
 T = TypeVar("T")
 logger = logging.getLogger("chatdock.storage")
@@ -324,11 +324,16 @@ class PostgresBackend(SQLBackend):
         if contact_id is not None:
             return await newest("newest")
         if not any(term.prefix for term in (*query.wanted, *query.excluded)):
-            return await newest("eras")
+            # a word common lately is found in the newest eras; a rarer one (by the statistics) is read through
+            # the index at once, its matches being few, and a common one era by era down to the first
+            found = await newest("recent eras")
+            if len(found) < window:
+                found = await newest("eras" if await self._words.share(query) >= ERA_SHARE else "index")
+            return found
         # a prefix is asked of the index by reading every word it starts, for each look-up: never era by era
         found = await newest("walk")  # a prefix common lately: its newest matches are among the newest messages
         if len(found) < window:
-            found = await newest("newest" if await self._words.common(query) else "index")
+            found = await newest("newest" if await self._words.share(query) >= COMMON_SHARE else "index")
         return found
 
     async def messages_at(self, org: str, seqs: Sequence[int]) -> list[Message]:

@@ -76,6 +76,7 @@ WORDS = (
     f"array_to_tsvector(ARRAY['~' || org_id::text || '.' || (seq >> {ERA_BITS})::text])"
 )
 ERA = "('''~' || o.id::text || '.' || e.n::text || '''')::tsquery"  # era `e.n` of organization `o`, as a tsquery
+RECENT_ERAS = 8  # the newest eras a search asks first: a word common lately is found there
 WALK_ROWS = 10_000  # the organization's newest messages a prefix search reads first
 
 
@@ -87,8 +88,8 @@ def search_sql(
     backend's `search` says when):
 
     - "eras": an organization's, era by era from the newest (ERA_BITS): a word in nearly every message stops in
-      the newest era that holds it, however many messages without it came after; a rare word asks every era,
-      each a look-up of two entries of the index (about 10 us), and reads no message that does not match;
+      the newest era that holds it, however many messages without it came after, and no message that does
+      not match is read; "recent eras": only in the `RECENT_ERAS` newest eras (a word common lately);
     - "newest": as the planner sees fit (one contact's: its own index);
     - "walk": only among the organization's `WALK_ROWS` newest messages (a prefix common lately is found there);
     - "index": every match, through the index of words, the newest kept: a prefix of few words (wordstats.py)."""
@@ -101,17 +102,19 @@ def search_sql(
     params.append(window)
     limit = f"${len(params)}"
     matches = "m.words @@ to_tsquery('chatdock_search', $3)"
-    if how == "eras":
+    if how in ("eras", "recent eras"):
         # `m.seq + 0`: sorted after the look-up, never found by a walk of the primary key past non-matches
         found = (
             f"SELECT m.seq, m.content FROM messages m WHERE m.words @@ q.q AND m.words @@ {ERA} "
             f"AND m.org_id = o.id{where} ORDER BY m.seq + 0 DESC LIMIT {limit}"
         )
+        last = f"greatest(t.n - {RECENT_ERAS - 1}, 0)" if how == "recent eras" else "0"
         # newest first with no ORDER BY of its own, which would read every era before the LIMIT: the rows come
         # in the order the loop runs, era by era down the series, each era's sorted (tests/storage/test_postgres)
         sql = (
             f"SELECT f.seq, f.content FROM orgs o, (SELECT to_tsquery('chatdock_search', $3) AS q) q, "
-            f"generate_series((SELECT coalesce(max(seq), 0) FROM messages) >> {ERA_BITS}, 0, -1) e(n), "
+            f"(SELECT coalesce(max(seq), 0) >> {ERA_BITS} AS n FROM messages) t, "
+            f"generate_series(t.n, {last}, -1) e(n), "
             f"LATERAL ({found}) f WHERE o.name = $1 LIMIT {limit}"
         )
     elif how == "walk":

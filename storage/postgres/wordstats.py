@@ -1,12 +1,13 @@
 """How common a search's words are, from PostgreSQL's own statistics of the `words` column.
 
 ANALYZE keeps the most common lexemes of a tsvector column with the share of rows that hold each
-(`pg_stats.most_common_elems`, `most_common_elem_freqs`). A word among them in at least `COMMON_SHARE` of the
-messages is common: its newest matches are found by walking the messages from the newest back, which stops
-soon. Any other word is in fewer messages (or in none the statistics saw), and its matches are read through
-the index of words. The planner's own estimate is no guide here: for a word missing from the statistics it
-assumes a fixed share of the table, which at ten million messages made it walk the whole table for a word in
-100 of them (8 s).
+(`pg_stats.most_common_elems`, `most_common_elem_freqs`). The search of an organization (backend.search) asks
+for a word's newest matches era by era when it is in at least `ERA_SHARE` of the messages, and a prefix's by a
+walk from the newest message back when its words are in at least `COMMON_SHARE`: both stop soon. Any other
+word or prefix is in fewer messages (or in none the statistics saw), and its matches are read through the
+index of words at once. The planner's own estimate is no guide here: for a word missing from the statistics
+it assumes a fixed share of the table, which at ten million messages made it walk the whole table for a word
+in 100 of them (8 s).
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from typing import Any
 from ..ranking import fold, folded_words
 from ..search import Query, Term
 
-COMMON_SHARE = 0.01  # a word in at least this share of the messages is walked for
+COMMON_SHARE = 0.01  # a prefix of words in at least this share of the messages is walked for
+# a word in at least this share of the messages is looked for era by era (queries.py): the window of 1,000
+# fills within about 250 eras; a rarer one is read through the index at once, its matches being few (a
+# look-up per era, about 70 us at ten million messages, cost a word in a few messages 172 ms there)
+ERA_SHARE = 0.001
 REFRESH_SECONDS = 60.0  # the statistics are read again after this long (autovacuum's ANALYZE renews them)
 
 STATS_SQL = (
@@ -35,9 +40,9 @@ class WordStats:
         self._shares: dict[str, float] = {}
         self._read_at = float("-inf")
 
-    async def common(self, query: Query) -> bool:
-        """Whether every wanted term of `query` is in at least `COMMON_SHARE` of the messages (so are their
-        matches, at most: a query is as common as its rarest term)."""
+    async def share(self, query: Query) -> float:
+        """At most the share of the messages that hold every wanted term of `query`: a query is as common as
+        its rarest term, and a word the statistics do not list is taken to be in none."""
         if time.monotonic() - self._read_at > REFRESH_SECONDS:
             found = await self._read(STATS_SQL, ())
             self._shares = {}
@@ -45,7 +50,7 @@ class WordStats:
                 elems, shares = found[0][0], found[0][1]
                 self._shares = {fold(elem): share for elem, share in zip(elems, shares, strict=False)}
             self._read_at = time.monotonic()
-        return all(self._share(term) >= COMMON_SHARE for term in query.wanted)
+        return min((self._share(term) for term in query.wanted), default=1.0)
 
     def _share(self, term: Term) -> float:
         words = folded_words(term.text)

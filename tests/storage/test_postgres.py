@@ -121,12 +121,18 @@ async def test_an_organizations_search_reads_only_its_matches_newest_era_first(
         ]
         await store.import_messages("acme", late)
         await store.append_message("other", say("+31630000000", "parcel of another organization"))
+        conn = await asyncpg.connect(postgres_url)
+        await conn.execute("ANALYZE messages")  # the statistics list "parcel" (in 3.9% of the messages)
         hits = (await store.search_messages("acme", "parcel", limit=3)).hits
         assert [hit.content for hit in hits] == ["parcel late 29", "parcel late 28", "parcel late 27"]
-        by_channel = (await store.search_messages("acme", "parcel late", channel="sms", limit=100)).hits
+        # the newest eras first (fewer than the window of 1,000 there); then, for a word the statistics list,
+        # every era; for one they do not ("7", in two messages), the index at once
+        assert hows == ["recent eras", "eras"]
+        assert [hit.content for hit in (await store.search_messages("acme", "else 7")).hits] == ["something else 7"]
+        assert hows[2:] == ["recent eras", "index"]
+        by_channel = (await store.search_messages("acme", "parcel", channel="sms", limit=100)).hits
         assert sorted(hit.content for hit in by_channel) == sorted(f"parcel late {i}" for i in range(0, 30, 2))
-        assert hows == ["eras", "eras"]
-    conn = await asyncpg.connect(postgres_url)
+        assert hows[4:] == ["recent eras", "eras"]
     try:
         await conn.execute("ANALYZE messages")
         # at 8,500 messages a scan of the table is cheap enough for the planner; at a million it is not
