@@ -230,3 +230,31 @@ async def test_the_index_of_words_takes_each_message_as_it_is_stored(postgres_ur
         assert options == ["fastupdate=off"]
     finally:
         await conn.close()
+
+
+async def test_each_search_is_planned_for_its_own_words(postgres_url: str) -> None:
+    """PostgreSQL plans a statement prepared once for its parameters only for its first five runs; then it may
+    keep a generic plan, blind to the words searched (one contact's search went through every match of a common
+    word in the organization). Searches are prepared each time and let go: no search statement stays prepared on
+    any pooled connection."""
+    async with open_store(postgres_url) as store:
+        await store.append_message("acme", say("+31600000001", "where is my parcel"))
+        for _ in range(12):
+            assert (await store.search_messages("acme", "parcel", contact_id="+31600000001")).hits
+            assert (await store.search_messages("acme", "parcel")).hits
+        pool = store.backend.pool  # type: ignore[attr-defined]
+        held = [await pool.acquire() for _ in range(pool.get_max_size())]
+        try:
+            plans = [
+                (row[0], row[1])
+                for conn in held
+                for row in await conn.fetch(
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                    "WHERE statement LIKE '%to_tsquery%' AND statement NOT LIKE '%pg_prepared_statements%'"
+                )
+            ]
+            # none stays prepared to run again from a plan kept for it (cached, each would show its runs here)
+            assert plans == []
+        finally:
+            for conn in held:
+                await pool.release(conn)
