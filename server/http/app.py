@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatdock.server.http.guard import FailedKeys
+from chatdock.server.http.lanes import AppendLane
 from chatdock.server.http.oauth import (
     METADATA_PATH,
     READ_SCOPE,
@@ -329,7 +330,8 @@ def build_http_app(
         settings.metrics.watch_sessions(sessions.held)
     oauth = settings.oauth
     metadata = None if oauth is None else Starlette(routes=oauth.metadata_routes())
-    app = ApiKeyAuth(Dispatch(mcp, BodyLimit(routes), metadata), server, sessions, settings.metrics, oauth)
+    rest = BodyLimit(AppendLane(routes, the_store))
+    app = ApiKeyAuth(Dispatch(mcp, rest, metadata), server, sessions, settings.metrics, oauth)
     return ObservedHttp(app, settings.metrics, settings.tracing, routes.routes, MCP_PATHS, metrics_port)
 
 

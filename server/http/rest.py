@@ -122,8 +122,30 @@ def status_of(exc: ChatdockError) -> tuple[int, str]:
     return 400, "Bad request"
 
 
-def _refusal(exc: ChatdockError) -> JSONResponse:
+def refusal(exc: ChatdockError) -> JSONResponse:
+    """A refusal of the store's, answered."""
     return problem(*status_of(exc), str(exc))
+
+
+async def append(store: Store, org: str, body: AppendRequest, idempotency_key: str | None) -> Response:
+    """POST /chats, once its request is read (by FastAPI, or by lanes.AppendLane): 201 with the stored message,
+    200 with the first copy of a retried one."""
+    stored = await store.append_message(org, body.new_message(), idempotency_key, body.context_limit)
+    # written by pydantic's serializer at once (a context of 50 messages is most of the answer)
+    return Response(
+        stored.model_dump_json(), status_code=200 if stored.deduplicated else 201, media_type="application/json"
+    )
+
+
+def failed_unexpectedly(method: str, path: str, exc: Exception) -> JSONResponse:
+    """A bug: logged with its traceback, answered in the errors' JSON shape (never a plain-text 500)."""
+    logger.error("%s %s failed unexpectedly", method, path, exc_info=exc)
+    return problem(
+        500,
+        "Internal error",
+        "chatdock failed unexpectedly (the server's log has the details); if this was a write, whether it was "
+        "stored is unknown: retrying with the same metadata.provider_message_id or Idempotency-Key is safe",
+    )
 
 
 async def _org(request: Request) -> str:
@@ -192,18 +214,11 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
 
     @app.exception_handler(ChatdockError)
     async def refused(_: Request, exc: ChatdockError) -> JSONResponse:
-        return _refusal(exc)
+        return refusal(exc)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        """A bug: logged with its traceback, answered in the errors' JSON shape (never a plain-text 500)."""
-        logger.error("%s %s failed unexpectedly", request.method, request.url.path, exc_info=exc)
-        return problem(
-            500,
-            "Internal error",
-            "chatdock failed unexpectedly (the server's log has the details); if this was a write, whether it was "
-            "stored is unknown: retrying with the same metadata.provider_message_id or Idempotency-Key is safe",
-        )
+        return failed_unexpectedly(request.method, request.url.path, exc)
 
     add_pages(app, read_only)
 
@@ -365,11 +380,7 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
     async def append_message(
         organization: Org, body: AppendRequest, idempotency_key: IdempotencyKey = None
     ) -> Response:
-        stored = await the_store().append_message(organization, body.new_message(), idempotency_key, body.context_limit)
-        # written by pydantic's serializer at once (a context of 50 messages is most of the answer)
-        return Response(
-            stored.model_dump_json(), status_code=200 if stored.deduplicated else 201, media_type="application/json"
-        )
+        return await append(the_store(), organization, body, idempotency_key)
 
     @app.delete("/chats/{message_id}", response_model=DeletedMessage, summary="delete_message", responses=answers(404))
     async def delete_message(organization: Org, message_id: str) -> DeletedMessage:

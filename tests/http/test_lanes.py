@@ -1,0 +1,205 @@
+"""`AppendLane` (server/http/lanes.py): a well-formed POST /chats is answered without FastAPI, with the answer
+the route gives; anything else reaches the route as it came, so every refusal is FastAPI's, word for word.
+
+Each request is sent twice over ASGI: through the lane (with FastAPI behind it, watched) and to FastAPI alone,
+both on the same store; the answers are compared."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from chatdock.server.http.lanes import AppendLane
+from chatdock.server.http.rest import build_rest
+from chatdock.server.mcp.events import Events
+from chatdock.server.mcp.org import ORG_SCOPE_KEY
+from chatdock.storage import Store
+
+Answer = tuple[int, dict[str, str], Any]
+ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON = [(b"content-type", b"application/json")]
+ORDER = {"contact_id": "+31612345678", "channel": "whatsapp", "role": "user", "content": "Where is my order?"}
+
+
+class Watched:
+    """An ASGI app that counts the requests reaching it."""
+
+    def __init__(self, app: ASGI) -> None:
+        self.app = app
+        self.seen = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.seen += 1
+        await self.app(scope, receive, send)
+
+
+async def ask(app: ASGI, body: bytes | list[bytes], headers: list[tuple[bytes, bytes]], path: str = "/chats") -> Answer:
+    """POST `body` (in these chunks, when a list) to `app` as acme's request; (status, headers, JSON answer)."""
+    chunks = body if isinstance(body, list) else [body]
+    messages: list[Message] = [
+        {"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
+        for index, chunk in enumerate(chunks)
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8765),
+        ORG_SCOPE_KEY: "acme",
+    }
+    await app(scope, receive, send)
+    start = sent[0]
+    answer_headers = {name.decode(): value.decode() for name, value in start["headers"]}
+    return start["status"], answer_headers, json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+def apps(store: Store, read_only: bool = False) -> tuple[AppendLane, Watched, ASGI]:
+    """The lane with FastAPI behind it (watched), and FastAPI alone, over `store`."""
+    lane = AppendLane(build_rest(lambda: store, read_only, Events()), lambda: store)
+    behind = Watched(lane.rest)
+    lane.rest = behind  # type: ignore[assignment]
+    return lane, behind, build_rest(lambda: store, read_only, Events())
+
+
+def same_message(one: Any, other: Any) -> None:
+    """Two answers for two appends of the same request: alike but for the id and the time."""
+    assert {**one, "id": "", "created_at": ""} == {**other, "id": "", "created_at": ""}
+
+
+async def test_a_well_formed_append_is_answered_by_the_lane_as_the_route_answers_it(store: Store) -> None:
+    lane, behind, route = apps(store)
+    for headers in (
+        JSON,
+        [(b"content-type", b"application/json; charset=utf-8")],
+        [(b"content-type", b"Application/JSON")],
+    ):
+        status, answer_headers, answer = await ask(lane, json.dumps(ORDER).encode(), headers)
+        expected_status, expected_headers, expected = await ask(route, json.dumps(ORDER).encode(), headers)
+        assert status == expected_status == 201
+        assert answer_headers == {**expected_headers, "content-length": answer_headers["content-length"]}
+        assert answer_headers["content-type"] == "application/json"
+        same_message(answer, expected)
+    # in chunks, with a context, with every field
+    full = {**ORDER, "agent_id": "agent-7", "metadata": {"provider_message_id": "wamid.1"}, "context_limit": 5}
+    text = json.dumps(full).encode()
+    status, _, answer = await ask(lane, [text[:10], text[10:30], text[30:]], JSON)
+    assert status == 201 and answer["metadata"] == {"provider_message_id": "wamid.1"}
+    assert [m["content"] for m in answer["context"]["messages"]][-1] == "Where is my order?"
+    # the retried webhook: 200 with the first copy, from the lane as from the route
+    again_status, _, again = await ask(lane, text, JSON)
+    route_status, _, from_route = await ask(route, text, JSON)
+    assert again_status == route_status == 200
+    assert again["id"] == from_route["id"] == answer["id"] and again["deduplicated"] is True
+    assert behind.seen == 0  # FastAPI was never asked
+
+
+async def test_the_lane_keeps_an_idempotency_key_s_promise(store: Store) -> None:
+    lane, behind, route = apps(store)
+    keyed = [*JSON, (b"idempotency-key", b"3b0e6a57-4f53-4d71-9d43-5bd0b0b0a1c2")]
+    first = await ask(lane, json.dumps(ORDER).encode(), keyed)
+    again = await ask(route, json.dumps(ORDER).encode(), keyed)  # the retry reaching FastAPI: the first answer
+    once_more = await ask(lane, json.dumps(ORDER).encode(), keyed)
+    assert first[0] == again[0] == once_more[0] == 201
+    assert first[2] == again[2] == once_more[2]
+    reused = await ask(lane, json.dumps({**ORDER, "content": "something else"}).encode(), keyed)
+    assert reused[0] == 409 and "was first sent with another request" in reused[2]["message"]
+    assert behind.seen == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b'{"contact_id": "+31612345678", "channel": "sms"', JSON),  # not JSON
+        (b"", JSON),  # no body
+        (b"[]", JSON),  # not an object
+        (json.dumps({k: v for k, v in ORDER.items() if k != "role"}).encode(), JSON),  # a field missing
+        (json.dumps({**ORDER, "colour": "red"}).encode(), JSON),  # a field no one takes
+        (json.dumps({**ORDER, "context_limit": "many"}).encode(), JSON),  # a field of the wrong type
+        (b'{"contact_id": "+31612345678", "channel": "sms", "role": "user", "content": NaN}', JSON),
+        (json.dumps(ORDER).encode(), []),  # no content type
+        (json.dumps(ORDER).encode(), [(b"content-type", b"text/plain")]),
+        (json.dumps(ORDER).encode(), [(b"content-type", b"application/vnd.api+json")]),
+        (json.dumps(ORDER).encode(), [*JSON, *JSON]),
+        (json.dumps(ORDER).encode(), [*JSON, (b"idempotency-key", b"has space")]),
+        (json.dumps(ORDER).encode(), [*JSON, (b"idempotency-key", b"")]),
+        (json.dumps(ORDER).encode(), [*JSON, (b"idempotency-key", b"k" * 256)]),
+        (json.dumps(ORDER).encode(), [*JSON, (b"idempotency-key", b"a"), (b"idempotency-key", b"b")]),
+        ("\ufeff".encode() + json.dumps(ORDER).encode(), JSON),  # a byte-order mark
+    ],
+    ids=[
+        "broken-json", "empty", "array", "missing-field", "extra-field", "wrong-type", "nan", "no-content-type",
+        "text", "json-suffix", "two-content-types", "key-with-space", "empty-key", "long-key", "two-keys", "bom",
+    ],
+)  # fmt: skip
+async def test_what_the_lane_does_not_take_whole_reaches_fastapi_as_it_came(
+    store: Store, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    lane, behind, route = apps(store)
+    status, _, answer = await ask(lane, body, headers)
+    expected_status, _, expected = await ask(route, body, headers)
+    assert behind.seen == 1
+    assert status == expected_status
+    if status in (200, 201):
+        same_message(answer, expected)
+    else:
+        assert answer == expected and set(answer) == {"error", "message"}
+        assert status in (400, 409, 422)
+
+
+async def test_a_refusal_of_the_store_s_is_the_route_s_refusal(store: Store) -> None:
+    lane, behind, route = apps(store)
+    for bad in ({**ORDER, "channel": "Whats App"}, {**ORDER, "role": "robot"}, {**ORDER, "context_limit": 0}):
+        answer = await ask(lane, json.dumps(bad).encode(), JSON)
+        assert answer[0] == 422 and answer[2] == (await ask(route, json.dumps(bad).encode(), JSON))[2]
+    assert behind.seen == 0  # well formed, refused by the store's rules: answered by the lane, in the same words
+
+
+async def test_other_routes_and_a_read_only_server_go_to_fastapi(store: Store) -> None:
+    lane, behind, _ = apps(store)
+    status, _, _ = await ask(lane, json.dumps({"channel": "voice"}).encode(), JSON, "/contacts/%2B31612345678/chats")
+    assert status == 201 and behind.seen == 1
+    read_only, behind, _ = apps(store, read_only=True)
+    status, _, answer = await ask(read_only, json.dumps(ORDER).encode(), JSON)
+    assert status == 405 and answer["error"] == "Method not allowed" and behind.seen == 1
+
+
+class Broken:
+    async def append_message(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the append path")
+
+
+async def test_a_bug_is_a_json_500_logged_and_raised_to_the_server(caplog: pytest.LogCaptureFixture) -> None:
+    broken: Any = Broken()
+    lane = AppendLane(build_rest(lambda: broken, False, Events()), lambda: broken)
+
+    async def raising(scope: Scope, receive: Receive, send: Send) -> None:
+        with pytest.raises(RuntimeError, match="a bug in the append path"):  # raised on, as FastAPI raises it
+            await lane(scope, receive, send)
+
+    with caplog.at_level(logging.ERROR, "chatdock.http"):
+        status, headers, answer = await ask(raising, json.dumps(ORDER).encode(), JSON)
+    assert status == 500 and headers["content-type"] == "application/json"
+    assert answer["error"] == "Internal error" and "Idempotency-Key is safe" in answer["message"]
+    assert "POST /chats failed unexpectedly" in caplog.text and "RuntimeError" in caplog.text
