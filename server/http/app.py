@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatdock.server.http.guard import FailedKeys
-from chatdock.server.http.lanes import AppendLane
+from chatdock.server.http.lanes import Lanes
 from chatdock.server.http.oauth import (
     METADATA_PATH,
     READ_SCOPE,
@@ -330,7 +330,7 @@ def build_http_app(
         settings.metrics.watch_sessions(sessions.held)
     oauth = settings.oauth
     metadata = None if oauth is None else Starlette(routes=oauth.metadata_routes())
-    rest = BodyLimit(AppendLane(routes, the_store))
+    rest = BodyLimit(Lanes(routes, the_store))
     app = ApiKeyAuth(Dispatch(mcp, rest, metadata), server, sessions, settings.metrics, oauth)
     return ObservedHttp(app, settings.metrics, settings.tracing, routes.routes, MCP_PATHS, metrics_port)
 

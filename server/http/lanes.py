@@ -1,28 +1,43 @@
-"""`AppendLane`: POST /chats, the route every webhook and every voice turn calls, answered without FastAPI's
-per-request machinery when its request is well formed.
+"""`Lanes`: the REST calls made most (an append, the reads of a contact's context, messages and search)
+answered without FastAPI's per-request machinery when their request is well formed.
 
-FastAPI resolves a route's dependencies, parses the body with `json` and validates the result, all anew for
-each request: 230 us of a REST append's 340 in process, twice the store's append (docs/performance.md). The
-lane reads the same request the route would: the body as `AppendRequest`, validated by pydantic from its bytes
-in one pass, the `Idempotency-Key` by the store's own rule, the organization from the scope (`ApiKeyAuth` put it
-there), and answers with the same function (`rest.append`).
+FastAPI resolves a route's dependencies, reads its query parameters and body and validates them, all anew for
+each request: 230 us of a REST append's 340 in process (twice the store's append), and 180 us of a context
+read's 450. The lanes read the same request the route would and call the same code:
+- POST /chats: the body as `AppendRequest`, validated by pydantic from its bytes in one pass, the
+  `Idempotency-Key` by the store's own rule, answered by the route's own function (`rest.append`);
+- a GET route whose arguments are the key's organization and plain query parameters (a string or an integer,
+  optional or not, with no constraint of FastAPI's): the parameters as FastAPI reads them (`parse_qsl`, the
+  route's names and defaults), the route's own function called with them, its answer written by the
+  serializer FastAPI uses for it.
+The organization comes from the scope (`ApiKeyAuth` put it there), and the route's object goes into the scope
+as FastAPI's router puts it (the request's metrics and span name its template).
 
-Anything it does not take whole goes to FastAPI as it came (the body replayed): another route, another content
-type, a body or key that does not validate. Every refusal of a malformed request is then FastAPI's, in one
-shape and with one text; the lane only ever answers a request the route would have accepted, with the route's
-answer.
+Anything a lane does not take whole goes to FastAPI as it came (a body replayed): another route or method, a
+body, key or parameter that does not validate, a parameter given twice. Every refusal of a malformed request is
+then FastAPI's, in one shape and with one text; a lane only answers a request the route would have accepted,
+with the route's answer. tests/http/test_lanes.py holds each lane's answers against FastAPI's own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import NoneType, UnionType
+from typing import Any, Union, get_args, get_origin
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
-from pydantic import ValidationError
+from fastapi.datastructures import DefaultPlaceholder
+from fastapi.routing import APIRoute
+from pydantic import TypeAdapter, ValidationError
+from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Message, Receive, Scope, Send
 
-from chatdock.server.http.rest import append, failed_unexpectedly, refusal
+from chatdock.server.http.rest import append, failed_unexpectedly, org_of, refusal
 from chatdock.server.mcp.org import ORG_SCOPE_KEY
 from chatdock.storage import ChatdockError, InvalidInput, Store
 from chatdock.storage import validation as check
@@ -30,29 +45,43 @@ from chatdock.storage.requests import AppendRequest
 
 PATH = "/chats"
 IDEMPOTENCY_HEADER = b"idempotency-key"
+# an integer as pydantic reads one from a query string, in its one plain spelling (others go to FastAPI)
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")
+_PLAIN: dict[Any, tuple[bool, bool]] = {
+    str: (False, True),
+    int: (True, True),
+    str | None: (False, False),
+    int | None: (True, False),
+}
 
 
-class AppendLane:
-    """ASGI, in front of the REST app `rest`: a well-formed POST /chats answered at once (see the module)."""
+class Lanes:
+    """ASGI, in front of the REST app `rest`: its most called routes answered at once (see the module)."""
 
     def __init__(self, rest: FastAPI, the_store: Callable[[], Store]) -> None:
         self.rest = rest
         self.the_store = the_store
         probe = {"type": "http", "method": "POST", "path": PATH, "root_path": ""}
-        # the route's object, put in the scope as FastAPI's router would (the request's metrics and span name
-        # its template); none when the app has no POST /chats (--read-only): then nothing takes the lane
-        self.route = next((r for r in rest.router.routes if r.matches(probe)[0] is Match.FULL), None)
+        # none when the app has no POST /chats (--read-only): then nothing takes that lane
+        self.append_route = next((r for r in rest.router.routes if r.matches(probe)[0] is Match.FULL), None)
+        self.reads = {read.route.path: read for read in map(_Read.of, rest.router.routes) if read is not None}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            self.route is None
-            or scope["type"] != "http"
-            or scope.get("method") != "POST"
-            or scope.get("path") != PATH
-            or ORG_SCOPE_KEY not in scope
-        ):
-            await self.rest(scope, receive, send)
-            return
+        if scope["type"] == "http" and ORG_SCOPE_KEY in scope:
+            method, path = scope.get("method"), scope.get("path")
+            if method == "GET" and path in self.reads:
+                read = self.reads[path]
+                arguments = read.arguments(scope.get("query_string", b""))
+                if arguments is not None:
+                    org = scope[ORG_SCOPE_KEY]
+                    await self._answer(read.route, lambda: read.answer(org, arguments), scope, receive, send)
+                    return
+            elif method == "POST" and path == PATH and self.append_route is not None:
+                await self._append(self.append_route, scope, receive, send)
+                return
+        await self.rest(scope, receive, send)
+
+    async def _append(self, route: Any, scope: Scope, receive: Receive, send: Send) -> None:
         found = _key(scope)
         if found is None:
             await self.rest(scope, receive, send)
@@ -63,15 +92,95 @@ class AppendLane:
         if request is None:
             await self.rest(scope, _replay(body, last, receive), send)
             return
-        scope["route"] = self.route
+        org = scope[ORG_SCOPE_KEY]
+        await self._answer(route, lambda: append(self.the_store(), org, request, key), scope, receive, send)
+
+    @staticmethod
+    async def _answer(
+        route: Any, answer: Callable[[], Awaitable[Response]], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """`answer()`, or the refusal or error the route's exception handlers would make of what it raised."""
+        scope["route"] = route
         try:
-            answer = await append(self.the_store(), scope[ORG_SCOPE_KEY], request, key)
+            response = await answer()
         except ChatdockError as exc:
-            answer = refusal(exc)
+            response = refusal(exc)
         except Exception as exc:  # as FastAPI's error middleware does: answered, then raised for the server
-            await failed_unexpectedly("POST", PATH, exc)(scope, receive, send)
+            await failed_unexpectedly(scope["method"], scope["path"], exc)(scope, receive, send)
             raise
-        await answer(scope, receive, send)
+        await response(scope, receive, send)
+
+
+def _plain(annotation: Any) -> type | None:
+    """`str` or `int` for a parameter of that type (or of it or None), else None."""
+    if get_origin(annotation) in (Union, UnionType):
+        kinds = [kind for kind in get_args(annotation) if kind is not NoneType]
+        annotation = kinds[0] if len(kinds) == 1 else None
+    return annotation if annotation in (str, int) else None
+
+
+@dataclass(frozen=True)
+class _Parameter:
+    name: str  # the endpoint's argument
+    integer: bool
+    required: bool
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A GET route a lane can answer: its endpoint takes the organization (the `Org` dependency) and plain query
+    parameters, and FastAPI writes its answer with the response model's serializer."""
+
+    route: APIRoute
+    organization: str  # the endpoint's argument for it
+    parameters: dict[str, _Parameter]  # by the name in the query string
+    serializer: TypeAdapter[Any]
+
+    @staticmethod
+    def of(route: Any) -> _Read | None:
+        if not isinstance(route, APIRoute) or route.methods != {"GET"} or route.response_model is None:
+            return None
+        needs = route.dependant
+        if (
+            route.dependencies
+            or not isinstance(route.response_class, DefaultPlaceholder)
+            or not inspect.iscoroutinefunction(route.endpoint)
+            or needs.path_params
+            or needs.header_params
+            or needs.cookie_params
+            or needs.body_params
+            or [dependency.call for dependency in needs.dependencies] != [org_of]
+        ):
+            return None
+        parameters = {}
+        for field in needs.query_params:
+            kind = _plain(field.field_info.annotation)
+            if kind is None or field.field_info.metadata:
+                return None
+            parameters[field.alias] = _Parameter(field.name, kind is int, field.field_info.is_required())
+        organization = needs.dependencies[0].name
+        assert organization is not None
+        return _Read(route, organization, parameters, TypeAdapter(route.response_model))
+
+    def arguments(self, query: bytes) -> dict[str, Any] | None:
+        """The endpoint's arguments from the query string, as FastAPI reads them (names it has no parameter for
+        are ignored; a missing one takes its default), or None for a query the lane leaves to FastAPI."""
+        found: dict[str, Any] = {}
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            parameter = self.parameters.get(name)
+            if parameter is None:
+                continue
+            if parameter.name in found or (parameter.integer and not _INTEGER.fullmatch(value)):
+                return None
+            found[parameter.name] = int(value) if parameter.integer else value
+        if any(p.required and p.name not in found for p in self.parameters.values()):
+            return None
+        return found
+
+    async def answer(self, org: str, arguments: dict[str, Any]) -> Response:
+        value = await self.route.endpoint(**arguments, **{self.organization: org})
+        body = self.serializer.dump_json(value, by_alias=True)
+        return Response(body, status_code=self.route.status_code or 200, media_type="application/json")
 
 
 def _key(scope: Scope) -> tuple[str | None] | None:

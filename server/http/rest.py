@@ -148,13 +148,13 @@ def failed_unexpectedly(method: str, path: str, exc: Exception) -> JSONResponse:
     )
 
 
-async def _org(request: Request) -> str:
+async def org_of(request: Request) -> str:
     """The organization of the request's key (ApiKeyAuth put it in the scope); async, so FastAPI calls it in
     place instead of sending it to a worker thread (a sync dependency costs each request a thread hop)."""
     return str(request.scope[ORG_SCOPE_KEY])
 
 
-Org = Annotated[str, Depends(_org)]
+Org = Annotated[str, Depends(org_of)]
 ContactId = Annotated[str, Path(description="The contact's id, percent-encoded (%2B31612345678)")]
 
 

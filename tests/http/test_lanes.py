@@ -1,5 +1,6 @@
-"""`AppendLane` (server/http/lanes.py): a well-formed POST /chats is answered without FastAPI, with the answer
-the route gives; anything else reaches the route as it came, so every refusal is FastAPI's, word for word.
+"""`Lanes` (server/http/lanes.py): a well-formed POST /chats, or GET of a contact's context, messages, search or
+the contacts, is answered without FastAPI, with the answer the route gives; anything else reaches the route as
+it came, so every refusal is FastAPI's, word for word.
 
 Each request is sent twice over ASGI: through the lane (with FastAPI behind it, watched) and to FastAPI alone,
 both on the same store; the answers are compared."""
@@ -14,11 +15,11 @@ from typing import Any
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from chatdock.server.http.lanes import AppendLane
+from chatdock.server.http.lanes import Lanes
 from chatdock.server.http.rest import build_rest
 from chatdock.server.mcp.events import Events
 from chatdock.server.mcp.org import ORG_SCOPE_KEY
-from chatdock.storage import Store
+from chatdock.storage import NewMessage, Store
 
 Answer = tuple[int, dict[str, str], Any]
 ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -39,8 +40,15 @@ class Watched:
         await self.app(scope, receive, send)
 
 
-async def ask(app: ASGI, body: bytes | list[bytes], headers: list[tuple[bytes, bytes]], path: str = "/chats") -> Answer:
-    """POST `body` (in these chunks, when a list) to `app` as acme's request; (status, headers, JSON answer)."""
+async def ask(
+    app: ASGI,
+    body: bytes | list[bytes],
+    headers: list[tuple[bytes, bytes]],
+    path: str = "/chats",
+    method: str = "POST",
+    query: bytes = b"",
+) -> Answer:
+    """`body` (in these chunks, when a list) to `app` as acme's request; (status, headers, JSON answer)."""
     chunks = body if isinstance(body, list) else [body]
     messages: list[Message] = [
         {"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
@@ -58,11 +66,11 @@ async def ask(app: ASGI, body: bytes | list[bytes], headers: list[tuple[bytes, b
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "POST",
+        "method": method,
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query,
         "root_path": "",
         "headers": headers,
         "client": ("127.0.0.1", 5000),
@@ -75,9 +83,9 @@ async def ask(app: ASGI, body: bytes | list[bytes], headers: list[tuple[bytes, b
     return start["status"], answer_headers, json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
 
 
-def apps(store: Store, read_only: bool = False) -> tuple[AppendLane, Watched, ASGI]:
-    """The lane with FastAPI behind it (watched), and FastAPI alone, over `store`."""
-    lane = AppendLane(build_rest(lambda: store, read_only, Events()), lambda: store)
+def apps(store: Store, read_only: bool = False) -> tuple[Lanes, Watched, ASGI]:
+    """The lanes with FastAPI behind them (watched), and FastAPI alone, over `store`."""
+    lane = Lanes(build_rest(lambda: store, read_only, Events()), lambda: store)
     behind = Watched(lane.rest)
     lane.rest = behind  # type: ignore[assignment]
     return lane, behind, build_rest(lambda: store, read_only, Events())
@@ -192,7 +200,7 @@ class Broken:
 
 async def test_a_bug_is_a_json_500_logged_and_raised_to_the_server(caplog: pytest.LogCaptureFixture) -> None:
     broken: Any = Broken()
-    lane = AppendLane(build_rest(lambda: broken, False, Events()), lambda: broken)
+    lane = Lanes(build_rest(lambda: broken, False, Events()), lambda: broken)
 
     async def raising(scope: Scope, receive: Receive, send: Send) -> None:
         with pytest.raises(RuntimeError, match="a bug in the append path"):  # raised on, as FastAPI raises it
@@ -203,3 +211,72 @@ async def test_a_bug_is_a_json_500_logged_and_raised_to_the_server(caplog: pytes
     assert status == 500 and headers["content-type"] == "application/json"
     assert answer["error"] == "Internal error" and "Idempotency-Key is safe" in answer["message"]
     assert "POST /chats failed unexpectedly" in caplog.text and "RuntimeError" in caplog.text
+
+
+# --- the reads ---
+
+ANN = "%2B31612345678"  # percent-encoded, as a client sends a phone number
+READS = [
+    ("/chats/context", f"contact_id={ANN}"),
+    ("/chats/context", f"contact_id={ANN}&limit=2&roles=user,assistant&channels=whatsapp&max_chars=500"),
+    ("/chats/context", f"contact_id={ANN}&agent_id=&unknown=1"),  # a blank value; a name no parameter has
+    ("/chats/context", f"contact_id={ANN}&limit=-1"),  # well formed, refused by the store
+    ("/chats/context", "contact_id=%2B31699999999"),  # nobody
+    ("/chats", f"contact_id={ANN}&limit=1"),
+    ("/chats/search", "q=order&limit=5"),
+    ("/chats/search", f"q=%22my%20order%22&contact_id={ANN}&channel=whatsapp&role=user"),
+    ("/chats/search", "q="),  # an empty query: the store's refusal
+    ("/contacts", "limit=3"),
+    ("/contacts", ""),
+]
+LEFT = [
+    ("/chats/context", ""),  # contact_id missing
+    ("/chats/context", f"contact_id={ANN}&limit=abc"),
+    ("/chats/context", f"contact_id={ANN}&limit="),
+    ("/chats/context", f"contact_id={ANN}&limit=05"),
+    ("/chats/context", f"contact_id={ANN}&limit=%2B5"),
+    ("/chats/context", f"contact_id={ANN}&limit=%205"),
+    ("/chats/context", f"contact_id={ANN}&limit=5.0"),
+    ("/chats/context", f"contact_id={ANN}&max_chars=1e3"),
+    ("/chats/context", f"contact_id={ANN}&contact_id=%2B31699999999"),  # given twice
+    ("/chats", f"contact_id={ANN}&limit=1&limit=2"),
+    ("/chats/search", "limit=5"),  # q missing
+    ("/contacts", "limit=99999999999999999999"),
+]
+
+
+async def reads_on(store: Store) -> None:
+    for content in ("Where is my order?", "It left the warehouse.", "Thanks!"):
+        await store.append_message("acme", NewMessage.model_validate({**ORDER, "content": content}))
+
+
+@pytest.mark.parametrize(("path", "query"), READS)
+async def test_a_well_formed_read_is_answered_by_the_lane_as_the_route_answers_it(
+    store: Store, path: str, query: str
+) -> None:
+    await reads_on(store)
+    lane, behind, route = apps(store)
+    answer = await ask(lane, b"", [], path, "GET", query.encode())
+    assert answer == await ask(route, b"", [], path, "GET", query.encode())
+    assert answer[1]["content-type"] == "application/json"
+    assert behind.seen == 0
+
+
+@pytest.mark.parametrize(("path", "query"), LEFT)
+async def test_a_read_the_lane_does_not_take_whole_reaches_fastapi_as_it_came(
+    store: Store, path: str, query: str
+) -> None:
+    await reads_on(store)
+    lane, behind, route = apps(store)
+    answer = await ask(lane, b"", [], path, "GET", query.encode())
+    assert answer == await ask(route, b"", [], path, "GET", query.encode())
+    assert behind.seen == 1
+
+
+async def test_routes_with_more_than_plain_parameters_have_no_lane(store: Store) -> None:
+    lane, _, _ = apps(store)
+    assert sorted(lane.reads) == ["/chats", "/chats/context", "/chats/search", "/contacts"]
+    await reads_on(store)
+    lane, behind, _ = apps(store)
+    status, _, answer = await ask(lane, b"", [], "/contacts/+31612345678", "GET")  # a path parameter
+    assert status == 200 and answer["contact_id"] == "+31612345678" and behind.seen == 1
