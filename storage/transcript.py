@@ -40,23 +40,58 @@ def format_line(message: Message, width: int = LINE_ENTRY_CHARS, text: str | Non
     return f"{message.id} {format_timestamp(message.created_at)} {message.channel} {entry}"
 
 
+class _Entries:
+    """Each message's transcript entry and the bound of what it adds to a result (`message_bound` and the entry
+    twice), remembered for the last `most` messages asked about: every turn of a conversation fits the same
+    recent messages again, and measuring one costs more than finding it here (1.3 us against 0.2).
+    Filed by the message object's identity, the object kept beside them (so the identity is not another's
+    while filed): messages are frozen, and a changed copy is another object."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self._filed: dict[int, tuple[Message, str, int]] = {}
+
+    def of(self, message: Message) -> tuple[str, int]:
+        filed = self._filed.get(id(message))
+        if filed is not None and filed[0] is message:
+            return filed[1], filed[2]
+        entry = format_entry(message)
+        bound = message_bound(message) + 2 * text_bound(entry)
+        if len(self._filed) >= self.most:
+            del self._filed[next(iter(self._filed))]  # the first filed goes first
+        self._filed[id(message)] = (message, entry, bound)
+        return entry, bound
+
+    def clear(self) -> None:
+        self._filed.clear()
+
+
+_entries = _Entries(8192)
+
+
+def let_go_of_entries() -> None:
+    """Keep no message measured before (a contact was forgotten: its text leaves this process's memory now)."""
+    _entries.clear()
+
+
 def fit_transcript(
     messages: Sequence[Message], max_chars: int | None, reserved: int = 0
 ) -> tuple[list[Message], str, bool]:
     """Drop the oldest messages until the transcript fits in `max_chars` and the whole result (the messages,
     the transcript, and the transcript again as the text a model reads, beside `reserved` bytes of whatever
     else the result holds) in one result; say whether any were dropped."""
-    entries = [format_entry(message) for message in messages]
-    newest_first = list(zip(reversed(messages), reversed(entries), strict=True))
+    measured = [_entries.of(message) for message in messages]
+    entries = [entry for entry, _ in measured]
+    newest_first = list(zip(reversed(messages), reversed(measured), strict=True))
     kept = fitting(
         newest_first,
-        lambda item: message_bytes(item[0]) + 2 * text_bytes(item[1]),
-        lambda item: message_bound(item[0]) + 2 * text_bound(item[1]),
+        lambda item: message_bytes(item[0]) + 2 * text_bytes(item[1][0]),
+        lambda item: item[1][1],
         reserved,
     )
     if max_chars is not None:
         size = -1  # no separator before the first entry
-        for count, (_, entry) in enumerate(newest_first[:kept]):
+        for count, (_, (entry, _)) in enumerate(newest_first[:kept]):
             size += len(entry) + 1
             if size > max_chars:
                 kept = count
