@@ -330,7 +330,7 @@ def build_http_app(
         settings.metrics.watch_sessions(sessions.held)
     oauth = settings.oauth
     metadata = None if oauth is None else Starlette(routes=oauth.metadata_routes())
-    rest = BodyLimit(Lanes(routes, the_store))
+    rest = BodyLimit(Lanes(routes))
     app = ApiKeyAuth(Dispatch(mcp, rest, metadata), server, sessions, settings.metrics, oauth)
     return ObservedHttp(app, settings.metrics, settings.tracing, routes.routes, MCP_PATHS, metrics_port)
 

@@ -5,11 +5,12 @@ FastAPI resolves a route's dependencies, reads its query parameters and body and
 each request: 230 us of a REST append's 340 in process (twice the store's append), and 180 us of a context
 read's 450. The lanes read the same request the route would and call the same code:
 - POST /chats: the body as `AppendRequest`, validated by pydantic from its bytes in one pass, the
-  `Idempotency-Key` by the store's own rule, answered by the route's own function (`rest.append`);
+  `Idempotency-Key` by the rule FastAPI checks it with (`validation.IDEMPOTENCY_KEY_PATTERN`);
 - a GET route whose arguments are the key's organization and plain query parameters (a string or an integer,
-  optional or not, with no constraint of FastAPI's): the parameters as FastAPI reads them (`parse_qsl`, the
-  route's names and defaults), the route's own function called with them, its answer written by the
-  serializer FastAPI uses for it.
+  optional or not, with no constraint of FastAPI's, and an answer FastAPI writes as it is): the parameters as
+  FastAPI reads them (`parse_qsl`, the route's names and defaults), its answer checked against the response
+  model and written by its serializer, as FastAPI does.
+Either way the route's own endpoint is called.
 The organization comes from the scope (`ApiKeyAuth` put it there), and the route's object goes into the scope
 as FastAPI's router puts it (the request's metrics and span name its template).
 
@@ -34,81 +35,75 @@ from fastapi.datastructures import DefaultPlaceholder
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
-from starlette.routing import Match
 from starlette.types import Message, Receive, Scope, Send
 
-from chatdock.server.http.rest import append, failed_unexpectedly, org_of, refusal
+from chatdock.server.http.rest import failed_unexpectedly, org_of, refusal
 from chatdock.server.mcp.org import ORG_SCOPE_KEY
-from chatdock.storage import ChatdockError, InvalidInput, Store
+from chatdock.storage import ChatdockError, InvalidInput
 from chatdock.storage import validation as check
 from chatdock.storage.requests import AppendRequest
 
 PATH = "/chats"
 IDEMPOTENCY_HEADER = b"idempotency-key"
-# an integer as pydantic reads one from a query string, in its one plain spelling (others go to FastAPI)
+# an integer as pydantic reads one from a query string, in its one plain spelling (others go to FastAPI); at
+# most 18 digits, so that `int()` never meets one too long to read (Python refuses past 4,300 digits)
 _INTEGER = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")
-_PLAIN: dict[Any, tuple[bool, bool]] = {
-    str: (False, True),
-    int: (True, True),
-    str | None: (False, False),
-    int | None: (True, False),
-}
 
 
 class Lanes:
     """ASGI, in front of the REST app `rest`: its most called routes answered at once (see the module)."""
 
-    def __init__(self, rest: FastAPI, the_store: Callable[[], Store]) -> None:
+    def __init__(self, rest: FastAPI) -> None:
         self.rest = rest
-        self.the_store = the_store
-        probe = {"type": "http", "method": "POST", "path": PATH, "root_path": ""}
+        routes = [route for route in rest.router.routes if isinstance(route, APIRoute)]
         # none when the app has no POST /chats (--read-only): then nothing takes that lane
-        self.append_route = next((r for r in rest.router.routes if r.matches(probe)[0] is Match.FULL), None)
-        self.reads = {read.route.path: read for read in map(_Read.of, rest.router.routes) if read is not None}
+        self.append = next((r for r in routes if r.path == PATH and r.methods == {"POST"}), None)
+        self.reads = {read.route.path: read for read in map(_Read.of, routes) if read is not None}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and ORG_SCOPE_KEY in scope:
+        if scope["type"] == "http" and ORG_SCOPE_KEY in scope and not scope.get("root_path"):
             method, path = scope.get("method"), scope.get("path")
             if method == "GET" and path in self.reads:
                 read = self.reads[path]
                 arguments = read.arguments(scope.get("query_string", b""))
                 if arguments is not None:
                     org = scope[ORG_SCOPE_KEY]
-                    await self._answer(read.route, lambda: read.answer(org, arguments), scope, receive, send)
+                    await _answer(read.route, lambda: read.answer(org, arguments), scope, receive, send)
                     return
-            elif method == "POST" and path == PATH and self.append_route is not None:
-                await self._append(self.append_route, scope, receive, send)
+            elif method == "POST" and path == PATH and self.append is not None:
+                await self._append(self.append, scope, receive, send)
                 return
         await self.rest(scope, receive, send)
 
-    async def _append(self, route: Any, scope: Scope, receive: Receive, send: Send) -> None:
-        found = _key(scope)
-        if found is None:
+    async def _append(self, route: APIRoute, scope: Scope, receive: Receive, send: Send) -> None:
+        key = _key(scope)
+        if key is LEAVE:
             await self.rest(scope, receive, send)
             return
-        (key,) = found
         body, last = await _body(receive)
         request = _read(body) if last is not None else None
         if request is None:
             await self.rest(scope, _replay(body, last, receive), send)
             return
         org = scope[ORG_SCOPE_KEY]
-        await self._answer(route, lambda: append(self.the_store(), org, request, key), scope, receive, send)
+        answer = lambda: route.endpoint(organization=org, body=request, idempotency_key=key)  # noqa: E731
+        await _answer(route, answer, scope, receive, send)
 
-    @staticmethod
-    async def _answer(
-        route: Any, answer: Callable[[], Awaitable[Response]], scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """`answer()`, or the refusal or error the route's exception handlers would make of what it raised."""
-        scope["route"] = route
-        try:
-            response = await answer()
-        except ChatdockError as exc:
-            response = refusal(exc)
-        except Exception as exc:  # as FastAPI's error middleware does: answered, then raised for the server
-            await failed_unexpectedly(scope["method"], scope["path"], exc)(scope, receive, send)
-            raise
-        await response(scope, receive, send)
+
+async def _answer(
+    route: APIRoute, answer: Callable[[], Awaitable[Response]], scope: Scope, receive: Receive, send: Send
+) -> None:
+    """`answer()`, or what the route's exception handlers make of what it raised; the route goes into the scope
+    as FastAPI's router puts it there (the request's metrics and span name its template)."""
+    scope["route"] = route
+    try:
+        response = await answer()
+    except ChatdockError as exc:
+        response = refusal(exc)
+    except Exception as exc:  # as FastAPI's error middleware does: answered, then raised for the server
+        await failed_unexpectedly(scope["method"], scope["path"], exc)(scope, receive, send)
+        raise
+    await response(scope, receive, send)
 
 
 def _plain(annotation: Any) -> type | None:
@@ -124,26 +119,33 @@ class _Parameter:
     name: str  # the endpoint's argument
     integer: bool
     required: bool
+    default: Any
 
 
 @dataclass(frozen=True)
 class _Read:
     """A GET route a lane can answer: its endpoint takes the organization (the `Org` dependency) and plain query
-    parameters, and FastAPI writes its answer with the response model's serializer."""
+    parameters, and FastAPI writes its answer as the response model's serializer does, with no option."""
 
     route: APIRoute
     organization: str  # the endpoint's argument for it
     parameters: dict[str, _Parameter]  # by the name in the query string
-    serializer: TypeAdapter[Any]
+    model: TypeAdapter[Any]
 
     @staticmethod
-    def of(route: Any) -> _Read | None:
-        if not isinstance(route, APIRoute) or route.methods != {"GET"} or route.response_model is None:
-            return None
+    def of(route: APIRoute) -> _Read | None:
         needs = route.dependant
         if (
-            route.dependencies
+            route.methods != {"GET"}
+            or route.response_model is None
             or not isinstance(route.response_class, DefaultPlaceholder)
+            or not route.response_model_by_alias
+            or route.response_model_include is not None
+            or route.response_model_exclude is not None
+            or route.response_model_exclude_unset
+            or route.response_model_exclude_defaults
+            or route.response_model_exclude_none
+            or route.dependencies
             or not inspect.iscoroutinefunction(route.endpoint)
             or needs.path_params
             or needs.header_params
@@ -157,7 +159,10 @@ class _Read:
             kind = _plain(field.field_info.annotation)
             if kind is None or field.field_info.metadata:
                 return None
-            parameters[field.alias] = _Parameter(field.name, kind is int, field.field_info.is_required())
+            info = field.field_info
+            required = info.is_required()
+            default = None if required else info.get_default(call_default_factory=True)
+            parameters[field.alias] = _Parameter(field.name, kind is int, required, default)
         organization = needs.dependencies[0].name
         assert organization is not None
         return _Read(route, organization, parameters, TypeAdapter(route.response_model))
@@ -173,34 +178,46 @@ class _Read:
             if parameter.name in found or (parameter.integer and not _INTEGER.fullmatch(value)):
                 return None
             found[parameter.name] = int(value) if parameter.integer else value
-        if any(p.required and p.name not in found for p in self.parameters.values()):
-            return None
+        for parameter in self.parameters.values():
+            if parameter.name not in found:
+                if parameter.required:
+                    return None
+                found[parameter.name] = parameter.default
         return found
 
     async def answer(self, org: str, arguments: dict[str, Any]) -> Response:
         value = await self.route.endpoint(**arguments, **{self.organization: org})
-        body = self.serializer.dump_json(value, by_alias=True)
+        # as FastAPI's serialize_response: checked against the model (a model's own instance passes as it is)
+        checked = self.model.validate_python(value, from_attributes=True)
+        body = self.model.dump_json(checked, by_alias=True)
         return Response(body, status_code=self.route.status_code or 200, media_type="application/json")
 
 
-def _key(scope: Scope) -> tuple[str | None] | None:
-    """The request's Idempotency-Key (None without one), or None for a request the lane leaves to FastAPI: a
-    body not declared JSON, a key given twice or one FastAPI would refuse (the store's rule, which it shares)."""
+class _Leave:
+    """What `_key` finds in a request the lane leaves to FastAPI."""
+
+
+LEAVE = _Leave()
+
+
+def _key(scope: Scope) -> str | _Leave | None:
+    """The request's Idempotency-Key (None without one), or LEAVE: a body not declared JSON, or a key given
+    twice or that FastAPI's header check would refuse."""
     key: str | None = None
     declared = False
     for name, value in scope.get("headers", ()):
         if name == IDEMPOTENCY_HEADER:
             if key is not None:
-                return None
+                return LEAVE
             try:
                 key = check.idempotency_key(value.decode("latin-1"))
             except InvalidInput:
-                return None
+                return LEAVE
         elif name == b"content-type":
             if declared or value.split(b";", 1)[0].strip().lower() != b"application/json":
-                return None
+                return LEAVE
             declared = True
-    return (key,) if declared else None
+    return key if declared else LEAVE
 
 
 async def _body(receive: Receive) -> tuple[bytes, Message | None]:

@@ -5,7 +5,8 @@ rules and their error texts are one; its writes reach listeners like a tool's (t
 The keys are checked before a route runs (`http.ApiKeyAuth`), which puts the organization in the scope.
 
 FastAPI does the routing, the argument validation and the OpenAPI 3.1 document, all from the pydantic models
-the tools and the store use (storage/models.py): no shape is written twice.
+the tools and the store use (storage/models.py): no shape is written twice. The most called routes are also
+answered without FastAPI's per-request work when their request is well formed (lanes.py), by the same code.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=check.IDEMPOTENCY_KEY_CHARS,
-        pattern=r"^[!-~]+$",
+        pattern=check.IDEMPOTENCY_KEY_PATTERN,
         description="a key of your own per request (a UUID): a retry with the same key gets the first answer, "
         "stored once, on any replica; the same key with another request is a 409",
     ),
@@ -125,16 +126,6 @@ def status_of(exc: ChatdockError) -> tuple[int, str]:
 def refusal(exc: ChatdockError) -> JSONResponse:
     """A refusal of the store's, answered."""
     return problem(*status_of(exc), str(exc))
-
-
-async def append(store: Store, org: str, body: AppendRequest, idempotency_key: str | None) -> Response:
-    """POST /chats, once its request is read (by FastAPI, or by lanes.AppendLane): 201 with the stored message,
-    200 with the first copy of a retried one."""
-    stored = await store.append_message(org, body.new_message(), idempotency_key, body.context_limit)
-    # written by pydantic's serializer at once (a context of 50 messages is most of the answer)
-    return Response(
-        stored.model_dump_json(), status_code=200 if stored.deduplicated else 201, media_type="application/json"
-    )
 
 
 def failed_unexpectedly(method: str, path: str, exc: Exception) -> JSONResponse:
@@ -202,6 +193,8 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
             return problem(400, "Invalid JSON", f"the body could not be read ({exc.detail}); send a JSON object")
         if exc.status_code == 404:
             return problem(404, "Not found", "no such route; /docs lists them")
+        if exc.status_code == 413:  # a streamed body that passed the limit while FastAPI read it (BodyLimit)
+            return too_large()
         if exc.status_code == 405:
             allowed = ", ".join(allowed_methods(app, request.scope))
             return problem(
@@ -380,7 +373,12 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
     async def append_message(
         organization: Org, body: AppendRequest, idempotency_key: IdempotencyKey = None
     ) -> Response:
-        return await append(the_store(), organization, body, idempotency_key)
+        store = the_store()
+        stored = await store.append_message(organization, body.new_message(), idempotency_key, body.context_limit)
+        # written by pydantic's serializer at once (a context of 50 messages is most of the answer)
+        return Response(
+            stored.model_dump_json(), status_code=200 if stored.deduplicated else 201, media_type="application/json"
+        )
 
     @app.delete("/chats/{message_id}", response_model=DeletedMessage, summary="delete_message", responses=answers(404))
     async def delete_message(organization: Org, message_id: str) -> DeletedMessage:
@@ -586,10 +584,17 @@ class BodyLimit:
             await _too_large(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    """A streamed body passed the limit while it was read: FastAPI hands an HTTPException raised while it reads
+    a body to its handler (`http_error`), a lane (lanes.py) lets it reach `BodyLimit`; both answer `too_large`."""
+
+    def __init__(self) -> None:
+        super().__init__(413)
+
+
+def too_large() -> JSONResponse:
+    return problem(413, "Payload too large", f"the body is over {MAX_BODY_BYTES:,} bytes; send less")
 
 
 async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
-    response = problem(413, "Payload too large", f"the body is over {MAX_BODY_BYTES:,} bytes; send less")
-    await response(scope, receive, send)
+    await too_large()(scope, receive, send)

@@ -10,16 +10,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from fastapi import FastAPI, Query
 from starlette.types import Message, Receive, Scope, Send
 
 from chatdock.server.http.lanes import Lanes
-from chatdock.server.http.rest import build_rest
+from chatdock.server.http.rest import BodyLimit, Org, RecentContact, build_rest
 from chatdock.server.mcp.events import Events
 from chatdock.server.mcp.org import ORG_SCOPE_KEY
-from chatdock.storage import NewMessage, Store
+from chatdock.storage import NewMessage, Store, Unavailable
 
 Answer = tuple[int, dict[str, str], Any]
 ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -47,11 +48,13 @@ async def ask(
     path: str = "/chats",
     method: str = "POST",
     query: bytes = b"",
+    whole: bool = True,
 ) -> Answer:
-    """`body` (in these chunks, when a list) to `app` as acme's request; (status, headers, JSON answer)."""
+    """`body` (in these chunks, when a list) to `app` as acme's request; (status, headers, JSON answer). Unless
+    the body is sent `whole`, the client goes away after its chunks."""
     chunks = body if isinstance(body, list) else [body]
     messages: list[Message] = [
-        {"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
+        {"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1 or not whole}
         for index, chunk in enumerate(chunks)
     ]
     sent: list[Message] = []
@@ -85,7 +88,7 @@ async def ask(
 
 def apps(store: Store, read_only: bool = False) -> tuple[Lanes, Watched, ASGI]:
     """The lanes with FastAPI behind them (watched), and FastAPI alone, over `store`."""
-    lane = Lanes(build_rest(lambda: store, read_only, Events()), lambda: store)
+    lane = Lanes(build_rest(lambda: store, read_only, Events()))
     behind = Watched(lane.rest)
     lane.rest = behind  # type: ignore[assignment]
     return lane, behind, build_rest(lambda: store, read_only, Events())
@@ -154,11 +157,13 @@ async def test_the_lane_keeps_an_idempotency_key_s_promise(store: Store) -> None
         (json.dumps(ORDER).encode(), [*JSON, (b"idempotency-key", b"")]),
         (json.dumps(ORDER).encode(), [*JSON, (b"idempotency-key", b"k" * 256)]),
         (json.dumps(ORDER).encode(), [*JSON, (b"idempotency-key", b"a"), (b"idempotency-key", b"b")]),
+        (json.dumps(ORDER).encode(), [*JSON, (b"idempotency-key", b"caf\xe9")]),
         ("\ufeff".encode() + json.dumps(ORDER).encode(), JSON),  # a byte-order mark
     ],
     ids=[
         "broken-json", "empty", "array", "missing-field", "extra-field", "wrong-type", "nan", "no-content-type",
-        "text", "json-suffix", "two-content-types", "key-with-space", "empty-key", "long-key", "two-keys", "bom",
+        "text", "json-suffix", "two-content-types", "key-with-space", "empty-key", "long-key", "two-keys",
+        "latin-1-key", "bom",
     ],
 )  # fmt: skip
 async def test_what_the_lane_does_not_take_whole_reaches_fastapi_as_it_came(
@@ -200,7 +205,7 @@ class Broken:
 
 async def test_a_bug_is_a_json_500_logged_and_raised_to_the_server(caplog: pytest.LogCaptureFixture) -> None:
     broken: Any = Broken()
-    lane = Lanes(build_rest(lambda: broken, False, Events()), lambda: broken)
+    lane = Lanes(build_rest(lambda: broken, False, Events()))
 
     async def raising(scope: Scope, receive: Receive, send: Send) -> None:
         with pytest.raises(RuntimeError, match="a bug in the append path"):  # raised on, as FastAPI raises it
@@ -226,6 +231,9 @@ READS = [
     ("/chats/search", "q=order&limit=5"),
     ("/chats/search", f"q=%22my%20order%22&contact_id={ANN}&channel=whatsapp&role=user"),
     ("/chats/search", "q="),  # an empty query: the store's refusal
+    ("/chats/search", "q=where+is"),
+    ("/chats/search", "q=%FF"),  # not UTF-8: read as FastAPI reads it
+    ("/chats/context", f"contact%5Fid={ANN}"),  # a percent-encoded name
     ("/contacts", "limit=3"),
     ("/contacts", ""),
 ]
@@ -271,3 +279,72 @@ async def test_routes_with_more_than_plain_parameters_have_no_lane(store: Store)
     lane, behind, _ = apps(store)
     status, _, answer = await ask(lane, b"", [], "/contacts/+31612345678", "GET")  # a path parameter
     assert status == 200 and answer["contact_id"] == "+31612345678" and behind.seen == 1
+
+
+# --- what FastAPI and the lanes must agree on besides ---
+
+
+async def test_a_streamed_body_over_the_limit_is_a_413_whichever_reads_it(store: Store) -> None:
+    lane, behind, route = apps(store)
+    chunks = [b'{"content": "' + b"x" * (1024 * 1024)] * 5
+    for headers in (JSON, []):  # read by the lane; left to FastAPI
+        answer = await ask(BodyLimit(lane), chunks, headers)
+        assert answer[0] == 413 and answer[2]["error"] == "Payload too large"
+        assert answer == await ask(BodyLimit(route), chunks, headers)
+    assert behind.seen == 1
+
+
+async def test_a_client_gone_while_the_lane_reads_gets_what_fastapi_answers(store: Store) -> None:
+    lane, behind, route = apps(store)
+    text = json.dumps(ORDER).encode()
+    answer = await ask(lane, [text[:20]], JSON, whole=False)
+    assert answer == await ask(route, [text[:20]], JSON, whole=False) and answer[0] == 400
+    assert behind.seen == 1
+
+
+async def test_a_lane_puts_the_route_in_the_scope_as_fastapi_does(store: Store) -> None:
+    lane, _, _ = apps(store)
+    scopes: list[Scope] = []
+
+    async def keeping(scope: Scope, receive: Receive, send: Send) -> None:
+        scopes.append(scope)
+        await lane(scope, receive, send)
+
+    await ask(keeping, json.dumps(ORDER).encode(), JSON)
+    await ask(keeping, b"", [], "/chats/context", "GET", f"contact_id={ANN}".encode())
+    assert [scope["route"].path for scope in scopes] == ["/chats", "/chats/context"]
+
+
+def closed() -> Store:
+    raise Unavailable("the store is not open yet; try again in a moment")
+
+
+async def test_a_read_before_the_store_is_open_is_the_route_s_503() -> None:
+    lane = Lanes(build_rest(closed, False, Events()))
+    behind = Watched(lane.rest)
+    lane.rest = behind  # type: ignore[assignment]
+    query = f"contact_id={ANN}".encode()
+    answer = await ask(lane, b"", [], "/chats/context", "GET", query)
+    assert answer[0] == 503
+    assert answer == await ask(build_rest(closed, False, Events()), b"", [], "/chats/context", "GET", query)
+    assert behind.seen == 0
+
+
+async def test_a_route_whose_answer_fastapi_writes_its_own_way_has_no_lane() -> None:
+    app = FastAPI()
+
+    @app.get("/a", response_model=RecentContact, response_model_exclude_none=True)
+    async def a(organization: Org, limit: int = 5) -> RecentContact:
+        return RecentContact(contact_id=str(limit))
+
+    @app.get("/b", response_model=RecentContact)
+    async def b(organization: Org, limit: Annotated[int, Query(ge=1)] = 5) -> RecentContact:
+        return RecentContact(contact_id=str(limit))
+
+    @app.get("/c", response_model=RecentContact)
+    async def c(organization: Org, limit: int = Query(7)) -> RecentContact:
+        return RecentContact(contact_id=f"{organization} {limit}")
+
+    lanes = Lanes(app)
+    assert sorted(lanes.reads) == ["/c"]  # an option of the answer's, a constraint: FastAPI's
+    assert (await ask(lanes, b"", [], "/c", "GET"))[2] == {"contact_id": "acme 7"}  # the default, not its Query
