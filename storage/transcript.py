@@ -9,6 +9,7 @@ the message on that one line, its line breaks turned into spaces.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from .models import Message, SearchHit, format_timestamp
@@ -45,21 +46,27 @@ class _Entries:
     twice), remembered for the last `most` messages asked about: every turn of a conversation fits the same
     recent messages again, and measuring one costs more than finding it here (1.3 us against 0.2).
     Filed by the message object's identity, the object kept beside them (so the identity is not another's
-    while filed): messages are frozen, and a changed copy is another object."""
+    while filed): messages are frozen, and a changed copy is another object. The one asked about longest ago
+    goes first (an OrderedDict: a plain dict emptied from its front slows down as it does, 2.3 us a message
+    against 0.3)."""
 
     def __init__(self, most: int) -> None:
         self.most = most
-        self._filed: dict[int, tuple[Message, str, int]] = {}
+        self._filed: OrderedDict[int, tuple[Message, str, int]] = OrderedDict()
 
     def of(self, message: Message) -> tuple[str, int]:
-        filed = self._filed.get(id(message))
-        if filed is not None and filed[0] is message:
-            return filed[1], filed[2]
+        key = id(message)
+        filed = self._filed.get(key)
+        if filed is not None:
+            if filed[0] is message:
+                self._filed.move_to_end(key)
+                return filed[1], filed[2]
+            del self._filed[key]  # filed for another object, now gone, that had the same identity
         entry = format_entry(message)
         bound = message_bound(message) + 2 * text_bound(entry)
-        if len(self._filed) >= self.most:
-            del self._filed[next(iter(self._filed))]  # the first filed goes first
-        self._filed[id(message)] = (message, entry, bound)
+        self._filed[key] = (message, entry, bound)
+        if len(self._filed) > self.most:
+            self._filed.popitem(last=False)
         return entry, bound
 
     def clear(self) -> None:

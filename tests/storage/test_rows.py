@@ -97,8 +97,11 @@ def test_a_changed_copy_of_a_message_has_its_own_entry() -> None:
     assert transcript.fit_transcript([message], None)[1] == "USER: hello"
 
 
-def test_the_entries_measured_longest_ago_are_let_go() -> None:
+def test_the_entries_asked_about_longest_ago_are_let_go() -> None:
     many = rows.messages([(f"e-{index}", *ROW[1:9], 500_000 + index, ROW[10]) for index in range(8192 + 10)])
-    transcript.fit_transcript(many, None)
+    transcript.fit_transcript(many[:20], None)
+    transcript.fit_transcript(many[10:], None)
+    transcript.fit_transcript(many[:1], None)  # asked about again: now the most recent
     filed = transcript._entries._filed
-    assert len(filed) == 8192 and id(many[-1]) in filed and id(many[0]) not in filed
+    assert len(filed) == 8192 and id(many[-1]) in filed and id(many[0]) in filed
+    assert id(many[1]) not in filed and id(many[10]) not in filed and id(many[20]) in filed
