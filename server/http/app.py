@@ -28,7 +28,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatdock.server.http.guard import FailedKeys
 from chatdock.server.http.lanes import Lanes
@@ -42,7 +42,7 @@ from chatdock.server.http.oauth import (
     TokenRefused,
     is_api_key,
 )
-from chatdock.server.http.rest import MAX_BODY_BYTES, ROUTE_PREFIXES, BodyLimit, build_rest
+from chatdock.server.http.rest import MAX_BODY_BYTES, ROUTE_PREFIXES, BodyLimit, build_rest, read_body, replaying
 from chatdock.server.http.sessions import DEFAULT_MAX_SESSIONS_PER_ORG, SessionOwners
 from chatdock.server.mcp.app import ChatdockServer, Settings, build_server
 from chatdock.server.mcp.org import ORG_SCOPE_KEY
@@ -229,27 +229,8 @@ async def scope_needed(scope: Scope, receive: Receive, read_only_tools: frozense
         return receive, READ_SCOPE if method in ("GET", "HEAD") else WRITE_SCOPE
     if method != "POST":
         return receive, READ_SCOPE
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        size += len(chunks[-1])
-        if not message.get("more_body") or size > MAX_BODY_BYTES:
-            break
-    body = b"".join(chunks)
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay, _scope_of_rpc(body, read_only_tools)
+    body, _ = await read_body(receive, MAX_BODY_BYTES)
+    return replaying(body, receive), _scope_of_rpc(body, read_only_tools)
 
 
 def _scope_of_rpc(body: bytes, read_only_tools: frozenset[str]) -> str:

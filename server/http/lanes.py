@@ -35,9 +35,9 @@ from fastapi.datastructures import DefaultPlaceholder
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from chatdock.server.http.rest import failed_unexpectedly, org_of, refusal
+from chatdock.server.http.rest import failed_unexpectedly, org_of, read_body, refusal, replaying
 from chatdock.server.mcp.org import ORG_SCOPE_KEY
 from chatdock.storage import ChatdockError, InvalidInput
 from chatdock.storage import validation as check
@@ -80,10 +80,10 @@ class Lanes:
         if key is LEAVE:
             await self.rest(scope, receive, send)
             return
-        body, last = await _body(receive)
-        request = _read(body) if last is not None else None
-        if request is None:
-            await self.rest(scope, _replay(body, last, receive), send)
+        body, gone = await read_body(receive)
+        request = None if gone else _read(body)
+        if request is None:  # (a client gone while the lane read: FastAPI hears so too)
+            await self.rest(scope, replaying(body, receive, gone), send)
             return
         org = scope[ORG_SCOPE_KEY]
         answer = lambda: route.endpoint(organization=org, body=request, idempotency_key=key)  # noqa: E731
@@ -220,36 +220,8 @@ def _key(scope: Scope) -> str | _Leave | None:
     return key if declared else LEAVE
 
 
-async def _body(receive: Receive) -> tuple[bytes, Message | None]:
-    """The request's body and its last message; None for that when the client went away first."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks), None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks), message
-
-
 def _read(body: bytes) -> AppendRequest | None:
     try:
         return AppendRequest.model_validate_json(body)
     except ValidationError:
         return None
-
-
-def _replay(body: bytes, last: Message | None, receive: Receive) -> Receive:
-    """`receive` with the body the lane read given again first (whole, in one message)."""
-    sent = False
-
-    async def replayed() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            if last is None:  # the client went away while the lane read: FastAPI hears so too
-                return {"type": "http.disconnect"}
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed

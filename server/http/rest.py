@@ -28,6 +28,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as ASGIMessage
 
 from chatdock.server.history.transfer import export_lines
 from chatdock.server.http.inspector import add_pages
@@ -373,8 +374,7 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
     async def append_message(
         organization: Org, body: AppendRequest, idempotency_key: IdempotencyKey = None
     ) -> Response:
-        store = the_store()
-        stored = await store.append_message(organization, body.new_message(), idempotency_key, body.context_limit)
+        stored = await the_store().append_message(organization, body.new_message(), idempotency_key, body.context_limit)
         # written by pydantic's serializer at once (a context of 50 messages is most of the answer)
         return Response(
             stored.model_dump_json(), status_code=200 if stored.deduplicated else 201, media_type="application/json"
@@ -565,7 +565,7 @@ class BodyLimit:
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
-                await _too_large(scope, receive, send)
+                await too_large()(scope, receive, send)
                 return
         received = 0
 
@@ -581,7 +581,7 @@ class BodyLimit:
         try:
             await self.app(scope, counted, send)
         except _TooLarge:
-            await _too_large(scope, receive, send)
+            await too_large()(scope, receive, send)
 
 
 class _TooLarge(StarletteHTTPException):
@@ -596,5 +596,31 @@ def too_large() -> JSONResponse:
     return problem(413, "Payload too large", f"the body is over {MAX_BODY_BYTES:,} bytes; send less")
 
 
-async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
-    await too_large()(scope, receive, send)
+async def read_body(receive: Receive, most: int | None = None) -> tuple[bytes, bool]:
+    """A request's body, read whole, or until it passes `most` bytes; and whether the client went away before
+    it ended. For a layer that reads the body before the app does (`replaying` hands it on)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), True
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if not message.get("more_body", False) or (most is not None and size > most):
+            return b"".join(chunks), False
+
+
+def replaying(body: bytes, receive: Receive, gone: bool = False) -> Receive:
+    """`receive` giving `body` first, whole in one message (or, when the client is `gone`, its going away), then
+    what `receive` gives."""
+    replayed = False
+
+    async def replay() -> ASGIMessage:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.disconnect"} if gone else {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
