@@ -61,6 +61,35 @@ def too_large(base: str, key: str) -> tuple[int, Any]:
         connection.close()
 
 
+def streamed_too_large(base: str, key: str, path: str, content_type: str) -> tuple[int, Any]:
+    """POST a body a little over 4 MiB in chunks, with no Content-Length: the limit is met while it is read."""
+    host, port = urllib.parse.urlsplit(base).netloc.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    chunk = b"x" * (64 * 1024)
+    try:
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": content_type}
+        body = [b'{"content": "', *[chunk] * (4 * 16 + 1)]
+        connection.request("POST", path, body=iter(body), headers=headers, encode_chunked=True)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_a_body_streamed_past_the_limit_is_a_413_on_every_route(served: dict[str, Any]) -> None:
+    """The append's lane reads the first; FastAPI the others (it turned any failure while reading a body into
+    a 400 "Invalid JSON")."""
+    base, key = served["base"], served["acme_key"]
+    for path, content_type in [
+        ("/chats", "application/json"),
+        ("/chats", "text/plain"),
+        ("/contacts/%2B31612345678/chats", "application/json"),
+    ]:
+        status, problem = streamed_too_large(base, key, path, content_type)
+        assert (status, problem["error"]) == (413, "Payload too large"), (path, content_type, problem)
+        assert problem["message"] == "the body is over 4,194,304 bytes; send less"
+
+
 def test_the_chats_api_request_bodies_work_unchanged(served: dict[str, Any]) -> None:
     rest = served["acme"]
     status, stored = rest(
