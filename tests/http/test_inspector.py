@@ -5,6 +5,8 @@ serious or critical; the screenshots are docs/inspector.md's."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import json
 import re
@@ -14,7 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, Response, Route, async_playwright, expect
 
 from tests.http.browser import NARROW, accessible, chromium, opened, q, screenshot, sign_in, watched
 from tests.transports import Rest, create_key, http_server, run_cli
@@ -150,10 +152,33 @@ async def test_sign_in_list_open_follow_live_search_delete_and_forget(db: str, b
             assert ids["Where is my refund for the broken lid?"] not in {m["id"] for m in listed}
             assert len(listed) == 5
 
-            # forget the contact: gone from the list and from the API
+            # forget the contact: gone from the list and from the API. Its event stream announces the erasure;
+            # the DELETE's answer is held until the refresh that starts has read the contact's 404, the order
+            # a busy server can give, and the page still says what was erased.
+            contact_url = f"{base}/contacts/{q(ANN)}"
+            refreshed = asyncio.Event()
+
+            def noticed(response: Response) -> None:
+                if response.url == contact_url and response.request.method == "GET" and response.status == 404:
+                    refreshed.set()
+
+            page.on("response", noticed)
+
+            async def held(route: Route) -> None:
+                if route.request.method != "DELETE":
+                    await route.continue_()
+                    return
+                answer = await route.fetch()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(refreshed.wait(), 5)
+                await route.fulfill(response=answer)
+
+            await page.route(lambda url: url == contact_url, held)
             await page.get_by_role("button", name="Forget contact").click()
             await dialog.get_by_role("button", name="Forget contact").click()
             await expect(page.get_by_role("status")).to_contain_text(f"Forgot {ANN}: 5 message(s), 1 chat(s)")
+            assert refreshed.is_set(), "the event stream's refresh never read the forgotten contact"
+            await expect(page.locator("#problem")).to_be_empty()  # no "not a contact any more"
             await expect(page.get_by_role("button", name="bob@example.com")).to_be_visible()
             await expect(page.get_by_role("button", name=ANN, exact=True)).to_have_count(0)
             await expect(hits).to_have_count(0)  # its search hits went with it

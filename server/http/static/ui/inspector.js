@@ -21,6 +21,7 @@ const state = {
   stream: null, // AbortController of the open contact's event stream
   generation: 0, // bumped when the open contact changes or the key goes: late answers are dropped
   search: null, // {q, contact_id, cursor} of the results shown
+  forgetting: null, // the contact whose DELETE is on its way
 };
 
 const $ = (id) => document.getElementById(id);
@@ -471,6 +472,7 @@ async function refresh() {
     contact = await call("GET", `/contacts/${enc(before.contact_id)}`);
   } catch (error) {
     if (error.status !== 404) throw error;
+    if (state.forgetting === before.contact_id) return; // forget() goes home and says what was erased
     await goHome();
     complain(`${before.contact_id} is not a contact any more (forgotten, or merged away).`);
     return;
@@ -631,7 +633,15 @@ async function forget() {
     "Forget contact",
   );
   if (!sure) return;
-  const result = await call("DELETE", `/contacts/${enc(contact.contact_id)}`);
+  // The contact's own event stream announces the erasure, maybe before this answer is read: the refresh it
+  // starts must not go home first (that would drop this answer as stale and say nothing of what was erased).
+  state.forgetting = contact.contact_id;
+  let result;
+  try {
+    result = await call("DELETE", `/contacts/${enc(contact.contact_id)}`);
+  } finally {
+    state.forgetting = null;
+  }
   for (const hit of [...$("hits").children]) if (hit.dataset.contact === contact.contact_id) hit.remove();
   state.scope = null;
   await goHome();
