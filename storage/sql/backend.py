@@ -92,15 +92,20 @@ class SQLBackend:
     async def latest_messages(
         self, org: str, contact_id: str, only: MessageFilter, limit: int, max_bytes: int
     ) -> list[Message]:
-        sql, params = latest_sql(self.dialect, org, contact_id, only, limit, max_bytes)
-        return rows.messages(await self._read(sql, params, org))
+        return rows.messages(await self._newest(org, contact_id, only, limit, None, max_bytes))
 
     async def message_page(
         self, org: str, contact_id: str, only: MessageFilter, limit: int, after: Position | None, max_bytes: int
     ) -> list[tuple[Message, Position]]:
-        sql, params = latest_sql(self.dialect, org, contact_id, only, limit, max_bytes, after)
-        found = await self._read(sql, params, org)
+        found = await self._newest(org, contact_id, only, limit, after, max_bytes)
         return list(zip(rows.messages(found), [(row[8], row[9]) for row in found], strict=True))
+
+    async def _newest(
+        self, org: str, contact_id: str, only: MessageFilter, limit: int, after: Position | None, max_bytes: int
+    ) -> list[Any]:
+        """The rows of `latest_sql`, cut at `max_bytes` by the statement (SQLite may cut them as it reads)."""
+        sql, params = latest_sql(self.dialect, org, contact_id, only, limit, max_bytes, after)
+        return await self._read(sql, params, org)
 
     async def delete_message(self, org: str, message_id: str) -> Message | None:
         log = self._log()

@@ -36,5 +36,6 @@ class Dialect:
     octet_length: str  # a text's stored size in bytes, `{}` standing for the text (NULL for NULL)
     # whether a size-bounded read (queries.latest_sql) reads its rows' columns in the pass that sums their sizes:
     # PostgreSQL's window keeps a large value as a pointer until it is sent, while SQLite's copies every column,
-    # so SQLite sums the sizes alone and reads the rows it keeps after
+    # so SQLite sums the sizes alone and reads the rows it keeps after (on its reader threads; on the event
+    # loop's own connection it cuts the rows as it reads them, SQLiteBackend._newest)
     sized_in_one_pass: bool

@@ -4,6 +4,7 @@ external names; every read is built from them. Placeholders are `?` (ops.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..backend import MessageFilter
@@ -57,7 +58,7 @@ def latest_sql(
     contact_id: str,
     only: MessageFilter,
     limit: int,
-    max_bytes: int,
+    max_bytes: int | None,
     after: Position | None = None,
 ) -> tuple[str, list[Any]]:
     """A contact's newest `limit` messages passing `only` (after a keyset position), newest first, cut where
@@ -65,12 +66,16 @@ def latest_sql(
     caller can tell more exist, and the rows past it are never sent (SQLite reads only their sizes: see
     `Dialect.sized_in_one_pass`). Each row is `MESSAGE_COLUMNS`
     and its contact's own contact_id (index 10), whatever identifier named it. The statement and its
-    parameters."""
+    parameters. With `max_bytes` None the statement is not cut: its reader cuts it, `within(cursor, max_bytes)`."""
     params: list[Any] = [org, contact_id]
     where = _filters(only, params)
     if after is not None:
         where += " AND (m.created_us, m.seq) < (?, ?)"
         params += list(after)
+    if max_bytes is None:
+        params.append(limit)
+        order = "ORDER BY m.created_us DESC, m.seq DESC LIMIT ?"
+        return f"{MESSAGE_WITH_CONTACT}m.contact_pk = {CONTACT}{where} {order}", params
     params += [limit, max_bytes]
     size = " + ".join(
         "coalesce(" + dialect.octet_length.format(f"m.{column}") + ", 0)" for column in ("content", "parts", "metadata")
@@ -96,6 +101,28 @@ def latest_sql(
         "ORDER BY m.created_us DESC, m.seq DESC"
     )
     return sql, params
+
+
+def within(found: Iterable[Sequence[Any]], max_bytes: int) -> list[Sequence[Any]]:
+    """The rows of `latest_sql(..., max_bytes=None)` cut as `latest_sql(..., max_bytes)` cuts them (the row
+    that crosses `max_bytes` still comes), read one by one from `found`, a cursor: none past the cut is read."""
+    kept: list[Sequence[Any]] = []
+    before = 0
+    for row in found:
+        if before >= max_bytes:
+            break
+        kept.append(row)
+        before += _octets(row[5]) + _octets(row[6]) + _octets(row[7])  # content, parts, metadata
+    return kept
+
+
+def _octets(value: str | bytes | None) -> int:
+    """A stored text's size in bytes, as the dialect's `octet_length` counts it (UTF-8); NULL is 0."""
+    if value is None:
+        return 0
+    if isinstance(value, bytes) or value.isascii():
+        return len(value)
+    return len(value.encode())
 
 
 def scope(org: str | None, contact_id: str | None, contact_column: str) -> tuple[str, list[Any]]:

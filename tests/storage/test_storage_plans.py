@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from chatdock.storage import NewMessage, open_store
+from chatdock.storage import NewMessage, Part, open_store
 from chatdock.storage.backend import MessageFilter
-from chatdock.storage.sql.queries import latest_sql
+from chatdock.storage.sql.queries import latest_sql, within
 from chatdock.storage.sqlite.queries import DIALECT
 from chatdock.storage.sqlite.schema import MIGRATIONS
 
@@ -62,6 +62,52 @@ async def filled(tmp_path: Path) -> str:
 async def test_context_query_walks_an_index_backwards(filled: str, filters: dict[str, object], index: str) -> None:
     sql, params = latest_sql(DIALECT, "o", "c0", MessageFilter(**filters), 50, 4 * 2**20)  # type: ignore[arg-type]
     assert_index_only(newest_rows(plan(filled, sql, params)), index)
+    # the statement its reader cuts (queries.within) walks the same index, and sorts nothing either
+    sql, params = latest_sql(DIALECT, "o", "c0", MessageFilter(**filters), 50, None)  # type: ignore[arg-type]
+    assert_index_only(plan(filled, sql, params), index)
+
+
+async def test_a_read_cut_as_it_is_read_keeps_the_rows_the_statement_keeps(tmp_path: Path) -> None:
+    """`within` counts a row's bytes as the statement's `octet_length` does: content, parts and metadata in
+    UTF-8, NULL as nothing; the row that crosses the bound comes, none after it."""
+    path = str(tmp_path / "sizes.db")
+    texts = ["a" * 700, "héllo wörld " * 40, "🙂" * 300, "x", "日本語のテキスト" * 50]
+    async with open_store(path) as store:
+        for i in range(60):
+            text = texts[i % len(texts)]
+            parts = (
+                [Part(text=text[: len(text) // 2]), Part(text=text[len(text) // 2 :])]
+                if i % 4 == 0 and len(text) > 1
+                else None
+            )
+            metadata = {"n": i, "note": "ünïcode" * (i % 7)} if i % 3 else None
+            await store.append_message(
+                "o",
+                NewMessage(
+                    contact_id="c",
+                    channel="sms",
+                    role="user",
+                    content=None if parts else text,
+                    parts=parts,
+                    metadata=metadata,
+                ),
+            )
+    with sqlite3.connect(path) as conn:
+        whole = conn.execute(*latest_sql(DIALECT, "o", "c", MessageFilter(), 60, 2**40)).fetchall()
+        assert len(whole) == 60
+        sizes = conn.execute(
+            "SELECT coalesce(length(CAST(content AS BLOB)), 0) + coalesce(length(CAST(parts AS BLOB)), 0)"
+            " + coalesce(length(CAST(metadata AS BLOB)), 0) FROM messages ORDER BY created_us DESC, seq DESC"
+        ).fetchall()
+        bounds = sorted({1, 2**40} | {sum(size for (size,) in sizes[:k]) + d for k in range(60) for d in (-1, 0, 1)})
+        for bound in bounds:
+            if bound < 1:
+                continue
+            cut = conn.execute(*latest_sql(DIALECT, "o", "c", MessageFilter(), 60, bound)).fetchall()
+            assert 1 <= len(cut) <= 60
+            read = within(conn.execute(*latest_sql(DIALECT, "o", "c", MessageFilter(), 60, None)), bound)
+            assert [row[9] for row in read] == [row[9] for row in cut], bound
+            assert read == cut
 
 
 def newest_rows(text: str) -> str:
