@@ -33,6 +33,7 @@ from .errors import (
     no_live_key,
 )
 from .ids import idempotent_id
+from .memo import let_go_of_all
 from .models import (
     Alias,
     ApiKeyInfo,
@@ -67,7 +68,7 @@ from .rows import let_go_of_messages
 from .search import decode_search_cursor, encode_search_cursor, parse_query
 from .sizing import MAX_RESULT_BYTES, fitting, message_bound, message_bytes, text_bound, text_bytes
 from .telemetry import Telemetry
-from .transcript import fit_hits, fit_transcript, format_line, let_go_of_entries
+from .transcript import fit_hits, fit_transcript, format_line
 
 EXPORT_BATCH = 1000
 FEED_START_WAIT = 10.0  # seconds a process waits at start for the change feed of the others to be in place
@@ -387,11 +388,11 @@ class Store:
     # --- contacts ---
 
     async def forget_contact(self, org: str, contact_id: str) -> ForgetResult:
-        """Delete a contact and everything of it; the messages this process kept built (rows.py) and measured
-        (transcript.py) go too."""
+        """Delete a contact and everything of it; the messages this process kept built (rows.py) and what it
+        worked out from them (memo.py) go too."""
         forgotten = await self.backend.forget_contact(org, check.contact_id(contact_id))
         let_go_of_messages()
-        let_go_of_entries()
+        let_go_of_all()
         return forgotten
 
     async def get_contact(self, org: str, contact_id: str) -> ContactInfo:

@@ -9,9 +9,9 @@ the message on that one line, its line breaks turned into spaces.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
+from .memo import PerMessage
 from .models import Message, SearchHit, format_timestamp
 from .sizing import fitting, message_bound, message_bytes, text_bound, text_bytes
 
@@ -41,44 +41,14 @@ def format_line(message: Message, width: int = LINE_ENTRY_CHARS, text: str | Non
     return f"{message.id} {format_timestamp(message.created_at)} {message.channel} {entry}"
 
 
-class _Entries:
-    """Each message's transcript entry and the bound of what it adds to a result (`message_bound` and the entry
-    twice), remembered for the last `most` messages asked about: every turn of a conversation fits the same
-    recent messages again, and measuring one costs more than finding it here (1.3 us against 0.2).
-    Filed by the message object's identity, the object kept beside them (so the identity is not another's
-    while filed): messages are frozen, and a changed copy is another object. The one asked about longest ago
-    goes first (an OrderedDict: a plain dict emptied from its front slows down as it does, 2.3 us a message
-    against 0.3)."""
-
-    def __init__(self, most: int) -> None:
-        self.most = most
-        self._filed: OrderedDict[int, tuple[Message, str, int]] = OrderedDict()
-
-    def of(self, message: Message) -> tuple[str, int]:
-        key = id(message)
-        filed = self._filed.get(key)
-        if filed is not None:
-            if filed[0] is message:
-                self._filed.move_to_end(key)
-                return filed[1], filed[2]
-            del self._filed[key]  # filed for another object, now gone, that had the same identity
-        entry = format_entry(message)
-        bound = message_bound(message) + 2 * text_bound(entry)
-        self._filed[key] = (message, entry, bound)
-        if len(self._filed) > self.most:
-            self._filed.popitem(last=False)
-        return entry, bound
-
-    def clear(self) -> None:
-        self._filed.clear()
+def _measured(message: Message) -> tuple[str, int]:
+    """The message's transcript entry and the bound of what it adds to a result (`message_bound` and the entry
+    twice)."""
+    entry = format_entry(message)
+    return entry, message_bound(message) + 2 * text_bound(entry)
 
 
-_entries = _Entries(8192)
-
-
-def let_go_of_entries() -> None:
-    """Keep no message measured before (a contact was forgotten: its text leaves this process's memory now)."""
-    _entries.clear()
+_entries = PerMessage(_measured)
 
 
 def fit_transcript(

@@ -33,10 +33,11 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI
 from fastapi.datastructures import DefaultPlaceholder
 from fastapi.routing import APIRoute
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from chatdock.server.http.bodies import json_body
 from chatdock.server.http.rest import failed_unexpectedly, org_of, read_body, refusal, replaying
 from chatdock.server.mcp.org import ORG_SCOPE_KEY
 from chatdock.storage import ChatdockError, InvalidInput
@@ -189,8 +190,8 @@ class _Read:
         value = await self.route.endpoint(**arguments, **{self.organization: org})
         # as FastAPI's serialize_response: checked against the model (a model's own instance passes as it is)
         checked = self.model.validate_python(value, from_attributes=True)
-        body = self.model.dump_json(checked, by_alias=True)
-        return Response(body, status_code=self.route.status_code or 200, media_type="application/json")
+        written = json_body(checked) if isinstance(checked, BaseModel) else self.model.dump_json(checked, by_alias=True)
+        return Response(written, status_code=self.route.status_code or 200, media_type="application/json")
 
 
 class _Leave:

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as ASGIMessage
 
 from chatdock.server.history.transfer import export_lines
+from chatdock.server.http.bodies import json_body
 from chatdock.server.http.inspector import add_pages
 from chatdock.server.http.openapi import WITH_BODY, answers, strict
 from chatdock.server.mcp.events import Events
@@ -375,9 +376,9 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
         organization: Org, body: AppendRequest, idempotency_key: IdempotencyKey = None
     ) -> Response:
         stored = await the_store().append_message(organization, body.new_message(), idempotency_key, body.context_limit)
-        # written by pydantic's serializer at once (a context of 50 messages is most of the answer)
+        # written at once, its context's messages from memory (a context of 50 messages is most of the answer)
         return Response(
-            stored.model_dump_json(), status_code=200 if stored.deduplicated else 201, media_type="application/json"
+            json_body(stored), status_code=200 if stored.deduplicated else 201, media_type="application/json"
         )
 
     @app.delete("/chats/{message_id}", response_model=DeletedMessage, summary="delete_message", responses=answers(404))
