@@ -48,7 +48,7 @@ def _measured(message: Message) -> tuple[str, int]:
     return entry, message_bound(message) + 2 * text_bound(entry)
 
 
-_entries = PerMessage(_measured)
+_entries = PerMessage(_measured, lambda message, measured: 2 * len(measured[0]))  # the entry and its message
 
 
 def fit_transcript(

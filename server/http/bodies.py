@@ -17,7 +17,8 @@ from chatdock.storage.memo import PerMessage
 from chatdock.storage.models import Message
 
 _MESSAGE = TypeAdapter(Message)
-_written = PerMessage(lambda message: _MESSAGE.dump_json(message, by_alias=True))
+# weighed as its JSON and the message kept with it
+_written = PerMessage(lambda message: _MESSAGE.dump_json(message, by_alias=True), lambda _, json: 2 * len(json))
 _HOLE = f"chatdock-hole-{secrets.token_hex(16)}-"  # this process's own: no text sent to it can hold it
 
 
@@ -29,10 +30,15 @@ def json_body(model: BaseModel) -> bytes:
         return model.__pydantic_serializer__.to_json(model, by_alias=True)
     # the shell holds a token string where each list of messages goes: pydantic writes it as it is, unwarned
     written = shell.__pydantic_serializer__.to_json(shell, by_alias=True, warnings=False)
+    pieces = []
     for index, messages in enumerate(lists):
-        filled = b"[" + b",".join([_written.of(message) for message in messages]) + b"]"
-        written = written.replace(f'["{_HOLE}{index}"]'.encode(), filled, 1)
-    return written
+        hole = f'["{_HOLE}{index}"]'.encode()
+        at = written.find(hole)
+        if at < 0:  # a field that writes its messages otherwise (excluded, or by a serializer of its own)
+            return model.__pydantic_serializer__.to_json(model, by_alias=True)
+        pieces += [written[:at], b"[", b",".join([_written.of(message) for message in messages]), b"]"]
+        written = written[at + len(hole) :]
+    return b"".join([*pieces, written])
 
 
 def _hollowed(model: BaseModel, lists: list[list[Message]]) -> BaseModel:

@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI
 from fastapi.datastructures import DefaultPlaceholder
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -190,7 +190,9 @@ class _Read:
         value = await self.route.endpoint(**arguments, **{self.organization: org})
         # as FastAPI's serialize_response: checked against the model (a model's own instance passes as it is)
         checked = self.model.validate_python(value, from_attributes=True)
-        written = json_body(checked) if isinstance(checked, BaseModel) else self.model.dump_json(checked, by_alias=True)
+        # (an instance of a subclass is written as the model declares it, by the model's serializer)
+        exact = type(checked) is self.route.response_model
+        written = json_body(checked) if exact else self.model.dump_json(checked, by_alias=True)
         return Response(written, status_code=self.route.status_code or 200, media_type="application/json")
 
 

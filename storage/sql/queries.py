@@ -107,12 +107,14 @@ def within(found: Iterable[Sequence[Any]], max_bytes: int) -> list[Sequence[Any]
     """The rows of `latest_sql(..., max_bytes=None)` cut as `latest_sql(..., max_bytes)` cuts them (the row
     that crosses `max_bytes` still comes), read one by one from `found`, a cursor: none past the cut is read."""
     kept: list[Sequence[Any]] = []
+    if max_bytes <= 0:
+        return kept
     before = 0
     for row in found:
-        if before >= max_bytes:
-            break
         kept.append(row)
         before += _octets(row[5]) + _octets(row[6]) + _octets(row[7])  # content, parts, metadata
+        if before >= max_bytes:  # the next row's `before` would not be under the bound: it is not asked for
+            break
     return kept
 
 

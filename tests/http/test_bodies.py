@@ -9,7 +9,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from chatdock.server.http import bodies
 from chatdock.server.http.bodies import json_body
@@ -26,6 +26,7 @@ from chatdock.storage.models import (
     SearchPage,
 )
 
+# strings like a hole (the real one is this process's own random token: a fixed one would be found here)
 HOLE_LIKE = st.sampled_from(["chatdock-hole-", "chatdock-hole-00-0", '["chatdock-hole-0"]', "\x00", "\u2028"])
 TEXT = st.one_of(st.text(max_size=40), HOLE_LIKE)
 JSON_VALUE = st.recursive(
@@ -56,6 +57,22 @@ def messages(draw: st.DrawFn) -> Message:
     )
 
 
+class TwoLists(BaseModel):
+    """No answer has two lists of messages yet: the holes after the first, and one inside a field's model."""
+
+    first: list[Message]
+    context: Context
+    hidden: list[Message] = Field(exclude=True)  # written by nobody: no hole to fill
+    last: list[Message]
+
+
+class Unwritten(BaseModel):
+    """A list of messages its field writes otherwise (here: not at all) leaves no hole: pydantic writes it all."""
+
+    messages: list[Message] = Field(exclude=True)
+    note: str
+
+
 def answers(listed: list[Message], one: Message, deduplicated: bool) -> list[BaseModel]:
     context = Context(contact_id=one.contact_id, agent_id=None, messages=listed, formatted="USER: hi", truncated=False)
     chat = Chat(
@@ -75,6 +92,8 @@ def answers(listed: list[Message], one: Message, deduplicated: bool) -> list[Bas
         AppendedMessage(**dict(one), deduplicated=deduplicated),
         ChatWithMessages(**dict(chat), messages=listed),
         SearchPage(hits=hits, next_cursor="c"),
+        TwoLists(first=listed[::-1], context=context, hidden=listed, last=[one, *listed]),
+        Unwritten(messages=listed, note="n"),
     ]
 
 

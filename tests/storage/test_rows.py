@@ -9,6 +9,7 @@ import pydantic
 import pytest
 
 from chatdock.storage import NewMessage, open_store, rows, transcript
+from chatdock.storage.memo import PerMessage
 from chatdock.storage.models import Message
 
 ROW = ("m-1", None, None, "whatsapp", "user", "hello", None, None, 1_790_000_000_000_000, 7, "+31600000001")
@@ -105,3 +106,16 @@ def test_the_entries_asked_about_longest_ago_are_let_go() -> None:
     entries = transcript._entries
     assert len(entries._filed) == 8192 and entries.holds(many[-1]) and entries.holds(many[0])
     assert not entries.holds(many[1]) and not entries.holds(many[10]) and entries.holds(many[20])
+
+
+def test_a_memo_keeps_no_more_than_its_weight_and_always_the_newest() -> None:
+    memo = PerMessage(lambda message: message.content, lambda _, content: len(content), most=100, most_weight=1000)
+    heavy = rows.messages(
+        [(f"w-{index}", *ROW[1:5], "x" * 300, *ROW[6:9], 700_000 + index, ROW[10]) for index in range(8)]
+    )
+    for message in heavy:
+        assert memo.of(message) == "x" * 300
+    assert [memo.holds(message) for message in heavy] == [False] * 5 + [True] * 3  # 900 of the 1,000 allowed
+    alone = rows.messages([("w-huge", *ROW[1:5], "y" * 5000, *ROW[6:9], 800_000, ROW[10])])[0]
+    assert memo.of(alone) == "y" * 5000 and memo.holds(alone)  # heavier than the bound: kept alone
+    assert not any(memo.holds(message) for message in heavy)
