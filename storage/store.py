@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from . import keys, ranking
 from . import validation as check
@@ -115,6 +115,23 @@ def prepare(record: NewChat | NewAlias | NewMessage) -> ChatRecord | AliasRecord
     return message_record(record, now)
 
 
+def _joined(newest_first: list[Message], stored: AppendedMessage, limit: int) -> list[Message] | None:
+    """The newest `limit` messages a read right after the write of `stored` finds, from those a read beside
+    the write found, newest first; None when that read cannot tell: `stored` is not among them and not newer
+    than all of them (a message dated in the past, one found already there, a twin of the same instant)."""
+    if any(message.id == stored.id for message in newest_first):
+        return newest_first  # the read came after the write
+    if newest_first and stored.created_at <= newest_first[0].created_at:
+        return None
+    written = Message.model_construct(**{name: getattr(stored, name) for name in Message.model_fields})
+    return [written, *newest_first][:limit]
+
+
+def _quietly(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # taken, so that asyncio does not log it as never retrieved
+
+
 class Store:
     """chatdock's store; open one with `open_store(url)` (see `storage/__init__.py`)."""
 
@@ -145,17 +162,38 @@ class Store:
         """Store one message; with `idempotency_key`, a retried request gets the first answer (see `_again`);
         with `context_limit`, the answer carries the contact's context right after the write (`_with_context`)."""
         limit = None if context_limit is None else check.limit(context_limit, "context_limit")
-        if idempotency_key is None:
-            stored = await self.backend.insert_message(org, message_record(message, check.utc_now()))
-            self.telemetry.appended(stored.deduplicated)
-        else:
-            key = check.idempotency_key(idempotency_key)
+        key = None if idempotency_key is None else check.idempotency_key(idempotency_key)
+        if key is not None:
             message = message.model_copy(update={"id": idempotent_id(org, "message", key)})
-            record = message_record(message, check.utc_now())
+        record = message_record(message, check.utc_now())
+        # the contact's newest messages are read while the message is written (a voice turn waits for the
+        # longer of the two, not for both), and the message joins them when it is the newest (`_joined`)
+        beside = None if limit is None else self._newest_beside(org, record, limit)
+        try:
             stored = await self.backend.insert_message(org, record)
             self.telemetry.appended(stored.deduplicated)
-            stored = await self._again(org, key, record, stored)
-        return stored if limit is None else await self._with_context(org, stored, limit)
+            if key is not None:
+                stored = await self._again(org, key, record, stored)
+        except BaseException:
+            if beside is not None:
+                beside.cancel()
+                beside.add_done_callback(_quietly)  # its own failure, if any, says nothing more
+            raise
+        if beside is None or limit is None:
+            return stored
+        joined = _joined(await beside, stored, limit)
+        if joined is None:  # the read cannot tell where the message goes: read again, after the write
+            return await self._with_context(org, stored, limit)
+        context = self._context(stored.contact_id, stored.agent_id, joined, None, 2 * message_bytes(stored))
+        return stored.model_copy(update={"context": context})
+
+    def _newest_beside(self, org: str, record: MessageRecord, limit: int) -> asyncio.Task[list[Message]]:
+        """The newest `limit` messages of the contact the record names (for its agent), read while it is
+        written: they may or may not hold it."""
+        only = MessageFilter(record.message.agent_id, None, None, None)
+        return asyncio.ensure_future(
+            self.backend.latest_messages(org, record.message.contact_id, only, limit, MAX_RESULT_BYTES)
+        )
 
     async def _with_context(self, org: str, stored: M, limit: int) -> M:
         """`stored` with what `get_context(contact_id, agent_id=..., limit=limit)` returns right after the
@@ -283,6 +321,13 @@ class Store:
             contact_id = newest_first[0].contact_id
         elif not resolved:
             contact_id = await self._canonical(org, contact_id)
+        return self._context(contact_id, agent_id, newest_first, budget, reserved)
+
+    @staticmethod
+    def _context(
+        contact_id: str, agent_id: str | None, newest_first: list[Message], budget: int | None, reserved: int
+    ) -> Context:
+        """The context of these messages: as many of the newest as fit (see `fit_transcript`)."""
         kept, formatted, truncated = fit_transcript(newest_first[::-1], budget, reserved)
         return Context(
             contact_id=contact_id, agent_id=agent_id, messages=kept, formatted=formatted, truncated=truncated
