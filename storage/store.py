@@ -167,7 +167,9 @@ class Store:
             message = message.model_copy(update={"id": idempotent_id(org, "message", key)})
         record = message_record(message, check.utc_now())
         # the contact's newest messages are read while the message is written (a voice turn waits for the
-        # longer of the two, not for both), and the message joins them when it is the newest (`_joined`)
+        # longer of the two, not for both), and the message joins them when it is the newest (`_joined`); a
+        # message another caller commits for the contact during the write may be missing, as if it came after
+        # (docs/reference.md says so)
         beside = None if limit is None else self._newest_beside(org, record, limit)
         try:
             stored = await self.backend.insert_message(org, record)
