@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import TypeAdapter
 
+from .memo import Kept
 from .models import ApiKeyInfo, ChannelRef, Chat, Message, Part
 from .validation import EARLIEST
 
@@ -63,53 +62,35 @@ def message(row: Row, contact_id: str) -> Message:
 class _Built:
     """Messages already built, filed by their seq with the whole row they were built from: a row read again
     that equals it (every column read, so an edited, moved or deleted message is another row, or none) gets
-    that message. Every turn of a conversation reads the same recent messages again, and building one costs
-    more than finding it here (4 us against 0.3); filing by the seq, an integer, keeps what a miss adds to
-    the building near 1 us (hashing whole rows cost twice that).
-    Messages are frozen, so the one object serves every read. The messages read longest ago are let go first,
-    to keep at most `most` of them and `chars` characters of text (content, parts and metadata as stored).
-    Any thread may read through it (one lock, held only to look up and to file)."""
+    that message. Building one costs more than finding it here (4 us against 0.3); filing by the seq, an
+    integer, keeps what a miss adds to the building near 1 us (hashing whole rows cost twice that).
+    Messages are frozen, so the one object serves every read. Kept as memo.py keeps (`Kept`), weighed by
+    their text (content, parts and metadata as stored), looked up and filed under one taking of its lock
+    for all the rows of a read."""
 
     def __init__(self, most: int, chars: int) -> None:
-        self.most = most
-        self.chars = chars
-        self._entries: OrderedDict[int, tuple[tuple[Any, ...], Message, int]] = OrderedDict()
-        self._size = 0  # characters held
-        self._lock = threading.Lock()
+        self._kept: Kept[int, tuple[tuple[Any, ...], Message]] = Kept(most, chars)
 
     def messages(self, found_rows: list[tuple[Any, ...]]) -> list[Message]:
         found: list[Message | None] = []
         missing: list[int] = []
-        entries = self._entries
-        with self._lock:
+        kept = self._kept
+        with kept.lock:
             for index, row in enumerate(found_rows):
-                entry = entries.get(row[9])
-                if entry is not None and entry[0] == row:
-                    entries.move_to_end(row[9])
-                    found.append(entry[1])
+                filed = kept.get(row[9])
+                if filed is not None and filed[0] == row:
+                    found.append(filed[1])
                 else:
                     missing.append(index)
                     found.append(None)
         if missing:
             fresh = _MESSAGES.validate_python([_message_fields(found_rows[i], found_rows[i][10]) for i in missing])
-            with self._lock:
+            with kept.lock:
                 for index, message in zip(missing, fresh, strict=True):
-                    row = found_rows[index]
-                    filed = entries.pop(row[9], None)  # the seq's message changed, or another database's here
-                    if filed is not None:
-                        self._size -= filed[2]
-                    size = len(row[5]) + len(row[6] or "") + len(row[7] or "")
-                    entries[row[9]] = (row, message, size)
-                    self._size += size
+                    row = found_rows[index]  # (in place of what the seq had: changed, or another database's)
+                    kept.file(row[9], (row, message), len(row[5]) + len(row[6] or "") + len(row[7] or ""))
                     found[index] = message
-                while len(entries) > self.most or self._size > self.chars:
-                    self._size -= entries.popitem(last=False)[1][2]
         return found  # type: ignore[return-value]  # every missing one was built above
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._size = 0
 
 
 MESSAGES_KEPT = 8192
@@ -122,11 +103,6 @@ def messages(found: Sequence[Row]) -> list[Message]:
     were built then (`_Built`), the others validated in one call (a context's 50 messages cost a quarter less
     than one by one)."""
     return _built.messages([tuple(row) for row in found])
-
-
-def let_go_of_messages() -> None:
-    """Keep no message built before (a contact was forgotten: its text leaves this process's memory now)."""
-    _built.clear()
 
 
 def chat(row: Row) -> Chat:

@@ -64,7 +64,6 @@ from .records import (
     message_record,
     new_chat_record,
 )
-from .rows import let_go_of_messages
 from .search import decode_search_cursor, encode_search_cursor, parse_query
 from .sizing import MAX_RESULT_BYTES, fitting, message_bound, message_bytes, text_bound, text_bytes
 from .telemetry import Telemetry
@@ -435,10 +434,9 @@ class Store:
     # --- contacts ---
 
     async def forget_contact(self, org: str, contact_id: str) -> ForgetResult:
-        """Delete a contact and everything of it; the messages this process kept built (rows.py) and what it
-        worked out from them (memo.py) go too."""
+        """Delete a contact and everything of it; what this process kept of the messages it read (memo.py)
+        goes too."""
         forgotten = await self.backend.forget_contact(org, check.contact_id(contact_id))
-        let_go_of_messages()
         let_go_of_all()
         return forgotten
 

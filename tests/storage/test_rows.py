@@ -104,7 +104,7 @@ def test_the_entries_asked_about_longest_ago_are_let_go() -> None:
     transcript.fit_transcript(many[10:], None)
     transcript.fit_transcript(many[:1], None)  # asked about again: now the most recent
     entries = transcript._entries
-    assert len(entries._filed) == 8192 and entries.holds(many[-1]) and entries.holds(many[0])
+    assert len(entries._kept) == 8192 and entries.holds(many[-1]) and entries.holds(many[0])
     assert not entries.holds(many[1]) and not entries.holds(many[10]) and entries.holds(many[20])
 
 
