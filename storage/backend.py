@@ -63,7 +63,9 @@ class Backend(Protocol):
     # --- messages ---
     async def insert_message(self, org: str, record: MessageRecord) -> AppendedMessage:
         """Store one message; an already stored one (same id, or channel and provider id) comes back instead,
-        with `deduplicated: true`. A `chat_id` must name a chat of the record's contact."""
+        with `deduplicated: true`. A `chat_id` must name a chat of the record's contact. A stored one carries
+        the contact's version its write made (`_contact_version`): every change of a contact's messages (an
+        append, a delete, a merge) counts one, in its transaction."""
         ...
 
     async def insert_messages(self, org: str, records: Sequence[MessageRecord]) -> list[AppendedMessage]:
@@ -75,6 +77,13 @@ class Backend(Protocol):
     ) -> list[Message]:
         """The contact's newest `limit` messages that pass `only`, newest first, stopping after the one whose
         stored text (content, parts, metadata) brings the total to `max_bytes`: a read never holds more."""
+        ...
+
+    async def latest_messages_seen(
+        self, org: str, contact_id: str, only: MessageFilter, limit: int, max_bytes: int
+    ) -> tuple[list[Message], int | None]:
+        """`latest_messages`, and the version of the contact they were read from, as of the same read (None when
+        no message was found): the count of changes of its messages, which `insert_message` also tells."""
         ...
 
     async def message_page(

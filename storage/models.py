@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, PrivateAttr
 
 Role = Literal["user", "assistant", "system", "tool", "event", "note"]
 ROLES: tuple[Role, ...] = ("user", "assistant", "system", "tool", "event", "note")
@@ -101,11 +101,16 @@ class AppendedMessage(StoredMessage):
     """The stored message, and whether it was already there (same channel and provider_message_id)."""
 
     deduplicated: bool
+    # not part of the answer: the contact's version its write made (`contacts.version`), when it stored it
+    _contact_version: int | None = PrivateAttr(default=None)
 
 
-def appended(message: Message, deduplicated: bool) -> AppendedMessage:
-    """`message` as an append returns it; built without checking again what the store just checked."""
-    return AppendedMessage.model_construct(**vars(message), deduplicated=deduplicated)
+def appended(message: Message, deduplicated: bool, contact_version: int | None = None) -> AppendedMessage:
+    """`message` as an append returns it; built without checking again what the store just checked.
+    `contact_version`: the count of changes of the contact's messages its write made (see Store._joined)."""
+    made = AppendedMessage.model_construct(**vars(message), deduplicated=deduplicated)
+    made._contact_version = contact_version
+    return made
 
 
 class NewMessage(_Model):

@@ -99,10 +99,10 @@ _built = _Built(MESSAGES_KEPT, MESSAGE_CHARS_KEPT)
 
 
 def messages(found: Sequence[Row]) -> list[Message]:
-    """Rows of `MESSAGE_COLUMNS` and their contact's contact_id (index 10) as Messages: those read lately as they
-    were built then (`_Built`), the others validated in one call (a context's 50 messages cost a quarter less
-    than one by one)."""
-    return _built.messages([tuple(row) for row in found])
+    """Rows of `MESSAGE_COLUMNS` and their contact's contact_id (index 10; what follows is not read) as
+    Messages: those read lately as they were built then (`_Built`), the others validated in one call (a
+    context's 50 messages cost a quarter less than one by one)."""
+    return _built.messages([tuple(row[:11]) for row in found])  # not the contact's version (index 11)
 
 
 def chat(row: Row) -> Chat:

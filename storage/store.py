@@ -114,12 +114,22 @@ def prepare(record: NewChat | NewAlias | NewMessage) -> ChatRecord | AliasRecord
     return message_record(record, now)
 
 
-def _joined(newest_first: list[Message], stored: AppendedMessage, limit: int) -> list[Message] | None:
+def _joined(
+    newest_first: list[Message], version: int | None, stored: AppendedMessage, limit: int
+) -> list[Message] | None:
     """The newest `limit` messages a read right after the write of `stored` finds, from those a read beside
-    the write found, newest first; None when that read cannot tell: `stored` is not among them and not newer
-    than all of them (a message dated in the past, one found already there, a twin of the same instant)."""
+    the write found (at the contact's `version`), newest first; None when that read cannot tell:
+    - `stored` is among them: the read came after the write, and is one;
+    - the read saw the contact one change before the write's (versions count every change of a contact's
+      messages, each in its transaction): nothing came between the two, and `stored` goes first if it is the
+      newest; a contact that had no message (no version read) had had no change before this write's;
+    - else something came between (another caller's message, a delete, a merge), or `stored` is not the
+      newest (dated in the past, found already there, a twin of the same instant): None."""
     if any(message.id == stored.id for message in newest_first):
         return newest_first  # the read came after the write
+    written_at = stored._contact_version
+    if written_at is None or (version if newest_first else 0) != written_at - 1:
+        return None
     if newest_first and stored.created_at <= newest_first[0].created_at:
         return None
     written = Message.model_construct(**{name: getattr(stored, name) for name in Message.model_fields})
@@ -166,9 +176,8 @@ class Store:
             message = message.model_copy(update={"id": idempotent_id(org, "message", key)})
         record = message_record(message, check.utc_now())
         # the contact's newest messages are read while the message is written (a voice turn waits for the
-        # longer of the two, not for both), and the message joins them when it is the newest (`_joined`); a
-        # message another caller commits for the contact during the write may be missing, as if it came after
-        # (docs/reference.md says so)
+        # longer of the two, not for both), and the message joins them when nothing came between the read and
+        # the write and it is the newest (`_joined`); otherwise they are read again after the write
         beside = None if limit is None else self._newest_beside(org, record, limit)
         try:
             stored = await self.backend.insert_message(org, record)
@@ -182,18 +191,20 @@ class Store:
             raise
         if beside is None or limit is None:
             return stored
-        joined = _joined(await beside, stored, limit)
+        joined = _joined(*await beside, stored, limit)
         if joined is None:  # the read cannot tell where the message goes: read again, after the write
             return await self._with_context(org, stored, limit)
         context = self._context(stored.contact_id, stored.agent_id, joined, None, 2 * message_bytes(stored))
         return stored.model_copy(update={"context": context})
 
-    def _newest_beside(self, org: str, record: MessageRecord, limit: int) -> asyncio.Task[list[Message]]:
+    def _newest_beside(
+        self, org: str, record: MessageRecord, limit: int
+    ) -> asyncio.Task[tuple[list[Message], int | None]]:
         """The newest `limit` messages of the contact the record names (for its agent), read while it is
-        written: they may or may not hold it."""
+        written (they may or may not hold it), and the contact's version they were read at."""
         only = MessageFilter(record.message.agent_id, None, None, None)
         return asyncio.ensure_future(
-            self.backend.latest_messages(org, record.message.contact_id, only, limit, MAX_RESULT_BYTES)
+            self.backend.latest_messages_seen(org, record.message.contact_id, only, limit, MAX_RESULT_BYTES)
         )
 
     async def _with_context(self, org: str, stored: M, limit: int) -> M:

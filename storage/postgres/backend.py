@@ -80,7 +80,7 @@ def _outcome(record: MessageRecord, found: dict[str, Any]) -> AppendedMessage | 
     if status == "stored":
         if found["c"] != m.contact_id:  # an alias: the message belongs to, and is named by, its contact
             m = m.model_copy(update={"contact_id": found["c"]})
-        return appended(m, False)
+        return appended(m, False, found.get("v"))
     if status == "existing":
         stored = found["m"]
         return appended(rows.message(stored, stored[10]), True)

@@ -130,6 +130,32 @@ END
 $fn$
 """
 
+
+def _revised(function: str, changes: dict[str, str]) -> str:
+    """`function` with each of `changes` made, each found exactly once (a migration states what it changes)."""
+    for old, new in changes.items():
+        if function.count(old) != 1:
+            raise AssertionError(f"not found once in the function: {old!r}")
+        function = function.replace(old, new)
+    return function
+
+
+# migration 4: a stored message counts one more change of its contact (`contacts.version`, see
+# Store._joined), and its outcome says the count it made: {"s": "stored", ..., "v": version}
+APPEND_FUNCTION_4 = _revised(
+    APPEND_FUNCTION,
+    {
+        "CREATE FUNCTION": "CREATE OR REPLACE FUNCTION",
+        "    payload text;\n": "    payload text;\n    contact_version bigint;\n",
+        "        UPDATE contacts SET last_active_us = greatest(last_active_us, created) WHERE id = contact_key;\n": (
+            "        UPDATE contacts SET last_active_us = greatest(last_active_us, created), version = version + 1\n"
+            "            WHERE id = contact_key RETURNING version INTO contact_version;\n"
+        ),
+        "'updated' END, 'a', aliases);": "'updated' END, 'a', aliases, 'v', contact_version);",
+        '"a": [aliases]}': '"a": [aliases], "v": the contact\'s version}',
+    },
+)
+
 # a stored message as the jsonb the append's outcomes carry (read back by rows.message)
 MESSAGE_JSON = (
     "jsonb_build_array(m.id, m.agent_id, m.chat_id, m.channel, m.role, m.content, m.parts, m.metadata, "
@@ -262,6 +288,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             # 1M messages took 62 ms behind 3,000 appends, and 3.6 ms without the list)
             "CREATE INDEX messages_words ON messages USING gin (words) WITH (fastupdate = off)",
             "ANALYZE messages",  # the new column's statistics: which words are common (wordstats.py), at once
+        ),
+    ),
+    Migration(
+        4,
+        "each contact counts the changes of its messages",
+        (
+            # a constant default: no rewrite of the table
+            "ALTER TABLE contacts ADD COLUMN version bigint NOT NULL DEFAULT 0",
+            APPEND_FUNCTION_4,
         ),
     ),
 )

@@ -16,9 +16,11 @@ ORG = "(SELECT id FROM orgs WHERE name = ?)"
 CONTACT = f"(SELECT contact_pk FROM identifiers WHERE org_id = {ORG} AND identifier = ?)"
 
 MESSAGE_COLUMNS = "m.id, m.agent_id, m.chat_id, m.channel, m.role, m.content, m.parts, m.metadata, m.created_us, m.seq"
-# a message with its contact's external id (index 10), found by a WHERE clause over `m`
+# its contact's external id (index 10) and version (index 11: the count of changes of its messages)
+CONTACT_COLUMNS = "c.external_id, c.version"
+# a message with CONTACT_COLUMNS, found by a WHERE clause over `m`
 MESSAGE_WITH_CONTACT = (
-    f"SELECT {MESSAGE_COLUMNS}, c.external_id FROM messages m JOIN contacts c ON c.id = m.contact_pk WHERE "
+    f"SELECT {MESSAGE_COLUMNS}, {CONTACT_COLUMNS} FROM messages m JOIN contacts c ON c.id = m.contact_pk WHERE "
 )
 
 CHAT_FROM = "FROM chats ch JOIN contacts co ON co.id = ch.contact_pk"
@@ -64,9 +66,9 @@ def latest_sql(
     """A contact's newest `limit` messages passing `only` (after a keyset position), newest first, cut where
     their stored bytes (content, parts, metadata) reach `max_bytes`: the row that crosses it still comes, so a
     caller can tell more exist, and the rows past it are never sent (SQLite reads only their sizes: see
-    `Dialect.sized_in_one_pass`). Each row is `MESSAGE_COLUMNS`
-    and its contact's own contact_id (index 10), whatever identifier named it. The statement and its
-    parameters. With `max_bytes` None the statement is not cut: its reader cuts it, `within(cursor, max_bytes)`."""
+    `Dialect.sized_in_one_pass`). Each row is `MESSAGE_COLUMNS` and `CONTACT_COLUMNS` (its contact's own
+    contact_id, whatever identifier named it, and version). The statement and its parameters. With
+    `max_bytes` None the statement is not cut: its reader cuts it, `within(cursor, max_bytes)`."""
     params: list[Any] = [org, contact_id]
     where = _filters(only, params)
     if after is not None:
@@ -87,7 +89,7 @@ def latest_sql(
             f"WHERE m.contact_pk = {CONTACT}{where} ORDER BY m.created_us DESC, m.seq DESC LIMIT ?"
         )
         sql = (
-            f"SELECT {MESSAGE_COLUMNS}, c.external_id FROM (SELECT *, {running} AS before FROM ({sized}) s) m "
+            f"SELECT {MESSAGE_COLUMNS}, {CONTACT_COLUMNS} FROM (SELECT *, {running} AS before FROM ({sized}) s) m "
             "JOIN contacts c ON c.id = m.contact_pk WHERE m.before < ? ORDER BY m.created_us DESC, m.seq DESC"
         )
         return sql, params
@@ -96,7 +98,7 @@ def latest_sql(
         f"WHERE m.contact_pk = {CONTACT}{where} ORDER BY m.created_us DESC, m.seq DESC LIMIT ?"
     )
     sql = (
-        f"SELECT {MESSAGE_COLUMNS}, c.external_id FROM (SELECT seq, {running} AS before FROM ({sized}) s) r "
+        f"SELECT {MESSAGE_COLUMNS}, {CONTACT_COLUMNS} FROM (SELECT seq, {running} AS before FROM ({sized}) s) r "
         "JOIN messages m ON m.seq = r.seq JOIN contacts c ON c.id = m.contact_pk WHERE r.before < ? "
         "ORDER BY m.created_us DESC, m.seq DESC"
     )

@@ -207,16 +207,23 @@ def set_chat_status(
 
 def delete_message(org: str, message_id: str, log: ChangeLog) -> Ops[Message | None]:
     row = yield one(
-        # one statement (one round trip on PostgreSQL); RETURNING names the table's columns unqualified
+        # RETURNING names the table's columns unqualified
         f"DELETE FROM messages WHERE id = ? AND org_id = {ORG} RETURNING {MESSAGE_COLUMNS.replace('m.', '')}, "
-        "(SELECT c.external_id FROM contacts c WHERE c.id = contact_pk)",
+        "(SELECT c.external_id FROM contacts c WHERE c.id = contact_pk), contact_pk",
         message_id,
         org,
     )
     if row is None:
         return None
+    yield from changed(row[11])
     yield from log.record(org, row[10])
     return rows.message(row, row[10])
+
+
+def changed(contact_key: int) -> Ops[None]:
+    """Count one more change of the contact's messages (`contacts.version`): a delete, a merge. An append
+    counts its own in its statement of the contact (SQLite's append.py, PostgreSQL's `chatdock_append`)."""
+    yield count("UPDATE contacts SET version = version + 1 WHERE id = ?", contact_key)
 
 
 def contact_info(contact_key: int) -> Ops[ContactInfo]:
@@ -288,7 +295,8 @@ def _merge(d: Dialect, org: str, keeper: int, merged: int, log: ChangeLog) -> Op
     yield count(
         f"UPDATE contacts SET last_active_us = {d.greatest}(last_active_us, "
         "(SELECT last_active_us FROM contacts WHERE id = ?)), "
-        f"created_us = {d.least}(created_us, (SELECT created_us FROM contacts WHERE id = ?)) WHERE id = ?",
+        f"created_us = {d.least}(created_us, (SELECT created_us FROM contacts WHERE id = ?)), "
+        "version = version + 1 WHERE id = ?",  # its messages changed (see `changed`)
         merged,
         merged,
         keeper,

@@ -74,7 +74,12 @@ def insert_message(
         if existing is None:
             raise message_id_taken(m.id)
         raise Undo(appended(existing, True))
-    yield count("UPDATE contacts SET last_active_us = max(last_active_us, ?) WHERE id = ?", created_us, contact_key)
+    version = yield value(
+        "UPDATE contacts SET last_active_us = max(last_active_us, ?), version = version + 1 WHERE id = ? "
+        "RETURNING version",
+        created_us,
+        contact_key,
+    )
     aliases = [] if appeared else (yield from writes.aliases_of(contact_key, contact_id))
     yield from log.record(org, contact_id, "appeared" if appeared else "updated", aliases)
-    return appended(m, False)
+    return appended(m, False, version)

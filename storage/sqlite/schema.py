@@ -193,6 +193,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             END""",
         ),
     ),
+    Migration(
+        9,
+        "each contact counts the changes of its messages",
+        ("ALTER TABLE contacts ADD COLUMN version INTEGER NOT NULL DEFAULT 0",),
+    ),
 )
 
 

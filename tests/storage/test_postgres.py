@@ -182,7 +182,7 @@ async def test_the_search_migration_gives_stored_messages_their_era(postgres_url
             assert [hit.content for hit in (await store.search_messages("acme", "parcel")).hits] == [
                 "a parcel from before"
             ]
-        assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == 3
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations WHERE version = 3") == 1  # again
         assert "'~" in await conn.fetchval("SELECT words::text FROM messages")
         options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'messages_words'")
         assert options == ["fastupdate=off"]

@@ -24,8 +24,10 @@ from chatdock.storage import (
 )
 from chatdock.storage.changes import Change
 from chatdock.storage.postgres import PostgresBackend
+from chatdock.storage.postgres import schema as postgres_schema
 from chatdock.storage.postgres.schema import MIGRATIONS as POSTGRES_MIGRATIONS
 from chatdock.storage.sqlite import SQLiteBackend
+from chatdock.storage.sqlite import schema as sqlite_schema
 from chatdock.storage.sqlite.schema import MIGRATIONS
 from tests.storage.raw import run_sql
 
@@ -447,6 +449,43 @@ async def test_migrations_are_recorded(store: Store) -> None:
     assert recorded[0] == (1, "initial schema")
     if isinstance(store.backend, SQLiteBackend):
         assert await stored(store, "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_a_database_from_before_contact_versions_answers_appends_with_their_context(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = postgres_schema if db.startswith("postgres") else sqlite_schema
+    (counting,) = [m for m in module.MIGRATIONS if m.name == "each contact counts the changes of its messages"]
+    with monkeypatch.context() as patched:  # the schema before it, with a contact and a message in it
+        patched.setattr(module, "MIGRATIONS", tuple(m for m in module.MIGRATIONS if m is not counting))
+        async with open_store(db):
+            pass
+    await run_sql(
+        db,
+        ("INSERT INTO orgs (name, created_us) VALUES ($1, 0)", (ORG,)),
+        (
+            "INSERT INTO contacts (org_id, external_id, created_us, last_active_us) SELECT id, $1, 0, 0 FROM orgs",
+            ("c1",),
+        ),
+        (
+            "INSERT INTO identifiers (org_id, identifier, contact_pk, created_us) "
+            "SELECT org_id, external_id, id, 0 FROM contacts",
+            (),
+        ),
+        (
+            "INSERT INTO messages (id, org_id, contact_pk, channel, role, content, created_us) "
+            "SELECT $1, org_id, id, 'sms', 'user', 'from before', 1 FROM contacts",
+            ("0190d4e6-0000-7000-8000-000000000001",),
+        ),
+    )
+    async with open_store(db) as store:
+        assert await stored(store, "SELECT version FROM contacts") == [(0,)]
+        appended = await store.append_message(ORG, msg("c1", "now"), context_limit=5)
+        assert appended.context is not None
+        assert [m.content for m in appended.context.messages] == ["from before", "now"]
+        assert await stored(store, "SELECT version FROM contacts") == [(1,)]  # the append counted itself
+        await store.delete_message(ORG, appended.id)
+        assert await stored(store, "SELECT version FROM contacts") == [(2,)]
 
 
 async def test_a_database_migrated_by_a_newer_chatdock_is_refused_with_why(db: str) -> None:
