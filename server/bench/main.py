@@ -136,7 +136,7 @@ APPEND_STATEMENTS = (
     "SELECT id FROM channels WHERE contact_pk = ? AND name = ?",
     "INSERT INTO messages (id, org_id, contact_pk, channel, role, content, created_us)"
     " VALUES (?, ?, ?, ?, 'user', ?, ?)",
-    "UPDATE contacts SET last_active_us = max(last_active_us, ?) WHERE id = ?",
+    "UPDATE contacts SET last_active_us = max(last_active_us, ?), version = version + 1 WHERE id = ? RETURNING version",
     "SELECT identifier FROM identifiers WHERE contact_pk = ? ORDER BY created_us, identifier",
     "INSERT INTO changes (org, contact_id, kind, origin, aliases) VALUES (?, ?, 'updated', 'raw', NULL)",
 )
@@ -159,7 +159,7 @@ def raw_append_floor(path: str, inserts: int) -> float:
         key, own = conn.execute(identifier_sql, (org_pk, contact)).fetchone()
         conn.execute(channel_sql, (key, "sms")).fetchone()
         conn.execute(message_sql, (os.urandom(16).hex(), org_pk, key, "sms", f"raw {index}", now))
-        conn.execute(contact_sql, (now, key))
+        conn.execute(contact_sql, (now, key)).fetchone()
         conn.execute(aliases_sql, (key,)).fetchall()
         conn.execute(feed_sql, ("bench", own))
         raw_search_index(conn, index)
