@@ -131,12 +131,12 @@ def raw_floor(path: str, durability: str, inserts: int, reads: int, contacts: in
 # hand-written client would send it: the floor of "append, 1 caller".
 APPEND_STATEMENTS = (
     "SELECT id FROM orgs WHERE name = ?",
-    "SELECT i.contact_pk, c.external_id FROM identifiers i JOIN contacts c ON c.id = i.contact_pk "
+    "SELECT i.contact_pk, c.external_id, c.version FROM identifiers i JOIN contacts c ON c.id = i.contact_pk "
     "WHERE i.org_id = ? AND i.identifier = ?",
     "SELECT id FROM channels WHERE contact_pk = ? AND name = ?",
     "INSERT INTO messages (id, org_id, contact_pk, channel, role, content, created_us)"
     " VALUES (?, ?, ?, ?, 'user', ?, ?)",
-    "UPDATE contacts SET last_active_us = max(last_active_us, ?), version = version + 1 WHERE id = ? RETURNING version",
+    "UPDATE contacts SET last_active_us = max(last_active_us, ?), version = version + 1 WHERE id = ?",
     "SELECT identifier FROM identifiers WHERE contact_pk = ? ORDER BY created_us, identifier",
     "INSERT INTO changes (org, contact_id, kind, origin, aliases) VALUES (?, ?, 'updated', 'raw', NULL)",
 )
@@ -156,10 +156,10 @@ def raw_append_floor(path: str, inserts: int) -> float:
         now = time.time_ns() // 1000
         conn.execute("BEGIN IMMEDIATE")
         org_pk = conn.execute(org_sql, ("bench",)).fetchone()[0]
-        key, own = conn.execute(identifier_sql, (org_pk, contact)).fetchone()
+        key, own, _ = conn.execute(identifier_sql, (org_pk, contact)).fetchone()
         conn.execute(channel_sql, (key, "sms")).fetchone()
         conn.execute(message_sql, (os.urandom(16).hex(), org_pk, key, "sms", f"raw {index}", now))
-        conn.execute(contact_sql, (now, key)).fetchone()
+        conn.execute(contact_sql, (now, key))
         conn.execute(aliases_sql, (key,)).fetchall()
         conn.execute(feed_sql, ("bench", own))
         raw_search_index(conn, index)

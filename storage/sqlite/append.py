@@ -29,9 +29,10 @@ def insert_message(
         org_key = yield from writes.org_pk(org, now_us)
     found = yield one(DIALECT.resolve, org_key, m.contact_id)
     if found is not None:
-        contact_key, appeared, contact_id = found[0], False, found[1]
+        contact_key, appeared, contact_id, version = found[0], False, found[1], found[2]
     else:
         contact_key, appeared, contact_id = yield from writes.contact_pk(DIALECT, org_key, m.contact_id, created_us)
+        version = 0 if appeared else (yield value("SELECT version FROM contacts WHERE id = ?", contact_key))
     if contact_id != m.contact_id:  # an alias: the message belongs to, and is named by, its contact
         m = m.model_copy(update={"contact_id": contact_id})
     channel = yield value(writes.CHANNEL_ID, contact_key, m.channel)
@@ -74,12 +75,12 @@ def insert_message(
         if existing is None:
             raise message_id_taken(m.id)
         raise Undo(appended(existing, True))
-    version = yield value(
-        "UPDATE contacts SET last_active_us = max(last_active_us, ?), version = version + 1 WHERE id = ? "
-        "RETURNING version",
+    # one more change of the contact's messages (the version read above, in this transaction: one writer)
+    yield count(
+        "UPDATE contacts SET last_active_us = max(last_active_us, ?), version = version + 1 WHERE id = ?",
         created_us,
         contact_key,
     )
     aliases = [] if appeared else (yield from writes.aliases_of(contact_key, contact_id))
     yield from log.record(org, contact_id, "appeared" if appeared else "updated", aliases)
-    return appended(m, False, version)
+    return appended(m, False, version + 1)

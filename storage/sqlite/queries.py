@@ -30,8 +30,8 @@ def claim_identifier(org_key: int, identifier: str, contact_key: int, now_us: in
 
 
 DIALECT = Dialect(
-    resolve=(
-        "SELECT i.contact_pk, c.external_id FROM identifiers i JOIN contacts c ON c.id = i.contact_pk "
+    resolve=(  # and the contact's version, which the append counts on (one writer: it cannot change meanwhile)
+        "SELECT i.contact_pk, c.external_id, c.version FROM identifiers i JOIN contacts c ON c.id = i.contact_pk "
         "WHERE i.org_id = ? AND i.identifier = ?"
     ),
     claim_identifier=claim_identifier,
