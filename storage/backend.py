@@ -74,22 +74,17 @@ class Backend(Protocol):
 
     async def latest_messages(
         self, org: str, contact_id: str, only: MessageFilter, limit: int, max_bytes: int
-    ) -> list[Message]:
-        """The contact's newest `limit` messages that pass `only`, newest first, stopping after the one whose
-        stored text (content, parts, metadata) brings the total to `max_bytes`: a read never holds more."""
-        ...
-
-    async def latest_messages_seen(
-        self, org: str, contact_id: str, only: MessageFilter, limit: int, max_bytes: int
     ) -> tuple[list[Message], int | None]:
-        """`latest_messages`, and the version of the contact they were read from, as of the same read (None when
-        no message was found): the count of changes of its messages, which `insert_message` also tells."""
+        """The contact's newest `limit` messages that pass `only`, newest first, stopping after the one whose
+        stored text (content, parts, metadata) brings the total to `max_bytes`: a read never holds more. And
+        the contact's version as of the same read (None when no message was found): the count of changes of
+        its messages, which `insert_message` also tells."""
         ...
 
     async def message_page(
         self, org: str, contact_id: str, only: MessageFilter, limit: int, after: Position | None, max_bytes: int
     ) -> list[tuple[Message, Position]]:
-        """`latest_messages` starting after the keyset position `after`; each message with its position."""
+        """The messages of `latest_messages` starting after the keyset position `after`; each with its position."""
         ...
 
     async def search(

@@ -204,7 +204,7 @@ class Store:
         written (they may or may not hold it), and the contact's version they were read at."""
         only = MessageFilter(record.message.agent_id, None, None, None)
         return asyncio.ensure_future(
-            self.backend.latest_messages_seen(org, record.message.contact_id, only, limit, MAX_RESULT_BYTES)
+            self.backend.latest_messages(org, record.message.contact_id, only, limit, MAX_RESULT_BYTES)
         )
 
     async def _with_context(self, org: str, stored: M, limit: int) -> M:
@@ -327,7 +327,7 @@ class Store:
         if chat_id is not None:
             contact_id = await self._canonical(org, contact_id)
             await self._chat_of(org, contact_id, chat_id)
-        newest_first = await self.backend.latest_messages(org, contact_id, only, limit, MAX_RESULT_BYTES)
+        newest_first, _ = await self.backend.latest_messages(org, contact_id, only, limit, MAX_RESULT_BYTES)
         # the messages name their contact by its own id, whichever identifier asked; with none, ask (once)
         if newest_first:
             contact_id = newest_first[0].contact_id

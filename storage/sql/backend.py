@@ -91,11 +91,6 @@ class SQLBackend:
 
     async def latest_messages(
         self, org: str, contact_id: str, only: MessageFilter, limit: int, max_bytes: int
-    ) -> list[Message]:
-        return rows.messages(await self._newest(org, contact_id, only, limit, None, max_bytes))
-
-    async def latest_messages_seen(
-        self, org: str, contact_id: str, only: MessageFilter, limit: int, max_bytes: int
     ) -> tuple[list[Message], int | None]:
         found = await self._newest(org, contact_id, only, limit, None, max_bytes)
         return rows.messages(found), found[0][11] if found else None

@@ -134,14 +134,14 @@ class Between:
 
     def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch, between: Callable[[], Awaitable[object]]) -> None:
         backend = store.backend
-        read, insert = backend.latest_messages_seen, backend.insert_message
+        read, insert = backend.latest_messages, backend.insert_message
         done = asyncio.Event()
-        self.reads = 0
+        self.reads_before_the_write = 0
 
         async def read_then_change(*args: Any) -> Any:
             found = await read(*args)
-            self.reads += 1
             if not done.is_set():
+                self.reads_before_the_write += 1
                 await between()
                 done.set()
             return found
@@ -151,7 +151,7 @@ class Between:
                 await done.wait()
             return await insert(org, record)
 
-        monkeypatch.setattr(backend, "latest_messages_seen", read_then_change)
+        monkeypatch.setattr(backend, "latest_messages", read_then_change)
         monkeypatch.setattr(backend, "insert_message", insert_after_it)
 
 
@@ -164,7 +164,7 @@ async def test_a_message_another_caller_stores_between_the_read_and_the_write_is
     whatsapp = turn("sent on WhatsApp during the call", channel="whatsapp")
     between = Between(store, monkeypatch, lambda: store.append_message(ORG, whatsapp))
     appended = await store.append_message(ORG, turn(Between.TURN), context_limit=10)
-    assert between.reads == 1 and rereads.count == 1  # the versions differ: read again after the write
+    assert between.reads_before_the_write == 1 and rereads.count == 1  # the versions differ: read again after the write
     assert appended.context is not None
     contents = [message.content for message in appended.context.messages]
     assert contents[-2:] == [Between.TURN, whatsapp.content]  # stored after the turn's record was made
