@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from . import keys, ranking
+from . import keys, newest, ranking
 from . import validation as check
 from .backend import Backend, Imported, MessageFilter, StoredKey
 from .changes import Deliver
@@ -116,24 +116,15 @@ def prepare(record: NewChat | NewAlias | NewMessage) -> ChatRecord | AliasRecord
 
 def _joined(
     newest_first: list[Message], version: int | None, stored: AppendedMessage, limit: int
-) -> list[Message] | None:
-    """The newest `limit` messages a read right after the write of `stored` finds, from those a read beside
-    the write found (at the contact's `version`), newest first; None when that read cannot tell:
-    - `stored` is among them: the read came after the write, and is one;
-    - the read saw the contact one change before the write's (versions count every change of a contact's
-      messages, each in its transaction): nothing came between the two, and `stored` goes first if it is the
-      newest; a contact that had no message (no version read) had had no change before this write's;
-    - else something came between (another caller's message, a delete, a merge), or `stored` is not the
-      newest (dated in the past, found already there, a twin of the same instant): None."""
+) -> tuple[list[Message], int | None] | None:
+    """The newest `limit` messages a read right after the write of `stored` finds, and the version they are
+    at, from those a read beside the write found (at the contact's `version`), newest first; None when that
+    read cannot tell: when `stored` is among them, the read came after the write, and is one; else the message
+    joins them by newest.py's rule."""
     if any(message.id == stored.id for message in newest_first):
-        return newest_first  # the read came after the write
-    written_at = stored._contact_version
-    if written_at is None or (version if newest_first else 0) != written_at - 1:
-        return None
-    if newest_first and stored.created_at <= newest_first[0].created_at:
-        return None
-    written = Message.model_construct(**{name: getattr(stored, name) for name in Message.model_fields})
-    return [written, *newest_first][:limit]
+        return newest_first, version  # the read came after the write
+    after = newest.joined(newest_first, version, stored, limit)
+    return None if after is None else (after, stored._contact_version)
 
 
 def _quietly(task: asyncio.Task[Any]) -> None:
@@ -151,6 +142,7 @@ class Store:
         # keys this process verified live, by prefix, and when (time.monotonic()) they were read (see verify)
         self._live_keys: dict[str, tuple[StoredKey, float]] = {}
         self._revoked: dict[str, float] = {}  # keys this process revoked, and when (time.monotonic())
+        self._newest = newest.Newest()  # each contact's newest messages this process last saw (newest.py)
         self.telemetry.trace_calls(self)
 
     async def close(self) -> None:
@@ -175,10 +167,13 @@ class Store:
         if key is not None:
             message = message.model_copy(update={"id": idempotent_id(org, "message", key)})
         record = message_record(message, check.utc_now())
-        # the contact's newest messages are read while the message is written (a voice turn waits for the
-        # longer of the two, not for both), and the message joins them when nothing came between the read and
-        # the write and it is the newest (`_joined`); otherwise they are read again after the write
-        beside = None if limit is None else self._newest_beside(org, record, limit)
+        # the message joins the contact's newest messages this process saw right before its write (newest.py);
+        # when it saw none, they are read while the message is written (a voice turn waits for the longer of
+        # the two, not for both), and the message joins them when nothing came between the read and the write
+        # and it is the newest (`_joined`); otherwise they are read again after the write
+        beside = None
+        if limit is not None and not self._newest.knows(org, message.contact_id, message.agent_id, limit):
+            beside = self._newest_beside(org, record, limit)
         try:
             stored = await self.backend.insert_message(org, record)
             self.telemetry.appended(stored.deduplicated)
@@ -189,13 +184,18 @@ class Store:
                 beside.cancel()
                 beside.add_done_callback(_quietly)  # its own failure, if any, says nothing more
             raise
-        if beside is None or limit is None:
+        if limit is None:
             return stored
-        joined = _joined(*await beside, stored, limit)
-        if joined is None:  # the read cannot tell where the message goes: read again, after the write
-            return await self._with_context(org, stored, limit)
-        context = self._context(stored.contact_id, stored.agent_id, joined, None, 2 * message_bytes(stored))
-        return stored.model_copy(update={"context": context})
+        newest_first = self._newest.after(org, stored, limit)
+        if beside is not None:
+            if newest_first is None:
+                found = _joined(*await beside, stored, limit)
+                if found is not None:
+                    newest_first = found[0]
+                    self._newest.keep(org, stored.contact_id, stored.agent_id, found[1], newest_first, limit)
+            else:  # another turn of the contact told the store meanwhile: the read is let run (a cancelled
+                beside.add_done_callback(_quietly)  # PostgreSQL query costs the server a connection to cancel)
+        return await self._joined_context(org, stored, limit, newest_first)
 
     def _newest_beside(
         self, org: str, record: MessageRecord, limit: int
@@ -206,6 +206,14 @@ class Store:
         return asyncio.ensure_future(
             self.backend.latest_messages(org, record.message.contact_id, only, limit, MAX_RESULT_BYTES)
         )
+
+    async def _joined_context(self, org: str, stored: M, limit: int, newest_first: list[Message] | None) -> M:
+        """`stored` with its context: the contact's newest messages right after its write, when known (joined),
+        or read again after the write."""
+        if newest_first is None:
+            return await self._with_context(org, stored, limit)
+        context = self._context(stored.contact_id, stored.agent_id, newest_first, None, 2 * message_bytes(stored))
+        return stored.model_copy(update={"context": context})
 
     async def _with_context(self, org: str, stored: M, limit: int) -> M:
         """`stored` with what `get_context(contact_id, agent_id=..., limit=limit)` returns right after the
@@ -263,7 +271,9 @@ class Store:
         if key is not None:
             stored = await self._again(org, key, record, stored)
         posted = StoredMessage(**stored.model_dump(exclude={"deduplicated"}))
-        return posted if limit is None else await self._with_context(org, posted, limit)
+        if limit is None:
+            return posted
+        return await self._joined_context(org, posted, limit, self._newest.after(org, stored, limit))
 
     async def chat(self, org: str, chat_id: str) -> Chat:
         """One chat of the organization, by its id."""
@@ -327,10 +337,12 @@ class Store:
         if chat_id is not None:
             contact_id = await self._canonical(org, contact_id)
             await self._chat_of(org, contact_id, chat_id)
-        newest_first, _ = await self.backend.latest_messages(org, contact_id, only, limit, MAX_RESULT_BYTES)
+        newest_first, version = await self.backend.latest_messages(org, contact_id, only, limit, MAX_RESULT_BYTES)
         # the messages name their contact by its own id, whichever identifier asked; with none, ask (once)
         if newest_first:
             contact_id = newest_first[0].contact_id
+            if only.chat_id is None and only.roles is None and only.channels is None:  # as an append's context
+                self._newest.keep(org, contact_id, agent_id, version, newest_first, limit)
         elif not resolved:
             contact_id = await self._canonical(org, contact_id)
         return self._context(contact_id, agent_id, newest_first, budget, reserved)

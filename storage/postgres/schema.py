@@ -13,6 +13,7 @@ import asyncpg
 
 from ..sql.migrations import APPLIED, SCHEMA_TABLE, Migration, apply_migration, clean_identifiers, refuse_newer
 from ..sql.tables import Words, tables
+from ..sql.writes import VERSION_STARTS
 from ..validation import BLANKS, DEFAULT_IGNORABLE, LOOKALIKE_SPACES
 from . import driver
 from .queries import WORDS
@@ -298,6 +299,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE contacts ADD COLUMN version bigint NOT NULL DEFAULT 0",
             APPEND_FUNCTION_4,
         ),
+    ),
+    Migration(
+        5,
+        "a new contact starts counting the changes of its messages at random",
+        # as the shared writes start theirs (sql/writes.first_version); `chatdock_append` takes the default
+        (f"ALTER TABLE contacts ALTER COLUMN version SET DEFAULT floor(random() * {VERSION_STARTS})::bigint",),
     ),
 )
 

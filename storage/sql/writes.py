@@ -9,6 +9,7 @@ writer makes it moot). Rows a write is about to move or delete are read `FOR UPD
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 
 from .. import changes, rows
@@ -21,6 +22,8 @@ from .dialect import Dialect
 from .ops import Ops, Undo, count, one, value
 from .ops import rows as all_rows
 from .queries import KEY_SELECT, MESSAGE_COLUMNS, MESSAGE_WITH_CONTACT, ORG, chat_select
+
+VERSION_STARTS = 2**52  # a new contact's version starts below this: exact as a JSON number, far from 64 bits' end
 
 
 class ChangeLog(changes.ChangeLog):
@@ -81,6 +84,14 @@ def existing_contact_pk(org: str, identifier: str) -> Ops[int | None]:
     return None if key is None else int(key)
 
 
+def first_version() -> int:
+    """Where a new contact starts counting the changes of its messages (`contacts.version`): at random, so that
+    a contact forgotten and created again under the same contact_id does not count through the same numbers
+    (a version names one state of one contact: Store._joined and newest.py compare them). PostgreSQL's
+    `chatdock_append` creates contacts with the column's default, the same (its migration 5)."""
+    return secrets.randbelow(VERSION_STARTS)
+
+
 def contact_pk(d: Dialect, org_key: int, identifier: str, now_us: int) -> Ops[tuple[int, bool, str]]:
     """The key of the contact `identifier` names (its contact_id or an alias), created on first use; whether it
     was created now; and the contact's own contact_id."""
@@ -88,12 +99,13 @@ def contact_pk(d: Dialect, org_key: int, identifier: str, now_us: int) -> Ops[tu
     if row is not None and row[0] is not None:
         return int(row[0]), False, str(row[1])
     key = yield value(
-        "INSERT INTO contacts (org_id, external_id, created_us, last_active_us) VALUES (?, ?, ?, ?) "
+        "INSERT INTO contacts (org_id, external_id, created_us, last_active_us, version) VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT (org_id, external_id) DO NOTHING RETURNING id",
         org_key,
         identifier,
         now_us,
         now_us,
+        first_version(),
     )
     if key is None:  # created by another transaction meanwhile
         row = yield one(d.resolve, org_key, identifier)

@@ -32,7 +32,7 @@ def insert_message(
         contact_key, appeared, contact_id, version = found[0], False, found[1], found[2]
     else:
         contact_key, appeared, contact_id = yield from writes.contact_pk(DIALECT, org_key, m.contact_id, created_us)
-        version = 0 if appeared else (yield value("SELECT version FROM contacts WHERE id = ?", contact_key))
+        version = yield value("SELECT version FROM contacts WHERE id = ?", contact_key)  # where it starts counting
     if contact_id != m.contact_id:  # an alias: the message belongs to, and is named by, its contact
         m = m.model_copy(update={"contact_id": contact_id})
     channel = yield value(writes.CHANNEL_ID, contact_key, m.channel)

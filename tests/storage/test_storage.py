@@ -457,7 +457,7 @@ async def test_a_database_from_before_contact_versions_answers_appends_with_thei
     module = postgres_schema if db.startswith("postgres") else sqlite_schema
     (counting,) = [m for m in module.MIGRATIONS if m.name == "each contact counts the changes of its messages"]
     with monkeypatch.context() as patched:  # the schema before it, with a contact and a message in it
-        patched.setattr(module, "MIGRATIONS", tuple(m for m in module.MIGRATIONS if m is not counting))
+        patched.setattr(module, "MIGRATIONS", tuple(m for m in module.MIGRATIONS if m.version < counting.version))
         async with open_store(db):
             pass
     await run_sql(
