@@ -96,6 +96,11 @@ class Newest:
         """Keep the contact's newest messages (at most `limit`, as a read of `limit` found them) at `version`."""
         if version is None or not newest_first:
             return  # a read that found no message found no version either
+        key = (org, contact_id, agent_id)
+        with self._kept.lock:
+            seen = self._kept.get(key)
+        if seen is not None and seen.version == version and seen.limit >= limit:
+            return  # kept already, as many or more (a context read again with nothing changed)
         weight = sum(_weight(message) for message in newest_first)
         with self._kept.lock:
-            self._kept.file((org, contact_id, agent_id), _Seen(version, newest_first, limit, weight), weight)
+            self._kept.file(key, _Seen(version, newest_first, limit, weight), weight)

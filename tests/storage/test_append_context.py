@@ -236,7 +236,11 @@ async def test_a_call_s_turns_join_the_newest_messages_of_the_turn_before_withou
         assert posted.context is not None and [m.content for m in posted.context.messages] == said[-3:]
     assert reads.count == 0
     read = await store.get_context(ORG, CALLER, limit=3, reserved=2 * message_bytes(posted))
-    assert posted.context == read
+    assert posted.context == read and reads.count == 1
+    said.append("after a shorter read")  # which left the store's 5 newest as they were: still no read
+    appended = await store.append_message(ORG, turn(said[-1]), context_limit=5)
+    assert appended.context is not None and [m.content for m in appended.context.messages] == said[-5:]
+    assert reads.count == 1
 
 
 @pytest.mark.parametrize("change", ["whatsapp", "delete", "merge", "forget"])
