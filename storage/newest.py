@@ -10,8 +10,9 @@ else came between (another caller's or another process's message, a delete, a me
 when the message is not the newest (dated in the past, a twin of the same instant) or was not written now (found
 already there, a retried key), the rule cannot place it: the store reads the context again after the write.
 
-`Newest` keeps, for the last contacts it was told about, their newest messages for one agent (a context's
-filter: `agent_id`) at one version, as many as the `limit` they were read with (they answer a limit up to it).
+`Newest` keeps, for the last contacts it was told about, their newest messages at one version for each agent
+they were asked for (a context's filter: `agent_id`), as many as the `limit` they were read with (they answer
+a limit up to it); each write of the contact that this process makes moves them on.
 It is kept as memo.py keeps its work (`let_go_of_all`, when a contact is forgotten, empties it too).
 """
 
@@ -23,6 +24,7 @@ from .memo import MOST_WEIGHT, Kept
 from .models import AppendedMessage, Message
 
 MOST_CONTACTS = 1024  # contacts whose newest messages are kept (and at most memo.MOST_WEIGHT of their text)
+MOST_AGENTS = 8  # agents whose own newest messages of a contact are kept
 
 
 def _weight(message: Message) -> int:
@@ -55,34 +57,54 @@ class _Seen:
 
 
 class Newest:
-    """The newest messages this process last saw of each contact, by organization, contact_id and agent."""
+    """The newest messages this process last saw of each contact, by organization and contact_id, for each agent
+    they were asked for (None: every agent's)."""
 
     def __init__(self, most: int = MOST_CONTACTS) -> None:
-        self._kept: Kept[tuple[str, str, str | None], _Seen] = Kept(most, MOST_WEIGHT)
+        # each contact's states by agent: a dict never changed in place (a newer one is filed in its place)
+        self._kept: Kept[tuple[str, str], dict[str | None, _Seen]] = Kept(most, MOST_WEIGHT)
 
     def knows(self, org: str, contact_id: str, agent_id: str | None, limit: int) -> bool:
         """Whether a state of the contact is kept that could answer `limit` (the contact named by its own id)."""
         with self._kept.lock:
-            seen = self._kept.peek((org, contact_id, agent_id))
+            agents = self._kept.peek((org, contact_id))
+        seen = None if agents is None else agents.get(agent_id)
         return seen is not None and seen.limit >= limit
 
-    def after(self, org: str, stored: AppendedMessage, limit: int) -> list[Message] | None:
-        """The contact's newest `limit` messages right after the write of `stored`, when the state kept is the
-        one right before it (the new state is kept in its place); else None."""
-        key = (org, stored.contact_id, stored.agent_id)
-        with self._kept.lock:
-            seen = self._kept.get(key)
-        if seen is None or seen.limit < limit:
+    def after(self, org: str, stored: AppendedMessage, limit: int = 0) -> list[Message] | None:
+        """The contact's newest `limit` messages for the message's agent right after the write of `stored`, when
+        the state kept is the one right before it; else None. Every state of the contact kept at the version
+        right before moves on with the write (a state of another agent, whose context the message is not in,
+        only in its count), so an append that asks for no context (a bot's reply between two turns of the
+        caller) calls it too, with no limit."""
+        version = stored._contact_version
+        if version is None:
             return None
-        newest_first = joined(seen.newest_first, seen.version, stored, seen.limit)
-        if newest_first is None or stored._contact_version is None:
-            return None
-        weight = seen.weight + _weight(newest_first[0])
-        if len(seen.newest_first) == len(newest_first):  # the oldest made room
-            weight -= _weight(seen.newest_first[-1])
+        key = (org, stored.contact_id)
+        answer = None
         with self._kept.lock:
-            self._kept.file(key, _Seen(stored._contact_version, newest_first, seen.limit, weight), weight)
-        return newest_first[:limit]
+            agents = self._kept.get(key)
+            if agents is None:
+                return None
+            moved: dict[str | None, _Seen] = {}
+            for agent, seen in agents.items():
+                if seen.version >= version:
+                    moved[agent] = seen  # read after this write (another caller's turn came first)
+                elif agent is not None and agent != stored.agent_id:
+                    if seen.version == version - 1:
+                        moved[agent] = _Seen(version, seen.newest_first, seen.limit, seen.weight)
+                else:
+                    newest_first = joined(seen.newest_first, seen.version, stored, seen.limit)
+                    if newest_first is None:
+                        continue  # something came between, or the message is not the newest: let go
+                    weight = seen.weight + _weight(newest_first[0])
+                    if len(seen.newest_first) == len(newest_first):  # the oldest made room
+                        weight -= _weight(seen.newest_first[-1])
+                    moved[agent] = _Seen(version, newest_first, seen.limit, weight)
+                    if agent == stored.agent_id and seen.limit >= limit:
+                        answer = newest_first[:limit]
+            self._kept.file(key, moved, sum(seen.weight for seen in moved.values()))
+        return answer
 
     def keep(
         self,
@@ -93,14 +115,19 @@ class Newest:
         newest_first: list[Message],
         limit: int,
     ) -> None:
-        """Keep the contact's newest messages (at most `limit`, as a read of `limit` found them) at `version`."""
+        """Keep the contact's newest messages for `agent_id` (at most `limit`, as a read of `limit` found them)
+        at `version`."""
         if version is None or not newest_first:
             return  # a read that found no message found no version either
-        key = (org, contact_id, agent_id)
+        key = (org, contact_id)
         with self._kept.lock:
-            seen = self._kept.get(key)
-        if seen is not None and seen.version == version and seen.limit >= limit:
-            return  # kept already, as many or more (a context read again with nothing changed)
-        weight = sum(_weight(message) for message in newest_first)
-        with self._kept.lock:
-            self._kept.file(key, _Seen(version, newest_first, limit, weight), weight)
+            agents = self._kept.get(key) or {}
+            seen = agents.get(agent_id)
+            if seen is not None and seen.version == version and seen.limit >= limit:
+                return  # kept already, as many or more (a context read again with nothing changed)
+            weight = sum(_weight(message) for message in newest_first)
+            kept = {agent: each for agent, each in agents.items() if agent != agent_id}
+            kept[agent_id] = _Seen(version, newest_first, limit, weight)
+            while len(kept) > MOST_AGENTS:  # the one told about longest ago goes
+                del kept[next(iter(kept))]
+            self._kept.file(key, kept, sum(each.weight for each in kept.values()))

@@ -185,6 +185,7 @@ class Store:
                 beside.add_done_callback(_quietly)  # its own failure, if any, says nothing more
             raise
         if limit is None:
+            self._newest.after(org, stored)  # the state kept moves on with it (a bot's reply between two turns)
             return stored
         newest_first = self._newest.after(org, stored, limit)
         if beside is not None:
@@ -271,9 +272,8 @@ class Store:
         if key is not None:
             stored = await self._again(org, key, record, stored)
         posted = StoredMessage(**stored.model_dump(exclude={"deduplicated"}))
-        if limit is None:
-            return posted
-        return await self._joined_context(org, posted, limit, self._newest.after(org, stored, limit))
+        newest_first = self._newest.after(org, stored, limit or 0)
+        return posted if limit is None else await self._joined_context(org, posted, limit, newest_first)
 
     async def chat(self, org: str, chat_id: str) -> Chat:
         """One chat of the organization, by its id."""
