@@ -219,14 +219,14 @@ class Store:
     async def _with_context(self, org: str, stored: M, limit: int) -> M:
         """`stored` with what `get_context(contact_id, agent_id=..., limit=limit)` returns right after the
         write; the context gives up its oldest messages for the room the message takes in the same result
-        (its fields, and its JSON again in the text a model reads)."""
-        context = await self.get_context(
-            org,
-            stored.contact_id,
-            agent_id=stored.agent_id,
-            limit=limit,
-            reserved=2 * message_bytes(stored),
+        (its fields, and its JSON again in the text a model reads). What it read is kept for the contact's next
+        turn (newest.py)."""
+        only = MessageFilter(stored.agent_id, None, None, None)
+        newest_first, version = await self.backend.latest_messages(
+            org, stored.contact_id, only, limit, MAX_RESULT_BYTES
         )
+        self._newest.keep(org, stored.contact_id, stored.agent_id, version, newest_first, limit)
+        context = self._context(stored.contact_id, stored.agent_id, newest_first, None, 2 * message_bytes(stored))
         return stored.model_copy(update={"context": context})
 
     async def import_messages(self, org: str, messages: Sequence[NewMessage]) -> list[AppendedMessage]:
@@ -337,12 +337,10 @@ class Store:
         if chat_id is not None:
             contact_id = await self._canonical(org, contact_id)
             await self._chat_of(org, contact_id, chat_id)
-        newest_first, version = await self.backend.latest_messages(org, contact_id, only, limit, MAX_RESULT_BYTES)
+        newest_first, _ = await self.backend.latest_messages(org, contact_id, only, limit, MAX_RESULT_BYTES)
         # the messages name their contact by its own id, whichever identifier asked; with none, ask (once)
         if newest_first:
             contact_id = newest_first[0].contact_id
-            if only.chat_id is None and only.roles is None and only.channels is None:  # as an append's context
-                self._newest.keep(org, contact_id, agent_id, version, newest_first, limit)
         elif not resolved:
             contact_id = await self._canonical(org, contact_id)
         return self._context(contact_id, agent_id, newest_first, budget, reserved)

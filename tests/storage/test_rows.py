@@ -84,6 +84,7 @@ async def test_forgetting_a_contact_lets_go_of_every_message_kept(tmp_path: Path
         await store.append_message("acme", message.model_copy(update={"contact_id": "+31600000002"}))
         kept = (await store.get_context("acme", "+31600000001")).messages[0]
         assert (await store.get_context("acme", "+31600000001")).messages[0] is kept
+        await store.append_message("acme", message, context_limit=50)
         assert store._newest.knows("acme", "+31600000001", None, 50)  # the contact's newest, for its next append
         await store.forget_contact("acme", "+31600000002")
         assert not store._newest.knows("acme", "+31600000001", None, 1)
