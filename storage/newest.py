@@ -10,10 +10,11 @@ else came between (another caller's or another process's message, a delete, a me
 when the message is not the newest (dated in the past, a twin of the same instant) or was not written now (found
 already there, a retried key), the rule cannot place it: the store reads the context again after the write.
 
-`Newest` keeps, for the last contacts it was told about, their newest messages at one version for each agent
-they were asked for (a context's filter: `agent_id`), as many as the `limit` they were read with (they answer
-a limit up to it); each write of the contact that this process makes moves them on.
-It is kept as memo.py keeps its work (`let_go_of_all`, when a contact is forgotten, empties it too).
+`Newest` keeps, for the last contacts whose appends asked for their context, their newest messages at one
+version for each agent they were asked for (a context's filter: `agent_id`), as many as the `limit` they were
+read with (they answer a limit up to it); each write of the contact that this process makes moves them on. A
+`get_context` keeps nothing: its cost would fall on every read, for one read saved at a call's first turn. It
+is kept as memo.py keeps its work (`let_go_of_all`, when a contact is forgotten, empties it too).
 """
 
 from __future__ import annotations
