@@ -196,7 +196,7 @@ class Store:
                     self._newest.keep(org, stored.contact_id, stored.agent_id, found[1], newest_first, limit)
             else:  # another turn of the contact told the store meanwhile: the read is let run (a cancelled
                 beside.add_done_callback(_quietly)  # PostgreSQL query costs the server a connection to cancel)
-        return await self._joined_context(org, stored, limit, newest_first)
+        return await self._with_context(org, stored, limit, newest_first)
 
     def _newest_beside(
         self, org: str, record: MessageRecord, limit: int
@@ -208,26 +208,25 @@ class Store:
             self.backend.latest_messages(org, record.message.contact_id, only, limit, MAX_RESULT_BYTES)
         )
 
-    async def _joined_context(self, org: str, stored: M, limit: int, newest_first: list[Message] | None) -> M:
-        """`stored` with its context: the contact's newest messages right after its write, when known (joined),
-        or read again after the write."""
+    async def _with_context(self, org: str, stored: M, limit: int, newest_first: list[Message] | None) -> M:
+        """`stored` with what `get_context(contact_id, agent_id=..., limit=limit)` returns right after the
+        write: from the contact's newest messages joined with it, or, when none are (None), read again after it
+        (`_read_again`); the context gives up its oldest messages for the room the message takes in the same
+        result (its fields, and its JSON again in the text a model reads)."""
         if newest_first is None:
-            return await self._with_context(org, stored, limit)
+            newest_first = await self._read_again(org, stored, limit)
         context = self._context(stored.contact_id, stored.agent_id, newest_first, None, 2 * message_bytes(stored))
         return stored.model_copy(update={"context": context})
 
-    async def _with_context(self, org: str, stored: M, limit: int) -> M:
-        """`stored` with what `get_context(contact_id, agent_id=..., limit=limit)` returns right after the
-        write; the context gives up its oldest messages for the room the message takes in the same result
-        (its fields, and its JSON again in the text a model reads). What it read is kept for the contact's next
-        turn (newest.py)."""
+    async def _read_again(self, org: str, stored: Message, limit: int) -> list[Message]:
+        """The newest `limit` messages of the contact of `stored`, for its agent, read after its write; kept for
+        the contact's next turn (newest.py)."""
         only = MessageFilter(stored.agent_id, None, None, None)
         newest_first, version = await self.backend.latest_messages(
             org, stored.contact_id, only, limit, MAX_RESULT_BYTES
         )
         self._newest.keep(org, stored.contact_id, stored.agent_id, version, newest_first, limit)
-        context = self._context(stored.contact_id, stored.agent_id, newest_first, None, 2 * message_bytes(stored))
-        return stored.model_copy(update={"context": context})
+        return newest_first
 
     async def import_messages(self, org: str, messages: Sequence[NewMessage]) -> list[AppendedMessage]:
         """Append many messages in one transaction (all or none); each comes back as `append_message` gives it."""
@@ -273,7 +272,7 @@ class Store:
             stored = await self._again(org, key, record, stored)
         posted = StoredMessage(**stored.model_dump(exclude={"deduplicated"}))
         newest_first = self._newest.after(org, stored, limit or 0)
-        return posted if limit is None else await self._joined_context(org, posted, limit, newest_first)
+        return posted if limit is None else await self._with_context(org, posted, limit, newest_first)
 
     async def chat(self, org: str, chat_id: str) -> Chat:
         """One chat of the organization, by its id."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from chatdock.storage import AppendedMessage, NewMessage, Part, Store, open_store
+from chatdock.storage import AppendedMessage, Message, NewMessage, Part, Store, open_store
 from chatdock.storage.records import MessageRecord
 from chatdock.storage.sizing import message_bytes
 
@@ -34,13 +34,13 @@ class Rereads:
 
     def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        again = store._with_context
+        again = store._read_again
 
-        async def counted(org: str, stored: AppendedMessage, limit: int) -> AppendedMessage:
+        async def counted(org: str, stored: Message, limit: int) -> list[Message]:
             self.count += 1
             return await again(org, stored, limit)
 
-        monkeypatch.setattr(store, "_with_context", counted)
+        monkeypatch.setattr(store, "_read_again", counted)
 
 
 async def same_as_a_read_after(store: Store, appended: AppendedMessage, limit: int) -> None:
