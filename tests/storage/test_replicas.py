@@ -141,6 +141,24 @@ async def test_a_thousand_concurrent_appends_over_two_replicas_are_each_stored_o
     assert await rows(db, "SELECT count(*) FROM contacts") == [(40,)]  # no contact created twice
 
 
+async def test_a_voice_turn_s_context_on_one_replica_holds_what_the_other_stored_since_the_turn_before(
+    shared: tuple[str, str],
+) -> None:
+    db, key = shared
+    caller = "+31612340077"
+    turn = {"contact_id": caller, "channel": "voice", "role": "user", "context_limit": 10}
+    with replicas(db) as (a, b):
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
+            for index in range(3):  # a's turns: from the second, joined to the newest messages a kept
+                answer = await http.post(a.base + "/chats", json={**turn, "content": f"turn {index}"})
+                assert answer.status_code == 201
+            assert (await http.post(b.base + "/chats", json=webhook(caller, "sent on WhatsApp"))).status_code == 201
+            answer = await http.post(a.base + "/chats", json={**turn, "content": "turn 3"})
+            assert answer.status_code == 201
+            said = [message["content"] for message in answer.json()["context"]["messages"]]
+            assert said == ["turn 0", "turn 1", "turn 2", "sent on WhatsApp", "turn 3"]
+
+
 async def test_fifty_copies_of_one_webhook_over_two_replicas_leave_one_row(shared: tuple[str, str]) -> None:
     db, key = shared
     with replicas(db) as (a, b):
