@@ -14,6 +14,7 @@ import contextlib
 import functools
 import json
 import logging
+import random
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +50,7 @@ logger = logging.getLogger("chatdock.storage")
 DEFAULT_POOL_SIZE = 10
 DEFAULT_TIMEOUT = 10.0  # seconds: to connect, to get a connection from the pool, for one statement
 RETRIES = 5  # a transaction that met a deadlock or serialization failure is tried again this many times
+BACKOFF = 0.005  # seconds: before retry n a transaction waits a random part of BACKOFF * 2**n
 
 
 def _append_item(org: str, record: MessageRecord, now: int, importing: bool) -> dict[str, Any]:
@@ -250,6 +252,7 @@ class PostgresBackend(SQLBackend):
             except RETRYABLE as exc:
                 if tries == RETRIES:
                     raise self._failed(exc) from exc
+                await asyncio.sleep(random.uniform(0, BACKOFF * 2**tries))  # two that met do not meet again at once
             except FAILURES as exc:
                 if stage != "committed":
                     raise self._write_failed(exc, stage) from exc

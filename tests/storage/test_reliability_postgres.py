@@ -309,7 +309,9 @@ async def deadlock_and_retry(backend: PostgresBackend, followed: list[Change | o
         job("a", "+31641111111", "+31642222222"),
         job("b", "+31642222222", "+31641111111"),
     )
-    assert max(tries.values()) == 2, "one of the two met the deadlock and ran again"
+    # one of the two met the deadlock and ran again; its retry starts at once and may meet it once more (CI saw
+    # a: 3 tries, b: 1), so only that a retry happened is certain
+    assert max(tries.values()) >= 2, f"neither met the deadlock and ran again: {tries}"
     with anyio.fail_after(5):
         while len([c for c in followed if isinstance(c, Change)]) < 2:
             await asyncio.sleep(0.05)
