@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -22,6 +24,8 @@ import httpx2
 from mcp.client import Client, Transport
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+
+from chatdock.storage import open_store
 
 
 def chatdock_command() -> list[str]:
@@ -108,9 +112,16 @@ def http_client(base: str, key: str | None, mode: str = "auto", **kwargs: Any) -
 
 
 def create_key(db: str, org: str, name: str) -> str:
-    created = run_cli("keys", "create", "--db", db, "--org", org, "--name", name)
-    assert created.returncode == 0, created.stderr
-    return created.stdout.strip()
+    """A new API key of `org` in the database `db`, made as `chatdock keys create` makes it (the store's
+    `create_api_key`), in a thread of this process: a test's key costs no process start (tests/cli and
+    tests/mcp/test_stdio.py run the command itself)."""
+
+    async def make() -> str:
+        async with open_store(db) as store:
+            return (await store.create_api_key(org, name)).key
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the caller may be inside a running event loop
+        return pool.submit(asyncio.run, make()).result()
 
 
 async def call(client: Client, name: str, **arguments: Any) -> dict[str, Any]:

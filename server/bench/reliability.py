@@ -114,7 +114,7 @@ async def beside_listeners(base: str, path: str, seconds: float = 3.0) -> tuple[
         calm = (await store.create_api_key("calm")).key
         noisy = (await store.create_api_key("noisy")).key
     alone = percentile(await append_latencies(base, calm, seconds), 0.99)
-    with noisy_neighbour(base, noisy, NEIGHBOUR_LISTENERS, seconds + 2) as ended:
+    with noisy_neighbour(base, noisy, NEIGHBOUR_LISTENERS, seconds + min(2.0, seconds)) as ended:
         beside = percentile(await append_latencies(base, calm, seconds), 0.99)
         ended()
     return alone, beside
