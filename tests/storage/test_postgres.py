@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import asyncpg
 import pytest
 
@@ -258,3 +259,22 @@ async def test_each_search_is_planned_for_its_own_words(postgres_url: str) -> No
         finally:
             for conn in held:
                 await pool.release(conn)
+
+
+async def test_an_import_into_a_new_database_looks_each_message_up_by_its_key(postgres_url: str) -> None:
+    """The append's PL/pgSQL plans its look-ups once per session; planned on the new database's empty tables,
+    the look-up of each message id was a scan of the messages, which the import's own rows made longer
+    (migration 6). The messages read row by row during the import are counted by PostgreSQL itself."""
+    count = 2_000
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        async with open_store(postgres_url) as store:
+            await store.import_messages("acme", [say(f"+3161{i % 50:07d}", f"order {i}") for i in range(count)])
+        with anyio.fail_after(10):  # the import's session reports its counts to the statistics as it goes idle
+            while (await conn.fetchval("SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'messages'")) < count:
+                await asyncio.sleep(0.05)
+        scanned = await conn.fetchval("SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'messages'")
+        # with the scans: about count**2 / 2 (2,000,000 here); the migrations' own statements read none
+        assert scanned == 0, f"the import read {scanned} messages row by row"
+    finally:
+        await conn.close()
