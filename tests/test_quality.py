@@ -27,12 +27,12 @@ def test_ruff_format() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_strict_on_the_package() -> None:
+def test_mypy_strict_on_the_package_then_on_tests_and_examples() -> None:
+    """One after the other, in one test: the second run finds the libraries both import (the MCP SDK, pydantic,
+    FastAPI, ...) in the first one's cache, where two runs at once on a fresh clone each read them all (47 s
+    of CPU against 32)."""
     packages = ["chatdock.server", "chatdock.storage", "chatdock.client", "chatdock.integrations"]
     result = run("mypy", "--strict", *(arg for name in packages for arg in ("-p", name)))
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_mypy_strict_on_tests_and_examples() -> None:
     result = run("mypy", "--strict", "tests", "examples")
     assert result.returncode == 0, result.stdout + result.stderr
