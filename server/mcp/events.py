@@ -179,6 +179,8 @@ class Events:
             return
         if not isinstance(change, Change):
             return
+        if not self._streams_of.get(change.org) and not self._sessions_of.get(change.org):
+            return  # no one of its organization listens here (most writes): no URI to spell
         if change.aliases_unknown:
             self._everyone_of(change.org)
             return
