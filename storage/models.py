@@ -113,6 +113,12 @@ def appended(message: Message, deduplicated: bool, contact_version: int | None =
     return made
 
 
+def as_message(stored: Message) -> Message:
+    """A stored or appended message as a plain `Message` (its fields alone, no context nor outcome), built
+    without checking again what the store checked."""
+    return Message.model_construct(**{name: getattr(stored, name) for name in Message.model_fields})
+
+
 class NewMessage(_Model):
     """What a caller asks the store to keep; the store checks every field before it writes."""
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .memo import MOST_WEIGHT, Kept
-from .models import AppendedMessage, Message
+from .models import AppendedMessage, Message, as_message
 
 MOST_CONTACTS = 1024  # contacts whose newest messages are kept (and at most memo.MOST_WEIGHT of their text)
 MOST_AGENTS = 8  # agents whose own newest messages of a contact are kept
@@ -45,8 +45,7 @@ def joined(
         return None
     if newest_first and stored.created_at <= newest_first[0].created_at:
         return None
-    written = Message.model_construct(**{name: getattr(stored, name) for name in Message.model_fields})
-    return [written, *newest_first][:limit]
+    return [as_message(stored), *newest_first][:limit]
 
 
 @dataclass(frozen=True, slots=True)

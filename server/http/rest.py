@@ -45,7 +45,6 @@ from chatdock.storage import (
     Context,
     DeletedMessage,
     InvalidInput,
-    Message,
     MessagePage,
     NotFound,
     Store,
@@ -53,7 +52,7 @@ from chatdock.storage import (
 )
 from chatdock.storage import validation as check
 from chatdock.storage.errors import chat_not_found
-from chatdock.storage.models import ChatWithMessages, ContactInfo, ForgetResult, LinkResult, SearchPage
+from chatdock.storage.models import ChatWithMessages, ContactInfo, ForgetResult, LinkResult, SearchPage, as_message
 from chatdock.storage.requests import AliasRequest, AppendRequest, OpenChatRequest, PostRequest, UpdateChatRequest
 
 logger = logging.getLogger("chatdock.http")
@@ -455,8 +454,7 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
             organization, contact_id, chat_id, body.message, body.channel_id, idempotency_key, body.context_limit
         )
         chat = await store.chat(organization, stored.chat_id or chat_id)
-        message = Message.model_construct(**{name: getattr(stored, name) for name in Message.model_fields})
-        answer = ChatWithMessages.model_construct(**vars(chat), messages=[message], context=stored.context)
+        answer = ChatWithMessages.model_construct(**vars(chat), messages=[as_message(stored)], context=stored.context)
         # built from models the store validated, written by pydantic's serializer at once (see append_message)
         return Response(answer.model_dump_json(), status_code=201, media_type="application/json")
 
