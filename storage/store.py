@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
@@ -203,10 +203,15 @@ class Store:
     ) -> asyncio.Task[tuple[list[Message], int | None]]:
         """The newest `limit` messages of the contact the record names (for its agent), read while it is
         written (they may or may not hold it), and the contact's version they were read at."""
-        only = MessageFilter(record.message.agent_id, None, None, None)
-        return asyncio.ensure_future(
-            self.backend.latest_messages(org, record.message.contact_id, only, limit, MAX_RESULT_BYTES)
-        )
+        return asyncio.ensure_future(self._newest_of(org, record.message.contact_id, record.message.agent_id, limit))
+
+    def _newest_of(
+        self, org: str, contact_id: str, agent_id: str | None, limit: int
+    ) -> Coroutine[Any, Any, tuple[list[Message], int | None]]:
+        """What an append's context is made of: the contact's newest `limit` messages for the agent (newest
+        first), and the contact's version they were read at."""
+        only = MessageFilter(agent_id, None, None, None)
+        return self.backend.latest_messages(org, contact_id, only, limit, MAX_RESULT_BYTES)
 
     async def _with_context(self, org: str, stored: M, limit: int, newest_first: list[Message] | None) -> M:
         """`stored` with what `get_context(contact_id, agent_id=..., limit=limit)` returns right after the
@@ -221,10 +226,7 @@ class Store:
     async def _read_again(self, org: str, stored: Message, limit: int) -> list[Message]:
         """The newest `limit` messages of the contact of `stored`, for its agent, read after its write; kept for
         the contact's next turn (newest.py)."""
-        only = MessageFilter(stored.agent_id, None, None, None)
-        newest_first, version = await self.backend.latest_messages(
-            org, stored.contact_id, only, limit, MAX_RESULT_BYTES
-        )
+        newest_first, version = await self._newest_of(org, stored.contact_id, stored.agent_id, limit)
         self._newest.keep(org, stored.contact_id, stored.agent_id, version, newest_first, limit)
         return newest_first
 
