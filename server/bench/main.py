@@ -42,7 +42,6 @@ from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from chatdock.server.ops.memory import settle_collector
 from chatdock.storage import NewMessage, Store, is_postgres, open_store
 from chatdock.storage.sqlite import checkpoints, driver
-from chatdock.storage.sqlite.backend import MAP_BYTES
 from chatdock.storage.sqlite.indexing import SEARCH_BATCH, WITH_AN_APPEND, index_pending
 
 CONTEXT_SQL = (
@@ -106,7 +105,6 @@ def raw_floor(path: str, durability: str, inserts: int, reads: int, contacts: in
     conn.execute("PRAGMA busy_timeout = 10000")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA synchronous = {durability.upper()}")
-    conn.execute(f"PRAGMA mmap_size = {MAP_BYTES}")  # its reads as the store's readers read: through the map
     org_pk, contact_pk = conn.execute("SELECT org_id, id FROM contacts ORDER BY id LIMIT 1").fetchone()
     start = time.perf_counter()
     for index in range(inserts):

@@ -50,20 +50,6 @@ Durability = Literal["normal", "full"]
 
 MIN_FREE_BYTES = 1024 * 1024  # below this, /healthz says the disk is full
 
-# The readers read the file through a memory map (its first 2 GB: the largest mapping the sqlite3 module's
-# SQLite allows, SQLITE_MAX_MMAP_SIZE), not by a read() of each page into a cache of their own: a page the
-# operating system holds costs a memory access, not a system call and a copy. On a file larger than SQLite's
-# page cache (2 MB a connection) that is most of a read's time: a random contact's last 50 messages at
-# 10,000,000 messages, p99 1.12 -> 0.81 ms (docs/performance.md). SQLite re-reads the file's size before each
-# read transaction, so a file cut short between reads is reported as damaged, as without the map; an I/O error
-# of the disk itself during a read ends the process (SIGBUS) instead of failing the one read.
-MAP_BYTES = 0x7FFF0000
-READER_PRAGMAS = (
-    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
-    "PRAGMA query_only = ON",
-    f"PRAGMA mmap_size = {MAP_BYTES}",
-)
-
 T = TypeVar("T")
 logger = logging.getLogger("chatdock.storage")
 
@@ -151,12 +137,12 @@ class SQLiteBackend(SQLBackend):
             for _ in range(self._reader_count):
                 reader = await aiosqlite.connect(self.path, isolation_level=None)
                 self._all_readers.append(reader)
-                for pragma in READER_PRAGMAS:
-                    await reader.execute(pragma)
+                await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                await reader.execute("PRAGMA query_only = ON")
                 self._readers.put_nowait(reader)
             self._direct = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            for pragma in READER_PRAGMAS:
-                self._direct.execute(pragma)
+            self._direct.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._direct.execute("PRAGMA query_only = ON")
         except (sqlite3.Error, OSError) as exc:
             raise self._failed(exc) from exc
         self.telemetry.database_file(self.path, self.log_limit)

@@ -20,7 +20,6 @@ from chatdock.storage import (
     NotFound,
     Part,
     Store,
-    Unavailable,
     open_store,
 )
 from chatdock.storage.changes import Change
@@ -510,25 +509,6 @@ async def test_reopening_a_file_keeps_the_data(tmp_path: Path) -> None:
         await first.append_message(ORG, msg("c1", "durable"))
     async with open_store(path) as second:
         assert [m.content for m in (await second.get_context(ORG, "c1")).messages] == ["durable"]
-
-
-async def test_sqlite_reads_go_through_a_memory_map_and_a_file_cut_short_is_reported_damaged(tmp_path: Path) -> None:
-    """The readers map the file (storage/sqlite/backend.py, MAP_BYTES); a file cut short between two reads is
-    an error that says the file is damaged, as it was without the map, and the process goes on."""
-    path = tmp_path / "mapped.db"
-    async with open_store(str(path)) as store:
-        for index in range(200):
-            await store.append_message(ORG, msg(f"c{index % 20}", f"message {index} " + "x" * 200))
-    async with open_store(str(path)) as store:  # the messages now in the file itself, not in its log
-        assert len((await store.get_context(ORG, "c7")).messages) == 10
-        mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(str(path))]
-        assert mapped, "the readers read the file without a memory map"
-        with path.open("r+b") as file:
-            file.truncate(4096 * 3)
-        with pytest.raises(Unavailable, match="damaged"):
-            for index in range(20):
-                await store.get_context(ORG, f"c{index}")
-    assert path.stat().st_size == 4096 * 3
 
 
 async def test_export_streams_every_message_oldest_first_with_its_organization(store: Store) -> None:
