@@ -705,12 +705,16 @@ def table(rows: list[Row], messages: int, contacts: int, engine: str = "") -> st
 
 
 def machine(db: str | None) -> str:
-    """Where the bench ran, for the docs: cores, memory, Python, the engine."""
+    """Where the bench ran, for the docs: cores, memory, Python, the engine (PostgreSQL's version and pages kept)."""
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         memory = 0.0
-    engine = "PostgreSQL" if db is not None and is_postgres(db) else f"SQLite {sqlite3.sqlite_version}"
+    engine = (
+        asyncio.run(bench_postgres.describe(db))
+        if db is not None and is_postgres(db)
+        else f"SQLite {sqlite3.sqlite_version}"
+    )
     return f"{os.cpu_count()} cores, {memory:.0f} GiB, Python {sys.version.split()[0]}, {engine}"
 
 

@@ -54,6 +54,18 @@ async def throwaway_database(url: str, prefix: str = "chatdock_bench_") -> Async
             await admin.close()
 
 
+async def describe(url: str) -> str:
+    """The server as the docs name it: its version and the memory it keeps pages in (shared_buffers), which
+    decides how much of a large database a read finds without asking the operating system."""
+    conn = await asyncpg.connect(url)
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        buffers = await conn.fetchval("SHOW shared_buffers")
+    finally:
+        await conn.close()
+    return f"PostgreSQL {str(version).split()[0]}, shared_buffers {buffers}"
+
+
 def _p99(samples: list[float]) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -96,6 +97,8 @@ def test_bench_small_mode_prints_every_row_as_json_and_as_a_table(engine: str, r
     assert result.returncode == 0, result.stderr
     assert "building data" in result.stderr  # progress goes to stderr, so stdout stays pure JSON
     report = json.loads(result.stdout)
+    server = "PostgreSQL 1[0-9][.0-9]*, shared_buffers [0-9]+[kMG]B" if engine == "postgres" else "SQLite 3[.0-9]+"
+    assert re.fullmatch(rf"[0-9]+ cores, [0-9]+ GiB, Python 3[.0-9]+, {server}", report["machine"]), report["machine"]
     names = [row["name"] for row in report["rows"]]
     expected = ROWS if engine == "sqlite" else [row.replace("sqlite3", "asyncpg") for row in ROWS]
     for row in expected:
