@@ -1,4 +1,4 @@
-"""History as JSON Lines: one chat or message per line, every field, the organization on each line.
+"""History as JSON Lines: one chat, alias or message per line, every field, the organization on each line.
 
 An export writes the chats first, then the aliases, then the messages, each
 in the order they were stored, so an import meets a chat before the messages

@@ -200,7 +200,7 @@ def parser() -> argparse.ArgumentParser:
     checking = commands.add_parser("check", help="check the database file for damage (SQLite's integrity check)")
     _common(checking)
     exporting = commands.add_parser(
-        "export", help="write history (chats, then messages) as JSON Lines, oldest first, streaming"
+        "export", help="write history (chats, aliases, then messages) as JSON Lines, oldest first, streaming"
     )
     _common(exporting)
     exporting.add_argument(

@@ -53,7 +53,7 @@ async def export_lines(
 async def export(
     store: Store, out: TextIO, org: str | None, contact_id: str | None, quiet: bool, skipped: list[str]
 ) -> int:
-    """Write the chats, then the messages; return how many lines were written. What a damaged database
+    """Write the chats, the aliases, then the messages; return how many lines were written. What a damaged database
     cannot read is passed over and named in `skipped`."""
     bar = None if quiet else Progress("exporting (lines)", await _total(store, org, contact_id))
     written = 0

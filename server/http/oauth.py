@@ -196,8 +196,7 @@ class JwtVerifier:
                 f"the token carries no organization: its claim {self.settings.org_claim!r} is missing "
                 "(the issuer must add it; --oauth-org-claim names another)"
             )
-        scopes = claims.get("scope", "")
-        granted = scopes.split() if isinstance(scopes, str) else [str(s) for s in claims.get("scp", []) or []]
+        granted = granted_scopes(claims)
         return AccessToken(
             token=token,
             client_id=str(claims.get("client_id") or claims.get("azp") or ""),
@@ -207,6 +206,18 @@ class JwtVerifier:
             subject=None if claims.get("sub") is None else str(claims["sub"]),
             claims={"iss": claims["iss"], "org": org},
         )
+
+
+def granted_scopes(claims: dict[str, Any]) -> list[str]:
+    """The scopes a token grants: its `scope` claim, a space-separated string (RFC 9068); a token without one,
+    its `scp` claim, a list of strings (Okta) or a space-separated string (Microsoft Entra ID). Anything else
+    grants nothing."""
+    found = claims.get("scope", claims.get("scp"))
+    if isinstance(found, str):
+        return found.split()
+    if isinstance(found, list) and all(isinstance(scope, str) for scope in found):
+        return list(found)
+    return []
 
 
 def is_api_key(bearer: str) -> bool:

@@ -26,6 +26,7 @@ from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 
+from chatdock.server.http.oauth import granted_scopes
 from tests.transports import create_key, free_port, http_server, run_cli
 
 pytestmark = pytest.mark.process
@@ -177,6 +178,45 @@ def test_tokens_and_keys_serve_side_by_side_each_in_its_organization(
     }
     assert 'error="insufficient_scope"' in challenge(refused) and 'scope="chatdock:write"' in challenge(refused)
     assert context(base, served["key"]).json()["formatted"] == seen  # nothing was written
+
+
+def payload_of(token: str) -> dict[str, Any]:
+    part = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))))
+
+
+def test_tokens_that_carry_their_scopes_in_scp_are_allowed_what_it_grants(
+    served: dict[str, str], issuer: AuthorizationServer
+) -> None:
+    """Okta's tokens list their scopes in `scp`, Microsoft Entra ID's spell them there as one string; neither
+    has `scope`."""
+    base = served["base"]
+    listed = issuer.token("acme-scplist", base)
+    assert payload_of(listed)["scp"] == ["chatdock:read", "chatdock:write"] and "scope" not in payload_of(listed)
+    assert append(base, listed, "by a token with scp as a list").status_code == 201
+    spelled = issuer.token("acme-scpstring", base, scope="chatdock:read")
+    assert payload_of(spelled)["scp"] == "chatdock:read" and "scope" not in payload_of(spelled)
+    assert context(base, spelled).json()["formatted"] == "USER: by a token with scp as a list"
+    refused = append(base, spelled, "not allowed")
+    assert refused.status_code == 403 and refused.json()["message"].endswith("it lacks the scope chatdock:write")
+
+
+@pytest.mark.parametrize(
+    ("claims", "granted"),
+    [
+        ({"scope": "chatdock:read chatdock:write"}, ["chatdock:read", "chatdock:write"]),
+        ({"scope": "chatdock:read", "scp": ["chatdock:write"]}, ["chatdock:read"]),  # scope, when there is one
+        ({"scp": ["chatdock:read"]}, ["chatdock:read"]),
+        ({"scp": "chatdock:read  chatdock:write"}, ["chatdock:read", "chatdock:write"]),
+        ({}, []),
+        ({"scope": None}, []),
+        ({"scp": 7}, []),
+        ({"scp": ["chatdock:write", 7]}, []),  # a list with anything but strings grants nothing
+        ({"scp": {"chatdock:write": True}}, []),
+    ],
+)
+def test_the_scopes_a_token_grants_come_from_scope_or_else_scp(claims: dict[str, Any], granted: list[str]) -> None:
+    assert granted_scopes(claims) == granted
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])

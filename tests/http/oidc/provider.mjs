@@ -6,15 +6,24 @@
 // Each start makes a new signing key (a restart is a key rotation). Clients:
 // - dynamic registration (the MCP SDK's OAuth client registers itself), authorization code with PKCE; the
 //   login form takes any name, and `name@org` gives the token `org_id: org` (`name` alone gives none);
-// - pre-registered client-credentials clients, named `<org>-<reader|writer|short|noorg>` (secret `secret`):
-//   a reader gets chatdock:read, a writer both scopes, `short` tokens live one second, `noorg` has no org_id.
+// - pre-registered client-credentials clients, named `<org>-<reader|writer|short|noorg|scplist|scpstring>`
+//   (secret `secret`): a reader gets chatdock:read, a writer both scopes, `short` tokens live one second,
+//   `noorg` has no org_id; `scplist` and `scpstring` tokens carry their scopes in `scp` instead of `scope`, as
+//   Okta writes them (a list, both scopes) and as Microsoft Entra ID does (a string, chatdock:read).
 import { generateKeyPair, exportJWK } from 'jose';
 import Provider, { errors } from 'oidc-provider';
 
 const port = Number(process.env.PORT);
 const issuer = `http://127.0.0.1:${port}`;
 const ORGS = ['acme', 'globex'];
-const KINDS = { reader: 'chatdock:read', writer: 'chatdock:read chatdock:write', short: 'chatdock:read chatdock:write', noorg: 'chatdock:read chatdock:write' };
+const KINDS = {
+  reader: 'chatdock:read',
+  writer: 'chatdock:read chatdock:write',
+  short: 'chatdock:read chatdock:write',
+  noorg: 'chatdock:read chatdock:write',
+  scplist: 'chatdock:read chatdock:write',
+  scpstring: 'chatdock:read',
+};
 
 const { privateKey } = await generateKeyPair('RS256', { extractable: true });
 const key = { ...(await exportJWK(privateKey)), kid: `key-${Date.now()}`, alg: 'RS256', use: 'sig' };
@@ -62,6 +71,17 @@ const provider = new Provider(issuer, {
           accessTokenFormat: 'jwt',
           jwt: { sign: { alg: 'RS256' } },
         };
+      },
+    },
+  },
+  formats: {
+    customizers: {
+      jwt: (ctx, token, jwt) => {
+        const scope = jwt.payload.scope || '';
+        if (token.clientId?.endsWith('-scplist')) jwt.payload.scp = scope.split(' ');
+        else if (token.clientId?.endsWith('-scpstring')) jwt.payload.scp = scope;
+        else return;
+        delete jwt.payload.scope;
       },
     },
   },
