@@ -208,7 +208,11 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("CHATDOCK_ORG"),
         help="only this organization (env CHATDOCK_ORG; default: every organization, each line names its own)",
     )
-    exporting.add_argument("--contact", metavar="ID", help="only this contact's chats and messages")
+    exporting.add_argument(
+        "--contact",
+        metavar="ID",
+        help="only this contact's chats, aliases and messages (with --org, named by any of its identifiers)",
+    )
     exporting.add_argument(
         "-o", "--output", metavar="FILE", help="write to FILE (replaced only once the export is whole); default stdout"
     )
@@ -363,7 +367,10 @@ async def _export(args: argparse.Namespace) -> int:
 
     skipped: list[str] = []
     async with store_settings(args).open_store() as store:
-        written = await export_to_path(store, args.output, args.org, args.contact, args.quiet, skipped)
+        contact = args.contact
+        if contact is not None and args.org is not None:  # any of its identifiers; an unknown one is an error
+            contact = (await store.get_contact(args.org, contact)).contact_id
+        written = await export_to_path(store, args.output, args.org, contact, args.quiet, skipped)
     if args.output not in (None, "-"):
         print(f"exported {written:,} line(s) to {args.output}", file=sys.stderr)
     if skipped:

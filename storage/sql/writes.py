@@ -203,17 +203,17 @@ def new_chat(d: Dialect, org: str, record: ChatRecord, log: ChangeLog) -> Ops[Ch
 def set_chat_status(
     d: Dialect, org: str, chat_id: str, status: ChatStatus, now_us: int, log: ChangeLog
 ) -> Ops[Chat | None]:
-    updated = yield value(
-        f"UPDATE chats SET status = ?, updated_us = ? WHERE id = ? AND org_id = {ORG} RETURNING id",
+    contact_key = yield value(
+        f"UPDATE chats SET status = ?, updated_us = ? WHERE id = ? AND org_id = {ORG} RETURNING contact_pk",
         status,
         now_us,
         chat_id,
         org,
     )
-    if updated is None:
+    if contact_key is None:
         return None
     chat = yield from chat_by_id(d, chat_id)
-    yield from log.record(org, chat.contact_id)
+    yield from log.record(org, chat.contact_id, aliases=(yield from aliases_of(contact_key, chat.contact_id)))
     return chat
 
 
@@ -228,7 +228,7 @@ def delete_message(org: str, message_id: str, log: ChangeLog) -> Ops[Message | N
     if row is None:
         return None
     yield from changed(row[11])
-    yield from log.record(org, row[10])
+    yield from log.record(org, row[10], aliases=(yield from aliases_of(row[11], row[10])))
     return rows.message(row, row[10])
 
 

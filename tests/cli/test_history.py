@@ -144,6 +144,16 @@ async def test_export_narrows_to_an_organization_and_a_contact(tmp_path: Path) -
     assert one == [r for r in every if r["org"] == "globex" and r["contact_id"] == "a@b.com"]
     assert one and one[0]["kind"] == "chat"
     assert export(db, "--org", "nobody") == ""
+    async with open_store(str(db)) as store:
+        await store.link_contacts("globex", "a@b.com", "+31655500000")
+    aliased = [json.loads(line) for line in export(db, "--org", "globex", "--contact", "+31655500000").splitlines()]
+    assert [r for r in aliased if r["kind"] != "alias"] == one  # named by its alias, the same contact's history
+    assert [(r["contact_id"], r["identifier"]) for r in aliased if r["kind"] == "alias"] == [
+        ("a@b.com", "+31655500000")
+    ]
+    unknown = run_cli("export", "--db", str(db), "-q", "--org", "globex", "--contact", "nobody@b.com")
+    assert unknown.returncode == 2 and unknown.stdout == ""
+    assert "nobody@b.com" in unknown.stderr
 
 
 def good(i: int, **changes: object) -> str:

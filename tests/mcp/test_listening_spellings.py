@@ -63,3 +63,28 @@ async def test_an_initialize_era_session_unsubscribes_in_any_spelling_too(db: st
         await call(writer, "append_message", contact_id="+31600000000", channel="sms", role="user", content="x")
         await heard_within(heard, 1)
         assert uri not in heard  # the sentinel's event came; the unsubscribed spelling's never did
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_listener_on_an_alias_hears_every_kind_of_write_to_its_contact(mode: str, db: str) -> None:
+    """The writes SPEC.md lists (append, post, delete, a chat's status...) each tell a listener that spelled
+    its contact by an alias, not only one that used the contact's own id."""
+    uri = SPELLINGS["an alias"][0]
+    server = build_server(Settings(db=db))
+    async with Client(server) as writer:
+        first = await call(writer, "append_message", contact_id=PHONE, channel="sms", role="user", content="first")
+        await call(writer, "link_contacts", contact_id=PHONE, identifier="ann@example.com")
+        chat = await call(writer, "open_chat", contact_id=PHONE, channel="voice")
+        writes = {
+            "append": lambda: call(writer, "append_message", contact_id=PHONE, channel="sms", role="user", content="x"),
+            "post": lambda: call(
+                writer, "post_as_contact", contact_id=PHONE, chat_id=chat["id"], message=[{"text": "y"}]
+            ),
+            "chat status": lambda: call(writer, "update_chat", chat_id=chat["id"], status="COMPLETED"),
+            "delete": lambda: call(writer, "delete_message", message_id=first["id"]),
+        }
+        async with subscriber(server, mode, uri) as (_, heard):
+            for count, (name, write) in enumerate(writes.items(), start=1):
+                await write()
+                await heard_within(heard, count)
+                assert heard[-1] == uri, (name, heard)
