@@ -119,8 +119,9 @@ def _refused() -> tuple[frozenset[int], frozenset[int]]:
 
 @cache
 def identifier_schema(in_path: bool = False) -> dict[str, Any]:
-    """A contact id, alias or agent id: 1 to 256 characters, none of the refused ones (and no `/` in a path,
-    where it would name another route)."""
+    """A contact id, alias or agent id: 1 to 256 characters, none of the refused ones (and no `/` in a path:
+    chatdock takes it as %2F (rest.EncodedSlashes), but a client that sent it unencoded would name another
+    route)."""
     anywhere, at_ends = _refused()
     slash = "/" if in_path else ""
     inner = _class_without(anywhere, slash)

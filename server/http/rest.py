@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -147,7 +147,50 @@ async def org_of(request: Request) -> str:
 
 
 Org = Annotated[str, Depends(org_of)]
-ContactId = Annotated[str, Path(description="The contact's id, percent-encoded (%2B31612345678)")]
+
+# A contact's id or alias may hold a `/`, which a path carries percent-encoded (%2F); the server decodes the
+# path before routing, so /contacts/a%2Fb/chats would be routed as /contacts/a/b/chats, and
+# /contacts/x%2Fchats as contact x's chats. EncodedSlashes routes on the path as it was sent: a `/` that was
+# %2F becomes SLASH for the router (a NUL, which no identifier may hold), and the id parameters turn it back.
+SLASH = "\x00"
+SLASHED = "chatdock.slashed"
+
+
+class EncodedSlashes:
+    """ASGI, before the REST routes: a path with %2F in it is routed segment by segment as it was sent."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw and b"%2f" in raw.lower():
+            segments = [unquote(part) for part in raw.decode("utf-8", "replace").split("/")]
+            if not any(SLASH in segment for segment in segments):  # else as before: a NUL is refused anyway
+                path = "/".join(segment.replace("/", SLASH) for segment in segments)
+                scope = {**scope, "path": path, SLASHED: True}
+        await self.app(scope, receive, send)
+
+
+def _in_path(request: Request, value: str) -> str:
+    return value.replace(SLASH, "/") if SLASHED in request.scope else value
+
+
+async def _contact_id(
+    request: Request,
+    contact_id: Annotated[str, Path(description="The contact's id, percent-encoded (%2B31612345678, a%2Fb)")],
+) -> str:
+    return _in_path(request, contact_id)
+
+
+async def _identifier(
+    request: Request, identifier: Annotated[str, Path(description="The alias, percent-encoded")]
+) -> str:
+    return _in_path(request, identifier)
+
+
+ContactId = Annotated[str, Depends(_contact_id)]
+Identifier = Annotated[str, Depends(_identifier)]
 
 
 def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) -> FastAPI:
@@ -434,7 +477,7 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
         summary="unlink_contact",
         responses=answers(404),
     )
-    async def unlink_contact(organization: Org, contact_id: ContactId, identifier: str) -> ContactInfo:
+    async def unlink_contact(organization: Org, contact_id: ContactId, identifier: Identifier) -> ContactInfo:
         return await the_store().unlink_contact(organization, identifier, contact_id=contact_id)
 
     @app.delete(
@@ -493,6 +536,7 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
             raise chat_not_found(check.uuid_text(chat_id, "chat_id"), contact_id)
         return await post(organization, contact_id, chat_id, body, idempotency_key)
 
+    app.add_middleware(EncodedSlashes)
     return app
 
 

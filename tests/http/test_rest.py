@@ -214,6 +214,28 @@ def test_posting_into_the_oldest_of_many_chats_answers_with_that_chat(served: di
     assert status == 201 and posted["id"] == oldest["id"] and [m["content"] for m in posted["messages"]] == ["hi"]
 
 
+def test_an_id_with_a_slash_is_one_path_segment_on_every_contact_route(served: dict[str, Any]) -> None:
+    """A contact id (or alias) may hold a `/`; percent-encoded in a path it names that contact, never another
+    route: /contacts/x%2Fchats is contact `x/chats`, not the chats of `x`."""
+    rest, contact, alias = served["acme"], "session/4f2a", "web/tab-1"
+    assert rest("POST", "/chats", {"contact_id": "x", "channel": "sms", "role": "user", "content": "x's"})[0] == 201
+    assert rest("POST", "/chats", {"contact_id": contact, "channel": "sms", "role": "user", "content": "hi"})[0] == 201
+    assert rest.ok("GET", f"/contacts/{q(contact)}")["contact_id"] == contact
+    chat = rest("POST", f"/contacts/{q(contact)}/chats", {"channel": "widget"})[1]
+    assert [c["id"] for c in rest.ok("GET", f"/contacts/{q(contact)}/chats")["chats"]] == [chat["id"]]
+    status, posted = rest("POST", f"/contacts/{q(contact)}/chats/{chat['id']}/messages", {"message": [{"text": "yo"}]})
+    assert status == 201 and posted["contact_id"] == contact
+    assert rest.ok("POST", f"/contacts/{q(contact)}/aliases", {"identifier": alias})["aliases"] == [alias]
+    assert rest.ok("GET", f"/contacts/{q(alias)}")["contact_id"] == contact
+    assert rest.ok("DELETE", f"/contacts/{q(contact)}/aliases/{q(alias)}")["aliases"] == []
+    for spelled in ("x%2Fchats", "x%2fchats"):
+        status, answer = rest("GET", f"/contacts/{spelled}")
+        assert status == 404 and "contact x/chats not found" in answer["message"], answer
+    assert rest.ok("DELETE", f"/contacts/{q(contact)}")["deleted_messages"] == 2
+    assert rest("GET", f"/contacts/{q(contact)}")[0] == 404
+    assert rest.ok("GET", "/contacts/x")["message_count"] == 1
+
+
 def test_another_organizations_ids_answer_like_unknown_ones_on_every_route(served: dict[str, Any]) -> None:
     acme, globex = served["acme"], served["globex"]
     contact = "+31699000002"
