@@ -5,6 +5,8 @@ the URI as it spelled it, in both protocol eras."""
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -75,7 +77,7 @@ async def test_a_listener_on_an_alias_hears_every_kind_of_write_to_its_contact(m
         first = await call(writer, "append_message", contact_id=PHONE, channel="sms", role="user", content="first")
         await call(writer, "link_contacts", contact_id=PHONE, identifier="ann@example.com")
         chat = await call(writer, "open_chat", contact_id=PHONE, channel="voice")
-        writes = {
+        writes: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
             "append": lambda: call(writer, "append_message", contact_id=PHONE, channel="sms", role="user", content="x"),
             "post": lambda: call(
                 writer, "post_as_contact", contact_id=PHONE, chat_id=chat["id"], message=[{"text": "y"}]
