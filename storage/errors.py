@@ -75,8 +75,9 @@ def key_name_taken(name: str | None) -> Conflict:
     return Conflict(f"a live key is already named {name!r}; choose another name or revoke that key")
 
 
-def no_live_key(prefix_or_name: str) -> NotFound:
-    return NotFound(f"no live key has the prefix or name {prefix_or_name!r}; `chatdock keys list` shows them")
+def no_live_key(prefix_or_name: str, org: str | None = None) -> NotFound:
+    of = "" if org is None else f" of organization {org!r}"
+    return NotFound(f"no live key{of} has the prefix or name {prefix_or_name!r}; `chatdock keys list` shows them")
 
 
 def contact_not_found(contact_id: str) -> NotFound:

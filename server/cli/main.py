@@ -15,6 +15,7 @@ import anyio
 from chatdock.server.ops import logs
 from chatdock.server.settings import Settings
 from chatdock.storage import ChatdockError, InvalidInput, check_store, is_postgres
+from chatdock.storage.errors import no_live_key
 
 logger = logging.getLogger("chatdock")
 
@@ -73,6 +74,14 @@ def _org(parser: argparse.ArgumentParser) -> None:
         "--org",
         default=os.environ.get("CHATDOCK_ORG", "default"),
         help="the organization (tenant) to act for (env CHATDOCK_ORG; default: %(default)s)",
+    )
+
+
+def _only_org(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--org",
+        default=os.environ.get("CHATDOCK_ORG"),
+        help=f"{what} (env CHATDOCK_ORG; default: every organization)",
     )
 
 
@@ -194,8 +203,10 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--name", help="a name to tell the key apart (unique among live keys)")
     listing = key_commands.add_parser("list", help="list keys: prefix, name, org, created, last used, revoked")
     _common(listing)
+    _only_org(listing, "only this organization's keys")
     revoke = key_commands.add_parser("revoke", help="revoke a key by its prefix or name")
     _common(revoke)
+    _only_org(revoke, "revoke only a key of this organization")
     revoke.add_argument("key", metavar="PREFIX_OR_NAME")
     checking = commands.add_parser("check", help="check the database file for damage (SQLite's integrity check)")
     _common(checking)
@@ -203,11 +214,7 @@ def parser() -> argparse.ArgumentParser:
         "export", help="write history (chats, aliases, then messages) as JSON Lines, oldest first, streaming"
     )
     _common(exporting)
-    exporting.add_argument(
-        "--org",
-        default=os.environ.get("CHATDOCK_ORG"),
-        help="only this organization (env CHATDOCK_ORG; default: every organization, each line names its own)",
-    )
+    _only_org(exporting, "only this organization (each line names its own)")
     exporting.add_argument(
         "--contact",
         metavar="ID",
@@ -274,7 +281,7 @@ async def _keys(args: argparse.Namespace) -> int:
             )
         elif args.keys_command == "list":
             print(f"{'PREFIX':<14}{'NAME':<20}{'ORG':<20}{'CREATED':<22}{'LAST USED':<22}REVOKED")
-            for info in await store.list_api_keys():
+            for info in [i for i in await store.list_api_keys() if args.org in (None, i.org)]:
                 print(
                     f"{info.prefix:<14}{info.name or '-':<20}{info.org:<20}"
                     f"{info.created_at:%Y-%m-%d %H:%M:%S}   "
@@ -282,6 +289,12 @@ async def _keys(args: argparse.Namespace) -> int:
                     f"{f'{info.revoked_at:%Y-%m-%d %H:%M:%S}' if info.revoked_at else '-'}"
                 )
         else:
+            if args.org is not None:  # the key must be a live one of that organization
+                live = [
+                    i for i in await store.list_api_keys() if i.revoked_at is None and args.key in (i.prefix, i.name)
+                ]
+                if not any(i.org == args.org for i in live):
+                    raise no_live_key(args.key, args.org)
             revoked = await store.revoke_api_key(args.key)
             print(f"revoked {revoked.prefix}" + (f" ({revoked.name})" if revoked.name else ""))
     return 0

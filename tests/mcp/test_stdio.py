@@ -70,6 +70,15 @@ def test_keys_cli_round_trip(tmp_path: Path) -> None:
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
     again = run_cli("keys", "revoke", "--db", db, "voice-prod")
     assert again.returncode == 2 and "no live key" in again.stderr
+    for org in ("acme", "globex"):
+        assert run_cli("keys", "create", "--db", db, "--org", org, "--name", f"{org}-web").returncode == 0
+    listed = run_cli("keys", "list", "--db", db, "--org", "globex")
+    assert listed.returncode == 0 and "globex-web" in listed.stdout
+    assert "acme" not in listed.stdout and "voice-prod" not in listed.stdout  # only that organization's keys
+    elsewhere = run_cli("keys", "revoke", "--db", db, "--org", "globex", "acme-web")
+    assert elsewhere.returncode == 2 and "no live key of organization 'globex'" in elsewhere.stderr
+    assert "acme-web" in run_cli("keys", "list", "--db", db, "--org", "acme").stdout  # still live
+    assert run_cli("keys", "revoke", "--db", db, "--org", "acme", "acme-web").returncode == 0
 
 
 def test_requests_still_running_when_stdin_ends_are_answered_not_cancelled(tmp_path: Path) -> None:
