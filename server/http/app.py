@@ -7,6 +7,7 @@ put into the ASGI scope (`ORG_SCOPE_KEY`), from where `OrgMiddleware` scopes
 the request's tools, resources and events.
 
 `ObservedHttp` (observe.py) wraps them all: /metrics, and each request's count, time, span and request id.
+Outermost, `EncodedSlashes` (rest.py) routes a path holding %2F as it was sent.
 """
 
 from __future__ import annotations
@@ -42,7 +43,15 @@ from chatdock.server.http.oauth import (
     TokenRefused,
     is_api_key,
 )
-from chatdock.server.http.rest import MAX_BODY_BYTES, ROUTE_PREFIXES, BodyLimit, build_rest, read_body, replaying
+from chatdock.server.http.rest import (
+    MAX_BODY_BYTES,
+    ROUTE_PREFIXES,
+    BodyLimit,
+    EncodedSlashes,
+    build_rest,
+    read_body,
+    replaying,
+)
 from chatdock.server.http.sessions import DEFAULT_MAX_SESSIONS_PER_ORG, SessionOwners
 from chatdock.server.mcp.app import ChatdockServer, Settings, build_server
 from chatdock.server.mcp.org import ORG_SCOPE_KEY
@@ -313,7 +322,8 @@ def build_http_app(
     metadata = None if oauth is None else Starlette(routes=oauth.metadata_routes())
     rest = BodyLimit(Lanes(routes))
     app = ApiKeyAuth(Dispatch(mcp, rest, metadata), server, sessions, settings.metrics, oauth)
-    return ObservedHttp(app, settings.metrics, settings.tracing, routes.routes, MCP_PATHS, metrics_port)
+    observed = ObservedHttp(app, settings.metrics, settings.tracing, routes.routes, MCP_PATHS, metrics_port)
+    return EncodedSlashes(observed)
 
 
 class Dispatch:

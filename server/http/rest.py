@@ -22,6 +22,7 @@ from urllib.parse import quote, unquote
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
@@ -148,16 +149,20 @@ async def org_of(request: Request) -> str:
 
 Org = Annotated[str, Depends(org_of)]
 
-# A contact's id or alias may hold a `/`, which a path carries percent-encoded (%2F); the server decodes the
-# path before routing, so /contacts/a%2Fb/chats would be routed as /contacts/a/b/chats, and
-# /contacts/x%2Fchats as contact x's chats. EncodedSlashes routes on the path as it was sent: a `/` that was
-# %2F becomes SLASH for the router (a NUL, which no identifier may hold), and the id parameters turn it back.
+ContactId = Annotated[str, Path(description="The contact's id, percent-encoded (%2B31612345678, a%2Fb)")]
+
+# A contact's id, an alias or an organization's name may hold a `/`, which a path carries percent-encoded
+# (%2F); the server decodes the path before routing, so /contacts/a%2Fb/chats would be routed as
+# /contacts/a/b/chats, and /contacts/x%2Fchats as contact x's chats. EncodedSlashes, the outermost layer of
+# the HTTP app (app.py), routes on the path as it was sent: a `/` that was %2F becomes SLASH (a NUL, which no
+# identifier may hold) in the path every layer sees (the key check, the lanes, the routes, the metrics' route
+# names), and SlashedRoute turns it back in the path parameters the route is given.
 SLASH = "\x00"
 SLASHED = "chatdock.slashed"
 
 
 class EncodedSlashes:
-    """ASGI, before the REST routes: a path with %2F in it is routed segment by segment as it was sent."""
+    """ASGI: a path with %2F in it is routed segment by segment as it was sent (see above)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -168,29 +173,23 @@ class EncodedSlashes:
             segments = [unquote(part) for part in raw.decode("utf-8", "replace").split("/")]
             if not any(SLASH in segment for segment in segments):  # else as before: a NUL is refused anyway
                 path = "/".join(segment.replace("/", SLASH) for segment in segments)
+                if len(path) > 1 and path.endswith("/"):  # not a redirect to a path holding SLASH
+                    path = path.rstrip("/")
                 scope = {**scope, "path": path, SLASHED: True}
         await self.app(scope, receive, send)
 
 
-def _in_path(request: Request, value: str) -> str:
-    return value.replace(SLASH, "/") if SLASHED in request.scope else value
+class SlashedRoute(APIRoute):
+    """A REST route whose path parameters get back the `/` EncodedSlashes routed as SLASH."""
 
-
-async def _contact_id(
-    request: Request,
-    contact_id: Annotated[str, Path(description="The contact's id, percent-encoded (%2B31612345678, a%2Fb)")],
-) -> str:
-    return _in_path(request, contact_id)
-
-
-async def _identifier(
-    request: Request, identifier: Annotated[str, Path(description="The alias, percent-encoded")]
-) -> str:
-    return _in_path(request, identifier)
-
-
-ContactId = Annotated[str, Depends(_contact_id)]
-Identifier = Annotated[str, Depends(_identifier)]
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if SLASHED in scope and "path_params" in child:
+            child["path_params"] = {
+                name: value.replace(SLASH, "/") if isinstance(value, str) else value
+                for name, value in child["path_params"].items()
+            }
+        return match, child
 
 
 def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) -> FastAPI:
@@ -207,6 +206,7 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
         redoc_url=None,
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.router.route_class = SlashedRoute
 
     def document() -> dict[str, Any]:
         """The OpenAPI document, with the Bearer key every route takes."""
@@ -477,7 +477,7 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
         summary="unlink_contact",
         responses=answers(404),
     )
-    async def unlink_contact(organization: Org, contact_id: ContactId, identifier: Identifier) -> ContactInfo:
+    async def unlink_contact(organization: Org, contact_id: ContactId, identifier: str) -> ContactInfo:
         return await the_store().unlink_contact(organization, identifier, contact_id=contact_id)
 
     @app.delete(
@@ -536,7 +536,6 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
             raise chat_not_found(check.uuid_text(chat_id, "chat_id"), contact_id)
         return await post(organization, contact_id, chat_id, body, idempotency_key)
 
-    app.add_middleware(EncodedSlashes)
     return app
 
 

@@ -225,12 +225,23 @@ def test_an_id_with_a_slash_is_one_path_segment_on_every_contact_route(served: d
     assert [c["id"] for c in rest.ok("GET", f"/contacts/{q(contact)}/chats")["chats"]] == [chat["id"]]
     status, posted = rest("POST", f"/contacts/{q(contact)}/chats/{chat['id']}/messages", {"message": [{"text": "yo"}]})
     assert status == 201 and posted["contact_id"] == contact
+    patched = rest("PATCH", f"/contacts/{q(contact)}/chats/{chat['id']}", {"status": "COMPLETED"})
+    assert patched[0] == 200 and patched[1]["status"] == "COMPLETED"
+    exported = urllib.request.Request(
+        served["base"] + f"/contacts/{q(contact)}/export", headers={"Authorization": f"Bearer {served['acme_key']}"}
+    )
+    with urllib.request.urlopen(exported, timeout=30) as answer:
+        lines = [json.loads(line) for line in answer.read().splitlines()]
+    assert {line["contact_id"] for line in lines} == {contact} and len(lines) == 3  # its chat, its 2 messages
     assert rest.ok("POST", f"/contacts/{q(contact)}/aliases", {"identifier": alias})["aliases"] == [alias]
     assert rest.ok("GET", f"/contacts/{q(alias)}")["contact_id"] == contact
     assert rest.ok("DELETE", f"/contacts/{q(contact)}/aliases/{q(alias)}")["aliases"] == []
-    for spelled in ("x%2Fchats", "x%2fchats"):
+    for spelled in ("x%2Fchats", "x%2fchats", "x%2Fchats/"):
         status, answer = rest("GET", f"/contacts/{spelled}")
         assert status == 404 and "contact x/chats not found" in answer["message"], answer
+    for path in ("/chats%2Fcontext", "/chats%2Fsearch"):  # the same answer with or without a valid query
+        for query in ({"contact_id": "x", "q": "x"}, {"contact_id": "x", "q": "x", "limit": "many"}):
+            assert rest("GET", path, **query)[0] == 404, (path, query)
     assert rest.ok("DELETE", f"/contacts/{q(contact)}")["deleted_messages"] == 2
     assert rest("GET", f"/contacts/{q(contact)}")[0] == 404
     assert rest.ok("GET", "/contacts/x")["message_count"] == 1
