@@ -239,6 +239,8 @@ def test_an_id_with_a_slash_is_one_path_segment_on_every_contact_route(served: d
     for spelled in ("x%2Fchats", "x%2fchats", "x%2Fchats/"):
         status, answer = rest("GET", f"/contacts/{spelled}")
         assert status == 404 and "contact x/chats not found" in answer["message"], answer
+    for path in ("/docs/..%2F..%2Fpyproject.toml", "/ui/..%2F..%2F..%2Fpyproject.toml"):  # a file name, never a path
+        assert rest("GET", path)[0] == 404, path
     for path in ("/chats%2Fcontext", "/chats%2Fsearch"):  # the same answer with or without a valid query
         for query in ({"contact_id": "x", "q": "x"}, {"contact_id": "x", "q": "x", "limit": "many"}):
             assert rest("GET", path, **query)[0] == 404, (path, query)
