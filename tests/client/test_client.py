@@ -101,6 +101,22 @@ async def test_every_method_answers_as_the_tool_does(kind: str, db: str) -> None
 
 
 @pytest.mark.parametrize("kind", ["http", "embedded"])
+async def test_a_contact_whose_id_holds_a_slash_is_reached_by_every_method(kind: str, db: str) -> None:
+    """Web-session ids often hold a `/`; over HTTP the client puts it in a path as %2F."""
+    contact, alias = "session/4f2a", "web/tab-1"
+    async with client_of(kind, db) as client:
+        await client.append_message(contact, "widget", "user", "hello from the web")
+        chat = await client.open_chat(contact, "widget")
+        await client.post_as_contact(contact, chat.id, [Part(text="still here")])
+        assert [c.id for c in (await client.list_chats(contact)).chats] == [chat.id]
+        assert (await client.link_contacts(contact, alias)).aliases == [alias]
+        assert (await client.get_contact(alias)).contact_id == contact
+        assert (await client.get_contact(contact)).message_count == 2
+        assert (await client.unlink_contact(alias)).aliases == []
+        assert (await client.forget_contact(contact)).deleted_messages == 2
+
+
+@pytest.mark.parametrize("kind", ["http", "embedded"])
 async def test_the_servers_refusals_are_one_exception_with_its_words(kind: str, db: str) -> None:
     async with client_of(kind, db) as client:
         wrong = await refused(client.get_context(CALLER, limit=0))
