@@ -568,10 +568,11 @@ class Store:
             await asyncio.wait(list(self._touching.values()))
         return await self.backend.api_keys()
 
-    async def revoke_api_key(self, prefix_or_name: str) -> ApiKeyInfo:
-        revoked = await self.backend.revoke_api_key(prefix_or_name)
+    async def revoke_api_key(self, prefix_or_name: str, org: str | None = None) -> ApiKeyInfo:
+        """Revoke a live key by its prefix or name; with `org`, only a key of that organization."""
+        revoked = await self.backend.revoke_api_key(prefix_or_name, org)
         if revoked is None:
-            raise no_live_key(prefix_or_name)
+            raise no_live_key(prefix_or_name, org)
         self._live_keys.pop(revoked.prefix, None)
         self._revoked[revoked.prefix] = time.monotonic()
         return revoked

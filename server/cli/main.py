@@ -15,7 +15,6 @@ import anyio
 from chatdock.server.ops import logs
 from chatdock.server.settings import Settings
 from chatdock.storage import ChatdockError, InvalidInput, check_store, is_postgres
-from chatdock.storage.errors import no_live_key
 
 logger = logging.getLogger("chatdock")
 
@@ -289,13 +288,7 @@ async def _keys(args: argparse.Namespace) -> int:
                     f"{f'{info.revoked_at:%Y-%m-%d %H:%M:%S}' if info.revoked_at else '-'}"
                 )
         else:
-            if args.org is not None:  # the key must be a live one of that organization
-                live = [
-                    i for i in await store.list_api_keys() if i.revoked_at is None and args.key in (i.prefix, i.name)
-                ]
-                if not any(i.org == args.org for i in live):
-                    raise no_live_key(args.key, args.org)
-            revoked = await store.revoke_api_key(args.key)
+            revoked = await store.revoke_api_key(args.key, args.org)
             print(f"revoked {revoked.prefix}" + (f" ({revoked.name})" if revoked.name else ""))
     return 0
 

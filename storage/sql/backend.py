@@ -287,8 +287,8 @@ class SQLBackend:
         key_hash, org, revoked_us, last_used_us = found[0]
         return StoredKey(key_hash, org, revoked_us is not None, rows.optional_from_us(last_used_us))
 
-    async def revoke_api_key(self, prefix_or_name: str) -> ApiKeyInfo | None:
-        return await self._write(lambda: writes.revoke_api_key(prefix_or_name, now_us()))
+    async def revoke_api_key(self, prefix_or_name: str, org: str | None = None) -> ApiKeyInfo | None:
+        return await self._write(lambda: writes.revoke_api_key(prefix_or_name, org, now_us()))
 
     async def touch_api_key(self, prefix: str, now: datetime) -> None:
         await self._write(lambda: writes.touch_api_key(prefix, rows.to_us(now)))

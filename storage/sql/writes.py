@@ -390,8 +390,10 @@ def insert_api_key(org: str, prefix: str, name: str | None, key_hash: str, now_u
     return (yield from keys("k.prefix = ?", prefix))[0]
 
 
-def revoke_api_key(prefix_or_name: str, now_us: int) -> Ops[ApiKeyInfo | None]:
-    live = yield from keys("(k.prefix = ? OR k.name = ?) AND k.revoked_us IS NULL", prefix_or_name, prefix_or_name)
+def revoke_api_key(prefix_or_name: str, org: str | None, now_us: int) -> Ops[ApiKeyInfo | None]:
+    """Revoke the live key of that prefix or name (of `org` only, when given); None when there is none."""
+    where = "(k.prefix = ? OR k.name = ?) AND k.revoked_us IS NULL" + ("" if org is None else " AND o.name = ?")
+    live = yield from keys(where, prefix_or_name, prefix_or_name, *(() if org is None else (org,)))
     if not live:
         return None
     yield count("UPDATE api_keys SET revoked_us = ? WHERE prefix = ?", now_us, live[0].prefix)

@@ -435,7 +435,10 @@ async def test_api_keys_keep_only_a_hash(store: Store) -> None:
     assert kept and created.key not in repr(kept) and created.key.split("_", 2)[2] not in repr(kept)
     [listed] = await store.list_api_keys()
     assert listed.name == "laptop" and listed.org == ORG and listed.last_used_at is not None
-    revoked = await store.revoke_api_key("laptop")
+    with pytest.raises(NotFound, match="no live key of organization 'other'"):  # only a key of that organization
+        await store.revoke_api_key("laptop", "other")
+    assert await store.verify_api_key(created.key) == ORG
+    revoked = await store.revoke_api_key("laptop", ORG)
     assert revoked.revoked_at is not None
     assert await store.verify_api_key(created.key) is None
     with pytest.raises(NotFound, match="no live key"):
