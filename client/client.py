@@ -237,9 +237,11 @@ class ChatdockClient:
     async def get_contact(self, contact_id: str) -> ContactInfo:
         return await self._call(ContactInfo, "GET", f"/contacts/{_segment(contact_id)}")
 
-    async def link_contacts(self, contact_id: str, identifier: str) -> LinkResult:
+    async def link_contacts(
+        self, contact_id: str, identifier: str, *, idempotency_key: str | None = None
+    ) -> LinkResult:
         path = f"/contacts/{_segment(contact_id)}/aliases"
-        return await self._call(LinkResult, "POST", path, body={"identifier": identifier})
+        return await self._call(LinkResult, "POST", path, body={"identifier": identifier}, key=idempotency_key)
 
     async def unlink_contact(self, identifier: str) -> ContactInfo:
         # the route names the contact too: an alias names its own contact

@@ -126,9 +126,10 @@ class Backend(Protocol):
         """The contact any of its identifiers names, None for none."""
         ...
 
-    async def link(self, org: str, contact_id: str, identifier: str) -> LinkResult:
+    async def link(self, org: str, contact_id: str, identifier: str, key: str | None = None) -> LinkResult:
         """Make `identifier` name the contact of `contact_id` (created when new), in one transaction; when it
-        names another contact, move that one's messages, chats, channels and identifiers into it."""
+        names another contact, move that one's messages, chats, channels and identifiers into it. With an
+        Idempotency-Key `key`, the answer is kept in the same transaction, and a retry gets it instead."""
         ...
 
     async def unlink(self, org: str, identifier: str) -> ContactInfo | None:

@@ -469,9 +469,17 @@ class Store:
             raise contact_not_found(contact_id)
         return found
 
-    async def link_contacts(self, org: str, contact_id: str, identifier: str) -> LinkResult:
-        """Afterwards `identifier` names the contact of `contact_id`; a contact it named before is merged in."""
-        return await self.backend.link(org, check.contact_id(contact_id), check.identifier(identifier, "identifier"))
+    async def link_contacts(
+        self, org: str, contact_id: str, identifier: str, idempotency_key: str | None = None
+    ) -> LinkResult:
+        """Afterwards `identifier` names the contact of `contact_id`; a contact it named before is merged in.
+
+        A link is idempotent by itself, but its answer is not (a retry merges nothing more): with
+        `idempotency_key`, a retried request gets the first answer, merge counts included, and the same key
+        with another request is refused."""
+        key = None if idempotency_key is None else check.idempotency_key(idempotency_key)
+        contact_id, identifier = check.contact_id(contact_id), check.identifier(identifier, "identifier")
+        return await self.backend.link(org, contact_id, identifier, key)
 
     async def unlink_contact(self, org: str, identifier: str, contact_id: str | None = None) -> ContactInfo:
         """`identifier` no longer names its contact (whose history stays); the next message under it starts a

@@ -467,9 +467,9 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
     async def link_contacts(
         organization: Org, contact_id: ContactId, body: AliasRequest, idempotency_key: IdempotencyKey = None
     ) -> LinkResult:
-        """Linking is idempotent by itself: a retry (with or without a key) links nothing more, and answers
-        with the contact as it is then."""
-        return await the_store().link_contacts(organization, contact_id, body.identifier)
+        """Linking is idempotent by itself (a retry links nothing more); with an Idempotency-Key, a retry also
+        gets the first answer, with what that merged."""
+        return await the_store().link_contacts(organization, contact_id, body.identifier, idempotency_key)
 
     @app.delete(
         "/contacts/{contact_id}/aliases/{identifier}",

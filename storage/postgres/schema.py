@@ -324,6 +324,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         # CREATE OR REPLACE of one of them drops the setting: it must say SET enable_seqscan = off again.
         tuple(f"ALTER FUNCTION {function} SET enable_seqscan = off" for function in APPEND_FUNCTIONS),
     ),
+    Migration(
+        7,
+        "the first answers of links made under an Idempotency-Key",
+        (TABLES["link_answers"], TABLES["link_answers_contact"]),
+    ),
 )
 
 

@@ -152,9 +152,11 @@ class SQLBackend:
         # a write's transaction, though it writes nothing: one consistent view of the contact
         return await self._write(lambda: writes.contact(org, contact_id))
 
-    async def link(self, org: str, contact_id: str, identifier: str) -> LinkResult:
+    async def link(self, org: str, contact_id: str, identifier: str, key: str | None = None) -> LinkResult:
         log = self._log()
-        return await self._write(lambda: writes.link(self.dialect, org, contact_id, identifier, now_us(), log), log)
+        return await self._write(
+            lambda: writes.link(self.dialect, org, contact_id, identifier, now_us(), log, key), log
+        )
 
     async def unlink(self, org: str, identifier: str) -> ContactInfo | None:
         log = self._log()

@@ -103,4 +103,17 @@ def tables(w: Words) -> dict[str, str]:
         "api_keys_live_name": (
             "CREATE UNIQUE INDEX api_keys_live_name ON api_keys(name) WHERE name IS NOT NULL AND revoked_us IS NULL"
         ),
+        # the first answer of each link_contacts made under an Idempotency-Key (REST), which its retries get;
+        # it goes with its contact (moved by a merge, deleted when the contact is forgotten)
+        "link_answers": f"""CREATE TABLE link_answers (
+            org_id {integer} NOT NULL REFERENCES orgs(id),
+            key {text} NOT NULL,
+            contact_pk {integer} NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+            requested {text} NOT NULL,
+            identifier {text} NOT NULL,
+            answer {text} NOT NULL,
+            created_us {integer} NOT NULL,
+            PRIMARY KEY (org_id, key)
+        ){w.keyed_table}""",
+        "link_answers_contact": "CREATE INDEX link_answers_contact ON link_answers(contact_pk)",
     }

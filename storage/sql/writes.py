@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from .. import changes, rows
 from ..changes import Change, ChangeKind
-from ..errors import ChatdockError, chat_id_taken, key_name_taken, own_identifier
+from ..errors import ChatdockError, chat_id_taken, key_name_taken, key_used_elsewhere, own_identifier
 from ..ids import uuid7
 from ..models import ApiKeyInfo, Chat, ChatStatus, ContactInfo, ForgetResult, LinkResult, Message, channel_kind
 from ..records import AliasRecord, ChatRecord
@@ -265,9 +265,16 @@ def contact(org: str, contact_id: str) -> Ops[ContactInfo | None]:
     return None if contact_key is None else (yield from contact_info(contact_key))
 
 
-def link(d: Dialect, org: str, contact_id: str, identifier: str, now_us: int, log: ChangeLog) -> Ops[LinkResult]:
-    """Make `identifier` name the contact of `contact_id`; if it names another contact, merge that one into it."""
+def link(
+    d: Dialect, org: str, contact_id: str, identifier: str, now_us: int, log: ChangeLog, key: str | None = None
+) -> Ops[LinkResult]:
+    """Make `identifier` name the contact of `contact_id`; if it names another contact, merge that one into it.
+    Under an Idempotency-Key `key`, the first answer is kept (`_first_link_answer`) and a retry gets it."""
     org_key = yield from org_pk(org, now_us)
+    if key is not None:
+        first = yield from _first_link_answer(org_key, key, contact_id, identifier)
+        if first is not None:
+            return first
     while True:
         keeper, created, keeper_id = yield from contact_pk(d, org_key, contact_id, now_us)
         # the keeper's row is locked: a concurrent merge of it waits for this one (or merged it away: again)
@@ -281,7 +288,37 @@ def link(d: Dialect, org: str, contact_id: str, identifier: str, now_us: int, lo
         aliases = yield from aliases_of(keeper, keeper_id)
         yield from log.record(org, keeper_id, "appeared" if created else "updated", aliases)
     info = yield from contact_info(keeper)
-    return LinkResult(**info.model_dump(), merged_messages=messages, merged_chats=chats)
+    answer = LinkResult(**info.model_dump(), merged_messages=messages, merged_chats=chats)
+    if key is not None:
+        kept = yield count(
+            "INSERT INTO link_answers (org_id, key, contact_pk, requested, identifier, answer, created_us) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            org_key,
+            key,
+            keeper,
+            contact_id,
+            identifier,
+            answer.model_dump_json(),
+            now_us,
+        )
+        if not kept:  # the same request, on another replica, kept its answer first: this one linked nothing more
+            first = yield from _first_link_answer(org_key, key, contact_id, identifier)
+            assert first is not None
+            return first
+    return answer
+
+
+def _first_link_answer(org_key: int, key: str, contact_id: str, identifier: str) -> Ops[LinkResult | None]:
+    """The answer kept for a link under `key`; None when none was made under it. The key with another request
+    (another contact or identifier, as sent) is refused."""
+    first = yield one(
+        "SELECT requested, identifier, answer FROM link_answers WHERE org_id = ? AND key = ?", org_key, key
+    )
+    if first is None:
+        return None
+    if (first[0], first[1]) != (contact_id, identifier):
+        raise key_used_elsewhere(key)
+    return LinkResult.model_validate_json(first[2])
 
 
 def _merge(d: Dialect, org: str, keeper: int, merged: int, log: ChangeLog) -> Ops[tuple[int, int]]:
@@ -304,6 +341,7 @@ def _merge(d: Dialect, org: str, keeper: int, merged: int, log: ChangeLog) -> Op
     messages = yield count("UPDATE messages SET contact_pk = ? WHERE contact_pk = ?", keeper, merged)
     chats = yield count("UPDATE chats SET contact_pk = ? WHERE contact_pk = ?", keeper, merged)
     yield count("UPDATE identifiers SET contact_pk = ? WHERE contact_pk = ?", keeper, merged)
+    yield count("UPDATE link_answers SET contact_pk = ? WHERE contact_pk = ?", keeper, merged)
     yield count(
         f"UPDATE contacts SET last_active_us = {d.greatest}(last_active_us, "
         "(SELECT last_active_us FROM contacts WHERE id = ?)), "

@@ -198,6 +198,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "each contact counts the changes of its messages",
         ("ALTER TABLE contacts ADD COLUMN version INTEGER NOT NULL DEFAULT 0",),
     ),
+    Migration(
+        10,
+        "the first answers of links made under an Idempotency-Key",
+        (TABLES["link_answers"], TABLES["link_answers_contact"]),
+    ),
 )
 
 

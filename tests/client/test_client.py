@@ -188,6 +188,9 @@ async def test_a_write_whose_answer_was_lost_is_retried_and_stored_once(db: str)
             assert transport.sent == 3  # twice carried out without an answer, then answered
             assert [m.id for m in (await client.list_messages(CALLER)).messages] == [stored.id]
             assert not stored.deduplicated  # the first answer, as the first request would have had it
+            transport.lose, sent = 1, transport.sent
+            linked = await client.link_contacts("crm-7", CALLER)  # its answer lost: the retry gets what it merged
+            assert transport.sent == sent + 2 and (linked.contact_id, linked.merged_messages) == ("crm-7", 1)
             transport.lose = 5
             lost = await refused(client.post_as_contact(CALLER, UNKNOWN, [Part(text="x")]))
             assert lost.status == 503 and "repeating it with the same idempotency_key is safe" in lost.message

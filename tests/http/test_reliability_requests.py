@@ -81,6 +81,22 @@ async def test_a_retried_post_with_the_same_idempotency_key_gets_the_first_answe
             assert contents.count("hello from the caller") == 1
             chats = (await http.get("/contacts/+31612345678/chats")).json()["chats"]
             assert [c["id"] for c in chats] == [chat_id]
+
+            # a link's retry gets the first answer, with what it merged (linking again would merge nothing)
+            link_key, alias = str(uuid.uuid4()), {"identifier": "+31612345678"}
+            linked = await http.post("/contacts/crm-42/aliases", json=alias, headers={"Idempotency-Key": link_key})
+            relinked = await http.post("/contacts/crm-42/aliases", json=alias, headers={"Idempotency-Key": link_key})
+            assert linked.status_code == relinked.status_code == 200 and relinked.json() == linked.json()
+            assert (linked.json()["merged_messages"], linked.json()["merged_chats"]) == (3, 1)
+            anew = await http.post("/contacts/crm-42/aliases", json=alias, headers={"Idempotency-Key": "k3"})
+            assert anew.status_code == 200 and anew.json()["merged_messages"] == 0  # a new key: linked again
+            for path, body in (("/contacts/crm-43/aliases", alias), ("/contacts/crm-42/aliases", {"identifier": "x"})):
+                reused = await http.post(path, json=body, headers={"Idempotency-Key": link_key})
+                assert reused.status_code == 409 and "was first sent with another request" in reused.json()["message"]
+            assert (await http.delete("/contacts/crm-42")).status_code == 200
+            after = await http.post("/contacts/crm-42/aliases", json=alias, headers={"Idempotency-Key": link_key})
+            assert after.status_code == 200  # the answer went with the contact: the retry links a new one
+            assert (after.json()["merged_messages"], after.json()["message_count"]) == (0, 0)
         async with httpx2.AsyncClient(base_url=server.base, headers={"Authorization": f"Bearer {other}"}) as http:
             theirs = await http.post("/chats", json=message("where is my order?"), headers={"Idempotency-Key": once})
             assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]  # keys are per organization

@@ -15,6 +15,7 @@ import pytest
 
 from chatdock.storage import (
     ChatdockError,
+    Conflict,
     InvalidInput,
     NewMessage,
     NotFound,
@@ -384,6 +385,28 @@ async def test_forget_contact_erases_everything_of_theirs(store: Store) -> None:
     assert await stored(store, "SELECT count(*) FROM chat_channels") == [(0,)]
     again = await store.forget_contact(ORG, "c1")
     assert (again.deleted_messages, again.deleted_chats) == (0, 0)
+
+
+async def test_a_links_first_answer_is_kept_under_its_key_moves_with_merges_and_goes_with_its_contact(
+    db: str, store: Store
+) -> None:
+    await store.append_message(ORG, msg("+31612345678", "a"))
+    await store.append_message(ORG, msg("+31612345678", "b"))
+    async with open_store(db) as replica:  # the same key at two processes at once: one link, one answer
+        first, second = await asyncio.gather(
+            store.link_contacts(ORG, "crm-1", "+31612345678", "k1"),
+            replica.link_contacts(ORG, "crm-1", "+31612345678", "k1"),
+        )
+    assert first == second and first.merged_messages == 2
+    assert (await store.link_contacts(ORG, "crm-1", "+31612345678")).merged_messages == 0  # no key: no answer kept
+    with pytest.raises(Conflict, match="was first sent with another request"):
+        await store.link_contacts(ORG, "crm-1", "crm-2", "k1")
+    await store.link_contacts(ORG, "crm-2", "crm-1")  # crm-1 merged into crm-2: its kept answer goes along
+    assert await store.link_contacts(ORG, "crm-1", "+31612345678", "k1") == first
+    assert await stored(store, "SELECT count(*) FROM link_answers") == [(1,)]
+    await store.forget_contact(ORG, "crm-2")
+    assert await stored(store, "SELECT count(*) FROM link_answers") == [(0,)]
+    assert await store.link_contacts("another", "crm-1", "+31612345678", "k1") != first  # keys are per organization
 
 
 async def test_another_organization_sees_nothing_and_gets_the_unknown_id_errors(store: Store) -> None:
