@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import httpx2
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from chatdock.storage import (
     AppendedMessage,
@@ -82,6 +82,8 @@ class ChatdockClient:
         retries: int = DEFAULT_RETRIES,
         http_client: httpx2.AsyncClient | None = None,
     ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"url must be chatdock's address starting with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
@@ -284,7 +286,16 @@ class ChatdockClient:
         key: str | None = None,
     ) -> M:
         response = await self._send(method, path, params, body, key)
-        return model.model_validate_json(response.content)
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError:  # a success, but not chatdock's (a proxy's sign-in page, another service)
+            kind = response.headers.get("content-type", "no content type")
+            raise ChatdockApiError(
+                502,
+                "Bad Gateway",
+                f"{self.url} answered {method} {path} with {response.status_code} but not with chatdock's "
+                f"{model.__name__} ({kind}: {response.text[:120]!r}): check that {self.url} is chatdock's address",
+            ) from None
 
     async def _send(
         self, method: str, path: str, params: dict[str, Any] | None, body: dict[str, Any] | None, key: str | None

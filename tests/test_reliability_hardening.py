@@ -209,6 +209,8 @@ async def test_a_full_disk_is_reported_and_survived(tmp_path: Path) -> None:
                     client, "get_context", include_messages=True, contact_id="c", limit=200
                 )  # reads keep working
                 assert [m["id"] for m in context["messages"]] == acknowledged
+                assert (await call(client, "get_contact", contact_id="c"))["message_count"] == len(acknowledged)
+                assert (await call(client, "list_chats", contact_id="c"))["chats"] == []
                 # so does search, over what its index holds: the messages appended lately wait to be indexed in a
                 # batch (storage/sqlite/indexing.py), which the full disk refuses; they are found once it has room
                 found = await call(client, "search_messages", query="m0", contact_id="c")

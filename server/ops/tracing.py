@@ -34,9 +34,9 @@ def exporters(environ: Mapping[str, str]) -> list[str]:
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return []
     named = [name.strip().lower() for name in environ.get("OTEL_TRACES_EXPORTER", "").split(",") if name.strip()]
-    if not named:
+    if not named:  # an endpoint alone asks for OTLP, in the protocol the variables name (checked below)
         endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        return ["otlp"] if endpoint else []
+        named = ["otlp"] if endpoint else []
     named = [name for name in named if name != "none"]
     unknown = [name for name in named if name not in EXPORTERS]
     if unknown:

@@ -5,8 +5,11 @@ contact's changes (across processes, and across a server restart)."""
 from __future__ import annotations
 
 import asyncio
+import re
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx2
@@ -154,6 +157,37 @@ async def test_a_wrong_key_and_an_absent_server_say_so(db: str) -> None:
     lonely = ChatdockClient.embedded(db=db)
     unopened = await refused(lonely.get_context(CALLER))
     assert unopened.status == 503 and "async with ChatdockClient.embedded" in unopened.message
+    with pytest.raises(ValueError, match=re.escape("starting with http:// or https://, got '127.0.0.1:8765'")):
+        ChatdockClient("127.0.0.1:8765", "cdk_x")
+
+
+class SignInPage(BaseHTTPRequestHandler):
+    """What answers in chatdock's place behind a misconfigured proxy: 200 and a page of its own."""
+
+    def do_GET(self) -> None:
+        body = b"<html>please sign in</html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_a_success_that_is_not_chatdocks_answer_is_the_one_exception_naming_the_address() -> None:
+    with ThreadingHTTPServer(("127.0.0.1", 0), SignInPage) as other:
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{other.server_address[1]}"
+        try:
+            async with ChatdockClient(base, "cdk_x") as client:
+                odd = await refused(client.get_contact(CALLER))
+        finally:
+            other.shutdown()
+    assert (odd.status, odd.error) == (502, "Bad Gateway")
+    assert f"{base} answered GET /contacts/%2B31612345678 with 200 but not with chatdock's ContactInfo" in odd.message
+    assert "<html>please sign in</html>" in odd.message and f"check that {base} is chatdock's address" in odd.message
 
 
 class LosesFirstAnswers(httpx2.AsyncBaseTransport):

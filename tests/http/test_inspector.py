@@ -183,6 +183,17 @@ async def test_sign_in_list_open_follow_live_search_delete_and_forget(db: str, b
             await expect(page.get_by_role("button", name=ANN, exact=True)).to_have_count(0)
             await expect(hits).to_have_count(0)  # its search hits went with it
             assert rest("GET", f"/contacts/{q(ANN)}")[0] == 404
+
+            # an identifier with a '/' (a web session's) opens, and is followed live, as any other
+            web = {"contact_id": "session/4f2a", "channel": "widget", "role": "user", "content": "from a web tab"}
+            rest.ok("POST", "/chats", web)
+            await page.get_by_role("button", name="Refresh contacts").click()
+            await page.get_by_role("button", name="session/4f2a").click()
+            await expect(page.get_by_role("heading", name="session/4f2a", level=1)).to_be_visible()
+            await expect(page.locator("#timeline > li")).to_have_count(1)
+            rest.ok("POST", "/chats", {**web, "content": "still in the tab"})
+            await expect(page.locator("#timeline > li").last).to_contain_text("still in the tab", timeout=2000)
+            await expect(page.locator("#problem")).to_be_empty()
             assert not [url for url in seen.requested if key in url]  # the key never went into a URL
 
 

@@ -37,7 +37,7 @@ from chatdock.server.mcp.app import Settings, build_server
 from chatdock.server.ops.metrics import Metrics
 from chatdock.server.ops.tracing import exporters
 from chatdock.storage import InvalidInput, is_postgres
-from tests.transports import call, create_key, free_port, http_client, http_server
+from tests.transports import call, chatdock_command, create_key, free_port, http_client, http_server
 
 MODES = ["auto", "legacy"]
 CONTACT = "+31612345678"
@@ -362,3 +362,14 @@ def test_the_otel_variables_that_ask_for_traces_and_those_chatdock_refuses() -> 
         exporters({"OTEL_TRACES_EXPORTER": "zipkin"})
     with pytest.raises(InvalidInput, match="OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"):
         exporters({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    with pytest.raises(InvalidInput, match="the OTLP protocol is set to grpc"):  # an endpoint alone asks for OTLP too
+        exporters({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+
+
+def test_serve_refuses_an_otlp_endpoint_in_grpc_with_one_line(tmp_path: Path) -> None:
+    """Not exported in another protocol to the gRPC port, where every span would be lost."""
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    command = [*chatdock_command(), "serve", "--http", "--db", str(tmp_path / "x.db"), "--port", str(free_port())]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "the OTLP protocol is set to grpc" in done.stderr, done.stderr
