@@ -391,13 +391,15 @@ async def _serve_http(
     transport_security(host, allowed_hosts)  # refuse a bad --host before opening anything
     files = raise_file_limit()
     sock = listening_socket(host, port)
+    port = sock.getsockname()[1]  # the port itself when --port 0 asked for any free one
     sockets = [sock]
     try:
+        metrics_port = None
         if metrics_at is not None:  # one server on both sockets: one lifetime, one way to stop (ObservedHttp)
             sockets.append(listening_socket(*metrics_at))
+            metrics_port = sockets[-1].getsockname()[1]
         async with settings.open_store() as store:
             server = factory(settings, store)
-            metrics_port = None if metrics_at is None else metrics_at[1]
             app = build_http_app(settings, server, host, allowed_hosts, limits.max_sessions_per_org, metrics_port)
             config = uvicorn.Config(
                 app,

@@ -224,9 +224,13 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
     app.openapi = document  # type: ignore[method-assign]
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
         if any(error.get("type") == "json_invalid" or _unread_body(error) for error in errors):
+            kind = request.headers.get("content-type")
+            if kind is None or not _json_media(kind):  # FastAPI reads a body as JSON only when it is declared so
+                sent = f"declared as {kind}" if kind else "sent without a Content-Type"
+                return problem(400, "Invalid JSON", f"the body is {sent}; send a JSON object as application/json")
             return problem(400, "Invalid JSON", "the body is not valid JSON; send a JSON object")
         return problem(422, "Invalid arguments", check.explain(_located(errors)))
 
@@ -570,6 +574,12 @@ def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
         if match is not Match.NONE:
             allowed.extend(method for method in sorted(methods) if method not in allowed)
     return allowed
+
+
+def _json_media(content_type: str) -> bool:
+    """Whether a Content-Type declares JSON, as FastAPI tells (application/json, application/*+json)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 def _unread_body(error: Any) -> bool:

@@ -166,6 +166,16 @@ def test_every_route_answers_and_every_error_has_its_status(served: dict[str, An
     assert rest("GET", f"/contacts/{q(contact)}")[0] == 404
 
     assert rest("POST", "/chats", raw=b"{not json")[0] == 400
+    sound = json.dumps({"contact_id": contact, "channel": "sms", "role": "user", "content": "hi"}).encode()
+    for declared in ("text/plain", None):  # None: what urllib (and `curl -d`) send, a form
+        headers = {"Authorization": f"Bearer {rest.key}", **({"Content-Type": declared} if declared else {})}
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(served["base"] + "/chats", sound, headers), timeout=10)
+        assert refused.value.code == 400
+        said = json.loads(refused.value.read())["message"]
+        refused.value.close()
+        kind = declared or "application/x-www-form-urlencoded"
+        assert said == f"the body is declared as {kind}; send a JSON object as application/json", said
     assert Rest(served["base"], None)("GET", "/chats", contact_id=contact) == (
         401,
         {"error": "Invalid API key", "message": "send the header 'Authorization: Bearer <key>'; create a key with "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from chatdock.server.ops import logs
-from tests.transports import chatdock_command, create_key, error, free_port, http_client
+from tests.transports import chatdock_command, create_key, error, http_client
 
 KEYS = {"time", "level", "logger", "message"}
 
@@ -36,18 +37,20 @@ def read_lines(text: str) -> list[dict[str, Any]]:
 async def test_a_served_process_writes_one_json_object_per_line_naming_the_request(tmp_path: Path) -> None:
     db = str(tmp_path / "chatdock.db")
     key = create_key(db, "acme", "logged")
-    port = free_port()
     log = tmp_path / "serve.log"
-    base = f"http://127.0.0.1:{port}"
     with log.open("wb") as written:
-        process = subprocess.Popen(
-            [*chatdock_command(), "serve", "--http", "--db", db, "--port", str(port), "--log-format", "json"],
+        process = subprocess.Popen(  # on any free port: the log says which
+            [*chatdock_command(), "serve", "--http", "--db", db, "--port", "0", "--log-format", "json"],
             env={**os.environ, "CHATDOCK_LOG_LEVEL": "INFO"},
             stdout=subprocess.DEVNULL,
             stderr=written,
         )
         try:
             deadline = time.monotonic() + 30
+            while not (serving := re.search(r"serving MCP at (http://127\.0\.0\.1:[1-9][0-9]*)/mcp", log.read_text())):
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            base = serving[1]
             while True:
                 try:
                     with urllib.request.urlopen(base + "/healthz", timeout=1):
