@@ -105,6 +105,11 @@ class Backend(Protocol):
     # --- chats ---
     async def chat(self, org: str, chat_id: str) -> Chat | None: ...
 
+    async def retired_channel(self, channel_id: str) -> str | None:
+        """The channel a merge folded the channel `channel_id` into (two of one name became one); None when
+        no merge retired that id."""
+        ...
+
     async def insert_chat(self, org: str, record: ChatRecord) -> Chat:
         """Store a new chat with its channels (created for the contact when it has none of that name)."""
         ...

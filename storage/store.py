@@ -257,6 +257,8 @@ class Store:
         now = check.utc_now()
         contact_id = await self._canonical(org, contact_id)
         chat = await self._chat_of(org, contact_id, chat_id)
+        if wanted is not None and all(channel.id != wanted for channel in chat.channels):
+            wanted = await self.backend.retired_channel(wanted) or wanted  # retired by a merge: what it became
         chosen = choose_channel(chat, wanted)
         key = None if idempotency_key is None else check.idempotency_key(idempotency_key)
         new = NewMessage(

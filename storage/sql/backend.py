@@ -120,6 +120,10 @@ class SQLBackend:
         )
         return rows.chat(found[0]) if found else None
 
+    async def retired_channel(self, channel_id: str) -> str | None:
+        found = await self._read("SELECT channel_id FROM retired_channels WHERE id = ?", (channel_id,))
+        return str(found[0][0]) if found else None
+
     async def insert_chat(self, org: str, record: ChatRecord) -> Chat:
         log = self._log()
         return await self._write(lambda: writes.new_chat(self.dialect, org, record, log), log)

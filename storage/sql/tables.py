@@ -116,4 +116,11 @@ def tables(w: Words) -> dict[str, str]:
             PRIMARY KEY (org_id, key)
         ){w.keyed_table}""",
         "link_answers_contact": "CREATE INDEX link_answers_contact ON link_answers(contact_pk)",
+        # a channel's id that a merge retired (two channels of one name became one): what it became, so that a
+        # caller holding the old id (a call in progress) still posts into the chat (Store.post_as_contact)
+        "retired_channels": f"""CREATE TABLE retired_channels (
+            id {text} PRIMARY KEY,
+            channel_id {text} NOT NULL REFERENCES channels(id) ON DELETE CASCADE
+        ){w.keyed_table}""",
+        "retired_channels_channel": "CREATE INDEX retired_channels_channel ON retired_channels(channel_id)",
     }

@@ -337,6 +337,9 @@ def _merge(d: Dialect, org: str, keeper: int, merged: int, log: ChangeLog) -> Op
             same,
             channel,
         )
+        # its id, and those it stood for after earlier merges, now stand for the keeper's channel
+        yield count("UPDATE retired_channels SET channel_id = ? WHERE channel_id = ?", same, channel)
+        yield count("INSERT INTO retired_channels (id, channel_id) VALUES (?, ?)", channel, same)
         yield count("DELETE FROM channels WHERE id = ?", channel)
     messages = yield count("UPDATE messages SET contact_pk = ? WHERE contact_pk = ?", keeper, merged)
     chats = yield count("UPDATE chats SET contact_pk = ? WHERE contact_pk = ?", keeper, merged)

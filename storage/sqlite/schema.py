@@ -203,6 +203,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "the first answers of links made under an Idempotency-Key",
         (TABLES["link_answers"], TABLES["link_answers_contact"]),
     ),
+    Migration(
+        11,
+        "the channel ids a merge retired, and what they became",
+        (TABLES["retired_channels"], TABLES["retired_channels_channel"]),
+    ),
 )
 
 

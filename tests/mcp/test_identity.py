@@ -75,6 +75,36 @@ async def test_linking_an_identifier_with_history_merges_the_two_contacts(db: st
         assert retried["deduplicated"] is True and retried["contact_id"] == PHONE  # webhook keys keep deduplicating
         assert (await call(client, "get_contact", contact_id=SESSION))["message_count"] == 5
 
+        # a caller still holding the channel id it was given (a call in progress) posts with it, through merges
+        old = widget["channels"][0]["id"]
+        await call(client, "append_message", **say(SESSION, "typed", "web"), chat_id=widget["id"])  # 2 custom now
+        several = await error(
+            client, "post_as_contact", contact_id=PHONE, chat_id=widget["id"], message=[{"text": "y"}]
+        )
+        assert "has several custom channels; pass channel_id" in several
+        later = await call(client, "open_chat", contact_id="crm-9", channel="voice")
+        await call(client, "link_contacts", contact_id="crm-9", identifier=PHONE)  # PHONE's voice channel retired too
+        for chat in (widget, voice):
+            posted = await call(
+                client,
+                "post_as_contact",
+                contact_id=SESSION,
+                chat_id=chat["id"],
+                channel_id=old,
+                message=[{"text": "z"}],
+            )
+            assert (posted["contact_id"], posted["channel"]) == ("crm-9", "voice")
+        unknown = "0192f0c4-7d3e-7b1a-9c4e-2f1d3a5b6c7d"
+        wrong = await error(
+            client,
+            "post_as_contact",
+            contact_id=PHONE,
+            chat_id=later["id"],
+            channel_id=unknown,
+            message=[{"text": "w"}],
+        )
+        assert f"channel_id {unknown} is not a custom channel of chat {later['id']}" in wrong
+
 
 async def test_appends_to_both_identifiers_during_a_link_all_land_once(db: str) -> None:
     async with open_store(db) as store:
