@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from . import validation as check
 from .models import CHAT_STATUSES, ROLES, NewMessage, Part, _Model
@@ -60,9 +61,22 @@ Metadata = Annotated[
     dict[str, Any] | None, Field(description="JSON object; provider_message_id makes retried webhooks store once.")
 ]
 CreatedAt = Annotated[datetime | None, Field(description="RFC 3339 with timezone, for importing history.")]
-Limit = Annotated[int, Field(description="How many, 1 to 200.", json_schema_extra={"minimum": 1, "maximum": 200})]
+
+
+def _not_a_truth_value(value: object) -> object:
+    """pydantic reads true as 1 where an integer is wanted; a count is never true or false."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "input should be a whole number, not true or false")
+    return value
+
+
+Whole = BeforeValidator(_not_a_truth_value)  # on every integer argument
+Limit = Annotated[
+    int, Whole, Field(description="How many, 1 to 200.", json_schema_extra={"minimum": 1, "maximum": 200})
+]
 ContextLimit = Annotated[
     int | None,
+    Whole,
     Field(
         description="Also return the contact's context (as get_context with this limit, 1 to 200) after the write.",
         json_schema_extra={"minimum": 1, "maximum": 200},

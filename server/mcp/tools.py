@@ -42,6 +42,7 @@ from chatdock.storage.requests import (
     Roles,
     StartChannel,
     Status,
+    Whole,
 )
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
         channels: Channels = None,
         max_chars: Annotated[
             int | None,
+            Whole,
             Field(description="Drop the oldest messages until `formatted` fits.", json_schema_extra={"minimum": 1}),
         ] = None,
         include_messages: Annotated[

@@ -190,6 +190,8 @@ def test_every_route_answers_and_every_error_has_its_status(served: dict[str, An
         422,
         {"error": "Invalid arguments", "message": "limit must be between 1 and 200, got 500"},
     )
+    status, problem = rest("POST", "/chats", {**webhook, "context_limit": True})
+    assert status == 422 and problem["message"].startswith("context_limit: input should be a whole number, not true")
     status, problem = rest("POST", "/chats", {**webhook, "role": "admin"})
     assert (
         status == 422

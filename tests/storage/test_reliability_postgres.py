@@ -240,18 +240,23 @@ async def test_pool_size_and_db_timeout_take_effect_over_http(postgres_server: s
                             return (await http.post("/chats", json=body(f"+3163{index:07d}", "x"))).status_code
                         return (await http.get("/chats", params={"contact_id": "+31630000001"})).status_code
 
-                    burst = [asyncio.ensure_future(one(index)) for index in range(200)]
-                    while not all(task.done() for task in burst):
-                        # connections working for chatdock at once (a closed one can linger in pg_stat_activity
-                        # for a moment while its backend exits, so open ones are not what the pool bounds)
-                        count = await watcher.fetchval(
-                            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() "
-                            "AND state IN ('active', 'idle in transaction')",
-                            database,
-                        )
-                        most = max(most, int(count))
-                        await asyncio.sleep(0.005)
-                    assert {task.result() for task in burst} <= {200, 201}
+                    for _ in range(5):  # bursts until the sampling below has caught the pool at work (a busy
+                        # machine can starve the watcher through a whole burst)
+                        burst = [asyncio.ensure_future(one(index)) for index in range(200)]
+                        while not all(task.done() for task in burst):
+                            # connections working for chatdock at once (a closed one can linger in
+                            # pg_stat_activity for a moment while its backend exits, so open ones are not what the
+                            # pool bounds)
+                            count = await watcher.fetchval(
+                                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() "
+                                "AND state IN ('active', 'idle in transaction')",
+                                database,
+                            )
+                            most = max(most, int(count))
+                            await asyncio.sleep(0.005)
+                        assert {task.result() for task in burst} <= {200, 201}
+                        if most:
+                            break
                     assert 1 <= most <= 3, f"{most} connections at work at once with --pool-size 3"
                     scraped = (await http.get("/metrics")).text
                     assert "chatdock_postgres_pool_max_connections 3.0" in scraped  # the pool the flag asked for
