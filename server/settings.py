@@ -31,10 +31,11 @@ class Settings:
     # HTTP: OAuth access tokens accepted beside the API keys (oauth.py); None: keys only
     oauth: OAuthSettings | None = None
 
-    def open_store(self) -> AbstractAsyncContextManager[Store]:
+    def open_store(self, create: bool = True) -> AbstractAsyncContextManager[Store]:
         """The one door from settings to an open store: every command and transport comes through here, so
-        every store setting takes effect everywhere."""
-        return open_store(self.db, self.durability, self.pool_size, self.db_timeout, self.telemetry())
+        every store setting takes effect everywhere. Without `create`, for a command that only reads, a SQLite
+        path with no file is an error instead of a new database."""
+        return open_store(self.db, self.durability, self.pool_size, self.db_timeout, self.telemetry(), create)
 
     def telemetry(self) -> Telemetry:
         """What the store tells of its work: to the metrics, with spans when tracing."""

@@ -13,6 +13,7 @@ storage/
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -61,11 +62,15 @@ async def open_store(
     pool_size: int | None = None,
     timeout: float | None = None,
     telemetry: Telemetry | None = None,
+    create: bool = True,
 ) -> AsyncIterator[Store]:
     """The store `url` names: a SQLite file path, `:memory:` for a throwaway one, or a `postgresql://` URL
     (`pool_size` connections at most, `timeout` seconds for each connection and statement); it tells
-    `telemetry` of its work (telemetry.py)."""
+    `telemetry` of its work (telemetry.py). Without `create`, a SQLite file that is not there is an error,
+    not a new database (a command that only reads, given a mistyped path)."""
     telemetry = telemetry or Telemetry()
+    if not create and not is_postgres(url) and url != ":memory:" and not os.path.lexists(os.path.expanduser(url)):
+        raise InvalidInput(f"there is no database at {url}: check --db (serve, import and keys create make one)")
     backend: SQLiteBackend | PostgresBackend
     if is_postgres(url):
         from .postgres import DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT, PostgresBackend  # asyncpg only when used

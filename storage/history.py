@@ -61,12 +61,15 @@ def _message(fields: dict[str, Any], org: str) -> NewMessage:
     if fields.get("id") is None:
         fields.pop("id", None)
         canonical = json.dumps([org, fields], sort_keys=True, ensure_ascii=False)
+        check.whole_characters(canonical, "the line")  # the id is made of its UTF-8 (and so would the message)
         fields["id"] = str(uuid.uuid5(HISTORY_NAMESPACE, canonical))
     return NewMessage.model_validate(fields)
 
 
-def parse_line(text: str, default_org: str) -> tuple[str, Record]:
-    """The organization and record of one line; InvalidInput says what is wrong with it."""
+def parse_line(text: str, default_org: str, override: str | None = None) -> tuple[str, Record]:
+    """The organization and record of one line; InvalidInput says what is wrong with it. The line's `org`, or
+    `default_org` when it names none; `override` (`import --org`) whatever it names, before a message's id is
+    derived from its organization (so that the same file goes into two organizations as two copies)."""
     try:
         fields = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -75,7 +78,7 @@ def parse_line(text: str, default_org: str) -> tuple[str, Record]:
         raise InvalidInput(f"a line must be a JSON object, got {type(fields).__name__}")
     kind = fields.pop("kind", "message")
     org = fields.pop("org", None)
-    org = default_org if org is None else check.identifier(org, "org")
+    org = override if override is not None else default_org if org is None else check.identifier(org, "org")
     fields.pop("deduplicated", None)
     try:
         if kind == "message":
@@ -90,13 +93,27 @@ def parse_line(text: str, default_org: str) -> tuple[str, Record]:
 
 
 async def conflicts(
-    store: Store, org: str, records: list[Record], chats_in_file: dict[str, tuple[str, str]]
+    store: Store,
+    org: str,
+    records: list[Record],
+    chats_in_file: dict[str, tuple[str, str]],
+    aliases_in_file: dict[tuple[str, str], str],
 ) -> dict[int, str]:
     """What the database would refuse in these (checked) records, by index: ids taken elsewhere, unknown chats.
 
     `chats_in_file` maps the chat ids the same import brings in (earlier records) to their
-    (organization, contact).
+    (organization, contact), `aliases_in_file` its aliases ((organization, identifier)) to their contact. A
+    record may name its contact by any identifier, in any spelling, as the store takes it: by an alias in the
+    database or earlier in the file, or as an identifier merged into another contact since an export.
     """
+
+    async def contact(identifier: str) -> str:
+        named = check.contact_id(identifier)
+        return await store.contact_id_of(org, aliases_in_file.get((org, named), named))
+
+    async def same_contact(owner: tuple[str, str], identifier: str) -> bool:
+        return owner[0] == org and (owner[1] == identifier or await contact(owner[1]) == await contact(identifier))
+
     message_ids = sorted({check.uuid_text(r.id, "id") for r in records if isinstance(r, NewMessage) and r.id})
     chat_ids = {check.uuid_text(r.id, "id") for r in records if isinstance(r, NewChat)}
     chat_ids |= {check.uuid_text(r.chat_id, "chat_id") for r in records if isinstance(r, NewMessage) and r.chat_id}
@@ -109,7 +126,7 @@ async def conflicts(
         if isinstance(record, NewChat):
             chat_id = check.uuid_text(record.id, "id")
             owner = owners.get(chat_id)
-            if owner is not None and owner != (org, record.contact_id):
+            if owner is not None and not await same_contact(owner, record.contact_id):
                 problems[index] = str(chat_id_taken(chat_id))
             continue
         if record.id is not None and taken.get(check.uuid_text(record.id, "id"), org) != org:
@@ -117,12 +134,12 @@ async def conflicts(
         elif record.chat_id is not None:
             chat_id = check.uuid_text(record.chat_id, "chat_id")
             owner = owners.get(chat_id)
-            in_file = chats_in_file.get(chat_id)
-            if in_file is None and owner is None:
+            known = chats_in_file.get(chat_id) or owner
+            if known is None:
                 problems[index] = (
                     f"chat {chat_id} is neither in the database nor on an earlier line; "
                     "put the chat's line before its messages"
                 )
-            elif (in_file or owner) != (org, record.contact_id):
+            elif not await same_contact(known, record.contact_id):
                 problems[index] = f"chat {chat_id} is not a chat of contact {record.contact_id}"
     return problems

@@ -305,6 +305,11 @@ class Store:
             raise key_used_elsewhere(key)
         return stored.model_copy(update={"deduplicated": False})
 
+    async def contact_id_of(self, org: str, identifier: str) -> str:
+        """The contact_id of the contact any of its identifiers names, in any spelling reading accepts (NFC);
+        the identifier itself, as stored, when it names no contact yet."""
+        return await self._canonical(org, check.contact_id(identifier))
+
     async def _canonical(self, org: str, identifier: str) -> str:
         """The contact_id of the contact `identifier` names (an alias resolves to its contact), or itself."""
         return await self.backend.resolve(org, identifier) or identifier

@@ -12,6 +12,7 @@ import contextlib
 import json
 import random
 import resource
+import shutil
 import signal
 import socket
 import sqlite3
@@ -276,6 +277,12 @@ async def test_a_damaged_file_is_found_reported_and_not_written(tmp_path: Path) 
             assert reason(refused).startswith("the database file is damaged:") and "writes are refused" in refused
     checked = run_cli("check", "--db", str(db))
     assert checked.returncode == 1 and "is damaged" in checked.stdout, checked.stdout + checked.stderr
+    odd = tmp_path / "copy #2 ?%41.db"  # a name a URI would cut at '#' or '?', or read '%41' in as 'A'
+    shutil.copyfile(db, odd)
+    checked = run_cli("check", "--db", str(odd))
+    assert checked.returncode == 1 and "is damaged" in checked.stdout, checked.stdout + checked.stderr
+    made = {p.name.removesuffix("-wal").removesuffix("-shm") for p in tmp_path.glob("copy*")}
+    assert made == {odd.name}  # nothing else checked, or made, in its place
     exported = run_cli("export", "--db", str(db), "-o", str(tmp_path / "saved.jsonl"), "-q")
     assert exported.returncode == 1 and "Traceback" not in exported.stderr, exported.stderr
     assert "the export holds what could be read, without:" in exported.stderr

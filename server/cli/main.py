@@ -15,6 +15,7 @@ import anyio
 from chatdock.server.ops import logs
 from chatdock.server.settings import Settings
 from chatdock.storage import ChatdockError, InvalidInput, check_store, is_postgres
+from chatdock.storage import validation as check
 
 logger = logging.getLogger("chatdock")
 
@@ -68,9 +69,19 @@ def _log_format(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def organization(value: str) -> str:
+    """An organization's name as every command takes it (--org, CHATDOCK_ORG): an id's rules, NFC among them,
+    so that one name typed two ways (macOS types an accent apart) is one organization."""
+    try:
+        return check.identifier(value, "--org")
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def _org(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--org",
+        type=organization,
         default=os.environ.get("CHATDOCK_ORG", "default"),
         help="the organization (tenant) to act for (env CHATDOCK_ORG; default: %(default)s)",
     )
@@ -79,6 +90,7 @@ def _org(parser: argparse.ArgumentParser) -> None:
 def _only_org(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--org",
+        type=organization,
         default=os.environ.get("CHATDOCK_ORG"),
         help=f"{what} (env CHATDOCK_ORG; default: every organization)",
     )
@@ -210,7 +222,8 @@ def parser() -> argparse.ArgumentParser:
     checking = commands.add_parser("check", help="check the database file for damage (SQLite's integrity check)")
     _common(checking)
     exporting = commands.add_parser(
-        "export", help="write history (chats, aliases, then messages) as JSON Lines, oldest first, streaming"
+        "export",
+        help="write history (chats, aliases, then messages) as JSON Lines, each in the order stored, streaming",
     )
     _common(exporting)
     _only_org(exporting, "only this organization (each line names its own)")
@@ -230,6 +243,7 @@ def parser() -> argparse.ArgumentParser:
     importing.add_argument("file", metavar="FILE", help="the JSON Lines file; '-' reads standard input")
     importing.add_argument(
         "--org",
+        type=organization,
         help="import every line into this organization (default: each line's own org; lines without one go to "
         "CHATDOCK_ORG or 'default')",
     )
@@ -269,7 +283,7 @@ def store_settings(args: argparse.Namespace) -> Settings:
 
 
 async def _keys(args: argparse.Namespace) -> int:
-    async with store_settings(args).open_store() as store:
+    async with store_settings(args).open_store(create=args.keys_command == "create") as store:
         if args.keys_command == "create":
             created = await store.create_api_key(args.org, args.name)
             print(created.key)
@@ -375,7 +389,7 @@ async def _export(args: argparse.Namespace) -> int:
     from chatdock.server.history.transfer import export_to_path
 
     skipped: list[str] = []
-    async with store_settings(args).open_store() as store:
+    async with store_settings(args).open_store(create=False) as store:
         contact = args.contact
         if contact is not None and args.org is not None:  # any of its identifiers; an unknown one is an error
             contact = (await store.get_contact(args.org, contact)).contact_id
@@ -393,7 +407,7 @@ async def _export(args: argparse.Namespace) -> int:
 async def _import(args: argparse.Namespace) -> int:
     from chatdock.server.history.transfer import import_file, skipped
 
-    default_org = os.environ.get("CHATDOCK_ORG") or "default"
+    default_org = check.identifier(os.environ.get("CHATDOCK_ORG") or "default", "CHATDOCK_ORG")
     async with store_settings(args).open_store() as store:
         report = await import_file(store, args.file, default_org, args.org, args.skip_invalid, args.quiet)
     sys.stderr.write(skipped(report.problems))
@@ -442,6 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `chatdock export | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush says nothing
+        return 141  # as a command that SIGPIPE ended
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -70,16 +70,32 @@ async def export(
 async def export_to_path(
     store: Store, path: str | None, org: str | None, contact_id: str | None, quiet: bool, skipped: list[str]
 ) -> int:
+    """`export` into the file at `path` (written whole or not at all: a `.part` file renamed at the end), or to
+    standard output; a file or an output that cannot be written is one InvalidInput that says why (a reader of
+    standard output that goes away, `| head`, is its BrokenPipeError)."""
     if path is None or path == "-":
-        return await export(store, sys.stdout, org, contact_id, quiet, skipped)
+        try:
+            written = await export(store, sys.stdout, org, contact_id, quiet, skipped)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise InvalidInput(f"cannot write the export to standard output: {exc.strerror or exc}") from None
+        return written
     target = Path(path)
+    if target.is_dir():
+        raise InvalidInput(f"cannot write the export to {path}: it is a folder; name a file with -o")
+    if not target.parent.is_dir():
+        raise InvalidInput(f"cannot write the export to {path}: there is no folder {target.parent}")
     partial = target.with_name(target.name + ".part")
     try:
         with partial.open("w", encoding="utf-8", newline="\n") as out:
             written = await export(store, out, org, contact_id, quiet, skipped)
         os.replace(partial, target)
-    except BaseException:
+    except BaseException as exc:
         partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk, a folder without write permission, ...
+            raise InvalidInput(f"cannot write the export to {path}: {exc.strerror or exc}") from None
         raise
     return written
 
@@ -111,17 +127,25 @@ class ImportReport:
 
 @contextmanager
 def _readable(path: str) -> Iterator[Path]:
-    """The file to read twice; standard input ('-') is spooled to a temporary file first."""
+    """The file to read twice; standard input ('-') and a pipe (`<(...)`, /dev/stdin) are read once, into a
+    temporary file."""
     if path != "-":
         source = Path(path)
-        if not source.is_file():
+        if source.is_file():
+            yield source
+            return
+        if source.is_dir():
+            raise InvalidInput(f"{path} is a folder; name a JSON Lines file, or '-' for standard input")
+        if not source.exists():
             raise InvalidInput(f"no such file: {path}")
-        yield source
-        return
     with tempfile.TemporaryDirectory(prefix="chatdock-import-") as folder:
         spooled = Path(folder) / "stdin.jsonl"
         with spooled.open("wb") as out:
-            shutil.copyfileobj(sys.stdin.buffer, out)
+            if path == "-":
+                shutil.copyfileobj(sys.stdin.buffer, out)
+            else:
+                with Path(path).open("rb") as stream:
+                    shutil.copyfileobj(stream, out)
         yield spooled
 
 
@@ -131,6 +155,8 @@ def _lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
     with path.open("rb") as source:
         for number, raw in enumerate(source, start=1):
             read += len(raw)
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte order mark, as some editors start UTF-8 with
             if raw.strip():
                 yield number, read, raw
 
@@ -140,8 +166,7 @@ def _parse(raw: bytes, default_org: str, org_override: str | None) -> tuple[str,
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"not UTF-8 text: {exc.reason} at byte {exc.start + 1}") from None
-    org, record = parse_line(text, default_org)
-    return org_override or org, record
+    return parse_line(text, default_org, org_override)
 
 
 async def _check(
@@ -152,12 +177,13 @@ async def _check(
     bar = None if quiet else Progress("checking (bytes)", size)
     problems: list[tuple[int, str]] = []
     chats_in_file: dict[str, tuple[str, str]] = {}
+    aliases_in_file: dict[tuple[str, str], str] = {}
     pending: dict[str, list[tuple[int, Record]]] = {}
     lines = 0
 
     async def settle(org: str) -> None:
         batch = pending.pop(org, [])
-        found = await conflicts(store, org, [record for _, record in batch], chats_in_file)
+        found = await conflicts(store, org, [record for _, record in batch], chats_in_file, aliases_in_file)
         problems.extend((batch[index][0], problem) for index, problem in found.items())
 
     for number, read, raw in _lines(path):
@@ -171,6 +197,9 @@ async def _check(
             if isinstance(record, NewChat):
                 # the lines after it may name this chat (should the chat itself be refused, so are they)
                 chats_in_file.setdefault(check.uuid_text(record.id, "id"), (org, record.contact_id))
+            elif isinstance(record, NewAlias):  # and its contact by this alias
+                named = check.contact_id(record.contact_id)
+                aliases_in_file[(org, check.identifier(record.identifier, "identifier"))] = named
             pending.setdefault(org, []).append((number, record))
             if len(pending[org]) >= BATCH:
                 await settle(org)

@@ -38,7 +38,7 @@ from ..sql.writes import savepoint
 from ..telemetry import Telemetry
 from . import append, checkpoints, driver
 from .checkpoints import Checkpointer
-from .failures import DAMAGED, WRITE_BLOCKED, cause, kind, translate
+from .failures import DAMAGED, WRITE_BLOCKED, cause, damaged_text, kind, translate
 from .feed import ChangeLog, follow_feed
 from .health import FileWatch, IndexSweep
 from .indexing import SearchIndex, with_an_append
@@ -343,15 +343,19 @@ class SQLiteBackend(SQLBackend):
 
 def integrity_check(path: str) -> list[str]:
     """SQLite's full check of the file's structure, read-only: what is damaged, or empty when nothing is."""
+    if os.path.isdir(path):
+        raise Unavailable(f"cannot check {path}: it is a folder; pass the database file with --db")
     if not os.path.isfile(path):
         raise Unavailable(f"cannot check {path}: there is no such file")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = driver.read_only(path)
         try:
             found = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
+        if kind(exc) == "SQLITE_NOTADB":  # nothing of chatdock's to save from it
+            raise Unavailable(damaged_text(path, "SQLITE_NOTADB")) from None
         if kind(exc).startswith(DAMAGED):
             return [f"the check itself stopped: {exc}"]
         raise translate(exc, path) or exc from exc

@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import sqlite3
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from ..sql.ops import Ops
 
 T = TypeVar("T")
+
+
+def read_only(path: str) -> sqlite3.Connection:
+    """A connection that reads the file at `path` and never creates one: a URI, in which the path is
+    percent-encoded (a '#', '?' or '%' in a file's name would otherwise end the path or be read as an escape,
+    and another file be opened, or created)."""
+    return sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, isolation_level=None)
 
 
 def run(conn: sqlite3.Connection, ops: Ops[T]) -> T:

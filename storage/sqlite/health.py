@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from . import driver
 from .failures import DAMAGED, damaged_text, kind
 
 logger = logging.getLogger("chatdock.storage")
@@ -198,7 +199,7 @@ class IndexSweep:
 
     def _sweep(self) -> str | None:
         # read-only: a path that names no file now is never created anew
-        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        conn = driver.read_only(self.path)
         try:
             conn.execute("PRAGMA busy_timeout = 1000")
             conn.execute("BEGIN")  # one snapshot for the whole sweep: rows and indexes as one commit left them

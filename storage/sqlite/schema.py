@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 
+from ..errors import InvalidInput
 from ..sql.migrations import APPLIED, SCHEMA_TABLE, Migration, apply_migration, clean_identifiers, refuse_newer
 from ..sql.ops import Ops, count, one, rows, value
 from ..sql.tables import Words, tables
@@ -215,6 +216,19 @@ def applied_versions(conn: sqlite3.Connection) -> set[int]:
     return {row[0] for row in conn.execute(APPLIED)}
 
 
+def refuse_foreign(conn: sqlite3.Connection) -> None:
+    """A SQLite file of another program (tables, none of them chatdock's record of its schema) is left as it
+    is: chatdock's tables are not added beside the other program's."""
+    tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    if tables and "schema_migrations" not in tables:
+        path = conn.execute("PRAGMA database_list").fetchone()[2]
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise InvalidInput(
+            f"{path} is a SQLite database of another program (its tables: {shown}), not chatdock's; chatdock "
+            "keeps its history in a file of its own: choose another --db"
+        )
+
+
 def migrate(conn: sqlite3.Connection) -> list[int]:
     """Apply every migration not yet recorded; return the versions this call applied.
 
@@ -222,6 +236,7 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
     opening a fresh file at the same moment take turns: the second finds the work done. `conn` must be in
     autocommit mode (`isolation_level=None`) with a busy timeout set.
     """
+    refuse_foreign(conn)
     conn.execute(SCHEMA_TABLE)
     refuse_newer(applied_versions(conn), MIGRATIONS)
     applied: list[int] = []

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sqlite3
 import subprocess
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -183,6 +185,7 @@ BAD_LINES = {
     good(0, contact_id="a\x00b"): "contact_id must not contain control characters",
     good(0, metadata={"provider_message_id": 7}): "provider_message_id",
     good(0, id="not-a-uuid"): "id must be a UUID",
+    good(0, metadata={"note": "cut in an emoji \ud83d"}): "holds half of a character",  # (its id is made of it)
 }
 
 
@@ -258,9 +261,108 @@ def test_org_moves_a_whole_file_into_one_organization(tmp_path: Path) -> None:
     assert import_(db, "-", "-q", "--org", "acme", stdin=lines).returncode == 0
     orgs = {json.loads(line)["org"] for line in export(db).splitlines()}
     assert orgs == {"acme"}
+    # the same file into another organization is another copy (its ids are that organization's), once
+    for _ in range(2):
+        done = import_(db, "-", "-q", "--org", unicodedata.normalize("NFD", "café"), stdin=lines)
+        assert done.returncode == 0, done.stderr
+    assert "stored 0 message(s)" in done.stdout and "2 already there" in done.stdout
+    theirs = [json.loads(line)["org"] for line in export(db, "--org", "café").splitlines()]  # one name, typed two ways
+    assert theirs == ["café", "café"]
+
+
+async def test_a_file_names_its_contacts_in_any_spelling_and_imports_again_after_a_merge(tmp_path: Path) -> None:
+    db, saved = tmp_path / "chatdock.db", tmp_path / "saved.jsonl"
+    async with open_store(str(db)) as store:
+        chat = await store.open_chat("acme", "+31612345678", "voice")
+        await store.append_message(
+            "acme", NewMessage(contact_id="+31612345678", channel="voice", role="user", content="hi", chat_id=chat.id)
+        )
+        await store.link_contacts("acme", "+31612345678", "ann@example.com")
+    saved.write_text(export(db))
+    async with open_store(str(db)) as store:
+        await store.link_contacts("acme", "crm-1", "+31612345678")  # merged into another contact since the export
+    again = import_(db, str(saved), "-q")
+    assert again.returncode == 0 and "3 already there, 0 skipped" in again.stdout, again.stderr + again.stdout
+    nfd, nfc = unicodedata.normalize("NFD", "josé@example.com"), "josé@example.com"
+    new_chat = "0192f0c4-7d3e-7b1a-9c4e-2f1d3a5b6c7d"
+    lines = [
+        {"kind": "chat", "org": "acme", "id": new_chat, "contact_id": nfd, "created_at": "2025-01-01T00:00:00Z",
+         "channels": [{"name": "web", "kind": "custom"}]},
+        good(3, org="acme", contact_id=nfc, chat_id=new_chat, channel="web"),  # the contact spelled in NFC
+        good(4, org="acme", contact_id="ann@example.com", chat_id=chat.id, channel="voice"),  # by an alias
+    ]  # fmt: skip
+    text = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n"
+    for stored in ("stored 2 message(s) and 1 chat(s), 0 already there", "stored 0 message(s) and 0 chat(s), 3"):
+        done = import_(db, "-", "-q", stdin=text)
+        assert done.returncode == 0 and stored in done.stdout, done.stderr + done.stdout
+    async with open_store(str(db)) as store:
+        assert (await store.get_contact("acme", nfd)).message_count == 1
+        assert (await store.get_contact("acme", "ann@example.com")).contact_id == "crm-1"
 
 
 def test_an_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
     done = import_(tmp_path / "chatdock.db", str(tmp_path / "missing.jsonl"))
     assert done.returncode == 2
     assert "no such file" in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_export_and_check_refuse_in_one_line_and_leave_every_file_as_it_was(tmp_path: Path) -> None:
+    """Nothing created on a mistyped path, nothing added to another program's database, and what cannot be
+    written said in one line (a reader that goes away, `| head`, is no error to report)."""
+    db = tmp_path / "chatdock.db"
+    lines = (good(0, content=f"line {i} " + "x" * 200) for i in range(3000))  # 0.7 MB: more than a pipe holds
+    assert import_(db, "-", "-q", stdin="".join(line + "\n" for line in lines)).returncode == 0
+    foreign = tmp_path / "theirs.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    conn.close()
+    cases = [
+        (["export", "--db", str(tmp_path / "typo.db")], f"there is no database at {tmp_path / 'typo.db'}"),
+        (["keys", "list", "--db", str(tmp_path / "typo.db")], "there is no database at"),
+        (["export", "--db", str(foreign)], f"{foreign} is a SQLite database of another program (its tables: invoices)"),
+        (["serve", "--db", str(foreign)], "is a SQLite database of another program"),
+        (["export", "--db", str(db), "-o", str(tmp_path / "no" / "x.jsonl")], f"there is no folder {tmp_path / 'no'}"),
+        (["export", "--db", str(db), "-o", str(tmp_path)], "it is a folder; name a file with -o"),
+        (["check", "--db", str(tmp_path)], "it is a folder; pass the database file with --db"),
+        (["check", "--db", str(foreign.with_suffix(".txt"))], "there is no such file"),
+    ]  # fmt: skip
+    foreign.with_suffix(".txt").unlink(missing_ok=True)
+    for command, said in cases:
+        done = run_cli(*command, "-q") if command[0] == "export" else run_cli(*command)
+        assert done.returncode == 2 and done.stdout == "", (command, done.stdout)
+        assert done.stderr.splitlines() == [f"chatdock: {done.stderr.strip().removeprefix('chatdock: ')}"]
+        assert said in done.stderr, (command, done.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("chatdock.db")) == ["theirs.db"]
+    with sqlite3.connect(foreign) as conn:
+        assert [row[0] for row in conn.execute("SELECT name FROM sqlite_master")] == ["invoices"]
+    conn.close()
+    export_command = [*chatdock_command(), "export", "--db", str(db), "-q"]
+    with open("/dev/full", "w") as full:  # a disk that is full
+        done = subprocess.run(export_command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (2, "chatdock: cannot write the export to standard output: No space "
+                                                 "left on device\n")  # fmt: skip
+    reader = subprocess.Popen(["head", "-c", "10"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    done = subprocess.run(
+        export_command, stdout=reader.stdin, stderr=subprocess.PIPE, text=True, timeout=60, check=False
+    )
+    assert reader.stdin is not None
+    reader.stdin.close()
+    reader.wait(10)
+    assert (done.returncode, done.stderr) == (141, "")  # as a command that SIGPIPE ended, and nothing said
+
+
+def test_a_file_from_an_editor_or_a_pipe_is_read_as_any_other(tmp_path: Path) -> None:
+    """A byte order mark before the first line (some editors write one), and a pipe given as a path
+    (`chatdock import <(zcat history.jsonl.gz)`), which has no size and cannot be read twice."""
+    db = tmp_path / "chatdock.db"
+    marked = import_(db, "-", "-q", stdin="\ufeff" + good(1) + "\n" + good(2) + "\n")
+    assert marked.returncode == 0 and "stored 2 message(s)" in marked.stdout, marked.stderr
+    command = " ".join(shlex.quote(part) for part in [*chatdock_command(), "import", "--db", str(db), "-q"])
+    piped = subprocess.run(
+        ["bash", "-c", f"{command} <(printf '%s\\n' {shlex.quote(good(3))})"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert piped.returncode == 0 and "stored 1 message(s)" in piped.stdout, piped.stderr
+    assert counts(db)[0] == 3
+    folder = import_(db, str(tmp_path), "-q")
+    assert folder.returncode == 2 and "is a folder; name a JSON Lines file" in folder.stderr
