@@ -30,16 +30,18 @@ class Change:
 
 
 class ChangeLog:
-    """The changes one write makes. A contact is recorded once per write: an "updated" after any earlier
-    change of the same contact adds nothing. Each backend's subclass writes a recorded change into its feed
-    inside the write's transaction; `changes` is announced to this process once the transaction commits."""
+    """The changes one write makes. A contact is recorded once per write: an "updated" after an earlier
+    change of the same contact adds nothing, unless it names an alias the earlier ones did not (an import that
+    stores a contact's chat, then links an alias to it, tells the alias's listeners too). Each backend's
+    subclass writes a recorded change into its feed inside the write's transaction; `changes` is announced to
+    this process once the transaction commits."""
 
     __slots__ = ("_seen", "changes", "origin")
 
     def __init__(self, origin: str) -> None:
         self.origin = origin
         self.changes: list[Change] = []
-        self._seen: set[tuple[str, str]] = set()
+        self._seen: dict[tuple[str, str], set[str]] = {}  # each contact recorded: the aliases its changes named
 
     def reset(self) -> None:
         """Forget what was recorded: the transaction is run again (after a deadlock, a busy lock), and its
@@ -47,11 +49,12 @@ class ChangeLog:
         self.changes.clear()
         self._seen.clear()
 
-    def first(self, org: str, contact_id: str, kind: ChangeKind) -> bool:
+    def first(self, org: str, contact_id: str, kind: ChangeKind, aliases: Iterable[str] = ()) -> bool:
         """Whether this change is to be recorded (see above); the contact counts as recorded from now on."""
-        if kind == "updated" and (org, contact_id) in self._seen:
+        named = self._seen.get((org, contact_id))
+        if kind == "updated" and named is not None and named.issuperset(aliases):
             return False
-        self._seen.add((org, contact_id))
+        self._seen.setdefault((org, contact_id), set()).update(aliases)
         return True
 
 

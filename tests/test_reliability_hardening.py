@@ -158,6 +158,42 @@ def test_slow_clients_are_cut_off_and_never_lock_out_others(tmp_path: Path) -> N
     assert b"Traceback" not in log
 
 
+def test_clients_that_never_read_their_answers_are_cut_off_and_never_lock_out_others(tmp_path: Path) -> None:
+    """Without a key: each asks for /docs' 1.7 MB script three times on one connection and reads nothing.
+    More of them than the connections allowed: the server keeps answering others, and cuts each one whose
+    answer stays untaken for --read-timeout."""
+    bound, asked = 12, 3
+    request = b"GET /docs/swagger-ui-bundle.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * asked
+    with served(
+        tmp_path, str(tmp_path / "unread.db"), "--max-connections", str(bound), "--read-timeout", "1"
+    ) as server:
+        hogs: list[socket.socket] = []
+        try:
+            for _ in range(bound + 1):
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # takes next to nothing
+                sock.connect(("127.0.0.1", server.port))
+                sock.sendall(request)
+                hogs.append(sock)
+            time.sleep(0.3)  # every answer under way, every buffer full
+            status, body = server.health()  # a new connection: one left untaken longest is cut for it
+            assert (status, body["status"]) == (200, "ok")
+            time.sleep(1.5)  # past --read-timeout: the others are cut too
+            for sock in hogs:
+                sock.settimeout(5)
+                got = 0
+                with contextlib.suppress(ConnectionResetError):
+                    while chunk := sock.recv(65536):
+                        got += len(chunk)
+                assert got < asked * 1_700_000, got  # cut long before its answers were whole
+        finally:
+            for sock in hogs:
+                sock.close()
+        assert server.health()[0] == 200
+    # so few connections that one organization's listen streams could hold them all: said at the start
+    assert "--max-connections 12 is not above --max-listens-per-org 256" in server.log.read_text()
+
+
 # --- 2 and 3. a full disk: keys still work, reads still work, writes say why, and recover by themselves ---
 
 

@@ -401,12 +401,21 @@ async def _serve_http(
         async with settings.open_store() as store:
             server = factory(settings, store)
             app = build_http_app(settings, server, host, allowed_hosts, limits.max_sessions_per_org, metrics_port)
+            connections = connection_bound(limits.max_connections, files)
+            if connections <= settings.max_listens:
+                logger.warning(
+                    "--max-connections %d is not above --max-listens-per-org %d: one organization's listen streams "
+                    "(each holds a connection) could take every connection from the others; raise the first or "
+                    "lower the second",
+                    connections,
+                    settings.max_listens,
+                )
             config = uvicorn.Config(
                 app,
                 log_level="warning",
                 log_config=None,  # uvicorn's lines go through chatdock's handler (one line each, repeats summed up)
                 lifespan="on",
-                http=guarded_protocol(limits.read_timeout, connection_bound(limits.max_connections, files)),
+                http=guarded_protocol(limits.read_timeout, connections),
                 timeout_graceful_shutdown=max(1, round(limits.shutdown_seconds)),
                 timeout_keep_alive=IDLE_CONNECTION_SECONDS,
                 backlog=ACCEPT_BURST,

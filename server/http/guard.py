@@ -4,9 +4,13 @@
   headers within `read_timeout` seconds of the connection (or of the previous response), and its body with
   no pause longer than `read_timeout`; otherwise the connection is closed. uvicorn alone times out only idle
   keep-alive connections, so a client that sends half a header holds its socket for ever.
+- A response must be taken in time too: when the client stops reading (the socket's buffer full, the
+  transport paused) for `read_timeout` seconds, the connection is cut. Without it a client that asks for
+  large answers (/docs' assets need no key) and never reads them holds its sockets for ever.
 - A bound on open connections, below the process's file limit: when it is reached, a new connection
   closes the oldest one that has not yet sent a whole request (it has shown no key, so it costs little to
-  drop), or, when every connection is busy with a request, the new one itself.
+  drop), else the one whose client has left its answer untaken longest, or, when every connection is busy
+  with a request, the new one itself.
 - `raise_file_limit()`: the soft limit on open files goes up to the hard limit at start (a systemd service
   gets 1,024 by default).
 - `FailedKeys`: failed key attempts per client address, answered 429 past a limit.
@@ -84,22 +88,47 @@ class GuardedProtocol(HttpToolsProtocol):
     read_timeout: float = 10.0
     max_connections: int = 1_000
     _reading_since: dict[GuardedProtocol, float] = {}  # noqa: RUF012  (one table for all connections)
+    _stalled_since: dict[GuardedProtocol, float] = {}  # noqa: RUF012  (the same, for answers left untaken)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._untaken: asyncio.TimerHandle | None = None  # the deadline of an answer the client does not read
         self._unanswered = 0  # requests that arrived whole and are not answered yet (one, unless pipelined)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.max_connections and not self._drop_one_still_reading():
+        if len(self.connections) > self.max_connections and not self._drop_one():
             self.transport.close()
             return
         self._expect_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
+        self._taken()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # the client reads no faster than the answer comes: it gets read_timeout
+        self._stalled_since[self] = time.monotonic()
+        if self._untaken is None:
+            self._untaken = self.loop.call_later(self.read_timeout, self._cut)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._taken()
+
+    def _taken(self) -> None:
+        self._stalled_since.pop(self, None)
+        if self._untaken is not None:
+            self._untaken.cancel()
+            self._untaken = None
+
+    def _cut(self) -> None:
+        """The answer was left untaken too long: the connection goes, with what is still buffered for it."""
+        self._untaken = None
+        self._stalled_since.pop(self, None)
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -149,15 +178,20 @@ class GuardedProtocol(HttpToolsProtocol):
             self._reading_since.pop(self, None)
             self.transport.close()
 
-    def _drop_one_still_reading(self) -> bool:
-        """Close the connection that has waited longest for its request (not this one); False if none is."""
-        waiting = [(since, protocol) for protocol, since in self._reading_since.items() if protocol is not self]
-        if not waiting:
-            return False
-        _, oldest = min(waiting, key=lambda item: item[0])
-        oldest._stop_waiting()
-        oldest.transport.close()
-        return True
+    def _drop_one(self) -> bool:
+        """Close the connection that has waited longest for its request, else the one whose client has left
+        its answer untaken longest (not this one); False if there is neither."""
+        for table in (self._reading_since, self._stalled_since):
+            waiting = [(since, protocol) for protocol, since in table.items() if protocol is not self]
+            if waiting:
+                _, oldest = min(waiting, key=lambda item: item[0])
+                if table is self._reading_since:
+                    oldest._stop_waiting()
+                    oldest.transport.close()
+                else:
+                    oldest._cut()
+                return True
+        return False
 
 
 def guarded_protocol(read_timeout: float, max_connections: int) -> type[GuardedProtocol]:
@@ -165,7 +199,7 @@ def guarded_protocol(read_timeout: float, max_connections: int) -> type[GuardedP
     return type(
         "GuardedProtocol",
         (GuardedProtocol,),
-        {"read_timeout": read_timeout, "max_connections": max_connections, "_reading_since": {}},
+        {"read_timeout": read_timeout, "max_connections": max_connections, "_reading_since": {}, "_stalled_since": {}},
     )
 
 

@@ -54,15 +54,16 @@ EVERY_ROUTE = (401, 422, 429, 503)  # the key, the arguments, the guard against 
 WITH_BODY = (400, 413)  # routes that read a JSON body
 
 
-def answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The error answers of a route (beside the ones every route has), each with the error body."""
+def answers(*statuses: int, described: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """The error answers of a route (beside the ones every route has), each with the error body; `described`
+    says what a status means on this route, where it means more than on every route."""
     chosen = sorted({*EVERY_ROUTE, *statuses})
-    return {status: _error(status) for status in chosen}
+    return {status: _error(status, (described or {}).get(status)) for status in chosen}
 
 
-def _error(status: int) -> dict[str, Any]:
+def _error(status: int, description: str | None = None) -> dict[str, Any]:
     answer: dict[str, Any] = {
-        "description": _DESCRIPTIONS[status],
+        "description": description or _DESCRIPTIONS[status],
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
     if status in _HEADERS:

@@ -112,6 +112,9 @@ _STATUS: list[tuple[type[ChatdockError], int, str]] = [
 ]
 
 
+LISTENERS_RETRY_AFTER = 5  # seconds a listener refused at its organization's bound is asked to wait
+
+
 def problem(status: int, error: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The one error shape of every route: `{"error": "...", "message": "..."}`."""
     return JSONResponse({"error": error, "message": message}, status_code=status, headers=headers)
@@ -383,7 +386,13 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
         summary="the contact's changes as server-sent events: `ready` once listening, then `changed` (read again)",
         responses={
             200: {"description": "An event stream", "content": {"text/event-stream": {"schema": EVENT_SCHEMA}}},
-            **answers(429),
+            **answers(
+                429,
+                described={
+                    429: "Too many failed keys from this address, or the organization's listeners at their bound: "
+                    "wait Retry-After seconds"
+                },
+            ),
         },
     )
     async def contact_events(organization: Org, contact_id: ContactId) -> Response:
@@ -395,7 +404,7 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
         try:
             stop = events.watch_contact(organization, contact_id, changed.set)
         except MCPError as exc:
-            return problem(429, "Too many listeners", exc.error.message)
+            return problem(429, "Too many listeners", exc.error.message, {"Retry-After": str(LISTENERS_RETRY_AFTER)})
         return StreamingResponse(
             _event_stream(contact_id, changed, stop, lambda: events.closing),
             media_type="text/event-stream",

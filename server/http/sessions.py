@@ -8,6 +8,7 @@ counts a session as gone once it has been idle that long with no request open.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
@@ -16,8 +17,11 @@ from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from chatdock.server.http.rest import read_body, replaying
+
 SESSION_HEADER = b"mcp-session-id"
 DEFAULT_MAX_SESSIONS_PER_ORG = 1_000
+RETRY_AFTER = 5  # seconds a session refused at its organization's bound is asked to wait
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -27,10 +31,22 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _refusal(message: str, status: int) -> Response:
+def _opens_a_session(body: bytes) -> bool:
+    """Whether a POST without a session asks to open one: an `initialize` request (alone or in a batch)."""
+    try:
+        sent = json.loads(body)
+    except ValueError:
+        return False  # the SDK answers it with its parse error, and opens nothing
+    return any(
+        isinstance(item, dict) and item.get("method") == "initialize" for item in ([sent], sent)[isinstance(sent, list)]
+    )
+
+
+def _refusal(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
     """A JSON-RPC error body without a request id, as the SDK answers for sessions."""
     body = JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=INVALID_REQUEST, message=message))
-    return Response(body.model_dump_json(by_alias=True, exclude_unset=True), status, media_type="application/json")
+    dumped = body.model_dump_json(by_alias=True, exclude_unset=True)
+    return Response(dumped, status, headers=headers, media_type="application/json")
 
 
 class SessionOwners:
@@ -69,12 +85,17 @@ class SessionOwners:
                 await _refusal("Session not found", 404)(scope, receive, send)
                 return
         elif scope.get("method") == "POST" and self._held_by(org) >= self.max_per_org:
-            refused = (
-                f"this organization already has {self.max_per_org} sessions open, the most allowed; end one "
-                "(DELETE /mcp with its mcp-session-id) or wait for an idle one to expire"
-            )
-            await _refusal(refused, 429)(scope, receive, send)
-            return
+            # only a request that would open one more is refused: a 2026-07-28 client's calls open none
+            body, gone = await read_body(receive)
+            if not gone and not _opens_a_session(body):
+                receive = replaying(body, receive)
+            else:
+                refused = (
+                    f"this organization already has {self.max_per_org} sessions open, the most allowed; end one "
+                    "(DELETE /mcp with its mcp-session-id) or wait for an idle one to expire"
+                )
+                await _refusal(refused, 429, {"Retry-After": str(RETRY_AFTER)})(scope, receive, send)
+                return
         status = 0
 
         async def noting(message: Message) -> None:

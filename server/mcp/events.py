@@ -41,10 +41,12 @@ from chatdock.storage.changes import EVERYTHING, Change
 
 logger = logging.getLogger("chatdock.events")
 
+SPLIT = "follow the rest on another stream or session (one URI of a contact hears every write of it, by any of its ids)"
 Listener = Callable[[ServerEvent], None]
 Key = tuple[str, str]  # (organization, resource URI)
 
 DEFAULT_MAX_LISTENS = 256
+MAX_URIS = 1_000  # that one listen stream, or one subscribed session, follows at most
 
 
 class Events:
@@ -58,6 +60,8 @@ class Events:
         self._streams_of: Counter[str] = Counter()
         self._sessions: dict[Key, weakref.WeakKeyDictionary[Any, str]] = defaultdict(weakref.WeakKeyDictionary)
         self._sessions_of: dict[str, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)
+        self._ending: weakref.WeakSet[Any] = weakref.WeakSet()  # the sessions whose end forgets them (_ends)
+        self._uris_of: weakref.WeakKeyDictionary[Any, set[Key]] = weakref.WeakKeyDictionary()  # each session's
         self._sending: set[asyncio.Task[None]] = set()
         self._couriers = Couriers(self._sends) if told is None else Couriers(self._sends, told)
         self._contact_watchers: set[Callable[[], None]] = set()
@@ -87,8 +91,13 @@ class Events:
                 f"this organization already has {self.max_listens} listen streams open, the most allowed; "
                 "close one (or listen to several URIs on one stream) and try again",
             )
+        asked = wants.resource_subscriptions or ()
+        if len(asked) > MAX_URIS:
+            raise MCPError(
+                INVALID_REQUEST, f"a listen stream follows at most {MAX_URIS} URIs, got {len(asked)}; {SPLIT}"
+            )
         token = object()
-        spelled = {(org, canonical_uri(uri)): uri for uri in wants.resource_subscriptions or ()}
+        spelled = {(org, canonical_uri(uri)): uri for uri in asked}
         keys = list(spelled)
         for key in keys:
             self._streams[key][token] = (listener, spelled[key])
@@ -143,7 +152,16 @@ class Events:
 
     def attend(self, org: str, session: Any) -> None:
         """An `initialize`-era session that lists the resources hears when the listing changes."""
-        self._sessions_of[org].add(connection_of(session))
+        connection = connection_of(session)
+        self._sessions_of[org].add(connection)
+        self._ends(connection)
+
+    def _ends(self, connection: Any) -> None:
+        """Forget the session as it ends (the SDK unwinds its connection's exit stack then): it no longer counts
+        against its organization's bound, without waiting for the collector to free it."""
+        if connection not in self._ending:
+            self._ending.add(connection)
+            connection.exit_stack.callback(self._forget, connection)
 
     def watch(self, org: str, uri: str, session: Any) -> None:
         """An `initialize`-era session subscribes to `uri`."""
@@ -154,11 +172,18 @@ class Events:
                 f"this organization already has {self.max_listens} subscribed sessions, the most allowed; "
                 "unsubscribe or close one and try again",
             )
-        self._sessions[(org, canonical_uri(uri))][session] = uri
+        key = (org, canonical_uri(uri))
+        followed = self._uris_of.setdefault(session, set())
+        if key not in followed and len(followed) >= MAX_URIS:
+            raise MCPError(INVALID_REQUEST, f"a session follows at most {MAX_URIS} URIs; {SPLIT}")
+        followed.add(key)
+        self._sessions[key][session] = uri
         self._sessions_of[org].add(session)
+        self._ends(session)
 
     def unwatch(self, org: str, uri: str, session: Any) -> None:
         key = (org, canonical_uri(uri))
+        self._uris_of.get(session, set()).discard(key)
         subscribed = self._sessions.get(key)
         if subscribed is not None:
             subscribed.pop(session, None)
@@ -252,6 +277,7 @@ class Events:
                 self._sessions.pop(key, None)
         for attending in self._sessions_of.values():
             attending.discard(session)
+        self._uris_of.pop(session, None)
 
     # --- the initialize era's requests ---
 

@@ -33,7 +33,7 @@ class ChangeLog(changes.ChangeLog):
     __slots__ = ()
 
     def record(self, org: str, contact_id: str, kind: ChangeKind = "updated", aliases: Sequence[str] = ()) -> Ops[None]:
-        if not self.first(org, contact_id, kind):
+        if not self.first(org, contact_id, kind, aliases):
             return
         change = Change(org, contact_id, kind, tuple(aliases))
         yield from self.write(change)

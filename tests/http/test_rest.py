@@ -323,6 +323,28 @@ async def test_a_rest_append_reaches_a_listener(served: dict[str, Any]) -> None:
     assert heard == [uri]
 
 
+def test_an_event_stream_past_the_organizations_bound_is_a_429_that_says_when_to_try_again(tmp_path: Path) -> None:
+    db = str(tmp_path / "listeners.db")
+    key = create_key(db, "acme", "acme")
+    with http_server(db, "--max-listens-per-org", "1") as base:
+        host, port = urllib.parse.urlsplit(base).netloc.split(":")
+        held = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            held.request("GET", "/contacts/c1/events", headers={"Authorization": f"Bearer {key}"})
+            listening = held.getresponse()
+            assert listening.status == 200 and listening.readline().startswith(b"event: ready")
+            status, body = Rest(base, key)("GET", "/contacts/c2/events")
+            assert (status, body["error"]) == (429, "Too many listeners"), body
+            assert "already has 1 listen streams open" in body["message"]
+            request = urllib.request.Request(base + "/contacts/c2/events", headers={"Authorization": f"Bearer {key}"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.headers["Retry-After"] == "5"  # as the OpenAPI document says a 429 carries
+            refused.value.close()
+        finally:
+            held.close()
+
+
 def test_read_only_serves_only_the_read_routes(tmp_path: Path) -> None:
     db = str(tmp_path / "read-only.db")
     key = create_key(db, "acme", "reader")

@@ -4,7 +4,9 @@ the listener itself, another session of the same process, another `chatdock serv
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import json
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -19,6 +21,7 @@ from mcp.client.subscriptions import ResourcesListChanged, ResourceUpdated
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types import ResourceListChangedNotification, ResourceUpdatedNotification
 
+from chatdock.server.mcp import events
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from tests.transports import (
@@ -164,6 +167,45 @@ async def test_each_organization_holds_at_most_its_bound_of_listen_streams(db: s
             pass
 
 
+async def test_a_stream_or_a_session_follows_a_bounded_number_of_uris(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events, "MAX_URIS", 3)
+    uris = [f"chatdock://contacts/c{i}/transcript" for i in range(4)]
+    async with Client(build_server(Settings(db=db))) as client:
+        with pytest.raises(MCPError, match="a listen stream follows at most 3 URIs, got 4; follow the rest on"):
+            async with client.listen(resource_subscriptions=uris):
+                pass
+        async with client.listen(resource_subscriptions=uris[:3]):
+            pass
+    with initialize_era():
+        async with Client(build_server(Settings(db=db)), mode="legacy") as session:
+            for uri in [*uris[:3], uris[0]]:  # the same URI again takes no more room
+                await session.subscribe_resource(uri)
+            with pytest.raises(MCPError, match="a session follows at most 3 URIs; follow the rest on"):
+                await session.subscribe_resource(uris[3])
+            await session.unsubscribe_resource(uris[0])
+            await session.subscribe_resource(uris[3])
+
+
+async def test_a_subscribed_session_that_ends_frees_its_place_at_once(db: str) -> None:
+    """The bound counts live sessions: one that ended is forgotten as it ends, not when the collector (which
+    a serving process runs rarely, ops/memory.py) frees it."""
+    server = build_server(Settings(db=db, max_listens=2))
+    gc.disable()
+    try:
+        with initialize_era():
+            for _ in range(4):  # one after another, each subscribed, each ended
+                async with Client(server, mode="legacy") as client:
+                    await client.subscribe_resource(URI)
+            async with Client(server, mode="legacy") as first, Client(server, mode="legacy") as second:
+                await first.subscribe_resource(URI)
+                await second.subscribe_resource(URI)
+                async with Client(server, mode="legacy") as third:
+                    with pytest.raises(MCPError, match="already has 2 subscribed sessions, the most allowed"):
+                        await third.subscribe_resource(URI)
+    finally:
+        gc.enable()
+
+
 @pytest.mark.process
 @pytest.mark.parametrize("mode", MODES)
 async def test_a_stdio_listener_hears_other_processes_and_imports_on_the_same_file(mode: str, tmp_path: Path) -> None:
@@ -254,6 +296,14 @@ def test_an_initialize_era_http_session_belongs_to_the_key_that_opened_it(tmp_pa
         with pytest.raises(urllib.error.HTTPError) as full:  # acme holds its one session: a second is refused
             urllib.request.urlopen(opened, timeout=10)
         assert full.value.code == 429 and "already has 1 sessions open" in full.value.read().decode()
+        assert full.value.headers["Retry-After"] == "5"
+
+        async def sessionless() -> tuple[str, str]:  # a 2026-07-28 client opens no session: it is not held back
+            async with http_client(base, acme) as client:
+                context = await client.call_tool("get_context", {"contact_id": "+31612345678"})
+                return client.protocol_version, str(context.content[0].text)  # type: ignore[union-attr]
+
+        assert asyncio.run(sessionless()) == ("2026-07-28", "(no messages yet)")
         other = urllib.request.Request(opened.full_url, opened.data, {**headers, "Authorization": f"Bearer {globex}"})
         with urllib.request.urlopen(other, timeout=10) as response:  # another organization is not held back
             assert response.status == 200

@@ -24,6 +24,7 @@ from chatdock.storage import (
     open_store,
 )
 from chatdock.storage.changes import Change
+from chatdock.storage.models import NewAlias, NewChannel, NewChat
 from chatdock.storage.postgres import PostgresBackend
 from chatdock.storage.postgres import schema as postgres_schema
 from chatdock.storage.postgres.schema import MIGRATIONS as POSTGRES_MIGRATIONS
@@ -584,6 +585,29 @@ async def test_a_write_in_one_store_reaches_the_feed_of_another_as_soon_as_it_fo
             Change(ORG, "+31600000001", "updated", ("ann@example.com",)),
         ]
         assert own == heard  # the writing process is told at commit, the same changes
+
+
+async def test_an_import_that_links_an_alias_to_a_contact_it_stored_tells_that_aliass_listeners(db: str) -> None:
+    """One import transaction stores a contact's chat, then links an alias to it: the second change of the
+    same contact names the alias, so it is recorded too (a listener of the alias hears, in every process)."""
+    heard: list[object] = []
+    chat = "0192f0c4-7d3e-7b1a-9c4e-2f1d3a5b6c7d"
+    at = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    async with open_store(db) as reader, open_store(db) as writer:
+        async with reader.following(heard.append, lambda: True):
+            outcomes = await writer.import_history(
+                ORG,
+                [
+                    NewChat(id=chat, contact_id="crm-7", channels=[NewChannel(name="web")], created_at=at),
+                    NewAlias(contact_id="crm-7", identifier="ann@example.com", created_at=at),
+                    msg("crm-7", "imported", created_at=at),
+                ],
+            )
+            assert outcomes == ["stored", "stored", "stored"]
+            with anyio.fail_after(5):
+                while not any(isinstance(c, Change) and "ann@example.com" in c.aliases for c in heard):
+                    await anyio.sleep(0.01)
+    assert heard[0] == Change(ORG, "crm-7", "appeared")
 
 
 async def test_a_feed_that_never_comes_up_delays_the_start_by_its_bound_and_says_so(
