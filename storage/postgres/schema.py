@@ -11,12 +11,14 @@ import logging
 
 import asyncpg
 
+from ..changes import Change
 from ..sql.migrations import APPLIED, SCHEMA_TABLE, Migration, apply_migration, clean_identifiers, refuse_newer
+from ..sql.ops import Ops, count, rows
 from ..sql.tables import Words, tables
-from ..sql.writes import VERSION_STARTS
+from ..sql.writes import VERSION_STARTS, ChangeLog, merge_into
 from ..validation import BLANKS, DEFAULT_IGNORABLE, LOOKALIKE_SPACES
 from . import driver
-from .queries import WORDS
+from .queries import DIALECT, WORDS
 
 logger = logging.getLogger("chatdock.storage")
 
@@ -156,6 +158,72 @@ APPEND_FUNCTION_4 = _revised(
         '"a": [aliases]}': '"a": [aliases], "v": the contact\'s version}',
     },
 )
+
+# migration 9: a new contact whose identifier a link on another replica claimed meanwhile is not kept without
+# it (its message was stored where nothing could read it): the message goes to the contact the link named; and
+# a contact an older chatdock left without its identifier gets it back when written to again
+APPEND_FUNCTION_9 = _revised(
+    APPEND_FUNCTION_4,
+    {
+        "    contact_version bigint;\n": "    contact_version bigint;\n    claimed integer;\n",
+        """                INSERT INTO identifiers (org_id, identifier, contact_pk, created_us)
+                    VALUES (org_key, r->>'contact', contact_key, created) ON CONFLICT DO NOTHING;
+                appeared := true;
+                own := r->>'contact';
+            ELSE  -- created by another transaction meanwhile
+                SELECT * INTO contact_key, own FROM chatdock_resolve(org_key, r->>'contact');
+            END IF;""": """                INSERT INTO identifiers (org_id, identifier, contact_pk, created_us)
+                    VALUES (org_key, r->>'contact', contact_key, created) ON CONFLICT DO NOTHING;
+                GET DIAGNOSTICS claimed = ROW_COUNT;  -- (FOUND is the name of a variable here)
+                IF claimed > 0 THEN
+                    appeared := true;
+                    own := r->>'contact';
+                ELSE  -- claimed meanwhile by a link (another replica): the identifier names that contact
+                    DELETE FROM contacts WHERE id = contact_key;
+                    SELECT * INTO contact_key, own FROM chatdock_resolve(org_key, r->>'contact');
+                END IF;
+            ELSE  -- created by another transaction meanwhile (or left without its identifier)
+                INSERT INTO identifiers (org_id, identifier, contact_pk, created_us)
+                    SELECT org_key, r->>'contact', id, created FROM contacts
+                    WHERE org_id = org_key AND external_id = r->>'contact' ON CONFLICT DO NOTHING;
+                SELECT * INTO contact_key, own FROM chatdock_resolve(org_key, r->>'contact');
+            END IF;""",
+    },
+)
+
+
+class _Unheard(ChangeLog):
+    """The changes of a migration's step: no one listens while the schema is migrated."""
+
+    def write(self, change: Change) -> Ops[None]:
+        return
+        yield
+
+
+def _rejoin_contacts() -> Ops[None]:
+    """Contacts an older chatdock left without their identifier (an append on one replica raced a link of the
+    same new identifier on another, and stored its message where nothing could read it): each gets its
+    identifier back, or, where the link made it another contact's alias, is merged into that contact, as the
+    link meant."""
+    yield count(
+        "INSERT INTO identifiers (org_id, identifier, contact_pk, created_us) "
+        "SELECT c.org_id, c.external_id, c.id, c.created_us FROM contacts c "
+        "WHERE NOT EXISTS (SELECT 1 FROM identifiers i WHERE i.contact_pk = c.id) ON CONFLICT DO NOTHING"
+    )
+    orphans = yield rows(
+        "SELECT c.id, i.contact_pk, o.name FROM contacts c JOIN orgs o ON o.id = c.org_id "
+        "JOIN identifiers i ON i.org_id = c.org_id AND i.identifier = c.external_id "
+        "WHERE NOT EXISTS (SELECT 1 FROM identifiers x WHERE x.contact_pk = c.id)"
+    )
+    for merged, keeper, org in orphans:
+        yield from merge_into(DIALECT, org, keeper, merged, _Unheard("migration"))
+    if orphans:
+        logger.warning(
+            "%d contact(s) left without their identifier by a race of an older chatdock were merged "
+            "into the contacts their identifiers name",
+            len(orphans),
+        )
+
 
 # a stored message as the jsonb the append's outcomes carry (read back by rows.message)
 MESSAGE_JSON = (
@@ -333,6 +401,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         8,
         "the channel ids a merge retired, and what they became",
         (TABLES["retired_channels"], TABLES["retired_channels_channel"]),
+    ),
+    Migration(
+        9,
+        "a new contact's identifier claimed by a link meanwhile leaves no contact without it",
+        (APPEND_FUNCTION_9, "ALTER FUNCTION chatdock_append(jsonb, text) SET enable_seqscan = off"),
+        _rejoin_contacts,
     ),
 )
 

@@ -107,17 +107,30 @@ def contact_pk(d: Dialect, org_key: int, identifier: str, now_us: int) -> Ops[tu
         now_us,
         first_version(),
     )
-    if key is None:  # created by another transaction meanwhile
+    if key is None:  # created by another transaction meanwhile (or left without its identifier, see below)
+        yield count(
+            "INSERT INTO identifiers (org_id, identifier, contact_pk, created_us) SELECT org_id, external_id, id, ? "
+            "FROM contacts WHERE org_id = ? AND external_id = ? ON CONFLICT DO NOTHING",
+            now_us,
+            org_key,
+            identifier,
+        )
         row = yield one(d.resolve, org_key, identifier)
         assert row is not None and row[0] is not None
         return int(row[0]), False, str(row[1])
-    yield count(
-        "INSERT INTO identifiers (org_id, identifier, contact_pk, created_us) VALUES (?, ?, ?, ?)",
+    claimed = yield count(
+        "INSERT INTO identifiers (org_id, identifier, contact_pk, created_us) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT DO NOTHING",
         org_key,
         identifier,
         key,
         now_us,
     )
+    if not claimed:  # a link on another replica made it an alias meanwhile (PostgreSQL): it names that contact
+        yield count("DELETE FROM contacts WHERE id = ?", key)
+        row = yield one(d.resolve, org_key, identifier)
+        assert row is not None and row[0] is not None
+        return int(row[0]), False, str(row[1])
     return int(key), True, identifier
 
 
@@ -283,7 +296,7 @@ def link(
     owner, claimed = yield from d.claim_identifier(org_key, identifier, keeper, now_us)
     messages = chats = 0
     if owner != keeper:
-        messages, chats = yield from _merge(d, org, keeper, owner, log)
+        messages, chats = yield from merge_into(d, org, keeper, owner, log)
     if created or claimed or owner != keeper:
         aliases = yield from aliases_of(keeper, keeper_id)
         yield from log.record(org, keeper_id, "appeared" if created else "updated", aliases)
@@ -321,7 +334,7 @@ def _first_link_answer(org_key: int, key: str, contact_id: str, identifier: str)
     return LinkResult.model_validate_json(first[2])
 
 
-def _merge(d: Dialect, org: str, keeper: int, merged: int, log: ChangeLog) -> Ops[tuple[int, int]]:
+def merge_into(d: Dialect, org: str, keeper: int, merged: int, log: ChangeLog) -> Ops[tuple[int, int]]:
     """Move everything of contact `merged` into `keeper`, in the caller's transaction; (messages, chats) moved."""
     merged_id = yield value(f"SELECT external_id FROM contacts WHERE id = ?{d.for_update}", merged)
     yield from log.record(org, merged_id, "forgotten", (yield from aliases_of(merged, merged_id)))

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from chatdock.server.bench.postgres import database_url
-from chatdock.storage import NewMessage, Unavailable, open_store
+from chatdock.storage import AppendedMessage, Chat, NewMessage, Unavailable, open_store
 from chatdock.storage.postgres import backend, driver
 from chatdock.storage.postgres.queries import ERA_BITS, search_sql, tsquery_text
 from chatdock.storage.postgres.schema import MIGRATIONS
@@ -278,3 +278,73 @@ async def test_an_import_into_a_new_database_looks_each_message_up_by_its_key(po
         assert scanned == 0, f"the import read {scanned} messages row by row"
     finally:
         await conn.close()
+
+
+async def test_a_new_identifier_claimed_by_a_link_meanwhile_keeps_what_is_written_under_it(postgres_url: str) -> None:
+    """A link on one replica makes a new identifier an alias while an append (or open_chat) on another writes
+    under it: the write waits for the link and lands on the contact the link named, never on a contact of its
+    own that nothing resolves to (it was acknowledged, then unreadable, and outlived forget)."""
+    async with open_store(postgres_url) as store:
+        await store.append_message("acme", say("crm-1", "the contact the link names"))
+        for write in ("append", "open_chat"):
+            alias = f"+3161234{len(write):04d}"
+            linking = await asyncpg.connect(postgres_url)
+            try:
+                link = linking.transaction()
+                await link.start()  # another replica's link, claiming the identifier, not yet committed
+                await linking.execute(
+                    "INSERT INTO identifiers (org_id, identifier, contact_pk, created_us) "
+                    "SELECT c.org_id, $1, c.id, 0 FROM contacts c WHERE c.external_id = 'crm-1'",
+                    alias,
+                )
+                written: asyncio.Future[AppendedMessage | Chat] = asyncio.ensure_future(
+                    store.append_message("acme", say(alias, "written meanwhile"))
+                    if write == "append"
+                    else store.open_chat("acme", alias, "voice")
+                )
+                await asyncio.sleep(0.3)
+                assert not written.done()  # it waits on the claim
+                await link.commit()
+                stored = await asyncio.wait_for(written, 10)
+            finally:
+                await linking.close()
+            assert stored.contact_id == "crm-1", write
+        assert (await store.get_context("acme", "+31612340006")).formatted.endswith("USER: written meanwhile")
+        assert [chat.contact_id for chat in await store.list_chats("acme", "+31612340009")] == ["crm-1"]
+        conn = await asyncpg.connect(postgres_url)
+        try:  # no contact is left without an identifier
+            orphans = (
+                "SELECT count(*) FROM contacts c WHERE NOT EXISTS (SELECT FROM identifiers i WHERE i.contact_pk = c.id)"
+            )
+            assert await conn.fetchval(orphans) == 0
+        finally:
+            await conn.close()
+
+
+async def test_contacts_an_older_chatdock_left_without_their_identifier_are_joined_again(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chatdock.storage.postgres import schema
+
+    (rejoining,) = [m for m in schema.MIGRATIONS if m.apply is not None and m.version == 9]
+    with monkeypatch.context() as patched:  # the schema before it, and what the race left there
+        patched.setattr(schema, "MIGRATIONS", tuple(m for m in schema.MIGRATIONS if m.version < rejoining.version))
+        async with open_store(postgres_url) as store:
+            await store.append_message("acme", say("crm-1", "the contact's own"))
+            await store.link_contacts("acme", "crm-1", "+31600000001")
+            await store.append_message("acme", say("lost-1", "unreadable since the race"))
+            await store.append_message("acme", say("lost-2", "its identifier went away"))
+    conn = await asyncpg.connect(postgres_url)
+    try:  # lost-1: an identifier a link claimed; lost-2: its identifier row gone
+        await conn.execute(
+            "UPDATE contacts SET external_id = '+31600000001' WHERE external_id = 'lost-1'; "
+            "DELETE FROM identifiers WHERE identifier IN ('lost-1', 'lost-2')"
+        )
+    finally:
+        await conn.close()
+    async with open_store(postgres_url) as store:
+        assert (await store.get_context("acme", "crm-1")).formatted.splitlines() == [
+            "USER: the contact's own",
+            "USER: unreadable since the race",
+        ]
+        assert (await store.get_contact("acme", "lost-2")).message_count == 1
