@@ -509,6 +509,14 @@ class ChatdockMemoryService(FrameProcessor):
             delay = min(delay * 2, self.max_retry_delay)
         earlier = [message for message in context.messages if self._chat is None or message.chat_id != self._chat.id]
         self._history_ids = {message.id for message in context.messages}
+        if not context.messages and context.truncated:
+            # context_max_chars left out even the newest message: the history the call starts from still ends
+            # there, so what is new is what comes after it (not the contact's whole past, as "new")
+            try:
+                newest = await self.client.list_messages(self.contact_id, limit=1)
+                self._history_ids = {message.id for message in newest.messages}
+            except Exception:  # no message to stop at: what is new is what is written from now on
+                self._not_before = datetime.now(UTC)
         if earlier:
             self._history = "\n".join([self.history_prompt, *(entry(message, with_time=True) for message in earlier)])
         self._history_read.set()

@@ -276,6 +276,30 @@ async def test_a_whatsapp_message_during_the_call_reaches_the_llm_before_the_nex
     ]
 
 
+async def test_a_history_over_context_max_chars_is_left_out_not_told_as_news(embedded: ChatdockClient) -> None:
+    """The caller's newest message alone is longer than context_max_chars: the history is empty, and the older
+    messages are not what "the caller just wrote on another channel" is made of."""
+    for index in range(30):
+        await embedded.append_message(CALLER, "sms", "user", f"old message {index}")
+    await embedded.append_message(CALLER, "email", "user", "a long email " + "x" * 3000)
+    llm = ScriptedLLM(["Hello.", "Sure."])
+    memory = memory_for(embedded, context_max_chars=2000)
+    told: asyncio.Queue[list[Message]] = asyncio.Queue()
+
+    async def on_other_channel_messages(service: ChatdockMemoryService, messages: list[Message]) -> None:
+        told.put_nowait(messages)
+
+    memory.add_event_handler("on_other_channel_messages", on_other_channel_messages)
+    async with Call(memory, llm) as call:
+        await call.greet()
+        await call.say("Hi.")
+        await embedded.append_message(CALLER, "whatsapp", "user", "sent during the call")
+        first = await asyncio.wait_for(told.get(), BOUND)  # the first news of the call is the call's
+        await call.end()
+    assert [message.content for message in first] == ["sent during the call"] and told.empty()
+    assert system_texts(llm.received[0]) == [SYSTEM]  # no history fits: none, and nothing old told as new
+
+
 async def test_vad_frames_time_the_user_turns(embedded: ChatdockClient) -> None:
     llm = ScriptedLLM(["Hello.", "Sure.", "Done."])
     async with Call(memory_for(embedded), llm) as call:
