@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -39,10 +40,12 @@ from chatdock.storage import (
     Context,
     DeletedMessage,
     ForgetResult,
+    InvalidInput,
     MessagePage,
     Part,
     StoredMessage,
 )
+from chatdock.storage import validation as check
 from chatdock.storage.models import ChatWithMessages, LinkResult, SearchPage
 
 from .errors import NOT_OPEN, UNAVAILABLE, ChatdockApiError
@@ -57,7 +60,9 @@ DEFAULT_RETRIES = 2
 LONGEST_WAIT = 2.0  # seconds between two tries at most, whatever a Retry-After asks
 # an event stream sends a comment line every 15 s: three missed ones mean the connection is gone
 EVENT_STREAM_SILENCE = 45.0
-NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
+# failures before a request left: retried whatever the request, and said to have sent nothing
+NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout, httpx2.LocalProtocolError)
+VISIBLE = re.compile(r"[!-~]+")  # what a key is made of (and an Idempotency-Key: validation.IDEMPOTENCY_KEY_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -78,18 +83,27 @@ class ChatdockClient:
         url: str,
         api_key: str,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float | None = None,
         retries: int = DEFAULT_RETRIES,
         http_client: httpx2.AsyncClient | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url must be chatdock's address starting with http:// or https://, got {url!r}")
+        if api_key and not VISIBLE.fullmatch(api_key):  # a header cannot carry it (a key read with its newline)
+            raise ValueError(
+                "api_key must be the key as `chatdock keys create` printed it, without spaces or a line break "
+                "(strip what is read from a file)"
+            )
         self.url = url.rstrip("/")
-        self.timeout = timeout
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         self.retries = retries
         # an idle connection is let go before chatdock closes it (after 5 s), so no request is sent on a connection
-        # the server is closing at that moment (a write would then need its idempotent retry)
-        self._http = http_client or httpx2.AsyncClient(timeout=timeout, limits=httpx2.Limits(keepalive_expiry=4.0))
+        # the server is closing at that moment (a write would then need its idempotent retry); a client of the
+        # caller's own keeps its settings, but for `timeout` when one is given
+        limits = httpx2.Limits(keepalive_expiry=4.0)
+        self._http = http_client or httpx2.AsyncClient(timeout=self.timeout, limits=limits)
+        if http_client is not None and timeout is not None:
+            self._http.timeout = httpx2.Timeout(timeout)
         self._http.base_url = httpx2.URL(self.url)
         self._http.headers["Authorization"] = f"Bearer {api_key}"
         self._in_process: InProcess | None = None
@@ -165,7 +179,7 @@ class ChatdockClient:
             channel_id=channel_id,
             context_limit=context_limit,
         )
-        path = f"/contacts/{_segment(contact_id)}/chats/{_segment(chat_id)}/messages"
+        path = f"/contacts/{_segment(contact_id)}/chats/{_segment(chat_id, 'chat_id')}/messages"
         chat = await self._call(ChatWithMessages, "POST", path, body=body, key=idempotency_key)
         return StoredMessage(**chat.messages[0].model_dump(), context=chat.context)
 
@@ -217,7 +231,7 @@ class ChatdockClient:
         return await self._call(SearchPage, "GET", "/chats/search", params=params)
 
     async def delete_message(self, message_id: str) -> DeletedMessage:
-        return await self._call(DeletedMessage, "DELETE", f"/chats/{_segment(message_id)}")
+        return await self._call(DeletedMessage, "DELETE", f"/chats/{_segment(message_id, 'message_id')}")
 
     # --- chats ---
 
@@ -229,7 +243,7 @@ class ChatdockClient:
         return await self._call(Chat, "POST", path, body=body, key=idempotency_key)
 
     async def update_chat(self, chat_id: str, status: str) -> Chat:
-        return await self._call(Chat, "PATCH", f"/chats/status/{_segment(chat_id)}", body={"status": status})
+        return await self._call(Chat, "PATCH", f"/chats/status/{_segment(chat_id, 'chat_id')}", body={"status": status})
 
     async def list_chats(self, contact_id: str, limit: int = 50) -> ChatList:
         return await self._call(ChatList, "GET", f"/contacts/{_segment(contact_id)}/chats", params={"limit": limit})
@@ -247,7 +261,7 @@ class ChatdockClient:
 
     async def unlink_contact(self, identifier: str) -> ContactInfo:
         # the route names the contact too: an alias names its own contact
-        path = f"/contacts/{_segment(identifier)}/aliases/{_segment(identifier)}"
+        path = f"/contacts/{_segment(identifier, 'identifier')}/aliases/{_segment(identifier, 'identifier')}"
         return await self._call(ContactInfo, "DELETE", path)
 
     async def forget_contact(self, contact_id: str) -> ForgetResult:
@@ -302,7 +316,12 @@ class ChatdockClient:
     ) -> httpx2.Response:
         if self._in_process is not None and not self._in_process.is_open:
             raise ChatdockApiError(503, UNAVAILABLE, NOT_OPEN)
-        headers = {"Idempotency-Key": key or str(uuid.uuid4())} if method == "POST" else {}
+        if key is not None:
+            try:
+                check.idempotency_key(key)
+            except InvalidInput as exc:
+                raise ChatdockApiError(422, "Invalid arguments", exc.message) from None
+        headers = {"Idempotency-Key": str(uuid.uuid4()) if key is None else key} if method == "POST" else {}
         harmless = method in ("GET", "PATCH", "POST")  # a POST carries its Idempotency-Key
         attempt = 0
         while True:
@@ -379,6 +398,8 @@ class _EventStream:
             except httpx2.TransportError:
                 pass  # dropped: reconnect below
             await self.close()
+            if self.client._http.is_closed:  # the client was closed: its watches end with it
+                return
             await self._reconnect()
             yield Changed(self.contact_id)  # whatever happened while it was away
 
@@ -414,8 +435,14 @@ def _present(**fields: Any) -> dict[str, Any]:
     return {name: value for name, value in fields.items() if value is not None}
 
 
-def _segment(value: str) -> str:
-    """A path segment: every reserved character percent-encoded (`+31...` -> `%2B31...`, `a/b` -> `a%2Fb`)."""
+def _segment(value: str, name: str = "contact_id") -> str:
+    """A path segment: every reserved character percent-encoded (`+31...` -> `%2B31...`, `a/b` -> `a%2Fb`), and
+    '.' and '..' too (a URL's dot segments, which the HTTP client would resolve away); an empty one, which no
+    path can carry, refused as the tool refuses it."""
+    if not value:
+        raise ChatdockApiError(422, "Invalid arguments", f"{name} must not be empty")
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
     return quote(value, safe="")
 
 

@@ -55,7 +55,9 @@ class InProcess:
         return httpx2.AsyncClient(transport=transport)
 
     async def close(self) -> None:
-        stack, self._stack, self._events = self._stack, None, None
+        stack, events, self._stack, self._events = self._stack, self._events, None, None
+        if events is not None:
+            events.close()  # every watch is woken, finds it closing, and ends (as over HTTP)
         if stack is not None:
             await stack.aclose()
 
@@ -73,15 +75,17 @@ class InProcess:
         except MCPError as exc:
             raise ChatdockApiError(429, "Too many listeners", exc.error.message) from None
         try:
-            yield _changes(contact_id, changed)
+            yield _changes(contact_id, changed, self._events)
         finally:
             stop()
 
 
-async def _changes(contact_id: str, changed: asyncio.Event) -> AsyncIterator[Changed]:
+async def _changes(contact_id: str, changed: asyncio.Event, events: Events) -> AsyncIterator[Changed]:
     while True:
         await changed.wait()
         changed.clear()
+        if events.closing:  # the client was closed: its watches end with it
+            return
         yield Changed(contact_id)
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -105,18 +107,23 @@ async def test_every_method_answers_as_the_tool_does(kind: str, db: str) -> None
 
 @pytest.mark.parametrize("kind", ["http", "embedded"])
 async def test_a_contact_whose_id_holds_a_slash_is_reached_by_every_method(kind: str, db: str) -> None:
-    """Web-session ids often hold a `/`; over HTTP the client puts it in a path as %2F."""
-    contact, alias = "session/4f2a", "web/tab-1"
+    """Web-session ids often hold a `/`; over HTTP the client puts it in a path as %2F. An id that is a URL's
+    dot segment ('.', '..') is one too, not a step up the path."""
     async with client_of(kind, db) as client:
-        await client.append_message(contact, "widget", "user", "hello from the web")
-        chat = await client.open_chat(contact, "widget")
-        await client.post_as_contact(contact, chat.id, [Part(text="still here")])
-        assert [c.id for c in (await client.list_chats(contact)).chats] == [chat.id]
-        assert (await client.link_contacts(contact, alias)).aliases == [alias]
-        assert (await client.get_contact(alias)).contact_id == contact
-        assert (await client.get_contact(contact)).message_count == 2
-        assert (await client.unlink_contact(alias)).aliases == []
-        assert (await client.forget_contact(contact)).deleted_messages == 2
+        for contact, alias in (("session/4f2a", "web/tab-1"), (".", "..")):
+            await client.append_message(contact, "widget", "user", "hello from the web")
+            chat = await client.open_chat(contact, "widget")
+            await client.post_as_contact(contact, chat.id, [Part(text="still here")])
+            assert [c.id for c in (await client.list_chats(contact)).chats] == [chat.id]
+            assert (await client.link_contacts(contact, alias)).aliases == [alias]
+            assert (await client.get_contact(alias)).contact_id == contact
+            assert (await client.get_contact(contact)).message_count == 2
+            assert (await client.unlink_contact(alias)).aliases == []
+            assert (await client.forget_contact(contact)).deleted_messages == 2
+        for empty in (client.get_contact(""), client.forget_contact(""), client.unlink_contact("")):
+            refusal = await refused(empty)
+            assert (refusal.status, refusal.message) in ((422, "contact_id must not be empty"),
+                                                         (422, "identifier must not be empty"))  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["http", "embedded"])
@@ -159,6 +166,12 @@ async def test_a_wrong_key_and_an_absent_server_say_so(db: str) -> None:
     assert unopened.status == 503 and "async with ChatdockClient.embedded" in unopened.message
     with pytest.raises(ValueError, match=re.escape("starting with http:// or https://, got '127.0.0.1:8765'")):
         ChatdockClient("127.0.0.1:8765", "cdk_x")
+    with pytest.raises(ValueError, match="without spaces or a line break"):  # as read from a file, newline and all
+        ChatdockClient(nowhere, "cdk_x_abc\n")
+    async with ChatdockClient(nowhere, "cdk_x", retries=0) as client:
+        for key in ("", "a b", "ключ", "x" * 256):  # never sent, never replaced by a key of the client's own
+            bad = await refused(client.append_message(CALLER, "sms", "user", "hi", idempotency_key=key))
+            assert bad.status == 422 and bad.message.startswith("Idempotency-Key must be"), (key, bad.message)
 
 
 class SignInPage(BaseHTTPRequestHandler):
@@ -238,6 +251,36 @@ async def test_a_write_whose_answer_was_lost_is_retried_and_stored_once(db: str)
 
 async def next_change(changes: AsyncIterator[Changed]) -> Changed:
     return await asyncio.wait_for(anext(changes), 10)
+
+
+@pytest.mark.parametrize("kind", ["http", "embedded"])
+async def test_closing_the_client_ends_its_watches(kind: str, db: str) -> None:
+    async with client_of(kind, db) as client:
+        watching = asyncio.Event()
+
+        async def follow() -> list[Changed]:
+            heard = []
+            async with client.watch(CALLER) as changes:
+                watching.set()
+                async for change in changes:
+                    heard.append(change)
+            return heard
+
+        task = asyncio.ensure_future(follow())
+        await asyncio.wait_for(watching.wait(), 10)
+        await client.aclose()
+        assert await asyncio.wait_for(task, 5) == []  # ended, neither hanging nor raising
+
+
+async def test_a_client_of_ones_own_keeps_the_timeout_given() -> None:
+    with socket.socket() as silent:  # a server that takes the request and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        base = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        async with ChatdockClient(base, "cdk_x", timeout=0.3, retries=0, http_client=httpx2.AsyncClient()) as client:
+            began = time.monotonic()
+            late = await refused(client.get_contact(CALLER))
+        assert late.status == 503 and time.monotonic() - began < 2
 
 
 async def test_watching_hears_every_writer(db: str) -> None:
