@@ -105,9 +105,9 @@ class Backend(Protocol):
     # --- chats ---
     async def chat(self, org: str, chat_id: str) -> Chat | None: ...
 
-    async def retired_channel(self, channel_id: str) -> str | None:
-        """The channel a merge folded the channel `channel_id` into (two of one name became one); None when
-        no merge retired that id."""
+    async def retired_channel(self, org: str, channel_id: str) -> str | None:
+        """The channel of the organization a merge folded the channel `channel_id` into (two of one name
+        became one); None when no merge of the organization retired that id."""
         ...
 
     async def insert_chat(self, org: str, record: ChatRecord) -> Chat:

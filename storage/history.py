@@ -68,8 +68,9 @@ def _message(fields: dict[str, Any], org: str) -> NewMessage:
 
 def parse_line(text: str, default_org: str, override: str | None = None) -> tuple[str, Record]:
     """The organization and record of one line; InvalidInput says what is wrong with it. The line's `org`, or
-    `default_org` when it names none; `override` (`import --org`) whatever it names, before a message's id is
-    derived from its organization (so that the same file goes into two organizations as two copies)."""
+    `default_org` when it names none; `override` (`import --org`) whatever it names. A message without an id
+    gets one derived from the line and the organization it names (not the override: ids derived by earlier
+    versions stay the same, so re-importing a file stores nothing twice)."""
     try:
         fields = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -78,15 +79,16 @@ def parse_line(text: str, default_org: str, override: str | None = None) -> tupl
         raise InvalidInput(f"a line must be a JSON object, got {type(fields).__name__}")
     kind = fields.pop("kind", "message")
     org = fields.pop("org", None)
-    org = override if override is not None else default_org if org is None else check.identifier(org, "org")
+    org = default_org if org is None else check.identifier(org, "org")
     fields.pop("deduplicated", None)
+    stored_in = org if override is None else override
     try:
         if kind == "message":
-            return org, _message(fields, org)
+            return stored_in, _message(fields, org)
         if kind == "chat":
-            return org, NewChat.model_validate(fields)
+            return stored_in, NewChat.model_validate(fields)
         if kind == "alias":
-            return org, NewAlias.model_validate(fields)
+            return stored_in, NewAlias.model_validate(fields)
     except ValidationError as exc:
         raise InvalidInput(check.explain(exc)) from None
     raise InvalidInput(f"kind must be 'message', 'chat' or 'alias', got {kind!r}")
@@ -102,7 +104,8 @@ async def conflicts(
     """What the database would refuse in these (checked) records, by index: ids taken elsewhere, unknown chats.
 
     `chats_in_file` maps the chat ids the same import brings in (earlier records) to their
-    (organization, contact), `aliases_in_file` its aliases ((organization, identifier)) to their contact. A
+    (organization, contact), `aliases_in_file` those of its aliases on earlier lines ((organization, identifier))
+    to their contact (those of these records are added as they are met). A
     record may name its contact by any identifier, in any spelling, as the store takes it: by an alias in the
     database or earlier in the file, or as an identifier merged into another contact since an export.
     """
@@ -121,8 +124,10 @@ async def conflicts(
     owners = await store.chat_owners(sorted(chat_ids))
     problems: dict[int, str] = {}
     for index, record in enumerate(records):
-        if isinstance(record, NewAlias):
-            continue  # linking an alias merges what it names: nothing to refuse
+        if isinstance(record, NewAlias):  # linking an alias merges what it names: nothing to refuse; the lines
+            named = check.contact_id(record.contact_id)  # after it may name its contact by it
+            aliases_in_file[(org, check.identifier(record.identifier, "identifier"))] = named
+            continue
         if isinstance(record, NewChat):
             chat_id = check.uuid_text(record.id, "id")
             owner = owners.get(chat_id)

@@ -258,7 +258,9 @@ class Store:
         contact_id = await self._canonical(org, contact_id)
         chat = await self._chat_of(org, contact_id, chat_id)
         if wanted is not None and all(channel.id != wanted for channel in chat.channels):
-            wanted = await self.backend.retired_channel(wanted) or wanted  # retired by a merge: what it became
+            became = await self.backend.retired_channel(org, wanted)  # retired by a merge: what it became
+            if became is not None and any(channel.id == became for channel in chat.channels):
+                wanted = became
         chosen = choose_channel(chat, wanted)
         key = None if idempotency_key is None else check.idempotency_key(idempotency_key)
         new = NewMessage(

@@ -194,6 +194,24 @@ def test_clients_that_never_read_their_answers_are_cut_off_and_never_lock_out_ot
     assert "--max-connections 12 is not above --max-listens-per-org 256" in server.log.read_text()
 
 
+def test_a_client_that_reads_slowly_is_not_cut_off(tmp_path: Path) -> None:
+    """Reading at 8 KB/s, its answers stay stalled far longer than --read-timeout, and are taken all along."""
+    request = b"GET /docs/swagger-ui-bundle.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 12  # more than the kernel holds
+    with served(tmp_path, str(tmp_path / "slow.db"), "--read-timeout", "1") as server:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(request)
+            sock.settimeout(5)
+            got, until = 0, time.monotonic() + 3.5
+            while time.monotonic() < until:  # 3.5 times the read timeout, reading all along
+                chunk = sock.recv(4096)
+                assert chunk, f"cut off after {got:,} bytes"
+                got += len(chunk)
+                time.sleep(0.5)
+            assert 10_000 < got < 1_000_000  # slowly, and still taking it
+
+
 # --- 2 and 3. a full disk: keys still work, reads still work, writes say why, and recover by themselves ---
 
 

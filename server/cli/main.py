@@ -331,7 +331,7 @@ def _serve(args: argparse.Namespace) -> None:
     for flag, port in (("--port", args.port), ("--metrics-port", args.metrics_port)):
         if port is not None and not 0 <= port <= 65535:  # else the resolver wraps it: 99999 listens on 34463
             raise InvalidInput(f"{flag} must be a TCP port, 0 (any free one) to 65535, got {port}")
-    if args.metrics_port is not None and args.metrics_port == args.port:
+    if args.metrics_port is not None and args.metrics_port == args.port != 0:
         raise InvalidInput(f"--metrics-port must differ from --port ({args.port}): /metrics is served apart")
     stop_tracing = tracing.start(os.environ)
     settings = Settings(

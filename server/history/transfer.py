@@ -197,9 +197,6 @@ async def _check(
             if isinstance(record, NewChat):
                 # the lines after it may name this chat (should the chat itself be refused, so are they)
                 chats_in_file.setdefault(check.uuid_text(record.id, "id"), (org, record.contact_id))
-            elif isinstance(record, NewAlias):  # and its contact by this alias
-                named = check.contact_id(record.contact_id)
-                aliases_in_file[(org, check.identifier(record.identifier, "identifier"))] = named
             pending.setdefault(org, []).append((number, record))
             if len(pending[org]) >= BATCH:
                 await settle(org)

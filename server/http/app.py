@@ -425,7 +425,7 @@ async def _serve_http(
             )
             logger.warning("chatdock serving MCP at http://%s:%d/mcp (health: /healthz)", host, port)
             if metrics_at is not None:
-                logger.warning("chatdock serving metrics at http://%s:%d/metrics", *metrics_at)
+                logger.warning("chatdock serving metrics at http://%s:%d/metrics", metrics_at[0], metrics_port)
             loop = asyncio.get_running_loop()
             served = _uvicorn_server()(config, lambda: loop.call_soon_threadsafe(server.events.close))
             settle_collector()

@@ -5,7 +5,8 @@
   no pause longer than `read_timeout`; otherwise the connection is closed. uvicorn alone times out only idle
   keep-alive connections, so a client that sends half a header holds its socket for ever.
 - A response must be taken in time too: when the client stops reading (the socket's buffer full, the
-  transport paused) for `read_timeout` seconds, the connection is cut. Without it a client that asks for
+  transport paused) and takes nothing more of it for `read_timeout` seconds, the connection is cut; a
+  client that reads, however slowly, is not. Without it a client that asks for
   large answers (/docs' assets need no key) and never reads them holds its sockets for ever.
 - A bound on open connections, below the process's file limit: when it is reached, a new connection
   closes the oldest one that has not yet sent a whole request (it has shown no key, so it costs little to
@@ -94,6 +95,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._untaken: asyncio.TimerHandle | None = None  # the deadline of an answer the client does not read
+        self._buffered = 0  # what was still to send when that deadline was set
         self._unanswered = 0  # requests that arrived whole and are not answered yet (one, unless pipelined)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -112,7 +114,8 @@ class GuardedProtocol(HttpToolsProtocol):
         super().pause_writing()  # the client reads no faster than the answer comes: it gets read_timeout
         self._stalled_since[self] = time.monotonic()
         if self._untaken is None:
-            self._untaken = self.loop.call_later(self.read_timeout, self._cut)
+            self._buffered = self.transport.get_write_buffer_size()
+            self._untaken = self.loop.call_later(self.read_timeout, self._not_taken)
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -123,6 +126,15 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._untaken is not None:
             self._untaken.cancel()
             self._untaken = None
+
+    def _not_taken(self) -> None:
+        """`read_timeout` after the answer stalled: cut, unless the client took some of it meanwhile."""
+        buffered = self.transport.get_write_buffer_size()
+        if buffered < self._buffered and not self.transport.is_closing():
+            self._buffered = buffered
+            self._untaken = self.loop.call_later(self.read_timeout, self._not_taken)
+            return
+        self._cut()
 
     def _cut(self) -> None:
         """The answer was left untaken too long: the connection goes, with what is still buffered for it."""

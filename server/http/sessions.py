@@ -35,7 +35,7 @@ def _opens_a_session(body: bytes) -> bool:
     """Whether a POST without a session asks to open one: an `initialize` request (alone or in a batch)."""
     try:
         sent = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False  # the SDK answers it with its parse error, and opens nothing
     return any(
         isinstance(item, dict) and item.get("method") == "initialize" for item in ([sent], sent)[isinstance(sent, list)]

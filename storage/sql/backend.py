@@ -120,8 +120,13 @@ class SQLBackend:
         )
         return rows.chat(found[0]) if found else None
 
-    async def retired_channel(self, channel_id: str) -> str | None:
-        found = await self._read("SELECT channel_id FROM retired_channels WHERE id = ?", (channel_id,))
+    async def retired_channel(self, org: str, channel_id: str) -> str | None:
+        found = await self._read(
+            "SELECT r.channel_id FROM retired_channels r JOIN channels ch ON ch.id = r.channel_id "
+            f"JOIN contacts c ON c.id = ch.contact_pk WHERE r.id = ? AND c.org_id = {ORG}",
+            (channel_id, org),
+            org,
+        )
         return str(found[0][0]) if found else None
 
     async def insert_chat(self, org: str, record: ChatRecord) -> Chat:

@@ -7,6 +7,7 @@ import shlex
 import sqlite3
 import subprocess
 import unicodedata
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,11 +16,13 @@ from mcp.client import Client
 
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import NewMessage, Part, open_store
+from chatdock.storage.history import HISTORY_NAMESPACE
 from tests.transports import call, chatdock_command, run_cli
 
 pytestmark = pytest.mark.process  # each test here starts real processes
 
 ODD_CONTACTS = ["+31 6 1234", "a/b", "%2F", "a@b.com", "🦜 parrot", "x" * 256]
+UNKNOWN_CHAT = "0192f0c4-7d3e-7b1a-9c4e-2f1d3a5b6c7e"
 
 
 def counts(db: Path) -> tuple[int, int, int]:
@@ -261,12 +264,19 @@ def test_org_moves_a_whole_file_into_one_organization(tmp_path: Path) -> None:
     assert import_(db, "-", "-q", "--org", "acme", stdin=lines).returncode == 0
     orgs = {json.loads(line)["org"] for line in export(db).splitlines()}
     assert orgs == {"acme"}
-    # the same file into another organization is another copy (its ids are that organization's), once
-    for _ in range(2):
-        done = import_(db, "-", "-q", "--org", unicodedata.normalize("NFD", "café"), stdin=lines)
+    again = import_(db, "-", "-q", "--org", "acme", stdin=lines)
+    assert "stored 0 message(s) and 0 chat(s), 2 already there" in again.stdout, again.stderr
+    # a line's id is derived from the line and the organization it names, as earlier versions derived it (a
+    # file imported with --org before is found again, not stored twice)
+    fields = {k: v for k, v in json.loads(good(2)).items()}
+    derived = uuid.uuid5(HISTORY_NAMESPACE, json.dumps(["default", fields], sort_keys=True, ensure_ascii=False))
+    assert str(derived) in {json.loads(line)["id"] for line in export(db).splitlines()}
+    other = tmp_path / "other.db"
+    for _ in range(2):  # an organization's name typed two ways (macOS types an accent apart) is one
+        done = import_(other, "-", "-q", "--org", unicodedata.normalize("NFD", "café"), stdin=lines)
         assert done.returncode == 0, done.stderr
     assert "stored 0 message(s)" in done.stdout and "2 already there" in done.stdout
-    theirs = [json.loads(line)["org"] for line in export(db, "--org", "café").splitlines()]  # one name, typed two ways
+    theirs = [json.loads(line)["org"] for line in export(other, "--org", "café").splitlines()]
     assert theirs == ["café", "café"]
 
 
@@ -292,6 +302,15 @@ async def test_a_file_names_its_contacts_in_any_spelling_and_imports_again_after
         good(4, org="acme", contact_id="ann@example.com", chat_id=chat.id, channel="voice"),  # by an alias
     ]  # fmt: skip
     text = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n"
+    forward = [  # a contact named by an alias that only a later line links: refused, nothing imported
+        {"kind": "chat", "org": "acme", "id": UNKNOWN_CHAT, "contact_id": "bob", "created_at": "2025-01-01T00:00:00Z",
+         "channels": [{"name": "web", "kind": "custom"}]},
+        good(5, org="acme", contact_id="robert", chat_id=UNKNOWN_CHAT, channel="web"),
+        {"kind": "alias", "org": "acme", "contact_id": "bob", "identifier": "robert",
+         "created_at": "2025-01-01T00:00:00Z"},
+    ]  # fmt: skip
+    ahead = import_(db, "-", "-q", stdin="\n".join(x if isinstance(x, str) else json.dumps(x) for x in forward) + "\n")
+    assert ahead.returncode == 2 and f"line 2: chat {UNKNOWN_CHAT} is not a chat of contact robert" in ahead.stderr
     for stored in ("stored 2 message(s) and 1 chat(s), 0 already there", "stored 0 message(s) and 0 chat(s), 3"):
         done = import_(db, "-", "-q", stdin=text)
         assert done.returncode == 0 and stored in done.stdout, done.stderr + done.stdout

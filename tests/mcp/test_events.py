@@ -297,6 +297,11 @@ def test_an_initialize_era_http_session_belongs_to_the_key_that_opened_it(tmp_pa
             urllib.request.urlopen(opened, timeout=10)
         assert full.value.code == 429 and "already has 1 sessions open" in full.value.read().decode()
         assert full.value.headers["Retry-After"] == "5"
+        nested = b'{"jsonrpc": "2.0", "id": 9, "method": "initialize", "params": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+        deep = urllib.request.Request(opened.full_url, nested, {**headers, "Authorization": f"Bearer {acme}"})
+        with pytest.raises(urllib.error.HTTPError) as unreadable:  # read at the bound too: its error, not a 500
+            urllib.request.urlopen(deep, timeout=10)
+        assert unreadable.value.code == 400, unreadable.value.read()
 
         async def sessionless() -> tuple[str, str]:  # a 2026-07-28 client opens no session: it is not held back
             async with http_client(base, acme) as client:

@@ -4,6 +4,7 @@ organizations, events and history, through the MCP tools (and the history CLI)."
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import anyio
@@ -104,6 +105,14 @@ async def test_linking_an_identifier_with_history_merges_the_two_contacts(db: st
             message=[{"text": "w"}],
         )
         assert f"channel_id {unknown} is not a custom channel of chat {later['id']}" in wrong
+    async with open_store(db) as store, Client(build_server(Settings(org="globex"), store)) as theirs:
+        chat = await call(theirs, "open_chat", contact_id=PHONE, channel="voice")
+        foreign = await error(theirs, "post_as_contact", contact_id=PHONE, chat_id=chat["id"], channel_id=old,
+                              message=[{"text": "z"}])  # fmt: skip
+        # another organization's retired id is unknown here, and the error names the id sent, nothing else
+        assert f"channel_id {old} is not a custom channel of chat {chat['id']}; use one of: " in foreign
+        named = set(re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", foreign))
+        assert named <= {old, chat["id"], *(channel["id"] for channel in chat["channels"])}, foreign
 
 
 async def test_appends_to_both_identifiers_during_a_link_all_land_once(db: str) -> None:

@@ -40,7 +40,19 @@ async def test_a_served_process_writes_one_json_object_per_line_naming_the_reque
     log = tmp_path / "serve.log"
     with log.open("wb") as written:
         process = subprocess.Popen(  # on any free port: the log says which
-            [*chatdock_command(), "serve", "--http", "--db", db, "--port", "0", "--log-format", "json"],
+            [
+                *chatdock_command(),
+                "serve",
+                "--http",
+                "--db",
+                db,
+                "--port",
+                "0",
+                "--metrics-port",
+                "0",
+                "--log-format",
+                "json",
+            ],
             env={**os.environ, "CHATDOCK_LOG_LEVEL": "INFO"},
             stdout=subprocess.DEVNULL,
             stderr=written,
@@ -72,6 +84,8 @@ async def test_a_served_process_writes_one_json_object_per_line_naming_the_reque
             process.wait(30)
     lines = read_lines(log.read_text())
     assert any(line["message"].startswith("chatdock serving MCP at ") for line in lines)
+    [metrics] = [line["message"] for line in lines if line["message"].startswith("chatdock serving metrics at ")]
+    assert re.fullmatch(r"chatdock serving metrics at http://127\.0\.0\.1:[1-9][0-9]*/metrics", metrics)
     [refused] = [line for line in lines if line["message"].startswith("refused a key from 127.0.0.1")]
     assert refused["level"] == "WARNING" and refused["logger"] == "chatdock.http"
     assert refused["request_id"] == "req-42" and "org" not in refused  # the key named no organization
