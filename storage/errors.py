@@ -95,11 +95,19 @@ def own_identifier(identifier: str) -> InvalidInput:
     )
 
 
-def outcome_unknown(place: str, reason: str) -> OutcomeUnknown:
+def outcome_unknown(place: str, reason: str, waited: float | None = None) -> OutcomeUnknown:
+    """`waited`: the write was sent and its answer did not come within that many seconds (the connection may
+    be sound: a lock held elsewhere, a busy server); else the connection broke, for `reason`."""
+    what = (
+        f"the connection to {place} broke after the write was sent ({reason})"
+        if waited is None
+        else f"{place} did not answer the write within {waited:g} s (--db-timeout; a lock held elsewhere, or a "
+        "busy server)"
+    )
     return OutcomeUnknown(
-        f"the connection to {place} broke after the write was sent ({reason}), so whether it was stored is "
-        "unknown; retrying is safe with the same metadata.provider_message_id (or, over REST, the same "
-        "Idempotency-Key header): a copy already stored comes back instead of a second one"
+        f"{what}, so whether it was stored is unknown; retrying is safe with the same "
+        "metadata.provider_message_id (or, over REST, the same Idempotency-Key header): a copy already stored "
+        "comes back instead of a second one"
     )
 
 

@@ -221,7 +221,8 @@ class PostgresBackend(SQLBackend):
         the transaction (or never began it)."""
         if stage == "committing" and broken(exc):
             self.telemetry.failed("outcome_unknown")
-            return outcome_unknown(self.place, str(exc) or type(exc).__name__)
+            waited = self.timeout if isinstance(exc, TimeoutError) else None  # (asyncio's is the builtin one)
+            return outcome_unknown(self.place, str(exc) or type(exc).__name__, waited)
         return self._failed(exc)
 
     async def _transact(self, attempt: Callable[[], Ops[T]], batch: int | None = None) -> T:

@@ -267,6 +267,9 @@ async def test_pool_size_and_db_timeout_take_effect_over_http(postgres_server: s
                         blocked = await http.post("/chats", json=body("+31639999999", "blocked"))
                         took = time.monotonic() - began
                     assert blocked.status_code == 503 and blocked.headers["content-type"] == "application/json"
+                    said = blocked.json()["message"]  # a lock, not a broken connection: said as it is
+                    assert "did not answer the write within 1 s (--db-timeout; a lock held elsewhere" in said, said
+                    assert "whether it was stored is unknown; retrying is safe" in said
                     assert took < 5, f"--db-timeout 1, yet the write waited {took:.1f} s"
             finally:
                 await watcher.close()
