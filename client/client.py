@@ -62,7 +62,7 @@ LONGEST_WAIT = 2.0  # seconds between two tries at most, whatever a Retry-After 
 EVENT_STREAM_SILENCE = 45.0
 # failures before a request left: retried whatever the request, and said to have sent nothing
 NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout, httpx2.LocalProtocolError)
-VISIBLE = re.compile(r"[!-~]+")  # what a key is made of (and an Idempotency-Key: validation.IDEMPOTENCY_KEY_PATTERN)
+VISIBLE = re.compile(check.IDEMPOTENCY_KEY_PATTERN)  # visible ASCII: what a key, as an Idempotency-Key, is made of
 
 
 @dataclass(frozen=True)

@@ -66,11 +66,9 @@ def _message(fields: dict[str, Any], org: str) -> NewMessage:
     return NewMessage.model_validate(fields)
 
 
-def parse_line(text: str, default_org: str, override: str | None = None) -> tuple[str, Record]:
-    """The organization and record of one line; InvalidInput says what is wrong with it. The line's `org`, or
-    `default_org` when it names none; `override` (`import --org`) whatever it names. A message without an id
-    gets one derived from the line and the organization it names (not the override: ids derived by earlier
-    versions stay the same, so re-importing a file stores nothing twice)."""
+def parse_line(text: str, default_org: str) -> tuple[str, Record]:
+    """The organization and record of one line; InvalidInput says what is wrong with it. A message without an
+    id gets one derived from the line and the organization it names."""
     try:
         fields = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -81,14 +79,13 @@ def parse_line(text: str, default_org: str, override: str | None = None) -> tupl
     org = fields.pop("org", None)
     org = default_org if org is None else check.identifier(org, "org")
     fields.pop("deduplicated", None)
-    stored_in = org if override is None else override
     try:
         if kind == "message":
-            return stored_in, _message(fields, org)
+            return org, _message(fields, org)
         if kind == "chat":
-            return stored_in, NewChat.model_validate(fields)
+            return org, NewChat.model_validate(fields)
         if kind == "alias":
-            return stored_in, NewAlias.model_validate(fields)
+            return org, NewAlias.model_validate(fields)
     except ValidationError as exc:
         raise InvalidInput(check.explain(exc)) from None
     raise InvalidInput(f"kind must be 'message', 'chat' or 'alias', got {kind!r}")

@@ -166,7 +166,10 @@ def _parse(raw: bytes, default_org: str, org_override: str | None) -> tuple[str,
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"not UTF-8 text: {exc.reason} at byte {exc.start + 1}") from None
-    return parse_line(text, default_org, org_override)
+    org, record = parse_line(text, default_org)
+    # --org says where the line goes, not what its id is derived from: ids stay as earlier versions derived
+    # them, so a file imported with --org before is found again
+    return org_override or org, record
 
 
 async def _check(

@@ -138,9 +138,13 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _cut(self) -> None:
         """The answer was left untaken too long: the connection goes, with what is still buffered for it."""
-        self._untaken = None
-        self._stalled_since.pop(self, None)
+        self._taken()
         self.transport.abort()
+
+    def _close_unread(self) -> None:
+        """The request was not sent in time (or will not be answered now): the connection closes."""
+        self._stop_waiting()
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -158,8 +162,7 @@ class GuardedProtocol(HttpToolsProtocol):
         """Called on SIGTERM: a request still being read will not be answered now, so its connection closes
         at once; the others finish (or are cut when the graceful shutdown's time is up)."""
         if not self._unanswered and not self.transport.is_closing():
-            self._stop_waiting()
-            self.transport.close()
+            self._close_unread()
             return
         super().shutdown()
 
@@ -187,21 +190,18 @@ class GuardedProtocol(HttpToolsProtocol):
     def _too_slow(self) -> None:
         self._deadline = None
         if not self._unanswered and not self.transport.is_closing():
-            self._reading_since.pop(self, None)
-            self.transport.close()
+            self._close_unread()
 
     def _drop_one(self) -> bool:
         """Close the connection that has waited longest for its request, else the one whose client has left
         its answer untaken longest (not this one); False if there is neither."""
-        for table in (self._reading_since, self._stalled_since):
+        for table, drop in (
+            (self._reading_since, GuardedProtocol._close_unread),
+            (self._stalled_since, GuardedProtocol._cut),
+        ):
             waiting = [(since, protocol) for protocol, since in table.items() if protocol is not self]
             if waiting:
-                _, oldest = min(waiting, key=lambda item: item[0])
-                if table is self._reading_since:
-                    oldest._stop_waiting()
-                    oldest.transport.close()
-                else:
-                    oldest._cut()
+                drop(min(waiting, key=lambda item: item[0])[1])
                 return True
         return False
 

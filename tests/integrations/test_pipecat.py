@@ -159,6 +159,17 @@ def memory_for(client: ChatdockClient, **settings: Any) -> ChatdockMemoryService
     return ChatdockMemoryService(client=client, contact_id=CALLER, agent_id="lamp-bot", **settings)
 
 
+def news_of(memory: ChatdockMemoryService) -> asyncio.Queue[list[Message]]:
+    """What the call tells of other channels (`on_other_channel_messages`), each telling as it comes."""
+    told: asyncio.Queue[list[Message]] = asyncio.Queue()
+
+    async def on_other_channel_messages(service: ChatdockMemoryService, messages: list[Message]) -> None:
+        told.put_nowait(messages)
+
+    memory.add_event_handler("on_other_channel_messages", on_other_channel_messages)
+    return told
+
+
 def system_texts(messages: list[dict[str, Any]]) -> list[str]:
     return [str(message["content"]) for message in messages if message["role"] == "system"]
 
@@ -240,12 +251,7 @@ async def test_a_whatsapp_message_during_the_call_reaches_the_llm_before_the_nex
 ) -> None:
     llm = ScriptedLLM(["Hello.", "Can you send the order number?", "Got it, 4471 ships today.", "Bye."])
     memory = memory_for(client)
-    arrived: asyncio.Queue[list[Message]] = asyncio.Queue()
-
-    async def on_other_channel_messages(service: ChatdockMemoryService, messages: list[Message]) -> None:
-        arrived.put_nowait(messages)
-
-    memory.add_event_handler("on_other_channel_messages", on_other_channel_messages)
+    arrived = news_of(memory)
 
     async with Call(memory, llm) as call:
         await call.greet()
@@ -284,12 +290,7 @@ async def test_a_history_over_context_max_chars_is_left_out_not_told_as_news(emb
     await embedded.append_message(CALLER, "email", "user", "a long email " + "x" * 3000)
     llm = ScriptedLLM(["Hello.", "Sure."])
     memory = memory_for(embedded, context_max_chars=2000)
-    told: asyncio.Queue[list[Message]] = asyncio.Queue()
-
-    async def on_other_channel_messages(service: ChatdockMemoryService, messages: list[Message]) -> None:
-        told.put_nowait(messages)
-
-    memory.add_event_handler("on_other_channel_messages", on_other_channel_messages)
+    told = news_of(memory)
     async with Call(memory, llm) as call:
         await call.greet()
         await call.say("Hi.")
