@@ -26,15 +26,23 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from chatdock.storage import open_store
+from tests import forkserver
 
 
 def chatdock_command() -> list[str]:
+    """How a test starts chatdock: through this worker's fork server (tests/forkserver.py says why)."""
+    return forkserver.launcher_command() or installed_command()
+
+
+def installed_command() -> list[str]:
+    """The installed `chatdock` command itself, started from scratch."""
     found = shutil.which("chatdock", path=str(Path(sys.executable).parent))
     return [found] if found else [sys.executable, "-m", "chatdock.server.cli"]
 
 
-def stdio_params(*args: str) -> StdioServerParameters:
-    command = chatdock_command()
+def stdio_params(*args: str, fresh: bool = False) -> StdioServerParameters:
+    """`chatdock serve ARGS` over stdio; `fresh`: the installed command started from scratch (not forked)."""
+    command = installed_command() if fresh else chatdock_command()
     return StdioServerParameters(command=command[0], args=[*command[1:], "serve", *args], env=dict(os.environ))
 
 
@@ -49,11 +57,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def http_server(db: str, *extra: str) -> Iterator[str]:
-    """`chatdock serve --http` on a free loopback port; yields its base URL once /healthz answers."""
+def http_server(db: str, *extra: str, fresh: bool = False) -> Iterator[str]:
+    """`chatdock serve --http` on a free loopback port; yields its base URL once /healthz answers. `fresh`: the
+    installed command started from scratch (not forked)."""
     port = free_port()
+    command = installed_command() if fresh else chatdock_command()
     process = subprocess.Popen(
-        [*chatdock_command(), "serve", "--http", "--db", db, "--port", str(port), *extra],
+        [*command, "serve", "--http", "--db", db, "--port", str(port), *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -26,7 +26,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     keys = {"acme": create_key(db, "acme", "acme-1"), "globex": create_key(db, "globex", "globex-1")}
     keys["revoked"] = create_key(db, "acme", "old")
     assert run_cli("keys", "revoke", "--db", db, "old").returncode == 0
-    with http_server(db) as base:
+    with http_server(db, fresh=True) as base:  # the installed command, started from scratch
         yield {"base": base, "db": db, **keys}
 
 

@@ -82,7 +82,7 @@ async def until(condition: Callable[[], bool], what: str) -> None:
 class RestartableServer:
     """`chatdock serve --http` on one loopback port and database, which `stop()` ends and `start()` starts
     again on the same port (a client that kept the URL finds it back); `pause()` stops the process without
-    ending it (SIGSTOP: requests hang, as on an overloaded host) and `resume()` lets it go on."""
+    ending it (SIGTSTP: requests hang, as on an overloaded host) and `resume()` lets it go on."""
 
     def __init__(self, db: str, *extra: str) -> None:
         self.db = db
@@ -106,7 +106,7 @@ class RestartableServer:
 
     def pause(self) -> None:
         assert self.process is not None, "not running"
-        self.process.send_signal(signal.SIGSTOP)
+        self.process.send_signal(signal.SIGTSTP)  # stops chatdock as SIGSTOP would (it does not handle it)
 
     def resume(self) -> None:
         assert self.process is not None, "not running"

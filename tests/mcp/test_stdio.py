@@ -18,7 +18,7 @@ pytestmark = pytest.mark.process  # each test here starts real processes
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_stdio_round_trip_and_restart_on_the_same_file(tmp_path: Path, mode: str) -> None:
     db = str(tmp_path / "nested" / "folder" / "chatdock.db")
-    async with Client(stdio_params("--db", db, "--org", "acme"), mode=mode) as client:
+    async with Client(stdio_params("--db", db, "--org", "acme", fresh=True), mode=mode) as client:
         stored = await client.call_tool(
             "append_message",
             {"contact_id": "+31612345678", "channel": "voice", "role": "user", "content": "Calling about my order"},
