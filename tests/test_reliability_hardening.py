@@ -56,7 +56,7 @@ class Served:
         while self.health()[0] == 0:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"chatdock did not start: {self.log.read_text()}")
-            time.sleep(0.1)
+            time.sleep(0.02)
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """(status, body) of /healthz; (0, {}) when nothing answers."""

@@ -107,7 +107,7 @@ def wait_healthy(process: subprocess.Popen[str], base: str) -> None:
             if process.poll() is not None or time.monotonic() > deadline:
                 output = process.stderr.read() if process.stderr else ""
                 raise RuntimeError(f"chatdock did not start: {output}") from None
-            time.sleep(0.1)
+            time.sleep(0.02)
 
 
 def http_transport(base: str, key: str | None) -> Transport:

@@ -57,7 +57,7 @@ class Replica:
         while self.healthz()[0] != 200:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"chatdock did not start: {self.stop()}")
-            time.sleep(0.1)
+            time.sleep(0.02)
         return self
 
     def healthz(self) -> tuple[int, str]:
