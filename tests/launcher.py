@@ -29,7 +29,6 @@ FORWARDED = (
     signal.SIGQUIT,
     signal.SIGUSR1,
     signal.SIGUSR2,
-    signal.SIGTSTP,  # stops chatdock (a test's stand-in for a hung host; SIGSTOP cannot be passed on)
     signal.SIGCONT,
 )
 

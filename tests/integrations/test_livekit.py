@@ -267,9 +267,9 @@ async def test_a_call_that_starts_while_chatdock_is_down_gets_its_chat_and_histo
 
 @pytest.mark.process
 async def test_no_turn_waits_on_a_write_while_chatdock_hangs(tmp_path: Path) -> None:
-    """chatdock stopped mid-call (SIGTSTP: requests hang, they are not refused). A turn that waited on a write
+    """chatdock stopped mid-call (SIGSTOP: requests hang, they are not refused). A turn that waited on a write
     would wait the client's 60 s timeout; the turns all end while chatdock is still stopped."""
-    async with restartable_chatdock(tmp_path, "default", "livekit", timeout=60.0) as (server, client):
+    async with restartable_chatdock(tmp_path, "default", "livekit", fresh=True, timeout=60.0) as (server, client):
         memory = ChatdockMemory(client, CALLER, context_timeout=0.3)
         model = ScriptedLLM("Hello.", "One moment.", "Still here.", "Done.")
         async with memory, AgentSession(llm=model) as session:

@@ -438,7 +438,7 @@ async def test_an_outage_during_the_call_holds_no_turn_and_loses_no_write(tmp_pa
 @pytest.mark.process
 async def test_a_hung_chatdock_holds_no_turn_and_its_history_joins_when_it_answers(tmp_path: Path) -> None:
     # the client would wait 30 s for a hung request: a turn that waited on chatdock would miss BOUND
-    async with restartable_chatdock(tmp_path, "acme", "pipecat", timeout=30.0) as (server, client):
+    async with restartable_chatdock(tmp_path, "acme", "pipecat", fresh=True, timeout=30.0) as (server, client):
         await client.append_message(CALLER, "whatsapp", "user", "Is the red lamp in stock?")
         memory = memory_for(client, flush_timeout=10.0)
         history_read = asyncio.Event()

@@ -20,7 +20,7 @@ import pytest
 
 from chatdock.client import ChatdockClient
 from chatdock.storage import Message
-from tests.transports import chatdock_command, create_key, end, free_port, http_server, wait_healthy
+from tests.transports import chatdock_command, create_key, end, free_port, http_server, installed_command, wait_healthy
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -82,18 +82,22 @@ async def until(condition: Callable[[], bool], what: str) -> None:
 class RestartableServer:
     """`chatdock serve --http` on one loopback port and database, which `stop()` ends and `start()` starts
     again on the same port (a client that kept the URL finds it back); `pause()` stops the process without
-    ending it (SIGTSTP: requests hang, as on an overloaded host) and `resume()` lets it go on."""
+    ending it (SIGSTOP: requests hang, as on an overloaded host) and `resume()` lets it go on. A server to pause
+    is the installed command started from scratch (`fresh`): a forked one is behind tests/launcher.py, which
+    cannot pass on a SIGSTOP, nor a stop the test could wait for."""
 
-    def __init__(self, db: str, *extra: str) -> None:
+    def __init__(self, db: str, *extra: str, fresh: bool = False) -> None:
         self.db = db
         self.extra = extra
+        self.fresh = fresh
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
         assert self.process is None, "already running"
-        command = [*chatdock_command(), "serve", "--http", "--db", self.db, "--port", str(self.port), *self.extra]
+        launch = installed_command() if self.fresh else chatdock_command()
+        command = [*launch, "serve", "--http", "--db", self.db, "--port", str(self.port), *self.extra]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wait_healthy(self.process, self.url)
 
@@ -106,7 +110,8 @@ class RestartableServer:
 
     def pause(self) -> None:
         assert self.process is not None, "not running"
-        self.process.send_signal(signal.SIGTSTP)  # stops chatdock as SIGSTOP would (it does not handle it)
+        assert self.fresh, "pause a server started with fresh=True"
+        self.process.send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
         assert self.process is not None, "not running"
@@ -114,9 +119,9 @@ class RestartableServer:
 
 
 @contextlib.contextmanager
-def restartable_server(db: str, *extra: str) -> Iterator[RestartableServer]:
+def restartable_server(db: str, *extra: str, fresh: bool = False) -> Iterator[RestartableServer]:
     """A running `RestartableServer` for `db`, stopped at the end whatever state the test left it in."""
-    server = RestartableServer(db, *extra)
+    server = RestartableServer(db, *extra, fresh=fresh)
     server.start()
     try:
         yield server
@@ -126,12 +131,12 @@ def restartable_server(db: str, *extra: str) -> Iterator[RestartableServer]:
 
 @contextlib.asynccontextmanager
 async def restartable_chatdock(
-    folder: Path, org: str, key_name: str, **options: Any
+    folder: Path, org: str, key_name: str, fresh: bool = False, **options: Any
 ) -> AsyncIterator[tuple[RestartableServer, ChatdockClient]]:
-    """A running `RestartableServer` for a database in `folder` and a client to it with a key for `org`
-    (`options`: the client's, such as its `timeout`), both closed at the end."""
+    """A running `RestartableServer` for a database in `folder` (`fresh`: one to pause) and a client to it with a
+    key for `org` (`options`: the client's, such as its `timeout`), both closed at the end."""
     db = str(folder / "chatdock.db")
     key = create_key(db, org, key_name)
-    with restartable_server(db) as server:
+    with restartable_server(db, fresh=fresh) as server:
         async with ChatdockClient(server.url, api_key=key, **options) as client:
             yield server, client
