@@ -31,6 +31,7 @@ import os
 import pkgutil
 import resource
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -194,11 +195,13 @@ def launcher_command() -> list[str] | None:
             if _server.stdout.readline() != b"ready\n":
                 raise RuntimeError("the tests' fork server did not start")
             os.environ[ADDRESS_VARIABLE] = address
-            atexit.register(_stop)
+            atexit.register(_stop, os.path.dirname(address))
     return [sys.executable, "-I", "-S", str(LAUNCHER)]
 
 
-def _stop() -> None:
+def _stop(folder: str) -> None:
+    """End the fork server (it kills any chatdock still running) and remove its socket's folder."""
+    shutil.rmtree(folder, ignore_errors=True)
     if _server is not None:
         for stream in (_server.stdin, _server.stdout):
             if stream is not None:
