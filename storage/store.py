@@ -178,7 +178,7 @@ class Store:
             stored = await self.backend.insert_message(org, record)
             self.telemetry.appended(stored.deduplicated)
             if key is not None:
-                stored = await self._again(org, key, record, stored)
+                stored = await self._again(org, key, record, stored, dated=message.created_at is not None)
         except BaseException:
             if beside is not None:
                 beside.cancel()
@@ -275,7 +275,7 @@ class Store:
         stored = await self.backend.insert_message(org, record)  # checks again, in its transaction, the chat
         self.telemetry.appended(stored.deduplicated)
         if key is not None:
-            stored = await self._again(org, key, record, stored)
+            stored = await self._again(org, key, record, stored, dated=False)
         posted = StoredMessage(**stored.model_dump(exclude={"deduplicated"}))
         newest_first = self._newest.after(org, stored, limit or 0)
         return posted if limit is None else await self._with_context(org, posted, limit, newest_first)
@@ -288,21 +288,19 @@ class Store:
             raise chat_not_found(chat_id)
         return found
 
-    async def _again(self, org: str, key: str, record: MessageRecord, stored: AppendedMessage) -> AppendedMessage:
+    async def _again(
+        self, org: str, key: str, record: MessageRecord, stored: AppendedMessage, dated: bool
+    ) -> AppendedMessage:
         """What an append under an Idempotency-Key answers: when the message that key names was already stored,
         the request is a retry and gets the first answer (the message, as stored then, not "deduplicated"); a
-        different request under the same key (another contact, another text, ...) is refused."""
+        different request under the same key (another contact, another text or parts, another `created_at` when
+        the retry gives one, ...) is refused. (`dated`: the request gave its `created_at`; without one, the first
+        request's time is the server's, which a retry cannot repeat.)"""
         if stored.id != record.message.id or not stored.deduplicated:
             return stored  # stored now, or found by its provider id as the first request found it
         wanted = record.message
-        same = (stored.channel, stored.role, stored.content, stored.agent_id, stored.chat_id, stored.metadata) == (
-            wanted.channel,
-            wanted.role,
-            wanted.content,
-            wanted.agent_id,
-            wanted.chat_id,
-            wanted.metadata,
-        )
+        fields = ("channel", "role", "content", "parts", "agent_id", "chat_id", "metadata", *(("created_at",) * dated))
+        same = all(getattr(stored, field) == getattr(wanted, field) for field in fields)
         if not same or await self._canonical(org, wanted.contact_id) != stored.contact_id:
             raise key_used_elsewhere(key)
         return stored.model_copy(update={"deduplicated": False})

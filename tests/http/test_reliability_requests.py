@@ -57,6 +57,10 @@ async def test_a_retried_post_with_the_same_idempotency_key_gets_the_first_answe
             assert elsewhere.status_code == 409  # the same key for another contact is another request
             bad = await http.post("/chats", json=message("x"), headers={"Idempotency-Key": "has space"})
             assert bad.status_code == 422
+            dated_key, dated = str(uuid.uuid4()), {**message("from the archive"), "created_at": "2021-01-01T00:00:00Z"}
+            assert (await http.post("/chats", json=dated, headers={"Idempotency-Key": dated_key})).status_code == 201
+            redated = {**dated, "created_at": "2022-06-01T00:00:00Z"}  # the same text at another time: another request
+            assert (await http.post("/chats", json=redated, headers={"Idempotency-Key": dated_key})).status_code == 409
 
             chat_key = str(uuid.uuid4())
             opened = await http.post(
@@ -74,10 +78,14 @@ async def test_a_retried_post_with_the_same_idempotency_key_gets_the_first_answe
             reposted = await http.post(path, json=parts, headers={"Idempotency-Key": post_key})
             assert posted.status_code == reposted.status_code == 201
             assert reposted.json()["messages"] == posted.json()["messages"]
+            split = {"message": [{"type": "text", "text": "hello from"}, {"type": "text", "text": "the caller"}]}
+            resplit = await http.post(path, json=split, headers={"Idempotency-Key": post_key})  # the same text
+            assert resplit.status_code == 409  # in other parts is another request
 
             page = (await http.get("/chats", params={"contact_id": "+31612345678", "limit": 200})).json()
             contents = [m["content"] for m in page["messages"]]
             assert contents.count("where is my order?") == 2  # once per key, never per retry
+            assert contents.count("from the archive") == 1
             assert contents.count("hello from the caller") == 1
             chats = (await http.get("/contacts/+31612345678/chats")).json()["chats"]
             assert [c["id"] for c in chats] == [chat_id]
@@ -87,7 +95,7 @@ async def test_a_retried_post_with_the_same_idempotency_key_gets_the_first_answe
             linked = await http.post("/contacts/crm-42/aliases", json=alias, headers={"Idempotency-Key": link_key})
             relinked = await http.post("/contacts/crm-42/aliases", json=alias, headers={"Idempotency-Key": link_key})
             assert linked.status_code == relinked.status_code == 200 and relinked.json() == linked.json()
-            assert (linked.json()["merged_messages"], linked.json()["merged_chats"]) == (3, 1)
+            assert (linked.json()["merged_messages"], linked.json()["merged_chats"]) == (4, 1)
             anew = await http.post("/contacts/crm-42/aliases", json=alias, headers={"Idempotency-Key": "k3"})
             assert anew.status_code == 200 and anew.json()["merged_messages"] == 0  # a new key: linked again
             for path, body in (("/contacts/crm-43/aliases", alias), ("/contacts/crm-42/aliases", {"identifier": "x"})):
