@@ -6,7 +6,7 @@
     -voucher          ... and without the word "voucher"
 
 Words are joined by AND. Anything else in a query is part of a word (punctuation separates words as the
-index does). A query that cannot be read (a quote left open, only exclusions, nothing at all, control
+index does); a word without a letter or a digit (`?`, `&`, an emoji) is left out. A query that cannot be read (a quote left open, only exclusions, nothing at all, control
 characters, over 1,000 characters) is an InvalidInput that says why; a backend only ever receives the
 parsed `Query`, never the caller's text.
 """
@@ -61,7 +61,7 @@ def parse_query(text: object) -> Query:
                 raise InvalidInput(
                     f'query has a quote at position {start + 1} that is not closed; close the phrase with "'
                 )
-            words = " ".join(text[start + 1 : end].split())
+            words = _findable(text[start + 1 : end])
             position = end + 1
             prefix = position < len(text) and text[position] == "*"
             position += 1 if prefix else 0
@@ -69,10 +69,10 @@ def parse_query(text: object) -> Query:
             end = start
             while end < len(text) and not text[end].isspace():
                 end += 1
-            words = text[start:end].replace('"', " ").strip()
+            word = text[start:end]
             position = end
-            prefix = words.endswith("*")
-            words = words.rstrip("*").strip()
+            prefix = word.endswith("*")
+            words = _findable(word.rstrip("*").replace('"', " "))
         if not words:
             continue
         (excluded if negated else wanted).append(Term(words, prefix))
@@ -83,6 +83,13 @@ def parse_query(text: object) -> Query:
             'query needs at least one word to find (a -word only excludes); like: refund, refund*, "order 1234"'
         )
     return Query(tuple(wanted), tuple(excluded))
+
+
+def _findable(text: str) -> str:
+    """The words of `text` that a search can find, separated by single spaces: those with a letter or a digit
+    (a mark alone, `?`, `&`, an emoji, is no word of the index on either engine: kept, it would find nothing on
+    one engine and be dropped by the other, which also shifts a phrase's words)."""
+    return " ".join(word for word in text.split() if any(char.isalnum() for char in word))
 
 
 def encode_search_cursor(offset: int) -> str:

@@ -52,7 +52,9 @@ def _lexeme(word: str, prefix: bool) -> str:
 
 
 def _term(found: Term) -> str:
-    words = found.text.split(" ")
+    # "~" separates words here: PostgreSQL's parser keeps "~1.0" whole (a file name), which would be an era's
+    # lexeme (WORDS) and find every message of that era
+    words = found.text.replace("~", " ").split()
     return "(" + " <-> ".join(_lexeme(word, found.prefix and i == len(words) - 1) for i, word in enumerate(words)) + ")"
 
 
@@ -66,8 +68,8 @@ def tsquery_text(query: Query) -> str:
 
 
 # A message's era: its organization and which run of 2**ERA_BITS messages (by seq) it was stored in, kept as one
-# more lexeme of its `words`: "~<org key>.<seq >> ERA_BITS>" (the tokenizer makes no word with "~", so no query
-# of words finds it). An organization's search asks the index of words for the query and one era at a time,
+# more lexeme of its `words`: "~<org key>.<seq >> ERA_BITS>" (no query names it: the parser keeps "~1.0" whole,
+# so `_term` splits a query's words at "~"). An organization's search asks the index of words for the query and one era at a time,
 # newest era first, and stops when it has its window: the index hands over only matches, in the order of time.
 # Changing ERA_BITS changes every row's lexeme: it takes a migration (schema.py).
 ERA_BITS = 12

@@ -99,6 +99,8 @@ async def test_deleted_forgotten_and_other_organizations_messages_are_never_foun
     [
         ('"order 1234', 'query has a quote at position 1 that is not closed; close the phrase with "'),
         ("-refund", "query needs at least one word to find (a -word only excludes)"),
+        ("? -refund", "query needs at least one word to find (a -word only excludes)"),  # a mark is no word
+        ("🙂 ...", "query needs at least one word to find"),
         ("   ", "query needs at least one word to find"),
         ("a\x00b", "query must not contain control or invisible format characters"),
         ("x" * 10_000, "query must be at most 1000 characters, got 10000"),
@@ -107,6 +109,20 @@ async def test_deleted_forgotten_and_other_organizations_messages_are_never_foun
 async def test_a_query_that_cannot_be_read_says_why(store: Store, query: str, problem: str) -> None:
     async with Client(build_server(Settings(), store)) as client:
         assert problem in await error(client, "search_messages", query=query)
+
+
+async def test_marks_quotes_and_tildes_in_words_find_what_the_words_find_on_both_engines(store: Store) -> None:
+    async with Client(build_server(Settings(), store)) as client:
+        await call(client, "append_message", contact_id=BOB, channel="sms", role="user", content="rock & roll, ~1.0 GB")
+        broken = ["I want a REFUND for order 1234, it arrived broken."]
+        assert await search(client, "refund broken ?") == broken  # a mark alone is no word, on either engine
+        assert await search(client, "broken 🙂") == broken
+        assert await search(client, 'bro""ken') == []  # "bro ken": no such words (PostgreSQL refused the query)
+        assert await search(client, '"rock & roll"') == ["rock & roll, ~1.0 GB"]  # the words of the phrase
+        # "~1.0" names no era of PostgreSQL's index of words (which would find every message of era 0)
+        assert await search(client, "~1.0") == ["rock & roll, ~1.0 GB"]
+        numbered = [*broken, "Your refund for order 1234 is on its way.", "rock & roll, ~1.0 GB"]
+        assert sorted(await search(client, "~1*")) == sorted(numbered)  # words that start with 1, and only those
 
 
 @pytest.mark.parametrize(
