@@ -208,6 +208,8 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
         docs_url=None,
         redoc_url=None,
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # no 307 from /contacts/a%2541/ to the decoded /contacts/a%41 (another contact: a DELETE follows it)
+        redirect_slashes=False,
     )
     app.router.route_class = SlashedRoute
 

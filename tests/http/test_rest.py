@@ -259,6 +259,13 @@ def test_an_id_with_a_slash_is_one_path_segment_on_every_contact_route(served: d
     assert rest.ok("DELETE", f"/contacts/{q(contact)}")["deleted_messages"] == 2
     assert rest("GET", f"/contacts/{q(contact)}")[0] == 404
     assert rest.ok("GET", "/contacts/x")["message_count"] == 1
+    # a trailing slash is no other route, and never a redirect to the decoded path (/contacts/a%41 is contact aA)
+    for contact_id in ("a%41", "aA"):
+        assert rest("POST", "/chats", {"contact_id": contact_id, "channel": "sms", "role": "user", "content": "."})[0]
+    for method in ("GET", "DELETE"):
+        status, answer = rest(method, "/contacts/a%2541/")
+        assert status == 404 and answer["error"] == "Not found", (method, status, answer)
+    assert rest.ok("GET", "/contacts/aA")["message_count"] == rest.ok("GET", "/contacts/a%2541")["message_count"] == 1
 
 
 def test_another_organizations_ids_answer_like_unknown_ones_on_every_route(served: dict[str, Any]) -> None:
