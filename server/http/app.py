@@ -143,7 +143,7 @@ class ApiKeyAuth:
             return
         if verdict.scopes is not None:
             receive, needed = await scope_needed(scope, receive, self.server.read_only_tools)
-            if needed not in verdict.scopes:
+            if needed is not None and needed not in verdict.scopes:
                 await self._insufficient(needed, scope, receive, send)
                 return
         scope[ORG_SCOPE_KEY] = org
@@ -205,7 +205,8 @@ class ApiKeyAuth:
         return "Bearer " + ", ".join(parts)
 
     async def _reject(self, message: str, scope: Scope, receive: Receive, send: Send, token: bool = False) -> None:
-        described = message.replace(chr(34), chr(39))
+        # a header is latin-1: what the token carried (a kid, an alg) is spelled in ASCII escapes there
+        described = message.replace(chr(34), chr(39)).encode("ascii", "backslashreplace").decode("ascii")
         fields = [] if message == REFUSALS["missing"] else ['error="invalid_token"', f'error_description="{described}"']
         response = JSONResponse(
             {"error": "Invalid token" if token else "Invalid API key", "message": message},
@@ -229,10 +230,12 @@ class ApiKeyAuth:
         await response(scope, receive, send)
 
 
-async def scope_needed(scope: Scope, receive: Receive, read_only_tools: frozenset[str]) -> tuple[Receive, str]:
-    """The scope a request needs: `chatdock:read` for the REST reads and for MCP but its writing tools,
-    `chatdock:write` for the rest. An MCP POST's JSON-RPC body is read to tell (at most 4 MiB, the request
-    bound) and handed on unchanged: the returned `receive` replays it."""
+async def scope_needed(scope: Scope, receive: Receive, read_only_tools: frozenset[str]) -> tuple[Receive, str | None]:
+    """The scope a request needs: `chatdock:read` for the REST reads and for MCP's reads, `chatdock:write` for
+    the writing tools and the REST writes, none for MCP's own steps that hand out no stored data (`initialize`,
+    `ping`, the notifications, `tools/list`: a write-only token's client must start its session). An MCP POST's
+    JSON-RPC body is read to tell (at most 4 MiB, the request bound) and handed on unchanged: the returned
+    `receive` replays it."""
     method = str(scope.get("method", "GET"))
     if not str(scope.get("path", "")).startswith("/mcp"):
         return receive, READ_SCOPE if method in ("GET", "HEAD") else WRITE_SCOPE
@@ -242,19 +245,27 @@ async def scope_needed(scope: Scope, receive: Receive, read_only_tools: frozense
     return replaying(body, receive), _scope_of_rpc(body, read_only_tools)
 
 
-def _scope_of_rpc(body: bytes, read_only_tools: frozenset[str]) -> str:
+NO_DATA_METHODS = frozenset({"initialize", "ping", "tools/list", "prompts/list", "logging/setLevel"})
+
+
+def _scope_of_rpc(body: bytes, read_only_tools: frozenset[str]) -> str | None:
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return READ_SCOPE  # the MCP app refuses it; nothing is written
     calls = parsed if isinstance(parsed, list) else [parsed]
+    needed = None
     for call in calls:
-        if isinstance(call, dict) and call.get("method") == "tools/call":
+        method = call.get("method") if isinstance(call, dict) else None
+        if method == "tools/call":
             params = call.get("params")
             name = params.get("name") if isinstance(params, dict) else None
             if name not in read_only_tools:
                 return WRITE_SCOPE
-    return READ_SCOPE
+            needed = READ_SCOPE
+        elif not (isinstance(method, str) and (method in NO_DATA_METHODS or method.startswith("notifications/"))):
+            needed = READ_SCOPE  # a read, an answer to the server, or what the MCP app refuses
+    return needed
 
 
 def _key_prefix(scope: Scope) -> str:

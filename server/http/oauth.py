@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -27,6 +28,9 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
 from pydantic import AnyHttpUrl
 from starlette.routing import Route
+
+from chatdock.storage import validation as check
+from chatdock.storage.errors import InvalidInput
 
 logger = logging.getLogger("chatdock.oauth")
 
@@ -93,7 +97,7 @@ class IssuerKeys:
         self.issuer = issuer  # as the discovery document spells it once read (Auth0's ends in "/", most don't)
         self._keys: dict[str, jwt.PyJWK] = {}
         self._jwks_uri: str | None = None
-        self._fetched_at = 0.0
+        self._fetched_at = -REFETCH_SECONDS  # never
         self._lock = asyncio.Lock()
 
     async def key(self, kid: str | None) -> jwt.PyJWK:
@@ -101,14 +105,16 @@ class IssuerKeys:
             return self._keys[kid]
         async with self._lock:  # one fetch for the many tokens that name the same new key
             unknown = kid is None or kid not in self._keys
-            if unknown and (time.monotonic() - self._fetched_at >= REFETCH_SECONDS or not self._keys):
+            if unknown and time.monotonic() - self._fetched_at >= REFETCH_SECONDS:
                 await self._fetch()
+            elif not self._keys:  # a fetch failed less than a second ago: the requests queued behind it wait no more
+                raise IssuerUnavailable("the issuer's keys could not be fetched; try again")
         if kid is None:
             if len(self._keys) == 1:
                 return next(iter(self._keys.values()))
             raise TokenRefused("the token names no key id (kid) and the issuer has several keys")
         if kid not in self._keys:
-            raise TokenRefused(f"the token is signed by a key the issuer does not publish (kid {kid!r})")
+            raise TokenRefused(f"the token is signed by a key the issuer does not publish (kid {kid!a})")
         return self._keys[kid]
 
     async def _fetch(self) -> None:
@@ -133,14 +139,19 @@ class IssuerKeys:
 
     async def _discover(self, http: httpx2.AsyncClient) -> str:
         """`jwks_uri` from RFC 8414's document, or else OpenID Connect's; the document must name this issuer."""
-        for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
-            answer = await asyncio.wait_for(http.get(self.issuer.rstrip("/") + path), FETCH_SECONDS)
+        parts = urllib.parse.urlsplit(self.issuer.rstrip("/"))
+        origin, path = f"{parts.scheme}://{parts.netloc}", parts.path
+        for url in (
+            origin + "/.well-known/oauth-authorization-server" + path,  # RFC 8414 §3.1: before the issuer's path
+            self.issuer.rstrip("/") + "/.well-known/openid-configuration",  # OpenID Connect: after it
+        ):
+            answer = await asyncio.wait_for(http.get(url), FETCH_SECONDS)
             if answer.status_code != 200:
                 continue
             document = answer.json()
             named = str(document.get("issuer", ""))
             if named.rstrip("/") != self.issuer.rstrip("/"):
-                raise ValueError(f"{path} names issuer {named!r}, not {self.issuer!r}")
+                raise ValueError(f"{url} names issuer {named!r}, not {self.issuer!r}")
             self.issuer = named
             return str(document["jwks_uri"])
         raise ValueError("the issuer publishes neither discovery document")
@@ -163,11 +174,14 @@ class JwtVerifier:
         """The token's access, or TokenRefused (IssuerUnavailable when the keys cannot be fetched)."""
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError as exc:
+        except jwt.PyJWTError as exc:  # not a JWT, or one whose header is malformed (a kid that is not text)
             raise TokenRefused("the token is neither a chatdock key (cdk_...) nor a JWT") from exc
         if str(header.get("alg", "")) not in ALGORITHMS:
-            raise TokenRefused(f"the token's algorithm {header.get('alg')!r} is not accepted")
-        key = await self.keys.key(header.get("kid"))
+            raise TokenRefused(f"the token's algorithm {header.get('alg')!a} is not accepted")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise TokenRefused("the token's key id (kid) is not text")
+        key = await self.keys.key(kid)
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -191,11 +205,15 @@ class JwtVerifier:
         except jwt.PyJWTError as exc:
             raise TokenRefused(f"the token is not accepted: {exc}") from exc
         org = claims.get(self.settings.org_claim)
-        if not isinstance(org, str) or not org:
+        if org is None or org == "":
             raise TokenRefused(
                 f"the token carries no organization: its claim {self.settings.org_claim!r} is missing "
                 "(the issuer must add it; --oauth-org-claim names another)"
             )
+        try:  # the rules of --org: one name typed two ways (NFC, NFD) is one organization, no invisible ones
+            org = check.identifier(org, f"the token's claim {self.settings.org_claim!r}")
+        except InvalidInput as exc:
+            raise TokenRefused(f"the token's organization is not a valid name: {exc.message}") from exc
         granted = granted_scopes(claims)
         return AccessToken(
             token=token,

@@ -350,13 +350,19 @@ async def test_a_hanging_issuer_costs_a_token_its_bound_and_keys_nothing(tmp_pat
                 params = {"contact_id": CALLER}
                 unchecked = ".".join(encoded(part) for part in ({"alg": "RS256", "kid": "k1"}, {"sub": "x"}, "sig"))
                 waiting = asyncio.ensure_future(http.get("/chats/context", params=params, headers=bearer(unchecked)))
+                queued = [  # requests behind it wait for its fetch, not for one fetch each (3 s apiece)
+                    asyncio.ensure_future(http.get("/chats/context", params=params, headers=bearer(unchecked)))
+                    for _ in range(4)
+                ]
                 await asyncio.sleep(0.3)  # the token's check is waiting on the issuer now
                 began = time.monotonic()
                 keyed = await http.get("/chats/context", params=params, headers=bearer(key))
                 assert keyed.status_code == 200 and time.monotonic() - began < 1.0
                 assert not waiting.done()
                 answer = await waiting
+                behind = await asyncio.wait_for(asyncio.gather(*queued), 2.0)
     assert answer.status_code == 503 and "could not be fetched" in answer.json()["message"]
+    assert all(each.status_code == 503 and "could not be fetched" in each.json()["message"] for each in behind)
 
 
 class Memory:
@@ -461,3 +467,85 @@ def test_oauth_flags_that_cannot_work_stop_the_command_with_one_line(tmp_path: P
         result = run_cli("serve", "--db", db, "--port", str(free_port()), *flags)
         assert result.returncode != 0, flags
         assert said in result.stderr and len(result.stderr.strip().splitlines()) == 1, (flags, result.stderr)
+
+
+@contextmanager
+def path_issuer() -> Iterator[tuple[str, Any]]:
+    """An issuer whose URL has a path (http://127.0.0.1:PORT/tenant), serving RFC 8414's document where §3.1
+    puts it (/.well-known/oauth-authorization-server/tenant) and its keys; yields its URL and a function that
+    signs a token with any header and claims."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    port = free_port()
+    issuer = f"http://127.0.0.1:{port}/tenant"
+    pages = {
+        "/.well-known/oauth-authorization-server/tenant": {"issuer": issuer, "jwks_uri": issuer + "/jwks"},
+        "/tenant/jwks": {"keys": [{**public, "kid": "k1", "use": "sig", "alg": "RS256"}]},
+    }
+
+    class Pages(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            page = pages.get(self.path)
+            body = json.dumps(page).encode()
+            self.send_response(200 if page else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    def sign(claims: dict[str, Any], **header: Any) -> str:
+        return jwt.encode(claims, private, algorithm="RS256", headers={"kid": "k1", **header})
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Pages)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield issuer, sign
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_an_issuer_with_a_path_and_what_its_tokens_may_carry(tmp_path: Path, mode: str) -> None:
+    """RFC 8414's document of an issuer with a path is found; a token's organization follows --org's rules (one
+    name typed two ways is one organization; white space or an invisible character is refused); a forged header
+    is a 401, never a 500; a write-only token's client starts its session (initialize) and writes."""
+    db = str(tmp_path / "chatdock.db")
+    with path_issuer() as (issuer, sign), http_server(db, "--oauth-issuer", issuer) as base:
+
+        def token(org: Any, scope: str = "chatdock:read chatdock:write", **header: Any) -> str:
+            claims = {"iss": issuer, "aud": base, "exp": int(time.time()) + 300, "org_id": org, "scope": scope}
+            return str(sign(claims, **header))
+
+        nfc, nfd = "caf\u00e9", "cafe\u0301"
+        assert append(base, token(nfd), "typed on a Mac").status_code == 201
+        assert [m["content"] for m in context(base, token(nfc)).json()["messages"]] == ["typed on a Mac"]
+        for org in ("acme ", "acme\u200b", 7):
+            refused = context(base, token(org))
+            assert refused.status_code == 401 and "not a valid name" in refused.json()["message"], (org, refused.text)
+        for header in ({"kid": "\u20ac"}, {"kid": ["k1"]}, {"alg": "\u20ac"}):  # what no library would sign
+            _, payload, signature = token(nfc).split(".")
+            forged = context(base, f"{encoded({'alg': 'RS256', 'kid': 'k1', **header})}.{payload}.{signature}")
+            assert forged.status_code == 401 and forged.json()["error"] == "Invalid token", (header, forged.text)
+        nested = httpx2.post(
+            base + "/mcp",
+            content=b"[" * 5000 + b"]" * 5000,
+            headers={**bearer(token(nfc)), "Content-Type": "application/json", "Accept": "application/json"},
+        )
+        assert 400 <= nested.status_code < 500, nested.text
+        writer = token("acme", scope="chatdock:write")
+        async with httpx2.AsyncClient(headers=bearer(writer)) as http:
+            async with Client(streamable_http_client(base + "/mcp", http_client=http), mode=mode) as client:
+                arguments = {"contact_id": CALLER, "channel": "sms", "role": "user", "content": "write only"}
+                assert not (await client.call_tool("append_message", arguments)).is_error
+        assert context(base, writer).status_code == 403  # and it reads nothing
