@@ -231,12 +231,15 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
-        if any(error.get("type") == "json_invalid" or _unread_body(error) for error in errors):
-            kind = request.headers.get("content-type")
-            if kind is None or not _json_media(kind):  # FastAPI reads a body as JSON only when it is declared so
-                sent = f"declared as {kind}" if kind else "sent without a Content-Type"
-                return problem(400, "Invalid JSON", f"the body is {sent}; send a JSON object as application/json")
+        kind = request.headers.get("content-type")
+        declared = kind is not None and _json_media(kind)  # FastAPI reads a body as JSON only when declared so
+        if not declared and any(error.get("type") == "json_invalid" or _unread_body(error) for error in errors):
+            sent = f"declared as {kind}" if kind else "sent without a Content-Type"
+            return problem(400, "Invalid JSON", f"the body is {sent}; send a JSON object as application/json")
+        if any(error.get("type") == "json_invalid" for error in errors):
             return problem(400, "Invalid JSON", "the body is not valid JSON; send a JSON object")
+        if any(tuple(error.get("loc", ())) == ("body",) and error.get("type") == "missing" for error in errors):
+            return problem(400, "Invalid JSON", "the body is empty; send a JSON object")
         return problem(422, "Invalid arguments", check.explain(_located(errors)))
 
     @app.exception_handler(StarletteHTTPException)

@@ -166,6 +166,14 @@ def test_every_route_answers_and_every_error_has_its_status(served: dict[str, An
     assert rest("GET", f"/contacts/{q(contact)}")[0] == 404
 
     assert rest("POST", "/chats", raw=b"{not json")[0] == 400
+    for path in ("/chats", f"/contacts/{q(contact)}/chats"):
+        assert rest("POST", path, raw=b"") == (
+            400,
+            {"error": "Invalid JSON", "message": "the body is empty; send a JSON object"},
+        )
+        for other in (b'"hi"', b"5", b"[]"):  # JSON, but not an object: what to fix, alike for each
+            status, answer = rest("POST", path, raw=other)
+            assert status == 422 and "valid dictionary" in answer["message"], (path, other, answer)
     sound = json.dumps({"contact_id": contact, "channel": "sms", "role": "user", "content": "hi"}).encode()
     for declared in ("text/plain", None):  # None: what urllib (and `curl -d`) send, a form
         headers = {"Authorization": f"Bearer {rest.key}", **({"Content-Type": declared} if declared else {})}
