@@ -6,9 +6,9 @@
     -voucher          ... and without the word "voucher"
 
 Words are joined by AND. Anything else in a query is part of a word (punctuation separates words as the
-index does); a word without a letter or a digit (`?`, `&`, an emoji) is left out. A query that cannot be read (a quote left open, only exclusions, nothing at all, control
-characters, over 1,000 characters) is an InvalidInput that says why; a backend only ever receives the
-parsed `Query`, never the caller's text.
+index does); a word without a letter or a digit (`?`, `&`, an emoji) is left out. A query that cannot be
+read (a quote left open, only exclusions, nothing at all, control characters, over 1,000 characters) is an
+InvalidInput that says why; a backend only ever receives the parsed `Query`, never the caller's text.
 """
 
 from __future__ import annotations

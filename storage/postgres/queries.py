@@ -69,8 +69,9 @@ def tsquery_text(query: Query) -> str:
 
 # A message's era: its organization and which run of 2**ERA_BITS messages (by seq) it was stored in, kept as one
 # more lexeme of its `words`: "~<org key>.<seq >> ERA_BITS>" (no query names it: the parser keeps "~1.0" whole,
-# so `_term` splits a query's words at "~"). An organization's search asks the index of words for the query and one era at a time,
-# newest era first, and stops when it has its window: the index hands over only matches, in the order of time.
+# so `_term` splits a query's words at "~"). An organization's search asks the index of words for the query and
+# one era at a time, newest era first, and stops when it has its window: the index hands over only matches, in
+# the order of time.
 # Changing ERA_BITS changes every row's lexeme: it takes a migration (schema.py).
 ERA_BITS = 12
 WORDS = (
