@@ -18,7 +18,7 @@ import httpx2
 from mcp.shared.exceptions import MCPError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chatdock.server.http.rest import EncodedSlashes, build_rest, status_of
+from chatdock.server.http.rest import BodyLimit, EncodedSlashes, build_rest, status_of
 from chatdock.server.mcp.events import Events
 from chatdock.server.mcp.org import ORG_SCOPE_KEY
 from chatdock.server.settings import Settings
@@ -48,7 +48,8 @@ class InProcess:
             stack.callback(store.announce_to(events.deliver))
             await stack.enter_async_context(store.following(events.deliver, events.wanted))
             routes = build_rest(lambda: store, read_only=False, events=events)
-            app = EncodedSlashes(_AsOrg(routes, self.settings.org))  # as the HTTP app routes a %2F (app.py)
+            # as the HTTP app routes a %2F and bounds a body (app.py)
+            app = EncodedSlashes(BodyLimit(_AsOrg(routes, self.settings.org)))
             transport = httpx2.ASGITransport(app=app, raise_app_exceptions=False)
             self._events = events
             self._stack = stack.pop_all()

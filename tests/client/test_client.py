@@ -149,6 +149,8 @@ async def test_the_servers_refusals_are_one_exception_with_its_words(kind: str, 
         assert own.status == 422 and "own contact_id" in own.message
         watch = await refused(client.watch("x" * 300).__aenter__())
         assert watch.status == 422 and "contact_id" in watch.message
+        huge = await refused(client.append_message(CALLER, "sms", "user", "x" * (5 << 20)))
+        assert (huge.status, huge.error) == (413, "Payload too large")  # the body's bound first, as over HTTP
 
 
 async def test_a_wrong_key_and_an_absent_server_say_so(db: str) -> None:
