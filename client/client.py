@@ -22,7 +22,7 @@ import asyncio
 import random
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -144,12 +144,15 @@ class ChatdockClient:
         agent_id: str | None = None,
         chat_id: str | None = None,
         metadata: dict[str, Any] | None = None,
-        created_at: datetime | None = None,
+        created_at: datetime | str | None = None,
         context_limit: int | None = None,
         *,
         idempotency_key: str | None = None,
     ) -> AppendedMessage:
-        """Store one message; with `context_limit`, `.context` is the contact's context right after it."""
+        """Store one message; with `context_limit`, `.context` is the contact's context right after it.
+        `created_at`: a timezone-aware datetime, or RFC 3339 text as the tool takes it."""
+        if metadata is not None:  # what JSON cannot carry (NaN, a datetime) is refused in the tool's words
+            _checked(check.metadata, metadata)
         body = _present(
             contact_id=contact_id,
             channel=channel,
@@ -158,7 +161,7 @@ class ChatdockClient:
             agent_id=agent_id,
             chat_id=chat_id,
             metadata=metadata,
-            created_at=None if created_at is None else created_at.isoformat(),
+            created_at=created_at.isoformat() if isinstance(created_at, datetime) else created_at,
             context_limit=context_limit,
         )
         return await self._call(AppendedMessage, "POST", "/chats", body=body, key=idempotency_key)
@@ -167,15 +170,16 @@ class ChatdockClient:
         self,
         contact_id: str,
         chat_id: str,
-        message: Sequence[Part],
+        message: Sequence[Part | Mapping[str, Any]],
         channel_id: str | None = None,
         context_limit: int | None = None,
         *,
         idempotency_key: str | None = None,
     ) -> StoredMessage:
-        """Post into a chat as the contact (role user); with `context_limit`, `.context` as for an append."""
+        """Post into a chat as the contact (role user); with `context_limit`, `.context` as for an append. The
+        parts: `Part`s, or mappings of their fields as the tool takes them (`{"type": "text", "text": ...}`)."""
         body = _present(
-            message=[part.model_dump(mode="json") for part in message],
+            message=[part.model_dump(mode="json") if isinstance(part, Part) else dict(part) for part in message],
             channel_id=channel_id,
             context_limit=context_limit,
         )
@@ -428,6 +432,14 @@ def refusal(response: httpx2.Response) -> ChatdockApiError:
         return ChatdockApiError(response.status_code, str(body["error"]), str(body["message"]))
     except (ValueError, KeyError, TypeError):
         return ChatdockApiError(response.status_code, response.reason_phrase, response.text[:200])
+
+
+def _checked(rule: Any, value: Any) -> None:
+    """`value` by the store's `rule` (storage/validation.py): its refusal as the client's one exception."""
+    try:
+        rule(value)
+    except InvalidInput as exc:
+        raise ChatdockApiError(422, "Invalid arguments", exc.message) from None
 
 
 def _present(**fields: Any) -> dict[str, Any]:

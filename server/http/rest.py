@@ -607,7 +607,11 @@ def _attachment(contact_id: str) -> str:
 
 
 def _listed(value: str | None) -> list[str] | None:
-    return None if value is None else [item.strip() for item in value.split(",")]
+    """A comma-separated query parameter; given empty (`roles=`), an empty list, which the store refuses in
+    the tool's words."""
+    if value is None:
+        return None
+    return [] if not value.strip() else [item.strip() for item in value.split(",")]
 
 
 def _located(errors: list[Any]) -> list[Any]:

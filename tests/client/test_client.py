@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -149,6 +150,19 @@ async def test_the_servers_refusals_are_one_exception_with_its_words(kind: str, 
         assert own.status == 422 and "own contact_id" in own.message
         watch = await refused(client.watch("x" * 300).__aenter__())
         assert watch.status == 422 and "contact_id" in watch.message
+        for metadata, why in (({"a": float("nan")}, "not JSON compliant"), ({"at": datetime.now()}, "datetime")):
+            wrong = await refused(client.append_message(CALLER, "sms", "user", "x", metadata=metadata))
+            assert (
+                wrong.status == 422 and wrong.message.startswith("metadata must be plain JSON") and why in wrong.message
+            )
+        for empty in (client.get_context(CALLER, roles=[]), client.get_context(CALLER, channels=[])):
+            wrong = await refused(empty)  # the tool's words, not a complaint about ""
+            assert wrong.status == 422 and "must name at least one" in wrong.message, wrong.message
+        dated = await client.append_message(CALLER, "sms", "user", "then", created_at="2024-01-01T00:00:00Z")
+        assert dated.created_at == datetime(2024, 1, 1, tzinfo=UTC)  # RFC 3339 text, as the tool takes it
+        chat = await client.open_chat(CALLER, "voice")
+        posted = await client.post_as_contact(CALLER, chat.id, [{"type": "text", "text": "as a mapping"}])
+        assert posted.content == "as a mapping"
         huge = await refused(client.append_message(CALLER, "sms", "user", "x" * (5 << 20)))
         assert (huge.status, huge.error) == (413, "Payload too large")  # the body's bound first, as over HTTP
 
