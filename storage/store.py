@@ -249,11 +249,9 @@ class Store:
         context_limit: int | None = None,
     ) -> StoredMessage:
         """Post `parts` into a chat as the contact; with `context_limit`, the contact's context after it."""
-        limit = None if context_limit is None else check.limit(context_limit, "context_limit")
-        contact_id = check.contact_id(contact_id)
-        chat_id = check.uuid_text(chat_id, "chat_id")
-        wanted = check.optional_uuid(channel_id, "channel_id")
-        checked_parts, _ = check.parts(parts)
+        contact_id, chat_id, checked_parts, wanted, limit = self.checked_post(
+            contact_id, chat_id, parts, channel_id, context_limit
+        )
         now = check.utc_now()
         contact_id = await self._canonical(org, contact_id)
         chat = await self._chat_of(org, contact_id, chat_id)
@@ -279,6 +277,19 @@ class Store:
         posted = StoredMessage(**stored.model_dump(exclude={"deduplicated"}))
         newest_first = self._newest.after(org, stored, limit or 0)
         return posted if limit is None else await self._with_context(org, posted, limit, newest_first)
+
+    @staticmethod
+    def checked_post(
+        contact_id: str, chat_id: str, parts: Sequence[Part], channel_id: str | None, context_limit: int | None
+    ) -> tuple[str, str, list[Part], str | None, int | None]:
+        """`post_as_contact`'s arguments checked, in its order (a route that refuses the chat for another reason,
+        an organization not the key's, checks them first too, so that a bad argument gets the same answer)."""
+        limit = None if context_limit is None else check.limit(context_limit, "context_limit")
+        checked_contact = check.contact_id(contact_id)
+        checked_chat = check.uuid_text(chat_id, "chat_id")
+        wanted = check.optional_uuid(channel_id, "channel_id")
+        checked_parts, _ = check.parts(parts)
+        return checked_contact, checked_chat, checked_parts, wanted, limit
 
     async def chat(self, org: str, chat_id: str) -> Chat:
         """One chat of the organization, by its id."""

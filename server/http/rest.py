@@ -550,8 +550,9 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
         body: PostRequest,
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
-        if org_id != organization:
-            raise chat_not_found(check.uuid_text(chat_id, "chat_id"), contact_id)
+        if org_id != organization:  # an unknown chat, once the arguments are found sound as for one
+            checked = the_store().checked_post(contact_id, chat_id, body.message, body.channel_id, body.context_limit)
+            raise chat_not_found(checked[1], checked[0])
         return await post(organization, contact_id, chat_id, body, idempotency_key)
 
     return app

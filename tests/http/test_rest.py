@@ -300,6 +300,11 @@ def test_another_organizations_ids_answer_like_unknown_ones_on_every_route(serve
             globex(method, path.format(UNKNOWN), body),
             (chat["id"], UNKNOWN),
         )
+    # a bad argument gets the same answer whichever organization the path names: the arguments are checked first
+    for contact_id, body in ((q(contact), {"message": []}), ("%20x", {"message": [{"text": "x"}]})):
+        own = globex("POST", f"/orgs/globex/contacts/{contact_id}/chats/{UNKNOWN}/messages", body)
+        other = globex("POST", f"/orgs/acme/contacts/{contact_id}/chats/{UNKNOWN}/messages", body)
+        assert own == other and own[0] == 422, (own, other)
     for path in ("/chats/context", "/chats"):
         assert globex("GET", path, contact_id=contact)[1] == globex("GET", path, contact_id="+31699999999")[1] | (
             {"contact_id": contact} if path == "/chats/context" else {}
