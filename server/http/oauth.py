@@ -79,7 +79,11 @@ class OAuthSettings:
             resource_name="chatdock",
         )
         assert isinstance(made, Route)
-        return [Route(METADATA_PATH + path, made.endpoint, methods=made.methods) for path in ("", "/mcp")]
+        # where metadata_url points (RFC 9728 §3.1: the resource's path after the well-known one; a --public-url
+        # with a path, behind a proxy, adds it), and the same without that path
+        base = urllib.parse.urlsplit(self.resource).path.rstrip("/")
+        paths = dict.fromkeys(prefix + path for prefix in ("", base) for path in ("", "/mcp"))
+        return [Route(METADATA_PATH + path, made.endpoint, methods=made.methods) for path in paths]
 
 
 class TokenRefused(Exception):

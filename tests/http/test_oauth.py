@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -27,7 +28,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 
 from chatdock.server.http.oauth import granted_scopes
-from tests.transports import create_key, free_port, http_server, run_cli
+from tests.transports import chatdock_command, create_key, end, free_port, http_server, run_cli, wait_healthy
 
 pytestmark = pytest.mark.process
 
@@ -549,3 +550,28 @@ async def test_an_issuer_with_a_path_and_what_its_tokens_may_carry(tmp_path: Pat
                 arguments = {"contact_id": CALLER, "channel": "sms", "role": "user", "content": "write only"}
                 assert not (await client.call_tool("append_message", arguments)).is_error
         assert context(base, writer).status_code == 403  # and it reads nothing
+
+
+def test_a_public_url_with_a_path_serves_the_metadata_where_a_401_points(tmp_path: Path) -> None:
+    port = free_port()
+    public = f"http://127.0.0.1:{port}/base"  # as a proxy that serves chatdock under /base would name it
+    command = [*chatdock_command(), "serve", "--http", "--db", str(tmp_path / "c.db"), "--port", str(port)]
+    with path_issuer() as (issuer, _):
+        process = subprocess.Popen(
+            [*command, "--oauth-issuer", issuer, "--public-url", public],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_healthy(process, f"http://127.0.0.1:{port}")
+            for path in ("/mcp", "/chats/context"):
+                refused = httpx2.get(f"http://127.0.0.1:{port}{path}", params={"contact_id": CALLER})
+                assert refused.status_code == 401
+                [pointed] = re.findall(r'resource_metadata="([^"]+)"', challenge(refused))
+                assert pointed.startswith("http://127.0.0.1:") and "/base" in pointed, pointed
+                metadata = httpx2.get(pointed)
+                assert metadata.status_code == 200, (pointed, metadata.status_code)
+                assert metadata.json()["resource"] == public and metadata.json()["authorization_servers"] == [issuer]
+        finally:
+            end(process)
