@@ -325,11 +325,11 @@ def build_http_app(
         return server.state.store
 
     mcp = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
-    routes = build_rest(the_store, settings.read_only, server.events)
+    oauth = settings.oauth
+    routes = build_rest(the_store, settings.read_only, server.events, None if oauth is None else oauth.issuer)
     sessions = SessionOwners(max_sessions_per_org)
     if settings.metrics is not None:
         settings.metrics.watch_sessions(sessions.held)
-    oauth = settings.oauth
     metadata = None if oauth is None else Starlette(routes=oauth.metadata_routes())
     rest = BodyLimit(Lanes(routes))
     app = ApiKeyAuth(Dispatch(mcp, rest, metadata), server, sessions, settings.metrics, oauth)

@@ -61,6 +61,18 @@ def answers(*statuses: int, described: dict[int, str] | None = None) -> dict[int
     return {status: _error(status, (described or {}).get(status)) for status in chosen}
 
 
+def insufficient_scope() -> dict[str, Any]:
+    """The 403 of an access token without the scope a route needs (with --oauth-issuer)."""
+    answer = _error(403, "Insufficient scope: the access token lacks chatdock:read (a read) or chatdock:write")
+    answer["headers"] = {
+        "WWW-Authenticate": {
+            "description": 'Bearer error="insufficient_scope" and the scope',
+            "schema": {"type": "string"},
+        }
+    }
+    return answer
+
+
 def _error(status: int, description: str | None = None) -> dict[str, Any]:
     answer: dict[str, Any] = {
         "description": description or _DESCRIPTIONS[status],

@@ -34,7 +34,7 @@ from starlette.types import Message as ASGIMessage
 from chatdock.server.history.transfer import export_lines
 from chatdock.server.http.bodies import json_body
 from chatdock.server.http.inspector import add_pages
-from chatdock.server.http.openapi import WITH_BODY, answers, strict
+from chatdock.server.http.openapi import WITH_BODY, answers, insufficient_scope, strict
 from chatdock.server.mcp.events import Events
 from chatdock.server.mcp.org import ORG_SCOPE_KEY
 from chatdock.storage import (
@@ -195,8 +195,11 @@ class SlashedRoute(APIRoute):
         return match, child
 
 
-def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) -> FastAPI:
-    """The REST routes as a FastAPI app (with /openapi.json and /docs).
+def build_rest(
+    the_store: Callable[[], Store], read_only: bool, events: Events, oauth_issuer: str | None = None
+) -> FastAPI:
+    """The REST routes as a FastAPI app (with /openapi.json and /docs); with `oauth_issuer` (--oauth-issuer), the
+    document says that its access tokens are taken too, and the 403 a token without the needed scope gets.
 
     FastAPI's own telemetry stays off: a REST call's span is observe.py's, which begins before the key is
     checked (a 401 has one too), names no contact (FastAPI's records the raw path and query, contact ids
@@ -219,10 +222,22 @@ def build_rest(the_store: Callable[[], Store], read_only: bool, events: Events) 
             from fastapi.openapi.utils import get_openapi
 
             made = strict(get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes))
-            made.setdefault("components", {})["securitySchemes"] = {
+            schemes = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "a key from `chatdock keys create`"}
             }
-            made["security"] = [{"bearer": []}]
+            if oauth_issuer is not None:
+                schemes["token"] = {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": f"an access token of {oauth_issuer} for chatdock's URL; scope chatdock:read "
+                    "allows the reads, chatdock:write the writes (docs/oauth.md)",
+                }
+                for operations in made["paths"].values():
+                    for operation in operations.values():
+                        operation["responses"]["403"] = insufficient_scope()
+            made.setdefault("components", {})["securitySchemes"] = schemes
+            made["security"] = [{name: []} for name in schemes]
             app.openapi_schema = made
         return app.openapi_schema
 

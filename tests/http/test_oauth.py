@@ -549,7 +549,14 @@ async def test_an_issuer_with_a_path_and_what_its_tokens_may_carry(tmp_path: Pat
             async with Client(streamable_http_client(base + "/mcp", http_client=http), mode=mode) as client:
                 arguments = {"contact_id": CALLER, "channel": "sms", "role": "user", "content": "write only"}
                 assert not (await client.call_tool("append_message", arguments)).is_error
-        assert context(base, writer).status_code == 403  # and it reads nothing
+        denied = context(base, writer)  # and it reads nothing: a 403 the OpenAPI document states
+        assert denied.status_code == 403 and set(denied.json()) == {"error", "message"}
+        document = httpx2.get(base + "/openapi.json").json()
+        assert set(document["components"]["securitySchemes"]) == {"bearer", "token"}
+        assert issuer in document["components"]["securitySchemes"]["token"]["description"]
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                assert "403" in operation["responses"], (method, path)
 
 
 def test_a_public_url_with_a_path_serves_the_metadata_where_a_401_points(tmp_path: Path) -> None:
