@@ -29,7 +29,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatdock.server.http.guard import FailedKeys
 from chatdock.server.http.lanes import Lanes
@@ -49,6 +49,7 @@ from chatdock.server.http.rest import (
     BodyLimit,
     EncodedSlashes,
     build_rest,
+    problem,
     read_body,
     replaying,
 )
@@ -69,6 +70,7 @@ logger = logging.getLogger("chatdock.http")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MCP_PATHS = ("/mcp", "/healthz", "/livez")
+PROBES = ("/healthz", "/livez")
 PROTECTED = ("/mcp", *ROUTE_PREFIXES)  # every route but /healthz, /livez, /openapi.json and /docs needs a key
 REALM = "chatdock"
 
@@ -348,12 +350,27 @@ class Dispatch:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
-        if scope["type"] != "http" or path.startswith(MCP_PATHS):
+        if scope["type"] == "http" and path in PROBES and scope.get("method") not in ("GET", "HEAD"):
+            # Starlette's own 405 is text: the probes answer in the one error shape, as every route does
+            refused = problem(405, "Method not allowed", f"{path} answers GET", headers={"Allow": "GET, HEAD"})
+            await refused(scope, receive, send)
+        elif scope["type"] != "http" or path.startswith(MCP_PATHS):
             await self.mcp(scope, receive, send)
         elif self.metadata is not None and path.startswith(METADATA_PATH):
             await self.metadata(scope, receive, send)
+        elif scope.get("method") == "HEAD":  # a REST read's headers (RFC 9110 §9.3.2): its GET, without the body
+            await self.rest({**scope, "method": "GET"}, receive, _headers_only(send))
         else:
             await self.rest(scope, receive, send)
+
+
+def _headers_only(send: Send) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return sending
 
 
 @dataclass

@@ -603,6 +603,8 @@ def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
         methods = getattr(route, "methods", None) or ()
         if match is not Match.NONE:
             allowed.extend(method for method in sorted(methods) if method not in allowed)
+    if "GET" in allowed and "HEAD" not in allowed:  # a GET's HEAD is served too (app.py's Dispatch)
+        allowed.insert(allowed.index("GET") + 1, "HEAD")
     return allowed
 
 

@@ -199,11 +199,20 @@ def test_a_method_a_path_does_not_take_gets_405_with_allow(served: tuple[str, st
             methods for other, methods in templates.items()
             if re.fullmatch(re.sub(r"\{[a-z_]+\}", "[^/]+", other), urllib.parse.unquote(path))
         ))  # fmt: skip
+        expected |= {"HEAD"} if "GET" in expected else set()  # a GET's HEAD too (RFC 9110 §9.3.2)
         unsupported = next(m for m in ("PUT", "PATCH", "DELETE", "POST", "GET") if m not in expected)
         status, headers, body = request(base, key, unsupported, path)
         assert status == 405, (unsupported, path, status, body)
         assert {m.strip() for m in headers["allow"].split(",")} == expected, (path, headers["allow"])
         assert set(body) == {"error", "message"} and body["error"] == "Method not allowed"
+        if "GET" in expected and not path.endswith("/events"):  # a HEAD: the GET's status and headers, no body
+            got, head = request(base, key, "GET", path), request(base, key, "HEAD", path)
+            assert head[0] == got[0] and head[1]["content-type"] == got[1]["content-type"], (path, head, got)
+            assert head[2] is None, (path, head)
+    for probe in ("/healthz", "/livez"):  # the probes refuse in the one error shape too
+        status, headers, body = request(base, key, "POST", probe)
+        assert (status, headers["allow"], body["error"]) == (405, "GET, HEAD", "Method not allowed"), probe
+        assert request(base, key, "HEAD", probe)[0] == 200
 
 
 def test_read_only_refuses_a_write_with_405_and_allow(tmp_path: Any) -> None:
@@ -211,7 +220,7 @@ def test_read_only_refuses_a_write_with_405_and_allow(tmp_path: Any) -> None:
     key = create_key(db, "acme", "reader")
     with http_server(db, "--read-only") as base:
         status, headers, body = request(base, key, "POST", "/chats")
-        assert (status, headers["allow"], body["error"]) == (405, "GET", "Method not allowed")
+        assert (status, headers["allow"], body["error"]) == (405, "GET, HEAD", "Method not allowed")
 
 
 def test_requests_drawn_from_the_document_are_answered_as_it_says(served: tuple[str, str]) -> None:
