@@ -199,7 +199,7 @@ class JwtVerifier:
         except jwt.ExpiredSignatureError as exc:
             raise TokenRefused("the token has expired") from exc
         except jwt.ImmatureSignatureError as exc:
-            raise TokenRefused("the token is not valid yet (nbf)") from exc
+            raise TokenRefused("the token is not valid yet (its nbf or iat is in the future)") from exc
         except jwt.InvalidAudienceError as exc:
             raise TokenRefused(f"the token was issued for another audience, not {self.settings.resource}") from exc
         except jwt.InvalidIssuerError as exc:

@@ -263,6 +263,14 @@ def build_rest(
         if exc.status_code == 400:
             return problem(400, "Invalid JSON", f"the body could not be read ({exc.detail}); send a JSON object")
         if exc.status_code == 404:
+            if read_only and request.method not in ("GET", "HEAD") and _a_write(request.scope):
+                allowed = ", ".join(allowed_methods(app, request.scope))
+                return problem(
+                    405,
+                    "Method not allowed",
+                    f"this server is read-only (--read-only): it takes no {request.method} here",
+                    headers={"Allow": allowed},
+                )
             return problem(404, "Not found", "no such route; /docs lists them")
         if exc.status_code == 413:  # a streamed body that passed the limit while FastAPI read it (BodyLimit)
             return too_large()
@@ -432,7 +440,13 @@ def build_rest(
             background=BackgroundTask(stop),
         )
 
-    if read_only:
+    if read_only:  # a write is refused as one (405), not as a route that does not exist (404)
+        full = build_rest(the_store, False, events).routes
+        writes = [route for route in full if set(getattr(route, "methods", None) or ()) - {"GET", "HEAD"}]
+
+        def _a_write(scope: Scope) -> bool:
+            return any(route.matches({**scope, "method": "\0"})[0] is not Match.NONE for route in writes)
+
         return app
 
     # --- writing ---

@@ -221,6 +221,19 @@ def test_read_only_refuses_a_write_with_405_and_allow(tmp_path: Any) -> None:
     with http_server(db, "--read-only") as base:
         status, headers, body = request(base, key, "POST", "/chats")
         assert (status, headers["allow"], body["error"]) == (405, "GET, HEAD", "Method not allowed")
+        uuid = "0192f0c4-7d3e-7b1a-9c4e-2f1d3a5b6c7d"
+        for method, path, allow in (  # every write is refused as one, whether its path has a read or not
+            ("DELETE", f"/chats/{uuid}", ""),
+            ("PATCH", f"/chats/status/{uuid}", ""),
+            ("POST", "/contacts/x/aliases", ""),
+            ("DELETE", "/contacts/x/aliases/y", ""),
+            ("POST", f"/contacts/x/chats/{uuid}/messages", ""),
+            ("DELETE", "/contacts/x", "GET, HEAD"),
+        ):
+            status, headers, body = request(base, key, method, path)
+            assert (status, headers["allow"], body["error"]) == (405, allow, "Method not allowed"), (method, path)
+            assert "read-only" in body["message"] or allow, body
+        assert request(base, key, "DELETE", "/nothing/here")[0] == 404  # no route at all is still a 404
 
 
 def test_requests_drawn_from_the_document_are_answered_as_it_says(served: tuple[str, str]) -> None:
