@@ -19,6 +19,7 @@ import logging
 import math
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
@@ -93,6 +94,7 @@ class Verdict:
     refusal: str = ""
     scopes: frozenset[str] | None = None
     said: str = ""
+    expires_at: float | None = None  # a token's `exp`: what it opened (an event stream) ends then
 
 
 class ApiKeyAuth:
@@ -148,6 +150,8 @@ class ApiKeyAuth:
             if needed is not None and needed not in verdict.scopes:
                 await self._insufficient(needed, scope, receive, send)
                 return
+        if verdict.expires_at is not None and self.oauth is not None:  # as long as the token is accepted
+            receive = _until(verdict.expires_at + self.oauth.clock_skew, receive)
         scope[ORG_SCOPE_KEY] = org
         fields = logs.request_fields.get()
         if fields is not None:
@@ -189,7 +193,9 @@ class ApiKeyAuth:
                 access = await self.tokens.verify(bearer)
             except TokenRefused as refused:
                 return Verdict(None, "invalid_token", said=str(refused))
-            return Verdict(str((access.claims or {})["org"]), scopes=frozenset(access.scopes))
+            return Verdict(
+                str((access.claims or {})["org"]), scopes=frozenset(access.scopes), expires_at=access.expires_at
+            )
         store = self.server.state.store
         if store is None:
             return Verdict(None, "not_ready")
@@ -362,6 +368,18 @@ class Dispatch:
             await self.rest({**scope, "method": "GET"}, receive, _headers_only(send))
         else:
             await self.rest(scope, receive, send)
+
+
+def _until(expires_at: float, receive: Receive) -> Receive:
+    """`receive`, which says the client went away once a token expires: what the request opened (an event
+    stream, a listen) ends then, and the client's reconnection with it gets the 401 of an expired token."""
+
+    async def receiving() -> Message:
+        with anyio.move_on_after(expires_at - time.time()):
+            return await receive()
+        return {"type": "http.disconnect"}
+
+    return receiving
 
 
 def _headers_only(send: Send) -> Send:

@@ -582,3 +582,23 @@ def test_a_public_url_with_a_path_serves_the_metadata_where_a_401_points(tmp_pat
                 assert metadata.json()["resource"] == public and metadata.json()["authorization_servers"] == [issuer]
         finally:
             end(process)
+
+
+async def test_an_event_stream_opened_with_a_token_ends_when_the_token_expires(tmp_path: Path) -> None:
+    db = str(tmp_path / "chatdock.db")
+    with path_issuer() as (issuer, sign), http_server(db, "--oauth-issuer", issuer, "--oauth-clock-skew", "0") as base:
+        expires = int(time.time()) + 3
+        claims = {"iss": issuer, "aud": base, "exp": expires, "org_id": "acme", "scope": "chatdock:read"}
+        token = str(sign(claims))
+        path = f"/contacts/{CALLER}/events"
+        async with httpx2.AsyncClient(base_url=base, headers=bearer(token), timeout=30) as http:
+            async with http.stream("GET", path) as stream:
+                lines = stream.aiter_lines()
+                assert await anext(lines) == "event: ready"
+                # the server ends the stream (it drops the connection, as a restart does; clients reconnect)
+                with pytest.raises((StopAsyncIteration, httpx2.RemoteProtocolError)):
+                    while True:
+                        await asyncio.wait_for(anext(lines), timeout=expires + 5 - time.time())
+            assert time.time() >= expires - 1  # not before the token's end
+            again = await http.get(path)
+        assert again.status_code == 401 and "expired" in again.json()["message"]
