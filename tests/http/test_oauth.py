@@ -602,3 +602,19 @@ async def test_an_event_stream_opened_with_a_token_ends_when_the_token_expires(t
             assert time.time() >= expires - 1  # not before the token's end
             again = await http.get(path)
         assert again.status_code == 401 and "expired" in again.json()["message"]
+        # an initialize-era session's stream (GET /mcp) ends alike
+        expires = int(time.time()) + 3
+        token = str(sign({**claims, "exp": expires}))
+        mcp = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"}
+        async with httpx2.AsyncClient(base_url=base, headers={**bearer(token), **mcp}, timeout=30) as http:
+            hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+            opened = await http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello})
+            session = {"Mcp-Session-Id": opened.headers["mcp-session-id"]}
+            await http.post("/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
+            async with http.stream("GET", "/mcp", headers=session) as stream:
+                assert stream.status_code == 200
+                with pytest.raises((StopAsyncIteration, httpx2.RemoteProtocolError)):
+                    lines = stream.aiter_lines()
+                    while True:
+                        await asyncio.wait_for(anext(lines), timeout=expires + 5 - time.time())
+            assert time.time() >= expires - 1
