@@ -80,7 +80,8 @@ def parse_query(text: object) -> Query:
         raise InvalidInput(f"query may hold at most {MAX_TERMS} words and phrases, got {len(wanted) + len(excluded)}")
     if not wanted:
         raise InvalidInput(
-            'query needs at least one word to find (a -word only excludes); like: refund, refund*, "order 1234"'
+            "query needs at least one word to find, with a letter or a digit (a -word only excludes); like: refund, "
+            'refund*, "order 1234"'
         )
     return Query(tuple(wanted), tuple(excluded))
 

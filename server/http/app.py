@@ -37,6 +37,7 @@ from chatdock.server.http.lanes import Lanes
 from chatdock.server.http.oauth import (
     METADATA_PATH,
     READ_SCOPE,
+    SCOPES,
     WRITE_SCOPE,
     IssuerUnavailable,
     JwtVerifier,
@@ -53,6 +54,7 @@ from chatdock.server.http.rest import (
     problem,
     read_body,
     replaying,
+    streamed,
 )
 from chatdock.server.http.sessions import DEFAULT_MAX_SESSIONS_PER_ORG, SessionOwners
 from chatdock.server.mcp.app import ChatdockServer, Settings, build_server
@@ -147,7 +149,8 @@ class ApiKeyAuth:
             return
         if verdict.scopes is not None:
             receive, needed = await scope_needed(scope, receive, self.server.read_only_tools)
-            if needed is not None and needed not in verdict.scopes:
+            allowed = bool(verdict.scopes & set(SCOPES)) if needed == ANY_SCOPE else needed in verdict.scopes
+            if not allowed:
                 await self._insufficient(needed, scope, receive, send)
                 return
         if verdict.expires_at is not None and self.oauth is not None:  # as long as the token is accepted
@@ -224,8 +227,11 @@ class ApiKeyAuth:
         await response(scope, receive, send)
 
     async def _insufficient(self, needed: str, scope: Scope, receive: Receive, send: Send) -> None:
-        what = "write" if needed == WRITE_SCOPE else "read"
-        message = f"this token may not {what}: it lacks the scope {needed}"
+        if needed == ANY_SCOPE:
+            needed, message = READ_SCOPE, f"this token may not use chatdock: it has neither {' nor '.join(SCOPES)}"
+        else:
+            what = "write" if needed == WRITE_SCOPE else "read"
+            message = f"this token may not {what}: it lacks the scope {needed}"
         response = JSONResponse(
             {"error": "Insufficient scope", "message": message},
             status_code=403,
@@ -238,31 +244,34 @@ class ApiKeyAuth:
         await response(scope, receive, send)
 
 
-async def scope_needed(scope: Scope, receive: Receive, read_only_tools: frozenset[str]) -> tuple[Receive, str | None]:
+async def scope_needed(scope: Scope, receive: Receive, read_only_tools: frozenset[str]) -> tuple[Receive, str]:
     """The scope a request needs: `chatdock:read` for the REST reads and for MCP's reads, `chatdock:write` for
-    the writing tools and the REST writes, none for MCP's own steps that hand out no stored data (`initialize`,
-    `ping`, the notifications, `tools/list`: a write-only token's client must start its session). An MCP POST's
-    JSON-RPC body is read to tell (at most 4 MiB, the request bound) and handed on unchanged: the returned
-    `receive` replays it."""
+    the writing tools and the REST writes, either (ANY_SCOPE) for MCP's own steps that hand out no stored data
+    (`initialize`, `ping`, the notifications, `tools/list`, ending the session: a write-only token's client
+    must start and end its session; a token with neither scope opens none). An MCP POST's JSON-RPC body is read
+    to tell (at most 4 MiB, the request bound) and handed on unchanged: the returned `receive` replays it."""
     method = str(scope.get("method", "GET"))
     if not str(scope.get("path", "")).startswith("/mcp"):
         return receive, READ_SCOPE if method in ("GET", "HEAD") else WRITE_SCOPE
-    if method != "POST":
+    if method == "DELETE":  # the end of the client's own session
+        return receive, ANY_SCOPE
+    if method != "POST":  # the session's stream of notifications: which contacts changed
         return receive, READ_SCOPE
     body, _ = await read_body(receive, MAX_BODY_BYTES)
     return replaying(body, receive), _scope_of_rpc(body, read_only_tools)
 
 
+ANY_SCOPE = "chatdock:read or chatdock:write"  # what MCP's own steps need: a token of chatdock, either scope
 NO_DATA_METHODS = frozenset({"initialize", "ping", "tools/list", "prompts/list", "logging/setLevel"})
 
 
-def _scope_of_rpc(body: bytes, read_only_tools: frozenset[str]) -> str | None:
+def _scope_of_rpc(body: bytes, read_only_tools: frozenset[str]) -> str:
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return READ_SCOPE  # the MCP app refuses it; nothing is written
     calls = parsed if isinstance(parsed, list) else [parsed]
-    needed = None
+    needed = ANY_SCOPE
     for call in calls:
         method = call.get("method") if isinstance(call, dict) else None
         if method == "tools/call":
@@ -364,8 +373,8 @@ class Dispatch:
             await self.mcp(scope, receive, send)
         elif self.metadata is not None and path.startswith(METADATA_PATH):
             await self.metadata(scope, receive, send)
-        elif scope.get("method") == "HEAD":  # a REST read's headers (RFC 9110 §9.3.2): its GET, without the body
-            await self.rest({**scope, "method": "GET"}, receive, _headers_only(send))
+        elif scope.get("method") == "HEAD" and not streamed(path):  # a read's headers (RFC 9110 §9.3.2): its GET,
+            await self.rest({**scope, "method": "GET"}, receive, _headers_only(send))  # without the body
         else:
             await self.rest(scope, receive, send)
 

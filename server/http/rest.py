@@ -617,9 +617,17 @@ def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
         methods = getattr(route, "methods", None) or ()
         if match is not Match.NONE:
             allowed.extend(method for method in sorted(methods) if method not in allowed)
-    if "GET" in allowed and "HEAD" not in allowed:  # a GET's HEAD is served too (app.py's Dispatch)
-        allowed.insert(allowed.index("GET") + 1, "HEAD")
+    if "GET" in allowed and "HEAD" not in allowed and not streamed(str(scope.get("path", ""))):
+        allowed.insert(allowed.index("GET") + 1, "HEAD")  # a GET's HEAD is served too (app.py's Dispatch)
     return allowed
+
+
+STREAMED = ("/events", "/export")  # the GET routes whose answer is a stream: no HEAD (it would run it whole)
+
+
+def streamed(path: str) -> bool:
+    """Whether `path` is one of a contact's streamed routes (its event stream, its export)."""
+    return path.startswith("/contacts/") and path.endswith(STREAMED)
 
 
 def _json_media(content_type: str) -> bool:

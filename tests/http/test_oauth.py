@@ -549,6 +549,15 @@ async def test_an_issuer_with_a_path_and_what_its_tokens_may_carry(tmp_path: Pat
             async with Client(streamable_http_client(base + "/mcp", http_client=http), mode=mode) as client:
                 arguments = {"contact_id": CALLER, "channel": "sms", "role": "user", "content": "write only"}
                 assert not (await client.call_tool("append_message", arguments)).is_error
+        mcp = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"}
+        hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+        initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}
+        started = httpx2.post(base + "/mcp", json=initialize, headers={**bearer(writer), **mcp})
+        session = {"Mcp-Session-Id": started.headers["mcp-session-id"]}
+        ended = httpx2.delete(base + "/mcp", headers={**bearer(writer), **mcp, **session})
+        assert started.status_code == 200 and ended.status_code < 300, ended.text  # it ends its own session
+        nothing = httpx2.post(base + "/mcp", json=initialize, headers={**bearer(token("acme", scope="")), **mcp})
+        assert nothing.status_code == 403 and "neither" in nothing.json()["message"]  # no scope: no session
         denied = context(base, writer)  # and it reads nothing: a 403 the OpenAPI document states
         assert denied.status_code == 403 and set(denied.json()) == {"error", "message"}
         document = httpx2.get(base + "/openapi.json").json()

@@ -98,8 +98,8 @@ async def test_deleted_forgotten_and_other_organizations_messages_are_never_foun
     ("query", "problem"),
     [
         ('"order 1234', 'query has a quote at position 1 that is not closed; close the phrase with "'),
-        ("-refund", "query needs at least one word to find (a -word only excludes)"),
-        ("? -refund", "query needs at least one word to find (a -word only excludes)"),  # a mark is no word
+        ("-refund", "query needs at least one word to find, with a letter or a digit (a -word only excludes)"),
+        ("? -refund", "query needs at least one word to find, with a letter or a digit"),  # a mark is no word
         ("🙂 ...", "query needs at least one word to find"),
         ("   ", "query needs at least one word to find"),
         ("a\x00b", "query must not contain control or invisible format characters"),
