@@ -121,6 +121,10 @@ async def test_marks_quotes_and_tildes_in_words_find_what_the_words_find_on_both
         assert await search(client, '"rock & roll"') == ["rock & roll, ~1.0 GB"]  # the words of the phrase
         # "~1.0" names no era of PostgreSQL's index of words (which would find every message of era 0)
         assert await search(client, "~1.0") == ["rock & roll, ~1.0 GB"]
+        nfd = "Two cafe\u0301s on the terrace"  # accents typed apart (NFD)
+        await call(client, "append_message", contact_id=BOB, channel="sms", role="user", content=nfd)
+        found = await call(client, "search_messages", query="cafes terrace")
+        assert [hit["snippet"] for hit in found["hits"]] == ["Two [caf\u00e9s] on the [terrace]"]  # accents inside
         numbered = [*broken, "Your refund for order 1234 is on its way.", "rock & roll, ~1.0 GB"]
         assert sorted(await search(client, "~1*")) == sorted(numbered)  # words that start with 1, and only those
 
