@@ -22,7 +22,7 @@ import asyncio
 import random
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -321,10 +321,7 @@ class ChatdockClient:
         if self._in_process is not None and not self._in_process.is_open:
             raise ChatdockApiError(503, UNAVAILABLE, NOT_OPEN)
         if key is not None:
-            try:
-                check.idempotency_key(key)
-            except InvalidInput as exc:
-                raise ChatdockApiError(422, "Invalid arguments", exc.message) from None
+            _checked(check.idempotency_key, key)
         headers = {"Idempotency-Key": str(uuid.uuid4()) if key is None else key} if method == "POST" else {}
         harmless = method in ("GET", "PATCH", "POST")  # a POST carries its Idempotency-Key
         attempt = 0
@@ -434,7 +431,7 @@ def refusal(response: httpx2.Response) -> ChatdockApiError:
         return ChatdockApiError(response.status_code, response.reason_phrase, response.text[:200])
 
 
-def _checked(rule: Any, value: Any) -> None:
+def _checked(rule: Callable[[Any], object], value: Any) -> None:
     """`value` by the store's `rule` (storage/validation.py): its refusal as the client's one exception."""
     try:
         rule(value)

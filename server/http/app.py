@@ -72,8 +72,8 @@ IDLE_CONNECTION_SECONDS = 5
 logger = logging.getLogger("chatdock.http")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-MCP_PATHS = ("/mcp", "/healthz", "/livez")
 PROBES = ("/healthz", "/livez")
+MCP_PATHS = ("/mcp", *PROBES)
 PROTECTED = ("/mcp", *ROUTE_PREFIXES)  # every route but /healthz, /livez, /openapi.json and /docs needs a key
 REALM = "chatdock"
 

@@ -27,7 +27,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as ASGIMessage
 
@@ -257,31 +257,30 @@ def build_rest(
             return problem(400, "Invalid JSON", "the body is empty; send a JSON object")
         return problem(422, "Invalid arguments", check.explain(_located(errors)))
 
+    writes: list[BaseRoute] = []  # read-only: the write routes this server does not have (filled below)
+
+    def not_allowed(request: Request, why: str | None = None) -> JSONResponse:
+        allowed = ", ".join(allowed_methods(app, request.scope))
+        said = why or f"{request.method} is not served here; this path takes {allowed}"
+        return problem(405, "Method not allowed", said, headers={"Allow": allowed})
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """FastAPI's own refusals (a body it cannot parse, an unknown route or method) in the same shape."""
         if exc.status_code == 400:
             return problem(400, "Invalid JSON", f"the body could not be read ({exc.detail}); send a JSON object")
         if exc.status_code == 404:
-            if read_only and request.method not in ("GET", "HEAD") and _a_write(request.scope):
-                allowed = ", ".join(allowed_methods(app, request.scope))
-                return problem(
-                    405,
-                    "Method not allowed",
-                    f"this server is read-only (--read-only): it takes no {request.method} here",
-                    headers={"Allow": allowed},
+            unrouted = {**request.scope, "method": "\0"}  # the path alone decides
+            write = request.method not in ("GET", "HEAD")
+            if write and any(route.matches(unrouted)[0] is not Match.NONE for route in writes):
+                return not_allowed(
+                    request, f"this server is read-only (--read-only): it takes no {request.method} here"
                 )
             return problem(404, "Not found", "no such route; /docs lists them")
         if exc.status_code == 413:  # a streamed body that passed the limit while FastAPI read it (BodyLimit)
             return too_large()
         if exc.status_code == 405:
-            allowed = ", ".join(allowed_methods(app, request.scope))
-            return problem(
-                405,
-                "Method not allowed",
-                f"{request.method} is not served here; this path takes {allowed}",
-                headers={"Allow": allowed},
-            )
+            return not_allowed(request)
         return problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
 
     @app.exception_handler(ChatdockError)
@@ -442,11 +441,7 @@ def build_rest(
 
     if read_only:  # a write is refused as one (405), not as a route that does not exist (404)
         full = build_rest(the_store, False, events).routes
-        writes = [route for route in full if set(getattr(route, "methods", None) or ()) - {"GET", "HEAD"}]
-
-        def _a_write(scope: Scope) -> bool:
-            return any(route.matches({**scope, "method": "\0"})[0] is not Match.NONE for route in writes)
-
+        writes.extend(route for route in full if set(getattr(route, "methods", None) or ()) - {"GET", "HEAD"})
         return app
 
     # --- writing ---
