@@ -466,9 +466,11 @@ def build_rest(
         )
 
     @app.delete("/chats/{message_id}", response_model=DeletedMessage, summary="delete_message", responses=answers(404))
-    async def delete_message(organization: Org, message_id: str) -> DeletedMessage:
+    async def delete_message(organization: Org, message_id: str, request: Request) -> Response:
+        if fixed(app, request.scope):  # /chats/context, /chats/search: the routes of that name take no DELETE
+            return not_allowed(request)
         deleted = await the_store().delete_message(organization, message_id)
-        return DeletedMessage(id=deleted.id)
+        return JSONResponse(DeletedMessage(id=deleted.id).model_dump())
 
     @app.post(
         "/contacts/{contact_id}/chats",
@@ -604,14 +606,26 @@ async def _event_stream(
         stop()
 
 
+def _matching(app: FastAPI, scope: Scope) -> list[BaseRoute]:
+    """The routes whose path matches the request's, whatever its method; those of a path without parameters
+    alone when there is one (`/chats/context` is that route's, though `/chats/{message_id}` would match it)."""
+    unrouted = {**scope, "method": "\0"}  # a method no route takes: the path alone decides
+    matching = [route for route in app.router.routes if route.matches(unrouted)[0] is not Match.NONE]
+    literal = [route for route in matching if not getattr(route, "param_convertors", None)]
+    return literal or matching
+
+
+def fixed(app: FastAPI, scope: Scope) -> bool:
+    """Whether the request's path is a route's own path without parameters (so no parameter route serves it)."""
+    return any(not getattr(route, "param_convertors", None) for route in _matching(app, scope))
+
+
 def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     """The methods the routes matching the request's path take, in the order they were declared."""
     allowed: list[str] = []
-    for route in app.router.routes:
-        match, _ = route.matches({**scope, "method": "\0"})  # a method no route takes: the path alone decides
+    for route in _matching(app, scope):
         methods = getattr(route, "methods", None) or ()
-        if match is not Match.NONE:
-            allowed.extend(method for method in sorted(methods) if method not in allowed)
+        allowed.extend(method for method in sorted(methods) if method not in allowed)
     if "GET" in allowed and "HEAD" not in allowed and not streamed(str(scope.get("path", ""))):
         allowed.insert(allowed.index("GET") + 1, "HEAD")  # a GET's HEAD is served too (app.py's Dispatch)
     return allowed

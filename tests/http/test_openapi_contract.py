@@ -194,8 +194,9 @@ def test_a_method_a_path_does_not_take_gets_405_with_allow(served: tuple[str, st
     for template in templates:
         path = re.sub(r"\{(message_id|chat_id)\}", uuid, template)
         path = re.sub(r"\{[a-z_]+\}", urllib.parse.quote("+31 6", safe=""), path)
-        # the methods of every template that names this path (/chats/context is also /chats/{message_id})
-        expected = set().union(*(
+        # the methods of every template that names this path; a path without parameters is its route's alone
+        # (/chats/context would also fit /chats/{message_id}, whose DELETE it does not take)
+        expected = templates.get(path) or set().union(*(
             methods for other, methods in templates.items()
             if re.fullmatch(re.sub(r"\{[a-z_]+\}", "[^/]+", other), urllib.parse.unquote(path))
         ))  # fmt: skip
@@ -212,6 +213,11 @@ def test_a_method_a_path_does_not_take_gets_405_with_allow(served: tuple[str, st
             got, head = request(base, key, "GET", path), request(base, key, "HEAD", path)
             assert head[0] == got[0] and head[1]["content-type"] == got[1]["content-type"], (path, head, got)
             assert head[2] is None, (path, head)
+    for path in ("/chats/context", "/chats/search"):  # refused as the reads they are, not as a message id
+        status, headers, body = request(base, key, "DELETE", path)
+        assert (status, headers["allow"], body["error"]) == (405, "GET, HEAD", "Method not allowed"), path
+    status, _, body = request(base, key, "DELETE", f"/chats/{uuid}")
+    assert (status, body["error"]) == (404, "Not found"), body  # a message id is still deleted by this route
     for probe in ("/healthz", "/livez"):  # the probes refuse in the one error shape too
         status, headers, body = request(base, key, "POST", probe)
         assert (status, headers["allow"], body["error"]) == (405, "GET, HEAD", "Method not allowed"), probe
