@@ -96,8 +96,8 @@ def rank(query: Query, newest_first: Sequence[tuple[int, str]]) -> list[int]:
 
 
 def snippet(query: Query, text: str) -> str:
-    """Up to `SNIPPET_WORDS` words of `text` around its first match, the matched words marked [ ], "..." where
-    the text goes on; on one line. The text is read in NFC: an accent typed apart (NFD: "e" + U+0301) is one
+    """Up to `SNIPPET_WORDS` words of `text` around its first match, the matched words marked [ ] (the text's own
+    brackets and backslashes escaped by a backslash), "..." where the text goes on; on one line. The text is read in NFC: an accent typed apart (NFD: "e" + U+0301) is one
     letter with its base there, so a marked word keeps its accents inside its [ ] (and NFD "cafés" is one word,
     as the index and `folded_words` read it, not "cafe" and "s")."""
     text = unicodedata.normalize("NFC", text)
@@ -112,15 +112,21 @@ def snippet(query: Query, text: str) -> str:
     start = max(0, min(first - SNIPPET_WORDS // 4, len(found) - SNIPPET_WORDS))
     end = min(len(found), start + SNIPPET_WORDS)
     if not found:
-        return " ".join(text.split())
+        return " ".join(_escaped(text).split())
     pieces = ["..." if start > 0 else ""]
     position = found[start][1] if start > 0 else 0
     for index in range(start, end):  # a run of marked words (a phrase) is marked as one: [order 1234]
         _, begin, finish = found[index]
         opens = index in marked and (index == start or index - 1 not in marked)
-        pieces.append(text[position:begin] + ("[" if opens else "") + text[begin:finish])
+        pieces.append(_escaped(text[position:begin]) + ("[" if opens else "") + _escaped(text[begin:finish]))
         if index in marked and (index == end - 1 or index + 1 not in marked):
             pieces.append("]")
         position = finish
-    pieces.append(text[position:] if end == len(found) else "...")
+    pieces.append(_escaped(text[position:]) if end == len(found) else "...")
     return " ".join("".join(pieces).split())
+
+
+def _escaped(text: str) -> str:
+    """The text's own `[`, `]` and `\\` escaped by a `\\`, so that the only bare brackets of a snippet are its
+    marks (a stored "[URGENT]" reads `\\[URGENT\\]`)."""
+    return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")

@@ -231,7 +231,7 @@ async def test_a_wrong_key_is_refused_and_signing_out_forgets_the_key(tmp_path: 
 async def test_hostile_text_stays_text_and_runs_nothing(tmp_path: Path, browser: Browser) -> None:
     db = str(tmp_path / "hostile.db")
     key = create_key(db, "acme", "support")
-    hostile = '<img src=x onerror="window.pwned=1;alert(1)"> refund <script>window.pwned=2</script>'
+    hostile = '[URGENT] \\ <img src=x onerror="window.pwned=1;alert(1)"> refund <script>window.pwned=2</script>'
     contact = "<img src=y onerror=alert(3)>"
     with http_server(db) as base:
         async with watched(browser) as seen:
@@ -246,8 +246,8 @@ async def test_hostile_text_stays_text_and_runs_nothing(tmp_path: Path, browser:
             await expect(page.locator("#timeline pre")).to_contain_text("<svg onload=alert(2)>")
             await page.get_by_role("searchbox", name="Search", exact=True).fill("refund")
             await page.get_by_role("button", name="Search", exact=True).click()
-            await expect(page.locator("#hits mark")).to_have_text("refund")
-            await expect(page.locator("#hits")).to_contain_text("<img src=x")
+            await expect(page.locator("#hits mark")).to_have_text("refund")  # the text's own [URGENT] is no mark
+            await expect(page.locator("#hits")).to_contain_text("[URGENT] \\ <img src=x")
             assert await page.locator("main img, main script, main svg").count() == 0
             assert await page.evaluate("window.pwned") is None
             assert not [url for url in seen.requested if url.endswith("/x")]

@@ -125,6 +125,11 @@ async def test_marks_quotes_and_tildes_in_words_find_what_the_words_find_on_both
         await call(client, "append_message", contact_id=BOB, channel="sms", role="user", content=nfd)
         found = await call(client, "search_messages", query="cafes terrace")
         assert [hit["snippet"] for hit in found["hits"]] == ["Two [caf\u00e9s] on the [terrace]"]  # accents inside
+        await call(
+            client, "append_message", contact_id=BOB, channel="sms", role="user", content="[URGENT] a\\b ]x[ zebra"
+        )
+        found = await call(client, "search_messages", query="urgent zebra")  # the text's own brackets: escaped
+        assert [hit["snippet"] for hit in found["hits"]] == ["\\[[URGENT]\\] a\\\\b \\]x\\[ [zebra]"]
         numbered = [*broken, "Your refund for order 1234 is on its way.", "rock & roll, ~1.0 GB"]
         assert sorted(await search(client, "~1*")) == sorted(numbered)  # words that start with 1, and only those
 

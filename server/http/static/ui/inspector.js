@@ -49,15 +49,30 @@ function el(tag, attributes = {}, ...children) {
   return node;
 }
 
-/** The snippet's [matched] words as <mark> elements, the rest as text (the brackets themselves dropped). */
+/** The snippet's [matched] words as <mark> elements, the rest as text: the marks' brackets dropped, and the
+ * text's own brackets and backslashes, which the server escapes with a backslash (\[URGENT\]), unescaped. */
 function marked(snippet) {
   const pieces = [];
-  let last = 0;
-  for (const match of snippet.matchAll(/\[([^[\]]*)\]/g)) {
-    pieces.push(snippet.slice(last, match.index), el("mark", {}, match[1]));
-    last = match.index + match[0].length;
+  let text = "";
+  let open = false;
+  for (let at = 0; at < snippet.length; at += 1) {
+    const char = snippet[at];
+    if (char === "\\" && at + 1 < snippet.length) {
+      at += 1;
+      text += snippet[at];
+    } else if (char === "[" && !open) {
+      pieces.push(text);
+      text = "";
+      open = true;
+    } else if (char === "]" && open) {
+      pieces.push(el("mark", {}, text));
+      text = "";
+      open = false;
+    } else {
+      text += char;
+    }
   }
-  pieces.push(snippet.slice(last));
+  pieces.push(open ? "[" + text : text); // a mark left open (not made by the server) stays as sent
   return pieces.filter((piece) => piece !== "");
 }
 
