@@ -251,6 +251,13 @@ async def test_hostile_text_stays_text_and_runs_nothing(tmp_path: Path, browser:
             assert await page.locator("main img, main script, main svg").count() == 0
             assert await page.evaluate("window.pwned") is None
             assert not [url for url in seen.requested if url.endswith("/x")]
+            for dots in (".", ".."):  # a browser makes such a path segment a folder step: refused, not misread
+                rest.ok("POST", "/chats", {**body, "contact_id": dots, "content": "dots"})
+            await page.get_by_role("button", name="Refresh contacts").click()
+            for dots in (".", ".."):
+                await page.get_by_role("button", name=dots, exact=True).click()
+                await expect(page.locator("#problem")).to_contain_text(f'a browser cannot send the identifier "{dots}"')
+            assert not [url for url in seen.requested if url in (base + "/", base + "/contacts/")]  # what it was
 
 
 async def test_keyboard_narrow_window_links_statuses_and_export(tmp_path: Path, browser: Browser) -> None:

@@ -133,6 +133,11 @@ class Stale extends Error {} // an answer for a contact or key that is no longer
 const enc = encodeURIComponent;
 
 async function call(method, path, { query = {}, body, raw = false } = {}) {
+  const dots = path.split("/").find((segment) => segment === "." || segment === "..");
+  if (dots !== undefined) {
+    // a browser reads such a segment of a URL's path as a folder step (encoded or not) and would ask another route
+    throw new ApiError(0, "Cannot open", `a browser cannot send the identifier "${dots}" in a URL; read or change it with chatdock's REST routes (curl) or its MCP tools`);
+  }
   const url = new URL(path, location.origin);
   for (const [name, value] of Object.entries(query)) if (value !== null && value !== undefined) url.searchParams.set(name, value);
   const headers = { Authorization: `Bearer ${state.key}` };
