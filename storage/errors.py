@@ -81,7 +81,9 @@ def no_live_key(prefix_or_name: str, org: str | None = None) -> NotFound:
 
 
 def contact_not_found(contact_id: str) -> NotFound:
-    return NotFound(f"contact {contact_id} not found; a contact exists once it has a message or a chat")
+    return NotFound(
+        f"contact {contact_id} not found; a contact exists once it has a message, a chat or a linked identifier"
+    )
 
 
 def identifier_not_found(identifier: str) -> NotFound:

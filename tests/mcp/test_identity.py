@@ -48,8 +48,13 @@ async def test_one_person_on_whatsapp_email_and_the_widget_is_one_contact(db: st
             )
         again = await call(client, "link_contacts", contact_id=SESSION, identifier=PHONE)  # the same contact: nothing
         assert (again["merged_messages"], again["aliases"]) == (0, [EMAIL, SESSION])
+        ahead = await call(client, "link_contacts", contact_id="caller", identifier="caller@example.com")
+        assert (ahead["contact_id"], ahead["aliases"], ahead["message_count"]) == ("caller", ["caller@example.com"], 0)
+        assert (await call(client, "get_contact", contact_id="caller@example.com"))["contact_id"] == "caller"
         text = await error(client, "get_contact", contact_id="nobody")
-        assert text.endswith("contact nobody not found; a contact exists once it has a message or a chat")
+        assert text.endswith(
+            "contact nobody not found; a contact exists once it has a message, a chat or a linked identifier"
+        )
 
 
 async def test_linking_an_identifier_with_history_merges_the_two_contacts(db: str) -> None:
