@@ -97,9 +97,10 @@ def rank(query: Query, newest_first: Sequence[tuple[int, str]]) -> list[int]:
 
 def snippet(query: Query, text: str) -> str:
     """Up to `SNIPPET_WORDS` words of `text` around its first match, the matched words marked [ ] (the text's own
-    brackets and backslashes escaped by a backslash), "..." where the text goes on; on one line. The text is read in NFC: an accent typed apart (NFD: "e" + U+0301) is one
-    letter with its base there, so a marked word keeps its accents inside its [ ] (and NFD "cafés" is one word,
-    as the index and `folded_words` read it, not "cafe" and "s")."""
+    brackets and backslashes escaped by a backslash), "..." where the text goes on; on one line. The text is
+    read in NFC: an accent typed apart (NFD: "e" + U+0301) is one letter with its base there, so a marked word
+    keeps its accents inside its [ ] (and NFD "cafés" is one word, as the index and `folded_words` read it,
+    not "cafe" and "s")."""
     text = unicodedata.normalize("NFC", text)
     found = words(text)
     folded = [word for word, _, _ in found]
