@@ -595,7 +595,9 @@ class Store:
         return await self.backend.api_keys()
 
     async def revoke_api_key(self, prefix_or_name: str, org: str | None = None) -> ApiKeyInfo:
-        """Revoke a live key by its prefix or name; with `org`, only a key of that organization."""
+        """Revoke a live key by its prefix or name, or given the whole key (what one has at hand when it leaked:
+        its secret part is never repeated, in an error either); with `org`, only a key of that organization."""
+        prefix_or_name = keys.prefix_of(prefix_or_name) or prefix_or_name
         revoked = await self.backend.revoke_api_key(prefix_or_name, org)
         if revoked is None:
             raise no_live_key(prefix_or_name, org)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import resource
 import shutil
@@ -25,6 +26,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from mcp.client import Client
@@ -391,6 +393,53 @@ def test_every_start_up_failure_is_one_line_naming_its_cause(tmp_path: Path) -> 
             f"chatdock: cannot listen on 127.0.0.1:{first.port}: Address already in use; another program (or "
             "another chatdock) uses it: choose another --port"
         ]
+        metrics = run_cli("serve", "--http", "--db", str(tmp_path / "x.db"), "--port", "0", "--metrics-port",
+                          str(first.port), "--log-format", "json")  # fmt: skip
+        assert metrics.returncode == 2 and [json.loads(line) for line in metrics.stderr.splitlines()] == [
+            {
+                "time": ANY,
+                "level": "ERROR",
+                "logger": "chatdock",
+                "message": f"cannot listen on 127.0.0.1:{first.port}: Address already in use; another program (or "
+                "another chatdock) uses it: choose another --metrics-port",
+            }
+        ], metrics.stderr  # the why in the format asked for, naming the flag that chose the port
+
+
+@pytest.mark.parametrize(
+    ("given", "environment", "refused"),
+    [
+        (["--read-timeout", "0"], {}, "argument --read-timeout: must be a number of at least 0.1, got '0'"),
+        (["--read-timeout", "nan"], {}, "argument --read-timeout: must be a number of at least 0.1, got 'nan'"),
+        (["--max-connections", "-5"], {}, "argument --max-connections: must be a whole number of at least 1"),
+        (["--max-listens-per-org", "-1"], {}, "argument --max-listens-per-org: must be a whole number of at least 1"),
+        ([], {"CHATDOCK_POOL_SIZE": "ten"}, "--pool-size: must be a whole number of at least 1 (CHATDOCK_POOL_SIZE"),
+        ([], {"CHATDOCK_DB_TIMEOUT": "x"}, "--db-timeout: must be a number of at least 0.1 (CHATDOCK_DB_TIMEOUT"),
+        ([], {"CHATDOCK_LOG_LEVEL": "loud"}, "(CHATDOCK_LOG_LEVEL sets it when the flag is not given), got 'loud'"),
+        ([], {"CHATDOCK_DURABILITY": "always"}, "must be one of normal, full (CHATDOCK_DURABILITY sets it"),
+    ],
+)
+def test_a_bad_flag_or_variable_is_refused_in_a_line_before_anything_starts(
+    given: list[str], environment: dict[str, str], refused: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "never.db"
+    done = subprocess.run([*chatdock_command(), "serve", "--http", "--port", "0", "--db", str(db), *given],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **environment})  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr and refused in done.stderr, done.stderr
+    assert not db.exists()  # refused before opening anything
+
+
+def test_variables_are_read_in_any_case_and_help_survives_a_bad_one(tmp_path: Path) -> None:
+    db = str(tmp_path / "cased.db")
+    cased = {**os.environ, "CHATDOCK_LOG_LEVEL": "info", "CHATDOCK_LOG_FORMAT": "JSON", "CHATDOCK_DURABILITY": "Full"}
+    done = subprocess.run([*chatdock_command(), "serve", "--http", "--port", "99999", "--db", db],
+                          capture_output=True, text=True, timeout=60, env=cased)  # fmt: skip
+    assert done.returncode == 2 and [json.loads(line)["message"] for line in done.stderr.splitlines()] == [
+        "--port must be a TCP port, 0 (any free one) to 65535, got 99999"
+    ], done.stderr  # the variables were taken (JSON is json), and only the port was refused
+    helped = subprocess.run([*chatdock_command(), "serve", "--help"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "CHATDOCK_POOL_SIZE": "ten"})  # fmt: skip
+    assert helped.returncode == 0 and "--pool-size" in helped.stdout, helped.stderr
 
 
 # --- 5. look-alike ids ---

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,24 @@ def stdio_params(*args: str, fresh: bool = False) -> StdioServerParameters:
     """`chatdock serve ARGS` over stdio; `fresh`: the installed command started from scratch (not forked)."""
     command = installed_command() if fresh else chatdock_command()
     return StdioServerParameters(command=command[0], args=[*command[1:], "serve", *args], env=dict(os.environ))
+
+
+@contextlib.contextmanager
+def unwritable(path: Path) -> Iterator[None]:
+    """`path` made unwritable for this process's user: the immutable attribute for root (whom permission bits
+    do not stop), read-only permission bits for anyone else."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True)
+        undo: Callable[[], object] = lambda: subprocess.run(["chattr", "-i", str(path)], check=False)  # noqa: E731
+    else:
+        mode = path.stat().st_mode
+        path.chmod(0o444)
+        undo = lambda: path.chmod(mode)  # noqa: E731
+    try:
+        assert not os.access(path, os.W_OK), "the file is still writable: this test would show nothing"
+        yield
+    finally:
+        undo()
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

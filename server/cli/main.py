@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -18,12 +20,48 @@ from chatdock.storage import ChatdockError, InvalidInput, check_store, is_postgr
 from chatdock.storage import validation as check
 
 logger = logging.getLogger("chatdock")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+FORMATS = ("text", "json")
+DURABILITIES = ("normal", "full")
 
 
 def default_db() -> str:
     """A file under the user's data directory (XDG_DATA_HOME, or ~/.local/share)."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return str(Path(base) / "chatdock" / "chatdock.db")
+
+
+def _number(kind: type[int] | type[float], least: float, env: str | None = None) -> Any:
+    """An argparse type for a finite number of at least `least`; its error names the variable a default comes
+    from, since argparse reads a default through the same type (a bad CHATDOCK_POOL_SIZE is refused in one
+    line, not a traceback)."""
+    named = "a whole number" if kind is int else "a number"
+    source = f" ({env} sets it when the flag is not given)" if env else ""
+
+    def parsed(value: str) -> int | float:
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number) or number < least:
+            raise argparse.ArgumentTypeError(f"must be {named} of at least {least:g}{source}, got {value!r}")
+        return number
+
+    return parsed
+
+
+def _choice(choices: Sequence[str], env: str, fold: Callable[[str], str]) -> Any:
+    """An argparse type for one of `choices`, read in any case; its error names the variable a default comes
+    from (argparse does not check a default against `choices`)."""
+
+    def parsed(value: str) -> str:
+        if fold(value) not in choices:
+            raise argparse.ArgumentTypeError(
+                f"must be one of {', '.join(choices)} ({env} sets it when the flag is not given), got {value!r}"
+            )
+        return fold(value)
+
+    return parsed
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -36,24 +74,25 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--pool-size",
-        type=int,
-        default=int(os.environ.get("CHATDOCK_POOL_SIZE") or 10),
+        type=_number(int, 1, "CHATDOCK_POOL_SIZE"),
+        default=os.environ.get("CHATDOCK_POOL_SIZE") or 10,
         metavar="N",
         help="with PostgreSQL: connections this process opens at most; size the server's max_connections for "
         "replicas x N, plus one listening connection each (env CHATDOCK_POOL_SIZE; default: %(default)s)",
     )
     parser.add_argument(
         "--db-timeout",
-        type=float,
-        default=float(os.environ.get("CHATDOCK_DB_TIMEOUT") or 10.0),
+        type=_number(float, 0.1, "CHATDOCK_DB_TIMEOUT"),
+        default=os.environ.get("CHATDOCK_DB_TIMEOUT") or 10.0,
         metavar="SECONDS",
         help="with PostgreSQL: the longest wait to connect, for a free connection, or for one statement "
         "(env CHATDOCK_DB_TIMEOUT; default: %(default)s)",
     )
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("CHATDOCK_LOG_LEVEL", "WARNING"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default=os.environ.get("CHATDOCK_LOG_LEVEL") or "WARNING",
+        type=_choice(LEVELS, "CHATDOCK_LOG_LEVEL", str.upper),
+        choices=LEVELS,
         help="how much to log to stderr (env CHATDOCK_LOG_LEVEL; default: %(default)s)",
     )
     _log_format(parser)
@@ -62,8 +101,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _log_format(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-format",
-        default=os.environ.get("CHATDOCK_LOG_FORMAT", "text"),
-        choices=["text", "json"],
+        default=os.environ.get("CHATDOCK_LOG_FORMAT") or "text",
+        type=_choice(FORMATS, "CHATDOCK_LOG_FORMAT", str.lower),
+        choices=FORMATS,
         help="text: a line of words per event; json: one JSON object per line, with time, level, logger, message "
         "and, when there are, request_id, org, trace_id and traceback (env CHATDOCK_LOG_FORMAT; default: %(default)s)",
     )
@@ -82,7 +122,7 @@ def _org(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--org",
         type=organization,
-        default=os.environ.get("CHATDOCK_ORG", "default"),
+        default=os.environ.get("CHATDOCK_ORG") or "default",
         help="the organization (tenant) to act for (env CHATDOCK_ORG; default: %(default)s)",
     )
 
@@ -111,8 +151,9 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--durability",
-        choices=["normal", "full"],
-        default=os.environ.get("CHATDOCK_DURABILITY", "normal"),
+        choices=DURABILITIES,
+        type=_choice(DURABILITIES, "CHATDOCK_DURABILITY", str.lower),
+        default=os.environ.get("CHATDOCK_DURABILITY") or "normal",
         help="normal: a process crash loses nothing acknowledged, a power loss may lose the last moments; "
         "full: nothing acknowledged is lost even on power loss, each commit waits for the disk (default: %(default)s)",
     )
@@ -123,7 +164,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8765, help="with --http: port to listen on (default: %(default)s)")
     serve.add_argument(
         "--read-timeout",
-        type=float,
+        type=_number(float, 0.1),
         default=10.0,
         metavar="SECONDS",
         help="with --http: time for a request's headers, and the longest pause inside its body, before the "
@@ -131,21 +172,21 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-connections",
-        type=int,
+        type=_number(int, 1),
         metavar="N",
         help="with --http: open connections at most; beyond it, connections that have not sent a request yet "
         "are closed first (default: what the open-file limit allows)",
     )
     serve.add_argument(
         "--max-listens-per-org",
-        type=int,
+        type=_number(int, 1),
         default=256,
         metavar="N",
         help="open listen streams, and sessions subscribed to resources, per organization (default: %(default)s)",
     )
     serve.add_argument(
         "--max-sessions-per-org",
-        type=int,
+        type=_number(int, 1),
         default=1000,
         metavar="N",
         help="with --http: initialize-era sessions per organization (default: %(default)s)",
@@ -179,7 +220,7 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--oauth-clock-skew",
-        type=float,
+        type=_number(float, 0),
         default=60.0,
         metavar="SECONDS",
         help="with --oauth-issuer: how far a token's exp and nbf may be off, 0 to 60 (default: %(default)s)",
@@ -272,7 +313,9 @@ def parser() -> argparse.ArgumentParser:
         "where installed (pip install 'chatdock[compare]'); SQLite only",
     )
     bench.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
-    bench.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    bench.add_argument(
+        "--log-level", default="WARNING", type=_choice(LEVELS, "CHATDOCK_LOG_LEVEL", str.upper), choices=LEVELS
+    )
     _log_format(bench)
     return top
 
@@ -293,8 +336,9 @@ async def _keys(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         elif args.keys_command == "list":
+            listed = [i for i in await store.list_api_keys() if args.org in (None, i.org)]  # before the header
             print(f"{'PREFIX':<14}{'NAME':<20}{'ORG':<20}{'CREATED':<22}{'LAST USED':<22}REVOKED")
-            for info in [i for i in await store.list_api_keys() if args.org in (None, i.org)]:
+            for info in listed:
                 print(
                     f"{info.prefix:<14}{info.name or '-':<20}{info.org:<20}"
                     f"{info.created_at:%Y-%m-%d %H:%M:%S}   "
@@ -452,7 +496,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return bench(args.messages, args.contacts, args.rounds, args.json, args.db, args.compare)
     except ChatdockError as exc:
         logger.debug("the trace of what failed", exc_info=True)
-        print(f"chatdock: {exc}", file=sys.stderr)
+        if args.log_format == "json":  # the why, as every other line on stderr: one JSON object
+            logger.error("%s", exc)
+        else:
+            print(f"chatdock: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

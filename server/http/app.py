@@ -451,7 +451,8 @@ async def _serve_http(
     try:
         metrics_port = None
         if metrics_at is not None:  # one server on both sockets: one lifetime, one way to stop (ObservedHttp)
-            sockets.append(listening_socket(*metrics_at))
+            metrics_host, wanted_port = metrics_at
+            sockets.append(listening_socket(metrics_host, wanted_port, ("--metrics-host", "--metrics-port")))
             metrics_port = sockets[-1].getsockname()[1]
         async with settings.open_store() as store:
             server = factory(settings, store)

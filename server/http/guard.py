@@ -59,12 +59,14 @@ def connection_bound(requested: int | None, file_limit: int) -> int:
     return ceiling if requested is None else max(1, min(requested, ceiling))
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A bound, listening TCP socket; Unavailable says in one line why not (port in use, no such address)."""
+def listening_socket(host: str, port: int, flags: tuple[str, str] = ("--host", "--port")) -> socket.socket:
+    """A bound, listening TCP socket; Unavailable says in one line why not (port in use, no such address),
+    naming the `flags` that set the address and the port."""
+    host_flag, port_flag = flags
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}; check --host") from exc
+        raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}; check {host_flag}") from exc
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -73,7 +75,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        hint = "; another program (or another chatdock) uses it: choose another --port" if exc.errno == 98 else ""
+        hint = f"; another program (or another chatdock) uses it: choose another {port_flag}" if exc.errno == 98 else ""
         raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from exc
     sock.set_inheritable(True)
     return sock

@@ -25,7 +25,7 @@ from urllib.parse import quote
 import pytest
 
 from chatdock.storage import NewMessage, open_store
-from tests.transports import chatdock_command, create_key, free_port, run_cli, stop
+from tests.transports import chatdock_command, create_key, free_port, run_cli, stop, unwritable
 
 pytestmark = pytest.mark.process  # each test here starts real processes
 
@@ -186,24 +186,6 @@ def test_a_file_replaced_while_serving_refuses_writes_and_fails_healthz(tmp_path
 
 
 # --- (b) a file chatdock may no longer write ---
-
-
-@contextlib.contextmanager
-def unwritable(path: Path) -> Iterator[None]:
-    """`path` made unwritable for this process's user: the immutable attribute for root (whom permission bits
-    do not stop), read-only permission bits for anyone else."""
-    if os.geteuid() == 0:
-        subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True)
-        undo: Callable[[], object] = lambda: subprocess.run(["chattr", "-i", str(path)], check=False)  # noqa: E731
-    else:
-        mode = path.stat().st_mode
-        path.chmod(0o444)
-        undo = lambda: path.chmod(mode)  # noqa: E731
-    try:
-        assert not os.access(path, os.W_OK), "the file is still writable: this test would show nothing"
-        yield
-    finally:
-        undo()
 
 
 def test_a_file_chatdock_may_no_longer_write_refuses_writes_until_it_may_again(tmp_path: Path) -> None:

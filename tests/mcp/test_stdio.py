@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mcp.client import Client
 
-from tests.transports import chatdock_command, run_cli, stdio_params
+from tests.transports import chatdock_command, run_cli, stdio_params, unwritable
 
 pytestmark = pytest.mark.process  # each test here starts real processes
 
@@ -79,6 +79,14 @@ def test_keys_cli_round_trip(tmp_path: Path) -> None:
     assert elsewhere.returncode == 2 and "no live key of organization 'globex'" in elsewhere.stderr
     assert "acme-web" in run_cli("keys", "list", "--db", db, "--org", "acme").stdout  # still live
     assert run_cli("keys", "revoke", "--db", db, "--org", "acme", "acme-web").returncode == 0
+    leaked = run_cli("keys", "create", "--db", db, "--org", "acme").stdout.strip()
+    revoked = run_cli("keys", "revoke", "--db", db, leaked)  # the whole key, as one has it when it leaked
+    assert revoked.returncode == 0 and revoked.stdout.strip() == f"revoked {leaked[:12]}", revoked
+    again = run_cli("keys", "revoke", "--db", db, leaked)
+    assert again.returncode == 2 and leaked[:12] in again.stderr and leaked[12:] not in again.stderr, again
+    with unwritable(Path(db)):  # listing is a read: a file chatdock may not write is listed all the same
+        listed = run_cli("keys", "list", "--db", db)
+    assert listed.returncode == 0 and listed.stdout.count("\n") == 1 + 4 and "acme-web" in listed.stdout, listed
 
 
 def test_requests_still_running_when_stdin_ends_are_answered_not_cancelled(tmp_path: Path) -> None:
