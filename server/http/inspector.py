@@ -86,10 +86,30 @@ def _served(request: Request, folder: str, name: str, policy: str) -> Response:
     headers = {**_headers(policy), "ETag": found.etag, "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
     if request.headers.get("if-none-match") == found.etag:
         return Response(status_code=304, headers=headers)
-    if "gzip" in request.headers.get("accept-encoding", ""):
+    if takes_gzip(request.headers.get("accept-encoding", "")):
         headers["Content-Encoding"] = "gzip"
         return Response(found.gzipped, media_type=found.media_type, headers=headers)
     return Response(found.body, media_type=found.media_type, headers=headers)
+
+
+def takes_gzip(accepted: str) -> bool:
+    """Whether an Accept-Encoding header takes gzip (RFC 9110 §12.5.3): named, or `*`, with a weight above 0;
+    `gzip;q=0` refuses it."""
+    weights: dict[str, float] = {}
+    for item in accepted.lower().split(","):
+        coding, *parameters = (part.strip() for part in item.split(";"))
+        weight = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0  # a weight that cannot be read takes nothing
+        if coding:
+            weights[coding] = weight
+    named = weights.get("gzip", weights.get("x-gzip"))
+    return (named if named is not None else weights.get("*", 0.0)) > 0
 
 
 def _missing(policy: str) -> JSONResponse:

@@ -415,6 +415,11 @@ def test_the_pages_ship_with_chatdock_under_a_strict_policy(tmp_path: Path) -> N
         assert b"Apache License" in get("/docs/LICENSE")[2]
         status, headers, body = get("/docs/swagger-ui-bundle.js", **{"Accept-Encoding": "gzip"})
         assert headers["content-encoding"] == "gzip" and len(gzip.decompress(body)) > 1_000_000 > len(body)
+        for refusing in ("gzip;q=0, identity", "GZIP; q=0.0", "br, *;q=0", "identity"):  # gzip weighed 0, or not named
+            status, headers, body = get("/docs/swagger-ui-bundle.js", **{"Accept-Encoding": refusing})
+            assert "content-encoding" not in headers and b"SwaggerUIBundle" in body, refusing
+        for taking in ("deflate, gzip;q=0.5", "*", "br;q=1, *;q=0.1", "x-gzip"):
+            assert get("/docs/swagger-ui-bundle.js", **{"Accept-Encoding": taking})[1]["content-encoding"] == "gzip"
         assert json.loads(get("/ui/config.json")[2]) == {"read_only": False}
         status, _, body = get("/ui/nothing.js")
         assert status == 404 and json.loads(body)["error"] == "Not found"
