@@ -65,6 +65,11 @@ def _probe() -> Ops[None]:
     yield count("INSERT OR REPLACE INTO health (id, checked_us) VALUES (1, ?)", now_us())
 
 
+# A read made by each connection as it opens: SQLite maps the log's index (-shm) at a connection's first read,
+# so that a file removed later (before any request came) is still read by every connection, as the log says.
+FIRST_READ = "SELECT count(*) FROM sqlite_schema"
+
+
 class SQLiteBackend(SQLBackend):
     """The `Backend` on one SQLite file; `start()` before use, `close()` after."""
 
@@ -139,10 +144,12 @@ class SQLiteBackend(SQLBackend):
                 self._all_readers.append(reader)
                 await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 await reader.execute("PRAGMA query_only = ON")
+                await reader.execute_fetchall(FIRST_READ)
                 self._readers.put_nowait(reader)
             self._direct = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._direct.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._direct.execute("PRAGMA query_only = ON")
+            self._direct.execute(FIRST_READ).fetchall()
         except (sqlite3.Error, OSError) as exc:
             raise self._failed(exc) from exc
         self.telemetry.database_file(self.path, self.log_limit)

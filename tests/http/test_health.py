@@ -33,10 +33,10 @@ WAIT = 15.0  # seconds any condition below may take at most
 
 
 class Server:
-    """`chatdock serve --http` on `db`, ready once a read with `key` answers; /healthz is not asked on the
-    way (it runs checks of its own), so a test decides when it is first asked."""
+    """`chatdock serve --http` on `db`, ready once `ready` (a read with `key`) answers; /healthz is not asked on
+    the way (it runs checks of its own), so a test decides when it is first asked."""
 
-    def __init__(self, tmp: Path, db: Path, key: str) -> None:
+    def __init__(self, tmp: Path, db: Path, key: str, ready: str = "/chats/context?contact_id=ready") -> None:
         self.base = f"http://127.0.0.1:{free_port()}"
         self.key = key
         self.log = tmp / "serve.log"
@@ -47,7 +47,7 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=self._log_file,
         )
-        until(lambda: self.process.poll() is not None or self.get("/chats/context?contact_id=ready")[0] == 200)
+        until(lambda: self.process.poll() is not None or self.get(ready)[0] == 200)
         assert self.process.poll() is None, self.log.read_text()
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
@@ -85,8 +85,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(tmp: Path, db: Path, key: str) -> Iterator[Server]:
-    server = Server(tmp, db, key)
+def serving(tmp: Path, db: Path, key: str, ready: str = "/chats/context?contact_id=ready") -> Iterator[Server]:
+    server = Server(tmp, db, key, ready)
     try:
         yield server
     finally:
@@ -166,6 +166,16 @@ def test_a_file_removed_while_serving_refuses_writes_and_fails_healthz(tmp_path:
         assert context_ids(server, "c0") == [message["id"] for _, message in stored]  # still read, from the open file
         assert server.health()[0] == 503  # and it stays so
     assert f"{db} was removed" in server.log.read_text()
+
+
+def test_a_file_removed_before_any_request_is_still_read_and_named_as_removed(tmp_path: Path) -> None:
+    db, key = a_store(tmp_path, messages=20)
+    with serving(tmp_path, db, key, ready="/livez") as server:  # /livez reads nothing
+        db.unlink()  # before any read: every connection opened at start still reads the file it opened
+        for _ in range(4):  # each of the readers, in turn
+            assert len(context_ids(server, "c3")) == 2
+        body = unhealthy(server, "was removed while chatdock was serving")
+        assert body["problems"] == [body["store"]], body  # the removal is the cause, not a disk failure
 
 
 def test_a_file_replaced_while_serving_refuses_writes_and_fails_healthz(tmp_path: Path) -> None:
