@@ -48,14 +48,14 @@ def stdio_params(*args: str, fresh: bool = False) -> StdioServerParameters:
 
 @contextlib.contextmanager
 def unwritable(path: Path) -> Iterator[None]:
-    """`path` made unwritable for this process's user: the immutable attribute for root (whom permission bits
-    do not stop), read-only permission bits for anyone else."""
+    """`path` (a file or a folder) made unwritable for this process's user: the immutable attribute for root
+    (whom permission bits do not stop), read-only permission bits for anyone else."""
     if os.geteuid() == 0:
         subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True)
         undo: Callable[[], object] = lambda: subprocess.run(["chattr", "-i", str(path)], check=False)  # noqa: E731
     else:
         mode = path.stat().st_mode
-        path.chmod(0o444)
+        path.chmod(0o555 if path.is_dir() else 0o444)  # a folder stays open to read
         undo = lambda: path.chmod(mode)  # noqa: E731
     try:
         assert not os.access(path, os.W_OK), "the file is still writable: this test would show nothing"

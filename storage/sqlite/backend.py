@@ -354,10 +354,14 @@ def integrity_check(path: str) -> list[str]:
         raise Unavailable(f"cannot check {path}: it is a folder; pass the database file with --db")
     if not os.path.isfile(path):
         raise Unavailable(f"cannot check {path}: there is no such file")
+    if os.path.getsize(path) == 0:
+        raise Unavailable(f"cannot check {path}: the file is empty, it holds no database")
     try:
-        conn = driver.read_only(path)
+        conn = driver.read_only(
+            path, unchanging=_settled(path) and not os.access(os.path.dirname(path) or ".", os.W_OK)
+        )
         try:
-            found = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+            found = [line for row in conn.execute("PRAGMA integrity_check") for line in str(row[0]).splitlines()]
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
@@ -367,3 +371,12 @@ def integrity_check(path: str) -> list[str]:
             return [f"the check itself stopped: {exc}"]
         raise translate(exc, path) or exc from exc
     return [] if found == ["ok"] else found
+
+
+def _settled(path: str) -> bool:
+    """Whether the file holds all it has: no write-ahead log beside it with pages not yet copied in (a file
+    closed cleanly, a backup)."""
+    try:
+        return os.path.getsize(path + "-wal") == 0
+    except OSError:
+        return True  # no log at all

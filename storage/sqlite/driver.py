@@ -12,11 +12,14 @@ from ..sql.ops import Ops
 T = TypeVar("T")
 
 
-def read_only(path: str) -> sqlite3.Connection:
+def read_only(path: str, unchanging: bool = False) -> sqlite3.Connection:
     """A connection that reads the file at `path` and never creates one: a URI, in which the path is
     percent-encoded (a '#', '?' or '%' in a file's name would otherwise end the path or be read as an escape,
-    and another file be opened, or created)."""
-    return sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, isolation_level=None)
+    and another file be opened, or created). `unchanging`: a file nobody writes while it is read, whose folder
+    may not be writable (SQLite then reads it without the -shm file it would make beside it)."""
+    return sqlite3.connect(
+        f"file:{quote(path)}?mode=ro" + ("&immutable=1" if unchanging else ""), uri=True, isolation_level=None
+    )
 
 
 def run(conn: sqlite3.Connection, ops: Ops[T]) -> T:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import struct
 import subprocess
@@ -275,6 +276,21 @@ def test_appends_into_a_damaged_index_page_are_stopped_within_seconds(tmp_path: 
     assert "missing from index messages_contact" in server.log.read_text()
     checked = run_cli("check", "--db", str(db))
     assert checked.returncode == 1 and "is damaged" in checked.stdout, checked.stdout + checked.stderr
+    head, *listed = checked.stdout.splitlines()
+    assert f"({len(listed)} problem(s) found)" in head and all(line.startswith("  ") for line in listed), listed
+    backup = tmp_path / "backup"  # the file alone, on read-only media: checked all the same
+    backup.mkdir()
+    shutil.copyfile(db, backup / db.name)
+    with unwritable(backup / db.name), unwritable(backup):
+        again = run_cli("check", "--db", str(backup / db.name))
+        assert sorted(path.name for path in backup.iterdir()) == [db.name]  # nothing made beside it
+    assert (again.returncode, again.stdout) == (1, checked.stdout.replace(str(db), str(backup / db.name))), again
+    (tmp_path / "empty.db").touch()
+    empty = run_cli("check", "--db", str(tmp_path / "empty.db"))
+    assert (
+        empty.returncode == 2
+        and empty.stderr == f"chatdock: cannot check {tmp_path / 'empty.db'}: the file is empty, it holds no database\n"
+    )
 
 
 def test_healthz_finds_a_damaged_index_page_before_any_write(tmp_path: Path) -> None:
