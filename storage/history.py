@@ -19,6 +19,7 @@ is required: history keeps its own time.
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from typing import Any
 
@@ -70,9 +71,20 @@ def parse_line(text: str, default_org: str) -> tuple[str, Record]:
     """The organization and record of one line; InvalidInput says what is wrong with it. A message without an
     id gets one derived from the line and the organization it names."""
     try:
+        return _record(text, default_org)
+    except RecursionError:  # arrays in arrays, thousands deep: more than reading (or the id's text) can nest
+        raise InvalidInput("nested too deeply to read; a record's values nest a few levels, not hundreds") from None
+
+
+def _record(text: str, default_org: str) -> tuple[str, Record]:
+    try:
         fields = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+    except ValueError:  # the only other one json raises: an integer longer than Python converts
+        raise InvalidInput(
+            f"a number has more than {sys.get_int_max_str_digits():,} digits; no field takes one that long"
+        ) from None
     if not isinstance(fields, dict):
         raise InvalidInput(f"a line must be a JSON object, got {type(fields).__name__}")
     kind = fields.pop("kind", "message")

@@ -8,7 +8,9 @@ from typing import TextIO
 
 
 class Progress:
-    """`update(done)` as work advances, `finish()` once at the end; `total=None` when the end is unknown."""
+    """`update(done)` as work advances, `finish()` once at the end; `total=None` when the end is unknown. Used as a
+    context manager, it ends its line when an error or an interruption stops the work, so what is said about it
+    starts a line of its own."""
 
     def __init__(self, label: str, total: int | None, stream: TextIO | None = None, width: int = 30) -> None:
         self.label = label
@@ -17,6 +19,15 @@ class Progress:
         self.width = width
         self._drawn = 0.0
         self._done = 0
+        self._open = False  # a bar is drawn on the line, which no newline has ended yet
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None and self._open:
+            self.stream.write("\n")
+            self.stream.flush()
 
     def _draw(self, end: str = "") -> None:
         if self.total:
@@ -26,6 +37,7 @@ class Progress:
             bar = f"{self._done:>11,}"
         self.stream.write(f"\r{self.label:<28} {bar}{end}")
         self.stream.flush()
+        self._open = not end
 
     def update(self, done: int) -> None:
         self._done = done

@@ -1,33 +1,48 @@
 """`chatdock export` and `chatdock import`: history in and out as JSON Lines (format: storage/history.py).
 
 Export streams a batch at a time into `FILE.part` and renames it when done, so
-a cut-off export never leaves a file that looks whole. Import reads the file
-twice: the first pass checks every line (shape, bounds, ids taken by another
-organization, chats that a message names) and writes nothing; the second
-imports in batches. By default one bad line means nothing is imported;
-`--skip-invalid` imports the rest and lists what it skipped.
+a cut-off export never leaves a file that looks whole (beside a symbolic
+link's target, so the link stays); a pipe or a device (a FIFO, /dev/stdout, a
+shell's `>(...)`) is written into as it is, and the database's own files are
+refused. Import reads the file twice: the first pass checks every line (shape,
+bounds, ids taken by another organization, chats that a message names) and
+writes nothing; the second imports in batches. By default one bad line means
+nothing is imported; `--skip-invalid` imports the rest and lists what it
+skipped. An import that stops part-way (a full disk, Ctrl-C) says how much it
+had imported: importing the file again is safe, nothing is stored twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import stat
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from chatdock.server.history.progress import Progress
 from chatdock.storage import ChatdockError, InvalidInput, Store
 from chatdock.storage import validation as check
+from chatdock.storage.errors import OutcomeUnknown
 from chatdock.storage.history import Record, check_record, conflicts, dump_line, parse_line
 from chatdock.storage.models import NewAlias, NewChat
 
 BATCH = 500
 SHOWN_PROBLEMS = 20
+AGAIN = "importing the file again is safe: nothing already imported is stored twice"
+
+T = TypeVar("T")
+
+
+def _progress(label: str, total: int | None, quiet: bool) -> AbstractContextManager[Progress | None]:
+    """A progress bar on stderr (None when `quiet`), whose line ends if the work stops on an error."""
+    return nullcontext() if quiet else Progress(label, total)
 
 
 async def _total(store: Store, org: str | None, contact_id: str | None) -> int | None:
@@ -55,24 +70,74 @@ async def export(
 ) -> int:
     """Write the chats, the aliases, then the messages; return how many lines were written. What a damaged database
     cannot read is passed over and named in `skipped`."""
-    bar = None if quiet else Progress("exporting (lines)", await _total(store, org, contact_id))
-    written = 0
-    async for line in export_lines(store, org, contact_id, skipped):
-        out.write(line + "\n")
-        written += 1
+    total = None if quiet else await _total(store, org, contact_id)
+    with _progress("exporting (lines)", total, quiet) as bar:
+        written = 0
+        async for line in export_lines(store, org, contact_id, skipped):
+            out.write(line + "\n")
+            written += 1
+            if bar is not None:
+                bar.update(written)
         if bar is not None:
-            bar.update(written)
-    if bar is not None:
-        bar.finish(written)
+            bar.finish(written)
     return written
+
+
+def _written_through(path: str) -> bool:
+    """Whether `-o path` is written into as it is rather than replaced: a pipe or a device (a FIFO, a terminal,
+    /dev/stdout, a shell's `>(gzip > x.gz)`, which is /dev/fd/63), or a descriptor this process was given."""
+    if path in ("/dev/stdout", "/dev/stderr") or path.startswith(("/dev/fd/", "/proc/self/fd/")):
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # nothing there yet (or nothing this user may see): a new file
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _database_files() -> set[tuple[int, int]]:
+    """(device, inode) of the regular files this process holds open beyond standard input, output and error: the
+    database being exported and its -wal and -shm files (none with PostgreSQL)."""
+    held: set[tuple[int, int]] = set()
+    try:
+        numbers = [int(name) for name in os.listdir("/dev/fd")]
+    except (OSError, ValueError):  # no /dev/fd on this system: nothing to compare with
+        return held
+    for number in numbers:
+        try:
+            found = os.fstat(number) if number > 2 else None
+        except OSError:  # the listing's own descriptor, closed once listed
+            continue
+        if found is not None and stat.S_ISREG(found.st_mode):
+            held.add((found.st_dev, found.st_ino))
+    return held
+
+
+def _is_database(target: Path) -> bool:
+    """Whether `target` (a symbolic link followed) is the database this export reads, or its -wal, -shm or
+    -journal file (which may not exist at this moment), by any name: replacing it would destroy the history."""
+    held = _database_files()
+    named = [target]
+    for suffix in ("-wal", "-shm", "-journal"):
+        if target.name.endswith(suffix):
+            named.append(target.with_name(target.name.removesuffix(suffix)))
+    for path in named:
+        try:
+            found = path.stat()
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) in held:
+            return True
+    return False
 
 
 async def export_to_path(
     store: Store, path: str | None, org: str | None, contact_id: str | None, quiet: bool, skipped: list[str]
 ) -> int:
-    """`export` into the file at `path` (written whole or not at all: a `.part` file renamed at the end), or to
-    standard output; a file or an output that cannot be written is one InvalidInput that says why (a reader of
-    standard output that goes away, `| head`, is its BrokenPipeError)."""
+    """`export` into the file at `path` (written whole or not at all: a `.part` file beside it, or beside the
+    target of a symbolic link at `path`, renamed onto it at the end), into a pipe or a device at `path` as it is
+    (streaming), or to standard output; a file or an output that cannot be written, and the database's own files,
+    are one InvalidInput that says why (a reader that goes away, `| head`, is its BrokenPipeError)."""
     if path is None or path == "-":
         try:
             written = await export(store, sys.stdout, org, contact_id, quiet, skipped)
@@ -82,7 +147,21 @@ async def export_to_path(
         except OSError as exc:
             raise InvalidInput(f"cannot write the export to standard output: {exc.strerror or exc}") from None
         return written
-    target = Path(path)
+    target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)  # a link stays a link
+    if _is_database(target):
+        raise InvalidInput(
+            f"cannot write the export to {path}: it is the database being exported (or one of its -wal, -shm "
+            "files), which the export would destroy; name another file with -o"
+        )
+    if _written_through(path):
+        try:
+            # appending: a descriptor's file (`-o /dev/stdout >> log`) keeps what its opener chose to keep
+            with open(path, "a", encoding="utf-8", newline="\n") as out:
+                return await export(store, out, org, contact_id, quiet, skipped)
+        except BrokenPipeError:  # the reader went away
+            raise
+        except OSError as exc:
+            raise InvalidInput(f"cannot write the export to {path}: {exc.strerror or exc}") from None
     if target.is_dir():
         raise InvalidInput(f"cannot write the export to {path}: it is a folder; name a file with -o")
     if not target.parent.is_dir():
@@ -108,6 +187,7 @@ class ImportReport:
     existing: int = 0
     lines: int = 0
     problems: list[tuple[int, str]] = field(default_factory=list)
+    through: int = 0  # the last line of the last batch imported
 
     @property
     def stored(self) -> int:
@@ -125,40 +205,66 @@ class ImportReport:
         )
 
 
-@contextmanager
-def _readable(path: str) -> Iterator[Path]:
-    """The file to read twice; standard input ('-') and a pipe (`<(...)`, /dev/stdin) are read once, into a
-    temporary file."""
-    if path != "-":
-        source = Path(path)
+def _unreadable(name: str, exc: OSError) -> InvalidInput:
+    return InvalidInput(f"cannot read {name}: {exc.strerror or exc}")
+
+
+def _named(path: str) -> str:
+    return "standard input" if path == "-" else path
+
+
+def _regular_file(path: str) -> Path | None:
+    """The file at `path` when it can be read twice (a regular file, found readable), None for a pipe."""
+    source = Path(path)
+    try:
         if source.is_file():
-            yield source
-            return
+            with source.open("rb"):  # one that cannot be opened (no permission) is refused before any work
+                return source
         if source.is_dir():
             raise InvalidInput(f"{path} is a folder; name a JSON Lines file, or '-' for standard input")
         if not source.exists():
             raise InvalidInput(f"no such file: {path}")
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    return None
+
+
+@contextmanager
+def _readable(path: str) -> Iterator[Path]:
+    """The file to read twice; standard input ('-') and a pipe (`<(...)`, /dev/stdin) are read once, into a
+    temporary file. A file that cannot be read is an InvalidInput that says why."""
+    source = None if path == "-" else _regular_file(path)
+    if source is not None:
+        yield source
+        return
     with tempfile.TemporaryDirectory(prefix="chatdock-import-") as folder:
         spooled = Path(folder) / "stdin.jsonl"
-        with spooled.open("wb") as out:
-            if path == "-":
-                shutil.copyfileobj(sys.stdin.buffer, out)
-            else:
-                with Path(path).open("rb") as stream:
-                    shutil.copyfileobj(stream, out)
+        try:
+            with spooled.open("wb") as out:
+                if path == "-":
+                    shutil.copyfileobj(sys.stdin.buffer, out)
+                else:
+                    with Path(path).open("rb") as stream:
+                        shutil.copyfileobj(stream, out)
+        except OSError as exc:  # the pipe, or the temporary folder (full)
+            raise InvalidInput(f"cannot read {_named(path)} into a temporary file: {exc.strerror or exc}") from None
         yield spooled
 
 
-def _lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
-    """(line number, bytes read so far, the line) for each line that is not blank."""
+def _lines(path: Path, name: str) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, bytes read so far, the line) for each line that is not blank; a failed read is an
+    InvalidInput that names the file by `name`."""
     read = 0
-    with path.open("rb") as source:
-        for number, raw in enumerate(source, start=1):
-            read += len(raw)
-            if number == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte order mark, as some editors start UTF-8 with
-            if raw.strip():
-                yield number, read, raw
+    try:
+        with path.open("rb") as source:
+            for number, raw in enumerate(source, start=1):
+                read += len(raw)
+                if number == 1:
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte order mark, as some editors start UTF-8 with
+                if raw.strip():
+                    yield number, read, raw
+    except OSError as exc:
+        raise _unreadable(name, exc) from None
 
 
 def _parse(raw: bytes, default_org: str, org_override: str | None) -> tuple[str, Record]:
@@ -173,11 +279,10 @@ def _parse(raw: bytes, default_org: str, org_override: str | None) -> tuple[str,
 
 
 async def _check(
-    store: Store, path: Path, default_org: str, org_override: str | None, quiet: bool
+    store: Store, path: Path, name: str, default_org: str, org_override: str | None, quiet: bool
 ) -> tuple[int, list[tuple[int, str]]]:
     """First pass: every problem, by line number, without writing anything."""
     size = path.stat().st_size
-    bar = None if quiet else Progress("checking (bytes)", size)
     problems: list[tuple[int, str]] = []
     chats_in_file: dict[str, tuple[str, str]] = {}
     aliases_in_file: dict[tuple[str, str], str] = {}
@@ -189,73 +294,95 @@ async def _check(
         found = await conflicts(store, org, [record for _, record in batch], chats_in_file, aliases_in_file)
         problems.extend((batch[index][0], problem) for index, problem in found.items())
 
-    for number, read, raw in _lines(path):
-        lines += 1
-        try:
-            org, record = _parse(raw, default_org, org_override)
-            check_record(record)
-        except ChatdockError as exc:
-            problems.append((number, str(exc)))
-        else:
-            if isinstance(record, NewChat):
-                # the lines after it may name this chat (should the chat itself be refused, so are they)
-                chats_in_file.setdefault(check.uuid_text(record.id, "id"), (org, record.contact_id))
-            pending.setdefault(org, []).append((number, record))
-            if len(pending[org]) >= BATCH:
-                await settle(org)
+    with _progress("checking (bytes)", size, quiet) as bar:
+        for number, read, raw in _lines(path, name):
+            lines += 1
+            try:
+                org, record = _parse(raw, default_org, org_override)
+                check_record(record)
+            except ChatdockError as exc:
+                problems.append((number, str(exc)))
+            else:
+                if isinstance(record, NewChat):
+                    # the lines after it may name this chat (should the chat itself be refused, so are they)
+                    chats_in_file.setdefault(check.uuid_text(record.id, "id"), (org, record.contact_id))
+                pending.setdefault(org, []).append((number, record))
+                if len(pending[org]) >= BATCH:
+                    await settle(org)
+            if bar is not None:
+                bar.update(read)
+        for org in list(pending):
+            await settle(org)
         if bar is not None:
-            bar.update(read)
-    for org in list(pending):
-        await settle(org)
-    if bar is not None:
-        bar.finish(size)
+            bar.finish(size)
     problems.sort()
     return lines, problems
 
 
-async def import_file(
-    store: Store, path: str, default_org: str, org_override: str | None, skip_invalid: bool, quiet: bool
-) -> ImportReport:
-    """Import a JSON Lines file; on bad lines without `skip_invalid`, raise InvalidInput listing them."""
-    with _readable(path) as source:
-        report = ImportReport()
-        report.lines, report.problems = await _check(store, source, default_org, org_override, quiet)
-        if report.problems and not skip_invalid:
-            raise InvalidInput(
-                f"{len(report.problems):,} bad line(s), so nothing was imported; fix them, or pass --skip-invalid "
-                "to import the others:\n" + _listing(report.problems)
-            )
-        bad = {number for number, _ in report.problems}
-        size = source.stat().st_size
-        bar = None if quiet else Progress("importing (bytes)", size)
-        batch: list[tuple[int, Record]] = []
-        batch_org = ""
+async def _whole(write: Awaitable[T]) -> tuple[T, bool]:
+    """`write`'s result, and whether the import was interrupted (Ctrl-C) meanwhile: an interrupted batch is
+    let finish, so that what was imported is known; the caller raises the interruption once it has counted."""
+    task = asyncio.ensure_future(write)
+    try:
+        return await asyncio.shield(task), False
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        return task.result(), True
 
-        async def flush() -> None:
-            if not batch:
-                return
-            outcomes = await store.import_history(batch_org, [record for _, record in batch], keep_going=skip_invalid)
-            failed = [(batch[i][0], str(o)) for i, o in enumerate(outcomes) if isinstance(o, ChatdockError)]
-            if failed and not skip_invalid:
-                # the database changed between the passes (another writer); this batch was undone
-                number, problem = failed[0]
-                raise InvalidInput(
-                    f"line {number}: {problem}\nthe batches before this line were imported ({report.stored:,} new); "
-                    "fix the line and import the file again: nothing already imported is stored twice"
-                )
-            report.problems.extend(failed)
-            for (_, record), outcome in zip(batch, outcomes, strict=True):
-                if outcome == "existing":
-                    report.existing += 1
-                elif outcome == "stored" and isinstance(record, NewChat):
-                    report.chats += 1
-                elif outcome == "stored" and isinstance(record, NewAlias):
-                    report.aliases += 1
-                elif outcome == "stored":
-                    report.messages += 1
-            batch.clear()
 
-        for number, read, raw in _lines(source):
+def _so_far(report: ImportReport, unsure: bool) -> str:
+    """What an import that stopped part-way had imported: the lines through `report.through`; `unsure`: the
+    batch after them was being written when it stopped, and may or may not be stored."""
+    if not report.through:
+        return "the first batch may or may not be stored, nothing else was" if unsure else "nothing was imported"
+    done = f"lines 1 to {report.through:,} were imported ({report.stored:,} new)"
+    return f"{done}; the batch after them may or may not be stored" if unsure else f"{done}, none after"
+
+
+async def _import_lines(
+    store: Store,
+    source: Path,
+    name: str,
+    default_org: str,
+    org_override: str | None,
+    report: ImportReport,
+    skip_invalid: bool,
+    quiet: bool,
+) -> None:
+    """Second pass: import the lines the first found good, in batches of one organization each, counting in
+    `report`. A failure stops it with the batch that failed undone (ChatdockError), an interruption after the
+    batch being written is done: either way `report` counts what was imported, and every line after it is not."""
+    size = source.stat().st_size
+    bad = {number for number, _ in report.problems}
+    batch: list[tuple[int, Record]] = []
+    batch_org = ""
+
+    async def flush() -> None:
+        if not batch:
+            return
+        records = [record for _, record in batch]
+        outcomes, interrupted = await _whole(store.import_history(batch_org, records, keep_going=skip_invalid))
+        failed = [(batch[i][0], str(o)) for i, o in enumerate(outcomes) if isinstance(o, ChatdockError)]
+        if failed and not skip_invalid:  # the database changed between the passes (another writer): undone
+            number, problem = failed[0]
+            raise InvalidInput(f"line {number}: {problem}")
+        report.problems.extend(failed)
+        for (_, record), outcome in zip(batch, outcomes, strict=True):
+            if outcome == "existing":
+                report.existing += 1
+            elif outcome == "stored" and isinstance(record, NewChat):
+                report.chats += 1
+            elif outcome == "stored" and isinstance(record, NewAlias):
+                report.aliases += 1
+            elif outcome == "stored":
+                report.messages += 1
+        report.through = batch[-1][0]
+        batch.clear()
+        if interrupted:
+            raise asyncio.CancelledError
+
+    with _progress("importing (bytes)", size, quiet) as bar:
+        for number, read, raw in _lines(source, name):
             if number in bad:
                 continue
             org, record = _parse(raw, default_org, org_override)
@@ -268,8 +395,38 @@ async def import_file(
         await flush()
         if bar is not None:
             bar.finish(size)
-        report.problems.sort()
-        return report
+
+
+async def import_file(
+    store: Store, path: str, default_org: str, org_override: str | None, skip_invalid: bool, quiet: bool
+) -> ImportReport:
+    """Import a JSON Lines file; on bad lines without `skip_invalid`, raise InvalidInput listing them. An import
+    stopped part-way, by a failure or Ctrl-C, says how much it had imported and that importing again is safe."""
+    report = ImportReport()
+    name = _named(path)
+    with _readable(path) as source:
+        try:
+            report.lines, report.problems = await _check(store, source, name, default_org, org_override, quiet)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            sys.stderr.write("chatdock: interrupted while checking the file: nothing was imported\n")
+            raise
+        if report.problems and not skip_invalid:
+            raise InvalidInput(
+                f"{len(report.problems):,} bad line(s), so nothing was imported; fix them, or pass --skip-invalid "
+                "to import the others:\n" + _listing(report.problems)
+            )
+        try:
+            await _import_lines(store, source, name, default_org, org_override, report, skip_invalid, quiet)
+        except ChatdockError as exc:  # a full disk; the file, changed or unreadable since the first pass
+            so_far = _so_far(report, unsure=isinstance(exc, OutcomeUnknown))
+            raise type(exc)(f"{exc}; the import stopped: {so_far}; once that is fixed, {AGAIN}") from None
+        except (asyncio.CancelledError, KeyboardInterrupt) as exc:
+            # Ctrl-C: the batch being written was let finish; a second Ctrl-C did not wait for it
+            so_far = _so_far(report, unsure=isinstance(exc, KeyboardInterrupt))
+            sys.stderr.write(f"chatdock: interrupted: {so_far}; {AGAIN}\n")
+            raise
+    report.problems.sort()
+    return report
 
 
 def _listing(problems: list[tuple[int, str]]) -> str:

@@ -1,0 +1,254 @@
+"""`chatdock import` and `chatdock export` when something goes wrong: hostile lines, a file that cannot be read, a
+disk that fills or a Ctrl-C part-way, and `-o` naming something other than a plain new file. Run as the real
+command on real files, as tests/cli/test_history.py does."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sqlite3
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_history import counts, export, good, import_
+from tests.transports import chatdock_command, installed_command, run_cli
+
+pytestmark = pytest.mark.process  # each test here starts real processes
+
+AGAIN = "importing the file again is safe: nothing already imported is stored twice"
+
+
+def many(path: Path, lines: int, padding: int = 0) -> None:
+    """A file of `lines` good hand-written messages, over fifty contacts."""
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(lines):
+            line = good(0, contact_id=f"+316{i % 50:08d}", content=f"line {i} " + "x" * padding)
+            out.write(line + "\n")
+
+
+def only_line(stderr: str) -> str:
+    """The one line chatdock says why it stopped with (the store may log its own failure before it)."""
+    said = [line for line in stderr.splitlines() if line.startswith("chatdock: ")]
+    assert len(said) == 1 and "Traceback" not in stderr, stderr
+    return said[0]
+
+
+# --- import: hostile lines and files ---
+
+
+def test_hostile_lines_are_bad_lines_named_by_number(tmp_path: Path) -> None:
+    db, path = tmp_path / "chatdock.db", tmp_path / "hostile.jsonl"
+    lines = [
+        good(1),
+        "[" * 100_000 + "]" * 100_000,  # more nesting than any reader recurses into
+        good(2, metadata={"a": [[[1]]]}).replace("[[[1]]]", "[" * 990 + "]" * 990),  # about as deep as that
+        good(3).replace('"line 3"', '"line 3", "metadata": {"n": ' + "9" * 5000 + "}"),  # beyond int conversion
+        good(4, contact_id=int("7" * 4000)),  # a long number that Python still reads
+        good(5),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    done = import_(db, str(path), "-q")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("chatdock: 4 bad line(s), so nothing was imported"), done.stderr
+    said = {int(line.split(":")[0].removeprefix("line ")): line for line in done.stderr.splitlines()[1:]}
+    assert "nested too deeply to read" in said[2] and "nest" in said[3], said
+    assert "a number has more than 4,300 digits" in said[4], said
+    assert "contact_id" in said[5], said
+    assert sorted(said) == [2, 3, 4, 5] and counts(db)[0] == 0
+
+    skipping = import_(db, str(path), "-q", "--skip-invalid")
+    assert skipping.returncode == 0, skipping.stderr
+    assert "stored 2 message(s) and 0 chat(s), 0 already there, 4 skipped" in skipping.stdout
+    assert counts(db)[0] == 2
+
+
+def test_a_file_that_cannot_be_read_is_one_line_and_nothing_imported(tmp_path: Path) -> None:
+    db = tmp_path / "chatdock.db"
+    refused = [Path("/proc/self/mem")]  # opens, and refuses reading at its start: an I/O error
+    if os.geteuid() != 0:  # root reads a file whatever its permissions say
+        locked = tmp_path / "locked.jsonl"
+        locked.write_text(good(1) + "\n")
+        locked.chmod(0)
+        refused.append(locked)
+    for path in refused:
+        done = import_(db, str(path), "-q")
+        assert done.returncode == 2 and done.stdout == "", (path, done.stdout)
+        assert done.stderr.startswith(f"chatdock: cannot read {path}: "), done.stderr
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert counts(db)[0] == 0
+
+
+# --- import: stopped part-way ---
+
+
+def test_an_import_the_disk_stops_says_what_it_imported_and_importing_again_completes_it(tmp_path: Path) -> None:
+    """The disk fills part-way, simulated by a file size limit on the process (SQLite's writes past it fail as a
+    full disk's would, with no mount and no root): the batches before are kept, and the line says so."""
+    db, path = tmp_path / "chatdock.db", tmp_path / "history.jsonl"
+    many(path, 20_000, padding=200)  # 6 MB of history: more than the 3 MB the database may grow to
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3_000_000, 3_000_000))
+
+    stopped = subprocess.run(  # the installed command itself: a forked one would not keep the child's limit
+        [*installed_command(), "import", "--db", str(db), "-q", str(path)],
+        capture_output=True, text=True, timeout=120, check=False, preexec_fn=small_disk,
+    )  # fmt: skip
+    assert stopped.returncode == 2 and stopped.stdout == "", stopped.stderr
+    imported = counts(db)[0]
+    assert 0 < imported < 20_000
+    said = only_line(stopped.stderr)
+    assert said.startswith("chatdock: the disk ") and str(db) in said, said
+    assert f"the import stopped: lines 1 to {imported:,} were imported ({imported:,} new), none after" in said
+    assert said.endswith(f"once that is fixed, {AGAIN}"), said
+
+    again = import_(db, str(path), "-q")
+    assert again.returncode == 0, again.stderr
+    assert f"stored {20_000 - imported:,} message(s) and 0 chat(s), {imported:,} already there" in again.stdout
+    assert counts(db)[0] == 20_000
+
+
+def test_an_import_stopped_with_ctrl_c_says_what_it_imported_and_importing_again_completes_it(
+    tmp_path: Path,
+) -> None:
+    db, path = tmp_path / "chatdock.db", tmp_path / "history.jsonl"
+    many(path, 60_000)
+    process = subprocess.Popen(
+        [*chatdock_command(), "import", "--db", str(db), "-q", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (db.exists() and _stored(db)):  # the first pass has checked the file; batches are going in
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    imported = counts(db)[0]
+    assert process.returncode == 130 and out == "", (process.returncode, out, err)
+    assert 0 < imported < 60_000
+    so_far = f"lines 1 to {imported:,} were imported ({imported:,} new), none after"
+    assert err == f"chatdock: interrupted: {so_far}; {AGAIN}\n"
+
+    again = import_(db, str(path), "-q")
+    assert again.returncode == 0, again.stderr
+    assert f"stored {60_000 - imported:,} message(s) and 0 chat(s), {imported:,} already there" in again.stdout
+    assert counts(db)[0] == 60_000
+
+
+def _stored(db: Path) -> int:
+    """How many messages the database holds now (0 while it is still being created)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+    except sqlite3.DatabaseError:  # no table yet
+        return 0
+
+
+# --- export -o: what is at the path ---
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> tuple[Path, str]:
+    """A database of 3,000 messages (more than a pipe holds at once) and its export."""
+    db, path = tmp_path / "chatdock.db", tmp_path / "history.jsonl"
+    many(path, 3000, padding=100)
+    assert import_(db, str(path), "-q").returncode == 0
+    return db, export(db)
+
+
+def test_export_refuses_to_write_over_its_own_database(tmp_path: Path, history: tuple[Path, str]) -> None:
+    db, exported = history
+    (tmp_path / "link.db").symlink_to(db)
+    os.link(db, tmp_path / "hard.db")
+    for named in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), tmp_path / "link.db", tmp_path / "hard.db"):
+        done = run_cli("export", "--db", str(db), "-q", "-o", str(named))
+        assert (done.returncode, done.stdout) == (2, ""), (named, done.stderr)
+        assert done.stderr == (
+            f"chatdock: cannot write the export to {named}: it is the database being exported (or one of its -wal, "
+            "-shm files), which the export would destroy; name another file with -o\n"
+        )
+    assert (tmp_path / "link.db").is_symlink()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert counts(db)[0] == 3000 and export(db) == exported
+
+
+def test_export_to_a_symbolic_link_writes_its_target_and_keeps_the_link(
+    tmp_path: Path, history: tuple[Path, str]
+) -> None:
+    db, exported = history
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    target = folder / "latest.jsonl"
+    target.write_text("an older export\n")
+    link = tmp_path / "history-link.jsonl"
+    link.symlink_to(target)
+    dangling = tmp_path / "next.jsonl"
+    dangling.symlink_to(folder / "next.jsonl")  # its target does not exist yet
+    for path, written in ((link, target), (dangling, folder / "next.jsonl")):
+        done = run_cli("export", "--db", str(db), "-q", "-o", str(path))
+        assert done.returncode == 0, done.stderr
+        assert path.is_symlink() and path.resolve() == written
+        assert written.read_text(encoding="utf-8") == exported
+    assert sorted(p.name for p in folder.iterdir()) == ["latest.jsonl", "next.jsonl"]  # no .part left
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".part") == []
+
+
+def test_export_to_a_fifo_streams_into_it_and_leaves_it_a_fifo(tmp_path: Path, history: tuple[Path, str]) -> None:
+    db, exported = history
+    fifo = tmp_path / "export.fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+
+    def read() -> None:
+        with fifo.open("rb") as reader:  # waits for the export to open it
+            received.append(reader.read())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    done = run_cli("export", "--db", str(db), "-q", "-o", str(fifo))
+    reader.join(30)
+    assert done.returncode == 0, done.stderr
+    assert not reader.is_alive() and received == [exported.encode()]
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_export_to_a_descriptor_path_writes_into_the_pipe_it_names(history: tuple[Path, str]) -> None:
+    """`chatdock export -o >(gzip > x.gz)`: the shell passes a pipe, named /dev/fd/N."""
+    db, exported = history
+    read_end, write_end = os.pipe()
+    received: list[bytes] = []
+
+    def read() -> None:
+        with os.fdopen(read_end, "rb") as reader:
+            received.append(reader.read())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    process = subprocess.Popen(
+        [*chatdock_command(), "export", "--db", str(db), "-q", "-o", f"/dev/fd/{write_end}"],
+        pass_fds=[write_end], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    os.close(write_end)  # the reader sees the end once chatdock closes its copy
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    reader.join(30)
+    assert process.returncode == 0 and out == "", err
+    assert not reader.is_alive() and received == [exported.encode()]
