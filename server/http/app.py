@@ -290,7 +290,7 @@ def _key_prefix(scope: Scope) -> str:
     for name, value in scope.get("headers", []):
         if name == b"authorization":
             fields = value.decode("latin-1").partition(" ")[2].strip().split("_")
-            return "_".join(fields[:2])[:20] if len(fields) >= 3 else "a malformed key"
+            return "_".join(fields[:2])[:20] if len(fields) >= 3 else "a key not of chatdock's form"
     return "no key"
 
 

@@ -144,7 +144,7 @@ class ObservedHttp:
             await send(message)
 
         method = str(scope.get("method", ""))
-        method = method if method in HTTP_METHODS else "OTHER"
+        method = method if method in HTTP_METHODS else "other"
         span, token = None, None
         if self.tracing:  # the caller's trace, from its traceparent header; else a trace of its own
             parent = propagate.extract(carrier) if carrier else None

@@ -119,6 +119,7 @@ async def workload(base: str, key: str) -> dict[str, Any]:
         assert (await http.delete(f"/chats/{stored[-1]['id']}")).status_code == 200
         assert (await http.get(f"/contacts/{WATCHED}")).status_code == 200
         assert (await http.get("/nowhere")).status_code == 404
+        assert (await http.request("PROPFIND", "/chats")).status_code == 405  # a method chatdock does not know
 
         async with http_client(base, key) as modern:
             for index in range(MCP_APPENDS["auto"]):
@@ -203,6 +204,7 @@ async def test_metrics_count_a_real_workload_with_bounded_labels(db: str) -> Non
     assert requests("rest", "DELETE /chats/{message_id}", "200") == 1
     assert requests("rest", "GET /contacts/{contact_id}", "200") == 1
     assert requests("rest", "GET unmatched", "404") == 1
+    assert requests("rest", "other /chats", "405") == 1  # as the docs name it
     assert requests("mcp", "tools/call", "ok", "append_message") == sum(MCP_APPENDS.values())
     assert requests("mcp", "tools/call", "tool_error", "get_context") == 1
     posted = CONTACTS + 1 + EVENTS + RETRIES + 20 + 3
