@@ -24,8 +24,10 @@ What happens in a call:
 
 - `enter` (from `on_enter`, the first time): opens a chat for the contact on `channel` (`voice`), enters a
   watch on the contact, and puts the contact's history (`get_context`, every channel) into the agent's chat
-  context as one system message after the instructions; the session's start waits for it at most
-  `start_timeout` seconds, after which the call starts without it and the history joins when it comes.
+  context as one system message after the instructions. LiveKit 1.x does not wait for `on_enter` before it
+  answers the caller's first words, so every reply (`before_reply`) waits for the history too, until
+  `start_timeout` seconds from the call's start at most: after that the call goes on without it (logged once)
+  and the history joins when it comes.
 - each user message the session commits is stored as the contact (`post_as_contact`, one text part with
   `start_timestamp`/`end_timestamp` in seconds from the start of the call when LiveKit timed the speech; a
   text-mode turn has no timing and its part none) with `context_limit`, so the same round trip answers with the
@@ -45,8 +47,8 @@ No turn waits on a write: every write (the chat, each turn, each reply, the stat
 background queue (writes.py's `WriteQueue`, as in the Pipecat integration), each with its own idempotency key
 fixed when it is queued, retried while chatdock cannot be reached or is busy (the client's 429, 502, 503 and
 504, a refused connection or a timeout among them) and given up on a 4xx, which a retry would get again. Only
-the one-round-trip context read is waited for, and only for `context_timeout` seconds; while chatdock is known
-to be unreachable, not at all.
+reads are waited for: the one-round-trip context read, for `context_timeout` seconds (while chatdock is known
+to be unreachable, not at all), and at the start of the call the history, until `start_timeout` from it.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ from chatdock.storage import Chat, ChatStatus, Context, Message, Part
 from chatdock.storage.transcript import indented
 
 from .watch import follow_changes
-from .writes import NoChat, WriteQueue, retryable
+from .writes import NoChat, WriteQueue, call_channel, retryable
 
 __all__ = ["ChatdockAgent", "ChatdockMemory"]
 
@@ -111,13 +113,15 @@ class ChatdockMemory:
     the memory. `contact_id` is the caller: a phone number, an email, any identifier chatdock links to a
     contact. Settings:
 
-    - `channel` (`"voice"`): the custom channel the call's chat is opened on.
+    - `channel` (`"voice"`): the custom channel the call's chat is opened on (a provider channel, `whatsapp`,
+      `sms`, ..., is refused with a ValueError: `post_as_contact` stores the caller's turns on custom ones only).
     - `agent_id` (None): the agent the chat and the assistant's messages are stored for.
     - `context_limit` (50): how many of the contact's latest messages (every channel) the model's context holds:
       the history at the start, and the context each user turn's write brings back (1 to 200).
     - `context_timeout` (0.5 s): how long a reply waits for its user turn's write and context; after it, the
       reply goes on with the context it has, and the write still lands.
-    - `start_timeout` (2.0 s): how long the start of the session waits for the contact's history.
+    - `start_timeout` (2.0 s): how long, from the start of the call, its first replies (and `enter`) wait for the
+      contact's history; after it, they go on without it, and it joins when it comes.
     - `flush_timeout` (10.0 s): how long the end of the call waits for the writes still queued.
     - `watch` (True): hear the contact's changes during the call, so a message from another channel reaches the
       model's context even when no user turn brings it.
@@ -143,7 +147,7 @@ class ChatdockMemory:
             raise ValueError(f"context_limit must be between 1 and 200, got {context_limit}")
         self.client = client
         self.contact_id = contact_id
-        self.channel = channel
+        self.channel = call_channel(channel)
         self.agent_id = agent_id
         self.context_limit = context_limit
         self.context_timeout = context_timeout
@@ -161,6 +165,9 @@ class ChatdockMemory:
         self._writes: WriteQueue | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._history_task: asyncio.Task[None] | None = None
+        self._history_in = asyncio.Event()  # the history is loaded, or its read is over (failed)
+        self._history_deadline = 0.0  # the loop's time start_timeout after the call's start
+        self._history_late = False  # the wait for it ran out (logged once)
         self._refresh_task: asyncio.Task[None] | None = None
         self._refresh_wanted = False
         self._finishing: asyncio.Task[None] | None = None
@@ -193,15 +200,7 @@ class ChatdockMemory:
         elif session is not self._session:
             raise RuntimeError("a ChatdockMemory serves one session; make a new one per call")
         self._agent = agent
-        if self._history_task is not None and not self._history_task.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._history_task), self.start_timeout)
-            if not self._history_task.done():
-                logger.warning(
-                    "the history of %s took longer than %.1f s; the call starts without it",
-                    self.contact_id,
-                    self.start_timeout,
-                )
+        await self._wait_for_history()
         await self._publish()
 
     async def before_reply(self, agent: Agent, chat_ctx: llm.ChatContext) -> None:
@@ -219,9 +218,29 @@ class ChatdockMemory:
             (item for item in reversed(chat_ctx.items) if isinstance(item, llm.ChatMessage) and item.role == "user"),
             None,
         )
-        if message is not None:
-            await self._wait_for_turn(agent, message.id)
+        if message is None:
+            await self._wait_for_history()
+        else:  # the history and the turn's round trip, side by side: the round trip may bring the history too
+            await asyncio.gather(self._wait_for_history(), self._wait_for_turn(agent, message.id))
         self._apply(chat_ctx)
+
+    async def _wait_for_history(self) -> None:
+        """Until the history is in (loaded by its own read or by a turn's round trip, or its read failed), for
+        what remains of `start_timeout` from the call's start: the replies at the start of the call have the
+        caller's history, and none waits for it after that."""
+        if self._history_in.is_set() or self._history_late:
+            return
+        left = self._history_deadline - asyncio.get_running_loop().time()
+        if left > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._history_in.wait(), left)
+        if not self._history_in.is_set() and not self._history_late:
+            self._history_late = True
+            logger.warning(
+                "the history of %s took longer than %.1f s (start_timeout); the call goes on without it",
+                self.contact_id,
+                self.start_timeout,
+            )
 
     async def _wait_for_turn(self, agent: Agent, message_id: str) -> None:
         stored = self._turns.get(message_id)
@@ -254,6 +273,7 @@ class ChatdockMemory:
     def _begin(self, session: AgentSession[Any]) -> None:
         self._session = session
         self.started_at = time.time()
+        self._history_deadline = asyncio.get_running_loop().time() + self.start_timeout
         self._writes = WriteQueue(self.contact_id, logger=logger, first_delay=FIRST_RETRY, max_delay=LAST_RETRY)
         session.on("conversation_item_added", self._on_item)
         session.on("error", self._on_error)
@@ -284,7 +304,10 @@ class ChatdockMemory:
             job.add_shutdown_callback(self._job_shutdown)
 
     async def _load_history(self) -> None:
-        await self._read("the history", logging.WARNING)
+        try:
+            await self._read("the history", logging.WARNING)
+        finally:  # read or not, the replies waiting for it go on
+            self._history_in.set()
 
     def _on_item(self, event: ConversationItemAddedEvent) -> None:
         item = event.item
@@ -480,6 +503,7 @@ class ChatdockMemory:
         self._known.update(message.id for message in fresh)
         if not self._history_loaded:
             self._history_loaded = True
+            self._history_in.set()
             if fresh:
                 self._history = llm.ChatMessage(
                     id=HISTORY_ITEM_ID, role="system", content=[self.format_history(fresh, context.truncated)]

@@ -62,7 +62,7 @@ from chatdock.storage import Chat, ChatStatus, Message, Part
 from chatdock.storage.transcript import indented
 
 from .watch import follow_changes
-from .writes import NoChat, WriteQueue, describe, retryable
+from .writes import NoChat, WriteQueue, call_channel, describe, retryable
 
 if TYPE_CHECKING:
     from pipecat.pipeline.worker import PipelineWorker
@@ -74,10 +74,10 @@ logger = logging.getLogger("chatdock.integrations.pipecat")
 HISTORY_PROMPT = "What this caller said and was told before this call, on every channel, oldest first:"
 OTHER_CHANNELS_PROMPT = "The caller just wrote on another channel, during this call:"
 
-# How many pages of list_messages (newest first) one look for new messages of other channels may read; a look
-# ends at the first message of the history, so this bounds only a call of hundreds of messages.
-SCAN_PAGES = 4
-SCAN_PAGE_SIZE = 50
+# How many of the contact's newest messages (every channel, the call's own among them) one look for new messages
+# of other channels reads: what it has not seen there is new, whatever time it carries (a webhook stores a message
+# with the time its provider says it was sent, which may be earlier than messages stored before it).
+SCAN_LIMIT = 50
 
 # The markers an LLM puts in front of its answer when Pipecat's turn-completion filter is on; the assistant
 # aggregator strips them from the turn it reports, and so does the end-of-call look at the context.
@@ -139,7 +139,8 @@ class ChatdockMemoryService(FrameProcessor):
     call (a pipeline run) at a time; a new StartFrame starts a new call, with a new chat.
 
     Settings:
-        channel: the custom channel the call's chat is opened on, and the bot's turns are stored on.
+        channel: the custom channel the call's chat is opened on, and the turns are stored on (a provider
+            channel, `whatsapp`, `sms`, ..., is refused with a ValueError: post_as_contact takes custom ones).
         agent_id: stored on the chat and on the bot's turns (the caller's history is read for every agent).
         context_limit: how many of the contact's last messages (1 to 200) go into the history message.
         context_max_chars: a bound on the history's text, its oldest messages dropped first (None: no bound).
@@ -197,7 +198,7 @@ class ChatdockMemoryService(FrameProcessor):
                 raise ValueError(f"{name} must be above 0, not {value}")
         self.client = client
         self.contact_id = contact_id
-        self.channel = channel
+        self.channel = call_channel(channel)
         self.agent_id = agent_id
         self.context_limit = context_limit
         self.context_max_chars = context_max_chars
@@ -238,15 +239,18 @@ class ChatdockMemoryService(FrameProcessor):
         self._history_read = asyncio.Event()
         self._history_waited = False
         self._history: str | None = None
-        self._history_ids: set[str] = set()
-        self._not_before: datetime | None = None  # when the history was refused: what is new is written after
+        # what the looks for new messages of other channels start from: the ids of the contact's newest messages
+        # seen so far (the history's, then those of the last look: at most SCAN_LIMIT), and the time at or below
+        # which a message not seen is old (left out of what was read: below the window, or a history cut
+        # short), not new; None when everything the contact had was seen
+        self._seen: set[str] = set()
+        self._floor: datetime | None = None
         # messages of other channels: change events counted, looks done, what is waiting for the context
         self._changed = asyncio.Event()
         self._caught_up = asyncio.Event()
         self._caught_up.set()
         self._changes = 0
         self._given_up_at = 0
-        self._delivered: set[str] = set()
         self._arrived: list[Message] = []
 
     @property
@@ -486,7 +490,7 @@ class ChatdockMemoryService(FrameProcessor):
     async def _read_history(self) -> None:
         """Reads the contact's transcript once, again while chatdock is unavailable. It does not wait for the
         watch: what is written after this read is found by the look that follows the watch going live (a look
-        reads down to the first message of the history)."""
+        takes what it has not seen, and the history is what it has seen)."""
         delay, attempts = self.retry_delay, 0
         while True:
             attempts += 1
@@ -501,22 +505,26 @@ class ChatdockMemoryService(FrameProcessor):
                 if not retryable(error):
                     logger.error("chatdock refused the history of %s: %s", self.contact_id, describe(error))
                     # with no history to start from, the messages written from now on are the new ones
-                    self._not_before = datetime.now(UTC)
+                    self._floor = datetime.now(UTC)
                     self._history_read.set()
                     return
                 self._unavailable(attempts, "read the history", error)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_retry_delay)
         earlier = [message for message in context.messages if self._chat is None or message.chat_id != self._chat.id]
-        self._history_ids = {message.id for message in context.messages}
-        if not context.messages and context.truncated:
+        self._seen = {message.id for message in context.messages}
+        if context.messages and (context.truncated or len(context.messages) >= self.context_limit):
+            # the contact has older messages than the history's oldest: those are not new
+            self._floor = context.messages[0].created_at
+        elif context.truncated:
             # context_max_chars left out even the newest message: the history the call starts from still ends
             # there, so what is new is what comes after it (not the contact's whole past, as "new")
             try:
                 newest = await self.client.list_messages(self.contact_id, limit=1)
-                self._history_ids = {message.id for message in newest.messages}
+                self._seen = {message.id for message in newest.messages}
+                self._floor = newest.messages[0].created_at if newest.messages else None
             except Exception:  # no message to stop at: what is new is what is written from now on
-                self._not_before = datetime.now(UTC)
+                self._floor = datetime.now(UTC)
         if earlier:
             self._history = "\n".join([self.history_prompt, *(entry(message, with_time=True) for message in earlier)])
         self._history_read.set()
@@ -570,26 +578,25 @@ class ChatdockMemoryService(FrameProcessor):
                 self._caught_up.set()
 
     async def _new_messages(self) -> list[Message]:
-        """The contact's messages written since the history was read and not this call's, oldest first: the
-        newest, a page at a time, down to the first one in the history. This call's own and those already
-        brought are passed over, not stopped at: a webhook may store a message with the time the caller sent
-        it, below a turn this call stored a moment before."""
-        found: list[Message] = []
-        cursor: str | None = None
-        for _ in range(SCAN_PAGES):
-            page = await self.client.list_messages(self.contact_id, limit=SCAN_PAGE_SIZE, cursor=cursor)
-            for message in page.messages:
-                if message.id in self._history_ids:
-                    return found[::-1]
-                if self._not_before is not None and message.created_at < self._not_before:
-                    return found[::-1]
-                if message.id in self._delivered or (self._chat is not None and message.chat_id == self._chat.id):
-                    continue
-                found.append(message)
-                self._delivered.add(message.id)
-            if page.next_cursor is None:
-                break
-            cursor = page.next_cursor
+        """The contact's messages not seen before and not this call's, oldest first: those of the contact's newest
+        SCAN_LIMIT (one read, every channel) that neither the history nor an earlier look had. Not seen is what
+        counts, not a time: a webhook may store a message with the time the caller sent it, below messages
+        stored before it (the history's newest, a turn this call stored a moment before). What the read leaves
+        out (older than the SCAN_LIMIT newest) is old; so is what a history cut short left out (`_floor`)."""
+        page = await self.client.list_messages(self.contact_id, limit=SCAN_LIMIT)
+        own = None if self._chat is None else self._chat.id
+        floor = self._floor
+        found = [
+            message
+            for message in page.messages
+            if message.id not in self._seen
+            and (own is None or message.chat_id != own)
+            and (floor is None or message.created_at > floor)
+        ]
+        # what this read saw is what the next one starts from: a message below it that a deletion brings into
+        # the next read's window is old (below the floor), not new; with all of the contact's messages read, none is
+        self._seen = {message.id for message in page.messages}
+        self._floor = page.messages[-1].created_at if page.messages and page.next_cursor is not None else None
         return found[::-1]
 
     # --- the context ---

@@ -1,6 +1,7 @@
 """The writes of one call, as both voice integrations (pipecat.py, livekit.py) make them: in one ordered queue
 that a background task empties, each with an idempotency key fixed when it is queued, retried while chatdock is
-unavailable and given up on when chatdock refuses it; and the one rule for what is worth sending again."""
+unavailable and given up on when chatdock refuses it; the one rule for what is worth sending again; and the check
+of the channel a call is kept on."""
 
 from __future__ import annotations
 
@@ -14,8 +15,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chatdock.client import ChatdockApiError
+from chatdock.storage import ChatdockError
+from chatdock.storage import validation as check
+from chatdock.storage.models import channel_kind
 
-__all__ = ["NoChat", "WriteQueue", "describe", "retryable"]
+__all__ = ["NoChat", "WriteQueue", "call_channel", "describe", "retryable"]
+
+
+def call_channel(channel: str) -> str:
+    """The channel a call's chat is opened on, checked when the integration is made: a custom channel, the only
+    kind `post_as_contact` stores the caller's turns on (chatdock's rule: the provider channels are those a
+    provider's webhook carries, `whatsapp`, `sms`, `email`, ...). Otherwise every user turn would be refused
+    later, each with a log line, and the call kept without the caller's words. ValueError says what to pass."""
+    try:
+        check.channel(channel)
+    except ChatdockError as error:
+        raise ValueError(f"{error}; pass a custom channel such as 'voice' (the default) or 'phone'") from None
+    if channel_kind(channel) == "provider":
+        raise ValueError(
+            f"channel {channel!r} is a provider channel, whose messages arrive from the provider's webhook; a "
+            "call is kept on a custom channel, the kind post_as_contact stores the caller's turns on: pass one "
+            "such as 'voice' (the default), 'phone' or 'sip'"
+        )
+    return channel
 
 
 def retryable(error: BaseException) -> bool:

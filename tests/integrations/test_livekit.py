@@ -6,8 +6,12 @@ in-process (`ChatdockClient.embedded`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
@@ -297,6 +301,127 @@ async def test_no_turn_waits_on_a_write_while_chatdock_hangs(tmp_path: Path) -> 
         ]
 
 
+@contextlib.asynccontextmanager
+async def slow_link(url: str, delay: float) -> AsyncIterator[str]:
+    """A TCP proxy on 127.0.0.1 in front of `url` whose every byte towards chatdock arrives `delay` seconds late
+    (so each request is answered about `delay` seconds after it was sent; what chatdock sends back, the change
+    events among it, is not held): chatdock as a far-away host. Yields the proxy's URL; closed at the end."""
+    upstream = urlsplit(url)
+    links: set[asyncio.Task[None]] = set()
+
+    async def late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def forward() -> None:
+            while True:
+                due, data = await chunks.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not data:
+                    writer.write_eof()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        loop = asyncio.get_running_loop()
+        sending = asyncio.create_task(forward())
+        try:
+            while data := await reader.read(65536):
+                chunks.put_nowait((loop.time() + delay, data))
+            chunks.put_nowait((loop.time() + delay, b""))
+            await sending
+        finally:
+            sending.cancel()
+
+    async def at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+
+    async def link(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        links.add(task)
+        try:
+            server_reader, server_writer = await asyncio.open_connection(upstream.hostname, upstream.port)
+            try:
+                await asyncio.gather(late(client_reader, server_writer), at_once(server_reader, client_writer))
+            finally:
+                server_writer.close()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            client_writer.close()
+            links.discard(task)
+
+    proxy = await asyncio.start_server(link, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proxy.close()
+        for task in list(links):
+            task.cancel()
+        await asyncio.gather(*links, return_exceptions=True)
+        await proxy.wait_closed()
+
+
+@pytest.mark.process
+async def test_the_first_reply_waits_for_the_history_within_start_timeout(tmp_path: Path) -> None:
+    """chatdock answers each request in about 1 s (a proxy holds what is sent to it), well within start_timeout,
+    and the caller speaks as soon as the session starts: LiveKit does not wait for `on_enter` before replying,
+    and the turn's own round trip takes longer than context_timeout; the first reply waits for the history
+    all the same, and the model's first request has it."""
+    async with chatdock("http", str(tmp_path / "chatdock.db")) as dock:
+        await dock.client.append_message(CALLER, "whatsapp", "user", "My parcel 4471 is late.")
+        assert dock.url is not None and dock.key is not None
+        async with slow_link(dock.url, 1.0) as url, ChatdockClient(url, api_key=dock.key) as client:
+            memory = ChatdockMemory(client, CALLER, start_timeout=5.0, context_timeout=0.5)
+            model = ScriptedLLM("Hello Dana, about parcel 4471.")
+            async with asyncio.timeout(30):
+                await call(memory, model, "Hello.")
+        chat = await only_chat(dock.client)
+        stored = await messages_of(dock.client, chat)
+
+    first = said(model.requests[0])
+    assert [role for role, _ in first] == ["system", "system", "user"]
+    (_, instructions), (_, history), (_, turn) = first
+    assert (instructions, turn) == (INSTRUCTIONS, "Hello.")
+    assert history.startswith("Earlier messages with this caller, on every channel")
+    assert history.endswith(", whatsapp] USER: My parcel 4471 is late.")
+    assert chat.status == "COMPLETED"
+    assert turns_of(stored) == [
+        ("user", "Hello."),
+        ("assistant", "Hello Dana, about parcel 4471."),
+    ]
+
+
+@pytest.mark.process
+async def test_a_history_later_than_start_timeout_is_logged_and_joins_a_later_reply(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same slow chatdock, with a start_timeout shorter than its answer: the first reply goes on without the
+    history (logged), and the history is in the context of the next."""
+    async with chatdock("http", str(tmp_path / "chatdock.db")) as dock:
+        await dock.client.append_message(CALLER, "whatsapp", "user", "My parcel 4471 is late.")
+        assert dock.url is not None and dock.key is not None
+        async with slow_link(dock.url, 1.0) as url, ChatdockClient(url, api_key=dock.key) as client:
+            memory = ChatdockMemory(client, CALLER, start_timeout=0.2, context_timeout=0.1)
+            model = ScriptedLLM("Hello, Acme Parcels.", "Yes, parcel 4471.")
+            with caplog.at_level(logging.WARNING, logger="chatdock.integrations.livekit"):
+                async with asyncio.timeout(30), memory, AgentSession(llm=model) as session:
+                    agent = ChatdockAgent(memory, instructions=INSTRUCTIONS)
+                    await session.start(agent)
+                    await session.run(user_input="Hello.")
+                    await until(lambda: agent.chat_ctx.get_by_id(HISTORY_ITEM_ID) is not None, "the history")
+                    await session.run(user_input="Did you see my message?")
+
+    assert said(model.requests[0]) == [("system", INSTRUCTIONS), ("user", "Hello.")]
+    assert said(model.requests[1])[1][1].endswith(", whatsapp] USER: My parcel 4471 is late.")
+    late = [record.getMessage() for record in caplog.records if "the history of" in record.getMessage()]
+    assert late == [f"the history of {CALLER} took longer than 0.2 s (start_timeout); the call goes on without it"]
+
+
 async def test_an_error_during_the_call_marks_its_chat_failed(tmp_path: Path) -> None:
     """The model fails on the second turn (an error the session goes on after): the call is FAILED, and what
     was said is kept, the unanswered turn too."""
@@ -339,6 +464,26 @@ async def test_a_call_whose_task_is_cancelled_is_marked_canceled(tmp_path: Path)
         chat = await only_chat(client)
         assert chat.status == "CANCELED"
         assert turns_of(await messages_of(client, chat)) == [("user", "Hi."), ("assistant", "Hello.")]
+
+
+async def test_a_provider_channel_is_refused_when_the_memory_is_made_with_what_to_pass(tmp_path: Path) -> None:
+    """post_as_contact stores a caller's turns on custom channels only: on `whatsapp`, every turn of the call would
+    be refused later, one log line each. The memory is not made, and the error says what to pass."""
+    async with ChatdockClient.embedded(db=str(tmp_path / "chatdock.db")) as client:
+        for channel in ("whatsapp", "sms", "email"):
+            with pytest.raises(ValueError, match=f"channel '{channel}' is a provider channel") as refused:
+                ChatdockMemory(client, CALLER, channel=channel)
+            assert "pass one such as 'voice' (the default)" in str(refused.value)
+        with pytest.raises(ValueError, match="channel must be a lower-case name"):
+            ChatdockMemory(client, CALLER, channel="Phone Call")
+        # a custom channel of its own: the call is kept on it
+        await call(ChatdockMemory(client, CALLER, channel="phone"), ScriptedLLM("Hello."), "Hi.")
+        chat = await only_chat(client)
+        assert [(channel.name, channel.kind) for channel in chat.channels] == [("phone", "custom")]
+        assert [(m.channel, m.content) for m in await messages_of(client, chat)] == [
+            ("phone", "Hi."),
+            ("phone", "Hello."),
+        ]
 
 
 @pytest.mark.process

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import warnings
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +283,64 @@ async def test_a_whatsapp_message_during_the_call_reaches_the_llm_before_the_nex
     ]
 
 
+async def test_a_message_stored_with_its_earlier_provider_time_during_the_call_reaches_the_llm(
+    client: ChatdockClient,
+) -> None:
+    """A webhook stores a WhatsApp message with the time the provider says it was sent (examples/webhook_ingest.py
+    does), minutes before the newest message of the history the call started with: it is news all the same, and
+    the next run has it beside an SMS stored at the moment it arrived."""
+    now = datetime.now(UTC)
+    await client.append_message(CALLER, "email", "user", "About my order 4471.", created_at=now - timedelta(minutes=5))
+    llm = ScriptedLLM(["Hello.", "I see both."])
+    memory = memory_for(client)
+    told = news_of(memory)
+    async with Call(memory, llm) as call:
+        await call.greet()
+        await client.append_message(CALLER, "whatsapp", "user", "LATE WHATSAPP", created_at=now - timedelta(minutes=10))
+        await client.append_message(CALLER, "sms", "user", "FRESH SMS")
+        # the looks are done once the SMS is told: any look that found it found the WhatsApp message, stored first
+        heard: list[str] = []
+        while "FRESH SMS" not in heard:
+            heard += [message.content for message in await asyncio.wait_for(told.get(), BOUND)]
+        assert await call.say("Did you get my messages?") == "I see both."
+        await call.end()
+    while not told.empty():
+        heard += [message.content for message in told.get_nowait()]
+
+    # the run that answered the caller's turn had both, oldest first, just before the turn
+    note = f"{OTHER_CHANNELS_PROMPT}\nUSER (whatsapp): LATE WHATSAPP\nUSER (sms): FRESH SMS"
+    assert llm.received[1][-2:] == [
+        {"role": "system", "content": note},
+        {"role": "user", "content": "Did you get my messages?"},
+    ]
+    # the email was history (in the first run already), not news; and each message was told once
+    assert system_texts(llm.received[0])[1].endswith("USER (email): About my order 4471.")
+    assert sorted(heard) == ["FRESH SMS", "LATE WHATSAPP"]
+
+
+async def test_messages_older_than_a_history_cut_by_context_limit_are_not_told_as_news(
+    embedded: ChatdockClient,
+) -> None:
+    for index in range(6):
+        await embedded.append_message(CALLER, "sms", "user", f"old message {index}")
+    llm = ScriptedLLM(["Hello.", "Sure."])
+    memory = memory_for(embedded, context_limit=2)
+    told = news_of(memory)
+    async with Call(memory, llm) as call:
+        await call.greet()
+        await embedded.append_message(CALLER, "whatsapp", "user", "sent during the call")
+        first = await asyncio.wait_for(told.get(), BOUND)
+        assert await call.say("Hi.") == "Sure."
+        await call.end()
+    assert [message.content for message in first] == ["sent during the call"] and told.empty()
+    history = system_texts(llm.received[1])[1].splitlines()
+    assert [line.split("UTC] ", 1)[1] for line in history[1:]] == [
+        "USER (sms): old message 4",
+        "USER (sms): old message 5",
+    ]
+    assert system_texts(llm.received[1])[2] == f"{OTHER_CHANNELS_PROMPT}\nUSER (whatsapp): sent during the call"
+
+
 async def test_a_history_over_context_max_chars_is_left_out_not_told_as_news(embedded: ChatdockClient) -> None:
     """The caller's newest message alone is longer than context_max_chars: the history is empty, and the older
     messages are not what "the caller just wrote on another channel" is made of."""
@@ -487,6 +546,18 @@ def test_settings_out_of_bounds_are_refused_when_the_service_is_made(embedded: C
         ChatdockMemoryService(client=embedded, contact_id=CALLER, context_limit=500)
     with pytest.raises(ValueError, match="read_timeout must be above 0"):
         ChatdockMemoryService(client=embedded, contact_id=CALLER, read_timeout=0)
+
+
+def test_a_provider_channel_is_refused_when_the_service_is_made_with_what_to_pass(embedded: ChatdockClient) -> None:
+    """post_as_contact stores a caller's turns on custom channels only: on `whatsapp`, every turn of the call would
+    be refused later, one log line each. The service is not made, and the error says what to pass."""
+    for channel in ("whatsapp", "sms", "email"):
+        with pytest.raises(ValueError, match=f"channel '{channel}' is a provider channel") as refused:
+            ChatdockMemoryService(client=embedded, contact_id=CALLER, channel=channel)
+        assert "pass one such as 'voice' (the default)" in str(refused.value)
+    with pytest.raises(ValueError, match="channel must be a lower-case name"):
+        ChatdockMemoryService(client=embedded, contact_id=CALLER, channel="Phone Call")
+    assert ChatdockMemoryService(client=embedded, contact_id=CALLER, channel="phone").channel == "phone"
 
 
 @pytest.mark.process
