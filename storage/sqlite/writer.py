@@ -281,20 +281,29 @@ class Writer:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[tuple[bool, Any]]:
+        """The batch in one transaction, retried while another process holds the write lock: for
+        `BUSY_TIMEOUT_MS` in all (each try waits only what is left of it), then the lock's error."""
         delay = 0.005
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
         for attempt in range(BUSY_RETRIES + 1):
+            left = deadline - time.monotonic()
+            if attempt:
+                conn.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
             try:
                 return self._transaction(conn, batch)
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                if is_busy(exc) and attempt < BUSY_RETRIES:
+                if is_busy(exc) and attempt < BUSY_RETRIES and deadline - time.monotonic() > delay:
                     logger.debug("write lock busy, retrying batch of %d (attempt %d)", len(batch), attempt + 1)
                     time.sleep(delay)
                     delay = min(delay * 2, 0.5)
                     continue
                 logger.error("write batch of %d failed: %s", len(batch), exc)
                 return [(False, exc)] * len(batch)
+            finally:
+                if attempt:
+                    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         raise AssertionError("unreachable")
 
     def _transaction(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[tuple[bool, Any]]:

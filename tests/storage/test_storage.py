@@ -21,6 +21,7 @@ from chatdock.storage import (
     NotFound,
     Part,
     Store,
+    Unavailable,
     open_store,
 )
 from chatdock.storage.changes import Change
@@ -28,7 +29,7 @@ from chatdock.storage.models import NewAlias, NewChannel, NewChat
 from chatdock.storage.postgres import PostgresBackend
 from chatdock.storage.postgres import schema as postgres_schema
 from chatdock.storage.postgres.schema import MIGRATIONS as POSTGRES_MIGRATIONS
-from chatdock.storage.sqlite import SQLiteBackend
+from chatdock.storage.sqlite import SQLiteBackend, writer
 from chatdock.storage.sqlite import schema as sqlite_schema
 from chatdock.storage.sqlite.schema import MIGRATIONS
 from tests.storage.raw import run_sql
@@ -644,3 +645,25 @@ async def test_a_feed_that_never_comes_up_delays_the_start_by_its_bound_and_says
     async with store.following(lambda change: None, lambda: True, wait=5):  # in place: the process serves
         await asyncio.sleep(0.2)
         assert "the change feed of other processes stopped: the connection went away for good" in caplog.text
+
+
+async def test_a_write_waits_for_another_processs_lock_a_bounded_time_in_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write lock held elsewhere (a `sqlite3` shell left in a transaction) is waited for `BUSY_TIMEOUT_MS` in
+    all, not once per retry (an append waited more than a minute), then refused as the lock it is."""
+    monkeypatch.setattr(writer, "BUSY_TIMEOUT_MS", 300)
+    path = tmp_path / "locked.db"
+    async with open_store(str(path)) as store:
+        await store.append_message("acme", msg(content="before"))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with anyio.fail_after(3):  # 21 tries of 300 ms took more than 6 s
+                with pytest.raises(Unavailable, match="stayed locked by another process; try again"):
+                    await store.append_message("acme", msg(content="while locked"))
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await store.append_message("acme", msg(content="after"))  # the lock gone, writes work at once
+        assert [m.content for m in (await store.get_context("acme", "+31612345678")).messages] == ["before", "after"]
