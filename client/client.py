@@ -8,7 +8,9 @@ per call, so its own retries are safe.
 HTTP goes through httpx2, the HTTP client the MCP SDK already installs: one pool of keep-alive connections
 per client (a voice turn does not pay a TCP handshake), per-phase timeouts, streaming for the event stream,
 HTTP/2 when given an `httpx2.AsyncClient(http2=True)` in front of a TLS proxy that speaks it (chatdock's own
-server, uvicorn, speaks HTTP/1.1, where the pool does the keeping alive).
+server, uvicorn, speaks HTTP/1.1, where the pool does the keeping alive). A client given as `http_client=` is
+never changed nor closed: each request carries its full URL, its key and its timeout, so clients of several
+organizations may share one.
 
 What is retried, and when: a request that never left (the connection could not be made) always; one that
 left and got no answer, or got 502/503/504, only when repeating it is harmless: reads, `update_chat`, and
@@ -19,6 +21,7 @@ out is not repeated: its second answer would be a misleading 404.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import uuid
@@ -47,8 +50,9 @@ from chatdock.storage import (
 )
 from chatdock.storage import validation as check
 from chatdock.storage.models import ChatWithMessages, LinkResult, SearchPage
+from chatdock.storage.search import parse_query
 
-from .errors import NOT_OPEN, UNAVAILABLE, ChatdockApiError
+from .errors import CLOSED, NOT_OPEN, UNAVAILABLE, ChatdockApiError
 
 if TYPE_CHECKING:
     from .embedded import InProcess
@@ -63,6 +67,10 @@ EVENT_STREAM_SILENCE = 45.0
 # failures before a request left: retried whatever the request, and said to have sent nothing
 NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout, httpx2.LocalProtocolError)
 VISIBLE = re.compile(check.IDEMPOTENCY_KEY_PATTERN)  # visible ASCII: what a key, as an Idempotency-Key, is made of
+# Encoded, no id or query chatdock accepts is longer (1,000 characters of a query at 12 each, as %F0%9F%98%80); a
+# longer one is checked by the store's own rule before it is sent (httpx2 cannot send a URL part over 64 KiB)
+URL_ROOM = 16_384
+INVALID = "Invalid arguments"
 
 
 @dataclass(frozen=True)
@@ -87,26 +95,28 @@ class ChatdockClient:
         retries: int = DEFAULT_RETRIES,
         http_client: httpx2.AsyncClient | None = None,
     ) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"url must be chatdock's address starting with http:// or https://, got {url!r}")
+        self.url = _base_url(url)
         if api_key and not VISIBLE.fullmatch(api_key):  # a header cannot carry it (a key read with its newline)
             raise ValueError(
                 "api_key must be the key as `chatdock keys create` printed it, without spaces or a line break "
                 "(strip what is read from a file)"
             )
-        self.url = url.rstrip("/")
         self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         self.retries = retries
-        # an idle connection is let go before chatdock closes it (after 5 s), so no request is sent on a connection
-        # the server is closing at that moment (a write would then need its idempotent retry); a client of the
-        # caller's own keeps its settings, but for `timeout` when one is given
-        limits = httpx2.Limits(keepalive_expiry=4.0)
-        self._http = http_client or httpx2.AsyncClient(timeout=self.timeout, limits=limits)
-        if http_client is not None and timeout is not None:
-            self._http.timeout = httpx2.Timeout(timeout)
-        self._http.base_url = httpx2.URL(self.url)
-        self._http.headers["Authorization"] = f"Bearer {api_key}"
+        # sent with each request, never set on the HTTP client: a client of the caller's may be shared
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # a client of the caller's own keeps its timeouts (None), unless `timeout` is given
+        self._timeout = None if http_client is not None and timeout is None else httpx2.Timeout(self.timeout)
+        self._own = http_client is None  # only a client it made is closed by `aclose()`
+        self._http = http_client or self._new_http()
+        self._closed = False
+        self._streams: set[_EventStream] = set()
         self._in_process: InProcess | None = None
+
+    def _new_http(self) -> httpx2.AsyncClient:
+        # an idle connection is let go before chatdock closes it (after 5 s), so no request is sent on a connection
+        # the server is closing at that moment (a write would then need its idempotent retry)
+        return httpx2.AsyncClient(timeout=self.timeout, limits=httpx2.Limits(keepalive_expiry=4.0))
 
     @classmethod
     def embedded(cls, db: str, *, org: str = "default") -> ChatdockClient:
@@ -120,16 +130,29 @@ class ChatdockClient:
         return client
 
     async def __aenter__(self) -> ChatdockClient:
+        """Open the client (again, after `aclose()`): the embedded one opens its store here, which raises
+        `ChatdockApiError` (503) when the store cannot be opened."""
         if self._in_process is not None:
-            self._http = await self._in_process.open()
-            self._http.base_url = httpx2.URL(self.url)
+            http = await self._in_process.open()
+            await self._http.aclose()  # the one it made before, unused
+            self._http = http
+        elif self._own and self._http.is_closed:
+            self._http = self._new_http()
+        self._closed = False
         return self
 
     async def __aexit__(self, *_: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        """End the client's watches and close what it opened: its connections (not those of an `http_client`
+        given to it, which stays open for its owner), the embedded store. Calls then raise `ChatdockApiError`
+        (503) until the client is entered again."""
+        self._closed = True
+        for stream in list(self._streams):
+            await stream.close()
+        if self._own:
+            await self._http.aclose()
         if self._in_process is not None:
             await self._in_process.close()
 
@@ -179,7 +202,7 @@ class ChatdockClient:
         """Post into a chat as the contact (role user); with `context_limit`, `.context` as for an append. The
         parts: `Part`s, or mappings of their fields as the tool takes them (`{"type": "text", "text": ...}`)."""
         body = _present(
-            message=[part.model_dump(mode="json") if isinstance(part, Part) else dict(part) for part in message],
+            message=_parts(message),
             channel_id=channel_id,
             context_limit=context_limit,
         )
@@ -277,7 +300,8 @@ class ChatdockClient:
         """`async with client.watch(contact_id) as changes: async for change in changes: ...`: listening from
         the moment the `async with` is entered (so nothing written after it is missed) until it is left. Over
         HTTP, a dropped stream is reconnected and followed by a `Changed`, since something may have been
-        missed meanwhile; entering raises `ChatdockApiError` when chatdock cannot be reached."""
+        missed meanwhile; entering raises `ChatdockApiError` when chatdock cannot be reached or does not answer
+        within `timeout`."""
         if self._in_process is not None:
             return self._in_process.watch(contact_id)
         return self._watch_http(contact_id)
@@ -285,10 +309,14 @@ class ChatdockClient:
     @asynccontextmanager
     async def _watch_http(self, contact_id: str) -> AsyncIterator[AsyncIterator[Changed]]:
         stream = _EventStream(self, f"/contacts/{_segment(contact_id)}/events", contact_id)
-        await stream.connect()
+        self._streams.add(stream)  # for `aclose()` to end it
         try:
+            await stream.connect()
+            if self._closed:  # while it connected
+                await stream.close()
             yield stream.changes()
         finally:
+            self._streams.discard(stream)
             await stream.close()
 
     # --- the one way a request is made ---
@@ -320,21 +348,45 @@ class ChatdockClient:
     ) -> httpx2.Response:
         if self._in_process is not None and not self._in_process.is_open:
             raise ChatdockApiError(503, UNAVAILABLE, NOT_OPEN)
+        if self._closed:
+            raise ChatdockApiError(503, UNAVAILABLE, CLOSED)
         if key is not None:
             _checked(check.idempotency_key, key)
-        headers = {"Idempotency-Key": str(uuid.uuid4()) if key is None else key} if method == "POST" else {}
+        headers = dict(self._auth)
+        made = None  # a key of the client's own, which the caller has not seen
+        if method == "POST":
+            if key is None:
+                key = made = str(uuid.uuid4())
+            headers["Idempotency-Key"] = key
+        content = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            content = _json(body)
+        url = self.url + path + _query(params)
         harmless = method in ("GET", "PATCH", "POST")  # a POST carries its Idempotency-Key
         attempt = 0
         while True:
             try:
-                response = await self._http.request(method, path, params=params, json=body, headers=headers)
+                request = self._http.build_request(
+                    method, url, content=content, headers=headers, timeout=self._timeout_of()
+                )
+            except httpx2.InvalidURL as exc:  # longer than a URL may be, though no one part was too long
+                raise ChatdockApiError(422, INVALID, f"the arguments are too long to send in a URL ({exc})") from None
+            try:
+                response = await self._http.send(request)
             except httpx2.TransportError as exc:
                 sent = not isinstance(exc, NOT_SENT)
                 if attempt < self.retries and (harmless or not sent):
                     await asyncio.sleep(_backoff(attempt))
                     attempt += 1
                     continue
-                raise ChatdockApiError(503, UNAVAILABLE, self._unreached(exc, sent, headers)) from exc
+                raise ChatdockApiError(503, UNAVAILABLE, self._unreached(exc, sent, method, made)) from exc
+            except httpx2.RequestError as exc:  # an answer that could not be read (a body in a broken encoding)
+                raise ChatdockApiError(
+                    502, "Bad Gateway", f"{self.url} answered {method} {path} unreadably ({_detail(exc)})"
+                ) from exc
+            except RuntimeError as exc:  # closed under the client: the `http_client` given, by its owner
+                raise _closed_under(self._http, exc) from None
             if attempt < self.retries and (
                 response.status_code == 429 or (response.status_code in (502, 503, 504) and harmless)
             ):
@@ -343,16 +395,27 @@ class ChatdockClient:
                 continue
             if response.is_success:
                 return response
-            raise refusal(response)
+            refused = refusal(response)
+            if made is not None and refused.status >= 500:  # the server may say a retry with the key is safe
+                raise ChatdockApiError(refused.status, refused.error, f"{refused.message} ({_made_key(made)})")
+            raise refused
 
-    def _unreached(self, exc: Exception, sent: bool, headers: dict[str, str]) -> str:
-        what = f"chatdock at {self.url} {'did not answer' if sent else 'could not be reached'} "
-        what += f"({type(exc).__name__}: {exc or 'no detail'})"
+    def _timeout_of(self) -> httpx2.Timeout:
+        """Each request's timeouts: `timeout`'s, or those of the caller's own client when none was given."""
+        return self._http.timeout if self._timeout is None else self._timeout
+
+    def _unreached(self, exc: Exception, sent: bool, method: str, made: str | None = None) -> str:
+        """Why a request got no answer, and whether it may have been carried out (`made`: the Idempotency-Key
+        the client made for a write, which the caller needs to repeat it)."""
         if not sent:
-            return what + "; nothing was sent"
-        if "Idempotency-Key" in headers:
-            return what + "; the request may have been carried out: repeating it with the same idempotency_key is safe"
-        return what + "; the request may have been carried out"
+            return f"chatdock at {self.url} could not be reached ({_detail(exc)}); nothing was sent"
+        what = f"chatdock at {self.url} did not answer ({_detail(exc)}): the request was sent and no answer came"
+        if method == "GET":
+            return what
+        if method == "POST":
+            what += "; it may have been carried out: repeating it with the same idempotency_key is safe"
+            return what if made is None else f"{what} ({_made_key(made)})"
+        return what + "; it may have been carried out"
 
 
 class _EventStream:
@@ -366,25 +429,53 @@ class _EventStream:
         self._events: AsyncIterator[httpx2.ServerSentEvent] | None = None
 
     async def connect(self) -> None:
-        """Open the stream and wait for its `ready` event: from then on every change is told."""
-        http = self.client._http
-        timeout = httpx2.Timeout(self.client.timeout, read=EVENT_STREAM_SILENCE)
-        request = http.build_request("GET", self.path, timeout=timeout)
+        """Open the stream and wait for its `ready` event: from then on every change is told. The answer's
+        headers, then `ready`, must each come within the client's `timeout` (of the request written, of the
+        headers); only from then on may the stream be silent for longer (EVENT_STREAM_SILENCE)."""
+        client = self.client
+        if client._closed:
+            raise ChatdockApiError(503, UNAVAILABLE, CLOSED)
+        bounds = client._timeout_of()
+        wait = bounds.read or client.timeout
+        # A read timeout holds for every read of a stream, so the network's is the silence bound; the answer is
+        # awaited under a deadline set when the request has been written (httpx2's `trace` extension says when).
+        timeout = httpx2.Timeout(
+            connect=bounds.connect, read=max(wait, EVENT_STREAM_SILENCE), write=bounds.write, pool=bounds.pool
+        )
+        loop = asyncio.get_running_loop()
         try:
-            response = await http.send(request, stream=True)
-        except httpx2.TransportError as exc:
-            raise ChatdockApiError(503, UNAVAILABLE, self.client._unreached(exc, False, {})) from exc
-        if response.status_code != 200:
-            await response.aread()
-            await response.aclose()
-            raise refusal(response)
-        self._response = response
-        self._events = httpx2.EventSource(response).__aiter__()
-        try:
-            first = await anext(self._events)
-        except (httpx2.TransportError, StopAsyncIteration) as exc:
+            async with asyncio.timeout(None) as deadline:
+
+                async def trace(event: str, _: Mapping[str, Any]) -> None:
+                    if event.endswith(".receive_response_headers.started"):
+                        deadline.reschedule(loop.time() + wait)
+
+                request = client._http.build_request(
+                    "GET", client.url + self.path, headers=client._auth, timeout=timeout, extensions={"trace": trace}
+                )
+                response = await client._http.send(request, stream=True)
+                if response.status_code != 200:
+                    await response.aread()
+                    await response.aclose()
+                    raise refusal(response)
+                self._response = response
+                self._events = httpx2.EventSource(response).__aiter__()
+                deadline.reschedule(loop.time() + wait)
+                first = await anext(self._events)
+        except TimeoutError:
             await self.close()
-            raise ChatdockApiError(503, UNAVAILABLE, f"chatdock at {self.client.url} closed the event stream") from exc
+            late = TimeoutError(f"no answer within {wait:g} s")
+            raise ChatdockApiError(503, UNAVAILABLE, client._unreached(late, True, "GET")) from None
+        except httpx2.TransportError as exc:
+            await self.close()
+            sent = not isinstance(exc, NOT_SENT)
+            raise ChatdockApiError(503, UNAVAILABLE, client._unreached(exc, sent, "GET")) from exc
+        except StopAsyncIteration:
+            await self.close()
+            raise ChatdockApiError(503, UNAVAILABLE, f"chatdock at {client.url} closed the event stream") from None
+        except RuntimeError as exc:
+            await self.close()
+            raise _closed_under(client._http, exc) from None
         if first.event != "ready":
             await self.close()
             raise ChatdockApiError(502, "Bad gateway", f"expected the event stream's `ready`, got {first.event!r}")
@@ -392,29 +483,29 @@ class _EventStream:
     async def changes(self) -> AsyncIterator[Changed]:
         while True:
             try:
-                assert self._events is not None
-                async for event in self._events:
+                async for event in self._events or _nothing():  # none: closed by `aclose()` as it connected
                     if event.event == "changed":
                         yield Changed(self.contact_id)
-            except httpx2.TransportError:
-                pass  # dropped: reconnect below
+            except (httpx2.TransportError, httpx2.StreamClosed):
+                pass  # dropped, or closed by `aclose()`: reconnect below, unless the client is closed
             await self.close()
-            if self.client._http.is_closed:  # the client was closed: its watches end with it
+            if self.client._closed or not await self._reconnect():  # closing the client ends its watches
                 return
-            await self._reconnect()
             yield Changed(self.contact_id)  # whatever happened while it was away
 
-    async def _reconnect(self) -> None:
+    async def _reconnect(self) -> bool:
+        """Connected again (True), or the client was closed meanwhile (False)."""
         attempt = 0
-        while True:
+        while not self.client._closed:
             try:
                 await self.connect()
-                return
+                return True
             except ChatdockApiError as exc:
                 if not exc.retryable:
                     raise
             await asyncio.sleep(_backoff(attempt))
             attempt = min(attempt + 1, 5)
+        return False
 
     async def close(self) -> None:
         response, self._response, self._events = self._response, None, None
@@ -436,7 +527,116 @@ def _checked(rule: Callable[[Any], object], value: Any) -> None:
     try:
         rule(value)
     except InvalidInput as exc:
-        raise ChatdockApiError(422, "Invalid arguments", exc.message) from None
+        raise ChatdockApiError(422, INVALID, exc.message) from None
+
+
+def _base_url(url: str) -> str:
+    """chatdock's address as given, without a trailing slash (its scheme in lower case); ValueError when no
+    request could be made to it."""
+    scheme, colon, rest = url.partition(":")
+    if not colon or scheme.lower() not in ("http", "https") or not rest.startswith("//"):
+        raise ValueError(f"url must be chatdock's address starting with http:// or https://, got {url!r}")
+    try:
+        parsed = httpx2.URL(url)
+    except httpx2.InvalidURL as exc:
+        raise ValueError(f"url must be chatdock's address, like http://127.0.0.1:8765; {url!r} is not: {exc}") from None
+    if not parsed.host:
+        raise ValueError(f"url must name chatdock's host, like http://127.0.0.1:8765, got {url!r}")
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise ValueError(f"url's port must be 1 to 65535, got {parsed.port} in {url!r}")
+    if "?" in url or "#" in url:
+        raise ValueError(f"url must be chatdock's base address, without a ?query or #fragment, got {url!r}")
+    return f"{scheme.lower()}:{rest}".rstrip("/")
+
+
+def _json(body: dict[str, Any]) -> bytes:
+    """A request's body. What JSON cannot carry (a NaN, a datetime in a part) is refused, never sent; half a
+    character (a lone surrogate, which UTF-8 cannot carry) is sent as JSON's escape of it, so that chatdock
+    refuses it in its own words (for which field, at which position)."""
+    try:
+        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ChatdockApiError(422, INVALID, f"the arguments must be plain JSON values: {exc}") from None
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _parts(message: object) -> object:
+    """`post_as_contact`'s parts as JSON; what is not a list of parts is sent as it is, for chatdock to refuse
+    in its words (`message: input should be a valid list`)."""
+    if isinstance(message, str | bytes) or not isinstance(message, Sequence):
+        return message
+    return [
+        part.model_dump(mode="json") if isinstance(part, Part) else dict(part) if isinstance(part, Mapping) else part
+        for part in message
+    ]
+
+
+# The store's rule for each argument a URL carries (the server applies the same to what it receives)
+_URL_RULES: dict[str, Callable[[str], object]] = {
+    "contact_id": check.contact_id,
+    "identifier": lambda value: check.identifier(value, "identifier"),
+    "agent_id": lambda value: check.identifier(value, "agent_id"),
+    "chat_id": lambda value: check.uuid_text(value, "chat_id"),
+    "message_id": lambda value: check.uuid_text(value, "message_id"),
+    "q": parse_query,
+    "channel": check.channel,
+    "role": check.role,
+    "roles": lambda value: check.roles(value.split(",")),
+    "channels": lambda value: check.channels(value.split(",")),
+}
+
+
+def _url_part(name: str, value: str) -> str:
+    """`value`, percent-encoded for a URL. One a URL cannot carry is refused as chatdock would refuse it: half a
+    character (a lone surrogate, which has no UTF-8 form) in the store's words, one too long by the store's rule
+    for it (an id longer than 256 characters...)."""
+    try:
+        encoded = quote(value, safe="")
+    except UnicodeEncodeError:
+        _checked(lambda text: check.whole_characters(text, "query" if name == "q" else name), value)
+        raise
+    if len(encoded) > URL_ROOM:
+        _checked(_URL_RULES.get(name, _refuse_long(name)), value)
+    return encoded
+
+
+def _refuse_long(name: str) -> Callable[[str], object]:
+    def rule(value: str) -> object:
+        raise InvalidInput(f"{name} is not valid ({len(value)} characters); pass it exactly as chatdock returned it")
+
+    return rule
+
+
+def _query(params: dict[str, Any] | None) -> str:
+    """A request's query string (`?a=1&b=2`), each argument encoded by `_url_part`."""
+    if not params:
+        return ""
+    return "?" + "&".join(f"{name}={_url_part(name, str(value))}" for name, value in params.items())
+
+
+def _closed_under(http: httpx2.AsyncClient, exc: RuntimeError) -> ChatdockApiError:
+    """httpx2's RuntimeError for a closed client (an `http_client` given, closed by its owner) as the client's
+    one exception; any other RuntimeError is a bug, raised as it is."""
+    if not http.is_closed:
+        raise exc
+    return ChatdockApiError(503, UNAVAILABLE, f"the http_client given to the client is closed ({exc})")
+
+
+async def _nothing() -> AsyncIterator[httpx2.ServerSentEvent]:
+    return
+    yield
+
+
+def _detail(exc: BaseException) -> str:
+    """An exception in a message: its kind and its words, if it has any (a ReadTimeout has none)."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _made_key(key: str) -> str:
+    return f"the client made this write's key: pass idempotency_key={key!r}, or pass a key of your own to each write"
 
 
 def _present(**fields: Any) -> dict[str, Any]:
@@ -449,10 +649,10 @@ def _segment(value: str, name: str = "contact_id") -> str:
     '.' and '..' too (a URL's dot segments, which the HTTP client would resolve away); an empty one, which no
     path can carry, refused as the tool refuses it."""
     if not value:
-        raise ChatdockApiError(422, "Invalid arguments", f"{name} must not be empty")
+        raise ChatdockApiError(422, INVALID, f"{name} must not be empty")
     if value in (".", ".."):
         return value.replace(".", "%2E")
-    return quote(value, safe="")
+    return _url_part(name, value)
 
 
 def _backoff(attempt: int) -> float:

@@ -42,6 +42,14 @@ class InProcess:
         return self._stack is not None
 
     async def open(self) -> httpx2.AsyncClient:
+        """The in-process client of the store's REST routes; `ChatdockApiError` (503 when the database cannot be
+        opened or reached) in the server's words when the store cannot be opened."""
+        try:
+            return await self._open()
+        except ChatdockError as exc:
+            raise ChatdockApiError(*status_of(exc), str(exc)) from None
+
+    async def _open(self) -> httpx2.AsyncClient:
         async with AsyncExitStack() as stack:
             store = await stack.enter_async_context(self.settings.open_store())
             events = Events(self.settings.max_listens)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 UNAVAILABLE = "Service unavailable"
 NOT_OPEN = "the embedded client is not open: use `async with ChatdockClient.embedded(db=...) as client:`"
+CLOSED = "the client is closed (`aclose()`, or the end of its `async with`): enter it again with `async with client:`"
 
 
 class ChatdockApiError(Exception):
