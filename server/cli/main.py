@@ -16,7 +16,7 @@ import anyio
 
 from chatdock.server.ops import logs
 from chatdock.server.settings import Settings
-from chatdock.storage import ChatdockError, InvalidInput, check_store, is_postgres
+from chatdock.storage import ChatdockError, InvalidInput, Store, check_store, is_postgres
 from chatdock.storage import validation as check
 
 logger = logging.getLogger("chatdock")
@@ -429,6 +429,15 @@ async def _serve_stdio(settings: Settings) -> None:
         await build_server(settings, store).run_stdio_async()
 
 
+async def _records(store: Store, contact: str) -> int | None:
+    """How many lines an export of `contact` (in any organization) writes; None when a damaged file cannot
+    count them (the export still saves what it can read)."""
+    try:
+        return await store.count_records(None, contact)
+    except ChatdockError:
+        return None
+
+
 async def _export(args: argparse.Namespace) -> int:
     from chatdock.server.history.transfer import export_to_path
 
@@ -437,6 +446,11 @@ async def _export(args: argparse.Namespace) -> int:
         contact = args.contact
         if contact is not None and args.org is not None:  # any of its identifiers; an unknown one is an error
             contact = (await store.get_contact(args.org, contact)).contact_id
+        elif contact is not None and await _records(store, contact) == 0:  # not an empty export, exit 0
+            raise InvalidInput(
+                f"no contact has the id {contact!r} in any organization; to name a contact by another of its "
+                "identifiers (an alias), give its organization with --org"
+            )
         written = await export_to_path(store, args.output, args.org, contact, args.quiet, skipped)
     if args.output not in (None, "-"):
         print(f"exported {written:,} line(s) to {args.output}", file=sys.stderr)

@@ -159,6 +159,13 @@ async def test_export_narrows_to_an_organization_and_a_contact(tmp_path: Path) -
     unknown = run_cli("export", "--db", str(db), "-q", "--org", "globex", "--contact", "nobody@b.com")
     assert unknown.returncode == 2 and unknown.stdout == ""
     assert "nobody@b.com" in unknown.stderr
+    everywhere = [json.loads(line) for line in export(db, "--contact", "a@b.com").splitlines()]  # any organization
+    assert {r["org"] for r in everywhere} == {"acme", "globex"}  # the id is a contact in both
+    assert [r for r in everywhere if r["org"] == "globex" and r["kind"] != "alias"] == one
+    for named in ("+31655500000", "nobody@b.com"):  # an alias needs its organization; an unknown id is no export
+        refused = run_cli("export", "--db", str(db), "-q", "--contact", named)
+        assert refused.returncode == 2 and refused.stdout == "", refused
+        assert f"no contact has the id {named!r} in any organization" in refused.stderr and "--org" in refused.stderr
 
 
 def good(i: int, **changes: object) -> str:
