@@ -21,16 +21,13 @@ out is not repeated: its second answer would be a misleading 404.
 from __future__ import annotations
 
 import asyncio
-import json
-import random
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
 
 import httpx2
 from pydantic import BaseModel, ValidationError
@@ -43,15 +40,14 @@ from chatdock.storage import (
     Context,
     DeletedMessage,
     ForgetResult,
-    InvalidInput,
     MessagePage,
     Part,
     StoredMessage,
 )
 from chatdock.storage import validation as check
 from chatdock.storage.models import ChatWithMessages, LinkResult, SearchPage
-from chatdock.storage.search import parse_query
 
+from . import wire
 from .errors import CLOSED, NOT_OPEN, UNAVAILABLE, ChatdockApiError
 
 if TYPE_CHECKING:
@@ -61,16 +57,11 @@ M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRIES = 2
-LONGEST_WAIT = 2.0  # seconds between two tries at most, whatever a Retry-After asks
 # an event stream sends a comment line every 15 s: three missed ones mean the connection is gone
 EVENT_STREAM_SILENCE = 45.0
 # failures before a request left: retried whatever the request, and said to have sent nothing
 NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout, httpx2.LocalProtocolError)
 VISIBLE = re.compile(check.IDEMPOTENCY_KEY_PATTERN)  # visible ASCII: what a key, as an Idempotency-Key, is made of
-# Encoded, no id or query chatdock accepts is longer (1,000 characters of a query at 12 each, as %F0%9F%98%80); a
-# longer one is checked by the store's own rule before it is sent (httpx2 cannot send a URL part over 64 KiB)
-URL_ROOM = 16_384
-INVALID = "Invalid arguments"
 
 
 @dataclass(frozen=True)
@@ -95,7 +86,7 @@ class ChatdockClient:
         retries: int = DEFAULT_RETRIES,
         http_client: httpx2.AsyncClient | None = None,
     ) -> None:
-        self.url = _base_url(url)
+        self.url = wire.base_url(url)
         if api_key and not VISIBLE.fullmatch(api_key):  # a header cannot carry it (a key read with its newline)
             raise ValueError(
                 "api_key must be the key as `chatdock keys create` printed it, without spaces or a line break "
@@ -175,8 +166,8 @@ class ChatdockClient:
         """Store one message; with `context_limit`, `.context` is the contact's context right after it.
         `created_at`: a timezone-aware datetime, or RFC 3339 text as the tool takes it."""
         if metadata is not None:  # what JSON cannot carry (NaN, a datetime) is refused in the tool's words
-            _checked(check.metadata, metadata)
-        body = _present(
+            wire.checked(check.metadata, metadata)
+        body = wire.present(
             contact_id=contact_id,
             channel=channel,
             role=role,
@@ -201,12 +192,12 @@ class ChatdockClient:
     ) -> StoredMessage:
         """Post into a chat as the contact (role user); with `context_limit`, `.context` as for an append. The
         parts: `Part`s, or mappings of their fields as the tool takes them (`{"type": "text", "text": ...}`)."""
-        body = _present(
-            message=_parts(message),
+        body = wire.present(
+            message=wire.parts(message),
             channel_id=channel_id,
             context_limit=context_limit,
         )
-        path = f"/contacts/{_segment(contact_id)}/chats/{_segment(chat_id, 'chat_id')}/messages"
+        path = f"/contacts/{wire.segment(contact_id)}/chats/{wire.segment(chat_id, 'chat_id')}/messages"
         chat = await self._call(ChatWithMessages, "POST", path, body=body, key=idempotency_key)
         return StoredMessage(**chat.messages[0].model_dump(), context=chat.context)
 
@@ -220,7 +211,7 @@ class ChatdockClient:
         channels: Sequence[str] | None = None,
         max_chars: int | None = None,
     ) -> Context:
-        params = _present(
+        params = wire.present(
             contact_id=contact_id,
             agent_id=agent_id,
             chat_id=chat_id,
@@ -240,7 +231,7 @@ class ChatdockClient:
         chat_id: str | None = None,
         channel: str | None = None,
     ) -> MessagePage:
-        params = _present(
+        params = wire.present(
             contact_id=contact_id, limit=limit, cursor=cursor, agent_id=agent_id, chat_id=chat_id, channel=channel
         )
         return await self._call(MessagePage, "GET", "/chats", params=params)
@@ -254,45 +245,47 @@ class ChatdockClient:
         limit: int = 20,
         cursor: str | None = None,
     ) -> SearchPage:
-        params = _present(q=query, contact_id=contact_id, channel=channel, role=role, limit=limit, cursor=cursor)
+        params = wire.present(q=query, contact_id=contact_id, channel=channel, role=role, limit=limit, cursor=cursor)
         return await self._call(SearchPage, "GET", "/chats/search", params=params)
 
     async def delete_message(self, message_id: str) -> DeletedMessage:
-        return await self._call(DeletedMessage, "DELETE", f"/chats/{_segment(message_id, 'message_id')}")
+        return await self._call(DeletedMessage, "DELETE", f"/chats/{wire.segment(message_id, 'message_id')}")
 
     # --- chats ---
 
     async def open_chat(
         self, contact_id: str, channel: str, agent_id: str | None = None, *, idempotency_key: str | None = None
     ) -> Chat:
-        body = _present(channel=channel, agent_id=agent_id)
-        path = f"/contacts/{_segment(contact_id)}/chats"
+        body = wire.present(channel=channel, agent_id=agent_id)
+        path = f"/contacts/{wire.segment(contact_id)}/chats"
         return await self._call(Chat, "POST", path, body=body, key=idempotency_key)
 
     async def update_chat(self, chat_id: str, status: str) -> Chat:
-        return await self._call(Chat, "PATCH", f"/chats/status/{_segment(chat_id, 'chat_id')}", body={"status": status})
+        return await self._call(
+            Chat, "PATCH", f"/chats/status/{wire.segment(chat_id, 'chat_id')}", body={"status": status}
+        )
 
     async def list_chats(self, contact_id: str, limit: int = 50) -> ChatList:
-        return await self._call(ChatList, "GET", f"/contacts/{_segment(contact_id)}/chats", params={"limit": limit})
+        return await self._call(ChatList, "GET", f"/contacts/{wire.segment(contact_id)}/chats", params={"limit": limit})
 
     # --- contacts ---
 
     async def get_contact(self, contact_id: str) -> ContactInfo:
-        return await self._call(ContactInfo, "GET", f"/contacts/{_segment(contact_id)}")
+        return await self._call(ContactInfo, "GET", f"/contacts/{wire.segment(contact_id)}")
 
     async def link_contacts(
         self, contact_id: str, identifier: str, *, idempotency_key: str | None = None
     ) -> LinkResult:
-        path = f"/contacts/{_segment(contact_id)}/aliases"
+        path = f"/contacts/{wire.segment(contact_id)}/aliases"
         return await self._call(LinkResult, "POST", path, body={"identifier": identifier}, key=idempotency_key)
 
     async def unlink_contact(self, identifier: str) -> ContactInfo:
         # the route names the contact too: an alias names its own contact
-        path = f"/contacts/{_segment(identifier, 'identifier')}/aliases/{_segment(identifier, 'identifier')}"
+        path = f"/contacts/{wire.segment(identifier, 'identifier')}/aliases/{wire.segment(identifier, 'identifier')}"
         return await self._call(ContactInfo, "DELETE", path)
 
     async def forget_contact(self, contact_id: str) -> ForgetResult:
-        return await self._call(ForgetResult, "DELETE", f"/contacts/{_segment(contact_id)}")
+        return await self._call(ForgetResult, "DELETE", f"/contacts/{wire.segment(contact_id)}")
 
     # --- changes ---
 
@@ -308,7 +301,7 @@ class ChatdockClient:
 
     @asynccontextmanager
     async def _watch_http(self, contact_id: str) -> AsyncIterator[AsyncIterator[Changed]]:
-        stream = _EventStream(self, f"/contacts/{_segment(contact_id)}/events", contact_id)
+        stream = _EventStream(self, f"/contacts/{wire.segment(contact_id)}/events", contact_id)
         self._streams.add(stream)  # for `aclose()` to end it
         try:
             await stream.connect()
@@ -351,7 +344,7 @@ class ChatdockClient:
         if self._closed:
             raise ChatdockApiError(503, UNAVAILABLE, CLOSED)
         if key is not None:
-            _checked(check.idempotency_key, key)
+            wire.checked(check.idempotency_key, key)
         headers = dict(self._auth)
         made = None  # a key of the client's own, which the caller has not seen
         if method == "POST":
@@ -361,8 +354,8 @@ class ChatdockClient:
         content = None
         if body is not None:
             headers["Content-Type"] = "application/json"
-            content = _json(body)
-        url = self.url + path + _query(params)
+            content = wire.json_body(body)
+        url = self.url + path + wire.query(params)
         harmless = method in ("GET", "PATCH", "POST")  # a POST carries its Idempotency-Key
         attempt = 0
         while True:
@@ -371,33 +364,35 @@ class ChatdockClient:
                     method, url, content=content, headers=headers, timeout=self._timeout_of()
                 )
             except httpx2.InvalidURL as exc:  # longer than a URL may be, though no one part was too long
-                raise ChatdockApiError(422, INVALID, f"the arguments are too long to send in a URL ({exc})") from None
+                raise ChatdockApiError(
+                    422, wire.INVALID, f"the arguments are too long to send in a URL ({exc})"
+                ) from None
             try:
                 response = await self._http.send(request)
             except httpx2.TransportError as exc:
                 sent = not isinstance(exc, NOT_SENT)
                 if attempt < self.retries and (harmless or not sent):
-                    await asyncio.sleep(_backoff(attempt))
+                    await asyncio.sleep(wire.backoff(attempt))
                     attempt += 1
                     continue
                 raise ChatdockApiError(503, UNAVAILABLE, self._unreached(exc, sent, method, made)) from exc
             except httpx2.RequestError as exc:  # an answer that could not be read (a body in a broken encoding)
                 raise ChatdockApiError(
-                    502, "Bad Gateway", f"{self.url} answered {method} {path} unreadably ({_detail(exc)})"
+                    502, "Bad Gateway", f"{self.url} answered {method} {path} unreadably ({wire.detail(exc)})"
                 ) from exc
             except RuntimeError as exc:  # closed under the client: the `http_client` given, by its owner
-                raise _closed_under(self._http, exc) from None
+                raise wire.closed_under(self._http, exc) from None
             if attempt < self.retries and (
                 response.status_code == 429 or (response.status_code in (502, 503, 504) and harmless)
             ):
-                await asyncio.sleep(_retry_after(response, attempt))
+                await asyncio.sleep(wire.retry_after(response, attempt))
                 attempt += 1
                 continue
             if response.is_success:
                 return response
-            refused = refusal(response)
+            refused = wire.refusal(response)
             if made is not None and refused.status >= 500:  # the server may say a retry with the key is safe
-                raise ChatdockApiError(refused.status, refused.error, f"{refused.message} ({_made_key(made)})")
+                raise ChatdockApiError(refused.status, refused.error, f"{refused.message} ({wire.made_key(made)})")
             raise refused
 
     def _timeout_of(self) -> httpx2.Timeout:
@@ -408,13 +403,13 @@ class ChatdockClient:
         """Why a request got no answer, and whether it may have been carried out (`made`: the Idempotency-Key
         the client made for a write, which the caller needs to repeat it)."""
         if not sent:
-            return f"chatdock at {self.url} could not be reached ({_detail(exc)}); nothing was sent"
-        what = f"chatdock at {self.url} did not answer ({_detail(exc)}): the request was sent and no answer came"
+            return f"chatdock at {self.url} could not be reached ({wire.detail(exc)}); nothing was sent"
+        what = f"chatdock at {self.url} did not answer ({wire.detail(exc)}): the request was sent and no answer came"
         if method == "GET":
             return what
         if method == "POST":
             what += "; it may have been carried out: repeating it with the same idempotency_key is safe"
-            return what if made is None else f"{what} ({_made_key(made)})"
+            return what if made is None else f"{what} ({wire.made_key(made)})"
         return what + "; it may have been carried out"
 
 
@@ -457,7 +452,7 @@ class _EventStream:
                 if response.status_code != 200:
                     await response.aread()
                     await response.aclose()
-                    raise refusal(response)
+                    raise wire.refusal(response)
                 self._response = response
                 self._events = httpx2.EventSource(response).__aiter__()
                 deadline.reschedule(loop.time() + wait)
@@ -475,7 +470,7 @@ class _EventStream:
             raise ChatdockApiError(503, UNAVAILABLE, f"chatdock at {client.url} closed the event stream") from None
         except RuntimeError as exc:
             await self.close()
-            raise _closed_under(client._http, exc) from None
+            raise wire.closed_under(client._http, exc) from None
         if first.event != "ready":
             await self.close()
             raise ChatdockApiError(502, "Bad gateway", f"expected the event stream's `ready`, got {first.event!r}")
@@ -503,7 +498,7 @@ class _EventStream:
             except ChatdockApiError as exc:
                 if not exc.retryable:
                     raise
-            await asyncio.sleep(_backoff(attempt))
+            await asyncio.sleep(wire.backoff(attempt))
             attempt = min(attempt + 1, 5)
         return False
 
@@ -513,154 +508,6 @@ class _EventStream:
             await response.aclose()
 
 
-def refusal(response: httpx2.Response) -> ChatdockApiError:
-    """The server's `{"error", "message"}` as the client's exception (a proxy's page as its status)."""
-    try:
-        body = response.json()
-        return ChatdockApiError(response.status_code, str(body["error"]), str(body["message"]))
-    except (ValueError, KeyError, TypeError):
-        return ChatdockApiError(response.status_code, response.reason_phrase, response.text[:200])
-
-
-def _checked(rule: Callable[[Any], object], value: Any) -> None:
-    """`value` by the store's `rule` (storage/validation.py): its refusal as the client's one exception."""
-    try:
-        rule(value)
-    except InvalidInput as exc:
-        raise ChatdockApiError(422, INVALID, exc.message) from None
-
-
-def _base_url(url: str) -> str:
-    """chatdock's address as given, without a trailing slash (its scheme in lower case); ValueError when no
-    request could be made to it."""
-    scheme, colon, rest = url.partition(":")
-    if not colon or scheme.lower() not in ("http", "https") or not rest.startswith("//"):
-        raise ValueError(f"url must be chatdock's address starting with http:// or https://, got {url!r}")
-    try:
-        parsed = httpx2.URL(url)
-    except httpx2.InvalidURL as exc:
-        raise ValueError(f"url must be chatdock's address, like http://127.0.0.1:8765; {url!r} is not: {exc}") from None
-    if not parsed.host:
-        raise ValueError(f"url must name chatdock's host, like http://127.0.0.1:8765, got {url!r}")
-    if parsed.port is not None and not 1 <= parsed.port <= 65535:
-        raise ValueError(f"url's port must be 1 to 65535, got {parsed.port} in {url!r}")
-    if "?" in url or "#" in url:
-        raise ValueError(f"url must be chatdock's base address, without a ?query or #fragment, got {url!r}")
-    return f"{scheme.lower()}:{rest}".rstrip("/")
-
-
-def _json(body: dict[str, Any]) -> bytes:
-    """A request's body. What JSON cannot carry (a NaN, a datetime in a part) is refused, never sent; half a
-    character (a lone surrogate, which UTF-8 cannot carry) is sent as JSON's escape of it, so that chatdock
-    refuses it in its own words (for which field, at which position)."""
-    try:
-        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ChatdockApiError(422, INVALID, f"the arguments must be plain JSON values: {exc}") from None
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
-
-
-def _parts(message: object) -> object:
-    """`post_as_contact`'s parts as JSON; what is not a list of parts is sent as it is, for chatdock to refuse
-    in its words (`message: input should be a valid list`)."""
-    if isinstance(message, str | bytes) or not isinstance(message, Sequence):
-        return message
-    return [
-        part.model_dump(mode="json") if isinstance(part, Part) else dict(part) if isinstance(part, Mapping) else part
-        for part in message
-    ]
-
-
-# The store's rule for each argument a URL carries (the server applies the same to what it receives)
-_URL_RULES: dict[str, Callable[[str], object]] = {
-    "contact_id": check.contact_id,
-    "identifier": lambda value: check.identifier(value, "identifier"),
-    "agent_id": lambda value: check.identifier(value, "agent_id"),
-    "chat_id": lambda value: check.uuid_text(value, "chat_id"),
-    "message_id": lambda value: check.uuid_text(value, "message_id"),
-    "q": parse_query,
-    "channel": check.channel,
-    "role": check.role,
-    "roles": lambda value: check.roles(value.split(",")),
-    "channels": lambda value: check.channels(value.split(",")),
-}
-
-
-def _url_part(name: str, value: str) -> str:
-    """`value`, percent-encoded for a URL. One a URL cannot carry is refused as chatdock would refuse it: half a
-    character (a lone surrogate, which has no UTF-8 form) in the store's words, one too long by the store's rule
-    for it (an id longer than 256 characters...)."""
-    try:
-        encoded = quote(value, safe="")
-    except UnicodeEncodeError:
-        _checked(lambda text: check.whole_characters(text, "query" if name == "q" else name), value)
-        raise
-    if len(encoded) > URL_ROOM:
-        _checked(_URL_RULES.get(name, _refuse_long(name)), value)
-    return encoded
-
-
-def _refuse_long(name: str) -> Callable[[str], object]:
-    def rule(value: str) -> object:
-        raise InvalidInput(f"{name} is not valid ({len(value)} characters); pass it exactly as chatdock returned it")
-
-    return rule
-
-
-def _query(params: dict[str, Any] | None) -> str:
-    """A request's query string (`?a=1&b=2`), each argument encoded by `_url_part`."""
-    if not params:
-        return ""
-    return "?" + "&".join(f"{name}={_url_part(name, str(value))}" for name, value in params.items())
-
-
-def _closed_under(http: httpx2.AsyncClient, exc: RuntimeError) -> ChatdockApiError:
-    """httpx2's RuntimeError for a closed client (an `http_client` given, closed by its owner) as the client's
-    one exception; any other RuntimeError is a bug, raised as it is."""
-    if not http.is_closed:
-        raise exc
-    return ChatdockApiError(503, UNAVAILABLE, f"the http_client given to the client is closed ({exc})")
-
-
 async def _nothing() -> AsyncIterator[httpx2.ServerSentEvent]:
     return
     yield
-
-
-def _detail(exc: BaseException) -> str:
-    """An exception in a message: its kind and its words, if it has any (a ReadTimeout has none)."""
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _made_key(key: str) -> str:
-    return f"the client made this write's key: pass idempotency_key={key!r}, or pass a key of your own to each write"
-
-
-def _present(**fields: Any) -> dict[str, Any]:
-    """The arguments that were given (None is "not given", as for the tools)."""
-    return {name: value for name, value in fields.items() if value is not None}
-
-
-def _segment(value: str, name: str = "contact_id") -> str:
-    """A path segment: every reserved character percent-encoded (`+31...` -> `%2B31...`, `a/b` -> `a%2Fb`), and
-    '.' and '..' too (a URL's dot segments, which the HTTP client would resolve away); an empty one, which no
-    path can carry, refused as the tool refuses it."""
-    if not value:
-        raise ChatdockApiError(422, INVALID, f"{name} must not be empty")
-    if value in (".", ".."):
-        return value.replace(".", "%2E")
-    return _url_part(name, value)
-
-
-def _backoff(attempt: int) -> float:
-    return min(LONGEST_WAIT, 0.1 * 2.0**attempt) * random.uniform(0.5, 1.0)
-
-
-def _retry_after(response: httpx2.Response, attempt: int) -> float:
-    try:
-        return min(LONGEST_WAIT, float(response.headers.get("Retry-After", "")))
-    except ValueError:
-        return _backoff(attempt)
