@@ -582,3 +582,26 @@ def test_sigterm_ends_streams_and_unfinished_requests_and_exits_promptly(tmp_pat
                 listener.stdout.close()
     assert took < 5, f"took {took:.1f} s to exit"
     assert "Traceback" not in server.log.read_text()
+
+
+def test_with_json_logs_every_command_writes_only_json_records_on_stderr(tmp_path: Path) -> None:
+    db, history, bad = str(tmp_path / "j.db"), tmp_path / "out.jsonl", tmp_path / "bad.jsonl"
+    bad.write_text('{"contact_id": "a", "channel": "sms", "role": "user", "content": "no time"}\n')
+    said: list[dict[str, Any]] = []
+    for command in (
+        ["keys", "create", "--db", db],
+        ["import", "--db", db, str(bad), "--skip-invalid"],  # its progress bars and its skipped line
+        ["export", "--db", db, "-o", str(history)],
+        ["export", "--db", db, "-o", str(tmp_path)],  # refused: a folder
+    ):
+        done = run_cli(*command, "--log-format", "json", "--log-level", "INFO")
+        said.extend(json.loads(line) for line in done.stderr.splitlines())  # each line one record, nothing else
+    expected = [
+        ("INFO", "created key cdk_"),
+        ("WARNING", "skipped line 1: created_at is missing"),
+        ("INFO", f"exported 0 line(s) to {history}"),
+        ("ERROR", f"cannot write the export to {tmp_path}: it is a folder"),
+    ]
+    assert len(said) == len(expected), said
+    for record, (level, start) in zip(said, expected, strict=True):
+        assert record["level"] == level and record["message"].startswith(start), record

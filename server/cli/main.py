@@ -320,6 +320,17 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _tell(args: argparse.Namespace, text: str, warning: bool = False) -> None:
+    """A command's word to its user on stderr: a line of text, or with --log-format json a record (INFO, or
+    WARNING when something was left out), so that stderr stays one JSON object per line."""
+    if args.log_format != "json":
+        print(text, file=sys.stderr)
+    elif warning:
+        logger.warning("%s", text.removeprefix("chatdock: "))
+    else:
+        logger.info("%s", text)
+
+
 def store_settings(args: argparse.Namespace) -> Settings:
     """The settings of a command that only opens the store (keys, export, import)."""
     return Settings(db=args.db, pool_size=args.pool_size, db_timeout=args.db_timeout)
@@ -330,10 +341,10 @@ async def _keys(args: argparse.Namespace) -> int:
         if args.keys_command == "create":
             created = await store.create_api_key(args.org, args.name)
             print(created.key)
-            print(
+            _tell(
+                args,
                 f"created key {created.info.prefix} for organization {created.info.org!r}; "
                 "store it now, it is not shown again",
-                file=sys.stderr,
             )
         elif args.keys_command == "list":
             listed = [i for i in await store.list_api_keys() if args.org in (None, i.org)]  # before the header
@@ -453,11 +464,10 @@ async def _export(args: argparse.Namespace) -> int:
             )
         written = await export_to_path(store, args.output, args.org, contact, args.quiet, skipped)
     if args.output not in (None, "-"):
-        print(f"exported {written:,} line(s) to {args.output}", file=sys.stderr)
+        _tell(args, f"exported {written:,} line(s) to {args.output}")
     if skipped:
-        print("chatdock: the database is damaged; the export holds what could be read, without:", file=sys.stderr)
-        for what in skipped:
-            print(f"  {what}", file=sys.stderr)
+        listed = "".join(f"\n  {what}" for what in skipped)
+        _tell(args, f"chatdock: the database is damaged; the export holds what could be read, without:{listed}", True)
         return 1
     return 0
 
@@ -468,7 +478,8 @@ async def _import(args: argparse.Namespace) -> int:
     default_org = check.identifier(os.environ.get("CHATDOCK_ORG") or "default", "CHATDOCK_ORG")
     async with store_settings(args).open_store() as store:
         report = await import_file(store, args.file, default_org, args.org, args.skip_invalid, args.quiet)
-    sys.stderr.write(skipped(report.problems))
+    if report.problems:
+        _tell(args, skipped(report.problems).rstrip("\n"), True)
     print(report.summary())
     return 0
 
@@ -476,6 +487,8 @@ async def _import(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logs.configure(args.log_level, args.log_format)
+    if args.log_format == "json" and hasattr(args, "quiet"):
+        args.quiet = True  # a progress bar is no JSON record: stderr stays one record per line
     try:
         if args.command == "serve":
             _serve(args)
