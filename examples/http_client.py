@@ -33,7 +33,8 @@ def free_port() -> int:
 
 async def main() -> None:
     chatdock = shutil.which("chatdock") or sys.exit("chatdock is not on PATH: run `pip install -e .` first")
-    db = str(Path(tempfile.mkdtemp()) / "chatdock.db")
+    folder = tempfile.mkdtemp(prefix="chatdock-example-")  # removed at the end, with the database in it
+    db = str(Path(folder) / "chatdock.db")
     key = subprocess.run(
         [chatdock, "keys", "create", "--db", db, "--org", "acme", "--name", "example"],
         capture_output=True,
@@ -65,6 +66,7 @@ async def main() -> None:
     finally:
         server.terminate()
         server.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

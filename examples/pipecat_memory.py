@@ -192,7 +192,8 @@ async def main() -> None:
     logger.remove()  # Pipecat logs every frame at DEBUG; keep its warnings only
     logger.add(sys.stderr, level="WARNING")
     chatdock = shutil.which("chatdock") or sys.exit("chatdock is not on PATH: run `pip install -e .[pipecat]` first")
-    db = str(Path(tempfile.mkdtemp()) / "chatdock.db")
+    folder = tempfile.mkdtemp(prefix="chatdock-example-")  # removed at the end, with the database in it
+    db = str(Path(folder) / "chatdock.db")
     key = subprocess.run(
         [chatdock, "keys", "create", "--db", db, "--org", "acme", "--name", "voice-bot"],
         capture_output=True,
@@ -234,6 +235,7 @@ async def main() -> None:
     finally:
         server.terminate()
         server.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ def deliver(base: str, key: str, payload: dict[str, Any]) -> list[int]:
 
 def main() -> None:
     chatdock = shutil.which("chatdock") or sys.exit("chatdock is not on PATH: install it first (see the README)")
-    db = str(Path(tempfile.mkdtemp()) / "chatdock.db")
+    folder = tempfile.mkdtemp(prefix="chatdock-example-")  # removed at the end, with the database in it
+    db = str(Path(folder) / "chatdock.db")
     key = subprocess.run(
         [chatdock, "keys", "create", "--db", db, "--org", "acme", "--name", "webhook"],
         capture_output=True,
@@ -94,6 +95,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,15 @@ EXAMPLES = ROOT / "examples"
 
 
 def run_example(name: str) -> str:
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=120, env=env, check=False
-    )
-    assert result.returncode == 0, result.stderr
+    """The example's output; it must leave nothing behind in the temporary folder (its database included)."""
+    with tempfile.TemporaryDirectory(prefix="chatdock-example-tmp-") as scratch:
+        env = dict(os.environ, TMPDIR=scratch)
+        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+        result = subprocess.run(
+            [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=120, env=env, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert os.listdir(scratch) == [], f"{name} left {os.listdir(scratch)} in the temporary folder"
     return result.stdout
 
 
