@@ -174,23 +174,24 @@ async def test_events_reach_listeners_of_the_same_organization_only(served: dict
                     assert isinstance(event, ResourceUpdated)
                     received[org].append(event.uri)
 
+            async def heard(org: str, count: int) -> None:
+                with anyio.fail_after(10):
+                    while len(received[org]) < count:
+                        await anyio.sleep(0.02)
+
             async with anyio.create_task_group() as group:
                 group.start_soon(collect, "acme", acme_events)
                 group.start_soon(collect, "globex", globex_events)
                 await call(acme_writer, "append_message", contact_id="+3100", channel="sms", role="user", content="a")
                 await call(acme_writer, "append_message", contact_id="+3100", channel="sms", role="user", content="b")
-                with anyio.fail_after(10):
-                    while len(received["acme"]) < 2:
-                        await anyio.sleep(0.02)
-                await anyio.sleep(0.3)
-                assert received["globex"] == []
+                await heard("acme", 2)
+                # globex's own write is the sentinel: its event comes after any of acme's it could have been told
                 await call(globex_writer, "append_message", contact_id="+3100", channel="sms", role="user", content="g")
-                with anyio.fail_after(10):
-                    while len(received["globex"]) < 1:
-                        await anyio.sleep(0.02)
-                await anyio.sleep(0.3)
+                await heard("globex", 1)
+                await call(acme_writer, "append_message", contact_id="+3100", channel="sms", role="user", content="c")
+                await heard("acme", 3)  # and acme's third write, the sentinel of globex's
                 group.cancel_scope.cancel()
-    assert received == {"acme": [uri, uri], "globex": [uri]}
+    assert received == {"acme": [uri, uri, uri], "globex": [uri]}
 
 
 def test_a_non_loopback_host_needs_allowed_hosts(tmp_path: Path) -> None:
