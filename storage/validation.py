@@ -434,6 +434,17 @@ def _depth(value: object) -> int:
     return deepest
 
 
+def _holds_nul(value: object) -> bool:
+    """Whether a JSON value (nested at most MAX_METADATA_DEPTH deep: checked first) holds a NUL in a text."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
+
+
 def metadata(value: object) -> tuple[dict[str, Any], str | None]:
     """Checked metadata, as a JSON object, and its provider_message_id."""
     if value is None:
@@ -450,8 +461,8 @@ def metadata(value: object) -> tuple[dict[str, Any], str | None]:
     size = len(encoded.encode("utf-8"))
     if size > MAX_METADATA_BYTES:
         raise InvalidInput(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON, got {size}")
-    if "\x00" in encoded:
-        raise InvalidInput("metadata must not contain NUL characters (\\x00)")
+    if _holds_nul(value):  # JSON writes it escaped (\u0000), which PostgreSQL's jsonb refuses
+        raise InvalidInput("metadata must not contain NUL characters (\\x00), in its keys or its values")
     provider_message_id = value.get("provider_message_id")
     if provider_message_id is not None and (
         not isinstance(provider_message_id, str) or not 1 <= len(provider_message_id) <= MAX_ID_CHARS

@@ -112,6 +112,8 @@ async def test_append_returns_the_stored_message(store: Store) -> None:
         ({"metadata": {"blob": "x" * 17_000}}, "metadata must be at most 16384 bytes of JSON"),
         ({"metadata": {"provider_message_id": 5}}, "metadata.provider_message_id must be a string"),
         ({"metadata": {"attachments": "nope"}}, "metadata.attachments must be a list"),
+        ({"metadata": {"provider_message_id": "a\x00b"}}, "metadata must not contain NUL characters"),  # jsonb
+        ({"metadata": {"deep": [{"a\x00": 1}]}}, "metadata must not contain NUL characters (\\x00), in its keys"),
         ({"created_at": datetime(2026, 1, 1, 12, 0)}, "created_at must carry a timezone"),
     ],
 )
