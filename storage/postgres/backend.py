@@ -37,7 +37,7 @@ from ..sql.queries import MESSAGE_COLUMNS
 from ..telemetry import Telemetry
 from . import driver
 from .batches import Batches
-from .failures import FAILURES, RETRYABLE, broken, cause, database_name, translate, where
+from .failures import FAILURES, RETRYABLE, broken, cause, database_name, read_only, translate, where
 from .feed import ChangeLog, follow_notifications
 from .queries import DIALECT, ORG, search_sql, tsquery_text
 from .reads import Reads
@@ -51,6 +51,8 @@ DEFAULT_POOL_SIZE = 10
 DEFAULT_TIMEOUT = 10.0  # seconds: to connect, to get a connection from the pool, for one statement
 RETRIES = 5  # a transaction that met a deadlock or serialization failure is tried again this many times
 BACKOFF = 0.005  # seconds: before retry n a transaction waits a random part of BACKOFF * 2**n
+# /healthz's question: the schema readable (the database there and chatdock's), and whether it takes writes
+HEALTH_SQL = "SELECT current_setting('transaction_read_only'), (SELECT count(*) FROM schema_migrations)"
 
 
 def _append_item(org: str, record: MessageRecord, now: int, importing: bool) -> dict[str, Any]:
@@ -349,8 +351,11 @@ class PostgresBackend(SQLBackend):
         return rows.messages(await self._read(sql, [org, list(seqs)], org))
 
     async def health(self) -> list[str]:
+        """What keeps the database from serving: unreachable, or taking no writes (reads go on)."""
         try:
-            await self.ping()
+            found = await self._read(HEALTH_SQL, (), urgent=True)
         except Unavailable as exc:
             return [exc.message]
+        if found[0][0] == "on":
+            return [f"{read_only(self.place)}: writes are refused, reads still work"]
         return []

@@ -98,7 +98,7 @@ def translate(exc: BaseException, url: str, starting: bool = False) -> str | Non
     if isinstance(exc, asyncpg.DiskFullError):
         return f"the disk of {place} is full, so nothing was written; free space on it and writes work again"
     if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
-        return f"{place} is read-only (a standby, or default_transaction_read_only), so nothing was written"
+        return f"{read_only(place)}, so nothing was written"
     if isinstance(exc, RETRYABLE):  # still conflicting after chatdock's own retries
         return f"{place} kept this write in conflict with concurrent ones ({exc}); nothing was written; try again"
     if isinstance(exc, asyncpg.QueryCanceledError):
@@ -119,3 +119,8 @@ def translate(exc: BaseException, url: str, starting: bool = False) -> str | Non
         logger.error("%s refused a statement chatdock sent", place, exc_info=exc)  # not expected: keep the trace
         return f"{place} refused the request ({type(exc).__name__}: {exc}); nothing was written"
     return None
+
+
+def read_only(place: str) -> str:
+    """What a database that takes no writes is, as a write's error and /healthz say it."""
+    return f"{place} is read-only (a standby, or default_transaction_read_only)"

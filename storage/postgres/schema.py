@@ -432,7 +432,14 @@ async def _fold_accents(conn: asyncpg.Connection) -> None:
 
 
 async def migrate(conn: asyncpg.Connection) -> list[int]:
-    """Apply every migration not yet recorded, under the migration lock; the versions this call applied."""
+    """Apply every migration not yet recorded, under the migration lock; the versions this call applied. A
+    database with every migration applied is only read (no lock, no statement that writes), so a read-only
+    one (a standby, default_transaction_read_only) is served for reading."""
+    if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        done = {row[0] for row in await conn.fetch(APPLIED)}
+        refuse_newer(done, MIGRATIONS)
+        if all(migration.version in done for migration in MIGRATIONS):
+            return []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
         await conn.execute(SCHEMA_TABLE)

@@ -30,7 +30,7 @@ from chatdock.storage.sql.ops import Ops, value
 from tests.mcp.test_events import heard_within, subscriber
 from tests.postgres import PostgresServer
 from tests.storage.test_replicas import replicas, rows
-from tests.transports import create_key, http_transport
+from tests.transports import create_key, http_server, http_transport, run_cli
 
 pytestmark = pytest.mark.process
 
@@ -323,3 +323,41 @@ async def deadlock_and_retry(backend: PostgresBackend, followed: list[Change | o
     with anyio.fail_after(5):
         while len([c for c in followed if isinstance(c, Change)]) < 2:
             await asyncio.sleep(0.05)
+
+
+async def test_a_read_only_database_is_read_and_healthz_says_it_takes_no_writes(postgres_url: str) -> None:
+    """A standby, or a database set default_transaction_read_only: every command that reads still opens it
+    (migrations only read when none is due), and a server on it answers reads while /healthz and each write
+    say it is read-only."""
+    key = create_key(postgres_url, "acme", "reader")
+    async with open_store(postgres_url) as store:
+        await store.append_message("acme", NewMessage(contact_id="c1", channel="sms", role="user", content="hi"))
+    with http_server(postgres_url) as base:
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            await admin.execute(f"ALTER DATABASE {await admin.fetchval('SELECT current_database()')} "
+                                "SET default_transaction_read_only = on")  # fmt: skip
+            await admin.execute(  # the server's sessions began before: ended, so that new ones are read-only
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx2.AsyncClient(base_url=base, headers=headers, timeout=10) as http:
+            with anyio.fail_after(20):
+                while (health := await http.get("/healthz")).status_code != 503:
+                    await anyio.sleep(0.1)
+            assert (
+                "is read-only (a standby, or default_transaction_read_only): writes are refused, reads still work"
+                in (health.json()["store"])
+            ), health.json()
+            read = await http.get("/chats/context", params={"contact_id": "c1"})
+            assert read.status_code == 200 and [m["content"] for m in read.json()["messages"]] == ["hi"], read.text
+            body = {"contact_id": "c1", "channel": "sms", "role": "user", "content": "refused"}
+            written = await http.post("/chats", json=body)
+            assert written.status_code == 503 and "is read-only" in written.json()["message"], written.text
+    listed = run_cli("keys", "list", "--db", postgres_url)  # opening it is a read: it was refused before
+    assert listed.returncode == 0 and "reader" in listed.stdout, listed.stderr
+    exported = run_cli("export", "--db", postgres_url, "-q")
+    assert exported.returncode == 0 and '"content":"hi"' in exported.stdout, exported.stderr
