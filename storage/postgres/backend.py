@@ -225,7 +225,10 @@ class PostgresBackend(SQLBackend):
             self.telemetry.failed("outcome_unknown")
             waited = self.timeout if isinstance(exc, TimeoutError) else None  # (asyncio's is the builtin one)
             return outcome_unknown(self.place, str(exc) or type(exc).__name__, waited)
-        return self._failed(exc)
+        failed = self._failed(exc)
+        if isinstance(exc, TimeoutError) and isinstance(failed, Unavailable):  # undone before its commit was sent
+            return Unavailable(f"{failed.message}; nothing was written")
+        return failed
 
     async def _transact(self, attempt: Callable[[], Ops[T]], batch: int | None = None) -> T:
         """Run `attempt()` in one transaction, again on a deadlock or serialization failure. A `batch` (of

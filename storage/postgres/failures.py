@@ -101,12 +101,18 @@ def translate(exc: BaseException, url: str, starting: bool = False) -> str | Non
         return f"{read_only(place)}, so nothing was written"
     if isinstance(exc, RETRYABLE):  # still conflicting after chatdock's own retries
         return f"{place} kept this write in conflict with concurrent ones ({exc}); nothing was written; try again"
-    if isinstance(exc, asyncpg.QueryCanceledError):
-        return f"{place} took too long and the request was cancelled ({exc}); try again, or raise --db-timeout"
+    if isinstance(exc, asyncpg.QueryCanceledError):  # chatdock's own --db-timeout is a TimeoutError, below
+        return (
+            f"{place} cancelled the statement ({exc}): a statement_timeout or lock_timeout set on the server, or "
+            "an administrator; nothing was written; try again"
+        )
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         if starting:
             return f"{place} did not answer in time; check that the server runs and is reachable from here"
-        return f"{place} did not answer in time; chatdock keeps trying, check that the server runs and is reachable"
+        return (
+            f"{place} did not answer within --db-timeout: a lock another session holds, a server too busy, or the "
+            "way to it; chatdock keeps trying"
+        )
     if isinstance(exc, BROKEN):
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         if starting:
