@@ -35,7 +35,7 @@ from mcp_types import INVALID_REQUEST, EmptyResult, SubscribeRequestParams, Subs
 
 from chatdock.server.mcp.delivery import Couriers, Told
 from chatdock.server.mcp.org import current_org, listening
-from chatdock.server.mcp.resources import CONTACT_URIS, TRANSCRIPT_URI, canonical_uri, contact_uri
+from chatdock.server.mcp.resources import CONTACT_URIS, TRANSCRIPT_URI, contact_uri, followed_uri
 from chatdock.server.mcp.sdk import connection_of
 from chatdock.storage.changes import EVERYTHING, Change
 
@@ -47,6 +47,7 @@ Key = tuple[str, str]  # (organization, resource URI)
 
 DEFAULT_MAX_LISTENS = 256
 MAX_URIS = 1_000  # that one listen stream, or one subscribed session, follows at most
+MAX_SPELLINGS = 8  # of one URI, that one session follows (each is told)
 
 
 class Events:
@@ -55,11 +56,14 @@ class Events:
     def __init__(self, max_listens: int = DEFAULT_MAX_LISTENS, told: Told | None = None) -> None:
         self.max_listens = max_listens
         # listeners are filed under each URI's one spelling (resources.canonical_uri) and told in their own
-        self._streams: dict[Key, dict[object, tuple[Listener, str]]] = defaultdict(dict)
+        # (a listener may follow one URI in several spellings: each is told)
+        self._streams: dict[Key, dict[object, tuple[Listener, tuple[str, ...]]]] = defaultdict(dict)
         self._list_streams: dict[str, dict[object, Listener]] = defaultdict(dict)
         self._streams_of: Counter[str] = Counter()
-        self._sessions: dict[Key, weakref.WeakKeyDictionary[Any, str]] = defaultdict(weakref.WeakKeyDictionary)
+        self._sessions: dict[Key, weakref.WeakKeyDictionary[Any, set[str]]] = defaultdict(weakref.WeakKeyDictionary)
         self._sessions_of: dict[str, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)
+        self._subscribed_of: dict[str, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)  # following a URI
+        self._org_of: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # each session's
         self._ending: weakref.WeakSet[Any] = weakref.WeakSet()  # the sessions whose end forgets them (_ends)
         self._uris_of: weakref.WeakKeyDictionary[Any, set[Key]] = weakref.WeakKeyDictionary()  # each session's
         self._sending: set[asyncio.Task[None]] = set()
@@ -97,10 +101,14 @@ class Events:
                 INVALID_REQUEST, f"a listen stream follows at most {MAX_URIS} URIs, got {len(asked)}; {SPLIT}"
             )
         token = object()
-        spelled = {(org, canonical_uri(uri)): uri for uri in asked}
+        spelled: dict[Key, list[str]] = {}
+        for uri in asked:  # each checked (a URI chatdock serves) before any is filed
+            spellings = spelled.setdefault((org, followed_uri(uri)), [])
+            if uri not in spellings:
+                spellings.append(uri)
         keys = list(spelled)
         for key in keys:
-            self._streams[key][token] = (listener, spelled[key])
+            self._streams[key][token] = (listener, tuple(spelled[key]))
         if wants.resources_list_changed:
             self._list_streams[org][token] = listener
         self._streams_of[org] += 1
@@ -154,6 +162,7 @@ class Events:
         """An `initialize`-era session that lists the resources hears when the listing changes."""
         connection = connection_of(session)
         self._sessions_of[org].add(connection)
+        self._org_of[connection] = org
         self._ends(connection)
 
     def _ends(self, connection: Any) -> None:
@@ -164,31 +173,49 @@ class Events:
             connection.exit_stack.callback(self._forget, connection)
 
     def watch(self, org: str, uri: str, session: Any) -> None:
-        """An `initialize`-era session subscribes to `uri`."""
-        subscribed = {s for (owner, _), sessions in self._sessions.items() if owner == org for s in sessions}
+        """An `initialize`-era session subscribes to `uri` (in its own spelling, told in it)."""
+        key = (org, followed_uri(uri))
+        subscribed = self._subscribed_of[org]
         if session not in subscribed and len(subscribed) >= self.max_listens:
             raise MCPError(
                 INVALID_REQUEST,
                 f"this organization already has {self.max_listens} subscribed sessions, the most allowed; "
                 "unsubscribe or close one and try again",
             )
-        key = (org, canonical_uri(uri))
         followed = self._uris_of.setdefault(session, set())
         if key not in followed and len(followed) >= MAX_URIS:
             raise MCPError(INVALID_REQUEST, f"a session follows at most {MAX_URIS} URIs; {SPLIT}")
         followed.add(key)
-        self._sessions[key][session] = uri
+        spellings = self._sessions[key].setdefault(session, set())
+        if uri not in spellings and len(spellings) >= MAX_SPELLINGS:
+            raise MCPError(INVALID_REQUEST, f"a session follows one URI in at most {MAX_SPELLINGS} spellings")
+        spellings.add(uri)
+        subscribed.add(session)
         self._sessions_of[org].add(session)
+        self._org_of[session] = org
         self._ends(session)
 
     def unwatch(self, org: str, uri: str, session: Any) -> None:
-        key = (org, canonical_uri(uri))
-        self._uris_of.get(session, set()).discard(key)
+        """The session unsubscribes from `uri` in that spelling; in another one, from the URI's only spelling
+        it follows (any spelling of a URI followed once ends it)."""
+        key = (org, followed_uri(uri))
         subscribed = self._sessions.get(key)
-        if subscribed is not None:
-            subscribed.pop(session, None)
-            if not subscribed:
-                del self._sessions[key]
+        spellings = None if subscribed is None else subscribed.get(session)
+        if subscribed is None or spellings is None:
+            return
+        if uri in spellings:
+            spellings.discard(uri)
+        elif len(spellings) == 1:
+            spellings.clear()
+        if spellings:
+            return
+        del subscribed[session]
+        if not subscribed:
+            del self._sessions[key]
+        followed = self._uris_of.get(session, set())
+        followed.discard(key)
+        if not followed:
+            self._subscribed_of[org].discard(session)
 
     # --- what changed ---
 
@@ -249,11 +276,12 @@ class Events:
             ]
             return sends + [partial(self._notify, session, None) for session in self._sessions_of.get(org, ())]
         sends = [
-            partial(_call, listener, ResourceUpdated(uri=spelled))
+            partial(_call, listener, ResourceUpdated(uri=one))
             for listener, spelled in self._streams.get((org, uri), {}).values()
+            for one in spelled
         ]
         sessions = list(self._sessions.get((org, uri), {}).items())
-        return sends + [partial(self._notify, session, spelled) for session, spelled in sessions]
+        return sends + [partial(self._notify, session, one) for session, spelled in sessions for one in spelled]
 
     def _notify(self, session: Any, uri: str | None) -> None:
         self._send(session, session.send_resource_list_changed() if uri is None else session.send_resource_updated(uri))
@@ -271,13 +299,17 @@ class Events:
         task.add_done_callback(self._sending.discard)
 
     def _forget(self, session: Any) -> None:
-        for key, sessions in list(self._sessions.items()):
-            sessions.pop(session, None)
-            if not sessions:
-                self._sessions.pop(key, None)
-        for attending in self._sessions_of.values():
-            attending.discard(session)
-        self._uris_of.pop(session, None)
+        """The session ended: out of the index, at the cost of its own URIs (not of every listener's)."""
+        for key in self._uris_of.pop(session, set()):
+            sessions = self._sessions.get(key)
+            if sessions is not None:
+                sessions.pop(session, None)
+                if not sessions:
+                    del self._sessions[key]
+        org = self._org_of.pop(session, None)
+        if org is not None:
+            self._sessions_of[org].discard(session)
+            self._subscribed_of[org].discard(session)
 
     # --- the initialize era's requests ---
 

@@ -14,12 +14,14 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
 from chatdock.server.mcp.org import current_org
-from chatdock.storage import ChatdockError, Store
+from chatdock.storage import ChatdockError, InvalidInput, Store
 from chatdock.storage import Context as ContextModel
+from chatdock.storage import validation as check
 
 TRANSCRIPT_URI = "chatdock://contacts/{contact_id}/transcript"
 CONTEXT_URI = "chatdock://contacts/{contact_id}/context"
 CONTACT_URIS = (TRANSCRIPT_URI, CONTEXT_URI)
+MAX_URI_CHARS = 4_096  # a contact id of 256 characters, each percent-encoded (12 for 4 UTF-8 bytes), in a URI
 
 
 def contact_uri(template: str, contact_id: str) -> str:
@@ -36,6 +38,28 @@ def canonical_uri(uri: str) -> str:
         if uri.startswith(head) and uri.endswith(tail) and len(uri) > len(head) + len(tail):
             return contact_uri(template, unicodedata.normalize("NFC", unquote(uri[len(head) : -len(tail)])))
     return uri
+
+
+def followed_uri(uri: str) -> str:
+    """The one spelling (`canonical_uri`) of a URI a listener may follow: a contact's transcript or context, its
+    id a valid contact id. Anything else is refused (an MCPError that says what to follow): a listener's URIs
+    are kept while it listens, so none may be another service's, or megabytes long."""
+    shown = repr(uri[:100] + ("..." if len(uri) > 100 else ""))
+    if len(uri) <= MAX_URI_CHARS:
+        canonical = canonical_uri(uri)
+        for template in CONTACT_URIS:
+            head, tail = template.split("{contact_id}")
+            if canonical.startswith(head) and canonical.endswith(tail) and len(canonical) > len(head) + len(tail):
+                try:
+                    check.contact_id(unquote(canonical[len(head) : -len(tail)]))
+                except InvalidInput as exc:
+                    raise MCPError(INVALID_PARAMS, f"cannot follow {shown}: {exc.message}") from None
+                return canonical
+    raise MCPError(
+        INVALID_PARAMS,
+        f"chatdock has no resource {shown} to follow; follow {TRANSCRIPT_URI} or {CONTEXT_URI} "
+        f"(the contact id percent-encoded, at most {MAX_URI_CHARS} characters in all)",
+    )
 
 
 def register(server: MCPServer[Any], the_store: Callable[[], Store]) -> None:

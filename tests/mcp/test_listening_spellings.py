@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import anyio
 import pytest
 from mcp.client import Client
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, canonical_uri, contact_uri
@@ -90,3 +94,57 @@ async def test_a_listener_on_an_alias_hears_every_kind_of_write_to_its_contact(m
                 await write()
                 await heard_within(heard, count)
                 assert heard[-1] == uri, (name, heard)
+
+
+async def test_one_uri_followed_in_two_spellings_is_told_in_each_in_both_eras(db: str) -> None:
+    server = build_server(Settings(db=db))
+    lower, plus = SPELLINGS["lower-case percent-encoding"][0], SPELLINGS["an unencoded +"][0]
+    async with Client(server) as writer:
+        await call(writer, "append_message", contact_id=PHONE, channel="sms", role="user", content="first")
+        async with Client(server) as listener, listener.listen(resource_subscriptions=[lower, plus]) as events:
+            await call(writer, "append_message", contact_id=PHONE, channel="sms", role="user", content="again")
+            told: list[str] = []
+            with anyio.fail_after(15):
+                async for event in events:
+                    told.append(event.uri)  # type: ignore[union-attr]
+                    if len(told) == 2:
+                        break
+            assert sorted(told) == sorted([lower, plus])
+        async with subscriber(server, "legacy", lower) as (session, heard):
+            with initialize_era():
+                await session.subscribe_resource(plus)
+            await call(writer, "append_message", contact_id=PHONE, channel="sms", role="user", content="twice")
+            await heard_within(heard, 2)
+            assert sorted(heard) == sorted([lower, plus]), heard
+            with initialize_era():
+                await session.unsubscribe_resource(lower)  # the other spelling still follows the contact
+            await call(writer, "append_message", contact_id=PHONE, channel="sms", role="user", content="once")
+            await heard_within(heard, 3)
+            assert heard[2] == plus, heard
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+@pytest.mark.parametrize(
+    ("uri", "said"),
+    [
+        ("file:///etc/passwd", "chatdock has no resource 'file:///etc/passwd' to follow; follow chatdock://contacts/"),
+        ("chatdock://contacts/" + "a" * 5_000 + "/transcript", "at most 4096 characters in all"),
+        ("chatdock://contacts/a%0Ab/transcript", "contact_id must not contain control characters"),
+        ("chatdock://contacts//transcript", "chatdock has no resource"),
+    ],
+)
+async def test_a_uri_chatdock_does_not_serve_is_refused_not_kept(
+    mode: str, uri: str, said: str, tmp_path: Path
+) -> None:
+    """A listener's URIs are kept while it listens: another service's, or one megabytes long, is refused (before
+    the store is asked anything: one engine shows it)."""
+    server = build_server(Settings(db=str(tmp_path / "refusing.db")))
+    async with Client(server, mode="legacy" if mode == "legacy" else "auto") as client:
+        with pytest.raises(MCPError) as refused:
+            if mode == "legacy":
+                with initialize_era():
+                    await client.subscribe_resource(uri)
+            else:
+                async with client.listen(resource_subscriptions=[uri]):
+                    pass
+        assert refused.value.error.code == INVALID_PARAMS and said in refused.value.error.message, refused.value.error
