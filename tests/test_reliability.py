@@ -455,6 +455,7 @@ HAND_PICKED: list[tuple[str, dict[str, Any], str]] = [
     ("get_context", {"contact_id": "c", "limit": True}, "limit: input should be a whole number, not true or false"),
     ("get_context", {"contact_id": "c", "max_chars": False}, "max_chars: input should be a whole number, not true"),
     ("append_message", plain(context_limit=True), "context_limit: input should be a whole number, not true or false"),
+    ("search_messages", {"query": "hi", "limit": True}, "limit: input should be a whole number, not true or false"),
     ("get_context", {"contact_id": "c", "max_chars": 0}, "max_chars must be between 1"),
     ("get_context", {"contact_id": "c", "roles": []}, "roles must name at least one role"),
     ("get_context", {"contact_id": "c", "roles": ["robot"]}, "role must be one of"),

@@ -170,9 +170,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
         contact_id: Annotated[str | None, Field(description="Only this contact (any of its ids).")] = None,
         channel: ChannelFilter = None,
         role: RoleFilter = None,
-        limit: Annotated[
-            int, Field(description="How many, 1 to 200.", json_schema_extra={"minimum": 1, "maximum": 200})
-        ] = 20,
+        limit: Limit = 20,
         cursor: Annotated[str | None, Field(description="next_cursor of the previous page.")] = None,
     ) -> CallToolResult:
         """Full-text search of the organization's messages (or one contact's), best match first."""
