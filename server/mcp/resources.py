@@ -14,6 +14,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
 from chatdock.server.mcp.org import current_org
+from chatdock.server.mcp.results import transcript_text
 from chatdock.storage import ChatdockError, InvalidInput, Store
 from chatdock.storage import Context as ContextModel
 from chatdock.storage import validation as check
@@ -98,7 +99,7 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store]) -> None:
             found = await the_store().get_context(current_org.get(), contact_id, agent_id=agent_id)
         except ChatdockError as exc:  # the SDK passes an MCPError's text on; any other error becomes "internal"
             raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
-        history = found.formatted or "(no messages yet)"
+        history = transcript_text(found)
         return [
             UserMessage(
                 f"Here is the conversation so far with contact {found.contact_id}, oldest first:\n\n{history}\n\n"

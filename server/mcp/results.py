@@ -18,6 +18,15 @@ from chatdock.storage.models import SearchPage
 from chatdock.storage.transcript import format_line
 
 NO_MESSAGES = "(no messages yet)"
+NOTHING_FITS = "(the contact has messages, but not even the newest fits in max_chars: ask with a larger max_chars)"
+
+
+def transcript_text(context: Context) -> str:
+    """The context's transcript as a model reads it: said so when there is none yet, and when there are
+    messages but `max_chars` (or the size bound) left out every one of them."""
+    if context.formatted:
+        return context.formatted
+    return NOTHING_FITS if context.truncated else NO_MESSAGES
 
 
 def _result(model: BaseModel, text: str) -> CallToolResult:
@@ -37,7 +46,7 @@ def stored_result(stored: StoredMessage) -> CallToolResult:
     if stored.context is None:
         return as_json(stored)
     message = stored.model_dump_json(exclude={"context"})
-    return _result(stored, message + "\n" + (stored.context.formatted or NO_MESSAGES))
+    return _result(stored, message + "\n" + transcript_text(stored.context))
 
 
 def context_result(context: Context, include_messages: bool) -> CallToolResult:
@@ -45,7 +54,7 @@ def context_result(context: Context, include_messages: bool) -> CallToolResult:
     hand their model (the text, the structured content, or the whole result), and only a result that carries
     the transcript once is the transcript's size in all of them. With `include_messages`, the whole context as
     structured content for the application."""
-    text = context.formatted or NO_MESSAGES
+    text = transcript_text(context)
     if include_messages:
         return _result(context, text)
     return CallToolResult(content=[TextContent(type="text", text=text)])

@@ -116,6 +116,10 @@ async def test_a_conversation_end_to_end(mode: str, db: str) -> None:
         assert [m["content"] for m in only_bot["messages"]] == ["Your order ships tomorrow."]
         fitted = await call(client, "get_context", include_messages=True, contact_id="+31612345678", max_chars=40)
         assert fitted["formatted"] == "ASSISTANT: Your order ships tomorrow." and fitted["truncated"] is True
+        nothing = await client.call_tool("get_context", {"contact_id": "+31612345678", "max_chars": 5})
+        assert nothing.content[0].text == (  # type: ignore[union-attr]
+            "(the contact has messages, but not even the newest fits in max_chars: ask with a larger max_chars)"
+        )  # what the model reads: not "(no messages yet)"
 
         page = await call(client, "list_messages", contact_id="+31612345678", limit=1)
         assert page["messages"][0]["role"] == "assistant" and page["next_cursor"]
