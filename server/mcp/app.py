@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, InputRequiredResult
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult, GetPromptResult, InputRequiredResult
 from mcp_types import Resource as MCPResource
 from mcp_types import Tool as MCPTool
 from pydantic import BaseModel, ValidationError
@@ -123,6 +124,25 @@ class ChatdockServer(MCPServer[_State]):
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(f"Error executing tool {name}: {check.explain(exc.__cause__)}") from exc.__cause__
             raise
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Context[_State, Any] | None = None
+    ) -> GetPromptResult | InputRequiredResult:
+        """The SDK's, with a bad call refused as invalid params saying what to fix (the SDK's own refusals of
+        a missing or unknown argument were internal errors, with no word of which)."""
+        declared = {prompt.name: prompt.arguments or [] for prompt in await self.list_prompts()}
+        if name not in declared:
+            raise MCPError(INVALID_PARAMS, f"no prompt named {name!r}; prompts/list names them: {', '.join(declared)}")
+        names = [argument.name for argument in declared[name]]
+        given = arguments or {}
+        missing = [argument.name for argument in declared[name] if argument.required and argument.name not in given]
+        unknown = sorted(set(given) - set(names))
+        if missing or unknown:
+            wrong = ([f"missing {', '.join(missing)}"] if missing else []) + (
+                [f"unknown argument {', '.join(map(repr, unknown))}"] if unknown else []
+            )
+            raise MCPError(INVALID_PARAMS, f"{name}: {'; '.join(wrong)}; it takes {', '.join(names)}")
+        return await super().get_prompt(name, arguments, context)
 
     async def list_tools(self) -> list[MCPTool]:
         listed = await super().list_tools()

@@ -15,7 +15,7 @@ from mcp_types import INVALID_PARAMS
 
 from chatdock.server.mcp.org import current_org
 from chatdock.server.mcp.results import transcript_text
-from chatdock.storage import ChatdockError, InvalidInput, Store
+from chatdock.storage import ChatdockError, InvalidInput, NotFound, Store
 from chatdock.storage import Context as ContextModel
 from chatdock.storage import validation as check
 
@@ -69,7 +69,9 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store]) -> None:
     async def read_context(contact_id: str) -> ContextModel:
         try:
             return await the_store().get_context(current_org.get(), contact_id)
-        except ChatdockError as exc:
+        except (InvalidInput, NotFound) as exc:  # the caller's to fix: invalid params, as for a tool's argument
+            raise MCPError(INVALID_PARAMS, str(exc)) from None
+        except ChatdockError as exc:  # the server's (the database): an internal error, its words said
             raise ResourceError(str(exc)) from None
 
     @server.resource(

@@ -10,6 +10,7 @@ import pytest
 from mcp.client import Client
 from mcp.client.subscriptions import ResourceUpdated
 from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import open_store
@@ -254,8 +255,13 @@ async def test_resources_round_trip_percent_encoded_contact_ids(mode: str, db: s
         listed = [r.uri for r in (await client.list_resources()).resources]
         assert contact_uri(TRANSCRIPT_URI, "x" * 256) == listed[0]
         assert set(listed) == {contact_uri(TRANSCRIPT_URI, c) for c in ODD_IDS}
-        with pytest.raises(MCPError, match=r"Unknown resource|control characters"):
-            await client.read_resource("chatdock://contacts/a%00b/transcript")
+        for bad, said in (
+            ("chatdock://contacts/a%0Ab/transcript", "control characters"),
+            ("chatdock://contacts/" + "x" * 300 + "/context", "contact_id must be 1 to 256 characters, got 300"),
+        ):
+            with pytest.raises(MCPError) as refused:
+                await client.read_resource(bad)
+            assert refused.value.error.code == INVALID_PARAMS and said in refused.value.error.message, refused.value
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -265,6 +271,17 @@ async def test_prompt_hands_over_the_transcript(mode: str, db: str) -> None:
         prompt = await client.get_prompt("continue_conversation", {"contact_id": "c1"})
         text = prompt.messages[0].content.text  # type: ignore[union-attr]
         assert "USER: Where is my parcel?" in text and "c1" in text
+        for arguments, said in (
+            ({}, "continue_conversation: missing contact_id; it takes contact_id, agent_id"),
+            ({"contact_id": "c1", "agent": "x"}, "unknown argument 'agent'; it takes contact_id, agent_id"),
+            ({"contact_id": "a\nb"}, "contact_id must not contain control characters"),
+        ):
+            with pytest.raises(MCPError) as refused:
+                await client.get_prompt("continue_conversation", arguments)
+            assert refused.value.error.code == INVALID_PARAMS and said in refused.value.error.message, refused.value
+        with pytest.raises(MCPError) as refused:
+            await client.get_prompt("continue", {"contact_id": "c1"})
+        assert "no prompt named 'continue'; prompts/list names them: continue_conversation" in str(refused.value)
 
 
 async def test_a_listener_is_told_of_every_write_of_another_client(db: str) -> None:
