@@ -169,7 +169,7 @@ class SQLBackend:
 
     async def unlink(self, org: str, identifier: str) -> ContactInfo | None:
         log = self._log()
-        return await self._write(lambda: writes.unlink(org, identifier, log), log)
+        return await self._write(lambda: writes.unlink(self.dialect, org, identifier, log), log)
 
     async def recent_contacts(self, org: str, limit: int) -> list[str]:
         found = await self._read(

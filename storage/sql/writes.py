@@ -5,6 +5,9 @@ the caller's transaction; records are already checked (storage/records.py).
 Rows another transaction may create at the same moment (an organization, a contact, a channel) are created
 with ON CONFLICT DO NOTHING and read again: never a look-up-then-insert race on PostgreSQL (on SQLite the one
 writer makes it moot). Rows a write is about to move or delete are read `FOR UPDATE` where the dialect locks.
+A write that moves or deletes a contact's identifiers (link and its merge, unlink, forget) first locks the
+contact (`locked_contact`) and reads the identifier again once it holds the lock, so two such writes on one
+contact take turns, and the second finds what the first left, as if it had come after it.
 """
 
 from __future__ import annotations
@@ -94,44 +97,63 @@ def first_version() -> int:
 
 def contact_pk(d: Dialect, org_key: int, identifier: str, now_us: int) -> Ops[tuple[int, bool, str]]:
     """The key of the contact `identifier` names (its contact_id or an alias), created on first use; whether it
-    was created now; and the contact's own contact_id."""
-    row = yield one(d.resolve, org_key, identifier)
-    if row is not None and row[0] is not None:
-        return int(row[0]), False, str(row[1])
-    key = yield value(
-        "INSERT INTO contacts (org_id, external_id, created_us, last_active_us, version) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT (org_id, external_id) DO NOTHING RETURNING id",
-        org_key,
-        identifier,
-        now_us,
-        now_us,
-        first_version(),
-    )
-    if key is None:  # created by another transaction meanwhile (or left without its identifier, see below)
-        yield count(
-            "INSERT INTO identifiers (org_id, identifier, contact_pk, created_us) SELECT org_id, external_id, id, ? "
-            "FROM contacts WHERE org_id = ? AND external_id = ? ON CONFLICT DO NOTHING",
-            now_us,
+    was created now; and the contact's own contact_id.
+
+    Each turn of the loop but the last met a write of another transaction (PostgreSQL): the contact it found
+    or made was forgotten, merged away or left without the identifier meanwhile, so it looks again."""
+    while True:
+        row = yield one(d.resolve, org_key, identifier)
+        if row is not None and row[0] is not None:
+            return int(row[0]), False, str(row[1])
+        key = yield value(
+            "INSERT INTO contacts (org_id, external_id, created_us, last_active_us, version) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (org_id, external_id) DO NOTHING RETURNING id",
             org_key,
             identifier,
+            now_us,
+            now_us,
+            first_version(),
         )
-        row = yield one(d.resolve, org_key, identifier)
-        assert row is not None and row[0] is not None
-        return int(row[0]), False, str(row[1])
-    claimed = yield count(
-        "INSERT INTO identifiers (org_id, identifier, contact_pk, created_us) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT DO NOTHING",
-        org_key,
-        identifier,
-        key,
-        now_us,
-    )
-    if not claimed:  # a link on another replica made it an alias meanwhile (PostgreSQL): it names that contact
+        if key is None:  # created by another transaction meanwhile (or left without its identifier, see below)
+            yield count(
+                "INSERT INTO identifiers (org_id, identifier, contact_pk, created_us) SELECT org_id, external_id, "
+                "id, ? FROM contacts WHERE org_id = ? AND external_id = ? ON CONFLICT DO NOTHING",
+                now_us,
+                org_key,
+                identifier,
+            )
+            continue  # it names that contact now (or, forgotten meanwhile, none: made here on the next turn)
+        claimed = yield count(
+            "INSERT INTO identifiers (org_id, identifier, contact_pk, created_us) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            org_key,
+            identifier,
+            key,
+            now_us,
+        )
+        if claimed:
+            return int(key), True, identifier
+        # a link on another replica made it an alias meanwhile (PostgreSQL): it names that contact (or, unlinked
+        # or forgotten since, none)
         yield count("DELETE FROM contacts WHERE id = ?", key)
-        row = yield one(d.resolve, org_key, identifier)
-        assert row is not None and row[0] is not None
-        return int(row[0]), False, str(row[1])
-    return int(key), True, identifier
+
+
+def locked_contact(d: Dialect, org: str, identifier: str) -> Ops[tuple[int, str] | None]:
+    """The contact `identifier` names (its key and own contact_id), its row locked until the commit where the
+    dialect locks; None when no contact of the organization has the identifier.
+
+    A write that moves or deletes a contact's identifiers locks the contact this way first. The identifier is
+    read again once the lock is held: while this write waited for it, the contact may have been forgotten or
+    merged away, or the identifier unlinked or moved to another contact; then it is looked up again, as it
+    would be by a write that came after. (No other write moves it off a contact while that one is locked.)"""
+    key = yield from existing_contact_pk(org, identifier)
+    while key is not None:
+        own = yield value(f"SELECT external_id FROM contacts WHERE id = ?{d.for_update}", key)
+        again = yield from existing_contact_pk(org, identifier)
+        if own is not None and again == key:
+            return key, str(own)
+        key = again
+    return None
 
 
 def aliases_of(contact_key: int, contact_id: str) -> Ops[list[str]]:
@@ -252,6 +274,14 @@ def changed(contact_key: int) -> Ops[None]:
 
 
 def contact_info(contact_key: int) -> Ops[ContactInfo]:
+    """A contact this write has locked (`locked_contact`), so it is there."""
+    info = yield from stored_contact(contact_key)
+    assert info is not None
+    return info
+
+
+def stored_contact(contact_key: int) -> Ops[ContactInfo | None]:
+    """A contact as `get_contact` shows it; None when it is not there (any more)."""
     row = yield one(
         "SELECT external_id, created_us, last_active_us, "
         "(SELECT count(*) FROM messages WHERE contact_pk = c.id), "
@@ -259,7 +289,8 @@ def contact_info(contact_key: int) -> Ops[ContactInfo]:
         "(SELECT min(created_us) FROM messages WHERE contact_pk = c.id) FROM contacts c WHERE id = ?",
         contact_key,
     )
-    assert row is not None
+    if row is None:
+        return None
     contact_id, created_us, last_active_us, messages, chats, first_message_us = row
     channels = yield all_rows("SELECT name FROM channels WHERE contact_pk = ? ORDER BY name", contact_key)
     return ContactInfo(
@@ -274,8 +305,18 @@ def contact_info(contact_key: int) -> Ops[ContactInfo]:
 
 
 def contact(org: str, contact_id: str) -> Ops[ContactInfo | None]:
-    contact_key = yield from existing_contact_pk(org, contact_id)
-    return None if contact_key is None else (yield from contact_info(contact_key))
+    """The contact `contact_id` names, read without a lock. On PostgreSQL each statement sees what was committed
+    before it, so a merge or a forget committed between the contact's row and its aliases would leave a view of
+    neither state (the contact, none of its aliases): the identifier is looked up again after the read, which
+    stands only if it still names that contact, and is read again otherwise."""
+    key = yield from existing_contact_pk(org, contact_id)
+    while key is not None:
+        info = yield from stored_contact(key)
+        again = yield from existing_contact_pk(org, contact_id)
+        if info is not None and again == key:
+            return info
+        key = again
+    return None
 
 
 def link(
@@ -288,11 +329,16 @@ def link(
         first = yield from _first_link_answer(org_key, key, contact_id, identifier)
         if first is not None:
             return first
-    while True:
-        keeper, created, keeper_id = yield from contact_pk(d, org_key, contact_id, now_us)
-        # the keeper's row is locked: a concurrent merge of it waits for this one (or merged it away: again)
-        if (yield value(f"SELECT 1 FROM contacts WHERE id = ?{d.for_update}", keeper)) is not None:
-            break
+    # the keeper's row is locked: a merge, unlink or forget of it waits for this link, or this link for it
+    found = yield from locked_contact(d, org, contact_id)
+    created = False
+    while found is None:  # unknown: made here (or by another write meanwhile), then locked as any other
+        _, created, _ = yield from contact_pk(d, org_key, contact_id, now_us)
+        found = yield from locked_contact(d, org, contact_id)
+    keeper, keeper_id = found
+    # and the row of the contact `identifier` names, if another, before its identifier is claimed: a forget or
+    # an unlink of that contact ends before it is merged in here (this one then finds what it left), or waits
+    yield from locked_contact(d, org, identifier)
     owner, claimed = yield from d.claim_identifier(org_key, identifier, keeper, now_us)
     messages = chats = 0
     if owner != keeper:
@@ -371,14 +417,10 @@ def merge_into(d: Dialect, org: str, keeper: int, merged: int, log: ChangeLog) -
     return messages, chats
 
 
-def unlink(org: str, identifier: str, log: ChangeLog) -> Ops[ContactInfo | None]:
-    """Detach an alias from its contact; None when no contact of the organization has it."""
-    found = yield one(
-        "SELECT i.contact_pk, c.external_id FROM identifiers i JOIN contacts c ON c.id = i.contact_pk "
-        f"WHERE i.org_id = {ORG} AND i.identifier = ?",
-        org,
-        identifier,
-    )
+def unlink(d: Dialect, org: str, identifier: str, log: ChangeLog) -> Ops[ContactInfo | None]:
+    """Detach an alias from its contact; None when no contact of the organization has it (any more: a merge
+    that ran meanwhile leaves it an alias of the kept contact, which it is detached from)."""
+    found = yield from locked_contact(d, org, identifier)
     if found is None:
         return None
     contact_key, contact_id = found
@@ -405,11 +447,12 @@ def import_alias(d: Dialect, org: str, record: AliasRecord, log: ChangeLog) -> O
 
 
 def forget(d: Dialect, org: str, contact_id: str, log: ChangeLog) -> Ops[ForgetResult]:
-    """Delete a contact and all it holds."""
-    contact_key = yield from existing_contact_pk(org, contact_id)
-    if contact_key is None:
+    """Delete a contact and all it holds. An identifier no contact has (never had, or forgotten meanwhile by
+    another write) forgets nothing; one merged into another contact meanwhile forgets that one."""
+    found = yield from locked_contact(d, org, contact_id)
+    if found is None:
         return ForgetResult(contact_id=contact_id, deleted_messages=0, deleted_chats=0)
-    own = yield value(f"SELECT external_id FROM contacts WHERE id = ?{d.for_update}", contact_key)
+    contact_key, own = found
     aliases = yield from aliases_of(contact_key, own)
     messages = yield count("DELETE FROM messages WHERE contact_pk = ?", contact_key)
     chats = yield count("DELETE FROM chats WHERE contact_pk = ?", contact_key)
