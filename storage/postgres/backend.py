@@ -24,7 +24,14 @@ import asyncpg
 
 from .. import rows
 from ..changes import Announcer, Change, Deliver
-from ..errors import ChatdockError, Unavailable, chat_not_found, message_id_taken, outcome_unknown
+from ..errors import (
+    ChatdockError,
+    OutcomeUnknown,
+    Unavailable,
+    chat_not_found,
+    message_id_taken,
+    outcome_unknown,
+)
 from ..ids import uuid7
 from ..models import AppendedMessage, Message, appended, channel_kind
 from ..records import MessageRecord
@@ -281,7 +288,16 @@ class PostgresBackend(SQLBackend):
         order = sorted(range(len(batch)), key=lambda i: (batch[i][0], batch[i][1].message.contact_id))
         items = [_append_item(batch[i][0], batch[i][1], now, False) for i in order]
         log = self._log()
-        found = await self._write(lambda: _append(items, log), log, functools.partial(self._transact, batch=len(items)))
+        try:
+            found = await self._write(
+                lambda: _append(items, log), log, functools.partial(self._transact, batch=len(items))
+            )
+        except OutcomeUnknown:  # maybe stored, the contacts unknown (its answer says them): every listener of
+            # each organization reads again, as `_write` tells them of any other write that may have been made
+            self._announcer.tell(
+                [Change(org, record.message.contact_id, aliases_unknown=True) for org, record in batch]
+            )
+            raise
         outcomes: list[AppendedMessage | ChatdockError] = [Unavailable("not run")] * len(batch)
         for index, result in zip(order, found, strict=True):
             outcomes[index] = _outcome(batch[index][1], result)

@@ -20,7 +20,7 @@ from .. import validation as check
 from ..backend import Imported, MessageFilter, StoredKey
 from ..changes import Announcer
 from ..cursor import Position
-from ..errors import ChatdockError
+from ..errors import ChatdockError, OutcomeUnknown
 from ..models import Alias, ApiKeyInfo, Chat, ChatStatus, ContactInfo, ForgetResult, LinkResult, Message
 from ..records import AliasRecord, ChatRecord, MessageRecord
 from . import writes
@@ -82,7 +82,15 @@ class SQLBackend:
                 log.reset()
             return make()
 
-        result = await (transact or self._transact)(attempt)
+        try:
+            result = await (transact or self._transact)(attempt)
+        except OutcomeUnknown:
+            # it may have been committed: this process's listeners are told (the other processes hear it from
+            # the feed if so, while this one skips its own there), and read again: a change that did not happen
+            # costs them a read, one that did is not missed
+            if log is not None:
+                self._announcer.tell(log.changes)
+            raise
         if log is not None:
             self._announcer.tell(log.changes)
         return result

@@ -25,6 +25,7 @@ from chatdock.server.bench.postgres import throwaway_database
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.changes import Change
+from chatdock.storage.errors import OutcomeUnknown
 from chatdock.storage.postgres import PostgresBackend
 from chatdock.storage.sql.ops import Ops, value
 from tests.mcp.test_events import heard_within, subscriber
@@ -370,3 +371,24 @@ async def test_a_read_only_database_is_read_and_healthz_says_it_takes_no_writes(
     assert listed.returncode == 0 and "reader" in listed.stdout, listed.stderr
     exported = run_cli("export", "--db", postgres_url, "-q")
     assert exported.returncode == 0 and '"content":"hi"' in exported.stdout, exported.stderr
+
+
+async def test_a_write_whose_outcome_is_unknown_is_told_to_this_replicas_listeners(postgres_url: str) -> None:
+    """Had it been committed, other replicas would hear it from the feed, which skips this one's own changes:
+    this replica's listeners are told at once (a change that did not happen costs them a read again)."""
+    async with open_store(postgres_url, timeout=1) as store:
+        await store.append_message("acme", NewMessage(contact_id="c1", channel="sms", role="user", content="first"))
+        told: list[Change | object] = []
+        stop = store.announce_to(told.append)
+        locker = await asyncpg.connect(postgres_url)
+        try:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+                with pytest.raises(OutcomeUnknown, match="whether it was stored is unknown"):
+                    await store.append_message(
+                        "acme", NewMessage(contact_id="c1", channel="sms", role="user", content="unknown")
+                    )
+        finally:
+            await locker.close()
+            stop()
+        assert [(c.org, c.contact_id) for c in told if isinstance(c, Change)] == [("acme", "c1")], told
