@@ -4,6 +4,7 @@ process follows what the other processes sharing the file record (`follow_feed`)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -20,6 +21,7 @@ logger = logging.getLogger("chatdock.storage")
 
 FOLLOW_INTERVAL = 0.05  # seconds between looks at the change feed, while someone listens
 KEEP_CHANGES = 10_000  # the feed keeps this many changes; a follower further behind re-reads everything
+SKIP_EVERY = 20  # looks (a second) between two skips past the changes no one here listened for
 PRUNE_EVERY = 1_024
 
 
@@ -60,17 +62,25 @@ async def follow_feed(
 ) -> None:
     """Poll `PRAGMA data_version` on a connection of its own (it changes when any other connection commits)
     every FOLLOW_INTERVAL seconds while `wanted()`, then deliver the feed's new rows that another process
-    (another `origin`) wrote; EVERYTHING when the feed was pruned past where this one had read."""
+    (another `origin`) wrote; EVERYTHING when the feed was pruned past where this one had read. While no one
+    wants them, it skips past them once a second, so the first listener is not told of what came before it."""
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         await conn.execute("PRAGMA query_only = ON")
         position = await _one_value(conn, "SELECT ifnull(max(seq), 0) FROM changes")
         ready()  # what commits from here on has a higher seq
         version = None
+        idle = 0
         while True:
             await asyncio.sleep(FOLLOW_INTERVAL)
             if not wanted():
+                idle += 1
+                if idle % SKIP_EVERY == 0:  # what others commit while no one here listens is no one's news: a
+                    # listener that comes later hears from here (at most a second's changes before it came)
+                    with contextlib.suppress(sqlite3.Error):
+                        position = max(position, await _one_value(conn, "SELECT ifnull(max(seq), 0) FROM changes"))
                 continue
+            idle = 0
             try:
                 now = await _one_value(conn, "PRAGMA data_version")
                 if now == version:

@@ -590,6 +590,26 @@ async def test_a_write_in_one_store_reaches_the_feed_of_another_as_soon_as_it_fo
         assert own == heard  # the writing process is told at commit, the same changes
 
 
+async def test_a_first_listener_is_not_told_what_other_processes_wrote_before_it_listened(tmp_path: Path) -> None:
+    """While no one listens, the SQLite feed skips past the other processes' changes (once a second): the first
+    listener hears from about when it came, not a burst of every change since the process started (nor, past
+    the feed's 10,000, an EVERYTHING)."""
+    db = str(tmp_path / "two.db")
+    heard: list[object] = []
+    listening = False
+    async with open_store(db) as reader, open_store(db) as writer:
+        async with reader.following(heard.append, lambda: listening):
+            for index in range(3):
+                await writer.append_message(ORG, msg(f"+3160000000{index}", "before anyone listened"))
+            await anyio.sleep(1.5)  # past a skip (a second): what it is about, not a wait for an event
+            listening = True
+            await writer.append_message(ORG, msg("+31690000000", "sentinel"))
+            with anyio.fail_after(5):
+                while not heard:  # a burst would come in the sentinel's read, delivered before it
+                    await anyio.sleep(0.01)
+    assert heard == [Change(ORG, "+31690000000", "appeared")], heard
+
+
 async def test_an_import_that_links_an_alias_to_a_contact_it_stored_tells_that_aliass_listeners(db: str) -> None:
     """One import transaction stores a contact's chat, then links an alias to it: the second change of the
     same contact names the alias, so it is recorded too (a listener of the alias hears, in every process)."""
