@@ -137,8 +137,9 @@ class Backend(Protocol):
         Idempotency-Key `key`, the answer is kept in the same transaction, and a retry gets it instead."""
         ...
 
-    async def unlink(self, org: str, identifier: str) -> ContactInfo | None:
-        """Detach an alias from its contact (InvalidInput for a contact's own id); None for an unknown one."""
+    async def unlink(self, org: str, identifier: str, of: str | None = None) -> ContactInfo | None:
+        """Detach an alias from its contact (InvalidInput for a contact's own id); None for an unknown one, or
+        (with `of`, any identifier of a contact) for one that is not that contact's, in the same transaction."""
         ...
 
     async def recent_contacts(self, org: str, limit: int) -> list[str]:

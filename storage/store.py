@@ -503,11 +503,8 @@ class Store:
         """`identifier` no longer names its contact (whose history stays); the next message under it starts a
         new contact. With `contact_id`, only an identifier of that contact."""
         identifier = check.identifier(identifier, "identifier")
-        if contact_id is not None:
-            owner = await self.backend.contact(org, check.contact_id(contact_id))
-            if owner is None or identifier not in (owner.contact_id, *owner.aliases):
-                raise identifier_not_found(identifier)
-        found = await self.backend.unlink(org, identifier)
+        of = None if contact_id is None else check.contact_id(contact_id)
+        found = await self.backend.unlink(org, identifier, of)
         if found is None:
             raise identifier_not_found(identifier)
         return found

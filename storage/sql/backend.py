@@ -175,9 +175,9 @@ class SQLBackend:
             lambda: writes.link(self.dialect, org, contact_id, identifier, now_us(), log, key), log
         )
 
-    async def unlink(self, org: str, identifier: str) -> ContactInfo | None:
+    async def unlink(self, org: str, identifier: str, of: str | None = None) -> ContactInfo | None:
         log = self._log()
-        return await self._write(lambda: writes.unlink(self.dialect, org, identifier, log), log)
+        return await self._write(lambda: writes.unlink(self.dialect, org, identifier, log, of), log)
 
     async def recent_contacts(self, org: str, limit: int) -> list[str]:
         found = await self._read(

@@ -417,13 +417,17 @@ def merge_into(d: Dialect, org: str, keeper: int, merged: int, log: ChangeLog) -
     return messages, chats
 
 
-def unlink(d: Dialect, org: str, identifier: str, log: ChangeLog) -> Ops[ContactInfo | None]:
+def unlink(d: Dialect, org: str, identifier: str, log: ChangeLog, of: str | None = None) -> Ops[ContactInfo | None]:
     """Detach an alias from its contact; None when no contact of the organization has it (any more: a merge
-    that ran meanwhile leaves it an alias of the kept contact, which it is detached from)."""
+    that ran meanwhile leaves it an alias of the kept contact, which it is detached from), or, with `of`, when
+    the contact `of` names is not the one that has it (checked under the contact's lock: an alias moved to
+    another contact meanwhile is not detached from that one)."""
     found = yield from locked_contact(d, org, identifier)
     if found is None:
         return None
     contact_key, contact_id = found
+    if of is not None and (yield from existing_contact_pk(org, of)) != contact_key:
+        return None
     if contact_id == identifier:
         raise own_identifier(identifier)
     yield count("DELETE FROM identifiers WHERE contact_pk = ? AND identifier = ?", contact_key, identifier)
