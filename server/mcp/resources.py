@@ -23,6 +23,7 @@ TRANSCRIPT_URI = "chatdock://contacts/{contact_id}/transcript"
 CONTEXT_URI = "chatdock://contacts/{contact_id}/context"
 CONTACT_URIS = (TRANSCRIPT_URI, CONTEXT_URI)
 MAX_URI_CHARS = 4_096  # a contact id of 256 characters, each percent-encoded (12 for 4 UTF-8 bytes), in a URI
+MAX_SPELLED_URI_CHARS = 16_384  # as a client spelled it: NFD spells a character in up to 4, each up to 12 encoded
 
 
 def contact_uri(template: str, contact_id: str) -> str:
@@ -46,8 +47,8 @@ def followed_uri(uri: str) -> str:
     id a valid contact id. Anything else is refused (an MCPError that says what to follow): a listener's URIs
     are kept while it listens, so none may be another service's, or megabytes long."""
     shown = repr(uri[:100] + ("..." if len(uri) > 100 else ""))
-    if len(uri) <= MAX_URI_CHARS:
-        canonical = canonical_uri(uri)
+    canonical = canonical_uri(uri) if len(uri) <= MAX_SPELLED_URI_CHARS else ""
+    if len(canonical) <= MAX_URI_CHARS:
         for template in CONTACT_URIS:
             head, tail = template.split("{contact_id}")
             if canonical.startswith(head) and canonical.endswith(tail) and len(canonical) > len(head) + len(tail):

@@ -23,11 +23,16 @@ from tests.transports import call
 
 PHONE = "+31612345678"
 NAME = "Zoë Müller"  # stored in NFC; a client may spell it in NFD
+LONG_NFD = unicodedata.normalize("NFD", "\ud55c" * 256)  # 256 Hangul syllables, each three jamo in NFD
 SPELLINGS = {
     "lower-case percent-encoding": ("chatdock://contacts/%2b31612345678/transcript", PHONE),
     "an unencoded +": ("chatdock://contacts/+31612345678/transcript", PHONE),
     "an alias": (contact_uri(TRANSCRIPT_URI, "ann@example.com"), PHONE),
     "NFD": (f"chatdock://contacts/{quote(unicodedata.normalize('NFD', NAME), safe='')}/transcript", NAME),
+    "NFD, longer than 4,096 as spelled": (
+        f"chatdock://contacts/{quote(LONG_NFD, safe='')}/transcript",
+        unicodedata.normalize("NFC", LONG_NFD),
+    ),
 }
 
 
@@ -131,6 +136,7 @@ async def test_one_uri_followed_in_two_spellings_is_told_in_each_in_both_eras(db
         ("chatdock://contacts/" + "a" * 5_000 + "/transcript", "at most 4096 characters in all"),
         ("chatdock://contacts/a%0Ab/transcript", "contact_id must not contain control characters"),
         ("chatdock://contacts//transcript", "chatdock has no resource"),
+        ("chatdock://contacts/" + "a" * 20_000 + "/transcript", "chatdock has no resource"),
     ],
 )
 async def test_a_uri_chatdock_does_not_serve_is_refused_not_kept(
