@@ -217,9 +217,10 @@ class Backend(Protocol):
         """Raise when the database cannot be read."""
         ...
 
-    async def health(self) -> list[str]:
-        """What keeps the database from reading or writing now, each said as an Unavailable error says it;
-        empty when it is sound. Cheap enough for every /healthz."""
+    async def health(self, writes: bool = True) -> list[str]:
+        """What keeps the database from reading or writing now (without `writes`: from reading, for a server
+        that takes no writes), each said as an Unavailable error says it; empty when it is sound. Cheap enough
+        for every /healthz."""
         ...
 
     async def close(self) -> None: ...

@@ -684,6 +684,7 @@ class Store:
             follower.cancel()
             await asyncio.wait({follower})  # the follower's end; a cancel of this task still goes through
 
-    async def health(self) -> list[str]:
-        """What keeps the store from reading or writing now; empty when it is sound."""
-        return await self.backend.health()
+    async def health(self, writes: bool = True) -> list[str]:
+        """What keeps the store from reading or writing now (without `writes`, a server that only reads: from
+        reading); empty when it is sound."""
+        return await self.backend.health(writes)

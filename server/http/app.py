@@ -326,7 +326,7 @@ def build_http_app(
     @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def healthz(_: Request) -> Response:
         store = server.state.store
-        problems = ["the store is not open yet"] if store is None else await store.health()
+        problems = ["the store is not open yet"] if store is None else await store.health(not settings.read_only)
         if problems:
             return JSONResponse({"status": "unavailable", "store": problems[0], "problems": problems}, status_code=503)
         return JSONResponse({"status": "ok", "store": "ok"})

@@ -369,12 +369,13 @@ class PostgresBackend(SQLBackend):
         )
         return rows.messages(await self._read(sql, [org, list(seqs)], org))
 
-    async def health(self) -> list[str]:
-        """What keeps the database from serving: unreachable, or taking no writes (reads go on)."""
+    async def health(self, writes: bool = True) -> list[str]:
+        """What keeps the database from serving: unreachable, or taking no writes (reads go on; for a server that
+        takes none, without `writes`, that is no problem)."""
         try:
             found = await self._read(HEALTH_SQL, (), urgent=True)
         except Unavailable as exc:
             return [exc.message]
-        if found[0][0] == "on":
+        if writes and found[0][0] == "on":
             return [f"{read_only(self.place)}: writes are refused, reads still work"]
         return []

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from .. import changes, rows
 from ..changes import Change, ChangeKind
-from ..errors import ChatdockError, chat_id_taken, key_name_taken, key_used_elsewhere, own_identifier
+from ..errors import ChatdockError, Unavailable, chat_id_taken, key_name_taken, key_used_elsewhere, own_identifier
 from ..ids import uuid7
 from ..models import ApiKeyInfo, Chat, ChatStatus, ContactInfo, ForgetResult, LinkResult, Message, channel_kind
 from ..records import AliasRecord, ChatRecord
@@ -87,6 +87,9 @@ def existing_contact_pk(org: str, identifier: str) -> Ops[int | None]:
     return None if key is None else int(key)
 
 
+CONTACT_TURNS = 20  # looks at an identifier's contact before a contact_pk gives up (each met another write)
+
+
 def first_version() -> int:
     """Where a new contact starts counting the changes of its messages (`contacts.version`): at random, so that
     a contact forgotten and created again under the same contact_id does not count through the same numbers
@@ -100,8 +103,9 @@ def contact_pk(d: Dialect, org_key: int, identifier: str, now_us: int) -> Ops[tu
     was created now; and the contact's own contact_id.
 
     Each turn of the loop but the last met a write of another transaction (PostgreSQL): the contact it found
-    or made was forgotten, merged away or left without the identifier meanwhile, so it looks again."""
-    while True:
+    or made was forgotten, merged away or left without the identifier meanwhile, so it looks again. Turns
+    without end would be an identifier whose contact row is gone (damage): said so after CONTACT_TURNS."""
+    for _ in range(CONTACT_TURNS):
         row = yield one(d.resolve, org_key, identifier)
         if row is not None and row[0] is not None:
             return int(row[0]), False, str(row[1])
@@ -136,6 +140,10 @@ def contact_pk(d: Dialect, org_key: int, identifier: str, now_us: int) -> Ops[tu
         # a link on another replica made it an alias meanwhile (PostgreSQL): it names that contact (or, unlinked
         # or forgotten since, none)
         yield count("DELETE FROM contacts WHERE id = ?", key)
+    raise Unavailable(
+        f"the identifier {identifier!r} names a contact that is not in the database (it is damaged); writes to it "
+        "are refused: `chatdock export` saves what can be read"
+    )
 
 
 def locked_contact(d: Dialect, org: str, identifier: str) -> Ops[tuple[int, str] | None]:
@@ -150,8 +158,8 @@ def locked_contact(d: Dialect, org: str, identifier: str) -> Ops[tuple[int, str]
     while key is not None:
         own = yield value(f"SELECT external_id FROM contacts WHERE id = ?{d.for_update}", key)
         again = yield from existing_contact_pk(org, identifier)
-        if own is not None and again == key:
-            return key, str(own)
+        if again == key:  # it still names that contact (no row: an identifier left dangling by damage, none)
+            return None if own is None else (key, str(own))
         key = again
     return None
 
@@ -313,7 +321,7 @@ def contact(org: str, contact_id: str) -> Ops[ContactInfo | None]:
     while key is not None:
         info = yield from stored_contact(key)
         again = yield from existing_contact_pk(org, contact_id)
-        if info is not None and again == key:
+        if again == key:  # it still names that contact: the read stands (None: an identifier left dangling)
             return info
         key = again
     return None

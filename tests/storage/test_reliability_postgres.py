@@ -367,6 +367,10 @@ async def test_a_read_only_database_is_read_and_healthz_says_it_takes_no_writes(
             body = {"contact_id": "c1", "channel": "sms", "role": "user", "content": "refused"}
             written = await http.post("/chats", json=body)
             assert written.status_code == 503 and "is read-only" in written.json()["message"], written.text
+    with http_server(postgres_url, "--read-only") as base:  # a server that takes no writes is healthy on it
+        async with httpx2.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=10) as http:
+            assert (await http.get("/healthz")).json() == {"status": "ok", "store": "ok"}
+            assert (await http.get("/chats/context", params={"contact_id": "c1"})).status_code == 200
     listed = run_cli("keys", "list", "--db", postgres_url)  # opening it is a read: it was refused before
     assert listed.returncode == 0 and "reader" in listed.stdout, listed.stderr
     exported = run_cli("export", "--db", postgres_url, "-q")

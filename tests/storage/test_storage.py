@@ -689,3 +689,23 @@ async def test_a_write_waits_for_another_processs_lock_a_bounded_time_in_all(
             other.close()
         await store.append_message("acme", msg(content="after"))  # the lock gone, writes work at once
         assert [m.content for m in (await store.get_context("acme", "+31612345678")).messages] == ["before", "after"]
+
+
+async def test_an_identifier_left_without_its_contact_by_damage_is_answered_not_looped_on(tmp_path: Path) -> None:
+    """A contact row deleted with foreign keys off (damage `chatdock check` does not see) leaves its identifiers
+    dangling: the reads and writes that look an identifier up again until it holds still answer at once."""
+    path = tmp_path / "dangling.db"
+    async with open_store(str(path)) as store:
+        await store.append_message(ORG, msg("alice", "hi"))
+        await store.link_contacts(ORG, "alice", "bob")
+    with sqlite3.connect(path) as damage:
+        damage.execute("PRAGMA foreign_keys = OFF")
+        for table in ("messages", "chats", "channels", "contacts"):
+            damage.execute(f"DELETE FROM {table}")
+    async with open_store(str(path)) as store:
+        with anyio.fail_after(10):  # each looped for ever (the whole process frozen)
+            with pytest.raises(NotFound):
+                await store.get_contact(ORG, "alice")
+            assert (await store.forget_contact(ORG, "alice")).deleted_messages == 0
+            with pytest.raises(NotFound):
+                await store.unlink_contact(ORG, "bob")
