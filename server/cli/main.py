@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 
@@ -31,6 +32,30 @@ def default_db() -> str:
     return str(Path(base) / "chatdock" / "chatdock.db")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, refusing a bad command line in one line that says what to do (argparse printed its
+    usage, several lines), as a JSON record when the logs are JSON."""
+
+    json_errors = False  # set by `main` from the command line and CHATDOCK_LOG_FORMAT, before parsing
+
+    def error(self, message: str) -> NoReturn:
+        said = f"{message}; `{self.prog} --help` lists what it takes"
+        if _Parser.json_errors:
+            record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "%s", (f"{self.prog}: {said}",), None)
+            print(logs.JsonLines().format(record), file=sys.stderr)
+        else:
+            print(f"{self.prog}: error: {said}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _asks_json(argv: Sequence[str]) -> bool:
+    """Whether a command line (or CHATDOCK_LOG_FORMAT) asks for JSON logs, read before it is parsed."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--log-format=")] + [
+        after for flag, after in itertools.pairwise(argv) if flag == "--log-format"
+    ]
+    return (given[-1] if given else os.environ.get("CHATDOCK_LOG_FORMAT") or "").lower() == "json"
+
+
 def _number(kind: type[int] | type[float], least: float, env: str | None = None) -> Any:
     """An argparse type for a finite number of at least `least`; its error names the variable a default comes
     from, since argparse reads a default through the same type (a bad CHATDOCK_POOL_SIZE is refused in one
@@ -44,21 +69,21 @@ def _number(kind: type[int] | type[float], least: float, env: str | None = None)
         except ValueError:
             number = None
         if number is None or not math.isfinite(number) or number < least:
-            raise argparse.ArgumentTypeError(f"must be {named} of at least {least:g}{source}, got {value!r}")
+            bound = f" of at least {least:g}" if math.isfinite(least) else ""
+            raise argparse.ArgumentTypeError(f"must be {named}{bound}{source}, got {value!r}")
         return number
 
     return parsed
 
 
-def _choice(choices: Sequence[str], env: str, fold: Callable[[str], str]) -> Any:
+def _choice(choices: Sequence[str], env: str | None, fold: Callable[[str], str]) -> Any:
     """An argparse type for one of `choices`, read in any case; its error names the variable a default comes
     from (argparse does not check a default against `choices`)."""
 
     def parsed(value: str) -> str:
         if fold(value) not in choices:
-            raise argparse.ArgumentTypeError(
-                f"must be one of {', '.join(choices)} ({env} sets it when the flag is not given), got {value!r}"
-            )
+            source = f" ({env} sets it when the flag is not given)" if env else ""
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(choices)}{source}, got {value!r}")
         return fold(value)
 
     return parsed
@@ -137,7 +162,7 @@ def _only_org(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog="chatdock",
         description="Cross-channel conversation memory for agents, served over the Model Context Protocol.",
     )
@@ -227,7 +252,7 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--metrics-port",
-        type=int,
+        type=_number(int, -math.inf, "CHATDOCK_METRICS_PORT"),  # its range is checked with --port's
         default=os.environ.get("CHATDOCK_METRICS_PORT") or None,
         metavar="PORT",
         help="with --http: serve GET /metrics (Prometheus) on this port only, off the main listener; without it "
@@ -313,22 +338,21 @@ def parser() -> argparse.ArgumentParser:
         "where installed (pip install 'chatdock[compare]'); SQLite only",
     )
     bench.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
-    bench.add_argument(
-        "--log-level", default="WARNING", type=_choice(LEVELS, "CHATDOCK_LOG_LEVEL", str.upper), choices=LEVELS
-    )
+    bench.add_argument("--log-level", default="WARNING", type=_choice(LEVELS, None, str.upper), choices=LEVELS)
     _log_format(bench)
     return top
 
 
 def _tell(args: argparse.Namespace, text: str, warning: bool = False) -> None:
-    """A command's word to its user on stderr: a line of text, or with --log-format json a record (INFO, or
-    WARNING when something was left out), so that stderr stays one JSON object per line."""
+    """A command's word to its user on stderr, whatever --log-level (it is the command's output, not a log
+    line): a line of text, or with --log-format json a record (INFO, or WARNING when something was left out),
+    so that stderr stays one JSON object per line."""
     if args.log_format != "json":
         print(text, file=sys.stderr)
-    elif warning:
-        logger.warning("%s", text.removeprefix("chatdock: "))
-    else:
-        logger.info("%s", text)
+        return
+    level = logging.WARNING if warning else logging.INFO
+    said = logger.makeRecord(logger.name, level, __file__, 0, "%s", (text.removeprefix("chatdock: "),), None)
+    print(logs.JsonLines().format(said), file=sys.stderr)
 
 
 def store_settings(args: argparse.Namespace) -> Settings:
@@ -459,8 +483,8 @@ async def _export(args: argparse.Namespace) -> int:
             contact = (await store.get_contact(args.org, contact)).contact_id
         elif contact is not None and await _records(store, contact) == 0:  # not an empty export, exit 0
             raise InvalidInput(
-                f"no contact has the id {contact!r} in any organization; to name a contact by another of its "
-                "identifiers (an alias), give its organization with --org"
+                f"nothing to export: no chat, alias or message has the contact id {contact!r} in any organization; "
+                "to name a contact by another of its identifiers (an alias), give its organization with --org"
             )
         written = await export_to_path(store, args.output, args.org, contact, args.quiet, skipped)
     if args.output not in (None, "-"):
@@ -485,6 +509,7 @@ async def _import(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _Parser.json_errors = _asks_json(sys.argv[1:] if argv is None else list(argv))
     args = parser().parse_args(argv)
     logs.configure(args.log_level, args.log_format)
     if args.log_format == "json" and hasattr(args, "quiet"):

@@ -165,7 +165,8 @@ async def test_export_narrows_to_an_organization_and_a_contact(tmp_path: Path) -
     for named in ("+31655500000", "nobody@b.com"):  # an alias needs its organization; an unknown id is no export
         refused = run_cli("export", "--db", str(db), "-q", "--contact", named)
         assert refused.returncode == 2 and refused.stdout == "", refused
-        assert f"no contact has the id {named!r} in any organization" in refused.stderr and "--org" in refused.stderr
+        assert f"no chat, alias or message has the contact id {named!r} in any organization" in refused.stderr
+        assert "--org" in refused.stderr
 
 
 def good(i: int, **changes: object) -> str:
