@@ -486,7 +486,7 @@ async def _export(args: argparse.Namespace) -> int:
                 f"nothing to export: no chat, alias or message has the contact id {contact!r} in any organization; "
                 "to name a contact by another of its identifiers (an alias), give its organization with --org"
             )
-        written = await export_to_path(store, args.output, args.org, contact, args.quiet, skipped)
+        written = await export_to_path(store, args.output, args.org, contact, args.quiet, skipped, args.db)
     if args.output not in (None, "-"):
         _tell(args, f"exported {written:,} line(s) to {args.output}")
     if skipped:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TextIO, TypeVar
 
 from chatdock.server.history.progress import Progress
-from chatdock.storage import ChatdockError, InvalidInput, Store
+from chatdock.storage import ChatdockError, InvalidInput, Store, is_postgres
 from chatdock.storage import validation as check
 from chatdock.storage.errors import OutcomeUnknown
 from chatdock.storage.history import Record, check_record, conflicts, dump_line, parse_line
@@ -95,49 +95,43 @@ def _written_through(path: str) -> bool:
     return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
-def _database_files() -> set[tuple[int, int]]:
-    """(device, inode) of the regular files this process holds open beyond standard input, output and error: the
-    database being exported and its -wal and -shm files (none with PostgreSQL)."""
-    held: set[tuple[int, int]] = set()
+def _is_database(target: Path, database: str | None) -> bool:
+    """Whether `target` (a symbolic link, or /dev/fd/N, followed) is the database file `database` names, or its
+    -wal, -shm or -journal file, by any name (a link, a hard link): replacing it would destroy the history.
+    None, a PostgreSQL URL or `:memory:`: no file to destroy."""
+    if database is None or database == ":memory:" or is_postgres(database):
+        return False
+    named = os.path.realpath(database)
+    if os.path.realpath(target) in [named + suffix for suffix in ("", "-wal", "-shm", "-journal")]:
+        return True  # by its name, there or not yet (a -wal SQLite has not made yet)
     try:
-        numbers = [int(name) for name in os.listdir("/dev/fd")]
-    except (OSError, ValueError):  # no /dev/fd on this system: nothing to compare with
-        return held
-    for number in numbers:
+        found = target.stat()
+    except OSError:  # nothing there yet: a new file
+        return False
+    for suffix in ("", "-wal", "-shm", "-journal"):
         try:
-            found = os.fstat(number) if number > 2 else None
-        except OSError:  # the listing's own descriptor, closed once listed
-            continue
-        if found is not None and stat.S_ISREG(found.st_mode):
-            held.add((found.st_dev, found.st_ino))
-    return held
-
-
-def _is_database(target: Path) -> bool:
-    """Whether `target` (a symbolic link followed) is the database this export reads, or its -wal, -shm or
-    -journal file (which may not exist at this moment), by any name: replacing it would destroy the history."""
-    held = _database_files()
-    named = [target]
-    for suffix in ("-wal", "-shm", "-journal"):
-        if target.name.endswith(suffix):
-            named.append(target.with_name(target.name.removesuffix(suffix)))
-    for path in named:
-        try:
-            found = path.stat()
+            own = os.stat(database + suffix)
         except OSError:
             continue
-        if (found.st_dev, found.st_ino) in held:
+        if (own.st_dev, own.st_ino) == (found.st_dev, found.st_ino):
             return True
     return False
 
 
 async def export_to_path(
-    store: Store, path: str | None, org: str | None, contact_id: str | None, quiet: bool, skipped: list[str]
+    store: Store,
+    path: str | None,
+    org: str | None,
+    contact_id: str | None,
+    quiet: bool,
+    skipped: list[str],
+    database: str | None = None,
 ) -> int:
     """`export` into the file at `path` (written whole or not at all: a `.part` file beside it, or beside the
     target of a symbolic link at `path`, renamed onto it at the end), into a pipe or a device at `path` as it is
     (streaming), or to standard output; a file or an output that cannot be written, and the database's own files,
-    are one InvalidInput that says why (a reader that goes away, `| head`, is its BrokenPipeError)."""
+    are one InvalidInput that says why (a reader that goes away, `| head`, is its BrokenPipeError). `database`:
+    the store's --db, whose files `path` must not name."""
     if path is None or path == "-":
         try:
             written = await export(store, sys.stdout, org, contact_id, quiet, skipped)
@@ -148,7 +142,7 @@ async def export_to_path(
             raise InvalidInput(f"cannot write the export to standard output: {exc.strerror or exc}") from None
         return written
     target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)  # a link stays a link
-    if _is_database(target):
+    if _is_database(target, database):
         raise InvalidInput(
             f"cannot write the export to {path}: it is the database being exported (or one of its -wal, -shm "
             "files), which the export would destroy; name another file with -o"

@@ -252,3 +252,18 @@ def test_export_to_a_descriptor_path_writes_into_the_pipe_it_names(history: tupl
     reader.join(30)
     assert process.returncode == 0 and out == "", err
     assert not reader.is_alive() and received == [exported.encode()]
+
+
+def test_export_to_a_descriptor_path_of_a_regular_file_appends_to_it(history: tuple[Path, str], tmp_path: Path) -> None:
+    """`chatdock export -o /dev/fd/5 5>>log`: a file the shell opened is written into, not taken for the
+    database (which is refused by its own name and inode, not by being an open file)."""
+    db, exported = history
+    log = tmp_path / "log.jsonl"
+    log.write_text("kept\n")
+    with log.open("a") as opened:
+        done = subprocess.run(
+            [*chatdock_command(), "export", "--db", str(db), "-q", "-o", f"/dev/fd/{opened.fileno()}"],
+            pass_fds=[opened.fileno()], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert log.read_text() == "kept\n" + exported
