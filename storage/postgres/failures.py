@@ -104,7 +104,7 @@ def translate(exc: BaseException, url: str, starting: bool = False) -> str | Non
     if isinstance(exc, asyncpg.QueryCanceledError):  # chatdock's own --db-timeout is a TimeoutError, below
         return (
             f"{place} cancelled the statement ({exc}): a statement_timeout or lock_timeout set on the server, or "
-            "an administrator; nothing was written; try again"
+            "an administrator; a write so cancelled wrote nothing; try again"
         )
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         if starting:

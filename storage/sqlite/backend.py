@@ -374,8 +374,11 @@ def integrity_check(path: str) -> list[str]:
 
 
 def _settled(path: str) -> bool:
-    """Whether the file holds all it has: no write-ahead log beside it with pages not yet copied in (a file
-    closed cleanly, a backup)."""
+    """Whether the file holds all it has and no one has it open: no write-ahead log beside it with pages not yet
+    copied in, and no shared-memory index (which every connection open on it keeps): a file closed cleanly, a
+    backup."""
+    if os.path.exists(path + "-shm"):
+        return False
     try:
         return os.path.getsize(path + "-wal") == 0
     except OSError:
