@@ -10,6 +10,7 @@ the Authorization header. A request without the key gets 401.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import shutil
 import socket
 import subprocess
@@ -33,7 +34,8 @@ def free_port() -> int:
 
 async def main() -> None:
     chatdock = shutil.which("chatdock") or sys.exit("chatdock is not on PATH: run `pip install -e .` first")
-    folder = tempfile.mkdtemp(prefix="chatdock-example-")  # removed at the end, with the database in it
+    folder = tempfile.mkdtemp(prefix="chatdock-example-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # with the database in it, however this ends
     db = str(Path(folder) / "chatdock.db")
     key = subprocess.run(
         [chatdock, "keys", "create", "--db", db, "--org", "acme", "--name", "example"],
@@ -66,7 +68,6 @@ async def main() -> None:
     finally:
         server.terminate()
         server.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ read back over REST: each call's chat with its status, and every turn with its t
 from __future__ import annotations
 
 import asyncio
+import atexit
 import copy
 import shutil
 import socket
@@ -192,7 +193,8 @@ async def main() -> None:
     logger.remove()  # Pipecat logs every frame at DEBUG; keep its warnings only
     logger.add(sys.stderr, level="WARNING")
     chatdock = shutil.which("chatdock") or sys.exit("chatdock is not on PATH: run `pip install -e .[pipecat]` first")
-    folder = tempfile.mkdtemp(prefix="chatdock-example-")  # removed at the end, with the database in it
+    folder = tempfile.mkdtemp(prefix="chatdock-example-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # with the database in it, however this ends
     db = str(Path(folder) / "chatdock.db")
     key = subprocess.run(
         [chatdock, "keys", "create", "--db", db, "--org", "acme", "--name", "voice-bot"],
@@ -235,7 +237,6 @@ async def main() -> None:
     finally:
         server.terminate()
         server.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

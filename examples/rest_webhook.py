@@ -10,6 +10,7 @@ chatdock answers 201 for a new message and 200 with the first copy for a retried
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 import socket
@@ -64,7 +65,8 @@ def deliver(base: str, key: str, payload: dict[str, Any]) -> list[int]:
 
 def main() -> None:
     chatdock = shutil.which("chatdock") or sys.exit("chatdock is not on PATH: install it first (see the README)")
-    folder = tempfile.mkdtemp(prefix="chatdock-example-")  # removed at the end, with the database in it
+    folder = tempfile.mkdtemp(prefix="chatdock-example-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # with the database in it, however this ends
     db = str(Path(folder) / "chatdock.db")
     key = subprocess.run(
         [chatdock, "keys", "create", "--db", db, "--org", "acme", "--name", "webhook"],
@@ -95,7 +97,6 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
