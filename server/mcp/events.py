@@ -48,6 +48,7 @@ Key = tuple[str, str]  # (organization, resource URI)
 DEFAULT_MAX_LISTENS = 256
 MAX_URIS = 1_000  # that one listen stream, or one subscribed session, follows at most
 MAX_SPELLINGS = 8  # of one URI, that one session follows (each is told)
+MAX_ORG_URI_CHARS = 16 * 2**20  # characters of the URIs an organization's listeners follow, in all
 
 
 class Events:
@@ -60,6 +61,7 @@ class Events:
         self._streams: dict[Key, dict[object, tuple[Listener, tuple[str, ...]]]] = defaultdict(dict)
         self._list_streams: dict[str, dict[object, Listener]] = defaultdict(dict)
         self._streams_of: Counter[str] = Counter()
+        self._chars_of: Counter[str] = Counter()  # the characters of the URIs each organization's listeners follow
         self._sessions: dict[Key, weakref.WeakKeyDictionary[Any, set[str]]] = defaultdict(weakref.WeakKeyDictionary)
         self._sessions_of: dict[str, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)
         self._subscribed_of: dict[str, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)  # following a URI
@@ -107,6 +109,8 @@ class Events:
             if uri not in spellings:
                 spellings.append(uri)
         keys = list(spelled)
+        cost = sum(len(uri) for spellings in spelled.values() for uri in spellings)
+        self._spend(org, cost)
         for key in keys:
             self._streams[key][token] = (listener, tuple(spelled[key]))
         if wants.resources_list_changed:
@@ -126,6 +130,7 @@ class Events:
             self._streams_of[org] -= 1
             if self._streams_of[org] <= 0:
                 del self._streams_of[org]
+            self._spend(org, -cost)
 
         return _once(unsubscribe)
 
@@ -185,11 +190,14 @@ class Events:
         followed = self._uris_of.setdefault(session, set())
         if key not in followed and len(followed) >= MAX_URIS:
             raise MCPError(INVALID_REQUEST, f"a session follows at most {MAX_URIS} URIs; {SPLIT}")
-        followed.add(key)
-        spellings = self._sessions[key].setdefault(session, set())
-        if uri not in spellings and len(spellings) >= MAX_SPELLINGS:
+        spellings = self._sessions.get(key, {}).get(session, set())
+        if uri in spellings:
+            return  # followed already, in this spelling
+        if len(spellings) >= MAX_SPELLINGS:
             raise MCPError(INVALID_REQUEST, f"a session follows one URI in at most {MAX_SPELLINGS} spellings")
-        spellings.add(uri)
+        self._spend(org, len(uri))
+        followed.add(key)
+        self._sessions[key].setdefault(session, set()).add(uri)
         subscribed.add(session)
         self._sessions_of[org].add(session)
         self._org_of[session] = org
@@ -203,10 +211,10 @@ class Events:
         spellings = None if subscribed is None else subscribed.get(session)
         if subscribed is None or spellings is None:
             return
-        if uri in spellings:
-            spellings.discard(uri)
-        elif len(spellings) == 1:
-            spellings.clear()
+        gone = uri if uri in spellings else next(iter(spellings)) if len(spellings) == 1 else None
+        if gone is not None:
+            spellings.discard(gone)
+            self._spend(org, -len(gone))
         if spellings:
             return
         del subscribed[session]
@@ -216,6 +224,19 @@ class Events:
         followed.discard(key)
         if not followed:
             self._subscribed_of[org].discard(session)
+
+    def _spend(self, org: str, chars: int) -> None:
+        """Count `chars` more (or, negative, fewer) characters of URIs followed by `org`'s listeners; refused
+        past MAX_ORG_URI_CHARS, so that no organization's listeners hold the memory of the process."""
+        if chars > 0 and self._chars_of[org] + chars > MAX_ORG_URI_CHARS:
+            raise MCPError(
+                INVALID_REQUEST,
+                f"this organization's listeners already follow {self._chars_of[org]:,} characters of URIs; "
+                f"{chars:,} more would pass the {MAX_ORG_URI_CHARS:,} allowed: follow fewer, or shorter, URIs",
+            )
+        self._chars_of[org] += chars
+        if self._chars_of[org] <= 0:
+            del self._chars_of[org]
 
     # --- what changed ---
 
@@ -300,13 +321,15 @@ class Events:
 
     def _forget(self, session: Any) -> None:
         """The session ended: out of the index, at the cost of its own URIs (not of every listener's)."""
+        org = self._org_of.pop(session, None)
         for key in self._uris_of.pop(session, set()):
             sessions = self._sessions.get(key)
             if sessions is not None:
-                sessions.pop(session, None)
+                spellings = sessions.pop(session, set())
+                if org is not None:
+                    self._spend(org, -sum(len(uri) for uri in spellings))
                 if not sessions:
                     del self._sessions[key]
-        org = self._org_of.pop(session, None)
         if org is not None:
             self._sessions_of[org].discard(session)
             self._subscribed_of[org].discard(session)

@@ -16,6 +16,7 @@ from mcp.client import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
+from chatdock.server.mcp import events
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, canonical_uri, contact_uri
 from tests.mcp.test_events import heard_within, initialize_era, subscriber
@@ -154,3 +155,31 @@ async def test_a_uri_chatdock_does_not_serve_is_refused_not_kept(
                 async with client.listen(resource_subscriptions=[uri]):
                     pass
         assert refused.value.error.code == INVALID_PARAMS and said in refused.value.error.message, refused.value.error
+
+
+async def test_an_organizations_listeners_follow_a_bounded_length_of_uris_in_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the organization's budget of URI characters a subscribe is refused (the URIs are kept while
+    listened to); an unsubscribe, a stream's end or a session's end gives its share back."""
+    uris = [contact_uri(TRANSCRIPT_URI, f"+3160000000{index}") for index in range(3)]
+    each = len(uris[0])  # 45 characters
+    monkeypatch.setattr(events, "MAX_ORG_URI_CHARS", 2 * each + 10)
+    server = build_server(Settings(db=str(tmp_path / "budget.db")))
+    async with Client(server, mode="legacy") as session:
+        with initialize_era():
+            await session.subscribe_resource(uris[0])
+            await session.subscribe_resource(uris[1])
+            with pytest.raises(
+                MCPError, match=f"{2 * each} characters of URIs; {each} more would pass the 100 allowed"
+            ):
+                await session.subscribe_resource(uris[2])
+            await session.unsubscribe_resource(uris[1])
+            await session.subscribe_resource(uris[2])  # the unsubscribed one's share came back
+        async with Client(server) as streams:
+            with pytest.raises(MCPError, match="would pass the 100 allowed"):
+                async with streams.listen(resource_subscriptions=uris[:2]):
+                    pass
+    async with Client(server) as streams:  # the session ended: its share came back
+        async with streams.listen(resource_subscriptions=uris[:2]):
+            pass
