@@ -382,7 +382,7 @@ def test_every_start_up_failure_is_one_line_naming_its_cause(tmp_path: Path) -> 
                 assert lines[0].startswith("chatdock: ") and cause in lines[0], (command, db, lines)
     traced = run_cli("keys", "list", "--db", str(tmp_path / "a-folder"), "--log-level", "DEBUG")
     assert traced.returncode == 2 and "Traceback" in traced.stderr  # the trace, for who asks for it
-    for flag, port in (("--port", "99999"), ("--metrics-port", "-1")):  # no port the resolver would wrap around
+    for flag, port in (("--port", "99999"), ("--metrics-port", "-1"), ("--metrics-port", "9" * 400)):  # no wrapping
         wrapped = run_cli("serve", "--http", "--db", str(tmp_path / "x.db"), flag, port)
         assert wrapped.returncode == 2 and wrapped.stderr.strip().splitlines() == [
             f"chatdock: {flag} must be a TCP port, 0 (any free one) to 65535, got {port}"

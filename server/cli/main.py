@@ -68,7 +68,7 @@ def _number(kind: type[int] | type[float], least: float, env: str | None = None)
             number = kind(value)
         except ValueError:
             number = None
-        if number is None or not math.isfinite(number) or number < least:
+        if number is None or (isinstance(number, float) and not math.isfinite(number)) or number < least:
             bound = f" of at least {least:g}" if math.isfinite(least) else ""
             raise argparse.ArgumentTypeError(f"must be {named}{bound}{source}, got {value!r}")
         return number
@@ -374,8 +374,8 @@ async def _keys(args: argparse.Namespace) -> int:
             listed = [i for i in await store.list_api_keys() if args.org in (None, i.org)]  # before the header
             print(f"{'PREFIX':<14}{'NAME':<20}{'ORG':<20}{'CREATED':<22}{'LAST USED':<22}REVOKED")
             for info in listed:
-                print(
-                    f"{info.prefix:<14}{info.name or '-':<20}{info.org:<20}"
+                print(  # a name or org longer than its column still ends with a space before the next
+                    f"{info.prefix:<14}{info.name or '-':<19} {info.org:<19} "
                     f"{info.created_at:%Y-%m-%d %H:%M:%S}   "
                     f"{f'{info.last_used_at:%Y-%m-%d %H:%M:%S}' if info.last_used_at else '-':<22}"
                     f"{f'{info.revoked_at:%Y-%m-%d %H:%M:%S}' if info.revoked_at else '-'}"

@@ -357,13 +357,14 @@ def integrity_check(path: str) -> list[str]:
     if os.path.getsize(path) == 0:
         raise Unavailable(f"cannot check {path}: the file is empty, it holds no database")
     try:
-        conn = driver.read_only(
-            path, unchanging=_settled(path) and not os.access(os.path.dirname(path) or ".", os.W_OK)
-        )
         try:
-            found = [line for row in conn.execute("PRAGMA integrity_check") for line in str(row[0]).splitlines()]
-        finally:
-            conn.close()
+            found = _integrity(path, unchanging=False)
+        except sqlite3.OperationalError as exc:
+            # a folder it may not write (a backup on read-only media), where SQLite cannot make the -shm it reads
+            # a log through: a file whose log is empty holds all it has, and is read as it is
+            if kind(exc) not in ("SQLITE_READONLY", "SQLITE_CANTOPEN") or not _settled(path):
+                raise
+            found = _integrity(path, unchanging=True)
     except sqlite3.DatabaseError as exc:
         if kind(exc) == "SQLITE_NOTADB":  # nothing of chatdock's to save from it
             raise Unavailable(damaged_text(path, "SQLITE_NOTADB")) from None
@@ -373,12 +374,18 @@ def integrity_check(path: str) -> list[str]:
     return [] if found == ["ok"] else found
 
 
+def _integrity(path: str, unchanging: bool) -> list[str]:
+    """SQLite's integrity check of the file, a problem per line (it may put several in one row)."""
+    conn = driver.read_only(path, unchanging=unchanging)
+    try:
+        return [line for row in conn.execute("PRAGMA integrity_check") for line in str(row[0]).splitlines()]
+    finally:
+        conn.close()
+
+
 def _settled(path: str) -> bool:
-    """Whether the file holds all it has and no one has it open: no write-ahead log beside it with pages not yet
-    copied in, and no shared-memory index (which every connection open on it keeps): a file closed cleanly, a
-    backup."""
-    if os.path.exists(path + "-shm"):
-        return False
+    """Whether the file holds all it has: no write-ahead log beside it with pages not yet copied in (a file
+    closed cleanly, a backup)."""
     try:
         return os.path.getsize(path + "-wal") == 0
     except OSError:

@@ -78,7 +78,9 @@ async def follow_feed(
                 if idle % SKIP_EVERY == 0:  # what others commit while no one here listens is no one's news: a
                     # listener that comes later hears from here (at most a second's changes before it came)
                     with contextlib.suppress(sqlite3.Error):
-                        position = max(position, await _one_value(conn, "SELECT ifnull(max(seq), 0) FROM changes"))
+                        latest = await _one_value(conn, "SELECT ifnull(max(seq), 0) FROM changes")
+                        if not wanted():  # still no one: a listener that came during the read misses nothing
+                            position = max(position, latest)
                 continue
             idle = 0
             try:

@@ -281,9 +281,10 @@ def test_appends_into_a_damaged_index_page_are_stopped_within_seconds(tmp_path: 
     backup = tmp_path / "backup"  # the file alone, on read-only media: checked all the same
     backup.mkdir()
     shutil.copyfile(db, backup / db.name)
+    (backup / f"{db.name}-shm").touch()  # left by a crash, or copied along (`cp chatdock.db*`)
     with unwritable(backup / db.name), unwritable(backup):
         again = run_cli("check", "--db", str(backup / db.name))
-        assert sorted(path.name for path in backup.iterdir()) == [db.name]  # nothing made beside it
+        assert sorted(path.name for path in backup.iterdir()) == [db.name, f"{db.name}-shm"]  # nothing made
     assert (again.returncode, again.stdout) == (1, checked.stdout.replace(str(db), str(backup / db.name))), again
     (tmp_path / "empty.db").touch()
     empty = run_cli("check", "--db", str(tmp_path / "empty.db"))

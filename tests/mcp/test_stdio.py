@@ -84,11 +84,13 @@ def test_keys_cli_round_trip(tmp_path: Path) -> None:
     assert revoked.returncode == 0 and revoked.stdout.strip() == f"revoked {leaked[:12]}", revoked
     again = run_cli("keys", "revoke", "--db", db, leaked)
     assert again.returncode == 2 and leaked[:12] in again.stderr and leaked[12:] not in again.stderr, again
+    named = run_cli("keys", "create", "--db", db, "--org", "acme", "--name", "billing-cdk_rotation")
+    assert named.returncode == 0 and run_cli("keys", "revoke", "--db", db, "billing-cdk_rotation").returncode == 0
     header = run_cli("keys", "revoke", "--db", db, f"Bearer {leaked}")  # pasted from a request's header
     assert header.returncode == 2 and leaked[:12] in header.stderr and leaked[12:] not in header.stderr, header
     with unwritable(Path(db)):  # listing is a read: a file chatdock may not write is listed all the same
         listed = run_cli("keys", "list", "--db", db)
-    assert listed.returncode == 0 and listed.stdout.count("\n") == 1 + 4 and "acme-web" in listed.stdout, listed
+    assert listed.returncode == 0 and listed.stdout.count("\n") == 1 + 5 and "acme-web" in listed.stdout, listed
 
 
 def test_requests_still_running_when_stdin_ends_are_answered_not_cancelled(tmp_path: Path) -> None:
