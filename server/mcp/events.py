@@ -205,8 +205,12 @@ class Events:
 
     def unwatch(self, org: str, uri: str, session: Any) -> None:
         """The session unsubscribes from `uri` in that spelling; in another one, from the URI's only spelling
-        it follows (any spelling of a URI followed once ends it)."""
-        key = (org, followed_uri(uri))
+        it follows (any spelling of a URI followed once ends it). A URI that could not be followed is not
+        followed: nothing to end."""
+        try:
+            key = (org, followed_uri(uri))
+        except MCPError:
+            return
         subscribed = self._sessions.get(key)
         spellings = None if subscribed is None else subscribed.get(session)
         if subscribed is None or spellings is None:
