@@ -31,15 +31,22 @@ def contact_uri(template: str, contact_id: str) -> str:
     return template.replace("{contact_id}", quote(contact_id, safe=""))
 
 
+def _parsed(uri: str) -> tuple[str, str] | None:
+    """The template and the contact id (decoded, NFC) of a contact's resource URI, however a client spelled
+    it; None for any other URI."""
+    for template in CONTACT_URIS:
+        head, tail = template.split("{contact_id}")
+        if uri.startswith(head) and uri.endswith(tail) and len(uri) > len(head) + len(tail):
+            return template, unicodedata.normalize("NFC", unquote(uri[len(head) : -len(tail)]))
+    return None
+
+
 def canonical_uri(uri: str) -> str:
     """The one spelling of a contact's resource URI, however a client wrote it (either case of
     percent-encoding, an unencoded `+`, any Unicode normalization form): what reading accepts, listening
     accepts too. Other URIs are left as they are."""
-    for template in CONTACT_URIS:
-        head, tail = template.split("{contact_id}")
-        if uri.startswith(head) and uri.endswith(tail) and len(uri) > len(head) + len(tail):
-            return contact_uri(template, unicodedata.normalize("NFC", unquote(uri[len(head) : -len(tail)])))
-    return uri
+    found = _parsed(uri)
+    return uri if found is None else contact_uri(*found)
 
 
 def followed_uri(uri: str) -> str:
@@ -47,16 +54,13 @@ def followed_uri(uri: str) -> str:
     id a valid contact id. Anything else is refused (an MCPError that says what to follow): a listener's URIs
     are kept while it listens, so none may be another service's, or megabytes long."""
     shown = repr(uri[:100] + ("..." if len(uri) > 100 else ""))
-    canonical = canonical_uri(uri) if len(uri) <= MAX_SPELLED_URI_CHARS else ""
-    if len(canonical) <= MAX_URI_CHARS:
-        for template in CONTACT_URIS:
-            head, tail = template.split("{contact_id}")
-            if canonical.startswith(head) and canonical.endswith(tail) and len(canonical) > len(head) + len(tail):
-                try:
-                    check.contact_id(unquote(canonical[len(head) : -len(tail)]))
-                except InvalidInput as exc:
-                    raise MCPError(INVALID_PARAMS, f"cannot follow {shown}: {exc.message}") from None
-                return canonical
+    found = _parsed(uri) if len(uri) <= MAX_SPELLED_URI_CHARS else None
+    if found is not None and len(canonical := contact_uri(*found)) <= MAX_URI_CHARS:
+        try:
+            check.contact_id(found[1])
+        except InvalidInput as exc:
+            raise MCPError(INVALID_PARAMS, f"cannot follow {shown}: {exc.message}") from None
+        return canonical
     raise MCPError(
         INVALID_PARAMS,
         f"chatdock has no resource {shown} to follow; follow {TRANSCRIPT_URI} or {CONTEXT_URI} "
