@@ -13,7 +13,8 @@ contact take turns, and the second finds what the first left, as if it had come 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from .. import changes, rows
 from ..changes import Change, ChangeKind
@@ -25,6 +26,8 @@ from .dialect import Dialect
 from .ops import Ops, Undo, count, one, value
 from .ops import rows as all_rows
 from .queries import KEY_SELECT, MESSAGE_COLUMNS, MESSAGE_WITH_CONTACT, ORG, chat_select
+
+T = TypeVar("T")
 
 VERSION_STARTS = 2**52  # a new contact's version starts below this: exact as a JSON number, far from 64 bits' end
 
@@ -154,12 +157,25 @@ def locked_contact(d: Dialect, org: str, identifier: str) -> Ops[tuple[int, str]
     read again once the lock is held: while this write waited for it, the contact may have been forgotten or
     merged away, or the identifier unlinked or moved to another contact; then it is looked up again, as it
     would be by a write that came after. (No other write moves it off a contact while that one is locked.)"""
+
+    def lock(key: int) -> Ops[str | None]:
+        own = yield value(f"SELECT external_id FROM contacts WHERE id = ?{d.for_update}", key)
+        return None if own is None else str(own)
+
+    held = yield from _held_still(org, identifier, lock)
+    return None if held is None or held[1] is None else (held[0], held[1])
+
+
+def _held_still(org: str, identifier: str, read: Callable[[int], Ops[T | None]]) -> Ops[tuple[int, T | None] | None]:
+    """`read` of the contact `identifier` names, as (its key, what was read), once the identifier names the same
+    contact before and after the read (a merge or a forget committed between them makes it look again); None
+    when it names none. What was read is None for an identifier left dangling by damage (no contact row)."""
     key = yield from existing_contact_pk(org, identifier)
     while key is not None:
-        own = yield value(f"SELECT external_id FROM contacts WHERE id = ?{d.for_update}", key)
+        found = yield from read(key)
         again = yield from existing_contact_pk(org, identifier)
-        if again == key:  # it still names that contact (no row: an identifier left dangling by damage, none)
-            return None if own is None else (key, str(own))
+        if again == key:
+            return key, found
         key = again
     return None
 
@@ -317,14 +333,8 @@ def contact(org: str, contact_id: str) -> Ops[ContactInfo | None]:
     before it, so a merge or a forget committed between the contact's row and its aliases would leave a view of
     neither state (the contact, none of its aliases): the identifier is looked up again after the read, which
     stands only if it still names that contact, and is read again otherwise."""
-    key = yield from existing_contact_pk(org, contact_id)
-    while key is not None:
-        info = yield from stored_contact(key)
-        again = yield from existing_contact_pk(org, contact_id)
-        if again == key:  # it still names that contact: the read stands (None: an identifier left dangling)
-            return info
-        key = again
-    return None
+    held = yield from _held_still(org, contact_id, stored_contact)
+    return None if held is None else held[1]
 
 
 def link(
