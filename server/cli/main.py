@@ -41,11 +41,17 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         said = f"{message}; `{self.prog} --help` lists what it takes"
         if _Parser.json_errors:
-            record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "%s", (f"{self.prog}: {said}",), None)
-            print(logs.JsonLines().format(record), file=sys.stderr)
+            _record(logging.ERROR, f"{self.prog}: {said}")
         else:
             print(f"{self.prog}: error: {said}", file=sys.stderr)
         sys.exit(2)
+
+
+def _record(level: int, text: str) -> None:
+    """One JSON record on stderr, as --log-format json writes a log line, whatever --log-level: a command's
+    own words (why it stopped, what it did), not a log line to filter."""
+    said = logger.makeRecord(logger.name, level, __file__, 0, "%s", (text,), None)
+    print(logs.JsonLines().format(said), file=sys.stderr)
 
 
 def _asks_json(argv: Sequence[str]) -> bool:
@@ -343,16 +349,15 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _tell(args: argparse.Namespace, text: str, warning: bool = False) -> None:
+def _tell(args: argparse.Namespace, text: str, warning: bool = False, error: bool = False) -> None:
     """A command's word to its user on stderr, whatever --log-level (it is the command's output, not a log
-    line): a line of text, or with --log-format json a record (INFO, or WARNING when something was left out),
-    so that stderr stays one JSON object per line."""
+    line): a line of text, or with --log-format json a record (INFO; WARNING when something was left out;
+    ERROR for why it stopped), so that stderr stays one JSON object per line."""
     if args.log_format != "json":
         print(text, file=sys.stderr)
-        return
-    level = logging.WARNING if warning else logging.INFO
-    said = logger.makeRecord(logger.name, level, __file__, 0, "%s", (text.removeprefix("chatdock: "),), None)
-    print(logs.JsonLines().format(said), file=sys.stderr)
+    else:
+        level = logging.ERROR if error else logging.WARNING if warning else logging.INFO
+        _record(level, text.removeprefix("chatdock: "))
 
 
 def store_settings(args: argparse.Namespace) -> Settings:
@@ -548,10 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return bench(args.messages, args.contacts, args.rounds, args.json, args.db, args.compare)
     except ChatdockError as exc:
         logger.debug("the trace of what failed", exc_info=True)
-        if args.log_format == "json":  # the why, as every other line on stderr: one JSON object
-            logger.error("%s", exc)
-        else:
-            print(f"chatdock: {exc}", file=sys.stderr)
+        _tell(args, f"chatdock: {exc}", error=True)  # the why, in the format of every other line on stderr
         return 2
     except KeyboardInterrupt:
         return 130
