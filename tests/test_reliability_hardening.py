@@ -420,6 +420,7 @@ def test_every_start_up_failure_is_one_line_naming_its_cause(tmp_path: Path) -> 
         ([], {"CHATDOCK_METRICS_PORT": "x"}, "--metrics-port: must be a whole number (CHATDOCK_METRICS_PORT sets it"),
         (["--bogus"], {}, "unrecognized arguments: --bogus"),
         ([], {"CHATDOCK_POOL_SIZE": "0", "CHATDOCK_LOG_FORMAT": "json"}, '"level": "ERROR"'),  # a record, as asked
+        (["--log-f", "json", "--bogus"], {}, '"level": "ERROR"'),  # argparse takes the abbreviation: so does the record
     ],
 )
 def test_a_bad_flag_or_variable_is_refused_in_a_line_before_anything_starts(

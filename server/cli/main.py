@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import logging
 import math
 import os
@@ -54,12 +53,27 @@ def _record(level: int, text: str) -> None:
     print(logs.JsonLines().format(said), file=sys.stderr)
 
 
+class _Unreadable(Exception):
+    pass
+
+
+class _LogFlags(argparse.ArgumentParser):
+    """The two --log-* flags alone, read as the command's parser reads them (`--log-f json` too)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Unreadable(message)
+
+
 def _asks_json(argv: Sequence[str]) -> bool:
     """Whether a command line (or CHATDOCK_LOG_FORMAT) asks for JSON logs, read before it is parsed."""
-    given = [a.split("=", 1)[1] for a in argv if a.startswith("--log-format=")] + [
-        after for flag, after in itertools.pairwise(argv) if flag == "--log-format"
-    ]
-    return (given[-1] if given else os.environ.get("CHATDOCK_LOG_FORMAT") or "").lower() == "json"
+    flags = _LogFlags(add_help=False)
+    flags.add_argument("--log-format", default=os.environ.get("CHATDOCK_LOG_FORMAT") or "")
+    flags.add_argument("--log-level")
+    try:
+        given = flags.parse_known_args(argv)[0].log_format
+    except _Unreadable:  # the command's parser refuses it too, in words that may then be text
+        given = os.environ.get("CHATDOCK_LOG_FORMAT") or ""
+    return str(given).lower() == "json"
 
 
 def _number(kind: type[int] | type[float], least: float, env: str | None = None) -> Any:
@@ -555,7 +569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.debug("the trace of what failed", exc_info=True)
         _tell(args, f"chatdock: {exc}", error=True)  # the why, in the format of every other line on stderr
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C; an import's says what it had imported (history/transfer.py)
+        if exc.args:
+            _tell(args, f"chatdock: {exc}", error=True)
         return 130
     except BrokenPipeError:  # `chatdock export | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush says nothing

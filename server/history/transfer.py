@@ -40,6 +40,10 @@ AGAIN = "importing the file again is safe: nothing already imported is stored tw
 T = TypeVar("T")
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped an import; its words say what was imported (the command tells them, and exits 130)."""
+
+
 def _progress(label: str, total: int | None, quiet: bool) -> AbstractContextManager[Progress | None]:
     """A progress bar on stderr (None when `quiet`), whose line ends if the work stops on an error."""
     return nullcontext() if quiet else Progress(label, total)
@@ -402,8 +406,7 @@ async def import_file(
         try:
             report.lines, report.problems = await _check(store, source, name, default_org, org_override, quiet)
         except (asyncio.CancelledError, KeyboardInterrupt):
-            sys.stderr.write("chatdock: interrupted while checking the file: nothing was imported\n")
-            raise
+            raise Interrupted("interrupted while checking the file: nothing was imported") from None
         if report.problems and not skip_invalid:
             raise InvalidInput(
                 f"{len(report.problems):,} bad line(s), so nothing was imported; fix them, or pass --skip-invalid "
@@ -417,8 +420,7 @@ async def import_file(
         except (asyncio.CancelledError, KeyboardInterrupt) as exc:
             # Ctrl-C: the batch being written was let finish; a second Ctrl-C did not wait for it
             so_far = _so_far(report, unsure=isinstance(exc, KeyboardInterrupt))
-            sys.stderr.write(f"chatdock: interrupted: {so_far}; {AGAIN}\n")
-            raise
+            raise Interrupted(f"interrupted: {so_far}; {AGAIN}") from None
     report.problems.sort()
     return report
 

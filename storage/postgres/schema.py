@@ -451,8 +451,8 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
                 continue
             async with conn.transaction():
                 await driver.run(conn, apply_migration(migration), timeout=None)
-            if migration.version == 1:
-                await _fold_accents(conn)
+                if migration.version == 1:  # in its transaction (a savepoint): no crash leaves search without it
+                    await _fold_accents(conn)
             applied.append(migration.version)
         return applied
     finally:

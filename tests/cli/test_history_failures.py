@@ -4,6 +4,7 @@ command on real files, as tests/cli/test_history.py does."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -115,13 +116,14 @@ def test_an_import_the_disk_stops_says_what_it_imported_and_importing_again_comp
     assert counts(db)[0] == 20_000
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
 def test_an_import_stopped_with_ctrl_c_says_what_it_imported_and_importing_again_completes_it(
-    tmp_path: Path,
+    tmp_path: Path, log_format: str
 ) -> None:
-    db, path = tmp_path / "chatdock.db", tmp_path / "history.jsonl"
-    many(path, 60_000)
+    db, path, lines = tmp_path / "chatdock.db", tmp_path / "history.jsonl", 20_000
+    many(path, lines)
     process = subprocess.Popen(
-        [*chatdock_command(), "import", "--db", str(db), "-q", str(path)],
+        [*chatdock_command(), "import", "--db", str(db), "-q", "--log-format", log_format, str(path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -137,14 +139,17 @@ def test_an_import_stopped_with_ctrl_c_says_what_it_imported_and_importing_again
             process.communicate()
     imported = counts(db)[0]
     assert process.returncode == 130 and out == "", (process.returncode, out, err)
-    assert 0 < imported < 60_000
-    so_far = f"lines 1 to {imported:,} were imported ({imported:,} new), none after"
-    assert err == f"chatdock: interrupted: {so_far}; {AGAIN}\n"
+    assert 0 < imported < lines
+    said = f"interrupted: lines 1 to {imported:,} were imported ({imported:,} new), none after; {AGAIN}"
+    if log_format == "json":  # one record, like every other line the command writes
+        assert [(r["level"], r["message"]) for r in map(json.loads, err.splitlines())] == [("ERROR", said)], err
+    else:
+        assert err == f"chatdock: {said}\n"
 
     again = import_(db, str(path), "-q")
     assert again.returncode == 0, again.stderr
-    assert f"stored {60_000 - imported:,} message(s) and 0 chat(s), {imported:,} already there" in again.stdout
-    assert counts(db)[0] == 60_000
+    assert f"stored {lines - imported:,} message(s) and 0 chat(s), {imported:,} already there" in again.stdout
+    assert counts(db)[0] == lines
 
 
 def _stored(db: Path) -> int:

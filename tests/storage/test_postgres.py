@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import secrets
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
@@ -188,6 +191,31 @@ async def test_the_search_migration_gives_stored_messages_their_era(postgres_url
         options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'messages_words'")
         assert options == ["fastupdate=off"]
     finally:
+        await conn.close()
+
+
+async def test_without_the_unaccent_extension_search_folds_case_and_the_log_says_what_to_install(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user who may not create extensions (no CREATE on the database): migration 1 commits without the
+    accent folding (a savepoint of its transaction), search folds case only, and the log says how to add it."""
+    role, parts = f"chatdock_plain_{secrets.token_hex(3)}", urlsplit(postgres_url)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute(f"CREATE ROLE {role} LOGIN")
+        await conn.execute(f"CREATE SCHEMA {role} AUTHORIZATION {role}")
+        await conn.execute(f"ALTER ROLE {role} SET search_path = {role}")
+        plain = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+        with caplog.at_level(logging.WARNING, logger="chatdock"):
+            async with open_store(plain) as store:
+                await store.append_message("acme", say("+31600000001", "Café au lait"))
+                assert [hit.content for hit in (await store.search_messages("acme", "CAFÉ")).hits] == ["Café au lait"]
+                assert (await store.search_messages("acme", "cafe")).hits == []
+        assert any("CREATE EXTENSION unaccent" in record.getMessage() for record in caplog.records), caplog.text
+        assert await conn.fetchval(f"SELECT max(version) FROM {role}.schema_migrations") == MIGRATIONS[-1].version
+    finally:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {role} CASCADE")
+        await conn.execute(f"DROP ROLE IF EXISTS {role}")
         await conn.close()
 
 
