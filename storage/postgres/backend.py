@@ -265,6 +265,7 @@ class PostgresBackend(SQLBackend):
             except RETRYABLE as exc:
                 if tries == RETRIES:
                     raise self._failed(exc) from exc
+                logger.debug("%s: %s; the transaction is tried again", self.place, type(exc).__name__)
                 await asyncio.sleep(random.uniform(0, BACKOFF * 2**tries))  # two that met do not meet again at once
             except FAILURES as exc:
                 if stage != "committed":

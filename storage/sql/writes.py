@@ -6,8 +6,9 @@ Rows another transaction may create at the same moment (an organization, a conta
 with ON CONFLICT DO NOTHING and read again: never a look-up-then-insert race on PostgreSQL (on SQLite the one
 writer makes it moot). Rows a write is about to move or delete are read `FOR UPDATE` where the dialect locks.
 A write that moves or deletes a contact's identifiers (link and its merge, unlink, forget) first locks the
-contact (`locked_contact`) and reads the identifier again once it holds the lock, so two such writes on one
-contact take turns, and the second finds what the first left, as if it had come after it.
+contact (`locked_contacts`, in the order of their keys) and reads the identifier again once it holds the lock,
+so two such writes on one contact take turns, and the second finds what the first left, as if it had come after
+it.
 """
 
 from __future__ import annotations
@@ -151,33 +152,52 @@ def contact_pk(d: Dialect, org_key: int, identifier: str, now_us: int) -> Ops[tu
 
 def locked_contact(d: Dialect, org: str, identifier: str) -> Ops[tuple[int, str] | None]:
     """The contact `identifier` names (its key and own contact_id), its row locked until the commit where the
-    dialect locks; None when no contact of the organization has the identifier.
+    dialect locks; None when no contact of the organization has the identifier (`locked_contacts` of one)."""
+    return (yield from locked_contacts(d, org, (identifier,)))[0]
 
-    A write that moves or deletes a contact's identifiers locks the contact this way first. The identifier is
-    read again once the lock is held: while this write waited for it, the contact may have been forgotten or
-    merged away, or the identifier unlinked or moved to another contact; then it is looked up again, as it
-    would be by a write that came after. (No other write moves it off a contact while that one is locked.)"""
+
+def locked_contacts(d: Dialect, org: str, identifiers: Sequence[str]) -> Ops[list[tuple[int, str] | None]]:
+    """The contacts `identifiers` name (each its key and own contact_id, or None when no contact of the
+    organization has it), their rows locked until the commit where the dialect locks.
+
+    A write that moves or deletes a contact's identifiers locks the contacts this way first, in the order of
+    their keys, so that two writes on the same two contacts (link(a, b) and link(b, a)) do not each hold one and
+    wait for the other. The identifiers are read again once the locks are held: while this write waited, a
+    contact may have been forgotten or merged away, or an identifier unlinked or moved to another contact; then
+    they are looked up again, as they would be by a write that came after. (No other write moves an identifier
+    off a contact while that one is locked.)"""
 
     def lock(key: int) -> Ops[str | None]:
         own = yield value(f"SELECT external_id FROM contacts WHERE id = ?{d.for_update}", key)
         return None if own is None else str(own)
 
-    held = yield from _held_still(org, identifier, lock)
-    return None if held is None or held[1] is None else (held[0], held[1])
+    held = yield from _held_still(org, identifiers, lock)
+    return [None if found is None or found[1] is None else (found[0], found[1]) for found in held]
 
 
-def _held_still(org: str, identifier: str, read: Callable[[int], Ops[T | None]]) -> Ops[tuple[int, T | None] | None]:
-    """`read` of the contact `identifier` names, as (its key, what was read), once the identifier names the same
-    contact before and after the read (a merge or a forget committed between them makes it look again); None
-    when it names none. What was read is None for an identifier left dangling by damage (no contact row)."""
-    key = yield from existing_contact_pk(org, identifier)
-    while key is not None:
-        found = yield from read(key)
-        again = yield from existing_contact_pk(org, identifier)
-        if again == key:
-            return key, found
-        key = again
-    return None
+def _held_still(
+    org: str, identifiers: Sequence[str], read: Callable[[int], Ops[T | None]]
+) -> Ops[list[tuple[int, T | None] | None]]:
+    """`read` of each contact `identifiers` name, in the order of their keys, as (its key, what was read) per
+    identifier, once every identifier names the same contact before and after the reads (a merge or a forget
+    committed between them makes it look again); None for one that names none. What was read is None for an
+    identifier left dangling by damage (no contact row)."""
+    keys = yield from _contact_keys(org, identifiers)
+    while True:
+        found: dict[int, T | None] = {}
+        for key in sorted({key for key in keys if key is not None}):
+            found[key] = yield from read(key)
+        again = yield from _contact_keys(org, identifiers)
+        if again == keys:
+            return [None if key is None else (key, found[key]) for key in keys]
+        keys = again
+
+
+def _contact_keys(org: str, identifiers: Sequence[str]) -> Ops[list[int | None]]:
+    keys = []
+    for identifier in identifiers:
+        keys.append((yield from existing_contact_pk(org, identifier)))
+    return keys
 
 
 def aliases_of(contact_key: int, contact_id: str) -> Ops[list[str]]:
@@ -333,7 +353,7 @@ def contact(org: str, contact_id: str) -> Ops[ContactInfo | None]:
     before it, so a merge or a forget committed between the contact's row and its aliases would leave a view of
     neither state (the contact, none of its aliases): the identifier is looked up again after the read, which
     stands only if it still names that contact, and is read again otherwise."""
-    held = yield from _held_still(org, contact_id, stored_contact)
+    held = (yield from _held_still(org, (contact_id,), stored_contact))[0]
     return None if held is None else held[1]
 
 
@@ -347,16 +367,15 @@ def link(
         first = yield from _first_link_answer(org_key, key, contact_id, identifier)
         if first is not None:
             return first
-    # the keeper's row is locked: a merge, unlink or forget of it waits for this link, or this link for it
-    found = yield from locked_contact(d, org, contact_id)
+    # the keeper's row is locked, and the row of the contact `identifier` names, if another, before its identifier
+    # is claimed: a merge, unlink or forget of either waits for this link, or this link for it (then finds
+    # what it left)
+    found, _ = yield from locked_contacts(d, org, (contact_id, identifier))
     created = False
     while found is None:  # unknown: made here (or by another write meanwhile), then locked as any other
         _, created, _ = yield from contact_pk(d, org_key, contact_id, now_us)
-        found = yield from locked_contact(d, org, contact_id)
+        found, _ = yield from locked_contacts(d, org, (contact_id, identifier))
     keeper, keeper_id = found
-    # and the row of the contact `identifier` names, if another, before its identifier is claimed: a forget or
-    # an unlink of that contact ends before it is merged in here (this one then finds what it left), or waits
-    yield from locked_contact(d, org, identifier)
     owner, claimed = yield from d.claim_identifier(org_key, identifier, keeper, now_us)
     messages = chats = 0
     if owner != keeper:
