@@ -527,7 +527,17 @@ def test_hand_picked_hostile_calls_get_clear_errors_and_write_nothing(
         ids[case] = server.new_id()
         server.send_line(call(ids[case], tool, raw_arguments))
     server.send_line(b"this is not JSON")
+    invalid = {  # JSON, but not a valid message: answered -32600 at their id all the same
+        "no method": '{{"jsonrpc":"2.0","id":{}}}',
+        "method not text": '{{"jsonrpc":"2.0","id":{},"method":5}}',
+        "another version": '{{"jsonrpc":"1.0","id":{},"method":"ping"}}',
+    }
+    for case, line in invalid.items():
+        ids[case] = server.new_id()
+        server.send_line(line.format(ids[case]).encode())
     answers = {case: server.wait([request_id], timeout=30)[0] for case, request_id in ids.items()}
+    for case in invalid:
+        assert answers[case]["error"]["code"] == -32600 and "Invalid request" in answers[case]["error"]["message"]
     assert answers["surrogate"]["error"]["code"] == -32700 and "surrogate" in answers["surrogate"]["error"]["message"]
     assert answers["deep"]["error"]["code"] == -32700 and "recursion" in answers["deep"]["error"]["message"]
     assert answers["not an object"]["error"]["code"] == -32602

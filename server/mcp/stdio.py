@@ -42,15 +42,23 @@ _LEADING_ID = re.compile(
 )
 
 
-def _request_id(raw: object) -> str | int | None:
-    """The id of the request in an unreadable line, when Python's more lenient parser can find it."""
-    if not isinstance(raw, str):
-        return None
-    try:
-        parsed = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's parser goes
-        leading = _LEADING_ID.match(raw)
-        return None if leading is None else json.loads(leading.group(1))
+def _request_id(errors: list[Any]) -> str | int | None:
+    """The id of the request in an unreadable line, when it shows one: in the message as parsed (a line that is
+    JSON but not a valid message: pydantic's error about a field of the message itself holds the message), or,
+    for a line that is not JSON, when Python's more lenient parser can find it."""
+    parsed: object = None
+    for error in errors:
+        given = error.get("input")
+        if isinstance(given, dict) and len(error["loc"]) == 2:  # (the kind of message tried, its field)
+            parsed = given
+            break
+        if error["type"] == "json_invalid" and isinstance(given, str):
+            try:
+                parsed = json.loads(given)
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's parser goes
+                leading = _LEADING_ID.match(given)
+                return None if leading is None else json.loads(leading.group(1))
+            break
     found = parsed.get("id") if isinstance(parsed, dict) else None
     return found if isinstance(found, str | int) and not isinstance(found, bool) else None
 
@@ -58,7 +66,6 @@ def _request_id(raw: object) -> str | int | None:
 def unreadable(exc: Exception) -> JSONRPCError:
     """The JSON-RPC error for a line that is not valid JSON (-32700) or not a valid message (-32600)."""
     errors = exc.errors(include_url=False) if isinstance(exc, ValidationError) else []
-    raw = errors[0].get("input") if errors else None
     if any(error["type"] == "json_invalid" for error in errors):
         detail = errors[0]["msg"]
         hint = (
@@ -70,7 +77,7 @@ def unreadable(exc: Exception) -> JSONRPCError:
     else:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:3]) or str(exc)
         error = ErrorData(code=INVALID_REQUEST, message=f"Invalid request: {detail[:500]}")
-    return JSONRPCError(jsonrpc="2.0", id=_request_id(raw), error=error)
+    return JSONRPCError(jsonrpc="2.0", id=_request_id(errors), error=error)
 
 
 class _Answers:
