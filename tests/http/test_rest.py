@@ -12,6 +12,7 @@ import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -371,10 +372,19 @@ def test_read_only_serves_only_the_read_routes(tmp_path: Path) -> None:
     with http_server(db, "--read-only") as base:
         rest = Rest(base, key)
         assert rest("GET", "/chats/context", contact_id="c")[0] == 200
-        assert rest("POST", "/chats", {"contact_id": "c", "channel": "sms", "role": "user", "content": "x"})[0] in (
-            404,
-            405,
-        )
+        # each write is refused as one, whether the path also has a read route (POST /chats) or not
+        said = "this server is read-only (--read-only): it takes no {} here"
+        for method, path, also in (
+            ("POST", "/chats", "; this path takes GET, HEAD"),
+            ("DELETE", "/contacts/c", "; this path takes GET, HEAD"),
+            ("POST", "/contacts/c/aliases", ""),
+            ("DELETE", f"/chats/{uuid.uuid4()}", ""),
+        ):
+            body = {"contact_id": "c", "channel": "sms", "role": "user", "content": "x", "identifier": "d"}
+            assert rest(method, path, body) == (
+                405,
+                {"error": "Method not allowed", "message": said.format(method) + also},
+            )
         document = rest("GET", "/openapi.json")[1]
         assert sorted(document["paths"]) == [
             "/chats",
