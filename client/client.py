@@ -328,13 +328,7 @@ class ChatdockClient:
         try:
             return model.model_validate_json(response.content)
         except ValidationError:  # a success, but not chatdock's (a proxy's sign-in page, another service)
-            kind = response.headers.get("content-type", "no content type")
-            raise ChatdockApiError(
-                502,
-                "Bad Gateway",
-                f"{self.url} answered {method} {path} with {response.status_code} but not with chatdock's "
-                f"{model.__name__} ({kind}: {response.text[:120]!r}): check that {self.url} is chatdock's address",
-            ) from None
+            raise ChatdockApiError(502, "Bad Gateway", wire.not_chatdocks(response, model.__name__)) from None
 
     async def _send(
         self, method: str, path: str, params: dict[str, Any] | None, body: dict[str, Any] | None, key: str | None

@@ -26,12 +26,29 @@ INVALID = "Invalid arguments"
 
 
 def refusal(response: httpx2.Response) -> ChatdockApiError:
-    """The server's `{"error", "message"}` as the client's exception (a proxy's page as its status)."""
+    """The server's `{"error", "message"}` as the client's exception. An answer that is not chatdock's (a
+    proxy's page, another service at the address) keeps its status when the call may work later (429, 502, 503,
+    504), and is otherwise a 502 that says so: another service's 404 is no unknown contact, its 401 no wrong
+    key."""
     try:
         body = response.json()
         return ChatdockApiError(response.status_code, str(body["error"]), str(body["message"]))
     except (ValueError, KeyError, TypeError):
-        return ChatdockApiError(response.status_code, response.reason_phrase, response.text[:200])
+        pass
+    if response.status_code in (429, 502, 503, 504):
+        return ChatdockApiError(response.status_code, response.reason_phrase, not_chatdocks(response, "error"))
+    return ChatdockApiError(502, "Bad Gateway", not_chatdocks(response, "error"))
+
+
+def not_chatdocks(response: httpx2.Response, expected: str) -> str:
+    """What came back instead of chatdock's `expected` answer, and at which address."""
+    request, kind = response.request, response.headers.get("content-type", "no content type")
+    address = f"{request.url.scheme}://{request.url.netloc.decode('ascii')}"
+    path = request.url.raw_path.decode("ascii").partition("?")[0]
+    return (
+        f"{address} answered {request.method} {path} with {response.status_code} but not with "
+        f"chatdock's {expected} ({kind}: {response.text[:120]!r}): check that {address} is chatdock's address"
+    )
 
 
 def checked(rule: Callable[[Any], object], value: Any) -> None:

@@ -191,11 +191,12 @@ async def test_a_wrong_key_and_an_absent_server_say_so(db: str) -> None:
 
 
 class SignInPage(BaseHTTPRequestHandler):
-    """What answers in chatdock's place behind a misconfigured proxy: 200 and a page of its own."""
+    """What answers in chatdock's place behind a misconfigured proxy: 200 and a page of its own; 404 and 503 pages
+    of its own for the context and search paths."""
 
     def do_GET(self) -> None:
         body = b"<html>please sign in</html>"
-        self.send_response(200)
+        self.send_response(404 if self.path.startswith("/chats/context") else 503 if "search" in self.path else 200)
         self.send_header("Content-Type", "text/html")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -210,13 +211,18 @@ async def test_a_success_that_is_not_chatdocks_answer_is_the_one_exception_namin
         threading.Thread(target=other.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{other.server_address[1]}"
         try:
-            async with ChatdockClient(base, "cdk_x") as client:
+            async with ChatdockClient(base, "cdk_x", retries=0) as client:
                 odd = await refused(client.get_contact(CALLER))
+                missing = await refused(client.get_context(CALLER))  # another service's 404: no unknown contact
+                busy = await refused(client.search_messages("parcel"))  # a proxy's 503: still worth a retry
         finally:
             other.shutdown()
     assert (odd.status, odd.error) == (502, "Bad Gateway")
     assert f"{base} answered GET /contacts/%2B31612345678 with 200 but not with chatdock's ContactInfo" in odd.message
     assert "<html>please sign in</html>" in odd.message and f"check that {base} is chatdock's address" in odd.message
+    assert (missing.status, missing.error) == (502, "Bad Gateway")
+    assert f"{base} answered GET /chats/context with 404 but not with chatdock's error (text/html" in missing.message
+    assert (busy.status, busy.retryable) == (503, True) and "/chats/search with 503 but not with" in busy.message
 
 
 class LosesFirstAnswers(httpx2.AsyncBaseTransport):
