@@ -31,12 +31,32 @@ K1, B = 1.2, 0.75
 _WORD = re.compile(r"[^\W_]+")
 
 
+# Letters with a stroke or joined that have no decomposition to strip, which PostgreSQL's unaccent folds (so a
+# search for "lodz" finds "Łódź" there, and its snippet must mark it). SQLite's index keeps them as they are, and
+# then finds only the same letters, which fold alike here.
+_UNDECOMPOSED = str.maketrans(
+    {
+        "ł": "l",
+        "ø": "o",
+        "đ": "d",
+        "ð": "d",
+        "ħ": "h",
+        "\u0131": "i",
+        "ŧ": "t",
+        "ĸ": "q",
+        "œ": "oe",
+        "æ": "ae",
+        "þ": "th",
+    }
+)
+
+
 def fold(text: str) -> str:
-    """Without case and accents, as the index compares words: "Café" -> "cafe"."""
+    """Without case and accents, as the index compares words: "Café" -> "cafe", "Łódź" -> "lodz"."""
     if text.isascii():
         return text.lower()
     decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(char for char in decomposed if not unicodedata.combining(char))
+    return "".join(char for char in decomposed if not unicodedata.combining(char)).translate(_UNDECOMPOSED)
 
 
 def folded_words(text: str) -> list[str]:

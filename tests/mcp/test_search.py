@@ -11,6 +11,7 @@ from mcp.client import Client
 
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import NewMessage, Store, open_store
+from chatdock.storage.postgres.backend import PostgresBackend
 from chatdock.storage.ranking import WINDOW
 from tests.transports import call, error
 
@@ -132,6 +133,10 @@ async def test_marks_quotes_and_tildes_in_words_find_what_the_words_find_on_both
         assert [hit["snippet"] for hit in found["hits"]] == ["\\[[URGENT]\\] a\\\\b \\]x\\[ [zebra]"]
         numbered = [*broken, "Your refund for order 1234 is on its way.", "rock & roll, ~1.0 GB"]
         assert sorted(await search(client, "~1*")) == sorted(numbered)  # words that start with 1, and only those
+        await call(client, "append_message", contact_id=BOB, channel="sms", role="user", content="Łódź, Ærø")
+        for query in ("łódź ærø", "ŁÓDŹ", *(["lodz aero"] if isinstance(store.backend, PostgresBackend) else [])):
+            found = await call(client, "search_messages", query=query)  # PostgreSQL's unaccent folds Ł to L
+            assert [hit["snippet"] for hit in found["hits"]] == ["[Łódź, Ærø]" if " " in query else "[Łódź], Ærø"]
 
 
 @pytest.mark.parametrize(
