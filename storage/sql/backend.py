@@ -166,8 +166,23 @@ class SQLBackend:
         return str(found[0][0]) if found else None
 
     async def contact(self, org: str, contact_id: str) -> ContactInfo | None:
-        # a write's transaction, though it writes nothing: one consistent view of the contact
-        return await self._write(lambda: writes.contact(org, contact_id))
+        # read as reads are, never waiting for the writer (a file others lock, a read-only one): writes.contact
+        # reads until what it read holds together
+        return await self._read_ops(writes.contact(org, contact_id), org)
+
+    async def _read_ops(self, ops: Ops[T], org: str) -> T:
+        """What the statements `ops` yields read (sql/ops.py), each a read of its own (`_read`), so each sees
+        what was committed before it; `ops` check that what they read holds together."""
+        result: Any = None
+        try:
+            while True:
+                sql, params, want = ops.send(result)
+                assert want != "count", "a read changes nothing"
+                found = await self._read(sql, params, org)
+                first = found[0] if found else None
+                result = found if want == "all" else first if want == "one" or first is None else first[0]
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
 
     async def link(self, org: str, contact_id: str, identifier: str, key: str | None = None) -> LinkResult:
         log = self._log()

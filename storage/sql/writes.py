@@ -349,10 +349,10 @@ def stored_contact(contact_key: int) -> Ops[ContactInfo | None]:
 
 
 def contact(org: str, contact_id: str) -> Ops[ContactInfo | None]:
-    """The contact `contact_id` names, read without a lock. On PostgreSQL each statement sees what was committed
-    before it, so a merge or a forget committed between the contact's row and its aliases would leave a view of
-    neither state (the contact, none of its aliases): the identifier is looked up again after the read, which
-    stands only if it still names that contact, and is read again otherwise."""
+    """The contact `contact_id` names, read without a lock, each statement a read of its own that sees what was
+    committed before it (SQLBackend._read_ops), so a merge or a forget committed between the contact's row and
+    its aliases would leave a view of neither state (the contact, none of its aliases): the identifier is looked
+    up again after the read, which stands only if it still names that contact, and is read again otherwise."""
     held = (yield from _held_still(org, (contact_id,), stored_contact))[0]
     return None if held is None else held[1]
 

@@ -684,6 +684,9 @@ async def test_a_write_waits_for_another_processs_lock_a_bounded_time_in_all(
             with anyio.fail_after(3):  # 21 tries of 300 ms took more than 6 s
                 with pytest.raises(Unavailable, match="stayed locked by another process; try again"):
                     await store.append_message("acme", msg(content="while locked"))
+            # reads go on, the contact's included (it was read in a write's transaction, so it waited and failed)
+            assert (await store.get_contact("acme", "+31612345678")).message_count == 1
+            assert [m.content for m in (await store.get_context("acme", "+31612345678")).messages] == ["before"]
         finally:
             other.execute("ROLLBACK")
             other.close()
