@@ -2,7 +2,9 @@
 
 - `FileWatch`: the path still names the file chatdock opened (a file removed while open keeps taking writes
   into its unlinked inode, all gone at the next start; a file replaced by another one at the path leaves
-  chatdock writing into the old one), and chatdock may still write it (permissions, attributes, a read-only
+  chatdock writing into the old one), and so do the paths of its -wal and -shm files (a log removed takes the
+  writes since the last checkpoint with it; a -shm removed lets another process open the file without seeing
+  this one's writes, and damage it), and chatdock may still write it (permissions, attributes, a read-only
   mount). One `stat` and one `access` call, cheap enough to run before every write.
 - `IndexSweep`: a bounded check that every row is found through each of its table's indexes, a slice of
   rows at a time: the newest rows (whose index entries sit in the pages that writes touch now) and a slice
@@ -56,14 +58,30 @@ def unwritable_text(path: str) -> str:
     )
 
 
+def side_file_text(path: str, suffix: str, what: str) -> str:
+    why = {
+        "-wal": "it holds the writes since the last checkpoint, which a restart would lose with it",
+        "-shm": "another process opening the file would not see this one's writes, and could damage the file",
+    }[suffix]
+    return (
+        f"the database's {suffix} file {path}{suffix} was {what} while chatdock was serving; writes are refused "
+        f"({why}); stop every chatdock using {path}, run `chatdock check --db {path}`, then start chatdock again"
+    )
+
+
+SIDE_FILES = ("-wal", "-shm")  # SQLite's write-ahead log and its shared index, beside the file while it is open
+
+
 class FileWatch:
-    """The identity (device, inode) of the file chatdock opened at `path`, taken once it is open; `problem()`
-    compares it with what the path names now. A problem is logged when it appears and when it clears."""
+    """The identity (device, inode) of the file chatdock opened at `path`, and of its -wal and -shm files, taken
+    once it is open; `problem()` compares them with what the paths name now. A problem is logged when it appears
+    and when it clears."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         opened = os.stat(path)
         self._identity = (opened.st_dev, opened.st_ino)
+        self._sides = {suffix: _identity(path + suffix) for suffix in SIDE_FILES}
         self._told: str | None = None
 
     def problem(self) -> str | None:
@@ -78,15 +96,32 @@ class FileWatch:
         return found
 
     def gone(self) -> str | None:
-        """Why the path no longer names the file chatdock writes (removed, replaced), or None: asked after a
-        write, whose commit then went into a file that is gone."""
+        """Why the path no longer names the file chatdock writes (removed, replaced), or its -wal or -shm file
+        the one chatdock opened, or None: asked after a write, whose commit then went into a file that is gone."""
         try:
             now = os.stat(self.path)
         except FileNotFoundError:
             return removed_text(self.path)
         except OSError:
             return None  # not known to be gone; the next write's check says more
-        return replaced_text(self.path) if (now.st_dev, now.st_ino) != self._identity else None
+        if (now.st_dev, now.st_ino) != self._identity:
+            return replaced_text(self.path)
+        return self._side_gone()
+
+    def _side_gone(self) -> str | None:
+        for suffix, opened in self._sides.items():
+            if opened is None:
+                self._sides[suffix] = _identity(self.path + suffix)  # made since (SQLite makes the log on use)
+                continue
+            try:
+                now = os.stat(self.path + suffix)
+            except FileNotFoundError:
+                return side_file_text(self.path, suffix, "removed")
+            except OSError:
+                continue  # not known to be gone
+            if (now.st_dev, now.st_ino) != opened:
+                return side_file_text(self.path, suffix, "replaced by another file")
+        return None
 
     def _problem(self) -> str | None:
         try:
@@ -97,9 +132,20 @@ class FileWatch:
             return f"cannot see the database file {self.path} ({exc.strerror or exc}); writes are refused; check it"
         if (now.st_dev, now.st_ino) != self._identity:
             return replaced_text(self.path)
+        side = self._side_gone()
+        if side is not None:
+            return side
         if not os.access(self.path, os.W_OK):
             return unwritable_text(self.path)
         return None
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 @dataclass(frozen=True)

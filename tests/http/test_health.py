@@ -169,6 +169,25 @@ def test_a_file_removed_while_serving_refuses_writes_and_fails_healthz(tmp_path:
     assert f"{db} was removed" in server.log.read_text()
 
 
+@pytest.mark.parametrize("suffix", ["-wal", "-shm"])
+def test_its_log_or_shared_index_removed_while_serving_refuses_writes_and_fails_healthz(
+    tmp_path: Path, suffix: str
+) -> None:
+    """The -wal holds what was written since the last checkpoint (a restart would lose it with the file); a new
+    -shm lets another process open the file without seeing this one's writes. Both were taken on in silence."""
+    db, key = a_store(tmp_path)
+    with serving(tmp_path, db, key) as server:
+        stored = [server.append("c0", f"before {i}") for i in range(3)]
+        assert [status for status, _ in stored] == [201] * 3 and server.health()[0] == 200
+
+        Path(f"{db}{suffix}").unlink()
+        assert_refused(server, 20, f"the database's {suffix} file {db}{suffix} was removed", "writes are refused")
+        body = unhealthy(server, f"{suffix} file {db}{suffix} was removed while chatdock was serving")
+        assert f"chatdock check --db {db}" in body["store"], body
+        assert context_ids(server, "c0") == [message["id"] for _, message in stored]  # reads go on
+    assert f"{suffix} file {db}{suffix} was removed" in server.log.read_text()
+
+
 def test_a_file_removed_before_any_request_is_still_read_and_named_as_removed(tmp_path: Path) -> None:
     db, key = a_store(tmp_path, messages=20)
     with serving(tmp_path, db, key, ready="/livez") as server:  # /livez reads nothing
