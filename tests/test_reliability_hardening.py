@@ -290,6 +290,22 @@ async def test_a_full_disk_is_reported_and_survived(tmp_path: Path) -> None:
     assert "could not record when key" in log and "Traceback" not in log
 
 
+def test_a_sound_file_on_a_full_disk_is_checked_and_a_start_says_the_disk_is_full(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "disk", "2m") as disk:
+        db = disk / "chatdock.db"
+        create_key(str(db), "acme", "before")  # the file made, then closed: nothing beside it
+        assert sorted(path.name for path in disk.iterdir()) == ["chatdock.db"]
+        fill_disk(disk)
+        checked = run_cli("check", "--db", str(db))
+        assert (checked.returncode, checked.stdout) == (0, f"ok: {db} is sound\n"), checked.stderr
+        assert sorted(path.name for path in disk.iterdir()) == ["chatdock.db", "filler"]  # made nothing beside it
+        for command in (["keys", "list"], ["serve", "--http", "--port", "0"]):
+            started = run_cli(*command, "--db", str(db))
+            assert started.returncode == 2, started.stderr
+            said = f"chatdock: the disk holding {db} is full (0 bytes free), so SQLite could not make or grow"
+            assert started.stderr.startswith(said) and "free space on that disk" in started.stderr, started.stderr
+
+
 def make_damaged(path: Path) -> None:
     """A database of 300 messages whose middle pages are overwritten, as a failing disk might leave it."""
 

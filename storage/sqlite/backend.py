@@ -357,6 +357,14 @@ def integrity_check(path: str) -> list[str]:
     if os.path.getsize(path) == 0:
         raise Unavailable(f"cannot check {path}: the file is empty, it holds no database")
     try:
+        if not os.path.exists(path + "-wal"):
+            # no process has the file open (each one keeps its -wal while it does): it holds all it has, and is
+            # read as it is, making nothing beside it (a -wal and -shm a reader cannot remove; no room for them
+            # on a full disk); read again in the usual way if a process opened it meanwhile and damage was seen
+            found = _integrity(path, unchanging=True)
+            if found != ["ok"] and os.path.exists(path + "-wal"):
+                found = _integrity(path, unchanging=False)
+            return [] if found == ["ok"] else found
         try:
             found = _integrity(path, unchanging=False)
         except sqlite3.OperationalError as exc:

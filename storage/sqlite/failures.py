@@ -92,10 +92,28 @@ def translate(exc: BaseException, path: str) -> Unavailable | None:
     if name.startswith("SQLITE_CANTOPEN"):
         return Unavailable(_cannot_open(path))
     if name.startswith("SQLITE_IOERR"):
+        free = _free_bytes(path)
+        if free is not None and free < FULL_BELOW:  # SQLite could not make or grow its -wal or -shm file
+            return Unavailable(
+                f"the disk holding {path} is full ({free:,} bytes free), so SQLite could not make or grow the "
+                "files it keeps beside it (-wal, -shm); free space on that disk and try again"
+            )
         return Unavailable(f"the disk failed while using {path} (I/O error: {exc}); check the disk and try again")
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return Unavailable(f"the database {path} stayed locked by another process; try again")
     return None
+
+
+FULL_BELOW = 1024 * 1024  # free bytes under which an I/O error at the file is taken for a full disk
+
+
+def _free_bytes(path: str) -> int | None:
+    """The bytes free (to chatdock) on the disk holding `path`, or None when that cannot be told."""
+    try:
+        found = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
+    except OSError:
+        return None
+    return found.f_bavail * found.f_frsize
 
 
 def damaged_text(path: str, name: str = "SQLITE_CORRUPT") -> str:
