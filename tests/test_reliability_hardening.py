@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import random
@@ -35,7 +36,18 @@ from mcp.shared.exceptions import MCPError
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.cursor import encode_cursor
-from tests.transports import call, chatdock_command, create_key, error, free_port, http_client, run_cli, stop
+from tests.transports import (
+    call,
+    chatdock_command,
+    create_key,
+    error,
+    free_port,
+    http_client,
+    installed_command,
+    run_cli,
+    stop,
+    wait_healthy,
+)
 
 pytestmark = pytest.mark.process  # each test here starts real processes
 
@@ -194,6 +206,42 @@ def test_clients_that_never_read_their_answers_are_cut_off_and_never_lock_out_ot
         assert server.health()[0] == 200
     # so few connections that one organization's listen streams could hold them all: said at the start
     assert "--max-connections 12 is not above --max-listens-per-org 256" in server.log.read_text()
+
+
+def test_a_request_sent_while_the_server_was_paused_past_its_deadlines_is_answered(tmp_path: Path) -> None:
+    """A server paused (SIGSTOP, a stalled machine) past its idle deadlines (here --read-timeout 1 and the 5 s
+    keep-alive) answers what a keep-alive client sent during the pause; it reset the connection unanswered (the
+    event loop ran the due deadlines before it read the socket)."""
+    db = str(tmp_path / "paused.db")
+    key, port = create_key(db, "acme", "paused"), free_port()
+    command = [*installed_command(), "serve", "--http", "--db", db, "--port", str(port), "--read-timeout", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # its own
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # (a forked one's pause is the launcher's)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    def send(content: str) -> None:
+        body = {"contact_id": "paused", "channel": "sms", "role": "user", "content": content}
+        connection.request("POST", "/chats", json.dumps(body), headers)
+
+    try:
+        wait_healthy(process, f"http://127.0.0.1:{port}")
+        send("before")
+        first = connection.getresponse()
+        assert (first.status, json.loads(first.read())["content"]) == (201, "before")
+        process.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(0.2)
+            send("during the pause")  # taken by the kernel into the paused server's socket, on the same connection
+            time.sleep(6)
+        finally:
+            process.send_signal(signal.SIGCONT)
+        answer = connection.getresponse()
+        assert answer.status == 201 and json.loads(answer.read())["content"] == "during the pause"
+    finally:
+        connection.close()
+        stop(process)
+        assert process.stderr is not None
+        process.stderr.close()
 
 
 def test_a_client_that_reads_slowly_is_not_cut_off(tmp_path: Path) -> None:

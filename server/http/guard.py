@@ -8,6 +8,8 @@
   transport paused) and takes nothing more of it for `read_timeout` seconds, the connection is cut; a
   client that reads, however slowly, is not. Without it a client that asks for
   large answers (/docs' assets need no key) and never reads them holds its sockets for ever.
+- Neither that deadline nor uvicorn's keep-alive one closes a connection whose socket holds bytes the loop has
+  not read yet (a request sent while the process was paused past them): it is read first.
 - A bound on open connections, below the process's file limit: when it is reached, a new connection
   closes the oldest one that has not yet sent a whole request (it has shown no key, so it costs little to
   drop), else the one whose client has left its answer untaken longest, or, when every connection is busy
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import select
 import socket
 import time
 from typing import Any
@@ -36,6 +39,7 @@ logger = logging.getLogger("chatdock.http")
 
 RESERVED_FILES = 32  # files the process keeps for the database, logs and its own needs
 ACCEPT_BURST = 128  # connections the event loop may accept in one go, before any of them is looked at
+UNREAD_GRACE = 0.5  # seconds a deadline waits for bytes in the socket that the loop has not read yet
 
 
 def raise_file_limit() -> int:
@@ -191,8 +195,31 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _too_slow(self) -> None:
         self._deadline = None
+        if self._unread_waiting():
+            self._deadline = self.loop.call_later(UNREAD_GRACE, self._too_slow)
+            return
         if not self._unanswered and not self.transport.is_closing():
             self._close_unread()
+
+    def timeout_keep_alive_handler(self) -> None:
+        if self._unread_waiting():
+            self.timeout_keep_alive_task = self.loop.call_later(UNREAD_GRACE, self.timeout_keep_alive_handler)
+            return
+        super().timeout_keep_alive_handler()
+
+    def _unread_waiting(self) -> bool:
+        """Whether bytes the loop has not read yet wait in the connection's socket. After the process was paused
+        past a deadline (SIGSTOP, a stalled machine), the event loop runs its due timers before it next polls
+        the sockets (Python's poll gives up once its own timeout is past), so a request that arrived during the
+        pause would otherwise be cut by the deadline, reset with no answer: it is read first, a moment later."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is None or self.transport.is_closing():
+            return False
+        try:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):  # closed meanwhile
+            return False
+        return bool(readable)
 
     def _drop_one(self) -> bool:
         """Close the connection that has waited longest for its request, else the one whose client has left
