@@ -45,7 +45,11 @@ async def test_pydantic_ai_hands_its_model_the_transcript(tmp_path: Path, includ
         return ModelResponse(parts=[TextPart("Your order ships tomorrow.")])
 
     params = stdio_params("--db", db, "--org", "acme")
-    toolset = MCPToolset(StdioTransport(command=params.command, args=params.args, env=params.env))
+    # the frameworks' 5 s for a start and a call were seen to run out beside a busy suite: a slow machine is not
+    # what these tests are about
+    toolset = MCPToolset(
+        StdioTransport(command=params.command, args=params.args, env=params.env), init_timeout=60, read_timeout=60
+    )
     run = await Agent(FunctionModel(model), toolsets=[toolset]).run("Where is my order?")
     [returned] = [part for message in run.all_messages() for part in message.parts if isinstance(part, ToolReturnPart)]
     handed = returned.model_response_str()
@@ -67,7 +71,9 @@ async def test_the_openai_agents_sdk_hands_its_model_the_transcript(
     transcript = await transcript_of(db)
     params = stdio_params("--db", db, "--org", "acme")
     server_params: Any = {"command": params.command, "args": params.args, "env": params.env}
-    async with MCPServerStdio(params=server_params, use_structured_content=use_structured_content) as server:
+    async with MCPServerStdio(
+        params=server_params, use_structured_content=use_structured_content, client_session_timeout_seconds=60
+    ) as server:
         [tool] = [tool for tool in await server.list_tools() if tool.name == "get_context"]
         # what the SDK puts in the function call's output for the model, from the tool's result
         output = await MCPUtil.invoke_mcp_tool(
