@@ -321,14 +321,14 @@ class SQLiteBackend(SQLBackend):
         return self.damaged is not None
 
     async def health(self, writes: bool = True) -> list[str]:
-        problems: list[str] = []  # `writes` changes nothing here: a file that takes no writes is met by a write
+        problems: list[str] = []  # without `writes`, a file that cannot be written or grow is no problem
         try:
             await self.ping()
         except Unavailable as exc:
             problems.append(exc.message)
         folder = os.path.dirname(os.path.abspath(self.path))
         free = shutil.disk_usage(folder).free
-        if free < MIN_FREE_BYTES:
+        if free < MIN_FREE_BYTES and writes:
             problems.append(f"the disk is full: {free:,} bytes free on the disk of {self.path}; free space on it")
         if self._write_problem is not None and self.damaged is None and free >= MIN_FREE_BYTES:
             # the last write failed: see whether one works now (one small row), so recovery shows by itself
@@ -336,7 +336,7 @@ class SQLiteBackend(SQLBackend):
                 await self._write(_probe)
             except Unavailable as exc:
                 problems.append(exc.message)
-        file_problem = self._file.problem()
+        file_problem = self._file.problem(writes)
         if file_problem is not None:
             problems.append(file_problem)
         elif self.damaged is None:

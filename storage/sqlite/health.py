@@ -84,9 +84,10 @@ class FileWatch:
         self._sides = {suffix: _identity(path + suffix) for suffix in SIDE_FILES}
         self._told: str | None = None
 
-    def problem(self) -> str | None:
-        """Why a write must not go to the file now (removed, replaced, not writable), or None."""
-        found = self._problem()
+    def problem(self, writes: bool = True) -> str | None:
+        """Why a write must not go to the file now (removed, replaced, not writable), or None; without `writes`
+        (a server that only reads), why reads would not see the file at the path (removed, replaced)."""
+        found = self._problem(writes)
         if found != self._told:
             if found is not None:
                 logger.error("%s", found)
@@ -123,7 +124,7 @@ class FileWatch:
                 return side_file_text(self.path, suffix, "replaced by another file")
         return None
 
-    def _problem(self) -> str | None:
+    def _problem(self, writes: bool) -> str | None:
         try:
             now = os.stat(self.path)
         except FileNotFoundError:
@@ -135,7 +136,7 @@ class FileWatch:
         side = self._side_gone()
         if side is not None:
             return side
-        if not os.access(self.path, os.W_OK):
+        if writes and not os.access(self.path, os.W_OK):
             return unwritable_text(self.path)
         return None
 

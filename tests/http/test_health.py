@@ -37,14 +37,16 @@ class Server:
     """`chatdock serve --http` on `db`, ready once `ready` (a read with `key`) answers; /healthz is not asked on
     the way (it runs checks of its own), so a test decides when it is first asked."""
 
-    def __init__(self, tmp: Path, db: Path, key: str, ready: str = "/chats/context?contact_id=ready") -> None:
+    def __init__(
+        self, tmp: Path, db: Path, key: str, ready: str = "/chats/context?contact_id=ready", *extra: str
+    ) -> None:
         self.base = f"http://127.0.0.1:{free_port()}"
         self.key = key
-        self.log = tmp / "serve.log"
+        self.log = tmp / ("serve.log" if not extra else "serve-" + "".join(extra).strip("-") + ".log")
         self._log_file = self.log.open("wb")
         port = self.base.rsplit(":", 1)[1]
         self.process = subprocess.Popen(
-            [*chatdock_command(), "serve", "--http", "--db", str(db), "--port", port],
+            [*chatdock_command(), "serve", "--http", "--db", str(db), "--port", port, *extra],
             stdout=subprocess.DEVNULL,
             stderr=self._log_file,
         )
@@ -86,8 +88,10 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(tmp: Path, db: Path, key: str, ready: str = "/chats/context?contact_id=ready") -> Iterator[Server]:
-    server = Server(tmp, db, key, ready)
+def serving(
+    tmp: Path, db: Path, key: str, ready: str = "/chats/context?contact_id=ready", *extra: str
+) -> Iterator[Server]:
+    server = Server(tmp, db, key, ready, *extra)
     try:
         yield server
     finally:
@@ -220,7 +224,8 @@ def test_a_file_replaced_while_serving_refuses_writes_and_fails_healthz(tmp_path
 
 def test_a_file_chatdock_may_no_longer_write_refuses_writes_until_it_may_again(tmp_path: Path) -> None:
     db, key = a_store(tmp_path)
-    with serving(tmp_path, db, key) as server:
+    ready = "/chats/context?contact_id=ready"
+    with serving(tmp_path, db, key) as server, serving(tmp_path, db, key, ready, "--read-only") as reader:
         assert server.append("c0", "before")[0] == 201
         assert server.health()[0] == 200
         with unwritable(db):
@@ -228,6 +233,8 @@ def test_a_file_chatdock_may_no_longer_write_refuses_writes_until_it_may_again(t
             assert "make the file, its -wal and -shm files and its folder writable" in body["store"], body
             assert_refused(server, 10, "cannot be written by chatdock", "writes are refused")
             assert len(context_ids(server, "c0")) == 1
+            assert reader.health() == (200, {"status": "ok", "store": "ok"})  # a server that only reads is sound
+            assert len(context_ids(reader, "c0")) == 1
         until(lambda: server.health()[0] == 200)  # writable again: it shows by itself
         status, again = server.append("c0", "after")
         assert status == 201, again
