@@ -18,13 +18,18 @@ owns the process, installs it once (`start`) and flushes it as it exits.
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from typing import Final
 
 from chatdock.storage import InvalidInput
 
+logger = logging.getLogger("chatdock")
+
 EXPORTERS: Final = ("otlp", "console")
+STOP_SECONDS: Final = 2.0  # the longest a stopping process waits for its last spans to reach the collector
 PROTOCOL: Final = "http/protobuf"
 INSTALL: Final = "pip install 'chatdock[tracing]'"
 
@@ -73,7 +78,8 @@ def start(environ: Mapping[str, str]) -> Callable[[], None] | None:
     resource = Resource.create({})  # OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME, read by the SDK
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": "chatdock"}))
-    provider = TracerProvider(resource=resource)  # the sampler: OTEL_TRACES_SAMPLER, read by the SDK
+    # the sampler: OTEL_TRACES_SAMPLER, read by the SDK; stopped by `stop` below, not at the interpreter's exit
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     for name in chosen:
         exporter: SpanExporter
         if name == "otlp":
@@ -86,7 +92,22 @@ def start(environ: Mapping[str, str]) -> Callable[[], None] | None:
             exporter = ConsoleSpanExporter(out=sys.stderr)  # stdout carries the protocol over stdio
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    return provider.shutdown
+
+    def stop() -> None:
+        """Flush and stop, waiting at most STOP_SECONDS: a collector that is down or does not answer would hold
+        the exit for the exporter's timeout, for each batch left (13 to 19 s were seen), past a supervisor's
+        patience; what it has not taken by then is dropped, and the log says so."""
+        stopping = threading.Thread(target=provider.shutdown, name="chatdock-tracing-stop", daemon=True)
+        stopping.start()
+        stopping.join(STOP_SECONDS)
+        if stopping.is_alive():
+            logger.warning(
+                "the last spans were not taken by the collector within %.0f s of stopping (is it up?); they are "
+                "dropped",
+                STOP_SECONDS,
+            )
+
+    return stop
 
 
 def _kept() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,10 +36,11 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 
 from chatdock.server.http.app import build_http_app
 from chatdock.server.mcp.app import Settings, build_server
+from chatdock.server.ops import tracing
 from chatdock.server.ops.metrics import Metrics
 from chatdock.server.ops.tracing import exporters
 from chatdock.storage import InvalidInput, is_postgres
-from tests.transports import call, chatdock_command, create_key, free_port, http_client, http_server
+from tests.transports import call, chatdock_command, create_key, free_port, http_client, http_server, wait_healthy
 
 MODES = ["auto", "legacy"]
 CONTACT = "+31612345678"
@@ -289,6 +292,48 @@ async def test_serve_exports_spans_by_otlp_when_the_otel_variables_say_so(
         if attribute.key == "service.name"
     }
     assert services == {"chatdock-test"}
+
+
+@pytest.mark.process
+def test_a_collector_that_never_answers_holds_the_exit_a_bounded_time(tmp_path: Path) -> None:
+    """SIGTERM with spans still to export to a collector that takes the connection and never answers: the
+    process exits within chatdock's grace plus the tracing's own bound (it took 13 to 19 s: the exporter's
+    timeout, for each batch left), and says the spans were dropped."""
+    db = str(tmp_path / "traced.db")
+    key, port = create_key(db, "acme", "traced"), free_port()
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel takes the connections; nothing answers
+        environment = clean_environment() | {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+        command = [*chatdock_command(), "serve", "--http", "--db", db, "--port", str(port)]
+        process = subprocess.Popen(
+            command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_healthy(process, base)
+            for index in range(20):
+                body = json.dumps({"contact_id": CONTACT, "channel": "sms", "role": "user", "content": f"m{index}"})
+                request = urllib.request.Request(
+                    base + "/chats",
+                    body.encode(),
+                    {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    assert answer.status == 201
+            time.sleep(0.3)  # a batch is on its way to the collector, the rest wait behind it
+            began = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            _, said = process.communicate(timeout=30)
+            took = time.monotonic() - began
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 0 and took < 3 + tracing.STOP_SECONDS + 2, (took, said)
+    assert "the last spans were not taken by the collector" in said, said
 
 
 HEADER_ONLY = """
