@@ -40,6 +40,7 @@ logger = logging.getLogger("chatdock.http")
 RESERVED_FILES = 32  # files the process keeps for the database, logs and its own needs
 ACCEPT_BURST = 128  # connections the event loop may accept in one go, before any of them is looked at
 UNREAD_GRACE = 0.5  # seconds a deadline waits for bytes in the socket that the loop has not read yet
+SHUTDOWN_LINGER = 0.5  # seconds a connection waiting for a request stays open once the server shuts down
 
 
 def raise_file_limit() -> int:
@@ -103,6 +104,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._untaken: asyncio.TimerHandle | None = None  # the deadline of an answer the client does not read
         self._buffered = 0  # what was still to send when that deadline was set
         self._unanswered = 0  # requests that arrived whole and are not answered yet (one, unless pipelined)
+        self._stopping = False  # the server is shutting down: the next answer closes the connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -165,12 +167,29 @@ class GuardedProtocol(HttpToolsProtocol):
         self._stop_waiting()  # the request is in: the response may take as long as it takes
 
     def shutdown(self) -> None:
-        """Called on SIGTERM: a request still being read will not be answered now, so its connection closes
-        at once; the others finish (or are cut when the graceful shutdown's time is up)."""
+        """Called on SIGTERM: a connection with a request in hand finishes it and closes (or is cut when the
+        graceful shutdown's time is up). One waiting for a request closes SHUTDOWN_LINGER later, unless a whole
+        request came meanwhile, which is answered, and then it closes: a client sending on a kept-alive
+        connection the moment it was closed under it got a reset or an empty answer and could not know whether
+        its request was carried out (one in four of a busy client's connections at each restart)."""
         if not self._unanswered and not self.transport.is_closing():
-            self._close_unread()
+            self._stopping = True
+            self.loop.call_later(SHUTDOWN_LINGER, self._close_if_waiting)
             return
         super().shutdown()
+
+    def _close_if_waiting(self) -> None:
+        if self._unanswered or self.transport.is_closing():
+            return  # a request came: answered, it closes the connection (keep_alive is off)
+        if self._unread_waiting():
+            self.loop.call_later(SHUTDOWN_LINGER, self._close_if_waiting)  # read at the loop's next turn
+            return
+        self._close_unread()
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self._stopping and self.cycle is not None:
+            self.cycle.keep_alive = False  # shutting down: this answer is the connection's last
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -215,11 +234,12 @@ class GuardedProtocol(HttpToolsProtocol):
         sock = self.transport.get_extra_info("socket")
         if sock is None or self.transport.is_closing():
             return False
+        poller = select.poll()  # not select(): it takes no descriptor above 1023, and the file limit is raised
         try:
-            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+            poller.register(sock.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
         except (OSError, ValueError):  # closed meanwhile
             return False
-        return bool(readable)
 
     def _drop_one(self) -> bool:
         """Close the connection that has waited longest for its request, else the one whose client has left
