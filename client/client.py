@@ -328,7 +328,9 @@ class ChatdockClient:
         try:
             return model.model_validate_json(response.content)
         except ValidationError:  # a success, but not chatdock's (a proxy's sign-in page, another service)
-            raise ChatdockApiError(502, "Bad Gateway", wire.not_chatdocks(response, model.__name__)) from None
+            raise ChatdockApiError(
+                502, "Bad Gateway", wire.not_chatdocks(response, model.__name__), retryable=False
+            ) from None
 
     async def _send(
         self, method: str, path: str, params: dict[str, Any] | None, body: dict[str, Any] | None, key: str | None
@@ -443,10 +445,15 @@ class _EventStream:
                     "GET", client.url + self.path, headers=client._auth, timeout=timeout, extensions={"trace": trace}
                 )
                 response = await client._http.send(request, stream=True)
-                if response.status_code != 200:
+                if response.status_code != 200 or not response.headers.get("content-type", "").startswith(
+                    "text/event-stream"
+                ):
                     await response.aread()
                     await response.aclose()
-                    raise wire.refusal(response)
+                    if response.status_code != 200:
+                        raise wire.refusal(response)
+                    said = wire.not_chatdocks(response, "event stream")  # a page of another service at the address
+                    raise ChatdockApiError(502, "Bad Gateway", said, retryable=False)
                 self._response = response
                 self._events = httpx2.EventSource(response).__aiter__()
                 deadline.reschedule(loop.time() + wait)
@@ -467,7 +474,9 @@ class _EventStream:
             raise wire.closed_under(client._http, exc) from None
         if first.event != "ready":
             await self.close()
-            raise ChatdockApiError(502, "Bad gateway", f"expected the event stream's `ready`, got {first.event!r}")
+            raise ChatdockApiError(
+                502, "Bad Gateway", f"expected the event stream's `ready`, got {first.event!r}", retryable=False
+            )
 
     async def changes(self) -> AsyncIterator[Changed]:
         while True:

@@ -17,13 +17,15 @@ class ChatdockApiError(Exception):
     `idempotency_key` (or `metadata.provider_message_id`) is always safe.
     """
 
-    def __init__(self, status: int, error: str, message: str) -> None:
+    def __init__(self, status: int, error: str, message: str, retryable: bool | None = None) -> None:
         super().__init__(f"{status} {error}: {message}")
         self.status = status
         self.error = error
         self.message = message
+        self._retryable = retryable
 
     @property
     def retryable(self) -> bool:
-        """Whether the same call may succeed later (chatdock busy, unreachable or its database away)."""
-        return self.status in (429, 502, 503, 504)
+        """Whether the same call may succeed later (chatdock busy, unreachable or its database away): a 429,
+        502, 503 or 504, but for a 502 that says something other than chatdock answers at the address."""
+        return self.status in (429, 502, 503, 504) if self._retryable is None else self._retryable

@@ -28,8 +28,8 @@ INVALID = "Invalid arguments"
 def refusal(response: httpx2.Response) -> ChatdockApiError:
     """The server's `{"error", "message"}` as the client's exception. An answer that is not chatdock's (a
     proxy's page, another service at the address) keeps its status when the call may work later (429, 502, 503,
-    504), and is otherwise a 502 that says so: another service's 404 is no unknown contact, its 401 no wrong
-    key."""
+    504), and is otherwise a 502 that says so, not to be retried (the address is wrong): another service's 404
+    is no unknown contact, its 401 no wrong key."""
     try:
         body = response.json()
         return ChatdockApiError(response.status_code, str(body["error"]), str(body["message"]))
@@ -37,7 +37,7 @@ def refusal(response: httpx2.Response) -> ChatdockApiError:
         pass
     if response.status_code in (429, 502, 503, 504):
         return ChatdockApiError(response.status_code, response.reason_phrase, not_chatdocks(response, "error"))
-    return ChatdockApiError(502, "Bad Gateway", not_chatdocks(response, "error"))
+    return ChatdockApiError(502, "Bad Gateway", not_chatdocks(response, "error"), retryable=False)
 
 
 def not_chatdocks(response: httpx2.Response, expected: str) -> str:

@@ -215,12 +215,20 @@ async def test_a_success_that_is_not_chatdocks_answer_is_the_one_exception_namin
                 odd = await refused(client.get_contact(CALLER))
                 missing = await refused(client.get_context(CALLER))  # another service's 404: no unknown contact
                 busy = await refused(client.search_messages("parcel"))  # a proxy's 503: still worth a retry
+                with pytest.raises(ChatdockApiError) as watched:  # a page, not an event stream: no endless retries
+                    async with client.watch(CALLER):
+                        pass
         finally:
             other.shutdown()
     assert (odd.status, odd.error) == (502, "Bad Gateway")
     assert f"{base} answered GET /contacts/%2B31612345678 with 200 but not with chatdock's ContactInfo" in odd.message
     assert "<html>please sign in</html>" in odd.message and f"check that {base} is chatdock's address" in odd.message
-    assert (missing.status, missing.error) == (502, "Bad Gateway")
+    assert (missing.status, missing.error, missing.retryable) == (502, "Bad Gateway", False)  # the address is wrong
+    assert not odd.retryable
+    assert (watched.value.status, watched.value.retryable) == (502, False)
+    assert f"{base} answered GET /contacts/%2B31612345678/events with 200 but not with chatdock's event stream" in (
+        watched.value.message
+    )
     assert f"{base} answered GET /chats/context with 404 but not with chatdock's error (text/html" in missing.message
     assert (busy.status, busy.retryable) == (503, True) and "/chats/search with 503 but not with" in busy.message
 
