@@ -261,17 +261,17 @@ def build_rest(
 
     def not_allowed(request: Request) -> JSONResponse:
         allowed = ", ".join(allowed_methods(app, request.scope))
-        said = f"{request.method} is not served here; this path takes {allowed}"
-        if read_only_write(request):
+        said = f"{request.method} is not served here" + (f"; this path takes {allowed}" if allowed else "")
+        if read_only_write(request, exactly=True):
             said = f"this server is read-only (--read-only): it takes no {request.method} here"
             said += f"; this path takes {allowed}" if allowed else ""
         return problem(405, "Method not allowed", said, headers={"Allow": allowed})
 
-    def read_only_write(request: Request) -> bool:
-        """Whether the request is a write that this server would take without --read-only (on this path)."""
-        unrouted = {**request.scope, "method": "\0"}  # the path alone decides
-        write = request.method not in ("GET", "HEAD")
-        return write and any(route.matches(unrouted)[0] is not Match.NONE for route in writes)
+    def read_only_write(request: Request, exactly: bool) -> bool:
+        """Whether a write route this server has not (--read-only) is on the request's path; `exactly`: for the
+        request's method."""
+        scope = request.scope if exactly else {**request.scope, "method": "\0"}  # else the path alone decides
+        return any(route.matches(scope)[0] is (Match.FULL if exactly else Match.PARTIAL) for route in writes)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -279,7 +279,7 @@ def build_rest(
         if exc.status_code == 400:
             return problem(400, "Invalid JSON", f"the body could not be read ({exc.detail}); send a JSON object")
         if exc.status_code == 404:
-            if read_only_write(request):  # refused as a write (405), not as a route that does not exist
+            if read_only_write(request, exactly=False):  # a 405, as without --read-only: the path exists
                 return not_allowed(request)
             return problem(404, "Not found", "no such route; /docs lists them")
         if exc.status_code == 413:  # a streamed body that passed the limit while FastAPI read it (BodyLimit)

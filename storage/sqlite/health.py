@@ -5,7 +5,7 @@
   chatdock writing into the old one), and so do the paths of its -wal and -shm files (a log removed takes the
   writes since the last checkpoint with it; a -shm removed lets another process open the file without seeing
   this one's writes, and damage it), and chatdock may still write it (permissions, attributes, a read-only
-  mount). One `stat` and one `access` call, cheap enough to run before every write.
+  mount). Three `stat` calls and one `access` call, cheap enough to run before every write.
 - `IndexSweep`: a bounded check that every row is found through each of its table's indexes, a slice of
   rows at a time: the newest rows (whose index entries sit in the pages that writes touch now) and a slice
   that moves through the table from one run to the next. SQLite's `quick_check` does not compare an index

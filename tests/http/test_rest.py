@@ -385,6 +385,13 @@ def test_read_only_serves_only_the_read_routes(tmp_path: Path) -> None:
                 405,
                 {"error": "Method not allowed", "message": said.format(method) + also},
             )
+        # a method no chatdock takes on the path is not blamed on --read-only
+        for method, path, also in (
+            ("PATCH", "/chats", "; this path takes GET, HEAD"),
+            ("PUT", f"/chats/{uuid.uuid4()}", ""),
+        ):
+            message = f"{method} is not served here{also}"
+            assert rest(method, path, {}) == (405, {"error": "Method not allowed", "message": message})
         document = rest("GET", "/openapi.json")[1]
         assert sorted(document["paths"]) == [
             "/chats",
