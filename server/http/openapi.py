@@ -131,6 +131,17 @@ def _refused() -> tuple[frozenset[int], frozenset[int]]:
 
 
 @cache
+def _refused_in_text() -> frozenset[int]:
+    """The code points a search query may not hold (`validation.refused_character`: control and invisible format
+    characters), fewer than an identifier's; surrogates left out as in `_refused`."""
+    return frozenset(
+        point
+        for point in range(sys.maxunicode + 1)
+        if not 0xD800 <= point < 0xE000 and check.refused_character(chr(point)) is not None
+    )
+
+
+@cache
 def identifier_schema(in_path: bool = False) -> dict[str, Any]:
     """A contact id, alias or agent id: 1 to 256 characters, none of the refused ones (and no `/` in a path:
     chatdock takes it as %2F (rest.EncodedSlashes), but a client that sent it unencoded would name another
@@ -199,19 +210,19 @@ def limit(low: int = check.MIN_LIMIT, high: int = check.MAX_LIMIT, default: int 
 
 
 def query_schema() -> dict[str, Any]:
-    """A search query the parser always reads: 1 to 32 words (each may end in `*`), single spaces between.
-    Phrases ("...") and exclusions (-word), which the server also reads, are left to the description."""
-    anywhere, _ = _refused()
-    first = _class_without(anywhere, '\\s"*\\-')
-    rest = _class_without(anywhere, '\\s"')
-    word = f"{first}{rest}*"
+    """A search query: none of the characters the parser refuses, with at least one that is not white space.
+    Never stricter than the server (a client that checks the pattern must send phrases and exclusions): what
+    JSON Schema cannot state (a closed phrase, a word to find, the number of words) is in the description."""
+    refused = _refused_in_text()
+    char = _class_without(refused, "")
+    shown = _class_without(refused, "\\s")
     return {
         "type": "string",
         "minLength": 1,
         "maxLength": MAX_QUERY_CHARS,
-        "pattern": f"^{word}(?: {word}){{0,{MAX_TERMS - 1}}}$",
-        "description": 'words, prefix*, "a phrase", -excluded (at least one word to find, at most '
-        f"{MAX_TERMS} words and phrases)",
+        "pattern": f"^{char}*{shown}{char}*$",
+        "description": 'words, prefix*, "a phrase", -excluded: at least one word to find (with a letter or a '
+        f"digit), at most {MAX_TERMS} words and phrases, each phrase's quotes closed",
     }
 
 

@@ -31,6 +31,7 @@ from chatdock.server.http.rest import build_rest
 from chatdock.server.mcp.events import Events
 from chatdock.storage import InvalidInput
 from chatdock.storage import validation as check
+from chatdock.storage.search import parse_query
 from tests.transports import create_key, http_server
 
 # What a schema-valid request may still be refused for: the rules the document states only in words, since
@@ -42,6 +43,9 @@ PROSE_ONLY = (
     "end_timestamp",
     "cursor is not valid",
     "own contact_id and cannot be unlinked",
+    "query needs at least one word to find",  # the search query's rules (its description says them)
+    "that is not closed; close the phrase",
+    "words and phrases, got",
 )
 
 
@@ -159,6 +163,24 @@ def test_the_identifier_pattern_is_the_stores_rule(value: str) -> None:
     schema = field(built(), "AppendRequest", "contact_id")
     fits = re.search(schema["pattern"], value) is not None and 1 <= len(value) <= schema["maxLength"]
     assert fits == _accepted(value), value
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(
+    st.text(min_size=1, max_size=20)
+    | st.sampled_from(['"order 1234"', "order -refund", "refund  order", 'ab"c', "a\u00a0b", "a\u200bb", " x "])
+)
+def test_the_query_pattern_takes_every_query_the_server_reads(query: str) -> None:
+    """Never stricter than the server (a generated client that checks it must still send phrases and
+    exclusions); what it lets through and the server refuses, the server refuses for a rule in its description."""
+    schema = parameter(built()["paths"]["/chats/search"]["get"], "q")
+    fits = re.search(schema["pattern"], query) is not None and len(query) <= schema["maxLength"]
+    try:
+        parse_query(query)
+    except InvalidInput as refused:
+        assert not fits or any(rule in refused.message for rule in PROSE_ONLY), (query, refused.message)
+    else:
+        assert fits, query
 
 
 # --- against a real `chatdock serve --http`, on each engine ---
