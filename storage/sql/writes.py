@@ -282,15 +282,20 @@ def new_chat(d: Dialect, org: str, record: ChatRecord, log: ChangeLog) -> Ops[Ch
 def set_chat_status(
     d: Dialect, org: str, chat_id: str, status: ChatStatus, now_us: int, log: ChangeLog
 ) -> Ops[Chat | None]:
+    """Set a chat's status; None when the organization has no such chat. Setting the status it has changes
+    nothing (not its `updated_at`) and tells no listener: a repeated call is idempotent, as the tool says."""
     contact_key = yield value(
-        f"UPDATE chats SET status = ?, updated_us = ? WHERE id = ? AND org_id = {ORG} RETURNING contact_pk",
+        f"UPDATE chats SET status = ?, updated_us = ? WHERE id = ? AND org_id = {ORG} AND status <> ? "
+        "RETURNING contact_pk",
         status,
         now_us,
         chat_id,
         org,
+        status,
     )
     if contact_key is None:
-        return None
+        kept = yield value(f"SELECT 1 FROM chats WHERE id = ? AND org_id = {ORG}", chat_id, org)
+        return None if kept is None else (yield from chat_by_id(d, chat_id))
     chat = yield from chat_by_id(d, chat_id)
     yield from log.record(org, chat.contact_id, aliases=(yield from aliases_of(contact_key, chat.contact_id)))
     return chat

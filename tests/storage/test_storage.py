@@ -310,6 +310,7 @@ async def test_chats_open_update_list(store: Store) -> None:
     assert [(c.name, c.kind) for c in second.channels] == [("voice", "custom")]
     updated = await store.update_chat(ORG, first.id, "COMPLETED")
     assert updated.status == "COMPLETED" and updated.updated_at >= first.updated_at
+    assert await store.update_chat(ORG, first.id, "COMPLETED") == updated  # the status it has: nothing changes
     assert [c.id for c in await store.list_chats(ORG, "c1")] == [second.id, first.id]
     assert [c.id for c in await store.list_chats(ORG, "c1", limit=1)] == [second.id]
     await store.append_message(ORG, msg("c1", "by sms", channel="sms", chat_id=first.id))
