@@ -415,7 +415,7 @@ def parts(values: Sequence[Part]) -> tuple[list[Part], str]:
         checked.append(Part(text=part.text, start_timestamp=start, end_timestamp=end))
     _text_size(sum(len(part.text) for part in checked), "the parts' texts together")
     joined = " ".join(part.text for part in checked)
-    _text_size(len(joined), "content")
+    _text_size(len(joined), "the parts' texts with the single spaces that join them into the content")
     return checked, joined
 
 

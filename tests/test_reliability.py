@@ -482,6 +482,12 @@ HAND_PICKED: list[tuple[str, dict[str, Any], str]] = [
         },
         "end_timestamp (2.0) must not be before start_timestamp (5.0)",
     ),
+    (
+        "post_as_contact",
+        {"contact_id": "c", "chat_id": UNKNOWN_UUID, "message": [{"text": "a" * 16_384}] * 2},
+        "the parts' texts with the single spaces that join them into the content must be at most 32768 characters, "
+        "got 32769",
+    ),
     ("post_as_contact", {"contact_id": "c", "chat_id": UNKNOWN_UUID, "message": [{"text": "a"}]}, "not found"),
     ("delete_message", {"message_id": "1; DELETE FROM messages"}, "message_id must be a UUID"),
     ("delete_message", {"message_id": UNKNOWN_UUID}, f"message {UNKNOWN_UUID} not found"),

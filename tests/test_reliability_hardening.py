@@ -426,7 +426,7 @@ def test_every_start_up_failure_is_one_line_naming_its_cause(tmp_path: Path) -> 
         str(tmp_path / "a-folder"): "is a folder",
         str(tmp_path / "garbage.db"): "is not a chatdock database",
         str(truncated): "the database file is damaged",
-        str(tmp_path / "a-file" / "x.db"): "cannot open the database",
+        str(tmp_path / "a-file" / "x.db"): f"{tmp_path / 'a-file'} is a file, not a folder",  # was "File exists"
     }
     with tmpfs(tmp_path / "read-only", "1m", "ro") as read_only:
         cases[str(read_only / "x.db")] = "not writable"

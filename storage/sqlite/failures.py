@@ -6,8 +6,10 @@ into a broken file) and /healthz reports it until chatdock is restarted on a sou
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
+from pathlib import Path
 
 from ..errors import Unavailable
 
@@ -59,6 +61,14 @@ def cause(exc: BaseException) -> str:
     return "other"
 
 
+def _file_in_the_way(path: str) -> str | None:
+    """The first folder of `path` that is a file instead (`/etc/passwd` of `/etc/passwd/x.db`), or None."""
+    for folder in reversed(Path(os.path.abspath(path)).parents):
+        if folder.exists() and not folder.is_dir():
+            return str(folder)
+    return None
+
+
 def _cannot_open(path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path)) or "."
     if os.path.isdir(path):
@@ -73,6 +83,11 @@ def _cannot_open(path: str) -> str:
 def translate(exc: BaseException, path: str) -> Unavailable | None:
     """The clear error for a failure of SQLite or of the file system, or None for anything else (a bug)."""
     if isinstance(exc, OSError):
+        blocking = _file_in_the_way(path) if exc.errno in (errno.EEXIST, errno.ENOTDIR) else None
+        if blocking is not None:
+            return Unavailable(
+                f"cannot open the database {path}: {blocking} is a file, not a folder; choose another --db"
+            )
         return Unavailable(f"cannot open the database {path}: {exc.strerror or exc}")
     if not isinstance(exc, sqlite3.Error):
         return None
