@@ -168,6 +168,7 @@ def test_a_file_removed_while_serving_refuses_writes_and_fails_healthz(tmp_path:
         assert_refused(server, 50, f"the database file {db} was removed", "writes are refused", "restore")
         body = unhealthy(server, "was removed while chatdock was serving")
         assert "restart chatdock" in body["store"] and f"chatdock check --db {db}" in body["store"], body
+        assert server.get("/livez") == (200, {"status": "ok"})  # the process lives: a readiness matter only
         assert context_ids(server, "c0") == [message["id"] for _, message in stored]  # still read, from the open file
         assert server.health()[0] == 503  # and it stays so
     assert f"{db} was removed" in server.log.read_text()
