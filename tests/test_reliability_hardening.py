@@ -484,6 +484,8 @@ def test_every_start_up_failure_is_one_line_naming_its_cause(tmp_path: Path) -> 
         ([], {"CHATDOCK_DURABILITY": "always"}, "must be one of normal, full (CHATDOCK_DURABILITY sets it"),
         ([], {"CHATDOCK_METRICS_PORT": "x"}, "--metrics-port: must be a whole number (CHATDOCK_METRICS_PORT sets it"),
         (["--bogus"], {}, "unrecognized arguments: --bogus"),
+        (["--forwarded-allow-ips", "notanip"], {}, "a proxy's address (10.0.0.5), a network (10.0.0.0/8) or '*'"),
+        (["--allowed-host", "bad host/"], {}, "must be a Host header as clients send it, HOST or HOST:PORT"),
         ([], {"CHATDOCK_POOL_SIZE": "0", "CHATDOCK_LOG_FORMAT": "json"}, '"level": "ERROR"'),  # a record, as asked
         (["--log-f", "json", "--bogus"], {}, '"level": "ERROR"'),  # argparse takes the abbreviation: so does the record
     ],

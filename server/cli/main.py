@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -154,6 +156,31 @@ def _log_format(parser: argparse.ArgumentParser) -> None:
     )
 
 
+HOST_HEADER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(:(?:[0-9]{1,5}|\*))?")
+
+
+def host_header(value: str) -> str:
+    """An --allowed-host: a Host header as clients send it, HOST or HOST:PORT (the port may be `*`)."""
+    if not HOST_HEADER.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            "must be a Host header as clients send it, HOST or HOST:PORT (chatdock.internal, "
+            f"chatdock.internal:8765, 10.0.0.5:*, [::1]:8765), got {value!r}"
+        )
+    return value
+
+
+def proxy_address(value: str) -> str:
+    """A --forwarded-allow-ips: a proxy's address, a network, or `*`."""
+    if value != "*":
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a proxy's address (10.0.0.5), a network (10.0.0.0/8) or '*', got {value!r}"
+            ) from None
+    return value
+
+
 def organization(value: str) -> str:
     """An organization's name as every command takes it (--org, CHATDOCK_ORG): an id's rules, NFC among them,
     so that one name typed two ways (macOS types an accent apart) is one organization."""
@@ -240,6 +267,7 @@ def parser() -> argparse.ArgumentParser:
         "--forwarded-allow-ips",
         action="append",
         default=[],
+        type=proxy_address,
         metavar="ADDRESS",
         help="with --http behind a proxy: an address (or network, or '*') of a proxy whose X-Forwarded-For and "
         "X-Forwarded-Proto are believed (repeatable); without it a client's address is the socket's, so a "
@@ -287,6 +315,7 @@ def parser() -> argparse.ArgumentParser:
         "--allowed-host",
         action="append",
         default=[],
+        type=host_header,
         metavar="HOST[:PORT]",
         help="with --http on a non-loopback --host: a Host header to accept (repeatable); keeps DNS-rebinding "
         "protection on",
