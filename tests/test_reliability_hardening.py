@@ -619,8 +619,12 @@ async def main():
     async with Client(streamable_http_client(sys.argv[1] + "/mcp", http_client=http)) as client:
         async with client.listen(resource_subscriptions=["chatdock://contacts/c/transcript"]) as events:
             print("listening", flush=True)
-            async for _ in events:
-                pass
+            try:
+                async for _ in events:
+                    pass
+                print("ended by the server", flush=True)  # its result came: a graceful close
+            except Exception as exc:
+                print(type(exc).__name__, exc, flush=True)
 
 anyio.run(main)
 """
@@ -646,6 +650,7 @@ def test_sigterm_ends_streams_and_unfinished_requests_and_exits_promptly(tmp_pat
             server.process.send_signal(signal.SIGTERM)
             server.process.wait(10)
             took = time.monotonic() - began
+            heard = listener.communicate(timeout=30)[0]
         finally:
             unfinished.close()
             listener.kill()
@@ -653,6 +658,7 @@ def test_sigterm_ends_streams_and_unfinished_requests_and_exits_promptly(tmp_pat
             if listener.stdout is not None:
                 listener.stdout.close()
     assert took < 5, f"took {took:.1f} s to exit"
+    assert heard == b"ended by the server\n", heard  # not SubscriptionLost: the stream was cut before
     assert "Traceback" not in server.log.read_text()
 
 

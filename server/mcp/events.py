@@ -71,6 +71,7 @@ class Events:
         self._sending: set[asyncio.Task[None]] = set()
         self._couriers = Couriers(self._sends) if told is None else Couriers(self._sends, told)
         self._contact_watchers: set[Callable[[], None]] = set()
+        self._closers: list[Callable[[], None]] = []  # what else ends its streams at shut-down (`when_closing`)
         self.closing = False
 
     # --- who listens ---
@@ -158,10 +159,17 @@ class Events:
 
     def close(self) -> None:
         """The server is shutting down: `closing` turns true and every contact watcher is woken to see it, so
-        event streams end now rather than hold the shut-down for its whole grace period."""
+        event streams end now rather than hold the shut-down for its whole grace period; the listen streams are
+        closed gracefully (each ends with its result, so its client knows it was ended on purpose)."""
         self.closing = True
         for changed in list(self._contact_watchers):
             changed()
+        for closer in self._closers:
+            closer()
+
+    def when_closing(self, closer: Callable[[], None]) -> None:
+        """Call `closer` when the server shuts down (`close`)."""
+        self._closers.append(closer)
 
     def attend(self, org: str, session: Any) -> None:
         """An `initialize`-era session that lists the resources hears when the listing changes."""

@@ -61,9 +61,9 @@ def serve_events(server: MCPServer[Any], events: Any, max_streams: int) -> None:
     low = lowlevel(server)
     low.add_request_handler("resources/subscribe", SubscribeRequestParams, events.on_subscribe)
     low.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, events.on_unsubscribe)
-    low.add_request_handler(
-        "subscriptions/listen", SubscriptionsListenRequestParams, ListenHandler(events, max_subscriptions=max_streams)
-    )
+    listen = ListenHandler(events, max_subscriptions=max_streams)
+    low.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, listen)
+    events.when_closing(listen.close)  # at shut-down each stream ends with its result: a graceful close
     derive = low.create_initialization_options
 
     def with_list_changes(
