@@ -70,6 +70,7 @@ class ChatdockServer(MCPServer[_State]):
         self._compacted: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
         self._output_models: dict[str, type[BaseModel]] = {}
         self.tool_names: set[str] = set()  # the registered tools, the only names a metric's label may hold
+        self.prompt_names: set[str] = set()  # and prompts, the only ones a span's name may hold (ops/observe.py)
         self.read_only_tools: frozenset[str] = frozenset()  # those an OAuth token with chatdock:read may call
 
     def add_tool(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
@@ -79,6 +80,10 @@ class ChatdockServer(MCPServer[_State]):
         annotations = kwargs.get("annotations")
         if annotations is not None and annotations.read_only_hint:
             self.read_only_tools |= {name}
+
+    def add_prompt(self, prompt: Any) -> None:
+        super().add_prompt(prompt)
+        self.prompt_names.add(prompt.name)
 
     def remove_tool(self, name: str) -> None:
         super().remove_tool(name)
@@ -232,7 +237,8 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
         lifespan=lifespan,
     )
     server.middleware.append(OrgMiddleware(settings.org, events.attend))
-    server.middleware.append(ObservedMcp(metrics, server.tool_names))  # after OrgMiddleware: the org is known
+    # after OrgMiddleware: the org is known
+    server.middleware.append(ObservedMcp(metrics, server.tool_names, server.prompt_names))
     if metrics is not None:
         metrics.watch_listeners(events.listening)
     answer_in_utf8()  # every server built answers in UTF-8, on every transport and era (sdk.py)

@@ -200,11 +200,13 @@ def _describe(span: Span, scope: Scope, method: str, template: str | None, statu
 class ObservedMcp:
     """The MCP server's middleware that counts, times and names each message (see the module)."""
 
-    def __init__(self, metrics: Metrics | None, tools: Collection[str]) -> None:
+    def __init__(self, metrics: Metrics | None, tools: Collection[str], prompts: Collection[str] = ()) -> None:
         self.metrics = metrics
         self.tools = tools  # the registered tools' names, the only ones a label may hold
+        self.prompts = prompts  # and the prompts', the only ones a span's name may hold
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        self._bound_span(ctx)
         org = current_org.get("")
         fields = {"org": org} if org else {}
         if ctx.request_id is not None:
@@ -230,6 +232,25 @@ class ObservedMcp:
             if self.metrics is not None:
                 method, tool = self._labels(ctx)
                 self.metrics.request("mcp", method, tool, status, time.perf_counter() - began)
+
+    def _bound_span(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        """The MCP SDK's span of this message (the current one: its middleware wraps this one) is named by the
+        method and the tool or prompt the client sent, whatever they are: an unknown one is named `other`, as
+        in the metrics, so that no client can fill a trace backend with names of its own."""
+        span = trace.get_current_span()
+        if not span.is_recording():
+            return
+        method, tool = self._labels(ctx)
+        name = ctx.params.get("name") if isinstance(ctx.params, dict) else None
+        if method == "other":
+            span.update_name("other")
+            span.set_attribute("mcp.method.name", "other")
+        elif tool == "other":
+            span.update_name("tools/call other")
+            span.set_attribute("gen_ai.tool.name", "other")
+        elif method == "prompts/get" and isinstance(name, str) and name not in self.prompts:
+            span.update_name("prompts/get other")
+            span.set_attribute("gen_ai.prompt.name", "other")
 
     def _labels(self, ctx: ServerRequestContext[Any, Any]) -> tuple[str, str]:
         method = ctx.method if ctx.method in MCP_METHODS else "other"

@@ -25,6 +25,7 @@ from typing import Any
 import httpx2
 import pytest
 import uvicorn
+from mcp.shared.exceptions import MCPError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -176,6 +177,24 @@ async def test_a_rest_call_continues_the_trace_in_its_header_with_the_store_and_
         assert request.attributes is not None and request.attributes["http.route"] in ("/chats", "/chats/{message_id}")
         [store] = beneath(found, request, f"chatdock.store {tool}")
         assert beneath(found, store, engine(db)), [s.name for s in found]
+
+
+async def test_a_tool_or_prompt_the_server_has_not_names_no_span(spans: InMemorySpanExporter, tmp_path: Path) -> None:
+    """Span names are bounded as the metrics' labels: a tool or prompt a client names that chatdock does not
+    have is `other` (they were named by whatever the client sent: `tools/call evil_tool_0.93`, one each)."""
+    settings = Settings(db=str(tmp_path / "traced.db"), tracing=True)
+    trace_id, span_id = caller()
+    async with serving(settings) as (base, key), http_client(base, key) as client:
+        with within(trace_id, span_id):
+            assert (await client.call_tool("evil_tool_0.9289858107980965", {})).is_error
+            with pytest.raises(MCPError):
+                await client.get_prompt("evil_prompt_0.5", {})
+            await call(client, "get_context", include_messages=True, contact_id=CONTACT)  # a known one keeps its name
+        found = await finished(spans, trace_id, "tools/call get_context")
+    served = [s for s in found if s.kind == SpanKind.SERVER]  # (the client's own spans name what it sent)
+    names = sorted(s.name for s in served)
+    assert {"tools/call other", "prompts/get other", "tools/call get_context"} <= set(names), names
+    assert not any("evil" in s.name or "evil" in str(dict(s.attributes or {})) for s in served), names
 
 
 async def test_requests_sampled_out_and_the_stores_own_work_make_no_spans(spans: InMemorySpanExporter, db: str) -> None:
