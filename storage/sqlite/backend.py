@@ -65,6 +65,27 @@ def _probe() -> Ops[None]:
     yield count("INSERT OR REPLACE INTO health (id, checked_us) VALUES (1, ?)", now_us())
 
 
+LOCKED = ("SQLITE_BUSY", "SQLITE_LOCKED")
+LOCK_LOOK_SECONDS = 0.2  # how long /healthz waits for the write lock to see whether it is free
+
+
+def _lock_free(path: str) -> bool:
+    """Whether the file's write lock can be taken now (taken and given back at once, nothing written): a
+    writer of this process holds it for milliseconds, another process's forgotten transaction for ever."""
+    try:
+        conn = sqlite3.connect(path, timeout=LOCK_LOOK_SECONDS, isolation_level=None)
+    except sqlite3.Error:
+        return False
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return True
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+
+
 # A read made by each connection as it opens: SQLite maps the log's index (-shm) at a connection's first read,
 # so that a file removed later (before any request came) is still read by every connection, as the log says.
 FIRST_READ = "SELECT count(*) FROM sqlite_schema"
@@ -112,6 +133,7 @@ class SQLiteBackend(SQLBackend):
         self.announce_to = self._announcer.announce_to
         self.damaged: str | None = None  # what a query found damaged; writes are refused from then on
         self._write_problem: str | None = None  # why the last write failed (full disk, read-only file)
+        self._locked_out = False  # that write waited out another process's lock
         self._search_index = SearchIndex(self._transact, lambda sql: self._read(sql, ()))
 
     def _connect_writer(self) -> sqlite3.Connection:
@@ -247,8 +269,9 @@ class SQLiteBackend(SQLBackend):
             result = await self._writer.run(self._sql.on_thread(job), background)  # its span on the writer's thread
         except sqlite3.Error as exc:
             error = self._failed(exc)
-            if kind(exc).startswith(WRITE_BLOCKED) and isinstance(error, Unavailable):
+            if kind(exc).startswith((*WRITE_BLOCKED, *LOCKED)) and isinstance(error, Unavailable):
                 self._write_problem = error.message
+                self._locked_out = kind(exc).startswith(LOCKED)
             raise error from exc
         lost = self._file.gone()  # removed or replaced while this write ran: its commit went into the old file
         if lost is not None:
@@ -330,7 +353,15 @@ class SQLiteBackend(SQLBackend):
         free = shutil.disk_usage(folder).free
         if free < MIN_FREE_BYTES and writes:
             problems.append(f"the disk is full: {free:,} bytes free on the disk of {self.path}; free space on it")
-        if self._write_problem is not None and self.damaged is None and free >= MIN_FREE_BYTES:
+        told = self._write_problem
+        if told is not None and self._locked_out and writes:
+            # the last write waited out another process's lock: whether the lock is free now, without a write
+            # that would wait for it again (recovery shows by itself)
+            if await asyncio.to_thread(_lock_free, self.path):
+                self._write_problem = None
+            else:
+                problems.append(told)
+        elif told is not None and self.damaged is None and free >= MIN_FREE_BYTES:
             # the last write failed: see whether one works now (one small row), so recovery shows by itself
             try:
                 await self._write(_probe)
