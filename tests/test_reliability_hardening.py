@@ -342,7 +342,9 @@ async def test_a_full_disk_is_reported_and_survived(tmp_path: Path) -> None:
 def test_a_sound_file_on_a_full_disk_is_checked_and_a_start_says_the_disk_is_full(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "disk", "2m") as disk:
         db = disk / "chatdock.db"
-        create_key(str(db), "acme", "before")  # the file made, then closed: nothing beside it
+        assert run_cli("keys", "create", "--db", str(db), "--org", "acme").returncode == 0  # the file made
+        with contextlib.closing(sqlite3.connect(db)) as last:  # and closed by its last connection: as it is left
+            last.execute("SELECT count(*) FROM api_keys").fetchone()
         assert sorted(path.name for path in disk.iterdir()) == ["chatdock.db"]
         fill_disk(disk)
         checked = run_cli("check", "--db", str(db))
