@@ -186,6 +186,9 @@ class SQLiteBackend(SQLBackend):
         if self._direct is not None:
             self._direct.close()
             self._direct = None
+        sweep = getattr(self, "_sweep", None)  # none when the store failed to start
+        if sweep is not None:
+            await asyncio.to_thread(sweep.stop)  # before the writer: the file's last connection removes the log
         await asyncio.to_thread(self._checkpoints.stop)
         await asyncio.to_thread(self._writer.stop)
         if self._throwaway is not None:

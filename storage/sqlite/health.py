@@ -221,6 +221,14 @@ class IndexSweep:
         if self.due():
             threading.Thread(target=self.now, name="chatdock-index-sweep", daemon=True).start()
 
+    def stop(self) -> None:
+        """No sweep from now on, and the one running (if any) finished: its read-only connection must not be the
+        file's last one open, which cannot remove the -wal and -shm it leaves (a store closed just after a write
+        left them beside the file)."""
+        self._last = float("inf")  # never due again
+        with self._running:
+            pass
+
     def now(self) -> str | None:
         """Sweep once if due; what is known damaged. Never raises: a sweep that cannot run (the file busy or
         gone) tries again next time."""

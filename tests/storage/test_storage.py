@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -29,7 +31,7 @@ from chatdock.storage.models import NewAlias, NewChannel, NewChat
 from chatdock.storage.postgres import PostgresBackend
 from chatdock.storage.postgres import schema as postgres_schema
 from chatdock.storage.postgres.schema import MIGRATIONS as POSTGRES_MIGRATIONS
-from chatdock.storage.sqlite import SQLiteBackend, writer
+from chatdock.storage.sqlite import SQLiteBackend, health, writer
 from chatdock.storage.sqlite import schema as sqlite_schema
 from chatdock.storage.sqlite.schema import MIGRATIONS
 from tests.storage.raw import run_sql
@@ -668,6 +670,27 @@ async def test_a_feed_that_never_comes_up_delays_the_start_by_its_bound_and_says
     async with store.following(lambda change: None, lambda: True, wait=5):  # in place: the process serves
         await asyncio.sleep(0.2)
         assert "the change feed of other processes stopped: the connection went away for good" in caplog.text
+
+
+async def test_a_store_closed_while_its_index_sweep_runs_leaves_nothing_beside_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write starts a sweep of the indexes on a thread of its own (health.py), on a read-only connection; a
+    store closed meanwhile left that connection the file's last, which cannot remove the -wal and -shm: they
+    stayed beside the file (CI saw it once after `keys create`). The sweep is slowed here to be sure to meet it."""
+    sweep = health.IndexSweep._sweep
+
+    def slow(self: health.IndexSweep) -> str | None:
+        time.sleep(0.3)
+        return sweep(self)
+
+    monkeypatch.setattr(health.IndexSweep, "_sweep", slow)
+    async with open_store(str(tmp_path / "closed.db")) as store:
+        await store.append_message(ORG, msg(content="then closed at once"))
+    for thread in threading.enumerate():
+        if thread.name == "chatdock-index-sweep":
+            thread.join(10)  # whatever it left is there now
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["closed.db"]
 
 
 async def test_a_write_waits_for_another_processs_lock_a_bounded_time_in_all(
