@@ -58,7 +58,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator
-from datetime import UTC
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -79,7 +79,7 @@ from chatdock.client import ChatdockClient
 from chatdock.storage import Chat, ChatStatus, Context, Message, Part
 from chatdock.storage.transcript import indented
 
-from .watch import follow_changes
+from .watch import follow_changes, news
 from .writes import NoChat, WriteQueue, call_channel, retryable
 
 __all__ = ["ChatdockAgent", "ChatdockMemory"]
@@ -509,7 +509,8 @@ class ChatdockMemory:
                     id=HISTORY_ITEM_ID, role="system", content=[self.format_history(fresh, context.truncated)]
                 )
             return bool(fresh)
-        for message in fresh:
+        started = None if self.started_at is None else datetime.fromtimestamp(self.started_at, UTC)
+        for message in (message for message in fresh if news(message, started)):
             at = message.created_at.timestamp()
             self._notes[message.id] = llm.ChatMessage(
                 id=NOTE_ITEM_PREFIX + message.id,

@@ -61,7 +61,7 @@ from chatdock.client import ChatdockClient
 from chatdock.storage import Chat, ChatStatus, Message, Part
 from chatdock.storage.transcript import indented
 
-from .watch import follow_changes
+from .watch import follow_changes, news
 from .writes import NoChat, WriteQueue, call_channel, describe, retryable
 
 if TYPE_CHECKING:
@@ -592,6 +592,7 @@ class ChatdockMemoryService(FrameProcessor):
             if message.id not in self._seen
             and (own is None or message.chat_id != own)
             and (floor is None or message.created_at > floor)
+            and news(message, self.started_at)
         ]
         # what this read saw is what the next one starts from: a message below it that a deletion brings into
         # the next read's window is old (below the floor), not new; with all of the contact's messages read, none is

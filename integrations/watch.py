@@ -6,12 +6,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from chatdock.client import ChatdockClient
+from chatdock.storage import Message
 
 from .writes import describe, retryable
 
-__all__ = ["follow_changes"]
+__all__ = ["LATE_SLACK", "follow_changes", "news"]
+
+# How much earlier than the call's start a message first seen during the call may say it was sent and still be
+# news: a webhook stores a message with the time its provider gives (queued SMS, a WhatsApp retry), minutes
+# before it arrives. An older one was merged in with another identifier's history (link_contacts), not written.
+LATE_SLACK = timedelta(hours=1)
+
+
+def news(message: Message, started: datetime | None) -> bool:
+    """Whether a message first seen during a call that `started` then is what the caller just wrote (see
+    LATE_SLACK), not older history that a merge brought in."""
+    return started is None or message.created_at >= started - LATE_SLACK
 
 
 async def follow_changes(

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -163,12 +164,19 @@ async def test_a_whatsapp_message_during_the_call_reaches_the_model_before_the_n
 
             assert dock.url is not None
             async with httpx2.AsyncClient(base_url=dock.url, headers={"Authorization": f"Bearer {dock.key}"}) as rest:
+                # the caller's email is linked, and its history of last year merged in: older history, not news
+                year_ago = (datetime.now(UTC) - timedelta(days=400)).isoformat()
+                old = {"contact_id": "ann@example.com", "channel": "email", "role": "user", "content": "LAST YEAR"}
+                assert (await rest.post("/chats", json={**old, "created_at": year_ago})).status_code == 201
+                linked = await rest.post(f"/contacts/{CALLER}/aliases", json={"identifier": "ann@example.com"})
+                assert linked.json()["merged_messages"] == 1, linked.text
                 sent = await rest.post(
                     "/chats",
                     json={"contact_id": CALLER, "channel": "whatsapp", "role": "user", "content": FORGING},
                 )
                 assert sent.status_code == 201, sent.text
             await until(lambda: any("Photo of the box." in text for _, text in said(agent.chat_ctx)), "the note")
+            assert not any("LAST YEAR" in text for _, text in said(agent.chat_ctx))  # told before the photo, if at all
 
             await session.run(user_input="Did you get my photo?")
 

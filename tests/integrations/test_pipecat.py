@@ -257,6 +257,10 @@ async def test_a_whatsapp_message_during_the_call_reaches_the_llm_before_the_nex
     async with Call(memory, llm) as call:
         await call.greet()
         await call.say("Where is my lamp?")
+        # an agent links the caller's email, whose history from last year is merged in: older history, not news
+        year_ago = datetime.now(UTC) - timedelta(days=400)
+        await client.append_message("ann@example.com", "email", "user", "LAST YEAR'S REFUND", created_at=year_ago)
+        assert (await client.link_contacts(CALLER, "ann@example.com")).merged_messages == 1
         # the caller sends the number on WhatsApp while still on the phone (a webhook stores it over REST)
         await client.append_message(CALLER, "whatsapp", "user", "Order number: 4471")
         [message] = await asyncio.wait_for(arrived.get(), BOUND)
@@ -273,6 +277,7 @@ async def test_a_whatsapp_message_during_the_call_reaches_the_llm_before_the_nex
     ]
     assert llm.received[1].count({"role": "system", "content": note}) == 0
     assert llm.received[3].count({"role": "system", "content": note}) == 1  # kept, once
+    assert not any("LAST YEAR" in str(run) for run in llm.received)  # never told as what the caller just wrote
     # the WhatsApp message is the contact's, not the call's
     chat_id = memory.chat_id
     assert chat_id is not None
