@@ -173,6 +173,25 @@ def test_slow_clients_are_cut_off_and_never_lock_out_others(tmp_path: Path) -> N
     assert b"Traceback" not in log
 
 
+def test_a_body_sent_after_its_early_refusal_holds_no_connection(tmp_path: Path) -> None:
+    """A POST refused before its body was in (a wrong key: 401 at once), whose client then sends the rest of the
+    body and waits: the connection waits for its next request as any other, within --read-timeout (it was held
+    for ever, by a client with no key)."""
+    with served(tmp_path, str(tmp_path / "early.db"), "--read-timeout", "0.5") as server:
+        body = json.dumps({"contact_id": "c1", "channel": "sms", "role": "user", "content": "x" * 1000}).encode()
+        head = (
+            f"POST /chats HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer cdk_wrong\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(head + body[:10])
+            assert sock.recv(65536).startswith(b"HTTP/1.1 401")
+            sock.sendall(body[10:])
+            with contextlib.suppress(ConnectionResetError):  # closed, with or without a reset
+                while sock.recv(4096):  # the socket's own 10 s timeout fails the test if it stays open
+                    pass
+
+
 def test_clients_that_never_read_their_answers_are_cut_off_and_never_lock_out_others(tmp_path: Path) -> None:
     """Without a key: each asks for /docs' 1.7 MB script three times on one connection and reads nothing.
     More of them than the connections allowed: the server keeps answering others, and cuts each one whose

@@ -163,6 +163,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        if self.cycle is not None and self.cycle.response_complete:
+            return  # answered before its body was all in (a 401, a 413): the wait for the next request goes on
         self._unanswered += 1
         self._stop_waiting()  # the request is in: the response may take as long as it takes
 
