@@ -35,7 +35,7 @@ from chatdock.server.history.transfer import export_lines
 from chatdock.server.http.bodies import json_body
 from chatdock.server.http.inspector import add_pages
 from chatdock.server.http.openapi import WITH_BODY, answers, insufficient_scope, strict
-from chatdock.server.mcp.events import Events
+from chatdock.server.mcp.events import SHUTTING_DOWN, Events
 from chatdock.server.mcp.org import ORG_SCOPE_KEY
 from chatdock.storage import (
     AppendedMessage,
@@ -432,6 +432,8 @@ def build_rest(
         a message on any channel, a delete, a link, a chat's status; events coalesce, so a listener reads
         again rather than counting them. A comment line every 15 s keeps idle proxies from closing it."""
         contact_id = check.contact_id(contact_id)
+        if events.closing:  # a stream opened now would only be cut: the client listens again elsewhere
+            raise Unavailable(SHUTTING_DOWN)
         changed = asyncio.Event()
         try:
             stop = events.watch_contact(organization, contact_id, changed.set)
@@ -601,6 +603,8 @@ async def _event_stream(
             try:
                 await asyncio.wait_for(changed.wait(), KEEP_ALIVE_SECONDS)
             except TimeoutError:
+                if closing():
+                    return
                 yield b": still listening\n\n"
                 continue
             if closing():

@@ -31,7 +31,14 @@ from typing import Any
 from mcp.server.subscriptions import ServerEvent
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
-from mcp_types import INVALID_REQUEST, EmptyResult, SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams
+from mcp_types import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    EmptyResult,
+    SubscribeRequestParams,
+    SubscriptionFilter,
+    UnsubscribeRequestParams,
+)
 
 from chatdock.server.mcp.delivery import Couriers, Told
 from chatdock.server.mcp.org import current_org, listening
@@ -46,6 +53,7 @@ Listener = Callable[[ServerEvent], None]
 Key = tuple[str, str]  # (organization, resource URI)
 
 DEFAULT_MAX_LISTENS = 256
+SHUTTING_DOWN = "chatdock is shutting down; listen again in a moment (another replica may serve it)"
 MAX_URIS = 1_000  # that one listen stream, or one subscribed session, follows at most
 MAX_SPELLINGS = 8  # of one URI, that one session follows (each is told)
 MAX_ORG_URI_CHARS = 16 * 2**20  # characters of the URIs an organization's listeners follow, in all
@@ -92,6 +100,8 @@ class Events:
         """`SubscriptionBus.subscribe`: file a listen stream under its organization's URIs and list flag."""
         org = current_org.get()
         wants = listening.get() or SubscriptionFilter()
+        if self.closing:  # a stream opened now would only be cut at the end of the grace
+            raise MCPError(INTERNAL_ERROR, SHUTTING_DOWN)
         if self._streams_of[org] >= self.max_listens:
             raise MCPError(
                 INVALID_REQUEST,

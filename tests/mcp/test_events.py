@@ -312,3 +312,17 @@ def test_an_initialize_era_http_session_belongs_to_the_key_that_opened_it(tmp_pa
         other = urllib.request.Request(opened.full_url, opened.data, {**headers, "Authorization": f"Bearer {globex}"})
         with urllib.request.urlopen(other, timeout=10) as response:  # another organization is not held back
             assert response.status == 200
+
+
+async def test_a_listen_opened_once_the_server_shuts_down_is_refused_at_once(tmp_path: Path) -> None:
+    """A client that listens again right after the server began to shut down (the SDK tells it to re-listen
+    after a graceful end) is refused at once, in words that say why; the stream it opened was held until the
+    grace ran out, then cut (found by a review). The REST event stream is refused alike (a 503)."""
+    server = build_server(Settings(db=str(tmp_path / "closing.db")))
+    async with Client(server) as client:  # (listen is the 2026-07-28 era's)
+        server.events.close()  # what SIGTERM does (http/app.py)
+        with pytest.raises(MCPError, match="chatdock is shutting down; listen again in a moment"):
+            async with client.listen(resource_subscriptions=[contact_uri(TRANSCRIPT_URI, "c")]):
+                pass
+    with pytest.raises(MCPError, match="shutting down"):
+        server.events.watch_contact("default", "c", lambda: None)
