@@ -388,7 +388,8 @@ class ChatdockClient:
                 return response
             refused = wire.refusal(response)
             if made is not None and refused.status >= 500:  # the server may say a retry with the key is safe
-                raise ChatdockApiError(refused.status, refused.error, f"{refused.message} ({wire.made_key(made)})")
+                said = f"{refused.message} ({wire.made_key(made)})" if refused.retryable else refused.message
+                raise ChatdockApiError(refused.status, refused.error, said, retryable=refused.retryable)
             raise refused
 
     def _timeout_of(self) -> httpx2.Timeout:

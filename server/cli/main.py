@@ -156,7 +156,9 @@ def _log_format(parser: argparse.ArgumentParser) -> None:
     )
 
 
-HOST_HEADER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(:(?:[0-9]{1,5}|\*))?")
+# a Host header's host (a name, an address, [an IPv6 one]) and port (or `*`): nothing the SDK compares it
+# with as text is refused but white space, `/` and what cannot end a host (the SDK matches `host:*` by prefix)
+HOST_HEADER = re.compile(r"(\[[^\]\s/]+\]|[^\s/:\[\]]+)(:(?:[0-9]{1,5}|\*))?")
 
 
 def host_header(value: str) -> str:
@@ -170,13 +172,18 @@ def host_header(value: str) -> str:
 
 
 def proxy_address(value: str) -> str:
-    """A --forwarded-allow-ips: a proxy's address, a network, or `*`."""
+    """A --forwarded-allow-ips: a proxy's address, a network, or `*`, as uvicorn reads it (a network with host
+    bits set, 127.0.0.1/8, it would take for a name no address matches)."""
     if value != "*":
         try:
-            ipaddress.ip_network(value, strict=False)
+            ipaddress.ip_network(value)
         except ValueError:
+            try:
+                meant = f"; did you mean {ipaddress.ip_network(value, strict=False)}?"
+            except ValueError:
+                meant = ""
             raise argparse.ArgumentTypeError(
-                f"must be a proxy's address (10.0.0.5), a network (10.0.0.0/8) or '*', got {value!r}"
+                f"must be a proxy's address (10.0.0.5), a network (10.0.0.0/8) or '*', got {value!r}{meant}"
             ) from None
     return value
 
@@ -460,6 +467,8 @@ def _serve(args: argparse.Namespace) -> None:
             raise InvalidInput(f"{flag} must be a TCP port, 0 (any free one) to 65535, got {port}")
     if args.metrics_port is not None and args.metrics_port == args.port != 0:
         raise InvalidInput(f"--metrics-port must differ from --port ({args.port}): /metrics is served apart")
+    if "*" in args.forwarded_allow_ips and len(args.forwarded_allow_ips) > 1:
+        raise InvalidInput("--forwarded-allow-ips '*' believes every address: give it alone, or name the proxies")
     stop_tracing = tracing.start(os.environ)
     settings = Settings(
         db=args.db,

@@ -243,14 +243,15 @@ class ObservedMcp:
         method, tool = self._labels(ctx)
         name = ctx.params.get("name") if isinstance(ctx.params, dict) else None
         if method == "other":
-            span.update_name("other")
             span.set_attribute("mcp.method.name", "other")
-        elif tool == "other":
-            span.update_name("tools/call other")
+        if tool == "other":
             span.set_attribute("gen_ai.tool.name", "other")
-        elif method == "prompts/get" and isinstance(name, str) and name not in self.prompts:
-            span.update_name("prompts/get other")
-            span.set_attribute("gen_ai.prompt.name", "other")
+        named = tool if method == "tools/call" else None  # the SDK names the span by any method's `name`
+        if method == "prompts/get" and isinstance(name, str):
+            named = name if name in self.prompts else "other"
+            if named == "other":
+                span.set_attribute("gen_ai.prompt.name", "other")
+        span.update_name(f"{method} {named}" if named else method)
 
     def _labels(self, ctx: ServerRequestContext[Any, Any]) -> tuple[str, str]:
         method = ctx.method if ctx.method in MCP_METHODS else "other"

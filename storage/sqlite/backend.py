@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 import aiosqlite
 
@@ -72,8 +73,8 @@ LOCK_LOOK_SECONDS = 0.2  # how long /healthz waits for the write lock to see whe
 def _lock_free(path: str) -> bool:
     """Whether the file's write lock can be taken now (taken and given back at once, nothing written): a
     writer of this process holds it for milliseconds, another process's forgotten transaction for ever."""
-    try:
-        conn = sqlite3.connect(path, timeout=LOCK_LOOK_SECONDS, isolation_level=None)
+    try:  # mode=rw: a file removed meanwhile is not made again at the path
+        conn = sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True, timeout=LOCK_LOOK_SECONDS, isolation_level=None)
     except sqlite3.Error:
         return False
     try:

@@ -234,6 +234,9 @@ class IndexSweep:
         gone) tries again next time."""
         if not self.due() or not self._running.acquire(blocking=False):
             return self.found
+        if not self.due():  # stopped between the look and the lock (`stop`): no sweep after the store closed
+            self._running.release()
+            return self.found
         try:
             self._last = time.monotonic()
             found = self._sweep()

@@ -215,6 +215,7 @@ async def test_a_success_that_is_not_chatdocks_answer_is_the_one_exception_namin
                 odd = await refused(client.get_contact(CALLER))
                 missing = await refused(client.get_context(CALLER))  # another service's 404: no unknown contact
                 busy = await refused(client.search_messages("parcel"))  # a proxy's 503: still worth a retry
+                written = await refused(client.append_message(CALLER, "sms", "user", "hi"))  # no key given: one made
                 with pytest.raises(ChatdockApiError) as watched:  # a page, not an event stream: no endless retries
                     async with client.watch(CALLER):
                         pass
@@ -226,6 +227,7 @@ async def test_a_success_that_is_not_chatdocks_answer_is_the_one_exception_namin
     assert (missing.status, missing.error, missing.retryable) == (502, "Bad Gateway", False)  # the address is wrong
     assert not odd.retryable
     assert (watched.value.status, watched.value.retryable) == (502, False)
+    assert (written.status, written.retryable) == (502, False) and "idempotency_key" not in written.message
     assert f"{base} answered GET /contacts/%2B31612345678/events with 200 but not with chatdock's event stream" in (
         watched.value.message
     )

@@ -197,3 +197,10 @@ async def test_events_reach_listeners_of_the_same_organization_only(served: dict
 def test_a_non_loopback_host_needs_allowed_hosts(tmp_path: Path) -> None:
     result = run_cli("serve", "--http", "--db", str(tmp_path / "x.db"), "--host", "0.0.0.0")
     assert result.returncode == 2 and "--allowed-host" in result.stderr
+    # uvicorn takes '*' beside an address for a name no address matches: refused, not served untrusting
+    trusted = ("--forwarded-allow-ips", "*", "--forwarded-allow-ips", "10.0.0.5")
+    both = run_cli("serve", "--http", "--db", str(tmp_path / "x.db"), *trusted)
+    assert (both.returncode, both.stderr) == (
+        2,
+        "chatdock: --forwarded-allow-ips '*' believes every address: give it alone, or name the proxies\n",
+    )

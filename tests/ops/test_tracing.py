@@ -190,10 +190,29 @@ async def test_a_tool_or_prompt_the_server_has_not_names_no_span(spans: InMemory
             with pytest.raises(MCPError):
                 await client.get_prompt("evil_prompt_0.5", {})
             await call(client, "get_context", include_messages=True, contact_id=CONTACT)  # a known one keeps its name
+        meta = {  # the 2026-07-28 era's request, as a client of its own sends it: any method may carry a `name`
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        }
+        async with httpx2.AsyncClient(timeout=30) as http:
+            answer = await http.post(
+                base + "/mcp",
+                headers={
+                    "Authorization": f"Bearer {key}",
+                    "Accept": "application/json, text/event-stream",
+                    "MCP-Protocol-Version": "2026-07-28",
+                    "mcp-method": "tools/list",
+                    "traceparent": traceparent(trace_id, span_id),
+                },
+                json={"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {"name": "evil_0.4", "_meta": meta}},
+            )
+            assert answer.status_code == 200, answer.text
         found = await finished(spans, trace_id, "tools/call get_context")
+        found = await finished(spans, trace_id, "tools/list")
     served = [s for s in found if s.kind == SpanKind.SERVER]  # (the client's own spans name what it sent)
     names = sorted(s.name for s in served)
-    assert {"tools/call other", "prompts/get other", "tools/call get_context"} <= set(names), names
+    assert {"tools/call other", "prompts/get other", "tools/call get_context", "tools/list"} <= set(names), names
     assert not any("evil" in s.name or "evil" in str(dict(s.attributes or {})) for s in served), names
 
 

@@ -719,6 +719,15 @@ async def test_a_write_waits_for_another_processs_lock_a_bounded_time_in_all(
         assert await store.health() == []  # the lock given back: sound again, with no write needed to show it
         await store.append_message("acme", msg(content="after"))  # the lock gone, writes work at once
         assert [m.content for m in (await store.get_context("acme", "+31612345678")).messages] == ["before", "after"]
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(Unavailable, match="stayed locked"):
+            await store.append_message("acme", msg(content="locked out again"))
+        other.execute("ROLLBACK")
+        other.close()
+        path.unlink()  # then removed: the look at the lock makes no file at the path
+        assert any("was removed while chatdock was serving" in problem for problem in await store.health())
+        assert not path.exists()
 
 
 async def test_an_identifier_left_without_its_contact_by_damage_is_answered_not_looped_on(tmp_path: Path) -> None:
