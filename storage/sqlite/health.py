@@ -213,6 +213,7 @@ class IndexSweep:
         self._after: dict[str, int] = {}  # index name -> the rowid its moving slice starts after
         self._last = float("-inf")
         self._running = threading.Lock()
+        self._stopped = False
 
     def due(self) -> bool:
         return self.found is None and time.monotonic() - self._last >= self.every and not self._running.locked()
@@ -225,6 +226,7 @@ class IndexSweep:
         """No sweep from now on, and the one running (if any) finished: its read-only connection must not be the
         file's last one open, which cannot remove the -wal and -shm it leaves (a store closed just after a write
         left them beside the file)."""
+        self._stopped = True
         self._last = float("inf")  # never due again
         with self._running:
             pass
@@ -234,7 +236,7 @@ class IndexSweep:
         gone) tries again next time."""
         if not self.due() or not self._running.acquire(blocking=False):
             return self.found
-        if not self.due():  # stopped between the look and the lock (`stop`): no sweep after the store closed
+        if self._stopped:  # stopped between the look and the lock (`stop`): no sweep after the store closed
             self._running.release()
             return self.found
         try:
