@@ -190,7 +190,8 @@ class WriteQueue:
         left = len(self._queue)
         if left:
             self.logger.error(
-                "chatdock: %d writes of the call of %s were not made within %.1f s and are lost; chatdock was "
+                "chatdock: %d writes of the call of %s were not made within %.1f s and are given up (the one "
+                "being sent when chatdock stopped answering may yet be stored, if it answers late); chatdock was "
                 "unavailable",
                 left,
                 self.contact_id,
