@@ -388,7 +388,9 @@ class ChatdockClient:
                 return response
             refused = wire.refusal(response)
             if made is not None and refused.status >= 500:  # the server may say a retry with the key is safe
-                said = f"{refused.message} ({wire.made_key(made)})" if refused.retryable else refused.message
+                # but for another service's page at the address (a 502 not to retry), which carried nothing out
+                chatdocks = refused.status != 502 or refused.retryable
+                said = f"{refused.message} ({wire.made_key(made)})" if chatdocks else refused.message
                 raise ChatdockApiError(refused.status, refused.error, said, retryable=refused.retryable)
             raise refused
 

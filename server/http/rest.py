@@ -433,7 +433,7 @@ def build_rest(
         again rather than counting them. A comment line every 15 s keeps idle proxies from closing it."""
         contact_id = check.contact_id(contact_id)
         if events.closing:  # a stream opened now would only be cut: the client listens again elsewhere
-            raise Unavailable(SHUTTING_DOWN)
+            return problem(503, status_of(Unavailable(""))[1], SHUTTING_DOWN, {"Retry-After": "1"})
         changed = asyncio.Event()
         try:
             stop = events.watch_contact(organization, contact_id, changed.set)

@@ -70,13 +70,14 @@ LOCKED = ("SQLITE_BUSY", "SQLITE_LOCKED")
 LOCK_LOOK_SECONDS = 0.2  # how long /healthz waits for the write lock to see whether it is free
 
 
-def _lock_free(path: str) -> bool:
+def _lock_free(path: str) -> bool | None:
     """Whether the file's write lock can be taken now (taken and given back at once, nothing written): a
-    writer of this process holds it for milliseconds, another process's forgotten transaction for ever."""
+    writer of this process holds it for milliseconds, another process's forgotten transaction for ever. None
+    when the file cannot be opened to see (removed: the file watch says so)."""
     try:  # mode=rw: a file removed meanwhile is not made again at the path
         conn = sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True, timeout=LOCK_LOOK_SECONDS, isolation_level=None)
     except sqlite3.Error:
-        return False
+        return None
     try:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("ROLLBACK")
@@ -361,9 +362,10 @@ class SQLiteBackend(SQLBackend):
         if told is not None and self._locked_out and writes:
             # the last write waited out another process's lock: whether the lock is free now, without a write
             # that would wait for it again (recovery shows by itself)
-            if await asyncio.to_thread(_lock_free, self.path):
+            free = await asyncio.to_thread(_lock_free, self.path)
+            if free:
                 self._write_problem = None
-            else:
+            elif free is False:
                 problems.append(told)
         elif told is not None and self.damaged is None and free >= MIN_FREE_BYTES:
             # the last write failed: see whether one works now (one small row), so recovery shows by itself

@@ -6,11 +6,13 @@ caller's, never changed nor closed, so clients of several organizations can shar
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx2
@@ -240,3 +242,32 @@ async def test_a_write_without_an_answer_names_the_key_to_repeat_it_with() -> No
     assert f"idempotency-key: {named.group(1)}".encode() in silent.received.lower()  # the key that was sent
     assert "repeating it with the same idempotency_key is safe" in mine.message and "pass" not in mine.message
     assert read.message.endswith("the request was sent and no answer came")  # a read: nothing was changed
+
+
+class Failing(BaseHTTPRequestHandler):
+    """chatdock's answer to a write that met a bug: its 500, in its shape, whose outcome is unknown."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps({"error": "Internal error", "message": "whether it was stored is unknown"}).encode()
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+async def test_chatdocks_own_500_on_a_write_names_the_key_the_client_made() -> None:
+    with ThreadingHTTPServer(("127.0.0.1", 0), Failing) as failing:
+        threading.Thread(target=failing.serve_forever, daemon=True).start()
+        try:
+            async with ChatdockClient(f"http://127.0.0.1:{failing.server_address[1]}", "cdk_x", retries=0) as client:
+                failed = await refused(client.append_message(CALLER, "sms", "user", "hello?"))
+        finally:
+            failing.shutdown()
+    assert (failed.status, failed.retryable) == (500, False)
+    assert failed.message.startswith("whether it was stored is unknown (")
+    assert "pass idempotency_key='" in failed.message  # the key to repeat the write with, safely
