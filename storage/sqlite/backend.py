@@ -362,10 +362,10 @@ class SQLiteBackend(SQLBackend):
         if told is not None and self._locked_out and writes:
             # the last write waited out another process's lock: whether the lock is free now, without a write
             # that would wait for it again (recovery shows by itself)
-            free = await asyncio.to_thread(_lock_free, self.path)
-            if free:
+            unlocked = await asyncio.to_thread(_lock_free, self.path)
+            if unlocked:
                 self._write_problem = None
-            elif free is False:
+            elif unlocked is False:
                 problems.append(told)
         elif told is not None and self.damaged is None and free >= MIN_FREE_BYTES:
             # the last write failed: see whether one works now (one small row), so recovery shows by itself
