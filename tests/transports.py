@@ -17,6 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +320,12 @@ class Rest:
         status, answer = self(method, path, body, **query)
         assert status < 300, (method, path, status, answer)
         return answer
+
+
+def send_body(handler: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str) -> None:
+    """A stub server's whole answer (a handler of http.server): the status, the body's type and length, the body."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)

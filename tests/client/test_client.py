@@ -21,7 +21,7 @@ import pytest
 from chatdock.client import Changed, ChatdockApiError, ChatdockClient
 from chatdock.storage import Part
 from tests.integrations.voice import restartable_server
-from tests.transports import create_key, free_port, http_server
+from tests.transports import create_key, free_port, http_server, send_body
 
 pytestmark = pytest.mark.process
 
@@ -195,12 +195,8 @@ class SignInPage(BaseHTTPRequestHandler):
     of its own for the context and search paths."""
 
     def do_GET(self) -> None:
-        body = b"<html>please sign in</html>"
-        self.send_response(404 if self.path.startswith("/chats/context") else 503 if "search" in self.path else 200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        status = 404 if self.path.startswith("/chats/context") else 503 if "search" in self.path else 200
+        send_body(self, status, b"<html>please sign in</html>", "text/html")
 
     def log_message(self, *args: Any) -> None:
         pass

@@ -20,7 +20,7 @@ import pytest
 
 from chatdock.client import ChatdockApiError, ChatdockClient
 from tests.client.test_client import CALLER, client_of, refused
-from tests.transports import create_key, free_port, http_server
+from tests.transports import create_key, free_port, http_server, send_body
 
 pytestmark = pytest.mark.process
 
@@ -250,11 +250,7 @@ class Failing(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         body = json.dumps({"error": "Internal error", "message": "whether it was stored is unknown"}).encode()
-        self.send_response(500)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_body(self, 500, body, "application/json")
 
     def log_message(self, *args: object) -> None:
         pass

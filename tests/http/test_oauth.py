@@ -28,7 +28,16 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 
 from chatdock.server.http.oauth import granted_scopes
-from tests.transports import chatdock_command, create_key, end, free_port, http_server, run_cli, wait_healthy
+from tests.transports import (
+    chatdock_command,
+    create_key,
+    end,
+    free_port,
+    http_server,
+    run_cli,
+    send_body,
+    wait_healthy,
+)
 
 pytestmark = pytest.mark.process
 
@@ -492,12 +501,7 @@ def path_issuer() -> Iterator[tuple[str, Any]]:
     class Pages(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             page = pages.get(self.path)
-            body = json.dumps(page).encode()
-            self.send_response(200 if page else 404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_body(self, 200 if page else 404, json.dumps(page).encode(), "application/json")
 
         def log_message(self, *args: Any) -> None:
             pass
