@@ -13,13 +13,15 @@ from datetime import timedelta
 
 MAX_KEY_CHARS = 200
 PREFIX = "cdk_"
+PREFIX_HEX_BYTES = 4  # a prefix is PREFIX and this many random bytes in hex
+PREFIX_CHARS = len(PREFIX) + 2 * PREFIX_HEX_BYTES
 TOUCH_INTERVAL = timedelta(seconds=60)  # "last used" is recorded at most once a minute per key
 REMEMBER_SECONDS = 5.0  # a key verified live is not read again for this long: the bound on a revocation's delay
 
 
 def new_key() -> tuple[str, str]:
     """A fresh (prefix, key)."""
-    prefix = PREFIX + secrets.token_hex(4)
+    prefix = PREFIX + secrets.token_hex(PREFIX_HEX_BYTES)
     return prefix, f"{prefix}_{secrets.token_urlsafe(32)}"
 
 
@@ -33,6 +35,14 @@ def prefix_of(key: str) -> str | None:
     if len(fields) < 3 or fields[0] != "cdk" or len(key) > MAX_KEY_CHARS:
         return None
     return f"{PREFIX}{fields[1]}"
+
+
+def revoked_by(given: str) -> str:
+    """What a revoke names, from what one has at hand: a key, whole (also as an Authorization header carries
+    it, "Bearer cdk_...") or only begun, names its prefix, so that its secret part is never repeated, in an error
+    either; anything else is a prefix or a name, as given."""
+    key = given.strip().removeprefix("Bearer ").strip()
+    return prefix_of(key) or (key[:PREFIX_CHARS] if key.startswith(PREFIX) else given)
 
 
 def matches(key: str, stored_hash: str | None) -> bool:

@@ -594,8 +594,7 @@ class Store:
     async def revoke_api_key(self, prefix_or_name: str, org: str | None = None) -> ApiKeyInfo:
         """Revoke a live key by its prefix or name, or given the whole key (what one has at hand when it leaked:
         its secret part is never repeated, in an error either); with `org`, only a key of that organization."""
-        given = prefix_or_name.strip().removeprefix("Bearer ").strip()  # as an Authorization header carries it
-        prefix_or_name = keys.prefix_of(given) or (given[:12] if given.startswith("cdk_") else prefix_or_name)
+        prefix_or_name = keys.revoked_by(prefix_or_name)
         revoked = await self.backend.revoke_api_key(prefix_or_name, org)
         if revoked is None:
             raise no_live_key(prefix_or_name, org)
