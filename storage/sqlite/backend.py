@@ -39,7 +39,7 @@ from ..sql.writes import savepoint
 from ..telemetry import Telemetry
 from . import append, checkpoints, driver
 from .checkpoints import Checkpointer
-from .failures import DAMAGED, WRITE_BLOCKED, cause, damaged_text, kind, translate
+from .failures import DAMAGED, MIN_FREE_BYTES, WRITE_BLOCKED, cause, damaged_text, free_bytes, kind, translate
 from .feed import ChangeLog, follow_feed
 from .health import FileWatch, IndexSweep
 from .indexing import SearchIndex, with_an_append
@@ -49,7 +49,6 @@ from .writer import BUSY_TIMEOUT_MS, Writer
 
 Durability = Literal["normal", "full"]
 
-MIN_FREE_BYTES = 1024 * 1024  # below this, /healthz says the disk is full
 
 T = TypeVar("T")
 logger = logging.getLogger("chatdock.storage")
@@ -354,8 +353,7 @@ class SQLiteBackend(SQLBackend):
             await self.ping()
         except Unavailable as exc:
             problems.append(exc.message)
-        folder = os.path.dirname(os.path.abspath(self.path))
-        free = shutil.disk_usage(folder).free
+        free = free_bytes(self.path)
         if free < MIN_FREE_BYTES and writes:
             problems.append(f"the disk is full: {free:,} bytes free on the disk of {self.path}; free space on it")
         told = self._write_problem

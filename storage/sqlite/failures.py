@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -107,8 +108,11 @@ def translate(exc: BaseException, path: str) -> Unavailable | None:
     if name.startswith("SQLITE_CANTOPEN"):
         return Unavailable(_cannot_open(path))
     if name.startswith("SQLITE_IOERR"):
-        free = _free_bytes(path)
-        if free is not None and free < FULL_BELOW:  # SQLite could not make or grow its -wal or -shm file
+        try:
+            free: int | None = free_bytes(path)
+        except OSError:
+            free = None
+        if free is not None and free < MIN_FREE_BYTES:  # SQLite could not make or grow its -wal or -shm file
             return Unavailable(
                 f"the disk holding {path} is full ({free:,} bytes free), so SQLite could not make or grow the "
                 "files it keeps beside it (-wal, -shm); free space on that disk and try again"
@@ -119,16 +123,12 @@ def translate(exc: BaseException, path: str) -> Unavailable | None:
     return None
 
 
-FULL_BELOW = 1024 * 1024  # free bytes under which an I/O error at the file is taken for a full disk
+MIN_FREE_BYTES = 1024 * 1024  # below this the disk is full: /healthz says so, and an I/O error is taken for it
 
 
-def _free_bytes(path: str) -> int | None:
-    """The bytes free (to chatdock) on the disk holding `path`, or None when that cannot be told."""
-    try:
-        found = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
-    except OSError:
-        return None
-    return found.f_bavail * found.f_frsize
+def free_bytes(path: str) -> int:
+    """The bytes free (to chatdock) on the disk holding the file `path`; OSError when that cannot be told."""
+    return shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or ".").free
 
 
 def damaged_text(path: str, name: str = "SQLITE_CORRUPT") -> str:
