@@ -136,6 +136,7 @@ class SQLiteBackend(SQLBackend):
         self._write_problem: str | None = None  # why the last write failed (full disk, read-only file)
         self._locked_out = False  # that write waited out another process's lock
         self._search_index = SearchIndex(self._transact, lambda sql: self._read(sql, ()))
+        self._sweep = IndexSweep(self.path)
 
     def _connect_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)  # see Writer
@@ -160,7 +161,6 @@ class SQLiteBackend(SQLBackend):
                 Path(self.path).resolve().parent.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(self._writer.start)
             self._file = FileWatch(self.path)  # the file now open: /healthz and writes notice it removed or replaced
-            self._sweep = IndexSweep(self.path)
             self._checkpoints.start()
             for _ in range(self._reader_count):
                 reader = await aiosqlite.connect(self.path, isolation_level=None)
@@ -187,9 +187,7 @@ class SQLiteBackend(SQLBackend):
         if self._direct is not None:
             self._direct.close()
             self._direct = None
-        sweep = getattr(self, "_sweep", None)  # none when the store failed to start
-        if sweep is not None:
-            await asyncio.to_thread(sweep.stop)  # before the writer: the file's last connection removes the log
+        await asyncio.to_thread(self._sweep.stop)  # before the writer: the file's last connection removes the log
         await asyncio.to_thread(self._checkpoints.stop)
         await asyncio.to_thread(self._writer.stop)
         if self._throwaway is not None:

@@ -216,7 +216,12 @@ class IndexSweep:
         self._stopped = False
 
     def due(self) -> bool:
-        return self.found is None and time.monotonic() - self._last >= self.every and not self._running.locked()
+        return (
+            not self._stopped
+            and self.found is None
+            and time.monotonic() - self._last >= self.every
+            and not self._running.locked()
+        )
 
     def soon(self) -> None:
         if self.due():
@@ -226,8 +231,7 @@ class IndexSweep:
         """No sweep from now on, and the one running (if any) finished: its read-only connection must not be the
         file's last one open, which cannot remove the -wal and -shm it leaves (a store closed just after a write
         left them beside the file)."""
-        self._stopped = True
-        self._last = float("inf")  # never due again
+        self._stopped = True  # never due again
         with self._running:
             pass
 
