@@ -29,6 +29,7 @@ import resource
 import select
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -183,10 +184,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def _close_if_waiting(self) -> None:
         if self._unanswered or self.transport.is_closing():
             return  # a request came: answered, it closes the connection (keep_alive is off)
-        if self._unread_waiting():
-            self.loop.call_later(SHUTDOWN_LINGER, self._close_if_waiting)  # read at the loop's next turn
-            return
-        self._close_unread()
+        if self._after_unread(self._close_if_waiting) is None:
+            self._close_unread()
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
@@ -215,18 +214,19 @@ class GuardedProtocol(HttpToolsProtocol):
             self._deadline = None
 
     def _too_slow(self) -> None:
-        self._deadline = None
-        if self._unread_waiting():
-            self._deadline = self.loop.call_later(UNREAD_GRACE, self._too_slow)
-            return
-        if not self._unanswered and not self.transport.is_closing():
+        self._deadline = self._after_unread(self._too_slow)
+        if self._deadline is None and not self._unanswered and not self.transport.is_closing():
             self._close_unread()
 
     def timeout_keep_alive_handler(self) -> None:
-        if self._unread_waiting():
-            self.timeout_keep_alive_task = self.loop.call_later(UNREAD_GRACE, self.timeout_keep_alive_handler)
-            return
-        super().timeout_keep_alive_handler()
+        self.timeout_keep_alive_task = self._after_unread(self.timeout_keep_alive_handler)
+        if self.timeout_keep_alive_task is None:
+            super().timeout_keep_alive_handler()
+
+    def _after_unread(self, deadline: Callable[[], None]) -> asyncio.TimerHandle | None:
+        """When bytes the loop has not read yet wait in the socket (`_unread_waiting`), `deadline` again a moment
+        later, once they are read (its handle); else None: the deadline goes ahead now."""
+        return self.loop.call_later(UNREAD_GRACE, deadline) if self._unread_waiting() else None
 
     def _unread_waiting(self) -> bool:
         """Whether bytes the loop has not read yet wait in the connection's socket. After the process was paused
