@@ -128,9 +128,9 @@ def status_of(exc: ChatdockError) -> tuple[int, str]:
     return 400, "Bad request"
 
 
-def refusal(exc: ChatdockError) -> JSONResponse:
+def refusal(exc: ChatdockError, headers: dict[str, str] | None = None) -> JSONResponse:
     """A refusal of the store's, answered."""
-    return problem(*status_of(exc), str(exc))
+    return problem(*status_of(exc), str(exc), headers)
 
 
 def failed_unexpectedly(method: str, path: str, exc: Exception) -> JSONResponse:
@@ -433,7 +433,7 @@ def build_rest(
         again rather than counting them. A comment line every 15 s keeps idle proxies from closing it."""
         contact_id = check.contact_id(contact_id)
         if events.closing:  # a stream opened now would only be cut: the client listens again elsewhere
-            return problem(503, status_of(Unavailable(""))[1], SHUTTING_DOWN, {"Retry-After": "1"})
+            return refusal(Unavailable(SHUTTING_DOWN), {"Retry-After": "1"})
         changed = asyncio.Event()
         try:
             stop = events.watch_contact(organization, contact_id, changed.set)
