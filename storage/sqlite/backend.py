@@ -19,7 +19,6 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import quote
 
 import aiosqlite
 
@@ -73,8 +72,8 @@ def _lock_free(path: str) -> bool | None:
     """Whether the file's write lock can be taken now (taken and given back at once, nothing written): a
     writer of this process holds it for milliseconds, another process's forgotten transaction for ever. None
     when the file cannot be opened to see (removed: the file watch says so)."""
-    try:  # mode=rw: a file removed meanwhile is not made again at the path
-        conn = sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True, timeout=LOCK_LOOK_SECONDS, isolation_level=None)
+    try:
+        conn = driver.existing(path, LOCK_LOOK_SECONDS)
     except sqlite3.Error:
         return None
     try:

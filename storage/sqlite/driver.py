@@ -17,9 +17,18 @@ def read_only(path: str, unchanging: bool = False) -> sqlite3.Connection:
     percent-encoded (a '#', '?' or '%' in a file's name would otherwise end the path or be read as an escape,
     and another file be opened, or created). `unchanging`: a file nobody writes while it is read, whose folder
     may not be writable (SQLite then reads it without the -shm file it would make beside it)."""
-    return sqlite3.connect(
-        f"file:{quote(path)}?mode=ro" + ("&immutable=1" if unchanging else ""), uri=True, isolation_level=None
-    )
+    return sqlite3.connect(_uri(path, "ro") + ("&immutable=1" if unchanging else ""), uri=True, isolation_level=None)
+
+
+def existing(path: str, timeout: float) -> sqlite3.Connection:
+    """A connection that reads and writes the file at `path` and never creates one (one removed meanwhile is
+    not made again at the path); `timeout`: its wait for a lock."""
+    return sqlite3.connect(_uri(path, "rw"), uri=True, timeout=timeout, isolation_level=None)
+
+
+def _uri(path: str, mode: str) -> str:
+    """The URI of the file at `path`, percent-encoded (see `read_only`)."""
+    return f"file:{quote(path)}?mode={mode}"
 
 
 def run(conn: sqlite3.Connection, ops: Ops[T]) -> T:
