@@ -63,6 +63,7 @@ from chatdock.server.ops import logs
 from chatdock.server.ops.memory import settle_collector
 from chatdock.server.ops.observe import ObservedHttp
 from chatdock.storage import ChatdockError, InvalidInput, Store, Unavailable
+from chatdock.storage.keys import REMEMBER_SECONDS, prefix_of
 
 if TYPE_CHECKING:
     from chatdock.server.ops.metrics import Metrics
@@ -97,6 +98,7 @@ class Verdict:
     scopes: frozenset[str] | None = None
     said: str = ""
     expires_at: float | None = None  # a token's `exp`: what it opened (an event stream) ends then
+    key: str = ""  # an API key: what it opened ends once it is revoked
 
 
 class ApiKeyAuth:
@@ -155,6 +157,8 @@ class ApiKeyAuth:
                 return
         if verdict.expires_at is not None and self.oauth is not None:  # as long as the token is accepted
             receive = _until(verdict.expires_at + self.oauth.clock_skew, receive)
+        elif verdict.key:  # as long as the key is live
+            receive = _while_live(self.server.state.store, verdict.key, org, receive)
         scope[ORG_SCOPE_KEY] = org
         fields = logs.request_fields.get()
         if fields is not None:
@@ -205,7 +209,7 @@ class ApiKeyAuth:
         org = await store.verify_api_key(bearer)
         if org is None:
             return Verdict(None, "unknown")
-        return Verdict(org)
+        return Verdict(org, key=bearer)
 
     def _challenge(self, scope: Scope, *fields: str) -> str:
         """`WWW-Authenticate`: with OAuth on, where the protected-resource metadata is (RFC 9728 §5.1)."""
@@ -387,6 +391,36 @@ def _until(expires_at: float, receive: Receive) -> Receive:
         with anyio.move_on_after(expires_at - time.time()):
             return await receive()
         return {"type": "http.disconnect"}
+
+    return receiving
+
+
+def _while_live(store: Store | None, key: str, org: str, receive: Receive) -> Receive:
+    """`receive`, which says the client went away once its API key is revoked: what the request opened (an event
+    stream, a listen, an initialize-era session's stream) ends within twice REMEMBER_SECONDS of the
+    revocation (a look every that many seconds, at a key remembered that long), and the client's reconnection
+    with it gets the 401 of a revoked key. Nothing changes while the request's body is read: a short request
+    asks nothing more."""
+    read = False
+
+    async def receiving() -> Message:
+        nonlocal read
+        if not read:
+            message = await receive()
+            read = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+        while True:
+            with anyio.move_on_after(REMEMBER_SECONDS):
+                return await receive()
+            if store is None:
+                continue
+            try:
+                live = await store.verify_api_key(key) == org
+            except ChatdockError:  # the keys cannot be read now: a stream is not ended for that
+                continue
+            if not live:
+                logger.info("ended a stream opened with %s: the key was revoked", prefix_of(key))
+                return {"type": "http.disconnect"}
 
     return receiving
 

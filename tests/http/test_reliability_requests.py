@@ -7,23 +7,31 @@ address from the socket unless the operator names trusted proxies.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import io
 import logging
+import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
+from mcp.client.subscriptions import SubscriptionLost
 
 from chatdock.server.http.rest import build_rest
 from chatdock.server.mcp.events import Events
 from chatdock.server.mcp.org import ORG_SCOPE_KEY
+from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from chatdock.server.ops import logs
-from chatdock.storage import open_store
+from chatdock.storage import NewMessage, open_store
+from chatdock.storage.keys import REMEMBER_SECONDS
 from tests.test_reliability_hardening import served
-from tests.transports import create_key
+from tests.transports import create_key, http_client
 
 pytestmark = pytest.mark.process
 
@@ -208,21 +216,64 @@ def test_a_forged_x_forwarded_for_neither_dodges_the_wrong_key_limit_nor_reaches
     assert "from 203.0.113.0" in log  # the first; the rest are summed up
 
 
-async def test_the_key_cache_still_sees_a_revocation_within_its_bound(tmp_path: Path) -> None:
+async def test_a_revoked_key_is_refused_and_what_it_opened_ends_within_the_bound(tmp_path: Path) -> None:
+    """Another process revokes a key (as `chatdock keys revoke` does): within the key cache's bound its requests
+    get 401, and within twice that bound the streams it had open end: a REST event stream, a 2026-07-28 listen and
+    an initialize-era session's stream (they went on hearing changes for ever: found by a security review). A
+    live key's streams stay open."""
     db = str(tmp_path / "keys.db")
-    key = create_key(db, "acme", "soon-revoked")
-    with served(tmp_path, db) as server:
-        async with httpx2.AsyncClient(base_url=server.base, headers={"Authorization": f"Bearer {key}"}) as http:
-            assert (await http.get("/chats", params={"contact_id": "+31600000000"})).status_code == 200
-            async with open_store(db) as store:  # another process revokes it (as `chatdock keys revoke` does)
-                await store.revoke_api_key("soon-revoked")
-            import anyio
+    key, kept = create_key(db, "acme", "soon-revoked"), create_key(db, "acme", "kept")
+    uri = contact_uri(TRANSCRIPT_URI, "+31600000000")
+    with served(tmp_path, db, "--log-level", "INFO") as server:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with (
+            httpx2.AsyncClient(base_url=server.base, headers=headers, timeout=30) as http,
+            http_client(server.base, key) as listening,
+            http_client(server.base, kept) as keeping,
+            listening.listen(resource_subscriptions=[uri]) as events,
+            keeping.listen(resource_subscriptions=[uri]) as kept_events,
+        ):
+            legacy = await legacy_session(http)
+            async with (
+                http.stream("GET", "/contacts/+31600000000/events") as rest_stream,
+                http.stream("GET", "/mcp", headers=legacy) as legacy_stream,
+            ):
+                assert rest_stream.status_code == legacy_stream.status_code == 200
+                async with open_store(db) as store:  # another process revokes it
+                    await store.revoke_api_key("soon-revoked")
+                revoked = time.monotonic()
+                with anyio.fail_after(REMEMBER_SECONDS + 3):
+                    while (await http.get("/chats", params={"contact_id": "+31600000000"})).status_code != 401:
+                        await anyio.sleep(0.2)
 
-            from chatdock.storage.keys import REMEMBER_SECONDS
+                async def ends(lines: AsyncIterator[Any]) -> float:
+                    with contextlib.suppress(StopAsyncIteration, httpx2.RemoteProtocolError, SubscriptionLost):
+                        while True:
+                            await anext(lines)
+                    return time.monotonic() - revoked
 
-            with anyio.fail_after(REMEMBER_SECONDS + 3):
-                while (await http.get("/chats", params={"contact_id": "+31600000000"})).status_code != 401:
-                    await anyio.sleep(0.2)
+                with anyio.fail_after(2 * REMEMBER_SECONDS + 3):
+                    took = await asyncio.gather(
+                        ends(rest_stream.aiter_lines()), ends(legacy_stream.aiter_lines()), ends(aiter(events))
+                    )
+            assert all(seconds <= 2 * REMEMBER_SECONDS + 1 for seconds in took), took
+            async with open_store(db) as store:  # the live key's listen goes on hearing
+                await store.append_message("acme", NewMessage(contact_id="+31600000000", channel="sms", role="user",
+                                                              content="still heard"))  # fmt: skip
+            with anyio.fail_after(10):
+                assert uri in str(await anext(aiter(kept_events)))
+        assert "ended a stream opened with cdk_" in server.log.read_text()
+
+
+async def legacy_session(http: httpx2.AsyncClient) -> dict[str, str]:
+    """An initialize-era session opened with `http`'s key: the headers that name it."""
+    mcp = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"}
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+    opened = await http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello},
+                             headers=mcp)  # fmt: skip
+    session = {**mcp, "Mcp-Session-Id": opened.headers["mcp-session-id"]}
+    await http.post("/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
+    return session
 
 
 # --- half a character ---
