@@ -271,6 +271,8 @@ def insert_chat(d: Dialect, org: str, record: ChatRecord, log: ChangeLog) -> Ops
         # attached one microsecond apart, so the channels keep their listed order
         channel = yield from channel_id(contact_key, name, wanted)
         yield from attach(record.id, channel, created_us + offset)
+    if not appeared:  # a new chat changes its contact (its chats, perhaps its channels): listeners are told
+        yield from log.record(org, contact_id, aliases=(yield from aliases_of(contact_key, contact_id)))
     return True
 
 
