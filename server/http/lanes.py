@@ -100,7 +100,7 @@ async def _answer(
     try:
         response = await answer()
     except ChatdockError as exc:
-        response = refusal(exc)
+        response = refusal(exc, query=scope.get("query_string", b""))
     except Exception as exc:  # as FastAPI's error middleware does: answered, then raised for the server
         await failed_unexpectedly(scope["method"], scope["path"], exc)(scope, receive, send)
         raise

@@ -128,9 +128,24 @@ def status_of(exc: ChatdockError) -> tuple[int, str]:
     return 400, "Bad request"
 
 
-def refusal(exc: ChatdockError, headers: dict[str, str] | None = None) -> JSONResponse:
-    """A refusal of the store's, answered."""
-    return problem(*status_of(exc), str(exc), headers)
+# query parameters that name a contact or an agent: a phone number there starts with '+'
+_IDENTIFIER_PARAMETERS = (b"contact_id", b"agent_id")
+
+
+def refusal(exc: ChatdockError, headers: dict[str, str] | None = None, query: bytes = b"") -> JSONResponse:
+    """A refusal of the store's, answered; for invalid arguments whose query string (`query`, raw) gives an id
+    starting with '+', which a query string reads as a space, with what to write instead."""
+    message = str(exc)
+    if b"=+" in query and isinstance(exc, InvalidInput):
+        for pair in query.split(b"&"):
+            name, _, value = pair.partition(b"=")
+            if name in _IDENTIFIER_PARAMETERS and value.startswith(b"+"):
+                message += (
+                    f" ({name.decode()} starts with '+', which a query string reads as a space: write the plus "
+                    f"sign as %2B, {name.decode()}=%2B{value[1:].decode('latin-1')})"
+                )
+                break
+    return problem(*status_of(exc), message, headers)
 
 
 def failed_unexpectedly(method: str, path: str, exc: Exception) -> JSONResponse:
@@ -289,8 +304,8 @@ def build_rest(
         return problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
 
     @app.exception_handler(ChatdockError)
-    async def refused(_: Request, exc: ChatdockError) -> JSONResponse:
-        return refusal(exc)
+    async def refused(request: Request, exc: ChatdockError) -> JSONResponse:
+        return refusal(exc, query=request.scope.get("query_string", b""))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
