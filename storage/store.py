@@ -506,7 +506,7 @@ class Store:
         of = None if contact_id is None else check.contact_id(contact_id)
         found = await self.backend.unlink(org, identifier, of)
         if found is None:
-            raise identifier_not_found(identifier)
+            raise identifier_not_found(identifier, of)
         return found
 
     async def recent_contacts(self, org: str, limit: int = 50) -> list[str]:

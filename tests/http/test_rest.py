@@ -158,6 +158,10 @@ def test_every_route_answers_and_every_error_has_its_status(served: dict[str, An
     assert rest("POST", f"/contacts/{q(contact)}/aliases", {"identifier": "José"})[0] == 200  # stored in NFC
     status, unlinked = rest("DELETE", f"/contacts/{q(contact)}/aliases/{q(unicodedata.normalize('NFD', 'José'))}")
     assert status == 200 and unlinked["aliases"] == ["ann@example.com"]  # named in NFD: the same identifier
+    status, elsewhere = rest("DELETE", "/contacts/%2B31699000002/aliases/ann%40example.com")  # through another
+    assert status == 404 and elsewhere["message"].startswith(  # contact: named, not "any contact" (a review)
+        "identifier ann@example.com is not linked to the contact +31699000002;"
+    ), elsewhere
     status, unlinked = rest("DELETE", f"/contacts/{q(contact)}/aliases/ann%40example.com")
     assert status == 200 and unlinked["aliases"] == []
     status, deleted = rest("DELETE", f"/chats/{first[1]['id']}")
