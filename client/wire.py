@@ -14,6 +14,7 @@ import httpx2
 
 from chatdock.storage import InvalidInput, Part
 from chatdock.storage import validation as check
+from chatdock.storage.errors import NO_ROUTE
 from chatdock.storage.search import parse_query
 
 from .errors import UNAVAILABLE, ChatdockApiError
@@ -32,12 +33,27 @@ def refusal(response: httpx2.Response) -> ChatdockApiError:
     is no unknown contact, its 401 no wrong key."""
     try:
         body = response.json()
-        return ChatdockApiError(response.status_code, str(body["error"]), str(body["message"]))
+        error, message = str(body["error"]), str(body["message"])
     except (ValueError, KeyError, TypeError):
         pass
+    else:
+        if response.status_code == 404 and message == NO_ROUTE:  # chatdock, at a path it has no route at
+            return ChatdockApiError(502, "Bad Gateway", no_route(response), retryable=False)
+        return ChatdockApiError(response.status_code, error, message)
     if response.status_code in (429, 502, 503, 504):
         return ChatdockApiError(response.status_code, response.reason_phrase, not_chatdocks(response, "error"))
     return ChatdockApiError(502, "Bad Gateway", not_chatdocks(response, "error"), retryable=False)
+
+
+def no_route(response: httpx2.Response) -> str:
+    """chatdock's 404 for a path it has no route at: the client's address has a path it should not have."""
+    request = response.request
+    address = f"{request.url.scheme}://{request.url.netloc.decode('ascii')}"
+    path = request.url.raw_path.decode("ascii").partition("?")[0]
+    return (
+        f"chatdock at {address} has no route {request.method} {path}: the client's url must be chatdock's base "
+        f"address ({address}), with no path after it unless a proxy serves chatdock under that path"
+    )
 
 
 def not_chatdocks(response: httpx2.Response, expected: str) -> str:

@@ -53,6 +53,11 @@ class OutcomeUnknown(Unavailable):
 # The texts of the errors that more than one place raises, written once.
 
 
+# The REST server's 404 for a path it has no route at, as chatdock's client recognizes it (a base URL with a
+# path it should not have, such as /api): not an unknown contact, chat or message.
+NO_ROUTE = "no such route; /docs lists them"
+
+
 def chat_not_found(chat_id: str, contact_id: str | None = None) -> NotFound:
     if contact_id is None:
         return NotFound(f"chat {chat_id} not found; list_chats shows a contact's chats")

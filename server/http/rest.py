@@ -52,7 +52,7 @@ from chatdock.storage import (
     Unavailable,
 )
 from chatdock.storage import validation as check
-from chatdock.storage.errors import chat_not_found
+from chatdock.storage.errors import NO_ROUTE, chat_not_found
 from chatdock.storage.models import ChatWithMessages, ContactInfo, ForgetResult, LinkResult, SearchPage, as_message
 from chatdock.storage.requests import AliasRequest, AppendRequest, OpenChatRequest, PostRequest, UpdateChatRequest
 
@@ -296,7 +296,7 @@ def build_rest(
         if exc.status_code == 404:
             if read_only_write(request, exactly=False):  # a 405, as without --read-only: the path exists
                 return not_allowed(request)
-            return problem(404, "Not found", "no such route; /docs lists them")
+            return problem(404, "Not found", NO_ROUTE)
         if exc.status_code == 413:  # a streamed body that passed the limit while FastAPI read it (BodyLimit)
             return too_large()
         if exc.status_code == 405:

@@ -231,6 +231,28 @@ async def test_a_success_that_is_not_chatdocks_answer_is_the_one_exception_namin
     assert (busy.status, busy.retryable) == (503, True) and "/chats/search with 503 but not with" in busy.message
 
 
+async def test_a_url_with_a_path_chatdock_has_no_route_at_says_so_not_unknown_contact(tmp_path: Any) -> None:
+    """chatdock's own 404 for a path it has no route at (a url of .../api) is no unknown contact: a 502 that names
+    the route and says what url to give, not retried (it read as 404 "no such route", which code taking 404 for an
+    unknown contact misreads: found by a REST review)."""
+    db = str(tmp_path / "routes.db")
+    key = create_key(db, "acme", "routes")
+    with http_server(db) as base:
+        async with ChatdockClient(base + "/api", key) as client:
+            read = await refused(client.get_context(CALLER))
+            written = await refused(client.append_message(CALLER, "sms", "user", "hi"))
+            with pytest.raises(ChatdockApiError) as watched:
+                async with client.watch(CALLER):
+                    pass
+        async with ChatdockClient(base, key) as client:  # the base address: an unknown contact is still a 404
+            unknown = await refused(client.get_contact(CALLER))
+    for refusal in (read, written, watched.value):
+        assert (refusal.status, refusal.error, refusal.retryable) == (502, "Bad Gateway", False), refusal
+        assert f"chatdock at {base} has no route GET /api/" in refusal.message or "POST /api/chats" in refusal.message
+        assert f"the client's url must be chatdock's base address ({base})" in refusal.message, refusal.message
+    assert unknown.status == 404 and unknown.message.startswith("contact +31612345678 not found"), unknown
+
+
 class LosesFirstAnswers(httpx2.AsyncBaseTransport):
     """A real connection to the server whose first `lose` answers never arrive: the request was carried out,
     the connection broke before its answer (the case a retry must not turn into a second copy)."""
