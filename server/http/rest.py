@@ -132,6 +132,21 @@ def status_of(exc: ChatdockError) -> tuple[int, str]:
 _IDENTIFIER_PARAMETERS = (b"contact_id", b"agent_id")
 
 
+def unreadable(cause: BaseException | None, detail: str) -> str:
+    """Why a body that is not JSON's text could not be read, and what to send instead."""
+    if isinstance(cause, UnicodeDecodeError):
+        return (
+            f"the body is not UTF-8 text (byte 0x{cause.object[cause.start]:02x} at offset {cause.start}); send the "
+            "JSON object encoded as UTF-8"
+        )
+    if isinstance(cause, RecursionError):
+        return (
+            "the body's JSON nests too deep to be read; send a JSON object whose metadata nests at most "
+            f"{check.MAX_METADATA_DEPTH} levels deep"
+        )
+    return f"the body could not be read ({detail}); send a JSON object"
+
+
 def refusal(exc: ChatdockError, headers: dict[str, str] | None = None, query: bytes = b"") -> JSONResponse:
     """A refusal of the store's, answered; for invalid arguments whose query string (`query`, raw) gives an id
     starting with '+', which a query string reads as a space, with what to write instead."""
@@ -292,7 +307,7 @@ def build_rest(
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """FastAPI's own refusals (a body it cannot parse, an unknown route or method) in the same shape."""
         if exc.status_code == 400:
-            return problem(400, "Invalid JSON", f"the body could not be read ({exc.detail}); send a JSON object")
+            return problem(400, "Invalid JSON", unreadable(exc.__cause__, str(exc.detail)))
         if exc.status_code == 404:
             if read_only_write(request, exactly=False):  # a 405, as without --read-only: the path exists
                 return not_allowed(request)

@@ -176,6 +176,15 @@ def test_every_route_answers_and_every_error_has_its_status(served: dict[str, An
             400,
             {"error": "Invalid JSON", "message": "the body is empty; send a JSON object"},
         )
+        latin1 = json.dumps({"contact_id": contact, "channel": "sms", "role": "user", "content": "café"},
+                            ensure_ascii=False).encode("latin-1")  # fmt: skip
+        status, answer = rest("POST", path, raw=latin1)  # an SMS gateway's Latin-1: say so (a review)
+        where = latin1.index(0xE9)
+        assert (status, answer["message"]) == (
+            400, f"the body is not UTF-8 text (byte 0xe9 at offset {where}); send the JSON object encoded as UTF-8"
+        ), answer  # fmt: skip
+        status, answer = rest("POST", path, raw=b'{"metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}")
+        assert status == 400 and answer["message"].startswith("the body's JSON nests too deep to be read;"), answer
         for other in (b'"hi"', b"5", b"[]"):  # JSON, but not an object: what to fix, alike for each
             status, answer = rest("POST", path, raw=other)
             assert status == 422 and "valid dictionary" in answer["message"], (path, other, answer)
