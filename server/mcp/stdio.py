@@ -126,8 +126,8 @@ def _unreadable_answer(item: Exception) -> JSONRPCError:
 async def serve_stdio(lowlevel: Any) -> None:
     """Run the SDK's low-level server on stdio, answering the lines its transport cannot read.
 
-    When stdin ends, tool calls still running are answered before the server stops (the SDK alone
-    would cancel them and answer "Connection closed", even for a write that was already stored,
+    When stdin ends, requests still running (but listen streams) are answered before the server stops (the
+    SDK alone would cancel them and answer "Connection closed", even for a write that was already stored,
     inviting a retry that stores it twice).
     """
     settle_collector()
@@ -142,9 +142,9 @@ async def serve_stdio(lowlevel: Any) -> None:
                         await answers.send(SessionMessage(_unreadable_answer(item)))
                         continue
                     message = item.message
-                    if isinstance(message, JSONRPCRequest) and message.method == "tools/call":
-                        # only tool calls are waited for: a write's answer must not be lost, while a
-                        # subscriptions/listen stream would never end on its own
+                    if isinstance(message, JSONRPCRequest) and message.method != "subscriptions/listen":
+                        # every request is waited for (a write's answer must not be lost, nor a read's), but
+                        # a subscriptions/listen stream, which would never end on its own
                         answers.expect(message.id)
                     elif isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled":
                         answers.forget((message.params or {}).get("requestId"))  # a cancelled request gets no answer

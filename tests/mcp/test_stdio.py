@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mcp.client import Client
 
+from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from tests.transports import chatdock_command, run_cli, stdio_params, unwritable
 
 pytestmark = pytest.mark.process  # each test here starts real processes
@@ -119,7 +120,16 @@ def test_requests_still_running_when_stdin_ends_are_answered_not_cancelled(tmp_p
             },
         }
         for i in range(1, 41)
-    ]
+    ] + [  # and requests of every other kind, which the SDK alone would cancel too (found by a client review)
+        {"jsonrpc": "2.0", "id": 41, "method": "resources/read",
+         "params": {"uri": contact_uri(TRANSCRIPT_URI, "+31612345678")}},
+        {"jsonrpc": "2.0", "id": 42, "method": "prompts/get",
+         "params": {"name": "continue_conversation", "arguments": {"contact_id": "+31612345678"}}},
+        {"jsonrpc": "2.0", "id": 43, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 44, "method": "resources/subscribe",
+         "params": {"uri": contact_uri(TRANSCRIPT_URI, "+31612345678")}},
+        {"jsonrpc": "2.0", "id": 45, "method": "ping"},
+    ]  # fmt: skip
     done = subprocess.run(
         [*chatdock_command(), "serve", "--db", str(db)],
         input="".join(json.dumps(line) + "\n" for line in lines),
@@ -130,7 +140,7 @@ def test_requests_still_running_when_stdin_ends_are_answered_not_cancelled(tmp_p
     )
     assert done.returncode == 0, done.stderr
     answers = {answer["id"]: answer for answer in map(json.loads, done.stdout.splitlines())}
-    assert sorted(answers) == list(range(41))
+    assert sorted(answers) == list(range(46)), done.stdout
     assert all("result" in answer and not answer["result"].get("isError") for answer in answers.values())
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 40
