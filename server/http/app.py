@@ -298,11 +298,13 @@ def _key_prefix(scope: Scope) -> str:
     return "no key"
 
 
-def transport_security(host: str, allowed_hosts: list[str]) -> TransportSecuritySettings | None:
-    """DNS-rebinding protection stays on: loopback by default, named hosts otherwise."""
+def transport_security(host: str, allowed_hosts: list[str]) -> TransportSecuritySettings:
+    """DNS-rebinding protection stays on: loopback by default (the SDK's own defaults for a loopback host),
+    named hosts otherwise."""
     if not allowed_hosts:
         if host in LOOPBACK:
-            return None  # the SDK's loopback defaults
+            hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+            return TransportSecuritySettings(allowed_hosts=hosts, allowed_origins=[f"http://{h}" for h in hosts])
         raise InvalidInput(
             f"--host {host} is not a loopback address; name the Host headers clients will send with "
             "--allowed-host (for example --allowed-host chatdock.internal:8765) so DNS-rebinding protection stays on"
@@ -354,7 +356,9 @@ def build_http_app(
     metadata = None if oauth is None else Starlette(routes=oauth.metadata_routes())
     rest = BodyLimit(Lanes(routes))
     app = ApiKeyAuth(Dispatch(mcp, rest, metadata), server, sessions, settings.metrics, oauth)
-    observed = ObservedHttp(app, settings.metrics, settings.tracing, routes.routes, MCP_PATHS, metrics_port)
+    observed = ObservedHttp(
+        app, settings.metrics, settings.tracing, routes.routes, MCP_PATHS, metrics_port, security=security
+    )
     return EncodedSlashes(observed)
 
 

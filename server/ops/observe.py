@@ -27,6 +27,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Final
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult
 from mcp_types.methods import SPEC_CLIENT_METHODS, SPEC_CLIENT_NOTIFICATION_METHODS
@@ -34,6 +35,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, StatusCode
 from pydantic import ValidationError
+from starlette.requests import Request
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -74,6 +76,7 @@ class ObservedHttp:
         routes: Collection[BaseRoute],
         elsewhere: tuple[str, ...],
         metrics_port: int | None = None,
+        security: TransportSecuritySettings | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
@@ -81,6 +84,9 @@ class ObservedHttp:
         self.routes = routes  # the REST routes, for the template of a request refused before routing
         self.elsewhere = elsewhere  # paths that are not REST (/mcp, the probes): named in the log, not counted
         self.metrics_port = metrics_port
+        # /metrics on the main listener names organizations: the Host and Origin /mcp takes, or 421 / 403 (a page
+        # of another site that DNS rebinding points at this server must not read them)
+        self.hosts = TransportSecurityMiddleware(security) if security is not None else None
         self._prefix = secrets.token_hex(4)  # request ids of this process: prefix-counter, unique across replicas
         self._count = itertools.count(1)
 
@@ -94,6 +100,10 @@ class ObservedHttp:
                 await self._scrape(scope, send, path == "/metrics")  # the metrics port serves nothing else
                 return
             if self.metrics_port is None and path == "/metrics":
+                refused = None if self.hosts is None else await self.hosts.validate_request(Request(scope))
+                if refused is not None:
+                    await refused(scope, receive, send)
+                    return
                 await self._scrape(scope, send, True)
                 return
         request_id, carrier = self._read_headers(scope)

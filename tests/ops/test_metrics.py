@@ -264,6 +264,23 @@ def test_metrics_port_serves_metrics_off_the_main_listener(tmp_path: Path) -> No
         assert elsewhere.value.read() == b"this port serves only GET /metrics\n"
 
 
+@pytest.mark.process
+def test_metrics_on_the_main_listener_answer_only_the_hosts_mcp_answers(tmp_path: Path) -> None:
+    """/metrics names organizations: a page another site serves, pointed at this server by DNS rebinding (a
+    foreign Host) or calling it from the browser (a foreign Origin), is refused as at /mcp (it was served:
+    found by a security review)."""
+    with http_server(str(tmp_path / "chatdock.db")) as base:
+        for header, status in (("Host", 421), ("Origin", 403)):
+            foreign = "attacker.example" if header == "Host" else "http://attacker.example"
+            request = urllib.request.Request(base + "/metrics", headers={header: foreign})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == status, (header, refused.value.read())
+            refused.value.close()
+        families, _ = scrape(base + "/metrics")  # as a scraper on loopback asks
+        assert "chatdock_requests" in families
+
+
 async def test_each_server_counts_in_a_registry_of_its_own(tmp_path: Path) -> None:
     first, second = Metrics(), Metrics()
     servers = [
