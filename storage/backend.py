@@ -187,6 +187,10 @@ class Backend(Protocol):
         """The (organization, contact) of each of these chat ids that is stored anywhere."""
         ...
 
+    async def secret(self, name: str) -> str | None:
+        """The database's secret `name` (made by a migration), None when it has none."""
+        ...
+
     # --- API keys ---
     async def insert_api_key(self, org: str, prefix: str, name: str | None, key_hash: str) -> ApiKeyInfo:
         """Keep a new key's hash; a live key of the same name is a Conflict."""

@@ -20,7 +20,7 @@ from . import keys, newest, ranking
 from . import validation as check
 from .backend import Backend, Imported, MessageFilter, StoredKey
 from .changes import Deliver
-from .cursor import decode_cursor, encode_cursor
+from .cursor import CURSOR_SECRET, decode_cursor, encode_cursor
 from .errors import (
     ChatdockError,
     InvalidInput,
@@ -143,6 +143,7 @@ class Store:
         self._live_keys: dict[str, tuple[StoredKey, float]] = {}
         self._revoked: dict[str, float] = {}  # keys this process revoked, and when (time.monotonic())
         self._newest = newest.Newest()  # each contact's newest messages this process last saw (newest.py)
+        self._cursor_secret: bytes | None = None  # the key of list cursors' mask, once read (b"": none)
         self.telemetry.trace_calls(self)
 
     async def close(self) -> None:
@@ -390,7 +391,8 @@ class Store:
         agent_id = check.optional_identifier(agent_id, "agent_id")
         chat_id = check.optional_uuid(chat_id, "chat_id")
         only = MessageFilter(agent_id, chat_id, None, None if channel is None else [check.channel(channel)])
-        after = None if cursor is None else decode_cursor(cursor)
+        key = await self._cursor_key()
+        after = None if cursor is None else decode_cursor(cursor, key, org)
         if only.chat_id is not None:
             await self._chat_of(org, await self._canonical(org, contact_id), only.chat_id)
         rows = await self.backend.message_page(org, contact_id, only, limit + 1, after, MAX_RESULT_BYTES)
@@ -404,8 +406,16 @@ class Store:
         more = len(rows) > kept
         rows = rows[:kept]
         return MessagePage(
-            messages=[message for message, _ in rows], next_cursor=encode_cursor(rows[-1][1]) if more else None
+            messages=[message for message, _ in rows],
+            next_cursor=encode_cursor(rows[-1][1], key, org) if more else None,
         )
+
+    async def _cursor_key(self) -> bytes | None:
+        """The key of list cursors' mask (cursor.py): the database's secret, read once."""
+        if self._cursor_secret is None:
+            found = await self.backend.secret(CURSOR_SECRET)
+            self._cursor_secret = b"" if found is None else bytes.fromhex(found)
+        return self._cursor_secret or None
 
     async def search_messages(
         self,

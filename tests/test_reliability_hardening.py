@@ -130,15 +130,11 @@ def tmpfs(folder: Path, size: str, *options: str) -> Iterator[Path]:
 def fill_disk(folder: Path) -> Path:
     """Write a file until the disk is full; return it (remove it to give the space back)."""
     filler = folder / "filler"
-    with filler.open("wb") as out:
-        with contextlib.suppress(OSError):
-            while True:
-                out.write(b"\0" * 65536)
-                out.flush()
-    with contextlib.suppress(OSError), filler.open("ab") as out:
-        while True:  # the last few bytes, so not even one more page fits
-            out.write(b"\0" * 512)
-            out.flush()
+    with filler.open("wb", buffering=0) as out:  # unbuffered: nothing is left to write (and fail) at its close
+        for size in (65536, 512):  # then the last few bytes, so not even one more page fits
+            with contextlib.suppress(OSError):
+                while True:
+                    out.write(b"\0" * size)
     return filler
 
 

@@ -12,7 +12,16 @@ import logging
 import asyncpg
 
 from ..changes import Change
-from ..sql.migrations import APPLIED, SCHEMA_TABLE, Migration, apply_migration, clean_identifiers, refuse_newer
+from ..cursor import CURSOR_SECRET
+from ..sql.migrations import (
+    APPLIED,
+    SCHEMA_TABLE,
+    Migration,
+    apply_migration,
+    clean_identifiers,
+    new_secret,
+    refuse_newer,
+)
 from ..sql.ops import Ops, count, rows
 from ..sql.tables import Words, tables
 from ..sql.writes import VERSION_STARTS, ChangeLog, merge_into
@@ -407,6 +416,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "a new contact's identifier claimed by a link meanwhile leaves no contact without it",
         (APPEND_FUNCTION_9, "ALTER FUNCTION chatdock_append(jsonb, text) SET enable_seqscan = off"),
         _rejoin_contacts,
+    ),
+    Migration(
+        10,
+        "a secret of the database's own, which keeps list cursors from showing other organizations' writes",
+        (TABLES["secrets"],),
+        new_secret(CURSOR_SECRET),
     ),
 )
 

@@ -301,6 +301,10 @@ class SQLBackend:
         )
         return {row[0]: (row[1], row[2]) for row in found}
 
+    async def secret(self, name: str) -> str | None:
+        found = await self._read("SELECT value FROM secrets WHERE name = ?", (name,))
+        return str(found[0][0]) if found else None
+
     # --- API keys ---
 
     async def insert_api_key(self, org: str, prefix: str, name: str | None, key_hash: str) -> ApiKeyInfo:

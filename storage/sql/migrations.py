@@ -10,6 +10,7 @@ what is recorded and runs `apply_migration` for the rest, one transaction each. 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,15 @@ def apply_migration(migration: Migration) -> Ops[None]:
         migration.name,
         time.time_ns() // 1000,
     )
+
+
+def new_secret(name: str) -> Callable[[], Ops[None]]:
+    """The step that makes the database's secret `name`: 32 random bytes (hex), once."""
+
+    def step() -> Ops[None]:
+        yield count("INSERT INTO secrets (name, value) VALUES (?, ?)", name, secrets.token_hex(32))
+
+    return step
 
 
 def refuse_newer(applied: set[int], migrations: tuple[Migration, ...]) -> None:

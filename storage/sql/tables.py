@@ -123,4 +123,9 @@ def tables(w: Words) -> dict[str, str]:
             channel_id {text} NOT NULL REFERENCES channels(id) ON DELETE CASCADE
         ){w.keyed_table}""",
         "retired_channels_channel": "CREATE INDEX retired_channels_channel ON retired_channels(channel_id)",
+        # random values of the database's own, made once by a migration (a list cursor's key: cursor.py)
+        "secrets": f"""CREATE TABLE secrets (
+            name {text} PRIMARY KEY,
+            value {text} NOT NULL
+        ){w.keyed_table}""",
     }

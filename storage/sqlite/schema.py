@@ -5,8 +5,17 @@ from __future__ import annotations
 import logging
 import sqlite3
 
+from ..cursor import CURSOR_SECRET
 from ..errors import InvalidInput
-from ..sql.migrations import APPLIED, SCHEMA_TABLE, Migration, apply_migration, clean_identifiers, refuse_newer
+from ..sql.migrations import (
+    APPLIED,
+    SCHEMA_TABLE,
+    Migration,
+    apply_migration,
+    clean_identifiers,
+    new_secret,
+    refuse_newer,
+)
 from ..sql.ops import Ops, count, one, rows, value
 from ..sql.tables import Words, tables
 from ..validation import normal_identifier, refused_character
@@ -208,6 +217,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         11,
         "the channel ids a merge retired, and what they became",
         (TABLES["retired_channels"], TABLES["retired_channels_channel"]),
+    ),
+    Migration(
+        12,
+        "a secret of the database's own, which keeps list cursors from showing other organizations' writes",
+        (TABLES["secrets"],),
+        new_secret(CURSOR_SECRET),
     ),
 )
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import sqlite3
 import threading
 import time
@@ -27,6 +29,7 @@ from chatdock.storage import (
     open_store,
 )
 from chatdock.storage.changes import Change
+from chatdock.storage.cursor import encode_cursor
 from chatdock.storage.models import NewAlias, NewChannel, NewChat
 from chatdock.storage.postgres import PostgresBackend
 from chatdock.storage.postgres import schema as postgres_schema
@@ -290,6 +293,56 @@ async def test_list_filters_and_bad_cursor(store: Store) -> None:
     for bad in ["garbage", "djE6eDp5", "", "x" * 500]:
         with pytest.raises(InvalidInput, match="cursor is not valid"):
             await store.list_messages(ORG, "c1", cursor=bad)
+
+
+async def test_a_list_cursor_shows_nothing_of_other_organizations_writes(store: Store, db: str) -> None:
+    """The sequence a cursor keeps numbers every message of the database, whatever its organization: shown as
+    it is, two of one organization's cursors told how many messages the others wrote in between (found by a
+    security review). It is masked; the pages go on as before, and a cursor of the earlier form still reads."""
+
+    def field(cursor: str | None) -> int:
+        assert cursor is not None
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        assert raw.startswith("v2:"), raw
+        return int(raw.split(":")[2])
+
+    sent = [await store.append_message(ORG, msg("c1", f"mine {i}")) for i in range(3)]
+    before = (await store.list_messages(ORG, "c1", limit=1)).next_cursor  # at sent[2]
+    for i in range(5):  # another organization writes between two of acme's pages
+        await store.append_message("globex", msg("g1", f"theirs {i}"))
+    sent += [await store.append_message(ORG, msg("c1", f"mine {i}")) for i in range(3, 6)]
+    after = (await store.list_messages(ORG, "c1", limit=1)).next_cursor  # at sent[5]
+    (_, seq_before), (created_after, seq_after) = [await position_of(db, sent[i].id) for i in (2, 5)]
+    assert seq_after - seq_before >= 8  # what a cursor that showed the sequence would have told
+    assert field(after) - field(before) != seq_after - seq_before and field(after) != seq_after
+    seen, cursor = [], None
+    while True:
+        page = await store.list_messages(ORG, "c1", limit=2, cursor=cursor)
+        seen += [m.content for m in page.messages]
+        if (cursor := page.next_cursor) is None:
+            break
+    assert seen == [m.content for m in reversed(sent)]
+    earlier = encode_cursor((created_after, seq_after))  # v1:<time>:<sequence>, as chatdock wrote them before
+    assert [m.id for m in (await store.list_messages(ORG, "c1", limit=2, cursor=earlier)).messages] == [
+        sent[4].id,
+        sent[3].id,
+    ]
+
+
+async def position_of(db: str, message_id: str) -> tuple[int, int]:
+    """(created_us, seq) of a stored message, read straight from the database."""
+    sql = "SELECT created_us, seq FROM messages WHERE id = $1"
+    if db.startswith("postgres"):
+        conn = await asyncpg.connect(db)
+        try:
+            row = await conn.fetchrow(sql, message_id)
+        finally:
+            await conn.close()
+    else:
+        with contextlib.closing(sqlite3.connect(db)) as lite:
+            row = lite.execute(sql.replace("$1", "?"), (message_id,)).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 async def test_delete_one_message(store: Store) -> None:
