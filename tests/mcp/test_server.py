@@ -72,7 +72,12 @@ async def test_read_only_serves_only_reading_tools(mode: str, db: str) -> None:
             "chatdock://contacts/{contact_id}/transcript",
             "chatdock://contacts/{contact_id}/context",
         }
-        assert [p.name for p in (await client.list_prompts()).prompts] == ["continue_conversation"]
+        [prompt] = (await client.list_prompts()).prompts
+        assert prompt.name == "continue_conversation"
+        assert [(a.name, a.required, bool(a.description)) for a in prompt.arguments or []] == [
+            ("contact_id", True, True),
+            ("agent_id", False, True),
+        ]  # each argument described for the client's form (they were bare: found by a client review)
 
 
 @pytest.mark.parametrize("mode", MODES)
