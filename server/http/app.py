@@ -20,7 +20,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
@@ -155,18 +155,43 @@ class ApiKeyAuth:
             if not allowed:
                 await self._insufficient(needed, scope, receive, send)
                 return
-        if verdict.expires_at is not None and self.oauth is not None:  # as long as the token is accepted
-            receive = _until(verdict.expires_at + self.oauth.clock_skew, receive)
-        elif verdict.key:  # as long as the key is live
-            receive = _while_live(self.server.state.store, verdict.key, org, receive)
+        bounded = self._bounded(verdict, org, receive, send)
         scope[ORG_SCOPE_KEY] = org
         fields = logs.request_fields.get()
         if fields is not None:
             fields["org"] = org
         if path.startswith("/mcp"):
-            await self.sessions.serve(org, scope, receive, send, self.app)
+            await self.sessions.serve(org, scope, bounded.receive, bounded.send, self.app)
         else:
-            await self.app(scope, receive, send)
+            await self.app(scope, bounded.receive, bounded.send)
+        await bounded.complete()
+
+    def _bounded(self, verdict: Verdict, org: str, receive: Receive, send: Send) -> Bounded:
+        """What a request opens (an event stream, a listen) lasts as long as its bearer is accepted: a token
+        until its `exp` (and the clock skew allowed), a key until it is revoked (looked at every
+        REMEMBER_SECONDS, at a key remembered that long: within twice that of a revocation)."""
+        if not verdict.key:  # a token
+            until = (
+                math.inf
+                if verdict.expires_at is None or self.oauth is None
+                else (verdict.expires_at + self.oauth.clock_skew)
+            )
+
+            async def unexpired() -> bool:
+                return time.time() < until
+
+            return Bounded(receive, send, lambda: until - time.time(), unexpired, "the token expired")
+        store, key = self.server.state.store, verdict.key
+
+        async def live() -> bool:
+            if store is None:
+                return True
+            try:
+                return await store.verify_api_key(key) == org
+            except ChatdockError:  # the keys cannot be read now: a stream is not ended for that
+                return True
+
+        return Bounded(receive, send, lambda: REMEMBER_SECONDS, live, f"the key {prefix_of(key)} was revoked")
 
     async def _slow_down(self, wait: float, scope: Scope, receive: Receive, send: Send) -> None:
         seconds = math.ceil(wait)
@@ -387,46 +412,53 @@ class Dispatch:
             await self.rest(scope, receive, send)
 
 
-def _until(expires_at: float, receive: Receive) -> Receive:
-    """`receive`, which says the client went away once a token expires: what the request opened (an event
-    stream, a listen) ends then, and the client's reconnection with it gets the 401 of an expired token."""
+class Bounded:
+    """The receive and send of a request whose bearer may stop being accepted while what it opened (an event
+    stream, a listen, an initialize-era session's stream) goes on: once the request's body is read, `receive`
+    looks every `every()` seconds whether `accepted()`, and when not, tells the app the client went away; the
+    app ends its stream, `complete()` then sends the stream's last (empty) chunk, so the client sees it end
+    cleanly, and its reconnection gets the bearer's 401. A short request asks nothing more."""
 
-    async def receiving() -> Message:
-        with anyio.move_on_after(expires_at - time.time()):
-            return await receive()
-        return {"type": "http.disconnect"}
+    def __init__(
+        self,
+        receive: Receive,
+        send: Send,
+        every: Callable[[], float],
+        accepted: Callable[[], Awaitable[bool]],
+        why: str,
+    ) -> None:
+        self._receive, self._send = receive, send
+        self.every, self.accepted, self.why = every, accepted, why
+        self._read = False  # the request's body is read
+        self._cut = False  # the app was told the client went away
+        self._open = False  # an answer started and not ended
 
-    return receiving
-
-
-def _while_live(store: Store | None, key: str, org: str, receive: Receive) -> Receive:
-    """`receive`, which says the client went away once its API key is revoked: what the request opened (an event
-    stream, a listen, an initialize-era session's stream) ends within twice REMEMBER_SECONDS of the
-    revocation (a look every that many seconds, at a key remembered that long), and the client's reconnection
-    with it gets the 401 of a revoked key. Nothing changes while the request's body is read: a short request
-    asks nothing more."""
-    read = False
-
-    async def receiving() -> Message:
-        nonlocal read
-        if not read:
-            message = await receive()
-            read = message["type"] != "http.request" or not message.get("more_body", False)
+    async def receive(self) -> Message:
+        if not self._read:
+            message = await self._receive()
+            self._read = message["type"] != "http.request" or not message.get("more_body", False)
             return message
         while True:
-            with anyio.move_on_after(REMEMBER_SECONDS):
-                return await receive()
-            if store is None:
-                continue
-            try:
-                live = await store.verify_api_key(key) == org
-            except ChatdockError:  # the keys cannot be read now: a stream is not ended for that
-                continue
-            if not live:
-                logger.info("ended a stream opened with %s: the key was revoked", prefix_of(key))
+            with anyio.move_on_after(max(0.0, self.every())):
+                return await self._receive()
+            if not await self.accepted():
+                logger.info("ended a stream: %s", self.why)
+                self._cut = True
                 return {"type": "http.disconnect"}
 
-    return receiving
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self._open = True
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self._open = False
+        await self._send(message)
+
+    async def complete(self) -> None:
+        """The last chunk of an answer the app left open when it was told the client went away."""
+        if self._cut and self._open:
+            self._open = False
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _headers_only(send: Send) -> Send:

@@ -141,20 +141,20 @@ def unreadable(cause: BaseException | None, detail: str) -> str:
         )
     if isinstance(cause, RecursionError):
         return (
-            "the body's JSON nests too deep to be read; send a JSON object whose metadata nests at most "
-            f"{check.MAX_METADATA_DEPTH} levels deep"
+            "the body's JSON nests too deep to be read; send a JSON object of the route's fields (metadata may "
+            f"nest at most {check.MAX_METADATA_DEPTH} levels deep)"
         )
     return f"the body could not be read ({detail}); send a JSON object"
 
 
 def refusal(exc: ChatdockError, headers: dict[str, str] | None = None, query: bytes = b"") -> JSONResponse:
-    """A refusal of the store's, answered; for invalid arguments whose query string (`query`, raw) gives an id
+    """A refusal of the store's, answered; when it refuses an id that the query string (`query`, raw) gives
     starting with '+', which a query string reads as a space, with what to write instead."""
     message = str(exc)
     if b"=+" in query and isinstance(exc, InvalidInput):
         for pair in query.split(b"&"):
             name, _, value = pair.partition(b"=")
-            if name in _IDENTIFIER_PARAMETERS and value.startswith(b"+"):
+            if name in _IDENTIFIER_PARAMETERS and value.startswith(b"+") and message.startswith(name.decode() + " "):
                 message += (
                     f" ({name.decode()} starts with '+', which a query string reads as a space: write the plus "
                     f"sign as %2B, {name.decode()}=%2B{value[1:].decode('latin-1')})"

@@ -252,6 +252,9 @@ def test_a_plus_sign_left_unencoded_in_a_query_string_is_refused_with_how_to_wri
             f"{name} starts with '+', which a query string reads as a space: write the plus sign as %2B"
             in (answer["message"])
         ), (path, answer)
+    bad_role = {"contact_id": "+316", "channel": "sms", "role": "nobody", "content": "x"}
+    status, answer = rest("POST", "/chats?contact_id=+316", bad_role)  # another argument's error gets no such
+    assert status == 422 and answer["message"].startswith("role") and "%2B" not in answer["message"], answer
     status, answer = rest("GET", "/chats/context?contact_id=%2B31655500001")  # encoded: served
     assert status == 200, answer
     status, answer = rest("GET", "/chats/search?q=+parcel")
