@@ -312,6 +312,87 @@ async def test_keyboard_narrow_window_links_statuses_and_export(tmp_path: Path, 
             assert [json.loads(line)["kind"] for line in exported.splitlines()] == ["chat"] + ["message"] * 5
 
 
+async def test_a_support_person_keeps_their_place_and_is_told_what_happened_elsewhere(
+    tmp_path: Path, browser: Browser
+) -> None:
+    """At 400 pixels wide, what a review of the inspector found: a delete keeps the view where it was (it jumped
+    to the top) and focuses the next message; a message already deleted elsewhere is said so in plain words and
+    leaves the timeline; a merge elsewhere is said, not a silent switch of contact; right-to-left text is laid
+    out by its own direction; a refused search does not stand above the last one's results; a long identifier
+    does not make the page scroll sideways."""
+    db = str(tmp_path / "place.db")
+    key = create_key(db, "acme", "support")
+    with http_server(db) as base:
+        async with watched(browser, NARROW) as seen:
+            rest, page = Rest(base, key), seen.page
+            sent = []
+            for minute in range(60):
+                content = "שלום, איפה ההזמנה שלי? מספר 5521." if minute == 59 else f"turn {minute} about the kettle"
+                body = {"contact_id": ANN, "channel": "sms", "role": "user", "content": content,
+                        "created_at": f"2026-11-20T09:{minute:02d}:00Z"}  # fmt: skip
+                sent.append(rest.ok("POST", "/chats", body)["id"])
+            await sign_in(page, base, key)
+            await page.get_by_role("button", name=ANN).click()
+            await expect(page.locator("#timeline > li")).to_have_count(50)
+            rtl = page.locator("#timeline .content", has_text="שלום")
+            await expect(rtl).to_have_attribute("dir", "auto")
+            await page.get_by_role("button", name="Load older messages").click()
+            await expect(page.locator("#timeline > li")).to_have_count(60)
+
+            # a delete in the middle of the timeline: the view stays, the next message has the focus
+            middle, after = page.locator(f"[id='m-{sent[30]}']"), page.locator(f"[id='m-{sent[31]}']")
+            await middle.scroll_into_view_if_needed()
+            scrolled = await page.evaluate("window.scrollY")
+            assert scrolled > 2000, scrolled
+            await middle.get_by_role("button", name="Delete message").click()
+            await page.get_by_role("alertdialog").get_by_role("button", name="Delete message").click()
+            await expect(middle).to_have_count(0)
+            await expect(after).to_be_focused()
+            assert abs(await page.evaluate("window.scrollY") - scrolled) < 400  # the next message took its place
+
+            # a message deleted elsewhere meanwhile, then deleted here
+            rest.ok("DELETE", f"/chats/{sent[2]}")
+            elsewhere = page.locator(f"[id='m-{sent[2]}']")
+            await elsewhere.get_by_role("button", name="Delete message").click()
+            await page.get_by_role("alertdialog").get_by_role("button", name="Delete message").click()
+            await expect(page.get_by_role("status")).to_have_text("That message was already deleted elsewhere.")
+            await expect(elsewhere).to_have_count(0)
+            await expect(page.locator("#problem")).to_be_empty()
+
+            # a refused search does not stand above the results of the one before
+            await page.get_by_role("searchbox", name="Search", exact=True).fill("kettle")
+            await page.get_by_role("button", name="Search", exact=True).click()
+            await expect(page.locator("#results")).to_be_visible()
+            await page.get_by_role("searchbox", name="Search", exact=True).fill("(((")
+            await page.get_by_role("button", name="Search", exact=True).click()
+            await expect(page.locator("#problem")).not_to_be_empty()
+            await expect(page.locator("#results")).to_be_hidden()
+
+            # the contact is linked into another elsewhere: the page says so as it follows
+            await page.get_by_label("Open a contact by any of its identifiers").fill(ANN)
+            await page.get_by_label("Open a contact by any of its identifiers").press("Enter")
+            await expect(page.get_by_role("heading", name=ANN, level=1)).to_be_visible()
+            await expect(page.get_by_label("Open a contact by any of its identifiers")).to_have_value("")
+            await expect(page.locator("#live")).to_have_text("Live: changes appear as they happen.")
+            rest.ok(
+                "POST", "/chats", {"contact_id": "ann@example.com", "channel": "email", "role": "user", "content": "x"}
+            )
+            rest.ok("POST", "/contacts/ann%40example.com/aliases", {"identifier": ANN})
+            await expect(page.get_by_role("heading", name="ann@example.com", level=1)).to_be_visible()
+            await expect(page.get_by_role("status")).to_have_text(
+                f"{ANN} was linked into ann@example.com elsewhere: this is that contact's timeline now."
+            )
+
+            # a long identifier with nowhere to break, in the heading and in the search's scope
+            long = "session/" + "f3a9" * 30
+            rest.ok("POST", "/chats", {"contact_id": long, "channel": "widget", "role": "user", "content": "hi"})
+            await page.get_by_role("button", name="Back to contacts").click()
+            await page.get_by_label("Open a contact by any of its identifiers").fill(long)
+            await page.get_by_label("Open a contact by any of its identifiers").press("Enter")
+            await expect(page.locator("#search-scope-name")).to_have_text(long)
+            assert await page.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
+
+
 async def test_read_only_offers_no_write_and_pages_back(tmp_path: Path, browser: Browser) -> None:
     """With --read-only no write control exists; the timeline pages backwards (50 at a time), also to reach
     a search hit further back."""

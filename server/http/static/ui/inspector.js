@@ -131,6 +131,7 @@ class ApiError extends Error {
 class Stale extends Error {} // an answer for a contact or key that is no longer the page's
 
 const enc = encodeURIComponent;
+const NO_ANSWER = "chatdock did not answer";
 
 async function call(method, path, { query = {}, body, raw = false } = {}) {
   const dots = path.split("/").find((segment) => segment === "." || segment === "..");
@@ -153,7 +154,7 @@ async function call(method, path, { query = {}, body, raw = false } = {}) {
       credentials: "omit",
     });
   } catch (error) {
-    throw new ApiError(0, "No answer", `chatdock did not answer (${error.message}); is the server running?`);
+    throw new ApiError(0, "No answer", `${NO_ANSWER} (${error.message}); is the server running?`);
   }
   if (generation !== state.generation) throw new Stale();
   if (raw && response.ok) return response;
@@ -165,7 +166,9 @@ async function call(method, path, { query = {}, body, raw = false } = {}) {
     data = null;
   }
   if (!response.ok) {
-    const error = new ApiError(response.status, data?.error ?? response.statusText, data?.message ?? text);
+    // the server's words, its `command` quotes (written for a terminal) as a page's quotation marks
+    const said = String(data?.message ?? text).replace(/`([^`]*)`/g, "“$1”");
+    const error = new ApiError(response.status, data?.error ?? response.statusText, said);
     if (response.status === 401 && signedIn()) signOut(`The key was refused: ${error.message}`);
     throw error;
   }
@@ -260,9 +263,15 @@ async function search(more = false) {
     const contact = $("search-scope").checked ? state.scope : null;
     query = { q, contact_id: contact, cursor: null };
   }
-  const page = await call("GET", "/chats/search", {
-    query: { q: query.q, contact_id: query.contact_id, limit: 20, cursor: query.cursor },
-  });
+  let page;
+  try {
+    page = await call("GET", "/chats/search", {
+      query: { q: query.q, contact_id: query.contact_id, limit: 20, cursor: query.cursor },
+    });
+  } catch (error) {
+    if (!more) $("results").hidden = true; // the results of the search before are not this one's
+    throw error;
+  }
   state.search = { ...query, cursor: page.next_cursor };
   if (!more) {
     stopStream();
@@ -288,7 +297,7 @@ function renderHit(hit) {
       "button",
       { type: "button", class: "hit", onclick: () => open(hit.contact_id, hit.id) },
       el("span", { class: "meta" }, `${hit.contact_id} · ${hit.channel} · ${hit.role} · `, when(hit.created_at)),
-      el("span", { class: "snippet" }, ...marked(hit.snippet)),
+      el("span", { class: "snippet", dir: "auto" }, ...marked(hit.snippet)),
     ),
   );
 }
@@ -393,7 +402,7 @@ function renderMessage(message) {
           ...message.parts.map((part) =>
             el(
               "li",
-              {},
+              { dir: "auto" },
               part.start_timestamp != null || part.end_timestamp != null
                 ? el("span", { class: "at" }, `${part.start_timestamp != null ? seconds(part.start_timestamp) : "?"}–${part.end_timestamp != null ? seconds(part.end_timestamp) : "?"} `)
                 : null,
@@ -415,7 +424,7 @@ function renderMessage(message) {
       message.chat_id ? ` · chat ${short(message.chat_id)}` : "",
       message.agent_id ? ` · ${message.agent_id}` : "",
     ),
-    parts ? null : el("p", { class: "content" }, message.content),
+    parts ? null : el("p", { class: "content", dir: "auto" }, message.content),
     parts,
     el("details", {}, el("summary", {}, "Metadata"), el("pre", {}, JSON.stringify(details, null, 2))),
     state.readOnly
@@ -468,6 +477,7 @@ async function loadOlder(limit = PAGE) {
 
 /** Page back until the message is loaded, then focus it. */
 async function reveal(messageId) {
+  if (!state.messages.some((m) => m.id === messageId)) say("Looking back for the message…");
   for (let pages = 0; pages < FIND_PAGES && state.cursor && !state.messages.some((m) => m.id === messageId); pages++) {
     await loadOlder(FIND_PAGE);
   }
@@ -477,6 +487,7 @@ async function reveal(messageId) {
     complain("That message is not in the timeline any more (deleted?), or further back than the inspector looks.");
     return;
   }
+  say("");
   for (const found of document.querySelectorAll(".message.found")) found.classList.remove("found");
   node.classList.add("found");
   node.focus();
@@ -499,6 +510,7 @@ async function refresh() {
   }
   if (contact.contact_id !== before.contact_id) {
     await open(contact.contact_id); // its identifier was linked into another contact
+    say(`${before.contact_id} was linked into ${contact.contact_id} elsewhere: this is that contact's timeline now.`);
     return;
   }
   state.contact = contact;
@@ -562,6 +574,7 @@ function listen(contactId) {
             buffer = buffer.slice(end + 2);
             if (name === "ready") {
               $("live").textContent = "Live: changes appear as they happen.";
+              if ($("problem").textContent.startsWith(NO_ANSWER)) $("problem").textContent = ""; // it answers again
               wait = 1000;
               if (!first) changed(); // whatever happened while the stream was down
               first = false;
@@ -638,11 +651,21 @@ async function remove(message) {
     "Delete message",
   );
   if (!sure) return;
-  await call("DELETE", `/chats/${enc(message.id)}`);
+  const node = $(`m-${message.id}`);
+  const neighbour = node?.nextElementSibling ?? node?.previousElementSibling;
+  let gone = false;
+  try {
+    await call("DELETE", `/chats/${enc(message.id)}`);
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 404)) throw error;
+    gone = true; // deleted elsewhere meanwhile (another tab, a tool, a forget)
+  }
   state.messages = state.messages.filter((m) => m.id !== message.id);
   renderTimeline();
-  say("The message was deleted.");
-  $("timeline-title").focus();
+  say(gone ? "That message was already deleted elsewhere." : "The message was deleted.");
+  // the view stays where it was: the focus goes to the message that took the deleted one's place
+  if (neighbour?.isConnected && neighbour.classList.contains("message")) neighbour.focus({ preventScroll: true });
+  else $("timeline-title").focus();
 }
 
 async function forget() {
@@ -751,7 +774,13 @@ async function start() {
   $("sign-out").addEventListener("click", () => signOut());
   $("search").addEventListener("submit", submitted(() => search(false)));
   $("more-hits").addEventListener("click", guarded(() => search(true)));
-  $("open-form").addEventListener("submit", submitted(() => open($("open-id").value.trim())));
+  $("open-form").addEventListener(
+    "submit",
+    submitted(async () => {
+      await open($("open-id").value.trim());
+      $("open-id").value = "";
+    }),
+  );
   $("refresh-contacts").addEventListener("click", guarded(refreshContacts));
   $("back").addEventListener("click", guarded(goHome));
   $("older").addEventListener(
