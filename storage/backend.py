@@ -13,6 +13,7 @@ that belongs to another contact, an id already taken, a retried webhook
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
@@ -57,6 +58,32 @@ class StoredKey:
     org: str
     revoked: bool
     last_used_at: datetime | None
+
+
+class Snapshot(Protocol):
+    """The history at one moment (`Backend.snapshot`)."""
+
+    def export_chats(
+        self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
+    ) -> AsyncIterator[tuple[str, Chat]]:
+        """Every chat as (organization, chat) in the order stored, `batch` rows at a time. Given a `skipped`
+        list, what a damaged database cannot read is named there and passed over instead of raising."""
+        ...
+
+    def export_aliases(self, org: str | None, contact_id: str | None) -> AsyncIterator[tuple[str, Alias]]:
+        """Every alias as (organization, alias), oldest first."""
+        ...
+
+    def export_messages(
+        self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
+    ) -> AsyncIterator[tuple[str, Message]]:
+        """Every message as (organization, message), oldest first, `batch` rows at a time (`skipped`: as for
+        chats)."""
+        ...
+
+    async def count_records(self, org: str | None, contact_id: str | None) -> int:
+        """How many lines the three exports would yield."""
+        ...
 
 
 class Backend(Protocol):
@@ -147,26 +174,10 @@ class Backend(Protocol):
         ...
 
     # --- history ---
-    def export_chats(
-        self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
-    ) -> AsyncIterator[tuple[str, Chat]]:
-        """Every chat as (organization, chat) in the order stored, `batch` rows at a time. Given a `skipped`
-        list, what a damaged database cannot read is named there and passed over instead of raising."""
-        ...
-
-    def export_aliases(self, org: str | None, contact_id: str | None) -> AsyncIterator[tuple[str, Alias]]:
-        """Every alias as (organization, alias), oldest first."""
-        ...
-
-    def export_messages(
-        self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
-    ) -> AsyncIterator[tuple[str, Message]]:
-        """Every message as (organization, message), oldest first, `batch` rows at a time (`skipped`: as for
-        chats)."""
-        ...
-
-    async def count_records(self, org: str | None, contact_id: str | None) -> int:
-        """How many chats and messages the two exports would yield."""
+    def snapshot(self) -> AbstractAsyncContextManager[Snapshot]:
+        """The whole history as it is at one moment, for an export: every read of the snapshot is made in one
+        read transaction, so writes made meanwhile are in none of its parts or in all of them (a message is
+        never exported without the chat it is in)."""
         ...
 
     async def import_history(

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from . import keys, newest, ranking
 from . import validation as check
-from .backend import Backend, Imported, MessageFilter, StoredKey
+from .backend import Backend, Imported, MessageFilter, Snapshot, StoredKey
 from .changes import Deliver
 from .cursor import CURSOR_SECRET, decode_cursor, encode_cursor
 from .errors import (
@@ -524,40 +524,12 @@ class Store:
 
     # --- history (the import's two-pass policy is in history.py) ---
 
-    def export_chats(
-        self,
-        org: str | None = None,
-        contact_id: str | None = None,
-        batch: int = EXPORT_BATCH,
-        skipped: list[str] | None = None,
-    ) -> AsyncIterator[tuple[str, Chat]]:
-        """Every chat as (organization, chat), in the order stored, a batch at a time (never all in memory).
-
-        Given a `skipped` list, what a damaged database cannot read is named there and passed over."""
-        contact_id = None if contact_id is None else check.contact_id(contact_id)
-        return self.backend.export_chats(org, contact_id, check.limit(batch, "batch", 1, 100_000), skipped)
-
-    def export_aliases(self, org: str | None = None, contact_id: str | None = None) -> AsyncIterator[tuple[str, Alias]]:
-        """Every alias as (organization, alias), oldest first."""
-        contact_id = None if contact_id is None else check.contact_id(contact_id)
-        return self.backend.export_aliases(org, contact_id)
-
-    def export_messages(
-        self,
-        org: str | None = None,
-        contact_id: str | None = None,
-        batch: int = EXPORT_BATCH,
-        skipped: list[str] | None = None,
-    ) -> AsyncIterator[tuple[str, Message]]:
-        """Every message as (organization, message), oldest first, a batch at a time (`skipped`: as for chats)."""
-        contact_id = None if contact_id is None else check.contact_id(contact_id)
-        return self.backend.export_messages(org, contact_id, check.limit(batch, "batch", 1, 100_000), skipped)
-
-    async def count_records(self, org: str | None = None, contact_id: str | None = None) -> int:
-        """How many lines an export of `org` (all, when None) and `contact_id` writes: chats, aliases,
-        messages."""
-        contact_id = None if contact_id is None else check.contact_id(contact_id)
-        return await self.backend.count_records(org, contact_id)
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[HistorySnapshot]:
+        """The history as it is at one moment, for an export: what its reads see was all committed before it
+        began (a message is never exported without the chat it is in, however the writes go on)."""
+        async with self.backend.snapshot() as taken:
+            yield HistorySnapshot(taken)
 
     async def message_orgs(self, message_ids: Sequence[str]) -> dict[str, str]:
         """The organization of each of these message ids that is stored (an import's check for ids taken)."""
@@ -698,3 +670,45 @@ class Store:
         """What keeps the store from reading or writing now (without `writes`, a server that only reads: from
         reading); empty when it is sound."""
         return await self.backend.health(writes)
+
+
+class HistorySnapshot:
+    """The history at one moment (`Store.snapshot`): its chats, aliases and messages, as an export writes them."""
+
+    def __init__(self, taken: Snapshot) -> None:
+        self._taken = taken
+
+    def export_chats(
+        self,
+        org: str | None = None,
+        contact_id: str | None = None,
+        batch: int = EXPORT_BATCH,
+        skipped: list[str] | None = None,
+    ) -> AsyncIterator[tuple[str, Chat]]:
+        """Every chat as (organization, chat), in the order stored, a batch at a time (never all in memory).
+
+        Given a `skipped` list, what a damaged database cannot read is named there and passed over."""
+        contact_id = None if contact_id is None else check.contact_id(contact_id)
+        return self._taken.export_chats(org, contact_id, check.limit(batch, "batch", 1, 100_000), skipped)
+
+    def export_aliases(self, org: str | None = None, contact_id: str | None = None) -> AsyncIterator[tuple[str, Alias]]:
+        """Every alias as (organization, alias), oldest first."""
+        contact_id = None if contact_id is None else check.contact_id(contact_id)
+        return self._taken.export_aliases(org, contact_id)
+
+    def export_messages(
+        self,
+        org: str | None = None,
+        contact_id: str | None = None,
+        batch: int = EXPORT_BATCH,
+        skipped: list[str] | None = None,
+    ) -> AsyncIterator[tuple[str, Message]]:
+        """Every message as (organization, message), oldest first, a batch at a time (`skipped`: as for chats)."""
+        contact_id = None if contact_id is None else check.contact_id(contact_id)
+        return self._taken.export_messages(org, contact_id, check.limit(batch, "batch", 1, 100_000), skipped)
+
+    async def count_records(self, org: str | None = None, contact_id: str | None = None) -> int:
+        """How many lines an export of `org` (all, when None) and `contact_id` writes: chats, aliases,
+        messages."""
+        contact_id = None if contact_id is None else check.contact_id(contact_id)
+        return await self._taken.count_records(org, contact_id)

@@ -16,7 +16,8 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from chatdock.server.bench.rows import appends, timed
-from chatdock.storage import open_store
+from chatdock.storage import Unavailable, open_store
+from chatdock.storage.postgres.failures import FAILURES, translate, where
 
 INSERT_SQL = (
     "INSERT INTO messages (id, org_id, contact_pk, channel, role, content, created_us)"
@@ -39,11 +40,15 @@ def database_url(url: str, database: str) -> str:
 async def throwaway_database(url: str, prefix: str = "chatdock_bench_") -> AsyncIterator[str]:
     """A new database on the server `url` names (`prefix` and a random part), dropped afterwards; its URL."""
     name = prefix + secrets.token_hex(4)
-    admin = await asyncpg.connect(url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+        admin = await asyncpg.connect(url, timeout=10)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+    except FAILURES as exc:  # no server there, no such database, a login refused, ...: one line, not a traceback
+        said = translate(exc, url, starting=True)
+        raise Unavailable(f"cannot make the bench's database: {said or f'{where(url)}: {exc}'}") from None
     try:
         yield database_url(url, name)
     finally:

@@ -18,7 +18,7 @@ import anyio
 
 from chatdock.server.ops import logs
 from chatdock.server.settings import Settings
-from chatdock.storage import ChatdockError, InvalidInput, Store, check_store, is_postgres
+from chatdock.storage import ChatdockError, InvalidInput, check_store, is_postgres
 from chatdock.storage import validation as check
 
 logger = logging.getLogger("chatdock")
@@ -521,27 +521,23 @@ async def _serve_stdio(settings: Settings) -> None:
         await build_server(settings, store).run_stdio_async()
 
 
-async def _records(store: Store, contact: str) -> int | None:
-    """How many lines an export of `contact` (in any organization) writes; None when a damaged file cannot
-    count them (the export still saves what it can read)."""
-    try:
-        return await store.count_records(None, contact)
-    except ChatdockError:
-        return None
-
-
 async def _export(args: argparse.Namespace) -> int:
-    from chatdock.server.history.transfer import export_to_path
+    from chatdock.server.history.transfer import export_to_path, total_lines
 
     skipped: list[str] = []
     async with store_settings(args).open_store(create=False) as store:
         contact = args.contact
         if contact is not None and args.org is not None:  # any of its identifiers; an unknown one is an error
             contact = (await store.get_contact(args.org, contact)).contact_id
-        elif contact is not None and await _records(store, contact) == 0:  # not an empty export, exit 0
+        elif contact is not None and await total_lines(store, None, contact) == 0:  # not an empty export, exit 0
             raise InvalidInput(
                 f"nothing to export: no chat, alias or message has the contact id {contact!r} in any organization; "
                 "to name a contact by another of its identifiers (an alias), give its organization with --org"
+            )
+        elif contact is None and args.org is not None and await total_lines(store, args.org, None) == 0:
+            raise InvalidInput(  # a mistyped --org (or a CHATDOCK_ORG left set) is no empty export, exit 0
+                f"nothing to export: the organization {args.org!r} has no chat, alias or message (organization "
+                "names are case-sensitive); leave --org and CHATDOCK_ORG out to export every organization"
             )
         written = await export_to_path(store, args.output, args.org, contact, args.quiet, skipped, args.db)
     if args.output not in (None, "-"):

@@ -15,6 +15,7 @@ had imported: importing the file again is safe, nothing is stored twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import stat
@@ -49,24 +50,30 @@ def _progress(label: str, total: int | None, quiet: bool) -> AbstractContextMana
     return nullcontext() if quiet else Progress(label, total)
 
 
-async def _total(store: Store, org: str | None, contact_id: str | None) -> int | None:
+async def total_lines(store: Store, org: str | None, contact_id: str | None) -> int | None:
+    """How many lines an export would write now (for a progress bar); None when a damaged file cannot count
+    them (the export still saves what it can read)."""
     try:
-        return await store.count_records(org, contact_id)
-    except ChatdockError:  # a damaged file may not count; the export still saves what it can read
+        async with store.snapshot() as history:
+            return await history.count_records(org, contact_id)
+    except ChatdockError:
         return None
 
 
 async def export_lines(
     store: Store, org: str | None, contact_id: str | None, skipped: list[str] | None = None
 ) -> AsyncIterator[str]:
-    """The lines of an export (each without its newline): the chats, then the aliases, then the messages.
-    `chatdock export` writes them to a file; `GET /contacts/{contact_id}/export` streams them."""
-    async for chat_org, chat in store.export_chats(org, contact_id, skipped=skipped):
-        yield dump_line(chat_org, chat)
-    async for alias_org, alias in store.export_aliases(org, contact_id):
-        yield dump_line(alias_org, alias)
-    async for message_org, message in store.export_messages(org, contact_id, skipped=skipped):
-        yield dump_line(message_org, message)
+    """The lines of an export (each without its newline): the chats, then the aliases, then the messages, all
+    of one snapshot taken as the first is read, so that writes made meanwhile are in all three or in none (a
+    message is never written without its chat on an earlier line). `chatdock export` writes them to a file;
+    `GET /contacts/{contact_id}/export` streams them."""
+    async with store.snapshot() as history:
+        async for chat_org, chat in history.export_chats(org, contact_id, skipped=skipped):
+            yield dump_line(chat_org, chat)
+        async for alias_org, alias in history.export_aliases(org, contact_id):
+            yield dump_line(alias_org, alias)
+        async for message_org, message in history.export_messages(org, contact_id, skipped=skipped):
+            yield dump_line(message_org, message)
 
 
 async def export(
@@ -74,7 +81,7 @@ async def export(
 ) -> int:
     """Write the chats, the aliases, then the messages; return how many lines were written. What a damaged database
     cannot read is passed over and named in `skipped`."""
-    total = None if quiet else await _total(store, org, contact_id)
+    total = None if quiet else await total_lines(store, org, contact_id)
     with _progress("exporting (lines)", total, quiet) as bar:
         written = 0
         async for line in export_lines(store, org, contact_id, skipped):
@@ -170,8 +177,9 @@ async def export_to_path(
             written = await export(store, out, org, contact_id, quiet, skipped)
         os.replace(partial, target)
     except BaseException as exc:
-        partial.unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # a full disk, a folder without write permission, ...
+        with contextlib.suppress(OSError):  # nothing to remove where nothing could be made (a read-only disk)
+            partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk, a read-only disk, a folder without write permission, ...
             raise InvalidInput(f"cannot write the export to {path}: {exc.strerror or exc}") from None
         raise
     return written

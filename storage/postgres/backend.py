@@ -17,7 +17,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -41,6 +41,7 @@ from ..sql.backend import SQLBackend, now_us
 from ..sql.ops import Ops, Undo
 from ..sql.ops import rows as all_rows
 from ..sql.queries import MESSAGE_COLUMNS
+from ..sql.walk import Read
 from ..telemetry import Telemetry
 from . import driver
 from .batches import Batches
@@ -198,6 +199,33 @@ class PostgresBackend(SQLBackend):
         if self._pool is None:
             raise Unavailable(f"the store on {self.place} is closed")
         return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _consistent_read(self) -> AsyncIterator[Read]:
+        """Reads on one connection of the pool in one REPEATABLE READ, READ ONLY transaction: each sees the
+        database as it was at the transaction's first statement."""
+        try:
+            conn = await self.pool.acquire(timeout=self.timeout)
+        except FAILURES as exc:
+            raise self._failed(exc) from exc
+        try:
+            try:
+                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", timeout=self.timeout)
+            except FAILURES as exc:
+                raise self._failed(exc) from exc
+
+            async def read(sql: str, params: Sequence[Any]) -> list[Any]:
+                try:
+                    with self._sql.read(sql):
+                        return list(await conn.fetch(driver.numbered(sql), *params, timeout=self.timeout))
+                except FAILURES as exc:
+                    raise self._failed(exc) from exc
+
+            yield read
+        finally:
+            with contextlib.suppress(*FAILURES):  # the pool resets a connection it gets back in any case
+                await conn.execute("ROLLBACK", timeout=self.timeout)
+            await self.pool.release(conn)
 
     async def _read(
         self, sql: str, params: Sequence[Any], org: str | None = None, *, urgent: bool = False, replan: bool = False

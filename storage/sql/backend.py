@@ -12,6 +12,7 @@ recorded; once committed, this process is told the changes the write made (`Back
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -21,13 +22,14 @@ from ..backend import Imported, MessageFilter, StoredKey
 from ..changes import Announcer
 from ..cursor import Position
 from ..errors import ChatdockError, OutcomeUnknown
-from ..models import Alias, ApiKeyInfo, Chat, ChatStatus, ContactInfo, ForgetResult, LinkResult, Message
+from ..models import ApiKeyInfo, Chat, ChatStatus, ContactInfo, ForgetResult, LinkResult, Message
 from ..records import AliasRecord, ChatRecord, MessageRecord
 from . import writes
 from .dialect import Dialect
+from .exports import Exports
 from .ops import Ops, Undo
-from .queries import CHAT_FROM, CONTACT, KEY_SELECT, MESSAGE_COLUMNS, ORG, chat_select, latest_sql, scope
-from .walk import Walk
+from .queries import CONTACT, KEY_SELECT, ORG, chat_select, latest_sql
+from .walk import Read
 from .writes import ChangeLog, savepoint
 
 T = TypeVar("T")
@@ -208,48 +210,14 @@ class SQLBackend:
         """Whether the database is known to be damaged: an export then reads around what it cannot read."""
         return False
 
-    async def export_messages(
-        self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
-    ) -> AsyncIterator[tuple[str, Message]]:
-        select = (
-            f"SELECT {MESSAGE_COLUMNS}, c.external_id, o.name FROM messages m "
-            "JOIN contacts c ON c.id = m.contact_pk JOIN orgs o ON o.id = m.org_id"
-        )
-        walk = Walk(self._read, self._damaged, skipped)
-        async for row in walk.keyset(select, "m.seq", 9, org, contact_id, "c.external_id", batch):
-            yield row[11], rows.message(row, row[10])
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Exports]:
+        async with self._consistent_read() as read:
+            yield Exports(self.dialect, read, self._damaged)
 
-    async def export_chats(
-        self, org: str | None, contact_id: str | None, batch: int, skipped: list[str] | None = None
-    ) -> AsyncIterator[tuple[str, Chat]]:
-        key = f"ch.{self.dialect.chat_order}"
-        select = f"SELECT {key}, o.name, {self.dialect.chat_columns} {CHAT_FROM} JOIN orgs o ON o.id = ch.org_id"
-        walk = Walk(self._read, self._damaged, skipped)
-        async for row in walk.keyset(select, key, 0, org, contact_id, "co.external_id", batch):
-            yield row[1], rows.chat(row[2:])
-
-    async def count_records(self, org: str | None, contact_id: str | None) -> int:
-        where, params = scope(org, contact_id, "c.external_id")
-        joins = "JOIN orgs o ON o.id = t.org_id JOIN contacts c ON c.id = t.contact_pk"
-        found = await self._read(
-            f"SELECT (SELECT count(*) FROM chats t {joins} WHERE true{where})"
-            f" + (SELECT count(*) FROM messages t {joins} WHERE true{where})"
-            " + (SELECT count(*) FROM identifiers t JOIN contacts c ON c.id = t.contact_pk JOIN orgs o"
-            f" ON o.id = t.org_id WHERE t.identifier <> c.external_id{where})",
-            params * 3,
-        )
-        return int(found[0][0])
-
-    async def export_aliases(self, org: str | None, contact_id: str | None) -> AsyncIterator[tuple[str, Alias]]:
-        where, params = scope(org, contact_id, "c.external_id")
-        found = await self._read(
-            "SELECT o.name, c.external_id, i.identifier, i.created_us FROM identifiers i "
-            "JOIN contacts c ON c.id = i.contact_pk JOIN orgs o ON o.id = i.org_id "
-            f"WHERE i.identifier <> c.external_id{where} ORDER BY i.created_us, i.identifier",
-            params,
-        )
-        for org_name, owner, identifier, created_us in found:
-            yield org_name, Alias(contact_id=owner, identifier=identifier, created_at=rows.from_us(created_us))
+    def _consistent_read(self) -> AbstractAsyncContextManager[Read]:
+        """Reads on one connection, in one read transaction (each engine's own)."""
+        raise NotImplementedError
 
     async def import_history(
         self, org: str, records: Sequence[ChatRecord | AliasRecord | MessageRecord | ChatdockError], keep_going: bool

@@ -9,6 +9,7 @@ snapshot. Writes go through `Writer` (writer.py): the shared logic of storage/sq
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import secrets
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -34,6 +35,7 @@ from ..sql import writes as shared
 from ..sql.backend import SQLBackend, now_us
 from ..sql.ops import Ops, count
 from ..sql.queries import MESSAGE_WITH_CONTACT, ORG, latest_sql, within
+from ..sql.walk import Read
 from ..sql.writes import savepoint
 from ..telemetry import Telemetry
 from . import append, checkpoints, driver
@@ -213,6 +215,30 @@ class SQLiteBackend(SQLBackend):
         # messages: 0.09 ms against the statement's 0.14)
         sql, params = latest_sql(self.dialect, org, contact_id, only, limit, None, after)
         return await self._read(sql, params, org, cut=max_bytes)
+
+    @contextlib.asynccontextmanager
+    async def _consistent_read(self) -> AsyncIterator[Read]:
+        """Reads on one reader connection in one read transaction: SQLite's write-ahead log keeps the file as it
+        was at the first read for that transaction (held while an export reads; checkpoints wait past it)."""
+        reader = await self._readers.get()
+        try:
+            try:
+                await reader.execute("BEGIN")
+            except sqlite3.Error as exc:
+                raise self._failed(exc) from exc
+
+            async def read(sql: str, params: Sequence[Any]) -> list[Any]:
+                try:
+                    with self._sql.read(sql):
+                        return list(await reader.execute_fetchall(sql, params))
+                except sqlite3.Error as exc:
+                    raise self._failed(exc) from exc
+
+            yield read
+        finally:
+            with contextlib.suppress(sqlite3.Error):  # (none left open when BEGIN failed)
+                await reader.execute("ROLLBACK")
+            self._readers.put_nowait(reader)
 
     async def _read(
         self, sql: str, params: Sequence[Any], org: str | None = None, *, urgent: bool = False, cut: int | None = None

@@ -122,6 +122,10 @@ def test_bench_refuses_too_small_a_run_and_a_db_that_is_not_a_server() -> None:
     assert bad.returncode == 2 and "bench --db takes a postgresql:// server URL" in bad.stderr
     bad = run_cli("bench", "--compare", "--db", "postgresql://127.0.0.1:1/x")
     assert bad.returncode == 2 and "run it without --db" in bad.stderr
+    bad = run_cli("bench", "--db", "postgresql://postgres@127.0.0.1:1/x", "--messages", "1000", "--rounds", "1")
+    assert bad.returncode == 2 and bad.stdout == "", bad.stderr  # one line, not a traceback (found by a review)
+    assert bad.stderr.startswith("chatdock: cannot make the bench's database: cannot reach PostgreSQL at 127.0.0.1:1")
+    assert len(bad.stderr.splitlines()) == 1, bad.stderr
 
 
 def test_bench_compare_leaves_out_a_store_that_is_not_installed_and_refuses_when_none_is(

@@ -148,7 +148,10 @@ async def test_export_narrows_to_an_organization_and_a_contact(tmp_path: Path) -
     assert acme == [r for r in every if r["org"] == "acme"]
     assert one == [r for r in every if r["org"] == "globex" and r["contact_id"] == "a@b.com"]
     assert one and one[0]["kind"] == "chat"
-    assert export(db, "--org", "nobody") == ""
+    for org in ("nobody", "ACME"):  # a mistyped organization is no empty export (exit 0), as -o would replace a
+        nothing = run_cli("export", "--db", str(db), "-q", "--org", org)  # good file with it (found by a review)
+        assert nothing.returncode == 2 and nothing.stdout == "", nothing
+        assert f"nothing to export: the organization {org!r} has no chat, alias or message" in nothing.stderr
     async with open_store(str(db)) as store:
         await store.link_contacts("globex", "a@b.com", "+31655500000")
     aliased = [json.loads(line) for line in export(db, "--org", "globex", "--contact", "+31655500000").splitlines()]

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.test_history import counts, export, good, import_
+from tests.test_reliability_hardening import tmpfs
 from tests.transports import chatdock_command, installed_command, run_cli
 
 pytestmark = pytest.mark.process  # each test here starts real processes
@@ -188,6 +189,16 @@ def test_export_refuses_to_write_over_its_own_database(tmp_path: Path, history: 
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert counts(db)[0] == 3000 and export(db) == exported
+
+
+def test_export_onto_a_read_only_disk_is_one_line(tmp_path: Path, history: tuple[Path, str]) -> None:
+    """A read-only mount: the export says so in one line (it printed a traceback: its clean-up could not
+    remove the .part file it never made; found by an operator's review)."""
+    db, _ = history
+    with tmpfs(tmp_path / "ro", "1m", "ro") as disk:
+        done = run_cli("export", "--db", str(db), "-q", "-o", str(disk / "x.jsonl"))
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr == f"chatdock: cannot write the export to {disk / 'x.jsonl'}: Read-only file system\n"
 
 
 def test_export_to_a_symbolic_link_writes_its_target_and_keeps_the_link(

@@ -210,7 +210,8 @@ async def test_stored_look_alikes_are_cleaned_and_colliding_pairs_kept_and_logge
             assert [m.content for m in (await store.get_context("acme", PHONE, agent_id="bot")).messages] == ["a2"]
             assert [chat.agent_id for chat in await store.list_chats("acme", PHONE)] == ["bot"]
             assert await store.recent_contacts("globex") == [PHONE]
-            exported = [message async for _, message in store.export_messages("acme")]
+            async with store.snapshot() as history:
+                exported = [message async for _, message in history.export_messages("acme")]
             assert sorted(m.content for m in exported) == ["a", "a2", "b", "c", "d", "e", "f", "g", "h"]
             assert {m.contact_id for m in exported if m.content in {"b", "e", "g"}} == set(
                 kept

@@ -231,7 +231,8 @@ async def test_a_pooled_connection_is_left_as_it_was_found(postgres_url: str) ->
         await store.search_messages("acme", "parcel")
         await store.search_messages("acme", "parc*", contact_id="+31600000001")
         await store.link_contacts("acme", "+31600000001", "ann@example.com")
-        [exported async for exported in store.export_messages("acme")]
+        async with store.snapshot() as history:
+            [exported async for exported in history.export_messages("acme")]
         pool = store.backend.pool  # type: ignore[attr-defined]
         held = [await pool.acquire() for _ in range(pool.get_max_size())]
         try:
