@@ -80,7 +80,8 @@ def _record(text: str, default_org: str) -> tuple[str, Record]:
     try:
         fields = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidInput(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+        said = exc.msg.removesuffix(" at")  # "Unterminated string starting at": at the column that follows
+        raise InvalidInput(f"not valid JSON: {said} at column {exc.colno}") from None
     except ValueError:  # the only other one json raises: an integer longer than Python converts
         raise InvalidInput(
             f"a number has more than {sys.get_int_max_str_digits():,} digits; no field takes one that long"

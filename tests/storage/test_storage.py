@@ -30,6 +30,7 @@ from chatdock.storage import (
 )
 from chatdock.storage.changes import Change
 from chatdock.storage.cursor import encode_cursor
+from chatdock.storage.history import parse_line
 from chatdock.storage.models import NewAlias, NewChannel, NewChat
 from chatdock.storage.postgres import PostgresBackend
 from chatdock.storage.postgres import schema as postgres_schema
@@ -368,6 +369,12 @@ async def test_an_export_is_one_snapshot_while_writes_go_on(store: Store) -> Non
     assert {m.chat_id for m in messages} <= set(seen)
     async with store.snapshot() as history:  # a snapshot taken now has them all
         assert [m.content async for _, m in history.export_messages()][-1] == "during the export"
+
+
+def test_a_line_cut_off_inside_a_string_says_where_once() -> None:
+    with pytest.raises(InvalidInput) as cut:  # a file truncated mid-line (it said "starting at at column")
+        parse_line('{"kind": "message", "content": "cut off', "acme")
+    assert cut.value.message == "not valid JSON: Unterminated string starting at column 32"
 
 
 async def test_delete_one_message(store: Store) -> None:
