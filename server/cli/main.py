@@ -550,9 +550,10 @@ async def _export(args: argparse.Namespace) -> int:
 
 
 async def _import(args: argparse.Namespace) -> int:
-    from chatdock.server.history.transfer import import_file, skipped
+    from chatdock.server.history.transfer import import_file, refuse_unreadable, skipped
 
     default_org = check.identifier(os.environ.get("CHATDOCK_ORG") or "default", "CHATDOCK_ORG")
+    refuse_unreadable(args.file)
     async with store_settings(args).open_store() as store:
         report = await import_file(store, args.file, default_org, args.org, args.skip_invalid, args.quiet)
     if report.problems:

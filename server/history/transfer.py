@@ -219,6 +219,13 @@ def _named(path: str) -> str:
     return "standard input" if path == "-" else path
 
 
+def refuse_unreadable(path: str) -> None:
+    """An InvalidInput for a file to import that is not there or cannot be read, before the database is opened
+    (or made: a mistyped file name left an empty database at a new --db path)."""
+    if path != "-":
+        _regular_file(path)
+
+
 def _regular_file(path: str) -> Path | None:
     """The file at `path` when it can be read twice (a regular file, found readable), None for a pipe."""
     source = Path(path)

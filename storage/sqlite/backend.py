@@ -45,7 +45,7 @@ from .feed import ChangeLog, follow_feed
 from .health import FileWatch, IndexSweep
 from .indexing import SearchIndex, with_an_append
 from .queries import DIALECT, fts_expression, search_sql
-from .schema import migrate
+from .schema import migrate, refuse_foreign
 from .writer import BUSY_TIMEOUT_MS, Writer
 
 Durability = Literal["normal", "full"]
@@ -449,7 +449,10 @@ def _integrity(path: str, unchanging: bool) -> list[str]:
     """SQLite's integrity check of the file, a problem per line (it may put several in one row)."""
     conn = driver.read_only(path, unchanging=unchanging)
     try:
-        return [line for row in conn.execute("PRAGMA integrity_check") for line in str(row[0]).splitlines()]
+        found = [line for row in conn.execute("PRAGMA integrity_check") for line in str(row[0]).splitlines()]
+        if found == ["ok"]:
+            refuse_foreign(conn)  # a sound file of another program is not a sound chatdock database
+        return found
     finally:
         conn.close()
 

@@ -355,6 +355,7 @@ async def test_export_and_check_refuse_in_one_line_and_leave_every_file_as_it_wa
         (["export", "--db", str(db), "-o", str(tmp_path)], "it is a folder; name a file with -o"),
         (["check", "--db", str(tmp_path)], "it is a folder; pass the database file with --db"),
         (["check", "--db", str(foreign.with_suffix(".txt"))], "there is no such file"),
+        (["check", "--db", str(foreign)], f"{foreign} is a SQLite database of another program"),  # not "ok"
     ]  # fmt: skip
     foreign.with_suffix(".txt").unlink(missing_ok=True)
     for command, said in cases:

@@ -85,6 +85,10 @@ def test_a_file_that_cannot_be_read_is_one_line_and_nothing_imported(tmp_path: P
         assert done.stderr.startswith(f"chatdock: cannot read {path}: "), done.stderr
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert counts(db)[0] == 0
+    fresh = tmp_path / "fresh.db"  # a mistyped file: refused before a database is made at a new --db path
+    done = import_(fresh, str(tmp_path / "typo.jsonl"), "-q")
+    assert (done.returncode, done.stderr) == (2, f"chatdock: no such file: {tmp_path / 'typo.jsonl'}\n")
+    assert not fresh.exists(), "an empty database was left behind (found by an operator's review)"
 
 
 # --- import: stopped part-way ---
