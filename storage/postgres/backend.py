@@ -37,7 +37,7 @@ from ..models import AppendedMessage, Message, appended, channel_kind
 from ..records import MessageRecord
 from ..search import Query
 from ..sql import writes as shared
-from ..sql.backend import SQLBackend, now_us
+from ..sql.backend import SQLBackend, now_us, settle
 from ..sql.ops import Ops, Undo
 from ..sql.ops import rows as all_rows
 from ..sql.queries import MESSAGE_COLUMNS
@@ -223,8 +223,14 @@ class PostgresBackend(SQLBackend):
 
             yield read
         finally:
+            await settle(self._give_back(conn))  # even when cancelled: a client that left a REST export
+
+    async def _give_back(self, conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
+        """End a connection's read transaction and give it back to the pool."""
+        try:
             with contextlib.suppress(*FAILURES):  # the pool resets a connection it gets back in any case
                 await conn.execute("ROLLBACK", timeout=self.timeout)
+        finally:
             await self.pool.release(conn)
 
     async def _read(

@@ -11,7 +11,8 @@ recorded; once committed, this process is told the changes the write made (`Back
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
@@ -35,6 +36,14 @@ from .writes import ChangeLog, savepoint
 T = TypeVar("T")
 
 ID_CHUNK = 500  # ids looked up in one statement
+
+
+async def settle(work: Coroutine[Any, Any, None]) -> None:
+    """`work` (a connection given back, a transaction ended) run to its end even when the caller is cancelled
+    meanwhile: the caller's cancellation reaches it at once, while the work goes on by itself."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())  # its failure is not left unread
+    await asyncio.shield(task)
 
 
 def now_us() -> int:

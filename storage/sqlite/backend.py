@@ -32,7 +32,7 @@ from ..models import AppendedMessage, Message
 from ..records import AliasRecord, ChatRecord, MessageRecord
 from ..search import Query
 from ..sql import writes as shared
-from ..sql.backend import SQLBackend, now_us
+from ..sql.backend import SQLBackend, now_us, settle
 from ..sql.ops import Ops, count
 from ..sql.queries import MESSAGE_WITH_CONTACT, ORG, latest_sql, within
 from ..sql.walk import Read
@@ -218,27 +218,31 @@ class SQLiteBackend(SQLBackend):
 
     @contextlib.asynccontextmanager
     async def _consistent_read(self) -> AsyncIterator[Read]:
-        """Reads on one reader connection in one read transaction: SQLite's write-ahead log keeps the file as it
-        was at the first read for that transaction (held while an export reads; checkpoints wait past it)."""
-        reader = await self._readers.get()
+        """Reads on a connection of their own (the readers stay free for the requests meanwhile), in one read
+        transaction: SQLite's write-ahead log keeps the file as it was at its first read (while an export reads,
+        checkpoints cannot start the log over). The connection is closed however the reads end."""
+        try:
+            conn = await aiosqlite.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from exc
         try:
             try:
-                await reader.execute("BEGIN")
+                await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                await conn.execute("PRAGMA query_only = ON")
+                await conn.execute("BEGIN")
             except sqlite3.Error as exc:
                 raise self._failed(exc) from exc
 
             async def read(sql: str, params: Sequence[Any]) -> list[Any]:
                 try:
                     with self._sql.read(sql):
-                        return list(await reader.execute_fetchall(sql, params))
+                        return list(await conn.execute_fetchall(sql, params))
                 except sqlite3.Error as exc:
                     raise self._failed(exc) from exc
 
             yield read
         finally:
-            with contextlib.suppress(sqlite3.Error):  # (none left open when BEGIN failed)
-                await reader.execute("ROLLBACK")
-            self._readers.put_nowait(reader)
+            await settle(_close_quietly(conn))  # even when cancelled: a client that left a REST export
 
     async def _read(
         self, sql: str, params: Sequence[Any], org: str | None = None, *, urgent: bool = False, cut: int | None = None
@@ -404,6 +408,12 @@ class SQLiteBackend(SQLBackend):
         if self.damaged is not None:
             problems.append(self.damaged)
         return list(dict.fromkeys(problems))
+
+
+async def _close_quietly(conn: aiosqlite.Connection) -> None:
+    """Close a connection of reads (its transaction with it)."""
+    with contextlib.suppress(sqlite3.Error):
+        await conn.close()
 
 
 def integrity_check(path: str) -> list[str]:

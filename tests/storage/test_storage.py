@@ -371,6 +371,43 @@ async def test_an_export_is_one_snapshot_while_writes_go_on(store: Store) -> Non
         assert [m.content async for _, m in history.export_messages()][-1] == "during the export"
 
 
+async def test_an_export_stopped_part_way_gives_its_connection_back_and_leaves_the_readers_free(store: Store) -> None:
+    """A REST export whose client leaves is cancelled part-way: its connection went back to no pool (the
+    cancellation hit the clean-up's own await), so a few dropped downloads left no reader for exports (SQLite) or
+    no connection for anything (PostgreSQL); and an export held one of SQLite's two readers while its client read,
+    so two slow downloads stalled every request (found by a review of the diff)."""
+    for n in range(3):
+        await store.append_message(ORG, msg("c1", f"m{n}"))
+
+    async def part_way(started: asyncio.Event) -> None:
+        async with store.snapshot() as history:
+            async for _ in history.export_messages(batch=1):
+                started.set()
+                await asyncio.sleep(3600)  # a client that stopped reading
+
+    async def begun() -> asyncio.Task[None]:
+        started = asyncio.Event()
+        task = asyncio.create_task(part_way(started))
+        await asyncio.wait_for(started.wait(), 10)
+        return task
+
+    for _ in range(12):  # more than the PostgreSQL pool holds; cancelled as Starlette cancels a stream (anyio's
+        started = asyncio.Event()  # cancel scope: every await after it is cancelled too, the clean-up's own)
+        async with anyio.create_task_group() as group:
+            group.start_soon(part_way, started)
+            await asyncio.wait_for(started.wait(), 10)
+            group.cancel_scope.cancel()
+    held = [await begun() for _ in range(3)]  # three slow downloads at once: the requests still answer
+    async with asyncio.timeout(5):
+        assert [m.content for m in (await store.list_messages(ORG, "c1")).messages] == ["m2", "m1", "m0"]
+        assert len((await store.get_context(ORG, "c1")).messages) == 3
+    for task in held:
+        task.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+    async with asyncio.timeout(5), store.snapshot() as history:
+        assert await history.count_records() == 3
+
+
 def test_a_line_cut_off_inside_a_string_says_where_once() -> None:
     with pytest.raises(InvalidInput) as cut:  # a file truncated mid-line (it said "starting at at column")
         parse_line('{"kind": "message", "content": "cut off', "acme")
