@@ -45,24 +45,27 @@ def refusal(response: httpx2.Response) -> ChatdockApiError:
     return ChatdockApiError(502, "Bad Gateway", not_chatdocks(response, "error"), retryable=False)
 
 
+def _asked(response: httpx2.Response) -> tuple[str, str]:
+    """The address (scheme, host and port) and the path (without its query) a response answered."""
+    url = response.request.url
+    return f"{url.scheme}://{url.netloc.decode('ascii')}", url.raw_path.decode("ascii").partition("?")[0]
+
+
 def no_route(response: httpx2.Response) -> str:
     """chatdock's 404 for a path it has no route at: the client's address has a path it should not have."""
-    request = response.request
-    address = f"{request.url.scheme}://{request.url.netloc.decode('ascii')}"
-    path = request.url.raw_path.decode("ascii").partition("?")[0]
+    address, path = _asked(response)
     return (
-        f"chatdock at {address} has no route {request.method} {path}: the client's url must be chatdock's base "
-        f"address ({address}), with no path after it unless a proxy serves chatdock under that path"
+        f"chatdock at {address} has no route {response.request.method} {path}: the client's url must be "
+        f"chatdock's base address ({address}), with no path after it unless a proxy serves chatdock under that path"
     )
 
 
 def not_chatdocks(response: httpx2.Response, expected: str) -> str:
     """What came back instead of chatdock's `expected` answer, and at which address."""
-    request, kind = response.request, response.headers.get("content-type", "no content type")
-    address = f"{request.url.scheme}://{request.url.netloc.decode('ascii')}"
-    path = request.url.raw_path.decode("ascii").partition("?")[0]
+    address, path = _asked(response)
+    kind = response.headers.get("content-type", "no content type")
     return (
-        f"{address} answered {request.method} {path} with {response.status_code} but not with "
+        f"{address} answered {response.request.method} {path} with {response.status_code} but not with "
         f"chatdock's {expected} ({kind}: {response.text[:120]!r}): check that {address} is chatdock's address"
     )
 

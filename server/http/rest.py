@@ -291,10 +291,12 @@ def build_rest(
 
     def not_allowed(request: Request) -> JSONResponse:
         allowed = ", ".join(allowed_methods(app, request.scope))
-        said = f"{request.method} is not served here" + (f"; this path takes {allowed}" if allowed else "")
-        if read_only_write(request, exactly=True):
-            said = f"this server is read-only (--read-only): it takes no {request.method} here"
-            said += f"; this path takes {allowed}" if allowed else ""
+        said = (
+            f"this server is read-only (--read-only): it takes no {request.method} here"
+            if read_only_write(request, exactly=True)
+            else f"{request.method} is not served here"
+        )
+        said += f"; this path takes {allowed}" if allowed else ""
         return problem(405, "Method not allowed", said, headers={"Allow": allowed})
 
     def read_only_write(request: Request, exactly: bool) -> bool:
@@ -459,7 +461,7 @@ def build_rest(
     )
     async def contact_events(organization: Org, contact_id: ContactId) -> Response:
         """Each `changed` event says the contact (named by any of its identifiers) changed since the last one:
-        a message on any channel, a delete, a link, a chat's status; events coalesce, so a listener reads
+        a message on any channel, a delete, a link, a chat opened or its status; events coalesce, so a listener reads
         again rather than counting them. A comment line every 15 s keeps idle proxies from closing it."""
         contact_id = check.contact_id(contact_id)
         if events.closing:  # a stream opened now would only be cut: the client listens again elsewhere

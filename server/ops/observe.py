@@ -216,7 +216,8 @@ class ObservedMcp:
         self.prompts = prompts  # and the prompts', the only ones a span's name may hold
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        self._bound_span(ctx)
+        method, tool = self._labels(ctx)
+        self._bound_span(ctx, method, tool)
         org = current_org.get("")
         fields = {"org": org} if org else {}
         if ctx.request_id is not None:
@@ -240,17 +241,15 @@ class ObservedMcp:
         finally:
             logs.request_fields.reset(token)
             if self.metrics is not None:
-                method, tool = self._labels(ctx)
                 self.metrics.request("mcp", method, tool, status, time.perf_counter() - began)
 
-    def _bound_span(self, ctx: ServerRequestContext[Any, Any]) -> None:
+    def _bound_span(self, ctx: ServerRequestContext[Any, Any], method: str, tool: str) -> None:
         """The MCP SDK's span of this message (the current one: its middleware wraps this one) is named by the
-        method and the tool or prompt the client sent, whatever they are: an unknown one is named `other`, as
-        in the metrics, so that no client can fill a trace backend with names of its own."""
+        method and the tool (`_labels`) or prompt the client sent, whatever they are: an unknown one is named
+        `other`, as in the metrics, so that no client can fill a trace backend with names of its own."""
         span = trace.get_current_span()
         if not span.is_recording():
             return
-        method, tool = self._labels(ctx)
         name = ctx.params.get("name") if isinstance(ctx.params, dict) else None
         if method == "other":
             span.set_attribute("mcp.method.name", "other")

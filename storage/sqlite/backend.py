@@ -164,11 +164,8 @@ class SQLiteBackend(SQLBackend):
             self._file = FileWatch(self.path)  # the file now open: /healthz and writes notice it removed or replaced
             self._checkpoints.start()
             for _ in range(self._reader_count):
-                reader = await aiosqlite.connect(self.path, isolation_level=None)
+                reader = await self._open_reader()
                 self._all_readers.append(reader)
-                await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                await reader.execute("PRAGMA query_only = ON")
-                await reader.execute_fetchall(FIRST_READ)
                 self._readers.put_nowait(reader)
             self._direct = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._direct.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -216,19 +213,30 @@ class SQLiteBackend(SQLBackend):
         sql, params = latest_sql(self.dialect, org, contact_id, only, limit, None, after)
         return await self._read(sql, params, org, cut=max_bytes)
 
+    async def _open_reader(self) -> aiosqlite.Connection:
+        """A connection of reads: it waits for a lock as the writer does, refuses to write, and has read once
+        (FIRST_READ)."""
+        reader = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await reader.execute("PRAGMA query_only = ON")
+            await reader.execute_fetchall(FIRST_READ)
+        except BaseException:
+            await _close_quietly(reader)
+            raise
+        return reader
+
     @contextlib.asynccontextmanager
     async def _consistent_read(self) -> AsyncIterator[Read]:
         """Reads on a connection of their own (the readers stay free for the requests meanwhile), in one read
         transaction: SQLite's write-ahead log keeps the file as it was at its first read (while an export reads,
         checkpoints cannot start the log over). The connection is closed however the reads end."""
         try:
-            conn = await aiosqlite.connect(self.path, isolation_level=None)
+            conn = await self._open_reader()
         except sqlite3.Error as exc:
             raise self._failed(exc) from exc
         try:
             try:
-                await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                await conn.execute("PRAGMA query_only = ON")
                 await conn.execute("BEGIN")
             except sqlite3.Error as exc:
                 raise self._failed(exc) from exc
