@@ -21,7 +21,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +62,7 @@ async def total_lines(store: Store, org: str | None, contact_id: str | None) -> 
 
 async def export_lines(
     store: Store, org: str | None, contact_id: str | None, skipped: list[str] | None = None
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """The lines of an export (each without its newline): the chats, then the aliases, then the messages, all
     of one snapshot taken as the first is read, so that writes made meanwhile are in all three or in none (a
     message is never written without its chat on an earlier line). `chatdock export` writes them to a file;
@@ -84,11 +84,14 @@ async def export(
     total = None if quiet else await total_lines(store, org, contact_id)
     with _progress("exporting (lines)", total, quiet) as bar:
         written = 0
-        async for line in export_lines(store, org, contact_id, skipped):
-            out.write(line + "\n")
-            written += 1
-            if bar is not None:
-                bar.update(written)
+        # closed here, however the writing ends (a reader gone, a full disk): left to the loop, its snapshot's
+        # connection would be closed after the loop was (a thread's traceback on stderr as the command exits)
+        async with contextlib.aclosing(export_lines(store, org, contact_id, skipped)) as lines:
+            async for line in lines:
+                out.write(line + "\n")
+                written += 1
+                if bar is not None:
+                    bar.update(written)
         if bar is not None:
             bar.finish(written)
     return written

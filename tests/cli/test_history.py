@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shlex
 import sqlite3
 import subprocess
 import unicodedata
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from mcp.client import Client
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import NewMessage, Part, open_store
 from chatdock.storage.history import HISTORY_NAMESPACE
+from chatdock.storage.store import HistorySnapshot
 from tests.transports import call, chatdock_command, run_cli
 
 pytestmark = pytest.mark.process  # each test here starts real processes
@@ -380,6 +384,37 @@ async def test_export_and_check_refuse_in_one_line_and_leave_every_file_as_it_wa
     reader.stdin.close()
     reader.wait(10)
     assert (done.returncode, done.stderr) == (141, "")  # as a command that SIGPIPE ended, and nothing said
+
+
+async def test_an_export_that_cannot_write_gives_its_snapshot_back_before_it_stops(tmp_path: Path) -> None:
+    """`chatdock export | head`: the write that finds the reader gone ended the export while its snapshot was
+    still open, closed later by the event loop, sometimes after the loop itself (a thread's traceback on stderr
+    as the command exited: a CI run under load). It is closed before the export stops, whatever stopped it."""
+    from chatdock.server.history.transfer import export
+
+    async with open_store(str(tmp_path / "chatdock.db")) as store:
+        await store.append_message("acme", NewMessage(contact_id="ann", channel="sms", role="user", content="hello"))
+        taken = store.snapshot
+        open_now: list[int] = []
+
+        @contextlib.asynccontextmanager
+        async def counted() -> AsyncIterator[HistorySnapshot]:
+            async with taken() as history:
+                open_now.append(1)
+                try:
+                    yield history
+                finally:
+                    open_now.pop()
+
+        store.snapshot = counted  # type: ignore[method-assign]
+
+        class Gone(io.StringIO):
+            def write(self, text: str) -> int:
+                raise BrokenPipeError(32, "Broken pipe")
+
+        with pytest.raises(BrokenPipeError) as stopped:
+            await export(store, Gone(), None, None, True, [])
+        assert open_now == [] and stopped.value is not None  # the exception (and its frames) still held here
 
 
 def test_a_file_from_an_editor_or_a_pipe_is_read_as_any_other(tmp_path: Path) -> None:
