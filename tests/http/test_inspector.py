@@ -423,6 +423,7 @@ async def test_read_only_offers_no_write_and_pages_back(tmp_path: Path, browser:
             await expect(timeline).to_have_count(60)
             await expect(timeline.first).to_contain_text("Welcome aboard!")
             await expect(page.get_by_role("button", name="Load older messages")).to_be_hidden()
+            await expect(timeline.nth(9)).to_be_focused()  # the newest loaded: the focus was left on a hidden button
             await expect(page.get_by_role("status")).to_contain_text("10 older message(s) loaded")
 
             await page.get_by_role("button", name="Back to contacts").click()

@@ -788,7 +788,10 @@ async function start() {
     guarded(async () => {
       const before = state.messages.length;
       await loadOlder();
-      say(`${state.messages.length - before} older message(s) loaded${state.cursor ? "" : "; that is the first one"}.`);
+      const added = state.messages.length - before;
+      // reading goes on upwards from the newest of them (the button may be gone: the focus is not left on nothing)
+      if (added) document.getElementById(`m-${state.messages[added - 1].id}`)?.focus();
+      say(`${added} older message(s) loaded${state.cursor ? "" : "; that is the first one"}.`);
     }),
   );
   $("export").addEventListener("click", guarded(download));
