@@ -37,6 +37,7 @@ from chatdock.storage import (
     Chat,
     ChatList,
     ContactInfo,
+    ContactPage,
     Context,
     DeletedMessage,
     ForgetResult,
@@ -269,6 +270,9 @@ class ChatdockClient:
         return await self._call(ChatList, "GET", f"/contacts/{wire.segment(contact_id)}/chats", params={"limit": limit})
 
     # --- contacts ---
+
+    async def recent_contacts(self, limit: int = 50, cursor: str | None = None) -> ContactPage:
+        return await self._call(ContactPage, "GET", "/contacts", params=wire.present(limit=limit, cursor=cursor))
 
     async def get_contact(self, contact_id: str) -> ContactInfo:
         return await self._call(ContactInfo, "GET", f"/contacts/{wire.segment(contact_id)}")

@@ -169,8 +169,9 @@ class Backend(Protocol):
         (with `of`, any identifier of a contact) for one that is not that contact's, in the same transaction."""
         ...
 
-    async def recent_contacts(self, org: str, limit: int) -> list[str]:
-        """The contacts with the latest messages first."""
+    async def recent_contacts(self, org: str, limit: int, after: Position | None) -> list[tuple[str, Position]]:
+        """The contacts with the latest messages first (then the latest made), each with its keyset position
+        (last activity, key); with `after`, those after that position."""
         ...
 
     # --- history ---

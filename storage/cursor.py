@@ -1,11 +1,12 @@
-"""The opaque `next_cursor` of a message page: the keyset position (time in microseconds, sequence) of its
-last message, checked in full when it comes back.
+"""The opaque `next_cursor` of a page of messages or of contacts: the keyset position of its last row (a time in
+microseconds, then a sequence: a message's, or a contact's key), checked in full when it comes back.
 
-The sequence numbers every message of the database, whatever its organization, so a cursor that showed it would
-let an organization count the others' writes between two of its own pages. It is masked: XORed with 63 bits of
-an HMAC, keyed by the database's own secret (migration "a secret of the database's own"), of the organization
-and the time. A database without the secret (opened where its migration could not run) writes the position as
-it is ("v1"), as chatdock did before; both forms are read.
+The sequences number every message and every contact of the database, whatever its organization, so a cursor
+that showed one would let an organization count the others' writes between two of its own pages. It is masked:
+XORed with 63 bits of an HMAC, keyed by the database's own secret (migration "a secret of the database's own"), of
+what is listed, the organization and the time. A database without the secret (opened where its migration could
+not run) writes the position as it is, as chatdock did before for messages; both forms are read. Each list's
+cursors are its own: one list's cursor is not a position in another.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from dataclasses import dataclass
 
 from .errors import InvalidInput
 
@@ -23,21 +25,37 @@ CURSOR_SECRET = "cursor"  # the name of the database's secret that keys the mask
 MAX_CURSOR_CHARS = 128
 _HIGHEST = 2**63 - 1  # both fields are signed 64-bit integers in every backend
 
-_HINT = "pass next_cursor exactly as a previous list_messages returned it, or leave cursor out for the first page"
+
+@dataclass(frozen=True)
+class Pages:
+    """What a cursor pages through: its two forms' names, what its mask adds, and what to tell whoever sends one
+    that is not valid."""
+
+    plain: str  # the form without the mask
+    masked: str
+    domain: str  # hashed with the organization: "" for messages (the cursors chatdock has always written)
+    lister: str  # what returned it
 
 
-def _mask(key: bytes, org: str, created_us: int) -> int:
-    digest = hmac.digest(key, f"{org}\x00{created_us}".encode(), hashlib.sha256)
+MESSAGES = Pages("v1", "v2", "", "list_messages")
+CONTACTS = Pages("c1", "c2", "contacts\x00", "GET /contacts")
+
+
+def _mask(key: bytes, pages: Pages, org: str, created_us: int) -> int:
+    digest = hmac.digest(key, f"{pages.domain}{org}\x00{created_us}".encode(), hashlib.sha256)
     return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: a masked sequence stays a signed 64-bit integer
 
 
-def encode_cursor(position: Position, key: bytes | None = None, org: str = "") -> str:
+def encode_cursor(position: Position, key: bytes | None = None, org: str = "", pages: Pages = MESSAGES) -> str:
     created_us, seq = position
-    text = f"v1:{created_us}:{seq}" if key is None else f"v2:{created_us}:{seq ^ _mask(key, org, created_us)}"
+    if key is None:
+        text = f"{pages.plain}:{created_us}:{seq}"
+    else:
+        text = f"{pages.masked}:{created_us}:{seq ^ _mask(key, pages, org, created_us)}"
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def decode_cursor(value: object, key: bytes | None = None, org: str = "") -> Position:
+def decode_cursor(value: object, key: bytes | None = None, org: str = "", pages: Pages = MESSAGES) -> Position:
     if isinstance(value, str) and len(value) <= MAX_CURSOR_CHARS:
         try:
             raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii")
@@ -48,10 +66,13 @@ def decode_cursor(value: object, key: bytes | None = None, org: str = "") -> Pos
         else:
             in_range = 0 <= created_us <= _HIGHEST and 0 <= seq <= _HIGHEST
             # only a cursor this module wrote: no sign, padding, spaces or leading zeros that int() would let by
-            if version == "v1" and in_range and encode_cursor((created_us, seq)) == value:
+            if version == pages.plain and in_range and encode_cursor((created_us, seq), pages=pages) == value:
                 return created_us, seq
-            if version == "v2" and key is not None and in_range:
-                position = (created_us, seq ^ _mask(key, org, created_us))
-                if encode_cursor(position, key, org) == value:
+            if version == pages.masked and key is not None and in_range:
+                position = (created_us, seq ^ _mask(key, pages, org, created_us))
+                if encode_cursor(position, key, org, pages) == value:
                     return position
-    raise InvalidInput(f"cursor is not valid; {_HINT}")
+    raise InvalidInput(
+        f"cursor is not valid; pass next_cursor exactly as a previous {pages.lister} returned it, or leave cursor "
+        "out for the first page"
+    )

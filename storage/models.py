@@ -185,6 +185,22 @@ class MessagePage(_Model):
     next_cursor: str | None
 
 
+class RecentContact(_Model):
+    contact_id: str
+
+
+class ContactPage(_Model):
+    """A page of the organization's contacts, the most recently active first; pass `next_cursor` back as
+    `cursor` for the next page (null on the last)."""
+
+    contacts: list[RecentContact]
+    next_cursor: str | None
+
+    @property
+    def contact_ids(self) -> list[str]:
+        return [contact.contact_id for contact in self.contacts]
+
+
 class DeletedMessage(_Model):
     id: str
     deleted: Literal[True] = True

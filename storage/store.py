@@ -20,7 +20,7 @@ from . import keys, newest, ranking
 from . import validation as check
 from .backend import Backend, Imported, MessageFilter, Snapshot, StoredKey
 from .changes import Deliver
-from .cursor import CURSOR_SECRET, decode_cursor, encode_cursor
+from .cursor import CONTACTS, CURSOR_SECRET, decode_cursor, encode_cursor
 from .errors import (
     ChatdockError,
     InvalidInput,
@@ -41,6 +41,7 @@ from .models import (
     ChannelRef,
     Chat,
     ContactInfo,
+    ContactPage,
     Context,
     ForgetResult,
     LinkResult,
@@ -51,6 +52,7 @@ from .models import (
     NewChat,
     NewMessage,
     Part,
+    RecentContact,
     SearchHit,
     SearchPage,
     StoredMessage,
@@ -519,8 +521,16 @@ class Store:
             raise identifier_not_found(identifier, of)
         return found
 
-    async def recent_contacts(self, org: str, limit: int = 50) -> list[str]:
-        return await self.backend.recent_contacts(org, check.limit(limit))
+    async def recent_contacts(self, org: str, limit: int = 50, cursor: str | None = None) -> ContactPage:
+        limit = check.limit(limit)
+        key = await self._cursor_key()
+        after = None if cursor is None else decode_cursor(cursor, key, org, CONTACTS)
+        found = await self.backend.recent_contacts(org, limit + 1, after)
+        more = len(found) > limit
+        return ContactPage(
+            contacts=[RecentContact(contact_id=contact_id) for contact_id, _ in found[:limit]],
+            next_cursor=encode_cursor(found[limit - 1][1], key, org, CONTACTS) if more else None,
+        )
 
     # --- history (the import's two-pass policy is in history.py) ---
 

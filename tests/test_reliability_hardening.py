@@ -576,7 +576,7 @@ async def test_stored_ids_are_normalized_and_look_alike_pairs_are_kept_and_logge
         async with open_store(db) as store:
             zoe = await store.get_context("acme", nfd)
             assert [m.content for m in zoe.messages] == ["x"] and zoe.contact_id == "Zoë"
-            assert sorted(await store.recent_contacts("acme")) == sorted(
+            assert sorted((await store.recent_contacts("acme")).contact_ids) == sorted(
                 ["Zoë", "Renée", unicodedata.normalize("NFD", "Renée")]
             )
     assert "are the same id once normalized (NFC); both are kept" in caplog.text

@@ -24,7 +24,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from mcp.shared.exceptions import MCPError
-from pydantic import BaseModel
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
@@ -53,7 +52,15 @@ from chatdock.storage import (
 )
 from chatdock.storage import validation as check
 from chatdock.storage.errors import NO_ROUTE, chat_not_found
-from chatdock.storage.models import ChatWithMessages, ContactInfo, ForgetResult, LinkResult, SearchPage, as_message
+from chatdock.storage.models import (
+    ChatWithMessages,
+    ContactInfo,
+    ContactPage,
+    ForgetResult,
+    LinkResult,
+    SearchPage,
+    as_message,
+)
 from chatdock.storage.requests import AliasRequest, AppendRequest, OpenChatRequest, PostRequest, UpdateChatRequest
 
 logger = logging.getLogger("chatdock.http")
@@ -79,16 +86,6 @@ EXPORT_LINE_SCHEMA = {
     "required": ["kind", "org"],
     "description": "one chat, alias or message a line, with every field, as `chatdock export` writes it",
 }
-
-
-class RecentContact(BaseModel):
-    contact_id: str
-
-
-class ContactList(BaseModel):
-    """The organization's contacts, the most recently active first."""
-
-    contacts: list[RecentContact]
 
 
 # a retried request with the same key gets the first answer, across replicas (Store: the key names the id)
@@ -405,14 +402,13 @@ def build_rest(
 
     @app.get(
         "/contacts",
-        response_model=ContactList,
+        response_model=ContactPage,
         summary="the organization's contacts, the most recently active first",
         responses=answers(),
     )
-    async def recent_contacts(organization: Org, limit: int = 50) -> ContactList:
+    async def recent_contacts(organization: Org, limit: int = 50, cursor: str | None = None) -> ContactPage:
         """As the MCP server lists their transcripts among its resources; each contact by its contact_id."""
-        found = await the_store().recent_contacts(organization, limit)
-        return ContactList(contacts=[RecentContact(contact_id=contact_id) for contact_id in found])
+        return await the_store().recent_contacts(organization, limit, cursor)
 
     @app.get(
         "/contacts/{contact_id}/export",

@@ -165,7 +165,7 @@ class ChatdockServer(MCPServer[_State]):
         store = self.state.store
         if store is None:
             return listed
-        for contact_id in await store.recent_contacts(current_org.get(), RECENT_CONTACTS_LISTED):
+        for contact_id in (await store.recent_contacts(current_org.get(), RECENT_CONTACTS_LISTED)).contact_ids:
             listed.append(
                 MCPResource(
                     uri=contact_uri(TRANSCRIPT_URI, contact_id),

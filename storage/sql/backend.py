@@ -205,13 +205,15 @@ class SQLBackend:
         log = self._log()
         return await self._write(lambda: writes.unlink(self.dialect, org, identifier, log, of), log)
 
-    async def recent_contacts(self, org: str, limit: int) -> list[str]:
+    async def recent_contacts(self, org: str, limit: int, after: Position | None) -> list[tuple[str, Position]]:
+        later = "" if after is None else " AND (last_active_us < ? OR (last_active_us = ? AND id < ?))"
         found = await self._read(
-            f"SELECT external_id FROM contacts WHERE org_id = {ORG} ORDER BY last_active_us DESC, id DESC LIMIT ?",
-            (org, limit),
+            f"SELECT external_id, last_active_us, id FROM contacts WHERE org_id = {ORG}{later} "
+            "ORDER BY last_active_us DESC, id DESC LIMIT ?",
+            (org, *(() if after is None else (after[0], *after)), limit),
             org,
         )
-        return [row[0] for row in found]
+        return [(contact_id, (last_active_us, key)) for contact_id, last_active_us, key in found]
 
     # --- history ---
 

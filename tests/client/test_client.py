@@ -94,6 +94,13 @@ async def test_every_method_answers_as_the_tool_does(kind: str, db: str) -> None
         assert closed.status == "COMPLETED"
         assert [c.status for c in (await client.list_chats(CALLER)).chats] == ["COMPLETED"]
 
+        await client.append_message("bob", "sms", "user", "Hi")
+        recent = await client.recent_contacts(limit=1)
+        assert recent.contact_ids == ["bob"] and recent.next_cursor is not None
+        older = await client.recent_contacts(limit=1, cursor=recent.next_cursor)
+        assert (older.contact_ids, older.next_cursor) == ([CALLER], None)
+        assert (await refused(client.recent_contacts(cursor="nope"))).status == 422
+
         linked = await client.link_contacts(CALLER, "ann@example.com")
         assert linked.aliases == ["ann@example.com"] and linked.contact_id == CALLER
         assert (await client.get_contact("ann@example.com")).message_count == 4

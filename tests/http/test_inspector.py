@@ -405,10 +405,25 @@ async def test_read_only_offers_no_write_and_pages_back(tmp_path: Path, browser:
         for n in range(54):
             rest.ok("POST", "/chats", {**early, "content": f"Old note {n}", "created_at": f"2026-11-02T08:{n:02d}:00Z"})
         seed(rest)  # 60 messages in all
+        for n in range(55):  # more contacts than a page of the list, all active since
+            rest.ok(
+                "POST",
+                "/chats",
+                {"contact_id": f"walk-in-{n:02d}", "channel": "widget", "role": "user", "content": "hi"},
+            )
     with http_server(db, "--read-only") as base:
         async with watched(browser) as seen:
             page = seen.page
             await sign_in(page, base, key)
+            contacts = page.locator("#contacts > li")
+            await expect(contacts).to_have_count(50)
+            await expect(contacts.first).to_have_text("walk-in-54")
+            assert await page.get_by_role("button", name=ANN).count() == 0  # past the first page
+            await page.get_by_role("button", name="More contacts").click()
+            await expect(contacts).to_have_count(56)
+            await expect(page.get_by_role("button", name="More contacts")).to_be_hidden()
+            await expect(contacts.nth(50).get_by_role("button")).to_be_focused()
+            await expect(page.get_by_role("status")).to_contain_text("6 more contact(s); that is all of them")
             await page.get_by_role("button", name=ANN).click()
             timeline = page.locator("#timeline > li")
             await expect(timeline).to_have_count(50)

@@ -17,10 +17,11 @@ from fastapi import FastAPI, Query
 from starlette.types import Message, Receive, Scope, Send
 
 from chatdock.server.http.lanes import Lanes
-from chatdock.server.http.rest import BodyLimit, Org, RecentContact, build_rest
+from chatdock.server.http.rest import BodyLimit, Org, build_rest
 from chatdock.server.mcp.events import Events
 from chatdock.server.mcp.org import ORG_SCOPE_KEY
 from chatdock.storage import NewMessage, Store, Unavailable
+from chatdock.storage.models import RecentContact
 
 Answer = tuple[int, dict[str, str], Any]
 ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]

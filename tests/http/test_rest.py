@@ -118,6 +118,29 @@ def test_the_chats_api_request_bodies_work_unchanged(served: dict[str, Any]) -> 
         assert message["parts"][0]["start_timestamp"] == 0.4
 
 
+def test_the_contacts_list_pages_on_past_its_first_page(served: dict[str, Any]) -> None:
+    """A support person's organization has more contacts than a page: GET /contacts hands a cursor on."""
+    rest = served["acme"]
+    made = [f"+3169100000{n}" for n in range(3)]
+    for contact in made:
+        assert (
+            rest("POST", "/chats", {"contact_id": contact, "channel": "sms", "role": "user", "content": "hi"})[0] == 201
+        )
+    status, whole = rest("GET", "/contacts", limit=200)
+    assert status == 200 and whole["next_cursor"] is None
+    paged, cursor = [], None
+    for _ in range(len(whole["contacts"])):  # bounded: at most a page per contact
+        status, page = rest("GET", "/contacts", limit=2, **({} if cursor is None else {"cursor": cursor}))
+        assert status == 200 and len(page["contacts"]) <= 2
+        paged += [c["contact_id"] for c in page["contacts"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert paged == [c["contact_id"] for c in whole["contacts"]] and paged[:3] == made[::-1]
+    status, bad = rest("GET", "/contacts", cursor="nope")
+    assert status == 422 and "pass next_cursor exactly as a previous GET /contacts returned it" in bad["message"]
+
+
 def test_every_route_answers_and_every_error_has_its_status(served: dict[str, Any]) -> None:
     rest, contact = served["acme"], "+31699000001"
     webhook = {"contact_id": contact, "channel": "whatsapp", "role": "user", "content": "Where is my parcel?",

@@ -143,7 +143,9 @@ async def test_appends_to_both_identifiers_during_a_link_all_land_once(db: str) 
             stored = [m["id"] for m in page["messages"]]
             assert len(stored) == 52 and set(ids) <= set(stored) and len(set(stored)) == 52
             assert {m["contact_id"] for m in page["messages"]} == {PHONE}
-            assert await store.recent_contacts("default") == [PHONE]  # no message left under the old contact
+            assert (await store.recent_contacts("default")).contact_ids == [
+                PHONE
+            ]  # no message left under the old contact
 
 
 async def test_unlink_frees_the_identifier_and_forget_by_alias_erases_the_person(db: str) -> None:

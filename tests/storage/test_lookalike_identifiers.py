@@ -77,7 +77,7 @@ async def test_every_character_a_person_cannot_see_is_refused_and_named(db: str)
         contact = await call(client, "get_contact", contact_id=PHONE)
         assert (contact["message_count"], contact["aliases"]) == (1, [])
     async with open_store(db) as store:
-        assert await store.recent_contacts("default") == [PHONE]  # not one look-alike was stored
+        assert (await store.recent_contacts("default")).contact_ids == [PHONE]  # not one look-alike was stored
 
 
 async def test_the_errors_say_which_character_to_remove_and_that_ids_are_never_cleaned(db: str) -> None:
@@ -196,7 +196,7 @@ async def test_stored_look_alikes_are_cleaned_and_colliding_pairs_kept_and_logge
     with caplog.at_level(logging.INFO, logger="chatdock.storage"):
         async with open_store(db) as store:
             kept = [PHONE + "\ufe0f", "\u00a0w-8f2c", "\u3164"]
-            assert sorted(await store.recent_contacts("acme")) == sorted(
+            assert sorted((await store.recent_contacts("acme")).contact_ids) == sorted(
                 [PHONE, "ann@example.com", "w-8f2c", "Zoë Müller", "h@example.com", *kept]
             )
             phone = await store.get_contact("acme", PHONE)
@@ -209,7 +209,7 @@ async def test_stored_look_alikes_are_cleaned_and_colliding_pairs_kept_and_logge
             assert (h.contact_id, h.aliases, h.message_count) == ("h@example.com", [], 1)
             assert [m.content for m in (await store.get_context("acme", PHONE, agent_id="bot")).messages] == ["a2"]
             assert [chat.agent_id for chat in await store.list_chats("acme", PHONE)] == ["bot"]
-            assert await store.recent_contacts("globex") == [PHONE]
+            assert (await store.recent_contacts("globex")).contact_ids == [PHONE]
             async with store.snapshot() as history:
                 exported = [message async for _, message in history.export_messages("acme")]
             assert sorted(m.content for m in exported) == ["a", "a2", "b", "c", "d", "e", "f", "g", "h"]
@@ -257,5 +257,5 @@ async def test_stored_look_alikes_are_cleaned_and_colliding_pairs_kept_and_logge
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="chatdock.storage"):
         async with open_store(db) as store:  # applied once: opening again changes and logs nothing
-            assert len(await store.recent_contacts("acme")) == 8
+            assert len((await store.recent_contacts("acme")).contact_ids) == 8
     assert not [r for r in caplog.records if "organization" in r.getMessage() or "agent id" in r.getMessage()]

@@ -198,7 +198,7 @@ async def test_deduplicated_copy_for_a_new_contact_leaves_no_trace(store: Store)
     await store.append_message(ORG, msg(metadata={"provider_message_id": "p1"}))
     again = await store.append_message(ORG, msg(contact="someone-else", metadata={"provider_message_id": "p1"}))
     assert again.deduplicated and again.contact_id == "+31612345678"
-    assert await store.recent_contacts(ORG) == ["+31612345678"]
+    assert (await store.recent_contacts(ORG)).contact_ids == ["+31612345678"]
 
 
 async def test_context_limit_filters_and_order(store: Store) -> None:
@@ -451,7 +451,7 @@ async def test_append_to_a_chat_of_another_contact_is_refused(store: Store) -> N
     with pytest.raises(NotFound, match=f"chat {chat.id} not found for contact c2"):
         await store.append_message(ORG, msg("c2", "hi", chat_id=chat.id))
     assert await count_messages(store) == 0
-    assert await store.recent_contacts(ORG) == ["c1"]
+    assert (await store.recent_contacts(ORG)).contact_ids == ["c1"]
 
 
 async def test_post_as_contact_channel_rules(store: Store) -> None:
@@ -509,7 +509,7 @@ async def test_forget_contact_erases_everything_of_theirs(store: Store) -> None:
     assert (result.deleted_messages, result.deleted_chats) == (2, 1)
     assert (await store.get_context(ORG, "c1")).messages == []
     assert await store.list_chats(ORG, "c1") == []
-    assert await store.recent_contacts(ORG) == ["c2"]
+    assert (await store.recent_contacts(ORG)).contact_ids == ["c2"]
     assert await stored(store, "SELECT count(*) FROM channels") == [(1,)]
     assert await stored(store, "SELECT count(*) FROM chat_channels") == [(0,)]
     again = await store.forget_contact(ORG, "c1")
@@ -545,7 +545,7 @@ async def test_another_organization_sees_nothing_and_gets_the_unknown_id_errors(
     assert (await store.get_context("other", "c1")).messages == []
     assert (await store.list_messages("other", "c1")).messages == []
     assert await store.list_chats("other", "c1") == []
-    assert await store.recent_contacts("other") == []
+    assert (await store.recent_contacts("other")).contact_ids == []
 
     async def error_text(coro: object) -> str:
         with pytest.raises(ChatdockError) as caught:
@@ -571,8 +571,32 @@ async def test_recent_contacts_newest_first(store: Store) -> None:
     for contact in ["a", "b", "c"]:
         await store.append_message(ORG, msg(contact, "hi"))
     await store.append_message(ORG, msg("a", "again"))
-    assert await store.recent_contacts(ORG) == ["a", "c", "b"]
-    assert await store.recent_contacts(ORG, limit=1) == ["a"]
+    assert (await store.recent_contacts(ORG)).contact_ids == ["a", "c", "b"]
+    assert (await store.recent_contacts(ORG, limit=1)).contact_ids == ["a"]
+
+
+async def test_recent_contacts_page_on_to_the_last(store: Store) -> None:
+    """Past the first page (a support person with more than 50 contacts saw only those 50): pages of the most
+    recently active, ties in the order they were made, none twice when one becomes active meanwhile."""
+    same = "2026-01-01T00:00:00Z"
+    for contact in ["a", "b", "c", "d", "e", "f", "g"]:
+        await store.append_message(ORG, msg(contact, "hi", **({"created_at": same} if contact in "bcde" else {})))
+    first = await store.recent_contacts(ORG, limit=3)
+    assert first.contact_ids == ["g", "f", "a"] and first.next_cursor is not None
+    await store.append_message(ORG, msg("g", "again"))  # already listed: not again
+    second = await store.recent_contacts(ORG, limit=3, cursor=first.next_cursor)
+    assert second.contact_ids == ["e", "d", "c"] and second.next_cursor is not None
+    last = await store.recent_contacts(ORG, limit=3, cursor=second.next_cursor)
+    assert (last.contact_ids, last.next_cursor) == (["b"], None)
+    exact = await store.recent_contacts(ORG, limit=7)
+    assert len(exact.contact_ids) == 7 and exact.next_cursor is None  # no empty page to ask for
+    await store.append_message(ORG, msg("a", "second"))
+    messages_cursor = (await store.list_messages(ORG, "a", limit=1)).next_cursor
+    for foreign in [messages_cursor, "c2:1:1", first.next_cursor + "x"]:
+        with pytest.raises(InvalidInput, match="pass next_cursor exactly as a previous GET /contacts returned it"):
+            await store.recent_contacts(ORG, cursor=foreign)
+    with pytest.raises(InvalidInput, match="as a previous list_messages returned it"):
+        await store.list_messages(ORG, "a", cursor=first.next_cursor)
 
 
 async def test_api_keys_keep_only_a_hash(store: Store) -> None:

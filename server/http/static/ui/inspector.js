@@ -7,7 +7,7 @@
 //   holding markup shows as that markup, literally. The server's Content-Security-Policy backs this up.
 // - Every write asks first in an accessible dialog; with a read-only server the write controls are removed.
 
-const PAGE = 50; // messages a page of the timeline
+const PAGE = 50; // messages a page of the timeline, contacts a page of the list
 const FIND_PAGE = 200; // messages a page while looking for a search hit's place
 const FIND_PAGES = 25; // how far back a hit is looked for (5,000 messages)
 
@@ -18,6 +18,7 @@ const state = {
   scope: null, // the contact a search can be narrowed to (the last one opened)
   messages: [], // the open contact's loaded messages, oldest first
   cursor: null, // list_messages' cursor for the page before the oldest loaded message
+  contactsCursor: null, // GET /contacts' cursor for the page after the contacts shown
   stream: null, // AbortController of the open contact's event stream
   generation: 0, // bumped when the open contact changes or the key goes: late answers are dropped
   search: null, // {q, contact_id, cursor} of the results shown
@@ -216,7 +217,9 @@ function signOut(why) {
   state.scope = null;
   state.messages = [];
   state.cursor = null;
+  state.contactsCursor = null;
   state.search = null;
+  $("more-contacts").hidden = true;
   for (const id of ["contacts", "hits", "timeline", "identifiers", "chats"]) {
     $(id).replaceChildren();
     delete $(id).dataset.shown;
@@ -232,16 +235,35 @@ function signOut(why) {
 
 // --- contacts ---
 
-function renderContacts(listed) {
-  const items = listed.contacts.map((contact) =>
-    el("li", {}, el("button", { type: "button", onclick: () => open(contact.contact_id) }, contact.contact_id)),
-  );
-  $("contacts").replaceChildren(...items);
-  $("no-contacts").hidden = items.length > 0;
+/** Show a page of contacts: the first in place of those shown, a further one after them. */
+function renderContacts(listed, further = false) {
+  const shown = new Set(further ? [...$("contacts").children].map((item) => item.dataset.key) : []);
+  const items = listed.contacts
+    .filter((contact) => !shown.has(contact.contact_id))
+    .map((contact) =>
+      el(
+        "li",
+        { "data-key": contact.contact_id },
+        el("button", { type: "button", onclick: () => open(contact.contact_id) }, contact.contact_id),
+      ),
+    );
+  if (further) $("contacts").append(...items);
+  else $("contacts").replaceChildren(...items);
+  state.contactsCursor = listed.next_cursor;
+  $("more-contacts").hidden = !listed.next_cursor;
+  $("no-contacts").hidden = $("contacts").children.length > 0;
+  return items;
 }
 
 async function refreshContacts() {
   renderContacts(await call("GET", "/contacts", { query: { limit: PAGE } }));
+}
+
+async function moreContacts() {
+  const items = renderContacts(await call("GET", "/contacts", { query: { limit: PAGE, cursor: state.contactsCursor } }), true);
+  // the first of them has the focus (the button may be gone: the focus is not left on nothing)
+  if (items.length) items[0].querySelector("button").focus();
+  say(`${items.length} more contact(s)${state.contactsCursor ? "" : "; that is all of them"}.`);
 }
 
 async function goHome() {
@@ -782,6 +804,7 @@ async function start() {
     }),
   );
   $("refresh-contacts").addEventListener("click", guarded(refreshContacts));
+  $("more-contacts").addEventListener("click", guarded(moreContacts));
   $("back").addEventListener("click", guarded(goHome));
   $("older").addEventListener(
     "click",
