@@ -462,6 +462,12 @@ def _serve(args: argparse.Namespace) -> None:
         raise InvalidInput("--oauth-issuer and --public-url are for the HTTP transport: add --http")
     if args.public_url and not args.oauth_issuer:
         raise InvalidInput("--public-url names the audience of OAuth tokens: add --oauth-issuer")
+    if args.oauth_issuer and not args.public_url and (args.port == 0 or args.host not in ("127.0.0.1", "localhost")):
+        # the default, http://HOST:PORT, would be no URL a client reaches (0.0.0.0, a port chosen at start)
+        raise InvalidInput(
+            f"--oauth-issuer with --host {args.host} --port {args.port} needs --public-url: the URL clients reach "
+            "chatdock at (the audience tokens are issued for), such as https://chatdock.example.com"
+        )
     for flag, port in (("--port", args.port), ("--metrics-port", args.metrics_port)):
         if port is not None and not 0 <= port <= 65535:  # else the resolver wraps it: 99999 listens on 34463
             raise InvalidInput(f"{flag} must be a TCP port, 0 (any free one) to 65535, got {port}")

@@ -86,6 +86,10 @@ REFUSALS: Final = {
     "unknown": "the key is unknown or revoked; `chatdock keys list` shows the live keys",
     "invalid_token": "",  # an OAuth access token refused: the verifier says why (oauth.py)
 }
+# the refusals the wrong-key limit counts: a key looked up and not found, what guessing keys looks like. Not a
+# request without a bearer (every OAuth client's first, to find the metadata) nor a refused token (expired: the
+# client then refreshes it), which a hosted client's shared address sends many of
+GUESSES: Final = frozenset({"unknown"})
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class Verdict:
     said: str = ""
     expires_at: float | None = None  # a token's `exp`: what it opened (an event stream) ends then
     key: str = ""  # an API key: what it opened ends once it is revoked
+    who: str = ""  # within the organization: the key (by its prefix), or the token's subject (or client)
 
 
 class ApiKeyAuth:
@@ -141,13 +146,13 @@ class ApiKeyAuth:
             logger.warning("refused a key from %s (%s): %s", address, _key_prefix(scope), problem)
             if self.metrics is not None:
                 self.metrics.refused_key(verdict.refusal)
-            wait = self.failures.failed(address)
+            wait = self.failures.failed(address) if verdict.refusal in GUESSES else None
             if wait is not None:
                 if self.metrics is not None:
                     self.metrics.throttled(address, wait)
                 await self._slow_down(wait, scope, receive, send)
                 return
-            await self._reject(problem, scope, receive, send, token=verdict.refusal == "invalid_token")
+            await self._reject(verdict.refusal, problem, scope, receive, send)
             return
         if verdict.scopes is not None:
             receive, needed = await scope_needed(scope, receive, self.server.read_only_tools)
@@ -161,7 +166,7 @@ class ApiKeyAuth:
         if fields is not None:
             fields["org"] = org
         if path.startswith("/mcp"):
-            await self.sessions.serve(org, scope, bounded.receive, bounded.send, self.app)
+            await self.sessions.serve(org, verdict.who, scope, bounded.receive, bounded.send, self.app)
         else:
             await self.app(scope, bounded.receive, bounded.send)
         await bounded.complete()
@@ -198,7 +203,7 @@ class ApiKeyAuth:
         response = JSONResponse(
             {
                 "error": "Too many failed keys",
-                "message": f"too many requests with a missing or wrong key from this address; "
+                "message": f"too many requests with a wrong key from this address; "
                 f"try again in {seconds} s with a valid key",
             },
             status_code=429,
@@ -215,6 +220,12 @@ class ApiKeyAuth:
                 header = value.decode("latin-1")
                 break
         if not header:
+            if self.oauth is not None:  # most likely a hosted client finding out how to sign in
+                said = (
+                    f"send the header 'Authorization: Bearer <token>' with an access token from {self.oauth.issuer} "
+                    "(WWW-Authenticate names this server's metadata), or a chatdock key"
+                )
+                return Verdict(None, "missing", said=said)
             return Verdict(None, "missing")
         scheme, _, bearer = header.partition(" ")
         bearer = bearer.strip()
@@ -226,7 +237,10 @@ class ApiKeyAuth:
             except TokenRefused as refused:
                 return Verdict(None, "invalid_token", said=str(refused))
             return Verdict(
-                str((access.claims or {})["org"]), scopes=frozenset(access.scopes), expires_at=access.expires_at
+                str((access.claims or {})["org"]),
+                scopes=frozenset(access.scopes),
+                expires_at=access.expires_at,
+                who=f"subject {access.subject}" if access.subject else f"client {access.client_id}",
             )
         store = self.server.state.store
         if store is None:
@@ -234,7 +248,7 @@ class ApiKeyAuth:
         org = await store.verify_api_key(bearer)
         if org is None:
             return Verdict(None, "unknown")
-        return Verdict(org, key=bearer)
+        return Verdict(org, key=bearer, who=f"key {prefix_of(bearer)}")
 
     def _challenge(self, scope: Scope, *fields: str) -> str:
         """`WWW-Authenticate`: with OAuth on, where the protected-resource metadata is (RFC 9728 §5.1)."""
@@ -244,12 +258,15 @@ class ApiKeyAuth:
             parts.insert(1, f'resource_metadata="{self.oauth.metadata_url(path)}"')
         return "Bearer " + ", ".join(parts)
 
-    async def _reject(self, message: str, scope: Scope, receive: Receive, send: Send, token: bool = False) -> None:
+    async def _reject(self, refusal: str, message: str, scope: Scope, receive: Receive, send: Send) -> None:
         # a header is latin-1: what the token carried (a kid, an alg) is spelled in ASCII escapes there
         described = message.replace(chr(34), chr(39)).encode("ascii", "backslashreplace").decode("ascii")
-        fields = [] if message == REFUSALS["missing"] else ['error="invalid_token"', f'error_description="{described}"']
+        if refusal == "missing":  # no error (RFC 6750 §3.1); with OAuth, the scopes to ask for (MCP authorization)
+            fields = [] if self.oauth is None else [f'scope="{" ".join(SCOPES)}"']
+        else:
+            fields = ['error="invalid_token"', f'error_description="{described}"']
         response = JSONResponse(
-            {"error": "Invalid token" if token else "Invalid API key", "message": message},
+            {"error": "Invalid token" if refusal == "invalid_token" else "Invalid API key", "message": message},
             status_code=401,
             headers={"WWW-Authenticate": self._challenge(scope, *fields)},
         )

@@ -9,14 +9,16 @@ is written here.
 
 The issuer's keys are found through its discovery document (RFC 8414's, or OpenID Connect's, since
 providers publish one or the other), kept, and fetched again when a token names a key id not seen yet (a
-rotation), at most once a second; every fetch is bounded in time, so a hanging issuer costs a request with a
-token at most `FETCH_SECONDS` and never touches requests with keys.
+rotation) or once they are five minutes old, at most once a second; every fetch is bounded in time, so a
+hanging issuer costs a request with a token at most `REFETCH_SECONDS + FETCH_SECONDS` and never touches
+requests with keys.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -39,8 +41,10 @@ WRITE_SCOPE = "chatdock:write"
 SCOPES = (READ_SCOPE, WRITE_SCOPE)
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 MAX_CLOCK_SKEW = 60.0  # seconds a token's exp / nbf may be off by, at most
-FETCH_SECONDS = 3.0  # one request to the issuer, at most
-REFETCH_SECONDS = 1.0  # an unknown key id fetches the keys again at most this often
+FETCH_SECONDS = 3.0  # a fetch of the keys (the discovery documents and the key set), at most
+REFETCH_SECONDS = 1.0  # the keys are fetched at most this often
+KEYS_MAX_AGE = 300.0  # keys older than this are fetched again before they verify a token
+STALE_RETRY_SECONDS = 30.0  # keys past their age whose fetch failed are kept, and fetched again after this
 KEY_PREFIX = "cdk_"  # what an API key starts with; anything else is a token
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 
@@ -63,27 +67,39 @@ class OAuthSettings:
     def resource(self) -> str:
         return self.public_url.rstrip("/")
 
+    @property
+    def audiences(self) -> list[str]:
+        """What a token's audience may be: chatdock's URL, or its MCP endpoint's (the resource the `/mcp`
+        metadata names, which clients such as VS Code ask tokens for), each also with a final "/" (the same
+        URL, RFC 3986 §6.2.3, as some clients spell it)."""
+        named = [self.resource, self.resource + "/mcp"]
+        return [*named, *(url + "/" for url in named)]
+
     def metadata_url(self, path: str = "") -> str:
         """Where the protected-resource metadata is: for `/mcp`, the path-suffixed form (RFC 9728 §3.1)."""
         return str(build_resource_metadata_url(AnyHttpUrl(self.resource + path)))
 
     def metadata_routes(self) -> list[Route]:
-        """The SDK's RFC 9728 route, served at `/.well-known/oauth-protected-resource` and at its `/mcp` form:
-        the issuer, the scopes, and chatdock's URL as the resource (the tokens' audience)."""
-        # as strings: the metadata model keeps them as written (url_preserve_empty_path), where AnyHttpUrl(...)
-        # would add a "/" to a bare origin, and clients compare the issuer letter for letter
-        [made] = create_protected_resource_routes(
-            resource_url=cast(AnyHttpUrl, self.resource),
-            authorization_servers=[cast(AnyHttpUrl, self.issuer)],
-            scopes_supported=list(SCOPES),
-            resource_name="chatdock",
-        )
-        assert isinstance(made, Route)
+        """The SDK's RFC 9728 route for chatdock's URL at `/.well-known/oauth-protected-resource`, and for its MCP
+        endpoint at the `/mcp` form: the issuer, the scopes, and as the resource the URL whose metadata it is
+        (§3.3: a client such as VS Code refuses a document that names another)."""
         # where metadata_url points (RFC 9728 §3.1: the resource's path after the well-known one; a --public-url
         # with a path, behind a proxy, adds it), and the same without that path
         base = urllib.parse.urlsplit(self.resource).path.rstrip("/")
-        paths = dict.fromkeys(prefix + path for prefix in ("", base) for path in ("", "/mcp"))
-        return [Route(METADATA_PATH + path, made.endpoint, methods=made.methods) for path in paths]
+        routes: list[Route] = []
+        for suffix in ("", "/mcp"):
+            # as strings: the metadata model keeps them as written (url_preserve_empty_path), where
+            # AnyHttpUrl(...) would add a "/" to a bare origin, and clients compare the issuer letter for letter
+            [made] = create_protected_resource_routes(
+                resource_url=cast(AnyHttpUrl, self.resource + suffix),
+                authorization_servers=[cast(AnyHttpUrl, self.issuer)],
+                scopes_supported=list(SCOPES),
+                resource_name="chatdock",
+            )
+            assert isinstance(made, Route)
+            paths = dict.fromkeys(METADATA_PATH + prefix + suffix for prefix in ("", base))
+            routes += [Route(path, made.endpoint, methods=made.methods) for path in paths]
+        return routes
 
 
 class TokenRefused(Exception):
@@ -95,50 +111,64 @@ class IssuerUnavailable(Exception):
 
 
 class IssuerKeys:
-    """The issuer's signing keys by key id, from its discovery document's `jwks_uri`."""
+    """The issuer's signing keys by key id, from its discovery document's `jwks_uri`: fetched again when a token
+    names a key not seen yet (a rotation) and once they are `KEYS_MAX_AGE` old (a key the issuer withdrew stops
+    being trusted), at most once every `REFETCH_SECONDS`; the requests waiting meanwhile take that fetch's
+    outcome (a failed fetch is their 503, not a refusal of their token)."""
 
     def __init__(self, issuer: str) -> None:
         self.issuer = issuer  # as the discovery document spells it once read (Auth0's ends in "/", most don't)
         self._keys: dict[str, jwt.PyJWK] = {}
         self._jwks_uri: str | None = None
-        self._fetched_at = -REFETCH_SECONDS  # never
+        self._tried_at = -math.inf  # when the last fetch began
+        self._ended_at = -math.inf  # when it ended
+        self._fetched_at = -math.inf  # when the keys were last fetched
+        self._failed = False  # whether the last fetch failed
         self._lock = asyncio.Lock()
 
+    def _current(self, kid: str | None) -> bool:
+        """Whether `kid` is known from keys young enough, or from keys that could not be fetched again lately
+        (an issuer that is down does not stop the tokens its kept keys verify)."""
+        now = time.monotonic()
+        fresh = now - self._fetched_at < KEYS_MAX_AGE or (self._failed and now - self._tried_at < STALE_RETRY_SECONDS)
+        return kid is not None and kid in self._keys and fresh
+
     async def key(self, kid: str | None) -> jwt.PyJWK:
-        if kid is not None and kid in self._keys:
-            return self._keys[kid]
+        if self._current(kid):
+            return self._keys[cast(str, kid)]
+        asked = time.monotonic()
         async with self._lock:  # one fetch for the many tokens that name the same new key
-            unknown = kid is None or kid not in self._keys
-            if unknown and time.monotonic() - self._fetched_at >= REFETCH_SECONDS:
+            if self._ended_at < asked and not self._current(kid):  # no fetch ended since this request came
+                await asyncio.sleep(max(0.0, self._tried_at + REFETCH_SECONDS - time.monotonic()))
                 await self._fetch()
-            elif not self._keys:  # a fetch failed less than a second ago: the requests queued behind it wait no more
-                raise IssuerUnavailable("the issuer's keys could not be fetched; try again")
+            failed = self._failed
+        if kid is not None and kid in self._keys:  # kept keys, if the fetch again failed
+            return self._keys[kid]
+        if failed:
+            raise IssuerUnavailable("the issuer's keys could not be fetched; try again")
         if kid is None:
             if len(self._keys) == 1:
                 return next(iter(self._keys.values()))
             raise TokenRefused("the token names no key id (kid) and the issuer has several keys")
-        if kid not in self._keys:
-            raise TokenRefused(f"the token is signed by a key the issuer does not publish (kid {kid!a})")
-        return self._keys[kid]
+        raise TokenRefused(f"the token is signed by a key the issuer does not publish (kid {kid!a})")
 
     async def _fetch(self) -> None:
+        self._tried_at = time.monotonic()
         try:
-            async with httpx2.AsyncClient(timeout=FETCH_SECONDS) as http:
+            async with asyncio.timeout(FETCH_SECONDS), httpx2.AsyncClient(timeout=FETCH_SECONDS) as http:
                 if self._jwks_uri is None:
                     self._jwks_uri = await self._discover(http)
-                answer = await asyncio.wait_for(http.get(self._jwks_uri), FETCH_SECONDS)
+                answer = await http.get(self._jwks_uri)
                 answer.raise_for_status()
                 found = jwt.PyJWKSet.from_dict(answer.json())
         except (httpx2.HTTPError, TimeoutError, ValueError, jwt.PyJWKSetError) as exc:
-            self._fetched_at = time.monotonic()  # a dead issuer is asked again at most once a second
+            self._failed, self._ended_at = True, time.monotonic()
             logger.warning("could not fetch the signing keys of %s: %s", self.issuer, exc or type(exc).__name__)
-            raise IssuerUnavailable(
-                f"the issuer's keys could not be fetched ({type(exc).__name__}); try again"
-            ) from exc
-        self._keys = {key.key_id: key for key in found.keys if key.key_id}
-        if not self._keys and found.keys:
-            self._keys = {"": found.keys[0]}
-        self._fetched_at = time.monotonic()
+            return
+        keys = {key.key_id: key for key in found.keys if key.key_id}
+        self._keys = keys if keys or not found.keys else {"": found.keys[0]}
+        self._fetched_at = self._ended_at = time.monotonic()
+        self._failed = False
         logger.info("fetched %d signing keys of %s", len(self._keys), self.issuer)
 
     async def _discover(self, http: httpx2.AsyncClient) -> str:
@@ -149,7 +179,7 @@ class IssuerKeys:
             f"{parts.scheme}://{parts.netloc}/.well-known/oauth-authorization-server{parts.path}",
             issuer + "/.well-known/openid-configuration",
         ):
-            answer = await asyncio.wait_for(http.get(url), FETCH_SECONDS)
+            answer = await http.get(url)
             if answer.status_code != 200:
                 continue
             document = answer.json()
@@ -188,7 +218,7 @@ class JwtVerifier:
                 token,
                 key=key,
                 algorithms=ALGORITHMS,
-                audience=self.settings.resource,
+                audience=self.settings.audiences,
                 issuer=self.keys.issuer,
                 leeway=self.settings.clock_skew,
                 options={"require": ["exp", "iss", "aud"]},
@@ -198,7 +228,9 @@ class JwtVerifier:
         except jwt.ImmatureSignatureError as exc:
             raise TokenRefused("the token is not valid yet (its nbf or iat is in the future)") from exc
         except jwt.InvalidAudienceError as exc:
-            raise TokenRefused(f"the token was issued for another audience, not {self.settings.resource}") from exc
+            raise TokenRefused(
+                f"the token was issued for another audience, not {self.settings.resource} (or its /mcp)"
+            ) from exc
         except jwt.InvalidIssuerError as exc:
             raise TokenRefused(f"the token was issued by another issuer, not {self.keys.issuer}") from exc
         except jwt.InvalidSignatureError as exc:

@@ -1,5 +1,6 @@
-"""Which organization opened each `initialize`-era HTTP session, so that no other key can use or end it,
-and how many each organization holds (at most `max_per_org`, so one cannot fill the process's pool).
+"""Who opened each `initialize`-era HTTP session (an organization's key, or a user of its tokens), so that no
+other key or user can use or end it, and how many each organization holds (at most `max_per_org`, so one
+cannot fill the process's pool).
 
 The SDK keeps the sessions (`mcp-session-id`) and reaps one that has had no request for its idle timeout;
 this table notes each session's owner when the SDK opens it, forgets it when the client ends it, and
@@ -53,7 +54,7 @@ class SessionOwners:
     def __init__(self, max_per_org: int = DEFAULT_MAX_SESSIONS_PER_ORG, idle: float = DEFAULT_SESSION_IDLE_TIMEOUT):
         self.max_per_org = max_per_org
         self.idle = idle
-        self._owner: dict[str, str] = {}
+        self._owner: dict[str, tuple[str, str]] = {}  # session: (organization, who within it)
         self._seen: dict[str, float] = {}
         self._open: Counter[str] = Counter()  # requests under way, per session
 
@@ -63,25 +64,26 @@ class SessionOwners:
     def held(self) -> Counter[str]:
         """How many live sessions each organization holds (for /metrics)."""
         now = time.monotonic()
-        return Counter(owner for session, owner in self._owner.items() if self._alive(session, now))
+        return Counter(org for session, (org, _) in self._owner.items() if self._alive(session, now))
 
     def _held_by(self, org: str) -> int:
         now = time.monotonic()
-        for session in [s for s, owner in self._owner.items() if owner == org and not self._alive(s, now)]:
+        for session in [s for s, (owner, _) in self._owner.items() if owner == org and not self._alive(s, now)]:
             self._forget(session)
-        return sum(1 for owner in self._owner.values() if owner == org)
+        return sum(1 for owner, _ in self._owner.values() if owner == org)
 
     def _forget(self, session: str) -> None:
         self._owner.pop(session, None)
         self._seen.pop(session, None)
         self._open.pop(session, None)
 
-    async def serve(self, org: str, scope: Scope, receive: Receive, send: Send, app: object) -> None:
-        """Serve one request of `org` through `app`, keeping its session to the organization that opened it."""
+    async def serve(self, org: str, who: str, scope: Scope, receive: Receive, send: Send, app: object) -> None:
+        """Serve one request of `who` (a key, a token's subject) of `org` through `app`, keeping its session to
+        the one who opened it (MCP's security practices: a session id bound to its user)."""
         session = _header(scope, SESSION_HEADER)
         if session is not None:
             owner = self._owner.get(session)
-            if owner is not None and owner != org:  # the same answer as for a session that does not exist
+            if owner is not None and owner != (org, who):  # the same answer as for a session that does not exist
                 await _refusal("Session not found", 404)(scope, receive, send)
                 return
         elif scope.get("method") == "POST" and self._held_by(org) >= self.max_per_org:
@@ -104,7 +106,7 @@ class SessionOwners:
                 status = int(message["status"])
                 opened = _header({"headers": message.get("headers", [])}, SESSION_HEADER)
                 if session is None and opened is not None and status < 400:
-                    self._owner[opened] = org
+                    self._owner[opened] = (org, who)
                     self._seen[opened] = time.monotonic()
             await send(message)
 

@@ -154,7 +154,7 @@ def test_the_metadata_names_the_issuer_and_a_401_points_at_it(served: dict[str, 
     base = served["base"]
     for path in ("", "/mcp"):
         metadata = httpx2.get(f"{base}/.well-known/oauth-protected-resource{path}").json()
-        assert metadata["resource"].rstrip("/") == base
+        assert metadata["resource"] == base + path  # RFC 9728 §3.3 (VS Code refuses a document naming another)
         assert [url.rstrip("/") for url in metadata["authorization_servers"]] == [issuer.issuer]
         assert metadata["scopes_supported"] == ["chatdock:read", "chatdock:write"]
     rest = httpx2.get(base + "/chats/context", params={"contact_id": CALLER})
@@ -163,6 +163,11 @@ def test_the_metadata_names_the_issuer_and_a_401_points_at_it(served: dict[str, 
     mcp = httpx2.post(base + "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
     assert mcp.status_code == 401
     assert f'resource_metadata="{base}/.well-known/oauth-protected-resource/mcp"' in challenge(mcp)
+    assert 'scope="chatdock:read chatdock:write"' in challenge(mcp)  # what to ask for (MCP authorization)
+    assert "an access token from " + issuer.issuer in mcp.json()["message"]  # not "create a key"
+    # a token for the MCP endpoint, as the /mcp document leads clients to ask, or spelled with a final "/"
+    for audience in (base + "/mcp", base + "/"):
+        assert context(base, issuer.token("acme-reader", audience, scope="chatdock:read")).status_code == 200
 
 
 def test_tokens_and_keys_serve_side_by_side_each_in_its_organization(
@@ -303,9 +308,8 @@ def test_a_rotated_key_is_followed_and_the_retired_one_refused(
     assert context(base, before).status_code == 200
     issuer.stop()
     issuer.start()  # a new signing key, the old one no longer published
-    time.sleep(1.1)  # the keys are fetched again at most once a second
-    after = issuer.token("acme-writer", base)
-    assert context(base, after).status_code == 200
+    after = issuer.token("acme-writer", base)  # within the second of the last fetch: it waits for the next one
+    assert context(base, after).status_code == 200  # (it was refused, as signed by a key not published)
     retired = context(base, before)
     assert retired.status_code == 401 and "a key the issuer does not publish" in retired.json()["message"]
 
@@ -472,6 +476,12 @@ def test_oauth_flags_that_cannot_work_stop_the_command_with_one_line(tmp_path: P
         (["--oauth-issuer", "https://sso.example.com"], "add --http"),
         (["--http", "--oauth-issuer", "sso.example.com"], "--oauth-issuer must be an http(s) URL"),
         (["--http", "--oauth-issuer", "https://sso.example.com", "--oauth-clock-skew", "90"], "0 to 60 seconds"),
+        # the default audience would be no URL a client reaches: http://0.0.0.0:PORT, a port chosen at start
+        (
+            ["--http", "--oauth-issuer", "https://x.example", "--host", "0.0.0.0", "--allowed-host", "x.example"],
+            "needs --public-url",
+        ),
+        (["--http", "--oauth-issuer", "https://sso.example.com", "--port", "0"], "needs --public-url"),
     ]
     for flags, said in cases:
         result = run_cli("serve", "--db", db, "--port", str(free_port()), *flags)
@@ -518,6 +528,150 @@ def path_issuer() -> Iterator[tuple[str, Any]]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+class KeyedIssuer:
+    """An issuer (RFC 8414's document and its keys on 127.0.0.1) with two signing keys, k1 and k2, that
+    publishes the ones named in `published` and answers nothing while `hanging` is set."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.private = {kid: rsa.generate_private_key(public_exponent=65537, key_size=2048) for kid in ("k1", "k2")}
+        self.published = {"k1"}
+        self.hanging = threading.Event()
+        self.fetches = 0
+        port = free_port()
+        self.issuer = f"http://127.0.0.1:{port}"
+        issuer = self
+
+        class Pages(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if issuer.hanging.is_set():  # held, unanswered, until let go (or 10 s)
+                    deadline = time.monotonic() + 10
+                    while issuer.hanging.is_set() and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    return
+                if self.path == "/.well-known/oauth-authorization-server":
+                    page: dict[str, Any] = {"issuer": issuer.issuer, "jwks_uri": issuer.issuer + "/jwks"}
+                else:
+                    issuer.fetches += 1
+                    page = {"keys": [issuer.jwk(kid) for kid in sorted(issuer.published)]}
+                send_body(self, 200, json.dumps(page).encode(), "application/json")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Pages)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def jwk(self, kid: str) -> dict[str, Any]:
+        import jwt
+
+        public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.private[kid].public_key()))
+        return {**public, "kid": kid, "use": "sig", "alg": "RS256"}
+
+    def sign(self, kid: str, audience: str, **claims: Any) -> str:
+        import jwt
+
+        body = {"iss": self.issuer, "aud": audience, "exp": int(time.time()) + 300, "org_id": "acme", "sub": "ann",
+                "scope": "chatdock:read chatdock:write", **claims}  # fmt: skip
+        return jwt.encode(body, self.private[kid], algorithm="RS256", headers={"kid": kid})
+
+    def __enter__(self) -> KeyedIssuer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.hanging.clear()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+async def test_a_failed_fetch_is_a_503_for_all_it_kept_waiting_and_a_sign_in_is_never_throttled(
+    tmp_path: Path,
+) -> None:
+    """The requests that queued behind a failed fetch of the keys were refused as signed by an unknown key
+    (401: a client throws a good token away) once some keys were kept; and requests without a bearer, or with
+    an expired token, counted as wrong keys: past 20 a minute a hosted client's shared address got 429, with no
+    WWW-Authenticate to sign in by (found by a review against the MCP authorization spec)."""
+    db = str(tmp_path / "chatdock.db")
+    with KeyedIssuer() as issuer, http_server(db, "--oauth-issuer", issuer.issuer, "--oauth-clock-skew", "0") as base:
+        assert context(base, issuer.sign("k1", base)).status_code == 200  # k1 fetched and kept
+        issuer.hanging.set()
+        rotated = issuer.sign("k2", base)
+        async with httpx2.AsyncClient(base_url=base, timeout=30) as http:
+            params = {"contact_id": CALLER}
+            asked = [http.get("/chats/context", params=params, headers=bearer(rotated)) for _ in range(4)]
+            began = time.monotonic()
+            answers = await asyncio.gather(*asked)
+            assert time.monotonic() - began < 6  # one fetch's bound (3 s) after at most a second's wait
+            kept = await http.get("/chats/context", params=params, headers=bearer(issuer.sign("k1", base)))
+        assert [(a.status_code, "could not be fetched" in a.json()["message"]) for a in answers] == [(503, True)] * 4
+        assert kept.status_code == 200  # a key kept goes on verifying while the issuer is away
+        issuer.hanging.clear()
+        issuer.published = {"k1", "k2"}
+        assert context(base, rotated).status_code == 200
+
+        expired = issuer.sign("k1", base, exp=int(time.time()) - 10)
+        with httpx2.Client(base_url=base) as http:
+            for _ in range(25):  # each a sign-in's first request, and a token to refresh: more than 20
+                unsigned = http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+                late = http.get("/chats/context", params={"contact_id": CALLER}, headers=bearer(expired))
+                assert (unsigned.status_code, late.status_code) == (401, 401)
+                assert "resource_metadata=" in challenge(unsigned) and "expired" in late.json()["message"]
+            wrong = [http.get("/chats", headers=bearer("cdk_00000000_wrong")).status_code for _ in range(21)]
+        assert wrong == [401] * 20 + [429]  # wrong keys are still limited
+
+
+@pytest.mark.parametrize("kind", ["tokens", "keys"])
+async def test_a_session_serves_only_who_opened_it(tmp_path: Path, kind: str) -> None:
+    """A session was bound to its organization only: another user's token of that organization (or another of
+    its keys) could call tools in it and end it (MCP's security practices: bind a session to its user)."""
+    db = str(tmp_path / "chatdock.db")
+    keys = [create_key(db, "acme", name) for name in ("ann", "bob")]
+    with KeyedIssuer() as issuer, http_server(db, "--oauth-issuer", issuer.issuer) as base:
+        if kind == "tokens":
+            ann, bob = issuer.sign("k1", base, sub="ann"), issuer.sign("k1", base, sub="bob")
+            again = issuer.sign("k1", base, sub="ann", jti="refreshed")  # a refreshed token: the same user
+        else:
+            ann, bob = keys
+            again = ann
+        mcp = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"}
+        hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+        async with httpx2.AsyncClient(base_url=base, headers=mcp, timeout=30) as http:
+            opened = await http.post(
+                "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}, headers=bearer(ann)
+            )
+            session = {"Mcp-Session-Id": opened.headers["mcp-session-id"]}
+            listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+            assert (await http.post("/mcp", json=listing, headers={**session, **bearer(bob)})).status_code == 404
+            assert (await http.delete("/mcp", headers={**session, **bearer(bob)})).status_code == 404
+            assert (await http.post("/mcp", json=listing, headers={**session, **bearer(again)})).status_code == 200
+            assert (await http.delete("/mcp", headers={**session, **bearer(ann)})).status_code == 200
+
+
+async def test_a_key_the_issuer_withdrew_stops_verifying_once_the_keys_are_old(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The keys were kept for ever: a key the issuer stopped publishing (leaked, withdrawn) verified its tokens
+    until some token named an unknown key or chatdock restarted."""
+    from chatdock.server.http import oauth
+
+    monkeypatch.setattr(oauth, "KEYS_MAX_AGE", 1.0)  # five minutes in service
+    with KeyedIssuer() as issuer:
+        verifier = oauth.JwtVerifier(oauth.OAuthSettings(issuer.issuer, "http://chatdock.test"))
+        assert (await verifier.verify(issuer.sign("k1", "http://chatdock.test"))).subject == "ann"
+        issuer.published = {"k2"}
+        assert (await verifier.verify(issuer.sign("k1", "http://chatdock.test"))).subject == "ann"  # still young
+        await asyncio.sleep(1.1)
+        with pytest.raises(oauth.TokenRefused, match="a key the issuer does not publish"):
+            await verifier.verify(issuer.sign("k1", "http://chatdock.test"))
+        assert issuer.fetches == 2
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -592,7 +746,10 @@ def test_a_public_url_with_a_path_serves_the_metadata_where_a_401_points(tmp_pat
                 assert pointed.startswith("http://127.0.0.1:") and "/base" in pointed, pointed
                 metadata = httpx2.get(pointed)
                 assert metadata.status_code == 200, (pointed, metadata.status_code)
-                assert metadata.json()["resource"] == public and metadata.json()["authorization_servers"] == [issuer]
+                # RFC 9728 §3.3: the resource is the URL the document's address was made from (VS Code checks)
+                resource = pointed.replace("/.well-known/oauth-protected-resource", "")
+                assert resource == public + ("/mcp" if path == "/mcp" else "")
+                assert metadata.json()["resource"] == resource and metadata.json()["authorization_servers"] == [issuer]
         finally:
             end(process)
 
