@@ -340,9 +340,9 @@ class ChatdockClient:
         self, method: str, path: str, params: dict[str, Any] | None, body: dict[str, Any] | None, key: str | None
     ) -> httpx2.Response:
         if self._in_process is not None and not self._in_process.is_open:
-            raise ChatdockApiError(503, UNAVAILABLE, NOT_OPEN)
+            raise ChatdockApiError(503, UNAVAILABLE, NOT_OPEN, retryable=False)
         if self._closed:
-            raise ChatdockApiError(503, UNAVAILABLE, CLOSED)
+            raise ChatdockApiError(503, UNAVAILABLE, CLOSED, retryable=False)
         if key is not None:
             wire.checked(check.idempotency_key, key)
         headers = dict(self._auth)
@@ -432,7 +432,7 @@ class _EventStream:
         headers); only from then on may the stream be silent for longer (EVENT_STREAM_SILENCE)."""
         client = self.client
         if client._closed:
-            raise ChatdockApiError(503, UNAVAILABLE, CLOSED)
+            raise ChatdockApiError(503, UNAVAILABLE, CLOSED, retryable=False)
         bounds = client._timeout_of()
         wait = bounds.read or client.timeout
         # A read timeout holds for every read of a stream, so the network's is the silence bound; the answer is

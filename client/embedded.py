@@ -73,7 +73,7 @@ class InProcess:
     @asynccontextmanager
     async def watch(self, contact_id: str) -> AsyncIterator[AsyncIterator[Changed]]:
         if self._events is None:
-            raise ChatdockApiError(503, UNAVAILABLE, NOT_OPEN)
+            raise ChatdockApiError(503, UNAVAILABLE, NOT_OPEN, retryable=False)
         try:
             contact_id = check.contact_id(contact_id)
         except ChatdockError as exc:

@@ -27,5 +27,6 @@ class ChatdockApiError(Exception):
     @property
     def retryable(self) -> bool:
         """Whether the same call may succeed later (chatdock busy, unreachable or its database away): a 429,
-        502, 503 or 504, but for a 502 that says something other than chatdock answers at the address."""
+        502, 503 or 504, but for a 502 that says something other than chatdock answers at the address, and a
+        503 of a client not open or closed (its owner must enter it: a retry alone gets the same answer)."""
         return self.status in (429, 502, 503, 504) if self._retryable is None else self._retryable

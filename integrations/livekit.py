@@ -78,9 +78,10 @@ from livekit.agents import (
 from chatdock.client import ChatdockClient
 from chatdock.storage import Chat, ChatStatus, Context, Message, Part
 from chatdock.storage.transcript import indented
+from chatdock.storage.validation import MAX_MAX_CHARS
 
 from .watch import follow_changes, news
-from .writes import NoChat, WriteQueue, call_channel, retryable
+from .writes import NoChat, WriteQueue, call_channel, call_contact, retryable
 
 __all__ = ["ChatdockAgent", "ChatdockMemory"]
 
@@ -118,6 +119,8 @@ class ChatdockMemory:
     - `agent_id` (None): the agent the chat and the assistant's messages are stored for.
     - `context_limit` (50): how many of the contact's latest messages (every channel) the model's context holds:
       the history at the start, and the context each user turn's write brings back (1 to 200).
+    - `context_max_chars` (None): a bound on the history's text, its oldest messages left out first (None: no
+      bound; a caller's long emails are otherwise in every model request of the call).
     - `context_timeout` (0.5 s): how long a reply waits for its user turn's write and context; after it, the
       reply goes on with the context it has, and the write still lands.
     - `start_timeout` (2.0 s): how long, from the start of the call, its first replies (and `enter`) wait for the
@@ -138,6 +141,7 @@ class ChatdockMemory:
         channel: str = "voice",
         agent_id: str | None = None,
         context_limit: int = 50,
+        context_max_chars: int | None = None,
         context_timeout: float = 0.5,
         start_timeout: float = 2.0,
         flush_timeout: float = 10.0,
@@ -145,11 +149,14 @@ class ChatdockMemory:
     ) -> None:
         if not 1 <= context_limit <= 200:
             raise ValueError(f"context_limit must be between 1 and 200, got {context_limit}")
+        if context_max_chars is not None and not 1 <= context_max_chars <= MAX_MAX_CHARS:
+            raise ValueError(f"context_max_chars must be None or 1 to {MAX_MAX_CHARS:,}, got {context_max_chars}")
         self.client = client
-        self.contact_id = contact_id
+        self.contact_id = call_contact(contact_id)
         self.channel = call_channel(channel)
         self.agent_id = agent_id
         self.context_limit = context_limit
+        self.context_max_chars = context_max_chars
         self.context_timeout = context_timeout
         self.start_timeout = start_timeout
         self.flush_timeout = flush_timeout
@@ -423,7 +430,9 @@ class ChatdockMemory:
             posted = await self.client.post_as_contact(
                 self.contact_id, self._chat_id(), [part], context_limit=self.context_limit, idempotency_key=key
             )
-            fresh = posted.context is not None and self._absorb(posted.context)
+            # the history comes from a bounded read when context_max_chars bounds it, never from this context
+            bounded = self.context_max_chars is not None and not self._history_loaded
+            fresh = posted.context is not None and not bounded and self._absorb(posted.context)
             if not stored.done():
                 stored.set_result(None)
             if fresh:
@@ -481,7 +490,9 @@ class ChatdockMemory:
         A read that fails is logged, at `level` while chatdock is unavailable (a later turn or change brings what
         it would have); whether it was read."""
         try:
-            context = await self.client.get_context(self.contact_id, limit=self.context_limit)
+            context = await self.client.get_context(
+                self.contact_id, limit=self.context_limit, max_chars=self.context_max_chars
+            )
         except Exception as error:
             if retryable(error):
                 logger.log(level, "could not read %s of %s (%s); a later turn brings it", what, self.contact_id, error)
@@ -528,8 +539,11 @@ class ChatdockMemory:
         return heading + ":\n" + "\n".join(self.format_message(message) for message in messages)
 
     def format_note(self, message: Message) -> str:
-        """The system message for a message that reached the contact on another channel during the call."""
-        return "While on this call, a message on another channel: " + self.format_message(message)
+        """The system message for a message of the contact's outside the call, during it (another channel, or
+        another chat: a second call of the same caller at once, a WhatsApp bot's answer)."""
+        return "While on this call, a message outside it (another channel, or another chat with this caller): " + (
+            self.format_message(message)
+        )
 
     def format_message(self, message: Message) -> str:
         when = message.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M")

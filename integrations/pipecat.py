@@ -60,9 +60,10 @@ from pipecat.turns.user_turn_completion_mixin import (
 from chatdock.client import ChatdockClient
 from chatdock.storage import Chat, ChatStatus, Message, Part
 from chatdock.storage.transcript import indented
+from chatdock.storage.validation import MAX_MAX_CHARS
 
 from .watch import follow_changes, news
-from .writes import NoChat, WriteQueue, call_channel, describe, retryable
+from .writes import NoChat, WriteQueue, call_channel, call_contact, describe, retryable
 
 if TYPE_CHECKING:
     from pipecat.pipeline.worker import PipelineWorker
@@ -72,7 +73,9 @@ __all__ = ["ChatdockMemoryService"]
 logger = logging.getLogger("chatdock.integrations.pipecat")
 
 HISTORY_PROMPT = "What this caller said and was told before this call, on every channel, oldest first:"
-OTHER_CHANNELS_PROMPT = "The caller just wrote on another channel, during this call:"
+OTHER_CHANNELS_PROMPT = (
+    "Since this call began, outside it (on another channel, or in another chat with this caller), oldest first:"
+)
 
 # How many of the contact's newest messages (every channel, the call's own among them) one look for new messages
 # of other channels reads: what it has not seen there is new, whatever time it carries (a webhook stores a message
@@ -188,6 +191,8 @@ class ChatdockMemoryService(FrameProcessor):
         super().__init__(**kwargs)
         if not 1 <= context_limit <= 200:
             raise ValueError(f"context_limit must be 1 to 200, not {context_limit}")
+        if context_max_chars is not None and not 1 <= context_max_chars <= MAX_MAX_CHARS:
+            raise ValueError(f"context_max_chars must be None or 1 to {MAX_MAX_CHARS:,}, not {context_max_chars}")
         for name, value in (
             ("read_timeout", read_timeout),
             ("flush_timeout", flush_timeout),
@@ -197,7 +202,7 @@ class ChatdockMemoryService(FrameProcessor):
             if value <= 0:
                 raise ValueError(f"{name} must be above 0, not {value}")
         self.client = client
-        self.contact_id = contact_id
+        self.contact_id = call_contact(contact_id)
         self.channel = call_channel(channel)
         self.agent_id = agent_id
         self.context_limit = context_limit

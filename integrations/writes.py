@@ -1,7 +1,7 @@
 """The writes of one call, as both voice integrations (pipecat.py, livekit.py) make them: in one ordered queue
 that a background task empties, each with an idempotency key fixed when it is queued, retried while chatdock is
-unavailable and given up on when chatdock refuses it; the one rule for what is worth sending again; and the check
-of the channel a call is kept on."""
+unavailable and given up on when chatdock refuses it; the one rule for what is worth sending again; and the checks
+of the caller and of the channel a call is kept on."""
 
 from __future__ import annotations
 
@@ -19,7 +19,20 @@ from chatdock.storage import ChatdockError
 from chatdock.storage import validation as check
 from chatdock.storage.models import channel_kind
 
-__all__ = ["NoChat", "WriteQueue", "call_channel", "describe", "retryable"]
+__all__ = ["NoChat", "WriteQueue", "call_channel", "call_contact", "describe", "retryable"]
+
+
+def call_contact(contact_id: object) -> str:
+    """The caller a call is kept for, checked when the integration is made: an id chatdock would refuse (None
+    where the caller's number was missing from the call's data, "", a space around it) made every write of the
+    call fail later, each with a log line, and the call was not kept at all. ValueError says what to pass."""
+    try:
+        return check.contact_id(contact_id)
+    except ChatdockError as error:
+        raise ValueError(
+            f"{error}; pass the caller's identifier as chatdock keeps it (a phone number such as '+31612345678', "
+            "an email): is the caller's number missing from the call's data?"
+        ) from None
 
 
 def call_channel(channel: str) -> str:

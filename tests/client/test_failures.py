@@ -141,6 +141,7 @@ async def test_a_closed_client_says_so_and_can_be_entered_again(db: str) -> None
         closed = await refused(client.get_context(CALLER))
         assert (closed.status, closed.error) == (503, "Service unavailable")
         assert "the client is closed" in closed.message and "async with client" in closed.message
+        assert not closed.retryable  # a retry alone gets the same answer: a voice call retried it all call long
         watch = await refused(client.watch(CALLER).__aenter__())
         assert watch.status == 503 and "the client is closed" in watch.message
         async with client:  # as `ChatdockClient.embedded` reopens its store
@@ -157,6 +158,11 @@ async def test_a_closed_client_says_so_and_can_be_entered_again(db: str) -> None
         assert len((await embedded.get_context(CALLER)).messages) == 1
     unopened = await refused(embedded.get_context(CALLER))
     assert unopened.status == 503 and "async with ChatdockClient.embedded" in unopened.message
+    assert not unopened.retryable
+    never = ChatdockClient.embedded(db=db)  # never entered, as the LiveKit docs' bot would have it
+    assert not (await refused(never.get_context(CALLER))).retryable
+    watching = await refused(never.watch(CALLER).__aenter__())
+    assert (watching.status, watching.retryable) == (503, False)
     async with embedded:
         assert len((await embedded.get_context(CALLER)).messages) == 1
 

@@ -348,7 +348,7 @@ async def test_messages_older_than_a_history_cut_by_context_limit_are_not_told_a
 
 async def test_a_history_over_context_max_chars_is_left_out_not_told_as_news(embedded: ChatdockClient) -> None:
     """The caller's newest message alone is longer than context_max_chars: the history is empty, and the older
-    messages are not what "the caller just wrote on another channel" is made of."""
+    messages are not told as news from outside the call."""
     for index in range(30):
         await embedded.append_message(CALLER, "sms", "user", f"old message {index}")
     await embedded.append_message(CALLER, "email", "user", "a long email " + "x" * 3000)
@@ -453,7 +453,8 @@ async def test_writes_chatdock_refuses_are_logged_once_and_the_call_goes_on(
     embedded: ChatdockClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     llm = ScriptedLLM(["Hello.", "Sure."])
-    memory = ChatdockMemoryService(client=embedded, contact_id="not a contact id\n")
+    # an agent id chatdock refuses (a caller it would refuse is a ValueError when the service is made)
+    memory = ChatdockMemoryService(client=embedded, contact_id=CALLER, agent_id="not an agent id\n")
     with caplog.at_level(logging.WARNING, logger="chatdock.integrations.pipecat"):
         async with Call(memory, llm) as call:
             assert await call.greet() == "Hello."
@@ -562,6 +563,13 @@ def test_a_provider_channel_is_refused_when_the_service_is_made_with_what_to_pas
         assert "pass one such as 'voice' (the default)" in str(refused.value)
     with pytest.raises(ValueError, match="channel must be a lower-case name"):
         ChatdockMemoryService(client=embedded, contact_id=CALLER, channel="Phone Call")
+    # the TwiML without its from_number: the call was made, and every one of its writes refused (nothing kept)
+    for caller, said in ((None, "must be a string"), ("", "1 to 256 characters"), (" " + CALLER, "white space")):
+        with pytest.raises(ValueError, match=said) as refused:
+            ChatdockMemoryService(client=embedded, contact_id=caller)  # type: ignore[arg-type]
+        assert "is the caller's number missing from the call's data?" in str(refused.value)
+    with pytest.raises(ValueError, match="context_max_chars must be None or 1 to 10,000,000, not 0"):
+        ChatdockMemoryService(client=embedded, contact_id=CALLER, context_max_chars=0)
     assert ChatdockMemoryService(client=embedded, contact_id=CALLER, channel="phone").channel == "phone"
 
 
