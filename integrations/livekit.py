@@ -186,6 +186,7 @@ class ChatdockMemory:
         self._history: llm.ChatMessage | None = None
         self._notes: dict[str, llm.ChatMessage] = {}
         self._known: set[str] = set()
+        self._floor: datetime | None = None  # a message at or below it is older than the history: not news
 
         self._warned = False
         self._owned = False
@@ -515,13 +516,20 @@ class ChatdockMemory:
         if not self._history_loaded:
             self._history_loaded = True
             self._history_in.set()
+            if context.messages and (context.truncated or len(context.messages) >= self.context_limit):
+                # the contact has older messages than the history's oldest (context_max_chars or context_limit
+                # left them out): a later, wider context brings them, and they are not news of the call
+                self._floor = context.messages[0].created_at
+            elif context.truncated:  # context_max_chars left out even the newest: what is new comes after it
+                self._floor = datetime.now(UTC)
             if fresh:
                 self._history = llm.ChatMessage(
                     id=HISTORY_ITEM_ID, role="system", content=[self.format_history(fresh, context.truncated)]
                 )
             return bool(fresh)
         started = None if self.started_at is None else datetime.fromtimestamp(self.started_at, UTC)
-        for message in (message for message in fresh if news(message, started)):
+        floor = self._floor
+        for message in (m for m in fresh if news(m, started) and (floor is None or m.created_at > floor)):
             at = message.created_at.timestamp()
             self._notes[message.id] = llm.ChatMessage(
                 id=NOTE_ITEM_PREFIX + message.id,

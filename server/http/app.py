@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+from mcp.server.auth.provider import AccessToken
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -63,6 +65,7 @@ from chatdock.server.ops import logs
 from chatdock.server.ops.memory import settle_collector
 from chatdock.server.ops.observe import ObservedHttp
 from chatdock.storage import ChatdockError, InvalidInput, Store, Unavailable
+from chatdock.storage.errors import NO_ROUTE
 from chatdock.storage.keys import REMEMBER_SECONDS, prefix_of
 
 if TYPE_CHECKING:
@@ -104,6 +107,16 @@ class Verdict:
     expires_at: float | None = None  # a token's `exp`: what it opened (an event stream) ends then
     key: str = ""  # an API key: what it opened ends once it is revoked
     who: str = ""  # within the organization: the key (by its prefix), or the token's subject (or client)
+
+
+def _who(access: AccessToken) -> str:
+    """Whom a token acts for within its organization: its subject, or else its client, or else (a token that
+    names neither) that token alone."""
+    if access.subject:
+        return f"subject {access.subject}"
+    if access.client_id:
+        return f"client {access.client_id}"
+    return "token " + hashlib.sha256(access.token.encode()).hexdigest()
 
 
 class ApiKeyAuth:
@@ -240,7 +253,7 @@ class ApiKeyAuth:
                 str((access.claims or {})["org"]),
                 scopes=frozenset(access.scopes),
                 expires_at=access.expires_at,
-                who=f"subject {access.subject}" if access.subject else f"client {access.client_id}",
+                who=_who(access),
             )
         store = self.server.state.store
         if store is None:
@@ -395,13 +408,24 @@ def build_http_app(
     sessions = SessionOwners(max_sessions_per_org)
     if settings.metrics is not None:
         settings.metrics.watch_sessions(sessions.held)
-    metadata = None if oauth is None else Starlette(routes=oauth.metadata_routes())
+    metadata = None if oauth is None else Starlette(routes=oauth.metadata_routes(), exception_handlers=REFUSED)
     rest = BodyLimit(Lanes(routes))
     app = ApiKeyAuth(Dispatch(mcp, rest, metadata), server, sessions, settings.metrics, oauth)
     observed = ObservedHttp(
         app, settings.metrics, settings.tracing, routes.routes, MCP_PATHS, metrics_port, security=security
     )
     return EncodedSlashes(observed)
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405 (text) in the one error shape, for the apps besides the REST routes'."""
+    status = getattr(exc, "status_code", 404)
+    if status == 405:
+        return problem(405, "Method not allowed", f"{request.url.path} answers GET", getattr(exc, "headers", None))
+    return problem(404, "Not found", NO_ROUTE)
+
+
+REFUSED: Final = {404: _refused, 405: _refused}
 
 
 class Dispatch:

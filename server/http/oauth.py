@@ -126,29 +126,37 @@ class IssuerKeys:
         self._failed = False  # whether the last fetch failed
         self._lock = asyncio.Lock()
 
+    def _kept(self, kid: str | None) -> jwt.PyJWK | None:
+        """The kept key a token names: by its key id, or the one key the issuer has for a token without one."""
+        if kid is None:
+            return next(iter(self._keys.values())) if len(self._keys) == 1 else None
+        return self._keys.get(kid)
+
     def _current(self, kid: str | None) -> bool:
-        """Whether `kid` is known from keys young enough, or from keys that could not be fetched again lately
-        (an issuer that is down does not stop the tokens its kept keys verify)."""
+        """Whether the key `kid` names is kept from keys young enough, or from keys that could not be fetched
+        again lately (an issuer that is down does not stop the tokens its kept keys verify)."""
         now = time.monotonic()
         fresh = now - self._fetched_at < KEYS_MAX_AGE or (self._failed and now - self._tried_at < STALE_RETRY_SECONDS)
-        return kid is not None and kid in self._keys and fresh
+        return fresh and self._kept(kid) is not None
 
     async def key(self, kid: str | None) -> jwt.PyJWK:
         if self._current(kid):
-            return self._keys[cast(str, kid)]
+            return cast(jwt.PyJWK, self._kept(kid))
         asked = time.monotonic()
         async with self._lock:  # one fetch for the many tokens that name the same new key
-            if self._ended_at < asked and not self._current(kid):  # no fetch ended since this request came
+            # a fetch that ended since this request came is its answer, unless it began before the request and
+            # succeeded without the key (the issuer may have published it meanwhile: a rotation)
+            answered = self._ended_at >= asked and (self._failed or self._tried_at >= asked)
+            if not answered and not self._current(kid):
                 await asyncio.sleep(max(0.0, self._tried_at + REFETCH_SECONDS - time.monotonic()))
                 await self._fetch()
             failed = self._failed
-        if kid is not None and kid in self._keys:  # kept keys, if the fetch again failed
-            return self._keys[kid]
+        kept = self._kept(kid)  # kept keys, if the fetch again failed
+        if kept is not None:
+            return kept
         if failed:
             raise IssuerUnavailable("the issuer's keys could not be fetched; try again")
         if kid is None:
-            if len(self._keys) == 1:
-                return next(iter(self._keys.values()))
             raise TokenRefused("the token names no key id (kid) and the issuer has several keys")
         raise TokenRefused(f"the token is signed by a key the issuer does not publish (kid {kid!a})")
 

@@ -206,11 +206,11 @@ class SQLBackend:
         return await self._write(lambda: writes.unlink(self.dialect, org, identifier, log, of), log)
 
     async def recent_contacts(self, org: str, limit: int, after: Position | None) -> list[tuple[str, Position]]:
-        later = "" if after is None else " AND (last_active_us < ? OR (last_active_us = ? AND id < ?))"
+        later = "" if after is None else " AND (last_active_us, id) < (?, ?)"  # a row value: the index bounds it
         found = await self._read(
             f"SELECT external_id, last_active_us, id FROM contacts WHERE org_id = {ORG}{later} "
             "ORDER BY last_active_us DESC, id DESC LIMIT ?",
-            (org, *(() if after is None else (after[0], *after)), limit),
+            (org, *(after or ()), limit),
             org,
         )
         return [(contact_id, (last_active_us, key)) for contact_id, last_active_us, key in found]

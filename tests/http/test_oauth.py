@@ -168,6 +168,9 @@ def test_the_metadata_names_the_issuer_and_a_401_points_at_it(served: dict[str, 
     # a token for the MCP endpoint, as the /mcp document leads clients to ask, or spelled with a final "/"
     for audience in (base + "/mcp", base + "/"):
         assert context(base, issuer.token("acme-reader", audience, scope="chatdock:read")).status_code == 200
+    for path, status in (("/elsewhere", 404), ("", 405)):  # answered in the one error shape, as every route
+        odd = httpx2.request("POST" if status == 405 else "GET", f"{base}/.well-known/oauth-protected-resource{path}")
+        assert odd.status_code == status and set(odd.json()) == {"error", "message"}, odd.text
 
 
 def test_tokens_and_keys_serve_side_by_side_each_in_its_organization(
@@ -574,12 +577,13 @@ class KeyedIssuer:
         public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.private[kid].public_key()))
         return {**public, "kid": kid, "use": "sig", "alg": "RS256"}
 
-    def sign(self, kid: str, audience: str, **claims: Any) -> str:
+    def sign(self, kid: str, audience: str, *, named: bool = True, **claims: Any) -> str:
+        """A token signed with key `kid`, its header naming it (or, not `named`, naming no key)."""
         import jwt
 
         body = {"iss": self.issuer, "aud": audience, "exp": int(time.time()) + 300, "org_id": "acme", "sub": "ann",
                 "scope": "chatdock:read chatdock:write", **claims}  # fmt: skip
-        return jwt.encode(body, self.private[kid], algorithm="RS256", headers={"kid": kid})
+        return jwt.encode(body, self.private[kid], algorithm="RS256", headers={"kid": kid} if named else None)
 
     def __enter__(self) -> KeyedIssuer:
         self.thread.start()
@@ -653,6 +657,21 @@ async def test_a_session_serves_only_who_opened_it(tmp_path: Path, kind: str) ->
             assert (await http.delete("/mcp", headers={**session, **bearer(bob)})).status_code == 404
             assert (await http.post("/mcp", json=listing, headers={**session, **bearer(again)})).status_code == 200
             assert (await http.delete("/mcp", headers={**session, **bearer(ann)})).status_code == 200
+
+
+async def test_tokens_that_name_no_key_are_verified_with_the_one_key_kept() -> None:
+    """An issuer with one key may leave `kid` out of its tokens: each such token waited a second and fetched the
+    keys again (found by a review of the diff)."""
+    from chatdock.server.http import oauth
+
+    with KeyedIssuer() as issuer:
+        verifier = oauth.JwtVerifier(oauth.OAuthSettings(issuer.issuer, "http://chatdock.test"))
+        began = time.monotonic()
+        for _ in range(5):
+            assert (await verifier.verify(issuer.sign("k1", "http://chatdock.test", named=False))).subject == "ann"
+        assert issuer.fetches == 1 and time.monotonic() - began < 1.0
+        with pytest.raises(oauth.TokenRefused, match="signature does not verify"):  # another key's, unnamed
+            await verifier.verify(issuer.sign("k2", "http://chatdock.test", named=False))
 
 
 async def test_a_key_the_issuer_withdrew_stops_verifying_once_the_keys_are_old(

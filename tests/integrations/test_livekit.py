@@ -447,6 +447,9 @@ async def test_context_max_chars_bounds_the_history_in_every_model_request(tmp_p
             "Earlier messages with this caller, on every channel, oldest first (older ones left out)"
         )
         assert len(history) < 2_200 and "Is my parcel 4471 coming today?" in history and "email" not in history
+        # nor do the emails the bound left out come back with a turn's context, told as news of the call
+        system = [text for role, text in said(request) if role == "system"]
+        assert sum(map(len, system)) < len(INSTRUCTIONS) + 2_200, [text[:80] for text in system]
 
 
 async def test_an_error_during_the_call_marks_its_chat_failed(tmp_path: Path) -> None:

@@ -133,9 +133,9 @@ async def workload(base: str, key: str) -> dict[str, Any]:
         async with httpx2.AsyncClient(base_url=base, timeout=30) as stranger:
             statuses = [
                 (await stranger.post("/chats", json=message(WATCHED), headers=refused[reason])).status_code
-                for reason in ["missing", "malformed", *["unknown"] * 21]
+                for reason in ["missing", "malformed", *["unknown"] * 23]
             ]
-        assert statuses == [401] * 20 + [429] * 3
+        assert statuses == [401] * 22 + [429] * 3  # the limit counts the wrong keys, not the requests without one
 
         async with (
             subscribed_session(base, key, contact_uri(TRANSCRIPT_URI, QUIET)),
@@ -199,7 +199,7 @@ async def test_metrics_count_a_real_workload_with_bounded_labels(db: str) -> Non
 
     assert requests("rest", "POST /chats", "201") == CONTACTS + 1 + EVENTS
     assert requests("rest", "POST /chats", "200") == RETRIES
-    assert requests("rest", "POST /chats", "401") == 20
+    assert requests("rest", "POST /chats", "401") == 22
     assert requests("rest", "POST /chats", "429") == 3
     assert requests("rest", "DELETE /chats/{message_id}", "200") == 1
     assert requests("rest", "GET /contacts/{contact_id}", "200") == 1
@@ -207,7 +207,7 @@ async def test_metrics_count_a_real_workload_with_bounded_labels(db: str) -> Non
     assert requests("rest", "other /chats", "405") == 1  # as the docs name it
     assert requests("mcp", "tools/call", "ok", "append_message") == sum(MCP_APPENDS.values())
     assert requests("mcp", "tools/call", "tool_error", "get_context") == 1
-    posted = CONTACTS + 1 + EVENTS + RETRIES + 20 + 3
+    posted = CONTACTS + 1 + EVENTS + RETRIES + 22 + 3
     timed = {"surface": "rest", "operation": "POST /chats", "tool": ""}
     assert value(samples, "chatdock_request_duration_seconds_count", **timed) == posted
     assert value(samples, "chatdock_request_duration_seconds_bucket", **timed, le="+Inf") == posted
@@ -215,7 +215,7 @@ async def test_metrics_count_a_real_workload_with_bounded_labels(db: str) -> Non
     # keys refused, and the address answered 429
     assert value(samples, "chatdock_failed_keys_total", reason="missing") == 1
     assert value(samples, "chatdock_failed_keys_total", reason="malformed") == 1
-    assert value(samples, "chatdock_failed_keys_total", reason="unknown") == 21
+    assert value(samples, "chatdock_failed_keys_total", reason="unknown") == 23
     assert value(samples, "chatdock_throttled_requests_total") == 3
     assert value(samples, "chatdock_throttled_addresses") == 1
 

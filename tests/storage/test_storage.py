@@ -577,7 +577,7 @@ async def test_recent_contacts_newest_first(store: Store) -> None:
 
 async def test_recent_contacts_page_on_to_the_last(store: Store) -> None:
     """Past the first page (a support person with more than 50 contacts saw only those 50): pages of the most
-    recently active, ties in the order they were made, none twice when one becomes active meanwhile."""
+    recently active, ties the last made first, none twice when one becomes active meanwhile."""
     same = "2026-01-01T00:00:00Z"
     for contact in ["a", "b", "c", "d", "e", "f", "g"]:
         await store.append_message(ORG, msg(contact, "hi", **({"created_at": same} if contact in "bcde" else {})))
