@@ -58,14 +58,17 @@ def unwritable_text(path: str) -> str:
     )
 
 
-def side_file_text(path: str, suffix: str, what: str) -> str:
+def side_file_text(path: str, suffix: str) -> str:
+    """A -wal or -shm file that is not the one chatdock opened: removed, or removed and made again by SQLite
+    (a connection opened since makes its own), which the path alone cannot tell apart, so both are said."""
     why = {
         "-wal": "it holds the writes since the last checkpoint, which a restart would lose with it",
         "-shm": "another process opening the file would not see this one's writes, and could damage the file",
     }[suffix]
     return (
-        f"the database's {suffix} file {path}{suffix} was {what} while chatdock was serving; writes are refused "
-        f"({why}); stop every chatdock using {path}, run `chatdock check --db {path}`, then start chatdock again"
+        f"the database's {suffix} file {path}{suffix} was removed or replaced while chatdock was serving; "
+        f"writes are refused ({why}); stop every chatdock using {path}, run `chatdock check --db {path}`, then "
+        "start chatdock again"
     )
 
 
@@ -117,11 +120,11 @@ class FileWatch:
             try:
                 now = os.stat(self.path + suffix)
             except FileNotFoundError:
-                return side_file_text(self.path, suffix, "removed")
+                return side_file_text(self.path, suffix)
             except OSError:
                 continue  # not known to be gone
             if (now.st_dev, now.st_ino) != opened:
-                return side_file_text(self.path, suffix, "replaced by another file")
+                return side_file_text(self.path, suffix)
         return None
 
     def _problem(self, writes: bool) -> str | None:

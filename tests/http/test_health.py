@@ -186,11 +186,13 @@ def test_its_log_or_shared_index_removed_while_serving_refuses_writes_and_fails_
         assert [status for status, _ in stored] == [201] * 3 and server.health()[0] == 200
 
         Path(f"{db}{suffix}").unlink()
-        assert_refused(server, 20, f"the database's {suffix} file {db}{suffix} was removed", "writes are refused")
-        body = unhealthy(server, f"{suffix} file {db}{suffix} was removed while chatdock was serving")
+        # removed, or removed and made again by a connection SQLite opened since (under load): both are said
+        said = f"the database's {suffix} file {db}{suffix} was removed or replaced while chatdock was serving"
+        assert_refused(server, 20, said, "writes are refused")
+        body = unhealthy(server, said)
         assert f"chatdock check --db {db}" in body["store"], body
         assert context_ids(server, "c0") == [message["id"] for _, message in stored]  # reads go on
-    assert f"{suffix} file {db}{suffix} was removed" in server.log.read_text()
+    assert f"{suffix} file {db}{suffix} was removed or replaced" in server.log.read_text()
 
 
 def test_a_file_removed_before_any_request_is_still_read_and_named_as_removed(tmp_path: Path) -> None:
