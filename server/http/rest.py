@@ -12,6 +12,7 @@ answered without FastAPI's per-request work when their request is well formed (l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -425,8 +426,19 @@ def build_rest(
         store = the_store()
         found = await store.get_contact(organization, contact_id)  # an unknown contact is a 404, not an empty file
         lines = export_lines(store, organization, found.contact_id)
+        # the snapshot is taken, and its first line read, before the answer starts: a snapshot that cannot be
+        # had is a 503, not a 200 cut after its headers
+        first = await anext(lines, None)
+
+        async def body() -> AsyncIterator[str]:
+            async with contextlib.aclosing(lines):
+                if first is not None:
+                    yield first + "\n"
+                    async for line in lines:
+                        yield line + "\n"
+
         return StreamingResponse(
-            (line + "\n" async for line in lines),
+            body(),
             media_type=EXPORT_MEDIA_TYPE,
             headers={"Cache-Control": "no-store", "Content-Disposition": _attachment(found.contact_id)},
         )

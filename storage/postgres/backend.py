@@ -57,6 +57,7 @@ logger = logging.getLogger("chatdock.storage")
 
 DEFAULT_POOL_SIZE = 10
 DEFAULT_TIMEOUT = 10.0  # seconds: to connect, to get a connection from the pool, for one statement
+EXPORTS = 4  # exports under way at once on one replica, each on a connection of its own (outside the pool)
 RETRIES = 5  # a transaction that met a deadlock or serialization failure is tried again this many times
 BACKOFF = 0.005  # seconds: before retry n a transaction waits a random part of BACKOFF * 2**n
 # /healthz's question: the schema readable (the database there and chatdock's), and whether it takes writes
@@ -111,6 +112,14 @@ def _append(items: list[dict[str, Any]], log: shared.ChangeLog) -> Ops[list[dict
     return found
 
 
+async def _close_quietly(conn: asyncpg.Connection) -> None:
+    """Close a connection of its own (its transaction ends with it); one that cannot say goodbye is dropped."""
+    try:
+        await asyncio.wait_for(conn.close(), 1.0)
+    except FAILURES:
+        conn.terminate()
+
+
 async def _init_connection(conn: driver.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
@@ -151,6 +160,7 @@ class PostgresBackend(SQLBackend):
         # connections, and one connection stays for key and health checks and the other writes (reads.py)
         self._reads = Reads(self.pool_size - writers - 1, timeout, self.place, self.telemetry.failed)
         self._words = WordStats(self._read)  # how common a prefix search's words are (wordstats.py)
+        self._exports = asyncio.Semaphore(EXPORTS)
 
     async def start(self) -> None:
         try:
@@ -202,36 +212,40 @@ class PostgresBackend(SQLBackend):
 
     @contextlib.asynccontextmanager
     async def _consistent_read(self) -> AsyncIterator[Read]:
-        """Reads on one connection of the pool in one REPEATABLE READ, READ ONLY transaction: each sees the
-        database as it was at the transaction's first statement."""
+        """Reads on a connection of their own, in one REPEATABLE READ, READ ONLY transaction: each sees the
+        database as it was at the transaction's first statement. Not one of the pool's: an export lasts as long
+        as its reader takes, and slow downloads held the pool's connections from every request (the one kept
+        for health and key checks included); at most EXPORTS at once, a further one waits `timeout`, then 503."""
         try:
-            conn = await self.pool.acquire(timeout=self.timeout)
-        except FAILURES as exc:
-            raise self._failed(exc) from exc
+            await asyncio.wait_for(self._exports.acquire(), self.timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"{EXPORTS} exports are under way on this server, the most at once; try again when one has ended"
+            ) from None
         try:
             try:
-                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", timeout=self.timeout)
+                conn = await asyncpg.connect(self.url, timeout=self.timeout, command_timeout=self.timeout)
             except FAILURES as exc:
                 raise self._failed(exc) from exc
-
-            async def read(sql: str, params: Sequence[Any]) -> list[Any]:
+            try:
                 try:
-                    with self._sql.read(sql):
-                        return list(await conn.fetch(driver.numbered(sql), *params, timeout=self.timeout))
+                    await _init_connection(conn)
+                    await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", timeout=self.timeout)
                 except FAILURES as exc:
                     raise self._failed(exc) from exc
 
-            yield read
-        finally:
-            await settle(self._give_back(conn))  # even when cancelled: a client that left a REST export
+                async def read(sql: str, params: Sequence[Any]) -> list[Any]:
+                    try:
+                        with self._sql.read(sql):
+                            return list(await conn.fetch(driver.numbered(sql), *params, timeout=self.timeout))
+                    except FAILURES as exc:
+                        raise self._failed(exc) from exc
 
-    async def _give_back(self, conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
-        """End a connection's read transaction and give it back to the pool."""
-        try:
-            with contextlib.suppress(*FAILURES):  # the pool resets a connection it gets back in any case
-                await conn.execute("ROLLBACK", timeout=self.timeout)
+                yield read
+            finally:
+                await settle(_close_quietly(conn))  # even when cancelled: a client that left a REST export
         finally:
-            await self.pool.release(conn)
+            self._exports.release()
 
     async def _read(
         self, sql: str, params: Sequence[Any], org: str | None = None, *, urgent: bool = False, replan: bool = False

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import io
+import json
 import logging
 import time
 import uuid
@@ -160,6 +161,33 @@ async def test_an_unexpected_error_is_a_json_500_and_its_traceback_is_logged_at_
     log = stream.getvalue()
     assert log.count("Traceback (most recent call last)") == 1, log  # the first with its trace, repeats held
     assert "RuntimeError: a bug in the append path" in log
+
+
+async def test_an_export_that_cannot_have_its_snapshot_is_a_503_before_its_answer_starts(postgres_url: str) -> None:
+    """Past the exports one server runs at once, an export answered 200, sent its headers, then was cut when its
+    snapshot's wait ran out ("Exception in ASGI application" in the log; a client that does not check the
+    chunked framing kept an empty file). The snapshot is had before the answer starts (an operator's review)."""
+    async with open_store(postgres_url, timeout=1.0) as store:
+        await store.append_message("acme", NewMessage(contact_id="ann", channel="sms", role="user", content="hi"))
+        app = build_rest(lambda: store, read_only=False, events=Events())
+
+        async def with_org(scope: Any, receive: Any, send: Any) -> None:
+            scope[ORG_SCOPE_KEY] = "acme"
+            await app(scope, receive, send)
+
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(4):  # the slow downloads under way: as many as run at once
+                await held.enter_async_context(store.snapshot())
+            transport = httpx2.ASGITransport(app=with_org, raise_app_exceptions=False)
+            async with httpx2.AsyncClient(transport=transport, base_url="http://chatdock") as http:
+                refused = await http.get("/contacts/ann/export")
+        assert refused.status_code == 503 and refused.headers["content-type"] == "application/json"
+        assert "4 exports are under way on this server" in refused.json()["message"]
+        async with httpx2.AsyncClient(transport=transport, base_url="http://chatdock") as http:
+            exported = await http.get("/contacts/ann/export")  # once one has ended
+        assert exported.status_code == 200 and [
+            line["kind"] for line in map(json.loads, exported.text.splitlines())
+        ] == ["message"]
 
 
 def test_expected_failures_below_error_keep_their_trace_for_debug_only() -> None:

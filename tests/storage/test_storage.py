@@ -408,6 +408,40 @@ async def test_an_export_stopped_part_way_gives_its_connection_back_and_leaves_t
         assert await history.count_records() == 3
 
 
+async def test_slow_exports_leave_the_connections_to_the_requests(db: str) -> None:
+    """Ten slow downloads of exports held every connection of PostgreSQL's pool (an export took its own from
+    it): health checks, reads and writes waited past the timeout, then a 503 that blamed a lock (found by an
+    operator's review). Exports have connections of their own, at most EXPORTS at once on PostgreSQL; one
+    more waits its turn for the timeout, then is a 503 that says why."""
+    async with open_store(db, timeout=2.0) as store:
+        for n in range(3):
+            await store.append_message(ORG, msg("c1", f"m{n}"))
+        reading: list[int] = []
+
+        async def slow_download() -> None:
+            async with store.snapshot() as history:
+                async for _ in history.export_messages(batch=1):
+                    reading.append(1)
+                    await asyncio.sleep(3600)  # a client that reads very slowly
+
+        downloads = [asyncio.create_task(slow_download()) for _ in range(10)]
+        postgres = db.startswith("postgresql://")
+        async with asyncio.timeout(10):
+            while len(reading) < (4 if postgres else 10):  # EXPORTS at once on PostgreSQL
+                await asyncio.sleep(0.05)
+        async with asyncio.timeout(1.5):  # within the timeout: nothing waited for a connection
+            assert await store.health() == []
+            assert len((await store.list_messages(ORG, "c1")).messages) == 3
+            await store.append_message(ORG, msg("c1", "during the downloads"))
+        await asyncio.sleep(2.5)  # the timeout, for the downloads past the bound
+        for task in downloads:
+            task.cancel()
+        ended = await asyncio.gather(*downloads, return_exceptions=True)
+    refused = [str(end) for end in ended if isinstance(end, Unavailable)]
+    expected = ["4 exports are under way on this server, the most at once; try again when one has ended"] * 6
+    assert refused == (expected if postgres else [])
+
+
 def test_a_line_cut_off_inside_a_string_says_where_once() -> None:
     with pytest.raises(InvalidInput) as cut:  # a file truncated mid-line (it said "starting at at column")
         parse_line('{"kind": "message", "content": "cut off', "acme")
