@@ -469,6 +469,22 @@ def test_every_start_up_failure_is_one_line_naming_its_cause(tmp_path: Path) -> 
         assert wrapped.returncode == 2 and wrapped.stderr.strip().splitlines() == [
             f"chatdock: {flag} must be a TCP port, 0 (any free one) to 65535, got {port}"
         ]
+    # without --http, serve speaks stdio: an HTTP flag was unused, the process waiting in silence on a terminal
+    for flags, named in (
+        (["--port", "34704"], "--port is"),
+        (["--host", "0.0.0.0", "--port", "34704"], "--host and --port are"),
+        (["--metrics-port", "9100"], "--metrics-port is"),
+    ):
+        stdio = run_cli("serve", "--db", str(tmp_path / "x.db"), *flags)
+        assert stdio.returncode == 2 and stdio.stderr.strip().splitlines() == [
+            f"chatdock: {named} for the HTTP transport: add --http (without it, chatdock serve speaks MCP over "
+            "stdio, to the client that started it)"
+        ]
+    shown = subprocess.run(  # the help shows CHATDOCK_DB as the default, without its password
+        [*chatdock_command(), "serve", "--help"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "CHATDOCK_DB": "postgresql://chatdock:s3cr3t@db.internal:5432/chatdock"},
+    )  # fmt: skip
+    assert "s3cr3t" not in shown.stdout and "postgresql://chatdock:***@db.internal:5432/chatdock" in shown.stdout
     with served(tmp_path, str(tmp_path / "first.db")) as first:
         taken = run_cli("serve", "--http", "--db", str(tmp_path / "second.db"), "--port", str(first.port))
         assert taken.returncode == 2 and taken.stderr.strip().splitlines() == [

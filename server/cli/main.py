@@ -10,6 +10,7 @@ import math
 import os
 import re
 import sys
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -111,13 +112,22 @@ def _choice(choices: Sequence[str], env: str | None, fold: Callable[[str], str])
     return parsed
 
 
+def _without_password(db: str) -> str:
+    """`db` as --help may show it: a URL's password (from CHATDOCK_DB, on a shared screen) as ***."""
+    parts = urllib.parse.urlsplit(db)
+    if parts.password is None:
+        return db
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
+    db = os.environ.get("CHATDOCK_DB") or default_db()
     parser.add_argument(
         "--db",
-        default=os.environ.get("CHATDOCK_DB") or default_db(),
+        default=db,
         help="SQLite database file, created with its folder on first use; ':memory:' for a throwaway run; or "
         "postgresql://user:password@host:port/database to share one database between replicas "
-        "(env CHATDOCK_DB; default: %(default)s)",
+        f"(env CHATDOCK_DB; default: {_without_password(db).replace('%', '%%')})",
     )
     parser.add_argument(
         "--pool-size",
@@ -327,6 +337,14 @@ def parser() -> argparse.ArgumentParser:
         help="with --http on a non-loopback --host: a Host header to accept (repeatable); keeps DNS-rebinding "
         "protection on",
     )
+    # what serve does with these without --http: nothing (it speaks stdio); a user who gives one is told
+    serve.set_defaults(
+        http_only={
+            action.dest: (action.option_strings[0], action.default)
+            for action in serve._actions
+            if action.help and action.help.startswith(("with --http", "with --oauth-issuer"))
+        }
+    )
 
     keys = commands.add_parser("keys", help="create, list and revoke API keys for the HTTP transport")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -456,10 +474,12 @@ def _serve(args: argparse.Namespace) -> None:
     """`chatdock serve`: stdio, or HTTP with its metrics; traced when the OTEL_* variables ask for it."""
     from chatdock.server.ops import tracing
 
-    if args.metrics_port is not None and not args.http:
-        raise InvalidInput("--metrics-port serves /metrics beside the HTTP transport: add --http")
-    if (args.oauth_issuer or args.public_url) and not args.http:
-        raise InvalidInput("--oauth-issuer and --public-url are for the HTTP transport: add --http")
+    given = [flag for dest, (flag, default) in args.http_only.items() if getattr(args, dest) != default]
+    if given and not args.http:  # else serve would start on stdio, waiting in silence, the flags unused
+        raise InvalidInput(
+            f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for the HTTP transport: add --http "
+            "(without it, chatdock serve speaks MCP over stdio, to the client that started it)"
+        )
     if args.public_url and not args.oauth_issuer:
         raise InvalidInput("--public-url names the audience of OAuth tokens: add --oauth-issuer")
     if args.oauth_issuer and not args.public_url and (args.port == 0 or args.host not in ("127.0.0.1", "localhost")):

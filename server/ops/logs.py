@@ -30,6 +30,9 @@ LogFormat = Literal["text", "json"]
 # What a log line says of the request it was written for (`request_id`, `org`): set by the request layers for
 # the request's task (observe.py), completed by the key check with the organization (http/app.py).
 request_fields: ContextVar[dict[str, str] | None] = ContextVar("chatdock_log_request", default=None)
+# loggers of what every request shares (asyncpg's pool, reconnecting in a task a request happened to start):
+# their lines carry no request's fields, which would name a request, and an organization, they are not about
+SHARED_LOGGERS = ("asyncpg",)
 
 
 class QuietRepeats(logging.Filter):
@@ -93,7 +96,7 @@ class JsonLines(logging.Formatter):
             "message": record.getMessage(),
         }
         fields = request_fields.get()
-        if fields:
+        if fields and not record.name.startswith(SHARED_LOGGERS):
             line.update(fields)
         line.update(_trace_ids())
         if record.exc_info:

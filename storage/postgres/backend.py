@@ -202,6 +202,9 @@ class PostgresBackend(SQLBackend):
         if text is None:
             return exc
         self.telemetry.failed(cause(exc))
+        # in the log too, not only in the answers and the metrics: an outage's hundreds of failed requests are
+        # one line, summed up every ten seconds (server/ops/logs.py)
+        logger.warning(text)
         return Unavailable(text)
 
     @property
