@@ -124,23 +124,29 @@ def snippet(query: Query, text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     found = words(text)
     folded = [word for word, _, _ in found]
-    marked: set[int] = set()
+    spans: list[tuple[int, int]] = []  # each match's first and last word: a phrase's words are one match
     for term in query.wanted:
         pattern = _pattern(term)
-        for start in _occurrences(pattern, term.prefix, folded):
-            marked.update(range(start, start + len(pattern)))
-    first = min(marked, default=0)
-    start = max(0, min(first - SNIPPET_WORDS // 4, len(found) - SNIPPET_WORDS))
+        spans += [(start, start + len(pattern) - 1) for start in _occurrences(pattern, term.prefix, folded)]
+    marks: list[tuple[int, int]] = []  # overlapping matches merged; matches side by side stay apart
+    for first, last in sorted(spans):
+        if marks and first <= marks[-1][1]:
+            marks[-1] = (marks[-1][0], max(marks[-1][1], last))
+        else:
+            marks.append((first, last))
+    mark = {index: (first, last) for first, last in marks for index in range(first, last + 1)}
+    start = max(0, min((marks[0][0] if marks else 0) - SNIPPET_WORDS // 4, len(found) - SNIPPET_WORDS))
     end = min(len(found), start + SNIPPET_WORDS)
     if not found:
         return " ".join(_escaped(text).split())
     pieces = ["..." if start > 0 else ""]
     position = found[start][1] if start > 0 else 0
-    for index in range(start, end):  # a run of marked words (a phrase) is marked as one: [order 1234]
+    for index in range(start, end):  # a match marked as one, a phrase's words together: [order 1234]
         _, begin, finish = found[index]
-        opens = index in marked and (index == start or index - 1 not in marked)
+        within = mark.get(index)
+        opens = within is not None and index in (within[0], start)
         pieces.append(_escaped(text[position:begin]) + ("[" if opens else "") + _escaped(text[begin:finish]))
-        if index in marked and (index == end - 1 or index + 1 not in marked):
+        if within is not None and index in (within[1], end - 1):
             pieces.append("]")
         position = finish
     pieces.append(_escaped(text[position:]) if end == len(found) else "...")

@@ -51,11 +51,23 @@ def _lexeme(word: str, prefix: bool) -> str:
     return quoted + (":*" if prefix else "")
 
 
+def _word(word: str, prefix: bool) -> str:
+    """A query's word; one with hyphens (follow-up, e-mail) is also its parts one after the other, as SQLite's
+    tokenizer reads it: PostgreSQL's parser keeps a hyphenated word's whole and its parts, but a text that
+    spells it apart ("follow up") has only the parts, and an email or a host with a hyphen only the whole."""
+    parts = [part for part in word.split("-") if part]
+    whole = _lexeme(word, prefix)
+    if len(parts) < 2:
+        return whole
+    apart = " <-> ".join(_lexeme(part, prefix and i == len(parts) - 1) for i, part in enumerate(parts))
+    return f"({whole} | {apart})"
+
+
 def _term(found: Term) -> str:
     # "~" separates words here: PostgreSQL's parser keeps "~1.0" whole (a file name), which would be an era's
     # lexeme (WORDS) and find every message of that era
     words = found.text.replace("~", " ").split()
-    return "(" + " <-> ".join(_lexeme(word, found.prefix and i == len(words) - 1) for i, word in enumerate(words)) + ")"
+    return "(" + " <-> ".join(_word(word, found.prefix and i == len(words) - 1) for i, word in enumerate(words)) + ")"
 
 
 def tsquery_text(query: Query) -> str:
@@ -109,7 +121,9 @@ def search_sql(
         # `m.seq + 0`: sorted after the look-up, never found by a walk of the primary key past non-matches
         found = (
             f"SELECT m.seq, m.content FROM messages m WHERE m.words @@ q.q AND m.words @@ {ERA} "
-            f"AND m.org_id = o.id{where} ORDER BY m.seq + 0 DESC LIMIT {limit}"
+            # and truly of that era: a message whose own text has the era's word ("~1.0 invoice") is of its own
+            # era only (it came back twice, once from era 0)
+            f"AND m.seq >> {ERA_BITS} = e.n AND m.org_id = o.id{where} ORDER BY m.seq + 0 DESC LIMIT {limit}"
         )
         last = f"greatest(t.n - {RECENT_ERAS - 1}, 0)" if how == "recent eras" else "0"
         # newest first with no ORDER BY of its own, which would read every era before the LIMIT: the rows come

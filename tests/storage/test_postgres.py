@@ -97,6 +97,32 @@ def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _plan_nodes(child)
 
 
+async def test_a_message_whose_text_has_an_eras_word_is_found_once(postgres_url: str) -> None:
+    """A message's era is a word of its index ("~<org>.<era>"), and a text can hold that word ("~1.0 invoice",
+    as in "~1.5 hours ago"): the message belonged to that era too, and an organization's search, era by era,
+    found it twice, pushing a real match out of its window (found by a review of search)."""
+    async with open_store(postgres_url) as store:
+        await store.import_messages(
+            "acme", [say(f"+3161{i % 50:07d}", f"invoice paid {i}") for i in range(2**ERA_BITS + 100)]
+        )
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            org = await conn.fetchval("SELECT id FROM orgs WHERE name = 'acme'")
+            await conn.execute("ANALYZE messages")  # "invoice" is in every message: searched era by era
+        finally:
+            await conn.close()
+        await store.append_message("acme", say("+31650000000", f"~{org}.0 invoice please"))
+        seen: list[str] = []
+        cursor = None
+        for _ in range(10):  # bounded: the window is 1,000 hits, 200 a page
+            page = await store.search_messages("acme", "invoice", limit=200, cursor=cursor)
+            seen += [hit.id for hit in page.hits]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert len(seen) == 1000 and len(set(seen)) == 1000
+
+
 async def test_an_organizations_search_reads_only_its_matches_newest_era_first(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
