@@ -42,7 +42,8 @@ T = TypeVar("T")
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C stopped an import; its words say what was imported (the command tells them, and exits 130)."""
+    """Ctrl-C stopped an import or an export; its words say what was done (the command tells them, and exits
+    130)."""
 
 
 def _progress(label: str, total: int | None, quiet: bool) -> AbstractContextManager[Progress | None]:
@@ -154,6 +155,8 @@ async def export_to_path(
             raise
         except OSError as exc:
             raise InvalidInput(f"cannot write the export to standard output: {exc.strerror or exc}") from None
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise Interrupted("interrupted: the export on standard output is cut short; export again") from None
         return written
     target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)  # a link stays a link
     if _is_database(target, database):
@@ -170,6 +173,8 @@ async def export_to_path(
             raise
         except OSError as exc:
             raise InvalidInput(f"cannot write the export to {path}: {exc.strerror or exc}") from None
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise Interrupted(f"interrupted: the export into {path} is cut short; export again") from None
     if target.is_dir():
         raise InvalidInput(f"cannot write the export to {path}: it is a folder; name a file with -o")
     if not target.parent.is_dir():
@@ -184,6 +189,8 @@ async def export_to_path(
             partial.unlink(missing_ok=True)
         if isinstance(exc, OSError):  # a full disk, a read-only disk, a folder without write permission, ...
             raise InvalidInput(f"cannot write the export to {path}: {exc.strerror or exc}") from None
+        if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):  # Ctrl-C: said, as an import's is
+            raise Interrupted(f"interrupted: nothing was written to {path} (it is as it was); export again") from None
         raise
     return written
 

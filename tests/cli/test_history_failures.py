@@ -246,6 +246,31 @@ def test_export_to_a_fifo_streams_into_it_and_leaves_it_a_fifo(tmp_path: Path, h
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_an_export_stopped_with_ctrl_c_says_it_is_cut_short(tmp_path: Path, history: tuple[Path, str]) -> None:
+    """Ctrl-C during an export exited 130 in silence: whoever reads the pipe could not tell a cut export from a
+    whole one but by the exit status. It says so, as an import stopped with Ctrl-C does."""
+    db, exported = history
+    fifo = tmp_path / "export.fifo"
+    os.mkfifo(fifo)
+    process = subprocess.Popen(
+        [*chatdock_command(), "export", "--db", str(db), "-q", "-o", str(fifo)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        with fifo.open("rb") as reader:
+            received = reader.read(1000)  # the export is under way, blocked on the pipe
+            process.send_signal(signal.SIGINT)
+            received += reader.read()  # until it ends
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert (process.returncode, out) == (130, "")
+    assert err == f"chatdock: interrupted: the export into {fifo} is cut short; export again\n"
+    assert 1000 <= len(received) < len(exported.encode())
+
+
 def test_export_to_a_descriptor_path_writes_into_the_pipe_it_names(history: tuple[Path, str]) -> None:
     """`chatdock export -o >(gzip > x.gz)`: the shell passes a pipe, named /dev/fd/N."""
     db, exported = history
