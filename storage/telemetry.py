@@ -36,6 +36,7 @@ CAUSES: Final = (
     "conflict",  # PostgreSQL: a write stayed in conflict with concurrent ones (deadlock, serialization)
     "timeout",  # PostgreSQL: a statement or a connection took longer than --db-timeout
     "reads_busy",  # PostgreSQL: every connection for reads stayed busy past --db-timeout
+    "exports_busy",  # PostgreSQL: the exports a server runs at once stayed under way past --db-timeout
     "unreachable",  # PostgreSQL: the server cannot be reached, or the connection broke
     "outcome_unknown",  # PostgreSQL: the connection broke while a commit was on its way
     "statement_refused",  # PostgreSQL: the server refused a statement (a bug's sign)

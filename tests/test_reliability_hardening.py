@@ -474,17 +474,25 @@ def test_every_start_up_failure_is_one_line_naming_its_cause(tmp_path: Path) -> 
         (["--port", "34704"], "--port is"),
         (["--host", "0.0.0.0", "--port", "34704"], "--host and --port are"),
         (["--metrics-port", "9100"], "--metrics-port is"),
+        (["--metrics-host", "0.0.0.0"], "--metrics-host is"),
     ):
         stdio = run_cli("serve", "--db", str(tmp_path / "x.db"), *flags)
         assert stdio.returncode == 2 and stdio.stderr.strip().splitlines() == [
             f"chatdock: {named} for the HTTP transport: add --http (without it, chatdock serve speaks MCP over "
             "stdio, to the client that started it)"
         ]
-    shown = subprocess.run(  # the help shows CHATDOCK_DB as the default, without its password
-        [*chatdock_command(), "serve", "--help"], capture_output=True, text=True, timeout=60,
-        env={**os.environ, "CHATDOCK_DB": "postgresql://chatdock:s3cr3t@db.internal:5432/chatdock"},
-    )  # fmt: skip
-    assert "s3cr3t" not in shown.stdout and "postgresql://chatdock:***@db.internal:5432/chatdock" in shown.stdout
+    # ... but what the environment sets for every replica (HTTP and stdio alike) is no flag given
+    beside = subprocess.run([*chatdock_command(), "serve", "--db", str(tmp_path / "x.db")], capture_output=True,
+                            text=True, timeout=60, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "CHATDOCK_METRICS_PORT": "9100"})  # fmt: skip
+    assert (beside.returncode, beside.stderr) == (0, ""), beside.stderr
+    for url, shown_as in (  # the help shows CHATDOCK_DB as the default, without its password
+        ("postgresql://chatdock:s3cr3t@db.internal:5432/chatdock", "postgresql://chatdock:***@db.internal:5432/"),
+        ("postgresql://chatdock@db.internal/chatdock?sslmode=require&password=s3cr3t", "sslmode=require&password=***"),
+    ):
+        shown = subprocess.run([*chatdock_command(), "serve", "--help"], capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "CHATDOCK_DB": url})  # fmt: skip
+        assert "s3cr3t" not in shown.stdout and shown_as in "".join(shown.stdout.split()), shown.stdout
     with served(tmp_path, str(tmp_path / "first.db")) as first:
         taken = run_cli("serve", "--http", "--db", str(tmp_path / "second.db"), "--port", str(first.port))
         assert taken.returncode == 2 and taken.stderr.strip().splitlines() == [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import math
@@ -112,12 +113,24 @@ def _choice(choices: Sequence[str], env: str | None, fold: Callable[[str], str])
     return parsed
 
 
+def _parsed_default(action: argparse.Action) -> object:
+    """A flag's default as the parsed arguments hold it: argparse passes a default given as text (from the
+    environment: CHATDOCK_METRICS_PORT) through the flag's type; one its type refuses is left as it is."""
+    if isinstance(action.default, str) and callable(action.type):
+        with contextlib.suppress(Exception):
+            return action.type(action.default)
+    return action.default
+
+
 def _without_password(db: str) -> str:
-    """`db` as --help may show it: a URL's password (from CHATDOCK_DB, on a shared screen) as ***."""
+    """`db` as --help may show it: a URL's password (from CHATDOCK_DB, on a shared screen), before the host or
+    as its `password=` parameter, as ***."""
     parts = urllib.parse.urlsplit(db)
-    if parts.password is None:
-        return db
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -340,9 +353,9 @@ def parser() -> argparse.ArgumentParser:
     # what serve does with these without --http: nothing (it speaks stdio); a user who gives one is told
     serve.set_defaults(
         http_only={
-            action.dest: (action.option_strings[0], action.default)
+            action.dest: (action.option_strings[0], _parsed_default(action))
             for action in serve._actions
-            if action.help and action.help.startswith(("with --http", "with --oauth-issuer"))
+            if action.help and action.help.startswith(("with --http", "with --oauth-issuer", "with --metrics-port"))
         }
     )
 

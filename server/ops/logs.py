@@ -30,9 +30,10 @@ LogFormat = Literal["text", "json"]
 # What a log line says of the request it was written for (`request_id`, `org`): set by the request layers for
 # the request's task (observe.py), completed by the key check with the organization (http/app.py).
 request_fields: ContextVar[dict[str, str] | None] = ContextVar("chatdock_log_request", default=None)
-# loggers of what every request shares (asyncpg's pool, reconnecting in a task a request happened to start):
-# their lines carry no request's fields, which would name a request, and an organization, they are not about
-SHARED_LOGGERS = ("asyncpg",)
+# loggers of what every request shares (asyncpg's pool, reconnecting in a task a request happened to start; the
+# database failing, summed up over every organization's requests): their lines carry no request's fields nor
+# its trace, which would name a request, and an organization, they are not about
+SHARED_LOGGERS = ("asyncpg", "chatdock.storage.outage")
 
 
 class QuietRepeats(logging.Filter):
@@ -95,10 +96,9 @@ class JsonLines(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        fields = request_fields.get()
-        if fields and not record.name.startswith(SHARED_LOGGERS):
-            line.update(fields)
-        line.update(_trace_ids())
+        if not record.name.startswith(SHARED_LOGGERS):
+            line.update(request_fields.get() or {})
+            line.update(_trace_ids())
         if record.exc_info:
             record.exc_text = record.exc_text or self.formatException(record.exc_info)
         if record.exc_text:

@@ -57,6 +57,7 @@ logger = logging.getLogger("chatdock.storage")
 
 DEFAULT_POOL_SIZE = 10
 DEFAULT_TIMEOUT = 10.0  # seconds: to connect, to get a connection from the pool, for one statement
+OUTAGES = logging.getLogger("chatdock.storage.outage")  # the database failing everyone's requests (logs.py)
 EXPORTS = 4  # exports under way at once on one replica, each on a connection of its own (outside the pool)
 RETRIES = 5  # a transaction that met a deadlock or serialization failure is tried again this many times
 BACKOFF = 0.005  # seconds: before retry n a transaction waits a random part of BACKOFF * 2**n
@@ -201,10 +202,12 @@ class PostgresBackend(SQLBackend):
         text = translate(exc, self.url)
         if text is None:
             return exc
-        self.telemetry.failed(cause(exc))
-        # in the log too, not only in the answers and the metrics: an outage's hundreds of failed requests are
-        # one line, summed up every ten seconds (server/ops/logs.py)
-        logger.warning(text)
+        why = cause(exc)
+        self.telemetry.failed(why)
+        if why != "statement_refused":  # that one is logged as an error, with its trace (failures.py)
+            # in the log too, not only in the answers and the metrics: an outage's hundreds of failed requests
+            # are one line, summed up every ten seconds (server/ops/logs.py), of no one request or organization
+            OUTAGES.warning(text)
         return Unavailable(text)
 
     @property
@@ -222,6 +225,7 @@ class PostgresBackend(SQLBackend):
         try:
             await asyncio.wait_for(self._exports.acquire(), self.timeout)
         except TimeoutError:
+            self.telemetry.failed("exports_busy")
             raise Unavailable(
                 f"{EXPORTS} exports are under way on this server, the most at once; try again when one has ended"
             ) from None

@@ -118,21 +118,24 @@ def test_a_traceback_is_a_field_of_its_line(capsys: pytest.CaptureFixture[str]) 
 def test_a_line_of_the_pool_every_request_shares_names_no_request(capsys: pytest.CaptureFixture[str]) -> None:
     """asyncpg's pool reconnects in a task whichever request needed a connection started, and its line carried
     that request's id and organization (found by an operator's review during a PostgreSQL outage)."""
-    pool, ours = logging.getLogger("asyncpg.pool"), logging.getLogger("chatdock.test-log-format")
-    for logger in (pool, ours):
+    pool, outage = logging.getLogger("asyncpg.pool"), logging.getLogger("chatdock.storage.outage")
+    ours = logging.getLogger("chatdock.test-log-format")
+    for logger in (pool, outage, ours):
         logger.propagate = False
         logger.addHandler(logs.handler("json"))
     token = logs.request_fields.set({"request_id": "r-7", "org": "acme"})
     try:
         pool.warning("Failed to restore the pool connection floor; retrying")
+        outage.warning("cannot reach PostgreSQL ... (and 67 more like it in the last 10 s)")  # everyone's
         ours.warning("the request's own line")
     finally:
         logs.request_fields.reset(token)
-        for logger in (pool, ours):
+        for logger in (pool, outage, ours):
             logger.handlers.clear()
             logger.propagate = True
-    shared, own = read_lines(capsys.readouterr().err)
-    assert shared["logger"] == "asyncpg.pool" and "request_id" not in shared and "org" not in shared
+    *shared, own = read_lines(capsys.readouterr().err)
+    assert [line["logger"] for line in shared] == ["asyncpg.pool", "chatdock.storage.outage"]
+    assert all("request_id" not in line and "org" not in line for line in shared), shared
     assert (own["request_id"], own["org"]) == ("r-7", "acme")
 
 
