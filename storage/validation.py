@@ -65,6 +65,8 @@ DEFAULT_IGNORABLE: tuple[tuple[int, int], ...] = (
 )
 _IGNORABLE_STARTS = tuple(start for start, _ in DEFAULT_IGNORABLE)
 
+REPLACEMENT = "\ufffd"  # what a decoder puts for bytes it could not read (the SDK's stdio reader does)
+
 # Characters drawn as an empty space although they are neither white space nor default-ignorable.
 BLANKS = frozenset({"\u2800"})  # braille pattern blank
 
@@ -138,6 +140,12 @@ def identifier(value: object, name: str) -> str:
     value = normal_identifier(value)
     if not 1 <= len(value) <= MAX_ID_CHARS:
         raise InvalidInput(f"{name} must be 1 to {MAX_ID_CHARS} characters, got {len(value)}")
+    if REPLACEMENT in value:  # a decoding's trace, not a character anyone typed: "José" and "Josë" both read so
+        raise InvalidInput(
+            f"{name} must not contain U+FFFD, the replacement character (at position {value.index(REPLACEMENT) + 1}): "
+            "it stands for bytes that were not UTF-8 where the text was read (over stdio, a line that is not "
+            "UTF-8 arrives so), and two different ids would become one; send the id as UTF-8"
+        )
     found = unseen_character(value)
     if found is None:
         return value

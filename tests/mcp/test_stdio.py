@@ -144,3 +144,34 @@ def test_requests_still_running_when_stdin_ends_are_answered_not_cancelled(tmp_p
     assert all("result" in answer and not answer["result"].get("isError") for answer in answers.values())
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 40
+
+
+def test_ids_sent_in_latin_1_over_stdio_are_refused_not_merged(tmp_path: Path) -> None:
+    """The SDK's stdio reader replaces bytes that are not UTF-8 with U+FFFD: "José" and "Josë" sent in Latin-1
+    both became the contact "Jos\ufffd", one person's history in the other's transcript (found by an agent
+    developer's review). An id with U+FFFD is refused, in words that say why."""
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "latin-1", "version": "1"}}
+    lines = [
+        json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello}).encode(),
+        json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode(),
+    ]
+    for number, name in ((1, "José"), (2, "Josë")):
+        call = {"name": "append_message", "arguments": {"contact_id": name, "channel": "sms", "role": "user",
+                                                         "content": f"I am {name}"}}  # fmt: skip
+        lines.append(
+            json.dumps(
+                {"jsonrpc": "2.0", "id": number, "method": "tools/call", "params": call}, ensure_ascii=False
+            ).encode("latin-1")
+        )
+    done = subprocess.run(
+        [*chatdock_command(), "serve", "--db", str(tmp_path / "latin.db")],
+        input=b"".join(line + b"\n" for line in lines),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    answers = {answer["id"]: answer for answer in map(json.loads, done.stdout.decode().splitlines())}
+    for number in (1, 2):
+        result = answers[number]["result"]
+        assert result["isError"], result
+        assert "must not contain U+FFFD, the replacement character" in result["content"][0]["text"]
