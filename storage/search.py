@@ -43,8 +43,15 @@ def parse_query(text: object) -> Query:
         raise InvalidInput(f"query must be a string, got {type(text).__name__}")
     if len(text) > MAX_QUERY_CHARS:
         raise InvalidInput(f"query must be at most {MAX_QUERY_CHARS} characters, got {len(text)}")
-    if check.refused_character(text) is not None:
-        raise InvalidInput("query must not contain control or invisible format characters (NUL, newline, ...)")
+    refused = check.refused_character(text)
+    if refused is not None:
+        index, category = refused
+        if category == "Cs":
+            check.whole_characters(text, "query")  # half a character: said as for every other text
+        raise InvalidInput(
+            "query must not contain control or invisible format characters (NUL, newline, ...); it has "
+            f"U+{ord(text[index]):04X} at position {index + 1}: put the words on one line, without it"
+        )
     wanted: list[Term] = []
     excluded: list[Term] = []
     position = 0

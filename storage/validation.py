@@ -327,11 +327,11 @@ def channel(value: object, name: str = "channel") -> str:
     return value
 
 
-def role(value: object) -> Role:
+def role(value: object, name: str = "role") -> Role:
     for known in ROLES:
         if value == known:
             return known
-    raise InvalidInput(f"role must be one of {', '.join(ROLES)}; got {_shown(value)}")
+    raise InvalidInput(f"{name} must be one of {', '.join(ROLES)}; got {_shown(value)}")
 
 
 def chat_status(value: object) -> ChatStatus:
@@ -523,7 +523,7 @@ def roles(values: Sequence[object] | None) -> list[Role] | None:
         return None
     if not values:
         raise InvalidInput("roles must name at least one role, or be left out to include every role")
-    return sorted({role(value) for value in values})
+    return sorted({role(value, f"roles[{index}]") for index, value in enumerate(values)})
 
 
 def channels(values: Sequence[object] | None) -> list[str] | None:
@@ -540,12 +540,20 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _located(loc: Sequence[int | str]) -> str:
+    """A field's place as the caller wrote it: `message[0].type`, not pydantic's `message.0.type`."""
+    where = ""
+    for part in loc:
+        where += f"[{part}]" if isinstance(part, int) else ("." if where else "") + str(part)
+    return where or "the value"
+
+
 def explain(error: ValidationError | Sequence[Any]) -> str:
     """A pydantic failure (or its list of errors) in the contract's voice: each field, what is wrong, what was
     given."""
     problems = []
     for item in error.errors(include_url=False) if isinstance(error, ValidationError) else error:
-        where = ".".join(str(part) for part in item["loc"]) or "the value"
+        where = _located(item["loc"])
         if item["type"] == "missing":
             problems.append(f"{where} is required")
         elif item["type"] == "extra_forbidden":

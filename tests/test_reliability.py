@@ -458,7 +458,7 @@ HAND_PICKED: list[tuple[str, dict[str, Any], str]] = [
     ("search_messages", {"query": "hi", "limit": True}, "limit: input should be a whole number, not true or false"),
     ("get_context", {"contact_id": "c", "max_chars": 0}, "max_chars must be between 1"),
     ("get_context", {"contact_id": "c", "roles": []}, "roles must name at least one role"),
-    ("get_context", {"contact_id": "c", "roles": ["robot"]}, "role must be one of"),
+    ("get_context", {"contact_id": "c", "roles": ["robot"]}, "roles[0] must be one of"),
     ("get_context", {"contact_id": "c", "chat_id": "'; DROP TABLE chats; --"}, "chat_id must be a UUID"),
     ("list_messages", {"contact_id": "c", "cursor": "djE6MTox' OR 1=1"}, "cursor is not valid"),
     ("list_messages", {"contact_id": "c", "cursor": "x" * 10_000}, "cursor is not valid"),

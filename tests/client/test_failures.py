@@ -110,7 +110,7 @@ async def test_what_no_request_can_carry_is_refused_as_the_server_refuses_it(kin
         text = await refused(client.post_as_contact(CALLER, chat.id, "hello"))  # type: ignore[arg-type]
         assert (text.status, text.message) == (422, "message: input should be a valid list, got 'hello'")
         word = await refused(client.post_as_contact(CALLER, chat.id, ["hello"]))  # type: ignore[list-item]
-        assert word.status == 422 and word.message.startswith("message.0: input should be a valid dictionary")
+        assert word.status == 422 and word.message.startswith("message[0]: input should be a valid dictionary")
         late = await refused(client.post_as_contact(CALLER, chat.id, [{"text": "hi", "start_timestamp": float("nan")}]))
         assert late.status == 422 and "plain JSON" in late.message  # JSON has no NaN: never sent
 

@@ -104,6 +104,8 @@ async def test_deleted_forgotten_and_other_organizations_messages_are_never_foun
         ("🙂 ...", "query needs at least one word to find"),
         ("   ", "query needs at least one word to find"),
         ("a\x00b", "query must not contain control or invisible format characters"),
+        ("refund\nnow", "it has U+000A at position 7: put the words on one line, without it"),  # where, and what to do
+        ("half \ud83d", "query holds half of a character (U+D83D at position 6"),  # not "a control character"
         ("x" * 10_000, "query must be at most 1000 characters, got 10000"),
     ],
 )

@@ -224,7 +224,7 @@ async def test_context_limit_filters_and_order(store: Store) -> None:
         ({"limit": 0}, "limit must be between 1 and 200, got 0"),
         ({"limit": 500}, "limit must be between 1 and 200, got 500"),
         ({"limit": -1}, "limit must be between 1 and 200, got -1"),
-        ({"roles": ["boss"]}, "role must be one of"),
+        ({"roles": ["boss"]}, "roles[0] must be one of"),
         ({"roles": []}, "roles must name at least one role"),
         ({"channels": ["SMS"]}, "channels[] must be a lower-case name"),
         ({"max_chars": 0}, "max_chars must be between 1 and"),
