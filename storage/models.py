@@ -49,9 +49,8 @@ def _absent(value: object) -> bool:
 
 
 class Part(_Model):
-    """One piece of a message's text; timestamps are seconds from the start of the call or recording.
-
-    A timestamp that is not set is left out of what is written (the schema does not require it)."""
+    """One piece of a message's text; timestamps are seconds from the start of the call or recording, left out
+    when not set."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,9 +61,11 @@ class Part(_Model):
 
 
 class Message(_Model):
-    """A stored message: frozen, as one read's messages may be the next read's too (rows.messages), and so are
-    its parts; its `parts` list and `metadata` dict are shared with every read of it: change neither in place
-    (a changed copy is `message.model_copy(update={...}, deep=True)`)."""
+    """A stored message."""
+
+    # frozen, as one read's messages may be the next read's too (rows.messages), and so are its parts; its `parts`
+    # list and `metadata` dict are shared with every read of it: change neither in place (a changed copy is
+    # `message.model_copy(update={...}, deep=True)`). The docstring above is the schema's description.
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

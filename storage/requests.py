@@ -25,7 +25,16 @@ ContactId = Annotated[
         json_schema_extra={"minLength": 1, "maxLength": check.MAX_ID_CHARS},
     ),
 ]
-AgentId = Annotated[str | None, Field(description="The agent the message belongs to, if any.")]
+_ID = {"minLength": 1, "maxLength": check.MAX_ID_CHARS}
+AgentId = Annotated[str | None, Field(description="The agent the message belongs to, if any.", json_schema_extra=_ID)]
+ChatAgentId = Annotated[str | None, Field(description="The agent handling this chat, if any.", json_schema_extra=_ID)]
+AgentFilter = Annotated[
+    str | None,
+    Field(
+        description="Only the messages stored with this agent_id (the contact's own, stored with none, are left out).",
+        json_schema_extra=_ID,
+    ),
+]
 ChatId = Annotated[str | None, Field(description="A chat (UUID) of this contact, from open_chat or list_chats.")]
 Channel = Annotated[
     str, Field(description="Where it travelled: whatsapp, sms, voice, widget, ...", json_schema_extra=_CHANNEL)
@@ -78,7 +87,8 @@ ContextLimit = Annotated[
     int | None,
     Whole,
     Field(
-        description="Also return the contact's context (as get_context with this limit, 1 to 200) after the write.",
+        description="Also return the contact's context right after the write: get_context with this limit (1 to "
+        "200) and the write's agent_id (with one, only that agent's messages).",
         json_schema_extra={"minimum": 1, "maximum": 200},
     ),
 ]
@@ -129,7 +139,7 @@ class AliasRequest(_Model):
 
 class OpenChatRequest(_Model):
     channel: StartChannel
-    agent_id: AgentId = None
+    agent_id: ChatAgentId = None
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"channel": "voice", "agent_id": "agent-7"}]}

@@ -18,7 +18,7 @@ from chatdock.server.mcp.results import transcript_text
 from chatdock.storage import ChatdockError, InvalidInput, NotFound, Store
 from chatdock.storage import Context as ContextModel
 from chatdock.storage import validation as check
-from chatdock.storage.requests import AgentId, ContactId
+from chatdock.storage.requests import AgentFilter, ContactId
 
 TRANSCRIPT_URI = "chatdock://contacts/{contact_id}/transcript"
 CONTEXT_URI = "chatdock://contacts/{contact_id}/context"
@@ -101,7 +101,7 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store]) -> None:
         return (await read_context(contact_id)).model_dump_json()
 
     @server.prompt(title="Continue conversation")
-    async def continue_conversation(contact_id: ContactId, agent_id: AgentId = None) -> list[UserMessage]:
+    async def continue_conversation(contact_id: ContactId, agent_id: AgentFilter = None) -> list[UserMessage]:
         """Hand the model a contact's conversation so far, to continue it."""
         try:
             found = await the_store().get_context(current_org.get(), contact_id, agent_id=agent_id)

@@ -27,11 +27,12 @@ from chatdock.storage import (
 )
 from chatdock.storage.models import SearchPage
 from chatdock.storage.requests import (
-    AgentId,
+    AgentFilter,
     AppendRequest,
     ChannelFilter,
     ChannelId,
     Channels,
+    ChatAgentId,
     ChatId,
     ContactId,
     ContextLimit,
@@ -111,7 +112,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
     @server.tool(title="Get conversation context", annotations=_hints(read_only=True))
     async def get_context(
         contact_id: ContactId,
-        agent_id: AgentId = None,
+        agent_id: AgentFilter = None,
         chat_id: ChatId = None,
         limit: Limit = 50,
         roles: Roles = None,
@@ -149,7 +150,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
         contact_id: ContactId,
         limit: Limit = 50,
         cursor: Annotated[str | None, Field(description="next_cursor of the previous page.")] = None,
-        agent_id: AgentId = None,
+        agent_id: AgentFilter = None,
         chat_id: ChatId = None,
         channel: ChannelFilter = None,
     ) -> CallToolResult:
@@ -237,7 +238,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
         async def open_chat(
             contact_id: ContactId,
             channel: StartChannel,
-            agent_id: AgentId = None,
+            agent_id: ChatAgentId = None,
         ) -> CallToolResult:
             """Start a chat (a conversation thread) for a contact on a channel; it starts RUNNING."""
             return as_json(await _tool(the_store().open_chat(_org(), contact_id, channel, agent_id)))
