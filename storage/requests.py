@@ -65,7 +65,10 @@ Roles = Annotated[
 Status = Annotated[
     str, Field(description="RUNNING, COMPLETED, FAILED or CANCELED.", json_schema_extra={"enum": list(CHAT_STATUSES)})
 ]
-Content = Annotated[str, Field(description="The message's text.")]
+Content = Annotated[
+    str,
+    Field(description="The message's text.", json_schema_extra={"minLength": 1, "maxLength": check.MAX_TEXT_CHARS}),
+]
 Metadata = Annotated[
     dict[str, Any] | None, Field(description="JSON object; provider_message_id makes retried webhooks store once.")
 ]
@@ -92,7 +95,13 @@ ContextLimit = Annotated[
         json_schema_extra={"minimum": 1, "maximum": 200},
     ),
 ]
-Parts = Annotated[list[Part], Field(description="1 to 100 text parts, with optional timestamps.")]
+Parts = Annotated[
+    list[Part],
+    Field(
+        description="1 to 100 text parts, with optional timestamps.",
+        json_schema_extra={"minItems": 1, "maxItems": check.MAX_PARTS},
+    ),
+]
 ChannelId = Annotated[str | None, Field(description="Which of the chat's custom channels, when it has several.")]
 Identifier = Annotated[str, Field(description="Another id of the same person: an email, a phone number, a session id.")]
 

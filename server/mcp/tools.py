@@ -25,6 +25,7 @@ from chatdock.storage import (
     Store,
     StoredMessage,
 )
+from chatdock.storage import validation as check
 from chatdock.storage.models import SearchPage
 from chatdock.storage.requests import (
     AgentFilter,
@@ -45,6 +46,7 @@ from chatdock.storage.requests import (
     Status,
     Whole,
 )
+from chatdock.storage.search import MAX_QUERY_CHARS
 
 if TYPE_CHECKING:
     from chatdock.server.mcp.app import ChatdockServer
@@ -120,7 +122,11 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
         max_chars: Annotated[
             int | None,
             Whole,
-            Field(description="Drop the oldest messages until `formatted` fits.", json_schema_extra={"minimum": 1}),
+            Field(
+                description="Drop the oldest messages until the transcript (`formatted`) is at most this many "
+                "characters.",
+                json_schema_extra={"minimum": 1, "maximum": check.MAX_MAX_CHARS},
+            ),
         ] = None,
         include_messages: Annotated[
             bool,
@@ -166,7 +172,10 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
     async def search_messages(
         query: Annotated[
             str,
-            Field(description='Words (any case, accents ignored), prefix*, "exact phrase", -excluded.'),
+            Field(
+                description='Words (any case, accents ignored), prefix*, "exact phrase", -excluded.',
+                json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS},
+            ),
         ],
         contact_id: Annotated[str | None, Field(description="Only this contact (any of its ids).")] = None,
         channel: ChannelFilter = None,
