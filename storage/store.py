@@ -346,9 +346,11 @@ class Store:
         channels: Sequence[str] | None = None,
         max_chars: int | None = None,
         reserved: int = 0,
+        text_only: bool = False,
     ) -> Context:
         """The contact's last messages and their transcript; `reserved` bytes of the result hold something else
-        (an append's own message, see `_with_context`)."""
+        (an append's own message, see `_with_context`); `text_only`: the result carries the transcript's text
+        alone (the tool's default), so the size bound cuts it there."""
         contact_id = check.contact_id(contact_id)
         agent_id = check.optional_identifier(agent_id, "agent_id")
         chat_id = check.optional_uuid(chat_id, "chat_id")
@@ -365,14 +367,19 @@ class Store:
             contact_id = newest_first[0].contact_id
         elif not resolved:
             contact_id = await self._canonical(org, contact_id)
-        return self._context(contact_id, agent_id, newest_first, budget, reserved)
+        return self._context(contact_id, agent_id, newest_first, budget, reserved, text_only)
 
     @staticmethod
     def _context(
-        contact_id: str, agent_id: str | None, newest_first: list[Message], budget: int | None, reserved: int
+        contact_id: str,
+        agent_id: str | None,
+        newest_first: list[Message],
+        budget: int | None,
+        reserved: int,
+        text_only: bool = False,
     ) -> Context:
         """The context of these messages: as many of the newest as fit (see `fit_transcript`)."""
-        kept, formatted, truncated = fit_transcript(newest_first[::-1], budget, reserved)
+        kept, formatted, truncated = fit_transcript(newest_first[::-1], budget, reserved, text_only)
         return Context(
             contact_id=contact_id, agent_id=agent_id, messages=kept, formatted=formatted, truncated=truncated
         )

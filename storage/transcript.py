@@ -52,20 +52,24 @@ _entries = PerMessage(_measured, lambda message, measured: 2 * len(measured[0]))
 
 
 def fit_transcript(
-    messages: Sequence[Message], max_chars: int | None, reserved: int = 0
+    messages: Sequence[Message], max_chars: int | None, reserved: int = 0, text_only: bool = False
 ) -> tuple[list[Message], str, bool]:
     """Drop the oldest messages until the transcript fits in `max_chars` and the whole result (the messages,
     the transcript, and the transcript again as the text a model reads, beside `reserved` bytes of whatever
-    else the result holds) in one result; say whether any were dropped."""
+    else the result holds; with `text_only`, a result that carries the text alone) in one result; say whether
+    any were dropped."""
     measured = [_entries.of(message) for message in messages]
     entries = [entry for entry, _ in measured]
     newest_first = list(zip(reversed(messages), reversed(measured), strict=True))
-    kept = fitting(
-        newest_first,
-        lambda item: message_bytes(item[0]) + 2 * text_bytes(item[1][0]),
-        lambda item: item[1][1],
-        reserved,
-    )
+    if text_only:  # the messages and the structured transcript are not sent: four times as many may fit
+        kept = fitting(newest_first, lambda item: text_bytes(item[1][0]), lambda item: text_bound(item[1][0]), reserved)
+    else:
+        kept = fitting(
+            newest_first,
+            lambda item: message_bytes(item[0]) + 2 * text_bytes(item[1][0]),
+            lambda item: item[1][1],
+            reserved,
+        )
     if max_chars is not None:
         size = -1  # no separator before the first entry
         for count, (_, (entry, _)) in enumerate(newest_first[:kept]):

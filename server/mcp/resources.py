@@ -94,7 +94,7 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store]) -> None:
         CONTEXT_URI,
         name="context",
         title="Contact context",
-        description="What get_context returns with its defaults, as JSON.",
+        description="What get_context returns with include_messages (the messages and the transcript), as JSON.",
         mime_type="application/json",
     )
     async def context(contact_id: str) -> str:

@@ -147,6 +147,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
                 roles=roles,
                 channels=channels,
                 max_chars=max_chars,
+                text_only=not include_messages,
             )
         )
         return context_result(found, include_messages)

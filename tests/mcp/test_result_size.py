@@ -26,6 +26,7 @@ import pytest
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server import _streamable_http_modern as modern_http
+from mcp.types import TextContent
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY, JSONRPCNotification
 from pydantic import BaseModel
 
@@ -286,6 +287,28 @@ async def test_get_context_in_process_is_within_the_bound(tmp_path: Path, mode: 
     check_cut(result.structured_content)
     for body in [*written(result), *written(read)]:
         check_bytes(body, LONGEST[name])
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_get_context_as_text_alone_keeps_what_the_text_alone_can_hold(tmp_path: Path, mode: str) -> None:
+    """By default the result is the transcript's text alone, yet it was cut as if it carried the messages and the
+    transcript twice besides: a quarter of what fits (31 of 200 long messages, about 1 MiB; found by an agent
+    developer's review). Cut for the text alone, it holds about four times as many, within the bound."""
+    content = LONGEST["e-acute"]
+    async with open_store(str(tmp_path / "chatdock.db")) as store:
+        await fill(store, content=content)
+        async with Client(build_server(Settings(), store=store), mode=mode) as client:
+            alone = await client.call_tool("get_context", {"contact_id": CONTACT, "limit": COUNT})
+            whole = await client.call_tool(
+                "get_context", {"contact_id": CONTACT, "limit": COUNT, "include_messages": True}
+            )
+    assert alone.structured_content is None
+    [text] = alone.content
+    assert isinstance(text, TextContent)
+    kept, with_messages = text.text.count("USER: "), len((whole.structured_content or {})["messages"])
+    assert kept >= 3 * with_messages and kept < COUNT, (kept, with_messages)
+    for body in written(alone):
+        check_bytes(body, content)
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
