@@ -76,10 +76,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def http_server(db: str, *extra: str, fresh: bool = False) -> Iterator[str]:
-    """`chatdock serve --http` on a free loopback port; yields its base URL once /healthz answers. `fresh`: the
-    installed command started from scratch (not forked)."""
-    port = free_port()
+def http_server(db: str, *extra: str, fresh: bool = False, port: int | None = None) -> Iterator[str]:
+    """`chatdock serve --http` on a free loopback port (or `port`: a server started again where the last one
+    was); yields its base URL once /healthz answers. `fresh`: the installed command started from scratch (not
+    forked)."""
+    port = free_port() if port is None else port
     command = installed_command() if fresh else chatdock_command()
     process = subprocess.Popen(
         [*command, "serve", "--http", "--db", db, "--port", str(port), *extra],

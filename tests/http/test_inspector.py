@@ -19,7 +19,7 @@ import pytest
 from playwright.async_api import Browser, Page, Response, Route, async_playwright, expect
 
 from tests.http.browser import NARROW, accessible, chromium, opened, q, screenshot, sign_in, watched
-from tests.transports import Rest, create_key, http_server, run_cli
+from tests.transports import Rest, create_key, free_port, http_server, run_cli
 
 pytestmark = pytest.mark.process
 
@@ -391,6 +391,32 @@ async def test_a_support_person_keeps_their_place_and_is_told_what_happened_else
             await page.get_by_label("Open a contact by any of its identifiers").press("Enter")
             await expect(page.locator("#search-scope-name")).to_have_text(long)
             assert await page.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
+
+
+async def test_a_server_started_again_read_only_takes_the_writes_away(tmp_path: Path, browser: Browser) -> None:
+    """The page read its settings once: after the server was restarted with --read-only, its write buttons
+    stayed, and a delete's 405 was an error no one caught (nothing said on the page). It says the server is
+    read-only now and offers no write."""
+    db, port = str(tmp_path / "restarted.db"), free_port()
+    key = create_key(db, "acme", "support")
+    async with watched(browser) as seen:
+        page = seen.page
+        with http_server(db, port=port) as base:
+            seed(Rest(base, key))
+            await sign_in(page, base, key)
+            await page.get_by_role("button", name=ANN).click()
+            timeline = page.locator("#timeline > li")
+            await expect(timeline.first).to_be_visible()
+            shown = await timeline.count()
+        with http_server(db, "--read-only", port=port):
+            await timeline.first.get_by_role("button", name="Delete message").click()
+            await page.get_by_role("alertdialog").get_by_role("button", name="Delete message").click()
+            await expect(page.locator("#problem")).to_contain_text("The server is read-only now")
+            for name in WRITES:
+                await expect(page.get_by_role("button", name=name)).to_have_count(0)
+            await expect(timeline).to_have_count(shown)  # nothing was deleted, and the timeline is whole
+        # the page's event stream could not reach the server while it was being started again
+        seen.errors = [error for error in seen.errors if "ERR_CONNECTION_REFUSED" not in error]
 
 
 async def test_read_only_offers_no_write_and_pages_back(tmp_path: Path, browser: Browser) -> None:

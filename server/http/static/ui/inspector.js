@@ -112,7 +112,27 @@ function complain(message) {
 
 function failed(error) {
   if (error instanceof Stale) return;
+  if (error instanceof ApiError && error.status === 405 && error.message.startsWith(READ_ONLY)) {
+    withoutWrites(); // the server was started again with --read-only since the page read its settings
+    complain("The server is read-only now (it was restarted with --read-only): nothing was changed, and the page no longer offers writes.");
+    return;
+  }
   complain(error instanceof ApiError ? error.describe() : `Something went wrong in the page: ${error.message}`);
+}
+
+/** Offer no write: the forms and buttons go, and what shows a contact is drawn again without them. */
+function withoutWrites() {
+  state.readOnly = true;
+  for (const control of document.querySelectorAll(".writes")) control.remove();
+  for (const id of ["identifiers", "chats", "timeline"]) {
+    $(id).replaceChildren();
+    delete $(id).dataset.shown;
+  }
+  if (state.contact) {
+    renderContact();
+    renderTimeline();
+    loadChats().catch(failed);
+  }
 }
 
 // --- the REST API ---
@@ -133,6 +153,7 @@ class Stale extends Error {} // an answer for a contact or key that is no longer
 
 const enc = encodeURIComponent;
 const NO_ANSWER = "chatdock did not answer";
+const READ_ONLY = "this server is read-only"; // how a --read-only server's 405 to a write begins
 
 async function call(method, path, { query = {}, body, raw = false } = {}) {
   const dots = path.split("/").find((segment) => segment === "." || segment === "..");
@@ -368,7 +389,7 @@ function renderContact() {
       el("span", { class: "id", id: label }, alias),
       state.readOnly
         ? null
-        : el("button", { type: "button", "aria-describedby": label, onclick: () => unlink(alias) }, "Unlink identifier"),
+        : el("button", { type: "button", "aria-describedby": label, onclick: guarded(() => unlink(alias)) }, "Unlink identifier"),
     );
   });
   $("identifiers").replaceChildren(own, ...aliases);
@@ -406,7 +427,7 @@ function renderChat(chat) {
         { class: "row" },
         el("label", { for: `${label}-status` }, `New status of chat ${short(chat.id)}`),
         select,
-        el("button", { type: "button", "aria-describedby": label, onclick: () => setStatus(chat, select.value) }, "Set chat status"),
+        el("button", { type: "button", "aria-describedby": label, onclick: guarded(() => setStatus(chat, select.value)) }, "Set chat status"),
       ),
     );
   }
@@ -451,7 +472,7 @@ function renderMessage(message) {
     el("details", {}, el("summary", {}, "Metadata"), el("pre", {}, JSON.stringify(details, null, 2))),
     state.readOnly
       ? null
-      : el("button", { type: "button", class: "danger", "aria-describedby": head, onclick: () => remove(message) }, "Delete message"),
+      : el("button", { type: "button", class: "danger", "aria-describedby": head, onclick: guarded(() => remove(message)) }, "Delete message"),
   );
 }
 
@@ -827,9 +848,7 @@ async function start() {
   } catch (error) {
     complain(`The page could not read its settings (${error.message}); writes are not offered.`);
   }
-  if (state.readOnly) {
-    for (const control of document.querySelectorAll(".writes")) control.remove();
-  }
+  if (state.readOnly) withoutWrites();
   document.body.dataset.ready = "true";
   $("api-key").focus();
 }
