@@ -18,14 +18,14 @@ from .models import CHAT_STATUSES, ROLES, NewMessage, Part, _Model
 
 _CHANNEL: dict[str, Any] = {"pattern": "^" + check.CHANNEL_PATTERN.pattern + "$"}
 
+_ID: dict[str, Any] = {"minLength": 1, "maxLength": check.MAX_ID_CHARS}  # what every id takes (validation.identifier)
 ContactId = Annotated[
     str,
     Field(
         description="The contact's external id: a phone number (+31612345678), session id or email.",
-        json_schema_extra={"minLength": 1, "maxLength": check.MAX_ID_CHARS},
+        json_schema_extra=_ID,
     ),
 ]
-_ID = {"minLength": 1, "maxLength": check.MAX_ID_CHARS}
 AgentId = Annotated[str | None, Field(description="The agent the message belongs to, if any.", json_schema_extra=_ID)]
 ChatAgentId = Annotated[str | None, Field(description="The agent handling this chat, if any.", json_schema_extra=_ID)]
 AgentFilter = Annotated[

@@ -61,15 +61,13 @@ def fit_transcript(
     measured = [_entries.of(message) for message in messages]
     entries = [entry for entry, _ in measured]
     newest_first = list(zip(reversed(messages), reversed(measured), strict=True))
-    if text_only:  # the messages and the structured transcript are not sent: four times as many may fit
-        kept = fitting(newest_first, lambda item: text_bytes(item[1][0]), lambda item: text_bound(item[1][0]), reserved)
-    else:
-        kept = fitting(
-            newest_first,
-            lambda item: message_bytes(item[0]) + 2 * text_bytes(item[1][0]),
-            lambda item: item[1][1],
-            reserved,
-        )
+    cost, bound = (
+        # the messages and the structured transcript are not sent: four times as many may fit
+        (lambda item: text_bytes(item[1][0]), lambda item: text_bound(item[1][0]))
+        if text_only
+        else (lambda item: message_bytes(item[0]) + 2 * text_bytes(item[1][0]), lambda item: item[1][1])
+    )
+    kept = fitting(newest_first, cost, bound, reserved)
     if max_chars is not None:
         size = -1  # no separator before the first entry
         for count, (_, (entry, _)) in enumerate(newest_first[:kept]):

@@ -132,22 +132,23 @@ class IssuerKeys:
             return next(iter(self._keys.values())) if len(self._keys) == 1 else None
         return self._keys.get(kid)
 
-    def _current(self, kid: str | None) -> bool:
-        """Whether the key `kid` names is kept from keys young enough, or from keys that could not be fetched
-        again lately (an issuer that is down does not stop the tokens its kept keys verify)."""
+    def _current(self, kid: str | None) -> jwt.PyJWK | None:
+        """The kept key `kid` names while the kept keys are young enough, or could not be fetched again lately
+        (an issuer that is down does not stop the tokens its kept keys verify)."""
         now = time.monotonic()
         fresh = now - self._fetched_at < KEYS_MAX_AGE or (self._failed and now - self._tried_at < STALE_RETRY_SECONDS)
-        return fresh and self._kept(kid) is not None
+        return self._kept(kid) if fresh else None
 
     async def key(self, kid: str | None) -> jwt.PyJWK:
-        if self._current(kid):
-            return cast(jwt.PyJWK, self._kept(kid))
+        current = self._current(kid)
+        if current is not None:
+            return current
         asked = time.monotonic()
         async with self._lock:  # one fetch for the many tokens that name the same new key
             # a fetch that ended since this request came is its answer, unless it began before the request and
             # succeeded without the key (the issuer may have published it meanwhile: a rotation)
             answered = self._ended_at >= asked and (self._failed or self._tried_at >= asked)
-            if not answered and not self._current(kid):
+            if not answered and self._current(kid) is None:
                 await asyncio.sleep(max(0.0, self._tried_at + REFETCH_SECONDS - time.monotonic()))
                 await self._fetch()
             failed = self._failed

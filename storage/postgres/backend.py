@@ -217,11 +217,10 @@ class PostgresBackend(SQLBackend):
         return self._pool
 
     @contextlib.asynccontextmanager
-    async def _consistent_read(self) -> AsyncIterator[Read]:
-        """Reads on a connection of their own, in one REPEATABLE READ, READ ONLY transaction: each sees the
-        database as it was at the transaction's first statement. Not one of the pool's: an export lasts as long
-        as its reader takes, and slow downloads held the pool's connections from every request (the one kept
-        for health and key checks included); at most EXPORTS at once, a further one waits `timeout`, then 503."""
+    async def _export_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of its own, not one of the pool's: an export lasts as long as its reader takes, and slow
+        downloads held the pool's connections from every request (the one kept for health and key checks
+        included). At most EXPORTS at once; a further one waits `timeout`, then 503. Closed however it ends."""
         try:
             await asyncio.wait_for(self._exports.acquire(), self.timeout)
         except TimeoutError:
@@ -235,24 +234,31 @@ class PostgresBackend(SQLBackend):
             except FAILURES as exc:
                 raise self._failed(exc) from exc
             try:
-                try:
-                    await _init_connection(conn)
-                    await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", timeout=self.timeout)
-                except FAILURES as exc:
-                    raise self._failed(exc) from exc
-
-                async def read(sql: str, params: Sequence[Any]) -> list[Any]:
-                    try:
-                        with self._sql.read(sql):
-                            return list(await conn.fetch(driver.numbered(sql), *params, timeout=self.timeout))
-                    except FAILURES as exc:
-                        raise self._failed(exc) from exc
-
-                yield read
+                yield conn
             finally:
                 await settle(_close_quietly(conn))  # even when cancelled: a client that left a REST export
         finally:
             self._exports.release()
+
+    @contextlib.asynccontextmanager
+    async def _consistent_read(self) -> AsyncIterator[Read]:
+        """Reads on an export's connection (`_export_connection`), in one REPEATABLE READ, READ ONLY transaction:
+        each sees the database as it was at the transaction's first statement."""
+        async with self._export_connection() as conn:
+            try:
+                await _init_connection(conn)
+                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", timeout=self.timeout)
+            except FAILURES as exc:
+                raise self._failed(exc) from exc
+
+            async def read(sql: str, params: Sequence[Any]) -> list[Any]:
+                try:
+                    with self._sql.read(sql):
+                        return list(await conn.fetch(driver.numbered(sql), *params, timeout=self.timeout))
+                except FAILURES as exc:
+                    raise self._failed(exc) from exc
+
+            yield read
 
     async def _read(
         self, sql: str, params: Sequence[Any], org: str | None = None, *, urgent: bool = False, replan: bool = False

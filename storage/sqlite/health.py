@@ -120,10 +120,10 @@ class FileWatch:
             try:
                 now = os.stat(self.path + suffix)
             except FileNotFoundError:
-                return side_file_text(self.path, suffix)
+                now = None  # removed
             except OSError:
                 continue  # not known to be gone
-            if (now.st_dev, now.st_ino) != opened:
+            if now is None or (now.st_dev, now.st_ino) != opened:
                 return side_file_text(self.path, suffix)
         return None
 

@@ -212,7 +212,7 @@ async function signIn(event) {
   state.key = key;
   state.generation += 1;
   try {
-    const listed = await call("GET", "/contacts", { query: { limit: PAGE } });
+    const listed = await contactsPage(null);
     field.value = "";
     show("home");
     renderContacts(listed);
@@ -276,12 +276,17 @@ function renderContacts(listed, further = false) {
   return items;
 }
 
+/** A page of the organization's contacts, the most recently active first: the first, or the one `cursor` names. */
+async function contactsPage(cursor) {
+  return call("GET", "/contacts", { query: { limit: PAGE, cursor } });
+}
+
 async function refreshContacts() {
-  renderContacts(await call("GET", "/contacts", { query: { limit: PAGE } }));
+  renderContacts(await contactsPage(null));
 }
 
 async function moreContacts() {
-  const items = renderContacts(await call("GET", "/contacts", { query: { limit: PAGE, cursor: state.contactsCursor } }), true);
+  const items = renderContacts(await contactsPage(state.contactsCursor), true);
   // the first of them has the focus (the button may be gone: the focus is not left on nothing)
   if (items.length) items[0].querySelector("button").focus();
   say(`${items.length} more contact(s)${state.contactsCursor ? "" : "; that is all of them"}.`);
