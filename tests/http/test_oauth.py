@@ -9,7 +9,6 @@ import asyncio
 import base64
 import json
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -28,6 +27,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 
 from chatdock.server.http.oauth import granted_scopes
+from tests import npm
 from tests.transports import (
     chatdock_command,
     create_key,
@@ -48,14 +48,7 @@ CALLER = "+31612345678"
 @pytest.fixture(scope="session")
 def node_modules() -> Path:
     """The authorization server's packages (oidc-provider), installed once from the npm registry."""
-    if not (OIDC / "node_modules" / "oidc-provider").is_dir():
-        npm = shutil.which("npm")
-        assert npm, "the OAuth tests run a real authorization server on Node.js: install node and npm"
-        installed = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=OIDC, capture_output=True, text=True, timeout=300
-        )
-        assert installed.returncode == 0, installed.stderr
-    return OIDC / "node_modules"
+    return npm.installed(OIDC, "oidc-provider")
 
 
 class AuthorizationServer:
@@ -67,10 +60,8 @@ class AuthorizationServer:
         self.process: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        node = shutil.which("node")
-        assert node, "the OAuth tests need Node.js"
         self.process = subprocess.Popen(
-            [node, "provider.mjs"],
+            [npm.node(), "provider.mjs"],
             cwd=OIDC,
             env={"PORT": str(self.port), "PATH": "/usr/bin:/bin"},
             stdout=subprocess.PIPE,

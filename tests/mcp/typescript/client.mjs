@@ -1,0 +1,132 @@
+// What an application on the MCP TypeScript SDK 1.x (the initialize era) does with chatdock, run by
+// tests/mcp/test_typescript.py: `node client.mjs CONFIG`, where CONFIG is JSON naming the server to talk to and a
+// second connection ("peer") that writes while this one listens. It prints one JSON report on stdout; a step the
+// SDK throws on ends the script with the error on stderr.
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { ResourceUpdatedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
+
+const config = JSON.parse(process.argv[2]);
+const CONTACT = "+31612345678";
+const OTHER = "+442071838750";
+const transcriptUri = (id) => `chatdock://contacts/${encodeURIComponent(id)}/transcript`;
+
+function transportOf(target) {
+  if (target.stdio) {
+    const { command, args, env } = target.stdio;
+    return new StdioClientTransport({ command, args, env, stderr: "inherit" });
+  }
+  const headers = target.http.key ? { Authorization: `Bearer ${target.http.key}` } : {};
+  return new StreamableHTTPClientTransport(new URL(target.http.url), { requestInit: { headers } });
+}
+
+async function connected(target, name) {
+  const client = new Client({ name, version: "1.0.0" });
+  const transport = transportOf(target);
+  await client.connect(transport);
+  await client.listTools(); // the SDK checks structured results against the output schemas it has listed
+  return { client, transport };
+}
+
+// a tool call as an application makes it: the result, or what the SDK threw
+async function call(client, name, args) {
+  try {
+    const result = await client.callTool({ name, arguments: args });
+    return {
+      isError: result.isError === true,
+      text: result.content.filter((part) => part.type === "text").map((part) => part.text),
+      structured: result.structuredContent ?? null,
+    };
+  } catch (error) {
+    return { thrown: String(error.message ?? error) };
+  }
+}
+
+const heard = [];
+const waiting = [];
+function waitFor(uri, ms = 20000) {
+  return new Promise((resolve, reject) => {
+    if (heard.includes(uri)) return resolve();
+    const timer = setTimeout(() => reject(new Error(`no notifications/resources/updated for ${uri} in ${ms} ms`)), ms);
+    waiting.push({ uri, done: () => (clearTimeout(timer), resolve()) });
+  });
+}
+
+const report = {};
+const { client, transport } = await connected(config.server, "ts-sdk-app");
+client.setNotificationHandler(ResourceUpdatedNotificationSchema, (notification) => {
+  heard.push(notification.params.uri);
+  for (const waiter of waiting.filter((w) => w.uri === notification.params.uri)) waiter.done();
+});
+report.server = client.getServerVersion();
+report.capabilities = client.getServerCapabilities();
+report.protocol = transport.protocolVersion ?? null;
+report.tools = (await client.listTools()).tools.map((tool) => ({
+  name: tool.name,
+  outputSchema: tool.outputSchema !== undefined,
+  annotations: tool.annotations ?? null,
+}));
+
+report.appended = [
+  await call(client, "append_message", {
+    contact_id: CONTACT,
+    channel: "whatsapp",
+    role: "user",
+    content: "Where is my order?",
+    metadata: { provider_message_id: "wamid.1" },
+  }),
+  await call(client, "append_message", {
+    contact_id: CONTACT,
+    channel: "whatsapp",
+    role: "assistant",
+    content: "It ships tomorrow.",
+    context_limit: 10,
+  }),
+];
+report.retried = await call(client, "append_message", {
+  contact_id: CONTACT,
+  channel: "whatsapp",
+  role: "user",
+  content: "Where is my order?",
+  metadata: { provider_message_id: "wamid.1" },
+});
+report.context = await call(client, "get_context", { contact_id: CONTACT });
+report.contextRows = await call(client, "get_context", { contact_id: CONTACT, include_messages: true });
+report.listed = await call(client, "list_messages", { contact_id: CONTACT, limit: 1 });
+report.searched = await call(client, "search_messages", { query: "order" });
+report.contact = await call(client, "get_contact", { contact_id: CONTACT });
+report.refused = await call(client, "append_message", {
+  contact_id: CONTACT,
+  channel: "whatsapp",
+  role: "robot",
+  content: "hi",
+});
+report.unknownTool = await call(client, "no_such_tool", {});
+
+report.resources = (await client.listResources()).resources.map((resource) => resource.uri);
+report.templates = (await client.listResourceTemplates()).resourceTemplates.map((template) => template.uriTemplate);
+report.transcript = (await client.readResource({ uri: transcriptUri(CONTACT) })).contents.map((c) => c.text);
+report.prompts = (await client.listPrompts()).prompts.map((prompt) => prompt.name);
+report.prompt = (await client.getPrompt({ name: "continue_conversation", arguments: { contact_id: CONTACT } }))
+  .messages.length;
+
+// events: another connection writes; this one hears of its contact while subscribed, and not after
+const peer = await connected(config.peer, "ts-sdk-peer");
+await client.subscribeResource({ uri: transcriptUri(CONTACT) });
+await call(peer.client, "append_message", { contact_id: CONTACT, channel: "sms", role: "user", content: "Thanks!" });
+await waitFor(transcriptUri(CONTACT));
+await client.unsubscribeResource({ uri: transcriptUri(CONTACT) });
+await client.subscribeResource({ uri: transcriptUri(OTHER) });
+await call(peer.client, "append_message", { contact_id: CONTACT, channel: "sms", role: "user", content: "Bye" });
+await call(peer.client, "append_message", { contact_id: OTHER, channel: "sms", role: "user", content: "Hello" });
+await waitFor(transcriptUri(OTHER)); // the sentinel: the unsubscribed contact's write came before it
+report.heard = heard;
+
+if (transport.terminateSession) {
+  await peer.transport.terminateSession();
+  await transport.terminateSession();
+}
+await peer.client.close();
+await client.close();
+process.stdout.write(JSON.stringify(report));
