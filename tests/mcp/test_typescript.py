@@ -1,7 +1,9 @@
-"""chatdock with the MCP TypeScript SDK 1.x's client, the initialize era most applications and hosts run today:
-over stdio (a `chatdock serve` it starts) and over streamable HTTP with a key, on both engines. The SDK checks
-every structured result against the tool's output schema, so a result that strays from its schema fails here as
-it would in a user's application. tests/mcp/typescript/client.mjs is the application; this test reads its report."""
+"""chatdock with the MCP TypeScript SDK's clients: 1.x, of the initialize era most applications and hosts run
+today, and 2.x in both its modes (the initialize era by default; "auto", which probes and speaks 2026-07-28 with
+chatdock); over stdio (a `chatdock serve` it starts) and over streamable HTTP with a key, on both engines. The SDK
+checks every structured result against the tool's output schema, so a result that strays from its schema fails
+here as it would in a user's application. tests/mcp/typescript/client.mjs is the application; this test reads
+its report."""
 
 from __future__ import annotations
 
@@ -26,14 +28,26 @@ OTHER = "+442071838750"
 TRANSCRIPT = "USER: Where is my order?\nASSISTANT: It ships tomorrow."
 
 
+# (the SDK's major version, the era it is to speak), as an application configures it
+CLIENTS = {"sdk1": (1, "legacy"), "sdk2": (2, "legacy"), "sdk2-auto": (2, "modern")}
+PROTOCOLS = {"legacy": "2025-11-25", "modern": "2026-07-28"}  # each the newest of its era both sides speak
+
+
 @pytest.fixture(scope="session")
-def sdk() -> Path:
+def sdks() -> Path:
+    npm.installed(FOLDER, "@modelcontextprotocol/client")
     return npm.installed(FOLDER, "@modelcontextprotocol/sdk")
 
 
-def run_application(server: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
+@pytest.fixture(params=list(CLIENTS))
+def client(request: pytest.FixtureRequest, sdks: Path) -> tuple[int, str]:
+    return CLIENTS[request.param]
+
+
+def run_application(client: tuple[int, str], server: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
+    sdk, era = client
     done = subprocess.run(
-        [npm.node(), "client.mjs", json.dumps({"server": server, "peer": peer})],
+        [npm.node(), "client.mjs", json.dumps({"sdk": sdk, "era": era, "server": server, "peer": peer})],
         cwd=FOLDER,
         capture_output=True,
         text=True,
@@ -55,9 +69,10 @@ async def registered_tools() -> set[str]:
         return {tool.name for tool in (await client.list_tools()).tools}
 
 
-def check(report: dict[str, Any]) -> None:
+def check(report: dict[str, Any], client: tuple[int, str]) -> None:
     """What the application saw, whichever transport carried it."""
     assert report["server"]["name"] == "chatdock"
+    assert report["protocol"] == PROTOCOLS[client[1]]
     assert report["capabilities"]["resources"] == {"subscribe": True, "listChanged": True}
     schemas = {tool["name"]: tool["outputSchema"] for tool in report["tools"]}
     # get_context's result is the transcript alone (docs/reference.md): no schema to check it against
@@ -103,19 +118,18 @@ def check(report: dict[str, Any]) -> None:
     assert report["heard"] == [contact_uri(TRANSCRIPT_URI, CONTACT), contact_uri(TRANSCRIPT_URI, OTHER)]
 
 
-async def test_the_typescript_sdk_over_stdio(sdk: Path, db: str) -> None:
+async def test_the_typescript_sdk_over_stdio(client: tuple[int, str], db: str) -> None:
     """Two `chatdock serve` processes on one database, as two desktop hosts start them: one listens, one writes."""
-    report = run_application(stdio_target(db), stdio_target(db))
-    check(report)
+    report = run_application(client, stdio_target(db), stdio_target(db))
+    check(report, client)
     assert {tool["name"] for tool in report["tools"]} == await registered_tools()
 
 
-async def test_the_typescript_sdk_over_http(sdk: Path, db: str) -> None:
+async def test_the_typescript_sdk_over_http(client: tuple[int, str], db: str) -> None:
     """Two sessions of one server, each with its key: one listens (on its GET stream), the other writes."""
     key = create_key(db, "acme", "typescript")
     with http_server(db) as base:
         target = {"http": {"url": base + "/mcp", "key": key}}
-        report = run_application(target, target)
-    check(report)
-    assert report["protocol"] == "2025-11-25"  # the newest the SDK speaks, which chatdock agreed to
+        report = run_application(client, target, target)
+    check(report, client)
     assert {tool["name"] for tool in report["tools"]} == await registered_tools()

@@ -1,13 +1,25 @@
-// What an application on the MCP TypeScript SDK 1.x (the initialize era) does with chatdock, run by
-// tests/mcp/test_typescript.py: `node client.mjs CONFIG`, where CONFIG is JSON naming the server to talk to and a
-// second connection ("peer") that writes while this one listens. It prints one JSON report on stdout; a step the
-// SDK throws on ends the script with the error on stderr.
-import { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
-import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import { ResourceUpdatedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
-
+// What an application on the MCP TypeScript SDK does with chatdock, run by tests/mcp/test_typescript.py:
+// `node client.mjs CONFIG`, where CONFIG is JSON naming the SDK (1: @modelcontextprotocol/sdk 1.x, the initialize
+// era; 2: @modelcontextprotocol/client 2.x, in "legacy" mode or, for "modern", "auto": it probes, and chatdock speaks 2026-07-28), the server
+// to talk to and a second connection ("peer") that writes while this one listens. It prints one JSON report on
+// stdout; a step the SDK throws on ends the script with the error on stderr.
 const config = JSON.parse(process.argv[2]);
+const modern = config.era === "modern";
+const sdk =
+  config.sdk === 1
+    ? {
+        ...(await import("@modelcontextprotocol/sdk/client/index.js")),
+        ...(await import("@modelcontextprotocol/sdk/client/stdio.js")),
+        ...(await import("@modelcontextprotocol/sdk/client/streamableHttp.js")),
+        updated: (await import("@modelcontextprotocol/sdk/types.js")).ResourceUpdatedNotificationSchema,
+      }
+    : {
+        ...(await import("@modelcontextprotocol/client")),
+        ...(await import("@modelcontextprotocol/client/stdio")),
+        updated: "notifications/resources/updated",
+      };
+const { Client, StdioClientTransport, StreamableHTTPClientTransport } = sdk;
+const options = config.sdk === 2 ? { versionNegotiation: { mode: modern ? "auto" : "legacy" } } : {};
 const CONTACT = "+31612345678";
 const OTHER = "+442071838750";
 const transcriptUri = (id) => `chatdock://contacts/${encodeURIComponent(id)}/transcript`;
@@ -22,8 +34,10 @@ function transportOf(target) {
 }
 
 async function connected(target, name) {
-  const client = new Client({ name, version: "1.0.0" });
+  const client = new Client({ name, version: "1.0.0" }, options);
   const transport = transportOf(target);
+  // SDK 1.x tells the version it agreed to only to a transport that asks (its HTTP one): the stdio one asks here
+  transport.setProtocolVersion ??= (version) => (transport.agreed = version);
   await client.connect(transport);
   await client.listTools(); // the SDK checks structured results against the output schemas it has listed
   return { client, transport };
@@ -55,13 +69,13 @@ function waitFor(uri, ms = 20000) {
 
 const report = {};
 const { client, transport } = await connected(config.server, "ts-sdk-app");
-client.setNotificationHandler(ResourceUpdatedNotificationSchema, (notification) => {
+client.setNotificationHandler(sdk.updated, (notification) => {
   heard.push(notification.params.uri);
   for (const waiter of waiting.filter((w) => w.uri === notification.params.uri)) waiter.done();
 });
 report.server = client.getServerVersion();
 report.capabilities = client.getServerCapabilities();
-report.protocol = transport.protocolVersion ?? null;
+report.protocol = client.getNegotiatedProtocolVersion?.() ?? transport.protocolVersion ?? transport.agreed ?? null;
 report.tools = (await client.listTools()).tools.map((tool) => ({
   name: tool.name,
   outputSchema: tool.outputSchema !== undefined,
@@ -112,16 +126,23 @@ report.prompt = (await client.getPrompt({ name: "continue_conversation", argumen
   .messages.length;
 
 // events: another connection writes; this one hears of its contact while subscribed, and not after
+// (the 2026-07-28 era listens on a subscriptions/listen stream, closed to stop; the initialize era subscribes)
+const subscribe = async (uri) => {
+  if (!modern) return (await client.subscribeResource({ uri }), () => client.unsubscribeResource({ uri }));
+  const subscription = await client.listen({ resourceSubscriptions: [uri] });
+  return () => subscription.close();
+};
 const peer = await connected(config.peer, "ts-sdk-peer");
-await client.subscribeResource({ uri: transcriptUri(CONTACT) });
+const stop = await subscribe(transcriptUri(CONTACT));
 await call(peer.client, "append_message", { contact_id: CONTACT, channel: "sms", role: "user", content: "Thanks!" });
 await waitFor(transcriptUri(CONTACT));
-await client.unsubscribeResource({ uri: transcriptUri(CONTACT) });
-await client.subscribeResource({ uri: transcriptUri(OTHER) });
+await stop();
+const stopOther = await subscribe(transcriptUri(OTHER));
 await call(peer.client, "append_message", { contact_id: CONTACT, channel: "sms", role: "user", content: "Bye" });
 await call(peer.client, "append_message", { contact_id: OTHER, channel: "sms", role: "user", content: "Hello" });
 await waitFor(transcriptUri(OTHER)); // the sentinel: the unsubscribed contact's write came before it
 report.heard = heard;
+await stopOther();
 
 if (transport.terminateSession) {
   await peer.transport.terminateSession();
