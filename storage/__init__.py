@@ -16,7 +16,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import ChatdockError, Conflict, InvalidInput, NotFound, Unavailable
 from .models import (
@@ -44,6 +44,7 @@ from .sqlite import Durability, SQLiteBackend
 
 if TYPE_CHECKING:
     from .postgres import PostgresBackend
+from .sqlite import schema as sqlite_schema
 from .sqlite.backend import integrity_check
 from .store import Store
 from .telemetry import Telemetry
@@ -91,15 +92,26 @@ async def open_store(
         await store.close()
 
 
-async def check_store(url: str) -> list[str]:
-    """A full check of the database `url` names, without opening it for writing: what is damaged, if anything."""
+class Checked(NamedTuple):
+    """What `check_store` found: the damage (empty when there is none); a sound file's schema version, and the
+    newest this chatdock knows (it upgrades an older file when it opens it, and refuses a newer one)."""
+
+    problems: list[str]
+    version: int
+    newest: int
+
+
+async def check_store(url: str) -> Checked:
+    """A full check of the database `url` names, without opening it for writing: what is damaged, if anything,
+    and which schema version it has."""
     if is_postgres(url):
         raise InvalidInput(
             "chatdock check reads a SQLite file; for PostgreSQL use the server's own tools (amcheck, pg_amcheck)"
         )
     if url == ":memory:":
         raise InvalidInput("chatdock check reads a SQLite file; pass its path with --db")
-    return await asyncio.to_thread(integrity_check, url)
+    problems, version = await asyncio.to_thread(integrity_check, url)
+    return Checked(problems, version, sqlite_schema.NEWEST)
 
 
 __all__ = [
@@ -110,6 +122,7 @@ __all__ = [
     "ChatList",
     "ChatStatus",
     "ChatdockError",
+    "Checked",
     "Conflict",
     "ContactInfo",
     "ContactPage",

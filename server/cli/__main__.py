@@ -1,5 +1,7 @@
-"""`python -m chatdock.server.cli`: the chatdock command."""
+"""`python -m chatdock.server.cli`: the chatdock command, with its exit status."""
+
+import sys
 
 from .main import main
 
-main()
+sys.exit(main())

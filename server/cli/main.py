@@ -441,6 +441,18 @@ def _tell(args: argparse.Namespace, text: str, warning: bool = False, error: boo
         _record(level, text.removeprefix("chatdock: "))
 
 
+def _schema_note(version: int, newest: int) -> str:
+    """What a sound file's schema version means to this chatdock (nothing when it is this chatdock's)."""
+    if 0 < version < newest:
+        return (
+            f" (schema version {version}: this chatdock upgrades it to {newest} when it opens it, one-way; "
+            "back it up first: docs/operations.md, Upgrading)"
+        )
+    if version > newest:
+        return f" (schema version {version}, of a newer chatdock: this one, which knows up to {newest}, refuses it)"
+    return ""
+
+
 def store_settings(args: argparse.Namespace) -> Settings:
     """The settings of a command that only opens the store (keys, export, import)."""
     return Settings(db=args.db, pool_size=args.pool_size, db_timeout=args.db_timeout)
@@ -473,9 +485,9 @@ async def _keys(args: argparse.Namespace) -> int:
 
 
 async def _check(args: argparse.Namespace) -> int:
-    problems = await check_store(args.db)
+    problems, version, newest = await check_store(args.db)
     if not problems:
-        print(f"ok: {args.db} is sound")
+        print(f"ok: {args.db} is sound" + _schema_note(version, newest))
         return 0
     print(f"{args.db} is damaged ({len(problems):,} problem(s) found); `chatdock export` saves what can be read:")
     for problem in problems[:100]:
@@ -588,13 +600,35 @@ async def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _remove_if_empty(path: str) -> None:
+    """A SQLite file an import made, then refused to import into (bad lines, Ctrl-C while checking): removed when
+    it holds no message, so a refused import leaves nothing behind."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            if conn.execute("SELECT EXISTS (SELECT 1 FROM messages)").fetchone()[0]:
+                return
+    except sqlite3.Error:
+        return  # not what the import made: left as it is
+    for name in (path, path + "-wal", path + "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(name)
+
+
 async def _import(args: argparse.Namespace) -> int:
     from chatdock.server.history.transfer import import_file, refuse_unreadable, skipped
 
     default_org = check.identifier(os.environ.get("CHATDOCK_ORG") or "default", "CHATDOCK_ORG")
     refuse_unreadable(args.file)
-    async with store_settings(args).open_store() as store:
-        report = await import_file(store, args.file, default_org, args.org, args.skip_invalid, args.quiet)
+    new_file = not is_postgres(args.db) and args.db != ":memory:" and not os.path.lexists(args.db)
+    try:
+        async with store_settings(args).open_store() as store:
+            report = await import_file(store, args.file, default_org, args.org, args.skip_invalid, args.quiet)
+    except (ChatdockError, KeyboardInterrupt):
+        if new_file:
+            _remove_if_empty(args.db)
+        raise
     if report.problems:
         _tell(args, skipped(report.problems).rstrip("\n"), True)
     print(report.summary())

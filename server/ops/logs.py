@@ -7,9 +7,11 @@ layers put them in `request_fields`, observe.py); `trace_id` and `span_id` withi
 
 A line that repeats (asyncio's "socket.accept() out of system resource" when files run out, uvicorn's
 "Invalid HTTP request received.", a refused key, a write that fails on a full disk) is written once, then
-summed up at most every ten seconds. An unexpected error (ERROR and above, with an exception that is not a
-cancellation) keeps its traceback whatever the level: it is how a bug gets found; repeats of the same error
-at the same place are summed up like any other line. Expected failures below ERROR keep theirs at DEBUG only.
+summed up at most every ten seconds; but a database migration's lines, each a fact of its own (an id renamed,
+a look-alike to decide on, the search index built so far), are all written. An unexpected error (ERROR and
+above, with an exception that is not a cancellation) keeps its traceback whatever the level: it is how a bug
+gets found; repeats of the same error at the same place are summed up like any other line. Expected failures
+below ERROR keep theirs at DEBUG only.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ request_fields: ContextVar[dict[str, str] | None] = ContextVar("chatdock_log_req
 # database failing, summed up over every organization's requests): their lines carry no request's fields nor
 # its trace, which would name a request, and an organization, they are not about
 SHARED_LOGGERS = ("asyncpg", "chatdock.storage.outage")
+# loggers whose every line is a fact of its own, written once: never held back as a repeat (storage/sql/migrations.py)
+WHOLE_LOGGERS = ("chatdock.storage.migrations",)
 
 
 class QuietRepeats(logging.Filter):
@@ -45,6 +49,8 @@ class QuietRepeats(logging.Filter):
         self._seen: dict[str, tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name in WHOLE_LOGGERS:
+            return True
         key = f"{record.name}:{record.msg}:{_where(record)}"
         now = time.monotonic()
         last, held = self._seen.get(key, (float("-inf"), 0))

@@ -167,11 +167,9 @@ class PostgresBackend(SQLBackend):
         try:
             conn = await asyncpg.connect(self.url, timeout=self.timeout)
             try:
-                applied = await migrate(conn)
+                await migrate(conn, self.place)
             finally:
                 await conn.close()
-            if applied:
-                logger.info("%s: applied migrations %s", self.place, applied)
             self._pool = await asyncpg.create_pool(
                 self.url,
                 min_size=1,

@@ -7,8 +7,6 @@ Times are integer microseconds since 1970 (rows.py), as in the SQLite schema, so
 
 from __future__ import annotations
 
-import logging
-
 import asyncpg
 
 from ..changes import Change
@@ -17,8 +15,11 @@ from ..sql.migrations import (
     APPLIED,
     SCHEMA_TABLE,
     Migration,
+    announce_upgrade,
+    announce_upgraded,
     apply_migration,
     clean_identifiers,
+    logger,
     new_secret,
     refuse_newer,
 )
@@ -28,8 +29,6 @@ from ..sql.writes import VERSION_STARTS, ChangeLog, merge_into
 from ..validation import BLANKS, DEFAULT_IGNORABLE, LOOKALIKE_SPACES
 from . import driver
 from .queries import DIALECT, WORDS
-
-logger = logging.getLogger("chatdock.storage")
 
 MIGRATION_LOCK = 0x63686174646F636B  # "chatdock": the advisory lock key every replica's migrate takes
 
@@ -446,10 +445,11 @@ async def _fold_accents(conn: asyncpg.Connection) -> None:
         )
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
-    """Apply every migration not yet recorded, under the migration lock; the versions this call applied. A
-    database with every migration applied is only read (no lock, no statement that writes), so a read-only
-    one (a standby, default_transaction_read_only) is served for reading."""
+async def migrate(conn: asyncpg.Connection, place: str) -> list[int]:
+    """Apply every migration not yet recorded, under the migration lock; the versions this call applied (`place`
+    names the database in the lines that say so). A database with every migration applied is only read (no
+    lock, no statement that writes), so a read-only one (a standby, default_transaction_read_only) is served
+    for reading."""
     if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
         done = {row[0] for row in await conn.fetch(APPLIED)}
         refuse_newer(done, MIGRATIONS)
@@ -461,6 +461,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
         applied: list[int] = []
         done = {row[0] for row in await conn.fetch(APPLIED)}
         refuse_newer(done, MIGRATIONS)
+        announce_upgrade(place, done, MIGRATIONS)
         for migration in MIGRATIONS:
             if migration.version in done:
                 continue
@@ -469,6 +470,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
                 if migration.version == 1:  # in its transaction (a savepoint): no crash leaves search without it
                     await _fold_accents(conn)
             applied.append(migration.version)
+        announce_upgraded(place, done, applied)
         return applied
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)

@@ -19,7 +19,8 @@ from ..errors import Unavailable
 from ..validation import StoredIdentifier, cleaned_agent, cleaned_identifier, plan_identifier_fixes, visible
 from .ops import Ops, count, rows, value
 
-logger = logging.getLogger("chatdock.storage")
+# both engines' migrations log here; every line is a fact of its own, never held back as a repeat (ops/logs.py)
+logger = logging.getLogger("chatdock.storage.migrations")
 
 SCHEMA_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
     version integer PRIMARY KEY,
@@ -49,6 +50,36 @@ def apply_migration(migration: Migration) -> Ops[None]:
         migration.name,
         time.time_ns() // 1000,
     )
+
+
+def announce_upgrade(place: str, done: set[int], migrations: tuple[Migration, ...]) -> None:
+    """Before migrating a database that has a schema already: a line that says so (the operator sees why the
+    start takes longer, and that the step is one-way). A new database says nothing."""
+    newest = max(migration.version for migration in migrations)
+    if done and not done.issuperset(migration.version for migration in migrations):
+        logger.warning(
+            "%s: upgrading the database from schema version %d to %d; once done, an older chatdock refuses it "
+            "(to go back, restore a copy taken before: docs/operations.md, Upgrading)",
+            place,
+            schema_version(done),
+            newest,
+        )
+
+
+def announce_upgraded(place: str, done: set[int], applied: list[int]) -> None:
+    """After migrating: the version reached (a new database's only at INFO)."""
+    if applied:
+        level = logging.WARNING if done else logging.INFO
+        said = "upgraded the database" if done else "a new database"
+        logger.log(level, "%s: %s, now at schema version %d", place, said, schema_version(done | set(applied)))
+
+
+def schema_version(done: set[int]) -> int:
+    """The schema version a database is at: the last of the migrations it has without a gap from the first."""
+    version = 0
+    while version + 1 in done:
+        version += 1
+    return version
 
 
 def new_secret(name: str) -> Callable[[], Ops[None]]:

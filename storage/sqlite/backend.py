@@ -45,7 +45,7 @@ from .feed import ChangeLog, follow_feed
 from .health import FileWatch, IndexSweep
 from .indexing import SearchIndex, with_an_append
 from .queries import DIALECT, fts_expression, search_sql
-from .schema import migrate, refuse_foreign
+from .schema import file_version, migrate, refuse_foreign
 from .writer import BUSY_TIMEOUT_MS, Writer
 
 Durability = Literal["normal", "full"]
@@ -151,7 +151,7 @@ class SQLiteBackend(SQLBackend):
             except sqlite3.OperationalError as exc:  # another process is creating the file
                 if "locked" not in str(exc):
                     raise
-        migrate(conn)
+        migrate(conn, self.path)
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints.py does them, off the writer's path
         conn.execute(f"PRAGMA journal_size_limit = {self.log_limit}")  # a restarted log is cut back to it
         return conn
@@ -424,8 +424,9 @@ async def _close_quietly(conn: aiosqlite.Connection) -> None:
         await conn.close()
 
 
-def integrity_check(path: str) -> list[str]:
-    """SQLite's full check of the file's structure, read-only: what is damaged, or empty when nothing is."""
+def integrity_check(path: str) -> tuple[list[str], int]:
+    """SQLite's full check of the file's structure, read-only: what is damaged (empty when nothing is), and the
+    schema version of a sound file (0 for a damaged one)."""
     if os.path.isdir(path):
         raise Unavailable(f"cannot check {path}: it is a folder; pass the database file with --db")
     if not os.path.isfile(path):
@@ -433,44 +434,48 @@ def integrity_check(path: str) -> list[str]:
     if os.path.getsize(path) == 0:
         raise Unavailable(f"cannot check {path}: the file is empty, it holds no database")
     try:
-        if not os.path.exists(path + "-wal") and _sound_as_it_is(path):
-            return []
+        if not os.path.exists(path + "-wal") and (version := _sound_as_it_is(path)) is not None:
+            return [], version
         try:
-            found = _integrity(path, unchanging=False)
+            found, version = _integrity(path, unchanging=False)
         except sqlite3.OperationalError as exc:
             # a folder it may not write (a backup on read-only media), where SQLite cannot make the -shm it reads
             # a log through: a file whose log is empty holds all it has, and is read as it is
             if kind(exc) not in ("SQLITE_READONLY", "SQLITE_CANTOPEN") or not _settled(path):
                 raise
-            found = _integrity(path, unchanging=True)
+            found, version = _integrity(path, unchanging=True)
     except sqlite3.DatabaseError as exc:
         if kind(exc) == "SQLITE_NOTADB":  # nothing of chatdock's to save from it
             raise Unavailable(damaged_text(path, "SQLITE_NOTADB")) from None
         if kind(exc).startswith(DAMAGED):
-            return [f"the check itself stopped: {exc}"]
+            return [f"the check itself stopped: {exc}"], 0
         raise translate(exc, path) or exc from exc
-    return [] if found == ["ok"] else found
+    return found, version
 
 
-def _sound_as_it_is(path: str) -> bool:
+def _sound_as_it_is(path: str) -> int | None:
     """Whether a file no process has open (each one keeps its -wal while it does) is sound, read as it is: making
     nothing beside it (a -wal and -shm a reader cannot remove; no room for them on a full disk). Such a read
     takes no lock, so a process that opens, writes and closes the file meanwhile can make it see damage that is
-    not there: whatever it finds but "sound" is left to the usual read, under SQLite's locks."""
+    not there: whatever it finds but "sound" is left to the usual read, under SQLite's locks. Its schema version
+    if it is sound, else None."""
     try:
-        return _integrity(path, unchanging=True) == ["ok"]
+        found, version = _integrity(path, unchanging=True)
     except sqlite3.DatabaseError:
-        return False
+        return None
+    return None if found else version
 
 
-def _integrity(path: str, unchanging: bool) -> list[str]:
-    """SQLite's integrity check of the file, a problem per line (it may put several in one row)."""
+def _integrity(path: str, unchanging: bool) -> tuple[list[str], int]:
+    """SQLite's integrity check of the file, a problem per line (it may put several in one row; none when it is
+    sound), and a sound file's schema version."""
     conn = driver.read_only(path, unchanging=unchanging)
     try:
         found = [line for row in conn.execute("PRAGMA integrity_check") for line in str(row[0]).splitlines()]
-        if found == ["ok"]:
-            refuse_foreign(conn)  # a sound file of another program is not a sound chatdock database
-        return found
+        if found != ["ok"]:
+            return found, 0
+        refuse_foreign(conn)  # a sound file of another program is not a sound chatdock database
+        return [], file_version(conn)
     finally:
         conn.close()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 
 from ..cursor import CURSOR_SECRET
@@ -11,17 +10,19 @@ from ..sql.migrations import (
     APPLIED,
     SCHEMA_TABLE,
     Migration,
+    announce_upgrade,
+    announce_upgraded,
     apply_migration,
     clean_identifiers,
+    logger,
     new_secret,
     refuse_newer,
+    schema_version,
 )
 from ..sql.ops import Ops, count, one, rows, value
 from ..sql.tables import Words, tables
 from ..validation import normal_identifier, refused_character
 from . import driver
-
-logger = logging.getLogger("chatdock.storage")
 
 INDEX_BATCH = 50_000
 _INDEXED = "NOT EXISTS (SELECT 1 FROM search_pending WHERE seq = old.seq)"  # in the search index (indexing.py)
@@ -231,6 +232,16 @@ def applied_versions(conn: sqlite3.Connection) -> set[int]:
     return {row[0] for row in conn.execute(APPLIED)}
 
 
+NEWEST = max(migration.version for migration in MIGRATIONS)
+
+
+def file_version(conn: sqlite3.Connection) -> int:
+    """The schema version of the file `conn` reads (0: no chatdock schema yet), read only."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone():
+        return schema_version(applied_versions(conn))
+    return 0
+
+
 def refuse_foreign(conn: sqlite3.Connection) -> None:
     """A SQLite file of another program (tables, none of them chatdock's record of its schema) is left as it
     is: chatdock's tables are not added beside the other program's."""
@@ -244,8 +255,9 @@ def refuse_foreign(conn: sqlite3.Connection) -> None:
         )
 
 
-def migrate(conn: sqlite3.Connection) -> list[int]:
-    """Apply every migration not yet recorded; return the versions this call applied.
+def migrate(conn: sqlite3.Connection, place: str) -> list[int]:
+    """Apply every migration not yet recorded; return the versions this call applied. `place` names the file
+    in the lines that say so.
 
     Each is applied in one `BEGIN IMMEDIATE` transaction that first re-reads what is applied, so two processes
     opening a fresh file at the same moment take turns: the second finds the work done. `conn` must be in
@@ -253,7 +265,9 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
     """
     refuse_foreign(conn)
     conn.execute(SCHEMA_TABLE)
-    refuse_newer(applied_versions(conn), MIGRATIONS)
+    done = applied_versions(conn)
+    refuse_newer(done, MIGRATIONS)
+    announce_upgrade(place, done, MIGRATIONS)
     applied: list[int] = []
     for migration in MIGRATIONS:
         conn.execute("BEGIN IMMEDIATE")
@@ -265,4 +279,5 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+    announce_upgraded(place, done, applied)
     return applied

@@ -125,3 +125,17 @@ def test_the_registry_entry_is_valid_and_names_this_package() -> None:
         False,
         True,
     )
+
+
+def test_python_dash_m_exits_as_the_command_does(tmp_path: Path) -> None:
+    """`python -m chatdock.server.cli` (what a script without the command on its PATH runs) fails as `chatdock`
+    does: exit status 2 and one line (it exited 0 on any failure, found by a review)."""
+    missing = str(tmp_path / "missing.db")
+    done = subprocess.run(
+        [sys.executable, "-m", "chatdock.server.cli", "check", "--db", missing],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (2, f"chatdock: cannot check {missing}: there is no such file\n")
