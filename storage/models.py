@@ -13,6 +13,7 @@ ROLES: tuple[Role, ...] = ("user", "assistant", "system", "tool", "event", "note
 
 ChatStatus = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELED"]
 CHAT_STATUSES: tuple[ChatStatus, ...] = ("RUNNING", "COMPLETED", "FAILED", "CANCELED")
+MAX_TEXT_CHARS = 32_768  # a message's text, and so each of its parts' (validation.py holds the rules)
 
 ChannelKind = Literal["custom", "provider"]
 
@@ -49,13 +50,12 @@ def _absent(value: object) -> bool:
 
 
 class Part(_Model):
-    """One piece of a message's text; timestamps are seconds from the start of the call or recording, left out
-    when not set."""
+    """A piece of a message's text; timestamps: seconds from the start of the call or recording, if known."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["text"] = "text"
-    text: str
+    text: Annotated[str, Field(json_schema_extra={"minLength": 1, "maxLength": MAX_TEXT_CHARS})]  # validation.parts
     start_timestamp: float | None = Field(default=None, exclude_if=_absent)
     end_timestamp: float | None = Field(default=None, exclude_if=_absent)
 

@@ -91,7 +91,8 @@ ContextLimit = Annotated[
     Whole,
     Field(
         description="Also return the contact's context right after the write: get_context with this limit (1 to "
-        "200) and the write's agent_id (with one, only that agent's messages).",
+        "200); append_message's with its agent_id (with one, only that agent's messages), post_as_contact's with "
+        "every agent's (the contact's message has none).",
         json_schema_extra={"minimum": 1, "maximum": 200},
     ),
 ]

@@ -17,10 +17,10 @@ from pydantic import ValidationError
 
 from .errors import InvalidInput
 from .models import CHAT_STATUSES, ROLES, ChatStatus, Part, Role
+from .models import MAX_TEXT_CHARS as MAX_TEXT_CHARS  # a rule of this module's; the models' schemas say it too
 from .models import format_timestamp as format_time
 
 MAX_ID_CHARS = 256
-MAX_TEXT_CHARS = 32_768
 MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_DEPTH = 32
 MAX_PARTS = 100

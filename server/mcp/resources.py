@@ -88,7 +88,7 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store]) -> None:
         mime_type="text/plain",
     )
     async def transcript(contact_id: str) -> str:
-        return (await read_context(contact_id)).formatted
+        return transcript_text(await read_context(contact_id))  # as get_context's text: "(no messages yet)" too
 
     @server.resource(
         CONTEXT_URI,

@@ -67,9 +67,9 @@ def announce_upgrade(place: str, done: set[int], migrations: tuple[Migration, ..
 
 
 def announce_upgraded(place: str, done: set[int], applied: list[int]) -> None:
-    """After migrating: the version reached (a new database's only at INFO)."""
+    """After migrating: the version reached (a new database's only at DEBUG)."""
     if applied:
-        level = logging.WARNING if done else logging.INFO
+        level = logging.WARNING if done else logging.DEBUG
         said = "upgraded the database" if done else "a new database"
         logger.log(level, "%s: %s, now at schema version %d", place, said, schema_version(done | set(applied)))
 

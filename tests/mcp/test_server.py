@@ -56,6 +56,11 @@ async def test_tools_declare_schemas_titles_and_hints(mode: str, db: str) -> Non
     assert tools["append_message"].annotations.destructive_hint is False  # type: ignore[union-attr]
     limit = tools["get_context"].input_schema["properties"]["limit"]
     assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 200, 50)
+    part = tools["post_as_contact"].input_schema["properties"]["message"]["items"]
+    assert (part["properties"]["text"]["minLength"], part["properties"]["text"]["maxLength"]) == (1, 32_768)
+    assert "\n" not in part["description"]  # a description a model reads is not a wrapped docstring
+    said = tools["post_as_contact"].input_schema["properties"]["context_limit"]["description"]
+    assert "post_as_contact's with every agent's" in said  # it takes no agent_id to filter by
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -244,6 +249,8 @@ async def test_resources_round_trip_percent_encoded_contact_ids(mode: str, db: s
     from chatdock.server.mcp.resources import CONTEXT_URI, TRANSCRIPT_URI, contact_uri
 
     async with Client(build_server(Settings(db=db)), mode=mode) as client:
+        silent = await client.read_resource(contact_uri(TRANSCRIPT_URI, "+31699999999"))  # as get_context's text
+        assert silent.contents[0].text == "(no messages yet)"  # type: ignore[union-attr]
         for contact in ODD_IDS:
             await call(
                 client, "append_message", contact_id=contact, channel="sms", role="user", content=f"I am {contact}"
@@ -323,7 +330,7 @@ async def test_a_listener_is_told_of_every_write_of_another_client(db: str) -> N
                         while received.count(transcript) < 5:  # each of the five writes, open_chat's too
                             await anyio.sleep(0.01)
                     text = (await listener.read_resource(transcript)).contents[0].text  # type: ignore[union-attr]
-                    assert text == ""
+                    assert text == "(no messages yet)"  # forgotten
                     group.cancel_scope.cancel()
         assert received.count(transcript) == 5 and received.count(context) == 5
         assert other not in received
