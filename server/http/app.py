@@ -405,7 +405,7 @@ def build_http_app(
     mcp = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
     oauth = settings.oauth
     routes = build_rest(the_store, settings.read_only, server.events, None if oauth is None else oauth.issuer)
-    sessions = SessionOwners(max_sessions_per_org)
+    sessions = SessionOwners(max_sessions_per_org, streams=server.events)
     if settings.metrics is not None:
         settings.metrics.watch_sessions(sessions.held)
     metadata = None if oauth is None else Starlette(routes=oauth.metadata_routes(), exception_handlers=REFUSED)

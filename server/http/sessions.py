@@ -9,9 +9,11 @@ counts a session as gone once it has been idle that long with no request open.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
+from typing import Protocol
 
 from mcp.server.streamable_http_manager import DEFAULT_SESSION_IDLE_TIMEOUT
 from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
@@ -50,10 +52,23 @@ def _refusal(message: str, status: int, headers: dict[str, str] | None = None) -
     return Response(dumped, status, headers=headers, media_type="application/json")
 
 
+class EventStreams(Protocol):
+    """Who is told when a session's event stream opens and ends (mcp/events.py's Events)."""
+
+    def stream_opened(self, session: str) -> None: ...
+    def stream_closed(self, session: str) -> None: ...
+
+
 class SessionOwners:
-    def __init__(self, max_per_org: int = DEFAULT_MAX_SESSIONS_PER_ORG, idle: float = DEFAULT_SESSION_IDLE_TIMEOUT):
+    def __init__(
+        self,
+        max_per_org: int = DEFAULT_MAX_SESSIONS_PER_ORG,
+        idle: float = DEFAULT_SESSION_IDLE_TIMEOUT,
+        streams: EventStreams | None = None,
+    ):
         self.max_per_org = max_per_org
         self.idle = idle
+        self.streams = streams  # told when a session's event stream (a GET) opens and ends
         self._owner: dict[str, tuple[str, str]] = {}  # session: (organization, who within it)
         self._seen: dict[str, float] = {}
         self._open: Counter[str] = Counter()  # requests under way, per session
@@ -99,22 +114,34 @@ class SessionOwners:
                 await _refusal(refused, 429, {"Retry-After": str(RETRY_AFTER)})(scope, receive, send)
                 return
         status = 0
+        opening: asyncio.Handle | None = None
 
         async def noting(message: Message) -> None:
-            nonlocal status
+            nonlocal status, opening
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 opened = _header({"headers": message.get("headers", [])}, SESSION_HEADER)
                 if session is None and opened is not None and status < 400:
                     self._owner[opened] = (org, who)
                     self._seen[opened] = time.monotonic()
+                elif session is not None and streaming() and self.streams is not None:
+                    # after this turn of the loop, where the SDK files the stream (its task, started before
+                    # the answer, runs first)
+                    opening = asyncio.get_running_loop().call_soon(self.streams.stream_opened, session)
             await send(message)
+
+        def streaming() -> bool:
+            return status == 200 and scope.get("method") == "GET"
 
         if session is not None:
             self._open[session] += 1
         try:
             await app(scope, receive, noting)  # type: ignore[operator]
         finally:
+            if session is not None and streaming() and self.streams is not None:
+                if opening is not None:
+                    opening.cancel()  # a stream that ended before it was told open: never told open
+                self.streams.stream_closed(session)
             if session is not None:
                 self._open[session] -= 1
                 self._seen[session] = time.monotonic()

@@ -76,6 +76,13 @@ class Events:
         self._org_of: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # each session's
         self._ending: weakref.WeakSet[Any] = weakref.WeakSet()  # the sessions whose end forgets them (_ends)
         self._uris_of: weakref.WeakKeyDictionary[Any, set[Key]] = weakref.WeakKeyDictionary()  # each session's
+        # the subscribed sessions over HTTP by their session id (mcp-session-id); those of them whose event stream
+        # (the GET) is open; and what the others were told while theirs was not, which reached no one (the SDK
+        # keeps nothing to replay): told again when it opens (`stream_opened`)
+        self._by_http_id: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        self._http_id_of: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self._streaming: set[str] = set()  # by session id: a stream may open before its session subscribes
+        self._missed: weakref.WeakKeyDictionary[Any, set[str | None]] = weakref.WeakKeyDictionary()
         self._sending: set[asyncio.Task[None]] = set()
         self._couriers = Couriers(self._sends) if told is None else Couriers(self._sends, told)
         self._contact_watchers: set[Callable[[], None]] = set()
@@ -327,6 +334,9 @@ class Events:
         return sends + [partial(self._notify, session, one) for session, spelled in sessions for one in spelled]
 
     def _notify(self, session: Any, uri: str | None) -> None:
+        http_id = self._http_id_of.get(session)
+        if http_id is not None and http_id not in self._streaming:
+            self._missed.setdefault(session, set()).add(uri)  # at most what it follows, and the list
         self._send(session, session.send_resource_list_changed() if uri is None else session.send_resource_updated(uri))
 
     def _send(self, session: Any, notification: Coroutine[Any, Any, None]) -> None:
@@ -356,10 +366,28 @@ class Events:
             self._sessions_of[org].discard(session)
             self._subscribed_of[org].discard(session)
 
+    def stream_opened(self, http_id: str) -> None:
+        """The event stream (the GET on /mcp) of the `initialize`-era HTTP session `http_id` is open: it is told
+        what it missed while it had none (a proxy cut it, and the SDK opened it again a second later)."""
+        self._streaming.add(http_id)
+        session = self._by_http_id.get(http_id)
+        for uri in () if session is None else self._missed.pop(session, set()):
+            self._notify(session, uri)
+
+    def stream_closed(self, http_id: str) -> None:
+        """The session's event stream ended: what it is told from now on is kept for when it opens again."""
+        self._streaming.discard(http_id)
+
     # --- the initialize era's requests ---
 
     async def on_subscribe(self, ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
-        self.watch(current_org.get(), str(params.uri), connection_of(ctx.session))
+        session = connection_of(ctx.session)
+        self.watch(current_org.get(), str(params.uri), session)
+        request = getattr(ctx, "request", None)  # over HTTP, the request that carried it
+        http_id = None if request is None else request.headers.get("mcp-session-id")
+        if http_id is not None:
+            self._by_http_id[http_id] = session
+            self._http_id_of[session] = http_id
         return EmptyResult()
 
     async def on_unsubscribe(self, ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:

@@ -327,3 +327,40 @@ async def test_a_listen_opened_once_the_server_shuts_down_is_refused_at_once(tmp
                 pass
     with pytest.raises(MCPError, match="shutting down"):
         server.events.watch_contact("default", "c", lambda: None)
+
+
+def test_an_initialize_era_session_whose_event_stream_opens_again_hears_what_it_missed(db: str) -> None:
+    """A write while a session's event stream (its GET) is closed (a proxy cut it; the SDKs open it again a
+    second later) reaches it when the stream opens again: the SDK keeps no events to replay, so the session
+    is told again of what it follows (found by a review with mcp 1.x: the write was lost, in silence)."""
+    import httpx2
+
+    key = create_key(db, "acme", "gap")
+    with http_server(db) as base, httpx2.Client(base_url=base, timeout=httpx2.Timeout(10)) as http:
+        headers = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"}
+        hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
+        opened = http.post(
+            "/mcp", headers=headers, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}
+        )
+        headers |= {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+
+        def rpc(number: int, method: str, params: dict[str, Any]) -> None:
+            answer = http.post(
+                "/mcp", headers=headers, json={"jsonrpc": "2.0", "id": number, "method": method, "params": params}
+            )
+            assert answer.status_code == 200 and '"error"' not in answer.text, answer.text
+
+        http.post("/mcp", headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+        rpc(2, "resources/subscribe", {"uri": URI})
+        with http.stream("GET", "/mcp", headers={**headers, "Accept": "text/event-stream"}) as stream:
+            assert stream.status_code == 200  # opened, then cut before anything was written
+        message = {"contact_id": WATCHED, "channel": "sms", "role": "user", "content": "written while cut off"}
+        rpc(3, "tools/call", {"name": "append_message", "arguments": message})
+        with http.stream("GET", "/mcp", headers={**headers, "Accept": "text/event-stream"}) as stream:
+            heard = []
+            for line in stream.iter_lines():  # a read that waits past the timeout fails the test
+                if line.startswith("data:"):
+                    heard.append(json.loads(line.removeprefix("data:")))
+                    if heard[-1].get("method") == "notifications/resources/updated":
+                        break
+        assert heard[-1] == {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": URI}}
