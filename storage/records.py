@@ -8,13 +8,17 @@ decides (a chat of another contact, an id taken, a duplicate webhook).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, TypeVar, cast
 
 from . import validation as check
 from .errors import InvalidInput
 from .ids import uuid7
 from .models import ChatStatus, Message, NewAlias, NewChat, NewMessage, Part, channel_kind
+
+T = TypeVar("T")
 
 MAX_CHAT_CHANNELS = 64
 
@@ -30,23 +34,38 @@ class MessageRecord:
 
 
 def message_record(new: NewMessage, now: datetime) -> MessageRecord:
-    """Check a message in full; InvalidInput says what to fix."""
-    contact_id = check.contact_id(new.contact_id)
-    channel = check.channel(new.channel)
-    role = check.role(new.role)
-    agent_id = check.optional_identifier(new.agent_id, "agent_id")
-    chat_id = check.optional_uuid(new.chat_id, "chat_id")
+    """Check a message in full; InvalidInput says what to fix, every field that needs it at once (a model that
+    got two wrong learns both in one answer)."""
+    problems: list[str] = []
+
+    def checked(check_one: Callable[..., T], *args: Any) -> T:
+        try:
+            return check_one(*args)
+        except InvalidInput as exc:
+            problems.append(exc.message)
+            return cast(T, None)
+
+    contact_id = checked(check.contact_id, new.contact_id)
+    channel = checked(check.channel, new.channel)
+    role = checked(check.role, new.role)
+    agent_id = checked(check.optional_identifier, new.agent_id, "agent_id")
+    chat_id = checked(check.optional_uuid, new.chat_id, "chat_id")
+    parts: list[Part] = []
+    content = ""
     if new.parts is not None:
         if new.content is not None:
-            raise InvalidInput("give either content or parts, not both")
-        parts, content = check.parts(new.parts)
+            problems.append("give either content or parts, not both")
+        else:
+            parts, content = checked(check.parts, new.parts) or ([], "")
     elif new.content is not None:
-        content = check.content(new.content)
+        content = checked(check.content, new.content)
         parts = [Part.model_construct(text=content)]
     else:
-        raise InvalidInput("content must not be empty; send the message's text")
-    metadata, provider_message_id = check.metadata(new.metadata)
-    created = check.created_at(new.created_at, now)
+        problems.append("content must not be empty; send the message's text")
+    metadata, provider_message_id = checked(check.metadata, new.metadata) or ({}, None)
+    created = checked(check.created_at, new.created_at, now)
+    if problems:
+        raise InvalidInput("; ".join(problems))
     message = Message.model_construct(  # every field was checked above: no second validation
         id=uuid7() if new.id is None else check.uuid_text(new.id, "id"),
         contact_id=contact_id,

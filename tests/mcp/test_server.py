@@ -179,6 +179,11 @@ async def test_every_error_says_what_to_fix_and_the_server_keeps_serving(mode: s
             ("list_chats", {"contact_id": "c1", "limit": 1000}, "limit must be between 1 and 200, got 1000"),
             ("append_message", {**base, "role": "boss"}, "role must be one of user, assistant"),
             ("append_message", {**base, "channel": "SMS"}, "channel must be a lower-case name"),
+            (  # every wrong field in one answer: a model fixes both at once
+                "append_message",
+                {**base, "channel": "WhatsApp", "role": "customer"},
+                "got 'WhatsApp'; role must be one of user, assistant, system, tool, event, note; got 'customer'",
+            ),
             ("append_message", {**base, "content": ""}, "content must not be empty"),
             ("append_message", {**base, "content": "x" * 40_000}, "content must be at most 32768 characters"),
             ("append_message", {**base, "contact_id": "x" * 300}, "contact_id must be 1 to 256 characters, got 300"),
