@@ -19,13 +19,15 @@ from chatdock.storage.transcript import format_line
 
 NO_MESSAGES = "(no messages yet)"
 NOTHING_FITS = "(the contact has messages, but not even the newest fits in max_chars: ask with a larger max_chars)"
+LEFT_OUT = "(older messages were left out to fit; list_messages pages back through them)"
 
 
 def transcript_text(context: Context) -> str:
-    """The context's transcript as a model reads it: said so when there is none yet, and when there are
-    messages but `max_chars` (or the size bound) left out every one of them."""
+    """The context's transcript as a model reads it, which cannot see `truncated`: a first line says that
+    older messages were left out, when they were; said so when there is none yet, and when there are messages
+    but `max_chars` (or the size bound) left out every one of them."""
     if context.formatted:
-        return context.formatted
+        return f"{LEFT_OUT}\n{context.formatted}" if context.truncated else context.formatted
     return NOTHING_FITS if context.truncated else NO_MESSAGES
 
 

@@ -11,7 +11,7 @@ from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from chatdock.server.mcp.org import current_org
-from chatdock.server.mcp.results import as_json, context_result, page_result, search_result, stored_result
+from chatdock.server.mcp.results import LEFT_OUT, as_json, context_result, page_result, search_result, stored_result
 from chatdock.storage import (
     AppendedMessage,
     Chat,
@@ -147,6 +147,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
                 roles=roles,
                 channels=channels,
                 max_chars=max_chars,
+                reserved=len(LEFT_OUT) + 1,  # the line that says older messages were left out, if they are
                 text_only=not include_messages,
             )
         )

@@ -127,6 +127,11 @@ async def test_a_conversation_end_to_end(mode: str, db: str) -> None:
         assert [m["content"] for m in only_bot["messages"]] == ["Your order ships tomorrow."]
         fitted = await call(client, "get_context", include_messages=True, contact_id="+31612345678", max_chars=40)
         assert fitted["formatted"] == "ASSISTANT: Your order ships tomorrow." and fitted["truncated"] is True
+        cut = await client.call_tool("get_context", {"contact_id": "+31612345678", "max_chars": 40})
+        assert cut.content[0].text == (  # type: ignore[union-attr]
+            "(older messages were left out to fit; list_messages pages back through them)\n"
+            "ASSISTANT: Your order ships tomorrow."
+        )  # a model cannot see `truncated`: the text says it
         nothing = await client.call_tool("get_context", {"contact_id": "+31612345678", "max_chars": 5})
         assert nothing.content[0].text == (  # type: ignore[union-attr]
             "(the contact has messages, but not even the newest fits in max_chars: ask with a larger max_chars)"
