@@ -600,35 +600,19 @@ async def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _remove_if_empty(path: str) -> None:
-    """A SQLite file an import made, then refused to import into (bad lines, Ctrl-C while checking): removed when
-    it holds no message, so a refused import leaves nothing behind."""
-    import sqlite3
-
-    try:
-        with contextlib.closing(sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            if conn.execute("SELECT EXISTS (SELECT 1 FROM messages)").fetchone()[0]:
-                return
-    except sqlite3.Error:
-        return  # not what the import made: left as it is
-    for name in (path, path + "-wal", path + "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(name)
-
-
 async def _import(args: argparse.Namespace) -> int:
     from chatdock.server.history.transfer import import_file, refuse_unreadable, skipped
 
     default_org = check.identifier(os.environ.get("CHATDOCK_ORG") or "default", "CHATDOCK_ORG")
     refuse_unreadable(args.file)
-    new_file = not is_postgres(args.db) and args.db != ":memory:" and not os.path.lexists(args.db)
-    try:
-        async with store_settings(args).open_store() as store:
+    settings = store_settings(args)
+    if is_postgres(args.db) or args.db == ":memory:" or os.path.lexists(os.path.expanduser(args.db)):
+        async with settings.open_store() as store:
             report = await import_file(store, args.file, default_org, args.org, args.skip_invalid, args.quiet)
-    except (ChatdockError, KeyboardInterrupt):
-        if new_file:
-            _remove_if_empty(args.db)
-        raise
+    else:  # a new file: its lines are checked against an empty store, and the file made once they pass
+        async with Settings(db=":memory:").open_store() as empty:
+            new = settings.open_store()
+            report = await import_file(empty, args.file, default_org, args.org, args.skip_invalid, args.quiet, new)
     if report.problems:
         _tell(args, skipped(report.problems).rstrip("\n"), True)
     print(report.summary())

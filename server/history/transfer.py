@@ -22,7 +22,7 @@ import stat
 import sys
 import tempfile
 from collections.abc import AsyncGenerator, Awaitable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO, TypeVar
@@ -421,10 +421,18 @@ async def _import_lines(
 
 
 async def import_file(
-    store: Store, path: str, default_org: str, org_override: str | None, skip_invalid: bool, quiet: bool
+    store: Store,
+    path: str,
+    default_org: str,
+    org_override: str | None,
+    skip_invalid: bool,
+    quiet: bool,
+    target: AbstractAsyncContextManager[Store] | None = None,
 ) -> ImportReport:
     """Import a JSON Lines file; on bad lines without `skip_invalid`, raise InvalidInput listing them. An import
-    stopped part-way, by a failure or Ctrl-C, says how much it had imported and that importing again is safe."""
+    stopped part-way, by a failure or Ctrl-C, says how much it had imported and that importing again is safe.
+    The lines are checked against `store`, and written into it, or, given `target`, into the store it opens once
+    they pass (a new database is made only for an import that goes ahead: checked against an empty store)."""
     report = ImportReport()
     name = _named(path)
     with _readable(path) as source:
@@ -437,17 +445,32 @@ async def import_file(
                 f"{len(report.problems):,} bad line(s), so nothing was imported; fix them, or pass --skip-invalid "
                 "to import the others:\n" + _listing(report.problems)
             )
-        try:
-            await _import_lines(store, source, name, default_org, org_override, report, skip_invalid, quiet)
-        except ChatdockError as exc:  # a full disk; the file, changed or unreadable since the first pass
-            so_far = _so_far(report, unsure=isinstance(exc, OutcomeUnknown))
-            raise type(exc)(f"{exc}; the import stopped: {so_far}; once that is fixed, {AGAIN}") from None
-        except (asyncio.CancelledError, KeyboardInterrupt) as exc:
-            # Ctrl-C: the batch being written was let finish; a second Ctrl-C did not wait for it
-            so_far = _so_far(report, unsure=isinstance(exc, KeyboardInterrupt))
-            raise Interrupted(f"interrupted: {so_far}; {AGAIN}") from None
+        async with nullcontext(store) if target is None else target as written:
+            await _write(written, source, name, default_org, org_override, report, skip_invalid, quiet)
     report.problems.sort()
     return report
+
+
+async def _write(
+    store: Store,
+    source: Path,
+    name: str,
+    default_org: str,
+    org_override: str | None,
+    report: ImportReport,
+    skip_invalid: bool,
+    quiet: bool,
+) -> None:
+    """The second pass, with what to say of an import stopped part-way."""
+    try:
+        await _import_lines(store, source, name, default_org, org_override, report, skip_invalid, quiet)
+    except ChatdockError as exc:  # a full disk; the file, changed or unreadable since the first pass
+        so_far = _so_far(report, unsure=isinstance(exc, OutcomeUnknown))
+        raise type(exc)(f"{exc}; the import stopped: {so_far}; once that is fixed, {AGAIN}") from None
+    except (asyncio.CancelledError, KeyboardInterrupt) as exc:
+        # Ctrl-C: the batch being written was let finish; a second Ctrl-C did not wait for it
+        so_far = _so_far(report, unsure=isinstance(exc, KeyboardInterrupt))
+        raise Interrupted(f"interrupted: {so_far}; {AGAIN}") from None
 
 
 def _listing(problems: list[tuple[int, str]]) -> str:

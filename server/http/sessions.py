@@ -125,8 +125,8 @@ class SessionOwners:
                     self._owner[opened] = (org, who)
                     self._seen[opened] = time.monotonic()
                 elif session is not None and streaming() and self.streams is not None:
-                    # after this turn of the loop, where the SDK files the stream (its task, started before
-                    # the answer, runs first)
+                    # called back once the tasks ready now have run: the SDK's stream task (started with
+                    # the answer's, before this start was sent) files the stream in its first step
                     opening = asyncio.get_running_loop().call_soon(self.streams.stream_opened, session)
             await send(message)
 

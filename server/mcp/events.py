@@ -188,12 +188,21 @@ class Events:
         """Call `closer` when the server shuts down (`close`)."""
         self._closers.append(closer)
 
-    def attend(self, org: str, session: Any) -> None:
-        """An `initialize`-era session that lists the resources hears when the listing changes."""
+    def attend(self, org: str, session: Any, request: Any = None) -> None:
+        """An `initialize`-era session that lists the resources hears when the listing changes (`request`: the
+        HTTP request that listed them, if any)."""
         connection = connection_of(session)
         self._sessions_of[org].add(connection)
         self._org_of[connection] = org
         self._ends(connection)
+        self._over_http(connection, request)
+
+    def _over_http(self, session: Any, request: Any) -> None:
+        """Note the HTTP session id of a session that listens over HTTP (`stream_opened`)."""
+        http_id = None if request is None else request.headers.get("mcp-session-id")
+        if http_id is not None:
+            self._by_http_id[http_id] = session
+            self._http_id_of[session] = http_id
 
     def _ends(self, connection: Any) -> None:
         """Forget the session as it ends (the SDK unwinds its connection's exit stack then): it no longer counts
@@ -244,6 +253,7 @@ class Events:
         if gone is not None:
             spellings.discard(gone)
             self._spend(org, -len(gone))
+            self._missed.get(session, set()).discard(gone)  # no longer followed: not told when the stream opens
         if spellings:
             return
         del subscribed[session]
@@ -336,7 +346,7 @@ class Events:
     def _notify(self, session: Any, uri: str | None) -> None:
         http_id = self._http_id_of.get(session)
         if http_id is not None and http_id not in self._streaming:
-            self._missed.setdefault(session, set()).add(uri)  # at most what it follows, and the list
+            self._missed.setdefault(session, set()).add(uri)  # at most what it follows (unwatch), and the list
         self._send(session, session.send_resource_list_changed() if uri is None else session.send_resource_updated(uri))
 
     def _send(self, session: Any, notification: Coroutine[Any, Any, None]) -> None:
@@ -383,11 +393,7 @@ class Events:
     async def on_subscribe(self, ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
         session = connection_of(ctx.session)
         self.watch(current_org.get(), str(params.uri), session)
-        request = getattr(ctx, "request", None)  # over HTTP, the request that carried it
-        http_id = None if request is None else request.headers.get("mcp-session-id")
-        if http_id is not None:
-            self._by_http_id[http_id] = session
-            self._http_id_of[session] = http_id
+        self._over_http(session, ctx.request)
         return EmptyResult()
 
     async def on_unsubscribe(self, ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:

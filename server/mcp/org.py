@@ -43,7 +43,7 @@ class OrgMiddleware:
     `subscriptions/listen` request also `listening` (its filter); and tells `on_listing` of an
     `initialize`-era session that lists the resources (it will want to hear when the listing changes)."""
 
-    def __init__(self, default_org: str, on_listing: Callable[[str, Any], None] | None = None) -> None:
+    def __init__(self, default_org: str, on_listing: Callable[[str, Any, Any], None] | None = None) -> None:
         self.default_org = default_org
         self.on_listing = on_listing
 
@@ -57,7 +57,7 @@ class OrgMiddleware:
                 and self.on_listing is not None
                 and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
             ):
-                self.on_listing(org, ctx.session)
+                self.on_listing(org, ctx.session, ctx.request)
             return await call_next(ctx)
         finally:
             listening.reset(wants)

@@ -470,7 +470,7 @@ async def migrate(conn: asyncpg.Connection, place: str) -> list[int]:
                 if migration.version == 1:  # in its transaction (a savepoint): no crash leaves search without it
                     await _fold_accents(conn)
             applied.append(migration.version)
-        announce_upgraded(place, done, applied)
+        announce_upgraded(place, done, applied, done | set(applied))
         return applied
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)

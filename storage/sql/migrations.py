@@ -66,12 +66,13 @@ def announce_upgrade(place: str, done: set[int], migrations: tuple[Migration, ..
         )
 
 
-def announce_upgraded(place: str, done: set[int], applied: list[int]) -> None:
-    """After migrating: the version reached (a new database's only at DEBUG)."""
+def announce_upgraded(place: str, done: set[int], applied: list[int], now: set[int]) -> None:
+    """After migrating: the version reached (`now`: every migration the database has, whoever applied it), when
+    this process applied any (`done`: what the database had before; a new database's only at DEBUG)."""
     if applied:
         level = logging.WARNING if done else logging.DEBUG
         said = "upgraded the database" if done else "a new database"
-        logger.log(level, "%s: %s, now at schema version %d", place, said, schema_version(done | set(applied)))
+        logger.log(level, "%s: %s, now at schema version %d", place, said, schema_version(now))
 
 
 def schema_version(done: set[int]) -> int:

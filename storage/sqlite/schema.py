@@ -265,19 +265,22 @@ def migrate(conn: sqlite3.Connection, place: str) -> list[int]:
     """
     refuse_foreign(conn)
     conn.execute(SCHEMA_TABLE)
-    done = applied_versions(conn)
-    refuse_newer(done, MIGRATIONS)
-    announce_upgrade(place, done, MIGRATIONS)
+    refuse_newer(applied_versions(conn), MIGRATIONS)
     applied: list[int] = []
+    found: set[int] | None = None  # what was applied when this process came to apply its first migration
     for migration in MIGRATIONS:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if migration.version not in applied_versions(conn):
+            done = applied_versions(conn)  # under the lock: another process may have applied it meanwhile
+            if migration.version not in done:
+                if found is None:
+                    found = done
+                    announce_upgrade(place, done, MIGRATIONS)
                 driver.run(conn, apply_migration(migration))
                 applied.append(migration.version)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-    announce_upgraded(place, done, applied)
+    announce_upgraded(place, found or set(), applied, applied_versions(conn))
     return applied

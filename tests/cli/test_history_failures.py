@@ -72,6 +72,25 @@ def test_hostile_lines_are_bad_lines_named_by_number(tmp_path: Path) -> None:
     assert counts(db)[0] == 2
 
 
+def test_a_refused_import_makes_no_database_and_removes_none(tmp_path: Path) -> None:
+    """A new database is made only for an import that goes ahead, so a refused one neither leaves an empty one
+    behind (a path with ~ included, which chatdock expands) nor has one to remove: a database another command
+    made at that path meanwhile is never taken away (a review's race: a key created while the import checked)."""
+    home, bad = tmp_path / "home", tmp_path / "bad.jsonl"
+    home.mkdir()
+    bad.write_text(good(1) + "\n" + '{"not": "a line"}\n')
+    command = [*installed_command(), "import", "-q", str(bad)]
+    for where in (["--db", "~/new.db"], []):  # the flag, and CHATDOCK_DB, as a unit file or .env gives it
+        env = {**os.environ, "HOME": str(home), "CHATDOCK_DB": "~/new.db"}
+        done = subprocess.run([*command, *where], capture_output=True, text=True, timeout=60, env=env, check=False)
+        assert done.returncode == 2 and "so nothing was imported" in done.stderr, done.stderr
+        assert list(home.iterdir()) == []
+    made = home / "made.db"  # made by another command before the import's check is over: kept, with its key
+    assert run_cli("keys", "create", "--db", str(made), "--org", "acme", "--name", "k").returncode == 0
+    assert import_(made, str(bad), "-q").returncode == 2
+    assert "acme" in run_cli("keys", "list", "--db", str(made)).stdout
+
+
 def test_a_file_that_cannot_be_read_is_one_line_and_nothing_imported(tmp_path: Path) -> None:
     db = tmp_path / "chatdock.db"
     refused = [Path("/proc/self/mem")]  # opens, and refuses reading at its start: an I/O error

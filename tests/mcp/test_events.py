@@ -329,38 +329,76 @@ async def test_a_listen_opened_once_the_server_shuts_down_is_refused_at_once(tmp
         server.events.watch_contact("default", "c", lambda: None)
 
 
+class RawSession:
+    """An `initialize`-era session over HTTP, by hand: its requests, and its event stream opened and cut."""
+
+    def __init__(self, http: Any, key: str) -> None:
+        self.http = http
+        self.headers = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"}
+        hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
+        opened = self.rpc("initialize", hello)
+        self.headers |= {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+        http.post("/mcp", headers=self.headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def rpc(self, method: str, params: dict[str, Any]) -> Any:
+        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+        answer = self.http.post("/mcp", headers=self.headers, json=body)
+        assert answer.status_code == 200 and '"error"' not in answer.text, answer.text
+        return answer
+
+    def cut(self) -> None:
+        with self.http.stream("GET", "/mcp", headers={**self.headers, "Accept": "text/event-stream"}) as stream:
+            assert stream.status_code == 200  # opened, and cut at once
+
+    def hear(self, until: dict[str, Any], meanwhile: Callable[[], object] = lambda: None) -> list[dict[str, Any]]:
+        """Open the event stream, do `meanwhile`, and take what it hears up to `until` (a read that waits past the
+        client's timeout fails the test)."""
+        heard: list[dict[str, Any]] = []
+        with self.http.stream("GET", "/mcp", headers={**self.headers, "Accept": "text/event-stream"}) as stream:
+            meanwhile()
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    heard.append(json.loads(line.removeprefix("data:")))
+                    if heard[-1] == until:
+                        return heard
+        raise AssertionError(f"the stream ended before {until}: {heard}")
+
+
+def updated(uri: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}}
+
+
 def test_an_initialize_era_session_whose_event_stream_opens_again_hears_what_it_missed(db: str) -> None:
     """A write while a session's event stream (its GET) is closed (a proxy cut it; the SDKs open it again a
-    second later) reaches it when the stream opens again: the SDK keeps no events to replay, so the session
-    is told again of what it follows (found by a review with mcp 1.x: the write was lost, in silence)."""
+    second later) reaches it when the stream opens again: the SDK keeps no events to replay, so the session is
+    told then of what changed (found by a review with mcp 1.x: the write was lost, in silence); not of a URI it
+    stopped following meanwhile; a session that only listed the resources, of a change of the list."""
     import httpx2
 
     key = create_key(db, "acme", "gap")
+    other, sentinel = contact_uri(TRANSCRIPT_URI, "+442071838750"), contact_uri(TRANSCRIPT_URI, "sentinel")
+    listed = {"jsonrpc": "2.0", "method": "notifications/resources/list_changed"}
     with http_server(db) as base, httpx2.Client(base_url=base, timeout=httpx2.Timeout(10)) as http:
-        headers = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"}
-        hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
-        opened = http.post(
-            "/mcp", headers=headers, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}
-        )
-        headers |= {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+        follower, lister = RawSession(http, key), RawSession(http, key)
+        follower.rpc("resources/subscribe", {"uri": URI})
+        follower.rpc("resources/subscribe", {"uri": other})
+        lister.rpc("resources/list", {})
+        follower.cut()
+        lister.cut()
 
-        def rpc(number: int, method: str, params: dict[str, Any]) -> None:
-            answer = http.post(
-                "/mcp", headers=headers, json={"jsonrpc": "2.0", "id": number, "method": method, "params": params}
-            )
-            assert answer.status_code == 200 and '"error"' not in answer.text, answer.text
+        def write(contact: str) -> None:
+            message = {"contact_id": contact, "channel": "sms", "role": "user", "content": "written while cut off"}
+            follower.rpc("tools/call", {"name": "append_message", "arguments": message})
 
-        http.post("/mcp", headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
-        rpc(2, "resources/subscribe", {"uri": URI})
-        with http.stream("GET", "/mcp", headers={**headers, "Accept": "text/event-stream"}) as stream:
-            assert stream.status_code == 200  # opened, then cut before anything was written
-        message = {"contact_id": WATCHED, "channel": "sms", "role": "user", "content": "written while cut off"}
-        rpc(3, "tools/call", {"name": "append_message", "arguments": message})
-        with http.stream("GET", "/mcp", headers={**headers, "Accept": "text/event-stream"}) as stream:
-            heard = []
-            for line in stream.iter_lines():  # a read that waits past the timeout fails the test
-                if line.startswith("data:"):
-                    heard.append(json.loads(line.removeprefix("data:")))
-                    if heard[-1].get("method") == "notifications/resources/updated":
-                        break
-        assert heard[-1] == {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": URI}}
+        write(WATCHED)
+        write("+442071838750")
+        follower.rpc("resources/unsubscribe", {"uri": other})
+        assert listed in lister.hear(until=listed)  # new contacts came while it was cut off
+
+        def then() -> None:  # what the stream tells at once comes before the event of a write after it opened
+            follower.rpc("resources/subscribe", {"uri": sentinel})
+            write("sentinel")
+
+        heard = follower.hear(until=updated(sentinel), meanwhile=then)
+        assert updated(URI) in heard and updated(other) not in heard, heard
+        assert heard.index(updated(URI)) < heard.index(updated(sentinel))

@@ -100,7 +100,15 @@ def check(report: dict[str, Any], client: tuple[int, str]) -> None:
     assert report["listed"]["structured"]["next_cursor"]
     [hit] = report["searched"]["structured"]["hits"]
     assert hit["snippet"] == "Where is my [order]?"
-    assert report["contact"]["structured"]["message_count"] == 2
+    assert report["contact"]["structured"]["message_count"] == 2  # before the chat's message below
+    for result in (*report["chatTools"], *report["identityTools"]):  # the other tools, true to their schemas
+        assert "thrown" not in result and not result["isError"], result
+    opened, posted, ended, chats = (result["structured"] for result in report["chatTools"])
+    assert (posted["role"], posted["chat_id"], ended["status"]) == ("user", opened["id"], "COMPLETED")
+    assert [chat["id"] for chat in chats["chats"]] == [opened["id"]]
+    _, linked, unlinked, deleted, forgotten = (result["structured"] for result in report["identityTools"])
+    assert (linked["aliases"], unlinked["aliases"]) == (["ann@example.com"], [])
+    assert deleted["deleted"] is True and forgotten["deleted_messages"] == 0
 
     refused = report["refused"]
     assert refused["isError"] and refused["structured"] is None

@@ -125,6 +125,23 @@ report.prompts = (await client.listPrompts()).prompts.map((prompt) => prompt.nam
 report.prompt = (await client.getPrompt({ name: "continue_conversation", arguments: { contact_id: CONTACT } }))
   .messages.length;
 
+// the other tools, each result checked by the SDK against its output schema
+const opened = await call(client, "open_chat", { contact_id: CONTACT, channel: "voice", agent_id: "bot" });
+const chat = opened.structured?.id;
+report.chatTools = [
+  opened,
+  await call(client, "post_as_contact", { contact_id: CONTACT, chat_id: chat, message: [{ text: "Hello?" }] }),
+  await call(client, "update_chat", { chat_id: chat, status: "COMPLETED" }),
+  await call(client, "list_chats", { contact_id: CONTACT }),
+];
+const spare = await call(client, "append_message", { contact_id: "spare", channel: "sms", role: "user", content: "x" });
+report.identityTools = [
+  spare,
+  await call(client, "link_contacts", { contact_id: CONTACT, identifier: "ann@example.com" }),
+  await call(client, "unlink_contact", { identifier: "ann@example.com" }),
+  await call(client, "delete_message", { message_id: spare.structured?.id }),
+  await call(client, "forget_contact", { contact_id: "spare" }),
+];
 // events: another connection writes; this one hears of its contact while subscribed, and not after
 // (the 2026-07-28 era listens on a subscriptions/listen stream, closed to stop; the initialize era subscribes)
 const subscribe = async (uri) => {
