@@ -256,8 +256,7 @@ class Store:
             contact_id, chat_id, parts, channel_id, context_limit
         )
         now = check.utc_now()
-        contact_id = await self._canonical(org, contact_id)
-        chat = await self._chat_of(org, contact_id, chat_id)
+        contact_id, chat = await self._contact_and_chat(org, contact_id, chat_id)
         if wanted is not None and all(channel.id != wanted for channel in chat.channels):
             became = await self.backend.retired_channel(org, wanted)  # retired by a merge: what it became
             if became is not None and any(channel.id == became for channel in chat.channels):
@@ -328,11 +327,17 @@ class Store:
         """The contact_id of the contact `identifier` names (an alias resolves to its contact), or itself."""
         return await self.backend.resolve(org, identifier) or identifier
 
-    async def _chat_of(self, org: str, contact_id: str, chat_id: str) -> Chat:
+    async def _contact_and_chat(self, org: str, identifier: str, chat_id: str) -> tuple[str, Chat]:
+        """The contact `identifier` names and its chat `chat_id`. A merge that moves the chat between the two
+        reads (another process links the contact to another) is met by naming the contact again: its chat
+        is found with the contact it moved to, not refused."""
+        contact_id = await self._canonical(org, identifier)
         chat = await self.backend.chat(org, chat_id)
+        if chat is not None and chat.contact_id != contact_id:
+            contact_id = await self._canonical(org, identifier)
         if chat is None or chat.contact_id != contact_id:
             raise chat_not_found(chat_id, contact_id)
-        return chat
+        return contact_id, chat
 
     async def get_context(
         self,
@@ -359,8 +364,7 @@ class Store:
         budget = check.max_chars(max_chars)
         resolved = chat_id is not None
         if chat_id is not None:
-            contact_id = await self._canonical(org, contact_id)
-            await self._chat_of(org, contact_id, chat_id)
+            contact_id, _ = await self._contact_and_chat(org, contact_id, chat_id)
         newest_first, _ = await self.backend.latest_messages(org, contact_id, only, limit, MAX_RESULT_BYTES)
         # the messages name their contact by its own id, whichever identifier asked; with none, ask (once)
         if newest_first:
@@ -403,7 +407,7 @@ class Store:
         key = await self._cursor_key()
         after = None if cursor is None else decode_cursor(cursor, key, org)
         if only.chat_id is not None:
-            await self._chat_of(org, await self._canonical(org, contact_id), only.chat_id)
+            await self._contact_and_chat(org, contact_id, only.chat_id)
         rows = await self.backend.message_page(org, contact_id, only, limit + 1, after, MAX_RESULT_BYTES)
         # a page fits in one result (each message also has its line in the text a model reads), the rest is
         # on the next page
@@ -480,7 +484,7 @@ class Store:
         """Set a chat's status; with `contact_id`, only a chat of that contact."""
         chat_id = check.uuid_text(chat_id, "chat_id")
         if contact_id is not None:
-            await self._chat_of(org, await self._canonical(org, check.contact_id(contact_id)), chat_id)
+            await self._contact_and_chat(org, check.contact_id(contact_id), chat_id)
         updated = await self.backend.set_chat_status(org, chat_id, check.chat_status(status), check.utc_now())
         if updated is None:
             raise chat_not_found(chat_id)

@@ -286,18 +286,20 @@ def set_chat_status(
 ) -> Ops[Chat | None]:
     """Set a chat's status; None when the organization has no such chat. Setting the status it has changes
     nothing (not its `updated_at`) and tells no listener: a repeated call is idempotent, as the tool says."""
-    contact_key = yield value(
+    update = (
         f"UPDATE chats SET status = ?, updated_us = ? WHERE id = ? AND org_id = {ORG} AND status <> ? "
-        "RETURNING contact_pk",
-        status,
-        now_us,
-        chat_id,
-        org,
-        status,
+        "RETURNING contact_pk"
     )
-    if contact_key is None:
-        kept = yield value(f"SELECT 1 FROM chats WHERE id = ? AND org_id = {ORG}", chat_id, org)
-        return None if kept is None else (yield from chat_by_id(d, chat_id))
+    contact_key = yield value(update, status, now_us, chat_id, org, status)
+    if contact_key is None:  # no such chat, or it has the status: read it locked, as nothing may change it now
+        found = yield value(f"SELECT status FROM chats WHERE id = ? AND org_id = {ORG}{d.for_update}", chat_id, org)
+        if found is None:
+            return None
+        if found == status:
+            return (yield from chat_by_id(d, chat_id))
+        # another write set another status after the update looked (PostgreSQL): this one, later, has the last
+        # word, and its answer is the status it set (it answered the other's)
+        contact_key = yield value(update, status, now_us, chat_id, org, status)
     chat = yield from chat_by_id(d, chat_id)
     yield from log.record(org, chat.contact_id, aliases=(yield from aliases_of(contact_key, chat.contact_id)))
     return chat
@@ -313,9 +315,14 @@ def delete_message(org: str, message_id: str, log: ChangeLog) -> Ops[Message | N
     )
     if row is None:
         return None
+    contact_id = row[10]
+    if contact_id is None:
+        # (PostgreSQL) a merge moved the message to a contact it made, after this statement's snapshot: the
+        # delete found the moved row, its look-up did not find the new contact; a statement of its own does
+        contact_id = yield value("SELECT external_id FROM contacts WHERE id = ?", row[11])
     yield from changed(row[11])
-    yield from log.record(org, row[10], aliases=(yield from aliases_of(row[11], row[10])))
-    return rows.message(row, row[10])
+    yield from log.record(org, contact_id, aliases=(yield from aliases_of(row[11], contact_id)))
+    return rows.message(row, contact_id)
 
 
 def changed(contact_key: int) -> Ops[None]:

@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from chatdock.storage import ChatdockError, InvalidInput, NotFound, Store, open_store
-from chatdock.storage.models import ContactInfo, ForgetResult, LinkResult
+from chatdock.storage.models import ContactInfo, ForgetResult, LinkResult, Part
 from tests.storage.test_storage import msg, stored
 from tests.transports import Rest, create_key, http_server
 
@@ -269,3 +269,25 @@ async def test_forgets_of_one_contact_at_two_replicas_answer_200(postgres_url: s
             assert [status for status, _ in answers] == [200, 200, 200], answers
             assert sorted(body["deleted_messages"] for _, body in answers) == [0, 0, 1], answers
             assert first("GET", f"/contacts/{a}")[0] == second("GET", f"/contacts/{x}")[0] == 404
+
+
+async def test_a_post_into_a_chat_a_merge_moves_meanwhile_lands_in_it(
+    store: Store, replica: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """post_as_contact names its contact, then reads the chat: a merge (another replica links the contact to
+    another) committed between the two moves the chat to the kept contact, and the post lands in it, as
+    identity.md says of writes during a merge (it was refused as 'chat not found', which a client does not
+    retry: a lost voice turn; a race review, 20 of 180 posts on PostgreSQL)."""
+    chat = await store.open_chat(ORG, "merged-away", "voice")
+    await store.append_message(ORG, msg("kept", "the contact kept"))
+    read_chat = store.backend.chat
+
+    async def merge_first(org: str, chat_id: str) -> Any:
+        monkeypatch.setattr(store.backend, "chat", read_chat)  # once
+        await replica.link_contacts(ORG, "kept", "merged-away")
+        return await read_chat(org, chat_id)
+
+    monkeypatch.setattr(store.backend, "chat", merge_first)
+    posted = await store.post_as_contact(ORG, "merged-away", chat.id, [Part(text="hello?")])
+    assert (posted.contact_id, posted.chat_id) == ("kept", chat.id)
+    assert [m.content for m in (await store.get_context(ORG, "kept")).messages] == ["the contact kept", "hello?"]
