@@ -293,8 +293,8 @@ class Events:
             return
         if not self._streams_of.get(change.org) and not self._sessions_of.get(change.org):
             return  # no one of its organization listens here (most writes): no URI to spell
-        if change.aliases_unknown:
-            self._everyone_of(change.org)
+        if change.aliases_unknown:  # too many aliases to tell them all (PostgreSQL's NOTIFY payload)
+            self._everyone_of(change.org, lists=change.kind != "updated")
             return
         for identifier in (change.contact_id, *change.aliases):  # a contact's URIs under each of its identifiers
             for template in CONTACT_URIS:
@@ -302,11 +302,14 @@ class Events:
         if change.kind != "updated":
             self._list_changed(change.org)
 
-    def _everyone_of(self, org: str) -> None:
+    def _everyone_of(self, org: str, lists: bool = True) -> None:
+        """Every listener of `org` reads again; with `lists`, the resource list too (a contact may have appeared
+        or gone)."""
         for owner, uri in [*self._streams, *self._sessions]:
             if owner == org:
                 self._updated(org, uri)
-        self._list_changed(org)
+        if lists:
+            self._list_changed(org)
 
     async def publish(self, event: ServerEvent) -> None:
         """`SubscriptionBus.publish`, for events a handler raises itself through `ctx.notify_*`."""

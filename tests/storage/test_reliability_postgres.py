@@ -28,7 +28,7 @@ from chatdock.storage.changes import Change
 from chatdock.storage.errors import OutcomeUnknown
 from chatdock.storage.postgres import PostgresBackend
 from chatdock.storage.sql.ops import Ops, value
-from tests.mcp.test_events import heard_within, subscriber
+from tests.mcp.test_events import LIST, heard_within, subscriber
 from tests.postgres import PostgresServer
 from tests.storage.test_replicas import replicas, rows
 from tests.transports import create_key, http_server, http_transport, run_cli
@@ -218,6 +218,14 @@ async def test_events_of_a_contact_with_too_many_aliases_for_the_feed_stay_in_it
                 for index in range(5):
                     assert (await http.post("/chats", json=body("+31611111111", f"m{index}"))).status_code == 201
                 await heard_within(acme_heard, 1)  # acme's listener of an alias is told on the other replica
+                # a new contact's first message changes the list, and comes after the writes above: the one
+                # list change acme hears (an append whose aliases overflowed changed the list too, for every
+                # listener of the organization: found by a review)
+                assert (await http.post("/chats", json=body("+31633333333", "new"))).status_code == 201
+                with anyio.fail_after(15):
+                    while not acme_heard or acme_heard[-1] != LIST:
+                        await asyncio.sleep(0.01)
+                assert acme_heard.count(LIST) == 1 and set(acme_heard) == {alias, LIST}, acme_heard
                 async with httpx2.AsyncClient(
                     base_url=writing.base, headers={"Authorization": f"Bearer {globex}"}
                 ) as own:
