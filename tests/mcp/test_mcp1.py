@@ -40,8 +40,9 @@ def python1() -> Path:
     versions = "import importlib.metadata as m; print(m.version('mcp'), m.version('langchain-mcp-adapters'))"
     with open(FOLDER / ".install.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        found = subprocess.run([str(python), "-c", versions], capture_output=True, text=True, check=False)
-        if found.stdout.split() != [MCP1, ADAPTERS]:
+        probe = [str(python), "-c", versions]
+        found = subprocess.run(probe, capture_output=True, text=True, check=False).stdout if python.exists() else ""
+        if found.split() != [MCP1, ADAPTERS]:
             venv.create(FOLDER / ".venv", clear=True, with_pip=False)
             wanted = [f"mcp=={MCP1}", f"langchain-mcp-adapters=={ADAPTERS}"]
             install = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", *wanted]
