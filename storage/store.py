@@ -9,6 +9,7 @@ key format, hash and check. `server/` talks only to this class.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -73,6 +74,7 @@ from .transcript import fit_hits, fit_transcript, format_line
 
 EXPORT_BATCH = 1000
 FEED_START_WAIT = 10.0  # seconds a process waits at start for the change feed of the others to be in place
+SEARCHES_PER_ORG = 2  # an organization's searches a process works on at once (search_messages)
 
 M = TypeVar("M", bound=StoredMessage)
 
@@ -146,6 +148,10 @@ class Store:
         self._revoked: dict[str, float] = {}  # keys this process revoked, and when (time.monotonic())
         self._newest = newest.Newest()  # each contact's newest messages this process last saw (newest.py)
         self._cursor_secret: bytes | None = None  # the key of list cursors' mask, once read (b"": none)
+        # searches of each organization under way at once (`SEARCHES_PER_ORG`); the others wait their turn
+        self._searching: collections.defaultdict[str, asyncio.Semaphore] = collections.defaultdict(
+            lambda: asyncio.Semaphore(SEARCHES_PER_ORG)
+        )
         self.telemetry.trace_calls(self)
 
     async def close(self) -> None:
@@ -449,10 +455,15 @@ class Store:
         role = None if role is None else check.role(role)
         limit = check.limit(limit)
         offset = 0 if cursor is None else decode_search_cursor(cursor)
-        newest = await self.backend.search(org, parsed, contact_id, channel, role, ranking.WINDOW)
-        ranked = ranking.rank(parsed, newest)  # the rule: ranking.py
-        found = await self.backend.messages_at(org, ranked[offset : offset + limit])
-        hits = [SearchHit(**hit.model_dump(), snippet=ranking.snippet(parsed, hit.content)) for hit in found]
+        # ranking and snippets are CPU work of up to a few hundred milliseconds (ranking.py): in a thread, so
+        # that a search never holds the event loop every other request waits for, and at most SEARCHES_PER_ORG
+        # of an organization's at once, so that one organization's burst leaves the others their share
+        async with self._searching[org]:
+            newest = await self.backend.search(org, parsed, contact_id, channel, role, ranking.WINDOW)
+            ranked = await asyncio.to_thread(ranking.rank, parsed, newest)  # the rule: ranking.py
+            found = await self.backend.messages_at(org, ranked[offset : offset + limit])
+            snippets = await asyncio.to_thread(lambda: [ranking.snippet(parsed, hit.content) for hit in found])
+        hits = [SearchHit(**hit.model_dump(), snippet=snip) for hit, snip in zip(found, snippets, strict=True)]
         kept = fit_hits(hits)  # a page that would pass the size bound ends early; the cursor goes on from there
         more = len(ranked) > offset + kept
         return SearchPage(hits=hits[:kept], next_cursor=encode_search_cursor(offset + kept) if more else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..ranking import RANKED_CHARS
 from ..search import Query, Term
 from ..sql.dialect import Dialect
 from ..sql.ops import Ops, count, value
@@ -72,6 +73,7 @@ def search_sql(contact: bool, channel: bool, role: bool) -> str:
     if role:
         where += " AND m.role = ?"
     return (
-        "SELECT m.seq, m.content FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid "
+        f"SELECT m.seq, substr(m.content, 1, {RANKED_CHARS}) FROM messages_fts JOIN messages m "
+        "ON m.seq = messages_fts.rowid "
         f"WHERE messages_fts MATCH {match} AND m.org_id = {ORG}{where} ORDER BY messages_fts.rowid DESC LIMIT ?"
     )

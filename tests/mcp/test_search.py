@@ -3,16 +3,19 @@ what no longer matches, and what a query that cannot be read gets."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import pytest
 from mcp.client import Client
 
 from chatdock.server.mcp.app import Settings, build_server
 from chatdock.storage import NewMessage, Store, open_store
 from chatdock.storage.postgres.backend import PostgresBackend
-from chatdock.storage.ranking import WINDOW
+from chatdock.storage.ranking import RANKED_CHARS, WINDOW
+from chatdock.storage.store import SEARCHES_PER_ORG
 from tests.transports import call, error
 
 ANN, BOB = "+31612345678", "+31687654321"
@@ -208,3 +211,47 @@ async def test_a_common_word_ranks_its_newest_matches_and_a_rare_one_all_of_them
             assert (await call(client, "search_messages", query="zebra"))["hits"][1]["snippet"].endswith(
                 "a [zebra] ate it"
             )
+
+
+async def test_a_message_ranks_by_its_first_characters_and_is_found_by_all(db: str) -> None:
+    """The rule's bound (storage/ranking.py): a message's rank counts its first RANKED_CHARS characters, so a long
+    one whose matches all come further on is still found, ranked as holding none of them (ranking a thousand
+    matches of 32,000 characters whole took two seconds: a review's burst of such searches stalled every other
+    organization's requests for seconds)."""
+    async with open_store(db) as store:
+        once = "a parcel came"
+        late = "filler " * (RANKED_CHARS // 7 + 10) + "parcel " * 50  # newer, and all its matches past the bound
+        for content in (once, late):
+            await store.append_message(
+                "default", NewMessage(contact_id=ANN, channel="sms", role="user", content=content)
+            )
+        async with Client(build_server(Settings(), store)) as client:
+            assert await search(client, "parcel") == [once, late]
+
+
+async def test_an_organizations_searches_are_worked_on_a_few_at_a_time(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One organization's burst of searches takes at most SEARCHES_PER_ORG turns at once; another organization's
+    search goes ahead beside them."""
+    engine_search = store.backend.search
+    inside: list[str] = []
+    release = asyncio.Event()
+
+    async def held(org: str, *args: Any) -> Any:
+        inside.append(org)
+        if org == "busy":
+            await release.wait()
+        return await engine_search(org, *args)
+
+    monkeypatch.setattr(store.backend, "search", held)
+    burst = [asyncio.ensure_future(store.search_messages("busy", "refund")) for _ in range(SEARCHES_PER_ORG + 3)]
+    with anyio.fail_after(10):
+        await store.search_messages("default", "refund")  # not behind the burst
+        while inside.count("busy") < SEARCHES_PER_ORG:
+            await asyncio.sleep(0.01)
+    assert inside.count("busy") == SEARCHES_PER_ORG  # the rest wait their turn
+    release.set()
+    with anyio.fail_after(10):
+        await asyncio.gather(*burst)
+    assert inside.count("busy") == SEARCHES_PER_ORG + 3
