@@ -405,7 +405,7 @@ def build_http_app(
     mcp = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
     oauth = settings.oauth
     routes = build_rest(the_store, settings.read_only, server.events, None if oauth is None else oauth.issuer)
-    sessions = SessionOwners(max_sessions_per_org, streams=server.events)
+    sessions = SessionOwners(max_sessions_per_org, streams=server.events, max_streams_per_org=settings.max_listens)
     if settings.metrics is not None:
         settings.metrics.watch_sessions(sessions.held)
     metadata = None if oauth is None else Starlette(routes=oauth.metadata_routes(), exception_handlers=REFUSED)
@@ -569,11 +569,11 @@ async def _serve_http(
             server = factory(settings, store)
             app = build_http_app(settings, server, host, allowed_hosts, limits.max_sessions_per_org, metrics_port)
             connections = connection_bound(limits.max_connections, files)
-            if connections <= settings.max_listens:
+            if connections <= 2 * settings.max_listens:
                 logger.warning(
-                    "--max-connections %d is not above --max-listens-per-org %d: one organization's listen streams "
-                    "(each holds a connection) could take every connection from the others; raise the first or "
-                    "lower the second",
+                    "--max-connections %d is not above twice --max-listens-per-org %d: one organization's listen "
+                    "streams and its sessions' event streams (each holds a connection; it may hold that many of "
+                    "each) could take every connection from the others; raise the first or lower the second",
                     connections,
                     settings.max_listens,
                 )

@@ -65,10 +65,15 @@ class SessionOwners:
         max_per_org: int = DEFAULT_MAX_SESSIONS_PER_ORG,
         idle: float = DEFAULT_SESSION_IDLE_TIMEOUT,
         streams: EventStreams | None = None,
+        max_streams_per_org: int | None = None,
     ):
         self.max_per_org = max_per_org
         self.idle = idle
         self.streams = streams  # told when a session's event stream (a GET) opens and ends
+        # each holds a connection: at most this many open at once per organization (--max-listens-per-org), so
+        # that one organization's sessions cannot take every connection the server has
+        self.max_streams_per_org = max_streams_per_org
+        self._streaming: Counter[str] = Counter()  # event streams open, per organization
         self._owner: dict[str, tuple[str, str]] = {}  # session: (organization, who within it)
         self._seen: dict[str, float] = {}
         self._open: Counter[str] = Counter()  # requests under way, per session
@@ -101,7 +106,19 @@ class SessionOwners:
             if owner is not None and owner != (org, who):  # the same answer as for a session that does not exist
                 await _refusal("Session not found", 404)(scope, receive, send)
                 return
-        elif scope.get("method") == "POST" and self._held_by(org) >= self.max_per_org:
+        if (
+            session is not None
+            and scope.get("method") == "GET"
+            and self.max_streams_per_org is not None
+            and self._streaming[org] >= self.max_streams_per_org
+        ):
+            refused = (
+                f"this organization already has {self.max_streams_per_org} event streams open (GET /mcp), the most "
+                "allowed; close one (or end its session) and try again"
+            )
+            await _refusal(refused, 429, {"Retry-After": str(RETRY_AFTER)})(scope, receive, send)
+            return
+        if session is None and scope.get("method") == "POST" and self._held_by(org) >= self.max_per_org:
             # only a request that would open one more is refused: a 2026-07-28 client's calls open none
             body, gone = await read_body(receive)
             if not gone and not _opens_a_session(body):
@@ -115,19 +132,23 @@ class SessionOwners:
                 return
         status = 0
         opening: asyncio.Handle | None = None
+        counted = False
 
         async def noting(message: Message) -> None:
-            nonlocal status, opening
+            nonlocal status, opening, counted
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 opened = _header({"headers": message.get("headers", [])}, SESSION_HEADER)
                 if session is None and opened is not None and status < 400:
                     self._owner[opened] = (org, who)
                     self._seen[opened] = time.monotonic()
-                elif session is not None and streaming() and self.streams is not None:
-                    # called back once the tasks ready now have run: the SDK's stream task (started with
-                    # the answer's, before this start was sent) files the stream in its first step
-                    opening = asyncio.get_running_loop().call_soon(self.streams.stream_opened, session)
+                elif session is not None and streaming():
+                    self._streaming[org] += 1
+                    counted = True
+                    if self.streams is not None:
+                        # called back once the tasks ready now have run: the SDK's stream task (started with
+                        # the answer's, before this start was sent) files the stream in its first step
+                        opening = asyncio.get_running_loop().call_soon(self.streams.stream_opened, session)
             await send(message)
 
         def streaming() -> bool:
@@ -138,6 +159,8 @@ class SessionOwners:
         try:
             await app(scope, receive, noting)  # type: ignore[operator]
         finally:
+            if counted:
+                self._streaming[org] -= 1
             if session is not None and streaming() and self.streams is not None:
                 if opening is not None:
                     opening.cancel()  # a stream that ended before it was told open: never told open

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -402,3 +403,37 @@ def test_an_initialize_era_session_whose_event_stream_opens_again_hears_what_it_
         heard = follower.hear(until=updated(sentinel), meanwhile=then)
         assert updated(URI) in heard and updated(other) not in heard, heard
         assert heard.index(updated(URI)) < heard.index(updated(sentinel))
+
+
+def test_an_organizations_event_streams_are_bounded_so_it_cannot_take_every_connection(tmp_path: Path) -> None:
+    """Each initialize-era session's event stream (its GET) holds a connection: an organization may hold
+    --max-listens-per-org of them at once, as it may listen streams, so that its sessions cannot take every
+    connection of the server (a tenant review took all 40 with 40 sessions); another organization's is served."""
+    import httpx2
+
+    db = str(tmp_path / "streams.db")
+    acme, globex = create_key(db, "acme", "a"), create_key(db, "globex", "g")
+    with (
+        http_server(db, "--max-listens-per-org", "2") as base,
+        httpx2.Client(base_url=base, timeout=httpx2.Timeout(10)) as http,
+        contextlib.ExitStack() as held,
+    ):
+        sessions = [RawSession(http, acme) for _ in range(3)]
+        for session in sessions[:2]:
+            opened = held.enter_context(
+                http.stream("GET", "/mcp", headers={**session.headers, "Accept": "text/event-stream"})
+            )
+            assert opened.status_code == 200
+        refused = http.get("/mcp", headers={**sessions[2].headers, "Accept": "text/event-stream"})
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "5"
+        assert "already has 2 event streams open (GET /mcp)" in refused.json()["error"]["message"]
+        other = RawSession(http, globex)
+        with http.stream("GET", "/mcp", headers={**other.headers, "Accept": "text/event-stream"}) as theirs:
+            assert theirs.status_code == 200  # another organization's is served
+        held.close()  # acme's streams end: its places are free again, once the server has seen them go
+        deadline = time.monotonic() + 10
+        while http.get("/healthz").status_code == 200:
+            with http.stream("GET", "/mcp", headers={**sessions[2].headers, "Accept": "text/event-stream"}) as mine:
+                if mine.status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "a stream's place was never freed"
