@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from bisect import bisect_left
+from collections import Counter
 from collections.abc import Sequence
 
 from .search import MAX_SEARCH_OFFSET, Query, Term
@@ -33,6 +35,7 @@ RANKED_CHARS = 4_000  # of each message, what its rank counts (see the rule abov
 K1, B = 1.2, 0.75
 
 _WORD = re.compile(r"[^\W_]+")
+_LAST_WORD = re.compile(r"[^\W_]+$")
 
 
 # Letters with a stroke or joined that have no decomposition to strip, which PostgreSQL's unaccent folds (so a
@@ -102,9 +105,9 @@ def rank(query: Query, newest_first: Sequence[tuple[int, str]]) -> list[int]:
     counts: list[list[int]] = []  # for each message, how often it holds each term
     lengths: list[int] = []
     for _, content in newest_first:
-        folded = folded_words(content[:RANKED_CHARS])
+        folded = folded_words(_ranked_part(content))
         lengths.append(len(folded))
-        counts.append([len(_occurrences(pattern, prefix, folded)) for pattern, prefix in patterns])
+        counts.append(_term_counts(patterns, folded))
     total = len(newest_first)
     if total == 0:
         return []
@@ -117,6 +120,35 @@ def rank(query: Query, newest_first: Sequence[tuple[int, str]]) -> list[int]:
         score = sum(weight * count * (K1 + 1) / (count + norm) for weight, count in zip(weights, each, strict=True))
         scores.append((-score, index))  # newest first among equals: the index is the age
     return [newest_first[index][0] for _, index in sorted(scores)]
+
+
+def _ranked_part(content: str) -> str:
+    """What a message's rank counts: its first RANKED_CHARS characters, less a word the cut went through (the
+    engines send one character more, to tell)."""
+    if len(content) <= RANKED_CHARS:
+        return content
+    part = content[:RANKED_CHARS]
+    cut = _LAST_WORD.search(part) if _WORD.match(content, RANKED_CHARS) else None
+    return part if cut is None else part[: cut.start()]
+
+
+def _term_counts(patterns: list[tuple[list[str], bool]], folded: list[str]) -> list[int]:
+    """How often `folded` (a message's words) holds each term: a word by a look-up, a prefix by the range of the
+    message's words it begins (sorted once), a phrase by a walk from where its first word is; so that a query of
+    many terms costs little more than one."""
+    tally = Counter(folded)
+    ordered: list[str] | None = None
+    counted = []
+    for pattern, prefix in patterns:
+        if len(pattern) == 1 and not prefix:
+            counted.append(tally.get(pattern[0], 0))
+        elif len(pattern) == 1:
+            ordered = sorted(tally) if ordered is None else ordered
+            begun = ordered[bisect_left(ordered, pattern[0]) : bisect_left(ordered, pattern[0] + "\U0010ffff")]
+            counted.append(sum(tally[word] for word in begun))
+        else:
+            counted.append(len(_occurrences(pattern, prefix, folded)) if pattern[0] in tally else 0)
+    return counted
 
 
 def snippet(query: Query, text: str) -> str:

@@ -77,6 +77,7 @@ FEED_START_WAIT = 10.0  # seconds a process waits at start for the change feed o
 SEARCHES_PER_ORG = 2  # an organization's searches a process works on at once (search_messages)
 
 M = TypeVar("M", bound=StoredMessage)
+T = TypeVar("T")
 
 logger = logging.getLogger("chatdock.storage")
 
@@ -134,6 +135,17 @@ def _joined(
 def _quietly(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()  # taken, so that asyncio does not log it as never retrieved
+
+
+async def _worked_off_the_loop(work: Callable[[], T]) -> T:
+    """`work` in a thread. A caller cancelled meanwhile (a client gave up) returns only once the thread is done,
+    which a thread cannot be told to be: what it holds (a search's turn) is held as long as the work goes on."""
+    running = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        await asyncio.wait([running])
+        raise
 
 
 class Store:
@@ -460,9 +472,9 @@ class Store:
         # of an organization's at once, so that one organization's burst leaves the others their share
         async with self._searching[org]:
             newest = await self.backend.search(org, parsed, contact_id, channel, role, ranking.WINDOW)
-            ranked = await asyncio.to_thread(ranking.rank, parsed, newest)  # the rule: ranking.py
+            ranked = await _worked_off_the_loop(lambda: ranking.rank(parsed, newest))  # the rule: ranking.py
             found = await self.backend.messages_at(org, ranked[offset : offset + limit])
-            snippets = await asyncio.to_thread(lambda: [ranking.snippet(parsed, hit.content) for hit in found])
+            snippets = await _worked_off_the_loop(lambda: [ranking.snippet(parsed, hit.content) for hit in found])
         hits = [SearchHit(**hit.model_dump(), snippet=snip) for hit, snip in zip(found, snippets, strict=True)]
         kept = fit_hits(hits)  # a page that would pass the size bound ends early; the cursor goes on from there
         more = len(ranked) > offset + kept

@@ -106,12 +106,10 @@ class SessionOwners:
             if owner is not None and owner != (org, who):  # the same answer as for a session that does not exist
                 await _refusal("Session not found", 404)(scope, receive, send)
                 return
-        if (
-            session is not None
-            and scope.get("method") == "GET"
-            and self.max_streams_per_org is not None
-            and self._streaming[org] >= self.max_streams_per_org
-        ):
+        # an event stream's place is taken as its GET arrives (many sent at once are each counted before any is
+        # answered) and given back when its request ends, however it ended
+        stream = session is not None and scope.get("method") == "GET"
+        if stream and self.max_streams_per_org is not None and self._streaming[org] >= self.max_streams_per_org:
             refused = (
                 f"this organization already has {self.max_streams_per_org} event streams open (GET /mcp), the most "
                 "allowed; close one (or end its session) and try again"
@@ -132,23 +130,19 @@ class SessionOwners:
                 return
         status = 0
         opening: asyncio.Handle | None = None
-        counted = False
 
         async def noting(message: Message) -> None:
-            nonlocal status, opening, counted
+            nonlocal status, opening
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 opened = _header({"headers": message.get("headers", [])}, SESSION_HEADER)
                 if session is None and opened is not None and status < 400:
                     self._owner[opened] = (org, who)
                     self._seen[opened] = time.monotonic()
-                elif session is not None and streaming():
-                    self._streaming[org] += 1
-                    counted = True
-                    if self.streams is not None:
-                        # called back once the tasks ready now have run: the SDK's stream task (started with
-                        # the answer's, before this start was sent) files the stream in its first step
-                        opening = asyncio.get_running_loop().call_soon(self.streams.stream_opened, session)
+                elif session is not None and streaming() and self.streams is not None:
+                    # called back once the tasks ready now have run: the SDK's stream task (started with the
+                    # answer's, before this start was sent) files the stream in its first step
+                    opening = asyncio.get_running_loop().call_soon(self.streams.stream_opened, session)
             await send(message)
 
         def streaming() -> bool:
@@ -156,10 +150,12 @@ class SessionOwners:
 
         if session is not None:
             self._open[session] += 1
+        if stream:
+            self._streaming[org] += 1
         try:
             await app(scope, receive, noting)  # type: ignore[operator]
         finally:
-            if counted:
+            if stream:
                 self._streaming[org] -= 1
             if session is not None and streaming() and self.streams is not None:
                 if opening is not None:

@@ -14,8 +14,9 @@ CHAT_COLUMNS = """ch.id, co.external_id, ch.agent_id, ch.status, ch.created_us, 
     (SELECT coalesce(json_agg(json_build_array(c.id, c.name, c.kind) ORDER BY cc.attached_us, c.name), '[]')::text
         FROM chat_channels cc JOIN channels c ON c.id = cc.channel_id WHERE cc.chat_id = ch.id)"""
 
-# a match as ranking.py ranks it: its seq and the first RANKED_CHARS of its text (no more is read and sent)
-RANKED = f"substr(m.content, 1, {RANKED_CHARS}) AS content"
+# a match as ranking.py ranks it: its seq and the first RANKED_CHARS of its text, and one more character to tell
+# a word cut through (no more is read and sent)
+RANKED = f"substr(m.content, 1, {RANKED_CHARS + 1}) AS content"
 
 
 def claim_identifier(org_key: int, identifier: str, contact_key: int, now_us: int) -> Ops[tuple[int, bool]]:

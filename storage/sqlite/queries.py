@@ -73,7 +73,7 @@ def search_sql(contact: bool, channel: bool, role: bool) -> str:
     if role:
         where += " AND m.role = ?"
     return (
-        f"SELECT m.seq, substr(m.content, 1, {RANKED_CHARS}) FROM messages_fts JOIN messages m "
+        f"SELECT m.seq, substr(m.content, 1, {RANKED_CHARS + 1}) FROM messages_fts JOIN messages m "
         "ON m.seq = messages_fts.rowid "
         f"WHERE messages_fts MATCH {match} AND m.org_id = {ORG}{where} ORDER BY messages_fts.rowid DESC LIMIT ?"
     )

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import socket
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -405,6 +406,9 @@ def test_an_initialize_era_session_whose_event_stream_opens_again_hears_what_it_
         assert heard.index(updated(URI)) < heard.index(updated(sentinel))
 
 
+BURST = 16
+
+
 def test_an_organizations_event_streams_are_bounded_so_it_cannot_take_every_connection(tmp_path: Path) -> None:
     """Each initialize-era session's event stream (its GET) holds a connection: an organization may hold
     --max-listens-per-org of them at once, as it may listen streams, so that its sessions cannot take every
@@ -418,13 +422,19 @@ def test_an_organizations_event_streams_are_bounded_so_it_cannot_take_every_conn
         httpx2.Client(base_url=base, timeout=httpx2.Timeout(10)) as http,
         contextlib.ExitStack() as held,
     ):
-        sessions = [RawSession(http, acme) for _ in range(3)]
-        for session in sessions[:2]:
-            opened = held.enter_context(
-                http.stream("GET", "/mcp", headers={**session.headers, "Accept": "text/event-stream"})
+        sessions = [RawSession(http, acme) for _ in range(BURST + 1)]
+        port = int(base.rsplit(":", 1)[1])
+        sockets = [held.enter_context(socket.create_connection(("127.0.0.1", port))) for _ in range(BURST)]
+        for sock, session in zip(sockets, sessions, strict=False):  # a burst: every GET sent before any answer
+            head = {**session.headers, "Accept": "text/event-stream", "Host": f"127.0.0.1:{port}"}
+            sock.sendall(
+                ("GET /mcp HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in head.items()) + "\r\n").encode()
             )
-            assert opened.status_code == 200
-        refused = http.get("/mcp", headers={**sessions[2].headers, "Accept": "text/event-stream"})
+        # each takes its place as it arrives, before any is answered (a review of the diff opened 14 of 40 sent
+        # at once, when a place was taken only once answered)
+        answers = sorted(int(sock.recv(100).split(b" ", 2)[1]) for sock in sockets)
+        assert answers == [200, 200] + [429] * (BURST - 2)
+        refused = http.get("/mcp", headers={**sessions[BURST].headers, "Accept": "text/event-stream"})
         assert refused.status_code == 429 and refused.headers["Retry-After"] == "5"
         assert "already has 2 event streams open (GET /mcp)" in refused.json()["error"]["message"]
         other = RawSession(http, globex)
@@ -433,7 +443,7 @@ def test_an_organizations_event_streams_are_bounded_so_it_cannot_take_every_conn
         held.close()  # acme's streams end: its places are free again, once the server has seen them go
         deadline = time.monotonic() + 10
         while http.get("/healthz").status_code == 200:
-            with http.stream("GET", "/mcp", headers={**sessions[2].headers, "Accept": "text/event-stream"}) as mine:
+            with http.stream("GET", "/mcp", headers={**sessions[BURST].headers, "Accept": "text/event-stream"}) as mine:
                 if mine.status_code == 200:
                     break
             assert time.monotonic() < deadline, "a stream's place was never freed"

@@ -255,3 +255,73 @@ async def test_an_organizations_searches_are_worked_on_a_few_at_a_time(
     with anyio.fail_after(10):
         await asyncio.gather(*burst)
     assert inside.count("busy") == SEARCHES_PER_ORG + 3
+
+
+async def test_a_word_the_bound_cuts_through_is_not_counted(db: str) -> None:
+    """The bound ends at a whole word: "cardboard" cut to "car" at the bound is no match of "car" (it made its
+    message rank above an equal one: a review of the diff)."""
+    async with open_store(db) as store:
+        start = "car " + "filler " * ((RANKED_CHARS - 4) // 7)
+        start += " " * (RANKED_CHARS - 3 - len(start))  # the next word starts three characters before the bound
+        cut, whole = start + "cardboard box", start + "xardboard box"
+        for content in (cut, whole):  # equal matches: the newer first
+            await store.append_message(
+                "default", NewMessage(contact_id=ANN, channel="sms", role="user", content=content)
+            )
+        async with Client(build_server(Settings(), store)) as client:
+            assert await search(client, "car") == [whole, cut]
+
+
+def test_many_terms_are_counted_as_one_by_one() -> None:
+    """Each term's count, by look-up and sorted ranges (so that 32 terms cost little more than one), is the count
+    of a walk through the words."""
+    import random
+
+    from chatdock.storage import ranking
+
+    chance = random.Random(7)
+    vocabulary = ["car", "card", "cardboard", "order", "ord", "refund", "re", "a", "big", "bigger"]
+    for _ in range(300):
+        folded = [chance.choice(vocabulary) for _ in range(chance.randrange(0, 40))]
+        patterns = [
+            ([chance.choice(vocabulary) for _ in range(chance.choice([1, 1, 2, 3]))], chance.random() < 0.5)
+            for _ in range(chance.randrange(1, 6))
+        ]
+        walked = [len(ranking._occurrences(pattern, prefix, folded)) for pattern, prefix in patterns]
+        assert ranking._term_counts(patterns, folded) == walked, (patterns, folded)
+
+
+async def test_a_cancelled_search_keeps_its_turn_until_its_work_is_done(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search whose caller gave up (a client's timeout) holds its organization's turn until its ranking, which
+    a thread cannot be told to stop, is done: abandoned searches cannot pile up beyond SEARCHES_PER_ORG."""
+    import threading
+
+    from chatdock.storage import ranking
+
+    ranking_rank = ranking.rank
+    release = threading.Event()
+    ranking_now: list[int] = []
+
+    def held(*args: Any) -> Any:
+        ranking_now.append(1)
+        release.wait(10)
+        return ranking_rank(*args)
+
+    monkeypatch.setattr(ranking, "rank", held)
+    first = [asyncio.ensure_future(store.search_messages("default", "refund")) for _ in range(SEARCHES_PER_ORG)]
+    with anyio.fail_after(10):
+        while len(ranking_now) < SEARCHES_PER_ORG:
+            await asyncio.sleep(0.01)
+    for search_ in first:
+        search_.cancel()
+    later = asyncio.ensure_future(store.search_messages("default", "refund"))
+    await asyncio.sleep(0.2)  # time it would take to start ranking, were the turns given back
+    assert len(ranking_now) == SEARCHES_PER_ORG and not later.done()
+    release.set()
+    with anyio.fail_after(10):
+        await later
+    assert len(ranking_now) == SEARCHES_PER_ORG + 1
+    for search_ in first:
+        assert search_.cancelled() or isinstance(search_.exception(), asyncio.CancelledError)
