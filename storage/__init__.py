@@ -57,6 +57,11 @@ def is_postgres(url: str) -> bool:
     return url.startswith(POSTGRES_SCHEMES)
 
 
+def is_new_file(url: str) -> bool:
+    """Whether `url` names a SQLite file that is not there yet (opening it makes a new database)."""
+    return not is_postgres(url) and url != ":memory:" and not os.path.lexists(os.path.expanduser(url))
+
+
 @asynccontextmanager
 async def open_store(
     url: str,
@@ -71,7 +76,7 @@ async def open_store(
     `telemetry` of its work (telemetry.py). Without `create`, a SQLite file that is not there is an error,
     not a new database (a command that only reads, given a mistyped path)."""
     telemetry = telemetry or Telemetry()
-    if not create and not is_postgres(url) and url != ":memory:" and not os.path.lexists(os.path.expanduser(url)):
+    if not create and is_new_file(url):
         raise InvalidInput(f"there is no database at {url}: check --db (serve, import and keys create make one)")
     backend: SQLiteBackend | PostgresBackend
     if is_postgres(url):
@@ -145,6 +150,7 @@ __all__ = [
     "Unavailable",
     "check_store",
     "format_transcript",
+    "is_new_file",
     "is_postgres",
     "open_store",
 ]

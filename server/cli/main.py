@@ -20,7 +20,7 @@ import anyio
 
 from chatdock.server.ops import logs
 from chatdock.server.settings import Settings
-from chatdock.storage import ChatdockError, InvalidInput, check_store, is_postgres
+from chatdock.storage import ChatdockError, InvalidInput, check_store, is_new_file, is_postgres
 from chatdock.storage import validation as check
 
 logger = logging.getLogger("chatdock")
@@ -606,13 +606,11 @@ async def _import(args: argparse.Namespace) -> int:
     default_org = check.identifier(os.environ.get("CHATDOCK_ORG") or "default", "CHATDOCK_ORG")
     refuse_unreadable(args.file)
     settings = store_settings(args)
-    if is_postgres(args.db) or args.db == ":memory:" or os.path.lexists(os.path.expanduser(args.db)):
-        async with settings.open_store() as store:
-            report = await import_file(store, args.file, default_org, args.org, args.skip_invalid, args.quiet)
-    else:  # a new file: its lines are checked against an empty store, and the file made once they pass
-        async with Settings(db=":memory:").open_store() as empty:
-            new = settings.open_store()
-            report = await import_file(empty, args.file, default_org, args.org, args.skip_invalid, args.quiet, new)
+    # a new file's lines are checked against an empty store, and the file made only once they pass
+    new = is_new_file(args.db)
+    async with (Settings(db=":memory:") if new else settings).open_store() as checking:
+        target = settings.open_store() if new else None
+        report = await import_file(checking, args.file, default_org, args.org, args.skip_invalid, args.quiet, target)
     if report.problems:
         _tell(args, skipped(report.problems).rstrip("\n"), True)
     print(report.summary())

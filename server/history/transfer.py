@@ -446,31 +446,17 @@ async def import_file(
                 "to import the others:\n" + _listing(report.problems)
             )
         async with nullcontext(store) if target is None else target as written:
-            await _write(written, source, name, default_org, org_override, report, skip_invalid, quiet)
+            try:
+                await _import_lines(written, source, name, default_org, org_override, report, skip_invalid, quiet)
+            except ChatdockError as exc:  # a full disk; the file, changed or unreadable since the first pass
+                so_far = _so_far(report, unsure=isinstance(exc, OutcomeUnknown))
+                raise type(exc)(f"{exc}; the import stopped: {so_far}; once that is fixed, {AGAIN}") from None
+            except (asyncio.CancelledError, KeyboardInterrupt) as exc:
+                # Ctrl-C: the batch being written was let finish; a second Ctrl-C did not wait for it
+                so_far = _so_far(report, unsure=isinstance(exc, KeyboardInterrupt))
+                raise Interrupted(f"interrupted: {so_far}; {AGAIN}") from None
     report.problems.sort()
     return report
-
-
-async def _write(
-    store: Store,
-    source: Path,
-    name: str,
-    default_org: str,
-    org_override: str | None,
-    report: ImportReport,
-    skip_invalid: bool,
-    quiet: bool,
-) -> None:
-    """The second pass, with what to say of an import stopped part-way."""
-    try:
-        await _import_lines(store, source, name, default_org, org_override, report, skip_invalid, quiet)
-    except ChatdockError as exc:  # a full disk; the file, changed or unreadable since the first pass
-        so_far = _so_far(report, unsure=isinstance(exc, OutcomeUnknown))
-        raise type(exc)(f"{exc}; the import stopped: {so_far}; once that is fixed, {AGAIN}") from None
-    except (asyncio.CancelledError, KeyboardInterrupt) as exc:
-        # Ctrl-C: the batch being written was let finish; a second Ctrl-C did not wait for it
-        so_far = _so_far(report, unsure=isinstance(exc, KeyboardInterrupt))
-        raise Interrupted(f"interrupted: {so_far}; {AGAIN}") from None
 
 
 def _listing(problems: list[tuple[int, str]]) -> str:

@@ -108,10 +108,11 @@ class SessionOwners:
                 return
         # an event stream's place is taken as its GET arrives (many sent at once are each counted before any is
         # answered) and given back when its request ends, however it ended
-        stream = session is not None and scope.get("method") == "GET"
-        if stream and self.max_streams_per_org is not None and self._streaming[org] >= self.max_streams_per_org:
+        stream = session if scope.get("method") == "GET" else None  # the session whose event stream this opens
+        bound = self.max_streams_per_org
+        if stream is not None and bound is not None and self._streaming[org] >= bound:
             refused = (
-                f"this organization already has {self.max_streams_per_org} event streams open (GET /mcp), the most "
+                f"this organization already has {bound} event streams open (GET /mcp), the most "
                 "allowed; close one (or end its session) and try again"
             )
             await _refusal(refused, 429, {"Retry-After": str(RETRY_AFTER)})(scope, receive, send)
@@ -139,28 +140,25 @@ class SessionOwners:
                 if session is None and opened is not None and status < 400:
                     self._owner[opened] = (org, who)
                     self._seen[opened] = time.monotonic()
-                elif session is not None and streaming() and self.streams is not None:
+                elif stream is not None and status == 200 and self.streams is not None:
                     # called back once the tasks ready now have run: the SDK's stream task (started with the
                     # answer's, before this start was sent) files the stream in its first step
-                    opening = asyncio.get_running_loop().call_soon(self.streams.stream_opened, session)
+                    opening = asyncio.get_running_loop().call_soon(self.streams.stream_opened, stream)
             await send(message)
-
-        def streaming() -> bool:
-            return status == 200 and scope.get("method") == "GET"
 
         if session is not None:
             self._open[session] += 1
-        if stream:
+        if stream is not None:
             self._streaming[org] += 1
         try:
             await app(scope, receive, noting)  # type: ignore[operator]
         finally:
-            if stream:
+            if stream is not None:
                 self._streaming[org] -= 1
-            if session is not None and streaming() and self.streams is not None:
+            if stream is not None and status == 200 and self.streams is not None:
                 if opening is not None:
                     opening.cancel()  # a stream that ended before it was told open: never told open
-                self.streams.stream_closed(session)
+                self.streams.stream_closed(stream)
             if session is not None:
                 self._open[session] -= 1
                 self._seen[session] = time.monotonic()

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..ranking import RANKED_CHARS
 from ..search import Query, Term
 from ..sql.dialect import Dialect
 from ..sql.ops import Ops, one
+from ..sql.queries import RANKED_CONTENT
 
 CHAT_COLUMNS = """ch.id, co.external_id, ch.agent_id, ch.status, ch.created_us, ch.updated_us,
     (SELECT coalesce(json_agg(json_build_array(c.id, c.name, c.kind) ORDER BY cc.attached_us, c.name), '[]')::text
         FROM chat_channels cc JOIN channels c ON c.id = cc.channel_id WHERE cc.chat_id = ch.id)"""
-
-# a match as ranking.py ranks it: its seq and the first RANKED_CHARS of its text, and one more character to tell
-# a word cut through (no more is read and sent)
-RANKED = f"substr(m.content, 1, {RANKED_CHARS + 1}) AS content"
 
 
 def claim_identifier(org_key: int, identifier: str, contact_key: int, now_us: int) -> Ops[tuple[int, bool]]:
@@ -125,7 +121,7 @@ def search_sql(
     if how in ("eras", "recent eras"):
         # `m.seq + 0`: sorted after the look-up, never found by a walk of the primary key past non-matches
         found = (
-            f"SELECT m.seq, {RANKED} FROM messages m WHERE m.words @@ q.q AND m.words @@ {ERA} "
+            f"SELECT m.seq, {RANKED_CONTENT} FROM messages m WHERE m.words @@ q.q AND m.words @@ {ERA} "
             # and truly of that era: a message whose own text has the era's word ("~1.0 invoice") is of its own
             # era only (it came back twice, once from era 0)
             f"AND m.seq >> {ERA_BITS} = e.n AND m.org_id = o.id{where} ORDER BY m.seq + 0 DESC LIMIT {limit}"
@@ -141,11 +137,11 @@ def search_sql(
         )
     elif how == "walk":
         newest = f"SELECT * FROM messages m WHERE m.org_id = {ORG} ORDER BY m.seq DESC LIMIT {WALK_ROWS}"
-        sql = f"SELECT m.seq, {RANKED} FROM ({newest}) m WHERE {matches}{where} LIMIT {limit}"
+        sql = f"SELECT m.seq, {RANKED_CONTENT} FROM ({newest}) m WHERE {matches}{where} LIMIT {limit}"
     elif how == "index":
-        found = f"SELECT m.seq, {RANKED} FROM messages m WHERE {matches} AND m.org_id = {ORG}{where}"
+        found = f"SELECT m.seq, {RANKED_CONTENT} FROM messages m WHERE {matches} AND m.org_id = {ORG}{where}"
         sql = f"WITH found AS MATERIALIZED ({found}) SELECT * FROM found ORDER BY seq DESC LIMIT {limit}"
     else:
-        sql = f"SELECT m.seq, {RANKED} FROM messages m WHERE {matches} AND m.org_id = {ORG}{where} "
+        sql = f"SELECT m.seq, {RANKED_CONTENT} FROM messages m WHERE {matches} AND m.org_id = {ORG}{where} "
         sql += f"ORDER BY m.seq DESC LIMIT {limit}"
     return sql, params

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..backend import MessageFilter
 from ..cursor import Position
+from ..ranking import RANKED_CHARS
 from .dialect import Dialect
 
 ORG = "(SELECT id FROM orgs WHERE name = ?)"
@@ -18,6 +19,9 @@ CONTACT = f"(SELECT contact_pk FROM identifiers WHERE org_id = {ORG} AND identif
 MESSAGE_COLUMNS = "m.id, m.agent_id, m.chat_id, m.channel, m.role, m.content, m.parts, m.metadata, m.created_us, m.seq"
 # its contact's external id (index 10) and version (index 11: the count of changes of its messages)
 CONTACT_COLUMNS = "c.external_id, c.version"
+# a search's match as ranking.py ranks it: the first RANKED_CHARS of its text, and one more character to tell a
+# word the bound cuts through (no more is read and sent)
+RANKED_CONTENT = f"substr(m.content, 1, {RANKED_CHARS + 1}) AS content"
 # a message with CONTACT_COLUMNS, found by a WHERE clause over `m`
 MESSAGE_WITH_CONTACT = (
     f"SELECT {MESSAGE_COLUMNS}, {CONTACT_COLUMNS} FROM messages m JOIN contacts c ON c.id = m.contact_pk WHERE "

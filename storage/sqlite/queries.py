@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from ..ranking import RANKED_CHARS
 from ..search import Query, Term
 from ..sql.dialect import Dialect
 from ..sql.ops import Ops, count, value
-from ..sql.queries import CONTACT, ORG
+from ..sql.queries import CONTACT, ORG, RANKED_CONTENT
 
 CHAT_COLUMNS = """ch.id, co.external_id, ch.agent_id, ch.status, ch.created_us, ch.updated_us,
     (SELECT json_group_array(json_array(id, name, kind)) FROM (
@@ -73,7 +72,6 @@ def search_sql(contact: bool, channel: bool, role: bool) -> str:
     if role:
         where += " AND m.role = ?"
     return (
-        f"SELECT m.seq, substr(m.content, 1, {RANKED_CHARS + 1}) FROM messages_fts JOIN messages m "
-        "ON m.seq = messages_fts.rowid "
+        f"SELECT m.seq, {RANKED_CONTENT} FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid "
         f"WHERE messages_fts MATCH {match} AND m.org_id = {ORG}{where} ORDER BY messages_fts.rowid DESC LIMIT ?"
     )
