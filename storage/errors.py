@@ -76,8 +76,18 @@ def chat_id_taken(chat_id: str) -> Conflict:
     return Conflict(f"chat id {chat_id} is already used by another contact or organization")
 
 
-def key_name_taken(name: str | None) -> Conflict:
-    return Conflict(f"a live key is already named {name!r}; choose another name or revoke that key")
+def key_name_taken(org: str, name: str | None) -> Conflict:
+    return Conflict(
+        f"organization {org!r} already has a live key named {name!r}; choose another name or revoke that key"
+    )
+
+
+def key_name_ambiguous(name: str, orgs: list[str]) -> InvalidInput:
+    named = ", ".join(repr(org) for org in orgs)
+    return InvalidInput(
+        f"live keys of {len(orgs)} organizations ({named}) are named {name!r}; say which with the organization "
+        f"(chatdock keys revoke --org ORG {name})"
+    )
 
 
 def no_live_key(prefix_or_name: str, org: str | None = None) -> NotFound:

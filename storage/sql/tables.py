@@ -100,8 +100,14 @@ def tables(w: Words) -> dict[str, str]:
             last_used_us {integer},
             revoked_us {integer}
         )""",
+        # migration 1's: a live key's name unique across organizations, until api_keys_org_live_name took its place
         "api_keys_live_name": (
             "CREATE UNIQUE INDEX api_keys_live_name ON api_keys(name) WHERE name IS NOT NULL AND revoked_us IS NULL"
+        ),
+        # a live key's name is unique within its organization: two organizations may each have a key "prod"
+        "api_keys_org_live_name": (
+            "CREATE UNIQUE INDEX api_keys_org_live_name ON api_keys(org_id, name) "
+            "WHERE name IS NOT NULL AND revoked_us IS NULL"
         ),
         # the first answer of each link_contacts made under an Idempotency-Key (REST), which its retries get;
         # it goes with its contact (moved by a merge, deleted when the contact is forgotten)

@@ -19,7 +19,15 @@ from typing import TypeVar
 
 from .. import changes, rows
 from ..changes import Change, ChangeKind
-from ..errors import ChatdockError, Unavailable, chat_id_taken, key_name_taken, key_used_elsewhere, own_identifier
+from ..errors import (
+    ChatdockError,
+    Unavailable,
+    chat_id_taken,
+    key_name_ambiguous,
+    key_name_taken,
+    key_used_elsewhere,
+    own_identifier,
+)
 from ..ids import uuid7
 from ..models import ApiKeyInfo, Chat, ChatStatus, ContactInfo, ForgetResult, LinkResult, Message, channel_kind
 from ..records import AliasRecord, ChatRecord
@@ -538,7 +546,7 @@ def insert_api_key(org: str, prefix: str, name: str | None, key_hash: str, now_u
         now_us,
     )
     if inserted is None:  # the prefix is random: what is taken is the name of a live key
-        raise key_name_taken(name)
+        raise key_name_taken(org, name)
     return (yield from keys("k.prefix = ?", prefix))[0]
 
 
@@ -548,6 +556,8 @@ def revoke_api_key(prefix_or_name: str, org: str | None, now_us: int) -> Ops[Api
     live = yield from keys(where, prefix_or_name, prefix_or_name, *(() if org is None else (org,)))
     if not live:
         return None
+    if len(live) > 1:  # a name that live keys of several organizations have (a prefix is one key's)
+        raise key_name_ambiguous(prefix_or_name, [key.org for key in live])
     yield count("UPDATE api_keys SET revoked_us = ? WHERE prefix = ?", now_us, live[0].prefix)
     return (yield from keys("k.prefix = ?", live[0].prefix))[0]
 

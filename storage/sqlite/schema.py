@@ -225,6 +225,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         (TABLES["secrets"],),
         new_secret(CURSOR_SECRET),
     ),
+    Migration(
+        13,
+        "a key's name is unique within its organization",
+        ("DROP INDEX api_keys_live_name", TABLES["api_keys_org_live_name"]),
+    ),
 )
 
 

@@ -66,7 +66,12 @@ def test_keys_cli_round_trip(tmp_path: Path) -> None:
     assert "voice-prod" in listed.stdout and "acme" in listed.stdout and key not in listed.stdout
     assert key.split("_")[0] + "_" + key.split("_")[1] in listed.stdout
     duplicate = run_cli("keys", "create", "--db", db, "--org", "acme", "--name", "voice-prod")
-    assert duplicate.returncode == 2 and "already named" in duplicate.stderr
+    assert duplicate.returncode == 2 and "organization 'acme' already has a live key named" in duplicate.stderr
+    elsewhere = run_cli("keys", "create", "--db", db, "--org", "initech", "--name", "voice-prod")
+    assert elsewhere.returncode == 0, elsewhere.stderr  # a name is the organization's own
+    which = run_cli("keys", "revoke", "--db", db, "voice-prod")
+    assert which.returncode == 2 and "chatdock keys revoke --org ORG voice-prod" in which.stderr, which
+    assert run_cli("keys", "revoke", "--db", db, "--org", "initech", "voice-prod").returncode == 0
     revoked = run_cli("keys", "revoke", "--db", db, "voice-prod")
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
     again = run_cli("keys", "revoke", "--db", db, "voice-prod")
@@ -91,7 +96,7 @@ def test_keys_cli_round_trip(tmp_path: Path) -> None:
     assert header.returncode == 2 and leaked[:12] in header.stderr and leaked[12:] not in header.stderr, header
     with unwritable(Path(db)):  # listing is a read: a file chatdock may not write is listed all the same
         listed = run_cli("keys", "list", "--db", db)
-    assert listed.returncode == 0 and listed.stdout.count("\n") == 1 + 5 and "acme-web" in listed.stdout, listed
+    assert listed.returncode == 0 and listed.stdout.count("\n") == 1 + 6 and "acme-web" in listed.stdout, listed
 
 
 def test_requests_still_running_when_stdin_ends_are_answered_not_cancelled(tmp_path: Path) -> None:

@@ -656,6 +656,40 @@ async def test_api_keys_keep_only_a_hash(store: Store) -> None:
         await store.revoke_api_key("laptop")
 
 
+async def test_a_key_name_is_unique_within_its_organization(store: Store) -> None:
+    """Two organizations may each have a key "prod" (the name was unique across organizations, so a tenant's
+    operator could not use a name another tenant had); a revoke by that name alone must say which."""
+    acme = await store.create_api_key(ORG, "prod")
+    globex = await store.create_api_key("globex", "prod")
+    with pytest.raises(Conflict, match="organization 'acme' already has a live key named 'prod'"):
+        await store.create_api_key(ORG, "prod")
+    with pytest.raises(InvalidInput, match=r"live keys of 2 organizations \('acme', 'globex'\) are named 'prod'"):
+        await store.revoke_api_key("prod")
+    assert await store.verify_api_key(acme.key) == ORG and await store.verify_api_key(globex.key) == "globex"
+    assert (await store.revoke_api_key("prod", "globex")).prefix == globex.info.prefix
+    assert await store.verify_api_key(globex.key) is None and await store.verify_api_key(acme.key) == ORG
+    assert (await store.revoke_api_key("prod")).prefix == acme.info.prefix  # one left: the name says which
+    assert [key.revoked_at is not None for key in await store.list_api_keys()] == [True, True]
+
+
+async def test_key_names_taken_in_two_organizations_after_an_upgrade(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database from before names were per organization keeps its keys and takes a name another has."""
+    module = postgres_schema if db.startswith("postgres") else sqlite_schema
+    (per_org,) = [m for m in module.MIGRATIONS if m.name == "a key's name is unique within its organization"]
+    with monkeypatch.context() as patched:
+        patched.setattr(module, "MIGRATIONS", tuple(m for m in module.MIGRATIONS if m.version < per_org.version))
+        async with open_store(db) as store:
+            before = await store.create_api_key(ORG, "prod")
+            with pytest.raises(Conflict):
+                await store.create_api_key("globex", "prod")
+    async with open_store(db) as store:
+        assert await store.verify_api_key(before.key) == ORG
+        other = await store.create_api_key("globex", "prod")
+        assert await store.verify_api_key(other.key) == "globex"
+        with pytest.raises(Conflict, match="already has a live key named 'prod'"):
+            await store.create_api_key("globex", "prod")
+
+
 async def test_migrations_are_recorded(store: Store) -> None:
     recorded = await stored(store, "SELECT version, name FROM schema_migrations ORDER BY version")
     migrations = MIGRATIONS if isinstance(store.backend, SQLiteBackend) else POSTGRES_MIGRATIONS
