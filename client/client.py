@@ -188,14 +188,17 @@ class ChatdockClient:
         message: Sequence[Part | Mapping[str, Any]],
         channel_id: str | None = None,
         context_limit: int | None = None,
+        created_at: datetime | str | None = None,
         *,
         idempotency_key: str | None = None,
     ) -> StoredMessage:
         """Post into a chat as the contact (role user); with `context_limit`, `.context` as for an append. The
-        parts: `Part`s, or mappings of their fields as the tool takes them (`{"type": "text", "text": ...}`)."""
+        parts: `Part`s, or mappings of their fields as the tool takes them (`{"type": "text", "text": ...}`).
+        `created_at`: when the contact wrote or said it, as for an append (the server's clock without it)."""
         body = wire.present(
             message=wire.parts(message),
             channel_id=channel_id,
+            created_at=created_at.isoformat() if isinstance(created_at, datetime) else created_at,
             context_limit=context_limit,
         )
         path = f"/contacts/{wire.segment(contact_id)}/chats/{wire.segment(chat_id, 'chat_id')}/messages"

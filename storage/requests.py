@@ -72,7 +72,10 @@ Content = Annotated[
 Metadata = Annotated[
     dict[str, Any] | None, Field(description="JSON object; provider_message_id makes retried webhooks store once.")
 ]
-CreatedAt = Annotated[datetime | None, Field(description="RFC 3339 with timezone, for importing history.")]
+CreatedAt = Annotated[
+    datetime | None,
+    Field(description="When it was written or said, RFC 3339 with timezone (history, a late write); else now."),
+]
 
 
 def _not_a_truth_value(value: object) -> object:
@@ -167,6 +170,7 @@ class PostRequest(_Model):
 
     message: Parts
     channel_id: ChannelId = None
+    created_at: CreatedAt = None
     context_limit: ContextLimit = None
 
     model_config = ConfigDict(

@@ -268,8 +268,10 @@ class Store:
         channel_id: str | None = None,
         idempotency_key: str | None = None,
         context_limit: int | None = None,
+        created_at: datetime | None = None,
     ) -> StoredMessage:
-        """Post `parts` into a chat as the contact; with `context_limit`, the contact's context after it."""
+        """Post `parts` into a chat as the contact; with `context_limit`, the contact's context after it.
+        `created_at`: when the contact wrote or said it (a voice turn stored late), as for an append."""
         contact_id, chat_id, checked_parts, wanted, limit = self.checked_post(
             contact_id, chat_id, parts, channel_id, context_limit
         )
@@ -288,12 +290,13 @@ class Store:
             role="user",
             parts=checked_parts,
             chat_id=chat_id,
+            created_at=created_at,
         )
         record = message_record(new, now)
         stored = await self.backend.insert_message(org, record)  # checks again, in its transaction, the chat
         self.telemetry.appended(stored.deduplicated)
         if key is not None:
-            stored = await self._again(org, key, record, stored, dated=False)
+            stored = await self._again(org, key, record, stored, dated=created_at is not None)
         posted = StoredMessage(**stored.model_dump(exclude={"deduplicated"}))
         newest_first = self._newest.after(org, stored, limit or 0)
         return posted if limit is None else await self._with_context(org, posted, limit, newest_first)

@@ -585,7 +585,14 @@ def build_rest(
     ) -> Response:
         store = the_store()
         stored = await store.post_as_contact(
-            organization, contact_id, chat_id, body.message, body.channel_id, idempotency_key, body.context_limit
+            organization,
+            contact_id,
+            chat_id,
+            body.message,
+            body.channel_id,
+            idempotency_key,
+            body.context_limit,
+            body.created_at,
         )
         chat = await store.chat(organization, stored.chat_id or chat_id)
         answer = ChatWithMessages.model_construct(**vars(chat), messages=[as_message(stored)], context=stored.context)

@@ -37,6 +37,7 @@ from chatdock.storage.requests import (
     ChatId,
     ContactId,
     ContextLimit,
+    CreatedAt,
     Identifier,
     Limit,
     Parts,
@@ -223,12 +224,13 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
             chat_id: Annotated[str, Field(description="An existing chat of this contact.")],
             message: Parts,
             channel_id: ChannelId = None,
+            created_at: CreatedAt = None,
             context_limit: ContextLimit = None,
         ) -> CallToolResult:
             """Post into an existing chat as the contact (role user), on one of the chat's custom channels."""
             stored = await _tool(
                 the_store().post_as_contact(
-                    _org(), contact_id, chat_id, message, channel_id, context_limit=context_limit
+                    _org(), contact_id, chat_id, message, channel_id, context_limit=context_limit, created_at=created_at
                 )
             )
             return stored_result(stored)

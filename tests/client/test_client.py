@@ -170,6 +170,9 @@ async def test_the_servers_refusals_are_one_exception_with_its_words(kind: str, 
         chat = await client.open_chat(CALLER, "voice")
         posted = await client.post_as_contact(CALLER, chat.id, [{"type": "text", "text": "as a mapping"}])
         assert posted.content == "as a mapping"
+        said = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)  # when it was said (a voice turn stored late)
+        said_then = await client.post_as_contact(CALLER, chat.id, [Part(text="said then")], created_at=said)
+        assert said_then.created_at == said
         huge = await refused(client.append_message(CALLER, "sms", "user", "x" * (5 << 20)))
         assert (huge.status, huge.error) == (413, "Payload too large")  # the body's bound first, as over HTTP
 

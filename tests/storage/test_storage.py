@@ -514,6 +514,30 @@ async def test_post_as_contact_channel_rules(store: Store) -> None:
         await store.post_as_contact(ORG, "c2", voice.id, [Part(text="x")])
 
 
+async def test_a_post_given_its_time_sorts_where_it_was_said(store: Store) -> None:
+    """A voice turn stored late (chatdock was down, the write queued) carries the time it was said, as an append
+    may: it sorts among what was written meanwhile by that time, and its retries must give the same time."""
+    chat = await store.open_chat(ORG, "c1", "voice")
+    said = datetime.now(UTC) - timedelta(seconds=30)
+    await store.append_message(ORG, msg("c1", "a webhook's, meanwhile", created_at=said + timedelta(seconds=10)))
+    posted = await store.post_as_contact(ORG, "c1", chat.id, [Part(text="said before")], created_at=said)
+    assert posted.created_at == said
+    assert [m.content for m in (await store.get_context(ORG, "c1")).messages] == [
+        "said before",
+        "a webhook's, meanwhile",
+    ]
+    again = await store.post_as_contact(ORG, "c1", chat.id, [Part(text="late")], idempotency_key="t2", created_at=said)
+    assert (
+        await store.post_as_contact(ORG, "c1", chat.id, [Part(text="late")], idempotency_key="t2", created_at=said)
+    ).id == again.id  # a retry
+    with pytest.raises(Conflict, match="Idempotency-Key"):
+        await store.post_as_contact(
+            ORG, "c1", chat.id, [Part(text="late")], idempotency_key="t2", created_at=said + timedelta(seconds=1)
+        )
+    with pytest.raises(InvalidInput, match="created_at must carry a timezone"):
+        await store.post_as_contact(ORG, "c1", chat.id, [Part(text="x")], created_at=datetime(2026, 1, 1))
+
+
 @pytest.mark.parametrize(
     ("parts", "error"),
     [
