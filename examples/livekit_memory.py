@@ -126,6 +126,7 @@ async def two_calls(base: str, key: str) -> None:
                 json={"contact_id": CALLER, "channel": "whatsapp", "role": "user", "content": "Gate code 4921."},
             )
             sent.raise_for_status()
+            await asyncio.sleep(0.5)  # the caller says so a moment later
 
         second = ScriptedLLM("Welcome back, Dana. It's booked for Saturday morning.", "Got it, the driver has it.")
         async with httpx2.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}) as rest:

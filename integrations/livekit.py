@@ -16,9 +16,9 @@ the two hooks a memory needs, and any agent of your own can make the same two ca
 Why `llm_node`. `Agent.on_user_turn_completed` is only called for turns that came through speech recognition:
 in livekit-agents 1.8, `AgentSession.run(user_input=...)` and `generate_reply(user_input=...)` (text mode, the
 framework's own tests) go straight to the reply, while `llm_node` is called before every reply in every mode.
-The node runs before LiveKit has committed the user's message (and, with preemptive generation, before the
-user has finished speaking), so it waits for the commit (`conversation_item_added`): what is stored is the
-final transcript, and a discarded preemptive attempt stores nothing.
+The node may run before LiveKit has committed the user's message (with preemptive generation, before the user
+has finished speaking); the turn is stored from the commit (`conversation_item_added`), so what is stored is the
+final transcript, and a discarded preemptive attempt stores nothing. The node waits for neither.
 
 What happens in a call:
 
@@ -31,24 +31,30 @@ What happens in a call:
 - each user message the session commits is stored as the contact (`post_as_contact`, one text part with
   `start_timestamp`/`end_timestamp` in seconds from the start of the call when LiveKit timed the speech; a
   text-mode turn has no timing and its part none) with `context_limit`, so the same round trip answers with the
-  contact's context right after the write; `before_reply` waits at most `context_timeout` seconds for it and
-  the reply goes on with the context it has otherwise.
+  contact's context right after the write, which joins the agent's chat context for the replies after it: no
+  reply waits for it.
 - each assistant message is stored as `assistant` in the same chat (`append_message`), with its timing and
   whether the caller cut it off in the message's metadata.
+- each message carries the time LiveKit gives it (`created_at`: when the speech began), not the time its write
+  reached chatdock: a reply the caller cut off comes before what the caller said over it, as in LiveKit's own
+  history, and turns stored late (chatdock was away) sort among what was written meanwhile by when they were said.
 - messages that reach the contact on other channels during the call (a WhatsApp message while on the phone)
-  come in through the watch and through each turn's context; each becomes a system message in the agent's chat
-  context, at its time, before the next reply.
+  come in through the watch (a change heard, then the contact's context read) and through each turn's context;
+  each becomes a system message in the agent's chat context, at its time. A reply that starts while a change's
+  read is under way waits for it, `context_timeout` seconds at most.
 - at the end (the session's `close`, `aclose()`, or the job's shutdown) the chat's status is set: `FAILED` when
   the session reported an error it did not recover from or closed on one, `CANCELED` when the job shut the
   session down from outside (`CloseReason.JOB_SHUTDOWN`) or the owner's task was cancelled, `COMPLETED`
-  otherwise; the writes still queued are flushed for at most `flush_timeout` seconds.
+  otherwise; the writes still queued are flushed for at most `flush_timeout` seconds, and those given up then
+  are logged and handed to `on_writes_lost` (`lost_writes` keeps them).
 
 No turn waits on a write: every write (the chat, each turn, each reply, the status) goes through one ordered
 background queue (writes.py's `WriteQueue`, as in the Pipecat integration), each with its own idempotency key
 fixed when it is queued, retried while chatdock cannot be reached or is busy (the client's 429, 502, 503 and
 504, a refused connection or a timeout among them) and given up on a 4xx, which a retry would get again. Only
-reads are waited for: the one-round-trip context read, for `context_timeout` seconds (while chatdock is known
-to be unreachable, not at all), and at the start of the call the history, until `start_timeout` from it.
+reads are waited for: at the start of the call the history, until `start_timeout` from it; and a read of news
+under way (the watch heard a change), for `context_timeout` (while chatdock is known to be unreachable, not at
+all). A reply waits for nothing when nothing changed.
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -81,9 +87,9 @@ from chatdock.storage.transcript import indented
 from chatdock.storage.validation import MAX_MAX_CHARS
 
 from .watch import follow_changes, news
-from .writes import NoChat, WriteQueue, call_channel, call_contact, retryable
+from .writes import LostWrite, NoChat, WriteQueue, call_channel, call_contact, retryable
 
-__all__ = ["ChatdockAgent", "ChatdockMemory"]
+__all__ = ["ChatdockAgent", "ChatdockMemory", "LostWrite"]
 
 logger = logging.getLogger("chatdock.integrations.livekit")
 
@@ -93,9 +99,10 @@ HISTORY_ITEM_ID = "chatdock_history"
 NOTE_ITEM_PREFIX = "chatdock_message_"
 """Each message heard from another channel during the call is a system message with this prefix and its id."""
 
-COMMIT_LIMIT = 10.0
-"""How long `before_reply` waits for LiveKit to commit the user's message (a reply queued behind another, or
-prepared while the user is still speaking) before the reply goes on without the round trip's context."""
+CLOSE_WAIT = 2.0
+"""How long the job's shutdown waits for the session's own close (which tells how the call ended) before it ends
+the memory: with `flush_timeout`, well within LiveKit's `shutdown_process_timeout` (10 s), after which the
+process is killed with the writes unmade and unlogged."""
 
 FIRST_RETRY = 0.2
 LAST_RETRY = 2.0
@@ -121,11 +128,17 @@ class ChatdockMemory:
       the history at the start, and the context each user turn's write brings back (1 to 200).
     - `context_max_chars` (None): a bound on the history's text, its oldest messages left out first (None: no
       bound; a caller's long emails are otherwise in every model request of the call).
-    - `context_timeout` (0.5 s): how long a reply waits for its user turn's write and context; after it, the
-      reply goes on with the context it has, and the write still lands.
+    - `context_timeout` (0.5 s): how long a reply waits for a read of the contact's news under way (the watch
+      heard a change: a message from another channel, or the call's own writes); after it, the reply goes on
+      with the context it has, and the news joins the replies after it. No reply waits when nothing changed,
+      and none waits on a write.
     - `start_timeout` (2.0 s): how long, from the start of the call, its first replies (and `enter`) wait for the
       contact's history; after it, they go on without it, and it joins when it comes.
-    - `flush_timeout` (10.0 s): how long the end of the call waits for the writes still queued.
+    - `flush_timeout` (5.0 s): how long the end of the call waits for the writes still queued (with the job's
+      shutdown, well within LiveKit's `shutdown_process_timeout` of 10 s).
+    - `on_writes_lost` (None): called (or awaited) at the end of the call with the writes given up then
+      (`LostWrite`: what, the turn's text, when it was said, its idempotency key), for the application to keep
+      them or make them later; they are logged either way, without their text.
     - `watch` (True): hear the contact's changes during the call, so a message from another channel reaches the
       model's context even when no user turn brings it.
 
@@ -144,13 +157,21 @@ class ChatdockMemory:
         context_max_chars: int | None = None,
         context_timeout: float = 0.5,
         start_timeout: float = 2.0,
-        flush_timeout: float = 10.0,
+        flush_timeout: float = 5.0,
         watch: bool = True,
+        on_writes_lost: Callable[[list[LostWrite]], Awaitable[None] | None] | None = None,
     ) -> None:
         if not 1 <= context_limit <= 200:
             raise ValueError(f"context_limit must be between 1 and 200, got {context_limit}")
         if context_max_chars is not None and not 1 <= context_max_chars <= MAX_MAX_CHARS:
             raise ValueError(f"context_max_chars must be None or 1 to {MAX_MAX_CHARS:,}, got {context_max_chars}")
+        for name, seconds in (
+            ("context_timeout", context_timeout),
+            ("start_timeout", start_timeout),
+            ("flush_timeout", flush_timeout),
+        ):
+            if not seconds >= 0:
+                raise ValueError(f"{name} must be 0 or more seconds, got {seconds}")
         self.client = client
         self.contact_id = call_contact(contact_id)
         self.channel = call_channel(channel)
@@ -161,11 +182,14 @@ class ChatdockMemory:
         self.start_timeout = start_timeout
         self.flush_timeout = flush_timeout
         self.watch = watch
+        self.on_writes_lost = on_writes_lost
 
         self.chat: Chat | None = None
         """The call's chat, once chatdock has opened it."""
         self.started_at: float | None = None
         """When the call started (`time.time()`); turn timestamps are seconds from it."""
+        self.lost_writes: list[LostWrite] = []
+        """The writes the end of the call gave up on (see `on_writes_lost`)."""
 
         self._session: AgentSession[Any] | None = None
         self._agent: Agent | None = None
@@ -179,9 +203,6 @@ class ChatdockMemory:
         self._refresh_wanted = False
         self._finishing: asyncio.Task[None] | None = None
 
-        self._turns: dict[str, asyncio.Future[None]] = {}
-        self._commits: dict[str, asyncio.Future[None]] = {}
-
         self._history_loaded = False
         self._history: llm.ChatMessage | None = None
         self._notes: dict[str, llm.ChatMessage] = {}
@@ -194,6 +215,12 @@ class ChatdockMemory:
         self._cancelled = False
         self._close_event: CloseEvent | None = None
         self._closed = asyncio.Event()
+
+    @property
+    def pending_writes(self) -> int:
+        """How many of the call's writes are not stored yet: queued, or under way (sent again while chatdock is
+        unavailable)."""
+        return 0 if self._writes is None else self._writes.pending
 
     # --- the two hooks an agent calls ---
 
@@ -212,9 +239,9 @@ class ChatdockMemory:
         await self._publish()
 
     async def before_reply(self, agent: Agent, chat_ctx: llm.ChatContext) -> None:
-        """Called from `agent.llm_node` with the reply's `chat_ctx`: when the reply answers a user message, wait
-        (bounded) until it is stored and the contact's fresh context is back, then put the history and the
-        messages heard from other channels into `chat_ctx`."""
+        """Called from `agent.llm_node` with the reply's `chat_ctx`: wait (bounded) for the history at the start
+        of the call and for a read of news under way, then put the history and the messages heard from other
+        channels into `chat_ctx`. It never waits on a write."""
         if self._session is None:
             if not self._warned:
                 self._warned = True
@@ -222,14 +249,7 @@ class ChatdockMemory:
             return
         if self._finishing is not None:
             return
-        message = next(
-            (item for item in reversed(chat_ctx.items) if isinstance(item, llm.ChatMessage) and item.role == "user"),
-            None,
-        )
-        if message is None:
-            await self._wait_for_history()
-        else:  # the history and the turn's round trip, side by side: the round trip may bring the history too
-            await asyncio.gather(self._wait_for_history(), self._wait_for_turn(agent, message.id))
+        await asyncio.gather(self._wait_for_history(), self._wait_for_news())
         self._apply(chat_ctx)
 
     async def _wait_for_history(self) -> None:
@@ -250,29 +270,20 @@ class ChatdockMemory:
                 self.start_timeout,
             )
 
-    async def _wait_for_turn(self, agent: Agent, message_id: str) -> None:
-        stored = self._turns.get(message_id)
-        if stored is None:
-            if agent.chat_ctx.get_by_id(message_id) is not None:
-                return  # a message from before the call (the agent's own chat_ctx), not one of its turns
-            commit = self._commits.setdefault(message_id, asyncio.get_running_loop().create_future())
-            try:
-                await asyncio.wait_for(asyncio.shield(commit), COMMIT_LIMIT)
-            except TimeoutError:
-                logger.warning("the user's message was not committed within %.0f s; replying without it", COMMIT_LIMIT)
-                return
-            finally:
-                self._commits.pop(message_id, None)
-            stored = self._turns.get(message_id)
-            if stored is None:
-                return
-        if stored.done() or self._writes is None or self._writes.unavailable:
+    async def _wait_for_news(self) -> None:
+        """Until the read of a change the watch heard is done, `context_timeout` seconds at most (not at all while
+        chatdock is known to be unreachable): a message that reached the contact on another channel a moment
+        before the reply is in it."""
+        reading = self._refresh_task
+        if reading is None or reading.done() or self.context_timeout <= 0:
+            return
+        if self._writes is not None and self._writes.unavailable:
             return
         try:
-            await asyncio.wait_for(asyncio.shield(stored), self.context_timeout)
+            await asyncio.wait_for(asyncio.shield(reading), self.context_timeout)
         except TimeoutError:
             logger.info(
-                "the user's turn and its context took longer than %.2f s; the reply goes on with the context it has",
+                "the contact's news took longer than %.2f s to read; the reply goes on with the context it has",
                 self.context_timeout,
             )
 
@@ -327,9 +338,6 @@ class ChatdockMemory:
                 self._store_turn(item, text)
             elif item.role == "assistant":
                 self._store_reply(item, text)
-        commit = self._commits.get(item.id)
-        if commit is not None and not commit.done():
-            commit.set_result(None)
 
     def _on_error(self, event: ErrorEvent) -> None:
         if not getattr(event.error, "recoverable", False):
@@ -346,7 +354,7 @@ class ChatdockMemory:
         callbacks together), so its close reason is waited for before the chat's status is chosen."""
         if self._session is not None and self._close_event is None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), self.flush_timeout)
+                await asyncio.wait_for(self._closed.wait(), min(CLOSE_WAIT, self.flush_timeout))
             if self._close_event is None:
                 logger.info("job shut down (%s) with the session still running", reason)
                 self._cancelled = True
@@ -401,7 +409,14 @@ class ChatdockMemory:
             logger.info("call of %s: chat %s %s", self.contact_id, self._chat_id(), status)
 
         writes.submit("set the chat's status", close_chat)
-        await writes.close(self.flush_timeout)
+        self.lost_writes = await writes.close(self.flush_timeout)
+        if self.lost_writes and self.on_writes_lost is not None:
+            try:
+                told = self.on_writes_lost(self.lost_writes)
+                if told is not None:
+                    await told
+            except Exception:
+                logger.exception("on_writes_lost failed")
 
     # --- writes ---
 
@@ -410,6 +425,11 @@ class ChatdockMemory:
         if self.chat is None:
             raise NoChat
         return self.chat.id
+
+    @staticmethod
+    def _said_at(message: llm.ChatMessage) -> datetime:
+        """When a message was said, as LiveKit dates it (`created_at`: the start of the speech where it timed it)."""
+        return datetime.fromtimestamp(message.created_at, UTC)
 
     def _seconds(self, at: float | None) -> float | None:
         """A wall-clock time (`time.time()`) as seconds from the start of the call."""
@@ -424,26 +444,23 @@ class ChatdockMemory:
             start_timestamp=self._seconds(message.metrics.get("started_speaking_at")),
             end_timestamp=self._seconds(message.metrics.get("stopped_speaking_at")),
         )
-        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._turns[message.id] = stored
+        said_at = self._said_at(message)
 
         async def post(key: str) -> None:
             posted = await self.client.post_as_contact(
-                self.contact_id, self._chat_id(), [part], context_limit=self.context_limit, idempotency_key=key
+                self.contact_id,
+                self._chat_id(),
+                [part],
+                context_limit=self.context_limit,
+                created_at=said_at,
+                idempotency_key=key,
             )
             # the history comes from a bounded read when context_max_chars bounds it, never from this context
             bounded = self.context_max_chars is not None and not self._history_loaded
-            fresh = posted.context is not None and not bounded and self._absorb(posted.context)
-            if not stored.done():
-                stored.set_result(None)
-            if fresh:
+            if posted.context is not None and not bounded and self._absorb(posted.context):
                 await self._publish()
 
-        def give_up() -> None:  # the reply waiting for it goes on
-            if not stored.done():
-                stored.set_result(None)
-
-        self._writes.submit("store the user's turn", post, give_up)
+        self._writes.submit("store the user's turn", post, text=text, said_at=said_at)
 
     def _store_reply(self, message: llm.ChatMessage, text: str) -> None:
         assert self._writes is not None
@@ -456,6 +473,7 @@ class ChatdockMemory:
             metadata["end_timestamp"] = end
         if message.interrupted:
             metadata["interrupted"] = True
+        said_at = self._said_at(message)
 
         async def append(key: str) -> None:
             await self.client.append_message(
@@ -466,10 +484,11 @@ class ChatdockMemory:
                 agent_id=self.agent_id,
                 chat_id=self._chat_id(),
                 metadata=metadata or None,
+                created_at=said_at,
                 idempotency_key=key,
             )
 
-        self._writes.submit("store the assistant's reply", append)
+        self._writes.submit("store the assistant's reply", append, text=text, said_at=said_at)
 
     # --- what the model hears ---
 

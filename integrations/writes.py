@@ -12,6 +12,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from chatdock.client import ChatdockApiError
@@ -19,7 +20,7 @@ from chatdock.storage import ChatdockError
 from chatdock.storage import validation as check
 from chatdock.storage.models import channel_kind
 
-__all__ = ["NoChat", "WriteQueue", "call_channel", "call_contact", "describe", "retryable"]
+__all__ = ["LostWrite", "NoChat", "WriteQueue", "call_channel", "call_contact", "describe", "retryable"]
 
 
 def call_contact(contact_id: object) -> str:
@@ -83,11 +84,28 @@ def _start(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
     return asyncio.get_running_loop().create_task(work, name=name)
 
 
+@dataclass(frozen=True)
+class LostWrite:
+    """A write of the call that the end of the call gave up on (chatdock was unavailable or did not answer within
+    the flush's time): what it was ("store a user turn", "set the chat's status to COMPLETED"), the turn's text
+    and when it was said (None for a write that is not a turn), and the idempotency key it was sent with: made
+    again later with that key (`post_as_contact`, `append_message`), it is stored once even if the first
+    attempt landed. `under_way`: it was being sent when the time ran out, so chatdock may yet store it."""
+
+    what: str
+    text: str | None
+    said_at: datetime | None
+    idempotency_key: str
+    under_way: bool
+
+
 @dataclass
 class _Write:
     what: str
     send: Callable[[str], Awaitable[object]]
     give_up: Callable[[], None]
+    text: str | None = None
+    said_at: datetime | None = None
     key: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
@@ -132,12 +150,19 @@ class WriteQueue:
         return len(self._queue)
 
     def submit(
-        self, what: str, send: Callable[[str], Awaitable[object]], give_up: Callable[[], None] = _nothing
+        self,
+        what: str,
+        send: Callable[[str], Awaitable[object]],
+        give_up: Callable[[], None] = _nothing,
+        *,
+        text: str | None = None,
+        said_at: datetime | None = None,
     ) -> None:
-        """Queue a write; `what` names it in the logs ("store a user turn")."""
+        """Queue a write; `what` names it in the logs ("store a user turn"); a turn's `text` and `said_at` are
+        what a `LostWrite` tells the application if the write is given up at the end of the call."""
         if self._closing:
             raise RuntimeError("the call's writes are closed")
-        self._queue.append(_Write(what, send, give_up))
+        self._queue.append(_Write(what, send, give_up, text, said_at))
         self._wake.set()
 
     async def _work(self) -> None:
@@ -189,27 +214,45 @@ class WriteQueue:
             write.give_up()
             return
 
-    async def close(self, timeout: float) -> int:
-        """Make the writes still queued, for at most `timeout` seconds; those left then are logged as lost and
-        given up. How many were left."""
+    async def close(self, timeout: float) -> list[LostWrite]:
+        """Make the writes still queued, for at most `timeout` seconds; those left then are logged as lost, each
+        on a line of its own (what it was, when it was said, its length and key: not its text, which the logs of
+        a call centre should not hold), given up, and returned, for the application to keep or make later."""
         self._closing = True
         self._wake.set()
+        sending = False
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
         except TimeoutError:
+            sending = bool(self._queue)  # the first was being sent (or waited to be sent again)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        left = len(self._queue)
-        if left:
+        lost = [
+            LostWrite(write.what, write.text, write.said_at, write.key, under_way=sending and at == 0)
+            for at, write in enumerate(self._queue)
+        ]
+        if lost:
             self.logger.error(
                 "chatdock: %d writes of the call of %s were not made within %.1f s and are given up (the one "
                 "being sent when chatdock stopped answering may yet be stored, if it answers late); chatdock was "
                 "unavailable",
-                left,
+                len(lost),
                 self.contact_id,
                 timeout,
             )
+        for write in lost:
+            said = "" if write.said_at is None else f", said at {write.said_at.isoformat()}"
+            length = "" if write.text is None else f", {len(write.text):,} characters"
+            self.logger.error(
+                "chatdock: not stored for %s: %s%s%s (Idempotency-Key %s%s)",
+                self.contact_id,
+                write.what,
+                said,
+                length,
+                write.idempotency_key,
+                "; it was being sent and may yet be stored" if write.under_way else "",
+            )
         while self._queue:
             self._queue.popleft().give_up()
-        return left
+        return lost

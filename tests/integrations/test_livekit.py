@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 import httpx2
 import pytest
-from livekit.agents import AgentSession, APIError, RunResult, llm
+from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, AgentSession, APIError, RunResult, llm
 
 from chatdock.client import ChatdockClient
-from chatdock.integrations.livekit import HISTORY_ITEM_ID, ChatdockAgent, ChatdockMemory
+from chatdock.integrations.livekit import HISTORY_ITEM_ID, ChatdockAgent, ChatdockMemory, LostWrite
 from chatdock.storage import Chat, Message
 from tests.integrations.voice import chat_messages, chatdock, load_example, restartable_chatdock, until
 from tests.test_examples import run_example
@@ -199,19 +199,182 @@ async def test_a_whatsapp_message_during_the_call_reaches_the_model_before_the_n
 
 async def test_each_turn_brings_the_fresh_context_back_in_its_one_round_trip(tmp_path: Path) -> None:
     """Without the watch, the write of the caller's turn answers with the contact's context: a message from
-    another channel is in the reply's request all the same."""
+    another channel joins the agent's context when that answer comes (no reply waits for it)."""
     async with ChatdockClient.embedded(db=str(tmp_path / "chatdock.db")) as client:
         memory = ChatdockMemory(client, CALLER, watch=False)
-        model = ScriptedLLM("Hello, Acme Parcels.", "Yes, the new address is noted.")
+        model = ScriptedLLM("Hello, Acme Parcels.", "Let me look.", "Yes, the new address is noted.")
         async with memory, AgentSession(llm=model) as session:
-            await session.start(ChatdockAgent(memory, instructions=INSTRUCTIONS))
+            agent = ChatdockAgent(memory, instructions=INSTRUCTIONS)
+            await session.start(agent)
             await session.run(user_input="I'm moving next week.")
             await client.append_message(CALLER, "whatsapp", "user", "New address: 12 Quay Street.")
             await session.run(user_input="Did you get my new address?")
+            await until(lambda: any("12 Quay Street" in text for _, text in said(agent.chat_ctx)), "the turn's context")
+            await session.run(user_input="Well?")
 
         assert [text for _, text in said(model.requests[0])] == [INSTRUCTIONS, "I'm moving next week."]
-        role, note = said(model.requests[1])[-2]
-        assert role == "system" and note.endswith(", whatsapp] USER: New address: 12 Quay Street.")
+        [note] = [text for role, text in said(model.requests[2]) if role == "system" and "Quay" in text]
+        assert note.endswith(", whatsapp] USER: New address: 12 Quay Street.")
+
+
+async def test_no_reply_waits_for_its_turn_to_be_stored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The reply's model request goes out while the caller's turn is still on its way to chatdock (each reply
+    waited up to 0.5 s for the write's round trip: 200 ms more per turn with chatdock 100 ms away); what the
+    round trip brings back joins the replies after it."""
+    caplog.set_level(logging.INFO, logger="chatdock.integrations.livekit")
+    async with ChatdockClient.embedded(db=str(tmp_path / "chatdock.db")) as client:
+        held, posted = asyncio.Event(), asyncio.Event()
+        post = client.post_as_contact
+
+        async def slow_post(*arguments: Any, **options: Any) -> Any:
+            await held.wait()  # the write reaches chatdock only once the reply is made
+            stored = await post(*arguments, **options)
+            posted.set()
+            return stored
+
+        client.post_as_contact = slow_post  # type: ignore[method-assign]
+        memory = ChatdockMemory(client, CALLER, watch=False)
+        model = ScriptedLLM("Hello, Acme Parcels.")
+        async with memory, AgentSession(llm=model) as session:
+            await session.start(ChatdockAgent(memory, instructions=INSTRUCTIONS))
+            result: RunResult[None] = await session.run(user_input="Hi, it's Dana.")
+            result.expect.next_event().is_message(role="assistant")
+            assert said(model.requests[0])[-1] == ("user", "Hi, it's Dana.") and not posted.is_set()
+            held.set()
+            await asyncio.wait_for(posted.wait(), 10)
+        assert not [record for record in caplog.records if "took longer than" in record.getMessage()]
+        assert turns_of(await messages_of(client, await only_chat(client))) == [
+            ("user", "Hi, it's Dana."),
+            ("assistant", "Hello, Acme Parcels."),
+        ]
+
+
+async def test_a_reply_waits_for_the_read_of_news_the_watch_just_heard(tmp_path: Path) -> None:
+    """A WhatsApp message a moment before the caller speaks: the watch heard it and its read is under way when the
+    reply starts; the reply waits for that read (context_timeout at most) and has it."""
+    async with ChatdockClient.embedded(db=str(tmp_path / "chatdock.db")) as client:
+        held, reading = asyncio.Event(), asyncio.Event()
+        held.set()
+        get_context = client.get_context
+        under_way = 0
+
+        async def slow_read(*arguments: Any, **options: Any) -> Any:
+            nonlocal under_way
+            under_way += 1
+            try:
+                reading.set()
+                await held.wait()  # what it reads is read once it goes on
+                return await get_context(*arguments, **options)
+            finally:
+                under_way -= 1
+
+        client.get_context = slow_read  # type: ignore[method-assign]
+        memory = ChatdockMemory(client, CALLER, context_timeout=10.0)
+        model = ScriptedLLM("Hello, Acme Parcels.", "Thanks, the gate code is noted.")
+        async with memory, AgentSession(llm=model) as session:
+            await session.start(ChatdockAgent(memory, instructions=INSTRUCTIONS))
+            await session.run(user_input="Hi, it's Dana.")
+            await until(lambda: memory.pending_writes == 0 and under_way == 0, "the turn stored, its news read")
+            held.clear()
+            reading.clear()
+            await client.append_message(CALLER, "whatsapp", "user", "Gate code 4921.")
+            await asyncio.wait_for(reading.wait(), 10)  # heard, and being read
+            asyncio.get_running_loop().call_later(0.1, held.set)
+            await session.run(user_input="I've texted you the gate code.")
+        assert any("Gate code 4921." in text for role, text in said(model.requests[1]) if role == "system")
+
+
+class HeldStream(llm.LLMStream):
+    """A long answer under way: its first word, then nothing until `go_on` is set."""
+
+    def __init__(self, model: llm.LLM[Any], words: list[str], go_on: asyncio.Event, **options: Any) -> None:
+        super().__init__(model, **options)
+        self.words, self.go_on = words, go_on
+
+    async def _run(self) -> None:
+        for number, word in enumerate(self.words):
+            self._event_ch.send_nowait(llm.ChatChunk(id="held", delta=llm.ChoiceDelta(role="assistant", content=word)))
+            if number == 0:
+                await self.go_on.wait()
+
+
+class HeldLLM(ScriptedLLM):  # type: ignore[misc,valid-type]  # loaded from the example file
+    """The example's model, but a reply given as a list of words streams as a `HeldStream`."""
+
+    def __init__(self, *replies: str | list[str]) -> None:
+        super().__init__(*replies)
+        self.go_on = asyncio.Event()
+
+    def chat(self, *, chat_ctx: llm.ChatContext, **options: Any) -> llm.LLMStream:
+        if not isinstance(self.replies[0], list):
+            return super().chat(chat_ctx=chat_ctx, **options)  # type: ignore[no-any-return]
+        self.requests.append(chat_ctx.copy())
+        words = self.replies.pop(0)
+        return HeldStream(
+            self,
+            words,
+            self.go_on,
+            chat_ctx=chat_ctx,
+            tools=options.get("tools") or [],
+            conn_options=options.get("conn_options", DEFAULT_API_CONNECT_OPTIONS),
+        )
+
+
+async def test_a_reply_the_caller_cut_off_is_kept_before_what_the_caller_said_over_it(tmp_path: Path) -> None:
+    """The caller speaks over a long answer: LiveKit adds the cut-off answer to its history after the caller's
+    words but dates it from when it began; chatdock keeps the call in that order (it stored the answer after the
+    caller's words, so the next call read as if the agent had ignored them)."""
+    async with ChatdockClient.embedded(db=str(tmp_path / "chatdock.db")) as client:
+        memory = ChatdockMemory(client, CALLER)
+        model = HeldLLM(["Once ", "upon ", "a ", "time..."], "Sorry, go ahead.")
+        async with memory, AgentSession(llm=model) as session:
+            await session.start(ChatdockAgent(memory, instructions=INSTRUCTIONS))
+            session.generate_reply(user_input="Tell me a long story.")
+            await until(lambda: session.agent_state == "speaking", "the answer under way")
+            session.interrupt()
+            await session.run(user_input="Stop, wait.")
+            history = [
+                (item.role, item.text_content, item.interrupted)
+                for item in session.history.items
+                if isinstance(item, llm.ChatMessage)
+            ]
+        stored = await messages_of(client, await only_chat(client))
+        assert [(m.role, m.content, bool((m.metadata or {}).get("interrupted"))) for m in stored] == history
+        assert [role for role, _, _ in history] == ["user", "assistant", "user", "assistant"]
+        assert history[1][2] and history[2][1] == "Stop, wait."
+
+
+@pytest.mark.process
+async def test_writes_given_up_at_the_end_of_the_call_are_logged_and_handed_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """chatdock hangs (SIGSTOP) and the caller hangs up: the writes the flush gave up on are each logged (not
+    their text) and handed to `on_writes_lost` with their text, time and key (only a count was logged)."""
+    caplog.set_level(logging.INFO, logger="chatdock.integrations.livekit")
+    handed: list[list[LostWrite]] = []
+    async with restartable_chatdock(tmp_path, "default", "livekit", fresh=True, timeout=60.0) as (server, client):
+        memory = ChatdockMemory(client, CALLER, flush_timeout=1.0, on_writes_lost=handed.append)
+        model = ScriptedLLM("Hello.", "One moment.")
+        async with memory, AgentSession(llm=model) as session:
+            await session.start(ChatdockAgent(memory, instructions=INSTRUCTIONS))
+            await session.run(user_input="Hi.")
+            await until(lambda: memory.pending_writes == 0, "the first turn stored")
+            server.pause()
+            await session.run(user_input="My code is 4921.")
+        try:
+            assert handed == [memory.lost_writes]
+            lost = memory.lost_writes
+            assert [(w.what, w.text, w.under_way) for w in lost] == [
+                ("store the user's turn", "My code is 4921.", True),
+                ("store the assistant's reply", "One moment.", False),
+                ("set the chat's status", None, False),
+            ]
+            assert lost[0].said_at is not None and lost[1].said_at is not None and lost[0].said_at <= lost[1].said_at
+            lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("chatdock: not stored for")]
+            assert len(lines) == 3 and all(w.idempotency_key in line for w, line in zip(lost, lines, strict=True))
+            assert "may yet be stored" in lines[0] and not any("4921" in line for line in lines)
+        finally:
+            server.resume()
 
 
 @pytest.mark.process
