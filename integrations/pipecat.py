@@ -14,15 +14,19 @@ up, and the errors the LLM and the services after it push up. Per call (one run 
   message before the first LLM run.
 - Each user turn, as the user aggregator wrote it to the context, is stored with `post_as_contact` (one part,
   its start and end in seconds from the call's start); each bot turn, as the assistant aggregator wrote it,
-  with `append_message(role="assistant")` in the same chat.
+  with `append_message(role="assistant")` in the same chat. Each is dated when it began (`created_at`), not
+  when its write reached chatdock: turns stored after an outage sort among what was written meanwhile.
 - A message the contact sends on another channel during the call (a WhatsApp message while on the phone) is
-  put into the LLM context before the next bot turn.
+  put into the LLM context before the next bot turn. The history and these messages stay in the context: one
+  that replaces its messages (an `LLMMessagesUpdateFrame`, as pipecat-flows sends on a node change) gets them
+  again before its next LLM run.
 - The end: the chat's status is COMPLETED (EndFrame), CANCELED (CancelFrame), or FAILED when an ErrorFrame
   was pushed anywhere in the pipeline during the call, fatal or not.
 
 No frame waits on a write: writes go through one ordered queue that a background task empties (writes.py's
 `WriteQueue`, as in the LiveKit integration), each with an idempotency key fixed when it is queued, so a retry
-while chatdock is unreachable stores it once.
+while chatdock is unreachable stores it once. The writes the end of the call gives up on are logged and handed
+to `on_writes_lost`.
 """
 
 from __future__ import annotations
@@ -63,12 +67,12 @@ from chatdock.storage.transcript import indented
 from chatdock.storage.validation import MAX_MAX_CHARS
 
 from .watch import follow_changes, news
-from .writes import NoChat, WriteQueue, call_channel, call_contact, describe, retryable
+from .writes import LostWrite, NoChat, WriteQueue, call_channel, call_contact, describe, retryable
 
 if TYPE_CHECKING:
     from pipecat.pipeline.worker import PipelineWorker
 
-__all__ = ["ChatdockMemoryService"]
+__all__ = ["ChatdockMemoryService", "LostWrite"]
 
 logger = logging.getLogger("chatdock.integrations.pipecat")
 
@@ -147,10 +151,12 @@ class ChatdockMemoryService(FrameProcessor):
         agent_id: stored on the chat and on the bot's turns (the caller's history is read for every agent).
         context_limit: how many of the contact's last messages (1 to 200) go into the history message.
         context_max_chars: a bound on the history's text, its oldest messages dropped first (None: no bound).
-        read_timeout: how long, in seconds, a context frame on its way to the LLM may wait for a read still
-            under way (the history at the start, a look for new messages of other channels); after it the
-            turn goes on with the context it has, and what the read brings joins the context before the
-            next turn.
+        start_timeout: how long, in seconds from the call's start, the first LLM run (the greeting, or the
+            answer to the caller's first words) may wait for the caller's history; after it the call goes on
+            without it, and the history joins the context before the next run.
+        read_timeout: how long, in seconds, a context frame on its way to the LLM may wait for a look for new
+            messages of other channels still under way; after it the turn goes on with the context it has,
+            and what the look brings joins the context before the next turn.
         flush_timeout: how long, in seconds, the end of the call waits for the writes still queued to be
             stored; what is left then is logged as lost.
         retry_delay, max_retry_delay: the first and the longest wait before a write or a read that found
@@ -168,6 +174,9 @@ class ChatdockMemoryService(FrameProcessor):
         on_other_channel_messages(service, messages): messages of other channels arrived during the call
             (chatdock `Message` models, oldest first); they reach the context when the next context frame
             passes, and a bot that wants to answer them at once can queue an `LLMRunFrame`.
+        on_writes_lost(service, writes): the end of the call gave up on these writes (`LostWrite`: what it was,
+            the turn's text, when it was said, its idempotency key), chatdock being unavailable past
+            `flush_timeout`; they are logged too (without their text), and `lost_writes` keeps them.
     """
 
     def __init__(
@@ -179,6 +188,7 @@ class ChatdockMemoryService(FrameProcessor):
         agent_id: str | None = None,
         context_limit: int = 50,
         context_max_chars: int | None = None,
+        start_timeout: float = 2.0,
         read_timeout: float = 0.5,
         flush_timeout: float = 5.0,
         retry_delay: float = 0.25,
@@ -194,6 +204,7 @@ class ChatdockMemoryService(FrameProcessor):
         if context_max_chars is not None and not 1 <= context_max_chars <= MAX_MAX_CHARS:
             raise ValueError(f"context_max_chars must be None or 1 to {MAX_MAX_CHARS:,}, not {context_max_chars}")
         for name, value in (
+            ("start_timeout", start_timeout),
             ("read_timeout", read_timeout),
             ("flush_timeout", flush_timeout),
             ("retry_delay", retry_delay),
@@ -207,6 +218,7 @@ class ChatdockMemoryService(FrameProcessor):
         self.agent_id = agent_id
         self.context_limit = context_limit
         self.context_max_chars = context_max_chars
+        self.start_timeout = start_timeout
         self.read_timeout = read_timeout
         self.flush_timeout = flush_timeout
         self.retry_delay = retry_delay
@@ -217,6 +229,9 @@ class ChatdockMemoryService(FrameProcessor):
         self._register_event_handler("on_chat_opened")
         self._register_event_handler("on_history_read")
         self._register_event_handler("on_other_channel_messages")
+        self._register_event_handler("on_writes_lost")
+        self.lost_writes: list[LostWrite] = []
+        """The writes the end of the last call gave up on (see `on_writes_lost`)."""
         self._worker: PipelineWorker | None = None
         self._reset()
 
@@ -244,6 +259,11 @@ class ChatdockMemoryService(FrameProcessor):
         self._history_read = asyncio.Event()
         self._history_waited = False
         self._history: str | None = None
+        # what the context was given (the history, the messages of other channels), given again to a context
+        # that no longer has it (its messages were replaced)
+        self._history_told: str | None = None
+        self._notes_told: list[str] = []
+        self._watch_live = False
         # what the looks for new messages of other channels start from: the ids of the contact's newest messages
         # seen so far (the history's, then those of the last look: at most SCAN_LIMIT), and the time at or below
         # which a message not seen is old (left out of what was read: below the window, or a history cut
@@ -309,7 +329,7 @@ class ChatdockMemoryService(FrameProcessor):
         elif isinstance(frame, LLMContextUserTurnFrame) and direction == FrameDirection.DOWNSTREAM:
             self._user_turn(frame.text)
         elif isinstance(frame, LLMContextAssistantTurnFrame) and direction == FrameDirection.UPSTREAM:
-            self._bot_turn(frame.text)
+            self._bot_turn(frame.text, frame.timestamp)
         elif isinstance(frame, LLMContextFrame) and direction == FrameDirection.DOWNSTREAM:
             await self._before_llm(frame)
         elif isinstance(frame, ErrorFrame):
@@ -363,6 +383,7 @@ class ChatdockMemoryService(FrameProcessor):
                 first_delay=self.retry_delay,
                 max_delay=self.max_retry_delay,
                 without="the messages of other channels",
+                live=self._set_watch_live,
             )
             self._tasks.append(self.create_task(watch, "chatdock_watch"))
             self._tasks.append(self.create_task(self._look_for_new(), "chatdock_other_channels"))
@@ -375,7 +396,9 @@ class ChatdockMemoryService(FrameProcessor):
         status: ChatStatus = "FAILED" if self._failed else self._outcome or "CANCELED"
         self._queue(f"set the chat's status to {status}", self._status(status))
         if self._writes is not None:
-            await self._writes.close(self.flush_timeout)
+            self.lost_writes = await self._writes.close(self.flush_timeout)
+            if self.lost_writes:
+                await self._call_event_handler("on_writes_lost", self.lost_writes)
 
     async def _stop_reading(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -416,22 +439,34 @@ class ChatdockMemoryService(FrameProcessor):
             if ends:
                 end = max(ends)
         part = Part(text=text, start_timestamp=round(max(start, 0.0), 3), end_timestamp=round(max(end, start), 3))
+        said_at = datetime.fromtimestamp(self._started_wall + (part.start_timestamp or 0.0), UTC)
 
         async def send(key: str) -> object:
-            return await self.client.post_as_contact(self.contact_id, self._chat_id(), [part], idempotency_key=key)
+            return await self.client.post_as_contact(
+                self.contact_id, self._chat_id(), [part], created_at=said_at, idempotency_key=key
+            )
 
-        self._queue("store a user turn", send)
+        self._queue("store a user turn", send, text=text, said_at=said_at)
+        if self.watch_other_channels and not self._watch_live and not self._writes_unavailable():
+            self._note_change()  # chatdock answers but the watch is down (its listeners all taken): look each turn
 
-    def _bot_turn(self, text: str) -> None:
+    def _bot_turn(self, text: str, started: str) -> None:
         """Stores the bot's turn as the assistant aggregator wrote it to the context (what was spoken, when a
-        TTS service reports its words; up to the interruption, when the user cut in)."""
+        TTS service reports its words; up to the interruption, when the user cut in), dated when it began
+        (`started`, the frame's ISO 8601 timestamp)."""
         if self._context is not None:  # the context message this turn is, so that the end does not store it again
             for message in reversed(self._context.get_messages()):
                 if role_of(message) == "assistant":
                     self._known_messages[id(message)] = message
                     break
         if text.strip():
-            self._queue("store a bot turn", self._assistant(text))
+            try:
+                said_at: datetime | None = datetime.fromisoformat(started)
+            except ValueError:  # no time given: when chatdock stores it
+                said_at = None
+            if said_at is not None and said_at.tzinfo is None:
+                said_at = None
+            self._queue("store a bot turn", self._assistant(text, said_at), text=text, said_at=said_at)
 
     def _last_bot_turns(self) -> None:
         """The bot's turns in the context that no LLMContextAssistantTurnFrame brought back here: the turn under
@@ -450,9 +485,9 @@ class ChatdockMemoryService(FrameProcessor):
                     found.append(text)
         for text in reversed(found):
             logger.debug("chatdock: the bot's last turn was cut by the end of the call; stored from the context")
-            self._queue("store the last bot turn", self._assistant(text))
+            self._queue("store the last bot turn", self._assistant(text), text=text)
 
-    def _assistant(self, text: str) -> Callable[[str], Awaitable[object]]:
+    def _assistant(self, text: str, said_at: datetime | None = None) -> Callable[[str], Awaitable[object]]:
         async def send(key: str) -> object:
             return await self.client.append_message(
                 self.contact_id,
@@ -461,6 +496,7 @@ class ChatdockMemoryService(FrameProcessor):
                 text,
                 agent_id=self.agent_id,
                 chat_id=self._chat_id(),
+                created_at=said_at,
                 idempotency_key=key,
             )
 
@@ -480,9 +516,16 @@ class ChatdockMemoryService(FrameProcessor):
 
     # --- the writes ---
 
-    def _queue(self, what: str, send: Callable[[str], Awaitable[object]]) -> None:
+    def _queue(
+        self,
+        what: str,
+        send: Callable[[str], Awaitable[object]],
+        *,
+        text: str | None = None,
+        said_at: datetime | None = None,
+    ) -> None:
         assert self._writes is not None, "a write before the StartFrame"
-        self._writes.submit(what, send)
+        self._writes.submit(what, send, text=text, said_at=said_at)
 
     def _chat_id(self) -> str:
         """The chat a write goes into: the call's, which the first write opened."""
@@ -546,6 +589,12 @@ class ChatdockMemoryService(FrameProcessor):
             describe(error),
         )
 
+    def _writes_unavailable(self) -> bool:
+        return self._writes is not None and self._writes.unavailable
+
+    def _set_watch_live(self, live: bool) -> None:
+        self._watch_live = live
+
     def _note_change(self) -> None:
         self._changes += 1
         self._caught_up.clear()
@@ -608,17 +657,19 @@ class ChatdockMemoryService(FrameProcessor):
     # --- the context ---
 
     async def _before_llm(self, frame: LLMContextFrame) -> None:
-        """Puts what the call has read into the context on its way to the LLM: the history (once, after the
-        leading system messages, the bot's own instructions) and the messages of other channels (before the
-        user's turn that this run answers). A read still under way is given `read_timeout` seconds, once: the
-        history on the first frame, a look for new messages when a change came since the last frame.
+        """Puts what the call has read into the context on its way to the LLM: the history (after the leading
+        system messages, the bot's own instructions) and the messages of other channels (before the user's turn
+        that this run answers), once each, and again into a context that lost them (its messages replaced).
+        The history is waited for on the first frame, until `start_timeout` from the call's start; a look for
+        new messages under way, when a change came since the last frame, `read_timeout` seconds, once.
 
         A speculative frame (Pipecat runs the LLM on a provisional copy while the user's turn may still go on)
         gets the messages too, and so does the call's real context, which the confirmed turn goes on with."""
         if not self._history_waited and not self._history_read.is_set():
             self._history_waited = True
+            left = self.start_timeout - self._now()
             try:
-                await asyncio.wait_for(self._history_read.wait(), timeout=self.read_timeout)
+                await asyncio.wait_for(self._history_read.wait(), timeout=max(left, 0.0))
             except TimeoutError:
                 logger.warning(
                     "chatdock: the history of %s is not read yet; the turn goes on without it", self.contact_id
@@ -633,24 +684,38 @@ class ChatdockMemoryService(FrameProcessor):
         targets = [frame.context]
         if frame.speculation and self._context is not None and self._context is not frame.context:
             targets.insert(0, self._context)
-        history, self._history = self._history, None
-        arrived, self._arrived = self._arrived, []
-        if frame.speculation and self._context is None:  # the real context is not known yet: keep them for it
-            self._history, self._arrived = history, arrived
-        for context in targets:
+        history = self._history_told if self._history is None else self._history
+        notes = self._notes_told + ([self._note(self._arrived)] if self._arrived else [])
+        if frame.speculation and self._context is None:  # the real context is not known yet: kept for it
+            self._tell(targets, history, notes)
+            return
+        self._history_told, self._notes_told = history, notes
+        self._history, self._arrived = None, []
+        self._tell(targets, history, notes)
+        if self._context is not None:
+            self._known_messages.update((id(message), message) for message in self._context.get_messages())
+
+    def _note(self, arrived: list[Message]) -> str:
+        return "\n".join([self.other_channels_prompt, *(entry(message, with_time=False) for message in arrived)])
+
+    @staticmethod
+    def _tell(contexts: list[LLMContext], history: str | None, notes: list[str]) -> None:
+        """Put the history and the messages of other channels into each context that lacks them: the history
+        after the leading system messages, the others before the user's turn that this run answers."""
+        for context in contexts:
             messages = list(context.get_messages())
-            if history is not None:
+            texts = {message.get("content") for message in messages if isinstance(message, dict)}
+            changed = False
+            if history is not None and history not in texts:
                 at = 0
                 while at < len(messages) and role_of(messages[at]) in ("system", "developer"):
                     at += 1
                 messages.insert(at, {"role": "system", "content": history})
-            if arrived:
-                text = "\n".join(
-                    [self.other_channels_prompt, *(entry(message, with_time=False) for message in arrived)]
-                )
-                at = len(messages) - 1 if messages and role_of(messages[-1]) == "user" else len(messages)
-                messages.insert(at, {"role": "system", "content": text})
-            if history is not None or arrived:
+                changed = True
+            for note in notes:
+                if note not in texts:
+                    at = len(messages) - 1 if messages and role_of(messages[-1]) == "user" else len(messages)
+                    messages.insert(at, {"role": "system", "content": note})
+                    changed = True
+            if changed:
                 context.set_messages(messages)
-        if self._context is not None:
-            self._known_messages.update((id(message), message) for message in self._context.get_messages())

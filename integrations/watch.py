@@ -36,23 +36,29 @@ async def follow_changes(
     first_delay: float,
     max_delay: float,
     without: str,
+    live: Callable[[bool], None] | None = None,
 ) -> None:
     """Calls `changed()` at each of the contact's change events, for as long as it runs, and each time the watch
     goes live (what changed before sent no event). The client comes back after a dropped stream by itself (and
     tells a change then); this comes back when chatdock could not be reached to begin with: the watch is entered
-    again after `first_delay` seconds, the wait doubling up to `max_delay`, while chatdock is unavailable
-    (`retryable`; a warning the first time, quietly after that). A refusal ends it, logged as an error that says
-    what the call goes on `without`."""
+    again after `first_delay` seconds, the wait doubling up to `max_delay`, while chatdock is unavailable or
+    busy (`retryable`, its listeners for the organization all taken among it: 429; a warning the first time,
+    quietly after that). A refusal ends it, logged as an error that says what the call goes on `without`.
+    `live(True)` is called each time the watch goes live, `live(False)` each time it is down."""
     delay, attempts = first_delay, 0
     while True:
         attempts += 1
         try:
             async with client.watch(contact_id) as changes:
                 delay, attempts = first_delay, 0
+                if live is not None:
+                    live(True)
                 changed()
                 async for _ in changes:
                     changed()
         except Exception as error:
+            if live is not None:
+                live(False)
             if not retryable(error):
                 logger.error(
                     "chatdock refused the change events of %s; the call goes on without %s: %s",
@@ -63,7 +69,7 @@ async def follow_changes(
                 return
             logger.log(
                 logging.WARNING if attempts == 1 else logging.DEBUG,
-                "chatdock unavailable, will watch the changes of %s again: %s",
+                "could not watch the changes of %s (%s); will try again",
                 contact_id,
                 describe(error),
             )

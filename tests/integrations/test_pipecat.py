@@ -18,8 +18,16 @@ import pytest
 
 from chatdock.client import ChatdockClient
 from chatdock.storage import Context, Message
-from tests.integrations.voice import chat_messages, chatdock, load_example, restartable_chatdock, until
+from tests.integrations.voice import (
+    chat_messages,
+    chatdock,
+    load_example,
+    restartable_chatdock,
+    restartable_server,
+    until,
+)
 from tests.test_examples import run_example
+from tests.transports import create_key
 
 with warnings.catch_warnings():
     # pipecat imports audioop, which Python 3.11 reports as deprecated (it goes in 3.13), on first import only
@@ -29,12 +37,13 @@ with warnings.catch_warnings():
         Frame,
         LLMFullResponseEndFrame,
         LLMFullResponseStartFrame,
+        LLMMessagesUpdateFrame,
         LLMRunFrame,
         LLMTextFrame,
     )
     from pipecat.pipeline.pipeline import Pipeline
     from pipecat.pipeline.worker import PipelineWorker
-    from pipecat.processors.aggregators.llm_context import LLMContext
+    from pipecat.processors.aggregators.llm_context import LLMContext, LLMContextMessage
     from pipecat.processors.aggregators.llm_response_universal import (
         AssistantTurnStoppedMessage,
         LLMAssistantAggregator,
@@ -46,7 +55,7 @@ with warnings.catch_warnings():
     from pipecat.turns.user_turn_strategies import UserTurnStrategies
     from pipecat.workers.runner import WorkerRunner
 
-    from chatdock.integrations.pipecat import HISTORY_PROMPT, OTHER_CHANNELS_PROMPT, ChatdockMemoryService
+    from chatdock.integrations.pipecat import HISTORY_PROMPT, OTHER_CHANNELS_PROMPT, ChatdockMemoryService, LostWrite
 
     example = load_example("pipecat_memory")
 
@@ -531,7 +540,7 @@ async def test_a_hung_chatdock_holds_no_turn_and_its_history_joins_when_it_answe
         assert chat_id is not None
         stored = await chat_messages(client, CALLER, chat_id)
         [chat] = (await client.list_chats(CALLER)).chats
-    # the first runs went on without the history (after read_timeout); the next run has it, in its place
+    # the first runs went on without the history (after start_timeout); the next run has it, in its place
     assert system_texts(llm.received[0]) == system_texts(llm.received[1]) == [SYSTEM]
     history = llm.received[2][1]["content"]
     assert history.startswith(HISTORY_PROMPT) and history.endswith("USER (whatsapp): Is the red lamp in stock?")
@@ -544,6 +553,129 @@ async def test_a_hung_chatdock_holds_no_turn_and_its_history_joins_when_it_answe
         "It is red.",
         "Do you have it in stock?",
         "Yes, the red one is in stock.",
+    ]
+
+
+async def test_a_context_whose_messages_are_replaced_gets_the_history_and_the_news_again(
+    embedded: ChatdockClient,
+) -> None:
+    """pipecat-flows replaces the context's messages on a node change (LLMMessagesUpdateFrame): the caller's
+    history and what came from other channels were gone for the rest of the call; each is put back once."""
+    await embedded.append_message(CALLER, "whatsapp", "user", "Parcel 4471 is late.")
+    memory = memory_for(embedded)
+    arrived = news_of(memory)
+    llm = ScriptedLLM(["Hello.", "Sure.", "Booked.", "Bye."])
+    async with Call(memory, llm) as call:
+        await call.greet()
+        await call.say("Hi.")
+        await embedded.append_message(CALLER, "sms", "user", "Gate code 4921.")
+        await asyncio.wait_for(arrived.get(), BOUND)
+        node: list[LLMContextMessage] = [{"role": "system", "content": "Node 2: book a delivery slot."}]
+        await call.worker.queue_frame(LLMMessagesUpdateFrame(messages=node, run_llm=False))
+        await until(lambda: call.context.get_messages() == node, "the node's context")
+        await call.say("Saturday, please.")
+        await call.say("Bye.")
+        await call.end()
+    history = system_texts(llm.received[0])[1]
+    assert history.startswith(HISTORY_PROMPT) and history.endswith("USER (whatsapp): Parcel 4471 is late.")
+    note = f"{OTHER_CHANNELS_PROMPT}\nUSER (sms): Gate code 4921."
+    for run in llm.received[2:]:  # after the node change: its instructions, the history, the news, once each
+        assert system_texts(run) == ["Node 2: book a delivery slot.", history, note], run
+    chat_id = memory.chat_id
+    assert chat_id is not None
+    assert [m.content for m in await chat_messages(embedded, CALLER, chat_id)] == [
+        "Hello.",
+        "Hi.",
+        "Sure.",
+        "Saturday, please.",
+        "Booked.",
+        "Bye.",
+        "Bye.",
+    ]
+
+
+async def test_turns_are_dated_when_they_were_said(embedded: ChatdockClient) -> None:
+    """A user turn carries the start of its speech, a bot turn the start the assistant aggregator gave it, not
+    the moment their writes reached chatdock (after an outage, seconds later, among messages sent meanwhile)."""
+    memory = memory_for(embedded)
+    llm = ScriptedLLM(["Hello.", "It ships today."])
+    started: list[str] = []
+    async with Call(memory, llm) as call:
+
+        async def bot_turn(aggregator: LLMAssistantAggregator, message: AssistantTurnStoppedMessage) -> None:
+            started.append(message.timestamp)
+
+        call.assistant.add_event_handler("on_assistant_turn_stopped", bot_turn)
+        await call.greet()
+        await call.say("Where is my lamp?", speech=[(30.0, 31.5)])
+        await call.end()
+    chat_id, begun = memory.chat_id, memory.started_at
+    assert chat_id is not None and begun is not None
+    stored = await chat_messages(embedded, CALLER, chat_id)
+    [turn] = [message for message in stored if message.role == "user"]
+    greeting, answer = [message for message in stored if message.role == "assistant"]
+    assert abs(turn.created_at - (begun + timedelta(seconds=30.0))) < timedelta(milliseconds=1)
+    assert [greeting.created_at, answer.created_at] == [datetime.fromisoformat(at) for at in started]
+
+
+@pytest.mark.process
+async def test_writes_given_up_at_the_end_of_the_call_are_handed_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """chatdock hangs and the call ends: the writes the flush gave up on reach `on_writes_lost` with their text
+    and key, and each is logged without its text (a count was all that was left of them)."""
+    caplog.set_level(logging.INFO, logger="chatdock.integrations.pipecat")
+    async with restartable_chatdock(tmp_path, "acme", "pipecat", fresh=True, timeout=30.0) as (server, client):
+        memory = memory_for(client, flush_timeout=1.0)
+        handed: list[list[LostWrite]] = []
+
+        async def on_writes_lost(service: ChatdockMemoryService, writes: list[LostWrite]) -> None:
+            handed.append(writes)
+
+        memory.add_event_handler("on_writes_lost", on_writes_lost)
+        llm = ScriptedLLM(["Hello.", "Noted."])
+        try:
+            async with Call(memory, llm) as call:
+                await call.greet()
+                async with asyncio.timeout(BOUND):
+                    while memory.chat_id is None or not await chat_messages(client, CALLER, memory.chat_id):
+                        await asyncio.sleep(0.02)  # the greeting stored
+                server.pause()
+                await call.say("My code is 4921.")
+                await call.end()
+        finally:
+            server.resume()
+    assert handed == [memory.lost_writes]
+    assert [(w.what, w.text, w.under_way) for w in memory.lost_writes] == [
+        ("store a user turn", "My code is 4921.", True),
+        ("store a bot turn", "Noted.", False),
+        ("set the chat's status to COMPLETED", None, False),
+    ]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("chatdock: not stored for")]
+    assert len(lines) == 3 and not any("4921" in line for line in lines)
+
+
+@pytest.mark.process
+async def test_a_call_whose_watch_is_refused_looks_for_news_at_each_turn(tmp_path: Path) -> None:
+    """The organization's listeners are all taken (--max-listens-per-org): the call's watch gets a 429 and is
+    tried again later; meanwhile each user turn looks for news, so a WhatsApp message still reaches the LLM
+    (it never did: news was only looked for when the watch told of a change)."""
+    db = str(tmp_path / "chatdock.db")
+    key = create_key(db, "acme", "pipecat")
+    with restartable_server(db, "--max-listens-per-org", "1") as server:
+        async with ChatdockClient(server.url, api_key=key) as client, client.watch("someone-else"):
+            memory = memory_for(client, max_retry_delay=0.5)
+            llm = ScriptedLLM(["Hello.", "Let me see.", "Got it: 4471."])
+            async with Call(memory, llm) as call:
+                await call.greet()
+                await call.say("Hi.")
+                await client.append_message(CALLER, "whatsapp", "user", "Order number: 4471")
+                assert await call.say("I've sent you the number.") == "Got it: 4471."
+                await call.end()
+    note = f"{OTHER_CHANNELS_PROMPT}\nUSER (whatsapp): Order number: 4471"
+    assert llm.received[2][-2:] == [
+        {"role": "system", "content": note},
+        {"role": "user", "content": "I've sent you the number."},
     ]
 
 
