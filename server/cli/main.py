@@ -249,15 +249,19 @@ def parser() -> argparse.ArgumentParser:
     _common(serve)
     _org(serve)
     serve.add_argument(
-        "--read-only", action="store_true", help="serve only the read-only tools, the resources and the prompt"
+        "--read-only",
+        action="store_true",
+        help="serve only the read-only tools, the resources and the prompt; with --http, also only the REST routes "
+        "that read, and an inspector (/ui) that cannot edit",
     )
     serve.add_argument(
         "--durability",
         choices=DURABILITIES,
         type=_choice(DURABILITIES, "CHATDOCK_DURABILITY", str.lower),
         default=os.environ.get("CHATDOCK_DURABILITY") or "normal",
-        help="normal: a process crash loses nothing acknowledged, a power loss may lose the last moments; "
-        "full: nothing acknowledged is lost even on power loss, each commit waits for the disk (default: %(default)s)",
+        help="with SQLite: normal: a process crash loses nothing acknowledged, a power loss may lose the last moments; "
+        "full: nothing acknowledged is lost even on power loss, each commit waits for the disk "
+        "(env CHATDOCK_DURABILITY; default: %(default)s)",
     )
     serve.add_argument(
         "--http", action="store_true", help="serve streamable HTTP at /mcp (API key required) instead of stdio"
@@ -284,7 +288,8 @@ def parser() -> argparse.ArgumentParser:
         type=_number(int, 1),
         default=256,
         metavar="N",
-        help="open listen streams, and sessions subscribed to resources, per organization (default: %(default)s)",
+        help="per organization: open listen streams, sessions subscribed to resources, and with --http "
+        "initialize-era event streams (the GET on /mcp), each up to N (default: %(default)s)",
     )
     serve.add_argument(
         "--max-sessions-per-org",
@@ -422,7 +427,7 @@ def parser() -> argparse.ArgumentParser:
         "--compare",
         action="store_true",
         help="also bench, on the same data, LangChain's SQLChatMessageHistory and LlamaIndex's SQLiteChatStore "
-        "where installed (pip install 'chatdock[compare]'); SQLite only",
+        "where installed (from the chatdock checkout: pip install -e '.[compare]'); SQLite only",
     )
     bench.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     bench.add_argument("--log-level", default="WARNING", type=_choice(LEVELS, None, str.upper), choices=LEVELS)

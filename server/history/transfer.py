@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import stat
@@ -30,9 +31,9 @@ from typing import TextIO, TypeVar
 from chatdock.server.history.progress import Progress
 from chatdock.storage import ChatdockError, InvalidInput, Store, is_postgres
 from chatdock.storage import validation as check
-from chatdock.storage.errors import OutcomeUnknown
+from chatdock.storage.errors import OutcomeUnknown, message_id_taken
 from chatdock.storage.history import Record, check_record, conflicts, dump_line, parse_line
-from chatdock.storage.models import NewAlias, NewChat
+from chatdock.storage.models import NewAlias, NewChat, NewMessage
 
 BATCH = 500
 SHOWN_PROBLEMS = 20
@@ -301,6 +302,38 @@ def _parse(raw: bytes, default_org: str, org_override: str | None) -> tuple[str,
     return org_override or org, record
 
 
+def _without_id(raw: bytes) -> bool:
+    """Whether a line (one that parsed) gave its message no id, so that the id is derived from the line."""
+    try:
+        fields = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(fields, dict) and fields.get("id") is None
+
+
+def _explained(problem: str, record: Record, raw: bytes, org: str, org_override: str | None) -> str:
+    """`problem` as the import tells it: a message id taken by another organization, when the line has no id
+    (the id is the line's own, derived from it), says what to do instead of "leave id out"."""
+    if not isinstance(record, NewMessage) or record.id is None or problem != str(message_id_taken(record.id)):
+        return problem
+    if not _without_id(raw):
+        return problem
+    said = (
+        f"message id {record.id}, derived from this line (it has no id), is already used in another "
+        "organization: the same line was imported there before"
+    )
+    if org_override is not None:
+        return (
+            f"{said}; a line without an id gets it from its content and the organization the line names, which "
+            f"--org does not change, so to import it into {org!r} too, give the lines an org "
+            f'("org": {json.dumps(org, ensure_ascii=False)}) or set CHATDOCK_ORG={org} instead of passing --org'
+        )
+    return (
+        f"{said} (with --org, which keeps the id the line's own organization gives it); to import it into "
+        f'{org!r} too, give the line an "id" of its own (a UUID)'
+    )
+
+
 async def _check(
     store: Store, path: Path, name: str, default_org: str, org_override: str | None, quiet: bool
 ) -> tuple[int, list[tuple[int, str]]]:
@@ -309,13 +342,15 @@ async def _check(
     problems: list[tuple[int, str]] = []
     chats_in_file: dict[str, tuple[str, str]] = {}
     aliases_in_file: dict[tuple[str, str], str] = {}
-    pending: dict[str, list[tuple[int, Record]]] = {}
+    pending: dict[str, list[tuple[int, Record, bytes]]] = {}  # the line's bytes, to explain a problem found
     lines = 0
 
     async def settle(org: str) -> None:
         batch = pending.pop(org, [])
-        found = await conflicts(store, org, [record for _, record in batch], chats_in_file, aliases_in_file)
-        problems.extend((batch[index][0], problem) for index, problem in found.items())
+        found = await conflicts(store, org, [record for _, record, _ in batch], chats_in_file, aliases_in_file)
+        for index, problem in found.items():
+            number, record, raw = batch[index]
+            problems.append((number, _explained(problem, record, raw, org, org_override)))
 
     with _progress("checking (bytes)", size, quiet) as bar:
         for number, read, raw in _lines(path, name):
@@ -329,7 +364,7 @@ async def _check(
                 if isinstance(record, NewChat):
                     # the lines after it may name this chat (should the chat itself be refused, so are they)
                     chats_in_file.setdefault(check.uuid_text(record.id, "id"), (org, record.contact_id))
-                pending.setdefault(org, []).append((number, record))
+                pending.setdefault(org, []).append((number, record, raw))
                 if len(pending[org]) >= BATCH:
                     await settle(org)
             if bar is not None:

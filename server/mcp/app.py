@@ -50,6 +50,12 @@ INSTRUCTIONS = (
     "(or read chatdock://contacts/{contact_id}/transcript); store each incoming and outgoing message with "
     "append_message. Contact ids are external identifiers such as +31612345678 or an email address."
 )
+# a --read-only server has no tool that writes: its instructions give no write advice
+READ_ONLY_INSTRUCTIONS = (
+    "chatdock keeps every contact's messages across channels; this server only reads them. Before answering a "
+    "contact, call get_context (or read chatdock://contacts/{contact_id}/transcript). Contact ids are external "
+    "identifiers such as +31612345678 or an email address."
+)
 
 
 @dataclass
@@ -232,7 +238,7 @@ def build_server(settings: Settings, store: Store | None = None) -> ChatdockServ
         events,
         name="chatdock",
         title="chatdock",
-        instructions=INSTRUCTIONS,
+        instructions=READ_ONLY_INSTRUCTIONS if settings.read_only else INSTRUCTIONS,
         version="0.1.0",
         lifespan=lifespan,
     )

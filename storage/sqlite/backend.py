@@ -93,6 +93,26 @@ def _lock_free(path: str) -> bool | None:
 FIRST_READ = "SELECT count(*) FROM sqlite_schema"
 
 
+def _create_private(path: str) -> None:
+    """The folders and the file of a new database, readable by their owner alone (0700, 0600): the file holds
+    every conversation and the keys' hashes. A folder or a file that is there keeps its permissions; the -wal
+    and -shm files take the main file's (SQLite gives them its mode)."""
+    parent = Path(path).resolve().parent
+    missing = []
+    folder = parent
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for each in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            each.mkdir(mode=0o700)
+    parent.mkdir(parents=True, exist_ok=True)  # there now: nothing to do, or the error of a file in the way
+    # an empty file is a new database to SQLite; one that cannot be made here (a read-only folder) is left to
+    # SQLite's open, whose failure says why in the words of every other
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 class SQLiteBackend(SQLBackend):
     """The `Backend` on one SQLite file; `start()` before use, `close()` after."""
 
@@ -159,7 +179,7 @@ class SQLiteBackend(SQLBackend):
     async def start(self) -> None:
         try:
             if self._throwaway is None:
-                Path(self.path).resolve().parent.mkdir(parents=True, exist_ok=True)
+                _create_private(self.path)
             await asyncio.to_thread(self._writer.start)
             self._file = FileWatch(self.path)  # the file now open: /healthz and writes notice it removed or replaced
             self._checkpoints.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shlex
 import sqlite3
 import subprocess
@@ -256,6 +257,42 @@ async def test_an_id_of_another_organization_is_a_bad_line(tmp_path: Path) -> No
     assert done.returncode == 2
     assert "line 1: message id" in done.stderr and "another organization" in done.stderr
     assert counts(db)[0] == 1
+
+
+def test_a_hand_written_file_refused_in_a_second_organization_says_how_to_bring_it_there(tmp_path: Path) -> None:
+    """Lines without ids get theirs from the line and the organization it names, which --org does not change:
+    the same file imported with --org into a second organization meets its own ids. The refusal says how to
+    get it there (name the organization on the lines, or CHATDOCK_ORG), not "leave id out" (it is out), and the
+    way it names works."""
+    db = tmp_path / "chatdock.db"
+    lines = good(1) + "\n" + good(2) + "\n"
+    assert import_(db, "-", "-q", stdin=lines).returncode == 0
+    refused = import_(db, "-", "-q", "--org", "acme", stdin=lines)
+    assert refused.returncode == 2
+    said = refused.stderr.splitlines()[1]
+    assert said.startswith("line 1: message id ") and "derived from this line (it has no id)" in said, said
+    assert "leave id out" not in said
+    assert '"org": "acme"' in said and "CHATDOCK_ORG=acme instead of passing --org" in said
+    named = "".join(json.dumps({**json.loads(line), "org": "acme"}) + "\n" for line in lines.splitlines())
+    assert import_(db, "-", "-q", stdin=named).returncode == 0
+    done = subprocess.run(
+        [*chatdock_command(), "import", "--db", str(db), "-", "-q"],
+        input=lines,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "CHATDOCK_ORG": "initech"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert counts(db)[0] == 6
+
+    # the other way round: a file first imported with --org, then into the organization its lines name
+    other = tmp_path / "other.db"
+    assert import_(other, "-", "-q", "--org", "acme", stdin=lines).returncode == 0
+    back = import_(other, "-", "-q", stdin=lines)
+    assert back.returncode == 2 and "derived from this line (it has no id)" in back.stderr
+    assert """give the line an "id" of its own""" in back.stderr
 
 
 def test_hand_written_lines_without_ids_are_stored_once_however_often_imported(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -47,6 +48,21 @@ async def test_stdio_round_trip_and_restart_on_the_same_file(tmp_path: Path, mod
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_read_only_server_gives_the_model_no_write_advice(tmp_path: Path, mode: str) -> None:
+    """The instructions a client hands its model name only tools the server has: a --read-only server's do not
+    tell it to store messages with append_message (a tool it does not list)."""
+    db = str(tmp_path / "chatdock.db")
+    async with Client(stdio_params("--db", db), mode=mode) as writer:
+        assert writer.instructions is not None and "append_message" in writer.instructions
+    async with Client(stdio_params("--db", db, "--read-only"), mode=mode) as reader:
+        tools = {tool.name for tool in (await reader.list_tools()).tools}
+        assert reader.instructions is not None and "get_context" in reader.instructions
+        named = set(re.findall(r"\b[a-z]+_[a-z_]+\b", re.sub(r"\{\w+\}", "", reader.instructions)))  # not {contact_id}
+        assert named <= tools, named - tools
+        assert "store each" not in reader.instructions
+
+
 def test_help_explains_every_option() -> None:
     top = run_cli("--help")
     assert top.returncode == 0 and "serve" in top.stdout and "keys" in top.stdout
@@ -54,6 +70,15 @@ def test_help_explains_every_option() -> None:
     for option in ["--db", "--org", "--read-only", "--log-level", "--http", "--host", "--port", "--durability"]:
         assert option in serve.stdout
     assert "CHATDOCK_DB" in serve.stdout and "CHATDOCK_ORG" in serve.stdout
+    said = " ".join(serve.stdout.split("options:", 1)[1].split())  # argparse wraps its lines
+    # every variable serve reads is named where its flag is
+    assert "(env CHATDOCK_DURABILITY; default: normal)" in said
+    listens = said.split("--max-listens-per-org N", 1)[1].split("--max-sessions-per-org N", 1)[0]
+    assert "initialize-era event streams (the GET on /mcp)" in listens.replace("initialize- era", "initialize-era")
+    read_only = said.split("--read-only ", 1)[1].split("--durability", 1)[0]
+    assert "REST routes" in read_only and "inspector" in read_only
+    bench = " ".join(run_cli("bench", "--help").stdout.split())
+    assert "pip install -e '.[compare]'" in bench and "chatdock[compare]" not in bench  # chatdock is not on PyPI
 
 
 def test_keys_cli_round_trip(tmp_path: Path) -> None:

@@ -1,0 +1,54 @@
+"""A SQLite database holds every conversation and the keys' hashes: the file chatdock makes, and the folders it
+makes for it, are its owner's alone, whatever the umask lets others read; a file or folder that was there keeps
+its permissions."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.transports import chatdock_command
+
+pytestmark = pytest.mark.process  # runs the chatdock command
+
+
+def chatdock(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command, under the umask most systems give (others may read what is made)."""
+    return subprocess.run(
+        [*chatdock_command(), *args], capture_output=True, text=True, timeout=60, check=False, umask=0o022
+    )
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_new_database_and_its_new_folders_are_the_owners_alone(tmp_path: Path) -> None:
+    db = tmp_path / "data" / "chatdock" / "chatdock.db"
+    created = chatdock("keys", "create", "--db", str(db), "--org", "acme")
+    assert created.returncode == 0, created.stderr
+    assert [oct(mode(path)) for path in (db.parent.parent, db.parent, db)] == ["0o700", "0o700", "0o600"]
+
+    imported = tmp_path / "imported.db"  # import makes its file once the lines passed their check
+    source = tmp_path / "history.jsonl"
+    source.write_text(
+        '{"contact_id": "c", "channel": "sms", "role": "user", "content": "hi", "created_at": "2025-01-01T00:00:00Z"}\n'
+    )
+    done = chatdock("import", "-q", "--db", str(imported), str(source))
+    assert done.returncode == 0, done.stderr
+    assert oct(mode(imported)) == "0o600"
+
+
+def test_an_existing_database_and_folder_keep_their_permissions(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    db = folder / "chatdock.db"
+    assert chatdock("keys", "create", "--db", str(db), "--org", "acme").returncode == 0
+    db.chmod(0o640)  # the operator's choice
+    again = chatdock("keys", "create", "--db", str(db), "--org", "acme", "--name", "second")
+    assert again.returncode == 0, again.stderr
+    assert (oct(mode(folder)), oct(mode(db))) == ("0o755", "0o640")
