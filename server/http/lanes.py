@@ -152,6 +152,12 @@ class _Read:
             or needs.header_params
             or needs.cookie_params
             or needs.body_params
+            or needs.request_param_name  # the connection's objects, which a lane does not make
+            or needs.websocket_param_name
+            or needs.http_connection_param_name
+            or needs.response_param_name
+            or needs.background_tasks_param_name
+            or needs.security_scopes_param_name
             or [dependency.call for dependency in needs.dependencies] != [org_of]
         ):
             return None

@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from mcp.shared.exceptions import MCPError
+from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
@@ -53,6 +54,7 @@ from chatdock.storage import (
 )
 from chatdock.storage import validation as check
 from chatdock.storage.errors import NO_ROUTE, chat_not_found
+from chatdock.storage.keys import prefix_of
 from chatdock.storage.models import (
     ChatWithMessages,
     ContactInfo,
@@ -66,8 +68,18 @@ from chatdock.storage.requests import AliasRequest, AppendRequest, OpenChatReque
 
 logger = logging.getLogger("chatdock.http")
 
+
+class Identity(BaseModel):
+    """What GET /whoami answers: whom the request's key or token speaks for (the inspector's header shows it)."""
+
+    org: str = Field(description="The organization of the key or token")
+    key_prefix: str | None = Field(
+        description="The key's visible prefix, as `chatdock keys list` shows it (never the key); null for a token"
+    )
+
+
 MAX_BODY_BYTES = 4 * 1024 * 1024
-ROUTE_PREFIXES = ("/chats", "/contacts", "/orgs")  # behind the key, like /mcp
+ROUTE_PREFIXES = ("/chats", "/contacts", "/orgs", "/whoami")  # behind the key, like /mcp
 KEEP_ALIVE_SECONDS = 15.0  # an event stream's comment line when nothing happened
 # one server-sent event of GET /contacts/{contact_id}/events: its name, and the contact as the stream named it
 EVENT_SCHEMA = {
@@ -179,6 +191,7 @@ async def org_of(request: Request) -> str:
 
 
 Org = Annotated[str, Depends(org_of)]
+
 
 ContactId = Annotated[str, Path(description="The contact's id, percent-encoded (%2B31612345678, a%2Fb)")]
 
@@ -392,6 +405,12 @@ def build_rest(
             organization, q, contact_id=contact_id, channel=channel, role=role, limit=limit, cursor=cursor
         )
 
+    @app.get("/whoami", response_model=Identity, summary="the organization of the key or token", responses=answers())
+    async def whoami(organization: Org, request: Request) -> Identity:
+        """The key's visible prefix, never the key; None for an OAuth token."""
+        key = request.headers.get("authorization", "").partition(" ")[2].strip()
+        return Identity(org=organization, key_prefix=prefix_of(key))
+
     @app.get(
         "/contacts/{contact_id}",
         response_model=ContactInfo,
@@ -482,7 +501,7 @@ def build_rest(
         return StreamingResponse(
             _event_stream(contact_id, changed, stop, lambda: events.closing),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-store"},
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},  # nginx: each event as it comes
             background=BackgroundTask(stop),
         )
 

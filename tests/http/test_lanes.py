@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import pytest
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from starlette.types import Message, Receive, Scope, Send
 
 from chatdock.server.http.lanes import Lanes
@@ -346,6 +346,11 @@ async def test_a_route_whose_answer_fastapi_writes_its_own_way_has_no_lane() -> 
     async def c(organization: Org, limit: int = Query(7)) -> RecentContact:
         return RecentContact(contact_id=f"{organization} {limit}")
 
+    @app.get("/d", response_model=RecentContact)
+    async def d(organization: Org, request: Request) -> RecentContact:  # a lane would not pass the request
+        return RecentContact(contact_id=request.url.path)
+
     lanes = Lanes(app)
-    assert sorted(lanes.reads) == ["/c"]  # an option of the answer's, a constraint: FastAPI's
+    assert sorted(lanes.reads) == ["/c"]  # an option of the answer's, a constraint, the request: FastAPI's
     assert (await ask(lanes, b"", [], "/c", "GET"))[2] == {"contact_id": "acme 7"}  # the default, not its Query
+    assert (await ask(lanes, b"", [], "/d", "GET"))[:3:2] == (200, {"contact_id": "/d"})

@@ -414,6 +414,11 @@ def test_an_event_stream_past_the_organizations_bound_is_a_429_that_says_when_to
             held.request("GET", "/contacts/c1/events", headers={"Authorization": f"Bearer {key}"})
             listening = held.getresponse()
             assert listening.status == 200 and listening.readline().startswith(b"event: ready")
+            # no cache, and no proxy buffer (nginx obeys X-Accel-Buffering), holds an event back
+            assert (listening.getheader("Cache-Control"), listening.getheader("X-Accel-Buffering")) == (
+                "no-store",
+                "no",
+            )
             status, body = Rest(base, key)("GET", "/contacts/c2/events")
             assert (status, body["error"]) == (429, "Too many listeners"), body
             assert "already has 1 listen streams open" in body["message"]
@@ -424,6 +429,15 @@ def test_an_event_stream_past_the_organizations_bound_is_a_429_that_says_when_to
             refused.value.close()
         finally:
             held.close()
+
+
+def test_whoami_names_the_keys_organization_and_prefix_never_the_key(tmp_path: Path) -> None:
+    db = str(tmp_path / "whoami.db")
+    key = create_key(db, "acme", "support")
+    with http_server(db) as base:
+        assert Rest(base, key)("GET", "/whoami") == (200, {"org": "acme", "key_prefix": key[:12]})
+        status, body = Rest(base, "cdk_00000000_unknown")("GET", "/whoami")
+        assert (status, body["error"]) == (401, "Invalid API key")
 
 
 def test_read_only_serves_only_the_read_routes(tmp_path: Path) -> None:
@@ -462,6 +476,7 @@ def test_read_only_serves_only_the_read_routes(tmp_path: Path) -> None:
             "/contacts/{contact_id}/chats",
             "/contacts/{contact_id}/events",
             "/contacts/{contact_id}/export",
+            "/whoami",
         ]
         assert all(set(ops) == {"get"} for ops in document["paths"].values())
 

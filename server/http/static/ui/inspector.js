@@ -8,8 +8,8 @@
 // - Every write asks first in an accessible dialog; with a read-only server the write controls are removed.
 
 const PAGE = 50; // messages a page of the timeline, contacts a page of the list
-const FIND_PAGE = 200; // messages a page while looking for a search hit's place
-const FIND_PAGES = 25; // how far back a hit is looked for (5,000 messages)
+const MOST = 200; // the most a route gives at once (the store's bound on `limit`)
+const FIND_PAGES = 25; // how far back a search hit is looked for: 25 pages of MOST (5,000 messages)
 
 const state = {
   key: null, // the API key, in this tab's memory only
@@ -18,6 +18,7 @@ const state = {
   scope: null, // the contact a search can be narrowed to (the last one opened)
   messages: [], // the open contact's loaded messages, oldest first
   cursor: null, // list_messages' cursor for the page before the oldest loaded message
+  timeline: Promise.resolve(), // the end of the open contact's chain of timeline reads (see `serially`)
   contactsCursor: null, // GET /contacts' cursor for the page after the contacts shown
   stream: null, // AbortController of the open contact's event stream
   generation: 0, // bumped when the open contact changes or the key goes: late answers are dropped
@@ -62,19 +63,19 @@ function marked(snippet) {
       at += 1;
       text += snippet[at];
     } else if (char === "[" && !open) {
-      pieces.push(text);
+      pieces.push(...visible(text));
       text = "";
       open = true;
     } else if (char === "]" && open) {
-      pieces.push(el("mark", {}, text));
+      pieces.push(el("mark", {}, ...visible(text)));
       text = "";
       open = false;
     } else {
       text += char;
     }
   }
-  pieces.push(open ? "[" + text : text); // a mark left open (not made by the server) stays as sent
-  return pieces.filter((piece) => piece !== "");
+  pieces.push(...visible(open ? "[" + text : text)); // a mark left open (not made by the server) stays as sent
+  return pieces;
 }
 
 function when(timestamp) {
@@ -86,8 +87,46 @@ function seconds(value) {
   return `${minutes}:${(value - minutes * 60).toFixed(1).padStart(4, "0")}`;
 }
 
-function short(id) {
-  return id.slice(0, 8);
+/** How a chat is named: the end of its id. Chat ids are UUIDv7, whose first 8 hex digits are the time (every
+ * chat opened within about a minute would read the same); the last 8 are random. */
+function chatName(id) {
+  return `chat …${id.slice(-8)}`;
+}
+
+function capitalized(text) {
+  return text[0].toUpperCase() + text.slice(1);
+}
+
+// Characters that show as nothing, or turn the text around it: bidi controls (U+202E makes "gnp.exe" read
+// "exe.png"), zero-width characters, the soft hyphen and the byte-order mark.
+const INVISIBLE = /[\u00AD\u061C\u180E\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u2069\uFEFF]/g;
+
+/** Stored text with each invisible character shown as its code point (⟨U+202E⟩, marked) instead of acting:
+ * support sees that the text is not what it looks like. A zero-width joiner inside an emoji sequence (👩‍💻)
+ * is left to join. */
+function visible(text) {
+  const pieces = [];
+  let from = 0;
+  for (const found of text.matchAll(INVISIBLE)) {
+    if (found[0] === "\u200D" && joinsEmoji(text, found.index)) continue;
+    const code = found[0].codePointAt(0).toString(16).toUpperCase().padStart(4, "0");
+    pieces.push(text.slice(from, found.index), el("span", { class: "invisible" }, `⟨U+${code}⟩`));
+    from = found.index + 1;
+  }
+  pieces.push(text.slice(from));
+  return pieces.filter((piece) => piece !== "");
+}
+
+function joinsEmoji(text, at) {
+  const before = /\p{Extended_Pictographic}[\uFE0F\u{1F3FB}-\u{1F3FF}]?$/u;
+  return before.test(text.slice(Math.max(0, at - 4), at)) && /^\p{Extended_Pictographic}/u.test(text.slice(at + 1, at + 3));
+}
+
+/** `visible` as a string, for a text that is one string (the delete confirmation quotes the message). */
+function visibleString(text) {
+  return visible(text)
+    .map((piece) => (typeof piece === "string" ? piece : piece.textContent))
+    .join("");
 }
 
 function show(view) {
@@ -95,8 +134,10 @@ function show(view) {
   const signedIn = view !== "sign-in";
   $("search").hidden = !signedIn;
   $("sign-out").hidden = !signedIn;
+  $("who").hidden = !signedIn;
   $("search-scope-box").hidden = !state.scope;
   $("search-scope-name").textContent = state.scope ?? "";
+  $("search-scope-name").title = state.scope ?? "";
   if (!state.scope) $("search-scope").checked = false;
 }
 
@@ -181,6 +222,7 @@ async function call(method, path, { query = {}, body, raw = false } = {}) {
   if (generation !== state.generation) throw new Stale();
   if (raw && response.ok) return response;
   const text = await response.text();
+  if (generation !== state.generation) throw new Stale();
   let data = null;
   try {
     data = text ? JSON.parse(text) : null;
@@ -212,8 +254,11 @@ async function signIn(event) {
   state.key = key;
   state.generation += 1;
   try {
-    const listed = await contactsPage(null);
+    const [listed, who] = await Promise.all([contactsPage(null), call("GET", "/whoami")]);
     field.value = "";
+    const signedInAs = `Organization ${who.org} · ${who.key_prefix ? `key ${who.key_prefix}` : "an access token"}`;
+    $("who").textContent = signedInAs;
+    $("who").title = signedInAs;
     show("home");
     renderContacts(listed);
     say("Signed in.");
@@ -245,7 +290,9 @@ function signOut(why) {
     $(id).replaceChildren();
     delete $(id).dataset.shown;
   }
-  for (const id of ["contact-title", "contact-summary", "live", "results-summary", "status", "problem"]) $(id).textContent = "";
+  for (const id of ["contact-title", "contact-summary", "live", "results-summary", "status", "problem", "who", "chats-note"]) {
+    $(id).textContent = "";
+  }
   $("results").hidden = true;
   $("search-q").value = "";
   show("sign-in");
@@ -261,19 +308,21 @@ function renderContacts(listed, further = false) {
   const shown = new Set(further ? [...$("contacts").children].map((item) => item.dataset.key) : []);
   const items = listed.contacts
     .filter((contact) => !shown.has(contact.contact_id))
-    .map((contact) =>
-      el(
-        "li",
-        { "data-key": contact.contact_id },
-        el("button", { type: "button", onclick: () => open(contact.contact_id) }, contact.contact_id),
-      ),
-    );
+    .map(contactItem);
   if (further) $("contacts").append(...items);
   else $("contacts").replaceChildren(...items);
   state.contactsCursor = listed.next_cursor;
   $("more-contacts").hidden = !listed.next_cursor;
   $("no-contacts").hidden = $("contacts").children.length > 0;
   return items;
+}
+
+function contactItem(contact) {
+  return el(
+    "li",
+    { "data-key": contact.contact_id },
+    el("button", { type: "button", onclick: () => open(contact.contact_id) }, contact.contact_id),
+  );
 }
 
 /** A page of the organization's contacts, the most recently active first: the first, or the one `cursor` names. */
@@ -289,7 +338,17 @@ async function moreContacts() {
   const items = renderContacts(await contactsPage(state.contactsCursor), true);
   // the first of them has the focus (the button may be gone: the focus is not left on nothing)
   if (items.length) items[0].querySelector("button").focus();
-  say(`${items.length} more contact(s)${state.contactsCursor ? "" : "; that is all of them"}.`);
+  if (state.contactsCursor) {
+    say(`${items.length} more contact(s).`);
+    return;
+  }
+  // A contact that became active while the list was paged moved to the first page, before the cursor: it was
+  // on none of the pages read. The first page again shows it, at the top.
+  const shown = new Set([...$("contacts").children].map((item) => item.dataset.key));
+  const moved = (await contactsPage(null)).contacts.filter((contact) => !shown.has(contact.contact_id));
+  $("contacts").prepend(...moved.map(contactItem));
+  const news = moved.length ? `; ${moved.length} contact(s) that became active meanwhile are at the top of the list` : "";
+  say(`${items.length} more contact(s); that is all of them${news}.`);
 }
 
 async function goHome() {
@@ -361,9 +420,10 @@ async function open(contactId, messageId = null) {
   state.scope = contact.contact_id;
   state.messages = [];
   state.cursor = null;
+  state.timeline = Promise.resolve();
   $("timeline").replaceChildren();
   renderContact();
-  await Promise.all([loadChats(), loadNewest()]);
+  await Promise.all([loadChats(), serially(loadNewest)]);
   show("contact");
   listen(contact.contact_id);
   if (messageId) await reveal(messageId);
@@ -373,6 +433,7 @@ async function open(contactId, messageId = null) {
 function renderContact() {
   const contact = state.contact;
   $("contact-title").textContent = contact.contact_id;
+  $("contact-title").title = contact.contact_id; // a long one is cut after two lines
   const channels = contact.channels.length ? contact.channels.join(", ") : "no channel yet";
   $("contact-summary").replaceChildren(
     `${contact.message_count} message${contact.message_count === 1 ? "" : "s"}, ${contact.chat_count} chat${contact.chat_count === 1 ? "" : "s"}, on ${channels}; first seen `,
@@ -402,7 +463,10 @@ function renderContact() {
 
 async function loadChats() {
   const contact = state.contact;
-  const listed = await call("GET", `/contacts/${enc(contact.contact_id)}/chats`, { query: { limit: PAGE } });
+  const listed = await call("GET", `/contacts/${enc(contact.contact_id)}/chats`, { query: { limit: MOST } });
+  const all = Math.max(state.contact.chat_count, listed.chats.length);
+  $("chats-note").textContent =
+    all > listed.chats.length ? `Showing the newest ${listed.chats.length} of ${all} chats (the API lists no more).` : "";
   const shown = JSON.stringify(listed.chats);
   if (shown === $("chats").dataset.shown) return; // unchanged: keep the elements (and the focus)
   $("chats").dataset.shown = shown;
@@ -416,7 +480,7 @@ function renderChat(chat) {
   const item = el(
     "li",
     {},
-    el("p", { id: label }, `Chat ${short(chat.id)} on ${channels}`, chat.agent_id ? ` with ${chat.agent_id}` : "", ", opened ", when(chat.created_at), ": ", el("strong", { class: `status-${chat.status.toLowerCase()}` }, chat.status)),
+    el("p", { id: label, title: chat.id }, `${capitalized(chatName(chat.id))} on ${channels}`, chat.agent_id ? ` with ${chat.agent_id}` : "", ", opened ", when(chat.created_at), ": ", el("strong", { class: `status-${chat.status.toLowerCase()}` }, chat.status)),
   );
   if (!state.readOnly) {
     const select = el(
@@ -430,7 +494,7 @@ function renderChat(chat) {
       el(
         "div",
         { class: "row" },
-        el("label", { for: `${label}-status` }, `New status of chat ${short(chat.id)}`),
+        el("label", { for: `${label}-status` }, `New status of ${chatName(chat.id)}`),
         select,
         el("button", { type: "button", "aria-describedby": label, onclick: guarded(() => setStatus(chat, select.value)) }, "Set chat status"),
       ),
@@ -454,7 +518,7 @@ function renderMessage(message) {
               part.start_timestamp != null || part.end_timestamp != null
                 ? el("span", { class: "at" }, `${part.start_timestamp != null ? seconds(part.start_timestamp) : "?"}–${part.end_timestamp != null ? seconds(part.end_timestamp) : "?"} `)
                 : null,
-              part.text,
+              ...visible(part.text),
             ),
           ),
         )
@@ -469,10 +533,10 @@ function renderMessage(message) {
       el("span", { class: "role" }, message.role),
       ` · ${message.channel} · `,
       when(message.created_at),
-      message.chat_id ? ` · chat ${short(message.chat_id)}` : "",
+      message.chat_id ? ` · ${chatName(message.chat_id)}` : "",
       message.agent_id ? ` · ${message.agent_id}` : "",
     ),
-    parts ? null : el("p", { class: "content", dir: "auto" }, message.content),
+    parts ? null : el("p", { class: "content", dir: "auto" }, ...visible(message.content)),
     parts,
     el("details", {}, el("summary", {}, "Metadata"), el("pre", {}, JSON.stringify(details, null, 2))),
     state.readOnly
@@ -507,6 +571,20 @@ async function page(limit, cursor) {
   return call("GET", "/chats", { query: { contact_id: state.contact.contact_id, limit, cursor } });
 }
 
+/** Run `task` once the open contact's timeline reads before it are done. A read replaces or extends
+ * `state.messages` and `state.cursor` together; two at once would join pages that do not meet (an older page
+ * read with the cursor of a timeline since read again would land above it with a gap). A task queued for a
+ * contact that is no longer open is dropped. */
+function serially(task) {
+  const generation = state.generation;
+  const run = state.timeline.then(() => {
+    if (generation !== state.generation) throw new Stale();
+    return task();
+  });
+  state.timeline = run.catch(() => {}); // the caller hears of a failure; the next task runs all the same
+  return run;
+}
+
 async function loadNewest() {
   const newest = await page(PAGE, null);
   state.messages = [...newest.messages].reverse();
@@ -514,6 +592,7 @@ async function loadNewest() {
   renderTimeline();
 }
 
+/** The page before the oldest loaded message, above it; `state.cursor` is read when the task runs. */
 async function loadOlder(limit = PAGE) {
   if (!state.cursor) return;
   const older = await page(limit, state.cursor);
@@ -523,11 +602,35 @@ async function loadOlder(limit = PAGE) {
   renderTimeline();
 }
 
+/** Read the loaded range again, from the newest message back to the oldest one shown: what arrived since (how
+ * many messages however), a late message whose time falls inside the range, history linked in from another
+ * contact, a delete, each shows in its place. The pages read meet one another, and the cursor is the last
+ * one's, so nothing is left out between them. */
+async function reread() {
+  const oldest = state.messages[0];
+  const unseen = new Set(state.messages.map((message) => message.id));
+  const read = [];
+  let cursor = null;
+  for (;;) {
+    // as many as are loaded and not read again yet: no change, one page; N new messages, N more
+    const listed = await page(Math.min(MOST, Math.max(read.length ? 1 : PAGE, unseen.size)), cursor);
+    read.push(...listed.messages);
+    for (const message of listed.messages) unseen.delete(message.id);
+    cursor = listed.next_cursor;
+    const last = listed.messages.at(-1);
+    if (!cursor || !oldest || !last || !unseen.has(oldest.id)) break;
+    if (Date.parse(last.created_at) < Date.parse(oldest.created_at)) break; // past it: it was deleted
+  }
+  state.messages = read.reverse();
+  state.cursor = cursor;
+  renderTimeline();
+}
+
 /** Page back until the message is loaded, then focus it. */
 async function reveal(messageId) {
   if (!state.messages.some((m) => m.id === messageId)) say("Looking back for the message…");
   for (let pages = 0; pages < FIND_PAGES && state.cursor && !state.messages.some((m) => m.id === messageId); pages++) {
-    await loadOlder(FIND_PAGE);
+    await serially(() => loadOlder(MOST));
   }
   const node = $(`m-${messageId}`);
   if (!node) {
@@ -542,7 +645,7 @@ async function reveal(messageId) {
   node.scrollIntoView({ block: "center" });
 }
 
-/** What changed since the last look: the contact, its chats, and the newest page merged into the timeline. */
+/** What changed since the last look: the contact, its chats, and the loaded range of the timeline. */
 async function refresh() {
   const before = state.contact;
   if (!before) return;
@@ -552,6 +655,7 @@ async function refresh() {
   } catch (error) {
     if (error.status !== 404) throw error;
     if (state.forgetting === before.contact_id) return; // forget() goes home and says what was erased
+    if (state.scope === before.contact_id) state.scope = null; // a search cannot be narrowed to it any more
     await goHome();
     complain(`${before.contact_id} is not a contact any more (forgotten, or merged away).`);
     return;
@@ -564,22 +668,7 @@ async function refresh() {
   state.contact = contact;
   renderContact();
   await loadChats();
-  const newest = await page(PAGE, null);
-  const fresh = [...newest.messages].reverse();
-  const ids = new Set(fresh.map((message) => message.id));
-  if (!fresh.length) {
-    state.messages = [];
-    state.cursor = null;
-  } else if (newest.next_cursor && state.messages.length && !state.messages.some((m) => ids.has(m.id))) {
-    state.messages = fresh; // more than a page arrived at once: start again from the newest
-    state.cursor = newest.next_cursor;
-  } else {
-    const oldest = fresh[0].created_at;
-    const kept = state.messages.filter((message) => !ids.has(message.id) && message.created_at <= oldest);
-    if (!kept.length) state.cursor = newest.next_cursor;
-    state.messages = [...kept, ...fresh];
-  }
-  renderTimeline();
+  await serially(reread);
 }
 
 // --- live: the contact's server-sent events, read through fetch (EventSource cannot send the key) ---
@@ -588,6 +677,16 @@ function stopStream() {
   state.stream?.abort();
   state.stream = null;
   $("live").textContent = "";
+  $("offline").textContent = "";
+}
+
+class StreamRefused extends Error {} // the event stream answered, but not with a stream
+
+/** The banner that stays at the top while the contact's event stream is down, saying why; it is announced
+ * again only when the reason changes, not at each attempt to reconnect. */
+function offline(reason) {
+  const text = `Offline: ${reason}. Live updates have stopped, and what this page shows may be out of date; it keeps trying to reconnect.`;
+  if ($("offline").textContent !== text) $("offline").textContent = text;
 }
 
 function listen(contactId) {
@@ -596,7 +695,6 @@ function listen(contactId) {
   const url = `/contacts/${enc(contactId)}/events`;
   (async () => {
     let wait = 1000;
-    let first = true;
     while (!controller.signal.aborted) {
       try {
         const response = await fetch(url, {
@@ -609,7 +707,11 @@ function listen(contactId) {
           signOut("The key was refused while listening for changes; sign in again.");
           return;
         }
-        if (!response.ok) throw new Error(`the event stream answered ${response.status}`);
+        if (!response.ok) {
+          const said = await response.json().catch(() => null); // a 503's error body says what is down
+          const why = said?.message ? `: ${said.message}` : "";
+          throw new StreamRefused(`the event stream answered ${response.status} ${said?.error ?? response.statusText}${why}`);
+        }
         const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
         let buffer = "";
         for (;;) {
@@ -622,10 +724,12 @@ function listen(contactId) {
             buffer = buffer.slice(end + 2);
             if (name === "ready") {
               $("live").textContent = "Live: changes appear as they happen.";
+              $("offline").textContent = "";
               if ($("problem").textContent.startsWith(NO_ANSWER)) $("problem").textContent = ""; // it answers again
               wait = 1000;
-              if (!first) changed(); // whatever happened while the stream was down
-              first = false;
+              // what happened before the stream listened: while it was down, or (the first time) between
+              // the timeline's first read and now
+              changed();
             } else if (name === "changed") {
               changed();
             }
@@ -633,6 +737,7 @@ function listen(contactId) {
         }
       } catch (error) {
         if (controller.signal.aborted) return;
+        offline(error instanceof StreamRefused ? error.message : `${NO_ANSWER} (${error.message})`);
       }
       $("live").textContent = "Live updates paused; reconnecting…";
       await new Promise((resolve) => setTimeout(resolve, wait));
@@ -692,7 +797,8 @@ function confirmed(title, text, action) {
 }
 
 async function remove(message) {
-  const shortened = message.content.length > 80 ? `${message.content.slice(0, 80)}…` : message.content;
+  const content = visibleString(message.content);
+  const shortened = content.length > 80 ? `${content.slice(0, 80)}…` : content;
   const sure = await confirmed(
     "Delete this message?",
     `The ${message.role} message of ${timeFormat.format(new Date(message.created_at))} on ${message.channel} (“${shortened}”) is deleted for good.`,
@@ -754,7 +860,7 @@ async function link(event) {
   $("link-id").value = "";
   state.contact = linked;
   renderContact();
-  await Promise.all([loadChats(), loadNewest()]);
+  await Promise.all([loadChats(), serially(reread)]); // the history it brought in shows in its place
   say(`${identifier} now names ${linked.contact_id} (${linked.merged_messages} message(s) and ${linked.merged_chats} chat(s) merged in).`);
 }
 
@@ -775,13 +881,13 @@ async function unlink(identifier) {
 async function setStatus(chat, status) {
   const sure = await confirmed(
     "Set this chat's status?",
-    `Chat ${short(chat.id)} becomes ${status} (it is ${chat.status} now).`,
+    `${capitalized(chatName(chat.id))} (${chat.id}) becomes ${status} (it is ${chat.status} now).`,
     "Set chat status",
   );
   if (!sure) return;
   await call("PATCH", `/contacts/${enc(state.contact.contact_id)}/chats/${enc(chat.id)}`, { body: { status } });
   await loadChats();
-  say(`Chat ${short(chat.id)} is ${status}.`);
+  say(`${capitalized(chatName(chat.id))} is ${status}.`);
   $("chats-title").focus();
 }
 
@@ -835,9 +941,12 @@ async function start() {
   $("older").addEventListener(
     "click",
     guarded(async () => {
-      const before = state.messages.length;
-      await loadOlder();
-      const added = state.messages.length - before;
+      let added = 0;
+      await serially(async () => {
+        const before = state.messages.length;
+        await loadOlder();
+        added = state.messages.length - before;
+      });
       // reading goes on upwards from the newest of them (the button may be gone: the focus is not left on nothing)
       if (added) document.getElementById(`m-${state.messages[added - 1].id}`)?.focus();
       say(`${added} older message(s) loaded${state.cursor ? "" : "; that is the first one"}.`);
