@@ -187,8 +187,8 @@ class ChatdockClient:
         chat_id: str,
         message: Sequence[Part | Mapping[str, Any]],
         channel_id: str | None = None,
-        context_limit: int | None = None,
         created_at: datetime | str | None = None,
+        context_limit: int | None = None,
         *,
         idempotency_key: str | None = None,
     ) -> StoredMessage:

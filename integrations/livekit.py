@@ -403,12 +403,13 @@ class ChatdockMemory:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+        status = self.status()
+
         async def close_chat(key: str) -> None:
-            status = self.status()
             await self.client.update_chat(self._chat_id(), status)
             logger.info("call of %s: chat %s %s", self.contact_id, self._chat_id(), status)
 
-        writes.submit("set the chat's status", close_chat)
+        writes.submit(f"set the chat's status to {status}", close_chat)
         self.lost_writes = await writes.close(self.flush_timeout)
         if self.lost_writes and self.on_writes_lost is not None:
             try:
@@ -428,8 +429,10 @@ class ChatdockMemory:
 
     @staticmethod
     def _said_at(message: llm.ChatMessage) -> datetime:
-        """When a message was said, as LiveKit dates it (`created_at`: the start of the speech where it timed it)."""
-        return datetime.fromtimestamp(message.created_at, UTC)
+        """When a message was said: the start of its speech where LiveKit timed it (`started_speaking_at`; a user
+        message from speech recognition is created, and dated, when the turn ends), else its `created_at`."""
+        started = message.metrics.get("started_speaking_at")
+        return datetime.fromtimestamp(started if started is not None else message.created_at, UTC)
 
     def _seconds(self, at: float | None) -> float | None:
         """A wall-clock time (`time.time()`) as seconds from the start of the call."""
@@ -460,7 +463,7 @@ class ChatdockMemory:
             if posted.context is not None and not bounded and self._absorb(posted.context):
                 await self._publish()
 
-        self._writes.submit("store the user's turn", post, text=text, said_at=said_at)
+        self._writes.submit("store a user turn", post, text=text, said_at=said_at)
 
     def _store_reply(self, message: llm.ChatMessage, text: str) -> None:
         assert self._writes is not None
@@ -488,7 +491,7 @@ class ChatdockMemory:
                 idempotency_key=key,
             )
 
-        self._writes.submit("store the assistant's reply", append, text=text, said_at=said_at)
+        self._writes.submit("store a bot turn", append, text=text, said_at=said_at)
 
     # --- what the model hears ---
 

@@ -117,6 +117,15 @@ def entry(message: Message, *, with_time: bool) -> str:
     return text
 
 
+def _time(iso: str) -> datetime | None:
+    """A frame's ISO 8601 `timestamp` (Pipecat writes UTC with its offset), None when it is not one."""
+    try:
+        at = datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
+
+
 def strip_markers(text: str) -> str:
     found = False
     for marker in TURN_MARKERS:
@@ -327,7 +336,7 @@ class ChatdockMemoryService(FrameProcessor):
                 self._speaking.end = max(self._speaking.start, self._since_start(frame.timestamp) - frame.stop_secs)
                 self._speaking = None
         elif isinstance(frame, LLMContextUserTurnFrame) and direction == FrameDirection.DOWNSTREAM:
-            self._user_turn(frame.text)
+            self._user_turn(frame.text, frame.timestamp)
         elif isinstance(frame, LLMContextAssistantTurnFrame) and direction == FrameDirection.UPSTREAM:
             self._bot_turn(frame.text, frame.timestamp)
         elif isinstance(frame, LLMContextFrame) and direction == FrameDirection.DOWNSTREAM:
@@ -407,7 +416,7 @@ class ChatdockMemoryService(FrameProcessor):
 
     # --- turns ---
 
-    def _user_turn(self, text: str) -> None:
+    def _user_turn(self, text: str, started: str) -> None:
         """Stores the user's turn as the aggregator wrote it to the context, with its start and end: those of the
         speech the VAD frames report during the turn when the pipeline has them (a VAD frame comes `start_secs`
         after the speech started and `stop_secs` after it stopped, and carries the time it was made), those of
@@ -439,7 +448,10 @@ class ChatdockMemoryService(FrameProcessor):
             if ends:
                 end = max(ends)
         part = Part(text=text, start_timestamp=round(max(start, 0.0), 3), end_timestamp=round(max(end, start), 3))
-        said_at = datetime.fromtimestamp(self._started_wall + (part.start_timestamp or 0.0), UTC)
+        # dated when the aggregator opened the turn (`started`): the timing above may reach back to a sound
+        # without words before it (a cough, a backchannel), which would date the turn before the bot's words
+        # said in between
+        said_at = _time(started) or datetime.fromtimestamp(self._started_wall + (part.start_timestamp or 0.0), UTC)
 
         async def send(key: str) -> object:
             return await self.client.post_as_contact(
@@ -459,13 +471,14 @@ class ChatdockMemoryService(FrameProcessor):
                 if role_of(message) == "assistant":
                     self._known_messages[id(message)] = message
                     break
+        said_at = _time(started)  # None: when chatdock stores it
+        if said_at is not None:
+            # speech that ended before the bot began, in no turn with words (a cough, a backchannel the turn
+            # strategies let pass): not the start of the caller's next turn
+            began = said_at.timestamp() - self._started_wall
+            self._turns = [turn for turn in self._turns if turn.end is None or turn.end >= began]
+            self._speech = [span for span in self._speech if span.end is None or span.end >= began]
         if text.strip():
-            try:
-                said_at: datetime | None = datetime.fromisoformat(started)
-            except ValueError:  # no time given: when chatdock stores it
-                said_at = None
-            if said_at is not None and said_at.tzinfo is None:
-                said_at = None
             self._queue("store a bot turn", self._assistant(text, said_at), text=text, said_at=said_at)
 
     def _last_bot_turns(self) -> None:
@@ -704,7 +717,13 @@ class ChatdockMemoryService(FrameProcessor):
         after the leading system messages, the others before the user's turn that this run answers."""
         for context in contexts:
             messages = list(context.get_messages())
-            texts = {message.get("content") for message in messages if isinstance(message, dict)}
+            # a message's content is a string, or a list of parts (an image, instructions as parts): the texts
+            # told are strings, so only strings can be them
+            texts = {
+                content
+                for message in messages
+                if isinstance(message, dict) and isinstance(content := message.get("content"), str)
+            }
             changed = False
             if history is not None and history not in texts:
                 at = 0

@@ -87,16 +87,22 @@ def _start(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
 @dataclass(frozen=True)
 class LostWrite:
     """A write of the call that the end of the call gave up on (chatdock was unavailable or did not answer within
-    the flush's time): what it was ("store a user turn", "set the chat's status to COMPLETED"), the turn's text
-    and when it was said (None for a write that is not a turn), and the idempotency key it was sent with: made
-    again later with that key (`post_as_contact`, `append_message`), it is stored once even if the first
-    attempt landed. `under_way`: it was being sent when the time ran out, so chatdock may yet store it."""
+    the flush's time): what it was ("store a user turn", "store a bot turn", "set the chat's status to
+    COMPLETED"), the turn's text and when it was said (None for a write that is not a turn), and its idempotency
+    key. `await lost.make()` sends it again, the very request under the same key, once chatdock is back: it is
+    stored once even if the first attempt landed. `under_way`: it was being sent when the time ran out, so
+    chatdock may yet store it."""
 
     what: str
     text: str | None
     said_at: datetime | None
     idempotency_key: str
     under_way: bool
+    send: Callable[[str], Awaitable[object]] = field(repr=False, compare=False)
+
+    async def make(self) -> None:
+        """Make the write now (raises the client's error if chatdock refuses it or cannot be reached)."""
+        await self.send(self.idempotency_key)
 
 
 @dataclass
@@ -229,14 +235,14 @@ class WriteQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         lost = [
-            LostWrite(write.what, write.text, write.said_at, write.key, under_way=sending and at == 0)
+            LostWrite(write.what, write.text, write.said_at, write.key, sending and at == 0, write.send)
             for at, write in enumerate(self._queue)
         ]
         if lost:
             self.logger.error(
-                "chatdock: %d writes of the call of %s were not made within %.1f s and are given up (the one "
-                "being sent when chatdock stopped answering may yet be stored, if it answers late); chatdock was "
-                "unavailable",
+                "chatdock: %d writes of the call of %s were not made within %.1f s and are given up, chatdock being "
+                "unavailable or slow (the one being sent when the time ran out may yet be stored, if it answers "
+                "late)",
                 len(lost),
                 self.contact_id,
                 timeout,

@@ -62,6 +62,16 @@ def is_new_file(url: str) -> bool:
     return not is_postgres(url) and url != ":memory:" and not os.path.lexists(os.path.expanduser(url))
 
 
+def refuse_uri(url: str) -> None:
+    """A SQLite `file:` URI is refused: chatdock opens its file with URIs of its own (read-only readers, ...), and
+    one given would be read as a file name by some connections and as a URI by others (two databases)."""
+    if url.startswith("file:"):
+        raise InvalidInput(
+            f"--db takes a file's path, ':memory:' or a postgresql:// URL, not a SQLite URI ({url}): give the path "
+            "the URI names (file:/data/chatdock.db is /data/chatdock.db)"
+        )
+
+
 @asynccontextmanager
 async def open_store(
     url: str,
@@ -76,6 +86,7 @@ async def open_store(
     `telemetry` of its work (telemetry.py). Without `create`, a SQLite file that is not there is an error,
     not a new database (a command that only reads, given a mistyped path)."""
     telemetry = telemetry or Telemetry()
+    refuse_uri(url)
     if not create and is_new_file(url):
         raise InvalidInput(f"there is no database at {url}: check --db (serve, import and keys create make one)")
     backend: SQLiteBackend | PostgresBackend
@@ -115,6 +126,7 @@ async def check_store(url: str) -> Checked:
         )
     if url == ":memory:":
         raise InvalidInput("chatdock check reads a SQLite file; pass its path with --db")
+    refuse_uri(url)
     problems, version = await asyncio.to_thread(integrity_check, url)
     return Checked(problems, version, sqlite_schema.NEWEST)
 

@@ -289,7 +289,8 @@ def parser() -> argparse.ArgumentParser:
         default=256,
         metavar="N",
         help="per organization: open listen streams, sessions subscribed to resources, and with --http "
-        "initialize-era event streams (the GET on /mcp), each up to N (default: %(default)s)",
+        "initialize-era event streams (the GET on /mcp) and contacts' event streams (GET /contacts/ID/events: "
+        "a voice call's watch, an inspector tab), each up to N (default: %(default)s)",
     )
     serve.add_argument(
         "--max-sessions-per-org",

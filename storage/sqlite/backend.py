@@ -96,8 +96,10 @@ FIRST_READ = "SELECT count(*) FROM sqlite_schema"
 def _create_private(path: str) -> None:
     """The folders and the file of a new database, readable by their owner alone (0700, 0600): the file holds
     every conversation and the keys' hashes. A folder or a file that is there keeps its permissions; the -wal
-    and -shm files take the main file's (SQLite gives them its mode)."""
-    parent = Path(path).resolve().parent
+    and -shm files take the main file's (SQLite gives them its mode). A link is followed: the file made is its
+    target (SQLite opens it through the link)."""
+    path = os.path.realpath(path)
+    parent = Path(path).parent
     missing = []
     folder = parent
     while not folder.exists() and folder != folder.parent:

@@ -52,3 +52,21 @@ def test_an_existing_database_and_folder_keep_their_permissions(tmp_path: Path) 
     again = chatdock("keys", "create", "--db", str(db), "--org", "acme", "--name", "second")
     assert again.returncode == 0, again.stderr
     assert (oct(mode(folder)), oct(mode(db))) == ("0o755", "0o640")
+
+
+def test_a_link_to_a_new_database_makes_its_target_the_owners_alone(tmp_path: Path) -> None:
+    target = tmp_path / "data" / "chatdock.db"
+    link = tmp_path / "chatdock.db"
+    link.symlink_to(target)  # to nothing yet
+    assert chatdock("keys", "create", "--db", str(link), "--org", "acme").returncode == 0
+    assert [oct(mode(path)) for path in (target.parent, target)] == ["0o700", "0o600"]
+
+
+def test_a_sqlite_uri_is_refused_with_the_path_to_give(tmp_path: Path) -> None:
+    """chatdock opens its file with URIs of its own: a `file:` URI given was a file name to some connections and
+    a URI to others (two databases), and left a folder named `file:` behind."""
+    uri = f"file:{tmp_path / 'chatdock.db'}"
+    refused = chatdock("keys", "create", "--db", uri, "--org", "acme")
+    assert refused.returncode == 2 and "not a SQLite URI" in refused.stderr, refused.stderr
+    assert "file:/data/chatdock.db is /data/chatdock.db" in refused.stderr
+    assert list(tmp_path.iterdir()) == [] and not Path("file:").exists()

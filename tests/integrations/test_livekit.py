@@ -134,7 +134,10 @@ async def test_a_spoken_turn_is_stored_with_its_timing(tmp_path: Path) -> None:
             )
             await session.generate_reply(user_input=spoken)
 
-        user, assistant = await messages_of(client, await only_chat(client))
+        stored = await messages_of(client, await only_chat(client))
+        [user] = [message for message in stored if message.role == "user"]
+        [assistant] = [message for message in stored if message.role == "assistant"]
+        assert user.created_at == datetime.fromtimestamp(memory.started_at + 1.25, UTC)  # when the speech began
         assert [part.model_dump() for part in user.parts] == [
             {
                 "type": "text",
@@ -365,9 +368,9 @@ async def test_writes_given_up_at_the_end_of_the_call_are_logged_and_handed_over
             assert handed == [memory.lost_writes]
             lost = memory.lost_writes
             assert [(w.what, w.text, w.under_way) for w in lost] == [
-                ("store the user's turn", "My code is 4921.", True),
-                ("store the assistant's reply", "One moment.", False),
-                ("set the chat's status", None, False),
+                ("store a user turn", "My code is 4921.", True),
+                ("store a bot turn", "One moment.", False),
+                ("set the chat's status to COMPLETED", None, False),
             ]
             assert lost[0].said_at is not None and lost[1].said_at is not None and lost[0].said_at <= lost[1].said_at
             lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("chatdock: not stored for")]
@@ -375,6 +378,16 @@ async def test_writes_given_up_at_the_end_of_the_call_are_logged_and_handed_over
             assert "may yet be stored" in lines[0] and not any("4921" in line for line in lines)
         finally:
             server.resume()
+        for write in lost:  # chatdock is back: each made again, as it was sent, stored once
+            await write.make()
+        chat = await only_chat(client)
+        assert chat.status == "COMPLETED"
+        assert [content for _, content in turns_of(await messages_of(client, chat))] == [
+            "Hi.",
+            "Hello.",
+            "My code is 4921.",
+            "One moment.",
+        ]
 
 
 @pytest.mark.process

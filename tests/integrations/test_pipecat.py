@@ -40,6 +40,8 @@ with warnings.catch_warnings():
         LLMMessagesUpdateFrame,
         LLMRunFrame,
         LLMTextFrame,
+        VADUserStartedSpeakingFrame,
+        VADUserStoppedSpeakingFrame,
     )
     from pipecat.pipeline.pipeline import Pipeline
     from pipecat.pipeline.worker import PipelineWorker
@@ -49,6 +51,7 @@ with warnings.catch_warnings():
         LLMAssistantAggregator,
         LLMContextAggregatorPair,
         LLMUserAggregatorParams,
+        UserTurnStoppedMessage,
     )
     from pipecat.turns.user_start import ExternalUserTurnStartStrategy
     from pipecat.turns.user_stop import ExternalUserTurnStopStrategy
@@ -94,17 +97,19 @@ class Call:
     aggregator. Turns come as an STT service with its own turn detection sends them (a proposed start, the
     transcript, a proposed stop), optionally with the VAD frames of the speech."""
 
-    def __init__(self, memory: ChatdockMemoryService, llm: ScriptedLLM) -> None:
+    def __init__(
+        self, memory: ChatdockMemoryService, llm: ScriptedLLM, messages: list[LLMContextMessage] | None = None
+    ) -> None:
         self.memory = memory
         self.llm = llm
-        self.context = LLMContext(messages=[{"role": "system", "content": SYSTEM}])
+        self.context = LLMContext(messages=messages or [{"role": "system", "content": SYSTEM}])
         strategies = UserTurnStrategies(
             start=[ExternalUserTurnStartStrategy()], stop=[ExternalUserTurnStopStrategy(timeout=0.05)]
         )
-        user, self.assistant = LLMContextAggregatorPair(
+        self.user, self.assistant = LLMContextAggregatorPair(
             self.context, user_params=LLMUserAggregatorParams(user_turn_strategies=strategies)
         )
-        assistant = self.assistant
+        user, assistant = self.user, self.assistant
         self.bot_turns: asyncio.Queue[str] = asyncio.Queue()
         assistant.add_event_handler("on_assistant_turn_stopped", self._bot_turn)
         self.worker = PipelineWorker(
@@ -594,28 +599,61 @@ async def test_a_context_whose_messages_are_replaced_gets_the_history_and_the_ne
     ]
 
 
+async def test_a_context_whose_messages_hold_parts_gets_the_history(embedded: ChatdockClient) -> None:
+    """Instructions given as a list of parts (OpenAI's format, as an image turn is): the history goes in after
+    them (the service failed on them, the call went silent and ended FAILED)."""
+    await embedded.append_message(CALLER, "whatsapp", "user", "Parcel 4471 is late.")
+    memory = memory_for(embedded)
+    instructions: list[LLMContextMessage] = [{"role": "system", "content": [{"type": "text", "text": SYSTEM}]}]
+    llm = ScriptedLLM(["Hello.", "Bye."])
+    async with Call(memory, llm, instructions) as call:
+        assert await call.greet() == "Hello."
+        await call.say("Bye.")
+        await call.end()
+    for run in llm.received:
+        assert run[0] == instructions[0] and run[1]["role"] == "system"
+        assert str(run[1]["content"]).startswith(HISTORY_PROMPT)
+    [chat] = (await embedded.list_chats(CALLER)).chats
+    assert chat.status == "COMPLETED"
+
+
 async def test_turns_are_dated_when_they_were_said(embedded: ChatdockClient) -> None:
-    """A user turn carries the start of its speech, a bot turn the start the assistant aggregator gave it, not
-    the moment their writes reached chatdock (after an outage, seconds later, among messages sent meanwhile)."""
+    """Each turn carries the start its aggregator gave it, not the moment its write reached chatdock (after an
+    outage, seconds later, among messages sent meanwhile); a sound without words before the bot spoke (a cough)
+    is neither the date nor the start of the caller's next turn."""
     memory = memory_for(embedded)
     llm = ScriptedLLM(["Hello.", "It ships today."])
-    started: list[str] = []
+    user_started: list[str] = []
+    bot_started: list[str] = []
     async with Call(memory, llm) as call:
 
-        async def bot_turn(aggregator: LLMAssistantAggregator, message: AssistantTurnStoppedMessage) -> None:
-            started.append(message.timestamp)
+        async def user_turn(aggregator: object, strategy: object, message: UserTurnStoppedMessage) -> None:
+            user_started.append(message.timestamp)
 
+        async def bot_turn(aggregator: LLMAssistantAggregator, message: AssistantTurnStoppedMessage) -> None:
+            bot_started.append(message.timestamp)
+
+        call.user.add_event_handler("on_user_turn_stopped", user_turn)
         call.assistant.add_event_handler("on_assistant_turn_stopped", bot_turn)
+        started = memory.started_at
+        assert started is not None
+        cough = [  # VAD frames of a sound at the call's start, which no turn takes
+            VADUserStartedSpeakingFrame(start_secs=0.2, timestamp=started.timestamp() + 0.2),
+            VADUserStoppedSpeakingFrame(stop_secs=0.8, timestamp=started.timestamp() + 0.8),
+        ]
+        await call.worker.queue_frames(cough)
         await call.greet()
         await call.say("Where is my lamp?", speech=[(30.0, 31.5)])
         await call.end()
-    chat_id, begun = memory.chat_id, memory.started_at
-    assert chat_id is not None and begun is not None
+    chat_id = memory.chat_id
+    assert chat_id is not None
     stored = await chat_messages(embedded, CALLER, chat_id)
     [turn] = [message for message in stored if message.role == "user"]
     greeting, answer = [message for message in stored if message.role == "assistant"]
-    assert abs(turn.created_at - (begun + timedelta(seconds=30.0))) < timedelta(milliseconds=1)
-    assert [greeting.created_at, answer.created_at] == [datetime.fromisoformat(at) for at in started]
+    assert [m.content for m in stored] == ["Hello.", "Where is my lamp?", "It ships today."]
+    assert turn.created_at == datetime.fromisoformat(user_started[0])
+    assert [greeting.created_at, answer.created_at] == [datetime.fromisoformat(at) for at in bot_started]
+    assert (turn.parts[0].start_timestamp, turn.parts[0].end_timestamp) == (30.0, 31.5)  # the cough's 0.0 not in it
 
 
 @pytest.mark.process
@@ -645,6 +683,13 @@ async def test_writes_given_up_at_the_end_of_the_call_are_handed_over(
                 await call.end()
         finally:
             server.resume()
+        for write in memory.lost_writes:  # chatdock is back: each made again, as it was sent, stored once
+            await write.make()
+        chat_id = memory.chat_id
+        assert chat_id is not None
+        stored = await chat_messages(client, CALLER, chat_id)
+        [chat] = (await client.list_chats(CALLER)).chats
+    assert [m.content for m in stored] == ["Hello.", "My code is 4921.", "Noted."] and chat.status == "COMPLETED"
     assert handed == [memory.lost_writes]
     assert [(w.what, w.text, w.under_way) for w in memory.lost_writes] == [
         ("store a user turn", "My code is 4921.", True),
