@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +64,7 @@ from chatdock.storage import Chat, ChatStatus, Message, Part
 from chatdock.storage.transcript import indented
 from chatdock.storage.validation import MAX_MAX_CHARS
 
+from .turns import TurnClock
 from .watch import follow_changes, news
 from .writes import LostWrite, NoChat, WriteQueue, call_channel, call_contact, describe, retryable
 
@@ -89,23 +88,6 @@ SCAN_LIMIT = 50
 # The markers an LLM puts in front of its answer when Pipecat's turn-completion filter is on; the assistant
 # aggregator strips them from the turn it reports, and so does the end-of-call look at the context.
 TURN_MARKERS = (USER_TURN_COMPLETE_MARKER, USER_TURN_INCOMPLETE_SHORT_MARKER, USER_TURN_INCOMPLETE_LONG_MARKER)
-
-
-@dataclass
-class Span:
-    """A stretch of the call, in seconds from its start; `end` is None while it lasts."""
-
-    start: float
-    end: float | None = None
-
-
-@dataclass
-class Turn:
-    """A user turn, from UserStartedSpeakingFrame to UserStoppedSpeakingFrame, and the speech heard in it."""
-
-    start: float
-    end: float | None = None
-    speech: list[Span] = field(default_factory=list)
 
 
 def entry(message: Message, *, with_time: bool) -> str:
@@ -249,18 +231,12 @@ class ChatdockMemoryService(FrameProcessor):
     def _reset(self) -> None:
         """A call's state, fresh: set when the service is made and at each StartFrame."""
         self._chat: Chat | None = None
-        self._started_monotonic = 0.0
-        self._started_wall = 0.0
+        self._clock: TurnClock | None = None  # made at the StartFrame: when the caller spoke, and the call began
         self._call_running = False
         self._outcome: ChatStatus | None = None  # set by EndFrame / CancelFrame
         self._failed = False  # an ErrorFrame was seen during the call
         self._tasks: list[asyncio.Task[None]] = []
         self._writes: WriteQueue | None = None  # made at the StartFrame, closed at the end
-        # user turns (UserStarted/StoppedSpeakingFrame) not stored yet, with the speech (VAD frames) heard in
-        # them; the speech heard while no turn was open, which the next turn takes; the speech going on
-        self._turns: list[Turn] = []
-        self._speech: list[Span] = []
-        self._speaking: Span | None = None
         # the LLM context this call's frames carry, and the messages in it the service has accounted for
         self._context: LLMContext | None = None
         self._known_messages: dict[int, LLMContextMessage] = {}
@@ -301,13 +277,13 @@ class ChatdockMemoryService(FrameProcessor):
     @property
     def started_at(self) -> datetime | None:
         """The wall-clock time the call's timestamps count from (the StartFrame), None before a call."""
-        return None if not self._started_wall else datetime.fromtimestamp(self._started_wall, UTC)
+        return None if self._clock is None else datetime.fromtimestamp(self._clock.started_wall, UTC)
 
-    def _now(self) -> float:
-        return time.monotonic() - self._started_monotonic
-
-    def _since_start(self, wall: float) -> float:
-        return wall - self._started_wall
+    @property
+    def _call(self) -> TurnClock:
+        """The call's clock (a frame of a call comes after its StartFrame)."""
+        assert self._clock is not None, "a call's frame before its StartFrame"
+        return self._clock
 
     # --- Pipecat ---
 
@@ -320,21 +296,13 @@ class ChatdockMemoryService(FrameProcessor):
         if isinstance(frame, StartFrame):
             await self._start_call()
         elif isinstance(frame, UserStartedSpeakingFrame):
-            self._turns.append(Turn(self._now(), speech=self._speech))
-            self._speech = []
+            self._call.turn_started()
         elif isinstance(frame, UserStoppedSpeakingFrame):
-            if self._turns and self._turns[-1].end is None:
-                self._turns[-1].end = self._now()
+            self._call.turn_stopped()
         elif isinstance(frame, VADUserStartedSpeakingFrame):
-            self._speaking = Span(max(0.0, self._since_start(frame.timestamp) - frame.start_secs))
-            if self._turns and self._turns[-1].end is None:
-                self._turns[-1].speech.append(self._speaking)
-            else:  # VAD usually opens the turn: the speech waits for the turn it belongs to
-                self._speech.append(self._speaking)
+            self._call.speech_started(frame.timestamp, frame.start_secs)
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
-            if self._speaking is not None:
-                self._speaking.end = max(self._speaking.start, self._since_start(frame.timestamp) - frame.stop_secs)
-                self._speaking = None
+            self._call.speech_stopped(frame.timestamp, frame.stop_secs)
         elif isinstance(frame, LLMContextUserTurnFrame) and direction == FrameDirection.DOWNSTREAM:
             self._user_turn(frame.text, frame.timestamp)
         elif isinstance(frame, LLMContextAssistantTurnFrame) and direction == FrameDirection.UPSTREAM:
@@ -367,8 +335,7 @@ class ChatdockMemoryService(FrameProcessor):
         if self._call_running:  # a StartFrame while a call runs: end it first, as a worker's cleanup would
             await self._end_call()
         self._reset()
-        self._started_monotonic = time.monotonic()
-        self._started_wall = time.time()
+        self._clock = TurnClock()
         self._call_running = True
         if self._worker is None:
             # every ErrorFrame ends at the pipeline worker, which reports it as `on_pipeline_error`: this hears
@@ -417,41 +384,13 @@ class ChatdockMemoryService(FrameProcessor):
     # --- turns ---
 
     def _user_turn(self, text: str, started: str) -> None:
-        """Stores the user's turn as the aggregator wrote it to the context, with its start and end: those of the
-        speech the VAD frames report during the turn when the pipeline has them (a VAD frame comes `start_secs`
-        after the speech started and `stop_secs` after it stopped, and carries the time it was made), those of
-        the turn frames otherwise (UserStartedSpeakingFrame: the turn opened; UserStoppedSpeakingFrame: the
-        turn strategies agreed it was over, later than the speech's end).
-
-        The turn and VAD frames are system frames and pass ahead of the frame queue, so the next turn may be
-        open already when this one's text comes: a turn takes the closed turns at the front."""
+        """Stores the user's turn as the aggregator wrote it to the context, with the stretch of the call it took
+        (turns.py's `TurnClock` says how it is timed), dated when the aggregator opened the turn (`started`)."""
         if not text.strip():
             return
-        now = self._now()
-        closed: list[Turn] = []
-        while self._turns and self._turns[0].end is not None:
-            closed.append(self._turns.pop(0))
-        if closed:
-            last_end = closed[-1].end
-            start, end = closed[0].start, now if last_end is None else last_end
-            speech = [span for turn in closed for span in turn.speech]
-        elif self._turns:  # the aggregator wrote part of a turn still open (an early inference): up to now
-            turn = self._turns[0]
-            start, end, speech = turn.start, now, turn.speech
-            turn.start, turn.speech = now, [span for span in turn.speech if span.end is None]
-        else:  # no turn frames in this pipeline: the moment the text came
-            start, end, speech = now, now, self._speech
-            self._speech = []
-        if speech:
-            start = speech[0].start
-            ends = [span.end for span in speech if span.end is not None]
-            if ends:
-                end = max(ends)
-        part = Part(text=text, start_timestamp=round(max(start, 0.0), 3), end_timestamp=round(max(end, start), 3))
-        # dated when the aggregator opened the turn (`started`): the timing above may reach back to a sound
-        # without words before it (a cough, a backchannel), which would date the turn before the bot's words
-        # said in between
-        said_at = _time(started) or datetime.fromtimestamp(self._started_wall + (part.start_timestamp or 0.0), UTC)
+        start, end = self._call.take()
+        part = Part(text=text, start_timestamp=start, end_timestamp=end)
+        said_at = _time(started) or datetime.fromtimestamp(self._call.started_wall + start, UTC)
 
         async def send(key: str) -> object:
             return await self.client.post_as_contact(
@@ -473,11 +412,7 @@ class ChatdockMemoryService(FrameProcessor):
                     break
         said_at = _time(started)  # None: when chatdock stores it
         if said_at is not None:
-            # speech that ended before the bot began, in no turn with words (a cough, a backchannel the turn
-            # strategies let pass): not the start of the caller's next turn
-            began = said_at.timestamp() - self._started_wall
-            self._turns = [turn for turn in self._turns if turn.end is None or turn.end >= began]
-            self._speech = [span for span in self._speech if span.end is None or span.end >= began]
+            self._call.bot_began(said_at.timestamp())
         if text.strip():
             self._queue("store a bot turn", self._assistant(text, said_at), text=text, said_at=said_at)
 
@@ -680,7 +615,7 @@ class ChatdockMemoryService(FrameProcessor):
         gets the messages too, and so does the call's real context, which the confirmed turn goes on with."""
         if not self._history_waited and not self._history_read.is_set():
             self._history_waited = True
-            left = self.start_timeout - self._now()
+            left = self.start_timeout - self._call.now()
             try:
                 await asyncio.wait_for(self._history_read.wait(), timeout=max(left, 0.0))
             except TimeoutError:
