@@ -56,7 +56,9 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound=BaseModel)
 
-DEFAULT_TIMEOUT = 10.0
+# above the server's own bound on a database wait (--db-timeout, 10 s), so that the server's answer (a 503 that
+# says whether the write may have been stored) comes before the client gives up on it
+DEFAULT_TIMEOUT = 15.0
 DEFAULT_RETRIES = 2
 # an event stream sends a comment line every 15 s: three missed ones mean the connection is gone
 EVENT_STREAM_SILENCE = 45.0
@@ -378,7 +380,10 @@ class ChatdockClient:
                     await asyncio.sleep(wire.backoff(attempt))
                     attempt += 1
                     continue
-                raise ChatdockApiError(503, UNAVAILABLE, self._unreached(exc, sent, method, made)) from exc
+                unknown = key if sent and method == "POST" else None  # it may have been carried out
+                raise ChatdockApiError(
+                    503, UNAVAILABLE, self._unreached(exc, sent, method, made), idempotency_key=unknown
+                ) from exc
             except httpx2.RequestError as exc:  # an answer that could not be read (a body in a broken encoding)
                 raise ChatdockApiError(
                     502, "Bad Gateway", f"{self.url} answered {method} {path} unreadably ({wire.detail(exc)})"
@@ -394,11 +399,13 @@ class ChatdockClient:
             if response.is_success:
                 return response
             refused = wire.refusal(response)
-            if made is not None and refused.status >= 500:  # the server may say a retry with the key is safe
-                # but for another service's page at the address (a 502 not to retry), which carried nothing out
-                chatdocks = refused.status != 502 or refused.retryable
-                said = f"{refused.message} ({wire.made_key(made)})" if chatdocks else refused.message
-                raise ChatdockApiError(refused.status, refused.error, said, retryable=refused.retryable)
+            # a write chatdock answered 5xx may have been carried out (the server says when a retry with its
+            # key is safe), but for another service's page at the address (a 502 not to retry): nothing done
+            if method == "POST" and refused.status >= 500 and (refused.status != 502 or refused.retryable):
+                said = refused.message if made is None else f"{refused.message} ({wire.made_key(made)})"
+                raise ChatdockApiError(
+                    refused.status, refused.error, said, retryable=refused.retryable, idempotency_key=key
+                )
             raise refused
 
     def _timeout_of(self) -> httpx2.Timeout:

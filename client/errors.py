@@ -15,14 +15,26 @@ class ChatdockApiError(Exception):
     server's own words (`message` says what to fix). A 503 raised because chatdock could not be reached says
     in `message` whether the request may have been carried out; retrying a write with the same
     `idempotency_key` (or `metadata.provider_message_id`) is always safe.
+
+    `idempotency_key`: for a write whose outcome is unknown (it was sent and no answer came, or chatdock
+    answered 5xx: it may have been stored), the key it was sent with, the caller's or the one the client made;
+    the same call again with `idempotency_key=error.idempotency_key` stores it once. None otherwise.
     """
 
-    def __init__(self, status: int, error: str, message: str, retryable: bool | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        retryable: bool | None = None,
+        idempotency_key: str | None = None,
+    ) -> None:
         super().__init__(f"{status} {error}: {message}")
         self.status = status
         self.error = error
         self.message = message
         self._retryable = retryable
+        self.idempotency_key = idempotency_key
 
     @property
     def retryable(self) -> bool:

@@ -704,6 +704,42 @@ def test_sigterm_ends_streams_and_unfinished_requests_and_exits_promptly(tmp_pat
     assert "Traceback" not in server.log.read_text()
 
 
+def test_a_request_the_shutdown_cuts_off_is_told_so_in_json_not_a_bare_500(tmp_path: Path) -> None:
+    """A write still waiting for the database when SIGTERM's grace runs out (a rolling restart while another
+    process holds the file): uvicorn answered it with a bare text 500, and the write was stored afterwards. Its
+    answer is a JSON 503 that says the outcome is unknown and how to send it again, on a closed connection."""
+    db = str(tmp_path / "cut.db")
+    key = create_key(db, "acme", "cut")
+    with served(tmp_path, db) as server:
+        holder = sqlite3.connect(db, isolation_level=None)
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            body = json.dumps({"contact_id": "+31612345678", "channel": "sms", "role": "user", "content": "x"})
+            headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Idempotency-Key": "k1"}
+            connection.request("POST", "/chats", body, headers)
+            time.sleep(0.5)  # the append waits for the lock
+            server.process.send_signal(signal.SIGTERM)
+            answer = connection.getresponse()
+            said = json.loads(answer.read())
+            assert (answer.status, answer.getheader("Connection"), answer.getheader("Retry-After")) == (
+                503,
+                "close",
+                "1",
+            ), said
+            assert (
+                said["error"] == "Service unavailable"
+                and "whether a write it carried was stored is unknown" in (said["message"])
+            )
+            assert "same Idempotency-Key" in said["message"]
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+            connection.close()
+        assert server.process.wait(20) == 0
+    assert "Exception in ASGI application" not in server.log.read_text()
+
+
 def test_busy_keep_alive_clients_at_sigterm_get_an_answer_or_no_connection_never_a_reset(tmp_path: Path) -> None:
     """Eight clients appending back to back on kept-alive connections while the server gets SIGTERM: each request
     is answered (the last answers close their connections) or finds no server to connect to; none is cut

@@ -59,6 +59,7 @@ from chatdock.server.http.rest import (
     streamed,
 )
 from chatdock.server.http.sessions import DEFAULT_MAX_SESSIONS_PER_ORG, SessionOwners
+from chatdock.server.http.shutdown import CutOff
 from chatdock.server.mcp.app import ChatdockServer, Settings, build_server
 from chatdock.server.mcp.org import ORG_SCOPE_KEY
 from chatdock.server.ops import logs
@@ -414,7 +415,7 @@ def build_http_app(
     observed = ObservedHttp(
         app, settings.metrics, settings.tracing, routes.routes, MCP_PATHS, metrics_port, security=security
     )
-    return EncodedSlashes(observed)
+    return CutOff(EncodedSlashes(observed), lambda: server.events.closing)
 
 
 async def _refused(request: Request, exc: Exception) -> Response:

@@ -246,8 +246,11 @@ async def test_a_write_without_an_answer_names_the_key_to_repeat_it_with() -> No
     named = re.search(r"pass idempotency_key='([^']+)'", lost.message)
     assert named is not None, lost.message
     assert f"idempotency-key: {named.group(1)}".encode() in silent.received.lower()  # the key that was sent
+    assert lost.idempotency_key == named.group(1)  # at hand, for the retry that stores it once
     assert "repeating it with the same idempotency_key is safe" in mine.message and "pass" not in mine.message
+    assert mine.idempotency_key == "turn-7"
     assert read.message.endswith("the request was sent and no answer came")  # a read: nothing was changed
+    assert read.idempotency_key is None
 
 
 class Failing(BaseHTTPRequestHandler):
@@ -273,3 +276,4 @@ async def test_chatdocks_own_500_on_a_write_names_the_key_the_client_made() -> N
     assert (failed.status, failed.retryable) == (500, False)
     assert failed.message.startswith("whether it was stored is unknown (")
     assert "pass idempotency_key='" in failed.message  # the key to repeat the write with, safely
+    assert failed.idempotency_key is not None and f"pass idempotency_key='{failed.idempotency_key}'" in failed.message
