@@ -170,6 +170,8 @@ def refusal(exc: ChatdockError, headers: dict[str, str] | None = None, query: by
                     f"sign as %2B, {name.decode()}=%2B{value[1:].decode('latin-1')})"
                 )
                 break
+    if isinstance(exc, Unavailable) and headers is None:
+        headers = {"Retry-After": "1"}  # a database restarting, a lock held: soon, not now
     return problem(*status_of(exc), message, headers)
 
 

@@ -82,6 +82,7 @@ async def test_a_database_stopped_under_load_gets_json_answers_and_safe_retries_
                         kinds["stored"] += 1
                         continue
                     assert answer.status_code == 503, (answer.status_code, answer.text)
+                    assert answer.headers["Retry-After"] == "1"  # soon: a client (ours honours it) waits that long
                     text = answer.json()["message"]
                     if "whether it was stored is unknown" in text:
                         assert "retrying is safe with the same metadata.provider_message_id" in text
