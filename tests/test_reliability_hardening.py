@@ -352,6 +352,7 @@ async def test_a_full_disk_is_reported_and_survived(tmp_path: Path) -> None:
                     assert [hit["id"] for hit in found["hits"]] == [message_id]
     log = server.log.read_text()
     assert "could not record when key" in log and "Traceback" not in log
+    assert "chatdock.storage.outage: the disk is full:" in log  # the refused writes, in the log too
 
 
 def test_a_sound_file_on_a_full_disk_is_checked_and_a_start_says_the_disk_is_full(tmp_path: Path) -> None:

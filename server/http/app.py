@@ -74,6 +74,8 @@ if TYPE_CHECKING:
 
 # an idle connection is closed after this; a client should let it go sooner (client.py, the bench)
 IDLE_CONNECTION_SECONDS = 5
+# /healthz answers within this, whatever the database does (a readiness probe's timeout is a second or a few)
+HEALTH_SECONDS = 2.0
 logger = logging.getLogger("chatdock.http")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -388,7 +390,13 @@ def build_http_app(
     @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def healthz(_: Request) -> Response:
         store = server.state.store
-        problems = ["the store is not open yet"] if store is None else await store.health(not settings.read_only)
+        try:
+            async with asyncio.timeout(HEALTH_SECONDS):  # a probe gives up after a second or few: answer first
+                problems = (
+                    ["the store is not open yet"] if store is None else await store.health(not settings.read_only)
+                )
+        except TimeoutError:
+            problems = [f"the database did not answer within {HEALTH_SECONDS:g} s (it hangs, or a lock is held)"]
         if problems:
             return JSONResponse({"status": "unavailable", "store": problems[0], "problems": problems}, status_code=503)
         return JSONResponse({"status": "ok", "store": "ok"})

@@ -35,9 +35,10 @@ request_fields: ContextVar[dict[str, str] | None] = ContextVar("chatdock_log_req
 # loggers of what every request shares (asyncpg's pool, reconnecting in a task a request happened to start; the
 # database failing, summed up over every organization's requests): their lines carry no request's fields nor
 # its trace, which would name a request, and an organization, they are not about
-SHARED_LOGGERS = ("asyncpg", "chatdock.storage.outage")
-# loggers whose every line is a fact of its own, written once: never held back as a repeat (storage/sql/migrations.py)
-WHOLE_LOGGERS = ("chatdock.storage.migrations",)
+SHARED_LOGGERS = ("asyncpg", "chatdock.storage.outage", "chatdock.storage.feed")
+# loggers whose every line is a fact of its own, written once: never held back as a repeat (storage/sql/migrations.py,
+# the change feed's losses and returns: storage/postgres/feed.py)
+WHOLE_LOGGERS = ("chatdock.storage.migrations", "chatdock.storage.feed")
 
 
 class QuietRepeats(logging.Filter):

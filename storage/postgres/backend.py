@@ -25,6 +25,7 @@ import asyncpg
 from .. import rows
 from ..changes import Announcer, Change, Deliver
 from ..errors import (
+    OUTAGES,
     ChatdockError,
     OutcomeUnknown,
     Unavailable,
@@ -57,7 +58,6 @@ logger = logging.getLogger("chatdock.storage")
 
 DEFAULT_POOL_SIZE = 10
 DEFAULT_TIMEOUT = 10.0  # seconds: to connect, to get a connection from the pool, for one statement
-OUTAGES = logging.getLogger("chatdock.storage.outage")  # the database failing everyone's requests (logs.py)
 EXPORTS = 4  # exports under way at once on one replica, each on a connection of its own (outside the pool)
 RETRIES = 5  # a transaction that met a deadlock or serialization failure is tried again this many times
 BACKOFF = 0.005  # seconds: before retry n a transaction waits a random part of BACKOFF * 2**n

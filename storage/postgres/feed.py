@@ -25,6 +25,9 @@ from .failures import FAILURES, translate
 from .schema import CHANNEL, MAX_PAYLOAD
 
 logger = logging.getLogger("chatdock.storage")
+# the feed lost and back: each line a change of state, never held back as a repeat (server/ops/logs.py), or a
+# second loss within seconds of the first would not be told, and the log would read lost, back, back
+FEED = logging.getLogger("chatdock.storage.feed")
 
 CHECK_EVERY = 1.0  # seconds between checks that the listening connection still answers
 RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0, 5.0)
@@ -78,7 +81,7 @@ async def _listen_until_lost(
         await conn.add_listener(CHANNEL, lambda _c, _pid, _channel, payload: _heard(origin, deliver, payload))
         ready()  # LISTEN has returned: what commits from here on is heard
         if reconnected:
-            logger.warning("listening for other replicas' changes again; listeners are told to read again")
+            FEED.warning("listening for other replicas' changes again; listeners are told to read again")
             deliver(EVERYTHING)
         while not lost.is_set():
             try:
@@ -106,7 +109,7 @@ async def follow_notifications(
         if connected:
             failures = 0
         if failures == 0:
-            logger.warning("lost the change feed of other replicas (%s); connecting again", problem)
+            FEED.warning("lost the change feed of other replicas (%s); connecting again", problem)
         reconnected = True
         await asyncio.sleep(RETRY_PAUSES[min(failures, len(RETRY_PAUSES) - 1)])
         failures += 1

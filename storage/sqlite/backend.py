@@ -27,7 +27,7 @@ from .. import rows
 from ..backend import Imported, MessageFilter
 from ..changes import Announcer, Deliver
 from ..cursor import Position
-from ..errors import ChatdockError, InvalidInput, Unavailable
+from ..errors import OUTAGES, ChatdockError, InvalidInput, Unavailable
 from ..models import AppendedMessage, Message
 from ..records import AliasRecord, ChatRecord, MessageRecord
 from ..search import Query
@@ -219,7 +219,9 @@ class SQLiteBackend(SQLBackend):
         if error is None:
             return exc
         self.telemetry.failed(cause(exc))
-        if kind(exc).startswith(DAMAGED) and self.damaged is None:
+        if not kind(exc).startswith(DAMAGED):
+            OUTAGES.warning(error.message)  # in the log too, not only the answers and metrics (a line per cause)
+        elif self.damaged is None:
             self.damaged = error.message
             if self._all_readers:  # met while serving (at start, the one-line start-up error says it)
                 logger.error("%s", error.message)

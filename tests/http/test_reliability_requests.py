@@ -201,6 +201,19 @@ def test_expected_failures_below_error_keep_their_trace_for_debug_only() -> None
     assert quiet.filter(warning) and warning.exc_info is None
 
 
+def test_the_change_feed_lost_twice_is_told_twice() -> None:
+    """A replica's feed lost, back, lost again within seconds: the second loss was held back as a repeat of the
+    first, and the log read lost, back, back through a 21 s outage."""
+    quiet = logs.QuietRepeats()
+    said = [
+        logging.LogRecord("chatdock.storage.feed", logging.WARNING, __file__, 1, text, None, None)
+        for text in ("lost the change feed (%s)", "listening again", "lost the change feed (%s)", "listening again")
+    ]
+    assert [quiet.filter(record) for record in said] == [True, True, True, True]
+    repeated = [logging.LogRecord("chatdock.storage", logging.WARNING, __file__, 1, "x", None, None) for _ in "ab"]
+    assert [quiet.filter(record) for record in repeated] == [True, False]  # other lines are summed up, as before
+
+
 def test_running_out_of_files_is_an_error_line_without_a_trace() -> None:
     """asyncio logs "socket.accept() out of system resource" at ERROR with the OSError when a connection flood
     reaches the file limit: the machine's limit, not a bug; a bug's error keeps its trace."""

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import statistics
+import subprocess
 import time
 import uuid
 from typing import Any
@@ -41,6 +44,37 @@ def body(contact: str, content: str) -> dict[str, Any]:
 
 
 # --- 4. a database that stops under load ---
+
+
+def _paused(server: PostgresServer, sig: signal.Signals) -> None:
+    """`sig` (SIGSTOP, SIGCONT) to the cluster's postmaster and every process it started: a database that hangs."""
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False)
+    for pid in [postmaster, *map(int, children.stdout.split())]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+async def test_healthz_answers_within_its_bound_while_the_database_hangs() -> None:
+    """PostgreSQL stopped with SIGSTOP (it hangs, refusing nothing): /healthz waited the whole --db-timeout, 10 to
+    17 s, past any readiness probe's timeout; it answers 503 within HEALTH_SECONDS and says so."""
+    server = PostgresServer()
+    try:
+        server.start()
+        with replicas(server.url, 1, "--db-timeout", "10") as (replica,):
+            async with httpx2.AsyncClient(base_url=replica.base, timeout=30) as http:
+                assert (await http.get("/healthz")).status_code == 200
+                _paused(server, signal.SIGSTOP)
+                try:
+                    answer = await http.get("/healthz")
+                finally:
+                    _paused(server, signal.SIGCONT)
+                assert answer.status_code == 503 and "did not answer within 2 s" in answer.json()["store"], answer.text
+                with anyio.fail_after(20):
+                    while (await http.get("/healthz")).status_code != 200:
+                        await anyio.sleep(0.2)
+    finally:
+        server.remove()
 
 
 async def test_a_database_stopped_under_load_gets_json_answers_and_safe_retries_store_each_message_once() -> None:
