@@ -27,7 +27,25 @@ from prometheus_client.exposition import choose_encoder
 
 from chatdock.storage.telemetry import CAUSES, PoolReading, Telemetry
 
-LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# up to 60 s: a request waiting for a hanging database takes --db-timeout (10 s) and more, not all of it +Inf
+LATENCY_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 COMMIT_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 WAIT_BUCKETS: Final = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
@@ -278,8 +296,8 @@ def _sqlite_files(path: str, log_limit: int) -> Iterator[Metric]:
     yield GaugeMetricFamily("chatdock_sqlite_database_bytes", "Bytes of the SQLite database file", value=_size(path))
     try:
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-    except OSError:
-        free = 0
+    except OSError:  # not known: no sample, rather than 0 (which an alert on a full disk would take at its word)
+        return
     yield GaugeMetricFamily(
         "chatdock_sqlite_disk_free_bytes", "Bytes free on the disk that holds the SQLite database", value=free
     )

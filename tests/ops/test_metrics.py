@@ -211,6 +211,8 @@ async def test_metrics_count_a_real_workload_with_bounded_labels(db: str) -> Non
     timed = {"surface": "rest", "operation": "POST /chats", "tool": ""}
     assert value(samples, "chatdock_request_duration_seconds_count", **timed) == posted
     assert value(samples, "chatdock_request_duration_seconds_bucket", **timed, le="+Inf") == posted
+    # buckets past --db-timeout (10 s): a request that waited for a hanging database is not all +Inf
+    assert value(samples, "chatdock_request_duration_seconds_bucket", **timed, le="60.0") == posted
 
     # keys refused, and the address answered 429
     assert value(samples, "chatdock_failed_keys_total", reason="missing") == 1
