@@ -6,14 +6,18 @@ that cannot be missed; text that is not what it looks like; a long identifier on
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import urllib.parse
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
 from tests.http.browser import accessible, chromium, q, sign_in, watched
-from tests.transports import Rest, create_key, free_port, http_server
+from tests.transports import Rest, create_key, free_port, http_server, run_cli
 
 pytestmark = pytest.mark.process
 
@@ -45,14 +49,18 @@ async def shown(page: Page) -> list[str]:
 
 def stored(rest: Rest, contact: str) -> list[str]:
     """The contact's messages as the API lists them, oldest first."""
-    contents: list[str] = []
+    return [message["content"] for message in stored_messages(rest, contact)]
+
+
+def stored_messages(rest: Rest, contact: str) -> list[dict[str, str]]:
+    messages: list[dict[str, str]] = []
     cursor = None
     while True:
         listed = rest.ok("GET", "/chats", contact_id=contact, limit=200, **({"cursor": cursor} if cursor else {}))
-        contents += [message["content"] for message in listed["messages"]]
+        messages += listed["messages"]
         cursor = listed["next_cursor"]
         if not cursor:
-            return contents[::-1]
+            return messages[::-1]
 
 
 def said(contact: str, content: str, at: str | None = None) -> dict[str, str]:
@@ -326,3 +334,144 @@ async def test_invisible_characters_are_shown(tmp_path: Path, browser: Browser) 
             await page.get_by_role("button", name="Search", exact=True).click()
             await expect(page.locator("#hits .snippet")).to_contain_text("⟨U+202E⟩gnp.exe")
             await accessible(page, "invisible characters")
+
+
+LONG_AGO = datetime(2026, 1, 5, 9, tzinfo=UTC)
+# how long (ms) a page of a thousand messages may take to follow a change on a loaded machine (two CPUs, four
+# browsers): waited for, never asserted
+SLOW = 30000
+
+
+def imported(db: str, contact: str, count: int, needle: int) -> None:
+    """`count` messages of `contact` a second apart from LONG_AGO (`message N`), written by `chatdock import`
+    (quicker than as many requests); the one at `needle` reads "needle first", for a search to find."""
+    path = Path(db).with_suffix(".jsonl")
+    lines = []
+    for n in range(count):
+        content = "needle first" if n == needle else f"message {n}"
+        lines.append(json.dumps(said(contact, content, (LONG_AGO + timedelta(seconds=n)).isoformat())))
+    path.write_text("\n".join(lines) + "\n")
+    done = run_cli("import", "--db", db, "--org", "acme", str(path))
+    assert done.returncode == 0, done.stderr
+
+
+async def reveal_needle(page: Page, base: str, key: str) -> None:
+    """Sign in and open the search hit far back: the inspector pages back to it, loading all in between."""
+    await sign_in(page, base, key)
+    await page.get_by_role("searchbox", name="Search", exact=True).fill("needle")
+    await page.get_by_role("button", name="Search", exact=True).click()
+    await page.locator("#hits > li").first.get_by_role("button").click()
+    await expect(page.locator("#timeline > li.found")).to_contain_text("needle first", timeout=SLOW)
+    await expect(page.locator("#live")).to_have_text(LIVE, timeout=SLOW)
+
+
+def timeline_reads(requested: list[str]) -> int:
+    """How many of the page's requests read the timeline (GET /chats)."""
+    return sum(urllib.parse.urlsplit(url).path == "/chats" for url in requested)
+
+
+async def test_a_long_loaded_range_costs_a_short_read_per_change(tmp_path: Path, browser: Browser) -> None:
+    """With 1,050 messages loaded (a search hit far back), a new message costs a read of the newest messages
+    (at most two GET /chats), not of the whole range; many messages arriving while an older page loads still
+    leave no gap, and the timeline stays exactly the server's list."""
+    db = str(tmp_path / "long.db")
+    key = create_key(db, "acme", "support")
+    imported(db, ANN, 1100, needle=100)
+    with http_server(db) as base:
+        async with watched(browser) as seen:
+            rest, page = Rest(base, key), seen.page
+            await reveal_needle(page, base, key)
+            timeline = page.locator("#timeline > li")
+            await expect(timeline).to_have_count(1050, timeout=SLOW)
+            await page.wait_for_timeout(500)  # the read for the stream's first `ready` has had its turn
+
+            first = timeline_reads(seen.requested)
+            for n in range(5):
+                before = timeline_reads(seen.requested)
+                rest.ok("POST", "/chats", said(ANN, f"turn {n}"))
+                await expect(timeline.last).to_contain_text(f"turn {n}", timeout=SLOW)
+                assert timeline_reads(seen.requested) - before <= 2, seen.requested[-10:]
+            await page.wait_for_timeout(500)  # nothing more is read for them afterwards
+            assert timeline_reads(seen.requested) - first <= 2 * 5
+            await expect(timeline).to_have_count(1055, timeout=SLOW)
+            assert await shown(page) == stored(rest, ANN)[-1055:]
+            await expect(page.locator("#further")).to_be_empty(timeout=SLOW)
+
+            # the next older page is held on its way while 60 messages arrive and the page hears of them
+            older = page.get_by_role("button", name="Load older messages")
+            held, release = asyncio.Event(), asyncio.Event()
+
+            async def hold(route: Route) -> None:
+                if "cursor=" in route.request.url and not held.is_set():
+                    held.set()
+                    await release.wait()
+                await route.continue_()
+
+            await page.route("**/chats?*", hold)
+            clicked = asyncio.ensure_future(older.click())
+            await held.wait()
+            for n in range(60):
+                rest.ok("POST", "/chats", said(ANN, f"burst {n}"))
+            await expect(page.locator("#contact-summary")).to_contain_text("1165 messages", timeout=SLOW)
+            await page.wait_for_timeout(1000)  # the refresh that the burst started has had its turn
+            release.set()
+            await clicked
+            await expect(timeline).to_have_count(1165, timeout=SLOW)
+            await expect(timeline.last).to_contain_text("burst 59", timeout=SLOW)
+            assert await shown(page) == stored(rest, ANN)
+            await expect(older).to_be_hidden(timeout=SLOW)
+
+
+async def test_a_change_far_back_in_a_long_range_is_noted_and_reload_shows_it(tmp_path: Path, browser: Browser) -> None:
+    """With 1,050 messages loaded, a late-dated message and a delete far back, out of reach of the read of the
+    newest messages, are not left as a silent gap: an announced note counts them, new messages keep showing
+    live, and "Reload timeline" reads the loaded range again and shows both in their place."""
+    db = str(tmp_path / "far.db")
+    key = create_key(db, "acme", "support")
+    imported(db, ANN, 1100, needle=100)
+    with http_server(db) as base:
+        async with watched(browser) as seen:
+            rest, page = Rest(base, key), seen.page
+            await reveal_needle(page, base, key)
+            timeline = page.locator("#timeline > li")
+            await expect(timeline).to_have_count(1050, timeout=SLOW)
+
+            late = (LONG_AGO + timedelta(seconds=500.5)).isoformat()
+            rest.ok("POST", "/chats", said(ANN, "late webhook", late))
+            note = page.get_by_role("status").filter(has_text="changed further back")
+            await expect(note).to_have_text(
+                re.compile(r"^1 message changed further back in the timeline"), timeout=SLOW
+            )
+            reload = page.get_by_role("button", name="Reload timeline")
+            await expect(reload).to_be_visible(timeout=SLOW)
+            await accessible(page, "a change further back")
+
+            gone = next(m for m in stored_messages(rest, ANN) if m["content"] == "message 700")
+            rest.ok("DELETE", f"/chats/{gone['id']}")
+            await expect(note).to_have_text(
+                re.compile(r"^2 messages changed further back in the timeline"), timeout=SLOW
+            )
+            rest.ok("POST", "/chats", said(ANN, "still live"))
+            await expect(timeline.last).to_contain_text("still live", timeout=SLOW)
+            await expect(note).to_have_text(re.compile(r"^2 messages"), timeout=SLOW)
+
+            await reload.click()
+            await expect(page.locator("#timeline > li", has_text="late webhook")).to_be_visible(timeout=SLOW)
+            await expect(page.locator("#further")).to_be_empty(timeout=SLOW)
+            await expect(reload).to_be_hidden(timeout=SLOW)
+            await expect(page.locator("#status")).to_contain_text("The timeline was read again", timeout=SLOW)
+            await expect(page.get_by_role("heading", name="Timeline")).to_be_focused(timeout=SLOW)
+            texts = await shown(page)
+            assert texts == stored(rest, ANN)[-len(texts) :]
+            at = texts.index("late webhook")
+            assert texts[at - 1 : at + 2] == ["message 500", "late webhook", "message 501"]
+            assert "message 700" not in texts and "message 699" in texts
+
+            # a delete made here, far back, is no change the page missed: no note
+            await timeline.filter(has_text="message 699").get_by_role("button", name="Delete message").click()
+            await page.get_by_role("alertdialog").get_by_role("button", name="Delete message").click()
+            await expect(page.locator("#status")).to_have_text("The message was deleted.", timeout=SLOW)
+            await expect(page.locator("#contact-summary")).to_contain_text("1100 messages", timeout=SLOW)
+            await page.wait_for_timeout(1000)  # the read for the delete's event has had its turn
+            await expect(page.locator("#further")).to_be_empty()
+            assert "message 699" not in await shown(page)

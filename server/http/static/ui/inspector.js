@@ -10,6 +10,7 @@
 const PAGE = 50; // messages a page of the timeline, contacts a page of the list
 const MOST = 200; // the most a route gives at once (the store's bound on `limit`)
 const FIND_PAGES = 25; // how far back a search hit is looked for: 25 pages of MOST (5,000 messages)
+const OVERLAP = 10; // loaded messages a change's read asks for again, below the new ones: where the pages meet
 
 const state = {
   key: null, // the API key, in this tab's memory only
@@ -19,6 +20,9 @@ const state = {
   messages: [], // the open contact's loaded messages, oldest first
   cursor: null, // list_messages' cursor for the page before the oldest loaded message
   timeline: Promise.resolve(), // the end of the open contact's chain of timeline reads (see `serially`)
+  known: 0, // the contact's message_count as the reads account for it (see `follow`)
+  further: 0, // messages changed further back than a change's read looked: the note offers a reload
+  stale: false, // the event stream was down: the next change reads the whole loaded range again
   contactsCursor: null, // GET /contacts' cursor for the page after the contacts shown
   stream: null, // AbortController of the open contact's event stream
   generation: 0, // bumped when the open contact changes or the key goes: late answers are dropped
@@ -421,6 +425,7 @@ async function open(contactId, messageId = null) {
   state.messages = [];
   state.cursor = null;
   state.timeline = Promise.resolve();
+  state.known = contact.message_count;
   $("timeline").replaceChildren();
   renderContact();
   await Promise.all([loadChats(), serially(loadNewest)]);
@@ -602,28 +607,93 @@ async function loadOlder(limit = PAGE) {
   renderTimeline();
 }
 
-/** Read the loaded range again, from the newest message back to the oldest one shown: what arrived since (how
- * many messages however), a late message whose time falls inside the range, history linked in from another
- * contact, a delete, each shows in its place. The pages read meet one another, and the cursor is the last
- * one's, so nothing is left out between them. */
-async function reread() {
-  const oldest = state.messages[0];
-  const unseen = new Set(state.messages.map((message) => message.id));
+/** Read the timeline again from the newest message back, in pages that meet one another, to the oldest loaded
+ * message (`whole`) or only until the pages meet the loaded messages. Above the deepest loaded message the
+ * read met, the timeline becomes what the server holds now: what arrived (how many messages however), a late
+ * message, history linked in, a delete, each in its place. `hint`: how many more messages the contact has
+ * than the page knows of, so that one read usually takes them all. Says whether the read `covered` the whole
+ * loaded range, and how many messages the contact has as far as the read can tell (`count`). */
+async function readBack(whole, hint) {
+  const loaded = state.messages;
+  const ids = new Set(loaded.map((message) => message.id));
+  const oldest = loaded[0];
+  const unseen = new Set(ids);
   const read = [];
   let cursor = null;
   for (;;) {
-    // as many as are loaded and not read again yet: no change, one page; N new messages, N more
-    const listed = await page(Math.min(MOST, Math.max(read.length ? 1 : PAGE, unseen.size)), cursor);
+    const first = whole ? Math.max(PAGE, unseen.size + hint) : hint + OVERLAP;
+    const then = whole ? Math.max(1, unseen.size) : MOST; // as many as are loaded and not read again yet
+    const listed = await page(Math.min(MOST, read.length ? then : first), cursor);
     read.push(...listed.messages);
     for (const message of listed.messages) unseen.delete(message.id);
     cursor = listed.next_cursor;
     const last = listed.messages.at(-1);
     if (!cursor || !oldest || !last || !unseen.has(oldest.id)) break;
+    if (!whole && unseen.size < ids.size) break; // it met the loaded messages
     if (Date.parse(last.created_at) < Date.parse(oldest.created_at)) break; // past it: it was deleted
   }
-  state.messages = read.reverse();
-  state.cursor = cursor;
+  const deepest = read.findLastIndex((message) => ids.has(message.id));
+  const at = deepest < 0 ? 0 : loaded.findIndex((message) => message.id === read[deepest].id);
+  // the read reaches the oldest loaded message (or beyond): it replaces the range, and its cursor goes on
+  // below it; else it replaces the range above the deepest loaded message it met
+  const covered = !cursor || at === 0;
+  const above =
+    deepest >= 0
+      ? read.slice(0, deepest + 1)
+      : read.filter((message) => !oldest || Date.parse(message.created_at) >= Date.parse(oldest.created_at));
+  const kept = covered ? read : above;
+  const now = new Set(kept.map((message) => message.id));
+  const added = above.filter((message) => !ids.has(message.id)).length;
+  const removed = loaded.slice(at).filter((message) => !now.has(message.id)).length;
+  state.messages = [...loaded.slice(0, covered ? 0 : at), ...[...kept].reverse()];
+  if (covered) state.cursor = cursor;
   renderTimeline();
+  return { covered, count: cursor ? state.known + added - removed : read.length };
+}
+
+/** Follow a change of the open contact, whose message_count is now `count`. A long loaded range is not read
+ * again whole on each change (a call writing a turn a second would read thousands of messages a second): only
+ * the newest messages, down to where they meet the loaded ones. It is read whole when it is small (one
+ * request), when asked (`whole`: a link made here, "Reload timeline") or after the event stream was down.
+ * What the read cannot explain in the count changed further back: a note says so and offers the reload. */
+async function follow(count, whole = false) {
+  const stale = state.stale;
+  state.stale = false;
+  let read;
+  try {
+    read = await readBack(whole || stale || state.messages.length <= MOST, Math.max(0, count - state.known));
+  } catch (error) {
+    state.stale ||= stale;
+    throw error;
+  }
+  if (read.covered) noteFurther(0);
+  if (read.count === count) {
+    state.known = count;
+    return;
+  }
+  // The count was read before the timeline: a message written or deleted at the head meanwhile is in one and
+  // not the other, and its own event reads again. Only a count that held still across the read tells.
+  const again = await call("GET", `/contacts/${enc(state.contact.contact_id)}`).catch((error) => {
+    if (error.status === 404) return null; // forgotten or merged away meanwhile: its event says so
+    throw error;
+  });
+  if (again?.message_count !== count) {
+    state.known = read.count;
+    return;
+  }
+  state.known = count;
+  // a covered range is as the server has it: the difference is older than it, where "Load older messages" reads
+  if (!read.covered) noteFurther(state.further + Math.abs(count - read.count));
+}
+
+/** The note that messages changed further back than the reads of changes look, with a button that reads the
+ * loaded range again: never a gap that nothing shows. Announced (role status); 0 takes it away. */
+function noteFurther(changes) {
+  state.further = changes;
+  $("further").textContent = changes
+    ? `${changes} message${changes === 1 ? "" : "s"} changed further back in the timeline than live updates read (among the older messages loaded, or before them).`
+    : "";
+  $("reload").hidden = !changes;
 }
 
 /** Page back until the message is loaded, then focus it. */
@@ -645,8 +715,9 @@ async function reveal(messageId) {
   node.scrollIntoView({ block: "center" });
 }
 
-/** What changed since the last look: the contact, its chats, and the loaded range of the timeline. */
-async function refresh() {
+/** What changed since the last look: the contact, its chats, and the timeline (`follow`; `whole`: all of its
+ * loaded range). */
+async function refresh(whole = false) {
   const before = state.contact;
   if (!before) return;
   let contact;
@@ -668,16 +739,19 @@ async function refresh() {
   state.contact = contact;
   renderContact();
   await loadChats();
-  await serially(reread);
+  await serially(() => follow(contact.message_count, whole));
 }
 
 // --- live: the contact's server-sent events, read through fetch (EventSource cannot send the key) ---
 
+/** The open contact's live view ends: its event stream, and what was said of it. */
 function stopStream() {
   state.stream?.abort();
   state.stream = null;
+  state.stale = false;
   $("live").textContent = "";
   $("offline").textContent = "";
+  noteFurther(0);
 }
 
 class StreamRefused extends Error {} // the event stream answered, but not with a stream
@@ -695,6 +769,7 @@ function listen(contactId) {
   const url = `/contacts/${enc(contactId)}/events`;
   (async () => {
     let wait = 1000;
+    let dropped = false; // the stream was down: what changed meanwhile may be anywhere in the loaded range
     while (!controller.signal.aborted) {
       try {
         const response = await fetch(url, {
@@ -727,8 +802,9 @@ function listen(contactId) {
               $("offline").textContent = "";
               if ($("problem").textContent.startsWith(NO_ANSWER)) $("problem").textContent = ""; // it answers again
               wait = 1000;
-              // what happened before the stream listened: while it was down, or (the first time) between
-              // the timeline's first read and now
+              // what happened before the stream listened: while it was down (the whole loaded range is read
+              // again), or (the first time) between the timeline's first read and now
+              if (dropped) state.stale = true;
               changed();
             } else if (name === "changed") {
               changed();
@@ -739,6 +815,7 @@ function listen(contactId) {
         if (controller.signal.aborted) return;
         offline(error instanceof StreamRefused ? error.message : `${NO_ANSWER} (${error.message})`);
       }
+      dropped = true;
       $("live").textContent = "Live updates paused; reconnecting…";
       await new Promise((resolve) => setTimeout(resolve, wait));
       wait = Math.min(wait * 2, 15000);
@@ -807,15 +884,29 @@ async function remove(message) {
   if (!sure) return;
   const node = $(`m-${message.id}`);
   const neighbour = node?.nextElementSibling ?? node?.previousElementSibling;
+  // The timeline's reads wait for the answer: a read for the delete's own event then finds the message gone
+  // from the page and from the contact's count alike (see `follow`).
+  let answered;
+  const held = new Promise((resolve) => (answered = resolve));
+  const removal = serially(async () => {
+    if (!(await held) || !state.messages.some((m) => m.id === message.id)) return; // a read took it away already
+    state.messages = state.messages.filter((m) => m.id !== message.id);
+    state.known -= 1; // the contact's count went down by it, here or elsewhere
+    renderTimeline();
+  });
+  removal.catch(() => {}); // another contact opened meanwhile: there is nothing to take away
   let gone = false;
+  let deleted = false;
   try {
     await call("DELETE", `/chats/${enc(message.id)}`);
+    deleted = true;
   } catch (error) {
     if (!(error instanceof ApiError && error.status === 404)) throw error;
-    gone = true; // deleted elsewhere meanwhile (another tab, a tool, a forget)
+    gone = deleted = true; // deleted elsewhere meanwhile (another tab, a tool, a forget)
+  } finally {
+    answered(deleted);
   }
-  state.messages = state.messages.filter((m) => m.id !== message.id);
-  renderTimeline();
+  await removal;
   say(gone ? "That message was already deleted elsewhere." : "The message was deleted.");
   // the view stays where it was: the focus goes to the message that took the deleted one's place
   if (neighbour?.isConnected && neighbour.classList.contains("message")) neighbour.focus({ preventScroll: true });
@@ -860,7 +951,8 @@ async function link(event) {
   $("link-id").value = "";
   state.contact = linked;
   renderContact();
-  await Promise.all([loadChats(), serially(reread)]); // the history it brought in shows in its place
+  // the history it brought in shows in its place, wherever in the loaded range
+  await Promise.all([loadChats(), serially(() => follow(linked.message_count, true))]);
   say(`${identifier} now names ${linked.contact_id} (${linked.merged_messages} message(s) and ${linked.merged_chats} chat(s) merged in).`);
 }
 
@@ -889,6 +981,21 @@ async function setStatus(chat, status) {
   await loadChats();
   say(`${capitalized(chatName(chat.id))} is ${status}.`);
   $("chats-title").focus();
+}
+
+/** "Reload timeline": the loaded range read again whole, which the note of changes further back offers. */
+async function reload() {
+  const before = state.messages.map((message) => message.id).join();
+  const generation = state.generation;
+  await refresh(true);
+  if (generation !== state.generation) return; // it was forgotten or linked away: refresh said so
+  $("timeline-title").focus();
+  const same = state.messages.map((message) => message.id).join() === before;
+  say(
+    same
+      ? "The timeline was read again: the loaded messages are unchanged, so the change is older than the oldest one loaded (Load older messages reads it)."
+      : `The timeline was read again: ${state.messages.length} message(s), each change in its place.`,
+  );
 }
 
 async function download() {
@@ -952,6 +1059,7 @@ async function start() {
       say(`${added} older message(s) loaded${state.cursor ? "" : "; that is the first one"}.`);
     }),
   );
+  $("reload").addEventListener("click", guarded(reload));
   $("export").addEventListener("click", guarded(download));
   $("link-form").addEventListener("submit", guarded(link));
   $("forget").addEventListener("click", guarded(forget));
