@@ -220,7 +220,8 @@ class SQLiteBackend(SQLBackend):
             return exc
         self.telemetry.failed(cause(exc))
         if not kind(exc).startswith(DAMAGED):
-            OUTAGES.warning(error.message)  # in the log too, not only the answers and metrics (a line per cause)
+            if self._all_readers:  # met while serving: in the log too (at start, the start-up error says it)
+                OUTAGES.warning(error.message)  # not only in the answers and the metrics; a line per cause
         elif self.damaged is None:
             self.damaged = error.message
             if self._all_readers:  # met while serving (at start, the one-line start-up error says it)
