@@ -6,7 +6,10 @@
   included); and it names every request in its log lines (`request_id`: the client's X-Request-Id, or one of
   its own).
 - `ObservedMcp`, a middleware of the MCP server (after `OrgMiddleware`): it counts and times each MCP message
-  by method, tool and status, and names it in its log lines (its JSON-RPC id and organization).
+  by method, tool and status, and names it in its log lines (its JSON-RPC id and organization). A request to
+  /mcp refused before any message reached it (a wrong key, a body that is not JSON-RPC, a missing `_meta`, a
+  wrong Accept header) is counted by `ObservedHttp` instead, as MCP's `other` with its HTTP status: a client
+  broken by an upgrade shows on the dashboard's errors.
 
 The span of an MCP request is the MCP SDK's own (mcp/server/_otel.py), continuing the trace in its
 `_meta.traceparent`; an MCP request over HTTP whose `_meta` has none continues its header's trace (`ObservedHttp`
@@ -49,6 +52,7 @@ HTTP_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"
 MCP_METHODS: Final = SPEC_CLIENT_METHODS | SPEC_CLIENT_NOTIFICATION_METHODS
 TRACE_HEADERS: Final = {b"traceparent": "traceparent", b"tracestate": "tracestate"}
 MAX_REQUEST_ID = 128
+MCP_SEEN: Final = "chatdock.mcp_seen"  # in a request's scope once ObservedMcp saw one of its messages
 
 _tracer = trace.get_tracer("chatdock.server")
 
@@ -130,15 +134,26 @@ class ObservedHttp:
 
     async def _pass(self, scope: Scope, receive: Receive, send: Send, carrier: dict[str, str]) -> None:
         """/mcp and the probes: over MCP a `traceparent` header is the caller's trace too, beneath which the
-        SDK's span goes when its `_meta` has none."""
-        if not carrier:
-            await self.app(scope, receive, send)
-            return
-        token = otel_context.attach(propagate.extract(carrier))
+        SDK's span goes when its `_meta` has none; a request to /mcp refused before ObservedMcp saw a message of
+        it is counted here."""
+        token = otel_context.attach(propagate.extract(carrier)) if carrier else None
+        began = time.perf_counter()
+        status = 500
+
+        async def noting(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        counted = self.metrics is not None and scope.get("path") == "/mcp"
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, noting if counted else send)
         finally:
-            otel_context.detach(token)
+            if token is not None:
+                otel_context.detach(token)
+            if self.metrics is not None and counted and status >= 400 and not scope.get(MCP_SEEN):
+                self.metrics.request("mcp", "other", "", str(status), time.perf_counter() - began)
 
     async def _rest(self, scope: Scope, receive: Receive, send: Send, carrier: dict[str, str]) -> None:
         if self.metrics is None and not self.tracing:
@@ -216,6 +231,9 @@ class ObservedMcp:
         self.prompts = prompts  # and the prompts', the only ones a span's name may hold
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        scope = getattr(ctx.request, "scope", None)
+        if isinstance(scope, dict):  # over HTTP: its request is counted here, not as refused (ObservedHttp)
+            scope[MCP_SEEN] = True
         method, tool = self._labels(ctx)
         self._bound_span(ctx, method, tool)
         org = current_org.get("")

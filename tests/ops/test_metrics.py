@@ -251,6 +251,34 @@ async def test_metrics_count_a_real_workload_with_bounded_labels(db: str) -> Non
 
 
 @pytest.mark.process
+async def test_mcp_requests_refused_before_a_message_is_read_are_counted(tmp_path: Path) -> None:
+    """A wrong key, a body that is not JSON-RPC, a wrong Accept header: refused before the MCP server saw a
+    message, they were in no count (a client broken by an upgrade was invisible); each is MCP's `other` with its
+    status, and a message served is counted once, as before."""
+    db = str(tmp_path / "chatdock.db")
+    key = create_key(db, "acme", "ops")
+    with http_server(db) as base:
+        mcp = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        async with httpx2.AsyncClient(base_url=base, timeout=30) as http:
+            wrong_key = await http.post("/mcp", content=b"{}", headers={**mcp, "Authorization": "Bearer cdk_0_no"})
+            keyed = {**mcp, "Authorization": f"Bearer {key}"}
+            not_json = await http.post("/mcp", content=b"{not json", headers=keyed)
+            wrong_accept = await http.post("/mcp", content=b"{}", headers={**keyed, "Accept": "text/html"})
+        assert (wrong_key.status_code, not_json.status_code, wrong_accept.status_code) == (401, 400, 406)
+        async with http_client(base, key) as client:
+            await client.list_tools()
+        _, samples = scrape(base + "/metrics")
+    counted = {
+        labels: count
+        for (name, labels), count in samples.items()
+        if name == "chatdock_requests_total" and ("surface", "mcp") in labels
+    }
+    for status in ("401", "400", "406"):
+        assert value(samples, "chatdock_requests_total", surface="mcp", operation="other", tool="", status=status) == 1
+    assert not any(("status", "200") in labels for labels in counted), counted  # served: counted by its message
+    assert value(samples, "chatdock_requests_total", surface="mcp", operation="tools/list", tool="", status="ok") >= 1
+
+
 def test_metrics_port_serves_metrics_off_the_main_listener(tmp_path: Path) -> None:
     db = str(tmp_path / "chatdock.db")
     port = free_port()
