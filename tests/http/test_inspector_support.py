@@ -23,6 +23,9 @@ pytestmark = pytest.mark.process
 
 ANN = "+31612345678"
 LIVE = "Live: changes appear as they happen."
+# how long (ms) a page of a thousand messages may take to follow a change on a loaded machine (two CPUs, four
+# browsers): waited for, never asserted
+SLOW = 30000
 
 
 @pytest.fixture
@@ -69,6 +72,34 @@ def said(contact: str, content: str, at: str | None = None) -> dict[str, str]:
     )
 
 
+async def burst_while_an_older_page_loads(page: Page, rest: Rest, total: int) -> None:
+    """The next older page is held on its way while 60 messages arrive and the page hears of them; then it goes
+    on: the timeline is the server's whole list of the contact (`total` messages), with no gap."""
+    older = page.get_by_role("button", name="Load older messages")
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        if "cursor=" in route.request.url and not held.is_set():
+            held.set()
+            await release.wait()
+        await route.continue_()
+
+    await page.route("**/chats?*", hold)
+    clicked = asyncio.ensure_future(older.click())
+    await held.wait()
+    for n in range(60):
+        rest.ok("POST", "/chats", said(ANN, f"burst {n}"))
+    await expect(page.locator("#contact-summary")).to_contain_text(f"{total} messages", timeout=SLOW)
+    await page.wait_for_timeout(1000)  # the refresh that the burst started has had its turn
+    release.set()
+    await clicked
+    timeline = page.locator("#timeline > li")
+    await expect(timeline).to_have_count(total, timeout=SLOW)
+    await expect(timeline.last).to_contain_text("burst 59", timeout=SLOW)
+    assert await shown(page) == stored(rest, ANN)
+    await expect(older).to_be_hidden(timeout=SLOW)
+
+
 async def test_messages_arriving_while_an_older_page_loads_leave_no_gap(tmp_path: Path, browser: Browser) -> None:
     """More than a page of messages arrives while "Load older messages" is on its way: the timeline shows
     every message from the oldest loaded to the newest, none skipped between the pages."""
@@ -86,30 +117,7 @@ async def test_messages_arriving_while_an_older_page_loads_leave_no_gap(tmp_path
             await older.click()
             await expect(page.locator("#timeline > li")).to_have_count(100)
 
-            # the next older page is held on its way while 60 messages arrive and the page hears of them
-            held, release = asyncio.Event(), asyncio.Event()
-
-            async def hold(route: Route) -> None:
-                if "cursor=" in route.request.url and not held.is_set():
-                    held.set()
-                    await release.wait()
-                await route.continue_()
-
-            await page.route("**/chats?*", hold)
-            clicked = asyncio.ensure_future(older.click())
-            await held.wait()
-            for n in range(60):
-                rest.ok("POST", "/chats", said(ANN, f"burst {n}"))
-            await expect(page.locator("#contact-summary")).to_contain_text("180 messages")
-            await page.wait_for_timeout(1000)  # the refresh that the burst started has had its turn
-            release.set()
-            await clicked
-
-            everything = stored(rest, ANN)
-            await expect(page.locator("#timeline > li")).to_have_count(180)
-            await expect(page.locator("#timeline > li").last).to_contain_text("burst 59")
-            assert await shown(page) == everything
-            await expect(older).to_be_hidden()
+            await burst_while_an_older_page_loads(page, rest, 180)
 
 
 async def test_a_late_message_and_linked_history_show_in_their_place(tmp_path: Path, browser: Browser) -> None:
@@ -337,9 +345,6 @@ async def test_invisible_characters_are_shown(tmp_path: Path, browser: Browser) 
 
 
 LONG_AGO = datetime(2026, 1, 5, 9, tzinfo=UTC)
-# how long (ms) a page of a thousand messages may take to follow a change on a loaded machine (two CPUs, four
-# browsers): waited for, never asserted
-SLOW = 30000
 
 
 def imported(db: str, contact: str, count: int, needle: int) -> None:
@@ -397,29 +402,7 @@ async def test_a_long_loaded_range_costs_a_short_read_per_change(tmp_path: Path,
             assert await shown(page) == stored(rest, ANN)[-1055:]
             await expect(page.locator("#further")).to_be_empty(timeout=SLOW)
 
-            # the next older page is held on its way while 60 messages arrive and the page hears of them
-            older = page.get_by_role("button", name="Load older messages")
-            held, release = asyncio.Event(), asyncio.Event()
-
-            async def hold(route: Route) -> None:
-                if "cursor=" in route.request.url and not held.is_set():
-                    held.set()
-                    await release.wait()
-                await route.continue_()
-
-            await page.route("**/chats?*", hold)
-            clicked = asyncio.ensure_future(older.click())
-            await held.wait()
-            for n in range(60):
-                rest.ok("POST", "/chats", said(ANN, f"burst {n}"))
-            await expect(page.locator("#contact-summary")).to_contain_text("1165 messages", timeout=SLOW)
-            await page.wait_for_timeout(1000)  # the refresh that the burst started has had its turn
-            release.set()
-            await clicked
-            await expect(timeline).to_have_count(1165, timeout=SLOW)
-            await expect(timeline.last).to_contain_text("burst 59", timeout=SLOW)
-            assert await shown(page) == stored(rest, ANN)
-            await expect(older).to_be_hidden(timeout=SLOW)
+            await burst_while_an_older_page_loads(page, rest, 1165)
 
 
 async def test_a_change_far_back_in_a_long_range_is_noted_and_reload_shows_it(tmp_path: Path, browser: Browser) -> None:
