@@ -116,3 +116,7 @@ class Telemetry:
 
     def failed(self, cause: str) -> None:
         """The database failed a request, for `cause` (one of CAUSES)."""
+
+    def feed(self, following: bool | None) -> None:
+        """PostgreSQL: the change feed of the other replicas is in place (True: LISTEN answered), lost and being
+        connected again (False), or not followed (None: no one here listens)."""

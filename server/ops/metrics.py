@@ -227,6 +227,9 @@ class StoreMetrics(Telemetry):
     def failed(self, cause: str) -> None:
         self._metrics._errors.get(cause, self._metrics._errors["other"]).inc()
 
+    def feed(self, following: bool | None) -> None:
+        self._metrics._readings.feed = following
+
 
 class _Readings:
     """The gauges read when scraped (a prometheus_client collector)."""
@@ -236,6 +239,7 @@ class _Readings:
         self.listeners: Listeners | None = None
         self.database: tuple[str, int] | None = None  # SQLite: the file, and its log's limit
         self.pool: PoolReading | None = None  # PostgreSQL
+        self.feed: bool | None = None  # PostgreSQL: the other replicas' change feed followed (None: not followed)
         self.throttled: dict[str, float] = {}  # address: when it may try again (time.monotonic())
 
     def collect(self) -> Iterator[Metric]:
@@ -267,6 +271,13 @@ class _Readings:
         )
         if self.database is not None:
             yield from _sqlite_files(*self.database)
+        if self.feed is not None:
+            yield GaugeMetricFamily(
+                "chatdock_postgres_change_feed_up",
+                "1 while this replica hears the other replicas' changes (LISTEN in place), 0 while it has lost them "
+                "and connects again (its listeners hear only its own writes)",
+                value=1 if self.feed else 0,
+            )
         if self.pool is not None:
             connections = GaugeMetricFamily(
                 "chatdock_postgres_pool_connections",

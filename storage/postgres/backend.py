@@ -337,7 +337,7 @@ class PostgresBackend(SQLBackend):
         return ChangeLog(self._origin)
 
     async def follow(self, deliver: Deliver, wanted: Callable[[], bool], ready: Callable[[], None]) -> None:
-        await follow_notifications(self.url, self._origin, self.timeout, deliver, ready)
+        await follow_notifications(self.url, self._origin, self.timeout, deliver, ready, self.telemetry.feed)
 
     # --- messages ---
 

@@ -72,6 +72,7 @@ async def _listen_until_lost(
     ready: Callable[[], None],
     reconnected: bool,
     connected: list[bool],
+    following: Callable[[bool | None], None],
 ) -> None:
     conn = await asyncpg.connect(url, timeout=timeout)
     connected.append(True)
@@ -80,6 +81,7 @@ async def _listen_until_lost(
         conn.add_termination_listener(lambda _: lost.set())
         await conn.add_listener(CHANNEL, lambda _c, _pid, _channel, payload: _heard(origin, deliver, payload))
         ready()  # LISTEN has returned: what commits from here on is heard
+        following(True)
         if reconnected:
             FEED.warning("listening for other replicas' changes again; listeners are told to read again")
             deliver(EVERYTHING)
@@ -93,23 +95,33 @@ async def _listen_until_lost(
 
 
 async def follow_notifications(
-    url: str, origin: str, timeout: float, deliver: Deliver, ready: Callable[[], None]
+    url: str,
+    origin: str,
+    timeout: float,
+    deliver: Deliver,
+    ready: Callable[[], None],
+    following: Callable[[bool | None], None],
 ) -> None:
     """Until cancelled, deliver the changes other processes commit on the database `url` names; `ready()`
-    once LISTEN is in place."""
+    once LISTEN is in place; `following` told whether the feed is in place (True), lost (False), or no longer
+    followed (None, when cancelled)."""
     failures = 0
     reconnected = False
-    while True:
-        connected: list[bool] = []
-        try:
-            await _listen_until_lost(url, origin, timeout, deliver, ready, reconnected, connected)
-            problem = "the connection closed"
-        except FAILURES as exc:
-            problem = translate(exc, url) or str(exc)
-        if connected:
-            failures = 0
-        if failures == 0:
-            FEED.warning("lost the change feed of other replicas (%s); connecting again", problem)
-        reconnected = True
-        await asyncio.sleep(RETRY_PAUSES[min(failures, len(RETRY_PAUSES) - 1)])
-        failures += 1
+    try:
+        while True:
+            connected: list[bool] = []
+            try:
+                await _listen_until_lost(url, origin, timeout, deliver, ready, reconnected, connected, following)
+                problem = "the connection closed"
+            except FAILURES as exc:
+                problem = translate(exc, url) or str(exc)
+            following(False)
+            if connected:
+                failures = 0
+            if failures == 0:
+                FEED.warning("lost the change feed of other replicas (%s); connecting again", problem)
+            reconnected = True
+            await asyncio.sleep(RETRY_PAUSES[min(failures, len(RETRY_PAUSES) - 1)])
+            failures += 1
+    finally:
+        following(None)

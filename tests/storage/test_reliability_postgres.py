@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import statistics
 import subprocess
 import time
+import urllib.request
 import uuid
 from typing import Any
 
@@ -53,6 +55,33 @@ def _paused(server: PostgresServer, sig: signal.Signals) -> None:
     for pid in [postmaster, *map(int, children.stdout.split())]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
+
+
+def feed_up(base: str) -> float | None:
+    """The replica's chatdock_postgres_change_feed_up, None when it has no such sample."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.search(r"^chatdock_postgres_change_feed_up (\S+)$", text, re.MULTILINE)
+    return None if found is None else float(found.group(1))
+
+
+async def test_the_change_feed_s_state_is_a_metric() -> None:
+    """Whether a replica hears the other replicas' changes was in no metric (only the log said it, and the event
+    lag, timed from the feed, could not see it lost): 1 while in place, 0 while lost, and 1 again once back."""
+    server = PostgresServer()
+    try:
+        server.start()
+        with replicas(server.url, 1, "--db-timeout", "2") as (replica,):
+            for wanted, then in ((1.0, None), (0.0, "stop"), (1.0, "start")):
+                if then == "stop":
+                    await anyio.to_thread.run_sync(lambda: server.stop("immediate"))
+                elif then == "start":
+                    await anyio.to_thread.run_sync(server.start)
+                with anyio.fail_after(30):
+                    while await anyio.to_thread.run_sync(feed_up, replica.base) != wanted:
+                        await anyio.sleep(0.2)
+    finally:
+        server.remove()
 
 
 async def test_healthz_answers_within_its_bound_while_the_database_hangs() -> None:
