@@ -240,14 +240,13 @@ class ChatdockMemoryService(FrameProcessor):
         # the LLM context this call's frames carry, and the messages in it the service has accounted for
         self._context: LLMContext | None = None
         self._known_messages: dict[int, LLMContextMessage] = {}
-        # the history: read once (then `_history` holds its text until it is in the context)
+        # the history, read once, and the messages of other channels told so far (one note for those that came
+        # between two LLM runs): each given to every context that lacks it (the first, one whose messages were
+        # replaced)
         self._history_read = asyncio.Event()
         self._history_waited = False
         self._history: str | None = None
-        # what the context was given (the history, the messages of other channels), given again to a context
-        # that no longer has it (its messages were replaced)
-        self._history_told: str | None = None
-        self._notes_told: list[str] = []
+        self._notes: list[str] = []
         self._watch_live = False
         # what the looks for new messages of other channels start from: the ids of the contact's newest messages
         # seen so far (the history's, then those of the last look: at most SCAN_LIMIT), and the time at or below
@@ -632,14 +631,12 @@ class ChatdockMemoryService(FrameProcessor):
         targets = [frame.context]
         if frame.speculation and self._context is not None and self._context is not frame.context:
             targets.insert(0, self._context)
-        history = self._history_told if self._history is None else self._history
-        notes = self._notes_told + ([self._note(self._arrived)] if self._arrived else [])
+        notes = self._notes + ([self._note(self._arrived)] if self._arrived else [])
         if frame.speculation and self._context is None:  # the real context is not known yet: kept for it
-            self._tell(targets, history, notes)
+            self._tell(targets, self._history, notes)
             return
-        self._history_told, self._notes_told = history, notes
-        self._history, self._arrived = None, []
-        self._tell(targets, history, notes)
+        self._notes, self._arrived = notes, []
+        self._tell(targets, self._history, notes)
         if self._context is not None:
             self._known_messages.update((id(message), message) for message in self._context.get_messages())
 

@@ -194,7 +194,6 @@ async def org_of(request: Request) -> str:
 
 Org = Annotated[str, Depends(org_of)]
 
-
 ContactId = Annotated[str, Path(description="The contact's id, percent-encoded (%2B31612345678, a%2Fb)")]
 
 # A contact's id, an alias or an organization's name may hold a `/`, which a path carries percent-encoded

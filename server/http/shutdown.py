@@ -13,7 +13,9 @@ import asyncio
 import json
 from collections.abc import Callable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from chatdock.server.ops.observe import Noted
 
 CUT_OFF = (
     "the server is shutting down (a restart, a deploy) and cut this request off before it finished: whether a "
@@ -34,17 +36,11 @@ class CutOff:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        began = False
-
-        async def sending(message: Message) -> None:
-            nonlocal began
-            began = began or message["type"] == "http.response.start"
-            await send(message)
-
+        noted = Noted(send)
         try:
-            await self.app(scope, receive, sending)
+            await self.app(scope, receive, noted)
         except asyncio.CancelledError:
-            if began or not self.closing():
+            if noted.status is not None or not self.closing():  # an answer begun is ended by uvicorn
                 raise
             body = json.dumps({"error": "Service unavailable", "message": CUT_OFF}).encode()
             headers = [

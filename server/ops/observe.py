@@ -57,6 +57,19 @@ MCP_SEEN: Final = "chatdock.mcp_seen"  # in a request's scope once ObservedMcp s
 _tracer = trace.get_tracer("chatdock.server")
 
 
+class Noted:
+    """An ASGI `send` that notes the status of the answer it starts (None until one starts)."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status: int | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        await self.send(message)
+
+
 def route_template(routes: Collection[BaseRoute], scope: Scope) -> str | None:
     """The template of the route a request's path matches (`/chats/{message_id}`), never the path itself."""
     route = scope.get("route")  # where the router put the route it chose
@@ -138,20 +151,14 @@ class ObservedHttp:
         it is counted here."""
         token = otel_context.attach(propagate.extract(carrier)) if carrier else None
         began = time.perf_counter()
-        status = 500
-
-        async def noting(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        noted = Noted(send)
         counted = self.metrics is not None and scope.get("path") == "/mcp"
         try:
-            await self.app(scope, receive, noting if counted else send)
+            await self.app(scope, receive, noted if counted else send)
         finally:
             if token is not None:
                 otel_context.detach(token)
+            status = noted.status or 500  # none started: the app failed before it could say anything
             if self.metrics is not None and counted and status >= 400 and not scope.get(MCP_SEEN):
                 self.metrics.request("mcp", "other", "", str(status), time.perf_counter() - began)
 
@@ -160,14 +167,7 @@ class ObservedHttp:
             await self.app(scope, receive, send)
             return
         began = time.perf_counter()
-        status = 500  # unless an answer starts: the app failed before it could say anything
-
-        async def noting(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        noted = Noted(send)
         method = str(scope.get("method", ""))
         method = method if method in HTTP_METHODS else "other"
         span, token = None, None
@@ -176,12 +176,13 @@ class ObservedHttp:
             span = _tracer.start_span(method, parent, SpanKind.SERVER, {"http.request.method": method})
             token = otel_context.attach(trace.set_span_in_context(span, parent))
         try:
-            await self.app(scope, receive, noting)
+            await self.app(scope, receive, noted)
         except Exception as exc:
             if span is not None:
                 span.record_exception(exc)
             raise
         finally:
+            status = noted.status or 500  # none started: the app failed before it could say anything
             template = route_template(self.routes, scope)
             if self.metrics is not None:
                 operation = f"{method} {template or 'unmatched'}"

@@ -246,24 +246,10 @@ async def test_post_as_contact_channel_errors(mode: str, db: str) -> None:
         )
         assert posted["channel"] == "widget"
         said = "2026-01-02T03:04:05.123456Z"  # when it was said, as an append takes it
-        dated = await call(
-            client,
-            "post_as_contact",
-            contact_id="c1",
-            chat_id=chat["id"],
-            message=part,
-            channel_id=widget["id"],
-            created_at=said,
-        )
-        assert dated["created_at"] == said
+        into_widget = {"contact_id": "c1", "chat_id": chat["id"], "message": part, "channel_id": widget["id"]}
+        assert (await call(client, "post_as_contact", **into_widget, created_at=said))["created_at"] == said
         assert "created_at must carry a timezone" in await error(
-            client,
-            "post_as_contact",
-            contact_id="c1",
-            chat_id=chat["id"],
-            message=part,
-            channel_id=widget["id"],
-            created_at="2026-01-02T03:04:05",
+            client, "post_as_contact", **into_widget, created_at="2026-01-02T03:04:05"
         )
         whatsapp = next(c for c in channels if c["name"] == "whatsapp")
         assert "is not a custom channel" in await error(
