@@ -79,6 +79,10 @@ def test_start_up_failures_are_one_clear_line(postgres_server: str) -> None:
         assert result.returncode == 2, result
         assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "Traceback" not in result.stderr and "reconnects by itself" not in result.stderr
+    # a server that cannot reach its database at start exits 2 (docs/postgresql.md: its supervisor restarts it)
+    served = run_cli("serve", "--http", "--port", str(free_port()), "--db", cases[0][0], "--db-timeout", "3")
+    assert served.returncode == 2 and cases[0][1] in served.stderr, served
+    assert "Traceback" not in served.stderr and served.stdout == ""
     checked = run_cli("check", "--db", postgres_server)
     assert checked.returncode == 2 and "pg_amcheck" in checked.stderr
 
