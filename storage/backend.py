@@ -115,14 +115,22 @@ class Backend(Protocol):
         ...
 
     async def search(
-        self, org: str, query: Query, contact_id: str | None, channel: str | None, role: str | None, window: int
+        self,
+        org: str,
+        query: Query,
+        contact_id: str | None,
+        channel: str | None,
+        role: str | None,
+        window: int,
+        upto: int | None = None,
     ) -> list[tuple[int, str]]:
         """The `window` most recently stored messages of the organization (of one contact, any of its
-        identifiers) that match, newest first: each one's seq and content (ranking.py ranks them)."""
+        identifiers) that match, newest first, none with a seq past `upto`: each one's seq and content
+        (ranking.py ranks them)."""
         ...
 
-    async def messages_at(self, org: str, seqs: Sequence[int]) -> list[Message]:
-        """The organization's messages with these seqs, in that order (those still there)."""
+    async def messages_at(self, org: str, seqs: Sequence[int]) -> list[tuple[int, Message]]:
+        """The organization's messages with these seqs, each with its seq, in that order (those still there)."""
         ...
 
     async def delete_message(self, org: str, message_id: str) -> Message | None:

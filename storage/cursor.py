@@ -7,6 +7,11 @@ XORed with 63 bits of an HMAC, keyed by the database's own secret (migration "a 
 what is listed, the organization and the time. A database without the secret (opened where its migration could
 not run) writes the position as it is, as chatdock did before for messages; both forms are read. Each list's
 cursors are its own: one list's cursor is not a position in another.
+
+A search's cursor (`SearchPosition`) says where its pages stand in the ranked matches: how many came before, the
+newest match the first page considered (the later pages rank the same matches, not those stored since: an
+offset into a list that grew would repeat a hit) and the last hit given (a page goes on after it, wherever a
+delete moved it). Its two sequences are masked in the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hmac
 from dataclasses import dataclass
 
 from .errors import InvalidInput
+from .search import MAX_SEARCH_OFFSET
 
 Position = tuple[int, int]
 
@@ -74,5 +80,63 @@ def decode_cursor(value: object, key: bytes | None = None, org: str = "", pages:
                     return position
     raise InvalidInput(
         f"cursor is not valid; pass next_cursor exactly as a previous {pages.lister} returned it, or leave cursor "
+        "out for the first page"
+    )
+
+
+@dataclass(frozen=True)
+class SearchPosition:
+    """Where the next page of a search begins (see the module's docstring)."""
+
+    offset: int  # hits given before it
+    upto: int | None  # the newest seq the search considers (None: a cursor of before 2026-12-07, an offset only)
+    after: int | None  # the seq of the last hit given
+
+
+_SEARCH_PLAIN, _SEARCH_MASKED, _SEARCH_OFFSET_ONLY = "s2", "s3", "s1"
+
+
+def _search_masks(key: bytes, org: str, offset: int) -> tuple[int, int]:
+    digest = hmac.digest(key, f"search\x00{org}\x00{offset}".encode(), hashlib.sha256)
+    return int.from_bytes(digest[:8], "big") >> 1, int.from_bytes(digest[8:16], "big") >> 1
+
+
+def encode_search_cursor(position: SearchPosition, key: bytes | None = None, org: str = "") -> str:
+    offset, upto, after = position.offset, position.upto, position.after
+    if upto is None or after is None:
+        text = f"{_SEARCH_OFFSET_ONLY}:{offset}"
+    elif key is None:
+        text = f"{_SEARCH_PLAIN}:{offset}:{upto}:{after}"
+    else:
+        upto_mask, after_mask = _search_masks(key, org, offset)
+        text = f"{_SEARCH_MASKED}:{offset}:{upto ^ upto_mask}:{after ^ after_mask}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_search_cursor(value: object, key: bytes | None = None, org: str = "") -> SearchPosition:
+    if isinstance(value, str) and len(value) <= MAX_CURSOR_CHARS:
+        try:
+            version, *numbers = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii").split(":")
+            figures = [int(number) for number in numbers]
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            figures = []
+        found = None
+        if len(figures) == 1 and version == _SEARCH_OFFSET_ONLY:
+            found = SearchPosition(figures[0], None, None)
+        elif len(figures) == 3 and version == _SEARCH_PLAIN:
+            found = SearchPosition(*figures)
+        elif len(figures) == 3 and version == _SEARCH_MASKED and key is not None:
+            upto_mask, after_mask = _search_masks(key, org, figures[0])
+            found = SearchPosition(figures[0], figures[1] ^ upto_mask, figures[2] ^ after_mask)
+        # only a cursor this module wrote: in range, and written back the same (no sign, padding, leading zeros)
+        if (
+            found is not None
+            and 0 < found.offset <= MAX_SEARCH_OFFSET
+            and all(0 <= seq <= _HIGHEST for seq in (found.upto, found.after) if seq is not None)
+            and encode_search_cursor(found, key if version == _SEARCH_MASKED else None, org) == value
+        ):
+            return found
+    raise InvalidInput(
+        "cursor is not valid; pass next_cursor exactly as a previous search_messages returned it, or leave cursor "
         "out for the first page"
     )

@@ -13,8 +13,6 @@ InvalidInput that says why; a backend only ever receives the parsed `Query`, nev
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 
 from . import validation as check
@@ -23,7 +21,6 @@ from .errors import InvalidInput
 MAX_QUERY_CHARS = 1000
 MAX_TERMS = 32
 MAX_SEARCH_OFFSET = 1000  # how deep the pages of one search go: the newest matches it ranks (ranking.py)
-_CURSOR_HINT = "pass next_cursor exactly as a previous search_messages returned it, or leave cursor out"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,20 +95,3 @@ def _findable(text: str) -> str:
     (a mark alone, `?`, `&`, an emoji, is no word of the index on either engine: kept, it would find nothing on
     one engine and be dropped by the other, which also shifts a phrase's words)."""
     return " ".join(word for word in text.split() if any(char.isalnum() for char in word))
-
-
-def encode_search_cursor(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"s1:{offset}".encode()).decode().rstrip("=")
-
-
-def decode_search_cursor(value: object) -> int:
-    if isinstance(value, str) and len(value) <= 64:
-        try:
-            version, number = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii").split(":")
-            offset = int(number)
-        except (ValueError, binascii.Error, UnicodeDecodeError):
-            pass
-        else:
-            if version == "s1" and 0 < offset <= MAX_SEARCH_OFFSET and encode_search_cursor(offset) == value:
-                return offset
-    raise InvalidInput(f"cursor is not valid; {_CURSOR_HINT}")

@@ -21,7 +21,15 @@ from . import keys, newest, ranking
 from . import validation as check
 from .backend import Backend, Imported, MessageFilter, Snapshot, StoredKey
 from .changes import Deliver
-from .cursor import CONTACTS, CURSOR_SECRET, decode_cursor, encode_cursor
+from .cursor import (
+    CONTACTS,
+    CURSOR_SECRET,
+    SearchPosition,
+    decode_cursor,
+    decode_search_cursor,
+    encode_cursor,
+    encode_search_cursor,
+)
 from .errors import (
     ChatdockError,
     InvalidInput,
@@ -67,7 +75,7 @@ from .records import (
     message_record,
     new_chat_record,
 )
-from .search import decode_search_cursor, encode_search_cursor, parse_query
+from .search import parse_query
 from .sizing import MAX_RESULT_BYTES, fitting, message_bound, message_bytes, text_bound, text_bytes
 from .telemetry import Telemetry
 from .transcript import fit_hits, fit_transcript, format_line
@@ -469,19 +477,29 @@ class Store:
         channel = None if channel is None else check.channel(channel)
         role = None if role is None else check.role(role)
         limit = check.limit(limit)
-        offset = 0 if cursor is None else decode_search_cursor(cursor)
+        key = await self._cursor_key()
+        at = SearchPosition(0, None, None) if cursor is None else decode_search_cursor(cursor, key, org)
         # ranking and snippets are CPU work of up to a few hundred milliseconds (ranking.py): in a thread, so
         # that a search never holds the event loop every other request waits for, and at most SEARCHES_PER_ORG
         # of an organization's at once, so that one organization's burst leaves the others their share
         async with self._searching[org]:
-            newest = await self.backend.search(org, parsed, contact_id, channel, role, ranking.WINDOW)
+            newest = await self.backend.search(org, parsed, contact_id, channel, role, ranking.WINDOW, at.upto)
             ranked = await _worked_off_the_loop(lambda: ranking.rank(parsed, newest))  # the rule: ranking.py
-            found = await self.backend.messages_at(org, ranked[offset : offset + limit])
-            snippets = await _worked_off_the_loop(lambda: [ranking.snippet(parsed, hit.content) for hit in found])
-        hits = [SearchHit(**hit.model_dump(), snippet=snip) for hit, snip in zip(found, snippets, strict=True)]
+            start = at.offset
+            if at.after is not None and at.after in ranked:  # where the last page ended, wherever a delete moved it
+                start = ranked.index(at.after) + 1
+            found = await self.backend.messages_at(org, ranked[start : start + limit])
+            snippets = await _worked_off_the_loop(lambda: [ranking.snippet(parsed, hit.content) for _, hit in found])
+        hits = [SearchHit(**hit.model_dump(), snippet=snip) for (_, hit), snip in zip(found, snippets, strict=True)]
         kept = fit_hits(hits)  # a page that would pass the size bound ends early; the cursor goes on from there
-        more = len(ranked) > offset + kept
-        return SearchPage(hits=hits[:kept], next_cursor=encode_search_cursor(offset + kept) if more else None)
+        # the next page goes on after the last hit given (those of the page deleted meanwhile are passed by)
+        last = found[kept - 1][0] if kept else None
+        given = ranked.index(last) + 1 if last is not None else start + min(limit, len(ranked) - start)
+        if len(ranked) <= given:
+            return SearchPage(hits=hits[:kept], next_cursor=None)
+        upto = at.upto if at.upto is not None else newest[0][0]  # the later pages rank the same matches
+        after = SearchPosition(given, upto, ranked[given - 1])
+        return SearchPage(hits=hits[:kept], next_cursor=encode_search_cursor(after, key, org))
 
     async def delete_message(self, org: str, message_id: str) -> Message:
         message_id = check.uuid_text(message_id, "message_id")

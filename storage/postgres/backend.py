@@ -396,12 +396,19 @@ class PostgresBackend(SQLBackend):
         return outcome.deduplicated
 
     async def search(
-        self, org: str, query: Query, contact_id: str | None, channel: str | None, role: str | None, window: int
+        self,
+        org: str,
+        query: Query,
+        contact_id: str | None,
+        channel: str | None,
+        role: str | None,
+        window: int,
+        upto: int | None = None,
     ) -> list[tuple[int, str]]:
         text = tsquery_text(query)
 
         async def newest(how: str) -> list[tuple[int, str]]:
-            sql, params = search_sql(org, text, contact_id, channel, role, window, how)
+            sql, params = search_sql(org, text, contact_id, channel, role, window, how, upto)
             # planned for its words each time: a prepared statement's generic plan, blind to them, took a
             # contact's search through every match of a common word in the organization (42 ms at 1M)
             return [(seq, content) for seq, content in await self._read(sql, params, org, replan=True)]
@@ -421,13 +428,14 @@ class PostgresBackend(SQLBackend):
             found = await newest("newest" if await self._words.share(query) >= COMMON_SHARE else "index")
         return found
 
-    async def messages_at(self, org: str, seqs: Sequence[int]) -> list[Message]:
+    async def messages_at(self, org: str, seqs: Sequence[int]) -> list[tuple[int, Message]]:
         sql = (
             f"SELECT {MESSAGE_COLUMNS}, c.external_id FROM unnest($2::bigint[]) WITH ORDINALITY AS wanted(seq, n) "
             f"JOIN messages m ON m.seq = wanted.seq JOIN contacts c ON c.id = m.contact_pk "
             f"WHERE m.org_id = {ORG} ORDER BY wanted.n"
         )
-        return rows.messages(await self._read(sql, [org, list(seqs)], org))
+        found = await self._read(sql, [org, list(seqs)], org)
+        return [(row[9], message) for row, message in zip(found, rows.messages(found), strict=True)]
 
     async def health(self, writes: bool = True) -> list[str]:
         """What keeps the database from serving: unreachable, or taking no writes (reads go on; for a server that

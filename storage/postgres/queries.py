@@ -97,7 +97,14 @@ WALK_ROWS = 10_000  # the organization's newest messages a prefix search reads f
 
 
 def search_sql(
-    org: str, text: str, contact_id: str | None, channel: str | None, role: str | None, window: int, how: str
+    org: str,
+    text: str,
+    contact_id: str | None,
+    channel: str | None,
+    role: str | None,
+    window: int,
+    how: str,
+    upto: int | None = None,
 ) -> tuple[str, list[Any]]:
     """The newest matches (at most `window`), newest first, of the tsquery `text`, scoped by organization (and
     contact, by any of its identifiers); the statement and its parameters. `how` says how they are found (the
@@ -108,13 +115,20 @@ def search_sql(
       not match is read; "recent eras": only in the `RECENT_ERAS` newest eras (a word common lately);
     - "newest": as the planner sees fit (one contact's: its own index);
     - "walk": only among the organization's `WALK_ROWS` newest messages (a prefix common lately is found there);
-    - "index": every match, through the index of words, the newest kept: a prefix of few words (wordstats.py)."""
+    - "index": every match, through the index of words, the newest kept: a prefix of few words (wordstats.py).
+
+    With `upto`, none past that seq (a later page's search: the matches its first page considered)."""
     params: list[Any] = [org, contact_id, text]
     where = f" AND m.contact_pk = {CONTACT}" if contact_id is not None else " AND $2::text IS NULL"
     for column, value in (("channel", channel), ("role", role)):
         if value is not None:
             params.append(value)
             where += f" AND m.{column} = ${len(params)}"
+    below = ""
+    if upto is not None:
+        params.append(upto)
+        below = f" AND m.seq <= ${len(params)}"
+        where += below
     params.append(window)
     limit = f"${len(params)}"
     matches = "m.words @@ to_tsquery('chatdock_search', $3)"
@@ -136,7 +150,7 @@ def search_sql(
             f"LATERAL ({found}) f WHERE o.name = $1 LIMIT {limit}"
         )
     elif how == "walk":
-        newest = f"SELECT * FROM messages m WHERE m.org_id = {ORG} ORDER BY m.seq DESC LIMIT {WALK_ROWS}"
+        newest = f"SELECT * FROM messages m WHERE m.org_id = {ORG}{below} ORDER BY m.seq DESC LIMIT {WALK_ROWS}"
         sql = f"SELECT m.seq, {RANKED_CONTENT} FROM ({newest}) m WHERE {matches}{where} LIMIT {limit}"
     elif how == "index":
         found = f"SELECT m.seq, {RANKED_CONTENT} FROM messages m WHERE {matches} AND m.org_id = {ORG}{where}"

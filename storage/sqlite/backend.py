@@ -387,22 +387,30 @@ class SQLiteBackend(SQLBackend):
         return stored.deduplicated  # type: ignore[attr-defined,no-any-return]
 
     async def search(
-        self, org: str, query: Query, contact_id: str | None, channel: str | None, role: str | None, window: int
+        self,
+        org: str,
+        query: Query,
+        contact_id: str | None,
+        channel: str | None,
+        role: str | None,
+        window: int,
+        upto: int | None = None,
     ) -> list[tuple[int, str]]:
         await self._search_index.before_search()
         expression = fts_expression(query)
         params: list[Any] = [org, contact_id, expression] if contact_id is not None else [expression]
-        params += [org, *(value for value in (channel, role) if value is not None)]
-        sql = search_sql(contact_id is not None, channel is not None, role is not None)
+        params += [org, *(value for value in (channel, role, upto) if value is not None)]
+        sql = search_sql(contact_id is not None, channel is not None, role is not None, upto is not None)
         return [(seq, content) for seq, content in await self._read(sql, [*params, window])]
 
-    async def messages_at(self, org: str, seqs: Sequence[int]) -> list[Message]:
+    async def messages_at(self, org: str, seqs: Sequence[int]) -> list[tuple[int, Message]]:
         found = await self._read(
             MESSAGE_WITH_CONTACT + f"m.org_id = {ORG} AND m.seq IN (SELECT value FROM json_each(?))",
             [org, json.dumps(list(seqs))],
         )
         order = {seq: index for index, seq in enumerate(seqs)}
-        return rows.messages(sorted(found, key=lambda row: order[row[9]]))
+        found.sort(key=lambda row: order[row[9]])
+        return [(row[9], message) for row, message in zip(found, rows.messages(found), strict=True)]
 
     def _damaged(self) -> bool:
         return self.damaged is not None

@@ -58,11 +58,11 @@ def fts_expression(query: Query) -> str:
     return expression
 
 
-def search_sql(contact: bool, channel: bool, role: bool) -> str:
+def search_sql(contact: bool, channel: bool, role: bool, upto: bool = False) -> str:
     """The newest matches, scoped by organization; it takes ([org, contact,] expression, org, [channel,]
-    [role,] window). FTS5 walks the index from its newest row back (its rowid is the message's seq) and stops
-    at the window, however common the words; one contact's search adds its owner token to the expression, so
-    the index intersects the two lists."""
+    [role,] [upto,] window). FTS5 walks the index from its newest row back (its rowid is the message's seq),
+    from `upto` when given, and stops at the window, however common the words; one contact's search adds its
+    owner token to the expression, so the index intersects the two lists."""
     match = "?"
     if contact:
         match = f"('owner : k' || ifnull({CONTACT}, 0) || ' AND (' || ? || ')')"
@@ -71,6 +71,8 @@ def search_sql(contact: bool, channel: bool, role: bool) -> str:
         where += " AND m.channel = ?"
     if role:
         where += " AND m.role = ?"
+    if upto:
+        where += " AND messages_fts.rowid <= ?"
     return (
         f"SELECT m.seq, {RANKED_CONTENT} FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid "
         f"WHERE messages_fts MATCH {match} AND m.org_id = {ORG}{where} ORDER BY messages_fts.rowid DESC LIMIT ?"

@@ -4,6 +4,7 @@ what no longer matches, and what a query that cannot be read gets."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -84,6 +85,52 @@ async def test_pages_filters_and_aliases(store: Store) -> None:
         assert len(await search(client, "refund*", contact_id=ANN)) == 4
         text = (await client.call_tool("search_messages", {"query": "ignore"})).content[0].text  # type: ignore[union-attr]
         assert "\nSYSTEM:" not in text and text.count("\n") == 0  # one line per hit, whatever the content holds
+
+
+async def test_pages_go_through_the_same_matches_while_messages_are_written_and_deleted(store: Store) -> None:
+    """A search's later pages rank the matches its first page considered: messages stored meanwhile (which
+    rank first here, being newer) move no hit onto a second page, and a hit deleted meanwhile moves none off
+    it. (An offset into the matches as they are now repeated a hit for each message stored, and skipped one
+    for each deleted.)"""
+    async with Client(build_server(Settings(), store)) as client:
+        for index in range(7):
+            await call(
+                client, "append_message", contact_id=ANN, channel="sms", role="user", content=f"pagingword {index}"
+            )
+        first = await call(client, "search_messages", query="pagingword", limit=3)
+        seen = [hit["content"] for hit in first["hits"]]
+        assert seen == ["pagingword 6", "pagingword 5", "pagingword 4"]  # equal rank: the newest first
+        for index in range(2):
+            await call(
+                client, "append_message", contact_id=BOB, channel="sms", role="user", content=f"pagingword n{index}"
+            )
+        await call(client, "delete_message", message_id=first["hits"][0]["id"])
+        page = first
+        while page["next_cursor"] is not None:
+            page = await call(client, "search_messages", query="pagingword", limit=3, cursor=page["next_cursor"])
+            seen += [hit["content"] for hit in page["hits"]]
+        assert seen == [f"pagingword {index}" for index in range(6, -1, -1)]
+        again = await search(client, "pagingword", limit=3)  # a new search: what is there now
+        assert again == ["pagingword n1", "pagingword n0", "pagingword 5"]
+        # the next page after the hit the page ended with, although the deletes moved it up
+        page = await call(client, "search_messages", query="pagingword", limit=2)
+        await call(client, "delete_message", message_id=page["hits"][0]["id"])
+        following = await call(client, "search_messages", query="pagingword", limit=2, cursor=page["next_cursor"])
+        assert [hit["content"] for hit in following["hits"]] == ["pagingword 5", "pagingword 4"]
+        # a cursor of a version before this one (an offset into the matches as they are now: n0, 5, 4, 3, ...)
+        # still pages; one altered is refused
+        old = base64.urlsafe_b64encode(b"s1:2").decode().rstrip("=")
+        assert [
+            hit["content"]
+            for hit in (await call(client, "search_messages", query="pagingword", limit=2, cursor=old))["hits"]
+        ] == [
+            "pagingword 4",
+            "pagingword 3",
+        ]
+        cursor = following["next_cursor"]
+        altered = cursor[:-2] + ("AA" if not cursor.endswith("AA") else "BB")
+        problem = await error(client, "search_messages", query="pagingword", cursor=altered)
+        assert "cursor is not valid; pass next_cursor exactly as a previous search_messages returned it" in problem
 
 
 async def test_deleted_forgotten_and_other_organizations_messages_are_never_found(store: Store) -> None:

@@ -137,7 +137,7 @@ async def test_an_organizations_search_reads_only_its_matches_newest_era_first(
     real = search_sql
 
     def noted(*args: Any) -> tuple[str, list[Any]]:
-        hows.append(args[-1])
+        hows.append(args[6])  # how the matches are found
         return real(*args)
 
     monkeypatch.setattr(backend, "search_sql", noted)
