@@ -14,6 +14,7 @@ import json
 import os
 import random
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -167,6 +168,58 @@ def test_slow_clients_are_cut_off_and_never_lock_out_others(tmp_path: Path) -> N
     log = server.log.read_bytes()  # no line per refused connection: at most a summary now and then
     assert len(log) < 4096 and log.count(b"out of system resource") <= 2, log[-2000:]
     assert b"Traceback" not in log
+
+
+def resident_bytes(pid: int) -> int:
+    """The process's resident memory (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def test_headers_past_their_bound_get_431_and_cost_no_memory(tmp_path: Path) -> None:
+    """Headers that do not end (no key needed): past 64 KiB the answer is a JSON 431 and the connection closes.
+    The process held whatever it was sent until the headers ended: 4 connections of 400 MB each took it to
+    1.7 GB (a security review). A 40 KiB header (a large token) and pipelined requests are still served."""
+    with served(tmp_path, str(tmp_path / "heads.db")) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            for _ in range(40):  # 320 KiB at most, a piece at a time, until the answer comes
+                sock.sendall(b"X-Pad: " + b"a" * 8184 + b"\r\n")
+                if select.select([sock], [], [], 0.02)[0]:
+                    break
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 431 Request Header Fields Too Large") and b"connection: close" in head
+        assert json.loads(body) == {
+            "error": "Request header fields too large",
+            "message": "the request line and headers are over 65,536 bytes; send less",
+        }
+        before = resident_bytes(server.process.pid)
+        for _ in range(4):  # as fast as loopback takes it: refused after the first 64 KiB or so
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sent = 0
+                with contextlib.suppress(OSError):  # the server closes it (a reset, or a broken pipe)
+                    sock.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                    while sent < 100 * 2**20:
+                        sent += sock.send(b"X-Pad: " + b"b" * (2**20) + b"\r\n")
+                assert sent < 100 * 2**20  # cut off well before
+        assert resident_bytes(server.process.pid) - before < 32 * 2**20
+        big = urllib.request.Request(server.base + "/healthz", headers={"X-Token": "t" * 40 * 1024})
+        with urllib.request.urlopen(big, timeout=10) as response:
+            assert response.status == 200
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 2000)  # pipelined: 88 KB in all
+            answers = b""
+            while answers.count(b"HTTP/1.1 200") < 2000:
+                chunk = sock.recv(65536)
+                assert chunk, answers[-300:]
+                answers += chunk
+        assert b" 431 " not in answers
+    assert b"Traceback" not in server.log.read_bytes()
 
 
 def test_a_body_sent_after_its_early_refusal_holds_no_connection(tmp_path: Path) -> None:

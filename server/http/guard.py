@@ -10,6 +10,9 @@
   large answers (/docs' assets need no key) and never reads them holds its sockets for ever.
 - Neither that deadline nor uvicorn's keep-alive one closes a connection whose socket holds bytes the loop has
   not read yet (a request sent while the process was paused past them): it is read first.
+- A bound on what a request's line and headers may take, `MAX_HEAD_BYTES` (64 KiB: a large JWT is a few KiB):
+  past it the answer is 431 and the connection closes. uvicorn's parser keeps whatever it is sent until the
+  headers end, so without it a client with no key made the process hold gigabytes (found by a security review).
 - A bound on open connections, below the process's file limit: when it is reached, a new connection
   closes the oldest one that has not yet sent a whole request (it has shown no key, so it costs little to
   drop), else the one whose client has left its answer untaken longest, or, when every connection is busy
@@ -24,6 +27,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import resource
 import select
@@ -42,6 +46,13 @@ RESERVED_FILES = 32  # files the process keeps for the database, logs and its ow
 ACCEPT_BURST = 128  # connections the event loop may accept in one go, before any of them is looked at
 UNREAD_GRACE = 0.5  # seconds a deadline waits for bytes in the socket that the loop has not read yet
 SHUTDOWN_LINGER = 0.5  # seconds a connection waiting for a request stays open once the server shuts down
+MAX_HEAD_BYTES = 64 * 1024  # a request's line and headers, at most (a chunk read more may be parsed first)
+_TOO_LARGE_HEAD = json.dumps(
+    {
+        "error": "Request header fields too large",
+        "message": f"the request line and headers are over {MAX_HEAD_BYTES:,} bytes; send less",
+    }
+).encode()
 
 
 def raise_file_limit() -> int:
@@ -106,6 +117,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self._buffered = 0  # what was still to send when that deadline was set
         self._unanswered = 0  # requests that arrived whole and are not answered yet (one, unless pipelined)
         self._stopping = False  # the server is shutting down: the next answer closes the connection
+        self._in_head = True  # a request's line and headers are being read (or awaited): not yet whole
+        self._head_bytes = 0  # what the request's line and headers took so far (see data_received)
+        self._ended = False  # a request ended in the bytes being parsed
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -156,7 +170,15 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        in_body = not self._in_head
+        self._ended = False
         super().data_received(data)
+        if self._in_head and not self.transport.is_closing():
+            # bytes that are all of one request's head count whole; bytes that also hold a body or a request
+            # before it (pipelined) are not counted, and the head is counted from the next bytes on
+            self._head_bytes = 0 if in_body or self._ended else self._head_bytes + len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse_head()
         if self.transport.is_closing():
             self._stop_waiting()
         elif not self._unanswered and self.cycle is not None and not self.cycle.response_complete:
@@ -164,6 +186,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._in_head = True  # what comes next is the next request's
+        self._ended = True
         if self.cycle is not None and self.cycle.response_complete:
             return  # answered before its body was all in (a 401, a 413): the wait for the next request goes on
         self._unanswered += 1
@@ -187,7 +211,23 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._after_unread(self._close_if_waiting) is None:
             self._close_unread()
 
+    def _refuse_head(self) -> None:
+        """The request's line and headers passed MAX_HEAD_BYTES: 431, and the connection closes (what was read
+        of it goes with the parser)."""
+        head = [
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+            *(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers),
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(_TOO_LARGE_HEAD)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+        ]
+        logger.info("refused a request whose headers passed %d bytes (431)", MAX_HEAD_BYTES)
+        self.transport.write(b"".join(head) + _TOO_LARGE_HEAD)
+        self.transport.close()
+
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
         super().on_headers_complete()
         if self._stopping and self.cycle is not None:
             self.cycle.keep_alive = False  # shutting down: this answer is the connection's last
