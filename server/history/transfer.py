@@ -180,14 +180,18 @@ async def export_to_path(
         raise InvalidInput(f"cannot write the export to {path}: it is a folder; name a file with -o")
     if not target.parent.is_dir():
         raise InvalidInput(f"cannot write the export to {path}: there is no folder {target.parent}")
-    partial = target.with_name(target.name + ".part")
+    partial: str | None = None
     try:
-        with partial.open("w", encoding="utf-8", newline="\n") as out:
+        # a new file of its own beside the target (never one found there: a link planted at a known name would
+        # have the export written where it points), readable by its owner only, as the database is
+        made, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        with os.fdopen(made, "w", encoding="utf-8", newline="\n") as out:
             written = await export(store, out, org, contact_id, quiet, skipped)
         os.replace(partial, target)
     except BaseException as exc:
         with contextlib.suppress(OSError):  # nothing to remove where nothing could be made (a read-only disk)
-            partial.unlink(missing_ok=True)
+            if partial is not None:
+                os.unlink(partial)
         if isinstance(exc, OSError):  # a full disk, a read-only disk, a folder without write permission, ...
             raise InvalidInput(f"cannot write the export to {path}: {exc.strerror or exc}") from None
         if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):  # Ctrl-C: said, as an import's is

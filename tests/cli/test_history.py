@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import sqlite3
+import stat
 import subprocess
 import unicodedata
 import uuid
@@ -98,7 +99,8 @@ async def test_export_import_export_round_trip_is_identical(tmp_path: Path) -> N
     out = tmp_path / "history.jsonl"
     done = run_cli("export", "--db", str(source), "-o", str(out))
     assert done.returncode == 0, done.stderr
-    assert "exporting" in done.stderr and not (tmp_path / "history.jsonl.part").exists()
+    assert "exporting" in done.stderr and not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # the whole history: its owner's only, as the database
     lines = out.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1200 + 2 + 2  # the seeded batch, two messages in a chat, two chats
     assert [json.loads(line)["kind"] for line in lines[:2]] == ["chat", "chat"]

@@ -246,6 +246,21 @@ def test_export_to_a_symbolic_link_writes_its_target_and_keeps_the_link(
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".part") == []
 
 
+def test_a_link_planted_where_an_export_writes_does_not_steer_it(tmp_path: Path, history: tuple[Path, str]) -> None:
+    """Another user of a shared folder links the name the export wrote its partial file under to a file of
+    theirs: the export overwrote that file with the organization's messages and left `-o` a link to it (a
+    security review). The export's partial file is now its own, made new, and its result its owner's only."""
+    db, exported = history
+    victim = tmp_path / "victim.txt"
+    victim.write_text("theirs\n")
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "out.jsonl.part").symlink_to(victim)
+    done = run_cli("export", "--db", str(db), "-q", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert victim.read_text() == "theirs\n" and not out.is_symlink()
+    assert out.read_text(encoding="utf-8") == exported and stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
 def test_export_to_a_fifo_streams_into_it_and_leaves_it_a_fifo(tmp_path: Path, history: tuple[Path, str]) -> None:
     db, exported = history
     fifo = tmp_path / "export.fifo"
