@@ -13,6 +13,19 @@ if TYPE_CHECKING:
     from chatdock.server.ops.metrics import Metrics
 
 
+# the client networks /metrics answers on the main listener by default: loopback, private and link-local ones
+METRICS_CLIENTS = (
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+)
+
+
 @dataclass
 class Settings:
     db: str = ":memory:"
@@ -26,6 +39,9 @@ class Settings:
     trusted_proxies: list[str] = field(default_factory=list)
     # where the server counts its work for /metrics (metrics.py): a registry of its own; None: not counted
     metrics: Metrics | None = None
+    # HTTP: the client networks /metrics answers on the main listener (it names organizations): loopback and
+    # private ones unless the operator names others (--metrics-allow); the metrics port answers any
+    metrics_clients: tuple[str, ...] = METRICS_CLIENTS
     # spans of REST calls, store calls and their SQL, recorded by OpenTelemetry's global tracer provider (tracing.py)
     tracing: bool = False
     # HTTP: OAuth access tokens accepted beside the API keys (oauth.py); None: keys only

@@ -582,6 +582,7 @@ def test_every_start_up_failure_is_one_line_naming_its_cause(tmp_path: Path) -> 
         (["--forwarded-allow-ips", "notanip"], {}, "a proxy's address (10.0.0.5), a network (10.0.0.0/8) or '*'"),
         (["--allowed-host", "bad host/"], {}, "must be a Host header as clients send it, HOST or HOST:PORT"),
         (["--forwarded-allow-ips", "127.0.0.1/8"], {}, "got '127.0.0.1/8'; did you mean 127.0.0.0/8?"),
+        (["--metrics-allow", "10.0.0.1/8"], {}, "argument --metrics-allow: must be an address (10.0.0.5) or a network"),
         ([], {"CHATDOCK_POOL_SIZE": "0", "CHATDOCK_LOG_FORMAT": "json"}, '"level": "ERROR"'),  # a record, as asked
         (["--log-f", "json", "--bogus"], {}, '"level": "ERROR"'),  # argparse takes the abbreviation: so does the record
     ],

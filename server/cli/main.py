@@ -211,6 +211,21 @@ def proxy_address(value: str) -> str:
     return value
 
 
+def client_network(value: str) -> str:
+    """A --metrics-allow: a client's address or a network (10.0.0.5, 10.0.0.0/8, ::/0 for any IPv6)."""
+    try:
+        ipaddress.ip_network(value)
+    except ValueError:
+        try:
+            meant = f"; did you mean {ipaddress.ip_network(value, strict=False)}?"
+        except ValueError:
+            meant = ""
+        raise argparse.ArgumentTypeError(
+            f"must be an address (10.0.0.5) or a network (10.0.0.0/8; 0.0.0.0/0 and ::/0 for any), got {value!r}{meant}"
+        ) from None
+    return value
+
+
 def organization(value: str) -> str:
     """An organization's name as every command takes it (--org, CHATDOCK_ORG): an id's rules, NFC among them,
     so that one name typed two ways (macOS types an accent apart) is one organization."""
@@ -341,6 +356,15 @@ def parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="with --http: serve GET /metrics (Prometheus) on this port only, off the main listener; without it "
         "/metrics is served beside /mcp, without a key (env CHATDOCK_METRICS_PORT)",
+    )
+    serve.add_argument(
+        "--metrics-allow",
+        action="append",
+        default=[],
+        type=client_network,
+        metavar="NETWORK",
+        help="with --http, without --metrics-port: a client address or network that may read /metrics on the main "
+        "listener (repeatable; default: loopback and private networks; it names organizations)",
     )
     serve.add_argument(
         "--metrics-host",
@@ -524,6 +548,11 @@ def _serve(args: argparse.Namespace) -> None:
             raise InvalidInput(f"{flag} must be a TCP port, 0 (any free one) to 65535, got {port}")
     if args.metrics_port is not None and args.metrics_port == args.port != 0:
         raise InvalidInput(f"--metrics-port must differ from --port ({args.port}): /metrics is served apart")
+    if args.metrics_allow and args.metrics_port is not None:
+        raise InvalidInput(
+            "--metrics-allow is for /metrics on the main listener; --metrics-port answers whoever reaches it: "
+            "choose who can with --metrics-host (an internal address) and drop --metrics-allow"
+        )
     if "*" in args.forwarded_allow_ips and len(args.forwarded_allow_ips) > 1:
         raise InvalidInput("--forwarded-allow-ips '*' believes every address: give it alone, or name the proxies")
     stop_tracing = tracing.start(os.environ)
@@ -538,6 +567,8 @@ def _serve(args: argparse.Namespace) -> None:
         trusted_proxies=args.forwarded_allow_ips,
         tracing=stop_tracing is not None,
     )
+    if args.metrics_allow:
+        settings.metrics_clients = tuple(args.metrics_allow)
     try:
         if args.http:
             # the MCP stack is imported only to serve: every other command starts without it

@@ -421,7 +421,14 @@ def build_http_app(
     rest = BodyLimit(Lanes(routes))
     app = ApiKeyAuth(Dispatch(mcp, rest, metadata), server, sessions, settings.metrics, oauth)
     observed = ObservedHttp(
-        app, settings.metrics, settings.tracing, routes.routes, MCP_PATHS, metrics_port, security=security
+        app,
+        settings.metrics,
+        settings.tracing,
+        routes.routes,
+        MCP_PATHS,
+        metrics_port,
+        security=security,
+        metrics_clients=settings.metrics_clients,
     )
     return CutOff(EncodedSlashes(observed), lambda: server.events.closing)
 

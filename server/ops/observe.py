@@ -23,7 +23,9 @@ and a tool that is not registered are each counted as "other", and a REST path t
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
+import json
 import secrets
 import time
 from collections.abc import Collection
@@ -94,6 +96,7 @@ class ObservedHttp:
         elsewhere: tuple[str, ...],
         metrics_port: int | None = None,
         security: TransportSecuritySettings | None = None,
+        metrics_clients: Collection[str] = ("0.0.0.0/0", "::/0"),
     ) -> None:
         self.app = app
         self.metrics = metrics
@@ -104,6 +107,8 @@ class ObservedHttp:
         # /metrics on the main listener names organizations: the Host and Origin /mcp takes, or 421 / 403 (a page
         # of another site that DNS rebinding points at this server must not read them)
         self.hosts = TransportSecurityMiddleware(security) if security is not None else None
+        # ... and only to clients of these networks (by default loopback and private ones: Settings)
+        self.metrics_clients = [ipaddress.ip_network(network) for network in metrics_clients]
         self._prefix = secrets.token_hex(4)  # request ids of this process: prefix-counter, unique across replicas
         self._count = itertools.count(1)
 
@@ -121,7 +126,7 @@ class ObservedHttp:
                 if refused is not None:
                     await refused(scope, receive, send)
                     return
-                await self._scrape(scope, send, True)
+                await self._scrape(scope, send, True, self._metrics_client(scope))
                 return
         request_id, carrier = self._read_headers(scope)
         token = logs.request_fields.set({"request_id": request_id})
@@ -193,10 +198,33 @@ class ObservedHttp:
                     _describe(span, scope, method, template, status)
                 span.end()
 
-    async def _scrape(self, scope: Scope, send: Send, found: bool) -> None:
+    def _metrics_client(self, scope: Scope) -> str | None:
+        """None when the request's client (its address, as the proxies named in --forwarded-allow-ips tell it)
+        may read /metrics on the main listener; else that address, to say so."""
+        client = scope.get("client")
+        address = str(client[0]) if client else "an unknown address"
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return None if any(ip in network for network in self.metrics_clients) else address
+
+    async def _scrape(self, scope: Scope, send: Send, found: bool, stranger: str | None = None) -> None:
         assert self.metrics is not None
         text = [(b"content-type", b"text/plain; charset=utf-8")]
-        if not found:
+        if stranger is not None:
+            status, headers = 403, [(b"content-type", b"application/json")]
+            body = json.dumps(
+                {
+                    "error": "Forbidden",
+                    "message": f"/metrics names organizations: on this listener it answers loopback and private "
+                    f"addresses, not {stranger}; serve it on a port of its own (--metrics-port), or name the "
+                    "scraper's network with --metrics-allow",
+                }
+            ).encode()
+        elif not found:
             status, body, headers = 404, b"this port serves only GET /metrics\n", text
         elif scope.get("method") not in ("GET", "HEAD"):
             status, body, headers = 405, b"/metrics takes GET\n", [*text, (b"allow", b"GET, HEAD")]

@@ -311,6 +311,36 @@ def test_metrics_on_the_main_listener_answer_only_the_hosts_mcp_answers(tmp_path
         assert "chatdock_requests" in families
 
 
+@pytest.mark.process
+def test_metrics_on_the_main_listener_answer_only_loopback_and_private_clients(tmp_path: Path) -> None:
+    """/metrics names every organization: on the main listener, served to anyone who reached it (no key), it
+    listed a hosted server's customers to the internet (a security review). It answers loopback and private
+    addresses, as the proxies named in --forwarded-allow-ips tell them, unless --metrics-allow names others."""
+    db = str(tmp_path / "chatdock.db")
+    with http_server(db, "--forwarded-allow-ips", "127.0.0.1") as base:
+        for client, status in (("203.0.113.5", 403), ("10.1.2.3", 200), ("fd00::7", 200), ("2001:db8::1", 403)):
+            request = urllib.request.Request(base + "/metrics", headers={"X-Forwarded-For": client})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    answered, body = response.status, response.read()
+            except urllib.error.HTTPError as failed:
+                answered, body = failed.code, failed.read()
+            assert answered == status, (client, body)
+            if status == 403:
+                message = json.loads(body)["message"]
+                assert f"on this listener it answers loopback and private addresses, not {client}" in message
+                assert "--metrics-port" in message and "--metrics-allow" in message
+    with http_server(db, "--metrics-allow", "10.0.0.0/8") as base:  # the operator's networks, loopback not one
+        with pytest.raises(urllib.error.HTTPError) as loopback:
+            urllib.request.urlopen(base + "/metrics", timeout=10)
+        assert loopback.value.code == 403
+        loopback.value.close()
+    with http_server(db, "--metrics-allow", "0.0.0.0/0") as base:
+        assert "chatdock_requests" in scrape(base + "/metrics")[0]
+    apart = run_cli("serve", "--http", "--db", db, "--metrics-allow", "::/0", "--metrics-port", str(free_port()))
+    assert apart.returncode == 2 and "--metrics-port answers whoever reaches it" in apart.stderr, apart.stderr
+
+
 async def test_each_server_counts_in_a_registry_of_its_own(tmp_path: Path) -> None:
     first, second = Metrics(), Metrics()
     servers = [
