@@ -667,6 +667,8 @@ async def test_stored_ids_are_normalized_and_look_alike_pairs_are_kept_and_logge
 def test_wrong_keys_are_logged_by_prefix_and_slowed_per_address_never_valid_ones(tmp_path: Path) -> None:
     db = str(tmp_path / "keys.db")
     valid = create_key(db, "acme", "valid")
+    revoked = create_key(db, "acme", "old")
+    assert run_cli("keys", "revoke", "--db", db, "old").returncode == 0
     secret = "Zq9" * 14
     with served(tmp_path, db) as server:
         statuses = []
@@ -684,9 +686,14 @@ def test_wrong_keys_are_logged_by_prefix_and_slowed_per_address_never_valid_ones
         assert retry_after is not None and 1 <= int(retry_after) <= 60
         with urllib.request.urlopen(server.request(valid), timeout=10) as response:
             assert response.status == 200  # the same address, a valid key: served at once
+        with pytest.raises(urllib.error.HTTPError) as old:  # a client still sending a revoked key, amid the flood
+            urllib.request.urlopen(server.request(revoked), timeout=10)
+        old.value.close()
     log = server.log.read_text()
     assert "cdk_deadbeef" in log and secret not in log and valid not in log
-    assert log.count("refused a key") <= 2  # 40 refusals, summed up rather than one line each
+    assert log.count("refused a key") <= 3  # 41 refusals, summed up rather than one line each
+    prefix = "_".join(revoked.split("_")[:2])
+    assert f"refused a key from 127.0.0.1 ({prefix}): " in log and revoked not in log  # not lost among them
 
 
 # --- 7. forged cursors ---

@@ -159,7 +159,11 @@ class ApiKeyAuth:
         if org is None:
             address = (scope.get("client") or ("unknown", 0))[0]
             problem = verdict.said or REFUSALS[verdict.refusal]
-            logger.warning("refused a key from %s (%s): %s", address, _key_prefix(scope), problem)
+            prefix = _key_prefix(scope)
+            # told apart by address and key (a client still sending a revoked key shows beside a flood of guesses)
+            logger.warning(
+                "refused a key from %s (%s): %s", address, prefix, problem, extra={"repeat_of": f"{address} {prefix}"}
+            )
             if self.metrics is not None:
                 self.metrics.refused_key(verdict.refusal)
             wait = self.failures.failed(address) if verdict.refusal in GUESSES else None

@@ -6,8 +6,8 @@ layers put them in `request_fields`, observe.py); `trace_id` and `span_id` withi
 `traceback` when there is one.
 
 A line that repeats (asyncio's "socket.accept() out of system resource" when files run out, uvicorn's
-"Invalid HTTP request received.", a refused key, a write that fails on a full disk) is written once, then
-summed up at most every ten seconds; but a database migration's lines, each a fact of its own (an id renamed,
+"Invalid HTTP request received.", a refused key (by address and key: `DISTINCT_REPEATS`), a write that fails
+on a full disk) is written once, then summed up at most every ten seconds; but a database migration's lines, each a fact of its own (an id renamed,
 a look-alike to decide on, the search index built so far), are all written. An unexpected error (ERROR and
 above, with an exception that is not a cancellation) keeps its traceback whatever the level: it is how a bug
 gets found; repeats of the same error at the same place are summed up like any other line. Expected failures
@@ -41,6 +41,12 @@ SHARED_LOGGERS = ("asyncpg", "chatdock.storage.outage", "chatdock.storage.feed")
 WHOLE_LOGGERS = ("chatdock.storage.migrations", "chatdock.storage.feed")
 
 
+# A line may name what its repeats are told apart by (`extra={"repeat_of": ...}`: a refused key's address and
+# prefix, so that a client still sending a revoked key shows beside a flood of guesses); at most this many of a
+# line's kinds are told apart in one period, past which its other kinds are summed up together
+DISTINCT_REPEATS = 20
+
+
 class QuietRepeats(logging.Filter):
     """Lets a message through once, then at most once every `every` seconds with how often it was held back."""
 
@@ -48,12 +54,25 @@ class QuietRepeats(logging.Filter):
         super().__init__()
         self.every = every
         self._seen: dict[str, tuple[float, int]] = {}
+        self._kinds: dict[str, tuple[float, set[str]]] = {}  # a line's kinds told apart in its period
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name in WHOLE_LOGGERS:
             return True
         key = f"{record.name}:{record.msg}:{_where(record)}"
         now = time.monotonic()
+        kind = getattr(record, "repeat_of", None)
+        if isinstance(kind, str):
+            line = key
+            since, kinds = self._kinds.get(line, (now, set()))
+            if now - since >= self.every:
+                since, kinds = now, set()
+            if kind in kinds or len(kinds) < DISTINCT_REPEATS:
+                kinds.add(kind)
+                key = f"{line}:{kind}"
+            self._kinds[line] = (since, kinds)
+            if len(self._seen) > 50 * DISTINCT_REPEATS:  # kinds come and go (addresses): the quiet ones are let go
+                self._seen = {seen: at for seen, at in self._seen.items() if now - at[0] < self.every or at[1]}
         last, held = self._seen.get(key, (float("-inf"), 0))
         if now - last < self.every:
             self._seen[key] = (last, held + 1)

@@ -214,6 +214,21 @@ def test_the_change_feed_lost_twice_is_told_twice() -> None:
     assert [quiet.filter(record) for record in repeated] == [True, False]  # other lines are summed up, as before
 
 
+def test_a_line_told_apart_by_its_kind_is_bounded_in_kinds() -> None:
+    """A refused key is told apart by address and key (a revoked one in use shows beside a flood of guesses),
+    but a flood of ever new addresses is summed up past DISTINCT_REPEATS kinds in a period."""
+    quiet = logs.QuietRepeats()
+
+    def refused(kind: str) -> bool:
+        record = logging.LogRecord("chatdock.http", logging.WARNING, __file__, 1, "refused %s", (kind,), None)
+        record.repeat_of = kind
+        return quiet.filter(record)
+
+    assert [refused(f"10.0.0.{n}") for n in range(logs.DISTINCT_REPEATS)] == [True] * logs.DISTINCT_REPEATS
+    assert not refused("10.0.0.0")  # a kind seen in this period: held back as its repeat
+    assert refused("10.0.1.1") and not refused("10.0.1.2")  # past the bound: the other kinds are one line
+
+
 def test_running_out_of_files_is_an_error_line_without_a_trace() -> None:
     """asyncio logs "socket.accept() out of system resource" at ERROR with the OSError when a connection flood
     reaches the file limit: the machine's limit, not a bug; a bug's error keeps its trace."""
