@@ -7,8 +7,9 @@ layers put them in `request_fields`, observe.py); `trace_id` and `span_id` withi
 
 A line that repeats (asyncio's "socket.accept() out of system resource" when files run out, uvicorn's
 "Invalid HTTP request received.", a refused key (by address and key: `DISTINCT_REPEATS`), a write that fails
-on a full disk) is written once, then summed up at most every ten seconds; but a database migration's lines, each a fact of its own (an id renamed,
-a look-alike to decide on, the search index built so far), are all written. An unexpected error (ERROR and
+on a full disk) is written once, then summed up at most every ten seconds; but a database migration's lines,
+each a fact of its own (an id renamed, a look-alike to decide on, the search index built so far), are all
+written. An unexpected error (ERROR and
 above, with an exception that is not a cancellation) keeps its traceback whatever the level: it is how a bug
 gets found; repeats of the same error at the same place are summed up like any other line. Expected failures
 below ERROR keep theirs at DEBUG only.
