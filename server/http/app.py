@@ -280,7 +280,9 @@ class ApiKeyAuth:
 
     async def _reject(self, refusal: str, message: str, scope: Scope, receive: Receive, send: Send) -> None:
         # a header is latin-1: what the token carried (a kid, an alg) is spelled in ASCII escapes there
-        described = message.replace(chr(34), chr(39)).encode("ascii", "backslashreplace").decode("ascii")
+        # and within a quoted-string: a backslash doubled, a double quote as a single one (RFC 9110 §5.6.4)
+        described = message.replace("\\", "\\\\").replace(chr(34), chr(39))
+        described = described.encode("ascii", "backslashreplace").decode("ascii")
         if refusal == "missing":  # no error (RFC 6750 §3.1); with OAuth, the scopes to ask for (MCP authorization)
             fields = [] if self.oauth is None else [f'scope="{" ".join(SCOPES)}"']
         else:
