@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from . import keys, newest, ranking
 from . import validation as check
 from .backend import Backend, Imported, MessageFilter, Snapshot, StoredKey
-from .changes import Deliver
+from .changes import Change, Deliver
 from .cursor import (
     CONTACTS,
     CURSOR_SECRET,
@@ -709,7 +709,14 @@ class Store:
         waits (at most `wait` seconds) until the feed is in place, so that every change committed once inside
         is heard: a replica that says it is ready misses none of them."""
         started = asyncio.Event()
-        follower = asyncio.ensure_future(self.backend.follow(deliver, wanted, started.set))
+
+        def heard(change: Any) -> None:
+            # a contact forgotten elsewhere (or changes too many to tell): what was kept of its text goes here too
+            if not isinstance(change, Change) or change.kind == "forgotten":
+                let_go_of_all()
+            deliver(change)
+
+        follower = asyncio.ensure_future(self.backend.follow(heard, wanted, started.set))
         try:
             waiting = asyncio.ensure_future(started.wait())
             try:

@@ -8,8 +8,9 @@ import contextlib
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import aiosqlite
 
@@ -21,18 +22,38 @@ logger = logging.getLogger("chatdock.storage")
 
 FOLLOW_INTERVAL = 0.05  # seconds between looks at the change feed, while someone listens
 KEEP_CHANGES = 10_000  # the feed keeps this many changes; a follower further behind re-reads everything
+FORGOTTEN_SECONDS = 60.0  # how long the feed names a forgotten contact (for the other processes' listeners)
+_BLANK = "UPDATE changes SET contact_id = '', aliases = NULL"  # a row that names no one any more
 SKIP_EVERY = 20  # looks (a second) between two skips past the changes no one here listened for
 PRUNE_EVERY = 1_024
 
 
 class ChangeLog(shared.ChangeLog):
     """Each change is a row of the feed, written inside the write's transaction; every PRUNE_EVERY rows a
-    process writes, it deletes the rows older than the newest KEEP_CHANGES."""
+    process writes, it deletes the rows older than the newest KEEP_CHANGES.
+
+    A forgotten contact's identifiers leave the feed: the forget blanks the rows that name them, and its own
+    row, which tells the other processes' listeners, is blanked by this process's first write
+    FORGOTTEN_SECONDS after it (or pruned, if the process stops first)."""
 
     __slots__ = ()
     written_here = 0  # rows this process wrote to the feed (one writer thread: no race)
+    forgotten_here: ClassVar[list[tuple[float, str, str]]] = []  # (when, org, contact_id) of its forget rows
 
     def write(self, change: Change) -> Ops[None]:
+        yield from _let_go(time.monotonic())
+        if change.kind == "forgotten":
+            named = json.dumps([change.contact_id, *change.aliases])
+            # blanked, not deleted: a deleted newest row's seq would be given again, and a follower that had
+            # read up to it would miss the row that took it
+            yield count(
+                f"{_BLANK} WHERE org = ? AND (contact_id IN (SELECT value FROM json_each(?)) OR EXISTS "
+                "(SELECT 1 FROM json_each(changes.aliases) WHERE value IN (SELECT value FROM json_each(?))))",
+                change.org,
+                named,
+                named,
+            )
+            ChangeLog.forgotten_here.append((time.monotonic(), change.org, change.contact_id))
         yield count(
             "INSERT INTO changes (org, contact_id, kind, origin, aliases) VALUES (?, ?, ?, ?, ?)",
             change.org,
@@ -44,6 +65,15 @@ class ChangeLog(shared.ChangeLog):
         ChangeLog.written_here += 1
         if ChangeLog.written_here % PRUNE_EVERY == 0:
             yield count("DELETE FROM changes WHERE seq <= (SELECT max(seq) FROM changes) - ?", KEEP_CHANGES)
+
+
+def _let_go(now: float) -> Ops[None]:
+    """Blank the forget rows this process wrote FORGOTTEN_SECONDS ago or more (see ChangeLog)."""
+    due = [row for row in ChangeLog.forgotten_here if now - row[0] >= FORGOTTEN_SECONDS]
+    for _, org, contact_id in due:
+        yield count(f"{_BLANK} WHERE kind = 'forgotten' AND org = ? AND contact_id = ?", org, contact_id)
+    if due:
+        ChangeLog.forgotten_here = [row for row in ChangeLog.forgotten_here if now - row[0] < FORGOTTEN_SECONDS]
 
 
 async def _one_value(conn: aiosqlite.Connection, sql: str) -> Any:
@@ -101,7 +131,8 @@ async def follow_feed(
                 deliver(EVERYTHING)  # the feed was pruned past where this process had read
             for seq, org, contact_id, kind, source, aliases in found:
                 position = seq
-                if source != origin:  # this process announced its own changes at commit
+                if source != origin and contact_id:  # this process announced its own changes at commit; a
+                    # blanked row was of a contact forgotten since (its forget told the listeners)
                     deliver(Change(org, contact_id, kind, tuple(json.loads(aliases)) if aliases else ()))
     finally:
         await conn.close()

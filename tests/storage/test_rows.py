@@ -3,8 +3,10 @@ transcript entry, measured once, is that message's alone."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import anyio
 import pydantic
 import pytest
 
@@ -91,6 +93,31 @@ async def test_forgetting_a_contact_lets_go_of_every_message_kept(tmp_path: Path
         again = (await store.get_context("acme", "+31600000001")).messages[0]
         assert again is not kept and again == kept
         assert not transcript._entries.holds(kept)  # nor its entry
+
+
+async def test_a_contact_forgotten_by_another_process_is_let_go_of_here_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the process that forgot a contact let go of what it kept of the contact's messages; a replica kept
+    their text in memory (not served: a data-protection review). A process that hears a forget from the feed
+    lets go of its own."""
+    from chatdock.storage import store as store_module
+
+    let_go: list[str] = []
+    monkeypatch.setattr(store_module, "let_go_of_all", lambda: let_go.append("let go"))
+    path = str(tmp_path / "replicas.db")
+    heard: list[object] = []
+    async with open_store(path) as here, open_store(path) as elsewhere:
+        await here.append_message(
+            "acme", NewMessage(contact_id="+31600000002", channel="sms", role="user", content="x")
+        )
+        async with here.following(heard.append, lambda: True):
+            await elsewhere.forget_contact("acme", "+31600000002")
+            assert let_go == ["let go"]  # by the process that forgot it
+            with anyio.fail_after(10):
+                while not heard:
+                    await asyncio.sleep(0.02)
+        assert let_go == ["let go", "let go"]  # and by the one that heard of it
 
 
 def test_a_changed_copy_of_a_message_has_its_own_entry() -> None:

@@ -574,6 +574,43 @@ async def test_forget_contact_erases_everything_of_theirs(store: Store) -> None:
     assert (again.deleted_messages, again.deleted_chats) == (0, 0)
 
 
+async def test_a_forgotten_contacts_identifiers_leave_the_sqlite_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After forget_contact, nothing in the file names the person: the change feed kept every change's contact
+    and aliases (the forget's own row too) until 10,000 later rows pruned them (a data-protection review). The
+    forget deletes the feed's rows that name them; its own row, which the other processes' listeners read, goes
+    with this process's first write FORGOTTEN_SECONDS later."""
+    from chatdock.storage.sqlite import feed
+
+    monkeypatch.setattr(feed, "FORGOTTEN_SECONDS", 0.3)
+    path = tmp_path / "erased.db"
+    phone, alias = "+31699887766", "ann.forgotten@example.org"
+    async with open_store(str(path)) as store:
+        await store.append_message(ORG, msg(phone, "my passport is NX4471QZ"))
+        await store.link_contacts(ORG, phone, alias)
+        await store.append_message(ORG, msg(alias, "and again"))
+        await store.append_message(ORG, msg("+31600000001", "someone else"))
+
+        def naming() -> list[tuple[str, str]]:
+            with sqlite3.connect(path) as conn:
+                found = conn.execute(
+                    "SELECT kind, contact_id FROM changes WHERE contact_id IN (?, ?) OR aliases LIKE ?",
+                    (phone, alias, f"%{alias}%"),
+                ).fetchall()
+            conn.close()
+            return found
+
+        assert len(naming()) >= 3
+        await store.forget_contact(ORG, alias)
+        assert naming() == [("forgotten", phone)]  # for the other processes' listeners, a while
+        await asyncio.sleep(0.4)
+        await store.append_message(ORG, msg("+31600000001", "later"))
+        assert naming() == []
+    files = [path, *path.parent.glob(f"{path.name}-*")]
+    assert not [file for file in files if phone.encode() in file.read_bytes() or alias.encode() in file.read_bytes()]
+
+
 async def test_a_links_first_answer_is_kept_under_its_key_moves_with_merges_and_goes_with_its_contact(
     db: str, store: Store
 ) -> None:
