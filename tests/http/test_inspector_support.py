@@ -247,6 +247,51 @@ async def test_the_header_says_whose_key_and_a_long_identifier_stays_short(tmp_p
             await accessible(page, "a long identifier at 360 px")
 
 
+async def test_the_address_links_to_a_contact_and_a_message_and_back_goes_back(
+    tmp_path: Path, browser: Browser
+) -> None:
+    """A support person shares where they are: the address names the open contact (and a search hit's
+    message), never the key; a link followed in a new tab opens there once signed in, a message further back
+    than the first page included, an alias by its contact's id; Back and Forward go between the screens."""
+    db = str(tmp_path / "links.db")
+    key = create_key(db, "acme", "support")
+    with http_server(db) as base:
+        rest = Rest(base, key)
+        first = rest.ok("POST", "/chats", said(ANN, "the very first message"))["id"]
+        for n in range(80):  # the first message is further back than a page of the timeline
+            rest.ok("POST", "/chats", said(ANN, f"later {n}"))
+        rest.ok("POST", f"/contacts/{q(ANN)}/aliases", {"identifier": "ann@example.com"})
+        async with watched(browser) as seen:
+            page = seen.page
+            await sign_in(page, base, key)
+            await open_contact(page, ANN)
+            assert page.url == f"{base}/ui#contact=%2B31612345678"
+            await page.go_back()
+            await expect(page.get_by_role("heading", name="Contacts", level=1)).to_be_visible()
+            assert page.url == f"{base}/ui"
+            await page.go_forward()
+            await expect(page.get_by_role("heading", name=ANN, level=1)).to_be_visible()
+            await page.get_by_role("searchbox").fill("first")
+            await page.get_by_role("searchbox").press("Enter")
+            await page.get_by_role("button", name=re.compile("the very first message")).click()
+            await expect(page.locator(f"#m-{first}")).to_be_focused()
+            assert page.url == f"{base}/ui#contact=%2B31612345678&message={first}"
+            assert key not in page.url
+        async with watched(browser) as fresh:  # the link, followed in a new tab: typed, with a plain "+"
+            page = fresh.page
+            await page.goto(f"{base}/ui#contact=+31612345678&message={first}")
+            await page.wait_for_selector("body[data-ready]")
+            await page.get_by_label("API key").fill(key)
+            await page.get_by_role("button", name="Sign in").click()
+            await expect(page.get_by_role("heading", name=ANN, level=1)).to_be_visible()
+            await expect(page.locator(f"#m-{first}")).to_be_focused()
+            await page.evaluate("location.hash = '#contact=ann%40example.com'")  # an alias: its contact, by its id
+            await expect(page.get_by_role("heading", name=ANN, level=1)).to_be_visible()
+            await expect(page).to_have_url(f"{base}/ui#contact=%2B31612345678")
+            await page.evaluate("location.hash = '#contact=nobody'")
+            await expect(page.locator("#problem")).to_contain_text("nobody")
+
+
 async def test_contacts_and_the_search_scope_follow_what_happened_elsewhere(tmp_path: Path, browser: Browser) -> None:
     """A contact that becomes active while the list is paged shows at the top once its end is reached; a contact
     forgotten elsewhere is no longer offered as the search's scope."""

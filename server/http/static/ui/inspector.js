@@ -267,6 +267,7 @@ async function signIn(event) {
     renderContacts(listed);
     say("Signed in.");
     $("home-title").focus();
+    go().catch(failed); // a link followed before signing in: its contact
   } catch (error) {
     state.key = null;
     $("sign-in-problem").textContent =
@@ -355,13 +356,54 @@ async function moreContacts() {
   say(`${items.length} more contact(s); that is all of them${news}.`);
 }
 
-async function goHome() {
+async function goHome({ fromAddress = false } = {}) {
   stopStream();
   state.contact = null;
   state.generation += 1;
+  if (!fromAddress) address(null);
   show("home");
   $("home-title").focus();
   await refreshContacts();
+}
+
+// --- the address: the open contact (and a search hit's message) as a link, never the key ---
+
+/** The contact and message the address's fragment names: `#contact=ID&message=ID` (either may be null). */
+function addressed() {
+  const found = { contact: null, message: null };
+  for (const field of location.hash.slice(1).split("&")) {
+    const [name, value] = field.split("=", 2);
+    if (Object.hasOwn(found, name) && value) {
+      try {
+        found[name] = decodeURIComponent(value); // a typed "+31..." stays a plus (a form's decoding makes it a space)
+      } catch {
+        // not percent-encoding: as typed
+        found[name] = value;
+      }
+    }
+  }
+  return found;
+}
+
+/** Name the open contact (and message) in the address: a link to share, and a step for the browser's Back.
+ * `replace`: in place of the step the address is at (a link's alias, named by its contact_id). */
+function address(contactId, messageId = null, replace = false) {
+  const message = messageId ? `&message=${enc(messageId)}` : "";
+  const wanted = contactId ? `#contact=${enc(contactId)}${message}` : location.pathname;
+  if ((location.hash || location.pathname) === wanted) return;
+  if (replace) history.replaceState(null, "", wanted);
+  else history.pushState(null, "", wanted);
+}
+
+/** Go where the address says: once signed in, and when it changes (a link pasted, Back, Forward). */
+async function go() {
+  if (!signedIn()) return; // signing in goes there
+  const { contact, message } = addressed();
+  if (!contact) {
+    if (state.contact) await goHome({ fromAddress: true });
+    return;
+  }
+  if (contact !== state.contact?.contact_id || message) await open(contact, message, { fromAddress: true });
 }
 
 // --- search ---
@@ -415,11 +457,12 @@ function renderHit(hit) {
 
 // --- a contact ---
 
-async function open(contactId, messageId = null) {
+async function open(contactId, messageId = null, { fromAddress = false } = {}) {
   say("");
   stopStream();
   state.generation += 1;
   const contact = await call("GET", `/contacts/${enc(contactId)}`);
+  address(contact.contact_id, messageId, fromAddress);
   state.contact = contact;
   state.scope = contact.contact_id;
   state.messages = [];
@@ -1044,7 +1087,8 @@ async function start() {
   );
   $("refresh-contacts").addEventListener("click", guarded(refreshContacts));
   $("more-contacts").addEventListener("click", guarded(moreContacts));
-  $("back").addEventListener("click", guarded(goHome));
+  $("back").addEventListener("click", guarded(() => goHome()));
+  window.addEventListener("hashchange", guarded(go));
   $("older").addEventListener(
     "click",
     guarded(async () => {
