@@ -11,7 +11,9 @@ cursors are its own: one list's cursor is not a position in another.
 A search's cursor (`SearchPosition`) says where its pages stand in the ranked matches: how many came before, the
 newest match the first page considered (the later pages rank the same matches, not those stored since: an
 offset into a list that grew would repeat a hit) and the last hit given (a page goes on after it, wherever a
-delete moved it). Its two sequences are masked in the same way.
+delete moved it). Its two sequences are masked in the same way, with a random number of the cursor's own in
+what makes the mask (two cursors of one organization never share it: XORed together, they would give the
+difference of two sequences) and the search it pages through (a cursor given to another query is refused).
 """
 
 from __future__ import annotations
@@ -20,15 +22,17 @@ import base64
 import binascii
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass
 
 from .errors import InvalidInput
-from .search import MAX_SEARCH_OFFSET
+from .search import MAX_SEARCH_OFFSET, MAX_TERMS
 
 Position = tuple[int, int]
 
 CURSOR_SECRET = "cursor"  # the name of the database's secret that keys the mask
 MAX_CURSOR_CHARS = 128
+MAX_SEARCH_CURSOR_CHARS = 320  # a search's: its last hit's features too (a count per word of the query)
 _HIGHEST = 2**63 - 1  # both fields are signed 64-bit integers in every backend
 
 
@@ -91,52 +95,78 @@ class SearchPosition:
     offset: int  # hits given before it
     upto: int | None  # the newest seq the search considers (None: a cursor of before 2026-12-07, an offset only)
     after: int | None  # the seq of the last hit given
+    features: tuple[int, ...] = ()  # what that hit's rank is made of (ranking.features): its place, if deleted
 
 
-_SEARCH_PLAIN, _SEARCH_MASKED, _SEARCH_OFFSET_ONLY = "s2", "s3", "s1"
+_SEARCH_PLAIN, _SEARCH_MASKED, _SEARCH_OFFSET_ONLY = "s4", "s5", "s1"
+_HINT = (
+    "cursor is not valid; pass next_cursor exactly as a previous search_messages returned it, with the same query "
+    "and filters (a cursor pages through the search that gave it), or leave cursor out for the first page"
+)
 
 
-def _search_masks(key: bytes, org: str, offset: int) -> tuple[int, int]:
-    digest = hmac.digest(key, f"search\x00{org}\x00{offset}".encode(), hashlib.sha256)
-    return int.from_bytes(digest[:8], "big") >> 1, int.from_bytes(digest[8:16], "big") >> 1
+def _search_digest(key: bytes | None, org: str, position: tuple[int, int], searched: str) -> bytes:
+    """What a search cursor's masks and check are made of: keyed by the database's secret when it has one, of the
+    organization, the offset, the cursor's own random number (two cursors never share their masks) and the
+    search it pages through (`searched`: its query and filters)."""
+    material = f"search\x00{org}\x00{position[0]}\x00{position[1]}\x00{searched}".encode()
+    return hmac.digest(key, material, hashlib.sha256) if key else hashlib.sha256(material).digest()
 
 
-def encode_search_cursor(position: SearchPosition, key: bytes | None = None, org: str = "") -> str:
+def encode_search_cursor(position: SearchPosition, searched: str, key: bytes | None = None, org: str = "") -> str:
     offset, upto, after = position.offset, position.upto, position.after
     if upto is None or after is None:
         text = f"{_SEARCH_OFFSET_ONLY}:{offset}"
-    elif key is None:
-        text = f"{_SEARCH_PLAIN}:{offset}:{upto}:{after}"
     else:
-        upto_mask, after_mask = _search_masks(key, org, offset)
-        text = f"{_SEARCH_MASKED}:{offset}:{upto ^ upto_mask}:{after ^ after_mask}"
+        nonce = secrets.randbits(32)
+        digest = _search_digest(key, org, (offset, nonce), searched)
+        check = int.from_bytes(digest[16:20], "big")
+        its = "-".join(str(figure) for figure in position.features)
+        if key is None:
+            text = f"{_SEARCH_PLAIN}:{offset}:{nonce}:{upto}:{after}:{check}:{its}"
+        else:
+            upto_mask, after_mask = (int.from_bytes(digest[i : i + 8], "big") >> 1 for i in (0, 8))
+            text = f"{_SEARCH_MASKED}:{offset}:{nonce}:{upto ^ upto_mask}:{after ^ after_mask}:{check}:{its}"
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def decode_search_cursor(value: object, key: bytes | None = None, org: str = "") -> SearchPosition:
-    if isinstance(value, str) and len(value) <= MAX_CURSOR_CHARS:
+def decode_search_cursor(value: object, searched: str, key: bytes | None = None, org: str = "") -> SearchPosition:
+    """The position a search cursor names; InvalidInput for one not written here, or for another search."""
+    if isinstance(value, str) and len(value) <= MAX_SEARCH_CURSOR_CHARS:
         try:
             version, *numbers = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii").split(":")
+            its = tuple(int(figure) for figure in numbers.pop().split("-")) if len(numbers) == 6 else ()
             figures = [int(number) for number in numbers]
         except (ValueError, binascii.Error, UnicodeDecodeError):
-            figures = []
+            version, figures, its = "", [], ()
         found = None
         if len(figures) == 1 and version == _SEARCH_OFFSET_ONLY:
             found = SearchPosition(figures[0], None, None)
-        elif len(figures) == 3 and version == _SEARCH_PLAIN:
-            found = SearchPosition(*figures)
-        elif len(figures) == 3 and version == _SEARCH_MASKED and key is not None:
-            upto_mask, after_mask = _search_masks(key, org, figures[0])
-            found = SearchPosition(figures[0], figures[1] ^ upto_mask, figures[2] ^ after_mask)
-        # only a cursor this module wrote: in range, and written back the same (no sign, padding, leading zeros)
+        elif len(figures) == 5 and version in (_SEARCH_PLAIN, _SEARCH_MASKED) and 0 < len(its) <= 1 + MAX_TERMS:
+            offset, nonce, upto, after, check = figures
+            masked = version == _SEARCH_MASKED
+            digest = _search_digest(key if masked else None, org, (offset, nonce), searched)
+            if (not masked or key is not None) and 0 <= nonce < 2**32 and check == int.from_bytes(digest[16:20], "big"):
+                if masked:
+                    upto ^= int.from_bytes(digest[0:8], "big") >> 1
+                    after ^= int.from_bytes(digest[8:16], "big") >> 1
+                found = SearchPosition(offset, upto, after, its)
+        # in range, and written as this module writes it (no sign, padding, leading zeros that int() lets by)
         if (
             found is not None
             and 0 < found.offset <= MAX_SEARCH_OFFSET
             and all(0 <= seq <= _HIGHEST for seq in (found.upto, found.after) if seq is not None)
-            and encode_search_cursor(found, key if version == _SEARCH_MASKED else None, org) == value
+            and all(0 <= figure <= 1_000_000 for figure in found.features)
+            and (found.upto is not None or encode_search_cursor(found, searched) == value)
+            and _canonical(value, version)
         ):
             return found
-    raise InvalidInput(
-        "cursor is not valid; pass next_cursor exactly as a previous search_messages returned it, or leave cursor "
-        "out for the first page"
-    )
+    raise InvalidInput(_HINT)
+
+
+def _canonical(value: str, version: str) -> bool:
+    """Whether the cursor's text is as this module writes it: its numbers without signs or leading zeros."""
+    text = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii")
+    again = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    parts = [figure for part in text.split(":")[1:] for figure in part.split("-")]
+    return again == value and all(part == str(int(part)) for part in parts) and version != ""

@@ -478,7 +478,8 @@ class Store:
         role = None if role is None else check.role(role)
         limit = check.limit(limit)
         key = await self._cursor_key()
-        at = SearchPosition(0, None, None) if cursor is None else decode_search_cursor(cursor, key, org)
+        searched = "\x00".join((query, contact_id or "", channel or "", role or ""))  # what the cursor pages
+        at = SearchPosition(0, None, None) if cursor is None else decode_search_cursor(cursor, searched, key, org)
         # ranking and snippets are CPU work of up to a few hundred milliseconds (ranking.py): in a thread, so
         # that a search never holds the event loop every other request waits for, and at most SEARCHES_PER_ORG
         # of an organization's at once, so that one organization's burst leaves the others their share
@@ -488,6 +489,10 @@ class Store:
             start = at.offset
             if at.after is not None and at.after in ranked:  # where the last page ended, wherever a delete moved it
                 start = ranked.index(at.after) + 1
+            elif at.after is not None:  # that hit was deleted: where it would rank, were it there
+                its, anchor = at.features, at.after
+                placed = await _worked_off_the_loop(lambda: ranking.place(parsed, newest, anchor, its))
+                start = at.offset if placed is None else placed
             found = await self.backend.messages_at(org, ranked[start : start + limit])
             snippets = await _worked_off_the_loop(lambda: [ranking.snippet(parsed, hit.content) for _, hit in found])
         hits = [SearchHit(**hit.model_dump(), snippet=snip) for (_, hit), snip in zip(found, snippets, strict=True)]
@@ -498,8 +503,10 @@ class Store:
         if len(ranked) <= given:
             return SearchPage(hits=hits[:kept], next_cursor=None)
         upto = at.upto if at.upto is not None else newest[0][0]  # the later pages rank the same matches
-        after = SearchPosition(given, upto, ranked[given - 1])
-        return SearchPage(hits=hits[:kept], next_cursor=encode_search_cursor(after, key, org))
+        last_hit = found[kept - 1][1] if kept and found[kept - 1][0] == ranked[given - 1] else None
+        its = () if last_hit is None else ranking.features(parsed, last_hit.content)
+        after = SearchPosition(given, upto, ranked[given - 1], its)
+        return SearchPage(hits=hits[:kept], next_cursor=encode_search_cursor(after, searched, key, org))
 
     async def delete_message(self, org: str, message_id: str) -> Message:
         message_id = check.uuid_text(message_id, "message_id")

@@ -184,7 +184,7 @@ async def export_to_path(
     try:
         # a new file of its own beside the target (never one found there: a link planted at a known name would
         # have the export written where it points), readable by its owner only, as the database is
-        made, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        made, partial = tempfile.mkstemp(prefix=".chatdock-export-", suffix=".part", dir=target.parent)
         with os.fdopen(made, "w", encoding="utf-8", newline="\n") as out:
             written = await export(store, out, org, contact_id, quiet, skipped)
         os.replace(partial, target)

@@ -213,7 +213,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _refuse_head(self) -> None:
         """The request's line and headers passed MAX_HEAD_BYTES: 431, and the connection closes (what was read
-        of it goes with the parser)."""
+        of it goes with the parser); while an earlier request's answer is under way (pipelined), it only closes:
+        a 431 written now would land inside that answer."""
         head = [
             b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
             *(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers),
@@ -222,7 +223,8 @@ class GuardedProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n",
         ]
         logger.info("refused a request whose headers passed %d bytes (431)", MAX_HEAD_BYTES)
-        self.transport.write(b"".join(head) + _TOO_LARGE_HEAD)
+        if not self._unanswered and (self.cycle is None or self.cycle.response_complete):
+            self.transport.write(b"".join(head) + _TOO_LARGE_HEAD)  # else an answer is under way: only closed
         self.transport.close()
 
     def on_headers_complete(self) -> None:

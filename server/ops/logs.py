@@ -56,6 +56,7 @@ class QuietRepeats(logging.Filter):
         self.every = every
         self._seen: dict[str, tuple[float, int]] = {}
         self._kinds: dict[str, tuple[float, set[str]]] = {}  # a line's kinds told apart in its period
+        self._pruned = float("-inf")  # when the lines not said for a period were last let go
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name in WHOLE_LOGGERS:
@@ -72,8 +73,10 @@ class QuietRepeats(logging.Filter):
                 kinds.add(kind)
                 key = f"{line}:{kind}"
             self._kinds[line] = (since, kinds)
-            if len(self._seen) > 50 * DISTINCT_REPEATS:  # kinds come and go (addresses): the quiet ones are let go
-                self._seen = {seen: at for seen, at in self._seen.items() if now - at[0] < self.every or at[1]}
+            if len(self._seen) > 50 * DISTINCT_REPEATS and now - self._pruned >= self.every:
+                # kinds come and go (addresses): those not said for a period go, with what they held back
+                self._pruned = now
+                self._seen = {seen: at for seen, at in self._seen.items() if now - at[0] < self.every}
         last, held = self._seen.get(key, (float("-inf"), 0))
         if now - last < self.every:
             self._seen[key] = (last, held + 1)

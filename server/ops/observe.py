@@ -202,7 +202,7 @@ class ObservedHttp:
         """None when the request's client (its address, as the proxies named in --forwarded-allow-ips tell it)
         may read /metrics on the main listener; else that address, to say so."""
         client = scope.get("client")
-        address = str(client[0]) if client else "an unknown address"
+        address = str(client[0]) if client and client[0] else "an unknown address"
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:

@@ -125,10 +125,12 @@ def search_sql(
             params.append(value)
             where += f" AND m.{column} = ${len(params)}"
     below = ""
+    newest_seq = "coalesce(max(seq), 0)"  # where the eras begin: the newest message's, or upto's
     if upto is not None:
         params.append(upto)
         below = f" AND m.seq <= ${len(params)}"
         where += below
+        newest_seq = f"least(coalesce(max(seq), 0), ${len(params)})"
     params.append(window)
     limit = f"${len(params)}"
     matches = "m.words @@ to_tsquery('chatdock_search', $3)"
@@ -145,7 +147,7 @@ def search_sql(
         # in the order the loop runs, era by era down the series, each era's sorted (tests/storage/test_postgres)
         sql = (
             f"SELECT f.seq, f.content FROM orgs o, (SELECT to_tsquery('chatdock_search', $3) AS q) q, "
-            f"(SELECT coalesce(max(seq), 0) >> {ERA_BITS} AS n FROM messages) t, "
+            f"(SELECT {newest_seq} >> {ERA_BITS} AS n FROM messages) t, "
             f"generate_series(t.n, {last}, -1) e(n), "
             f"LATERAL ({found}) f WHERE o.name = $1 LIMIT {limit}"
         )

@@ -131,6 +131,30 @@ async def test_pages_go_through_the_same_matches_while_messages_are_written_and_
         altered = cursor[:-2] + ("AA" if not cursor.endswith("AA") else "BB")
         problem = await error(client, "search_messages", query="pagingword", cursor=altered)
         assert "cursor is not valid; pass next_cursor exactly as a previous search_messages returned it" in problem
+        # an agent working through hits, deleting each one it read before asking for the next page: every hit
+        # once (with the last hit of a page deleted, its next page began one further per hit deleted)
+        for index in range(10):
+            await call(
+                client, "append_message", contact_id=BOB, channel="sms", role="user", content=f"queueword {index}"
+            )
+        done: list[str] = []
+        page = await call(client, "search_messages", query="queueword", limit=3)
+        while True:
+            for hit in page["hits"]:
+                done.append(hit["content"])
+                await call(client, "delete_message", message_id=hit["id"])
+            if page["next_cursor"] is None:
+                break
+            page = await call(client, "search_messages", query="queueword", limit=3, cursor=page["next_cursor"])
+        assert done == [f"queueword {index}" for index in range(9, -1, -1)]
+        # a cursor pages the search that gave it: with another query or filter it is refused, not an empty page
+        for other in ({"query": "pagingword*"}, {"query": "pagingword", "contact_id": ANN}):
+            problem = await error(client, "search_messages", **other, cursor=cursor)
+            assert "with the same query and filters (a cursor pages through the search that gave it)" in problem
+        # two cursors of one search at one place differ (each masked with a number of its own: the sequences
+        # they hide cannot be told apart by setting one beside the other)
+        twice = [await call(client, "search_messages", query="pagingword", limit=2) for _ in range(2)]
+        assert twice[0]["hits"] == twice[1]["hits"] and twice[0]["next_cursor"] != twice[1]["next_cursor"]
 
 
 async def test_deleted_forgotten_and_other_organizations_messages_are_never_found(store: Store) -> None:
