@@ -40,7 +40,23 @@ _TYPES = {
 }
 
 # What each page serves, by the name in its URL: the files are listed, never looked up from the path.
-UI_FILES = ("index.html", "inspector.js", "inspector.css", "favicon.svg")
+UI_FILES = (
+    "index.html",
+    "inspector.css",
+    "favicon.svg",
+    # the page's ES modules: inspector.js wires the page and names what each of the others holds
+    "inspector.js",
+    "state.js",
+    "text.js",
+    "feedback.js",
+    "api.js",
+    "session.js",
+    "contacts.js",
+    "search.js",
+    "contact.js",
+    "live.js",
+    "writes.js",
+)
 DOCS_FILES = (
     "index.html",
     "docs.js",

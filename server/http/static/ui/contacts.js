@@ -1,0 +1,105 @@
+// The organization's contacts, and the address: the open contact (and a search hit's message) as a link, never the key.
+// (The rules every module keeps: inspector.js.)
+
+import { call, enc, signedIn } from "./api.js";
+import { open } from "./contact.js";
+import { say, show } from "./feedback.js";
+import { stopStream } from "./live.js";
+import { $, PAGE, state } from "./state.js";
+import { el } from "./text.js";
+
+/** Show a page of contacts: the first in place of those shown, a further one after them. */
+export function renderContacts(listed, further = false) {
+  const shown = new Set(further ? [...$("contacts").children].map((item) => item.dataset.key) : []);
+  const items = listed.contacts
+    .filter((contact) => !shown.has(contact.contact_id))
+    .map(contactItem);
+  if (further) $("contacts").append(...items);
+  else $("contacts").replaceChildren(...items);
+  state.contactsCursor = listed.next_cursor;
+  $("more-contacts").hidden = !listed.next_cursor;
+  $("no-contacts").hidden = $("contacts").children.length > 0;
+  return items;
+}
+
+function contactItem(contact) {
+  return el(
+    "li",
+    { "data-key": contact.contact_id },
+    el("button", { type: "button", onclick: () => open(contact.contact_id) }, contact.contact_id),
+  );
+}
+
+/** A page of the organization's contacts, the most recently active first: the first, or the one `cursor` names. */
+export async function contactsPage(cursor) {
+  return call("GET", "/contacts", { query: { limit: PAGE, cursor } });
+}
+
+export async function refreshContacts() {
+  renderContacts(await contactsPage(null));
+}
+
+export async function moreContacts() {
+  const items = renderContacts(await contactsPage(state.contactsCursor), true);
+  // the first of them has the focus (the button may be gone: the focus is not left on nothing)
+  if (items.length) items[0].querySelector("button").focus();
+  if (state.contactsCursor) {
+    say(`${items.length} more contact(s).`);
+    return;
+  }
+  // A contact that became active while the list was paged moved to the first page, before the cursor: it was
+  // on none of the pages read. The first page again shows it, at the top.
+  const shown = new Set([...$("contacts").children].map((item) => item.dataset.key));
+  const moved = (await contactsPage(null)).contacts.filter((contact) => !shown.has(contact.contact_id));
+  $("contacts").prepend(...moved.map(contactItem));
+  const news = moved.length ? `; ${moved.length} contact(s) that became active meanwhile are at the top of the list` : "";
+  say(`${items.length} more contact(s); that is all of them${news}.`);
+}
+
+export async function goHome({ fromAddress = false } = {}) {
+  stopStream();
+  state.contact = null;
+  state.generation += 1;
+  if (!fromAddress) address(null);
+  show("home");
+  $("home-title").focus();
+  await refreshContacts();
+}
+
+/** The contact and message the address's fragment names: `#contact=ID&message=ID` (either may be null). */
+function addressed() {
+  const found = { contact: null, message: null };
+  for (const field of location.hash.slice(1).split("&")) {
+    const [name, value] = field.split("=", 2);
+    if (Object.hasOwn(found, name) && value) {
+      try {
+        found[name] = decodeURIComponent(value); // a typed "+31..." stays a plus (a form's decoding makes it a space)
+      } catch {
+        // not percent-encoding: as typed
+        found[name] = value;
+      }
+    }
+  }
+  return found;
+}
+
+/** Name the open contact (and message) in the address: a link to share, and a step for the browser's Back.
+ * `replace`: in place of the step the address is at (a link's alias, named by its contact_id). */
+export function address(contactId, messageId = null, replace = false) {
+  const message = messageId ? `&message=${enc(messageId)}` : "";
+  const wanted = contactId ? `#contact=${enc(contactId)}${message}` : location.pathname;
+  if ((location.hash || location.pathname) === wanted) return;
+  if (replace) history.replaceState(null, "", wanted);
+  else history.pushState(null, "", wanted);
+}
+
+/** Go where the address says: once signed in, and when it changes (a link pasted, Back, Forward). */
+export async function go() {
+  if (!signedIn()) return; // signing in goes there
+  const { contact, message } = addressed();
+  if (!contact) {
+    if (state.contact) await goHome({ fromAddress: true });
+    return;
+  }
+  if (contact !== state.contact?.contact_id || message) await open(contact, message, { fromAddress: true });
+}

@@ -1,0 +1,71 @@
+// What the page tells its user: the screen shown, the status line and the problem line; failures caught. (The rules
+// every module keeps: inspector.js.)
+
+import { ApiError, READ_ONLY, signedIn, Stale } from "./api.js";
+import { loadChats, renderContact, renderTimeline } from "./contact.js";
+import { $, state } from "./state.js";
+
+export function show(view) {
+  for (const name of ["sign-in", "home", "contact"]) $(name).hidden = name !== view;
+  const signedIn = view !== "sign-in";
+  $("search").hidden = !signedIn;
+  $("sign-out").hidden = !signedIn;
+  $("who").hidden = !signedIn;
+  $("search-scope-box").hidden = !state.scope;
+  $("search-scope-name").textContent = state.scope ?? "";
+  $("search-scope-name").title = state.scope ?? "";
+  if (!state.scope) $("search-scope").checked = false;
+}
+
+export function say(message) {
+  $("problem").textContent = "";
+  $("status").textContent = message;
+}
+
+export function complain(message) {
+  $("status").textContent = "";
+  $("problem").textContent = message;
+}
+
+export function failed(error) {
+  if (error instanceof Stale) return;
+  if (error instanceof ApiError && error.status === 405 && error.message.startsWith(READ_ONLY)) {
+    withoutWrites(); // the server was started again with --read-only since the page read its settings
+    complain("The server is read-only now (it was restarted with --read-only): nothing was changed, and the page no longer offers writes.");
+    return;
+  }
+  complain(error instanceof ApiError ? error.describe() : `Something went wrong in the page: ${error.message}`);
+}
+
+/** Offer no write: the forms and buttons go, and what shows a contact is drawn again without them. */
+export function withoutWrites() {
+  state.readOnly = true;
+  for (const control of document.querySelectorAll(".writes")) control.remove();
+  for (const id of ["identifiers", "chats", "timeline"]) {
+    $(id).replaceChildren();
+    delete $(id).dataset.shown;
+  }
+  if (state.contact) {
+    renderContact();
+    renderTimeline();
+    loadChats().catch(failed);
+  }
+}
+
+export function guarded(action) {
+  return async (event) => {
+    $("problem").textContent = "";
+    try {
+      await action(event);
+    } catch (error) {
+      failed(error);
+    }
+  };
+}
+
+export function submitted(action) {
+  return guarded(async (event) => {
+    event.preventDefault();
+    await action(event);
+  });
+}

@@ -1,0 +1,105 @@
+// The DOM, as text: stored text reaches the page through text nodes only (never innerHTML). (The rules every module
+// keeps: inspector.js.)
+
+import { guarded } from "./feedback.js";
+
+export const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+
+export const timeFormat = new Intl.DateTimeFormat(undefined, {
+  year: "numeric",
+  month: "short",
+  day: "numeric",
+  hour: "2-digit",
+  minute: "2-digit",
+  second: "2-digit",
+  timeZoneName: "short",
+});
+
+export function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "onclick") node.addEventListener("click", guarded(value));
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  node.append(...children.filter((child) => child !== null && child !== undefined)); // strings become text nodes
+  return node;
+}
+
+/** The snippet's [matched] words as <mark> elements, the rest as text: the marks' brackets dropped, and the
+ * text's own brackets and backslashes, which the server escapes with a backslash (\[URGENT\]), unescaped. */
+export function marked(snippet) {
+  const pieces = [];
+  let text = "";
+  let open = false;
+  for (let at = 0; at < snippet.length; at += 1) {
+    const char = snippet[at];
+    if (char === "\\" && at + 1 < snippet.length) {
+      at += 1;
+      text += snippet[at];
+    } else if (char === "[" && !open) {
+      pieces.push(...visible(text));
+      text = "";
+      open = true;
+    } else if (char === "]" && open) {
+      pieces.push(el("mark", {}, ...visible(text)));
+      text = "";
+      open = false;
+    } else {
+      text += char;
+    }
+  }
+  pieces.push(...visible(open ? "[" + text : text)); // a mark left open (not made by the server) stays as sent
+  return pieces;
+}
+
+export function when(timestamp) {
+  return el("time", { datetime: timestamp }, timeFormat.format(new Date(timestamp)));
+}
+
+export function seconds(value) {
+  const minutes = Math.floor(value / 60);
+  return `${minutes}:${(value - minutes * 60).toFixed(1).padStart(4, "0")}`;
+}
+
+/** How a chat is named: the end of its id. Chat ids are UUIDv7, whose first 8 hex digits are the time (every
+ * chat opened within about a minute would read the same); the last 8 are random. */
+export function chatName(id) {
+  return `chat …${id.slice(-8)}`;
+}
+
+export function capitalized(text) {
+  return text[0].toUpperCase() + text.slice(1);
+}
+
+// Characters that show as nothing, or turn the text around it: bidi controls (U+202E makes "gnp.exe" read
+// "exe.png"), zero-width characters, the soft hyphen and the byte-order mark.
+const INVISIBLE = /[\u00AD\u061C\u180E\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u2069\uFEFF]/g;
+
+/** Stored text with each invisible character shown as its code point (⟨U+202E⟩, marked) instead of acting:
+ * support sees that the text is not what it looks like. A zero-width joiner inside an emoji sequence (👩‍💻)
+ * is left to join. */
+export function visible(text) {
+  const pieces = [];
+  let from = 0;
+  for (const found of text.matchAll(INVISIBLE)) {
+    if (found[0] === "\u200D" && joinsEmoji(text, found.index)) continue;
+    const code = found[0].codePointAt(0).toString(16).toUpperCase().padStart(4, "0");
+    pieces.push(text.slice(from, found.index), el("span", { class: "invisible" }, `⟨U+${code}⟩`));
+    from = found.index + 1;
+  }
+  pieces.push(text.slice(from));
+  return pieces.filter((piece) => piece !== "");
+}
+
+function joinsEmoji(text, at) {
+  const before = /\p{Extended_Pictographic}[\uFE0F\u{1F3FB}-\u{1F3FF}]?$/u;
+  return before.test(text.slice(Math.max(0, at - 4), at)) && /^\p{Extended_Pictographic}/u.test(text.slice(at + 1, at + 3));
+}
+
+/** `visible` as a string, for a text that is one string (the delete confirmation quotes the message). */
+export function visibleString(text) {
+  return visible(text)
+    .map((piece) => (typeof piece === "string" ? piece : piece.textContent))
+    .join("");
+}
