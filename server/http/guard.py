@@ -10,7 +10,8 @@
   large answers (/docs' assets need no key) and never reads them holds its sockets for ever.
 - Neither that deadline nor uvicorn's keep-alive one closes a connection whose socket holds bytes the loop has
   not read yet (a request sent while the process was paused past them): it is read first.
-- A bound on what a request's line and headers may take, `MAX_HEAD_BYTES` (64 KiB: a large JWT is a few KiB):
+- A bound on what a request's line and headers may take, `MAX_HEAD_BYTES` (64 KiB: a large JWT is a few KiB),
+  and on what follows them that is not body (a chunked body's sizes and trailers, which are header fields too):
   past it the answer is 431 and the connection closes. uvicorn's parser keeps whatever it is sent until the
   headers end, so without it a client with no key made the process hold gigabytes (found by a security review).
 - A bound on open connections, below the process's file limit: when it is reached, a new connection
@@ -47,6 +48,7 @@ ACCEPT_BURST = 128  # connections the event loop may accept in one go, before an
 UNREAD_GRACE = 0.5  # seconds a deadline waits for bytes in the socket that the loop has not read yet
 SHUTDOWN_LINGER = 0.5  # seconds a connection waiting for a request stays open once the server shuts down
 MAX_HEAD_BYTES = 64 * 1024  # a request's line and headers, at most (a chunk read more may be parsed first)
+MAX_FRAMING_ROOM = 1024 * 1024  # beyond MAX_HEAD_BYTES, a chunked body's sizes may take as much as the body, to this
 _TOO_LARGE_HEAD = json.dumps(
     {
         "error": "Request header fields too large",
@@ -120,6 +122,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_head = True  # a request's line and headers are being read (or awaited): not yet whole
         self._head_bytes = 0  # what the request's line and headers took so far (see data_received)
         self._ended = False  # a request ended in the bytes being parsed
+        self._body = 0  # the request's body bytes so far
+        self._framing = 0  # the request's bytes after its headers that are not body: chunk sizes, trailers
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -170,7 +174,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        in_body = not self._in_head
+        in_body, body = not self._in_head, self._body
         self._ended = False
         super().data_received(data)
         if self._in_head and not self.transport.is_closing():
@@ -178,6 +182,12 @@ class GuardedProtocol(HttpToolsProtocol):
             # before it (pipelined) are not counted, and the head is counted from the next bytes on
             self._head_bytes = 0 if in_body or self._ended else self._head_bytes + len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse_head()
+        elif in_body and not self._ended and not self.transport.is_closing():
+            # after the headers, what is not body (a chunked body's sizes, and its trailers: header fields the
+            # parser keeps whole as they come) is bounded as the head is, with room for small chunks' sizes
+            self._framing += len(data) - (self._body - body)
+            if self._framing > MAX_HEAD_BYTES + min(self._body, MAX_FRAMING_ROOM):
                 self._refuse_head()
         if self.transport.is_closing():
             self._stop_waiting()
@@ -229,8 +239,12 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._head_bytes = 0
+        self._head_bytes = self._body = self._framing = 0
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body += len(body)
+        super().on_body(body)
         if self._stopping and self.cycle is not None:
             self.cycle.keep_alive = False  # shutting down: this answer is the connection's last
 
