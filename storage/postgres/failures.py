@@ -64,7 +64,7 @@ _CAUSES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str]
     (asyncpg.DiskFullError, "disk_full"),
     (asyncpg.ReadOnlySQLTransactionError, "read_only"),
     (RETRYABLE, "conflict"),
-    ((asyncpg.QueryCanceledError, TimeoutError), "timeout"),
+    ((asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError, TimeoutError), "timeout"),
     (BROKEN, "unreachable"),
     (asyncpg.PostgresError, "statement_refused"),
 )
@@ -101,7 +101,8 @@ def translate(exc: BaseException, url: str, starting: bool = False) -> str | Non
         return f"{read_only(place)}, so nothing was written"
     if isinstance(exc, RETRYABLE):  # still conflicting after chatdock's own retries
         return f"{place} kept this write in conflict with concurrent ones ({exc}); nothing was written; try again"
-    if isinstance(exc, asyncpg.QueryCanceledError):  # chatdock's own --db-timeout is a TimeoutError, below
+    # chatdock's own --db-timeout is a TimeoutError, below; a lock_timeout is a lock not available (55P03)
+    if isinstance(exc, asyncpg.QueryCanceledError | asyncpg.LockNotAvailableError):
         return (
             f"{place} cancelled the statement ({exc}): a statement_timeout or lock_timeout set on the server, or "
             "an administrator; a write so cancelled wrote nothing; try again"

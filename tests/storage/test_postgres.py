@@ -87,6 +87,35 @@ def test_start_up_failures_are_one_clear_line(postgres_server: str) -> None:
     assert checked.returncode == 2 and "pg_amcheck" in checked.stderr
 
 
+async def test_a_statement_the_server_cancels_for_its_lock_timeout_says_so(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lock_timeout set on the server (a DBA's habit) cancels an append that waits for a contact row locked
+    elsewhere: the error says the server cancelled it and that nothing was written, as for a statement_timeout
+    (it said the server "refused a statement chatdock sent", logged as an error with its traceback: a review)."""
+    async with open_store(postgres_url) as store:
+        await store.append_message("acme", say("+31600000001", "first"))
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        database = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f'ALTER DATABASE "{database}" SET lock_timeout = 300')
+        async with open_store(postgres_url) as store:
+            locker = await asyncpg.connect(postgres_url)
+            try:
+                async with locker.transaction():
+                    await locker.execute("SELECT * FROM contacts FOR UPDATE")
+                    with pytest.raises(Unavailable) as cancelled:
+                        await store.append_message("acme", say("+31600000001", "second"))
+            finally:
+                await locker.close()
+            assert "cancelled the statement" in str(cancelled.value) and "wrote nothing" in str(cancelled.value)
+            assert [m.content for m in (await store.get_context("acme", "+31600000001")).messages] == ["first"]
+        assert "refused a statement" not in caplog.text
+    finally:
+        await conn.execute(f'ALTER DATABASE "{database}" RESET lock_timeout')
+        await conn.close()
+
+
 async def test_a_closed_store_says_so() -> None:
     from chatdock.storage.postgres import PostgresBackend
 
