@@ -194,25 +194,9 @@ def host_header(value: str) -> str:
     return value
 
 
-def proxy_address(value: str) -> str:
-    """A --forwarded-allow-ips: a proxy's address, a network, or `*`, as uvicorn reads it (a network with host
-    bits set, 127.0.0.1/8, it would take for a name no address matches)."""
-    if value != "*":
-        try:
-            ipaddress.ip_network(value)
-        except ValueError:
-            try:
-                meant = f"; did you mean {ipaddress.ip_network(value, strict=False)}?"
-            except ValueError:
-                meant = ""
-            raise argparse.ArgumentTypeError(
-                f"must be a proxy's address (10.0.0.5), a network (10.0.0.0/8) or '*', got {value!r}{meant}"
-            ) from None
-    return value
-
-
-def client_network(value: str) -> str:
-    """A --metrics-allow: a client's address or a network (10.0.0.5, 10.0.0.0/8, ::/0 for any IPv6)."""
+def _network(value: str, what: str) -> str:
+    """An address or a network, as ipaddress reads it (a network with host bits set, 127.0.0.1/8, is refused
+    with the one meant: uvicorn would take it for a name no address matches); `what` says what it must be."""
     try:
         ipaddress.ip_network(value)
     except ValueError:
@@ -220,10 +204,18 @@ def client_network(value: str) -> str:
             meant = f"; did you mean {ipaddress.ip_network(value, strict=False)}?"
         except ValueError:
             meant = ""
-        raise argparse.ArgumentTypeError(
-            f"must be an address (10.0.0.5) or a network (10.0.0.0/8; 0.0.0.0/0 and ::/0 for any), got {value!r}{meant}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value!r}{meant}") from None
     return value
+
+
+def proxy_address(value: str) -> str:
+    """A --forwarded-allow-ips: a proxy's address, a network, or `*`, as uvicorn reads it."""
+    return value if value == "*" else _network(value, "a proxy's address (10.0.0.5), a network (10.0.0.0/8) or '*'")
+
+
+def client_network(value: str) -> str:
+    """A --metrics-allow: a client's address or a network (10.0.0.5, 10.0.0.0/8, ::/0 for any IPv6)."""
+    return _network(value, "an address (10.0.0.5) or a network (10.0.0.0/8; 0.0.0.0/0 and ::/0 for any)")
 
 
 def organization(value: str) -> str:
