@@ -32,7 +32,7 @@ Position = tuple[int, int]
 
 CURSOR_SECRET = "cursor"  # the name of the database's secret that keys the mask
 MAX_CURSOR_CHARS = 128
-MAX_SEARCH_CURSOR_CHARS = 320  # a search's: its last hit's features too (a count per word of the query)
+MAX_SEARCH_CURSOR_CHARS = 512  # a search's: its last hit's features and its weights too (counts per query term)
 _HIGHEST = 2**63 - 1  # both fields are signed 64-bit integers in every backend
 
 
@@ -96,6 +96,7 @@ class SearchPosition:
     upto: int | None  # the newest seq the search considers (None: a cursor of before 2026-12-07, an offset only)
     after: int | None  # the seq of the last hit given
     features: tuple[int, ...] = ()  # what that hit's rank is made of (ranking.features): its place, if deleted
+    weights: tuple[int, ...] = ()  # what the first page's ranking weighed the matches by (ranking.Ranking)
 
 
 _SEARCH_PLAIN, _SEARCH_MASKED, _SEARCH_OFFSET_ONLY = "s4", "s5", "s1"
@@ -122,11 +123,12 @@ def encode_search_cursor(position: SearchPosition, searched: str, key: bytes | N
         digest = _search_digest(key, org, (offset, nonce), searched)
         check = int.from_bytes(digest[16:20], "big")
         its = "-".join(str(figure) for figure in position.features)
+        weights = "-".join(str(figure) for figure in position.weights)
         if key is None:
-            text = f"{_SEARCH_PLAIN}:{offset}:{nonce}:{upto}:{after}:{check}:{its}"
+            text = f"{_SEARCH_PLAIN}:{offset}:{nonce}:{upto}:{after}:{check}:{its}:{weights}"
         else:
             upto_mask, after_mask = (int.from_bytes(digest[i : i + 8], "big") >> 1 for i in (0, 8))
-            text = f"{_SEARCH_MASKED}:{offset}:{nonce}:{upto ^ upto_mask}:{after ^ after_mask}:{check}:{its}"
+            text = f"{_SEARCH_MASKED}:{offset}:{nonce}:{upto ^ upto_mask}:{after ^ after_mask}:{check}:{its}:{weights}"
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
@@ -135,14 +137,24 @@ def decode_search_cursor(value: object, searched: str, key: bytes | None = None,
     if isinstance(value, str) and len(value) <= MAX_SEARCH_CURSOR_CHARS:
         try:
             version, *numbers = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii").split(":")
-            its = tuple(int(figure) for figure in numbers.pop().split("-")) if len(numbers) == 6 else ()
+            lists = (
+                [tuple(int(figure) for figure in numbers.pop().split("-")) for _ in range(2)]
+                if len(numbers) == 7
+                else []
+            )
+            weights, its = lists or ((), ())
             figures = [int(number) for number in numbers]
         except (ValueError, binascii.Error, UnicodeDecodeError):
-            version, figures, its = "", [], ()
+            version, figures, its, weights = "", [], (), ()
         found = None
         if len(figures) == 1 and version == _SEARCH_OFFSET_ONLY:
             found = SearchPosition(figures[0], None, None)
-        elif len(figures) == 5 and version in (_SEARCH_PLAIN, _SEARCH_MASKED) and 0 < len(its) <= 1 + MAX_TERMS:
+        elif (
+            len(figures) == 5
+            and version in (_SEARCH_PLAIN, _SEARCH_MASKED)
+            and 0 < len(its) <= 1 + MAX_TERMS
+            and len(weights) == len(its) + 1
+        ):
             offset, nonce, upto, after, check = figures
             masked = version == _SEARCH_MASKED
             digest = _search_digest(key if masked else None, org, (offset, nonce), searched)
@@ -150,13 +162,13 @@ def decode_search_cursor(value: object, searched: str, key: bytes | None = None,
                 if masked:
                     upto ^= int.from_bytes(digest[0:8], "big") >> 1
                     after ^= int.from_bytes(digest[8:16], "big") >> 1
-                found = SearchPosition(offset, upto, after, its)
+                found = SearchPosition(offset, upto, after, its, weights)
         # in range, and written as this module writes it (no sign, padding, leading zeros that int() lets by)
         if (
             found is not None
             and 0 < found.offset <= MAX_SEARCH_OFFSET
             and all(0 <= seq <= _HIGHEST for seq in (found.upto, found.after) if seq is not None)
-            and all(0 <= figure <= 1_000_000 for figure in found.features)
+            and all(0 <= figure <= _HIGHEST for figure in (*found.features, *found.weights))
             and (found.upto is not None or encode_search_cursor(found, searched) == value)
             and _canonical(value, version)
         ):

@@ -26,6 +26,7 @@ import unicodedata
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from .search import MAX_SEARCH_OFFSET, Query, Term
 
@@ -98,17 +99,22 @@ def _occurrences(pattern: list[str], prefix: bool, folded: list[str]) -> list[in
     return found
 
 
-def rank(query: Query, newest_first: Sequence[tuple[int, str]]) -> list[int]:
+class Ranking(NamedTuple):
+    seqs: list[int]  # best match first
+    weights: tuple[int, ...]  # what the weights were made of: the matches, their words, and how many hold each term
+    place: int | None  # where the absent message asked about ranks among them (None: none asked, or not placed)
+
+
+def rank(
+    query: Query,
+    newest_first: Sequence[tuple[int, str]],
+    weights: Sequence[int] | None = None,
+    absent: tuple[int, Sequence[int]] | None = None,
+) -> Ranking:
     """The seqs of `newest_first` (the newest matches, each its seq and content, as an engine found them), best
-    match first."""
-    return [seq for seq, _ in _scored(query, newest_first, []) if seq is not None]
-
-
-def _scored(
-    query: Query, newest_first: Sequence[tuple[int, str]], absent: Sequence[tuple[int, Sequence[int]]]
-) -> list[tuple[int | None, float]]:
-    """`newest_first` best match first, each as (seq, score); with the `absent` messages (seq, features) placed
-    among them as (None, score), ranked by the same weights as if they were there."""
+    match first. A search's later pages give the `weights` its first page was ranked with (deleted matches then
+    take nothing from the others' order), and ask where its last hit would rank, were it there: `absent`, its
+    seq and `features`."""
     patterns = [(_pattern(term), term.prefix) for term in query.wanted]
     counts: list[Sequence[int]] = []  # for each message, how often it holds each term
     lengths: list[int] = []
@@ -116,41 +122,36 @@ def _scored(
         folded = folded_words(_ranked_part(content))
         lengths.append(len(folded))
         counts.append(_term_counts(patterns, folded))
-    total = len(newest_first)
-    if total == 0 and not absent:
-        return []
-    average = max(1.0, sum(lengths) / max(1, total))
-    holding = [sum(1 for each in counts if each[term] > 0) for term in range(len(patterns))]
-    weights = [math.log(1 + (total - held + 0.5) / (held + 0.5)) for held in holding]
+    if weights is None or len(weights) != 2 + len(patterns):
+        holding = [sum(1 for each in counts if each[term] > 0) for term in range(len(patterns))]
+        weights = (len(newest_first), sum(lengths), *holding)
+    total, words, *held_by = weights
+    average = max(1.0, words / max(1, total))
+    idf = [math.log(1 + (total - held + 0.5) / (held + 0.5)) for held in held_by]
 
     def score(each: Sequence[int], length: int) -> float:
         norm = K1 * (1 - B + B * length / average)
-        return sum(weight * count * (K1 + 1) / (count + norm) for weight, count in zip(weights, each, strict=True))
+        return sum(weight * count * (K1 + 1) / (count + norm) for weight, count in zip(idf, each, strict=True))
 
     # newest first among equals: the age is the place by seq among the messages found
     keyed: list[tuple[float, float, int | None]] = [
         (-score(each, length), index, seq)
         for index, ((seq, _), each, length) in enumerate(zip(newest_first, counts, lengths, strict=True))
     ]
-    for seq, (length, *each) in absent:
-        if len(each) == len(patterns):
-            age = sum(1 for found, _ in newest_first if found > seq) - 0.5  # just before the next older one
-            keyed.append((-score(each, length), age, None))
-    return [(seq, -negative) for negative, _, seq in sorted(keyed, key=lambda key: (key[0], key[1]))]
+    if absent is not None and len(absent[1]) == 1 + len(patterns):
+        seq, (length, *each) = absent
+        age = sum(1 for found, _ in newest_first if found > seq) - 0.5  # just before the next older one
+        keyed.append((-score(each, length), age, None))
+    ordered = [seq for _, _, seq in sorted(keyed, key=lambda key: (key[0], key[1]))]
+    place = next((index for index, seq in enumerate(ordered) if seq is None), None)
+    return Ranking([seq for seq in ordered if seq is not None], tuple(weights), place)
 
 
 def features(query: Query, content: str) -> tuple[int, ...]:
     """What a message's rank is made of: the number of its words counted, then how often it holds each wanted
-    term (a search cursor carries its last hit's, to find its place again should it be deleted: `place`)."""
+    term (a search cursor carries its last hit's, to find its place again should it be deleted)."""
     folded = folded_words(_ranked_part(content))
     return (len(folded), *_term_counts([(_pattern(term), term.prefix) for term in query.wanted], folded))
-
-
-def place(query: Query, newest_first: Sequence[tuple[int, str]], seq: int, its: Sequence[int]) -> int | None:
-    """How many of `newest_first` rank before a message that is not among them (deleted since): the one of
-    `seq` with these `features`, ranked with them as if it still were (None: features of another query)."""
-    ranked = _scored(query, newest_first, [(seq, its)])
-    return next((index for index, (found, _) in enumerate(ranked) if found is None), None)
 
 
 def _ranked_part(content: str) -> str:

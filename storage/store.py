@@ -485,14 +485,15 @@ class Store:
         # of an organization's at once, so that one organization's burst leaves the others their share
         async with self._searching[org]:
             newest = await self.backend.search(org, parsed, contact_id, channel, role, ranking.WINDOW, at.upto)
-            ranked = await _worked_off_the_loop(lambda: ranking.rank(parsed, newest))  # the rule: ranking.py
+            absent = None if at.after is None else (at.after, at.features)
+            # the rule: ranking.py (the later pages weigh as the first did: a delete does not reorder the rest)
+            order = await _worked_off_the_loop(lambda: ranking.rank(parsed, newest, at.weights or None, absent))
+            ranked = order.seqs
             start = at.offset
             if at.after is not None and at.after in ranked:  # where the last page ended, wherever a delete moved it
                 start = ranked.index(at.after) + 1
-            elif at.after is not None:  # that hit was deleted: where it would rank, were it there
-                its, anchor = at.features, at.after
-                placed = await _worked_off_the_loop(lambda: ranking.place(parsed, newest, anchor, its))
-                start = at.offset if placed is None else placed
+            elif order.place is not None:  # that hit was deleted: where it would rank, were it there
+                start = order.place
             found = await self.backend.messages_at(org, ranked[start : start + limit])
             snippets = await _worked_off_the_loop(lambda: [ranking.snippet(parsed, hit.content) for _, hit in found])
         hits = [SearchHit(**hit.model_dump(), snippet=snip) for (_, hit), snip in zip(found, snippets, strict=True)]
@@ -503,9 +504,9 @@ class Store:
         if len(ranked) <= given:
             return SearchPage(hits=hits[:kept], next_cursor=None)
         upto = at.upto if at.upto is not None else newest[0][0]  # the later pages rank the same matches
-        last_hit = found[kept - 1][1] if kept and found[kept - 1][0] == ranked[given - 1] else None
-        its = () if last_hit is None else ranking.features(parsed, last_hit.content)
-        after = SearchPosition(given, upto, ranked[given - 1], its)
+        last = ranked[given - 1]  # the last hit given, or passed by (deleted before its page was read)
+        its = ranking.features(parsed, next(content for seq, content in newest if seq == last))
+        after = SearchPosition(given, upto, last, its, order.weights)
         return SearchPage(hits=hits[:kept], next_cursor=encode_search_cursor(after, searched, key, org))
 
     async def delete_message(self, org: str, message_id: str) -> Message:

@@ -216,10 +216,15 @@ def test_headers_past_their_bound_get_431_and_cost_no_memory(tmp_path: Path) -> 
                 while sent < 100 * 2**20:
                     sent += sock.send(b"c" * 2**20)
             assert sent < 100 * 2**20  # cut off well before (the parser kept the trailer growing, quadratically)
-        chunked = b"".join(b"20\r\n" + b"x" * 32 + b"\r\n" for _ in range(2000)) + b"0\r\nX-Done: 1\r\n\r\n"
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:  # small chunks: served
-            sock.sendall(b"POST /chats HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked)
-            assert sock.recv(65536).startswith(b"HTTP/1.1 401")  # no key: refused for that, read whole
+        key = create_key(str(tmp_path / "heads.db"), "acme", "chunks")
+        body = json.dumps({"contact_id": "c1", "channel": "sms", "role": "user", "content": "x" * 30_000}).encode()
+        chunked = b"".join(b"1\r\n" + body[i : i + 1] + b"\r\n" for i in range(len(body))) + b"0\r\nX-Done: 1\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:  # one-byte chunks: served
+            sock.sendall(
+                b"POST /chats HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + key.encode()
+                + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
+            )  # fmt: skip
+            assert sock.recv(65536).startswith(b"HTTP/1.1 201")
         assert resident_bytes(server.process.pid) - before < 32 * 2**20
         big = urllib.request.Request(server.base + "/healthz", headers={"X-Token": "t" * 40 * 1024})
         with urllib.request.urlopen(big, timeout=10) as response:

@@ -48,7 +48,8 @@ ACCEPT_BURST = 128  # connections the event loop may accept in one go, before an
 UNREAD_GRACE = 0.5  # seconds a deadline waits for bytes in the socket that the loop has not read yet
 SHUTDOWN_LINGER = 0.5  # seconds a connection waiting for a request stays open once the server shuts down
 MAX_HEAD_BYTES = 64 * 1024  # a request's line and headers, at most (a chunk read more may be parsed first)
-MAX_FRAMING_ROOM = 1024 * 1024  # beyond MAX_HEAD_BYTES, a chunked body's sizes may take as much as the body, to this
+# beyond MAX_HEAD_BYTES, a chunked body's sizes may take up to 8 times the body (one-byte chunks take 5), to this
+MAX_FRAMING_ROOM = 4 * 1024 * 1024
 _TOO_LARGE_HEAD = json.dumps(
     {
         "error": "Request header fields too large",
@@ -187,7 +188,7 @@ class GuardedProtocol(HttpToolsProtocol):
             # after the headers, what is not body (a chunked body's sizes, and its trailers: header fields the
             # parser keeps whole as they come) is bounded as the head is, with room for small chunks' sizes
             self._framing += len(data) - (self._body - body)
-            if self._framing > MAX_HEAD_BYTES + min(self._body, MAX_FRAMING_ROOM):
+            if self._framing > MAX_HEAD_BYTES + min(8 * self._body, MAX_FRAMING_ROOM):
                 self._refuse_head()
         if self.transport.is_closing():
             self._stop_waiting()
@@ -223,8 +224,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _refuse_head(self) -> None:
         """The request's line and headers passed MAX_HEAD_BYTES: 431, and the connection closes (what was read
-        of it goes with the parser); while an earlier request's answer is under way (pipelined), it only closes:
-        a 431 written now would land inside that answer."""
+        of it goes with the parser); while an answer is under way (an earlier request's, pipelined, or this
+        one's, begun before its body was all in), it only closes: a 431 written now would land inside it."""
         head = [
             b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
             *(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers),
@@ -233,7 +234,8 @@ class GuardedProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n",
         ]
         logger.info("refused a request whose headers passed %d bytes (431)", MAX_HEAD_BYTES)
-        if not self._unanswered and (self.cycle is None or self.cycle.response_complete):
+        cycle = self.cycle
+        if not self._unanswered and (cycle is None or cycle.response_complete or not cycle.response_started):
             self.transport.write(b"".join(head) + _TOO_LARGE_HEAD)  # else an answer is under way: only closed
         self.transport.close()
 

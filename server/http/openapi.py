@@ -20,7 +20,7 @@ from functools import cache
 from typing import Any
 
 from chatdock.storage import validation as check
-from chatdock.storage.cursor import MAX_CURSOR_CHARS
+from chatdock.storage.cursor import MAX_CURSOR_CHARS, MAX_SEARCH_CURSOR_CHARS
 from chatdock.storage.errors import InvalidInput
 from chatdock.storage.models import CHAT_STATUSES, ROLES
 from chatdock.storage.search import MAX_QUERY_CHARS, MAX_TERMS
@@ -243,9 +243,6 @@ def metadata_schema() -> dict[str, Any]:
     }
 
 
-SEARCH_CURSOR_CHARS = 64  # storage/search.py refuses a longer search cursor
-
-
 def _parameter(name: str, path: str, where: str) -> dict[str, Any] | None:
     """The strict schema of a route's parameter, by its name."""
     in_path = where == "path"
@@ -258,7 +255,7 @@ def _parameter(name: str, path: str, where: str) -> dict[str, Any] | None:
     if name == "max_chars":
         return limit(1, check.MAX_MAX_CHARS)
     if name == "cursor":
-        return {**CURSOR, "maxLength": SEARCH_CURSOR_CHARS} if path == "/chats/search" else CURSOR
+        return {**CURSOR, "maxLength": MAX_SEARCH_CURSOR_CHARS} if path == "/chats/search" else CURSOR
     return {
         "channel": CHANNEL,
         "channels": CHANNEL_LIST,

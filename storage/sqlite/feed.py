@@ -23,6 +23,8 @@ logger = logging.getLogger("chatdock.storage")
 FOLLOW_INTERVAL = 0.05  # seconds between looks at the change feed, while someone listens
 KEEP_CHANGES = 10_000  # the feed keeps this many changes; a follower further behind re-reads everything
 FORGOTTEN_SECONDS = 60.0  # how long the feed names a forgotten contact (for the other processes' listeners)
+BLANK_EVERY = 10.0  # seconds between two blankings of the forget rows due
+GIVE_UP_SECONDS = 600.0  # how long after it is due a forget row is blanked again (its blanking rolled back)
 _BLANK = "UPDATE changes SET contact_id = '', aliases = NULL"  # a row that names no one any more
 SKIP_EVERY = 20  # looks (a second) between two skips past the changes no one here listened for
 PRUNE_EVERY = 1_024
@@ -32,28 +34,32 @@ class ChangeLog(shared.ChangeLog):
     """Each change is a row of the feed, written inside the write's transaction; every PRUNE_EVERY rows a
     process writes, it deletes the rows older than the newest KEEP_CHANGES.
 
-    A forgotten contact's identifiers leave the feed: the forget blanks the rows that name them, and its own
-    row, which tells the other processes' listeners, is blanked by this process's first write
-    FORGOTTEN_SECONDS after it (or pruned, if the process stops first)."""
+    A forgotten contact's identifiers leave the feed: the forget blanks the rows of that contact and takes its
+    identifiers out of other rows' aliases; its own row, which tells the other processes' listeners, is blanked
+    by this store's writes FORGOTTEN_SECONDS after it (at most every BLANK_EVERY seconds, for GIVE_UP_SECONDS:
+    a write rolled back tries again), or pruned, if the store writes nothing more."""
 
     __slots__ = ()
     written_here = 0  # rows this process wrote to the feed (one writer thread: no race)
-    forgotten_here: ClassVar[list[tuple[float, str, str]]] = []  # (when, org, contact_id) of its forget rows
+    # the forget rows each store (by origin) wrote: (when, org, contact_id); and when it last blanked those due
+    pending: ClassVar[dict[str, list[tuple[float, str, str]]]] = {}
+    blanked_at: ClassVar[dict[str, float]] = {}
 
     def write(self, change: Change) -> Ops[None]:
-        yield from _let_go(time.monotonic())
+        yield from self._let_go(time.monotonic())
         if change.kind == "forgotten":
             named = json.dumps([change.contact_id, *change.aliases])
             # blanked, not deleted: a deleted newest row's seq would be given again, and a follower that had
             # read up to it would miss the row that took it
+            yield count(f"{_BLANK} WHERE org = ? AND contact_id IN (SELECT value FROM json_each(?))", change.org, named)
             yield count(
-                f"{_BLANK} WHERE org = ? AND (contact_id IN (SELECT value FROM json_each(?)) OR EXISTS "
-                "(SELECT 1 FROM json_each(changes.aliases) WHERE value IN (SELECT value FROM json_each(?))))",
+                "UPDATE changes SET aliases = (SELECT json_group_array(value) FROM json_each(changes.aliases) WHERE "
+                "value NOT IN (SELECT value FROM json_each(?2))) WHERE org = ?1 AND EXISTS (SELECT 1 FROM "
+                "json_each(changes.aliases) WHERE value IN (SELECT value FROM json_each(?2)))",
                 change.org,
                 named,
-                named,
             )
-            ChangeLog.forgotten_here.append((time.monotonic(), change.org, change.contact_id))
+            ChangeLog.pending.setdefault(self.origin, []).append((time.monotonic(), change.org, change.contact_id))
         yield count(
             "INSERT INTO changes (org, contact_id, kind, origin, aliases) VALUES (?, ?, ?, ?, ?)",
             change.org,
@@ -66,14 +72,18 @@ class ChangeLog(shared.ChangeLog):
         if ChangeLog.written_here % PRUNE_EVERY == 0:
             yield count("DELETE FROM changes WHERE seq <= (SELECT max(seq) FROM changes) - ?", KEEP_CHANGES)
 
-
-def _let_go(now: float) -> Ops[None]:
-    """Blank the forget rows this process wrote FORGOTTEN_SECONDS ago or more (see ChangeLog)."""
-    due = [row for row in ChangeLog.forgotten_here if now - row[0] >= FORGOTTEN_SECONDS]
-    for _, org, contact_id in due:
-        yield count(f"{_BLANK} WHERE kind = 'forgotten' AND org = ? AND contact_id = ?", org, contact_id)
-    if due:
-        ChangeLog.forgotten_here = [row for row in ChangeLog.forgotten_here if now - row[0] < FORGOTTEN_SECONDS]
+    def _let_go(self, now: float) -> Ops[None]:
+        """Blank this store's forget rows written FORGOTTEN_SECONDS ago or more (see the class)."""
+        pending = ChangeLog.pending.get(self.origin)
+        if not pending or now - ChangeLog.blanked_at.get(self.origin, float("-inf")) < BLANK_EVERY:
+            return
+        due = [(org, contact_id) for when, org, contact_id in pending if now - when >= FORGOTTEN_SECONDS]
+        if not due:
+            return
+        ChangeLog.blanked_at[self.origin] = now
+        for org, contact_id in due:
+            yield count(f"{_BLANK} WHERE kind = 'forgotten' AND org = ? AND contact_id = ?", org, contact_id)
+        ChangeLog.pending[self.origin] = [row for row in pending if now - row[0] < FORGOTTEN_SECONDS + GIVE_UP_SECONDS]
 
 
 async def _one_value(conn: aiosqlite.Connection, sql: str) -> Any:

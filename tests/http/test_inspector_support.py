@@ -290,6 +290,13 @@ async def test_the_address_links_to_a_contact_and_a_message_and_back_goes_back(
             await expect(page).to_have_url(f"{base}/ui#contact=%2B31612345678")
             await page.evaluate("location.hash = '#contact=nobody'")
             await expect(page.locator("#problem")).to_contain_text("nobody")
+            # the contact shown stays, live, and the address names it again (it showed Ann under "nobody", deaf)
+            await expect(page.get_by_role("heading", name=ANN, level=1)).to_be_visible()
+            await expect(page).to_have_url(f"{base}/ui#contact=%2B31612345678")
+            rest.ok("POST", "/chats", said(ANN, "written after the refused link"))
+            await expect(page.locator("#timeline")).to_contain_text("written after the refused link")
+            await page.get_by_role("button", name="Sign out").click()
+            await expect(page).to_have_url(f"{base}/ui")  # whose contact was open goes with the key
 
 
 async def test_contacts_and_the_search_scope_follow_what_happened_elsewhere(tmp_path: Path, browser: Browser) -> None:

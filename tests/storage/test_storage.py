@@ -579,18 +579,24 @@ async def test_a_forgotten_contacts_identifiers_leave_the_sqlite_file(
 ) -> None:
     """After forget_contact, nothing in the file names the person: the change feed kept every change's contact
     and aliases (the forget's own row too) until 10,000 later rows pruned them (a data-protection review). The
-    forget deletes the feed's rows that name them; its own row, which the other processes' listeners read, goes
-    with this process's first write FORGOTTEN_SECONDS later."""
+    forget blanks the feed's rows of the contact and takes its identifiers out of other rows' aliases; its own
+    row, which the other processes' listeners read, goes with this process's first write FORGOTTEN_SECONDS later."""
     from chatdock.storage.sqlite import feed
 
     monkeypatch.setattr(feed, "FORGOTTEN_SECONDS", 0.3)
     path = tmp_path / "erased.db"
     phone, alias = "+31699887766", "ann.forgotten@example.org"
+    other = "+31600000001"
     async with open_store(str(path)) as store:
+        await store.append_message(ORG, msg(other, "someone else"))
+        await store.link_contacts(ORG, other, alias)  # the alias was someone else's first, then moved
+        await store.unlink_contact(ORG, alias)
         await store.append_message(ORG, msg(phone, "my passport is NX4471QZ"))
         await store.link_contacts(ORG, phone, alias)
         await store.append_message(ORG, msg(alias, "and again"))
-        await store.append_message(ORG, msg("+31600000001", "someone else"))
+        with sqlite3.connect(path) as conn:
+            others = conn.execute("SELECT seq, kind FROM changes WHERE contact_id = ?", (other,)).fetchall()
+        conn.close()
 
         def naming() -> list[tuple[str, str]]:
             with sqlite3.connect(path) as conn:
@@ -604,8 +610,11 @@ async def test_a_forgotten_contacts_identifiers_leave_the_sqlite_file(
         assert len(naming()) >= 3
         await store.forget_contact(ORG, alias)
         assert naming() == [("forgotten", phone)]  # for the other processes' listeners, a while
+        with sqlite3.connect(path) as conn:  # the other contact's changes stay its own, without the alias
+            assert conn.execute("SELECT seq, kind FROM changes WHERE contact_id = ?", (other,)).fetchall() == others
+        conn.close()
         await asyncio.sleep(0.4)
-        await store.append_message(ORG, msg("+31600000001", "later"))
+        await store.append_message(ORG, msg(other, "later"))
         assert naming() == []
     files = [path, *path.parent.glob(f"{path.name}-*")]
     assert not [file for file in files if phone.encode() in file.read_bytes() or alias.encode() in file.read_bytes()]

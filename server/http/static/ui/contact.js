@@ -11,9 +11,10 @@ import { remove, setStatus, unlink } from "./writes.js";
 
 export async function open(contactId, messageId = null, { fromAddress = false } = {}) {
   say("");
+  // read first: a contact that cannot be opened (unknown, another organization's) leaves the one shown live
+  const contact = await call("GET", `/contacts/${enc(contactId)}`);
   stopStream();
   state.generation += 1;
-  const contact = await call("GET", `/contacts/${enc(contactId)}`);
   address(contact.contact_id, messageId, fromAddress);
   state.contact = contact;
   state.scope = contact.contact_id;

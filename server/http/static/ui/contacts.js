@@ -101,5 +101,11 @@ export async function go() {
     if (state.contact) await goHome({ fromAddress: true });
     return;
   }
-  if (contact !== state.contact?.contact_id || message) await open(contact, message, { fromAddress: true });
+  if (contact === state.contact?.contact_id && !message) return;
+  try {
+    await open(contact, message, { fromAddress: true });
+  } catch (error) {
+    address(state.contact?.contact_id ?? null, null, true); // the address names what is shown, not the link refused
+    throw error;
+  }
 }

@@ -1,7 +1,7 @@
 // Signing in and out: the key lives in `state.key` only. (The rules every module keeps: inspector.js.)
 
 import { ApiError, call } from "./api.js";
-import { contactsPage, go, renderContacts } from "./contacts.js";
+import { address, contactsPage, go, renderContacts } from "./contacts.js";
 import { failed, say, show } from "./feedback.js";
 import { stopStream } from "./live.js";
 import { $, state } from "./state.js";
@@ -41,6 +41,7 @@ export function signOut(why) {
   state.key = null;
   state.generation += 1;
   stopStream();
+  address(null, null, true); // whose contact was open leaves the address bar with the key
   state.contact = null;
   state.scope = null;
   state.messages = [];
