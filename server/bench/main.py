@@ -455,9 +455,8 @@ async def _run(
             add("log_largest", largest)
             add("log_idle", idle)
         add("append_unindexed", unindexed)
-        served, imported = await bench_startup.first_answers(
-            path, max(1, scale // 400)
-        )  # 5 at full size, 1 in a small run
+        # 5 starts at full size, 1 in a small run
+        served, imported = await bench_startup.first_answers(path, max(1, scale // 400))
         add("first_answer", served)
         add("sdk_import", imported)
         latencies = await event_latency(path, min(200, scale // 10))  # 200 at full size
