@@ -119,8 +119,18 @@ async def follow_feed(
                     # listener that comes later hears from here (at most a second's changes before it came)
                     with contextlib.suppress(sqlite3.Error):
                         latest = await _one_value(conn, "SELECT ifnull(max(seq), 0) FROM changes")
+                        # but a contact forgotten elsewhere is this process's news: what it kept of its messages
+                        # goes (the store lets go when it hears of a forget, or of everything)
+                        async with conn.execute(
+                            "SELECT count(*) FROM changes WHERE seq > ? AND seq <= ? AND kind = 'forgotten' AND "
+                            "origin != ?",
+                            (position, latest, origin),
+                        ) as cursor:
+                            forgotten = (await cursor.fetchone() or (0,))[0]
                         if not wanted():  # still no one: a listener that came during the read misses nothing
                             position = max(position, latest)
+                            if forgotten:
+                                deliver(EVERYTHING)
                 continue
             idle = 0
             try:

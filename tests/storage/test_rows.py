@@ -118,6 +118,16 @@ async def test_a_contact_forgotten_by_another_process_is_let_go_of_here_too(
                 while not heard:
                     await asyncio.sleep(0.02)
         assert let_go == ["let go", "let go"]  # and by the one that heard of it
+        # a process with no one listening skips the feed, but not a forget (it kept the text until pushed out)
+        await here.append_message(
+            "acme", NewMessage(contact_id="+31600000003", channel="sms", role="user", content="y")
+        )
+        async with here.following(heard.append, lambda: False):
+            await elsewhere.forget_contact("acme", "+31600000003")
+            with anyio.fail_after(10):
+                while len(let_go) < 4:
+                    await asyncio.sleep(0.05)
+        assert let_go == ["let go"] * 4
 
 
 def test_a_changed_copy_of_a_message_has_its_own_entry() -> None:
