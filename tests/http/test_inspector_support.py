@@ -274,7 +274,7 @@ async def test_the_address_links_to_a_contact_and_a_message_and_back_goes_back(
             await page.get_by_role("searchbox").fill("first")
             await page.get_by_role("searchbox").press("Enter")
             await page.get_by_role("button", name=re.compile("the very first message")).click()
-            await expect(page.locator(f"#m-{first}")).to_be_focused()
+            await expect(page.locator(f"#m-{first}")).to_be_focused(timeout=SLOW)
             assert page.url == f"{base}/ui#contact=%2B31612345678&message={first}"
             assert key not in page.url
         async with watched(browser) as fresh:  # the link, followed in a new tab: typed, with a plain "+"
@@ -284,7 +284,7 @@ async def test_the_address_links_to_a_contact_and_a_message_and_back_goes_back(
             await page.get_by_label("API key").fill(key)
             await page.get_by_role("button", name="Sign in").click()
             await expect(page.get_by_role("heading", name=ANN, level=1)).to_be_visible()
-            await expect(page.locator(f"#m-{first}")).to_be_focused()
+            await expect(page.locator(f"#m-{first}")).to_be_focused(timeout=SLOW)
             await page.evaluate("location.hash = '#contact=ann%40example.com'")  # an alias: its contact, by its id
             await expect(page.get_by_role("heading", name=ANN, level=1)).to_be_visible()
             await expect(page).to_have_url(f"{base}/ui#contact=%2B31612345678")
@@ -294,7 +294,7 @@ async def test_the_address_links_to_a_contact_and_a_message_and_back_goes_back(
             await expect(page.get_by_role("heading", name=ANN, level=1)).to_be_visible()
             await expect(page).to_have_url(f"{base}/ui#contact=%2B31612345678")
             rest.ok("POST", "/chats", said(ANN, "written after the refused link"))
-            await expect(page.locator("#timeline")).to_contain_text("written after the refused link")
+            await expect(page.locator("#timeline")).to_contain_text("written after the refused link", timeout=SLOW)
             await page.get_by_role("button", name="Sign out").click()
             await expect(page).to_have_url(f"{base}/ui")  # whose contact was open goes with the key
 
