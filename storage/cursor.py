@@ -106,12 +106,17 @@ _HINT = (
 )
 
 
-def _search_digest(key: bytes | None, org: str, position: tuple[int, int], searched: str) -> bytes:
-    """What a search cursor's masks and check are made of: keyed by the database's secret when it has one, of the
+def _keyed(key: bytes | None, org: str, offset: int, nonce: int, searched: str) -> tuple[int, int, int]:
+    """A search cursor's masks of its two sequences and its check: of the database's secret when it has one, the
     organization, the offset, the cursor's own random number (two cursors never share their masks) and the
     search it pages through (`searched`: its query and filters)."""
-    material = f"search\x00{org}\x00{position[0]}\x00{position[1]}\x00{searched}".encode()
-    return hmac.digest(key, material, hashlib.sha256) if key else hashlib.sha256(material).digest()
+    material = f"search\x00{org}\x00{offset}\x00{nonce}\x00{searched}".encode()
+    digest = hmac.digest(key, material, hashlib.sha256) if key else hashlib.sha256(material).digest()
+    return (
+        int.from_bytes(digest[0:8], "big") >> 1,
+        int.from_bytes(digest[8:16], "big") >> 1,
+        int.from_bytes(digest[16:20], "big"),
+    )
 
 
 def encode_search_cursor(position: SearchPosition, searched: str, key: bytes | None = None, org: str = "") -> str:
@@ -120,15 +125,14 @@ def encode_search_cursor(position: SearchPosition, searched: str, key: bytes | N
         text = f"{_SEARCH_OFFSET_ONLY}:{offset}"
     else:
         nonce = secrets.randbits(32)
-        digest = _search_digest(key, org, (offset, nonce), searched)
-        check = int.from_bytes(digest[16:20], "big")
+        upto_mask, after_mask, check = _keyed(key, org, offset, nonce, searched)
+        if key is None:
+            version, upto_mask, after_mask = _SEARCH_PLAIN, 0, 0
+        else:
+            version = _SEARCH_MASKED
         its = "-".join(str(figure) for figure in position.features)
         weights = "-".join(str(figure) for figure in position.weights)
-        if key is None:
-            text = f"{_SEARCH_PLAIN}:{offset}:{nonce}:{upto}:{after}:{check}:{its}:{weights}"
-        else:
-            upto_mask, after_mask = (int.from_bytes(digest[i : i + 8], "big") >> 1 for i in (0, 8))
-            text = f"{_SEARCH_MASKED}:{offset}:{nonce}:{upto ^ upto_mask}:{after ^ after_mask}:{check}:{its}:{weights}"
+        text = f"{version}:{offset}:{nonce}:{upto ^ upto_mask}:{after ^ after_mask}:{check}:{its}:{weights}"
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
@@ -136,49 +140,38 @@ def decode_search_cursor(value: object, searched: str, key: bytes | None = None,
     """The position a search cursor names; InvalidInput for one not written here, or for another search."""
     if isinstance(value, str) and len(value) <= MAX_SEARCH_CURSOR_CHARS:
         try:
-            version, *numbers = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii").split(":")
-            lists = (
-                [tuple(int(figure) for figure in numbers.pop().split("-")) for _ in range(2)]
-                if len(numbers) == 7
-                else []
-            )
-            weights, its = lists or ((), ())
-            figures = [int(number) for number in numbers]
+            text = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii")
+            version, *fields = text.split(":")
+            figures = [[int(figure) for figure in field.split("-")] for field in fields]
         except (ValueError, binascii.Error, UnicodeDecodeError):
-            version, figures, its, weights = "", [], (), ()
+            text, version, figures = "", "", []
         found = None
-        if len(figures) == 1 and version == _SEARCH_OFFSET_ONLY:
-            found = SearchPosition(figures[0], None, None)
+        if version == _SEARCH_OFFSET_ONLY and len(figures) == 1 and len(figures[0]) == 1:
+            found = SearchPosition(figures[0][0], None, None)
         elif (
-            len(figures) == 5
-            and version in (_SEARCH_PLAIN, _SEARCH_MASKED)
-            and 0 < len(its) <= 1 + MAX_TERMS
-            and len(weights) == len(its) + 1
+            version in (_SEARCH_PLAIN, _SEARCH_MASKED)
+            and len(figures) == 7
+            and all(len(figure) == 1 for figure in figures[:5])
+            and 0 < len(figures[5]) <= 1 + MAX_TERMS
+            and len(figures[6]) == len(figures[5]) + 1
+            and (version == _SEARCH_PLAIN or key is not None)
         ):
-            offset, nonce, upto, after, check = figures
-            masked = version == _SEARCH_MASKED
-            digest = _search_digest(key if masked else None, org, (offset, nonce), searched)
-            if (not masked or key is not None) and 0 <= nonce < 2**32 and check == int.from_bytes(digest[16:20], "big"):
-                if masked:
-                    upto ^= int.from_bytes(digest[0:8], "big") >> 1
-                    after ^= int.from_bytes(digest[8:16], "big") >> 1
-                found = SearchPosition(offset, upto, after, its, weights)
-        # in range, and written as this module writes it (no sign, padding, leading zeros that int() lets by)
+            (offset,), (nonce,), (upto,), (after,), (check,), its, weights = figures
+            upto_mask, after_mask, wanted = _keyed(
+                key if version == _SEARCH_MASKED else None, org, offset, nonce, searched
+            )
+            if version == _SEARCH_PLAIN:
+                upto_mask = after_mask = 0
+            if 0 <= nonce < 2**32 and check == wanted:
+                found = SearchPosition(offset, upto ^ upto_mask, after ^ after_mask, tuple(its), tuple(weights))
+        # in range, and written as this module writes it (no sign, padding or leading zeros that int() lets by)
         if (
             found is not None
             and 0 < found.offset <= MAX_SEARCH_OFFSET
             and all(0 <= seq <= _HIGHEST for seq in (found.upto, found.after) if seq is not None)
             and all(0 <= figure <= _HIGHEST for figure in (*found.features, *found.weights))
-            and (found.upto is not None or encode_search_cursor(found, searched) == value)
-            and _canonical(value, version)
+            and base64.urlsafe_b64encode(text.encode()).decode().rstrip("=") == value
+            and all(part == str(int(part)) for field in text.split(":")[1:] for part in field.split("-"))
         ):
             return found
     raise InvalidInput(_HINT)
-
-
-def _canonical(value: str, version: str) -> bool:
-    """Whether the cursor's text is as this module writes it: its numbers without signs or leading zeros."""
-    text = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii")
-    again = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-    parts = [figure for part in text.split(":")[1:] for figure in part.split("-")]
-    return again == value and all(part == str(int(part)) for part in parts) and version != ""
