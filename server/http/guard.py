@@ -243,12 +243,12 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = self._body = self._framing = 0
         super().on_headers_complete()
+        if self._stopping and self.cycle is not None:
+            self.cycle.keep_alive = False  # shutting down: this answer is the connection's last
 
     def on_body(self, body: bytes) -> None:
         self._body += len(body)
         super().on_body(body)
-        if self._stopping and self.cycle is not None:
-            self.cycle.keep_alive = False  # shutting down: this answer is the connection's last
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
