@@ -499,8 +499,7 @@ class Store:
         hits = [SearchHit(**hit.model_dump(), snippet=snip) for (_, hit), snip in zip(found, snippets, strict=True)]
         kept = fit_hits(hits)  # a page that would pass the size bound ends early; the cursor goes on from there
         # the next page goes on after the last hit given (those of the page deleted meanwhile are passed by)
-        last = found[kept - 1][0] if kept else None
-        given = ranked.index(last) + 1 if last is not None else start + min(limit, len(ranked) - start)
+        given = ranked.index(found[kept - 1][0]) + 1 if kept else start + min(limit, len(ranked) - start)
         if len(ranked) <= given:
             return SearchPage(hits=hits[:kept], next_cursor=None)
         upto = at.upto if at.upto is not None else newest[0][0]  # the later pages rank the same matches
