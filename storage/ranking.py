@@ -115,13 +115,13 @@ def rank(
     match first. A search's later pages give the `weights` its first page was ranked with (deleted matches then
     take nothing from the others' order), and ask where its last hit would rank, were it there: `absent`, its
     seq and `features`."""
-    patterns = [(_pattern(term), term.prefix) for term in query.wanted]
+    patterns = _patterns(query)
     counts: list[Sequence[int]] = []  # for each message, how often it holds each term
     lengths: list[int] = []
     for _, content in newest_first:
-        folded = folded_words(_ranked_part(content))
-        lengths.append(len(folded))
-        counts.append(_term_counts(patterns, folded))
+        length, each = _measured(patterns, content)
+        lengths.append(length)
+        counts.append(each)
     if weights is None or len(weights) != 2 + len(patterns):
         holding = [sum(1 for each in counts if each[term] > 0) for term in range(len(patterns))]
         weights = (len(newest_first), sum(lengths), *holding)
@@ -150,8 +150,19 @@ def rank(
 def features(query: Query, content: str) -> tuple[int, ...]:
     """What a message's rank is made of: the number of its words counted, then how often it holds each wanted
     term (a search cursor carries its last hit's, to find its place again should it be deleted)."""
+    length, each = _measured(_patterns(query), content)
+    return (length, *each)
+
+
+def _patterns(query: Query) -> list[tuple[list[str], bool]]:
+    """The wanted terms' folded words, each with whether its last word is a prefix."""
+    return [(_pattern(term), term.prefix) for term in query.wanted]
+
+
+def _measured(patterns: list[tuple[list[str], bool]], content: str) -> tuple[int, list[int]]:
+    """A message's words counted for its rank, and how often it holds each of `patterns`."""
     folded = folded_words(_ranked_part(content))
-    return (len(folded), *_term_counts([(_pattern(term), term.prefix) for term in query.wanted], folded))
+    return len(folded), _term_counts(patterns, folded)
 
 
 def _ranked_part(content: str) -> str:
