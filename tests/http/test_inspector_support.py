@@ -6,6 +6,7 @@ that cannot be missed; text that is not what it looks like; a long identifier on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import urllib.parse
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
-from tests.http.browser import accessible, chromium, q, sign_in, watched
+from tests.http.browser import Watched, accessible, chromium, q, sign_in, watched
 from tests.transports import Rest, create_key, free_port, http_server, run_cli
 
 pytestmark = pytest.mark.process
@@ -422,6 +423,20 @@ async def reveal_needle(page: Page, base: str, key: str) -> None:
     await expect(page.locator("#live")).to_have_text(LIVE, timeout=SLOW)
 
 
+@contextlib.asynccontextmanager
+async def a_long_range_loaded(tmp_path: Path, browser: Browser) -> AsyncIterator[tuple[Rest, Watched]]:
+    """A served contact of 1,100 messages, the inspector signed in with 1,050 of them loaded (a search hit far
+    back): the REST client and the watched page."""
+    db = str(tmp_path / "long.db")
+    key = create_key(db, "acme", "support")
+    imported(db, ANN, 1100, needle=100)
+    with http_server(db) as base:
+        async with watched(browser) as seen:
+            await reveal_needle(seen.page, base, key)
+            await expect(seen.page.locator("#timeline > li")).to_have_count(1050, timeout=SLOW)
+            yield Rest(base, key), seen
+
+
 def timeline_reads(requested: list[str]) -> int:
     """How many of the page's requests read the timeline (GET /chats)."""
     return sum(urllib.parse.urlsplit(url).path == "/chats" for url in requested)
@@ -431,82 +446,66 @@ async def test_a_long_loaded_range_costs_a_short_read_per_change(tmp_path: Path,
     """With 1,050 messages loaded (a search hit far back), a new message costs a read of the newest messages
     (at most two GET /chats), not of the whole range; many messages arriving while an older page loads still
     leave no gap, and the timeline stays exactly the server's list."""
-    db = str(tmp_path / "long.db")
-    key = create_key(db, "acme", "support")
-    imported(db, ANN, 1100, needle=100)
-    with http_server(db) as base:
-        async with watched(browser) as seen:
-            rest, page = Rest(base, key), seen.page
-            await reveal_needle(page, base, key)
-            timeline = page.locator("#timeline > li")
-            await expect(timeline).to_have_count(1050, timeout=SLOW)
-            await page.wait_for_timeout(500)  # the read for the stream's first `ready` has had its turn
+    async with a_long_range_loaded(tmp_path, browser) as (rest, seen):
+        page = seen.page
+        timeline = page.locator("#timeline > li")
+        await page.wait_for_timeout(500)  # the read for the stream's first `ready` has had its turn
 
-            first = timeline_reads(seen.requested)
-            for n in range(5):
-                before = timeline_reads(seen.requested)
-                rest.ok("POST", "/chats", said(ANN, f"turn {n}"))
-                await expect(timeline.last).to_contain_text(f"turn {n}", timeout=SLOW)
-                assert timeline_reads(seen.requested) - before <= 2, seen.requested[-10:]
-            await page.wait_for_timeout(500)  # nothing more is read for them afterwards
-            assert timeline_reads(seen.requested) - first <= 2 * 5
-            await expect(timeline).to_have_count(1055, timeout=SLOW)
-            assert await shown(page) == stored(rest, ANN)[-1055:]
-            await expect(page.locator("#further")).to_be_empty(timeout=SLOW)
+        first = timeline_reads(seen.requested)
+        for n in range(5):
+            before = timeline_reads(seen.requested)
+            rest.ok("POST", "/chats", said(ANN, f"turn {n}"))
+            await expect(timeline.last).to_contain_text(f"turn {n}", timeout=SLOW)
+            assert timeline_reads(seen.requested) - before <= 2, seen.requested[-10:]
+        await page.wait_for_timeout(500)  # nothing more is read for them afterwards
+        assert timeline_reads(seen.requested) - first <= 2 * 5
+        await expect(timeline).to_have_count(1055, timeout=SLOW)
+        assert await shown(page) == stored(rest, ANN)[-1055:]
+        await expect(page.locator("#further")).to_be_empty(timeout=SLOW)
 
-            await burst_while_an_older_page_loads(page, rest, 1165)
+        await burst_while_an_older_page_loads(page, rest, 1165)
 
 
 async def test_a_change_far_back_in_a_long_range_is_noted_and_reload_shows_it(tmp_path: Path, browser: Browser) -> None:
     """With 1,050 messages loaded, a late-dated message and a delete far back, out of reach of the read of the
     newest messages, are not left as a silent gap: an announced note counts them, new messages keep showing
     live, and "Reload timeline" reads the loaded range again and shows both in their place."""
-    db = str(tmp_path / "far.db")
-    key = create_key(db, "acme", "support")
-    imported(db, ANN, 1100, needle=100)
-    with http_server(db) as base:
-        async with watched(browser) as seen:
-            rest, page = Rest(base, key), seen.page
-            await reveal_needle(page, base, key)
-            timeline = page.locator("#timeline > li")
-            await expect(timeline).to_have_count(1050, timeout=SLOW)
+    async with a_long_range_loaded(tmp_path, browser) as (rest, seen):
+        page = seen.page
+        timeline = page.locator("#timeline > li")
 
-            late = (LONG_AGO + timedelta(seconds=500.5)).isoformat()
-            rest.ok("POST", "/chats", said(ANN, "late webhook", late))
-            note = page.get_by_role("status").filter(has_text="changed further back")
-            await expect(note).to_have_text(
-                re.compile(r"^1 message changed further back in the timeline"), timeout=SLOW
-            )
-            reload = page.get_by_role("button", name="Reload timeline")
-            await expect(reload).to_be_visible(timeout=SLOW)
-            await accessible(page, "a change further back")
+        late = (LONG_AGO + timedelta(seconds=500.5)).isoformat()
+        rest.ok("POST", "/chats", said(ANN, "late webhook", late))
+        note = page.get_by_role("status").filter(has_text="changed further back")
+        await expect(note).to_have_text(re.compile(r"^1 message changed further back in the timeline"), timeout=SLOW)
+        reload = page.get_by_role("button", name="Reload timeline")
+        await expect(reload).to_be_visible(timeout=SLOW)
+        await accessible(page, "a change further back")
 
-            gone = next(m for m in stored_messages(rest, ANN) if m["content"] == "message 700")
-            rest.ok("DELETE", f"/chats/{gone['id']}")
-            await expect(note).to_have_text(
-                re.compile(r"^2 messages changed further back in the timeline"), timeout=SLOW
-            )
-            rest.ok("POST", "/chats", said(ANN, "still live"))
-            await expect(timeline.last).to_contain_text("still live", timeout=SLOW)
-            await expect(note).to_have_text(re.compile(r"^2 messages"), timeout=SLOW)
+        gone = next(m for m in stored_messages(rest, ANN) if m["content"] == "message 700")
+        rest.ok("DELETE", f"/chats/{gone['id']}")
+        await expect(note).to_have_text(re.compile(r"^2 messages changed further back in the timeline"), timeout=SLOW)
+        rest.ok("POST", "/chats", said(ANN, "still live"))
+        await expect(timeline.last).to_contain_text("still live", timeout=SLOW)
+        await expect(note).to_have_text(re.compile(r"^2 messages"), timeout=SLOW)
 
-            await reload.click()
-            await expect(page.locator("#timeline > li", has_text="late webhook")).to_be_visible(timeout=SLOW)
-            await expect(page.locator("#further")).to_be_empty(timeout=SLOW)
-            await expect(reload).to_be_hidden(timeout=SLOW)
-            await expect(page.locator("#status")).to_contain_text("The timeline was read again", timeout=SLOW)
-            await expect(page.get_by_role("heading", name="Timeline")).to_be_focused(timeout=SLOW)
-            texts = await shown(page)
-            assert texts == stored(rest, ANN)[-len(texts) :]
-            at = texts.index("late webhook")
-            assert texts[at - 1 : at + 2] == ["message 500", "late webhook", "message 501"]
-            assert "message 700" not in texts and "message 699" in texts
+        await reload.click()
+        await expect(page.locator("#timeline > li", has_text="late webhook")).to_be_visible(timeout=SLOW)
+        await expect(page.locator("#further")).to_be_empty(timeout=SLOW)
+        await expect(reload).to_be_hidden(timeout=SLOW)
+        await expect(page.locator("#status")).to_contain_text("The timeline was read again", timeout=SLOW)
+        await expect(page.get_by_role("heading", name="Timeline")).to_be_focused(timeout=SLOW)
+        texts = await shown(page)
+        assert texts == stored(rest, ANN)[-len(texts) :]
+        at = texts.index("late webhook")
+        assert texts[at - 1 : at + 2] == ["message 500", "late webhook", "message 501"]
+        assert "message 700" not in texts and "message 699" in texts
 
-            # a delete made here, far back, is no change the page missed: no note
-            await timeline.filter(has_text="message 699").get_by_role("button", name="Delete message").click()
-            await page.get_by_role("alertdialog").get_by_role("button", name="Delete message").click()
-            await expect(page.locator("#status")).to_have_text("The message was deleted.", timeout=SLOW)
-            await expect(page.locator("#contact-summary")).to_contain_text("1100 messages", timeout=SLOW)
-            await page.wait_for_timeout(1000)  # the read for the delete's event has had its turn
-            await expect(page.locator("#further")).to_be_empty()
-            assert "message 699" not in await shown(page)
+        # a delete made here, far back, is no change the page missed: no note
+        await timeline.filter(has_text="message 699").get_by_role("button", name="Delete message").click()
+        await page.get_by_role("alertdialog").get_by_role("button", name="Delete message").click()
+        await expect(page.locator("#status")).to_have_text("The message was deleted.", timeout=SLOW)
+        await expect(page.locator("#contact-summary")).to_contain_text("1100 messages", timeout=SLOW)
+        await page.wait_for_timeout(1000)  # the read for the delete's event has had its turn
+        await expect(page.locator("#further")).to_be_empty()
+        assert "message 699" not in await shown(page)
