@@ -86,8 +86,8 @@ class ChangeLog(shared.ChangeLog):
         ChangeLog.pending[self.origin] = [row for row in pending if now - row[0] < FORGOTTEN_SECONDS + GIVE_UP_SECONDS]
 
 
-async def _one_value(conn: aiosqlite.Connection, sql: str) -> Any:
-    async with conn.execute(sql) as cursor:
+async def _one_value(conn: aiosqlite.Connection, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    async with conn.execute(sql, params) as cursor:
         row = await cursor.fetchone()
     return None if row is None else row[0]
 
@@ -121,12 +121,12 @@ async def follow_feed(
                         latest = await _one_value(conn, "SELECT ifnull(max(seq), 0) FROM changes")
                         # but a contact forgotten elsewhere is this process's news: what it kept of its messages
                         # goes (the store lets go when it hears of a forget, or of everything)
-                        async with conn.execute(
+                        forgotten = await _one_value(
+                            conn,
                             "SELECT count(*) FROM changes WHERE seq > ? AND seq <= ? AND kind = 'forgotten' AND "
                             "origin != ?",
                             (position, latest, origin),
-                        ) as cursor:
-                            forgotten = (await cursor.fetchone() or (0,))[0]
+                        )
                         if not wanted():  # still no one: a listener that came during the read misses nothing
                             position = max(position, latest)
                             if forgotten:
