@@ -54,6 +54,7 @@ ONE_ID, MANY_IDS = "+31650002000", "+31650001000"
 ALIASES = ("ann@example.com", "w-8f2c", "+31 6 5000 1000", "ann.b@example.org")
 PERSON_MESSAGES = 10_000
 RARE_TEXT = "the zebrafish arrived in a dented parcel"  # in 100 messages; every other message says "hello"
+NEIGHBOUR, NEIGHBOUR_MESSAGES = "neighbour", 100
 
 
 def person_messages(messages: int) -> int:
@@ -87,6 +88,11 @@ async def fill(path: str, messages: int, contacts: int, quiet: bool) -> None:
             await store.link_contacts("bench", MANY_IDS, alias)
         rare = [_new_of(f"+3160{i * 997 % contacts:07d}", i) for i in range(100)]
         await store.import_messages("bench", [m.model_copy(update={"content": RARE_TEXT}) for m in rare])
+        # another organization on the same database, a small one, whose searches must not read the bench's
+        neighbours = [_new_of(f"+3161{i % 10:07d}", i) for i in range(NEIGHBOUR_MESSAGES)]
+        await store.import_messages(
+            NEIGHBOUR, [m.model_copy(update={"content": f"hello from {m.content}"}) for m in neighbours]
+        )
     if bar is not None:
         bar.finish(messages)
 
@@ -377,15 +383,19 @@ async def _run(
                     await store.get_context("bench", identifier)
                     samples.append((time.perf_counter() - began) * 1000)
                 add(f"context_{name}_p99", percentile(samples, 0.99))
-            for name, query, contact in (
-                ("search_contact", "hello", "+31600000007"),
-                ("search_rare", "zebrafish", None),
-                ("search_common", "hello", None),
+            for name, org, query, contact in (
+                ("search_contact", "bench", "hello", "+31600000007"),
+                ("search_rare", "bench", "zebrafish", None),
+                ("search_common", "bench", "hello", None),
+                # every message has both words: no match, among the CANDIDATES newest (storage/search.py)
+                ("search_excluded", "bench", "hello -there", None),
+                ("search_phrase", "bench", '"there hello"', None),
+                ("search_neighbour", NEIGHBOUR, "hello", None),
             ):
                 samples = []
                 for _ in range(max(20, scale // 20)):
                     began = time.perf_counter()
-                    await store.search_messages("bench", query, contact_id=contact)
+                    await store.search_messages(org, query, contact_id=contact)
                     samples.append((time.perf_counter() - began) * 1000)
                 add(f"{name}_p99", percentile(samples, 0.99))
             add("index_share", await (index_share(path) if sqlite else bench_postgres.index_share(path)))
@@ -551,6 +561,14 @@ async def _run(
             "ms",
             goal="< 100 ms",
             met=m["search_common_p99"] < 100,
+        ),
+        *(
+            Row(name, m[key], "ms", goal=goal, met=m[key] < limit)
+            for name, key, goal, limit in (
+                ("search, organization, common words never together p99", "search_excluded_p99", "< 100 ms", 100),
+                ("search, organization, phrase of common words p99", "search_phrase_p99", "< 100 ms", 100),
+                ("search, a small organization beside it p99", "search_neighbour_p99", "< 20 ms", 20),
+            )
         ),
         Row("search index share of the database", m["index_share"] * 100, "%"),
         Row("append, 1 caller, no search index", m["append_unindexed"], "msg/s"),

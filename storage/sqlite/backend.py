@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar
 import aiosqlite
 
 from .. import rows
+from .. import search as rules
 from ..backend import Imported, MessageFilter
 from ..changes import Announcer, Deliver
 from ..cursor import Position
@@ -44,7 +45,7 @@ from .failures import DAMAGED, MIN_FREE_BYTES, WRITE_BLOCKED, cause, damaged_tex
 from .feed import ChangeLog, follow_feed
 from .health import FileWatch, IndexSweep
 from .indexing import SearchIndex, with_an_append
-from .queries import DIALECT, fts_expression, search_sql
+from .queries import DIALECT, candidates_sql, fts_expression, fts_words, narrowed, narrowed_sql, search_sql
 from .schema import file_version, migrate, refuse_foreign
 from .writer import BUSY_TIMEOUT_MS, Writer
 
@@ -400,10 +401,25 @@ class SQLiteBackend(SQLBackend):
         upto: int | None = None,
     ) -> list[tuple[int, str]]:
         await self._search_index.before_search()
-        expression = fts_expression(query)
-        params: list[Any] = [org, contact_id, expression] if contact_id is not None else [expression]
-        params += [org, *(value for value in (channel, role, upto) if value is not None)]
-        sql = search_sql(contact_id is not None, channel is not None, role is not None, upto is not None)
+        scope: list[Any] = [org, contact_id] if contact_id is not None else [org]
+        below = [] if upto is None else [upto]
+        filters = [value for value in (channel, role) if value is not None]
+        wanted, excluded = fts_expression(query)
+        contact, by_channel, by_role = contact_id is not None, channel is not None, role is not None
+        bound = None
+        if narrowed(query):  # among its newest CANDIDATES messages holding its words (search.py)
+            sql = candidates_sql(contact, upto is not None)
+            found = await self._read(sql, [*scope, fts_words(query), *below, rules.CANDIDATES - 1])
+            bound = found[0][0] if found else None
+        if bound is None:
+            params = [*scope, wanted, "".join(f" NOT {term}" for term in excluded), org, *filters, *below]
+            sql = search_sql(contact, by_channel, by_role, upto is not None)
+        else:
+            params = [*scope, wanted, bound, *below]
+            if excluded:
+                params += [*scope, wanted, " OR ".join(excluded), bound, *below]
+            params += [org, *filters]
+            sql = narrowed_sql(contact, by_channel, by_role, upto is not None, bool(excluded))
         return [(seq, content) for seq, content in await self._read(sql, [*params, window])]
 
     async def messages_at(self, org: str, seqs: Sequence[int]) -> list[tuple[int, Message]]:

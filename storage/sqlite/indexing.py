@@ -35,12 +35,21 @@ WARN_EVERY = 60.0  # seconds between two warnings that they are not
 PENDING = "SELECT EXISTS (SELECT 1 FROM search_pending)"
 
 
+def owner(row: str) -> str:
+    """What the index keeps in its `owner` column for the message `row` (a table's name or alias): its contact
+    and its organization, a word each (k<contact key> o<org key>). A search of one contact or one organization
+    asks for that word beside the query's (queries.py), so the index intersects the two lists: an organization's
+    search reads its own matches, however many the other organizations on the file have (schema.py, migration
+    14). Every statement that adds to the index or takes out of it writes this, so the two agree."""
+    return f"'k' || {row}.contact_pk || ' o' || {row}.org_id"
+
+
 # the three steps of indexing the noted messages oldest first, up to a number of them (`index_pending`)
 LAST_NOTED = "SELECT max(seq) FROM (SELECT seq FROM search_pending ORDER BY seq LIMIT ?)"
 # CROSS JOIN keeps the noted messages the outer loop: with a plain JOIN, SQLite carries `seq <= ?` over to the
 # messages and walks every message up to it (12 ms at 100,000 messages, 0.1 s at a million)
 INDEX_NOTED = (
-    "INSERT INTO messages_fts (rowid, content, owner) SELECT m.seq, m.content, 'k' || m.contact_pk "
+    f"INSERT INTO messages_fts (rowid, content, owner) SELECT m.seq, m.content, {owner('m')} "
     "FROM search_pending p CROSS JOIN messages m ON m.seq = p.seq WHERE p.seq <= ?"
 )
 UNNOTE = "DELETE FROM search_pending WHERE seq <= ?"

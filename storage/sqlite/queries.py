@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 from ..search import Query, Term
 from ..sql.dialect import Dialect
 from ..sql.ops import Ops, count, value
@@ -45,27 +47,72 @@ DIALECT = Dialect(
 )
 
 
-def fts_expression(query: Query) -> str:
-    """The parsed query as an FTS5 expression over the text column: every term a quoted string, so no text is
-    read as syntax."""
+def fts_expression(query: Query) -> tuple[str, list[str]]:
+    """The parsed query as FTS5 expressions over the text column, every term a quoted string, so no text is
+    read as syntax: the terms wanted ANDed, and each term excluded."""
 
     def term(found: Term) -> str:
         return 'content : "' + found.text.replace('"', '""') + '"' + ("*" if found.prefix else "")
 
-    expression = " AND ".join(term(found) for found in query.wanted)
-    for found in query.excluded:
-        expression = f"({expression}) NOT {term(found)}"
-    return expression
+    return " AND ".join(term(found) for found in query.wanted), [term(found) for found in query.excluded]
+
+
+def tokens(text: str) -> list[str]:
+    """The words FTS5's unicode61 tokenizer cuts `text` into: runs of letters, digits and private-use
+    characters (Unicode categories L*, N*, Co), marks kept with the letter they mark."""
+    words, word = [], ""
+    for char in text:
+        if unicodedata.category(char)[0] in "LNM" or unicodedata.category(char) == "Co":
+            word += char
+        elif word:
+            words.append(word)
+            word = ""
+    return [*words, word] if word else words
+
+
+def narrowed(query: Query) -> bool:
+    """Whether the query asks more of a message than holding its words: an exclusion, or a term of several
+    words (a phrase; for FTS5 also a word it cuts in two, "follow-up"): such a query looks for its matches
+    among the newest CANDIDATES messages holding its words (search.py)."""
+    return bool(query.excluded) or any(len(tokens(found.text)) > 1 for found in query.wanted)
+
+
+def fts_words(query: Query) -> str:
+    """The words the query wants, each on its own and ANDed: the messages a narrowed query checks."""
+    words = []
+    for found in query.wanted:
+        cut = tokens(found.text)
+        words += [
+            'content : "' + word + '"' + ("*" if found.prefix and i == len(cut) - 1 else "")
+            for i, word in enumerate(cut)
+        ]
+    return " AND ".join(words)
+
+
+def _scope(contact: bool) -> str:
+    """The organization's or the contact's word in the owner column (indexing.owner), from (org[, contact])."""
+    return f"'k' || ifnull({CONTACT}, 0)" if contact else f"'o' || ifnull({ORG}, 0)"
+
+
+def candidates_sql(contact: bool, upto: bool) -> str:
+    """The seq of the CANDIDATES-th newest message that holds the query's words, if there are that many; it
+    takes (org, [contact,] fts_words, [upto,] CANDIDATES - 1). FTS5 reads their lists newest first, ANDed,
+    and stops there."""
+    below = " AND rowid <= ?" if upto else ""
+    return (
+        f"SELECT rowid FROM messages_fts WHERE messages_fts MATCH ('owner : ' || {_scope(contact)} || ' AND ' || ?)"
+        f"{below} ORDER BY rowid DESC LIMIT 1 OFFSET ?"
+    )
 
 
 def search_sql(contact: bool, channel: bool, role: bool, upto: bool = False) -> str:
-    """The newest matches, scoped by organization; it takes ([org, contact,] expression, org, [channel,]
-    [role,] [upto,] window). FTS5 walks the index from its newest row back (its rowid is the message's seq),
-    from `upto` when given, and stops at the window, however common the words; one contact's search adds its
-    owner token to the expression, so the index intersects the two lists."""
-    match = "?"
-    if contact:
-        match = f"('owner : k' || ifnull({CONTACT}, 0) || ' AND (' || ? || ')')"
+    """The newest matches, scoped by organization; it takes (org, [contact,] wanted, excluded, org, [channel,]
+    [role,] [upto,] window), `wanted` and `excluded` from `fts_expression`. FTS5 walks the index from its newest
+    row back (its rowid is the message's seq), from `upto` when given, and stops at the window, however common
+    the words. The organization's or the contact's word (indexing.owner) joins the words wanted, so the index
+    intersects their lists: a search reads the matches of its own organization only, and the exclusions are
+    taken from those (asked for as owner AND (words NOT exclusion), FTS5 walks every message of both words)."""
+    match = f"('(owner : ' || {_scope(contact)} || ' AND ' || ? || ')' || ?)"
     where = ""
     if channel:
         where += " AND m.channel = ?"
@@ -76,4 +123,23 @@ def search_sql(contact: bool, channel: bool, role: bool, upto: bool = False) -> 
     return (
         f"SELECT m.seq, {RANKED_CONTENT} FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid "
         f"WHERE messages_fts MATCH {match} AND m.org_id = {ORG}{where} ORDER BY messages_fts.rowid DESC LIMIT ?"
+    )
+
+
+def narrowed_sql(contact: bool, channel: bool, role: bool, upto: bool, excluded: bool) -> str:
+    """A narrowed query's newest matches among the messages from a seq on (candidates_sql); it takes (org,
+    [contact,] wanted, bound, [upto,] [org, [contact,] wanted, excluded-as-OR, bound, [upto,]] org, [channel,]
+    [role,] window). Read oldest first: FTS5 stops at the bound that way (newest first, it reads every match
+    below the bound too; and it reads every message of the words of a NOT, whatever the bound), so an exclusion
+    is taken out here, as the messages among those that also hold an excluded word."""
+    within = " AND rowid >= ?" + (" AND rowid <= ?" if upto else "")
+    wanted = f"('owner : ' || {_scope(contact)} || ' AND (' || ? || ')')"
+    found = f"SELECT rowid FROM messages_fts WHERE messages_fts MATCH {wanted}{within}"
+    if excluded:
+        holding = f"({wanted} || ' AND (' || ? || ')')"
+        found += f" AND rowid NOT IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH {holding}{within})"
+    where = (" AND m.channel = ?" if channel else "") + (" AND m.role = ?" if role else "")
+    return (
+        f"WITH found(seq) AS MATERIALIZED ({found} ORDER BY rowid) SELECT m.seq, {RANKED_CONTENT} FROM found "
+        f"JOIN messages m ON m.seq = found.seq WHERE m.org_id = {ORG}{where} ORDER BY m.seq DESC LIMIT ?"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 from ..cursor import CURSOR_SECRET
 from ..errors import InvalidInput
@@ -23,32 +24,40 @@ from ..sql.ops import Ops, count, one, rows, value
 from ..sql.tables import Words, tables
 from ..validation import normal_identifier, refused_character
 from . import driver
+from .indexing import owner
 
 INDEX_BATCH = 50_000
 _INDEXED = "NOT EXISTS (SELECT 1 FROM search_pending WHERE seq = old.seq)"  # in the search index (indexing.py)
 
 
-def _index_history() -> Ops[None]:
-    """Index the messages stored before search existed, a batch at a time, saying how far it got."""
-    total = yield value("SELECT count(*) FROM messages")
-    last, done = 0, 0
-    while True:
-        found = yield one(
-            "SELECT max(seq), count(*) FROM (SELECT seq FROM messages WHERE seq > ? ORDER BY seq LIMIT ?)",
-            last,
-            INDEX_BATCH,
-        )
-        if not found[1]:
-            break
-        yield count(
-            "INSERT INTO messages_fts (rowid, content, owner) SELECT seq, content, 'k' || contact_pk FROM messages "
-            "WHERE seq > ? AND seq <= ?",
-            last,
-            found[0],
-        )
-        last, done = found[0], done + found[1]
-        if total > INDEX_BATCH:
-            logger.warning("building the search index: %s of %s messages", f"{done:,}", f"{total:,}")
+def _index_messages(owner_of: str, noted_aside: bool, doing: str) -> Callable[[], Ops[None]]:
+    """A migration's step: index the messages (their owner column `owner_of`, over `m`), a batch at a time,
+    logging `doing` with how far it got; with `noted_aside`, not those still noted in `search_pending` (their
+    indexing comes)."""
+    aside = " AND NOT EXISTS (SELECT 1 FROM search_pending p WHERE p.seq = m.seq)" if noted_aside else ""
+
+    def step() -> Ops[None]:
+        total = yield value("SELECT count(*) FROM messages")
+        last, done = 0, 0
+        while True:
+            found = yield one(
+                "SELECT max(seq), count(*) FROM (SELECT seq FROM messages WHERE seq > ? ORDER BY seq LIMIT ?)",
+                last,
+                INDEX_BATCH,
+            )
+            if not found[1]:
+                break
+            yield count(
+                f"INSERT INTO messages_fts (rowid, content, owner) SELECT m.seq, m.content, {owner_of} "
+                f"FROM messages m WHERE m.seq > ? AND m.seq <= ?{aside}",
+                last,
+                found[0],
+            )
+            last, done = found[0], done + found[1]
+            if total > INDEX_BATCH:
+                logger.warning("%s: %s of %s messages", doing, f"{done:,}", f"{total:,}")
+
+    return step
 
 
 def _normalize_identifiers() -> Ops[None]:
@@ -175,7 +184,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 INSERT INTO messages_fts (rowid, content, owner) VALUES (new.seq, new.content, 'k' || new.contact_pk);
             END""",
         ),
-        _index_history,
+        _index_messages("'k' || m.contact_pk", False, "building the search index"),
     ),
     Migration(7, "identifiers without characters a person cannot see", (), clean_identifiers()),
     Migration(
@@ -229,6 +238,38 @@ MIGRATIONS: tuple[Migration, ...] = (
         13,
         "a key's name is unique within its organization",
         ("DROP INDEX api_keys_live_name", TABLES["api_keys_org_live_name"]),
+    ),
+    Migration(
+        14,
+        "the search index knows each message's organization",
+        (
+            # the index is made again, its owner column now "k<contact key> o<org key>" (indexing.owner): an
+            # organization's search had FTS5 walk every organization's matches, newest first, and keep its own
+            # (a small organization's search for a word common in a neighbour's million messages: 0.3 s)
+            "DROP TRIGGER messages_fts_delete",
+            "DROP TRIGGER messages_fts_update",
+            "DROP TABLE messages_fts",
+            "DROP VIEW messages_search",
+            f"CREATE VIEW messages_search AS SELECT m.seq, m.content, {owner('m')} AS owner FROM messages m",
+            """CREATE VIRTUAL TABLE messages_fts USING fts5(
+                content, owner, content='messages_search', content_rowid='seq',
+                tokenize='unicode61 remove_diacritics 2'
+            )""",
+            # as migration 8's, with the new owner column
+            f"""CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+                INSERT INTO messages_fts (messages_fts, rowid, content, owner)
+                    SELECT 'delete', old.seq, old.content, {owner("old")} WHERE {_INDEXED};
+                DELETE FROM search_pending WHERE seq = old.seq;
+            END""",
+            f"""CREATE TRIGGER messages_fts_update AFTER UPDATE OF content, contact_pk ON messages BEGIN
+                INSERT INTO messages_fts (messages_fts, rowid, content, owner)
+                    SELECT 'delete', old.seq, old.content, {owner("old")} WHERE {_INDEXED};
+                INSERT INTO messages_fts (rowid, content, owner)
+                    SELECT new.seq, new.content, {owner("new")} WHERE {_INDEXED};
+            END""",
+        ),
+        # about 5 seconds a million messages
+        _index_messages(owner("m"), True, "indexing messages with their organization"),
     ),
 )
 

@@ -284,6 +284,46 @@ async def test_a_common_word_ranks_its_newest_matches_and_a_rare_one_all_of_them
             )
 
 
+async def test_a_query_with_an_exclusion_or_a_phrase_looks_among_the_newest_messages_of_its_words(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule (storage/search.py, CANDIDATES): a query with an exclusion or a phrase finds its matches among the
+    newest CANDIDATES messages of the organization (or the contact) that hold all its words; other
+    organizations' messages do not count."""
+    monkeypatch.setattr("chatdock.storage.search.CANDIDATES", 5)
+    async with open_store(db) as store:
+        found_late = ["parcel late again", "parcel late, sorry"]  # newest first
+        for content, channel in (("parcel late, sorry", "email"), ("parcel late again", "sms")):
+            await store.append_message(
+                "default", NewMessage(contact_id=ANN, channel=channel, role="user", content=content)
+            )
+        arrived = [
+            NewMessage(contact_id=f"+3170{i:07d}", channel="sms", role="user", content=f"late, the parcel arrived {i}")
+            for i in range(6)
+        ]
+        await store.import_messages(
+            "default", arrived
+        )  # newer: parcel and late, neither the phrase nor without "arrived"
+        neighbours = [
+            NewMessage(contact_id=f"+3171{i:07d}", channel="sms", role="user", content=f"parcel late {i}")
+            for i in range(10)
+        ]
+        await store.import_messages("globex", neighbours)  # newer still, in another organization
+        async with Client(build_server(Settings(), store)) as client:
+            assert await search(client, "parcel -arrived") == []  # beyond the 5 newest messages with "parcel"
+            assert await search(client, '"parcel late"') == []
+            assert await search(client, '"parcel late"', contact_id=ANN) == found_late  # ANN's: 2 of them
+            assert len(await search(client, "parcel late")) == 8  # no exclusion, no phrase: every match
+            monkeypatch.setattr("chatdock.storage.search.CANDIDATES", 8)  # the organization's 8, not globex's
+            assert await search(client, "parcel -arrived") == found_late
+            assert await search(client, '"parcel late"') == found_late
+            assert await search(client, '"parcel late"', channel="email") == ["parcel late, sorry"]
+            first = await call(client, "search_messages", query="parcel -arrived", limit=1)
+            rest = await call(client, "search_messages", query="parcel -arrived", limit=1, cursor=first["next_cursor"])
+            assert [hit["content"] for hit in first["hits"] + rest["hits"]] == found_late
+            assert rest["next_cursor"] is None
+
+
 async def test_a_message_ranks_by_its_first_characters_and_is_found_by_all(db: str) -> None:
     """The rule's bound (storage/ranking.py): a message's rank counts its first RANKED_CHARS characters, so a long
     one whose matches all come further on is still found, ranked as holding none of them (ranking a thousand

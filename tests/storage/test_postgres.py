@@ -209,7 +209,8 @@ async def test_an_organizations_search_reads_only_its_matches_newest_era_first(
                 3,
             ),
         ):
-            sql, params = search_sql("acme", tsquery_text(parse_query("parcel")), None, None, None, window, "eras")
+            acme = await conn.fetchval("SELECT id FROM orgs WHERE name = 'acme'")
+            sql, params = search_sql(acme, tsquery_text(parse_query("parcel")), None, None, None, window, "eras")
             found = await conn.fetch(driver.numbered(sql), *params)
             assert [content for _, content in found] == expected
             [[explained]] = await conn.fetch("EXPLAIN (ANALYZE, FORMAT JSON) " + driver.numbered(sql), *params)

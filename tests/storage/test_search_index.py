@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from chatdock.storage import NewMessage, Store, open_store
+from chatdock.storage.sqlite import schema
 from chatdock.storage.sqlite.indexing import SEARCH_BATCH, SEARCH_WAIT
 
 ORG = "acme"
@@ -141,4 +142,36 @@ async def test_a_search_waits_a_bounded_time_for_a_write_lock_held_elsewhere(
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         assert noted(path) == 0
+    assert_index_matches_messages(path)
+
+
+async def test_a_file_from_before_the_organizations_word_is_indexed_again_on_upgrade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 14 indexes every message again with its organization beside its contact (indexing.owner), so
+    that an organization's search reads its own matches only: a file indexed the old way comes out consistent,
+    its messages found within their organization and their contact, and deletes keep it so."""
+    path = tmp_path / "before.db"
+    with monkeypatch.context() as patched:
+        patched.setattr(schema, "MIGRATIONS", tuple(m for m in schema.MIGRATIONS if m.version < 14))
+        async with open_store(str(path)) as store:
+            await store.append_message(ORG, said("+31600000001", "parcel one"))
+            await store.append_message(ORG, said("+31600000002", "parcel two"))
+            await store.append_message("globex", said("+31600000001", "parcel three"))
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # the index as the chatdock of before kept it
+        conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('delete-all')")
+        conn.execute(
+            "INSERT INTO messages_fts (rowid, content, owner) SELECT seq, content, 'k' || contact_pk FROM messages"
+        )
+        conn.execute("DELETE FROM search_pending")
+        conn.commit()
+    assert_index_matches_messages(path)
+    async with open_store(str(path)) as store:
+        assert_index_matches_messages(path)
+        assert await hits(store, "parcel") == ["parcel one", "parcel two"]
+        assert await hits(store, "parcel", "+31600000002") == ["parcel two"]
+        assert [hit.content for hit in (await store.search_messages("globex", "parcel")).hits] == ["parcel three"]
+        (gone,) = (await store.search_messages(ORG, "one")).hits
+        await store.delete_message(ORG, gone.id)
+        assert await hits(store, "parcel") == ["parcel two"]
     assert_index_matches_messages(path)
