@@ -123,10 +123,13 @@ class Backend(Protocol):
         role: str | None,
         window: int,
         upto: int | None = None,
-    ) -> list[tuple[int, str]]:
+        since: int | None = None,
+    ) -> tuple[list[tuple[int, str]], int]:
         """The `window` most recently stored messages of the organization (of one contact, any of its
         identifiers) that match, newest first, none with a seq past `upto`: each one's seq and content
-        (ranking.py ranks them)."""
+        (ranking.py ranks them); and for a narrowed query (search.py's CANDIDATES), the oldest seq its search
+        considered (0: every message). With `since` (a later page's: what the first page answered), none
+        before that seq, and no bound of its own."""
         ...
 
     async def messages_at(self, org: str, seqs: Sequence[int]) -> list[tuple[int, Message]]:

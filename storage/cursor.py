@@ -97,24 +97,29 @@ class SearchPosition:
     after: int | None  # the seq of the last hit given
     features: tuple[int, ...] = ()  # what that hit's rank is made of (ranking.features): its place, if deleted
     weights: tuple[int, ...] = ()  # what the first page's ranking weighed the matches by (ranking.Ranking)
+    # the oldest seq a narrowed search considers (search.py's CANDIDATES: the first page's bound; 0: none), so
+    # the later pages check the same messages; None: a cursor of before 2026-12-07's, which counts them again
+    since: int | None = None
 
 
-_SEARCH_PLAIN, _SEARCH_MASKED, _SEARCH_OFFSET_ONLY = "s4", "s5", "s1"
+_SEARCH_PLAIN, _SEARCH_MASKED, _SEARCH_OFFSET_ONLY = "s6", "s7", "s1"
+_SEARCH_PLAIN_4, _SEARCH_MASKED_5 = "s4", "s5"  # without `since`: still read
 _HINT = (
     "cursor is not valid; pass next_cursor exactly as a previous search_messages returned it, with the same query "
     "and filters (a cursor pages through the search that gave it), or leave cursor out for the first page"
 )
 
 
-def _keyed(key: bytes | None, org: str, offset: int, nonce: int, searched: str) -> tuple[int, int, int]:
-    """A search cursor's masks of its two sequences and its check: of the database's secret when it has one, the
-    organization, the offset, the cursor's own random number (two cursors never share their masks) and the
-    search it pages through (`searched`: its query and filters)."""
+def _keyed(key: bytes | None, org: str, offset: int, nonce: int, searched: str) -> tuple[int, int, int, int]:
+    """A search cursor's masks of its three sequences (upto, after, since) and its check: of the database's secret
+    when it has one, the organization, the offset, the cursor's own random number (two cursors never share their
+    masks) and the search it pages through (`searched`: its query and filters)."""
     material = f"search\x00{org}\x00{offset}\x00{nonce}\x00{searched}".encode()
     digest = hmac.digest(key, material, hashlib.sha256) if key else hashlib.sha256(material).digest()
     return (
         int.from_bytes(digest[0:8], "big") >> 1,
         int.from_bytes(digest[8:16], "big") >> 1,
+        int.from_bytes(digest[20:28], "big") >> 1,
         int.from_bytes(digest[16:20], "big"),
     )
 
@@ -125,14 +130,15 @@ def encode_search_cursor(position: SearchPosition, searched: str, key: bytes | N
         text = f"{_SEARCH_OFFSET_ONLY}:{offset}"
     else:
         nonce = secrets.randbits(32)
-        upto_mask, after_mask, check = _keyed(key, org, offset, nonce, searched)
+        upto_mask, after_mask, since_mask, check = _keyed(key, org, offset, nonce, searched)
         if key is None:
-            version, upto_mask, after_mask = _SEARCH_PLAIN, 0, 0
+            version, upto_mask, after_mask, since_mask = _SEARCH_PLAIN, 0, 0, 0
         else:
             version = _SEARCH_MASKED
         its = "-".join(str(figure) for figure in position.features)
         weights = "-".join(str(figure) for figure in position.weights)
-        text = f"{version}:{offset}:{nonce}:{upto ^ upto_mask}:{after ^ after_mask}:{check}:{its}:{weights}"
+        since = (position.since or 0) ^ since_mask
+        text = f"{version}:{offset}:{nonce}:{upto ^ upto_mask}:{after ^ after_mask}:{since}:{check}:{its}:{weights}"
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
@@ -148,30 +154,42 @@ def decode_search_cursor(value: object, searched: str, key: bytes | None = None,
         found = None
         if version == _SEARCH_OFFSET_ONLY and len(figures) == 1 and len(figures[0]) == 1:
             found = SearchPosition(figures[0][0], None, None)
-        elif (
-            version in (_SEARCH_PLAIN, _SEARCH_MASKED)
-            and len(figures) == 7
-            and all(len(figure) == 1 for figure in figures[:5])
-            and 0 < len(figures[5]) <= 1 + MAX_TERMS
-            and len(figures[6]) == len(figures[5]) + 1
-            and (version == _SEARCH_PLAIN or key is not None)
-        ):
-            (offset,), (nonce,), (upto,), (after,), (check,), its, weights = figures
-            upto_mask, after_mask, wanted = _keyed(
-                key if version == _SEARCH_MASKED else None, org, offset, nonce, searched
-            )
-            if version == _SEARCH_PLAIN:
-                upto_mask = after_mask = 0
-            if 0 <= nonce < 2**32 and check == wanted:
-                found = SearchPosition(offset, upto ^ upto_mask, after ^ after_mask, tuple(its), tuple(weights))
+        elif version in (_SEARCH_PLAIN_4, _SEARCH_MASKED_5):  # from before `since`: the same, without it
+            figures = [*figures[:4], [0], *figures[4:]] if len(figures) == 7 else []
+            found = _position(figures, version == _SEARCH_MASKED_5, key, org, searched, with_since=False)
+        elif version in (_SEARCH_PLAIN, _SEARCH_MASKED):
+            found = _position(figures, version == _SEARCH_MASKED, key, org, searched, with_since=True)
         # in range, and written as this module writes it (no sign, padding or leading zeros that int() lets by)
         if (
             found is not None
             and 0 < found.offset <= MAX_SEARCH_OFFSET
-            and all(0 <= seq <= _HIGHEST for seq in (found.upto, found.after) if seq is not None)
+            and all(0 <= seq <= _HIGHEST for seq in (found.upto, found.after, found.since) if seq is not None)
             and all(0 <= figure <= _HIGHEST for figure in (*found.features, *found.weights))
             and base64.urlsafe_b64encode(text.encode()).decode().rstrip("=") == value
             and all(part == str(int(part)) for field in text.split(":")[1:] for part in field.split("-"))
         ):
             return found
     raise InvalidInput(_HINT)
+
+
+def _position(
+    figures: list[list[int]], masked: bool, key: bytes | None, org: str, searched: str, with_since: bool
+) -> SearchPosition | None:
+    """A search cursor's fields (offset, nonce, upto, after, since, check, features, weights), unmasked and
+    checked; None when they are not a position this module wrote."""
+    if not (
+        len(figures) == 8
+        and all(len(figure) == 1 for figure in figures[:6])
+        and 0 < len(figures[6]) <= 1 + MAX_TERMS
+        and len(figures[7]) == len(figures[6]) + 1
+        and (not masked or key is not None)
+    ):
+        return None
+    (offset,), (nonce,), (upto,), (after,), (since,), (check,), its, weights = figures
+    upto_mask, after_mask, since_mask, wanted = _keyed(key if masked else None, org, offset, nonce, searched)
+    if not masked:
+        upto_mask = after_mask = since_mask = 0
+    if not (0 <= nonce < 2**32 and check == wanted):
+        return None
+    at_since = (since ^ since_mask) if with_since else None
+    return SearchPosition(offset, upto ^ upto_mask, after ^ after_mask, tuple(its), tuple(weights), at_since)

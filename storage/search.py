@@ -21,8 +21,9 @@ from .errors import InvalidInput
 MAX_QUERY_CHARS = 1000
 MAX_TERMS = 32
 MAX_SEARCH_OFFSET = 1000  # how deep the pages of one search go: the newest matches it ranks (ranking.py)
-# A query with an exclusion or a phrase looks for its matches among the newest CANDIDATES messages (of the
-# organization, or of the contact) that hold all its words, its phrases' words in any order, its exclusions aside.
+# A query with an exclusion or a phrase (and no prefix) looks for its matches among the newest CANDIDATES messages
+# (of the organization, or of the contact) that hold all its words, its phrases' words in any order, its exclusions
+# aside; its later pages check the same messages (the cursor carries the oldest).
 # Its words may each be in most messages while few messages match the whole query ("hello -there"); the index
 # hands over the messages of the words, each of which must then be checked, so without a bound such a search
 # read every message of its words (10 s at a million messages on PostgreSQL, where it hit --db-timeout).

@@ -484,7 +484,9 @@ class Store:
         # that a search never holds the event loop every other request waits for, and at most SEARCHES_PER_ORG
         # of an organization's at once, so that one organization's burst leaves the others their share
         async with self._searching[org]:
-            newest = await self.backend.search(org, parsed, contact_id, channel, role, ranking.WINDOW, at.upto)
+            newest, since = await self.backend.search(
+                org, parsed, contact_id, channel, role, ranking.WINDOW, at.upto, at.since
+            )
             absent = None if at.after is None else (at.after, at.features)
             # the rule: ranking.py (the later pages weigh as the first did: a delete does not reorder the rest)
             order = await _worked_off_the_loop(lambda: ranking.rank(parsed, newest, at.weights or None, absent))
@@ -505,7 +507,7 @@ class Store:
         upto = at.upto if at.upto is not None else newest[0][0]  # the later pages rank the same matches
         last = ranked[given - 1]  # the last hit given, or passed by (deleted before its page was read)
         its = ranking.features(parsed, next(content for seq, content in newest if seq == last))
-        after = SearchPosition(given, upto, last, its, order.weights)
+        after = SearchPosition(given, upto, last, its, order.weights, at.since if at.since is not None else since)
         return SearchPage(hits=hits[:kept], next_cursor=encode_search_cursor(after, searched, key, org))
 
     async def delete_message(self, org: str, message_id: str) -> Message:

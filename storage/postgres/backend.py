@@ -406,37 +406,50 @@ class PostgresBackend(SQLBackend):
         role: str | None,
         window: int,
         upto: int | None = None,
-    ) -> list[tuple[int, str]]:
-        text, candidates = tsquery_text(query), candidates_text(query)
+        since: int | None = None,
+    ) -> tuple[list[tuple[int, str]], int]:
+        text = tsquery_text(query)
+        prefixed = any(term.prefix for term in (*query.wanted, *query.excluded))
+        candidates = None if prefixed else candidates_text(query)  # a prefix's search checks what it walks
         key = self._org_keys.get(org)
         if key is None:
             found_key = await self._read("SELECT id FROM orgs WHERE name = $1", [org], org)
             if not found_key:
-                return []  # an organization that has stored nothing
+                return [], 0  # an organization that has stored nothing
             key = self._org_keys[org] = int(found_key[0][0])
 
-        async def newest(how: str) -> list[tuple[int, str]]:
+        async def newest(how: str, bound: bool = False) -> list[Any]:
             sql, params = search_sql(
-                key, text, contact_id, channel, role, window, how, upto, candidates, rules.CANDIDATES
+                key, text, contact_id, channel, role, window, how, upto, candidates, rules.CANDIDATES, since or 0, bound
             )
             # planned for its words each time: a prepared statement's generic plan, blind to them, took a
             # contact's search through every match of a common word in the organization (42 ms at 1M)
-            return [(seq, content) for seq, content in await self._read(sql, params, org, replan=True)]
+            return list(await self._read(sql, params, org, replan=True))
 
         if contact_id is not None:
-            return await newest("newest")
-        if not any(term.prefix for term in (*query.wanted, *query.excluded)):
-            # a word common lately is found in the newest eras; a rarer one (by the statistics) is read through
-            # the index at once, its matches being few, and a common one era by era down to the first
-            found = await newest("recent eras")
+            return [(seq, content) for seq, content in await newest("newest")], 0
+        if prefixed:
+            # a prefix is asked of the index by reading every word it starts, for each look-up: never era by era
+            how = "walk"  # a prefix common lately: its newest matches are among the newest messages
+            found = await newest(how)
             if len(found) < window:
-                found = await newest("eras" if await self._words.share(query) >= ERA_SHARE else "index")
-            return found
-        # a prefix is asked of the index by reading every word it starts, for each look-up: never era by era
-        found = await newest("walk")  # a prefix common lately: its newest matches are among the newest messages
+                how = "newest" if await self._words.share(query) >= COMMON_SHARE else "index"
+                found = await newest(how)
+            return [(seq, content) for seq, content in found], 0
+        # a word common lately is found in the newest eras; a rarer one (by the statistics) is read through
+        # the index at once, its matches being few, and a common one era by era down to the first
+        found = await newest("recent eras")
+        how = "recent eras"
         if len(found) < window:
-            found = await newest("newest" if await self._words.share(query) >= COMMON_SHARE else "index")
-        return found
+            how = "eras" if await self._words.share(query) >= ERA_SHARE else "index"
+            found = await newest(how)
+        oldest = since or 0
+        if candidates is not None and since is None and len(found) < window:
+            # every message it could check was checked: the later pages check those (the oldest is their bound),
+            # not the messages of the words before the newest match, which they would count again
+            ((first, checked),) = await newest(how, bound=True)
+            oldest = first if checked >= rules.CANDIDATES else 0
+        return [(seq, content) for seq, content in found], oldest
 
     async def messages_at(self, org: str, seqs: Sequence[int]) -> list[tuple[int, Message]]:
         sql = (

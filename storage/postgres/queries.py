@@ -118,6 +118,8 @@ def search_sql(
     upto: int | None = None,
     candidates: str | None = None,
     cap: int = 0,
+    since: int = 0,
+    bound: bool = False,
 ) -> tuple[str, list[Any]]:
     """The newest matches (at most `window`), newest first, of the tsquery `text`, scoped by organization (and
     contact, by any of its identifiers); the statement and its parameters. `how` says how they are found (the
@@ -132,7 +134,9 @@ def search_sql(
 
     With `upto`, none past that seq (a later page's search: the matches its first page considered). With
     `candidates` (`candidates_text`), the organization's search asks the index for those words, and checks the
-    whole query on each message it hands over, up to `cap` of them (search.py's CANDIDATES)."""
+    whole query on each message it hands over, up to `cap` of them (search.py's CANDIDATES), none before seq
+    `since` (a later page's: its first page's bound); with `bound`, the statement gives instead the oldest seq
+    and the number of the messages it would check."""
     # the organization by its key ($1), which the planner sees: named ($1 a name, ORG a sub-select), it took
     # a small organization's newest messages to be half the table, and read the primary key past every other
     # organization's for them (0.3 s beside a million), where the index of its own messages reads its own
@@ -142,10 +146,13 @@ def search_sql(
     if candidates is not None:
         params.append(candidates)  # $4
     where = f" AND m.contact_pk = {KEYED_CONTACT}" if contact_id is not None else " AND $2::text IS NULL"
+    filters = ""  # a narrowed query's candidates are the messages with its words, whatever their channel or role
     for column, value in (("channel", channel), ("role", role)):
         if value is not None:
             params.append(value)
-            where += f" AND m.{column} = ${len(params)}"
+            filters += f" AND m.{column} = ${len(params)}"
+    if candidates is None:
+        where += filters
     below = ""
     newest_seq = "coalesce(max(seq), 0)"  # where the eras begin: the newest message's, or upto's
     if upto is not None:
@@ -153,14 +160,21 @@ def search_sql(
         below = f" AND m.seq <= ${len(params)}"
         where += below
         newest_seq = f"least(coalesce(max(seq), 0), ${len(params)})"
-    params.append(window)
-    limit = f"${len(params)}"
+    oldest_era = "0"
+    if candidates is not None and since:
+        params.append(since)
+        where += f" AND m.seq >= ${len(params)}"
+        oldest_era = f"${len(params)} >> {ERA_BITS}"
+    limit = ""  # the window: not asked for a bound
+    if not bound:
+        params.append(window)
+        limit = f"${len(params)}"
     matches = "m.words @@ to_tsquery('chatdock_search', $3)"
     if how in ("eras", "recent eras"):
         asked, hit, each = "q.q", "", limit
         if candidates is not None:  # the index asked for the words; each message checked (`hit`), `cap` at most
             params.append(cap)
-            asked, hit, each = "q.c", ", m.words @@ q.q AS hit", f"${len(params)}"
+            asked, hit, each = "q.c", f", (m.words @@ q.q{filters}) AS hit", f"${len(params)}"
         # `m.seq + 0`: sorted after the look-up, never found by a walk of the primary key past non-matches
         found = (
             f"SELECT m.seq, {RANKED_CONTENT}{hit} FROM messages m WHERE m.words @@ {asked} AND m.words @@ {ERA} "
@@ -168,7 +182,7 @@ def search_sql(
             # era only (it came back twice, once from era 0)
             f"AND m.seq >> {ERA_BITS} = e.n AND m.org_id = o.id{where} ORDER BY m.seq + 0 DESC LIMIT {each}"
         )
-        last = f"greatest(t.n - {RECENT_ERAS - 1}, 0)" if how == "recent eras" else "0"
+        last = f"greatest(t.n - {RECENT_ERAS - 1}, {oldest_era})" if how == "recent eras" else oldest_era
         words = "to_tsquery('chatdock_search', $3) AS q"
         words += ", to_tsquery('chatdock_search', $4) AS c" if candidates is not None else ""
         # newest first with no ORDER BY of its own, which would read every era before the LIMIT: the rows come
@@ -179,7 +193,9 @@ def search_sql(
             f"generate_series(t.n, {last}, -1) e(n), "
             f"LATERAL ({found}) f WHERE o.id = $1 LIMIT {each}"
         )
-        if candidates is not None:  # the matches among them, in the same order
+        if bound:
+            sql = f"SELECT min(c.seq), count(*) FROM ({sql}) c"
+        elif candidates is not None:  # the matches among them, in the same order
             sql = f"SELECT c.seq, c.content FROM ({sql}) c WHERE c.hit LIMIT {limit}"
     elif how == "walk":
         newest = f"SELECT * FROM messages m WHERE m.org_id = $1{below} ORDER BY m.seq DESC LIMIT {WALK_ROWS}"
@@ -188,11 +204,12 @@ def search_sql(
         # the index reads the wanted words' lists only; the newest `cap` of those messages are checked
         params.append(cap)
         asked = "m.words @@ to_tsquery('chatdock_search', $4)"
-        found = (
-            f"SELECT m.seq, {RANKED_CONTENT}, {matches} AS hit FROM messages m WHERE {asked} AND m.org_id = $1{where}"
-        )
+        hit = f"({matches}{filters}) AS hit"
+        found = f"SELECT m.seq, {RANKED_CONTENT}, {hit} FROM messages m WHERE {asked} AND m.org_id = $1{where}"
         newest = f"SELECT * FROM found ORDER BY seq DESC LIMIT ${len(params)}"
-        sql = f"WITH found AS MATERIALIZED ({found}) SELECT seq, content FROM ({newest}) c WHERE hit LIMIT {limit}"
+        asked_for = "min(seq), count(*)" if bound else "seq, content"
+        checked = "" if bound else f" WHERE hit LIMIT {limit}"
+        sql = f"WITH found AS MATERIALIZED ({found}) SELECT {asked_for} FROM ({newest}) c{checked}"
     elif how == "index":
         found = f"SELECT m.seq, {RANKED_CONTENT} FROM messages m WHERE {matches} AND m.org_id = $1{where}"
         sql = f"WITH found AS MATERIALIZED ({found}) SELECT * FROM found ORDER BY seq DESC LIMIT {limit}"

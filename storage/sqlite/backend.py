@@ -399,15 +399,16 @@ class SQLiteBackend(SQLBackend):
         role: str | None,
         window: int,
         upto: int | None = None,
-    ) -> list[tuple[int, str]]:
+        since: int | None = None,
+    ) -> tuple[list[tuple[int, str]], int]:
         await self._search_index.before_search()
         scope: list[Any] = [org, contact_id] if contact_id is not None else [org]
         below = [] if upto is None else [upto]
         filters = [value for value in (channel, role) if value is not None]
         wanted, excluded = fts_expression(query)
         contact, by_channel, by_role = contact_id is not None, channel is not None, role is not None
-        bound = None
-        if narrowed(query):  # among its newest CANDIDATES messages holding its words (search.py)
+        bound = since or None  # a later page's: the first page's
+        if since is None and narrowed(query):  # among its newest CANDIDATES messages holding its words (search.py)
             sql = candidates_sql(contact, upto is not None)
             found = await self._read(sql, [*scope, fts_words(query), *below, rules.CANDIDATES - 1])
             bound = found[0][0] if found else None
@@ -420,7 +421,7 @@ class SQLiteBackend(SQLBackend):
                 params += [*scope, wanted, " OR ".join(excluded), bound, *below]
             params += [org, *filters]
             sql = narrowed_sql(contact, by_channel, by_role, upto is not None, bool(excluded))
-        return [(seq, content) for seq, content in await self._read(sql, [*params, window])]
+        return [(seq, content) for seq, content in await self._read(sql, [*params, window])], bound or 0
 
     async def messages_at(self, org: str, seqs: Sequence[int]) -> list[tuple[int, Message]]:
         found = await self._read(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
-
 from ..search import Query, Term
 from ..sql.dialect import Dialect
 from ..sql.ops import Ops, count, value
@@ -58,22 +56,30 @@ def fts_expression(query: Query) -> tuple[str, list[str]]:
 
 
 def tokens(text: str) -> list[str]:
-    """The words FTS5's unicode61 tokenizer cuts `text` into: runs of letters, digits and private-use
-    characters (Unicode categories L*, N*, Co), marks kept with the letter they mark."""
+    """The words of `text` as FTS5's unicode61 tokenizer cuts them, where they are sure to be cut: at spaces and
+    ASCII marks. Its tables of what else separates words are of an older Unicode than Python's (it keeps
+    `ok🙂thanks` and `500₽` whole); a word cut here that FTS5 keeps whole would bound a search by other
+    messages' words and lose its match, while a word kept whole here that FTS5 cuts is only read as a phrase
+    of its parts (the messages holding it in that order: fewer, so the bound comes older and nothing is
+    lost)."""
     words, word = [], ""
     for char in text:
-        if unicodedata.category(char)[0] in "LNM" or unicodedata.category(char) == "Co":
-            word += char
-        elif word:
-            words.append(word)
+        if char.isspace() or (char.isascii() and not char.isalnum()):
+            if word:
+                words.append(word)
             word = ""
+        else:
+            word += char
     return [*words, word] if word else words
 
 
 def narrowed(query: Query) -> bool:
     """Whether the query asks more of a message than holding its words: an exclusion, or a term of several
     words (a phrase; for FTS5 also a word it cuts in two, "follow-up"): such a query looks for its matches
-    among the newest CANDIDATES messages holding its words (search.py)."""
+    among the newest CANDIDATES messages holding its words (search.py). Not a query with a prefix, which FTS5
+    reads whole anyway (and PostgreSQL walks for)."""
+    if any(found.prefix for found in (*query.wanted, *query.excluded)):
+        return False
     return bool(query.excluded) or any(len(tokens(found.text)) > 1 for found in query.wanted)
 
 

@@ -317,23 +317,35 @@ async def test_pool_size_and_db_timeout_take_effect_over_http(postgres_server: s
                             return (await http.post("/chats", json=body(f"+3163{index:07d}", "x"))).status_code
                         return (await http.get("/chats", params={"contact_id": "+31630000001"})).status_code
 
-                    for _ in range(5):  # bursts until the sampling below has caught the pool at work (a busy
-                        # machine can starve the watcher through a whole burst)
-                        burst = [asyncio.ensure_future(one(index)) for index in range(200)]
-                        while not all(task.done() for task in burst):
-                            # connections working for chatdock at once (a closed one can linger in
-                            # pg_stat_activity for a moment while its backend exits, so open ones are not what the
-                            # pool bounds)
-                            count = await watcher.fetchval(
-                                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() "
-                                "AND state IN ('active', 'idle in transaction')",
-                                database,
-                            )
-                            most = max(most, int(count))
-                            await asyncio.sleep(0.005)
-                        assert {task.result() for task in burst} <= {200, 201}
-                        if most:
-                            break
+                    locker = await asyncpg.connect(url)
+                    try:
+                        for _ in range(5):  # bursts until the sampling below has caught the pool at work
+                            burst = [asyncio.ensure_future(one(index)) for index in range(200)]
+                            # the appends wait for the table a while (well within --db-timeout), so the pool is
+                            # seen at work however busy the machine (sampling alone missed it when a whole burst
+                            # ran between two samples)
+                            async with locker.transaction():
+                                await locker.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+                                held_until = time.monotonic() + 0.3
+                                while time.monotonic() < held_until:
+                                    # connections working for chatdock at once (a closed one can linger in
+                                    # pg_stat_activity for a moment while its backend exits, so open ones are not
+                                    # what the pool bounds); the locker's own is not chatdock's
+                                    count = await watcher.fetchval(
+                                        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                                        "AND pid NOT IN (pg_backend_pid(), $2) "
+                                        "AND state IN ('active', 'idle in transaction')",
+                                        database,
+                                        locker.get_server_pid(),
+                                    )
+                                    most = max(most, int(count))
+                                    await asyncio.sleep(0.005)
+                            await asyncio.gather(*burst)
+                            assert {task.result() for task in burst} <= {200, 201}
+                            if most:
+                                break
+                    finally:
+                        await locker.close()
                     assert 1 <= most <= 3, f"{most} connections at work at once with --pool-size 3"
                     scraped = (await http.get("/metrics")).text
                     assert "chatdock_postgres_pool_max_connections 3.0" in scraped  # the pool the flag asked for
