@@ -129,7 +129,7 @@ class Backend(Protocol):
         identifiers) that match, newest first, none with a seq past `upto`: each one's seq and content
         (ranking.py ranks them); and for a narrowed query (search.py's CANDIDATES), the oldest seq its search
         considered (0: every message). With `since` (a later page's: what the first page answered), none
-        before that seq, and no bound of its own."""
+        before that seq, no bound of its own, and `since` answered again."""
         ...
 
     async def messages_at(self, org: str, seqs: Sequence[int]) -> list[tuple[int, Message]]:

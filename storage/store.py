@@ -507,7 +507,7 @@ class Store:
         upto = at.upto if at.upto is not None else newest[0][0]  # the later pages rank the same matches
         last = ranked[given - 1]  # the last hit given, or passed by (deleted before its page was read)
         its = ranking.features(parsed, next(content for seq, content in newest if seq == last))
-        after = SearchPosition(given, upto, last, its, order.weights, at.since if at.since is not None else since)
+        after = SearchPosition(given, upto, last, its, order.weights, since)
         return SearchPage(hits=hits[:kept], next_cursor=encode_search_cursor(after, searched, key, org))
 
     async def delete_message(self, org: str, message_id: str) -> Message:

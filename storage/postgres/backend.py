@@ -44,6 +44,7 @@ from ..sql.ops import Ops, Undo
 from ..sql.ops import rows as all_rows
 from ..sql.queries import MESSAGE_COLUMNS
 from ..sql.walk import Read
+from ..sql.writes import ORG_KEY
 from ..telemetry import Telemetry
 from . import driver
 from .batches import Batches
@@ -413,7 +414,7 @@ class PostgresBackend(SQLBackend):
         candidates = None if prefixed else candidates_text(query)  # a prefix's search checks what it walks
         key = self._org_keys.get(org)
         if key is None:
-            found_key = await self._read("SELECT id FROM orgs WHERE name = $1", [org], org)
+            found_key = await self._read(ORG_KEY, [org], org)
             if not found_key:
                 return [], 0  # an organization that has stored nothing
             key = self._org_keys[org] = int(found_key[0][0])

@@ -45,12 +45,17 @@ DIALECT = Dialect(
 )
 
 
+def _quoted(text: str, prefix: bool = False) -> str:
+    """Words as an FTS5 string over the text column: quoted, so no text is read as syntax."""
+    return 'content : "' + text.replace('"', '""') + '"' + ("*" if prefix else "")
+
+
 def fts_expression(query: Query) -> tuple[str, list[str]]:
-    """The parsed query as FTS5 expressions over the text column, every term a quoted string, so no text is
-    read as syntax: the terms wanted ANDed, and each term excluded."""
+    """The parsed query as FTS5 expressions over the text column: the terms wanted ANDed, and each term
+    excluded."""
 
     def term(found: Term) -> str:
-        return 'content : "' + found.text.replace('"', '""') + '"' + ("*" if found.prefix else "")
+        return _quoted(found.text, found.prefix)
 
     return " AND ".join(term(found) for found in query.wanted), [term(found) for found in query.excluded]
 
@@ -84,20 +89,18 @@ def narrowed(query: Query) -> bool:
 
 
 def fts_words(query: Query) -> str:
-    """The words the query wants, each on its own and ANDed: the messages a narrowed query checks."""
-    words = []
-    for found in query.wanted:
-        cut = tokens(found.text)
-        words += [
-            'content : "' + word + '"' + ("*" if found.prefix and i == len(cut) - 1 else "")
-            for i, word in enumerate(cut)
-        ]
-    return " AND ".join(words)
+    """The words a narrowed query wants (it has no prefix), each on its own and ANDed: the messages it checks."""
+    return " AND ".join(_quoted(word) for found in query.wanted for word in tokens(found.text))
 
 
 def _scope(contact: bool) -> str:
     """The organization's or the contact's word in the owner column (indexing.owner), from (org[, contact])."""
     return f"'k' || ifnull({CONTACT}, 0)" if contact else f"'o' || ifnull({ORG}, 0)"
+
+
+def _filters(channel: bool, role: bool) -> str:
+    """A search's channel and role, on the messages `m`, as it takes them: ([channel,] [role])."""
+    return (" AND m.channel = ?" if channel else "") + (" AND m.role = ?" if role else "")
 
 
 def candidates_sql(contact: bool, upto: bool) -> str:
@@ -119,13 +122,7 @@ def search_sql(contact: bool, channel: bool, role: bool, upto: bool = False) -> 
     intersects their lists: a search reads the matches of its own organization only, and the exclusions are
     taken from those (asked for as owner AND (words NOT exclusion), FTS5 walks every message of both words)."""
     match = f"('(owner : ' || {_scope(contact)} || ' AND ' || ? || ')' || ?)"
-    where = ""
-    if channel:
-        where += " AND m.channel = ?"
-    if role:
-        where += " AND m.role = ?"
-    if upto:
-        where += " AND messages_fts.rowid <= ?"
+    where = _filters(channel, role) + (" AND messages_fts.rowid <= ?" if upto else "")
     return (
         f"SELECT m.seq, {RANKED_CONTENT} FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid "
         f"WHERE messages_fts MATCH {match} AND m.org_id = {ORG}{where} ORDER BY messages_fts.rowid DESC LIMIT ?"
@@ -144,7 +141,7 @@ def narrowed_sql(contact: bool, channel: bool, role: bool, upto: bool, excluded:
     if excluded:
         holding = f"({wanted} || ' AND (' || ? || ')')"
         found += f" AND rowid NOT IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH {holding}{within})"
-    where = (" AND m.channel = ?" if channel else "") + (" AND m.role = ?" if role else "")
+    where = _filters(channel, role)
     return (
         f"WITH found(seq) AS MATERIALIZED ({found} ORDER BY rowid) SELECT m.seq, {RANKED_CONTENT} FROM found "
         f"JOIN messages m ON m.seq = found.seq WHERE m.org_id = {ORG}{where} ORDER BY m.seq DESC LIMIT ?"
