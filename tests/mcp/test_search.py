@@ -358,6 +358,9 @@ async def test_a_narrowed_search_pages_through_what_its_first_page_checked_whate
             old = base64.urlsafe_b64encode(":".join(["s5", *fields]).encode()).decode().rstrip("=")
             rest = await call(client, "search_messages", query="hello -there", limit=1, cursor=old)
             assert [hit["content"] for hit in rest["hits"]] == ["hello two"]
+        async with Client(build_server(Settings(), store), mode="legacy") as legacy:  # the initialize era's
+            assert await search(legacy, "hello -there") == ["hello three", "hello two"]
+            assert await search(legacy, "hello -there", channel="email") == []
 
 
 async def test_a_word_with_a_mark_the_index_keeps_in_it_is_found_behind_newer_messages_of_its_parts(
