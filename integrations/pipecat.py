@@ -14,12 +14,13 @@ up, and the errors the LLM and the services after it push up. Per call (one run 
   message before the first LLM run.
 - Each user turn, as the user aggregator wrote it to the context, is stored with `post_as_contact` (one part,
   its start and end in seconds from the call's start); each bot turn, as the assistant aggregator wrote it,
-  with `append_message(role="assistant")` in the same chat. Each is dated when it began (`created_at`), not
-  when its write reached chatdock: turns stored after an outage sort among what was written meanwhile.
+  with `append_message(role="assistant")` in the same chat, `interrupted` in its metadata when the caller cut
+  into it or hung up under it. Each is dated when it began (`created_at`), not when its write reached
+  chatdock: turns stored after an outage sort among what was written meanwhile.
 - A message the contact sends on another channel during the call (a WhatsApp message while on the phone) is
   put into the LLM context before the next bot turn. The history and these messages stay in the context: one
   that replaces its messages (an `LLMMessagesUpdateFrame`, as pipecat-flows sends on a node change) gets them
-  again before its next LLM run.
+  again before its next LLM run; one that Pipecat's context summarization folded into its summary does not.
 - The end: the chat's status is COMPLETED (EndFrame), CANCELED (CancelFrame), or FAILED when an ErrorFrame
   was pushed anywhere in the pipeline during the call, fatal or not.
 
@@ -42,8 +43,10 @@ from pipecat.frames.frames import (
     EndFrame,
     ErrorFrame,
     Frame,
+    InterruptionFrame,
     LLMContextAssistantTurnFrame,
     LLMContextFrame,
+    LLMContextSummaryResultFrame,
     LLMContextUserTurnFrame,
     StartFrame,
     UserStartedSpeakingFrame,
@@ -240,6 +243,7 @@ class ChatdockMemoryService(FrameProcessor):
         # the LLM context this call's frames carry, and the messages in it the service has accounted for
         self._context: LLMContext | None = None
         self._known_messages: dict[int, LLMContextMessage] = {}
+        self._run_messages: list[LLMContextMessage] = []  # the context's messages as the last LLM run was given them
         # the history, read once, and the messages of other channels told so far (one note for those that came
         # between two LLM runs): each given to every context that lacks it (the first, one whose messages were
         # replaced)
@@ -247,6 +251,10 @@ class ChatdockMemoryService(FrameProcessor):
         self._history_waited = False
         self._history: str | None = None
         self._notes: list[str] = []
+        # when the last LLM run was asked for (a context frame went by to the LLM): what a bot turn stored from
+        # the context at the end is dated with; and when an interruption last went by (None: since the last turn)
+        self._run_asked: datetime | None = None
+        self._interrupted_at: datetime | None = None
         self._watch_live = False
         # what the looks for new messages of other channels start from: the ids of the contact's newest messages
         # seen so far (the history's, then those of the last look: at most SCAN_LIMIT), and the time at or below
@@ -308,6 +316,10 @@ class ChatdockMemoryService(FrameProcessor):
             self._bot_turn(frame.text, frame.timestamp)
         elif isinstance(frame, LLMContextFrame) and direction == FrameDirection.DOWNSTREAM:
             await self._before_llm(frame)
+        elif isinstance(frame, InterruptionFrame):
+            self._interrupted_at = datetime.now(UTC)
+        elif isinstance(frame, LLMContextSummaryResultFrame) and direction == FrameDirection.UPSTREAM:
+            self._summarized(frame)
         elif isinstance(frame, ErrorFrame):
             self._failed = True
         elif isinstance(frame, (EndFrame, CancelFrame)) and self._call_running:
@@ -412,8 +424,13 @@ class ChatdockMemoryService(FrameProcessor):
         said_at = _time(started)  # None: when chatdock stores it
         if said_at is not None:
             self._call.bot_began(said_at.timestamp())
+        # cut short by an interruption that went by after it began (the aggregator ends the turn it interrupts)
+        cut = self._interrupted_at
+        interrupted = self._outcome == "CANCELED" or (cut is not None and (said_at is None or said_at <= cut))
+        self._interrupted_at = None
         if text.strip():
-            self._queue("store a bot turn", self._assistant(text, said_at), text=text, said_at=said_at)
+            send = self._assistant(text, said_at, interrupted)
+            self._queue("store a bot turn", send, text=text, said_at=said_at)
 
     def _last_bot_turns(self) -> None:
         """The bot's turns in the context that no LLMContextAssistantTurnFrame brought back here: the turn under
@@ -430,11 +447,20 @@ class ChatdockMemoryService(FrameProcessor):
                 text = strip_markers(standard_message_text(message))
                 if text.strip():
                     found.append(text)
+        # dated when the LLM run that wrote them was asked for; cut short when a CancelFrame ended the call (the
+        # aggregator ends the turn under way there, as an interruption would) or an interruption came after them
+        said_at, cut = self._run_asked, self._interrupted_at
+        interrupted = self._outcome == "CANCELED" or (cut is not None and (said_at is None or said_at <= cut))
         for text in reversed(found):
             logger.debug("chatdock: the bot's last turn was cut by the end of the call; stored from the context")
-            self._queue("store the last bot turn", self._assistant(text), text=text)
+            send = self._assistant(text, said_at, interrupted)
+            self._queue("store the last bot turn", send, text=text, said_at=said_at)
 
-    def _assistant(self, text: str, said_at: datetime | None = None) -> Callable[[str], Awaitable[object]]:
+    def _assistant(
+        self, text: str, said_at: datetime | None = None, interrupted: bool = False
+    ) -> Callable[[str], Awaitable[object]]:
+        metadata = {"interrupted": True} if interrupted else None
+
         async def send(key: str) -> object:
             return await self.client.append_message(
                 self.contact_id,
@@ -443,6 +469,7 @@ class ChatdockMemoryService(FrameProcessor):
                 text,
                 agent_id=self.agent_id,
                 chat_id=self._chat_id(),
+                metadata=metadata,
                 created_at=said_at,
                 idempotency_key=key,
             )
@@ -628,6 +655,7 @@ class ChatdockMemoryService(FrameProcessor):
                 self._given_up_at = self._changes
         if not frame.speculation:
             self._context = frame.context
+            self._run_asked = datetime.now(UTC)
         targets = [frame.context]
         if frame.speculation and self._context is not None and self._context is not frame.context:
             targets.insert(0, self._context)
@@ -638,7 +666,26 @@ class ChatdockMemoryService(FrameProcessor):
         self._notes, self._arrived = notes, []
         self._tell(targets, self._history, notes)
         if self._context is not None:
-            self._known_messages.update((id(message), message) for message in self._context.get_messages())
+            self._run_messages = list(self._context.get_messages())
+            self._known_messages.update((id(message), message) for message in self._run_messages)
+
+    def _summarized(self, frame: LLMContextSummaryResultFrame) -> None:
+        """Pipecat's context summarization (the assistant aggregator's, when the LLM's summary comes back) puts the
+        messages up to `last_summarized_index` into one summary: the history and notes among them are in it,
+        and are not put back into the context (each run would get them twice, and the next summary read them
+        again). The aggregator may have applied it by the time it passes here on its way up: the index counts
+        in the messages the last LLM run was given, which the summary was asked for after (the aggregator only
+        adds to them in between)."""
+        if frame.error is not None or not frame.summary:
+            return
+        folded = {
+            content
+            for message in self._run_messages[: frame.last_summarized_index + 1]
+            if isinstance(message, dict) and isinstance(content := message.get("content"), str)
+        }
+        if self._history in folded:
+            self._history = None
+        self._notes = [note for note in self._notes if note not in folded]
 
     def _note(self, arrived: list[Message]) -> str:
         return "\n".join([self.other_channels_prompt, *(entry(message, with_time=False) for message in arrived)])

@@ -49,6 +49,7 @@ with warnings.catch_warnings():
     from pipecat.processors.aggregators.llm_response_universal import (
         AssistantTurnStoppedMessage,
         LLMAssistantAggregator,
+        LLMAssistantAggregatorParams,
         LLMContextAggregatorPair,
         LLMUserAggregatorParams,
         UserTurnStoppedMessage,
@@ -56,6 +57,10 @@ with warnings.catch_warnings():
     from pipecat.turns.user_start import ExternalUserTurnStartStrategy
     from pipecat.turns.user_stop import ExternalUserTurnStopStrategy
     from pipecat.turns.user_turn_strategies import UserTurnStrategies
+    from pipecat.utils.context.llm_context_summarization import (
+        LLMAutoContextSummarizationConfig,
+        LLMContextSummaryConfig,
+    )
     from pipecat.workers.runner import WorkerRunner
 
     from chatdock.integrations.pipecat import HISTORY_PROMPT, OTHER_CHANNELS_PROMPT, ChatdockMemoryService, LostWrite
@@ -98,7 +103,11 @@ class Call:
     transcript, a proposed stop), optionally with the VAD frames of the speech."""
 
     def __init__(
-        self, memory: ChatdockMemoryService, llm: ScriptedLLM, messages: list[LLMContextMessage] | None = None
+        self,
+        memory: ChatdockMemoryService,
+        llm: ScriptedLLM,
+        messages: list[LLMContextMessage] | None = None,
+        assistant_params: LLMAssistantAggregatorParams | None = None,
     ) -> None:
         self.memory = memory
         self.llm = llm
@@ -107,7 +116,9 @@ class Call:
             start=[ExternalUserTurnStartStrategy()], stop=[ExternalUserTurnStopStrategy(timeout=0.05)]
         )
         self.user, self.assistant = LLMContextAggregatorPair(
-            self.context, user_params=LLMUserAggregatorParams(user_turn_strategies=strategies)
+            self.context,
+            user_params=LLMUserAggregatorParams(user_turn_strategies=strategies),
+            assistant_params=assistant_params,
         )
         user, assistant = self.user, self.assistant
         self.bot_turns: asyncio.Queue[str] = asyncio.Queue()
@@ -447,6 +458,8 @@ async def test_a_call_cancelled_while_the_bot_talks_keeps_what_it_said_and_is_le
         await call.say("Where is my lamp?")
         await call.worker.queue_frames(call.turn("And the invoice?", []))
         await asyncio.wait_for(said.wait(), BOUND)
+        await asyncio.sleep(0.3)  # the bot talks on a while
+        hung_up = datetime.now(UTC)
         # the caller hangs up while the bot is in the middle of its answer: the aggregator writes what was said
         # to the context, and the frame it pushes back up is dropped by the processors being cancelled
         await call.cancel()
@@ -454,12 +467,55 @@ async def test_a_call_cancelled_while_the_bot_talks_keeps_what_it_said_and_is_le
     [chat] = (await embedded.list_chats(CALLER)).chats
     assert (chat.id, chat.status) == (chat_id, "CANCELED")
     assert chat_id is not None
-    assert [m.content for m in await chat_messages(embedded, CALLER, chat_id)] == [
+    stored = await chat_messages(embedded, CALLER, chat_id)
+    assert [m.content for m in stored] == [
         "Hello.",
         "Where is my lamp?",
         "Your lamp ships today.",
         "And the invoice?",
         "Let me look that up",
+    ]
+    # dated when the bot began it (its run was asked for after the caller's turn), not when it was stored at the
+    # end (it was dated after the hang-up, and after a message the caller sent meanwhile); marked cut short
+    asked, cut = stored[-2], stored[-1]
+    assert asked.created_at < cut.created_at < hung_up - timedelta(seconds=0.2), (asked.created_at, cut.created_at)
+    assert cut.metadata == {"interrupted": True}
+    assert all(not m.metadata for m in stored[:-1])
+
+
+async def test_a_reply_the_caller_cuts_into_is_marked_interrupted_and_the_next_is_not(
+    embedded: ChatdockClient,
+) -> None:
+    """The caller barges in: the aggregator ends the bot's turn with what was said, and the service stores it
+    with `interrupted` in its metadata, as the LiveKit integration does; the answer that follows is whole."""
+    llm = ScriptedLLM(["Hello.", ["Your lamp ships", " today."], "On Saturday, then."])
+    call = Call(memory_for(embedded), llm)
+    said = asyncio.Event()
+
+    def after(aggregator: LLMAssistantAggregator, frame: Frame) -> None:
+        if isinstance(frame, LLMTextFrame) and frame.text == "Your lamp ships":
+            said.set()
+
+    call.assistant.add_event_handler("on_after_process_frame", after)
+    async with call:
+        await call.greet()
+        await call.worker.queue_frames(call.turn("Where is my lamp?", []))
+        await asyncio.wait_for(said.wait(), BOUND)
+        await asyncio.sleep(0.05)  # the bot talks on a moment (dates are kept to the millisecond)
+        # the caller cuts in: the aggregator ends the bot's turn with what it said so far
+        await call.worker.queue_frames(call.turn("Can it come on Saturday?", []))
+        assert await call.reply() == "Your lamp ships"
+        assert await call.reply() == "On Saturday, then."
+        await call.end()
+    chat_id = call.memory.chat_id
+    assert chat_id is not None
+    stored = await chat_messages(embedded, CALLER, chat_id)
+    assert [(m.content, m.metadata) for m in stored] == [
+        ("Hello.", {}),
+        ("Where is my lamp?", {}),
+        ("Your lamp ships", {"interrupted": True}),
+        ("Can it come on Saturday?", {}),
+        ("On Saturday, then.", {}),
     ]
 
 
@@ -597,6 +653,56 @@ async def test_a_context_whose_messages_are_replaced_gets_the_history_and_the_ne
         "Bye.",
         "Bye.",
     ]
+
+
+class SummarizingLLM(ScriptedLLM):
+    """The stand-in model, which also writes the summaries Pipecat's context summarization asks it for."""
+
+    def __init__(self, replies: list[str | list[str]]) -> None:
+        super().__init__(replies)
+        self.summarized: list[str] = []
+
+    async def run_inference(self, context: LLMContext, *args: Any, **kwargs: Any) -> str:
+        self.summarized.append(str(context.get_messages()))
+        return f"SUMMARY {len(self.summarized)}: a lamp, parcel 4471, and what the caller asked."
+
+
+async def test_pipecats_own_summarization_folds_the_history_in_once(embedded: ChatdockClient) -> None:
+    """Pipecat's context summarization puts the history into its summary with the call's first turns: the service
+    put it back before the next run (the model read it twice, and each summary summarized it again)."""
+    await embedded.append_message(CALLER, "whatsapp", "user", "Parcel 4471 is late.")
+    llm = SummarizingLLM([f"Answer {number}." for number in range(9)])
+    summarizing = LLMAssistantAggregatorParams(
+        enable_auto_context_summarization=True,
+        auto_context_summarization_config=LLMAutoContextSummarizationConfig(
+            max_context_tokens=None,
+            max_unsummarized_messages=4,
+            summary_config=LLMContextSummaryConfig(min_messages_after_summary=2),
+        ),
+    )
+    applied: list[object] = []
+    call = Call(memory_for(embedded), llm, assistant_params=summarizing)
+
+    async def on_summary_applied(aggregator: LLMAssistantAggregator, summarizer: object, event: object) -> None:
+        applied.append(event)
+
+    call.assistant.add_event_handler("on_summary_applied", on_summary_applied)
+    async with call:
+        await call.greet()
+        for number in range(6):
+            await call.say(f"Question {number}?")
+            if len(applied) >= 2:
+                break
+        await call.end()
+    assert len(applied) >= 2, applied
+    assert HISTORY_PROMPT in llm.summarized[0]  # the first summary takes the history in
+    assert all(HISTORY_PROMPT not in text for text in llm.summarized[1:])  # and the next are not given it again
+    history = f"{HISTORY_PROMPT}\n"
+    told = [sum(str(message["content"]).startswith(history) for message in run) for run in llm.received]
+    summarized = [any("SUMMARY" in str(message["content"]) for message in run) for run in llm.received]
+    first = summarized.index(True)
+    assert told[:first] == [1] * first and told[first:] == [0] * (len(told) - first), (told, summarized)
+    assert all(summarized[first:])
 
 
 async def test_a_context_whose_messages_hold_parts_gets_the_history(embedded: ChatdockClient) -> None:
