@@ -388,6 +388,7 @@ def build_http_app(
     allowed_hosts: list[str] | None = None,
     max_sessions_per_org: int = DEFAULT_MAX_SESSIONS_PER_ORG,
     metrics_port: int | None = None,
+    metrics_host: str | None = None,
 ) -> ASGIApp:
     """The ASGI app: /mcp (both protocol eras, keys required), the REST routes, /healthz, /livez and, with
     `settings.metrics`, /metrics (only on `metrics_port`, when given), over `server`."""
@@ -435,6 +436,9 @@ def build_http_app(
         metrics_port,
         security=security,
         metrics_clients=settings.metrics_clients,
+        # a metrics port on loopback answers loopback's names alone, as /mcp does (DNS rebinding); one on an
+        # internal address answers the names scrapers give it (often its address), whoever reaches it
+        metrics_security=transport_security(metrics_host, []) if metrics_host in LOOPBACK else None,
     )
     return CutOff(EncodedSlashes(observed), lambda: server.events.closing)
 
@@ -589,7 +593,15 @@ async def _serve_http(
             metrics_port = sockets[-1].getsockname()[1]
         async with settings.open_store() as store:
             server = factory(settings, store)
-            app = build_http_app(settings, server, host, allowed_hosts, limits.max_sessions_per_org, metrics_port)
+            app = build_http_app(
+                settings,
+                server,
+                host,
+                allowed_hosts,
+                limits.max_sessions_per_org,
+                metrics_port,
+                None if metrics_at is None else metrics_at[0],
+            )
             connections = connection_bound(limits.max_connections, files)
             if connections <= 2 * settings.max_listens:
                 logger.warning(
