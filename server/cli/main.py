@@ -547,7 +547,7 @@ def _serve(args: argparse.Namespace) -> None:
         )
     if "*" in args.forwarded_allow_ips and len(args.forwarded_allow_ips) > 1:
         raise InvalidInput("--forwarded-allow-ips '*' believes every address: give it alone, or name the proxies")
-    stop_tracing = tracing.start(os.environ)
+    stop_tracing = tracing.start(os.environ, one_line=args.log_format == "json")
     settings = Settings(
         db=args.db,
         org=args.org,

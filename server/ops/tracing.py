@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Callable, Mapping
-from typing import Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Final
 
 from chatdock.storage import InvalidInput
 
@@ -32,6 +32,10 @@ EXPORTERS: Final = ("otlp", "console")
 STOP_SECONDS: Final = 2.0  # the longest a stopping process waits for its last spans to reach the collector
 PROTOCOL: Final = "http/protobuf"
 INSTALL: Final = "pip install 'chatdock[tracing]'"
+SDK_SCOPE: Final = "mcp-python-sdk"  # the MCP SDK's tracer (mcp/shared/_otel.py)
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 
 def exporters(environ: Mapping[str, str]) -> list[str]:
@@ -59,9 +63,10 @@ def exporters(environ: Mapping[str, str]) -> list[str]:
     return named
 
 
-def start(environ: Mapping[str, str]) -> Callable[[], None] | None:
+def start(environ: Mapping[str, str], one_line: bool = False) -> Callable[[], None] | None:
     """Install OpenTelemetry's SDK as the environment asks; the function that flushes and stops it, or None
-    (and nothing imported) when the environment asks for no traces."""
+    (and nothing imported) when the environment asks for no traces. `one_line`: the console exporter writes
+    each span on one line (beside log lines that are one JSON object each), not indented."""
     chosen = exporters(environ)
     if not chosen:
         return None
@@ -72,7 +77,7 @@ def start(environ: Mapping[str, str]) -> Callable[[], None] | None:
     try:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
     except ImportError as exc:
         raise InvalidInput(f"the OTEL_* variables ask for traces, which need OpenTelemetry's SDK: {INSTALL}") from exc
     resource = Resource.create({})  # OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME, read by the SDK
@@ -89,8 +94,13 @@ def start(environ: Mapping[str, str]) -> Callable[[], None] | None:
                 raise InvalidInput(f"exporting spans by OTLP needs OpenTelemetry's OTLP exporter: {INSTALL}") from exc
             exporter = OTLPSpanExporter()  # OTEL_EXPORTER_OTLP_*, read by the exporter
         else:
-            exporter = ConsoleSpanExporter(out=sys.stderr)  # stdout carries the protocol over stdio
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+            # stdout carries the protocol over stdio
+            exporter = (
+                ConsoleSpanExporter(out=sys.stderr, formatter=lambda span: span.to_json(indent=None) + "\n")
+                if one_line
+                else ConsoleSpanExporter(out=sys.stderr)
+            )
+        provider.add_span_processor(BatchSpanProcessor(_without_messages(exporter)))
     trace.set_tracer_provider(provider)
 
     def stop() -> None:
@@ -108,6 +118,56 @@ def start(environ: Mapping[str, str]) -> Callable[[], None] | None:
             )
 
     return stop
+
+
+def _without_messages(exporter: SpanExporter) -> SpanExporter:
+    """`exporter`, sending the MCP SDK's spans without the text of their errors: the SDK puts an error's message
+    in the span's status (`Unknown resource: chatdock://contacts/%2B316.../transcript`, `no prompt named
+    '...'`) and an unexpected one's in an exception event, and a message quotes what the request named: a
+    contact's id, a name the client chose. What kind of error stays (`error.type`, `rpc.response.status_code`,
+    the exception's type); the message is in the client's answer and in chatdock's log."""
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+    from opentelemetry.trace import Status
+
+    def plain(span: ReadableSpan) -> ReadableSpan:
+        scope = span.instrumentation_scope
+        if scope is None or scope.name != SDK_SCOPE or not (span.status.description or span.events):
+            return span
+        events = [
+            Event(
+                event.name, {"exception.type": str((event.attributes or {}).get("exception.type", ""))}, event.timestamp
+            )
+            if event.name == "exception"
+            else event
+            for event in span.events
+        ]
+        return ReadableSpan(
+            name=span.name,
+            context=span.context,
+            parent=span.parent,
+            resource=span.resource,
+            attributes=span.attributes,
+            events=events,
+            links=span.links,
+            kind=span.kind,
+            status=Status(span.status.status_code),
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=scope,
+        )
+
+    class WithoutMessages(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return exporter.export([plain(span) for span in spans])
+
+        def shutdown(self) -> None:
+            exporter.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return exporter.force_flush(timeout_millis)
+
+    return WithoutMessages()
 
 
 def _kept() -> None:

@@ -53,7 +53,8 @@ async def test_a_served_process_writes_one_json_object_per_line_naming_the_reque
                 "--log-format",
                 "json",
             ],
-            env={**os.environ, "CHATDOCK_LOG_LEVEL": "INFO"},
+            # and spans to the console, which wrote each as indented JSON over many lines among the records
+            env={**os.environ, "CHATDOCK_LOG_LEVEL": "INFO", "OTEL_TRACES_EXPORTER": "console"},
             stdout=subprocess.DEVNULL,
             stderr=written,
         )
@@ -82,7 +83,10 @@ async def test_a_served_process_writes_one_json_object_per_line_naming_the_reque
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(30)
-    lines = read_lines(log.read_text())
+    objects = [json.loads(line) for line in log.read_text().splitlines()]  # every line one JSON object
+    spans = [line for line in objects if "context" in line and "message" not in line]
+    assert {"tools/call get_context", "POST /chats"} <= {span["name"] for span in spans}, spans
+    lines = read_lines("\n".join(json.dumps(line) for line in objects if line not in spans))
     assert any(line["message"].startswith("chatdock serving MCP at ") for line in lines)
     [metrics] = [line["message"] for line in lines if line["message"].startswith("chatdock serving metrics at ")]
     assert re.fullmatch(r"chatdock serving metrics at http://127\.0\.0\.1:[1-9][0-9]*/metrics", metrics)

@@ -291,6 +291,11 @@ async def test_serve_exports_spans_by_otlp_when_the_otel_variables_say_so(
             async with http_client(base, key) as client:
                 with within(trace_id, span_id):  # the SDK's client puts it in the request's _meta.traceparent
                     assert not (await client.call_tool("get_context", {"contact_id": CONTACT})).is_error
+                    # errors whose message quotes what the request named: a contact's id, a prompt's name
+                    with pytest.raises(MCPError, match="31655555555"):
+                        await client.read_resource("chatdock://nothing/%2B31655555555")
+                    with pytest.raises(MCPError, match="made-up-prompt"):
+                        await client.get_prompt("made-up-prompt")
             async with httpx2.AsyncClient(base_url=base, timeout=30) as http:
                 headers = {"Authorization": f"Bearer {key}", "traceparent": traceparent(trace_id, span_id)}
                 body = {"contact_id": CONTACT, "channel": "sms", "role": "user", "content": "exported"}
@@ -321,6 +326,15 @@ async def test_serve_exports_spans_by_otlp_when_the_otel_variables_say_so(
         "chatdock.store append_message",
     } <= set(exported), sorted(exported)
     assert exported["POST /chats"].parent_span_id == span_id.to_bytes(8)
+    # the MCP SDK wrote each error's message into its span's status: exported, it named the contact and the
+    # prompt (an operator's review); the kind of error stays
+    failed = [span for span in spans if span.status.code == span.status.STATUS_CODE_ERROR]
+    assert {span.name for span in failed} >= {"resources/read", "prompts/get other"}, [s.name for s in failed]
+    for span in failed:
+        assert span.status.message == "", (span.name, span.status.message)
+        assert "error.type" in {attribute.key for attribute in span.attributes}, span.name
+    assert b"31655555555" not in b"".join(export.SerializeToString() for _, export in received)
+    assert b"made-up-prompt" not in b"".join(export.SerializeToString() for _, export in received)
     assert any(name.startswith(("sqlite ", "postgresql ")) for name in exported)
     services = {
         attribute.value.string_value
