@@ -16,8 +16,6 @@ show to the caller as they are::
 
 from __future__ import annotations
 
-import logging
-
 
 class ChatdockError(Exception):
     """The root of every error the store raises on purpose."""
@@ -54,13 +52,8 @@ class OutcomeUnknown(Unavailable):
 
 # The texts of the errors that more than one place raises, written once.
 
-
 # The REST server's 404 for a path it has no route at, as chatdock's client recognizes it (a base URL with a
 # path it should not have, such as /api): not an unknown contact, chat or message.
-# the database failing everyone's requests (a full disk, PostgreSQL away): a line per failure, summed up every ten
-# seconds by the server's log (server/ops/logs.py), of no one request or organization
-OUTAGES = logging.getLogger("chatdock.storage.outage")
-
 NO_ROUTE = "no such route; /docs lists them"
 
 

@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import random
+import re
 import resource
 import select
 import shutil
@@ -424,6 +425,11 @@ async def test_a_full_disk_is_reported_and_survived(tmp_path: Path) -> None:
     log = server.log.read_text()
     assert "could not record when key" in log and "Traceback" not in log
     assert "chatdock.storage.outage: the disk is full:" in log  # the refused writes, in the log too
+    # and that it is over, with how many writes it failed (the log's last word was the failure; the raw SQLite
+    # text was an ERROR line of its own, which an alert on errors took for a bug)
+    over = rf"writes to {re.escape(db)} work again, after [0-9.]+ s of failed requests \([0-9]+ disk_full"
+    assert re.search(over, log), log
+    assert "ERROR" not in log and "write batch" not in log, log
 
 
 def test_a_sound_file_on_a_full_disk_is_checked_and_a_start_says_the_disk_is_full(tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ from .. import rows
 from .. import search as rules
 from ..changes import Announcer, Change, Deliver
 from ..errors import (
-    OUTAGES,
     ChatdockError,
     OutcomeUnknown,
     Unavailable,
@@ -36,6 +35,7 @@ from ..errors import (
 )
 from ..ids import uuid7
 from ..models import AppendedMessage, Message, appended, channel_kind
+from ..outage import Outage
 from ..records import MessageRecord
 from ..search import Query
 from ..sql import writes as shared
@@ -151,6 +151,7 @@ class PostgresBackend(SQLBackend):
         self.pool_size = max(2, pool_size)
         self.timeout = timeout
         self.telemetry = telemetry or Telemetry()
+        self._outage = Outage(f"requests to {self.place}")
         self._sql = self.telemetry.sql("postgresql", database_name(url), FAILURES)
         self._pool: asyncpg.Pool | None = None
         self._origin = secrets.token_hex(8)  # marks this process's notifications
@@ -206,9 +207,8 @@ class PostgresBackend(SQLBackend):
         why = cause(exc)
         self.telemetry.failed(why)
         if why != "statement_refused":  # that one is logged as an error, with its trace (failures.py)
-            # in the log too, not only in the answers and the metrics: an outage's hundreds of failed requests
-            # are one line, summed up every ten seconds (server/ops/logs.py), of no one request or organization
-            OUTAGES.warning(text)
+            # in the log too, not only in the answers and the metrics (outage.py)
+            self._outage.failed(text, why)
         return Unavailable(text)
 
     @property
@@ -270,11 +270,14 @@ class PostgresBackend(SQLBackend):
         asked = time.monotonic()
         try:
             if urgent:
-                return await self._fetch(sql, params, asked, replan)
-            async with self._reads.slot(org):
-                return await self._fetch(sql, params, asked, replan)
+                found = await self._fetch(sql, params, asked, replan)
+            else:
+                async with self._reads.slot(org):
+                    found = await self._fetch(sql, params, asked, replan)
         except FAILURES as exc:
             raise self._failed(exc) from exc
+        self._outage.worked()
+        return found
 
     async def _fetch(self, sql: str, params: Sequence[Any], asked: float, replan: bool) -> list[Any]:
         """One statement's rows, on a connection of the pool; how long it waited since `asked` is told."""
@@ -321,6 +324,7 @@ class PostgresBackend(SQLBackend):
                             result = await driver.run(conn, attempt(), self.timeout)
                             self.telemetry.committed(batch, time.monotonic() - began)
                         stage = "committed"
+                self._outage.worked()
                 return result
             except Undo as undone:
                 return undone.value  # type: ignore[return-value]

@@ -28,8 +28,9 @@ from .. import search as rules
 from ..backend import Imported, MessageFilter
 from ..changes import Announcer, Deliver
 from ..cursor import Position
-from ..errors import OUTAGES, ChatdockError, InvalidInput, Unavailable
+from ..errors import ChatdockError, InvalidInput, Unavailable
 from ..models import AppendedMessage, Message
+from ..outage import Outage
 from ..records import AliasRecord, ChatRecord, MessageRecord
 from ..search import Query
 from ..sql import writes as shared
@@ -138,6 +139,7 @@ class SQLiteBackend(SQLBackend):
         self.path = path
         self.durability: Durability = durability
         self.telemetry = telemetry or Telemetry()
+        self._outage = Outage(f"writes to {path}")
         self._sql = self.telemetry.sql("sqlite", path, (sqlite3.Error, OSError))
         self._reader_count = max(1, readers)
         # a lone write runs on the caller's thread where a commit does not wait for the disk (writer.py)
@@ -225,7 +227,7 @@ class SQLiteBackend(SQLBackend):
         self.telemetry.failed(cause(exc))
         if not kind(exc).startswith(DAMAGED):
             if self._all_readers:  # met while serving: in the log too (at start, the start-up error says it)
-                OUTAGES.warning(error.message)  # not only in the answers and the metrics; a line per cause
+                self._outage.failed(error.message, cause(exc))  # not only in the answers and the metrics
         elif self.damaged is None:
             self.damaged = error.message
             if self._all_readers:  # met while serving (at start, the one-line start-up error says it)
@@ -346,6 +348,7 @@ class SQLiteBackend(SQLBackend):
             self.telemetry.failed("file_problem")
             raise Unavailable(f"{lost}; this write ran meanwhile and went into the old file, so it is not kept")
         self._write_problem = None
+        self._outage.worked()
         return result
 
     async def follow(self, deliver: Deliver, wanted: Callable[[], bool], ready: Callable[[], None]) -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ..sql.ops import Undo
+from .failures import cause
 
 T = TypeVar("T")
 Committed = Callable[[int, float], None]  # told of each commit: its writes, and the seconds since BEGIN
@@ -299,7 +300,10 @@ class Writer:
                     time.sleep(delay)
                     delay = min(delay * 2, 0.5)
                     continue
-                logger.error("write batch of %d failed: %s", len(batch), exc)
+                # the machine's failures (a full disk, a read-only file) are the backend's to tell (outage.py),
+                # in words that say what to do; anything else is a bug's sign
+                level = logging.DEBUG if cause(exc) != "other" else logging.ERROR
+                logger.log(level, "write batch of %d failed: %s", len(batch), exc)
                 return [(False, exc)] * len(batch)
             finally:
                 if attempt:

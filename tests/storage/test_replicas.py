@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import subprocess
 import time
@@ -254,6 +255,10 @@ async def test_a_database_that_goes_away_gives_clear_errors_and_chatdock_recover
                 assert heard.count(uri) >= 3
             context = await rows(server.url, "SELECT content FROM messages ORDER BY seq")
             assert context == [("before",), ("after",)]
-            assert "Traceback" not in replica.stop()
+            log = replica.stop()
+            assert "Traceback" not in log
+            # the log says the outage is over, and what it failed (its last word on it was the failure)
+            assert re.search(r"requests to PostgreSQL at 127\.0\.0\.1:[0-9]+, database \S+ work again, after", log), log
+            assert re.search(r"failed requests \([0-9,]+ unreachable", log), log
     finally:
         server.remove()
