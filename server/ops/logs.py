@@ -34,9 +34,9 @@ LogFormat = Literal["text", "json"]
 # the request's task (observe.py), completed by the key check with the organization (http/app.py).
 request_fields: ContextVar[dict[str, str] | None] = ContextVar("chatdock_log_request", default=None)
 # loggers of what every request shares (asyncpg's pool, reconnecting in a task a request happened to start; the
-# database failing, summed up over every organization's requests): their lines carry no request's fields nor
-# its trace, which would name a request, and an organization, they are not about
-SHARED_LOGGERS = ("asyncpg", "chatdock.storage.outage", "chatdock.storage.feed")
+# database failing, summed up over every organization's requests; OpenTelemetry's exporter dropping spans): their
+# lines carry no request's fields nor its trace, which would name a request, and an organization, they are not about
+SHARED_LOGGERS = ("asyncpg", "chatdock.storage.outage", "chatdock.storage.feed", "opentelemetry")
 # loggers whose every line is a fact of its own, written once: never held back as a repeat (storage/sql/migrations.py,
 # the change feed's losses and returns: storage/postgres/feed.py)
 WHOLE_LOGGERS = ("chatdock.storage.migrations", "chatdock.storage.feed")

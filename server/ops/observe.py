@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatdock.server.mcp.org import ORG_SCOPE_KEY, current_org
 from chatdock.server.ops import logs
+from chatdock.server.settings import METRICS_CLIENTS
 
 if TYPE_CHECKING:
     from chatdock.server.ops.metrics import Metrics
@@ -229,6 +230,12 @@ class ObservedHttp:
             ip = ip.ipv4_mapped
         return None if any(ip in network for network in self.metrics_clients) else address
 
+    def _allowed(self) -> str:
+        """Who may read /metrics on the main listener, in words."""
+        if [str(network) for network in self.metrics_clients] == list(METRICS_CLIENTS):
+            return "loopback and private addresses"
+        return "addresses of " + ", ".join(str(network) for network in self.metrics_clients) + " (--metrics-allow)"
+
     async def _scrape(self, scope: Scope, send: Send, found: bool, stranger: str | None = None) -> None:
         assert self.metrics is not None
         text = [(b"content-type", b"text/plain; charset=utf-8")]
@@ -237,9 +244,9 @@ class ObservedHttp:
             body = json.dumps(
                 {
                     "error": "Forbidden",
-                    "message": f"/metrics names organizations: on this listener it answers loopback and private "
-                    f"addresses, not {stranger}; serve it on a port of its own (--metrics-port), or name the "
-                    "scraper's network with --metrics-allow",
+                    "message": f"/metrics names organizations: on this listener it answers {self._allowed()}, "
+                    f"not {stranger}; serve it on a port of its own (--metrics-port), or name the scraper's "
+                    "network with --metrics-allow",
                 }
             ).encode()
         elif not found:

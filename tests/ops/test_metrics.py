@@ -385,7 +385,8 @@ def test_metrics_on_the_main_listener_answer_only_loopback_and_private_clients(t
         with pytest.raises(urllib.error.HTTPError) as loopback:
             urllib.request.urlopen(base + "/metrics", timeout=10)
         assert loopback.value.code == 403
-        loopback.value.close()
+        message = json.loads(loopback.value.read())["message"]  # it names the networks it answers, not the default
+        assert "it answers addresses of 10.0.0.0/8 (--metrics-allow), not 127.0.0.1" in message, message
     with http_server(db, "--metrics-allow", "0.0.0.0/0") as base:
         assert "chatdock_requests" in scrape(base + "/metrics")[0]
     apart = run_cli("serve", "--http", "--db", db, "--metrics-allow", "::/0", "--metrics-port", str(free_port()))
