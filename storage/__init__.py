@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, NamedTuple
@@ -44,8 +45,10 @@ from .sqlite import Durability, SQLiteBackend
 
 if TYPE_CHECKING:
     from .postgres import PostgresBackend
+from .sql.migrations import Migration, schema_version
 from .sqlite import schema as sqlite_schema
 from .sqlite.backend import integrity_check
+from .sqlite.failures import translate as translate_sqlite
 from .store import Store
 from .telemetry import Telemetry
 from .transcript import format_transcript
@@ -131,6 +134,51 @@ async def check_store(url: str) -> Checked:
     return Checked(problems, version, sqlite_schema.NEWEST)
 
 
+class Schema(NamedTuple):
+    """A database's schema as this chatdock sees it (`read_schema`)."""
+
+    version: int  # the last migration it has without a gap from the first (0: no chatdock schema yet)
+    due: list[tuple[int, str]]  # the migrations it lacks, number and name, oldest first
+    newest: int  # the newest migration this chatdock knows; a database past it was migrated by a newer one
+    applied: int  # the newest migration it has
+
+
+async def read_schema(url: str, timeout: float | None = None) -> Schema:
+    """The schema of the database `url` names, read without changing anything (no lock, no migration)."""
+    refuse_uri(url)
+    if url == ":memory:":
+        raise InvalidInput("a database in memory has no schema to read: pass a file's path or a postgresql:// URL")
+    if is_new_file(url):
+        raise InvalidInput(f"there is no database at {url}: check --db (serve, import and keys create make one)")
+    migrations: tuple[Migration, ...]
+    if is_postgres(url):
+        import asyncpg
+
+        from .postgres import DEFAULT_TIMEOUT
+        from .postgres import schema as postgres_schema
+        from .postgres.failures import FAILURES, translate
+
+        try:
+            conn = await asyncpg.connect(url, timeout=timeout or DEFAULT_TIMEOUT)
+        except FAILURES as exc:
+            text = translate(exc, url, starting=True)
+            raise exc if text is None else Unavailable(text) from exc
+        try:
+            done = await postgres_schema.applied_in(conn)
+        finally:
+            await conn.close()
+        migrations = postgres_schema.MIGRATIONS
+    else:
+        try:
+            done = await asyncio.to_thread(sqlite_schema.applied_in, url)
+        except sqlite3.Error as exc:
+            raise translate_sqlite(exc, url) or exc from exc
+        migrations = sqlite_schema.MIGRATIONS
+    due = [(migration.version, migration.name) for migration in migrations if migration.version not in done]
+    newest = max(migration.version for migration in migrations)
+    return Schema(schema_version(done), due, newest, max(done, default=0))
+
+
 __all__ = [
     "ApiKeyInfo",
     "AppendedMessage",
@@ -156,6 +204,7 @@ __all__ = [
     "NotFound",
     "Part",
     "Role",
+    "Schema",
     "Store",
     "StoredMessage",
     "Telemetry",
@@ -165,4 +214,5 @@ __all__ = [
     "is_new_file",
     "is_postgres",
     "open_store",
+    "read_schema",
 ]

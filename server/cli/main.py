@@ -20,8 +20,9 @@ import anyio
 
 from chatdock.server.ops import logs
 from chatdock.server.settings import Settings
-from chatdock.storage import ChatdockError, InvalidInput, check_store, is_new_file, is_postgres
+from chatdock.storage import ChatdockError, InvalidInput, check_store, is_new_file, is_postgres, read_schema
 from chatdock.storage import validation as check
+from chatdock.storage.errors import Unavailable
 
 logger = logging.getLogger("chatdock")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -396,6 +397,18 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("key", metavar="PREFIX_OR_NAME")
     checking = commands.add_parser("check", help="check the database file for damage (SQLite's integrity check)")
     _common(checking)
+    migrating = commands.add_parser(
+        "migrate",
+        help="upgrade the database's schema to this chatdock's, saying what it applied (any command that opens "
+        "the database does it too); --check only says what is due",
+    )
+    _common(migrating)
+    migrating.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing: exit 0 when the schema is this chatdock's, 1 when migrations are due (listed), 2 "
+        "when a newer chatdock migrated it",
+    )
     exporting = commands.add_parser(
         "export",
         help="write history (chats, aliases, then messages) as JSON Lines, each in the order stored, streaming",
@@ -515,6 +528,32 @@ async def _check(args: argparse.Namespace) -> int:
     for problem in problems[:100]:
         print(f"  {problem}")
     return 1
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    """`chatdock migrate`: the database's schema brought to this chatdock's (or, with --check, what is due)."""
+    place = _without_password(args.db)
+    before = await read_schema(args.db, args.db_timeout)
+    if before.applied > before.newest:
+        raise Unavailable(
+            f"{place} was migrated by a newer chatdock (schema version {before.applied}; this one knows up to "
+            f"{before.newest}); run that version of chatdock, or a newer one"
+        )
+    due = ", ".join(f"{version} ({name})" for version, name in before.due)
+    if not before.due:
+        print(f"{place}: at schema version {before.version}, this chatdock's; nothing is due")
+        return 0
+    if args.check:
+        print(
+            f"{place}: at schema version {before.version}; due: {due}. `chatdock migrate` applies them, one-way "
+            "(back up first: docs/operations.md, Upgrading)"
+        )
+        return 1
+    async with store_settings(args).open_store(create=False):
+        pass  # opening it applies what is due, under the engine's lock, each migration in one transaction
+    after = await read_schema(args.db, args.db_timeout)
+    print(f"{place}: upgraded from schema version {before.version} to {after.version}; applied {due}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -660,6 +699,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_check(args))
         if args.command == "keys":
             return asyncio.run(_keys(args))
+        if args.command == "migrate":
+            return asyncio.run(_migrate(args))
         if args.command == "export":
             return asyncio.run(_export(args))
         if args.command == "import":

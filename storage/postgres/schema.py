@@ -7,10 +7,14 @@ Times are integer microseconds since 1970 (rows.py), as in the SQLite schema, so
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import asyncpg
 
 from ..changes import Change
 from ..cursor import CURSOR_SECRET
+from ..errors import Unavailable
 from ..sql.migrations import (
     APPLIED,
     SCHEMA_TABLE,
@@ -31,6 +35,8 @@ from . import driver
 from .queries import DIALECT, WORDS
 
 MIGRATION_LOCK = 0x63686174646F636B  # "chatdock": the advisory lock key every replica's migrate takes
+LOCK_WAIT = 2.0  # seconds a migration's statement waits for a lock before it lets go and tries again (_apply)
+LOCK_PATIENCE = 120.0  # seconds of such tries before the migration gives up
 
 # The change feed's channel (LISTEN/NOTIFY): each payload names an organization and a contact, never content.
 CHANNEL = "chatdock_changes"
@@ -459,19 +465,28 @@ async def _fold_accents(conn: asyncpg.Connection) -> None:
         )
 
 
-async def migrate(conn: asyncpg.Connection, place: str) -> list[int]:
+async def applied_in(conn: asyncpg.Connection) -> set[int]:
+    """The migrations the database has, read only (none when it has no chatdock schema yet)."""
+    if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        return {row[0] for row in await conn.fetch(APPLIED)}
+    return set()
+
+
+async def migrate(conn: asyncpg.Connection, place: str, patience: float = LOCK_PATIENCE) -> list[int]:
     """Apply every migration not yet recorded, under the migration lock; the versions this call applied (`place`
     names the database in the lines that say so). A database with every migration applied is only read (no
     lock, no statement that writes), so a read-only one (a standby, default_transaction_read_only) is served
-    for reading."""
-    if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
-        done = {row[0] for row in await conn.fetch(APPLIED)}
+    for reading. A migration that waits for a table's lock lets go and tries again (`_apply`), for `patience`
+    seconds at most."""
+    done = await applied_in(conn)
+    if done:
         refuse_newer(done, MIGRATIONS)
         if all(migration.version in done for migration in MIGRATIONS):
             return []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
-        await conn.execute(SCHEMA_TABLE)
+        if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+            await conn.execute(SCHEMA_TABLE)
         applied: list[int] = []
         done = {row[0] for row in await conn.fetch(APPLIED)}
         refuse_newer(done, MIGRATIONS)
@@ -479,12 +494,74 @@ async def migrate(conn: asyncpg.Connection, place: str) -> list[int]:
         for migration in MIGRATIONS:
             if migration.version in done:
                 continue
-            async with conn.transaction():
-                await driver.run(conn, apply_migration(migration), timeout=None)
-                if migration.version == 1:  # in its transaction (a savepoint): no crash leaves search without it
-                    await _fold_accents(conn)
+            await _apply(conn, migration, place, patience)
             applied.append(migration.version)
         announce_upgraded(place, done, applied, done | set(applied))
         return applied
+    except asyncpg.InsufficientPrivilegeError as exc:
+        due = [migration.version for migration in MIGRATIONS if migration.version not in done]
+        raise Unavailable(
+            f"{place}: migrations {', '.join(map(str, due))} are due, and this role may not apply them ({exc}); "
+            "run `chatdock migrate` once as the role that owns chatdock's tables, then start this again "
+            "(docs/postgresql.md, Least privilege)"
+        ) from exc
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+
+async def _apply(conn: asyncpg.Connection, migration: Migration, place: str, patience: float) -> None:
+    """One migration in one transaction, whose statements wait at most LOCK_WAIT for a lock: a statement waiting
+    for a table's lock (behind a long transaction of another session) holds up every query of the table that
+    comes after it, each replica's reads and writes, for as long as it waits. It lets go, lets them through, and
+    tries again, saying which sessions are in the way; after `patience` seconds it gives up, naming them."""
+    waited, delay = 0.0, 0.5
+    while True:
+        began = time.monotonic()
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{int(LOCK_WAIT * 1000)}ms'")
+                await driver.run(conn, apply_migration(migration), timeout=None)
+                if migration.version == 1:  # in its transaction (a savepoint): no crash leaves search without it
+                    await _fold_accents(conn)
+            return
+        except asyncpg.LockNotAvailableError:
+            waited += time.monotonic() - began
+            holders = await _lock_holders(conn)
+            if waited >= patience:
+                raise Unavailable(
+                    f"{place}: migration {migration.version} ({migration.name}) gave up after {waited:.0f} s of "
+                    f"waiting for locks (in the way: {holders}); nothing of it was applied. End that transaction "
+                    "(or wait for it to end), then start chatdock again"
+                ) from None
+            logger.warning(
+                "%s: migration %d waits for a lock (in the way: %s); it lets the other sessions through and tries "
+                "again (%.0f s of %.0f)",
+                place,
+                migration.version,
+                holders,
+                waited,
+                patience,
+            )
+        await asyncio.sleep(delay)
+        waited += delay
+        delay = min(delay * 2, 5.0)
+
+
+async def _lock_holders(conn: asyncpg.Connection) -> str:
+    """The other sessions that hold locks on this database's tables, longest in their transaction first, as
+    words: `pid 123 (psql, idle in transaction for 95 s)`."""
+    found = await conn.fetch(
+        "SELECT DISTINCT a.pid, a.application_name, a.state, extract(epoch FROM now() - a.xact_start)::int "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid JOIN pg_class c ON c.oid = l.relation "
+        "WHERE l.granted AND a.pid <> pg_backend_pid() AND l.database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database()) AND c.relkind IN ('r', 'i', 'p') "
+        "ORDER BY 4 DESC NULLS LAST LIMIT 5"
+    )
+    if not found:
+        return "a session that has ended since"
+    said = [
+        f"pid {pid} ({name or 'no application name'}, {state or 'state unknown'}"
+        + (f" for {seconds} s)" if seconds is not None else ")")
+        for pid, name, state, seconds in found
+    ]
+    return "; ".join(said)

@@ -288,6 +288,17 @@ def file_version(conn: sqlite3.Connection) -> int:
     return 0
 
 
+def applied_in(path: str) -> set[int]:
+    """The migrations the file `path` has, read only (none when it has no chatdock schema yet)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone():
+            return applied_versions(conn)
+        return set()
+    finally:
+        conn.close()
+
+
 def refuse_foreign(conn: sqlite3.Connection) -> None:
     """A SQLite file of another program (tables, none of them chatdock's record of its schema) is left as it
     is: chatdock's tables are not added beside the other program's."""
