@@ -32,13 +32,21 @@ def format_transcript(messages: Sequence[Message]) -> str:
     return "\n".join(format_entry(message) for message in messages)
 
 
-def format_line(message: Message, width: int = LINE_ENTRY_CHARS, text: str | None = None) -> str:
-    """One line of a message list: id, time, channel and the `ROLE: content` entry on a single line (its line
-    breaks as spaces), shortened to `width` characters; `text` stands for the content when given (a snippet)."""
+def format_line(message: Message, width: int = LINE_ENTRY_CHARS, text: str | None = None, contact: bool = False) -> str:
+    """One line of a message list: id, time, channel (with `contact`, the contact's id after it) and the `ROLE:
+    content` entry on a single line (its line breaks as spaces), shortened to `width` characters; `text` stands
+    for the content when given (a snippet)."""
     entry = f"{message.role.upper()}: " + " ".join((message.content if text is None else text).splitlines())
     if len(entry) > width:
         entry = entry[: width - 1] + "\u2026"
-    return f"{message.id} {format_timestamp(message.created_at)} {message.channel} {entry}"
+    who = f" {message.contact_id}" if contact else ""
+    return f"{message.id} {format_timestamp(message.created_at)} {message.channel}{who} {entry}"
+
+
+def search_line(hit: SearchHit) -> str:
+    """A search hit's line: its snippet for the content, and whose message it is (a search of the whole
+    organization finds many contacts' messages, and a model that reads only the text needs to know whose)."""
+    return format_line(hit, text=hit.snippet, contact=True)
 
 
 def _measured(message: Message) -> tuple[str, int]:
@@ -84,6 +92,6 @@ def fit_hits(hits: Sequence[SearchHit]) -> int:
     snippet for the content) in the text a model reads. A page cut short goes on at the first hit left out."""
     return fitting(
         hits,
-        lambda hit: message_bytes(hit) + text_bytes(hit.snippet) + text_bytes(format_line(hit, text=hit.snippet)),
-        lambda hit: message_bound(hit) + text_bound(hit.snippet) + text_bound(format_line(hit, text=hit.snippet)),
+        lambda hit: message_bytes(hit) + text_bytes(hit.snippet) + text_bytes(search_line(hit)),
+        lambda hit: message_bound(hit) + text_bound(hit.snippet) + text_bound(search_line(hit)),
     )

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from chatdock.storage import Context, MessagePage, StoredMessage
 from chatdock.storage.models import SearchPage
-from chatdock.storage.transcript import format_line
+from chatdock.storage.transcript import format_line, search_line
 
 NO_MESSAGES = "(no messages yet)"
 NOTHING_FITS = "(the contact has messages, but not even the newest fits in max_chars: ask with a larger max_chars)"
@@ -71,8 +71,9 @@ def page_result(page: MessagePage) -> CallToolResult:
 
 
 def search_result(page: SearchPage) -> CallToolResult:
-    """One line per hit, best first, its snippet (matched words in [ ]) for the content; the cursor line."""
-    lines = [format_line(hit, text=hit.snippet) for hit in page.hits] or ["(no matches)"]
+    """One line per hit, best first, whose it is and its snippet (matched words in [ ]) for the content; the
+    cursor line."""
+    lines = [search_line(hit) for hit in page.hits] or ["(no matches)"]
     if page.next_cursor is not None:
         lines.append(f"next_cursor: {page.next_cursor}")
     return _result(page, "\n".join(lines))

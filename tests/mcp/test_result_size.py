@@ -36,7 +36,7 @@ from chatdock.server.mcp.sdk import answer_in_utf8
 from chatdock.storage import Context, Message, MessagePage, NewMessage, Part, Store, open_store
 from chatdock.storage.models import SearchHit, SearchPage
 from chatdock.storage.sizing import ENVELOPE_BYTES, MAX_RESULT_BYTES, message_bytes, text_bytes
-from chatdock.storage.transcript import fit_hits, format_entry, format_line, format_transcript
+from chatdock.storage.transcript import fit_hits, format_entry, format_line, format_transcript, search_line
 from tests.transports import chatdock_command, http_server
 
 MODERN = "2026-07-28"
@@ -398,7 +398,7 @@ async def test_the_estimate_never_counts_a_message_below_what_it_adds_to_a_resul
     assert added(resource, message) <= in_context
     assert added(page, message) <= message_bytes(message) + text_bytes(format_line(message))  # as list_messages
     hit = SearchHit(**message.model_dump(), snippet=f"[{message.content}]")
-    in_search = message_bytes(hit) + text_bytes(hit.snippet) + text_bytes(format_line(hit, text=hit.snippet))
+    in_search = message_bytes(hit) + text_bytes(hit.snippet) + text_bytes(search_line(hit))
     assert added(search, hit) <= in_search
     assert fit_hits([hit] * COUNT) == (MAX_RESULT_BYTES - ENVELOPE_BYTES) // in_search  # as fit_hits counts it
 
