@@ -22,7 +22,8 @@ _ID: dict[str, Any] = {"minLength": 1, "maxLength": check.MAX_ID_CHARS}  # what 
 ContactId = Annotated[
     str,
     Field(
-        description="The contact's external id: a phone number (+31612345678), session id or email.",
+        description="The contact's external id, matched exactly: a phone number in E.164 (+31612345678, no "
+        "spaces), session id or email.",
         json_schema_extra=_ID,
     ),
 ]

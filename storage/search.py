@@ -42,6 +42,23 @@ class Query:
     excluded: tuple[Term, ...]
 
 
+# Words of other search syntaxes a model (or a person) writes, which search would take as words to find (OR,
+# AND) or drop as marks (|, &&), finding nothing, or something else, without a word of why: refused, saying how
+OR = (
+    "search has no OR, every word must be in the messages it finds: search for each on its own (refund, then "
+    'parcel); to find the word itself, quote it ("OR")'
+)
+AND = 'every word must be in the messages found already: leave it out; to find the word itself, quote it ("AND")'
+OPERATORS = {
+    "OR": OR,
+    "|": OR,
+    "||": OR,
+    "AND": AND,
+    "&&": AND,
+    "NOT": 'exclude a word with a minus: refund -paid; to find the word itself, quote it ("NOT")',
+}
+
+
 def parse_query(text: object) -> Query:
     if not isinstance(text, str):
         raise InvalidInput(f"query must be a string, got {type(text).__name__}")
@@ -81,6 +98,8 @@ def parse_query(text: object) -> Query:
             while end < len(text) and not text[end].isspace():
                 end += 1
             word = text[start:end]
+            if not negated and word in OPERATORS:
+                raise InvalidInput(f"query has {word} at position {start + 1}: {OPERATORS[word]}")
             position = end
             prefix = word.endswith("*")
             words = _findable(word.rstrip("*").replace('"', " "))

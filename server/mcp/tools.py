@@ -176,7 +176,8 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
         query: Annotated[
             str,
             Field(
-                description='Words (any case, accents ignored), prefix*, "exact phrase", -excluded.',
+                description="Words, all of which a message must hold (any case, accents ignored; no OR), prefix*, "
+                '"exact phrase", -excluded.',
                 json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS},
             ),
         ],

@@ -46,6 +46,7 @@ PROSE_ONLY = (
     "query needs at least one word to find",  # the search query's rules (its description says them)
     "that is not closed; close the phrase",
     "words and phrases, got",
+    "to find the word itself, quote it",  # OR, AND, NOT and their marks, refused (the query's description)
 )
 
 

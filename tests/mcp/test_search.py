@@ -181,6 +181,11 @@ async def test_deleted_forgotten_and_other_organizations_messages_are_never_foun
         ("refund\nnow", "it has U+000A at position 7: put the words on one line, without it"),  # where, and what to do
         ("half \ud83d", "query holds half of a character (U+D83D at position 6"),  # not "a control character"
         ("x" * 10_000, "query must be at most 1000 characters, got 10000"),
+        # another syntax's operators found nothing (OR, AND: words every message must hold) or were dropped (|)
+        ("refund OR parcel", "query has OR at position 8: search has no OR, every word must be in the messages"),
+        ("refund | parcel", "query has | at position 8: search has no OR"),
+        ("refund AND order", "query has AND at position 8: every word must be in the messages found already"),
+        ("refund NOT paid", "query has NOT at position 8: exclude a word with a minus: refund -paid; to find the"),
     ],
 )
 async def test_a_query_that_cannot_be_read_says_why(store: Store, query: str, problem: str) -> None:
@@ -198,6 +203,9 @@ async def test_marks_quotes_and_tildes_in_words_find_what_the_words_find_on_both
         assert await search(client, '"rock & roll"') == ["rock & roll, ~1.0 GB"]  # the words of the phrase
         # "~1.0" names no era of PostgreSQL's index of words (which would find every message of era 0)
         assert await search(client, "~1.0") == ["rock & roll, ~1.0 GB"]
+        assert await search(client, "rock & roll") == ["rock & roll, ~1.0 GB"]  # & alone: a mark, not AND
+        assert await search(client, '"OR" refund') == []  # quoted, OR is a word to find
+        assert await search(client, "or refund") == []  # and "or" in lower case: a word as any other, no error
         nfd = "Two cafe\u0301s on the terrace"  # accents typed apart (NFD)
         await call(client, "append_message", contact_id=BOB, channel="sms", role="user", content=nfd)
         found = await call(client, "search_messages", query="cafes terrace")
