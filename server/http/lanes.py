@@ -15,9 +15,10 @@ The organization comes from the scope (`ApiKeyAuth` put it there), and the route
 as FastAPI's router puts it (the request's metrics and span name its template).
 
 Anything a lane does not take whole goes to FastAPI as it came (a body replayed): another route or method, a
-body, key or parameter that does not validate, a parameter given twice. Every refusal of a malformed request is
-then FastAPI's, in one shape and with one text; a lane only answers a request the route would have accepted,
-with the route's answer. tests/http/test_lanes.py holds each lane's answers against FastAPI's own.
+body, key or parameter that does not validate, a parameter the route does not take or given twice. Every
+refusal of a malformed request is then FastAPI's, in one shape and with one text; a lane only answers a
+request the route would have accepted, with the route's answer. tests/http/test_lanes.py holds each lane's
+answers against FastAPI's own.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Lanes:
 
     async def _append(self, route: APIRoute, scope: Scope, receive: Receive, send: Send) -> None:
         key = _key(scope)
-        if key is LEAVE:
+        if key is LEAVE or scope.get("query_string"):  # POST /chats takes no query parameter: FastAPI says so
             await self.rest(scope, receive, send)
             return
         body, gone = await read_body(receive)
@@ -175,13 +176,14 @@ class _Read:
         return _Read(route, organization, parameters, TypeAdapter(route.response_model))
 
     def arguments(self, query: bytes) -> dict[str, Any] | None:
-        """The endpoint's arguments from the query string, as FastAPI reads them (names it has no parameter for
-        are ignored; a missing one takes its default), or None for a query the lane leaves to FastAPI."""
+        """The endpoint's arguments from the query string, as FastAPI reads them (a missing one takes its
+        default), or None for a query the lane leaves to FastAPI (which refuses a name the route has no
+        parameter for, and one given twice: rest.py's `_only_known_query`)."""
         found: dict[str, Any] = {}
         for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
             parameter = self.parameters.get(name)
             if parameter is None:
-                continue
+                return None
             if parameter.name in found or (parameter.integer and not _INTEGER.fullmatch(value)):
                 return None
             found[parameter.name] = int(value) if parameter.integer else value

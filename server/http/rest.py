@@ -188,8 +188,30 @@ def failed_unexpectedly(method: str, path: str, exc: Exception) -> JSONResponse:
 
 async def org_of(request: Request) -> str:
     """The organization of the request's key (ApiKeyAuth put it in the scope); async, so FastAPI calls it in
-    place instead of sending it to a worker thread (a sync dependency costs each request a thread hop)."""
+    place instead of sending it to a worker thread (a sync dependency costs each request a thread hop). Every
+    route takes it, so it refuses what no route should take too (`_only_known_query`)."""
+    if request.scope.get("query_string"):
+        _only_known_query(request)
     return str(request.scope[ORG_SCOPE_KEY])
+
+
+def _only_known_query(request: Request) -> None:
+    """A query parameter the route does not take is an error, as a tool's unknown argument is, and so is one
+    given twice: `GET /chats/context?chatId=...` answered the contact's whole history, other chats included
+    (`chat_id` is the name), and `contact_id=a&contact_id=b` read b's."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    taken = [field.alias for field in dependant.query_params]
+    given = [name for name, _ in request.query_params.multi_items()]
+    unknown = sorted({name for name in given if name not in taken})
+    twice = sorted({name for name in given if given.count(name) > 1 and name in taken})
+    problems = [f"{name!r} is not a parameter of this route" for name in unknown]
+    problems += [f"{name} is given {given.count(name)} times; give it once" for name in twice]
+    if problems:
+        takes = f"it takes {', '.join(taken)}" if taken else "it takes none"
+        raise InvalidInput(f"{'; '.join(problems)} ({takes})")
 
 
 Org = Annotated[str, Depends(org_of)]

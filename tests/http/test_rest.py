@@ -276,12 +276,35 @@ def test_a_plus_sign_left_unencoded_in_a_query_string_is_refused_with_how_to_wri
             in (answer["message"])
         ), (path, answer)
     bad_role = {"contact_id": "+316", "channel": "sms", "role": "nobody", "content": "x"}
-    status, answer = rest("POST", "/chats?contact_id=+316", bad_role)  # another argument's error gets no such
+    status, answer = rest("POST", "/chats", bad_role)  # another argument's error gets no such hint
     assert status == 422 and answer["message"].startswith("role") and "%2B" not in answer["message"], answer
     status, answer = rest("GET", "/chats/context?contact_id=%2B31655500001")  # encoded: served
     assert status == 200, answer
     status, answer = rest("GET", "/chats/search?q=+parcel")
     assert status == 200, answer  # q is not an id: a leading space is no error there
+
+
+def test_a_query_parameter_a_route_does_not_take_or_given_twice_is_refused(served: dict[str, Any]) -> None:
+    """As a tool's unknown argument: `chatId` (the route's is chat_id) answered the contact's whole history,
+    other chats included; `channel` on /chats/context (which takes channels) was dropped; a second contact_id
+    read that contact (found by a back-end developer's review). Whether a lane or FastAPI answers."""
+    rest = served["acme"]
+    context = "contact_id, agent_id, limit, chat_id, roles, channels, max_chars"
+    for path, message in (
+        ("/chats/context?contact_id=a&chatId=b", f"'chatId' is not a parameter of this route (it takes {context})"),
+        ("/chats/context?contact_id=a&channel=sms", "'channel' is not a parameter of this route"),
+        ("/chats?contact_id=a&channels=sms", "'channels' is not a parameter of this route (it takes contact_id, "),
+        ("/chats/context?contact_id=a&contact_id=b", "contact_id is given 2 times; give it once"),
+        ("/chats/search?q=x&query=y", "'query' is not a parameter of this route (it takes q, contact_id, "),
+        ("/contacts/a?verbose=1", "'verbose' is not a parameter of this route (it takes none)"),
+    ):
+        status, answer = rest("GET", path)
+        assert (status, answer["error"]) == (422, "Invalid arguments"), (path, answer)
+        assert answer["message"].startswith(message), (path, answer)
+    appended = {"contact_id": "a", "channel": "sms", "role": "user", "content": "x"}
+    status, answer = rest("POST", "/chats?chat_id=b", appended)  # the append's lane, too: nothing stored
+    assert status == 422 and answer["message"].startswith("'chat_id' is not a parameter of this route"), answer
+    assert rest("GET", "/chats?contact_id=a")[1]["messages"] == []
 
 
 def test_posting_into_the_oldest_of_many_chats_answers_with_that_chat(served: dict[str, Any]) -> None:
