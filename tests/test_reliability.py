@@ -444,10 +444,14 @@ HAND_PICKED: list[tuple[str, dict[str, Any], str]] = [
     ("append_message", plain(chat_id=UNKNOWN_UUID), f"chat {UNKNOWN_UUID} not found"),
     ("append_message", plain(created_at="2026-11-21T09:30:00"), "created_at must carry a timezone"),
     ("append_message", plain(created_at="1969-12-31T23:59:59Z"), "created_at must be 1970-01-01T00:00:00Z or later"),
-    ("append_message", plain(created_at=-5), "created_at must be 1970-01-01T00:00:00Z or later"),
+    ("append_message", plain(created_at=-5), "created_at: input should be a time written out"),  # not a guess
     ("append_message", plain(created_at="0001-01-01T00:00:00+01:00"), "or later"),
     ("append_message", plain(created_at="9999-12-31T23:59:59.999999-23:59"), "more than a day ahead"),
-    ("append_message", plain(created_at="yesterday"), "created_at: input should be a valid datetime"),
+    (
+        "append_message",
+        plain(created_at="yesterday"),
+        "created_at: input should be a date and a time with its timezone, like",
+    ),
     ("get_context", {"contact_id": "c", "limit": 10**30}, "limit"),
     ("get_context", {"contact_id": "c", "limit": 500}, "limit must be between 1 and 200, got 500"),
     ("get_context", {"contact_id": "c", "limit": -1}, "limit must be between 1 and 200, got -1"),

@@ -307,6 +307,27 @@ def test_a_query_parameter_a_route_does_not_take_or_given_twice_is_refused(serve
     assert rest("GET", "/chats?contact_id=a")[1]["messages"] == []
 
 
+def test_a_time_is_written_out_never_guessed_from_a_number(served: dict[str, Any]) -> None:
+    """A webhook's epoch (1733565601), a JavaScript Date.now() or a basic-format date (20261207) were read as
+    seconds or milliseconds, whichever pydantic guessed: 20261207 stored a message on 1970-08-23, first in the
+    history and never in get_context's last messages (found by a back-end developer's review)."""
+    rest = served["acme"]
+    for sent in (1733565601, 1796651813266, "20261207", 20261207, "1.7e9", "2026-12-07"):
+        body = {"contact_id": "epoch", "channel": "sms", "role": "user", "content": "x", "created_at": sent}
+        status, answer = rest("POST", "/chats", body)
+        assert status == 422 and answer["message"].startswith("created_at: input should be a "), (sent, answer)
+        assert "like '2026-11-21T09:30:00Z'" in answer["message"], answer
+    assert rest("GET", "/chats?contact_id=epoch")[1]["messages"] == []
+    body = {
+        "contact_id": "epoch",
+        "channel": "sms",
+        "role": "user",
+        "content": "x",
+        "created_at": "2024-12-07T10:00:01Z",
+    }
+    assert rest("POST", "/chats", body)[0] == 201
+
+
 def test_posting_into_the_oldest_of_many_chats_answers_with_that_chat(served: dict[str, Any]) -> None:
     rest, contact = served["acme"], "+31699000004"
     oldest = rest("POST", f"/contacts/{q(contact)}/chats", {"channel": "voice"})[1]

@@ -196,6 +196,10 @@ async def test_every_error_says_what_to_fix_and_the_server_keeps_serving(mode: s
             ("append_message", {**base, "chat_id": "abc"}, "chat_id must be a UUID"),
             ("append_message", {**base, "metadata": {"x": "y" * 20_000}}, "metadata must be at most 16384 bytes"),
             ("append_message", {**base, "created_at": "2026-01-01T10:00:00"}, "created_at must carry a timezone"),
+            # numbers were read as seconds or milliseconds, whichever pydantic guessed (20261207: 1970-08-23)
+            ("append_message", {**base, "created_at": 20261207}, "created_at: input should be a time written out"),
+            ("append_message", {**base, "created_at": "1733565601"}, "created_at: input should be a date and a"),
+            ("append_message", {**base, "created_at": "2026-01-06"}, "with its timezone, like '2026-11-21T09:30"),
             ("delete_message", {"message_id": UNKNOWN}, f"message {UNKNOWN} not found"),
             ("delete_message", {"message_id": "1; DROP TABLE messages"}, "message_id must be a UUID"),
             ("update_chat", {"chat_id": UNKNOWN, "status": "COMPLETED"}, f"chat {UNKNOWN} not found"),
