@@ -103,6 +103,10 @@ class ChatdockClient:
         self._timeout = None if http_client is not None and timeout is None else httpx2.Timeout(self.timeout)
         self._own = http_client is None  # only a client it made is closed by `aclose()`
         self._http = http_client or self._new_http()
+        # the event loop its connections belong to (the first that sent with it): a connection is of the loop that
+        # opened it, and one kept from a loop that has ended failed the next call ("Event loop is closed"), after
+        # the request was sent: sync code that runs each call in an asyncio.run of its own (a Flask handler)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._streams: set[_EventStream] = set()
         self._in_process: InProcess | None = None
@@ -341,6 +345,26 @@ class ChatdockClient:
                 502, "Bad Gateway", wire.not_chatdocks(response, model.__name__), retryable=False
             ) from None
 
+    def _in_this_loop(self) -> None:
+        """Connections of the event loop this call runs in: a client of its own opens new ones when the loop is
+        not the one its connections were opened in (those are left to the garbage collector: their loop has
+        ended, or runs elsewhere); an `http_client` of the caller's must be used in its own loop."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None or self._loop is loop or self._in_process is not None:
+            self._loop = loop
+            return
+        if not self._own:
+            raise ChatdockApiError(
+                503,
+                UNAVAILABLE,
+                "the http_client given to this ChatdockClient was used in another event loop, whose connections "
+                "this one cannot use; give it an http_client made in this loop, or none (it then makes its own in "
+                "each loop it is used in)",
+                retryable=False,
+            )
+        self._http = self._new_http()
+        self._loop = loop
+
     async def _send(
         self, method: str, path: str, params: dict[str, Any] | None, body: dict[str, Any] | None, key: str | None
     ) -> httpx2.Response:
@@ -348,6 +372,7 @@ class ChatdockClient:
             raise ChatdockApiError(503, UNAVAILABLE, NOT_OPEN, retryable=False)
         if self._closed:
             raise ChatdockApiError(503, UNAVAILABLE, CLOSED, retryable=False)
+        self._in_this_loop()
         if key is not None:
             wire.checked(check.idempotency_key, key)
         headers = dict(self._auth)

@@ -370,3 +370,29 @@ async def test_a_watch_comes_back_after_the_server_restarts(db: str) -> None:
                 assert await next_change(changes) == Changed(CALLER)  # after reconnecting: read again
                 await client.append_message(CALLER, "sms", "user", "after the restart")
                 assert await next_change(changes) == Changed(CALLER)
+
+
+@pytest.mark.process
+def test_sync_code_may_run_each_call_in_an_event_loop_of_its_own(tmp_path: Any) -> None:
+    """A sync handler (Flask, a worker) keeps one client and runs each call with asyncio.run: the second call
+    raised a bare RuntimeError ("Event loop is closed") after its message was stored, with no key to repeat it
+    with (found by a back-end developer's review). Each loop gets connections of its own."""
+    db = str(tmp_path / "sync.db")
+    key = create_key(db, "acme", "sync")
+    with http_server(db) as base:
+        client = ChatdockClient(base, key)
+        for n in range(3):
+            stored = asyncio.run(client.append_message("sync", "sms", "user", f"message {n}"))
+            assert stored.content == f"message {n}"
+
+        async def listed() -> list[str]:
+            async with client:
+                return [m.content for m in (await client.list_messages("sync")).messages]
+
+        assert asyncio.run(listed()) == ["message 2", "message 1", "message 0"]  # each stored once
+
+        # an http_client of the caller's is theirs to make in the loop they use it in: said, not failed obscurely
+        shared = ChatdockClient(base, key, http_client=httpx2.AsyncClient())
+        assert asyncio.run(shared.get_contact("sync")).message_count == 3
+        with pytest.raises(ChatdockApiError, match="was used in another event loop"):
+            asyncio.run(shared.get_contact("sync"))
