@@ -105,14 +105,20 @@ def _ranges(points: Iterable[int]) -> list[tuple[int, int]]:
 
 
 def _char(point: int) -> str:
-    """A code point inside a character class: escaped in the BMP (`\\uXXXX`, read alike by ECMA-262 and
-    Python), the character itself beyond it (no escape for it means the same to both)."""
-    return f"\\u{point:04x}" if point <= 0xFFFF else chr(point)
+    """A code point inside a character class, escaped (`\\uXXXX`, read alike by ECMA-262 and Python)."""
+    return f"\\u{point:04x}"
 
 
 def _class_without(points: Iterable[int], extra: str = "") -> str:
-    """A negated character class: anything but `points` (and the class syntax in `extra`)."""
-    inside = "".join(_char(a) if a == b else f"{_char(a)}-{_char(b)}" for a, b in _ranges(points))
+    """A negated character class: anything but `points` (and the class syntax in `extra`), of the Basic
+    Multilingual Plane only. A code point beyond it in a class compiles in JavaScript only with the `u` flag,
+    which the RegExp a generated client makes often lacks ("Range out of order in character class", at load):
+    those few (tag characters, shorthand format controls, ...) are refused by the server, as the description
+    says, not by the pattern."""
+    inside = "".join(
+        _char(a) if a == b else f"{_char(a)}-{_char(b)}"
+        for a, b in _ranges(point for point in points if point <= 0xFFFF)
+    )
     return f"[^{extra}{inside}]"
 
 
