@@ -45,13 +45,14 @@ _DESCRIPTIONS = {
     404: "An id names nothing in this organization",
     409: "Conflict with what is stored",
     413: "The body is over 4 MiB",
+    415: "The body is in a content coding (gzip, ...): send the JSON uncompressed",
     422: "Invalid arguments: the message says what to fix",
     429: "Too many failed keys from this address: wait Retry-After seconds",
     503: "The database cannot serve the request now",
 }
 
 EVERY_ROUTE = (401, 422, 429, 503)  # the key, the arguments, the guard against key guessing, the database
-WITH_BODY = (400, 413)  # routes that read a JSON body
+WITH_BODY = (400, 413, 415)  # routes that read a JSON body
 
 
 def answers(*statuses: int, described: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:

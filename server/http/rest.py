@@ -192,7 +192,21 @@ async def org_of(request: Request) -> str:
     route takes it, so it refuses what no route should take too (`_only_known_query`)."""
     if request.scope.get("query_string"):
         _only_known_query(request)
+    _one_idempotency_key(request)
     return str(request.scope[ORG_SCOPE_KEY])
+
+
+def _one_idempotency_key(request: Request) -> None:
+    """An Idempotency-Key header given twice, or empty, is refused: one of two was used, whichever the server
+    took, and an empty one was taken for none (a client that sends `upstream_id || ''` lost its retries'
+    protection without a word)."""
+    given = [value for name, value in request.scope.get("headers", ()) if name == b"idempotency-key"]
+    if len(given) > 1:
+        raise InvalidInput(f"Idempotency-Key is given {len(given)} times; give it once")
+    if given and not given[0].strip():
+        raise InvalidInput(
+            "Idempotency-Key is empty; give a key of your own for the request (a UUID), or leave the header out"
+        )
 
 
 def _only_known_query(request: Request) -> None:
@@ -771,7 +785,9 @@ def _located(errors: list[Any]) -> list[Any]:
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over 4 MiB gets 413 before a route reads it."""
+    """ASGI middleware: a request body over 4 MiB gets 413 before a route reads it, and one in a content coding
+    (gzip, ...) 415: it was read as the JSON it is not ("the body is not UTF-8 text (byte 0x8b ...)"), or, its
+    coding named over a plain body, taken."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -783,6 +799,16 @@ class BodyLimit:
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
                 await too_large()(scope, receive, send)
+                return
+            coded = name == b"content-encoding" and value.strip().lower() not in (b"", b"identity")
+            if coded and scope["method"] in ("POST", "PATCH", "PUT"):
+                coding = value.decode("latin-1")
+                await problem(
+                    415,
+                    "Unsupported Media Type",
+                    f"the body is sent with Content-Encoding: {coding}; chatdock takes a body as it is: send the "
+                    "JSON uncompressed, without a Content-Encoding",
+                )(scope, receive, send)
                 return
         received = 0
 

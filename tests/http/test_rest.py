@@ -4,6 +4,7 @@ OpenAPI document itself."""
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import os
@@ -89,6 +90,54 @@ def test_a_body_streamed_past_the_limit_is_a_413_on_every_route(served: dict[str
         status, problem = streamed_too_large(base, key, path, content_type)
         assert (status, problem["error"]) == (413, "Payload too large"), (path, content_type, problem)
         assert problem["message"] == "the body is over 4,194,304 bytes; send less"
+
+
+def test_a_body_in_a_content_coding_is_a_415_that_says_to_send_it_plain(served: dict[str, Any]) -> None:
+    """A gzip body was read as the JSON it is not (a 400 about byte 0x8b), and a coding named over a plain body
+    was taken as if none were (found by a back-end developer's review)."""
+    base, key = served["base"], served["acme_key"]
+    plain = json.dumps({"contact_id": "coded", "channel": "sms", "role": "user", "content": "x"}).encode()
+    for coding, body in (("gzip", gzip.compress(plain)), ("br", plain), ("GZIP, identity", gzip.compress(plain))):
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Content-Encoding": coding}
+        request = urllib.request.Request(base + "/chats", body, headers, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        answer = json.loads(refused.value.read())
+        assert refused.value.code == 415 and answer["message"] == (
+            f"the body is sent with Content-Encoding: {coding}; chatdock takes a body as it is: send the JSON "
+            "uncompressed, without a Content-Encoding"
+        ), answer
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Content-Encoding": "identity"}
+    with urllib.request.urlopen(urllib.request.Request(base + "/chats", plain, headers, method="POST")) as stored:
+        assert stored.status == 201
+    assert [m["content"] for m in served["acme"]("GET", "/chats?contact_id=coded")[1]["messages"]] == ["x"]
+
+
+def test_an_idempotency_key_given_twice_or_empty_is_refused(served: dict[str, Any]) -> None:
+    """Two keys: one was used, whichever the server took; an empty one was taken for none, and a retry stored
+    the message again (found by a back-end developer's review). Both refused, on the append's lane and off it."""
+    base, key = served["base"], served["acme_key"]
+    host, port = urllib.parse.urlsplit(base).netloc.split(":")
+    body = json.dumps({"contact_id": "keyed", "channel": "sms", "role": "user", "content": "x"})
+    for path, keys, message in (
+        ("/chats", ["a", "b"], "Idempotency-Key is given 2 times; give it once"),
+        ("/chats", [""], "Idempotency-Key is empty; give a key of your own for the request (a UUID), or leave"),
+        ("/contacts/keyed/chats", ["", "c"], "Idempotency-Key is given 2 times; give it once"),
+    ):
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            connection.putrequest("POST", path)
+            headers = [("Authorization", f"Bearer {key}"), ("Content-Type", "application/json")]
+            for name, value in [*headers, *(("Idempotency-Key", given) for given in keys)]:
+                connection.putheader(name, value)
+            connection.putheader("Content-Length", str(len(body)))
+            connection.endheaders(body.encode())
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+        finally:
+            connection.close()
+        assert response.status == 422 and answer["message"].startswith(message), (path, keys, answer)
+    assert served["acme"]("GET", "/chats?contact_id=keyed")[1]["messages"] == []
 
 
 def test_the_chats_api_request_bodies_work_unchanged(served: dict[str, Any]) -> None:
