@@ -399,7 +399,7 @@ def _timestamp(value: object, name: str, index: int) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise InvalidInput(
-            f"parts[{index}].{name} must be a number of seconds from the start of the call, 0 or more, "
+            f"message[{index}].{name} must be a number of seconds from the start of the call, 0 or more, "
             f"got {_shown(value)}"
         )
     return float(value)
@@ -412,14 +412,14 @@ def parts(values: Sequence[Part]) -> tuple[list[Part], str]:
     checked: list[Part] = []
     for index, part in enumerate(values):
         if not part.text.strip():
-            raise InvalidInput(f"parts[{index}].text must not be empty")
+            raise InvalidInput(f"message[{index}].text must not be empty")
         if "\x00" in part.text:
-            raise InvalidInput(f"parts[{index}].text must not contain NUL characters (\\x00)")
-        whole_characters(part.text, f"parts[{index}].text")
+            raise InvalidInput(f"message[{index}].text must not contain NUL characters (\\x00)")
+        whole_characters(part.text, f"message[{index}].text")
         start = _timestamp(part.start_timestamp, "start_timestamp", index)
         end = _timestamp(part.end_timestamp, "end_timestamp", index)
         if start is not None and end is not None and end < start:
-            raise InvalidInput(f"parts[{index}].end_timestamp ({end}) must not be before start_timestamp ({start})")
+            raise InvalidInput(f"message[{index}].end_timestamp ({end}) must not be before start_timestamp ({start})")
         checked.append(Part(text=part.text, start_timestamp=start, end_timestamp=end))
     _text_size(sum(len(part.text) for part in checked), "the parts' texts together")
     joined = " ".join(part.text for part in checked)

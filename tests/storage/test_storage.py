@@ -543,10 +543,10 @@ async def test_a_post_given_its_time_sorts_where_it_was_said(store: Store) -> No
     [
         ([], "message must have 1 to 100 parts, got 0"),
         ([Part(text="x")] * 101, "message must have 1 to 100 parts, got 101"),
-        ([Part(text="")], "parts[0].text must not be empty"),
+        ([Part(text="")], "message[0].text must not be empty"),
         ([Part(text="a", start_timestamp=2.0, end_timestamp=1.0)], "must not be before start_timestamp"),
-        ([Part(text="a", start_timestamp=-1.0)], "parts[0].start_timestamp must be a number of seconds"),
-        ([Part(text="a", end_timestamp=float("nan"))], "parts[0].end_timestamp must be a number of seconds"),
+        ([Part(text="a", start_timestamp=-1.0)], "message[0].start_timestamp must be a number of seconds"),
+        ([Part(text="a", end_timestamp=float("nan"))], "message[0].end_timestamp must be a number of seconds"),
         ([Part(text="x" * 20_000), Part(text="y" * 20_000)], "at most 32768 characters"),
     ],
 )
