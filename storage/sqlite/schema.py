@@ -290,7 +290,7 @@ def file_version(conn: sqlite3.Connection) -> int:
 
 def applied_in(path: str) -> set[int]:
     """The migrations the file `path` has, read only (none when it has no chatdock schema yet)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = driver.read_only(path)
     try:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone():
             return applied_versions(conn)

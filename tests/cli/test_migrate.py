@@ -79,12 +79,17 @@ async def test_migrate_says_what_is_due_applies_it_and_refuses_a_newer_schema(
             )
 
 
-def test_migrate_refuses_a_database_that_is_not_there(tmp_path: Path) -> None:
+def test_migrate_refuses_a_database_that_is_not_there_and_reads_any_file_name(tmp_path: Path) -> None:
     missing = f"{tmp_path}/nothing.db"
     refused = run_cli("migrate", "--db", missing)
     assert refused.returncode == 2 and refused.stderr == (
         f"chatdock: there is no database at {missing}: check --db (serve, import and keys create make one)\n"
     )
+    odd = f"{tmp_path}/a #1?%.db"  # read through a URI: each of these would end the path or escape it
+    assert run_cli("keys", "create", "--db", odd, "--org", "acme").returncode == 0
+    checked = run_cli("migrate", "--check", "--db", odd)
+    assert (checked.returncode, checked.stdout.endswith("this chatdock's; nothing is due\n")) == (0, True), checked
+    assert sorted(path.name for path in tmp_path.iterdir() if not path.name.startswith("a #1?%")) == []
 
 
 def as_role(url: str, role: str, database: str) -> str:
