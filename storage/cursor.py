@@ -56,55 +56,31 @@ def _mask(key: bytes, pages: Pages, org: str, created_us: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: a masked sequence stays a signed 64-bit integer
 
 
-def _tag(listing: str) -> str:
-    """What a cursor says of the list it pages through (a contact and the filters), 8 hex digits: a cursor given
-    with another list's arguments is refused, not read as a position in that list (it answered an empty page,
-    or a page of another contact's list from the wrong place)."""
-    return hashlib.sha256(listing.encode()).hexdigest()[:8]
-
-
-def encode_cursor(
-    position: Position, key: bytes | None = None, org: str = "", pages: Pages = MESSAGES, listing: str | None = None
-) -> str:
+def encode_cursor(position: Position, key: bytes | None = None, org: str = "", pages: Pages = MESSAGES) -> str:
     created_us, seq = position
     if key is None:
         text = f"{pages.plain}:{created_us}:{seq}"
     else:
         text = f"{pages.masked}:{created_us}:{seq ^ _mask(key, pages, org, created_us)}"
-    if listing is not None:
-        text += f":{_tag(listing)}"
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def decode_cursor(
-    value: object, key: bytes | None = None, org: str = "", pages: Pages = MESSAGES, listing: str | None = None
-) -> Position:
-    """The position `value` holds; `listing`: the list it must page through (a cursor written before lists were
-    named in them is read for any)."""
+def decode_cursor(value: object, key: bytes | None = None, org: str = "", pages: Pages = MESSAGES) -> Position:
     if isinstance(value, str) and len(value) <= MAX_CURSOR_CHARS:
         try:
             raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii")
-            version, created_text, seq_text, *tagged = raw.split(":")
+            version, created_text, seq_text = raw.split(":")
             created_us, seq = int(created_text), int(seq_text)
         except (ValueError, binascii.Error, UnicodeDecodeError):
             pass
         else:
-            in_range = 0 <= created_us <= _HIGHEST and 0 <= seq <= _HIGHEST and len(tagged) <= 1
-            # the list it was written for, when it names one (as it was written: it must be written again the same)
-            written_for = listing if tagged else None
-            if tagged and listing is not None and tagged[0] != _tag(listing):
-                raise InvalidInput(
-                    f"cursor pages through another list than this one (its {pages.lister} had another contact_id "
-                    f"or other filters); pass it with the arguments of the call that returned it, or leave cursor "
-                    "out for this list's first page"
-                )
+            in_range = 0 <= created_us <= _HIGHEST and 0 <= seq <= _HIGHEST
             # only a cursor this module wrote: no sign, padding, spaces or leading zeros that int() would let by
-            plain = encode_cursor((created_us, seq), pages=pages, listing=written_for)
-            if version == pages.plain and in_range and plain == value:
+            if version == pages.plain and in_range and encode_cursor((created_us, seq), pages=pages) == value:
                 return created_us, seq
             if version == pages.masked and key is not None and in_range:
                 position = (created_us, seq ^ _mask(key, pages, org, created_us))
-                if encode_cursor(position, key, org, pages, written_for) == value:
+                if encode_cursor(position, key, org, pages) == value:
                     return position
     raise InvalidInput(
         f"cursor is not valid; pass next_cursor exactly as a previous {pages.lister} returned it, or leave cursor "

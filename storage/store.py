@@ -434,8 +434,7 @@ class Store:
         chat_id = check.optional_uuid(chat_id, "chat_id")
         only = MessageFilter(agent_id, chat_id, None, None if channel is None else [check.channel(channel)])
         key = await self._cursor_key()
-        listing = "\x00".join((contact_id, agent_id or "", chat_id or "", channel or ""))  # what the pages list
-        after = None if cursor is None else decode_cursor(cursor, key, org, listing=listing)
+        after = None if cursor is None else decode_cursor(cursor, key, org)
         if only.chat_id is not None:
             await self._contact_and_chat(org, contact_id, only.chat_id)
         rows = await self.backend.message_page(org, contact_id, only, limit + 1, after, MAX_RESULT_BYTES)
@@ -450,7 +449,7 @@ class Store:
         rows = rows[:kept]
         return MessagePage(
             messages=[message for message, _ in rows],
-            next_cursor=encode_cursor(rows[-1][1], key, org, listing=listing) if more else None,
+            next_cursor=encode_cursor(rows[-1][1], key, org) if more else None,
         )
 
     async def _cursor_key(self) -> bytes | None:
