@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -103,10 +105,15 @@ class ChatdockClient:
         self._timeout = None if http_client is not None and timeout is None else httpx2.Timeout(self.timeout)
         self._own = http_client is None  # only a client it made is closed by `aclose()`
         self._http = http_client or self._new_http()
-        # the event loop its connections belong to (the first that sent with it): a connection is of the loop that
-        # opened it, and one kept from a loop that has ended failed the next call ("Event loop is closed"), after
-        # the request was sent: sync code that runs each call in an asyncio.run of its own (a Flask handler)
+        # a connection is of the event loop that opened it, and one kept from a loop that has ended failed the next
+        # call ("Event loop is closed") after the request was sent: sync code that runs each call in an
+        # asyncio.run of its own (a Flask view), in threads of its own. `_http` is the first loop's; each other
+        # loop gets one of its own (`_here`), let go with its loop.
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._others: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._loops_lock = threading.Lock()
         self._closed = False
         self._streams: set[_EventStream] = set()
         self._in_process: InProcess | None = None
@@ -150,7 +157,7 @@ class ChatdockClient:
         for stream in list(self._streams):
             await stream.close()
         if self._own:
-            await self._http.aclose()
+            await self._here().aclose()  # this loop's: another loop's connections are that loop's to end
         if self._in_process is not None:
             await self._in_process.close()
 
@@ -345,25 +352,31 @@ class ChatdockClient:
                 502, "Bad Gateway", wire.not_chatdocks(response, model.__name__), retryable=False
             ) from None
 
-    def _in_this_loop(self) -> None:
-        """Connections of the event loop this call runs in: a client of its own opens new ones when the loop is
-        not the one its connections were opened in (those are left to the garbage collector: their loop has
-        ended, or runs elsewhere); an `http_client` of the caller's must be used in its own loop."""
+    def _here(self) -> httpx2.AsyncClient:
+        """The HTTP client for the event loop this call runs in: one of the client's own per loop (made on its
+        first call there); the embedded client's and an `http_client` of the caller's, which is used in the loop
+        it was first used in (a call from another says so)."""
         loop = asyncio.get_running_loop()
-        if self._loop is None or self._loop is loop or self._in_process is not None:
-            self._loop = loop
-            return
-        if not self._own:
-            raise ChatdockApiError(
-                503,
-                UNAVAILABLE,
-                "the http_client given to this ChatdockClient was used in another event loop, whose connections "
-                "this one cannot use; give it an http_client made in this loop, or none (it then makes its own in "
-                "each loop it is used in)",
-                retryable=False,
-            )
-        self._http = self._new_http()
-        self._loop = loop
+        with self._loops_lock:
+            if self._loop is None:
+                self._loop = loop
+            if loop is self._loop or self._in_process is not None:
+                if self._own and self._in_process is None and self._http.is_closed:
+                    self._http = self._new_http()
+                return self._http
+            if not self._own:
+                raise ChatdockApiError(
+                    503,
+                    UNAVAILABLE,
+                    "the http_client given to this ChatdockClient was used in another event loop, whose "
+                    "connections this one cannot use; give it an http_client made in this loop, or none (it then "
+                    "makes its own in each loop it is used in)",
+                    retryable=False,
+                )
+            http = self._others.get(loop)
+            if http is None or http.is_closed:
+                http = self._others[loop] = self._new_http()
+            return http
 
     async def _send(
         self, method: str, path: str, params: dict[str, Any] | None, body: dict[str, Any] | None, key: str | None
@@ -372,7 +385,7 @@ class ChatdockClient:
             raise ChatdockApiError(503, UNAVAILABLE, NOT_OPEN, retryable=False)
         if self._closed:
             raise ChatdockApiError(503, UNAVAILABLE, CLOSED, retryable=False)
-        self._in_this_loop()
+        http = self._here()
         if key is not None:
             wire.checked(check.idempotency_key, key)
         headers = dict(self._auth)
@@ -390,15 +403,13 @@ class ChatdockClient:
         attempt = 0
         while True:
             try:
-                request = self._http.build_request(
-                    method, url, content=content, headers=headers, timeout=self._timeout_of()
-                )
+                request = http.build_request(method, url, content=content, headers=headers, timeout=self._timeout_of())
             except httpx2.InvalidURL as exc:  # longer than a URL may be, though no one part was too long
                 raise ChatdockApiError(
                     422, wire.INVALID, f"the arguments are too long to send in a URL ({exc})"
                 ) from None
             try:
-                response = await self._http.send(request)
+                response = await http.send(request)
             except httpx2.TransportError as exc:
                 sent = not isinstance(exc, NOT_SENT)
                 if attempt < self.retries and (harmless or not sent):
@@ -414,7 +425,7 @@ class ChatdockClient:
                     502, "Bad Gateway", f"{self.url} answered {method} {path} unreadably ({wire.detail(exc)})"
                 ) from exc
             except RuntimeError as exc:  # closed under the client: the `http_client` given, by its owner
-                raise wire.closed_under(self._http, exc) from None
+                raise wire.closed_under(http, exc) from None
             if attempt < self.retries and (
                 response.status_code == 429 or (response.status_code in (502, 503, 504) and harmless)
             ):
@@ -483,10 +494,11 @@ class _EventStream:
                     if event.endswith(".receive_response_headers.started"):
                         deadline.reschedule(loop.time() + wait)
 
-                request = client._http.build_request(
+                http = client._here()
+                request = http.build_request(
                     "GET", client.url + self.path, headers=client._auth, timeout=timeout, extensions={"trace": trace}
                 )
-                response = await client._http.send(request, stream=True)
+                response = await http.send(request, stream=True)
                 if response.status_code != 200 or not response.headers.get("content-type", "").startswith(
                     "text/event-stream"
                 ):
@@ -513,7 +525,7 @@ class _EventStream:
             raise ChatdockApiError(503, UNAVAILABLE, f"chatdock at {client.url} closed the event stream") from None
         except RuntimeError as exc:
             await self.close()
-            raise wire.closed_under(client._http, exc) from None
+            raise wire.closed_under(client._here(), exc) from None
         if first.event != "ready":
             await self.close()
             raise ChatdockApiError(

@@ -391,6 +391,31 @@ def test_sync_code_may_run_each_call_in_an_event_loop_of_its_own(tmp_path: Any) 
 
         assert asyncio.run(listed()) == ["message 2", "message 1", "message 0"]  # each stored once
 
+        # and from the threads of a threaded server, each running its calls in loops of its own at once (a
+        # client that swapped its connections for the loop at hand sent on another loop's)
+        failures: list[BaseException] = []
+        client = ChatdockClient(base, key)  # (the one above is closed: its `async with` ended)
+
+        def worker(thread: int) -> None:
+            try:
+                for n in range(30):
+                    asyncio.run(client.append_message(f"thread-{thread}", "sms", "user", f"{n}"))
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(thread,)) for thread in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert failures == []
+
+        async def counted() -> list[int]:
+            async with client:
+                return [(await client.get_contact(f"thread-{thread}")).message_count for thread in range(8)]
+
+        assert asyncio.run(counted()) == [30] * 8
+
         # an http_client of the caller's is theirs to make in the loop they use it in: said, not failed obscurely
         shared = ChatdockClient(base, key, http_client=httpx2.AsyncClient())
         assert asyncio.run(shared.get_contact("sync")).message_count == 3
