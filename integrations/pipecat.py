@@ -46,7 +46,6 @@ from pipecat.frames.frames import (
     InterruptionFrame,
     LLMContextAssistantTurnFrame,
     LLMContextFrame,
-    LLMContextSummaryResultFrame,
     LLMContextUserTurnFrame,
     StartFrame,
     UserStartedSpeakingFrame,
@@ -109,6 +108,13 @@ def _time(iso: str) -> datetime | None:
     except ValueError:
         return None
     return at if at.tzinfo is not None else None
+
+
+def _content(message: LLMContextMessage) -> str | None:
+    """A context message's text when it is one string (the texts the service tells are), else None."""
+    if isinstance(message, dict) and isinstance(content := message.get("content"), str):
+        return content
+    return None
 
 
 def strip_markers(text: str) -> str:
@@ -318,8 +324,6 @@ class ChatdockMemoryService(FrameProcessor):
             await self._before_llm(frame)
         elif isinstance(frame, InterruptionFrame):
             self._interrupted_at = datetime.now(UTC)
-        elif isinstance(frame, LLMContextSummaryResultFrame) and direction == FrameDirection.UPSTREAM:
-            self._summarized(frame)
         elif isinstance(frame, ErrorFrame):
             self._failed = True
         elif isinstance(frame, (EndFrame, CancelFrame)) and self._call_running:
@@ -653,9 +657,10 @@ class ChatdockMemoryService(FrameProcessor):
                 await asyncio.wait_for(self._caught_up.wait(), timeout=self.read_timeout)
             except TimeoutError:
                 self._given_up_at = self._changes
+        self._run_asked = datetime.now(UTC)  # a speculative run too: the one a confirmed turn goes on with
         if not frame.speculation:
             self._context = frame.context
-            self._run_asked = datetime.now(UTC)
+            self._fold(frame.context)
         targets = [frame.context]
         if frame.speculation and self._context is not None and self._context is not frame.context:
             targets.insert(0, self._context)
@@ -669,23 +674,27 @@ class ChatdockMemoryService(FrameProcessor):
             self._run_messages = list(self._context.get_messages())
             self._known_messages.update((id(message), message) for message in self._run_messages)
 
-    def _summarized(self, frame: LLMContextSummaryResultFrame) -> None:
-        """Pipecat's context summarization (the assistant aggregator's, when the LLM's summary comes back) puts the
-        messages up to `last_summarized_index` into one summary: the history and notes among them are in it,
-        and are not put back into the context (each run would get them twice, and the next summary read them
-        again). The aggregator may have applied it by the time it passes here on its way up: the index counts
-        in the messages the last LLM run was given, which the summary was asked for after (the aggregator only
-        adds to them in between)."""
-        if frame.error is not None or not frame.summary:
+    def _fold(self, context: LLMContext) -> None:
+        """The history and notes that a compaction of the context took in are not told again. A told text that
+        is gone while a message that came after it in the last run's context is still there (the same object)
+        was compacted: Pipecat's context summarization (by the pipeline's LLM or a model of its own) keeps the
+        first system message and the newest ones and puts the rest, told texts among them, into its summary
+        (told again, each run read them twice and each summary summarized them again). Gone with everything
+        after it, the messages were replaced (pipecat-flows on a node change): it is told again."""
+        if not self._run_messages:
             return
-        folded = {
-            content
-            for message in self._run_messages[: frame.last_summarized_index + 1]
-            if isinstance(message, dict) and isinstance(content := message.get("content"), str)
-        }
-        if self._history in folded:
-            self._history = None
-        self._notes = [note for note in self._notes if note not in folded]
+        present = {id(message) for message in context.get_messages()}
+        for told in [self._history, *self._notes]:
+            if told is None:
+                continue
+            at = next((n for n, message in enumerate(self._run_messages) if _content(message) == told), None)
+            if at is None or id(self._run_messages[at]) in present:
+                continue
+            if any(id(message) in present for message in self._run_messages[at + 1 :]):
+                if told == self._history:
+                    self._history = None
+                else:
+                    self._notes.remove(told)
 
     def _note(self, arrived: list[Message]) -> str:
         return "\n".join([self.other_channels_prompt, *(entry(message, with_time=False) for message in arrived)])

@@ -33,6 +33,7 @@ with warnings.catch_warnings():
     # pipecat imports audioop, which Python 3.11 reports as deprecated (it goes in 3.13), on first import only
     warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
     from pipecat.frames.frames import (
+        EagerTranscriptionFrame,
         EndFrame,
         Frame,
         LLMFullResponseEndFrame,
@@ -40,6 +41,9 @@ with warnings.catch_warnings():
         LLMMessagesUpdateFrame,
         LLMRunFrame,
         LLMTextFrame,
+        ProposedUserStartedSpeakingFrame,
+        ProposedUserStoppedSpeakingFrame,
+        TranscriptionFrame,
         VADUserStartedSpeakingFrame,
         VADUserStoppedSpeakingFrame,
     )
@@ -56,11 +60,12 @@ with warnings.catch_warnings():
     )
     from pipecat.turns.user_start import ExternalUserTurnStartStrategy
     from pipecat.turns.user_stop import ExternalUserTurnStopStrategy
-    from pipecat.turns.user_turn_strategies import UserTurnStrategies
+    from pipecat.turns.user_turn_strategies import EagerUserTurnStrategies, UserTurnStrategies
     from pipecat.utils.context.llm_context_summarization import (
         LLMAutoContextSummarizationConfig,
         LLMContextSummaryConfig,
     )
+    from pipecat.utils.time import time_now_iso8601
     from pipecat.workers.runner import WorkerRunner
 
     from chatdock.integrations.pipecat import HISTORY_PROMPT, OTHER_CHANNELS_PROMPT, ChatdockMemoryService, LostWrite
@@ -483,6 +488,51 @@ async def test_a_call_cancelled_while_the_bot_talks_keeps_what_it_said_and_is_le
     assert all(not m.metadata for m in stored[:-1])
 
 
+async def test_a_hang_up_under_an_answer_to_an_eager_turn_keeps_it_after_the_turn(embedded: ChatdockClient) -> None:
+    """With an STT service that ends turns eagerly (EagerUserTurnStrategies), the answer runs on a speculative
+    context, which the confirmed turn goes on with: no other context frame comes. Cut by a hang-up, the answer
+    was dated at the run before it, ahead of the caller's turn it answers (found by a review of the session's
+    diff)."""
+    llm = ScriptedLLM(["Hello, lamp shop.", ["Let me look", " that up for you."]])
+    call = Call(memory_for(embedded), llm)
+    call.user, call.assistant = LLMContextAggregatorPair(
+        call.context, user_params=LLMUserAggregatorParams(user_turn_strategies=EagerUserTurnStrategies())
+    )
+    call.assistant.add_event_handler("on_assistant_turn_stopped", call._bot_turn)
+    call.worker = PipelineWorker(
+        Pipeline([call.user, call.memory, llm, call.assistant]), cancel_on_idle_timeout=False, enable_rtvi=False
+    )
+    call.worker.add_event_handler("on_pipeline_started", call._started)
+    talking = asyncio.Event()
+
+    def after(aggregator: LLMAssistantAggregator, frame: Frame) -> None:
+        if isinstance(frame, LLMTextFrame) and frame.text == "Let me look":
+            talking.set()
+
+    call.assistant.add_event_handler("on_after_process_frame", after)
+    async with call:
+        await call.greet()
+        await asyncio.sleep(0.05)  # dates are kept to the millisecond
+        said = time_now_iso8601()
+        eager = [
+            ProposedUserStartedSpeakingFrame(),
+            EagerTranscriptionFrame("Where is my lamp?", CALLER, said),
+            TranscriptionFrame("Where is my lamp?", CALLER, said),
+            ProposedUserStoppedSpeakingFrame(),
+        ]
+        await call.worker.queue_frames(eager)
+        await asyncio.wait_for(talking.wait(), BOUND)
+        await call.cancel()  # the caller hangs up while the bot talks
+    chat_id = call.memory.chat_id
+    assert chat_id is not None
+    stored = await chat_messages(embedded, CALLER, chat_id)
+    assert [(m.content, m.metadata) for m in stored] == [
+        ("Hello, lamp shop.", {}),
+        ("Where is my lamp?", {}),
+        ("Let me look", {"interrupted": True}),
+    ]
+
+
 async def test_a_reply_the_caller_cuts_into_is_marked_interrupted_and_the_next_is_not(
     embedded: ChatdockClient,
 ) -> None:
@@ -667,19 +717,23 @@ class SummarizingLLM(ScriptedLLM):
         return f"SUMMARY {len(self.summarized)}: a lamp, parcel 4471, and what the caller asked."
 
 
-async def test_pipecats_own_summarization_folds_the_history_in_once(embedded: ChatdockClient) -> None:
+@pytest.mark.parametrize("dedicated", [False, True], ids=["the pipeline's llm", "a model of its own"])
+async def test_pipecats_own_summarization_folds_the_history_in_once(embedded: ChatdockClient, dedicated: bool) -> None:
     """Pipecat's context summarization puts the history into its summary with the call's first turns: the service
-    put it back before the next run (the model read it twice, and each summary summarized it again)."""
+    put it back before the next run (the model read it twice, and each summary summarized it again). Whether the
+    pipeline's LLM writes the summary or a model of its own, whose summary passes no frame by the service."""
     await embedded.append_message(CALLER, "whatsapp", "user", "Parcel 4471 is late.")
-    llm = SummarizingLLM([f"Answer {number}." for number in range(9)])
+    pipeline_llm = SummarizingLLM([f"Answer {number}." for number in range(9)])
+    own = SummarizingLLM([]) if dedicated else None
     summarizing = LLMAssistantAggregatorParams(
         enable_auto_context_summarization=True,
         auto_context_summarization_config=LLMAutoContextSummarizationConfig(
             max_context_tokens=None,
             max_unsummarized_messages=4,
-            summary_config=LLMContextSummaryConfig(min_messages_after_summary=2),
+            summary_config=LLMContextSummaryConfig(min_messages_after_summary=2, llm=own),
         ),
     )
+    llm = pipeline_llm
     applied: list[object] = []
     call = Call(memory_for(embedded), llm, assistant_params=summarizing)
 
@@ -695,8 +749,9 @@ async def test_pipecats_own_summarization_folds_the_history_in_once(embedded: Ch
                 break
         await call.end()
     assert len(applied) >= 2, applied
-    assert HISTORY_PROMPT in llm.summarized[0]  # the first summary takes the history in
-    assert all(HISTORY_PROMPT not in text for text in llm.summarized[1:])  # and the next are not given it again
+    summaries = (own or llm).summarized
+    assert HISTORY_PROMPT in summaries[0]  # the first summary takes the history in
+    assert all(HISTORY_PROMPT not in text for text in summaries[1:])  # and the next are not given it again
     history = f"{HISTORY_PROMPT}\n"
     told = [sum(str(message["content"]).startswith(history) for message in run) for run in llm.received]
     summarized = [any("SUMMARY" in str(message["content"]) for message in run) for run in llm.received]
