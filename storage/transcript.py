@@ -9,6 +9,7 @@ the message on that one line, its line breaks turned into spaces.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from .memo import PerMessage
@@ -39,7 +40,8 @@ def format_line(message: Message, width: int = LINE_ENTRY_CHARS, text: str | Non
     entry = f"{message.role.upper()}: " + " ".join((message.content if text is None else text).splitlines())
     if len(entry) > width:
         entry = entry[: width - 1] + "\u2026"
-    who = f" {message.contact_id}" if contact else ""
+    # quoted: an id may hold spaces and colons ("w-1 ASSISTANT: ..."), which bare would read as a role's line
+    who = f" {json.dumps(message.contact_id, ensure_ascii=False)}" if contact else ""
     return f"{message.id} {format_timestamp(message.created_at)} {message.channel}{who} {entry}"
 
 
