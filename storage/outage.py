@@ -11,6 +11,9 @@ import time
 from collections import Counter
 
 OUTAGES = logging.getLogger("chatdock.storage.outage")
+# the line that an outage is over: a fact of its own, never held back as a repeat (server/ops/logs.py), so that
+# a second outage soon after the first still says when it ended
+OVER = logging.getLogger("chatdock.storage.outage.over")
 
 
 class Outage:
@@ -34,4 +37,4 @@ class Outage:
         lasted = time.monotonic() - self._since
         causes = ", ".join(f"{count:,} {cause}" for cause, count in self._causes.most_common())
         self._since, self._causes = None, Counter()
-        OUTAGES.warning("%s work again, after %.1f s of failed requests (%s)", self.what, lasted, causes)
+        OVER.warning("%s work again, after %.1f s of failed requests (%s)", self.what, lasted, causes)

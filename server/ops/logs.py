@@ -39,7 +39,7 @@ request_fields: ContextVar[dict[str, str] | None] = ContextVar("chatdock_log_req
 SHARED_LOGGERS = ("asyncpg", "chatdock.storage.outage", "chatdock.storage.feed", "opentelemetry")
 # loggers whose every line is a fact of its own, written once: never held back as a repeat (storage/sql/migrations.py,
 # the change feed's losses and returns: storage/postgres/feed.py)
-WHOLE_LOGGERS = ("chatdock.storage.migrations", "chatdock.storage.feed")
+WHOLE_LOGGERS = ("chatdock.storage.migrations", "chatdock.storage.feed", "chatdock.storage.outage.over")
 
 
 # A line may name what its repeats are told apart by (`extra={"repeat_of": ...}`: a refused key's address and

@@ -153,3 +153,30 @@ def test_text_lines_stay_as_they_were(capsys: pytest.CaptureFixture[str]) -> Non
         logger.handlers.clear()
     line = capsys.readouterr().err
     assert line.endswith(" WARNING chatdock.test-log-text: plain words\n")
+
+
+def test_each_outage_says_it_is_over_however_soon_the_next_comes(capsys: pytest.CaptureFixture[str]) -> None:
+    """The line that an outage is over went through the filter that holds back repeats: a second outage within
+    ten seconds of the first ended in silence (found by a review of the session's diff). The failures are summed
+    up as before; each end is said."""
+    from chatdock.storage.outage import OUTAGES, OVER, Outage
+
+    written = logs.handler("json")
+    for logger in (OUTAGES, OVER):
+        logger.addHandler(written)
+        logger.propagate = False
+    try:
+        outage = Outage("writes to /tmp/x.db")
+        for _ in range(2):
+            for _ in range(3):
+                outage.failed("the disk is full: /tmp/x.db cannot grow", "disk_full")
+            outage.worked()
+    finally:
+        for logger in (OUTAGES, OVER):
+            logger.removeHandler(written)
+            logger.propagate = True
+    lines = [line["message"] for line in read_lines(capsys.readouterr().err)]
+    assert lines[0] == "the disk is full: /tmp/x.db cannot grow"  # once: its repeats are held back
+    over = [line for line in lines if " work again, after " in line]
+    assert len(over) == 2 and all(line.endswith("of failed requests (3 disk_full)") for line in over), lines
+    assert len(lines) == 3, lines
