@@ -56,7 +56,7 @@ def message_record(new: NewMessage, now: datetime) -> MessageRecord:
         if new.content is not None:
             problems.append("give either content or parts, not both")
         else:
-            parts, content = checked(check.parts, new.parts) or ([], "")
+            parts, content = checked(check.parts, new.parts, "parts") or ([], "")
     elif new.content is not None:
         content = checked(check.content, new.content)
         parts = [Part.model_construct(text=content)]

@@ -394,32 +394,33 @@ def _text_size(size: int, what: str) -> None:
         raise InvalidInput(f"{what} must be at most {MAX_TEXT_CHARS} characters, got {size}; split the message")
 
 
-def _timestamp(value: object, name: str, index: int) -> float | None:
+def _timestamp(value: object, name: str, where: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise InvalidInput(
-            f"message[{index}].{name} must be a number of seconds from the start of the call, 0 or more, "
-            f"got {_shown(value)}"
+            f"{where}.{name} must be a number of seconds from the start of the call, 0 or more, got {_shown(value)}"
         )
     return float(value)
 
 
-def parts(values: Sequence[Part]) -> tuple[list[Part], str]:
-    """Checked parts and the content they make: their texts joined by single spaces."""
+def parts(values: Sequence[Part], named: str = "message") -> tuple[list[Part], str]:
+    """Checked parts and the content they make: their texts joined by single spaces. `named`: the field that
+    holds them, as its caller sent it (post_as_contact's `message`; an imported line's `parts`)."""
     if not 1 <= len(values) <= MAX_PARTS:
-        raise InvalidInput(f"message must have 1 to {MAX_PARTS} parts, got {len(values)}")
+        raise InvalidInput(f"{named} must have 1 to {MAX_PARTS} parts, got {len(values)}")
     checked: list[Part] = []
     for index, part in enumerate(values):
+        where = f"{named}[{index}]"
         if not part.text.strip():
-            raise InvalidInput(f"message[{index}].text must not be empty")
+            raise InvalidInput(f"{where}.text must not be empty")
         if "\x00" in part.text:
-            raise InvalidInput(f"message[{index}].text must not contain NUL characters (\\x00)")
-        whole_characters(part.text, f"message[{index}].text")
-        start = _timestamp(part.start_timestamp, "start_timestamp", index)
-        end = _timestamp(part.end_timestamp, "end_timestamp", index)
+            raise InvalidInput(f"{where}.text must not contain NUL characters (\\x00)")
+        whole_characters(part.text, f"{where}.text")
+        start = _timestamp(part.start_timestamp, "start_timestamp", where)
+        end = _timestamp(part.end_timestamp, "end_timestamp", where)
         if start is not None and end is not None and end < start:
-            raise InvalidInput(f"message[{index}].end_timestamp ({end}) must not be before start_timestamp ({start})")
+            raise InvalidInput(f"{where}.end_timestamp ({end}) must not be before start_timestamp ({start})")
         checked.append(Part(text=part.text, start_timestamp=start, end_timestamp=end))
     _text_size(sum(len(part.text) for part in checked), "the parts' texts together")
     joined = " ".join(part.text for part in checked)

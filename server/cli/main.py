@@ -407,7 +407,8 @@ def parser() -> argparse.ArgumentParser:
         "--check",
         action="store_true",
         help="change nothing: exit 0 when the schema is this chatdock's, 1 when migrations are due (listed), 2 "
-        "when a newer chatdock migrated it",
+        "when it cannot tell or must not go on (no database, unreachable, one a newer chatdock migrated: the "
+        "message says which)",
     )
     exporting = commands.add_parser(
         "export",

@@ -200,6 +200,9 @@ def _one_idempotency_key(request: Request) -> None:
     """An Idempotency-Key header given twice, or empty, is refused: one of two was used, whichever the server
     took, and an empty one was taken for none (a client that sends `upstream_id || ''` lost its retries'
     protection without a word)."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None or all(field.alias != "Idempotency-Key" for field in dependant.header_params):
+        return  # a route that takes no key: the header means nothing to it, as any other unknown header
     given = [value for name, value in request.scope.get("headers", ()) if name == b"idempotency-key"]
     if len(given) > 1:
         raise InvalidInput(f"Idempotency-Key is given {len(given)} times; give it once")

@@ -75,18 +75,20 @@ class Noted:
 
 def route_of(routes: Collection[BaseRoute], scope: Scope) -> tuple[str | None, bool]:
     """The template of the route a request's path matches (`/chats/{message_id}`, never the path itself), and
-    whether that route takes the request's method."""
+    whether that route takes the request's method (a HEAD is its GET's: http/app.py's Dispatch answers it so)."""
+    method = "GET" if scope.get("method") == "HEAD" else scope.get("method")
     route = scope.get("route")  # where the router put the route it chose
-    if route is None:  # refused before routing (a key, a body too large): the route it would have gone to
+    if route is None:  # refused before routing (a key, a body too large), or a HEAD: the route it would go to
         for candidate in routes:
-            match = candidate.matches({**scope, "method": scope.get("method")})[0]
+            match = candidate.matches({**scope, "method": method})[0]
             if match is not Match.NONE:
-                route = candidate
+                route = route or candidate
                 if match is Match.FULL:
+                    route = candidate
                     break
     path = getattr(route, "path", None)
     methods = getattr(route, "methods", None)  # None: a mount (the pages, their files), which takes any
-    return (path, methods is None or scope.get("method") in methods) if isinstance(path, str) else (None, False)
+    return (path, methods is None or method in methods) if isinstance(path, str) else (None, False)
 
 
 def operation_of(method: str, template: str | None, takes: bool) -> str:

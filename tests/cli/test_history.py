@@ -207,6 +207,10 @@ BAD_LINES = {
     good(0, metadata={"provider_message_id": 7}): "provider_message_id",
     good(0, id="not-a-uuid"): "id must be a UUID",
     good(0, metadata={"note": "cut in an emoji \ud83d"}): "holds half of a character",  # (its id is made of it)
+    # an imported line's parts are named as the file names them (post_as_contact's are its `message`)
+    good(0, content=..., parts=[{"type": "text", "text": "a", "start_timestamp": 2, "end_timestamp": 1}]): (
+        "parts[0].end_timestamp (1.0) must not be before start_timestamp (2.0)"
+    ),
 }
 
 

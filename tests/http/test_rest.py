@@ -138,6 +138,15 @@ def test_an_idempotency_key_given_twice_or_empty_is_refused(served: dict[str, An
             connection.close()
         assert response.status == 422 and answer["message"].startswith(message), (path, keys, answer)
     assert served["acme"]("GET", "/chats?contact_id=keyed")[1]["messages"] == []
+    # a route that takes no key pays it no mind, on a lane or off it (it refused one off the lanes only)
+    for path in ("/contacts/keyed", "/chats/context?contact_id=keyed"):
+        request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {key}"})
+        request.add_header("Idempotency-Key", "")
+        try:
+            status = urllib.request.urlopen(request, timeout=10).status
+        except urllib.error.HTTPError as answered:
+            status = answered.code
+        assert status in (200, 404), (path, status)
 
 
 def test_the_chats_api_request_bodies_work_unchanged(served: dict[str, Any]) -> None:

@@ -338,6 +338,7 @@ def test_requests_of_any_method_to_any_path_add_a_bounded_number_of_series(tmp_p
         assert method in ("GET", "HEAD", "POST", "PATCH", "DELETE"), operation
         assert template in paths or "{" in template, operation  # a template, never a path naming a contact
     assert {"GET /chats/context", "POST /chats", "other", "unmatched"} <= operations, operations
+    assert "HEAD /chats/context" in operations  # a GET route's HEAD is its own, not `other` (it answers it)
     assert not {"PUT /chats", "PROPFIND /chats", "OPTIONS /contacts", "GET unmatched"} & operations, operations
     assert len(operations) <= 40, operations
     assert "_created" not in text
