@@ -154,6 +154,18 @@ class Call:
             await self.worker.cancel()
             await asyncio.wait_for(self.running, BOUND)
 
+    def saying(self, piece: str) -> asyncio.Event:
+        """Set once the model's piece of text `piece` reaches the assistant aggregator: the bot is in the middle
+        of its answer."""
+        said = asyncio.Event()
+
+        def after(aggregator: LLMAssistantAggregator, frame: Frame) -> None:
+            if isinstance(frame, LLMTextFrame) and frame.text == piece:
+                said.set()
+
+        self.assistant.add_event_handler("on_after_process_frame", after)
+        return said
+
     async def greet(self) -> str:
         """The bot speaks first, as a bot's on_client_connected handler has it do."""
         await self.worker.queue_frame(LLMRunFrame())
@@ -451,13 +463,7 @@ async def test_a_call_cancelled_while_the_bot_talks_keeps_what_it_said_and_is_le
 ) -> None:
     llm = ScriptedLLM(["Hello.", "Your lamp ships today.", ["Let me look that up", " for you."]])
     call = Call(memory_for(embedded), llm)
-    said = asyncio.Event()
-
-    def after(aggregator: LLMAssistantAggregator, frame: Frame) -> None:
-        if isinstance(frame, LLMTextFrame) and frame.text == "Let me look that up":
-            said.set()
-
-    call.assistant.add_event_handler("on_after_process_frame", after)
+    said = call.saying("Let me look that up")
     async with call:
         await call.greet()
         await call.say("Where is my lamp?")
@@ -503,13 +509,7 @@ async def test_a_hang_up_under_an_answer_to_an_eager_turn_keeps_it_after_the_tur
         Pipeline([call.user, call.memory, llm, call.assistant]), cancel_on_idle_timeout=False, enable_rtvi=False
     )
     call.worker.add_event_handler("on_pipeline_started", call._started)
-    talking = asyncio.Event()
-
-    def after(aggregator: LLMAssistantAggregator, frame: Frame) -> None:
-        if isinstance(frame, LLMTextFrame) and frame.text == "Let me look":
-            talking.set()
-
-    call.assistant.add_event_handler("on_after_process_frame", after)
+    talking = call.saying("Let me look")
     async with call:
         await call.greet()
         await asyncio.sleep(0.05)  # dates are kept to the millisecond
@@ -540,13 +540,7 @@ async def test_a_reply_the_caller_cuts_into_is_marked_interrupted_and_the_next_i
     with `interrupted` in its metadata, as the LiveKit integration does; the answer that follows is whole."""
     llm = ScriptedLLM(["Hello.", ["Your lamp ships", " today."], "On Saturday, then."])
     call = Call(memory_for(embedded), llm)
-    said = asyncio.Event()
-
-    def after(aggregator: LLMAssistantAggregator, frame: Frame) -> None:
-        if isinstance(frame, LLMTextFrame) and frame.text == "Your lamp ships":
-            said.set()
-
-    call.assistant.add_event_handler("on_after_process_frame", after)
+    said = call.saying("Your lamp ships")
     async with call:
         await call.greet()
         await call.worker.queue_frames(call.turn("Where is my lamp?", []))
