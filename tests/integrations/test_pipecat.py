@@ -852,7 +852,8 @@ async def test_writes_given_up_at_the_end_of_the_call_are_handed_over(
         ("set the chat's status to COMPLETED", None, False),
     ]
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("chatdock: not stored for")]
-    assert len(lines) == 3 and not any("4921" in line for line in lines)
+    # the turn's text is in none (its digits alone may be, by chance, in a random key or a time)
+    assert len(lines) == 3 and not any("code is" in line for line in lines), lines
 
 
 @pytest.mark.process
