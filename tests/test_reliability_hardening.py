@@ -450,6 +450,18 @@ def test_a_sound_file_on_a_full_disk_is_checked_and_a_start_says_the_disk_is_ful
             assert started.stderr.startswith(said) and "free space on that disk" in started.stderr, started.stderr
 
 
+def test_a_first_start_on_a_disk_too_small_for_the_schema_says_the_disk_is_full(tmp_path: Path) -> None:
+    """The schema's migration met the full disk, SQLite undid its transaction by itself, and the ROLLBACK after
+    it failed: a 50-line traceback ending in 'cannot rollback - no transaction is active', no word of the disk
+    (found by a desktop user's review)."""
+    with tmpfs(tmp_path / "disk", "256k") as disk:
+        db = disk / "chatdock.db"
+        started = run_cli("serve", "--db", str(db), timeout=60)
+        assert started.returncode == 2 and started.stdout == "", started
+        assert started.stderr.startswith(f"chatdock: the disk is full: {db} cannot grow"), started.stderr
+        assert len(started.stderr.splitlines()) == 1, started.stderr
+
+
 def make_damaged(path: Path) -> None:
     """A database of 300 messages whose middle pages are overwritten, as a failing disk might leave it."""
 

@@ -337,7 +337,8 @@ def migrate(conn: sqlite3.Connection, place: str) -> list[int]:
                 applied.append(migration.version)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # (SQLite rolls back by itself on a full disk: a ROLLBACK would then fail, and
+                conn.execute("ROLLBACK")  # its error hide the disk's)
             raise
     announce_upgraded(place, found or set(), applied, applied_versions(conn))
     return applied
