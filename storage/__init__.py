@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -72,6 +73,20 @@ def refuse_uri(url: str) -> None:
         raise InvalidInput(
             f"--db takes a file's path, ':memory:' or a postgresql:// URL, not a SQLite URI ({url}): give the path "
             "the URI names (file:/data/chatdock.db is /data/chatdock.db)"
+        )
+    # what a desktop client's configuration passes as written, each of which made a new, empty database where
+    # it did not mean to (a file named with spaces, a folder named `sqlite:` or `$HOME`): refused, saying why
+    if url != url.strip():
+        raise InvalidInput(f"--db (or CHATDOCK_DB) has white space at an end ({url!r}): give the path without it")
+    if url.startswith(("sqlite:", "sqlite3:")):
+        raise InvalidInput(
+            f"--db (or CHATDOCK_DB) takes a file's path, not a SQLAlchemy URL ({url}): give the path it names "
+            "(sqlite:////data/chatdock.db is /data/chatdock.db)"
+        )
+    if re.match(r"(\$\{?[A-Za-z_]|%[A-Za-z_]+%)", url):
+        raise InvalidInput(
+            f"--db (or CHATDOCK_DB) starts with a variable nothing expanded ({url}: an MCP client passes its "
+            "configuration as written): give the whole path (~ is expanded, as by a shell)"
         )
 
 

@@ -634,6 +634,29 @@ def test_a_bad_flag_or_variable_is_refused_in_a_line_before_anything_starts(
     assert not db.exists()  # refused before opening anything
 
 
+@pytest.mark.parametrize(
+    ("value", "refused"),
+    [
+        ("chatdock.db ", "--db (or CHATDOCK_DB) has white space at an end ('chatdock.db ')"),
+        ("   ", "--db (or CHATDOCK_DB) has white space at an end"),
+        ("sqlite:///data/chatdock.db", "--db (or CHATDOCK_DB) takes a file's path, not a SQLAlchemy URL (sqlite:///"),
+        ("$HOME/chatdock.db", "--db (or CHATDOCK_DB) starts with a variable nothing expanded ($HOME/chatdock.db"),
+        ("%APPDATA%/chatdock.db", "--db (or CHATDOCK_DB) starts with a variable nothing expanded (%APPDATA%"),
+    ],
+)
+def test_a_database_path_a_client_passed_as_written_is_refused_not_made(
+    value: str, refused: str, tmp_path: Path
+) -> None:
+    """A desktop client passes its configuration's CHATDOCK_DB as written: each of these made a new, empty
+    database (a file named with spaces, folders named `sqlite:` or `$HOME`) in whatever folder the client
+    started chatdock from, and the user's history was elsewhere (found by a desktop user's review)."""
+    done = subprocess.run([*chatdock_command(), "serve"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "CHATDOCK_DB": value}, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.startswith(f"chatdock: {refused}"), done.stderr
+    assert len(done.stderr.splitlines()) == 1 and done.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # nothing made
+
+
 def test_variables_are_read_in_any_case_and_help_survives_a_bad_one(tmp_path: Path) -> None:
     db = str(tmp_path / "cased.db")
     cased = {**os.environ, "CHATDOCK_LOG_LEVEL": "info", "CHATDOCK_LOG_FORMAT": "JSON", "CHATDOCK_DURABILITY": "Full"}
