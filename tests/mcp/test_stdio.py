@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
@@ -205,3 +206,40 @@ def test_ids_sent_in_latin_1_over_stdio_are_refused_not_merged(tmp_path: Path) -
         result = answers[number]["result"]
         assert result["isError"], result
         assert "must not contain U+FFFD, the replacement character" in result["content"][0]["text"]
+
+
+@pytest.mark.process
+def test_a_client_that_dies_with_answers_on_their_way_ends_the_server_quietly(tmp_path: Path) -> None:
+    """A desktop app that crashes closes both pipes while the server still has answers to write: a 57-line
+    traceback (a broken pipe in an exception group) and exit 1, though every write was whole (found by a
+    desktop user's review). It exits 0, says nothing, and every acknowledged write is stored whole."""
+    db = tmp_path / "dies.db"
+    server = subprocess.Popen(
+        [*chatdock_command(), "serve", "--db", str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert server.stdin is not None and server.stdout is not None and server.stderr is not None
+    hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "dies", "version": "0"}}
+    lines = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    ]
+    message = {"contact_id": "dies", "channel": "sms", "role": "user", "context_limit": 200}
+    lines += [
+        {"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {"name": "append_message",
+         "arguments": {**message, "content": f"n{n}"}}} for n in range(2, 400)
+    ]  # fmt: skip
+    server.stdin.write("".join(json.dumps(line) + "\n" for line in lines).encode())
+    server.stdin.flush()
+    assert json.loads(server.stdout.readline())["id"] == 1
+    server.stdout.readline()  # the first answers are being written
+    server.stdout.close()
+    server.stdin.close()
+    assert server.wait(30) == 0
+    assert server.stderr.read() == b""
+    server.stderr.close()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert all(content.startswith("n") for (content,) in conn.execute("SELECT content FROM messages"))
