@@ -552,7 +552,7 @@ def test_hand_picked_hostile_calls_get_clear_errors_and_write_nothing(
     assert answers["deep"]["error"]["code"] == -32700 and "recursion" in answers["deep"]["error"]["message"]
     assert answers["not an object"]["error"]["code"] == -32602
     unknown = answers["unknown tool"]["result"]
-    assert unknown["isError"] and "Unknown tool" in unknown["content"][0]["text"]
+    assert unknown["isError"] and "there is no tool named" in unknown["content"][0]["text"]
     assert rows(db, "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM chats)") == before
     assert (
         structured(server.tool("get_context", {"include_messages": True, "contact_id": CONTACTS[0]}))["contact_id"]

@@ -78,6 +78,7 @@ class ChatdockServer(MCPServer[_State]):
         self.tool_names: set[str] = set()  # the registered tools, the only names a metric's label may hold
         self.prompt_names: set[str] = set()  # and prompts, the only ones a span's name may hold (ops/observe.py)
         self.read_only_tools: frozenset[str] = frozenset()  # those an OAuth token with chatdock:read may call
+        self.removed_tools: set[str] = set()  # the writing tools a --read-only server leaves out
 
     def add_tool(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         super().add_tool(fn, *args, **kwargs)
@@ -95,6 +96,7 @@ class ChatdockServer(MCPServer[_State]):
         super().remove_tool(name)
         self.tool_names.discard(name)
         self.read_only_tools -= {name}
+        self.removed_tools.add(name)
 
     def structured_tool(self, output: type[BaseModel], **kwargs: Any) -> Callable[[F], F]:
         """`tool()` for a function that builds its own `CallToolResult` from an `output` model (results.py):
@@ -117,6 +119,14 @@ class ChatdockServer(MCPServer[_State]):
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[_State, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
+        if name not in self.tool_names:  # the SDK said only "Unknown tool: X": what there is, and why not
+            tools = ", ".join(sorted(self.tool_names))
+            if name in self.removed_tools:
+                raise ToolError(
+                    f"Error executing tool {name}: this chatdock serves reading only (started with --read-only), "
+                    f"so {name} is not served; the tools here are {tools}"
+                )
+            raise ToolError(f"Error executing tool {name}: there is no tool named {name!r}; the tools are {tools}")
         if name not in self._compacted:
             await self.list_tools()
         schemas = self._compacted.get(name)

@@ -207,83 +207,87 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
 
     # --- writing tools ---
 
-    if not read_only:
+    reading = set(server.tool_names)
 
-        @server.structured_tool(AppendedMessage, title="Append message", annotations=_hints(read_only=False))
-        @arguments_of(AppendRequest)
-        async def append_message(**arguments: Any) -> CallToolResult:
-            """Store one message for a contact; a repeated metadata.provider_message_id returns the first copy."""
-            request = AppendRequest.model_construct(**arguments)  # validated as its fields by the SDK
-            stored = await _tool(
-                the_store().append_message(_org(), request.new_message(), context_limit=request.context_limit)
-            )
-            return stored_result(stored)
-
-        @server.structured_tool(StoredMessage, title="Post as contact", annotations=_hints(read_only=False))
-        async def post_as_contact(
-            contact_id: ContactId,
-            chat_id: Annotated[str, Field(description="An existing chat of this contact.")],
-            message: Parts,
-            channel_id: ChannelId = None,
-            created_at: CreatedAt = None,
-            context_limit: ContextLimit = None,
-        ) -> CallToolResult:
-            """Post into an existing chat as the contact (role user), on one of the chat's custom channels."""
-            stored = await _tool(
-                the_store().post_as_contact(
-                    _org(), contact_id, chat_id, message, channel_id, context_limit=context_limit, created_at=created_at
-                )
-            )
-            return stored_result(stored)
-
-        @server.structured_tool(
-            DeletedMessage,
-            title="Delete message",
-            annotations=_hints(read_only=False, destructive=True, idempotent=False),
+    @server.structured_tool(AppendedMessage, title="Append message", annotations=_hints(read_only=False))
+    @arguments_of(AppendRequest)
+    async def append_message(**arguments: Any) -> CallToolResult:
+        """Store one message for a contact; a repeated metadata.provider_message_id returns the first copy."""
+        request = AppendRequest.model_construct(**arguments)  # validated as its fields by the SDK
+        stored = await _tool(
+            the_store().append_message(_org(), request.new_message(), context_limit=request.context_limit)
         )
-        async def delete_message(
-            message_id: Annotated[str, Field(description="The message's id (UUID).")],
-        ) -> CallToolResult:
-            """Permanently delete one message."""
-            deleted = await _tool(the_store().delete_message(_org(), message_id))
-            return as_json(DeletedMessage(id=deleted.id))
+        return stored_result(stored)
 
-        @server.structured_tool(Chat, title="Open chat", annotations=_hints(read_only=False))
-        async def open_chat(
-            contact_id: ContactId,
-            channel: StartChannel,
-            agent_id: ChatAgentId = None,
-        ) -> CallToolResult:
-            """Start a chat (a conversation thread) for a contact on a channel; it starts RUNNING."""
-            return as_json(await _tool(the_store().open_chat(_org(), contact_id, channel, agent_id)))
-
-        @server.structured_tool(Chat, title="Update chat", annotations=_hints(read_only=False, idempotent=True))
-        async def update_chat(
-            chat_id: Annotated[str, Field(description="The chat's id (UUID).")],
-            status: Status,
-        ) -> CallToolResult:
-            """Set a chat's status."""
-            return as_json(await _tool(the_store().update_chat(_org(), chat_id, status)))
-
-        @server.structured_tool(
-            ForgetResult, title="Forget contact", annotations=_hints(read_only=False, destructive=True, idempotent=True)
+    @server.structured_tool(StoredMessage, title="Post as contact", annotations=_hints(read_only=False))
+    async def post_as_contact(
+        contact_id: ContactId,
+        chat_id: Annotated[str, Field(description="An existing chat of this contact.")],
+        message: Parts,
+        channel_id: ChannelId = None,
+        created_at: CreatedAt = None,
+        context_limit: ContextLimit = None,
+    ) -> CallToolResult:
+        """Post into an existing chat as the contact (role user), on one of the chat's custom channels."""
+        stored = await _tool(
+            the_store().post_as_contact(
+                _org(), contact_id, chat_id, message, channel_id, context_limit=context_limit, created_at=created_at
+            )
         )
-        async def forget_contact(contact_id: ContactId) -> CallToolResult:
-            """Erase every message, chat, channel and identifier of a contact (named by any of them), permanently."""
-            result = await _tool(the_store().forget_contact(_org(), contact_id))
-            return as_json(result)
+        return stored_result(stored)
 
-        @server.structured_tool(LinkResult, title="Link contacts", annotations=_hints(read_only=False))
-        async def link_contacts(
-            contact_id: ContactId,
-            identifier: Identifier,
-        ) -> CallToolResult:
-            """Make identifier name this contact; a contact it named before is merged in, history and all."""
-            return as_json(await _tool(the_store().link_contacts(_org(), contact_id, identifier)))
+    @server.structured_tool(
+        DeletedMessage,
+        title="Delete message",
+        annotations=_hints(read_only=False, destructive=True, idempotent=False),
+    )
+    async def delete_message(
+        message_id: Annotated[str, Field(description="The message's id (UUID).")],
+    ) -> CallToolResult:
+        """Permanently delete one message."""
+        deleted = await _tool(the_store().delete_message(_org(), message_id))
+        return as_json(DeletedMessage(id=deleted.id))
 
-        @server.structured_tool(ContactInfo, title="Unlink contact", annotations=_hints(read_only=False))
-        async def unlink_contact(
-            identifier: Annotated[str, Field(description="An alias of a contact (not its own contact_id).")],
-        ) -> CallToolResult:
-            """Detach an alias from its contact; the history stays with the contact."""
-            return as_json(await _tool(the_store().unlink_contact(_org(), identifier)))
+    @server.structured_tool(Chat, title="Open chat", annotations=_hints(read_only=False))
+    async def open_chat(
+        contact_id: ContactId,
+        channel: StartChannel,
+        agent_id: ChatAgentId = None,
+    ) -> CallToolResult:
+        """Start a chat (a conversation thread) for a contact on a channel; it starts RUNNING."""
+        return as_json(await _tool(the_store().open_chat(_org(), contact_id, channel, agent_id)))
+
+    @server.structured_tool(Chat, title="Update chat", annotations=_hints(read_only=False, idempotent=True))
+    async def update_chat(
+        chat_id: Annotated[str, Field(description="The chat's id (UUID).")],
+        status: Status,
+    ) -> CallToolResult:
+        """Set a chat's status."""
+        return as_json(await _tool(the_store().update_chat(_org(), chat_id, status)))
+
+    @server.structured_tool(
+        ForgetResult, title="Forget contact", annotations=_hints(read_only=False, destructive=True, idempotent=True)
+    )
+    async def forget_contact(contact_id: ContactId) -> CallToolResult:
+        """Erase every message, chat, channel and identifier of a contact (named by any of them), permanently."""
+        result = await _tool(the_store().forget_contact(_org(), contact_id))
+        return as_json(result)
+
+    @server.structured_tool(LinkResult, title="Link contacts", annotations=_hints(read_only=False))
+    async def link_contacts(
+        contact_id: ContactId,
+        identifier: Identifier,
+    ) -> CallToolResult:
+        """Make identifier name this contact; a contact it named before is merged in, history and all."""
+        return as_json(await _tool(the_store().link_contacts(_org(), contact_id, identifier)))
+
+    @server.structured_tool(ContactInfo, title="Unlink contact", annotations=_hints(read_only=False))
+    async def unlink_contact(
+        identifier: Annotated[str, Field(description="An alias of a contact (not its own contact_id).")],
+    ) -> CallToolResult:
+        """Detach an alias from its contact; the history stays with the contact."""
+        return as_json(await _tool(the_store().unlink_contact(_org(), identifier)))
+
+    if read_only:  # registered, then taken out: a call of one says that the server serves reading only
+        for name in sorted(server.tool_names - reading):
+            server.remove_tool(name)

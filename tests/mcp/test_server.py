@@ -72,6 +72,16 @@ async def test_read_only_serves_only_reading_tools(mode: str, db: str) -> None:
             "append_message", {"contact_id": "a", "channel": "sms", "role": "user", "content": "x"}
         )
         assert result.is_error
+        # says why and what there is (it said only "Unknown tool: append_message": a desktop user's review)
+        assert result.content[0].text == (  # type: ignore[union-attr]
+            "Error executing tool append_message: this chatdock serves reading only (started with --read-only), "
+            f"so append_message is not served; the tools here are {', '.join(sorted(READ_ONLY))}"
+        )
+        guessed = await client.call_tool("get_messages", {"contact_id": "a"})
+        assert guessed.is_error and guessed.content[0].text == (  # type: ignore[union-attr]
+            f"Error executing tool get_messages: there is no tool named 'get_messages'; the tools are "
+            f"{', '.join(sorted(READ_ONLY))}"
+        )
         templates = (await client.list_resource_templates()).resource_templates
         assert {t.uri_template for t in templates} == {
             "chatdock://contacts/{contact_id}/transcript",

@@ -113,7 +113,9 @@ def check(report: dict[str, Any], client: tuple[int, str]) -> None:
     refused = report["refused"]
     assert refused["isError"] and refused["structured"] is None
     assert "role must be one of user, assistant, system, tool, event, note; got 'robot'" in refused["text"][0]
-    assert report["unknownTool"] == {"isError": True, "text": ["Unknown tool: no_such_tool"], "structured": None}
+    assert report["unknownTool"]["isError"] and report["unknownTool"]["structured"] is None
+    [unknown] = report["unknownTool"]["text"]
+    assert unknown.startswith("Error executing tool no_such_tool: there is no tool named 'no_such_tool'; the tools are")
 
     assert report["resources"] == [contact_uri(TRANSCRIPT_URI, CONTACT)]
     assert report["templates"] == [
