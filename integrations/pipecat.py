@@ -428,9 +428,7 @@ class ChatdockMemoryService(FrameProcessor):
         said_at = _time(started)  # None: when chatdock stores it
         if said_at is not None:
             self._call.bot_began(said_at.timestamp())
-        # cut short by an interruption that went by after it began (the aggregator ends the turn it interrupts)
-        cut = self._interrupted_at
-        interrupted = self._outcome == "CANCELED" or (cut is not None and (said_at is None or said_at <= cut))
+        interrupted = self._cut_short(said_at)
         self._interrupted_at = None
         if text.strip():
             send = self._assistant(text, said_at, interrupted)
@@ -451,14 +449,19 @@ class ChatdockMemoryService(FrameProcessor):
                 text = strip_markers(standard_message_text(message))
                 if text.strip():
                     found.append(text)
-        # dated when the LLM run that wrote them was asked for; cut short when a CancelFrame ended the call (the
-        # aggregator ends the turn under way there, as an interruption would) or an interruption came after them
-        said_at, cut = self._run_asked, self._interrupted_at
-        interrupted = self._outcome == "CANCELED" or (cut is not None and (said_at is None or said_at <= cut))
+        said_at = self._run_asked  # dated when the LLM run that wrote them was asked for
+        interrupted = self._cut_short(said_at)
         for text in reversed(found):
             logger.debug("chatdock: the bot's last turn was cut by the end of the call; stored from the context")
             send = self._assistant(text, said_at, interrupted)
             self._queue("store the last bot turn", send, text=text, said_at=said_at)
+
+    def _cut_short(self, began: datetime | None) -> bool:
+        """Whether a bot turn that began at `began` was cut short: by a CancelFrame that ended the call (the
+        aggregator ends the turn under way there, as an interruption would), or by an interruption that went by
+        after it began (the aggregator ends the turn it interrupts)."""
+        cut = self._interrupted_at
+        return self._outcome == "CANCELED" or (cut is not None and (began is None or began <= cut))
 
     def _assistant(
         self, text: str, said_at: datetime | None = None, interrupted: bool = False

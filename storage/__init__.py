@@ -90,6 +90,11 @@ def refuse_uri(url: str) -> None:
         )
 
 
+def _no_database(url: str) -> InvalidInput:
+    """A command that only reads or upgrades, given a SQLite file that is not there (a mistyped path)."""
+    return InvalidInput(f"there is no database at {url}: check --db (serve, import and keys create make one)")
+
+
 @asynccontextmanager
 async def open_store(
     url: str,
@@ -106,7 +111,7 @@ async def open_store(
     telemetry = telemetry or Telemetry()
     refuse_uri(url)
     if not create and is_new_file(url):
-        raise InvalidInput(f"there is no database at {url}: check --db (serve, import and keys create make one)")
+        raise _no_database(url)
     backend: SQLiteBackend | PostgresBackend
     if is_postgres(url):
         from .postgres import DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT, PostgresBackend  # asyncpg only when used
@@ -164,7 +169,7 @@ async def read_schema(url: str, timeout: float | None = None) -> Schema:
     if url == ":memory:":
         raise InvalidInput("a database in memory has no schema to read: pass a file's path or a postgresql:// URL")
     if is_new_file(url):
-        raise InvalidInput(f"there is no database at {url}: check --db (serve, import and keys create make one)")
+        raise _no_database(url)
     migrations: tuple[Migration, ...]
     if is_postgres(url):
         import asyncpg

@@ -22,7 +22,7 @@ from chatdock.server.ops import logs
 from chatdock.server.settings import Settings
 from chatdock.storage import ChatdockError, InvalidInput, check_store, is_new_file, is_postgres, read_schema
 from chatdock.storage import validation as check
-from chatdock.storage.errors import Unavailable
+from chatdock.storage.sql.migrations import newer_schema
 
 logger = logging.getLogger("chatdock")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -536,10 +536,7 @@ async def _migrate(args: argparse.Namespace) -> int:
     place = _without_password(args.db)
     before = await read_schema(args.db, args.db_timeout)
     if before.applied > before.newest:
-        raise Unavailable(
-            f"{place} was migrated by a newer chatdock (schema version {before.applied}; this one knows up to "
-            f"{before.newest}); run that version of chatdock, or a newer one"
-        )
+        raise newer_schema(place, before.applied, before.newest)
     due = ", ".join(f"{version} ({name})" for version, name in before.due)
     if not before.due:
         print(f"{place}: at schema version {before.version}, this chatdock's; nothing is due")

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 from urllib.parse import quote, unquote
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
@@ -190,18 +191,19 @@ async def org_of(request: Request) -> str:
     """The organization of the request's key (ApiKeyAuth put it in the scope); async, so FastAPI calls it in
     place instead of sending it to a worker thread (a sync dependency costs each request a thread hop). Every
     route takes it, so it refuses what no route should take too (`_only_known_query`)."""
-    if request.scope.get("query_string"):
-        _only_known_query(request)
-    _one_idempotency_key(request)
+    dependant = getattr(request.scope.get("route"), "dependant", None)  # the route's parameters
+    if dependant is not None:
+        if request.scope.get("query_string"):
+            _only_known_query(request, dependant)
+        _one_idempotency_key(request, dependant)
     return str(request.scope[ORG_SCOPE_KEY])
 
 
-def _one_idempotency_key(request: Request) -> None:
+def _one_idempotency_key(request: Request, dependant: Dependant) -> None:
     """An Idempotency-Key header given twice, or empty, is refused: one of two was used, whichever the server
     took, and an empty one was taken for none (a client that sends `upstream_id || ''` lost its retries'
     protection without a word)."""
-    dependant = getattr(request.scope.get("route"), "dependant", None)
-    if dependant is None or all(field.alias != "Idempotency-Key" for field in dependant.header_params):
+    if all(field.alias != "Idempotency-Key" for field in dependant.header_params):
         return  # a route that takes no key: the header means nothing to it, as any other unknown header
     given = [value for name, value in request.scope.get("headers", ()) if name == b"idempotency-key"]
     if len(given) > 1:
@@ -212,14 +214,10 @@ def _one_idempotency_key(request: Request) -> None:
         )
 
 
-def _only_known_query(request: Request) -> None:
+def _only_known_query(request: Request, dependant: Dependant) -> None:
     """A query parameter the route does not take is an error, as a tool's unknown argument is, and so is one
     given twice: `GET /chats/context?chatId=...` answered the contact's whole history, other chats included
     (`chat_id` is the name), and `contact_id=a&contact_id=b` read b's."""
-    route = request.scope.get("route")
-    dependant = getattr(route, "dependant", None)
-    if dependant is None:
-        return
     taken = [field.alias for field in dependant.query_params]
     given = [name for name, _ in request.query_params.multi_items()]
     unknown = sorted({name for name in given if name not in taken})

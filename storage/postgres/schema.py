@@ -485,10 +485,10 @@ async def migrate(conn: asyncpg.Connection, place: str, patience: float = LOCK_P
             return []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
-        if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        done = await applied_in(conn)  # under the lock: another replica may have migrated meanwhile
+        if not done:  # no record yet (or an empty one): made, if it is not there
             await conn.execute(SCHEMA_TABLE)
         applied: list[int] = []
-        done = {row[0] for row in await conn.fetch(APPLIED)}
         refuse_newer(done, MIGRATIONS)
         announce_upgrade(place, done, MIGRATIONS)
         for migration in MIGRATIONS:

@@ -98,10 +98,15 @@ def refuse_newer(applied: set[int], migrations: tuple[Migration, ...]) -> None:
     known = max(migration.version for migration in migrations)
     newer = max(applied, default=0)
     if newer > known:
-        raise Unavailable(
-            f"the database was migrated by a newer chatdock (schema version {newer}; this one knows up to {known}); "
-            "run that version of chatdock, or a newer one"
-        )
+        raise newer_schema("the database", newer, known)
+
+
+def newer_schema(place: str, newer: int, known: int) -> Unavailable:
+    """The refusal of a database (`place`) at schema version `newer`, past the `known` one's."""
+    return Unavailable(
+        f"{place} was migrated by a newer chatdock (schema version {newer}; this one knows up to {known}); run that "
+        "version of chatdock, or a newer one"
+    )
 
 
 def clean_identifiers(narrow: str = "", argument: str = "") -> Callable[[], Ops[None]]:

@@ -224,10 +224,11 @@ class SQLiteBackend(SQLBackend):
         error = translate(exc, self.path)
         if error is None:
             return exc
-        self.telemetry.failed(cause(exc))
+        why = cause(exc)
+        self.telemetry.failed(why)
         if not kind(exc).startswith(DAMAGED):
             if self._all_readers:  # met while serving: in the log too (at start, the start-up error says it)
-                self._outage.failed(error.message, cause(exc))  # not only in the answers and the metrics
+                self._outage.failed(error.message, why)  # not only in the answers and the metrics
         elif self.damaged is None:
             self.damaged = error.message
             if self._all_readers:  # met while serving (at start, the one-line start-up error says it)
