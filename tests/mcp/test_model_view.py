@@ -6,7 +6,10 @@ they read. pydantic-ai hands a result's structured content when there is any, th
 
 from __future__ import annotations
 
+import gc
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,22 @@ pytestmark = pytest.mark.process  # each test starts chatdock over stdio
 CONTACT = "+31612345678"
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """CPython before 3.11.8 (gh-106905) keeps one count of depth for every AST being built: an AST built by a
+    finalizer the collector runs, or by another thread it hands the lock to, in the middle of another's breaks it
+    with `SystemError: AST constructor recursion depth mismatch`. fastmcp's client imports py-key-value, which
+    beartype rewrites as an AST at import: seen once in CI (Python 3.11.7). No collection, no Python code in the
+    middle of an AST's building, no interleaving."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 async def transcript_of(db: str) -> str:
     async with open_store(db) as store:
         await store.import_messages("acme", realistic(CONTACT, 50))
@@ -29,9 +48,10 @@ async def transcript_of(db: str) -> str:
 
 @pytest.mark.parametrize("include_messages", [False, True])
 async def test_pydantic_ai_hands_its_model_the_transcript(tmp_path: Path, include_messages: bool) -> None:
-    from fastmcp.client.transports import StdioTransport
+    with collector_paused():
+        from fastmcp.client.transports import StdioTransport
+        from pydantic_ai.mcp import MCPToolset
     from pydantic_ai import Agent
-    from pydantic_ai.mcp import MCPToolset
     from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
     from pydantic_ai.models.function import AgentInfo, FunctionModel
 
