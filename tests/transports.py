@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -330,3 +331,53 @@ def send_body(handler: BaseHTTPRequestHandler, status: int, body: bytes, content
     handler.send_header("Content-Length", str(len(body)))
     handler.end_headers()
     handler.wfile.write(body)
+
+
+class RestartableServer:
+    """`chatdock serve --http` on one loopback port and database, which `stop()` ends and `start()` starts
+    again on the same port (a client that kept the URL finds it back); `pause()` stops the process without
+    ending it (SIGSTOP: requests hang, as on an overloaded host) and `resume()` lets it go on. A server to pause
+    is the installed command started from scratch (`fresh`): a forked one is behind tests/launcher.py, which
+    cannot pass on a SIGSTOP, nor a stop the test could wait for."""
+
+    def __init__(self, db: str, *extra: str, fresh: bool = False) -> None:
+        self.db = db
+        self.extra = extra
+        self.fresh = fresh
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        assert self.process is None, "already running"
+        launch = installed_command() if self.fresh else chatdock_command()
+        command = [*launch, "serve", "--http", "--db", self.db, "--port", str(self.port), *self.extra]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_healthy(self.process, self.url)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.send_signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
+        end(process)
+
+    def pause(self) -> None:
+        assert self.process is not None, "not running"
+        assert self.fresh, "pause a server started with fresh=True"
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None, "not running"
+        self.process.send_signal(signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def restartable_server(db: str, *extra: str, fresh: bool = False) -> Iterator[RestartableServer]:
+    """A running `RestartableServer` for `db`, stopped at the end whatever state the test left it in."""
+    server = RestartableServer(db, *extra, fresh=fresh)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -20,8 +20,7 @@ import pytest
 
 from chatdock.client import Changed, ChatdockApiError, ChatdockClient
 from chatdock.storage import Part
-from tests.integrations.voice import restartable_server
-from tests.transports import create_key, free_port, http_server, send_body
+from tests.transports import create_key, free_port, http_server, restartable_server, send_body
 
 pytestmark = pytest.mark.process
 

@@ -23,11 +23,10 @@ from tests.integrations.voice import (
     chatdock,
     load_example,
     restartable_chatdock,
-    restartable_server,
     until,
 )
 from tests.test_examples import run_example
-from tests.transports import create_key
+from tests.transports import create_key, restartable_server
 
 with warnings.catch_warnings():
     # pipecat imports audioop, which Python 3.11 reports as deprecated (it goes in 3.13), on first import only

@@ -24,7 +24,34 @@ export const NO_ANSWER = "chatdock did not answer";
 
 export const READ_ONLY = "this server is read-only"; // how a --read-only server's 405 to a write begins
 
-export async function call(method, path, { query = {}, body, raw = false } = {}) {
+export const PATIENCE = 30000; // ms a request may take before the page stops waiting and says so
+
+export const WAITING = "Waiting for chatdock…";
+
+let pending = 0; // requests on their way
+let waiting = null; // the timer that says so in the status line after a second
+
+/** A request went out (+1) or ended (-1): after a second with one on its way the status line says the page is
+ * waiting, so a slow or hung server is never a page that seems to ignore a click; it goes when none is left. */
+function underway(change) {
+  pending += change;
+  if (change > 0 && pending === 1) waiting = setTimeout(() => ($("status").textContent = WAITING), 1000);
+  if (pending === 0) {
+    clearTimeout(waiting);
+    if ($("status").textContent === WAITING) $("status").textContent = "";
+  }
+}
+
+export async function call(method, path, options = {}) {
+  underway(1);
+  try {
+    return await request(method, path, options);
+  } finally {
+    underway(-1);
+  }
+}
+
+async function request(method, path, { query = {}, body, raw = false } = {}) {
   const dots = path.split("/").find((segment) => segment === "." || segment === "..");
   if (dots !== undefined) {
     // a browser reads such a segment of a URL's path as a folder step (encoded or not) and would ask another route
@@ -35,7 +62,11 @@ export async function call(method, path, { query = {}, body, raw = false } = {})
   const headers = { Authorization: `Bearer ${state.key}` };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const generation = state.generation;
+  // a server that takes the request and never answers (stopped, hung, a dropped network) is given up on
+  const patience = new AbortController();
+  const impatient = setTimeout(() => patience.abort(), PATIENCE);
   let response;
+  let text;
   try {
     response = await fetch(url, {
       method,
@@ -43,13 +74,21 @@ export async function call(method, path, { query = {}, body, raw = false } = {})
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
       credentials: "omit",
+      signal: patience.signal,
     });
+    if (raw && response.ok) {
+      clearTimeout(impatient); // a download's body takes what it takes
+      if (generation !== state.generation) throw new Stale();
+      return response;
+    }
+    text = await response.text();
   } catch (error) {
-    throw new ApiError(0, "No answer", `${NO_ANSWER} (${error.message}); is the server running?`);
+    if (error instanceof Stale) throw error;
+    const why = patience.signal.aborted ? `within ${PATIENCE / 1000} s` : `(${error.message})`;
+    throw new ApiError(0, "No answer", `${NO_ANSWER} ${why}; is the server running?`);
+  } finally {
+    clearTimeout(impatient);
   }
-  if (generation !== state.generation) throw new Stale();
-  if (raw && response.ok) return response;
-  const text = await response.text();
   if (generation !== state.generation) throw new Stale();
   let data = null;
   try {
@@ -64,6 +103,7 @@ export async function call(method, path, { query = {}, body, raw = false } = {})
     if (response.status === 401 && signedIn()) signOut(`The key was refused: ${error.message}`);
     throw error;
   }
+  if ($("problem").textContent.startsWith(NO_ANSWER)) $("problem").textContent = ""; // it answers again
   return data;
 }
 

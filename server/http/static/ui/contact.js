@@ -3,7 +3,7 @@
 
 import { call, enc, Stale } from "./api.js";
 import { address, goHome } from "./contacts.js";
-import { complain, guarded, say, show } from "./feedback.js";
+import { complain, say, show } from "./feedback.js";
 import { listen, stopStream } from "./live.js";
 import { $, FIND_PAGES, MOST, OVERLAP, PAGE, state } from "./state.js";
 import { capitalized, chatName, el, seconds, visible, when, zone } from "./text.js";
@@ -11,8 +11,10 @@ import { remove, setStatus, unlink } from "./writes.js";
 
 export async function open(contactId, messageId = null, { fromAddress = false } = {}) {
   say("");
+  const move = ++state.moves;
   // read first: a contact that cannot be opened (unknown, another organization's) leaves the one shown live
   const contact = await call("GET", `/contacts/${enc(contactId)}`);
+  if (move !== state.moves) return; // the page was asked to go elsewhere meanwhile
   stopStream();
   state.generation += 1;
   address(contact.contact_id, messageId, fromAddress);
@@ -56,7 +58,7 @@ export function renderContact() {
       el("span", { class: "id", id: label }, alias),
       state.readOnly
         ? null
-        : el("button", { type: "button", "aria-describedby": label, onclick: guarded(() => unlink(alias)) }, "Unlink identifier"),
+        : el("button", { type: "button", "aria-describedby": label, onclick: () => unlink(alias) }, "Unlink identifier"),
     );
   });
   $("identifiers").replaceChildren(own, ...aliases);
@@ -97,7 +99,7 @@ function renderChat(chat) {
         { class: "row" },
         el("label", { for: `${label}-status` }, `New status of ${chatName(chat.id)}`),
         select,
-        el("button", { type: "button", "aria-describedby": label, onclick: guarded(() => setStatus(chat, select.value)) }, "Set chat status"),
+        el("button", { type: "button", "aria-describedby": label, onclick: () => setStatus(chat, select.value) }, "Set chat status"),
       ),
     );
   }
@@ -124,6 +126,7 @@ function renderMessage(message) {
           ),
         )
       : null;
+  const body = parts ?? el("p", { class: "content", dir: "auto" }, ...visible(message.content));
   const details = { id: message.id, chat_id: message.chat_id, agent_id: message.agent_id, metadata: message.metadata };
   return el(
     "li",
@@ -137,13 +140,45 @@ function renderMessage(message) {
       message.chat_id ? ` · ${chatName(message.chat_id)}` : "",
       message.agent_id ? ` · ${message.agent_id}` : "",
     ),
-    parts ? null : el("p", { class: "content", dir: "auto" }, ...visible(message.content)),
-    parts,
+    body,
+    long(message.content) ? clipped(body) : null,
+    attachments(message.metadata?.attachments),
     el("details", {}, el("summary", {}, "Metadata"), el("pre", {}, JSON.stringify(details, null, 2))),
     state.readOnly
       ? null
-      : el("button", { type: "button", class: "danger", "aria-describedby": head, onclick: guarded(() => remove(message)) }, "Delete message"),
+      : el("button", { type: "button", class: "danger", "aria-describedby": head, onclick: () => remove(message) }, "Delete message"),
   );
+}
+
+const LONG = 1500; // characters (or 25 lines) past which a message shows its start, with a button for the rest
+
+function long(content) {
+  return content.length > LONG || content.split("\n").length > 25;
+}
+
+/** A long message shows its first lines (a 32,000-character message was the height of 80 screens on a phone):
+ * the button shows the rest, and hides it again. */
+function clipped(body) {
+  body.classList.add("clipped");
+  const button = el("button", { type: "button", class: "whole", "aria-expanded": "false" }, "Show the whole message");
+  button.addEventListener("click", () => {
+    const shut = body.classList.toggle("clipped");
+    button.setAttribute("aria-expanded", String(!shut));
+    button.textContent = shut ? "Show the whole message" : "Show less of the message";
+  });
+  return button;
+}
+
+/** A message's attachments (metadata.attachments: the application's own objects, docs/reference.md), named in
+ * a line under its text: a media message reads as what it carries, not only its caption. */
+function attachments(listed) {
+  if (!Array.isArray(listed) || !listed.length) return null;
+  const named = listed.map((item) => {
+    if (item === null || typeof item !== "object") return String(JSON.stringify(item));
+    const name = item.filename ?? item.name ?? item.title;
+    return [item.type ?? "file", item.mime_type ? ` (${item.mime_type})` : "", name ? ` ${name}` : "", item.caption ? ` “${item.caption}”` : ""].join("");
+  });
+  return el("p", { class: "attachments", dir: "auto" }, ...visible(`${listed.length} attachment${listed.length === 1 ? "" : "s"}: ${named.join("; ")}`));
 }
 
 /** Show `state.messages` in the timeline, keeping the elements already there (and so the focus). */
@@ -300,6 +335,7 @@ async function reveal(messageId) {
   }
   const node = $(`m-${messageId}`);
   if (!node) {
+    address(state.contact.contact_id, null, true); // the address names what is shown, not the message not found
     $("contact-title").focus();
     complain("That message is not in the timeline any more (deleted?), or further back than the inspector looks.");
     return;
@@ -307,6 +343,7 @@ async function reveal(messageId) {
   say("");
   for (const found of document.querySelectorAll(".message.found")) found.classList.remove("found");
   node.classList.add("found");
+  if (node.querySelector(".clipped")) node.querySelector("button.whole").click(); // the match may be in its rest
   node.focus();
   node.scrollIntoView({ block: "center" });
 }

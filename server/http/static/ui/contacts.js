@@ -5,6 +5,7 @@ import { call, enc, signedIn } from "./api.js";
 import { open } from "./contact.js";
 import { say, show } from "./feedback.js";
 import { stopStream } from "./live.js";
+import { clearResults, search } from "./search.js";
 import { $, PAGE, state } from "./state.js";
 import { el } from "./text.js";
 
@@ -57,18 +58,21 @@ export async function moreContacts() {
 }
 
 export async function goHome({ fromAddress = false } = {}) {
+  state.moves += 1;
   stopStream();
   state.contact = null;
   state.generation += 1;
+  clearResults();
   if (!fromAddress) address(null);
   show("home");
   $("home-title").focus();
   await refreshContacts();
 }
 
-/** The contact and message the address's fragment names: `#contact=ID&message=ID` (either may be null). */
+/** What the address's fragment names: a contact and a message (`#contact=ID&message=ID`), or a search
+ * (`#q=WORDS&in=ID`); any may be null. */
 function addressed() {
-  const found = { contact: null, message: null };
+  const found = { contact: null, message: null, q: null, in: null };
   for (const field of location.hash.slice(1).split("&")) {
     const [name, value] = field.split("=", 2);
     if (Object.hasOwn(found, name) && value) {
@@ -83,22 +87,38 @@ function addressed() {
   return found;
 }
 
-/** Name the open contact (and message) in the address: a link to share, and a step for the browser's Back.
- * `replace`: in place of the step the address is at (a link's alias, named by its contact_id). */
-export function address(contactId, messageId = null, replace = false) {
-  const message = messageId ? `&message=${enc(messageId)}` : "";
-  const wanted = contactId ? `#contact=${enc(contactId)}${message}` : location.pathname;
+/** Put `wanted` in the address: a step for the browser's Back, or (`replace`) in place of the step it is at. */
+function put(wanted, replace) {
   if ((location.hash || location.pathname) === wanted) return;
   if (replace) history.replaceState(null, "", wanted);
   else history.pushState(null, "", wanted);
 }
 
+/** Name the open contact (and message) in the address: a link to share, and a step for the browser's Back.
+ * `replace`: in place of the step the address is at (a link's alias, named by its contact_id). */
+export function address(contactId, messageId = null, replace = false) {
+  const message = messageId ? `&message=${enc(messageId)}` : "";
+  put(contactId ? `#contact=${enc(contactId)}${message}` : location.pathname, replace);
+}
+
+/** Name a search (and the contact it is narrowed to) in the address. */
+export function addressSearch(q, contactId, replace = false) {
+  put(`#q=${enc(q)}${contactId ? `&in=${enc(contactId)}` : ""}`, replace);
+}
+
 /** Go where the address says: once signed in, and when it changes (a link pasted, Back, Forward). */
 export async function go() {
   if (!signedIn()) return; // signing in goes there
-  const { contact, message } = addressed();
+  const { contact, message, q, in: scope } = addressed();
+  if (q) {
+    const shown = state.search;
+    if (!state.contact && shown?.q === q && (shown.contact_id ?? null) === scope) return;
+    await search({ q, contact_id: scope }, { fromAddress: true });
+    return;
+  }
   if (!contact) {
     if (state.contact) await goHome({ fromAddress: true });
+    else clearResults();
     return;
   }
   if (contact === state.contact?.contact_id && !message) return;

@@ -52,13 +52,28 @@ export function withoutWrites() {
   }
 }
 
+const busy = new WeakSet(); // the buttons and forms whose action is on its way
+
+/** An action of a button or form, its failure said on the page. While it is on its way the control does nothing
+ * more and is marked busy: a second click on "More results" would read the same page twice. */
 export function guarded(action) {
   return async (event) => {
+    const control = event?.currentTarget instanceof Element ? event.currentTarget : null; // not the window's
+    if (control && busy.has(control)) return;
+    if (control) {
+      busy.add(control);
+      control.setAttribute("aria-busy", "true");
+    }
     $("problem").textContent = "";
     try {
       await action(event);
     } catch (error) {
       failed(error);
+    } finally {
+      if (control) {
+        busy.delete(control);
+        control.removeAttribute("aria-busy");
+      }
     }
   };
 }

@@ -10,10 +10,11 @@
 //   holding markup shows as that markup, literally. The server's Content-Security-Policy backs this up.
 // - Every write asks first in an accessible dialog; with a read-only server the write controls are removed.
 
+import { ApiError } from "./api.js";
 import { download, loadOlder, open, reload, serially } from "./contact.js";
 import { go, goHome, moreContacts, refreshContacts } from "./contacts.js";
 import { complain, guarded, say, show, submitted, withoutWrites } from "./feedback.js";
-import { search } from "./search.js";
+import { moreHits, searchForm } from "./search.js";
 import { signIn, signOut } from "./session.js";
 import { $, state } from "./state.js";
 import { forget, link } from "./writes.js";
@@ -21,12 +22,20 @@ import { forget, link } from "./writes.js";
 async function start() {
   $("sign-in-form").addEventListener("submit", signIn);
   $("sign-out").addEventListener("click", () => signOut());
-  $("search").addEventListener("submit", submitted(() => search(false)));
-  $("more-hits").addEventListener("click", guarded(() => search(true)));
+  $("search").addEventListener("submit", submitted(searchForm));
+  $("more-hits").addEventListener("click", guarded(moreHits));
   $("open-form").addEventListener(
     "submit",
     submitted(async () => {
-      await open($("open-id").value.trim());
+      const identifier = $("open-id").value.trim();
+      try {
+        await open(identifier);
+      } catch (error) {
+        if (error.status !== 404) throw error;
+        // support pastes a number as it was written to them: say how identifiers are matched
+        const how = "Identifiers are matched exactly as stored: a phone number as +31612345678 (no spaces, no 00), an email or a session id as the channel gave it.";
+        throw new ApiError(error.status, error.error, `${error.message} ${how}`);
+      }
       $("open-id").value = "";
     }),
   );

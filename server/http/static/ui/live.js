@@ -26,6 +26,10 @@ function offline(reason) {
   if ($("offline").textContent !== text) $("offline").textContent = text;
 }
 
+// ms of silence after which the stream counts as down: the server writes at least every 15 s (a comment line when
+// nothing happened), so a stream silent for longer is a server hung or a network dropped without a word
+export const SILENCE = 35000;
+
 export function listen(contactId) {
   const controller = new AbortController();
   state.stream = controller;
@@ -34,10 +38,19 @@ export function listen(contactId) {
     let wait = 1000;
     let dropped = false; // the stream was down: what changed meanwhile may be anywhere in the loaded range
     while (!controller.signal.aborted) {
+      const attempt = new AbortController(); // this connection: ended with the view, or by its silence
+      const end = () => attempt.abort();
+      controller.signal.addEventListener("abort", end);
+      let quiet = null;
+      const heard = () => {
+        clearTimeout(quiet);
+        quiet = setTimeout(end, SILENCE);
+      };
+      heard();
       try {
         const response = await fetch(url, {
           headers: { Authorization: `Bearer ${state.key}`, Accept: "text/event-stream" },
-          signal: controller.signal,
+          signal: attempt.signal,
           cache: "no-store",
           credentials: "omit",
         });
@@ -55,6 +68,7 @@ export function listen(contactId) {
         for (;;) {
           const { value, done } = await reader.read();
           if (done) break;
+          heard();
           buffer = (buffer + value).replace(/\r\n?/g, "\n");
           let end;
           while ((end = buffer.indexOf("\n\n")) >= 0) {
@@ -76,7 +90,11 @@ export function listen(contactId) {
         }
       } catch (error) {
         if (controller.signal.aborted) return;
-        offline(error instanceof StreamRefused ? error.message : `${NO_ANSWER} (${error.message})`);
+        if (attempt.signal.aborted) offline(`${NO_ANSWER}: the event stream was silent for ${SILENCE / 1000} s`);
+        else offline(error instanceof StreamRefused ? error.message : `${NO_ANSWER} (${error.message})`);
+      } finally {
+        clearTimeout(quiet);
+        controller.signal.removeEventListener("abort", end);
       }
       dropped = true;
       $("live").textContent = "Live updates paused; reconnecting…";

@@ -23,6 +23,7 @@ export const state = {
   contactsCursor: null, // GET /contacts' cursor for the page after the contacts shown
   stream: null, // AbortController of the open contact's event stream
   generation: 0, // bumped when the open contact changes or the key goes: late answers are dropped
+  moves: 0, // bumped when the page is asked to go elsewhere (a contact, a search, the list): the last asked wins
   search: null, // {q, contact_id, cursor} of the results shown
   forgetting: null, // the contact whose DELETE is on its way
 };

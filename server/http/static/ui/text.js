@@ -57,9 +57,13 @@ export function when(timestamp) {
   return el("time", { datetime: timestamp }, timeFormat.format(new Date(timestamp)));
 }
 
+/** A time into a call as [h:]m:ss.s, rounded to the tenth before it is split (59.96 s is 1:00.0, not 0:60.0). */
 export function seconds(value) {
-  const minutes = Math.floor(value / 60);
-  return `${minutes}:${(value - minutes * 60).toFixed(1).padStart(4, "0")}`;
+  const tenths = Math.round(value * 10);
+  const hours = Math.floor(tenths / 36000);
+  const minutes = Math.floor((tenths % 36000) / 600);
+  const rest = ((tenths % 600) / 10).toFixed(1).padStart(4, "0");
+  return hours ? `${hours}:${String(minutes).padStart(2, "0")}:${rest}` : `${minutes}:${rest}`;
 }
 
 /** How a chat is named: the end of its id. Chat ids are UUIDv7, whose first 8 hex digits are the time (every
