@@ -671,14 +671,9 @@ class Store:
         remembered = self._live_keys.get(prefix)
         if remembered is not None and asked - remembered[1] < keys.REMEMBER_SECONDS:
             return remembered[0].org if keys.matches(key, remembered[0].hash) else None
-        try:
-            stored = await self.backend.api_key(prefix)
-        except Unavailable:
-            # the database is away (a PostgreSQL server restarting): a key this process saw live still opens
-            # the door, so the caller hears what is wrong from the request itself, not a bare 503
-            if remembered is None or not keys.matches(key, remembered[0].hash):
-                raise
-            return remembered[0].org
+        # a key that cannot be read (the database away, its table locked) is not let through on an older look:
+        # a revocation holds within the bound whatever the database does (the caller hears why: a 503)
+        stored = await self.backend.api_key(prefix)
         if stored is not None and not stored.revoked and self._revoked.get(prefix, float("-inf")) < asked:
             self._live_keys[prefix] = (stored, asked)  # not when this process revoked it while it was being read
         else:

@@ -25,6 +25,7 @@ import pytest
 
 from chatdock.server.bench.postgres import throwaway_database
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
+from chatdock.storage.keys import REMEMBER_SECONDS
 from tests.mcp.test_events import heard_within, subscriber
 from tests.postgres import PostgresServer
 from tests.transports import call, chatdock_command, create_key, free_port, http_client, http_transport, stop
@@ -262,3 +263,29 @@ async def test_a_database_that_goes_away_gives_clear_errors_and_chatdock_recover
             assert re.search(r"failed requests \([0-9,]+ unreachable", log), log
     finally:
         server.remove()
+
+
+async def test_a_revoked_key_is_refused_within_the_bound_while_the_keys_cannot_be_read(
+    shared: tuple[str, str],
+) -> None:
+    """A key a replica checked a moment ago is revoked elsewhere, and another session holds the keys' table
+    locked: past the key cache's bound the replica cannot read the key, and answers 503 saying why (it let the
+    revoked key through on its older look for as long as the lock stayed: 15 s, found by an operator's review);
+    once the table is free, 401."""
+    url, key = shared
+    headers = {"Authorization": f"Bearer {key}"}
+    with replicas(url, 1, "--db-timeout", "2") as [replica]:
+        async with httpx2.AsyncClient(base_url=replica.base, headers=headers, timeout=30) as http:
+            assert (await http.get("/chats", params={"contact_id": "+31600000000"})).status_code == 200
+            await rows(url, "UPDATE api_keys SET revoked_us = 1")  # `chatdock keys revoke` on another host
+            locker = await asyncpg.connect(url)
+            try:
+                async with locker.transaction():
+                    await locker.execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+                    await asyncio.sleep(REMEMBER_SECONDS + 0.5)
+                    refused = await http.get("/chats", params={"contact_id": "+31600000000"})
+            finally:
+                await locker.close()
+            assert refused.status_code == 503, refused.text
+            assert "did not answer" in refused.json()["message"], refused.text
+            assert (await http.get("/chats", params={"contact_id": "+31600000000"})).status_code == 401
