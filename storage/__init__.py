@@ -176,10 +176,13 @@ async def read_schema(url: str, timeout: float | None = None) -> Schema:
 
         from .postgres import DEFAULT_TIMEOUT
         from .postgres import schema as postgres_schema
+        from .postgres.driver import named
         from .postgres.failures import FAILURES, translate
 
         try:
-            conn = await asyncpg.connect(url, timeout=timeout or DEFAULT_TIMEOUT)
+            conn = await asyncpg.connect(
+                url, timeout=timeout or DEFAULT_TIMEOUT, server_settings=named(url, "chatdock migrate")
+            )
         except FAILURES as exc:
             text = translate(exc, url, starting=True)
             raise exc if text is None else Unavailable(text) from exc

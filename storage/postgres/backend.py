@@ -169,7 +169,9 @@ class PostgresBackend(SQLBackend):
 
     async def start(self) -> None:
         try:
-            conn = await asyncpg.connect(self.url, timeout=self.timeout)
+            conn = await asyncpg.connect(
+                self.url, timeout=self.timeout, server_settings=driver.named(self.url, "chatdock migrate")
+            )
             try:
                 await migrate(conn, self.place)
             finally:
@@ -182,6 +184,7 @@ class PostgresBackend(SQLBackend):
                 command_timeout=self.timeout,
                 init=_init_connection,
                 reset=_keep_session,
+                server_settings=driver.named(self.url, "chatdock"),
             )
         except FAILURES as exc:
             text = translate(exc, self.url, starting=True)
@@ -231,7 +234,12 @@ class PostgresBackend(SQLBackend):
             ) from None
         try:
             try:
-                conn = await asyncpg.connect(self.url, timeout=self.timeout, command_timeout=self.timeout)
+                conn = await asyncpg.connect(
+                    self.url,
+                    timeout=self.timeout,
+                    command_timeout=self.timeout,
+                    server_settings=driver.named(self.url, "chatdock export"),
+                )
             except FAILURES as exc:
                 raise self._failed(exc) from exc
             try:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Any, TypeAlias, TypeVar
 
@@ -14,6 +15,15 @@ from ..sql.ops import Ops
 T = TypeVar("T")
 
 Connection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
+
+
+def named(url: str, role: str) -> dict[str, str]:
+    """The server settings of a connection chatdock opens: its `application_name` (pg_stat_activity's, and the
+    sessions a migration names as in its way): `role` ("chatdock", "chatdock feed", "chatdock migrate"), unless
+    the URL or PGAPPNAME names one."""
+    if "application_name" in url or os.environ.get("PGAPPNAME"):
+        return {}
+    return {"application_name": role}
 
 
 @lru_cache(maxsize=2048)

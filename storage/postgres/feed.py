@@ -21,6 +21,7 @@ import asyncpg
 from ..changes import EVERYTHING, Change, Deliver
 from ..sql import writes as shared
 from ..sql.ops import Ops, value
+from .driver import named
 from .failures import FAILURES, translate
 from .schema import CHANNEL, MAX_PAYLOAD
 
@@ -74,7 +75,7 @@ async def _listen_until_lost(
     connected: list[bool],
     following: Callable[[bool | None], None],
 ) -> None:
-    conn = await asyncpg.connect(url, timeout=timeout)
+    conn = await asyncpg.connect(url, timeout=timeout, server_settings=named(url, "chatdock feed"))
     connected.append(True)
     lost = asyncio.Event()
     try:

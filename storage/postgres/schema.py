@@ -483,7 +483,7 @@ async def migrate(conn: asyncpg.Connection, place: str, patience: float = LOCK_P
         refuse_newer(done, MIGRATIONS)
         if all(migration.version in done for migration in MIGRATIONS):
             return []
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    await _take_migration_lock(conn, place, patience)
     try:
         done = await applied_in(conn)  # under the lock: another replica may have migrated meanwhile
         if not done:  # no record yet (or an empty one): made, if it is not there
@@ -507,6 +507,33 @@ async def migrate(conn: asyncpg.Connection, place: str, patience: float = LOCK_P
         ) from exc
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+
+async def _take_migration_lock(conn: asyncpg.Connection, place: str, patience: float) -> None:
+    """The migration lock, once the session that holds it (another replica migrating, or a migration stuck) lets
+    go: a replica waiting behind it says so, naming that session, every 10 s, and gives up after `patience`
+    seconds (it waited without a word and without end, not even answering /livez)."""
+    began = time.monotonic()
+    said = None
+    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK):
+        waited = time.monotonic() - began
+        if waited >= patience:
+            raise Unavailable(
+                f"{place}: another session held chatdock's migration lock for the {waited:.0f} s this one waited "
+                f"(holding it: {await _lock_holders(conn, migrating=True)}); nothing was applied. If no chatdock "
+                "is migrating, end that session (pg_terminate_backend), then start chatdock again"
+            )
+        if said is None or waited - said >= 10:
+            said = waited
+            logger.warning(
+                "%s: migrations are due and another session is applying them (holding the migration lock: %s); "
+                "this one waits for it (%.0f s of %.0f)",
+                place,
+                await _lock_holders(conn, migrating=True),
+                waited,
+                patience,
+            )
+        await asyncio.sleep(0.5)
 
 
 async def _apply(conn: asyncpg.Connection, migration: Migration, place: str, patience: float) -> None:
@@ -547,14 +574,21 @@ async def _apply(conn: asyncpg.Connection, migration: Migration, place: str, pat
         delay = min(delay * 2, 5.0)
 
 
-async def _lock_holders(conn: asyncpg.Connection) -> str:
-    """The other sessions that hold locks on this database's tables, longest in their transaction first, as
-    words: `pid 123 (psql, idle in transaction for 95 s)`."""
+async def _lock_holders(conn: asyncpg.Connection, migrating: bool = False) -> str:
+    """The other sessions that hold locks on this database's tables (or, `migrating`, chatdock's migration
+    lock), longest in their transaction first, as words: `pid 123 (psql, idle in transaction for 95 s)`."""
+    held = (
+        f"l.locktype = 'advisory' AND l.classid = {MIGRATION_LOCK >> 32} AND l.objid = {MIGRATION_LOCK & 0xFFFFFFFF} "
+        "AND l.objsubid = 1"
+        if migrating
+        else "c.relkind IN ('r', 'i', 'p')"
+    )
     found = await conn.fetch(
-        "SELECT DISTINCT a.pid, a.application_name, a.state, extract(epoch FROM now() - a.xact_start)::int "
-        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid JOIN pg_class c ON c.oid = l.relation "
+        "SELECT DISTINCT a.pid, a.application_name, a.state, "
+        "extract(epoch FROM now() - coalesce(a.xact_start, a.state_change))::int "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid LEFT JOIN pg_class c ON c.oid = l.relation "
         "WHERE l.granted AND a.pid <> pg_backend_pid() AND l.database = "
-        "(SELECT oid FROM pg_database WHERE datname = current_database()) AND c.relkind IN ('r', 'i', 'p') "
+        f"(SELECT oid FROM pg_database WHERE datname = current_database()) AND {held} "
         "ORDER BY 4 DESC NULLS LAST LIMIT 5"
     )
     if not found:

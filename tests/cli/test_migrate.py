@@ -5,6 +5,7 @@ waiting for a lock lets the other sessions through rather than holding up every 
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -216,3 +217,46 @@ async def test_a_migration_that_waits_past_its_patience_gives_up_naming_who_is_i
         finally:
             await holder.close()
             await conn.close()
+
+
+async def test_a_replica_behind_another_s_migration_waits_saying_so_then_gives_up_naming_it(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another session holds chatdock's migration lock (a replica migrating, or one stuck at it): a replica with
+    migrations due says that it waits and who holds the lock, and after its patience gives up naming that session
+    (it waited without a word and without end); once the lock is free it migrates."""
+    async with one_migration_behind(postgres_url, monkeypatch) as (last, _):
+        holder = await asyncpg.connect(postgres_url, server_settings={"application_name": "another replica"})
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
+            await holder.execute(f"SELECT pg_advisory_lock({postgres_schema.MIGRATION_LOCK})")
+            with caplog.at_level(logging.WARNING, "chatdock"), pytest.raises(Unavailable) as gave_up:
+                await postgres_schema.migrate(conn, "the test's database", patience=1.5)
+            text = str(gave_up.value)
+            assert text.startswith("the test's database: another session held chatdock's migration lock for the "), text
+            assert f"(holding it: pid {holder_pid} (another replica, idle for " in text, text
+            assert "this one waits for it (0 s of 2)" in caplog.text, caplog.text
+            assert f"holding the migration lock: pid {holder_pid} (another replica" in caplog.text, caplog.text
+            await holder.execute(f"SELECT pg_advisory_unlock({postgres_schema.MIGRATION_LOCK})")
+            assert await postgres_schema.migrate(conn, "the test's database") == [last]
+        finally:
+            await holder.close()
+            await conn.close()
+
+
+async def test_chatdock_s_sessions_are_named_in_pg_stat_activity(postgres_url: str) -> None:
+    """A DBA (and a migration naming who is in its way) sees which sessions are chatdock's: its pool's
+    `application_name` is "chatdock" (it was empty); a URL's own application_name is kept."""
+    watcher = await asyncpg.connect(postgres_url)
+    names = "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
+    try:
+        async with open_store(postgres_url) as store:
+            await store.get_context("acme", "+31600000000")
+            assert "chatdock" in {row[0] for row in await watcher.fetch(names)}
+        async with open_store(postgres_url + "?application_name=billing-bot") as store:
+            await store.get_context("acme", "+31600000000")
+            found = {row[0] for row in await watcher.fetch(names)}
+            assert "billing-bot" in found and "chatdock" not in found, found
+    finally:
+        await watcher.close()
