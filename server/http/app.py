@@ -394,16 +394,26 @@ def build_http_app(
     `settings.metrics`, /metrics (only on `metrics_port`, when given), over `server`."""
     security = transport_security(host, allowed_hosts or [])
 
+    checking: asyncio.Task[list[str]] | None = None  # the store's health check under way: probes share it
+
     @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def healthz(_: Request) -> Response:
+        nonlocal checking
         store = server.state.store
-        try:
-            async with asyncio.timeout(HEALTH_SECONDS):  # a probe gives up after a second or few: answer first
-                problems = (
-                    ["the store is not open yet"] if store is None else await store.health(not settings.read_only)
-                )
-        except TimeoutError:
-            problems = [f"the database did not answer within {HEALTH_SECONDS:g} s (it hangs, or a lock is held)"]
+        if store is None:
+            problems = ["the store is not open yet"]
+        else:
+            if checking is None or checking.done():
+                checking = asyncio.ensure_future(store.health(not settings.read_only))
+                checking.add_done_callback(lambda task: task.cancelled() or task.exception())  # heard, if late
+            # a probe gives up after a second or few: the answer comes first. The check is not cancelled (a
+            # cancelled PostgreSQL statement waits for the server to hear of it, on a hung server as long again)
+            # but left to end, and the next probes wait on it rather than starting more
+            finished, _late = await asyncio.wait({checking}, timeout=HEALTH_SECONDS)
+            if finished:
+                problems = checking.result()
+            else:
+                problems = [f"the database did not answer within {HEALTH_SECONDS:g} s (it hangs, or a lock is held)"]
         if problems:
             return JSONResponse({"status": "unavailable", "store": problems[0], "problems": problems}, status_code=503)
         return JSONResponse({"status": "ok", "store": "ok"})

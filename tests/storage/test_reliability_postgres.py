@@ -27,6 +27,7 @@ import httpx2
 import pytest
 
 from chatdock.server.bench.postgres import throwaway_database
+from chatdock.server.http.app import HEALTH_SECONDS
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.changes import Change
@@ -86,7 +87,9 @@ async def test_the_change_feed_s_state_is_a_metric() -> None:
 
 async def test_healthz_answers_within_its_bound_while_the_database_hangs() -> None:
     """PostgreSQL stopped with SIGSTOP (it hangs, refusing nothing): /healthz waited the whole --db-timeout, 10 to
-    17 s, past any readiness probe's timeout; it answers 503 within HEALTH_SECONDS and says so."""
+    17 s, past any readiness probe's timeout; it answers 503 within HEALTH_SECONDS and says so. Its check is
+    not cancelled (a cancelled statement then waited as long again for the hung server, 12 s: found by an
+    operator's review), and the probes after it wait on the same check, each within the bound."""
     server = PostgresServer()
     try:
         server.start()
@@ -95,10 +98,15 @@ async def test_healthz_answers_within_its_bound_while_the_database_hangs() -> No
                 assert (await http.get("/healthz")).status_code == 200
                 _paused(server, signal.SIGSTOP)
                 try:
-                    answer = await http.get("/healthz")
+                    answers = []
+                    for _ in range(3):
+                        with anyio.fail_after(HEALTH_SECONDS + 2):  # a probe's timeout, with room for a busy host
+                            answers.append(await http.get("/healthz"))
                 finally:
                     _paused(server, signal.SIGCONT)
-                assert answer.status_code == 503 and "did not answer within 2 s" in answer.json()["store"], answer.text
+                for answer in answers:
+                    assert answer.status_code == 503, answer.text
+                    assert "did not answer within 2 s" in answer.json()["store"], answer.text
                 with anyio.fail_after(20):
                     while (await http.get("/healthz")).status_code != 200:
                         await anyio.sleep(0.2)
