@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import random
@@ -67,6 +68,13 @@ BACKOFF = 0.005  # seconds: before retry n a transaction waits a random part of 
 HEALTH_SQL = "SELECT current_setting('transaction_read_only'), (SELECT count(*) FROM schema_migrations)"
 
 
+LOCK_WAIT = 0.25  # seconds a batch of appends waits for a row another transaction holds (`_append_batch`)
+
+
+class _Held(Unavailable):
+    """A batch's answer for an append whose contact's row another transaction holds: it waits on its own."""
+
+
 def _append_item(org: str, record: MessageRecord, now: int, importing: bool) -> dict[str, Any]:
     m = record.message
     return {
@@ -105,10 +113,24 @@ def _outcome(record: MessageRecord, found: dict[str, Any]) -> AppendedMessage | 
     return message_id_taken(m.id)
 
 
-def _append(items: list[dict[str, Any]], log: shared.ChangeLog) -> Ops[list[dict[str, Any]]]:
+def _append(
+    items: list[dict[str, Any]], log: shared.ChangeLog, lock_wait: float | None = None
+) -> Ops[list[dict[str, Any]]]:
     """Appends as one statement (`chatdock_append`, schema.py, which NOTIFYs what it stores); each stored
-    message's change is kept in `log` to be announced here."""
-    found = [row[0] for row in (yield all_rows("SELECT chatdock_append(?::jsonb, ?)", items, log.origin))]
+    message's change is kept in `log` to be announced here. With `lock_wait`, a row another transaction holds
+    is waited for that many seconds at most (then asyncpg's LockNotAvailableError)."""
+    if lock_wait is None:
+        query = all_rows("SELECT chatdock_append(?::jsonb, ?)", items, log.origin)
+    else:
+        # the statement's own lock_timeout (its transaction's: it is one), set before the append runs
+        query = all_rows(
+            "SELECT chatdock_append(?::jsonb, ?) FROM (SELECT set_config('lock_timeout', ?, true) AS waiting) w "
+            "WHERE w.waiting IS NOT NULL",
+            items,
+            log.origin,
+            f"{int(lock_wait * 1000)}ms",
+        )
+    found = [row[0] for row in (yield query)]
     for item, result in zip(items, found, strict=True):
         if result["s"] == "stored":
             log.written(Change(item["org"], result["c"], result["k"], tuple(result["a"])))
@@ -160,6 +182,7 @@ class PostgresBackend(SQLBackend):
         # appends in flight at once: the pool keeps room for reads and for the other writes
         writers = max(1, self.pool_size // 2)
         self._appends = Batches(self._append_batch, writers)
+        self._held = asyncio.Semaphore(1)  # appends waiting for a row another transaction holds (`_append_held`)
         # reads take at most the other half less one, so a burst of readers never starves the appends of
         # connections, and one connection stays for key and health checks and the other writes (reads.py)
         self._reads = Reads(self.pool_size - writers - 1, timeout, self.place, self.telemetry.failed)
@@ -310,10 +333,14 @@ class PostgresBackend(SQLBackend):
             return Unavailable(f"{failed.message}; nothing was written")
         return failed
 
-    async def _transact(self, attempt: Callable[[], Ops[T]], batch: int | None = None) -> T:
+    async def _transact(
+        self, attempt: Callable[[], Ops[T]], batch: int | None = None, passing: tuple[type[BaseException], ...] = ()
+    ) -> T:
         """Run `attempt()` in one transaction, again on a deadlock or serialization failure. A `batch` (of
         appends) is one statement, committed as it ends, and told to telemetry as that many writes. A failure
-        after the commit (releasing the connection) does not undo it: the caller gets its result."""
+        after the commit (releasing the connection) does not undo it: the caller gets its result. The failures
+        `passing` reach the caller as they are, neither failures of the database nor an outage: the caller's own
+        bound (a batch's wait for a row lock)."""
         for tries in range(RETRIES + 1):
             stage = "connecting"
             try:
@@ -336,6 +363,8 @@ class PostgresBackend(SQLBackend):
                 return result
             except Undo as undone:
                 return undone.value  # type: ignore[return-value]
+            except passing:
+                raise
             except RETRYABLE as exc:
                 if tries == RETRIES:
                     raise self._failed(exc) from exc
@@ -358,29 +387,84 @@ class PostgresBackend(SQLBackend):
 
     async def _append_batch(self, batch: list[tuple[str, MessageRecord]]) -> list[AppendedMessage | ChatdockError]:
         """Appends of independent callers, one statement and one commit; in contact order, so two batches
-        lock rows in the same order."""
+        lock rows in the same order. A batch waits at most LOCK_WAIT for a row another transaction holds (a
+        contact being linked or forgotten, a session outside chatdock): then each contact's appends go on their
+        own, with the same bound, and those of a contact still held are answered `_Held`, for `insert_message`
+        to wait for it outside the batches. Only they wait: the whole batch, other organizations' appends among
+        them, waited or failed with it, and the batches after it waited for its place."""
         now = now_us()
         order = sorted(range(len(batch)), key=lambda i: (batch[i][0], batch[i][1].message.contact_id))
-        items = [_append_item(batch[i][0], batch[i][1], now, False) for i in order]
+        outcomes: list[AppendedMessage | ChatdockError] = [Unavailable("not run")] * len(batch)
+        try:
+            await self._append_group(batch, order, now, outcomes, LOCK_WAIT)
+            return outcomes
+        except asyncpg.LockNotAvailableError:
+            logger.debug("%s: a batch of appends met a row held elsewhere; each contact's go on their own", self.place)
+        contacts = itertools.groupby(order, key=lambda i: (batch[i][0], batch[i][1].message.contact_id))
+        for _, indexes in contacts:
+            group = list(indexes)
+            try:
+                await self._append_group(batch, group, now, outcomes, LOCK_WAIT)
+            except asyncpg.LockNotAvailableError:
+                for index in group:
+                    outcomes[index] = _Held("held")
+            except ChatdockError as exc:  # this contact's appends hear it; the others' are stored on their own
+                for index in group:
+                    outcomes[index] = exc
+        return outcomes
+
+    async def _append_held(self, org: str, record: MessageRecord) -> AppendedMessage | ChatdockError:
+        """An append whose contact's row another transaction holds: on its own, waiting for the row as long as
+        --db-timeout allows, one such append at a time (on one connection of the pool: the batches keep theirs)."""
+        try:
+            await asyncio.wait_for(self._held.acquire(), self.timeout)
+        except TimeoutError:
+            self.telemetry.failed("timeout")
+            return Unavailable(
+                f"{self.place}: the row of contact {record.message.contact_id} stayed held by another transaction "
+                "(a link or forget of a long history, or a session outside chatdock) for --db-timeout; nothing was "
+                "written; try again"
+            )
+        try:
+            outcomes: list[AppendedMessage | ChatdockError] = [Unavailable("not run")]
+            await self._append_group([(org, record)], [0], now_us(), outcomes, None)
+            return outcomes[0]
+        finally:
+            self._held.release()
+
+    async def _append_group(
+        self,
+        batch: list[tuple[str, MessageRecord]],
+        indexes: list[int],
+        now: int,
+        outcomes: list[AppendedMessage | ChatdockError],
+        lock_wait: float | None,
+    ) -> None:
+        """The appends of `batch` at `indexes`, one statement and one commit, their outcomes put in `outcomes`;
+        with `lock_wait`, a row lock waited for at most that long (LockNotAvailableError, nothing written)."""
+        items = [_append_item(batch[i][0], batch[i][1], now, False) for i in indexes]
         log = self._log()
+        passing = () if lock_wait is None else (asyncpg.LockNotAvailableError,)
         try:
             found = await self._write(
-                lambda: _append(items, log), log, functools.partial(self._transact, batch=len(items))
+                lambda: _append(items, log, lock_wait),
+                log,
+                functools.partial(self._transact, batch=len(items), passing=passing),
             )
         except OutcomeUnknown:  # maybe stored, the contacts unknown (its answer says them): every listener of
             # each organization reads again, as `_write` tells them of any other write that may have been made
             self._announcer.tell(
-                [Change(org, record.message.contact_id, aliases_unknown=True) for org, record in batch]
+                [Change(batch[i][0], batch[i][1].message.contact_id, aliases_unknown=True) for i in indexes]
             )
             raise
-        outcomes: list[AppendedMessage | ChatdockError] = [Unavailable("not run")] * len(batch)
-        for index, result in zip(order, found, strict=True):
+        for index, result in zip(indexes, found, strict=True):
             outcomes[index] = _outcome(batch[index][1], result)
-        return outcomes
 
     async def insert_message(self, org: str, record: MessageRecord) -> AppendedMessage:
         with self._sql.write("append"):  # the wait for a batch, its statement and its commit
             outcome = await self._appends.submit((org, record))
+            if isinstance(outcome, _Held):
+                outcome = await self._append_held(org, record)
         if isinstance(outcome, ChatdockError):
             raise outcome
         return outcome

@@ -31,7 +31,7 @@ from chatdock.server.http.app import HEALTH_SECONDS
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from chatdock.storage import NewMessage, open_store
 from chatdock.storage.changes import Change
-from chatdock.storage.errors import OutcomeUnknown
+from chatdock.storage.errors import OutcomeUnknown, Unavailable
 from chatdock.storage.postgres import PostgresBackend
 from chatdock.storage.sql.ops import Ops, value
 from tests.mcp.test_events import LIST, heard_within, subscriber
@@ -492,3 +492,47 @@ async def test_a_write_whose_outcome_is_unknown_is_told_to_this_replicas_listene
             await locker.close()
             stop()
         assert [(c.org, c.contact_id) for c in told if isinstance(c, Change)] == [("acme", "c1")], told
+
+
+# --- 7. one contact's row held elsewhere ---
+
+
+@pytest.mark.parametrize("released", [True, False])
+async def test_a_contact_held_by_another_transaction_holds_up_only_its_own_appends(
+    postgres_url: str, released: bool
+) -> None:
+    """Another session holds one contact's row (a link or forget of a long history, a DBA's transaction): the
+    appends of other contacts and of another organization go through while it holds it (they waited in the same
+    batch and behind it, and failed with it after --db-timeout: found by an operator's review of replicas); the
+    held contact's append waits for the row, stored once it is free, or after --db-timeout answered that its
+    outcome is unknown (its statement and its commit are one), nothing written."""
+    async with open_store(postgres_url, pool_size=2, timeout=3) as store:  # one batch of appends at a time
+        await store.append_message("acme", NewMessage(**body("+31600000001", "hello")))
+        others = [("acme", f"+3160000001{n}") for n in range(4)] + [("beta", f"+3160000002{n}") for n in range(4)]
+        for org, contact in others:
+            await store.append_message(org, NewMessage(**body(contact, "hello")))
+        locker = await asyncpg.connect(postgres_url)
+        try:
+            await locker.execute("BEGIN")
+            await locker.execute("SELECT id FROM contacts WHERE external_id = '+31600000001' FOR UPDATE")
+            held = asyncio.ensure_future(store.append_message("acme", NewMessage(**body("+31600000001", "late"))))
+            await asyncio.sleep(0.05)  # its batch is at the row now
+            with anyio.fail_after(2.5):  # within --db-timeout, while the row is still held
+                stored = await asyncio.gather(
+                    *(store.append_message(org, NewMessage(**body(contact, "through"))) for org, contact in others)
+                )
+            assert [message.contact_id for message in stored] == [contact for _, contact in others]
+            assert not held.done()
+            if released:
+                await locker.execute("COMMIT")
+                assert (await held).content == "late"
+            else:
+                with pytest.raises(Unavailable, match="did not answer the write within 3 s"):  # outcome unknown
+                    await held
+                await locker.execute("COMMIT")
+        finally:
+            await locker.close()
+        contents = [m.content for m in (await store.get_context("acme", "+31600000001")).messages]
+        assert contents == (["hello", "late"] if released else ["hello"])
+        for org, contact in others:
+            assert [m.content for m in (await store.get_context(org, contact)).messages] == ["hello", "through"]
