@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, PrivateAttr
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PrivateAttr
+from pydantic_core import PydanticCustomError
 
 Role = Literal["user", "assistant", "system", "tool", "event", "note"]
 ROLES: tuple[Role, ...] = ("user", "assistant", "system", "tool", "event", "note")
@@ -39,6 +41,27 @@ Timestamp = Annotated[
     PlainSerializer(format_timestamp, return_type=str, when_used="json"),
     Field(description="RFC 3339, UTC, microseconds"),
 ]
+
+
+_DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
+_TIME_EXAMPLE = "like '2026-11-21T09:30:00Z' or '2026-11-21T10:30:00+01:00'"
+
+
+def written_time(value: object) -> object:
+    """A time is written out (RFC 3339), whoever gives it (a tool, a route, a history line): pydantic also reads
+    a number, or a string of digits, as seconds or milliseconds since 1970, whichever it guesses (a basic-format
+    date, 20261207, became 1970-08-23 and sorted to the start of the history), and a date alone as its midnight
+    (in no timezone, refused quoting a time the caller never wrote)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise PydanticCustomError("datetime_type", f"input should be a time written out, {_TIME_EXAMPLE}, not a number")
+    if isinstance(value, str) and not _DATE_TIME.match(value.strip()):
+        raise PydanticCustomError(
+            "datetime_type", f"input should be a date and a time with its timezone, {_TIME_EXAMPLE}"
+        )
+    return value
+
+
+WrittenTime = Annotated[datetime, BeforeValidator(written_time)]  # a time given to the store: written out
 
 
 class _Model(BaseModel):
@@ -131,7 +154,7 @@ class NewMessage(_Model):
     agent_id: str | None = None
     chat_id: str | None = None
     metadata: dict[str, Any] | None = None
-    created_at: datetime | None = None
+    created_at: WrittenTime | None = None
     id: str | None = None
 
 
@@ -151,8 +174,8 @@ class NewChat(_Model):
     agent_id: str | None = None
     status: str = "RUNNING"
     channels: list[NewChannel]
-    created_at: datetime
-    updated_at: datetime | None = None
+    created_at: WrittenTime
+    updated_at: WrittenTime | None = None
 
 
 class ChannelRef(_Model):
@@ -238,7 +261,7 @@ class NewAlias(_Model):
 
     contact_id: str
     identifier: str
-    created_at: datetime
+    created_at: WrittenTime
 
 
 class Alias(_Model):

@@ -7,7 +7,6 @@ and says what to fix, once, for every surface."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -15,7 +14,7 @@ from pydantic import BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from . import validation as check
-from .models import CHAT_STATUSES, ROLES, NewMessage, Part, _Model
+from .models import CHAT_STATUSES, ROLES, NewMessage, Part, _Model, written_time
 
 _CHANNEL: dict[str, Any] = {"pattern": "^" + check.CHANNEL_PATTERN.pattern + "$"}
 
@@ -74,27 +73,9 @@ Content = Annotated[
 Metadata = Annotated[
     dict[str, Any] | None, Field(description="JSON object; provider_message_id makes retried webhooks store once.")
 ]
-_DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
-_TIME_EXAMPLE = "like '2026-11-21T09:30:00Z' or '2026-11-21T10:30:00+01:00'"
-
-
-def _a_written_time(value: object) -> object:
-    """A time is written out (RFC 3339): pydantic also reads a number, or a string of digits, as seconds or
-    milliseconds since 1970, whichever it guesses (a basic-format date, 20261207, became 1970-08-23 and sorted
-    to the start of the history), and a date alone as its midnight (in no timezone, refused quoting a time the
-    caller never wrote)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        raise PydanticCustomError("datetime_type", f"input should be a time written out, {_TIME_EXAMPLE}, not a number")
-    if isinstance(value, str) and not _DATE_TIME.match(value.strip()):
-        raise PydanticCustomError(
-            "datetime_type", f"input should be a date and a time with its timezone, {_TIME_EXAMPLE}"
-        )
-    return value
-
-
 CreatedAt = Annotated[
     datetime | None,
-    BeforeValidator(_a_written_time),
+    BeforeValidator(written_time),
     Field(description="When it was written or said, RFC 3339 with timezone (history, a late write); else now."),
 ]
 

@@ -72,6 +72,38 @@ def test_hostile_lines_are_bad_lines_named_by_number(tmp_path: Path) -> None:
     assert counts(db)[0] == 2
 
 
+def test_a_time_not_written_out_is_a_bad_line_as_over_the_tools(tmp_path: Path) -> None:
+    """A history line's created_at is checked as the tools and routes check it: a basic-format date (stored as
+    1970-08-23 and reported imported), seconds or milliseconds since 1970 and a date alone are bad lines, named by
+    number and field, for a chat's and an alias's times too."""
+    db, path = tmp_path / "chatdock.db", tmp_path / "times.jsonl"
+    chat = {"kind": "chat", "id": "0193c4f0-0000-7000-8000-000000000001", "contact_id": "+31600000001"}
+    lines = [
+        good(1),
+        good(2, created_at="20240101"),
+        good(3, created_at=1704067200),
+        good(4, created_at=1704067200.5),
+        good(5, created_at="1704067200000"),
+        good(6, created_at="2024-01-01"),
+        json.dumps({**chat, "channels": [{"name": "sms"}], "created_at": 1704067200}),
+        json.dumps(
+            {"kind": "alias", "contact_id": "+31600000001", "identifier": "ann@example.com", "created_at": "20240101"}
+        ),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    done = import_(db, str(path), "-q")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("chatdock: 7 bad line(s), so nothing was imported"), done.stderr
+    said = {int(line.split(":")[0].removeprefix("line ")): line for line in done.stderr.splitlines()[1:]}
+    assert sorted(said) == [2, 3, 4, 5, 6, 7, 8], said
+    for number in (3, 4, 7):
+        assert "created_at: input should be a time written out, like '2026-11-21T09:30:00Z'" in said[number], said
+        assert "not a number" in said[number], said
+    for number in (2, 5, 6, 8):
+        assert "created_at: input should be a date and a time with its timezone" in said[number], said
+    assert list(tmp_path.iterdir()) == [path]
+
+
 def test_a_refused_import_makes_no_database_and_removes_none(tmp_path: Path) -> None:
     """A new database is made only for an import that goes ahead, so a refused one neither leaves an empty one
     behind (a path with ~ included, which chatdock expands) nor has one to remove: a database another command
