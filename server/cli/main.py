@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -667,9 +668,19 @@ async def _serve_stdio(settings: Settings) -> None:
         await build_server(settings, store).run_stdio_async()
 
 
+def _terminate_as_ctrl_c() -> None:
+    """SIGTERM (a service manager's stop, a cron job's timeout, `kill`) ends the running command as Ctrl-C does:
+    an import says what it imported, an export removes its unfinished file (a SIGTERM ended them at once, silent,
+    leaving the file, the whole history in it). asyncio.run's own SIGINT handler cancels the command's task."""
+    interrupt = signal.getsignal(signal.SIGINT)
+    if callable(interrupt) and interrupt is not signal.default_int_handler:
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 async def _export(args: argparse.Namespace) -> int:
     from chatdock.server.history.transfer import export_to_path, total_lines
 
+    _terminate_as_ctrl_c()
     skipped: list[str] = []
     async with store_settings(args).open_store(create=False) as store:
         contact = args.contact
@@ -698,6 +709,7 @@ async def _export(args: argparse.Namespace) -> int:
 async def _import(args: argparse.Namespace) -> int:
     from chatdock.server.history.transfer import import_file, refuse_unreadable, skipped
 
+    _terminate_as_ctrl_c()
     default_org = check.identifier(os.environ.get("CHATDOCK_ORG") or "default", "CHATDOCK_ORG")
     refuse_unreadable(args.file)
     settings = store_settings(args)

@@ -173,10 +173,14 @@ def test_an_import_the_disk_stops_says_what_it_imported_and_importing_again_comp
     assert counts(db)[0] == 20_000
 
 
-@pytest.mark.parametrize("log_format", ["text", "json"])
+@pytest.mark.parametrize(
+    ("log_format", "stop"), [("text", signal.SIGINT), ("json", signal.SIGINT), ("text", signal.SIGTERM)]
+)
 def test_an_import_stopped_with_ctrl_c_says_what_it_imported_and_importing_again_completes_it(
-    tmp_path: Path, log_format: str
+    tmp_path: Path, log_format: str, stop: signal.Signals
 ) -> None:
+    """Ctrl-C, or SIGTERM (a service manager's stop, a job's timeout: it ended the import at once, in silence,
+    exit 143), says what was imported; importing again completes it."""
     db, path, lines = tmp_path / "chatdock.db", tmp_path / "history.jsonl", 20_000
     many(path, lines)
     process = subprocess.Popen(
@@ -188,7 +192,7 @@ def test_an_import_stopped_with_ctrl_c_says_what_it_imported_and_importing_again
         while not (db.exists() and _stored(db)):  # the first pass has checked the file; batches are going in
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
             time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         out, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
@@ -336,6 +340,34 @@ def test_an_export_stopped_with_ctrl_c_says_it_is_cut_short(tmp_path: Path, hist
     assert (process.returncode, out) == (130, "")
     assert err == f"chatdock: interrupted: the export into {fifo} is cut short; export again\n"
     assert 1000 <= len(received) < len(exported.encode())
+
+
+def test_an_export_stopped_with_sigterm_leaves_no_unfinished_file(tmp_path: Path) -> None:
+    """SIGTERM (a cron job's timeout, a service manager's stop) during an export into a file: it left its hidden
+    `.part` file, the history in it (a contact forgotten later among it), and said nothing. It is removed, the
+    file the export was asked for is not made, and the export says so."""
+    db, path = tmp_path / "chatdock.db", tmp_path / "history.jsonl"
+    many(path, 4_000, padding=4_000)
+    assert import_(db, str(path), "-q").returncode == 0
+    target = tmp_path / "backup.jsonl"
+    process = subprocess.Popen(
+        [*chatdock_command(), "export", "--db", str(db), "-q", "-o", str(target)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not any(part.stat().st_size for part in tmp_path.glob(".chatdock-export-*.part")):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.005)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert (process.returncode, out) == (130, ""), err
+    assert err == f"chatdock: interrupted: nothing was written to {target} (it is as it was); export again\n"
+    assert sorted(found.name for found in tmp_path.iterdir()) == ["chatdock.db", "history.jsonl"]
 
 
 def test_export_to_a_descriptor_path_writes_into_the_pipe_it_names(history: tuple[Path, str]) -> None:
