@@ -16,6 +16,12 @@ show to the caller as they are::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import Message
+    from .records import MessageRecord
+
 
 class ChatdockError(Exception):
     """The root of every error the store raises on purpose."""
@@ -69,6 +75,15 @@ def message_not_found(message_id: str) -> NotFound:
 
 def message_id_taken(message_id: str) -> Conflict:
     return Conflict(f"message id {message_id} is already used in another organization; leave id out to get a new one")
+
+
+def provider_id_taken(record: MessageRecord, stored: Message) -> Conflict:
+    """An imported message whose channel and provider id another message, of other text, already has."""
+    return Conflict(
+        f"metadata.provider_message_id {record.provider_message_id!r} on channel {stored.channel!r} is already "
+        f"another message's (id {stored.id}, contact {stored.contact_id}, another text): a message is stored once "
+        "per channel and provider id; give this one its own provider_message_id (or leave it out) to import it"
+    )
 
 
 def chat_id_taken(chat_id: str) -> Conflict:

@@ -486,13 +486,13 @@ class PostgresBackend(SQLBackend):
 
         return await self._write(job, log)
 
-    def _import_message(self, org: str, record: MessageRecord, now: int, log: shared.ChangeLog) -> Ops[bool]:
+    def _import_message(self, org: str, record: MessageRecord, now: int, log: shared.ChangeLog) -> Ops[AppendedMessage]:
         # nothing is written for an outcome but "stored": no savepoint needed
         [found] = yield from _append([_append_item(org, record, now, True)], log)
         outcome = _outcome(record, found)
         if isinstance(outcome, ChatdockError):
             raise outcome
-        return outcome.deduplicated
+        return outcome
 
     async def search(
         self,

@@ -22,8 +22,17 @@ from .. import validation as check
 from ..backend import Imported, MessageFilter, StoredKey
 from ..changes import Announcer
 from ..cursor import Position
-from ..errors import ChatdockError, OutcomeUnknown
-from ..models import ApiKeyInfo, Chat, ChatStatus, ContactInfo, ForgetResult, LinkResult, Message
+from ..errors import ChatdockError, OutcomeUnknown, provider_id_taken
+from ..models import (
+    ApiKeyInfo,
+    AppendedMessage,
+    Chat,
+    ChatStatus,
+    ContactInfo,
+    ForgetResult,
+    LinkResult,
+    Message,
+)
 from ..records import AliasRecord, ChatRecord, MessageRecord
 from . import writes
 from .dialect import Dialect
@@ -72,8 +81,8 @@ class SQLBackend:
         transaction back and returns its value."""
         raise NotImplementedError
 
-    def _import_message(self, org: str, record: MessageRecord, now: int, log: ChangeLog) -> Ops[bool]:
-        """Store one imported message as it was, in the import's transaction; whether it was already there."""
+    def _import_message(self, org: str, record: MessageRecord, now: int, log: ChangeLog) -> Ops[AppendedMessage]:
+        """Store one imported message as it was, in the import's transaction: it, or the copy already there."""
         raise NotImplementedError
 
     # --- the write lifecycle ---
@@ -248,7 +257,11 @@ class SQLBackend:
                     elif isinstance(record, AliasRecord):
                         again = not (yield from savepoint(writes.import_alias(d, org, record, log)))
                     else:
-                        again = yield from self._import_message(org, record, now, log)
+                        stored = yield from self._import_message(org, record, now, log)
+                        again = stored.deduplicated
+                        if again and stored.id != record.message.id and stored.content != record.message.content:
+                            # another message under its channel and provider id: the line is not that copy
+                            raise provider_id_taken(record, stored)
                     outcomes.append("existing" if again else "stored")
                 except ChatdockError as exc:
                     outcomes.append(exc)

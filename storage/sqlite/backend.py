@@ -390,9 +390,9 @@ class SQLiteBackend(SQLBackend):
         self._search_index.appended(outcomes.count("stored"))  # chats and aliases too: an estimate is enough
         return outcomes
 
-    def _import_message(self, org: str, record: MessageRecord, now: int, log: shared.ChangeLog) -> Ops[bool]:
+    def _import_message(self, org: str, record: MessageRecord, now: int, log: shared.ChangeLog) -> Ops[AppendedMessage]:
         stored = yield from savepoint(append.insert_message(org, record, now, log, True))
-        return stored.deduplicated  # type: ignore[attr-defined,no-any-return]
+        return stored  # type: ignore[return-value]
 
     async def search(
         self,

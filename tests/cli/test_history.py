@@ -82,7 +82,7 @@ def export(db: Path, *args: str) -> str:
     return done.stdout
 
 
-def import_(db: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def import_(db: Path | str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*chatdock_command(), "import", "--db", str(db), *args],
         input=stdin,

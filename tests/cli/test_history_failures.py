@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from chatdock.storage import open_store
 from tests.cli.test_history import counts, export, good, import_
 from tests.test_reliability_hardening import tmpfs
 from tests.transports import chatdock_command, installed_command, run_cli
@@ -102,6 +103,38 @@ def test_a_time_not_written_out_is_a_bad_line_as_over_the_tools(tmp_path: Path) 
     for number in (2, 5, 6, 8):
         assert "created_at: input should be a date and a time with its timezone" in said[number], said
     assert list(tmp_path.iterdir()) == [path]
+
+
+async def test_another_message_under_a_stored_provider_id_is_a_conflict_not_already_there(
+    tmp_path: Path, db: str
+) -> None:
+    """Two contacts' SMS numbered alike by an old gateway (a counter per device): the second was counted
+    `already there` and dropped, its contact never made. It stops the import, named, as a line to fix; with
+    --skip-invalid it is skipped and listed. A copy of the same message (same text) under the id is still one
+    message."""
+    path = tmp_path / "gateway.jsonl"
+    sms = {"channel": "sms", "role": "user", "metadata": {"provider_message_id": "1001"}}
+    lines = [
+        good(1, contact_id="+31611111111", content="hi from Ann", **sms),
+        good(2, contact_id="+31644444444", content="hi from Bob", **sms),
+        good(3, contact_id="+31611111111", content="hi from Ann", **sms),  # the gateway sent it twice
+        good(4, contact_id="+31655555555", content="ok"),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    done = import_(db, str(path), "-q")
+    assert done.returncode == 2, done.stderr
+    said = only_line(done.stderr)
+    assert said.startswith(
+        "chatdock: line 2: metadata.provider_message_id '1001' on channel 'sms' is already another message's (id "
+    ), said
+    assert "contact +31611111111, another text" in said and "the import stopped: nothing was imported" in said, said
+    skipping = import_(db, str(path), "-q", "--skip-invalid")
+    assert skipping.returncode == 0, skipping.stderr
+    assert "stored 2 message(s) and 0 chat(s), 1 already there, 1 skipped" in skipping.stdout
+    assert "skipped line 2: metadata.provider_message_id '1001'" in skipping.stderr, skipping.stderr
+    async with open_store(db) as store:
+        assert [m.content for m in (await store.get_context("default", "+31611111111")).messages] == ["hi from Ann"]
+        assert (await store.get_context("default", "+31644444444")).messages == []
 
 
 def test_a_refused_import_makes_no_database_and_removes_none(tmp_path: Path) -> None:
