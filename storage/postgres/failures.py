@@ -112,7 +112,7 @@ def translate(exc: BaseException, url: str, starting: bool = False) -> str | Non
             return f"{place} did not answer in time; check that the server runs and is reachable from here"
         return (
             f"{place} did not answer within --db-timeout: a lock another session holds, a server too busy, or the "
-            "way to it; chatdock keeps trying"
+            "way to it"
         )
     if isinstance(exc, BROKEN):
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
