@@ -13,7 +13,13 @@ export async function open(contactId, messageId = null, { fromAddress = false } 
   say("");
   const move = ++state.moves;
   // read first: a contact that cannot be opened (unknown, another organization's) leaves the one shown live
-  const contact = await call("GET", `/contacts/${enc(contactId)}`);
+  let contact;
+  try {
+    contact = await call("GET", `/contacts/${enc(contactId)}`);
+  } catch (error) {
+    if (move !== state.moves) return; // the page went elsewhere meanwhile: this one's failure is not its news
+    throw error;
+  }
   if (move !== state.moves) return; // the page was asked to go elsewhere meanwhile
   stopStream();
   state.generation += 1;

@@ -109,6 +109,7 @@ export function addressSearch(q, contactId, replace = false) {
 /** Go where the address says: once signed in, and when it changes (a link pasted, Back, Forward). */
 export async function go() {
   if (!signedIn()) return; // signing in goes there
+  state.moves += 1; // whatever was asked before this address is not where the page goes now
   const { contact, message, q, in: scope } = addressed();
   if (q) {
     const shown = state.search;

@@ -59,7 +59,10 @@ const busy = new WeakSet(); // the buttons and forms whose action is on its way
 export function guarded(action) {
   return async (event) => {
     const control = event?.currentTarget instanceof Element ? event.currentTarget : null; // not the window's
-    if (control && busy.has(control)) return;
+    if (control && busy.has(control)) {
+      if (event.type === "submit") event.preventDefault(); // a form's own submit would reload the page (and sign out)
+      return;
+    }
     if (control) {
       busy.add(control);
       control.setAttribute("aria-busy", "true");
