@@ -670,11 +670,12 @@ async def _serve_stdio(settings: Settings) -> None:
 
 def _terminate_as_ctrl_c() -> None:
     """SIGTERM (a service manager's stop, a cron job's timeout, `kill`) ends the running command as Ctrl-C does:
-    an import says what it imported, an export removes its unfinished file (a SIGTERM ended them at once, silent,
-    leaving the file, the whole history in it). asyncio.run's own SIGINT handler cancels the command's task."""
-    interrupt = signal.getsignal(signal.SIGINT)
-    if callable(interrupt) and interrupt is not signal.default_int_handler:
-        signal.signal(signal.SIGTERM, interrupt)
+    its task is cancelled, so an import says what it imported and an export removes its unfinished file (a
+    SIGTERM ended them at once, silent, leaving the file, the whole history in it). The loop's own handler: gone
+    with the loop, and there even where SIGINT is ignored (a job started in the background)."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
 
 
 async def _export(args: argparse.Namespace) -> int:

@@ -110,15 +110,16 @@ async def test_another_message_under_a_stored_provider_id_is_a_conflict_not_alre
 ) -> None:
     """Two contacts' SMS numbered alike by an old gateway (a counter per device): the second was counted
     `already there` and dropped, its contact never made. It stops the import, named, as a line to fix; with
-    --skip-invalid it is skipped and listed. A copy of the same message (same text) under the id is still one
-    message."""
+    --skip-invalid it is skipped and listed, as is another contact's message of the same text ("ok") under an id
+    taken. A copy of the same message (same contact, same text) under the id is still one message."""
     path = tmp_path / "gateway.jsonl"
     sms = {"channel": "sms", "role": "user", "metadata": {"provider_message_id": "1001"}}
     lines = [
         good(1, contact_id="+31611111111", content="hi from Ann", **sms),
         good(2, contact_id="+31644444444", content="hi from Bob", **sms),
         good(3, contact_id="+31611111111", content="hi from Ann", **sms),  # the gateway sent it twice
-        good(4, contact_id="+31655555555", content="ok"),
+        good(4, contact_id="+31655555555", content="ok", channel="whatsapp", metadata={"provider_message_id": "7"}),
+        good(5, contact_id="+31666666666", content="ok", channel="whatsapp", metadata={"provider_message_id": "7"}),
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     done = import_(db, str(path), "-q")
@@ -127,11 +128,12 @@ async def test_another_message_under_a_stored_provider_id_is_a_conflict_not_alre
     assert said.startswith(
         "chatdock: line 2: metadata.provider_message_id '1001' on channel 'sms' is already another message's (id "
     ), said
-    assert "contact +31611111111, another text" in said and "the import stopped: nothing was imported" in said, said
+    assert "of contact +31611111111)" in said and "the import stopped: nothing was imported" in said, said
     skipping = import_(db, str(path), "-q", "--skip-invalid")
     assert skipping.returncode == 0, skipping.stderr
-    assert "stored 2 message(s) and 0 chat(s), 1 already there, 1 skipped" in skipping.stdout
+    assert "stored 2 message(s) and 0 chat(s), 1 already there, 2 skipped" in skipping.stdout
     assert "skipped line 2: metadata.provider_message_id '1001'" in skipping.stderr, skipping.stderr
+    assert "skipped line 5: metadata.provider_message_id '7' on channel 'whatsapp'" in skipping.stderr  # its "ok" too
     async with open_store(db) as store:
         assert [m.content for m in (await store.get_context("default", "+31611111111")).messages] == ["hi from Ann"]
         assert (await store.get_context("default", "+31644444444")).messages == []
@@ -375,17 +377,22 @@ def test_an_export_stopped_with_ctrl_c_says_it_is_cut_short(tmp_path: Path, hist
     assert 1000 <= len(received) < len(exported.encode())
 
 
-def test_an_export_stopped_with_sigterm_leaves_no_unfinished_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("background", [False, True])
+def test_an_export_stopped_with_sigterm_leaves_no_unfinished_file(tmp_path: Path, background: bool) -> None:
     """SIGTERM (a cron job's timeout, a service manager's stop) during an export into a file: it left its hidden
     `.part` file, the history in it (a contact forgotten later among it), and said nothing. It is removed, the
-    file the export was asked for is not made, and the export says so."""
+    file the export was asked for is not made, and the export says so; also started as a background job (a
+    shell's `&` ignores SIGINT there, and Python's Ctrl-C with it)."""
     db, path = tmp_path / "chatdock.db", tmp_path / "history.jsonl"
     many(path, 4_000, padding=4_000)
     assert import_(db, str(path), "-q").returncode == 0
     target = tmp_path / "backup.jsonl"
     process = subprocess.Popen(
-        [*chatdock_command(), "export", "--db", str(db), "-q", "-o", str(target)],
+        # a fresh process for the background: the fork server's child would not take the ignored SIGINT
+        [*(installed_command() if background else chatdock_command()), "export", "--db", str(db), "-q", "-o",
+         str(target)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
