@@ -78,10 +78,11 @@ def message_id_taken(message_id: str) -> Conflict:
 
 
 def provider_id_taken(record: MessageRecord, stored: Message) -> Conflict:
-    """An imported message whose channel and provider id another message, of other text, already has."""
+    """An imported message whose channel and provider id another message (another text, or another contact's)
+    already has."""
     return Conflict(
         f"metadata.provider_message_id {record.provider_message_id!r} on channel {stored.channel!r} is already "
-        f"another message's (id {stored.id}, contact {stored.contact_id}, another text): a message is stored once "
+        f"another message's (id {stored.id}, of contact {stored.contact_id}): a message is stored once "
         "per channel and provider id; give this one its own provider_message_id (or leave it out) to import it"
     )
 

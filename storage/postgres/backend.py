@@ -69,6 +69,7 @@ HEALTH_SQL = "SELECT current_setting('transaction_read_only'), (SELECT count(*) 
 
 
 LOCK_WAIT = 0.25  # seconds a batch of appends waits for a row another transaction holds (`_append_batch`)
+HELD_AT_ONCE = 2  # contacts whose held appends wait for their rows at once, a connection each (`_append_held`)
 
 
 class _Held(Unavailable):
@@ -122,13 +123,18 @@ def _append(
     if lock_wait is None:
         query = all_rows("SELECT chatdock_append(?::jsonb, ?)", items, log.origin)
     else:
-        # the statement's own lock_timeout (its transaction's: it is one), set before the append runs
+        # the statement's own lock_timeout (its transaction's: it is one), set before the append runs; a shorter
+        # one the server sets (a DBA's) is kept
+        wait = f"{int(lock_wait * 1000)}ms"
         query = all_rows(
-            "SELECT chatdock_append(?::jsonb, ?) FROM (SELECT set_config('lock_timeout', ?, true) AS waiting) w "
+            "SELECT chatdock_append(?::jsonb, ?) FROM (SELECT set_config('lock_timeout', CASE WHEN "
+            "current_setting('lock_timeout')::interval > interval '0' AND current_setting('lock_timeout')::interval "
+            "< ?::text::interval THEN current_setting('lock_timeout') ELSE ? END, true) AS waiting) w "
             "WHERE w.waiting IS NOT NULL",
             items,
             log.origin,
-            f"{int(lock_wait * 1000)}ms",
+            wait,
+            wait,
         )
     found = [row[0] for row in (yield query)]
     for item, result in zip(items, found, strict=True):
@@ -182,7 +188,9 @@ class PostgresBackend(SQLBackend):
         # appends in flight at once: the pool keeps room for reads and for the other writes
         writers = max(1, self.pool_size // 2)
         self._appends = Batches(self._append_batch, writers)
-        self._held = asyncio.Semaphore(1)  # appends waiting for a row another transaction holds (`_append_held`)
+        # appends waiting for a row another transaction holds (`_append_held`): contacts at once, each one's turns
+        self._held = asyncio.Semaphore(HELD_AT_ONCE)
+        self._held_turns: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         # reads take at most the other half less one, so a burst of readers never starves the appends of
         # connections, and one connection stays for key and health checks and the other writes (reads.py)
         self._reads = Reads(self.pool_size - writers - 1, timeout, self.place, self.telemetry.failed)
@@ -314,11 +322,17 @@ class PostgresBackend(SQLBackend):
         """One statement's rows, on a connection of the pool; how long it waited since `asked` is told."""
         async with self.pool.acquire() as conn:
             self.telemetry.waited(time.monotonic() - asked)
-            with self._sql.read(sql):
-                if replan:  # a statement of its own, outside the connection's cache: its plan is made for these
-                    statement = await conn.prepare(driver.numbered(sql), timeout=self.timeout)
-                    return list(await statement.fetch(*params, timeout=self.timeout))
-                return list(await conn.fetch(driver.numbered(sql), *params, timeout=self.timeout))
+            try:
+                with self._sql.read(sql):
+                    if replan:  # a statement of its own, outside the connection's cache: planned for these
+                        statement = await conn.prepare(driver.numbered(sql), timeout=self.timeout)
+                        return list(await statement.fetch(*params, timeout=self.timeout))
+                    return list(await conn.fetch(driver.numbered(sql), *params, timeout=self.timeout))
+            except TimeoutError:
+                # unanswered: the connection is dropped, not handed back, where asyncpg would wait for a server that
+                # does not answer to hear the statement cancelled (as long again: a read took twice --db-timeout)
+                conn.terminate()
+                raise
 
     def _write_failed(self, exc: BaseException, stage: str) -> BaseException:
         """The error for a write that failed at `stage` ("connecting", "writing", "committing"): a connection
@@ -414,23 +428,58 @@ class PostgresBackend(SQLBackend):
         return outcomes
 
     async def _append_held(self, org: str, record: MessageRecord) -> AppendedMessage | ChatdockError:
-        """An append whose contact's row another transaction holds: on its own, waiting for the row as long as
-        --db-timeout allows, one such append at a time (on one connection of the pool: the batches keep theirs)."""
+        """An append whose contact's row another transaction holds: on its own, outside the batches, waiting for
+        the row until --db-timeout from now, then refused with nothing written. A contact's held appends take
+        turns (one connection waits on a row, not one per append), and HELD_AT_ONCE contacts wait at most at once,
+        so the pool stays the batches' and the reads'."""
+        key = (org, record.message.contact_id)
+        turn, waiting = self._held_turns.get(key, (asyncio.Lock(), 0))
+        self._held_turns[key] = (turn, waiting + 1)
         try:
-            await asyncio.wait_for(self._held.acquire(), self.timeout)
-        except TimeoutError:
-            self.telemetry.failed("timeout")
-            return Unavailable(
-                f"{self.place}: the row of contact {record.message.contact_id} stayed held by another transaction "
-                "(a link or forget of a long history, or a session outside chatdock) for --db-timeout; nothing was "
-                "written; try again"
-            )
-        try:
-            outcomes: list[AppendedMessage | ChatdockError] = [Unavailable("not run")]
-            await self._append_group([(org, record)], [0], now_us(), outcomes, None)
-            return outcomes[0]
+            return await self._append_in_turn(turn, org, record, time.monotonic() + self.timeout)
         finally:
-            self._held.release()
+            turn, waiting = self._held_turns[key]
+            if waiting == 1:
+                del self._held_turns[key]
+            else:
+                self._held_turns[key] = (turn, waiting - 1)
+
+    async def _append_in_turn(
+        self, turn: asyncio.Lock, org: str, record: MessageRecord, deadline: float
+    ) -> AppendedMessage | ChatdockError:
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await turn.acquire()
+        except TimeoutError:
+            return self._held_too_long(record)
+        try:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self._held.acquire()
+            except TimeoutError:
+                return self._held_too_long(record)
+            try:
+                outcomes: list[AppendedMessage | ChatdockError] = [Unavailable("not run")]
+                # the row, for what is left of --db-timeout: less than the statement's own bound, so that it ends
+                # as a lock not had (nothing written), never as a statement unanswered (its outcome unknown)
+                waits = max(0.05, min(deadline - time.monotonic(), self.timeout * 0.9))
+                await self._append_group([(org, record)], [0], now_us(), outcomes, waits)
+                return outcomes[0]
+            except asyncpg.LockNotAvailableError:
+                return self._held_too_long(record)
+            finally:
+                self._held.release()
+        finally:
+            turn.release()
+
+    def _held_too_long(self, record: MessageRecord) -> Unavailable:
+        self.telemetry.failed("timeout")
+        return Unavailable(
+            f"{self.place}: the write waited --db-timeout ({self.timeout:g} s, or the server's lock_timeout if "
+            f"shorter) for a lock another transaction holds (contact {record.message.contact_id}'s row, or its "
+            "table: a link or forget of a long history, a migration, or a session outside chatdock); nothing was "
+            "written; try again"
+        )
 
     async def _append_group(
         self,

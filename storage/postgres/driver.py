@@ -21,9 +21,9 @@ def named(url: str, role: str) -> dict[str, str]:
     """The server settings of a connection chatdock opens: its `application_name` (pg_stat_activity's, and the
     sessions a migration names as in its way): `role` ("chatdock", "chatdock feed", "chatdock migrate"), unless
     the URL or PGAPPNAME names one."""
-    if "application_name" in url or os.environ.get("PGAPPNAME"):
+    if "application_name" in url:
         return {}
-    return {"application_name": role}
+    return {"application_name": os.environ.get("PGAPPNAME") or role}  # (asyncpg does not read PGAPPNAME)
 
 
 @lru_cache(maxsize=2048)

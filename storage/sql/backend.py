@@ -38,6 +38,7 @@ from . import writes
 from .dialect import Dialect
 from .exports import Exports
 from .ops import Ops, Undo
+from .ops import rows as ops_rows
 from .queries import CONTACT, KEY_SELECT, ORG, chat_select, latest_sql
 from .walk import Read
 from .writes import ChangeLog, savepoint
@@ -57,6 +58,16 @@ async def settle(work: Coroutine[Any, Any, None]) -> None:
 
 def now_us() -> int:
     return rows.to_us(check.utc_now())
+
+
+def _same_message(org: str, record: MessageRecord, stored: Message) -> Ops[bool]:
+    """Whether an imported line is the message stored under its channel and provider id: the same text, for the
+    same contact (the line may name it by any of its identifiers). Two contacts' "ok" numbered alike by an old
+    gateway are two messages."""
+    if stored.content != record.message.content:
+        return False
+    found = yield ops_rows(f"SELECT external_id FROM contacts WHERE id = {CONTACT}", org, record.message.contact_id)
+    return bool(found) and found[0][0] == stored.contact_id
 
 
 class SQLBackend:
@@ -259,7 +270,11 @@ class SQLBackend:
                     else:
                         stored = yield from self._import_message(org, record, now, log)
                         again = stored.deduplicated
-                        if again and stored.id != record.message.id and stored.content != record.message.content:
+                        if (
+                            again
+                            and stored.id != record.message.id
+                            and not (yield from _same_message(org, record, stored))
+                        ):
                             # another message under its channel and provider id: the line is not that copy
                             raise provider_id_taken(record, stored)
                     outcomes.append("existing" if again else "stored")

@@ -245,9 +245,12 @@ async def test_a_replica_behind_another_s_migration_waits_saying_so_then_gives_u
             await conn.close()
 
 
-async def test_chatdock_s_sessions_are_named_in_pg_stat_activity(postgres_url: str) -> None:
+async def test_chatdock_s_sessions_are_named_in_pg_stat_activity(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A DBA (and a migration naming who is in its way) sees which sessions are chatdock's: its pool's
-    `application_name` is "chatdock" (it was empty); a URL's own application_name is kept."""
+    `application_name` is "chatdock" (it was empty); a URL's own application_name is kept, and so is PGAPPNAME
+    (which asyncpg does not read)."""
     watcher = await asyncpg.connect(postgres_url)
     names = "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
     try:
@@ -258,5 +261,10 @@ async def test_chatdock_s_sessions_are_named_in_pg_stat_activity(postgres_url: s
             await store.get_context("acme", "+31600000000")
             found = {row[0] for row in await watcher.fetch(names)}
             assert "billing-bot" in found and "chatdock" not in found, found
+        monkeypatch.setenv("PGAPPNAME", "reporting")
+        async with open_store(postgres_url) as store:
+            await store.get_context("acme", "+31600000000")
+            found = {row[0] for row in await watcher.fetch(names)}
+            assert "reporting" in found and "chatdock" not in found, found
     finally:
         await watcher.close()
