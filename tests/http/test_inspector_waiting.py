@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Route, async_playwright, expect
 
-from tests.http.browser import chromium, sign_in, watched
+from tests.http.browser import chromium, q, sign_in, watched
 from tests.transports import Rest, create_key, restartable_server
 
 pytestmark = pytest.mark.process
@@ -123,3 +123,55 @@ async def test_a_hung_server_is_waited_for_then_given_up_and_its_silent_stream_c
             await expect(page.locator("#offline")).to_have_text("")
             await expect(page.locator("#problem")).to_have_text("")
         seen.errors = [error for error in seen.errors if "net::ERR_" not in error]
+
+
+async def test_enter_again_on_a_busy_search_stays_in_the_page_and_the_last_address_wins(
+    tmp_path: Path, browser: Browser
+) -> None:
+    """Enter pressed again while a search is on its way does nothing (the form's own submit reloaded the page as
+    /ui?q=..., signing out and writing the words into the server's log); and a contact asked for by a link, slow
+    to answer, then Back: the page stays on the contact Back returned to, and the address names it."""
+    db = str(tmp_path / "busy.db")
+    key = create_key(db, "acme", "support")
+    with restartable_server(db) as server:
+        rest = Rest(server.url, key)
+        for n in range(3):
+            rest.ok("POST", "/chats", order(n))
+        first, second = order(0)["contact_id"], order(1)["contact_id"]
+        async with watched(browser) as seen:
+            page = seen.page
+            await sign_in(page, server.url, key)
+            release = asyncio.Event()
+
+            async def held(route: Route) -> None:
+                await release.wait()
+                await route.continue_()
+
+            await page.route("**/chats/search?*", held)
+            await page.get_by_role("searchbox").fill("order")
+            await page.get_by_role("searchbox").press("Enter")
+            await page.get_by_role("searchbox").press("Enter")
+            await page.wait_for_timeout(300)
+            assert "?" not in page.url, page.url
+            release.set()
+            await expect(page.locator("#results-summary")).to_contain_text("3 messages found for “order”")
+            await expect(page).to_have_url(f"{server.url}/ui#q=order")
+            await page.unroute("**/chats/search?*", held)
+
+            await page.get_by_label("Open a contact by any of its identifiers").fill(first)
+            await page.get_by_label("Open a contact by any of its identifiers").press("Enter")
+            await expect(page.get_by_role("heading", name=first, level=1)).to_be_visible()
+            slow = asyncio.Event()
+
+            async def slowly(route: Route) -> None:
+                await slow.wait()
+                await route.continue_()
+
+            await page.route(f"**/contacts/{q(second)}", slowly)
+            await page.evaluate(f"location.hash = '#contact={q(second)}'")
+            await page.go_back()
+            await expect(page).to_have_url(f"{server.url}/ui#contact={q(first)}")
+            slow.set()
+            await page.wait_for_timeout(500)  # the slow answer has come
+            await expect(page.get_by_role("heading", name=first, level=1)).to_be_visible()
+            await expect(page).to_have_url(f"{server.url}/ui#contact={q(first)}")
