@@ -12,32 +12,18 @@ import json
 import re
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, Response, Route, async_playwright, expect
+from playwright.async_api import Browser, Page, Response, Route, expect
 
-from tests.http.browser import NARROW, accessible, chromium, opened, q, screenshot, sign_in, watched
+from tests.http.browser import NARROW, accessible, opened, q, screenshot, sign_in, watched
 from tests.transports import Rest, create_key, free_port, http_server, run_cli
 
 pytestmark = pytest.mark.process
 
 ANN = "+31612345678"
 WRITES = ("Delete message", "Forget contact", "Link identifier", "Unlink identifier", "Set chat status")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Debian's Chromium, headless, for one test (Playwright's async API: the tests share pytest-asyncio's
-    event loop with the database fixtures)."""
-    executable = chromium()
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=executable)
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 def seed(rest: Rest) -> dict[str, str]:

@@ -6,30 +6,18 @@ identifier not found says how identifiers are matched, and one too long is refus
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 
-from tests.http.browser import accessible, chromium, q, sign_in, watched
+from tests.http.browser import accessible, q, sign_in, watched
 from tests.transports import Rest, create_key, http_server
 
 pytestmark = pytest.mark.process
 
 ANN = "+31612345678"
 BOB = "+31687654321"
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Debian's Chromium, headless, for one test (as in test_inspector.py)."""
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=chromium())
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 def said(contact: str, content: str, **more: object) -> dict[str, object]:

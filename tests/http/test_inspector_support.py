@@ -15,9 +15,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, Route, async_playwright, expect
+from playwright.async_api import Browser, Page, Route, expect
 
-from tests.http.browser import Watched, accessible, chromium, q, sign_in, watched
+from tests.http.browser import Watched, accessible, q, sign_in, watched
 from tests.transports import Rest, create_key, free_port, http_server, run_cli
 
 pytestmark = pytest.mark.process
@@ -27,17 +27,6 @@ LIVE = "Live: changes appear as they happen."
 # how long (ms) a page of a thousand messages may take to follow a change on a loaded machine (two CPUs, four
 # browsers): waited for, never asserted
 SLOW = 30000
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Debian's Chromium, headless, for one test (as in test_inspector.py)."""
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=chromium())
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 async def open_contact(page: Page, identifier: str) -> None:

@@ -6,30 +6,18 @@ forward where the test would otherwise wait half a minute."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Route, async_playwright, expect
+from playwright.async_api import Browser, Route, expect
 
-from tests.http.browser import chromium, q, sign_in, watched
+from tests.http.browser import q, sign_in, watched
 from tests.transports import Rest, create_key, restartable_server
 
 pytestmark = pytest.mark.process
 
 ANN = "+31612345678"
 LIVE = "Live: changes appear as they happen."
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Debian's Chromium, headless, for one test (as in test_inspector.py)."""
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=chromium())
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 def order(n: int) -> dict[str, str]:
