@@ -297,7 +297,8 @@ def _lines(path: Path, name: str) -> Iterator[tuple[int, int, bytes]]:
 
 def _parse(raw: bytes, default_org: str, org_override: str | None) -> tuple[str, Record]:
     try:
-        text = raw.decode("utf-8")
+        # without its line ending: a line cut inside a string is an unterminated string, not a control character
+        text = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"not UTF-8 text: {exc.reason} at byte {exc.start + 1}") from None
     org, record = parse_line(text, default_org)

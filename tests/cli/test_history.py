@@ -193,6 +193,7 @@ def good(i: int, **changes: object) -> str:
 
 BAD_LINES = {
     "{not json": "not valid JSON",
+    good(0)[:-20]: "not valid JSON: Unterminated string starting at column",  # a line cut (was: a control character)
     "[1, 2]": "must be a JSON object",
     good(0, created_at=...): "created_at is missing",
     good(0, role="robot"): "role must be one of",
