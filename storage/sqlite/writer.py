@@ -49,7 +49,7 @@ def _untold(writes: int, seconds: float) -> None:
 logger = logging.getLogger("chatdock.storage")
 
 MAX_BATCH = 512
-BUSY_RETRIES = 20
+POLL_MS = 5  # the longest one try for the write lock waits before it tries again (`Writer._execute`)
 BUSY_TIMEOUT_MS = 10_000
 RESTART_WAIT_MS = 200  # the longest a log restart waits for readers still using the log
 CHECK_EVERY = 32  # commits between two looks at the log's size (about 1 MB of log)
@@ -282,23 +282,25 @@ class Writer:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[tuple[bool, Any]]:
-        """The batch in one transaction, retried while another process holds the write lock: for
-        `BUSY_TIMEOUT_MS` in all (each try waits only what is left of it), then the lock's error."""
-        delay = 0.005
+        """The batch in one transaction, tried again while another process holds the write lock: for
+        `BUSY_TIMEOUT_MS` in all, then the lock's error. Each try waits `POLL_MS` at most: SQLite's own wait
+        asks again at most every 100 ms, which missed the short gaps between another process's transactions
+        (`chatdock import` beside a server kept every append of the server out for 2.7 s)."""
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        for attempt in range(BUSY_RETRIES + 1):
+        attempt = 0
+        while True:
             left = deadline - time.monotonic()
-            if attempt:
-                conn.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
+            conn.execute(f"PRAGMA busy_timeout = {max(1, min(POLL_MS, int(left * 1000)))}")
             try:
                 return self._transaction(conn, batch)
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                if is_busy(exc) and attempt < BUSY_RETRIES and deadline - time.monotonic() > delay:
-                    logger.debug("write lock busy, retrying batch of %d (attempt %d)", len(batch), attempt + 1)
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.5)
+                if is_busy(exc) and deadline - time.monotonic() > 0:
+                    attempt += 1
+                    if attempt % 200 == 1:
+                        logger.debug("write lock busy, retrying batch of %d (attempt %d)", len(batch), attempt)
+                    time.sleep(0.001)
                     continue
                 # the machine's failures (a full disk, a read-only file) are the backend's to tell (outage.py),
                 # in words that say what to do; anything else is a bug's sign
@@ -306,9 +308,7 @@ class Writer:
                 logger.log(level, "write batch of %d failed: %s", len(batch), exc)
                 return [(False, exc)] * len(batch)
             finally:
-                if attempt:
-                    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        raise AssertionError("unreachable")
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def _transaction(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
