@@ -285,6 +285,10 @@ async def test_the_address_links_to_a_contact_and_a_message_and_back_goes_back(
             await expect(page).to_have_url(f"{base}/ui#contact=%2B31612345678")
             rest.ok("POST", "/chats", said(ANN, "written after the refused link"))
             await expect(page.locator("#timeline")).to_contain_text("written after the refused link", timeout=SLOW)
+            await expect(page.locator("#problem")).to_contain_text("nobody")  # still said after the step back
+            # the refused link is not a step behind Ann's: Back goes to the step before (it went to Ann again)
+            await page.go_back()
+            await expect(page).to_have_url(f"{base}/ui#contact=%2B31612345678&message={first}")
             await page.get_by_role("button", name="Sign out").click()
             await expect(page).to_have_url(f"{base}/ui")  # whose contact was open goes with the key
 

@@ -106,8 +106,17 @@ export function addressSearch(q, contactId, replace = false) {
   put(`#q=${enc(q)}${contactId ? `&in=${enc(contactId)}` : ""}`, replace);
 }
 
-/** Go where the address says: once signed in, and when it changes (a link pasted, Back, Forward). */
-export async function go() {
+let steppingBack = false; // the page steps back over a link it refused: the address's change that follows is not asked
+
+/** Whether this change of the address is the page's own step back over a refused link (`go`), once. */
+export function steppedBack() {
+  const was = steppingBack;
+  steppingBack = false;
+  return was;
+}
+
+/** Go where the address says: once signed in, and when it changes (`arrived`: a link pasted, Back, Forward). */
+export async function go({ arrived = false } = {}) {
   if (!signedIn()) return; // signing in goes there
   state.moves += 1; // whatever was asked before this address is not where the page goes now
   const { contact, message, q, in: scope } = addressed();
@@ -126,7 +135,15 @@ export async function go() {
   try {
     await open(contact, message, { fromAddress: true });
   } catch (error) {
-    address(state.contact?.contact_id ?? null, null, true); // the address names what is shown, not the link refused
+    // the address names what is shown, not the link refused: a link that arrived made a step of its own, which the
+    // page steps back over (Forward still has it); written over, it left two steps alike, and Back seemed to do
+    // nothing. A link followed at sign-in is written over.
+    if (arrived) {
+      steppingBack = true;
+      history.back();
+    } else {
+      address(state.contact?.contact_id ?? null, null, true);
+    }
     throw error;
   }
 }

@@ -12,7 +12,7 @@
 
 import { ApiError } from "./api.js";
 import { download, loadOlder, open, reload, serially } from "./contact.js";
-import { go, goHome, moreContacts, refreshContacts } from "./contacts.js";
+import { go, goHome, moreContacts, refreshContacts, steppedBack } from "./contacts.js";
 import { complain, guarded, say, show, submitted, withoutWrites } from "./feedback.js";
 import { moreHits, searchForm } from "./search.js";
 import { signIn, signOut } from "./session.js";
@@ -42,7 +42,8 @@ async function start() {
   $("refresh-contacts").addEventListener("click", guarded(refreshContacts));
   $("more-contacts").addEventListener("click", guarded(moreContacts));
   $("back").addEventListener("click", guarded(() => goHome()));
-  window.addEventListener("hashchange", guarded(go));
+  const arrived = guarded(() => go({ arrived: true }));
+  window.addEventListener("hashchange", (event) => steppedBack() || arrived(event));
   $("older").addEventListener(
     "click",
     guarded(async () => {
