@@ -288,27 +288,30 @@ class Writer:
         (`chatdock import` beside a server kept every append of the server out for 2.7 s)."""
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
         attempt = 0
-        while True:
-            left = deadline - time.monotonic()
-            conn.execute(f"PRAGMA busy_timeout = {max(1, min(POLL_MS, int(left * 1000)))}")
-            try:
-                return self._transaction(conn, batch)
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if is_busy(exc) and deadline - time.monotonic() > 0:
-                    attempt += 1
-                    if attempt % 200 == 1:
-                        logger.debug("write lock busy, retrying batch of %d (attempt %d)", len(batch), attempt)
-                    time.sleep(0.001)
-                    continue
-                # the machine's failures (a full disk, a read-only file) are the backend's to tell (outage.py),
-                # in words that say what to do; anything else is a bug's sign
-                level = logging.DEBUG if cause(exc) != "other" else logging.ERROR
-                logger.log(level, "write batch of %d failed: %s", len(batch), exc)
-                return [(False, exc)] * len(batch)
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout = {POLL_MS}")
+        try:
+            while True:
+                try:
+                    return self._transaction(conn, batch)
+                except sqlite3.Error as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    left = deadline - time.monotonic()
+                    if is_busy(exc) and left > 0:
+                        attempt += 1
+                        if attempt % 200 == 1:
+                            logger.debug("write lock busy, retrying batch of %d (attempt %d)", len(batch), attempt)
+                        if left * 1000 < POLL_MS:  # the last try waits only what is left
+                            conn.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
+                        time.sleep(0.001)
+                        continue
+                    # the machine's failures (a full disk, a read-only file) are the backend's to tell (outage.py),
+                    # in words that say what to do; anything else is a bug's sign
+                    level = logging.DEBUG if cause(exc) != "other" else logging.ERROR
+                    logger.log(level, "write batch of %d failed: %s", len(batch), exc)
+                    return [(False, exc)] * len(batch)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def _transaction(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
