@@ -18,6 +18,7 @@ import logging
 import random
 import secrets
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -190,7 +191,7 @@ class PostgresBackend(SQLBackend):
         self._appends = Batches(self._append_batch, writers)
         # appends waiting for a row another transaction holds (`_append_held`): contacts at once, each one's turns
         self._held = asyncio.Semaphore(HELD_AT_ONCE)
-        self._held_turns: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+        self._held_turns: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         # reads take at most the other half less one, so a burst of readers never starves the appends of
         # connections, and one connection stays for key and health checks and the other writes (reads.py)
         self._reads = Reads(self.pool_size - writers - 1, timeout, self.place, self.telemetry.failed)
@@ -432,21 +433,11 @@ class PostgresBackend(SQLBackend):
         the row until --db-timeout from now, then refused with nothing written. A contact's held appends take
         turns (one connection waits on a row, not one per append), and HELD_AT_ONCE contacts wait at most at once,
         so the pool stays the batches' and the reads'."""
+        deadline = time.monotonic() + self.timeout
         key = (org, record.message.contact_id)
-        turn, waiting = self._held_turns.get(key, (asyncio.Lock(), 0))
-        self._held_turns[key] = (turn, waiting + 1)
-        try:
-            return await self._append_in_turn(turn, org, record, time.monotonic() + self.timeout)
-        finally:
-            turn, waiting = self._held_turns[key]
-            if waiting == 1:
-                del self._held_turns[key]
-            else:
-                self._held_turns[key] = (turn, waiting - 1)
-
-    async def _append_in_turn(
-        self, turn: asyncio.Lock, org: str, record: MessageRecord, deadline: float
-    ) -> AppendedMessage | ChatdockError:
+        turn = self._held_turns.get(key)  # kept while an append of the contact holds or waits for it
+        if turn is None:
+            turn = self._held_turns[key] = asyncio.Lock()
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await turn.acquire()

@@ -60,13 +60,16 @@ def now_us() -> int:
     return rows.to_us(check.utc_now())
 
 
+CONTACT_ID = f"SELECT external_id FROM contacts WHERE id = {CONTACT}"  # the contact_id an identifier names
+
+
 def _same_message(org: str, record: MessageRecord, stored: Message) -> Ops[bool]:
     """Whether an imported line is the message stored under its channel and provider id: the same text, for the
     same contact (the line may name it by any of its identifiers). Two contacts' "ok" numbered alike by an old
     gateway are two messages."""
     if stored.content != record.message.content:
         return False
-    found = yield ops_rows(f"SELECT external_id FROM contacts WHERE id = {CONTACT}", org, record.message.contact_id)
+    found = yield ops_rows(CONTACT_ID, org, record.message.contact_id)
     return bool(found) and found[0][0] == stored.contact_id
 
 
@@ -193,7 +196,7 @@ class SQLBackend:
         return await self._write(lambda: writes.forget(self.dialect, org, contact_id, log), log)
 
     async def resolve(self, org: str, identifier: str) -> str | None:
-        found = await self._read(f"SELECT external_id FROM contacts WHERE id = {CONTACT}", (org, identifier), org)
+        found = await self._read(CONTACT_ID, (org, identifier), org)
         return str(found[0][0]) if found else None
 
     async def contact(self, org: str, contact_id: str) -> ContactInfo | None:
