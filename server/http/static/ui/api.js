@@ -103,8 +103,13 @@ async function request(method, path, { query = {}, body, raw = false } = {}) {
     if (response.status === 401 && signedIn()) signOut(`The key was refused: ${error.message}`);
     throw error;
   }
-  if ($("problem").textContent.startsWith(NO_ANSWER)) $("problem").textContent = ""; // it answers again
+  answersAgain();
   return data;
+}
+
+/** The server answered: a problem line saying it did not goes (whatever the screen: the list has no stream). */
+export function answersAgain() {
+  if ($("problem").textContent.startsWith(NO_ANSWER)) $("problem").textContent = "";
 }
 
 export function signedIn() {

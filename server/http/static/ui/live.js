@@ -1,7 +1,7 @@
 // Live: the contact's server-sent events, read through fetch (EventSource cannot send the key). (The rules every module
 // keeps: inspector.js.)
 
-import { enc, NO_ANSWER } from "./api.js";
+import { answersAgain, enc, NO_ANSWER } from "./api.js";
 import { noteFurther, refresh } from "./contact.js";
 import { failed } from "./feedback.js";
 import { signOut } from "./session.js";
@@ -39,12 +39,12 @@ export function listen(contactId) {
     let dropped = false; // the stream was down: what changed meanwhile may be anywhere in the loaded range
     while (!controller.signal.aborted) {
       const attempt = new AbortController(); // this connection: ended with the view, or by its silence
-      const end = () => attempt.abort();
-      controller.signal.addEventListener("abort", end);
+      const giveUp = () => attempt.abort();
+      controller.signal.addEventListener("abort", giveUp);
       let quiet = null;
       const heard = () => {
         clearTimeout(quiet);
-        quiet = setTimeout(end, SILENCE);
+        quiet = setTimeout(giveUp, SILENCE);
       };
       heard();
       try {
@@ -77,7 +77,7 @@ export function listen(contactId) {
             if (name === "ready") {
               $("live").textContent = "Live: changes appear as they happen.";
               $("offline").textContent = "";
-              if ($("problem").textContent.startsWith(NO_ANSWER)) $("problem").textContent = ""; // it answers again
+              answersAgain();
               wait = 1000;
               // what happened before the stream listened: while it was down (the whole loaded range is read
               // again), or (the first time) between the timeline's first read and now
@@ -94,7 +94,7 @@ export function listen(contactId) {
         else offline(error instanceof StreamRefused ? error.message : `${NO_ANSWER} (${error.message})`);
       } finally {
         clearTimeout(quiet);
-        controller.signal.removeEventListener("abort", end);
+        controller.signal.removeEventListener("abort", giveUp);
       }
       dropped = true;
       $("live").textContent = "Live updates paused; reconnecting…";
