@@ -118,7 +118,8 @@ async def test_enter_again_on_a_busy_search_stays_in_the_page_and_the_last_addre
 ) -> None:
     """Enter pressed again while a search is on its way does nothing (the form's own submit reloaded the page as
     /ui?q=..., signing out and writing the words into the server's log); and a contact asked for by a link, slow
-    to answer, then Back: the page stays on the contact Back returned to, and the address names it."""
+    to answer, then Back: the page stays on the contact Back returned to, and the address names it; a link on its
+    way when the user signs out leaves the page signed out, at /ui."""
     db = str(tmp_path / "busy.db")
     key = create_key(db, "acme", "support")
     with restartable_server(db) as server:
@@ -163,3 +164,20 @@ async def test_enter_again_on_a_busy_search_stays_in_the_page_and_the_last_addre
             await page.wait_for_timeout(500)  # the slow answer has come
             await expect(page.get_by_role("heading", name=first, level=1)).to_be_visible()
             await expect(page).to_have_url(f"{server.url}/ui#contact={q(first)}")
+
+            # a link on its way when the key goes: its late failure is not a refusal to step back over (the page
+            # stepped back out of itself, to about:blank)
+            await page.unroute(f"**/contacts/{q(second)}", slowly)
+            late = asyncio.Event()
+
+            async def later(route: Route) -> None:
+                await late.wait()
+                await route.continue_()
+
+            await page.route(f"**/contacts/{q(second)}", later)
+            await page.evaluate(f"location.hash = '#contact={q(second)}'")
+            await page.get_by_role("button", name="Sign out").click()
+            late.set()
+            await page.wait_for_timeout(500)  # the late answer has come
+            await expect(page).to_have_url(f"{server.url}/ui")
+            await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()

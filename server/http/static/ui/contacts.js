@@ -1,7 +1,7 @@
 // The organization's contacts, and the address: the open contact (and a search hit's message) as a link, never the key.
 // (The rules every module keeps: inspector.js.)
 
-import { call, enc, signedIn } from "./api.js";
+import { call, enc, signedIn, Stale } from "./api.js";
 import { open } from "./contact.js";
 import { say, show } from "./feedback.js";
 import { stopStream } from "./live.js";
@@ -135,6 +135,7 @@ export async function go({ arrived = false } = {}) {
   try {
     await open(contact, message, { fromAddress: true });
   } catch (error) {
+    if (error instanceof Stale) throw error; // signed out meanwhile: not the link's refusal, and no step to take back
     // the address names what is shown, not the link refused: a link that arrived made a step of its own, which the
     // page steps back over (Forward still has it); written over, it left two steps alike, and Back seemed to do
     // nothing. A link followed at sign-in is written over.
