@@ -9,7 +9,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Route, expect
+from playwright.async_api import Browser, Page, Route, expect
 
 from tests.http.browser import q, sign_in, watched
 from tests.transports import Rest, create_key, restartable_server
@@ -18,6 +18,20 @@ pytestmark = pytest.mark.process
 
 ANN = "+31612345678"
 LIVE = "Live: changes appear as they happen."
+
+
+async def held(page: Page, pattern: str) -> tuple[asyncio.Event, list[str]]:
+    """The page's requests to `pattern` wait until the event is set (a server slow to answer them); the URLs
+    asked meanwhile."""
+    release, asked = asyncio.Event(), []
+
+    async def hold(route: Route) -> None:
+        asked.append(route.request.url)
+        await release.wait()
+        await route.continue_()
+
+    await page.route(pattern, hold)
+    return release, asked
 
 
 def order(n: int) -> dict[str, str]:
@@ -41,14 +55,7 @@ async def test_a_second_click_on_more_results_reads_the_page_once(tmp_path: Path
             await expect(page.locator("#results-summary")).to_have_text(
                 "20 messages found for “order” in the organization (more below)."
             )
-            asked, release = [], asyncio.Event()
-
-            async def held(route: Route) -> None:
-                asked.append(route.request.url)
-                await release.wait()
-                await route.continue_()
-
-            await page.route("**/chats/search?*cursor=*", held)
+            release, asked = await held(page, "**/chats/search?*cursor=*")
             more = page.get_by_role("button", name="More results")
             await more.click()
             await expect(more).to_have_attribute("aria-busy", "true")
@@ -130,13 +137,7 @@ async def test_enter_again_on_a_busy_search_stays_in_the_page_and_the_last_addre
         async with watched(browser) as seen:
             page = seen.page
             await sign_in(page, server.url, key)
-            release = asyncio.Event()
-
-            async def held(route: Route) -> None:
-                await release.wait()
-                await route.continue_()
-
-            await page.route("**/chats/search?*", held)
+            release, _ = await held(page, "**/chats/search?*")
             await page.get_by_role("searchbox").fill("order")
             await page.get_by_role("searchbox").press("Enter")
             await page.get_by_role("searchbox").press("Enter")
@@ -145,18 +146,12 @@ async def test_enter_again_on_a_busy_search_stays_in_the_page_and_the_last_addre
             release.set()
             await expect(page.locator("#results-summary")).to_contain_text("3 messages found for “order”")
             await expect(page).to_have_url(f"{server.url}/ui#q=order")
-            await page.unroute("**/chats/search?*", held)
+            await page.unroute("**/chats/search?*")
 
             await page.get_by_label("Open a contact by any of its identifiers").fill(first)
             await page.get_by_label("Open a contact by any of its identifiers").press("Enter")
             await expect(page.get_by_role("heading", name=first, level=1)).to_be_visible()
-            slow = asyncio.Event()
-
-            async def slowly(route: Route) -> None:
-                await slow.wait()
-                await route.continue_()
-
-            await page.route(f"**/contacts/{q(second)}", slowly)
+            slow, _ = await held(page, f"**/contacts/{q(second)}")
             await page.evaluate(f"location.hash = '#contact={q(second)}'")
             await page.go_back()
             await expect(page).to_have_url(f"{server.url}/ui#contact={q(first)}")
@@ -167,14 +162,8 @@ async def test_enter_again_on_a_busy_search_stays_in_the_page_and_the_last_addre
 
             # a link on its way when the key goes: its late failure is not a refusal to step back over (the page
             # stepped back out of itself, to about:blank)
-            await page.unroute(f"**/contacts/{q(second)}", slowly)
-            late = asyncio.Event()
-
-            async def later(route: Route) -> None:
-                await late.wait()
-                await route.continue_()
-
-            await page.route(f"**/contacts/{q(second)}", later)
+            await page.unroute(f"**/contacts/{q(second)}")
+            late, _ = await held(page, f"**/contacts/{q(second)}")
             await page.evaluate(f"location.hash = '#contact={q(second)}'")
             await page.get_by_role("button", name="Sign out").click()
             late.set()
