@@ -211,6 +211,7 @@ class MessagePage(_Model):
 
 class RecentContact(_Model):
     contact_id: str
+    last_active_at: Timestamp  # the list's order, the most recently active first
 
 
 class ContactPage(_Model):

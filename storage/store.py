@@ -75,6 +75,7 @@ from .records import (
     message_record,
     new_chat_record,
 )
+from .rows import from_us
 from .search import parse_query
 from .sizing import MAX_RESULT_BYTES, fitting, message_bound, message_bytes, text_bound, text_bytes
 from .telemetry import Telemetry
@@ -592,7 +593,10 @@ class Store:
         found = await self.backend.recent_contacts(org, limit + 1, after)
         more = len(found) > limit
         return ContactPage(
-            contacts=[RecentContact(contact_id=contact_id) for contact_id, _ in found[:limit]],
+            contacts=[
+                RecentContact(contact_id=contact_id, last_active_at=from_us(position[0]))
+                for contact_id, position in found[:limit]
+            ],
             next_cursor=encode_cursor(found[limit - 1][1], key, org, CONTACTS) if more else None,
         )
 

@@ -433,7 +433,8 @@ async def test_read_only_offers_no_write_and_pages_back(tmp_path: Path, browser:
             await sign_in(page, base, key)
             contacts = page.locator("#contacts > li")
             await expect(contacts).to_have_count(50)
-            await expect(contacts.first).to_have_text("walk-in-54")
+            await expect(contacts.first.get_by_role("button")).to_have_text("walk-in-54")
+            await expect(contacts.first).to_contain_text("active ")
             assert await page.get_by_role("button", name=ANN).count() == 0  # past the first page
             await page.get_by_role("button", name="More contacts").click()
             await expect(contacts).to_have_count(56)

@@ -309,7 +309,10 @@ async def test_contacts_and_the_search_scope_follow_what_happened_elsewhere(tmp_
             rest.ok("POST", "/chats", said("walk-in-00", "I wrote again"))  # from the second page to the first
             await page.get_by_role("button", name="More contacts").click()
             await expect(contacts).to_have_count(55)
-            await expect(contacts.first).to_have_text("walk-in-00")
+            await expect(contacts.first.get_by_role("button")).to_have_text("walk-in-00")
+            await expect(contacts.first.locator("time")).to_have_attribute(
+                "datetime", rest.ok("GET", "/contacts")["contacts"][0]["last_active_at"]
+            )
             await expect(page.get_by_role("status")).to_contain_text(
                 "1 contact(s) that became active meanwhile are at the top of the list"
             )

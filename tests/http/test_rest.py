@@ -195,6 +195,11 @@ def test_the_contacts_list_pages_on_past_its_first_page(served: dict[str, Any]) 
         if cursor is None:
             break
     assert paged == [c["contact_id"] for c in whole["contacts"]] and paged[:3] == made[::-1]
+    # each says when it was last active, the list's order: the time of its newest message
+    newest = [rest("GET", "/chats/context", contact_id=contact, limit=1)[1]["messages"][-1] for contact in made[::-1]]
+    assert [c["last_active_at"] for c in whole["contacts"][:3]] == [m["created_at"] for m in newest]
+    times = [c["last_active_at"] for c in whole["contacts"]]
+    assert times == sorted(times, reverse=True)
     status, bad = rest("GET", "/contacts", cursor="nope")
     assert status == 422 and "pass next_cursor exactly as a previous GET /contacts returned it" in bad["message"]
 

@@ -7,7 +7,7 @@ import { say, show } from "./feedback.js";
 import { stopStream } from "./live.js";
 import { clearResults, search } from "./search.js";
 import { $, PAGE, state } from "./state.js";
-import { el } from "./text.js";
+import { el, shortWhen } from "./text.js";
 
 /** Show a page of contacts: the first in place of those shown, a further one after them. */
 export function renderContacts(listed, further = false) {
@@ -23,11 +23,13 @@ export function renderContacts(listed, further = false) {
   return items;
 }
 
+/** A contact of the list: its id to open it, and when it was last active (the list's order). */
 function contactItem(contact) {
   return el(
     "li",
     { "data-key": contact.contact_id },
     el("button", { type: "button", onclick: () => open(contact.contact_id) }, contact.contact_id),
+    el("span", { class: "meta" }, "active ", shortWhen(contact.last_active_at)),
   );
 }
 

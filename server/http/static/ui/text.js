@@ -57,6 +57,14 @@ export function when(timestamp) {
   return el("time", { datetime: timestamp }, timeFormat.format(new Date(timestamp)));
 }
 
+const shortFormat = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+
+/** A time in a list, short (day and minute), the whole of it as its title. */
+export function shortWhen(timestamp) {
+  const at = new Date(timestamp);
+  return el("time", { datetime: timestamp, title: timeFormat.format(at) }, shortFormat.format(at));
+}
+
 /** A time into a call as [h:]m:ss.s, rounded to the tenth before it is split (59.96 s is 1:00.0, not 0:60.0). */
 export function seconds(value) {
   const tenths = Math.round(value * 10);
