@@ -51,7 +51,7 @@ from chatdock.storage import validation as check
 from chatdock.storage.models import ChatWithMessages, LinkResult, SearchPage
 
 from . import wire
-from .errors import CLOSED, NOT_OPEN, UNAVAILABLE, ChatdockApiError
+from .errors import CLOSED, EMBEDDED_ELSEWHERE, NOT_OPEN, UNAVAILABLE, ChatdockApiError
 
 if TYPE_CHECKING:
     from .embedded import InProcess
@@ -97,6 +97,12 @@ class ChatdockClient:
                 "api_key must be the key as `chatdock keys create` printed it, without spaces or a line break "
                 "(strip what is read from a file)"
             )
+        if timeout is not None and not timeout > 0:  # also NaN: every call would fail as if the server were down
+            raise ValueError(
+                f"timeout must be a number of seconds above 0 (or None for {DEFAULT_TIMEOUT:g}), got {timeout!r}"
+            )
+        if retries < 0:
+            raise ValueError(f"retries must be 0 or more, got {retries!r}")
         self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         self.retries = retries
         # sent with each request, never set on the HTTP client: a client of the caller's may be shared
@@ -141,6 +147,7 @@ class ChatdockClient:
             http = await self._in_process.open()
             await self._http.aclose()  # the one it made before, unused
             self._http = http
+            self._loop = asyncio.get_running_loop()  # the store's tasks and connections are this loop's
         elif self._own and self._http.is_closed:
             self._http = self._new_http()
         self._closed = False
@@ -233,8 +240,8 @@ class ChatdockClient:
             agent_id=agent_id,
             chat_id=chat_id,
             limit=limit,
-            roles=None if roles is None else ",".join(roles),
-            channels=None if channels is None else ",".join(channels),
+            roles=wire.listed(roles),
+            channels=wire.listed(channels),
             max_chars=max_chars,
         )
         return await self._call(Context, "GET", "/chats/context", params=params)
@@ -360,10 +367,12 @@ class ChatdockClient:
         with self._loops_lock:
             if self._loop is None:
                 self._loop = loop
-            if loop is self._loop or self._in_process is not None:
+            if loop is self._loop:
                 if self._own and self._in_process is None and self._http.is_closed:
                     self._http = self._new_http()
                 return self._http
+            if self._in_process is not None:  # its store ends with the loop that opened it (asyncio.run's end)
+                raise ChatdockApiError(503, UNAVAILABLE, EMBEDDED_ELSEWHERE, retryable=False)
             if not self._own:
                 raise ChatdockApiError(
                     503,

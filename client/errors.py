@@ -4,6 +4,11 @@ from __future__ import annotations
 
 UNAVAILABLE = "Service unavailable"
 NOT_OPEN = "the embedded client is not open: use `async with ChatdockClient.embedded(db=...) as client:`"
+EMBEDDED_ELSEWHERE = (
+    "the embedded client's store was opened in another event loop, and is that loop's (it ends with it, as at the "
+    "end of an asyncio.run): call the client in the loop its `async with` runs in; from sync code, keep one loop "
+    "for the client's life (an asyncio.Runner), not an asyncio.run per call"
+)
 CLOSED = "the client is closed (`aclose()`, or the end of its `async with`): enter it again with `async with client:`"
 
 

@@ -187,6 +187,14 @@ def present(**fields: Any) -> dict[str, Any]:
     return {name: value for name, value in fields.items() if value is not None}
 
 
+def listed(values: str | Sequence[str] | None) -> str | None:
+    """A list argument as the query carries it, comma-separated; a string is one item (or the list as the
+    server reads it, "user,assistant"), never its letters."""
+    if values is None or isinstance(values, str):
+        return values
+    return ",".join(values)
+
+
 def segment(value: str, name: str = "contact_id") -> str:
     """A path segment: every reserved character percent-encoded (`+31...` -> `%2B31...`, `a/b` -> `a%2Fb`), and
     '.' and '..' too (a URL's dot segments, which the HTTP client would resolve away); an empty one, which no

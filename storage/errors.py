@@ -117,8 +117,9 @@ def contact_not_found(contact_id: str) -> NotFound:
 
 
 def identifier_not_found(identifier: str, of: str | None = None) -> NotFound:
-    """An unlink of an identifier that names no contact, or (`of`) not that contact."""
-    where = "any contact" if of is None else f"the contact {of}"
+    """An unlink of an identifier that names no contact, or (`of`) not that contact (the identifier itself, as
+    the Python client names the contact: its own contact)."""
+    where = "any contact" if of in (None, identifier) else f"the contact {of}"
     return NotFound(f"identifier {identifier} is not linked to {where}; get_contact lists a contact's aliases")
 
 

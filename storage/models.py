@@ -44,6 +44,7 @@ Timestamp = Annotated[
 
 
 _DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
+_LEAP_SECOND = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:60")
 _TIME_EXAMPLE = "like '2026-11-21T09:30:00Z' or '2026-11-21T10:30:00+01:00'"
 
 
@@ -57,6 +58,11 @@ def written_time(value: object) -> object:
     if isinstance(value, str) and not _DATE_TIME.match(value.strip()):
         raise PydanticCustomError(
             "datetime_type", f"input should be a date and a time with its timezone, {_TIME_EXAMPLE}"
+        )
+    if isinstance(value, str) and _LEAP_SECOND.match(value.strip()):  # RFC 3339's, which no datetime holds
+        raise PydanticCustomError(
+            "datetime_type",
+            "input is a leap second (:60), which cannot be stored; give it as :59.999999 of that minute",
         )
     return value
 

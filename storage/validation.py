@@ -381,7 +381,8 @@ def content(value: object) -> str:
     if not isinstance(value, str):
         raise InvalidInput(f"content must be a string, got {type(value).__name__}")
     if not value.strip():
-        raise InvalidInput("content must not be empty; send the message's text")
+        what = "empty" if not value else "only spaces and line breaks"
+        raise InvalidInput(f"content must not be {what}; send the message's text")
     _text_size(len(value), "content")
     if "\x00" in value:
         raise InvalidInput("content must not contain NUL characters (\\x00); remove them and send again")
@@ -413,7 +414,9 @@ def parts(values: Sequence[Part], named: str = "message") -> tuple[list[Part], s
     for index, part in enumerate(values):
         where = f"{named}[{index}]"
         if not part.text.strip():
-            raise InvalidInput(f"{where}.text must not be empty")
+            raise InvalidInput(
+                f"{where}.text must not be {'empty' if not part.text else 'only spaces and line breaks'}"
+            )
         if "\x00" in part.text:
             raise InvalidInput(f"{where}.text must not contain NUL characters (\\x00)")
         whole_characters(part.text, f"{where}.text")

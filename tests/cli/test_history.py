@@ -197,7 +197,7 @@ BAD_LINES = {
     "[1, 2]": "must be a JSON object",
     good(0, created_at=...): "created_at is missing",
     good(0, role="robot"): "role must be one of",
-    good(0, content=" "): "content must not be empty",
+    good(0, content=" "): "content must not be only spaces and line breaks",
     good(0, content="x" * 40_000): "at most 32768 characters",
     good(0, created_at="2025-01-01T00:00:00"): "must carry a timezone",
     good(0, chat_id="0192f0c4-7d3e-7b1a-9c4e-2f1d3a5b6c7d"): "neither in the database nor on an earlier line",

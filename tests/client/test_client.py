@@ -154,6 +154,11 @@ async def test_the_servers_refusals_are_one_exception_with_its_words(kind: str, 
         assert (reused.status, reused.error) == (409, "Conflict")
         own = await refused(client.unlink_contact(CALLER))
         assert own.status == 422 and "own contact_id" in own.message
+        nobody = await refused(client.unlink_contact("never-seen"))  # not "... is not linked to the contact never-seen"
+        assert (nobody.status, nobody.message) == (
+            404,
+            "identifier never-seen is not linked to any contact; get_contact lists a contact's aliases",
+        )
         watch = await refused(client.watch("x" * 300).__aenter__())
         assert watch.status == 422 and "contact_id" in watch.message
         for metadata, why in (({"a": float("nan")}, "not JSON compliant"), ({"at": datetime.now()}, "datetime")):

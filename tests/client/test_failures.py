@@ -132,6 +132,47 @@ async def test_a_url_no_request_could_go_to_is_refused_when_the_client_is_made(d
             assert shouting.url == base
 
 
+def test_a_timeout_or_retries_no_call_could_keep_are_refused_when_the_client_is_made() -> None:
+    """A timeout of 0 failed every call as "could not be reached; nothing was sent", blaming a server that was up
+    (found by a back-end developer's review)."""
+    for timeout in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match=re.escape("timeout must be a number of seconds above 0 (or None for")):
+            ChatdockClient("http://127.0.0.1:8765", "cdk_x", timeout=timeout)
+    with pytest.raises(ValueError, match="retries must be 0 or more, got -1"):
+        ChatdockClient("http://127.0.0.1:8765", "cdk_x", retries=-1)
+
+
+@pytest.mark.parametrize("kind", ["http", "embedded"])
+async def test_a_list_argument_given_as_one_string_is_that_one_item(kind: str, db: str) -> None:
+    """`channels="sms"` was sent as `s,m,s` and answered an empty context, without an error (a string is a
+    sequence of its letters); `roles="user"` was refused for a role 'u'."""
+    async with client_of(kind, db) as client:
+        await client.append_message(CALLER, "sms", "user", "by text")
+        await client.append_message(CALLER, "whatsapp", "assistant", "on whatsapp")
+        assert [m.content for m in (await client.get_context(CALLER, channels="sms")).messages] == ["by text"]
+        assert [m.content for m in (await client.get_context(CALLER, roles="assistant")).messages] == ["on whatsapp"]
+        both = await client.get_context(CALLER, roles="user,assistant", channels=["sms", "whatsapp"])
+        assert [m.content for m in both.messages] == ["by text", "on whatsapp"]
+
+
+async def test_the_embedded_client_called_from_another_event_loop_says_where_to_call_it(db: str) -> None:
+    """The embedded store is the loop's that opened it. Called from sync code with an asyncio.run per call, a
+    write failed as a 500 "stored is unknown" on SQLite (its writer ended with the first loop) and as a
+    retryable 503 on PostgreSQL, which no retry could mend: now one refusal, the same on both, that says how."""
+    async with ChatdockClient.embedded(db=db, org="acme") as client:
+        await client.append_message(CALLER, "sms", "user", "from its own loop")
+
+        def from_a_loop_of_its_own() -> ChatdockApiError:
+            with pytest.raises(ChatdockApiError) as raised:
+                asyncio.run(asyncio.wait_for(client.append_message(CALLER, "sms", "user", "elsewhere"), 10))
+            return raised.value
+
+        refusal = await asyncio.to_thread(from_a_loop_of_its_own)
+        assert (refusal.status, refusal.retryable) == (503, False)
+        assert "opened in another event loop" in refusal.message and "asyncio.Runner" in refusal.message
+        assert [m.content for m in (await client.get_context(CALLER)).messages] == ["from its own loop"]
+
+
 async def test_a_closed_client_says_so_and_can_be_entered_again(db: str) -> None:
     key = create_key(db, "default", "client-tests")
     with http_server(db) as base:

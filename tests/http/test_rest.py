@@ -226,7 +226,10 @@ def test_every_route_answers_and_every_error_has_its_status(served: dict[str, An
     status, known = rest("GET", "/contacts/ann%40example.com")
     assert status == 200 and (known["contact_id"], known["message_count"], known["chat_count"]) == (contact, 1, 1)
     status, recent = rest("GET", "/contacts", limit=200)
-    assert status == 200 and recent["contacts"][0] == {"contact_id": contact}  # the most recently active first
+    assert status == 200 and recent["contacts"][0] == {  # the most recently active first
+        "contact_id": contact,
+        "last_active_at": known["last_active_at"],
+    }
     export = urllib.request.Request(
         served["base"] + "/contacts/ann%40example.com/export", headers={"Authorization": f"Bearer {served['acme_key']}"}
     )
@@ -381,6 +384,19 @@ def test_a_time_is_written_out_never_guessed_from_a_number(served: dict[str, Any
         assert status == 422 and answer["message"].startswith("created_at: input should be a "), (sent, answer)
         assert "like '2026-11-21T09:30:00Z'" in answer["message"], answer
     assert rest("GET", "/chats?contact_id=epoch")[1]["messages"] == []
+    leap = {
+        "contact_id": "epoch",
+        "channel": "sms",
+        "role": "user",
+        "content": "x",
+        "created_at": "2016-12-31T23:59:60Z",
+    }
+    status, answer = rest("POST", "/chats", leap)  # RFC 3339's leap second was "unexpected extra characters"
+    assert (status, answer["message"]) == (
+        422,
+        "created_at: input is a leap second (:60), which cannot be stored; give it as :59.999999 of that minute, "
+        "got '2016-12-31T23:59:60Z'",
+    )
     body = {
         "contact_id": "epoch",
         "channel": "sms",

@@ -103,7 +103,7 @@ async def test_append_returns_the_stored_message(store: Store) -> None:
         ({"content": "x" * 32_769}, "content must be at most 32768 characters, got 32769"),
         ({"content": "x" * 100_000}, "content must be at most 32768 characters, got 100000"),
         ({"content": ""}, "content must not be empty"),
-        ({"content": "   \n"}, "content must not be empty"),
+        ({"content": "   \n"}, "content must not be only spaces and line breaks"),
         ({"content": "a\x00b"}, "NUL"),
         ({"contact_id": ""}, "contact_id must be 1 to 256 characters, got 0"),
         ({"contact_id": "x" * 257}, "contact_id must be 1 to 256 characters, got 257"),
