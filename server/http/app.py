@@ -132,6 +132,7 @@ class ApiKeyAuth:
         sessions: SessionOwners,
         metrics: Metrics | None = None,
         oauth: OAuthSettings | None = None,
+        tokens: JwtVerifier | None = None,
     ) -> None:
         self.app = app
         self.server = server
@@ -139,7 +140,7 @@ class ApiKeyAuth:
         self.sessions = sessions
         self.metrics = metrics
         self.oauth = oauth
-        self.tokens = None if oauth is None else JwtVerifier(oauth)
+        self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
@@ -176,9 +177,9 @@ class ApiKeyAuth:
             return
         if verdict.scopes is not None:
             receive, needed = await scope_needed(scope, receive, self.server.read_only_tools)
-            allowed = bool(verdict.scopes & set(SCOPES)) if needed == ANY_SCOPE else needed in verdict.scopes
+            allowed = bool(verdict.scopes & set(SCOPES)) if needed == ANY_SCOPE else needed <= verdict.scopes
             if not allowed:
-                await self._insufficient(needed, scope, receive, send)
+                await self._insufficient(needed, verdict.scopes, scope, receive, send)
                 return
         bounded = self._bounded(verdict, org, receive, send)
         scope[ORG_SCOPE_KEY] = org
@@ -294,71 +295,112 @@ class ApiKeyAuth:
         )
         await response(scope, receive, send)
 
-    async def _insufficient(self, needed: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _insufficient(
+        self, needed: frozenset[str], granted: frozenset[str], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """403, naming what the token lacks; the challenge's `scope` is what it has of chatdock's and what it
+        lacks (a client of the `initialize` era, the TypeScript SDK 1.x's, asks for the challenge's scopes in
+        place of its own: named alone, a read after a write and a write after a read each sent the user to the
+        authorization server again)."""
+        lacking = [name for name in SCOPES if name in (needed or {READ_SCOPE}) and name not in granted]
         if needed == ANY_SCOPE:
-            needed, message = READ_SCOPE, f"this token may not use chatdock: it has neither {' nor '.join(SCOPES)}"
+            message = f"this token may not use chatdock: it has neither {' nor '.join(SCOPES)}"
+        elif needed == READ_AND_WRITE and WRITE_SCOPE in granted:
+            message = (
+                f"this token may not read what this write asks back (context_limit): it lacks the scope {READ_SCOPE}; "
+                "leave context_limit out, or use a token with both scopes"
+            )
         else:
-            what = "write" if needed == WRITE_SCOPE else "read"
-            message = f"this token may not {what}: it lacks the scope {needed}"
+            what = "write" if WRITE_SCOPE in lacking else "read"
+            message = f"this token may not {what}: it lacks the scope {' and '.join(lacking)}"
+        asked = " ".join(name for name in SCOPES if name in granted or name in lacking)
         response = JSONResponse(
             {"error": "Insufficient scope", "message": message},
             status_code=403,
             headers={
                 "WWW-Authenticate": self._challenge(
-                    scope, 'error="insufficient_scope"', f'scope="{needed}"', f'error_description="{message}"'
+                    scope, 'error="insufficient_scope"', f'scope="{asked}"', f'error_description="{message}"'
                 )
             },
         )
         await response(scope, receive, send)
 
 
-async def scope_needed(scope: Scope, receive: Receive, read_only_tools: frozenset[str]) -> tuple[Receive, str]:
-    """The scope a request needs: `chatdock:read` for the REST reads and for MCP's reads, `chatdock:write` for
-    the writing tools and the REST writes, either (ANY_SCOPE) for MCP's own steps that hand out no stored data
+async def scope_needed(
+    scope: Scope, receive: Receive, read_only_tools: frozenset[str]
+) -> tuple[Receive, frozenset[str]]:
+    """The scopes a request needs: `chatdock:read` for the REST reads and for MCP's reads, `chatdock:write` for
+    the writing tools and the REST writes, both for a write that asks for the contact's context back
+    (`context_limit`: the answer is a read), either (ANY_SCOPE) for MCP's own steps that hand out no stored data
     (`initialize`, `ping`, the notifications, `tools/list`, ending the session: a write-only token's client
-    must start and end its session; a token with neither scope opens none). An MCP POST's JSON-RPC body is read
-    to tell (at most 4 MiB, the request bound) and handed on unchanged: the returned `receive` replays it."""
+    must start and end its session; a token with neither scope opens none). A POST's JSON body is read to tell
+    (at most 4 MiB, the request bound) and handed on unchanged: the returned `receive` replays it."""
     method = str(scope.get("method", "GET"))
     if not str(scope.get("path", "")).startswith("/mcp"):
-        return receive, READ_SCOPE if method in ("GET", "HEAD") else WRITE_SCOPE
+        if method in ("GET", "HEAD"):
+            return receive, READ
+        if method != "POST":
+            return receive, WRITE
+        body, _ = await read_body(receive, MAX_BODY_BYTES)
+        return replaying(body, receive), READ_AND_WRITE if _asks_context(_parsed(body)) else WRITE
     if method == "DELETE":  # the end of the client's own session
         return receive, ANY_SCOPE
     if method != "POST":  # the session's stream of notifications: which contacts changed
-        return receive, READ_SCOPE
+        return receive, READ
     body, _ = await read_body(receive, MAX_BODY_BYTES)
     return replaying(body, receive), _scope_of_rpc(body, read_only_tools)
 
 
-ANY_SCOPE = "chatdock:read or chatdock:write"  # what MCP's own steps need: a token of chatdock, either scope
+READ, WRITE = frozenset({READ_SCOPE}), frozenset({WRITE_SCOPE})
+READ_AND_WRITE = READ | WRITE
+ANY_SCOPE: frozenset[str] = frozenset()  # what MCP's own steps need: a token of chatdock, either scope
 NO_DATA_METHODS = frozenset({"initialize", "ping", "tools/list", "prompts/list", "logging/setLevel"})
 
 
-def _scope_of_rpc(body: bytes, read_only_tools: frozenset[str]) -> str:
+def _parsed(body: bytes) -> object:
+    """A body's JSON; None for one that is not JSON (the route or the MCP app refuses it; nothing is written)."""
     try:
-        parsed = json.loads(body)
+        return json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
-        return READ_SCOPE  # the MCP app refuses it; nothing is written
+        return None
+
+
+def _asks_context(arguments: object) -> bool:
+    """Whether a write's arguments ask for the contact's context in its answer (REST's body, a tool's arguments)."""
+    return isinstance(arguments, dict) and arguments.get("context_limit") is not None
+
+
+def _scope_of_rpc(body: bytes, read_only_tools: frozenset[str]) -> frozenset[str]:
+    parsed = _parsed(body)
+    if parsed is None:
+        return READ
     calls = parsed if isinstance(parsed, list) else [parsed]
     needed = ANY_SCOPE
     for call in calls:
         method = call.get("method") if isinstance(call, dict) else None
         if method == "tools/call":
-            params = call.get("params")
+            params = call.get("params") if isinstance(call, dict) else None
             name = params.get("name") if isinstance(params, dict) else None
-            if name not in read_only_tools:
-                return WRITE_SCOPE
-            needed = READ_SCOPE
+            if name in read_only_tools:
+                needed = needed | READ
+            else:
+                asks = isinstance(params, dict) and _asks_context(params.get("arguments"))
+                needed = needed | (READ_AND_WRITE if asks else WRITE)
         elif not (isinstance(method, str) and (method in NO_DATA_METHODS or method.startswith("notifications/"))):
-            needed = READ_SCOPE  # a read, an answer to the server, or what the MCP app refuses
+            needed = needed | READ  # a read, an answer to the server, or what the MCP app refuses
     return needed
 
 
 def _key_prefix(scope: Scope) -> str:
-    """What may be logged of a presented key: its prefix, never the secret part."""
+    """What may be logged of a presented bearer: a chatdock key's prefix (`cdk_` and its id), never the secret
+    part; nothing of anything else (an opaque token's first characters are its secret's)."""
     for name, value in scope.get("headers", []):
         if name == b"authorization":
-            fields = value.decode("latin-1").partition(" ")[2].strip().split("_")
-            return "_".join(fields[:2])[:20] if len(fields) >= 3 else "a key not of chatdock's form"
+            bearer = value.decode("latin-1").partition(" ")[2].strip()
+            fields = bearer.split("_")
+            if is_api_key(bearer) and len(fields) >= 3:
+                return "_".join(fields[:2])[:20]
+            return "a token" if bearer.count(".") == 2 else "a bearer not of chatdock's form"
     return "no key"
 
 
@@ -434,9 +476,10 @@ def build_http_app(
     sessions = SessionOwners(max_sessions_per_org, streams=server.events, max_streams_per_org=settings.max_listens)
     if settings.metrics is not None:
         settings.metrics.watch_sessions(sessions.held)
-    metadata = None if oauth is None else Starlette(routes=oauth.metadata_routes(), exception_handlers=REFUSED)
+    tokens = None if oauth is None else JwtVerifier(oauth)
+    metadata = None if tokens is None else Starlette(routes=tokens.metadata_routes(), exception_handlers=REFUSED)
     rest = BodyLimit(Lanes(routes))
-    app = ApiKeyAuth(Dispatch(mcp, rest, metadata), server, sessions, settings.metrics, oauth)
+    app = ApiKeyAuth(Dispatch(mcp, rest, metadata), server, sessions, settings.metrics, oauth, tokens)
     observed = ObservedHttp(
         app,
         settings.metrics,

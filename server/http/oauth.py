@@ -21,14 +21,19 @@ import logging
 import math
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 import httpx2
 import jwt
+from mcp.server.auth.handlers.metadata import ProtectedResourceMetadataHandler
 from mcp.server.auth.provider import AccessToken
-from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
+from mcp.server.auth.routes import build_resource_metadata_url, cors_middleware
+from mcp.shared.auth import ProtectedResourceMetadata
 from pydantic import AnyHttpUrl
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from chatdock.storage import validation as check
@@ -62,6 +67,16 @@ class OAuthSettings:
         for name, url in (("--oauth-issuer", self.issuer), ("--public-url", self.public_url)):
             if not url.startswith(("https://", "http://")):
                 raise ValueError(f"{name} must be an http(s) URL, got {url!r}")
+            parts = urllib.parse.urlsplit(url)
+            if parts.query or parts.fragment or "@" in parts.netloc or url.endswith(("?", "#")):
+                raise ValueError(f"{name} must be a URL without a ?query, #fragment or user@, got {url!r}")
+        if self.resource.endswith("/mcp"):  # what a connector form asks for: chatdock's would then be .../mcp/mcp
+            raise ValueError(
+                f"--public-url is chatdock's own URL, without /mcp (clients connect to its /mcp): give "
+                f"{self.resource.removesuffix('/mcp') or self.resource}, got {self.public_url!r}"
+            )
+        if not self.org_claim.strip():
+            raise ValueError("--oauth-org-claim must name the tokens' claim that holds the organization, got ''")
 
     @property
     def resource(self) -> str:
@@ -79,26 +94,33 @@ class OAuthSettings:
         """Where the protected-resource metadata is: for `/mcp`, the path-suffixed form (RFC 9728 §3.1)."""
         return str(build_resource_metadata_url(AnyHttpUrl(self.resource + path)))
 
-    def metadata_routes(self) -> list[Route]:
-        """The SDK's RFC 9728 route for chatdock's URL at `/.well-known/oauth-protected-resource`, and for its MCP
-        endpoint at the `/mcp` form: the issuer, the scopes, and as the resource the URL whose metadata it is
-        (§3.3: a client such as VS Code refuses a document that names another)."""
+    def metadata_routes(self, issuer: Callable[[], Awaitable[str]]) -> list[Route]:
+        """RFC 9728's document for chatdock's URL at `/.well-known/oauth-protected-resource`, and for its MCP
+        endpoint at the `/mcp` form: the issuer (`issuer()`: as its own discovery document spells it, which
+        clients compare letter for letter: the MCP SDK's Python client refused `http://as/` for `http://as`),
+        the scopes, and as the resource the URL whose metadata it is (§3.3: a client such as VS Code refuses a
+        document that names another). The MCP SDK's model, handler and CORS."""
         # where metadata_url points (RFC 9728 §3.1: the resource's path after the well-known one; a --public-url
         # with a path, behind a proxy, adds it), and the same without that path
         base = urllib.parse.urlsplit(self.resource).path.rstrip("/")
         routes: list[Route] = []
         for suffix in ("", "/mcp"):
-            # as strings: the metadata model keeps them as written (url_preserve_empty_path), where
-            # AnyHttpUrl(...) would add a "/" to a bare origin, and clients compare the issuer letter for letter
-            [made] = create_protected_resource_routes(
-                resource_url=cast(AnyHttpUrl, self.resource + suffix),
-                authorization_servers=[cast(AnyHttpUrl, self.issuer)],
-                scopes_supported=list(SCOPES),
-                resource_name="chatdock",
-            )
-            assert isinstance(made, Route)
+            resource = self.resource + suffix
+
+            async def document(request: Request, resource: str = resource) -> Response:
+                # as strings: the model keeps them as written (url_preserve_empty_path), where AnyHttpUrl(...)
+                # would add a "/" to a bare origin
+                metadata = ProtectedResourceMetadata(
+                    resource=cast(AnyHttpUrl, resource),
+                    authorization_servers=[cast(AnyHttpUrl, await issuer())],
+                    scopes_supported=list(SCOPES),
+                    resource_name="chatdock",
+                )
+                return await ProtectedResourceMetadataHandler(metadata).handle(request)
+
+            endpoint = cors_middleware(document, ["GET", "OPTIONS"])
             paths = dict.fromkeys(METADATA_PATH + prefix + suffix for prefix in ("", base))
-            routes += [Route(path, made.endpoint, methods=made.methods) for path in paths]
+            routes += [Route(path, endpoint, methods=["GET", "OPTIONS"]) for path in paths]
         return routes
 
 
@@ -110,6 +132,48 @@ class IssuerUnavailable(Exception):
     """The issuer's keys could not be fetched: the token may be fine, the service cannot check it now."""
 
 
+RSA_ALGORITHMS = frozenset(name for name in ALGORITHMS if name[:2] in ("RS", "PS"))
+
+
+@dataclass(frozen=True)
+class Published:
+    """One of the issuer's keys, and the JWK it was read from."""
+
+    key: jwt.PyJWK
+    jwk: dict[str, Any]
+
+    def as_for(self, alg: str) -> jwt.PyJWK:
+        """The key for a token signed with `alg`. A JWK's `alg` is optional (RFC 7517 §4.4) and PyJWT reads an RSA
+        key without one as RS256's: a PS256 token was refused as signed with another algorithm than its key's.
+        Such a key verifies any RSA algorithm chatdock accepts; a key that names its algorithm, only that one."""
+        bare_rsa = "alg" not in self.jwk and self.jwk.get("kty") == "RSA"
+        if bare_rsa and alg != self.key.algorithm_name and alg in RSA_ALGORITHMS:
+            return jwt.PyJWK(self.jwk, alg)
+        return self.key
+
+
+def published(document: object) -> list[Published]:
+    """The usable keys of a JWK Set (those PyJWT cannot use are passed over, as its PyJWKSet does); PyJWKSetError
+    when there is none."""
+    listed = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(listed, list):
+        raise jwt.PyJWKSetError("the issuer's key set (jwks_uri) is not a JWK Set: it has no list of keys")
+    found: list[Published] = []
+    for jwk in listed:
+        if isinstance(jwk, dict):
+            try:
+                found.append(Published(jwt.PyJWK(jwk), jwk))
+            except jwt.PyJWTError:
+                continue
+    if not found:
+        raise jwt.PyJWKSetError("the issuer's key set (jwks_uri) has no key chatdock can use")
+    return found
+
+
+class Misconfigured(Exception):
+    """The issuer's keys cannot be found as configured: no retry mends it (the message says what to check)."""
+
+
 class IssuerKeys:
     """The issuer's signing keys by key id, from its discovery document's `jwks_uri`: fetched again when a token
     names a key not seen yet (a rotation) and once they are `KEYS_MAX_AGE` old (a key the issuer withdrew stops
@@ -118,31 +182,34 @@ class IssuerKeys:
 
     def __init__(self, issuer: str) -> None:
         self.issuer = issuer  # as the discovery document spells it once read (Auth0's ends in "/", most don't)
-        self._keys: dict[str, jwt.PyJWK] = {}
+        self._keys: dict[str, Published] = {}
         self._jwks_uri: str | None = None
         self._tried_at = -math.inf  # when the last fetch began
         self._ended_at = -math.inf  # when it ended
         self._fetched_at = -math.inf  # when the keys were last fetched
         self._failed = False  # whether the last fetch failed
+        self._problem = ""  # why, when it is chatdock's configuration (no discovery document), not a passing failure
         self._lock = asyncio.Lock()
 
-    def _kept(self, kid: str | None) -> jwt.PyJWK | None:
+    def _kept(self, kid: str | None) -> Published | None:
         """The kept key a token names: by its key id, or the one key the issuer has for a token without one."""
         if kid is None:
             return next(iter(self._keys.values())) if len(self._keys) == 1 else None
         return self._keys.get(kid)
 
-    def _current(self, kid: str | None) -> jwt.PyJWK | None:
+    def _current(self, kid: str | None) -> Published | None:
         """The kept key `kid` names while the kept keys are young enough, or could not be fetched again lately
         (an issuer that is down does not stop the tokens its kept keys verify)."""
         now = time.monotonic()
         fresh = now - self._fetched_at < KEYS_MAX_AGE or (self._failed and now - self._tried_at < STALE_RETRY_SECONDS)
         return self._kept(kid) if fresh else None
 
-    async def key(self, kid: str | None) -> jwt.PyJWK:
+    async def key(self, kid: str | None, alg: str) -> jwt.PyJWK:
+        """The key that verifies a token of `kid` signed with `alg`; TokenRefused when the issuer has none,
+        IssuerUnavailable when its keys cannot be fetched."""
         current = self._current(kid)
         if current is not None:
-            return current
+            return current.as_for(alg)
         asked = time.monotonic()
         async with self._lock:  # one fetch for the many tokens that name the same new key
             # a fetch that ended since this request came is its answer, unless it began before the request and
@@ -154,9 +221,9 @@ class IssuerKeys:
             failed = self._failed
         kept = self._kept(kid)  # kept keys, if the fetch again failed
         if kept is not None:
-            return kept
+            return kept.as_for(alg)
         if failed:
-            raise IssuerUnavailable("the issuer's keys could not be fetched; try again")
+            raise IssuerUnavailable(self._problem or "the issuer's keys could not be fetched; try again")
         if kid is None:
             raise TokenRefused("the token names no key id (kid) and the issuer has several keys")
         raise TokenRefused(f"the token is signed by a key the issuer does not publish (kid {kid!a})")
@@ -169,35 +236,64 @@ class IssuerKeys:
                     self._jwks_uri = await self._discover(http)
                 answer = await http.get(self._jwks_uri)
                 answer.raise_for_status()
-                found = jwt.PyJWKSet.from_dict(answer.json())
-        except (httpx2.HTTPError, TimeoutError, ValueError, jwt.PyJWKSetError) as exc:
+                found = published(answer.json())
+        except (httpx2.HTTPError, TimeoutError, ValueError, jwt.PyJWKSetError, Misconfigured) as exc:
             self._failed, self._ended_at = True, time.monotonic()
-            logger.warning("could not fetch the signing keys of %s: %s", self.issuer, exc or type(exc).__name__)
+            self._problem = str(exc) if isinstance(exc, Misconfigured) else ""
+            where = "" if isinstance(exc, Misconfigured) else f" ({self._jwks_uri or 'discovery'})"
+            why = exc or type(exc).__name__
+            logger.warning("could not fetch the signing keys of %s%s: %s", self.issuer, where, why)
             return
-        keys = {key.key_id: key for key in found.keys if key.key_id}
-        self._keys = keys if keys or not found.keys else {"": found.keys[0]}
+        keys = {key.key.key_id: key for key in found if key.key.key_id}
+        self._keys = keys if keys else {"": found[0]}
+        self._problem = ""
         self._fetched_at = self._ended_at = time.monotonic()
         self._failed = False
         logger.info("fetched %d signing keys of %s", len(self._keys), self.issuer)
 
     async def _discover(self, http: httpx2.AsyncClient) -> str:
-        """`jwks_uri` from RFC 8414's document, or else OpenID Connect's; the document must name this issuer."""
+        """`jwks_uri` from RFC 8414's document, or else OpenID Connect's; the document must name this issuer. A
+        URL whose answer is not such a document (a website's page for any path, another issuer's) is passed
+        over for the next; when neither is, ValueError says what each URL answered."""
         issuer = self.issuer.rstrip("/")
         parts = urllib.parse.urlsplit(issuer)
+        answered: list[str] = []
         for url in (  # RFC 8414 §3.1: before the issuer's path; OpenID Connect: after it
             f"{parts.scheme}://{parts.netloc}/.well-known/oauth-authorization-server{parts.path}",
             issuer + "/.well-known/openid-configuration",
         ):
             answer = await http.get(url)
             if answer.status_code != 200:
+                answered.append(f"{url} answered {answer.status_code}")
                 continue
-            document = answer.json()
-            named = str(document.get("issuer", ""))
+            try:
+                document = answer.json()
+            except ValueError:
+                answered.append(f"{url} answered something that is not JSON")
+                continue
+            named = str(document.get("issuer", "")) if isinstance(document, dict) else ""
             if named.rstrip("/") != issuer:
-                raise ValueError(f"{url} names issuer {named!r}, not {self.issuer!r}")
+                answered.append(f"{url} names issuer {named!r}, not {self.issuer!r}")
+                continue
+            if not isinstance(document.get("jwks_uri"), str):
+                answered.append(f"{url} names no jwks_uri")
+                continue
             self.issuer = named
             return str(document["jwks_uri"])
-        raise ValueError("the issuer publishes neither discovery document")
+        raise Misconfigured(
+            f"no discovery document of the issuer {self.issuer} was found ({'; '.join(answered)}); check "
+            "--oauth-issuer: it must be the issuer's URL exactly as its tokens' `iss` claim spells it"
+        )
+
+    async def discovered(self) -> str:
+        """The issuer as its discovery document spells it (Auth0's ends in "/", most don't), which clients compare
+        letter for letter with the metadata's; read once (tried at most once every `REFETCH_SECONDS`), and as
+        --oauth-issuer spells it while it cannot be read."""
+        if self._jwks_uri is None:
+            async with self._lock:
+                if self._jwks_uri is None and time.monotonic() - self._tried_at >= REFETCH_SECONDS:
+                    await self._fetch()
+        return self.issuer
 
 
 class JwtVerifier:
@@ -206,6 +302,10 @@ class JwtVerifier:
     def __init__(self, settings: OAuthSettings) -> None:
         self.settings = settings
         self.keys = IssuerKeys(settings.issuer)
+
+    def metadata_routes(self) -> list[Route]:
+        """The protected-resource metadata, naming the issuer as its discovery document spells it."""
+        return self.settings.metadata_routes(self.keys.discovered)
 
     async def verify_token(self, token: str) -> AccessToken | None:
         try:
@@ -218,10 +318,10 @@ class JwtVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:  # not a JWT, or one whose header is malformed (a kid that is not text)
-            raise TokenRefused("the token is neither a chatdock key (cdk_...) nor a JWT") from exc
+            raise TokenRefused(_unreadable(token, exc)) from exc
         if str(header.get("alg", "")) not in ALGORITHMS:
             raise TokenRefused(f"the token's algorithm {header.get('alg')!a} is not accepted")
-        key = await self.keys.key(header.get("kid"))
+        key = await self.keys.key(header.get("kid"), str(header["alg"]))
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -266,6 +366,22 @@ class JwtVerifier:
             subject=None if claims.get("sub") is None else str(claims["sub"]),
             claims={"iss": claims["iss"], "org": org},
         )
+
+
+def _unreadable(token: str, exc: jwt.PyJWTError) -> str:
+    """Why a token whose header cannot be read is refused, and what the issuer must be told."""
+    dots = token.count(".")
+    if dots == 4:  # five parts: JWE's compact form (Auth0's default for a token without an API audience)
+        return (
+            "the token is encrypted (a JWE), which chatdock cannot read: set the issuer to issue signed JWT access "
+            "tokens for chatdock's URL (docs/oauth.md)"
+        )
+    if dots == 2:
+        return f"the token's header is not accepted: {exc}"
+    return (
+        "the token is neither a chatdock key (cdk_...) nor a JWT; an issuer that hands out opaque tokens must be "
+        "set to issue JWT access tokens for chatdock's URL (docs/oauth.md)"
+    )
 
 
 def granted_scopes(claims: dict[str, Any]) -> list[str]:

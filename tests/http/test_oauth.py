@@ -185,7 +185,10 @@ def test_tokens_and_keys_serve_side_by_side_each_in_its_organization(
         "error": "Insufficient scope",
         "message": "this token may not write: it lacks the scope chatdock:write",
     }
-    assert 'error="insufficient_scope"' in challenge(refused) and 'scope="chatdock:write"' in challenge(refused)
+    # the scopes it has and the one it lacks: a client that asks for the challenge's scopes alone (the TypeScript
+    # SDK 1.x) would lose its read for the write, and its write for the next read
+    assert 'error="insufficient_scope"' in challenge(refused)
+    assert 'scope="chatdock:read chatdock:write"' in challenge(refused)
     assert context(base, served["key"]).json()["formatted"] == seen  # nothing was written
 
 
@@ -252,14 +255,54 @@ async def test_a_read_only_token_over_mcp_reads_and_is_refused_a_write(
                 )
         [refused] = [answer for answer in answers if answer.status_code >= 400]
         assert refused.status_code == 403 and 'error="insufficient_scope"' in challenge(refused)
-        assert 'scope="chatdock:write"' in challenge(refused)
+        assert 'scope="chatdock:read chatdock:write"' in challenge(refused)
         direct = await http.post(
             base + "/mcp",
             json={"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "forget_contact"}},
             headers={"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"},
         )
-    assert direct.status_code == 403 and 'scope="chatdock:write"' in challenge(direct)
+    assert direct.status_code == 403 and 'scope="chatdock:read chatdock:write"' in challenge(direct)
     assert context(base, served["key"]).json()["messages"] == []
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_write_only_token_writes_and_reads_nothing_back(
+    served: dict[str, str], issuer: AuthorizationServer, mode: str
+) -> None:
+    """An ingest bot's token of `chatdock:write` alone stores messages; a write that asks for the contact's context
+    back (`context_limit`) is a read too: it handed the bot the contact's whole transcript (found by a review
+    from a hosted client's seat), over REST and over MCP."""
+    base = served["base"]
+    assert append(base, served["key"], "my PIN is 4321").status_code == 201
+    writer = issuer.token("acme-writer", base, scope="chatdock:write")
+    assert append(base, writer, "stored by the bot").status_code == 201
+    assert context(base, writer).status_code == 403
+    body = {"contact_id": CALLER, "channel": "sms", "role": "user", "content": "and tell me", "context_limit": 50}
+    for path in ("/chats", f"/contacts/{CALLER.replace('+', '%2B')}/chats/CHAT/messages"):
+        asked = httpx2.post(base + path, json=body, headers=bearer(writer))
+        assert asked.status_code == 403 and "PIN" not in asked.text, asked.text
+        assert asked.json()["message"] == (
+            "this token may not read what this write asks back (context_limit): it lacks the scope chatdock:read; "
+            "leave context_limit out, or use a token with both scopes"
+        )
+        assert 'scope="chatdock:read chatdock:write"' in challenge(asked)
+    answers: list[httpx2.Response] = []
+
+    async def seen(response: httpx2.Response) -> None:
+        answers.append(response)
+
+    arguments = {"contact_id": CALLER, "channel": "sms", "role": "user", "content": "by MCP"}
+    async with httpx2.AsyncClient(headers=bearer(writer), event_hooks={"response": [seen]}) as http:
+        async with Client(streamable_http_client(base + "/mcp", http_client=http), mode=mode) as client:
+            stored = await client.call_tool("append_message", arguments)
+            assert not stored.is_error and "PIN" not in str(stored.content)
+        with pytest.raises(Exception):  # noqa: B017  # the SDK's client raises its own error for the 403
+            async with Client(streamable_http_client(base + "/mcp", http_client=http), mode=mode) as client:
+                await client.call_tool("append_message", {**arguments, "context_limit": 50})
+    refused = [(answer.request.method, answer.status_code) for answer in answers if answer.status_code >= 400]
+    assert ("POST", 403) in refused and {status for _, status in refused} == {403}  # (its GET stream too: a read)
+    formatted = context(base, served["key"]).json()["formatted"]
+    assert formatted == "USER: my PIN is 4321\nUSER: stored by the bot\nUSER: by MCP"  # the refused wrote nothing
 
 
 def encoded(part: dict[str, Any] | str) -> str:
