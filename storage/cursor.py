@@ -45,9 +45,13 @@ class Pages:
     masked: str
     domain: str  # hashed with the organization: "" for messages (the cursors chatdock has always written)
     lister: str  # what returned it
+    # the forms (without, with the mask) that carry a check of the list they page through (its contact and
+    # filters): written when there is one; the older forms are still read, as positions in any list
+    bound: tuple[str, str] | None = None
+    same: str = ""  # what a cursor of another list is told to keep the same
 
 
-MESSAGES = Pages("v1", "v2", "", "list_messages")
+MESSAGES = Pages("v1", "v2", "", "list_messages", ("v3", "v4"), "with the same contact_id and filters")
 CONTACTS = Pages("c1", "c2", "contacts\x00", "GET /contacts")
 
 
@@ -56,32 +60,55 @@ def _mask(key: bytes, pages: Pages, org: str, created_us: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: a masked sequence stays a signed 64-bit integer
 
 
-def encode_cursor(position: Position, key: bytes | None = None, org: str = "", pages: Pages = MESSAGES) -> str:
+def _check(key: bytes | None, pages: Pages, org: str, listed: str, position: Position) -> int:
+    """32 bits that tie a cursor to the list it pages through (`listed`: its contact and filters)."""
+    material = f"check\x00{pages.domain}{org}\x00{listed}\x00{position[0]}\x00{position[1]}".encode()
+    digest = hmac.digest(key, material, hashlib.sha256) if key else hashlib.sha256(material).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def encode_cursor(
+    position: Position, key: bytes | None = None, org: str = "", pages: Pages = MESSAGES, listed: str | None = None
+) -> str:
+    """The cursor of `position`; with `listed` (the list's contact and filters) and pages that have a bound
+    form, one that only that list reads back."""
     created_us, seq = position
-    if key is None:
-        text = f"{pages.plain}:{created_us}:{seq}"
+    masked = seq if key is None else seq ^ _mask(key, pages, org, created_us)
+    if listed is not None and pages.bound is not None:
+        version = pages.bound[key is not None]
+        text = f"{version}:{created_us}:{masked}:{_check(key, pages, org, listed, position)}"
     else:
-        text = f"{pages.masked}:{created_us}:{seq ^ _mask(key, pages, org, created_us)}"
+        text = f"{pages.plain if key is None else pages.masked}:{created_us}:{masked}"
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def decode_cursor(value: object, key: bytes | None = None, org: str = "", pages: Pages = MESSAGES) -> Position:
+def decode_cursor(
+    value: object, key: bytes | None = None, org: str = "", pages: Pages = MESSAGES, listed: str | None = None
+) -> Position:
+    """The position a cursor names; InvalidInput for one not written here, or (a bound one) of another list."""
     if isinstance(value, str) and len(value) <= MAX_CURSOR_CHARS:
         try:
             raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii")
-            version, created_text, seq_text = raw.split(":")
+            version, created_text, seq_text, *checked = raw.split(":")
             created_us, seq = int(created_text), int(seq_text)
         except (ValueError, binascii.Error, UnicodeDecodeError):
             pass
         else:
             in_range = 0 <= created_us <= _HIGHEST and 0 <= seq <= _HIGHEST
-            # only a cursor this module wrote: no sign, padding, spaces or leading zeros that int() would let by
-            if version == pages.plain and in_range and encode_cursor((created_us, seq), pages=pages) == value:
-                return created_us, seq
-            if version == pages.masked and key is not None and in_range:
-                position = (created_us, seq ^ _mask(key, pages, org, created_us))
-                if encode_cursor(position, key, org, pages) == value:
+            masked = version in (pages.masked, *(pages.bound or ())[1:])
+            if in_range and (key is not None or not masked):
+                position = (created_us, seq ^ _mask(key, pages, org, created_us) if masked and key else seq)
+                bound = pages.bound is not None and version in pages.bound
+                known = version in (pages.plain, pages.masked) and not checked
+                # only a cursor this module wrote: no sign, padding, spaces or leading zeros that int() would let by
+                again = encode_cursor(position, key if masked else None, org, pages, listed if bound else None)
+                if (known or bound) and again == value:
                     return position
+                if bound and listed is not None:
+                    raise InvalidInput(
+                        f"cursor is not valid here: it pages through another list; pass next_cursor {pages.same} "
+                        f"as the {pages.lister} that returned it, or leave cursor out for the first page"
+                    )
     raise InvalidInput(
         f"cursor is not valid; pass next_cursor exactly as a previous {pages.lister} returned it, or leave cursor "
         "out for the first page"

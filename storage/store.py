@@ -435,7 +435,10 @@ class Store:
         chat_id = check.optional_uuid(chat_id, "chat_id")
         only = MessageFilter(agent_id, chat_id, None, None if channel is None else [check.channel(channel)])
         key = await self._cursor_key()
-        after = None if cursor is None else decode_cursor(cursor, key, org)
+        # what the cursor pages through: a cursor of another contact, or of other filters, was read as a place
+        # in this list, silently (a page of another contact's times, or none)
+        listed = "\x00".join((contact_id, agent_id or "", chat_id or "", channel or ""))
+        after = None if cursor is None else decode_cursor(cursor, key, org, listed=listed)
         if only.chat_id is not None:
             await self._contact_and_chat(org, contact_id, only.chat_id)
         rows = await self.backend.message_page(org, contact_id, only, limit + 1, after, MAX_RESULT_BYTES)
@@ -450,7 +453,7 @@ class Store:
         rows = rows[:kept]
         return MessagePage(
             messages=[message for message, _ in rows],
-            next_cursor=encode_cursor(rows[-1][1], key, org) if more else None,
+            next_cursor=encode_cursor(rows[-1][1], key, org, listed=listed) if more else None,
         )
 
     async def _cursor_key(self) -> bytes | None:

@@ -186,7 +186,7 @@ class ApiKeyAuth:
         fields = logs.request_fields.get()
         if fields is not None:
             fields["org"] = org
-        if path.startswith("/mcp"):
+        if path == "/mcp":
             await self.sessions.serve(org, verdict.who, scope, bounded.receive, bounded.send, self.app)
         else:
             await self.app(scope, bounded.receive, bounded.send)
@@ -275,7 +275,7 @@ class ApiKeyAuth:
         """`WWW-Authenticate`: with OAuth on, where the protected-resource metadata is (RFC 9728 §5.1)."""
         parts = [f'realm="{REALM}"', *fields]
         if self.oauth is not None:
-            path = "/mcp" if str(scope.get("path", "")).startswith("/mcp") else ""
+            path = "/mcp" if scope.get("path") == "/mcp" else ""
             parts.insert(1, f'resource_metadata="{self.oauth.metadata_url(path)}"')
         return "Bearer " + ", ".join(parts)
 
@@ -336,7 +336,7 @@ async def scope_needed(
     must start and end its session; a token with neither scope opens none). A POST's JSON body is read to tell
     (at most 4 MiB, the request bound) and handed on unchanged: the returned `receive` replays it."""
     method = str(scope.get("method", "GET"))
-    if not str(scope.get("path", "")).startswith("/mcp"):
+    if scope.get("path") != "/mcp":
         if method in ("GET", "HEAD"):
             return receive, READ
         if method != "POST":
@@ -522,7 +522,7 @@ class Dispatch:
             # Starlette's own 405 is text: the probes answer in the one error shape, as every route does
             refused = problem(405, "Method not allowed", f"{path} answers GET", headers={"Allow": "GET, HEAD"})
             await refused(scope, receive, send)
-        elif scope["type"] != "http" or path.startswith(MCP_PATHS):
+        elif scope["type"] != "http" or path in MCP_PATHS:  # these paths alone: /mcp-admin, /livez.php are REST's 404
             await self.mcp(scope, receive, send)
         elif self.metadata is not None and path.startswith(METADATA_PATH):
             await self.metadata(scope, receive, send)

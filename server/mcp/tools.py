@@ -11,7 +11,15 @@ from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from chatdock.server.mcp.org import current_org
-from chatdock.server.mcp.results import LEFT_OUT, as_json, context_result, page_result, search_result, stored_result
+from chatdock.server.mcp.results import (
+    LEFT_OUT,
+    as_json,
+    context_result,
+    note_unavailable,
+    page_result,
+    search_result,
+    stored_result,
+)
 from chatdock.storage import (
     AppendedMessage,
     Chat,
@@ -24,6 +32,7 @@ from chatdock.storage import (
     MessagePage,
     Store,
     StoredMessage,
+    Unavailable,
 )
 from chatdock.storage import validation as check
 from chatdock.storage.models import SearchPage
@@ -60,10 +69,13 @@ def _org() -> str:
 
 
 async def _tool(call: Awaitable[T]) -> T:
-    """Run a store call; every expected failure becomes a tool error whose text says what to fix."""
+    """Run a store call; every expected failure becomes a tool error whose text says what to fix (one of the
+    database, which REST answers 503, is noted for the metrics: `unavailable`, not a caller's `tool_error`)."""
     try:
         return await call
     except ChatdockError as exc:
+        if isinstance(exc, Unavailable):
+            note_unavailable()
         raise ToolError(str(exc)) from None
 
 

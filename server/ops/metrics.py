@@ -141,7 +141,8 @@ class Metrics:
         )
         refused = Counter(
             "chatdock_failed_keys",
-            "Requests refused for their API key, by reason: missing, malformed, unknown (or revoked), not_ready",
+            "Requests refused for their bearer, by reason: missing, malformed, unknown (a key unknown or revoked), "
+            "not_ready, invalid_token (an OAuth token refused)",
             ["reason"],
             registry=registry,
         )

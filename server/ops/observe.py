@@ -45,6 +45,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatdock.server.mcp.org import ORG_SCOPE_KEY, current_org
+from chatdock.server.mcp.results import service_failures
 from chatdock.server.ops import logs
 from chatdock.server.settings import METRICS_CLIENTS
 
@@ -152,7 +153,7 @@ class ObservedHttp:
         request_id, carrier = self._read_headers(scope)
         token = logs.request_fields.set({"request_id": request_id})
         try:
-            if path.startswith(self.elsewhere):
+            if path in self.elsewhere:
                 await self._pass(scope, receive, send, carrier)
             else:
                 await self._rest(scope, receive, send, carrier)
@@ -297,11 +298,13 @@ class ObservedMcp:
         if ctx.request_id is not None:
             fields["request_id"] = str(ctx.request_id)
         token = logs.request_fields.set(fields)
+        failures: list[str] = []
+        noting = service_failures.set(failures)
         began = time.perf_counter()
         status = "error"
         try:
             result = await call_next(ctx)
-            status = "tool_error" if _tool_error(result) else "ok"
+            status = ("unavailable" if failures else "tool_error") if _tool_error(result) else "ok"
             return result
         except MCPError as exc:
             status = str(exc.error.code)
@@ -313,6 +316,7 @@ class ObservedMcp:
             status = "cancelled"
             raise
         finally:
+            service_failures.reset(noting)
             logs.request_fields.reset(token)
             if self.metrics is not None:
                 self.metrics.request("mcp", method, tool, status, time.perf_counter() - began)

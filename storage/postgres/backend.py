@@ -308,14 +308,21 @@ class PostgresBackend(SQLBackend):
         turns and takes the connection the pool keeps in reserve, so it never waits behind reads; `replan`: the
         statement is planned for these parameters, never from a plan kept for it."""
         asked = time.monotonic()
-        try:
-            if urgent:
-                found = await self._fetch(sql, params, asked, replan)
-            else:
-                async with self._reads.slot(org):
+        # the span holds the wait for a turn and a connection too: a read that could not connect, or got no
+        # turn, is an error span beneath its request (it had none: a 503 of a PostgreSQL away showed no cause)
+        with self._sql.read(sql):
+            try:
+                if urgent:
                     found = await self._fetch(sql, params, asked, replan)
-        except FAILURES as exc:
-            raise self._failed(exc) from exc
+                else:
+                    try:
+                        async with self._reads.slot(org):
+                            found = await self._fetch(sql, params, asked, replan)
+                    except Unavailable:  # no turn within --db-timeout: the longest of waits, told as one
+                        self.telemetry.waited(time.monotonic() - asked)
+                        raise
+            except FAILURES as exc:
+                raise self._failed(exc) from exc
         self._outage.worked()
         return found
 
@@ -324,11 +331,10 @@ class PostgresBackend(SQLBackend):
         async with self.pool.acquire() as conn:
             self.telemetry.waited(time.monotonic() - asked)
             try:
-                with self._sql.read(sql):
-                    if replan:  # a statement of its own, outside the connection's cache: planned for these
-                        statement = await conn.prepare(driver.numbered(sql), timeout=self.timeout)
-                        return list(await statement.fetch(*params, timeout=self.timeout))
-                    return list(await conn.fetch(driver.numbered(sql), *params, timeout=self.timeout))
+                if replan:  # a statement of its own, outside the connection's cache: planned for these
+                    statement = await conn.prepare(driver.numbered(sql), timeout=self.timeout)
+                    return list(await statement.fetch(*params, timeout=self.timeout))
+                return list(await conn.fetch(driver.numbered(sql), *params, timeout=self.timeout))
             except TimeoutError:
                 # unanswered: the connection is dropped, not handed back, where asyncpg would wait for a server that
                 # does not answer to hear the statement cancelled (as long again: a read took twice --db-timeout)

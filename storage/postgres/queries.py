@@ -48,9 +48,13 @@ CONTACT = "(SELECT contact_pk FROM identifiers WHERE org_id = $1 AND identifier 
 
 
 def _lexeme(word: str, prefix: bool) -> str:
-    """One word as a quoted tsquery operand: its text is never read as operators."""
-    quoted = "'" + word.replace("\\", "\\\\").replace("'", "''") + "'"
-    return quoted + (":*" if prefix else "")
+    """One word as a quoted tsquery operand: its text is never read as operators. A number is also itself
+    signed: PostgreSQL's parser reads the "-5567" of "ORD-5567" (an order's, an invoice's number) as one signed
+    integer, where SQLite's tokenizer reads "5567"; asked for 5567, the message is found on both."""
+    quoted = "'" + word.replace("\\", "\\\\").replace("'", "''") + "'" + (":*" if prefix else "")
+    if word.isascii() and word.isdigit():
+        return f"({quoted} | '-{quoted[1:]})"
+    return quoted
 
 
 def _word(word: str, prefix: bool, next_to: str = " <-> ") -> str:

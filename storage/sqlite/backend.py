@@ -329,7 +329,10 @@ class SQLiteBackend(SQLBackend):
             raise Unavailable(self.damaged)
         refused = self._file.problem()  # removed, replaced or unwritable: nothing acknowledged into it
         if refused is not None:
-            self.telemetry.failed("file_problem")
+            why = self._file.cause(refused)
+            self.telemetry.failed(why)
+            if why == "read_only":  # everyone's writes fail until it is writable again: an outage, as a full disk
+                self._outage.failed(refused, why)
             raise Unavailable(refused)
         self._sweep.soon()  # while writes come, a bounded look at the indexes each second, on a thread
 

@@ -89,15 +89,22 @@ class FileWatch:
 
     def problem(self, writes: bool = True) -> str | None:
         """Why a write must not go to the file now (removed, replaced, not writable), or None; without `writes`
-        (a server that only reads), why reads would not see the file at the path (removed, replaced)."""
+        (a server that only reads), why reads would not see the file at the path (removed, replaced). A file
+        made read-only is an outage like a full disk (the backend's Outage says so, and when it ends); the
+        others are logged here when they appear and when they clear."""
         found = self._problem(writes)
         if found != self._told:
-            if found is not None:
+            unwritable = unwritable_text(self.path)
+            if found is not None and found != unwritable:
                 logger.error("%s", found)
-            else:
+            elif found is None and self._told != unwritable:
                 logger.warning("the database file %s is back as chatdock opened it; writes work again", self.path)
             self._told = found
         return found
+
+    def cause(self, problem: str) -> str:
+        """The metrics' cause of a problem `problem()` gave: `read_only` for a file chatdock may not write."""
+        return "read_only" if problem == unwritable_text(self.path) else "file_problem"
 
     def gone(self) -> str | None:
         """Why the path no longer names the file chatdock writes (removed, replaced), or its -wal or -shm file

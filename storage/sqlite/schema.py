@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 
@@ -289,8 +290,11 @@ def file_version(conn: sqlite3.Connection) -> int:
 
 
 def applied_in(path: str) -> set[int]:
-    """The migrations the file `path` has, read only (none when it has no chatdock schema yet)."""
-    conn = driver.read_only(path)
+    """The migrations the file `path` has, read only (none when it has no chatdock schema yet). A file without a
+    -wal beside it, which no process has open, is read as it is: nothing is made beside it (a reader's -wal and
+    -shm stayed after `chatdock migrate --check`) and a folder it may not write is no obstacle (a backup on
+    read-only media was refused as read-only)."""
+    conn = driver.read_only(path, unchanging=not os.path.exists(path + "-wal"))
     try:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone():
             return applied_versions(conn)

@@ -20,7 +20,7 @@ from chatdock.storage import NewMessage, Unavailable, open_store
 from chatdock.storage.postgres import schema as postgres_schema
 from chatdock.storage.sqlite import schema as sqlite_schema
 from tests.storage.raw import run_sql
-from tests.transports import chatdock_command, run_cli
+from tests.transports import chatdock_command, run_cli, unwritable
 
 pytestmark = pytest.mark.process  # runs the chatdock command
 
@@ -43,6 +43,23 @@ async def one_migration_behind(db: str, monkeypatch: pytest.MonkeyPatch) -> Asyn
     yield last.version, last.name
 
 
+async def test_migrate_check_reads_a_copy_on_read_only_media(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backup on read-only media (a file and folder chatdock may not write): `--check` "changes nothing", yet it
+    was refused as a read-only database (an operator's review); it reads it as it is, as `chatdock check` does."""
+    folder = tmp_path / "media"
+    folder.mkdir()
+    db = str(folder / "copy.db")
+    async with one_migration_behind(db, monkeypatch) as (last, name):
+        with unwritable(folder), unwritable(Path(db)):
+            checked = run_cli("migrate", "--check", "--db", db)
+        assert (checked.returncode, checked.stdout) == (
+            1,
+            f"{db}: at schema version {last - 1}; due: {last} ({name}). `chatdock migrate` applies them, "
+            "one-way (back up first: docs/operations.md, Upgrading)\n",
+        ), checked.stderr
+        assert sorted(path.name for path in folder.iterdir()) == ["copy.db"]
+
+
 async def test_migrate_says_what_is_due_applies_it_and_refuses_a_newer_schema(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -56,6 +73,8 @@ async def test_migrate_says_what_is_due_applies_it_and_refuses_a_newer_schema(
                 "one-way (back up first: docs/operations.md, Upgrading)\n",
             ), checked.stderr
             assert "upgrad" not in checked.stderr
+        if not db.startswith("postgres"):  # it leaves nothing beside the file: no -wal nor -shm of a reader
+            assert sorted(path.name for path in Path(db).parent.iterdir()) == [Path(db).name]
         migrated = run_cli("migrate", "--db", db)
         assert (migrated.returncode, migrated.stdout) == (
             0,

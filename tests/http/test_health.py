@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import struct
@@ -242,6 +243,13 @@ def test_a_file_chatdock_may_no_longer_write_refuses_writes_until_it_may_again(t
         status, again = server.append("c0", "after")
         assert status == 201, again
         assert len(context_ids(server, "c0")) == 2
+        # an outage as a full disk is, not a bug: it was an ERROR, never said to be over, counted as file_problem
+        log = server.log.read_text()
+        assert f"WARNING chatdock.storage.outage: the database file {db} cannot be written" in log, log[-2000:]
+        assert re.search(
+            rf"chatdock.storage.outage.over: writes to {re.escape(str(db))} work again, after .* read_only\)", log
+        )
+        assert " ERROR " not in log and "is back as chatdock opened it" not in log, log[-2000:]
 
 
 # --- (c) an index page damaged under appends ---

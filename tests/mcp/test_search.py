@@ -246,6 +246,22 @@ async def test_a_hyphenated_word_finds_it_written_whole_or_apart_on_both_engines
         assert await search(client, "booked -follow-up") == []
 
 
+async def test_the_number_of_an_order_or_an_invoice_is_found_by_its_digits_on_both_engines(store: Store) -> None:
+    """PostgreSQL's parser reads the "-5567" of "ORD-5567" as one signed number: asked for 5567, SQLite found the
+    message and PostgreSQL did not (found by a back-end developer's review)."""
+    async with Client(build_server(Settings(), store)) as client:
+        stored = ["Where is ORD-5567?", "Invoice INV-2024-001 attached", "it was order-7788", "minus -77 degrees"]
+        for content in stored:
+            await call(client, "append_message", contact_id=BOB, channel="sms", role="user", content=content)
+        assert await search(client, "5567") == ["Where is ORD-5567?"]
+        assert await search(client, "ord-5567") == ["Where is ORD-5567?"]
+        assert await search(client, "2024") == ["Invoice INV-2024-001 attached"]
+        assert await search(client, "556*") == ["Where is ORD-5567?"]
+        assert await search(client, '"order 7788"') == ["it was order-7788"]
+        assert await search(client, "77") == ["minus -77 degrees"]
+        assert await search(client, "ord -5567") == []  # "-5567" there excludes the word 5567
+
+
 @pytest.mark.parametrize(
     "query",
     ["AND", "OR NOT", "NEAR(a b)", "'; DROP TABLE messages; --", "refund) OR (1=1", "*", "---", '""', "col:refund"],

@@ -31,7 +31,17 @@ from chatdock.server.ops.metrics import Metrics
 from chatdock.storage import Unavailable, is_postgres, open_store
 from chatdock.storage.sqlite import checkpoints
 from chatdock.storage.telemetry import CAUSES
-from tests.transports import call, create_key, error, free_port, http_client, http_server, http_transport, run_cli
+from tests.transports import (
+    call,
+    create_key,
+    error,
+    free_port,
+    http_client,
+    http_server,
+    http_transport,
+    run_cli,
+    unwritable,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTACTS = 1_000
@@ -347,6 +357,25 @@ def test_requests_of_any_method_to_any_path_add_a_bounded_number_of_series(tmp_p
 
 
 @pytest.mark.process
+def test_paths_that_only_begin_like_mcp_or_a_probe_are_counted_as_unmatched(tmp_path: Path) -> None:
+    """/mcp/, /mcp-admin, /healthz/anything and /livez.php went to the MCP app by their first letters: a plain-text
+    404 counted nowhere, while the key they carried counted as refused (an operator's review)."""
+    db = str(tmp_path / "chatdock.db")
+    key = create_key(db, "acme", "ops")
+    odd = ["/mcp/", "/mcp-admin", "/healthz/anything", "/livez.php"]
+    with http_server(db) as base:
+        for path in odd:
+            request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {key}"})
+            with pytest.raises(urllib.error.HTTPError) as answered:
+                urllib.request.urlopen(request, timeout=10)
+            assert answered.value.code == 404, path
+            assert set(json.loads(answered.value.read())) == {"error", "message"}, path  # the one error shape
+            answered.value.close()
+        _, samples = scrape(base + "/metrics")
+    labels = {"surface": "rest", "operation": "unmatched", "tool": "", "status": "404"}
+    assert value(samples, "chatdock_requests_total", **labels) == len(odd)
+
+
 def test_metrics_on_the_main_listener_answer_only_the_hosts_mcp_answers(tmp_path: Path) -> None:
     """/metrics names organizations: a page another site serves, pointed at this server by DNS rebinding (a
     foreign Host) or calling it from the browser (a foreign Origin), is refused as at /mcp (it was served:
@@ -423,6 +452,33 @@ async def test_storage_errors_are_counted_by_cause(db: str, tmp_path: Path) -> N
     assert metrics.registry.get_sample_value("chatdock_storage_errors_total", {"cause": cause}) == 1
     others = [c for c in CAUSES if c != cause]
     assert all(metrics.registry.get_sample_value("chatdock_storage_errors_total", {"cause": c}) == 0 for c in others)
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_tool_call_the_database_failed_is_counted_apart_from_a_callers_mistake(
+    tmp_path: Path, mode: str
+) -> None:
+    """A write refused because the file may not be written was `tool_error`, as a caller's bad role is: the
+    dashboard's errors and the server-error alert never saw MCP's share of an outage (an operator's review).
+    It is `unavailable` (REST's 503), and the storage error's cause is `read_only`."""
+    db = tmp_path / "chatdock.db"
+    key = create_key(str(db), "acme", "ops")
+    arguments = {"contact_id": "+31612345678", "channel": "sms", "role": "user", "content": "hi"}
+    with http_server(str(db)) as base:
+        async with http_client(base, key, mode) as client:
+            await call(client, "append_message", **arguments)
+            assert "role" in await error(client, "append_message", **{**arguments, "role": "boss"})
+            with unwritable(db):
+                assert "cannot be written by chatdock" in await error(client, "append_message", **arguments)
+        _, samples = scrape(base + "/metrics")
+
+    def calls(status: str) -> float:
+        return value(samples, "chatdock_requests_total", surface="mcp", operation="tools/call",
+                     tool="append_message", status=status)  # fmt: skip
+
+    assert (calls("ok"), calls("tool_error"), calls("unavailable")) == (1, 1, 1)
+    assert value(samples, "chatdock_storage_errors_total", cause="read_only") == 1
+    assert value(samples, "chatdock_storage_errors_total", cause="file_problem") == 0
 
 
 # --- the docs: every metric listed, and the dashboard and alerts use only those ---

@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx2
 import pytest
 import uvicorn
@@ -33,7 +34,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 
 from chatdock.server.http.app import build_http_app
 from chatdock.server.mcp.app import Settings, build_server
@@ -177,6 +178,37 @@ async def test_a_rest_call_continues_the_trace_in_its_header_with_the_store_and_
         assert request.attributes is not None and request.attributes["http.route"] in ("/chats", "/chats/{message_id}")
         [store] = beneath(found, request, f"chatdock.store {tool}")
         assert beneath(found, store, engine(db)), [s.name for s in found]
+
+
+async def test_a_read_that_cannot_reach_postgresql_is_an_error_span_beneath_its_request(
+    spans: InMemorySpanExporter, postgres_url: str
+) -> None:
+    """With PostgreSQL refusing connections, a request's 503 had no span beneath it: the read's span began once
+    a connection was in hand, and the failure was in getting one (an operator's review). The read's span holds
+    the wait for a turn and a connection too, and says the error."""
+    settings = Settings(db=postgres_url, tracing=True, metrics=Metrics(), db_timeout=2)
+    trace_id, span_id = caller()
+    database = postgres_url.rsplit("/", 1)[1]
+    async with serving(settings) as (base, key), httpx2.AsyncClient(base_url=base, timeout=30) as http:
+        admin = await asyncpg.connect(postgres_url.rsplit("/", 1)[0] + "/postgres")
+        try:
+            await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+            headers = {"Authorization": f"Bearer {key}", "traceparent": traceparent(trace_id, span_id)}
+            answer = await http.get("/chats/context", params={"contact_id": CONTACT}, headers=headers)
+            assert answer.status_code == 503, answer.text
+            found = await finished(spans, trace_id, "GET /chats/context")
+        finally:
+            await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+            await admin.close()
+    [request] = [s for s in found if s.kind == SpanKind.SERVER]
+    reads = [s for s in found if s.name == "postgresql read"]
+    assert reads and all(s.status.status_code == StatusCode.ERROR for s in reads), [s.name for s in found]
+    assert request.context is not None
+    assert any(s.parent is not None and s.parent.span_id == request.context.span_id for s in reads)
 
 
 async def test_a_tool_or_prompt_the_server_has_not_names_no_span(spans: InMemorySpanExporter, tmp_path: Path) -> None:
