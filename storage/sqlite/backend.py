@@ -17,6 +17,7 @@ import secrets
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -42,7 +43,17 @@ from ..sql.writes import savepoint
 from ..telemetry import Telemetry
 from . import append, checkpoints, driver
 from .checkpoints import Checkpointer
-from .failures import DAMAGED, MIN_FREE_BYTES, WRITE_BLOCKED, cause, damaged_text, free_bytes, kind, translate
+from .failures import (
+    DAMAGED,
+    MIN_FREE_BYTES,
+    WRITE_BLOCKED,
+    cause,
+    damaged_text,
+    free_bytes,
+    kind,
+    lock_wait_text,
+    translate,
+)
 from .feed import ChangeLog, follow_feed
 from .health import FileWatch, IndexSweep
 from .indexing import SearchIndex, with_an_append
@@ -70,6 +81,7 @@ def _probe() -> Ops[None]:
 
 LOCKED = ("SQLITE_BUSY", "SQLITE_LOCKED")
 LOCK_LOOK_SECONDS = 0.2  # how long /healthz waits for the write lock to see whether it is free
+LOCK_WAIT_UNHEALTHY = 1.0  # a write waiting this long for another process's lock makes /healthz say so
 
 
 def _lock_free(path: str) -> bool | None:
@@ -451,6 +463,9 @@ class SQLiteBackend(SQLBackend):
         free = free_bytes(self.path)
         if free < MIN_FREE_BYTES and writes:
             problems.append(f"the disk is full: {free:,} bytes free on the disk of {self.path}; free space on it")
+        waiting = self._writer.waiting_since
+        if writes and waiting is not None and time.monotonic() - waiting >= LOCK_WAIT_UNHEALTHY:
+            problems.append(lock_wait_text(self.path, time.monotonic() - waiting, BUSY_TIMEOUT_MS / 1000))
         told = self._write_problem
         if told is not None and self._locked_out and writes:
             # the last write waited out another process's lock: whether the lock is free now, without a write

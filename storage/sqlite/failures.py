@@ -138,3 +138,12 @@ def damaged_text(path: str, name: str = "SQLITE_CORRUPT") -> str:
         f"the database file is damaged: {path} ({name}); writes are refused; run `chatdock check --db {path}` "
         "to see what is damaged, and `chatdock export` to save what can still be read"
     )
+
+
+def lock_wait_text(path: str, waited: float, bound: float) -> str:
+    """/healthz's words for writes waiting now for a write lock another process holds."""
+    return (
+        f"writes to {path} have waited {waited:.1f} s for its write lock, which another process holds (a `chatdock "
+        "import`, a backup, the sqlite3 command in a transaction); they are refused if it is not let go within "
+        f"{bound:g} s of waiting"
+    )

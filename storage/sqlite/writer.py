@@ -137,6 +137,9 @@ class Writer:
         self._closing = threading.Lock()  # a job is queued, or the queue closed, under it
         self._closed = False
         self.restarts = 0  # how often the log was restarted
+        # since when the batch at hand has waited for another process's write lock (None: it is not waiting), for
+        # /healthz: appends that hang behind a lock held elsewhere are a problem before the first of them fails
+        self.waiting_since: float | None = None
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="chatdock-writer", daemon=True)
@@ -279,6 +282,7 @@ class Writer:
         except sqlite3.Error as exc:  # a full disk, a damaged file: the writes say so; the next request retries
             logger.debug("restarting the write-ahead log failed: %s", exc)
         finally:
+            self.waiting_since = None
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[tuple[bool, Any]]:
@@ -298,6 +302,8 @@ class Writer:
                         conn.execute("ROLLBACK")
                     left = deadline - time.monotonic()
                     if is_busy(exc) and left > 0:
+                        if self.waiting_since is None:
+                            self.waiting_since = time.monotonic()
                         attempt += 1
                         if attempt % 200 == 1:
                             logger.debug("write lock busy, retrying batch of %d (attempt %d)", len(batch), attempt)
@@ -311,6 +317,7 @@ class Writer:
                     logger.log(level, "write batch of %d failed: %s", len(batch), exc)
                     return [(False, exc)] * len(batch)
         finally:
+            self.waiting_since = None
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def _transaction(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[tuple[bool, Any]]:
