@@ -50,6 +50,7 @@ FETCH_SECONDS = 3.0  # a fetch of the keys (the discovery documents and the key 
 REFETCH_SECONDS = 1.0  # the keys are fetched at most this often
 KEYS_MAX_AGE = 300.0  # keys older than this are fetched again before they verify a token
 STALE_RETRY_SECONDS = 30.0  # keys past their age whose fetch failed are kept, and fetched again after this
+MAX_UNNAMED_TRIES = 8  # the keys a token that names none is checked against, at most
 KEY_PREFIX = "cdk_"  # what an API key starts with; anything else is a token
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 
@@ -182,7 +183,8 @@ class IssuerKeys:
 
     def __init__(self, issuer: str) -> None:
         self.issuer = issuer  # as the discovery document spells it once read (Auth0's ends in "/", most don't)
-        self._keys: dict[str, Published] = {}
+        self._keys: dict[str, Published] = {}  # by key id
+        self._unnamed: list[Published] = []  # the keys published without one
         self._jwks_uri: str | None = None
         self._tried_at = -math.inf  # when the last fetch began
         self._ended_at = -math.inf  # when it ended
@@ -191,41 +193,43 @@ class IssuerKeys:
         self._problem = ""  # why, when it is chatdock's configuration (no discovery document), not a passing failure
         self._lock = asyncio.Lock()
 
-    def _kept(self, kid: str | None) -> Published | None:
-        """The kept key a token names: by its key id, or the one key the issuer has for a token without one."""
+    def _kept(self, kid: str | None) -> list[Published]:
+        """The kept keys that may have signed a token: the one its key id names; for a token that names none,
+        each key the issuer publishes (at most MAX_UNNAMED_TRIES: each is a signature to check)."""
         if kid is None:
-            return next(iter(self._keys.values())) if len(self._keys) == 1 else None
-        return self._keys.get(kid)
+            return [*self._unnamed, *self._keys.values()][:MAX_UNNAMED_TRIES]
+        found = self._keys.get(kid)
+        return [] if found is None else [found]
 
-    def _current(self, kid: str | None) -> Published | None:
+    def _current(self, kid: str | None) -> list[Published]:
         """The kept key `kid` names while the kept keys are young enough, or could not be fetched again lately
         (an issuer that is down does not stop the tokens its kept keys verify)."""
         now = time.monotonic()
         fresh = now - self._fetched_at < KEYS_MAX_AGE or (self._failed and now - self._tried_at < STALE_RETRY_SECONDS)
-        return self._kept(kid) if fresh else None
+        return self._kept(kid) if fresh else []
 
-    async def key(self, kid: str | None, alg: str) -> jwt.PyJWK:
-        """The key that verifies a token of `kid` signed with `alg`; TokenRefused when the issuer has none,
-        IssuerUnavailable when its keys cannot be fetched."""
+    async def candidates(self, kid: str | None, alg: str) -> list[jwt.PyJWK]:
+        """The keys that may verify a token of `kid` signed with `alg` (one, for a token that names its key);
+        TokenRefused when the issuer has none, IssuerUnavailable when its keys cannot be fetched."""
         current = self._current(kid)
-        if current is not None:
-            return current.as_for(alg)
+        if current:
+            return [key.as_for(alg) for key in current]
         asked = time.monotonic()
         async with self._lock:  # one fetch for the many tokens that name the same new key
             # a fetch that ended since this request came is its answer, unless it began before the request and
             # succeeded without the key (the issuer may have published it meanwhile: a rotation)
             answered = self._ended_at >= asked and (self._failed or self._tried_at >= asked)
-            if not answered and self._current(kid) is None:
+            if not answered and not self._current(kid):
                 await asyncio.sleep(max(0.0, self._tried_at + REFETCH_SECONDS - time.monotonic()))
                 await self._fetch()
             failed = self._failed
         kept = self._kept(kid)  # kept keys, if the fetch again failed
-        if kept is not None:
-            return kept.as_for(alg)
+        if kept:
+            return [key.as_for(alg) for key in kept]
         if failed:
             raise IssuerUnavailable(self._problem or "the issuer's keys could not be fetched; try again")
         if kid is None:
-            raise TokenRefused("the token names no key id (kid) and the issuer has several keys")
+            raise TokenRefused("the token names no key id (kid) and the issuer publishes no key")
         raise TokenRefused(f"the token is signed by a key the issuer does not publish (kid {kid!a})")
 
     async def _fetch(self) -> None:
@@ -244,12 +248,12 @@ class IssuerKeys:
             why = exc or type(exc).__name__
             logger.warning("could not fetch the signing keys of %s%s: %s", self.issuer, where, why)
             return
-        keys = {key.key.key_id: key for key in found if key.key.key_id}
-        self._keys = keys if keys else {"": found[0]}
+        self._keys = {key.key.key_id: key for key in found if key.key.key_id}
+        self._unnamed = [key for key in found if not key.key.key_id]
         self._problem = ""
         self._fetched_at = self._ended_at = time.monotonic()
         self._failed = False
-        logger.info("fetched %d signing keys of %s", len(self._keys), self.issuer)
+        logger.info("fetched %d signing keys of %s", len(found), self.issuer)
 
     async def _discover(self, http: httpx2.AsyncClient) -> str:
         """`jwks_uri` from RFC 8414's document, or else OpenID Connect's; the document must name this issuer. A
@@ -303,6 +307,27 @@ class JwtVerifier:
         self.settings = settings
         self.keys = IssuerKeys(settings.issuer)
 
+    def _decoded(self, token: str, candidates: list[jwt.PyJWK]) -> dict[str, Any]:
+        """The token's claims, verified with the first of `candidates` whose signature it carries (a token that
+        names no key id may be any published key's); PyJWT's error when none verifies it, or its claims fail."""
+        for index, key in enumerate(candidates):
+            try:
+                return dict(
+                    jwt.decode(
+                        token,
+                        key=key,
+                        algorithms=ALGORITHMS,
+                        audience=self.settings.audiences,
+                        issuer=self.keys.issuer,
+                        leeway=self.settings.clock_skew,
+                        options={"require": ["exp", "iss", "aud"]},
+                    )
+                )
+            except (jwt.InvalidSignatureError, jwt.InvalidAlgorithmError, jwt.InvalidKeyError):
+                if index == len(candidates) - 1:  # another key's (or another kind of key): the next may be its
+                    raise
+        raise jwt.InvalidSignatureError("no key to verify it with")
+
     def metadata_routes(self) -> list[Route]:
         """The protected-resource metadata, naming the issuer as its discovery document spells it."""
         return self.settings.metadata_routes(self.keys.discovered)
@@ -321,17 +346,9 @@ class JwtVerifier:
             raise TokenRefused(_unreadable(token, exc)) from exc
         if str(header.get("alg", "")) not in ALGORITHMS:
             raise TokenRefused(f"the token's algorithm {header.get('alg')!a} is not accepted")
-        key = await self.keys.key(header.get("kid"), str(header["alg"]))
+        candidates = await self.keys.candidates(header.get("kid"), str(header["alg"]))
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key=key,
-                algorithms=ALGORITHMS,
-                audience=self.settings.audiences,
-                issuer=self.keys.issuer,
-                leeway=self.settings.clock_skew,
-                options={"require": ["exp", "iss", "aud"]},
-            )
+            claims = self._decoded(token, candidates)
         except jwt.ExpiredSignatureError as exc:
             raise TokenRefused("the token has expired") from exc
         except jwt.ImmatureSignatureError as exc:

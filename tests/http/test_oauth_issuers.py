@@ -148,6 +148,23 @@ def test_an_rsa_key_that_names_no_algorithm_verifies_every_rsa_algorithm(tmp_pat
             assert refused.status_code == 401 and "does not match the key's algorithm" in refused.json()["message"]
 
 
+def test_tokens_that_name_no_key_are_verified_by_whichever_published_key_signed_them(tmp_path: Path) -> None:
+    """An issuer publishing several keys without key ids: only the first was kept, and the others' tokens were
+    refused as "the token's signature does not verify"."""
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other_public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(other.public_key()))
+    with stub_issuer() as stub:
+        stub.pages["/.well-known/oauth-authorization-server"] = {"issuer": stub.origin, "jwks_uri": stub.origin + "/k"}
+        stub.pages["/k"] = {"keys": [{**PUBLIC, "alg": "RS256"}, {**other_public, "alg": "RS256"}]}
+        with chatdock(tmp_path, stub.origin) as (base, _):
+            claims = jwt.decode(stub.sign(stub.origin, base), options={"verify_signature": False})
+            for signer in (PRIVATE, other):
+                assert context(base, jwt.encode(claims, signer, algorithm="RS256")).status_code == 200
+            stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            refused = context(base, jwt.encode(claims, stranger, algorithm="RS256"))
+            assert refused.status_code == 401 and "signature does not verify" in refused.json()["message"]
+
+
 def test_a_refused_bearer_leaves_nothing_of_its_secret_in_the_log(tmp_path: Path) -> None:
     """A bearer with two underscores was logged as a key by its first 20 characters: an opaque token's are its
     secret's. Only a chatdock key's prefix is logged; an encrypted token (a JWE, five parts) is told apart."""
