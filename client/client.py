@@ -468,6 +468,8 @@ class ChatdockClient:
         if method == "POST":
             what += "; it may have been carried out: repeating it with the same idempotency_key is safe"
             return what if made is None else f"{what} ({wire.made_key(made)})"
+        if method == "DELETE":
+            return what + "; it may have been carried out: repeating it is safe, and its 404 then means it was"
         return what + "; it may have been carried out"
 
 
