@@ -13,6 +13,7 @@ InvalidInput that says why; a backend only ever receives the parsed `Query`, nev
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from . import validation as check
@@ -20,6 +21,10 @@ from .errors import InvalidInput
 
 MAX_QUERY_CHARS = 1000
 MAX_TERMS = 32
+# the words of a query in all, each word of a phrase and each part of a hyphenated word counting: a phrase or a
+# run of hyphens (1-2-3-...) of hundreds of words, each asked as a phrase of the index, kept PostgreSQL busy for
+# seconds, past --db-timeout (a review); a sentence in quotes is far below it
+MAX_WORDS = 64
 MAX_SEARCH_OFFSET = 1000  # how deep the pages of one search go: the newest matches it ranks (ranking.py)
 # A query with an exclusion or a phrase (and no prefix) looks for its matches among the newest CANDIDATES messages
 # (of the organization, or of the contact) that hold all its words, its phrases' words in any order, its exclusions
@@ -108,12 +113,21 @@ def parse_query(text: object) -> Query:
         (excluded if negated else wanted).append(Term(words, prefix))
     if len(wanted) + len(excluded) > MAX_TERMS:
         raise InvalidInput(f"query may hold at most {MAX_TERMS} words and phrases, got {len(wanted) + len(excluded)}")
+    counted = sum(len(_PARTS.findall(term.text)) for term in (*wanted, *excluded))
+    if counted > MAX_WORDS:
+        raise InvalidInput(
+            f"query may hold at most {MAX_WORDS} words in all, each word of a phrase and each part of a hyphenated "
+            f"word counting, got {counted}; search for fewer of them"
+        )
     if not wanted:
         raise InvalidInput(
             "query needs at least one word to find, with a letter or a digit (a -word only excludes); like: refund, "
             'refund*, "order 1234"'
         )
     return Query(tuple(wanted), tuple(excluded))
+
+
+_PARTS = re.compile(r"[^\s~-]+")  # a term's words and their hyphenated parts, as the engines' queries ask for them
 
 
 def _findable(text: str) -> str:

@@ -21,7 +21,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
@@ -32,20 +32,24 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatdock.server.http.guard import FailedKeys
 from chatdock.server.http.lanes import Lanes
 from chatdock.server.http.oauth import (
     METADATA_PATH,
+    READ,
     READ_SCOPE,
     SCOPES,
+    WRITE,
     WRITE_SCOPE,
     IssuerUnavailable,
     JwtVerifier,
     OAuthSettings,
     TokenRefused,
     is_api_key,
+    write_needs,
 )
 from chatdock.server.http.rest import (
     MAX_BODY_BYTES,
@@ -80,7 +84,8 @@ logger = logging.getLogger("chatdock.http")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PROBES = ("/healthz", "/livez")
-MCP_PATHS = ("/mcp", *PROBES)
+MCP_ENDPOINT = ("/mcp", "/mcp/")  # the MCP app answers the second with a redirect to the first (clients follow it)
+MCP_PATHS = (*MCP_ENDPOINT, *PROBES)  # these paths alone: /mcp-admin, /healthz/x, /livez.php are REST's 404
 PROTECTED = ("/mcp", *ROUTE_PREFIXES)  # every route but /healthz, /livez, /openapi.json and /docs needs a key
 REALM = "chatdock"
 
@@ -133,6 +138,7 @@ class ApiKeyAuth:
         metrics: Metrics | None = None,
         oauth: OAuthSettings | None = None,
         tokens: JwtVerifier | None = None,
+        route_name: Callable[[Scope], str | None] = lambda scope: None,
     ) -> None:
         self.app = app
         self.server = server
@@ -141,6 +147,7 @@ class ApiKeyAuth:
         self.metrics = metrics
         self.oauth = oauth
         self.tokens = tokens
+        self.route_name = route_name  # a REST request's route's name, for the scopes it needs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
@@ -176,7 +183,7 @@ class ApiKeyAuth:
             await self._reject(verdict.refusal, problem, scope, receive, send)
             return
         if verdict.scopes is not None:
-            receive, needed = await scope_needed(scope, receive, self.server.read_only_tools)
+            receive, needed = await scope_needed(scope, receive, self.server.read_only_tools, self.route_name)
             allowed = bool(verdict.scopes & set(SCOPES)) if needed == ANY_SCOPE else needed <= verdict.scopes
             if not allowed:
                 await self._insufficient(needed, verdict.scopes, scope, receive, send)
@@ -275,7 +282,7 @@ class ApiKeyAuth:
         """`WWW-Authenticate`: with OAuth on, where the protected-resource metadata is (RFC 9728 §5.1)."""
         parts = [f'realm="{REALM}"', *fields]
         if self.oauth is not None:
-            path = "/mcp" if scope.get("path") == "/mcp" else ""
+            path = "/mcp" if scope.get("path") in MCP_ENDPOINT else ""
             parts.insert(1, f'resource_metadata="{self.oauth.metadata_url(path)}"')
         return "Bearer " + ", ".join(parts)
 
@@ -307,8 +314,9 @@ class ApiKeyAuth:
             message = f"this token may not use chatdock: it has neither {' nor '.join(SCOPES)}"
         elif needed == READ_AND_WRITE and WRITE_SCOPE in granted:
             message = (
-                f"this token may not read what this write asks back (context_limit): it lacks the scope {READ_SCOPE}; "
-                "leave context_limit out, or use a token with both scopes"
+                "this token may not read what this write answers (a contact's identifiers, or with context_limit "
+                f"its messages): it lacks the scope {READ_SCOPE}; use a token with both scopes (or leave "
+                "context_limit out)"
             )
         else:
             what = "write" if WRITE_SCOPE in lacking else "read"
@@ -327,22 +335,22 @@ class ApiKeyAuth:
 
 
 async def scope_needed(
-    scope: Scope, receive: Receive, read_only_tools: frozenset[str]
+    scope: Scope, receive: Receive, read_only_tools: frozenset[str], route_name: Callable[[Scope], str | None]
 ) -> tuple[Receive, frozenset[str]]:
     """The scopes a request needs: `chatdock:read` for the REST reads and for MCP's reads, `chatdock:write` for
-    the writing tools and the REST writes, both for a write that asks for the contact's context back
-    (`context_limit`: the answer is a read), either (ANY_SCOPE) for MCP's own steps that hand out no stored data
-    (`initialize`, `ping`, the notifications, `tools/list`, ending the session: a write-only token's client
-    must start and end its session; a token with neither scope opens none). A POST's JSON body is read to tell
-    (at most 4 MiB, the request bound) and handed on unchanged: the returned `receive` replays it."""
+    the writing tools and the REST writes, both for a write whose answer hands out stored data (oauth.py's
+    `write_needs`), either (ANY_SCOPE) for MCP's own steps that hand out no stored data (`initialize`, `ping`,
+    the notifications, `tools/list`, ending the session: a write-only token's client must start and end its
+    session; a token with neither scope opens none). A POST's JSON body is read to tell (at most 4 MiB, the
+    request bound) and handed on unchanged: the returned `receive` replays it."""
     method = str(scope.get("method", "GET"))
-    if scope.get("path") != "/mcp":
+    if scope.get("path") not in MCP_ENDPOINT:
         if method in ("GET", "HEAD"):
             return receive, READ
         if method != "POST":
-            return receive, WRITE
+            return receive, write_needs(route_name(scope), None)
         body, _ = await read_body(receive, MAX_BODY_BYTES)
-        return replaying(body, receive), READ_AND_WRITE if _asks_context(_parsed(body)) else WRITE
+        return replaying(body, receive), write_needs(route_name(scope), _parsed(body))
     if method == "DELETE":  # the end of the client's own session
         return receive, ANY_SCOPE
     if method != "POST":  # the session's stream of notifications: which contacts changed
@@ -351,7 +359,6 @@ async def scope_needed(
     return replaying(body, receive), _scope_of_rpc(body, read_only_tools)
 
 
-READ, WRITE = frozenset({READ_SCOPE}), frozenset({WRITE_SCOPE})
 READ_AND_WRITE = READ | WRITE
 ANY_SCOPE: frozenset[str] = frozenset()  # what MCP's own steps need: a token of chatdock, either scope
 NO_DATA_METHODS = frozenset({"initialize", "ping", "tools/list", "prompts/list", "logging/setLevel"})
@@ -363,11 +370,6 @@ def _parsed(body: bytes) -> object:
         return json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return None
-
-
-def _asks_context(arguments: object) -> bool:
-    """Whether a write's arguments ask for the contact's context in its answer (REST's body, a tool's arguments)."""
-    return isinstance(arguments, dict) and arguments.get("context_limit") is not None
 
 
 def _scope_of_rpc(body: bytes, read_only_tools: frozenset[str]) -> frozenset[str]:
@@ -384,11 +386,23 @@ def _scope_of_rpc(body: bytes, read_only_tools: frozenset[str]) -> frozenset[str
             if name in read_only_tools:
                 needed = needed | READ
             else:
-                asks = isinstance(params, dict) and _asks_context(params.get("arguments"))
-                needed = needed | (READ_AND_WRITE if asks else WRITE)
+                arguments = params.get("arguments") if isinstance(params, dict) else None
+                needed = needed | write_needs(name if isinstance(name, str) else None, arguments)
         elif not (isinstance(method, str) and (method in NO_DATA_METHODS or method.startswith("notifications/"))):
             needed = needed | READ  # a read, an answer to the server, or what the MCP app refuses
     return needed
+
+
+def route_names(routes: Sequence[BaseRoute]) -> Callable[[Scope], str | None]:
+    """The name of the REST route a request goes to (its function's: its tool's), before routing."""
+
+    def named(scope: Scope) -> str | None:
+        for route in routes:
+            if route.matches(scope)[0] is Match.FULL:
+                return getattr(route, "name", None)
+        return None
+
+    return named
 
 
 def _key_prefix(scope: Scope) -> str:
@@ -479,7 +493,9 @@ def build_http_app(
     tokens = None if oauth is None else JwtVerifier(oauth)
     metadata = None if tokens is None else Starlette(routes=tokens.metadata_routes(), exception_handlers=REFUSED)
     rest = BodyLimit(Lanes(routes))
-    app = ApiKeyAuth(Dispatch(mcp, rest, metadata), server, sessions, settings.metrics, oauth, tokens)
+    app = ApiKeyAuth(
+        Dispatch(mcp, rest, metadata), server, sessions, settings.metrics, oauth, tokens, route_names(routes.routes)
+    )
     observed = ObservedHttp(
         app,
         settings.metrics,
@@ -522,7 +538,7 @@ class Dispatch:
             # Starlette's own 405 is text: the probes answer in the one error shape, as every route does
             refused = problem(405, "Method not allowed", f"{path} answers GET", headers={"Allow": "GET, HEAD"})
             await refused(scope, receive, send)
-        elif scope["type"] != "http" or path in MCP_PATHS:  # these paths alone: /mcp-admin, /livez.php are REST's 404
+        elif scope["type"] != "http" or path in MCP_PATHS:
             await self.mcp(scope, receive, send)
         elif self.metadata is not None and path.startswith(METADATA_PATH):
             await self.metadata(scope, receive, send)

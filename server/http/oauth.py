@@ -17,6 +17,7 @@ requests with keys.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -44,10 +45,24 @@ logger = logging.getLogger("chatdock.oauth")
 READ_SCOPE = "chatdock:read"
 WRITE_SCOPE = "chatdock:write"
 SCOPES = (READ_SCOPE, WRITE_SCOPE)
+READ, WRITE = frozenset({READ_SCOPE}), frozenset({WRITE_SCOPE})
+# The writes whose answer hands out stored data need chatdock:read too: a link's or an unlink's answer names the
+# contact's identifiers, channels and counts; a write that asks for the contact's context back (context_limit)
+# hands out its messages. By name: a tool's, or a REST route's (each is named for its tool).
+READING_WRITES = frozenset({"link_contacts", "unlink_contact"})
+
+
+def write_needs(name: str | None, arguments: object) -> frozenset[str]:
+    """The scopes a write needs, by its tool's (or route's) name and its arguments (a tool's, a REST body)."""
+    asks_context = isinstance(arguments, dict) and arguments.get("context_limit") is not None
+    return READ | WRITE if name in READING_WRITES or asks_context else WRITE
+
+
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 MAX_CLOCK_SKEW = 60.0  # seconds a token's exp / nbf may be off by, at most
 FETCH_SECONDS = 3.0  # a fetch of the keys (the discovery documents and the key set), at most
 REFETCH_SECONDS = 1.0  # the keys are fetched at most this often
+SPELLING_WAIT = 1.0  # the metadata waits this long at most for the issuer's own spelling of its name
 KEYS_MAX_AGE = 300.0  # keys older than this are fetched again before they verify a token
 STALE_RETRY_SECONDS = 30.0  # keys past their age whose fetch failed are kept, and fetched again after this
 MAX_UNNAMED_TRIES = 8  # the keys a token that names none is checked against, at most
@@ -77,7 +92,9 @@ class OAuthSettings:
                 f"{self.resource.removesuffix('/mcp') or self.resource}, got {self.public_url!r}"
             )
         if not self.org_claim.strip():
-            raise ValueError("--oauth-org-claim must name the tokens' claim that holds the organization, got ''")
+            raise ValueError(
+                f"--oauth-org-claim must name the tokens' claim that holds the organization, got {self.org_claim!r}"
+            )
 
     @property
     def resource(self) -> str:
@@ -192,6 +209,7 @@ class IssuerKeys:
         self._failed = False  # whether the last fetch failed
         self._problem = ""  # why, when it is chatdock's configuration (no discovery document), not a passing failure
         self._lock = asyncio.Lock()
+        self._discovery: asyncio.Future[None] | None = None  # the metadata's look at the issuer's spelling
 
     def _kept(self, kid: str | None) -> list[Published]:
         """The kept keys that may have signed a token: the one its key id names; for a token that names none,
@@ -291,13 +309,24 @@ class IssuerKeys:
 
     async def discovered(self) -> str:
         """The issuer as its discovery document spells it (Auth0's ends in "/", most don't), which clients compare
-        letter for letter with the metadata's; read once (tried at most once every `REFETCH_SECONDS`), and as
-        --oauth-issuer spells it while it cannot be read."""
+        letter for letter with the metadata's. Read once, by one discovery at a time that every caller shares
+        (tried at most once every `REFETCH_SECONDS`) and waits for at most `SPELLING_WAIT`: --oauth-issuer's
+        spelling while it cannot be read. (Each caller once ran a discovery of its own behind the one before:
+        an issuer that hangs held the fifth request 15 s, and the tokens waiting for the same lock past their
+        bound.)"""
         if self._jwks_uri is None:
-            async with self._lock:
-                if self._jwks_uri is None and time.monotonic() - self._tried_at >= REFETCH_SECONDS:
-                    await self._fetch()
+            running = self._discovery
+            if (running is None or running.done()) and time.monotonic() - self._tried_at >= REFETCH_SECONDS:
+                running = self._discovery = asyncio.ensure_future(self._discover_once())
+            if running is not None and not running.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(running), SPELLING_WAIT)
         return self.issuer
+
+    async def _discover_once(self) -> None:
+        async with self._lock:
+            if self._jwks_uri is None:
+                await self._fetch()
 
 
 class JwtVerifier:

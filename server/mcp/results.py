@@ -10,26 +10,12 @@ when asked (`include_messages`), see `context_result`.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
-
 from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel
 
 from chatdock.storage import Context, MessagePage, StoredMessage
 from chatdock.storage.models import SearchPage
 from chatdock.storage.transcript import format_line, search_line
-
-# The database failures of the tool call at hand (the observing middleware gives each call a list of its own,
-# server/ops/observe.py): its metrics' status is then `unavailable`, what REST answers 503, not `tool_error`.
-service_failures: ContextVar[list[str] | None] = ContextVar("chatdock_service_failures", default=None)
-
-
-def note_unavailable() -> None:
-    """The tool call at hand failed because the database did (unreachable, full, read-only, timed out)."""
-    noted = service_failures.get()
-    if noted is not None:
-        noted.append("unavailable")
-
 
 NO_MESSAGES = "(no messages yet)"
 NOTHING_FITS = "(the contact has messages, but not even the newest fits in max_chars: ask with a larger max_chars)"

@@ -15,11 +15,11 @@ from chatdock.server.mcp.results import (
     LEFT_OUT,
     as_json,
     context_result,
-    note_unavailable,
     page_result,
     search_result,
     stored_result,
 )
+from chatdock.server.ops.observe import note_unavailable
 from chatdock.storage import (
     AppendedMessage,
     Chat,

@@ -29,6 +29,7 @@ import json
 import secrets
 import time
 from collections.abc import Collection
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -45,7 +46,6 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatdock.server.mcp.org import ORG_SCOPE_KEY, current_org
-from chatdock.server.mcp.results import service_failures
 from chatdock.server.ops import logs
 from chatdock.server.settings import METRICS_CLIENTS
 
@@ -277,6 +277,18 @@ def _describe(span: Span, scope: Scope, method: str, template: str | None, statu
         span.set_attribute("chatdock.org", org)
     if status >= 500:
         span.set_status(StatusCode.ERROR)
+
+
+# The database failures of the tool call at hand (ObservedMcp gives each call a list of its own): its metrics'
+# status is then `unavailable`, what REST answers 503, not `tool_error`.
+service_failures: ContextVar[list[str] | None] = ContextVar("chatdock_service_failures", default=None)
+
+
+def note_unavailable() -> None:
+    """The tool call at hand failed because the database did (unreachable, full, read-only, timed out)."""
+    noted = service_failures.get()
+    if noted is not None:
+        noted.append("unavailable")
 
 
 class ObservedMcp:

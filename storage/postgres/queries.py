@@ -52,9 +52,12 @@ def _lexeme(word: str, prefix: bool) -> str:
     signed: PostgreSQL's parser reads the "-5567" of "ORD-5567" (an order's, an invoice's number) as one signed
     integer, where SQLite's tokenizer reads "5567"; asked for 5567, the message is found on both."""
     quoted = "'" + word.replace("\\", "\\\\").replace("'", "''") + "'" + (":*" if prefix else "")
-    if word.isascii() and word.isdigit():
-        return f"({quoted} | '-{quoted[1:]})"
-    return quoted
+    return f"({quoted} | '-{quoted[1:]})" if asked_signed(word) else quoted
+
+
+def asked_signed(word: str) -> bool:
+    """Whether a query's word is also asked for with a minus before it: a number (see `_lexeme`)."""
+    return word.isascii() and word.isdigit()
 
 
 def _word(word: str, prefix: bool, next_to: str = " <-> ") -> str:

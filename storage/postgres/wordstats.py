@@ -18,6 +18,7 @@ from typing import Any
 
 from ..ranking import fold, folded_words
 from ..search import Query, Term
+from .queries import asked_signed
 
 COMMON_SHARE = 0.01  # a prefix of words in at least this share of the messages is walked for
 # a word in at least this share of the messages is looked for era by era (queries.py): the window of 1,000
@@ -56,10 +57,18 @@ class WordStats:
         words = folded_words(term.text)
         if not words:
             return 0.0
-        shares = [self._shares.get(word, 0.0) for word in words[:-1]]
+        shares = [self._of(word) for word in words[:-1]]
         last = words[-1]
         if term.prefix:  # every common lexeme that starts so: an upper bound of the prefix's share
-            shares.append(min(1.0, sum(share for elem, share in self._shares.items() if elem.startswith(last))))
+            starts = (last, "-" + last) if asked_signed(last) else (last,)
+            shares.append(min(1.0, sum(share for elem, share in self._shares.items() if elem.startswith(starts))))
         else:
-            shares.append(self._shares.get(last, 0.0))
+            shares.append(self._of(last))
         return min(shares)  # a phrase is in no more messages than its rarest word
+
+    def _of(self, word: str) -> float:
+        """A word's share; a number's with its signed form's, which a search of it also asks for (queries.py:
+        the "-2023" of "INV-2023-17" is one lexeme there), so that a number common only signed is not taken for
+        a rare one, read all at once."""
+        share = self._shares.get(word, 0.0)
+        return min(1.0, share + self._shares.get("-" + word, 0.0)) if asked_signed(word) else share

@@ -282,10 +282,19 @@ async def test_a_write_only_token_writes_and_reads_nothing_back(
         asked = httpx2.post(base + path, json=body, headers=bearer(writer))
         assert asked.status_code == 403 and "PIN" not in asked.text, asked.text
         assert asked.json()["message"] == (
-            "this token may not read what this write asks back (context_limit): it lacks the scope chatdock:read; "
-            "leave context_limit out, or use a token with both scopes"
+            "this token may not read what this write answers (a contact's identifiers, or with context_limit its "
+            "messages): it lacks the scope chatdock:read; use a token with both scopes (or leave context_limit out)"
         )
         assert 'scope="chatdock:read chatdock:write"' in challenge(asked)
+    # a link's or an unlink's answer names the contact's identifiers: a read too (found by the diff's review)
+    contact = CALLER.replace("+", "%2B")
+    linking: list[tuple[str, str, dict[str, str] | None]] = [
+        ("POST", f"/contacts/{contact}/aliases", {"identifier": "ann.private@example.com"}),
+        ("DELETE", f"/contacts/{contact}/aliases/ann.private%40example.com", None),
+    ]
+    for method, path, sent in linking:
+        linked = httpx2.request(method, base + path, json=sent, headers=bearer(writer))
+        assert linked.status_code == 403 and "ann.private" not in linked.text, (method, linked.text)
     answers: list[httpx2.Response] = []
 
     async def seen(response: httpx2.Response) -> None:
@@ -296,9 +305,14 @@ async def test_a_write_only_token_writes_and_reads_nothing_back(
         async with Client(streamable_http_client(base + "/mcp", http_client=http), mode=mode) as client:
             stored = await client.call_tool("append_message", arguments)
             assert not stored.is_error and "PIN" not in str(stored.content)
-        with pytest.raises(Exception):  # noqa: B017  # the SDK's client raises its own error for the 403
-            async with Client(streamable_http_client(base + "/mcp", http_client=http), mode=mode) as client:
-                await client.call_tool("append_message", {**arguments, "context_limit": 50})
+        for name, called in (
+            ("append_message", {**arguments, "context_limit": 50}),
+            ("link_contacts", {"contact_id": CALLER, "identifier": "ann.private@example.com"}),
+            ("unlink_contact", {"identifier": "ann.private@example.com"}),
+        ):
+            with pytest.raises(Exception):  # noqa: B017  # the SDK's client raises its own error for the 403
+                async with Client(streamable_http_client(base + "/mcp", http_client=http), mode=mode) as client:
+                    await client.call_tool(name, called)
     refused = [(answer.request.method, answer.status_code) for answer in answers if answer.status_code >= 400]
     assert ("POST", 403) in refused and {status for _, status in refused} == {403}  # (its GET stream too: a read)
     formatted = context(base, served["key"]).json()["formatted"]
@@ -414,6 +428,32 @@ async def test_a_hanging_issuer_costs_a_token_its_bound_and_keys_nothing(tmp_pat
                 behind = await asyncio.wait_for(asyncio.gather(*queued), 2.0)
     assert answer.status_code == 503 and "could not be fetched" in answer.json()["message"]
     assert all(each.status_code == 503 and "could not be fetched" in each.json()["message"] for each in behind)
+
+
+async def test_the_metadata_never_waits_long_for_a_hanging_issuer(tmp_path: Path) -> None:
+    """The metadata names the issuer as the issuer spells itself, read from its discovery document: with an
+    issuer that hangs, each request for it ran a discovery of its own behind the one before (the fifth of five
+    took 15 s) and held a token's check behind them past its bound (11.5 s; found by the diff's review). They
+    share one discovery, waited for a second at most; a token still gets its 503 within its bound."""
+    db = str(tmp_path / "chatdock.db")
+    async with hanging_issuer() as nowhere:
+        with http_server(db, "--oauth-issuer", nowhere) as base:
+            async with httpx2.AsyncClient(base_url=base, timeout=30) as http:
+
+                async def timed(path: str, **headers: str) -> tuple[float, httpx2.Response]:
+                    began = time.monotonic()
+                    answer = await http.get(path, params={"contact_id": CALLER}, headers=headers)
+                    return time.monotonic() - began, answer
+
+                unchecked = ".".join(encoded(part) for part in ({"alg": "RS256", "kid": "k1"}, {"sub": "x"}, "sig"))
+                asked = [timed("/.well-known/oauth-protected-resource/mcp") for _ in range(5)]
+                asked.append(timed("/chats/context", **bearer(unchecked)))
+                answers = await asyncio.gather(*asked)
+    for took, answer in answers[:5]:
+        assert answer.status_code == 200 and answer.json()["authorization_servers"] == [nowhere], answer.text
+        assert took < 2.5, took  # a second's wait for the shared discovery (and the machine's own delays)
+    took, refused = answers[5]
+    assert refused.status_code == 503 and took < 5, (took, refused.text)  # one fetch's bound (3 s), and a second
 
 
 class Memory:

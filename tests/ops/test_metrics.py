@@ -357,13 +357,24 @@ def test_requests_of_any_method_to_any_path_add_a_bounded_number_of_series(tmp_p
 
 
 @pytest.mark.process
+class NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any) -> None:
+        return None
+
+
 def test_paths_that_only_begin_like_mcp_or_a_probe_are_counted_as_unmatched(tmp_path: Path) -> None:
-    """/mcp/, /mcp-admin, /healthz/anything and /livez.php went to the MCP app by their first letters: a plain-text
-    404 counted nowhere, while the key they carried counted as refused (an operator's review)."""
+    """/mcp-admin, /healthz/anything and /livez.php went to the MCP app by their first letters: a plain-text 404
+    counted nowhere, while the key they carried counted as refused (an operator's review). /mcp/ is still
+    redirected to /mcp (the diff's review found the first version of the fix made it a 404)."""
     db = str(tmp_path / "chatdock.db")
     key = create_key(db, "acme", "ops")
-    odd = ["/mcp/", "/mcp-admin", "/healthz/anything", "/livez.php"]
+    odd = ["/mcp-admin", "/mcpx", "/healthz/anything", "/livez.php"]
     with http_server(db) as base:
+        slash = urllib.request.Request(base + "/mcp/", headers={"Authorization": f"Bearer {key}"})
+        with pytest.raises(urllib.error.HTTPError) as redirected:  # a client given .../mcp/ is sent to /mcp
+            urllib.request.build_opener(NoRedirects).open(slash, timeout=10)
+        assert redirected.value.code == 307 and redirected.value.headers["Location"] == base + "/mcp"
+        redirected.value.close()
         for path in odd:
             request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {key}"})
             with pytest.raises(urllib.error.HTTPError) as answered:

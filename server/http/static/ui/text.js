@@ -58,11 +58,14 @@ export function when(timestamp) {
 }
 
 const shortFormat = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+const yearFormat = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "short", day: "numeric" });
 
-/** A time in a list, short (day and minute), the whole of it as its title. */
+/** A time in a list, short: its day and minute this year, its day and year before (a contact of last year's
+ * same day is told apart); the whole of it as its title. */
 export function shortWhen(timestamp) {
   const at = new Date(timestamp);
-  return el("time", { datetime: timestamp, title: timeFormat.format(at) }, shortFormat.format(at));
+  const format = at.getFullYear() === new Date().getFullYear() ? shortFormat : yearFormat;
+  return el("time", { datetime: timestamp, title: timeFormat.format(at) }, format.format(at));
 }
 
 /** A time into a call as [h:]m:ss.s, rounded to the tenth before it is split (59.96 s is 1:00.0, not 0:60.0). */
