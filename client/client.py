@@ -353,7 +353,8 @@ class ChatdockClient:
     ) -> M:
         response = await self._send(method, path, params, body, key)
         try:
-            return model.model_validate_json(response.content)
+            # fields it does not know are a newer server's: a client is not broken by a server upgraded first
+            return model.model_validate_json(response.content, extra="ignore")
         except ValidationError:  # a success, but not chatdock's (a proxy's sign-in page, another service)
             raise ChatdockApiError(
                 502, "Bad Gateway", wire.not_chatdocks(response, model.__name__), retryable=False

@@ -5,6 +5,7 @@ contact's changes (across processes, and across a server restart)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import threading
@@ -214,6 +215,32 @@ class SignInPage(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+class NewerServer(BaseHTTPRequestHandler):
+    """A chatdock of a later version, whose answers carry fields this client does not know."""
+
+    def do_GET(self) -> None:
+        contact = {"contact_id": CALLER, "last_active_at": "2026-12-07T10:00:00Z", "tags": ["vip"]}
+        send_body(
+            self, 200, json.dumps({"contacts": [contact], "next_cursor": None, "total": 1}).encode(), "application/json"
+        )
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_an_answer_with_fields_of_a_newer_server_is_read() -> None:
+    """Answers were checked as strictly as requests: a field added by a server upgraded before its clients (as
+    GET /contacts' last_active_at) failed every call as "not chatdock's answer" (a review of the diff)."""
+    with ThreadingHTTPServer(("127.0.0.1", 0), NewerServer) as newer:
+        threading.Thread(target=newer.serve_forever, daemon=True).start()
+        try:
+            async with ChatdockClient(f"http://127.0.0.1:{newer.server_address[1]}", "cdk_x", retries=0) as client:
+                page = await client.recent_contacts()
+        finally:
+            newer.shutdown()
+    assert page.contact_ids == [CALLER] and page.next_cursor is None
 
 
 async def test_a_success_that_is_not_chatdocks_answer_is_the_one_exception_naming_the_address() -> None:
