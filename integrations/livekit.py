@@ -200,6 +200,7 @@ class ChatdockMemory:
         self._history_deadline = 0.0  # the loop's time start_timeout after the call's start
         self._history_late = False  # the wait for it ran out (logged once)
         self._refresh_task: asyncio.Task[None] | None = None
+        self._given_up_on: asyncio.Task[None] | None = None  # the read a reply waited out (see _wait_for_news)
         self._refresh_wanted = False
         self._finishing: asyncio.Task[None] | None = None
 
@@ -275,13 +276,14 @@ class ChatdockMemory:
         chatdock is known to be unreachable): a message that reached the contact on another channel a moment
         before the reply is in it."""
         reading = self._refresh_task
-        if reading is None or reading.done() or self.context_timeout <= 0:
-            return
+        if reading is None or reading.done() or self.context_timeout <= 0 or reading is self._given_up_on:
+            return  # a read one reply already waited out: a stuck read is not waited for again by every reply
         if self._writes is not None and self._writes.unavailable:
             return
         try:
             await asyncio.wait_for(asyncio.shield(reading), self.context_timeout)
         except TimeoutError:
+            self._given_up_on = reading
             logger.info(
                 "the contact's news took longer than %.2f s to read; the reply goes on with the context it has",
                 self.context_timeout,

@@ -274,6 +274,8 @@ class ChatdockMemoryService(FrameProcessor):
         self._caught_up.set()
         self._changes = 0
         self._given_up_at = 0
+        self._reads = 0  # the looks' reads begun: the one under way is the last
+        self._read_given_up = -1  # the read a turn waited out: no later turn waits for it again
         self._arrived: list[Message] = []
 
     @property
@@ -592,6 +594,7 @@ class ChatdockMemoryService(FrameProcessor):
             self._changed.clear()
             seen = self._changes
             attempts += 1
+            self._reads += 1
             try:
                 new = await self._new_messages()
             except asyncio.CancelledError:
@@ -655,11 +658,16 @@ class ChatdockMemoryService(FrameProcessor):
                 logger.warning(
                     "chatdock: the history of %s is not read yet; the turn goes on without it", self.contact_id
                 )
-        if not self._caught_up.is_set() and self._changes > self._given_up_at:
+        # a look under way, once per change; not before the history is read (no look begins until then: that read
+        # is the one to wait for, and it was, above), nor for a read a turn already waited out (a read that hangs:
+        # each turn's change waited for it again, every turn for as long as it hung)
+        looking = self._history_read.is_set() and self._reads != self._read_given_up
+        if looking and not self._caught_up.is_set() and self._changes > self._given_up_at:
             try:
                 await asyncio.wait_for(self._caught_up.wait(), timeout=self.read_timeout)
             except TimeoutError:
                 self._given_up_at = self._changes
+                self._read_given_up = self._reads
         self._run_asked = datetime.now(UTC)  # a speculative run too: the one a confirmed turn goes on with
         if not frame.speculation:
             self._context = frame.context

@@ -610,6 +610,31 @@ async def test_a_history_later_than_start_timeout_is_logged_and_joins_a_later_re
     assert late == [f"the history of {CALLER} took longer than 0.2 s (start_timeout); the call goes on without it"]
 
 
+@pytest.mark.process
+async def test_a_read_of_news_that_is_slow_holds_one_reply_not_every_reply(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message on another channel mid-call, read back over a link that answers 3 s late: each reply waited
+    `context_timeout` again for the same read, every reply while it lasted (with chatdock hung, 12 replies in a
+    row for 45 s; found by a voice developer's review). One reply waits for it; the next go on."""
+    async with chatdock("http", str(tmp_path / "chatdock.db")) as dock:
+        assert dock.url is not None and dock.key is not None
+        async with slow_link(dock.url, 3.0) as url, ChatdockClient(url, api_key=dock.key) as client:
+            memory = ChatdockMemory(client, CALLER, start_timeout=5.0, context_timeout=0.3)
+            model = ScriptedLLM(*[f"Answer {n}." for n in range(6)])
+            with caplog.at_level(logging.INFO, logger="chatdock.integrations.livekit"):
+                async with asyncio.timeout(60), memory, AgentSession(llm=model) as session:
+                    await session.start(ChatdockAgent(memory, instructions=INSTRUCTIONS))
+                    await session.run(user_input="Hello.")
+                    await asyncio.sleep(3.5)  # the turn's own writes heard and read back: nothing under way
+                    await dock.client.append_message(CALLER, "whatsapp", "user", "Also, my address changed.")
+                    await asyncio.sleep(0.3)  # heard at once (the events are not held): its read is on its way
+                    for turn in range(4):
+                        await session.run(user_input=f"Question {turn}.")
+    waited = [record for record in caplog.records if "the contact's news took longer than" in record.getMessage()]
+    assert len(waited) == 1, [record.getMessage() for record in waited]
+
+
 async def test_context_max_chars_bounds_the_history_in_every_model_request(tmp_path: Path) -> None:
     """A caller with long emails: every model request of the call carried them all (650,000 characters for
     twenty), and LiveKit had no bound to set."""

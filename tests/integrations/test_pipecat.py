@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import warnings
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -658,6 +659,28 @@ async def test_a_hung_chatdock_holds_no_turn_and_its_history_joins_when_it_answe
         "Do you have it in stock?",
         "Yes, the red one is in stock.",
     ]
+
+
+@pytest.mark.process
+async def test_a_chatdock_hung_at_the_start_of_the_call_holds_no_turn_after_the_first(tmp_path: Path) -> None:
+    """chatdock hung as the call starts: the first run waits start_timeout for the history, as documented; then
+    each turn waited read_timeout for a look for news that could not begin before the history was read (13 turns
+    of 0.5 s, for the 45 s until the first write gave up; found by a voice developer's review)."""
+    async with restartable_chatdock(tmp_path, "acme", "pipecat", fresh=True, timeout=30.0) as (server, client):
+        memory = memory_for(client, start_timeout=1.0, read_timeout=3.0, flush_timeout=10.0)
+        llm = ScriptedLLM(["Hello.", "One.", "Two.", "Three."])
+        server.pause()
+        try:
+            async with Call(memory, llm) as call:
+                assert await call.greet() == "Hello."
+                began = time.monotonic()
+                for question, answer in (("A?", "One."), ("B?", "Two."), ("C?", "Three.")):
+                    assert await call.say(question) == answer
+                assert time.monotonic() - began < 3.0, "a turn waited read_timeout (3 s) for a look that cannot begin"
+                server.resume()
+                await call.end()
+        finally:
+            server.resume()
 
 
 async def test_a_context_whose_messages_are_replaced_gets_the_history_and_the_news_again(
