@@ -9,10 +9,17 @@ deserves, addressed to the request's id when the line still shows one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import os
 import re
-from typing import Any
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any, cast
 
 import anyio
 from mcp.server.stdio import stdio_server
@@ -33,6 +40,9 @@ from chatdock.server.ops.memory import settle_collector
 logger = logging.getLogger("chatdock.server")
 
 DRAIN_SECONDS = 30  # how long requests still running at the end of stdin may take to finish
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # a stop asked of the process: served as the end of stdin
+LINES_AHEAD = 64  # lines read from stdin before the server takes them
+READ_BYTES = 1 << 16
 
 
 # `{"jsonrpc": "2.0", "id": 7, ...` or `{"jsonrpc": "2.0", "method": "...", "id": "a", ...`: an id
@@ -113,6 +123,21 @@ class _Answers:
         await self.aclose()
 
 
+async def _hand_over(item: SessionMessage | Exception, answers: _Answers, server: Any) -> None:
+    """A line read: its answer, when the SDK could not read it; else to the server, noted as waited for."""
+    if isinstance(item, Exception):
+        await answers.send(SessionMessage(_unreadable_answer(item)))
+        return
+    message = item.message
+    if isinstance(message, JSONRPCRequest) and message.method != "subscriptions/listen":
+        # every request is waited for (a write's answer must not be lost, nor a read's), but a
+        # subscriptions/listen stream, which would never end on its own
+        answers.expect(message.id)
+    elif isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled":
+        answers.forget((message.params or {}).get("requestId"))  # a cancelled request gets no answer
+    await server.send(item)
+
+
 def _unreadable_answer(item: Exception) -> JSONRPCError:
     try:
         answer = unreadable(item)
@@ -131,24 +156,20 @@ async def serve_stdio(lowlevel: Any) -> None:
     inviting a retry that stores it twice).
     """
     settle_collector()
-    async with stdio_server() as (read_stream, write_stream):
+    lines = StdinLines(sys.stdin.fileno())
+    with lines.ended_by(STOP_SIGNALS):
+        await _serve(lowlevel, cast("anyio.AsyncFile[str]", lines))
+
+
+async def _serve(lowlevel: Any, stdin: anyio.AsyncFile[str]) -> None:
+    async with stdio_server(stdin=stdin) as (read_stream, write_stream):
         answers = _Answers(write_stream)
         relay_in, relay_out = anyio.create_memory_object_stream[SessionMessage | Exception](0)
 
         async def relay() -> None:
             async with relay_in:
                 async for item in read_stream:
-                    if isinstance(item, Exception):
-                        await answers.send(SessionMessage(_unreadable_answer(item)))
-                        continue
-                    message = item.message
-                    if isinstance(message, JSONRPCRequest) and message.method != "subscriptions/listen":
-                        # every request is waited for (a write's answer must not be lost, nor a read's), but
-                        # a subscriptions/listen stream, which would never end on its own
-                        answers.expect(message.id)
-                    elif isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled":
-                        answers.forget((message.params or {}).get("requestId"))  # a cancelled request gets no answer
-                    await relay_in.send(item)
+                    await _hand_over(item, answers, relay_in)
                 if answers.pending:
                     with anyio.move_on_after(DRAIN_SECONDS):
                         await answers.settled.wait()
@@ -157,3 +178,73 @@ async def serve_stdio(lowlevel: Any) -> None:
             group.start_soon(relay)
             await lowlevel.run(relay_out, answers, lowlevel.create_initialization_options())
             group.cancel_scope.cancel()
+
+
+class StdinLines:
+    """stdin's lines for the SDK's stdio transport, read by a thread of their own; a stop signal (SIGTERM,
+    SIGHUP) ends them as the end of stdin does: no more requests are read, those under way are answered, the
+    store is closed. The signals killed the process at once (an MCP client stopping its server sends SIGTERM two
+    seconds after closing stdin): requests under way were stored unanswered, and a `--db :memory:` database was
+    left, with what it held, in /dev/shm. The thread is a daemon: one waiting for a line that will never be read
+    does not hold the process at its end (the SDK's reader, a worker thread, would)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lines: asyncio.Queue[bytes] = asyncio.Queue()
+        self._room = threading.BoundedSemaphore(LINES_AHEAD)  # lines read ahead of the server, at most
+        self._reader: threading.Thread | None = None
+        self._stopped = False
+
+    def __aiter__(self) -> StdinLines:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._reader is None:
+            loop = asyncio.get_running_loop()
+            self._reader = threading.Thread(target=self._read, args=(loop,), name="chatdock-stdin", daemon=True)
+            self._reader.start()
+        line = await self._lines.get()
+        if self._stopped:  # nothing more is read: the reader may wait for room for ever (a daemon, it may)
+            raise StopAsyncIteration
+        self._room.release()
+        if not line:
+            raise StopAsyncIteration
+        return line.decode("utf-8", errors="replace")
+
+    def _read(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Lines off the descriptor itself, with `os.read`: a thread blocked in a buffered reader holds its lock,
+        and the interpreter's end, which takes it to close stdin, aborted the process."""
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(self._fd, READ_BYTES)
+            except OSError:  # closed under it: as the end
+                chunk = b""
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if not chunk:
+                lines += [pending, b""] if pending else [b""]  # a last line without its end, then the end
+            for line in lines:
+                self._room.acquire()  # waits while LINES_AHEAD lines are unread (a client faster than the server)
+                try:
+                    loop.call_soon_threadsafe(self._lines.put_nowait, line + b"\n" if line else line)
+                except RuntimeError:  # the loop is closed: serving has ended
+                    return
+            if not chunk:
+                return
+
+    def stop(self, name: str) -> None:
+        logger.info("%s: no more requests are read; those under way are answered, then chatdock stops", name)
+        self._stopped = True
+        self._lines.put_nowait(b"")  # wakes a wait for the next line
+
+    @contextlib.contextmanager
+    def ended_by(self, signals: tuple[signal.Signals, ...]) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for signum in signals:
+            loop.add_signal_handler(signum, self.stop, signum.name)
+        try:
+            yield
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import signal
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from mcp.client import Client
 
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
-from tests.transports import chatdock_command, run_cli, stdio_params, unwritable
+from tests.transports import RawStdio, chatdock_command, run_cli, stdio_params, unwritable
 
 pytestmark = pytest.mark.process  # each test here starts real processes
 
@@ -175,6 +177,50 @@ def test_requests_still_running_when_stdin_ends_are_answered_not_cancelled(tmp_p
     assert all("result" in answer and not answer["result"].get("isError") for answer in answers.values())
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 40
+
+
+def files_open_by_server(pid: int) -> list[str]:
+    """What the chatdock process started as `pid` has open: it, or the process the tests' fork server made for it
+    (tests/launcher.py), which holds the same standard input (chatdock keeps it under another descriptor)."""
+    stdin = os.readlink(f"/proc/{pid}/fd/0")
+    opened: list[str] = []
+    for process in Path("/proc").iterdir():
+        if not process.name.isdigit() or int(process.name) == os.getpid():  # (this one writes to that pipe)
+            continue
+        with contextlib.suppress(OSError):
+            held = [os.readlink(fd) for fd in (process / "fd").iterdir()]
+            if stdin in held:
+                opened += held
+    return opened
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_answers_what_was_read_and_leaves_nothing_behind(tmp_path: Path, stop: signal.Signals) -> None:
+    """A client stopping its server closes stdin, then sends SIGTERM (the TypeScript SDK, after 2 s): the signal
+    killed the process at once, with writes stored but unanswered (248 of 400), and a `--db :memory:` database
+    left, with what it held, in /dev/shm (a desktop user's review). It ends serving as the end of stdin does:
+    what was read is answered, what was not is not done, the store is closed."""
+    arguments = {"contact_id": "+31612345678", "channel": "sms", "role": "user"}
+    db = tmp_path / "stopped.db"
+    with RawStdio(str(db), "--log-level", "INFO") as server:
+        asked = [server.send_tool("append_message", {**arguments, "content": f"under way {n}"}) for n in range(200)]
+        server.wait(asked[:1])  # serving them: more are read and under way
+        server.process.send_signal(stop)
+        assert server.process.wait(30) == 0
+        answers = server.wait(asked, timeout=5)
+    assert answers and all("result" in answer and not answer["result"].get("isError") for answer in answers)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == len(answers)  # none stored unanswered
+    assert f"{stop.name}: no more requests are read" in server.stderr.decode()
+
+    with RawStdio(":memory:") as server:
+        shm = {Path(opened).parent for opened in files_open_by_server(server.process.pid)
+               if opened.startswith("/dev/shm/chatdock-")}  # fmt: skip
+        assert len(shm) == 1, shm  # the throwaway database's folder, in RAM
+        assert "result" in server.tool("append_message", {**arguments, "content": "kept in RAM"})
+        server.process.send_signal(stop)
+        assert server.process.wait(30) == 0
+    assert not any(folder.exists() for folder in shm)
 
 
 def test_ids_sent_in_latin_1_over_stdio_are_refused_not_merged(tmp_path: Path) -> None:
