@@ -109,7 +109,12 @@ Parts = Annotated[
     ),
 ]
 ChannelId = Annotated[str | None, Field(description="Which of the chat's custom channels, when it has several.")]
-Identifier = Annotated[str, Field(description="Another id of the same person: an email, a phone number, a session id.")]
+ContactFilter = Annotated[str | None, Field(description="Only this contact (any of its ids).", json_schema_extra=_ID)]
+Alias = Annotated[str, Field(description="An alias of a contact (not its own contact_id).", json_schema_extra=_ID)]
+Identifier = Annotated[
+    str,
+    Field(description="Another id of the same person: an email, a phone number, a session id.", json_schema_extra=_ID),
+]
 
 
 class AppendRequest(_Model):

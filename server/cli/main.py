@@ -32,8 +32,10 @@ DURABILITIES = ("normal", "full")
 
 
 def default_db() -> str:
-    """A file under the user's data directory (XDG_DATA_HOME, or ~/.local/share)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    """A file under the user's data directory (XDG_DATA_HOME, or ~/.local/share). A relative XDG_DATA_HOME is
+    ignored, as the XDG spec says: it named a folder under whatever folder the client started chatdock in."""
+    given = os.environ.get("XDG_DATA_HOME", "")
+    base = given if os.path.isabs(given) else str(Path.home() / ".local" / "share")
     return str(Path(base) / "chatdock" / "chatdock.db")
 
 
@@ -626,6 +628,10 @@ def _serve(args: argparse.Namespace) -> None:
             metrics_at = None if args.metrics_port is None else (args.metrics_host or args.host, args.metrics_port)
             serve_http(settings, args.host, args.port, args.allowed_host, limits, metrics_at=metrics_at)
         else:
+            where = (
+                settings.db if is_postgres(settings.db) or settings.db == ":memory:" else os.path.abspath(settings.db)
+            )
+            logger.info("chatdock serving MCP on stdio; database %s", _without_password(where))
             try:
                 anyio.run(_serve_stdio, settings)
             except BaseException as exc:

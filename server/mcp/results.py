@@ -22,13 +22,16 @@ NOTHING_FITS = "(the contact has messages, but not even the newest fits in max_c
 LEFT_OUT = "(older messages were left out to fit; list_messages pages back through them)"
 
 
-def transcript_text(context: Context) -> str:
+def transcript_text(context: Context, filters: str = "") -> str:
     """The context's transcript as a model reads it, which cannot see `truncated`: a first line says that
-    older messages were left out, when they were; said so when there is none yet, and when there are messages
-    but `max_chars` (or the size bound) left out every one of them."""
+    older messages were left out, when they were; said so when there is none yet, when there are messages but
+    `max_chars` (or the size bound) left out every one of them, and when the `filters` asked for (`agent_id
+    bot-1, channels voice`) matched none (a model read "no messages yet" as a new contact)."""
     if context.formatted:
         return f"{LEFT_OUT}\n{context.formatted}" if context.truncated else context.formatted
-    return NOTHING_FITS if context.truncated else NO_MESSAGES
+    if context.truncated:
+        return NOTHING_FITS
+    return f"(no messages match {filters}; without them, the contact may have others)" if filters else NO_MESSAGES
 
 
 def _result(model: BaseModel, text: str) -> CallToolResult:
@@ -51,12 +54,12 @@ def stored_result(stored: StoredMessage) -> CallToolResult:
     return _result(stored, message + "\n" + transcript_text(stored.context))
 
 
-def context_result(context: Context, include_messages: bool) -> CallToolResult:
+def context_result(context: Context, include_messages: bool, filters: str = "") -> CallToolResult:
     """The transcript, and nothing else unless the caller asks for the messages: clients differ in what they
     hand their model (the text, the structured content, or the whole result), and only a result that carries
     the transcript once is the transcript's size in all of them. With `include_messages`, the whole context as
     structured content for the application."""
-    text = transcript_text(context)
+    text = transcript_text(context, filters)
     if include_messages:
         return _result(context, text)
     return CallToolResult(content=[TextContent(type="text", text=text)])

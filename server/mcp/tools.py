@@ -38,12 +38,14 @@ from chatdock.storage import validation as check
 from chatdock.storage.models import SearchPage
 from chatdock.storage.requests import (
     AgentFilter,
+    Alias,
     AppendRequest,
     ChannelFilter,
     ChannelId,
     Channels,
     ChatAgentId,
     ChatId,
+    ContactFilter,
     ContactId,
     ContextLimit,
     CreatedAt,
@@ -164,7 +166,11 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
                 text_only=not include_messages,
             )
         )
-        return context_result(found, include_messages)
+        asked = {"agent_id": agent_id, "chat_id": chat_id, "roles": roles, "channels": channels}
+        filters = ", ".join(
+            f"{name} {value if isinstance(value, str) else ','.join(value)}" for name, value in asked.items() if value
+        )
+        return context_result(found, include_messages, filters)
 
     @server.structured_tool(MessagePage, title="List messages", annotations=_hints(read_only=True))
     async def list_messages(
@@ -193,7 +199,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
                 json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS},
             ),
         ],
-        contact_id: Annotated[str | None, Field(description="Only this contact (any of its ids).")] = None,
+        contact_id: ContactFilter = None,
         channel: ChannelFilter = None,
         role: RoleFilter = None,
         limit: Limit = 20,
@@ -295,7 +301,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
 
     @server.structured_tool(ContactInfo, title="Unlink contact", annotations=_hints(read_only=False))
     async def unlink_contact(
-        identifier: Annotated[str, Field(description="An alias of a contact (not its own contact_id).")],
+        identifier: Alias,
     ) -> CallToolResult:
         """Detach an alias from its contact; the history stays with the contact."""
         return as_json(await _tool(the_store().unlink_contact(_org(), identifier)))

@@ -4,6 +4,7 @@ its permissions."""
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 from pathlib import Path
@@ -40,6 +41,24 @@ def test_a_new_database_and_its_new_folders_are_the_owners_alone(tmp_path: Path)
     done = chatdock("import", "-q", "--db", str(imported), str(source))
     assert done.returncode == 0, done.stderr
     assert oct(mode(imported)) == "0o600"
+
+
+def test_the_default_database_is_under_the_data_folder_a_relative_xdg_data_home_ignored(tmp_path: Path) -> None:
+    """Without --db, the database is $XDG_DATA_HOME/chatdock/chatdock.db, or ~/.local/share/chatdock/chatdock.db;
+    a relative XDG_DATA_HOME made it under whatever folder the desktop client started chatdock in (a review):
+    the XDG spec says to ignore it."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    base = {name: value for name, value in os.environ.items() if not name.startswith(("CHATDOCK_", "XDG_"))}
+    for xdg, expected in (("relxdg", home / ".local" / "share"), (str(tmp_path / "xdg"), tmp_path / "xdg")):
+        environment = {**base, "HOME": str(home), "XDG_DATA_HOME": xdg}
+        made = subprocess.run(
+            [*chatdock_command(), "keys", "create", "--org", "acme"],
+            capture_output=True, text=True, timeout=60, check=False, env=environment, cwd=work,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        assert (expected / "chatdock" / "chatdock.db").is_file(), (xdg, sorted(tmp_path.rglob("*.db")))
+    assert not (work / "relxdg").exists()
 
 
 def test_an_existing_database_and_folder_keep_their_permissions(tmp_path: Path) -> None:

@@ -108,6 +108,12 @@ async def test_results_give_the_model_what_it_needs_and_the_application_everythi
 
             empty = await client.call_tool("get_context", {"contact_id": "nobody"})
             assert text_of(empty) == "(no messages yet)"
+            # filters that match nothing are no empty history (a model read it as a new contact: a review)
+            unmatched = {"contact_id": CONTACT, "agent_id": "support-bot", "channels": ["voice", "sms"]}
+            assert text_of(await client.call_tool("get_context", unmatched)) == (
+                "(no messages match agent_id support-bot, channels voice,sms; without them, the contact may have "
+                "others)"
+            )
             nothing = await client.call_tool("list_messages", {"contact_id": "nobody"})
             assert text_of(nothing) == "(no messages)"
 
