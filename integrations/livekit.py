@@ -200,7 +200,8 @@ class ChatdockMemory:
         self._history_deadline = 0.0  # the loop's time start_timeout after the call's start
         self._history_late = False  # the wait for it ran out (logged once)
         self._refresh_task: asyncio.Task[None] | None = None
-        self._given_up_on: asyncio.Task[None] | None = None  # the read a reply waited out (see _wait_for_news)
+        self._reads = 0  # the reads of changes begun: the one under way is the last
+        self._read_given_up = -1  # the read a reply waited out (see _wait_for_news)
         self._refresh_wanted = False
         self._finishing: asyncio.Task[None] | None = None
 
@@ -276,14 +277,14 @@ class ChatdockMemory:
         chatdock is known to be unreachable): a message that reached the contact on another channel a moment
         before the reply is in it."""
         reading = self._refresh_task
-        if reading is None or reading.done() or self.context_timeout <= 0 or reading is self._given_up_on:
+        if reading is None or reading.done() or self.context_timeout <= 0 or self._reads == self._read_given_up:
             return  # a read one reply already waited out: a stuck read is not waited for again by every reply
         if self._writes is not None and self._writes.unavailable:
             return
         try:
             await asyncio.wait_for(asyncio.shield(reading), self.context_timeout)
         except TimeoutError:
-            self._given_up_on = reading
+            self._read_given_up = self._reads
             logger.info(
                 "the contact's news took longer than %.2f s to read; the reply goes on with the context it has",
                 self.context_timeout,
@@ -507,6 +508,7 @@ class ChatdockMemory:
     async def _reread(self) -> None:
         while self._refresh_wanted:
             self._refresh_wanted = False
+            self._reads += 1
             if not await self._read("the context", logging.DEBUG):
                 return
 

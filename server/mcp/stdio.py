@@ -18,7 +18,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import anyio
@@ -40,7 +40,8 @@ from chatdock.server.ops.memory import settle_collector
 logger = logging.getLogger("chatdock.server")
 
 DRAIN_SECONDS = 30  # how long requests still running at the end of stdin may take to finish
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # a stop asked of the process: served as the end of stdin
+# a stop asked of the process: served as the end of stdin (Windows has no SIGHUP)
+STOP_SIGNALS = tuple(signal.Signals[name] for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 LINES_AHEAD = 64  # lines read from stdin before the server takes them
 READ_BYTES = 1 << 16
 
@@ -190,7 +191,7 @@ class StdinLines:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._lines: asyncio.Queue[bytes] = asyncio.Queue()
+        self._lines: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: the end (of stdin, or a stop)
         self._room = threading.BoundedSemaphore(LINES_AHEAD)  # lines read ahead of the server, at most
         self._reader: threading.Thread | None = None
         self._stopped = False
@@ -205,29 +206,38 @@ class StdinLines:
             self._reader.start()
         line = await self._lines.get()
         if self._stopped:  # nothing more is read: the reader may wait for room for ever (a daemon, it may)
+            if line is not None:
+                logger.debug("a line read before the stop is left unserved, as the lines not read yet")
             raise StopAsyncIteration
         self._room.release()
-        if not line:
+        if line is None:
             raise StopAsyncIteration
-        return line.decode("utf-8", errors="replace")
+        return line.decode("utf-8", errors="replace")  # a blank line too: the SDK answers it -32700
 
     def _read(self, loop: asyncio.AbstractEventLoop) -> None:
         """Lines off the descriptor itself, with `os.read`: a thread blocked in a buffered reader holds its lock,
-        and the interpreter's end, which takes it to close stdin, aborted the process."""
-        pending = b""
+        and the interpreter's end, which takes it to close stdin, aborted the process. A line's pieces are kept
+        apart until its end comes (a long line is not copied again at each read)."""
+        pieces: list[bytes] = []
         while True:
             try:
                 chunk = os.read(self._fd, READ_BYTES)
             except OSError:  # closed under it: as the end
                 chunk = b""
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            if not chunk:
-                lines += [pending, b""] if pending else [b""]  # a last line without its end, then the end
+            lines: list[bytes | None] = []
+            start = 0
+            while (end := chunk.find(b"\n", start)) >= 0:
+                lines.append(b"".join([*pieces, chunk[start : end + 1]]))
+                pieces, start = [], end + 1
+            if chunk:
+                pieces.append(chunk[start:])
+            else:
+                lines += [b"".join(pieces)] if any(pieces) else []  # a last line without its end
+                lines.append(None)
             for line in lines:
                 self._room.acquire()  # waits while LINES_AHEAD lines are unread (a client faster than the server)
                 try:
-                    loop.call_soon_threadsafe(self._lines.put_nowait, line + b"\n" if line else line)
+                    loop.call_soon_threadsafe(self._lines.put_nowait, line)
                 except RuntimeError:  # the loop is closed: serving has ended
                     return
             if not chunk:
@@ -236,15 +246,28 @@ class StdinLines:
     def stop(self, name: str) -> None:
         logger.info("%s: no more requests are read; those under way are answered, then chatdock stops", name)
         self._stopped = True
-        self._lines.put_nowait(b"")  # wakes a wait for the next line
+        self._lines.put_nowait(None)  # wakes a wait for the next line
 
     @contextlib.contextmanager
-    def ended_by(self, signals: tuple[signal.Signals, ...]) -> Iterator[None]:
+    def ended_by(self, signals: Sequence[signal.Signals]) -> Iterator[None]:
+        """The stop signals handled while serving: those the process does not ignore (`nohup` ignores SIGHUP),
+        and where the event loop can (Windows' cannot: there they stop the process as before); their handlers
+        before, given back after."""
         loop = asyncio.get_running_loop()
+        handled: list[tuple[signal.Signals, Any]] = []
         for signum in signals:
-            loop.add_signal_handler(signum, self.stop, signum.name)
+            before = signal.getsignal(signum)
+            if before == signal.SIG_IGN:
+                continue
+            try:
+                loop.add_signal_handler(signum, self.stop, signum.name)
+            except (NotImplementedError, RuntimeError):
+                continue
+            handled.append((signum, before))
         try:
             yield
         finally:
-            for signum in signals:
+            for signum, before in handled:
                 loop.remove_signal_handler(signum)
+                if before is not None:  # (None: a handler not set from Python, which remove left as the default)
+                    signal.signal(signum, before)

@@ -15,7 +15,7 @@ import pytest
 from mcp.client import Client
 
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
-from tests.transports import RawStdio, chatdock_command, run_cli, stdio_params, unwritable
+from tests.transports import RawStdio, chatdock_command, installed_command, run_cli, stdio_params, unwritable
 
 pytestmark = pytest.mark.process  # each test here starts real processes
 
@@ -221,6 +221,40 @@ def test_a_stop_signal_answers_what_was_read_and_leaves_nothing_behind(tmp_path:
         server.process.send_signal(stop)
         assert server.process.wait(30) == 0
     assert not any(folder.exists() for folder in shm)
+
+
+def test_a_blank_line_is_answered_and_serving_goes_on() -> None:
+    """A blank line (a client writing a message and "\n\n") ended serving in the first version of the stop
+    signals' reader, which took an empty line for the end of stdin (found by a review of the diff)."""
+    with RawStdio(":memory:") as server:
+        server.send_line(b"")
+        after = server.tool("append_message", {"contact_id": "c", "channel": "sms", "role": "user", "content": "x"})
+        assert "result" in after and server.process.poll() is None
+
+
+def test_a_stop_signal_the_process_ignores_stays_ignored() -> None:
+    """`nohup chatdock serve`: SIGHUP ignored from the start stays ignored while serving."""
+    server = subprocess.Popen(
+        [*installed_command(), "serve", "--db", ":memory:"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
+    assert server.stdin is not None and server.stdout is not None
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+    server.stdin.write(
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}).encode() + b"\n"
+    )
+    server.stdin.flush()
+    assert json.loads(server.stdout.readline())["id"] == 1
+    server.send_signal(signal.SIGHUP)
+    server.stdin.write(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "ping"}).encode() + b"\n")
+    server.stdin.flush()
+    assert json.loads(server.stdout.readline())["id"] == 2  # still serving
+    server.stdin.close()
+    assert server.wait(30) == 0
+    server.stdout.close()
 
 
 def test_ids_sent_in_latin_1_over_stdio_are_refused_not_merged(tmp_path: Path) -> None:
