@@ -40,13 +40,12 @@ from chatdock.server.http.lanes import Lanes
 from chatdock.server.http.oauth import (
     METADATA_PATH,
     READ,
+    READ_AND_WRITE,
     READ_SCOPE,
     SCOPES,
-    WRITE,
     WRITE_SCOPE,
     IssuerUnavailable,
     JwtVerifier,
-    OAuthSettings,
     TokenRefused,
     is_api_key,
     write_needs,
@@ -136,7 +135,6 @@ class ApiKeyAuth:
         server: ChatdockServer,
         sessions: SessionOwners,
         metrics: Metrics | None = None,
-        oauth: OAuthSettings | None = None,
         tokens: JwtVerifier | None = None,
         route_name: Callable[[Scope], str | None] = lambda scope: None,
     ) -> None:
@@ -145,8 +143,8 @@ class ApiKeyAuth:
         self.failures = FailedKeys()
         self.sessions = sessions
         self.metrics = metrics
-        self.oauth = oauth
-        self.tokens = tokens
+        self.tokens = tokens  # with --oauth-issuer: the access tokens' verifier, and its settings
+        self.oauth = None if tokens is None else tokens.settings
         self.route_name = route_name  # a REST request's route's name, for the scopes it needs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -359,7 +357,6 @@ async def scope_needed(
     return replaying(body, receive), _scope_of_rpc(body, read_only_tools)
 
 
-READ_AND_WRITE = READ | WRITE
 ANY_SCOPE: frozenset[str] = frozenset()  # what MCP's own steps need: a token of chatdock, either scope
 NO_DATA_METHODS = frozenset({"initialize", "ping", "tools/list", "prompts/list", "logging/setLevel"})
 
@@ -494,7 +491,7 @@ def build_http_app(
     metadata = None if tokens is None else Starlette(routes=tokens.metadata_routes(), exception_handlers=REFUSED)
     rest = BodyLimit(Lanes(routes))
     app = ApiKeyAuth(
-        Dispatch(mcp, rest, metadata), server, sessions, settings.metrics, oauth, tokens, route_names(routes.routes)
+        Dispatch(mcp, rest, metadata), server, sessions, settings.metrics, tokens, route_names(routes.routes)
     )
     observed = ObservedHttp(
         app,

@@ -23,7 +23,7 @@ import math
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httpx2
@@ -46,6 +46,7 @@ READ_SCOPE = "chatdock:read"
 WRITE_SCOPE = "chatdock:write"
 SCOPES = (READ_SCOPE, WRITE_SCOPE)
 READ, WRITE = frozenset({READ_SCOPE}), frozenset({WRITE_SCOPE})
+READ_AND_WRITE = READ | WRITE
 # The writes whose answer hands out stored data need chatdock:read too: a link's or an unlink's answer names the
 # contact's identifiers, channels and counts; a write that asks for the contact's context back (context_limit)
 # hands out its messages. By name: a tool's, or a REST route's (each is named for its tool).
@@ -55,7 +56,7 @@ READING_WRITES = frozenset({"link_contacts", "unlink_contact"})
 def write_needs(name: str | None, arguments: object) -> frozenset[str]:
     """The scopes a write needs, by its tool's (or route's) name and its arguments (a tool's, a REST body)."""
     asks_context = isinstance(arguments, dict) and arguments.get("context_limit") is not None
-    return READ | WRITE if name in READING_WRITES or asks_context else WRITE
+    return READ_AND_WRITE if name in READING_WRITES or asks_context else WRITE
 
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
@@ -159,6 +160,8 @@ class Published:
 
     key: jwt.PyJWK
     jwk: dict[str, Any]
+    # the key read for another algorithm (see as_for), once for all the tokens that name it
+    other_algorithms: dict[str, jwt.PyJWK] = field(default_factory=dict, compare=False)
 
     def as_for(self, alg: str) -> jwt.PyJWK:
         """The key for a token signed with `alg`. A JWK's `alg` is optional (RFC 7517 §4.4) and PyJWT reads an RSA
@@ -166,7 +169,9 @@ class Published:
         Such a key verifies any RSA algorithm chatdock accepts; a key that names its algorithm, only that one."""
         bare_rsa = "alg" not in self.jwk and self.jwk.get("kty") == "RSA"
         if bare_rsa and alg != self.key.algorithm_name and alg in RSA_ALGORITHMS:
-            return jwt.PyJWK(self.jwk, alg)
+            if alg not in self.other_algorithms:
+                self.other_algorithms[alg] = jwt.PyJWK(self.jwk, alg)
+            return self.other_algorithms[alg]
         return self.key
 
 

@@ -9,7 +9,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -1022,24 +1022,32 @@ async def test_a_store_closed_while_its_index_sweep_runs_leaves_nothing_beside_t
     assert sorted(path.name for path in tmp_path.iterdir()) == ["closed.db"]
 
 
+@contextlib.contextmanager
+def write_lock_held_elsewhere(path: Path) -> Iterator[None]:
+    """SQLite's write lock on the file at `path`, held by another connection (a `sqlite3` shell left in a
+    transaction) until the block ends."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
 async def test_health_says_so_while_writes_wait_for_another_processs_lock(tmp_path: Path) -> None:
     """While a write waited for a lock held elsewhere, /healthz said ok for the whole 10 s, until the first write
     failed (an operator's review): it says so once a write has waited a second."""
     path = tmp_path / "locked.db"
     async with open_store(str(path)) as store:
         await store.append_message("acme", msg(content="before"))
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        try:
+        with write_lock_held_elsewhere(path):
             waiting = asyncio.ensure_future(store.append_message("acme", msg(content="while locked")))
             await asyncio.sleep(1.3)
             said = await store.health()
             waited = [re.match(rf"writes to {re.escape(str(path))} have waited ([0-9.]+) s .*another process holds", p)
                       for p in said]  # fmt: skip
             assert any(found and float(found[1]) >= 1.0 for found in waited), said
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
         await waiting  # the lock let go within the bound: the write goes through
         assert await store.health() == []
 
@@ -1053,9 +1061,7 @@ async def test_a_write_waits_for_another_processs_lock_a_bounded_time_in_all(
     path = tmp_path / "locked.db"
     async with open_store(str(path)) as store:
         await store.append_message("acme", msg(content="before"))
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        try:
+        with write_lock_held_elsewhere(path):
             with anyio.fail_after(3):  # 21 tries of 300 ms took more than 6 s
                 with pytest.raises(Unavailable, match="stayed locked by another process; try again"):
                     await store.append_message("acme", msg(content="while locked"))
@@ -1064,18 +1070,11 @@ async def test_a_write_waits_for_another_processs_lock_a_bounded_time_in_all(
             assert [m.content for m in (await store.get_context("acme", "+31612345678")).messages] == ["before"]
             # and /healthz says writes fail, while they do (it said ok: found by an operator review)
             assert [p for p in await store.health() if "stayed locked by another process" in p], await store.health()
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
         assert await store.health() == []  # the lock given back: sound again, with no write needed to show it
         await store.append_message("acme", msg(content="after"))  # the lock gone, writes work at once
         assert [m.content for m in (await store.get_context("acme", "+31612345678")).messages] == ["before", "after"]
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        with pytest.raises(Unavailable, match="stayed locked"):
+        with write_lock_held_elsewhere(path), pytest.raises(Unavailable, match="stayed locked"):
             await store.append_message("acme", msg(content="locked out again"))
-        other.execute("ROLLBACK")
-        other.close()
         path.unlink()  # then removed: the look at the lock makes no file at the path
         said = await store.health()
         assert any("was removed while chatdock was serving" in problem for problem in said), said
