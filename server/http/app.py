@@ -32,7 +32,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatdock.server.http.guard import FailedKeys
@@ -67,7 +67,7 @@ from chatdock.server.mcp.app import ChatdockServer, Settings, build_server
 from chatdock.server.mcp.org import ORG_SCOPE_KEY
 from chatdock.server.ops import logs
 from chatdock.server.ops.memory import settle_collector
-from chatdock.server.ops.observe import ObservedHttp
+from chatdock.server.ops.observe import ObservedHttp, route_for
 from chatdock.storage import ChatdockError, InvalidInput, Store, Unavailable
 from chatdock.storage.errors import NO_ROUTE
 from chatdock.storage.keys import REMEMBER_SECONDS, prefix_of
@@ -392,14 +392,7 @@ def _scope_of_rpc(body: bytes, read_only_tools: frozenset[str]) -> frozenset[str
 
 def route_names(routes: Sequence[BaseRoute]) -> Callable[[Scope], str | None]:
     """The name of the REST route a request goes to (its function's: its tool's), before routing."""
-
-    def named(scope: Scope) -> str | None:
-        for route in routes:
-            if route.matches(scope)[0] is Match.FULL:
-                return getattr(route, "name", None)
-        return None
-
-    return named
+    return lambda scope: getattr(route_for(routes, scope), "name", None)
 
 
 def _key_prefix(scope: Scope) -> str:

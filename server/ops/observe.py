@@ -74,19 +74,28 @@ class Noted:
         await self.send(message)
 
 
+def route_for(routes: Collection[BaseRoute], scope: Scope) -> BaseRoute | None:
+    """The route a request goes to: where the router put it, or before routing (a request refused for its key,
+    its body, its scopes; a HEAD) the first route that takes its path and method, else the first that takes its
+    path. A HEAD is its GET's (http/app.py's Dispatch answers it so)."""
+    route: BaseRoute | None = scope.get("route")
+    if route is not None:
+        return route
+    method = "GET" if scope.get("method") == "HEAD" else scope.get("method")
+    for candidate in routes:
+        match = candidate.matches({**scope, "method": method})[0]
+        if match is Match.FULL:
+            return candidate
+        if match is not Match.NONE:
+            route = route or candidate
+    return route
+
+
 def route_of(routes: Collection[BaseRoute], scope: Scope) -> tuple[str | None, bool]:
     """The template of the route a request's path matches (`/chats/{message_id}`, never the path itself), and
-    whether that route takes the request's method (a HEAD is its GET's: http/app.py's Dispatch answers it so)."""
+    whether that route takes the request's method."""
     method = "GET" if scope.get("method") == "HEAD" else scope.get("method")
-    route = scope.get("route")  # where the router put the route it chose
-    if route is None:  # refused before routing (a key, a body too large), or a HEAD: the route it would go to
-        for candidate in routes:
-            match = candidate.matches({**scope, "method": method})[0]
-            if match is not Match.NONE:
-                route = route or candidate
-                if match is Match.FULL:
-                    route = candidate
-                    break
+    route = route_for(routes, scope)
     path = getattr(route, "path", None)
     methods = getattr(route, "methods", None)  # None: a mount (the pages, their files), which takes any
     return (path, methods is None or method in methods) if isinstance(path, str) else (None, False)
