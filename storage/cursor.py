@@ -5,8 +5,11 @@ The sequences number every message and every contact of the database, whatever i
 that showed one would let an organization count the others' writes between two of its own pages. It is masked:
 XORed with 63 bits of an HMAC, keyed by the database's own secret (migration "a secret of the database's own"), of
 what is listed, the organization and the time. A database without the secret (opened where its migration could
-not run) writes the position as it is, as chatdock did before for messages; both forms are read. Each list's
-cursors are its own: one list's cursor is not a position in another.
+not run) writes the position as it is, as chatdock did before for messages. A database reads only the form it
+writes: a plain cursor given to a database with the secret is refused, since anyone can write one by hand and,
+bisecting a position, learn the sequence of their own message, and from two of them the others' writes between
+(found by a security review; a plain cursor of before the secret's migration asks for the list again). Each
+list's cursors are its own: one list's cursor is not a position in another.
 
 A search's cursor (`SearchPosition`) says where its pages stand in the ranked matches: how many came before, the
 newest match the first page considered (the later pages rank the same matches, not those stored since: an
@@ -96,7 +99,7 @@ def decode_cursor(
         else:
             in_range = 0 <= created_us <= _HIGHEST and 0 <= seq <= _HIGHEST
             masked = version in (pages.masked, *(pages.bound or ())[1:])
-            if in_range and (key is not None or not masked):
+            if in_range and masked == (key is not None):  # only the form this database writes (the module)
                 position = (created_us, seq ^ _mask(key, pages, org, created_us) if masked and key else seq)
                 bound = pages.bound is not None and version in pages.bound
                 known = version in (pages.plain, pages.masked) and not checked
@@ -209,7 +212,7 @@ def _position(
         and all(len(figure) == 1 for figure in figures[:6])
         and 0 < len(figures[6]) <= 1 + MAX_TERMS
         and len(figures[7]) == len(figures[6]) + 1
-        and (not masked or key is not None)
+        and masked == (key is not None)  # only the form this database writes (the module's docstring)
     ):
         return None
     (offset,), (nonce,), (upto,), (after,), (since,), (check,), its, weights = figures

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +61,23 @@ def test_missing_malformed_or_unknown_keys_get_401(served: dict[str, str], heade
     assert status == 401
     assert body["error"] == "Invalid API key" and body["message"]
     assert response_headers["www-authenticate"].startswith("Bearer ")
+
+
+def test_two_authorization_headers_get_401(served: dict[str, str]) -> None:
+    """Two keys in one request: the first was taken (a proxy that adds or checks a header of its own may read
+    the other one); none is (found by a security review)."""
+    connection = http.client.HTTPConnection(urllib.parse.urlsplit(served["base"]).netloc, timeout=10)
+    try:
+        connection.putrequest("GET", "/chats/context?contact_id=anyone")
+        for key in (served["acme"], served["globex"]):
+            connection.putheader("Authorization", f"Bearer {key}")
+        connection.endheaders()
+        response = connection.getresponse()
+        body = json.loads(response.read())
+    finally:
+        connection.close()
+    assert response.status == 401
+    assert body == {"error": "Invalid API key", "message": "send one Authorization header, not 2"}
 
 
 def test_a_revoked_key_gets_401(served: dict[str, str]) -> None:

@@ -30,7 +30,7 @@ from chatdock.storage import (
     open_store,
 )
 from chatdock.storage.changes import Change
-from chatdock.storage.cursor import encode_cursor
+from chatdock.storage.cursor import CONTACTS, SearchPosition, encode_cursor, encode_search_cursor
 from chatdock.storage.history import parse_line
 from chatdock.storage.models import NewAlias, NewChannel, NewChat
 from chatdock.storage.postgres import PostgresBackend
@@ -321,7 +321,9 @@ async def test_a_list_cursor_pages_only_through_the_list_that_gave_it(store: Sto
 async def test_a_list_cursor_shows_nothing_of_other_organizations_writes(store: Store, db: str) -> None:
     """The sequence a cursor keeps numbers every message of the database, whatever its organization: shown as
     it is, two of one organization's cursors told how many messages the others wrote in between (found by a
-    security review). It is masked; the pages go on as before, and a cursor of the earlier form still reads."""
+    security review). It is masked; the pages go on as before. A cursor of the plain form, which anyone can
+    write by hand to bisect the sequence of their own message, is refused (found by the next one: each list
+    and the search still read it)."""
 
     def field(cursor: str | None) -> int:
         assert cursor is not None
@@ -345,11 +347,18 @@ async def test_a_list_cursor_shows_nothing_of_other_organizations_writes(store: 
         if (cursor := page.next_cursor) is None:
             break
     assert seen == [m.content for m in reversed(sent)]
-    earlier = encode_cursor((created_after, seq_after))  # v1:<time>:<sequence>, as chatdock wrote them before
-    assert [m.id for m in (await store.list_messages(ORG, "c1", limit=2, cursor=earlier)).messages] == [
-        sent[4].id,
-        sent[3].id,
-    ]
+    plain = encode_cursor((created_after, seq_after))  # v1:<time>:<sequence>: the position given as it is
+    with pytest.raises(InvalidInput, match="cursor is not valid; pass next_cursor exactly"):
+        await store.list_messages(ORG, "c1", limit=2, cursor=plain)
+    with pytest.raises(InvalidInput, match="cursor is not valid"):
+        await store.list_messages(ORG, "c1", limit=2, cursor=encode_cursor((created_after, seq_after), listed="x"))
+    with pytest.raises(InvalidInput, match="cursor is not valid; pass next_cursor exactly as a previous GET /con"):
+        await store.recent_contacts(ORG, limit=1, cursor=encode_cursor((created_after, 1), pages=CONTACTS))
+    searched = "\x00".join(("mine", "c1", "", ""))  # the search's own check: only its form is wrong
+    forged = encode_search_cursor(SearchPosition(1, seq_after, seq_after, (1,), (1, 1), 0), searched, None, ORG)
+    assert (await store.search_messages(ORG, "mine", contact_id="c1", limit=1)).next_cursor is not None
+    with pytest.raises(InvalidInput, match="cursor is not valid; pass next_cursor exactly as a previous search"):
+        await store.search_messages(ORG, "mine", contact_id="c1", limit=1, cursor=forged)
 
 
 async def position_of(db: str, message_id: str) -> tuple[int, int]:
