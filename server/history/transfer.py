@@ -159,6 +159,11 @@ async def export_to_path(
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise Interrupted("interrupted: the export on standard output is cut short; export again") from None
         return written
+    if os.path.islink(path) and not _followable(path):
+        raise InvalidInput(
+            f"cannot write the export to {path}: it is a symbolic link another user made in a folder anyone may "
+            "write to, which could point the export at any file of yours; name a file of your own with -o"
+        )
     target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)  # a link stays a link
     if _is_database(target, database):
         raise InvalidInput(
@@ -200,6 +205,19 @@ async def export_to_path(
     return written
 
 
+def _followable(link: str) -> bool:
+    """Whether the export may write where `link` points: Linux's rule for following a link (fs.protected_symlinks),
+    kept wherever the kernel does not: in a sticky folder anyone may write to (/tmp), only a link of the user's
+    own or of the folder's owner (found by a security review: another user's link at the name a shared export
+    goes to had the export replace the file it named)."""
+    if not hasattr(os, "geteuid"):  # Windows: no such folders
+        return True
+    folder = os.stat(os.path.dirname(os.path.abspath(link)))
+    shared = folder.st_mode & stat.S_ISVTX and folder.st_mode & stat.S_IWOTH
+    owner = os.lstat(link).st_uid
+    return not shared or owner in (os.geteuid(), folder.st_uid)
+
+
 @dataclass
 class ImportReport:
     chats: int = 0
@@ -209,6 +227,7 @@ class ImportReport:
     lines: int = 0
     problems: list[tuple[int, str]] = field(default_factory=list)
     through: int = 0  # the last line of the last batch imported
+    into: dict[str, int] = field(default_factory=dict)  # what was stored in each organization
 
     @property
     def stored(self) -> int:
@@ -220,9 +239,13 @@ class ImportReport:
             stored += f", {self.chats:,} chat(s) and {self.aliases:,} alias(es)"
         else:
             stored += f" and {self.chats:,} chat(s)"
+        # the organizations named: a file's lines may name any of the database's (found by a security review)
+        where = ", ".join(
+            f"{json.dumps(org, ensure_ascii=False)} {count:,}" for org, count in sorted(self.into.items())
+        )
         return (
             f"read {self.lines:,} line(s): stored {stored}, {self.existing:,} already there, "
-            f"{len(self.problems):,} skipped"
+            f"{len(self.problems):,} skipped" + (f"; stored in {where}" if where else "")
         )
 
 
@@ -439,6 +462,8 @@ async def _import_lines(
                 report.aliases += 1
             elif outcome == "stored":
                 report.messages += 1
+            if outcome == "stored":
+                report.into[batch_org] = report.into.get(batch_org, 0) + 1
         report.through = batch[-1][0]
         batch.clear()
         if interrupted:

@@ -302,6 +302,22 @@ def test_a_hand_written_file_refused_in_a_second_organization_says_how_to_bring_
     assert """give the line an "id" of its own""" in back.stderr
 
 
+def test_an_import_names_the_organizations_it_stored_in(tmp_path: Path) -> None:
+    """Without --org each line goes where its `org` says, any organization of the database: the summary named
+    none, so a customer's file naming another's organization went unnoticed (found by a security review)."""
+    db = tmp_path / "chatdock.db"
+    lines = [json.loads(good(i)) for i in range(3)]
+    lines[2]["org"] = "beta"
+    done = import_(db, "-", "-q", stdin="".join(json.dumps(line) + "\n" for line in lines))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "read 3 line(s): stored 3 message(s) and 0 chat(s), 0 already there, 0 skipped; "
+        'stored in "beta" 1, "default" 2\n'
+    )
+    again = import_(db, "-", "-q", stdin=json.dumps(lines[0]) + "\n")
+    assert again.stdout == "read 1 line(s): stored 0 message(s) and 0 chat(s), 1 already there, 0 skipped\n"
+
+
 def test_hand_written_lines_without_ids_are_stored_once_however_often_imported(tmp_path: Path) -> None:
     db = tmp_path / "chatdock.db"
     lines = "\n".join(good(i) for i in range(5)) + "\n"

@@ -335,6 +335,38 @@ def test_a_link_planted_where_an_export_writes_does_not_steer_it(tmp_path: Path,
     assert out.read_text(encoding="utf-8") == exported and stat.S_IMODE(out.stat().st_mode) == 0o600
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes a link of another user's: needs root")
+def test_an_export_does_not_follow_another_users_link_in_a_shared_folder(
+    tmp_path: Path, history: tuple[Path, str]
+) -> None:
+    """In a sticky folder anyone may write to, another user links the name a shared export goes to at a file of
+    the exporting user's: the export replaced that file with the organization's messages (a security review).
+    Such a link is refused, as Linux refuses to follow it where fs.protected_symlinks is on; the user's own
+    link there is still followed."""
+    db, exported = history
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    victim = tmp_path / "authorized_keys"
+    victim.write_text("ssh-ed25519 AAAA mine\n")
+    planted = shared / "export.jsonl"
+    planted.symlink_to(victim)
+    os.lchown(planted, 65534, 65534)  # nobody's
+    done = run_cli("export", "--db", str(db), "-q", "-o", str(planted))
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr == (
+        f"chatdock: cannot write the export to {planted}: it is a symbolic link another user made in a folder anyone "
+        "may write to, which could point the export at any file of yours; name a file of your own with -o\n"
+    )
+    assert victim.read_text() == "ssh-ed25519 AAAA mine\n" and sorted(p.name for p in shared.iterdir()) == [
+        "export.jsonl"
+    ]
+    os.lchown(planted, os.geteuid(), os.getegid())  # the user's own link: followed, as before
+    done = run_cli("export", "--db", str(db), "-q", "-o", str(planted))
+    assert done.returncode == 0, done.stderr
+    assert planted.is_symlink() and victim.read_text(encoding="utf-8") == exported
+
+
 def test_export_to_a_fifo_streams_into_it_and_leaves_it_a_fifo(tmp_path: Path, history: tuple[Path, str]) -> None:
     db, exported = history
     fifo = tmp_path / "export.fifo"
