@@ -4,6 +4,7 @@ storage/
   store.py        Store: checks, normalization, the channel choice, transcript fitting, keys
   backend.py      Backend: the narrow seam an engine implements (records in, records out)
   records.py      messages and chats checked in full, as a backend receives them
+  audit.py        who took data away (a delete, a forget, a merge): one log line each, never a contact's id
   telemetry.py    what the store tells an operator (counts, spans): the seam metrics and traces plug into
   tracing.py      the store's spans and its SQL's (OpenTelemetry's API), when traces are on
   sqlite/         the SQLite backend (the embedded default)

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from . import keys, newest, ranking
+from . import audit, keys, newest, ranking
 from . import validation as check
 from .backend import Backend, Imported, MessageFilter, Snapshot, StoredKey
 from .changes import Change, Deliver
@@ -519,6 +519,7 @@ class Store:
         deleted = await self.backend.delete_message(org, message_id)
         if deleted is None:
             raise message_not_found(message_id)
+        audit.took(org, f"deleted message {message_id}")
         return deleted
 
     # --- chats ---
@@ -558,6 +559,11 @@ class Store:
         goes too."""
         forgotten = await self.backend.forget_contact(org, check.contact_id(contact_id))
         let_go_of_all()
+        audit.took(
+            org,
+            f"forgot a contact ({forgotten.deleted_messages} messages, {forgotten.deleted_chats} chats, "
+            f"{forgotten.deleted_identifiers} identifiers erased)",
+        )
         return forgotten
 
     async def get_contact(self, org: str, contact_id: str) -> ContactInfo:
@@ -577,7 +583,12 @@ class Store:
         with another request is refused."""
         key = None if idempotency_key is None else check.idempotency_key(idempotency_key)
         contact_id, identifier = check.contact_id(contact_id), check.identifier(identifier, "identifier")
-        return await self.backend.link(org, contact_id, identifier, key)
+        linked = await self.backend.link(org, contact_id, identifier, key)
+        if linked.merged_messages or linked.merged_chats:
+            audit.took(
+                org, f"merged two contacts ({linked.merged_messages} messages, {linked.merged_chats} chats moved)"
+            )
+        return linked
 
     async def unlink_contact(self, org: str, identifier: str, contact_id: str | None = None) -> ContactInfo:
         """`identifier` no longer names its contact (whose history stays); the next message under it starts a
@@ -587,6 +598,7 @@ class Store:
         found = await self.backend.unlink(org, identifier, of)
         if found is None:
             raise identifier_not_found(identifier, of)
+        audit.took(org, "unlinked an identifier from its contact")
         return found
 
     async def recent_contacts(self, org: str, limit: int = 50, cursor: str | None = None) -> ContactPage:

@@ -64,11 +64,11 @@ from chatdock.server.http.rest import (
 from chatdock.server.http.sessions import DEFAULT_MAX_SESSIONS_PER_ORG, SessionOwners
 from chatdock.server.http.shutdown import CutOff
 from chatdock.server.mcp.app import ChatdockServer, Settings, build_server
-from chatdock.server.mcp.org import ORG_SCOPE_KEY
+from chatdock.server.mcp.org import ORG_SCOPE_KEY, WHO_SCOPE_KEY
 from chatdock.server.ops import logs
 from chatdock.server.ops.memory import settle_collector
 from chatdock.server.ops.observe import ObservedHttp, route_for
-from chatdock.storage import ChatdockError, InvalidInput, Store, Unavailable
+from chatdock.storage import ChatdockError, InvalidInput, Store, Unavailable, audit
 from chatdock.storage.errors import NO_ROUTE
 from chatdock.storage.keys import REMEMBER_SECONDS, prefix_of
 
@@ -153,6 +153,7 @@ class ApiKeyAuth:
             await self.app(scope, receive, send)
             return
         scope.pop(ORG_SCOPE_KEY, None)
+        scope.pop(WHO_SCOPE_KEY, None)
         try:
             verdict = await self._verify(scope)
         except (ChatdockError, IssuerUnavailable) as exc:  # the keys cannot be read: the service is at fault
@@ -187,14 +188,18 @@ class ApiKeyAuth:
                 await self._insufficient(needed, verdict.scopes, scope, receive, send)
                 return
         bounded = self._bounded(verdict, org, receive, send)
-        scope[ORG_SCOPE_KEY] = org
+        scope[ORG_SCOPE_KEY], scope[WHO_SCOPE_KEY] = org, verdict.who
         fields = logs.request_fields.get()
         if fields is not None:
             fields["org"] = org
         if path == "/mcp":
             await self.sessions.serve(org, verdict.who, scope, bounded.receive, bounded.send, self.app)
         else:
-            await self.app(scope, bounded.receive, bounded.send)
+            acting = audit.acting.set(verdict.who)  # a REST route runs in this task (/mcp's: org.py sets it)
+            try:
+                await self.app(scope, bounded.receive, bounded.send)
+            finally:
+                audit.acting.reset(acting)
         await bounded.complete()
 
     def _bounded(self, verdict: Verdict, org: str, receive: Receive, send: Send) -> Bounded:

@@ -19,9 +19,15 @@ from mcp_types import SubscriptionFilter, SubscriptionsListenRequestParams
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
+from chatdock.storage import audit
+
 logger = logging.getLogger("chatdock.server")
 
+STDIO_CLIENT = "the stdio client"  # who acts over stdio (the local user's MCP client)
+HTTP_CLIENT = "an HTTP client"  # over HTTP, where the key check named no one (a server built without it)
+
 ORG_SCOPE_KEY = "chatdock.org"
+WHO_SCOPE_KEY = "chatdock.who"  # ... and who within it (a key by its prefix, a token's subject): for the audit log
 
 current_org: ContextVar[str] = ContextVar("chatdock_org")
 
@@ -29,17 +35,19 @@ current_org: ContextVar[str] = ContextVar("chatdock_org")
 listening: ContextVar[SubscriptionFilter | None] = ContextVar("chatdock_listening", default=None)
 
 
-def request_org(request: object, default: str) -> str:
+def from_scope(request: object, default: str, key: str = ORG_SCOPE_KEY) -> str:
+    """What the auth layer put in the request's scope under `key` (its organization, or who); else `default`."""
     scope = getattr(request, "scope", None)
     if isinstance(scope, dict):
-        org = scope.get(ORG_SCOPE_KEY)
-        if isinstance(org, str):
-            return org
+        found = scope.get(key)
+        if isinstance(found, str):
+            return found
     return default
 
 
 class OrgMiddleware:
-    """Sets `current_org` for every inbound message, from the auth layer's verdict or the default; for a
+    """Sets `current_org` for every inbound message, from the auth layer's verdict or the default (and who acts,
+    for the audit log: storage/audit.py); for a
     `subscriptions/listen` request also `listening` (its filter); and tells `on_listing` of an
     `initialize`-era session that lists the resources (it will want to hear when the listing changes)."""
 
@@ -48,8 +56,10 @@ class OrgMiddleware:
         self.on_listing = on_listing
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        org = request_org(ctx.request, self.default_org)
+        org = from_scope(ctx.request, self.default_org)
         token = current_org.set(org)
+        over_http = isinstance(getattr(ctx.request, "scope", None), dict)
+        who = audit.acting.set(from_scope(ctx.request, HTTP_CLIENT, WHO_SCOPE_KEY) if over_http else STDIO_CLIENT)
         wants = listening.set(_listen_filter(ctx) if ctx.method == "subscriptions/listen" else None)
         try:
             if (
@@ -61,6 +71,7 @@ class OrgMiddleware:
             return await call_next(ctx)
         finally:
             listening.reset(wants)
+            audit.acting.reset(who)
             current_org.reset(token)
 
 

@@ -26,6 +26,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from chatdock.storage import audit
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 LogFormat = Literal["text", "json"]
@@ -39,7 +41,12 @@ request_fields: ContextVar[dict[str, str] | None] = ContextVar("chatdock_log_req
 SHARED_LOGGERS = ("asyncpg", "chatdock.storage.outage", "chatdock.storage.feed", "opentelemetry")
 # loggers whose every line is a fact of its own, written once: never held back as a repeat (storage/sql/migrations.py,
 # the change feed's losses and returns: storage/postgres/feed.py)
-WHOLE_LOGGERS = ("chatdock.storage.migrations", "chatdock.storage.feed", "chatdock.storage.outage.over")
+WHOLE_LOGGERS = (
+    "chatdock.storage.migrations",
+    "chatdock.storage.feed",
+    "chatdock.storage.outage.over",
+    audit.logger.name,  # who took data away: each line a record of its own
+)
 
 
 # A line may name what its repeats are told apart by (`extra={"repeat_of": ...}`: a refused key's address and
@@ -157,5 +164,9 @@ def handler(log_format: LogFormat = "text") -> logging.Handler:
 
 
 def configure(level: str, log_format: LogFormat = "text") -> None:
-    """Log to stderr (stdout carries the protocol over stdio), with repeats summed up."""
+    """Log to stderr (stdout carries the protocol over stdio), with repeats summed up; the audit log's INFO lines
+    (storage/audit.py) at any level up to WARNING, the default: a deletion is on record unless logs are cut to
+    errors."""
     logging.basicConfig(level=level, handlers=[handler(log_format)], force=True)
+    chosen = logging.getLevelName(level.upper())
+    audit.logger.setLevel(logging.INFO if isinstance(chosen, int) and chosen <= logging.WARNING else logging.NOTSET)
