@@ -56,6 +56,22 @@ class OutcomeUnknown(Unavailable):
     write may or may not have been stored. Unlike the other errors, something may have been written."""
 
 
+class StoredUnanswered(Unavailable):
+    """The write was stored, and what its answer carries besides (the context after it, its chat) could not be
+    read: said so, never "nothing was written" (found by an operator's review, PostgreSQL's connections killed
+    under load: 10 of 33 posts so answered were stored, and a caller sending them again stored them twice)."""
+
+
+def stored_unanswered(message_id: str, what: str, exc: ChatdockError, instead: str) -> StoredUnanswered:
+    """`what` of the answer to the write that stored `message_id` could not be read, for `exc`; `instead`: how
+    to read it on its own."""
+    return StoredUnanswered(
+        f"the message was stored (id {message_id}), but {what} could not be read for the answer: {exc}; do not "
+        f"send it again ({instead}); a retry with the same Idempotency-Key header or metadata.provider_message_id "
+        "stores nothing twice and answers in full"
+    )
+
+
 # The texts of the errors that more than one place raises, written once.
 
 # The REST server's 404 for a path it has no route at, as chatdock's client recognizes it (a base URL with a

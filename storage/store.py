@@ -40,6 +40,7 @@ from .errors import (
     key_used_elsewhere,
     message_not_found,
     no_live_key,
+    stored_unanswered,
 )
 from .ids import idempotent_id
 from .memo import let_go_of_all
@@ -84,6 +85,7 @@ from .transcript import fit_hits, fit_transcript, format_line
 EXPORT_BATCH = 1000
 FEED_START_WAIT = 10.0  # seconds a process waits at start for the change feed of the others to be in place
 SEARCHES_PER_ORG = 2  # an organization's searches a process works on at once (search_messages)
+CONTEXT_ALONE = "get_context, or GET /chats/context, reads the context"  # a stored write's context, unread
 
 M = TypeVar("M", bound=StoredMessage)
 T = TypeVar("T")
@@ -218,15 +220,18 @@ class Store:
             self._newest.after(org, stored)  # the state kept moves on with it (a bot's reply between two turns)
             return stored
         newest_first = self._newest.after(org, stored, limit)
-        if beside is not None:
-            if newest_first is None:
-                found = _joined(*await beside, stored, limit)
-                if found is not None:
-                    newest_first = found[0]
-                    self._newest.keep(org, stored.contact_id, stored.agent_id, found[1], newest_first, limit)
-            else:  # another turn of the contact told the store meanwhile: the read is let run (a cancelled
-                beside.add_done_callback(_quietly)  # PostgreSQL query costs the server a connection to cancel)
-        return await self._with_context(org, stored, limit, newest_first)
+        try:
+            if beside is not None:
+                if newest_first is None:
+                    found = _joined(*await beside, stored, limit)
+                    if found is not None:
+                        newest_first = found[0]
+                        self._newest.keep(org, stored.contact_id, stored.agent_id, found[1], newest_first, limit)
+                else:  # another turn of the contact told the store meanwhile: the read is let run (a cancelled
+                    beside.add_done_callback(_quietly)  # PostgreSQL query costs the server a connection to cancel)
+            return await self._with_context(org, stored, limit, newest_first)
+        except ChatdockError as exc:  # the message is stored: the answer says so
+            raise stored_unanswered(stored.id, "the context after it", exc, CONTEXT_ALONE) from None
 
     def _newest_beside(
         self, org: str, record: MessageRecord, limit: int
@@ -308,7 +313,12 @@ class Store:
             stored = await self._again(org, key, record, stored, dated=created_at is not None)
         posted = StoredMessage(**stored.model_dump(exclude={"deduplicated"}))
         newest_first = self._newest.after(org, stored, limit or 0)
-        return posted if limit is None else await self._with_context(org, posted, limit, newest_first)
+        if limit is None:
+            return posted
+        try:
+            return await self._with_context(org, posted, limit, newest_first)
+        except ChatdockError as exc:  # the message is stored: the answer says so
+            raise stored_unanswered(stored.id, "the context after it", exc, CONTEXT_ALONE) from None
 
     @staticmethod
     def checked_post(

@@ -54,7 +54,7 @@ from chatdock.storage import (
     Unavailable,
 )
 from chatdock.storage import validation as check
-from chatdock.storage.errors import NO_ROUTE, chat_not_found
+from chatdock.storage.errors import NO_ROUTE, chat_not_found, stored_unanswered
 from chatdock.storage.keys import prefix_of
 from chatdock.storage.models import (
     ChatWithMessages,
@@ -651,7 +651,10 @@ def build_rest(
             body.context_limit,
             body.created_at,
         )
-        chat = await store.chat(organization, stored.chat_id or chat_id)
+        try:
+            chat = await store.chat(organization, stored.chat_id or chat_id)
+        except ChatdockError as exc:  # the message is stored: the answer says so
+            raise stored_unanswered(stored.id, "its chat", exc, "GET /contacts/{contact_id}/chats shows it") from None
         answer = ChatWithMessages.model_construct(**vars(chat), messages=[as_message(stored)], context=stored.context)
         # built from models the store validated, written by pydantic's serializer at once (see append_message)
         return Response(answer.model_dump_json(), status_code=201, media_type="application/json")

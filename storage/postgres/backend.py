@@ -235,8 +235,8 @@ class PostgresBackend(SQLBackend):
             except FAILURES:
                 pool.terminate()
 
-    def _failed(self, exc: BaseException) -> BaseException:
-        text = translate(exc, self.url)
+    def _failed(self, exc: BaseException, writing: bool = False) -> BaseException:
+        text = translate(exc, self.url, writing=writing)
         if text is None:
             return exc
         why = cause(exc)
@@ -349,7 +349,7 @@ class PostgresBackend(SQLBackend):
             self.telemetry.failed("outcome_unknown")
             waited = self.timeout if isinstance(exc, TimeoutError) else None  # (asyncio's is the builtin one)
             return outcome_unknown(self.place, str(exc) or type(exc).__name__, waited)
-        failed = self._failed(exc)
+        failed = self._failed(exc, writing=True)
         if isinstance(exc, TimeoutError) and isinstance(failed, Unavailable):  # undone before its commit was sent
             return Unavailable(f"{failed.message}; nothing was written")
         return failed

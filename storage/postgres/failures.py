@@ -83,10 +83,13 @@ def broken(exc: BaseException) -> bool:
     return isinstance(exc, BROKEN)
 
 
-def translate(exc: BaseException, url: str, starting: bool = False) -> str | None:
+def translate(exc: BaseException, url: str, starting: bool = False, writing: bool = False) -> str | None:
     """The clear text for a failure of the server or of the way to it, or None for anything else (a bug);
-    `starting`: met while opening the store, where there is nothing yet to recover."""
+    `starting`: met while opening the store, where there is nothing yet to recover; `writing`: met by a write
+    before its commit was sent, which says that nothing was written (a read does not: an operator's review
+    found a read after a stored write answered "nothing was written")."""
     place = where(url)
+    undone = "; nothing was written" if writing else ""
     if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
         return f"{place} refused the login: {exc}; check the user and password in --db"
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
@@ -119,12 +122,12 @@ def translate(exc: BaseException, url: str, starting: bool = False) -> str | Non
         if starting:
             return f"cannot reach {place}: {reason}; check that the server runs and that --db is right"
         return (
-            f"cannot reach {place}: {reason}; nothing was written; chatdock reconnects by itself when the "
+            f"cannot reach {place}: {reason}{undone}; chatdock reconnects by itself when the "
             "server is back (check that it runs and that --db is right)"
         )
     if isinstance(exc, asyncpg.PostgresError):  # the server refused the statement: its transaction is undone
         logger.error("%s refused a statement chatdock sent", place, exc_info=exc)  # not expected: keep the trace
-        return f"{place} refused the request ({type(exc).__name__}: {exc}); nothing was written"
+        return f"{place} refused the request ({type(exc).__name__}: {exc}){undone}"
     return None
 
 

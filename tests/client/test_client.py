@@ -455,3 +455,39 @@ def test_sync_code_may_run_each_call_in_an_event_loop_of_its_own(tmp_path: Any) 
         assert asyncio.run(shared.get_contact("sync")).message_count == 3
         with pytest.raises(ChatdockApiError, match="was used in another event loop"):
             asyncio.run(shared.get_contact("sync"))
+
+
+async def test_a_post_stored_whose_chat_cannot_be_read_is_said_stored(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST .../messages answers with the chat, read again after the post: the database failing that read
+    (PostgreSQL's connections killed under load) answered 503 "nothing was written" for a stored message, and a
+    caller posting it again stored it twice (found by an operator's review). The 503 says it is stored; the
+    retry the error's key allows stores nothing more."""
+    from chatdock.storage import Unavailable
+    from chatdock.storage.sql.backend import SQLBackend
+
+    read = SQLBackend.chat
+    reads = 0
+
+    async def second_read_fails(self: SQLBackend, org: str, chat_id: str) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 2:  # the route's, after the post (the first: the store's, before it)
+            raise Unavailable("cannot reach the database: connection reset by peer")
+        return await read(self, org, chat_id)
+
+    async with ChatdockClient.embedded(db=db) as client:
+        chat = await client.open_chat(CALLER, "voice")
+        monkeypatch.setattr(SQLBackend, "chat", second_read_fails)
+        error = await refused(client.post_as_contact(CALLER, chat.id, [Part(text="hello")]))
+        [stored] = (await client.list_messages(CALLER)).messages
+        assert error.status == 503 and error.message == (
+            f"the message was stored (id {stored.id}), but its chat could not be read for the answer: cannot reach "
+            "the database: connection reset by peer; do not send it again (GET /contacts/{contact_id}/chats shows "
+            "it); a retry with the same Idempotency-Key header or metadata.provider_message_id stores nothing "
+            f"twice and answers in full (the client made this write's key: pass idempotency_key="
+            f"'{error.idempotency_key}', or pass a key of your own to each write)"
+        )
+        again = await client.post_as_contact(
+            CALLER, chat.id, [Part(text="hello")], idempotency_key=error.idempotency_key
+        )
+        assert again.id == stored.id and len((await client.list_messages(CALLER)).messages) == 1

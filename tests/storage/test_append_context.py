@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from chatdock.storage import AppendedMessage, Message, NewMessage, Part, Store, open_store
+from chatdock.storage import AppendedMessage, Message, NewMessage, Part, Store, Unavailable, open_store
+from chatdock.storage.errors import StoredUnanswered
 from chatdock.storage.records import MessageRecord
 from chatdock.storage.sizing import message_bytes
 
@@ -280,3 +281,40 @@ async def test_a_change_another_process_makes_between_two_turns_is_in_the_next_t
                 again = await other.append_message(ORG, turn("after it was forgotten"))
     appended = await store.append_message(ORG, turn("turn 1"), context_limit=10)
     await same_as_a_read_after(store, appended, 10)
+
+
+async def test_a_stored_message_whose_context_cannot_be_read_is_said_stored(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database failed the read of the context after the message was stored (PostgreSQL's connections
+    killed under load): the answer said "nothing was written", and a caller sending the message again stored it
+    twice (found by an operator's review: 10 of 33 posts so answered were stored). It says the message is stored,
+    by its id; a retry under the same key stores nothing more and answers in full. On the read beside the write
+    (a contact this process knows nothing of) and on the one after it, for an append and for a post."""
+    read = store.backend.latest_messages
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise Unavailable("cannot reach the database: connection reset by peer")
+
+    chat = await store.open_chat(ORG, CALLER, "voice")
+    monkeypatch.setattr(store.backend, "latest_messages", unreachable)
+    with pytest.raises(StoredUnanswered) as appended:
+        await store.append_message(ORG, turn("first"), idempotency_key="turn-1", context_limit=5)
+    with pytest.raises(StoredUnanswered) as posted:
+        await store.post_as_contact(
+            ORG, CALLER, chat.id, [Part(text="second")], idempotency_key="turn-2", context_limit=5
+        )
+    monkeypatch.setattr(store.backend, "latest_messages", read)
+    stored = (await store.list_messages(ORG, CALLER)).messages
+    assert [m.content for m in stored] == ["second", "first"]
+    for error, message in ((posted.value, stored[0]), (appended.value, stored[1])):
+        assert str(error) == (
+            f"the message was stored (id {message.id}), but the context after it could not be read for the answer: "
+            "cannot reach the database: connection reset by peer; do not send it again (get_context, or GET "
+            "/chats/context, reads the context); a retry with the same Idempotency-Key header or "
+            "metadata.provider_message_id stores nothing twice and answers in full"
+        )
+    again = await store.append_message(ORG, turn("first"), idempotency_key="turn-1", context_limit=5)
+    assert again.id == stored[1].id and again.context is not None
+    assert [m.content for m in again.context.messages] == ["first", "second"]
+    assert len((await store.list_messages(ORG, CALLER)).messages) == 2

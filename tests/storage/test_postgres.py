@@ -119,6 +119,40 @@ async def test_a_statement_the_server_cancels_for_its_lock_timeout_says_so(
         await conn.close()
 
 
+async def test_a_read_that_loses_its_connection_does_not_say_nothing_was_written(postgres_url: str) -> None:
+    """A read's error said "nothing was written" as a write's does: after a stored write, when the read of its
+    answer failed, a caller took it for the write's outcome (found by an operator's review). The read says what
+    failed; a write still says that nothing was written."""
+
+    async def cut_while_waiting(attempt: Any) -> str:
+        """`attempt`'s error when its connection is ended while its statement waits (for a lock held here), as
+        PostgreSQL's restart, or an administrator, ends it."""
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            async with admin.transaction():
+                await admin.execute("LOCK TABLE messages, chats IN ACCESS EXCLUSIVE MODE")
+                task = asyncio.ensure_future(attempt)
+                waiting = (
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = 'chatdock' AND wait_event_type = 'Lock'"
+                )
+                with anyio.fail_after(10):
+                    while not (pids := [row[0] for row in await admin.fetch(waiting)]):
+                        await asyncio.sleep(0.02)
+                await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", pids)
+                with pytest.raises(Unavailable) as failed:
+                    await task
+        finally:
+            await admin.close()
+        return str(failed.value)
+
+    async with open_store(postgres_url) as store:
+        await store.append_message("acme", say("+31600000001", "first"))
+        read = await cut_while_waiting(store.list_messages("acme", "+31600000001"))
+        written = await cut_while_waiting(store.open_chat("acme", "+31600000001", "voice"))
+    assert read.startswith("cannot reach PostgreSQL at ") and "nothing was written" not in read, read
+    assert written.startswith("cannot reach PostgreSQL at ") and "; nothing was written; " in written, written
+
+
 async def test_a_closed_store_says_so() -> None:
     from chatdock.storage.postgres import PostgresBackend
 
