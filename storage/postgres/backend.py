@@ -180,7 +180,9 @@ class PostgresBackend(SQLBackend):
         self.pool_size = max(2, pool_size)
         self.timeout = timeout
         self.telemetry = telemetry or Telemetry()
-        self._outage = Outage(f"requests to {self.place}")
+        # an outage of the reads and one of the writes: a read that works again does not end the writes' (a
+        # read-only database, a locked table: each probe's read said "work again" while every write failed)
+        self._outages = {False: Outage(f"reads from {self.place}"), True: Outage(f"writes to {self.place}")}
         self._sql = self.telemetry.sql("postgresql", database_name(url), FAILURES)
         self._pool: asyncpg.Pool | None = None
         self._origin = secrets.token_hex(8)  # marks this process's notifications
@@ -243,7 +245,7 @@ class PostgresBackend(SQLBackend):
         self.telemetry.failed(why)
         if why != "statement_refused":  # that one is logged as an error, with its trace (failures.py)
             # in the log too, not only in the answers and the metrics (outage.py)
-            self._outage.failed(text, why)
+            self._outages[writing].failed(text, why)
         return Unavailable(text)
 
     @property
@@ -323,7 +325,7 @@ class PostgresBackend(SQLBackend):
                         raise
             except FAILURES as exc:
                 raise self._failed(exc) from exc
-        self._outage.worked()
+        self._outages[False].worked()
         return found
 
     async def _fetch(self, sql: str, params: Sequence[Any], asked: float, replan: bool) -> list[Any]:
@@ -380,7 +382,7 @@ class PostgresBackend(SQLBackend):
                             result = await driver.run(conn, attempt(), self.timeout)
                             self.telemetry.committed(batch, time.monotonic() - began)
                         stage = "committed"
-                self._outage.worked()
+                self._outages[True].worked()
                 return result
             except Undo as undone:
                 return undone.value  # type: ignore[return-value]
@@ -388,7 +390,7 @@ class PostgresBackend(SQLBackend):
                 raise
             except RETRYABLE as exc:
                 if tries == RETRIES:
-                    raise self._failed(exc) from exc
+                    raise self._failed(exc, writing=True) from exc
                 logger.debug("%s: %s; the transaction is tried again", self.place, type(exc).__name__)
                 await asyncio.sleep(random.uniform(0, BACKOFF * 2**tries))  # two that met do not meet again at once
             except FAILURES as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -151,6 +152,37 @@ async def test_a_read_that_loses_its_connection_does_not_say_nothing_was_written
         written = await cut_while_waiting(store.open_chat("acme", "+31600000001", "voice"))
     assert read.startswith("cannot reach PostgreSQL at ") and "nothing was written" not in read, read
     assert written.startswith("cannot reach PostgreSQL at ") and "; nothing was written; " in written, written
+
+
+async def test_reads_that_work_do_not_end_an_outage_of_the_writes(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database that takes no writes (default_transaction_read_only, a standby): each read that worked (a
+    probe, a key check) logged that the requests "work again" while every write still failed (an operator's
+    review: 10 such lines in 5 s). The writes' outage ends with the first write that works."""
+    conn = await asyncpg.connect(postgres_url)
+    database = await conn.fetchval("SELECT current_database()")
+    try:
+        async with open_store(postgres_url) as store:
+            await store.append_message("acme", say("+31600000001", "first"))
+            await conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+            await store.backend.pool.expire_connections()  # type: ignore[attr-defined]  # sessions anew
+            for round in range(3):
+                with pytest.raises(Unavailable, match="is read-only"):
+                    await store.append_message("acme", say("+31600000001", f"refused {round}"))
+                assert [m.content for m in (await store.list_messages("acme", "+31600000001")).messages] == ["first"]
+            assert " work again" not in caplog.text
+            await conn.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+            await store.backend.pool.expire_connections()  # type: ignore[attr-defined]  # sessions anew
+            await store.append_message("acme", say("+31600000001", "second"))
+        over = [record.getMessage() for record in caplog.records if record.name == "chatdock.storage.outage.over"]
+        assert len(over) == 1 and re.fullmatch(
+            r"writes to PostgreSQL at \S+, database \S+ work again, after [0-9.]+ s of failed requests \(3 read_only\)",
+            over[0],
+        ), over
+    finally:
+        await conn.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+        await conn.close()
 
 
 async def test_a_closed_store_says_so() -> None:

@@ -259,7 +259,7 @@ async def test_a_database_that_goes_away_gives_clear_errors_and_chatdock_recover
             log = replica.stop()
             assert "Traceback" not in log
             # the log says the outage is over, and what it failed (its last word on it was the failure)
-            assert re.search(r"requests to PostgreSQL at 127\.0\.0\.1:[0-9]+, database \S+ work again, after", log), log
+            assert re.search(r"writes to PostgreSQL at 127\.0\.0\.1:[0-9]+, database \S+ work again, after", log), log
             assert re.search(r"failed requests \([0-9,]+ unreachable", log), log
     finally:
         server.remove()
