@@ -157,8 +157,9 @@ class ApiKeyAuth:
         try:
             verdict = await self._verify(scope)
         except (ChatdockError, IssuerUnavailable) as exc:  # the keys cannot be read: the service is at fault
+            said = f"the key could not be checked, so the request was not carried out (nothing was written): {exc}"
             response = JSONResponse(
-                {"error": "Service unavailable", "message": str(exc)}, status_code=503, headers={"Retry-After": "1"}
+                {"error": "Service unavailable", "message": said}, status_code=503, headers={"Retry-After": "1"}
             )
             await response(scope, receive, send)
             return

@@ -15,7 +15,8 @@ from mcp_types import INVALID_PARAMS
 
 from chatdock.server.mcp.org import current_org
 from chatdock.server.mcp.results import transcript_text
-from chatdock.storage import ChatdockError, InvalidInput, NotFound, Store
+from chatdock.server.ops.observe import note_unavailable
+from chatdock.storage import ChatdockError, InvalidInput, NotFound, Store, Unavailable
 from chatdock.storage import Context as ContextModel
 from chatdock.storage import validation as check
 from chatdock.storage.requests import AgentFilter, ContactId
@@ -78,6 +79,8 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store]) -> None:
         except (InvalidInput, NotFound) as exc:  # the caller's to fix: invalid params, as for a tool's argument
             raise MCPError(INVALID_PARAMS, str(exc)) from None
         except ChatdockError as exc:  # the server's (the database): an internal error, its words said
+            if isinstance(exc, Unavailable):
+                note_unavailable()  # counted `unavailable`, as a tool's (the server-error alert's)
             raise ResourceError(str(exc)) from None
 
     @server.resource(

@@ -327,8 +327,8 @@ class ObservedMcp:
             result = await call_next(ctx)
             status = ("unavailable" if failures else "tool_error") if _tool_error(result) else "ok"
             return result
-        except MCPError as exc:
-            status = str(exc.error.code)
+        except MCPError as exc:  # a resource the database could not read: `unavailable`, as a tool's
+            status = "unavailable" if failures else str(exc.error.code)
             raise
         except ValidationError:
             status = str(INVALID_PARAMS)  # as the SDK answers malformed params

@@ -144,6 +144,23 @@ def _append(
     return found
 
 
+async def _undone(conn: driver.Connection, exc: BaseException, timeout: float) -> None:
+    """The end of a write that failed (`exc`): its transaction rolled back, or its connection dropped when the
+    server did not answer (asyncpg would cancel the statement first and wait for the hung server to hear it, as
+    long again: a write took twice --db-timeout, found by an operator's review), when the write was cancelled,
+    or when the rollback fails. A dropped connection's transaction is undone by the server."""
+    if conn.is_closed():
+        return
+    if isinstance(exc, Exception) and not isinstance(exc, TimeoutError):
+        try:
+            if conn.is_in_transaction():
+                await conn.execute("ROLLBACK", timeout=timeout)
+            return
+        except Exception:
+            pass
+    conn.terminate()
+
+
 async def _close_quietly(conn: asyncpg.Connection) -> None:
     """Close a connection of its own (its transaction ends with it); one that cannot say goodbye is dropped."""
     try:
@@ -372,15 +389,20 @@ class PostgresBackend(SQLBackend):
                     async with self.pool.acquire(timeout=self.timeout) as conn:
                         began = time.monotonic()
                         self.telemetry.waited(began - asked)
-                        if batch is None:
-                            stage = "writing"
-                            async with conn.transaction():
+                        try:
+                            if batch is None:
+                                stage = "writing"
+                                await conn.execute("BEGIN", timeout=self.timeout)
                                 result = await driver.run(conn, attempt(), self.timeout)
                                 stage = "committing"
-                        else:
-                            stage = "committing"
-                            result = await driver.run(conn, attempt(), self.timeout)
-                            self.telemetry.committed(batch, time.monotonic() - began)
+                                await conn.execute("COMMIT", timeout=self.timeout)
+                            else:
+                                stage = "committing"
+                                result = await driver.run(conn, attempt(), self.timeout)
+                                self.telemetry.committed(batch, time.monotonic() - began)
+                        except BaseException as exc:
+                            await _undone(conn, exc, self.timeout)
+                            raise
                         stage = "committed"
                 self._outages[True].worked()
                 return result

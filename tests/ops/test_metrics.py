@@ -22,7 +22,7 @@ import pytest
 import yaml
 from mcp.client import Client
 from mcp.client.subscriptions import ResourceUpdated
-from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatdock.server.mcp.app import Settings, build_server
@@ -31,6 +31,7 @@ from chatdock.server.ops.metrics import Metrics
 from chatdock.storage import Unavailable, is_postgres, open_store
 from chatdock.storage.sqlite import checkpoints
 from chatdock.storage.telemetry import CAUSES
+from tests.postgres import PostgresServer
 from tests.transports import (
     call,
     create_key,
@@ -490,6 +491,33 @@ async def test_a_tool_call_the_database_failed_is_counted_apart_from_a_callers_m
     assert (calls("ok"), calls("tool_error"), calls("unavailable")) == (1, 1, 1)
     assert value(samples, "chatdock_storage_errors_total", cause="read_only") == 1
     assert value(samples, "chatdock_storage_errors_total", cause="file_problem") == 0
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_resource_the_database_could_not_read_is_counted_unavailable(mode: str) -> None:
+    """PostgreSQL away: a resources/read was counted `-32603`, which the server-error alert
+    (`status=~"5..|unavailable"`) does not match, while the tool calls of the same outage were `unavailable` (an
+    operator's review). It is `unavailable` too; the client still hears the database's words."""
+    server = PostgresServer()
+    try:
+        server.start()
+        key = create_key(server.url, "acme", "ops")
+        with http_server(server.url, "--db-timeout", "2") as base:
+            async with http_client(base, key, mode) as client:
+                uri = contact_uri(TRANSCRIPT_URI, "+31612345678")
+                await client.read_resource(uri)
+                await anyio.to_thread.run_sync(lambda: server.stop("immediate"))
+                with pytest.raises(MCPError, match="cannot reach PostgreSQL at 127"):
+                    await client.read_resource(uri)
+            _, samples = scrape(base + "/metrics")
+    finally:
+        server.remove()
+
+    def reads(status: str) -> float:
+        return value(samples, "chatdock_requests_total", surface="mcp", operation="resources/read", tool="",
+                     status=status)  # fmt: skip
+
+    assert (reads("ok"), reads("unavailable"), reads("-32603")) == (1, 1, 0)
 
 
 # --- the docs: every metric listed, and the dashboard and alerts use only those ---
