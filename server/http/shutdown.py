@@ -22,6 +22,11 @@ CUT_OFF = (
     "write it carried was stored is unknown; send it again (to this server once it is back, or to another "
     "replica) with the same Idempotency-Key or metadata.provider_message_id, which stores it once"
 )
+# ... and a read's (GET, HEAD), which carries no write
+READ_CUT_OFF = (
+    "the server is shutting down (a restart, a deploy) and cut this read off before it finished; send it again "
+    "(to this server once it is back, or to another replica)"
+)
 
 
 class CutOff:
@@ -42,7 +47,8 @@ class CutOff:
         except asyncio.CancelledError:
             if noted.status is not None or not self.closing():  # an answer begun is ended by uvicorn
                 raise
-            body = json.dumps({"error": "Service unavailable", "message": CUT_OFF}).encode()
+            said = READ_CUT_OFF if scope.get("method") in ("GET", "HEAD") else CUT_OFF
+            body = json.dumps({"error": "Service unavailable", "message": said}).encode()
             headers = [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

@@ -155,10 +155,28 @@ def _trace_ids() -> dict[str, str]:
     return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
 
 
+class Reworded(logging.Filter):
+    """uvicorn's ERROR at a shut-down that cut requests off (they were answered: server/http/shutdown.py) is not
+    a bug, which is what an ERROR stands for here: a WARNING in chatdock's words (an operator's review)."""
+
+    CUT = "Cancel %s running task(s), timeout graceful shutdown exceeded"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.error" and record.msg == self.CUT:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = (
+                "shutting down: %s request(s) still running after the grace period were cut off, each answered "
+                "503 (a write's outcome unknown: sent again with the same Idempotency-Key, it is stored once)"
+            )
+            return logging.getLogger().isEnabledFor(logging.WARNING)
+        return True
+
+
 def handler(log_format: LogFormat = "text") -> logging.Handler:
     """A handler writing to stderr in `log_format`, with repeats summed up."""
     written = logging.StreamHandler(sys.stderr)
     written.setFormatter(JsonLines() if log_format == "json" else logging.Formatter(FORMAT))
+    written.addFilter(Reworded())
     written.addFilter(QuietRepeats())
     return written
 

@@ -84,6 +84,13 @@ def broken(exc: BaseException) -> bool:
 
 
 def translate(exc: BaseException, url: str, starting: bool = False, writing: bool = False) -> str | None:
+    """`_translated` on one line: PostgreSQL's own texts may hold a `DETAIL:` on a line of its own, which split
+    a log line and an error's message in two (an operator's review)."""
+    text = _translated(exc, url, starting, writing)
+    return None if text is None else " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _translated(exc: BaseException, url: str, starting: bool, writing: bool) -> str | None:
     """The clear text for a failure of the server or of the way to it, or None for anything else (a bug);
     `starting`: met while opening the store, where there is nothing yet to recover; `writing`: met by a write
     before its commit was sent, which says that nothing was written (a read does not: an operator's review

@@ -8,6 +8,7 @@ Times are integer microseconds since 1970 (rows.py), as in the SQLite schema, so
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import asyncpg
@@ -525,7 +526,9 @@ async def _take_migration_lock(conn: asyncpg.Connection, place: str, patience: f
             )
         if said is None or waited - said >= 10:
             said = waited
-            logger.warning(
+            # at first, the routine wait of replicas started together (INFO); then, a wait worth a look (WARNING)
+            logger.log(
+                logging.INFO if waited < 10 else logging.WARNING,
                 "%s: migrations are due and another session is applying them (holding the migration lock: %s); "
                 "this one waits for it (%.0f s of %.0f)",
                 place,

@@ -20,6 +20,7 @@ import pytest
 from chatdock.server.bench.postgres import database_url
 from chatdock.storage import AppendedMessage, Chat, NewMessage, Unavailable, open_store
 from chatdock.storage.postgres import backend, driver
+from chatdock.storage.postgres.failures import translate
 from chatdock.storage.postgres.queries import ERA_BITS, search_sql, tsquery_text
 from chatdock.storage.postgres.schema import MIGRATIONS
 from chatdock.storage.search import parse_query
@@ -183,6 +184,21 @@ async def test_reads_that_work_do_not_end_an_outage_of_the_writes(
     finally:
         await conn.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
         await conn.close()
+
+
+def test_a_failure_s_text_is_one_line() -> None:
+    """PostgreSQL's texts may put a DETAIL on a line of its own (a server starting up): one log line was two,
+    and an error's message held a line break (an operator's review)."""
+    starting = asyncpg.CannotConnectNowError(
+        "the database system is not yet accepting connections\nDETAIL:  Consistent recovery state has not been yet "
+        "reached."
+    )
+    said = translate(starting, "postgresql://chatdock@db.internal:5432/chatdock")
+    assert said == (
+        "cannot reach PostgreSQL at db.internal:5432, database chatdock: the database system is not yet accepting "
+        "connections DETAIL:  Consistent recovery state has not been yet reached.; chatdock reconnects by itself "
+        "when the server is back (check that it runs and that --db is right)"
+    )
 
 
 async def test_a_closed_store_says_so() -> None:
