@@ -148,7 +148,8 @@ async def test_an_identifier_not_found_says_how_identifiers_match_and_a_long_one
             await field.fill("+31 6 1234 5678")
             await field.press("Enter")
             await expect(page.locator("#problem")).to_contain_text(
-                "Identifiers are matched exactly as stored: a phone number as +31612345678 (no spaces, no 00)"
+                "or a linked identifier. Identifiers are matched exactly as stored: a phone number as +31612345678 "
+                "(no spaces, no 00)"  # two sentences, not run together (a review)
             )
             await field.fill(ANN)
             await field.press("Enter")
@@ -158,3 +159,46 @@ async def test_an_identifier_not_found_says_how_identifiers_match_and_a_long_one
             await page.get_by_role("alertdialog").get_by_role("button", name=re.compile("^Link")).click()
             await expect(page.locator("#problem")).to_contain_text("256")
         assert rest.ok("GET", f"/contacts/{q(ANN)}")["aliases"] == []
+
+
+async def test_a_message_s_time_links_to_it_and_new_messages_below_are_said(tmp_path: Path, browser: Browser) -> None:
+    """Support could not share a link to the message they read (only a search hit's), nor reach the newest message
+    but by scrolling past the whole timeline, and a message arriving below the window came unseen and unsaid (a
+    support team's review). A message's time is its link: a click puts it in the address and copies it; "Go to
+    the newest message" goes there; new messages below the window are said in a notice that
+    goes to them, announced in the status line. Each tab is named for what it shows."""
+    db = str(tmp_path / "links.db")
+    key = create_key(db, "acme", "support")
+    with http_server(db) as base:
+        rest = Rest(base, key)
+        sent = [rest.ok("POST", "/chats", said(ANN, f"line {n}"))["id"] for n in range(40)]
+        async with watched(browser) as seen:
+            page = seen.page
+            await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+            await sign_in(page, base, key)
+            await expect(page).to_have_title("Contacts · chatdock inspector")
+            field = page.get_by_label("Open a contact by any of its identifiers")
+            await field.fill(ANN)
+            await field.press("Enter")
+            await expect(page.get_by_role("heading", name=ANN, level=1)).to_be_visible()
+            await expect(page).to_have_title(f"{ANN} · chatdock inspector")
+            await page.locator(f"#m-{sent[5]} a.permalink").click()
+            await expect(page).to_have_url(f"{base}/ui#contact={q(ANN)}&message={sent[5]}")
+            await expect(page.locator(f"#m-{sent[5]}")).to_have_class(re.compile(r"\bfound\b"))
+            await expect(page.locator("#status")).to_have_text(
+                "The link to this message is copied, and in the address bar."
+            )
+            assert await page.evaluate("navigator.clipboard.readText()") == page.url
+            assert await page.locator("#timeline > li").count() == 40  # the timeline stayed as it was
+            await page.get_by_role("button", name="Go to the newest message").click()
+            await expect(page.locator(f"#m-{sent[-1]}")).to_be_focused()
+            await expect(page.locator(f"#m-{sent[-1]}")).to_be_in_viewport()
+
+            await page.evaluate("window.scrollTo(0, 0)")
+            await page.set_viewport_size({"width": 1000, "height": 600})
+            arrived = rest.ok("POST", "/chats", said(ANN, "are you there?"))["id"]
+            await expect(page.get_by_role("status")).to_have_text("1 new message below.")  # announced
+            await page.get_by_role("button", name="1 new message below: show").click()
+            await expect(page.locator(f"#m-{arrived}")).to_be_focused()
+            await expect(page.locator("#new-below")).to_be_hidden()
+            await accessible(page, "a contact with a notice of new messages")

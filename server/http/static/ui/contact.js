@@ -30,6 +30,7 @@ export async function open(contactId, messageId = null, { fromAddress = false } 
   state.cursor = null;
   state.timeline = Promise.resolve();
   state.known = contact.message_count;
+  seenNew();
   $("timeline").replaceChildren();
   renderContact();
   await Promise.all([loadChats(), serially(loadNewest)]);
@@ -142,7 +143,11 @@ function renderMessage(message) {
       { class: "head", id: head },
       el("span", { class: "role" }, message.role),
       ` · ${message.channel} · `,
-      when(message.created_at),
+      el(
+        "a",
+        { class: "permalink", href: `#contact=${enc(state.contact.contact_id)}&message=${enc(message.id)}`, title: "Link to this message (copies it)", onclick: (event) => pointAt(event, message.id) },
+        when(message.created_at),
+      ),
       message.chat_id ? ` · ${chatName(message.chat_id)}` : "",
       message.agent_id ? ` · ${message.agent_id}` : "",
     ),
@@ -207,6 +212,7 @@ export function renderTimeline() {
   }
   $("older").hidden = !state.cursor;
   $("no-messages").hidden = state.messages.length > 0;
+  $("newest").hidden = state.messages.length === 0;
 }
 
 async function page(limit, cursor) {
@@ -285,7 +291,7 @@ async function readBack(whole, hint) {
   state.messages = [...loaded.slice(0, covered ? 0 : at), ...[...kept].reverse()];
   if (covered) state.cursor = cursor;
   renderTimeline();
-  return { covered, count: cursor ? state.known + added - removed : read.length };
+  return { covered, added, count: cursor ? state.known + added - removed : read.length };
 }
 
 /** Follow a change of the open contact, whose message_count is now `count`. A long loaded range is not read
@@ -304,6 +310,7 @@ export async function follow(count, whole = false) {
     throw error;
   }
   if (read.covered) noteFurther(0);
+  if (read.added) noteNew(read.added);
   if (read.count === count) {
     state.known = count;
     return;
@@ -321,6 +328,34 @@ export async function follow(count, whole = false) {
   state.known = count;
   // a covered range is as the server has it: the difference is older than it, where "Load older messages" reads
   if (!read.covered) noteFurther(state.further + Math.abs(count - read.count));
+}
+
+/** New messages arrived at the end of the timeline: when the newest is below the window, a notice at its foot says
+ * how many (and the status line, which is announced) and takes the reader to them (they arrived unseen and
+ * unsaid, a review found). */
+function noteNew(added) {
+  const newest = state.messages.length ? $(`m-${state.messages.at(-1).id}`) : null;
+  if (!newest || newest.getBoundingClientRect().top < window.innerHeight) return; // in sight
+  state.unseen += added;
+  const news = `${state.unseen} new message${state.unseen === 1 ? "" : "s"} below`;
+  $("new-below").textContent = `${news}: show`;
+  $("new-below").hidden = false;
+  $("status").textContent = `${news}.`; // announced; a problem said stays (say() would take it away)
+}
+
+/** The notice of new messages gone (they were seen, or the contact left). */
+export function seenNew() {
+  state.unseen = 0;
+  $("new-below").hidden = true;
+}
+
+/** Take the reader to the newest loaded message ("Newest message", the notice of new ones). */
+export function toNewest() {
+  seenNew();
+  const newest = state.messages.length ? $(`m-${state.messages.at(-1).id}`) : null;
+  if (!newest) return;
+  newest.scrollIntoView({ block: "end" });
+  newest.focus({ preventScroll: true });
 }
 
 /** The note that messages changed further back than the reads of changes look, with a button that reads the
@@ -343,15 +378,39 @@ async function reveal(messageId) {
   if (!node) {
     address(state.contact.contact_id, null, true); // the address names what is shown, not the message not found
     $("contact-title").focus();
-    complain("That message is not in the timeline any more (deleted?), or further back than the inspector looks.");
+    complain(
+      `That message is not among this contact's newest ${(FIND_PAGES * MOST).toLocaleString("en")} messages, which the inspector reads back: it was deleted, or it is older than that (GET /chats pages further back).`,
+    );
     return;
   }
   say("");
-  for (const found of document.querySelectorAll(".message.found")) found.classList.remove("found");
-  node.classList.add("found");
+  mark(node);
   if (node.querySelector(".clipped")) node.querySelector("button.whole").click(); // the match may be in its rest
   node.focus();
   node.scrollIntoView({ block: "center" });
+}
+
+/** Show the message of `node` as the one the address names. */
+function mark(node) {
+  for (const found of document.querySelectorAll(".message.found")) found.classList.remove("found");
+  node.classList.add("found");
+}
+
+/** A message's time is the link to it: a click (not one that opens a tab or a window) puts the link in the
+ * address, in place, marks the message and copies the link; the timeline stays as it is (following the link
+ * would read it again from the newest message). Support shares a message as a link (a review found no way to). */
+async function pointAt(event, messageId) {
+  if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
+  event.preventDefault();
+  address(state.contact.contact_id, messageId, true);
+  const node = $(`m-${messageId}`);
+  if (node) mark(node);
+  try {
+    await navigator.clipboard.writeText(location.href);
+    say("The link to this message is copied, and in the address bar.");
+  } catch {
+    say("The link to this message is in the address bar: copy it from there.");
+  }
 }
 
 /** What changed since the last look: the contact, its chats, and the timeline (`follow`; `whole`: all of its

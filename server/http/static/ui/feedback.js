@@ -6,6 +6,11 @@ import { loadChats, renderContact, renderTimeline } from "./contact.js";
 import { $, state } from "./state.js";
 
 export function show(view) {
+  if (view !== state.view) $("status").textContent = ""; // a word on the screen left ("50 older messages loaded")
+  state.view = view;
+  // each tab and history entry named for what it shows (they were all "chatdock inspector")
+  const shown = view === "contact" ? state.contact.contact_id : view === "sign-in" ? "Sign in" : state.search ? `“${state.search.q}”` : "Contacts";
+  document.title = `${shown} · chatdock inspector`;
   for (const name of ["sign-in", "home", "contact"]) $(name).hidden = name !== view;
   const signedIn = view !== "sign-in";
   $("search").hidden = !signedIn;

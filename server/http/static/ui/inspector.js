@@ -11,7 +11,7 @@
 // - Every write asks first in an accessible dialog; with a read-only server the write controls are removed.
 
 import { ApiError } from "./api.js";
-import { download, loadOlder, open, reload, serially } from "./contact.js";
+import { download, loadOlder, open, reload, seenNew, serially, toNewest } from "./contact.js";
 import { go, goHome, moreContacts, refreshContacts, steppedBack } from "./contacts.js";
 import { complain, guarded, say, show, submitted, withoutWrites } from "./feedback.js";
 import { moreHits, searchForm } from "./search.js";
@@ -34,7 +34,7 @@ async function start() {
         if (error.status !== 404) throw error;
         // support pastes a number as it was written to them: say how identifiers are matched
         const how = "Identifiers are matched exactly as stored: a phone number as +31612345678 (no spaces, no 00), an email or a session id as the channel gave it.";
-        throw new ApiError(error.status, error.error, `${error.message} ${how}`);
+        throw new ApiError(error.status, error.error, `${error.message.replace(/\.?$/, ".")} ${how}`);
       }
       $("open-id").value = "";
     }),
@@ -59,6 +59,13 @@ async function start() {
     }),
   );
   $("reload").addEventListener("click", guarded(reload));
+  $("newest").addEventListener("click", toNewest);
+  $("new-below").addEventListener("click", toNewest);
+  // the new messages were scrolled to: their notice goes
+  window.addEventListener("scroll", () => {
+    const newest = state.unseen && state.messages.length ? $(`m-${state.messages.at(-1).id}`) : null;
+    if (newest && newest.getBoundingClientRect().top < window.innerHeight) seenNew();
+  }, { passive: true });
   $("export").addEventListener("click", guarded(download));
   $("link-form").addEventListener("submit", guarded(link));
   $("forget").addEventListener("click", guarded(forget));

@@ -26,6 +26,8 @@ export const state = {
   moves: 0, // bumped when the page is asked to go elsewhere (a contact, a search, the list): the last asked wins
   search: null, // {q, contact_id, cursor} of the results shown
   forgetting: null, // the contact whose DELETE is on its way
+  view: null, // the screen shown: "sign-in", "home" or "contact"
+  unseen: 0, // new messages that arrived below the window since the reader last went there
 };
 
 export const $ = (id) => document.getElementById(id);
