@@ -60,6 +60,7 @@ from chatdock.server.http.rest import (
     read_body,
     replaying,
     streamed,
+    too_large,
 )
 from chatdock.server.http.sessions import DEFAULT_MAX_SESSIONS_PER_ORG, SessionOwners
 from chatdock.server.http.shutdown import CutOff
@@ -489,7 +490,12 @@ def build_http_app(
     metadata = None if tokens is None else Starlette(routes=tokens.metadata_routes(), exception_handlers=REFUSED)
     rest = BodyLimit(Lanes(routes))
     app = ApiKeyAuth(
-        Dispatch(mcp, rest, metadata), server, sessions, settings.metrics, tokens, route_names(routes.routes)
+        Dispatch(JsonTooLarge(mcp), rest, metadata),
+        server,
+        sessions,
+        settings.metrics,
+        tokens,
+        route_names(routes.routes),
     )
     observed = ObservedHttp(
         app,
@@ -516,6 +522,30 @@ async def _refused(request: Request, exc: Exception) -> Response:
 
 
 REFUSED: Final = {404: _refused, 405: _refused}
+
+
+class JsonTooLarge:
+    """ASGI, around the MCP app: the SDK answers a body over its 4 MiB (the REST routes' bound too) with a text
+    413; chatdock's JSON one instead, the shape every other refusal has (found by a security review)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def sending(message: Message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                replaced = True
+                await too_large()(scope, receive, send)
+            elif not replaced:  # (the SDK's text body is left out)
+                await send(message)
+
+        await self.app(scope, receive, sending)
 
 
 class Dispatch:

@@ -47,12 +47,12 @@ def q(contact: str) -> str:
     return urllib.parse.quote(contact, safe="")
 
 
-def too_large(base: str, key: str) -> tuple[int, Any]:
+def too_large(base: str, key: str, path: str = "/chats") -> tuple[int, Any]:
     """Announce a 5 MiB body and wait for the answer before sending it, as a client with Expect: 100-continue."""
     host, port = urllib.parse.urlsplit(base).netloc.split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
-        connection.putrequest("POST", "/chats")
+        connection.putrequest("POST", path)
         for name, value in [("Authorization", f"Bearer {key}"), ("Content-Type", "application/json"),
                             ("Content-Length", str(5 * 1024 * 1024)), ("Expect", "100-continue")]:  # fmt: skip
             connection.putheader(name, value)
@@ -86,10 +86,15 @@ def test_a_body_streamed_past_the_limit_is_a_413_on_every_route(served: dict[str
         ("/chats", "application/json"),
         ("/chats", "text/plain"),
         ("/contacts/%2B31612345678/chats", "application/json"),
+        ("/mcp", "application/json"),  # the SDK's text 413, in the one shape (a security review)
     ]:
         status, problem = streamed_too_large(base, key, path, content_type)
         assert (status, problem["error"]) == (413, "Payload too large"), (path, content_type, problem)
         assert problem["message"] == "the body is over 4,194,304 bytes; send less"
+    assert too_large(base, key, "/mcp") == (
+        413,
+        {"error": "Payload too large", "message": "the body is over 4,194,304 bytes; send less"},
+    )
 
 
 def test_a_body_in_a_content_coding_is_a_415_that_says_to_send_it_plain(served: dict[str, Any]) -> None:
