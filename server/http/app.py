@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import math
@@ -68,7 +69,7 @@ from chatdock.server.mcp.app import ChatdockServer, Settings, build_server
 from chatdock.server.mcp.org import ORG_SCOPE_KEY, WHO_SCOPE_KEY
 from chatdock.server.ops import logs
 from chatdock.server.ops.memory import settle_collector
-from chatdock.server.ops.observe import ObservedHttp, route_for
+from chatdock.server.ops.observe import ObservedHttp, networks, route_for, stranger
 from chatdock.storage import ChatdockError, InvalidInput, Store, Unavailable, audit
 from chatdock.storage.errors import NO_ROUTE
 from chatdock.storage.keys import REMEMBER_SECONDS, prefix_of
@@ -78,6 +79,9 @@ if TYPE_CHECKING:
 
 # an idle connection is closed after this; a client should let it go sooner (client.py, the bench)
 IDLE_CONNECTION_SECONDS = 5
+# why the store cannot serve, to a client outside --metrics-allow's networks (the database's host, its file's path
+# are the operator's: found by a security review)
+UNSAID = "the store cannot serve now; the server's log says why (and /healthz, to an address --metrics-allow names)"
 # /healthz answers within this, whatever the database does (a readiness probe's timeout is a second or a few)
 HEALTH_SECONDS = 2.0
 logger = logging.getLogger("chatdock.http")
@@ -138,8 +142,10 @@ class ApiKeyAuth:
         metrics: Metrics | None = None,
         tokens: JwtVerifier | None = None,
         route_name: Callable[[Scope], str | None] = lambda scope: None,
+        insiders: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
     ) -> None:
         self.app = app
+        self.insiders = insiders  # who is told why the keys cannot be read (as /healthz tells them)
         self.server = server
         self.failures = FailedKeys()
         self.sessions = sessions
@@ -158,7 +164,8 @@ class ApiKeyAuth:
         try:
             verdict = await self._verify(scope)
         except (ChatdockError, IssuerUnavailable) as exc:  # the keys cannot be read: the service is at fault
-            said = f"the key could not be checked, so the request was not carried out (nothing was written): {exc}"
+            why = str(exc) if stranger(scope, self.insiders) is None else UNSAID
+            said = f"the key could not be checked, so the request was not carried out (nothing was written): {why}"
             response = JSONResponse(
                 {"error": "Service unavailable", "message": said}, status_code=503, headers={"Retry-After": "1"}
             )
@@ -447,9 +454,10 @@ def build_http_app(
     security = transport_security(host, allowed_hosts or [])
 
     checking: asyncio.Task[list[str]] | None = None  # the store's health check under way: probes share it
+    insiders = networks(settings.metrics_clients)  # who /healthz tells why the store cannot serve
 
     @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
-    async def healthz(_: Request) -> Response:
+    async def healthz(request: Request) -> Response:
         nonlocal checking
         store = server.state.store
         if store is None:
@@ -466,6 +474,8 @@ def build_http_app(
                 problems = checking.result()
             else:
                 problems = [f"the database did not answer within {HEALTH_SECONDS:g} s (it hangs, or a lock is held)"]
+        if problems and stranger(request.scope, insiders) is not None:  # the database's host or file: not theirs
+            problems = [UNSAID]
         if problems:
             return JSONResponse({"status": "unavailable", "store": problems[0], "problems": problems}, status_code=503)
         return JSONResponse({"status": "ok", "store": "ok"})
@@ -496,6 +506,7 @@ def build_http_app(
         settings.metrics,
         tokens,
         route_names(routes.routes),
+        networks(settings.metrics_clients),
     )
     observed = ObservedHttp(
         app,

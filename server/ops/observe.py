@@ -74,6 +74,26 @@ class Noted:
         await self.send(message)
 
 
+def networks(clients: Collection[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """--metrics-allow's networks (by default loopback and private ones: Settings)."""
+    return [ipaddress.ip_network(network) for network in clients]
+
+
+def stranger(scope: Scope, allowed: Collection[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str | None:
+    """None when the request's client (its address, as the proxies named in --forwarded-allow-ips tell it) is of
+    the `allowed` networks: it may read what names organizations and the database's whereabouts (/metrics, the
+    causes /healthz gives); else that address, to say so."""
+    client = scope.get("client")
+    address = str(client[0]) if client and client[0] else "an unknown address"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return None if any(ip in network for network in allowed) else address
+
+
 def route_for(routes: Collection[BaseRoute], scope: Scope) -> BaseRoute | None:
     """The route a request goes to: where the router put it, or before routing (a request refused for its key,
     its body, its scopes; a HEAD) the first route that takes its path and method, else the first that takes its
@@ -138,7 +158,7 @@ class ObservedHttp:
         # ... and on the metrics port, the Host it takes when there is a check to make (a port on loopback)
         self.metrics_hosts = None if metrics_security is None else TransportSecurityMiddleware(metrics_security)
         # ... and only to clients of these networks (by default loopback and private ones: Settings)
-        self.metrics_clients = [ipaddress.ip_network(network) for network in metrics_clients]
+        self.metrics_clients = networks(metrics_clients)
         self._prefix = secrets.token_hex(4)  # request ids of this process: prefix-counter, unique across replicas
         self._count = itertools.count(1)
 
@@ -230,17 +250,8 @@ class ObservedHttp:
                 span.end()
 
     def _metrics_client(self, scope: Scope) -> str | None:
-        """None when the request's client (its address, as the proxies named in --forwarded-allow-ips tell it)
-        may read /metrics on the main listener; else that address, to say so."""
-        client = scope.get("client")
-        address = str(client[0]) if client and client[0] else "an unknown address"
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return address
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return None if any(ip in network for network in self.metrics_clients) else address
+        """None when the request's client may read /metrics on the main listener; else its address, to say so."""
+        return stranger(scope, self.metrics_clients)
 
     def _allowed(self) -> str:
         """Who may read /metrics on the main listener, in words."""

@@ -175,6 +175,22 @@ def test_a_file_removed_while_serving_refuses_writes_and_fails_healthz(tmp_path:
     assert f"{db} was removed" in server.log.read_text()
 
 
+def test_healthz_tells_why_only_to_the_networks_metrics_is_for(tmp_path: Path) -> None:
+    """/healthz (no key needed) told anyone the database file's path, or PostgreSQL's host, while the store could
+    not serve (found by a security review): an address outside --metrics-allow's networks (loopback and private
+    ones by default) hears that it cannot serve, and where to look; the status is the same."""
+    db, key = a_store(tmp_path)
+    with serving(tmp_path, db, key, "/chats/context?contact_id=ready", "--metrics-allow", "10.0.0.5") as server:
+        assert server.health() == (200, {"status": "ok", "store": "ok"})
+        db.unlink()
+        until(lambda: server.health()[0] == 503)
+        told = (
+            "the store cannot serve now; the server's log says why (and /healthz, to an address --metrics-allow names)"
+        )
+        assert server.health() == (503, {"status": "unavailable", "store": told, "problems": [told]})
+        assert str(db) not in json.dumps(server.health()[1])
+
+
 @pytest.mark.parametrize("suffix", ["-wal", "-shm"])
 def test_its_log_or_shared_index_removed_while_serving_refuses_writes_and_fails_healthz(
     tmp_path: Path, suffix: str
