@@ -169,10 +169,11 @@ class Backend(Protocol):
         """The contact any of its identifiers names, None for none."""
         ...
 
-    async def link(self, org: str, contact_id: str, identifier: str, key: str | None = None) -> LinkResult:
+    async def link(self, org: str, contact_id: str, identifier: str, key: str | None = None) -> tuple[LinkResult, bool]:
         """Make `identifier` name the contact of `contact_id` (created when new), in one transaction; when it
         names another contact, move that one's messages, chats, channels and identifiers into it. With an
-        Idempotency-Key `key`, the answer is kept in the same transaction, and a retry gets it instead."""
+        Idempotency-Key `key`, the answer is kept in the same transaction, and a retry gets it instead. With
+        the answer, whether this call merged two contacts (a retry given the first answer did not)."""
         ...
 
     async def unlink(self, org: str, identifier: str, of: str | None = None) -> ContactInfo | None:

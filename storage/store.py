@@ -569,11 +569,12 @@ class Store:
         goes too."""
         forgotten = await self.backend.forget_contact(org, check.contact_id(contact_id))
         let_go_of_all()
-        audit.took(
-            org,
-            f"forgot a contact ({forgotten.deleted_messages} messages, {forgotten.deleted_chats} chats, "
-            f"{forgotten.deleted_identifiers} identifiers erased)",
-        )
+        if forgotten.deleted_identifiers:  # a contact was there (none: unknown, or forgotten before)
+            audit.took(
+                org,
+                f"forgot a contact ({forgotten.deleted_messages} messages, {forgotten.deleted_chats} chats, "
+                f"{forgotten.deleted_identifiers} identifiers erased)",
+            )
         return forgotten
 
     async def get_contact(self, org: str, contact_id: str) -> ContactInfo:
@@ -593,11 +594,10 @@ class Store:
         with another request is refused."""
         key = None if idempotency_key is None else check.idempotency_key(idempotency_key)
         contact_id, identifier = check.contact_id(contact_id), check.identifier(identifier, "identifier")
-        linked = await self.backend.link(org, contact_id, identifier, key)
-        if linked.merged_messages or linked.merged_chats:
-            audit.took(
-                org, f"merged two contacts ({linked.merged_messages} messages, {linked.merged_chats} chats moved)"
-            )
+        linked, merged = await self.backend.link(org, contact_id, identifier, key)
+        if merged:  # (not a retry given the first answer)
+            moved = f"{linked.merged_messages} messages, {linked.merged_chats} chats moved"
+            audit.took(org, f"merged two contacts ({moved})")
         return linked
 
     async def unlink_contact(self, org: str, identifier: str, contact_id: str | None = None) -> ContactInfo:

@@ -11,7 +11,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError
 from mcp.server.mcpserver.prompts.base import UserMessage
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
 
 from chatdock.server.mcp.org import current_org
 from chatdock.server.mcp.results import transcript_text
@@ -109,6 +109,9 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store]) -> None:
         try:
             found = await the_store().get_context(current_org.get(), contact_id, agent_id=agent_id)
         except ChatdockError as exc:  # the SDK passes an MCPError's text on; any other error becomes "internal"
+            if isinstance(exc, Unavailable):  # the database's: counted `unavailable`, as a resource's (a review)
+                note_unavailable()
+                raise MCPError(code=INTERNAL_ERROR, message=str(exc)) from None
             raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
         history = transcript_text(found)
         return [

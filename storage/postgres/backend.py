@@ -156,8 +156,11 @@ async def _undone(conn: driver.Connection, exc: BaseException, timeout: float) -
             if conn.is_in_transaction():
                 await conn.execute("ROLLBACK", timeout=timeout)
             return
-        except Exception:
-            pass
+        except BaseException as failed:  # a cancel meanwhile too: never a connection handed back mid-transaction
+            conn.terminate()
+            if not isinstance(failed, Exception):
+                raise
+            return
     conn.terminate()
 
 

@@ -218,7 +218,7 @@ class SQLBackend:
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
-    async def link(self, org: str, contact_id: str, identifier: str, key: str | None = None) -> LinkResult:
+    async def link(self, org: str, contact_id: str, identifier: str, key: str | None = None) -> tuple[LinkResult, bool]:
         log = self._log()
         return await self._write(
             lambda: writes.link(self.dialect, org, contact_id, identifier, now_us(), log, key), log

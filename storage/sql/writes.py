@@ -381,14 +381,15 @@ def contact(org: str, contact_id: str) -> Ops[ContactInfo | None]:
 
 def link(
     d: Dialect, org: str, contact_id: str, identifier: str, now_us: int, log: ChangeLog, key: str | None = None
-) -> Ops[LinkResult]:
+) -> Ops[tuple[LinkResult, bool]]:
     """Make `identifier` name the contact of `contact_id`; if it names another contact, merge that one into it.
-    Under an Idempotency-Key `key`, the first answer is kept (`_first_link_answer`) and a retry gets it."""
+    Under an Idempotency-Key `key`, the first answer is kept (`_first_link_answer`) and a retry gets it. With the
+    answer, whether this call merged two contacts (a retry given the first answer did not: the audit log's)."""
     org_key = yield from org_pk(org, now_us)
     if key is not None:
         first = yield from _first_link_answer(org_key, key, contact_id, identifier)
         if first is not None:
-            return first
+            return first, False
     # the keeper's row is locked, and the row of the contact `identifier` names, if another, before its identifier
     # is claimed: a merge, unlink or forget of either waits for this link, or this link for it (then finds
     # what it left)
@@ -422,8 +423,8 @@ def link(
         if not kept:  # the same request, on another replica, kept its answer first: this one linked nothing more
             first = yield from _first_link_answer(org_key, key, contact_id, identifier)
             assert first is not None
-            return first
-    return answer
+            return first, False
+    return answer, owner != keeper
 
 
 def _first_link_answer(org_key: int, key: str, contact_id: str, identifier: str) -> Ops[LinkResult | None]:

@@ -6,6 +6,7 @@ identifier not found says how identifiers are matched, and one too long is refus
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,7 @@ async def test_a_search_is_a_step_back_returns_to_and_a_reload_shows_again(tmp_p
                 "history.pushState(null, '', location.pathname); dispatchEvent(new HashChangeEvent('hashchange'))"
             )
             await expect(page.locator("#results")).to_be_hidden()
+            await expect(page).to_have_title("Contacts · chatdock inspector")  # not the search's any more
 
 
 async def test_times_attachments_and_a_long_message_read_well(tmp_path: Path, browser: Browser) -> None:
@@ -200,5 +202,13 @@ async def test_a_message_s_time_links_to_it_and_new_messages_below_are_said(tmp_
             await expect(page.get_by_role("status")).to_have_text("1 new message below.")  # announced
             await page.get_by_role("button", name="1 new message below: show").click()
             await expect(page.locator(f"#m-{arrived}")).to_be_focused()
+            await expect(page.locator("#new-below")).to_be_hidden()
+            # a message dated back (a voice turn stored late) lands where it belongs: not new below
+            await page.evaluate("window.scrollTo(0, 0)")
+            listed = rest.ok("GET", "/chats", contact_id=ANN, limit=200)["messages"]
+            second = datetime.fromisoformat(listed[-2]["created_at"])  # between the second and the third message
+            late = (second + timedelta(microseconds=1)).isoformat()
+            rest.ok("POST", "/chats", said(ANN, "said long ago", created_at=late))
+            await expect(page.locator("#timeline")).to_contain_text("said long ago")
             await expect(page.locator("#new-below")).to_be_hidden()
             await accessible(page, "a contact with a notice of new messages")

@@ -1,11 +1,13 @@
 """The audit log: who deleted, forgot, merged or unlinked, over REST (the inspector's routes), MCP over HTTP and
 stdio, at the default --log-level, on both engines; never a contact's identifier (found by a support team
-lead's review: deletes made in the inspector left no line anywhere)."""
+lead's review: deletes made in the inspector left no line anywhere); a link retried under its key, or a forget
+of a contact already gone, says nothing more (found by a review of the diff)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -19,11 +21,14 @@ from tests.transports import RawStdio, call, chatdock_command, create_key, free_
 PHONE, EMAIL = "+31611111111", "ann@example.com"
 
 
-def rest(base: str, key: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def rest(
+    base: str, key: str, method: str, path: str, body: dict[str, Any] | None = None, key_header: str | None = None
+) -> dict[str, Any]:
+    headers = {} if key_header is None else {"Idempotency-Key": key_header}
     request = urllib.request.Request(
         base + path,
         None if body is None else json.dumps(body).encode(),
-        {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        {"Authorization": f"Bearer {key}", "Content-Type": "application/json", **headers},
         method=method,
     )
     with urllib.request.urlopen(request, timeout=30) as response:
@@ -56,11 +61,17 @@ async def test_each_deletion_forget_merge_and_unlink_names_who_did_it(db: str, t
         rest(base, key, "POST", "/chats", {"contact_id": PHONE, "channel": "sms", "role": "user", "content": "b"})
         rest(base, key, "POST", "/chats", {"contact_id": EMAIL, "channel": "email", "role": "user", "content": "c"})
         rest(base, key, "DELETE", f"/chats/{first['id']}")
-        linked = rest(base, key, "POST", f"/contacts/{contact}/aliases", {"identifier": EMAIL})
+        linking = (base, key, "POST", f"/contacts/{contact}/aliases", {"identifier": EMAIL})
+        linked = rest(*linking, key_header="link-1")
         assert (linked["merged_messages"], linked["merged_chats"]) == (1, 0)
+        assert rest(*linking, key_header="link-1") == linked  # a retry: the first answer, no merge
         rest(base, key, "POST", f"/contacts/{contact}/aliases", {"identifier": "w-8f2c"})  # merges nothing
         rest(base, key, "DELETE", f"/contacts/{contact}/aliases/{urllib.parse.quote(EMAIL, safe='')}")
         forgotten = rest(base, key, "DELETE", f"/contacts/{contact}")
+        try:  # again (a double click): nothing more is erased, and nothing said
+            rest(base, key, "DELETE", f"/contacts/{contact}")
+        except urllib.error.HTTPError as refused:
+            assert refused.code == 404
         async with http_client(base, key, "legacy") as client:
             message = await call(client, "append_message", contact_id="bob", channel="sms", role="user", content="x")
             await call(client, "delete_message", message_id=message["id"])

@@ -23,6 +23,7 @@ import yaml
 from mcp.client import Client
 from mcp.client.subscriptions import ResourceUpdated
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp_types import INTERNAL_ERROR
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatdock.server.mcp.app import Settings, build_server
@@ -495,7 +496,8 @@ async def test_a_tool_call_the_database_failed_is_counted_apart_from_a_callers_m
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_a_resource_the_database_could_not_read_is_counted_unavailable(mode: str) -> None:
-    """PostgreSQL away: a resources/read was counted `-32603`, which the server-error alert
+    """PostgreSQL away: a resources/read was counted `-32603` (and the prompt's get `-32602`, as a bad argument),
+    which the server-error alert
     (`status=~"5..|unavailable"`) does not match, while the tool calls of the same outage were `unavailable` (an
     operator's review). It is `unavailable` too; the client still hears the database's words."""
     server = PostgresServer()
@@ -509,6 +511,9 @@ async def test_a_resource_the_database_could_not_read_is_counted_unavailable(mod
                 await anyio.to_thread.run_sync(lambda: server.stop("immediate"))
                 with pytest.raises(MCPError, match="cannot reach PostgreSQL at 127"):
                     await client.read_resource(uri)
+                with pytest.raises(MCPError, match="cannot reach PostgreSQL at 127") as prompted:
+                    await client.get_prompt("continue_conversation", {"contact_id": "+31612345678"})
+                assert prompted.value.error.code == INTERNAL_ERROR  # the server's fault, not the arguments'
             _, samples = scrape(base + "/metrics")
     finally:
         server.remove()
@@ -518,6 +523,9 @@ async def test_a_resource_the_database_could_not_read_is_counted_unavailable(mod
                      status=status)  # fmt: skip
 
     assert (reads("ok"), reads("unavailable"), reads("-32603")) == (1, 1, 0)
+    prompts = value(samples, "chatdock_requests_total", surface="mcp", operation="prompts/get", tool="",
+                    status="unavailable")  # fmt: skip
+    assert prompts == 1
 
 
 # --- the docs: every metric listed, and the dashboard and alerts use only those ---

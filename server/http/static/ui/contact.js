@@ -291,7 +291,7 @@ async function readBack(whole, hint) {
   state.messages = [...loaded.slice(0, covered ? 0 : at), ...[...kept].reverse()];
   if (covered) state.cursor = cursor;
   renderTimeline();
-  return { covered, added, count: cursor ? state.known + added - removed : read.length };
+  return { covered, count: cursor ? state.known + added - removed : read.length };
 }
 
 /** Follow a change of the open contact, whose message_count is now `count`. A long loaded range is not read
@@ -302,6 +302,7 @@ async function readBack(whole, hint) {
 export async function follow(count, whole = false) {
   const stale = state.stale;
   state.stale = false;
+  const last = state.messages.at(-1)?.id; // what is new is what comes after it (a late-dated message is not)
   let read;
   try {
     read = await readBack(whole || stale || state.messages.length <= MOST, Math.max(0, count - state.known));
@@ -310,7 +311,8 @@ export async function follow(count, whole = false) {
     throw error;
   }
   if (read.covered) noteFurther(0);
-  if (read.added) noteNew(read.added);
+  const at = last ? state.messages.findIndex((message) => message.id === last) : -1;
+  if (at >= 0 && at < state.messages.length - 1) noteNew(state.messages.length - 1 - at);
   if (read.count === count) {
     state.known = count;
     return;

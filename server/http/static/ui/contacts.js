@@ -130,7 +130,10 @@ export async function go({ arrived = false } = {}) {
   }
   if (!contact) {
     if (state.contact) await goHome({ fromAddress: true });
-    else clearResults();
+    else {
+      clearResults();
+      show("home"); // the tab's title no longer names the search (a review of the diff)
+    }
     return;
   }
   if (contact === state.contact?.contact_id && !message) return;
