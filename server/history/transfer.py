@@ -159,9 +159,11 @@ async def export_to_path(
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise Interrupted("interrupted: the export on standard output is cut short; export again") from None
         return written
-    if os.path.islink(path) and not _followable(path):
+    planted = _planted(path)
+    if planted is not None:
+        named = "it is" if planted == os.path.abspath(path) else f"{planted} on its way is"
         raise InvalidInput(
-            f"cannot write the export to {path}: it is a symbolic link another user made in a folder anyone may "
+            f"cannot write the export to {path}: {named} a symbolic link another user made in a folder anyone may "
             "write to, which could point the export at any file of yours; name a file of your own with -o"
         )
     target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)  # a link stays a link
@@ -205,13 +207,28 @@ async def export_to_path(
     return written
 
 
+def _planted(path: str) -> str | None:
+    """The first symbolic link on the way to `path` (a folder of it, or itself) that the export may not follow
+    (`_followable`), or None (a review of the first version found a linked folder on the way followed)."""
+    if not hasattr(os, "geteuid"):  # Windows: no such folders
+        return None
+    at = Path(os.path.abspath(path))
+    current = Path(at.anchor)
+    for part in at.parts[1:]:
+        step = current / part
+        if step.is_symlink():
+            if not _followable(str(step)):
+                return str(step)
+            step = Path(os.path.realpath(step))
+        current = step
+    return None
+
+
 def _followable(link: str) -> bool:
     """Whether the export may write where `link` points: Linux's rule for following a link (fs.protected_symlinks),
     kept wherever the kernel does not: in a sticky folder anyone may write to (/tmp), only a link of the user's
     own or of the folder's owner (found by a security review: another user's link at the name a shared export
     goes to had the export replace the file it named)."""
-    if not hasattr(os, "geteuid"):  # Windows: no such folders
-        return True
     folder = os.stat(os.path.dirname(os.path.abspath(link)))
     shared = folder.st_mode & stat.S_ISVTX and folder.st_mode & stat.S_IWOTH
     owner = os.lstat(link).st_uid

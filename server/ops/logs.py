@@ -165,8 +165,9 @@ class Reworded(logging.Filter):
         if record.name == "uvicorn.error" and record.msg == self.CUT:
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.msg = (
-                "shutting down: %s request(s) still running after the grace period were cut off, each answered "
-                "503 (a write's outcome unknown: sent again with the same Idempotency-Key, it is stored once)"
+                "shutting down: %s request(s) still running after the grace period were cut off (one whose answer "
+                "had not begun was answered 503: a write's outcome unknown, stored once if sent again with the same "
+                "Idempotency-Key; a stream was ended)"
             )
             return logging.getLogger().isEnabledFor(logging.WARNING)
         return True

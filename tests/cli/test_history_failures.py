@@ -361,6 +361,15 @@ def test_an_export_does_not_follow_another_users_link_in_a_shared_folder(
     assert victim.read_text() == "ssh-ed25519 AAAA mine\n" and sorted(p.name for p in shared.iterdir()) == [
         "export.jsonl"
     ]
+    # a folder on the way, linked by another user at a folder of the user's: not followed either
+    home = tmp_path / "home"
+    home.mkdir()
+    folder = shared / "exports"
+    folder.symlink_to(home)
+    os.lchown(folder, 65534, 65534)
+    through = run_cli("export", "--db", str(db), "-q", "-o", str(folder / "out.jsonl"))
+    assert (through.returncode, list(home.iterdir())) == (2, []), through.stderr
+    assert f"{folder} on its way is a symbolic link another user made" in through.stderr
     os.lchown(planted, os.geteuid(), os.getegid())  # the user's own link: followed, as before
     done = run_cli("export", "--db", str(db), "-q", "-o", str(planted))
     assert done.returncode == 0, done.stderr
