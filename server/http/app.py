@@ -164,8 +164,11 @@ class ApiKeyAuth:
         try:
             verdict = await self._verify(scope)
         except (ChatdockError, IssuerUnavailable) as exc:  # the keys cannot be read: the service is at fault
-            why = str(exc) if stranger(scope, self.insiders) is None else UNSAID
-            said = f"the key could not be checked, so the request was not carried out (nothing was written): {why}"
+            if isinstance(exc, IssuerUnavailable):  # the issuer's keys: what to configure, in its words (oauth.py)
+                said = str(exc)
+            else:  # the database: the request not carried out; why, to whom /healthz tells it
+                why = str(exc) if stranger(scope, self.insiders) is None else UNSAID
+                said = f"the key could not be checked, so the request was not carried out (nothing was written): {why}"
             response = JSONResponse(
                 {"error": "Service unavailable", "message": said}, status_code=503, headers={"Retry-After": "1"}
             )
