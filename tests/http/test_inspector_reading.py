@@ -135,19 +135,34 @@ async def test_times_attachments_and_a_long_message_read_well(tmp_path: Path, br
 async def test_an_identifier_not_found_says_how_identifiers_match_and_a_long_one_is_refused(
     tmp_path: Path, browser: Browser
 ) -> None:
-    """A number pasted with spaces is not found, and the page says how identifiers are matched; an identifier
-    past the server's bound is refused with the server's words, where the field had cut it to 256 characters
-    and linked what was left."""
+    """A number pasted as a customer wrote it (spaces, brackets, 00, no plus) or an email in capitals opens the
+    contact it means, saying so; a national number is not found, and the page says how identifiers are matched;
+    an identifier past the server's bound is refused with the server's words, where the field had cut it to 256
+    characters and linked what was left."""
     db = str(tmp_path / "ids.db")
     key = create_key(db, "acme", "support")
     with http_server(db) as base:
         rest = Rest(base, key)
         rest.ok("POST", "/chats", said(ANN, "hello"))
+        rest.ok("POST", "/chats", {**said("ann@example.com", "hello"), "channel": "email"})
         async with watched(browser) as seen:
             page = seen.page
             await sign_in(page, base, key)
             field = page.get_by_label("Open a contact by any of its identifiers")
-            await field.fill("+31 6 1234 5678")
+            # as a customer wrote it: spaces, brackets, 00, no plus; an email in capitals (a support team's review)
+            for typed in ("+31 6 1234 5678", "0031 6 12 34 56 78", "+31 (0)6 12345678", "31612345678"):
+                await field.fill(typed)
+                await field.press("Enter")
+                await expect(page.get_by_role("heading", name=ANN, level=1)).to_be_visible()
+                await expect(page.locator("#status")).to_have_text(
+                    f"Opened {ANN}: no contact has “{typed}” as typed, identifiers are matched exactly."
+                )
+                await page.get_by_role("button", name="Back to contacts").click()
+            await field.fill("ANN@EXAMPLE.COM")
+            await field.press("Enter")
+            await expect(page.get_by_role("heading", name="ann@example.com", level=1)).to_be_visible()
+            await page.get_by_role("button", name="Back to contacts").click()
+            await field.fill("06-12345678")  # a national number: no country to guess
             await field.press("Enter")
             await expect(page.locator("#problem")).to_contain_text(
                 "or a linked identifier. Identifiers are matched exactly as stored: a phone number as +31612345678 "

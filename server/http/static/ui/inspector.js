@@ -17,6 +17,7 @@ import { complain, guarded, say, show, submitted, withoutWrites } from "./feedba
 import { moreHits, searchForm } from "./search.js";
 import { signIn, signOut } from "./session.js";
 import { $, state } from "./state.js";
+import { spellings } from "./text.js";
 import { forget, link } from "./writes.js";
 
 async function start() {
@@ -32,6 +33,17 @@ async function start() {
         await open(identifier);
       } catch (error) {
         if (error.status !== 404) throw error;
+        for (const spelling of spellings(identifier)) {
+          try {
+            await open(spelling);
+          } catch (again) {
+            if (again.status === 404) continue;
+            throw again;
+          }
+          say(`Opened ${spelling}: no contact has “${identifier}” as typed, identifiers are matched exactly.`);
+          $("open-id").value = "";
+          return;
+        }
         // support pastes a number as it was written to them: say how identifiers are matched
         const how = "Identifiers are matched exactly as stored: a phone number as +31612345678 (no spaces, no 00), an email or a session id as the channel gave it.";
         throw new ApiError(error.status, error.error, `${error.message.replace(/\.?$/, ".")} ${how}`);

@@ -118,3 +118,19 @@ export function visibleString(text) {
     .map((piece) => (typeof piece === "string" ? piece : piece.textContent))
     .join("");
 }
+
+/** Other spellings of an identifier support typed, as a customer wrote it, to try when it names no contact (a
+ * review found "+31 6 1234 5678", "0031612345678" and an upper-case email found nothing): an email in lower
+ * case; a phone number without spaces, dashes, dots, brackets and a "(0)", "00" read as "+", and with a "+" if it
+ * has none. A national number (06-...) has no country to add: it is not guessed. */
+export function spellings(typed) {
+  const found = [];
+  if (typed.includes("@")) found.push(typed.toLowerCase());
+  else if (/^[+\d\s().-]+$/.test(typed) && /\d/.test(typed)) {
+    let digits = typed.replace(/\(0\)/g, "").replace(/[\s().-]/g, "");
+    if (digits.startsWith("00")) digits = `+${digits.slice(2)}`;
+    found.push(digits);
+    if (!digits.startsWith("+") && !digits.startsWith("0")) found.push(`+${digits}`);
+  }
+  return [...new Set(found)].filter((spelling) => spelling !== typed);
+}
