@@ -9,6 +9,8 @@ import json
 import logging
 import re
 import secrets
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -24,7 +26,7 @@ from chatdock.storage.postgres.failures import translate
 from chatdock.storage.postgres.queries import ERA_BITS, search_sql, tsquery_text
 from chatdock.storage.postgres.schema import MIGRATIONS
 from chatdock.storage.search import parse_query
-from tests.transports import free_port, run_cli
+from tests.transports import free_port, http_server, run_cli
 
 
 def say(contact: str, content: str, provider_id: str | None = None) -> NewMessage:
@@ -184,6 +186,33 @@ async def test_reads_that_work_do_not_end_an_outage_of_the_writes(
     finally:
         await conn.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
         await conn.close()
+
+
+async def test_healthz_says_so_while_a_lock_holds_up_the_messages(postgres_url: str) -> None:
+    """A LOCK TABLE (or a migration's ALTER behind a long transaction) held every append and read up while
+    /healthz, which read the schema's version alone, said ok (an operator's review): it waits as they do, and
+    answers 503 within its bound; ok again once the lock goes."""
+
+    def health(base: str) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=10) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as refused:
+            return refused.code, json.loads(refused.read())
+
+    with http_server(postgres_url) as base:
+        assert await anyio.to_thread.run_sync(health, base) == (200, {"status": "ok", "store": "ok"})
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            async with admin.transaction():
+                await admin.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+                status, body = await anyio.to_thread.run_sync(health, base)
+                assert status == 503 and "did not answer within 2 s" in body["store"], body
+        finally:
+            await admin.close()
+        with anyio.fail_after(20):
+            while (await anyio.to_thread.run_sync(health, base))[0] != 200:
+                await anyio.sleep(0.2)
 
 
 def test_a_failure_s_text_is_one_line() -> None:
