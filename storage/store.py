@@ -12,8 +12,8 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -85,7 +85,6 @@ from .transcript import fit_hits, fit_transcript, format_line
 EXPORT_BATCH = 1000
 FEED_START_WAIT = 10.0  # seconds a process waits at start for the change feed of the others to be in place
 SEARCHES_PER_ORG = 2  # an organization's searches a process works on at once (search_messages)
-CONTEXT_ALONE = "get_context, or GET /chats/context, reads the context"  # a stored write's context, unread
 
 M = TypeVar("M", bound=StoredMessage)
 T = TypeVar("T")
@@ -141,6 +140,18 @@ def _joined(
         return newest_first, version  # the read came after the write
     after = newest.joined(newest_first, version, stored, limit)
     return None if after is None else (after, stored._contact_version)
+
+
+@contextmanager
+def _answering(stored: Message) -> Iterator[None]:
+    """The context after `stored`, read for its answer: a failure says the message is stored, never that nothing
+    was written (errors.py's `stored_unanswered`)."""
+    try:
+        yield
+    except ChatdockError as exc:
+        raise stored_unanswered(
+            stored.id, "the context after it", exc, "get_context, or GET /chats/context, reads the context"
+        ) from None
 
 
 def _quietly(task: asyncio.Task[Any]) -> None:
@@ -220,7 +231,7 @@ class Store:
             self._newest.after(org, stored)  # the state kept moves on with it (a bot's reply between two turns)
             return stored
         newest_first = self._newest.after(org, stored, limit)
-        try:
+        with _answering(stored):
             if beside is not None:
                 if newest_first is None:
                     found = _joined(*await beside, stored, limit)
@@ -230,8 +241,6 @@ class Store:
                 else:  # another turn of the contact told the store meanwhile: the read is let run (a cancelled
                     beside.add_done_callback(_quietly)  # PostgreSQL query costs the server a connection to cancel)
             return await self._with_context(org, stored, limit, newest_first)
-        except ChatdockError as exc:  # the message is stored: the answer says so
-            raise stored_unanswered(stored.id, "the context after it", exc, CONTEXT_ALONE) from None
 
     def _newest_beside(
         self, org: str, record: MessageRecord, limit: int
@@ -315,10 +324,8 @@ class Store:
         newest_first = self._newest.after(org, stored, limit or 0)
         if limit is None:
             return posted
-        try:
+        with _answering(stored):
             return await self._with_context(org, posted, limit, newest_first)
-        except ChatdockError as exc:  # the message is stored: the answer says so
-            raise stored_unanswered(stored.id, "the context after it", exc, CONTEXT_ALONE) from None
 
     @staticmethod
     def checked_post(

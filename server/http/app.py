@@ -509,7 +509,7 @@ def build_http_app(
         settings.metrics,
         tokens,
         route_names(routes.routes),
-        networks(settings.metrics_clients),
+        insiders,
     )
     observed = ObservedHttp(
         app,

@@ -15,7 +15,7 @@ from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
 
 from chatdock.server.mcp.org import current_org
 from chatdock.server.mcp.results import transcript_text
-from chatdock.server.ops.observe import note_unavailable
+from chatdock.server.ops.observe import note_failure
 from chatdock.storage import ChatdockError, InvalidInput, NotFound, Store, Unavailable
 from chatdock.storage import Context as ContextModel
 from chatdock.storage import validation as check
@@ -79,8 +79,7 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store]) -> None:
         except (InvalidInput, NotFound) as exc:  # the caller's to fix: invalid params, as for a tool's argument
             raise MCPError(INVALID_PARAMS, str(exc)) from None
         except ChatdockError as exc:  # the server's (the database): an internal error, its words said
-            if isinstance(exc, Unavailable):
-                note_unavailable()  # counted `unavailable`, as a tool's (the server-error alert's)
+            note_failure(exc)  # counted `unavailable`, as a tool's (the server-error alert's)
             raise ResourceError(str(exc)) from None
 
     @server.resource(
@@ -109,10 +108,9 @@ def register(server: MCPServer[Any], the_store: Callable[[], Store]) -> None:
         try:
             found = await the_store().get_context(current_org.get(), contact_id, agent_id=agent_id)
         except ChatdockError as exc:  # the SDK passes an MCPError's text on; any other error becomes "internal"
-            if isinstance(exc, Unavailable):  # the database's: counted `unavailable`, as a resource's (a review)
-                note_unavailable()
-                raise MCPError(code=INTERNAL_ERROR, message=str(exc)) from None
-            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
+            note_failure(exc)  # the database's: counted `unavailable`, as a resource's (a review)
+            code = INTERNAL_ERROR if isinstance(exc, Unavailable) else INVALID_PARAMS
+            raise MCPError(code=code, message=str(exc)) from None
         history = transcript_text(found)
         return [
             UserMessage(

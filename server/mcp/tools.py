@@ -19,7 +19,7 @@ from chatdock.server.mcp.results import (
     search_result,
     stored_result,
 )
-from chatdock.server.ops.observe import note_unavailable
+from chatdock.server.ops.observe import note_failure
 from chatdock.storage import (
     AppendedMessage,
     Chat,
@@ -32,7 +32,6 @@ from chatdock.storage import (
     MessagePage,
     Store,
     StoredMessage,
-    Unavailable,
 )
 from chatdock.storage import validation as check
 from chatdock.storage.models import SearchPage
@@ -76,8 +75,7 @@ async def _tool(call: Awaitable[T]) -> T:
     try:
         return await call
     except ChatdockError as exc:
-        if isinstance(exc, Unavailable):
-            note_unavailable()
+        note_failure(exc)
         raise ToolError(str(exc)) from None
 
 

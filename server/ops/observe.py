@@ -48,6 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chatdock.server.mcp.org import ORG_SCOPE_KEY, current_org
 from chatdock.server.ops import logs
 from chatdock.server.settings import METRICS_CLIENTS
+from chatdock.storage import ChatdockError, Unavailable
 
 if TYPE_CHECKING:
     from chatdock.server.ops.metrics import Metrics
@@ -304,10 +305,11 @@ def _describe(span: Span, scope: Scope, method: str, template: str | None, statu
 service_failures: ContextVar[list[str] | None] = ContextVar("chatdock_service_failures", default=None)
 
 
-def note_unavailable() -> None:
-    """The tool call at hand failed because the database did (unreachable, full, read-only, timed out)."""
+def note_failure(exc: ChatdockError) -> None:
+    """The call at hand (a tool's, a resource's, a prompt's) failed for `exc`: noted when the database did
+    (unreachable, full, read-only, timed out), not the caller's arguments."""
     noted = service_failures.get()
-    if noted is not None:
+    if noted is not None and isinstance(exc, Unavailable):
         noted.append("unavailable")
 
 

@@ -336,8 +336,7 @@ export async function follow(count, whole = false) {
  * how many (and the status line, which is announced) and takes the reader to them (they arrived unseen and
  * unsaid, a review found). */
 function noteNew(added) {
-  const newest = state.messages.length ? $(`m-${state.messages.at(-1).id}`) : null;
-  if (!newest || newest.getBoundingClientRect().top < window.innerHeight) return; // in sight
+  if (newestInSight()) return;
   state.unseen += added;
   const news = `${state.unseen} new message${state.unseen === 1 ? "" : "s"} below`;
   $("new-below").textContent = `${news}: show`;
@@ -351,10 +350,26 @@ export function seenNew() {
   $("new-below").hidden = true;
 }
 
+/** The reader scrolled: the new messages are seen once the newest is in sight. */
+export function scrolled() {
+  if (state.unseen && newestInSight()) seenNew();
+}
+
+/** The newest loaded message's element (null: none loaded). */
+function newestNode() {
+  return state.messages.length ? $(`m-${state.messages.at(-1).id}`) : null;
+}
+
+/** Whether the newest loaded message is in the window (or there is none). */
+function newestInSight() {
+  const newest = newestNode();
+  return !newest || newest.getBoundingClientRect().top < window.innerHeight;
+}
+
 /** Take the reader to the newest loaded message ("Newest message", the notice of new ones). */
 export function toNewest() {
   seenNew();
-  const newest = state.messages.length ? $(`m-${state.messages.at(-1).id}`) : null;
+  const newest = newestNode();
   if (!newest) return;
   newest.scrollIntoView({ block: "end" });
   newest.focus({ preventScroll: true });

@@ -11,7 +11,7 @@
 // - Every write asks first in an accessible dialog; with a read-only server the write controls are removed.
 
 import { ApiError } from "./api.js";
-import { download, loadOlder, open, reload, seenNew, serially, toNewest } from "./contact.js";
+import { download, loadOlder, open, reload, scrolled, serially, toNewest } from "./contact.js";
 import { go, goHome, moreContacts, refreshContacts, steppedBack } from "./contacts.js";
 import { complain, guarded, say, show, submitted, withoutWrites } from "./feedback.js";
 import { moreHits, searchForm } from "./search.js";
@@ -73,11 +73,7 @@ async function start() {
   $("reload").addEventListener("click", guarded(reload));
   $("newest").addEventListener("click", toNewest);
   $("new-below").addEventListener("click", toNewest);
-  // the new messages were scrolled to: their notice goes
-  window.addEventListener("scroll", () => {
-    const newest = state.unseen && state.messages.length ? $(`m-${state.messages.at(-1).id}`) : null;
-    if (newest && newest.getBoundingClientRect().top < window.innerHeight) seenNew();
-  }, { passive: true });
+  window.addEventListener("scroll", scrolled, { passive: true }); // the new messages scrolled to: their notice goes
   $("export").addEventListener("click", guarded(download));
   $("link-form").addEventListener("submit", guarded(link));
   $("forget").addEventListener("click", guarded(forget));
