@@ -58,6 +58,7 @@ class StoredKey:
     org: str
     revoked: bool
     last_used_at: datetime | None
+    read_only: bool = False
 
 
 class Snapshot(Protocol):
@@ -216,7 +217,9 @@ class Backend(Protocol):
         ...
 
     # --- API keys ---
-    async def insert_api_key(self, org: str, prefix: str, name: str | None, key_hash: str) -> ApiKeyInfo:
+    async def insert_api_key(
+        self, org: str, prefix: str, name: str | None, key_hash: str, read_only: bool = False
+    ) -> ApiKeyInfo:
         """Keep a new key's hash; a live key of the same name is a Conflict."""
         ...
 

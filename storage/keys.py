@@ -9,7 +9,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .backend import StoredKey
 
 MAX_KEY_CHARS = 200
 PREFIX = "cdk_"
@@ -17,6 +22,18 @@ PREFIX_HEX_BYTES = 4  # a prefix is PREFIX and this many random bytes in hex
 PREFIX_CHARS = len(PREFIX) + 2 * PREFIX_HEX_BYTES
 TOUCH_INTERVAL = timedelta(seconds=60)  # "last used" is recorded at most once a minute per key
 REMEMBER_SECONDS = 5.0  # a key verified live is not read again for this long: the bound on a revocation's delay
+
+
+@dataclass(frozen=True, slots=True)
+class LiveKey:
+    """Whom a live key speaks for: its organization, and whether it may only read (`keys create --read-only`)."""
+
+    org: str
+    read_only: bool
+
+
+def live(stored: StoredKey) -> LiveKey:
+    return LiveKey(stored.org, stored.read_only)
 
 
 def new_key() -> tuple[str, str]:

@@ -285,6 +285,7 @@ class ApiKeyInfo(_Model):
     prefix: str
     name: str | None
     org: str
+    read_only: bool = False  # its bearer may read, and is refused every write (`keys create --read-only`)
     created_at: Timestamp
     last_used_at: Timestamp | None
     revoked_at: Timestamp | None

@@ -121,11 +121,12 @@ def chat(row: Row) -> Chat:
 
 def key_info(row: Row) -> ApiKeyInfo:
     """A row of `KEY_COLUMNS` (queries.py) as an ApiKeyInfo."""
-    prefix, name, org, created_us, last_used_us, revoked_us = row
+    prefix, name, org, created_us, last_used_us, revoked_us, read_only = row
     return ApiKeyInfo(
         prefix=prefix,
         name=name,
         org=org,
+        read_only=bool(read_only),
         created_at=from_us(created_us),
         last_used_at=optional_from_us(last_used_us),
         revoked_at=optional_from_us(revoked_us),

@@ -669,14 +669,16 @@ class Store:
 
     # --- API keys ---
 
-    async def create_api_key(self, org: str, name: str | None = None) -> NewApiKey:
+    async def create_api_key(self, org: str, name: str | None = None, read_only: bool = False) -> NewApiKey:
+        """A new key of `org`, printed once; a `read_only` one may read and is refused every write."""
         org = check.identifier(org, "org")
         if name is not None:
             name = check.identifier(name, "name")
             if name.startswith(keys.PREFIX):
                 raise InvalidInput("name must not start with 'cdk_' (that is how key prefixes start); choose another")
         prefix, key = keys.new_key()
-        return NewApiKey(key=key, info=await self.backend.insert_api_key(org, prefix, name, keys.key_hash(key)))
+        info = await self.backend.insert_api_key(org, prefix, name, keys.key_hash(key), read_only)
+        return NewApiKey(key=key, info=info)
 
     async def list_api_keys(self) -> list[ApiKeyInfo]:
         if self._touching:  # the last uses recorded in the background land first, on any engine
@@ -694,8 +696,9 @@ class Store:
         self._revoked[revoked.prefix] = time.monotonic()
         return revoked
 
-    async def verify_api_key(self, key: str) -> str | None:
-        """The organization of a live key, or None for a malformed, unknown or revoked one.
+    async def verify_api_key(self, key: str) -> keys.LiveKey | None:
+        """The organization of a live key (and whether it may only read), or None for a malformed, unknown or
+        revoked one.
 
         A key verified live in the last `keys.REMEMBER_SECONDS` is not read again, so that requests never
         queue for the database just to show their key: a revocation takes effect in this process at once, and
@@ -706,7 +709,7 @@ class Store:
         asked = time.monotonic()
         remembered = self._live_keys.get(prefix)
         if remembered is not None and asked - remembered[1] < keys.REMEMBER_SECONDS:
-            return remembered[0].org if keys.matches(key, remembered[0].hash) else None
+            return keys.live(remembered[0]) if keys.matches(key, remembered[0].hash) else None
         # a key that cannot be read (the database away, its table locked) is not let through on an older look:
         # a revocation holds within the bound whatever the database does (the caller hears why: a 503)
         stored = await self.backend.api_key(prefix)
@@ -722,7 +725,7 @@ class Store:
         ):
             # best-effort and off the request's path: a full disk or a read-only file must not fail a request
             self._touching[prefix] = asyncio.ensure_future(self._touch(prefix, now))
-        return stored.org
+        return keys.live(stored)
 
     async def _touch(self, prefix: str, now: datetime) -> None:
         try:

@@ -391,7 +391,15 @@ def parser() -> argparse.ArgumentParser:
     _common(create)
     _org(create)
     create.add_argument("--name", help="a name to tell the key apart (unique among live keys)")
-    listing = key_commands.add_parser("list", help="list keys: prefix, name, org, created, last used, revoked")
+    create.add_argument(
+        "--read-only",
+        action="store_true",
+        help="a key that may read (context, search, contacts, the inspector without its writes) and is refused "
+        "every write: for support staff and dashboards",
+    )
+    listing = key_commands.add_parser(
+        "list", help="list keys: prefix, name, org, access (read or write), created, last used, revoked"
+    )
     _common(listing)
     _only_org(listing, "only this organization's keys")
     revoke = key_commands.add_parser("revoke", help="revoke a key by its prefix or name")
@@ -500,19 +508,19 @@ def store_settings(args: argparse.Namespace) -> Settings:
 async def _keys(args: argparse.Namespace) -> int:
     async with store_settings(args).open_store(create=args.keys_command == "create") as store:
         if args.keys_command == "create":
-            created = await store.create_api_key(args.org, args.name)
+            created = await store.create_api_key(args.org, args.name, args.read_only)
             print(created.key)
             _tell(
                 args,
-                f"created key {created.info.prefix} for organization {created.info.org!r}; "
-                "store it now, it is not shown again",
+                f"created {'read-only ' if created.info.read_only else ''}key {created.info.prefix} for "
+                f"organization {created.info.org!r}; store it now, it is not shown again",
             )
         elif args.keys_command == "list":
             listed = [i for i in await store.list_api_keys() if args.org in (None, i.org)]  # before the header
-            print(f"{'PREFIX':<14}{'NAME':<20}{'ORG':<20}{'CREATED':<22}{'LAST USED':<22}REVOKED")
+            print(f"{'PREFIX':<14}{'NAME':<20}{'ORG':<20}{'ACCESS':<8}{'CREATED':<22}{'LAST USED':<22}REVOKED")
             for info in listed:
                 print(  # a name or org longer than its column still ends with a space before the next
-                    f"{info.prefix:<14}{info.name or '-':<19} {info.org:<19} "
+                    f"{info.prefix:<14}{info.name or '-':<19} {info.org:<19} {'read' if info.read_only else 'write':<8}"
                     f"{info.created_at:%Y-%m-%d %H:%M:%S}   "
                     f"{f'{info.last_used_at:%Y-%m-%d %H:%M:%S}' if info.last_used_at else '-':<22}"
                     f"{f'{info.revoked_at:%Y-%m-%d %H:%M:%S}' if info.revoked_at else '-'}"

@@ -66,7 +66,7 @@ from chatdock.server.http.rest import (
 from chatdock.server.http.sessions import DEFAULT_MAX_SESSIONS_PER_ORG, SessionOwners
 from chatdock.server.http.shutdown import CutOff
 from chatdock.server.mcp.app import ChatdockServer, Settings, build_server
-from chatdock.server.mcp.org import ORG_SCOPE_KEY, WHO_SCOPE_KEY
+from chatdock.server.mcp.org import MAY_WRITE_SCOPE_KEY, ORG_SCOPE_KEY, READ_ONLY_SCOPE_KEY, WHO_SCOPE_KEY
 from chatdock.server.ops import logs
 from chatdock.server.ops.memory import settle_collector
 from chatdock.server.ops.observe import ObservedHttp, networks, route_for, stranger
@@ -88,6 +88,7 @@ logger = logging.getLogger("chatdock.http")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PROBES = ("/healthz", "/livez")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # what a read-only key may send to a REST route
 MCP_ENDPOINT = ("/mcp", "/mcp/")  # the MCP app answers the second with a redirect to the first (clients follow it)
 MCP_PATHS = (*MCP_ENDPOINT, *PROBES)  # these paths alone: /mcp-admin, /healthz/x, /livez.php are REST's 404
 PROTECTED = ("/mcp", *ROUTE_PREFIXES)  # every route but /healthz, /livez, /openapi.json and /docs needs a key
@@ -118,6 +119,7 @@ class Verdict:
     said: str = ""
     expires_at: float | None = None  # a token's `exp`: what it opened (an event stream) ends then
     key: str = ""  # an API key: what it opened ends once it is revoked
+    read_only: bool = False  # a key created with --read-only: refused every write
     who: str = ""  # within the organization: the key (by its prefix), or the token's subject (or client)
 
 
@@ -161,6 +163,8 @@ class ApiKeyAuth:
             return
         scope.pop(ORG_SCOPE_KEY, None)
         scope.pop(WHO_SCOPE_KEY, None)
+        scope.pop(READ_ONLY_SCOPE_KEY, None)
+        scope.pop(MAY_WRITE_SCOPE_KEY, None)
         try:
             verdict = await self._verify(scope)
         except (ChatdockError, IssuerUnavailable) as exc:  # the keys cannot be read: the service is at fault
@@ -199,8 +203,14 @@ class ApiKeyAuth:
             if not allowed:
                 await self._insufficient(needed, verdict.scopes, scope, receive, send)
                 return
+        if verdict.read_only:
+            if path != "/mcp" and scope.get("method") not in SAFE_METHODS and self.route_name(scope) is not None:
+                await self._read_only_key(verdict, scope, receive, send)
+                return
+            scope[READ_ONLY_SCOPE_KEY] = True  # /mcp: its writing tools are neither listed nor run (mcp/app.py)
         bounded = self._bounded(verdict, org, receive, send)
         scope[ORG_SCOPE_KEY], scope[WHO_SCOPE_KEY] = org, verdict.who
+        scope[MAY_WRITE_SCOPE_KEY] = not verdict.read_only and (verdict.scopes is None or WRITE_SCOPE in verdict.scopes)
         fields = logs.request_fields.get()
         if fields is not None:
             fields["org"] = org
@@ -235,9 +245,10 @@ class ApiKeyAuth:
             if store is None:
                 return True
             try:
-                return await store.verify_api_key(key) == org
+                found = await store.verify_api_key(key)
             except ChatdockError:  # the keys cannot be read now: a stream is not ended for that
                 return True
+            return found is not None and found.org == org
 
         return Bounded(receive, send, lambda: REMEMBER_SECONDS, live, f"the key {prefix_of(key)} was revoked")
 
@@ -287,10 +298,10 @@ class ApiKeyAuth:
         store = self.server.state.store
         if store is None:
             return Verdict(None, "not_ready")
-        org = await store.verify_api_key(bearer)
-        if org is None:
+        found = await store.verify_api_key(bearer)
+        if found is None:
             return Verdict(None, "unknown")
-        return Verdict(org, key=bearer, who=f"key {prefix_of(bearer)}")
+        return Verdict(found.org, key=bearer, who=f"key {prefix_of(bearer)}", read_only=found.read_only)
 
     def _challenge(self, scope: Scope, *fields: str) -> str:
         """`WWW-Authenticate`: with OAuth on, where the protected-resource metadata is (RFC 9728 §5.1)."""
@@ -315,6 +326,15 @@ class ApiKeyAuth:
             headers={"WWW-Authenticate": self._challenge(scope, *fields)},
         )
         await response(scope, receive, send)
+
+    async def _read_only_key(self, verdict: Verdict, scope: Scope, receive: Receive, send: Send) -> None:
+        """403 to a write with a key that may only read; a key has no scope to ask for (no WWW-Authenticate)."""
+        message = (
+            f"the key {prefix_of(verdict.key)} may only read (it was created with `chatdock keys create "
+            f"--read-only`), so this {scope.get('method')} was refused and nothing was written; "
+            "write with a key created without --read-only"
+        )
+        await problem(403, "Read-only key", message)(scope, receive, send)
 
     async def _insufficient(
         self, needed: frozenset[str], granted: frozenset[str], scope: Scope, receive: Receive, send: Send

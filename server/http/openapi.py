@@ -64,7 +64,11 @@ def answers(*statuses: int, described: dict[int, str] | None = None) -> dict[int
 
 def insufficient_scope() -> dict[str, Any]:
     """The 403 of an access token without the scope a route needs (with --oauth-issuer)."""
-    answer = _error(403, "Insufficient scope: the access token lacks chatdock:read (a read) or chatdock:write")
+    answer = _error(
+        403,
+        "Insufficient scope: the access token lacks chatdock:read (a read) or chatdock:write; or, for a write, "
+        "Read-only key: the key was created with --read-only",
+    )
     answer["headers"] = {
         "WWW-Authenticate": {
             "description": 'Bearer error="insufficient_scope" and the scope',
@@ -72,6 +76,13 @@ def insufficient_scope() -> dict[str, Any]:
         }
     }
     return answer
+
+
+def read_only_key() -> dict[str, Any]:
+    """The 403 of a write with a key created with --read-only."""
+    return _error(
+        403, "Read-only key: the key was created with `chatdock keys create --read-only`; nothing was written"
+    )
 
 
 def _error(status: int, description: str | None = None) -> dict[str, Any]:

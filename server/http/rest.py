@@ -36,9 +36,9 @@ from starlette.types import Message as ASGIMessage
 from chatdock.server.history.transfer import export_lines
 from chatdock.server.http.bodies import json_body
 from chatdock.server.http.inspector import add_pages
-from chatdock.server.http.openapi import WITH_BODY, answers, insufficient_scope, strict
+from chatdock.server.http.openapi import WITH_BODY, answers, insufficient_scope, read_only_key, strict
 from chatdock.server.mcp.events import SHUTTING_DOWN, Events
-from chatdock.server.mcp.org import ORG_SCOPE_KEY
+from chatdock.server.mcp.org import MAY_WRITE_SCOPE_KEY, ORG_SCOPE_KEY
 from chatdock.storage import (
     AppendedMessage,
     Chat,
@@ -76,6 +76,10 @@ class Identity(BaseModel):
     org: str = Field(description="The organization of the key or token")
     key_prefix: str | None = Field(
         description="The key's visible prefix, as `chatdock keys list` shows it (never the key); null for a token"
+    )
+    can_write: bool = Field(
+        description="Whether it may write: false for a key created with --read-only and for a token without "
+        "chatdock:write (a server started with --read-only takes no write whatever the key)"
     )
 
 
@@ -312,9 +316,12 @@ def build_rest(
                     "description": f"an access token of {oauth_issuer} for chatdock's URL; scope chatdock:read "
                     "allows the reads, chatdock:write the writes (docs/oauth.md)",
                 }
-                for operations in made["paths"].values():
-                    for operation in operations.values():
+            for operations in made["paths"].values():
+                for method, operation in operations.items():
+                    if oauth_issuer is not None:
                         operation["responses"]["403"] = insufficient_scope()
+                    elif method != "get":
+                        operation["responses"]["403"] = read_only_key()
             made.setdefault("components", {})["securitySchemes"] = schemes
             made["security"] = [{name: []} for name in schemes]
             app.openapi_schema = made
@@ -447,7 +454,9 @@ def build_rest(
     async def whoami(organization: Org, request: Request) -> Identity:
         """The key's visible prefix, never the key; None for an OAuth token."""
         key = request.headers.get("authorization", "").partition(" ")[2].strip()
-        return Identity(org=organization, key_prefix=prefix_of(key))
+        return Identity(
+            org=organization, key_prefix=prefix_of(key), can_write=request.scope.get(MAY_WRITE_SCOPE_KEY) is True
+        )
 
     @app.get(
         "/contacts/{contact_id}",

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from chatdock.server.mcp import resources, tools
 from chatdock.server.mcp.events import Events
-from chatdock.server.mcp.org import OrgMiddleware, current_org
+from chatdock.server.mcp.org import OrgMiddleware, current_org, reading_only
 from chatdock.server.mcp.resources import TRANSCRIPT_URI, contact_uri
 from chatdock.server.mcp.schemas import compact
 from chatdock.server.mcp.sdk import answer_in_utf8, lowlevel, serve_events
@@ -127,6 +127,12 @@ class ChatdockServer(MCPServer[_State]):
                     f"so {name} is not served; the tools here are {tools}"
                 )
             raise ToolError(f"Error executing tool {name}: there is no tool named {name!r}; the tools are {tools}")
+        if reading_only.get() and name not in self.read_only_tools:
+            raise ToolError(
+                f"Error executing tool {name}: this key may only read (it was created with `chatdock keys create "
+                f"--read-only`), so {name} was refused and nothing was written; the tools it may call are "
+                f"{', '.join(sorted(self.read_only_tools))}"
+            )
         if name not in self._compacted:
             await self.list_tools()
         schemas = self._compacted.get(name)
@@ -174,6 +180,8 @@ class ChatdockServer(MCPServer[_State]):
                 output = None if declared is None else compact(declared)
                 self._compacted[tool.name] = (compact(tool.input_schema), output)
             tool.input_schema, tool.output_schema = self._compacted[tool.name]
+        if reading_only.get():  # a key that may only read is offered the tools it may call
+            return [tool for tool in listed if tool.name in self.read_only_tools]
         return listed
 
     async def list_resources(self) -> list[MCPResource]:

@@ -28,8 +28,12 @@ HTTP_CLIENT = "an HTTP client"  # over HTTP, where the key check named no one (a
 
 ORG_SCOPE_KEY = "chatdock.org"
 WHO_SCOPE_KEY = "chatdock.who"  # ... and who within it (a key by its prefix, a token's subject): for the audit log
+READ_ONLY_SCOPE_KEY = "chatdock.read_only"  # True for a key that may only read (`keys create --read-only`)
+MAY_WRITE_SCOPE_KEY = "chatdock.may_write"  # whether the key or token may write (GET /whoami says so)
 
 current_org: ContextVar[str] = ContextVar("chatdock_org")
+# Whether the request's key may only read: its session is offered, and may call, the reading tools alone.
+reading_only: ContextVar[bool] = ContextVar("chatdock_reading_only", default=False)
 
 # The filter of the subscriptions/listen request being served, for the event index (events.py).
 listening: ContextVar[SubscriptionFilter | None] = ContextVar("chatdock_listening", default=None)
@@ -47,7 +51,7 @@ def from_scope(request: object, default: str, key: str = ORG_SCOPE_KEY) -> str:
 
 class OrgMiddleware:
     """Sets `current_org` for every inbound message, from the auth layer's verdict or the default (and who acts,
-    for the audit log: storage/audit.py); for a
+    for the audit log: storage/audit.py; and whether its key may only read); for a
     `subscriptions/listen` request also `listening` (its filter); and tells `on_listing` of an
     `initialize`-era session that lists the resources (it will want to hear when the listing changes)."""
 
@@ -58,8 +62,10 @@ class OrgMiddleware:
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         org = from_scope(ctx.request, self.default_org)
         token = current_org.set(org)
-        over_http = isinstance(getattr(ctx.request, "scope", None), dict)
+        scope = getattr(ctx.request, "scope", None)
+        over_http = isinstance(scope, dict)
         who = audit.acting.set(from_scope(ctx.request, HTTP_CLIENT, WHO_SCOPE_KEY) if over_http else STDIO_CLIENT)
+        reads = reading_only.set(isinstance(scope, dict) and scope.get(READ_ONLY_SCOPE_KEY) is True)
         wants = listening.set(_listen_filter(ctx) if ctx.method == "subscriptions/listen" else None)
         try:
             if (
@@ -71,6 +77,7 @@ class OrgMiddleware:
             return await call_next(ctx)
         finally:
             listening.reset(wants)
+            reading_only.reset(reads)
             audit.acting.reset(who)
             current_org.reset(token)
 

@@ -443,6 +443,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         # about a second to index, writes waiting.
         ("CREATE INDEX messages_org_seq ON messages(org_id, seq)",),
     ),
+    Migration(13, "a key may be read-only", (TABLES["api_keys.read_only"],)),
 )
 
 

@@ -317,23 +317,26 @@ class SQLBackend:
 
     # --- API keys ---
 
-    async def insert_api_key(self, org: str, prefix: str, name: str | None, key_hash: str) -> ApiKeyInfo:
-        return await self._write(lambda: writes.insert_api_key(org, prefix, name, key_hash, now_us()))
+    async def insert_api_key(
+        self, org: str, prefix: str, name: str | None, key_hash: str, read_only: bool = False
+    ) -> ApiKeyInfo:
+        return await self._write(lambda: writes.insert_api_key(org, prefix, name, key_hash, read_only, now_us()))
 
     async def api_keys(self) -> list[ApiKeyInfo]:  # a read: `keys list` works on a read-only file too
         return [rows.key_info(row) for row in await self._read(f"{KEY_SELECT} ORDER BY k.id", ())]
 
     async def api_key(self, prefix: str) -> StoredKey | None:
         found = await self._read(
-            "SELECT k.hash, o.name, k.revoked_us, k.last_used_us FROM api_keys k JOIN orgs o ON o.id = k.org_id "
+            "SELECT k.hash, o.name, k.revoked_us, k.last_used_us, k.read_only "
+            "FROM api_keys k JOIN orgs o ON o.id = k.org_id "
             "WHERE k.prefix = ?",
             (prefix,),
             urgent=True,
         )
         if not found:
             return None
-        key_hash, org, revoked_us, last_used_us = found[0]
-        return StoredKey(key_hash, org, revoked_us is not None, rows.optional_from_us(last_used_us))
+        key_hash, org, revoked_us, last_used_us, read_only = found[0]
+        return StoredKey(key_hash, org, revoked_us is not None, rows.optional_from_us(last_used_us), bool(read_only))
 
     async def revoke_api_key(self, prefix_or_name: str, org: str | None = None) -> ApiKeyInfo | None:
         return await self._write(lambda: writes.revoke_api_key(prefix_or_name, org, now_us()))

@@ -30,7 +30,7 @@ MESSAGE_WITH_CONTACT = (
 CHAT_FROM = "FROM chats ch JOIN contacts co ON co.id = ch.contact_pk"
 
 KEY_SELECT = (
-    "SELECT k.prefix, k.name, o.name, k.created_us, k.last_used_us, k.revoked_us "
+    "SELECT k.prefix, k.name, o.name, k.created_us, k.last_used_us, k.revoked_us, k.read_only "
     "FROM api_keys k JOIN orgs o ON o.id = k.org_id"
 )
 

@@ -100,6 +100,8 @@ def tables(w: Words) -> dict[str, str]:
             last_used_us {integer},
             revoked_us {integer}
         )""",
+        # a key that may only read (`keys create --read-only`): its bearer is refused every write
+        "api_keys.read_only": f"ALTER TABLE api_keys ADD COLUMN read_only {integer} NOT NULL DEFAULT 0",
         # migration 1's: a live key's name unique across organizations, until api_keys_org_live_name took its place
         "api_keys_live_name": (
             "CREATE UNIQUE INDEX api_keys_live_name ON api_keys(name) WHERE name IS NOT NULL AND revoked_us IS NULL"

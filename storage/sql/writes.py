@@ -535,16 +535,19 @@ def keys(where: str, *params: object) -> Ops[list[ApiKeyInfo]]:
     return [rows.key_info(row) for row in found]
 
 
-def insert_api_key(org: str, prefix: str, name: str | None, key_hash: str, now_us: int) -> Ops[ApiKeyInfo]:
+def insert_api_key(
+    org: str, prefix: str, name: str | None, key_hash: str, read_only: bool, now_us: int
+) -> Ops[ApiKeyInfo]:
     org_key = yield from org_pk(org, now_us)
     inserted = yield value(
-        "INSERT INTO api_keys (prefix, name, org_id, hash, created_us) VALUES (?, ?, ?, ?, ?) "
+        "INSERT INTO api_keys (prefix, name, org_id, hash, created_us, read_only) VALUES (?, ?, ?, ?, ?, ?) "
         "ON CONFLICT DO NOTHING RETURNING id",
         prefix,
         name,
         org_key,
         key_hash,
         now_us,
+        int(read_only),
     )
     if inserted is None:  # the prefix is random: what is taken is the name of a live key
         raise key_name_taken(org, name)

@@ -272,6 +272,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         # about 5 seconds a million messages
         _index_messages(owner("m"), True, "indexing messages with their organization"),
     ),
+    Migration(15, "a key may be read-only", (TABLES["api_keys.read_only"],)),
 )
 
 

@@ -29,6 +29,10 @@ def engine(db: str) -> object:
     return postgres_schema if db.startswith("postgres") else sqlite_schema
 
 
+# the table PostgreSQL's newest migration alters (a key may be read-only): the lock it waits for
+ALTERED = "api_keys"
+
+
 @asynccontextmanager
 async def one_migration_behind(db: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[int, str]]:
     """The database `db` names, made with a message by this code without its last migration; that migration."""
@@ -171,7 +175,7 @@ async def test_least_privilege_as_the_docs_set_it_up_the_owner_migrates_and_the_
 async def test_a_migration_waiting_for_a_lock_lets_the_writes_behind_it_through(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """A session in a long transaction holds a lock the migration needs (messages, for its index): the
+    """A session in a long transaction holds a lock the migration needs (on the table it alters): the
     migration's statement waited in the lock's queue, and every write of every replica queued behind it, for as
     long as that transaction lasted. It lets go after a moment, says who is in the way, and tries again."""
     async with one_migration_behind(postgres_url, monkeypatch) as (last, _):
@@ -179,7 +183,7 @@ async def test_a_migration_waiting_for_a_lock_lets_the_writes_behind_it_through(
         writer = await asyncpg.connect(postgres_url)
         try:
             holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
-            await holder.execute("BEGIN; LOCK TABLE messages IN ROW EXCLUSIVE MODE")  # then idle in transaction
+            await holder.execute(f"BEGIN; LOCK TABLE {ALTERED} IN ROW EXCLUSIVE MODE")  # then idle in transaction
             log = tmp_path / "migrate.log"
             with log.open("w") as written:
                 migrating = subprocess.Popen(
@@ -191,7 +195,7 @@ async def test_a_migration_waiting_for_a_lock_lets_the_writes_behind_it_through(
             try:
                 await asyncio.sleep(0.5)  # its statement is waiting now
                 async with writer.transaction():  # a replica's write: through, while the holder still holds
-                    await writer.execute("LOCK TABLE messages IN ROW EXCLUSIVE MODE", timeout=15)
+                    await writer.execute(f"LOCK TABLE {ALTERED} IN ROW EXCLUSIVE MODE", timeout=15)
                 deadline = time.monotonic() + 15
                 while "waits for a lock" not in log.read_text():  # it said who is in the way
                     assert migrating.poll() is None and time.monotonic() < deadline, log.read_text()
@@ -221,7 +225,9 @@ async def test_a_migration_that_waits_past_its_patience_gives_up_naming_who_is_i
         conn = await asyncpg.connect(postgres_url)
         try:
             holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
-            await holder.execute("SET application_name = 'a report'; BEGIN; LOCK TABLE messages IN ROW EXCLUSIVE MODE")
+            await holder.execute(
+                f"SET application_name = 'a report'; BEGIN; LOCK TABLE {ALTERED} IN ROW EXCLUSIVE MODE"
+            )
             with pytest.raises(Unavailable) as gave_up:
                 await postgres_schema.migrate(conn, "the test's database", patience=1.0)
             text = str(gave_up.value)

@@ -190,6 +190,9 @@ def test_tokens_and_keys_serve_side_by_side_each_in_its_organization(
     assert 'error="insufficient_scope"' in challenge(refused)
     assert 'scope="chatdock:read chatdock:write"' in challenge(refused)
     assert context(base, served["key"]).json()["formatted"] == seen  # nothing was written
+    for token, writes in ((reader, False), (globex, True)):  # the inspector offers writes as /whoami says
+        answer = httpx2.get(f"{base}/whoami", headers=bearer(token), timeout=10)
+        assert (answer.status_code, answer.json()["can_write"]) == (200, writes)
 
 
 def payload_of(token: str) -> dict[str, Any]:

@@ -563,7 +563,7 @@ def test_whoami_names_the_keys_organization_and_prefix_never_the_key(tmp_path: P
     db = str(tmp_path / "whoami.db")
     key = create_key(db, "acme", "support")
     with http_server(db) as base:
-        assert Rest(base, key)("GET", "/whoami") == (200, {"org": "acme", "key_prefix": key[:12]})
+        assert Rest(base, key)("GET", "/whoami") == (200, {"org": "acme", "key_prefix": key[:12], "can_write": True})
         status, body = Rest(base, "cdk_00000000_unknown")("GET", "/whoami")
         assert (status, body["error"]) == (401, "Invalid API key")
 

@@ -32,6 +32,7 @@ from chatdock.storage import (
 from chatdock.storage.changes import Change
 from chatdock.storage.cursor import CONTACTS, SearchPosition, encode_cursor, encode_search_cursor
 from chatdock.storage.history import parse_line
+from chatdock.storage.keys import LiveKey
 from chatdock.storage.models import NewAlias, NewChannel, NewChat
 from chatdock.storage.postgres import PostgresBackend
 from chatdock.storage.postgres import schema as postgres_schema
@@ -759,7 +760,7 @@ async def test_recent_contacts_page_on_to_the_last(store: Store) -> None:
 async def test_api_keys_keep_only_a_hash(store: Store) -> None:
     created = await store.create_api_key(ORG, "laptop")
     assert created.key.startswith(created.info.prefix + "_") and len(created.key) > 40
-    assert await store.verify_api_key(created.key) == ORG
+    assert await store.verify_api_key(created.key) == LiveKey(ORG, False)
     tampered = created.key[:-1] + ("B" if created.key.endswith("A") else "A")
     assert await store.verify_api_key(tampered) is None
     assert await store.verify_api_key("cdk_00000000_nope") is None
@@ -770,7 +771,7 @@ async def test_api_keys_keep_only_a_hash(store: Store) -> None:
     assert listed.name == "laptop" and listed.org == ORG and listed.last_used_at is not None
     with pytest.raises(NotFound, match="no live key of organization 'other'"):  # only a key of that organization
         await store.revoke_api_key("laptop", "other")
-    assert await store.verify_api_key(created.key) == ORG
+    assert await store.verify_api_key(created.key) == LiveKey(ORG, False)
     revoked = await store.revoke_api_key("laptop", ORG)
     assert revoked.revoked_at is not None
     assert await store.verify_api_key(created.key) is None
@@ -787,9 +788,13 @@ async def test_a_key_name_is_unique_within_its_organization(store: Store) -> Non
         await store.create_api_key(ORG, "prod")
     with pytest.raises(InvalidInput, match=r"live keys of 2 organizations \('acme', 'globex'\) are named 'prod'"):
         await store.revoke_api_key("prod")
-    assert await store.verify_api_key(acme.key) == ORG and await store.verify_api_key(globex.key) == "globex"
+    assert await store.verify_api_key(acme.key) == LiveKey(ORG, False) and await store.verify_api_key(
+        globex.key
+    ) == LiveKey("globex", False)
     assert (await store.revoke_api_key("prod", "globex")).prefix == globex.info.prefix
-    assert await store.verify_api_key(globex.key) is None and await store.verify_api_key(acme.key) == ORG
+    assert await store.verify_api_key(globex.key) is None and await store.verify_api_key(acme.key) == LiveKey(
+        ORG, False
+    )
     assert (await store.revoke_api_key("prod")).prefix == acme.info.prefix  # one left: the name says which
     assert [key.revoked_at is not None for key in await store.list_api_keys()] == [True, True]
 
@@ -799,15 +804,17 @@ async def test_key_names_taken_in_two_organizations_after_an_upgrade(db: str, mo
     module = postgres_schema if db.startswith("postgres") else sqlite_schema
     (per_org,) = [m for m in module.MIGRATIONS if m.name == "a key's name is unique within its organization"]
     with monkeypatch.context() as patched:
-        patched.setattr(module, "MIGRATIONS", tuple(m for m in module.MIGRATIONS if m.version < per_org.version))
+        # (with the column this code's keys are written with: read_only, of a later migration)
+        earlier = [m for m in module.MIGRATIONS if m.version < per_org.version or m.name == "a key may be read-only"]
+        patched.setattr(module, "MIGRATIONS", tuple(earlier))
         async with open_store(db) as store:
             before = await store.create_api_key(ORG, "prod")
             with pytest.raises(Conflict):
                 await store.create_api_key("globex", "prod")
     async with open_store(db) as store:
-        assert await store.verify_api_key(before.key) == ORG
+        assert await store.verify_api_key(before.key) == LiveKey(ORG, False)
         other = await store.create_api_key("globex", "prod")
-        assert await store.verify_api_key(other.key) == "globex"
+        assert await store.verify_api_key(other.key) == LiveKey("globex", False)
         with pytest.raises(Conflict, match="already has a live key named 'prod'"):
             await store.create_api_key("globex", "prod")
 

@@ -42,9 +42,16 @@ export function failed(error) {
   complain(error instanceof ApiError ? error.describe() : `Something went wrong in the page: ${error.message}`);
 }
 
+/** Offer writes as the key may (a key created with --read-only may not): the forms and buttons hide or show. On a
+ * server that takes none they are gone already (`withoutWrites`). Called on signing in, before anything is drawn. */
+export function writesFor(canWrite) {
+  state.readOnly = state.serverReadOnly || !canWrite;
+  for (const control of document.querySelectorAll(".writes")) control.hidden = state.readOnly;
+}
+
 /** Offer no write: the forms and buttons go, and what shows a contact is drawn again without them. */
 export function withoutWrites() {
-  state.readOnly = true;
+  state.readOnly = state.serverReadOnly = true;
   for (const control of document.querySelectorAll(".writes")) control.remove();
   for (const id of ["identifiers", "chats", "timeline"]) {
     $(id).replaceChildren();

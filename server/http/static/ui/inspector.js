@@ -80,7 +80,7 @@ async function start() {
   show("sign-in");
   try {
     const config = await (await fetch("/ui/config.json", { cache: "no-store", credentials: "omit" })).json();
-    state.readOnly = config.read_only !== false;
+    state.readOnly = state.serverReadOnly = config.read_only !== false;
   } catch (error) {
     complain(`The page could not read its settings (${error.message}); writes are not offered.`);
   }

@@ -2,7 +2,7 @@
 
 import { ApiError, call } from "./api.js";
 import { address, contactsPage, go, renderContacts } from "./contacts.js";
-import { failed, say, show } from "./feedback.js";
+import { failed, say, show, writesFor } from "./feedback.js";
 import { stopStream } from "./live.js";
 import { $, state } from "./state.js";
 
@@ -17,12 +17,14 @@ export async function signIn(event) {
   try {
     const [listed, who] = await Promise.all([contactsPage(null), call("GET", "/whoami")]);
     field.value = "";
-    const signedInAs = `Organization ${who.org} · ${who.key_prefix ? `key ${who.key_prefix}` : "an access token"}`;
+    const bearer = who.key_prefix ? `key ${who.key_prefix}` : "an access token";
+    const signedInAs = `Organization ${who.org} · ${bearer}${who.can_write ? "" : " (read-only)"}`;
+    writesFor(who.can_write);
     $("who").textContent = signedInAs;
     $("who").title = signedInAs;
     show("home");
     renderContacts(listed);
-    say("Signed in.");
+    say(who.can_write || state.serverReadOnly ? "Signed in." : "Signed in with a read-only key: the page offers no write.");
     $("home-title").focus();
     go().catch(failed); // a link followed before signing in: its contact
   } catch (error) {

@@ -11,7 +11,8 @@ export const OVERLAP = 10; // loaded messages a change's read asks for again, be
 
 export const state = {
   key: null, // the API key, in this tab's memory only
-  readOnly: true, // until /ui/config.json says otherwise
+  readOnly: true, // no write is offered: the server's (until /ui/config.json says otherwise) or the key's
+  serverReadOnly: true, // the server was started with --read-only (or its settings could not be read)
   contact: null, // the open contact (GET /contacts/{id})
   scope: null, // the contact a search can be narrowed to (the last one opened)
   messages: [], // the open contact's loaded messages, oldest first
