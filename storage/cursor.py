@@ -109,8 +109,9 @@ def decode_cursor(
                     return position
                 if bound and listed is not None:
                     raise InvalidInput(
-                        f"cursor is not valid here: it pages through another list; pass next_cursor {pages.same} "
-                        f"as the {pages.lister} that returned it, or leave cursor out for the first page"
+                        f"cursor is not valid here: it was cut short or changed, or it pages through another list; "
+                        f"pass next_cursor whole, {pages.same} as the {pages.lister} that returned it, or leave "
+                        "cursor out for the first page"
                     )
     raise InvalidInput(
         f"cursor is not valid; pass next_cursor exactly as a previous {pages.lister} returned it, or leave cursor "

@@ -82,7 +82,10 @@ NO_ROUTE = "no such route; /docs lists them"
 def chat_not_found(chat_id: str, contact_id: str | None = None) -> NotFound:
     if contact_id is None:
         return NotFound(f"chat {chat_id} not found; list_chats shows a contact's chats")
-    return NotFound(f"chat {chat_id} not found for contact {contact_id}; list the contact's chats with list_chats")
+    return NotFound(
+        f"chat {chat_id} not found for contact {contact_id}; list the contact's chats with list_chats, or start "
+        "one with open_chat"
+    )
 
 
 def message_not_found(message_id: str) -> NotFound:

@@ -50,8 +50,8 @@ class Query:
 # Words of other search syntaxes a model (or a person) writes, which search would take as words to find (OR,
 # AND) or drop as marks (|, &&), finding nothing, or something else, without a word of why: refused, saying how
 OR = (
-    "search has no OR, every word must be in the messages it finds: search for each on its own (refund, then "
-    'parcel); to find the word itself, quote it ("OR")'
+    "search has no OR, every word must be in the messages it finds: search for each on its own ({example}); to "
+    'find the word itself, quote it ("OR")'
 )
 AND = 'every word must be in the messages found already: leave it out; to find the word itself, quote it ("AND")'
 OPERATORS = {
@@ -62,6 +62,12 @@ OPERATORS = {
     "&&": AND,
     "NOT": 'exclude a word with a minus: refund -paid; to find the word itself, quote it ("NOT")',
 }
+
+
+def _either(text: str) -> str:
+    """Two of the query's own words, as the searches to make one at a time (a model copied a fixed example)."""
+    words = [word for word in text.split() if word not in OPERATORS][:2]
+    return ", then ".join(words) if len(words) == 2 else "refund, then parcel"
 
 
 def parse_query(text: object) -> Query:
@@ -104,7 +110,8 @@ def parse_query(text: object) -> Query:
                 end += 1
             word = text[start:end]
             if not negated and word in OPERATORS:
-                raise InvalidInput(f"query has {word} at position {start + 1}: {OPERATORS[word]}")
+                said = OPERATORS[word].format(example=_either(text))
+                raise InvalidInput(f"query has {word} at position {start + 1}: {said}")
             position = end
             prefix = word.endswith("*")
             words = _findable(word.rstrip("*").replace('"', " "))

@@ -107,7 +107,8 @@ def choose_channel(chat: Chat, channel_id: str | None) -> ChannelRef:
         names = ", ".join(c.name for c in chat.channels) or "none"
         raise InvalidInput(
             f"post_as_contact supports only custom channels (voice, widget, web, ...); chat {chat.id} has "
-            f"only provider channels ({names}), whose messages arrive from the provider's webhook"
+            f"only provider channels ({names}), whose messages arrive from the provider's webhook: store such a "
+            "message with append_message (role user, its channel, and this chat_id)"
         )
     if channel_id is None:
         if len(custom) > 1:
@@ -214,12 +215,14 @@ class Store:
         # when it saw none, they are read while the message is written (a voice turn waits for the longer of
         # the two, not for both), and the message joins them when nothing came between the read and the write
         # and it is the newest (`_joined`); otherwise they are read again after the write
-        beside = None
+        beside, another = None, False
         if limit is not None and not self._newest.knows(org, message.contact_id, message.agent_id, limit):
             beside = self._newest_beside(org, record, limit)
         try:
             stored = await self.backend.insert_message(org, record)
             self.telemetry.appended(stored.deduplicated)
+            if stored.deduplicated and stored.contact_id != message.contact_id:
+                another = await self._another_contacts(org, record, stored)
             if key is not None:
                 stored = await self._again(org, key, record, stored, dated=message.created_at is not None)
         except BaseException:
@@ -227,6 +230,8 @@ class Store:
                 beside.cancel()
                 beside.add_done_callback(_quietly)  # its own failure, if any, says nothing more
             raise
+        if another:
+            return await self._for_another(org, message, stored, limit, beside)
         if limit is None:
             self._newest.after(org, stored)  # the state kept moves on with it (a bot's reply between two turns)
             return stored
@@ -241,6 +246,44 @@ class Store:
                 else:  # another turn of the contact told the store meanwhile: the read is let run (a cancelled
                     beside.add_done_callback(_quietly)  # PostgreSQL query costs the server a connection to cancel)
             return await self._with_context(org, stored, limit, newest_first)
+
+    async def _another_contacts(self, org: str, record: MessageRecord, stored: AppendedMessage) -> bool:
+        """Whether a message was deduplicated to one of another contact (not an alias of the one it names): its
+        provider id was reused, an application's bug (a webhook's retry names the same contact). The contract
+        answers the stored copy, with `deduplicated`; the log says so, and the context asked for is the named
+        contact's (it was the copy's: one customer's history to the agent serving another, found by an agent
+        developer's review)."""
+        if await self.backend.resolve(org, record.message.contact_id) == stored.contact_id:
+            return False
+        logger.warning(
+            "an append named another contact than message %s, stored earlier with provider_message_id %r on "
+            "channel %r: nothing was stored and that message was answered (deduplicated); a provider's id names "
+            "one message, so the application reused one (a webhook's retry names the same contact)",
+            stored.id,
+            record.provider_message_id,
+            stored.channel,
+        )
+        return True
+
+    async def _for_another(
+        self,
+        org: str,
+        message: NewMessage,
+        stored: AppendedMessage,
+        limit: int | None,
+        beside: asyncio.Task[tuple[list[Message], int | None]] | None,
+    ) -> AppendedMessage:
+        """The answer of an append deduplicated to another contact's message: that message, with the context
+        asked for (`limit`) of the contact the append named."""
+        if beside is not None:  # it read the named contact's newest; the context is read whole below
+            beside.add_done_callback(_quietly)
+        if limit is None:
+            return stored
+        with _answering(stored):
+            asked = await self.get_context(
+                org, message.contact_id, agent_id=message.agent_id, limit=limit, reserved=2 * message_bytes(stored)
+            )
+        return stored.model_copy(update={"context": asked})
 
     def _newest_beside(
         self, org: str, record: MessageRecord, limit: int

@@ -14,10 +14,15 @@ from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel
 
 from chatdock.storage import Context, MessagePage, StoredMessage
-from chatdock.storage.models import SearchPage
+from chatdock.storage.models import Part, SearchPage
 from chatdock.storage.transcript import format_line, search_line
 
 NO_MESSAGES = "(no messages yet)"
+# a model that searched a sentence ("Where's my refund?") read "(no matches)" as there being none
+NO_MATCHES = (
+    "(no matches: a message is found when it holds every word of the query; try fewer words, or a word's start: "
+    "refund*)"
+)
 NOTHING_FITS = "(the contact has messages, but not even the newest fits in max_chars: ask with a larger max_chars)"
 LEFT_OUT = "(older messages were left out to fit; list_messages pages back through them)"
 
@@ -47,11 +52,14 @@ def as_json(model: BaseModel) -> CallToolResult:
 
 def stored_result(stored: StoredMessage) -> CallToolResult:
     """A written message as compact JSON; when the write asked for the context, the model reads the message
-    without it, then the transcript (the context's messages would be the result's bulk, twice)."""
-    if stored.context is None:
-        return as_json(stored)
-    message = stored.model_dump_json(exclude={"context"})
-    return _result(stored, message + "\n" + transcript_text(stored.context))
+    without it, then the transcript (the context's messages would be the result's bulk, twice). A message whose
+    one part is its content is read without its parts (the model read a 30,000-character message twice: an agent
+    developer's review); the application's structured content has them."""
+    left_out = {"context"}
+    if len(stored.parts) == 1 and stored.parts[0] == Part(text=stored.content):
+        left_out.add("parts")
+    message = stored.model_dump_json(exclude=left_out)
+    return _result(stored, message if stored.context is None else message + "\n" + transcript_text(stored.context))
 
 
 def context_result(context: Context, include_messages: bool, filters: str = "") -> CallToolResult:
@@ -76,7 +84,7 @@ def page_result(page: MessagePage) -> CallToolResult:
 def search_result(page: SearchPage) -> CallToolResult:
     """One line per hit, best first, whose it is and its snippet (matched words in [ ]) for the content; the
     cursor line."""
-    lines = [search_line(hit) for hit in page.hits] or ["(no matches)"]
+    lines = [search_line(hit) for hit in page.hits] or [NO_MATCHES]
     if page.next_cursor is not None:
         lines.append(f"next_cursor: {page.next_cursor}")
     return _result(page, "\n".join(lines))

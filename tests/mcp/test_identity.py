@@ -240,3 +240,47 @@ async def test_aliases_survive_export_and_import_byte_for_byte(tmp_path: Path, d
         assert (await call(client, "get_context", include_messages=True, contact_id=SESSION))[
             "formatted"
         ] == "USER: one\nUSER: two"
+
+
+async def test_a_webhook_id_reused_for_another_contact_never_hands_over_that_contact_s_history(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An application gave Bob's message the provider id of one of Ann's: the contract answers Ann's stored
+    copy (`deduplicated`), but the context asked for with it was Ann's history, in the answer to the agent
+    serving Bob (found by an agent developer's review). It is Bob's; the log says an id was reused; a copy
+    under an alias of Ann is Ann's, with her context, and says nothing."""
+    async with Client(build_server(Settings(db=db))) as client:
+        await call(
+            client,
+            "append_message",
+            **say(PHONE, "My address is Keizersgracht 1"),
+            metadata={"provider_message_id": "1"},
+        )
+        await call(client, "append_message", **say("bob@example.com", "Hello", "email"))
+        await call(client, "link_contacts", contact_id=PHONE, identifier=EMAIL)
+        with caplog.at_level("WARNING", "chatdock.storage"):
+            bob = await call(
+                client,
+                "append_message",
+                **say("bob@example.com", "Cancel my subscription"),
+                metadata={"provider_message_id": "1"},
+                context_limit=10,
+            )
+            assert (bob["deduplicated"], bob["contact_id"]) == (True, PHONE)  # the stored copy, as the contract says
+            assert bob["context"]["contact_id"] == "bob@example.com"
+            assert bob["context"]["formatted"] == "USER: Hello"  # Bob's history, not Ann's
+            reused = [r.getMessage() for r in caplog.records if "an append named another contact" in r.getMessage()]
+            assert len(reused) == 1 and "provider_message_id '1' on channel 'whatsapp'" in reused[0]
+            assert "bob@example.com" not in reused[0] and PHONE not in reused[0]  # no contact in the log
+            retried = await call(
+                client,
+                "append_message",
+                **say(EMAIL, "My address is Keizersgracht 1"),
+                metadata={"provider_message_id": "1"},
+                context_limit=10,
+            )
+            assert retried["deduplicated"] and retried["context"]["formatted"] == "USER: My address is Keizersgracht 1"
+            assert len([r for r in caplog.records if "an append named another contact" in r.getMessage()]) == 1
+        assert (await call(client, "get_context", contact_id="bob@example.com", include_messages=True))[
+            "formatted"
+        ] == "USER: Hello"  # nothing was stored for Bob

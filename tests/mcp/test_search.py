@@ -162,6 +162,11 @@ async def test_deleted_forgotten_and_other_organizations_messages_are_never_foun
         hit = (await call(client, "search_messages", query="cafe"))["hits"][0]
         await call(client, "delete_message", message_id=hit["id"])
         assert await search(client, "cafe") == []
+        none = await client.call_tool("search_messages", {"query": "cafe"})
+        assert none.content[0].text == (  # type: ignore[union-attr]
+            "(no matches: a message is found when it holds every word of the query; try fewer words, or a word's "
+            "start: refund*)"
+        )
         await call(client, "forget_contact", contact_id=BOB)
         assert await search(client, "voucher") == [] and len(await search(client, "refund*")) == 2
         async with Client(build_server(Settings(org="globex"), store)) as other:
@@ -184,6 +189,8 @@ async def test_deleted_forgotten_and_other_organizations_messages_are_never_foun
         # another syntax's operators found nothing (OR, AND: words every message must hold) or were dropped (|)
         ("refund OR parcel", "query has OR at position 8: search has no OR, every word must be in the messages"),
         ("refund | parcel", "query has | at position 8: search has no OR"),
+        # the searches to make are the query's own (a model copied a fixed example's words: an agent's review)
+        ("cat OR dog", "search for each on its own (cat, then dog); to find the word itself, quote it"),
         ("refund AND order", "query has AND at position 8: every word must be in the messages found already"),
         ("refund NOT paid", "query has NOT at position 8: exclude a word with a minus: refund -paid; to find the"),
         # hundreds of words in one phrase or hyphenated run kept PostgreSQL busy past --db-timeout (a review)
