@@ -581,3 +581,20 @@ def idempotency_key(value: object) -> str:
     if not _IDEMPOTENCY_KEY.fullmatch(value):
         raise InvalidInput("Idempotency-Key must be visible ASCII characters only (no spaces); send a UUID per request")
     return value
+
+
+_PHONE_MARKS = re.compile(r"[ ./()-]")
+
+
+def e164_of(identifier: str) -> str | None:
+    """The E.164 form of an international phone number written with spaces, dashes, dots or brackets (`+31 6 1234
+    5678`, `+31 (0)6-12345678`, `0031 6 12345678`), when it is not written so already; None for anything else (a
+    national number, `06 1234 5678`, is not guessed). Identifiers match exactly: this only says how the number
+    is most likely stored, where a model looked one up as a customer wrote it."""
+    text = identifier.replace("(0)", "")
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    digits = _PHONE_MARKS.sub("", text[1:])
+    if not text.startswith("+") or not (digits.isascii() and digits.isdigit() and 7 <= len(digits) <= 15):
+        return None
+    return None if f"+{digits}" == identifier else f"+{digits}"

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from chatdock.storage import Context, MessagePage, StoredMessage
 from chatdock.storage.models import Part, SearchPage
 from chatdock.storage.transcript import format_line, search_line
+from chatdock.storage.validation import e164_of
 
 NO_MESSAGES = "(no messages yet)"
 # a model that searched a sentence ("Where's my refund?") read "(no matches)" as there being none
@@ -36,7 +37,17 @@ def transcript_text(context: Context, filters: str = "") -> str:
         return f"{LEFT_OUT}\n{context.formatted}" if context.truncated else context.formatted
     if context.truncated:
         return NOTHING_FITS
-    return f"(no messages match {filters}; without them, the contact may have others)" if filters else NO_MESSAGES
+    if filters:
+        return f"(no messages match {filters}; without them, the contact may have others)"
+    # named by a phone number as a customer writes it: how it is most likely stored (a model took "(no messages
+    # yet)" for a new customer: an agent developer's review)
+    stored = e164_of(context.contact_id)
+    if stored is None:
+        return NO_MESSAGES
+    return (
+        f"(no messages yet for {context.contact_id}: identifiers match exactly, and a phone number is most often "
+        f"stored in E.164, as {stored})"
+    )
 
 
 def _result(model: BaseModel, text: str) -> CallToolResult:

@@ -118,6 +118,14 @@ async def test_results_give_the_model_what_it_needs_and_the_application_everythi
 
             empty = await client.call_tool("get_context", {"contact_id": "nobody"})
             assert text_of(empty) == "(no messages yet)"
+            # a number as the customer wrote it, where the contact is +31612345678: not a new customer (a review)
+            spelled = await client.call_tool("get_context", {"contact_id": "+31 (0)6 1234-5678"})
+            assert text_of(spelled) == (
+                "(no messages yet for +31 (0)6 1234-5678: identifiers match exactly, and a phone number is most "
+                "often stored in E.164, as +31612345678)"
+            )
+            national = await client.call_tool("get_context", {"contact_id": "06 1234 5678"})
+            assert text_of(national) == "(no messages yet)"  # a national number is not guessed
             # filters that match nothing are no empty history (a model read it as a new contact: a review)
             unmatched = {"contact_id": CONTACT, "agent_id": "support-bot", "channels": ["voice", "sms"]}
             assert text_of(await client.call_tool("get_context", unmatched)) == (
