@@ -27,7 +27,14 @@ ContactId = Annotated[
         json_schema_extra=_ID,
     ),
 ]
-AgentId = Annotated[str | None, Field(description="The agent the message belongs to, if any.", json_schema_extra=_ID)]
+AgentId = Annotated[
+    str | None,
+    Field(
+        description="The agent the message belongs to, if any; with context_limit, the context is then that "
+        "agent's messages alone (the contact's own, stored without an agent_id, are left out).",
+        json_schema_extra=_ID,
+    ),
+]
 ChatAgentId = Annotated[str | None, Field(description="The agent handling this chat, if any.", json_schema_extra=_ID)]
 AgentFilter = Annotated[
     str | None,

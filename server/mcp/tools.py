@@ -294,7 +294,7 @@ def register(server: ChatdockServer, the_store: Callable[[], Store], read_only: 
         contact_id: ContactId,
         identifier: Identifier,
     ) -> CallToolResult:
-        """Make identifier name this contact; a contact it named before is merged in, history and all."""
+        """Make identifier name this contact; a contact it named before is merged in for good, history and all."""
         return as_json(await _tool(the_store().link_contacts(_org(), contact_id, identifier)))
 
     @server.structured_tool(ContactInfo, title="Unlink contact", annotations=_hints(read_only=False))

@@ -61,6 +61,10 @@ async def test_tools_declare_schemas_titles_and_hints(mode: str, db: str) -> Non
     assert "\n" not in part["description"]  # a description a model reads is not a wrapped docstring
     said = tools["post_as_contact"].input_schema["properties"]["context_limit"]["description"]
     assert "post_as_contact's with every agent's" in said  # it takes no agent_id to filter by
+    # a model set agent_id on its replies and read a context without the customer's messages (an agent's review)
+    agent = tools["append_message"].input_schema["properties"]["agent_id"]["description"]
+    assert "the contact's own, stored without an agent_id, are left out" in agent
+    assert "merged in for good" in str(tools["link_contacts"].description)  # unlink does not split a merge
 
 
 @pytest.mark.parametrize("mode", MODES)
