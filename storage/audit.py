@@ -20,3 +20,9 @@ acting: ContextVar[str] = ContextVar("chatdock_acting", default="this process")
 def took(org: str, what: str) -> None:
     """Say that `what` was done in `org`, by whoever is `acting`."""
     logger.info("%s in organization %s by %s", what, org, acting.get())
+
+
+def refused(org: str, who: str, what: str) -> None:
+    """Say that `who`, a key that may only read, was refused the write `what` (a tool's or a route's name) in
+    `org`: staff who tried to delete or forget are on record too (found by a security review)."""
+    logger.info("refused %s in organization %s to %s, a read-only key", what, org, who)

@@ -42,8 +42,14 @@ def new_key() -> tuple[str, str]:
     return prefix, f"{prefix}_{secrets.token_urlsafe(32)}"
 
 
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+# What a read-only key's hash is taken over, before the key: a chatdock from before read-only keys (a replica
+# not yet upgraded, on the same database) finds no match and refuses the key, rather than let it write (found by
+# a security review); this one tells the two kinds by the stored `read_only`.
+READ_ONLY_HASHED = "read-only:"
+
+
+def key_hash(key: str, read_only: bool = False) -> str:
+    return hashlib.sha256(((READ_ONLY_HASHED if read_only else "") + key).encode("utf-8")).hexdigest()
 
 
 def prefix_of(key: str) -> str | None:
@@ -62,9 +68,10 @@ def revoked_by(given: str) -> str:
     return prefix_of(key) or (key[:PREFIX_CHARS] if key.startswith(PREFIX) else given)
 
 
-def matches(key: str, stored_hash: str | None) -> bool:
-    """Whether `key` hashes to `stored_hash`, in the same time whether or not a hash was found."""
-    presented = key_hash(key)
+def matches(key: str, stored: StoredKey | None) -> bool:
+    """Whether `key` hashes to the `stored` key's hash, in the same time whether or not one was found."""
+    presented = key_hash(key, stored is not None and stored.read_only)
+    stored_hash = None if stored is None else stored.hash
     if stored_hash is None:
         hmac.compare_digest(presented, presented)  # the same work as for a known prefix
         return False

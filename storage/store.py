@@ -720,7 +720,7 @@ class Store:
             if name.startswith(keys.PREFIX):
                 raise InvalidInput("name must not start with 'cdk_' (that is how key prefixes start); choose another")
         prefix, key = keys.new_key()
-        info = await self.backend.insert_api_key(org, prefix, name, keys.key_hash(key), read_only)
+        info = await self.backend.insert_api_key(org, prefix, name, keys.key_hash(key, read_only), read_only)
         return NewApiKey(key=key, info=info)
 
     async def list_api_keys(self) -> list[ApiKeyInfo]:
@@ -752,7 +752,7 @@ class Store:
         asked = time.monotonic()
         remembered = self._live_keys.get(prefix)
         if remembered is not None and asked - remembered[1] < keys.REMEMBER_SECONDS:
-            return keys.live(remembered[0]) if keys.matches(key, remembered[0].hash) else None
+            return keys.live(remembered[0]) if keys.matches(key, remembered[0]) else None
         # a key that cannot be read (the database away, its table locked) is not let through on an older look:
         # a revocation holds within the bound whatever the database does (the caller hears why: a 503)
         stored = await self.backend.api_key(prefix)
@@ -760,7 +760,7 @@ class Store:
             self._live_keys[prefix] = (stored, asked)  # not when this process revoked it while it was being read
         else:
             self._live_keys.pop(prefix, None)
-        if not keys.matches(key, None if stored is None else stored.hash) or stored is None or stored.revoked:
+        if not keys.matches(key, stored) or stored is None or stored.revoked:
             return None
         now = check.utc_now()
         if (stored.last_used_at is None or now - stored.last_used_at > keys.TOUCH_INTERVAL) and (

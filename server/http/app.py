@@ -88,7 +88,7 @@ logger = logging.getLogger("chatdock.http")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PROBES = ("/healthz", "/livez")
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # what a read-only key may send to a REST route
+WRITE_METHODS = ("POST", "PATCH", "DELETE")  # what the REST writes take (a read-only key is refused them)
 MCP_ENDPOINT = ("/mcp", "/mcp/")  # the MCP app answers the second with a redirect to the first (clients follow it)
 MCP_PATHS = (*MCP_ENDPOINT, *PROBES)  # these paths alone: /mcp-admin, /healthz/x, /livez.php are REST's 404
 PROTECTED = ("/mcp", *ROUTE_PREFIXES)  # every route but /healthz, /livez, /openapi.json and /docs needs a key
@@ -204,7 +204,9 @@ class ApiKeyAuth:
                 await self._insufficient(needed, verdict.scopes, scope, receive, send)
                 return
         if verdict.read_only:
-            if path != "/mcp" and scope.get("method") not in SAFE_METHODS and self.route_name(scope) is not None:
+            route = None if path == "/mcp" or scope.get("method") not in WRITE_METHODS else self.route_name(scope)
+            if route is not None:
+                audit.refused(org, verdict.who, route)
                 await self._read_only_key(verdict, scope, receive, send)
                 return
             scope[READ_ONLY_SCOPE_KEY] = True  # /mcp: its writing tools are neither listed nor run (mcp/app.py)

@@ -78,8 +78,8 @@ class Identity(BaseModel):
         description="The key's visible prefix, as `chatdock keys list` shows it (never the key); null for a token"
     )
     can_write: bool = Field(
-        description="Whether it may write: false for a key created with --read-only and for a token without "
-        "chatdock:write (a server started with --read-only takes no write whatever the key)"
+        description="Whether a write with it is taken here: false for a key created with --read-only, for a token "
+        "without chatdock:write, and on a server started with --read-only"
     )
 
 
@@ -455,7 +455,9 @@ def build_rest(
         """The key's visible prefix, never the key; None for an OAuth token."""
         key = request.headers.get("authorization", "").partition(" ")[2].strip()
         return Identity(
-            org=organization, key_prefix=prefix_of(key), can_write=request.scope.get(MAY_WRITE_SCOPE_KEY) is True
+            org=organization,
+            key_prefix=prefix_of(key),
+            can_write=not read_only and request.scope.get(MAY_WRITE_SCOPE_KEY) is True,
         )
 
     @app.get(

@@ -32,7 +32,7 @@ from chatdock.server.mcp.sdk import answer_in_utf8, lowlevel, serve_events
 from chatdock.server.mcp.stdio import serve_stdio
 from chatdock.server.ops.observe import ObservedMcp
 from chatdock.server.settings import Settings
-from chatdock.storage import Store
+from chatdock.storage import Store, audit
 from chatdock.storage import validation as check
 
 __all__ = ["ChatdockServer", "Settings", "build_server"]
@@ -120,7 +120,7 @@ class ChatdockServer(MCPServer[_State]):
         self, name: str, arguments: dict[str, Any], context: Context[_State, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         if name not in self.tool_names:  # the SDK said only "Unknown tool: X": what there is, and why not
-            tools = ", ".join(sorted(self.tool_names))
+            tools = ", ".join(sorted(self.read_only_tools if reading_only.get() else self.tool_names))
             if name in self.removed_tools:
                 raise ToolError(
                     f"Error executing tool {name}: this chatdock serves reading only (started with --read-only), "
@@ -128,6 +128,7 @@ class ChatdockServer(MCPServer[_State]):
                 )
             raise ToolError(f"Error executing tool {name}: there is no tool named {name!r}; the tools are {tools}")
         if reading_only.get() and name not in self.read_only_tools:
+            audit.refused(current_org.get(), audit.acting.get(), name)
             raise ToolError(
                 f"Error executing tool {name}: this key may only read (it was created with `chatdock keys create "
                 f"--read-only`), so {name} was refused and nothing was written; the tools it may call are "

@@ -4,6 +4,10 @@ reading tools alone), on both engines; and a key of a database from before them 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +18,21 @@ from playwright.async_api import Browser, expect
 from chatdock.storage import NewMessage, keys, open_store
 from tests.http.browser import sign_in, watched
 from tests.http.test_inspector import ANN, WRITES, seed
-from tests.storage.raw import run_sql
+from tests.storage.raw import fetch, run_sql
 from tests.storage.test_lookalike_identifiers import engine
-from tests.transports import Rest, call, create_key, error, http_client, http_server, run_cli
+from tests.transports import (
+    Rest,
+    call,
+    chatdock_command,
+    create_key,
+    error,
+    free_port,
+    http_client,
+    http_server,
+    run_cli,
+    stop,
+    wait_healthy,
+)
 
 pytestmark = pytest.mark.process  # runs the chatdock command and a real server
 
@@ -30,7 +46,26 @@ def created(db: str, *args: str) -> tuple[str, str]:
     return made.stdout.strip(), made.stderr
 
 
-async def test_a_read_only_key_reads_and_is_refused_every_write(db: str) -> None:
+@contextlib.contextmanager
+def logged_server(db: str, log: Path) -> Iterator[str]:
+    """`chatdock serve --http` with its log written to `log`; its base URL."""
+    port = free_port()
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [*chatdock_command(), "serve", "--http", "--db", db, "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(process, base)
+        yield base
+    finally:
+        stop(process)
+
+
+async def test_a_read_only_key_reads_and_is_refused_every_write(db: str, tmp_path: Path) -> None:
     reader, told = created(db, "--name", "ann", "--read-only")
     writer, _ = created(db, "--name", "bot")
     assert "created read-only key cdk_" in told
@@ -38,7 +73,8 @@ async def test_a_read_only_key_reads_and_is_refused_every_write(db: str) -> None
     assert listed[0].split() == ["PREFIX", "NAME", "ORG", "ACCESS", "CREATED", "LAST", "USED", "REVOKED"]
     assert {line.split()[1]: line.split()[3] for line in listed[1:]} == {"ann": "read", "bot": "write"}
 
-    with http_server(db) as base:
+    log = tmp_path / "server.log"
+    with logged_server(db, log) as base:
         async with httpx2.AsyncClient(base_url=base, timeout=10) as http:
 
             async def rest(method: str, path: str, key: str, body: Any = None) -> tuple[int, Any]:
@@ -62,6 +98,7 @@ async def test_a_read_only_key_reads_and_is_refused_every_write(db: str) -> None
                     "without --read-only"
                 )
             assert (await rest("POST", "/no-such-route", reader, {}))[0] == 404  # a route that is not: as for any key
+            assert (await rest("PUT", "/chats", reader, {}))[0] == 405  # a method no route takes: as for any key
             status, context = await rest("GET", "/chats/context?contact_id=%2B31612345678", reader)
             assert status == 200 and [m["content"] for m in context["messages"]] == ["my order?"]  # one, not deleted
             assert (await rest("GET", "/contacts/+31612345678/chats", reader)) == (200, {"chats": []})  # none opened
@@ -83,10 +120,28 @@ async def test_a_read_only_key_reads_and_is_refused_every_write(db: str) -> None
                     f"call are {', '.join(sorted(READING_TOOLS))}"
                 )
                 assert "may only read" in await error(client, "delete_message", message_id=stored["id"])
+                unknown = await error(client, "Append_Message", contact_id="x")  # the tools it may call, named
+                assert unknown.endswith(f"the tools are {', '.join(sorted(READING_TOOLS))}")
                 read = await call(client, "get_context", contact_id="+31612345678", include_messages=True)
                 assert [m["content"] for m in read["messages"]] == ["my order?"]
             async with http_client(base, writer, mode) as client:  # the same server: every tool for a full key
                 assert len((await client.list_tools()).tools) == 13
+    # every refusal is on record, naming the key and what it was refused, never the contact (a security review)
+    refusals = [line.partition(" chatdock.audit: ")[2] for line in log.read_text().splitlines() if "refused" in line]
+    expected = [
+        f"refused {what} in organization acme to key {keys.prefix_of(reader)}, a read-only key"
+        for what in ("append_message", "delete_message", "open_chat", *["append_message", "delete_message"] * 2)
+    ]
+    assert refusals == expected, log.read_text()
+    with http_server(db, "--read-only") as base:  # a server that takes no write: no key may write there
+        answer = httpx2.get(f"{base}/whoami", headers={"Authorization": f"Bearer {writer}"}, timeout=10)
+        assert answer.json()["can_write"] is False
+
+    # what a chatdock from before read-only keys compares (a replica not yet upgraded): the key's plain hash,
+    # which a read-only key's stored hash is not, so that it refuses such a key rather than let it write
+    stored_hashes = {str(name): str(hashed) for name, hashed in await fetch(db, "SELECT name, hash FROM api_keys")}
+    assert stored_hashes["bot"] == hashlib.sha256(writer.encode()).hexdigest()
+    assert stored_hashes["ann"] != hashlib.sha256(reader.encode()).hexdigest()
 
 
 async def test_a_key_from_before_read_only_keys_keeps_writing(db: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,3 +24,18 @@ async def run_sql(db: str, *statements: tuple[str, tuple[object, ...]]) -> None:
         for sql, args in statements:
             lite.execute(re.sub(r"\$(\d+)", r"?\1", sql), args)
     lite.close()
+
+
+async def fetch(db: str, sql: str) -> list[tuple[object, ...]]:
+    """The rows of one query run straight on the database `db` names."""
+    if db.startswith("postgres"):
+        conn = await asyncpg.connect(db)
+        try:
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+    lite = sqlite3.connect(db)
+    try:
+        return list(lite.execute(sql))
+    finally:
+        lite.close()

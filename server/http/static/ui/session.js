@@ -18,13 +18,14 @@ export async function signIn(event) {
     const [listed, who] = await Promise.all([contactsPage(null), call("GET", "/whoami")]);
     field.value = "";
     const bearer = who.key_prefix ? `key ${who.key_prefix}` : "an access token";
-    const signedInAs = `Organization ${who.org} · ${bearer}${who.can_write ? "" : " (read-only)"}`;
+    const readOnlyKey = !who.can_write && !state.serverReadOnly; // (on a --read-only server every key reads only)
+    const signedInAs = `Organization ${who.org} · ${bearer}${readOnlyKey ? " (read-only)" : ""}`;
     writesFor(who.can_write);
     $("who").textContent = signedInAs;
     $("who").title = signedInAs;
     show("home");
     renderContacts(listed);
-    say(who.can_write || state.serverReadOnly ? "Signed in." : "Signed in with a read-only key: the page offers no write.");
+    say(readOnlyKey ? "Signed in with a read-only key: the page offers no write." : "Signed in.");
     $("home-title").focus();
     go().catch(failed); // a link followed before signing in: its contact
   } catch (error) {
