@@ -77,18 +77,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def http_server(db: str, *extra: str, fresh: bool = False, port: int | None = None) -> Iterator[str]:
+def http_server(
+    db: str, *extra: str, fresh: bool = False, port: int | None = None, log: Path | None = None
+) -> Iterator[str]:
     """`chatdock serve --http` on a free loopback port (or `port`: a server started again where the last one
     was); yields its base URL once /healthz answers. `fresh`: the installed command started from scratch (not
-    forked)."""
+    forked); `log`: the file its log is written to."""
     port = free_port() if port is None else port
     command = installed_command() if fresh else chatdock_command()
-    process = subprocess.Popen(
-        [*command, "serve", "--http", "--db", db, "--port", str(port), *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with contextlib.ExitStack() as files:
+        process = subprocess.Popen(
+            [*command, "serve", "--http", "--db", db, "--port", str(port), *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE if log is None else files.enter_context(log.open("w")),
+            text=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(process, base)

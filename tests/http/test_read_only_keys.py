@@ -4,10 +4,7 @@ reading tools alone), on both engines; and a key of a database from before them 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +20,11 @@ from tests.storage.test_lookalike_identifiers import engine
 from tests.transports import (
     Rest,
     call,
-    chatdock_command,
     create_key,
     error,
-    free_port,
     http_client,
     http_server,
     run_cli,
-    stop,
-    wait_healthy,
 )
 
 pytestmark = pytest.mark.process  # runs the chatdock command and a real server
@@ -46,25 +39,6 @@ def created(db: str, *args: str) -> tuple[str, str]:
     return made.stdout.strip(), made.stderr
 
 
-@contextlib.contextmanager
-def logged_server(db: str, log: Path) -> Iterator[str]:
-    """`chatdock serve --http` with its log written to `log`; its base URL."""
-    port = free_port()
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [*chatdock_command(), "serve", "--http", "--db", db, "--port", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            text=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(process, base)
-        yield base
-    finally:
-        stop(process)
-
-
 async def test_a_read_only_key_reads_and_is_refused_every_write(db: str, tmp_path: Path) -> None:
     reader, told = created(db, "--name", "ann", "--read-only")
     writer, _ = created(db, "--name", "bot")
@@ -74,7 +48,7 @@ async def test_a_read_only_key_reads_and_is_refused_every_write(db: str, tmp_pat
     assert {line.split()[1]: line.split()[3] for line in listed[1:]} == {"ann": "read", "bot": "write"}
 
     log = tmp_path / "server.log"
-    with logged_server(db, log) as base:
+    with http_server(db, log=log) as base:
         async with httpx2.AsyncClient(base_url=base, timeout=10) as http:
 
             async def rest(method: str, path: str, key: str, body: Any = None) -> tuple[int, Any]:
