@@ -338,7 +338,10 @@ class ObservedMcp:
         status = "error"
         try:
             result = await call_next(ctx)
-            status = ("unavailable" if failures else "tool_error") if _tool_error(result) else "ok"
+            if ctx.request_id is None and not ctx.method.startswith("notifications/"):
+                status = "ignored"  # a request's method sent as a notification: nothing ran (a security review)
+            else:
+                status = ("unavailable" if failures else "tool_error") if _tool_error(result) else "ok"
             return result
         except MCPError as exc:  # a resource the database could not read: `unavailable`, as a tool's
             status = "unavailable" if failures else str(exc.error.code)

@@ -276,10 +276,25 @@ async def test_mcp_requests_refused_before_a_message_is_read_are_counted(tmp_pat
             keyed = {**mcp, "Authorization": f"Bearer {key}"}
             not_json = await http.post("/mcp", content=b"{not json", headers=keyed)
             wrong_accept = await http.post("/mcp", content=b"{}", headers={**keyed, "Accept": "text/html"})
+            # a tools/call sent as a notification (no id) in an initialize-era session: nothing runs, and it was
+            # counted as a call that went well (a forget_contact "ok" on a dashboard: a security review)
+            started = await http.post("/mcp", json=INITIALIZE, headers=keyed)
+            session = {**keyed, "Mcp-Session-Id": started.headers["mcp-session-id"], "Mcp-Protocol-Version": LEGACY}
+            call = {"name": "forget_contact", "arguments": {"contact_id": "ann"}}
+            unanswered = await http.post(
+                "/mcp", json={"jsonrpc": "2.0", "method": "tools/call", "params": call}, headers=session
+            )
+            assert unanswered.status_code == 202
         assert (wrong_key.status_code, not_json.status_code, wrong_accept.status_code) == (401, 400, 406)
         async with http_client(base, key) as client:
             await client.list_tools()
         _, samples = scrape(base + "/metrics")
+        forgets = {
+            dict(labels)["status"]: count
+            for (name, labels), count in samples.items()
+            if name == "chatdock_requests_total" and ("tool", "forget_contact") in labels
+        }
+        assert forgets == {"ignored": 1}, forgets
     counted = {
         labels: count
         for (name, labels), count in samples.items()
@@ -289,6 +304,15 @@ async def test_mcp_requests_refused_before_a_message_is_read_are_counted(tmp_pat
         assert value(samples, "chatdock_requests_total", surface="mcp", operation="other", tool="", status=status) == 1
     assert not any(("status", "200") in labels for labels in counted), counted  # served: counted by its message
     assert value(samples, "chatdock_requests_total", surface="mcp", operation="tools/list", tool="", status="ok") >= 1
+
+
+LEGACY = "2025-11-25"
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+}
 
 
 def test_metrics_port_serves_metrics_off_the_main_listener(tmp_path: Path) -> None:
