@@ -54,7 +54,7 @@ from .failures import (
     lock_wait_text,
     translate,
 )
-from .feed import ChangeLog, follow_feed
+from .feed import ChangeLog, follow_feed, let_go_of_all
 from .health import FileWatch, IndexSweep
 from .indexing import SearchIndex, with_an_append
 from .queries import DIALECT, candidates_sql, fts_expression, fts_words, narrowed, narrowed_sql, search_sql
@@ -216,6 +216,12 @@ class SQLiteBackend(SQLBackend):
         self.telemetry.database_file(self.path, self.log_limit)
 
     async def close(self) -> None:
+        blanking = let_go_of_all(self._origin)
+        if blanking is not None:
+            try:
+                await self._write(blanking)
+            except ChatdockError as exc:  # a file that cannot be written now: pruned later, or by hand
+                logger.warning("could not take a forgotten contact's identifiers out of the change feed: %s", exc)
         # the search index reads what is noted and indexes it; a store that failed to start has no reader to ask
         if self._direct is not None:
             await self._search_index.close()

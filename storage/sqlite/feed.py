@@ -86,6 +86,20 @@ class ChangeLog(shared.ChangeLog):
         ChangeLog.pending[self.origin] = [row for row in pending if now - row[0] < FORGOTTEN_SECONDS + GIVE_UP_SECONDS]
 
 
+def let_go_of_all(origin: str) -> Callable[[], Ops[None]] | None:
+    """The write that blanks every forget row the store of `origin` wrote, due or not (None: there is none): the
+    store is closing, and what would have blanked them goes with it (a forgotten contact's identifiers stayed in
+    the file: a data-protection review). Other processes' listeners look every FOLLOW_INTERVAL: they have read
+    them."""
+    rows = ChangeLog.pending.pop(origin, [])
+
+    def blank() -> Ops[None]:
+        for _, org, contact_id in rows:
+            yield count(f"{_BLANK} WHERE kind = 'forgotten' AND org = ? AND contact_id = ?", org, contact_id)
+
+    return blank if rows else None
+
+
 async def _one_value(conn: aiosqlite.Connection, sql: str, params: tuple[Any, ...] = ()) -> Any:
     async with conn.execute(sql, params) as cursor:
         row = await cursor.fetchone()

@@ -12,6 +12,7 @@ import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +27,7 @@ from chatdock.storage.postgres.failures import translate
 from chatdock.storage.postgres.queries import ERA_BITS, search_sql, tsquery_text
 from chatdock.storage.postgres.schema import MIGRATIONS
 from chatdock.storage.search import parse_query
+from tests.postgres import PostgresServer
 from tests.transports import free_port, http_server, run_cli
 
 
@@ -621,3 +623,41 @@ async def test_a_number_common_only_signed_is_taken_for_a_common_word() -> None:
     assert await stats.share(parse_query("202*")) == pytest.approx(0.85)
     assert await stats.share(parse_query('"invoice 2023"')) == pytest.approx(0.85)
     assert await stats.share(parse_query("invoice")) == pytest.approx(0.9)
+
+
+async def test_the_documented_erasure_leaves_nothing_of_a_forgotten_contact_in_the_table_files() -> None:
+    """docs/operations.md's VACUUM FULL, after a forget: the kept answer of a link made under an Idempotency-Key
+    (link_answers) still held the phone number and the email in its table's file, a dead row the documented
+    command did not rewrite (a data-protection review). The command names every table a forget deletes from;
+    afterwards no file of the database holds the person (the server's WAL keeps what it kept: documented)."""
+    server = PostgresServer()  # its own cluster: its files are this test's to read
+    try:
+        server.start()
+        phone, email, text = "+31699887766", "qorvath.blintz@example.org", "IBAN NL91QRVT0417164300"
+        async with open_store(server.url) as store:
+            await store.append_message("acme", say(phone, text))
+            await store.append_message("acme", say(email, "Zwiebelgasse 3"))
+            await store.link_contacts("acme", phone, email, "link-1")  # an answer kept under its key
+            await store.append_message("acme", say("+31600000001", "someone else"))
+            await store.forget_contact("acme", email)
+        operations = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+        [command] = re.findall(r"`(VACUUM FULL [^`]+)`", operations)
+        conn = await asyncpg.connect(server.url)
+        try:
+            await conn.execute("CHECKPOINT")
+            for statement in filter(None, (part.strip() for part in command.split(";"))):  # as psql sends them
+                await conn.execute(statement)
+            await conn.execute("CHECKPOINT")
+            database = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = current_database()")
+        finally:
+            await conn.close()
+        files = [path for path in (server.data / "base" / str(database)).iterdir() if path.is_file()]
+        held = [
+            path.name
+            for path in files
+            for secret in (phone, email, "NL91QRVT0417164300")
+            if secret.encode() in path.read_bytes()
+        ]
+        assert held == []
+    finally:
+        server.remove()
