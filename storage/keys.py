@@ -36,6 +36,14 @@ def live(stored: StoredKey) -> LiveKey:
     return LiveKey(stored.org, stored.read_only)
 
 
+def read_only_refusal(key: str, write: str) -> str:
+    """What a read-only key (`key`: how it is named) is told of a `write` refused, over REST and MCP alike."""
+    return (
+        f"{key} may only read (it was created with `chatdock keys create --read-only`), so {write} was refused "
+        "and nothing was written"
+    )
+
+
 def new_key() -> tuple[str, str]:
     """A fresh (prefix, key)."""
     prefix = PREFIX + secrets.token_hex(PREFIX_HEX_BYTES)

@@ -50,8 +50,8 @@ class Query:
 # Words of other search syntaxes a model (or a person) writes, which search would take as words to find (OR,
 # AND) or drop as marks (|, &&), finding nothing, or something else, without a word of why: refused, saying how
 OR = (
-    "search has no OR, every word must be in the messages it finds: search for each on its own ({example}); to "
-    'find the word itself, quote it ("OR")'
+    "search has no OR, every word must be in the messages it finds: search for each on its own{example}; to find "
+    'the word itself, quote it ("OR")'
 )
 AND = 'every word must be in the messages found already: leave it out; to find the word itself, quote it ("AND")'
 OPERATORS = {
@@ -64,10 +64,19 @@ OPERATORS = {
 }
 
 
-def _either(text: str) -> str:
-    """Two of the query's own words, as the searches to make one at a time (a model copied a fixed example)."""
-    words = [word for word in text.split() if word not in OPERATORS][:2]
-    return ", then ".join(words) if len(words) == 2 else "refund, then parcel"
+_TOKENS = re.compile(r'-?"[^"]*"\*?|\S+')  # a query's words and phrases, as parse_query reads them
+
+
+def _either(before: str, after: str) -> str:
+    """The searches to make one at a time, from the query's own words or phrases on either side of its OR:
+    ` ("late delivery", then refund)` (a fixed example was copied by a model), or nothing when a side has none."""
+    sides = [
+        [token for token in _TOKENS.findall(side) if token not in OPERATORS and not token.startswith("-")]
+        for side in (before, after)
+    ]
+    if not sides[0] or not sides[1]:
+        return ""
+    return f" ({sides[0][-1]}, then {sides[1][0]})"
 
 
 def parse_query(text: object) -> Query:
@@ -110,7 +119,7 @@ def parse_query(text: object) -> Query:
                 end += 1
             word = text[start:end]
             if not negated and word in OPERATORS:
-                said = OPERATORS[word].format(example=_either(text))
+                said = OPERATORS[word].format(example=_either(text[:start], text[end:]))
                 raise InvalidInput(f"query has {word} at position {start + 1}: {said}")
             position = end
             prefix = word.endswith("*")

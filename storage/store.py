@@ -221,10 +221,10 @@ class Store:
         try:
             stored = await self.backend.insert_message(org, record)
             self.telemetry.appended(stored.deduplicated)
-            if stored.deduplicated and stored.contact_id != message.contact_id:
-                another = await self._another_contacts(org, record, stored)
-            if key is not None:
+            if key is not None:  # a key used for another request is refused here, before anything is said of it
                 stored = await self._again(org, key, record, stored, dated=message.created_at is not None)
+            if stored.deduplicated and stored.id != record.message.id and stored.contact_id != message.contact_id:
+                another = await self._another_contacts(org, record, stored)  # found by its provider id
         except BaseException:
             if beside is not None:
                 beside.cancel()

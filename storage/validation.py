@@ -597,4 +597,6 @@ def e164_of(identifier: str) -> str | None:
     digits = _PHONE_MARKS.sub("", text[1:])
     if not text.startswith("+") or not (digits.isascii() and digits.isdigit() and 7 <= len(digits) <= 15):
         return None
+    if digits.startswith("0"):  # no country code begins with 0
+        return None
     return None if f"+{digits}" == identifier else f"+{digits}"

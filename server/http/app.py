@@ -33,7 +33,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatdock.server.http.guard import FailedKeys
@@ -57,6 +57,7 @@ from chatdock.server.http.rest import (
     BodyLimit,
     EncodedSlashes,
     build_rest,
+    is_write,
     problem,
     read_body,
     replaying,
@@ -72,7 +73,7 @@ from chatdock.server.ops.memory import settle_collector
 from chatdock.server.ops.observe import ObservedHttp, networks, route_for, stranger
 from chatdock.storage import ChatdockError, InvalidInput, Store, Unavailable, audit
 from chatdock.storage.errors import NO_ROUTE
-from chatdock.storage.keys import REMEMBER_SECONDS, prefix_of
+from chatdock.storage.keys import REMEMBER_SECONDS, prefix_of, read_only_refusal
 
 if TYPE_CHECKING:
     from chatdock.server.ops.metrics import Metrics
@@ -88,7 +89,6 @@ logger = logging.getLogger("chatdock.http")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PROBES = ("/healthz", "/livez")
-WRITE_METHODS = ("POST", "PATCH", "DELETE")  # what the REST writes take (a read-only key is refused them)
 MCP_ENDPOINT = ("/mcp", "/mcp/")  # the MCP app answers the second with a redirect to the first (clients follow it)
 MCP_PATHS = (*MCP_ENDPOINT, *PROBES)  # these paths alone: /mcp-admin, /healthz/x, /livez.php are REST's 404
 PROTECTED = ("/mcp", *ROUTE_PREFIXES)  # every route but /healthz, /livez, /openapi.json and /docs needs a key
@@ -144,6 +144,7 @@ class ApiKeyAuth:
         metrics: Metrics | None = None,
         tokens: JwtVerifier | None = None,
         route_name: Callable[[Scope], str | None] = lambda scope: None,
+        write_name: Callable[[Scope], str | None] = lambda scope: None,
         insiders: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
     ) -> None:
         self.app = app
@@ -155,6 +156,7 @@ class ApiKeyAuth:
         self.tokens = tokens  # with --oauth-issuer: the access tokens' verifier, and its settings
         self.oauth = None if tokens is None else tokens.settings
         self.route_name = route_name  # a REST request's route's name, for the scopes it needs
+        self.write_name = write_name  # ... and of the write route that takes it, which a read-only key may not
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
@@ -204,7 +206,7 @@ class ApiKeyAuth:
                 await self._insufficient(needed, verdict.scopes, scope, receive, send)
                 return
         if verdict.read_only:
-            route = None if path == "/mcp" or scope.get("method") not in WRITE_METHODS else self.route_name(scope)
+            route = None if path == "/mcp" else self.write_name(scope)
             if route is not None:
                 audit.refused(org, verdict.who, route)
                 await self._read_only_key(verdict, scope, receive, send)
@@ -331,11 +333,8 @@ class ApiKeyAuth:
 
     async def _read_only_key(self, verdict: Verdict, scope: Scope, receive: Receive, send: Send) -> None:
         """403 to a write with a key that may only read; a key has no scope to ask for (no WWW-Authenticate)."""
-        message = (
-            f"the key {prefix_of(verdict.key)} may only read (it was created with `chatdock keys create "
-            f"--read-only`), so this {scope.get('method')} was refused and nothing was written; "
-            "write with a key created without --read-only"
-        )
+        message = read_only_refusal(f"the key {prefix_of(verdict.key)}", f"this {scope.get('method')}")
+        message += "; write with a key created without --read-only"
         await problem(403, "Read-only key", message)(scope, receive, send)
 
     async def _insufficient(
@@ -431,6 +430,13 @@ def _scope_of_rpc(body: bytes, read_only_tools: frozenset[str]) -> frozenset[str
 def route_names(routes: Sequence[BaseRoute]) -> Callable[[Scope], str | None]:
     """The name of the REST route a request goes to (its function's: its tool's), before routing."""
     return lambda scope: getattr(route_for(routes, scope), "name", None)
+
+
+def write_names(routes: Sequence[BaseRoute]) -> Callable[[Scope], str | None]:
+    """The name of the REST write route that takes a request, path and method (None: no write takes it, and
+    the router answers it as for any key: a 405, a 404)."""
+    writes = [route for route in routes if is_write(route)]
+    return lambda scope: next((getattr(r, "name", None) for r in writes if r.matches(scope)[0] is Match.FULL), None)
 
 
 def _key_prefix(scope: Scope) -> str:
@@ -531,6 +537,7 @@ def build_http_app(
         settings.metrics,
         tokens,
         route_names(routes.routes),
+        write_names(routes.routes),
         insiders,
     )
     observed = ObservedHttp(

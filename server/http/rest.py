@@ -130,6 +130,11 @@ _STATUS: list[tuple[type[ChatdockError], int, str]] = [
 LISTENERS_RETRY_AFTER = 5  # seconds a listener refused at its organization's bound is asked to wait
 
 
+def is_write(route: BaseRoute) -> bool:
+    """Whether a route writes: it takes a method besides GET (and the HEAD a GET answers)."""
+    return bool(set(getattr(route, "methods", None) or ()) - {"GET", "HEAD"})
+
+
 def problem(status: int, error: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The one error shape of every route: `{"error": "...", "message": "..."}`."""
     return JSONResponse({"error": error, "message": message}, status_code=status, headers=headers)
@@ -556,7 +561,7 @@ def build_rest(
 
     if read_only:  # a write is refused as one (405), not as a route that does not exist (404)
         full = build_rest(the_store, False, events).routes
-        writes.extend(route for route in full if set(getattr(route, "methods", None) or ()) - {"GET", "HEAD"})
+        writes.extend(route for route in full if is_write(route))
         return app
 
     # --- writing ---

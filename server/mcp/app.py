@@ -34,6 +34,7 @@ from chatdock.server.ops.observe import ObservedMcp
 from chatdock.server.settings import Settings
 from chatdock.storage import Store, audit
 from chatdock.storage import validation as check
+from chatdock.storage.keys import read_only_refusal
 
 __all__ = ["ChatdockServer", "Settings", "build_server"]
 
@@ -130,8 +131,7 @@ class ChatdockServer(MCPServer[_State]):
         if reading_only.get() and name not in self.read_only_tools:
             audit.refused(current_org.get(), audit.acting.get(), name)
             raise ToolError(
-                f"Error executing tool {name}: this key may only read (it was created with `chatdock keys create "
-                f"--read-only`), so {name} was refused and nothing was written; the tools it may call are "
+                f"Error executing tool {name}: {read_only_refusal('this key', name)}; the tools it may call are "
                 f"{', '.join(sorted(self.read_only_tools))}"
             )
         if name not in self._compacted:

@@ -217,10 +217,11 @@ class SQLiteBackend(SQLBackend):
 
     async def close(self) -> None:
         blanking = let_go_of_all(self._origin)
-        if blanking is not None:
+        if blanking is not None and self._direct is not None:
             try:
                 await self._write(blanking)
-            except ChatdockError as exc:  # a file that cannot be written now: pruned later, or by hand
+            except Exception as exc:  # a file that cannot be written now, a writer gone: the rest of the close goes
+                # on; the rows are pruned later, or blanked by hand (docs/operations.md, Erasure)
                 logger.warning("could not take a forgotten contact's identifiers out of the change feed: %s", exc)
         # the search index reads what is noted and indexes it; a store that failed to start has no reader to ask
         if self._direct is not None:

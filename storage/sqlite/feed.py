@@ -89,8 +89,7 @@ class ChangeLog(shared.ChangeLog):
 def let_go_of_all(origin: str) -> Callable[[], Ops[None]] | None:
     """The write that blanks every forget row the store of `origin` wrote, due or not (None: there is none): the
     store is closing, and what would have blanked them goes with it (a forgotten contact's identifiers stayed in
-    the file: a data-protection review). Other processes' listeners look every FOLLOW_INTERVAL: they have read
-    them."""
+    the file: a data-protection review). A follower that had not read such a row yet hears EVERYTHING of it."""
     rows = ChangeLog.pending.pop(origin, [])
 
     def blank() -> Ops[None]:
@@ -165,8 +164,12 @@ async def follow_feed(
                 deliver(EVERYTHING)  # the feed was pruned past where this process had read
             for seq, org, contact_id, kind, source, aliases in found:
                 position = seq
-                if source != origin and contact_id:  # this process announced its own changes at commit; a
-                    # blanked row was of a contact forgotten since (its forget told the listeners)
+                if source == origin:  # this process announced its own changes at commit
+                    continue
+                if contact_id:
                     deliver(Change(org, contact_id, kind, tuple(json.loads(aliases)) if aliases else ()))
+                elif kind == "forgotten":  # blanked before this process read it (its store closed at once): whom
+                    deliver(EVERYTHING)  # it named is not known here, but what is kept of everyone goes
+                # (another blanked row was of a contact forgotten since: its forget told the listeners)
     finally:
         await conn.close()

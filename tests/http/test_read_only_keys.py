@@ -72,7 +72,14 @@ async def test_a_read_only_key_reads_and_is_refused_every_write(db: str, tmp_pat
                     "without --read-only"
                 )
             assert (await rest("POST", "/no-such-route", reader, {}))[0] == 404  # a route that is not: as for any key
-            assert (await rest("PUT", "/chats", reader, {}))[0] == 405  # a method no route takes: as for any key
+            for method, path in [
+                ("PUT", "/chats"),
+                ("POST", "/whoami"),
+                ("POST", "/chats/context"),
+                ("DELETE", "/contacts"),
+            ]:
+                # a method no route of the path takes: as for any key (and no refused write on record)
+                assert [(await rest(method, path, key, {}))[0] for key in (reader, writer)] == [405, 405], path
             status, context = await rest("GET", "/chats/context?contact_id=%2B31612345678", reader)
             assert status == 200 and [m["content"] for m in context["messages"]] == ["my order?"]  # one, not deleted
             assert (await rest("GET", "/contacts/+31612345678/chats", reader)) == (200, {"chats": []})  # none opened

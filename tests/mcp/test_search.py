@@ -191,6 +191,8 @@ async def test_deleted_forgotten_and_other_organizations_messages_are_never_foun
         ("refund | parcel", "query has | at position 8: search has no OR"),
         # the searches to make are the query's own (a model copied a fixed example's words: an agent's review)
         ("cat OR dog", "search for each on its own (cat, then dog); to find the word itself, quote it"),
+        ('"late delivery" OR -paid refund', 'search for each on its own ("late delivery", then refund); to find'),
+        ("OR refund", "search for each on its own; to find the word itself"),  # no example to copy
         ("refund AND order", "query has AND at position 8: every word must be in the messages found already"),
         ("refund NOT paid", "query has NOT at position 8: exclude a word with a minus: refund -paid; to find the"),
         # hundreds of words in one phrase or hyphenated run kept PostgreSQL busy past --db-timeout (a review)

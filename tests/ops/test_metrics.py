@@ -278,6 +278,8 @@ async def test_mcp_requests_refused_before_a_message_is_read_are_counted(tmp_pat
             wrong_accept = await http.post("/mcp", content=b"{}", headers={**keyed, "Accept": "text/html"})
             # a tools/call sent as a notification (no id) in an initialize-era session: nothing runs, and it was
             # counted as a call that went well (a forget_contact "ok" on a dashboard: a security review)
+            ann = {"contact_id": "ann", "channel": "sms", "role": "user", "content": "hi"}
+            assert (await http.post("/chats", json=ann, headers=keyed)).status_code == 201
             started = await http.post("/mcp", json=INITIALIZE, headers=keyed)
             session = {**keyed, "Mcp-Session-Id": started.headers["mcp-session-id"], "Mcp-Protocol-Version": LEGACY}
             call = {"name": "forget_contact", "arguments": {"contact_id": "ann"}}
@@ -285,6 +287,7 @@ async def test_mcp_requests_refused_before_a_message_is_read_are_counted(tmp_pat
                 "/mcp", json={"jsonrpc": "2.0", "method": "tools/call", "params": call}, headers=session
             )
             assert unanswered.status_code == 202
+            assert (await http.get("/contacts/ann", headers=keyed)).status_code == 200  # nothing ran: not forgotten
         assert (wrong_key.status_code, not_json.status_code, wrong_accept.status_code) == (401, 400, 406)
         async with http_client(base, key) as client:
             await client.list_tools()

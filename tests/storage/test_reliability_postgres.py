@@ -225,7 +225,9 @@ async def test_a_database_stopped_under_load_gets_json_answers_and_safe_retries_
             said = replica.stop()
         # the outage is in the log too, summed up (an operator saw no line of chatdock's for 68 failed appends)
         told = [line for line in said.splitlines() if "chatdock.storage" in line and "nothing was written" in line]
-        assert 1 <= len(told) <= 3, said[-3000:]
+        # a line for each cause met (the connection reset, refused, the server starting up, not yet accepting
+        # connections: how many of these a restart shows depends on its timing), never one a request
+        assert 1 <= len(told) <= 5, said[-3000:]
         counted = dict(await rows(server.url, "SELECT content, count(*) FROM messages GROUP BY content"))
         assert set(counted) == {content for content, _, _ in answers}
         assert set(counted.values()) == {1}, "each message is stored once, retried or not"

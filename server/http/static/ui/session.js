@@ -25,7 +25,8 @@ export async function signIn(event) {
     $("who").title = signedInAs;
     show("home");
     renderContacts(listed);
-    say(readOnlyKey ? "Signed in with a read-only key: the page offers no write." : "Signed in.");
+    const reading = who.key_prefix ? "a read-only key" : "a token that may only read";
+    say(readOnlyKey ? `Signed in with ${reading}: the page offers no write.` : "Signed in.");
     $("home-title").focus();
     go().catch(failed); // a link followed before signing in: its contact
   } catch (error) {
