@@ -54,6 +54,7 @@ UI_FILES = (
     "contacts.js",
     "search.js",
     "contact.js",
+    "channels.js",
     "live.js",
     "writes.js",
 )

@@ -2,6 +2,7 @@
 // inspector.js.)
 
 import { call, enc, Stale } from "./api.js";
+import { renderChannelFilter, shown } from "./channels.js";
 import { address, goHome } from "./contacts.js";
 import { complain, say, show } from "./feedback.js";
 import { listen, stopStream } from "./live.js";
@@ -30,6 +31,8 @@ export async function open(contactId, messageId = null, { fromAddress = false } 
   state.cursor = null;
   state.timeline = Promise.resolve();
   state.known = contact.message_count;
+  state.hiddenChannels = new Set();
+  delete $("channel-filter").dataset.shown;
   seenNew();
   $("timeline").replaceChildren();
   renderContact();
@@ -53,6 +56,7 @@ export function renderContact() {
     ".",
   );
   $("zone").textContent = `Oldest to newest; times in your time zone (${zone}).`;
+  renderChannelFilter();
   const identifiers = JSON.stringify([contact.contact_id, ...contact.aliases]);
   if (identifiers === $("identifiers").dataset.shown) return; // unchanged: keep the elements (and the focus)
   $("identifiers").dataset.shown = identifiers;
@@ -203,16 +207,19 @@ export function renderTimeline() {
   }
   let next = list.firstElementChild;
   for (const message of state.messages) {
-    const node = existing.get(message.id);
-    if (node && node === next) {
+    const node = existing.get(message.id) ?? renderMessage(message);
+    node.hidden = !shown(message);
+    if (node === next) {
       next = next.nextElementSibling;
       continue;
     }
-    list.insertBefore(node ?? renderMessage(message), next);
+    list.insertBefore(node, next);
   }
+  const showing = state.messages.some(shown);
   $("older").hidden = !state.cursor;
-  $("no-messages").hidden = state.messages.length > 0;
-  $("newest").hidden = state.messages.length === 0;
+  $("no-messages").hidden = showing;
+  $("no-messages").textContent = state.messages.length ? "No messages on the channels shown." : "No messages.";
+  $("newest").hidden = !showing;
 }
 
 async function page(limit, cursor) {
@@ -312,7 +319,8 @@ export async function follow(count, whole = false) {
   }
   if (read.covered) noteFurther(0);
   const at = last ? state.messages.findIndex((message) => message.id === last) : -1;
-  if (at >= 0 && at < state.messages.length - 1) noteNew(state.messages.length - 1 - at);
+  const added = at >= 0 ? state.messages.slice(at + 1).filter(shown).length : 0; // a hidden channel's: not news
+  if (added) noteNew(added);
   if (read.count === count) {
     state.known = count;
     return;
@@ -355,9 +363,10 @@ export function scrolled() {
   if (state.unseen && newestInSight()) seenNew();
 }
 
-/** The newest loaded message's element (null: none loaded). */
+/** The newest loaded message's element that the timeline shows (null: none). */
 function newestNode() {
-  return state.messages.length ? $(`m-${state.messages.at(-1).id}`) : null;
+  const newest = state.messages.findLast(shown);
+  return newest ? $(`m-${newest.id}`) : null;
 }
 
 /** Whether the newest loaded message is in the window (or there is none). */

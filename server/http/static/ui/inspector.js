@@ -1,7 +1,8 @@
 // The chatdock inspector (docs/inspector.md): ES modules, no framework, no build step. This one wires the page;
 // each of the others holds one part: state.js (what is open and loaded), text.js (the DOM, as text), feedback.js
 // (what the page tells), api.js (the REST calls), session.js (signing in and out), contacts.js (the list and the
-// address), search.js, contact.js (a contact's timeline), live.js (its event stream), writes.js.
+// address), search.js, contact.js (a contact's timeline), channels.js (its channel filter), live.js (its event
+// stream), writes.js.
 //
 // Rules every module keeps:
 // - The key lives in `state.key` only: never in a URL, a cookie, localStorage or sessionStorage. A reload
@@ -11,6 +12,7 @@
 // - Every write asks first in an accessible dialog; with a read-only server the write controls are removed.
 
 import { ApiError } from "./api.js";
+import { shown } from "./channels.js";
 import { download, loadOlder, open, reload, scrolled, serially, toNewest } from "./contact.js";
 import { go, goHome, moreContacts, refreshContacts, steppedBack } from "./contacts.js";
 import { complain, guarded, say, show, submitted, withoutWrites } from "./feedback.js";
@@ -66,7 +68,8 @@ async function start() {
         added = state.messages.length - before;
       });
       // reading goes on upwards from the newest of them (the button may be gone: the focus is not left on nothing)
-      if (added) document.getElementById(`m-${state.messages[added - 1].id}`)?.focus();
+      const newest = state.messages.slice(0, added).findLast(shown); // of them, the newest the timeline shows
+      if (newest) document.getElementById(`m-${newest.id}`)?.focus();
       say(`${added} older message(s) loaded${state.cursor ? "" : "; that is the first one"}.`);
     }),
   );

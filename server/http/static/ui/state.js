@@ -29,6 +29,7 @@ export const state = {
   forgetting: null, // the contact whose DELETE is on its way
   view: null, // the screen shown: "sign-in", "home" or "contact"
   unseen: 0, // new messages that arrived below the window since the reader last went there
+  hiddenChannels: new Set(), // the open contact's channels its timeline does not show (channels.js)
 };
 
 export const $ = (id) => document.getElementById(id);
