@@ -17,6 +17,7 @@ import asyncio
 import os
 import re
 import sqlite3
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, NamedTuple
@@ -84,6 +85,14 @@ def refuse_uri(url: str) -> None:
             f"--db (or CHATDOCK_DB) takes a file's path, not a SQLAlchemy URL ({url}): give the path it names "
             "(sqlite:////data/chatdock.db is /data/chatdock.db)"
         )
+    if is_postgres(url):
+        try:
+            urllib.parse.urlsplit(url).port  # noqa: B018 (read for its check: a port past 65535, a broken [host])
+        except ValueError as exc:  # the URL is not repeated: it may hold a password
+            raise InvalidInput(
+                f"--db (or CHATDOCK_DB) is not a PostgreSQL URL chatdock can read ({exc}): give one like "
+                "postgresql://user@host:5432/database"
+            ) from None
     if re.match(r"(\$\{?[A-Za-z_]|%[A-Za-z_]+%)", url):
         raise InvalidInput(
             f"--db (or CHATDOCK_DB) starts with a variable nothing expanded ({url}: an MCP client passes its "

@@ -88,6 +88,8 @@ class Snapshot(Protocol):
 
 
 class Backend(Protocol):
+    applied: list[int]  # the migrations this process applied as it opened the database (none: it was up to date)
+
     # --- messages ---
     async def insert_message(self, org: str, record: MessageRecord) -> AppendedMessage:
         """Store one message; an already stored one (same id, or channel and provider id) comes back instead,

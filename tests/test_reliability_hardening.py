@@ -16,6 +16,7 @@ import random
 import re
 import resource
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -643,6 +644,9 @@ def test_a_bad_flag_or_variable_is_refused_in_a_line_before_anything_starts(
         ("sqlite:///data/chatdock.db", "--db (or CHATDOCK_DB) takes a file's path, not a SQLAlchemy URL (sqlite:///"),
         ("$HOME/chatdock.db", "--db (or CHATDOCK_DB) starts with a variable nothing expanded ($HOME/chatdock.db"),
         ("%APPDATA%/chatdock.db", "--db (or CHATDOCK_DB) starts with a variable nothing expanded (%APPDATA%"),
+        # a traceback of 61 lines, exit 1 (an SRE's review); the URL is not repeated (it may hold a password)
+        ("postgresql://u:pw@db:315100/x", "--db (or CHATDOCK_DB) is not a PostgreSQL URL chatdock can read (Port out"),
+        ("postgresql://u:pw@[db/x", "--db (or CHATDOCK_DB) is not a PostgreSQL URL chatdock can read (Invalid IPv6"),
     ],
 )
 def test_a_database_path_a_client_passed_as_written_is_refused_not_made(
@@ -656,6 +660,19 @@ def test_a_database_path_a_client_passed_as_written_is_refused_not_made(
     assert done.returncode == 2 and done.stderr.startswith(f"chatdock: {refused}"), done.stderr
     assert len(done.stderr.splitlines()) == 1 and done.stdout == ""
     assert list(tmp_path.iterdir()) == []  # nothing made
+
+
+def test_serve_with_stdin_closed_says_to_add_http(tmp_path: Path) -> None:
+    """A container's process started without --http, its stdin closed: a traceback ('NoneType' object has no
+    attribute 'fileno'), exit 1 (an SRE's review); one line says what to add."""
+    command = " ".join(shlex.quote(part) for part in installed_command())
+    done = subprocess.run(["sh", "-c", f"exec {command} serve --db :memory: <&-"], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)  # fmt: skip
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr == (
+        "chatdock: stdin is closed: chatdock serve speaks MCP over stdio, to the client that started it; to serve "
+        "over HTTP, add --http\n"
+    )
 
 
 def test_variables_are_read_in_any_case_and_help_survives_a_bad_one(tmp_path: Path) -> None:

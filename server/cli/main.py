@@ -31,11 +31,19 @@ FORMATS = ("text", "json")
 DURABILITIES = ("normal", "full")
 
 
+NO_HOME = ""  # the default database where there is no home folder to keep it in
+
+
 def default_db() -> str:
     """A file under the user's data directory (XDG_DATA_HOME, or ~/.local/share). A relative XDG_DATA_HOME is
-    ignored, as the XDG spec says: it named a folder under whatever folder the client started chatdock in."""
+    ignored, as the XDG spec says: it named a folder under whatever folder the client started chatdock in.
+    NO_HOME when neither names a folder (a container's user with no HOME and no passwd entry: every command
+    failed with a traceback, --db given or not, found by an SRE's review)."""
     given = os.environ.get("XDG_DATA_HOME", "")
-    base = given if os.path.isabs(given) else str(Path.home() / ".local" / "share")
+    try:
+        base = given if os.path.isabs(given) else str(Path.home() / ".local" / "share")
+    except RuntimeError:
+        return NO_HOME
     return str(Path(base) / "chatdock" / "chatdock.db")
 
 
@@ -128,8 +136,12 @@ def _parsed_default(action: argparse.Action) -> object:
 
 def _without_password(db: str) -> str:
     """`db` as --help may show it: a URL's password (from CHATDOCK_DB, on a shared screen), before the host or
-    as its `password=` parameter, as ***."""
-    parts = urllib.parse.urlsplit(db)
+    as its `password=` parameter, as ***. A URL that cannot be read is not shown at all (it may hold a password;
+    opening it says what is wrong)."""
+    try:
+        parts = urllib.parse.urlsplit(db)
+    except ValueError:
+        return "(a database URL that cannot be read)"
     netloc = parts.netloc
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
@@ -558,10 +570,14 @@ async def _migrate(args: argparse.Namespace) -> int:
             "(back up first: docs/operations.md, Upgrading)"
         )
         return 1
-    async with store_settings(args).open_store(create=False):
-        pass  # opening it applies what is due, under the engine's lock, each migration in one transaction
+    async with store_settings(args).open_store(create=False) as store:
+        applied = store.backend.applied  # opening it applies what is due, under the engine's lock
     after = await read_schema(args.db, args.db_timeout)
-    print(f"{place}: upgraded from schema version {before.version} to {after.version}; applied {due}")
+    if not applied:  # another process (a replica, a second `migrate`) applied them while this one waited
+        print(f"{place}: at schema version {after.version}: another process applied what was due; nothing left")
+        return 0
+    done = ", ".join(f"{version} ({name})" for version, name in before.due if version in applied)
+    print(f"{place}: upgraded from schema version {before.version} to {after.version}; applied {done}")
     return 0
 
 
@@ -636,6 +652,11 @@ def _serve(args: argparse.Namespace) -> None:
             metrics_at = None if args.metrics_port is None else (args.metrics_host or args.host, args.metrics_port)
             serve_http(settings, args.host, args.port, args.allowed_host, limits, metrics_at=metrics_at)
         else:
+            if sys.stdin is None:  # a container's process started without --http: a traceback, exit 1 (an SRE)
+                raise InvalidInput(
+                    "stdin is closed: chatdock serve speaks MCP over stdio, to the client that started it; to serve "
+                    "over HTTP, add --http"
+                )
             where = (
                 settings.db if is_postgres(settings.db) or settings.db == ":memory:" else os.path.abspath(settings.db)
             )
@@ -746,6 +767,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_format == "json" and hasattr(args, "quiet"):
         args.quiet = True  # a progress bar is no JSON record: stderr stays one record per line
     try:
+        if getattr(args, "db", None) == NO_HOME:
+            raise InvalidInput(
+                "no database named, and no home folder to keep the default one in (HOME is not set); give --db "
+                "or CHATDOCK_DB"
+            )
         if args.command == "serve":
             _serve(args)
             return 0

@@ -695,7 +695,10 @@ def serve_http(
 ) -> None:
     """Serve until SIGTERM or SIGINT; a failure to start raises ChatdockError with a one-line cause. With
     `metrics_at` (host, port), /metrics is served there instead of on the main listener."""
-    anyio.run(_serve_http, settings, host, port, allowed_hosts, limits or HttpLimits(), factory, metrics_at)
+    try:
+        anyio.run(_serve_http, settings, host, port, allowed_hosts, limits or HttpLimits(), factory, metrics_at)
+    except StoppedStarting:
+        logger.warning("stopped before serving: SIGTERM came while the store was opening")
 
 
 async def _serve_http(
@@ -728,7 +731,9 @@ async def _serve_http(
             metrics_host, wanted_port = metrics_at
             sockets.append(listening_socket(metrics_host, wanted_port, ("--metrics-host", "--metrics-port")))
             metrics_port = sockets[-1].getsockname()[1]
-        async with settings.open_store() as store:
+        async with contextlib.AsyncExitStack() as opened:
+            with _stoppable_start():
+                store = await opened.enter_async_context(settings.open_store())
             server = factory(settings, store)
             app = build_http_app(
                 settings,
@@ -790,6 +795,37 @@ def _uvicorn_server() -> type[Any]:
             self.on_exit()
 
     return Server
+
+
+class StoppedStarting(Exception):
+    """SIGTERM came while the store was opening: the start ends there, serving nothing."""
+
+
+@contextlib.contextmanager
+def _stoppable_start() -> Iterator[None]:
+    """SIGTERM while the store opens (a migration, another replica's migration lock, a database that does not
+    answer yet) ends the start (StoppedStarting). A container's first process, PID 1, gets no signal that no
+    handler takes: a pod deleted while it started ran on, served, and was killed at the end of its grace period
+    (found by an SRE's review). A migration cut off is rolled back whole."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop, task, asked = asyncio.get_running_loop(), asyncio.current_task(), []
+    assert task is not None
+
+    def stop() -> None:
+        asked.append(True)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if asked:
+            raise StoppedStarting from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 @contextlib.contextmanager

@@ -212,6 +212,7 @@ class PostgresBackend(SQLBackend):
         self._sql = self.telemetry.sql("postgresql", database_name(url), FAILURES)
         self._pool: asyncpg.Pool | None = None
         self._origin = secrets.token_hex(8)  # marks this process's notifications
+        self.applied: list[int] = []  # the migrations this process applied as it opened the database
         self._announcer = Announcer()
         self.announce_to = self._announcer.announce_to
         # appends in flight at once: the pool keeps room for reads and for the other writes
@@ -233,7 +234,7 @@ class PostgresBackend(SQLBackend):
                 self.url, timeout=self.timeout, server_settings=driver.named(self.url, "chatdock migrate")
             )
             try:
-                await migrate(conn, self.place)
+                self.applied = await migrate(conn, self.place)
             finally:
                 await conn.close()
             self._pool = await asyncpg.create_pool(

@@ -168,6 +168,7 @@ class SQLiteBackend(SQLBackend):
         self._direct: sqlite3.Connection | None = None  # reads on the event loop's thread (see _read)
         self._reading = 0  # reads on `_direct` now
         self._origin = secrets.token_hex(8)  # marks this process's rows in the change feed
+        self.applied: list[int] = []  # the migrations this process applied as it opened the file
         self._announcer = Announcer()
         self.announce_to = self._announcer.announce_to
         self.damaged: str | None = None  # what a query found damaged; writes are refused from then on
@@ -191,7 +192,7 @@ class SQLiteBackend(SQLBackend):
             except sqlite3.OperationalError as exc:  # another process is creating the file
                 if "locked" not in str(exc):
                     raise
-        migrate(conn, self.path)
+        self.applied += migrate(conn, self.path)  # (a writer connected again applies nothing)
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints.py does them, off the writer's path
         conn.execute(f"PRAGMA journal_size_limit = {self.log_limit}")  # a restarted log is cut back to it
         return conn

@@ -295,3 +295,69 @@ async def test_chatdock_s_sessions_are_named_in_pg_stat_activity(
             assert "reporting" in found and "chatdock" not in found, found
     finally:
         await watcher.close()
+
+
+async def test_two_migrate_commands_at_once_each_say_what_they_did(postgres_url: str) -> None:
+    """Two `chatdock migrate` at once (two init steps of a rolling deploy), both waiting on the migration lock:
+    both said they had applied every migration, though one applied them and the other nothing (an SRE's
+    review). The one that waited says another process applied them."""
+    holder = await asyncpg.connect(postgres_url)
+    try:
+        await holder.execute(f"SELECT pg_advisory_lock({postgres_schema.MIGRATION_LOCK})")
+        commands = [
+            subprocess.Popen(
+                [*chatdock_command(), "migrate", "--db", postgres_url],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        try:
+            await asyncio.sleep(3)  # both have read the schema (all due) and wait for the lock
+            await holder.execute(f"SELECT pg_advisory_unlock({postgres_schema.MIGRATION_LOCK})")
+            said = [command.communicate(timeout=60)[0] for command in commands]
+        finally:
+            for command in commands:
+                if command.poll() is None:
+                    command.kill()
+                    command.communicate()
+    finally:
+        await holder.close()
+    assert [command.returncode for command in commands] == [0, 0]
+    newest = postgres_schema.MIGRATIONS[-1].version
+    upgraded = [line for line in said if f"upgraded from schema version 0 to {newest}; applied 1 (" in line]
+    waited = [
+        line
+        for line in said
+        if line.endswith(f"at schema version {newest}: another process applied what was due; nothing left\n")
+    ]
+    assert (len(upgraded), len(waited)) == (1, 1), said
+
+
+async def test_a_stop_signal_while_waiting_to_migrate_ends_the_start(postgres_url: str) -> None:
+    """SIGTERM to a server still starting (waiting for another replica's migration lock) ends it at once, saying
+    so: as a container's PID 1 the signal was dropped (no handler took it), the start went on and served, and the
+    pod was killed at the end of its grace period (an SRE's review)."""
+    holder = await asyncpg.connect(postgres_url)
+    try:
+        await holder.execute(f"SELECT pg_advisory_lock({postgres_schema.MIGRATION_LOCK})")
+        starting = subprocess.Popen(
+            [*chatdock_command(), "serve", "--http", "--port", "0", "--db", postgres_url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            await asyncio.sleep(2)  # it waits for the lock
+            assert starting.poll() is None
+            starting.terminate()
+            _, err = starting.communicate(timeout=10)
+        finally:
+            if starting.poll() is None:
+                starting.kill()
+                starting.communicate()
+    finally:
+        await holder.close()
+    assert starting.returncode == 0, err
+    assert err.strip().endswith("stopped before serving: SIGTERM came while the store was opening"), err

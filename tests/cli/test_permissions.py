@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from chatdock.server.cli.main import main
 from tests.transports import chatdock_command
 
 pytestmark = pytest.mark.process  # runs the chatdock command
@@ -59,6 +60,26 @@ def test_the_default_database_is_under_the_data_folder_a_relative_xdg_data_home_
         assert made.returncode == 0, made.stderr
         assert (expected / "chatdock" / "chatdock.db").is_file(), (xdg, sorted(tmp_path.rglob("*.db")))
     assert not (work / "relxdg").exists()
+
+
+def test_without_a_home_folder_a_command_needs_only_its_db(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A container's user with no HOME and no passwd entry (no home folder to be found): every command, --db given
+    or not, failed with a traceback while it worked out the default database (an SRE's review). With --db it
+    runs; without, one line says what to give."""
+
+    def nowhere() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    for name in ("HOME", "XDG_DATA_HOME", "CHATDOCK_DB"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(Path, "home", nowhere)
+    assert main(["keys", "create", "--org", "acme", "--db", str(tmp_path / "given.db")]) == 0
+    assert main(["keys", "list"]) == 2
+    assert capsys.readouterr().err.endswith(
+        "no database named, and no home folder to keep the default one in (HOME is not set); give --db or CHATDOCK_DB\n"
+    )
 
 
 def test_an_existing_database_and_folder_keep_their_permissions(tmp_path: Path) -> None:
