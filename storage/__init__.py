@@ -86,8 +86,9 @@ def refuse_uri(url: str) -> None:
             "(sqlite:////data/chatdock.db is /data/chatdock.db)"
         )
     if is_postgres(url):
-        try:
-            urllib.parse.urlsplit(url).port  # noqa: B018 (read for its check: a port past 65535, a broken [host])
+        try:  # each host's port (a URL may name several: host1:5432,host2:5432), and a broken [host]
+            for host in urllib.parse.urlsplit(url).netloc.rpartition("@")[2].split(","):
+                urllib.parse.urlsplit(f"//{host}").port  # noqa: B018 (read for its check: past 65535, not a number)
         except ValueError as exc:  # the URL is not repeated: it may hold a password
             raise InvalidInput(
                 f"--db (or CHATDOCK_DB) is not a PostgreSQL URL chatdock can read ({exc}): give one like "

@@ -39,7 +39,7 @@ from mcp.shared.exceptions import MCPError
 
 from chatdock.server.http.shutdown import CUT_OFF, READ_CUT_OFF, CutOff
 from chatdock.server.mcp.app import Settings, build_server
-from chatdock.storage import NewMessage, open_store
+from chatdock.storage import NewMessage, open_store, refuse_uri
 from chatdock.storage.cursor import encode_cursor
 from tests.transports import (
     call,
@@ -660,6 +660,20 @@ def test_a_database_path_a_client_passed_as_written_is_refused_not_made(
     assert done.returncode == 2 and done.stderr.startswith(f"chatdock: {refused}"), done.stderr
     assert len(done.stderr.splitlines()) == 1 and done.stdout == ""
     assert list(tmp_path.iterdir()) == []  # nothing made
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://chatdock@db1:5432,db2:5432/chatdock",  # several hosts, as libpq and asyncpg take them
+        "postgresql:///chatdock?host=/var/run/postgresql",  # a Unix socket
+        "postgresql://chatdock@[::1]:5432/chatdock",
+        "postgresql://chatdock:p%40ss@db/chatdock",
+        "postgres://db/chatdock",
+    ],
+)
+def test_the_postgresql_urls_libpq_reads_are_not_refused(url: str) -> None:
+    refuse_uri(url)  # the check of a URL that cannot be read (a port past 65535) lets every such form through
 
 
 def test_serve_with_stdin_closed_says_to_add_http(tmp_path: Path) -> None:
