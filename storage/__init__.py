@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, NamedTuple
 
-from .errors import ChatdockError, Conflict, InvalidInput, NotFound, Unavailable
+from .errors import UNREADABLE_URL, ChatdockError, Conflict, InvalidInput, NotFound, Unavailable
 from .models import (
     ApiKeyInfo,
     AppendedMessage,
@@ -89,9 +89,10 @@ def refuse_uri(url: str) -> None:
         try:  # each host's port (a URL may name several: host1:5432,host2:5432), and a broken [host]
             for host in urllib.parse.urlsplit(url).netloc.rpartition("@")[2].split(","):
                 urllib.parse.urlsplit(f"//{host}").port  # noqa: B018 (read for its check: past 65535, not a number)
-        except ValueError as exc:  # the URL is not repeated: it may hold a password
+        except ValueError:  # neither the URL nor the parser's words, which quote the "port": a password's start
             raise InvalidInput(
-                f"--db (or CHATDOCK_DB) is not a PostgreSQL URL chatdock can read ({exc}): give one like "
+                f"{UNREADABLE_URL}: a host's port is not a number from 0 to 65535, or a [host] is not closed (a "
+                "password's / ? # @ must be percent-encoded: %2F %3F %23 %40); give one like "
                 "postgresql://user@host:5432/database"
             ) from None
     if re.match(r"(\$\{?[A-Za-z_]|%[A-Za-z_]+%)", url):

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from .records import MessageRecord
 
 
+UNREADABLE_URL = "cannot read the PostgreSQL URL in --db (or CHATDOCK_DB)"  # the start of each refusal of one
+
+
 class ChatdockError(Exception):
     """The root of every error the store raises on purpose."""
 

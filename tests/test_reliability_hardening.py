@@ -577,7 +577,11 @@ def test_every_start_up_failure_is_one_line_naming_its_cause(tmp_path: Path) -> 
     beside = subprocess.run([*chatdock_command(), "serve", "--db", str(tmp_path / "x.db")], capture_output=True,
                             text=True, timeout=60, stdin=subprocess.DEVNULL,
                             env={**os.environ, "CHATDOCK_METRICS_PORT": "9100"})  # fmt: skip
-    assert (beside.returncode, beside.stderr) == (0, ""), beside.stderr
+    assert beside.returncode == 0, beside.stderr  # no refusal of the variable; stdin's end at once is said
+    assert [line.partition(": ")[2] for line in beside.stderr.splitlines()] == [
+        "stdin ended before any message: chatdock serve speaks MCP over stdio, to the client that started it; to "
+        "serve over HTTP, add --http"
+    ], beside.stderr
     for url, shown_as in (  # the help shows CHATDOCK_DB as the default, without its password
         ("postgresql://chatdock:s3cr3t@db.internal:5432/chatdock", "postgresql://chatdock:***@db.internal:5432/"),
         ("postgresql://chatdock@db.internal/chatdock?sslmode=require&password=s3cr3t", "sslmode=require&password=***"),
@@ -645,8 +649,10 @@ def test_a_bad_flag_or_variable_is_refused_in_a_line_before_anything_starts(
         ("$HOME/chatdock.db", "--db (or CHATDOCK_DB) starts with a variable nothing expanded ($HOME/chatdock.db"),
         ("%APPDATA%/chatdock.db", "--db (or CHATDOCK_DB) starts with a variable nothing expanded (%APPDATA%"),
         # a traceback of 61 lines, exit 1 (an SRE's review); the URL is not repeated (it may hold a password)
-        ("postgresql://u:pw@db:315100/x", "--db (or CHATDOCK_DB) is not a PostgreSQL URL chatdock can read (Port out"),
-        ("postgresql://u:pw@[db/x", "--db (or CHATDOCK_DB) is not a PostgreSQL URL chatdock can read (Invalid IPv6"),
+        ("postgresql://u:pw@db:315100/x", "cannot read the PostgreSQL URL in --db (or CHATDOCK_DB): a host's port"),
+        ("postgresql://u:pw@[db/x", "cannot read the PostgreSQL URL in --db (or CHATDOCK_DB): a host's port"),
+        # a password with an unencoded ? or / read as a port: its start was quoted (the review of the diff)
+        ("postgresql://chatdock:pa?ss@db/x", "cannot read the PostgreSQL URL in --db (or CHATDOCK_DB): a host's"),
     ],
 )
 def test_a_database_path_a_client_passed_as_written_is_refused_not_made(
@@ -658,6 +664,7 @@ def test_a_database_path_a_client_passed_as_written_is_refused_not_made(
     done = subprocess.run([*chatdock_command(), "serve"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
                           env={**os.environ, "CHATDOCK_DB": value}, stdin=subprocess.DEVNULL)  # fmt: skip
     assert done.returncode == 2 and done.stderr.startswith(f"chatdock: {refused}"), done.stderr
+    assert "'pa'" not in done.stderr and "pw" not in done.stderr  # nothing of a password
     assert len(done.stderr.splitlines()) == 1 and done.stdout == ""
     assert list(tmp_path.iterdir()) == []  # nothing made
 
@@ -687,6 +694,14 @@ def test_serve_with_stdin_closed_says_to_add_http(tmp_path: Path) -> None:
         "chatdock: stdin is closed: chatdock serve speaks MCP over stdio, to the client that started it; to serve "
         "over HTTP, add --http\n"
     )
+    # a container's stdin is most often /dev/null: it ended at once, exit 0, with no word (the review of the diff)
+    ended = subprocess.run([*installed_command(), "serve", "--db", ":memory:"], capture_output=True, text=True,
+                           timeout=60, cwd=tmp_path, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert (ended.returncode, ended.stdout) == (0, ""), ended.stderr
+    assert ended.stderr.strip().endswith(
+        "stdin ended before any message: chatdock serve speaks MCP over stdio, to the client that started it; to "
+        "serve over HTTP, add --http"
+    ), ended.stderr
 
 
 def test_variables_are_read_in_any_case_and_help_survives_a_bad_one(tmp_path: Path) -> None:

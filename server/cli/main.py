@@ -31,7 +31,7 @@ FORMATS = ("text", "json")
 DURABILITIES = ("normal", "full")
 
 
-NO_HOME = ""  # the default database where there is no home folder to keep it in
+NO_HOME = "\0"  # the default database where there is no home folder to keep it in (argv cannot hold a NUL)
 
 
 def default_db() -> str:
@@ -151,12 +151,13 @@ def _without_password(db: str) -> str:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     db = os.environ.get("CHATDOCK_DB") or default_db()
+    shown = "none, no home folder" if db == NO_HOME else _without_password(db).replace("%", "%%")
     parser.add_argument(
         "--db",
         default=db,
         help="SQLite database file, created with its folder on first use; ':memory:' for a throwaway run; or "
         "postgresql://user:password@host:port/database to share one database between replicas "
-        f"(env CHATDOCK_DB; default: {_without_password(db).replace('%', '%%')})",
+        f"(env CHATDOCK_DB; default: {shown})",
     )
     parser.add_argument(
         "--pool-size",

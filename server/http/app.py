@@ -806,18 +806,25 @@ def _stoppable_start() -> Iterator[None]:
     """SIGTERM while the store opens (a migration, another replica's migration lock, a database that does not
     answer yet) ends the start (StoppedStarting). A container's first process, PID 1, gets no signal that no
     handler takes: a pod deleted while it started ran on, served, and was killed at the end of its grace period
-    (found by an SRE's review). A migration cut off is rolled back whole."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    loop, task, asked = asyncio.get_running_loop(), asyncio.current_task(), []
+    (found by an SRE's review). A PostgreSQL migration cut off is rolled back whole; SQLite's, on its writer's
+    thread, ends first. (A signal's callback runs between the task's steps, so a cancel it asks is delivered at
+    an await of the open.)"""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    asked: list[bool] = []
     assert task is not None
 
     def stop() -> None:
-        asked.append(True)
-        task.cancel()
+        if not asked:  # once: a second SIGTERM does not cancel the way out
+            asked.append(True)
+            task.cancel()
 
-    loop.add_signal_handler(signal.SIGTERM, stop)
+    try:
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:  # a supervisor that wants it ignored
+            raise NotImplementedError
+        loop.add_signal_handler(signal.SIGTERM, stop)
+    except (NotImplementedError, RuntimeError, ValueError):  # Windows, a thread not the main one: as before
+        yield
+        return
     try:
         yield
     except asyncio.CancelledError:

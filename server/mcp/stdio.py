@@ -160,6 +160,12 @@ async def serve_stdio(lowlevel: Any) -> None:
     lines = StdinLines(sys.stdin.fileno())
     with lines.ended_by(STOP_SIGNALS):
         await _serve(lowlevel, cast("anyio.AsyncFile[str]", lines))
+    # a container started without --http (stdin /dev/null): an SRE's review found it restarting in silence
+    if not lines.served and not lines.stopped_by_signal:
+        logger.warning(
+            "stdin ended before any message: chatdock serve speaks MCP over stdio, to the client that started it; "
+            "to serve over HTTP, add --http"
+        )
 
 
 async def _serve(lowlevel: Any, stdin: anyio.AsyncFile[str]) -> None:
@@ -195,6 +201,8 @@ class StdinLines:
         self._room = threading.BoundedSemaphore(LINES_AHEAD)  # lines read ahead of the server, at most
         self._reader: threading.Thread | None = None
         self._stopped = False
+        self.served = 0  # lines handed to the server
+        self.stopped_by_signal = False
 
     def __aiter__(self) -> StdinLines:
         return self
@@ -212,6 +220,7 @@ class StdinLines:
         self._room.release()
         if line is None:
             raise StopAsyncIteration
+        self.served += 1
         return line.decode("utf-8", errors="replace")  # a blank line too: the SDK answers it -32700
 
     def _read(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -245,7 +254,7 @@ class StdinLines:
 
     def stop(self, name: str) -> None:
         logger.info("%s: no more requests are read; those under way are answered, then chatdock stops", name)
-        self._stopped = True
+        self._stopped = self.stopped_by_signal = True
         self._lines.put_nowait(None)  # wakes a wait for the next line
 
     @contextlib.contextmanager

@@ -28,6 +28,7 @@ from .. import rows
 from .. import search as rules
 from ..changes import Announcer, Change, Deliver
 from ..errors import (
+    UNREADABLE_URL,
     ChatdockError,
     OutcomeUnknown,
     Unavailable,
@@ -253,7 +254,7 @@ class PostgresBackend(SQLBackend):
                 self.telemetry.failed(cause(exc))
             raise exc if text is None else Unavailable(text) from exc
         except ValueError as exc:  # asyncpg's parse of the URL
-            raise Unavailable(f"cannot read the PostgreSQL URL in --db: {exc}") from exc
+            raise Unavailable(f"{UNREADABLE_URL}: {exc}") from exc
         self.telemetry.connection_pool(self._pool)
 
     async def close(self) -> None:

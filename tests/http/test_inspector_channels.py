@@ -48,14 +48,23 @@ async def test_the_timeline_shows_the_channels_chosen_and_says_what_it_hides(tmp
             assert (await shown_texts(page))[-1] == "wa later"
             await expect(page.locator("#new-below")).to_have_text("1 new message below: show")
 
+            # deleted, the newest shown message passes the focus to the nearest shown one (its neighbour, of a
+            # hidden channel, could not take it: the focus was lost, the review of the diff)
+            newest = page.locator("#timeline > li", has_text="wa later")
+            await newest.get_by_role("button", name="Delete message").click()
+            await page.get_by_role("alertdialog").get_by_role("button", name="Delete message").click()
+            await expect(page.get_by_role("status")).to_have_text("The message was deleted.")
+            await expect(page.locator("#timeline > li:visible").last).to_be_focused()
+            await expect(page.locator("#timeline > li:visible").last).to_contain_text("Did the refund go out?")
+
             await filter_box.get_by_label("whatsapp").uncheck()
             await filter_box.get_by_label("voice").uncheck()
             await expect(page.locator("#timeline > li:visible")).to_have_count(0)
-            await expect(page.locator("#no-messages")).to_have_text("No messages on the channels shown.")
+            await expect(page.locator("#no-messages")).to_have_text("No loaded message is on the channels shown.")
             for channel in ("sms", "whatsapp", "voice"):
                 await filter_box.get_by_label(channel).check()
-            await expect(page.locator("#timeline > li:visible")).to_have_count(7)
-            await expect(page.get_by_role("status")).to_have_text("Showing every channel: 7 loaded message(s).")
+            await expect(page.locator("#timeline > li:visible")).to_have_count(6)
+            await expect(page.get_by_role("status")).to_have_text("Showing every channel: 6 loaded message(s).")
             assert "sms later" in await shown_texts(page)
 
 

@@ -3,7 +3,6 @@
 // its messages, shows every channel). (The rules every module keeps: inspector.js.)
 
 import { renderTimeline } from "./contact.js";
-import { say } from "./feedback.js";
 import { $, state } from "./state.js";
 import { el } from "./text.js";
 
@@ -34,7 +33,7 @@ function choose(channel, wanted) {
   if (wanted) state.hiddenChannels.delete(channel);
   else state.hiddenChannels.add(channel);
   renderTimeline();
-  say(filtered());
+  $("status").textContent = filtered(); // said, and a problem on the page stays (say() would take it away)
 }
 
 /** What the timeline shows of what is loaded, said when a channel is hidden or shown again. */

@@ -218,7 +218,7 @@ export function renderTimeline() {
   const showing = state.messages.some(shown);
   $("older").hidden = !state.cursor;
   $("no-messages").hidden = showing;
-  $("no-messages").textContent = state.messages.length ? "No messages on the channels shown." : "No messages.";
+  $("no-messages").textContent = state.messages.length ? "No loaded message is on the channels shown." : "No messages.";
   $("newest").hidden = !showing;
 }
 

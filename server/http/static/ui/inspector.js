@@ -70,7 +70,9 @@ async function start() {
       // reading goes on upwards from the newest of them (the button may be gone: the focus is not left on nothing)
       const newest = state.messages.slice(0, added).findLast(shown); // of them, the newest the timeline shows
       if (newest) document.getElementById(`m-${newest.id}`)?.focus();
-      say(`${added} older message(s) loaded${state.cursor ? "" : "; that is the first one"}.`);
+      else if (added) $("timeline-title").focus(); // every one of a hidden channel (the button may be gone)
+      const hidden = added - state.messages.slice(0, added).filter(shown).length;
+      say(`${added} older message(s) loaded${hidden ? `, ${hidden} of them on hidden channels` : ""}${state.cursor ? "" : "; that is the first one"}.`);
     }),
   );
   $("reload").addEventListener("click", guarded(reload));

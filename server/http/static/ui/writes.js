@@ -27,6 +27,14 @@ function confirmed(title, text, action) {
   });
 }
 
+/** The message shown nearest after `node`, else before it (a hidden channel's cannot take the focus). */
+function shownBeside(node) {
+  for (const step of ["nextElementSibling", "previousElementSibling"]) {
+    for (let next = node?.[step]; next; next = next[step]) if (!next.hidden) return next;
+  }
+  return null;
+}
+
 export async function remove(message) {
   const content = visibleString(message.content);
   const shortened = content.length > 80 ? `${content.slice(0, 80)}…` : content;
@@ -37,7 +45,7 @@ export async function remove(message) {
   );
   if (!sure) return;
   const node = $(`m-${message.id}`);
-  const neighbour = node?.nextElementSibling ?? node?.previousElementSibling;
+  const neighbour = shownBeside(node);
   // The timeline's reads wait for the answer: a read for the delete's own event then finds the message gone
   // from the page and from the contact's count alike (see `follow`).
   let answered;
@@ -63,7 +71,7 @@ export async function remove(message) {
   await removal;
   say(gone ? "That message was already deleted elsewhere." : "The message was deleted.");
   // the view stays where it was: the focus goes to the message that took the deleted one's place
-  if (neighbour?.isConnected && neighbour.classList.contains("message")) neighbour.focus({ preventScroll: true });
+  if (neighbour?.isConnected && !neighbour.hidden) neighbour.focus({ preventScroll: true });
   else $("timeline-title").focus();
 }
 
