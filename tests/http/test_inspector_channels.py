@@ -72,3 +72,41 @@ async def shown_texts(page: Page) -> list[str]:
     """The contents of the messages the timeline shows (not those of hidden channels), top to bottom."""
     texts = page.locator("#timeline > li:visible .content, #timeline > li:visible .parts")
     return [text.strip() for text in await texts.all_inner_texts()]
+
+
+async def test_older_messages_all_on_hidden_channels_are_said_and_keep_the_focus_in_the_page(
+    tmp_path: Path, browser: Browser
+) -> None:
+    """'Load older' brought only messages of a hidden channel: nothing new showed, the focus went to the body
+    and the status said they were loaded (the review of the diff). It says how many are hidden, and the focus
+    stays in the timeline."""
+    db = str(tmp_path / "older.db")
+    key = create_key(db, "acme", "support")
+    with http_server(db) as base:
+        rest = Rest(base, key)
+        for n in range(10):  # the oldest: SMS only
+            at = f"2026-11-01T08:{n:02d}:00Z"
+            rest.ok(
+                "POST",
+                "/chats",
+                {"contact_id": ANN, "channel": "sms", "role": "user", "content": f"sms {n}", "created_at": at},
+            )
+        for n in range(50):  # the newest page: WhatsApp only
+            at = f"2026-11-02T08:{n:02d}:00Z"
+            rest.ok(
+                "POST",
+                "/chats",
+                {"contact_id": ANN, "channel": "whatsapp", "role": "user", "content": f"wa {n}", "created_at": at},
+            )
+        async with watched(browser) as seen:
+            page = seen.page
+            await sign_in(page, base, key)
+            await open_contact(page, ANN)
+            await expect(page.locator("#timeline > li")).to_have_count(50)
+            await page.get_by_role("group", name="Channels shown").get_by_label("sms").uncheck()
+            await page.get_by_role("button", name="Load older messages").click()
+            await expect(page.get_by_role("status")).to_have_text(
+                "10 older message(s) loaded, 10 of them on hidden channels; that is the first one."
+            )
+            await expect(page.locator("#timeline-title")).to_be_focused()
+            await expect(page.locator("#timeline > li:visible")).to_have_count(50)
