@@ -78,6 +78,8 @@ def refuse_uri(url: str) -> None:
         )
     # what a desktop client's configuration passes as written, each of which made a new, empty database where
     # it did not mean to (a file named with spaces, a folder named `sqlite:` or `$HOME`): refused, saying why
+    if not url:  # a variable set to nothing ("there is no database at :")
+        raise InvalidInput("--db (or CHATDOCK_DB) is empty: give a file's path, ':memory:' or a postgresql:// URL")
     if url != url.strip():
         raise InvalidInput(f"--db (or CHATDOCK_DB) has white space at an end ({url!r}): give the path without it")
     if url.startswith(("sqlite:", "sqlite3:")):

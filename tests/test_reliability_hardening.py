@@ -683,6 +683,17 @@ def test_the_postgresql_urls_libpq_reads_are_not_refused(url: str) -> None:
     refuse_uri(url)  # the check of a URL that cannot be read (a port past 65535) lets every such form through
 
 
+def test_an_empty_db_is_refused_saying_so(tmp_path: Path) -> None:
+    """`--db ''` (a script's variable set to nothing) was "there is no database at :"."""
+    done = subprocess.run([*chatdock_command(), "keys", "list", "--db", ""], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)  # fmt: skip
+    assert (done.returncode, done.stderr) == (
+        2,
+        "chatdock: --db (or CHATDOCK_DB) is empty: give a file's path, ':memory:' or a postgresql:// URL\n",
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_serve_with_stdin_closed_says_to_add_http(tmp_path: Path) -> None:
     """A container's process started without --http, its stdin closed: a traceback ('NoneType' object has no
     attribute 'fileno'), exit 1 (an SRE's review); one line says what to add."""
