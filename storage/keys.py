@@ -79,8 +79,7 @@ def revoked_by(given: str) -> str:
 def matches(key: str, stored: StoredKey | None) -> bool:
     """Whether `key` hashes to the `stored` key's hash, in the same time whether or not one was found."""
     presented = key_hash(key, stored is not None and stored.read_only)
-    stored_hash = None if stored is None else stored.hash
-    if stored_hash is None:
+    if stored is None:
         hmac.compare_digest(presented, presented)  # the same work as for a known prefix
         return False
-    return hmac.compare_digest(presented, stored_hash)
+    return hmac.compare_digest(presented, stored.hash)

@@ -161,7 +161,7 @@ async def serve_stdio(lowlevel: Any) -> None:
     with lines.ended_by(STOP_SIGNALS):
         await _serve(lowlevel, cast("anyio.AsyncFile[str]", lines))
     # a container started without --http (stdin /dev/null): an SRE's review found it restarting in silence
-    if not lines.served and not lines.stopped_by_signal:
+    if not lines.served and not lines.stopped:
         logger.warning(
             "stdin ended before any message: chatdock serve speaks MCP over stdio, to the client that started it; "
             "to serve over HTTP, add --http"
@@ -200,9 +200,8 @@ class StdinLines:
         self._lines: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: the end (of stdin, or a stop)
         self._room = threading.BoundedSemaphore(LINES_AHEAD)  # lines read ahead of the server, at most
         self._reader: threading.Thread | None = None
-        self._stopped = False
+        self.stopped = False  # by a stop signal
         self.served = 0  # lines handed to the server
-        self.stopped_by_signal = False
 
     def __aiter__(self) -> StdinLines:
         return self
@@ -213,7 +212,7 @@ class StdinLines:
             self._reader = threading.Thread(target=self._read, args=(loop,), name="chatdock-stdin", daemon=True)
             self._reader.start()
         line = await self._lines.get()
-        if self._stopped:  # nothing more is read: the reader may wait for room for ever (a daemon, it may)
+        if self.stopped:  # nothing more is read: the reader may wait for room for ever (a daemon, it may)
             if line is not None:
                 logger.debug("a line read before the stop is left unserved, as the lines not read yet")
             raise StopAsyncIteration
@@ -254,7 +253,7 @@ class StdinLines:
 
     def stop(self, name: str) -> None:
         logger.info("%s: no more requests are read; those under way are answered, then chatdock stops", name)
-        self._stopped = self.stopped_by_signal = True
+        self.stopped = True
         self._lines.put_nowait(None)  # wakes a wait for the next line
 
     @contextlib.contextmanager

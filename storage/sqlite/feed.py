@@ -81,8 +81,7 @@ class ChangeLog(shared.ChangeLog):
         if not due:
             return
         ChangeLog.blanked_at[self.origin] = now
-        for org, contact_id in due:
-            yield count(f"{_BLANK} WHERE kind = 'forgotten' AND org = ? AND contact_id = ?", org, contact_id)
+        yield from _blank_forget_rows(due)
         ChangeLog.pending[self.origin] = [row for row in pending if now - row[0] < FORGOTTEN_SECONDS + GIVE_UP_SECONDS]
 
 
@@ -90,13 +89,14 @@ def let_go_of_all(origin: str) -> Callable[[], Ops[None]] | None:
     """The write that blanks every forget row the store of `origin` wrote, due or not (None: there is none): the
     store is closing, and what would have blanked them goes with it (a forgotten contact's identifiers stayed in
     the file: a data-protection review). A follower that had not read such a row yet hears EVERYTHING of it."""
-    rows = ChangeLog.pending.pop(origin, [])
+    rows = [(org, contact_id) for _, org, contact_id in ChangeLog.pending.pop(origin, [])]
+    return (lambda: _blank_forget_rows(rows)) if rows else None
 
-    def blank() -> Ops[None]:
-        for _, org, contact_id in rows:
-            yield count(f"{_BLANK} WHERE kind = 'forgotten' AND org = ? AND contact_id = ?", org, contact_id)
 
-    return blank if rows else None
+def _blank_forget_rows(contacts: list[tuple[str, str]]) -> Ops[None]:
+    """Blank the forget rows of these (organization, contact) pairs: they name no one any more."""
+    for org, contact_id in contacts:
+        yield count(f"{_BLANK} WHERE kind = 'forgotten' AND org = ? AND contact_id = ?", org, contact_id)
 
 
 async def _one_value(conn: aiosqlite.Connection, sql: str, params: tuple[Any, ...] = ()) -> Any:

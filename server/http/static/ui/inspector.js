@@ -68,10 +68,11 @@ async function start() {
         added = state.messages.length - before;
       });
       // reading goes on upwards from the newest of them (the button may be gone: the focus is not left on nothing)
-      const newest = state.messages.slice(0, added).findLast(shown); // of them, the newest the timeline shows
+      const loaded = state.messages.slice(0, added);
+      const newest = loaded.findLast(shown); // of them, the newest the timeline shows
       if (newest) document.getElementById(`m-${newest.id}`)?.focus();
       else if (added) $("timeline-title").focus(); // every one of a hidden channel (the button may be gone)
-      const hidden = added - state.messages.slice(0, added).filter(shown).length;
+      const hidden = added - loaded.filter(shown).length;
       say(`${added} older message(s) loaded${hidden ? `, ${hidden} of them on hidden channels` : ""}${state.cursor ? "" : "; that is the first one"}.`);
     }),
   );
